@@ -1,0 +1,426 @@
+"""
+The k3s command-line surface shared by ``k3s-server`` and ``k3s-agent``.
+
+Each flag is declared once, as a L{Flag}, and may be set from three places,
+with k3s's precedence: the command line, then a ``K3S_*`` environment
+variable, then the YAML config file (``/etc/rancher/k3s/config.yaml`` and the
+``config.yaml.d/*.yaml`` drop-ins next to it), then the default.  Every value
+goes through the same parser whichever place it came from, so a bad value is
+always one line that names the flag and where the value was found.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import yaml
+from twisted.python import usage
+
+DEFAULT_CONFIG_FILE = "/etc/rancher/k3s/config.yaml"
+
+
+class ConfigurationError(usage.UsageError):
+    """A flag, environment variable or config file entry that cannot be used."""
+
+
+# Value parsers: each takes what the user wrote (a string, or a YAML scalar)
+# and returns the typed value or raises ValueError saying what was expected.
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("expected a single string")
+    return str(value)
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    try:
+        return int(str(value), 10)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _port(value: object) -> int:
+    port = _integer(value)
+    if not 1 <= port <= 65535:
+        raise ValueError("expected a TCP port number from 1 to 65535")
+    return port
+
+
+def _boolean(value: object) -> bool:
+    # The spellings Go's strconv.ParseBool accepts, as k3s reads K3S_* booleans.
+    if isinstance(value, bool):
+        return value
+    text = str(value)
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _file_mode(value: object) -> int:
+    try:
+        mode = int(_text(value), 8)
+    except ValueError:
+        raise ValueError("expected an octal file mode such as 0600 or 0644") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError("expected an octal file mode such as 0600 or 0644")
+    return mode
+
+
+def _ip_address(value: object) -> str:
+    text = _text(value)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError("expected an IPv4 or IPv6 address") from None
+
+
+def _https_url(value: object) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("expected an https:// URL such as https://myserver:6443")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("expected an https:// URL with a valid port") from None
+    return text.rstrip("/")
+
+
+def _path(value: object) -> str:
+    text = _text(value)
+    if not text:
+        raise ValueError("expected a path")
+    return os.path.expanduser(text)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """
+    One k3s flag.
+
+    :ivar name: the long flag name, which is also the config file key.
+    :ivar parse: turns one user-written value into the typed value.
+    :ivar repeatable: the flag may be given several times (a list in YAML,
+        comma-separated values in one argument or an environment variable).
+    :ivar switch: a flag without an argument (``--cluster-init``).
+    """
+
+    name: str
+    help: str
+    parse: Callable[[object], Any] = _text
+    short: str | None = None
+    env: str | None = None
+    default: Any = None
+    repeatable: bool = False
+    switch: bool = False
+
+
+def switch(name: str, help: str, env: str | None = None) -> Flag:
+    """A boolean flag that takes no argument on the command line."""
+    return Flag(name, help, _boolean, env=env, default=False, switch=True)
+
+
+def repeatable(
+    name: str, help: str, parse: Callable[[object], Any] = _text, short: str | None = None
+) -> Flag:
+    """A flag that may be given several times; its value is a list."""
+    return Flag(name, help, parse, short=short, default=(), repeatable=True)
+
+
+CONFIG = Flag(
+    "config", "Load configuration from FILE", _path, short="c", env="K3S_CONFIG_FILE",
+    default=DEFAULT_CONFIG_FILE,
+)
+DEBUG = switch("debug", "Turn on debug logs", env="K3S_DEBUG")
+DATA_DIR = Flag(
+    "data-dir",
+    "Folder to hold state (default: /var/lib/rancher/k3s, or ~/.rancher/k3s if not root)",
+    _path, short="d", env="K3S_DATA_DIR",
+)
+TOKEN = Flag("token", "Shared secret used to join a server or agent to a cluster", short="t",
+             env="K3S_TOKEN")
+TOKEN_FILE = Flag("token-file", "File containing the token", _path, env="K3S_TOKEN_FILE")
+NODE_NAME = Flag("node-name", "Node name", env="K3S_NODE_NAME")
+WITH_NODE_ID = switch("with-node-id", "Append id to node name")
+NODE_IP = repeatable("node-ip", "IPv4/IPv6 addresses to advertise for node", _ip_address,
+                     short="i")
+NODE_EXTERNAL_IP = repeatable("node-external-ip", "IPv4/IPv6 external IP addresses to advertise "
+                              "for node", _ip_address)
+NODE_LABEL = repeatable("node-label", "Registering and starting kubelet with set of labels")
+NODE_TAINT = repeatable("node-taint", "Registering kubelet with set of taints")
+
+#: Flags that both roles accept (a k3s server also runs an agent).
+NODE_FLAGS: tuple[Flag, ...] = (
+    CONFIG, DEBUG, DATA_DIR, TOKEN, TOKEN_FILE, NODE_NAME, WITH_NODE_ID, NODE_IP,
+    NODE_EXTERNAL_IP, NODE_LABEL, NODE_TAINT,
+)
+
+SERVER_FLAGS: tuple[Flag, ...] = (
+    *NODE_FLAGS,
+    Flag("server", "Server to connect to, used to join a cluster", _https_url, short="s",
+         env="K3S_URL"),
+    Flag("agent-token", "Shared secret used to join agents to the cluster, but not servers",
+         env="K3S_AGENT_TOKEN"),
+    Flag("agent-token-file", "File containing the agent secret", _path,
+         env="K3S_AGENT_TOKEN_FILE"),
+    switch("cluster-init", "Initialize a new cluster using embedded Etcd", env="K3S_CLUSTER_INIT"),
+    Flag("datastore-endpoint", "Specify etcd, NATS, MySQL, Postgres, or SQLite (default) data "
+         "source name", env="K3S_DATASTORE_ENDPOINT"),
+    Flag("datastore-cafile", "TLS Certificate Authority file used to secure datastore backend "
+         "communication", _path, env="K3S_DATASTORE_CAFILE"),
+    Flag("datastore-certfile", "TLS certification file used to secure datastore backend "
+         "communication", _path, env="K3S_DATASTORE_CERTFILE"),
+    Flag("datastore-keyfile", "TLS key file used to secure datastore backend communication",
+         _path, env="K3S_DATASTORE_KEYFILE"),
+    Flag("bind-address", "k3s bind address", _ip_address, default="0.0.0.0"),
+    Flag("https-listen-port", "HTTPS listen port", _port, default=6443),
+    Flag("advertise-address", "IPv4/IPv6 address that apiserver uses to advertise to members "
+         "of the cluster (default: node-external-ip/node-ip)", _ip_address),
+    Flag("advertise-port", "Port that apiserver uses to advertise to members of the cluster "
+         "(default: listen-port)", _port),
+    repeatable("tls-san", "Add additional hostnames or IPv4/IPv6 addresses as Subject "
+               "Alternative Names on the server TLS cert"),
+    Flag("write-kubeconfig", "Write kubeconfig for admin client to this file (default: "
+         "/etc/rancher/k3s/k3s.yaml as root)", _path, short="o", env="K3S_KUBECONFIG_OUTPUT"),
+    Flag("write-kubeconfig-mode", "Write kubeconfig with this mode", _file_mode,
+         env="K3S_KUBECONFIG_MODE", default=0o600),
+    switch("disable-agent", "Do not run a local agent and register a local kubelet"),
+    Flag("cluster-cidr", "IPv4/IPv6 network CIDRs to use for pod IPs", default="10.42.0.0/16"),
+    Flag("service-cidr", "IPv4/IPv6 network CIDRs to use for service IPs",
+         default="10.43.0.0/16"),
+    Flag("cluster-dns", "IPv4 Cluster IP for coredns service", _ip_address,
+         default="10.43.0.10"),
+    Flag("cluster-domain", "Cluster Domain", default="cluster.local"),
+)
+
+AGENT_FLAGS: tuple[Flag, ...] = (
+    *NODE_FLAGS,
+    Flag("server", "Server to connect to", _https_url, short="s", env="K3S_URL"),
+    Flag("lb-server-port", "Local port for supervisor client load-balancer. If the supervisor "
+         "and apiserver are not colocated an additional port 1 less than this port will also be "
+         "used for the apiserver client load-balancer.", _port, env="K3S_LB_SERVER_PORT",
+         default=6444),
+)
+
+
+def _config_files(main: Path) -> list[Path]:
+    """The config file and its ``config.yaml.d`` drop-ins, in the order they apply."""
+    dropins = main.parent / (main.name + ".d")
+    found = [main] if main.exists() else []
+    if dropins.is_dir():
+        found += sorted(p for p in dropins.iterdir() if p.suffix in (".yaml", ".yml"))
+    return found
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """
+    YAML without implicit numbers: ``0644`` stays the text a file mode needs
+    (YAML 1.1 would read it as 420) and every value is parsed by its flag.
+    """
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if not tag.endswith((":int", ":float"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_config_file(path: Path, required: bool) -> dict[str, tuple[object, str]]:
+    """
+    Read a k3s config file and its drop-ins.
+
+    :param required: the user named the file, so it must exist.
+    :return: each key with its value and the file it came from; a later
+        drop-in replaces what an earlier file said.
+    :raises ConfigurationError: the file is missing (when required),
+        unreadable, not YAML, or not a mapping of flag names.
+    """
+    if required and not path.exists():
+        raise ConfigurationError(f"config file {path} does not exist")
+    merged: dict[str, tuple[object, str]] = {}
+    for each in _config_files(path):
+        try:
+            document = yaml.load(each.read_text(encoding="utf-8"), Loader=_ConfigLoader)
+        except OSError as e:
+            raise ConfigurationError(f"cannot read config file {each}: {e.strerror}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            where = getattr(e, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigurationError(f"config file {each} is not valid YAML{line}") from None
+        if document is None:
+            continue
+        if not isinstance(document, dict):
+            raise ConfigurationError(
+                f"config file {each} must be a mapping of flag names to values"
+            )
+        for key, value in document.items():
+            merged[str(key)] = (value, str(each))
+    return merged
+
+
+class K3sOptions(usage.Options):
+    """
+    Options built from a table of L{Flag}s, resolved with k3s's precedence.
+
+    After parsing, ``self[name]`` holds the typed value of each flag and
+    ``self.sources[name]`` says where it came from.  Subclasses set
+    C{flags}, C{command} and C{other_role_flags} (keys of the other role, which
+    a shared config file may hold and which are ignored, not errors).
+    """
+
+    flags: ClassVar[tuple[Flag, ...]] = ()
+    other_role_flags: ClassVar[tuple[Flag, ...]] = ()
+    command: ClassVar[str] = "k3s"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # usage.Options finds parameters in optFlags/optParameters and opt_* methods;
+        # repeatable flags need a method so that each occurrence appends.
+        cls.optFlags = [[f.name, f.short, f.help] for f in cls.flags if f.switch]
+        cls.optParameters = [
+            [f.name, f.short, None, f.help]
+            for f in cls.flags
+            if not f.switch and not f.repeatable
+        ]
+        for flag in cls.flags:
+            if flag.repeatable:
+                method = _appender(flag)
+                setattr(cls, "opt_" + flag.name.replace("-", "_"), method)
+                if flag.short:
+                    setattr(cls, "opt_" + flag.short, method)
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self.given_lists: dict[str, list[str]] = {}
+        self.sources: dict[str, str] = {}
+        self.ignored_keys: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse, then turn any usage error into one line and a non-zero exit."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"{self.command}: {e}") from None
+
+    def postOptions(self) -> None:
+        cli = {f.name: self._from_command_line(f) for f in self.flags}
+        config_path = cli["config"] or self.environ.get("K3S_CONFIG_FILE")
+        explicit = config_path is not None
+        path = Path(os.path.expanduser(config_path or DEFAULT_CONFIG_FILE))
+        file_values = load_config_file(path, required=explicit)
+        self._check_keys(file_values)
+        for flag in self.flags:
+            value, source = self._resolve(flag, cli[flag.name], file_values)
+            self[flag.name] = value
+            self.sources[flag.name] = source
+        self.apply_defaults()
+        self.check_required()
+
+    def _from_command_line(self, flag: Flag) -> Any:
+        if flag.repeatable:
+            return self.given_lists.get(flag.name) or None
+        given = self.get(flag.name)
+        if flag.switch:
+            return True if given else None
+        return given
+
+    def _check_keys(self, file_values: Mapping[str, tuple[object, str]]) -> None:
+        mine = {f.name for f in self.flags}
+        theirs = {f.name for f in self.other_role_flags}
+        for key, (_, where) in file_values.items():
+            if key in mine:
+                continue
+            if key in theirs:
+                self.ignored_keys.append(key)
+                continue
+            raise ConfigurationError(
+                f"unknown key {key!r} in config file {where}: {self.command} has no flag "
+                f"--{key}"
+            )
+
+    def _resolve(
+        self, flag: Flag, given: Any, file_values: Mapping[str, tuple[object, str]]
+    ) -> tuple[Any, str]:
+        if given is not None:
+            return self._parse(flag, given, "the command line"), "command line"
+        if flag.env and flag.env in self.environ:
+            return self._parse(flag, self.environ[flag.env], flag.env), flag.env
+        if flag.name in file_values:
+            value, where = file_values[flag.name]
+            return self._parse(flag, value, where), where
+        return flag.default, "default"
+
+    def _parse(self, flag: Flag, raw: object, where: str) -> Any:
+        values: Iterable[object]
+        if flag.repeatable:
+            values = _split_list(raw)
+        elif isinstance(raw, list | dict):
+            raise ConfigurationError(
+                f"invalid value for --{flag.name} in {where}: expected a single value, not a "
+                f"{'list' if isinstance(raw, list) else 'mapping'}"
+            )
+        else:
+            values = [raw]
+        parsed = []
+        for value in values:
+            try:
+                parsed.append(flag.parse(value))
+            except ValueError as e:
+                raise ConfigurationError(
+                    f"invalid value {_show(value)} for --{flag.name} in {where}: {e}"
+                ) from None
+        return tuple(parsed) if flag.repeatable else parsed[0]
+
+    def apply_defaults(self) -> None:
+        """Fill defaults that depend on other flags or on the user running us."""
+        if self["data-dir"] is None:
+            self["data-dir"] = default_data_dir()
+
+    def check_required(self) -> None:
+        """Fail when a value this role cannot run without is missing."""
+
+    def getSynopsis(self) -> str:
+        return f"Usage: twistd [options] {self.command} [{self.command} options]"
+
+
+def _appender(flag: Flag) -> Callable[[K3sOptions, str], None]:
+    def append(self: K3sOptions, value: str) -> None:
+        self.given_lists.setdefault(flag.name, []).append(value)
+
+    append.__doc__ = flag.help + " (repeatable)"
+    return append
+
+
+def _split_list(raw: object) -> list[object]:
+    # k3s accepts a YAML list, repeated flags, or comma-separated values.
+    items = raw if isinstance(raw, list | tuple) else [raw]
+    out: list[object] = []
+    for item in items:
+        if isinstance(item, str):
+            out.extend(part.strip() for part in item.split(",") if part.strip())
+        else:
+            out.append(item)
+    return out
+
+
+def _show(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def default_data_dir() -> str:
+    """k3s's default: ``/var/lib/rancher/k3s`` for root, ``~/.rancher/k3s`` otherwise."""
+    if os.geteuid() == 0:
+        return "/var/lib/rancher/k3s"
+    return os.path.expanduser("~/.rancher/k3s")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian machine, then run all of it:
+# lint, types, and every test against real SQLite, PostgreSQL, MariaDB, etcd and twistd.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Real components the tests start themselves (nothing here is started as a system service).
+DEBIAN_PACKAGES="openssl ca-certificates postgresql mariadb-server etcd-server etcd-client"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    # shellcheck disable=SC2086
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $DEBIAN_PACKAGES >/dev/null
+fi
+
+# The suite runs against the built wheel, as an appliance image would install it.
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check build
+rm -rf .venv/dist
+.venv/bin/python -m build -q --wheel --outdir .venv/dist . >/dev/null
+wheel=$(ls .venv/dist/k3stw-*.whl)
+.venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+.venv/bin/pip install -q --disable-pip-version-check "${wheel}[test,dev]"
+
+.venv/bin/ruff check k3stw tests bench twisted
+.venv/bin/ruff format --check k3stw tests bench twisted
+.venv/bin/mypy
+.venv/bin/python -b -m pytest -q -p no:randomly "$@"
