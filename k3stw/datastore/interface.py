@@ -52,8 +52,8 @@ class Event:
     One change seen by a watch.
 
     :ivar revision: the revision of the change.
-    :ivar kv: the key's new version; for a delete, the last version before it
-        (its value is the deleted value).
+    :ivar kv: the key's new version; for a delete, the deleted value with the
+        key's create_revision and lease, and mod_revision = the delete's revision.
     :ivar prev: the version before this change (``None`` for a create).
     """
 
