@@ -97,6 +97,16 @@ def _https_url(value: object) -> str:
     return text.rstrip("/")
 
 
+def _cidrs(value: object) -> str:
+    text = _text(value)
+    try:
+        for part in text.split(","):
+            ipaddress.ip_network(part.strip(), strict=False)
+    except ValueError:
+        raise ValueError("expected a network in CIDR form such as 10.42.0.0/16") from None
+    return text
+
+
 def _path(value: object) -> str:
     text = _text(value)
     if not text:
@@ -139,78 +149,147 @@ def repeatable(
 
 
 CONFIG = Flag(
-    "config", "Load configuration from FILE", _path, short="c", env="K3S_CONFIG_FILE",
+    "config",
+    "Load configuration from FILE",
+    _path,
+    short="c",
+    env="K3S_CONFIG_FILE",
     default=DEFAULT_CONFIG_FILE,
 )
 DEBUG = switch("debug", "Turn on debug logs", env="K3S_DEBUG")
 DATA_DIR = Flag(
     "data-dir",
     "Folder to hold state (default: /var/lib/rancher/k3s, or ~/.rancher/k3s if not root)",
-    _path, short="d", env="K3S_DATA_DIR",
+    _path,
+    short="d",
+    env="K3S_DATA_DIR",
 )
-TOKEN = Flag("token", "Shared secret used to join a server or agent to a cluster", short="t",
-             env="K3S_TOKEN")
+TOKEN = Flag(
+    "token", "Shared secret used to join a server or agent to a cluster", short="t", env="K3S_TOKEN"
+)
 TOKEN_FILE = Flag("token-file", "File containing the token", _path, env="K3S_TOKEN_FILE")
 NODE_NAME = Flag("node-name", "Node name", env="K3S_NODE_NAME")
 WITH_NODE_ID = switch("with-node-id", "Append id to node name")
-NODE_IP = repeatable("node-ip", "IPv4/IPv6 addresses to advertise for node", _ip_address,
-                     short="i")
-NODE_EXTERNAL_IP = repeatable("node-external-ip", "IPv4/IPv6 external IP addresses to advertise "
-                              "for node", _ip_address)
+NODE_IP = repeatable("node-ip", "IPv4/IPv6 addresses to advertise for node", _ip_address, short="i")
+NODE_EXTERNAL_IP = repeatable(
+    "node-external-ip", "IPv4/IPv6 external IP addresses to advertise for node", _ip_address
+)
 NODE_LABEL = repeatable("node-label", "Registering and starting kubelet with set of labels")
 NODE_TAINT = repeatable("node-taint", "Registering kubelet with set of taints")
 
 #: Flags that both roles accept (a k3s server also runs an agent).
 NODE_FLAGS: tuple[Flag, ...] = (
-    CONFIG, DEBUG, DATA_DIR, TOKEN, TOKEN_FILE, NODE_NAME, WITH_NODE_ID, NODE_IP,
-    NODE_EXTERNAL_IP, NODE_LABEL, NODE_TAINT,
+    CONFIG,
+    DEBUG,
+    DATA_DIR,
+    TOKEN,
+    TOKEN_FILE,
+    NODE_NAME,
+    WITH_NODE_ID,
+    NODE_IP,
+    NODE_EXTERNAL_IP,
+    NODE_LABEL,
+    NODE_TAINT,
 )
 
 SERVER_FLAGS: tuple[Flag, ...] = (
     *NODE_FLAGS,
-    Flag("server", "Server to connect to, used to join a cluster", _https_url, short="s",
-         env="K3S_URL"),
-    Flag("agent-token", "Shared secret used to join agents to the cluster, but not servers",
-         env="K3S_AGENT_TOKEN"),
-    Flag("agent-token-file", "File containing the agent secret", _path,
-         env="K3S_AGENT_TOKEN_FILE"),
+    Flag(
+        "server",
+        "Server to connect to, used to join a cluster",
+        _https_url,
+        short="s",
+        env="K3S_URL",
+    ),
+    Flag(
+        "agent-token",
+        "Shared secret used to join agents to the cluster, but not servers",
+        env="K3S_AGENT_TOKEN",
+    ),
+    Flag("agent-token-file", "File containing the agent secret", _path, env="K3S_AGENT_TOKEN_FILE"),
     switch("cluster-init", "Initialize a new cluster using embedded Etcd", env="K3S_CLUSTER_INIT"),
-    Flag("datastore-endpoint", "Specify etcd, NATS, MySQL, Postgres, or SQLite (default) data "
-         "source name", env="K3S_DATASTORE_ENDPOINT"),
-    Flag("datastore-cafile", "TLS Certificate Authority file used to secure datastore backend "
-         "communication", _path, env="K3S_DATASTORE_CAFILE"),
-    Flag("datastore-certfile", "TLS certification file used to secure datastore backend "
-         "communication", _path, env="K3S_DATASTORE_CERTFILE"),
-    Flag("datastore-keyfile", "TLS key file used to secure datastore backend communication",
-         _path, env="K3S_DATASTORE_KEYFILE"),
+    Flag(
+        "datastore-endpoint",
+        "Specify etcd, NATS, MySQL, Postgres, or SQLite (default) data source name",
+        env="K3S_DATASTORE_ENDPOINT",
+    ),
+    Flag(
+        "datastore-cafile",
+        "TLS Certificate Authority file used to secure datastore backend communication",
+        _path,
+        env="K3S_DATASTORE_CAFILE",
+    ),
+    Flag(
+        "datastore-certfile",
+        "TLS certification file used to secure datastore backend communication",
+        _path,
+        env="K3S_DATASTORE_CERTFILE",
+    ),
+    Flag(
+        "datastore-keyfile",
+        "TLS key file used to secure datastore backend communication",
+        _path,
+        env="K3S_DATASTORE_KEYFILE",
+    ),
     Flag("bind-address", "k3s bind address", _ip_address, default="0.0.0.0"),
     Flag("https-listen-port", "HTTPS listen port", _port, default=6443),
-    Flag("advertise-address", "IPv4/IPv6 address that apiserver uses to advertise to members "
-         "of the cluster (default: node-external-ip/node-ip)", _ip_address),
-    Flag("advertise-port", "Port that apiserver uses to advertise to members of the cluster "
-         "(default: listen-port)", _port),
-    repeatable("tls-san", "Add additional hostnames or IPv4/IPv6 addresses as Subject "
-               "Alternative Names on the server TLS cert"),
-    Flag("write-kubeconfig", "Write kubeconfig for admin client to this file (default: "
-         "/etc/rancher/k3s/k3s.yaml as root)", _path, short="o", env="K3S_KUBECONFIG_OUTPUT"),
-    Flag("write-kubeconfig-mode", "Write kubeconfig with this mode", _file_mode,
-         env="K3S_KUBECONFIG_MODE", default=0o600),
+    Flag(
+        "advertise-address",
+        "IPv4/IPv6 address that apiserver uses to advertise to members "
+        "of the cluster (default: node-external-ip/node-ip)",
+        _ip_address,
+    ),
+    Flag(
+        "advertise-port",
+        "Port that apiserver uses to advertise to members of the cluster (default: listen-port)",
+        _port,
+    ),
+    repeatable(
+        "tls-san",
+        "Add additional hostnames or IPv4/IPv6 addresses as Subject "
+        "Alternative Names on the server TLS cert",
+    ),
+    Flag(
+        "write-kubeconfig",
+        "Write kubeconfig for admin client to this file (default: "
+        "/etc/rancher/k3s/k3s.yaml as root)",
+        _path,
+        short="o",
+        env="K3S_KUBECONFIG_OUTPUT",
+    ),
+    Flag(
+        "write-kubeconfig-mode",
+        "Write kubeconfig with this mode",
+        _file_mode,
+        env="K3S_KUBECONFIG_MODE",
+        default=0o600,
+    ),
     switch("disable-agent", "Do not run a local agent and register a local kubelet"),
-    Flag("cluster-cidr", "IPv4/IPv6 network CIDRs to use for pod IPs", default="10.42.0.0/16"),
-    Flag("service-cidr", "IPv4/IPv6 network CIDRs to use for service IPs",
-         default="10.43.0.0/16"),
-    Flag("cluster-dns", "IPv4 Cluster IP for coredns service", _ip_address,
-         default="10.43.0.10"),
+    Flag(
+        "cluster-cidr", "IPv4/IPv6 network CIDRs to use for pod IPs", _cidrs, default="10.42.0.0/16"
+    ),
+    Flag(
+        "service-cidr",
+        "IPv4/IPv6 network CIDRs to use for service IPs",
+        _cidrs,
+        default="10.43.0.0/16",
+    ),
+    Flag("cluster-dns", "IPv4 Cluster IP for coredns service", _ip_address, default="10.43.0.10"),
     Flag("cluster-domain", "Cluster Domain", default="cluster.local"),
 )
 
 AGENT_FLAGS: tuple[Flag, ...] = (
     *NODE_FLAGS,
     Flag("server", "Server to connect to", _https_url, short="s", env="K3S_URL"),
-    Flag("lb-server-port", "Local port for supervisor client load-balancer. If the supervisor "
-         "and apiserver are not colocated an additional port 1 less than this port will also be "
-         "used for the apiserver client load-balancer.", _port, env="K3S_LB_SERVER_PORT",
-         default=6444),
+    Flag(
+        "lb-server-port",
+        "Local port for supervisor client load-balancer. If the supervisor "
+        "and apiserver are not colocated an additional port 1 less than this port will also be "
+        "used for the apiserver client load-balancer.",
+        _port,
+        env="K3S_LB_SERVER_PORT",
+        default=6444,
+    ),
 )
 
 
@@ -279,6 +358,8 @@ class K3sOptions(usage.Options):
     a shared config file may hold and which are ignored, not errors).
     """
 
+    optFlags: ClassVar[list[list[str | None]]] = []
+    optParameters: ClassVar[list[list[str | None]]] = []
     flags: ClassVar[tuple[Flag, ...]] = ()
     other_role_flags: ClassVar[tuple[Flag, ...]] = ()
     command: ClassVar[str] = "k3s"
@@ -289,9 +370,7 @@ class K3sOptions(usage.Options):
         # repeatable flags need a method so that each occurrence appends.
         cls.optFlags = [[f.name, f.short, f.help] for f in cls.flags if f.switch]
         cls.optParameters = [
-            [f.name, f.short, None, f.help]
-            for f in cls.flags
-            if not f.switch and not f.repeatable
+            [f.name, f.short, None, f.help] for f in cls.flags if not f.switch and not f.repeatable
         ]
         for flag in cls.flags:
             if flag.repeatable:
@@ -346,8 +425,7 @@ class K3sOptions(usage.Options):
                 self.ignored_keys.append(key)
                 continue
             raise ConfigurationError(
-                f"unknown key {key!r} in config file {where}: {self.command} has no flag "
-                f"--{key}"
+                f"unknown key {key!r} in config file {where}: {self.command} has no flag --{key}"
             )
 
     def _resolve(
@@ -390,6 +468,27 @@ class K3sOptions(usage.Options):
 
     def check_required(self) -> None:
         """Fail when a value this role cannot run without is missing."""
+
+    def token(self, flag: str = "token") -> str | None:
+        """
+        The secret from ``--token``, else from the file ``--token-file`` names
+        (likewise ``agent-token``).
+
+        :raises ConfigurationError: the token file cannot be read or is empty.
+        """
+        if self[flag]:
+            return str(self[flag])
+        path = self[f"{flag}-file"]
+        if not path:
+            return None
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = getattr(e, "strerror", None) or "not text"
+            raise ConfigurationError(f"cannot read --{flag}-file {path}: {reason}") from None
+        if not text:
+            raise ConfigurationError(f"--{flag}-file {path} is empty")
+        return text
 
     def getSynopsis(self) -> str:
         return f"Usage: twistd [options] {self.command} [{self.command} options]"

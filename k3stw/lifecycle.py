@@ -1,0 +1,60 @@
+"""
+How a k3stw process fails: one clear line and a non-zero exit, as k3s's
+``level=fatal`` does, never a traceback for a problem the user can fix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+
+_log = Logger()
+
+
+class StartupError(Exception):
+    """A problem found while starting that the user must fix; the message says how."""
+
+
+def stop_with_error(reactor: IReactorCore, message: str, code: int = 1) -> None:
+    """
+    Log C{message} as fatal, stop the services gracefully, then exit with C{code}.
+
+    twistd always exits 0 once its reactor stops, so the exit status is set
+    after every service has stopped, from the last shutdown phase.
+    """
+    _log.critical("{message}", message=message)
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_now, code)
+    reactor.stop()
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class ApplianceService(MultiService):
+    """
+    The root service of a k3stw process.  A L{StartupError} or a port that
+    cannot be bound while starting becomes one line and exit status 1
+    instead of a traceback.
+    """
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            raise SystemExit(f"{self.command}: {e}") from None
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            where = f"{e.interface or '0.0.0.0'}:{e.port}"
+            raise SystemExit(f"{self.command}: cannot listen on {where}: {reason}") from None

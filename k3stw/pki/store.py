@@ -1,0 +1,311 @@
+"""
+The server's credentials on disk, under ``<data-dir>/server``, laid out as k3s lays them out.
+
+First start creates everything; every later start reuses what is there
+byte for byte.  Only derived files are ever rewritten: the serving
+certificate when its SANs or CA change.  A CA or token is never replaced:
+a missing, corrupt or mismatched one stops the server with a message that
+says what to do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from k3stw.files import write_atomically, write_if_changed
+from k3stw.lifecycle import StartupError
+from k3stw.pki.certs import (
+    KeyPair,
+    SubjectAltNames,
+    Usage,
+    is_signed_by,
+    load_pem_certificates,
+    load_pem_key,
+    new_ca,
+    new_leaf,
+)
+from k3stw.pki.token import InvalidToken, Token, ca_hash, parse_token, random_secret
+
+ADMIN_USER = "system:admin"
+ADMIN_GROUP = "system:masters"
+# A serving certificate this close to expiry is renewed at start, as k3s does.
+RENEW_BEFORE = datetime.timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    """
+    Everything a server needs to serve TLS and admit clients.
+
+    :ivar server_ca_bundle: ``server-ca.crt`` exactly as on disk; it is what
+        ``/cacerts`` serves and what the token's CA hash covers.
+    :ivar token: the server token, ``K10<hash>::server:<password>``.
+    :ivar agent_password: the password agents join with (user ``node``).
+    """
+
+    server_ca: KeyPair
+    server_ca_bundle: bytes
+    client_ca: KeyPair
+    serving: KeyPair
+    admin: KeyPair
+    token: Token
+    agent_password: str
+
+
+@dataclass(frozen=True)
+class ServerLayout:
+    """The paths k3s uses below ``<data-dir>/server``."""
+
+    server_dir: Path
+
+    @property
+    def tls(self) -> Path:
+        return self.server_dir / "tls"
+
+    def pair(self, stem: str) -> tuple[Path, Path]:
+        return self.tls / f"{stem}.crt", self.tls / f"{stem}.key"
+
+    @property
+    def token(self) -> Path:
+        return self.server_dir / "token"
+
+    @property
+    def node_token(self) -> Path:
+        return self.server_dir / "node-token"
+
+    @property
+    def agent_token(self) -> Path:
+        return self.server_dir / "agent-token"
+
+    @property
+    def passwd(self) -> Path:
+        return self.server_dir / "cred" / "passwd"
+
+
+def load_or_create_server_credentials(
+    server_dir: Path,
+    alt_names: SubjectAltNames,
+    now: datetime.datetime,
+    token: str | None = None,
+    agent_token: str | None = None,
+) -> ServerCredentials:
+    """
+    Load the credentials in C{server_dir}, creating what is missing.
+
+    :param token: ``--token``: sets the secret on a first start; later it
+        must match the stored one.
+    :param agent_token: ``--agent-token``, likewise for the agent secret.
+    :raises StartupError: the directory cannot be used, a file is corrupt, or
+        a token disagrees with the one on disk.
+    """
+    layout = ServerLayout(server_dir)
+    _make_private_dir(layout.tls)
+    server_ca = _load_or_create_ca(layout, "server-ca", "k3s-server-ca", now)
+    client_ca = _load_or_create_ca(layout, "client-ca", "k3s-client-ca", now)
+    server_ca_bundle = _read(layout.pair("server-ca")[0])
+    serving = _load_or_create_leaf(
+        layout,
+        "serving-kube-apiserver",
+        server_ca,
+        now,
+        _serving_matches(alt_names),
+        lambda: new_leaf(server_ca, "k3s", Usage.SERVER, now, ["k3s"], alt_names),
+    )
+    admin = _load_or_create_leaf(
+        layout,
+        "client-admin",
+        client_ca,
+        now,
+        lambda _: True,
+        lambda: new_leaf(client_ca, ADMIN_USER, Usage.CLIENT, now, [ADMIN_GROUP]),
+    )
+    hash_ = ca_hash(server_ca_bundle)
+    server_token = _load_or_create_token(layout, token, hash_)
+    agent_password = _load_or_create_agent_password(layout, agent_token, server_token.password)
+    _write_token_files(layout, server_token, agent_password)
+    return ServerCredentials(
+        server_ca, server_ca_bundle, client_ca, serving, admin, server_token, agent_password
+    )
+
+
+def _make_private_dir(path: Path) -> None:
+    for each in (path, *path.parents):
+        if each.exists() and not each.is_dir():
+            raise StartupError(f"data directory path {each} exists but is not a directory")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create {path}: {e.strerror}") from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise StartupError(f"data directory {path} is not readable and writable by this user")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise StartupError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _load_pair(certificate_path: Path, key_path: Path, remedy: str) -> KeyPair:
+    try:
+        certificate = load_pem_certificates(_read(certificate_path))[0]
+    except ValueError:
+        raise StartupError(f"{certificate_path} is not a valid PEM certificate; {remedy}") from None
+    try:
+        key = load_pem_key(_read(key_path))
+    except (ValueError, TypeError):
+        raise StartupError(f"{key_path} is not a valid ECDSA private key; {remedy}") from None
+    if certificate.public_key() != key.public_key():
+        raise StartupError(f"{key_path} does not belong to {certificate_path}; {remedy}")
+    return KeyPair(certificate, key)
+
+
+def _store_pair(certificate_path: Path, key_path: Path, pair: KeyPair) -> None:
+    # The key first: a certificate on disk always has its key beside it.
+    write_atomically(key_path, pair.key_pem, 0o600)
+    write_atomically(certificate_path, pair.certificate_pem, 0o644)
+
+
+def _load_or_create_ca(
+    layout: ServerLayout, stem: str, name: str, now: datetime.datetime
+) -> KeyPair:
+    certificate_path, key_path = layout.pair(stem)
+    remedy = (
+        "restore it from a backup; k3stw never replaces a cluster CA, because every "
+        "node and kubeconfig trusts it"
+    )
+    present = [p for p in (certificate_path, key_path) if p.exists()]
+    if len(present) == 1:
+        missing = key_path if present[0] == certificate_path else certificate_path
+        raise StartupError(f"{present[0]} exists but {missing} is missing; {remedy}")
+    if present:
+        return _load_pair(certificate_path, key_path, remedy)
+    ca = new_ca(f"{name}@{int(now.timestamp())}", now)
+    _store_pair(certificate_path, key_path, ca)
+    return ca
+
+
+def _load_or_create_leaf(
+    layout: ServerLayout,
+    stem: str,
+    ca: KeyPair,
+    now: datetime.datetime,
+    still_good: Callable[[x509.Certificate], bool],
+    create: Callable[[], KeyPair],
+) -> KeyPair:
+    certificate_path, key_path = layout.pair(stem)
+    if certificate_path.exists() or key_path.exists():
+        remedy = "delete both files to have a new pair issued at the next start"
+        current = _load_pair(certificate_path, key_path, remedy)
+        if (
+            is_signed_by(current.certificate, ca.certificate)
+            and current.certificate.not_valid_after_utc - now > RENEW_BEFORE
+            and still_good(current.certificate)
+        ):
+            return current
+    leaf = create()
+    _store_pair(certificate_path, key_path, leaf)
+    return leaf
+
+
+def _serving_matches(alt_names: SubjectAltNames) -> Callable[[x509.Certificate], bool]:
+    def check(certificate: x509.Certificate) -> bool:
+        return SubjectAltNames.of_certificate(certificate) == alt_names
+
+    return check
+
+
+def _load_or_create_token(layout: ServerLayout, given: str | None, hash_: str) -> Token:
+    wanted = _parse_given_token(given, "--token", hash_) if given else None
+    if layout.token.exists():
+        stored_text = _read(layout.token).decode("utf-8", "replace")
+        try:
+            stored = parse_token(stored_text)
+        except InvalidToken as e:
+            raise StartupError(
+                f"{layout.token} does not hold a k3s token ({e}); restore it from a backup"
+            ) from None
+        if wanted is not None and wanted != stored.password:
+            raise StartupError(
+                f"--token does not match the token this server was created with "
+                f"(in {layout.token}); a server's token cannot be changed by restarting "
+                f"it with another one"
+            )
+        return Token(hash_, "server", stored.password)
+    return Token(hash_, "server", wanted or random_secret())
+
+
+def _parse_given_token(given: str, flag: str, hash_: str) -> str:
+    try:
+        token = parse_token(given)
+    except InvalidToken as e:
+        raise StartupError(f"invalid {flag}: {e}") from None
+    if token.ca_hash and token.ca_hash != hash_:
+        raise StartupError(
+            f"{flag}: token CA hash does not match the Cluster CA certificate hash: "
+            f"{token.ca_hash} != {hash_}"
+        )
+    return token.password
+
+
+def _load_or_create_agent_password(
+    layout: ServerLayout, given: str | None, server_password: str
+) -> str:
+    wanted = _parse_given_token(given, "--agent-token", "") if given else None
+    stored = _passwd_entries(layout.passwd).get("node")
+    if stored is not None:
+        if wanted is not None and wanted != stored:
+            raise StartupError(
+                f"--agent-token does not match the agent token this server was created with "
+                f"(in {layout.passwd}); it cannot be changed by restarting with another one"
+            )
+        return stored
+    return wanted or server_password
+
+
+def _passwd_entries(path: Path) -> dict[str, str]:
+    """``password,user,uid,groups`` lines, as k3s's passwd file holds them."""
+    if not path.exists():
+        return {}
+    entries = {}
+    for number, line in enumerate(_read(path).decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        if len(fields) < 3 or not fields[0]:
+            raise StartupError(
+                f"{path} line {number} is not 'password,user,uid,groups'; restore it from a backup"
+            )
+        entries[fields[1]] = fields[0]
+    return entries
+
+
+def _write_token_files(layout: ServerLayout, token: Token, agent_password: str) -> None:
+    write_if_changed(layout.token, f"{token}\n".encode(), 0o600)
+    _symlink(layout.node_token, layout.token.name)
+    if agent_password == token.password:
+        _symlink(layout.agent_token, layout.token.name)
+    else:
+        agent = Token(token.ca_hash, "node", agent_password)
+        if layout.agent_token.is_symlink():
+            layout.agent_token.unlink()
+        write_if_changed(layout.agent_token, f"{agent}\n".encode(), 0o600)
+    passwd = f"{agent_password},node,node,k3s:agent\n{token.password},server,server,k3s:server\n"
+    layout.passwd.parent.mkdir(mode=0o700, exist_ok=True)
+    write_if_changed(layout.passwd, passwd.encode(), 0o600)
+
+
+def _symlink(link: Path, target: str) -> None:
+    """k3s keeps ``node-token`` (and a default ``agent-token``) as links to ``token``."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)

@@ -1,0 +1,75 @@
+"""TLS contexts for the supervisor port and for clients that pin the cluster CA."""
+
+from __future__ import annotations
+
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from k3stw.pki.certs import KeyPair, load_pem_certificates
+
+
+def _x509(pem: bytes) -> crypto.X509:
+    return crypto.load_certificate(crypto.FILETYPE_PEM, pem)
+
+
+def server_tls_options(
+    serving: KeyPair, ca_bundle: bytes, client_ca: KeyPair
+) -> ssl.CertificateOptions:
+    """
+    Serve with C{serving} (chained to the server CA) and ask, without
+    requiring, for a client certificate signed by C{client_ca}: kubectl's
+    admin certificate authenticates, an agent's token-only request still gets
+    through to be checked by password.
+    """
+    return ssl.CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(serving.key),
+        certificate=_x509(serving.certificate_pem),
+        extraCertChain=[_x509(ca_bundle)],
+        verify=True,
+        caCerts=[_x509(client_ca.certificate_pem)],
+        requireCertificate=False,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+@implementer(IPolicyForHTTPS)
+class PinnedCAPolicy:
+    """Verify servers against the cluster CA bundle only, never the host's trust store."""
+
+    def __init__(self, ca_bundle: bytes) -> None:
+        roots = [
+            ssl.Certificate(crypto.X509.from_cryptography(c))
+            for c in load_pem_certificates(ca_bundle)
+        ]
+        self._trust = ssl.trustRootFromCertificates(roots)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust)
+
+
+@implementer(IPolicyForHTTPS)
+class UnverifiedPolicy:
+    """
+    Accept any server certificate.  Only for downloading ``/cacerts``, whose
+    content is then checked against the CA hash in the join token.
+    """
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        return _UnverifiedCreator(hostname)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedCreator:
+    def __init__(self, hostname: bytes) -> None:
+        self._hostname = hostname
+        self._context = ssl.CertificateOptions(verify=False).getContext()
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        connection.set_tlsext_host_name(self._hostname)
+        return connection

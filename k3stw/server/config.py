@@ -1,0 +1,73 @@
+"""What a server is asked to be, independent of where the settings came from."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from k3stw.pki.certs import SubjectAltNames
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """
+    A server's settings, already validated.
+
+    :ivar node_ips: the node's addresses (``--node-ip``, else the host's primary address).
+    :ivar token: ``--token`` (or the content of ``--token-file``), if given.
+    """
+
+    data_dir: Path
+    hostname: str
+    bind_address: str
+    https_port: int
+    node_ips: tuple[str, ...]
+    advertise_address: str | None
+    tls_sans: tuple[str, ...]
+    token: str | None
+    agent_token: str | None
+    kubeconfig: Path
+    kubeconfig_mode: int
+    service_cidr: str
+    cluster_domain: str
+
+    @property
+    def server_dir(self) -> Path:
+        return self.data_dir / "server"
+
+    @property
+    def local_url(self) -> str:
+        """How clients on this host reach the server (k3s's kubeconfig URL)."""
+        address = ipaddress.ip_address(self.bind_address)
+        host = "127.0.0.1" if address.is_unspecified else _url_host(address)
+        return f"https://{host}:{self.https_port}"
+
+    def serving_alt_names(self) -> SubjectAltNames:
+        """Every name a client may use to reach this server, as k3s lists them."""
+        names: list[str] = ["localhost", "127.0.0.1", "::1", self.hostname, *self.node_ips]
+        if self.advertise_address:
+            names.append(self.advertise_address)
+        if not ipaddress.ip_address(self.bind_address).is_unspecified:
+            names.append(self.bind_address)
+        names += kubernetes_service_names(self.cluster_domain, self.service_cidr)
+        names += self.tls_sans
+        return SubjectAltNames.of(names)
+
+
+def kubernetes_service_names(cluster_domain: str, service_cidr: str) -> Iterable[str]:
+    """The in-cluster names of the ``kubernetes`` service and its cluster IP."""
+    yield from (
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        f"kubernetes.default.svc.{cluster_domain}",
+    )
+    for cidr in service_cidr.split(","):
+        network = ipaddress.ip_network(cidr.strip(), strict=False)
+        yield str(network.network_address + 1)
+
+
+def _url_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)

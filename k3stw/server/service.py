@@ -1,0 +1,96 @@
+"""The service tree of ``k3s-server``."""
+
+from __future__ import annotations
+
+import datetime
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IReactorSSL
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from k3stw.lifecycle import ApplianceService
+from k3stw.pki.kubeconfig import write_kubeconfig
+from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
+from k3stw.pki.tls import server_tls_options
+from k3stw.server.config import ServerConfig
+from k3stw.supervisor.resource import Readiness, supervisor_resource
+
+
+class QuietSite(Site):
+    """A Site that keeps access logs out of the service log, as k3s does."""
+
+    noisy = False
+
+    def log(self, request: object) -> None:
+        pass
+
+
+class ServerService(ApplianceService):
+    """
+    The root of a server: the supervisor listener now; the datastore, the
+    Kubernetes API and the embedded agent join it as they are built.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: ServerConfig, credentials: ServerCredentials) -> None:
+        super().__init__("k3s-server")
+        self.config = config
+        self.credentials = credentials
+        self.readiness = Readiness()
+
+    def startService(self) -> None:
+        super().startService()
+        self.readiness.mark_ready()
+        self._log.info(
+            "k3stw server listening on {address}:{port}; admin kubeconfig at {kubeconfig}",
+            address=self.config.bind_address,
+            port=self.config.https_port,
+            kubeconfig=str(self.config.kubeconfig),
+        )
+        self._log.info(
+            "Node token is available at {path}", path=str(self.config.server_dir / "token")
+        )
+
+
+def build_server(
+    config: ServerConfig, reactor: IReactorSSL, now: datetime.datetime | None = None
+) -> IService:
+    """
+    Prepare the server's files and assemble its services.
+
+    Credentials and the admin kubeconfig are made here, before the reactor
+    runs, so that a problem with them stops the start with one clear line.
+
+    :raises k3stw.lifecycle.StartupError: the data directory, a certificate
+        or a token cannot be used.
+    """
+    when = now or datetime.datetime.now(datetime.UTC)
+    credentials = load_or_create_server_credentials(
+        config.server_dir, config.serving_alt_names(), when, config.token, config.agent_token
+    )
+    write_kubeconfig(
+        config.kubeconfig,
+        config.local_url,
+        credentials.server_ca_bundle,
+        credentials.admin,
+        config.kubeconfig_mode,
+    )
+    root = ServerService(config, credentials)
+    site = QuietSite(supervisor_resource(credentials.server_ca_bundle, root.readiness))
+    site.displayTracebacks = False
+    tls = server_tls_options(
+        credentials.serving, credentials.server_ca_bundle, credentials.client_ca
+    )
+    endpoint = SSL4ServerEndpoint(
+        reactor, config.https_port, tls, backlog=128, interface=config.bind_address
+    )
+    listener = StreamServerEndpointService(endpoint, site)
+    # Fail the start, not just log, when the port is taken.
+    listener._raiseSynchronously = True
+    listener.setName("supervisor")
+    listener.setServiceParent(root)
+    return root

@@ -1,0 +1,52 @@
+"""``twistd k3s-agent``: options and service assembly for an agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.application.service import IService
+
+from k3stw.agent.service import AgentConfig
+from k3stw.pki.token import InvalidToken, parse_token
+from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
+
+
+class Options(K3sOptions):
+    """Flags of ``k3s agent``; see ``twistd k3s-agent --help``."""
+
+    flags = AGENT_FLAGS
+    other_role_flags = SERVER_FLAGS
+    command = "k3s-agent"
+
+    def check_required(self) -> None:
+        if not self["server"]:
+            raise ConfigurationError("--server is required (or K3S_URL)")
+        if not (self["token"] or self["token-file"]):
+            raise ConfigurationError("--token is required (or --token-file, K3S_TOKEN)")
+
+
+def agent_config(options: Options) -> AgentConfig:
+    """The validated settings of an agent; reads ``--token-file`` if given."""
+    text = options.token("token") or ""
+    try:
+        token = parse_token(text)
+    except InvalidToken as e:
+        raise ConfigurationError(f"invalid --token: {e}") from None
+    return AgentConfig(
+        data_dir=Path(options["data-dir"]),
+        server_url=options["server"],
+        token=token,
+    )
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from k3stw.agent.cacerts import web_agent_factory
+    from k3stw.agent.service import AgentService
+
+    try:
+        config = agent_config(options)
+    except ConfigurationError as e:
+        raise SystemExit(f"k3s-agent: {e}") from None
+    return AgentService(reactor, config, web_agent_factory(reactor))

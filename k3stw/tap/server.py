@@ -1,0 +1,62 @@
+"""``twistd k3s-server``: options and service assembly for a server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.application.service import IService
+
+from k3stw import hostinfo
+from k3stw.lifecycle import StartupError
+from k3stw.server.config import ServerConfig
+from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
+
+ROOT_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+
+
+class Options(K3sOptions):
+    """Flags of ``k3s server``; see ``twistd k3s-server --help``."""
+
+    flags = SERVER_FLAGS
+    other_role_flags = AGENT_FLAGS
+    command = "k3s-server"
+
+    def apply_defaults(self) -> None:
+        super().apply_defaults()
+        if self["write-kubeconfig"] is None:
+            self["write-kubeconfig"] = (
+                ROOT_KUBECONFIG
+                if os.geteuid() == 0
+                else os.path.join(self["data-dir"], "server", "cred", "admin.kubeconfig")
+            )
+
+
+def server_config(options: Options) -> ServerConfig:
+    """The validated settings of a server; reads ``--token-file`` if given."""
+    return ServerConfig(
+        data_dir=Path(options["data-dir"]),
+        hostname=options["node-name"] or hostinfo.hostname(),
+        bind_address=options["bind-address"],
+        https_port=options["https-listen-port"],
+        node_ips=options["node-ip"] or (hostinfo.primary_address(),),
+        advertise_address=options["advertise-address"],
+        tls_sans=options["tls-san"],
+        token=options.token("token"),
+        agent_token=options.token("agent-token"),
+        kubeconfig=Path(options["write-kubeconfig"]),
+        kubeconfig_mode=options["write-kubeconfig-mode"],
+        service_cidr=options["service-cidr"],
+        cluster_domain=options["cluster-domain"],
+    )
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from k3stw.server.service import build_server
+
+    try:
+        return build_server(server_config(options), reactor)  # type: ignore[arg-type]
+    except (StartupError, ConfigurationError) as e:
+        raise SystemExit(f"k3s-server: {e}") from None
