@@ -1,0 +1,350 @@
+"""The k3s flag surface: command line, K3S_* variables, config files, precedence, errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.tap import agent, server
+from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, K3sOptions
+
+
+def parse(
+    kind: type[K3sOptions],
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    config: str | None = None,
+    tmp: Path | None = None,
+) -> K3sOptions:
+    """Parse C{argv} with only C{env} in the environment and C{config} as the config file."""
+    environ = dict(env or {})
+    if config is not None and tmp is not None:
+        path = tmp / "config.yaml"
+        path.write_text(config)
+        environ.setdefault("K3S_CONFIG_FILE", str(path))
+    elif "K3S_CONFIG_FILE" not in environ and "--config" not in argv and "-c" not in argv:
+        environ["K3S_CONFIG_FILE"] = os.devnull
+    options = kind(environ=environ)
+    options.parseOptions(argv)
+    return options
+
+
+AGENT_REQUIRED = ["--server", "https://10.0.0.1:6443", "--token", "secret"]
+
+
+class OptionsTestCase(SynchronousTestCase):
+    def assertFails(
+        self, kind: type[K3sOptions], argv: list[str], *fragments: str, **kw: Any
+    ) -> str:
+        """The parse exits with one line that names the problem."""
+        with self.assertRaises(SystemExit) as caught:
+            parse(kind, argv, **kw)
+        message = str(caught.exception.code)
+        self.assertEqual(len(message.splitlines()), 1, message)
+        self.assertTrue(message.startswith(kind.command + ": "), message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
+
+
+class DefaultsTests(OptionsTestCase):
+    def test_server_defaults_are_k3s_defaults(self) -> None:
+        """With nothing given, a server gets k3s's defaults."""
+        options = parse(server.Options, [])
+        self.assertEqual(options["https-listen-port"], 6443)
+        self.assertEqual(options["bind-address"], "0.0.0.0")
+        self.assertEqual(options["write-kubeconfig-mode"], 0o600)
+        self.assertEqual(options["cluster-cidr"], "10.42.0.0/16")
+        self.assertEqual(options["service-cidr"], "10.43.0.0/16")
+        self.assertEqual(options["cluster-dns"], "10.43.0.10")
+        self.assertEqual(options["cluster-domain"], "cluster.local")
+        self.assertEqual(options["tls-san"], ())
+        self.assertIs(options["cluster-init"], False)
+        self.assertIs(options["disable-agent"], False)
+        self.assertEqual(options.sources["https-listen-port"], "default")
+
+    def test_data_dir_and_kubeconfig_depend_on_the_user(self) -> None:
+        """Root gets /var/lib/rancher/k3s and /etc/rancher/k3s/k3s.yaml, others ~/.rancher/k3s."""
+        options = parse(server.Options, [])
+        if os.geteuid() == 0:
+            self.assertEqual(options["data-dir"], "/var/lib/rancher/k3s")
+            self.assertEqual(options["write-kubeconfig"], "/etc/rancher/k3s/k3s.yaml")
+        else:
+            home = os.path.expanduser("~/.rancher/k3s")
+            self.assertEqual(options["data-dir"], home)
+            self.assertEqual(options["write-kubeconfig"], home + "/server/cred/admin.kubeconfig")
+
+    def test_agent_defaults(self) -> None:
+        """An agent's load balancer listens on 6444 by default."""
+        options = parse(agent.Options, AGENT_REQUIRED)
+        self.assertEqual(options["lb-server-port"], 6444)
+
+
+class CommandLineTests(OptionsTestCase):
+    def test_every_server_flag_long_form(self) -> None:
+        """Every server flag is accepted under its k3s long name and typed."""
+        argv = [
+            "--debug", "--data-dir", "/tmp/d", "--token", "t", "--token-file", "/tmp/tf",
+            "--node-name", "n1", "--with-node-id", "--node-ip", "10.0.0.5",
+            "--node-external-ip", "203.0.113.9", "--node-label", "a=b", "--node-taint",
+            "k=v:NoSchedule", "--server", "https://s:6443", "--agent-token", "at",
+            "--agent-token-file", "/tmp/atf", "--cluster-init", "--datastore-endpoint",
+            "postgres://", "--datastore-cafile", "/ca", "--datastore-certfile", "/c",
+            "--datastore-keyfile", "/k", "--bind-address", "127.0.0.9",
+            "--https-listen-port", "7443", "--advertise-address", "10.0.0.6",
+            "--advertise-port", "8443", "--tls-san", "a.example", "--write-kubeconfig",
+            "/tmp/kc", "--write-kubeconfig-mode", "0644", "--disable-agent",
+            "--cluster-cidr", "10.52.0.0/16", "--service-cidr", "10.53.0.0/16",
+            "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",
+        ]  # fmt: skip
+        options = parse(server.Options, argv)
+        given = {f.name for f in SERVER_FLAGS} - {"config"}
+        self.assertEqual({n for n in given if options.sources[n] == "command line"}, given)
+        self.assertEqual(options["https-listen-port"], 7443)
+        self.assertEqual(options["advertise-port"], 8443)
+        self.assertEqual(options["write-kubeconfig-mode"], 0o644)
+        self.assertEqual(options["node-ip"], ("10.0.0.5",))
+        self.assertEqual(options["tls-san"], ("a.example",))
+        self.assertIs(options["cluster-init"], True)
+        self.assertIs(options["with-node-id"], True)
+        self.assertEqual(options["server"], "https://s:6443")
+
+    def test_every_agent_flag_long_form(self) -> None:
+        """Every agent flag is accepted under its k3s long name."""
+        argv = [
+            "--debug", "--data-dir", "/tmp/d", "--token", "t", "--token-file", "/tmp/tf",
+            "--node-name", "n1", "--with-node-id", "--node-ip", "10.0.0.5",
+            "--node-external-ip", "203.0.113.9", "--node-label", "a=b", "--node-taint",
+            "k=v:NoSchedule", "--server", "https://s:6443", "--lb-server-port", "7444",
+        ]  # fmt: skip
+        options = parse(agent.Options, argv)
+        given = {f.name for f in AGENT_FLAGS} - {"config"}
+        self.assertEqual({n for n in given if options.sources[n] == "command line"}, given)
+        self.assertEqual(options["lb-server-port"], 7444)
+
+    def test_short_flags(self) -> None:
+        """k3s's short forms: -d, -t, -s, -i, -o, -c."""
+        tmp = Path(self.mktemp())
+        tmp.mkdir()
+        (tmp / "c.yaml").write_text("")
+        options = parse(
+            server.Options,
+            ["-d", "/x", "-t", "tok", "-s", "https://h:1", "-i", "10.1.1.1", "-o", "/kc",
+             "-c", str(tmp / "c.yaml")],
+        )  # fmt: skip
+        self.assertEqual(
+            (options["data-dir"], options["token"], options["server"], options["node-ip"]),
+            ("/x", "tok", "https://h:1", ("10.1.1.1",)),
+        )
+        self.assertEqual(options["write-kubeconfig"], "/kc")
+        self.assertEqual(options["config"], str(tmp / "c.yaml"))
+
+    def test_repeatable_flags_accumulate_and_split_commas(self) -> None:
+        """--tls-san may repeat and each value may hold a comma-separated list."""
+        options = parse(server.Options, ["--tls-san", "a,b", "--tls-san", "10.0.0.1"])
+        self.assertEqual(options["tls-san"], ("a", "b", "10.0.0.1"))
+
+    def test_bad_port(self) -> None:
+        """A port that is not a number from 1 to 65535 names the flag."""
+        self.assertFails(server.Options, ["--https-listen-port", "abc"],
+                         "--https-listen-port", '"abc"', "port")  # fmt: skip
+        self.assertFails(server.Options, ["--https-listen-port", "70000"], "--https-listen-port")
+
+    def test_bad_address(self) -> None:
+        """An IP flag given a name says it wants an address."""
+        self.assertFails(server.Options, ["--node-ip", "myhost"], "--node-ip", "IPv4 or IPv6")
+        self.assertFails(server.Options, ["--bind-address", "1.2.3"], "--bind-address")
+
+    def test_bad_mode(self) -> None:
+        """A kubeconfig mode that is not octal is refused."""
+        self.assertFails(server.Options, ["--write-kubeconfig-mode", "rw-r--r--"],
+                         "--write-kubeconfig-mode", "octal")  # fmt: skip
+
+    def test_bad_cidr(self) -> None:
+        """A CIDR flag given garbage is refused."""
+        self.assertFails(server.Options, ["--service-cidr", "10.43.0.0/40"], "--service-cidr")
+
+    def test_bad_server_url(self) -> None:
+        """--server must be an https URL."""
+        self.assertFails(agent.Options, ["--server", "myserver:6443", "--token", "t"],
+                         "--server", "https://")  # fmt: skip
+
+    def test_unknown_flag(self) -> None:
+        """An unknown flag is one line, not a page of usage."""
+        self.assertFails(server.Options, ["--no-such-flag"], "no-such-flag")
+
+    def test_agent_requires_server_and_token(self) -> None:
+        """k3s's words: --server is required, --token is required."""
+        self.assertFails(agent.Options, ["--token", "t"], "--server is required")
+        self.assertFails(agent.Options, ["--server", "https://h:6443"], "--token is required")
+
+    def test_agent_token_file_satisfies_token(self) -> None:
+        """--token-file stands in for --token."""
+        options = parse(agent.Options, ["--server", "https://h:6443", "--token-file", "/f"])
+        self.assertEqual(options["token-file"], "/f")
+
+
+class EnvironmentTests(OptionsTestCase):
+    def test_k3s_variables(self) -> None:
+        """K3S_TOKEN, K3S_URL, K3S_NODE_NAME, K3S_DATASTORE_ENDPOINT and friends set flags."""
+        env = {
+            "K3S_TOKEN": "t", "K3S_URL": "https://s:6443", "K3S_NODE_NAME": "n",
+            "K3S_DATASTORE_ENDPOINT": "mysql://", "K3S_KUBECONFIG_MODE": "644",
+            "K3S_KUBECONFIG_OUTPUT": "/kc", "K3S_CLUSTER_INIT": "true", "K3S_DATA_DIR": "/d",
+            "K3S_AGENT_TOKEN": "at", "K3S_TOKEN_FILE": "/tf",
+        }  # fmt: skip
+        options = parse(server.Options, [], env)
+        self.assertEqual(options["token"], "t")
+        self.assertEqual(options["server"], "https://s:6443")
+        self.assertEqual(options["node-name"], "n")
+        self.assertEqual(options["datastore-endpoint"], "mysql://")
+        self.assertEqual(options["write-kubeconfig-mode"], 0o644)
+        self.assertEqual(options["write-kubeconfig"], "/kc")
+        self.assertIs(options["cluster-init"], True)
+        self.assertEqual(options["data-dir"], "/d")
+        self.assertEqual(options["agent-token"], "at")
+        self.assertEqual(options.sources["token"], "K3S_TOKEN")
+
+    def test_lb_server_port_variable(self) -> None:
+        """K3S_LB_SERVER_PORT sets the agent's load balancer port."""
+        options = parse(agent.Options, AGENT_REQUIRED, {"K3S_LB_SERVER_PORT": "7000"})
+        self.assertEqual(options["lb-server-port"], 7000)
+
+    def test_bad_boolean_variable(self) -> None:
+        """A boolean variable accepts Go's spellings only, and the error names it."""
+        self.assertFails(server.Options, [], "--cluster-init", "K3S_CLUSTER_INIT",
+                         env={"K3S_CLUSTER_INIT": "yes please"})  # fmt: skip
+
+    def test_command_line_beats_environment(self) -> None:
+        """A flag on the command line wins over its variable."""
+        options = parse(server.Options, ["--token", "cli"], {"K3S_TOKEN": "env"})
+        self.assertEqual(options["token"], "cli")
+        self.assertEqual(options.sources["token"], "command line")
+
+
+class ConfigFileTests(OptionsTestCase):
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.tmp.mkdir()
+
+    def test_keys_are_long_flag_names(self) -> None:
+        """YAML keys are flag names; lists serve repeatable flags; booleans are YAML booleans."""
+        config = (
+            "https-listen-port: 7443\n"
+            "write-kubeconfig-mode: 0644\n"
+            "tls-san:\n  - one.example\n  - 10.0.0.1\n"
+            "node-label: [a=b, c=d]\n"
+            "cluster-init: true\n"
+            'token: "abc"\n'
+        )
+        options = parse(server.Options, [], config=config, tmp=self.tmp)
+        self.assertEqual(options["https-listen-port"], 7443)
+        self.assertEqual(options["write-kubeconfig-mode"], 0o644)
+        self.assertEqual(options["tls-san"], ("one.example", "10.0.0.1"))
+        self.assertEqual(options["node-label"], ("a=b", "c=d"))
+        self.assertIs(options["cluster-init"], True)
+        self.assertEqual(options.sources["token"], str(self.tmp / "config.yaml"))
+
+    def test_precedence(self) -> None:
+        """Command line, then environment, then file, then default."""
+        config = "token: file\nnode-name: file\ncluster-domain: file.local\n"
+        options = parse(
+            server.Options,
+            ["--token", "cli"],
+            {"K3S_TOKEN": "env", "K3S_NODE_NAME": "env"},
+            config=config,
+            tmp=self.tmp,
+        )
+        self.assertEqual(options["token"], "cli")
+        self.assertEqual(options["node-name"], "env")
+        self.assertEqual(options["cluster-domain"], "file.local")
+        self.assertEqual(options["cluster-dns"], "10.43.0.10")
+
+    def test_command_line_list_replaces_file_list(self) -> None:
+        """A repeatable flag given on the command line replaces the file's list."""
+        options = parse(server.Options, ["--tls-san", "cli"], config="tls-san: [file]\n",
+                        tmp=self.tmp)  # fmt: skip
+        self.assertEqual(options["tls-san"], ("cli",))
+
+    def test_dropins_override_in_order(self) -> None:
+        """config.yaml.d/*.yaml apply after config.yaml, in name order."""
+        dropins = self.tmp / "config.yaml.d"
+        dropins.mkdir()
+        (dropins / "20-b.yaml").write_text("node-name: second\n")
+        (dropins / "10-a.yaml").write_text("node-name: first\ncluster-domain: a.local\n")
+        options = parse(server.Options, [], config="node-name: main\n", tmp=self.tmp)
+        self.assertEqual(options["node-name"], "second")
+        self.assertEqual(options["cluster-domain"], "a.local")
+
+    def test_config_flag_names_the_file(self) -> None:
+        """--config points at another file."""
+        other = self.tmp / "other.yaml"
+        other.write_text("node-name: other\n")
+        options = parse(server.Options, ["--config", str(other)])
+        self.assertEqual(options["node-name"], "other")
+
+    def test_default_file_may_be_absent(self) -> None:
+        """The default file is optional; a named one is not."""
+        self.assertFails(server.Options, ["--config", str(self.tmp / "missing.yaml")],
+                         "missing.yaml", "does not exist")  # fmt: skip
+
+    def test_unknown_key(self) -> None:
+        """A key that is no flag is an error naming the key and the file."""
+        message = self.assertFails(server.Options, [], "nonsense", config="nonsense: 1\n",
+                                   tmp=self.tmp)  # fmt: skip
+        self.assertIn("config.yaml", message)
+
+    def test_other_roles_keys_are_ignored(self) -> None:
+        """One config file can serve both roles: an agent ignores server-only keys."""
+        options = parse(agent.Options, AGENT_REQUIRED, config="tls-san: [x]\n", tmp=self.tmp)
+        self.assertEqual(options.ignored_keys, ["tls-san"])
+
+    def test_bad_value_in_file(self) -> None:
+        """A bad value names the flag and the file."""
+        self.assertFails(server.Options, [], "--https-listen-port", "config.yaml",
+                         config="https-listen-port: sixty\n", tmp=self.tmp)  # fmt: skip
+
+    def test_list_for_single_value(self) -> None:
+        """A list where one value is expected is refused."""
+        self.assertFails(server.Options, [], "--node-name", "single value",
+                         config="node-name: [a, b]\n", tmp=self.tmp)  # fmt: skip
+
+    def test_not_yaml(self) -> None:
+        """A file that is not YAML says so, with the line."""
+        self.assertFails(server.Options, [], "not valid YAML", "line",
+                         config="token: [unclosed\n", tmp=self.tmp)  # fmt: skip
+
+    def test_not_a_mapping(self) -> None:
+        """A YAML list at the top is refused."""
+        self.assertFails(server.Options, [], "mapping", config="- a\n- b\n", tmp=self.tmp)
+
+
+class TokenFileTests(OptionsTestCase):
+    def setUp(self) -> None:
+        self.tmp = Path(self.mktemp())
+        self.tmp.mkdir()
+
+    def test_token_file_is_read(self) -> None:
+        """--token-file's content, stripped, is the token."""
+        (self.tmp / "t").write_text("K10::node:secret\n")
+        options = parse(server.Options, ["--token-file", str(self.tmp / "t")])
+        self.assertEqual(options.token(), "K10::node:secret")
+
+    def test_token_flag_beats_token_file(self) -> None:
+        """--token wins over --token-file."""
+        options = parse(server.Options, ["--token", "a", "--token-file", "/nonexistent"])
+        self.assertEqual(options.token(), "a")
+
+    def test_missing_or_empty_token_file(self) -> None:
+        """An unreadable or empty token file is a clear error."""
+        from k3stw.tap.options import ConfigurationError
+
+        options = parse(server.Options, ["--token-file", str(self.tmp / "none")])
+        self.assertRaises(ConfigurationError, options.token)
+        (self.tmp / "empty").write_text("\n")
+        options = parse(server.Options, ["--token-file", str(self.tmp / "empty")])
+        error = self.assertRaises(ConfigurationError, options.token)
+        self.assertIn("empty", str(error))
