@@ -21,8 +21,8 @@ REQUEST_TIMEOUT = 10.0
 
 _log = Logger()
 
-#: Makes an HTTP client that verifies servers with a policy.
-AgentFactory = Callable[[IPolicyForHTTPS], IAgent]
+#: GETs a URL, verifying the server with a policy; fires with the body of a 2xx answer.
+Fetch = Callable[[str, IPolicyForHTTPS], Deferred[bytes]]
 
 
 class HTTPStatusError(Exception):
@@ -49,18 +49,19 @@ class _QuietHTTPClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
-def web_agent_factory(reactor: IReactorTime) -> AgentFactory:
-    """Real HTTPS clients: one connection per request, as k3s disables keep-alive."""
+def https_fetcher(reactor: IReactorTime) -> Fetch:
+    """Real HTTPS GETs: one connection per request, as k3s disables keep-alive."""
 
-    def make(policy: IPolicyForHTTPS) -> IAgent:
+    def fetch(url: str, policy: IPolicyForHTTPS) -> Deferred[bytes]:
         pool = HTTPConnectionPool(reactor, persistent=False)
         pool._factory = _QuietHTTPClientFactory
-        return Agent(reactor, contextFactory=policy, connectTimeout=REQUEST_TIMEOUT, pool=pool)
+        agent = Agent(reactor, contextFactory=policy, connectTimeout=REQUEST_TIMEOUT, pool=pool)
+        return Deferred.fromCoroutine(_get(reactor, agent, url))
 
-    return make
+    return fetch
 
 
-async def get(reactor: IReactorTime, agent: IAgent, url: str) -> bytes:
+async def _get(reactor: IReactorTime, agent: IAgent, url: str) -> bytes:
     """GET C{url}; the body of a 2xx answer, else L{HTTPStatusError}."""
     requested: Deferred[IResponse] = agent.request(b"GET", url.encode("ascii"))
     requested.addTimeout(REQUEST_TIMEOUT, reactor)
@@ -73,9 +74,7 @@ async def get(reactor: IReactorTime, agent: IAgent, url: str) -> bytes:
     return data
 
 
-async def fetch_cluster_ca(
-    reactor: IReactorTime, make_agent: AgentFactory, server_url: str, token: Token
-) -> bytes:
+async def fetch_cluster_ca(fetch: Fetch, server_url: str, token: Token) -> bytes:
     """
     The cluster CA bundle of C{server_url}, verified as k3s verifies it.
 
@@ -87,7 +86,7 @@ async def fetch_cluster_ca(
     :raises Exception: any network or HTTP failure, worth retrying.
     """
     url = server_url + "/cacerts"
-    bundle = await get(reactor, make_agent(UnverifiedPolicy()), url)
+    bundle = await fetch(url, UnverifiedPolicy())
     try:
         server_hash = ca_hash(bundle)
     except ValueError as e:
@@ -102,7 +101,7 @@ async def fetch_cluster_ca(
             "enable Cluster CA validation."
         )
     try:
-        await get(reactor, make_agent(PinnedCAPolicy(bundle)), url)
+        await fetch(url, PinnedCAPolicy(bundle))
     except HTTPStatusError:
         raise
     except Exception as e:

@@ -11,7 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from k3stw.agent.cacerts import AgentFactory, CAHashMismatch, fetch_cluster_ca
+from k3stw.agent.cacerts import CAHashMismatch, Fetch, fetch_cluster_ca
 from k3stw.lifecycle import ApplianceService, stop_with_error
 from k3stw.pki.token import Token
 
@@ -37,11 +37,11 @@ class AgentService(ApplianceService):
 
     _log = Logger()
 
-    def __init__(self, reactor: IReactorTime, config: AgentConfig, make_agent: AgentFactory):
+    def __init__(self, reactor: IReactorTime, config: AgentConfig, fetch: Fetch):
         super().__init__("k3s-agent")
         self.reactor = reactor
         self.config = config
-        self.make_agent = make_agent
+        self.fetch = fetch
         self.cluster_ca: bytes | None = None
         self._joining: Deferred[None] | None = None
 
@@ -60,9 +60,7 @@ class AgentService(ApplianceService):
         url = self.config.server_url
         while True:
             try:
-                self.cluster_ca = await fetch_cluster_ca(
-                    self.reactor, self.make_agent, url, self.config.token
-                )
+                self.cluster_ca = await fetch_cluster_ca(self.fetch, url, self.config.token)
                 break
             except CAHashMismatch:
                 raise

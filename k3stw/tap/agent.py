@@ -42,11 +42,11 @@ def agent_config(options: Options) -> AgentConfig:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from k3stw.agent.cacerts import web_agent_factory
+    from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.service import AgentService
 
     try:
         config = agent_config(options)
     except ConfigurationError as e:
         raise SystemExit(f"k3s-agent: {e}") from None
-    return AgentService(reactor, config, web_agent_factory(reactor))
+    return AgentService(reactor, config, https_fetcher(reactor))
