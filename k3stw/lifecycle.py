@@ -27,7 +27,7 @@ def stop_with_error(reactor: IReactorCore, message: str, code: int = 1) -> None:
     twistd always exits 0 once its reactor stops, so the exit status is set
     after every service has stopped, from the last shutdown phase.
     """
-    _log.critical("{message}", message=message)
+    _log.critical("{error}", error=message)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_now, code)
     reactor.stop()
 

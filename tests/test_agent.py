@@ -129,5 +129,5 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertTrue(reactor.hasStopped)
         self.assertIn((_exit_now, (1,), {}), reactor.triggers["after"]["shutdown"])
         critical = [e for e in events if e["log_level"].name == "critical"]
-        self.assertIn("token CA hash does not match", critical[0]["message"])
+        self.assertIn("token CA hash does not match", critical[0]["error"])
         self.assertEqual(reactor.getDelayedCalls(), [])
