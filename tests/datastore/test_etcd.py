@@ -1,0 +1,274 @@
+"""
+The etcd v3 backend against real etcd 3.4 processes: the shared conformance
+suite, plus what only etcd has (members that die, TLS, the JSON gateway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from k3stw.datastore.etcd import EtcdDatastore, EtcdTLS, _event, _prefix_end, parse_etcd_endpoints
+from k3stw.datastore.interface import (
+    Compacted,
+    DatastoreUnavailable,
+    Event,
+    EventType,
+    IDatastore,
+    KeyValue,
+    WatchOverflow,
+)
+from tests.datastore.conformance import DatastoreConformance, EventCollector
+from tests.support.etcd import EtcdCluster, free_port, start_etcd
+
+reactor: Any = _reactor
+
+
+class EtcdTestBase(TestCase):
+    """Starts real etcd members and datastores on them; everything is cleaned up."""
+
+    timeout = 120
+    watch_buffer_limit = 1000
+
+    async def start_cluster(self, size: int = 1, tls: bool = False) -> EtcdCluster:
+        cluster = await start_etcd(reactor, size, tls=tls)
+        self.addCleanup(lambda: Deferred.fromCoroutine(cluster.stop()))
+        return cluster
+
+    def client(self, cluster: EtcdCluster, **kwargs: Any) -> EtcdDatastore:
+        return self.client_for(cluster.endpoints, cluster.client_tls(), **kwargs)
+
+    def client_for(
+        self, endpoints: Sequence[str], tls: EtcdTLS | None = None, **kwargs: Any
+    ) -> EtcdDatastore:
+        kwargs.setdefault("watch_buffer", self.watch_buffer_limit)
+        kwargs.setdefault("compact_interval", 0)
+        store = EtcdDatastore(reactor, endpoints, tls, **kwargs)
+        store.startService()
+        self.addCleanup(store.stopService)
+        return store
+
+
+class EtcdConformanceTests(DatastoreConformance, EtcdTestBase):
+    """The shared suite on a fresh single-member etcd per test."""
+
+    async def make_datastore(self) -> IDatastore:
+        self._cluster = await self.start_cluster()
+        return self.client(self._cluster)
+
+    async def second_client(self, store: IDatastore) -> IDatastore:
+        return self.client(self._cluster)
+
+    async def reopen_datastore(self, store: IDatastore) -> IDatastore:
+        # A real restart of both sides: the client, and etcd itself (kill -9).
+        assert isinstance(store, EtcdDatastore)
+        await store.stopService()
+        member = self._cluster.members[0]
+        member.kill()
+        await self._cluster.restart(member)
+        return self.client(self._cluster)
+
+
+class EtcdSpecificTests(EtcdTestBase):
+    """Behaviour of the etcd backend that the shared suite does not cover."""
+
+    async def test_watch_from_old_revision_resumes_on_another_member_when_one_dies(self) -> None:
+        cluster = await self.start_cluster(3)
+        store = self.client(cluster)
+        writer = self.client_for([cluster.members[2].client_url])
+        first = await writer.create("/registry/fo/a", b"1")
+        collector = EventCollector()
+        watch = await store.watch("/registry/fo/", first, collector.deliver)
+        self.addCleanup(watch.cancel)
+        await collector.wait_for_revision(first)
+        # The watch (and the pool) stream from member 0; kill it mid-stream.
+        cluster.members[0].kill()
+        await cluster.members[0].wait_dead(reactor)
+        revisions = [first]
+        for i in range(20):
+            revisions.append(await writer.create(f"/registry/fo/b{i}", b"x"))
+        events = await collector.wait_for_revision(revisions[-1])
+        self.assertEqual([e.revision for e in events], revisions)
+        # Requests fail over too: the first endpoint is dead.
+        self.assertEqual(await store.current_revision(), revisions[-1])
+        rev = await store.update("/registry/fo/a", b"2", first)
+        self.assertEqual((await collector.wait_for_revision(rev))[-1].revision, rev)
+        self.assertFalse(watch.ended.called)
+
+    async def test_requests_fail_over_and_come_back(self) -> None:
+        cluster = await self.start_cluster(3)
+        store = self.client(cluster)
+        rev = await store.create("/registry/x", b"1")
+        for member in cluster.members[:2]:
+            member.kill()
+            await member.wait_dead(reactor)
+            await cluster.restart(member)
+            rev = await store.update("/registry/x", b"%d" % rev, rev)
+        kv = await store.get("/registry/x")
+        assert kv is not None
+        self.assertEqual(kv.mod_revision, rev)
+
+    async def test_unreachable_endpoint_gives_datastore_unavailable(self) -> None:
+        port = free_port("127.0.0.31")
+        store = self.client_for([f"http://127.0.0.31:{port}"], request_timeout=0.5)
+        for call in (
+            store.get("/registry/a"),
+            store.create("/registry/a", b"1"),
+            store.list("/registry/"),
+            store.health(),
+            store.watch("/registry/", 0, lambda events: None),
+        ):
+            error = await self._failure(call, DatastoreUnavailable)
+            self.assertIn(f"127.0.0.31:{port}", str(error))
+
+    async def test_losing_every_member_ends_a_watch_with_unavailable(self) -> None:
+        cluster = await self.start_cluster(1)
+        store = self.client(cluster, request_timeout=0.5)
+        collector = EventCollector()
+        watch = await store.watch("/registry/", 0, collector.deliver)
+        cluster.members[0].kill()
+        await self._failure(watch.ended, DatastoreUnavailable)
+        await self._failure(store.get("/registry/a"), DatastoreUnavailable)
+
+    async def test_https_endpoint_with_client_certificate(self) -> None:
+        cluster = await self.start_cluster(1, tls=True)
+        self.assertTrue(cluster.endpoints[0].startswith("https://127.0.0.30:"))
+        store = self.client(cluster)
+        collector = EventCollector()
+        watch = await store.watch("/registry/tls/", 0, collector.deliver)
+        self.addCleanup(watch.cancel)
+        rev = await store.create("/registry/tls/a", b"secret")
+        kv = await store.get("/registry/tls/a")
+        self.assertEqual(kv, KeyValue("/registry/tls/a", b"secret", rev, rev))
+        events = await collector.wait_for_revision(rev)
+        self.assertEqual([e.type for e in events], [EventType.CREATE])
+
+    async def test_https_without_client_certificate_is_refused(self) -> None:
+        cluster = await self.start_cluster(1, tls=True)
+        assert cluster.certs is not None
+        store = self.client_for(
+            cluster.endpoints, EtcdTLS(cafile=cluster.certs.ca), request_timeout=1.0
+        )
+        await self._failure(store.get("/registry/a"), DatastoreUnavailable)
+
+    async def test_compacted_revision_reported_by_a_read_and_a_watch(self) -> None:
+        cluster = await self.start_cluster(1)
+        store = self.client(cluster)
+        r1 = await store.create("/registry/c", b"1")
+        r2 = await store.update("/registry/c", b"2", r1)
+        r3 = await store.update("/registry/c", b"3", r2)
+        await store.compact(r2)
+        # Compacting to an older revision again is not an error.
+        await store.compact(r1)
+        error = await self._failure(store.list("/registry/", revision=r1), Compacted)
+        self.assertEqual((error.requested, error.compact_revision), (r1, r2))
+        error = await self._failure(store.watch("/registry/", r1, lambda e: None), Compacted)
+        self.assertEqual(error.compact_revision, r2)
+        collector = EventCollector()
+        watch = await store.watch("/registry/", r2, collector.deliver)
+        self.addCleanup(watch.cancel)
+        events = await collector.wait_for_revision(r3)
+        # prev of r2 (revision r1) was compacted away: etcd cannot send it.
+        self.assertEqual([(e.revision, e.prev is None) for e in events], [(r2, True), (r3, False)])
+
+    async def test_lease_ttl_is_reported_and_replaced_by_update(self) -> None:
+        cluster = await self.start_cluster(1)
+        store = self.client(cluster)
+        rev = await store.create("/registry/leases/a", b"1", lease_ttl=600)
+        kv = await store.get("/registry/leases/a")
+        assert kv is not None
+        self.assertEqual(kv.lease, 600)
+        rev = await store.update("/registry/leases/a", b"2", rev, lease_ttl=1)
+        collector = EventCollector()
+        watch = await store.watch("/registry/leases/", rev, collector.deliver)
+        self.addCleanup(watch.cancel)
+        events = await collector.wait_until(
+            lambda events: any(e.type is EventType.DELETE for e in events)
+        )
+        self.assertEqual([e.type for e in events], [EventType.UPDATE, EventType.DELETE])
+        self.assertEqual(events[0].kv.lease, 1)
+        self.assertEqual(
+            events[1].kv,
+            KeyValue("/registry/leases/a", b"2", kv.create_revision, events[1].revision, 1),
+        )
+
+    async def test_overflow_is_reported_once_and_nothing_follows(self) -> None:
+        cluster = await self.start_cluster(1)
+        store = self.client(cluster, watch_buffer=5)
+        collector = EventCollector()
+        watch = await store.watch("/registry/o/", 0, collector.deliver)
+        watch.pauseProducing()
+        for i in range(10):
+            await store.create(f"/registry/o/{i}", b"x")
+        await self._failure(watch.ended, WatchOverflow)
+        watch.resumeProducing()
+        watch.cancel()
+        await store.create("/registry/o/late", b"x")
+        self.assertEqual(collector.events, [])
+
+    async def test_stop_service_ends_open_watches(self) -> None:
+        cluster = await self.start_cluster(1)
+        store = self.client(cluster)
+        watch = await store.watch("/registry/", 0, lambda events: None)
+        await store.stopService()
+        self.assertIsNone(await watch.ended)
+
+    async def _failure(self, d: Deferred[Any], kind: type[BaseException]) -> Any:
+        try:
+            result = await d
+        except kind as e:
+            return e
+        self.fail(f"expected {kind.__name__}, got {result!r}")
+
+
+class EtcdPureTests(SynchronousTestCase):
+    """Translation rules that need no server."""
+
+    def test_prefix_end_follows_etcd(self) -> None:
+        self.assertEqual(_prefix_end(b"/registry/"), b"/registry0")
+        self.assertEqual(_prefix_end(b"a\xff"), b"b")
+        self.assertEqual(_prefix_end(b"\xff\xff"), b"\x00")
+        self.assertEqual(_prefix_end(b""), b"\x00")
+
+    def test_endpoint_parsing(self) -> None:
+        self.assertEqual(
+            parse_etcd_endpoints("http://h1:2379, http://h2"),
+            ["http://h1:2379", "http://h2:2379"],
+        )
+        self.assertEqual(parse_etcd_endpoints("https://[::1]:1"), ["https://[::1]:1"])
+        for bad in ("", "h1:2379", "unix:///x", "http://h1,https://h2", "http://h:x"):
+            with self.assertRaises(ValueError) as raised:
+                parse_etcd_endpoints(bad)
+            self.assertIn("http", str(raised.exception))
+
+    def test_delete_event_carries_the_deleted_value(self) -> None:
+        raw = {
+            "type": "DELETE",
+            "kv": {"key": "L2E=", "mod_revision": "7"},
+            "prev_kv": {
+                "key": "L2E=",
+                "create_revision": "2",
+                "mod_revision": "5",
+                "version": "3",
+                "value": "djI=",
+            },
+        }
+        self.assertEqual(
+            _event(raw),
+            Event(
+                EventType.DELETE,
+                7,
+                KeyValue("/a", b"v2", 2, 7),
+                KeyValue("/a", b"v2", 2, 5),
+            ),
+        )
+
+    def test_constructor_starts_nothing(self) -> None:
+        clock = Clock()
+        EtcdDatastore(clock, ["http://127.0.0.30:1"])
+        self.assertEqual(clock.getDelayedCalls(), [])

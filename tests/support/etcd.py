@@ -1,0 +1,389 @@
+"""
+Real etcd servers for tests and benchmarks: one member, or a cluster of
+members on loopback, each in its own temporary directory on free ports.
+
+Start-up problems raise L{EtcdStartError} (so a test errors, it never skips).
+Every process is stopped by its own PID (C{kill -9}, which etcd survives
+without harm and which avoids its slow leader hand-over on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+
+from k3stw.datastore.etcd import EtcdTLS, _ClientTLSPolicy, _read_body
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+#: Loopback address this suite's etcd members listen on.
+DEFAULT_HOST = "127.0.0.30"
+START_TIMEOUT = 30.0
+
+
+class EtcdStartError(Exception):
+    """An etcd member did not come up; the message carries its log tail."""
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on C{host} right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EtcdCerts:
+    """A throwaway CA, a serving certificate for the members and a client certificate."""
+
+    directory: str
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+    def client_tls(self) -> EtcdTLS:
+        return EtcdTLS(cafile=self.ca, certfile=self.client_cert, keyfile=self.client_key)
+
+
+def make_certs(directory: str, host: str = DEFAULT_HOST) -> EtcdCerts:
+    """Write a CA, a server certificate for C{host} and a client certificate (ECDSA P-256)."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def write(path: str, data: bytes) -> str:
+        full = os.path.join(directory, path)
+        with open(full, "wb") as f:
+            f.write(data)
+        return full
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("k3stw-test-etcd-ca"))
+        .issuer_name(name("k3stw-test-etcd-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(
+        common_name: str, usages: list[x509.ObjectIdentifier], sans: list[x509.GeneralName]
+    ) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common_name))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
+
+    server_cert, server_key = leaf(
+        "etcd",
+        # etcd's JSON gateway dials its own gRPC port with the serving
+        # certificate, so that certificate must be good for client auth too.
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(host))],
+    )
+    client_cert, client_key = leaf("k3stw", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    return EtcdCerts(
+        directory=directory,
+        ca=write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM)),
+        server_cert=write("server.pem", server_cert),
+        server_key=write("server-key.pem", server_key),
+        client_cert=write("client.pem", client_cert),
+        client_key=write("client-key.pem", client_key),
+    )
+
+
+@dataclass
+class EtcdMember:
+    """One etcd process; C{kill} and C{start} again keep its data directory."""
+
+    name: str
+    host: str
+    client_port: int
+    peer_port: int
+    data_dir: str
+    log_path: str
+    initial_cluster: str
+    cluster_token: str
+    certs: EtcdCerts | None = None
+    process: subprocess.Popen[bytes] | None = None
+    started_once: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.certs else "http"
+
+    @property
+    def client_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def spawn(self) -> None:
+        """Start the process (a restart reuses the data directory and joins as existing)."""
+        if self.process is not None and self.process.poll() is None:
+            raise EtcdStartError(f"etcd {self.name} is already running")
+        args = [
+            ETCD,
+            "--name",
+            self.name,
+            "--data-dir",
+            self.data_dir,
+            "--listen-client-urls",
+            self.client_url,
+            "--advertise-client-urls",
+            self.client_url,
+            "--listen-peer-urls",
+            self.peer_url,
+            "--initial-advertise-peer-urls",
+            self.peer_url,
+            "--initial-cluster",
+            self.initial_cluster,
+            "--initial-cluster-state",
+            "existing" if self.started_once else "new",
+            "--initial-cluster-token",
+            self.cluster_token,
+            # Fast elections, as measured in reference/real-components.md.
+            "--heartbeat-interval",
+            "10",
+            "--election-timeout",
+            "100",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ]
+        if self.certs is not None:
+            args += [
+                "--cert-file",
+                self.certs.server_cert,
+                "--key-file",
+                self.certs.server_key,
+                "--trusted-ca-file",
+                self.certs.ca,
+                "--client-cert-auth",
+            ]
+        with open(self.log_path, "ab") as log:
+            try:
+                self.process = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    close_fds=True,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise EtcdStartError(f"cannot run {ETCD}: {e}") from e
+        self.started_once = True
+
+    def kill(self) -> None:
+        """C{kill -9} this member by its PID (no-op if it is not running)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+
+    async def wait_dead(self, reactor: Any) -> None:
+        """Wait (without blocking the reactor) until the killed process is reaped."""
+        while self.process is not None and self.process.poll() is None:
+            await deferLater(reactor, 0.01)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()[-8000:]
+        except OSError:
+            return "(no log)"
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+@dataclass
+class EtcdCluster:
+    """A set of etcd members started together; C{stop} kills them and removes their files."""
+
+    reactor: Any
+    directory: str
+    members: list[EtcdMember]
+    certs: EtcdCerts | None
+    _agent: Agent | None = None
+    _pool: HTTPConnectionPool | None = None
+    _stopped: bool = field(default=False)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    def client_tls(self) -> EtcdTLS | None:
+        return self.certs.client_tls() if self.certs else None
+
+    def _http(self) -> Agent:
+        if self._agent is None:
+            self._pool = HTTPConnectionPool(self.reactor, persistent=False)
+            policy = _ClientTLSPolicy(self.certs.client_tls()) if self.certs else None
+            if policy is None:
+                self._agent = Agent(self.reactor, connectTimeout=1, pool=self._pool)
+            else:
+                self._agent = Agent(self.reactor, policy, connectTimeout=1, pool=self._pool)
+        return self._agent
+
+    async def _healthy(self, member: EtcdMember) -> bool:
+        try:
+            d = self._http().request(b"GET", (member.client_url + "/health").encode(), Headers({}))
+            d.addTimeout(2, self.reactor)
+            response = await d
+            body = await _read_body(response)
+        except Exception:
+            return False
+        try:
+            return bool(json.loads(body).get("health") == "true")
+        except ValueError:
+            return False
+
+    async def wait_healthy(self, members: list[EtcdMember] | None = None) -> None:
+        """Wait until every member in C{members} (default: all) reports healthy."""
+        pending = list(members if members is not None else self.members)
+        deadline = self.reactor.seconds() + START_TIMEOUT
+        while pending:
+            for member in list(pending):
+                if member.process is not None and member.process.poll() is not None:
+                    raise EtcdStartError(
+                        f"etcd {member.name} exited with {member.process.returncode}:\n"
+                        + member.log_tail()
+                    )
+                if await self._healthy(member):
+                    pending.remove(member)
+            if pending:
+                if self.reactor.seconds() > deadline:
+                    names = ", ".join(m.name for m in pending)
+                    raise EtcdStartError(
+                        f"etcd {names} not healthy after {START_TIMEOUT}s:\n"
+                        + pending[0].log_tail()
+                    )
+                await deferLater(self.reactor, 0.05)
+
+    async def restart(self, member: EtcdMember) -> None:
+        """Start a killed member again on its data and wait until it is healthy."""
+        await member.wait_dead(self.reactor)
+        member.spawn()
+        await self.wait_healthy([member])
+
+    async def stop(self) -> None:
+        """Kill every member by PID, wait for them, and remove the files."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for member in self.members:
+            member.kill()
+        for member in self.members:
+            await member.wait_dead(self.reactor)
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def _start(reactor: Any, size: int, tls: bool, host: str) -> EtcdCluster:
+    directory = tempfile.mkdtemp(prefix="k3stw-etcd-")
+    certs = make_certs(directory, host) if tls else None
+    token = os.path.basename(directory)
+    ports = [(free_port(host), free_port(host)) for _ in range(size)]
+    names = [f"m{i}" for i in range(1, size + 1)]
+    initial = ",".join(
+        f"{n}=http://{host}:{peer}" for n, (_, peer) in zip(names, ports, strict=True)
+    )
+    members = [
+        EtcdMember(
+            name=n,
+            host=host,
+            client_port=client,
+            peer_port=peer,
+            data_dir=os.path.join(directory, n),
+            log_path=os.path.join(directory, f"{n}.log"),
+            initial_cluster=initial,
+            cluster_token=token,
+            certs=certs,
+        )
+        for n, (client, peer) in zip(names, ports, strict=True)
+    ]
+    cluster = EtcdCluster(reactor=reactor, directory=directory, members=members, certs=certs)
+    try:
+        for member in members:
+            member.spawn()
+        await cluster.wait_healthy()
+    except BaseException:
+        await cluster.stop()
+        raise
+    return cluster
+
+
+def start_etcd(
+    reactor: Any, size: int = 1, *, tls: bool = False, host: str = DEFAULT_HOST
+) -> Deferred[EtcdCluster]:
+    """
+    Start C{size} etcd members on C{host} and fire when all are healthy.
+
+    :param tls: serve https with a fresh CA and require client certificates.
+    :raises EtcdStartError: a member exited or did not become healthy.
+    """
+    return Deferred.fromCoroutine(_start(reactor, size, tls, host))
