@@ -300,20 +300,27 @@ class _WatchLines(TwistedProtocol):
 
     def __init__(self, watch: _EtcdWatch) -> None:
         self._watch = watch
-        self._buffer = b""
+        self._partial: list[bytes] = []
         self.closing = False
 
     def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while b"\n" in self._buffer and not self.closing:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            if line.strip():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    self._watch.stream_message(self, {"error": {"message": "bad JSON line"}})
-                    return
-                self._watch.stream_message(self, message)
+        # A message with 1 MiB values spans many reads: keep the pieces and
+        # join them once, when the line ends.
+        *complete, rest = data.split(b"\n")
+        for piece in complete:
+            line = b"".join([*self._partial, piece])
+            self._partial = []
+            if self.closing:
+                return
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = {"error": {"message": "watch stream sent a line that is not JSON"}}
+            self._watch.stream_message(self, message)
+        if rest:
+            self._partial.append(rest)
 
     def close(self) -> None:
         self.closing = True
@@ -433,6 +440,10 @@ class _EtcdWatch:
 
     def stopProducing(self) -> None:
         self.cancel()
+
+    def fail(self, error: DatastoreError) -> None:
+        """End the watch with C{error} (for example: the datastore stopped)."""
+        self._inputs.end(error)
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -669,9 +680,10 @@ class EtcdDatastore(Service):
         self._watches: set[_EtcdWatch] = set()
         self._compactor: LoopingCall | None = None
         self._history: list[tuple[float, int]] = []
-        self._unreachable_logged = False
         self._in_flight: set[Deferred[tuple[int, bytes]]] = set()
         self._announcing: Deferred[None] | None = None
+        self._is_ready = False
+        self._ready_waiters: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
         return f"<EtcdDatastore {','.join(self._endpoints)}>"
@@ -694,11 +706,13 @@ class EtcdDatastore(Service):
         if self._compactor is not None and self._compactor.running:
             self._compactor.stop()
         self._compactor = None
+        self._is_ready = False
         if self._announcing is not None:
             self._announcing.cancel()
             self._announcing = None
+        stopped = DatastoreUnavailable(f"datastore {','.join(self._endpoints)} stopped")
         for watch in list(self._watches):
-            watch.cancel()
+            watch.fail(stopped)
         return Deferred.fromCoroutine(self._drain())
 
     async def _drain(self) -> None:
@@ -710,27 +724,45 @@ class EtcdDatastore(Service):
             [self._pool.closeCachedConnections(), self._watch_pool.closeCachedConnections()]
         )
 
+    def when_ready(self) -> Deferred[None]:
+        """Fires once etcd has answered (startService keeps trying until it does)."""
+        if self._is_ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
     async def _announce(self) -> None:
         delay = 0.5
-        while self.running:
+        attempt = 0
+        endpoints = ",".join(self._endpoints)
+        while True:
+            attempt += 1
             try:
-                await self._call("/v3/maintenance/status", {}, idempotent=True)
+                answer = await self._call("/v3/maintenance/status", {}, idempotent=True)
             except DatastoreUnavailable as e:
-                if not self._unreachable_logged:
-                    self._log.error(
-                        "etcd datastore {endpoints} unreachable, retrying: {reason}",
-                        endpoints=",".join(self._endpoints),
-                        reason=str(e),
-                    )
-                    self._unreachable_logged = True
-                await deferLater(self._reactor, delay)
-                delay = min(delay * 2, 30.0)
-            else:
-                self._log.info(
-                    "etcd datastore {endpoints} reachable", endpoints=",".join(self._endpoints)
+                self._log.warn(
+                    "datastore {endpoint} unreachable (attempt {attempt}): {reason}; "
+                    "retrying in {delay:.1f}s",
+                    endpoint=endpoints,
+                    attempt=attempt,
+                    reason=str(e),
+                    delay=delay,
                 )
-                self._unreachable_logged = False
-                return
+                await deferLater(self._reactor, delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            break
+        self._log.info(
+            "datastore {endpoint} ready at revision {rev} (etcd {version})",
+            endpoint=endpoints,
+            rev=_int(answer.get("header", {}).get("revision")),
+            version=answer.get("version", "?"),
+        )
+        self._is_ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # The HTTP layer
 

@@ -53,16 +53,21 @@ class EtcdTestBase(TestCase):
         self.addCleanup(store.stopService)
         return store
 
+    async def ready_client(self, cluster: EtcdCluster, **kwargs: Any) -> EtcdDatastore:
+        store = self.client(cluster, **kwargs)
+        await store.when_ready()
+        return store
+
 
 class EtcdConformanceTests(DatastoreConformance, EtcdTestBase):
     """The shared suite on a fresh single-member etcd per test."""
 
     async def make_datastore(self) -> IDatastore:
         self._cluster = await self.start_cluster()
-        return self.client(self._cluster)
+        return await self.ready_client(self._cluster)
 
     async def second_client(self, store: IDatastore) -> IDatastore:
-        return self.client(self._cluster)
+        return await self.ready_client(self._cluster)
 
     async def reopen_datastore(self, store: IDatastore) -> IDatastore:
         # A real restart of both sides: the client, and etcd itself (kill -9).
@@ -71,7 +76,7 @@ class EtcdConformanceTests(DatastoreConformance, EtcdTestBase):
         member = self._cluster.members[0]
         member.kill()
         await self._cluster.restart(member)
-        return self.client(self._cluster)
+        return await self.ready_client(self._cluster)
 
 
 class EtcdSpecificTests(EtcdTestBase):
@@ -211,12 +216,12 @@ class EtcdSpecificTests(EtcdTestBase):
         await store.create("/registry/o/late", b"x")
         self.assertEqual(collector.events, [])
 
-    async def test_stop_service_ends_open_watches(self) -> None:
+    async def test_stop_service_ends_open_watches_with_unavailable(self) -> None:
         cluster = await self.start_cluster(1)
         store = self.client(cluster)
         watch = await store.watch("/registry/", 0, lambda events: None)
         await store.stopService()
-        self.assertIsNone(await watch.ended)
+        await self._failure(watch.ended, DatastoreUnavailable)
 
     async def _failure(self, d: Deferred[Any], kind: type[BaseException]) -> Any:
         try:
