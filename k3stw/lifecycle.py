@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
@@ -49,9 +51,19 @@ class ApplianceService(MultiService):
         super().__init__()
         self.command = command
 
+    def privilegedStartService(self) -> None:
+        # twistd binds listening ports here, before dropping privileges.
+        with self._one_line_errors():
+            super().privilegedStartService()
+
     def startService(self) -> None:
-        try:
+        with self._one_line_errors():
             super().startService()
+
+    @contextmanager
+    def _one_line_errors(self) -> Iterator[None]:
+        try:
+            yield
         except StartupError as e:
             raise SystemExit(f"{self.command}: {e}") from None
         except CannotListenError as e:

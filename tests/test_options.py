@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.pki.token import Token
 from k3stw.tap import agent, server
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, K3sOptions
 
@@ -331,12 +332,20 @@ class TokenFileTests(OptionsTestCase):
         """--token-file's content, stripped, is the token."""
         (self.tmp / "t").write_text("K10::node:secret\n")
         options = parse(server.Options, ["--token-file", str(self.tmp / "t")])
-        self.assertEqual(options.token(), "K10::node:secret")
+        self.assertEqual(options.token(), Token("", "node", "secret"))
 
     def test_token_flag_beats_token_file(self) -> None:
         """--token wins over --token-file."""
         options = parse(server.Options, ["--token", "a", "--token-file", "/nonexistent"])
-        self.assertEqual(options.token(), "a")
+        self.assertEqual(options.token(), Token("", "", "a"))
+
+    def test_malformed_token(self) -> None:
+        """A malformed token names the flag and k3s's reason."""
+        from k3stw.tap.options import ConfigurationError
+
+        options = parse(server.Options, ["--agent-token", "K10abc::node:x"])
+        error = self.assertRaises(ConfigurationError, options.token, "agent-token")
+        self.assertEqual(str(error), "invalid --agent-token: invalid token CA hash length")
 
     def test_missing_or_empty_token_file(self) -> None:
         """An unreadable or empty token file is a clear error."""

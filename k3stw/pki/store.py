@@ -92,8 +92,8 @@ def load_or_create_server_credentials(
     server_dir: Path,
     alt_names: SubjectAltNames,
     now: datetime.datetime,
-    token: str | None = None,
-    agent_token: str | None = None,
+    token: Token | None = None,
+    agent_token: Token | None = None,
 ) -> ServerCredentials:
     """
     Load the credentials in C{server_dir}, creating what is missing.
@@ -127,7 +127,9 @@ def load_or_create_server_credentials(
     )
     hash_ = ca_hash(server_ca_bundle)
     server_token = _load_or_create_token(layout, token, hash_)
-    agent_password = _load_or_create_agent_password(layout, agent_token, server_token.password)
+    agent_password = _load_or_create_agent_password(
+        layout, agent_token, hash_, server_token.password
+    )
     _write_token_files(layout, server_token, agent_password)
     return ServerCredentials(
         server_ca, server_ca_bundle, client_ca, serving, admin, server_token, agent_password
@@ -222,8 +224,8 @@ def _serving_matches(alt_names: SubjectAltNames) -> Callable[[x509.Certificate],
     return check
 
 
-def _load_or_create_token(layout: ServerLayout, given: str | None, hash_: str) -> Token:
-    wanted = _parse_given_token(given, "--token", hash_) if given else None
+def _load_or_create_token(layout: ServerLayout, given: Token | None, hash_: str) -> Token:
+    wanted = _password_for_this_ca(given, "--token", hash_)
     if layout.token.exists():
         stored_text = _read(layout.token).decode("utf-8", "replace")
         try:
@@ -242,11 +244,10 @@ def _load_or_create_token(layout: ServerLayout, given: str | None, hash_: str) -
     return Token(hash_, "server", wanted or random_secret())
 
 
-def _parse_given_token(given: str, flag: str, hash_: str) -> str:
-    try:
-        token = parse_token(given)
-    except InvalidToken as e:
-        raise StartupError(f"invalid {flag}: {e}") from None
+def _password_for_this_ca(token: Token | None, flag: str, hash_: str) -> str | None:
+    """The password of a given token, refused if the token names another CA."""
+    if token is None:
+        return None
     if token.ca_hash and token.ca_hash != hash_:
         raise StartupError(
             f"{flag}: token CA hash does not match the Cluster CA certificate hash: "
@@ -256,9 +257,9 @@ def _parse_given_token(given: str, flag: str, hash_: str) -> str:
 
 
 def _load_or_create_agent_password(
-    layout: ServerLayout, given: str | None, server_password: str
+    layout: ServerLayout, given: Token | None, hash_: str, server_password: str
 ) -> str:
-    wanted = _parse_given_token(given, "--agent-token", "") if given else None
+    wanted = _password_for_this_ca(given, "--agent-token", hash_)
     stored = _passwd_entries(layout.passwd).get("node")
     if stored is not None:
         if wanted is not None and wanted != stored:

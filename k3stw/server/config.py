@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k3stw.pki.certs import SubjectAltNames
+from k3stw.pki.token import Token
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,8 @@ class ServerConfig:
     node_ips: tuple[str, ...]
     advertise_address: str | None
     tls_sans: tuple[str, ...]
-    token: str | None
-    agent_token: str | None
+    token: Token | None
+    agent_token: Token | None
     kubeconfig: Path
     kubeconfig_mode: int
     service_cidr: str

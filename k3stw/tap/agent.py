@@ -7,7 +7,6 @@ from pathlib import Path
 from twisted.application.service import IService
 
 from k3stw.agent.service import AgentConfig
-from k3stw.pki.token import InvalidToken, parse_token
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
 
 
@@ -27,11 +26,9 @@ class Options(K3sOptions):
 
 def agent_config(options: Options) -> AgentConfig:
     """The validated settings of an agent; reads ``--token-file`` if given."""
-    text = options.token("token") or ""
-    try:
-        token = parse_token(text)
-    except InvalidToken as e:
-        raise ConfigurationError(f"invalid --token: {e}") from None
+    token = options.token("token")
+    if token is None:
+        raise ConfigurationError("--token is required (or --token-file, K3S_TOKEN)")
     return AgentConfig(
         data_dir=Path(options["data-dir"]),
         server_url=options["server"],

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import yaml
 from twisted.python import usage
 
+from k3stw.pki.token import InvalidToken, Token, parse_token
+
 DEFAULT_CONFIG_FILE = "/etc/rancher/k3s/config.yaml"
 
 
@@ -469,26 +471,30 @@ class K3sOptions(usage.Options):
     def check_required(self) -> None:
         """Fail when a value this role cannot run without is missing."""
 
-    def token(self, flag: str = "token") -> str | None:
+    def token(self, flag: str = "token") -> Token | None:
         """
-        The secret from ``--token``, else from the file ``--token-file`` names
-        (likewise ``agent-token``).
+        The token from ``--token``, else from the file ``--token-file`` names
+        (likewise ``agent-token``), parsed.
 
-        :raises ConfigurationError: the token file cannot be read or is empty.
+        :raises ConfigurationError: the token is malformed, or its file cannot
+            be read or is empty.
         """
-        if self[flag]:
-            return str(self[flag])
-        path = self[f"{flag}-file"]
-        if not path:
+        text = self[flag]
+        if not text and self[f"{flag}-file"]:
+            path = self[f"{flag}-file"]
+            try:
+                text = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                reason = getattr(e, "strerror", None) or "not text"
+                raise ConfigurationError(f"cannot read --{flag}-file {path}: {reason}") from None
+            if not text:
+                raise ConfigurationError(f"--{flag}-file {path} is empty")
+        if not text:
             return None
         try:
-            text = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            reason = getattr(e, "strerror", None) or "not text"
-            raise ConfigurationError(f"cannot read --{flag}-file {path}: {reason}") from None
-        if not text:
-            raise ConfigurationError(f"--{flag}-file {path} is empty")
-        return text
+            return parse_token(text)
+        except InvalidToken as e:
+            raise ConfigurationError(f"invalid --{flag}: {e}") from None
 
     def getSynopsis(self) -> str:
         return f"Usage: twistd [options] {self.command} [{self.command} options]"

@@ -1,0 +1,136 @@
+"""Real ``twistd`` processes for integration tests: started with ``-n``, ended by their PID."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+#: The twistd of the environment running the tests, where the wheel is installed.
+TWISTD = str(Path(sys.executable).parent / "twistd")
+START_TIMEOUT = 30.0
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on C{host} right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment without K3S_* variables, which would change what a test asks for."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("K3S_")}
+
+
+def https_get(
+    host: str, port: int, path: str, cafile: Path | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
+    """One blocking GET: verified against C{cafile} (hostname included), or unverified."""
+    if cafile is None:
+        context = ssl._create_unverified_context()
+    else:
+        context = ssl.create_default_context(cafile=str(cafile))
+    connection = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class Twistd:
+    """
+    One ``twistd -n <plugin> ...`` process, its output in a file.
+
+    Registered with the test for cleanup, so it never outlives the test.
+    """
+
+    def __init__(self, case: SynchronousTestCase, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.log = workdir / f"twistd-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        case.addCleanup(self.stop)
+
+    def start(self) -> Twistd:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [TWISTD, "-n", "--pidfile=", *self.args],
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=clean_environment(),
+            )
+        return self
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_exit(self, timeout: float = START_TIMEOUT) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until C{text} appears in the output; fail if the process exits first."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.process.poll() is not None:
+                raise AssertionError(f"twistd exited ({self.process.returncode}):\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output}")
+            time.sleep(0.05)
+
+    def wait_for_ping(self, host: str, port: int, timeout: float = START_TIMEOUT) -> None:
+        """Wait until ``/ping`` answers ``pong`` over TLS."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"twistd exited ({self.process.returncode}):\n{self.output}")
+            try:
+                if https_get(host, port, "/ping", timeout=1.0) == (200, b"pong"):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /ping within {timeout}s:\n{self.output}")
+            time.sleep(0.05)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not end within 10 s; the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file below C{directory} with its bytes (links as their target)."""
+    found: dict[str, bytes] = {}
+    for path in sorted(directory.rglob("*")):
+        name = str(path.relative_to(directory))
+        if path.is_symlink():
+            found[name] = b"-> " + os.readlink(path).encode()
+        elif path.is_file():
+            found[name] = path.read_bytes()
+    return found
