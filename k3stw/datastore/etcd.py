@@ -684,6 +684,7 @@ class EtcdDatastore(Service):
         self._announcing: Deferred[None] | None = None
         self._is_ready = False
         self._ready_waiters: list[Deferred[None]] = []
+        self._compacting: Deferred[None] | None = None
 
     def __repr__(self) -> str:
         return f"<EtcdDatastore {','.join(self._endpoints)}>"
@@ -718,6 +719,8 @@ class EtcdDatastore(Service):
     async def _drain(self) -> None:
         # Requests still running finish (each is bounded by request_timeout)
         # before the pools close, so no connection outlives the service.
+        if self._compacting is not None:
+            await self._compacting
         while self._in_flight:
             await DeferredList(list(self._in_flight), consumeErrors=True)
         await DeferredList(
@@ -739,7 +742,8 @@ class EtcdDatastore(Service):
         while True:
             attempt += 1
             try:
-                answer = await self._call("/v3/maintenance/status", {}, idempotent=True)
+                # A linearizable read: it needs a leader and a quorum.
+                revision = await self._current_revision()
             except DatastoreUnavailable as e:
                 self._log.warn(
                     "datastore {endpoint} unreachable (attempt {attempt}): {reason}; "
@@ -754,10 +758,7 @@ class EtcdDatastore(Service):
                 continue
             break
         self._log.info(
-            "datastore {endpoint} ready at revision {rev} (etcd {version})",
-            endpoint=endpoints,
-            rev=_int(answer.get("header", {}).get("revision")),
-            version=answer.get("version", "?"),
+            "datastore {endpoint} ready at revision {rev}", endpoint=endpoints, rev=revision
         )
         self._is_ready = True
         waiters, self._ready_waiters = self._ready_waiters, []
@@ -1138,9 +1139,12 @@ class EtcdDatastore(Service):
     # Background compaction
 
     def _compact_tick(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._compact_once()).addErrback(
-            lambda f: self._log.failure("etcd compaction failed", f)
-        )
+        def failed(failure: Failure) -> None:
+            if self.running:  # a tick cut short by stopService is no failure
+                self._log.failure("etcd compaction failed", failure)
+
+        self._compacting = Deferred.fromCoroutine(self._compact_once()).addErrback(failed)
+        return self._compacting
 
     async def _compact_once(self) -> None:
         now = self._reactor.seconds()
@@ -1150,15 +1154,15 @@ class EtcdDatastore(Service):
             self._log.warn("etcd compaction skipped: {reason}", reason=str(e))
             return
         self._history.append((now, current))
-        # The newest revision that is both old enough and far enough back.
-        old_enough = [rev for (at, rev) in self._history if now - at >= self._compact_min_age]
-        self._history = [
-            (at, rev) for (at, rev) in self._history if now - at < self._compact_min_age
-        ]
-        if not old_enough:
+        # Keep whichever is more: the last compact_min_age seconds of history
+        # or the last compact_min_retain revisions.  The newest sample that
+        # is old enough says where "compact_min_age seconds ago" was.
+        old = [(at, rev) for (at, rev) in self._history if now - at >= self._compact_min_age]
+        if not old:
             return
-        self._history.insert(0, (now - self._compact_min_age, old_enough[-1]))
-        target = min(old_enough[-1], current - self._compact_min_retain)
+        young = [(at, rev) for (at, rev) in self._history if now - at < self._compact_min_age]
+        self._history = [old[-1], *young]
+        target = min(old[-1][1], current - self._compact_min_retain)
         if target <= 0 or target <= await self._compacted_revision():
             return
         await self._compact(target)

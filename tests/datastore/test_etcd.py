@@ -5,21 +5,35 @@ suite, plus what only etcd has (members that die, TLS, the JSON gateway).
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
-from k3stw.datastore.etcd import EtcdDatastore, EtcdTLS, _event, _prefix_end, parse_etcd_endpoints
+from k3stw.datastore.etcd import (
+    EtcdDatastore,
+    EtcdTLS,
+    _EtcdWatch,
+    _event,
+    _prefix_end,
+    parse_etcd_endpoints,
+)
 from k3stw.datastore.interface import (
     Compacted,
     DatastoreUnavailable,
     Event,
     EventType,
     IDatastore,
+    IWatch,
     KeyValue,
     WatchOverflow,
 )
@@ -223,6 +237,22 @@ class EtcdSpecificTests(EtcdTestBase):
         await store.stopService()
         await self._failure(watch.ended, DatastoreUnavailable)
 
+    async def test_background_compactor_keeps_the_newest_revisions(self) -> None:
+        cluster = await self.start_cluster(1)
+        writer = self.client(cluster)
+        rev = await writer.create("/registry/bg", b"0")
+        for _ in range(30):
+            rev = await writer.update("/registry/bg", b"x", rev)
+        compactor = self.client(
+            cluster, compact_interval=0.05, compact_min_retain=10, compact_min_age=0
+        )
+        while await writer.compacted_revision() == 0:
+            await deferLater(reactor, 0.05)
+        self.assertEqual(await writer.compacted_revision(), rev - 10)
+        await compactor.stopService()
+        self.assertIsNotNone(await writer.get("/registry/bg", rev - 10))
+        await self._failure(writer.get("/registry/bg", rev - 11), Compacted)
+
     async def _failure(self, d: Deferred[Any], kind: type[BaseException]) -> Any:
         try:
             result = await d
@@ -277,3 +307,122 @@ class EtcdPureTests(SynchronousTestCase):
         clock = Clock()
         EtcdDatastore(clock, ["http://127.0.0.30:1"])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class FakeGatewayStream:
+    """The server end of one /v3/watch request on a MemoryReactor connection."""
+
+    def __init__(self, clock: MemoryReactorClock, index: int) -> None:
+        _, _, factory, _, _ = clock.tcpClients[index]
+        self.transport = StringTransport()
+        self.protocol = factory.buildProtocol(None)
+        self.protocol.makeConnection(self.transport)
+
+    def host(self) -> bytes:
+        """The member the request was meant for (MemoryReactor resolves every name to 127.0.0.1)."""
+        head = self.transport.value().split(b"\r\n\r\n", 1)[0]
+        hosts = [line for line in head.split(b"\r\n") if line.lower().startswith(b"host:")]
+        return hosts[0].split(b":", 1)[1].strip()
+
+    def request_body(self) -> dict[str, Any]:
+        raw = self.transport.value()
+        body: dict[str, Any] = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+        return body
+
+    def respond(self) -> None:
+        self.protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def send_message(self, result: dict[str, Any]) -> None:
+        self.send(json.dumps({"result": result}).encode() + b"\n")
+
+    def die(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionLost("member killed")))
+
+
+def _raw_put(key: str, revision: int, created: int) -> dict[str, Any]:
+    return {
+        "kv": {
+            "key": base64.b64encode(key.encode()).decode(),
+            "create_revision": str(created),
+            "mod_revision": str(revision),
+            "version": str(revision - created + 1),
+            "value": base64.b64encode(b"v%d" % revision).decode(),
+        }
+    }
+
+
+class EtcdWatchStreamTests(SynchronousTestCase):
+    """The watch over a scripted gateway stream: parsing, pausing, resuming elsewhere."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.store = EtcdDatastore(
+            self.clock, ["http://127.0.0.30:2379", "http://127.0.0.31:2379"], watch_buffer=3
+        )
+        self.collector = EventCollector()
+        self.watch = _EtcdWatch(self.store, "/r/", 5, self.collector.deliver, 3)
+        self.watch.open_stream()
+        self.stream = FakeGatewayStream(self.clock, 0)
+        self.stream.respond()
+        self.stream.send_message({"header": {"revision": "9"}, "created": True})
+        self.assertEqual(self.successResultOf(self.watch.established), self.watch)
+        self.assertTrue(verifyObject(IWatch, self.watch))
+
+    def test_request_asks_for_prefix_from_revision_with_prev_kv(self) -> None:
+        body = self.stream.request_body()["create_request"]
+        self.assertEqual(self.stream.host(), b"127.0.0.30:2379")
+        self.assertEqual(base64.b64decode(body["key"]), b"/r/")
+        self.assertEqual(base64.b64decode(body["range_end"]), b"/r0")
+        self.assertEqual((body["start_revision"], body["prev_kv"]), ("5", True))
+
+    def test_a_message_split_over_reads_is_delivered_once_whole(self) -> None:
+        line = json.dumps({"result": {"events": [_raw_put("/r/a", 5, 5), _raw_put("/r/a", 6, 5)]}})
+        data = line.encode() + b"\n"
+        for i in range(0, len(data), 7):
+            self.stream.send(data[i : i + 7])
+        self.assertEqual(self.collector.batches, 1)
+        self.assertEqual(
+            [(e.type, e.revision) for e in self.collector.events],
+            [(EventType.CREATE, 5), (EventType.UPDATE, 6)],
+        )
+
+    def test_paused_watch_holds_then_overflows(self) -> None:
+        self.watch.pauseProducing()
+        self.stream.send_message({"events": [_raw_put("/r/a", 5, 5), _raw_put("/r/a", 6, 5)]})
+        self.watch.resumeProducing()
+        self.assertEqual(self.collector.revisions(), [5, 6])
+        self.watch.pauseProducing()
+        self.stream.send_message({"events": [_raw_put("/r/a", r, 5) for r in range(7, 11)]})
+        self.failureResultOf(self.watch.ended, WatchOverflow)
+        self.watch.resumeProducing()
+        self.stream.send_message({"events": [_raw_put("/r/a", 11, 5)]})
+        self.assertEqual(self.collector.revisions(), [5, 6])
+
+    def test_lost_stream_resumes_on_the_next_member_without_gap_or_duplicate(self) -> None:
+        self.stream.send_message({"events": [_raw_put("/r/a", 5, 5), _raw_put("/r/a", 6, 5)]})
+        self.stream.die()
+        self.assertFalse(self.watch.ended.called)
+        self.clock.advance(0)
+        second = FakeGatewayStream(self.clock, 1)
+        self.assertEqual(second.host(), b"127.0.0.31:2379")
+        self.assertEqual(second.request_body()["create_request"]["start_revision"], "7")
+        second.respond()
+        second.send_message({"header": {"revision": "9"}, "created": True})
+        # A member may replay what was already delivered: it is dropped.
+        second.send_message({"events": [_raw_put("/r/a", 6, 5), _raw_put("/r/b", 7, 7)]})
+        self.assertEqual(self.collector.revisions(), [5, 6, 7])
+        self.watch.cancel()
+        self.assertIsNone(self.successResultOf(self.watch.ended))
+        second.send_message({"events": [_raw_put("/r/c", 8, 8)]})
+        self.assertEqual(self.collector.revisions(), [5, 6, 7])
+
+    def test_compaction_cancel_ends_the_watch_with_compacted(self) -> None:
+        self.stream.send_message({"canceled": True, "compact_revision": "8"})
+        failure = self.failureResultOf(self.watch.ended, Compacted)
+        self.assertEqual((failure.value.requested, failure.value.compact_revision), (5, 8))
