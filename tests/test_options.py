@@ -357,3 +357,21 @@ class TokenFileTests(OptionsTestCase):
         options = parse(server.Options, ["--token-file", str(self.tmp / "empty")])
         error = self.assertRaises(ConfigurationError, options.token)
         self.assertIn("empty", str(error))
+
+
+class DocumentationTests(OptionsTestCase):
+    ROOT = Path(__file__).resolve().parents[1]
+
+    def test_readme_lists_every_flag(self) -> None:
+        """The README's options table names every flag of both roles."""
+        readme = (self.ROOT / "README.md").read_text()
+        for flag in SERVER_FLAGS + AGENT_FLAGS:
+            self.assertIn(f"| `--{flag.name}`", readme, flag.name)
+
+    def test_example_config_is_valid_for_both_roles(self) -> None:
+        """etc/config.yaml parses for a server and for an agent."""
+        example = str(self.ROOT / "etc" / "config.yaml")
+        server_options = parse(server.Options, ["--config", example])
+        self.assertEqual(server_options["write-kubeconfig-mode"], 0o644)
+        agent_options = parse(agent.Options, [*AGENT_REQUIRED, "--config", example])
+        self.assertIn("tls-san", agent_options.ignored_keys)
