@@ -25,7 +25,13 @@ from urllib.parse import urlsplit
 from automat import TypeMachineBuilder
 from twisted.application.service import Service
 from twisted.internet import defer, ssl
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    succeed,
+)
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IConsumer, IOpenSSLClientConnectionCreator, IPushProducer
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -628,7 +634,7 @@ class EtcdDatastore(Service):
     :param tls: client TLS material for C{https://} endpoints.
     :param request_timeout: how long one call may keep trying the members
         before it fails with L{DatastoreUnavailable}.
-    :param watch_buffer: how many events a paused watch may hold before it
+    :param watch_buffer_events: how many events a paused watch may hold before it
         ends with L{WatchOverflow}.
     :param compact_interval: how often the background compactor runs, in
         seconds (0: never).
@@ -639,6 +645,9 @@ class EtcdDatastore(Service):
 
     _log = Logger()
 
+    #: At most this many requests in flight at once (watches not counted).
+    max_connections = 64
+
     def __init__(
         self,
         reactor: Any,
@@ -646,7 +655,7 @@ class EtcdDatastore(Service):
         tls: EtcdTLS | None = None,
         *,
         request_timeout: float = 5.0,
-        watch_buffer: int = 10_000,
+        watch_buffer_events: int = 10_000,
         compact_interval: float = 300.0,
         compact_min_retain: int = 1000,
         compact_min_age: float = 300.0,
@@ -656,7 +665,7 @@ class EtcdDatastore(Service):
         self._reactor = reactor
         self._endpoints = [_normalise_url(url) for url in _check_schemes(list(endpoints))]
         self._request_timeout = request_timeout
-        self._watch_buffer = watch_buffer
+        self._watch_buffer = watch_buffer_events
         self._compact_interval = compact_interval
         self._compact_min_retain = compact_min_retain
         self._compact_min_age = compact_min_age
@@ -665,7 +674,8 @@ class EtcdDatastore(Service):
         if self._endpoints[0].startswith("https://"):
             policy = _ClientTLSPolicy(tls or EtcdTLS())
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 64
+        self._pool.maxPersistentPerHost = self.max_connections
+        self._slots = DeferredSemaphore(self.max_connections)
         self._pool.retryAutomatically = False
         self._watch_pool = HTTPConnectionPool(reactor, persistent=False)
         timeout = max(1, int(request_timeout))
@@ -804,13 +814,18 @@ class EtcdDatastore(Service):
             delay = min(delay * 2, 0.5)
 
     async def _exchange(self, endpoint: str, path: str, payload: bytes) -> tuple[int, bytes]:
-        response = await self._agent.request(
-            b"POST",
-            (endpoint + path).encode("ascii"),
-            Headers({b"Content-Type": [b"application/json"]}),
-            _JSONBody(payload),
-        )
-        return response.code, await _read_body(response)
+        # Agent opens a connection per concurrent request: bound them.
+        await self._slots.acquire()
+        try:
+            response = await self._agent.request(
+                b"POST",
+                (endpoint + path).encode("ascii"),
+                Headers({b"Content-Type": [b"application/json"]}),
+                _JSONBody(payload),
+            )
+            return response.code, await _read_body(response)
+        finally:
+            self._slots.release()
 
     async def _attempt(
         self, endpoint: str, path: str, payload: bytes, timeout: float

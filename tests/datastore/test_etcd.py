@@ -60,7 +60,7 @@ class EtcdTestBase(TestCase):
     def client_for(
         self, endpoints: Sequence[str], tls: EtcdTLS | None = None, **kwargs: Any
     ) -> EtcdDatastore:
-        kwargs.setdefault("watch_buffer", self.watch_buffer_limit)
+        kwargs.setdefault("watch_buffer_events", self.watch_buffer_limit)
         kwargs.setdefault("compact_interval", 0)
         store = EtcdDatastore(reactor, endpoints, tls, **kwargs)
         store.startService()
@@ -218,7 +218,7 @@ class EtcdSpecificTests(EtcdTestBase):
 
     async def test_overflow_is_reported_once_and_nothing_follows(self) -> None:
         cluster = await self.start_cluster(1)
-        store = self.client(cluster, watch_buffer=5)
+        store = self.client(cluster, watch_buffer_events=5)
         collector = EventCollector()
         watch = await store.watch("/registry/o/", 0, collector.deliver)
         watch.pauseProducing()
@@ -363,7 +363,7 @@ class EtcdWatchStreamTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.store = EtcdDatastore(
-            self.clock, ["http://127.0.0.30:2379", "http://127.0.0.31:2379"], watch_buffer=3
+            self.clock, ["http://127.0.0.30:2379", "http://127.0.0.31:2379"], watch_buffer_events=3
         )
         self.collector = EventCollector()
         self.watch = _EtcdWatch(self.store, "/r/", 5, self.collector.deliver, 3)
