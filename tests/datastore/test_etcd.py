@@ -96,18 +96,21 @@ class EtcdConformanceTests(DatastoreConformance, EtcdTestBase):
 class EtcdSpecificTests(EtcdTestBase):
     """Behaviour of the etcd backend that the shared suite does not cover."""
 
-    async def test_watch_from_old_revision_resumes_on_another_member_when_one_dies(self) -> None:
+    async def test_watch_resumes_on_another_member_when_the_leader_is_killed(self) -> None:
         cluster = await self.start_cluster(3)
-        store = self.client(cluster)
-        writer = self.client_for([cluster.members[2].client_url])
+        leader = await cluster.leader()
+        others = [m for m in cluster.members if m is not leader]
+        # The leader is listed first, so the watch and the requests start there.
+        store = self.client_for([m.client_url for m in [leader, *others]])
+        writer = self.client_for([m.client_url for m in others])
         first = await writer.create("/registry/fo/a", b"1")
         collector = EventCollector()
         watch = await store.watch("/registry/fo/", first, collector.deliver)
         self.addCleanup(watch.cancel)
         await collector.wait_for_revision(first)
-        # The watch (and the pool) stream from member 0; kill it mid-stream.
-        cluster.members[0].kill()
-        await cluster.members[0].wait_dead(reactor)
+        leader.kill()
+        await leader.wait_dead(reactor)
+        await cluster.wait_healthy(others)  # a new leader was elected
         revisions = [first]
         for i in range(20):
             revisions.append(await writer.create(f"/registry/fo/b{i}", b"x"))

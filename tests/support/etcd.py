@@ -30,7 +30,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from k3stw.datastore.etcd import EtcdTLS, _ClientTLSPolicy, _read_body
+from k3stw.datastore.etcd import EtcdTLS, _ClientTLSPolicy, _JSONBody, _read_body
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 #: Loopback address this suite's etcd members listen on.
@@ -322,6 +322,27 @@ class EtcdCluster:
                         + pending[0].log_tail()
                     )
                 await deferLater(self.reactor, 0.05)
+
+    async def _post(self, member: EtcdMember, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        d = self._http().request(
+            b"POST",
+            (member.client_url + path).encode(),
+            Headers({b"Content-Type": [b"application/json"]}),
+            _JSONBody(json.dumps(body).encode()),
+        )
+        d.addTimeout(5, self.reactor)
+        answer: dict[str, Any] = json.loads(await _read_body(await d))
+        return answer
+
+    async def leader(self) -> EtcdMember:
+        """The member that is the Raft leader now (asked of each member in turn)."""
+        for member in self.members:
+            if member.process is None or member.process.poll() is not None:
+                continue
+            status = await self._post(member, "/v3/maintenance/status", {})
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                return member
+        raise EtcdStartError("no etcd member says it is the leader")
 
     async def restart(self, member: EtcdMember) -> None:
         """Start a killed member again on its data and wait until it is healthy."""
