@@ -15,12 +15,12 @@ fi
 
 # The suite runs against the built wheel, as an appliance image would install it.
 python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check build
+.venv/bin/pip install -qq --disable-pip-version-check build
 rm -rf .venv/dist
 .venv/bin/python -m build -q --wheel --outdir .venv/dist . >/dev/null
 wheel=$(ls .venv/dist/k3stw-*.whl)
-.venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
-.venv/bin/pip install -q --disable-pip-version-check "${wheel}[test,dev]"
+.venv/bin/pip install -qq --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+.venv/bin/pip install -qq --disable-pip-version-check "${wheel}[test,dev]"
 
 .venv/bin/ruff check k3stw tests bench twisted
 .venv/bin/ruff format --check k3stw tests bench twisted
