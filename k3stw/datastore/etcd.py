@@ -247,6 +247,11 @@ def _unb64(text: str | None) -> bytes:
     return base64.b64decode(text) if text else b""
 
 
+def _range(prefix: bytes) -> dict[str, str]:
+    """The etcd range covering every key that starts with C{prefix} ("" means all keys)."""
+    return {"key": _b64(prefix or b"\x00"), "range_end": _b64(_prefix_end(prefix))}
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     """The smallest key greater than every key starting with C{prefix} (etcd's rule)."""
     stripped = prefix.rstrip(b"\xff")
@@ -571,11 +576,7 @@ class _EtcdWatch:
 
     async def _open_stream(self) -> None:
         prefix = self._prefix.encode("utf-8")
-        create: dict[str, Any] = {
-            "key": _b64(prefix),
-            "range_end": _b64(_prefix_end(prefix)),
-            "prev_kv": True,
-        }
+        create: dict[str, Any] = {**_range(prefix), "prev_kv": True}
         if self._next_revision:
             create["start_revision"] = str(self._next_revision)
         endpoint = self._store._endpoints[self._endpoint_index]
@@ -763,6 +764,8 @@ class EtcdDatastore(Service):
                     reason=str(e),
                     delay=delay,
                 )
+                if not self.running:
+                    return
                 await deferLater(self._reactor, delay)
                 delay = min(delay * 2, 10.0)
                 continue
@@ -900,7 +903,7 @@ class EtcdDatastore(Service):
         start = raw_prefix
         if continue_from is not None:
             start = max(start, continue_from.encode("utf-8") + b"\x00")
-        body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(_prefix_end(raw_prefix))}
+        body: dict[str, Any] = {**_range(raw_prefix), "key": _b64(start or b"\x00")}
         if limit:
             body["limit"] = str(limit)
         if revision:
@@ -918,8 +921,8 @@ class EtcdDatastore(Service):
 
     async def _count(self, prefix: str) -> int:
         raw_prefix = prefix.encode("utf-8")
-        body = {"key": _b64(raw_prefix), "range_end": _b64(_prefix_end(raw_prefix))}
-        answer = await self._call("/v3/kv/range", {**body, "count_only": True}, idempotent=True)
+        body = {**_range(raw_prefix), "count_only": True}
+        answer = await self._call("/v3/kv/range", body, idempotent=True)
         return _int(answer.get("count"))
 
     async def _grant(self, ttl: int) -> int:
@@ -1068,7 +1071,11 @@ class EtcdDatastore(Service):
             try:
                 await self._call(
                     "/v3/kv/range",
-                    {"key": _b64(prefix), "revision": str(start_revision), "count_only": True},
+                    {
+                        "key": _b64(prefix or "\x00"),
+                        "revision": str(start_revision),
+                        "count_only": True,
+                    },
                     idempotent=True,
                 )
             except _EtcdError as e:

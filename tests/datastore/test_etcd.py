@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -218,6 +219,41 @@ class EtcdSpecificTests(EtcdTestBase):
             events[1].kv,
             KeyValue("/registry/leases/a", b"2", kv.create_revision, events[1].revision, 1),
         )
+
+    async def test_empty_prefix_means_every_key(self) -> None:
+        cluster = await self.start_cluster(1)
+        store = self.client(cluster)
+        collector = EventCollector()
+        watch = await store.watch("", 0, collector.deliver)
+        self.addCleanup(watch.cancel)
+        for key in ("/a", "b", "\x01"):
+            rev = await store.create(key, b"x")
+        self.assertEqual(await store.count(""), 3)
+        page = await store.list("", limit=2)
+        self.assertEqual(([kv.key for kv in page.items], page.more), (["\x01", "/a"], True))
+        page = await store.list("", continue_from="/a", revision=page.revision)
+        self.assertEqual([kv.key for kv in page.items], ["b"])
+        events = await collector.wait_for_revision(rev)
+        self.assertEqual([e.kv.key for e in events], ["/a", "b", "\x01"])
+
+    async def test_unreachable_at_start_is_logged_with_the_endpoint(self) -> None:
+        port = free_port("127.0.0.31")
+        seen: Deferred[LogEvent] = Deferred()
+        matches: list[LogEvent] = []
+
+        def observe(event: LogEvent) -> None:
+            if "unreachable" in event.get("log_format", ""):
+                matches.append(event)
+                if len(matches) == 1:
+                    # Not from inside the datastore's own log call.
+                    reactor.callLater(0, seen.callback, event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        store = self.client_for([f"http://127.0.0.31:{port}"], request_timeout=0.2)
+        event = await seen
+        self.assertIn(f"127.0.0.31:{port}", formatEvent(event))
+        self.assertFalse(store.when_ready().called)
 
     async def test_overflow_is_reported_once_and_nothing_follows(self) -> None:
         cluster = await self.start_cluster(1)
