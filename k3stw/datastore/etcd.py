@@ -510,7 +510,9 @@ class _EtcdWatch:
     # Outputs of the machine
 
     def open_stream(self) -> None:
-        Deferred.fromCoroutine(self._open_stream())
+        Deferred.fromCoroutine(self._open_stream()).addErrback(
+            lambda f: self._log.failure("etcd watch on {prefix!r} failed", f, prefix=self._prefix)
+        )
 
     def became_open(self, stream: _WatchLines, header_revision: int) -> None:
         if self._next_revision == 0:
@@ -602,7 +604,10 @@ class _EtcdWatch:
             stream.close()
             return
         if response.code != 200:
-            body = await _read_body(response)
+            try:
+                body = await _read_body(response)
+            except Exception as e:
+                body = _describe(e).encode()
             self._inputs.lost(f"{endpoint}: HTTP {response.code} {body[:200]!r}")
             return
         self._stream = stream
