@@ -146,7 +146,7 @@ class EtcdSpecificTests(EtcdTestBase):
             store.health(),
             store.watch("/registry/", 0, lambda events: None),
         ):
-            error = await self._failure(call, DatastoreUnavailable)
+            error = await self.assertFailure(call, DatastoreUnavailable)
             self.assertIn(f"127.0.0.31:{port}", str(error))
 
     async def test_losing_every_member_ends_a_watch_with_unavailable(self) -> None:
@@ -155,8 +155,8 @@ class EtcdSpecificTests(EtcdTestBase):
         collector = EventCollector()
         watch = await store.watch("/registry/", 0, collector.deliver)
         cluster.members[0].kill()
-        await self._failure(watch.ended, DatastoreUnavailable)
-        await self._failure(store.get("/registry/a"), DatastoreUnavailable)
+        await self.assertFailure(watch.ended, DatastoreUnavailable)
+        await self.assertFailure(store.get("/registry/a"), DatastoreUnavailable)
 
     async def test_https_endpoint_with_client_certificate(self) -> None:
         cluster = await self.start_cluster(1, tls=True)
@@ -177,7 +177,7 @@ class EtcdSpecificTests(EtcdTestBase):
         store = self.client_for(
             cluster.endpoints, EtcdTLS(cafile=cluster.certs.ca), request_timeout=1.0
         )
-        await self._failure(store.get("/registry/a"), DatastoreUnavailable)
+        await self.assertFailure(store.get("/registry/a"), DatastoreUnavailable)
 
     async def test_compacted_revision_reported_by_a_read_and_a_watch(self) -> None:
         cluster = await self.start_cluster(1)
@@ -188,9 +188,9 @@ class EtcdSpecificTests(EtcdTestBase):
         await store.compact(r2)
         # Compacting to an older revision again is not an error.
         await store.compact(r1)
-        error = await self._failure(store.list("/registry/", revision=r1), Compacted)
+        error = await self.assertFailure(store.list("/registry/", revision=r1), Compacted)
         self.assertEqual((error.requested, error.compact_revision), (r1, r2))
-        error = await self._failure(store.watch("/registry/", r1, lambda e: None), Compacted)
+        error = await self.assertFailure(store.watch("/registry/", r1, lambda e: None), Compacted)
         self.assertEqual(error.compact_revision, r2)
         collector = EventCollector()
         watch = await store.watch("/registry/", r2, collector.deliver)
@@ -263,7 +263,7 @@ class EtcdSpecificTests(EtcdTestBase):
         watch.pauseProducing()
         for i in range(10):
             await store.create(f"/registry/o/{i}", b"x")
-        await self._failure(watch.ended, WatchOverflow)
+        await self.assertFailure(watch.ended, WatchOverflow)
         watch.resumeProducing()
         watch.cancel()
         await store.create("/registry/o/late", b"x")
@@ -274,7 +274,7 @@ class EtcdSpecificTests(EtcdTestBase):
         store = self.client(cluster)
         watch = await store.watch("/registry/", 0, lambda events: None)
         await store.stopService()
-        await self._failure(watch.ended, DatastoreUnavailable)
+        await self.assertFailure(watch.ended, DatastoreUnavailable)
 
     async def test_background_compactor_keeps_the_newest_revisions(self) -> None:
         cluster = await self.start_cluster(1)
@@ -290,14 +290,7 @@ class EtcdSpecificTests(EtcdTestBase):
         self.assertEqual(await writer.compacted_revision(), rev - 10)
         await compactor.stopService()
         self.assertIsNotNone(await writer.get("/registry/bg", rev - 10))
-        await self._failure(writer.get("/registry/bg", rev - 11), Compacted)
-
-    async def _failure(self, d: Deferred[Any], kind: type[BaseException]) -> Any:
-        try:
-            result = await d
-        except kind as e:
-            return e
-        self.fail(f"expected {kind.__name__}, got {result!r}")
+        await self.assertFailure(writer.get("/registry/bg", rev - 11), Compacted)
 
 
 class EtcdPureTests(SynchronousTestCase):

@@ -10,7 +10,6 @@ without harm and which avoids its slow leader hand-over on SIGTERM).
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -22,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -31,6 +29,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from k3stw.datastore.etcd import EtcdTLS, _ClientTLSPolicy, _JSONBody, _read_body
+from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, new_ca, new_key, new_leaf
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 #: Loopback address this suite's etcd members listen on.
@@ -67,9 +66,29 @@ class EtcdCerts:
 def make_certs(directory: str, host: str = DEFAULT_HOST) -> EtcdCerts:
     """Write a CA, a server certificate for C{host} and a client certificate (ECDSA P-256)."""
     now = datetime.datetime.now(datetime.UTC)
-
-    def name(common_name: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    ca = new_ca("k3stw-test-etcd-ca", now)
+    client = new_leaf(ca, "k3stw", Usage.CLIENT, now)
+    # etcd's JSON gateway dials its own gRPC port with the serving
+    # certificate, so that one must be good for client auth as well.
+    server_key = new_key()
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "etcd")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(SubjectAltNames.of(["localhost", host]).extension(), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    server = KeyPair(server_cert, server_key)
 
     def write(path: str, data: bytes) -> str:
         full = os.path.join(directory, path)
@@ -77,74 +96,13 @@ def make_certs(directory: str, host: str = DEFAULT_HOST) -> EtcdCerts:
             f.write(data)
         return full
 
-    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("k3stw-test-etcd-ca"))
-        .issuer_name(name("k3stw-test-etcd-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(
-        common_name: str, usages: list[x509.ObjectIdentifier], sans: list[x509.GeneralName]
-    ) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(common_name))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
-
-    server_cert, server_key = leaf(
-        "etcd",
-        # etcd's JSON gateway dials its own gRPC port with the serving
-        # certificate, so that certificate must be good for client auth too.
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(host))],
-    )
-    client_cert, client_key = leaf("k3stw", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     return EtcdCerts(
         directory=directory,
-        ca=write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM)),
-        server_cert=write("server.pem", server_cert),
-        server_key=write("server-key.pem", server_key),
-        client_cert=write("client.pem", client_cert),
-        client_key=write("client-key.pem", client_key),
+        ca=write("ca.pem", ca.certificate_pem),
+        server_cert=write("server.pem", server.certificate_pem),
+        server_key=write("server-key.pem", server.key_pem),
+        client_cert=write("client.pem", client.certificate_pem),
+        client_key=write("client-key.pem", client.key_pem),
     )
 
 
