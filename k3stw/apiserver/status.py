@@ -28,7 +28,9 @@ REASONS = {
 }
 
 
-def status(code: int, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+def status(
+    code: int, message: str, details: dict[str, Any] | None = None, reason: str | None = None
+) -> dict[str, Any]:
     """A ``v1.Status`` failure object."""
     return {
         "kind": "Status",
@@ -36,7 +38,7 @@ def status(code: int, message: str, details: dict[str, Any] | None = None) -> di
         "metadata": {},
         "status": "Failure",
         "message": message,
-        "reason": REASONS.get(code, HTTPStatus(code).phrase.replace(" ", "")),
+        "reason": reason or REASONS.get(code, HTTPStatus(code).phrase.replace(" ", "")),
         "details": details or {},
         "code": code,
     }
@@ -46,7 +48,103 @@ def send_status(
     request: IRequest, code: int, message: str, details: dict[str, Any] | None = None
 ) -> bytes:
     """Set C{request}'s code and headers for a Status; return the body to write."""
+    return send_json(request, code, status(code, message, details))
+
+
+def send_json(request: IRequest, code: int, document: object) -> bytes:
+    """Set C{request}'s code and the API's headers; return C{document} as the body."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-cache, private")
-    return json.dumps(status(code, message, details)).encode("utf-8")
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+class StatusError(Exception):
+    """
+    A failure the API answers with a ``Status`` object.
+
+    :ivar reason: overrides the reason of C{code} (``AlreadyExists`` is a 409 too).
+    :ivar details: ``name``, ``group``, ``kind`` (the resource) and ``causes``.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        details: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.reason = reason
+
+    def status(self) -> dict[str, Any]:
+        return status(self.code, self.message, self.details, self.reason)
+
+
+def _details(resource: str, group: str, name: str | None) -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    if name is not None:
+        details["name"] = name
+    if group:
+        details["group"] = group
+    details["kind"] = resource
+    return details
+
+
+def _named(resource: str, group: str, name: str) -> str:
+    qualified = f"{resource}.{group}" if group else resource
+    return f'{qualified} "{name}"'
+
+
+def not_found(resource: str, group: str, name: str) -> StatusError:
+    """``configmaps "x" not found``, as kube-apiserver words it."""
+    return StatusError(
+        404, f"{_named(resource, group, name)} not found", _details(resource, group, name)
+    )
+
+
+def already_exists(resource: str, group: str, name: str) -> StatusError:
+    return StatusError(
+        409,
+        f"{_named(resource, group, name)} already exists",
+        _details(resource, group, name),
+        reason="AlreadyExists",
+    )
+
+
+def conflict(resource: str, group: str, name: str) -> StatusError:
+    """The optimistic-concurrency 409 that update loops retry on."""
+    return StatusError(
+        409,
+        f"Operation cannot be fulfilled on {_named(resource, group, name)}: the object has "
+        "been modified; please apply your changes to the latest version and try again",
+        _details(resource, group, name),
+    )
+
+
+def invalid(kind: str, name: str, causes: list[tuple[str, str]]) -> StatusError:
+    """A 422 listing each C{(field, message)}, as kube-apiserver's validation does."""
+    text = "; ".join(f"{field}: {message}" for field, message in causes)
+    return StatusError(
+        422,
+        f'{kind} "{name}" is invalid: {text}',
+        {
+            "name": name,
+            "kind": kind,
+            "causes": [
+                {"reason": "FieldValueInvalid", "message": message, "field": field}
+                for field, message in causes
+            ],
+        },
+    )
+
+
+def gone(message: str) -> StatusError:
+    return StatusError(410, message)
+
+
+def bad_request(message: str) -> StatusError:
+    return StatusError(400, message)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IReactorSSL
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from k3stw.apiserver.bootstrap import bootstrap
+from k3stw.apiserver.registry import Registry
+from k3stw.apiserver.resource import APIRequest, KubernetesAPI
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.datastore.sqlite import SQLiteDatastore
 from k3stw.lifecycle import ApplianceService
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
@@ -30,20 +36,46 @@ class QuietSite(Site):
 
 class ServerService(ApplianceService):
     """
-    The root of a server: the supervisor listener now; the datastore, the
-    Kubernetes API and the embedded agent join it as they are built.
+    The root of a server: the datastore, the supervisor listener with the
+    Kubernetes API; the embedded agent joins it in a later release.
     """
 
     _log = Logger()
 
-    def __init__(self, config: ServerConfig, credentials: ServerCredentials) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        credentials: ServerCredentials,
+        datastore: SQLiteDatastore,
+        store: ObjectStore,
+        registry: Registry,
+    ) -> None:
         super().__init__("k3s-server")
         self.config = config
         self.credentials = credentials
+        self.datastore = datastore
+        self.store = store
+        self.registry = registry
         self.readiness = Readiness()
+        self._becoming_ready: Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()
+        self._becoming_ready = Deferred.fromCoroutine(self._become_ready())
+        self._becoming_ready.addErrback(
+            lambda failure: None if failure.check(CancelledError) else
+            self._log.failure("The server could not finish starting", failure)
+        )  # fmt: skip
+
+    def stopService(self) -> Deferred[None] | None:
+        if self._becoming_ready is not None:
+            self._becoming_ready.cancel()
+        stopped: Deferred[None] | None = super().stopService()
+        return stopped
+
+    async def _become_ready(self) -> None:
+        await self.datastore.when_ready()
+        await bootstrap(self.store, self.registry)
         self.readiness.mark_ready()
         self._log.info(
             "k3stw server listening on {address}:{port}; admin kubeconfig at {kubeconfig}",
@@ -57,10 +89,12 @@ class ServerService(ApplianceService):
 
 
 def build_server(
-    config: ServerConfig, reactor: IReactorSSL, now: datetime.datetime | None = None
+    config: ServerConfig, reactor: Any, now: datetime.datetime | None = None
 ) -> IService:
     """
     Prepare the server's files and assemble its services.
+
+    :param reactor: the reactor (time, threads, TLS listening).
 
     Credentials and the admin kubeconfig are made here, before the reactor
     runs, so that a problem with them stops the start with one clear line.
@@ -79,9 +113,18 @@ def build_server(
         credentials.admin,
         config.kubeconfig_mode,
     )
-    root = ServerService(config, credentials)
-    site = QuietSite(supervisor_resource(credentials.server_ca_bundle, root.readiness))
+    database = config.server_dir / "db"
+    database.mkdir(mode=0o700, exist_ok=True)
+    datastore = SQLiteDatastore(reactor, str(database / "state.db"))
+    store = ObjectStore(datastore, reactor)
+    registry = Registry.with_built_ins()
+    root = ServerService(config, credentials, datastore, store, registry)
+    datastore.setServiceParent(root)
+    advertised = f"{config.advertise_address or config.node_ips[0]}:{config.https_port}"
+    api = KubernetesAPI(store, registry, reactor, advertised)
+    site = QuietSite(supervisor_resource(credentials.server_ca_bundle, root.readiness, api))
     site.displayTracebacks = False
+    site.requestFactory = APIRequest
     tls = server_tls_options(
         credentials.serving, credentials.server_ca_bundle, credentials.client_ca
     )

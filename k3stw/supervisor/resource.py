@@ -74,11 +74,15 @@ def _text(request: IRequest, body: bytes) -> bytes:
     return body
 
 
-def supervisor_resource(ca_bundle: bytes, readiness: Readiness) -> Resource:
+def supervisor_resource(
+    ca_bundle: bytes, readiness: Readiness, api: IResource | None = None
+) -> Resource:
     """
     The root of the server's HTTPS tree.
 
     :param ca_bundle: ``server-ca.crt`` as on disk, served by ``/cacerts``.
+    :param api: the Kubernetes API, served below ``/api``, ``/apis``,
+        ``/version`` and ``/openapi``.
     """
 
     def readyz(request: IRequest) -> bytes:
@@ -92,4 +96,7 @@ def supervisor_resource(ca_bundle: bytes, readiness: Readiness) -> Resource:
     v1 = Route()
     v1.putChild(b"readyz", Route(GET=readyz))
     root.putChild(b"v1-k3s", v1)
+    if api is not None:
+        for path in (b"api", b"apis", b"version", b"openapi"):
+            root.putChild(path, api)
     return root

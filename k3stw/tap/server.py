@@ -57,6 +57,6 @@ def makeService(options: Options) -> IService:
     from k3stw.server.service import build_server
 
     try:
-        return build_server(server_config(options), reactor)  # type: ignore[arg-type]
+        return build_server(server_config(options), reactor)
     except (StartupError, ConfigurationError) as e:
         raise SystemExit(f"k3s-server: {e}") from None

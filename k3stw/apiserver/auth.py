@@ -1,0 +1,140 @@
+"""
+Who is asking, and may they: client certificates (CN user, O groups) signed
+by the client CA authenticate; ``system:masters`` may do everything, nodes
+get a node authorizer, and everyone else is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cryptography.x509.oid import NameOID
+from OpenSSL import crypto
+
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.status import StatusError
+
+MASTERS = "system:masters"
+NODES = "system:nodes"
+NODE_PREFIX = "system:node:"
+READ_VERBS = frozenset({"get", "list", "watch"})
+
+#: What a kubelet reads, besides the secrets and configmaps its pods use.
+_NODE_READABLE = frozenset(
+    {
+        ("", "nodes"),
+        ("", "pods"),
+        ("", "services"),
+        ("", "endpoints"),
+        ("", "namespaces"),
+        ("", "events"),
+        ("", "serviceaccounts"),
+        ("coordination.k8s.io", "leases"),
+        ("discovery.k8s.io", "endpointslices"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    groups: tuple[str, ...]
+
+    @property
+    def node_name(self) -> str | None:
+        """The node of a kubelet's identity (``system:node:<name>`` in ``system:nodes``)."""
+        if NODES in self.groups and self.name.startswith(NODE_PREFIX):
+            return self.name[len(NODE_PREFIX) :]
+        return None
+
+
+def user_of_certificate(certificate: crypto.X509) -> User | None:
+    """The user a verified client certificate names, or None without a CN."""
+    subject = certificate.to_cryptography().subject
+    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        return None
+    groups = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return User(str(names[0].value), tuple(str(g.value) for g in groups))
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """One request as the authorizer sees it."""
+
+    verb: str
+    resource: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+#: Looks up what a node's pods reference: (namespace, kind, name) -> referenced?
+PodReferenceCheck = Callable[[str, str, str, str], Awaitable[bool]]
+
+
+def forbidden(user: User, attributes: Attributes, reason: str = "") -> StatusError:
+    """kube-apiserver's RBAC wording for a refused request."""
+    resource = attributes.resource
+    what = resource.plural + (f"/{attributes.subresource}" if attributes.subresource else "")
+    subject = f'{what} "{attributes.name}"' if attributes.name else what
+    where = (
+        f'in the namespace "{attributes.namespace}"'
+        if attributes.namespace and resource.namespaced
+        else "at the cluster scope"
+    )
+    message = (
+        f'{subject} is forbidden: User "{user.name}" cannot {attributes.verb} resource '
+        f'"{what}" in API group "{resource.group}" {where}'
+    )
+    if reason:
+        message += f": {reason}"
+    details = {"kind": resource.plural, "group": resource.group}
+    if attributes.name:
+        details["name"] = attributes.name
+    return StatusError(403, message, details)
+
+
+async def authorize(user: User, attributes: Attributes, pod_uses: PodReferenceCheck) -> None:
+    """
+    Allow the request or raise a 403 L{StatusError}.
+
+    :param pod_uses: answers whether a pod bound to a node references a
+        secret or configmap, for the node authorizer.
+    """
+    if MASTERS in user.groups:
+        return
+    node = user.node_name
+    if node is not None and await _node_may(node, attributes, pod_uses):
+        return
+    reason = ""
+    if node is not None and attributes.resource.plural == "nodes" and attributes.name:
+        reason = f'node "{node}" is not allowed to modify node "{attributes.name}"'
+    raise forbidden(user, attributes, reason)
+
+
+async def _node_may(node: str, a: Attributes, pod_uses: PodReferenceCheck) -> bool:
+    """The node authorizer: what one kubelet may do, and no more."""
+    key = (a.resource.group, a.resource.plural)
+    if a.verb in READ_VERBS and key in _NODE_READABLE and a.subresource is None:
+        return True
+    if key == ("", "nodes"):
+        return a.name == node and a.verb in {"create", "update", "patch", "get"}
+    if key == ("coordination.k8s.io", "leases"):
+        return (
+            a.namespace == "kube-node-lease"
+            and a.name in (node, None)
+            and (a.verb in {"create", "update", "patch", "get", "delete"})
+        )
+    if key == ("", "events"):
+        return a.verb in {"create", "update", "patch"}
+    if key == ("", "pods") and a.name and a.namespace:
+        if a.subresource == "status" and a.verb in {"update", "patch", "get"}:
+            return await pod_uses(node, a.namespace, "pods", a.name)
+        if a.subresource is None and a.verb == "delete":
+            return await pod_uses(node, a.namespace, "pods", a.name)
+        return False
+    if key in {("", "secrets"), ("", "configmaps")} and a.verb == "get" and a.name:
+        return await pod_uses(node, a.namespace or "", a.resource.plural, a.name)
+    return False

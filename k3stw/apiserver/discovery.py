@@ -1,0 +1,262 @@
+"""
+What the API says about itself: ``/version``, discovery (aggregated v2 and
+legacy), and the OpenAPI v3 documents ``kubectl apply`` validates against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from typing import Any
+
+from k3stw import KUBERNETES_VERSION
+from k3stw.apiserver.registry import Registry, ResourceType
+
+AGGREGATED_CONTENT_TYPE = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+def version_info() -> dict[str, str]:
+    """``/version``: major 1, minor 32, so kubectl's dispatcher runs kubectl 1.32."""
+    machine = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    return {
+        "major": "1",
+        "minor": "32",
+        "gitVersion": KUBERNETES_VERSION,
+        "gitCommit": "k3stw",
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-27T00:00:00Z",
+        "goVersion": f"python{platform.python_version()}",
+        "compiler": "gc",
+        "platform": f"linux/{machine}",
+    }
+
+
+def _verbs(resource: ResourceType) -> list[str]:
+    return sorted(resource.verbs)
+
+
+def _subresource_kind(resource: ResourceType, subresource: str) -> tuple[str, str, str]:
+    if subresource == "scale":
+        return ("autoscaling", "v1", "Scale")
+    return (resource.group, resource.version, resource.kind)
+
+
+def _aggregated_resource(resource: ResourceType) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "resource": resource.plural,
+        "responseKind": {
+            "group": resource.group,
+            "version": resource.version,
+            "kind": resource.kind,
+        },
+        "scope": "Namespaced" if resource.namespaced else "Cluster",
+        "singularResource": resource.singular,
+        "verbs": _verbs(resource),
+    }
+    if resource.short_names:
+        entry["shortNames"] = list(resource.short_names)
+    if resource.categories:
+        entry["categories"] = list(resource.categories)
+    if resource.subresources:
+        entry["subresources"] = [
+            {
+                "subresource": sub,
+                "responseKind": dict(
+                    zip(("group", "version", "kind"), _subresource_kind(resource, sub), strict=True)
+                ),
+                "verbs": ["get"] if sub in ("log", "proxy") else ["get", "patch", "update"],
+            }
+            for sub in resource.subresources
+        ]
+    return entry
+
+
+def aggregated_discovery(registry: Registry, core: bool) -> dict[str, Any]:
+    """The ``APIGroupDiscoveryList`` of ``/api`` (C{core}) or of ``/apis``."""
+    items = []
+    for group, versions in registry.groups().items():
+        if (group == "") != core:
+            continue
+        items.append(
+            {
+                "metadata": {"name": group} if group else {"creationTimestamp": None},
+                "versions": [
+                    {
+                        "version": version,
+                        "freshness": "Current",
+                        "resources": [
+                            _aggregated_resource(r)
+                            for r in registry
+                            if r.group == group and r.version == version
+                        ],
+                    }
+                    for version in versions
+                ],
+            }
+        )
+    return {
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    }
+
+
+def api_versions(server_address: str) -> dict[str, Any]:
+    """The legacy ``/api`` answer."""
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}
+        ],
+    }
+
+
+def _group_entry(group: str, versions: list[str]) -> dict[str, Any]:
+    listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+    return {"name": group, "versions": listed, "preferredVersion": listed[0]}
+
+
+def api_group_list(registry: Registry) -> dict[str, Any]:
+    """The legacy ``/apis`` answer."""
+    return {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [
+            _group_entry(group, versions) for group, versions in registry.groups().items() if group
+        ],
+    }
+
+
+def api_group(registry: Registry, group: str) -> dict[str, Any] | None:
+    """``/apis/<group>``, or None for a group not served."""
+    versions = registry.groups().get(group)
+    if not group or not versions:
+        return None
+    return {"kind": "APIGroup", "apiVersion": "v1", **_group_entry(group, versions)}
+
+
+def api_resource_list(registry: Registry, group: str, version: str) -> dict[str, Any] | None:
+    """``/api/v1`` or ``/apis/<group>/<version>``, or None when not served."""
+    served = [r for r in registry if r.group == group and r.version == version]
+    if not served:
+        return None
+    resources: list[dict[str, Any]] = []
+    for resource in served:
+        entry: dict[str, Any] = {
+            "name": resource.plural,
+            "singularName": resource.singular,
+            "namespaced": resource.namespaced,
+            "kind": resource.kind,
+            "verbs": _verbs(resource),
+        }
+        if resource.short_names:
+            entry["shortNames"] = list(resource.short_names)
+        if resource.categories:
+            entry["categories"] = list(resource.categories)
+        resources.append(entry)
+        for sub in resource.subresources:
+            group_, version_, kind = _subresource_kind(resource, sub)
+            subentry: dict[str, Any] = {
+                "name": f"{resource.plural}/{sub}",
+                "singularName": "",
+                "namespaced": resource.namespaced,
+                "kind": kind,
+                "verbs": ["get"] if sub in ("log", "proxy") else ["get", "patch", "update"],
+            }
+            if group_ != resource.group:
+                subentry.update(group=group_, version=version_)
+            resources.append(subentry)
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": served[0].group_version,
+        "resources": resources,
+    }
+
+
+def _openapi_path(group: str, version: str) -> str:
+    return f"api/{version}" if not group else f"apis/{group}/{version}"
+
+
+def _gv_document(registry: Registry, group: str, version: str) -> dict[str, Any]:
+    """
+    One group version's OpenAPI v3 document: per kind, the item paths with
+    PATCH operations carrying ``x-kubernetes-group-version-kind`` and the
+    ``fieldValidation`` parameter, which is what tells kubectl the server
+    validates fields itself (so ``kubectl apply`` needs no schemas).
+    """
+    paths: dict[str, Any] = {}
+    parameters = [
+        {
+            "name": "fieldValidation",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "Ignore, Warn or Strict: how to treat unknown or duplicate fields.",
+        },
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+    ]
+    for resource in registry:
+        if resource.group != group or resource.version != version:
+            continue
+        gvk = {"group": group, "version": version, "kind": resource.kind}
+        scope = "namespaces/{namespace}/" if resource.namespaced else ""
+        base = f"{resource.url_prefix}/{scope}{resource.plural}"
+        operation = {
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": parameters,
+            "responses": {"200": {"description": "OK"}},
+        }
+        paths[base + "/{name}"] = {
+            "get": operation,
+            "put": operation,
+            "patch": operation,
+            "delete": operation,
+        }
+        paths[base] = {"get": operation, "post": operation}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
+
+
+class OpenAPI:
+    """The OpenAPI v3 index and documents, rebuilt when the registry changes."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._documents: dict[str, bytes] = {}
+        self._index: bytes = b""
+        registry.on_change(self.rebuild)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        documents = {}
+        for group, versions in self.registry.groups().items():
+            for version in versions:
+                document = _gv_document(self.registry, group, version)
+                documents[_openapi_path(group, version)] = json.dumps(document).encode()
+        self._documents = documents
+        self._index = json.dumps(
+            {
+                "paths": {
+                    path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={_hash(body)}"}
+                    for path, body in documents.items()
+                }
+            }
+        ).encode()
+
+    def index(self) -> bytes:
+        return self._index
+
+    def document(self, path: str) -> bytes | None:
+        return self._documents.get(path)
+
+
+def _hash(body: bytes) -> str:
+    return hashlib.sha512(body).hexdigest()[:64].upper()

@@ -1,0 +1,214 @@
+"""
+The resource types the API serves: the built-in kinds, plus those that
+CustomResourceDefinitions add while the server runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    """
+    One resource of one group version, as discovery describes it.
+
+    :ivar subresources: the subresources served (``status``, ``log``, ...).
+    :ivar crd: for a custom resource, the name of the CRD that defines it.
+    :ivar printer_columns: a CRD version's ``additionalPrinterColumns``.
+    """
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    singular: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    subresources: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = ALL_VERBS
+    crd: str | None = None
+    printer_columns: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def group_version(self) -> str:
+        """``v1`` for the core group, ``apps/v1`` otherwise: the apiVersion of its objects."""
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def has_status(self) -> bool:
+        """Whether status is written only through the ``status`` subresource."""
+        return "status" in self.subresources
+
+    @property
+    def url_prefix(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    def storage_prefix(self, namespace: str | None = None) -> str:
+        """
+        The datastore prefix of this resource's objects (of one namespace, if given),
+        ending in ``/``: ``/registry/<resource>/[<namespace>/]``.  Custom resources
+        carry their group, as kube-apiserver stores them, so no two resources share keys.
+        """
+        resource = f"{self.group}/{self.plural}" if self.crd else self.plural
+        base = f"/registry/{resource}/"
+        return f"{base}{namespace}/" if namespace else base
+
+    def storage_key(self, namespace: str | None, name: str) -> str:
+        return self.storage_prefix(namespace if self.namespaced else None) + name
+
+    def describe(self, namespace: str | None, name: str | None = None) -> str:
+        """How Status messages name this resource: ``pods "web"`` or ``pods``."""
+        resource = f"{self.plural}.{self.group}" if self.group else self.plural
+        return f'{resource} "{name}"' if name else resource
+
+
+Names = tuple[str, ...]
+
+
+def _group(
+    group: str,
+    kind: str,
+    plural: str,
+    namespaced: bool,
+    short: Names = (),
+    categories: Names = (),
+    subresources: Names = (),
+) -> ResourceType:
+    return ResourceType(
+        group, "v1", kind, plural, kind.lower(), namespaced, short, categories, subresources
+    )
+
+
+def _core(
+    kind: str,
+    plural: str,
+    namespaced: bool,
+    short: Names = (),
+    categories: Names = (),
+    subresources: Names = (),
+) -> ResourceType:
+    return _group("", kind, plural, namespaced, short, categories, subresources)
+
+
+NAMESPACES = _core("Namespace", "namespaces", False, ("ns",), subresources=("status", "finalize"))
+CRDS = _group(
+    "apiextensions.k8s.io",
+    "CustomResourceDefinition",
+    "customresourcedefinitions",
+    False,
+    ("crd", "crds"),
+    subresources=("status",),
+)
+
+BUILT_IN: tuple[ResourceType, ...] = (
+    NAMESPACES,
+    _core("Node", "nodes", False, ("no",), subresources=("status", "proxy")),
+    _core("Pod", "pods", True, ("po",), ("all",), ("status", "log")),
+    _core("Service", "services", True, ("svc",), ("all",), ("status",)),
+    _core("Endpoints", "endpoints", True, ("ep",)),
+    _core("Secret", "secrets", True),
+    _core("ConfigMap", "configmaps", True, ("cm",)),
+    _core("Event", "events", True, ("ev",)),
+    _core("ServiceAccount", "serviceaccounts", True, ("sa",)),
+    _group("coordination.k8s.io", "Lease", "leases", True),
+    _group("discovery.k8s.io", "EndpointSlice", "endpointslices", True),
+    _group("apps", "Deployment", "deployments", True, ("deploy",), ("all",), ("status",)),
+    _group("apps", "ReplicaSet", "replicasets", True, ("rs",), ("all",), ("status",)),
+    _group("apps", "DaemonSet", "daemonsets", True, ("ds",), ("all",), ("status",)),
+    CRDS,
+)
+
+#: Groups in the order discovery lists them (kube-apiserver's priority order).
+GROUP_ORDER = ("", "apps", "coordination.k8s.io", "discovery.k8s.io", "apiextensions.k8s.io")
+
+
+@dataclass
+class Registry:
+    """
+    Every resource type served now.  Listeners hear of each change, so that
+    discovery and OpenAPI documents follow CRDs as they come and go.
+    """
+
+    _types: dict[tuple[str, str, str], ResourceType] = field(default_factory=dict)
+    _listeners: list[Callable[[], None]] = field(default_factory=list)
+
+    @classmethod
+    def with_built_ins(cls) -> Registry:
+        registry = cls()
+        for resource in BUILT_IN:
+            registry._types[(resource.group, resource.version, resource.plural)] = resource
+        return registry
+
+    def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
+        return self._types.get((group, version, plural))
+
+    def by_kind(self, group: str, kind: str) -> ResourceType | None:
+        """The resource of a kind in a group (its first served version)."""
+        for resource in self._types.values():
+            if resource.group == group and resource.kind == kind:
+                return resource
+        return None
+
+    def __iter__(self) -> Iterator[ResourceType]:
+        return iter(sorted(self._types.values(), key=_discovery_order))
+
+    def groups(self) -> dict[str, list[str]]:
+        """Each group with its versions, in discovery order."""
+        found: dict[str, list[str]] = {}
+        for resource in self:
+            versions = found.setdefault(resource.group, [])
+            if resource.version not in versions:
+                versions.append(resource.version)
+        return found
+
+    def replace_crd(self, crd_name: str, resources: list[ResourceType]) -> None:
+        """Serve exactly C{resources} for CRD C{crd_name} (none: it was deleted)."""
+        stale = [key for key, value in self._types.items() if value.crd == crd_name]
+        for key in stale:
+            del self._types[key]
+        for resource in resources:
+            self._types[(resource.group, resource.version, resource.plural)] = resource
+        for listener in list(self._listeners):
+            listener()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+
+def _discovery_order(resource: ResourceType) -> tuple[int, str, str, str]:
+    rank = GROUP_ORDER.index(resource.group) if resource.group in GROUP_ORDER else len(GROUP_ORDER)
+    return (rank, resource.group, resource.version, resource.plural)
+
+
+def resources_of_crd(crd: dict[str, Any]) -> list[ResourceType]:
+    """The resource types a CustomResourceDefinition serves (one per served version)."""
+    spec = crd.get("spec", {})
+    names = spec.get("names", {})
+    namespaced = spec.get("scope", "Namespaced") == "Namespaced"
+    found = []
+    for version in spec.get("versions", []):
+        if not version.get("served", True):
+            continue
+        subresources = tuple(sorted(version.get("subresources") or {}))
+        found.append(
+            ResourceType(
+                group=spec["group"],
+                version=version["name"],
+                kind=names["kind"],
+                plural=names["plural"],
+                singular=names.get("singular") or names["kind"].lower(),
+                namespaced=namespaced,
+                short_names=tuple(names.get("shortNames") or ()),
+                categories=tuple(names.get("categories") or ()),
+                subresources=subresources,
+                crd=crd["metadata"]["name"],
+                printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
+            )
+        )
+    return found

@@ -1,0 +1,530 @@
+"""
+Kubernetes objects over an L{IDatastore}: keys, resourceVersions, and the
+object lifecycle rules (uid, creation timestamp, generation, generateName,
+finalizers and graceful deletion) that every verb shares.
+
+An object's ``metadata.resourceVersion`` is the datastore revision of its
+last write; it is never stored, only set on the way out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from k3stw.apiserver.registry import NAMESPACES, ResourceType
+from k3stw.apiserver.status import (
+    StatusError,
+    already_exists,
+    bad_request,
+    conflict,
+    gone,
+    invalid,
+    not_found,
+)
+from k3stw.datastore.interface import (
+    Compacted,
+    Conflict,
+    DatastoreUnavailable,
+    Event,
+    EventType,
+    FutureRevision,
+    IDatastore,
+    IWatch,
+    KeyExists,
+    KeyNotFound,
+    KeyValue,
+)
+
+Object = dict[str, Any]
+Predicate = Callable[[Object], bool]
+
+#: Kinds whose metadata.generation counts spec changes.
+_GENERATION_KINDS = {"Deployment", "ReplicaSet", "DaemonSet", "CustomResourceDefinition"}
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAME_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
+    "or '.', and must start and end with an alphanumeric character"
+)
+# kube-apiserver's generateName alphabet: no vowels, no look-alikes.
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_MAX_CAS_RETRIES = 16
+
+
+def unavailable(error: DatastoreUnavailable) -> StatusError:
+    """The datastore is away: 503, never 500, so clients retry."""
+    return StatusError(503, f"the datastore is unavailable: {error}")
+
+
+@dataclass(frozen=True)
+class ObjectList:
+    """One page of a list: the objects, the revision read at, and the next page's token."""
+
+    items: list[Object]
+    resource_version: str
+    continue_token: str
+
+
+def encode_continue(revision: int, last_key: str) -> str:
+    payload = json.dumps({"rv": revision, "start": last_key}).encode()
+    return base64.urlsafe_b64encode(payload).decode("ascii")
+
+
+def decode_continue(token: str) -> tuple[int, str]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        return int(payload["rv"]), str(payload["start"])
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError):
+        raise bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion"
+        ) from None
+
+
+def parse_resource_version(text: str) -> int:
+    """A resourceVersion parameter as a revision; "" and "0" are 0 (any/latest)."""
+    if text in ("", "0"):
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise bad_request(f'Invalid value: "{text}": resourceVersion must be an integer') from None
+    if value < 0:
+        raise bad_request(f'Invalid value: "{text}": resourceVersion must be positive')
+    return value
+
+
+def decode(kv: KeyValue, revision: int | None = None) -> Object:
+    """The object stored in C{kv}, with its resourceVersion set."""
+    obj: Object = json.loads(kv.value)
+    obj.setdefault("metadata", {})["resourceVersion"] = str(revision or kv.mod_revision)
+    return obj
+
+
+def encode(obj: Object) -> bytes:
+    stored = copy.copy(obj)
+    metadata = dict(stored.get("metadata") or {})
+    metadata.pop("resourceVersion", None)
+    stored["metadata"] = metadata
+    return json.dumps(stored, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def timestamp(seconds: float) -> str:
+    """RFC 3339 with second precision, as Kubernetes writes ``metav1.Time``."""
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ObjectStore:
+    """
+    The verbs of the Kubernetes API as datastore operations.
+
+    Every method raises L{StatusError} for anything a client should see
+    (404, 409, 410, 422, and 503 when the datastore is away).
+    """
+
+    def __init__(self, datastore: IDatastore, clock: IReactorTime) -> None:
+        self.datastore = datastore
+        self.clock = clock
+
+    def now(self) -> str:
+        return timestamp(self.clock.seconds())
+
+    async def get(self, resource: ResourceType, namespace: str | None, name: str) -> Object:
+        kv = await self._get_kv(resource, namespace, name)
+        if kv is None:
+            raise not_found(resource.plural, resource.group, name)
+        return decode(kv)
+
+    async def _get_kv(
+        self, resource: ResourceType, namespace: str | None, name: str, revision: int = 0
+    ) -> KeyValue | None:
+        try:
+            found: KeyValue | None = await self.datastore.get(
+                resource.storage_key(namespace, name), revision
+            )
+        except DatastoreUnavailable as e:
+            raise unavailable(e) from None
+        except Compacted as e:
+            raise gone(f"too old resource version: {revision} ({e.compact_revision})") from None
+        except FutureRevision as e:
+            raise StatusError(
+                504, f"Too large resource version: {e.requested}, current: {e.current}"
+            ) from None
+        return found
+
+    async def list(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        predicate: Predicate | None = None,
+        limit: int = 0,
+        continue_token: str = "",
+        resource_version: str = "",
+        exact: bool = False,
+    ) -> ObjectList:
+        """
+        Objects in key order, filtered by C{predicate}, at most C{limit}
+        (0: all), from one snapshot: the continuation reads at the same revision.
+        """
+        start: str | None = None
+        revision = 0
+        if continue_token:
+            revision, start = decode_continue(continue_token)
+        elif exact:
+            revision = parse_resource_version(resource_version)
+        else:
+            parse_resource_version(resource_version)
+        prefix = resource.storage_prefix(namespace if resource.namespaced else None)
+        items: list[Object] = []
+        try:
+            while True:
+                want = 0 if not limit else max(limit - len(items), 1)
+                page = await self.datastore.list(prefix, want, start, revision)
+                revision = page.revision
+                for kv in page.items:
+                    start = kv.key
+                    obj = decode(kv)
+                    if predicate is None or predicate(obj):
+                        items.append(obj)
+                    if limit and len(items) >= limit:
+                        break
+                if limit and len(items) >= limit:
+                    more = page.more or kv is not page.items[-1]
+                    token = encode_continue(revision, start) if more and start else ""
+                    return ObjectList(items, str(revision), token)
+                if not page.more:
+                    return ObjectList(items, str(revision), "")
+        except DatastoreUnavailable as e:
+            raise unavailable(e) from None
+        except Compacted as e:
+            if continue_token:
+                raise gone(
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter."
+                ) from None
+            raise gone(f"too old resource version: {revision} ({e.compact_revision})") from None
+
+    async def create(self, resource: ResourceType, namespace: str | None, obj: Object) -> Object:
+        """
+        Store a new object: name (or generateName), uid, creation timestamp and
+        generation are set here; the namespace must exist and not be terminating.
+        """
+        obj = copy.deepcopy(obj)
+        metadata = obj.setdefault("metadata", {})
+        if not isinstance(metadata, dict):
+            raise bad_request("metadata must be an object")
+        obj["apiVersion"] = resource.group_version
+        obj["kind"] = resource.kind
+        if resource.namespaced:
+            if metadata.get("namespace") not in (None, "", namespace):
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent "
+                    "on the request"
+                )
+            metadata["namespace"] = namespace
+            await self._require_active_namespace(namespace or "default")
+        else:
+            metadata.pop("namespace", None)
+        generated = not metadata.get("name") and metadata.get("generateName")
+        for _ in range(8 if generated else 1):
+            if generated:
+                metadata["name"] = metadata["generateName"] + "".join(
+                    secrets.choice(_SUFFIX_ALPHABET) for _ in range(5)
+                )
+            name = self._valid_name(resource, metadata.get("name"))
+            metadata["uid"] = str(uuid.uuid4())
+            metadata["creationTimestamp"] = self.now()
+            for immutable in ("resourceVersion", "deletionTimestamp", "selfLink"):
+                metadata.pop(immutable, None)
+            if resource.kind in _GENERATION_KINDS or resource.crd:
+                metadata["generation"] = 1
+            try:
+                revision = await self.datastore.create(
+                    resource.storage_key(namespace, name), encode(obj)
+                )
+            except KeyExists:
+                if generated:
+                    continue
+                raise already_exists(resource.plural, resource.group, name) from None
+            except DatastoreUnavailable as e:
+                raise unavailable(e) from None
+            metadata["resourceVersion"] = str(revision)
+            return obj
+        raise StatusError(
+            500, f"could not generate a unique name from {metadata['generateName']!r}"
+        )
+
+    def _valid_name(self, resource: ResourceType, name: object) -> str:
+        if not name:
+            raise invalid(
+                resource.kind,
+                "",
+                [("metadata.name", "Required value: name or generateName is required")],
+            )
+        if not isinstance(name, str) or len(name) > 253 or not _NAME.match(name):
+            raise invalid(
+                resource.kind,
+                str(name),
+                [("metadata.name", f'Invalid value: "{name}": {_NAME_MESSAGE}')],
+            )
+        return name
+
+    async def _require_active_namespace(self, namespace: str) -> None:
+        kv = await self._get_kv(NAMESPACES, None, namespace)
+        if kv is None:
+            raise not_found("namespaces", "", namespace)
+        if json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"):
+            raise StatusError(
+                403,
+                f"unable to create new content in namespace {namespace} because it is being "
+                "terminated",
+            )
+
+    async def update(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        name: str,
+        obj: Object,
+        subresource: str | None = None,
+    ) -> Object:
+        """
+        Replace an object (PUT), checking ``metadata.resourceVersion`` if given.
+        Without a subresource, status is kept for kinds that have a status
+        subresource; with ``status``, only status changes.
+        """
+        metadata = obj.get("metadata") or {}
+        if metadata.get("name") not in (None, name):
+            raise bad_request(
+                f"the name of the object ({metadata.get('name')}) does not match the name on "
+                f"the URL ({name})"
+            )
+        wanted = metadata.get("resourceVersion")
+        if wanted:
+            parse_resource_version(str(wanted))
+
+        def replace(current: Object) -> Object:
+            if wanted and str(wanted) != current["metadata"]["resourceVersion"]:
+                raise conflict(resource.plural, resource.group, name)
+            return merge_update(resource, current, obj, subresource)
+
+        return await self.guaranteed_update(resource, namespace, name, replace)
+
+    async def guaranteed_update(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        name: str,
+        mutate: Callable[[Object], Object],
+    ) -> Object:
+        """
+        Apply C{mutate} to the current object and store the result, retrying on
+        a concurrent write (C{mutate} may raise L{StatusError} to stop).  An
+        object whose last finalizer is removed while it is being deleted is deleted.
+        """
+        key = resource.storage_key(namespace, name)
+        for _ in range(_MAX_CAS_RETRIES):
+            kv = await self._get_kv(resource, namespace, name)
+            if kv is None:
+                raise not_found(resource.plural, resource.group, name)
+            current = decode(kv)
+            updated = mutate(copy.deepcopy(current))
+            _keep_identity(current, updated, resource)
+            if _without_version(updated) == _without_version(current):
+                return current
+            counts_generation = resource.kind in _GENERATION_KINDS or resource.crd
+            if counts_generation and updated.get("spec") != current.get("spec"):
+                generation = current["metadata"].get("generation", 1)
+                updated["metadata"]["generation"] = generation + 1
+            try:
+                if _finished_deleting(updated):
+                    revision = await self.datastore.delete(key, kv.mod_revision)
+                else:
+                    revision = await self.datastore.update(key, encode(updated), kv.mod_revision)
+            except Conflict:
+                continue
+            except KeyNotFound:
+                raise not_found(resource.plural, resource.group, name) from None
+            except DatastoreUnavailable as e:
+                raise unavailable(e) from None
+            updated["metadata"]["resourceVersion"] = str(revision)
+            return updated
+        raise conflict(resource.plural, resource.group, name)
+
+    async def delete(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        name: str,
+        preconditions: dict[str, Any] | None = None,
+        finalizers_to_add: Sequence[str] = (),
+    ) -> tuple[Object, bool]:
+        """
+        Delete an object: at once, or, while it has finalizers (or gains
+        C{finalizers_to_add}), by marking it with ``deletionTimestamp``.
+
+        :return: the object's last state, and whether it is gone now.
+        """
+        preconditions = preconditions or {}
+        key = resource.storage_key(namespace, name)
+        for _ in range(_MAX_CAS_RETRIES):
+            kv = await self._get_kv(resource, namespace, name)
+            if kv is None:
+                raise not_found(resource.plural, resource.group, name)
+            current = decode(kv)
+            _check_preconditions(resource, name, current, preconditions)
+            metadata = current["metadata"]
+            finalizers = list(metadata.get("finalizers") or [])
+            finalizers += [f for f in finalizers_to_add if f not in finalizers]
+            try:
+                if finalizers:
+                    if metadata.get("deletionTimestamp") and metadata["finalizers"] == finalizers:
+                        return current, False
+                    marked = copy.deepcopy(current)
+                    marked["metadata"]["finalizers"] = finalizers
+                    marked["metadata"].setdefault("deletionTimestamp", self.now())
+                    marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
+                    revision = await self.datastore.update(key, encode(marked), kv.mod_revision)
+                    marked["metadata"]["resourceVersion"] = str(revision)
+                    return marked, False
+                revision = await self.datastore.delete(key, kv.mod_revision)
+            except Conflict:
+                continue
+            except KeyNotFound:
+                raise not_found(resource.plural, resource.group, name) from None
+            except DatastoreUnavailable as e:
+                raise unavailable(e) from None
+            current["metadata"]["resourceVersion"] = str(revision)
+            return current, True
+        raise conflict(resource.plural, resource.group, name)
+
+    async def watch(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        resource_version: str,
+        predicate: Predicate | None,
+        send: Callable[[str, Object], None],
+    ) -> IWatch:
+        """
+        Send ``(type, object)`` watch events: with no resourceVersion (or "0"),
+        first an ADDED for every current object; then every change after it.
+        Objects that start or stop matching C{predicate} arrive as ADDED or DELETED.
+
+        :raises StatusError: 410 when the resourceVersion was compacted.
+        """
+        revision = parse_resource_version(resource_version)
+        prefix = resource.storage_prefix(namespace if resource.namespaced else None)
+        if revision == 0:
+            current = await self.list(resource, namespace, predicate)
+            for obj in current.items:
+                send("ADDED", obj)
+            revision = int(current.resource_version)
+
+        def deliver(events: Sequence[Event]) -> None:
+            for event in events:
+                translated = translate(event, predicate)
+                if translated is not None:
+                    send(*translated)
+
+        try:
+            watch: IWatch = await self.datastore.watch(prefix, revision + 1, deliver)
+        except Compacted as e:
+            raise gone(f"too old resource version: {revision} ({e.compact_revision})") from None
+        except DatastoreUnavailable as e:
+            raise unavailable(e) from None
+        return watch
+
+
+def translate(event: Event, predicate: Predicate | None) -> tuple[str, Object] | None:
+    """A datastore event as a watch event, seen through C{predicate}."""
+    matches = predicate or (lambda _: True)
+    if event.type is EventType.DELETE:
+        last = decode(event.kv, event.revision)
+        return ("DELETED", last) if matches(last) else None
+    new = decode(event.kv)
+    was = event.prev is not None and matches(decode(event.prev))
+    now = matches(new)
+    if event.type is EventType.CREATE or not was:
+        return ("ADDED", new) if now else None
+    return ("MODIFIED", new) if now else ("DELETED", new)
+
+
+def merge_update(
+    resource: ResourceType, current: Object, new: Object, subresource: str | None
+) -> Object:
+    """What a PUT stores: C{new}, except what its endpoint may not change."""
+    if subresource == "status":
+        updated = copy.deepcopy(current)
+        if "status" in new:
+            updated["status"] = new["status"]
+        else:
+            updated.pop("status", None)
+        return updated
+    updated = copy.deepcopy(new)
+    updated["apiVersion"] = resource.group_version
+    updated["kind"] = resource.kind
+    if resource.has_status:
+        if "status" in current:
+            updated["status"] = current["status"]
+        else:
+            updated.pop("status", None)
+    return updated
+
+
+def _keep_identity(current: Object, updated: Object, resource: ResourceType) -> None:
+    """Fields no update may change: they are taken from the stored object."""
+    metadata = updated.setdefault("metadata", {})
+    for field in (
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ):
+        if field in current["metadata"]:
+            metadata[field] = current["metadata"][field]
+        else:
+            metadata.pop(field, None)
+    metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
+    updated["apiVersion"] = resource.group_version
+    updated["kind"] = resource.kind
+
+
+def _without_version(obj: Object) -> Object:
+    copied = dict(obj)
+    copied["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+    return copied
+
+
+def _finished_deleting(obj: Object) -> bool:
+    metadata = obj["metadata"]
+    return bool(metadata.get("deletionTimestamp")) and not metadata.get("finalizers")
+
+
+def _check_preconditions(
+    resource: ResourceType, name: str, current: Object, preconditions: dict[str, Any]
+) -> None:
+    metadata = current["metadata"]
+    uid = preconditions.get("uid")
+    if uid and uid != metadata.get("uid"):
+        raise StatusError(
+            409,
+            f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+            f"{metadata.get('uid')}",
+        )
+    version = preconditions.get("resourceVersion")
+    if version and str(version) != metadata.get("resourceVersion"):
+        raise conflict(resource.plural, resource.group, name)
