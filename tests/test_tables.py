@@ -1,0 +1,1055 @@
+"""Server-side Tables: kube-apiserver 1.32's columns and cells for every kind k3stw serves."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.apiserver import tables
+from k3stw.apiserver.tables import (
+    BUILTIN_PRINTERS,
+    DEFAULT_PRINTER,
+    TableOptionError,
+    custom_resource_printer,
+    human_duration,
+    printer_for,
+    table,
+    watch_event_table,
+)
+
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def ago(**delta: float) -> str:
+    """The RFC 3339 timestamp that long before NOW."""
+    return (NOW - timedelta(**delta)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def meta(name: str = "x", namespace: str | None = "default", **extra: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "creationTimestamp": ago(minutes=5), **extra}
+    if namespace:
+        metadata["namespace"] = namespace
+    return metadata
+
+
+def cells(group: str, kind: str, obj: dict[str, Any]) -> list[Any]:
+    row = printer_for(group, kind).row(obj, NOW)
+    cells: list[Any] = row["cells"]
+    return cells
+
+
+def named(group: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """The row as a column-name → cell mapping."""
+    printer = printer_for(group, kind)
+    return dict(zip([c.name for c in printer.columns], printer.row(obj, NOW)["cells"], strict=True))
+
+
+class HumanDurationTests(SynchronousTestCase):
+    def test_boundaries(self) -> None:
+        """Each unit switch of duration.HumanDuration, on both sides."""
+        cases = {
+            -3.0: "<invalid>",
+            -2.0: "<invalid>",
+            -1.9: "0s",
+            -0.5: "0s",
+            0.0: "0s",
+            45.0: "45s",
+            119.9: "119s",
+            120.0: "2m",
+            150.0: "2m30s",
+            599.0: "9m59s",
+            600.0: "10m",
+            659.0: "10m",
+            3 * 3600 - 1.0: "179m",
+            3 * 3600.0: "3h",
+            7 * 3600 + 300.0: "7h5m",
+            8 * 3600 - 1.0: "7h59m",
+            8 * 3600.0: "8h",
+            30 * 3600.0: "30h",
+            48 * 3600 - 1.0: "47h",
+            48 * 3600.0: "2d",
+            (2 * 24 + 5) * 3600.0: "2d5h",
+            8 * 86400 - 1.0: "7d23h",
+            8 * 86400.0: "8d",
+            45 * 86400.0: "45d",
+            730 * 86400 - 1.0: "729d",
+            730 * 86400.0: "2y",
+            760 * 86400.0: "2y30d",
+            8 * 365 * 86400 - 1.0: "7y364d",
+            8 * 365 * 86400.0: "8y",
+            20 * 365 * 86400.0: "20y",
+        }
+        actual = {seconds: human_duration(timedelta(seconds=seconds)) for seconds in cases}
+        self.assertEqual(actual, cases)
+
+    def test_age_cells_use_the_injected_clock(self) -> None:
+        """Ages count to ``now``, given as a datetime or as POSIX seconds; unset is unknown."""
+        namespace = {"metadata": meta("a", None), "status": {"phase": "Active"}}
+        self.assertEqual(cells("", "Namespace", namespace), ["a", "Active", "5m"])
+        row = tables.NAMESPACE_PRINTER.row(namespace, NOW.timestamp() + 3600)
+        self.assertEqual(row["cells"][2], "65m")
+        self.assertEqual(cells("", "Namespace", {"metadata": {"name": "b"}})[2], "<unknown>")
+
+
+def container_status(
+    name: str, state: dict[str, Any], ready: bool = False, restarts: int = 0, **extra: Any
+) -> dict[str, Any]:
+    return {"name": name, "state": state, "ready": ready, "restartCount": restarts, **extra}
+
+
+RUNNING = {"running": {"startedAt": "2025-03-01T11:00:00Z"}}
+
+
+def make_pod(
+    containers: int = 1,
+    statuses: list[dict[str, Any]] | None = None,
+    phase: str = "Running",
+    init: list[dict[str, Any]] | None = None,
+    init_statuses: list[dict[str, Any]] | None = None,
+    conditions: list[dict[str, Any]] | None = None,
+    **status: Any,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "containers": [{"name": f"c{i}", "image": "i"} for i in range(containers)]
+    }
+    if init is not None:
+        spec["initContainers"] = init
+    pod_status: dict[str, Any] = {"phase": phase, **status}
+    if statuses is not None:
+        pod_status["containerStatuses"] = statuses
+    if init_statuses is not None:
+        pod_status["initContainerStatuses"] = init_statuses
+    if conditions is not None:
+        pod_status["conditions"] = conditions
+    return {"metadata": meta("web"), "spec": spec, "status": pod_status}
+
+
+READY = [{"type": "Ready", "status": "True"}]
+INITIALIZED = [{"type": "Initialized", "status": "True"}]
+
+
+class PodPrinterTests(SynchronousTestCase):
+    def test_status_column(self) -> None:
+        """Ready, Status and Restarts for the phases and container states kubelets report."""
+        crash = {"waiting": {"reason": "CrashLoopBackOff"}}
+        last = {"terminated": {"exitCode": 1, "finishedAt": ago(minutes=3)}}
+        sidecar = [{"name": "s", "restartPolicy": "Always"}, {"name": "i"}]
+        cases: dict[str, tuple[dict[str, Any], tuple[str, str, str]]] = {
+            "pending, no statuses": (make_pod(phase="Pending"), ("0/1", "Pending", "0")),
+            "nothing at all": ({"metadata": {"name": "p"}}, ("0/0", "", "0")),
+            "running and ready": (
+                make_pod(
+                    2,
+                    [container_status("c0", RUNNING, True), container_status("c1", RUNNING, True)],
+                    conditions=READY,
+                ),
+                ("2/2", "Running", "0"),
+            ),
+            "running, one not ready": (
+                make_pod(
+                    2,
+                    [container_status("c0", RUNNING, True), container_status("c1", RUNNING, False)],
+                ),
+                ("1/2", "Running", "0"),
+            ),
+            "image pull": (
+                make_pod(
+                    1,
+                    [container_status("c0", {"waiting": {"reason": "ErrImagePull"}})],
+                    phase="Pending",
+                ),
+                ("0/1", "ErrImagePull", "0"),
+            ),
+            "crash loop with restarts": (
+                make_pod(1, [container_status("c0", crash, restarts=5, lastState=last)]),
+                ("0/1", "CrashLoopBackOff", "5 (3m ago)"),
+            ),
+            "restarts without a finish time": (
+                make_pod(1, [container_status("c0", RUNNING, True, 2)]),
+                ("1/1", "Running", "2"),
+            ),
+            "terminated with reason": (
+                make_pod(
+                    1,
+                    [
+                        container_status(
+                            "c0", {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+                        )
+                    ],
+                ),
+                ("0/1", "OOMKilled", "0"),
+            ),
+            "terminated by signal": (
+                make_pod(1, [container_status("c0", {"terminated": {"signal": 9, "exitCode": 0}})]),
+                ("0/1", "Signal:9", "0"),
+            ),
+            "terminated with exit code": (
+                make_pod(1, [container_status("c0", {"terminated": {"exitCode": 2}})]),
+                ("0/1", "ExitCode:2", "0"),
+            ),
+            "succeeded": (
+                make_pod(
+                    1,
+                    [
+                        container_status(
+                            "c0", {"terminated": {"reason": "Completed", "exitCode": 0}}
+                        )
+                    ],
+                    phase="Succeeded",
+                ),
+                ("0/1", "Completed", "0"),
+            ),
+            "completed beside running, ready": (
+                make_pod(
+                    2,
+                    [
+                        container_status("c0", {"terminated": {"reason": "Completed"}}),
+                        container_status("c1", RUNNING, True),
+                    ],
+                    conditions=READY,
+                ),
+                ("1/2", "Running", "0"),
+            ),
+            "completed beside running, not ready": (
+                make_pod(
+                    2,
+                    [
+                        container_status("c0", {"terminated": {"reason": "Completed"}}),
+                        container_status("c1", RUNNING, True),
+                    ],
+                ),
+                ("1/2", "NotReady", "0"),
+            ),
+            "evicted": (make_pod(1, [], phase="Failed", reason="Evicted"), ("0/1", "Evicted", "0")),
+            "scheduling gated": (
+                make_pod(
+                    phase="Pending",
+                    conditions=[{"type": "PodScheduled", "reason": "SchedulingGated"}],
+                ),
+                ("0/1", "SchedulingGated", "0"),
+            ),
+            "init waiting to start": (
+                make_pod(
+                    init=[{"name": "i0"}, {"name": "i1"}],
+                    phase="Pending",
+                    init_statuses=[
+                        container_status("i0", {"waiting": {"reason": "PodInitializing"}})
+                    ],
+                ),
+                ("0/1", "Init:0/2", "0"),
+            ),
+            "second init running": (
+                make_pod(
+                    init=[{"name": "i0"}, {"name": "i1"}],
+                    phase="Pending",
+                    init_statuses=[
+                        container_status("i0", {"terminated": {"exitCode": 0}}),
+                        container_status("i1", RUNNING),
+                    ],
+                ),
+                ("0/1", "Init:1/2", "0"),
+            ),
+            "init crash loop": (
+                make_pod(
+                    init=[{"name": "i0"}],
+                    phase="Pending",
+                    init_statuses=[container_status("i0", crash, restarts=3, lastState=last)],
+                    statuses=[
+                        container_status(
+                            "c0", {"waiting": {"reason": "PodInitializing"}}, restarts=7
+                        )
+                    ],
+                ),
+                ("0/1", "Init:CrashLoopBackOff", "3 (3m ago)"),
+            ),
+            "init failed with reason": (
+                make_pod(
+                    init=[{"name": "i0"}],
+                    init_statuses=[
+                        container_status("i0", {"terminated": {"reason": "Error", "exitCode": 1}})
+                    ],
+                ),
+                ("0/1", "Init:Error", "0"),
+            ),
+            "init failed by signal": (
+                make_pod(
+                    init=[{"name": "i0"}],
+                    init_statuses=[
+                        container_status("i0", {"terminated": {"signal": 15, "exitCode": 143}})
+                    ],
+                ),
+                ("0/1", "Init:Signal:15", "0"),
+            ),
+            "init failed with exit code": (
+                make_pod(
+                    init=[{"name": "i0"}],
+                    init_statuses=[container_status("i0", {"terminated": {"exitCode": 3}})],
+                ),
+                ("0/1", "Init:ExitCode:3", "0"),
+            ),
+            "sidecar started counts as a container": (
+                make_pod(
+                    1,
+                    [container_status("c0", RUNNING, True)],
+                    init=sidecar,
+                    init_statuses=[
+                        container_status("s", RUNNING, True, 4, started=True, lastState=last),
+                        container_status("i", {"terminated": {"exitCode": 0}}),
+                    ],
+                    conditions=READY + INITIALIZED,
+                ),
+                ("2/2", "Running", "4 (3m ago)"),
+            ),
+        }
+        actual = {}
+        for name, (obj, _) in cases.items():
+            row = cells("", "Pod", obj)
+            actual[name] = (row[1], row[2], row[3])
+        self.assertEqual(actual, {name: wanted for name, (_, wanted) in cases.items()})
+
+    def test_deletion(self) -> None:
+        """A deleting pod is Terminating unless already finished; on a lost node, Unknown."""
+        deleting = {"deletionTimestamp": ago(seconds=10)}
+        cases = {
+            "running": (make_pod(), "Terminating"),
+            "pending": (make_pod(phase="Pending"), "Terminating"),
+            "succeeded": (make_pod(phase="Succeeded"), "Succeeded"),
+            "failed": (make_pod(phase="Failed", reason="Error"), "Error"),
+            "node lost": (make_pod(reason="NodeLost"), "Unknown"),
+        }
+        actual = {}
+        for name, (obj, _) in cases.items():
+            obj["metadata"].update(deleting)
+            actual[name] = cells("", "Pod", obj)[2]
+        self.assertEqual(actual, {name: wanted for name, (_, wanted) in cases.items()})
+
+    def test_wide_columns(self) -> None:
+        """IP, Node, Nominated Node and Readiness Gates; ``<none>`` when unset."""
+        obj = make_pod(
+            podIPs=[{"ip": "10.42.0.7"}, {"ip": "fd00::7"}],
+            nominatedNodeName="n2",
+            conditions=[
+                {"type": "example.com/gate-a", "status": "True"},
+                {"type": "example.com/gate-b", "status": "False"},
+            ],
+        )
+        obj["spec"]["nodeName"] = "n1"
+        obj["spec"]["readinessGates"] = [
+            {"conditionType": "example.com/gate-a"},
+            {"conditionType": "example.com/gate-b"},
+            {"conditionType": "example.com/gate-c"},
+        ]
+        self.assertEqual(cells("", "Pod", obj)[5:], ["10.42.0.7", "n1", "n2", "1/3"])
+        self.assertEqual(cells("", "Pod", make_pod())[5:], ["<none>"] * 4)
+        self.assertEqual(cells("", "Pod", make_pod(podIP="10.0.0.3"))[5], "10.0.0.3")
+
+    def test_finished_pods_carry_a_row_condition(self) -> None:
+        """Succeeded and Failed rows carry the Completed condition kubectl greys them by."""
+        done = tables.POD_PRINTER.row(make_pod(phase="Succeeded"), NOW)
+        failed = tables.POD_PRINTER.row(make_pod(phase="Failed"), NOW)
+        running = tables.POD_PRINTER.row(make_pod(), NOW)
+        self.assertEqual(
+            done["conditions"],
+            [
+                {
+                    "type": "Completed",
+                    "status": "True",
+                    "reason": "Succeeded",
+                    "message": "The pod has completed successfully.",
+                }
+            ],
+        )
+        self.assertEqual(failed["conditions"][0]["message"], "The pod failed.")
+        self.assertNotIn("conditions", running)
+
+
+def make_node(
+    ready: str | None = "True", unschedulable: bool = False, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    conditions = [{"type": "MemoryPressure", "status": "False"}]
+    if ready is not None:
+        conditions.append({"type": "Ready", "status": ready})
+    return {
+        "metadata": meta("n1", None, labels=labels or {}),
+        "spec": {"unschedulable": True} if unschedulable else {},
+        "status": {
+            "conditions": conditions,
+            "addresses": [
+                {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "Hostname", "address": "n1"},
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.32.4+k3s1",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "kernelVersion": "6.1.0-18-amd64",
+                "containerRuntimeVersion": "containerd://1.7.27-k3s1",
+            },
+        },
+    }
+
+
+class NodePrinterTests(SynchronousTestCase):
+    def test_columns_match_kubectl(self) -> None:
+        """The node columns and their -o wide priorities, as kubectl expects them."""
+        self.assertEqual(
+            [
+                (c["name"], c["type"], c["format"], c["priority"])
+                for c in tables.NODE_PRINTER.column_definitions()
+            ],
+            [
+                ("Name", "string", "name", 0),
+                ("Status", "string", "", 0),
+                ("Roles", "string", "", 0),
+                ("Age", "string", "", 0),
+                ("Version", "string", "", 0),
+                ("Internal-IP", "string", "", 1),
+                ("External-IP", "string", "", 1),
+                ("OS-Image", "string", "", 1),
+                ("Kernel-Version", "string", "", 1),
+                ("Container-Runtime", "string", "", 1),
+            ],
+        )
+
+    def test_status_and_roles(self) -> None:
+        """Ready/NotReady/Unknown, SchedulingDisabled, and sorted roles or ``<none>``."""
+        roles = {
+            "node-role.kubernetes.io/master": "true",
+            "node-role.kubernetes.io/control-plane": "true",
+            "node-role.kubernetes.io/": "true",
+            "kubernetes.io/role": "edge",
+        }
+        cases = {
+            "ready": (make_node(), ("Ready", "<none>")),
+            "not ready": (make_node("False"), ("NotReady", "<none>")),
+            "unknown condition": (make_node("Unknown"), ("NotReady", "<none>")),
+            "no ready condition": (make_node(None), ("Unknown", "<none>")),
+            "cordoned": (make_node(unschedulable=True), ("Ready,SchedulingDisabled", "<none>")),
+            "never reported": (
+                {"metadata": {"name": "n"}, "spec": {"unschedulable": True}},
+                ("Unknown,SchedulingDisabled", "<none>"),
+            ),
+            "roles": (make_node(labels=roles), ("Ready", "control-plane,edge,master")),
+        }
+        actual = {}
+        for name, (obj, _) in cases.items():
+            row = cells("", "Node", obj)
+            actual[name] = (row[1], row[2])
+        self.assertEqual(actual, {name: wanted for name, (_, wanted) in cases.items()})
+
+    def test_version_and_wide_cells(self) -> None:
+        """Version, then the -o wide cells: addresses ``<none>``, node info ``<unknown>``."""
+        self.assertEqual(
+            cells("", "Node", make_node())[3:],
+            [
+                "5m",
+                "v1.32.4+k3s1",
+                "10.0.0.5",
+                "<none>",
+                "Debian GNU/Linux 12 (bookworm)",
+                "6.1.0-18-amd64",
+                "containerd://1.7.27-k3s1",
+            ],
+        )
+        self.assertEqual(
+            cells("", "Node", {"metadata": {"name": "n"}})[4:],
+            ["", "<none>", "<none>", "<unknown>", "<unknown>", "<unknown>"],
+        )
+
+
+def make_service(kind: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": meta("svc"), "spec": {"type": kind, **spec}, "status": {}}
+
+
+class ServicePrinterTests(SynchronousTestCase):
+    def test_service_types(self) -> None:
+        """Type, Cluster-IP, External-IP, Port(s) and Selector for each service type."""
+        ports = [
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+            {"name": "https", "port": 443, "protocol": "TCP", "nodePort": 30443},
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+        ]
+        balancer = make_service("LoadBalancer", clusterIPs=["10.43.0.9"], ports=ports[:1])
+        balancer["status"] = {
+            "loadBalancer": {"ingress": [{"ip": "192.0.2.1"}, {"hostname": "lb.example.com"}]}
+        }
+        both = make_service("LoadBalancer", clusterIPs=["10.43.0.9"], externalIPs=["198.51.100.7"])
+        both["status"] = balancer["status"]
+        cases = {
+            "cluster ip": (
+                make_service(
+                    "ClusterIP",
+                    clusterIP="10.43.0.1",
+                    clusterIPs=["10.43.0.1"],
+                    ports=ports[:1],
+                    selector={"tier": "web", "app": "x"},
+                ),
+                ["ClusterIP", "10.43.0.1", "<none>", "80/TCP", "5m", "app=x,tier=web"],
+            ),
+            "external ips": (
+                make_service(
+                    "ClusterIP",
+                    clusterIPs=["10.43.0.2"],
+                    ports=ports,
+                    externalIPs=["198.51.100.1", "198.51.100.2"],
+                ),
+                [
+                    "ClusterIP",
+                    "10.43.0.2",
+                    "198.51.100.1,198.51.100.2",
+                    "80/TCP,443:30443/TCP,53/UDP",
+                    "5m",
+                    "<none>",
+                ],
+            ),
+            "headless": (
+                make_service("ClusterIP", clusterIP="None", clusterIPs=["None"]),
+                ["ClusterIP", "None", "<none>", "<none>", "5m", "<none>"],
+            ),
+            "node port": (
+                make_service("NodePort", clusterIPs=["10.43.0.3"], ports=ports[1:2]),
+                ["NodePort", "10.43.0.3", "<none>", "443:30443/TCP", "5m", "<none>"],
+            ),
+            "load balancer pending": (
+                make_service("LoadBalancer", clusterIPs=["10.43.0.4"], ports=ports[:1]),
+                ["LoadBalancer", "10.43.0.4", "<pending>", "80/TCP", "5m", "<none>"],
+            ),
+            "load balancer": (
+                balancer,
+                ["LoadBalancer", "10.43.0.9", "192.0.2.1,lb.example.com", "80/TCP", "5m", "<none>"],
+            ),
+            "load balancer and external ips": (
+                both,
+                [
+                    "LoadBalancer",
+                    "10.43.0.9",
+                    "192.0.2.1,lb.example.com,198.51.100.7",
+                    "<none>",
+                    "5m",
+                    "<none>",
+                ],
+            ),
+            "external name": (
+                make_service("ExternalName", externalName="db.example.com"),
+                ["ExternalName", "<none>", "db.example.com", "<none>", "5m", "<none>"],
+            ),
+            "no type": (
+                {"metadata": meta("svc"), "spec": {"clusterIP": "10.43.0.5"}},
+                ["", "10.43.0.5", "<unknown>", "<none>", "5m", "<none>"],
+            ),
+        }
+        actual = {name: cells("", "Service", obj)[1:] for name, (obj, _) in cases.items()}
+        self.assertEqual(actual, {name: wanted for name, (_, wanted) in cases.items()})
+
+
+class EndpointsPrinterTests(SynchronousTestCase):
+    def test_endpoints_column(self) -> None:
+        """host:port per address and port, three at most, then ``+ N more...``."""
+        addresses = [{"ip": f"10.42.0.{i}"} for i in range(1, 5)]
+        cases: dict[str, tuple[dict[str, Any], str]] = {
+            "none": ({}, "<none>"),
+            "one": (
+                {"subsets": [{"addresses": addresses[:1], "ports": [{"port": 80}]}]},
+                "10.42.0.1:80",
+            ),
+            "truncated": (
+                {"subsets": [{"addresses": addresses, "ports": [{"port": 80}, {"port": 443}]}]},
+                "10.42.0.1:80,10.42.0.2:80,10.42.0.3:80 + 5 more...",
+            ),
+            "exactly three": (
+                {"subsets": [{"addresses": addresses[:3], "ports": [{"port": 80}]}]},
+                "10.42.0.1:80,10.42.0.2:80,10.42.0.3:80",
+            ),
+            "headless without ports": (
+                {"subsets": [{"addresses": addresses}]},
+                "10.42.0.1,10.42.0.2,10.42.0.3 + 1 more...",
+            ),
+            "ipv6": (
+                {"subsets": [{"addresses": [{"ip": "fd00::1"}], "ports": [{"port": 53}]}]},
+                "[fd00::1]:53",
+            ),
+            "not ready addresses are not shown": (
+                {"subsets": [{"notReadyAddresses": addresses, "ports": [{"port": 80}]}]},
+                "",
+            ),
+        }
+        actual = {
+            name: cells("", "Endpoints", {"metadata": meta("kubernetes"), **obj})[1]
+            for name, (obj, _) in cases.items()
+        }
+        self.assertEqual(actual, {name: wanted for name, (_, wanted) in cases.items()})
+
+    def test_endpoint_slices(self) -> None:
+        """AddressType, Ports (number, name or ``*``) and Endpoints, ``<unset>`` when empty."""
+        slice_ = {
+            "metadata": meta("kubernetes-abc"),
+            "addressType": "IPv4",
+            "ports": [{"port": 443}, {"name": "metrics"}, {}, {"port": 80}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2", "10.0.0.3"]}],
+        }
+        self.assertEqual(
+            cells("discovery.k8s.io", "EndpointSlice", slice_),
+            [
+                "kubernetes-abc",
+                "IPv4",
+                "443,metrics,* + 1 more...",
+                "10.0.0.1,10.0.0.2,10.0.0.3",
+                "5m",
+            ],
+        )
+        self.assertEqual(
+            cells("discovery.k8s.io", "EndpointSlice", {"metadata": meta("e")})[1:4],
+            ["", "<unset>", "<unset>"],
+        )
+
+
+TEMPLATE = {
+    "metadata": {"labels": {"app": "web"}},
+    "spec": {
+        "containers": [
+            {"name": "nginx", "image": "nginx:1.27"},
+            {"name": "log", "image": "busybox"},
+        ],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    },
+}
+SELECTOR = {
+    "matchLabels": {"app": "web"},
+    "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "api"]}],
+}
+
+
+class WorkloadPrinterTests(SynchronousTestCase):
+    def test_deployment(self) -> None:
+        """Ready is ready/desired; the wide cells list containers, images and the selector."""
+        deployment = {
+            "metadata": meta("web"),
+            "spec": {"replicas": 3, "selector": SELECTOR, "template": TEMPLATE},
+            "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2},
+        }
+        self.assertEqual(
+            cells("apps", "Deployment", deployment),
+            [
+                "web",
+                "2/3",
+                3,
+                2,
+                "5m",
+                "nginx,log",
+                "nginx:1.27,busybox",
+                "app=web,tier in (api,front)",
+            ],
+        )
+        self.assertEqual(
+            cells("apps", "Deployment", {"metadata": meta("d")}),
+            ["d", "0/0", 0, 0, "5m", "", "", ""],
+        )
+
+    def test_replica_set(self) -> None:
+        """Desired, Current and Ready as integers; an empty selector prints ``<none>``."""
+        replica_set = {
+            "metadata": meta("web-7d9f"),
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": TEMPLATE,
+            },
+            "status": {"replicas": 2, "readyReplicas": 1},
+        }
+        self.assertEqual(
+            cells("apps", "ReplicaSet", replica_set),
+            ["web-7d9f", 2, 2, 1, "5m", "nginx,log", "nginx:1.27,busybox", "app=web"],
+        )
+        self.assertEqual(
+            cells("apps", "ReplicaSet", {"metadata": meta("r"), "spec": {"selector": {}}})[-1],
+            "<none>",
+        )
+
+    def test_daemon_set(self) -> None:
+        """Scheduling counts, the node selector, then the wide cells."""
+        daemon_set = {
+            "metadata": meta("svclb"),
+            "spec": {"selector": SELECTOR, "template": TEMPLATE},
+            "status": {
+                "desiredNumberScheduled": 3,
+                "currentNumberScheduled": 3,
+                "numberReady": 2,
+                "updatedNumberScheduled": 3,
+                "numberAvailable": 2,
+            },
+        }
+        self.assertEqual(
+            cells("apps", "DaemonSet", daemon_set),
+            [
+                "svclb",
+                3,
+                3,
+                2,
+                3,
+                2,
+                "kubernetes.io/os=linux",
+                "5m",
+                "nginx,log",
+                "nginx:1.27,busybox",
+                "app=web,tier in (api,front)",
+            ],
+        )
+        self.assertEqual(
+            cells("apps", "DaemonSet", {"metadata": meta("d")}),
+            ["d", 0, 0, 0, 0, 0, "<none>", "5m", "", "", "<none>"],
+        )
+
+
+class SmallPrinterTests(SynchronousTestCase):
+    def test_small_kinds(self) -> None:
+        """Secrets, ConfigMaps, Namespaces, ServiceAccounts, Leases and CRDs."""
+        cases: list[tuple[str, str, dict[str, Any], list[Any]]] = [
+            (
+                "",
+                "Secret",
+                {
+                    "metadata": meta("tok"),
+                    "type": "kubernetes.io/service-account-token",
+                    "data": {"token": "eA==", "ca.crt": "eA=="},
+                },
+                ["tok", "kubernetes.io/service-account-token", 2, "5m"],
+            ),
+            ("", "Secret", {"metadata": meta("s")}, ["s", "", 0, "5m"]),
+            (
+                "",
+                "ConfigMap",
+                {"metadata": meta("cm"), "data": {"a": "1"}, "binaryData": {"b": "AA=="}},
+                ["cm", 2, "5m"],
+            ),
+            (
+                "",
+                "Namespace",
+                {
+                    "metadata": meta("gone", None, deletionTimestamp=ago(seconds=1)),
+                    "status": {"phase": "Terminating"},
+                },
+                ["gone", "Terminating", "5m"],
+            ),
+            (
+                "",
+                "ServiceAccount",
+                {"metadata": meta("default"), "secrets": [{"name": "a"}]},
+                ["default", 1, "5m"],
+            ),
+            (
+                "coordination.k8s.io",
+                "Lease",
+                {"metadata": meta("n1", "kube-node-lease"), "spec": {"holderIdentity": "n1"}},
+                ["n1", "n1", "5m"],
+            ),
+            ("coordination.k8s.io", "Lease", {"metadata": meta("l")}, ["l", "", "5m"]),
+            (
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                {
+                    "metadata": meta(
+                        "widgets.example.com", None, creationTimestamp="2025-02-03T04:05:06.789Z"
+                    )
+                },
+                ["widgets.example.com", "2025-02-03T04:05:06Z"],
+            ),
+            (
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                {"metadata": {"name": "c"}},
+                ["c", "0001-01-01T00:00:00Z"],
+            ),
+        ]
+        actual = [cells(group, kind, obj) for group, kind, obj, _ in cases]
+        self.assertEqual(actual, [wanted for *_, wanted in cases])
+
+    def test_crds_use_the_default_columns(self) -> None:
+        """CRDs and unknown built-ins print Name and a ``date`` typed Created At."""
+        self.assertIs(
+            printer_for("apiextensions.k8s.io", "CustomResourceDefinition"), DEFAULT_PRINTER
+        )
+        self.assertIs(printer_for("batch", "Job"), DEFAULT_PRINTER)
+        self.assertEqual(
+            [(c.name, c.type) for c in DEFAULT_PRINTER.columns],
+            [("Name", "string"), ("Created At", "date")],
+        )
+
+
+class EventPrinterTests(SynchronousTestCase):
+    def test_event_cells(self) -> None:
+        """Last Seen, Type, Reason, Object, Message, and the wide Source/First Seen/Count/Name."""
+        event = {
+            "metadata": meta("web.17f"),
+            "involvedObject": {"kind": "Pod", "name": "web", "fieldPath": "spec.containers{c}"},
+            "reason": "BackOff",
+            "message": "  Back-off restarting failed container\n",
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": "n1"},
+            "firstTimestamp": ago(hours=2),
+            "lastTimestamp": ago(seconds=30),
+            "count": 12,
+        }
+        self.assertEqual(
+            named("", "Event", event),
+            {
+                "Last Seen": "30s",
+                "Type": "Warning",
+                "Reason": "BackOff",
+                "Object": "pod/web",
+                "Subobject": "spec.containers{c}",
+                "Source": "kubelet, n1",
+                "Message": "Back-off restarting failed container",
+                "First Seen": "120m",
+                "Count": 12,
+                "Name": "web.17f",
+            },
+        )
+
+    def test_new_style_and_sparse_events(self) -> None:
+        """eventTime and series stand in for the timestamps; a singleton counts 1."""
+        series = {
+            "metadata": meta("e"),
+            "involvedObject": {"kind": "Node"},
+            "eventTime": "2025-03-01T11:50:00.000000Z",
+            "series": {"count": 4, "lastObservedTime": "2025-03-01T11:59:00.123456Z"},
+            "reportingComponent": "k3s-controller",
+            "reportingInstance": "server-1",
+        }
+        row = named("", "Event", series)
+        self.assertEqual(
+            [row[k] for k in ("Last Seen", "First Seen", "Count", "Object", "Source")],
+            # 59.88 seconds: ages truncate, as Go's integer conversions do
+            ["59s", "10m", 4, "node", "k3s-controller, server-1"],
+        )
+        single = named("", "Event", {"metadata": meta("e"), "lastTimestamp": ago(minutes=1)})
+        self.assertEqual(
+            [single[k] for k in ("Last Seen", "First Seen", "Count", "Object", "Source")],
+            ["60s", "<unknown>", 1, "", ""],
+        )
+        unseen = named("", "Event", {"metadata": meta("e"), "firstTimestamp": ago(minutes=3)})
+        self.assertEqual((unseen["Last Seen"], unseen["First Seen"]), ("3m", "3m"))
+
+
+class CustomResourcePrinterTests(SynchronousTestCase):
+    def test_default_columns_are_name_and_age(self) -> None:
+        """Without additionalPrinterColumns a custom resource shows Name and a date Age."""
+        printer = custom_resource_printer(())
+        self.assertEqual(
+            [(c.name, c.type) for c in printer.columns], [("Name", "string"), ("Age", "date")]
+        )
+        self.assertEqual(printer.row({"metadata": meta("w")}, NOW)["cells"], ["w", "5m"])
+
+    def test_additional_printer_columns(self) -> None:
+        """Each column type converts its JSONPath value; missing or mistyped values are null."""
+        columns: list[dict[str, Any]] = [
+            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+            {"name": "Ratio", "type": "number", "jsonPath": ".spec.ratio", "priority": 1},
+            {"name": "Ready", "type": "boolean", "jsonPath": ".status.ready"},
+            {
+                "name": "Phase",
+                "type": "string",
+                "jsonPath": ".status.conditions[0].type",
+                "description": "The first condition.",
+            },
+            {"name": "Labels", "type": "string", "jsonPath": ".metadata.labels"},
+            {
+                "name": "App",
+                "type": "string",
+                "jsonPath": ".metadata.labels['app.kubernetes.io/name']",
+            },
+            {"name": "Size", "type": "string", "jsonPath": ".spec.size"},
+            {"name": "Started", "type": "date", "jsonPath": ".status.startedAt"},
+            {"name": "Broken", "type": "date", "jsonPath": ".status.broken"},
+            {"name": "Missing", "type": "string", "jsonPath": ".spec.nothing.here"},
+            {"name": "Bad path", "type": "string", "jsonPath": "spec[*].x"},
+        ]
+        widget = {
+            "metadata": meta("w", labels={"b": "2", "app.kubernetes.io/name": "wid"}),
+            "spec": {"replicas": 3.7, "ratio": 2, "size": 2500000.0},
+            "status": {
+                "ready": True,
+                "conditions": [{"type": "Synced"}],
+                "startedAt": ago(hours=3),
+                "broken": "yesterday",
+            },
+        }
+        printer = custom_resource_printer(columns)
+        self.assertEqual(
+            printer.row(widget, NOW)["cells"],
+            [
+                "w",
+                3,
+                2.0,
+                True,
+                "Synced",
+                '{"app.kubernetes.io/name":"wid","b":"2"}',
+                "wid",
+                "2.5e+06",
+                "3h",
+                "<invalid>",
+                None,
+                None,
+            ],
+        )
+        definitions = printer.column_definitions()
+        self.assertEqual(
+            (
+                definitions[2]["priority"],
+                definitions[4]["description"],
+                definitions[1]["description"],
+            ),
+            (
+                1,
+                "The first condition.",
+                "Custom resource definition column (in JSONPath format): .spec.replicas",
+            ),
+        )
+        mistyped = printer.row(
+            {"metadata": meta("v"), "spec": {"replicas": "three"}, "status": {"ready": "yes"}}, NOW
+        )["cells"]
+        self.assertEqual(mistyped[1:4], [None, None, None])
+
+
+@dataclass(frozen=True)
+class FakeResource:
+    group: str
+    kind: str
+    crd: str | None = None
+    printer_columns: tuple[dict[str, Any], ...] = ()
+
+
+SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("", "Pod"): make_pod(2, [container_status("c0", RUNNING, True)]),
+    ("", "Node"): make_node(),
+    ("", "Service"): make_service("NodePort", ports=[{"port": 80, "nodePort": 30080}]),
+    ("", "Endpoints"): {"metadata": meta("e"), "subsets": [{"addresses": [{"ip": "1.2.3.4"}]}]},
+    ("", "Secret"): {"metadata": meta("s"), "type": "Opaque", "data": {}},
+    ("", "ConfigMap"): {"metadata": meta("c"), "data": {"k": "v"}},
+    ("", "Namespace"): {"metadata": meta("n", None), "status": {"phase": "Active"}},
+    ("", "Event"): {"metadata": meta("ev"), "involvedObject": {"kind": "Pod", "name": "p"}},
+    ("", "ServiceAccount"): {"metadata": meta("default")},
+    ("coordination.k8s.io", "Lease"): {"metadata": meta("l"), "spec": {"holderIdentity": "h"}},
+    ("discovery.k8s.io", "EndpointSlice"): {"metadata": meta("es"), "addressType": "IPv4"},
+    ("apps", "Deployment"): {"metadata": meta("d"), "spec": {"template": TEMPLATE}},
+    ("apps", "ReplicaSet"): {"metadata": meta("r"), "spec": {"template": TEMPLATE}},
+    ("apps", "DaemonSet"): {"metadata": meta("ds"), "spec": {"template": TEMPLATE}},
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): {"metadata": meta("a.b", None)},
+}
+
+SPARSE_OBJECTS: list[dict[str, Any]] = [
+    {},
+    {"metadata": {}},
+    {"metadata": {"name": "x", "creationTimestamp": "not a time"}, "spec": None, "status": None},
+    {
+        "metadata": {"name": "x"},
+        "spec": {"containers": None, "ports": "80", "selector": None},
+        "status": {"conditions": [None, "x"], "containerStatuses": [{"state": None}]},
+    },
+]
+
+
+class TableTests(SynchronousTestCase):
+    def test_every_printer_fills_every_column(self) -> None:
+        """Each built-in printer yields one JSON-serialisable cell per column, sparse or not."""
+        self.assertEqual(set(SAMPLES), set(BUILTIN_PRINTERS))
+        widths: dict[tuple[str, str], set[int]] = {}
+        for key, printer in BUILTIN_PRINTERS.items():
+            for obj in [SAMPLES[key], *SPARSE_OBJECTS]:
+                row = printer.row(obj, NOW)
+                json.dumps(row)
+                widths.setdefault(key, set()).add(len(row["cells"]))
+        self.assertEqual(
+            widths, {key: {len(printer.columns)} for key, printer in BUILTIN_PRINTERS.items()}
+        )
+
+    def test_list_table(self) -> None:
+        """A list Table carries metadata, column definitions and PartialObjectMetadata rows."""
+        objects = [SAMPLES[("", "ConfigMap")], {"metadata": meta("d2", labels={"a": "b"})}]
+        result = table(
+            tables.CONFIG_MAP_PRINTER, objects, NOW, "42", "token", remaining_item_count=3
+        )
+        self.assertEqual(
+            {k: v for k, v in result.items() if k not in ("columnDefinitions", "rows")},
+            {
+                "kind": "Table",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": "42", "continue": "token", "remainingItemCount": 3},
+            },
+        )
+        self.assertEqual([c["name"] for c in result["columnDefinitions"]], ["Name", "Data", "Age"])
+        self.assertEqual(
+            result["rows"][1],
+            {
+                "cells": ["d2", 0, "5m"],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": objects[1]["metadata"],
+                },
+            },
+        )
+        self.assertEqual(table(tables.CONFIG_MAP_PRINTER, [], NOW)["metadata"], {})
+
+    def test_include_object(self) -> None:
+        """includeObject=None nulls the row object, Object embeds it, others are 400s."""
+        obj = SAMPLES[("", "Secret")]
+        self.assertIsNone(
+            table(tables.SECRET_PRINTER, [obj], NOW, include_object="None")["rows"][0]["object"]
+        )
+        self.assertIs(
+            table(tables.SECRET_PRINTER, [obj], NOW, include_object="Object")["rows"][0]["object"],
+            obj,
+        )
+        self.assertEqual(
+            table(tables.SECRET_PRINTER, [obj], NOW, include_object=None)["rows"][0]["object"][
+                "kind"
+            ],
+            "PartialObjectMetadata",
+        )
+        with self.assertRaises(TableOptionError) as raised:
+            table(tables.SECRET_PRINTER, [obj], NOW, include_object="Everything")
+        self.assertEqual(
+            (raised.exception.code, str(raised.exception)),
+            (400, 'unrecognized includeObject value: "Everything"'),
+        )
+
+    def test_watch_events(self) -> None:
+        """A watch event's one-row Table carries the object's resourceVersion; columns once."""
+        obj = {"metadata": meta("c", resourceVersion="17"), "data": {}}
+        first = watch_event_table(tables.CONFIG_MAP_PRINTER, obj, NOW, with_columns=True)
+        later = watch_event_table(tables.CONFIG_MAP_PRINTER, obj, NOW, with_columns=False)
+        self.assertEqual(first["metadata"], {"resourceVersion": "17"})
+        self.assertEqual(len(first["columnDefinitions"]), 3)
+        self.assertIsNone(later["columnDefinitions"])
+        self.assertEqual(first["rows"], later["rows"])
+        self.assertIn('"columnDefinitions": null', json.dumps(later))
+
+    def test_render_for_served_resources(self) -> None:
+        """render and render_event pick the printer from the resource, clock in seconds."""
+        pod_resource = FakeResource("", "Pod")
+        widget = FakeResource(
+            "example.com",
+            "Widget",
+            "widgets.example.com",
+            ({"name": "Size", "type": "integer", "jsonPath": ".spec.size"},),
+        )
+        listed = tables.render(pod_resource, [SAMPLES[("", "Pod")]], NOW.timestamp(), "9", "")
+        self.assertEqual(listed["columnDefinitions"][2]["name"], "Status")
+        self.assertEqual(listed["rows"][0]["cells"][:3], ["web", "1/2", "Running"])
+        event = tables.render_event(
+            widget,
+            {"metadata": meta("w", resourceVersion="3"), "spec": {"size": 7}},
+            NOW.timestamp(),
+            with_columns=True,
+        )
+        self.assertEqual(
+            ([c["name"] for c in event["columnDefinitions"]], event["rows"][0]["cells"]),
+            (["Name", "Size"], ["w", 7]),
+        )
+        bare = FakeResource("example.com", "Gadget", "gadgets.example.com")
+        self.assertEqual(
+            tables.render(bare, [{"metadata": meta("g")}], NOW)["rows"][0]["cells"], ["g", "5m"]
+        )
