@@ -1,0 +1,129 @@
+"""
+The kine table on an external PostgreSQL server, through psycopg 3 in threads.
+
+``--datastore-endpoint postgres://user:pass@host:port/db`` (or ``postgresql://``);
+see L{k3stw.datastore.endpoint} for the parsing and k3s's defaults.  The
+database is created on first use if it is missing, then the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import errors, sql
+from twisted.internet.interfaces import IReactorTime
+
+from k3stw.datastore.sql import Dialect, SQLDatastore
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS kine (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT COLLATE "C" NOT NULL,
+        created INTEGER,
+        deleted INTEGER,
+        create_revision BIGINT,
+        prev_revision BIGINT,
+        lease INTEGER,
+        value BYTEA,
+        old_value BYTEA
+    )""",
+    "CREATE INDEX IF NOT EXISTS kine_name_index ON kine (name)",
+    "CREATE INDEX IF NOT EXISTS kine_name_id_index ON kine (name, id)",
+    "CREATE INDEX IF NOT EXISTS kine_id_deleted_index ON kine (id, deleted)",
+    "CREATE INDEX IF NOT EXISTS kine_prev_revision_index ON kine (prev_revision)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS kine_name_prev_revision_uindex"
+    " ON kine (name, prev_revision)",
+    "CREATE INDEX IF NOT EXISTS kine_list_query_index ON kine (name, id DESC, deleted)",
+)
+
+
+@dataclass(frozen=True)
+class PostgresEndpoint:
+    """
+    Where a PostgreSQL datastore lives.  C{params} are libpq connection
+    parameters from the endpoint's query string (C{sslmode=...}) and the TLS flags.
+    """
+
+    host: str = "localhost"
+    port: int = 5432
+    user: str = "postgres"
+    password: str | None = "postgres"
+    database: str = "kubernetes"
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def redacted(self) -> str:
+        auth = self.user + (":***" if self.password else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgres://{auth}@{host}:{self.port}/{self.database}"
+
+    def connect_args(self, database: str | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": database or self.database,
+            "connect_timeout": 5,
+            "application_name": "k3stw",
+        }
+        if self.password is not None:
+            args["password"] = self.password
+        args.update(self.params)
+        return args
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL through psycopg 3 (autocommit connections, explicit transactions)."""
+
+    name: ClassVar[str] = "postgres"
+    paramstyle: ClassVar[str] = "format"
+    schema: ClassVar[Sequence[str]] = _SCHEMA
+    poll_interval: ClassVar[float] = 0.1
+
+    def __init__(self, endpoint: PostgresEndpoint) -> None:
+        super().__init__(endpoint.redacted(), endpoint.redacted())
+        self.endpoint = endpoint
+
+    def _open(self, database: str | None = None) -> psycopg.Connection[Any]:
+        return psycopg.connect(autocommit=True, **self.endpoint.connect_args(database))
+
+    def prepare(self) -> None:
+        try:
+            self._open().close()
+            return
+        except psycopg.OperationalError as e:
+            # libpq reports a missing database only in the message text.
+            if not isinstance(e, errors.InvalidCatalogName) and "does not exist" not in str(e):
+                raise
+        # Another server may create it at the same moment.
+        with self._open("postgres") as admin, contextlib.suppress(errors.DuplicateDatabase):
+            admin.execute(
+                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.endpoint.database))
+            )
+
+    def connect(self) -> Any:
+        return self._open()
+
+    def insert(self, cursor: Any, sql_text: str, params: Sequence[Any]) -> int:
+        cursor.execute(self.sql(sql_text + " RETURNING id"), params)
+        return int(cursor.fetchone()[0])
+
+    def is_driver_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.Error)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, errors.UniqueViolation)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected)
+
+
+class PostgresDatastore(SQLDatastore):
+    """The kine log in the PostgreSQL database at C{endpoint}."""
+
+    def __init__(self, reactor: IReactorTime, endpoint: PostgresEndpoint, **kwargs: Any) -> None:
+        super().__init__(reactor, PostgresDialect(endpoint), **kwargs)
+        self.endpoint = endpoint

@@ -1,0 +1,154 @@
+"""Shared pieces of the PostgreSQL and MariaDB datastore tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from k3stw.datastore.endpoint import datastore_for_endpoint
+from k3stw.datastore.interface import IDatastore
+from k3stw.datastore.sql import SQLDatastore
+from tests.datastore.conformance import DatastoreConformance
+
+
+async def start_store(test: TestCase, endpoint: str, **kwargs: Any) -> SQLDatastore:
+    """A started datastore for C{endpoint}, stopped when C{test} ends."""
+    store: SQLDatastore = datastore_for_endpoint(reactor, endpoint, tempfile.gettempdir(), **kwargs)
+    store.startService()
+    test.addCleanup(stop_store, store)
+    await store.when_ready()
+    return store
+
+
+async def stop_store(store: SQLDatastore) -> None:
+    if store.running:
+        await store.stopService()
+
+
+class ServerConformance(DatastoreConformance):
+    """The conformance suite on a fresh database of a shared server per test."""
+
+    timeout = 120
+    endpoint_for: Callable[[], str]
+
+    async def make_datastore(self) -> IDatastore:
+        endpoint = self.endpoint_for()
+        store = await start_store(
+            self,  # type: ignore[arg-type]
+            endpoint,
+            watch_buffer_events=self.watch_buffer_limit,
+        )
+        self._endpoints = getattr(self, "_endpoints", {})
+        self._endpoints[id(store)] = endpoint
+        return store
+
+    async def second_client(self, store: IDatastore) -> IDatastore:
+        endpoint = self._endpoints[id(store)]
+        other = await start_store(
+            self,  # type: ignore[arg-type]
+            endpoint,
+            watch_buffer_events=self.watch_buffer_limit,
+        )
+        self._endpoints[id(other)] = endpoint
+        return other
+
+    async def reopen_datastore(self, store: IDatastore) -> IDatastore:
+        assert isinstance(store, SQLDatastore)
+        await stop_store(store)
+        return await self.second_client(store)
+
+
+CAS_WORKER = textwrap.dedent(
+    """
+    import sys
+    from twisted.internet import reactor, defer
+    from k3stw.datastore.endpoint import datastore_for_endpoint
+    from k3stw.datastore.interface import Conflict
+
+    endpoint, rounds = sys.argv[1], int(sys.argv[2])
+
+    async def main():
+        store = datastore_for_endpoint(reactor, endpoint, "/nonexistent")
+        store.startService()
+        await store.when_ready()
+        sys.stdout.write("ready\\n")
+        sys.stdout.flush()
+        sys.stdin.readline()
+        conflicts = 0
+        for _ in range(rounds):
+            while True:
+                kv = await store.get("/registry/shared/counter")
+                try:
+                    rev = await store.update(
+                        "/registry/shared/counter", b"%d" % (int(kv.value) + 1), kv.mod_revision
+                    )
+                except Conflict:
+                    conflicts += 1
+                    continue
+                sys.stdout.write("won %d %d\\n" % (kv.mod_revision, rev))
+                break
+        sys.stdout.write("conflicts %d\\n" % conflicts)
+        sys.stdout.flush()
+        await store.stopService()
+
+    def done(result):
+        if hasattr(result, "printTraceback"):
+            result.printTraceback()
+        reactor.stop()
+
+    defer.Deferred.fromCoroutine(main()).addBoth(done)
+    reactor.run()
+    """
+)
+
+
+def run_cas_workers(endpoint: str, workers: int, rounds: int) -> list[list[tuple[int, int]]]:
+    """
+    Run C{workers} processes that each win C{rounds} compare-and-swap increments
+    of one counter; return each process's (read revision, new revision) wins.
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CAS_WORKER, endpoint, str(rounds)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=os.getcwd(),
+        )
+        for _ in range(workers)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != b"ready":
+                raise AssertionError(f"CAS worker did not start: {line!r}")
+        # Release them together so they really race.
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise AssertionError(f"CAS worker failed ({proc.returncode}): {out!r}")
+            wins = []
+            for line in out.decode().splitlines():
+                if line.startswith("won "):
+                    _, read, new = line.split()
+                    wins.append((int(read), int(new)))
+            results.append(wins)
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
