@@ -244,6 +244,10 @@ class _Retry(Exception):
     """Internal: run the transaction again."""
 
 
+class _Reconnect(Exception):
+    """Internal: the connection failed before doing anything; reconnect and run again."""
+
+
 class _ThreadedConnections:
     """
     A thread pool whose threads each keep one connection from C{dialect}.
@@ -253,8 +257,16 @@ class _ThreadedConnections:
     L{DatastoreUnavailable}.
     """
 
-    def __init__(self, reactor: IReactorTime, dialect: Dialect, threads: int, name: str) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        dialect: Dialect,
+        threads: int,
+        name: str,
+        idempotent: bool = False,
+    ) -> None:
         self._reactor = reactor
+        self._idempotent = idempotent
         self._dialect = dialect
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
         self._local = threading.local()
@@ -272,23 +284,34 @@ class _ThreadedConnections:
     def _call(self, fn: Callable[[Any], _T]) -> _T:
         dialect = self._dialect
         conn = getattr(self._local, "conn", None)
-        try:
-            if conn is None:
-                conn = dialect.connect()
-                self._local.conn = conn
-                with self._lock:
-                    self._connections.append(conn)
-            return fn(conn)
-        except DatastoreError:
-            raise
-        except BaseException as e:
-            if not dialect.is_driver_error(e):
+        # A kept connection may have died with the server since its last use
+        # (a restart): such a call gets one more try on a fresh connection
+        # when that is safe (reads, or a write that failed at its BEGIN).
+        retry = conn is not None
+        while True:
+            try:
+                if conn is None:
+                    conn = dialect.connect()
+                    self._local.conn = conn
+                    with self._lock:
+                        self._connections.append(conn)
+                return fn(conn)
+            except DatastoreError:
                 raise
-            if conn is not None:
-                self._discard(conn)
-            raise DatastoreUnavailable(
-                f"datastore {dialect.description}: {type(e).__name__}: {str(e).strip()}"
-            ) from None
+            except BaseException as e:
+                cause = e.__cause__ if isinstance(e, _Reconnect) else e
+                assert cause is not None
+                if not dialect.is_driver_error(cause):
+                    raise
+                if conn is not None:
+                    self._discard(conn)
+                    conn = None
+                if retry and (self._idempotent or isinstance(e, _Reconnect)):
+                    retry = False
+                    continue
+                raise DatastoreUnavailable(
+                    f"datastore {dialect.description}: {type(cause).__name__}: {str(cause).strip()}"
+                ) from None
 
     def run_unbound(self, fn: Callable[[], _T]) -> Deferred[_T]:
         """Run C{fn} in the pool without a connection (driver errors mapped alike)."""
@@ -769,7 +792,7 @@ class SQLDatastore(Service):
         self.policy = compaction_policy or CompactionPolicy()
         self._writer = _ThreadedConnections(reactor, dialect, 1, f"kine-writer-{dialect.name}")
         self._readers = _ThreadedConnections(
-            reactor, dialect, dialect.reader_threads, f"kine-reader-{dialect.name}"
+            reactor, dialect, dialect.reader_threads, f"kine-reader-{dialect.name}", True
         )
         self.follower = LogFollower(
             reactor, self._read_log, self._fill_gap, dialect.poll_interval, gap_wait
@@ -929,8 +952,13 @@ class SQLDatastore(Service):
     def _transaction(self, conn: Any, fn: Callable[[Any], _T]) -> _T:
         dialect = self.dialect
         for _ in range(self.write_retries):
-            cur = conn.cursor()
-            cur.execute(dialect.begin_write)
+            try:
+                cur = conn.cursor()
+                cur.execute(dialect.begin_write)
+            except BaseException as e:
+                if dialect.is_driver_error(e):
+                    raise _Reconnect() from e
+                raise
             try:
                 result = fn(cur)
             except BaseException as e:
@@ -1237,8 +1265,13 @@ class SQLDatastore(Service):
         return self._writer.run(once)
 
     def _transaction_once(self, conn: Any, fn: Callable[[Any], _T]) -> _T:
-        cur = conn.cursor()
-        cur.execute(self.dialect.begin_write)
+        try:
+            cur = conn.cursor()
+            cur.execute(self.dialect.begin_write)
+        except BaseException as e:
+            if self.dialect.is_driver_error(e):
+                raise _Reconnect() from e
+            raise
         try:
             result = fn(cur)
         except BaseException:

@@ -1,0 +1,68 @@
+"""The datastore against a real MariaDB server started by the fixture."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import DeferredList
+from twisted.trial.unittest import TestCase
+
+from k3stw.datastore.interface import DatastoreUnavailable, KeyExists
+from tests.datastore.sqlsupport import ServerConformance, run_cas_workers, start_store
+from tests.support.mariadb import PASSWORD, MariaDBServer, shared_mariadb
+from tests.support.postgres import fresh_database_name
+
+
+def _endpoint() -> str:
+    return shared_mariadb().endpoint(fresh_database_name())
+
+
+class MariaDBConformanceTests(ServerConformance, TestCase):
+    """Every conformance test, each on a fresh database of one shared server."""
+
+    endpoint_for = staticmethod(_endpoint)
+
+
+class MariaDBMultiProcessTests(TestCase):
+    timeout = 180
+
+    async def test_two_processes_racing_compare_and_swap_lose_no_update(self) -> None:
+        endpoint = _endpoint()
+        store = await start_store(self, endpoint)
+        await store.create("/registry/shared/counter", b"0")
+        wins = run_cas_workers(endpoint, workers=2, rounds=60)
+        kv = await store.get("/registry/shared/counter")
+        assert kv is not None
+        self.assertEqual(kv.value, b"120")
+        all_wins = wins[0] + wins[1]
+        self.assertEqual(len(all_wins), 120)
+        self.assertEqual(len({read for read, _ in all_wins}), 120)
+        self.assertEqual(len({new for _, new in all_wins}), 120)
+
+    async def test_keys_differing_only_in_trailing_space_or_case_are_distinct(self) -> None:
+        # A PAD SPACE or case-folding collation would make these one key.
+        store = await start_store(self, _endpoint())
+        results = await DeferredList(
+            [store.create(key, b"x") for key in ("/registry/k", "/registry/k ", "/registry/K")],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [True, True, True])
+        await self.assertFailure(store.create("/registry/k ", b"y"), KeyExists)
+
+
+class MariaDBFaultTests(TestCase):
+    timeout = 120
+
+    async def test_server_lost_while_running_gives_unavailable_then_recovers(self) -> None:
+        server = MariaDBServer(host="127.0.0.25")
+        self.addCleanup(server.destroy)
+        server.start()
+        store = await start_store(self, server.endpoint("faults"))
+        before = await store.create("/registry/m/a", b"1")
+        server.stop()
+        failure = await self.assertFailure(store.get("/registry/m/a"), DatastoreUnavailable)
+        self.assertNotIn(PASSWORD, str(failure))
+        server.start()
+        from tests.datastore.test_postgres import _eventually
+
+        kv = await _eventually(lambda: store.get("/registry/m/a"), "get")
+        self.assertEqual(kv.mod_revision, before)
+        self.assertGreater(await store.create("/registry/m/b", b"2"), before)
