@@ -399,6 +399,21 @@ class DatastoreConformance(_Base):
             ],
         )
 
+    async def test_watch_replays_a_long_history_in_order(self) -> None:
+        store = await self.make_datastore()
+        first = await store.create("/registry/long/0000", b"0")
+        items = [(f"/registry/long/{i:04d}", b"%d" % i) for i in range(1, 1200)]
+        revs = await create_many(store, items, concurrency=8)
+        watch, collector = await self._watch(store, "/registry/long/", first)
+        # A consumer that pauses in the middle of the replay still gets everything once.
+        watch.pauseProducing()
+        await store.current_revision()
+        watch.resumeProducing()
+        last = await store.update("/registry/long/0000", b"again", first)
+        events = await collector.wait_for_revision(last)
+        self.assertEqual(collector.revisions(), [first, *sorted(revs), last])
+        self.assertEqual(len(events), 1201)
+
     async def test_watch_from_zero_sees_only_later_changes(self) -> None:
         store = await self.make_datastore()
         await store.create("/registry/z/old", b"1")
