@@ -821,6 +821,7 @@ class SQLDatastore(Service):
                 "during", "shutdown", self._stop_pools
             )
         self._ready = Deferred.fromCoroutine(self._connect())
+        self._ready.addErrback(self._connect_failed)
 
     def stopping(self) -> bool:
         """The service is being stopped."""
@@ -880,6 +881,12 @@ class SQLDatastore(Service):
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)
+
+    def _connect_failed(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            self._log.failure(
+                "datastore {endpoint} could not start", failure, endpoint=self.dialect.description
+            )
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -83,7 +83,8 @@ class SQLiteDialect(Dialect):
         return conn
 
     def is_driver_error(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.Error)
+        # OSError: the directory cannot be created (permissions, read-only disk).
+        return isinstance(exc, sqlite3.Error | OSError)
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
