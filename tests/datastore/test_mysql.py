@@ -6,6 +6,7 @@ from twisted.internet.defer import DeferredList
 from twisted.trial.unittest import TestCase
 
 from k3stw.datastore.interface import DatastoreUnavailable, KeyExists
+from tests.datastore.conformance import EventCollector
 from tests.datastore.sqlsupport import ServerConformance, run_cas_workers, start_store
 from tests.support.mariadb import PASSWORD, MariaDBServer, shared_mariadb
 from tests.support.postgres import fresh_database_name
@@ -66,3 +67,34 @@ class MariaDBFaultTests(TestCase):
         kv = await _eventually(lambda: store.get("/registry/m/a"), "get")
         self.assertEqual(kv.mod_revision, before)
         self.assertGreater(await store.create("/registry/m/b", b"2"), before)
+
+
+class MariaDBLogTests(TestCase):
+    timeout = 60
+
+    async def test_a_burned_revision_does_not_stall_watchers(self) -> None:
+        import pymysql
+
+        from tests.support.mariadb import USER
+
+        server = shared_mariadb()
+        database = fresh_database_name()
+        store = await start_store(self, server.endpoint(database))
+        collector = EventCollector()
+        watch = await store.watch("/registry/", 0, collector.deliver)
+        self.addCleanup(watch.cancel)
+        conn = pymysql.connect(
+            host=server.host, port=server.port, user=USER, password=PASSWORD, database=database
+        )
+        try:
+            with conn.cursor() as cur:
+                cur.execute("BEGIN")
+                cur.execute("INSERT INTO kine (name, created, deleted) VALUES ('/x', 1, 0)")
+                burned = cur.lastrowid
+                cur.execute("ROLLBACK")
+        finally:
+            conn.close()
+        rev = await store.create("/registry/after-gap", b"1")
+        self.assertEqual(rev, burned + 1)
+        events = await collector.wait_for_revision(rev)
+        self.assertEqual([e.revision for e in events], [rev])

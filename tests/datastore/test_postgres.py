@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -136,4 +135,27 @@ async def _eventually_logged(capture: _LogCapture, text: str) -> None:
     raise AssertionError(f"nothing logged with {text!r}")
 
 
-__all__ = ["Deferred"]
+class PostgresLogTests(TestCase):
+    timeout = 60
+
+    async def test_a_burned_revision_does_not_stall_watchers(self) -> None:
+        import psycopg
+
+        from tests.support.postgres import PASSWORD as password
+
+        server = shared_postgres()
+        database = fresh_database_name()
+        store = await start_store(self, server.endpoint(database))
+        collector = EventCollector()
+        watch = await store.watch("/registry/", 0, collector.deliver)
+        self.addCleanup(watch.cancel)
+        # A transaction that took an id and rolled back, as a lost race on another server does.
+        with psycopg.connect(
+            host=server.host, port=server.port, user="postgres", password=password, dbname=database
+        ) as conn:
+            burned = conn.execute("SELECT nextval('kine_id_seq')").fetchone()
+        assert burned is not None
+        rev = await store.create("/registry/after-gap", b"1")
+        self.assertEqual(rev, burned[0] + 1)
+        events = await collector.wait_for_revision(rev)
+        self.assertEqual([e.revision for e in events], [rev])
