@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -152,3 +153,69 @@ def run_cas_workers(endpoint: str, workers: int, rounds: int) -> list[list[tuple
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+CRASH_WRITER = textwrap.dedent(
+    """
+    import sys
+    from twisted.internet import reactor, defer
+    from k3stw.datastore.endpoint import datastore_for_endpoint
+
+    async def main():
+        store = datastore_for_endpoint(reactor, sys.argv[1], "/nonexistent")
+        store.startService()
+        await store.when_ready()
+        i = 0
+        while True:
+            rev = await store.create("/registry/crash/%08d" % i, b"value-%d" % i)
+            # Printed only once the write was acknowledged.
+            sys.stdout.write("%d %d\\n" % (i, rev))
+            sys.stdout.flush()
+            i += 1
+
+    defer.Deferred.fromCoroutine(main()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+    reactor.run()
+    """
+)
+
+
+def kill_writer_mid_stream(endpoint: str, writes: int) -> dict[int, int]:
+    """
+    Run a process writing a stream of keys to C{endpoint}; once it has
+    acknowledged C{writes} of them, C{kill -9} it.  Return every write it
+    acknowledged (index to revision).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_WRITER, endpoint], stdout=subprocess.PIPE, cwd=os.getcwd()
+    )
+    acknowledged: dict[int, int] = {}
+    try:
+        assert proc.stdout is not None
+        while len(acknowledged) < writes:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"writer exited early with {proc.wait()}")
+            i, rev = map(int, line.split())
+            acknowledged[i] = rev
+        os.kill(proc.pid, signal.SIGKILL)
+        # Whatever it printed before it died was acknowledged too.
+        for line in proc.stdout.read().splitlines():
+            if line.strip():
+                i, rev = map(int, line.split())
+                acknowledged[i] = rev
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return acknowledged
+
+
+async def check_acknowledged(test: TestCase, store: Any, acknowledged: dict[int, int]) -> None:
+    """Every acknowledged write of L{kill_writer_mid_stream} is in C{store}."""
+    for i, rev in acknowledged.items():
+        kv = await store.get(f"/registry/crash/{i:08d}")
+        test.assertIsNotNone(kv, f"acknowledged write {i} (revision {rev}) lost")
+        test.assertEqual((kv.value, kv.mod_revision), (b"value-%d" % i, rev))
+    test.assertGreaterEqual(await store.current_revision(), max(acknowledged.values()))

@@ -7,7 +7,13 @@ from twisted.trial.unittest import TestCase
 
 from k3stw.datastore.interface import DatastoreUnavailable, KeyExists
 from tests.datastore.conformance import EventCollector
-from tests.datastore.sqlsupport import ServerConformance, run_cas_workers, start_store
+from tests.datastore.sqlsupport import (
+    ServerConformance,
+    check_acknowledged,
+    kill_writer_mid_stream,
+    run_cas_workers,
+    start_store,
+)
 from tests.support.mariadb import PASSWORD, MariaDBServer, shared_mariadb
 from tests.support.postgres import fresh_database_name
 
@@ -71,6 +77,12 @@ class MariaDBFaultTests(TestCase):
 
 class MariaDBLogTests(TestCase):
     timeout = 60
+
+    async def test_acknowledged_writes_survive_kill_9_of_the_client(self) -> None:
+        endpoint = shared_mariadb().endpoint(fresh_database_name())
+        acknowledged = kill_writer_mid_stream(endpoint, 200)
+        store = await start_store(self, endpoint)
+        await check_acknowledged(self, store, acknowledged)
 
     async def test_a_burned_revision_does_not_stall_watchers(self) -> None:
         import pymysql

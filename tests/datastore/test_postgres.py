@@ -11,7 +11,13 @@ from twisted.trial.unittest import TestCase
 
 from k3stw.datastore.interface import DatastoreUnavailable, EventType
 from tests.datastore.conformance import EventCollector
-from tests.datastore.sqlsupport import ServerConformance, run_cas_workers, start_store
+from tests.datastore.sqlsupport import (
+    ServerConformance,
+    check_acknowledged,
+    kill_writer_mid_stream,
+    run_cas_workers,
+    start_store,
+)
 from tests.support.postgres import PASSWORD, PostgresServer, fresh_database_name, shared_postgres
 
 
@@ -137,6 +143,12 @@ async def _eventually_logged(capture: _LogCapture, text: str) -> None:
 
 class PostgresLogTests(TestCase):
     timeout = 60
+
+    async def test_acknowledged_writes_survive_kill_9_of_the_client(self) -> None:
+        endpoint = shared_postgres().endpoint(fresh_database_name())
+        acknowledged = kill_writer_mid_stream(endpoint, 200)
+        store = await start_store(self, endpoint)
+        await check_acknowledged(self, store, acknowledged)
 
     async def test_a_burned_revision_does_not_stall_watchers(self) -> None:
         import psycopg

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
-import textwrap
 from typing import Any
 
 from twisted.internet import reactor
@@ -26,6 +22,7 @@ from k3stw.datastore.interface import (
 from k3stw.datastore.sql import CompactionPolicy
 from k3stw.datastore.sqlite import SQLiteDatastore, default_path
 from tests.datastore.conformance import DatastoreConformance, EventCollector
+from tests.datastore.sqlsupport import check_acknowledged, kill_writer_mid_stream, start_store
 
 
 class SQLiteConformanceTests(DatastoreConformance, TestCase):
@@ -68,29 +65,6 @@ def _rmtree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-WRITER = textwrap.dedent(
-    """
-    import sys
-    from twisted.internet import reactor, defer
-    from k3stw.datastore.sqlite import SQLiteDatastore
-
-    async def main():
-        store = SQLiteDatastore(reactor, sys.argv[1])
-        store.startService()
-        await store.when_ready()
-        i = 0
-        while True:
-            rev = await store.create("/registry/crash/%08d" % i, b"value-%d" % i)
-            sys.stdout.write("%d %d\\n" % (i, rev))
-            sys.stdout.flush()
-            i += 1
-
-    defer.Deferred.fromCoroutine(main()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
-    reactor.run()
-    """
-)
-
-
 class SQLiteCrashTests(TestCase):
     """Acknowledged writes survive ``kill -9`` of the writing process."""
 
@@ -99,43 +73,10 @@ class SQLiteCrashTests(TestCase):
     async def test_acknowledged_writes_survive_kill_9(self) -> None:
         directory = tempfile.mkdtemp(prefix="k3stw-crash-")
         self.addCleanup(_rmtree, directory)
-        path = default_path(directory)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, path],
-            stdout=subprocess.PIPE,
-            cwd=os.getcwd(),
-        )
-        acknowledged: dict[int, int] = {}
-        try:
-            assert proc.stdout is not None
-            while len(acknowledged) < 300:
-                line = proc.stdout.readline()
-                if not line:
-                    self.fail(f"writer exited early with {proc.wait()}")
-                i, rev = map(int, line.split())
-                acknowledged[i] = rev
-            os.kill(proc.pid, signal.SIGKILL)
-            # Whatever was printed before the kill was acknowledged too.
-            for line in proc.stdout.read().splitlines():
-                if line.strip():
-                    i, rev = map(int, line.split())
-                    acknowledged[i] = rev
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-
-        store = SQLiteDatastore(reactor, path)
-        store.startService()
-        self.addCleanup(_stop, store)
-        await store.when_ready()
-        for i, rev in acknowledged.items():
-            kv = await store.get(f"/registry/crash/{i:08d}")
-            assert kv is not None, f"acknowledged write {i} (revision {rev}) lost"
-            self.assertEqual((kv.value, kv.mod_revision), (b"value-%d" % i, rev))
-        self.assertGreaterEqual(await store.current_revision(), max(acknowledged.values()))
+        endpoint = f"sqlite://{default_path(directory)}"
+        acknowledged = kill_writer_mid_stream(endpoint, 300)
+        store = await start_store(self, endpoint)
+        await check_acknowledged(self, store, acknowledged)
 
 
 class SQLiteBehaviourTests(TestCase):
