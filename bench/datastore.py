@@ -29,16 +29,19 @@ if __package__ in (None, ""):
     # Run as a script: make the checkout (k3stw, tests.support) importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import react
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from k3stw.datastore.etcd import EtcdDatastore, _b64, _JSONBody, _prefix_end, _read_body
+from k3stw.datastore.etcd import _b64, _JSONBody, _prefix_end, _read_body
 from k3stw.datastore.interface import Event, IDatastore
 
 Stop = Callable[[], Awaitable[None]]
+Started = tuple[IDatastore, Stop]
 
 ROWS = [
     ("create_1", "create, 1 writer (ops/s)"),
@@ -64,6 +67,10 @@ class Budget:
     list_repeats: int
     watch_events: int
 
+
+#: A backend that does not start, or does not finish, in this time gets a note in its column.
+START_LIMIT = 120.0
+BACKEND_LIMIT = 600.0
 
 FULL = Budget(ops=3000, seconds=10.0, list_keys=10_000, list_repeats=5, watch_events=1000)
 QUICK = Budget(ops=300, seconds=2.0, list_keys=10_000, list_repeats=2, watch_events=100)
@@ -287,18 +294,60 @@ async def bench_raw_etcd(raw: RawEtcd, budget: Budget) -> dict[str, float]:
     return out
 
 
-# Backends: each starts its real server and returns (store, stop).
+# Backends: each starts its real server (the test fixtures) and returns a
+# started store, built the way the server builds it (--datastore-endpoint),
+# and how to stop both.
+
+
+async def open_store(reactor: Any, endpoint: str, workdir: str) -> IDatastore:
+    from k3stw.datastore.endpoint import datastore_for_endpoint
+
+    store = datastore_for_endpoint(reactor, endpoint, workdir, compact_interval=0)
+    store.startService()
+    await store.when_ready()
+    return cast(IDatastore, store)
+
+
+async def close_store(store: IDatastore) -> None:
+    await cast(Service, store).stopService()
 
 
 async def start_sqlite(reactor: Any, workdir: str) -> tuple[IDatastore, Stop]:
-    from k3stw.datastore.sqlite import SQLiteDatastore
+    store = await open_store(reactor, f"sqlite://{workdir}/state.db", workdir)
+    return store, lambda: close_store(store)
 
-    store = SQLiteDatastore(reactor, os.path.join(workdir, "state.db"), compact_interval=0)
-    store.startService()
-    await store.when_ready()
+
+async def start_postgres(reactor: Any, workdir: str) -> tuple[IDatastore, Stop]:
+    from tests.support.postgres import PostgresServer, fresh_database_name
+
+    # The fixture starts the server synchronously, before anything is measured.
+    server = PostgresServer().start()
+    try:
+        store = await open_store(reactor, server.endpoint(fresh_database_name("bench")), workdir)
+    except BaseException:
+        server.destroy()
+        raise
 
     async def stop() -> None:
-        await store.stopService()
+        await close_store(store)
+        server.destroy()
+
+    return store, stop
+
+
+async def start_mariadb(reactor: Any, workdir: str) -> tuple[IDatastore, Stop]:
+    from tests.support.mariadb import MariaDBServer
+
+    server = MariaDBServer().start()
+    try:
+        store = await open_store(reactor, server.endpoint("k3stw_bench"), workdir)
+    except BaseException:
+        server.destroy()
+        raise
+
+    async def stop() -> None:
+        await close_store(store)
+        server.destroy()
 
     return store, stop
 
@@ -307,60 +356,52 @@ async def start_etcd_store(reactor: Any, workdir: str) -> tuple[IDatastore, Stop
     from tests.support.etcd import start_etcd
 
     cluster = await start_etcd(reactor, 1)
-    store = EtcdDatastore(reactor, cluster.endpoints, compact_interval=0)
-    store.startService()
-    await store.when_ready()
-
-    async def stop() -> None:
-        await store.stopService()
+    try:
+        store = await open_store(reactor, ",".join(cluster.endpoints), workdir)
+    except BaseException:
         await cluster.stop()
-
-    return store, stop
-
-
-async def start_sql_server(reactor: Any, kind: str) -> tuple[IDatastore, Stop]:
-    """PostgreSQL or MariaDB from the SQL test fixtures, through the endpoint factory."""
-    import importlib
-
-    fixture = importlib.import_module(f"tests.support.{kind}")
-    server = await fixture.start_server(reactor)
-    from k3stw.datastore.endpoint import datastore_for_endpoint  # type: ignore[import-not-found]
-
-    store = datastore_for_endpoint(reactor, server.endpoint, compact_interval=0)
-    store.startService()
-    await store.when_ready()
+        raise
 
     async def stop() -> None:
-        await store.stopService()
-        await server.stop()
+        await close_store(store)
+        await cluster.stop()
 
     return store, stop
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> str:
     budget = QUICK if args.quick else FULL
-    backends: list[tuple[str, Callable[[str], Awaitable[tuple[IDatastore, Stop]]]]] = [
-        ("SQLite", lambda d: start_sqlite(reactor, d)),
-        ("PostgreSQL", lambda d: start_sql_server(reactor, "postgres")),
-        ("MariaDB", lambda d: start_sql_server(reactor, "mysql")),
-        ("etcd (k3stw)", lambda d: start_etcd_store(reactor, d)),
+    backends: list[tuple[str, str, Callable[[str], Coroutine[Any, Any, Started]]]] = [
+        ("sqlite", "SQLite", lambda d: start_sqlite(reactor, d)),
+        ("postgres", "PostgreSQL", lambda d: start_postgres(reactor, d)),
+        ("mysql", "MariaDB", lambda d: start_mariadb(reactor, d)),
+        ("etcd", "etcd (k3stw)", lambda d: start_etcd_store(reactor, d)),
     ]
     wanted = {name.strip().lower() for name in args.backends.split(",")}
     columns: list[tuple[str, dict[str, float] | str]] = []
-    for name, start in backends:
-        short = name.split()[0].lower().replace("mariadb", "mysql")
+    for short, name, start in backends:
         if short not in wanted:
             continue
         workdir = tempfile.mkdtemp(prefix="k3stw-bench-")
         print(f"-- {name}", file=sys.stderr, flush=True)
         try:
-            store, stop = await start(workdir)
+            started: Deferred[Started] = Deferred.fromCoroutine(start(workdir))
+            store, stop = await started.addTimeout(START_LIMIT, reactor)
         except ImportError as e:
             columns.append((name, f"not available ({e.name})"))
             shutil.rmtree(workdir, ignore_errors=True)
             continue
+        except defer.TimeoutError:
+            columns.append((name, f"did not start in {START_LIMIT:g} s"))
+            shutil.rmtree(workdir, ignore_errors=True)
+            continue
         try:
-            columns.append((name, await bench_datastore(store, budget)))
+            measured: Deferred[dict[str, float]] = Deferred.fromCoroutine(
+                bench_datastore(store, budget)
+            )
+            columns.append((name, await measured.addTimeout(BACKEND_LIMIT, reactor)))
+        except defer.TimeoutError:
+            columns.append((name, f"stopped after {BACKEND_LIMIT:g} s"))
         finally:
             await stop()
             shutil.rmtree(workdir, ignore_errors=True)
@@ -418,7 +459,7 @@ def render(columns: list[tuple[str, dict[str, float] | str]], budget: Budget, qu
             elif key in result:
                 number = result[key]
                 cells.append(
-                    f"{number:,.0f}" if key.startswith(("create", "update")) else f"{number:,.1f}"
+                    f"{number:,.0f}" if key.startswith(("create", "update")) else f"{number:,.2f}"
                 )
             else:
                 cells.append("-")
