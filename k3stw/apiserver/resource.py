@@ -23,11 +23,16 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from k3stw.apiserver import discovery
+from k3stw.apiserver import discovery, selectors, tables
+from k3stw.apiserver import patch as patching
 from k3stw.apiserver.auth import Attributes, User, authorize, user_of_certificate
+from k3stw.apiserver.patch import PatchError
 from k3stw.apiserver.registry import CRDS, Registry, ResourceType, resources_of_crd
+from k3stw.apiserver.selectors import SelectorError
 from k3stw.apiserver.status import StatusError, bad_request, send_json, status
-from k3stw.apiserver.storage import Object, ObjectStore, Predicate
+from k3stw.apiserver.storage import Object, ObjectStore, Predicate, merge_update
+from k3stw.apiserver.tables import TableOptionError
+from k3stw.controllers.crds import CLEANUP
 from k3stw.datastore.interface import Compacted, IWatch, WatchOverflow
 
 #: kube-apiserver's request body limit.
@@ -111,7 +116,6 @@ class KubernetesAPI(Resource):
         registry: Registry,
         clock: IReactorTime,
         server_address: str,
-        tables: Any = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -119,7 +123,6 @@ class KubernetesAPI(Resource):
         self.clock = clock
         self.server_address = server_address
         self.openapi = discovery.OpenAPI(registry)
-        self.tables = tables
 
     def render(self, request: Request) -> int:
         Deferred.fromCoroutine(self._respond(request))
@@ -130,6 +133,9 @@ class KubernetesAPI(Resource):
             result = await self._dispatch(request)
         except StatusError as e:
             self._finish(request, send_json(request, e.code, e.status()))
+        except (SelectorError, TableOptionError, PatchError) as e:
+            error = _as_status_error(e)
+            self._finish(request, send_json(request, error.code, error.status()))
         except Exception:
             self._log.failure(
                 "Internal error serving {method} {path}",
@@ -296,14 +302,19 @@ class KubernetesAPI(Resource):
         if verb == "create":
             obj = self._body(request)
             created = await self.store.create(
-                resource, namespace, self._prepare_create(resource, obj)
+                resource, namespace, self._prepare_create(resource, obj), _manager(request)
             )
             self._after_write(resource, created)
             return 201, created
         if verb == "update":
             assert name is not None
             updated = await self.store.update(
-                resource, namespace, name, self._body(request), target.subresource
+                resource,
+                namespace,
+                name,
+                self._body(request),
+                target.subresource,
+                _manager(request),
             )
             self._after_write(resource, updated)
             return 200, updated
@@ -332,7 +343,10 @@ class KubernetesAPI(Resource):
         return document
 
     def _prepare_create(self, resource: ResourceType, obj: Object) -> Object:
-        if resource is CRDS or resource.kind == "CustomResourceDefinition":
+        if resource.kind == "CustomResourceDefinition" and resource.group == CRDS.group:
+            finalizers = obj.setdefault("metadata", {}).setdefault("finalizers", [])
+            if CLEANUP not in finalizers:
+                finalizers.append(CLEANUP)
             spec = obj.get("spec") or {}
             names = spec.get("names") or {}
             obj["status"] = {
@@ -355,29 +369,26 @@ class KubernetesAPI(Resource):
                     },
                 ],
             }
-        if resource.kind == "Namespace" and not resource.group:
-            obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
-            obj["status"] = {"phase": "Active"}
-        if resource.kind == "Pod" and not resource.group:
-            obj.setdefault("status", {}).setdefault("phase", "Pending")
         return obj
 
     def _after_write(self, resource: ResourceType, obj: Object, deleted: bool = False) -> None:
+        # Serve a new CRD's resources at once; CRDController follows deletions and other servers.
         if resource.kind == "CustomResourceDefinition" and resource.group == CRDS.group:
             name = obj["metadata"]["name"]
-            self.registry.replace_crd(name, [] if deleted else resources_of_crd(obj))
+            if deleted:
+                self.registry.replace_crd(name, [])
+            elif not obj["metadata"].get("deletionTimestamp"):
+                self.registry.replace_crd(name, resources_of_crd(obj))
 
     async def _patch(self, request: Request, target: Target) -> tuple[int, object]:
-        from k3stw.apiserver import patch as patching
-
         resource, namespace, name = target.resource, target.namespace, target.name
         assert name is not None
         media = _media_type(request.getHeader(b"content-type"))
         if media not in PATCH_TYPES:
             raise StatusError(
                 415,
-                f"the body of the request was in an unknown format - accepted "
-                f"media types include: {', '.join(PATCH_TYPES)}",
+                "the body of the request was in an unknown format - accepted media types "
+                f"include: {', '.join(PATCH_TYPES)}",
             )
         raw = request.content.read() if request.content is not None else b""
         try:
@@ -386,37 +397,28 @@ class KubernetesAPI(Resource):
             raise bad_request(f"error decoding patch: {e}") from None
         if media == "application/apply-patch+yaml":
             return await self._apply(request, target, body)
+        if body is None:
+            raise bad_request("the patch is empty")
 
         def mutate(current: Object) -> Object:
-            try:
-                if media == "application/json-patch+json":
-                    patched = patching.apply_json_patch(current, body)
-                elif media == "application/merge-patch+json":
-                    patched = patching.apply_merge_patch(current, body)
-                else:
-                    if resource.crd:
-                        raise StatusError(
-                            415,
-                            "strategic merge patch is not supported for "
-                            "custom resources; use a merge patch",
-                        )
-                    patched = patching.apply_strategic_merge_patch(current, body, resource.kind)
-            except patching.PatchError as e:
-                raise StatusError(getattr(e, "code", 422), str(e)) from None
+            if media == "application/json-patch+json":
+                patched = patching.apply_json_patch(current, body)
+            elif media == "application/merge-patch+json":
+                patched = patching.apply_merge_patch(current, body)
+            else:
+                patched = patching.apply_strategic_merge_patch(current, body, resource.kind)
             if not isinstance(patched, dict):
-                raise StatusError(422, "the patch did not produce an object")
-            from k3stw.apiserver.storage import merge_update
-
+                raise bad_request("the patch did not produce an object")
             return merge_update(resource, current, patched, target.subresource)
 
-        updated = await self.store.guaranteed_update(resource, namespace, name, mutate)
+        updated = await self.store.guaranteed_update(
+            resource, namespace, name, mutate, _manager(request), target.subresource
+        )
         self._after_write(resource, updated)
         return 200, updated
 
     async def _apply(self, request: Request, target: Target, body: Any) -> tuple[int, object]:
-        from k3stw.apiserver import patch as patching
-        from k3stw.apiserver.storage import merge_update
-
+        """Server-side apply: create the object if it is missing, else merge into it."""
         resource, namespace, name = target.resource, target.namespace, target.name
         assert name is not None
         if not isinstance(body, dict):
@@ -424,32 +426,36 @@ class KubernetesAPI(Resource):
         manager = _param(request, "fieldManager")
         if not manager:
             raise bad_request("PATCH requests with apply content type require fieldManager")
+        if resource.has_status and target.subresource != "status":
+            # As kube-apiserver: status in an applied configuration is ignored.
+            body = {k: v for k, v in body.items() if k != "status"}
         force = _flag(request, "force")
-
-        def run(live: Object | None) -> Object:
-            try:
-                applied: Object = patching.apply_server_side(live, body, manager, force)
-            except patching.PatchError as e:
-                raise _apply_error(e) from None
-            return applied
-
+        sub = target.subresource or ""
+        now = self.store.now()
         try:
-            current = await self.store.get(resource, namespace, name)
+            current: Object | None = await self.store.get(resource, namespace, name)
         except StatusError as e:
             if e.code != 404:
                 raise
+            current = None
+        if current is None:
+            applied = patching.apply_server_side(
+                None, body, manager, force, now=now, subresource=sub
+            )
+            applied.setdefault("metadata", {})["name"] = name
             created = await self.store.create(
-                resource, namespace, self._prepare_create(resource, run(None))
+                resource, namespace, self._prepare_create(resource, applied)
             )
             self._after_write(resource, created)
             return 201, created
-        del current
-        updated = await self.store.guaranteed_update(
-            resource,
-            namespace,
-            name,
-            lambda live: merge_update(resource, live, run(live), target.subresource),
-        )
+
+        def merge(live: Object) -> Object:
+            applied = patching.apply_server_side(
+                live, body, manager, force, now=now, subresource=sub
+            )
+            return merge_update(resource, live, applied, target.subresource)
+
+        updated = await self.store.guaranteed_update(resource, namespace, name, merge)
         self._after_write(resource, updated)
         return 200, updated
 
@@ -512,7 +518,7 @@ class KubernetesAPI(Resource):
             current.setdefault("status", {})["phase"] = "Terminating"
             return current
 
-        return await self.store.guaranteed_update(resource, None, name, mark)
+        return await self.store.guaranteed_update(resource, None, name, mark, marks_deletion=True)
 
     async def _delete_collection(self, request: Request, target: Target) -> tuple[int, object]:
         listed = await self.store.list(
@@ -539,17 +545,16 @@ class KubernetesAPI(Resource):
         fields_text = _param(request, "fieldSelector")
         if not labels_text and not fields_text:
             return None
-        from k3stw.apiserver import selectors
-
-        try:
-            labels = selectors.parse_label_selector(labels_text) if labels_text else None
-            fields = (
-                selectors.parse_field_selector(fields_text, resource.group, resource.kind)
-                if fields_text
-                else None
+        labels = selectors.parse_label_selector(labels_text) if labels_text else None
+        fields = None
+        if fields_text:
+            field_tables = selectors.BUILTIN_FIELD_TABLES
+            if resource.crd:
+                custom = selectors.custom_resource_field_table(resource.namespaced)
+                field_tables = {(resource.group, resource.kind): custom}
+            fields = selectors.parse_field_selector(
+                fields_text, resource.group, resource.kind, field_tables
             )
-        except selectors.SelectorError as e:
-            raise bad_request(str(e)) from None
 
         def predicate(obj: Object) -> bool:
             if labels is not None and not labels.matches(obj["metadata"].get("labels") or {}):
@@ -559,8 +564,8 @@ class KubernetesAPI(Resource):
         return predicate
 
     def _render_one(self, request: Request, resource: ResourceType, obj: Object) -> object:
-        if self.tables is not None and wants_table(request):
-            return self.tables.render(
+        if wants_table(request):
+            return tables.render(
                 resource,
                 [obj],
                 self.clock.seconds(),
@@ -578,8 +583,8 @@ class KubernetesAPI(Resource):
         resource_version: str,
         continue_token: str,
     ) -> object:
-        if self.tables is not None and wants_table(request):
-            return self.tables.render(
+        if wants_table(request):
+            return tables.render(
                 resource,
                 items,
                 self.clock.seconds(),
@@ -590,14 +595,14 @@ class KubernetesAPI(Resource):
         return _list_object(resource, items, resource_version, continue_token)
 
     async def _watch(self, request: Request, target: Target) -> None:
-        table = self.tables is not None and wants_table(request)
+        table = wants_table(request)
         first = [True]
 
         def send(kind: str, obj: Object) -> None:
             if getattr(request, "_disconnected", False):
                 return
             if table and kind != "ERROR":
-                obj = self.tables.render_event(
+                obj = tables.render_event(
                     target.resource, obj, self.clock.seconds(), with_columns=first[0]
                 )
                 first[0] = False
@@ -761,7 +766,20 @@ def _yaml(raw: bytes) -> Any:
         raise ValueError(str(e)) from None
 
 
-def _apply_error(error: Exception) -> StatusError:
-    code = getattr(error, "code", 409)
-    details = getattr(error, "details", None)
-    return StatusError(code, str(error), details)
+def _as_status_error(error: SelectorError | TableOptionError | PatchError) -> StatusError:
+    """The Status of an error the pure API modules raise; each carries its HTTP code."""
+    return StatusError(
+        getattr(error, "code", 400),
+        getattr(error, "message", None) or str(error),
+        getattr(error, "details", None),
+        getattr(error, "reason", None),
+    )
+
+
+def _manager(request: Request) -> str:
+    """The field manager of a write: ``fieldManager``, else the client program's name."""
+    given = _param(request, "fieldManager")
+    if given:
+        return given
+    agent = (request.getHeader(b"user-agent") or b"unknown").decode("latin-1")
+    return agent.split("/")[0].strip() or "unknown"

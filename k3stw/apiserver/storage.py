@@ -23,6 +23,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from k3stw.apiserver.defaults import apply_defaults
+from k3stw.apiserver.patch import record_update
 from k3stw.apiserver.registry import NAMESPACES, ResourceType
 from k3stw.apiserver.status import (
     StatusError,
@@ -214,10 +216,19 @@ class ObjectStore:
                 ) from None
             raise gone(f"too old resource version: {revision} ({e.compact_revision})") from None
 
-    async def create(self, resource: ResourceType, namespace: str | None, obj: Object) -> Object:
+    async def create(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        obj: Object,
+        manager: str | None = None,
+    ) -> Object:
         """
-        Store a new object: name (or generateName), uid, creation timestamp and
-        generation are set here; the namespace must exist and not be terminating.
+        Store a new object: name (or generateName), uid, creation timestamp,
+        generation and the kind's defaults are set here; the namespace must
+        exist and not be terminating.
+
+        :param manager: the field manager to record the write under.
         """
         obj = copy.deepcopy(obj)
         metadata = obj.setdefault("metadata", {})
@@ -248,9 +259,11 @@ class ObjectStore:
                 metadata.pop(immutable, None)
             if resource.kind in _GENERATION_KINDS or resource.crd:
                 metadata["generation"] = 1
+            apply_defaults(resource, obj)
+            stored = record_update(None, obj, manager, now=self.now()) if manager else obj
             try:
                 revision = await self.datastore.create(
-                    resource.storage_key(namespace, name), encode(obj)
+                    resource.storage_key(namespace, name), encode(stored)
                 )
             except KeyExists:
                 if generated:
@@ -258,8 +271,8 @@ class ObjectStore:
                 raise already_exists(resource.plural, resource.group, name) from None
             except DatastoreUnavailable as e:
                 raise unavailable(e) from None
-            metadata["resourceVersion"] = str(revision)
-            return obj
+            stored["metadata"]["resourceVersion"] = str(revision)
+            return stored
         raise StatusError(
             500, f"could not generate a unique name from {metadata['generateName']!r}"
         )
@@ -297,6 +310,7 @@ class ObjectStore:
         name: str,
         obj: Object,
         subresource: str | None = None,
+        manager: str | None = None,
     ) -> Object:
         """
         Replace an object (PUT), checking ``metadata.resourceVersion`` if given.
@@ -318,7 +332,9 @@ class ObjectStore:
                 raise conflict(resource.plural, resource.group, name)
             return merge_update(resource, current, obj, subresource)
 
-        return await self.guaranteed_update(resource, namespace, name, replace)
+        return await self.guaranteed_update(
+            resource, namespace, name, replace, manager, subresource
+        )
 
     async def guaranteed_update(
         self,
@@ -326,11 +342,18 @@ class ObjectStore:
         namespace: str | None,
         name: str,
         mutate: Callable[[Object], Object],
+        manager: str | None = None,
+        subresource: str | None = None,
+        marks_deletion: bool = False,
     ) -> Object:
         """
         Apply C{mutate} to the current object and store the result, retrying on
         a concurrent write (C{mutate} may raise L{StatusError} to stop).  An
         object whose last finalizer is removed while it is being deleted is deleted.
+
+        :param manager: the field manager to record the change under, if any.
+        :param marks_deletion: C{mutate} may set ``deletionTimestamp`` (the
+            server starting a deletion); no client write ever may.
         """
         key = resource.storage_key(namespace, name)
         for _ in range(_MAX_CAS_RETRIES):
@@ -338,10 +361,14 @@ class ObjectStore:
             if kv is None:
                 raise not_found(resource.plural, resource.group, name)
             current = decode(kv)
-            updated = mutate(copy.deepcopy(current))
-            _keep_identity(current, updated, resource)
+            updated = apply_defaults(resource, mutate(copy.deepcopy(current)))
+            _keep_identity(current, updated, resource, marks_deletion)
             if _without_version(updated) == _without_version(current):
                 return current
+            if manager:
+                updated = record_update(
+                    current, updated, manager, now=self.now(), subresource=subresource or ""
+                )
             counts_generation = resource.kind in _GENERATION_KINDS or resource.crd
             if counts_generation and updated.get("spec") != current.get("spec"):
                 generation = current["metadata"].get("generation", 1)
@@ -482,18 +509,15 @@ def merge_update(
     return updated
 
 
-def _keep_identity(current: Object, updated: Object, resource: ResourceType) -> None:
+def _keep_identity(
+    current: Object, updated: Object, resource: ResourceType, marks_deletion: bool = False
+) -> None:
     """Fields no update may change: they are taken from the stored object."""
     metadata = updated.setdefault("metadata", {})
-    for field in (
-        "name",
-        "namespace",
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "generation",
-    ):
+    kept = ["name", "namespace", "uid", "creationTimestamp", "generation"]
+    if not marks_deletion or current["metadata"].get("deletionTimestamp"):
+        kept += ["deletionTimestamp", "deletionGracePeriodSeconds"]
+    for field in kept:
         if field in current["metadata"]:
             metadata[field] = current["metadata"][field]
         else:
@@ -510,8 +534,11 @@ def _without_version(obj: Object) -> Object:
 
 
 def _finished_deleting(obj: Object) -> bool:
+    """Marked for deletion with nothing left to wait for (a namespace waits on spec.finalizers)."""
     metadata = obj["metadata"]
-    return bool(metadata.get("deletionTimestamp")) and not metadata.get("finalizers")
+    if not metadata.get("deletionTimestamp") or metadata.get("finalizers"):
+        return False
+    return not (obj.get("kind") == "Namespace" and (obj.get("spec") or {}).get("finalizers"))
 
 
 def _check_preconditions(

@@ -16,6 +16,8 @@ from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.resource import APIRequest, KubernetesAPI
 from k3stw.apiserver.storage import ObjectStore
+from k3stw.controllers.crds import CRDController
+from k3stw.controllers.garbage import GarbageCollector
 from k3stw.datastore.sqlite import SQLiteDatastore
 from k3stw.lifecycle import ApplianceService
 from k3stw.pki.kubeconfig import write_kubeconfig
@@ -120,6 +122,8 @@ def build_server(
     registry = Registry.with_built_ins()
     root = ServerService(config, credentials, datastore, store, registry)
     datastore.setServiceParent(root)
+    GarbageCollector(datastore, store, registry, reactor).setServiceParent(root)
+    CRDController(datastore, store, registry, reactor).setServiceParent(root)
     advertised = f"{config.advertise_address or config.node_ips[0]}:{config.https_port}"
     api = KubernetesAPI(store, registry, reactor, advertised)
     site = QuietSite(supervisor_resource(credentials.server_ca_bundle, root.readiness, api))
