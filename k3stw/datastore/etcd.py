@@ -61,6 +61,7 @@ from k3stw.datastore.interface import (
     ListResult,
     WatchOverflow,
 )
+from k3stw.datastore.sql import CompactionPolicy
 
 __all__ = ["EtcdDatastore", "EtcdTLS", "parse_etcd_endpoints"]
 
@@ -644,9 +645,8 @@ class EtcdDatastore(Service):
         ends with L{WatchOverflow}.
     :param compact_interval: how often the background compactor runs, in
         seconds (0: never).
-    :param compact_min_retain: the compactor keeps at least this many of the
-        newest revisions...
-    :param compact_min_age: ...and every revision younger than this many seconds.
+    :param compaction_policy: how much history the compactor keeps (by
+        default the last 1000 revisions or 5 minutes, whichever is more).
     """
 
     _log = Logger()
@@ -663,8 +663,7 @@ class EtcdDatastore(Service):
         request_timeout: float = 5.0,
         watch_buffer_events: int = 10_000,
         compact_interval: float = 300.0,
-        compact_min_retain: int = 1000,
-        compact_min_age: float = 300.0,
+        compaction_policy: CompactionPolicy | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoint given")
@@ -673,8 +672,7 @@ class EtcdDatastore(Service):
         self._request_timeout = request_timeout
         self._watch_buffer = watch_buffer_events
         self._compact_interval = compact_interval
-        self._compact_min_retain = compact_min_retain
-        self._compact_min_age = compact_min_age
+        self.policy = compaction_policy or CompactionPolicy()
         self._preferred = 0
         policy: IPolicyForHTTPS | None = None
         if self._endpoints[0].startswith("https://"):
@@ -695,7 +693,6 @@ class EtcdDatastore(Service):
             )
         self._watches: set[_EtcdWatch] = set()
         self._compactor: LoopingCall | None = None
-        self._history: list[tuple[float, int]] = []
         self._in_flight: set[Deferred[tuple[int, bytes]]] = set()
         self._announcing: Deferred[None] | None = None
         self._is_ready = False
@@ -1180,16 +1177,8 @@ class EtcdDatastore(Service):
         except DatastoreUnavailable as e:
             self._log.warn("etcd compaction skipped: {reason}", reason=str(e))
             return
-        self._history.append((now, current))
-        # Keep whichever is more: the last compact_min_age seconds of history
-        # or the last compact_min_retain revisions.  The newest sample that
-        # is old enough says where "compact_min_age seconds ago" was.
-        old = [(at, rev) for (at, rev) in self._history if now - at >= self._compact_min_age]
-        if not old:
-            return
-        young = [(at, rev) for (at, rev) in self._history if now - at < self._compact_min_age]
-        self._history = [old[-1], *young]
-        target = min(old[-1][1], current - self._compact_min_retain)
+        self.policy.observe(now, current)
+        target = self.policy.target(now, current)
         if target <= 0 or target <= await self._compacted_revision():
             return
         await self._compact(target)

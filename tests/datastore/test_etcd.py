@@ -38,6 +38,7 @@ from k3stw.datastore.interface import (
     KeyValue,
     WatchOverflow,
 )
+from k3stw.datastore.sql import CompactionPolicy
 from tests.datastore.conformance import DatastoreConformance, EventCollector
 from tests.support.etcd import EtcdCluster, free_port, start_etcd
 
@@ -283,7 +284,9 @@ class EtcdSpecificTests(EtcdTestBase):
         for _ in range(30):
             rev = await writer.update("/registry/bg", b"x", rev)
         compactor = self.client(
-            cluster, compact_interval=0.05, compact_min_retain=10, compact_min_age=0
+            cluster,
+            compact_interval=0.05,
+            compaction_policy=CompactionPolicy(keep_revisions=10, keep_seconds=0),
         )
         while await writer.compacted_revision() == 0:
             await deferLater(reactor, 0.05)
