@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from k3stw.datastore.endpoint import DatastoreTLS
 from k3stw.pki.certs import SubjectAltNames
 from k3stw.pki.token import Token
 
@@ -33,6 +34,8 @@ class ServerConfig:
     kubeconfig_mode: int
     service_cidr: str
     cluster_domain: str
+    datastore_endpoint: str | None = None
+    datastore_tls: DatastoreTLS = field(default_factory=DatastoreTLS)
 
     @property
     def server_dir(self) -> Path:

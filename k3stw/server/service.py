@@ -18,7 +18,8 @@ from k3stw.apiserver.resource import APIRequest, KubernetesAPI
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.garbage import GarbageCollector
-from k3stw.datastore.sqlite import SQLiteDatastore
+from k3stw.datastore.endpoint import datastore_for_endpoint
+from k3stw.datastore.interface import IDatastore
 from k3stw.lifecycle import ApplianceService
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
@@ -48,7 +49,7 @@ class ServerService(ApplianceService):
         self,
         config: ServerConfig,
         credentials: ServerCredentials,
-        datastore: SQLiteDatastore,
+        datastore: IDatastore,
         store: ObjectStore,
         registry: Registry,
     ) -> None:
@@ -76,7 +77,8 @@ class ServerService(ApplianceService):
         return stopped
 
     async def _become_ready(self) -> None:
-        await self.datastore.when_ready()
+        # Every backend is also a Service that says when it has connected.
+        await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
         self.readiness.mark_ready()
         self._log.info(
@@ -115,9 +117,11 @@ def build_server(
         credentials.admin,
         config.kubeconfig_mode,
     )
-    database = config.server_dir / "db"
-    database.mkdir(mode=0o700, exist_ok=True)
-    datastore = SQLiteDatastore(reactor, str(database / "state.db"))
+    if config.datastore_endpoint is None:
+        (config.server_dir / "db").mkdir(mode=0o700, exist_ok=True)
+    datastore = datastore_for_endpoint(
+        reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
+    )
     store = ObjectStore(datastore, reactor)
     registry = Registry.with_built_ins()
     root = ServerService(config, credentials, datastore, store, registry)

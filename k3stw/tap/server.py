@@ -8,6 +8,7 @@ from pathlib import Path
 from twisted.application.service import IService
 
 from k3stw import hostinfo
+from k3stw.datastore.endpoint import DatastoreTLS, EndpointError
 from k3stw.lifecycle import StartupError
 from k3stw.server.config import ServerConfig
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
@@ -48,6 +49,10 @@ def server_config(options: Options) -> ServerConfig:
         kubeconfig_mode=options["write-kubeconfig-mode"],
         service_cidr=options["service-cidr"],
         cluster_domain=options["cluster-domain"],
+        datastore_endpoint=options["datastore-endpoint"],
+        datastore_tls=DatastoreTLS(
+            options["datastore-cafile"], options["datastore-certfile"], options["datastore-keyfile"]
+        ),
     )
 
 
@@ -58,5 +63,5 @@ def makeService(options: Options) -> IService:
 
     try:
         return build_server(server_config(options), reactor)
-    except (StartupError, ConfigurationError) as e:
+    except (StartupError, ConfigurationError, EndpointError) as e:
         raise SystemExit(f"k3s-server: {e}") from None
