@@ -1,0 +1,304 @@
+"""
+The API from the other side: the kubernetes Python client, node and user
+credentials against the authorizer, and watches that resume or expire.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.pki.certs import KeyPair, Usage, load_pem_certificates, load_pem_key, new_leaf
+from k3stw.pki.kubeconfig import render_kubeconfig
+from tests.support.twistd import Twistd, free_port, https_get
+
+KUBECTL = "/usr/bin/kubectl"
+HOST = "127.0.0.13"
+
+
+def start_server(root: Path, *extra: str) -> tuple[Twistd, int]:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text("")
+    port = free_port(HOST)
+    server = Twistd(
+        SynchronousTestCase(),
+        root,
+        "k3s-server",
+        "--config",
+        str(root / "config.yaml"),
+        "--data-dir",
+        str(root / "data"),
+        "--bind-address",
+        HOST,
+        "--https-listen-port",
+        str(port),
+        "--write-kubeconfig",
+        str(root / "k3s.yaml"),
+        *extra,
+    ).start()
+    server.wait_for_ping(HOST, port)
+    ca = root / "data" / "server" / "tls" / "server-ca.crt"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if https_get(HOST, port, "/v1-k3s/readyz", ca)[0] == 200:
+                return server, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("server never became ready:\n" + server.output)
+        time.sleep(0.1)
+
+
+class ServerTestCase(SynchronousTestCase):
+    server: ClassVar[Twistd]
+    root: ClassVar[Path]
+    port: ClassVar[int]
+    extra_flags: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.root = Path(tempfile.mkdtemp(prefix=f"k3stw-{cls.__name__}-"))
+        cls.server, cls.port = start_server(cls.root, *cls.extra_flags)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+
+    def api(self) -> client.ApiClient:
+        return config.new_client_from_config(config_file=str(self.root / "k3s.yaml"))
+
+    def credentials(self, user: str, groups: list[str]) -> Path:
+        """A kubeconfig for C{user} in C{groups}, signed by the cluster's client CA."""
+        tls = self.root / "data" / "server" / "tls"
+        ca = KeyPair(
+            load_pem_certificates((tls / "client-ca.crt").read_bytes())[0],
+            load_pem_key((tls / "client-ca.key").read_bytes()),
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        pair = new_leaf(ca, user, Usage.CLIENT, now, groups)
+        path = self.root / f"{user.replace(':', '-')}.kubeconfig"
+        server_ca = (tls / "server-ca.crt").read_bytes()
+        path.write_bytes(render_kubeconfig(f"https://{HOST}:{self.port}", server_ca, pair))
+        return path
+
+    def kubectl(self, kubeconfig: Path, *args: str, stdin: str | None = None) -> Any:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "K3S_"))}
+        env.update(KUBECONFIG=str(kubeconfig), KUBECACHEDIR=str(kubeconfig) + ".cache")
+        return subprocess.run(
+            [KUBECTL, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60
+        )
+
+
+class PythonClientTests(ServerTestCase):
+    def test_create_read_patch_list_delete(self) -> None:
+        """The typed client round-trips a ConfigMap through every verb."""
+        core = client.CoreV1Api(self.api())
+        body = {"metadata": {"name": "py", "labels": {"from": "python"}}, "data": {"a": "1"}}
+        created = core.create_namespaced_config_map("default", body)
+        self.assertEqual(created.data, {"a": "1"})
+        patched = core.patch_namespaced_config_map("py", "default", {"data": {"b": "2"}})
+        self.assertEqual(patched.data, {"a": "1", "b": "2"})
+        listed = core.list_namespaced_config_map("default", label_selector="from=python")
+        self.assertEqual([c.metadata.name for c in listed.items], ["py"])
+        core.delete_namespaced_config_map("py", "default")
+        with self.assertRaises(ApiException) as caught:
+            core.read_namespaced_config_map("py", "default")
+        self.assertEqual(caught.exception.status, 404)
+
+    def test_paging(self) -> None:
+        """limit and continue page through a list without loss or repeat."""
+        core = client.CoreV1Api(self.api())
+        core.create_namespace({"metadata": {"name": "paging"}})
+        names = {f"item-{i:02d}" for i in range(25)}
+        for name in names:
+            core.create_namespaced_config_map("paging", {"metadata": {"name": name}})
+        seen: list[str] = []
+        token = None
+        while True:
+            page = core.list_namespaced_config_map("paging", limit=10, _continue=token)
+            seen += [c.metadata.name for c in page.items]
+            token = page.metadata._continue
+            if not token:
+                break
+        self.assertEqual(sorted(seen), sorted(names))
+
+    def test_watch_resumes_from_a_resource_version(self) -> None:
+        """A watch from a list's resourceVersion sees the later create, update and delete."""
+        core = client.CoreV1Api(self.api())
+        version = core.list_namespaced_config_map("default").metadata.resource_version
+        core.create_namespaced_config_map("default", {"metadata": {"name": "watched"}})
+        core.patch_namespaced_config_map("watched", "default", {"data": {"x": "y"}})
+        core.delete_namespaced_config_map("watched", "default")
+        events = [
+            (e["type"], e["object"].metadata.name)
+            for e in watch.Watch().stream(
+                core.list_namespaced_config_map,
+                "default",
+                resource_version=version,
+                timeout_seconds=2,
+            )
+        ]
+        self.assertEqual(
+            events, [("ADDED", "watched"), ("MODIFIED", "watched"), ("DELETED", "watched")]
+        )
+
+    def test_nodes_created_by_the_server_pass_the_client_models(self) -> None:
+        """Lists of every built-in kind deserialize into the client's strict models."""
+        api = self.api()
+        core = client.CoreV1Api(api)
+        for listing in (
+            core.list_namespace,
+            core.list_node,
+            core.list_pod_for_all_namespaces,
+            core.list_service_for_all_namespaces,
+            core.list_secret_for_all_namespaces,
+            client.AppsV1Api(api).list_deployment_for_all_namespaces,
+            client.CoordinationV1Api(api).list_lease_for_all_namespaces,
+        ):
+            self.assertIsNotNone(listing().items)
+
+
+class AuthorizationTests(ServerTestCase):
+    NODES = """\
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: private}
+stringData: {password: hunter2}
+"""
+
+    def setUp(self) -> None:
+        admin = self.root / "k3s.yaml"
+        applied = self.kubectl(admin, "apply", "-f", "-", stdin=self.NODES)
+        self.assertEqual(applied.returncode, 0, applied.stderr)
+
+    def test_node_reads_nodes_and_patches_only_itself(self) -> None:
+        """A kubelet identity reads nodes, labels its own Node, not another's."""
+        node = self.credentials("system:node:n1", ["system:nodes"])
+        listed = self.kubectl(node, "get", "nodes", "-o", "name")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("node/n2", listed.stdout)
+        own = self.kubectl(node, "label", "node", "n1", "seen=yes", "--overwrite")
+        self.assertEqual(own.returncode, 0, own.stderr)
+        other = self.kubectl(node, "label", "node", "n2", "seen=yes", "--overwrite")
+        self.assertNotEqual(other.returncode, 0)
+        self.assertIn(
+            'Error from server (Forbidden): nodes "n2" is forbidden: User '
+            '"system:node:n1" cannot patch resource "nodes"',
+            other.stderr,
+        )
+        self.assertIn('node "n1" is not allowed to modify node "n2"', other.stderr)
+
+    def test_node_cannot_read_secrets(self) -> None:
+        """A kubelet reads no secret its pods do not use."""
+        node = self.credentials("system:node:n1", ["system:nodes"])
+        denied = self.kubectl(node, "get", "secret", "private")
+        self.assertIn("Forbidden", denied.stderr)
+        listed = self.kubectl(node, "get", "secrets")
+        self.assertIn('User "system:node:n1" cannot list resource "secrets"', listed.stderr)
+
+    def test_other_users_are_forbidden(self) -> None:
+        """A user outside system:masters gets kube-apiserver's RBAC message."""
+        bob = self.credentials("bob", [])
+        denied = self.kubectl(bob, "get", "configmaps", "-n", "kube-system")
+        self.assertIn(
+            'Error from server (Forbidden): configmaps is forbidden: User "bob" cannot '
+            'list resource "configmaps" in API group "" in the namespace '
+            '"kube-system"',
+            denied.stderr,
+        )
+
+    def test_anonymous_is_unauthorized(self) -> None:
+        """No client certificate: 401 from every API path."""
+        ca = self.root / "data" / "server" / "tls" / "server-ca.crt"
+        for path in ("/api/v1/namespaces", "/apis", "/version"):
+            code, body = https_get(HOST, self.port, path, ca)
+            self.assertEqual(code, 401, path)
+            self.assertIn(b'"reason":"Unauthorized"', body)
+
+
+class ExpiredWatchTests(ServerTestCase):
+    """A watch from a compacted resourceVersion ends with 410, on the etcd backend."""
+
+    etcd: ClassVar[subprocess.Popen[bytes]]
+    etcd_url: ClassVar[str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.root = Path(tempfile.mkdtemp(prefix="k3stw-expired-"))
+        client_port, peer_port = free_port(HOST), free_port(HOST)
+        cls.etcd_url = f"http://{HOST}:{client_port}"
+        cls.etcd = subprocess.Popen(
+            [
+                "etcd",
+                "--name",
+                "solo",
+                "--data-dir",
+                str(cls.root / "etcd"),
+                "--listen-client-urls",
+                cls.etcd_url,
+                "--advertise-client-urls",
+                cls.etcd_url,
+                "--listen-peer-urls",
+                f"http://{HOST}:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://{HOST}:{peer_port}",
+                "--initial-cluster",
+                f"solo=http://{HOST}:{peer_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        cls.extra_flags = ("--datastore-endpoint", cls.etcd_url)
+        try:
+            cls.server, cls.port = start_server(cls.root, *cls.extra_flags)
+        except BaseException:
+            cls.etcd.send_signal(signal.SIGTERM)
+            cls.etcd.wait(10)
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+        cls.etcd.send_signal(signal.SIGTERM)
+        cls.etcd.wait(10)
+
+    def test_compacted_resource_version_is_410(self) -> None:
+        """After etcd compacts, a watch from before it raises the client's 410 ApiException."""
+        core = client.CoreV1Api(self.api())
+        old = core.list_namespaced_config_map("default").metadata.resource_version
+        for i in range(3):
+            core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
+        newest = core.list_namespaced_config_map("default").metadata.resource_version
+        compacted = subprocess.run(
+            ["etcdctl", "--endpoints", self.etcd_url, "compact", newest],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )
+        self.assertEqual(compacted.returncode, 0, compacted.stderr)
+        stream = watch.Watch().stream(
+            core.list_namespaced_config_map, "default", resource_version=old, timeout_seconds=5
+        )
+        with self.assertRaises(ApiException) as caught:
+            list(stream)
+        self.assertEqual(caught.exception.status, 410)
