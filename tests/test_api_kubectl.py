@@ -206,3 +206,249 @@ class KubectlTests(SynchronousTestCase):
         out = self.kubectl("get", "configmaps", "-A", "-o", f"jsonpath={each}")
         self.assertIn("ns-a/everywhere", out)
         self.assertIn("ns-b/everywhere", out)
+
+    def test_every_builtin_kind_lists(self) -> None:
+        """get works for every served kind, as a Table and as JSON."""
+        kinds = (
+            "namespaces",
+            "nodes",
+            "pods",
+            "services",
+            "endpoints",
+            "secrets",
+            "configmaps",
+            "events",
+            "serviceaccounts",
+            "leases",
+            "endpointslices",
+            "deployments",
+            "replicasets",
+            "daemonsets",
+            "customresourcedefinitions",
+        )
+        for kind in kinds:
+            self.kubectl("get", kind, "-A")
+            listed = json.loads(self.kubectl("get", kind, "-A", "-o", "json"))
+            self.assertEqual(listed["kind"], "List", kind)
+
+    def test_wide_columns_and_labels(self) -> None:
+        """-o wide adds the wide columns; --show-labels and -l select by label."""
+        self.kubectl("apply", "-f", "-", stdin=MANIFESTS)
+        wide = self.kubectl("get", "pods", "-n", "shop", "-o", "wide")
+        for column in ("NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"):
+            self.assertIn(column, wide.splitlines()[0])
+        self.assertIn("Pending", wide)
+        labels = self.kubectl("get", "pods", "-n", "shop", "--show-labels")
+        self.assertIn("app=web,tier=frontend", labels)
+        selected = self.kubectl("get", "pods,cm", "-n", "shop", "-l", "tier=frontend", "-o", "name")
+        self.assertEqual(selected.split(), ["pod/web"])
+        by_field = self.kubectl(
+            "get", "pods", "-n", "shop", "--field-selector", "metadata.name=web", "-o", "name"
+        )
+        self.assertEqual(by_field.split(), ["pod/web"])
+
+    def test_label_annotate_patch_replace(self) -> None:
+        """label, annotate, the three patch types, and replace all change what they should."""
+        doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: edited}\ndata: {a: '1'}\n"
+        self.kubectl("create", "-f", "-", stdin=doc)
+        self.kubectl("label", "cm", "edited", "color=red")
+        self.kubectl("annotate", "cm", "edited", "note=hello")
+        self.kubectl("patch", "cm", "edited", "--type=merge", "-p", '{"data":{"b":"2"}}')
+        self.kubectl(
+            "patch",
+            "cm",
+            "edited",
+            "--type=json",
+            "-p",
+            '[{"op":"replace","path":"/data/a","value":"one"}]',
+        )
+        self.kubectl("patch", "cm", "edited", "-p", '{"data":{"c":"3"}}')  # strategic
+        cm = json.loads(self.kubectl("get", "cm", "edited", "-o", "json"))
+        self.assertEqual(cm["data"], {"a": "one", "b": "2", "c": "3"})
+        self.assertEqual(cm["metadata"]["labels"], {"color": "red"})
+        self.assertEqual(cm["metadata"]["annotations"]["note"], "hello")
+        cm["data"] = {"replaced": "yes"}
+        self.kubectl("replace", "-f", "-", stdin=json.dumps(cm))
+        self.assertEqual(
+            self.kubectl("get", "cm", "edited", "-o", "jsonpath={.data}"), '{"replaced":"yes"}'
+        )
+        stale = self.kubectl_fails("replace", "-f", "-", stdin=json.dumps(cm))
+        self.assertIn(
+            "the object has been modified; please apply your changes to the latest "
+            "version and try again",
+            stale,
+        )
+
+    def test_reapply_after_edit_keeps_every_field(self) -> None:
+        """Client-side apply of a changed Deployment keeps fields set by others."""
+        deployment = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: api
+        image: example/api:1
+        ports: [{containerPort: 8080}]
+        env: [{name: A, value: "1"}]
+"""
+        self.kubectl("apply", "-f", "-", stdin=deployment)
+        self.kubectl(
+            "patch",
+            "deployment",
+            "api",
+            "--type=json",
+            "-p",
+            '[{"op":"add","path":"/spec/template/spec/containers/0/env/-",'
+            '"value":{"name":"ADDED","value":"by-hand"}}]',
+        )
+        self.kubectl("apply", "-f", "-", stdin=deployment.replace("example/api:1", "example/api:2"))
+        container = json.loads(self.kubectl("get", "deploy", "api", "-o", "json"))["spec"][
+            "template"
+        ]["spec"]["containers"][0]
+        self.assertEqual(container["image"], "example/api:2")
+        self.assertEqual(container["ports"][0]["containerPort"], 8080)
+        self.assertIn({"name": "ADDED", "value": "by-hand"}, container["env"])
+        table = self.kubectl("get", "deploy", "api")
+        self.assertIn("READY", table)
+        self.assertIn("UP-TO-DATE", table)
+
+    def test_server_side_apply(self) -> None:
+        """--server-side creates, updates, and reports a conflict with another manager."""
+        doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {owner: first}\n"
+        self.assertIn(
+            "serverside-applied", self.kubectl("apply", "--server-side", "-f", "-", stdin=doc)
+        )
+        self.kubectl("apply", "--server-side", "-f", "-", stdin=doc.replace("first", "second"))
+        self.assertEqual(self.kubectl("get", "cm", "ssa", "-o", "jsonpath={.data.owner}"), "second")
+        conflict = self.kubectl_fails(
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "-f",
+            "-",
+            stdin=doc.replace("first", "third"),
+        )
+        self.assertIn("conflict", conflict.lower())
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+            stdin=doc.replace("first", "third"),
+        )
+        self.assertEqual(self.kubectl("get", "cm", "ssa", "-o", "jsonpath={.data.owner}"), "third")
+
+    def test_watch_sees_create_update_delete(self) -> None:
+        """get -w prints the object again for each change."""
+        watcher = subprocess.Popen(
+            [
+                KUBECTL,
+                "get",
+                "cm",
+                "-n",
+                "default",
+                "-w",
+                "--output-watch-events",
+                "--request-timeout=20s",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        try:
+            time.sleep(1.5)
+            doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\n"
+            self.kubectl("create", "-f", "-", stdin=doc)
+            self.kubectl("label", "cm", "watched", "step=two")
+            self.kubectl("delete", "cm", "watched")
+            deadline = time.monotonic() + 20
+            lines: list[str] = []
+            assert watcher.stdout is not None
+            while time.monotonic() < deadline and not any("DELETED" in x for x in lines):
+                line = watcher.stdout.readline()
+                if not line:
+                    break
+                if "watched" in line:
+                    lines.append(line)
+        finally:
+            watcher.kill()
+            watcher.wait()
+        self.assertEqual([line.split()[0] for line in lines], ["ADDED", "MODIFIED", "DELETED"])
+
+    def test_delete_waits_for_finalizers(self) -> None:
+        """An object with a finalizer is marked, kept, and goes when the finalizer is removed."""
+        doc = (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: "
+            "[example.com/hold]}\n"
+        )
+        self.kubectl("create", "-f", "-", stdin=doc)
+        self.kubectl("delete", "cm", "held", "--wait=false")
+        held = json.loads(self.kubectl("get", "cm", "held", "-o", "json"))
+        self.assertIn("deletionTimestamp", held["metadata"])
+        self.kubectl(
+            "patch", "cm", "held", "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+        )
+        self.assertIn("NotFound", self.kubectl_fails("get", "cm", "held"))
+
+    def test_namespace_deletion_takes_its_contents(self) -> None:
+        """delete namespace --wait returns once everything in it is gone."""
+        docs = (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed-ns}\n---\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: doomed-ns}\n"
+        )
+        self.kubectl("apply", "-f", "-", stdin=docs)
+        self.kubectl("delete", "namespace", "doomed-ns", "--wait=true", "--timeout=30s")
+        self.assertIn("NotFound", self.kubectl_fails("get", "namespace", "doomed-ns"))
+
+    def test_owner_references_cascade(self) -> None:
+        """Deleting an owner deletes its dependents (background propagation)."""
+        self.kubectl(
+            "create", "-f", "-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: parent}\n"
+        )
+        uid = self.kubectl("get", "cm", "parent", "-o", "jsonpath={.metadata.uid}")
+        child = (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  ownerReferences:"
+            f"\n  - {{apiVersion: v1, kind: ConfigMap, name: parent, uid: {uid}}}\n"
+        )
+        self.kubectl("create", "-f", "-", stdin=child)
+        self.kubectl("delete", "cm", "parent")
+        deadline = time.monotonic() + 20
+        while self.kubectl_raw("get", "cm", "child").returncode == 0:
+            self.assertLess(time.monotonic(), deadline, "dependent was never collected")
+            time.sleep(0.1)
+
+    def test_custom_resources(self) -> None:
+        """A CRD adds a resource to discovery; its objects apply, list, and go with it."""
+        crd = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget, shortNames: [gd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"""
+        self.kubectl("apply", "-f", "-", stdin=crd)
+        gadget = "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {n: 1}\n"
+        self.assertIn(
+            "gadget.example.com/g1 created", self.kubectl("apply", "-f", "-", stdin=gadget)
+        )
+        table = self.kubectl("get", "gd")
+        self.assertIn("g1", table)
+        self.assertIn("gadgets", self.kubectl("api-resources", "--api-group=example.com"))
+        self.kubectl("delete", "crd", "gadgets.example.com", "--timeout=30s")
+        self.assertNotEqual(self.kubectl_raw("get", "gadgets").returncode, 0)
