@@ -5,8 +5,11 @@ commands k3s users type, with their output and their error messages.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -452,3 +455,72 @@ spec:
         self.assertIn("gadgets", self.kubectl("api-resources", "--api-group=example.com"))
         self.kubectl("delete", "crd", "gadgets.example.com", "--timeout=30s")
         self.assertNotEqual(self.kubectl_raw("get", "gadgets").returncode, 0)
+
+    def test_status_subresource(self) -> None:
+        """Pod status changes only through /status; a main-resource patch leaves it alone."""
+        self.kubectl("apply", "-f", "-", stdin=MANIFESTS)
+        self.kubectl(
+            "patch",
+            "pod",
+            "web",
+            "-n",
+            "shop",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"phase":"Running"}}',
+        )
+        self.kubectl(
+            "patch",
+            "pod",
+            "web",
+            "-n",
+            "shop",
+            "--type=merge",
+            "-p",
+            '{"status":{"phase":"Failed"},"metadata":{"labels":{"seen":"yes"}}}',
+        )
+        pod = json.loads(self.kubectl("get", "pod", "web", "-n", "shop", "-o", "json"))
+        self.assertEqual(pod["status"]["phase"], "Running")
+        self.assertEqual(pod["metadata"]["labels"]["seen"], "yes")
+
+    def raw_post(self, body: bytes, content_type: str) -> tuple[int, dict[str, object]]:
+        """POST a ConfigMap body as the admin, over the kubeconfig's TLS identity."""
+        config = yaml.safe_load((self.root / "k3s.yaml").read_text())
+        user = config["users"][0]["user"]
+        cert = self.root / "admin.pem"
+        cert.write_bytes(
+            base64.b64decode(user["client-certificate-data"])
+            + base64.b64decode(user["client-key-data"])
+        )
+        context = ssl.create_default_context(
+            cafile=str(self.root / "data/server/tls/server-ca.crt")
+        )
+        context.load_cert_chain(str(cert))
+        server = config["clusters"][0]["cluster"]["server"].removeprefix("https://")
+        host, port = server.rsplit(":", 1)
+        connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+        try:
+            connection.request(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                body,
+                {"Content-Type": content_type},
+            )
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    def test_body_over_3_mib_is_413(self) -> None:
+        """A request body past 3 MiB is refused with a RequestEntityTooLarge Status."""
+        big = json.dumps({"metadata": {"name": "big"}, "data": {"x": "y" * (4 * 1024 * 1024)}})
+        code, status = self.raw_post(big.encode(), "application/json")
+        self.assertEqual((code, status["reason"]), (413, "RequestEntityTooLarge"))
+
+    def test_protobuf_body_is_415(self) -> None:
+        """A protobuf body gets a clean UnsupportedMediaType Status."""
+        code, status = self.raw_post(
+            b"k8s\x00\n\x0f\n\x02v1\x12\tConfigMap", "application/vnd.kubernetes.protobuf"
+        )
+        self.assertEqual((code, status["reason"]), (415, "UnsupportedMediaType"))
