@@ -444,6 +444,8 @@ def render(columns: list[tuple[str, dict[str, float] | str]], budget: Budget, qu
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Machine: {machine()}",
+        f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        "(other work on the machine shares its CPUs with the servers and the client)",
         f"Date: {now}; mode: {'--quick' if quick else 'full'} "
         f"(loops stop at {budget.ops} operations or {budget.seconds:g} s; "
         f"256-byte values; watch delivery = write issued -> event delivered)",
