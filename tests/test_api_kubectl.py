@@ -458,13 +458,12 @@ spec:
 
     def test_status_subresource(self) -> None:
         """Pod status changes only through /status; a main-resource patch leaves it alone."""
-        self.kubectl("apply", "-f", "-", stdin=MANIFESTS)
+        pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: statusful}\nspec:\n  containers:\n"
+        self.kubectl("apply", "-f", "-", stdin=pod + "  - {name: c, image: busybox}\n")
         self.kubectl(
             "patch",
             "pod",
-            "web",
-            "-n",
-            "shop",
+            "statusful",
             "--subresource=status",
             "--type=merge",
             "-p",
@@ -473,16 +472,14 @@ spec:
         self.kubectl(
             "patch",
             "pod",
-            "web",
-            "-n",
-            "shop",
+            "statusful",
             "--type=merge",
             "-p",
             '{"status":{"phase":"Failed"},"metadata":{"labels":{"seen":"yes"}}}',
         )
-        pod = json.loads(self.kubectl("get", "pod", "web", "-n", "shop", "-o", "json"))
-        self.assertEqual(pod["status"]["phase"], "Running")
-        self.assertEqual(pod["metadata"]["labels"]["seen"], "yes")
+        live = json.loads(self.kubectl("get", "pod", "statusful", "-o", "json"))
+        self.assertEqual(live["status"]["phase"], "Running")
+        self.assertEqual(live["metadata"]["labels"]["seen"], "yes")
 
     def raw_post(self, body: bytes, content_type: str) -> tuple[int, dict[str, object]]:
         """POST a ConfigMap body as the admin, over the kubeconfig's TLS identity."""
