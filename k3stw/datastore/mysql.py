@@ -97,6 +97,7 @@ class MySQLDialect(Dialect):
     paramstyle: ClassVar[str] = "format"
     schema: ClassVar[Sequence[str]] = _SCHEMA
     poll_interval: ClassVar[float] = 0.1
+    writer_threads: ClassVar[int] = 4
 
     def __init__(self, endpoint: MySQLEndpoint) -> None:
         super().__init__(endpoint.redacted(), endpoint.redacted())

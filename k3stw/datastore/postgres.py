@@ -9,7 +9,8 @@ database is created on first use if it is missing, then the table.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -81,7 +82,10 @@ class PostgresDialect(Dialect):
     name: ClassVar[str] = "postgres"
     paramstyle: ClassVar[str] = "format"
     schema: ClassVar[Sequence[str]] = _SCHEMA
-    poll_interval: ClassVar[float] = 0.1
+    # LISTEN/NOTIFY wakes followers at once; the poll is the fallback.
+    poll_interval: ClassVar[float] = 0.2
+    writer_threads: ClassVar[int] = 4
+    notify_sql: ClassVar[str | None] = "NOTIFY kine"
 
     def __init__(self, endpoint: PostgresEndpoint) -> None:
         super().__init__(endpoint.redacted(), endpoint.redacted())
@@ -106,6 +110,20 @@ class PostgresDialect(Dialect):
 
     def connect(self) -> Any:
         return self._open()
+
+    def listen(self, stopping: threading.Event, notified: Callable[[], None]) -> None:
+        while not stopping.is_set():
+            try:
+                with self._open() as conn:
+                    conn.execute("LISTEN kine")
+                    # Whatever was committed while (re)connecting.
+                    notified()
+                    while not stopping.is_set():
+                        for _ in conn.notifies(timeout=0.1):
+                            notified()
+            except psycopg.Error:
+                # The poll covers the outage; try to listen again shortly.
+                stopping.wait(1.0)
 
     def insert(self, cursor: Any, sql_text: str, params: Sequence[Any]) -> int:
         cursor.execute(self.sql(sql_text + " RETURNING id"), params)

@@ -201,6 +201,12 @@ class Dialect:
     poll_interval: ClassVar[float] = 0.1
     #: Threads that read; SQLite and the servers all allow concurrent readers.
     reader_threads: ClassVar[int] = 4
+    #: Threads that write.  Several are safe on a server database (the unique
+    #: index decides races, the follower waits for ids committed out of order);
+    #: SQLite has one writer anyway.
+    writer_threads: ClassVar[int] = 1
+    #: Run in every write transaction to tell other servers at commit (None: they poll).
+    notify_sql: ClassVar[str | None] = None
 
     def __init__(self, description: str, identity: str) -> None:
         self.description = description
@@ -219,6 +225,12 @@ class Dialect:
 
     def prepare(self) -> None:
         """Create the database if the server needs that (blocking); default: nothing."""
+
+    def listen(self, stopping: threading.Event, notified: Callable[[], None]) -> None:
+        """
+        Blocking, in its own thread: call C{notified} whenever another client
+        committed a write, until C{stopping} is set.  Default: no push channel.
+        """
 
     def is_driver_error(self, exc: BaseException) -> bool:
         raise NotImplementedError
@@ -600,6 +612,8 @@ class LogFollower:
         self.poll_interval = poll_interval
         self.gap_wait = gap_wait
         self.position = 0
+        #: How many times the log was read (for tests and metrics).
+        self.polls = 0
         self.watches: set[SQLWatch] = set()
         self.listeners: list[Callable[[Sequence[Event]], None]] = []
         self.on_compacted: Callable[[int, int], None] | None = None
@@ -649,6 +663,7 @@ class LogFollower:
         self._call = None
         if not self._running or self._busy:
             return
+        self.polls += 1
         self._busy = True
         self._again = False
         self._current = Deferred.fromCoroutine(self._poll_once())
@@ -790,7 +805,11 @@ class SQLDatastore(Service):
         self._watch_buffer_bytes = watch_buffer_bytes
         self._compact_interval = compact_interval
         self.policy = compaction_policy or CompactionPolicy()
-        self._writer = _ThreadedConnections(reactor, dialect, 1, f"kine-writer-{dialect.name}")
+        self._writer = _ThreadedConnections(
+            reactor, dialect, dialect.writer_threads, f"kine-writer-{dialect.name}"
+        )
+        self._listening = threading.Event()
+        self._listener: threading.Thread | None = None
         self._readers = _ThreadedConnections(
             reactor, dialect, dialect.reader_threads, f"kine-reader-{dialect.name}", True
         )
@@ -863,6 +882,7 @@ class SQLDatastore(Service):
             return
         self.follower.start(position)
         self._register_neighbour()
+        self._start_listener()
         self.leases.start()
         for kv in leased:
             self.leases.track(kv.key, kv.mod_revision, kv.lease)
@@ -919,8 +939,29 @@ class SQLDatastore(Service):
         )
 
     def _stop_pools(self) -> None:
+        # The listener notices within its wait timeout and closes its own
+        # connection; joining it here would only slow every stop down.
+        self._listening.set()
+        self._listener = None
         self._writer.stop()
         self._readers.stop()
+
+    def _start_listener(self) -> None:
+        if type(self.dialect).listen is Dialect.listen:
+            return
+        self._listening.clear()
+        from_threads = cast(IReactorFromThreads, self._reactor)
+
+        def notified() -> None:
+            from_threads.callFromThread(self.follower.poke)
+
+        self._listener = threading.Thread(
+            target=self.dialect.listen,
+            args=(self._listening, notified),
+            name=f"kine-listen-{self.dialect.name}",
+            daemon=True,
+        )
+        self._listener.start()
 
     def _register_neighbour(self) -> None:
         group = self._neighbours.setdefault(self.dialect.identity, weakref.WeakSet())
@@ -977,6 +1018,8 @@ class SQLDatastore(Service):
                 ):
                     continue
                 raise
+            if dialect.notify_sql is not None:
+                cur.execute(dialect.notify_sql)
             cur.execute("COMMIT")
             return result
         raise DatastoreUnavailable(

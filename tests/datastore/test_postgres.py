@@ -150,6 +150,29 @@ class PostgresLogTests(TestCase):
         store = await start_store(self, endpoint)
         await check_acknowledged(self, store, acknowledged)
 
+    async def test_another_process_write_wakes_watchers_through_notify(self) -> None:
+        from k3stw.datastore.endpoint import datastore_for_endpoint
+        from tests.datastore.sqlsupport import stop_store
+
+        endpoint = shared_postgres().endpoint(fresh_database_name())
+        store = datastore_for_endpoint(reactor, endpoint, "/nonexistent")
+        # Polling alone would take an hour: only LISTEN/NOTIFY can deliver in time.
+        store.follower.poll_interval = 3600
+        store.startService()
+        self.addCleanup(stop_store, store)
+        await store.when_ready()
+        collector = EventCollector()
+        watch = await store.watch("/registry/crash/", 0, collector.deliver)
+        self.addCleanup(watch.cancel)
+        # The listener reads the log once when its LISTEN is in place.
+        while store.follower.polls < 1:
+            await deferLater(reactor, 0.01)
+        acknowledged = kill_writer_mid_stream(endpoint, 3)
+        events = await collector.wait_for_revision(max(acknowledged.values()))
+        self.assertEqual(
+            [e.revision for e in events][: len(acknowledged)], sorted(acknowledged.values())
+        )
+
     async def test_a_burned_revision_does_not_stall_watchers(self) -> None:
         import psycopg
 
