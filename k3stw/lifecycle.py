@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
-from twisted.logger import Logger
+
+from k3stw.logs import Logger
 
 _log = Logger()
 

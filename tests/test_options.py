@@ -375,3 +375,21 @@ class DocumentationTests(OptionsTestCase):
         self.assertEqual(server_options["write-kubeconfig-mode"], 0o644)
         agent_options = parse(agent.Options, [*AGENT_REQUIRED, "--config", example])
         self.assertIn("tls-san", agent_options.ignored_keys)
+
+
+class DebugTests(OptionsTestCase):
+    def test_debug_lets_debug_events_through(self) -> None:
+        """k3stw's Logger drops debug events unless --debug turned them on."""
+        from twisted.logger import capturedLogs
+
+        from k3stw import logs
+
+        log = logs.Logger(namespace="test")
+        self.addCleanup(logs.set_debug, False)
+        with capturedLogs() as events:
+            logs.set_debug(False)
+            log.debug("hidden")
+            log.info("shown")
+            logs.set_debug(True)
+            log.debug("now shown")
+        self.assertEqual([e["log_format"] for e in events], ["shown", "now shown"])

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
+from k3stw.logs import Logger
 from k3stw.pki.tls import PinnedCAPolicy, UnverifiedPolicy
 from k3stw.pki.token import Token, ca_hash
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from k3stw.agent.cacerts import CAHashMismatch, Fetch, fetch_cluster_ca
 from k3stw.lifecycle import ApplianceService, stop_with_error
+from k3stw.logs import Logger
 from k3stw.pki.token import Token
 
 #: How long k3s waits before validating the token against the server again.

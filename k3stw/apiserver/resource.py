@@ -18,7 +18,6 @@ from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -34,6 +33,7 @@ from k3stw.apiserver.storage import Object, ObjectStore, Predicate, merge_update
 from k3stw.apiserver.tables import TableOptionError
 from k3stw.controllers.crds import CLEANUP
 from k3stw.datastore.interface import Compacted, IWatch, WatchOverflow
+from k3stw.logs import Logger
 
 #: kube-apiserver's request body limit.
 MAX_BODY = 3 * 1024 * 1024

@@ -13,12 +13,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
 from k3stw.apiserver.registry import CRDS, Registry, resources_of_crd
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import Object, ObjectStore
 from k3stw.datastore.interface import Event, EventType, IDatastore, IWatch
+from k3stw.logs import Logger
 
 CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 RETRY_SECONDS = 1.0

@@ -19,13 +19,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from k3stw.apiserver.registry import NAMESPACES, Registry, ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import Object, ObjectStore
 from k3stw.datastore.interface import Event, EventType, IDatastore, IWatch
+from k3stw.logs import Logger
 
 PREFIX = "/registry/"
 ORPHAN = "orphan"

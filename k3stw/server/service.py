@@ -9,7 +9,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.logger import Logger
+from twisted.web.http import Request
 from twisted.web.server import Site
 
 from k3stw.apiserver.bootstrap import bootstrap
@@ -21,6 +21,7 @@ from k3stw.controllers.garbage import GarbageCollector
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import IDatastore
 from k3stw.lifecycle import ApplianceService
+from k3stw.logs import Logger, debug_enabled
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
 from k3stw.pki.tls import server_tls_options
@@ -28,13 +29,21 @@ from k3stw.server.config import ServerConfig
 from k3stw.supervisor.resource import Readiness, supervisor_resource
 
 
-class QuietSite(Site):
-    """A Site that keeps access logs out of the service log, as k3s does."""
+class SupervisorSite(Site):
+    """The server's HTTPS site: no access log, as k3s; with ``--debug``, a line a request."""
 
     noisy = False
+    _log = Logger()
 
-    def log(self, request: object) -> None:
-        pass
+    def log(self, request: Request) -> None:
+        if debug_enabled():
+            self._log.debug(
+                "{method} {uri} {code} from {client}",
+                method=request.method.decode("latin-1"),
+                uri=request.uri.decode("latin-1"),
+                code=request.code,
+                client=str(request.getClientAddress()),
+            )
 
 
 class ServerService(ApplianceService):
@@ -130,7 +139,7 @@ def build_server(
     CRDController(datastore, store, registry, reactor).setServiceParent(root)
     advertised = f"{config.advertise_address or config.node_ips[0]}:{config.https_port}"
     api = KubernetesAPI(store, registry, reactor, advertised)
-    site = QuietSite(supervisor_resource(credentials.server_ca_bundle, root.readiness, api))
+    site = SupervisorSite(supervisor_resource(credentials.server_ca_bundle, root.readiness, api))
     site.displayTracebacks = False
     site.requestFactory = APIRequest
     tls = server_tls_options(

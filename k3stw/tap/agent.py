@@ -7,6 +7,7 @@ from pathlib import Path
 from twisted.application.service import IService
 
 from k3stw.agent.service import AgentConfig
+from k3stw.logs import set_debug
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
 
 
@@ -39,6 +40,7 @@ def agent_config(options: Options) -> AgentConfig:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    set_debug(options["debug"])
     from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.service import AgentService
 

@@ -10,6 +10,7 @@ from twisted.application.service import IService
 from k3stw import hostinfo
 from k3stw.datastore.endpoint import DatastoreTLS, EndpointError
 from k3stw.lifecycle import StartupError
+from k3stw.logs import set_debug
 from k3stw.server.config import ServerConfig
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
 
@@ -59,6 +60,7 @@ def server_config(options: Options) -> ServerConfig:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    set_debug(options["debug"])
     from k3stw.server.service import build_server
 
     try:
