@@ -9,6 +9,7 @@ without harm and which avoids its slow leader hand-over on SIGTERM).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
@@ -320,6 +321,15 @@ class EtcdCluster:
         if self._pool is not None:
             await self._pool.closeCachedConnections()
         shutil.rmtree(self.directory, ignore_errors=True)
+        atexit.unregister(self.kill_at_exit)
+
+    def kill_at_exit(self) -> None:
+        """Last resort at interpreter exit: kill -9 every member by PID and reap it."""
+        for member in self.members:
+            member.kill()
+            if member.process is not None:
+                member.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 async def _start(reactor: Any, size: int, tls: bool, host: str) -> EtcdCluster:
@@ -346,6 +356,9 @@ async def _start(reactor: Any, size: int, tls: bool, host: str) -> EtcdCluster:
         for n, (client, peer) in zip(names, ports, strict=True)
     ]
     cluster = EtcdCluster(reactor=reactor, directory=directory, members=members, certs=certs)
+    # If the process ends without stop() (a crash, a script that fails),
+    # the members must not outlive it.
+    atexit.register(cluster.kill_at_exit)
     try:
         for member in members:
             member.spawn()
