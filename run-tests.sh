@@ -17,7 +17,8 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -qq --disable-pip-version-check build
 rm -rf .venv/dist
-.venv/bin/python -m build -q --wheel --outdir .venv/dist . >/dev/null
+.venv/bin/python -m build --wheel --outdir .venv/dist . >.venv/build.log 2>&1 \
+    || { cat .venv/build.log; exit 1; }
 wheel=$(ls .venv/dist/k3stw-*.whl)
 .venv/bin/pip install -qq --disable-pip-version-check --force-reinstall --no-deps "$wheel"
 .venv/bin/pip install -qq --disable-pip-version-check "${wheel}[test,dev]"
