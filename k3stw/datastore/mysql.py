@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import pymysql  # type: ignore[import-untyped]
+import pymysql
 from twisted.internet.interfaces import IReactorTime
 
 from k3stw.datastore.sql import Dialect, SQLDatastore
