@@ -521,3 +521,33 @@ spec:
             b"k8s\x00\n\x0f\n\x02v1\x12\tConfigMap", "application/vnd.kubernetes.protobuf"
         )
         self.assertEqual((code, status["reason"]), (415, "UnsupportedMediaType"))
+
+    def owner_with_child(self, owner: str) -> None:
+        self.kubectl(
+            "create",
+            "-f",
+            "-",
+            stdin=f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {owner}}}\n",
+        )
+        uid = self.kubectl("get", "cm", owner, "-o", "jsonpath={.metadata.uid}")
+        child = (
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {owner}-child\n"
+            f"  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: {owner}, "
+            f"uid: {uid}}}\n"
+        )
+        self.kubectl("create", "-f", "-", stdin=child)
+
+    def test_cascade_orphan_keeps_dependents(self) -> None:
+        """--cascade=orphan deletes the owner and strips the dependents' ownerReferences."""
+        self.owner_with_child("orphaner")
+        self.kubectl("delete", "cm", "orphaner", "--cascade=orphan", "--timeout=30s")
+        self.assertIn("NotFound", self.kubectl_fails("get", "cm", "orphaner"))
+        child = json.loads(self.kubectl("get", "cm", "orphaner-child", "-o", "json"))
+        self.assertNotIn("ownerReferences", child["metadata"])
+
+    def test_cascade_foreground_deletes_dependents_first(self) -> None:
+        """--cascade=foreground returns once dependents and then the owner are gone."""
+        self.owner_with_child("foreground")
+        self.kubectl("delete", "cm", "foreground", "--cascade=foreground", "--timeout=30s")
+        self.assertIn("NotFound", self.kubectl_fails("get", "cm", "foreground-child"))
+        self.assertIn("NotFound", self.kubectl_fails("get", "cm", "foreground"))
