@@ -551,3 +551,18 @@ spec:
         self.kubectl("delete", "cm", "foreground", "--cascade=foreground", "--timeout=30s")
         self.assertIn("NotFound", self.kubectl_fails("get", "cm", "foreground-child"))
         self.assertIn("NotFound", self.kubectl_fails("get", "cm", "foreground"))
+
+    def test_server_dry_run_changes_nothing(self) -> None:
+        """--dry-run=server validates and answers, and stores nothing."""
+        doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dry}\ndata: {a: b}\n"
+        self.assertIn(
+            "(server dry run)", self.kubectl("apply", "--dry-run=server", "-f", "-", stdin=doc)
+        )
+        self.assertIn("NotFound", self.kubectl_fails("get", "cm", "dry"))
+        self.kubectl("create", "-f", "-", stdin=doc)
+        self.kubectl("delete", "cm", "dry", "--dry-run=server")
+        self.kubectl("label", "cm", "dry", "x=y", "--dry-run=server")
+        live = json.loads(self.kubectl("get", "cm", "dry", "-o", "json"))
+        self.assertNotIn("labels", live["metadata"])
+        duplicate = self.kubectl_fails("create", "--dry-run=server", "-f", "-", stdin=doc)
+        self.assertIn("AlreadyExists", duplicate)

@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from k3stw.apiserver import discovery, selectors, tables
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver.auth import Attributes, User, authorize, user_of_certificate
+from k3stw.apiserver.dryrun import DryRunDatastore
 from k3stw.apiserver.patch import PatchError
 from k3stw.apiserver.registry import CRDS, Registry, ResourceType, resources_of_crd
 from k3stw.apiserver.selectors import SelectorError
@@ -119,6 +120,8 @@ class KubernetesAPI(Resource):
     ) -> None:
         super().__init__()
         self.store = store
+        # dryRun=All runs the same verbs over a datastore view that never writes.
+        self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
         self.registry = registry
         self.clock = clock
         self.server_address = server_address
@@ -279,6 +282,7 @@ class KubernetesAPI(Resource):
         self, request: Request, verb: str, target: Target
     ) -> tuple[int, object] | None:
         resource, namespace, name = target.resource, target.namespace, target.name
+        store = self._store_for(request)
         if verb == "get":
             assert name is not None
             obj = await self.store.get(resource, namespace, name)
@@ -301,14 +305,14 @@ class KubernetesAPI(Resource):
             return None
         if verb == "create":
             obj = self._body(request)
-            created = await self.store.create(
+            created = await store.create(
                 resource, namespace, self._prepare_create(resource, obj), _manager(request)
             )
-            self._after_write(resource, created)
+            self._after_write(store, resource, created)
             return 201, created
         if verb == "update":
             assert name is not None
-            updated = await self.store.update(
+            updated = await store.update(
                 resource,
                 namespace,
                 name,
@@ -316,14 +320,20 @@ class KubernetesAPI(Resource):
                 target.subresource,
                 _manager(request),
             )
-            self._after_write(resource, updated)
+            self._after_write(store, resource, updated)
             return 200, updated
         if verb == "patch":
-            return await self._patch(request, target)
+            return await self._patch(request, target, store)
         if verb == "delete":
-            return await self._delete(request, target)
+            return await self._delete(request, target, store)
         assert verb == "deletecollection"
-        return await self._delete_collection(request, target)
+        return await self._delete_collection(request, target, store)
+
+    def _store_for(self, request: Request) -> ObjectStore:
+        dry_run = _param(request, "dryRun")
+        if dry_run not in ("", "All"):
+            raise bad_request(f'Unsupported value: "{dry_run}": supported values: "All"')
+        return self.dry_run_store if dry_run else self.store
 
     def _body(self, request: Request) -> Object:
         media = _media_type(request.getHeader(b"content-type"))
@@ -371,8 +381,12 @@ class KubernetesAPI(Resource):
             }
         return obj
 
-    def _after_write(self, resource: ResourceType, obj: Object, deleted: bool = False) -> None:
+    def _after_write(
+        self, store: ObjectStore, resource: ResourceType, obj: Object, deleted: bool = False
+    ) -> None:
         # Serve a new CRD's resources at once; CRDController follows deletions and other servers.
+        if store.dry_run:
+            return
         if resource.kind == "CustomResourceDefinition" and resource.group == CRDS.group:
             name = obj["metadata"]["name"]
             if deleted:
@@ -380,7 +394,9 @@ class KubernetesAPI(Resource):
             elif not obj["metadata"].get("deletionTimestamp"):
                 self.registry.replace_crd(name, resources_of_crd(obj))
 
-    async def _patch(self, request: Request, target: Target) -> tuple[int, object]:
+    async def _patch(
+        self, request: Request, target: Target, store: ObjectStore
+    ) -> tuple[int, object]:
         resource, namespace, name = target.resource, target.namespace, target.name
         assert name is not None
         media = _media_type(request.getHeader(b"content-type"))
@@ -396,7 +412,7 @@ class KubernetesAPI(Resource):
         except (ValueError, UnicodeDecodeError) as e:
             raise bad_request(f"error decoding patch: {e}") from None
         if media == "application/apply-patch+yaml":
-            return await self._apply(request, target, body)
+            return await self._apply(request, target, body, store)
         if body is None:
             raise bad_request("the patch is empty")
 
@@ -411,13 +427,15 @@ class KubernetesAPI(Resource):
                 raise bad_request("the patch did not produce an object")
             return merge_update(resource, current, patched, target.subresource)
 
-        updated = await self.store.guaranteed_update(
+        updated = await store.guaranteed_update(
             resource, namespace, name, mutate, _manager(request), target.subresource
         )
-        self._after_write(resource, updated)
+        self._after_write(store, resource, updated)
         return 200, updated
 
-    async def _apply(self, request: Request, target: Target, body: Any) -> tuple[int, object]:
+    async def _apply(
+        self, request: Request, target: Target, body: Any, store: ObjectStore
+    ) -> tuple[int, object]:
         """Server-side apply: create the object if it is missing, else merge into it."""
         resource, namespace, name = target.resource, target.namespace, target.name
         assert name is not None
@@ -443,10 +461,10 @@ class KubernetesAPI(Resource):
                 None, body, manager, force, now=now, subresource=sub
             )
             applied.setdefault("metadata", {})["name"] = name
-            created = await self.store.create(
+            created = await store.create(
                 resource, namespace, self._prepare_create(resource, applied)
             )
-            self._after_write(resource, created)
+            self._after_write(store, resource, created)
             return 201, created
 
         def merge(live: Object) -> Object:
@@ -455,26 +473,35 @@ class KubernetesAPI(Resource):
             )
             return merge_update(resource, live, applied, target.subresource)
 
-        updated = await self.store.guaranteed_update(resource, namespace, name, merge)
-        self._after_write(resource, updated)
+        updated = await store.guaranteed_update(resource, namespace, name, merge)
+        self._after_write(store, resource, updated)
         return 200, updated
 
-    async def _delete(self, request: Request, target: Target) -> tuple[int, object]:
+    async def _delete(
+        self, request: Request, target: Target, store: ObjectStore
+    ) -> tuple[int, object]:
         resource, namespace, name = target.resource, target.namespace, target.name
         assert name is not None
         options = self._delete_options(request)
+        if options.get("dryRun"):
+            # DELETE carries dryRun in its DeleteOptions body.
+            if options["dryRun"] != ["All"]:
+                raise bad_request(
+                    f'Unsupported value: {options["dryRun"]!r}: supported values: "All"'
+                )
+            store = self.dry_run_store
         if resource.kind == "Namespace" and not resource.group:
-            return 200, await self._terminate_namespace(name)
+            return 200, await self._terminate_namespace(name, store)
         policy = options.get("propagationPolicy") or (
             "Orphan" if options.get("orphanDependents") else "Background"
         )
         extra = {"Foreground": ["foregroundDeletion"], "Orphan": ["orphan"]}.get(policy, [])
-        obj, gone = await self.store.delete(
+        obj, gone = await store.delete(
             resource, namespace, name, options.get("preconditions"), extra
         )
         if not gone:
             return 200, obj
-        self._after_write(resource, obj, deleted=True)
+        self._after_write(store, resource, obj, deleted=True)
         details = {"name": name, "kind": resource.plural, "uid": obj["metadata"].get("uid")}
         if resource.group:
             details["group"] = resource.group
@@ -509,7 +536,7 @@ class KubernetesAPI(Resource):
             )
         return options
 
-    async def _terminate_namespace(self, name: str) -> Object:
+    async def _terminate_namespace(self, name: str, store: ObjectStore) -> Object:
         resource = self.registry.lookup("", "v1", "namespaces")
         assert resource is not None
 
@@ -518,9 +545,11 @@ class KubernetesAPI(Resource):
             current.setdefault("status", {})["phase"] = "Terminating"
             return current
 
-        return await self.store.guaranteed_update(resource, None, name, mark, marks_deletion=True)
+        return await store.guaranteed_update(resource, None, name, mark, marks_deletion=True)
 
-    async def _delete_collection(self, request: Request, target: Target) -> tuple[int, object]:
+    async def _delete_collection(
+        self, request: Request, target: Target, store: ObjectStore
+    ) -> tuple[int, object]:
         listed = await self.store.list(
             target.resource, target.namespace, self._predicate(request, target.resource)
         )
@@ -528,7 +557,7 @@ class KubernetesAPI(Resource):
         for obj in listed.items:
             metadata = obj["metadata"]
             try:
-                last, _ = await self.store.delete(
+                last, _ = await store.delete(
                     target.resource, metadata.get("namespace"), metadata["name"]
                 )
             except StatusError as e:

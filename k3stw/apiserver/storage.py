@@ -134,9 +134,10 @@ class ObjectStore:
     (404, 409, 410, 422, and 503 when the datastore is away).
     """
 
-    def __init__(self, datastore: IDatastore, clock: IReactorTime) -> None:
+    def __init__(self, datastore: IDatastore, clock: IReactorTime, dry_run: bool = False) -> None:
         self.datastore = datastore
         self.clock = clock
+        self.dry_run = dry_run
 
     def now(self) -> str:
         return timestamp(self.clock.seconds())
