@@ -10,10 +10,12 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
-from k3stw.agent.cacerts import CAHashMismatch, HTTPStatusError, fetch_cluster_ca
+from k3stw.agent.cacerts import CAHashMismatch, fetch_cluster_ca
 from k3stw.agent.service import RETRY_DELAY, AgentConfig, AgentService
+from k3stw.httpclient import HTTPStatusError, Response
 from k3stw.lifecycle import _exit_now
 from k3stw.pki.certs import new_ca
 from k3stw.pki.tls import PinnedCAPolicy, UnverifiedPolicy
@@ -86,7 +88,7 @@ class FetchClusterCATests(SynchronousTestCase):
 
     def test_http_error_wording(self) -> None:
         """A non-2xx answer reads '<url>: <code> <phrase>' as in k3s."""
-        error = HTTPStatusError(URL + "/cacerts", 404, b"Not Found")
+        error = HTTPStatusError(URL + "/cacerts", Response(404, "Not Found", Headers(), b""))
         self.assertEqual(str(error), URL + "/cacerts: 404 Not Found")
 
 

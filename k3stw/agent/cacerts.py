@@ -9,29 +9,17 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
-from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IPolicyForHTTPS
 
+from k3stw.httpclient import HTTPSClient, HTTPStatusError
 from k3stw.logs import Logger
 from k3stw.pki.tls import PinnedCAPolicy, UnverifiedPolicy
 from k3stw.pki.token import Token, ca_hash
-
-#: k3s's client timeout for supervisor requests.
-REQUEST_TIMEOUT = 10.0
 
 _log = Logger()
 
 #: GETs a URL, verifying the server with a policy; fires with the body of a 2xx answer.
 Fetch = Callable[[str, IPolicyForHTTPS], Deferred[bytes]]
-
-
-class HTTPStatusError(Exception):
-    """A non-2xx answer, worded as k3s words it: ``<url>: <code> <phrase>``."""
-
-    def __init__(self, url: str, code: int, phrase: bytes) -> None:
-        super().__init__(f"{url}: {code} {phrase.decode('latin-1')}")
-        self.url = url
-        self.code = code
 
 
 class CAHashMismatch(Exception):
@@ -44,34 +32,14 @@ class CAHashMismatch(Exception):
         )
 
 
-class _QuietHTTPClientFactory(_HTTP11ClientFactory):
-    # One "Starting factory" line per request would drown the agent's log.
-    noisy = False
-
-
 def https_fetcher(reactor: IReactorTime) -> Fetch:
     """Real HTTPS GETs: one connection per request, as k3s disables keep-alive."""
 
     def fetch(url: str, policy: IPolicyForHTTPS) -> Deferred[bytes]:
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        pool._factory = _QuietHTTPClientFactory
-        agent = Agent(reactor, contextFactory=policy, connectTimeout=REQUEST_TIMEOUT, pool=pool)
-        return Deferred.fromCoroutine(_get(reactor, agent, url))
+        client = HTTPSClient(reactor, policy, persistent=False)
+        return Deferred.fromCoroutine(client.fetch(url))
 
     return fetch
-
-
-async def _get(reactor: IReactorTime, agent: IAgent, url: str) -> bytes:
-    """GET C{url}; the body of a 2xx answer, else L{HTTPStatusError}."""
-    requested: Deferred[IResponse] = agent.request(b"GET", url.encode("ascii"))
-    requested.addTimeout(REQUEST_TIMEOUT, reactor)
-    response = await requested
-    body: Deferred[bytes] = readBody(response)
-    body.addTimeout(REQUEST_TIMEOUT, reactor)
-    data = await body
-    if not 200 <= response.code < 300:
-        raise HTTPStatusError(url, response.code, response.phrase)
-    return data
 
 
 async def fetch_cluster_ca(fetch: Fetch, server_url: str, token: Token) -> bytes:

@@ -38,17 +38,27 @@ def server_tls_options(
 
 @implementer(IPolicyForHTTPS)
 class PinnedCAPolicy:
-    """Verify servers against the cluster CA bundle only, never the host's trust store."""
+    """
+    Verify servers against the cluster CA bundle only, never the host's trust
+    store; present C{client}'s certificate when given (a node's identity).
+    """
 
-    def __init__(self, ca_bundle: bytes) -> None:
+    def __init__(self, ca_bundle: bytes, client: KeyPair | None = None) -> None:
         roots = [
             ssl.Certificate(crypto.X509.from_cryptography(c))
             for c in load_pem_certificates(ca_bundle)
         ]
         self._trust = ssl.trustRootFromCertificates(roots)
+        self._client = (
+            ssl.PrivateCertificate.loadPEM(client.certificate_pem + client.key_pem)
+            if client is not None
+            else None
+        )
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust)
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"), trustRoot=self._trust, clientCertificate=self._client
+        )
 
 
 @implementer(IPolicyForHTTPS)
