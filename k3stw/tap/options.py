@@ -79,6 +79,17 @@ def _file_mode(value: object) -> int:
     return mode
 
 
+def _seconds(value: object) -> float:
+    text = _text(value).strip()
+    try:
+        seconds = float(text[:-1] if text.endswith("s") else text)
+    except ValueError:
+        raise ValueError("expected a number of seconds such as 40 or 40s") from None
+    if seconds <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return seconds
+
+
 def _ip_address(value: object) -> str:
     text = _text(value)
     try:
@@ -278,6 +289,13 @@ SERVER_FLAGS: tuple[Flag, ...] = (
     ),
     Flag("cluster-dns", "IPv4 Cluster IP for coredns service", _ip_address, default="10.43.0.10"),
     Flag("cluster-domain", "Cluster Domain", default="cluster.local"),
+    Flag(
+        "node-monitor-grace-period",
+        "Seconds without a node Lease renewal before the node is "
+        "marked Ready=Unknown (kube-controller-manager's flag)",
+        _seconds,
+        default=40.0,
+    ),
 )
 
 AGENT_FLAGS: tuple[Flag, ...] = (
