@@ -112,6 +112,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertIs(options["cluster-init"], True)
         self.assertIs(options["with-node-id"], True)
         self.assertEqual(options["server"], "https://s:6443")
+        self.assertEqual(options["node-monitor-grace-period"], 5.0)
 
     def test_every_agent_flag_long_form(self) -> None:
         """Every agent flag is accepted under its k3s long name."""
