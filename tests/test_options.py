@@ -100,6 +100,7 @@ class CommandLineTests(OptionsTestCase):
             "/tmp/kc", "--write-kubeconfig-mode", "0644", "--disable-agent",
             "--cluster-cidr", "10.52.0.0/16", "--service-cidr", "10.53.0.0/16",
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",
+            "--node-monitor-grace-period", "5s",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
