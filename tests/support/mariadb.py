@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -27,6 +28,27 @@ DEFAULT_HOST = "127.0.0.22"
 USER = "k3s"
 PASSWORD = "k3stw-my-secret"
 START_TIMEOUT = 30.0
+
+
+# Runs beside the test process: when the test process ends without stopping
+# the server (killed, crashed), its end of the pipe closes without a "done"
+# and this kills the
+# server (if that PID is still our mariadbd) and removes its directory.
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+if sys.stdin.buffer.read() == b"done":
+    sys.exit(0)
+pid, data, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        ours = data.encode() in f.read()
+except OSError:
+    ours = False
+if ours:
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+shutil.rmtree(directory, ignore_errors=True)
+"""
 
 
 class MariaDBStartError(Exception):
@@ -66,6 +88,7 @@ class MariaDBServer:
             os.chown(self.directory, entry.pw_uid, entry.pw_gid)
             self._user = ["--user=mysql"]
         self._initialised = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def _fail(self, what: str, output: str = "") -> None:
         tail = ""
@@ -124,6 +147,17 @@ class MariaDBServer:
                     self.stop()
                     self._fail(f"mariadbd on {self.host}:{self.port} did not answer")
                 time.sleep(0.05)
+        watchdog = self._watchdog
+        if watchdog is not None:
+            assert watchdog.stdin is not None
+            watchdog.stdin.write(b"done")
+            watchdog.stdin.close()
+            watchdog.wait()
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.process.pid), self.data, self.directory],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             if not self._initialised:
                 with conn.cursor() as cur:
@@ -153,6 +187,12 @@ class MariaDBServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            assert watchdog.stdin is not None
+            watchdog.stdin.write(b"done")
+            watchdog.stdin.close()
+            watchdog.wait()
 
     def endpoint(self, database: str) -> str:
         return f"mysql://{USER}:{PASSWORD}@tcp({self.host}:{self.port})/{database}"

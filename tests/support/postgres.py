@@ -18,6 +18,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,6 +26,20 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 DEFAULT_HOST = "127.0.0.21"
 PASSWORD = "k3stw-pg-secret"
 START_TIMEOUT = 30
+
+
+# Runs beside the test process: when the test process ends without stopping
+# the server (killed, crashed), its end of the pipe closes without a "done"
+# and this stops the
+# server and removes its directory.
+_WATCHDOG = """
+import shutil, subprocess, sys
+if sys.stdin.buffer.read() == b"done":
+    sys.exit(0)
+data, directory, *stop = sys.argv[1:]
+subprocess.run(stop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)
+shutil.rmtree(directory, ignore_errors=True)
+"""
 
 
 class PostgresStartError(Exception):
@@ -74,6 +89,7 @@ class PostgresServer:
             os.chown(self.directory, entry.pw_uid, entry.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
         self._initialised = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def _run(self, *argv: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -135,6 +151,21 @@ class PostgresServer:
             self._fail(f"pg_ctl start on {self.host}:{self.port} failed", result)
         with open(os.path.join(self.data, "postmaster.pid")) as f:
             self.pid = int(f.readline())
+        if self._watchdog is None:
+            stop = [
+                *self._as_user,
+                f"{self.bin}/pg_ctl",
+                "-D",
+                self.data,
+                "-m",
+                "immediate",
+                "stop",
+            ]
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, self.data, self.directory, *stop],
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+            )
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -150,6 +181,12 @@ class PostgresServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            assert watchdog.stdin is not None
+            watchdog.stdin.write(b"done")
+            watchdog.stdin.close()
+            watchdog.wait()
 
     def endpoint(self, database: str) -> str:
         return f"postgres://postgres:{PASSWORD}@{self.host}:{self.port}/{database}"
