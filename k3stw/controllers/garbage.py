@@ -98,8 +98,10 @@ class GarbageCollector(Service):
             page = await self.datastore.list(PREFIX, 500, start, revision)
             revision = page.revision
             for kv in page.items:
-                self._index(kv.key, _decode(kv.value))
-                self._pending.add(kv.key)
+                obj = _decode(kv.value)
+                self._index(kv.key, obj)
+                if _needs_attention(obj):
+                    self._pending.add(kv.key)
                 start = kv.key
             if not page.more:
                 break
@@ -129,7 +131,8 @@ class GarbageCollector(Service):
                     self._pending.update(self.dependents[uid])
             else:
                 self._index(event.kv.key, obj)
-            self._pending.add(event.kv.key)
+                if _needs_attention(obj):
+                    self._pending.add(event.kv.key)
         self._nudge()
 
     def _nudge(self) -> None:
@@ -325,6 +328,12 @@ class GarbageCollector(Service):
             if not resource.namespaced and len(rest) == 1:
                 return ObjectRef(resource, None, rest[0])
         return None
+
+
+def _needs_attention(obj: Object) -> bool:
+    """Whether collection could have work on C{obj}: most writes need none, and cost nothing."""
+    metadata = obj.get("metadata") or {}
+    return bool(metadata.get("ownerReferences") or metadata.get("deletionTimestamp"))
 
 
 def _decode(value: bytes) -> Object:
