@@ -286,14 +286,20 @@ class DatastoreConformance(_Base):
         # Changes after the first page must not show in later pages.
         await store.delete(keys[5000])
         await store.create("/registry/pods/ns/pod-05000a", b"new")
+        old_7000 = await store.get(keys[7000])
+        assert old_7000 is not None
+        await store.update(keys[7000], b"changed", old_7000.mod_revision)
         page = first
+        values = {}
         while page.more:
             page = await store.list(
                 "/registry/pods/", limit=1000, continue_from=seen[-1], revision=first.revision
             )
             self.assertEqual(page.revision, first.revision)
             seen.extend(kv.key for kv in page.items)
+            values.update((kv.key, kv.value) for kv in page.items)
         self.assertEqual(seen, keys)
+        self.assertEqual(values[keys[7000]], b"v")
         latest = await store.list("/registry/pods/ns/pod-05000", limit=10)
         self.assertEqual([kv.key for kv in latest.items], ["/registry/pods/ns/pod-05000a"])
 

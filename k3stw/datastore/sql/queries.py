@@ -169,6 +169,39 @@ class KineQueries:
             params,
         )
 
+    def page_sql(
+        self, prefix: str, after: str | None, revision: int, limit: int
+    ) -> tuple[str, list[Any]]:
+        """
+        One page of a list: walk the rows in name order and keep each name's
+        newest row up to C{revision}, so the database can stop after
+        C{limit} names instead of grouping the whole rest of the range.
+        """
+        where = ["k.name != ?"]
+        params: list[Any] = [self.param(COMPACT_KEY)]
+        if prefix:
+            where.append("k.name >= ?")
+            params.append(self.param(prefix))
+            end = prefix_end(prefix)
+            if end is not None:
+                where.append("k.name < ?")
+                params.append(self.param(end))
+        if after is not None:
+            where.append("k.name > ?")
+            params.append(self.param(after))
+        where.append("k.id <= ?")
+        params.append(revision)
+        where.append("k.id = (SELECT MAX(n.id) FROM kine n WHERE n.name = k.name AND n.id <= ?)")
+        params.append(revision)
+        where.append("k.deleted = 0")
+        sql = (
+            f"SELECT k.{COLUMNS.replace(', ', ', k.')} FROM kine k WHERE "
+            + " AND ".join(where)
+            + " ORDER BY k.name LIMIT ?"
+        )
+        params.append(limit)
+        return sql, params
+
     def get_key(self, conn: Any, key: str, revision: int) -> KeyValue | None:
         cur = conn.cursor()
         if revision == 0:
@@ -186,14 +219,14 @@ class KineQueries:
     ) -> ListResult:
         cur = conn.cursor()
         at = self.check_revision(cur, revision)
-        inner, params = self.latest_ids(prefix, after, at)
-        sql = (
-            f"SELECT k.{COLUMNS.replace(', ', ', k.')} FROM kine k JOIN ({inner}) m "
-            "ON k.id = m.mid WHERE k.deleted = 0 ORDER BY k.name"
-        )
         if limit > 0:
-            sql += " LIMIT ?"
-            params.append(limit + 1)
+            sql, params = self.page_sql(prefix, after, at, limit + 1)
+        else:
+            inner, params = self.latest_ids(prefix, after, at)
+            sql = (
+                f"SELECT k.{COLUMNS.replace(', ', ', k.')} FROM kine k JOIN ({inner}) m "
+                "ON k.id = m.mid WHERE k.deleted = 0 ORDER BY k.name"
+            )
         rows = [Row.from_db(r) for r in self.fetch(cur, sql, params)]
         if revision:
             self.recheck_compacted(cur, at)
