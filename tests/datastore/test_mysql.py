@@ -84,6 +84,18 @@ class MariaDBLogTests(TestCase):
         store = await start_store(self, endpoint)
         await check_acknowledged(self, store, acknowledged)
 
+    async def test_watchers_see_another_process_writes(self) -> None:
+        endpoint = _endpoint()
+        store = await start_store(self, endpoint)
+        collector = EventCollector()
+        watch = await store.watch("/registry/crash/", 0, collector.deliver)
+        self.addCleanup(watch.cancel)
+        acknowledged = kill_writer_mid_stream(endpoint, 20)
+        last = max(acknowledged.values())
+        events = await collector.wait_for_revision(last)
+        revisions = [e.revision for e in events if e.revision <= last]
+        self.assertEqual(revisions, sorted(acknowledged.values()))
+
     async def test_a_burned_revision_does_not_stall_watchers(self) -> None:
         import pymysql
 
