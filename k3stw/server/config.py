@@ -34,6 +34,8 @@ class ServerConfig:
     kubeconfig_mode: int
     service_cidr: str
     cluster_domain: str
+    cluster_cidr: str = "10.42.0.0/16"
+    cluster_dns: str = "10.43.0.10"
     datastore_endpoint: str | None = None
     datastore_tls: DatastoreTLS = field(default_factory=DatastoreTLS)
 
@@ -47,6 +49,22 @@ class ServerConfig:
         address = ipaddress.ip_address(self.bind_address)
         host = "127.0.0.1" if address.is_unspecified else _url_host(address)
         return f"https://{host}:{self.https_port}"
+
+    def agent_settings(self) -> dict[str, object]:
+        """``/v1-k3s/config``: the fields of k3s's ``config.Control`` that agents read."""
+        return {
+            "SupervisorPort": self.https_port,
+            "HTTPSPort": self.https_port,
+            "ClusterIPRange": self.cluster_cidr,
+            "ServiceIPRange": self.service_cidr,
+            "ClusterDNS": self.cluster_dns,
+            "ClusterDomain": self.cluster_domain,
+            "EgressSelectorMode": "agent",
+            "FlannelBackend": "vxlan",
+            "DisableKubeProxy": True,
+            "DisableNPC": True,
+            "DisableCCM": True,
+        }
 
     def serving_alt_names(self) -> SubjectAltNames:
         """Every name a client may use to reach this server, as k3s lists them."""

@@ -26,6 +26,7 @@ from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
 from k3stw.pki.tls import server_tls_options
 from k3stw.server.config import ServerConfig
+from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
 from k3stw.supervisor.resource import Readiness, supervisor_resource
 
 
@@ -139,7 +140,22 @@ def build_server(
     CRDController(datastore, store, registry, reactor).setServiceParent(root)
     advertised = f"{config.advertise_address or config.node_ips[0]}:{config.https_port}"
     api = KubernetesAPI(store, registry, reactor, advertised)
-    site = SupervisorSite(supervisor_resource(credentials.server_ca_bundle, root.readiness, api))
+    node_passwords = NodePasswords(store, registry, reactor)
+    node_passwords.setServiceParent(root)
+    readiness = root.readiness
+    enrollment = NodeEnrollment(
+        credentials.server_ca,
+        credentials.server_ca_bundle,
+        credentials.client_ca,
+        {"node": credentials.agent_password, "server": credentials.token.password},
+        node_passwords,
+        lambda: readiness.ready,
+        reactor,
+        config.agent_settings(),
+    )
+    site = SupervisorSite(
+        supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment)
+    )
     site.displayTracebacks = False
     site.requestFactory = APIRequest
     tls = server_tls_options(

@@ -5,12 +5,16 @@ The supervisor's HTTP surface on the server's TLS port: ``/cacerts``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
-from k3stw.apiserver.status import send_status
+from k3stw.apiserver.status import StatusError, send_status
+from k3stw.logs import Logger
+from k3stw.supervisor.nodes import NodeEnrollment
 
 NOT_FOUND = "the server could not find the requested resource"
 
@@ -35,24 +39,31 @@ class StatusErrorResource(Resource):
         self.code = code
         self.message = message
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         return send_status(request, self.code, self.message)
+
+
+Handler = Callable[[IRequest], bytes | Awaitable[bytes]]
 
 
 class Route(Resource):
     """
     A path in the supervisor tree.  Unknown children and methods get a
-    Status (404, 405) rather than Twisted's HTML pages.
+    Status (404, 405) rather than Twisted's HTML pages; a handler may be a
+    coroutine, and may raise L{StatusError}.
     """
 
-    def __init__(self, **methods: Callable[[IRequest], bytes]) -> None:
+    _log = Logger()
+
+    def __init__(self, content_type: bytes = b"text/plain", **methods: Handler) -> None:
         super().__init__()
+        self.content_type = content_type
         self.methods = {name.encode("ascii"): render for name, render in methods.items()}
 
     def getChild(self, path: bytes, request: IRequest) -> IResource:
         return StatusErrorResource(404, NOT_FOUND)
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         method = request.method
         if method == b"HEAD" and b"GET" in self.methods:
             method = b"GET"
@@ -65,7 +76,34 @@ class Route(Resource):
             return send_status(
                 request, 405, "the server does not allow this method on the requested resource"
             )
-        return render(request)
+        try:
+            result = render(request)
+        except StatusError as e:
+            return send_status(request, e.code, e.message, e.details)
+        if isinstance(result, bytes):
+            return result
+        Deferred.fromCoroutine(self._finish(request, result))
+        return NOT_DONE_YET
+
+    async def _finish(self, request: IRequest, pending: Awaitable[bytes]) -> None:
+        try:
+            body = await pending
+            request.setHeader(b"content-type", self.content_type)
+        except StatusError as e:
+            if e.code >= 500:
+                self._log.warn(
+                    "Sending HTTP {code} response to {client}: {error}",
+                    code=e.code,
+                    client=str(request.getClientAddress()),
+                    error=e.message,
+                )
+            body = send_status(request, e.code, e.message, e.details)
+        except Exception:
+            self._log.failure("supervisor request {path} failed", path=request.path)
+            body = send_status(request, 500, "Internal error occurred")
+        if not getattr(request, "_disconnected", False):
+            request.write(body)
+            request.finish()
 
 
 def _text(request: IRequest, body: bytes) -> bytes:
@@ -75,7 +113,10 @@ def _text(request: IRequest, body: bytes) -> bytes:
 
 
 def supervisor_resource(
-    ca_bundle: bytes, readiness: Readiness, api: IResource | None = None
+    ca_bundle: bytes,
+    readiness: Readiness,
+    api: IResource | None = None,
+    enrollment: NodeEnrollment | None = None,
 ) -> Resource:
     """
     The root of the server's HTTPS tree.
@@ -83,6 +124,7 @@ def supervisor_resource(
     :param ca_bundle: ``server-ca.crt`` as on disk, served by ``/cacerts``.
     :param api: the Kubernetes API, served below ``/api``, ``/apis``,
         ``/version`` and ``/openapi``.
+    :param enrollment: the endpoints agents join through.
     """
 
     def readyz(request: IRequest) -> bytes:
@@ -95,6 +137,18 @@ def supervisor_resource(
     root.putChild(b"ping", Route(GET=lambda request: _text(request, b"pong")))
     v1 = Route()
     v1.putChild(b"readyz", Route(GET=readyz))
+    if enrollment is not None:
+        v1.putChild(
+            b"serving-kubelet.crt",
+            Route(GET=enrollment.serving_kubelet, POST=enrollment.serving_kubelet),
+        )
+        v1.putChild(
+            b"client-kubelet.crt",
+            Route(GET=enrollment.client_kubelet, POST=enrollment.client_kubelet),
+        )
+        v1.putChild(b"client-ca.crt", Route(GET=enrollment.client_ca_bundle))
+        v1.putChild(b"server-ca.crt", Route(GET=enrollment.server_ca_file))
+        v1.putChild(b"config", Route(b"application/json", GET=enrollment.config))
     root.putChild(b"v1-k3s", v1)
     if api is not None:
         for path in (b"api", b"apis", b"version", b"openapi"):

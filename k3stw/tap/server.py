@@ -50,6 +50,8 @@ def server_config(options: Options) -> ServerConfig:
         kubeconfig_mode=options["write-kubeconfig-mode"],
         service_cidr=options["service-cidr"],
         cluster_domain=options["cluster-domain"],
+        cluster_cidr=options["cluster-cidr"],
+        cluster_dns=options["cluster-dns"],
         datastore_endpoint=options["datastore-endpoint"],
         datastore_tls=DatastoreTLS(
             options["datastore-cafile"], options["datastore-certfile"], options["datastore-keyfile"]

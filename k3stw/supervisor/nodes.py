@@ -1,0 +1,309 @@
+"""
+Node enrollment on the supervisor: who may ask (the cluster token or a
+kubelet certificate), node passwords, and the kubelet certificates issued
+from the agents' CSRs.  Status codes and messages follow k3s, because agents
+act on them (401: retry without the certificate, 403: the password message).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import IRequest
+
+from k3stw.apiserver.auth import User, user_of_certificate
+from k3stw.apiserver.registry import Registry
+from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.logs import Logger
+from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, issue, new_key
+from k3stw.supervisor.nodepassword import BadHash, hash_password, verify_password
+
+SECRET_TYPE = "k3s.cattle.io/node-password"
+AGENT_GROUPS = frozenset({"k3s:agent", "k3s:server", "system:nodes", "system:bootstrappers"})
+NODE_PREFIX = "system:node:"
+
+
+def secret_name(node: str) -> str:
+    return f"{node.lower()}.node-password.k3s"
+
+
+def authenticate(request: IRequest, passwords: Mapping[str, str]) -> User | None:
+    """
+    The caller of a supervisor endpoint: a client certificate from the client
+    CA first (a kubelet's node identity), else basic auth against
+    ``server/cred/passwd`` (user ``node`` is ``k3s:agent``, user ``server`` is
+    ``k3s:server``; either password admits an agent, as the server token joins
+    agents too).
+    """
+    transport = getattr(request, "transport", None)
+    certificate = transport.getPeerCertificate() if transport is not None else None
+    if certificate is not None:
+        return user_of_certificate(certificate)
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(credentials).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    for name, role in (("server", "k3s:server"), ("node", "k3s:agent")):
+        expected = passwords.get(name)
+        if expected and hmac.compare_digest(password.encode(), expected.encode()):
+            groups = (role, "k3s:agent") if role == "k3s:server" else (role,)
+            return User(user or name, groups)
+    return None
+
+
+def require_agent(request: IRequest, passwords: Mapping[str, str]) -> User:
+    """The caller, if it may use the agent endpoints: else 401 ``not authorized`` / 403."""
+    user = authenticate(request, passwords)
+    if user is None:
+        raise StatusError(401, "not authorized")
+    if not AGENT_GROUPS.intersection(user.groups):
+        raise StatusError(403, "forbidden")
+    return user
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """What a certificate request says about its node."""
+
+    name: str
+    password: str
+    addresses: tuple[str, ...]
+    by_node_identity: bool
+
+
+def node_request(request: IRequest, user: User) -> NodeRequest:
+    """Read k3s's node headers, with k3s's 400s."""
+    name = (request.getHeader(b"k3s-node-name") or b"").decode("utf-8").strip().lower()
+    password = (request.getHeader(b"k3s-node-password") or b"").decode("utf-8").strip()
+    if not name:
+        raise StatusError(400, "node name not set")
+    if not password:
+        raise StatusError(400, "node password not set")
+    identity = user.name[len(NODE_PREFIX) :] if user.name.startswith(NODE_PREFIX) else None
+    if identity is not None and identity != name:
+        raise StatusError(400, "header node name does not match auth node name")
+    addresses = tuple(
+        a.strip()
+        for a in (request.getHeader(b"k3s-node-ip") or b"").decode("latin-1").split(",")
+        if a.strip()
+    )
+    return NodeRequest(name, password, addresses, identity is not None)
+
+
+class NodePasswords(Service):
+    """
+    Verifies node passwords against their secrets, creating a secret on a
+    node's first join.  scrypt runs on a small thread pool, and a verified
+    (hash, password) pair is remembered so a join storm pays for each once.
+    """
+
+    _log = Logger()
+
+    def __init__(self, store: ObjectStore, registry: Registry, reactor: Any) -> None:
+        self.store = store
+        self.secrets = registry.lookup("", "v1", "secrets")
+        self.nodes = registry.lookup("", "v1", "nodes")
+        self.reactor: IReactorThreads = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=2, name="node-passwords")
+        self._verified: dict[tuple[str, str], bool] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+    async def _off_thread(self, function: Any, *args: Any) -> Any:
+        return await deferToThreadPool(self.reactor, self.pool, function, *args)
+
+    async def check(self, node: NodeRequest) -> None:
+        """
+        Accept C{node}'s password or raise the StatusError k3s would answer.
+        """
+        assert self.secrets is not None and self.nodes is not None
+        if node.by_node_identity:
+            try:
+                await self.store.get(self.nodes, None, node.name)
+            except StatusError as e:
+                if e.code == 404:
+                    raise StatusError(
+                        401, f'unable to verify node identity: nodes "{node.name}" not found'
+                    ) from None
+                raise
+        for _ in range(2):
+            try:
+                secret = await self.store.get(self.secrets, "kube-system", secret_name(node.name))
+            except StatusError as e:
+                if e.code != 404:
+                    raise
+                if await self._create(node):
+                    return
+                continue
+            await self._verify(node, secret)
+            return
+
+    async def _create(self, node: NodeRequest) -> bool:
+        """Store the hash of a new node's password; False if another request won the race."""
+        assert self.secrets is not None
+        hashed: str = await self._off_thread(hash_password, node.password)
+        secret = {
+            "metadata": {"name": secret_name(node.name), "namespace": "kube-system"},
+            "type": SECRET_TYPE,
+            "immutable": True,
+            "data": {"hash": base64.b64encode(hashed.encode()).decode("ascii")},
+        }
+        try:
+            await self.store.create(self.secrets, "kube-system", secret)
+        except StatusError as e:
+            if e.code == 409:
+                return False
+            raise
+        self._verified[(hashed, node.password)] = True
+        return True
+
+    async def _verify(self, node: NodeRequest, secret: dict[str, Any]) -> None:
+        try:
+            hashed = base64.b64decode(secret.get("data", {}).get("hash", "")).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            hashed = ""
+        key = (hashed, node.password)
+        if key not in self._verified:
+            try:
+                self._verified[key] = await self._off_thread(verify_password, node.password, hashed)
+            except BadHash:
+                self._verified[key] = False
+        if not self._verified[key]:
+            self._log.error(
+                "unable to verify password for node {node}: hash does not match", node=node.name
+            )
+            raise StatusError(
+                403, f"unable to verify password for node {node.name}: hash does not match"
+            )
+
+
+def _csr_public_key(body: bytes) -> ec.EllipticCurvePublicKey | None:
+    """The public key of a DER (or PEM) CSR in C{body}, None for no CSR (legacy GET)."""
+    if not body.strip():
+        return None
+    try:
+        csr = (
+            x509.load_pem_x509_csr(body)
+            if body.lstrip().startswith(b"-----")
+            else x509.load_der_x509_csr(body)
+        )
+    except ValueError:
+        raise StatusError(400, "the request body is not a certificate signing request") from None
+    if not csr.is_signature_valid:
+        raise StatusError(400, "the certificate signing request's signature is not valid")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise StatusError(400, "only ECDSA keys can be certified")
+    return key
+
+
+def sign_node_certificate(
+    ca: KeyPair,
+    ca_bundle: bytes,
+    node: NodeRequest,
+    body: bytes,
+    usage: Usage,
+    now: datetime.datetime,
+) -> bytes:
+    """
+    The kubelet serving (server CA) or client (client CA) certificate for
+    C{node}: the certificate and the CA chain, PEM; for a request without a
+    CSR, also a new private key, as k3s's legacy answer has it.
+    """
+    public_key = _csr_public_key(body)
+    key = None
+    if public_key is None:
+        key = new_key()
+        public_key = key.public_key()
+    if usage is Usage.SERVER:
+        names = SubjectAltNames.of([node.name, "localhost", "127.0.0.1", *node.addresses])
+        certificate = issue(ca, public_key, node.name, usage, now, (), names)
+    else:
+        certificate = issue(ca, public_key, NODE_PREFIX + node.name, usage, now, ["system:nodes"])
+    answer = certificate.public_bytes(serialization.Encoding.PEM) + ca_bundle
+    if key is not None:
+        answer += KeyPair(certificate, key).key_pem
+    return answer
+
+
+class NodeEnrollment:
+    """The agent endpoints of ``/v1-k3s/``: each returns the body or raises a StatusError."""
+
+    def __init__(
+        self,
+        server_ca: KeyPair,
+        server_ca_bundle: bytes,
+        client_ca: KeyPair,
+        passwords: Mapping[str, str],
+        node_passwords: NodePasswords,
+        is_ready: Any,
+        clock: IReactorTime,
+        settings: Mapping[str, Any],
+    ) -> None:
+        self.server_ca = server_ca
+        self.server_ca_bundle = server_ca_bundle
+        self.client_ca = client_ca
+        self.passwords = passwords
+        self.node_passwords = node_passwords
+        self.is_ready = is_ready
+        self.clock = clock
+        self.settings = settings
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+
+    async def _certificate(self, request: IRequest, usage: Usage) -> bytes:
+        user = require_agent(request, self.passwords)
+        node = node_request(request, user)
+        if not self.is_ready():
+            raise StatusError(503, "runtime core not ready")
+        await self.node_passwords.check(node)
+        body = request.content.read() if request.content is not None else b""
+        if usage is Usage.SERVER:
+            return sign_node_certificate(
+                self.server_ca, self.server_ca_bundle, node, body, usage, self._now()
+            )
+        client_bundle = self.client_ca.certificate_pem
+        return sign_node_certificate(self.client_ca, client_bundle, node, body, usage, self._now())
+
+    async def serving_kubelet(self, request: IRequest) -> bytes:
+        return await self._certificate(request, Usage.SERVER)
+
+    async def client_kubelet(self, request: IRequest) -> bytes:
+        return await self._certificate(request, Usage.CLIENT)
+
+    async def client_ca_bundle(self, request: IRequest) -> bytes:
+        require_agent(request, self.passwords)
+        return self.client_ca.certificate_pem
+
+    async def server_ca_file(self, request: IRequest) -> bytes:
+        require_agent(request, self.passwords)
+        return self.server_ca_bundle
+
+    async def config(self, request: IRequest) -> bytes:
+        require_agent(request, self.passwords)
+        return json.dumps(dict(self.settings), sort_keys=True).encode()
