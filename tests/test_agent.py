@@ -8,13 +8,14 @@ from pathlib import Path
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
 from k3stw.agent.cacerts import CAHashMismatch, fetch_cluster_ca
-from k3stw.agent.service import RETRY_DELAY, AgentConfig, AgentService
+from k3stw.agent.join import VALIDATE_RETRY
+from k3stw.agent.service import AgentConfig, AgentService
 from k3stw.httpclient import HTTPStatusError, Response
 from k3stw.lifecycle import _exit_now
 from k3stw.pki.certs import new_ca
@@ -92,32 +93,143 @@ class FetchClusterCATests(SynchronousTestCase):
         self.assertEqual(str(error), URL + "/cacerts: 404 Not Found")
 
 
+class FakeSupervisor:
+    """
+    A server's agent endpoints in memory, signing CSRs with a real CA and
+    checking node passwords as k3s does; C{down} answers every request with
+    a connection failure until it is set False.
+    """
+
+    def __init__(self) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        self.server_ca = new_ca("k3s-server-ca@1", now)
+        self.client_ca = new_ca("k3s-client-ca@1", now)
+        self.bundle = self.server_ca.certificate_pem
+        self.passwords: dict[str, str] = {}
+        self.down = False
+        self.requests: list[tuple[bytes, str, dict[bytes, bytes]]] = []
+
+    def fetch(self, url: str, policy: IPolicyForHTTPS) -> Deferred[bytes]:
+        if self.down:
+            return fail(ConnectionRefusedError())
+        return succeed(self.bundle)
+
+    async def send(
+        self,
+        method: bytes,
+        url: str,
+        headers: dict[bytes, bytes],
+        body: bytes | None,
+        policy: IPolicyForHTTPS,
+    ) -> Response:
+        self.requests.append((method, url, headers))
+        if self.down:
+            raise ConnectionRefusedError()
+        path = url[len(URL) :]
+        if path == "/v1-k3s/config":
+            return Response(200, "OK", Headers(), b'{"ClusterDomain": "cluster.local"}')
+        if path in ("/v1-k3s/client-ca.crt", "/v1-k3s/server-ca.crt"):
+            return Response(200, "OK", Headers(), self.bundle)
+        name = headers[b"k3s-node-name"].decode()
+        password = headers[b"k3s-node-password"].decode()
+        if self.passwords.setdefault(name, password) != password:
+            return Response(403, "Forbidden", Headers(), b"")
+        from k3stw.pki.certs import Usage
+        from k3stw.supervisor.nodes import NodeRequest, sign_node_certificate
+
+        node = NodeRequest(name, password, (), False)
+        usage, ca = (
+            (Usage.SERVER, self.server_ca) if "serving" in path else (Usage.CLIENT, self.client_ca)
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        answer = sign_node_certificate(ca, ca.certificate_pem, node, body or b"", usage, now)
+        return Response(200, "OK", Headers(), answer)
+
+
 class AgentServiceTests(SynchronousTestCase):
-    def service(self, server: FakeServer, token: Token) -> tuple[AgentService, MemoryReactorClock]:
+    def service(
+        self, supervisor: FakeSupervisor, token: Token, name: str = "Worker"
+    ) -> tuple[AgentService, MemoryReactorClock, Path]:
         reactor = MemoryReactorClock()
-        config = AgentConfig(Path("/unused"), URL, token)
-        return AgentService(reactor, config, server), reactor
+        root = Path(self.mktemp())
+        config = AgentConfig(root / "data", URL, token, root / "node", name, False, ("127.0.0.21",))
+        service = AgentService(reactor, config, supervisor.fetch, supervisor.send)
+        return service, reactor, root
+
+    def test_joins_writes_credentials_and_identity(self) -> None:
+        """The handshake writes the kubelet's certificates, kubeconfig and node password."""
+        supervisor = FakeSupervisor()
+        service, reactor, root = self.service(
+            supervisor, Token(ca_hash(supervisor.bundle), "", "pw")
+        )
+        service.startService()
+        assert service.joined is not None
+        self.assertEqual(service.joined.identity.name, "worker")
+        agent = root / "data" / "agent"
+        for name in (
+            "client-ca.crt",
+            "server-ca.crt",
+            "serving-kubelet.crt",
+            "serving-kubelet.key",
+            "client-kubelet.crt",
+            "client-kubelet.key",
+            "kubelet.kubeconfig",
+        ):
+            self.assertTrue((agent / name).exists(), name)
+        self.assertEqual(oct((agent / "client-kubelet.key").stat().st_mode & 0o777), "0o600")
+        password = (root / "node" / "password").read_text()
+        self.assertRegex(password, r"^[0-9a-f]{32}\n$")
+        self.assertEqual(oct((root / "node" / "password").stat().st_mode & 0o777), "0o600")
+        post = next(h for m, u, h in supervisor.requests if m == b"POST")
+        self.assertEqual(post[b"k3s-node-name"], b"worker")
+        self.assertEqual(post[b"k3s-node-password"], password.strip().encode())
+        self.assertEqual(post[b"k3s-node-ip"], b"127.0.0.21")
+        self.assertEqual(post[b"authorization"], Token("", "", "pw").authorization("node"))
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_retries_until_the_server_answers(self) -> None:
         """Connection failures are logged with k3s's words and retried every 2 s."""
-        server = FakeServer(ConnectionRefusedError(), ConnectionRefusedError(), BUNDLE)
-        service, reactor = self.service(server, Token(HASH, "node", "pw"))
+        supervisor = FakeSupervisor()
+        supervisor.down = True
+        service, reactor, _ = self.service(supervisor, Token(ca_hash(supervisor.bundle), "", "p"))
         with capturedLogs() as events:
             service.startService()
-            self.assertIsNone(service.cluster_ca)
-            reactor.advance(RETRY_DELAY)
-            self.assertIsNone(service.cluster_ca)
-            reactor.advance(RETRY_DELAY)
-        self.assertEqual(service.cluster_ca, BUNDLE)
-        failures = [e for e in events if "Failed to validate connection" in e["log_format"]]
+            reactor.advance(VALIDATE_RETRY.delay)
+            self.assertIsNone(service.joined)
+            supervisor.down = False
+            reactor.advance(VALIDATE_RETRY.delay)
+        self.assertIsNotNone(service.joined)
+        failures = [e for e in events if "Failed to validate connection" in formatEvent(e)]
         self.assertEqual(len(failures), 2)
-        self.assertEqual(failures[0]["url"], URL)
         self.assertEqual(reactor.getDelayedCalls(), [])
-        self.assertFalse(reactor.hasStopped)
+
+    def test_password_rejected_retries_with_k3s_message(self) -> None:
+        """A node name taken by another password: k3s's message, retried every 5-10 s."""
+        supervisor = FakeSupervisor()
+        supervisor.passwords["worker"] = "someone else's"
+        service, reactor, root = self.service(supervisor, Token("", "", "p"))
+        with capturedLogs() as events:
+            service.startService()
+        waiting = [formatEvent(e) for e in events if "Waiting to retrieve" in formatEvent(e)]
+        self.assertEqual(len(waiting), 1)
+        self.assertIn(
+            "Waiting to retrieve agent configuration; server is not ready: Node password "
+            f"rejected, duplicate hostname or contents of '{root / 'node' / 'password'}' may not "
+            "match server node-passwd entry, try enabling a unique node name with the "
+            "--with-node-id flag",
+            waiting[0],
+        )
+        (delay,) = reactor.getDelayedCalls()
+        self.assertTrue(5 <= delay.getTime() - reactor.seconds() <= 10)
+        supervisor.passwords.clear()
+        reactor.advance(10)
+        self.assertIsNotNone(service.joined)
 
     def test_stop_cancels_the_retry(self) -> None:
         """Stopping while waiting to retry leaves nothing scheduled."""
-        service, reactor = self.service(FakeServer(ConnectionRefusedError()), Token("", "", "p"))
+        supervisor = FakeSupervisor()
+        supervisor.down = True
+        service, reactor, _ = self.service(supervisor, Token("", "", "p"))
         service.startService()
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
         self.successResultOf(service.stopService())
@@ -125,7 +237,8 @@ class AgentServiceTests(SynchronousTestCase):
 
     def test_hash_mismatch_stops_the_process_with_an_error(self) -> None:
         """A token for another cluster is fatal: the reactor stops and the exit code is 1."""
-        service, reactor = self.service(FakeServer(BUNDLE), Token("c" * 64, "node", "pw"))
+        supervisor = FakeSupervisor()
+        service, reactor, _ = self.service(supervisor, Token("c" * 64, "node", "pw"))
         with capturedLogs() as events:
             service.startService()
         self.assertTrue(reactor.hasStopped)
@@ -133,3 +246,16 @@ class AgentServiceTests(SynchronousTestCase):
         critical = [e for e in events if e["log_level"].name == "critical"]
         self.assertIn("token CA hash does not match", critical[0]["error"])
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_with_node_id(self) -> None:
+        """--with-node-id appends a stable 8-hex id to the name."""
+        supervisor = FakeSupervisor()
+        reactor = MemoryReactorClock()
+        root = Path(self.mktemp())
+        config = AgentConfig(root / "d", URL, Token("", "", "p"), root / "node", "Twin", True)
+        service = AgentService(reactor, config, supervisor.fetch, supervisor.send)
+        service.startService()
+        assert service.joined is not None
+        node_id = (root / "node" / "id").read_text().strip()
+        self.assertRegex(node_id, "^[0-9a-f]{8}$")
+        self.assertEqual(service.joined.identity.name, f"twin-{node_id}")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from twisted.application.service import IService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from k3stw.agent.cacerts import CAHashMismatch, Fetch, fetch_cluster_ca
-from k3stw.lifecycle import ApplianceService, stop_with_error
+from k3stw.agent.cacerts import CAHashMismatch, Fetch
+from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
+from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
 from k3stw.logs import Logger
 from k3stw.pki.token import Token
-
-#: How long k3s waits before validating the token against the server again.
-RETRY_DELAY = 2.0
 
 
 @dataclass(frozen=True)
@@ -26,23 +25,51 @@ class AgentConfig:
     data_dir: Path
     server_url: str
     token: Token
+    identity_dir: Path = Path("/etc/rancher/node")
+    node_name: str = ""
+    with_node_id: bool = False
+    node_ips: tuple[str, ...] = ()
+    node_external_ips: tuple[str, ...] = ()
+    node_labels: tuple[str, ...] = ()
+    node_taints: tuple[str, ...] = ()
+
+    def join_request(self) -> JoinRequest:
+        return JoinRequest(
+            self.server_url,
+            self.token,
+            self.data_dir / "agent",
+            self.identity_dir,
+            self.node_name,
+            self.with_node_id,
+            self.node_ips,
+        )
 
 
 class AgentService(ApplianceService):
     """
-    The root of an agent.  It validates the cluster CA against the token,
-    retrying while the server cannot be reached, and stops the process if
-    the token belongs to another cluster.
+    The root of an agent: the registration handshake (retrying while the
+    server is unreachable or not ready, stopping the process if the token
+    belongs to another cluster or the identity files cannot be used), then
+    the kubelet.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: IReactorTime, config: AgentConfig, fetch: Fetch):
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        config: AgentConfig,
+        fetch: Fetch,
+        send: Send,
+        start_kubelet: Callable[[Joined], IService] | None = None,
+    ) -> None:
         super().__init__("k3s-agent")
         self.reactor = reactor
         self.config = config
         self.fetch = fetch
-        self.cluster_ca: bytes | None = None
+        self.send = send
+        self.start_kubelet = start_kubelet
+        self.joined: Joined | None = None
         self._joining: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -57,30 +84,21 @@ class AgentService(ApplianceService):
         return stopped
 
     async def _join(self) -> None:
-        url = self.config.server_url
-        while True:
-            try:
-                self.cluster_ca = await fetch_cluster_ca(self.fetch, url, self.config.token)
-                break
-            except CAHashMismatch:
-                raise
-            except Exception as e:
-                self._log.error(
-                    "Failed to validate connection to cluster at {url}: {error}",
-                    url=url,
-                    error=str(e),
-                )
-                await deferLater(self.reactor, RETRY_DELAY)
+        handshake = Handshake(self.config.join_request(), self.reactor, self.fetch, self.send)
+        self.joined = await handshake.run()
         self._log.info(
-            "Cluster CA of {url} verified against the token; TLS to the server is now pinned "
-            "to it. Waiting: node registration is not part of this k3stw release yet.",
-            url=url,
+            "Node {node} joined the cluster at {url}; kubelet credentials are in {directory}",
+            node=self.joined.identity.name,
+            url=self.config.server_url,
+            directory=str(self.config.data_dir / "agent"),
         )
+        if self.start_kubelet is not None:
+            self.start_kubelet(self.joined).setServiceParent(self)
 
     def _join_failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
             return
-        if failure.check(CAHashMismatch):
+        if failure.check(CAHashMismatch, StartupError):
             # The real reactor is also an IReactorCore; only it can end the process.
             stop_with_error(self.reactor, str(failure.value))  # type: ignore[arg-type]
             return

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from twisted.application.service import IService
 
+from k3stw import hostinfo
 from k3stw.agent.service import AgentConfig
 from k3stw.logs import set_debug
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
@@ -34,6 +35,13 @@ def agent_config(options: Options) -> AgentConfig:
         data_dir=Path(options["data-dir"]),
         server_url=options["server"],
         token=token,
+        identity_dir=Path(options["node-identity-dir"]),
+        node_name=options["node-name"] or hostinfo.hostname(),
+        with_node_id=options["with-node-id"],
+        node_ips=options["node-ip"] or (hostinfo.primary_address(),),
+        node_external_ips=options["node-external-ip"],
+        node_labels=options["node-label"],
+        node_taints=options["node-taint"],
     )
 
 
@@ -42,10 +50,11 @@ def makeService(options: Options) -> IService:
 
     set_debug(options["debug"])
     from k3stw.agent.cacerts import https_fetcher
+    from k3stw.agent.join import https_sender
     from k3stw.agent.service import AgentService
 
     try:
         config = agent_config(options)
     except ConfigurationError as e:
         raise SystemExit(f"k3s-agent: {e}") from None
-    return AgentService(reactor, config, https_fetcher(reactor))
+    return AgentService(reactor, config, https_fetcher(reactor), https_sender(reactor))

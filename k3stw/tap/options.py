@@ -189,6 +189,13 @@ NODE_EXTERNAL_IP = repeatable(
 )
 NODE_LABEL = repeatable("node-label", "Registering and starting kubelet with set of labels")
 NODE_TAINT = repeatable("node-taint", "Registering kubelet with set of taints")
+NODE_IDENTITY_DIR = Flag(
+    "node-identity-dir",
+    "Folder of the node's password and id files (k3stw; several agents on one host need one each)",
+    _path,
+    env="K3S_NODE_IDENTITY_DIR",
+    default="/etc/rancher/node",
+)
 
 #: Flags that both roles accept (a k3s server also runs an agent).
 NODE_FLAGS: tuple[Flag, ...] = (
@@ -203,6 +210,7 @@ NODE_FLAGS: tuple[Flag, ...] = (
     NODE_EXTERNAL_IP,
     NODE_LABEL,
     NODE_TAINT,
+    NODE_IDENTITY_DIR,
 )
 
 SERVER_FLAGS: tuple[Flag, ...] = (
