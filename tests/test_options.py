@@ -100,7 +100,7 @@ class CommandLineTests(OptionsTestCase):
             "/tmp/kc", "--write-kubeconfig-mode", "0644", "--disable-agent",
             "--cluster-cidr", "10.52.0.0/16", "--service-cidr", "10.53.0.0/16",
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",
-            "--node-monitor-grace-period", "5s",
+            "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -122,6 +122,7 @@ class CommandLineTests(OptionsTestCase):
             "--node-name", "n1", "--with-node-id", "--node-ip", "10.0.0.5",
             "--node-external-ip", "203.0.113.9", "--node-label", "a=b", "--node-taint",
             "k=v:NoSchedule", "--server", "https://s:6443", "--lb-server-port", "7444",
+            "--node-identity-dir", "/tmp/node",
         ]  # fmt: skip
         options = parse(agent.Options, argv)
         given = {f.name for f in AGENT_FLAGS} - {"config"}
