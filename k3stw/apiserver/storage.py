@@ -364,6 +364,7 @@ class ObjectStore:
             current = decode(kv)
             updated = apply_defaults(resource, mutate(copy.deepcopy(current)))
             _keep_identity(current, updated, resource, marks_deletion)
+            _check_immutable(resource, current, updated)
             if _without_version(updated) == _without_version(current):
                 return current
             if manager:
@@ -526,6 +527,27 @@ def _keep_identity(
     metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
     updated["apiVersion"] = resource.group_version
     updated["kind"] = resource.kind
+
+
+def _check_immutable(resource: ResourceType, current: Object, updated: Object) -> None:
+    """An ``immutable`` Secret or ConfigMap keeps its data (and stays immutable)."""
+    if (
+        resource.group
+        or resource.kind not in ("Secret", "ConfigMap")
+        or not current.get("immutable")
+    ):
+        return
+    changed = [
+        field
+        for field in ("data", "binaryData", "stringData", "immutable")
+        if updated.get(field) != current.get(field)
+    ]
+    if changed:
+        raise invalid(
+            resource.kind,
+            current["metadata"]["name"],
+            [(field, "Forbidden: field is immutable when `immutable` is set") for field in changed],
+        )
 
 
 def _without_version(obj: Object) -> Object:

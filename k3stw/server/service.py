@@ -18,6 +18,7 @@ from k3stw.apiserver.resource import APIRequest, KubernetesAPI
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.nodepassword import NodePasswordController
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import IDatastore
 from k3stw.lifecycle import ApplianceService
@@ -138,6 +139,7 @@ def build_server(
     datastore.setServiceParent(root)
     GarbageCollector(datastore, store, registry, reactor).setServiceParent(root)
     CRDController(datastore, store, registry, reactor).setServiceParent(root)
+    NodePasswordController(store, registry, reactor).setServiceParent(root)
     advertised = f"{config.advertise_address or config.node_ips[0]}:{config.https_port}"
     api = KubernetesAPI(store, registry, reactor, advertised)
     node_passwords = NodePasswords(store, registry, reactor)
