@@ -250,5 +250,8 @@ def datastore_for_endpoint(
     from k3stw.datastore.etcd import EtcdDatastore, EtcdTLS
 
     etcd_tls = EtcdTLS(parsed.tls.cafile, parsed.tls.certfile, parsed.tls.keyfile)
-    etcd_kwargs = {k: v for k, v in kwargs.items() if k in ("watch_buffer_events",)}
+    # The options both kinds of backend understand; SQL-only ones do not apply to etcd.
+    etcd_kwargs = {
+        k: v for k, v in kwargs.items() if k in ("watch_buffer_events", "compact_interval")
+    }
     return EtcdDatastore(reactor, list(parsed.urls), etcd_tls, **etcd_kwargs)
