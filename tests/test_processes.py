@@ -224,16 +224,18 @@ class AgentProcessTests(SynchronousTestCase):
             "k3s-agent",
             "--config", str(config),
             "--data-dir", str(self.root / "agent-data"),
+            "--node-identity-dir", str(self.root / "agent-node"),
             "--server", server_url,
             "--token", token,
         )  # fmt: skip
 
-    def test_agent_verifies_the_cluster_ca_and_waits(self) -> None:
-        """With the server's token the agent verifies the CA, pins TLS, and says it waits."""
+    def test_agent_joins_with_the_servers_token(self) -> None:
+        """With the server's token the agent verifies the CA and gets its kubelet certificates."""
         server = ServerProcess(self, self.root / "server", "127.0.0.6").start()
         agent = self.agent(f"https://{server.host}:{server.port}", server.token).start()
-        agent.wait_for_output("verified against the token")
-        self.assertIn("Waiting", agent.output)
+        agent.wait_for_output("joined the cluster")
+        for name in ("client-kubelet.crt", "serving-kubelet.crt", "kubelet.kubeconfig"):
+            self.assertTrue((self.root / "agent-data" / "agent" / name).exists(), name)
         self.assertEqual(agent.stop(), -signal.SIGTERM)
 
     def test_agent_with_another_clusters_token_stops(self) -> None:
@@ -255,4 +257,4 @@ class AgentProcessTests(SynchronousTestCase):
         agent.wait_for_output(f"Failed to validate connection to cluster at {url}")
         root = self.root / "server"
         ServerProcess(self, root, "127.0.0.7", "--token", "secret", port=port).start()
-        agent.wait_for_output("verified against the token")
+        agent.wait_for_output("joined the cluster")
