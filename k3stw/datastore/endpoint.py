@@ -18,15 +18,14 @@ Passwords never appear in messages: use L{redact}.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from twisted.internet.interfaces import IReactorTime
 
-from k3stw.datastore.mysql import DEFAULT_SOCKET, MySQLDatastore, MySQLEndpoint
-from k3stw.datastore.postgres import PostgresDatastore, PostgresEndpoint
-from k3stw.datastore.sqlite import SQLiteDatastore, default_path
+from k3stw.datastore.sqlite import default_path
 
 ACCEPTED_FORMS = (
     "(empty) for embedded SQLite under the data dir",
@@ -35,6 +34,87 @@ ACCEPTED_FORMS = (
     "mysql://user:pass@tcp(host:port)/db",
     "http(s)://host:2379[,http(s)://host:2379...] for etcd",
 )
+
+
+@dataclass(frozen=True)
+class PostgresEndpoint:
+    """
+    Where a PostgreSQL datastore lives.  C{params} are libpq connection
+    parameters from the endpoint's query string (C{sslmode=...}) and the TLS flags.
+    """
+
+    host: str = "localhost"
+    port: int = 5432
+    user: str = "postgres"
+    password: str | None = "postgres"
+    database: str = "kubernetes"
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def redacted(self) -> str:
+        auth = self.user + (":***" if self.password else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgres://{auth}@{host}:{self.port}/{self.database}"
+
+    def connect_args(self, database: str | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": database or self.database,
+            "connect_timeout": 5,
+            "application_name": "k3stw",
+        }
+        if self.password is not None:
+            args["password"] = self.password
+        args.update(self.params)
+        return args
+
+
+DEFAULT_SOCKET = "/var/run/mysqld/mysqld.sock"
+
+
+@dataclass(frozen=True)
+class MySQLEndpoint:
+    """
+    Where a MySQL/MariaDB datastore lives: C{host}/C{port} over TCP, or
+    C{unix_socket}.  C{tls} holds PyMySQL C{ssl} options from the TLS flags.
+    """
+
+    user: str = "root"
+    password: str | None = None
+    host: str | None = None
+    port: int = 3306
+    unix_socket: str | None = DEFAULT_SOCKET
+    database: str = "kubernetes"
+    tls: Mapping[str, str] = field(default_factory=dict)
+
+    def redacted(self) -> str:
+        auth = self.user + (":***" if self.password else "")
+        where = f"unix({self.unix_socket})" if self.unix_socket else f"tcp({self.host}:{self.port})"
+        return f"mysql://{auth}@{where}/{self.database}"
+
+    def connect_args(self, with_database: bool = True) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "user": self.user,
+            "password": self.password or "",
+            "charset": "utf8mb4",
+            "autocommit": True,
+            "binary_prefix": True,
+            "connect_timeout": 5,
+            "read_timeout": 60,
+            "write_timeout": 60,
+            "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        }
+        if self.unix_socket:
+            args["unix_socket"] = self.unix_socket
+        else:
+            args["host"] = self.host or "127.0.0.1"
+            args["port"] = self.port
+        if with_database:
+            args["database"] = self.database
+        if self.tls:
+            args["ssl"] = dict(self.tls)
+        return args
 
 
 class EndpointError(ValueError):
@@ -240,11 +320,19 @@ def datastore_for_endpoint(
     :raises EndpointError: for a malformed endpoint.
     """
     parsed = parse_endpoint(endpoint, data_dir, tls)
+    # Each backend is imported when chosen: the database drivers cost start-up
+    # time and memory on every server that does not use them.
     if isinstance(parsed, SQLiteEndpoint):
+        from k3stw.datastore.sqlite import SQLiteDatastore
+
         return SQLiteDatastore(reactor, parsed.path, **kwargs)
     if isinstance(parsed, PostgresEndpoint):
+        from k3stw.datastore.postgres import PostgresDatastore
+
         return PostgresDatastore(reactor, parsed, **kwargs)
     if isinstance(parsed, MySQLEndpoint):
+        from k3stw.datastore.mysql import MySQLDatastore
+
         return MySQLDatastore(reactor, parsed, **kwargs)
     # ---- etcd v3 (http:// and https://): the backend in k3stw.datastore.etcd ----
     from k3stw.datastore.etcd import EtcdDatastore, EtcdTLS

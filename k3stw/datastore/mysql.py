@@ -10,13 +10,13 @@ collation can fold two different keys into one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pymysql
 from twisted.internet.interfaces import IReactorTime
 
+from k3stw.datastore.endpoint import MySQLEndpoint
 from k3stw.datastore.sql import Dialect, SQLDatastore
 
 _SCHEMA = (
@@ -42,52 +42,6 @@ _DUPLICATE_ENTRY = 1062
 _UNKNOWN_DATABASE = 1049
 _LOCK_WAIT_TIMEOUT = 1205
 _DEADLOCK = 1213
-
-DEFAULT_SOCKET = "/var/run/mysqld/mysqld.sock"
-
-
-@dataclass(frozen=True)
-class MySQLEndpoint:
-    """
-    Where a MySQL/MariaDB datastore lives: C{host}/C{port} over TCP, or
-    C{unix_socket}.  C{tls} holds PyMySQL C{ssl} options from the TLS flags.
-    """
-
-    user: str = "root"
-    password: str | None = None
-    host: str | None = None
-    port: int = 3306
-    unix_socket: str | None = DEFAULT_SOCKET
-    database: str = "kubernetes"
-    tls: Mapping[str, str] = field(default_factory=dict)
-
-    def redacted(self) -> str:
-        auth = self.user + (":***" if self.password else "")
-        where = f"unix({self.unix_socket})" if self.unix_socket else f"tcp({self.host}:{self.port})"
-        return f"mysql://{auth}@{where}/{self.database}"
-
-    def connect_args(self, with_database: bool = True) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "user": self.user,
-            "password": self.password or "",
-            "charset": "utf8mb4",
-            "autocommit": True,
-            "binary_prefix": True,
-            "connect_timeout": 5,
-            "read_timeout": 60,
-            "write_timeout": 60,
-            "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-        }
-        if self.unix_socket:
-            args["unix_socket"] = self.unix_socket
-        else:
-            args["host"] = self.host or "127.0.0.1"
-            args["port"] = self.port
-        if with_database:
-            args["database"] = self.database
-        if self.tls:
-            args["ssl"] = dict(self.tls)
-        return args
 
 
 class MySQLDialect(Dialect):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import psycopg
 from psycopg import errors, sql
 from twisted.internet.interfaces import IReactorTime
 
+from k3stw.datastore.endpoint import PostgresEndpoint
 from k3stw.datastore.sql import Dialect, SQLDatastore
 
 _SCHEMA = (
@@ -40,40 +40,6 @@ _SCHEMA = (
     " ON kine (name, prev_revision)",
     "CREATE INDEX IF NOT EXISTS kine_list_query_index ON kine (name, id DESC, deleted)",
 )
-
-
-@dataclass(frozen=True)
-class PostgresEndpoint:
-    """
-    Where a PostgreSQL datastore lives.  C{params} are libpq connection
-    parameters from the endpoint's query string (C{sslmode=...}) and the TLS flags.
-    """
-
-    host: str = "localhost"
-    port: int = 5432
-    user: str = "postgres"
-    password: str | None = "postgres"
-    database: str = "kubernetes"
-    params: Mapping[str, str] = field(default_factory=dict)
-
-    def redacted(self) -> str:
-        auth = self.user + (":***" if self.password else "")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"postgres://{auth}@{host}:{self.port}/{self.database}"
-
-    def connect_args(self, database: str | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
-            "user": self.user,
-            "dbname": database or self.database,
-            "connect_timeout": 5,
-            "application_name": "k3stw",
-        }
-        if self.password is not None:
-            args["password"] = self.password
-        args.update(self.params)
-        return args
 
 
 class PostgresDialect(Dialect):

@@ -10,13 +10,15 @@ from k3stw.datastore.endpoint import (
     DatastoreTLS,
     EndpointError,
     EtcdEndpoint,
+    MySQLEndpoint,
+    PostgresEndpoint,
     SQLiteEndpoint,
     datastore_for_endpoint,
     parse_endpoint,
     redact,
 )
-from k3stw.datastore.mysql import MySQLDatastore, MySQLEndpoint
-from k3stw.datastore.postgres import PostgresDatastore, PostgresEndpoint
+from k3stw.datastore.mysql import MySQLDatastore
+from k3stw.datastore.postgres import PostgresDatastore
 from k3stw.datastore.sqlite import SQLiteDatastore
 
 DATA = "/var/lib/rancher/k3s"

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from k3stw.datastore.endpoint import MySQLEndpoint, PostgresEndpoint
 from k3stw.datastore.interface import (
     Conflict,
     DatastoreUnavailable,
@@ -18,8 +19,8 @@ from k3stw.datastore.interface import (
     KeyValue,
     WatchOverflow,
 )
-from k3stw.datastore.mysql import MySQLDialect, MySQLEndpoint
-from k3stw.datastore.postgres import PostgresDialect, PostgresEndpoint
+from k3stw.datastore.mysql import MySQLDialect
+from k3stw.datastore.postgres import PostgresDialect
 from k3stw.datastore.sql import (
     COMPACT_KEY,
     CompactionPolicy,
