@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import os
 import socket
 import struct
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 _SIOCGIFADDR = 0x8915
@@ -49,3 +52,202 @@ def primary_address() -> str:
     interface = default_route_interface()
     address = interface_address(interface) if interface else None
     return address or "127.0.0.1"
+
+
+# What the kubelet reports about the machine.  Every reader takes the file it
+# reads as a parameter (tests point it at fakes) and answers something sensible
+# when the file is missing: a node with an unknown boot id is still a node.
+
+#: Go's names for the machine types ``uname -m`` reports (``GOARCH``).
+_GO_ARCHITECTURES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv6l": "arm",
+    "armv7l": "arm",
+    "armv8l": "arm",
+    "i386": "386",
+    "i486": "386",
+    "i586": "386",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "ppc64": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "loongarch64": "loong64",
+    "mips64": "mips64",
+}
+
+
+def _read_first_line(path: Path) -> str:
+    """The first line of C{path}, stripped; "" when it cannot be read."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+def cpu_count(online: Path = Path("/sys/devices/system/cpu/online")) -> int:
+    """
+    The number of online CPUs, from the kernel's range list (``0-3,6``);
+    Python's count, or 1, when that file is missing or unreadable.
+    """
+    total = 0
+    text = _read_first_line(online)
+    try:
+        for part in text.split(","):
+            if not part:
+                continue
+            first, _, last = part.partition("-")
+            total += int(last or first) - int(first) + 1
+    except ValueError:
+        total = 0
+    return total if total > 0 else (os.cpu_count() or 1)
+
+
+def memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """The host's memory (``MemTotal``) in bytes; 0 when it cannot be read."""
+    try:
+        lines = meminfo.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name == "MemTotal":
+            fields = rest.split()
+            try:
+                value = int(fields[0])
+            except (IndexError, ValueError):
+                return 0
+            unit = fields[1].lower() if len(fields) > 1 else ""
+            return value * 1024 if unit == "kb" else value
+    return 0
+
+
+def storage_bytes(directory: Path) -> int:
+    """
+    The size of the filesystem holding C{directory} (or its nearest existing
+    parent, as the data dir may not exist yet); 0 when none can be examined.
+    """
+    path = directory.absolute()
+    while True:
+        try:
+            stat = os.statvfs(path)
+        except OSError:
+            if path.parent == path:
+                return 0
+            path = path.parent
+            continue
+        return stat.f_blocks * stat.f_frsize
+
+
+def machine_id(
+    paths: tuple[Path, ...] = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id")),
+) -> str:
+    """The systemd/D-Bus machine id, or "" on a host without one."""
+    for path in paths:
+        found = _read_first_line(path)
+        if found:
+            return found
+    return ""
+
+
+def boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """The kernel's id of the current boot, or ""."""
+    return _read_first_line(path)
+
+
+def system_uuid(
+    product_uuid: Path = Path("/sys/class/dmi/id/product_uuid"), machine: str | None = None
+) -> str:
+    """
+    The firmware's system UUID when it is readable (it usually needs root);
+    otherwise one derived from the machine id, so that it is stable across
+    boots; "" when neither is known.
+
+    :param machine: the machine id (read from the host when None).
+    """
+    found = _read_first_line(product_uuid).lower()
+    if found:
+        return found
+    machine = machine_id() if machine is None else machine
+    try:
+        return str(uuid.UUID(hex=machine))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_OID, machine)) if machine else ""
+
+
+def kernel_version() -> str:
+    """The running kernel's release, as ``uname -r`` prints it."""
+    return os.uname().release
+
+
+def os_image(
+    paths: tuple[Path, ...] = (Path("/etc/os-release"), Path("/usr/lib/os-release")),
+) -> str:
+    """The distribution's ``PRETTY_NAME`` (os-release(5)), or "Linux"."""
+    for path in paths:
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.strip().partition("=")
+            if name == "PRETTY_NAME":
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                if value:
+                    return value
+    return "Linux"
+
+
+def architecture(machine: str | None = None) -> str:
+    """
+    The machine type as Go names it (``amd64``, ``arm64``, ...), the name the
+    ``kubernetes.io/arch`` label carries.
+
+    :param machine: ``uname -m`` (the host's when None).
+    """
+    machine = os.uname().machine if machine is None else machine
+    return _GO_ARCHITECTURES.get(machine.lower(), machine.lower())
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a kubelet reports about its host in the Node's status."""
+
+    hostname: str
+    cpus: int
+    memory_bytes: int
+    storage_bytes: int
+    machine_id: str
+    boot_id: str
+    system_uuid: str
+    kernel_version: str
+    os_image: str
+    operating_system: str
+    architecture: str
+
+
+def read_host_facts(data_dir: str | Path) -> HostFacts:
+    """
+    This host's facts, with ephemeral storage measured where C{data_dir} lives.
+    Reads a few small files under ``/proc``, ``/sys`` and ``/etc``.
+    """
+    machine = machine_id()
+    return HostFacts(
+        hostname=hostname(),
+        cpus=cpu_count(),
+        memory_bytes=memory_bytes(),
+        storage_bytes=storage_bytes(Path(data_dir)),
+        machine_id=machine,
+        boot_id=boot_id(),
+        system_uuid=system_uuid(machine=machine),
+        kernel_version=kernel_version(),
+        os_image=os_image(),
+        operating_system="linux",
+        architecture=architecture(),
+    )

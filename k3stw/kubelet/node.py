@@ -1,0 +1,328 @@
+"""
+The Node and Lease objects a kubelet writes, built as k3s's kubelet builds
+them: labels, taints, addresses, capacity, nodeInfo and conditions.  Pure:
+time comes in as an argument, host facts as a L{HostFacts}.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from k3stw import KUBERNETES_VERSION
+from k3stw.hostinfo import HostFacts
+
+if TYPE_CHECKING:
+    from k3stw.kubelet.config import KubeletConfig
+
+Object = dict[str, Any]
+
+KUBELET_PORT = 10250
+MAX_PODS = 110
+LEASE_NAMESPACE = "kube-node-lease"
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+OS_LABEL = "kubernetes.io/os"
+ARCH_LABEL = "kubernetes.io/arch"
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+MASTER_LABEL = "node-role.kubernetes.io/master"
+
+NODES_PATH = "/api/v1/nodes"
+LEASES_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
+
+# Before a container runtime exists (a later issue brings runc), the kubelet
+# still names the runtime it will drive; the version is filled in then.
+CONTAINER_RUNTIME_VERSION = "runc://unknown"
+
+#: The conditions the kubelet owns: (type, healthy status, reason, message), in kubelet order.
+KUBELET_CONDITIONS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "MemoryPressure",
+        "False",
+        "KubeletHasSufficientMemory",
+        "kubelet has sufficient memory available",
+    ),
+    ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+)
+
+# The kubelet's default --eviction-hard thresholds (memory.available<100Mi,
+# nodefs.available<10%), which is all that allocatable subtracts under k3s.
+_EVICTION_MEMORY = 100 * 1024 * 1024
+_EVICTION_NODEFS_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A node taint: ``key=value:Effect``."""
+
+    key: str
+    value: str
+    effect: str
+
+    def to_object(self, now: str | None = None) -> Object:
+        """
+        The taint as the API writes it.
+
+        :param now: ``timeAdded``, which NoExecute taints carry.
+        """
+        obj: Object = {"key": self.key, "effect": self.effect}
+        if self.value:
+            obj["value"] = self.value
+        if self.effect == "NoExecute" and now is not None:
+            obj["timeAdded"] = now
+        return obj
+
+
+def rfc3339(seconds: float) -> str:
+    """A ``metav1.Time``: RFC 3339 in UTC with second precision."""
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_time(seconds: float) -> str:
+    """A ``metav1.MicroTime``: RFC 3339 in UTC with microseconds."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: object) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time (Time or MicroTime); None if it is not one."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def node_path(name: str) -> str:
+    return f"{NODES_PATH}/{name}"
+
+
+def lease_path(name: str) -> str:
+    return f"{LEASES_PATH}/{name}"
+
+
+def default_labels(config: KubeletConfig, facts: HostFacts) -> dict[str, str]:
+    """The labels the node always carries: its name, OS and architecture, and roles."""
+    labels = {
+        "beta.kubernetes.io/arch": facts.architecture,
+        "beta.kubernetes.io/instance-type": "k3s",
+        "beta.kubernetes.io/os": facts.operating_system,
+        ARCH_LABEL: facts.architecture,
+        HOSTNAME_LABEL: config.node_name,
+        OS_LABEL: facts.operating_system,
+        "node.kubernetes.io/instance-type": "k3s",
+    }
+    if config.is_server:
+        labels[CONTROL_PLANE_LABEL] = "true"
+        labels[MASTER_LABEL] = "true"
+    return labels
+
+
+def node_labels(config: KubeletConfig, facts: HostFacts) -> dict[str, str]:
+    """The default labels, then the ``--node-label``s (which may override instance type or zone)."""
+    labels = default_labels(config, facts)
+    labels.update(config.labels)
+    return labels
+
+
+def node_annotations(config: KubeletConfig, facts: HostFacts) -> dict[str, str]:
+    """The annotations kubelet and k3s set on a node they register."""
+    annotations = {
+        "k3s.io/hostname": facts.hostname,
+        "node.alpha.kubernetes.io/ttl": "0",
+        "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+    }
+    if config.node_ips:
+        annotations["k3s.io/internal-ip"] = ",".join(config.node_ips)
+    if config.external_ips:
+        annotations["k3s.io/external-ip"] = ",".join(config.external_ips)
+    return annotations
+
+
+def node_addresses(config: KubeletConfig) -> list[Object]:
+    """InternalIP for each ``--node-ip``, ExternalIP for each external one, then the Hostname."""
+    addresses = [{"type": "InternalIP", "address": ip} for ip in config.node_ips]
+    addresses += [{"type": "ExternalIP", "address": ip} for ip in config.external_ips]
+    addresses.append({"type": "Hostname", "address": config.node_name})
+    return addresses
+
+
+def node_resources(facts: HostFacts) -> tuple[dict[str, str], dict[str, str]]:
+    """C{(capacity, allocatable)} as quantities."""
+    memory_ki = facts.memory_bytes // 1024
+    storage_ki = facts.storage_bytes // 1024
+    capacity = {
+        "cpu": str(facts.cpus),
+        "ephemeral-storage": f"{storage_ki}Ki",
+        "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0",
+        "memory": f"{memory_ki}Ki",
+        "pods": str(MAX_PODS),
+    }
+    allocatable = dict(capacity)
+    allocatable["memory"] = f"{max(facts.memory_bytes - _EVICTION_MEMORY, 0) // 1024}Ki"
+    allocatable["ephemeral-storage"] = str(int(storage_ki * 1024 * (1 - _EVICTION_NODEFS_FRACTION)))
+    return capacity, allocatable
+
+
+def node_info(facts: HostFacts) -> dict[str, str]:
+    """``status.nodeInfo``: all ten fields the clients require."""
+    return {
+        "architecture": facts.architecture,
+        "bootID": facts.boot_id,
+        "containerRuntimeVersion": CONTAINER_RUNTIME_VERSION,
+        "kernelVersion": facts.kernel_version,
+        "kubeProxyVersion": KUBERNETES_VERSION,
+        "kubeletVersion": KUBERNETES_VERSION,
+        "machineID": facts.machine_id,
+        "operatingSystem": facts.operating_system,
+        "osImage": facts.os_image,
+        "systemUUID": facts.system_uuid,
+    }
+
+
+def node_conditions(previous: Sequence[Object] | None, now: str) -> list[Object]:
+    """
+    The kubelet's conditions as of C{now}: each heartbeat is C{now}; a
+    transition time moves only when the condition's status changes.
+    Conditions others own (NetworkUnavailable, ...) are kept as they are.
+    """
+    before = {c.get("type"): c for c in previous or () if isinstance(c, dict)}
+    ours = {kind for kind, *_ in KUBELET_CONDITIONS}
+    conditions = [
+        copy.deepcopy(c) for kind, c in before.items() if kind not in ours and kind is not None
+    ]
+    for kind, status, reason, message in KUBELET_CONDITIONS:
+        old = before.get(kind)
+        transition = now
+        if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
+            transition = old["lastTransitionTime"]
+        conditions.append(
+            {
+                "type": kind,
+                "status": status,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": transition,
+                "reason": reason,
+                "message": message,
+            }
+        )
+    return conditions
+
+
+def node_status(
+    config: KubeletConfig, facts: HostFacts, previous: Object | None, now: str
+) -> Object:
+    """The whole ``status`` the kubelet posts, given the status the server holds now."""
+    capacity, allocatable = node_resources(facts)
+    status = dict(previous or {})
+    status.update(
+        {
+            "addresses": node_addresses(config),
+            "allocatable": allocatable,
+            "capacity": capacity,
+            "conditions": node_conditions((previous or {}).get("conditions"), now),
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
+            "nodeInfo": node_info(facts),
+        }
+    )
+    return status
+
+
+def build_node(config: KubeletConfig, facts: HostFacts, now: str) -> Object:
+    """The Node to create when the node registers for the first time."""
+    spec: Object = {"providerID": f"k3s://{config.node_name}"}
+    if config.taints:
+        spec["taints"] = [taint.to_object(now) for taint in config.taints]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": config.node_name,
+            "labels": node_labels(config, facts),
+            "annotations": node_annotations(config, facts),
+        },
+        "spec": spec,
+        "status": node_status(config, facts, None, now),
+    }
+
+
+def reconcile_node(existing: Object, config: KubeletConfig, facts: HostFacts) -> Object:
+    """
+    The existing Node as a restarted kubelet leaves it: its own labels and
+    annotations set again, everything others set (labels, annotations,
+    taints, the spec) kept.  Taints from flags apply only at creation, as
+    ``--register-with-taints`` does.  Status goes separately (L{node_status}).
+    """
+    node = copy.deepcopy(existing)
+    metadata = node.setdefault("metadata", {})
+    metadata["labels"] = {**(metadata.get("labels") or {}), **node_labels(config, facts)}
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        **node_annotations(config, facts),
+    }
+    spec = node.setdefault("spec", {})
+    spec.setdefault("providerID", f"k3s://{config.node_name}")
+    return node
+
+
+def build_lease(node_name: str, node_uid: str, now: str, duration: int) -> Object:
+    """The node's Lease in ``kube-node-lease``, owned by its Node."""
+    return renew_lease(
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": node_name, "namespace": LEASE_NAMESPACE},
+            "spec": {},
+        },
+        node_name,
+        node_uid,
+        now,
+        duration,
+    )
+
+
+def renew_lease(lease: Object, node_name: str, node_uid: str, now: str, duration: int) -> Object:
+    """C{lease} renewed at C{now} (a MicroTime), its owner the Node with C{node_uid}."""
+    renewed = copy.deepcopy(lease)
+    metadata = renewed.setdefault("metadata", {})
+    owners = [
+        ref
+        for ref in metadata.get("ownerReferences") or []
+        if not (ref.get("kind") == "Node" and ref.get("apiVersion") == "v1")
+    ]
+    if node_uid:
+        owners.append({"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid})
+    metadata["ownerReferences"] = owners
+    spec = renewed.setdefault("spec", {})
+    spec["holderIdentity"] = node_name
+    spec["leaseDurationSeconds"] = duration
+    spec["renewTime"] = now
+    return renewed
+
+
+def find_condition(node: Object, kind: str) -> Object | None:
+    """The node's condition of type C{kind}, if it has one."""
+    for condition in (node.get("status") or {}).get("conditions") or ():
+        if isinstance(condition, dict) and condition.get("type") == kind:
+            return condition
+    return None
+
+
+def without_taints(taints: Iterable[Object], unwanted: Iterable[Taint]) -> list[Object]:
+    """C{taints} less any with the key and effect of one in C{unwanted}."""
+    drop = {(t.key, t.effect) for t in unwanted}
+    return [t for t in taints if (t.get("key"), t.get("effect")) not in drop]
+
+
+def has_taint(taints: Iterable[Object], taint: Taint) -> bool:
+    return any(t.get("key") == taint.key and t.get("effect") == taint.effect for t in taints)

@@ -1,0 +1,195 @@
+"""
+In-memory fakes of k3stw's own interfaces, shared by the unit tests.
+
+L{FakeKubeClient} stands in for L{k3stw.kubeclient.KubeClient}: the same
+methods over a dictionary of objects, with the API server's rules that the
+callers depend on (409 on create of an existing name, resourceVersion
+checks, the status subresource, 404) and switches to make it fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IReactorTime
+
+from k3stw.kubeclient import KubeAPIError, Object
+from k3stw.kubelet.node import rfc3339
+
+#: Kinds whose status only the status subresource writes.
+_STATUS_KINDS = {"Node"}
+
+
+def api_error(method: str, path: str, code: int, reason: str, message: str) -> KubeAPIError:
+    """The error L{KubeClient} raises for an answer with this Status."""
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code,
+    }
+    return KubeAPIError(method, path, code, status)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+class FakeKubeClient:
+    """
+    A Kubernetes API in memory, behind L{KubeClient}'s methods.
+
+    :ivar objects: stored objects by their item path (``/api/v1/nodes/n1``).
+    :ivar requests: every call as ``(method, path)``, in order.
+    :ivar down: every call fails as a refused connection.
+    :ivar hang: every call waits until it is cancelled (a server that never answers).
+    :ivar failures: errors the next calls raise, one each, before anything else.
+    """
+
+    def __init__(self, clock: IReactorTime | None = None) -> None:
+        self.server_url = "https://127.0.0.1:6443"
+        self.clock = clock
+        self.objects: dict[str, Object] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.down = False
+        self.hang = False
+        self.failures: list[Exception] = []
+        self._revisions = itertools.count(1)
+
+    # Test controls
+
+    def fail_next(self, code: int, count: int = 1) -> None:
+        """Answer the next C{count} calls with a C{code} Status."""
+        for _ in range(count):
+            self.failures.append(api_error("", "", code, "InternalError", f"fake {code}"))
+
+    def put_object(self, path: str, obj: Object) -> Object:
+        """Store C{obj} at C{path} as another writer would: a new resourceVersion, a uid."""
+        stored = copy.deepcopy(obj)
+        metadata = stored.setdefault("metadata", {})
+        metadata.setdefault("uid", str(uuid.uuid4()))
+        metadata["resourceVersion"] = str(next(self._revisions))
+        self.objects[path] = stored
+        return copy.deepcopy(stored)
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for request in self.requests if request == (method, path))
+
+    # KubeClient's interface
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Object | list[Any] | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> Object:
+        self.requests.append((method, path))
+        if self.hang:
+            await Deferred()
+        if self.down:
+            raise ConnectionRefusedError("Connection was refused by other side")
+        if self.failures:
+            raise self.failures.pop(0)
+        assert body is None or isinstance(body, dict)
+        if method == "GET":
+            return self._get(method, path)
+        if method == "POST":
+            assert body is not None
+            return self._create(method, path, body)
+        if method in ("PUT", "PATCH"):
+            assert body is not None
+            return self._update(method, path, body, content_type)
+        if method == "DELETE":
+            stored = self._get(method, path)
+            del self.objects[path]
+            return stored
+        raise api_error(method, path, 405, "MethodNotAllowed", "method not allowed")
+
+    async def get(self, path: str) -> Object:
+        return await self.call("GET", path)
+
+    async def create(self, path: str, obj: Object) -> Object:
+        return await self.call("POST", path, obj)
+
+    async def replace(self, path: str, obj: Object) -> Object:
+        return await self.call("PUT", path, obj)
+
+    async def merge_patch(self, path: str, patch: Object) -> Object:
+        return await self.call("PATCH", path, patch, "application/merge-patch+json")
+
+    async def delete(self, path: str) -> Object:
+        return await self.call("DELETE", path)
+
+    # The rules
+
+    def _get(self, method: str, path: str) -> Object:
+        stored = self.objects.get(path)
+        if stored is None:
+            name = path.rsplit("/", 1)[-1]
+            raise api_error(method, path, 404, "NotFound", f'"{name}" not found')
+        return copy.deepcopy(stored)
+
+    def _create(self, method: str, collection: str, body: Object) -> Object:
+        obj = copy.deepcopy(body)
+        metadata = obj.setdefault("metadata", {})
+        name = metadata["name"]
+        path = f"{collection}/{name}"
+        if path in self.objects:
+            raise api_error(method, collection, 409, "AlreadyExists", f'"{name}" already exists')
+        if "/namespaces/" in collection:
+            metadata["namespace"] = collection.split("/namespaces/", 1)[1].split("/", 1)[0]
+        metadata["uid"] = str(uuid.uuid4())
+        metadata.pop("resourceVersion", None)
+        if self.clock is not None:
+            metadata["creationTimestamp"] = rfc3339(self.clock.seconds())
+        return self.put_object(path, obj)
+
+    def _update(self, method: str, path: str, body: Object, content_type: str) -> Object:
+        status_only = path.endswith("/status")
+        item = path.removesuffix("/status") if status_only else path
+        current = self._get(method, item)
+        if method == "PATCH":
+            assert content_type == "application/merge-patch+json"
+            new = _merge_patch(current, body)
+        else:
+            wanted = (body.get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != current["metadata"]["resourceVersion"]:
+                raise api_error(
+                    method,
+                    path,
+                    409,
+                    "Conflict",
+                    "the object has been modified; please apply your changes to the latest "
+                    "version and try again",
+                )
+            new = copy.deepcopy(body)
+        if status_only:
+            updated = copy.deepcopy(current)
+            updated["status"] = new.get("status", {})
+        else:
+            updated = new
+            updated.setdefault("metadata", {})
+            for kept in ("uid", "name", "namespace", "creationTimestamp"):
+                if kept in current["metadata"]:
+                    updated["metadata"][kept] = current["metadata"][kept]
+            if current.get("kind") in _STATUS_KINDS and "status" in current:
+                updated["status"] = current["status"]
+        return self.put_object(item, updated)
