@@ -1,26 +1,32 @@
-"""The service tree of ``k3s-agent``."""
+"""The node half of k3stw: joining a cluster, then running the kubelet."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from k3stw.agent.cacerts import CAHashMismatch, Fetch
 from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
+from k3stw.httpclient import HTTPSClient
+from k3stw.kubeclient import KubeClient
+from k3stw.kubelet.config import KubeletConfig
+from k3stw.kubelet.node import Taint
+from k3stw.kubelet.service import KubeletService
 from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
 from k3stw.logs import Logger
+from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """An agent's settings, already validated."""
+    """A node's settings, already validated (labels and taints parsed)."""
 
     data_dir: Path
     server_url: str
@@ -30,8 +36,9 @@ class AgentConfig:
     with_node_id: bool = False
     node_ips: tuple[str, ...] = ()
     node_external_ips: tuple[str, ...] = ()
-    node_labels: tuple[str, ...] = ()
-    node_taints: tuple[str, ...] = ()
+    node_labels: dict[str, str] = field(default_factory=dict)
+    node_taints: tuple[Taint, ...] = ()
+    is_server: bool = False
 
     def join_request(self) -> JoinRequest:
         return JoinRequest(
@@ -45,12 +52,36 @@ class AgentConfig:
         )
 
 
-class AgentService(ApplianceService):
+#: Builds the node's kubelet once the node has joined.
+KubeletFactory = Callable[[Joined], IService]
+
+
+def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
+    """The real kubelet: the API reached with the node's own client certificate."""
+
+    def make(joined: Joined) -> IService:
+        policy = PinnedCAPolicy(joined.server_ca, joined.client)
+        client = KubeClient(HTTPSClient(clock, policy), config.server_url)
+        settings = KubeletConfig(
+            node_name=joined.identity.name,
+            node_ips=config.node_ips,
+            data_dir=str(config.data_dir),
+            external_ips=config.node_external_ips,
+            labels=config.node_labels,
+            taints=config.node_taints,
+            is_server=config.is_server,
+        )
+        return KubeletService(clock, client, settings)
+
+    return make
+
+
+class NodeAgent(MultiService):
     """
-    The root of an agent: the registration handshake (retrying while the
-    server is unreachable or not ready, stopping the process if the token
-    belongs to another cluster or the identity files cannot be used), then
-    the kubelet.
+    Join (the handshake, retrying as k3s retries), then run the kubelet.
+
+    :param fatal: told, once, of a failure that retrying cannot fix (a token
+        for another cluster, identity files that cannot be used).
     """
 
     _log = Logger()
@@ -61,14 +92,16 @@ class AgentService(ApplianceService):
         config: AgentConfig,
         fetch: Fetch,
         send: Send,
-        start_kubelet: Callable[[Joined], IService] | None = None,
+        start_kubelet: KubeletFactory | None,
+        fatal: Callable[[str], None],
     ) -> None:
-        super().__init__("k3s-agent")
+        super().__init__()
         self.reactor = reactor
         self.config = config
         self.fetch = fetch
         self.send = send
         self.start_kubelet = start_kubelet
+        self.fatal = fatal
         self.joined: Joined | None = None
         self._joining: Deferred[None] | None = None
 
@@ -99,7 +132,31 @@ class AgentService(ApplianceService):
         if failure.check(CancelledError):
             return
         if failure.check(CAHashMismatch, StartupError):
-            # The real reactor is also an IReactorCore; only it can end the process.
-            stop_with_error(self.reactor, str(failure.value))  # type: ignore[arg-type]
+            self.fatal(str(failure.value))
             return
         self._log.failure("The agent stopped joining", failure)
+
+
+class AgentService(ApplianceService):
+    """The root of ``k3s-agent``: a node agent whose fatal errors end the process."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        config: AgentConfig,
+        fetch: Fetch,
+        send: Send,
+        start_kubelet: KubeletFactory | None = None,
+    ) -> None:
+        super().__init__("k3s-agent")
+        self.reactor = reactor
+        self.node = NodeAgent(reactor, config, fetch, send, start_kubelet, self._fatal)
+        self.node.setServiceParent(self)
+
+    @property
+    def joined(self) -> Joined | None:
+        return self.node.joined
+
+    def _fatal(self, message: str) -> None:
+        # The real reactor is also an IReactorCore; only it can end the process.
+        stop_with_error(self.reactor, message)  # type: ignore[arg-type]

@@ -148,6 +148,13 @@ class Registry:
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
         return self._types.get((group, version, plural))
 
+    def require(self, group: str, version: str, plural: str) -> ResourceType:
+        """A resource that must be served (a built-in one)."""
+        found = self.lookup(group, version, plural)
+        if found is None:
+            raise KeyError(f"{plural}.{group or 'core'}/{version} is not served")
+        return found
+
     def by_kind(self, group: str, kind: str) -> ResourceType | None:
         """The resource of a kind in a group (its first served version)."""
         for resource in self._types.values():

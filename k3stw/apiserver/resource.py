@@ -226,6 +226,9 @@ class KubernetesAPI(Resource):
             return _found(discovery.api_resource_list(self.registry, group, version))
         target = self._target(group, version, rest)
         verb = self._verb(request, target)
+        if verb == "create" and user.node_name is not None:
+            # A node may create only its own Node (NodeRestriction): authorize the named object.
+            target = Target(target.resource, target.namespace, self._peek_name(request), None)
         await authorize(
             user,
             Attributes(verb, target.resource, target.namespace, target.name, target.subresource),
@@ -247,6 +250,18 @@ class KubernetesAPI(Resource):
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         return self._checked(Target(resource, None, name, sub))
+
+    def _peek_name(self, request: Request) -> str | None:
+        """The name in a create's body, leaving the body to be read again."""
+        if request.content is None:
+            return None
+        try:
+            name = json.loads(request.content.read()).get("metadata", {}).get("name")
+        except (ValueError, AttributeError):
+            name = None
+        finally:
+            request.content.seek(0)
+        return name if isinstance(name, str) else None
 
     def _checked(self, target: Target) -> Target:
         if (

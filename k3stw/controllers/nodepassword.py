@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
@@ -44,10 +45,8 @@ class NodePasswordController(MultiService):
         self.store = store
         self.clock = clock
         self.min_orphan_age = min_orphan_age
-        nodes = registry.lookup("", "v1", "nodes")
-        secrets = registry.lookup("", "v1", "secrets")
-        assert nodes is not None and secrets is not None
-        self.nodes, self.secrets = nodes, secrets
+        self.nodes = registry.require("", "v1", "nodes")
+        self.secrets = registry.require("", "v1", "secrets")
         self._watch: IWatch | None = None
         self._starting: Deferred[None] | None = None
         sweep = TimerService(SWEEP_SECONDS, self._sweep_safely)
@@ -73,7 +72,8 @@ class NodePasswordController(MultiService):
                 self._watch = await self.store.watch(self.nodes, None, "", None, self._node_seen)
                 await self._watch.ended
             except StatusError as e:
-                self._log.warn("node watch unavailable: {error}", error=e.message)
+                if e.code != 503:
+                    self._log.warn("node watch unavailable: {error}", error=e.message)
             await deferLater(self.clock, 1.0)
 
     def _node_seen(self, kind: str, node: Object) -> None:
@@ -105,8 +105,14 @@ class NodePasswordController(MultiService):
 
     def _sweep_safely(self) -> Deferred[None]:
         sweeping = Deferred.fromCoroutine(self.sweep())
-        sweeping.addErrback(lambda f: self._log.failure("node-password sweep failed", f))
+        sweeping.addErrback(self._sweep_failed)
         return sweeping
+
+    def _sweep_failed(self, failure: Failure) -> None:
+        if isinstance(failure.value, StatusError) and failure.value.code == 503:
+            # The datastore is not up yet (or away); the next sweep tries again.
+            return
+        self._log.failure("node-password sweep failed", failure)
 
     async def sweep(self) -> None:
         """Delete password secrets older than the minimum age whose Node does not exist."""

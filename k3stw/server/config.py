@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from k3stw.datastore.endpoint import DatastoreTLS
 from k3stw.pki.certs import SubjectAltNames
@@ -36,6 +37,9 @@ class ServerConfig:
     cluster_domain: str
     cluster_cidr: str = "10.42.0.0/16"
     cluster_dns: str = "10.43.0.10"
+    node_monitor_grace_period: float = 40.0
+    #: The embedded agent's node settings; None with ``--disable-agent``.
+    node: dict[str, Any] | None = None
     datastore_endpoint: str | None = None
     datastore_tls: DatastoreTLS = field(default_factory=DatastoreTLS)
 

@@ -18,14 +18,16 @@ from k3stw.apiserver.resource import APIRequest, KubernetesAPI
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.controllers.nodepassword import NodePasswordController
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import IDatastore
-from k3stw.lifecycle import ApplianceService
+from k3stw.lifecycle import ApplianceService, stop_with_error
 from k3stw.logs import Logger, debug_enabled
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
 from k3stw.pki.tls import server_tls_options
+from k3stw.pki.token import Token
 from k3stw.server.config import ServerConfig
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
 from k3stw.supervisor.resource import Readiness, supervisor_resource
@@ -63,8 +65,10 @@ class ServerService(ApplianceService):
         datastore: IDatastore,
         store: ObjectStore,
         registry: Registry,
+        reactor: Any,
     ) -> None:
         super().__init__("k3s-server")
+        self.reactor = reactor
         self.config = config
         self.credentials = credentials
         self.datastore = datastore
@@ -77,9 +81,12 @@ class ServerService(ApplianceService):
         super().startService()
         self._becoming_ready = Deferred.fromCoroutine(self._become_ready())
         self._becoming_ready.addErrback(
-            lambda failure: None if failure.check(CancelledError) else
-            self._log.failure("The server could not finish starting", failure)
-        )  # fmt: skip
+            lambda failure: (
+                None
+                if failure.check(CancelledError)
+                else self._log.failure("The server could not finish starting", failure)
+            )
+        )
 
     def stopService(self) -> Deferred[None] | None:
         if self._becoming_ready is not None:
@@ -87,11 +94,35 @@ class ServerService(ApplianceService):
         stopped: Deferred[None] | None = super().stopService()
         return stopped
 
+    def _start_embedded_agent(self, node: dict[str, Any]) -> None:
+        """The server's own node: the same join, straight to this server, no load balancer."""
+        from k3stw.agent.cacerts import https_fetcher
+        from k3stw.agent.join import https_sender
+        from k3stw.agent.service import AgentConfig, NodeAgent, kubelet_factory
+
+        token = Token(self.credentials.token.ca_hash, "node", self.credentials.agent_password)
+        config = AgentConfig(server_url=self.config.local_url, token=token, is_server=True, **node)
+        reactor = self.reactor
+        agent = NodeAgent(
+            reactor,
+            config,
+            https_fetcher(reactor),
+            https_sender(reactor),
+            kubelet_factory(reactor, config),
+            self._fatal,
+        )
+        agent.setServiceParent(self)
+
+    def _fatal(self, message: str) -> None:
+        stop_with_error(self.reactor, message)
+
     async def _become_ready(self) -> None:
         # Every backend is also a Service that says when it has connected.
         await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
         self.readiness.mark_ready()
+        if self.config.node is not None:
+            self._start_embedded_agent(self.config.node)
         self._log.info(
             "k3stw server listening on {address}:{port}; admin kubeconfig at {kubeconfig}",
             address=self.config.bind_address,
@@ -135,11 +166,18 @@ def build_server(
     )
     store = ObjectStore(datastore, reactor)
     registry = Registry.with_built_ins()
-    root = ServerService(config, credentials, datastore, store, registry)
+    root = ServerService(config, credentials, datastore, store, registry, reactor)
     datastore.setServiceParent(root)
     GarbageCollector(datastore, store, registry, reactor).setServiceParent(root)
     CRDController(datastore, store, registry, reactor).setServiceParent(root)
     NodePasswordController(store, registry, reactor).setServiceParent(root)
+    NodeLifecycleController(
+        store,
+        registry.require("", "v1", "nodes"),
+        registry.require("coordination.k8s.io", "v1", "leases"),
+        reactor,
+        grace_period=config.node_monitor_grace_period,
+    ).setServiceParent(root)
     advertised = f"{config.advertise_address or config.node_ips[0]}:{config.https_port}"
     api = KubernetesAPI(store, registry, reactor, advertised)
     node_passwords = NodePasswords(store, registry, reactor)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from twisted.application.service import IService
 
-from k3stw import hostinfo
 from k3stw.agent.service import AgentConfig
 from k3stw.logs import set_debug
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
@@ -31,18 +28,7 @@ def agent_config(options: Options) -> AgentConfig:
     token = options.token("token")
     if token is None:
         raise ConfigurationError("--token is required (or --token-file, K3S_TOKEN)")
-    return AgentConfig(
-        data_dir=Path(options["data-dir"]),
-        server_url=options["server"],
-        token=token,
-        identity_dir=Path(options["node-identity-dir"]),
-        node_name=options["node-name"] or hostinfo.hostname(),
-        with_node_id=options["with-node-id"],
-        node_ips=options["node-ip"] or (hostinfo.primary_address(),),
-        node_external_ips=options["node-external-ip"],
-        node_labels=options["node-label"],
-        node_taints=options["node-taint"],
-    )
+    return AgentConfig(server_url=options["server"], token=token, **options.node_settings())  # type: ignore[arg-type]
 
 
 def makeService(options: Options) -> IService:
@@ -51,10 +37,11 @@ def makeService(options: Options) -> IService:
     set_debug(options["debug"])
     from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.join import https_sender
-    from k3stw.agent.service import AgentService
+    from k3stw.agent.service import AgentService, kubelet_factory
 
     try:
         config = agent_config(options)
     except ConfigurationError as e:
         raise SystemExit(f"k3s-agent: {e}") from None
-    return AgentService(reactor, config, https_fetcher(reactor), https_sender(reactor))
+    kubelet = kubelet_factory(reactor, config)
+    return AgentService(reactor, config, https_fetcher(reactor), https_sender(reactor), kubelet)

@@ -522,6 +522,33 @@ class K3sOptions(usage.Options):
         except InvalidToken as e:
             raise ConfigurationError(f"invalid --{flag}: {e}") from None
 
+    def node_settings(self) -> dict[str, object]:
+        """
+        The node flags both roles share, validated as the kubelet validates
+        them: the AgentConfig fields that come from flags.
+
+        :raises ConfigurationError: a ``--node-label`` or ``--node-taint`` the
+            kubelet would refuse.
+        """
+        from k3stw import hostinfo
+        from k3stw.kubelet.config import NodeFlagError, parse_node_labels, parse_node_taints
+
+        try:
+            labels = parse_node_labels(self["node-label"])
+            taints = parse_node_taints(self["node-taint"])
+        except NodeFlagError as e:
+            raise ConfigurationError(str(e)) from None
+        return {
+            "data_dir": Path(self["data-dir"]),
+            "identity_dir": Path(self["node-identity-dir"]),
+            "node_name": (self["node-name"] or hostinfo.hostname()).lower(),
+            "with_node_id": self["with-node-id"],
+            "node_ips": self["node-ip"] or (hostinfo.primary_address(),),
+            "node_external_ips": self["node-external-ip"],
+            "node_labels": labels,
+            "node_taints": taints,
+        }
+
     def getSynopsis(self) -> str:
         return f"Usage: twistd [options] {self.command} [{self.command} options]"
 

@@ -52,6 +52,8 @@ def server_config(options: Options) -> ServerConfig:
         cluster_domain=options["cluster-domain"],
         cluster_cidr=options["cluster-cidr"],
         cluster_dns=options["cluster-dns"],
+        node=None if options["disable-agent"] else options.node_settings(),
+        node_monitor_grace_period=options["node-monitor-grace-period"],
         datastore_endpoint=options["datastore-endpoint"],
         datastore_tls=DatastoreTLS(
             options["datastore-cafile"], options["datastore-certfile"], options["datastore-keyfile"]
