@@ -92,6 +92,7 @@ def k3stw_server(work: Path, port: int) -> list[str]:
         TWISTD, "-n", "--pidfile=", "k3s-server", "--config", str(config),
         "--data-dir", str(work / "data"), "--bind-address", HOST,
         "--https-listen-port", str(port), "--write-kubeconfig", str(work / "k3s.yaml"),
+        "--node-identity-dir", str(work / "node"),
     ]  # fmt: skip
 
 

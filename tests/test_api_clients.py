@@ -44,6 +44,8 @@ def start_server(root: Path, *extra: str) -> tuple[Twistd, int]:
         str(port),
         "--write-kubeconfig",
         str(root / "k3s.yaml"),
+        "--node-identity-dir",
+        str(root / "node"),
         *extra,
     ).start()
     server.wait_for_ping(HOST, port)

@@ -46,6 +46,10 @@ class ExternalDatastoreMixin:
             str(port),
             "--write-kubeconfig",
             str(root / "k3s.yaml"),
+            "--node-identity-dir",
+            str(root / "node"),
+            "--node-name",
+            root.name,
             "--datastore-endpoint",
             endpoint,
         ).start()

@@ -85,6 +85,8 @@ class KubectlTests(SynchronousTestCase):
             str(port),
             "--write-kubeconfig",
             str(cls.root / "k3s.yaml"),
+            "--node-identity-dir",
+            str(cls.root / "node"),
         )
         cls.server.start()
         cls.server.wait_for_ping(HOST, port)

@@ -42,6 +42,7 @@ class ServerProcess:
             "--bind-address", host,
             "--https-listen-port", str(self.port),
             "--write-kubeconfig", str(self.kubeconfig),
+            "--node-identity-dir", str(root / "node"),
             *extra,
         )  # fmt: skip
 
@@ -225,6 +226,7 @@ class AgentProcessTests(SynchronousTestCase):
             "--config", str(config),
             "--data-dir", str(self.root / "agent-data"),
             "--node-identity-dir", str(self.root / "agent-node"),
+            "--node-name", "worker",
             "--server", server_url,
             "--token", token,
         )  # fmt: skip
