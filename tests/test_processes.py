@@ -64,8 +64,16 @@ class ServerProcess:
 
 
 def credentials(data_dir: Path) -> dict[str, bytes]:
-    """Every file of the server's identity: certificates, keys and tokens (not the database)."""
-    return {k: v for k, v in snapshot(data_dir).items() if not k.startswith("server/db")}
+    """
+    Every file of the server's identity: certificates, keys and tokens. Not the
+    database, nor the embedded agent's kubelet certificates, issued anew at each
+    join as k3s issues them.
+    """
+    return {
+        k: v
+        for k, v in snapshot(data_dir).items()
+        if k.startswith("server/") and not k.startswith("server/db")
+    }
 
 
 class ServerProcessTests(SynchronousTestCase):
