@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -57,6 +58,8 @@ class APIRequest(Request):
     """
 
     body_too_large = False
+    # The API takes JSON and YAML, never HTML forms: skip Twisted's form parsing.
+    _parsePOSTFormSubmission = False
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY:
@@ -126,6 +129,7 @@ class KubernetesAPI(Resource):
         self.clock = clock
         self.server_address = server_address
         self.openapi = discovery.OpenAPI(registry)
+        self._users: WeakKeyDictionary[object, User] = WeakKeyDictionary()
 
     def render(self, request: Request) -> int:
         Deferred.fromCoroutine(self._respond(request))
@@ -182,11 +186,15 @@ class KubernetesAPI(Resource):
         raise StatusError(404, NOT_FOUND)
 
     def _authenticate(self, request: Request) -> User:
-        transport = getattr(request, "transport", None)
-        certificate = transport.getPeerCertificate() if transport is not None else None
-        user = user_of_certificate(certificate) if certificate is not None else None
+        # A connection's client certificate never changes: read it once per connection.
+        user = self._users.get(request.channel)
         if user is None:
-            raise StatusError(401, "Unauthorized")
+            transport = getattr(request, "transport", None)
+            certificate = transport.getPeerCertificate() if transport is not None else None
+            user = user_of_certificate(certificate) if certificate is not None else None
+            if user is None:
+                raise StatusError(401, "Unauthorized")
+            self._users[request.channel] = user
         return user
 
     def _openapi(self, request: Request, parts: list[str]) -> tuple[int, object] | None:
@@ -552,6 +560,7 @@ class KubernetesAPI(Resource):
         return options
 
     async def _terminate_namespace(self, name: str, store: ObjectStore) -> Object:
+        self.store.forget_namespace(name)
         resource = self.registry.lookup("", "v1", "namespaces")
         assert resource is not None
 

@@ -62,6 +62,7 @@ _NAME_MESSAGE = (
 # kube-apiserver's generateName alphabet: no vowels, no look-alikes.
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _MAX_CAS_RETRIES = 16
+NAMESPACE_CHECK_SECONDS = 1.0
 
 
 def unavailable(error: DatastoreUnavailable) -> StatusError:
@@ -138,6 +139,9 @@ class ObjectStore:
         self.datastore = datastore
         self.clock = clock
         self.dry_run = dry_run
+        # Namespaces seen active, and when: a create does not read its namespace again
+        # for NAMESPACE_CHECK_SECONDS (kube-apiserver's admission uses a cache the same way).
+        self._active_namespaces: dict[str, float] = {}
 
     def now(self) -> str:
         return timestamp(self.clock.seconds())
@@ -294,15 +298,24 @@ class ObjectStore:
         return name
 
     async def _require_active_namespace(self, namespace: str) -> None:
+        seen = self._active_namespaces.get(namespace)
+        if seen is not None and self.clock.seconds() - seen < NAMESPACE_CHECK_SECONDS:
+            return
         kv = await self._get_kv(NAMESPACES, None, namespace)
         if kv is None:
             raise not_found("namespaces", "", namespace)
         if json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"):
+            self._active_namespaces.pop(namespace, None)
             raise StatusError(
                 403,
                 f"unable to create new content in namespace {namespace} because it is being "
                 "terminated",
             )
+        self._active_namespaces[namespace] = self.clock.seconds()
+
+    def forget_namespace(self, namespace: str) -> None:
+        """A namespace is being deleted: check it again before the next create in it."""
+        self._active_namespaces.pop(namespace, None)
 
     async def update(
         self,
