@@ -115,7 +115,7 @@ class MariaDBServer:
             )
             if result.returncode != 0:
                 self._fail("mariadb-install-db failed", result.stdout + result.stderr)
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             [
                 _binary("mariadbd", "mysqld"),
                 "--no-defaults",
@@ -136,7 +136,7 @@ class MariaDBServer:
         )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 self.process = None
                 self._fail(f"mariadbd on {self.host}:{self.port} exited")
             try:
@@ -154,7 +154,7 @@ class MariaDBServer:
             watchdog.stdin.close()
             watchdog.wait()
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(self.process.pid), self.data, self.directory],
+            [sys.executable, "-c", _WATCHDOG, str(process.pid), self.data, self.directory],
             stdin=subprocess.PIPE,
             start_new_session=True,
         )
