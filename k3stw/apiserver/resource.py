@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,7 @@ class KubernetesAPI(Resource):
         self.server_address = server_address
         self.openapi = discovery.OpenAPI(registry)
         self._users: WeakKeyDictionary[object, User] = WeakKeyDictionary()
+        self._lines = EventLines()
 
     def render(self, request: Request) -> int:
         Deferred.fromCoroutine(self._respond(request))
@@ -659,8 +661,9 @@ class KubernetesAPI(Resource):
                     target.resource, obj, self.clock.seconds(), with_columns=first[0]
                 )
                 first[0] = False
-            line = json.dumps({"type": kind, "object": obj}, separators=(",", ":"))
-            request.write(line.encode("utf-8") + b"\n")
+                request.write(_event_line(kind, obj))
+            else:
+                request.write(self._lines.line(kind, obj))
 
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
@@ -765,6 +768,33 @@ def _references(pod: Object, kind: str) -> set[str]:
     if kind == "secrets":
         found.update(s.get("name", "") for s in spec.get("imagePullSecrets") or [])
     return found
+
+
+def _event_line(kind: str, obj: object) -> bytes:
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+class EventLines:
+    """
+    Encoded watch lines of recent events, so an event sent to many watchers
+    is encoded once.  Keyed by the (shared, read-only) decoded object.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._lines: OrderedDict[tuple[str, int], tuple[object, bytes]] = OrderedDict()
+
+    def line(self, kind: str, obj: object) -> bytes:
+        key = (kind, id(obj))
+        found = self._lines.get(key)
+        # The object is kept with its line, so its id cannot be reused while cached.
+        if found is not None and found[0] is obj:
+            return found[1]
+        encoded = _event_line(kind, obj)
+        self._lines[key] = (obj, encoded)
+        if len(self._lines) > self.size:
+            self._lines.popitem(last=False)
+        return encoded
 
 
 def _stop_watch(watch: IWatch, timer: IDelayedCall) -> None:

@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,6 +143,7 @@ class ObjectStore:
         # Namespaces seen active, and when: a create does not read its namespace again
         # for NAMESPACE_CHECK_SECONDS (kube-apiserver's admission uses a cache the same way).
         self._active_namespaces: dict[str, float] = {}
+        self.decoded = DecodedEvents()
 
     def now(self) -> str:
         return timestamp(self.clock.seconds())
@@ -475,7 +477,7 @@ class ObjectStore:
 
         def deliver(events: Sequence[Event]) -> None:
             for event in events:
-                translated = translate(event, predicate)
+                translated = translate(event, predicate, self.decoded)
                 if translated is not None:
                     send(*translated)
 
@@ -488,14 +490,37 @@ class ObjectStore:
         return watch
 
 
-def translate(event: Event, predicate: Predicate | None) -> tuple[str, Object] | None:
+class DecodedEvents:
+    """
+    The objects of recent datastore events, decoded once for every watcher that
+    sees them (an event reaches each watch of its prefix).  Treat them as read-only.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._objects: OrderedDict[tuple[str, int, int], Object] = OrderedDict()
+
+    def object(self, kv: KeyValue, revision: int | None = None) -> Object:
+        key = (kv.key, kv.mod_revision, revision or 0)
+        found = self._objects.get(key)
+        if found is None:
+            found = self._objects[key] = decode(kv, revision)
+            if len(self._objects) > self.size:
+                self._objects.popitem(last=False)
+        return found
+
+
+def translate(
+    event: Event, predicate: Predicate | None, decoded: DecodedEvents | None = None
+) -> tuple[str, Object] | None:
     """A datastore event as a watch event, seen through C{predicate}."""
     matches = predicate or (lambda _: True)
+    read = decoded.object if decoded is not None else decode
     if event.type is EventType.DELETE:
-        last = decode(event.kv, event.revision)
+        last = read(event.kv, event.revision)
         return ("DELETED", last) if matches(last) else None
-    new = decode(event.kv)
-    was = event.prev is not None and matches(decode(event.prev))
+    new = read(event.kv)
+    was = event.prev is not None and matches(read(event.prev))
     now = matches(new)
     if event.type is EventType.CREATE or not was:
         return ("ADDED", new) if now else None
