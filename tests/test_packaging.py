@@ -26,8 +26,7 @@ for plugin in getPlugins(IServiceMaker):
     if plugin.tapname.startswith("k3s-"):
         verifyObject(IServiceMaker, plugin)
         found[plugin.tapname] = type(plugin.options()).__module__
-import twisted.plugins.k3stw_plugins as dropin
-print(json.dumps({"plugins": found, "dropin": dropin.__file__, "package": k3stw.__file__}))
+print(json.dumps({"plugins": found, "package": k3stw.__file__}))
 """
 
 
@@ -72,5 +71,8 @@ class WheelTests(SynchronousTestCase):
         self.assertEqual(
             result["plugins"], {"k3s-server": "k3stw.tap.server", "k3s-agent": "k3stw.tap.agent"}
         )
-        self.assertTrue(result["dropin"].startswith(str(target)), result["dropin"])
+        # twistd may load the dropin from another copy on its plugin path (the test
+        # environment's own), so check that the wheel put one into the new venv.
+        self.assertTrue((child_site / "twisted" / "plugins" / "k3stw_plugins.py").is_file())
+        self.assertFalse((child_site / "twisted" / "__init__.py").exists())
         self.assertTrue(result["package"].startswith(str(target)), result["package"])

@@ -9,69 +9,41 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 
 from k3stw.apiserver.registry import CRDS, Registry, resources_of_crd
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import Object, ObjectStore
-from k3stw.datastore.interface import Event, EventType, IDatastore, IWatch
-from k3stw.logs import Logger
+from k3stw.controllers.loop import ControllerLoop
+from k3stw.datastore.interface import Event, EventType, IDatastore
 
 CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 RETRY_SECONDS = 1.0
 
 
-class CRDController(Service):
+class CRDController(ControllerLoop):
     """Keeps the registry equal to the stored CRDs and cleans up after deleted ones."""
 
-    _log = Logger()
+    label = "CRD controller"
 
     def __init__(
         self, datastore: IDatastore, store: ObjectStore, registry: Registry, clock: IReactorTime
     ) -> None:
+        super().__init__(clock, RETRY_SECONDS)
         self.datastore = datastore
         self.store = store
         self.registry = registry
-        self.clock = clock
-        self._running: Deferred[None] | None = None
-        self._watch: IWatch | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._running = Deferred.fromCoroutine(self._run())
-        self._running.addErrback(
-            lambda f: None if f.check(CancelledError) else self._log.failure("CRDs", f)
+    async def run_once(self) -> None:
+        """Serve every stored CRD, then follow changes until the watch ends."""
+        listed = await self.store.list(CRDS, None)
+        for crd in listed.items:
+            self._serve(crd)
+        self.watch = await self.datastore.watch(
+            CRDS.storage_prefix(), int(listed.resource_version) + 1, self._changed
         )
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._watch is not None:
-            self._watch.cancel()
-        if self._running is not None:
-            self._running.cancel()
-
-    async def _run(self) -> None:
-        while self.running:
-            try:
-                wait_until_ready = getattr(self.datastore, "when_ready", None)
-                if wait_until_ready is not None:
-                    await wait_until_ready()
-                listed = await self.store.list(CRDS, None)
-                for crd in listed.items:
-                    self._serve(crd)
-                prefix = CRDS.storage_prefix()
-                self._watch = await self.datastore.watch(
-                    prefix, int(listed.resource_version) + 1, self._changed
-                )
-                await self._watch.ended
-            except CancelledError:
-                raise
-            except Exception:
-                self._log.failure("CRD watch lost; starting again")
-            await deferLater(self.clock, RETRY_SECONDS)
+        await self.watch.ended
 
     def _changed(self, events: Sequence[Event]) -> None:
         for event in events:

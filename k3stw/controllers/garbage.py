@@ -15,17 +15,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 
 from k3stw.apiserver.registry import NAMESPACES, Registry, ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import Object, ObjectStore
-from k3stw.datastore.interface import Event, EventType, IDatastore, IWatch
-from k3stw.logs import Logger
+from k3stw.controllers.loop import ControllerLoop
+from k3stw.datastore.interface import Event, EventType, IDatastore
 
 PREFIX = "/registry/"
 ORPHAN = "orphan"
@@ -42,55 +39,27 @@ class ObjectRef:
     name: str
 
 
-class GarbageCollector(Service):
+class GarbageCollector(ControllerLoop):
     """Cascading deletion by ownerReferences, and namespace termination."""
 
-    _log = Logger()
+    label = "garbage collector"
 
     def __init__(
         self, datastore: IDatastore, store: ObjectStore, registry: Registry, clock: IReactorTime
     ) -> None:
+        super().__init__(clock, RETRY_SECONDS)
         self.datastore = datastore
         self.store = store
         self.registry = registry
-        self.clock = clock
         self.dependents: defaultdict[str, set[str]] = defaultdict(set)
         self._pending: set[str] = set()
-        self._running: Deferred[None] | None = None
-        self._watch: IWatch | None = None
         self._wake: Deferred[None] | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._running = Deferred.fromCoroutine(self._run())
-        self._running.addErrback(self._stopped)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._watch is not None:
-            self._watch.cancel()
-        if self._running is not None:
-            self._running.cancel()
-
-    def _stopped(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):
-            self._log.failure("The garbage collector stopped", failure)
-
-    async def _run(self) -> None:
-        while self.running:
-            try:
-                await self._follow()
-            except CancelledError:
-                raise
-            except Exception:
-                self._log.failure("Garbage collector lost its watch; starting again")
-            await deferLater(self.clock, RETRY_SECONDS)
+    async def run_once(self) -> None:
+        await self._follow()
 
     async def _follow(self) -> None:
         """Index everything, then handle changes as they come."""
-        wait_until_ready = getattr(self.datastore, "when_ready", None)
-        if wait_until_ready is not None:
-            await wait_until_ready()
         self.dependents.clear()
         revision = 0
         start: str | None = None
@@ -105,8 +74,8 @@ class GarbageCollector(Service):
                 start = kv.key
             if not page.more:
                 break
-        self._watch = await self.datastore.watch(PREFIX, revision + 1, self._changed)
-        ended = self._watch.ended
+        self.watch = await self.datastore.watch(PREFIX, revision + 1, self._changed)
+        ended = self.watch.ended
         ended.addBoth(self._nudge_through)
         while not ended.called:
             await self._work()

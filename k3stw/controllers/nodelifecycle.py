@@ -15,15 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import Object, ObjectStore
+from k3stw.controllers.loop import ControllerLoop
 from k3stw.kubelet.node import (
     KUBELET_CONDITIONS,
     LEASE_NAMESPACE,
@@ -33,7 +31,6 @@ from k3stw.kubelet.node import (
     rfc3339,
     without_taints,
 )
-from k3stw.logs import Logger
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 UNREACHABLE_TAINTS = (Taint(UNREACHABLE, "", "NoSchedule"), Taint(UNREACHABLE, "", "NoExecute"))
@@ -55,7 +52,7 @@ class _Probe:
     seen_at: float
 
 
-class NodeLifecycleController(Service):
+class NodeLifecycleController(ControllerLoop):
     """
     Marks silent nodes Ready=Unknown and unreachable, and clears the taints
     when they come back.
@@ -69,7 +66,7 @@ class NodeLifecycleController(Service):
     :param monitor_period: seconds between passes over all nodes.
     """
 
-    _log = Logger()
+    label = "node lifecycle controller"
 
     def __init__(
         self,
@@ -80,49 +77,16 @@ class NodeLifecycleController(Service):
         grace_period: float = 40.0,
         monitor_period: float = MONITOR_PERIOD,
     ) -> None:
+        super().__init__(clock, monitor_period)
         self.store = store
         self.nodes = nodes
         self.leases = leases
-        self.clock = clock
         self.grace_period = grace_period
         self.monitor_period = monitor_period
         self._probes: dict[str, _Probe] = {}
-        self._running: Deferred[None] | None = None
-        self._failing = False
 
-    def startService(self) -> None:
-        super().startService()
-        self._running = Deferred.fromCoroutine(self._run())
-        self._running.addErrback(self._stopped)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._running is not None:
-            running, self._running = self._running, None
-            running.cancel()
-
-    def _stopped(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):
-            self._log.failure("The node lifecycle controller stopped", failure)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._monitor()
-                if self._failing:
-                    self._log.info("Node monitoring works again")
-                self._failing = False
-            except CancelledError:
-                raise
-            except StatusError as e:
-                # The datastore away (503) is logged once per outage, not every pass.
-                if not self._failing:
-                    self._log.warn("Node monitoring failed: {error}", error=e.message)
-                self._failing = True
-            except Exception:
-                self._log.failure("Node monitoring failed")
-                self._failing = True
-            await deferLater(self.clock, self.monitor_period)
+    async def run_once(self) -> None:
+        await self._monitor()
 
     def monitor(self) -> Deferred[None]:
         """One pass over every node (the service runs one every C{monitor_period})."""

@@ -11,17 +11,14 @@ from __future__ import annotations
 import datetime
 
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import Object, ObjectStore
-from k3stw.datastore.interface import IWatch
-from k3stw.logs import Logger
+from k3stw.controllers.loop import ControllerLoop
 from k3stw.supervisor.nodes import SECRET_TYPE, secret_name
 
 SUFFIX = ".node-password.k3s"
@@ -29,10 +26,10 @@ SWEEP_SECONDS = 60.0
 MIN_ORPHAN_AGE = 600.0
 
 
-class NodePasswordController(MultiService):
+class NodePasswordController(ControllerLoop):
     """Owner references for node-password secrets, and the orphan sweep."""
 
-    _log = Logger()
+    label = "node-password controller"
 
     def __init__(
         self,
@@ -41,40 +38,19 @@ class NodePasswordController(MultiService):
         clock: IReactorTime,
         min_orphan_age: float = MIN_ORPHAN_AGE,
     ) -> None:
-        super().__init__()
+        super().__init__(clock)
         self.store = store
-        self.clock = clock
         self.min_orphan_age = min_orphan_age
         self.nodes = registry.require("", "v1", "nodes")
         self.secrets = registry.require("", "v1", "secrets")
-        self._watch: IWatch | None = None
-        self._starting: Deferred[None] | None = None
         sweep = TimerService(SWEEP_SECONDS, self._sweep_safely)
         sweep.clock = clock
         sweep.setServiceParent(self)
 
-    def startService(self) -> None:
-        super().startService()
-        self._starting = Deferred.fromCoroutine(self._follow_nodes())
-        self._starting.addErrback(lambda f: self._log.failure("node watch failed", f))
-
-    def stopService(self) -> Deferred[None] | None:
-        if self._starting is not None:
-            self._starting.cancel()
-        if self._watch is not None:
-            self._watch.cancel()
-        stopped: Deferred[None] | None = super().stopService()
-        return stopped
-
-    async def _follow_nodes(self) -> None:
-        while self.running:
-            try:
-                self._watch = await self.store.watch(self.nodes, None, "", None, self._node_seen)
-                await self._watch.ended
-            except StatusError as e:
-                if e.code != 503:
-                    self._log.warn("node watch unavailable: {error}", error=e.message)
-            await deferLater(self.clock, 1.0)
+    async def run_once(self) -> None:
+        """Follow every Node (the existing ones first) until the watch ends."""
+        self.watch = await self.store.watch(self.nodes, None, "", None, self._node_seen)
+        await self.watch.ended
 
     def _node_seen(self, kind: str, node: Object) -> None:
         if kind in ("ADDED", "MODIFIED"):
