@@ -568,3 +568,27 @@ spec:
         self.assertNotIn("labels", live["metadata"])
         duplicate = self.kubectl_fails("create", "--dry-run=server", "-f", "-", stdin=doc)
         self.assertIn("AlreadyExists", duplicate)
+
+    def test_imperative_creates(self) -> None:
+        """kubectl create namespace|configmap|secret|serviceaccount, which send protobuf."""
+        self.kubectl("create", "namespace", "imperative")
+        self.kubectl("create", "configmap", "conf", "-n", "imperative", "--from-literal=a=1")
+        self.kubectl(
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "-n",
+            "imperative",
+            "--from-literal=password=hunter2",
+        )
+        self.kubectl("create", "serviceaccount", "robot", "-n", "imperative")
+        self.assertEqual(
+            self.kubectl("get", "cm", "conf", "-n", "imperative", "-o", "jsonpath={.data.a}"), "1"
+        )
+        secret = self.kubectl(
+            "get", "secret", "pw", "-n", "imperative", "-o", "jsonpath={.data.password}"
+        )
+        self.assertEqual(base64.b64decode(secret), b"hunter2")
+        refused = self.kubectl_fails("create", "deployment", "web", "--image=nginx")
+        self.assertIn("protobuf bodies of Deployment are not supported", refused)

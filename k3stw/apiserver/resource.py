@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from k3stw.apiserver import discovery, selectors, tables
+from k3stw.apiserver import discovery, protobuf, selectors, tables
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver.auth import Attributes, User, authorize, user_of_certificate
 from k3stw.apiserver.dryrun import DryRunDatastore
@@ -44,6 +44,7 @@ MAX_BODY = 3 * 1024 * 1024
 MIN_WATCH_SECONDS = 1800
 NOT_FOUND = "the server could not find the requested resource"
 JSON_TYPES = ("", "application/json", "*/*")
+PROTOBUF = "application/vnd.kubernetes.protobuf"
 PATCH_TYPES = (
     "application/json-patch+json",
     "application/merge-patch+json",
@@ -362,6 +363,16 @@ class KubernetesAPI(Resource):
 
     def _body(self, request: Request) -> Object:
         media = _media_type(request.getHeader(b"content-type"))
+        if media == PROTOBUF and request.method == b"POST":
+            raw = request.content.read() if request.content is not None else b""
+            try:
+                return protobuf.decode_body(raw)
+            except protobuf.UnsupportedProtobuf as e:
+                raise StatusError(
+                    415,
+                    f"the body of the request was in an unknown format - accepted media types "
+                    f"include: application/json, application/yaml ({e})",
+                ) from None
         if media not in JSON_TYPES and media not in PATCH_TYPES and media != "application/yaml":
             raise StatusError(
                 415,
