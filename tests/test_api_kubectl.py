@@ -518,9 +518,9 @@ spec:
         self.assertEqual((code, status["reason"]), (413, "RequestEntityTooLarge"))
 
     def test_protobuf_body_is_415(self) -> None:
-        """A protobuf body gets a clean UnsupportedMediaType Status."""
+        """A protobuf body of a kind the server cannot read gets a clean UnsupportedMediaType."""
         code, status = self.raw_post(
-            b"k8s\x00\n\x0f\n\x02v1\x12\tConfigMap", "application/vnd.kubernetes.protobuf"
+            b"k8s\x00\n\x15\n\x07apps/v1\x12\nDeployment", "application/vnd.kubernetes.protobuf"
         )
         self.assertEqual((code, status["reason"]), (415, "UnsupportedMediaType"))
 
