@@ -265,3 +265,28 @@ class DefaultsTests(SynchronousTestCase):
             registry.lookup("apps", "v1", "deployments"), {"kind": "Deployment", "spec": {}}
         )
         self.assertEqual(deployment["spec"]["replicas"], 1)
+
+
+class RawObjectTests(SynchronousTestCase):
+    def test_splice_equals_decode(self) -> None:
+        """The spliced JSON is the decoded object, resourceVersion included."""
+        from k3stw.apiserver.storage import decode, encode, raw_object
+
+        for obj in (
+            {"kind": "ConfigMap", "metadata": {"name": "a", "uid": "u"}, "data": {"k": "ü"}},
+            {"kind": "Pod", "metadata": {}, "spec": {"template": {"metadata": {"x": 1}}}},
+            {"spec": {"template": {"metadata": {}}}, "metadata": {"name": "late"}},
+        ):
+            kv = KeyValue("/registry/x/a", encode(obj), 3, 7)
+            self.assertEqual(json.loads(raw_object(kv)), decode(kv))
+            self.assertEqual(json.loads(raw_object(kv))["metadata"]["resourceVersion"], "7")
+
+    def test_objects_stored_before_metadata_came_first(self) -> None:
+        """Values written in another key order are decoded and re-encoded instead."""
+        from k3stw.apiserver.storage import raw_object
+
+        legacy = json.dumps({"kind": "ConfigMap", "metadata": {"name": "old"}}).encode()
+        kv = KeyValue("/registry/x/old", legacy, 2, 9)
+        self.assertEqual(
+            json.loads(raw_object(kv))["metadata"], {"name": "old", "resourceVersion": "9"}
+        )

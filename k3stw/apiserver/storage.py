@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import copy
 import json
 import re
@@ -20,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -52,6 +53,7 @@ from k3stw.datastore.interface import (
 
 Object = dict[str, Any]
 Predicate = Callable[[Object], bool]
+T = TypeVar("T")
 
 #: Kinds whose metadata.generation counts spec changes.
 _GENERATION_KINDS = {"Deployment", "ReplicaSet", "DaemonSet", "CustomResourceDefinition"}
@@ -116,11 +118,30 @@ def decode(kv: KeyValue, revision: int | None = None) -> Object:
 
 
 def encode(obj: Object) -> bytes:
-    stored = copy.copy(obj)
-    metadata = dict(stored.get("metadata") or {})
-    metadata.pop("resourceVersion", None)
-    stored["metadata"] = metadata
+    """
+    The stored form of C{obj}: compact JSON, ``metadata`` first and without
+    ``resourceVersion``, so that L{raw_object} can add it without parsing.
+    """
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    stored = {"metadata": metadata, **{k: v for k, v in obj.items() if k != "metadata"}}
     return json.dumps(stored, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_METADATA_FIRST = b'{"metadata":{'
+
+
+def raw_object(kv: KeyValue) -> bytes:
+    """
+    The JSON of the object in C{kv} with its resourceVersion, spliced into the
+    stored bytes (which L{encode} writes metadata-first) instead of parsed.
+    """
+    value = kv.value
+    if not value.startswith(_METADATA_FIRST):
+        return json.dumps(decode(kv), separators=(",", ":"), ensure_ascii=False).encode()
+    at = len(_METADATA_FIRST)
+    version = b'"resourceVersion":"%d"' % kv.mod_revision
+    separator = b"" if value[at : at + 1] == b"}" else b","
+    return value[:at] + version + separator + value[at:]
 
 
 def timestamp(seconds: float) -> str:
@@ -185,6 +206,45 @@ class ObjectStore:
         Objects in key order, filtered by C{predicate}, at most C{limit}
         (0: all), from one snapshot: the continuation reads at the same revision.
         """
+
+        def accept(kv: KeyValue) -> Object | None:
+            obj = decode(kv)
+            return obj if predicate is None or predicate(obj) else None
+
+        items, revision, token = await self._page(
+            resource, namespace, accept, limit, continue_token, resource_version, exact
+        )
+        return ObjectList(items, revision, token)
+
+    async def list_raw(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        limit: int = 0,
+        continue_token: str = "",
+        resource_version: str = "",
+        exact: bool = False,
+    ) -> tuple[builtins.list[bytes], str, str]:
+        """
+        L{list} without a filter, as each object's JSON: no decoding and
+        re-encoding on the way through (see L{raw_object}).
+
+        :return: the objects, the revision read at, and the continue token.
+        """
+        return await self._page(
+            resource, namespace, raw_object, limit, continue_token, resource_version, exact
+        )
+
+    async def _page(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        accept: Callable[[KeyValue], T | None],
+        limit: int,
+        continue_token: str,
+        resource_version: str,
+        exact: bool,
+    ) -> tuple[builtins.list[T], str, str]:
         start: str | None = None
         revision = 0
         if continue_token:
@@ -194,7 +254,7 @@ class ObjectStore:
         else:
             parse_resource_version(resource_version)
         prefix = resource.storage_prefix(namespace if resource.namespaced else None)
-        items: list[Object] = []
+        items: builtins.list[T] = []
         try:
             while True:
                 want = 0 if not limit else max(limit - len(items), 1)
@@ -202,17 +262,17 @@ class ObjectStore:
                 revision = page.revision
                 for kv in page.items:
                     start = kv.key
-                    obj = decode(kv)
-                    if predicate is None or predicate(obj):
-                        items.append(obj)
+                    item = accept(kv)
+                    if item is not None:
+                        items.append(item)
                     if limit and len(items) >= limit:
                         break
                 if limit and len(items) >= limit:
                     more = page.more or kv is not page.items[-1]
                     token = encode_continue(revision, start) if more and start else ""
-                    return ObjectList(items, str(revision), token)
+                    return items, str(revision), token
                 if not page.more:
-                    return ObjectList(items, str(revision), "")
+                    return items, str(revision), ""
         except DatastoreUnavailable as e:
             raise unavailable(e) from None
         except Compacted as e:
