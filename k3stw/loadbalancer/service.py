@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
