@@ -253,6 +253,14 @@ class _Accepted(_Side):
         else:
             cast(IPushProducer, down_transport).resumeProducing()
 
+    def abandon(self) -> None:
+        """Stop dialing and close the client's connection (the balancer stops)."""
+        self.factory.pending.discard(self)
+        if self._dialing is not None:
+            self._dialing.cancel()
+        if self.transport is not None:
+            _close(self.transport)
+
     def _peer_address(self) -> IAddress | None:
         return self.transport.getPeer() if self.transport is not None else None
 
@@ -301,5 +309,4 @@ class LoadBalancerFactory(Factory):
     def close_pending(self) -> None:
         """Close the connections still waiting for a server."""
         for accepted in list(self.pending):
-            if accepted.transport is not None:
-                _close(accepted.transport)
+            accepted.abandon()
