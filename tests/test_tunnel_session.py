@@ -249,7 +249,7 @@ class BackPressureTests(SessionTestCase):
     """Pause above 2 MiB held, Resume below 256 KiB, producers paused on the far side."""
 
     def test_slow_reader_pauses_the_far_writer(self) -> None:
-        """While the agent's reader is paused, the server's source pauses and memory stays bounded."""
+        """While the agent's reader is paused, the server's source pauses; memory stays bounded."""
         pair = self.pair
         stream = pair.server.dial(KUBELET)
         source = RecordingProducer()

@@ -94,7 +94,9 @@ class _WebSocketTransport:
         self._protocol = protocol
 
     def send_frame(self, frame: bytes) -> None:
-        self._protocol.sendMessage(frame, isBinary=True)
+        # Closing: onClose follows and ends the session; nothing more can go out.
+        if self._protocol.state == self._protocol.STATE_OPEN:
+            self._protocol.sendMessage(frame, isBinary=True)
 
     def close(self, reason: str) -> None:
         text = reason.encode("utf-8")[:_CLOSE_REASON_LIMIT].decode("utf-8", "ignore")

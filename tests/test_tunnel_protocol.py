@@ -1,0 +1,259 @@
+"""
+The tunnel's adapters: an autobahn client/server pair over C{iosim}, the TCP
+stream pump on a L{StringTransport}, and dialling through L{TunnelEndpoint}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import txaio
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.tunnel.address import loopback_ports_authorizer
+from k3stw.tunnel.protocol import (
+    TunnelClientFactory,
+    TunnelEndpoint,
+    TunnelServerFactory,
+    TunnelStreamProtocol,
+)
+from k3stw.tunnel.session import Session
+from tests.support.tunnel import FakeDialer, QueueTransport
+
+KUBELET = "127.0.0.1:10250"
+
+
+class Collector(Protocol):
+    """A protocol that remembers what it got."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = reason
+
+
+class WebSocketPairTests(SynchronousTestCase):
+    """A server and an agent joined by autobahn over iosim, timers on a Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        previous = txaio.config.loop
+        txaio.config.loop = self.clock
+        self.addCleanup(setattr, txaio.config, "loop", previous)
+        self.server_sessions: list[tuple[str, Session]] = []
+        self.client_sessions: list[tuple[str, Session]] = []
+        self.checked: list[ConnectionRequest] = []
+        self.deny: ConnectionDeny | None = None
+        self.dialer = FakeDialer()
+
+    def check(self, request: ConnectionRequest, transport: ITransport) -> str:
+        self.checked.append(request)
+        if self.deny is not None:
+            raise self.deny
+        return "node-1"
+
+    def connect(self) -> tuple[Any, Any, iosim.IOPump]:
+        server_factory = TunnelServerFactory(
+            check=self.check,
+            opened=lambda name, s: self.server_sessions.append((name, s)),
+            clock=self.clock,
+        )
+        client_factory = TunnelClientFactory(
+            "ws://127.0.0.70:6443/v1-k3s/connect",
+            clock=self.clock,
+            authorizer=loopback_ports_authorizer({10250}),
+            dialer=self.dialer,
+            opened=lambda name, s: self.client_sessions.append((name, s)),
+            name="server-a",
+        )
+        address = IPv4Address("TCP", "127.0.0.71", 40000)
+        server = server_factory.buildProtocol(address)
+        client = client_factory.buildProtocol(address)
+        pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            client,
+            iosim.makeFakeClient(client),
+            clock=self.clock,
+        )
+        return server, client, pump
+
+    def test_options_are_explicit(self) -> None:
+        """Limits, keepalive and handshake timeouts are set, not autobahn's defaults."""
+        server, client, pump = self.connect()
+        for proto in (server, client):
+            self.assertEqual(proto.maxMessagePayloadSize, 1024 * 1024)
+            self.assertEqual(proto.autoPingInterval, 5.0)
+            self.assertEqual(proto.autoPingTimeout, 60.0)
+            self.assertEqual(proto.openHandshakeTimeout, 5.0)
+        server.sendClose()
+        pump.flush()
+        self.clock.advance(2)
+
+    def test_stream_end_to_end(self) -> None:
+        """The server dials the agent's kubelet through the tunnel, and bytes flow both ways."""
+        _server, client, pump = self.connect()
+        self.assertEqual([name for name, _ in self.server_sessions], ["node-1"])
+        self.assertEqual([name for name, _ in self.client_sessions], ["server-a"])
+        server_session = self.server_sessions[0][1]
+
+        endpoint = TunnelEndpoint(server_session, KUBELET, self.clock)
+        collector = Collector()
+        self.successResultOf(endpoint.connect(Factory.forProtocol(lambda: collector)))
+        assert collector.transport is not None
+        collector.transport.write(b"GET /healthz HTTP/1.1\r\n\r\n")
+        pump.flush()
+
+        self.assertEqual(self.dialer.dials, [("tcp", KUBELET)])
+        (conn_id,) = self.dialer.streams
+        self.assertEqual(self.dialer.receivers[conn_id].data, b"GET /healthz HTTP/1.1\r\n\r\n")
+        agent_stream = self.dialer.streams[conn_id]
+        agent_stream.write(b"HTTP/1.1 200 OK\r\n\r\nok")
+        agent_stream.close()
+        pump.flush()
+        self.assertEqual(collector.received, b"HTTP/1.1 200 OK\r\n\r\nok")
+        assert collector.lost is not None
+        self.assertTrue(collector.lost.check(ConnectionDone))
+
+        refused = Collector()
+        TunnelEndpoint(server_session, "127.0.0.1:22", self.clock).connect(
+            Factory.forProtocol(lambda: refused)
+        )
+        pump.flush()
+        assert refused.lost is not None
+        self.assertTrue(refused.lost.check(ConnectionLost))
+        self.assertIn("connect not allowed", refused.lost.getErrorMessage())
+        self.assertFalse(server_session.ended.called)
+
+        client.sendClose()
+        pump.flush()
+        self.clock.advance(2)
+        self.assertTrue(server_session.ended.called)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pings_keep_the_tunnel_up(self) -> None:
+        """Pings every 5 s keep an idle tunnel open past the 60 s read deadline."""
+        _server, client, pump = self.connect()
+        for _ in range(30):
+            self.clock.advance(5)
+            pump.flush()
+        self.assertFalse(self.server_sessions[0][1].ended.called)
+        self.assertFalse(self.client_sessions[0][1].ended.called)
+        client.sendClose()
+        pump.flush()
+        self.clock.advance(2)
+
+    def test_silent_peer_is_dropped_after_the_read_deadline(self) -> None:
+        """A peer that stops answering is dropped once the read deadline passes."""
+        _server, _client, pump = self.connect()
+        session = self.client_sessions[0][1]
+        # Nothing the server sends reaches the client any more, and vice versa.
+        for _ in range(14):
+            self.clock.advance(5)
+        self.assertFalse(session.ended.called)
+        self.clock.advance(60)
+        pump.flush()
+        self.clock.advance(5)
+        pump.flush()
+        self.assertTrue(session.ended.called)
+        self.assertTrue(self.server_sessions[0][1].ended.called)
+
+    def test_refused_upgrade(self) -> None:
+        """The check's ConnectionDeny refuses the websocket, and the refusal is logged."""
+        self.deny = ConnectionDeny(401, "failed authentication")
+        with capturedLogs() as events:
+            _server, _client, _pump = self.connect()
+        self.assertEqual(self.server_sessions, [])
+        self.assertEqual(self.client_sessions, [])
+        self.assertEqual(len(self.checked), 1)
+        self.assertTrue(
+            any("refused websocket" in (event.get("log_format") or "") for event in events)
+        )
+        self.clock.advance(10)
+
+    def test_broken_check_is_logged(self) -> None:
+        """A check that raises refuses with 500 and logs the failure itself."""
+        self.deny = ConnectionDeny(401, "x")
+        self.check = lambda request, transport: 1 // 0  # type: ignore[method-assign,assignment,misc]
+        self.connect()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.server_sessions, [])
+        self.clock.advance(10)
+
+
+class StreamPumpTests(SynchronousTestCase):
+    """L{TunnelStreamProtocol} joins a local TCP connection to a stream."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.frames = QueueTransport()
+        self.session = Session(self.frames, self.clock, role="server")
+        self.session.start()
+        self.addCleanup(self.session.close)
+
+    def test_producers_both_ways(self) -> None:
+        """The stream produces into the socket and the socket into the stream."""
+        stream = self.session.dial(KUBELET)
+        protocol = TunnelStreamProtocol(stream)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertIs(transport.producer, protocol)
+        self.assertTrue(transport.streaming)
+
+        protocol.dataReceived(b"to the peer")
+        self.assertEqual(self.frames.sent[-1].data, b"to the peer")  # type: ignore[union-attr]
+        self.session.frame_received(
+            b"\x02" + bytes([stream.conn_id * 2]) + b"\x02\x00from the peer"
+        )
+        self.assertEqual(transport.value(), b"from the peer")
+
+        # The socket is full: the peer's bytes are held.
+        transport.producer.pauseProducing()
+        self.session.frame_received(b"\x02" + bytes([stream.conn_id * 2]) + b"\x02\x00more")
+        self.assertEqual(stream.buffered, 4)
+        transport.producer.resumeProducing()
+        self.assertEqual(transport.value(), b"from the peermore")
+
+        # The peer is full: the socket stops reading.
+        self.session.frame_received(b"\x02" + bytes([stream.conn_id * 2]) + b"\x0c")
+        self.assertEqual(transport.producerState, "paused")
+        self.session.frame_received(b"\x02" + bytes([stream.conn_id * 2]) + b"\x0e")
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_peer_eof_closes_the_socket(self) -> None:
+        """The peer's EOF unregisters the producer and closes the socket."""
+        stream = self.session.dial(KUBELET)
+        protocol = TunnelStreamProtocol(stream)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.session.frame_received(b"\x02" + bytes([stream.conn_id * 2]) + b"\x06EOF")
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+
+    def test_socket_error_is_sent(self) -> None:
+        """A socket that fails sends its error text; a clean close sends EOF."""
+        for reason, text in [
+            (Failure(ConnectionLost("reset")), "Connection to the other side was lost"),
+            (Failure(ConnectionDone()), "EOF"),
+        ]:
+            stream = self.session.dial(KUBELET)
+            protocol = TunnelStreamProtocol(stream)
+            protocol.makeConnection(StringTransport())
+            protocol.connectionLost(reason)
+            self.assertIn(text, self.frames.sent[-1].text)  # type: ignore[union-attr]
+            self.assertTrue(stream.closed)
