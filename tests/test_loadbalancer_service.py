@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import cast
 
 from prometheus_client import generate_latest
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
@@ -224,7 +226,7 @@ class ServiceCase(SynchronousTestCase):
 
     def client_connects(self, service: LoadBalancerService) -> tuple[ClientProtocol, iosim.IOPump]:
         [(_, factory, _, _)] = self.reactor.tcpServers
-        accepted = factory.buildProtocol(None)
+        accepted = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         client = ClientProtocol()
         pump = iosim.connect(
             accepted,
@@ -243,13 +245,14 @@ class ServiceCase(SynchronousTestCase):
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
         upstream = factory.buildProtocol(None)
         echo = EchoProtocol()
-        return iosim.connect(
+        pump: iosim.IOPump = iosim.connect(
             echo,
             iosim.makeFakeServer(echo),
             upstream,
             iosim.makeFakeClient(upstream),
             clock=self.reactor,
         )
+        return pump
 
     def server_refuses(self) -> None:
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
@@ -270,7 +273,8 @@ class ServiceTests(ServiceCase):
             f"[default: {DEFAULT}]",
             self.logs,
         )
-        self.assertEqual(self.successResultOf(service.when_listening()).getHost().port, 6444)
+        listening = self.successResultOf(service.when_listening())
+        self.assertEqual(cast(IPv4Address, listening.getHost()).port, 6444)
         service.stopService()
 
     def test_ipv6_loopback(self) -> None:
@@ -346,7 +350,7 @@ class ServiceTests(ServiceCase):
         self.client_connects(service)
         self.successResultOf(service.stopService())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
-        self.assertFalse(self.reactor.tcpServers[0][1].pending)
+        self.assertFalse(service.factory.pending)
 
 
 class ServicePersistenceTests(ServiceCase):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -57,10 +59,10 @@ class PendingEndpoint:
         self.attempt = Deferred(cancel)
         return self.attempt
 
-    def succeed(self) -> tuple[IProtocol, HalfCloseTransport]:
+    def succeed(self) -> tuple[Any, HalfCloseTransport]:
         """The server accepted: a protocol connected to a fresh transport."""
         assert self.factory is not None and self.attempt is not None
-        protocol = self.factory.buildProtocol(None)
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 6443))
         assert protocol is not None
         transport = HalfCloseTransport()
         protocol.makeConnection(transport)
@@ -99,8 +101,9 @@ def capture_logs(case: SynchronousTestCase) -> list[str]:
         if text:
             lines.append(text)
 
-    globalLogPublisher.addObserver(observe)
-    case.addCleanup(globalLogPublisher.removeObserver, observe)
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
     return lines
 
 
