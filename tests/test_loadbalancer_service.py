@@ -419,3 +419,37 @@ class MetricsTests(ServiceCase):
         self.assertIn('name="k3s-api-server-agent-load-balancer"', text)
         first.stopService()
         second.stopService()
+
+
+class DefaultServerTests(ServiceCase):
+    def test_default_only_when_all_else_failed_and_abandoned_on_recovery(self) -> None:
+        service = self.make()
+        self.checks.update({A: False, B: False})
+        service.startService()
+        service.update_servers([A, B])
+        client, down = self.client_connects(service)
+        self.server_refuses()
+        self.server_refuses()
+        self.assertEqual(self.dialed(), DEFAULT)
+        self.server_accepts()
+        self.assertEqual(service.servers.get(DEFAULT).connections.__len__(), 1)  # type: ignore[union-attr]
+        # A comes back: once it passes its checks, the fallback connection is closed...
+        self.checks[A] = True
+        self.reactor.advance(1)  # FAILED (backoff over) -> RECOVERING
+        self.reactor.advance(1)  # RECOVERING -> PREFERRED
+        self.assertEqual(service.servers.get(A).state, S.PREFERRED)  # type: ignore[union-attr]
+        down.flush()
+        self.assertTrue(client.lost)
+        # ...and the client's next connection goes to A.
+        self.client_connects(service)
+        self.assertEqual(self.dialed(), A)
+        service.stopService()
+
+    def test_saved_servers_are_used_after_a_restart_while_the_default_is_down(self) -> None:
+        save_addresses(state_file(self.data_dir), URL, [A, B])
+        service = self.make()
+        service.startService()
+        self.client_connects(service)
+        self.assertIn(self.dialed(), (A, B))
+        self.server_accepts()
+        service.stopService()
