@@ -6,7 +6,11 @@ on one database see the same cluster state.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -105,3 +109,85 @@ class PostgresServerTests(ExternalDatastoreMixin, SynchronousTestCase):
 class MariaDBServerTests(ExternalDatastoreMixin, SynchronousTestCase):
     def endpoint(self) -> str:
         return shared_mariadb().endpoint(fresh_database_name("api"))
+
+
+class KubernetesEndpointsTests(SynchronousTestCase):
+    """Two servers on one PostgreSQL: the kubernetes Endpoints follow the live servers."""
+
+    def start(self, root: Path, host: str, endpoint: str) -> tuple[Twistd, Path, int]:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.yaml").write_text("")
+        port = free_port(host)
+        server = Twistd(
+            self,
+            root,
+            "k3s-server",
+            "--config",
+            str(root / "config.yaml"),
+            "--data-dir",
+            str(root / "data"),
+            "--bind-address",
+            host,
+            "--https-listen-port",
+            str(port),
+            "--advertise-address",
+            host,
+            "--disable-agent",
+            "--write-kubeconfig",
+            str(root / "k3s.yaml"),
+            "--datastore-endpoint",
+            endpoint,
+        ).start()
+        server.wait_for_ping(host, port)
+        return server, root / "k3s.yaml", port
+
+    def endpoints(self, kubeconfig: Path) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "K3S_"))}
+        env.update(KUBECONFIG=str(kubeconfig), KUBECACHEDIR=str(kubeconfig) + ".cache")
+        return subprocess.run(
+            [
+                KUBECTL,
+                "get",
+                "endpoints",
+                "kubernetes",
+                "-o",
+                "jsonpath={range .subsets[*].addresses[*]}{.ip} {end}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        ).stdout
+
+    def apiservers(self, root: Path, host: str, port: int) -> list[str]:
+        """``/v1-k3s/apiservers`` as an agent asks it: basic auth with the node password."""
+        server_dir = root / "data" / "server"
+        password = (server_dir / "token").read_text().strip().rpartition(":")[2]
+        context = ssl.create_default_context(cafile=str(server_dir / "tls" / "server-ca.crt"))
+        connection = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+        auth = base64.b64encode(f"node:{password}".encode()).decode()
+        connection.request("GET", "/v1-k3s/apiservers", headers={"Authorization": f"Basic {auth}"})
+        answer: list[str] = json.loads(connection.getresponse().read())
+        connection.close()
+        return sorted(answer)
+
+    def wait_for(self, kubeconfig: Path, expected: set[str]) -> None:
+        deadline = time.monotonic() + 60
+        while set(self.endpoints(kubeconfig).split()) != expected:
+            self.assertLess(time.monotonic(), deadline, f"endpoints never became {expected}")
+            time.sleep(0.2)
+
+    def test_endpoints_list_live_servers(self) -> None:
+        """Both servers appear; one stopped gracefully leaves at once; the service exists."""
+        endpoint = shared_postgres().endpoint(fresh_database_name("endpoints"))
+        root = Path(self.mktemp()).absolute()
+        first, kubeconfig, port = self.start(root / "a", "127.0.0.26", endpoint)
+        second, _, second_port = self.start(root / "b", "127.0.0.27", endpoint)
+        self.wait_for(kubeconfig, {"127.0.0.26", "127.0.0.27"})
+        self.assertEqual(
+            self.apiservers(root / "a", "127.0.0.26", port),
+            sorted([f"127.0.0.26:{port}", f"127.0.0.27:{second_port}"]),
+        )
+        second.stop()
+        self.wait_for(kubeconfig, {"127.0.0.26"})
+        first.stop()

@@ -25,6 +25,9 @@ class ControllerLoop(MultiService):
     #: What the logs call this controller.
     label = "controller"
 
+    #: How soon a failed pass is tried again (never later than C{interval}).
+    retry_interval = 1.0
+
     def __init__(self, clock: IReactorTime, interval: float = 1.0) -> None:
         super().__init__()
         self.clock = clock
@@ -57,6 +60,7 @@ class ControllerLoop(MultiService):
 
     async def _loop(self) -> None:
         while self.running:
+            wait = self.interval
             try:
                 await self.run_once()
                 if self._failing:
@@ -74,4 +78,6 @@ class ControllerLoop(MultiService):
                 if not self._failing:
                     self._log.failure("The {label} failed", label=self.label)
                 self._failing = True
-            await deferLater(self.clock, self.interval)
+            if self._failing:
+                wait = min(wait, self.retry_interval)
+            await deferLater(self.clock, wait)

@@ -38,6 +38,7 @@ class ServerConfig:
     cluster_cidr: str = "10.42.0.0/16"
     cluster_dns: str = "10.43.0.10"
     node_monitor_grace_period: float = 40.0
+    advertise_port: int | None = None
     #: The embedded agent's node settings; None with ``--disable-agent``.
     node: dict[str, Any] | None = None
     datastore_endpoint: str | None = None
@@ -53,6 +54,17 @@ class ServerConfig:
         address = ipaddress.ip_address(self.bind_address)
         host = "127.0.0.1" if address.is_unspecified else _url_host(address)
         return f"https://{host}:{self.https_port}"
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        """Where other servers and agents reach this one: k3s's advertise address and port."""
+        return (self.advertise_address or self.node_ips[0], self.advertise_port or self.https_port)
+
+    @property
+    def kubernetes_cluster_ip(self) -> str:
+        """The ``kubernetes`` service's ClusterIP: the first address of the service CIDR."""
+        first = self.service_cidr.split(",")[0].strip()
+        return str(ipaddress.ip_network(first, strict=False).network_address + 1)
 
     def agent_settings(self) -> dict[str, object]:
         """``/v1-k3s/config``: the fields of k3s's ``config.Control`` that agents read."""

@@ -17,6 +17,7 @@ from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.resource import APIRequest, KubernetesAPI
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
+from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.controllers.nodepassword import NodePasswordController
@@ -178,8 +179,12 @@ def build_server(
         reactor,
         grace_period=config.node_monitor_grace_period,
     ).setServiceParent(root)
-    advertised = f"{config.advertise_address or config.node_ips[0]}:{config.https_port}"
-    api = KubernetesAPI(store, registry, reactor, advertised)
+    address, port = config.advertised
+    endpoints = APIServerEndpoints(
+        datastore, store, registry, reactor, address, port, config.kubernetes_cluster_ip
+    )
+    endpoints.setServiceParent(root)
+    api = KubernetesAPI(store, registry, reactor, f"{address}:{port}")
     node_passwords = NodePasswords(store, registry, reactor)
     node_passwords.setServiceParent(root)
     readiness = root.readiness
@@ -192,6 +197,7 @@ def build_server(
         lambda: readiness.ready,
         reactor,
         config.agent_settings(),
+        endpoints.live_servers,
     )
     site = SupervisorSite(
         supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment)

@@ -11,7 +11,7 @@ import base64
 import datetime
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,10 @@ from k3stw.supervisor.nodepassword import BadHash, hash_password, verify_passwor
 SECRET_TYPE = "k3s.cattle.io/node-password"
 AGENT_GROUPS = frozenset({"k3s:agent", "k3s:server", "system:nodes", "system:bootstrappers"})
 NODE_PREFIX = "system:node:"
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def secret_name(node: str) -> str:
@@ -263,6 +267,7 @@ class NodeEnrollment:
         is_ready: Any,
         clock: IReactorTime,
         settings: Mapping[str, Any],
+        live_servers: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
     ) -> None:
         self.server_ca = server_ca
         self.server_ca_bundle = server_ca_bundle
@@ -272,6 +277,7 @@ class NodeEnrollment:
         self.is_ready = is_ready
         self.clock = clock
         self.settings = settings
+        self.live_servers = live_servers
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
@@ -303,6 +309,12 @@ class NodeEnrollment:
     async def server_ca_file(self, request: IRequest) -> bytes:
         require_agent(request, self.passwords)
         return self.server_ca_bundle
+
+    async def apiservers(self, request: IRequest) -> bytes:
+        """``/v1-k3s/apiservers``: every live server, as ``["ip:port", ...]``."""
+        require_agent(request, self.passwords)
+        servers = await self.live_servers() if self.live_servers is not None else []
+        return json.dumps([_join(host, port) for host, port in servers]).encode()
 
     async def config(self, request: IRequest) -> bytes:
         require_agent(request, self.passwords)

@@ -149,6 +149,7 @@ def supervisor_resource(
         v1.putChild(b"client-ca.crt", Route(GET=enrollment.client_ca_bundle))
         v1.putChild(b"server-ca.crt", Route(GET=enrollment.server_ca_file))
         v1.putChild(b"config", Route(b"application/json", GET=enrollment.config))
+        v1.putChild(b"apiservers", Route(b"application/json", GET=enrollment.apiservers))
     root.putChild(b"v1-k3s", v1)
     if api is not None:
         for path in (b"api", b"apis", b"version", b"openapi"):

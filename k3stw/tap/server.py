@@ -54,6 +54,7 @@ def server_config(options: Options) -> ServerConfig:
         cluster_dns=options["cluster-dns"],
         node=None if options["disable-agent"] else options.node_settings(),
         node_monitor_grace_period=options["node-monitor-grace-period"],
+        advertise_port=options["advertise-port"],
         datastore_endpoint=options["datastore-endpoint"],
         datastore_tls=DatastoreTLS(
             options["datastore-cafile"], options["datastore-certfile"], options["datastore-keyfile"]
