@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from k3stw.apiserver.defaults import apply_defaults
@@ -450,20 +451,32 @@ class ObjectStore:
             if counts_generation and updated.get("spec") != current.get("spec"):
                 generation = current["metadata"].get("generation", 1)
                 updated["metadata"]["generation"] = generation + 1
-            try:
-                if _finished_deleting(updated):
-                    revision = await self.datastore.delete(key, kv.mod_revision)
-                else:
-                    revision = await self.datastore.update(key, encode(updated), kv.mod_revision)
-            except Conflict:
+            revision = await self._compare_and_swap(
+                resource,
+                name,
+                self.datastore.delete(key, kv.mod_revision)
+                if _finished_deleting(updated)
+                else self.datastore.update(key, encode(updated), kv.mod_revision),
+            )
+            if revision is None:
                 continue
-            except KeyNotFound:
-                raise not_found(resource.plural, resource.group, name) from None
-            except DatastoreUnavailable as e:
-                raise unavailable(e) from None
             updated["metadata"]["resourceVersion"] = str(revision)
             return updated
         raise conflict(resource.plural, resource.group, name)
+
+    async def _compare_and_swap(
+        self, resource: ResourceType, name: str, write: Deferred[int]
+    ) -> int | None:
+        """A conditional write's revision; None when another write came first (read again)."""
+        try:
+            revision: int = await write
+        except Conflict:
+            return None
+        except KeyNotFound:
+            raise not_found(resource.plural, resource.group, name) from None
+        except DatastoreUnavailable as e:
+            raise unavailable(e) from None
+        return revision
 
     async def delete(
         self,
@@ -490,24 +503,24 @@ class ObjectStore:
             metadata = current["metadata"]
             finalizers = list(metadata.get("finalizers") or [])
             finalizers += [f for f in finalizers_to_add if f not in finalizers]
-            try:
-                if finalizers:
-                    if metadata.get("deletionTimestamp") and metadata["finalizers"] == finalizers:
-                        return current, False
-                    marked = copy.deepcopy(current)
-                    marked["metadata"]["finalizers"] = finalizers
-                    marked["metadata"].setdefault("deletionTimestamp", self.now())
-                    marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
-                    revision = await self.datastore.update(key, encode(marked), kv.mod_revision)
-                    marked["metadata"]["resourceVersion"] = str(revision)
-                    return marked, False
-                revision = await self.datastore.delete(key, kv.mod_revision)
-            except Conflict:
+            if finalizers:
+                if metadata.get("deletionTimestamp") and metadata.get("finalizers") == finalizers:
+                    return current, False
+                marked = copy.deepcopy(current)
+                marked["metadata"]["finalizers"] = finalizers
+                marked["metadata"].setdefault("deletionTimestamp", self.now())
+                marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
+                write = self.datastore.update(key, encode(marked), kv.mod_revision)
+                revision = await self._compare_and_swap(resource, name, write)
+                if revision is None:
+                    continue
+                marked["metadata"]["resourceVersion"] = str(revision)
+                return marked, False
+            revision = await self._compare_and_swap(
+                resource, name, self.datastore.delete(key, kv.mod_revision)
+            )
+            if revision is None:
                 continue
-            except KeyNotFound:
-                raise not_found(resource.plural, resource.group, name) from None
-            except DatastoreUnavailable as e:
-                raise unavailable(e) from None
             current["metadata"]["resourceVersion"] = str(revision)
             return current, True
         raise conflict(resource.plural, resource.group, name)
