@@ -32,7 +32,7 @@ from k3stw.apiserver.patch import PatchError
 from k3stw.apiserver.registry import CRDS, Registry, ResourceType, resources_of_crd
 from k3stw.apiserver.selectors import SelectorError
 from k3stw.apiserver.status import StatusError, bad_request, send_json, status
-from k3stw.apiserver.storage import Object, ObjectStore, Predicate, merge_update
+from k3stw.apiserver.storage import FANOUT_CACHE, Object, ObjectStore, Predicate, merge_update
 from k3stw.apiserver.tables import TableOptionError
 from k3stw.controllers.crds import CLEANUP
 from k3stw.datastore.interface import Compacted, IWatch, WatchOverflow
@@ -794,7 +794,7 @@ class EventLines:
     is encoded once.  Keyed by the (shared, read-only) decoded object.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = FANOUT_CACHE) -> None:
         self.size = size
         self._lines: OrderedDict[tuple[str, int], tuple[object, bytes]] = OrderedDict()
 

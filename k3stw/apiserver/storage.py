@@ -67,6 +67,9 @@ _NAME_MESSAGE = (
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _MAX_CAS_RETRIES = 16
 NAMESPACE_CHECK_SECONDS = 1.0
+#: Events are shared between watchers only while one delivery fans out, so a few suffice;
+#: a large cache would hold thousands of decoded objects for nothing.
+FANOUT_CACHE = 64
 
 
 def unavailable(error: DatastoreUnavailable) -> StatusError:
@@ -569,7 +572,7 @@ class DecodedEvents:
     sees them (an event reaches each watch of its prefix).  Treat them as read-only.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = FANOUT_CACHE) -> None:
         self.size = size
         self._objects: OrderedDict[tuple[str, int, int], Object] = OrderedDict()
 
