@@ -25,6 +25,20 @@ from k3stw.pki.token import Token
 
 
 @dataclass(frozen=True)
+class NodeSettings:
+    """The node flags both roles share, validated (labels and taints parsed)."""
+
+    data_dir: Path
+    identity_dir: Path
+    node_name: str
+    with_node_id: bool
+    node_ips: tuple[str, ...]
+    node_external_ips: tuple[str, ...] = ()
+    node_labels: dict[str, str] = field(default_factory=dict)
+    node_taints: tuple[Taint, ...] = ()
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """A node's settings, already validated (labels and taints parsed)."""
 
@@ -39,6 +53,25 @@ class AgentConfig:
     node_labels: dict[str, str] = field(default_factory=dict)
     node_taints: tuple[Taint, ...] = ()
     is_server: bool = False
+
+    @classmethod
+    def of_node(
+        cls, server_url: str, token: Token, node: NodeSettings, is_server: bool = False
+    ) -> AgentConfig:
+        """The settings of a node that joins C{server_url} with C{token}."""
+        return cls(
+            data_dir=node.data_dir,
+            server_url=server_url,
+            token=token,
+            identity_dir=node.identity_dir,
+            node_name=node.node_name,
+            with_node_id=node.with_node_id,
+            node_ips=node.node_ips,
+            node_external_ips=node.node_external_ips,
+            node_labels=node.node_labels,
+            node_taints=node.node_taints,
+            is_server=is_server,
+        )
 
     def join_request(self) -> JoinRequest:
         return JoinRequest(

@@ -6,8 +6,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from k3stw.agent.service import NodeSettings
 from k3stw.datastore.endpoint import DatastoreTLS
 from k3stw.pki.certs import SubjectAltNames
 from k3stw.pki.token import Token
@@ -40,7 +40,7 @@ class ServerConfig:
     node_monitor_grace_period: float = 40.0
     advertise_port: int | None = None
     #: The embedded agent's node settings; None with ``--disable-agent``.
-    node: dict[str, Any] | None = None
+    node: NodeSettings | None = None
     datastore_endpoint: str | None = None
     datastore_tls: DatastoreTLS = field(default_factory=DatastoreTLS)
 

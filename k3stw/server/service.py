@@ -12,6 +12,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.web.http import Request
 from twisted.web.server import Site
 
+from k3stw.agent.service import NodeSettings
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.resource import APIRequest, KubernetesAPI
@@ -95,14 +96,14 @@ class ServerService(ApplianceService):
         stopped: Deferred[None] | None = super().stopService()
         return stopped
 
-    def _start_embedded_agent(self, node: dict[str, Any]) -> None:
+    def _start_embedded_agent(self, node: NodeSettings) -> None:
         """The server's own node: the same join, straight to this server, no load balancer."""
         from k3stw.agent.cacerts import https_fetcher
         from k3stw.agent.join import https_sender
         from k3stw.agent.service import AgentConfig, NodeAgent, kubelet_factory
 
         token = Token(self.credentials.token.ca_hash, "node", self.credentials.agent_password)
-        config = AgentConfig(server_url=self.config.local_url, token=token, is_server=True, **node)
+        config = AgentConfig.of_node(self.config.local_url, token, node, is_server=True)
         reactor = self.reactor
         agent = NodeAgent(
             reactor,

@@ -28,7 +28,7 @@ def agent_config(options: Options) -> AgentConfig:
     token = options.token("token")
     if token is None:
         raise ConfigurationError("--token is required (or --token-file, K3S_TOKEN)")
-    return AgentConfig(server_url=options["server"], token=token, **options.node_settings())  # type: ignore[arg-type]
+    return AgentConfig.of_node(options["server"], token, options.node_settings())
 
 
 def makeService(options: Options) -> IService:

@@ -16,13 +16,16 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import yaml
 from twisted.python import usage
 
 from k3stw.pki.token import InvalidToken, Token, parse_token
+
+if TYPE_CHECKING:
+    from k3stw.agent.service import NodeSettings
 
 DEFAULT_CONFIG_FILE = "/etc/rancher/k3s/config.yaml"
 
@@ -522,15 +525,15 @@ class K3sOptions(usage.Options):
         except InvalidToken as e:
             raise ConfigurationError(f"invalid --{flag}: {e}") from None
 
-    def node_settings(self) -> dict[str, object]:
+    def node_settings(self) -> NodeSettings:
         """
-        The node flags both roles share, validated as the kubelet validates
-        them: the AgentConfig fields that come from flags.
+        The node flags both roles share, validated as the kubelet validates them.
 
         :raises ConfigurationError: a ``--node-label`` or ``--node-taint`` the
             kubelet would refuse.
         """
         from k3stw import hostinfo
+        from k3stw.agent.service import NodeSettings
         from k3stw.kubelet.config import NodeFlagError, parse_node_labels, parse_node_taints
 
         try:
@@ -538,16 +541,16 @@ class K3sOptions(usage.Options):
             taints = parse_node_taints(self["node-taint"])
         except NodeFlagError as e:
             raise ConfigurationError(str(e)) from None
-        return {
-            "data_dir": Path(self["data-dir"]),
-            "identity_dir": Path(self["node-identity-dir"]),
-            "node_name": (self["node-name"] or hostinfo.hostname()).lower(),
-            "with_node_id": self["with-node-id"],
-            "node_ips": self["node-ip"] or (hostinfo.primary_address(),),
-            "node_external_ips": self["node-external-ip"],
-            "node_labels": labels,
-            "node_taints": taints,
-        }
+        return NodeSettings(
+            data_dir=Path(self["data-dir"]),
+            identity_dir=Path(self["node-identity-dir"]),
+            node_name=(self["node-name"] or hostinfo.hostname()).lower(),
+            with_node_id=self["with-node-id"],
+            node_ips=self["node-ip"] or (hostinfo.primary_address(),),
+            node_external_ips=self["node-external-ip"],
+            node_labels=labels,
+            node_taints=taints,
+        )
 
     def getSynopsis(self) -> str:
         return f"Usage: twistd [options] {self.command} [{self.command} options]"
