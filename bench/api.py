@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,12 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
+
+if __package__ in (None, ""):
+    # Run as a script: make the checkout (tests.support) importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.support.net import free_port
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -540,12 +545,6 @@ async def bench_target(
 
 
 # Processes: every one started here is stopped here, by its own PID
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

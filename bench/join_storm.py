@@ -52,6 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+if __package__ in (None, ""):
+    # Run as a script: make the checkout (tests.support) importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.support.net import free_port
+
 TWISTD = str(Path(sys.executable).parent / "twistd")
 SERVER_HOSTS = tuple(f"127.0.0.{n}" for n in range(50, 60))
 START_LIMIT = 60.0
@@ -446,12 +452,6 @@ class Usage:
         cpu = sum(cpu_seconds(p) for p in self.pids) - self.cpu
         main = sum(main_thread_cpu_seconds(p) for p in self.pids) - self.main
         return cpu / elapsed, main / elapsed
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def free_host() -> str:

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -27,15 +26,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+if __package__ in (None, ""):
+    # Run as a script: make the checkout (tests.support) importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.support.net import free_port
+
 TWISTD = str(Path(sys.executable).parent / "twistd")
 HOST = "127.0.0.9"
 START_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def answers(port: int, path: str, expected: bytes) -> bool:
@@ -113,7 +112,7 @@ def measure(runs: int) -> dict[str, list[tuple[float, float]]]:
     for _ in range(runs):
         work = Path(tempfile.mkdtemp(prefix="k3stw-bench-"))
         try:
-            port = free_port()
+            port = free_port(HOST)
             argv = k3stw_server(work, port)
             results["cold"].append(timed_start(argv, work, port, "/ping", b"pong"))
             results["warm"].append(timed_start(argv, work, port, "/ping", b"pong"))

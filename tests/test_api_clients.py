@@ -20,7 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.pki.certs import KeyPair, Usage, load_pem_certificates, load_pem_key, new_leaf
 from k3stw.pki.kubeconfig import render_kubeconfig
-from tests.support.twistd import Twistd, free_port, https_get
+from tests.support.net import free_port
+from tests.support.twistd import Twistd, https_get
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.13"

@@ -18,8 +18,9 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.mariadb import shared_mariadb
+from tests.support.net import free_port
 from tests.support.postgres import fresh_database_name, shared_postgres
-from tests.support.twistd import Twistd, free_port
+from tests.support.twistd import Twistd
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.12"

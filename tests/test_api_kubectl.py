@@ -18,7 +18,8 @@ from typing import ClassVar
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.twistd import Twistd, free_port
+from tests.support.net import free_port
+from tests.support.twistd import Twistd
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.11"

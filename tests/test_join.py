@@ -15,7 +15,8 @@ from typing import ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.twistd import Twistd, free_port, https_get
+from tests.support.net import free_port
+from tests.support.twistd import Twistd, https_get
 
 KUBECTL = "/usr/bin/kubectl"
 SERVER_HOST = "127.0.0.14"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.twistd import Twistd, free_port, https_get, snapshot
+from tests.support.net import free_port
+from tests.support.twistd import Twistd, https_get, snapshot
 
 KUBECTL = "/usr/bin/kubectl"
 

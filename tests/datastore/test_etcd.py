@@ -40,7 +40,8 @@ from k3stw.datastore.interface import (
 )
 from k3stw.datastore.sql import CompactionPolicy
 from tests.datastore.conformance import DatastoreConformance, EventCollector
-from tests.support.etcd import EtcdCluster, free_port, start_etcd
+from tests.support.etcd import EtcdCluster, start_etcd
+from tests.support.net import free_port
 
 reactor: Any = _reactor
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from twisted.web.http_headers import Headers
 
 from k3stw.datastore.etcd import EtcdTLS, _ClientTLSPolicy, _JSONBody, _read_body
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, new_ca, new_key, new_leaf
+from tests.support.net import free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 #: Loopback address this suite's etcd members listen on.
@@ -40,13 +40,6 @@ START_TIMEOUT = 30.0
 
 class EtcdStartError(Exception):
     """An etcd member did not come up; the message carries its log tail."""
-
-
-def free_port(host: str) -> int:
-    """A TCP port that is free on C{host} right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

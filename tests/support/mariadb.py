@@ -16,13 +16,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import pymysql
+
+from tests.support.net import free_port
 
 DEFAULT_HOST = "127.0.0.22"
 USER = "k3s"
@@ -53,12 +54,6 @@ shutil.rmtree(directory, ignore_errors=True)
 
 class MariaDBStartError(Exception):
     """The server did not come up; the message carries its error log's tail."""
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _binary(*names: str) -> str:

@@ -16,11 +16,12 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from tests.support.net import free_port
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 DEFAULT_HOST = "127.0.0.21"
@@ -44,12 +45,6 @@ shutil.rmtree(directory, ignore_errors=True)
 
 class PostgresStartError(Exception):
     """The server did not come up; the message carries its log tail."""
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _pgbin() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,13 +16,6 @@ from twisted.trial.unittest import SynchronousTestCase
 #: The twistd of the environment running the tests, where the wheel is installed.
 TWISTD = str(Path(sys.executable).parent / "twistd")
 START_TIMEOUT = 30.0
-
-
-def free_port(host: str) -> int:
-    """A TCP port that is free on C{host} right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def clean_environment() -> dict[str, str]:
