@@ -12,7 +12,9 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.web.http import Request
 from twisted.web.server import Site
 
-from k3stw.agent.service import NodeSettings
+from k3stw.agent.cacerts import https_fetcher
+from k3stw.agent.join import https_sender
+from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, kubelet_factory
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.resource import APIRequest, KubernetesAPI
@@ -54,8 +56,9 @@ class SupervisorSite(Site):
 
 class ServerService(ApplianceService):
     """
-    The root of a server: the datastore, the supervisor listener with the
-    Kubernetes API; the embedded agent joins it in a later release.
+    The root of a server: the datastore, the controllers, the supervisor
+    listener with the Kubernetes API, and (unless ``--disable-agent``) the
+    server's own node, which joins once the server is ready.
     """
 
     _log = Logger()
@@ -98,10 +101,6 @@ class ServerService(ApplianceService):
 
     def _start_embedded_agent(self, node: NodeSettings) -> None:
         """The server's own node: the same join, straight to this server, no load balancer."""
-        from k3stw.agent.cacerts import https_fetcher
-        from k3stw.agent.join import https_sender
-        from k3stw.agent.service import AgentConfig, NodeAgent, kubelet_factory
-
         token = Token(self.credentials.token.ca_hash, "node", self.credentials.agent_password)
         config = AgentConfig.of_node(self.config.local_url, token, node, is_server=True)
         reactor = self.reactor
