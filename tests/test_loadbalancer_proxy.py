@@ -13,9 +13,9 @@ from k3stw.loadbalancer.proxy import HELD_LIMIT, LoadBalancerFactory, split_addr
 from k3stw.loadbalancer.servers import Server, ServerList, ServerState
 from tests.support.loadbalancer import Dialer, HalfCloseTransport, capture_logs
 
-DEFAULT = "10.0.0.1:6443"
-A = "10.0.0.2:6443"
-B = "10.0.0.3:6443"
+DEFAULT = "127.0.10.1:6443"
+A = "127.0.10.2:6443"
+B = "127.0.10.3:6443"
 
 
 class ProxyCase(SynchronousTestCase):
@@ -230,7 +230,7 @@ class ClosingTests(ProxyCase):
 
 class AddressTests(SynchronousTestCase):
     def test_split_address(self) -> None:
-        self.assertEqual(split_address("10.0.0.1:6443"), ("10.0.0.1", 6443))
+        self.assertEqual(split_address("127.0.10.1:6443"), ("127.0.10.1", 6443))
         self.assertEqual(split_address("[fd00::1]:6443"), ("fd00::1", 6443))
         self.assertEqual(split_address("server.example:443"), ("server.example", 443))
-        self.assertRaises(ValueError, split_address, "10.0.0.1")
+        self.assertRaises(ValueError, split_address, "127.0.10.1")

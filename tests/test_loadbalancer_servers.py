@@ -23,9 +23,9 @@ from k3stw.loadbalancer.servers import (
 from tests.support.loadbalancer import FakeConnection, capture_logs
 
 S = ServerState
-DEFAULT = "10.0.0.1:6443"
-A = "10.0.0.2:6443"
-B = "10.0.0.3:6443"
+DEFAULT = "127.0.10.1:6443"
+A = "127.0.10.2:6443"
+B = "127.0.10.3:6443"
 
 
 class ServerListCase(SynchronousTestCase):
@@ -288,15 +288,15 @@ class TransitionTests(ServerListCase):
 
 class OneActiveServerTests(ServerListCase):
     def test_becoming_active_closes_weaker_servers_connections(self) -> None:
-        self.list.set_addresses([A, B, "10.0.0.4:6443", "10.0.0.5:6443"])
-        self.bring("10.0.0.4:6443", S.FAILED)
+        self.list.set_addresses([A, B, "127.0.10.4:6443", "127.0.10.5:6443"])
+        self.bring("127.0.10.4:6443", S.FAILED)
         self.bring(B, S.RECOVERING)
-        self.bring("10.0.0.5:6443", S.PREFERRED)
+        self.bring("127.0.10.5:6443", S.PREFERRED)
         default_conn = FakeConnection()
         self.list.add_connection(self.server(DEFAULT), default_conn)
-        failed = self.connect("10.0.0.4:6443")
+        failed = self.connect("127.0.10.4:6443")
         recovering = self.connect(B)
-        preferred = self.connect("10.0.0.5:6443")
+        preferred = self.connect("127.0.10.5:6443")
         self.bring(A, S.ACTIVE)
         self.assertEqual(default_conn.closed, 1)
         self.assertEqual([c.closed for c in failed + recovering + preferred], [1, 1, 0])
@@ -329,7 +329,7 @@ class OneActiveServerTests(ServerListCase):
 
 class OrderTests(ServerListCase):
     def test_dial_order(self) -> None:
-        c, d = "10.0.0.4:6443", "10.0.0.5:6443"
+        c, d = "127.0.10.4:6443", "127.0.10.5:6443"
         self.list.set_addresses([A, B, c, d])
         self.bring(A, S.FAILED)
         self.bring(B, S.RECOVERING)

@@ -42,10 +42,10 @@ from k3stw.loadbalancer.service import LoadBalancerService
 from tests.support.loadbalancer import capture_logs
 
 S = ServerState
-URL = "https://10.0.0.1:6443"
-DEFAULT = "10.0.0.1:6443"
-A = "10.0.0.2:6443"
-B = "10.0.0.3:6443"
+URL = "https://127.0.10.1:6443"
+DEFAULT = "127.0.10.1:6443"
+A = "127.0.10.2:6443"
+B = "127.0.10.3:6443"
 
 
 class HealthCheckTests(SynchronousTestCase):
@@ -153,7 +153,7 @@ class HealthCheckTests(SynchronousTestCase):
 
 class PersistenceTests(SynchronousTestCase):
     def test_default_address(self) -> None:
-        self.assertEqual(default_address("https://10.0.0.1:6443"), "10.0.0.1:6443")
+        self.assertEqual(default_address("https://127.0.10.1:6443"), "127.0.10.1:6443")
         self.assertEqual(default_address("https://server.example"), "server.example:443")
         self.assertEqual(default_address("http://server.example/"), "server.example:80")
         self.assertEqual(default_address("https://[fd00::1]:6443"), "[fd00::1]:6443")
@@ -172,7 +172,7 @@ class PersistenceTests(SynchronousTestCase):
     def test_only_for_the_same_default_server(self) -> None:
         path = state_file(Path(self.mktemp()))
         save_addresses(path, URL, [A, B])
-        self.assertIsNone(load_addresses(path, "https://10.0.0.9:6443"))
+        self.assertIsNone(load_addresses(path, "https://127.0.10.9:6443"))
 
     def test_missing_or_invalid_files_are_ignored(self) -> None:
         path = state_file(Path(self.mktemp()))
@@ -369,7 +369,7 @@ class ServicePersistenceTests(ServiceCase):
 
     def test_another_default_server_rewrites_the_file(self) -> None:
         path = state_file(self.data_dir)
-        save_addresses(path, "https://10.0.0.9:6443", [A, B])
+        save_addresses(path, "https://127.0.10.9:6443", [A, B])
         service = self.make()
         service.startService()
         self.assertEqual(service.servers.addresses, [])

@@ -177,7 +177,7 @@ class RefusalTests(SessionTestCase):
 
     def test_refused_connect_ends_only_its_stream(self) -> None:
         """A Connect the authorizer refuses gets C{connect not allowed}; the session lives on."""
-        refused = self.pair.server.dial("10.0.0.1:22")
+        refused = self.pair.server.dial("127.0.10.1:22")
         allowed = self.pair.server.dial(KUBELET)
         refused_receiver, allowed_receiver = RecordingReceiver(), RecordingReceiver()
         refused.attach(refused_receiver)
@@ -419,7 +419,7 @@ class AddressTests(SynchronousTestCase):
         self.assertTrue(allow("tcp", "127.0.0.1:10250"))
         self.assertTrue(allow("tcp", "[::1]:10010"))
         self.assertFalse(allow("tcp", "127.0.0.1:22"))
-        self.assertFalse(allow("tcp", "10.0.0.1:10250"))
+        self.assertFalse(allow("tcp", "127.0.10.1:10250"))
         self.assertFalse(allow("udp", "127.0.0.1:10250"))
         self.assertFalse(allow("tcp", "localhost:10250"))
         self.assertFalse(allow("tcp", "garbage"))

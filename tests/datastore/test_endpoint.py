@@ -34,15 +34,15 @@ GOOD = [
         "postgres://k3s:s3cr%40t@db.example:6432/cluster",
         PostgresEndpoint("db.example", 6432, "k3s", "s3cr@t", "cluster"),
     ),
-    ("postgres://k3s@10.0.0.5/", PostgresEndpoint("10.0.0.5", 5432, "k3s", None, "kubernetes")),
+    ("postgres://k3s@192.0.2.5/", PostgresEndpoint("192.0.2.5", 5432, "k3s", None, "kubernetes")),
     (
         "postgres://u:p@[::1]:5433/db?sslmode=require",
         PostgresEndpoint("::1", 5433, "u", "p", "db", {"sslmode": "require"}),
     ),
     ("mysql://", MySQLEndpoint("root", None, None, 3306, "/var/run/mysqld/mysqld.sock")),
     (
-        "mysql://k3s:pw@tcp(10.0.0.7:3307)/cluster",
-        MySQLEndpoint("k3s", "pw", "10.0.0.7", 3307, None, "cluster"),
+        "mysql://k3s:pw@tcp(192.0.2.7:3307)/cluster",
+        MySQLEndpoint("k3s", "pw", "192.0.2.7", 3307, None, "cluster"),
     ),
     ("mysql://k3s:p@ss:w@tcp(db)/x", MySQLEndpoint("k3s", "p@ss:w", "db", 3306, None, "x")),
     (

@@ -62,7 +62,7 @@ class PendingEndpoint:
     def succeed(self) -> tuple[Any, HalfCloseTransport]:
         """The server accepted: a protocol connected to a fresh transport."""
         assert self.factory is not None and self.attempt is not None
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 6443))
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.10.1", 6443))
         assert protocol is not None
         transport = HalfCloseTransport()
         protocol.makeConnection(transport)
