@@ -5,15 +5,12 @@ A node's identity on disk, as k3s keeps it: ``/etc/rancher/node/password``
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from k3stw.files import write_atomically
 from k3stw.lifecycle import StartupError
-
-DEFAULT_DIR = "/etc/rancher/node"
 
 
 @dataclass(frozen=True)
@@ -56,8 +53,3 @@ def load_identity(directory: Path, node_name: str, with_node_id: bool) -> NodeId
     if with_node_id:
         name = f"{name}-{_read_or_create(directory / 'id', secrets.token_hex(4), 0o644)}"
     return NodeIdentity(name, password, password_file)
-
-
-def node_name_from(flag: str | None, hostname: str) -> str:
-    """``--node-name`` (or ``K3S_NODE_NAME``), else the hostname; always lowercase."""
-    return (flag or os.environ.get("NODE_NAME") or hostname).lower()

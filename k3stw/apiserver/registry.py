@@ -62,11 +62,6 @@ class ResourceType:
     def storage_key(self, namespace: str | None, name: str) -> str:
         return self.storage_prefix(namespace if self.namespaced else None) + name
 
-    def describe(self, namespace: str | None, name: str | None = None) -> str:
-        """How Status messages name this resource: ``pods "web"`` or ``pods``."""
-        resource = f"{self.plural}.{self.group}" if self.group else self.plural
-        return f'{resource} "{name}"' if name else resource
-
 
 Names = tuple[str, ...]
 
