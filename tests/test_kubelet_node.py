@@ -135,12 +135,12 @@ class NodeObjectTests(SynchronousTestCase):
 
     def test_addresses(self) -> None:
         node = build_node(
-            config(node_ips=("10.0.0.5", "fd00::5"), external_ips=("203.0.113.9",)), FACTS, NOW
+            config(node_ips=("192.0.2.5", "fd00::5"), external_ips=("203.0.113.9",)), FACTS, NOW
         )
         self.assertEqual(
             node["status"]["addresses"],
             [
-                {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "InternalIP", "address": "192.0.2.5"},
                 {"type": "InternalIP", "address": "fd00::5"},
                 {"type": "ExternalIP", "address": "203.0.113.9"},
                 {"type": "Hostname", "address": "node-1"},

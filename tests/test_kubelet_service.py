@@ -105,7 +105,7 @@ class KubeletServiceTests(SynchronousTestCase):
                 "metadata": {"name": "node-1", "uid": "old", "labels": {"team": "red"}},
                 "spec": {"taints": [{"key": "maintenance", "effect": "NoSchedule"}]},
                 "status": {
-                    "addresses": [{"type": "InternalIP", "address": "10.9.9.9"}],
+                    "addresses": [{"type": "InternalIP", "address": "192.0.2.99"}],
                     "conditions": [
                         {
                             "type": "Ready",

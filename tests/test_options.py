@@ -33,7 +33,7 @@ def parse(
     return options
 
 
-AGENT_REQUIRED = ["--server", "https://10.0.0.1:6443", "--token", "secret"]
+AGENT_REQUIRED = ["--server", "https://192.0.2.1:6443", "--token", "secret"]
 
 
 class OptionsTestCase(SynchronousTestCase):
@@ -60,7 +60,7 @@ class DefaultsTests(OptionsTestCase):
         self.assertEqual(options["write-kubeconfig-mode"], 0o600)
         self.assertEqual(options["cluster-cidr"], "10.42.0.0/16")
         self.assertEqual(options["service-cidr"], "10.43.0.0/16")
-        self.assertEqual(options["cluster-dns"], "10.43.0.10")
+        self.assertEqual(options["cluster-dns"], "10.43.0.10")  # in k3s's default service CIDR
         self.assertEqual(options["cluster-domain"], "cluster.local")
         self.assertEqual(options["tls-san"], ())
         self.assertIs(options["cluster-init"], False)
@@ -89,17 +89,17 @@ class CommandLineTests(OptionsTestCase):
         """Every server flag is accepted under its k3s long name and typed."""
         argv = [
             "--debug", "--data-dir", "/tmp/d", "--token", "t", "--token-file", "/tmp/tf",
-            "--node-name", "n1", "--with-node-id", "--node-ip", "10.0.0.5",
+            "--node-name", "n1", "--with-node-id", "--node-ip", "192.0.2.5",
             "--node-external-ip", "203.0.113.9", "--node-label", "a=b", "--node-taint",
             "k=v:NoSchedule", "--server", "https://s:6443", "--agent-token", "at",
             "--agent-token-file", "/tmp/atf", "--cluster-init", "--datastore-endpoint",
             "postgres://", "--datastore-cafile", "/ca", "--datastore-certfile", "/c",
             "--datastore-keyfile", "/k", "--bind-address", "127.0.0.9",
-            "--https-listen-port", "7443", "--advertise-address", "10.0.0.6",
+            "--https-listen-port", "7443", "--advertise-address", "192.0.2.6",
             "--advertise-port", "8443", "--tls-san", "a.example", "--write-kubeconfig",
             "/tmp/kc", "--write-kubeconfig-mode", "0644", "--disable-agent",
             "--cluster-cidr", "10.52.0.0/16", "--service-cidr", "10.53.0.0/16",
-            "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",
+            "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",  # in the CIDR
             "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
         ]  # fmt: skip
         options = parse(server.Options, argv)
@@ -108,7 +108,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertEqual(options["https-listen-port"], 7443)
         self.assertEqual(options["advertise-port"], 8443)
         self.assertEqual(options["write-kubeconfig-mode"], 0o644)
-        self.assertEqual(options["node-ip"], ("10.0.0.5",))
+        self.assertEqual(options["node-ip"], ("192.0.2.5",))
         self.assertEqual(options["tls-san"], ("a.example",))
         self.assertIs(options["cluster-init"], True)
         self.assertIs(options["with-node-id"], True)
@@ -119,7 +119,7 @@ class CommandLineTests(OptionsTestCase):
         """Every agent flag is accepted under its k3s long name."""
         argv = [
             "--debug", "--data-dir", "/tmp/d", "--token", "t", "--token-file", "/tmp/tf",
-            "--node-name", "n1", "--with-node-id", "--node-ip", "10.0.0.5",
+            "--node-name", "n1", "--with-node-id", "--node-ip", "192.0.2.5",
             "--node-external-ip", "203.0.113.9", "--node-label", "a=b", "--node-taint",
             "k=v:NoSchedule", "--server", "https://s:6443", "--lb-server-port", "7444",
             "--node-identity-dir", "/tmp/node",
@@ -136,20 +136,20 @@ class CommandLineTests(OptionsTestCase):
         (tmp / "c.yaml").write_text("")
         options = parse(
             server.Options,
-            ["-d", "/x", "-t", "tok", "-s", "https://h:1", "-i", "10.1.1.1", "-o", "/kc",
+            ["-d", "/x", "-t", "tok", "-s", "https://h:1", "-i", "192.0.2.11", "-o", "/kc",
              "-c", str(tmp / "c.yaml")],
         )  # fmt: skip
         self.assertEqual(
             (options["data-dir"], options["token"], options["server"], options["node-ip"]),
-            ("/x", "tok", "https://h:1", ("10.1.1.1",)),
+            ("/x", "tok", "https://h:1", ("192.0.2.11",)),
         )
         self.assertEqual(options["write-kubeconfig"], "/kc")
         self.assertEqual(options["config"], str(tmp / "c.yaml"))
 
     def test_repeatable_flags_accumulate_and_split_commas(self) -> None:
         """--tls-san may repeat and each value may hold a comma-separated list."""
-        options = parse(server.Options, ["--tls-san", "a,b", "--tls-san", "10.0.0.1"])
-        self.assertEqual(options["tls-san"], ("a", "b", "10.0.0.1"))
+        options = parse(server.Options, ["--tls-san", "a,b", "--tls-san", "192.0.2.1"])
+        self.assertEqual(options["tls-san"], ("a", "b", "192.0.2.1"))
 
     def test_bad_port(self) -> None:
         """A port that is not a number from 1 to 65535 names the flag."""
@@ -239,7 +239,7 @@ class ConfigFileTests(OptionsTestCase):
         config = (
             "https-listen-port: 7443\n"
             "write-kubeconfig-mode: 0644\n"
-            "tls-san:\n  - one.example\n  - 10.0.0.1\n"
+            "tls-san:\n  - one.example\n  - 192.0.2.1\n"
             "node-label: [a=b, c=d]\n"
             "cluster-init: true\n"
             'token: "abc"\n'
@@ -247,7 +247,7 @@ class ConfigFileTests(OptionsTestCase):
         options = parse(server.Options, [], config=config, tmp=self.tmp)
         self.assertEqual(options["https-listen-port"], 7443)
         self.assertEqual(options["write-kubeconfig-mode"], 0o644)
-        self.assertEqual(options["tls-san"], ("one.example", "10.0.0.1"))
+        self.assertEqual(options["tls-san"], ("one.example", "192.0.2.1"))
         self.assertEqual(options["node-label"], ("a=b", "c=d"))
         self.assertIs(options["cluster-init"], True)
         self.assertEqual(options.sources["token"], str(self.tmp / "config.yaml"))
@@ -265,7 +265,7 @@ class ConfigFileTests(OptionsTestCase):
         self.assertEqual(options["token"], "cli")
         self.assertEqual(options["node-name"], "env")
         self.assertEqual(options["cluster-domain"], "file.local")
-        self.assertEqual(options["cluster-dns"], "10.43.0.10")
+        self.assertEqual(options["cluster-dns"], "10.43.0.10")  # in k3s's default service CIDR
 
     def test_command_line_list_replaces_file_list(self) -> None:
         """A repeatable flag given on the command line replaces the file's list."""

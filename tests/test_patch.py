@@ -401,7 +401,7 @@ NODE: dict[str, Any] = {
             {"type": "MemoryPressure", "status": "False"},
         ],
         "addresses": [
-            {"type": "InternalIP", "address": "10.0.0.1"},
+            {"type": "InternalIP", "address": "192.0.2.1"},
             {"type": "Hostname", "address": "n1"},
         ],
     },

@@ -137,7 +137,7 @@ class ServingNamesTests(SynchronousTestCase):
         self.assertEqual(
             {str(ip) for ip in names.ip_addresses},
             {"127.0.0.1", "::1", "192.0.2.10", "198.51.100.7", "127.0.0.5", "203.0.113.1",
-             "10.43.0.1"},
+             "10.43.0.1"},  # the kubernetes service: first address of the service CIDR
         )  # fmt: skip
 
     def test_local_url(self) -> None:

@@ -330,7 +330,7 @@ class PodPrinterTests(SynchronousTestCase):
     def test_wide_columns(self) -> None:
         """IP, Node, Nominated Node and Readiness Gates; ``<none>`` when unset."""
         obj = make_pod(
-            podIPs=[{"ip": "10.42.0.7"}, {"ip": "fd00::7"}],
+            podIPs=[{"ip": "203.0.113.7"}, {"ip": "fd00::7"}],
             nominatedNodeName="n2",
             conditions=[
                 {"type": "example.com/gate-a", "status": "True"},
@@ -343,9 +343,9 @@ class PodPrinterTests(SynchronousTestCase):
             {"conditionType": "example.com/gate-b"},
             {"conditionType": "example.com/gate-c"},
         ]
-        self.assertEqual(cells("", "Pod", obj)[5:], ["10.42.0.7", "n1", "n2", "1/3"])
+        self.assertEqual(cells("", "Pod", obj)[5:], ["203.0.113.7", "n1", "n2", "1/3"])
         self.assertEqual(cells("", "Pod", make_pod())[5:], ["<none>"] * 4)
-        self.assertEqual(cells("", "Pod", make_pod(podIP="10.0.0.3"))[5], "10.0.0.3")
+        self.assertEqual(cells("", "Pod", make_pod(podIP="192.0.2.3"))[5], "192.0.2.3")
 
     def test_finished_pods_carry_a_row_condition(self) -> None:
         """Succeeded and Failed rows carry the Completed condition kubectl greys them by."""
@@ -379,7 +379,7 @@ def make_node(
         "status": {
             "conditions": conditions,
             "addresses": [
-                {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "InternalIP", "address": "192.0.2.5"},
                 {"type": "Hostname", "address": "n1"},
             ],
             "nodeInfo": {
@@ -447,7 +447,7 @@ class NodePrinterTests(SynchronousTestCase):
             [
                 "5m",
                 "v1.32.4+k3s1",
-                "10.0.0.5",
+                "192.0.2.5",
                 "<none>",
                 "Debian GNU/Linux 12 (bookworm)",
                 "6.1.0-18-amd64",
@@ -472,33 +472,35 @@ class ServicePrinterTests(SynchronousTestCase):
             {"name": "https", "port": 443, "protocol": "TCP", "nodePort": 30443},
             {"name": "dns", "port": 53, "protocol": "UDP"},
         ]
-        balancer = make_service("LoadBalancer", clusterIPs=["10.43.0.9"], ports=ports[:1])
+        balancer = make_service("LoadBalancer", clusterIPs=["198.51.100.9"], ports=ports[:1])
         balancer["status"] = {
             "loadBalancer": {"ingress": [{"ip": "192.0.2.1"}, {"hostname": "lb.example.com"}]}
         }
-        both = make_service("LoadBalancer", clusterIPs=["10.43.0.9"], externalIPs=["198.51.100.7"])
+        both = make_service(
+            "LoadBalancer", clusterIPs=["198.51.100.9"], externalIPs=["198.51.100.7"]
+        )
         both["status"] = balancer["status"]
         cases = {
             "cluster ip": (
                 make_service(
                     "ClusterIP",
-                    clusterIP="10.43.0.1",
-                    clusterIPs=["10.43.0.1"],
+                    clusterIP="198.51.100.1",
+                    clusterIPs=["198.51.100.1"],
                     ports=ports[:1],
                     selector={"tier": "web", "app": "x"},
                 ),
-                ["ClusterIP", "10.43.0.1", "<none>", "80/TCP", "5m", "app=x,tier=web"],
+                ["ClusterIP", "198.51.100.1", "<none>", "80/TCP", "5m", "app=x,tier=web"],
             ),
             "external ips": (
                 make_service(
                     "ClusterIP",
-                    clusterIPs=["10.43.0.2"],
+                    clusterIPs=["198.51.100.2"],
                     ports=ports,
                     externalIPs=["198.51.100.1", "198.51.100.2"],
                 ),
                 [
                     "ClusterIP",
-                    "10.43.0.2",
+                    "198.51.100.2",
                     "198.51.100.1,198.51.100.2",
                     "80/TCP,443:30443/TCP,53/UDP",
                     "5m",
@@ -510,22 +512,29 @@ class ServicePrinterTests(SynchronousTestCase):
                 ["ClusterIP", "None", "<none>", "<none>", "5m", "<none>"],
             ),
             "node port": (
-                make_service("NodePort", clusterIPs=["10.43.0.3"], ports=ports[1:2]),
-                ["NodePort", "10.43.0.3", "<none>", "443:30443/TCP", "5m", "<none>"],
+                make_service("NodePort", clusterIPs=["198.51.100.3"], ports=ports[1:2]),
+                ["NodePort", "198.51.100.3", "<none>", "443:30443/TCP", "5m", "<none>"],
             ),
             "load balancer pending": (
-                make_service("LoadBalancer", clusterIPs=["10.43.0.4"], ports=ports[:1]),
-                ["LoadBalancer", "10.43.0.4", "<pending>", "80/TCP", "5m", "<none>"],
+                make_service("LoadBalancer", clusterIPs=["198.51.100.4"], ports=ports[:1]),
+                ["LoadBalancer", "198.51.100.4", "<pending>", "80/TCP", "5m", "<none>"],
             ),
             "load balancer": (
                 balancer,
-                ["LoadBalancer", "10.43.0.9", "192.0.2.1,lb.example.com", "80/TCP", "5m", "<none>"],
+                [
+                    "LoadBalancer",
+                    "198.51.100.9",
+                    "192.0.2.1,lb.example.com",
+                    "80/TCP",
+                    "5m",
+                    "<none>",
+                ],
             ),
             "load balancer and external ips": (
                 both,
                 [
                     "LoadBalancer",
-                    "10.43.0.9",
+                    "198.51.100.9",
                     "192.0.2.1,lb.example.com,198.51.100.7",
                     "<none>",
                     "5m",
@@ -537,8 +546,8 @@ class ServicePrinterTests(SynchronousTestCase):
                 ["ExternalName", "<none>", "db.example.com", "<none>", "5m", "<none>"],
             ),
             "no type": (
-                {"metadata": meta("svc"), "spec": {"clusterIP": "10.43.0.5"}},
-                ["", "10.43.0.5", "<unknown>", "<none>", "5m", "<none>"],
+                {"metadata": meta("svc"), "spec": {"clusterIP": "198.51.100.5"}},
+                ["", "198.51.100.5", "<unknown>", "<none>", "5m", "<none>"],
             ),
         }
         actual = {name: cells("", "Service", obj)[1:] for name, (obj, _) in cases.items()}
@@ -548,24 +557,24 @@ class ServicePrinterTests(SynchronousTestCase):
 class EndpointsPrinterTests(SynchronousTestCase):
     def test_endpoints_column(self) -> None:
         """host:port per address and port, three at most, then ``+ N more...``."""
-        addresses = [{"ip": f"10.42.0.{i}"} for i in range(1, 5)]
+        addresses = [{"ip": f"203.0.113.{i}"} for i in range(1, 5)]
         cases: dict[str, tuple[dict[str, Any], str]] = {
             "none": ({}, "<none>"),
             "one": (
                 {"subsets": [{"addresses": addresses[:1], "ports": [{"port": 80}]}]},
-                "10.42.0.1:80",
+                "203.0.113.1:80",
             ),
             "truncated": (
                 {"subsets": [{"addresses": addresses, "ports": [{"port": 80}, {"port": 443}]}]},
-                "10.42.0.1:80,10.42.0.2:80,10.42.0.3:80 + 5 more...",
+                "203.0.113.1:80,203.0.113.2:80,203.0.113.3:80 + 5 more...",
             ),
             "exactly three": (
                 {"subsets": [{"addresses": addresses[:3], "ports": [{"port": 80}]}]},
-                "10.42.0.1:80,10.42.0.2:80,10.42.0.3:80",
+                "203.0.113.1:80,203.0.113.2:80,203.0.113.3:80",
             ),
             "headless without ports": (
                 {"subsets": [{"addresses": addresses}]},
-                "10.42.0.1,10.42.0.2,10.42.0.3 + 1 more...",
+                "203.0.113.1,203.0.113.2,203.0.113.3 + 1 more...",
             ),
             "ipv6": (
                 {"subsets": [{"addresses": [{"ip": "fd00::1"}], "ports": [{"port": 53}]}]},
@@ -588,7 +597,7 @@ class EndpointsPrinterTests(SynchronousTestCase):
             "metadata": meta("kubernetes-abc"),
             "addressType": "IPv4",
             "ports": [{"port": 443}, {"name": "metrics"}, {}, {"port": 80}],
-            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2", "10.0.0.3"]}],
+            "endpoints": [{"addresses": ["192.0.2.1"]}, {"addresses": ["192.0.2.2", "192.0.2.3"]}],
         }
         self.assertEqual(
             cells("discovery.k8s.io", "EndpointSlice", slice_),
@@ -596,7 +605,7 @@ class EndpointsPrinterTests(SynchronousTestCase):
                 "kubernetes-abc",
                 "IPv4",
                 "443,metrics,* + 1 more...",
-                "10.0.0.1,10.0.0.2,10.0.0.3",
+                "192.0.2.1,192.0.2.2,192.0.2.3",
                 "5m",
             ],
         )
