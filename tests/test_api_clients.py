@@ -21,34 +21,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.pki.certs import KeyPair, Usage, load_pem_certificates, load_pem_key, new_leaf
 from k3stw.pki.kubeconfig import render_kubeconfig
 from tests.support.net import free_port
-from tests.support.twistd import Twistd, https_get
+from tests.support.twistd import Twistd, https_get, k3s_server
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.13"
 
 
 def start_server(root: Path, *extra: str) -> tuple[Twistd, int]:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text("")
     port = free_port(HOST)
-    server = Twistd(
-        SynchronousTestCase(),
-        root,
-        "k3s-server",
-        "--config",
-        str(root / "config.yaml"),
-        "--data-dir",
-        str(root / "data"),
-        "--bind-address",
-        HOST,
-        "--https-listen-port",
-        str(port),
-        "--write-kubeconfig",
-        str(root / "k3s.yaml"),
-        "--node-identity-dir",
-        str(root / "node"),
-        *extra,
-    ).start()
+    server = k3s_server(SynchronousTestCase(), root, HOST, port, *extra).start()
     server.wait_for_ping(HOST, port)
     ca = root / "data" / "server" / "tls" / "server-ca.crt"
     deadline = time.monotonic() + 60

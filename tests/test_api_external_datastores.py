@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support.mariadb import shared_mariadb
 from tests.support.net import free_port
 from tests.support.postgres import fresh_database_name, shared_postgres
-from tests.support.twistd import Twistd
+from tests.support.twistd import Twistd, k3s_server
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.12"
@@ -34,29 +34,9 @@ class ExternalDatastoreMixin:
 
     def start_server(self, case: SynchronousTestCase, root: Path, endpoint: str) -> Path:
         """A server on C{endpoint}; its admin kubeconfig once it is ready."""
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "config.yaml").write_text("")
         port = free_port(HOST)
-        server = Twistd(
-            case,
-            root,
-            "k3s-server",
-            "--config",
-            str(root / "config.yaml"),
-            "--data-dir",
-            str(root / "data"),
-            "--bind-address",
-            HOST,
-            "--https-listen-port",
-            str(port),
-            "--write-kubeconfig",
-            str(root / "k3s.yaml"),
-            "--node-identity-dir",
-            str(root / "node"),
-            "--node-name",
-            root.name,
-            "--datastore-endpoint",
-            endpoint,
+        server = k3s_server(
+            case, root, HOST, port, "--node-name", root.name, "--datastore-endpoint", endpoint
         ).start()
         server.wait_for_ping(HOST, port)
         kubeconfig = root / "k3s.yaml"
@@ -116,26 +96,15 @@ class KubernetesEndpointsTests(SynchronousTestCase):
     """Two servers on one PostgreSQL: the kubernetes Endpoints follow the live servers."""
 
     def start(self, root: Path, host: str, endpoint: str) -> tuple[Twistd, Path, int]:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "config.yaml").write_text("")
         port = free_port(host)
-        server = Twistd(
+        server = k3s_server(
             self,
             root,
-            "k3s-server",
-            "--config",
-            str(root / "config.yaml"),
-            "--data-dir",
-            str(root / "data"),
-            "--bind-address",
             host,
-            "--https-listen-port",
-            str(port),
+            port,
             "--advertise-address",
             host,
             "--disable-agent",
-            "--write-kubeconfig",
-            str(root / "k3s.yaml"),
             "--datastore-endpoint",
             endpoint,
         ).start()

@@ -19,7 +19,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.net import free_port
-from tests.support.twistd import Twistd
+from tests.support.twistd import Twistd, k3s_server
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.11"
@@ -70,25 +70,8 @@ class KubectlTests(SynchronousTestCase):
 
         cls.root = Path(tempfile.mkdtemp(prefix="k3stw-kubectl-"))
         port = free_port(HOST)
-        (cls.root / "config.yaml").write_text("")
         holder = SynchronousTestCase()
-        cls.server = Twistd(
-            holder,
-            cls.root,
-            "k3s-server",
-            "--config",
-            str(cls.root / "config.yaml"),
-            "--data-dir",
-            str(cls.root / "data"),
-            "--bind-address",
-            HOST,
-            "--https-listen-port",
-            str(port),
-            "--write-kubeconfig",
-            str(cls.root / "k3s.yaml"),
-            "--node-identity-dir",
-            str(cls.root / "node"),
-        )
+        cls.server = k3s_server(holder, cls.root, HOST, port)
         cls.server.start()
         cls.server.wait_for_ping(HOST, port)
         cls.env = {

@@ -16,7 +16,7 @@ from typing import ClassVar
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.net import free_port
-from tests.support.twistd import Twistd, https_get
+from tests.support.twistd import Twistd, https_get, k3s_server
 
 KUBECTL = "/usr/bin/kubectl"
 SERVER_HOST = "127.0.0.14"
@@ -33,24 +33,13 @@ class Cluster:
         self.holder = SynchronousTestCase()
         self.port = free_port(SERVER_HOST)
         (root / "config.yaml").write_text("")
-        self.server = Twistd(
+        self.server = k3s_server(
             self.holder,
             root / "server",
-            "k3s-server",
-            "--config",
-            str(root / "config.yaml"),
-            "--data-dir",
-            str(root / "server" / "data"),
-            "--node-identity-dir",
-            str(root / "server" / "node"),
+            SERVER_HOST,
+            self.port,
             "--node-name",
             "server",
-            "--bind-address",
-            SERVER_HOST,
-            "--https-listen-port",
-            str(self.port),
-            "--write-kubeconfig",
-            str(root / "k3s.yaml"),
             "--node-monitor-grace-period",
             GRACE,
             *server_flags,
@@ -113,7 +102,7 @@ class Cluster:
         self, *args: str, kubeconfig: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "K3S_"))}
-        config = kubeconfig or self.root / "k3s.yaml"
+        config = kubeconfig or self.root / "server" / "k3s.yaml"
         env.update(KUBECONFIG=str(config), KUBECACHEDIR=str(config) + ".cache")
         return subprocess.run([KUBECTL, *args], capture_output=True, text=True, env=env, timeout=60)
 

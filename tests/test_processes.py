@@ -16,7 +16,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.net import free_port
-from tests.support.twistd import Twistd, https_get, snapshot
+from tests.support.twistd import Twistd, https_get, k3s_server, snapshot
 
 KUBECTL = "/usr/bin/kubectl"
 
@@ -32,20 +32,7 @@ class ServerProcess:
         self.root = root
         self.data_dir = root / "data"
         self.kubeconfig = root / "k3s.yaml"
-        (root / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
-        (root / "config.yaml").write_text("")
-        self.twistd = Twistd(
-            case,
-            root,
-            "k3s-server",
-            "--config", str(root / "config.yaml"),
-            "--data-dir", str(self.data_dir),
-            "--bind-address", host,
-            "--https-listen-port", str(self.port),
-            "--write-kubeconfig", str(self.kubeconfig),
-            "--node-identity-dir", str(root / "node"),
-            *extra,
-        )  # fmt: skip
+        self.twistd = k3s_server(case, root, host, self.port, *extra)
 
     def start(self) -> ServerProcess:
         self.twistd.start()

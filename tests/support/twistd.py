@@ -126,3 +126,25 @@ def snapshot(directory: Path) -> dict[str, bytes]:
         elif path.is_file():
             found[name] = path.read_bytes()
     return found
+
+
+def k3s_server(case: SynchronousTestCase, root: Path, host: str, port: int, *extra: str) -> Twistd:
+    """
+    A ``k3s-server`` process (not started) on C{host}:C{port} whose every file
+    is under C{root}: an empty ``config.yaml``, ``data/``, the node identity in
+    ``node/`` and the admin kubeconfig ``k3s.yaml``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yaml"
+    if not config.exists():
+        config.write_text("")
+    return Twistd(
+        case, root, "k3s-server",
+        "--config", str(config),
+        "--data-dir", str(root / "data"),
+        "--node-identity-dir", str(root / "node"),
+        "--bind-address", host,
+        "--https-listen-port", str(port),
+        "--write-kubeconfig", str(root / "k3s.yaml"),
+        *extra,
+    )  # fmt: skip
