@@ -219,3 +219,35 @@ async def check_acknowledged(test: TestCase, store: Any, acknowledged: dict[int,
         test.assertIsNotNone(kv, f"acknowledged write {i} (revision {rev}) lost")
         test.assertEqual((kv.value, kv.mod_revision), (b"value-%d" % i, rev))
     test.assertGreaterEqual(await store.current_revision(), max(acknowledged.values()))
+
+
+class SharedServerBehaviour:
+    """
+    What every external SQL server must show beyond the conformance suite,
+    mixed into a C{TestCase} that sets C{endpoint_for} (a fresh database each call).
+    """
+
+    timeout = 180
+    endpoint_for: Callable[[], str]
+
+    async def test_two_processes_racing_compare_and_swap_lose_no_update(self) -> None:
+        test: Any = self
+        endpoint = self.endpoint_for()
+        store = await start_store(test, endpoint)
+        await store.create("/registry/shared/counter", b"0")
+        wins = run_cas_workers(endpoint, workers=2, rounds=60)
+        kv = await store.get("/registry/shared/counter")
+        assert kv is not None
+        test.assertEqual(kv.value, b"120")
+        all_wins = wins[0] + wins[1]
+        test.assertEqual(len(all_wins), 120)
+        # Exactly one winner per round: every version was the base of one update.
+        test.assertEqual(len({read for read, _ in all_wins}), 120)
+        test.assertEqual(len({new for _, new in all_wins}), 120)
+
+    async def test_acknowledged_writes_survive_kill_9_of_the_client(self) -> None:
+        test: Any = self
+        endpoint = self.endpoint_for()
+        acknowledged = kill_writer_mid_stream(endpoint, 200)
+        store = await start_store(test, endpoint)
+        await check_acknowledged(test, store, acknowledged)

@@ -9,9 +9,8 @@ from k3stw.datastore.interface import DatastoreUnavailable, KeyExists
 from tests.datastore.conformance import EventCollector
 from tests.datastore.sqlsupport import (
     ServerConformance,
-    check_acknowledged,
+    SharedServerBehaviour,
     kill_writer_mid_stream,
-    run_cas_workers,
     start_store,
 )
 from tests.support.mariadb import PASSWORD, MariaDBServer, shared_mariadb
@@ -28,21 +27,8 @@ class MariaDBConformanceTests(ServerConformance, TestCase):
     endpoint_for = staticmethod(_endpoint)
 
 
-class MariaDBMultiProcessTests(TestCase):
-    timeout = 180
-
-    async def test_two_processes_racing_compare_and_swap_lose_no_update(self) -> None:
-        endpoint = _endpoint()
-        store = await start_store(self, endpoint)
-        await store.create("/registry/shared/counter", b"0")
-        wins = run_cas_workers(endpoint, workers=2, rounds=60)
-        kv = await store.get("/registry/shared/counter")
-        assert kv is not None
-        self.assertEqual(kv.value, b"120")
-        all_wins = wins[0] + wins[1]
-        self.assertEqual(len(all_wins), 120)
-        self.assertEqual(len({read for read, _ in all_wins}), 120)
-        self.assertEqual(len({new for _, new in all_wins}), 120)
+class MariaDBMultiProcessTests(SharedServerBehaviour, TestCase):
+    endpoint_for = staticmethod(_endpoint)
 
     async def test_keys_differing_only_in_trailing_space_or_case_are_distinct(self) -> None:
         # A PAD SPACE or case-folding collation would make these one key.
@@ -77,12 +63,6 @@ class MariaDBFaultTests(TestCase):
 
 class MariaDBLogTests(TestCase):
     timeout = 60
-
-    async def test_acknowledged_writes_survive_kill_9_of_the_client(self) -> None:
-        endpoint = shared_mariadb().endpoint(fresh_database_name())
-        acknowledged = kill_writer_mid_stream(endpoint, 200)
-        store = await start_store(self, endpoint)
-        await check_acknowledged(self, store, acknowledged)
 
     async def test_watchers_see_another_process_writes(self) -> None:
         endpoint = _endpoint()

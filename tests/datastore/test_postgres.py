@@ -13,9 +13,8 @@ from k3stw.datastore.interface import DatastoreUnavailable, EventType
 from tests.datastore.conformance import EventCollector
 from tests.datastore.sqlsupport import (
     ServerConformance,
-    check_acknowledged,
+    SharedServerBehaviour,
     kill_writer_mid_stream,
-    run_cas_workers,
     start_store,
 )
 from tests.support.postgres import PASSWORD, PostgresServer, fresh_database_name, shared_postgres
@@ -31,23 +30,8 @@ class PostgresConformanceTests(ServerConformance, TestCase):
     endpoint_for = staticmethod(_endpoint)
 
 
-class PostgresMultiProcessTests(TestCase):
-    timeout = 180
-
-    async def test_two_processes_racing_compare_and_swap_lose_no_update(self) -> None:
-        endpoint = _endpoint()
-        store = await start_store(self, endpoint)
-        await store.create("/registry/shared/counter", b"0")
-        wins = run_cas_workers(endpoint, workers=2, rounds=60)
-        kv = await store.get("/registry/shared/counter")
-        assert kv is not None
-        self.assertEqual(kv.value, b"120")
-        all_wins = wins[0] + wins[1]
-        self.assertEqual(len(all_wins), 120)
-        # Exactly one winner per round: every version was the base of one update.
-        read_revisions = [read for read, _ in all_wins]
-        self.assertEqual(len(set(read_revisions)), 120)
-        self.assertEqual(len({new for _, new in all_wins}), 120)
+class PostgresMultiProcessTests(SharedServerBehaviour, TestCase):
+    endpoint_for = staticmethod(_endpoint)
 
 
 class _LogCapture:
@@ -143,12 +127,6 @@ async def _eventually_logged(capture: _LogCapture, text: str) -> None:
 
 class PostgresLogTests(TestCase):
     timeout = 60
-
-    async def test_acknowledged_writes_survive_kill_9_of_the_client(self) -> None:
-        endpoint = shared_postgres().endpoint(fresh_database_name())
-        acknowledged = kill_writer_mid_stream(endpoint, 200)
-        store = await start_store(self, endpoint)
-        await check_acknowledged(self, store, acknowledged)
 
     async def test_another_process_write_wakes_watchers_through_notify(self) -> None:
         from k3stw.datastore.endpoint import datastore_for_endpoint
