@@ -1,6 +1,7 @@
 """
 The supervisor's HTTP surface on the server's TLS port: ``/cacerts``,
-``/ping``, ``/v1-k3s/*``.  Anything it does not know is a Kubernetes 404 Status.
+``/ping``, ``/v1-k3s/*`` (``/v1-k3s/connect`` is L{k3stw.supervisor.connect}).
+Anything it does not know is a Kubernetes 404 Status.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def supervisor_resource(
     readiness: Readiness,
     api: IResource | None = None,
     enrollment: NodeEnrollment | None = None,
+    tunnel: IResource | None = None,
 ) -> Resource:
     """
     The root of the server's HTTPS tree.
@@ -125,6 +127,7 @@ def supervisor_resource(
     :param api: the Kubernetes API, served below ``/api``, ``/apis``,
         ``/version`` and ``/openapi``.
     :param enrollment: the endpoints agents join through.
+    :param tunnel: ``/v1-k3s/connect``, where agents open their tunnel.
     """
 
     def readyz(request: IRequest) -> bytes:
@@ -150,6 +153,8 @@ def supervisor_resource(
         v1.putChild(b"server-ca.crt", Route(GET=enrollment.server_ca_file))
         v1.putChild(b"config", Route(b"application/json", GET=enrollment.config))
         v1.putChild(b"apiservers", Route(b"application/json", GET=enrollment.apiservers))
+    if tunnel is not None:
+        v1.putChild(b"connect", tunnel)
     root.putChild(b"v1-k3s", v1)
     if api is not None:
         for path in (b"api", b"apis", b"version", b"openapi"):
