@@ -109,21 +109,26 @@ def cpu_count(online: Path = Path("/sys/devices/system/cpu/online")) -> int:
 
 def memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     """The host's memory (``MemTotal``) in bytes; 0 when it cannot be read."""
+    return _meminfo_values(meminfo).get("MemTotal", 0)
+
+
+def _meminfo_values(meminfo: Path) -> dict[str, int]:
+    """C{meminfo}'s values in bytes, by name; {} when it cannot be read."""
     try:
         lines = meminfo.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return 0
+        return {}
+    values: dict[str, int] = {}
     for line in lines:
         name, _, rest = line.partition(":")
-        if name == "MemTotal":
-            fields = rest.split()
-            try:
-                value = int(fields[0])
-            except (IndexError, ValueError):
-                return 0
-            unit = fields[1].lower() if len(fields) > 1 else ""
-            return value * 1024 if unit == "kb" else value
-    return 0
+        fields = rest.split()
+        try:
+            value = int(fields[0])
+        except (IndexError, ValueError):
+            continue
+        unit = fields[1].lower() if len(fields) > 1 else ""
+        values[name.strip()] = value * 1024 if unit == "kb" else value
+    return values
 
 
 def storage_bytes(directory: Path) -> int:
@@ -131,16 +136,8 @@ def storage_bytes(directory: Path) -> int:
     The size of the filesystem holding C{directory} (or its nearest existing
     parent, as the data dir may not exist yet); 0 when none can be examined.
     """
-    path = directory.absolute()
-    while True:
-        try:
-            stat = os.statvfs(path)
-        except OSError:
-            if path.parent == path:
-                return 0
-            path = path.parent
-            continue
-        return stat.f_blocks * stat.f_frsize
+    stat = _statvfs_nearest(directory)
+    return stat.f_blocks * stat.f_frsize if stat is not None else 0
 
 
 def machine_id(
@@ -250,4 +247,212 @@ def read_host_facts(data_dir: str | Path) -> HostFacts:
         os_image=os_image(),
         operating_system="linux",
         architecture=architecture(),
+    )
+
+
+# What the kubelet's Summary API reports about the machine's use: counters and
+# gauges read afresh on every request.  The readers take the proc root (tests
+# point it at a directory of fixture files) and answer None or nothing when a
+# file is missing or garbled, so that one unreadable file empties one field,
+# not the whole summary.
+
+#: Interfaces cAdvisor leaves out of a node's network stats: loopback, the
+#: host ends of pods' veth pairs and container engines' bridges.
+_IGNORED_INTERFACE_PREFIXES = ("lo", "veth", "docker", "nerdctl")
+
+
+def read_meminfo(proc: Path = Path("/proc")) -> dict[str, int]:
+    """``/proc/meminfo`` as a mapping of its names to bytes; {} when unreadable."""
+    return _meminfo_values(proc / "meminfo")
+
+
+def read_vmstat(proc: Path = Path("/proc")) -> dict[str, int]:
+    """``/proc/vmstat``'s counters (``pgfault``, ``pgmajfault``, ...); {} when unreadable."""
+    try:
+        lines = (proc / "vmstat").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    values: dict[str, int] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            values[fields[0]] = int(fields[1])
+    return values
+
+
+@dataclass(frozen=True)
+class CPUTimes:
+    """What ``/proc/stat`` says of the whole machine's CPUs."""
+
+    #: CPU time spent working, summed over all CPUs, since boot.
+    usage_core_nanoseconds: int
+    #: When the machine booted, in seconds since the epoch (None if unknown).
+    boot_time: int | None
+
+
+def read_cpu_times(
+    proc: Path = Path("/proc"), ticks_per_second: int | None = None
+) -> CPUTimes | None:
+    """
+    The machine's cumulative busy CPU time, from the ``cpu`` line of
+    ``/proc/stat``: user, nice, system, irq, softirq and steal; not idle or
+    iowait.  (guest time is already inside user.)  None when unreadable.
+
+    :param ticks_per_second: ``USER_HZ`` (the host's ``SC_CLK_TCK`` when None).
+    """
+    try:
+        lines = (proc / "stat").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    busy: int | None = None
+    boot: int | None = None
+    for line in lines:
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if fields[0] == "cpu":
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (
+                    int(f) for f in (fields[1:9] + ["0"] * 8)[:8]
+                )
+                busy = user + nice + system + irq + softirq + steal
+            elif fields[0] == "btime" and len(fields) > 1:
+                boot = int(fields[1])
+        except ValueError:
+            continue
+    if busy is None:
+        return None
+    hz = ticks_per_second or os.sysconf("SC_CLK_TCK")
+    return CPUTimes(busy * 1_000_000_000 // hz, boot)
+
+
+@dataclass(frozen=True)
+class InterfaceCounters:
+    """One network interface's totals since it came up."""
+
+    name: str
+    rx_bytes: int
+    rx_errors: int
+    tx_bytes: int
+    tx_errors: int
+
+
+def read_interfaces(proc: Path = Path("/proc")) -> list[InterfaceCounters]:
+    """
+    The counters of the host's interfaces in ``/proc/net/dev``, leaving out
+    those cAdvisor leaves out of a node's stats (loopback, veth, bridges of
+    container engines); [] when unreadable.
+    """
+    try:
+        lines = (proc / "net" / "dev").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return []
+    interfaces = []
+    # Two header lines, then "name: rx bytes packets errs drop fifo frame
+    # compressed multicast tx bytes packets errs ...".
+    for line in lines[2:]:
+        name, sep, rest = line.partition(":")
+        name = name.strip()
+        fields = rest.split()
+        if not sep or len(fields) < 11 or name.startswith(_IGNORED_INTERFACE_PREFIXES):
+            continue
+        try:
+            interfaces.append(
+                InterfaceCounters(
+                    name, int(fields[0]), int(fields[2]), int(fields[8]), int(fields[10])
+                )
+            )
+        except ValueError:
+            continue
+    return interfaces
+
+
+@dataclass(frozen=True)
+class FilesystemUsage:
+    """Sizes and inodes of one filesystem, from ``statvfs``."""
+
+    capacity_bytes: int
+    available_bytes: int
+    used_bytes: int
+    inodes: int
+    inodes_free: int
+
+    @property
+    def inodes_used(self) -> int:
+        return self.inodes - self.inodes_free
+
+
+def _statvfs_nearest(directory: Path) -> os.statvfs_result | None:
+    """``statvfs`` of C{directory} or of its nearest existing parent; None if none answers."""
+    path = directory.absolute()
+    while True:
+        try:
+            return os.statvfs(path)
+        except OSError:
+            if path.parent == path:
+                return None
+            path = path.parent
+
+
+def filesystem_usage(directory: Path) -> FilesystemUsage | None:
+    """
+    The filesystem holding C{directory} (or its nearest existing parent);
+    used bytes count the blocks reserved for root, as ``df`` does.
+    """
+    stat = _statvfs_nearest(directory)
+    if stat is None:
+        return None
+    return FilesystemUsage(
+        capacity_bytes=stat.f_blocks * stat.f_frsize,
+        available_bytes=stat.f_bavail * stat.f_frsize,
+        used_bytes=(stat.f_blocks - stat.f_bfree) * stat.f_frsize,
+        inodes=stat.f_files,
+        inodes_free=stat.f_ffree,
+    )
+
+
+def read_process_limits(proc: Path = Path("/proc")) -> tuple[int | None, int | None]:
+    """
+    ``(pid_max, running)``: the kernel's limit on process ids and how many
+    tasks exist now (the total in ``/proc/loadavg``, which counts threads as
+    ``sysinfo(2)``, the kubelet's source, does); None for what cannot be read.
+    """
+    limit_text = _read_first_line(proc / "sys" / "kernel" / "pid_max")
+    limit = int(limit_text) if limit_text.isdigit() else None
+    fields = _read_first_line(proc / "loadavg").split()
+    total = fields[3].partition("/")[2] if len(fields) > 3 else ""
+    if total.isdigit():
+        return limit, int(total)
+    try:
+        return limit, sum(1 for entry in proc.iterdir() if entry.name.isdigit())
+    except OSError:
+        return limit, None
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """One reading of what the machine is using, for the Summary API."""
+
+    cpu: CPUTimes | None
+    memory: dict[str, int]
+    vmstat: dict[str, int]
+    interfaces: list[InterfaceCounters]
+    default_interface: str | None
+    filesystem: FilesystemUsage | None
+    pid_max: int | None
+    processes: int | None
+
+
+def read_host_usage(data_dir: str | Path, proc: Path = Path("/proc")) -> HostUsage:
+    """Read the machine's usage now, with the filesystem measured where C{data_dir} lives."""
+    pid_max, processes = read_process_limits(proc)
+    return HostUsage(
+        cpu=read_cpu_times(proc),
+        memory=read_meminfo(proc),
+        vmstat=read_vmstat(proc),
+        interfaces=read_interfaces(proc),
+        default_interface=default_route_interface(proc / "net" / "route"),
+        filesystem=filesystem_usage(Path(data_dir)),
+        pid_max=pid_max,
+        processes=processes,
     )

@@ -1,6 +1,8 @@
-"""TLS contexts for the supervisor port and for clients that pin the cluster CA."""
+"""TLS contexts for the supervisor and kubelet ports, and for clients that pin the cluster CA."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -16,6 +18,19 @@ def _x509(pem: bytes) -> crypto.X509:
     return crypto.load_certificate(crypto.FILETYPE_PEM, pem)
 
 
+def _serving_options(
+    serving: KeyPair, extra_chain: list[crypto.X509], **verification: Any
+) -> ssl.CertificateOptions:
+    """Serve with C{serving}, TLS 1.2 or later; C{verification} says what to ask of clients."""
+    return ssl.CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(serving.key),
+        certificate=_x509(serving.certificate_pem),
+        extraCertChain=extra_chain,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        **verification,
+    )
+
+
 def server_tls_options(
     serving: KeyPair, ca_bundle: bytes, client_ca: KeyPair
 ) -> ssl.CertificateOptions:
@@ -25,15 +40,39 @@ def server_tls_options(
     admin certificate authenticates, an agent's token-only request still gets
     through to be checked by password.
     """
-    return ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(serving.key),
-        certificate=_x509(serving.certificate_pem),
-        extraCertChain=[_x509(ca_bundle)],
+    return _serving_options(
+        serving,
+        [_x509(ca_bundle)],
         verify=True,
         caCerts=[_x509(client_ca.certificate_pem)],
         requireCertificate=False,
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+
+
+def _accept_any_client(
+    connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
+) -> bool:
+    return True
+
+
+def client_certificate_requesting_options(
+    serving: KeyPair, client_ca: bytes
+) -> ssl.CertificateOptions:
+    """
+    Serve with C{serving} and ask every client for a certificate from one of
+    the CAs in the PEM bundle C{client_ca}, but let the handshake succeed
+    whatever it sends: the application verifies the certificate itself, so
+    that a missing or foreign one is answered with an HTTP 401, as Go servers
+    with ``tls.RequestClientCert`` (the kubelet) answer, not a failed handshake.
+    """
+    options = _serving_options(serving, [])
+    context = options.getContext()
+    context.set_verify(SSL.VERIFY_PEER, _accept_any_client)
+    # The CA names tell clients holding several certificates which to send.
+    context.set_client_ca_list(
+        [crypto.X509.from_cryptography(ca).get_subject() for ca in load_pem_certificates(client_ca)]
+    )
+    return options
 
 
 @implementer(IPolicyForHTTPS)

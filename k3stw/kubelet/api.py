@@ -1,0 +1,606 @@
+"""
+The kubelet's HTTPS API (port 10250), which the servers reach through the
+agent's websocket tunnel: ``/healthz``, ``/pods`` and ``/stats/summary``.
+
+Clients authenticate as they do with the kubelet's x509 authenticator: a
+client certificate is asked for but not required by TLS, then checked here
+against the client CA, so that a missing or foreign certificate gets the
+kubelet's plain ``Unauthorized`` (401) and a known user who may not use the
+kubelet its ``Forbidden (user=..., verb=..., resource=nodes,
+subresource(s)=[...])`` (403).  L{allow_apiserver} decides who may.
+
+Wiring: L{KubeletAPIService} is a service to put under the node's agent.  The
+Node's ``status.daemonEndpoints.kubeletEndpoint.Port`` must name the port it
+serves on, L{KubeletAPIService.endpoint_port} (10250 unless configured
+otherwise): the servers read it back to know which loopback port of the node
+their tunnel may dial.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import crypto
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from k3stw.apiserver.auth import MASTERS, User, user_of_certificate
+from k3stw.hostinfo import HostUsage, read_host_usage
+from k3stw.kubelet.node import KUBELET_PORT, rfc3339
+from k3stw.logs import Logger
+from k3stw.pki.certs import KeyPair, is_signed_by, load_pem_certificates
+from k3stw.pki.tls import client_certificate_requesting_options
+
+#: The common names of the apiserver's client certificates for kubelets
+#: (kubeadm's and kube-apiserver's own); k3s's, ``system:apiserver`` in
+#: ``system:masters``, passes by its group.
+APISERVER_USERS = frozenset({"kube-apiserver-kubelet-client", "system:kube-apiserver"})
+
+#: Go's ``http.Error`` content type, which every plain-text answer carries.
+_TEXT = b"text/plain; charset=utf-8"
+
+#: The kubelet's HTTP methods and the API verbs its authorizer sees.
+_VERBS = {
+    b"POST": "create",
+    b"GET": "get",
+    b"PUT": "update",
+    b"PATCH": "patch",
+    b"DELETE": "delete",
+}
+
+
+# Authentication and authorization
+
+
+@dataclass(frozen=True)
+class RequestAttributes:
+    """A request to the kubelet as its authorizer sees it (``resource=nodes``)."""
+
+    verb: str
+    subresources: tuple[str, ...]
+    path: str
+
+
+def request_attributes(method: bytes, path: bytes) -> RequestAttributes:
+    """
+    The attributes the kubelet derives from a request: the verb from the
+    method (HEAD and others get none, as in Go) and the subresource from the
+    path: ``stats``, ``metrics``, ``log``, ``checkpoint``, otherwise ``proxy``.
+    (Kubernetes 1.32's ``KubeletFineGrainedAuthz`` gate, off by default,
+    would put ``pods``/``healthz`` first.)
+    """
+    text = path.decode("utf-8", "replace")
+    subresource = "proxy"
+    for prefix, name in (
+        ("/stats", "stats"),
+        ("/metrics", "metrics"),
+        ("/logs", "log"),
+        ("/checkpoint", "checkpoint"),
+    ):
+        if text == prefix or text.startswith(prefix + "/"):
+            subresource = name
+            break
+    return RequestAttributes(_VERBS.get(method, ""), (subresource,), text)
+
+
+#: Decides whether an authenticated user may make a request.
+Authorizer = Callable[[User, RequestAttributes], bool]
+
+
+def allow_apiserver(user: User, attributes: RequestAttributes) -> bool:
+    """
+    The kubelet's authorizer, reduced to what a k3s cluster needs: the
+    apiserver (by name, or in ``system:masters``) may do anything; nobody
+    else, nodes included, may do anything.
+    """
+    return MASTERS in user.groups or user.name in APISERVER_USERS
+
+
+def forbidden_message(user: User, attributes: RequestAttributes) -> str:
+    """The kubelet's 403 body, Go's ``%v`` of the subresource list included."""
+    return (
+        f"Forbidden (user={user.name}, verb={attributes.verb}, resource=nodes, "
+        f"subresource(s)=[{' '.join(attributes.subresources)}])\n"
+    )
+
+
+def verified_user(
+    certificate: x509.Certificate, client_cas: list[x509.Certificate], now: datetime
+) -> User | None:
+    """
+    The user a client certificate names (CN, O as groups) if one of
+    C{client_cas} issued it directly, it is valid at C{now} and allowed for
+    client authentication; None otherwise.
+    """
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        return None
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is not None and not {
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+    }.intersection(usages):
+        return None
+    if not any(
+        ca.not_valid_before_utc <= now <= ca.not_valid_after_utc and is_signed_by(certificate, ca)
+        for ca in client_cas
+    ):
+        return None
+    return user_of_certificate(crypto.X509.from_cryptography(certificate))
+
+
+def peer_certificate(request: IRequest) -> x509.Certificate | None:
+    """The certificate the client presented on the request's TLS connection, if any."""
+    transport = getattr(request, "transport", None)
+    getter = getattr(transport, "getPeerCertificate", None)
+    presented = getter() if getter is not None else None
+    return presented.to_cryptography() if presented is not None else None
+
+
+# CPU rate
+
+
+class CPUUsageRate:
+    """
+    ``usageNanoCores``: how fast the cumulative CPU time grew between the
+    last two samples taken at least C{min_interval} seconds apart.  Closer
+    samples answer the last rate, since a rate over a few milliseconds
+    measures clock ticks more than use.
+    """
+
+    def __init__(self, min_interval: float = 1.0) -> None:
+        self.min_interval = min_interval
+        self._previous: tuple[float, int] | None = None
+        self._rate: int | None = None
+
+    def observe(self, at: float, usage_core_nanoseconds: int) -> int | None:
+        """Take a sample; the rate in nanocores, or None before two samples."""
+        previous = self._previous
+        if previous is None:
+            self._previous = (at, usage_core_nanoseconds)
+            return None
+        elapsed = at - previous[0]
+        if elapsed < self.min_interval:
+            return self._rate
+        if usage_core_nanoseconds >= previous[1]:
+            self._rate = int((usage_core_nanoseconds - previous[1]) / elapsed)
+        self._previous = (at, usage_core_nanoseconds)
+        return self._rate
+
+
+# The Summary API
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """Drop None fields, as Go's ``omitempty`` drops nil pointers."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def memory_stats(usage: HostUsage, time: str) -> dict[str, Any]:
+    """
+    A node's ``MemoryStats`` from ``/proc/meminfo``: usage is what is not
+    free, the working set leaves out the page cache the kernel may drop
+    (``Inactive(file)``), and available is capacity less the working set
+    (the kubelet's ``memory.available``).
+    """
+    meminfo = usage.memory
+    total = meminfo.get("MemTotal")
+    free = meminfo.get("MemFree")
+    if total is None or free is None:
+        return {"time": time}
+    used = max(total - free, 0)
+    working_set = max(used - meminfo.get("Inactive(file)", 0), 0)
+    return _present(
+        time=time,
+        availableBytes=total - working_set,
+        usageBytes=used,
+        workingSetBytes=working_set,
+        rssBytes=meminfo.get("AnonPages"),
+        pageFaults=usage.vmstat.get("pgfault"),
+        majorPageFaults=usage.vmstat.get("pgmajfault"),
+    )
+
+
+def network_stats(usage: HostUsage, time: str) -> dict[str, Any]:
+    """
+    A node's ``NetworkStats``: every interface, and inline the one of the
+    default route (the kubelet inlines ``eth0``; the default route is what
+    that name means on hosts that call it otherwise).
+    """
+    interfaces = [
+        {
+            "name": i.name,
+            "rxBytes": i.rx_bytes,
+            "rxErrors": i.rx_errors,
+            "txBytes": i.tx_bytes,
+            "txErrors": i.tx_errors,
+        }
+        for i in usage.interfaces
+    ]
+    stats: dict[str, Any] = {"time": time}
+    main = next((i for i in interfaces if i["name"] == usage.default_interface), None)
+    if main is None and interfaces:
+        main = interfaces[0]
+    if main is not None:
+        stats.update(main)
+    stats["interfaces"] = interfaces
+    return stats
+
+
+def fs_stats(usage: HostUsage, time: str, *, image_fs: bool = False) -> dict[str, Any]:
+    """
+    ``FsStats`` of the filesystem holding the data dir.  As the image
+    filesystem (where the runtime will keep images, under the same data dir)
+    it reports no bytes used: no image is stored yet.
+    """
+    fs = usage.filesystem
+    if fs is None:
+        return {"time": time}
+    return {
+        "time": time,
+        "availableBytes": fs.available_bytes,
+        "capacityBytes": fs.capacity_bytes,
+        "usedBytes": 0 if image_fs else fs.used_bytes,
+        "inodesFree": fs.inodes_free,
+        "inodes": fs.inodes,
+        "inodesUsed": 0 if image_fs else fs.inodes_used,
+    }
+
+
+def build_summary(
+    node_name: str,
+    usage: HostUsage,
+    now: float,
+    usage_nano_cores: int | None,
+    *,
+    only_cpu_and_memory: bool = False,
+) -> dict[str, Any]:
+    """
+    The Summary API document (``stats/v1alpha1.Summary``) of a node that
+    runs no pods yet; with C{only_cpu_and_memory} the node's CPU and memory
+    only, as the kubelet answers ``?only_cpu_and_memory=true``.
+    """
+    time = rfc3339(now)
+    boot = usage.cpu.boot_time if usage.cpu is not None else None
+    node: dict[str, Any] = {
+        "nodeName": node_name,
+        "systemContainers": [],
+        "startTime": rfc3339(boot) if boot is not None else None,
+        "cpu": _present(
+            time=time,
+            usageNanoCores=usage_nano_cores,
+            usageCoreNanoSeconds=(
+                usage.cpu.usage_core_nanoseconds if usage.cpu is not None else None
+            ),
+        ),
+        "memory": memory_stats(usage, time),
+    }
+    if not only_cpu_and_memory:
+        node["network"] = network_stats(usage, time)
+        node["fs"] = fs_stats(usage, time)
+        node["runtime"] = {"imageFs": fs_stats(usage, time, image_fs=True)}
+        node["rlimit"] = _present(time=time, maxpid=usage.pid_max, curproc=usage.processes)
+    return {"node": node, "pods": []}
+
+
+# Resources
+
+
+def _answer(request: IRequest, code: int, body: bytes, content_type: bytes = _TEXT) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type)
+    if content_type == _TEXT:
+        request.setHeader(b"x-content-type-options", b"nosniff")
+    return body
+
+
+def _json(request: IRequest, document: object) -> bytes:
+    return _answer(request, 200, json.dumps(document).encode(), b"application/json")
+
+
+class _Answer(Resource):
+    """A leaf that answers every request with the same status and text."""
+
+    isLeaf = True
+
+    def __init__(self, code: int, body: bytes) -> None:
+        super().__init__()
+        self.code = code
+        self.body = body
+
+    def render(self, request: IRequest) -> bytes:
+        return _answer(request, self.code, self.body)
+
+
+#: Go's ``http.NotFound``, which the kubelet's mux answers for unknown paths.
+NOT_FOUND = _Answer(404, b"404 page not found\n")
+UNAUTHORIZED = _Answer(401, b"Unauthorized")
+
+
+class _Directory(Resource):
+    """A path segment with fixed children; anything else, itself included, is not found."""
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return NOT_FOUND
+
+    def render(self, request: IRequest) -> bytes:
+        return NOT_FOUND.render(request)
+
+
+class _Endpoint(Resource):
+    """
+    One route: its C{render_*} methods are the methods it allows; any other
+    gets go-restful's 405, and any path below it is not found.
+    """
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return NOT_FOUND
+
+    def render(self, request: IRequest) -> bytes | int:
+        # Resource's own render_HEAD answers HEAD as GET.
+        if not hasattr(self, "render_" + request.method.decode("ascii", "replace")):
+            allowed = sorted(name[7:] for name in dir(self) if name.startswith("render_"))
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+            return _answer(request, 405, b"405: Method Not Allowed")
+        return cast(bytes | int, super().render(request))
+
+
+class _Healthz(_Endpoint):
+    def render_GET(self, request: IRequest) -> bytes:
+        return _answer(request, 200, b"ok")
+
+
+class _Pods(_Endpoint):
+    def __init__(self, pods: Callable[[], list[dict[str, Any]]] | None) -> None:
+        super().__init__()
+        self._pods = pods
+
+    def render_GET(self, request: IRequest) -> bytes:
+        items = self._pods() if self._pods is not None else []
+        return _json(
+            request, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+        )
+
+
+class _Summary(_Endpoint):
+    def __init__(self, summary: Callable[[bool], dict[str, Any]]) -> None:
+        super().__init__()
+        self._summary = summary
+
+    def render_GET(self, request: IRequest) -> bytes:
+        only = request.args.get(b"only_cpu_and_memory", []) == [b"true"]
+        return _json(request, self._summary(only))
+
+
+class _NotImplementedYet(Resource):
+    """
+    The streaming endpoints (``/containerLogs``, ``/exec``, ``/attach``,
+    ``/portForward``, ``/run``) need a container runtime, which the node does
+    not have yet: they answer 501 until it comes, rather than a fake success.
+    """
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        return _answer(request, 501, b"not implemented: this node has no container runtime yet\n")
+
+
+class KubeletAPIResource(Resource):
+    """
+    The root of the API: authenticates and authorizes each request before
+    routing it, so that even an unknown path is refused to a stranger.
+
+    :param clock: the time against which certificates' validity is checked.
+    :param client_ca: the PEM bundle of CAs whose client certificates authenticate.
+    :param routes: the resource tree of the endpoints.
+    :param authorizer: who may do what (L{allow_apiserver} by default).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        client_ca: bytes,
+        routes: IResource,
+        authorizer: Authorizer = allow_apiserver,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.client_cas = load_pem_certificates(client_ca)
+        self.routes = routes
+        self.authorizer = authorizer
+
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
+        certificate = peer_certificate(request)
+        now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+        user = verified_user(certificate, self.client_cas, now) if certificate else None
+        if user is None:
+            return UNAUTHORIZED
+        attributes = request_attributes(request.method, request.path)
+        if not self.authorizer(user, attributes):
+            self._log.info(
+                "Forbidden: user {user} {verb} {path}",
+                user=user.name,
+                verb=attributes.verb,
+                path=attributes.path,
+            )
+            return _Answer(403, forbidden_message(user, attributes).encode())
+        child: IResource = self.routes.getChildWithDefault(path, request)
+        return child
+
+
+def kubelet_routes(
+    pods: Callable[[], list[dict[str, Any]]] | None,
+    summary: Callable[[bool], dict[str, Any]],
+) -> Resource:
+    """The endpoints' tree, before authentication."""
+    root = _Directory()
+    root.putChild(b"healthz", _Healthz())
+    root.putChild(b"pods", _Pods(pods))
+    stats = _Directory()
+    stats.putChild(b"summary", _Summary(summary))
+    root.putChild(b"stats", stats)
+    # Where the streaming endpoints will go once a container runtime exists.
+    for streaming in (b"containerLogs", b"exec", b"attach", b"portForward", b"run"):
+        root.putChild(streaming, _NotImplementedYet())
+    return root
+
+
+# The service
+
+
+@implementer(IStreamServerEndpoint)
+class _RecordingEndpoint:
+    """An endpoint that remembers the port it listens on, for L{KubeletAPIService}."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self._endpoint = endpoint
+        self.port: IListeningPort | None = None
+        self.failure: Failure | None = None
+        self._waiters: list[Deferred[IListeningPort]] = []
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        listening = self._endpoint.listen(protocolFactory)
+        listening.addBoth(self._settle)
+        return listening
+
+    def _settle(self, result: IListeningPort | Failure) -> IListeningPort | Failure:
+        if isinstance(result, Failure):
+            self.failure = result
+        else:
+            self.port = result
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(result)
+        return result
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the port, or fails as listening failed, once either happened."""
+        waiter: Deferred[IListeningPort] = Deferred()
+        settled = self.port or self.failure
+        if settled is None:
+            self._waiters.append(waiter)
+        else:
+            waiter.callback(settled)
+        return waiter
+
+
+class KubeletAPIService(StreamServerEndpointService):
+    """
+    The kubelet's HTTPS API on ``bind_host:port``, served with the node's
+    kubelet serving certificate.
+
+    :param reactor: an ``IReactorSSL`` and ``IReactorTime``.
+    :param node_name: the Node this kubelet is.
+    :param serving: the kubelet serving certificate and key.
+    :param client_ca: the PEM bundle of the client CA (the apiserver's
+        client certificate for kubelets is signed by it).
+    :param port: the port (0 picks a free one; see L{endpoint_port}).
+    :param bind_host: the address to listen on; loopback, since the servers
+        come through the tunnel, which dials the node's loopback.
+    :param data_dir: the filesystem whose use ``/stats/summary`` reports.
+    :param pods: the pods the node runs, as API objects (None: none).
+    :param proc: where ``/proc`` is (tests point it at fixture files).
+    :param authorizer: who may use the API (L{allow_apiserver} by default).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        node_name: str,
+        serving: KeyPair,
+        client_ca: bytes,
+        port: int = KUBELET_PORT,
+        bind_host: str = "127.0.0.1",
+        data_dir: Path,
+        pods: Callable[[], list[dict[str, Any]]] | None = None,
+        proc: Path = Path("/proc"),
+        authorizer: Authorizer = allow_apiserver,
+    ) -> None:
+        self.reactor = reactor
+        self.node_name = node_name
+        self.port = port
+        self.bind_host = bind_host
+        self.data_dir = data_dir
+        self.proc = proc
+        self.cpu_rate = CPUUsageRate()
+        resource = KubeletAPIResource(
+            reactor, client_ca, kubelet_routes(pods, self.summary), authorizer
+        )
+        site = Site(resource)
+        site.displayTracebacks = False
+        self._endpoint = _RecordingEndpoint(
+            SSL4ServerEndpoint(
+                reactor,
+                port,
+                client_certificate_requesting_options(serving, client_ca),
+                interface=bind_host,
+            )
+        )
+        super().__init__(self._endpoint, site)
+        self.setName("kubelet-api")
+
+    @property
+    def endpoint_port(self) -> int:
+        """The port served on: the bound one once listening, else the configured one."""
+        listening = self._endpoint.port
+        if listening is None:
+            return self.port
+        return cast(IPv4Address | IPv6Address, listening.getHost()).port
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the listening port once the API accepts connections."""
+        return self._endpoint.when_listening()
+
+    def startService(self) -> None:
+        # The first sample, so that the first summary can already give a rate.
+        self.summary(only_cpu_and_memory=True)
+        super().startService()
+        self.when_listening().addCallbacks(self._listened, lambda _: None)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._log.info(
+            "Kubelet API for node {node} listening on {host}:{port}",
+            node=self.node_name,
+            host=self.bind_host,
+            port=self.endpoint_port,
+        )
+
+    def summary(self, only_cpu_and_memory: bool = False) -> dict[str, Any]:
+        """The Summary API document, read from the host now."""
+        usage = read_host_usage(self.data_dir, self.proc)
+        now = self.reactor.seconds()
+        rate = (
+            self.cpu_rate.observe(now, usage.cpu.usage_core_nanoseconds)
+            if usage.cpu is not None
+            else None
+        )
+        return build_summary(
+            self.node_name, usage, now, rate, only_cpu_and_memory=only_cpu_and_memory
+        )
