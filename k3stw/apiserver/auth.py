@@ -109,7 +109,12 @@ async def authorize(user: User, attributes: Attributes, pod_uses: PodReferenceCh
     if node is not None and await _node_may(node, attributes, pod_uses):
         return
     reason = ""
-    if node is not None and attributes.resource.plural == "nodes" and attributes.name:
+    if (
+        node is not None
+        and attributes.resource.plural == "nodes"
+        and attributes.name
+        and attributes.subresource != "proxy"
+    ):
         reason = f'node "{node}" is not allowed to modify node "{attributes.name}"'
     raise forbidden(user, attributes, reason)
 
@@ -120,7 +125,12 @@ async def _node_may(node: str, a: Attributes, pod_uses: PodReferenceCheck) -> bo
     if a.verb in READ_VERBS and key in _NODE_READABLE and a.subresource is None:
         return True
     if key == ("", "nodes"):
-        return a.name == node and a.verb in {"create", "update", "patch", "get"}
+        # Never nodes/proxy: one kubelet reaching another's API is an admin's power.
+        return (
+            a.subresource in (None, "status")
+            and a.name == node
+            and a.verb in {"create", "update", "patch", "get"}
+        )
     if key == ("coordination.k8s.io", "leases"):
         return (
             a.namespace == "kube-node-lease"

@@ -28,6 +28,7 @@ from k3stw.apiserver import discovery, protobuf, selectors, tables
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver.auth import Attributes, User, authorize, user_of_certificate
 from k3stw.apiserver.dryrun import DryRunDatastore
+from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.patch import PatchError
 from k3stw.apiserver.registry import CRDS, Registry, ResourceType, resources_of_crd
 from k3stw.apiserver.selectors import SelectorError
@@ -45,6 +46,15 @@ MIN_WATCH_SECONDS = 1800
 NOT_FOUND = "the server could not find the requested resource"
 JSON_TYPES = ("", "application/json", "*/*")
 PROTOBUF = "application/vnd.kubernetes.protobuf"
+#: The verb a proxied request is authorized as, by its method (kube-apiserver's RequestInfo).
+PROXY_VERBS = {
+    b"GET": "get",
+    b"HEAD": "get",
+    b"POST": "create",
+    b"PUT": "update",
+    b"PATCH": "patch",
+    b"DELETE": "delete",
+}
 PATCH_TYPES = (
     "application/json-patch+json",
     "application/merge-patch+json",
@@ -122,9 +132,11 @@ class KubernetesAPI(Resource):
         registry: Registry,
         clock: IReactorTime,
         server_address: str,
+        node_proxy: NodeProxy | None = None,
     ) -> None:
         super().__init__()
         self.store = store
+        self.node_proxy = node_proxy
         # dryRun=All runs the same verbs over a datastore view that never writes.
         self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
         self.registry = registry
@@ -235,6 +247,9 @@ class KubernetesAPI(Resource):
         version, rest = parts[0], parts[1:]
         if not rest:
             return _found(discovery.api_resource_list(self.registry, group, version))
+        if (group, version) == ("", "v1") and rest[0] == "nodes" and rest[2:3] == ["proxy"]:
+            await self._proxy_to_node(request, user, rest[1])
+            return None
         target = self._target(group, version, rest)
         verb = self._verb(request, target)
         if verb == "create" and user.node_name is not None:
@@ -246,6 +261,18 @@ class KubernetesAPI(Resource):
             self._pod_uses,
         )
         return await self._serve(request, verb, target)
+
+    async def _proxy_to_node(self, request: Request, user: User, node: str) -> None:
+        nodes = self.registry.require("", "v1", "nodes")
+        verb = PROXY_VERBS.get(request.method)
+        if verb is None:
+            raise StatusError(
+                405, "the server does not allow this method on the requested resource"
+            )
+        await authorize(user, Attributes(verb, nodes, None, node, "proxy"), self._pod_uses)
+        if self.node_proxy is None:
+            raise StatusError(501, "the proxy subresource is not available in this release")
+        await self.node_proxy.relay(request, node)
 
     def _target(self, group: str, version: str, rest: list[str]) -> Target:
         lookup = self.registry.lookup

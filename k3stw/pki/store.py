@@ -34,6 +34,8 @@ from k3stw.pki.token import InvalidToken, Token, ca_hash, parse_token, random_se
 
 ADMIN_USER = "system:admin"
 ADMIN_GROUP = "system:masters"
+#: The identity the API server presents to kubelets (k3s's client-kube-apiserver).
+APISERVER_USER = "system:apiserver"
 # A serving certificate this close to expiry is renewed at start, as k3s does.
 RENEW_BEFORE = datetime.timedelta(days=90)
 
@@ -47,6 +49,8 @@ class ServerCredentials:
         ``/cacerts`` serves and what the token's CA hash covers.
     :ivar token: the server token, ``K10<hash>::server:<password>``.
     :ivar agent_password: the password agents join with (user ``node``).
+    :ivar kube_apiserver: the client certificate the API server presents to
+        kubelets (``nodes/proxy``).
     """
 
     server_ca: KeyPair
@@ -56,6 +60,7 @@ class ServerCredentials:
     admin: KeyPair
     token: Token
     agent_password: str
+    kube_apiserver: KeyPair
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,14 @@ def load_or_create_server_credentials(
         lambda _: True,
         lambda: new_leaf(client_ca, ADMIN_USER, Usage.CLIENT, now, [ADMIN_GROUP]),
     )
+    kube_apiserver = _load_or_create_leaf(
+        layout,
+        "client-kube-apiserver",
+        client_ca,
+        now,
+        lambda _: True,
+        lambda: new_leaf(client_ca, APISERVER_USER, Usage.CLIENT, now, [ADMIN_GROUP]),
+    )
     hash_ = ca_hash(server_ca_bundle)
     server_token = _load_or_create_token(layout, token, hash_)
     agent_password = _load_or_create_agent_password(
@@ -132,7 +145,14 @@ def load_or_create_server_credentials(
     )
     _write_token_files(layout, server_token, agent_password)
     return ServerCredentials(
-        server_ca, server_ca_bundle, client_ca, serving, admin, server_token, agent_password
+        server_ca,
+        server_ca_bundle,
+        client_ca,
+        serving,
+        admin,
+        server_token,
+        agent_password,
+        kube_apiserver,
     )
 
 

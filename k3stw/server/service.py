@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from functools import partial
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -16,6 +17,7 @@ from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
 from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, kubelet_factory
 from k3stw.apiserver.bootstrap import bootstrap
+from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.resource import APIRequest, KubernetesAPI
 from k3stw.apiserver.storage import ObjectStore
@@ -30,11 +32,13 @@ from k3stw.lifecycle import ApplianceService, stop_with_error
 from k3stw.logs import Logger, debug_enabled
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
-from k3stw.pki.tls import server_tls_options
+from k3stw.pki.tls import PinnedCAPolicy, server_tls_options
 from k3stw.pki.token import Token
 from k3stw.server.config import ServerConfig
+from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
 from k3stw.supervisor.resource import Readiness, supervisor_resource
+from k3stw.tunnel.registry import TunnelRegistry
 
 
 class SupervisorSite(Site):
@@ -184,7 +188,16 @@ def build_server(
         datastore, store, registry, reactor, address, port, config.kubernetes_cluster_ip
     )
     endpoints.setServiceParent(root)
-    api = KubernetesAPI(store, registry, reactor, f"{address}:{port}")
+    # Agents' tunnels, which nodes/proxy reaches their kubelets through.
+    tunnels = TunnelRegistry(reactor)
+    node_proxy = NodeProxy(
+        partial(store.get, registry.require("", "v1", "nodes"), None),
+        tunnels,
+        PinnedCAPolicy(credentials.server_ca_bundle, credentials.kube_apiserver),
+        config.node.node_name if config.node is not None else None,
+        reactor,
+    )
+    api = KubernetesAPI(store, registry, reactor, f"{address}:{port}", node_proxy)
     node_passwords = NodePasswords(store, registry, reactor)
     node_passwords.setServiceParent(root)
     readiness = root.readiness
@@ -199,8 +212,9 @@ def build_server(
         config.agent_settings(),
         endpoints.live_servers,
     )
+    tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
     site = SupervisorSite(
-        supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment)
+        supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment, tunnel)
     )
     site.displayTracebacks = False
     site.requestFactory = APIRequest

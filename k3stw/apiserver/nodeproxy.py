@@ -1,0 +1,268 @@
+"""
+The ``nodes/proxy`` subresource: ``/api/v1/nodes/<node>/proxy/<path>`` relayed
+to that node's kubelet.
+
+As in k3s, the kubelet is reached at ``127.0.0.1:<kubelet port>`` at the
+node's end of its tunnel, except on the server's own node, which is dialled
+directly.  The API server speaks HTTPS to it, verifying the kubelet's serving
+certificate against the server CA and presenting its
+``client-kube-apiserver`` certificate.  Response bodies are streamed with
+producers registered both ways, so a slow client slows the kubelet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import Cooperator
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.storage import Object
+from k3stw.httpclient import _QuietHTTPClientFactory
+from k3stw.logs import Logger
+from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession
+
+__all__ = ["DEFAULT_KUBELET_PORT", "NodeProxy", "kubelet_port", "proxied_path"]
+
+DEFAULT_KUBELET_PORT = 10250
+#: Seconds to wait for the kubelet's response headers (dial and TLS included).
+HEADER_TIMEOUT = 60.0
+
+#: Connection-level headers (RFC 9110 7.6.1, Go's httputil list), never relayed;
+#: nor the caller's credentials, which were for this server, not the kubelet.
+_NOT_RELAYED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"authorization",
+    }
+)
+
+
+def kubelet_port(node: Object) -> int:
+    """The kubelet port a Node reports (``status.daemonEndpoints.kubeletEndpoint.Port``)."""
+    endpoints = (node.get("status") or {}).get("daemonEndpoints") or {}
+    port = (endpoints.get("kubeletEndpoint") or {}).get("Port")
+    if isinstance(port, int) and 0 < port < 65536:
+        return port
+    return DEFAULT_KUBELET_PORT
+
+
+def proxied_path(raw_path: bytes) -> bytes:
+    """
+    The path below ``/nodes/<node>/proxy`` in a raw request path, still
+    percent-encoded, with a trailing slash kept (as kube-apiserver's
+    C{JoinPreservingTrailingSlash}); ``/`` for the proxy itself.
+    """
+    segments = raw_path.split(b"/")
+    for index in range(2, len(segments)):
+        if segments[index] == b"proxy" and segments[index - 2] == b"nodes":
+            return b"/" + b"/".join(segments[index + 1 :])
+    raise ValueError(f"{raw_path!r} is not a nodes/proxy path")
+
+
+def _relayed(headers: Headers, computed: frozenset[bytes] = frozenset()) -> Headers:
+    kept = Headers()
+    for name, values in headers.getAllRawHeaders():
+        lower = name.lower()
+        if lower in _NOT_RELAYED or lower in computed or lower.startswith(b"impersonate-"):
+            continue
+        kept.setRawHeaders(name, values)
+    return kept
+
+
+@implementer(IAgentEndpointFactory)
+class _OneEndpoint:
+    """Hands the Agent the one connection it may use."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        return self._endpoint
+
+
+class NodeProxy:
+    """
+    Relays requests to kubelets.
+
+    :param get_node: reads a Node (for its kubelet port); raises a 404
+        L{StatusError} for an unknown one.
+    :param tunnels: the nodes' tunnels.
+    :param kubelet_tls: verifies kubelets against the server CA and presents
+        the API server's client certificate.
+    :param own_node: this server's own node, dialled without a tunnel.
+    :param reactor: TCP, time.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        get_node: Callable[[str], Awaitable[Object]],
+        tunnels: ITunnelDialer,
+        kubelet_tls: IPolicyForHTTPS,
+        own_node: str | None,
+        reactor: Any,
+        header_timeout: float = HEADER_TIMEOUT,
+    ) -> None:
+        self.get_node = get_node
+        self.tunnels = tunnels
+        self.kubelet_tls = kubelet_tls
+        self.own_node = own_node
+        self.reactor = reactor
+        self.header_timeout = header_timeout
+        self._cooperator = Cooperator(scheduler=lambda run: reactor.callLater(0, run))
+
+    def endpoint(self, node: str, port: int) -> IStreamClientEndpoint:
+        """TLS to the kubelet of C{node} listening on C{port}."""
+        inner: IStreamClientEndpoint
+        if node == self.own_node:
+            # k3s never tunnels to its own node.
+            inner = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port, timeout=30)
+        else:
+            inner = self.tunnels.dial(node, f"127.0.0.1:{port}")
+        creator = self.kubelet_tls.creatorForNetloc(node.encode("idna"), port)
+        return wrapClientTLS(creator, inner)
+
+    async def relay(self, request: Request, node: str) -> None:
+        """
+        Send C{request} on to C{node}'s kubelet and stream its answer back.
+        Returns once the kubelet's headers are relayed; the body follows.
+
+        :raises StatusError: no such Node (404), or the kubelet cannot be
+            reached (503, with why).
+        """
+        port = kubelet_port(await self.get_node(node))
+        path = proxied_path(request.path)
+        query = request.uri.partition(b"?")[2]
+        url = b"https://%s:%d%s" % (node.encode("idna"), port, path)
+        if query:
+            url += b"?" + query
+        pool = HTTPConnectionPool(self.reactor, persistent=False)
+        pool._factory = _QuietHTTPClientFactory
+        agent = Agent.usingEndpointFactory(
+            self.reactor, _OneEndpoint(self.endpoint(node, port)), pool
+        )
+        requesting: Deferred[IResponse] = agent.request(
+            request.method,
+            url,
+            # The client computes the length of the body it sends.
+            _relayed(request.requestHeaders, frozenset({b"content-length"})),
+            self._body(request),
+        )
+        requesting.addTimeout(self.header_timeout, self.reactor)
+        body = _BodyRelay(request, requesting)
+        request.notifyFinish().addErrback(body.client_gone)
+        try:
+            response = await requesting
+        except NoTunnelSession as e:
+            raise StatusError(503, str(e)) from None
+        except (CancelledError, TimeoutError):
+            if body.gone:
+                return
+            message = "error dialing backend: timeout awaiting response headers"
+            raise StatusError(503, message) from None
+        except Exception as e:
+            raise StatusError(503, f"error dialing backend: {_reason(e)}") from None
+        request.setResponseCode(response.code, response.phrase)
+        for name, values in _relayed(response.headers).getAllRawHeaders():
+            request.responseHeaders.setRawHeaders(name, values)
+        # Twisted's client keeps Content-Length to itself, except in answers to HEAD.
+        if request.method != b"HEAD" and response.length is not UNKNOWN_LENGTH:
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
+        response.deliverBody(body)
+
+    def _body(self, request: Request) -> IBodyProducer | None:
+        content = request.content
+        if content is None:
+            return None
+        content.seek(0, 2)
+        if content.tell() == 0 and request.method in (b"GET", b"HEAD", b"DELETE"):
+            return None
+        content.seek(0)
+        return FileBodyProducer(content, cooperator=self._cooperator)
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost failures' messages (Twisted's HTTP client wraps them in lists)."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(_reason(f.value) for f in reasons)
+    return str(error) or type(error).__name__
+
+
+class _BodyRelay(Protocol):
+    """
+    The kubelet's response body, written to the client's request as it comes.
+
+    The body's transport is registered as the request's streaming producer:
+    when the client's socket is full it pauses the kubelet's connection (and,
+    through the tunnel, the agent).
+    """
+
+    _log = Logger()
+
+    def __init__(self, request: Request, requesting: Deferred[IResponse]) -> None:
+        self.request = request
+        self.requesting: Deferred[IResponse] | None = requesting
+        self.gone = False
+
+    def client_gone(self, failure: Failure) -> None:
+        self.gone = True
+        if self.requesting is not None and not self.requesting.called:
+            self.requesting.cancel()
+        elif self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionMade(self) -> None:
+        self.requesting = None
+        assert self.transport is not None
+        if self.gone:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+            return
+        self.request.registerProducer(IPushProducer(self.transport), True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.gone:
+            self.request.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.gone:
+            return
+        self.request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.request.finish()
+            return
+        # Headers are out: only a dropped connection tells the client the body is cut short.
+        self._log.warn(
+            "nodes/proxy: the kubelet's response was cut short: {reason}",
+            reason=reason.getErrorMessage(),
+        )
+        self.request.loseConnection()
