@@ -6,12 +6,22 @@ JSON objects in, JSON objects out, failures as the server's ``Status``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from k3stw.httpclient import HTTPSClient
 
 Object = dict[str, Any]
+
+
+def _document(body: bytes) -> Object:
+    """A JSON answer; a body that is not JSON becomes a Status-like message."""
+    try:
+        document: Object = json.loads(body) if body else {}
+    except ValueError:
+        document = {"message": body[:200].decode("utf-8", "replace")}
+    return document
 
 
 class KubeAPIError(Exception):
@@ -51,14 +61,41 @@ class KubeClient:
             headers[b"content-type"] = content_type.encode("ascii")
             data = json.dumps(body, separators=(",", ":")).encode("utf-8")
         response = await self.http.request(method.encode("ascii"), url, headers, data)
-        try:
-            document = json.loads(response.body) if response.body else {}
-        except ValueError:
-            document = {"message": response.body[:200].decode("utf-8", "replace")}
+        document = _document(response.body)
         if not 200 <= response.code < 300:
             raise KubeAPIError(method, path, response.code, document)
-        result: Object = document
-        return result
+        return document
+
+    async def watch(
+        self, path: str, params: dict[str, str], on_event: Callable[[str, Object], None]
+    ) -> None:
+        """
+        Follow a watch of the collection at C{path} until the server ends it,
+        handing each event to C{on_event(type, object)}.  An C{ERROR} event
+        (such as 410 Gone: the resourceVersion is too old) or an answer that
+        is not a watch raises L{KubeAPIError} once the stream has ended.
+        """
+        query = urlencode({**params, "watch": "1"})
+        errors: list[Object] = []
+
+        def on_line(line: bytes) -> None:
+            try:
+                event = json.loads(line)
+                kind, obj = str(event["type"]), event["object"]
+            except (ValueError, KeyError, TypeError):
+                errors.append({"message": f"malformed watch event: {line[:200]!r}"})
+                return
+            if kind == "ERROR":
+                errors.append(obj if isinstance(obj, dict) else {"message": str(obj)})
+            else:
+                on_event(kind, obj)
+
+        url = f"{self.server_url}{path}?{query}"
+        response = await self.http.stream_lines(url, on_line, {b"accept": b"application/json"})
+        if not 200 <= response.code < 300:
+            raise KubeAPIError("WATCH", path, response.code, _document(response.body))
+        if errors:
+            raise KubeAPIError("WATCH", path, int(errors[0].get("code", 500)), errors[0])
 
     async def get(self, path: str) -> Object:
         return await self.call("GET", path)

@@ -45,6 +45,8 @@ class Cluster:
             *server_flags,
         )
         self.agents: list[Twistd] = []
+        #: Each agent's load balancer port, by node name.
+        self.lb_ports: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -75,6 +77,7 @@ class Cluster:
         """An agent process (not started) with its own dirs under C{directory or name}."""
         home = self.root / (directory or name)
         home.mkdir(parents=True, exist_ok=True)
+        self.lb_ports[name] = free_port("127.0.0.1")
         agent = Twistd(
             self.holder,
             home,
@@ -93,6 +96,8 @@ class Cluster:
             self.url,
             "--token",
             token or self.token,
+            "--lb-server-port",
+            str(self.lb_ports[name]),
             *flags,
         )
         self.agents.append(agent)
@@ -221,7 +226,8 @@ class JoinTests(SynchronousTestCase):
         wrong.start()
         wrong.wait_for_output(
             "Waiting to retrieve agent configuration; server is not ready: "
-            f"{self.cluster.url}/v1-k3s/config: 401 Unauthorized"
+            f"https://127.0.0.1:{self.cluster.lb_ports['stranger']}/v1-k3s/config: "
+            "401 Unauthorized"
         )
         wrong.stop()
 

@@ -9,7 +9,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.loadbalancer.proxy import HELD_LIMIT, LoadBalancerFactory, split_address
+from k3stw.hostport import split_host_port
+from k3stw.loadbalancer.proxy import HELD_LIMIT, LoadBalancerFactory
 from k3stw.loadbalancer.servers import Server, ServerList, ServerState
 from tests.support.loadbalancer import Dialer, HalfCloseTransport, capture_logs
 
@@ -229,8 +230,8 @@ class ClosingTests(ProxyCase):
 
 
 class AddressTests(SynchronousTestCase):
-    def test_split_address(self) -> None:
-        self.assertEqual(split_address("127.0.10.1:6443"), ("127.0.10.1", 6443))
-        self.assertEqual(split_address("[fd00::1]:6443"), ("fd00::1", 6443))
-        self.assertEqual(split_address("server.example:443"), ("server.example", 443))
-        self.assertRaises(ValueError, split_address, "127.0.10.1")
+    def test_split_host_port(self) -> None:
+        self.assertEqual(split_host_port("127.0.10.1:6443"), ("127.0.10.1", 6443))
+        self.assertEqual(split_host_port("[fd00::1]:6443"), ("fd00::1", 6443))
+        self.assertEqual(split_host_port("server.example:443"), ("server.example", 443))
+        self.assertRaises(ValueError, split_host_port, "127.0.10.1")

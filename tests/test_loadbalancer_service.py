@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.hostport import split_host_port
 from k3stw.loadbalancer.health import HealthCheckService
 from k3stw.loadbalancer.metrics import LoadBalancerMetrics
 from k3stw.loadbalancer.persistence import (
@@ -31,7 +32,6 @@ from k3stw.loadbalancer.persistence import (
     save_addresses,
     state_file,
 )
-from k3stw.loadbalancer.proxy import split_address
 from k3stw.loadbalancer.servers import (
     FAILED_CHECK,
     Server,
@@ -221,7 +221,7 @@ class ServiceCase(SynchronousTestCase):
         return service
 
     def dial(self, address: str) -> IStreamClientEndpoint:
-        host, port = split_address(address)
+        host, port = split_host_port(address)
         return TCP4ClientEndpoint(self.reactor, host, port)
 
     def client_connects(self, service: LoadBalancerService) -> tuple[ClientProtocol, iosim.IOPump]:

@@ -212,6 +212,7 @@ class AgentProcessTests(SynchronousTestCase):
         self.root = Path(self.mktemp()).absolute()
 
     def agent(self, server_url: str, token: str) -> Twistd:
+        self.lb_port = free_port("127.0.0.1")
         config = self.root / "agent-config.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text("")
@@ -225,6 +226,7 @@ class AgentProcessTests(SynchronousTestCase):
             "--node-name", "worker",
             "--server", server_url,
             "--token", token,
+            "--lb-server-port", str(self.lb_port),
         )  # fmt: skip
 
     def test_agent_joins_with_the_servers_token(self) -> None:
@@ -252,7 +254,11 @@ class AgentProcessTests(SynchronousTestCase):
         port = free_port("127.0.0.7")
         url = f"https://127.0.0.7:{port}"
         agent = self.agent(url, "K10::node:secret").start()
-        agent.wait_for_output(f"Failed to validate connection to cluster at {url}")
+        # As k3s's agent, it reaches the server through its load balancer.
+        balancer = f"https://127.0.0.1:{self.lb_port}"
+        agent.wait_for_output(
+            f'Failed to validate connection to cluster at {balancer}: Get "{balancer}/cacerts": EOF'
+        )
         root = self.root / "server"
         ServerProcess(self, root, "127.0.0.7", "--token", "secret", port=port).start()
         agent.wait_for_output("joined the cluster")

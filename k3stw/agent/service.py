@@ -11,17 +11,22 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from k3stw.agent.apiservers import APIServerDiscovery
 from k3stw.agent.cacerts import CAHashMismatch, Fetch
 from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
 from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
-from k3stw.kubelet.config import KubeletConfig
+from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.node import Taint
 from k3stw.kubelet.service import KubeletService
 from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
+from k3stw.loadbalancer.health import ping_check
+from k3stw.loadbalancer.service import LoadBalancerService
 from k3stw.logs import Logger
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
+
+_log = Logger(namespace="k3stw.agent")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class NodeSettings:
     node_external_ips: tuple[str, ...] = ()
     node_labels: dict[str, str] = field(default_factory=dict)
     node_taints: tuple[Taint, ...] = ()
+    kubelet_args: KubeletArgs = field(default_factory=KubeletArgs)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class AgentConfig:
     node_external_ips: tuple[str, ...] = ()
     node_labels: dict[str, str] = field(default_factory=dict)
     node_taints: tuple[Taint, ...] = ()
+    kubelet_args: KubeletArgs = field(default_factory=KubeletArgs)
     is_server: bool = False
 
     @classmethod
@@ -70,6 +77,7 @@ class AgentConfig:
             node_external_ips=node.node_external_ips,
             node_labels=node.node_labels,
             node_taints=node.node_taints,
+            kubelet_args=node.kubelet_args,
             is_server=is_server,
         )
 
@@ -89,12 +97,23 @@ class AgentConfig:
 KubeletFactory = Callable[[Joined], IService]
 
 
+def node_client(clock: IReactorTime, joined: Joined, server_url: str) -> KubeClient:
+    """The API at C{server_url} as the node: its client certificate, the cluster CA."""
+    return KubeClient(
+        HTTPSClient(clock, PinnedCAPolicy(joined.server_ca, joined.client)), server_url
+    )
+
+
 def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
     """The real kubelet: the API reached with the node's own client certificate."""
 
     def make(joined: Joined) -> IService:
-        policy = PinnedCAPolicy(joined.server_ca, joined.client)
-        client = KubeClient(HTTPSClient(clock, policy), config.server_url)
+        if config.kubelet_args.ignored:
+            _log.warn(
+                "kubelet-arg {args} not supported by k3stw's kubelet; ignored",
+                args=", ".join(config.kubelet_args.ignored),
+            )
+        client = node_client(clock, joined, config.server_url)
         settings = KubeletConfig(
             node_name=joined.identity.name,
             node_ips=config.node_ips,
@@ -103,8 +122,29 @@ def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
             labels=config.node_labels,
             taints=config.node_taints,
             is_server=config.is_server,
+            port=config.kubelet_args.port,
         )
         return KubeletService(clock, client, settings)
+
+    return make
+
+
+def agent_factory(
+    clock: IReactorTime, config: AgentConfig, balancer: LoadBalancerService
+) -> KubeletFactory:
+    """
+    What an agent runs once joined: the discovery of the cluster's servers
+    for its load balancer, health checks of those servers, and the kubelet.
+    """
+    make_kubelet = kubelet_factory(clock, config)
+
+    def make(joined: Joined) -> IService:
+        balancer.set_default_health_check(ping_check(clock, PinnedCAPolicy(joined.server_ca)))
+        services = MultiService()
+        kube = node_client(clock, joined, config.server_url)
+        APIServerDiscovery(clock, kube, balancer.update_servers).setServiceParent(services)
+        make_kubelet(joined).setServiceParent(services)
+        return services
 
     return make
 
@@ -171,7 +211,11 @@ class NodeAgent(MultiService):
 
 
 class AgentService(ApplianceService):
-    """The root of ``k3s-agent``: a node agent whose fatal errors end the process."""
+    """
+    The root of ``k3s-agent``: a node agent whose fatal errors end the process,
+    behind its load balancer when it has one (C{config.server_url} is then
+    the balancer's local URL).
+    """
 
     def __init__(
         self,
@@ -180,11 +224,27 @@ class AgentService(ApplianceService):
         fetch: Fetch,
         send: Send,
         start_kubelet: KubeletFactory | None = None,
+        balancer: LoadBalancerService | None = None,
     ) -> None:
         super().__init__("k3s-agent")
         self.reactor = reactor
+        self.balancer = balancer
+        if balancer is not None:
+            # First: the handshake already goes through it.
+            balancer.setServiceParent(self)
         self.node = NodeAgent(reactor, config, fetch, send, start_kubelet, self._fatal)
         self.node.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        balancer = self.balancer
+        if balancer is not None:
+            balancer.when_listening().addErrback(
+                lambda failure: self._fatal(
+                    f"failed to create load balancer: listen tcp {balancer.bind_host}:"
+                    f"{balancer.port}: {failure.getErrorMessage()}"
+                )
+            )
 
     @property
     def joined(self) -> Joined | None:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from k3stw.apiserver.selectors import LabelSelectorError, format_label_selector, format_labels
 from k3stw.apiserver.selectors import label_selector_from_spec as _label_selector
+from k3stw.hostport import join_host_port
 
 Object = Mapping[str, Any]
 Now = datetime | float
@@ -574,10 +575,6 @@ SERVICE_PRINTER = Printer(
 )
 
 
-def _join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _endpoints_text(endpoints: Object) -> str:
     subsets = _maps(endpoints.get("subsets"))
     if not subsets:
@@ -604,7 +601,7 @@ def _endpoints_text(endpoints: Object) -> str:
                 if len(shown) == maximum:
                     more = True
                     break
-                shown.append(_join_host_port(ip, _int(port.get("port"))))
+                shown.append(join_host_port(ip, _int(port.get("port"))))
     text = ",".join(shown)
     return f"{text} + {count - maximum} more..." if more else text
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from k3stw.kubelet.node import TAINT_EFFECTS, Taint
+from k3stw.kubelet.node import KUBELET_PORT, TAINT_EFFECTS, Taint
 
 _NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -35,7 +35,7 @@ _ALLOWED_KUBERNETES_LABELS = frozenset(
 
 
 class NodeFlagError(ValueError):
-    """A ``--node-label`` or ``--node-taint`` that the kubelet would refuse."""
+    """A ``--node-label``, ``--node-taint`` or ``--kubelet-arg`` that the kubelet would refuse."""
 
 
 def _check_key(key: str, what: str) -> None:
@@ -142,6 +142,8 @@ class KubeletConfig:
     :ivar labels: parsed ``--node-label``s (L{parse_node_labels}).
     :ivar taints: parsed ``--node-taint``s (L{parse_node_taints}), set when the Node is created.
     :ivar is_server: the node runs the control plane (it gets the role labels).
+    :ivar port: the kubelet API's port on loopback (``--kubelet-arg=port=``),
+        reported as the Node's ``daemonEndpoints``.
     :ivar data_dir: where ephemeral storage is measured (the agent's data dir).
     :ivar lease_duration: the Lease's ``leaseDurationSeconds``.
     :ivar lease_interval: seconds between Lease renewals.
@@ -159,6 +161,7 @@ class KubeletConfig:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     taints: tuple[Taint, ...] = ()
     is_server: bool = False
+    port: int = KUBELET_PORT
     lease_duration: int = 40
     lease_interval: float = 10.0
     status_interval: float = 10.0
@@ -166,3 +169,32 @@ class KubeletConfig:
     retry_initial: float = 0.5
     retry_max: float = 10.0
     retry_jitter: float = 0.2
+
+
+@dataclass(frozen=True)
+class KubeletArgs:
+    """The ``--kubelet-arg`` values k3stw's kubelet honours; the others, to warn about."""
+
+    port: int = KUBELET_PORT
+    ignored: tuple[str, ...] = ()
+
+
+def parse_kubelet_args(args: Iterable[str]) -> KubeletArgs:
+    """
+    ``--kubelet-arg`` values (``name=value``, with or without leading dashes).
+
+    :raises NodeFlagError: a value without ``=``, or a port that is not one.
+    """
+    port = KUBELET_PORT
+    ignored: list[str] = []
+    for arg in args:
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not equals:
+            raise NodeFlagError(f"invalid kubelet-arg {arg!r}: expected name=value")
+        if name == "port":
+            if not value.isdigit() or not 1 <= int(value) <= 65535:
+                raise NodeFlagError(f"invalid kubelet-arg {arg!r}: port must be 1-65535")
+            port = int(value)
+        else:
+            ignored.append(arg)
+    return KubeletArgs(port, tuple(ignored))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 Object = dict[str, Any]
 
+#: The kubelet API's port, as upstream's ``--port`` default.
 KUBELET_PORT = 10250
 MAX_PODS = 110
 LEASE_NAMESPACE = "kube-node-lease"
@@ -231,7 +232,7 @@ def node_status(
             "allocatable": allocatable,
             "capacity": capacity,
             "conditions": node_conditions((previous or {}).get("conditions"), now),
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": config.port}},
             "nodeInfo": node_info(facts),
         }
     )

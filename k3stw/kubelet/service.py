@@ -17,9 +17,10 @@ from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import ResponseFailed
 
 from k3stw.hostinfo import HostFacts, read_host_facts
+from k3stw.httpclient import RequestFailed
 from k3stw.kubeclient import KubeAPIError, KubeClient, Object
 from k3stw.kubelet.config import KubeletConfig
 from k3stw.kubelet.node import (
@@ -43,8 +44,8 @@ _EXPECTED_FAILURES = (
     ConnectError,
     ConnectionClosed,
     DeferredTimeoutError,
+    RequestFailed,
     ResponseFailed,
-    ResponseNeverReceived,
     OSError,
 )
 

@@ -18,7 +18,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
 
+from k3stw.httpclient import HTTPSClient
 from k3stw.loadbalancer.servers import Server, ServerList
 from k3stw.logs import Logger
 
@@ -60,6 +62,10 @@ class HealthCheckService(Service):
     def set_check(self, address: str, check: HealthCheck | None) -> None:
         """Check ``address`` with ``check`` (for example its tunnel's state)."""
         self._checks[address] = check
+
+    def set_default_check(self, check: HealthCheck | None) -> None:
+        """Check servers without a check of their own with ``check``."""
+        self._default_check = check
 
     def clear_check(self, address: str) -> None:
         """Check ``address`` with the default check again."""
@@ -120,3 +126,17 @@ class HealthCheckService(Service):
                 error=failure.getErrorMessage(),
             )
         self.servers.record_check(server, passed)
+
+
+def ping_check(clock: IReactorTime, policy: IPolicyForHTTPS, timeout: float = 5.0) -> HealthCheck:
+    """
+    A TLS ``GET /ping`` straight to the server (not through the balancer):
+    healthy when it answers 200.  The check until a tunnel reports instead.
+    """
+    client = HTTPSClient(clock, policy, persistent=False, timeout=timeout)
+
+    async def ping(address: str) -> bool:
+        response = await client.request(b"GET", f"https://{address}/ping")
+        return response.code == 200
+
+    return lambda address: Deferred.fromCoroutine(ping(address))

@@ -222,6 +222,14 @@ class LoadBalancerService(MultiService):
         """Check ``address`` with ``check`` (for example its tunnel's state)."""
         self.health.set_check(address, check)
 
+    def set_default_health_check(self, check: HealthCheck | None) -> None:
+        """Check every server without a check of its own with ``check``."""
+        self.health.set_default_check(check)
+
+    def clear_health_check(self, address: str) -> None:
+        """Check ``address`` with the default check again (its tunnel is gone)."""
+        self.health.clear_check(address)
+
     def status(self) -> list[dict[str, object]]:
         """Each server's address, state, open connections and last transition reason."""
         return self.servers.status()

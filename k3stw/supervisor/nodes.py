@@ -28,6 +28,7 @@ from k3stw.apiserver.auth import User, user_of_certificate
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
+from k3stw.hostport import join_host_port
 from k3stw.logs import Logger
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, issue, new_key
 from k3stw.supervisor.nodepassword import BadHash, hash_password, verify_password
@@ -35,10 +36,6 @@ from k3stw.supervisor.nodepassword import BadHash, hash_password, verify_passwor
 SECRET_TYPE = "k3s.cattle.io/node-password"
 AGENT_GROUPS = frozenset({"k3s:agent", "k3s:server", "system:nodes", "system:bootstrappers"})
 NODE_PREFIX = "system:node:"
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def secret_name(node: str) -> str:
@@ -316,7 +313,7 @@ class NodeEnrollment:
         """``/v1-k3s/apiservers``: every live server, as ``["ip:port", ...]``."""
         require_agent(request, self.passwords)
         servers = await self.live_servers() if self.live_servers is not None else []
-        return json.dumps([_join(host, port) for host, port in servers]).encode()
+        return json.dumps([join_host_port(host, port) for host, port in servers]).encode()
 
     async def config(self, request: IRequest) -> bytes:
         require_agent(request, self.passwords)

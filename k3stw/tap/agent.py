@@ -32,16 +32,50 @@ def agent_config(options: Options) -> AgentConfig:
 
 
 def makeService(options: Options) -> IService:
+    from dataclasses import replace
+
+    from prometheus_client import REGISTRY
+    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web.server import Site
 
     set_debug(options["debug"])
     from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.join import https_sender
-    from k3stw.agent.service import AgentService, kubelet_factory
+    from k3stw.agent.service import AgentService, agent_factory
+    from k3stw.loadbalancer.metrics import LoadBalancerMetrics
+    from k3stw.loadbalancer.service import LoadBalancerService
+    from k3stw.loadbalancer.status import StatusPage
 
     try:
         config = agent_config(options)
     except ConfigurationError as e:
         raise SystemExit(f"k3s-agent: {e}") from None
-    kubelet = kubelet_factory(reactor, config)
-    return AgentService(reactor, config, https_fetcher(reactor), https_sender(reactor), kubelet)
+    metrics = LoadBalancerMetrics(REGISTRY)
+    balancer = LoadBalancerService(
+        reactor,
+        config.server_url,
+        port=options["lb-server-port"],
+        data_dir=config.data_dir,
+        metrics=metrics,
+    )
+    # Everything the node does goes through its load balancer.
+    config = replace(config, server_url=balancer.local_url)
+    root = AgentService(
+        reactor,
+        config,
+        https_fetcher(reactor),
+        https_sender(reactor),
+        agent_factory(reactor, config, balancer),
+        balancer,
+    )
+    if options["lb-status-port"]:
+        page = Site(StatusPage([balancer], metrics))
+        page.noisy = False
+        endpoint = TCP4ServerEndpoint(reactor, options["lb-status-port"], interface="127.0.0.1")
+        status = StreamServerEndpointService(endpoint, page)
+        # A port in use stops the start with its error, as the balancer's does.
+        status._raiseSynchronously = True
+        status.setServiceParent(root)
+    return root

@@ -60,6 +60,13 @@ def _port(value: object) -> int:
     return port
 
 
+def _optional_port(value: object) -> int:
+    port = _integer(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected 0 (off) or a TCP port number from 1 to 65535")
+    return port
+
+
 def _boolean(value: object) -> bool:
     # The spellings Go's strconv.ParseBool accepts, as k3s reads K3S_* booleans.
     if isinstance(value, bool):
@@ -192,6 +199,9 @@ NODE_EXTERNAL_IP = repeatable(
 )
 NODE_LABEL = repeatable("node-label", "Registering and starting kubelet with set of labels")
 NODE_TAINT = repeatable("node-taint", "Registering kubelet with set of taints")
+KUBELET_ARG = repeatable(
+    "kubelet-arg", "Customized flag for kubelet process (k3stw honours port=<n>)"
+)
 NODE_IDENTITY_DIR = Flag(
     "node-identity-dir",
     "Folder of the node's password and id files (k3stw; several agents on one host need one each)",
@@ -213,6 +223,7 @@ NODE_FLAGS: tuple[Flag, ...] = (
     NODE_EXTERNAL_IP,
     NODE_LABEL,
     NODE_TAINT,
+    KUBELET_ARG,
     NODE_IDENTITY_DIR,
 )
 
@@ -320,6 +331,13 @@ AGENT_FLAGS: tuple[Flag, ...] = (
         _port,
         env="K3S_LB_SERVER_PORT",
         default=6444,
+    ),
+    Flag(
+        "lb-status-port",
+        "Loopback port of a read-only page of the load balancer's servers (GET /) and its "
+        "Prometheus metrics (GET /metrics); 0 disables it (k3stw)",
+        _optional_port,
+        default=0,
     ),
 )
 
@@ -534,11 +552,17 @@ class K3sOptions(usage.Options):
         """
         from k3stw import hostinfo
         from k3stw.agent.service import NodeSettings
-        from k3stw.kubelet.config import NodeFlagError, parse_node_labels, parse_node_taints
+        from k3stw.kubelet.config import (
+            NodeFlagError,
+            parse_kubelet_args,
+            parse_node_labels,
+            parse_node_taints,
+        )
 
         try:
             labels = parse_node_labels(self["node-label"])
             taints = parse_node_taints(self["node-taint"])
+            kubelet_args = parse_kubelet_args(self["kubelet-arg"])
         except NodeFlagError as e:
             raise ConfigurationError(str(e)) from None
         return NodeSettings(
@@ -550,6 +574,7 @@ class K3sOptions(usage.Options):
             node_external_ips=self["node-external-ip"],
             node_labels=labels,
             node_taints=taints,
+            kubelet_args=kubelet_args,
         )
 
     def getSynopsis(self) -> str:
