@@ -426,6 +426,15 @@ class StreamTransport:
     def getHost(self) -> IAddress:
         return TunnelAddress(self._peer.node, "tunnel", str(self._stream.conn_id))
 
+    # Twisted's HTTP client sets TCP_NODELAY on every connection; a stream has no
+    # Nagle of its own (each write is one Data message), so there is nothing to set.
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def getTcpNoDelay(self) -> bool:
+        return True
+
     # IConsumer
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:

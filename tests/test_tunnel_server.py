@@ -1,0 +1,192 @@
+"""
+The tunnel against a real ``k3s-server``: an agent-side websocket opened in
+this test with a node certificate, a small HTTPS "kubelet" behind it, and the
+real kubectl reaching that kubelet through ``nodes/<node>/proxy``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet import ssl as tssl
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from k3stw.pki.certs import (
+    KeyPair,
+    SubjectAltNames,
+    Usage,
+    load_pem_certificates,
+    load_pem_key,
+    new_leaf,
+)
+from k3stw.pki.tls import server_tls_options
+from k3stw.tunnel.address import loopback_ports_authorizer, split_host_port
+from k3stw.tunnel.interfaces import ILocalDialer
+from k3stw.tunnel.protocol import TCPDialer, TunnelClientFactory
+from k3stw.tunnel.session import Session, Stream
+from tests.support.net import free_port
+from tests.support.twistd import k3s_server
+
+reactor: Any = _reactor
+KUBECTL = "/usr/bin/kubectl"
+SERVER_HOST = "127.0.0.110"
+KUBELET_HOST = "127.0.0.111"
+
+
+def load_pair(tls: Path, stem: str) -> KeyPair:
+    certificate = load_pem_certificates((tls / f"{stem}.crt").read_bytes())[0]
+    return KeyPair(certificate, load_pem_key((tls / f"{stem}.key").read_bytes()))
+
+
+@implementer(ILocalDialer)
+class KubeletHostDialer:
+    """As k3s's agent: the kubelet on loopback is dialled at the kubelet's own address."""
+
+    def __init__(self) -> None:
+        self._tcp = TCPDialer(reactor, timeout=10)
+
+    def dial(self, proto: str, address: str, stream: Stream) -> Deferred[None]:
+        _, port = split_host_port(address)
+        return self._tcp.dial(proto, f"{KUBELET_HOST}:{port}", stream)
+
+
+class Healthz(Resource):
+    isLeaf = True
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def render_GET(self, request: Any) -> bytes:
+        # Who the API server said it was, in the client certificate it presented.
+        caller = request.transport.getPeerCertificate().get_subject().CN
+        return f"ok from {self.node} {request.uri.decode()} for {caller}".encode()
+
+
+class TunnelServerTests(TestCase):
+    def setUp(self) -> None:
+        root = Path(self.mktemp()).absolute()
+        self.root = root
+        self.port = free_port(SERVER_HOST)
+        self.server = k3s_server(self, root, SERVER_HOST, self.port, "--disable-agent").start()
+        self.server.wait_for_ping(SERVER_HOST, self.port)
+        self.tls = root / "data" / "server" / "tls"
+        self.server_ca = (self.tls / "server-ca.crt").read_bytes()
+        self.client_ca = load_pair(self.tls, "client-ca")
+        self.now = datetime.datetime.now(datetime.UTC)
+
+    def node_certificate(self, node: str) -> tssl.PrivateCertificate:
+        pair = new_leaf(
+            self.client_ca, f"system:node:{node}", Usage.CLIENT, self.now, ["system:nodes"]
+        )
+        return tssl.PrivateCertificate.loadPEM(pair.certificate_pem + pair.key_pem)
+
+    def start_kubelet(self, node: str) -> int:
+        """A tiny HTTPS kubelet for C{node}, its serving certificate from the server CA."""
+        server_ca = load_pair(self.tls, "server-ca")
+        serving = new_leaf(
+            server_ca, node, Usage.SERVER, self.now, (), SubjectAltNames.of([node, "127.0.0.1"])
+        )
+        options = server_tls_options(serving, self.server_ca, self.client_ca)
+        endpoint = SSL4ServerEndpoint(reactor, 0, options, interface=KUBELET_HOST)
+        # SSL4ServerEndpoint.listen fires at once.
+        listening: IListeningPort = self.successResultOf(endpoint.listen(Site(Healthz(node))))
+        self.addCleanup(listening.stopListening)
+        port: int = listening.getHost().port
+        return port
+
+    async def open_tunnel(self, node: str, kubelet_port: int) -> Session:
+        opened: Deferred[Session] = Deferred()
+        factory = TunnelClientFactory(
+            f"wss://{SERVER_HOST}:{self.port}/v1-k3s/connect",
+            clock=reactor,
+            authorizer=loopback_ports_authorizer({kubelet_port}),
+            dialer=KubeletHostDialer(),
+            opened=lambda name, session: opened.callback(session),
+        )
+        trust = tssl.trustRootFromCertificates(
+            [tssl.Certificate.loadPEM(c) for c in [self.server_ca]]
+        )
+        options = tssl.optionsForClientTLS(
+            SERVER_HOST, trustRoot=trust, clientCertificate=self.node_certificate(node)
+        )
+        protocol = await SSL4ClientEndpoint(reactor, SERVER_HOST, self.port, options).connect(
+            factory
+        )
+        self.addCleanup(protocol.transport.loseConnection)
+        opened.addTimeout(10, reactor)
+        return await opened
+
+    async def kubectl(self, *args: str) -> tuple[int, str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "K3S_"))}
+        config = str(self.root / "k3s.yaml")
+        env.update(KUBECONFIG=config, KUBECACHEDIR=config + ".cache")
+        out, err, code = await getProcessOutputAndValue(KUBECTL, args, env=env)
+        return code, out.decode(), err.decode()
+
+    async def create_node(self, node: str, kubelet_port: int) -> None:
+        manifest = self.root / f"{node}.json"
+        manifest.write_text(
+            json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+        )
+        code, _, err = await self.kubectl("create", "-f", str(manifest))
+        self.assertEqual(code, 0, err)
+        port = {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}}}}
+        code, _, err = await self.kubectl(
+            "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(port)
+        )
+        self.assertEqual(code, 0, err)
+
+    async def test_kubectl_reaches_the_kubelet_through_the_tunnel(self) -> None:
+        """nodes/<n>/proxy goes through n's tunnel only; a node certificate opens only its own."""
+        kubelet_port = self.start_kubelet("agent-a")
+        await self.create_node("agent-a", kubelet_port)
+        await self.create_node("agent-b", kubelet_port)
+        code, _, err = await self.kubectl("get", "--raw", "/api/v1/nodes/agent-a/proxy/healthz")
+        self.assertNotEqual(code, 0)
+        self.assertIn("failed to find Session for client agent-a", err)
+
+        await self.open_tunnel("agent-a", kubelet_port)
+        self.server.wait_for_output("Handling backend connection request [agent-a]", 10)
+        code, out, err = await self.kubectl(
+            "get", "--raw", "/api/v1/nodes/agent-a/proxy/healthz?verbose=1"
+        )
+        self.assertEqual(
+            (code, out), (0, "ok from agent-a /healthz?verbose=1 for system:apiserver"), err
+        )
+        # agent-a's certificate opened a session for agent-a, never for agent-b.
+        code, _, err = await self.kubectl("get", "--raw", "/api/v1/nodes/agent-b/proxy/healthz")
+        self.assertNotEqual(code, 0)
+        self.assertIn("failed to find Session for client agent-b", err)
+
+    def test_websocket_without_certificate_is_401(self) -> None:
+        """An upgrade without a client certificate: remotedialer's 401."""
+        context = ssl.create_default_context(cafile=str(self.tls / "server-ca.crt"))
+        connection = http.client.HTTPSConnection(SERVER_HOST, self.port, context=context, timeout=5)
+        self.addCleanup(connection.close)
+        connection.request(
+            "GET",
+            "/v1-k3s/connect",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+        response = connection.getresponse()
+        self.assertEqual((response.status, response.read()), (401, b"failed authentication"))
