@@ -10,6 +10,7 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import ClassVar
 
@@ -240,6 +241,49 @@ class JoinTests(SynchronousTestCase):
         self.assertIn('node "agent-1" is not allowed to modify node "agent-2"', refused.stderr)
         own = self.cluster.kubectl("label", "node", "agent-1", "x=y", kubeconfig=kubeconfig)
         self.assertEqual(own.returncode, 0, own.stderr)
+
+    def test_kubectl_through_an_agents_load_balancer(self) -> None:
+        """
+        The agent's balancer learns the server from the kubernetes Endpoints,
+        checks it, shows it on the status page and passes kubectl through.
+        """
+        cluster = self.cluster
+        status_port = free_port("127.0.0.1")
+        agent = cluster.agent("balanced", "127.0.0.24", "--lb-status-port", str(status_port))
+        agent.start()
+        server = f"{SERVER_HOST}:{cluster.port}"
+
+        def endpoints() -> list[str]:
+            jsonpath = "jsonpath={.subsets[0].addresses[*].ip}:{.subsets[0].ports[0].port}"
+            found = cluster.kubectl("get", "endpoints", "kubernetes", "-o", jsonpath)
+            return found.stdout.split()
+
+        cluster.wait(lambda: endpoints() == [server], "the server's advertise address")
+
+        def balancer_servers() -> dict[str, str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/", timeout=5) as page:
+                document = json.load(page)
+            (balancer,) = document["loadBalancers"]
+            return {s["address"]: s["state"] for s in balancer["servers"]}
+
+        # Learnt from /v1-k3s/apiservers and the Endpoints, then found healthy by /ping.
+        cluster.wait(lambda: balancer_servers().get(server) == "ACTIVE", "the server active")
+        agent.wait_for_output(f"Adding server to load balancer k3s-agent-load-balancer: {server}")
+        saved = cluster.root / "balanced" / "data" / "agent" / "etc"
+        state = json.loads((saved / "k3s-agent-load-balancer.json").read_text())
+        self.assertEqual(state, {"ServerURL": cluster.url, "ServerAddresses": [server]})
+
+        balancer = f"https://127.0.0.1:{cluster.lb_ports['balanced']}"
+        nodes = cluster.kubectl("--server", balancer, "get", "nodes", "-o", "name")
+        self.assertEqual(nodes.returncode, 0, nodes.stderr)
+        self.assertIn("node/server", nodes.stdout.split())
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as page:
+            metrics = page.read().decode()
+        labels = f'name="k3s-agent-load-balancer",server="{server}"'
+        self.assertIn(f"k3s_loadbalancer_server_health{{{labels}}}", metrics)
+        self.assertIn("k3s_loadbalancer_dial_duration_seconds_count", metrics)
+        agent.stop()
 
     def test_deleted_node_rejoins(self) -> None:
         """After kubectl delete node (which takes its password), the host joins again."""

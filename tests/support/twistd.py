@@ -132,7 +132,8 @@ def k3s_server(case: SynchronousTestCase, root: Path, host: str, port: int, *ext
     """
     A ``k3s-server`` process (not started) on C{host}:C{port} whose every file
     is under C{root}: an empty ``config.yaml``, ``data/``, the node identity in
-    ``node/`` and the admin kubeconfig ``k3s.yaml``.
+    ``node/`` and the admin kubeconfig ``k3s.yaml``.  It advertises C{host}, so
+    that agents learn a loopback address, never the machine's own.
     """
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.yaml"
@@ -144,6 +145,7 @@ def k3s_server(case: SynchronousTestCase, root: Path, host: str, port: int, *ext
         "--data-dir", str(root / "data"),
         "--node-identity-dir", str(root / "node"),
         "--bind-address", host,
+        "--advertise-address", host,
         "--https-listen-port", str(port),
         "--write-kubeconfig", str(root / "k3s.yaml"),
         *extra,
