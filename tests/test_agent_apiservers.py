@@ -102,7 +102,7 @@ class DiscoveryTests(SynchronousTestCase):
         self.assertEqual(self.updates, [["127.0.0.2:6443"]])
 
     def test_an_empty_list_is_ignored(self) -> None:
-        params, on_event, _ = self.start_watching({"metadata": {"resourceVersion": "1"}})
+        _, on_event, _ = self.start_watching({"metadata": {"resourceVersion": "1"}})
         on_event("MODIFIED", {"metadata": {"name": "kubernetes", "resourceVersion": "2"}})
         self.clock.advance(1)
         self.assertEqual(self.updates, [])
