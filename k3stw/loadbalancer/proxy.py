@@ -13,8 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -57,13 +63,20 @@ def split_address(address: str) -> tuple[str, int]:
 
 def hostname_dialer(reactor: Any, timeout: float = 10.0) -> Dial:
     """
-    Dial servers with :class:`HostnameEndpoint` (names resolved, IPv4 and IPv6).
+    Dial servers with :class:`HostnameEndpoint` (names resolved, IPv4 and IPv6),
+    and IP addresses straight with a TCP endpoint: ``HostnameEndpoint`` would
+    resolve them in a thread on every dial, and report a refused connection
+    only at its next attempt (0.3 s later), which would slow every failover.
 
     :param reactor: the reactor (an ``IReactorTCP`` and ``IReactorTime``), passed in.
     """
 
     def dial(address: str) -> IStreamClientEndpoint:
         host, port = split_address(address)
+        if isIPAddress(host):
+            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
     return dial
