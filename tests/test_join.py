@@ -99,6 +99,8 @@ class Cluster:
             token or self.token,
             "--lb-server-port",
             str(self.lb_ports[name]),
+            "--kubelet-arg",
+            f"port={free_port('127.0.0.1')}",
             *flags,
         )
         self.agents.append(agent)

@@ -227,6 +227,7 @@ class AgentProcessTests(SynchronousTestCase):
             "--server", server_url,
             "--token", token,
             "--lb-server-port", str(self.lb_port),
+            "--kubelet-arg", f"port={free_port('127.0.0.1')}",
         )  # fmt: skip
 
     def test_agent_joins_with_the_servers_token(self) -> None:

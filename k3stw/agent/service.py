@@ -5,22 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from k3stw.agent.apiservers import APIServerDiscovery
 from k3stw.agent.cacerts import CAHashMismatch, Fetch
 from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
+from k3stw.agent.tunnels import TunnelSet
 from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
+from k3stw.kubelet.api import KubeletAPIService
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.node import Taint
 from k3stw.kubelet.service import KubeletService
 from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
-from k3stw.loadbalancer.health import ping_check
+from k3stw.loadbalancer.health import HealthCheck, ping_check
 from k3stw.loadbalancer.service import LoadBalancerService
 from k3stw.logs import Logger
 from k3stw.pki.tls import PinnedCAPolicy
@@ -129,24 +133,63 @@ def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
     return make
 
 
-def agent_factory(
-    clock: IReactorTime, config: AgentConfig, balancer: LoadBalancerService
+def node_factory(
+    reactor: Any, config: AgentConfig, balancer: LoadBalancerService | None = None
 ) -> KubeletFactory:
     """
-    What an agent runs once joined: the discovery of the cluster's servers
-    for its load balancer, health checks of those servers, and the kubelet.
+    What a node runs once joined: the kubelet and its HTTPS API; and on an
+    agent (with a C{balancer}), a tunnel to every server, whose states are
+    the servers' health, and the discovery of the servers as they change.
     """
-    make_kubelet = kubelet_factory(clock, config)
+    make_kubelet = kubelet_factory(reactor, config)
 
     def make(joined: Joined) -> IService:
-        balancer.set_default_health_check(ping_check(clock, PinnedCAPolicy(joined.server_ca)))
         services = MultiService()
-        kube = node_client(clock, joined, config.server_url)
-        APIServerDiscovery(clock, kube, balancer.update_servers).setServiceParent(services)
+        api = KubeletAPIService(
+            reactor,
+            node_name=joined.identity.name,
+            serving=joined.serving,
+            client_ca=joined.client_ca,
+            port=config.kubelet_args.port,
+            data_dir=config.data_dir,
+        )
+        # A port in use stops the node, as it stops k3s's kubelet.
+        api._raiseSynchronously = True
+        api.setServiceParent(services)
+        if balancer is not None:
+            _follow_servers(reactor, config, balancer, joined).setServiceParent(services)
         make_kubelet(joined).setServiceParent(services)
         return services
 
     return make
+
+
+def _follow_servers(
+    reactor: Any, config: AgentConfig, balancer: LoadBalancerService, joined: Joined
+) -> IService:
+    """Tunnels to the balancer's servers, and the discovery that keeps both current."""
+    services = MultiService()
+    # Until a server has a tunnel, and for the default server, a /ping tells.
+    balancer.set_default_health_check(ping_check(reactor, PinnedCAPolicy(joined.server_ca)))
+
+    def tunnel_changed(address: str, check: HealthCheck | None) -> None:
+        if check is None:
+            balancer.clear_health_check(address)
+        else:
+            balancer.set_health_check(address, check)
+
+    policy = PinnedCAPolicy(joined.server_ca, joined.client)
+    tunnels = TunnelSet(reactor, policy, config.kubelet_args.port, tunnel_changed)
+    tunnels.setServiceParent(services)
+    tunnels.follow(balancer.servers.addresses)
+
+    def servers_changed(addresses: list[str]) -> None:
+        balancer.update_servers(addresses)
+        tunnels.follow(balancer.servers.addresses)
+
+    kube = node_client(reactor, joined, config.server_url)
+    APIServerDiscovery(reactor, kube, servers_changed).setServiceParent(services)
+    return services
 
 
 class NodeAgent(MultiService):
@@ -204,7 +247,7 @@ class NodeAgent(MultiService):
     def _join_failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
             return
-        if failure.check(CAHashMismatch, StartupError):
+        if failure.check(CAHashMismatch, StartupError, CannotListenError):
             self.fatal(str(failure.value))
             return
         self._log.failure("The agent stopped joining", failure)

@@ -34,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from k3stw.hostport import split_host_port
 from k3stw.loadbalancer.servers import Server, ServerList
 from k3stw.logs import Logger
 
@@ -47,20 +48,6 @@ Dial = Callable[[str], IStreamClientEndpoint]
 DialObserver = Callable[[bool, float], None]
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """
-    ``host:port`` (``[v6]:port`` for IPv6) as a host and a port.
-
-    :raises ValueError: if there is no port.
-    """
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address {address!r} has no port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
 def hostname_dialer(reactor: Any, timeout: float = 10.0) -> Dial:
     """
     Dial servers with :class:`HostnameEndpoint` (names resolved, IPv4 and IPv6),
@@ -72,7 +59,7 @@ def hostname_dialer(reactor: Any, timeout: float = 10.0) -> Dial:
     """
 
     def dial(address: str) -> IStreamClientEndpoint:
-        host, port = split_address(address)
+        host, port = split_host_port(address)
         if isIPAddress(host):
             return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
         if isIPv6Address(host):
@@ -295,6 +282,9 @@ class LoadBalancerFactory(Factory):
     :param dial_timeout: seconds before a dial counts as failed.
     :param observe_dial: told of each dial's outcome and duration (metrics).
     """
+
+    # The service logs "Running load balancer ..." instead, as k3s does.
+    noisy = False
 
     def __init__(
         self,

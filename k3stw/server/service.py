@@ -15,7 +15,7 @@ from twisted.web.server import Site
 
 from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
-from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, kubelet_factory
+from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, node_factory
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.registry import Registry
@@ -113,7 +113,7 @@ class ServerService(ApplianceService):
             config,
             https_fetcher(reactor),
             https_sender(reactor),
-            kubelet_factory(reactor, config),
+            node_factory(reactor, config),
             self._fatal,
         )
         agent.setServiceParent(self)

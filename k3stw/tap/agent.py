@@ -43,7 +43,7 @@ def makeService(options: Options) -> IService:
     set_debug(options["debug"])
     from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.join import https_sender
-    from k3stw.agent.service import AgentService, agent_factory
+    from k3stw.agent.service import AgentService, node_factory
     from k3stw.loadbalancer.metrics import LoadBalancerMetrics
     from k3stw.loadbalancer.service import LoadBalancerService
     from k3stw.loadbalancer.status import StatusPage
@@ -67,7 +67,7 @@ def makeService(options: Options) -> IService:
         config,
         https_fetcher(reactor),
         https_sender(reactor),
-        agent_factory(reactor, config, balancer),
+        node_factory(reactor, config, balancer),
         balancer,
     )
     if options["lb-status-port"]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.net import free_port
+
 #: The twistd of the environment running the tests, where the wheel is installed.
 TWISTD = str(Path(sys.executable).parent / "twistd")
 START_TIMEOUT = 30.0
@@ -148,5 +150,7 @@ def k3s_server(case: SynchronousTestCase, root: Path, host: str, port: int, *ext
         "--advertise-address", host,
         "--https-listen-port", str(port),
         "--write-kubeconfig", str(root / "k3s.yaml"),
+        # Its kubelet API on a port of its own: many nodes share this host.
+        "--kubelet-arg", f"port={free_port('127.0.0.1')}",
         *extra,
     )  # fmt: skip

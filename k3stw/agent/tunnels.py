@@ -1,0 +1,122 @@
+"""
+The agent's tunnels: one websocket to each server (``wss://<server>/v1-k3s/connect``),
+dialled directly rather than through the load balancer, with the kubelet's
+client certificate, reconnecting 1 s after it drops.  Through them the
+servers reach this node's kubelet; a tunnel's state is its server's health
+in the load balancer, as in k3s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from k3stw.hostport import split_host_port
+from k3stw.logs import Logger
+from k3stw.pki.tls import PinnedCAPolicy
+from k3stw.tunnel.address import loopback_ports_authorizer
+from k3stw.tunnel.protocol import TCPDialer, TunnelClientFactory
+from k3stw.tunnel.session import Session
+
+#: The containerd stream server's port, which k3s's agent also lets servers reach.
+CONTAINERD_STREAM_PORT = 10010
+
+
+class _Tunnel(ClientService):
+    """One server's tunnel: connected or not, and the session while it is."""
+
+    _log = Logger()
+
+    def __init__(self, endpoint: IStreamClientEndpoint, factory: TunnelClientFactory) -> None:
+        super().__init__(endpoint, factory, retryPolicy=lambda failures: 1.0)
+        self.session: Session | None = None
+
+    def opened(self, server: str, session: Session) -> None:
+        self.session = session
+        self._log.info("Remotedialer connected to proxy {server}", server=server)
+        session.ended.addCallback(self._ended, server, session)
+
+    def _ended(self, reason: str, server: str, session: Session) -> None:
+        if self.session is session:
+            self.session = None
+        if self.running:
+            self._log.warn(
+                "Remotedialer proxy error; reconnecting... {server}: {reason}",
+                server=server,
+                reason=reason,
+            )
+
+    def healthy(self, address: str) -> Deferred[bool]:
+        return succeed(self.session is not None)
+
+
+class TunnelSet(MultiService):
+    """
+    A tunnel to every server in the list given to L{follow}.
+
+    :param reactor: the reactor (TCP, TLS, time).
+    :param policy: the cluster CA and the kubelet's client certificate.
+    :param kubelet_port: the one loopback port (with containerd's) servers may reach.
+    :param on_change: told of each added tunnel (address, health check) and
+        removed one (address, None): the load balancer's health source.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: PinnedCAPolicy,
+        kubelet_port: int,
+        on_change: Callable[[str, Callable[[str], Deferred[bool]] | None], None],
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.policy = policy
+        self.authorizer = loopback_ports_authorizer({kubelet_port, CONTAINERD_STREAM_PORT})
+        self.on_change = on_change
+        self._tunnels: dict[str, _Tunnel] = {}
+
+    _log = Logger()
+
+    @property
+    def addresses(self) -> list[str]:
+        return sorted(self._tunnels)
+
+    def connected(self, address: str) -> bool:
+        """Whether the tunnel to C{address} has a session now."""
+        tunnel = self._tunnels.get(address)
+        return tunnel is not None and tunnel.session is not None
+
+    def follow(self, addresses: Iterable[str]) -> None:
+        """Tunnel to exactly C{addresses} (``host:port``) from now on."""
+        wanted = set(addresses)
+        for address in sorted(wanted - self._tunnels.keys()):
+            self._start(address)
+        for address in sorted(self._tunnels.keys() - wanted):
+            tunnel = self._tunnels.pop(address)
+            tunnel.disownServiceParent()
+            self.on_change(address, None)
+            self._log.info("Stopped tunnel to {address}", address=address)
+
+    def _start(self, address: str) -> None:
+        host, port = split_host_port(address)
+        creator = self.policy.creatorForNetloc(host.encode("ascii"), port)
+        endpoint = wrapClientTLS(creator, HostnameEndpoint(self.reactor, host, port, timeout=10))
+        factory = TunnelClientFactory(
+            f"wss://{address}/v1-k3s/connect",
+            clock=self.reactor,
+            authorizer=self.authorizer,
+            dialer=TCPDialer(self.reactor),
+            opened=lambda server, session: tunnel.opened(server, session),
+            name=address,
+        )
+        tunnel = _Tunnel(endpoint, factory)
+        self._tunnels[address] = tunnel
+        tunnel.setServiceParent(self)
+        self.on_change(address, tunnel.healthy)
+        self._log.info("Started tunnel to {address}", address=address)
