@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import ssl
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ from twisted.internet import reactor as _reactor
 from twisted.internet import ssl as tssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IPushProducer
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from k3stw.pki.certs import (
@@ -77,6 +79,62 @@ class Healthz(Resource):
         return f"ok from {self.node} {request.uri.decode()} for {caller}".encode()
 
 
+#: What the streaming test sends through the tunnel.
+BIG = 100 * 1024 * 1024
+#: What either end may hold while it does (the whole body is 100 MiB).
+MEMORY_BOUND = 48 * 1024 * 1024
+
+
+@implementer(IPushProducer)
+class Zeros:
+    """Writes C{size} bytes to a request as fast as its transport lets it."""
+
+    CHUNK = b"\0" * 65536
+
+    def __init__(self, request: Any, size: int) -> None:
+        self.request = request
+        self.left = size
+        self.paused = False
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.left and not self.paused:
+            chunk = self.CHUNK[: self.left]
+            self.left -= len(chunk)
+            self.request.write(chunk)
+        if not self.left:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.left = 0
+
+
+class Big(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> int:
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(BIG).encode())
+        Zeros(request, BIG).start()
+        return NOT_DONE_YET
+
+
+def high_water_mark(pid: int) -> int:
+    """A process's peak resident memory (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
 class TunnelServerTests(TestCase):
     def setUp(self) -> None:
         root = Path(self.mktemp()).absolute()
@@ -103,8 +161,11 @@ class TunnelServerTests(TestCase):
         )
         options = server_tls_options(serving, self.server_ca, self.client_ca)
         endpoint = SSL4ServerEndpoint(reactor, 0, options, interface=KUBELET_HOST)
+        root = Resource()
+        root.putChild(b"healthz", Healthz(node))
+        root.putChild(b"big", Big())
         # SSL4ServerEndpoint.listen fires at once.
-        listening: IListeningPort = self.successResultOf(endpoint.listen(Site(Healthz(node))))
+        listening: IListeningPort = self.successResultOf(endpoint.listen(Site(root)))
         self.addCleanup(listening.stopListening)
         port: int = listening.getHost().port
         return port
@@ -172,6 +233,43 @@ class TunnelServerTests(TestCase):
         code, _, err = await self.kubectl("get", "--raw", "/api/v1/nodes/agent-b/proxy/healthz")
         self.assertNotEqual(code, 0)
         self.assertIn("failed to find Session for client agent-b", err)
+
+    async def test_100_mib_stream_with_bounded_memory(self) -> None:
+        """
+        100 MiB from the kubelet through the tunnel to an API client, while
+        neither the server nor this process (the agent's end) holds more
+        than a bounded part of it.
+        """
+        kubelet_port = self.start_kubelet("agent-a")
+        await self.create_node("agent-a", kubelet_port)
+        await self.open_tunnel("agent-a", kubelet_port)
+        server_pid = self.server.process.pid  # type: ignore[union-attr]
+        server_before = high_water_mark(server_pid)
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        received = await deferToThread(self.read_through_proxy, "/api/v1/nodes/agent-a/proxy/big")
+        _, agent_peak = tracemalloc.get_traced_memory()
+        self.assertEqual(received, BIG)
+        self.assertLess(agent_peak, MEMORY_BOUND)
+        self.assertLess(high_water_mark(server_pid) - server_before, MEMORY_BOUND)
+
+    def read_through_proxy(self, path: str) -> int:
+        """GET C{path} as the admin, reading 1 MiB at a time; the bytes received."""
+        context = ssl.create_default_context(cafile=str(self.tls / "server-ca.crt"))
+        context.load_cert_chain(self.tls / "client-admin.crt", self.tls / "client-admin.key")
+        connection = http.client.HTTPSConnection(
+            SERVER_HOST, self.port, context=context, timeout=60
+        )
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert response.status == 200, (response.status, response.read(500))
+            total = 0
+            while chunk := response.read(1024 * 1024):
+                total += len(chunk)
+            return total
+        finally:
+            connection.close()
 
     def test_websocket_without_certificate_is_401(self) -> None:
         """An upgrade without a client certificate: remotedialer's 401."""
