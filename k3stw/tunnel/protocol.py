@@ -14,6 +14,7 @@ Thin adapters around L{k3stw.tunnel.session.Session}.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -103,12 +104,37 @@ class _WebSocketTransport:
         self._protocol.sendClose(code=1000, reason=text)
 
 
+def _no_delay(transport: object) -> None:
+    """
+    Turn Nagle off on C{transport}'s socket, if it has one.
+
+    A TLS handshake through the tunnel is several small websocket messages
+    in a row each way; with Nagle on, the second waits for the peer's
+    delayed ACK (40 ms on Linux) before it leaves.  Go peers have
+    TCP_NODELAY on every TCP connection.
+    """
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is None:
+        return
+    # Not a TCP socket (a Unix socket), or a socket already gone.
+    with suppress(OSError):
+        setter(True)
+
+
 class _TunnelAdapter:
     """What the server and client protocols share: one session per open websocket."""
 
     _log = Logger()
     _session: Session | None = None
     _peer_name = ""
+
+    def connectionMade(self) -> None:
+        # autobahn's connectionMade asks for TCP_NODELAY before it has copied
+        # its options from the factory, so the call fails (silently) and the
+        # websocket keeps Nagle on: set it here, after autobahn is done.
+        protocol: Any = self
+        super().connectionMade()  # type: ignore[misc]
+        _no_delay(protocol.transport)
 
     def _open_session(
         self,
@@ -305,6 +331,8 @@ class TunnelStreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        # As Go's net.Dial (remotedialer's local dial) does.
+        _no_delay(self.transport)
         cast(IConsumer, self.transport).registerProducer(self, True)
         self._stream.register_producer(IPushProducer(self.transport))
         self._stream.attach(self)
