@@ -41,7 +41,6 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from k3stw.apiserver.auth import MASTERS, User, user_of_certificate
@@ -50,6 +49,7 @@ from k3stw.kubelet.node import KUBELET_PORT, rfc3339
 from k3stw.logs import Logger
 from k3stw.pki.certs import KeyPair, is_signed_by, load_pem_certificates
 from k3stw.pki.tls import client_certificate_requesting_options
+from k3stw.web import QuietSite
 
 #: The common names of the apiserver's client certificates for kubelets
 #: (kubeadm's and kube-apiserver's own); k3s's, ``system:apiserver`` in
@@ -553,8 +553,7 @@ class KubeletAPIService(StreamServerEndpointService):
         resource = KubeletAPIResource(
             reactor, client_ca, kubelet_routes(pods, self.summary), authorizer
         )
-        site = Site(resource)
-        site.displayTracebacks = False
+        site = QuietSite(resource)
         self._endpoint = _RecordingEndpoint(
             SSL4ServerEndpoint(
                 reactor,

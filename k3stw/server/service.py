@@ -10,8 +10,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.web.http import Request
-from twisted.web.server import Site
 
 from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
@@ -29,7 +27,7 @@ from k3stw.controllers.nodepassword import NodePasswordController
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import IDatastore
 from k3stw.lifecycle import ApplianceService, stop_with_error
-from k3stw.logs import Logger, debug_enabled
+from k3stw.logs import Logger
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
 from k3stw.pki.tls import PinnedCAPolicy, server_tls_options
@@ -39,23 +37,7 @@ from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
 from k3stw.supervisor.resource import Readiness, supervisor_resource
 from k3stw.tunnel.registry import TunnelRegistry
-
-
-class SupervisorSite(Site):
-    """The server's HTTPS site: no access log, as k3s; with ``--debug``, a line a request."""
-
-    noisy = False
-    _log = Logger()
-
-    def log(self, request: Request) -> None:
-        if debug_enabled():
-            self._log.debug(
-                "{method} {uri} {code} from {client}",
-                method=request.method.decode("latin-1"),
-                uri=request.uri.decode("latin-1"),
-                code=request.code,
-                client=str(request.getClientAddress()),
-            )
+from k3stw.web import QuietSite
 
 
 class ServerService(ApplianceService):
@@ -213,10 +195,9 @@ def build_server(
         endpoints.live_servers,
     )
     tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
-    site = SupervisorSite(
+    site = QuietSite(
         supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment, tunnel)
     )
-    site.displayTracebacks = False
     site.requestFactory = APIRequest
     tls = server_tls_options(
         credentials.serving, credentials.server_ca_bundle, credentials.client_ca

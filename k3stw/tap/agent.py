@@ -38,7 +38,6 @@ def makeService(options: Options) -> IService:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
-    from twisted.web.server import Site
 
     set_debug(options["debug"])
     from k3stw.agent.cacerts import https_fetcher
@@ -47,6 +46,7 @@ def makeService(options: Options) -> IService:
     from k3stw.loadbalancer.metrics import LoadBalancerMetrics
     from k3stw.loadbalancer.service import LoadBalancerService
     from k3stw.loadbalancer.status import StatusPage
+    from k3stw.web import QuietSite
 
     try:
         config = agent_config(options)
@@ -71,8 +71,7 @@ def makeService(options: Options) -> IService:
         balancer,
     )
     if options["lb-status-port"]:
-        page = Site(StatusPage([balancer], metrics))
-        page.noisy = False
+        page = QuietSite(StatusPage([balancer], metrics))
         endpoint = TCP4ServerEndpoint(reactor, options["lb-status-port"], interface="127.0.0.1")
         status = StreamServerEndpointService(endpoint, page)
         # A port in use stops the start with its error, as the balancer's does.
