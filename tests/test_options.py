@@ -101,6 +101,7 @@ class CommandLineTests(OptionsTestCase):
             "--cluster-cidr", "10.52.0.0/16", "--service-cidr", "10.53.0.0/16",
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",  # in the CIDR
             "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
+            "--kubelet-arg", "port=10251",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -122,7 +123,8 @@ class CommandLineTests(OptionsTestCase):
             "--node-name", "n1", "--with-node-id", "--node-ip", "192.0.2.5",
             "--node-external-ip", "203.0.113.9", "--node-label", "a=b", "--node-taint",
             "k=v:NoSchedule", "--server", "https://s:6443", "--lb-server-port", "7444",
-            "--node-identity-dir", "/tmp/node",
+            "--node-identity-dir", "/tmp/node", "--kubelet-arg", "port=10251",
+            "--lb-status-port", "0",
         ]  # fmt: skip
         options = parse(agent.Options, argv)
         given = {f.name for f in AGENT_FLAGS} - {"config"}
@@ -175,6 +177,26 @@ class CommandLineTests(OptionsTestCase):
         """--server must be an https URL."""
         self.assertFails(agent.Options, ["--server", "myserver:6443", "--token", "t"],
                          "--server", "https://")  # fmt: skip
+
+    def test_bad_status_port(self) -> None:
+        """--lb-status-port takes 0 (off) or a port."""
+        self.assertFails(agent.Options, ["--server", "https://h:1", "--token", "t",
+                         "--lb-status-port", "-1"], "--lb-status-port", "0 (off)")  # fmt: skip
+
+    def test_kubelet_args(self) -> None:
+        """port= sets the kubelet API's port; others are kept to be warned about; bad ones fail."""
+        from k3stw.tap.options import ConfigurationError
+
+        options = parse(server.Options, ["--kubelet-arg", "port=10251",
+                                         "--kubelet-arg", "--max-pods=110"])  # fmt: skip
+        settings = options.node_settings().kubelet_args
+        self.assertEqual((settings.port, settings.ignored), (10251, ("--max-pods=110",)))
+        self.assertEqual(parse(server.Options, []).node_settings().kubelet_args.port, 10250)
+        for bad, words in (("port=0", "1-65535"), ("port=x", "1-65535"), ("max-pods", "=")):
+            options = parse(server.Options, ["--kubelet-arg", bad])
+            error = self.assertRaises(ConfigurationError, options.node_settings)
+            self.assertIn(f"invalid kubelet-arg '{bad}'", str(error))
+            self.assertIn(words, str(error))
 
     def test_unknown_flag(self) -> None:
         """An unknown flag is one line, not a page of usage."""
