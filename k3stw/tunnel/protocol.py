@@ -25,8 +25,9 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
     IAddress,
@@ -43,8 +44,9 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from k3stw.loadbalancer.proxy import hostname_dialer
 from k3stw.logs import Logger
-from k3stw.tunnel.address import Authorizer, split_host_port
+from k3stw.tunnel.address import Authorizer
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
 from k3stw.tunnel.session import Role, Session, SessionClosed, SessionSettings, Stream
 
@@ -69,6 +71,12 @@ WebSocketCheck = Callable[[ConnectionRequest, ITransport], str]
 #: Told about each session once its websocket is open: C{(peer name, session)}.
 SessionOpened = Callable[[str, Session], None]
 
+#: Bytes the websocket's socket may hold before the session (every stream's
+#: local source) is paused.  Twisted's default, 64 KiB, is two Data
+#: messages: a busy session paused and resumed every stream (a system call
+#: each) for every 64 KiB it sent.  (Twisted reads up to this much at a
+#: time too.)
+_WEBSOCKET_SEND_BUFFER = 512 * 1024
 #: The websocket close reason is at most 123 bytes.
 _CLOSE_REASON_LIMIT = 123
 
@@ -121,6 +129,15 @@ def _no_delay(transport: object) -> None:
         setter(True)
 
 
+def _socket_transport(transport: object) -> FileDescriptor | None:
+    """The socket's own transport under C{transport} (which may be a TLS wrapper)."""
+    for _ in range(4):
+        if transport is None or isinstance(transport, FileDescriptor):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
 class _TunnelAdapter:
     """What the server and client protocols share: one session per open websocket."""
 
@@ -135,6 +152,9 @@ class _TunnelAdapter:
         protocol: Any = self
         super().connectionMade()  # type: ignore[misc]
         _no_delay(protocol.transport)
+        socket = _socket_transport(protocol.transport)
+        if socket is not None:
+            socket.bufferSize = _WEBSOCKET_SEND_BUFFER
 
     def _open_session(
         self,
@@ -385,11 +405,12 @@ class TCPDialer:
     def dial(self, proto: str, address: str, stream: Stream) -> Deferred[None]:
         if proto != "tcp":
             return fail(ValueError(f"unsupported protocol {proto!r}"))
+        # An IP address (the kubelet's 127.0.0.1) is dialled straight: a
+        # HostnameEndpoint would resolve it in a thread on every Connect.
         try:
-            host, port = split_host_port(address)
+            endpoint = hostname_dialer(self._reactor, self._timeout)(address)
         except ValueError:
             return fail()
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
         connecting: Deferred[Any] = connectProtocol(endpoint, TunnelStreamProtocol(stream))
 
         def connected(_: object) -> None:
