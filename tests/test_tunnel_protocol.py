@@ -5,11 +5,13 @@ stream pump on a L{StringTransport}, and dialling through L{TunnelEndpoint}.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import txaio
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -18,13 +20,14 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from k3stw.tunnel.address import loopback_ports_authorizer
 from k3stw.tunnel.protocol import (
     TunnelClientFactory,
     TunnelEndpoint,
     TunnelServerFactory,
+    TunnelServerProtocol,
     TunnelStreamProtocol,
 )
 from k3stw.tunnel.session import Session
@@ -257,3 +260,51 @@ class StreamPumpTests(SynchronousTestCase):
             protocol.connectionLost(reason)
             self.assertIn(text, self.frames.sent[-1].text)  # type: ignore[union-attr]
             self.assertTrue(stream.closed)
+
+
+class RealSocketTests(TestCase):
+    """Socket options that only a real TCP connection has."""
+
+    async def test_websockets_turn_nagle_off(self) -> None:
+        """
+        Both ends of a tunnel websocket set TCP_NODELAY: a TLS handshake
+        through the tunnel is small messages in a row, which Nagle would hold
+        for the peer's delayed ACK.
+        """
+        from twisted.internet import reactor as real_reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+
+        live: Any = real_reactor
+        opened: dict[str, Deferred[Session]] = {"server": Deferred(), "client": Deferred()}
+        server_factory = TunnelServerFactory(
+            check=lambda request, transport: "node-1",
+            opened=lambda name, session: opened["server"].callback(session),
+            clock=live,
+        )
+        accepted: list[TunnelServerProtocol] = []
+
+        class Recording(TunnelServerProtocol):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                accepted.append(self)
+
+        server_factory.protocol = Recording  # type: ignore[assignment]
+        port = await TCP4ServerEndpoint(live, 0, interface="127.0.0.72").listen(server_factory)
+        self.addCleanup(port.stopListening)
+        client_factory = TunnelClientFactory(
+            f"ws://127.0.0.72:{port.getHost().port}/v1-k3s/connect",
+            clock=live,
+            authorizer=loopback_ports_authorizer({10250}),
+            dialer=FakeDialer(),
+            opened=lambda name, session: opened["client"].callback(session),
+        )
+        client = await TCP4ClientEndpoint(live, "127.0.0.72", port.getHost().port).connect(
+            client_factory
+        )
+        self.addCleanup(client.transport.loseConnection)
+        for side in opened.values():
+            side.addTimeout(10, live)
+            await side
+        for transport in (client.transport, accepted[0].transport):
+            handle = transport.getHandle()
+            self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
