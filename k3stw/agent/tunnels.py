@@ -14,10 +14,11 @@ from typing import Any
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from k3stw.hostport import split_host_port
+from k3stw.loadbalancer.proxy import hostname_dialer
 from k3stw.logs import Logger
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.address import loopback_ports_authorizer
@@ -67,6 +68,8 @@ class TunnelSet(MultiService):
         removed one (address, None): the load balancer's health source.
     """
 
+    _log = Logger()
+
     def __init__(
         self,
         reactor: Any,
@@ -80,8 +83,6 @@ class TunnelSet(MultiService):
         self.authorizer = loopback_ports_authorizer({kubelet_port, CONTAINERD_STREAM_PORT})
         self.on_change = on_change
         self._tunnels: dict[str, _Tunnel] = {}
-
-    _log = Logger()
 
     @property
     def addresses(self) -> list[str]:
@@ -106,7 +107,7 @@ class TunnelSet(MultiService):
     def _start(self, address: str) -> None:
         host, port = split_host_port(address)
         creator = self.policy.creatorForNetloc(host.encode("ascii"), port)
-        endpoint = wrapClientTLS(creator, HostnameEndpoint(self.reactor, host, port, timeout=10))
+        endpoint = wrapClientTLS(creator, hostname_dialer(self.reactor, timeout=10)(address))
         factory = TunnelClientFactory(
             f"wss://{address}/v1-k3s/connect",
             clock=self.reactor,
