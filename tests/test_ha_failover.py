@@ -42,6 +42,7 @@ class TwoServers(Cluster):
 
     def __init__(self, root: Path, endpoint: str) -> None:
         self.endpoint = endpoint
+        self.extra_servers: list[Twistd] = []
         super().__init__(root, "--datastore-endpoint", endpoint, "--token", TOKEN)
 
     @property
@@ -60,7 +61,14 @@ class TwoServers(Cluster):
             self.holder, self.root / "second", SECOND, port,
             "--node-name", "second", "--datastore-endpoint", self.endpoint, "--token", TOKEN,
         )  # fmt: skip
+        # Stopped with the cluster, as its agents are.
+        self.extra_servers.append(server)
         return server.start(), port
+
+    def stop(self) -> None:
+        super().stop()
+        for server in self.extra_servers:
+            server.stop()
 
 
 class FailoverTests(SynchronousTestCase):
