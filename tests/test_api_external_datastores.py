@@ -24,6 +24,8 @@ from tests.support.twistd import Twistd, k3s_server
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.12"
+#: Servers of one cluster share its token (their CAs come sealed with it from the datastore).
+TOKEN = "external-datastore-secret"
 
 
 class ExternalDatastoreMixin:
@@ -36,8 +38,9 @@ class ExternalDatastoreMixin:
         """A server on C{endpoint}; its admin kubeconfig once it is ready."""
         port = free_port(HOST)
         server = k3s_server(
-            case, root, HOST, port, "--node-name", root.name, "--datastore-endpoint", endpoint
-        ).start()
+            case, root, HOST, port, "--node-name", root.name, "--datastore-endpoint", endpoint,
+            "--token", TOKEN,
+        ).start()  # fmt: skip
         server.wait_for_ping(HOST, port)
         kubeconfig = root / "k3s.yaml"
         deadline = time.monotonic() + 60
@@ -102,11 +105,11 @@ class KubernetesEndpointsTests(SynchronousTestCase):
             root,
             host,
             port,
-            "--advertise-address",
-            host,
             "--disable-agent",
             "--datastore-endpoint",
             endpoint,
+            "--token",
+            TOKEN,
         ).start()
         server.wait_for_ping(host, port)
         return server, root / "k3s.yaml", port

@@ -4,15 +4,13 @@ both from the kubernetes Endpoints, keeps a tunnel to each, and when the
 server it joined through dies, kubectl through its load balancer and the
 other server's reach to its kubelet carry on.
 
-The servers share their CAs and token the way the first server's files are
-copied to the second; k3s shares them through encrypted bootstrap data in
-the datastore, which k3stw does not do yet.
+The second server takes the cluster's CAs from the encrypted bootstrap data
+the first saved in the database, as k3s's servers do.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import tempfile
 import urllib.request
@@ -29,12 +27,6 @@ FIRST = "127.0.0.41"
 SECOND = "127.0.0.42"
 AGENT = "127.0.0.43"
 TOKEN = "ha-failover-secret"
-SHARED_FILES = (
-    "tls/server-ca.crt",
-    "tls/server-ca.key",
-    "tls/client-ca.crt",
-    "tls/client-ca.key",
-)
 
 
 class TwoServers(Cluster):
@@ -50,11 +42,6 @@ class TwoServers(Cluster):
         return f"https://{FIRST}:{self.port}"
 
     def second(self) -> tuple[Twistd, int]:
-        source = self.root / "server" / "data" / "server"
-        target = self.root / "second" / "data" / "server"
-        for name in SHARED_FILES:
-            (target / name).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copy2(source / name, target / name)
         # Servers share one port, as k3s's do: the kubernetes Endpoints has one.
         port = self.port
         server = k3s_server(
@@ -98,6 +85,12 @@ class FailoverTests(SynchronousTestCase):
         cluster.server.wait_for_ping(FIRST, cluster.port)
         second, second_port = cluster.second()
         second.wait_for_ping(SECOND, second_port)
+        cluster.server.wait_for_output("Saved the cluster's bootstrap data to")
+        second.wait_for_output("Took the cluster's bootstrap data from")
+        for name in ("server-ca.crt", "client-ca.crt", "server-ca.key"):
+            first_file = cluster.root / "server" / "data" / "server" / "tls" / name
+            second_file = cluster.root / "second" / "data" / "server" / "tls" / name
+            self.assertEqual(first_file.read_bytes(), second_file.read_bytes(), name)
         ca = cluster.root / "server" / "data" / "server" / "tls" / "server-ca.crt"
         cluster.wait(lambda: https_get(SECOND, second_port, "/v1-k3s/readyz", ca)[0] == 200, "")
 

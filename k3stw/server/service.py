@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from functools import partial
 from typing import Any
 
@@ -24,14 +25,20 @@ from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.controllers.nodepassword import NodePasswordController
+from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
-from k3stw.datastore.interface import IDatastore
-from k3stw.lifecycle import ApplianceService, stop_with_error
+from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
+from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
 from k3stw.logs import Logger
 from k3stw.pki.kubeconfig import write_kubeconfig
-from k3stw.pki.store import ServerCredentials, load_or_create_server_credentials
+from k3stw.pki.store import (
+    ServerCredentials,
+    ServerLayout,
+    load_or_create_server_credentials,
+)
 from k3stw.pki.tls import PinnedCAPolicy, server_tls_options
-from k3stw.pki.token import Token
+from k3stw.pki.token import InvalidToken, Token, parse_token
+from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
 from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
@@ -121,6 +128,79 @@ class ServerService(ApplianceService):
         )
 
 
+_log = Logger(namespace="k3stw.server")
+
+#: How long a starting server waits for an external datastore to answer.
+DATASTORE_WAIT = 30.0
+
+
+def _credentials_shared_through_the_datastore(
+    config: ServerConfig, now: datetime.datetime
+) -> ServerCredentials:
+    """
+    The server's credentials; on an external datastore, with the cluster's CAs
+    and passwd taken from it (or, on the first server, saved to it), so that
+    every server of the cluster shares them as k3s's do.
+    """
+    keys = _datastore_keys(config)
+    try:
+        password = _token_password(config)
+        took = (
+            keys is not None
+            and password is not None
+            and bootstrapdata.take(config.server_dir, keys, password)
+        )
+        credentials = load_or_create_server_credentials(
+            config.server_dir, config.serving_alt_names(), now, config.token, config.agent_token
+        )
+        if keys is not None and not took:
+            if password is None and keys.list_prefix(bootstrapdata.PREFIX):
+                raise StartupError(
+                    "bootstrap data already found and encrypted with different token"
+                )
+            if not bootstrapdata.save(config.server_dir, keys, credentials.token.password):
+                raise StartupError(
+                    "another server saved the cluster's bootstrap data while this one "
+                    f"started; remove {config.server_dir / 'tls'} and "
+                    f"{config.server_dir / 'cred'} and start this server again"
+                )
+        return credentials
+    except DatastoreUnavailable as e:
+        raise StartupError(
+            f"cannot reach the datastore to share the cluster's bootstrap data: {e}"
+        ) from None
+    finally:
+        if keys is not None:
+            keys.close()
+
+
+def _token_password(config: ServerConfig) -> str | None:
+    """The password the bootstrap data is sealed with: ``--token``'s, else the stored token's."""
+    if config.token is not None:
+        return config.token.password
+    try:
+        return parse_token(ServerLayout(config.server_dir).token.read_text()).password
+    except (OSError, InvalidToken):
+        return None
+
+
+def _datastore_keys(config: ServerConfig) -> BlockingKeys | None:
+    """Blocking access to an external datastore (None on SQLite), waiting while it is down."""
+    deadline = time.monotonic() + DATASTORE_WAIT
+    while True:
+        try:
+            return blocking_keys(
+                config.datastore_endpoint, str(config.data_dir), config.datastore_tls
+            )
+        except DatastoreUnavailable as e:
+            if time.monotonic() > deadline:
+                raise StartupError(
+                    f"cannot reach the datastore to share the cluster's bootstrap data: {e}"
+                ) from None
+            _log.warn("Waiting for the datastore: {error}", error=str(e))
+            time.sleep(1.0)
+
+
 def build_server(
     config: ServerConfig, reactor: Any, now: datetime.datetime | None = None
 ) -> IService:
@@ -136,9 +216,7 @@ def build_server(
         or a token cannot be used.
     """
     when = now or datetime.datetime.now(datetime.UTC)
-    credentials = load_or_create_server_credentials(
-        config.server_dir, config.serving_alt_names(), when, config.token, config.agent_token
-    )
+    credentials = _credentials_shared_through_the_datastore(config, when)
     write_kubeconfig(
         config.kubeconfig,
         config.local_url,
