@@ -15,12 +15,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.lifecycle import StartupError
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, issue, new_ca, new_key, new_leaf
 from k3stw.pki.kubeconfig import render_kubeconfig, write_kubeconfig
 from k3stw.pki.store import ServerCredentials, ServerLayout, load_or_create_server_credentials
+from k3stw.pki.tls import (
+    PinnedCAPolicy,
+    UnverifiedPolicy,
+    client_certificate_requesting_options,
+    server_tls_options,
+)
 from k3stw.pki.token import InvalidToken, Token, ca_hash, parse_token
 from k3stw.server.config import ServerConfig
 
@@ -451,3 +461,54 @@ class KubeconfigTests(SynchronousTestCase):
         write_kubeconfig(path, "https://x:1", self.ca.certificate_pem, self.admin, 0o644)
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o644)
         self.assertEqual(path.stat().st_ino, inode)
+
+
+def _mode(connection: SSL.Connection) -> int:
+    # pyOpenSSL has no getter, and refuses set_mode on a context in use.
+    # SSL_set_mode ORs the bits in and returns the result: with 0, the mode as it is.
+    return int(_openssl.SSL_set_mode(connection._ssl, 0))
+
+
+def _tls_protocol(creator: object, client: bool) -> TLSMemoryBIOProtocol:
+    factory = TLSMemoryBIOFactory(creator, client, Factory.forProtocol(Protocol))
+    protocol = factory.buildProtocol(None)
+    assert isinstance(protocol, TLSMemoryBIOProtocol)
+    return protocol
+
+
+class TLSContextTests(SynchronousTestCase):
+    """
+    Every TLS context releases OpenSSL's record buffers while a connection is
+    idle: without SSL_MODE_RELEASE_BUFFERS each idle connection (an agent's
+    tunnel, a kubectl watch) keeps 16-34 KB of read and write buffers.
+    """
+
+    def setUp(self) -> None:
+        self.ca = new_ca("k3s-server-ca@1", NOW)
+        self.client_ca = new_ca("k3s-client-ca@1", NOW)
+        self.serving = new_leaf(
+            self.ca, "k3s", Usage.SERVER, NOW, alt_names=SubjectAltNames.of(["127.0.0.1"])
+        )
+        self.client = new_leaf(
+            self.client_ca, "system:node:box", Usage.CLIENT, NOW, ["system:nodes"]
+        )
+
+    def test_server_contexts_release_buffers(self) -> None:
+        """The supervisor port and the kubelet API serve with released buffers."""
+        for options in (
+            server_tls_options(self.serving, self.ca.certificate_pem, self.client_ca),
+            client_certificate_requesting_options(self.serving, self.client_ca.certificate_pem),
+        ):
+            connection = options.serverConnectionForTLS(_tls_protocol(options, client=False))
+            self.assertTrue(_mode(connection) & SSL.MODE_RELEASE_BUFFERS)
+
+    def test_client_contexts_release_buffers(self) -> None:
+        """An agent's connections (tunnels, the load balancer's) and /cacerts's do too."""
+        for policy in (
+            PinnedCAPolicy(self.ca.certificate_pem, self.client),
+            PinnedCAPolicy(self.ca.certificate_pem),
+            UnverifiedPolicy(),
+        ):
+            creator = policy.creatorForNetloc(b"127.0.0.1", 6443)
+            connection = creator.clientConnectionForTLS(_tls_protocol(creator, client=True))
+            self.assertTrue(_mode(connection) & SSL.MODE_RELEASE_BUFFERS)
