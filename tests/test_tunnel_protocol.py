@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 import txaio
+from autobahn.twisted import websocket as autobahn_twisted_websocket
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -70,7 +71,7 @@ class WebSocketPairTests(SynchronousTestCase):
             raise self.deny
         return "node-1"
 
-    def connect(self) -> tuple[Any, Any, iosim.IOPump]:
+    def connect(self, greet: bool = True) -> tuple[Any, Any, iosim.IOPump]:
         server_factory = TunnelServerFactory(
             check=self.check,
             opened=lambda name, s: self.server_sessions.append((name, s)),
@@ -92,9 +93,15 @@ class WebSocketPairTests(SynchronousTestCase):
             iosim.makeFakeServer(server),
             client,
             iosim.makeFakeClient(client),
+            greet=greet,
             clock=self.clock,
         )
         return server, client, pump
+
+    def close(self, protocol: Any, pump: iosim.IOPump) -> None:
+        protocol.sendClose()
+        pump.flush()
+        self.clock.advance(2)
 
     def test_options_are_explicit(self) -> None:
         """Limits, keepalive and handshake timeouts are set, not autobahn's defaults."""
@@ -107,6 +114,57 @@ class WebSocketPairTests(SynchronousTestCase):
         server.sendClose()
         pump.flush()
         self.clock.advance(2)
+
+    def test_options_are_not_copied_into_each_connection(self) -> None:
+        """
+        autobahn's options live on the factory's protocol class: no connection
+        carries its own copy of them (3.3 KB per idle tunnel on the server).
+        """
+        server, client, pump = self.connect()
+        for proto in (server, client):
+            self.assertEqual([name for name in proto.CONFIG_ATTRS if name in vars(proto)], [])
+            # A function option is not turned into a method of the protocol.
+            self.assertIsNone(proto.perMessageCompressionAccept([]))
+        self.close(server, pump)
+
+    def test_options_set_later_reach_new_connections(self) -> None:
+        """setProtocolOptions on a factory still applies to the connections it builds next."""
+        factory = TunnelServerFactory(check=self.check, opened=lambda n, s: None, clock=self.clock)
+        factory.setProtocolOptions(autoPingInterval=7.5)
+        protocol: Any = factory.buildProtocol(IPv4Address("TCP", "127.0.0.71", 40000))
+        protocol.makeConnection(StringTransport())
+        self.assertIsInstance(protocol, TunnelServerProtocol)
+        self.assertEqual(protocol.autoPingInterval, 7.5)
+        self.assertEqual(protocol.maxMessagePayloadSize, 1024 * 1024)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(10)
+
+    def test_open_websocket_forgets_its_handshake(self) -> None:
+        """
+        Once open, neither end keeps the opening handshake: its request and
+        response, the headers, the peer certificate autobahn renders as text.
+        """
+        rendered: list[object] = []
+
+        def peer_certificate(transport: object) -> dict[str, str]:
+            rendered.append(transport)
+            return {"subject": "CN=system:node:node-1"}
+
+        self.patch(autobahn_twisted_websocket, "extract_peer_certificate", peer_certificate)
+        self.patch(autobahn_twisted_websocket, "transport_channel_id", lambda *a: None)
+        server, client, pump = self.connect(greet=False)
+        # As over TLS: autobahn renders the peer certificate when the websocket opens.
+        server.transport_details.is_secure = True
+        pump.flush()
+        self.assertEqual(len(self.server_sessions), 1)
+        self.assertEqual(len(rendered), 1)
+        self.assertIsNone(server.transport_details.peer_cert)
+        for proto in (server, client):
+            self.assertEqual(proto.http_headers, {})
+            self.assertEqual(proto.http_request_data, b"")
+            self.assertEqual(proto.http_status_line, "")
+        self.assertEqual(server.http_response_data, "")
+        self.close(server, pump)
 
     def test_stream_end_to_end(self) -> None:
         """The server dials the agent's kubelet through the tunnel, and bytes flow both ways."""

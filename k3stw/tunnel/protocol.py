@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any, cast
 
 from autobahn.twisted.websocket import (
@@ -79,6 +80,18 @@ SessionOpened = Callable[[str, Session], None]
 _WEBSOCKET_SEND_BUFFER = 512 * 1024
 #: The websocket close reason is at most 123 bytes.
 _CLOSE_REASON_LIMIT = 123
+#: What autobahn keeps of the opening handshake (by role), and the type of its empty value.
+_HANDSHAKE_LEFTOVERS: tuple[tuple[str, type], ...] = (
+    ("http_request_data", bytes),
+    ("http_response_data", str),
+    ("http_status_line", str),
+    ("http_headers", dict),
+    ("http_request_params", dict),
+)
+
+
+def _refuse_compression(offers: object) -> None:
+    return None
 
 
 def _apply_settings(factory: Any, settings: SessionSettings) -> None:
@@ -91,8 +104,29 @@ def _apply_settings(factory: Any, settings: SessionSettings) -> None:
         autoPingRestartOnAnyTraffic=True,
         openHandshakeTimeout=settings.handshake_timeout,
         closeHandshakeTimeout=1.0,
-        perMessageCompressionAccept=lambda offers: None,
+        perMessageCompressionAccept=_refuse_compression,
     )
+
+
+def _class_attribute(value: object) -> object:
+    # A function stored on a class would become a method of each protocol.
+    return staticmethod(value) if isinstance(value, FunctionType) else value
+
+
+def _protocol_with_options(base: type[Any], factory: object) -> type[Any]:
+    """
+    A subclass of C{base} that holds C{factory}'s autobahn options as class
+    attributes.
+
+    autobahn copies every option (C{CONFIG_ATTRS}) from the factory into
+    each new protocol's C{__dict__}, unless the protocol already has it: on
+    the class, they cost nothing per connection (the server protocol's
+    C{__dict__} drops from 88 entries, 3.3 KB, to 59, 1.5 KB).
+    """
+    options = {name: _class_attribute(getattr(factory, name)) for name in base.CONFIG_ATTRS}
+    options["__module__"] = base.__module__
+    options["__qualname__"] = base.__qualname__
+    return type(base.__name__, (base,), options)
 
 
 @implementer(ITunnelTransport)
@@ -156,6 +190,22 @@ class _TunnelAdapter:
         if socket is not None:
             socket.bufferSize = _WEBSOCKET_SEND_BUFFER
 
+    def _forget_handshake(self) -> None:
+        """
+        Drop what autobahn keeps of the opening handshake for the connection's
+        life and nothing reads once it is open: the raw request and response,
+        the parsed headers and the peer certificate rendered as text (the
+        supervisor checked the certificate itself, from the TLS transport).
+        About 3 KB per idle tunnel.
+        """
+        protocol: Any = self
+        for name, empty in _HANDSHAKE_LEFTOVERS:
+            if name in protocol.__dict__:
+                setattr(protocol, name, empty())
+        details = protocol.transport_details
+        if details is not None:
+            details.peer_cert = None
+
     def _open_session(
         self,
         role: Role,
@@ -165,6 +215,7 @@ class _TunnelAdapter:
         dialer: ILocalDialer | None,
     ) -> Session:
         protocol: Any = self
+        self._forget_handshake()
         session = Session(
             _WebSocketTransport(protocol),
             clock,
@@ -277,6 +328,11 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.tunnel_dialer = dialer
         _apply_settings(self, self.tunnel_settings)
 
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        """autobahn's, and the protocols built from now on carry the new options."""
+        super().setProtocolOptions(*args, **options)
+        self.protocol = _protocol_with_options(TunnelServerProtocol, self)
+
 
 class TunnelClientProtocol(_TunnelAdapter, WebSocketClientProtocol):  # type: ignore[misc]
     """The agent end of a tunnel websocket."""
@@ -331,6 +387,11 @@ class TunnelClientFactory(WebSocketClientFactory):
         self.tunnel_name = name or url
         self.tunnel_settings = settings if settings is not None else SessionSettings()
         _apply_settings(self, self.tunnel_settings)
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        """autobahn's, and the protocols built from now on carry the new options."""
+        super().setProtocolOptions(*args, **options)
+        self.protocol = _protocol_with_options(TunnelClientProtocol, self)
 
 
 # -- local TCP connections -------------------------------------------------------------
