@@ -325,22 +325,18 @@ def agents_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]
     def authorize(proto: str, address: str) -> bool:
         return proto == "tcp" and address.startswith(SERVICE_HOST + ":")
 
+    # One factory for every session, as an agent has one per server (a factory
+    # per session would count autobahn's copy of its options in each).
+    factory = TunnelClientFactory(
+        url,
+        clock=reactor,
+        authorizer=authorize,
+        dialer=dialer,
+        opened=lambda name, session: sessions.append(session),
+        name="agent",
+    )
+
     async def connect_one(index: int) -> None:
-        opened: Deferred[None] = Deferred()
-
-        def on_open(name: str, session: Session) -> None:
-            sessions.append(session)
-            if not opened.called:
-                opened.callback(None)
-
-        factory = TunnelClientFactory(
-            url,
-            clock=reactor,
-            authorizer=authorize,
-            dialer=dialer,
-            opened=on_open,
-            name=f"agent-{arguments.first + index}",
-        )
         source = (
             AGENT_HOST if arguments.count == 1 else f"127.0.1.{1 + (arguments.first + index) % 250}"
         )
@@ -348,7 +344,8 @@ def agents_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]
             options,
             TCP4ClientEndpoint(reactor, SERVER_HOST, arguments.port, 30, (source, 0)),
         )
-        await endpoint.connect(factory)
+        protocol: Any = await endpoint.connect(factory)
+        opened: Deferred[None] = protocol.is_open  # autobahn's (txaio on Twisted: a Deferred)
         await opened.addTimeout(30, reactor)
 
     async def connect_all() -> None:
