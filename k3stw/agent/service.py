@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred
@@ -13,10 +13,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from k3stw.agent.apiservers import APIServerDiscovery
 from k3stw.agent.cacerts import CAHashMismatch, Fetch
 from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
-from k3stw.agent.tunnels import TunnelSet
 from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.api import KubeletAPIService
@@ -24,11 +22,13 @@ from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.node import Taint
 from k3stw.kubelet.service import KubeletService
 from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
-from k3stw.loadbalancer.health import HealthCheck, ping_check
-from k3stw.loadbalancer.service import LoadBalancerService
 from k3stw.logs import Logger
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
+
+if TYPE_CHECKING:
+    from k3stw.loadbalancer.health import HealthCheck
+    from k3stw.loadbalancer.service import LoadBalancerService
 
 _log = Logger(namespace="k3stw.agent")
 
@@ -168,6 +168,11 @@ def _follow_servers(
     reactor: Any, config: AgentConfig, balancer: LoadBalancerService, joined: Joined
 ) -> IService:
     """Tunnels to the balancer's servers, and the discovery that keeps both current."""
+    # Only agents have a balancer: a server never loads the tunnel client or the discovery.
+    from k3stw.agent.apiservers import APIServerDiscovery
+    from k3stw.agent.tunnels import TunnelSet
+    from k3stw.loadbalancer.health import ping_check
+
     services = MultiService()
     # Until a server has a tunnel, and for the default server, a /ping tells.
     balancer.set_default_health_check(ping_check(reactor, PinnedCAPolicy(joined.server_ca)))

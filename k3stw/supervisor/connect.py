@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from cryptography import x509
 from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.web.resource import Resource
@@ -22,8 +21,13 @@ from twisted.web.server import Request
 from k3stw.apiserver.auth import user_of_certificate
 from k3stw.logs import Logger
 from k3stw.pki.certs import is_signed_by
-from k3stw.tunnel.protocol import TunnelServerFactory
-from k3stw.tunnel.registry import TunnelRegistry
+
+if TYPE_CHECKING:
+    from autobahn.twisted.resource import WebSocketResource
+    from autobahn.websocket.types import ConnectionRequest
+
+    from k3stw.tunnel.protocol import TunnelServerFactory
+    from k3stw.tunnel.registry import TunnelRegistry
 
 __all__ = ["FAILED_AUTHENTICATION", "TunnelConnectResource", "node_check", "node_of_peer"]
 
@@ -65,6 +69,9 @@ def node_check(
     """A L{k3stw.tunnel.protocol.WebSocketCheck} admitting kubelet client certificates only."""
 
     def check(request: ConnectionRequest, transport: ITransport) -> str:
+        # autobahn is loaded by now: only its onConnect calls this.
+        from autobahn.websocket.types import ConnectionDeny
+
         node = node_of_peer(transport, client_ca, _now(clock))
         if not node:
             raise ConnectionDeny(401, FAILED_AUTHENTICATION)
@@ -82,6 +89,9 @@ class TunnelConnectResource(Resource):
     The tunnel endpoint: refuses, in plain text as remotedialer does, a
     client without a node certificate (401) and a request that is not a
     websocket upgrade (400), then hands the connection to autobahn.
+
+    autobahn and the tunnel protocol are loaded by the first upgrade a node
+    certificate asks for: a server without agents never needs them.
     """
 
     isLeaf = True
@@ -91,13 +101,31 @@ class TunnelConnectResource(Resource):
         self, registry: TunnelRegistry, client_ca: x509.Certificate, clock: IReactorTime
     ) -> None:
         super().__init__()
+        self._registry = registry
         self._client_ca = client_ca
         self._clock = clock
-        # The check runs again in onConnect, on the transport autobahn takes over.
-        self.factory = TunnelServerFactory(
-            check=node_check(client_ca, clock), opened=registry.register, clock=clock
-        )
-        self._websocket = WebSocketResource(self.factory)
+        self._websocket: tuple[TunnelServerFactory, WebSocketResource] | None = None
+
+    @property
+    def factory(self) -> TunnelServerFactory:
+        """The websocket factory of the tunnels (autobahn loaded on first use)."""
+        return self._websocket_resource()[0]
+
+    def _websocket_resource(self) -> tuple[TunnelServerFactory, WebSocketResource]:
+        if self._websocket is None:
+            # autobahn costs about 5 MiB and 60 ms: load it once a node opens a tunnel.
+            from autobahn.twisted.resource import WebSocketResource
+
+            from k3stw.tunnel.protocol import TunnelServerFactory
+
+            # The check runs again in onConnect, on the transport autobahn takes over.
+            factory = TunnelServerFactory(
+                check=node_check(self._client_ca, self._clock),
+                opened=self._registry.register,
+                clock=self._clock,
+            )
+            self._websocket = (factory, WebSocketResource(factory))
+        return self._websocket
 
     def render(self, request: Request) -> bytes | int:
         if not node_of_peer(request.transport, self._client_ca, _now(self._clock)):
@@ -109,7 +137,7 @@ class TunnelConnectResource(Resource):
         connection = (request.getHeader(b"connection") or b"").lower()
         if b"upgrade" not in [token.strip() for token in connection.split(b",")]:
             return _plain(request, 400, NOT_WEBSOCKET)
-        rendered: bytes | int = self._websocket.render(request)
+        rendered: bytes | int = self._websocket_resource()[1].render(request)
         return rendered
 
 
