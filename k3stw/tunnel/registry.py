@@ -8,6 +8,8 @@ newest that is still open, and a session leaves the registry when it ends.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IProtocol,
@@ -18,8 +20,9 @@ from twisted.internet.interfaces import (
 from zope.interface import Interface, implementer
 
 from k3stw.logs import Logger
-from k3stw.tunnel.protocol import TunnelEndpoint
-from k3stw.tunnel.session import Session
+
+if TYPE_CHECKING:
+    from k3stw.tunnel.session import Session
 
 __all__ = ["ITunnelDialer", "NoTunnelSession", "TunnelRegistry"]
 
@@ -119,5 +122,8 @@ class _NodeEndpoint:
         session = self._registry.session(self._node)
         if session is None:
             return fail(NoTunnelSession(self._node))
+        # A session exists, so autobahn is loaded already.
+        from k3stw.tunnel.protocol import TunnelEndpoint
+
         endpoint = TunnelEndpoint(session, self._address, self._registry._clock)
         return endpoint.connect(protocolFactory)
