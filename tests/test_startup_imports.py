@@ -107,11 +107,6 @@ class ServerImportTests(SynchronousTestCase):
             [],
         )
 
-    test_no_websocket_before_a_tunnel.skip = (  # type: ignore[attr-defined]
-        "k3stw.tunnel.registry imports k3stw.tunnel.protocol (autobahn) at module level, "
-        "and k3stw.tunnel.protocol imports k3stw.loadbalancer.proxy"
-    )
-
 
 #: Makes /v1-k3s/connect's resource, prints whether autobahn is loaded, uses it, prints again.
 _CONNECT_RESOURCE = """

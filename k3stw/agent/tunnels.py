@@ -17,8 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from k3stw.hostport import split_host_port
-from k3stw.loadbalancer.proxy import hostname_dialer
+from k3stw.hostport import hostname_dialer, split_host_port
 from k3stw.logs import Logger
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.address import loopback_ports_authorizer

@@ -13,12 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
     connectProtocol,
 )
 from twisted.internet.interfaces import (
@@ -27,14 +23,13 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
-    IStreamClientEndpoint,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from k3stw.hostport import split_host_port
+from k3stw.hostport import Dial
 from k3stw.loadbalancer.servers import Server, ServerList
 from k3stw.logs import Logger
 
@@ -42,31 +37,8 @@ from k3stw.logs import Logger
 #: paused, so this is only a guard against a transport that reads anyway).
 HELD_LIMIT = 64 * 1024
 
-#: Dial: the endpoint of a ``host:port`` address.
-Dial = Callable[[str], IStreamClientEndpoint]
 #: Told of each dial attempt: whether it succeeded, and how long it took.
 DialObserver = Callable[[bool, float], None]
-
-
-def hostname_dialer(reactor: Any, timeout: float = 10.0) -> Dial:
-    """
-    Dial servers with :class:`HostnameEndpoint` (names resolved, IPv4 and IPv6),
-    and IP addresses straight with a TCP endpoint: ``HostnameEndpoint`` would
-    resolve them in a thread on every dial, and report a refused connection
-    only at its next attempt (0.3 s later), which would slow every failover.
-
-    :param reactor: the reactor (an ``IReactorTCP`` and ``IReactorTime``), passed in.
-    """
-
-    def dial(address: str) -> IStreamClientEndpoint:
-        host, port = split_host_port(address)
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-
-    return dial
 
 
 def _consumer(transport: object) -> IConsumer:

@@ -17,6 +17,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
+from k3stw.hostport import Dial, hostname_dialer
 from k3stw.loadbalancer.health import HealthCheck, HealthCheckService
 from k3stw.loadbalancer.metrics import LoadBalancerMetrics
 from k3stw.loadbalancer.persistence import (
@@ -25,7 +26,7 @@ from k3stw.loadbalancer.persistence import (
     save_addresses,
     state_file,
 )
-from k3stw.loadbalancer.proxy import Dial, LoadBalancerFactory, hostname_dialer
+from k3stw.loadbalancer.proxy import LoadBalancerFactory
 from k3stw.loadbalancer.servers import ServerList, exponential_backoff
 from k3stw.logs import Logger
 

@@ -45,7 +45,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from k3stw.loadbalancer.proxy import hostname_dialer
+from k3stw.hostport import hostname_dialer
 from k3stw.logs import Logger
 from k3stw.tunnel.address import Authorizer
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
