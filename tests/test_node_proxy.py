@@ -79,7 +79,7 @@ class InMemoryNodeProxy(NodeProxy):
         self.kubelet = MemoryKubelet()
         self.asked: list[tuple[str, int]] = []
 
-    def endpoint(self, node: str, port: int) -> IStreamClientEndpoint:
+    def endpoint(self, node: str, port: int, seen: Any = None) -> IStreamClientEndpoint:
         self.asked.append((node, port))
         return self.kubelet
 

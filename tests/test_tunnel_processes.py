@@ -79,8 +79,7 @@ class TunnelProcessTests(SynchronousTestCase):
         self.assertEqual(patched.returncode, 0, patched.stderr)
         code, _, err = self.raw("/api/v1/nodes/tunnelled/proxy/healthz")
         self.assertNotEqual(code, 0)
-        # (The TLS client under the proxy reports only the lost connection.)
-        self.assertIn("error dialing backend", err)
+        self.assertIn("error dialing backend: connect not allowed", err)
         self.agent.wait_for_output("refused Connect")
         self.assertIn("tcp/127.0.0.1:22", self.agent.output)
         # The kubelet's next status post puts its real port back.

@@ -17,7 +17,12 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
@@ -140,14 +145,21 @@ class NodeProxy:
         self.header_timeout = header_timeout
         self._cooperator = Cooperator(scheduler=lambda run: reactor.callLater(0, run))
 
-    def endpoint(self, node: str, port: int) -> IStreamClientEndpoint:
-        """TLS to the kubelet of C{node} listening on C{port}."""
+    def endpoint(
+        self, node: str, port: int, seen: _SeenTransport | None = None
+    ) -> IStreamClientEndpoint:
+        """
+        TLS to the kubelet of C{node} listening on C{port}; C{seen} keeps the
+        connection under the TLS, whose end reason the TLS client forgets.
+        """
         inner: IStreamClientEndpoint
         if node == self.own_node:
             # k3s never tunnels to its own node.
             inner = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port, timeout=30)
         else:
             inner = self.tunnels.dial(node, f"127.0.0.1:{port}")
+        if seen is not None:
+            inner = seen.watching(inner)
         creator = self.kubelet_tls.creatorForNetloc(node.encode("idna"), port)
         return wrapClientTLS(creator, inner)
 
@@ -167,8 +179,9 @@ class NodeProxy:
             url += b"?" + query
         pool = HTTPConnectionPool(self.reactor, persistent=False)
         pool._factory = _QuietHTTPClientFactory
+        seen = _SeenTransport()
         agent = Agent.usingEndpointFactory(
-            self.reactor, _OneEndpoint(self.endpoint(node, port)), pool
+            self.reactor, _OneEndpoint(self.endpoint(node, port, seen)), pool
         )
         requesting: Deferred[IResponse] = agent.request(
             request.method,
@@ -190,7 +203,9 @@ class NodeProxy:
             message = "error dialing backend: timeout awaiting response headers"
             raise StatusError(503, message) from None
         except Exception as e:
-            raise StatusError(503, f"error dialing backend: {_reason(e)}") from None
+            # The agent's refusal ("connect not allowed") says more than the TLS's lost connection.
+            why = getattr(seen.transport, "ended_reason", None) or _reason(e)
+            raise StatusError(503, f"error dialing backend: {why}") from None
         request.setResponseCode(response.code, response.phrase)
         for name, values in _relayed(response.headers).getAllRawHeaders():
             request.responseHeaders.setRawHeaders(name, values)
@@ -208,6 +223,30 @@ class NodeProxy:
             return None
         content.seek(0)
         return FileBodyProducer(content, cooperator=self._cooperator)
+
+
+class _SeenTransport:
+    """Keeps the transport an endpoint's connection got (a tunnel stream's, say)."""
+
+    transport: object = None
+
+    def watching(self, inner: IStreamClientEndpoint) -> IStreamClientEndpoint:
+        return _Watched(inner, self)
+
+
+@implementer(IStreamClientEndpoint)
+class _Watched:
+    def __init__(self, inner: IStreamClientEndpoint, seen: _SeenTransport) -> None:
+        self.inner = inner
+        self.seen = seen
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        def connected(protocol: IProtocol) -> IProtocol:
+            self.seen.transport = getattr(protocol, "transport", None)
+            return protocol
+
+        connecting: Deferred[IProtocol] = self.inner.connect(protocolFactory)
+        return connecting.addCallback(connected)
 
 
 def _reason(error: BaseException) -> str:

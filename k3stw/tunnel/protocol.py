@@ -510,6 +510,8 @@ class StreamTransport:
         self._clock = clock
         self._peer = TunnelAddress(node, stream.proto, stream.address)
         self._lost = False
+        #: Why the far end ended the stream (its Error message), once it has.
+        self.ended_reason: str | None = None
 
     # ITransport
 
@@ -579,6 +581,7 @@ class StreamTransport:
         if self._lost:
             return
         self._lost = True
+        self.ended_reason = reason
         error = ConnectionDone() if reason is None else ConnectionLost(reason)
         self._protocol.connectionLost(Failure(error))
 
