@@ -147,7 +147,9 @@ class KubeletConfig:
     :ivar data_dir: where ephemeral storage is measured (the agent's data dir).
     :ivar lease_duration: the Lease's ``leaseDurationSeconds``.
     :ivar lease_interval: seconds between Lease renewals.
-    :ivar status_interval: seconds between node status posts.
+    :ivar status_interval: seconds between node status checks (``nodeStatusUpdateFrequency``).
+    :ivar status_report_interval: seconds after which an unchanged status is posted
+        anyway (``nodeStatusReportFrequency``); the Lease is the heartbeat.
     :ivar timeout: longest one registration, renewal or status post may take.
     :ivar retry_initial: first wait after a failure; it doubles with each failure in a row...
     :ivar retry_max: ...up to this.
@@ -165,6 +167,7 @@ class KubeletConfig:
     lease_duration: int = 40
     lease_interval: float = 10.0
     status_interval: float = 10.0
+    status_report_interval: float = 300.0
     timeout: float = 30.0
     retry_initial: float = 0.5
     retry_max: float = 10.0

@@ -220,6 +220,16 @@ def node_conditions(previous: Sequence[Object] | None, now: str) -> list[Object]
     return conditions
 
 
+def without_heartbeats(status: Object) -> Object:
+    """C{status} with its conditions' heartbeat times left out: what a change is."""
+    conditions = [
+        {k: v for k, v in c.items() if k != "lastHeartbeatTime"}
+        for c in status.get("conditions") or ()
+        if isinstance(c, dict)
+    ]
+    return {**status, "conditions": conditions}
+
+
 def node_status(
     config: KubeletConfig, facts: HostFacts, previous: Object | None, now: str
 ) -> Object:

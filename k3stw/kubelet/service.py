@@ -35,6 +35,7 @@ from k3stw.kubelet.node import (
     reconcile_node,
     renew_lease,
     rfc3339,
+    without_heartbeats,
 )
 from k3stw.logs import Logger
 
@@ -58,8 +59,9 @@ class KubeletService(Service):
 
     On start it registers the Node (or, when one of that name exists, takes
     it over: its own labels set again, what others set kept); then it renews
-    the node's Lease every C{config.lease_interval} and posts the node's
-    status every C{config.status_interval}.  A Node deleted while the
+    the node's Lease every C{config.lease_interval} and checks the node's
+    status every C{config.status_interval}, posting it when it changed or
+    every C{config.status_report_interval}.  A Node deleted while the
     kubelet runs is registered again.
 
     :param clock: all timing goes through it.
@@ -86,6 +88,8 @@ class KubeletService(Service):
         #: The Node as the server last returned it (None before registration).
         self.node: Object | None = None
         self._lease: Object | None = None
+        #: When the status was last written (registration counts).
+        self._reported_at = 0.0
         self._jobs: list[Deferred[None]] = []
 
     def startService(self) -> None:
@@ -192,6 +196,7 @@ class KubeletService(Service):
         now = rfc3339(self.clock.seconds())
         try:
             self.node = await self.client.create(NODES_PATH, build_node(config, facts, now))
+            self._reported_at = self.clock.seconds()
             return
         except KubeAPIError as e:
             if e.code != 409:
@@ -201,20 +206,38 @@ class KubeletService(Service):
         if wanted != existing:
             existing = await self.client.replace(node_path(config.node_name), wanted)
         self.node = existing
-        await self._post_status()
+        await self._post_status(force=True)
 
-    async def _post_status(self) -> None:
+    async def _post_status(self, force: bool = False) -> None:
         """
-        Put the node's status through the status subresource, based on the
-        Node as last seen; when someone else wrote it since (409), read it and
-        try again, so that condition transitions are measured against what
-        the server holds.  A Node that is gone is registered again.
+        Read the Node and put its status through the status subresource when
+        it changed (heartbeat times aside), when C{force}d, or when
+        C{status_report_interval} has passed since the last report, as the
+        kubelet does: the Lease is the heartbeat, so an unchanged status is
+        not rewritten every 10 s.  Reading first measures condition
+        transitions against what the server holds (the node lifecycle
+        controller may have marked the node Unknown); a 409 means someone
+        wrote in between, so read and try again.  A Node that is gone is
+        registered again.
         """
-        assert self.node is not None
         path = node_path(self.config.node_name)
         for attempt in (1, 2):
-            facts = self._host_facts()
-            now = rfc3339(self.clock.seconds())
+            try:
+                self.node = await self.client.get(path)
+            except KubeAPIError as e:
+                if e.code != 404:
+                    raise
+                self._log.warn(
+                    "Node {node} was deleted; registering it again", node=self.config.node_name
+                )
+                await self._register()
+                return
+            seconds = self.clock.seconds()
+            held = self.node.get("status") or {}
+            status = node_status(self.config, self._host_facts(), held, rfc3339(seconds))
+            due = force or seconds - self._reported_at >= self.config.status_report_interval
+            if not due and without_heartbeats(status) == without_heartbeats(held):
+                return
             metadata = self.node.get("metadata") or {}
             body = {
                 "apiVersion": "v1",
@@ -223,27 +246,18 @@ class KubeletService(Service):
                     "name": self.config.node_name,
                     "resourceVersion": metadata.get("resourceVersion", ""),
                 },
-                "status": node_status(self.config, facts, self.node.get("status"), now),
+                "status": status,
             }
             try:
                 self.node = await self.client.replace(path + "/status", body)
+                self._reported_at = seconds
                 return
             except KubeAPIError as e:
                 if e.code == 404:
-                    self._log.warn(
-                        "Node {node} was deleted; registering it again", node=self.config.node_name
-                    )
                     await self._register()
                     return
                 if e.code != 409 or attempt == 2:
                     raise
-            try:
-                self.node = await self.client.get(path)
-            except KubeAPIError as e:
-                if e.code != 404:
-                    raise
-                await self._register()
-                return
 
     async def _renew_lease(self) -> None:
         """Renew the node's Lease from the copy last written; read or create it when needed."""
