@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import cProfile
 import datetime
 import json
@@ -74,6 +75,8 @@ from k3stw.tunnel.protocol import (
     TunnelServerFactory,
 )
 from k3stw.tunnel.session import Session
+from tests.support.net import free_port
+from tests.support.twistd import https_get
 
 SERVER_HOST = "127.0.0.90"
 SERVICE_HOST = "127.0.0.91"
@@ -312,11 +315,41 @@ def service_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None
 # -- the agents -----------------------------------------------------------------------
 
 
+def node_credentials(arguments: argparse.Namespace) -> Callable[[int], Any] | None:
+    """
+    Against a k3s-server (C{--k3s-tls}): the TLS options of session C{n}, with
+    a client certificate of its own node (C{system:node:bench-<n>}, O
+    C{system:nodes}) from the server's client CA, so that every session is
+    another node in its registry.  Trusts the server CA.
+    """
+    if not arguments.k3s_tls:
+        return None
+    from cryptography import x509
+
+    tls = Path(arguments.k3s_tls)
+    client_ca = KeyPair(
+        x509.load_pem_x509_certificate((tls / "client-ca.crt").read_bytes()),
+        load_pem_key((tls / "client-ca.key").read_bytes()),
+    )
+    server_ca = Certificate.loadPEM((tls / "server-ca.crt").read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+
+    def options(n: int) -> Any:
+        pair = new_leaf(
+            client_ca, f"system:node:bench-{n:04d}", Usage.CLIENT, now, ["system:nodes"]
+        )
+        certificate = PrivateCertificate.loadPEM(pair.certificate_pem + pair.key_pem)
+        return optionsForClientTLS(SERVER_HOST, trustRoot=server_ca, clientCertificate=certificate)
+
+    return options
+
+
 def agents_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]:
     start_logging()
     cast(Any, txaio).config.loop = reactor
     ca, client = credentials(Path(arguments.certs))
     options = optionsForClientTLS(SERVER_HOST, trustRoot=ca, clientCertificate=client)
+    node_options = node_credentials(arguments)
     dialer = TCPDialer(reactor)
     url = f"wss://{SERVER_HOST}:{arguments.port}{CONNECT_PATH}"
     sessions: list[Session] = []
@@ -341,7 +374,7 @@ def agents_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]
             AGENT_HOST if arguments.count == 1 else f"127.0.1.{1 + (arguments.first + index) % 250}"
         )
         endpoint = wrapClientTLS(
-            options,
+            options if node_options is None else node_options(arguments.first + index),
             TCP4ClientEndpoint(reactor, SERVER_HOST, arguments.port, 30, (source, 0)),
         )
         protocol: Any = await endpoint.connect(factory)
@@ -731,6 +764,184 @@ def measure_memory(work: Path, plan: Plan, say: Callable[[str], None]) -> dict[s
             child.stop()
 
 
+#: Log lines of a k3s-server's tunnel registry: a session registered, a session ended.
+REGISTERED = "Handling backend connection request ["
+UNREGISTERED = "error in remotedialer server ["
+
+
+def k3s_arguments(root: Path, port: int) -> list[str]:
+    """A lean k3s-server (no agent of its own) on SERVER_HOST whose every file is under C{root}."""
+    config = root / "config.yaml"
+    config.write_text("")
+    return [
+        "--config", str(config),
+        "--data-dir", str(root / "data"),
+        "--node-identity-dir", str(root / "node"),
+        "--bind-address", SERVER_HOST,
+        "--advertise-address", SERVER_HOST,
+        "--https-listen-port", str(port),
+        "--write-kubeconfig", str(root / "k3s.yaml"),
+        "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+        "--disable-agent",
+    ]  # fmt: skip
+
+
+def wait_for_ping(child: Child, port: int, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    for _ in range(int(limit / 0.1) + 1):
+        if child.process.poll() is not None:
+            raise RuntimeError(f"k3s-server ended: {child.tail()}")
+        with contextlib.suppress(OSError):
+            if https_get(SERVER_HOST, port, "/ping", timeout=1.0) == (200, b"pong"):
+                return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    raise TimeoutError(f"k3s-server: no /ping within {limit:g} s: {child.tail()}")
+
+
+def registered(log: Path) -> int:
+    """Sessions the server's registry holds, from its log lines."""
+    text = log.read_text(errors="replace")
+    return text.count(REGISTERED) - text.count(UNREGISTERED)
+
+
+def measure_k3s_memory(
+    work: Path, plan: Plan, say: Callable[[str], None], trace: bool
+) -> dict[str, Any]:
+    """
+    Idle sessions on a real C{twistd -n k3s-server}'s C{/v1-k3s/connect}
+    (twisted.web, C{WebSocketResource}, the node-certificate check), each
+    with its own node certificate.  One warm-up session first (it loads
+    autobahn), not counted.  With C{trace}, the server runs in this script
+    (L{k3s_worker}, the same C{build_server}) under C{tracemalloc}, and the
+    largest differences between before and after are printed.
+    """
+    root = work / "k3s"
+    root.mkdir()
+    port = free_port(SERVER_HOST)
+    log = root / "k3s-server.log"
+    flags = k3s_arguments(root, port)
+    if trace:
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", "k3s", "--", *flags]
+    else:
+        twistd = str(Path(sys.executable).parent / "twistd")
+        argv = [twistd, "-n", "--pidfile=", f"--logfile={log}", "k3s-server", *flags]
+    server = Child(argv, root / "k3s-server.stderr", clean_environment())
+    children = [server]
+    tls = root / "data" / "server" / "tls"
+    try:
+        wait_for_ping(server, port, 60)
+        warm = spawn(
+            work, "warm.log", "--worker", "agents", "--port", str(port), "--count", "1",
+            "--first", "9999", "--k3s-tls", str(tls),
+        )  # fmt: skip
+        children.append(warm)
+        warm.event("ready", START_LIMIT)
+        send(warm, do="go")
+        if warm.event("connected", 60)["sessions"] != 1:
+            raise RuntimeError(f"the warm-up session did not open: {warm.tail()}")
+        share = plan.sessions // plan.agent_processes
+        agents = []
+        for n in range(plan.agent_processes):
+            count = share if n < plan.agent_processes - 1 else plan.sessions - share * n
+            agent = spawn(
+                work, f"k3s-agents-{n}.log", "--worker", "agents", "--port", str(port),
+                "--count", str(count), "--first", str(n * share), "--k3s-tls", str(tls),
+            )  # fmt: skip
+            children.append(agent)
+            agents.append(agent)
+        for agent in agents:
+            agent.event("ready", START_LIMIT)
+        time.sleep(plan.settle)
+        if trace:
+            send(server, do="snapshot", path=str(root / "before.snapshot"))
+            server.event("snapshot", 120)
+        server_before = rss_kib(server.pid)
+        held_before = 1 if trace else registered(log)
+        agents_before = sum(rss_kib(a.pid) for a in agents)
+        started = time.monotonic()
+        for agent in agents:
+            send(agent, do="go")
+        connected = [agent.event("connected", 300) for agent in agents]
+        opened = sum(c["sessions"] for c in connected)
+        say(f"k3s-server: {opened} sessions open in {time.monotonic() - started:.1f} s; settling")
+        time.sleep(plan.settle)
+        if trace:
+            send(server, do="count")
+            held = server.event("count", 30)["sessions"] - held_before
+        else:
+            held = registered(log) - held_before
+        server_after, server_peak = (x * 1024 for x in memory_mb(server.pid))
+        agents_after = sum(rss_kib(a.pid) for a in agents)
+        if trace:
+            send(server, do="snapshot", path=str(root / "after.snapshot"))
+            server.event("snapshot", 300)
+            print_trace(root / "before.snapshot", root / "after.snapshot", max(1, held))
+        return {
+            "sessions": opened,
+            "held": held,
+            "failures": [c["failures"] for c in connected],
+            "connect_seconds": max(c["seconds"] for c in connected),
+            "server_before": server_before,
+            "server_after": server_after,
+            "server_peak": server_peak,
+            "agents_before": agents_before,
+            "agents_after": agents_after,
+            "agent_processes": len(agents),
+        }
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def print_trace(before: Path, after: Path, sessions: int) -> None:
+    """The largest growths between two tracemalloc snapshots, per session, to stderr."""
+    import tracemalloc
+
+    old, new = tracemalloc.Snapshot.load(str(before)), tracemalloc.Snapshot.load(str(after))
+    for group in ("lineno", "traceback"):
+        stats = new.compare_to(old, group)
+        total = sum(s.size_diff for s in stats)
+        print(f"-- tracemalloc by {group}: {total / sessions:.0f} B/session", file=sys.stderr)
+        for stat in stats[: 30 if group == "lineno" else 12]:
+            print(
+                f"{stat.size_diff / sessions:8.0f} B {stat.count_diff / sessions:6.2f} blocks",
+                file=sys.stderr,
+            )
+            frames = stat.traceback.format()[-(2 if group == "lineno" else 16) :]
+            print("    " + "\n    ".join(frames), file=sys.stderr)
+
+
+def k3s_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]:
+    """C{k3s-server} in this process (its C{build_server}), under tracemalloc: for --trace."""
+    import gc
+    import tracemalloc
+
+    from k3stw.server.service import build_server
+    from k3stw.tap.server import Options, server_config
+
+    tracemalloc.start(int(os.environ.get("BENCH_TRACE_FRAMES", "12")))
+    start_logging()
+    options = Options()
+    options.parseOptions(arguments.k3s)
+    service = build_server(server_config(options), reactor)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    def handle(command: dict[str, Any]) -> None:
+        if command["do"] == "snapshot":
+            gc.collect()
+            tracemalloc.take_snapshot().dump(command["path"])
+            channel.say(event="snapshot")
+        elif command["do"] == "count":
+            sessions = [o for o in gc.get_objects() if isinstance(o, Session)]
+            channel.say(event="count", sessions=sum(1 for s in sessions if not s.ended.called))
+
+    channel, ended = commands(reactor, handle)
+    return ended
+
+
 def mb_s(cell: dict[str, Any]) -> float:
     return float(cell["bytes"]) / float(cell["seconds"]) / MB
 
@@ -865,6 +1076,31 @@ def report(results: Results, plan: Plan, quick: bool, seconds: float) -> str:
     )
 
 
+def k3s_report(memory: dict[str, Any], plan: Plan, quick: bool, seconds: float) -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    per_session = (memory["server_after"] - memory["server_before"]) / max(1, memory["held"])
+    table = memory_table(memory).replace(
+        "| tunnel server (1 process) |", "| k3s-server, /v1-k3s/connect (1 process) |"
+    )
+    return "\n\n".join(
+        [
+            f"Machine: {machine()}; load average at the end {load}",
+            f"Date: {now:%Y-%m-%d %H:%M} UTC; mode: {'quick' if quick else 'full'}, "
+            f"--server k3s, {seconds:.0f} s in all",
+            f"### Idle sessions on k3s-server ({memory['sessions']:,} opened in "
+            f"{memory['connect_seconds']:.1f} s, each its own node certificate; "
+            f"{memory['held']:,} held by the server's registry after {plan.settle:g} s idle; "
+            f"server RSS peak {memory['server_peak'] / 1024:.1f} MiB; "
+            f"connect failures {memory['failures']})",
+            table,
+            f"Per idle session on the server: {per_session * 1.024:.1f} KB "
+            f"({per_session:.1f} KiB); goal under 50 KB: "
+            f"{'met' if per_session * 1.024 < 50 else 'MISSED'}",
+        ]
+    )
+
+
 def orchestrate(arguments: argparse.Namespace) -> int:
     global PROFILE
     PROFILE = os.path.abspath(arguments.profile) if arguments.profile else ""
@@ -874,7 +1110,21 @@ def orchestrate(arguments: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {line}", file=sys.stderr, flush=True)
 
+    # The k3s-server inherits this: 1,000 sessions need more than 1,024 descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     work = Path(tempfile.mkdtemp(prefix="tunnel-bench-"))
+    if arguments.server == "k3s":
+        try:
+            make_certificates(work)
+            memory = measure_k3s_memory(work, plan, say, arguments.trace)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        text = k3s_report(memory, plan, arguments.quick, time.monotonic() - started)
+        print(text)
+        if arguments.output:
+            Path(arguments.output).write_text(text + "\n")
+        return 0
     try:
         make_certificates(work)
         cells, latency = measure_streams(work, plan, say)
@@ -894,7 +1144,12 @@ def worker(arguments: argparse.Namespace) -> None:
     # 1,000 sessions and their sockets need more than the usual 1,024 descriptors.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    run = {"service": service_worker, "server": server_worker, "agents": agents_worker}
+    run = {
+        "service": service_worker,
+        "server": server_worker,
+        "agents": agents_worker,
+        "k3s": k3s_worker,
+    }
     if arguments.profile:
         profiler = cProfile.Profile()
         path = f"{arguments.profile}.{arguments.worker}.{os.getpid()}.prof"
@@ -911,11 +1166,28 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--output", help="write the report (Markdown) here too")
     parser.add_argument("--profile", help="cProfile every worker into PROFILE.<worker>.<pid>.prof")
     # The processes this script starts.
-    parser.add_argument("--worker", choices=("service", "server", "agents"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--server",
+        choices=("bare", "k3s"),
+        default="bare",
+        help="bare: the whole run on a TunnelServerFactory listener; k3s: only the idle "
+        "sessions, on a real `twistd -n k3s-server`'s /v1-k3s/connect",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="with --server k3s: run the server in this script under tracemalloc and print "
+        "what grew per session (its RSS is then not comparable)",
+    )
+    parser.add_argument(
+        "--worker", choices=("service", "server", "agents", "k3s"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--certs", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--k3s-tls", help=argparse.SUPPRESS)
+    parser.add_argument("k3s", nargs="*", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
