@@ -97,7 +97,7 @@ class AgentConfig:
         )
 
 
-#: Builds the node's kubelet once the node has joined.
+#: Builds what a node runs once it has joined (the kubelet, its API, on agents the tunnels).
 KubeletFactory = Callable[[Joined], IService]
 
 
