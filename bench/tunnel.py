@@ -875,6 +875,9 @@ def measure_k3s_memory(
         server_after, server_peak = (x * 1024 for x in memory_mb(server.pid))
         agents_after = sum(rss_kib(a.pid) for a in agents)
         if trace:
+            send(server, do="garbage")
+            garbage = server.event("garbage", 120)
+            say(f"garbage: {garbage}; {garbage['freed'] / max(1, held):.0f} B/session freed")
             send(server, do="snapshot", path=str(root / "after.snapshot"))
             server.event("snapshot", 300)
             print_trace(root / "before.snapshot", root / "after.snapshot", max(1, held))
@@ -913,6 +916,21 @@ def print_trace(before: Path, after: Path, sessions: int) -> None:
             print("    " + "\n    ".join(frames), file=sys.stderr)
 
 
+def web_objects() -> dict[str, int]:
+    """How many twisted.web objects (channels, requests) the process holds, garbage included."""
+    import gc
+
+    from twisted.web.http import HTTPChannel, Request
+
+    counts = {"HTTPChannel": 0, "Request": 0}
+    for thing in gc.get_objects():
+        if isinstance(thing, HTTPChannel):
+            counts["HTTPChannel"] += 1
+        elif isinstance(thing, Request):
+            counts["Request"] += 1
+    return counts
+
+
 def k3s_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]:
     """C{k3s-server} in this process (its C{build_server}), under tracemalloc: for --trace."""
     import gc
@@ -937,6 +955,19 @@ def k3s_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]:
         elif command["do"] == "count":
             sessions = [o for o in gc.get_objects() if isinstance(o, Session)]
             channel.say(event="count", sessions=sum(1 for s in sessions if not s.ended.called))
+        elif command["do"] == "garbage":
+            # What a full collection would free now: the web objects of each
+            # upgrade are cycles, left to the collector.
+            live = web_objects()
+            traced = tracemalloc.get_traced_memory()[0]
+            unreachable = gc.collect()
+            channel.say(
+                event="garbage",
+                live=live,
+                collected=web_objects(),
+                unreachable=unreachable,
+                freed=traced - tracemalloc.get_traced_memory()[0],
+            )
 
     channel, ended = commands(reactor, handle)
     return ended

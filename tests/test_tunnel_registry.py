@@ -6,14 +6,22 @@ open one on ``/v1-k3s/connect`` (real certificates, fake transports).
 from __future__ import annotations
 
 import datetime
+import gc
+import weakref
+from typing import Any, cast
 
+import txaio
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import crypto
+from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
+from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
@@ -141,6 +149,83 @@ class ConnectResourceTests(SynchronousTestCase):
         session, _ = server_session(name, self.clock)
         factory.tunnel_opened(name, session)
         self.assertEqual(self.registry.nodes(), ["agent-3"])
+
+
+class PeerStringTransport(StringTransport):
+    """A connection whose TLS peer presented C{pair}'s certificate."""
+
+    def __init__(self, pair: KeyPair) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.1.1", 40000))
+        self._peer = crypto.X509.from_cryptography(pair.certificate)
+
+    def getPeerCertificate(self) -> object:
+        return self._peer
+
+
+UPGRADE = (
+    b"GET /v1-k3s/connect HTTP/1.1\r\n"
+    b"Host: 127.0.0.90:6443\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"\r\n"
+)
+
+
+class UpgradeThroughSiteTests(SynchronousTestCase):
+    """An upgrade as production takes it: a Site, its HTTPChannel and Request, autobahn."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        previous = txaio.config.loop
+        txaio.config.loop = self.clock
+        self.addCleanup(setattr, txaio.config, "loop", previous)
+        self.certs = Certificates()
+        self.registry = TunnelRegistry(self.clock)
+        resource = TunnelConnectResource(
+            self.registry, self.certs.client_ca.certificate, self.clock
+        )
+        self.site = Site(resource, reactor=self.clock)
+        self.requests: list[weakref.ref[Request]] = []
+
+        def request_factory(channel: HTTPChannel, queued: bool = False) -> Request:
+            request = Request(channel, queued)
+            self.requests.append(weakref.ref(request))
+            return request
+
+        self.site.requestFactory = request_factory
+
+    def test_channel_and_request_are_freed_once_upgraded(self) -> None:
+        """
+        Once autobahn has the connection, the HTTP channel and the request
+        are freed at once, without waiting for the cycle collector; the
+        tunnel keeps working.
+        """
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        transport = PeerStringTransport(self.certs.node("agent-1"))
+        channel = self.site.buildProtocol(transport.getPeer())
+        assert channel is not None
+        # As a TCP connection's transport, which autobahn hands to its protocol.
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        channel.dataReceived(UPGRADE)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
+        self.assertEqual(self.registry.nodes(), ["agent-1"])
+        released = weakref.ref(channel)
+        del channel
+        self.assertEqual((released(), [ref() for ref in self.requests]), (None, [None]))
+        # The websocket is alive: the server's session pings, autobahn pings.
+        websocket = transport.protocol
+        self.assertIsNotNone(cast(Any, websocket)._session)
+        session = self.registry.session("agent-1")
+        assert session is not None
+        session.close("test over")
+        cast(Any, websocket).dropConnection(abort=True)
+        self.clock.advance(60)
 
 
 def server_session(name: str, clock: Clock) -> tuple[Session, QueueTransport]:
