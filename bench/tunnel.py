@@ -708,11 +708,33 @@ def measure_streams(work: Path, plan: Plan, say: Callable[[str], None]) -> tuple
             child.stop()
 
 
+def warm_up(work: Path, port: int, *options: str) -> Child:
+    """
+    One session (from its own agent process, kept open, not counted) before
+    the server's RSS is read: the first upgrade loads code and initialises
+    OpenSSL and autobahn once per process, which is no session's share.
+    """
+    warm = spawn(
+        work, "warm.log", "--worker", "agents", "--port", str(port), "--count", "1",
+        "--first", "9999", *options,
+    )  # fmt: skip
+    try:
+        warm.event("ready", START_LIMIT)
+        send(warm, do="go")
+        if warm.event("connected", 60)["sessions"] != 1:
+            raise RuntimeError(f"the warm-up session did not open: {warm.tail()}")
+    except BaseException:
+        warm.stop()
+        raise
+    return warm
+
+
 def measure_memory(work: Path, plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
     server = spawn(work, "memory-server.log", "--worker", "server")
     children = [server]
     try:
         port = server.event("ready", START_LIMIT)["port"]
+        children.append(warm_up(work, port))
         share = plan.sessions // plan.agent_processes
         agents = []
         for n in range(plan.agent_processes):
@@ -744,7 +766,7 @@ def measure_memory(work: Path, plan: Plan, say: Callable[[str], None]) -> dict[s
         say(f"{opened} sessions open in {time.monotonic() - started:.1f} s; settling")
         time.sleep(plan.settle)
         send(server, do="count")
-        held = server.event("count", 30)["sessions"]
+        held = server.event("count", 30)["sessions"] - 1
         server_after, server_peak = (x * 1024 for x in memory_mb(server.pid))
         agents_after = sum(rss_kib(a.pid) for a in agents)
         return {
@@ -832,15 +854,7 @@ def measure_k3s_memory(
     tls = root / "data" / "server" / "tls"
     try:
         wait_for_ping(server, port, 60)
-        warm = spawn(
-            work, "warm.log", "--worker", "agents", "--port", str(port), "--count", "1",
-            "--first", "9999", "--k3s-tls", str(tls),
-        )  # fmt: skip
-        children.append(warm)
-        warm.event("ready", START_LIMIT)
-        send(warm, do="go")
-        if warm.event("connected", 60)["sessions"] != 1:
-            raise RuntimeError(f"the warm-up session did not open: {warm.tail()}")
+        children.append(warm_up(work, port, "--k3s-tls", str(tls)))
         share = plan.sessions // plan.agent_processes
         agents = []
         for n in range(plan.agent_processes):
