@@ -20,9 +20,11 @@ from twisted.internet import ssl as tssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IPushProducer
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -127,6 +129,36 @@ class Big(Resource):
         return NOT_DONE_YET
 
 
+class _Channel(HTTPChannel):
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.open.add(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any) -> None:
+        self.site.open.discard(self)  # type: ignore[attr-defined]
+        super().connectionLost(reason)
+
+
+class ClosingSite(Site):
+    """A site that can close every connection it has open, and wait until they are gone."""
+
+    protocol = _Channel
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.open: set[_Channel] = set()
+
+    async def close_all(self) -> None:
+        for channel in list(self.open):
+            if channel.transport is not None:
+                channel.transport.abortConnection()  # type: ignore[attr-defined]
+        for _ in range(500):
+            if not self.open:
+                return
+            await deferLater(reactor, 0.01)
+        raise AssertionError(f"{len(self.open)} kubelet connections never closed")
+
+
 def high_water_mark(pid: int) -> int:
     """A process's peak resident memory (VmHWM), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -164,8 +196,10 @@ class TunnelServerTests(TestCase):
         root = Resource()
         root.putChild(b"healthz", Healthz(node))
         root.putChild(b"big", Big())
+        site = ClosingSite(root)
         # SSL4ServerEndpoint.listen fires at once.
-        listening: IListeningPort = self.successResultOf(endpoint.listen(Site(root)))
+        listening: IListeningPort = self.successResultOf(endpoint.listen(site))
+        self.addCleanup(site.close_all)
         self.addCleanup(listening.stopListening)
         port: int = listening.getHost().port
         return port
