@@ -27,7 +27,9 @@ from k3stw.tunnel.codec import (
     SyncConnections,
     Unknown,
     decode,
+    decode_data,
     encode,
+    encode_data_header,
 )
 
 INT64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
@@ -205,15 +207,50 @@ class DecoderErrorTests(SynchronousTestCase):
         self.assertEqual(decode(b"\x02\x04\x12abc"), Unknown(1, 2, 9, b"abc"))
 
 
+class DataPathTests(SynchronousTestCase):
+    """The data path's encoder and decoder agree with L{encode} and L{decode}."""
+
+    @settings(max_examples=300)
+    @given(INT64, INT64, st.binary(max_size=200))
+    def test_data_messages(self, message_id: int, conn_id: int, data: bytes) -> None:
+        """Every Data message: the same header bytes, the same connection and payload."""
+        frame = encode(Data(message_id, conn_id, data))
+        self.assertEqual(encode_data_header(message_id, conn_id) + data, frame)
+        self.assertEqual(decode_data(frame), (conn_id, data))
+
+    def test_other_types_are_left_to_decode(self) -> None:
+        """A message of another type, or Data with a non-minimal type varint, is not decoded."""
+        self.assertIsNone(decode_data(encode(Pause(1, 2))))
+        self.assertIsNone(decode_data(encode(Connect(1, 2, "tcp", "127.0.0.1:10250"))))
+        self.assertIsNone(decode_data(encode(Error(1, 2, "EOF"))))
+        # Go reads 0x82 0x00 as type 1 too; decode does, the data path leaves it.
+        frame = b"\x02\x04\x82\x00\xb0\xea\x01abc"
+        self.assertEqual(decode(frame), Data(1, 2, b"abc"))
+        self.assertIsNone(decode_data(frame))
+
+    def test_overflow_is_left_to_decode(self) -> None:
+        """A Data message whose connection id overflows 64 bits is decode's error."""
+        frame = b"\x02" + b"\xff" * 9 + b"\x02\x02\xb0\xea\x01abc"
+        self.assertRaises(ProtocolError, decode, frame)
+        self.assertIsNone(decode_data(frame))
+
+
 class DecoderFuzzTests(SynchronousTestCase):
     """The decoder on hostile input: only L{ProtocolError}, and bounded work."""
 
     def check(self, frame: bytes) -> None:
+        fast = decode_data(frame)
         try:
             message = decode(frame)
         except ProtocolError as error:
             self.assertTrue(str(error))
+            # The data path's decoder leaves every malformed frame to decode.
+            self.assertIsNone(fast)
             return
+        if fast is not None:
+            # ... and what it does decode, it decodes as decode does.
+            assert isinstance(message, Data)
+            self.assertEqual(fast, (message.conn_id, message.data))
         # Nothing decoded is bigger than the frame it came from.
         size = 0
         match message:
@@ -248,6 +285,12 @@ class DecoderFuzzTests(SynchronousTestCase):
         frame = bytearray(encode(message))
         index = data.draw(st.integers(min_value=0, max_value=len(frame) - 1))
         frame[index] = data.draw(st.integers(min_value=0, max_value=255))
+        self.check(bytes(frame))
+
+    @settings(max_examples=300)
+    @given(st.lists(st.sampled_from([0x00, 0x01, 0x02, 0x7F, 0x80, 0x81, 0xFF]), max_size=40))
+    def test_varint_edges(self, frame: list[int]) -> None:
+        """Frames of varint edge bytes (overflows, Data's type byte): as L{decode} does."""
         self.check(bytes(frame))
 
     def test_no_allocation_from_claimed_sizes(self) -> None:

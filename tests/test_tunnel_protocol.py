@@ -5,6 +5,7 @@ stream pump on a L{StringTransport}, and dialling through L{TunnelEndpoint}.
 
 from __future__ import annotations
 
+import random
 import socket
 from typing import Any
 
@@ -206,6 +207,55 @@ class WebSocketPairTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertTrue(server_session.ended.called)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_data_frames_are_autobahns(self) -> None:
+        """
+        The data path writes the same bytes autobahn's C{sendMessage} would
+        (a masked frame from the agent, with the same random key), several
+        messages in one write.
+        """
+        server, client, pump = self.connect()
+        payloads = [(b"head", b"x" * 100), (b"h", memoryview(b"y" * 40_000)), (b"", b"z")]
+        sessions = (self.server_sessions[0][1], self.client_sessions[0][1])
+        for protocol, session in zip((server, client), sessions, strict=True):
+            written: list[bytes] = []
+            protocol.transport.write = written.append
+            state = random.getstate()
+            try:
+                random.seed(7)
+                session._transport.send_frames(payloads)
+                random.seed(7)
+                for head, payload in payloads:
+                    protocol.sendMessage(head + payload, isBinary=True)
+            finally:
+                del protocol.transport.write
+                random.setstate(state)
+            self.assertEqual(len(written), 1 + len(payloads))
+            self.assertEqual(written[0], b"".join(written[1:]))
+        self.close(server, pump)
+
+    def test_large_writes_arrive_in_32k_messages(self) -> None:
+        """A write larger than a Data message arrives whole, as 32 KiB messages, both ways."""
+        server, client, pump = self.connect()
+        endpoint = TunnelEndpoint(self.server_sessions[0][1], KUBELET, self.clock)
+        collector = Collector()
+        self.successResultOf(endpoint.connect(Factory.forProtocol(lambda: collector)))
+        assert collector.transport is not None
+        collector.transport.write(b"open")
+        pump.flush()
+        (conn_id,) = self.dialer.streams
+        sent = bytes(range(256)) * 400  # 102,400 bytes: 3 full messages and 4 KiB
+        messages = client.trafficStats.incomingWebSocketMessages
+        collector.transport.write(sent)
+        pump.flush()
+        self.assertEqual(self.dialer.receivers[conn_id].data, b"open" + sent)
+        self.assertEqual(client.trafficStats.incomingWebSocketMessages - messages, 4)
+        messages = server.trafficStats.incomingWebSocketMessages
+        self.dialer.streams[conn_id].write(sent[::-1])
+        pump.flush()
+        self.assertEqual(collector.received, sent[::-1])
+        self.assertEqual(server.trafficStats.incomingWebSocketMessages - messages, 4)
+        self.close(server, pump)
 
     def test_pings_keep_the_tunnel_up(self) -> None:
         """Pings every 5 s keep an idle tunnel open past the 60 s read deadline."""

@@ -17,6 +17,7 @@ allocates from a length the peer claims: the websocket layer bounds the frame.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -40,7 +41,9 @@ __all__ = [
     "SyncConnections",
     "Unknown",
     "decode",
+    "decode_data",
     "encode",
+    "encode_data_header",
 ]
 
 #: The value remotedialer writes in the deadline field it no longer reads.
@@ -59,6 +62,16 @@ _INT64_MAX = (1 << 63) - 1
 #: Go's binary.MaxVarintLen64.
 _MAX_VARINT_LEN = 10
 _UINT64 = struct.Struct("<Q")
+#: Data's type and deadline varints, as every Data message carries them.
+_DATA_KIND_AND_DEADLINE = b"\x02\xb0\xea\x01"
+#: The front of a well-formed Data message: message id, connection id (captured),
+#: type 1 and a deadline, each varint at most 10 bytes.  Anything it does not
+#: match (another type, a non-minimal type varint, a truncated frame) is left
+#: to L{decode}.
+_DATA_FRONT = re.compile(
+    rb"([\x80-\xff]{0,9}[\x00-\x7f])([\x80-\xff]{0,9}[\x00-\x7f])\x02"
+    rb"([\x80-\xff]{0,9}[\x00-\x7f])"
+)
 
 
 class ProtocolError(Exception):
@@ -207,6 +220,21 @@ def _read_varint(frame: bytes, offset: int, field: str) -> tuple[int, int]:
 # -- encode / decode -------------------------------------------------------------------
 
 
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    _put_varint(out, value)
+    return bytes(out)
+
+
+def encode_data_header(message_id: int, conn_id: int) -> bytes:
+    """
+    What goes in front of a Data payload: the same bytes as
+    C{encode(Data(message_id, conn_id, payload))} starts with, without
+    building the message (the data path sends one per 32 KiB).
+    """
+    return _varint_bytes(message_id) + _varint_bytes(conn_id) + _DATA_KIND_AND_DEADLINE
+
+
 def _check_text(text: str, limit: int, what: str) -> bytes:
     raw = text.encode("utf-8")
     if len(raw) > limit:
@@ -271,6 +299,34 @@ def _text(payload: bytes, limit: int, what: str) -> str:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} is not UTF-8") from None
+
+
+def decode_data(frame: bytes) -> tuple[int, bytes] | None:
+    """
+    The data path's decoder: C{(conn_id, payload)} when C{frame} is a
+    well-formed Data message (what L{decode} would return as a L{Data}),
+    else C{None}, for L{decode} to handle (or reject).
+    """
+    front = _DATA_FRONT.match(frame)
+    if front is None:
+        return None
+    end = front.end()
+    # Ten bytes is the most a varint has; a tenth byte above 1 overflows 64
+    # bits, and decode raises that error.  Four varints in 12 bytes or less
+    # have no tenth byte.
+    if end > 12:
+        for varint in front.groups():
+            if len(varint) == _MAX_VARINT_LEN and varint[-1] > 1:
+                return None
+    conn = front.group(2)
+    if len(conn) == 1:
+        unsigned = conn[0]
+    else:
+        unsigned = 0
+        for shift, byte in enumerate(conn):
+            unsigned |= (byte & 0x7F) << (7 * shift)
+    conn_id = ~(unsigned >> 1) if unsigned & 1 else unsigned >> 1
+    return conn_id, frame[end:]
 
 
 def decode(frame: bytes) -> Message | Unknown:

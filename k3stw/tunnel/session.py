@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -42,7 +42,9 @@ from k3stw.tunnel.codec import (
     SyncConnections,
     Unknown,
     decode,
+    decode_data,
     encode,
+    encode_data_header,
 )
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
 
@@ -52,6 +54,9 @@ Role = Literal["client", "server"]
 
 _MiB = 1024 * 1024
 _INT64_MAX = (1 << 63) - 1
+
+#: Websocket messages as C{(head, payload)}: each one is C{head + payload}.
+Frames = Sequence[tuple[bytes, bytes | memoryview]]
 
 
 @dataclass(frozen=True)
@@ -277,10 +282,7 @@ class Stream:
         """Send C{data} to the peer (dropped once the stream is over)."""
         if self._ended or self._remote_ended:
             return
-        chunk = self._settings.data_chunk
-        send = self._session._send
-        for start in range(0, len(data), chunk):
-            send(Data(self._session._id(), self.conn_id, data[start : start + chunk]))
+        self._session._send_data(self.conn_id, data)
 
     def close(self, reason: str | None = None) -> None:
         """
@@ -522,6 +524,9 @@ class Session:
         self._sync_generation = 0
         self._sync_call: LoopingCall | None = None
         self._over = False
+        self._running = False
+        # A transport that can take several messages in one write (the websocket's).
+        self._send_frames: Callable[[Frames], None] | None = getattr(transport, "send_frames", None)
         self._inputs = _SessionMachine(_SessionCore(self))
 
     def __repr__(self) -> str:
@@ -544,6 +549,15 @@ class Session:
 
     def frame_received(self, frame: bytes) -> None:
         """Handle one binary websocket message."""
+        if self._running:
+            # The data path: a Data message for an open stream needs nothing
+            # of the machine but that it runs (what _handle_frame would do).
+            data = decode_data(frame)
+            if data is not None:
+                stream = self._streams.get(data[0])
+                if stream is not None:
+                    stream._data_received(data[1])
+                    return
         self._inputs.frame(frame)
 
     def connection_lost(self, reason: str) -> None:
@@ -604,11 +618,33 @@ class Session:
         if not self._over:
             self._transport.send_frame(encode(message))
 
+    def _send_data(self, conn_id: int, data: bytes) -> None:
+        """Send C{data} on C{conn_id} as Data messages of at most C{data_chunk} bytes."""
+        if self._over or not data:
+            return
+        chunk = self.settings.data_chunk
+        frames: list[tuple[bytes, bytes | memoryview]]
+        if len(data) <= chunk:
+            frames = [(encode_data_header(self._id(), conn_id), data)]
+        else:
+            view = memoryview(data)
+            frames = [
+                (encode_data_header(self._id(), conn_id), view[start : start + chunk])
+                for start in range(0, len(data), chunk)
+            ]
+        send_frames = self._send_frames
+        if send_frames is not None:
+            send_frames(frames)
+        else:
+            for head, payload in frames:
+                self._transport.send_frame(head + payload)
+
     def _forget(self, stream: Stream) -> None:
         if self._streams.get(stream.conn_id) is stream:
             del self._streams[stream.conn_id]
 
     def _begin(self) -> None:
+        self._running = True
         if self.role == "client":
             self._sync_call = LoopingCall(self._send_sync)
             self._sync_call.clock = self._clock
@@ -627,6 +663,7 @@ class Session:
 
     def _teardown(self, reason: str, close_transport: bool) -> None:
         self._over = True
+        self._running = False
         if self._sync_call is not None and self._sync_call.running:
             self._sync_call.stop()
         self._sync_call = None
