@@ -302,6 +302,12 @@ class _TunnelAdapter:
         session.start()
         return session
 
+    def dataReceived(self, data: bytes) -> None:
+        # autobahn's, without its debug line: that one formats its arguments
+        # (the method's qualified name, the peer) for every read, logged or not.
+        protocol: Any = self
+        protocol._dataReceived(data)
+
     def onMessageEnd(self) -> None:
         """
         autobahn's, without its C{"message"} event: that builds a Deferred for
