@@ -481,6 +481,13 @@ class Echo(Protocol):
             self.echoed.errback(reason)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process C{pid} has used (C{/proc/<pid>/stat})."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime, the 14th and 15th fields; the text after the ")" starts at the 3rd.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(
     reactor: Any,
     endpoint: Callable[[], IStreamClientEndpoint],
@@ -488,11 +495,16 @@ async def throughput(
     direction: bytes,
     size: int,
     limit: float,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
-    """Move C{size} bytes on each of C{streams} streams at once; bytes, seconds, finished."""
+    """
+    Move C{size} bytes on each of C{streams} streams at once; bytes, seconds,
+    finished, and the CPU seconds each process of C{pids} used meanwhile.
+    """
     movers = [Mover(reactor, direction, size) for _ in range(streams)]
     for mover in movers:
         await connectProtocol(endpoint(), mover)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     for mover in movers:
         mover.begin()
@@ -503,13 +515,14 @@ async def throughput(
     except Exception:
         finished = False
     elapsed = time.perf_counter() - started
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     moved = sum(m.moved if direction == DOWNLOAD else m.sent() for m in movers)
     if not finished:
         for mover in movers:
             if mover.transport is not None:
                 mover.transport.loseConnection()
     await deferLater(reactor, 0.3, lambda: None)
-    return {"bytes": moved, "seconds": elapsed, "finished": finished}
+    return {"bytes": moved, "seconds": elapsed, "finished": finished, "cpu": cpu}
 
 
 async def open_latency(
@@ -582,12 +595,13 @@ def server_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]
             )
 
         targets = {"tunnel": tunnel, "tcp": tcp, "tunnel+tls": tunnel_tls, "tls": tls}
+        pids = {"server": os.getpid(), "agent": command["agent"], "service": command["service"]}
         for name, endpoint in targets.items():
             for streams in command["streams"]:
                 size = command["single"] if streams == 1 else command["parallel"]
                 for direction in (DOWNLOAD, UPLOAD):
                     result = await throughput(
-                        reactor, endpoint, streams, direction, size, command["limit"]
+                        reactor, endpoint, streams, direction, size, command["limit"], pids
                     )
                     channel.say(
                         event="throughput",
@@ -676,6 +690,8 @@ def measure_streams(work: Path, plan: Plan, say: Callable[[str], None]) -> tuple
         send(
             server,
             do="run",
+            agent=agent.pid,
+            service=service.pid,
             tcp=ports["tcp"],
             tls=ports["tls"],
             streams=list(plan.streams),
@@ -1025,6 +1041,37 @@ def throughput_table(cells: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(cells: Sequence[dict[str, Any]]) -> str:
+    """CPU seconds per GB moved, by process: what the machine's load does not change much."""
+    lines = [
+        "| path | streams | download: agent / server / service | "
+        "upload: agent / server / service |",
+        "|---|---:|---:|---:|",
+    ]
+    by_key = {(c["target"], c["streams"], c["direction"]): c for c in cells}
+    names = {
+        "tcp": "direct TCP",
+        "tls": "direct TLS",
+        "tunnel": "tunnel (plain TCP inside)",
+        "tunnel+tls": "tunnel (TLS inside, as to a kubelet)",
+    }
+    widths = sorted({c["streams"] for c in cells})
+    for target in ["tcp", "tunnel", "tls", "tunnel+tls"]:
+        for streams in widths:
+            row = [f"| {names[target]} | {streams} "]
+            for direction in "DU":
+                cell = by_key.get((target, streams, direction))
+                if cell is None or not cell["bytes"]:
+                    row.append("| - ")
+                    continue
+                per_gb = {k: v / (cell["bytes"] / 1e9) for k, v in cell["cpu"].items()}
+                row.append(
+                    f"| {per_gb['agent']:.2f} / {per_gb['server']:.2f} / {per_gb['service']:.2f} "
+                )
+            lines.append("".join(row) + "|")
+    return "\n".join(lines)
+
+
 def latency_table(latency: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| path | opens | connected p50 / p99 (ms) | first byte echoed p50 / p99 (ms) | failed |",
@@ -1109,6 +1156,9 @@ def report(results: Results, plan: Plan, quick: bool, seconds: float) -> str:
             f"{plan.single_bytes // 2**20} MiB, each of the parallel streams "
             f"{plan.parallel_bytes // 2**20} MiB)",
             throughput_table(results.throughput),
+            "### CPU seconds per GB moved, by process (the same cells; the agent is idle on "
+            "the direct paths)",
+            cpu_table(results.throughput),
             f"### Stream open, {plan.opens:,} sequential opens",
             latency_table(results.latency),
             f"### Idle sessions ({memory['sessions']:,} opened in "
