@@ -12,14 +12,13 @@ from typing import Any
 import txaio
 from autobahn.twisted import websocket as autobahn_twisted_websocket
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -346,15 +345,6 @@ class StreamPumpTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "paused")
         self.session.frame_received(b"\x02" + bytes([stream.conn_id * 2]) + b"\x0e")
         self.assertEqual(transport.producerState, "producing")
-
-    def test_local_socket_reads_256k_at_a_time(self) -> None:
-        """The local socket reads (and holds) 256 KiB at a time, not Twisted's 64 KiB."""
-        stream = self.session.dial(KUBELET)
-        protocol = TunnelStreamProtocol(stream)
-        transport = FileDescriptor(MemoryReactorClock())
-        protocol.makeConnection(transport)
-        self.assertEqual(transport.bufferSize, 256 * 1024)
-        self.assertIs(transport.producer, protocol)
 
     def test_peer_eof_closes_the_socket(self) -> None:
         """The peer's EOF unregisters the producer and closes the socket."""

@@ -83,10 +83,6 @@ SessionOpened = Callable[[str, Session], None]
 #: each) for every 64 KiB it sent.  (Twisted reads up to this much at a
 #: time too.)
 _WEBSOCKET_SEND_BUFFER = 512 * 1024
-#: Bytes a local connection reads at a time (and holds before pausing the
-#: stream), Twisted's default is 64 KiB: a read goes out as its Data messages
-#: in one websocket write, so larger reads mean fewer writes (and TLS flushes).
-_LOCAL_READ_SIZE = 256 * 1024
 #: The websocket close reason is at most 123 bytes.
 _CLOSE_REASON_LIMIT = 123
 #: What autobahn keeps of the opening handshake (by role), and the type of its empty value.
@@ -500,9 +496,6 @@ class TunnelStreamProtocol(Protocol):
         assert self.transport is not None
         # As Go's net.Dial (remotedialer's local dial) does.
         _no_delay(self.transport)
-        socket = _socket_transport(self.transport)
-        if socket is not None:
-            socket.bufferSize = _LOCAL_READ_SIZE
         cast(IConsumer, self.transport).registerProducer(self, True)
         self._stream.register_producer(IPushProducer(self.transport))
         self._stream.attach(self)
