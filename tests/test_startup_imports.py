@@ -137,3 +137,40 @@ class ConnectResourceImportTests(SynchronousTestCase):
             env=clean_environment(),
         ).stdout
         self.assertEqual(output.split(), ["False", "True"])
+
+
+#: Builds an agent's service tree with and without --lb-status-port; prints whether
+#: prometheus_client is loaded after each.
+_AGENT = """
+import pathlib, sys
+from k3stw.tap import agent
+
+pathlib.Path(sys.argv[1]).mkdir(parents=True)
+pathlib.Path(sys.argv[1], "none.yaml").write_text("")
+
+def build(*extra):
+    options = agent.Options()
+    options.parseOptions([
+        "--config", sys.argv[1] + "/none.yaml", "--server", "https://127.0.0.1:1",
+        "--token", "K10::node:x", "--data-dir", sys.argv[1] + "/data",
+        "--node-identity-dir", sys.argv[1] + "/node", *extra,
+    ])
+    agent.makeService(options)
+    print("prometheus_client" in sys.modules)
+
+build()
+build("--lb-status-port", "1")
+"""
+
+
+class AgentImportTests(SynchronousTestCase):
+    def test_metrics_only_with_a_status_page(self) -> None:
+        """An agent keeps Prometheus metrics only when --lb-status-port serves them."""
+        output = subprocess.run(
+            [sys.executable, "-c", _AGENT, self.mktemp()],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=clean_environment(),
+        ).stdout
+        self.assertEqual(output.split(), ["False", "True"])

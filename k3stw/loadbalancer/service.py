@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
@@ -19,7 +19,6 @@ from twisted.python.failure import Failure
 
 from k3stw.hostport import Dial, hostname_dialer
 from k3stw.loadbalancer.health import HealthCheck, HealthCheckService
-from k3stw.loadbalancer.metrics import LoadBalancerMetrics
 from k3stw.loadbalancer.persistence import (
     default_address,
     load_addresses,
@@ -29,6 +28,9 @@ from k3stw.loadbalancer.persistence import (
 from k3stw.loadbalancer.proxy import LoadBalancerFactory
 from k3stw.loadbalancer.servers import ServerList, exponential_backoff
 from k3stw.logs import Logger
+
+if TYPE_CHECKING:
+    from k3stw.loadbalancer.metrics import LoadBalancerMetrics
 
 #: k3s's name for the agent's supervisor (and, in stock k3s, apiserver) balancer.
 SUPERVISOR_LB = "k3s-agent-load-balancer"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from twisted.application.service import IService
 
 from k3stw.agent.service import AgentConfig
 from k3stw.logs import set_debug
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
+
+if TYPE_CHECKING:
+    from k3stw.loadbalancer.metrics import LoadBalancerMetrics
+    from k3stw.loadbalancer.service import LoadBalancerService
 
 
 class Options(K3sOptions):
@@ -34,25 +40,21 @@ def agent_config(options: Options) -> AgentConfig:
 def makeService(options: Options) -> IService:
     from dataclasses import replace
 
-    from prometheus_client import REGISTRY
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ServerEndpoint
 
     set_debug(options["debug"])
     from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.join import https_sender
     from k3stw.agent.service import AgentService, node_factory
-    from k3stw.loadbalancer.metrics import LoadBalancerMetrics
     from k3stw.loadbalancer.service import LoadBalancerService
-    from k3stw.loadbalancer.status import StatusPage
-    from k3stw.web import QuietSite
 
     try:
         config = agent_config(options)
     except ConfigurationError as e:
         raise SystemExit(f"k3s-agent: {e}") from None
-    metrics = LoadBalancerMetrics(REGISTRY)
+    status_port = options["lb-status-port"]
+    # Metrics are kept only where they can be read: the status page serves them.
+    metrics = _metrics() if status_port else None
     balancer = LoadBalancerService(
         reactor,
         config.server_url,
@@ -70,11 +72,31 @@ def makeService(options: Options) -> IService:
         node_factory(reactor, config, balancer),
         balancer,
     )
-    if options["lb-status-port"]:
-        page = QuietSite(StatusPage([balancer], metrics))
-        endpoint = TCP4ServerEndpoint(reactor, options["lb-status-port"], interface="127.0.0.1")
-        status = StreamServerEndpointService(endpoint, page)
-        # A port in use stops the start with its error, as the balancer's does.
-        status._raiseSynchronously = True
-        status.setServiceParent(root)
+    if metrics is not None:
+        _status_page(reactor, status_port, balancer, metrics).setServiceParent(root)
     return root
+
+
+def _metrics() -> LoadBalancerMetrics:
+    from prometheus_client import REGISTRY
+
+    from k3stw.loadbalancer.metrics import LoadBalancerMetrics
+
+    return LoadBalancerMetrics(REGISTRY)
+
+
+def _status_page(
+    reactor: Any, port: int, balancer: LoadBalancerService, metrics: LoadBalancerMetrics
+) -> IService:
+    """``--lb-status-port``: the balancer's status and metrics on loopback."""
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from k3stw.loadbalancer.status import StatusPage
+    from k3stw.web import QuietSite
+
+    endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+    status = StreamServerEndpointService(endpoint, QuietSite(StatusPage([balancer], metrics)))
+    # A port in use stops the start with its error, as the balancer's does.
+    status._raiseSynchronously = True
+    return status
