@@ -125,18 +125,22 @@ print("autobahn" in sys.modules)
 """
 
 
+def run_python(script: str, *args: str) -> list[str]:
+    """The words C{script} prints, run by this Python in a clean environment."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_environment(),
+    ).stdout.split()
+
+
 class ConnectResourceImportTests(SynchronousTestCase):
     def test_autobahn_loads_with_the_first_tunnel(self) -> None:
         """/v1-k3s/connect's resource loads autobahn when it first needs it, not before."""
         # A stand-in registry: k3stw.tunnel.registry itself imports autobahn today.
-        output = subprocess.run(
-            [sys.executable, "-c", _CONNECT_RESOURCE],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=clean_environment(),
-        ).stdout
-        self.assertEqual(output.split(), ["False", "True"])
+        self.assertEqual(run_python(_CONNECT_RESOURCE), ["False", "True"])
 
 
 #: Builds an agent's service tree with and without --lb-status-port; prints whether
@@ -166,11 +170,4 @@ build("--lb-status-port", "1")
 class AgentImportTests(SynchronousTestCase):
     def test_metrics_only_with_a_status_page(self) -> None:
         """An agent keeps Prometheus metrics only when --lb-status-port serves them."""
-        output = subprocess.run(
-            [sys.executable, "-c", _AGENT, self.mktemp()],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=clean_environment(),
-        ).stdout
-        self.assertEqual(output.split(), ["False", "True"])
+        self.assertEqual(run_python(_AGENT, self.mktemp()), ["False", "True"])
