@@ -19,8 +19,9 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from k3stw.datastore.blocking import BlockingKeys, EtcdKeys, blocking_keys
+from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import DatastoreTLS, EtcdEndpoint
+from k3stw.datastore.etcd import EtcdKeys
 from k3stw.lifecycle import StartupError
 from k3stw.server import bootstrapdata
 from tests.support.etcd import start_etcd

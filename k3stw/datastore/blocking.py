@@ -1,29 +1,23 @@
 """
 Blocking access to a few keys, for the one moment a server needs its
 datastore before the reactor runs: to share the cluster's CAs between servers
-(k3s's bootstrap data).  The SQL backends reuse the kine statements; etcd is
-reached through the same JSON gateway the reactor backend uses.
+(k3s's bootstrap data).  The SQL backends reuse the kine statements; etcd's
+blocking access (L{k3stw.datastore.etcd.EtcdKeys}) lives with its JSON gateway.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import ssl
-import urllib.error
-import urllib.request
-from typing import Any, Protocol
+from typing import Protocol
 
 from k3stw.datastore.endpoint import (
     DatastoreTLS,
     EtcdEndpoint,
-    MySQLEndpoint,
     PostgresEndpoint,
     SQLiteEndpoint,
     parse_endpoint,
 )
 from k3stw.datastore.interface import DatastoreUnavailable, KeyExists
-from k3stw.datastore.sql import Dialect, KineQueries, prefix_end
+from k3stw.datastore.sql import Dialect, KineQueries
 
 
 class BlockingKeys(Protocol):
@@ -65,71 +59,6 @@ class SQLKeys:
         self.dialect.close(self.conn)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-class EtcdKeys:
-    """etcd v3 through its JSON gateway (``/v3/kv/range``, ``/v3/kv/txn``)."""
-
-    def __init__(self, endpoint: EtcdEndpoint, timeout: float = 10.0) -> None:
-        self.urls = list(endpoint.urls)
-        self.description = ",".join(self.urls)
-        self.timeout = timeout
-        tls = endpoint.tls
-        self.context: ssl.SSLContext | None = None
-        if any(url.startswith("https://") for url in self.urls):
-            self.context = ssl.create_default_context(cafile=tls.cafile)
-            if tls.certfile and tls.keyfile:
-                self.context.load_cert_chain(tls.certfile, tls.keyfile)
-        # Reachable now, or DatastoreUnavailable, as the SQL backends connect at once.
-        self._call("/v3/kv/range", {"key": _b64(b"\0"), "count_only": True})
-
-    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        errors: list[str] = []
-        for url in self.urls:
-            request = urllib.request.Request(
-                url.rstrip("/") + path,
-                json.dumps(body).encode(),
-                {"content-type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(
-                    request, timeout=self.timeout, context=self.context
-                ) as answer:
-                    document: dict[str, Any] = json.load(answer)
-                    return document
-            except (OSError, ValueError) as e:
-                errors.append(f"{url}: {e}")
-        raise DatastoreUnavailable("; ".join(errors))
-
-    def list_prefix(self, prefix: str) -> dict[str, bytes]:
-        end = prefix_end(prefix) or "\0"
-        answer = self._call(
-            "/v3/kv/range", {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())}
-        )
-        return {
-            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", ""))
-            for kv in answer.get("kvs", [])
-        }
-
-    def create(self, key: str, value: bytes) -> bool:
-        encoded = _b64(key.encode())
-        answer = self._call(
-            "/v3/kv/txn",
-            {
-                "compare": [
-                    {"key": encoded, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-                ],
-                "success": [{"request_put": {"key": encoded, "value": _b64(value)}}],
-            },
-        )
-        return bool(answer.get("succeeded"))
-
-    def close(self) -> None:
-        pass
-
-
 def blocking_keys(
     endpoint: str | None, data_dir: str, tls: DatastoreTLS | None
 ) -> BlockingKeys | None:
@@ -142,17 +71,23 @@ def blocking_keys(
     parsed = parse_endpoint(endpoint, data_dir, tls)
     if isinstance(parsed, SQLiteEndpoint):
         return None
+    if isinstance(parsed, EtcdEndpoint):
+        # Each backend is imported when chosen, as the reactor backends are.
+        from k3stw.datastore.etcd import EtcdKeys
+
+        return EtcdKeys(parsed)
+    dialect: Dialect
+    if isinstance(parsed, PostgresEndpoint):
+        from k3stw.datastore.postgres import PostgresDialect
+
+        dialect = PostgresDialect(parsed)
+    else:
+        from k3stw.datastore.mysql import MySQLDialect
+
+        dialect = MySQLDialect(parsed)
     try:
-        if isinstance(parsed, PostgresEndpoint):
-            from k3stw.datastore.postgres import PostgresDialect
-
-            return SQLKeys(PostgresDialect(parsed))
-        if isinstance(parsed, MySQLEndpoint):
-            from k3stw.datastore.mysql import MySQLDialect
-
-            return SQLKeys(MySQLDialect(parsed))
-    except DatastoreUnavailable:
-        raise
+        return SQLKeys(dialect)
     except Exception as e:
-        raise DatastoreUnavailable(f"{parsed.redacted()}: {e}") from e
-    return EtcdKeys(parsed)
+        if dialect.is_driver_error(e):
+            raise DatastoreUnavailable(f"{parsed.redacted()}: {e}") from e
+        raise

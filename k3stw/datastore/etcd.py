@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import json
 import random
+import ssl as stdlib_ssl
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from automat import TypeMachineBuilder
@@ -62,6 +64,9 @@ from k3stw.datastore.interface import (
     WatchOverflow,
 )
 from k3stw.datastore.sql import CompactionPolicy
+
+if TYPE_CHECKING:
+    from k3stw.datastore.endpoint import EtcdEndpoint
 
 __all__ = ["EtcdDatastore", "EtcdTLS", "parse_etcd_endpoints"]
 
@@ -239,7 +244,8 @@ class _EtcdError(Exception):
         self.message = message
 
 
-def _b64(text: str | bytes) -> str:
+def b64(text: str | bytes) -> str:
+    """etcd's JSON gateway spelling of a key or value."""
     raw = text.encode("utf-8") if isinstance(text, str) else text
     return base64.b64encode(raw).decode("ascii")
 
@@ -248,9 +254,9 @@ def _unb64(text: str | None) -> bytes:
     return base64.b64decode(text) if text else b""
 
 
-def _range(prefix: bytes) -> dict[str, str]:
+def prefix_range(prefix: bytes) -> dict[str, str]:
     """The etcd range covering every key that starts with C{prefix} ("" means all keys)."""
-    return {"key": _b64(prefix or b"\x00"), "range_end": _b64(_prefix_end(prefix))}
+    return {"key": b64(prefix or b"\x00"), "range_end": b64(_prefix_end(prefix))}
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -579,7 +585,7 @@ class _EtcdWatch:
 
     async def _open_stream(self) -> None:
         prefix = self._prefix.encode("utf-8")
-        create: dict[str, Any] = {**_range(prefix), "prev_kv": True}
+        create: dict[str, Any] = {**prefix_range(prefix), "prev_kv": True}
         if self._next_revision:
             create["start_revision"] = str(self._next_revision)
         endpoint = self._store._endpoints[self._endpoint_index]
@@ -883,7 +889,7 @@ class EtcdDatastore(Service):
         return Deferred.fromCoroutine(self._get(key, revision))
 
     async def _get(self, key: str, revision: int) -> KeyValue | None:
-        body: dict[str, Any] = {"key": _b64(key)}
+        body: dict[str, Any] = {"key": b64(key)}
         if revision:
             body["revision"] = str(revision)
         try:
@@ -905,7 +911,7 @@ class EtcdDatastore(Service):
         start = raw_prefix
         if continue_from is not None:
             start = max(start, continue_from.encode("utf-8") + b"\x00")
-        body: dict[str, Any] = {**_range(raw_prefix), "key": _b64(start or b"\x00")}
+        body: dict[str, Any] = {**prefix_range(raw_prefix), "key": b64(start or b"\x00")}
         if limit:
             body["limit"] = str(limit)
         if revision:
@@ -923,7 +929,7 @@ class EtcdDatastore(Service):
 
     async def _count(self, prefix: str) -> int:
         raw_prefix = prefix.encode("utf-8")
-        body = {**_range(raw_prefix), "count_only": True}
+        body = {**prefix_range(raw_prefix), "count_only": True}
         answer = await self._call("/v3/kv/range", body, idempotent=True)
         return _int(answer.get("count"))
 
@@ -965,8 +971,8 @@ class EtcdDatastore(Service):
 
     async def _create(self, key: str, value: bytes, lease_ttl: int | None) -> int:
         lease_id = await self._grant(lease_ttl) if lease_ttl else 0
-        raw = _b64(key)
-        put: dict[str, Any] = {"key": raw, "value": _b64(value)}
+        raw = b64(key)
+        put: dict[str, Any] = {"key": raw, "value": b64(value)}
         if lease_id:
             put["lease"] = str(lease_id)
         answer = await self._txn(
@@ -993,8 +999,8 @@ class EtcdDatastore(Service):
         self, key: str, value: bytes, expected_revision: int, lease_ttl: int | None
     ) -> int:
         lease_id = await self._grant(lease_ttl) if lease_ttl else 0
-        raw = _b64(key)
-        put: dict[str, Any] = {"key": raw, "value": _b64(value)}
+        raw = b64(key)
+        put: dict[str, Any] = {"key": raw, "value": b64(value)}
         if lease_id:
             put["lease"] = str(lease_id)
         answer = await self._txn(self._guarded(raw, expected_revision, {"request_put": put}), key)
@@ -1008,7 +1014,7 @@ class EtcdDatastore(Service):
         return Deferred.fromCoroutine(self._delete(key, expected_revision))
 
     async def _delete(self, key: str, expected_revision: int | None) -> int:
-        raw = _b64(key)
+        raw = b64(key)
         if expected_revision is None:
             answer = await self._txn(
                 {
@@ -1074,7 +1080,7 @@ class EtcdDatastore(Service):
                 await self._call(
                     "/v3/kv/range",
                     {
-                        "key": _b64(prefix or "\x00"),
+                        "key": b64(prefix or "\x00"),
                         "revision": str(start_revision),
                         "count_only": True,
                     },
@@ -1094,7 +1100,7 @@ class EtcdDatastore(Service):
 
     async def _current_revision(self) -> int:
         answer = await self._call(
-            "/v3/kv/range", {"key": _b64(b"\x00"), "count_only": True}, idempotent=True
+            "/v3/kv/range", {"key": b64(b"\x00"), "count_only": True}, idempotent=True
         )
         return _int(answer["header"]["revision"])
 
@@ -1118,7 +1124,7 @@ class EtcdDatastore(Service):
         # the compacted revision in its answer.
         try:
             await self._call(
-                "/v3/kv/range", {"key": _b64(b"\x00"), "revision": "1"}, idempotent=True
+                "/v3/kv/range", {"key": b64(b"\x00"), "revision": "1"}, idempotent=True
             )
         except _EtcdError as e:
             if _COMPACTED not in e.message:
@@ -1183,3 +1189,64 @@ class EtcdDatastore(Service):
             return
         await self._compact(target)
         self._log.info("etcd compacted to revision {rev}", rev=target)
+
+
+class EtcdKeys:
+    """
+    Blocking access to a few keys through the same JSON gateway, for the
+    moment before the reactor runs (L{k3stw.datastore.blocking}).
+    """
+
+    def __init__(self, endpoint: EtcdEndpoint, timeout: float = 10.0) -> None:
+        self.urls = list(endpoint.urls)
+        self.description = ",".join(self.urls)
+        self.timeout = timeout
+        tls = endpoint.tls
+        self.context: stdlib_ssl.SSLContext | None = None
+        if any(url.startswith("https://") for url in self.urls):
+            self.context = stdlib_ssl.create_default_context(cafile=tls.cafile)
+            if tls.certfile and tls.keyfile:
+                self.context.load_cert_chain(tls.certfile, tls.keyfile)
+        # Reachable now, or DatastoreUnavailable, as the SQL backends connect at once.
+        self._call("/v3/kv/range", {"key": b64(b"\0"), "count_only": True})
+
+    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        errors: list[str] = []
+        for url in self.urls:
+            request = urllib.request.Request(
+                url.rstrip("/") + path,
+                json.dumps(body).encode(),
+                {"content-type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(
+                    request, timeout=self.timeout, context=self.context
+                ) as answer:
+                    document: dict[str, Any] = json.load(answer)
+                    return document
+            except (OSError, ValueError) as e:
+                errors.append(f"{url}: {e}")
+        raise DatastoreUnavailable("; ".join(errors))
+
+    def list_prefix(self, prefix: str) -> dict[str, bytes]:
+        answer = self._call("/v3/kv/range", prefix_range(prefix.encode()))
+        return {
+            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", ""))
+            for kv in answer.get("kvs", [])
+        }
+
+    def create(self, key: str, value: bytes) -> bool:
+        encoded = b64(key)
+        answer = self._call(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {"key": encoded, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+                ],
+                "success": [{"request_put": {"key": encoded, "value": b64(value)}}],
+            },
+        )
+        return bool(answer.get("succeeded"))
+
+    def close(self) -> None:
+        pass
