@@ -42,6 +42,8 @@ FILES = {
     "ServerCAKey": "tls/server-ca.key",
     "PasswdFile": "cred/passwd",
 }
+#: k3s's words for data sealed with another token.
+OTHER_TOKEN = "bootstrap data already found and encrypted with different token"
 #: A file on disk this much newer than the datastore's copy is not overwritten (k3s: 3 s).
 NEWER_BY = datetime.timedelta(seconds=3)
 
@@ -99,16 +101,13 @@ def take(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
         raise StartupError("found multiple bootstrap keys in storage")
     if not found:
         return False
-    ours = storage_key(password)
     ((key, stored),) = found.items()
+    if key != storage_key(password):
+        raise StartupError(OTHER_TOKEN)
     try:
-        if key != ours:
-            raise ValueError("another token")
         document = json.loads(decrypt(password, stored))
     except ValueError:
-        raise StartupError(
-            "bootstrap data already found and encrypted with different token"
-        ) from None
+        raise StartupError(OTHER_TOKEN) from None
     newer: list[str] = []
     writes: list[tuple[Path, bytes]] = []
     for field, name in FILES.items():

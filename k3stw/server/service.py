@@ -155,9 +155,7 @@ def _credentials_shared_through_the_datastore(
         )
         if keys is not None and not took:
             if password is None and keys.list_prefix(bootstrapdata.PREFIX):
-                raise StartupError(
-                    "bootstrap data already found and encrypted with different token"
-                )
+                raise StartupError(bootstrapdata.OTHER_TOKEN)
             if not bootstrapdata.save(config.server_dir, keys, credentials.token.password):
                 raise StartupError(
                     "another server saved the cluster's bootstrap data while this one "
@@ -166,9 +164,7 @@ def _credentials_shared_through_the_datastore(
                 )
         return credentials
     except DatastoreUnavailable as e:
-        raise StartupError(
-            f"cannot reach the datastore to share the cluster's bootstrap data: {e}"
-        ) from None
+        raise _unreachable(e) from None
     finally:
         if keys is not None:
             keys.close()
@@ -194,11 +190,15 @@ def _datastore_keys(config: ServerConfig) -> BlockingKeys | None:
             )
         except DatastoreUnavailable as e:
             if time.monotonic() > deadline:
-                raise StartupError(
-                    f"cannot reach the datastore to share the cluster's bootstrap data: {e}"
-                ) from None
+                raise _unreachable(e) from None
             _log.warn("Waiting for the datastore: {error}", error=str(e))
             time.sleep(1.0)
+
+
+def _unreachable(error: DatastoreUnavailable) -> StartupError:
+    return StartupError(
+        f"cannot reach the datastore to share the cluster's bootstrap data: {error}"
+    )
 
 
 def build_server(
