@@ -29,17 +29,30 @@ AGENT = "127.0.0.43"
 TOKEN = "ha-failover-secret"
 
 
+def port_free_on(*hosts: str) -> int:
+    """A port free on every one of C{hosts}."""
+    for _ in range(100):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.create_server((host, port)):
+                    pass
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port free on all of {hosts}")
+
+
 class TwoServers(Cluster):
-    """The first server of L{Cluster}, on PostgreSQL, plus a second one sharing its CAs."""
+    """The first server of L{Cluster} on FIRST, on PostgreSQL, plus a second one on SECOND."""
 
     def __init__(self, root: Path, endpoint: str) -> None:
         self.endpoint = endpoint
         self.extra_servers: list[Twistd] = []
-        super().__init__(root, "--datastore-endpoint", endpoint, "--token", TOKEN)
-
-    @property
-    def url(self) -> str:
-        return f"https://{FIRST}:{self.port}"
+        super().__init__(
+            root, "--node-name", "first", "--datastore-endpoint", endpoint, "--token", TOKEN,
+            host=FIRST, port=port_free_on(FIRST, SECOND),
+        )  # fmt: skip
 
     def second(self) -> tuple[Twistd, int]:
         # Servers share one port, as k3s's do: the kubernetes Endpoints has one.
@@ -64,25 +77,9 @@ class FailoverTests(SynchronousTestCase):
         root = Path(tempfile.mkdtemp(prefix="k3stw-ha-"))
         self.cluster = TwoServers(root, endpoint)
         self.addCleanup(self.cluster.stop)
-        # A port free on both hosts.
-        while True:
-            port = free_port(FIRST)
-            try:
-                with socket.create_server((SECOND, port)):
-                    break
-            except OSError:
-                continue
-        self.cluster.port = port
 
     def test_the_agent_survives_the_server_it_joined_through(self) -> None:
-        cluster = self.cluster
-        # Cluster serves on its own host constant; this test's first server is FIRST.
-        cluster.server = k3s_server(
-            cluster.holder, cluster.root / "server", FIRST, cluster.port,
-            "--node-name", "first", "--datastore-endpoint", cluster.endpoint, "--token", TOKEN,
-        )  # fmt: skip
-        cluster.server.start()
-        cluster.server.wait_for_ping(FIRST, cluster.port)
+        cluster = self.cluster.start()
         second, second_port = cluster.second()
         second.wait_for_ping(SECOND, second_port)
         cluster.server.wait_for_output("Saved the cluster's bootstrap data to")

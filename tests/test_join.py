@@ -28,16 +28,19 @@ GRACE = "15"
 class Cluster:
     """A server, and agents started on demand, under one temporary root."""
 
-    def __init__(self, root: Path, *server_flags: str) -> None:
+    def __init__(
+        self, root: Path, *server_flags: str, host: str = SERVER_HOST, port: int | None = None
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.holder = SynchronousTestCase()
-        self.port = free_port(SERVER_HOST)
+        self.host = host
+        self.port = port or free_port(host)
         (root / "config.yaml").write_text("")
         self.server = k3s_server(
             self.holder,
             root / "server",
-            SERVER_HOST,
+            host,
             self.port,
             "--node-name",
             "server",
@@ -51,7 +54,7 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        return f"https://{SERVER_HOST}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def token(self) -> str:
@@ -59,10 +62,10 @@ class Cluster:
 
     def start(self) -> Cluster:
         self.server.start()
-        self.server.wait_for_ping(SERVER_HOST, self.port)
+        self.server.wait_for_ping(self.host, self.port)
         ca = self.root / "server" / "data" / "server" / "tls" / "server-ca.crt"
         self.wait(
-            lambda: https_get(SERVER_HOST, self.port, "/v1-k3s/readyz", ca)[0] == 200,
+            lambda: https_get(self.host, self.port, "/v1-k3s/readyz", ca)[0] == 200,
             "server ready",
         )
         return self
