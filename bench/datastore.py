@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from k3stw.datastore.etcd import _b64, _JSONBody, _prefix_end, _read_body
+from k3stw.datastore.etcd import _JSONBody, _prefix_end, _read_body, b64
 from k3stw.datastore.interface import Event, IDatastore
 
 Stop = Callable[[], Awaitable[None]]
@@ -245,7 +245,7 @@ class RawEtcd:
         return answer
 
     def put(self, key: str, value: bytes) -> Awaitable[dict[str, Any]]:
-        return self.post("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+        return self.post("/v3/kv/put", {"key": b64(key), "value": b64(value)})
 
 
 async def bench_raw_etcd(raw: RawEtcd, budget: Budget) -> dict[str, float]:
@@ -265,7 +265,7 @@ async def bench_raw_etcd(raw: RawEtcd, budget: Budget) -> dict[str, float]:
 
     async def get(w: int, i: int) -> None:
         started = time.perf_counter()
-        await raw.post("/v3/kv/range", {"key": _b64(f"/raw/put16/{i % 100:07d}")})
+        await raw.post("/v3/kv/range", {"key": b64(f"/raw/put16/{i % 100:07d}")})
         latencies.append(time.perf_counter() - started)
 
     await run_workers(1, budget, get)
@@ -286,7 +286,7 @@ async def bench_raw_etcd(raw: RawEtcd, budget: Budget) -> dict[str, float]:
     for _ in range(budget.list_repeats):
         started = time.perf_counter()
         answer = await raw.post(
-            "/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+            "/v3/kv/range", {"key": b64(prefix), "range_end": b64(_prefix_end(prefix))}
         )
         timings.append(time.perf_counter() - started)
         assert len(answer["kvs"]) == budget.list_keys

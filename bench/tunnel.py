@@ -745,6 +745,29 @@ def warm_up(work: Path, port: int, *options: str) -> Child:
     return warm
 
 
+def memory_result(
+    opened: int,
+    held: int,
+    connected: list[dict[str, Any]],
+    server: tuple[float, float, float],
+    agents: tuple[float, float],
+    agent_processes: int,
+) -> dict[str, Any]:
+    """One memory phase's figures, as the report reads them (server: before, after, peak)."""
+    return {
+        "sessions": opened,
+        "held": held,
+        "failures": [c["failures"] for c in connected],
+        "connect_seconds": max(c["seconds"] for c in connected),
+        "server_before": server[0],
+        "server_after": server[1],
+        "server_peak": server[2],
+        "agents_before": agents[0],
+        "agents_after": agents[1],
+        "agent_processes": agent_processes,
+    }
+
+
 def measure_memory(work: Path, plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
     server = spawn(work, "memory-server.log", "--worker", "server")
     children = [server]
@@ -785,18 +808,14 @@ def measure_memory(work: Path, plan: Plan, say: Callable[[str], None]) -> dict[s
         held = server.event("count", 30)["sessions"] - 1
         server_after, server_peak = (x * 1024 for x in memory_mb(server.pid))
         agents_after = sum(rss_kib(a.pid) for a in agents)
-        return {
-            "sessions": opened,
-            "held": held,
-            "failures": [c["failures"] for c in connected],
-            "connect_seconds": max(c["seconds"] for c in connected),
-            "server_before": server_before,
-            "server_after": server_after,
-            "server_peak": server_peak,
-            "agents_before": agents_before,
-            "agents_after": agents_after,
-            "agent_processes": len(agents),
-        }
+        return memory_result(
+            opened,
+            held,
+            connected,
+            (server_before, server_after, server_peak),
+            (agents_before, agents_after),
+            len(agents),
+        )
     finally:
         for child in reversed(children):
             child.stop()
@@ -911,18 +930,14 @@ def measure_k3s_memory(
             send(server, do="snapshot", path=str(root / "after.snapshot"))
             server.event("snapshot", 300)
             print_trace(root / "before.snapshot", root / "after.snapshot", max(1, held))
-        return {
-            "sessions": opened,
-            "held": held,
-            "failures": [c["failures"] for c in connected],
-            "connect_seconds": max(c["seconds"] for c in connected),
-            "server_before": server_before,
-            "server_after": server_after,
-            "server_peak": server_peak,
-            "agents_before": agents_before,
-            "agents_after": agents_after,
-            "agent_processes": len(agents),
-        }
+        return memory_result(
+            opened,
+            held,
+            connected,
+            (server_before, server_after, server_peak),
+            (agents_before, agents_after),
+            len(agents),
+        )
     finally:
         for child in reversed(children):
             child.stop()
