@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw import hostinfo
+from k3stw.kubelet import hostinfo
 
 
 class HostFactTests(SynchronousTestCase):

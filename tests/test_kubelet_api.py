@@ -20,8 +20,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from k3stw import hostinfo
 from k3stw.apiserver.auth import User
+from k3stw.kubelet import hostinfo
 from k3stw.kubelet.api import (
     CPUUsageRate,
     KubeletAPIResource,

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw import KUBERNETES_VERSION
-from k3stw.hostinfo import HostFacts
 from k3stw.kubelet.config import (
     KubeletConfig,
     NodeFlagError,
@@ -19,6 +18,7 @@ from k3stw.kubelet.config import (
     parse_node_taint,
     parse_node_taints,
 )
+from k3stw.kubelet.hostinfo import HostFacts
 from k3stw.kubelet.node import (
     KUBELET_CONDITIONS,
     Taint,

@@ -44,7 +44,7 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from k3stw.apiserver.auth import MASTERS, User, user_of_certificate
-from k3stw.hostinfo import HostUsage, read_host_usage
+from k3stw.kubelet.hostinfo import HostUsage, read_host_usage
 from k3stw.kubelet.node import KUBELET_PORT, rfc3339
 from k3stw.logs import Logger
 from k3stw.pki.certs import KeyPair, is_signed_by, load_pem_certificates

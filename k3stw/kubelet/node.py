@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from k3stw import KUBERNETES_VERSION
-from k3stw.hostinfo import HostFacts
+from k3stw.kubelet.hostinfo import HostFacts
 
 if TYPE_CHECKING:
     from k3stw.kubelet.config import KubeletConfig

@@ -19,10 +19,10 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
 
-from k3stw.hostinfo import HostFacts, read_host_facts
 from k3stw.httpclient import RequestFailed
 from k3stw.kubeclient import KubeAPIError, KubeClient, Object
 from k3stw.kubelet.config import KubeletConfig
+from k3stw.kubelet.hostinfo import HostFacts, read_host_facts
 from k3stw.kubelet.node import (
     LEASES_PATH,
     NODES_PATH,

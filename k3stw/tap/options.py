@@ -550,8 +550,8 @@ class K3sOptions(usage.Options):
         :raises ConfigurationError: a ``--node-label`` or ``--node-taint`` the
             kubelet would refuse.
         """
-        from k3stw import hostinfo
         from k3stw.agent.service import NodeSettings
+        from k3stw.kubelet import hostinfo
         from k3stw.kubelet.config import (
             NodeFlagError,
             parse_kubelet_args,

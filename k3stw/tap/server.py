@@ -7,8 +7,8 @@ from pathlib import Path
 
 from twisted.application.service import IService
 
-from k3stw import hostinfo
 from k3stw.datastore.endpoint import DatastoreTLS, EndpointError
+from k3stw.kubelet import hostinfo
 from k3stw.lifecycle import StartupError
 from k3stw.logs import set_debug
 from k3stw.server.config import ServerConfig

@@ -1,0 +1,82 @@
+"""
+Kubernetes objects as k3stw handles them: decoded JSON dictionaries, read
+defensively (a stored object may lack any field) through these helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: A Kubernetes object (or any JSON object in one), decoded.
+Object = dict[str, Any]
+
+
+def get_path(obj: Any, *path: str | int) -> Any:
+    """The value at C{path} in nested objects and lists, or None where any step is missing."""
+    for step in path:
+        if isinstance(step, int):
+            if not isinstance(obj, list) or not -len(obj) <= step < len(obj):
+                return None
+        elif not isinstance(obj, Mapping):
+            return None
+        obj = obj[step] if isinstance(step, int) else obj.get(step)
+    return obj
+
+
+def metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The object's metadata (empty if it has none)."""
+    found = obj.get("metadata")
+    return found if isinstance(found, Mapping) else {}
+
+
+def name_of(obj: Mapping[str, Any]) -> str:
+    return str(metadata(obj).get("name") or "")
+
+
+def namespace_of(obj: Mapping[str, Any]) -> str:
+    """The object's namespace; "" for a cluster-scoped one."""
+    return str(metadata(obj).get("namespace") or "")
+
+
+def uid_of(obj: Mapping[str, Any]) -> str:
+    return str(metadata(obj).get("uid") or "")
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """client-go's key: ``namespace/name``, or ``name`` for a cluster-scoped object."""
+    return join_key(namespace_of(obj), name_of(obj))
+
+
+def join_key(namespace: str | None, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """The namespace (None for a cluster-scoped object) and name of an L{object_key}."""
+    namespace, slash, name = key.rpartition("/")
+    return (namespace if slash else None), name
+
+
+def owner_references(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The object's ownerReferences that are objects."""
+    found = metadata(obj).get("ownerReferences") or ()
+    return [ref for ref in found if isinstance(ref, Mapping)]
+
+
+def is_deleting(obj: Mapping[str, Any]) -> bool:
+    """Whether the object is marked for deletion (it waits for finalizers)."""
+    return bool(metadata(obj).get("deletionTimestamp"))
+
+
+def find_condition(obj: Mapping[str, Any], kind: str) -> Object | None:
+    """The object's ``status.conditions`` entry of type C{kind}, if it has one."""
+    for condition in get_path(obj, "status", "conditions") or ():
+        if isinstance(condition, dict) and condition.get("type") == kind:
+            return condition
+    return None
+
+
+def without(items: Iterable[Any], unwanted: Any) -> list[Any]:
+    """C{items} less every one equal to C{unwanted} (a finalizer, say)."""
+    return [item for item in items if item != unwanted]

@@ -1,0 +1,50 @@
+"""
+Kubernetes times: ``metav1.Time`` (RFC 3339, UTC, whole seconds) and
+``metav1.MicroTime`` (with microseconds), from and to an L{IReactorTime}'s
+seconds.  Everything that stamps an object takes its seconds from an injected
+clock, never from the wall clock.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Python reads at most microseconds; Go writes up to nanoseconds.
+_BEYOND_MICROSECONDS = re.compile(r"(\.\d{6})\d+")
+
+
+def utc(seconds: float) -> datetime:
+    """C{seconds} since the epoch as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def rfc3339(seconds: float) -> str:
+    """A ``metav1.Time``: RFC 3339 in UTC with second precision."""
+    return utc(int(seconds)).strftime(TIME_FORMAT)
+
+
+def micro_time(seconds: float) -> str:
+    """A ``metav1.MicroTime``: RFC 3339 in UTC with microseconds."""
+    return utc(seconds).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_datetime(text: object) -> datetime | None:
+    """
+    An RFC 3339 time (a Time, a MicroTime, or one with nanoseconds as Go
+    writes them) as an aware datetime; None if C{text} is not one.
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(_BEYOND_MICROSECONDS.sub(r"\1", text))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def parse_time(text: object) -> float | None:
+    """L{parse_datetime} as seconds since the epoch."""
+    parsed = parse_datetime(text)
+    return None if parsed is None else parsed.timestamp()
