@@ -14,12 +14,14 @@ import itertools
 import uuid
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
 from k3stw.kubeclient import KubeAPIError, Object
 from k3stw.kubelet.node import rfc3339
+from k3stw.machinery.source import EventSink, IListWatch, IWatchStream, Listed
 
 #: Kinds whose status only the status subresource writes.
 _STATUS_KINDS = {"Node"}
@@ -193,3 +195,87 @@ class FakeKubeClient:
             if current.get("kind") in _STATUS_KINDS and "status" in current:
                 updated["status"] = current["status"]
         return self.put_object(item, updated)
+
+
+@implementer(IWatchStream)
+class FakeWatchStream:
+    """A watch the test drives: L{FakeListWatch.send} delivers, L{end} and L{fail} finish it."""
+
+    def __init__(self, resource_version: str, sink: EventSink) -> None:
+        self.resource_version = resource_version
+        self.sink = sink
+        self.ended: Deferred[None] = Deferred()
+        self.cancelled = False
+
+    def end(self) -> None:
+        self.ended.callback(None)
+
+    def fail(self, error: Exception) -> None:
+        self.ended.errback(error)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if not self.ended.called:
+            self.ended.errback(CancelledError())
+
+
+@implementer(IListWatch)
+class FakeListWatch:
+    """
+    An L{IListWatch} whose objects the test sets, and whose lists and watch
+    streams it can fail, end and expire.
+
+    :ivar objects: what the next list returns, by key.
+    :ivar list_failures: errors the next lists raise, one each.
+    :ivar watches: every watch opened, in order.
+    """
+
+    description = "fakes"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Object] = {}
+        self.version = 0
+        self.list_failures: list[Exception] = []
+        self.lists = 0
+        self.watches: list[FakeWatchStream] = []
+
+    def watch(self, resource_version: str, sink: EventSink) -> Deferred[IWatchStream]:
+        stream = FakeWatchStream(resource_version, sink)
+        self.watches.append(stream)
+        return succeed(stream)
+
+    @property
+    def stream(self) -> FakeWatchStream:
+        """The newest watch."""
+        return self.watches[-1]
+
+    def list(self) -> Deferred[Listed]:
+        self.lists += 1
+        if self.list_failures:
+            failed: Deferred[Listed] = Deferred()
+            failed.errback(self.list_failures.pop(0))
+            return failed
+        items = [copy.deepcopy(self.objects[key]) for key in sorted(self.objects)]
+        return succeed(Listed(items, str(self.version)))
+
+    def put(self, name: str, namespace: str = "", **fields: Any) -> Object:
+        """Store an object (a new resourceVersion) without telling any watch."""
+        self.version += 1
+        obj: Object = {"metadata": {"name": name, "resourceVersion": str(self.version)}, **fields}
+        if namespace:
+            obj["metadata"]["namespace"] = namespace
+        key = f"{namespace}/{name}" if namespace else name
+        self.objects[key] = obj
+        return copy.deepcopy(obj)
+
+    def send(self, kind: str, name: str, namespace: str = "", **fields: Any) -> Object:
+        """Change an object and deliver the event to the newest watch."""
+        if kind == "DELETED":
+            key = f"{namespace}/{name}" if namespace else name
+            obj = self.objects.pop(key)
+            self.version += 1
+            obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.version)}}
+        else:
+            obj = self.put(name, namespace, **fields)
+        self.stream.sink(kind, copy.deepcopy(obj))
+        return obj

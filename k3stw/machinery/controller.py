@@ -1,0 +1,126 @@
+"""
+The shape of every control loop: informers' handlers enqueue keys, workers
+take them from a rate-limited L{WorkQueue} and call C{sync(key)}, which reads
+the caches, works out what differs from the desired state, and writes.  A
+sync that fails is tried again after a back-off; one that succeeds resets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+
+from k3stw.logs import Logger
+from k3stw.machinery.informer import EventHandler, Informer, enqueue_keys
+from k3stw.machinery.objects import Object, object_key
+from k3stw.machinery.timing import Backoff
+from k3stw.machinery.workqueue import RATE_LIMIT, QueueShutDown, WorkQueue
+
+
+class Controller(Service):
+    """
+    A control loop: C{workers} workers calling L{sync} with queued keys, once
+    every informer in C{informers} has filled its cache.
+
+    Subclasses implement L{sync}, and enqueue keys from their informers'
+    handlers (L{enqueue_handler} makes the common one).
+
+    :cvar label: what the logs call this controller.
+    :cvar expected: errors that are one warning line (a datastore that is
+        away, a conflicting write): the key is simply tried again later.
+    """
+
+    _log = Logger()
+    label = "controller"
+    expected: tuple[type[Exception], ...] = ()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        informers: Sequence[Informer] = (),
+        workers: int = 1,
+        backoff: Backoff = RATE_LIMIT,
+    ) -> None:
+        self.clock = clock
+        self.informers = list(informers)
+        self.workers = workers
+        self.queue = WorkQueue(clock, backoff)
+        self._running_workers: list[Deferred[None]] = []
+        self._waiting: Deferred[list[tuple[bool, None]]] | None = None
+
+    async def sync(self, key: str) -> None:
+        """Make the world under C{key} what it should be (raise to be tried again later)."""
+        raise NotImplementedError
+
+    def enqueue(self, key: str) -> None:
+        self.queue.add(key)
+
+    def enqueue_object(self, obj: Object) -> None:
+        self.queue.add(object_key(obj))
+
+    def enqueue_handler(self) -> EventHandler:
+        """A handler that enqueues the key of every object that changes."""
+        return enqueue_keys(self.queue.add)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.queue.shutting_down:
+            self.queue = WorkQueue(self.clock, self.queue.backoff)
+        waiting = DeferredList(
+            [informer.when_synced() for informer in self.informers], fireOnOneErrback=True
+        )
+        self._waiting = waiting
+        waiting.addCallback(lambda _: self._start_workers())
+        waiting.addErrback(lambda f: f.trap(CancelledError))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._waiting is not None and not self._waiting.called:
+            self._waiting.cancel()
+        self._waiting = None
+        self.queue.shut_down()
+        workers, self._running_workers = self._running_workers, []
+        for worker in workers:
+            worker.cancel()
+
+    def _start_workers(self) -> None:
+        self._waiting = None
+        for _ in range(self.workers):
+            worker = Deferred.fromCoroutine(self._work())
+            worker.addErrback(lambda f: f.trap(CancelledError))
+            self._running_workers.append(worker)
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                key = await self.queue.get()
+            except QueueShutDown:
+                return
+            try:
+                await self.sync(key)
+            except CancelledError:
+                raise
+            except self.expected as e:
+                delay = self.queue.add_rate_limited(key)
+                self._log.warn(
+                    "The {label} could not sync {key} (again in {delay:.2f}s): {error}",
+                    label=self.label,
+                    key=key,
+                    delay=delay,
+                    error=str(e) or type(e).__name__,
+                )
+            except Exception:
+                delay = self.queue.add_rate_limited(key)
+                self._log.failure(
+                    "The {label} failed to sync {key} (again in {delay:.2f}s)",
+                    label=self.label,
+                    key=key,
+                    delay=delay,
+                )
+            else:
+                self.queue.forget(key)
+            finally:
+                self.queue.done(key)
