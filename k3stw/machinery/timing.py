@@ -126,15 +126,21 @@ class PeriodicJob(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._schedule(self.first)
+        if self.first <= 0:
+            self._run()
+        else:
+            self._schedule(self.first)
 
     def stopService(self) -> None:
         super().stopService()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._running is not None:
-            self._running.cancel()
+        # Forget the run as well as cancel it: a job that outlives its
+        # cancellation must not drive the schedule of a later start.
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
 
     def run_now(self) -> None:
         """Run the job at once (unless it is running), then go on from there."""
@@ -144,10 +150,9 @@ class PeriodicJob(Service):
             self._run()
 
     def _schedule(self, delay: float) -> None:
-        if delay <= 0:
-            self._run()
-        else:
-            self._timer = self.clock.callLater(delay, self._run)
+        # Always through the clock, even for no delay: a job that completes
+        # synchronously must not recurse into its next run.
+        self._timer = self.clock.callLater(max(delay, 0.0), self._run)
 
     def _run(self) -> None:
         self._timer = None
@@ -155,15 +160,21 @@ class PeriodicJob(Service):
         if self.timeout is not None:
             running.addTimeout(self.timeout, self.clock)
         self._running = running
-        running.addCallbacks(self._succeeded, self._failed)
+        running.addCallbacks(
+            self._succeeded, self._failed, callbackArgs=(running,), errbackArgs=(running,)
+        )
 
-    def _succeeded(self, result: object) -> None:
+    def _succeeded(self, result: object, run: Deferred[object]) -> None:
+        if run is not self._running:
+            return
         self._running = None
         self.failures = 0
         if self.running:
             self._schedule(self.interval)
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure, run: Deferred[object]) -> None:
+        if run is not self._running:
+            return
         self._running = None
         if not self.running:
             return
