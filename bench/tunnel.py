@@ -981,14 +981,15 @@ def k3s_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]:
     import gc
     import tracemalloc
 
-    from k3stw.server.service import build_server
+    from k3stw.server.service import build_server, prepare_server
     from k3stw.tap.server import Options, server_config
 
     tracemalloc.start(int(os.environ.get("BENCH_TRACE_FRAMES", "12")))
     start_logging()
     options = Options()
     options.parseOptions(arguments.k3s)
-    service = build_server(server_config(options), reactor)
+    config = server_config(options)
+    service = build_server(config, prepare_server(config), reactor)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 

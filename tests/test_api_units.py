@@ -10,13 +10,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
 
 from k3stw.apiserver import discovery
-from k3stw.apiserver.auth import Attributes, User, authorize
-from k3stw.apiserver.defaults import apply_defaults
-from k3stw.apiserver.registry import Registry, resources_of_crd
-from k3stw.apiserver.resource import MAX_BODY, APIRequest
+from k3stw.apiserver.auth import Attributes, authorize
+from k3stw.apiserver.kinds import built_in_registry
+from k3stw.apiserver.kinds.custom import resources_of_crd
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.request import MAX_BODY, APIRequest
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import decode_continue, encode_continue, translate
 from k3stw.datastore.interface import Event, EventType, KeyValue
+from k3stw.machinery.identity import User
 
 CRD: dict[str, Any] = {
     "metadata": {"name": "widgets.example.com"},
@@ -40,7 +42,7 @@ CRD: dict[str, Any] = {
 class RegistryTests(SynchronousTestCase):
     def test_storage_keys(self) -> None:
         """Built-in objects live at /registry/<resource>/<namespace>/<name>."""
-        registry = Registry.with_built_ins()
+        registry = built_in_registry()
         pods = registry.lookup("", "v1", "pods")
         nodes = registry.lookup("", "v1", "nodes")
         deployments = registry.lookup("apps", "v1", "deployments")
@@ -51,7 +53,7 @@ class RegistryTests(SynchronousTestCase):
 
     def test_crd_adds_and_removes_resources(self) -> None:
         """A CRD serves one resource per served version, keyed under its group; listeners hear."""
-        registry = Registry.with_built_ins()
+        registry = built_in_registry()
         heard: list[bool] = []
         registry.on_change(lambda: heard.append(True))
         registry.replace_crd("widgets.example.com", resources_of_crd(CRD))
@@ -66,7 +68,7 @@ class RegistryTests(SynchronousTestCase):
 
 class DiscoveryTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.registry = Registry.with_built_ins()
+        self.registry = built_in_registry()
 
     def test_version_selects_kubectl_1_32(self) -> None:
         """/version says 1.32, which is what kubectl's dispatcher picks its binary by."""
@@ -129,7 +131,7 @@ class DiscoveryTests(SynchronousTestCase):
 
 class NodeAuthorizerTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.registry = Registry.with_built_ins()
+        self.registry = built_in_registry()
         self.node = User("system:node:n1", ("system:nodes",))
         self.pods_of_n1 = {("pods", "web"), ("secrets", "web-token")}
 
@@ -248,10 +250,16 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertTrue(request.body_too_large)
 
 
+def apply_defaults(resource: ResourceType | None, obj: dict[str, Any]) -> dict[str, Any]:
+    assert resource is not None
+    resource.strategy.default(obj)
+    return obj
+
+
 class DefaultsTests(SynchronousTestCase):
     def test_kind_defaults(self) -> None:
         """Secrets are Opaque, services ClusterIP with TCP ports, deployments one replica."""
-        registry = Registry.with_built_ins()
+        registry = built_in_registry()
         secret = apply_defaults(registry.lookup("", "v1", "secrets"), {})
         self.assertEqual(secret["type"], "Opaque")
         service = apply_defaults(

@@ -23,17 +23,18 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 
-from k3stw.apiserver.auth import Attributes, User, authorize
+from k3stw.apiserver.auth import Attributes, authorize
 from k3stw.apiserver.nodeproxy import NodeProxy, kubelet_port, proxied_path
-from k3stw.apiserver.registry import Registry
+from k3stw.apiserver.kinds import built_in_registry
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.storage import Object
+from k3stw.machinery.identity import User
+from k3stw.machinery.objects import Object
 from k3stw.pki.certs import SubjectAltNames, is_signed_by, new_ca
 from k3stw.pki.store import load_or_create_server_credentials
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.registry import TunnelRegistry
 
-NODES = Registry.with_built_ins().require("", "v1", "nodes")
+NODES = built_in_registry().require("", "v1", "nodes")
 NOW = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
 KUBELET_TLS = PinnedCAPolicy(new_ca("k3s-server-ca@1", NOW).certificate_pem)
 

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver.patch import (
-    FIELD_RULES,
     MAX_JSON_PATCH_OPERATIONS,
     ApplyConflict,
     FieldConflict,
@@ -31,6 +30,8 @@ from k3stw.apiserver.patch import (
     json_equal,
     record_update,
 )
+from k3stw.apiserver.patch.builtin import FIELD_RULES, apply_rules, strategic_merge_rules
+from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES
 
 # -- RFC 6902 -----------------------------------------------------------------------------------
 
@@ -772,7 +773,7 @@ class StrategicMergePatchTests(SynchronousTestCase):
         """Each case gives kube-apiserver's result and leaves its inputs untouched."""
         for name, kind, document, patch, expected in STRATEGIC_CASES:
             before = copy.deepcopy((document, patch))
-            result = apply_strategic_merge_patch(document, patch, kind)
+            result = apply_strategic_merge_patch(document, patch, FIELD_RULES[kind])
             self.assertEqual(result, expected, name)
             self.assertEqual((document, patch), before, f"{name}: input mutated")
 
@@ -781,7 +782,7 @@ class StrategicMergePatchTests(SynchronousTestCase):
         result = apply_strategic_merge_patch(
             NGINX_POD,
             {"spec": {"containers": [{"image": "nginx:1.28", "name": "nginx"}]}},
-            "Pod",
+            FIELD_RULES["Pod"],
         )
         self.assertEqual(
             result["spec"]["containers"][0],
@@ -792,7 +793,7 @@ class StrategicMergePatchTests(SynchronousTestCase):
         """Changing the result changes neither the document nor the patch."""
         patch = {"spec": {"containers": [{"name": "new", "env": [{"name": "X"}]}]}}
         snapshot = copy.deepcopy((NGINX_POD, patch))
-        result = apply_strategic_merge_patch(NGINX_POD, patch, "Pod")
+        result = apply_strategic_merge_patch(NGINX_POD, patch, FIELD_RULES["Pod"])
         for container in result["spec"]["containers"]:
             container.setdefault("env", []).append({"name": "Y"})
         self.assertEqual((NGINX_POD, patch), snapshot)
@@ -800,7 +801,7 @@ class StrategicMergePatchTests(SynchronousTestCase):
     def test_custom_resources_are_refused_with_415(self) -> None:
         """A kind without merge rules is answered like a custom resource: 415."""
         failure = self.assertRaises(
-            UnsupportedPatchType, apply_strategic_merge_patch, {}, {}, "CronTab"
+            UnsupportedPatchType, strategic_merge_rules, "CronTab", custom=False
         )
         self.assertEqual((failure.code, failure.reason), (415, "UnsupportedMediaType"))
         self.assertEqual(
@@ -810,14 +811,22 @@ class StrategicMergePatchTests(SynchronousTestCase):
             "application/apply-patch+yaml",
         )
 
+    def test_custom_resources_never_get_a_builtin_table(self) -> None:
+        """A custom resource named like a built-in kind is refused 415 and applied atomically."""
+        failure = self.assertRaises(UnsupportedPatchType, strategic_merge_rules, "Pod", custom=True)
+        self.assertEqual(failure.code, 415)
+        self.assertIs(strategic_merge_rules("Pod", custom=False), FIELD_RULES["Pod"])
+        self.assertIs(apply_rules("Pod", custom=True), METADATA_ONLY_RULES)
+        self.assertIs(apply_rules("Pod", custom=False), FIELD_RULES["Pod"])
+        self.assertIs(apply_rules("CronTab", custom=False), METADATA_ONLY_RULES)
+
     def test_rule_table_can_be_extended(self) -> None:
-        """A caller's table adds kinds and merge keys."""
-        rules = {"CronTab": {"spec.items": FieldRule(strategy="merge", merge_key="id")}}
+        """A caller's own table gives merge keys the built-in tables do not."""
+        rules = {"spec.items": FieldRule(strategy="merge", merge_key="id")}
         result = apply_strategic_merge_patch(
             {"spec": {"items": [{"id": 1, "a": 1}]}},
             {"spec": {"items": [{"id": 2}]}},
-            "CronTab",
-            rules=rules,
+            rules,
         )
         self.assertEqual(result, {"spec": {"items": [{"id": 2}, {"id": 1, "a": 1}]}})
         self.assertNotIn("CronTab", FIELD_RULES)
@@ -897,7 +906,9 @@ class StrategicMergePatchTests(SynchronousTestCase):
             ),
         ]
         for name, patch, error, code, message in cases:
-            failure = self.assertRaises(error, apply_strategic_merge_patch, NGINX_POD, patch, "Pod")
+            failure = self.assertRaises(
+                error, apply_strategic_merge_patch, NGINX_POD, patch, FIELD_RULES["Pod"]
+            )
             self.assertEqual((failure.code, failure.message), (code, message), name)
 
     def test_rule_table_facts(self) -> None:
@@ -920,6 +931,16 @@ class StrategicMergePatchTests(SynchronousTestCase):
 # -- server-side apply --------------------------------------------------------------------------
 
 T1, T2, T3, T4 = (f"2025-01-0{day}T00:00:00Z" for day in range(1, 5))
+
+DEPLOYMENT_RULES = FIELD_RULES["Deployment"]
+
+
+def apply_deployment(
+    live: dict[str, Any] | None, applied: Any, manager: str, force: bool, *, now: str
+) -> dict[str, Any]:
+    """Server-side apply under the Deployment's merge rules."""
+    return apply_server_side(live, applied, manager, force, now=now, rules=DEPLOYMENT_RULES)
+
 
 APPLIED_DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "apps/v1",
@@ -979,7 +1000,7 @@ def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
 
 class ServerSideApplyTests(SynchronousTestCase):
     def created(self) -> dict[str, Any]:
-        return apply_server_side(None, APPLIED_DEPLOYMENT, "kubectl", False, now=T1)
+        return apply_deployment(None, APPLIED_DEPLOYMENT, "kubectl", False, now=T1)
 
     def edited(self) -> dict[str, Any]:
         """The created Deployment after ``kubectl edit`` set replicas 3 and a label."""
@@ -987,7 +1008,7 @@ class ServerSideApplyTests(SynchronousTestCase):
         new = copy.deepcopy(live)
         new["spec"]["replicas"] = 3
         new["metadata"]["labels"]["edited"] = "yes"
-        return record_update(live, new, "kubectl-edit", now=T2)
+        return record_update(live, new, "kubectl-edit", now=T2, rules=DEPLOYMENT_RULES)
 
     def test_create(self) -> None:
         """Applying to nothing creates the object, owned by the applier as kube records it."""
@@ -1013,12 +1034,12 @@ class ServerSideApplyTests(SynchronousTestCase):
         other = copy.deepcopy(live)
         other["status"] = {"replicas": 1}
         other["metadata"]["labels"]["team"] = "a"
-        live = record_update(live, other, "controller", now=T2)
+        live = record_update(live, other, "controller", now=T2, rules=DEPLOYMENT_RULES)
         applied = with_changes(
             APPLIED_DEPLOYMENT,
             (("spec", "template", "spec", "containers", 0, "image"), "nginx:1.28"),
         )
-        result = apply_server_side(live, applied, "kubectl", False, now=T3)
+        result = apply_deployment(live, applied, "kubectl", False, now=T3)
         self.assertEqual(
             result["spec"]["template"]["spec"]["containers"],
             [{"name": "nginx", "image": "nginx:1.28", "ports": [{"containerPort": 80}]}],
@@ -1032,14 +1053,14 @@ class ServerSideApplyTests(SynchronousTestCase):
         live = self.created()
         applied = with_changes(APPLIED_DEPLOYMENT, (("spec", "replicas"), ...))
         applied["metadata"]["labels"] = {"app": "web"}
-        result = apply_server_side(live, applied, "kubectl", False, now=T2)
+        result = apply_deployment(live, applied, "kubectl", False, now=T2)
         self.assertNotIn("replicas", result["spec"])
         self.assertNotIn("f:replicas", managers(result)["kubectl", "Apply"]["fieldsV1"]["f:spec"])
 
     def test_a_shared_field_survives_its_removal_from_one_manifest(self) -> None:
         """Two appliers set the same value; one drops it; the other still owns it."""
         live = self.created()
-        live = apply_server_side(
+        live = apply_deployment(
             live,
             {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1}},
             "other",
@@ -1047,14 +1068,14 @@ class ServerSideApplyTests(SynchronousTestCase):
             now=T2,
         )
         applied = with_changes(APPLIED_DEPLOYMENT, (("spec", "replicas"), ...))
-        result = apply_server_side(live, applied, "kubectl", False, now=T3)
+        result = apply_deployment(live, applied, "kubectl", False, now=T3)
         self.assertEqual(result["spec"]["replicas"], 1)
 
     def test_reapply_after_an_edit_loses_nothing(self) -> None:
         """Re-applying the manifest keeps what ``kubectl edit`` added that it does not name."""
         live = self.edited()
         applied = with_changes(APPLIED_DEPLOYMENT, (("spec", "replicas"), 3))
-        result = apply_server_side(live, applied, "kubectl", False, now=T3)
+        result = apply_deployment(live, applied, "kubectl", False, now=T3)
         self.assertEqual(result["metadata"]["labels"], {"app": "web", "edited": "yes"})
         self.assertEqual(result["spec"]["replicas"], 3)
         self.assertEqual(set(managers(result)), {("kubectl", "Apply"), ("kubectl-edit", "Update")})
@@ -1067,7 +1088,7 @@ class ServerSideApplyTests(SynchronousTestCase):
         """Changing a field another manager owns is 409 with FieldManagerConflict causes."""
         live = self.edited()
         failure = self.assertRaises(
-            ApplyConflict, apply_server_side, live, APPLIED_DEPLOYMENT, "kubectl", False, now=T3
+            ApplyConflict, apply_deployment, live, APPLIED_DEPLOYMENT, "kubectl", False, now=T3
         )
         manager = f'"kubectl-edit" using apps/v1 at {T2}'
         self.assertEqual((failure.code, failure.reason), (409, "Conflict"))
@@ -1094,7 +1115,7 @@ class ServerSideApplyTests(SynchronousTestCase):
         live = self.edited()
         applied = with_changes(APPLIED_DEPLOYMENT, (("metadata", "labels", "edited"), "no"))
         failure = self.assertRaises(
-            ApplyConflict, apply_server_side, live, applied, "kubectl", False, now=T3
+            ApplyConflict, apply_deployment, live, applied, "kubectl", False, now=T3
         )
         manager = f'"kubectl-edit" using apps/v1 at {T2}'
         self.assertEqual(
@@ -1106,7 +1127,7 @@ class ServerSideApplyTests(SynchronousTestCase):
     def test_force_takes_the_field(self) -> None:
         """With force the applier wins and the other manager loses the field."""
         live = self.edited()
-        result = apply_server_side(live, APPLIED_DEPLOYMENT, "kubectl", True, now=T3)
+        result = apply_deployment(live, APPLIED_DEPLOYMENT, "kubectl", True, now=T3)
         self.assertEqual(result["spec"]["replicas"], 1)
         self.assertEqual(
             managers(result)["kubectl-edit", "Update"]["fieldsV1"],
@@ -1118,12 +1139,12 @@ class ServerSideApplyTests(SynchronousTestCase):
         live = self.created()
         new = copy.deepcopy(live)
         new["spec"]["template"]["spec"]["containers"].append({"name": "debug", "image": "busybox"})
-        live = record_update(live, new, "kubectl-patch", now=T2)
+        live = record_update(live, new, "kubectl-patch", now=T2, rules=DEPLOYMENT_RULES)
         applied = with_changes(
             APPLIED_DEPLOYMENT,
             (("spec", "template", "spec", "containers", 0, "image"), "nginx:1.28"),
         )
-        result = apply_server_side(live, applied, "kubectl", False, now=T3)
+        result = apply_deployment(live, applied, "kubectl", False, now=T3)
         self.assertEqual(
             [c["name"] for c in result["spec"]["template"]["spec"]["containers"]],
             ["nginx", "debug"],
@@ -1134,8 +1155,8 @@ class ServerSideApplyTests(SynchronousTestCase):
         applied = copy.deepcopy(APPLIED_DEPLOYMENT)
         containers = applied["spec"]["template"]["spec"]["containers"]
         containers.append({"name": "sidecar", "image": "busybox"})
-        live = apply_server_side(None, applied, "kubectl", False, now=T1)
-        result = apply_server_side(live, APPLIED_DEPLOYMENT, "kubectl", False, now=T2)
+        live = apply_deployment(None, applied, "kubectl", False, now=T1)
+        result = apply_deployment(live, APPLIED_DEPLOYMENT, "kubectl", False, now=T2)
         self.assertEqual(
             [c["name"] for c in result["spec"]["template"]["spec"]["containers"]], ["nginx"]
         )
@@ -1143,16 +1164,14 @@ class ServerSideApplyTests(SynchronousTestCase):
     def test_noop_reapply_changes_nothing(self) -> None:
         """Re-applying the same manifest returns the live object unchanged, time included."""
         live = self.created()
-        self.assertEqual(
-            apply_server_side(live, APPLIED_DEPLOYMENT, "kubectl", False, now=T2), live
-        )
+        self.assertEqual(apply_deployment(live, APPLIED_DEPLOYMENT, "kubectl", False, now=T2), live)
 
     def test_objects_without_managed_fields_belong_to_before_first_apply(self) -> None:
         """An untracked object's fields conflict under kube's ``before-first-apply`` name."""
         live = without_managed_fields(self.created())
         live["spec"]["replicas"] = 5
         failure = self.assertRaises(
-            ApplyConflict, apply_server_side, live, APPLIED_DEPLOYMENT, "kubectl", False, now=T2
+            ApplyConflict, apply_deployment, live, APPLIED_DEPLOYMENT, "kubectl", False, now=T2
         )
         self.assertEqual(
             failure.conflicts,
@@ -1163,26 +1182,30 @@ class ServerSideApplyTests(SynchronousTestCase):
         """Neither the live object nor the configuration changes."""
         live = self.edited()
         snapshot = copy.deepcopy((live, APPLIED_DEPLOYMENT))
-        apply_server_side(live, APPLIED_DEPLOYMENT, "kubectl", True, now=T3)
+        apply_deployment(live, APPLIED_DEPLOYMENT, "kubectl", True, now=T3)
         self.assertEqual((live, APPLIED_DEPLOYMENT), snapshot)
 
     def test_invalid_configurations(self) -> None:
         """managedFields in the configuration is 400; a keyed item without its key is 422."""
         bad = with_changes(APPLIED_DEPLOYMENT, (("metadata", "managedFields"), [{"manager": "x"}]))
-        failure = self.assertRaises(InvalidPatch, apply_server_side, None, bad, "kubectl", False)
+        failure = self.assertRaises(
+            InvalidPatch, apply_deployment, None, bad, "kubectl", False, now=T1
+        )
         self.assertEqual(failure.message, "metadata.managedFields must be nil")
         keyless = with_changes(
             APPLIED_DEPLOYMENT, (("spec", "template", "spec", "containers"), [{"image": "x"}])
         )
         failure = self.assertRaises(
-            PatchNotApplicable, apply_server_side, None, keyless, "kubectl", False
+            PatchNotApplicable, apply_deployment, None, keyless, "kubectl", False, now=T1
         )
         self.assertEqual(failure.code, 422)
         self.assertIn('omits key field "name"', failure.message)
 
     def test_record_update(self) -> None:
         """A create is tracked whole; an object without managedFields stays untracked."""
-        created = record_update(None, copy.deepcopy(SERVICE), "kubectl-create", now=T1)
+        created = record_update(
+            None, copy.deepcopy(SERVICE), "kubectl-create", now=T1, rules=FIELD_RULES["Service"]
+        )
         entry = created["metadata"]["managedFields"][0]
         self.assertEqual(
             (entry["manager"], entry["operation"], entry["time"]), ("kubectl-create", "Update", T1)
@@ -1207,9 +1230,58 @@ class ServerSideApplyTests(SynchronousTestCase):
         )
         self.assertEqual(entry["fieldsV1"]["f:spec"]["f:selector"], {})
         untracked = record_update(
-            SERVICE, with_changes(SERVICE, (("spec", "type"), "NodePort")), "x"
+            SERVICE,
+            with_changes(SERVICE, (("spec", "type"), "NodePort")),
+            "x",
+            now=T2,
+            rules=FIELD_RULES["Service"],
         )
         self.assertNotIn("managedFields", untracked["metadata"])
+
+    def test_custom_resource_lists_are_atomic(self) -> None:
+        """Under metadata rules ``spec.containers`` is owned and replaced whole, not by name.
+
+        An ``example.com/v1`` ``Pod`` is not a core Pod: without its schema's list types every
+        list of a custom resource is atomic, while the Pod table merges containers by name.
+        """
+        first: dict[str, Any] = {
+            "apiVersion": "example.com/v1",
+            "kind": "Pod",
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a", "image": "x"}]},
+        }
+        second = with_changes(first, (("spec", "containers"), [{"name": "b", "image": "y"}]))
+
+        custom = apply_server_side(None, first, "one", False, now=T1, rules=METADATA_ONLY_RULES)
+        self.assertEqual(
+            managers(custom)["one", "Apply"]["fieldsV1"]["f:spec"], {"f:containers": {}}
+        )
+        failure = self.assertRaises(
+            ApplyConflict,
+            apply_server_side,
+            custom,
+            second,
+            "two",
+            False,
+            now=T2,
+            rules=METADATA_ONLY_RULES,
+        )
+        self.assertEqual(failure.conflicts, [FieldConflict('"one"', ".spec.containers")])
+        custom = apply_server_side(custom, second, "two", True, now=T2, rules=METADATA_ONLY_RULES)
+        self.assertEqual(custom["spec"]["containers"], [{"name": "b", "image": "y"}])
+        self.assertEqual(set(managers(custom)), {("two", "Apply")})
+
+        pod_rules = FIELD_RULES["Pod"]
+        core = [with_changes(config, (("apiVersion",), "v1")) for config in (first, second)]
+        pod = apply_server_side(None, core[0], "one", False, now=T1, rules=pod_rules)
+        pod = apply_server_side(pod, core[1], "two", False, now=T2, rules=pod_rules)
+        self.assertEqual(
+            pod["spec"]["containers"], [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]
+        )
+        self.assertEqual(
+            managers(pod)["two", "Apply"]["fieldsV1"]["f:spec"],
+            {"f:containers": {'k:{"name":"b"}': {".": {}, "f:image": {}, "f:name": {}}}},
+        )
 
 
 # -- properties ---------------------------------------------------------------------------------
@@ -1244,7 +1316,9 @@ class PropertyTests(SynchronousTestCase):
     @settings(max_examples=200)
     def test_strategic_patch_with_itself_is_identity(self, document: dict[str, Any]) -> None:
         """A null-free, directive-free document strategic-patched with itself is unchanged."""
-        self.assertEqual(apply_strategic_merge_patch(document, document, "ConfigMap"), document)
+        self.assertEqual(
+            apply_strategic_merge_patch(document, document, FIELD_RULES["ConfigMap"]), document
+        )
 
     @given(_documents(_scalars), _keys, _documents(_scalars))
     @settings(max_examples=200)
@@ -1275,9 +1349,13 @@ class PropertyTests(SynchronousTestCase):
     def test_apply_creates_what_it_applies(self, spec: dict[str, Any]) -> None:
         """Creating by apply stores the configuration (nulls dropped) and owns every leaf."""
         applied: dict[str, JSONValue] = {"apiVersion": "v1", "kind": "ConfigMap", "data": spec}
-        created = apply_server_side(None, applied, "m", False, now=T1)
+        created = apply_server_side(
+            None, applied, "m", False, now=T1, rules=FIELD_RULES["ConfigMap"]
+        )
         self.assertTrue(json_equal(without_managed_fields(created)["data"], _drop_nulls(spec)))
-        again = apply_server_side(created, applied, "m", False, now=T2)
+        again = apply_server_side(
+            created, applied, "m", False, now=T2, rules=FIELD_RULES["ConfigMap"]
+        )
         self.assertEqual(again, created)
         self.assertEqual(json.loads(json.dumps(created)), created)
 

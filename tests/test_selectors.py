@@ -6,22 +6,42 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver.selectors import (
-    BUILTIN_FIELD_TABLES,
-    EVERYTHING,
-    NOTHING,
+from k3stw.apiserver import fields
+from k3stw.apiserver.fields import (
+    DEFAULT_FIELD_TABLE,
+    FieldSelector,
     FieldSelectorError,
-    LabelSelectorError,
-    SelectorError,
+    FieldTable,
     UnsupportedFieldError,
     custom_resource_field_table,
     escape_field_value,
+)
+from k3stw.apiserver.kinds import BUILT_IN
+from k3stw.machinery.labels import (
+    EVERYTHING,
+    NOTHING,
+    LabelSelectorError,
+    SelectorError,
     format_label_selector,
     format_labels,
     label_selector_from_spec,
-    parse_field_selector,
     parse_label_selector,
 )
+
+#: Each built-in kind's field table, as its module declares it.
+BUILTIN_FIELD_TABLES: dict[tuple[str, str], FieldTable] = {
+    (resource.group, resource.kind): resource.strategy.fields for resource in BUILT_IN
+}
+
+
+def parse_field_selector(
+    text: str,
+    group: str,
+    kind: str,
+    tables: dict[tuple[str, str], FieldTable] = BUILTIN_FIELD_TABLES,
+) -> FieldSelector:
+    """Parse C{text} against the field table of C{group}/C{kind} (the default one if none)."""
+    return fields.parse_field_selector(text, tables.get((group, kind), DEFAULT_FIELD_TABLE))
 
 NAME_PART = (
     "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver import tables
+from k3stw.apiserver.kinds import BUILT_IN, configmaps, namespaces, nodes, pods, secrets
+from k3stw.apiserver.kinds.custom import resources_of_crd
 from k3stw.apiserver.tables import (
-    BUILTIN_PRINTERS,
     DEFAULT_PRINTER,
+    Printer,
     TableOptionError,
     custom_resource_printer,
     human_duration,
-    printer_for,
     table,
     watch_event_table,
 )
+
+#: Each built-in kind's printer, as its module declares it.
+BUILTIN_PRINTERS: dict[tuple[str, str], Printer] = {
+    (resource.group, resource.kind): resource.strategy.printer for resource in BUILT_IN
+}
+
+
+def printer_for(group: str, kind: str) -> Printer:
+    """The printer of a built-in kind; kube-apiserver's default one for any other."""
+    return BUILTIN_PRINTERS.get((group, kind), DEFAULT_PRINTER)
+
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -90,7 +100,7 @@ class HumanDurationTests(SynchronousTestCase):
         """Ages count to ``now``, given as a datetime or as POSIX seconds; unset is unknown."""
         namespace = {"metadata": meta("a", None), "status": {"phase": "Active"}}
         self.assertEqual(cells("", "Namespace", namespace), ["a", "Active", "5m"])
-        row = tables.NAMESPACE_PRINTER.row(namespace, NOW.timestamp() + 3600)
+        row = namespaces.PRINTER.row(namespace, NOW.timestamp() + 3600)
         self.assertEqual(row["cells"][2], "65m")
         self.assertEqual(cells("", "Namespace", {"metadata": {"name": "b"}})[2], "<unknown>")
 
@@ -349,9 +359,9 @@ class PodPrinterTests(SynchronousTestCase):
 
     def test_finished_pods_carry_a_row_condition(self) -> None:
         """Succeeded and Failed rows carry the Completed condition kubectl greys them by."""
-        done = tables.POD_PRINTER.row(make_pod(phase="Succeeded"), NOW)
-        failed = tables.POD_PRINTER.row(make_pod(phase="Failed"), NOW)
-        running = tables.POD_PRINTER.row(make_pod(), NOW)
+        done = pods.PRINTER.row(make_pod(phase="Succeeded"), NOW)
+        failed = pods.PRINTER.row(make_pod(phase="Failed"), NOW)
+        running = pods.PRINTER.row(make_pod(), NOW)
         self.assertEqual(
             done["conditions"],
             [
@@ -398,7 +408,7 @@ class NodePrinterTests(SynchronousTestCase):
         self.assertEqual(
             [
                 (c["name"], c["type"], c["format"], c["priority"])
-                for c in tables.NODE_PRINTER.column_definitions()
+                for c in nodes.PRINTER.column_definitions()
             ],
             [
                 ("Name", "string", "name", 0),
@@ -922,14 +932,6 @@ class CustomResourcePrinterTests(SynchronousTestCase):
         self.assertEqual(mistyped[1:4], [None, None, None])
 
 
-@dataclass(frozen=True)
-class FakeResource:
-    group: str
-    kind: str
-    crd: str | None = None
-    printer_columns: tuple[dict[str, Any], ...] = ()
-
-
 SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("", "Pod"): make_pod(2, [container_status("c0", RUNNING, True)]),
     ("", "Node"): make_node(),
@@ -977,9 +979,7 @@ class TableTests(SynchronousTestCase):
     def test_list_table(self) -> None:
         """A list Table carries metadata, column definitions and PartialObjectMetadata rows."""
         objects = [SAMPLES[("", "ConfigMap")], {"metadata": meta("d2", labels={"a": "b"})}]
-        result = table(
-            tables.CONFIG_MAP_PRINTER, objects, NOW, "42", "token", remaining_item_count=3
-        )
+        result = table(configmaps.PRINTER, objects, NOW, "42", "token", remaining_item_count=3)
         self.assertEqual(
             {k: v for k, v in result.items() if k not in ("columnDefinitions", "rows")},
             {
@@ -1000,26 +1000,24 @@ class TableTests(SynchronousTestCase):
                 },
             },
         )
-        self.assertEqual(table(tables.CONFIG_MAP_PRINTER, [], NOW)["metadata"], {})
+        self.assertEqual(table(configmaps.PRINTER, [], NOW)["metadata"], {})
 
     def test_include_object(self) -> None:
         """includeObject=None nulls the row object, Object embeds it, others are 400s."""
         obj = SAMPLES[("", "Secret")]
         self.assertIsNone(
-            table(tables.SECRET_PRINTER, [obj], NOW, include_object="None")["rows"][0]["object"]
+            table(secrets.PRINTER, [obj], NOW, include_object="None")["rows"][0]["object"]
         )
         self.assertIs(
-            table(tables.SECRET_PRINTER, [obj], NOW, include_object="Object")["rows"][0]["object"],
+            table(secrets.PRINTER, [obj], NOW, include_object="Object")["rows"][0]["object"],
             obj,
         )
         self.assertEqual(
-            table(tables.SECRET_PRINTER, [obj], NOW, include_object=None)["rows"][0]["object"][
-                "kind"
-            ],
+            table(secrets.PRINTER, [obj], NOW, include_object=None)["rows"][0]["object"]["kind"],
             "PartialObjectMetadata",
         )
         with self.assertRaises(TableOptionError) as raised:
-            table(tables.SECRET_PRINTER, [obj], NOW, include_object="Everything")
+            table(secrets.PRINTER, [obj], NOW, include_object="Everything")
         self.assertEqual(
             (raised.exception.code, str(raised.exception)),
             (400, 'unrecognized includeObject value: "Everything"'),
@@ -1028,28 +1026,37 @@ class TableTests(SynchronousTestCase):
     def test_watch_events(self) -> None:
         """A watch event's one-row Table carries the object's resourceVersion; columns once."""
         obj = {"metadata": meta("c", resourceVersion="17"), "data": {}}
-        first = watch_event_table(tables.CONFIG_MAP_PRINTER, obj, NOW, with_columns=True)
-        later = watch_event_table(tables.CONFIG_MAP_PRINTER, obj, NOW, with_columns=False)
+        first = watch_event_table(configmaps.PRINTER, obj, NOW, with_columns=True)
+        later = watch_event_table(configmaps.PRINTER, obj, NOW, with_columns=False)
         self.assertEqual(first["metadata"], {"resourceVersion": "17"})
         self.assertEqual(len(first["columnDefinitions"]), 3)
         self.assertIsNone(later["columnDefinitions"])
         self.assertEqual(first["rows"], later["rows"])
         self.assertIn('"columnDefinitions": null', json.dumps(later))
 
-    def test_render_for_served_resources(self) -> None:
-        """render and render_event pick the printer from the resource, clock in seconds."""
-        pod_resource = FakeResource("", "Pod")
-        widget = FakeResource(
-            "example.com",
-            "Widget",
-            "widgets.example.com",
-            ({"name": "Size", "type": "integer", "jsonPath": ".spec.size"},),
-        )
-        listed = tables.render(pod_resource, [SAMPLES[("", "Pod")]], NOW.timestamp(), "9", "")
+    def test_served_resources_carry_their_printer(self) -> None:
+        """A served resource prints with its kind's printer; a custom one with its CRD's columns."""
+        listed = table(pods.RESOURCE.strategy.printer, [SAMPLES[("", "Pod")]], NOW.timestamp(), "9")
         self.assertEqual(listed["columnDefinitions"][2]["name"], "Status")
         self.assertEqual(listed["rows"][0]["cells"][:3], ["web", "1/2", "Running"])
-        event = tables.render_event(
-            widget,
+        widget, gadget = (
+            resources_of_crd(
+                {
+                    "metadata": {"name": f"{plural}.example.com"},
+                    "spec": {
+                        "group": "example.com",
+                        "names": {"kind": plural.title(), "plural": plural},
+                        "versions": [{"name": "v1", "additionalPrinterColumns": columns}],
+                    },
+                }
+            )[0]
+            for plural, columns in (
+                ("widgets", [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]),
+                ("gadgets", []),
+            )
+        )
+        event = watch_event_table(
+            widget.strategy.printer,
             {"metadata": meta("w", resourceVersion="3"), "spec": {"size": 7}},
             NOW.timestamp(),
             with_columns=True,
@@ -1058,7 +1065,7 @@ class TableTests(SynchronousTestCase):
             ([c["name"] for c in event["columnDefinitions"]], event["rows"][0]["cells"]),
             (["Name", "Size"], ["w", 7]),
         )
-        bare = FakeResource("example.com", "Gadget", "gadgets.example.com")
         self.assertEqual(
-            tables.render(bare, [{"metadata": meta("g")}], NOW)["rows"][0]["cells"], ["g", "5m"]
+            table(gadget.strategy.printer, [{"metadata": meta("g")}], NOW)["rows"][0]["cells"],
+            ["g", "5m"],
         )

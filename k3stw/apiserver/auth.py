@@ -1,7 +1,8 @@
 """
-Who is asking, and may they: client certificates (CN user, O groups) signed
-by the client CA authenticate; ``system:masters`` may do everything, nodes
-get a node authorizer, and everyone else is refused.
+Who is asking, and may they: client certificates (CN user, O groups, read by
+L{k3stw.machinery.identity}) signed by the client CA authenticate;
+``system:masters`` may do everything, nodes get a node authorizer, and
+everyone else is refused.
 """
 
 from __future__ import annotations
@@ -9,15 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
-
+from k3stw.apiserver.kinds.pods import references
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.machinery.identity import MASTERS, User
 
-MASTERS = "system:masters"
-NODES = "system:nodes"
-NODE_PREFIX = "system:node:"
 READ_VERBS = frozenset({"get", "list", "watch"})
 
 #: What a kubelet reads, besides the secrets and configmaps its pods use.
@@ -34,29 +32,6 @@ _NODE_READABLE = frozenset(
         ("discovery.k8s.io", "endpointslices"),
     }
 )
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    groups: tuple[str, ...]
-
-    @property
-    def node_name(self) -> str | None:
-        """The node of a kubelet's identity (``system:node:<name>`` in ``system:nodes``)."""
-        if NODES in self.groups and self.name.startswith(NODE_PREFIX):
-            return self.name[len(NODE_PREFIX) :]
-        return None
-
-
-def user_of_certificate(certificate: crypto.X509) -> User | None:
-    """The user a verified client certificate names, or None without a CN."""
-    subject = certificate.to_cryptography().subject
-    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not names:
-        return None
-    groups = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return User(str(names[0].value), tuple(str(g.value) for g in groups))
 
 
 @dataclass(frozen=True)
@@ -148,3 +123,26 @@ async def _node_may(node: str, a: Attributes, pod_uses: PodReferenceCheck) -> bo
     if key in {("", "secrets"), ("", "configmaps")} and a.verb == "get" and a.name:
         return await pod_uses(node, a.namespace or "", a.resource.plural, a.name)
     return False
+
+
+class NodePods:
+    """
+    The node authorizer's view of the pods bound to a node: whether C{name} is
+    one of them (kind ``pods``), or a secret or configmap one of them uses.
+    """
+
+    def __init__(self, store: ObjectStore, pods: ResourceType) -> None:
+        self.store = store
+        self.pods = pods
+
+    async def __call__(self, node: str, namespace: str, kind: str, name: str) -> bool:
+        if kind == "pods":
+            try:
+                pod = await self.store.get(self.pods, namespace, name)
+            except StatusError:
+                return False
+            return bool(pod.get("spec", {}).get("nodeName") == node)
+        listed = await self.store.list(
+            self.pods, namespace, lambda p: p.get("spec", {}).get("nodeName") == node
+        )
+        return any(name in references(pod, kind) for pod in listed.items)

@@ -40,9 +40,9 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.storage import Object
 from k3stw.httpclient import _QuietHTTPClientFactory
 from k3stw.logs import Logger
+from k3stw.machinery.objects import Object
 from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession
 
 __all__ = ["DEFAULT_KUBELET_PORT", "NodeProxy", "kubelet_port", "proxied_path"]

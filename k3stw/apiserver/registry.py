@@ -1,13 +1,15 @@
 """
-The resource types the API serves: the built-in kinds, plus those that
-CustomResourceDefinitions add while the server runs.
+The resource types the API serves: the built-in kinds (declared in
+L{k3stw.apiserver.kinds}), plus those that CustomResourceDefinitions add
+while the server runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+
+from k3stw.apiserver.strategy import DEFAULT_STRATEGY, Strategy
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
@@ -19,7 +21,8 @@ class ResourceType:
 
     :ivar subresources: the subresources served (``status``, ``log``, ...).
     :ivar crd: for a custom resource, the name of the CRD that defines it.
-    :ivar printer_columns: a CRD version's ``additionalPrinterColumns``.
+    :ivar strategy: the rules of its kind (defaults, validation, merging,
+        printing, field selectors); its kind's module declares it.
     """
 
     group: str
@@ -33,7 +36,7 @@ class ResourceType:
     subresources: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ALL_VERBS
     crd: str | None = None
-    printer_columns: tuple[dict[str, Any], ...] = ()
+    strategy: Strategy = field(default=DEFAULT_STRATEGY, compare=False, repr=False)
 
     @property
     def group_version(self) -> str:
@@ -63,62 +66,6 @@ class ResourceType:
         return self.storage_prefix(namespace if self.namespaced else None) + name
 
 
-Names = tuple[str, ...]
-
-
-def _group(
-    group: str,
-    kind: str,
-    plural: str,
-    namespaced: bool,
-    short: Names = (),
-    categories: Names = (),
-    subresources: Names = (),
-) -> ResourceType:
-    return ResourceType(
-        group, "v1", kind, plural, kind.lower(), namespaced, short, categories, subresources
-    )
-
-
-def _core(
-    kind: str,
-    plural: str,
-    namespaced: bool,
-    short: Names = (),
-    categories: Names = (),
-    subresources: Names = (),
-) -> ResourceType:
-    return _group("", kind, plural, namespaced, short, categories, subresources)
-
-
-NAMESPACES = _core("Namespace", "namespaces", False, ("ns",), subresources=("status", "finalize"))
-CRDS = _group(
-    "apiextensions.k8s.io",
-    "CustomResourceDefinition",
-    "customresourcedefinitions",
-    False,
-    ("crd", "crds"),
-    subresources=("status",),
-)
-
-BUILT_IN: tuple[ResourceType, ...] = (
-    NAMESPACES,
-    _core("Node", "nodes", False, ("no",), subresources=("status", "proxy")),
-    _core("Pod", "pods", True, ("po",), ("all",), ("status", "log")),
-    _core("Service", "services", True, ("svc",), ("all",), ("status",)),
-    _core("Endpoints", "endpoints", True, ("ep",)),
-    _core("Secret", "secrets", True),
-    _core("ConfigMap", "configmaps", True, ("cm",)),
-    _core("Event", "events", True, ("ev",)),
-    _core("ServiceAccount", "serviceaccounts", True, ("sa",)),
-    _group("coordination.k8s.io", "Lease", "leases", True),
-    _group("discovery.k8s.io", "EndpointSlice", "endpointslices", True),
-    _group("apps", "Deployment", "deployments", True, ("deploy",), ("all",), ("status",)),
-    _group("apps", "ReplicaSet", "replicasets", True, ("rs",), ("all",), ("status",)),
-    _group("apps", "DaemonSet", "daemonsets", True, ("ds",), ("all",), ("status",)),
-    CRDS,
-)
-
 #: Groups in the order discovery lists them (kube-apiserver's priority order).
 GROUP_ORDER = ("", "apps", "coordination.k8s.io", "discovery.k8s.io", "apiextensions.k8s.io")
 
@@ -134,9 +81,10 @@ class Registry:
     _listeners: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
-    def with_built_ins(cls) -> Registry:
+    def serving(cls, resources: Iterable[ResourceType]) -> Registry:
+        """A registry that serves C{resources} (see L{k3stw.apiserver.kinds.built_in_registry})."""
         registry = cls()
-        for resource in BUILT_IN:
+        for resource in resources:
             registry._types[(resource.group, resource.version, resource.plural)] = resource
         return registry
 
@@ -186,31 +134,3 @@ class Registry:
 def _discovery_order(resource: ResourceType) -> tuple[int, str, str, str]:
     rank = GROUP_ORDER.index(resource.group) if resource.group in GROUP_ORDER else len(GROUP_ORDER)
     return (rank, resource.group, resource.version, resource.plural)
-
-
-def resources_of_crd(crd: dict[str, Any]) -> list[ResourceType]:
-    """The resource types a CustomResourceDefinition serves (one per served version)."""
-    spec = crd.get("spec", {})
-    names = spec.get("names", {})
-    namespaced = spec.get("scope", "Namespaced") == "Namespaced"
-    found = []
-    for version in spec.get("versions", []):
-        if not version.get("served", True):
-            continue
-        subresources = tuple(sorted(version.get("subresources") or {}))
-        found.append(
-            ResourceType(
-                group=spec["group"],
-                version=version["name"],
-                kind=names["kind"],
-                plural=names["plural"],
-                singular=names.get("singular") or names["kind"].lower(),
-                namespaced=namespaced,
-                short_names=tuple(names.get("shortNames") or ()),
-                categories=tuple(names.get("categories") or ()),
-                subresources=subresources,
-                crd=crd["metadata"]["name"],
-                printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
-            )
-        )
-    return found

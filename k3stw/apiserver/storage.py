@@ -20,15 +20,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from k3stw.apiserver.defaults import apply_defaults
+from k3stw.apiserver.kinds import namespaces
 from k3stw.apiserver.patch import record_update
-from k3stw.apiserver.registry import NAMESPACES, ResourceType
+from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import (
     StatusError,
     already_exists,
@@ -38,6 +37,7 @@ from k3stw.apiserver.status import (
     invalid,
     not_found,
 )
+from k3stw.apiserver.strategy import Cause
 from k3stw.datastore.interface import (
     Compacted,
     Conflict,
@@ -51,13 +51,15 @@ from k3stw.datastore.interface import (
     KeyNotFound,
     KeyValue,
 )
+from k3stw.machinery.objects import Object, is_deleting
+from k3stw.machinery.times import rfc3339
 
-Object = dict[str, Any]
 Predicate = Callable[[Object], bool]
+#: Told of every write that stored or removed an object: its resource, its
+#: last state, and whether it is gone.
+WriteObserver = Callable[[ResourceType, Object, bool], None]
 T = TypeVar("T")
 
-#: Kinds whose metadata.generation counts spec changes.
-_GENERATION_KINDS = {"Deployment", "ReplicaSet", "DaemonSet", "CustomResourceDefinition"}
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NAME_MESSAGE = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
@@ -148,14 +150,11 @@ def raw_object(kv: KeyValue) -> bytes:
     return value[:at] + version + separator + value[at:]
 
 
-def timestamp(seconds: float) -> str:
-    """RFC 3339 with second precision, as Kubernetes writes ``metav1.Time``."""
-    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class ObjectStore:
     """
-    The verbs of the Kubernetes API as datastore operations.
+    The verbs of the Kubernetes API as datastore operations, following each
+    kind's L{Strategy<k3stw.apiserver.strategy.Strategy>} on every write, a
+    controller's as much as a client's.
 
     Every method raises L{StatusError} for anything a client should see
     (404, 409, 410, 422, and 503 when the datastore is away).
@@ -169,9 +168,19 @@ class ObjectStore:
         # for NAMESPACE_CHECK_SECONDS (kube-apiserver's admission uses a cache the same way).
         self._active_namespaces: dict[str, float] = {}
         self.decoded = DecodedEvents()
+        self._observers: builtins.list[WriteObserver] = []
 
     def now(self) -> str:
-        return timestamp(self.clock.seconds())
+        return rfc3339(self.clock.seconds())
+
+    def observe(self, observer: WriteObserver) -> None:
+        """Tell C{observer} of every write this store makes (a dry run makes none)."""
+        self._observers.append(observer)
+
+    def _written(self, resource: ResourceType, obj: Object, gone: bool = False) -> None:
+        if not self.dry_run:
+            for observer in self._observers:
+                observer(resource, obj, gone)
 
     async def get(self, resource: ResourceType, namespace: str | None, name: str) -> Object:
         kv = await self._get_kv(resource, namespace, name)
@@ -318,6 +327,7 @@ class ObjectStore:
         else:
             metadata.pop("namespace", None)
         generated = not metadata.get("name") and metadata.get("generateName")
+        strategy = resource.strategy
         for _ in range(8 if generated else 1):
             if generated:
                 metadata["name"] = metadata["generateName"] + "".join(
@@ -328,10 +338,16 @@ class ObjectStore:
             metadata["creationTimestamp"] = self.now()
             for immutable in ("resourceVersion", "deletionTimestamp", "selfLink"):
                 metadata.pop(immutable, None)
-            if resource.kind in _GENERATION_KINDS or resource.crd:
+            if strategy.counts_generation:
                 metadata["generation"] = 1
-            apply_defaults(resource, obj)
-            stored = record_update(None, obj, manager, now=self.now()) if manager else obj
+            strategy.prepare_create(obj, self.now())
+            strategy.default(obj)
+            _check(resource, name, strategy.validate(obj))
+            stored = (
+                record_update(None, obj, manager, now=self.now(), rules=strategy.merge_rules)
+                if manager
+                else obj
+            )
             try:
                 revision = await self.datastore.create(
                     resource.storage_key(namespace, name), encode(stored)
@@ -343,6 +359,7 @@ class ObjectStore:
             except DatastoreUnavailable as e:
                 raise unavailable(e) from None
             stored["metadata"]["resourceVersion"] = str(revision)
+            self._written(resource, stored)
             return stored
         raise StatusError(
             500, f"could not generate a unique name from {metadata['generateName']!r}"
@@ -367,7 +384,7 @@ class ObjectStore:
         seen = self._active_namespaces.get(namespace)
         if seen is not None and self.clock.seconds() - seen < NAMESPACE_CHECK_SECONDS:
             return
-        kv = await self._get_kv(NAMESPACES, None, namespace)
+        kv = await self._get_kv(namespaces.RESOURCE, None, namespace)
         if kv is None:
             raise not_found("namespaces", "", namespace)
         if json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"):
@@ -436,34 +453,43 @@ class ObjectStore:
             server starting a deletion); no client write ever may.
         """
         key = resource.storage_key(namespace, name)
+        strategy = resource.strategy
         for _ in range(_MAX_CAS_RETRIES):
             kv = await self._get_kv(resource, namespace, name)
             if kv is None:
                 raise not_found(resource.plural, resource.group, name)
             current = decode(kv)
-            updated = apply_defaults(resource, mutate(copy.deepcopy(current)))
+            updated = mutate(copy.deepcopy(current))
+            strategy.default(updated)
             _keep_identity(current, updated, resource, marks_deletion)
-            _check_immutable(resource, current, updated)
+            _check(resource, name, strategy.validate(updated))
+            _check(resource, name, strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):
                 return current
             if manager:
                 updated = record_update(
-                    current, updated, manager, now=self.now(), subresource=subresource or ""
+                    current,
+                    updated,
+                    manager,
+                    now=self.now(),
+                    subresource=subresource or "",
+                    rules=strategy.merge_rules,
                 )
-            counts_generation = resource.kind in _GENERATION_KINDS or resource.crd
-            if counts_generation and updated.get("spec") != current.get("spec"):
+            if strategy.counts_generation and updated.get("spec") != current.get("spec"):
                 generation = current["metadata"].get("generation", 1)
                 updated["metadata"]["generation"] = generation + 1
+            gone = is_deleting(updated) and strategy.finished_deleting(updated)
             revision = await self._compare_and_swap(
                 resource,
                 name,
                 self.datastore.delete(key, kv.mod_revision)
-                if _finished_deleting(updated)
+                if gone
                 else self.datastore.update(key, encode(updated), kv.mod_revision),
             )
             if revision is None:
                 continue
             updated["metadata"]["resourceVersion"] = str(revision)
+            self._written(resource, updated, gone)
             return updated
         raise conflict(resource.plural, resource.group, name)
 
@@ -518,6 +544,7 @@ class ObjectStore:
                 if revision is None:
                     continue
                 marked["metadata"]["resourceVersion"] = str(revision)
+                self._written(resource, marked)
                 return marked, False
             revision = await self._compare_and_swap(
                 resource, name, self.datastore.delete(key, kv.mod_revision)
@@ -525,6 +552,7 @@ class ObjectStore:
             if revision is None:
                 continue
             current["metadata"]["resourceVersion"] = str(revision)
+            self._written(resource, current, True)
             return current, True
         raise conflict(resource.plural, resource.group, name)
 
@@ -643,39 +671,16 @@ def _keep_identity(
     updated["kind"] = resource.kind
 
 
-def _check_immutable(resource: ResourceType, current: Object, updated: Object) -> None:
-    """An ``immutable`` Secret or ConfigMap keeps its data (and stays immutable)."""
-    if (
-        resource.group
-        or resource.kind not in ("Secret", "ConfigMap")
-        or not current.get("immutable")
-    ):
-        return
-    changed = [
-        field
-        for field in ("data", "binaryData", "stringData", "immutable")
-        if updated.get(field) != current.get(field)
-    ]
-    if changed:
-        raise invalid(
-            resource.kind,
-            current["metadata"]["name"],
-            [(field, "Forbidden: field is immutable when `immutable` is set") for field in changed],
-        )
+def _check(resource: ResourceType, name: str, causes: list[Cause]) -> None:
+    """Refuse, with kube-apiserver's 422, an object its kind's strategy found fault with."""
+    if causes:
+        raise invalid(resource.kind, name, causes)
 
 
 def _without_version(obj: Object) -> Object:
     copied = dict(obj)
     copied["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
     return copied
-
-
-def _finished_deleting(obj: Object) -> bool:
-    """Marked for deletion with nothing left to wait for (a namespace waits on spec.finalizers)."""
-    metadata = obj["metadata"]
-    if not metadata.get("deletionTimestamp") or metadata.get("finalizers"):
-        return False
-    return not (obj.get("kind") == "Namespace" and (obj.get("spec") or {}).get("finalizers"))
 
 
 def _check_preconditions(

@@ -21,14 +21,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
-from k3stw.apiserver.selectors import LabelSelectorError, format_label_selector, format_labels
-from k3stw.apiserver.selectors import label_selector_from_spec as _label_selector
-from k3stw.hostport import join_host_port
+from k3stw.machinery.objects import get_path
+from k3stw.machinery.times import parse_datetime
 
-Object = Mapping[str, Any]
+#: An object as the printers read it.
+Printed = Mapping[str, Any]
 Now = datetime | float
 """The time rows are printed at: an aware datetime, or POSIX seconds (``clock.seconds()``)."""
 
@@ -75,67 +74,45 @@ def human_duration(delta: timedelta) -> str:
     return f"{hours // 24 // 365}y"
 
 
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 timestamp (``Time`` or ``MicroTime``) as an aware datetime, or None."""
-    if not isinstance(value, str) or not value or value == "null":
-        return None
-    try:
-        parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
 def _now(now: Now) -> datetime:
     return now if isinstance(now, datetime) else datetime.fromtimestamp(now, UTC)
 
 
 def since(value: Any, now: datetime) -> str:
     """The age of a timestamp (``translateTimestampSince``): ``<unknown>`` when unset."""
-    moment = parse_time(value)
+    moment = parse_datetime(value)
     return "<unknown>" if moment is None else human_duration(now - moment)
 
 
 # Reading objects, with Go's zero values for what is absent
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for step in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(step)
-    return obj
-
-
-def _str(value: Any) -> str:
+def text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _int(value: Any) -> int:
+def integer(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _list(value: Any) -> list[Any]:
+def items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _maps(value: Any) -> list[Mapping[str, Any]]:
-    return [item for item in _list(value) if isinstance(item, Mapping)]
+def mappings(value: Any) -> list[Mapping[str, Any]]:
+    return [item for item in items(value) if isinstance(item, Mapping)]
 
 
-def _dict(value: Any) -> Mapping[str, Any]:
+def mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _name(obj: Object) -> str:
-    return _str(_get(obj, "metadata", "name"))
+def name_cell(obj: Printed) -> str:
+    return text(get_path(obj, "metadata", "name"))
 
 
-def _age(obj: Object, now: datetime) -> str:
-    return since(_get(obj, "metadata", "creationTimestamp"), now)
+def age_cell(obj: Printed, now: datetime) -> str:
+    return since(get_path(obj, "metadata", "creationTimestamp"), now)
 
 
 # Columns and printers
@@ -161,11 +138,11 @@ class Column:
         }
 
 
-Cells = Callable[[Object, datetime], list[Any]]
-Conditions = Callable[[Object], list[dict[str, str]]]
+Cells = Callable[[Printed, datetime], list[Any]]
+Conditions = Callable[[Printed], list[dict[str, str]]]
 
 
-def _no_conditions(obj: Object) -> list[dict[str, str]]:
+def _no_conditions(obj: Printed) -> list[dict[str, str]]:
     return []
 
 
@@ -180,7 +157,7 @@ class Printer:
     def column_definitions(self) -> list[dict[str, Any]]:
         return [column.definition() for column in self.columns]
 
-    def row(self, obj: Object, now: Now, include_object: str = "Metadata") -> dict[str, Any]:
+    def row(self, obj: Printed, now: Now, include_object: str = "Metadata") -> dict[str, Any]:
         """One ``TableRow``: its cells and, per ``includeObject``, the object."""
         row: dict[str, Any] = {"cells": self.cells(obj, _now(now))}
         conditions = self.conditions(obj)
@@ -205,807 +182,13 @@ CREATION_DESCRIPTION = (
     "in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: "
     "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"
 )
-_NAME = Column("Name", format="name", description=NAME_DESCRIPTION)
-_AGE = Column("Age", description=CREATION_DESCRIPTION)
-_CONTAINERS = Column(
-    "Containers", priority=1, description="Names of each container in the template."
-)
-_IMAGES = Column(
-    "Images", priority=1, description="Images referenced by each container in the template."
-)
-
-
-def _containers(template_spec: Any) -> tuple[str, str]:
-    containers = _maps(_get(template_spec, "containers"))
-    return (
-        ",".join(_str(c.get("name")) for c in containers),
-        ",".join(_str(c.get("image")) for c in containers),
-    )
-
-
-# Pods
-
-
-def _is_restartable_init(container: Mapping[str, Any] | None) -> bool:
-    return container is not None and container.get("restartPolicy") == "Always"
-
-
-def _has_condition(status: Any, kind: str) -> bool:
-    return any(
-        c.get("type") == kind and c.get("status") == "True"
-        for c in _maps(_get(status, "conditions"))
-    )
-
-
-def _finished_at(container_status: Mapping[str, Any]) -> datetime | None:
-    return parse_time(_get(container_status, "lastState", "terminated", "finishedAt"))
-
-
-def _later(current: datetime | None, candidate: datetime | None) -> datetime | None:
-    if candidate is None or (current is not None and current >= candidate):
-        return current
-    return candidate
-
-
-def _pod_cells(pod: Object, now: datetime) -> list[Any]:
-    spec = _dict(pod.get("spec"))
-    status = _dict(pod.get("status"))
-    restarts = 0
-    restartable_restarts = 0
-    total = len(_list(spec.get("containers")))
-    ready = 0
-    last_restart: datetime | None = None
-    last_restartable_restart: datetime | None = None
-
-    phase = _str(status.get("phase"))
-    reason = _str(status.get("reason")) or phase
-    for condition in _maps(status.get("conditions")):
-        if condition.get("type") == "PodScheduled" and condition.get("reason") == "SchedulingGated":
-            reason = "SchedulingGated"
-
-    init_specs = _maps(spec.get("initContainers"))
-    init_containers = {_str(c.get("name")): c for c in init_specs}
-    total += sum(1 for c in init_specs if _is_restartable_init(c))
-
-    initializing = False
-    for index, container in enumerate(_maps(status.get("initContainerStatuses"))):
-        count = _int(container.get("restartCount"))
-        restarts += count
-        last_restart = _later(last_restart, _finished_at(container))
-        restartable = _is_restartable_init(init_containers.get(_str(container.get("name"))))
-        if restartable:
-            restartable_restarts += count
-            last_restartable_restart = _later(last_restartable_restart, _finished_at(container))
-        terminated = _get(container, "state", "terminated")
-        waiting = _get(container, "state", "waiting")
-        if isinstance(terminated, Mapping) and _int(terminated.get("exitCode")) == 0:
-            continue
-        if restartable and container.get("started") is True:
-            if container.get("ready") is True:
-                ready += 1
-            continue
-        if isinstance(terminated, Mapping):
-            if _str(terminated.get("reason")):
-                reason = "Init:" + _str(terminated.get("reason"))
-            elif _int(terminated.get("signal")):
-                reason = f"Init:Signal:{_int(terminated.get('signal'))}"
-            else:
-                reason = f"Init:ExitCode:{_int(terminated.get('exitCode'))}"
-        elif isinstance(waiting, Mapping) and _str(waiting.get("reason")) not in (
-            "",
-            "PodInitializing",
-        ):
-            reason = "Init:" + _str(waiting.get("reason"))
-        else:
-            reason = f"Init:{index}/{len(init_specs)}"
-        initializing = True
-        break
-
-    if not initializing or _has_condition(status, "Initialized"):
-        restarts = restartable_restarts
-        last_restart = last_restartable_restart
-        has_running = False
-        for container in reversed(_maps(status.get("containerStatuses"))):
-            restarts += _int(container.get("restartCount"))
-            last_restart = _later(last_restart, _finished_at(container))
-            state = _dict(container.get("state"))
-            waiting = state.get("waiting")
-            terminated = state.get("terminated")
-            if isinstance(waiting, Mapping) and _str(waiting.get("reason")):
-                reason = _str(waiting.get("reason"))
-            elif isinstance(terminated, Mapping) and _str(terminated.get("reason")):
-                reason = _str(terminated.get("reason"))
-            elif isinstance(terminated, Mapping):
-                if _int(terminated.get("signal")):
-                    reason = f"Signal:{_int(terminated.get('signal'))}"
-                else:
-                    reason = f"ExitCode:{_int(terminated.get('exitCode'))}"
-            elif container.get("ready") is True and state.get("running") is not None:
-                has_running = True
-                ready += 1
-        # A completed container next to one still running: the pod is not done.
-        if reason == "Completed" and has_running:
-            reason = "Running" if _has_condition(status, "Ready") else "NotReady"
-
-    if _get(pod, "metadata", "deletionTimestamp"):
-        if status.get("reason") == "NodeLost":
-            reason = "Unknown"
-        elif phase not in ("Succeeded", "Failed"):
-            reason = "Terminating"
-
-    restarts_text = str(restarts)
-    if restarts and last_restart is not None:
-        restarts_text = f"{restarts} ({human_duration(now - last_restart)} ago)"
-
-    pod_ips = _maps(status.get("podIPs"))
-    pod_ip = _str(pod_ips[0].get("ip")) if pod_ips else _str(status.get("podIP"))
-    gates = "<none>"
-    readiness_gates = _maps(spec.get("readinessGates"))
-    if readiness_gates:
-        conditions = {}
-        for condition in reversed(_maps(status.get("conditions"))):
-            conditions[condition.get("type")] = condition.get("status")
-        met = sum(1 for g in readiness_gates if conditions.get(g.get("conditionType")) == "True")
-        gates = f"{met}/{len(readiness_gates)}"
-    return [
-        _name(pod),
-        f"{ready}/{total}",
-        reason,
-        restarts_text,
-        _age(pod, now),
-        pod_ip or "<none>",
-        _str(spec.get("nodeName")) or "<none>",
-        _str(status.get("nominatedNodeName")) or "<none>",
-        gates,
-    ]
-
-
-def _pod_conditions(pod: Object) -> list[dict[str, str]]:
-    phase = _get(pod, "status", "phase")
-    if phase == "Succeeded":
-        message = "The pod has completed successfully."
-    elif phase == "Failed":
-        message = "The pod failed."
-    else:
-        return []
-    return [{"type": "Completed", "status": "True", "reason": phase, "message": message}]
-
-
-POD_PRINTER = Printer(
-    (
-        _NAME,
-        Column(
-            "Ready", description="The aggregate readiness state of this pod for accepting traffic."
-        ),
-        Column("Status", description="The aggregate status of the containers in this pod."),
-        Column(
-            "Restarts",
-            description="The number of times the containers in this pod have been restarted "
-            "and when the last container in this pod has restarted.",
-        ),
-        _AGE,
-        Column(
-            "IP",
-            priority=1,
-            description="podIP address allocated to the pod. Routable at least within the "
-            "cluster. Empty if not yet allocated.",
-        ),
-        Column(
-            "Node",
-            priority=1,
-            description="NodeName indicates in which node this pod is scheduled.",
-        ),
-        Column(
-            "Nominated Node",
-            priority=1,
-            description="nominatedNodeName is set only when this pod preempts other pods on "
-            "the node, but it cannot be scheduled right away as preemption victims receive "
-            "their graceful termination periods.",
-        ),
-        Column(
-            "Readiness Gates",
-            priority=1,
-            description="If specified, all readiness gates will be evaluated for pod readiness.",
-        ),
-    ),
-    _pod_cells,
-    _pod_conditions,
-)
-
-
-# Nodes
-
-
-def _node_roles(labels: Mapping[str, Any]) -> list[str]:
-    roles = set()
-    for key, value in labels.items():
-        if key.startswith("node-role.kubernetes.io/"):
-            role = key.removeprefix("node-role.kubernetes.io/")
-            if role:
-                roles.add(role)
-        elif key == "kubernetes.io/role" and value:
-            roles.add(str(value))
-    return sorted(roles)
-
-
-def _node_address(node: Object, kind: str) -> str:
-    for address in _maps(_get(node, "status", "addresses")):
-        if address.get("type") == kind:
-            return _str(address.get("address"))
-    return "<none>"
-
-
-def _node_cells(node: Object, now: datetime) -> list[Any]:
-    conditions = {c.get("type"): c for c in _maps(_get(node, "status", "conditions"))}
-    status = []
-    if "Ready" in conditions:
-        status.append("Ready" if conditions["Ready"].get("status") == "True" else "NotReady")
-    else:
-        status.append("Unknown")
-    if _get(node, "spec", "unschedulable") is True:
-        status.append("SchedulingDisabled")
-    info = _dict(_get(node, "status", "nodeInfo"))
-    return [
-        _name(node),
-        ",".join(status),
-        ",".join(_node_roles(_dict(_get(node, "metadata", "labels")))) or "<none>",
-        _age(node, now),
-        _str(info.get("kubeletVersion")),
-        _node_address(node, "InternalIP"),
-        _node_address(node, "ExternalIP"),
-        _str(info.get("osImage")) or "<unknown>",
-        _str(info.get("kernelVersion")) or "<unknown>",
-        _str(info.get("containerRuntimeVersion")) or "<unknown>",
-    ]
-
-
-_ADDRESSES = "List of addresses reachable to the node."
-NODE_PRINTER = Printer(
-    (
-        _NAME,
-        Column("Status", description="The status of the node"),
-        Column("Roles", description="The roles of the node"),
-        _AGE,
-        Column("Version", description="Kubelet Version reported by the node."),
-        Column("Internal-IP", priority=1, description=_ADDRESSES),
-        Column("External-IP", priority=1, description=_ADDRESSES),
-        Column(
-            "OS-Image",
-            priority=1,
-            description="OS Image reported by the node from /etc/os-release "
-            "(e.g. Debian GNU/Linux 7 (wheezy)).",
-        ),
-        Column(
-            "Kernel-Version",
-            priority=1,
-            description="Kernel Version reported by the node from 'uname -r' "
-            "(e.g. 3.16.0-0.bpo.4-amd64).",
-        ),
-        Column(
-            "Container-Runtime",
-            priority=1,
-            description="ContainerRuntime Version reported by the node through runtime "
-            "remote API (e.g. containerd://1.4.2).",
-        ),
-    ),
-    _node_cells,
-)
-
-
-# Services, Endpoints, EndpointSlices
-
-
-def _load_balancer_ips(service: Object) -> str:
-    seen: dict[str, None] = {}
-    for ingress in _maps(_get(service, "status", "loadBalancer", "ingress")):
-        address = _str(ingress.get("ip")) or _str(ingress.get("hostname"))
-        if address:
-            seen[address] = None
-    # kube-apiserver prints the whole list server-side (the printers run "wide").
-    return ",".join(seen)
-
-
-def _service_external_ip(service: Object) -> str:
-    spec = _dict(service.get("spec"))
-    kind = spec.get("type")
-    external = [_str(ip) for ip in _list(spec.get("externalIPs"))]
-    if kind in ("ClusterIP", "NodePort"):
-        return ",".join(external) or "<none>"
-    if kind == "LoadBalancer":
-        balancer = _load_balancer_ips(service)
-        if external:
-            return ",".join(([balancer] if balancer else []) + external)
-        return balancer or "<pending>"
-    if kind == "ExternalName":
-        return _str(spec.get("externalName"))
-    return "<unknown>"
-
-
-def _service_ports(ports: Iterable[Mapping[str, Any]]) -> str:
-    pieces = []
-    for port in ports:
-        protocol = _str(port.get("protocol"))
-        node_port = _int(port.get("nodePort"))
-        if node_port > 0:
-            pieces.append(f"{_int(port.get('port'))}:{node_port}/{protocol}")
-        else:
-            pieces.append(f"{_int(port.get('port'))}/{protocol}")
-    return ",".join(pieces)
-
-
-def _service_cells(service: Object, now: datetime) -> list[Any]:
-    spec = _dict(service.get("spec"))
-    cluster_ips = _list(spec.get("clusterIPs"))
-    cluster_ip = _str(cluster_ips[0]) if cluster_ips else _str(spec.get("clusterIP"))
-    return [
-        _name(service),
-        _str(spec.get("type")),
-        cluster_ip or "<none>",
-        _service_external_ip(service),
-        _service_ports(_maps(spec.get("ports"))) or "<none>",
-        _age(service, now),
-        format_labels(_dict(spec.get("selector"))),
-    ]
-
-
-SERVICE_PRINTER = Printer(
-    (
-        _NAME,
-        Column("Type", description="type determines how the Service is exposed."),
-        Column(
-            "Cluster-IP",
-            description="clusterIP is the IP address of the service and is usually assigned "
-            "randomly.",
-        ),
-        Column(
-            "External-IP",
-            description="externalIPs is a list of IP addresses for which nodes in the cluster "
-            "will also accept traffic for this service.",
-        ),
-        Column("Port(s)", description="The list of ports that are exposed by this service."),
-        _AGE,
-        Column(
-            "Selector",
-            priority=1,
-            description="Route service traffic to pods with label keys and values matching "
-            "this selector.",
-        ),
-    ),
-    _service_cells,
-)
-
-
-def _endpoints_text(endpoints: Object) -> str:
-    subsets = _maps(endpoints.get("subsets"))
-    if not subsets:
-        return "<none>"
-    shown: list[str] = []
-    maximum = 3
-    more = False
-    count = 0
-    for subset in subsets:
-        addresses = [_str(a.get("ip")) for a in _maps(subset.get("addresses"))]
-        ports = _maps(subset.get("ports"))
-        if not ports:
-            # Headless services may have no ports.
-            count += len(addresses)
-            for ip in addresses:
-                if len(shown) == maximum:
-                    more = True
-                    break
-                shown.append(ip)
-            continue
-        for port in ports:
-            count += len(addresses)
-            for ip in addresses:
-                if len(shown) == maximum:
-                    more = True
-                    break
-                shown.append(join_host_port(ip, _int(port.get("port"))))
-    text = ",".join(shown)
-    return f"{text} + {count - maximum} more..." if more else text
-
-
-ENDPOINTS_PRINTER = Printer(
-    (
-        _NAME,
-        Column(
-            "Endpoints",
-            description="The set of all endpoints is the union of all subsets.",
-        ),
-        _AGE,
-    ),
-    lambda obj, now: [_name(obj), _endpoints_text(obj), _age(obj, now)],
-)
-
-
-def _list_with_more(shown: list[str], more: bool, count: int, maximum: int) -> str:
-    text = ",".join(shown)
-    if more:
-        return f"{text} + {count - maximum} more..."
-    return text or "<unset>"
-
-
-def _slice_ports(ports: Iterable[Mapping[str, Any]]) -> str:
-    shown: list[str] = []
-    more = False
-    count = 0
-    for port in ports:
-        if len(shown) < 3:
-            number = port.get("port")
-            if isinstance(number, int):
-                shown.append(str(number))
-            elif port.get("name") is not None:
-                shown.append(_str(port.get("name")))
-            else:
-                shown.append("*")
-        elif len(shown) == 3:
-            more = True
-        count += 1
-    return _list_with_more(shown, more, count, 3)
-
-
-def _slice_endpoints(endpoints: Iterable[Mapping[str, Any]]) -> str:
-    shown: list[str] = []
-    more = False
-    count = 0
-    for endpoint in endpoints:
-        for address in _list(endpoint.get("addresses")):
-            if len(shown) < 3:
-                shown.append(_str(address))
-            elif len(shown) == 3:
-                more = True
-            count += 1
-    return _list_with_more(shown, more, count, 3)
-
-
-ENDPOINT_SLICE_PRINTER = Printer(
-    (
-        _NAME,
-        Column(
-            "AddressType",
-            description="addressType specifies the type of address carried by this EndpointSlice.",
-        ),
-        Column(
-            "Ports",
-            description="ports specifies the list of network ports exposed by each endpoint "
-            "in this slice.",
-        ),
-        Column("Endpoints", description="endpoints is a list of unique endpoints in this slice."),
-        _AGE,
-    ),
-    lambda obj, now: [
-        _name(obj),
-        _str(obj.get("addressType")),
-        _slice_ports(_maps(obj.get("ports"))),
-        _slice_endpoints(_maps(obj.get("endpoints"))),
-        _age(obj, now),
-    ],
-)
-
-
-# Workloads
-
-
-def _selector_text(spec: Any) -> str:
-    # The Deployment printer shows the bare selector string, "" when empty.
-    try:
-        return str(_label_selector(spec if isinstance(spec, Mapping) else None))
-    except LabelSelectorError:
-        return "<invalid>"
-
-
-def _format_selector(spec: Any) -> str:
-    return format_label_selector(spec if isinstance(spec, Mapping) else None)
-
-
-def _deployment_cells(obj: Object, now: datetime) -> list[Any]:
-    spec = _dict(obj.get("spec"))
-    status = _dict(obj.get("status"))
-    names, images = _containers(_get(spec, "template", "spec"))
-    return [
-        _name(obj),
-        f"{_int(status.get('readyReplicas'))}/{_int(spec.get('replicas'))}",
-        _int(status.get("updatedReplicas")),
-        _int(status.get("availableReplicas")),
-        _age(obj, now),
-        names,
-        images,
-        _selector_text(spec.get("selector")),
-    ]
-
-
-_SELECTOR = Column(
-    "Selector",
-    priority=1,
-    description="Label selector for pods. Existing ReplicaSets whose pods are selected by "
-    "this will be the ones affected by this deployment.",
-)
-DEPLOYMENT_PRINTER = Printer(
-    (
-        _NAME,
-        Column("Ready", description="Number of the pod with ready state"),
-        Column(
-            "Up-to-date",
-            description="Total number of non-terminating pods targeted by this deployment "
-            "that have the desired template spec.",
-        ),
-        Column(
-            "Available",
-            description="Total number of available non-terminating pods (ready for at least "
-            "minReadySeconds) targeted by this deployment.",
-        ),
-        _AGE,
-        _CONTAINERS,
-        _IMAGES,
-        _SELECTOR,
-    ),
-    _deployment_cells,
-)
-
-
-def _replica_set_cells(obj: Object, now: datetime) -> list[Any]:
-    spec = _dict(obj.get("spec"))
-    status = _dict(obj.get("status"))
-    names, images = _containers(_get(spec, "template", "spec"))
-    return [
-        _name(obj),
-        _int(spec.get("replicas")),
-        _int(status.get("replicas")),
-        _int(status.get("readyReplicas")),
-        _age(obj, now),
-        names,
-        images,
-        _format_selector(spec.get("selector")),
-    ]
-
-
-REPLICA_SET_PRINTER = Printer(
-    (
-        _NAME,
-        Column("Desired", "integer", description="Replicas is the number of desired pods."),
-        Column(
-            "Current",
-            "integer",
-            description="Replicas is the most recently observed number of non-terminating pods.",
-        ),
-        Column(
-            "Ready",
-            "integer",
-            description="The number of non-terminating pods targeted by this ReplicaSet with "
-            "a Ready Condition.",
-        ),
-        _AGE,
-        _CONTAINERS,
-        _IMAGES,
-        Column(
-            "Selector",
-            priority=1,
-            description="Selector is a label query over pods that should match the replica count.",
-        ),
-    ),
-    _replica_set_cells,
-)
-
-
-def _daemon_set_cells(obj: Object, now: datetime) -> list[Any]:
-    spec = _dict(obj.get("spec"))
-    status = _dict(obj.get("status"))
-    template_spec = _get(spec, "template", "spec")
-    names, images = _containers(template_spec)
-    return [
-        _name(obj),
-        _int(status.get("desiredNumberScheduled")),
-        _int(status.get("currentNumberScheduled")),
-        _int(status.get("numberReady")),
-        _int(status.get("updatedNumberScheduled")),
-        _int(status.get("numberAvailable")),
-        format_labels(_dict(_get(template_spec, "nodeSelector"))),
-        _age(obj, now),
-        names,
-        images,
-        _format_selector(spec.get("selector")),
-    ]
-
-
-DAEMON_SET_PRINTER = Printer(
-    (
-        _NAME,
-        Column(
-            "Desired",
-            "integer",
-            description="The total number of nodes that should be running the daemon pod.",
-        ),
-        Column(
-            "Current",
-            "integer",
-            description="The number of nodes that are running at least 1 daemon pod and are "
-            "supposed to run the daemon pod.",
-        ),
-        Column(
-            "Ready",
-            "integer",
-            description="The number of nodes that should be running the daemon pod and have "
-            "one or more of the daemon pod running with a Ready Condition.",
-        ),
-        Column(
-            "Up-to-date",
-            "integer",
-            description="The total number of nodes that are running updated daemon pod",
-        ),
-        Column(
-            "Available",
-            "integer",
-            description="The number of nodes that should be running the daemon pod and have "
-            "one or more of the daemon pod running and available.",
-        ),
-        Column(
-            "Node Selector",
-            description="NodeSelector is a selector which must be true for the pod to fit on "
-            "a node.",
-        ),
-        _AGE,
-        _CONTAINERS,
-        _IMAGES,
-        Column(
-            "Selector",
-            priority=1,
-            description="A label query over pods that are managed by the daemon set.",
-        ),
-    ),
-    _daemon_set_cells,
-)
-
-
-# Configuration, namespaces, accounts, leases
-
-
-SECRET_PRINTER = Printer(
-    (
-        _NAME,
-        Column("Type", description="Used to facilitate programmatic handling of secret data."),
-        Column("Data", description="Data contains the secret data."),
-        _AGE,
-    ),
-    lambda obj, now: [
-        _name(obj),
-        _str(obj.get("type")),
-        len(_dict(obj.get("data"))),
-        _age(obj, now),
-    ],
-)
-
-CONFIG_MAP_PRINTER = Printer(
-    (
-        _NAME,
-        Column("Data", description="Data contains the configuration data."),
-        _AGE,
-    ),
-    lambda obj, now: [
-        _name(obj),
-        len(_dict(obj.get("data"))) + len(_dict(obj.get("binaryData"))),
-        _age(obj, now),
-    ],
-)
-
-NAMESPACE_PRINTER = Printer(
-    (_NAME, Column("Status", description="The status of the namespace"), _AGE),
-    lambda obj, now: [_name(obj), _str(_get(obj, "status", "phase")), _age(obj, now)],
-)
-
-SERVICE_ACCOUNT_PRINTER = Printer(
-    (
-        _NAME,
-        Column(
-            "Secrets",
-            description="Secrets is a list of the secrets in the same namespace that pods "
-            "running using this ServiceAccount are allowed to use.",
-        ),
-        _AGE,
-    ),
-    lambda obj, now: [_name(obj), len(_list(obj.get("secrets"))), _age(obj, now)],
-)
-
-LEASE_PRINTER = Printer(
-    (
-        _NAME,
-        Column(
-            "Holder",
-            description="holderIdentity contains the identity of the holder of a current lease.",
-        ),
-        _AGE,
-    ),
-    lambda obj, now: [_name(obj), _str(_get(obj, "spec", "holderIdentity")), _age(obj, now)],
-)
-
-
-# Events
-
-
-def _event_cells(event: Object, now: datetime) -> list[Any]:
-    first_seen = since(event.get("firstTimestamp"), now)
-    if parse_time(event.get("firstTimestamp")) is None:
-        first_seen = since(event.get("eventTime"), now)
-    last_seen = since(event.get("lastTimestamp"), now)
-    if parse_time(event.get("lastTimestamp")) is None:
-        last_seen = first_seen
-    count = _int(event.get("count"))
-    series = event.get("series")
-    if isinstance(series, Mapping):
-        last_seen = since(series.get("lastObservedTime"), now)
-        count = _int(series.get("count"))
-    elif count == 0:
-        count = 1  # singleton events of the events.k8s.io API carry no count
-    involved = _dict(event.get("involvedObject"))
-    kind = _str(involved.get("kind")).lower()
-    target = f"{kind}/{_str(involved.get('name'))}" if involved.get("name") else kind
-    source = _dict(event.get("source"))
-    component = _str(source.get("component")) or _str(event.get("reportingComponent"))
-    instance = _str(source.get("host")) or _str(event.get("reportingInstance"))
-    return [
-        last_seen,
-        _str(event.get("type")),
-        _str(event.get("reason")),
-        target,
-        _str(involved.get("fieldPath")),
-        f"{component}, {instance}" if instance else component,
-        _str(event.get("message")).strip(),
-        first_seen,
-        count,
-        _name(event),
-    ]
-
-
-EVENT_PRINTER = Printer(
-    (
-        Column(
-            "Last Seen",
-            description="The time at which the most recent occurrence of this event was recorded.",
-        ),
-        Column(
-            "Type",
-            description="Type of this event (Normal, Warning), new types could be added in "
-            "the future",
-        ),
-        Column(
-            "Reason",
-            description="This should be a short, machine understandable string that gives "
-            "the reason for the transition into the object's current status.",
-        ),
-        Column("Object", description="The object that this event is about."),
-        Column(
-            "Subobject",
-            priority=1,
-            description="If referring to a piece of an object instead of an entire object, "
-            "this string should contain a valid JSON/Go field access statement.",
-        ),
-        Column(
-            "Source",
-            priority=1,
-            description="The component reporting this event. Should be a short machine "
-            "understandable string.",
-        ),
-        Column(
-            "Message", description="A human-readable description of the status of this operation."
-        ),
-        Column(
-            "First Seen",
-            priority=1,
-            description="The time at which the event was first recorded. (Time of server "
-            "receipt is in TypeMeta.)",
-        ),
-        Column("Count", priority=1, description="The number of times this event has occurred."),
-        Column("Name", priority=1, format="name", description=NAME_DESCRIPTION),
-    ),
-    _event_cells,
-)
-
-
+NAME_COLUMN = Column("Name", format="name", description=NAME_DESCRIPTION)
+AGE_COLUMN = Column("Age", description=CREATION_DESCRIPTION)
 # Everything else: kube-apiserver's default convertor, and custom resources
 
 
-def _created_at(obj: Object) -> str:
-    moment = parse_time(_get(obj, "metadata", "creationTimestamp"))
+def _created_at(obj: Printed) -> str:
+    moment = parse_datetime(get_path(obj, "metadata", "creationTimestamp"))
     if moment is None:
         return "0001-01-01T00:00:00Z"  # Go's zero time, as the default convertor prints it
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -1013,31 +196,9 @@ def _created_at(obj: Object) -> str:
 
 #: Built-in kinds without a printer of their own (CustomResourceDefinitions among them).
 DEFAULT_PRINTER = Printer(
-    (_NAME, Column("Created At", "date", description=CREATION_DESCRIPTION)),
-    lambda obj, now: [_name(obj), _created_at(obj)],
+    (NAME_COLUMN, Column("Created At", "date", description=CREATION_DESCRIPTION)),
+    lambda obj, now: [name_cell(obj), _created_at(obj)],
 )
-
-#: The printers of the built-in kinds, keyed by (API group, kind).
-BUILTIN_PRINTERS: Mapping[tuple[str, str], Printer] = MappingProxyType(
-    {
-        ("", "Pod"): POD_PRINTER,
-        ("", "Node"): NODE_PRINTER,
-        ("", "Service"): SERVICE_PRINTER,
-        ("", "Endpoints"): ENDPOINTS_PRINTER,
-        ("", "Secret"): SECRET_PRINTER,
-        ("", "ConfigMap"): CONFIG_MAP_PRINTER,
-        ("", "Namespace"): NAMESPACE_PRINTER,
-        ("", "Event"): EVENT_PRINTER,
-        ("", "ServiceAccount"): SERVICE_ACCOUNT_PRINTER,
-        ("coordination.k8s.io", "Lease"): LEASE_PRINTER,
-        ("discovery.k8s.io", "EndpointSlice"): ENDPOINT_SLICE_PRINTER,
-        ("apps", "Deployment"): DEPLOYMENT_PRINTER,
-        ("apps", "ReplicaSet"): REPLICA_SET_PRINTER,
-        ("apps", "DaemonSet"): DAEMON_SET_PRINTER,
-        ("apiextensions.k8s.io", "CustomResourceDefinition"): DEFAULT_PRINTER,
-    }
-)
-
 
 _PATH_STEP = re.compile(r"\.([^.\[\]]+)|\[(-?\d+)\]|\[\s*'([^']*)'\s*\]|\[\s*\"([^\"]*)\"\s*\]")
 
@@ -1130,7 +291,7 @@ def _custom_cell(kind: str, value: Any, now: datetime) -> Any:
     if kind == "date" and isinstance(value, str):
         if value in ("", "null"):
             return "<unknown>"
-        moment = parse_time(value)
+        moment = parse_datetime(value)
         return "<invalid>" if moment is None else human_duration(now - moment)
     return None
 
@@ -1150,45 +311,33 @@ def custom_resource_printer(printer_columns: Sequence[Mapping[str, Any]] = ()) -
                 "jsonPath": ".metadata.creationTimestamp",
             },
         )
-    columns = [_NAME]
+    columns = [NAME_COLUMN]
     paths: list[tuple[str, tuple[str | int, ...] | None]] = []
     for spec in printer_columns:
-        json_path = _str(spec.get("jsonPath"))
-        description = _str(spec.get("description")) or (
+        json_path = text(spec.get("jsonPath"))
+        description = text(spec.get("description")) or (
             f"Custom resource definition column (in JSONPath format): {json_path}"
         )
-        kind = _str(spec.get("type"))
+        kind = text(spec.get("type"))
         columns.append(
             Column(
-                _str(spec.get("name")),
+                text(spec.get("name")),
                 kind,
-                _str(spec.get("format")),
+                text(spec.get("format")),
                 description,
-                _int(spec.get("priority")),
+                integer(spec.get("priority")),
             )
         )
         paths.append((kind, compile_json_path(json_path)))
 
-    def cells(obj: Object, now: datetime) -> list[Any]:
-        row: list[Any] = [_name(obj)]
+    def cells(obj: Printed, now: datetime) -> list[Any]:
+        row: list[Any] = [name_cell(obj)]
         for kind, steps in paths:
             value = _MISSING if steps is None else _follow(obj, steps)
             row.append(None if value is _MISSING else _custom_cell(kind, value, now))
         return row
 
     return Printer(tuple(columns), cells)
-
-
-def printer_for(
-    group: str,
-    kind: str,
-    custom_resource: bool = False,
-    printer_columns: Sequence[Mapping[str, Any]] = (),
-) -> Printer:
-    """The printer kube-apiserver would use for objects of ``group``/``kind``."""
-    if custom_resource:
-        return custom_resource_printer(printer_columns)
-    return BUILTIN_PRINTERS.get((group, kind), DEFAULT_PRINTER)
 
 
 # Tables
@@ -1216,7 +365,7 @@ def parse_include_object(value: str | None) -> str:
     return value
 
 
-def _row_object(obj: Object, include_object: str) -> Any:
+def _row_object(obj: Printed, include_object: str) -> Any:
     if include_object == "None":
         return None
     if include_object == "Object":
@@ -1224,13 +373,13 @@ def _row_object(obj: Object, include_object: str) -> Any:
     return {
         "kind": "PartialObjectMetadata",
         "apiVersion": TABLE_API_VERSION,
-        "metadata": dict(_dict(obj.get("metadata"))),
+        "metadata": dict(mapping(obj.get("metadata"))),
     }
 
 
 def table(
     printer: Printer,
-    objects: Iterable[Object],
+    objects: Iterable[Printed],
     now: Now,
     resource_version: str = "",
     continue_token: str = "",
@@ -1269,7 +418,7 @@ def table(
 
 def watch_event_table(
     printer: Printer,
-    obj: Object,
+    obj: Printed,
     now: Now,
     with_columns: bool,
     include_object: str | None = "Metadata",
@@ -1278,53 +427,5 @@ def watch_event_table(
     The one-row ``Table`` a watch event carries in place of the object; kube-apiserver
     sends ``columnDefinitions`` in the first event of a stream only.
     """
-    version = _str(_get(obj, "metadata", "resourceVersion"))
+    version = text(get_path(obj, "metadata", "resourceVersion"))
     return table(printer, [obj], now, version, "", include_object, with_columns=with_columns)
-
-
-class PrintedResource(Protocol):
-    """What :func:`render` needs to know of a served resource (``registry.ResourceType``)."""
-
-    @property
-    def group(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def crd(self) -> str | None: ...
-
-    @property
-    def printer_columns(self) -> Sequence[Mapping[str, Any]]: ...
-
-
-def _resource_printer(resource: PrintedResource) -> Printer:
-    return printer_for(
-        resource.group, resource.kind, resource.crd is not None, resource.printer_columns
-    )
-
-
-def render(
-    resource: PrintedResource,
-    objects: Iterable[Object],
-    now: Now,
-    resource_version: str = "",
-    continue_token: str = "",
-    include_object: str | None = None,
-) -> dict[str, Any]:
-    """:func:`table` for the objects of a served resource."""
-    return table(
-        _resource_printer(resource), objects, now, resource_version, continue_token, include_object
-    )
-
-
-def render_event(
-    resource: PrintedResource,
-    obj: Object,
-    now: Now,
-    *,
-    with_columns: bool,
-    include_object: str | None = None,
-) -> dict[str, Any]:
-    """:func:`watch_event_table` for an object of a served resource."""
-    return watch_event_table(_resource_printer(resource), obj, now, with_columns, include_object)

@@ -1,0 +1,14 @@
+"""
+The server's control loops (kube-controller-manager's and kube-apiserver's own,
+in part), each a C{sync(key)} on the shared informers of
+L{k3stw.apiserver.informers}, writing through the object store.
+"""
+
+from __future__ import annotations
+
+from k3stw.apiserver.status import StatusError
+from k3stw.datastore.interface import DatastoreUnavailable
+
+#: What a server's sync may meet that only means "try again later": a refused or
+#: conflicting write, a datastore that is away.
+TRANSIENT = (StatusError, DatastoreUnavailable)

@@ -6,61 +6,38 @@ resources with it (kube-apiserver's ``customresourcecleanup`` finalizer).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-
-from k3stw.apiserver.registry import CRDS, Registry, resources_of_crd
+from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.kinds import crds
+from k3stw.apiserver.kinds.custom import resources_of_crd
+from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.storage import Object, ObjectStore
-from k3stw.controllers.loop import ControllerLoop
-from k3stw.datastore.interface import Event, EventType, IDatastore
-
-CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
-RETRY_SECONDS = 1.0
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.controllers import TRANSIENT
+from k3stw.machinery.controller import Controller
+from k3stw.machinery.objects import Object, is_deleting, without
 
 
-class CRDController(ControllerLoop):
+class CRDController(Controller):
     """Keeps the registry equal to the stored CRDs and cleans up after deleted ones."""
 
     label = "CRD controller"
+    expected = TRANSIENT
 
-    def __init__(
-        self, datastore: IDatastore, store: ObjectStore, registry: Registry, clock: IReactorTime
-    ) -> None:
-        super().__init__(clock, RETRY_SECONDS)
-        self.datastore = datastore
+    def __init__(self, informers: ServerInformers, store: ObjectStore, registry: Registry) -> None:
+        self.crds = informers.for_resource(crds.RESOURCE)
+        super().__init__(store.clock, [self.crds])
         self.store = store
         self.registry = registry
+        self.crds.add_handler(self.enqueue_handler())
 
-    async def run_once(self) -> None:
-        """Serve every stored CRD, then follow changes until the watch ends."""
-        listed = await self.store.list(CRDS, None)
-        for crd in listed.items:
-            self._serve(crd)
-        self.watch = await self.datastore.watch(
-            CRDS.storage_prefix(), int(listed.resource_version) + 1, self._changed
-        )
-        await self.watch.ended
-
-    def _changed(self, events: Sequence[Event]) -> None:
-        for event in events:
-            crd = json.loads(event.kv.value)
-            if event.type is EventType.DELETE:
-                self.registry.replace_crd(crd["metadata"]["name"], [])
-            else:
-                self._serve(crd)
-
-    def _serve(self, crd: Object) -> None:
-        name = crd["metadata"]["name"]
-        if crd["metadata"].get("deletionTimestamp"):
-            Deferred.fromCoroutine(self._clean_up(crd)).addErrback(
-                lambda f: self._log.failure("cleaning up CRD {name}", f, name=name)
-            )
+    async def sync(self, key: str) -> None:
+        crd = self.crds.get(key)
+        if crd is None:
+            self.registry.replace_crd(key, [])
+        elif is_deleting(crd):
+            await self._clean_up(crd)
         else:
-            self.registry.replace_crd(name, resources_of_crd(crd))
+            crds.serve(self.registry, crd)
 
     async def _clean_up(self, crd: Object) -> None:
         """Delete every custom resource of a CRD being deleted, then let it go."""
@@ -74,8 +51,14 @@ class CRDController(ControllerLoop):
                         raise
 
         def release(current: Object) -> Object:
-            finalizers = [f for f in current["metadata"].get("finalizers") or [] if f != CLEANUP]
-            current["metadata"]["finalizers"] = finalizers
+            finalizers = current["metadata"].get("finalizers") or []
+            current["metadata"]["finalizers"] = without(finalizers, crds.CLEANUP)
             return current
 
-        await self.store.guaranteed_update(CRDS, None, crd["metadata"]["name"], release)
+        try:
+            await self.store.guaranteed_update(
+                crds.RESOURCE, None, crd["metadata"]["name"], release
+            )
+        except StatusError as e:
+            if e.code != 404:
+                raise

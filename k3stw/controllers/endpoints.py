@@ -3,8 +3,9 @@ The ``kubernetes`` service's endpoints: every live server, as kube-apiserver's
 lease endpoint reconciler keeps them.
 
 Each server holds a TTL key ``/registry/masterleases/<address>`` (15 s,
-renewed every 10 s) and rewrites ``default/kubernetes`` Endpoints and its
-EndpointSlice to the addresses that hold one.  A server that stops
+renewed every 10 s, as kube-apiserver's lease reconciler does) and rewrites
+``default/kubernetes`` Endpoints and its EndpointSlice to the addresses that
+hold one.  A server that stops
 gracefully removes its own lease, so agents stop using it at once; one that
 dies drops out when its lease expires.
 """
@@ -12,31 +13,39 @@ dies drops out when its lease expires.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 
-from k3stw.apiserver.registry import Registry
+from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.kinds import endpoints, endpointslices, services
+from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.storage import Object, ObjectStore
-from k3stw.controllers.loop import ControllerLoop
-from k3stw.datastore.interface import IDatastore, KeyExists, KeyNotFound
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.controllers import TRANSIENT
+from k3stw.datastore.interface import KeyExists, KeyNotFound
+from k3stw.machinery.controller import Controller
+from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.objects import Object, object_key
+from k3stw.machinery.timing import PeriodicJob
 
 LEASE_PREFIX = "/registry/masterleases/"
 LEASE_TTL = 15
 RENEW_SECONDS = 10.0
 SERVICE = "kubernetes"
+#: The one key this controller syncs: ``default/kubernetes``.
+KEY = f"default/{SERVICE}"
 
 
 def _address_type(address: str) -> str:
     return "IPv6" if ipaddress.ip_address(address).version == 6 else "IPv4"
 
 
-class APIServerEndpoints(ControllerLoop):
+class APIServerEndpoints(Controller):
     """
-    Keeps this server's lease and the ``kubernetes`` Service, Endpoints and
-    EndpointSlice in ``default``.
+    Keeps this server's lease (renewed every L{RENEW_SECONDS}) and the
+    ``kubernetes`` Service, Endpoints and EndpointSlice in ``default``: they are
+    rewritten after each renewal when the live servers changed, and at once
+    when someone else changes them.
 
     :param address: this server's advertised address.
     :param port: the port agents reach it on.
@@ -44,34 +53,48 @@ class APIServerEndpoints(ControllerLoop):
     """
 
     label = "kubernetes endpoints reconciler"
+    expected = TRANSIENT
 
     def __init__(
         self,
-        datastore: IDatastore,
+        informers: ServerInformers,
         store: ObjectStore,
-        registry: Registry,
-        clock: IReactorTime,
         address: str,
         port: int,
         cluster_ip: str,
     ) -> None:
-        super().__init__(clock, RENEW_SECONDS)
-        self.datastore = datastore
+        self.service_informer = informers.for_resource(services.RESOURCE)
+        self.endpoints_informer = informers.for_resource(endpoints.RESOURCE)
+        self.slices_informer = informers.for_resource(endpointslices.RESOURCE)
+        cached = [self.service_informer, self.endpoints_informer, self.slices_informer]
+        super().__init__(store.clock, cached)
         self.store = store
+        self.datastore = store.datastore
         self.address = address
         self.port = port
         self.cluster_ip = cluster_ip
-        self.service_resource = registry.require("", "v1", "services")
-        self.endpoints = registry.require("", "v1", "endpoints")
-        self.slices = registry.require("discovery.k8s.io", "v1", "endpointslices")
+        ours = EventHandler(
+            on_add=self._changed,
+            on_update=lambda old, new: self._changed(new),
+            on_delete=self._changed,
+        )
+        for informer in cached:
+            informer.add_handler(ours)
+        PeriodicJob(
+            store.clock,
+            RENEW_SECONDS,
+            self._renew,
+            "Failed to renew this server's lease",
+            expected=TRANSIENT,
+        ).setServiceParent(self)
 
     @property
     def lease_key(self) -> str:
         return LEASE_PREFIX + self.address
 
-    async def run_once(self) -> None:
-        await self._renew()
-        await self.reconcile()
+    def _changed(self, obj: Object) -> None:
+        if object_key(obj) == KEY:
+            self.enqueue(KEY)
 
     def stopService(self) -> Deferred[None] | None:
         """Stop renewing and give up this server's lease, so it leaves the endpoints now."""
@@ -85,7 +108,7 @@ class APIServerEndpoints(ControllerLoop):
             await self.datastore.delete(self.lease_key)
         except KeyNotFound:
             return
-        await self.reconcile()
+        await self.sync(KEY)
 
     async def _renew(self) -> None:
         value = f"{self.address}:{self.port}".encode()
@@ -96,6 +119,7 @@ class APIServerEndpoints(ControllerLoop):
             if current is None:
                 return await self._renew()
             await self.datastore.update(self.lease_key, value, current.mod_revision, LEASE_TTL)
+        self.enqueue(KEY)
 
     async def live_servers(self) -> list[tuple[str, int]]:
         """The address and port of every server holding a lease, sorted."""
@@ -106,13 +130,15 @@ class APIServerEndpoints(ControllerLoop):
             found.append((host, int(port)))
         return sorted(found)
 
-    async def reconcile(self) -> None:
+    async def sync(self, key: str) -> None:
         servers = await self.live_servers()
         await self._ensure_service()
-        await self._write(self.endpoints, self._endpoints(servers))
-        await self._write(self.slices, self._slice(servers))
+        await self._write(endpoints.RESOURCE, self.endpoints_informer, self._endpoints(servers))
+        await self._write(endpointslices.RESOURCE, self.slices_informer, self._slice(servers))
 
     async def _ensure_service(self) -> None:
+        if self.service_informer.get(KEY) is not None:
+            return
         service: Object = {
             "metadata": {
                 "name": SERVICE,
@@ -130,7 +156,7 @@ class APIServerEndpoints(ControllerLoop):
             },
         }
         try:
-            await self.store.create(self.service_resource, "default", service)
+            await self.store.create(services.RESOURCE, "default", service)
         except StatusError as e:
             if e.code != 409:
                 raise
@@ -172,9 +198,12 @@ class APIServerEndpoints(ControllerLoop):
             "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
         }
 
-    async def _write(self, resource: Any, wanted: Object) -> None:
-        """Create C{wanted}, or replace what differs in the stored one."""
+    async def _write(self, resource: ResourceType, cached: Informer, wanted: Object) -> None:
+        """Create C{wanted}, or replace what differs in the stored one (if anything does)."""
         fields = [k for k in wanted if k != "metadata"]
+        current = cached.get(KEY)
+        if current is not None and _holds(current, wanted, fields):
+            return
 
         def replace(current: Object) -> Object:
             for field in fields:
@@ -192,3 +221,11 @@ class APIServerEndpoints(ControllerLoop):
             except StatusError as again:
                 if again.code != 409:
                     raise
+
+
+def _holds(current: Object, wanted: Object, fields: list[str]) -> bool:
+    """Whether C{current} already has C{wanted}'s fields and labels."""
+    labels = current["metadata"].get("labels") or {}
+    return all(current.get(field) == wanted[field] for field in fields) and all(
+        labels.get(k) == v for k, v in wanted["metadata"]["labels"].items()
+    )

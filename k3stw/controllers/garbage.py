@@ -3,33 +3,49 @@ Deletion that reaches beyond one object: dependents by ownerReferences
 (background, foreground and orphan propagation) and everything in a
 namespace that is being deleted.
 
-One datastore watch over ``/registry/`` feeds an in-memory index of
-ownership edges; the work itself goes through L{ObjectStore}, so finalizers
-and every other rule of deletion still apply.
+The collector follows every served resource through the shared informers
+(an index by owner uid in each), and works through the object store, so
+finalizers and every other rule of deletion still apply.  Its keys name one
+object of one resource: ``<plural>[.<group>]/<namespace>/<name>``.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-
-from k3stw.apiserver.registry import NAMESPACES, Registry, ResourceType
+from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.kinds import namespaces
+from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.storage import Object, ObjectStore
-from k3stw.controllers.loop import ControllerLoop
-from k3stw.datastore.interface import Event, EventType, IDatastore
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.controllers import TRANSIENT
+from k3stw.machinery.cache import NAMESPACE, OWNER_UID, UID, by_owner_uid, by_uid
+from k3stw.machinery.controller import Controller
+from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.objects import (
+    Object,
+    is_deleting,
+    join_key,
+    metadata,
+    name_of,
+    namespace_of,
+    owner_references,
+    split_key,
+    uid_of,
+    without,
+)
 
-PREFIX = "/registry/"
 ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
-NAMESPACE_FINALIZER = "kubernetes"
-#: Wait between passes over work that could not finish (a dependent still has finalizers).
+#: Wait before looking again at work that could not finish (a dependent still has finalizers).
 RETRY_SECONDS = 1.0
+
+
+def resource_name(resource: ResourceType) -> str:
+    """``pods``, ``deployments.apps``: a resource as the collector's keys name it."""
+    return f"{resource.plural}.{resource.group}" if resource.group else resource.plural
 
 
 @dataclass(frozen=True)
@@ -38,177 +54,169 @@ class ObjectRef:
     namespace: str | None
     name: str
 
+    @property
+    def key(self) -> str:
+        return f"{resource_name(self.resource)}/{join_key(self.namespace, self.name)}"
 
-class GarbageCollector(ControllerLoop):
+
+class GarbageCollector(Controller):
     """Cascading deletion by ownerReferences, and namespace termination."""
 
     label = "garbage collector"
+    expected = TRANSIENT
 
-    def __init__(
-        self, datastore: IDatastore, store: ObjectStore, registry: Registry, clock: IReactorTime
-    ) -> None:
-        super().__init__(clock, RETRY_SECONDS)
-        self.datastore = datastore
+    def __init__(self, informers: ServerInformers, store: ObjectStore, registry: Registry) -> None:
+        super().__init__(store.clock)
+        self.shared = informers
         self.store = store
         self.registry = registry
-        self.dependents: defaultdict[str, set[str]] = defaultdict(set)
-        self._pending: set[str] = set()
-        self._wake: Deferred[None] | None = None
+        self._followed: dict[str, tuple[ResourceType, Informer]] = {}
+        self._follow_registry()
+        # Work starts once the built-in resources are cached; custom ones join as they come.
+        self.informers = [informer for _, informer in self._followed.values()]
+        self.namespaces = informers.for_resource(namespaces.RESOURCE)
+        registry.on_change(self._follow_registry)
 
-    async def run_once(self) -> None:
-        await self._follow()
+    # Following every served resource
 
-    async def _follow(self) -> None:
-        """Index everything, then handle changes as they come."""
-        self.dependents.clear()
-        revision = 0
-        start: str | None = None
-        while True:
-            page = await self.datastore.list(PREFIX, 500, start, revision)
-            revision = page.revision
-            for kv in page.items:
-                obj = _decode(kv.value)
-                self._index(kv.key, obj)
-                if _needs_attention(obj):
-                    self._pending.add(kv.key)
-                start = kv.key
-            if not page.more:
-                break
-        self.watch = await self.datastore.watch(PREFIX, revision + 1, self._changed)
-        ended = self.watch.ended
-        ended.addBoth(self._nudge_through)
-        while not ended.called:
-            await self._work()
-            if ended.called:
-                break
-            self._wake = Deferred()
-            retry = self.clock.callLater(RETRY_SECONDS, self._nudge) if self._pending else None
-            try:
-                await self._wake
-            finally:
-                if retry is not None and retry.active():
-                    retry.cancel()
-        await ended
+    def _follow_registry(self) -> None:
+        """An informer for each served resource (one version of each); none for those gone."""
+        served: dict[str, ResourceType] = {}
+        for resource in self.registry:
+            served.setdefault(resource_name(resource), resource)
+        for name in list(self._followed.keys() - served.keys()):
+            resource, informer = self._followed.pop(name)
+            if resource.crd:
+                self.shared.forget_resource(resource)
+        for name, resource in served.items():
+            if name not in self._followed:
+                informer = self.shared.for_resource(resource)
+                informer.add_index(UID, by_uid)
+                informer.add_index(OWNER_UID, by_owner_uid)
+                informer.add_handler(self._handler(resource))
+                self._followed[name] = (resource, informer)
 
-    def _changed(self, events: Sequence[Event]) -> None:
-        for event in events:
-            obj = _decode(event.kv.value)
-            if event.type is EventType.DELETE:
-                self._forget(event.kv.key, obj)
-                uid = obj.get("metadata", {}).get("uid")
-                if uid and self.dependents.get(uid):
-                    self._pending.update(self.dependents[uid])
-            else:
-                self._index(event.kv.key, obj)
-                if _needs_attention(obj):
-                    self._pending.add(event.kv.key)
-        self._nudge()
+    def _handler(self, resource: ResourceType) -> EventHandler:
+        def changed(obj: Object) -> None:
+            if owner_references(obj) or is_deleting(obj):
+                self.enqueue(self._ref(resource, obj).key)
 
-    def _nudge(self) -> None:
-        if self._wake is not None and not self._wake.called:
-            self._wake.callback(None)
+        def deleted(obj: Object) -> None:
+            # Its dependents may have lost their last owner; a foreground owner may be free;
+            # a terminating namespace may be empty now.
+            self._enqueue_dependents(uid_of(obj))
+            for owner in owner_references(obj):
+                found = self._by_uid(str(owner.get("uid") or ""))
+                if found is not None:
+                    self.enqueue(found.key)
+            namespace = self.namespaces.get(namespace_of(obj)) if namespace_of(obj) else None
+            if namespace is not None and is_deleting(namespace):
+                self.enqueue(self._ref(namespaces.RESOURCE, namespace).key)
 
-    def _nudge_through(self, result: object) -> object:
-        self._nudge()
-        return result
+        return EventHandler(
+            on_add=changed, on_update=lambda old, new: changed(new), on_delete=deleted
+        )
 
-    def _index(self, key: str, obj: Object) -> None:
-        for reference in obj.get("metadata", {}).get("ownerReferences") or []:
-            if reference.get("uid"):
-                self.dependents[reference["uid"]].add(key)
+    def _ref(self, resource: ResourceType, obj: Object) -> ObjectRef:
+        return ObjectRef(resource, namespace_of(obj) or None, name_of(obj))
 
-    def _forget(self, key: str, obj: Object) -> None:
-        for reference in obj.get("metadata", {}).get("ownerReferences") or []:
-            keys = self.dependents.get(reference.get("uid", ""))
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self.dependents[reference["uid"]]
+    def _enqueue_dependents(self, uid: str) -> None:
+        for ref in self._dependents(uid):
+            self.enqueue(ref.key)
 
-    async def _work(self) -> None:
-        pending, self._pending = self._pending, set()
-        for key in sorted(pending):
-            try:
-                done = await self._handle(key)
-            except StatusError as e:
-                self._log.warn(
-                    "garbage collection of {key} failed: {error}", key=key, error=e.message
-                )
-                done = False
-            if not done:
-                self._pending.add(key)
+    def _dependents(self, uid: str) -> list[ObjectRef]:
+        found: list[ObjectRef] = []
+        if not uid:
+            return found
+        for resource, informer in self._followed.values():
+            found += [self._ref(resource, obj) for obj in informer.cache.by_index(OWNER_UID, uid)]
+        return found
 
-    async def _handle(self, key: str) -> bool:
-        """Act on one object; False when it must be looked at again later."""
-        ref = self._ref(key)
-        if ref is None:
-            return True
-        try:
-            obj = await self.store.get(ref.resource, ref.namespace, ref.name)
-        except StatusError as e:
-            if e.code == 404:
-                return True
-            raise
-        metadata = obj["metadata"]
-        if metadata.get("deletionTimestamp"):
-            if ref.resource is NAMESPACES or (
-                ref.resource.kind == "Namespace" and not ref.resource.group
-            ):
-                return await self._terminate_namespace(ref, obj)
-            finalizers = metadata.get("finalizers") or []
+    def _by_uid(self, uid: str) -> ObjectRef | None:
+        """The object with C{uid}, if the caches hold it."""
+        if not uid:
+            return None
+        for resource, informer in self._followed.values():
+            for obj in informer.cache.by_index(UID, uid):
+                return self._ref(resource, obj)
+        return None
+
+    def _lookup(self, key: str) -> tuple[ObjectRef, Informer] | None:
+        name, _, object_key = key.partition("/")
+        followed = self._followed.get(name)
+        if followed is None:
+            return None
+        resource, informer = followed
+        namespace, object_name = split_key(object_key)
+        return ObjectRef(resource, namespace, object_name), informer
+
+    # The work
+
+    async def sync(self, key: str) -> None:
+        found = self._lookup(key)
+        if found is None:
+            return
+        ref, informer = found
+        obj = informer.get(join_key(ref.namespace, ref.name))
+        if obj is None:
+            return
+        if is_deleting(obj):
+            if ref.resource is namespaces.RESOURCE:
+                if not await self._terminate_namespace(ref, obj):
+                    self.queue.add_after(key, RETRY_SECONDS)
+                return
+            finalizers = metadata(obj).get("finalizers") or []
             if ORPHAN in finalizers:
-                await self._orphan_dependents(metadata["uid"])
+                await self._orphan_dependents(uid_of(obj))
                 await self._drop_finalizer(ref, ORPHAN)
             elif FOREGROUND in finalizers:
-                if await self._delete_dependents(metadata["uid"], foreground=True):
+                if await self._delete_dependents(uid_of(obj)):
                     await self._drop_finalizer(ref, FOREGROUND)
                 else:
-                    return False
-        return await self._collect_if_owners_gone(ref, obj)
+                    self.queue.add_after(key, RETRY_SECONDS)
+            return
+        await self._collect_if_owners_gone(ref, obj)
 
-    async def _collect_if_owners_gone(self, ref: ObjectRef, obj: Object) -> bool:
+    async def _collect_if_owners_gone(self, ref: ObjectRef, obj: Object) -> None:
         """Delete an object whose every owner is gone (background propagation)."""
-        owners = obj["metadata"].get("ownerReferences") or []
-        if not owners or obj["metadata"].get("deletionTimestamp"):
-            return True
+        owners = owner_references(obj)
+        if not owners:
+            return
         for owner in owners:
             if await self._owner_exists(ref.namespace, owner):
-                return True
+                return
         try:
-            await self.store.delete(
-                ref.resource, ref.namespace, ref.name, {"uid": obj["metadata"]["uid"]}
-            )
+            await self.store.delete(ref.resource, ref.namespace, ref.name, {"uid": uid_of(obj)})
         except StatusError as e:
             if e.code not in (404, 409):
                 raise
-        return True
 
-    async def _owner_exists(self, namespace: str | None, owner: dict[str, str]) -> bool:
-        group = owner.get("apiVersion", "").rpartition("/")[0]
-        resource = self.registry.by_kind(group, owner.get("kind", ""))
+    async def _owner_exists(self, namespace: str | None, owner: Mapping[str, Any]) -> bool:
+        group = str(owner.get("apiVersion", "")).rpartition("/")[0]
+        resource = self.registry.by_kind(group, str(owner.get("kind", "")))
         if resource is None:
             # An owner of a kind this server does not serve is never collected against.
             return True
+        scope = namespace if resource.namespaced else None
+        name = str(owner.get("name", ""))
+        informer = self._followed.get(resource_name(resource), (resource, None))[1]
+        cached = informer.get(join_key(scope, name)) if informer is not None else None
+        if cached is not None and uid_of(cached) == owner.get("uid"):
+            return True
+        # The cache may not have seen the owner yet: only the store can say it is gone.
         try:
-            found = await self.store.get(
-                resource, namespace if resource.namespaced else None, owner.get("name", "")
-            )
+            live = await self.store.get(resource, scope, name)
         except StatusError as e:
             if e.code == 404:
                 return False
             raise
-        return bool(found["metadata"].get("uid") == owner.get("uid"))
-
-    async def _dependent_refs(self, uid: str) -> list[ObjectRef]:
-        refs = (self._ref(key) for key in sorted(self.dependents.get(uid, ())))
-        return [ref for ref in refs if ref is not None]
+        return uid_of(live) == owner.get("uid")
 
     async def _orphan_dependents(self, uid: str) -> None:
-        for ref in await self._dependent_refs(uid):
+        for ref in self._dependents(uid):
 
             def release(current: Object) -> Object:
-                owners = current["metadata"].get("ownerReferences") or []
-                kept = [o for o in owners if o.get("uid") != uid]
+                kept = [o for o in owner_references(current) if o.get("uid") != uid]
                 if kept:
                     current["metadata"]["ownerReferences"] = kept
                 else:
@@ -221,22 +229,20 @@ class GarbageCollector(ControllerLoop):
                 if e.code != 404:
                     raise
 
-    async def _delete_dependents(self, uid: str, foreground: bool) -> bool:
-        """Delete every dependent of C{uid}; True once none is left."""
-        refs = await self._dependent_refs(uid)
+    async def _delete_dependents(self, uid: str) -> bool:
+        """Delete every dependent of C{uid}, theirs first; True once none is left."""
+        refs = self._dependents(uid)
         for ref in refs:
             try:
-                await self.store.delete(
-                    ref.resource, ref.namespace, ref.name, None, [FOREGROUND] if foreground else []
-                )
+                await self.store.delete(ref.resource, ref.namespace, ref.name, None, [FOREGROUND])
             except StatusError as e:
                 if e.code != 404:
                     raise
-        return not self.dependents.get(uid)
+        return not refs
 
     async def _drop_finalizer(self, ref: ObjectRef, finalizer: str) -> None:
         def drop(current: Object) -> Object:
-            finalizers = [f for f in current["metadata"].get("finalizers") or [] if f != finalizer]
+            finalizers = without(current["metadata"].get("finalizers") or [], finalizer)
             if finalizers:
                 current["metadata"]["finalizers"] = finalizers
             else:
@@ -248,66 +254,37 @@ class GarbageCollector(ControllerLoop):
     async def _terminate_namespace(self, ref: ObjectRef, namespace: Object) -> bool:
         """Delete everything in a terminating namespace, then the namespace itself."""
         remaining = 0
-        for resource in self.registry:
+        for resource, informer in list(self._followed.values()):
             if not resource.namespaced:
                 continue
-            listed = await self.store.list(resource, ref.name)
-            for obj in listed.items:
+            if not informer.synced:
+                return False  # a new custom resource's cache is still filling
+            for obj in informer.cache.by_index(NAMESPACE, ref.name):
                 remaining += 1
-                if obj["metadata"].get("deletionTimestamp"):
+                if is_deleting(obj):
                     continue
                 try:
-                    await self.store.delete(resource, ref.name, obj["metadata"]["name"])
+                    await self.store.delete(resource, ref.name, name_of(obj))
                 except StatusError as e:
                     if e.code != 404:
                         raise
         if remaining:
             return False
-        finalizers = namespace.get("spec", {}).get("finalizers") or []
-        if NAMESPACE_FINALIZER in finalizers or namespace["metadata"].get("finalizers") is None:
+        spec_finalizers = (namespace.get("spec") or {}).get("finalizers") or []
+        if namespaces.FINALIZER in spec_finalizers or metadata(namespace).get("finalizers") is None:
 
             def finalize(current: Object) -> Object:
                 spec = current.setdefault("spec", {})
-                spec["finalizers"] = [
-                    f for f in spec.get("finalizers") or [] if f != NAMESPACE_FINALIZER
-                ]
+                spec["finalizers"] = without(spec.get("finalizers") or [], namespaces.FINALIZER)
                 if not spec["finalizers"]:
                     del spec["finalizers"]
                 return current
 
-            await self.store.guaranteed_update(NAMESPACES, None, ref.name, finalize)
+            await self.store.guaranteed_update(namespaces.RESOURCE, None, ref.name, finalize)
         try:
-            await self.store.delete(NAMESPACES, None, ref.name)
+            await self.store.delete(namespaces.RESOURCE, None, ref.name)
         except StatusError as e:
             if e.code != 404:
                 raise
         self._log.info("namespace {name} deleted", name=ref.name)
         return True
-
-    def _ref(self, key: str) -> ObjectRef | None:
-        """The object a storage key names, if it is of a served resource."""
-        parts = key[len(PREFIX) :].split("/")
-        for resource in self.registry:
-            prefix = resource.storage_prefix()[len(PREFIX) :].rstrip("/").split("/")
-            if parts[: len(prefix)] != prefix:
-                continue
-            rest = parts[len(prefix) :]
-            if resource.namespaced and len(rest) == 2:
-                return ObjectRef(resource, rest[0], rest[1])
-            if not resource.namespaced and len(rest) == 1:
-                return ObjectRef(resource, None, rest[0])
-        return None
-
-
-def _needs_attention(obj: Object) -> bool:
-    """Whether collection could have work on C{obj}: most writes need none, and cost nothing."""
-    metadata = obj.get("metadata") or {}
-    return bool(metadata.get("ownerReferences") or metadata.get("deletionTimestamp"))
-
-
-def _decode(value: bytes) -> Object:
-    try:
-        obj = json.loads(value)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}

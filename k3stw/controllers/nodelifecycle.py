@@ -7,7 +7,9 @@ taints; when its kubelet posts Ready again, the taints go.
 Like kube-controller-manager it measures silence with its own clock: it
 notes when it last *saw* a node's Lease renewTime or Ready heartbeat change,
 so clock skew between a node and the server does not matter, and a server
-that starts after a long pause gives every node a full grace period.
+that starts after a long pause gives every node a full grace period.  A
+node is looked at when its Node or Lease changes, and again when its grace
+period would run out: nothing polls.
 """
 
 from __future__ import annotations
@@ -15,33 +17,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-
-from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.kinds import leases, nodes
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.storage import Object, ObjectStore
-from k3stw.controllers.loop import ControllerLoop
-from k3stw.kubelet.node import (
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.controllers import TRANSIENT
+from k3stw.machinery.controller import Controller
+from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.nodes import (
     KUBELET_CONDITIONS,
     LEASE_NAMESPACE,
     Taint,
-    find_condition,
     has_taint,
-    rfc3339,
     without_taints,
 )
+from k3stw.machinery.objects import Object, find_condition, get_path, join_key, name_of, uid_of
+from k3stw.machinery.times import rfc3339
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 UNREACHABLE_TAINTS = (Taint(UNREACHABLE, "", "NoSchedule"), Taint(UNREACHABLE, "", "NoExecute"))
-
-#: kube-controller-manager's ``--node-monitor-period``.
-MONITOR_PERIOD = 5.0
 
 UNKNOWN_REASON = "NodeStatusUnknown"
 UNKNOWN_MESSAGE = "Kubelet stopped posting node status."
 NEVER_REASON = "NodeStatusNeverUpdated"
 NEVER_MESSAGE = "Kubelet never posted node status."
+#: A node is looked at again this long after its grace period would end (timers are not exact).
+_SLACK = 0.1
 
 
 @dataclass(frozen=True)
@@ -52,101 +53,88 @@ class _Probe:
     seen_at: float
 
 
-class NodeLifecycleController(ControllerLoop):
+class NodeLifecycleController(Controller):
     """
     Marks silent nodes Ready=Unknown and unreachable, and clears the taints
     when they come back.
 
-    :param store: the server's object store.
-    :param nodes: the ``nodes`` resource type (core v1).
-    :param leases: the ``leases`` resource type (coordination.k8s.io v1).
-    :param clock: the controller's timing and its notion of now.
     :param grace_period: seconds of silence before a node turns Unknown
         (``--node-monitor-grace-period``).
-    :param monitor_period: seconds between passes over all nodes.
     """
 
     label = "node lifecycle controller"
+    expected = TRANSIENT
 
     def __init__(
-        self,
-        store: ObjectStore,
-        nodes: ResourceType,
-        leases: ResourceType,
-        clock: IReactorTime,
-        grace_period: float = 40.0,
-        monitor_period: float = MONITOR_PERIOD,
+        self, informers: ServerInformers, store: ObjectStore, grace_period: float = 40.0
     ) -> None:
-        super().__init__(clock, monitor_period)
+        self.nodes = informers.for_resource(nodes.RESOURCE)
+        self.leases = informers.for_resource(leases.RESOURCE)
+        super().__init__(store.clock, [self.nodes, self.leases])
         self.store = store
-        self.nodes = nodes
-        self.leases = leases
         self.grace_period = grace_period
-        self.monitor_period = monitor_period
         self._probes: dict[str, _Probe] = {}
+        self.nodes.add_handler(self.enqueue_handler())
+        self.leases.add_handler(
+            EventHandler(
+                on_add=self._lease_changed,
+                on_update=lambda old, new: self._lease_changed(new),
+                on_delete=self._lease_changed,
+            )
+        )
 
-    async def run_once(self) -> None:
-        await self._monitor()
+    def _lease_changed(self, lease: Object) -> None:
+        if get_path(lease, "metadata", "namespace") == LEASE_NAMESPACE:
+            self.enqueue(name_of(lease))
 
-    def monitor(self) -> Deferred[None]:
-        """One pass over every node (the service runs one every C{monitor_period})."""
-        return Deferred.fromCoroutine(self._monitor())
-
-    async def _monitor(self) -> None:
+    async def sync(self, key: str) -> None:
+        node = self.nodes.get(key)
+        if node is None:
+            self._probes.pop(key, None)
+            return
         now = self.clock.seconds()
-        nodes = (await self.store.list(self.nodes, None)).items
-        leases = {
-            lease["metadata"]["name"]: lease
-            for lease in (await self.store.list(self.leases, LEASE_NAMESPACE)).items
-        }
-        present: set[str] = set()
-        for node in nodes:
-            name = node["metadata"]["name"]
-            present.add(name)
-            lease = leases.get(name)
-            silent = self._observe(name, node, lease, now)
-            try:
-                if silent and _needs_marking(node):
-                    self._log.info(
-                        "Node {node} has not reported for {grace}s: marking it Unknown",
-                        node=name,
-                        grace=self.grace_period,
-                    )
-                    await self._update(name, self._mark_unknown)
-                elif not silent and _returned(node):
-                    self._log.info("Node {node} is Ready again", node=name)
-                    await self._update(name, _clear_unreachable)
-            except StatusError as e:
-                if e.code != 404:
-                    self._log.warn(
-                        "Updating node {node} failed: {error}", node=name, error=e.message
-                    )
-        for gone in set(self._probes) - present:
-            del self._probes[gone]
+        silent_for = self._observe(key, node, self.leases.get(join_key(LEASE_NAMESPACE, key)), now)
+        if silent_for > self.grace_period:
+            if _needs_marking(node):
+                self._log.info(
+                    "Node {node} has not reported for {grace}s: marking it Unknown",
+                    node=key,
+                    grace=self.grace_period,
+                )
+                await self._update(key, self._mark_unknown)
+            return
+        if _returned(node):
+            self._log.info("Node {node} is Ready again", node=key)
+            await self._update(key, _clear_unreachable)
+        # Look again when the grace period would run out, should nothing change before.
+        self.queue.add_after(key, self.grace_period - silent_for + _SLACK)
 
-    def _observe(self, name: str, node: Object, lease: Object | None, now: float) -> bool:
-        """Note what shows the node alive; whether it has been silent beyond the grace period."""
+    def _observe(self, name: str, node: Object, lease: Object | None, now: float) -> float:
+        """Note what shows the node alive; how long it has been silent."""
         ready = find_condition(node, "Ready") or {}
-        renewed = str(((lease or {}).get("spec") or {}).get("renewTime") or "")
         signature = (
-            str(node["metadata"].get("uid", "")),
-            renewed,
+            uid_of(node),
+            str(get_path(lease, "spec", "renewTime") or ""),
             str(ready.get("lastHeartbeatTime") or ""),
         )
         probe = self._probes.get(name)
         if probe is None or probe.signature != signature:
             probe = _Probe(signature, now)
             self._probes[name] = probe
-        return now - probe.seen_at > self.grace_period
+        return now - probe.seen_at
 
     async def _update(self, name: str, mutate: Callable[[Object], Object]) -> None:
-        await self.store.guaranteed_update(self.nodes, None, name, mutate)
+        try:
+            await self.store.guaranteed_update(nodes.RESOURCE, None, name, mutate)
+        except StatusError as e:
+            if e.code != 404:
+                raise
 
     def _mark_unknown(self, node: Object) -> Object:
         probe = self._probes.get(node["metadata"]["name"])
         ready = find_condition(node, "Ready") or {}
         if probe is not None and probe.signature[2] != str(ready.get("lastHeartbeatTime") or ""):
-            return node  # a heartbeat arrived since the pass looked: not silent after all
+            return node  # a heartbeat arrived since the cache showed the node: not silent after all
         now = rfc3339(self.clock.seconds())
         status = node.setdefault("status", {})
         conditions = status.setdefault("conditions", [])

@@ -20,6 +20,7 @@ from k3stw.machinery.objects import Object, get_path, metadata, object_key, owne
 IndexFunc = Callable[[Object], Iterable[str]]
 
 NAMESPACE = "namespace"
+UID = "uid"
 OWNER_UID = "owner-uid"
 NODE_NAME = "node-name"
 LABEL = "label"
@@ -28,6 +29,12 @@ LABEL = "label"
 def by_namespace(obj: Object) -> Iterable[str]:
     """The object's namespace ("" for a cluster-scoped object)."""
     return (str(metadata(obj).get("namespace") or ""),)
+
+
+def by_uid(obj: Object) -> Iterable[str]:
+    """The object's own uid."""
+    uid = metadata(obj).get("uid")
+    return (str(uid),) if uid else ()
 
 
 def by_owner_uid(obj: Object) -> Iterable[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 
@@ -20,13 +20,14 @@ from k3stw.machinery.timing import Backoff
 from k3stw.machinery.workqueue import RATE_LIMIT, QueueShutDown, WorkQueue
 
 
-class Controller(Service):
+class Controller(MultiService):
     """
     A control loop: C{workers} workers calling L{sync} with queued keys, once
     every informer in C{informers} has filled its cache.
 
     Subclasses implement L{sync}, and enqueue keys from their informers'
-    handlers (L{enqueue_handler} makes the common one).
+    handlers (L{enqueue_handler} makes the common one).  Child services (a
+    periodic job, say) run with the controller.
 
     :cvar label: what the logs call this controller.
     :cvar expected: errors that are one warning line (a datastore that is
@@ -44,6 +45,7 @@ class Controller(Service):
         workers: int = 1,
         backoff: Backoff = RATE_LIMIT,
     ) -> None:
+        super().__init__()
         self.clock = clock
         self.informers = list(informers)
         self.workers = workers
@@ -76,8 +78,8 @@ class Controller(Service):
         waiting.addCallback(lambda _: self._start_workers())
         waiting.addErrback(lambda f: f.trap(CancelledError))
 
-    def stopService(self) -> None:
-        super().stopService()
+    def stopService(self) -> Deferred[None] | None:
+        stopped: Deferred[None] | None = super().stopService()
         if self._waiting is not None and not self._waiting.called:
             self._waiting.cancel()
         self._waiting = None
@@ -85,6 +87,7 @@ class Controller(Service):
         workers, self._running_workers = self._running_workers, []
         for worker in workers:
             worker.cancel()
+        return stopped
 
     def _start_workers(self) -> None:
         self._waiting = None

@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 
@@ -16,15 +16,17 @@ from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
 from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, node_factory
 from k3stw.apiserver.bootstrap import bootstrap
+from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.kinds import built_in_registry, crds, nodes
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.registry import Registry
-from k3stw.apiserver.resource import APIRequest, KubernetesAPI
+from k3stw.apiserver.request import APIRequest
+from k3stw.apiserver.routing import KubernetesAPI
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
-from k3stw.controllers.nodepassword import NodePasswordController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
@@ -41,6 +43,7 @@ from k3stw.pki.token import InvalidToken, Token, parse_token
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
 from k3stw.supervisor.connect import TunnelConnectResource
+from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
 from k3stw.supervisor.resource import Readiness, supervisor_resource
 from k3stw.tunnel.registry import TunnelRegistry
@@ -49,9 +52,10 @@ from k3stw.web import QuietSite
 
 class ServerService(ApplianceService):
     """
-    The root of a server: the datastore, the controllers, the supervisor
-    listener with the Kubernetes API, and (unless ``--disable-agent``) the
-    server's own node, which joins once the server is ready.
+    The root of a server: the datastore, the supervisor listener with the
+    Kubernetes API, and, once the datastore answers and the system namespaces
+    exist, the control plane and (unless ``--disable-agent``) the server's own
+    node.
     """
 
     _log = Logger()
@@ -63,6 +67,7 @@ class ServerService(ApplianceService):
         datastore: IDatastore,
         store: ObjectStore,
         registry: Registry,
+        control_plane: IService,
         reactor: Any,
     ) -> None:
         super().__init__("k3s-server")
@@ -72,6 +77,7 @@ class ServerService(ApplianceService):
         self.datastore = datastore
         self.store = store
         self.registry = registry
+        self.control_plane = control_plane
         self.readiness = Readiness()
         self._becoming_ready: Deferred[None] | None = None
 
@@ -114,6 +120,7 @@ class ServerService(ApplianceService):
         # Every backend is also a Service that says when it has connected.
         await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
+        self.control_plane.setServiceParent(self)
         self.readiness.mark_ready()
         if self.config.node is not None:
             self._start_embedded_agent(self.config.node)
@@ -201,19 +208,15 @@ def _unreachable(error: DatastoreUnavailable) -> StartupError:
     )
 
 
-def build_server(
-    config: ServerConfig, reactor: Any, now: datetime.datetime | None = None
-) -> IService:
+def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -> ServerCredentials:
     """
-    Prepare the server's files and assemble its services.
-
-    :param reactor: the reactor (time, threads, TLS listening).
-
-    Credentials and the admin kubeconfig are made here, before the reactor
-    runs, so that a problem with them stops the start with one clear line.
+    Prepare the server's files before the reactor runs, so that a problem with
+    them stops the start with one clear line: credentials (shared through an
+    external datastore, waiting for it while it is down), the admin kubeconfig,
+    and SQLite's folder.  Blocking: C{makeService} calls it, never the reactor.
 
     :raises k3stw.lifecycle.StartupError: the data directory, a certificate
-        or a token cannot be used.
+        or a token cannot be used, or the datastore cannot be reached.
     """
     when = now or datetime.datetime.now(datetime.UTC)
     credentials = _credentials_shared_through_the_datastore(config, when)
@@ -226,37 +229,64 @@ def build_server(
     )
     if config.datastore_endpoint is None:
         (config.server_dir / "db").mkdir(mode=0o700, exist_ok=True)
-    datastore = datastore_for_endpoint(
-        reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
-    )
-    store = ObjectStore(datastore, reactor)
-    registry = Registry.with_built_ins()
-    root = ServerService(config, credentials, datastore, store, registry, reactor)
-    datastore.setServiceParent(root)
-    GarbageCollector(datastore, store, registry, reactor).setServiceParent(root)
-    CRDController(datastore, store, registry, reactor).setServiceParent(root)
-    NodePasswordController(store, registry, reactor).setServiceParent(root)
+    return credentials
+
+
+def control_plane(
+    store: ObjectStore, registry: Registry, config: ServerConfig
+) -> tuple[IService, APIServerEndpoints]:
+    """
+    The server's control loops on its shared informers (started once the
+    server is ready), and the reconciler of the ``kubernetes`` endpoints.
+    """
+    services = MultiService()
+    informers = ServerInformers(store)
+    informers.setServiceParent(services)
+    GarbageCollector(informers, store, registry).setServiceParent(services)
+    CRDController(informers, store, registry).setServiceParent(services)
+    NodePasswordController(informers, store).setServiceParent(services)
     NodeLifecycleController(
-        store,
-        registry.require("", "v1", "nodes"),
-        registry.require("coordination.k8s.io", "v1", "leases"),
-        reactor,
-        grace_period=config.node_monitor_grace_period,
-    ).setServiceParent(root)
+        informers, store, grace_period=config.node_monitor_grace_period
+    ).setServiceParent(services)
     address, port = config.advertised
-    endpoints = APIServerEndpoints(
-        datastore, store, registry, reactor, address, port, config.kubernetes_cluster_ip
-    )
-    endpoints.setServiceParent(root)
+    endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
+    endpoints.setServiceParent(services)
+    return services, endpoints
+
+
+def build_server(
+    config: ServerConfig,
+    credentials: ServerCredentials,
+    reactor: Any,
+    datastore: IDatastore | None = None,
+) -> ServerService:
+    """
+    Assemble a server's services on C{reactor} (nothing starts until the tree does).
+
+    :param credentials: from L{prepare_server}.
+    :param datastore: the datastore to use (a test's in-memory one); by default,
+        the one C{config} names.
+    """
+    if datastore is None:
+        datastore = datastore_for_endpoint(
+            reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
+        )
+    store = ObjectStore(datastore, reactor)
+    registry = built_in_registry()
+    store.observe(crds.serve_written_crds(registry))
+    controllers, endpoints = control_plane(store, registry, config)
+    root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
+    IService(datastore).setServiceParent(root)
     # Agents' tunnels, which nodes/proxy reaches their kubelets through.
     tunnels = TunnelRegistry(reactor)
     node_proxy = NodeProxy(
-        partial(store.get, registry.require("", "v1", "nodes"), None),
+        partial(store.get, nodes.RESOURCE, None),
         tunnels,
         PinnedCAPolicy(credentials.server_ca_bundle, credentials.kube_apiserver),
         config.node.node_name if config.node is not None else None,
         reactor,
     )
+    address, port = config.advertised
     api = KubernetesAPI(store, registry, reactor, f"{address}:{port}", node_proxy)
     node_passwords = NodePasswords(store, registry, reactor)
     node_passwords.setServiceParent(root)

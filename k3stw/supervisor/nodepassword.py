@@ -13,6 +13,9 @@ import hashlib
 import hmac
 import os
 
+SECRET_TYPE = "k3s.cattle.io/node-password"
+SECRET_NAMESPACE = "kube-system"
+SECRET_SUFFIX = ".node-password.k3s"
 VERSION = "1"
 LOG2_N = 15
 R = 8
@@ -21,6 +24,11 @@ KEY_LENGTH = 64
 SALT_LENGTH = 8
 # scrypt needs 128 * r * N bytes; leave room above that for OpenSSL's bookkeeping.
 _MAX_MEMORY = 128 * R * (1 << LOG2_N) * 2
+
+
+def secret_name(node: str) -> str:
+    """The secret that holds C{node}'s password hash (in L{SECRET_NAMESPACE})."""
+    return f"{node.lower()}{SECRET_SUFFIX}"
 
 
 class BadHash(ValueError):

@@ -24,22 +24,23 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 
-from k3stw.apiserver.auth import User, user_of_certificate
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.hostport import join_host_port
 from k3stw.logs import Logger
+from k3stw.machinery.identity import User, user_of_certificate
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, issue, new_key
-from k3stw.supervisor.nodepassword import BadHash, hash_password, verify_password
+from k3stw.supervisor.nodepassword import (
+    SECRET_TYPE,
+    BadHash,
+    hash_password,
+    secret_name,
+    verify_password,
+)
 
-SECRET_TYPE = "k3s.cattle.io/node-password"
 AGENT_GROUPS = frozenset({"k3s:agent", "k3s:server", "system:nodes", "system:bootstrappers"})
 NODE_PREFIX = "system:node:"
-
-
-def secret_name(node: str) -> str:
-    return f"{node.lower()}.node-password.k3s"
 
 
 def authenticate(request: IRequest, passwords: Mapping[str, str]) -> User | None:

@@ -66,9 +66,10 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     set_debug(options["debug"])
-    from k3stw.server.service import build_server
+    from k3stw.server.service import build_server, prepare_server
 
     try:
-        return build_server(server_config(options), reactor)
+        config = server_config(options)
+        return build_server(config, prepare_server(config), reactor)
     except (StartupError, ConfigurationError, EndpointError) as e:
         raise SystemExit(f"k3s-server: {e}") from None

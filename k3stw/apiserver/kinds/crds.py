@@ -1,0 +1,81 @@
+"""
+CustomResourceDefinitions (apiextensions.k8s.io/v1): what the server sets on
+a new one (its cleanup finalizer and an Established status), and how a CRD
+written on this server is served at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from k3stw.apiserver.kinds.custom import resources_of_crd
+from k3stw.apiserver.registry import Registry, ResourceType
+from k3stw.apiserver.strategy import Strategy
+from k3stw.machinery.objects import Object, is_deleting, name_of
+
+#: kube-apiserver's finalizer: a deleted CRD first takes its custom resources with it.
+CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
+
+
+def _prepare_create(crd: Object, now: str) -> None:
+    finalizers = crd.setdefault("metadata", {}).setdefault("finalizers", [])
+    if CLEANUP not in finalizers:
+        finalizers.append(CLEANUP)
+    spec = crd.get("spec") or {}
+    names = spec.get("names") or {}
+    crd["status"] = {
+        "acceptedNames": names,
+        "storedVersions": [v["name"] for v in spec.get("versions", []) if v.get("storage")],
+        "conditions": [
+            {
+                "type": "NamesAccepted",
+                "status": "True",
+                "reason": "NoConflicts",
+                "message": "no conflicts found",
+                "lastTransitionTime": now,
+            },
+            {
+                "type": "Established",
+                "status": "True",
+                "reason": "InitialNamesAccepted",
+                "message": "the initial names have been accepted",
+                "lastTransitionTime": now,
+            },
+        ],
+    }
+
+
+RESOURCE = ResourceType(
+    "apiextensions.k8s.io",
+    "v1",
+    "CustomResourceDefinition",
+    "customresourcedefinitions",
+    "customresourcedefinition",
+    namespaced=False,
+    short_names=("crd", "crds"),
+    subresources=("status",),
+    strategy=Strategy(counts_generation=True, prepare_create=_prepare_create),
+)
+
+
+def serve(registry: Registry, crd: Object) -> None:
+    """Serve what C{crd} defines now (nothing once it is being deleted)."""
+    if not is_deleting(crd):
+        registry.replace_crd(name_of(crd), resources_of_crd(crd))
+
+
+def serve_written_crds(registry: Registry) -> Callable[[ResourceType, Object, bool], None]:
+    """
+    An object store observer that serves a CRD's resources as soon as this
+    server writes it (other servers' writes arrive through the CRD controller).
+    """
+
+    def written(resource: ResourceType, obj: Object, deleted: bool) -> None:
+        if resource is not RESOURCE:
+            return
+        if deleted:
+            registry.replace_crd(name_of(obj), [])
+        else:
+            serve(registry, obj)
+
+    return written

@@ -1,0 +1,122 @@
+"""
+DaemonSets (apps/v1): defaults, merge rules and the Table kubectl prints.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from k3stw.apiserver.kinds.podspec import (
+    CONTAINERS_COLUMN,
+    IMAGES_COLUMN,
+    format_selector,
+    template_containers,
+    template_owner_defaults,
+)
+from k3stw.apiserver.patch.rules import (
+    workload_rules,
+)
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.tables import (
+    AGE_COLUMN,
+    NAME_COLUMN,
+    Column,
+    Printed,
+    Printer,
+    age_cell,
+    integer,
+    mapping,
+    name_cell,
+)
+from k3stw.machinery.labels import format_labels
+from k3stw.machinery.objects import get_path
+
+
+def _daemon_set_cells(obj: Printed, now: datetime) -> list[Any]:
+    spec = mapping(obj.get("spec"))
+    status = mapping(obj.get("status"))
+    template_spec = get_path(spec, "template", "spec")
+    names, images = template_containers(template_spec)
+    return [
+        name_cell(obj),
+        integer(status.get("desiredNumberScheduled")),
+        integer(status.get("currentNumberScheduled")),
+        integer(status.get("numberReady")),
+        integer(status.get("updatedNumberScheduled")),
+        integer(status.get("numberAvailable")),
+        format_labels(mapping(get_path(template_spec, "nodeSelector"))),
+        age_cell(obj, now),
+        names,
+        images,
+        format_selector(spec.get("selector")),
+    ]
+
+
+PRINTER = Printer(
+    (
+        NAME_COLUMN,
+        Column(
+            "Desired",
+            "integer",
+            description="The total number of nodes that should be running the daemon pod.",
+        ),
+        Column(
+            "Current",
+            "integer",
+            description="The number of nodes that are running at least 1 daemon pod and are "
+            "supposed to run the daemon pod.",
+        ),
+        Column(
+            "Ready",
+            "integer",
+            description="The number of nodes that should be running the daemon pod and have "
+            "one or more of the daemon pod running with a Ready Condition.",
+        ),
+        Column(
+            "Up-to-date",
+            "integer",
+            description="The total number of nodes that are running updated daemon pod",
+        ),
+        Column(
+            "Available",
+            "integer",
+            description="The number of nodes that should be running the daemon pod and have "
+            "one or more of the daemon pod running and available.",
+        ),
+        Column(
+            "Node Selector",
+            description="NodeSelector is a selector which must be true for the pod to fit on "
+            "a node.",
+        ),
+        AGE_COLUMN,
+        CONTAINERS_COLUMN,
+        IMAGES_COLUMN,
+        Column(
+            "Selector",
+            priority=1,
+            description="A label query over pods that are managed by the daemon set.",
+        ),
+    ),
+    _daemon_set_cells,
+)
+
+
+RESOURCE = ResourceType(
+    "apps",
+    "v1",
+    "DaemonSet",
+    "daemonsets",
+    "daemonset",
+    namespaced=True,
+    short_names=("ds",),
+    categories=("all",),
+    subresources=("status",),
+    strategy=Strategy(
+        printer=PRINTER,
+        merge_rules=workload_rules(),
+        counts_generation=True,
+        default=template_owner_defaults(replicas=False),
+    ),
+)

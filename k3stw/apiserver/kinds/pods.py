@@ -1,0 +1,338 @@
+"""
+Pods (core/v1): defaults, merge rules, the Table kubectl prints and the
+fields a selector may name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from k3stw.apiserver.fields import (
+    NAME,
+    NAMESPACE,
+    FieldTable,
+    boolean_field,
+    field_path,
+    field_text,
+)
+from k3stw.apiserver.kinds.podspec import (
+    default_pod_spec,
+)
+from k3stw.apiserver.patch.rules import (
+    METADATA_ONLY_RULES,
+    POD_SPEC_RULES,
+    FieldRule,
+    RuleTable,
+    apply_keyed_list,
+    keyed_list,
+    under,
+)
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.tables import (
+    AGE_COLUMN,
+    NAME_COLUMN,
+    Column,
+    Printed,
+    Printer,
+    age_cell,
+    human_duration,
+    integer,
+    items,
+    mapping,
+    mappings,
+    name_cell,
+    text,
+)
+from k3stw.machinery.objects import Object, get_path
+from k3stw.machinery.times import parse_datetime
+
+
+def _is_restartable_init(container: Mapping[str, Any] | None) -> bool:
+    return container is not None and container.get("restartPolicy") == "Always"
+
+
+def _has_condition(status: Any, kind: str) -> bool:
+    return any(
+        c.get("type") == kind and c.get("status") == "True"
+        for c in mappings(get_path(status, "conditions"))
+    )
+
+
+def _finished_at(container_status: Mapping[str, Any]) -> datetime | None:
+    return parse_datetime(get_path(container_status, "lastState", "terminated", "finishedAt"))
+
+
+def _later(current: datetime | None, candidate: datetime | None) -> datetime | None:
+    if candidate is None or (current is not None and current >= candidate):
+        return current
+    return candidate
+
+
+def _pod_cells(pod: Printed, now: datetime) -> list[Any]:
+    spec = mapping(pod.get("spec"))
+    status = mapping(pod.get("status"))
+    restarts = 0
+    restartable_restarts = 0
+    total = len(items(spec.get("containers")))
+    ready = 0
+    last_restart: datetime | None = None
+    last_restartable_restart: datetime | None = None
+
+    phase = text(status.get("phase"))
+    reason = text(status.get("reason")) or phase
+    for condition in mappings(status.get("conditions")):
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "SchedulingGated":
+            reason = "SchedulingGated"
+
+    init_specs = mappings(spec.get("initContainers"))
+    init_containers = {text(c.get("name")): c for c in init_specs}
+    total += sum(1 for c in init_specs if _is_restartable_init(c))
+
+    initializing = False
+    for index, container in enumerate(mappings(status.get("initContainerStatuses"))):
+        count = integer(container.get("restartCount"))
+        restarts += count
+        last_restart = _later(last_restart, _finished_at(container))
+        restartable = _is_restartable_init(init_containers.get(text(container.get("name"))))
+        if restartable:
+            restartable_restarts += count
+            last_restartable_restart = _later(last_restartable_restart, _finished_at(container))
+        terminated = get_path(container, "state", "terminated")
+        waiting = get_path(container, "state", "waiting")
+        if isinstance(terminated, Mapping) and integer(terminated.get("exitCode")) == 0:
+            continue
+        if restartable and container.get("started") is True:
+            if container.get("ready") is True:
+                ready += 1
+            continue
+        if isinstance(terminated, Mapping):
+            if text(terminated.get("reason")):
+                reason = "Init:" + text(terminated.get("reason"))
+            elif integer(terminated.get("signal")):
+                reason = f"Init:Signal:{integer(terminated.get('signal'))}"
+            else:
+                reason = f"Init:ExitCode:{integer(terminated.get('exitCode'))}"
+        elif isinstance(waiting, Mapping) and text(waiting.get("reason")) not in (
+            "",
+            "PodInitializing",
+        ):
+            reason = "Init:" + text(waiting.get("reason"))
+        else:
+            reason = f"Init:{index}/{len(init_specs)}"
+        initializing = True
+        break
+
+    if not initializing or _has_condition(status, "Initialized"):
+        restarts = restartable_restarts
+        last_restart = last_restartable_restart
+        has_running = False
+        for container in reversed(mappings(status.get("containerStatuses"))):
+            restarts += integer(container.get("restartCount"))
+            last_restart = _later(last_restart, _finished_at(container))
+            state = mapping(container.get("state"))
+            waiting = state.get("waiting")
+            terminated = state.get("terminated")
+            if isinstance(waiting, Mapping) and text(waiting.get("reason")):
+                reason = text(waiting.get("reason"))
+            elif isinstance(terminated, Mapping) and text(terminated.get("reason")):
+                reason = text(terminated.get("reason"))
+            elif isinstance(terminated, Mapping):
+                if integer(terminated.get("signal")):
+                    reason = f"Signal:{integer(terminated.get('signal'))}"
+                else:
+                    reason = f"ExitCode:{integer(terminated.get('exitCode'))}"
+            elif container.get("ready") is True and state.get("running") is not None:
+                has_running = True
+                ready += 1
+        # A completed container next to one still running: the pod is not done.
+        if reason == "Completed" and has_running:
+            reason = "Running" if _has_condition(status, "Ready") else "NotReady"
+
+    if get_path(pod, "metadata", "deletionTimestamp"):
+        if status.get("reason") == "NodeLost":
+            reason = "Unknown"
+        elif phase not in ("Succeeded", "Failed"):
+            reason = "Terminating"
+
+    restarts_text = str(restarts)
+    if restarts and last_restart is not None:
+        restarts_text = f"{restarts} ({human_duration(now - last_restart)} ago)"
+
+    pod_ips = mappings(status.get("podIPs"))
+    pod_ip = text(pod_ips[0].get("ip")) if pod_ips else text(status.get("podIP"))
+    gates = "<none>"
+    readiness_gates = mappings(spec.get("readinessGates"))
+    if readiness_gates:
+        conditions = {}
+        for condition in reversed(mappings(status.get("conditions"))):
+            conditions[condition.get("type")] = condition.get("status")
+        met = sum(1 for g in readiness_gates if conditions.get(g.get("conditionType")) == "True")
+        gates = f"{met}/{len(readiness_gates)}"
+    return [
+        name_cell(pod),
+        f"{ready}/{total}",
+        reason,
+        restarts_text,
+        age_cell(pod, now),
+        pod_ip or "<none>",
+        text(spec.get("nodeName")) or "<none>",
+        text(status.get("nominatedNodeName")) or "<none>",
+        gates,
+    ]
+
+
+def _pod_conditions(pod: Printed) -> list[dict[str, str]]:
+    phase = get_path(pod, "status", "phase")
+    if phase == "Succeeded":
+        message = "The pod has completed successfully."
+    elif phase == "Failed":
+        message = "The pod failed."
+    else:
+        return []
+    return [{"type": "Completed", "status": "True", "reason": phase, "message": message}]
+
+
+PRINTER = Printer(
+    (
+        NAME_COLUMN,
+        Column(
+            "Ready", description="The aggregate readiness state of this pod for accepting traffic."
+        ),
+        Column("Status", description="The aggregate status of the containers in this pod."),
+        Column(
+            "Restarts",
+            description="The number of times the containers in this pod have been restarted "
+            "and when the last container in this pod has restarted.",
+        ),
+        AGE_COLUMN,
+        Column(
+            "IP",
+            priority=1,
+            description="podIP address allocated to the pod. Routable at least within the "
+            "cluster. Empty if not yet allocated.",
+        ),
+        Column(
+            "Node",
+            priority=1,
+            description="NodeName indicates in which node this pod is scheduled.",
+        ),
+        Column(
+            "Nominated Node",
+            priority=1,
+            description="nominatedNodeName is set only when this pod preempts other pods on "
+            "the node, but it cannot be scheduled right away as preemption victims receive "
+            "their graceful termination periods.",
+        ),
+        Column(
+            "Readiness Gates",
+            priority=1,
+            description="If specified, all readiness gates will be evaluated for pod readiness.",
+        ),
+    ),
+    _pod_cells,
+    _pod_conditions,
+)
+
+
+def _pod_ip(obj: Mapping[str, Any]) -> str:
+    # kube-apiserver reads status.podIPs[0]; podIP mirrors it, so fall back to it.
+    return field_text(
+        get_path(obj, "status", "podIPs", 0, "ip") or get_path(obj, "status", "podIP")
+    )
+
+
+FIELDS = FieldTable(
+    {
+        "metadata.name": NAME,
+        "metadata.namespace": NAMESPACE,
+        "spec.nodeName": field_path("spec", "nodeName"),
+        "spec.restartPolicy": field_path("spec", "restartPolicy"),
+        "spec.schedulerName": field_path("spec", "schedulerName"),
+        "spec.serviceAccountName": field_path("spec", "serviceAccountName"),
+        "spec.hostNetwork": boolean_field("spec", "hostNetwork"),
+        "status.phase": field_path("status", "phase"),
+        "status.podIP": _pod_ip,
+        # Accepted by the conversion but not in the selectable set: always "".
+        "status.podIPs": lambda obj: "",
+        "status.nominatedNodeName": field_path("status", "nominatedNodeName"),
+    },
+    aliases={"spec.host": "spec.nodeName"},
+)
+
+_CONTAINER_STATUS: RuleTable = {
+    "resources.claims": apply_keyed_list("name"),
+    "volumeMounts": keyed_list("mountPath"),
+    "allocatedResourcesStatus": keyed_list("name"),
+    "allocatedResourcesStatus.resources": apply_keyed_list("resourceID"),
+}
+
+_POD_STATUS: RuleTable = {
+    "conditions": keyed_list("type"),
+    # Merged by ip for strategic merge patch, yet atomic for server-side apply.
+    "hostIPs": FieldRule(strategy="merge", merge_key="ip"),
+    "podIPs": keyed_list("ip"),
+    **under("initContainerStatuses", _CONTAINER_STATUS),
+    **under("containerStatuses", _CONTAINER_STATUS),
+    **under("ephemeralContainerStatuses", _CONTAINER_STATUS),
+    "resourceClaimStatuses": keyed_list("name", strategy="merge,retainKeys"),
+}
+
+
+def references(pod: Object, plural: str) -> set[str]:
+    """The names of the secrets (C{plural} ``secrets``) or configmaps a pod uses."""
+    spec = pod.get("spec") or {}
+    key, ref_key, name_key = (
+        ("secret", "secretKeyRef", "secretName")
+        if plural == "secrets"
+        else ("configMap", "configMapKeyRef", "name")
+    )
+    found: set[str] = set()
+    for volume in spec.get("volumes") or []:
+        if isinstance(volume.get(key), dict):
+            found.add(volume[key].get(name_key, ""))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if isinstance(source.get(key), dict):
+                found.add(source[key].get("name", ""))
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get(ref_key)
+            if ref:
+                found.add(ref.get("name", ""))
+        for env_from in container.get("envFrom") or []:
+            ref = env_from.get(f"{key}Ref")
+            if ref:
+                found.add(ref.get("name", ""))
+    if plural == "secrets":
+        found.update(s.get("name", "") for s in spec.get("imagePullSecrets") or [])
+    return found
+
+
+def _default(pod: Object) -> None:
+    default_pod_spec(pod.setdefault("spec", {}))
+    pod.setdefault("status", {}).setdefault("phase", "Pending")
+
+
+RESOURCE = ResourceType(
+    "",
+    "v1",
+    "Pod",
+    "pods",
+    "pod",
+    namespaced=True,
+    short_names=("po",),
+    categories=("all",),
+    subresources=("status", "log"),
+    strategy=Strategy(
+        printer=PRINTER,
+        fields=FIELDS,
+        merge_rules={
+            **METADATA_ONLY_RULES,
+            **under("spec", POD_SPEC_RULES),
+            **under("status", _POD_STATUS),
+        },
+        default=_default,
+    ),
+)

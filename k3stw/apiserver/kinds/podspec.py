@@ -1,0 +1,94 @@
+"""
+What the kinds that carry a pod spec share: its defaults, and the columns
+and selector cells of the workload printers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from k3stw.apiserver.tables import (
+    Column,
+    mappings,
+    text,
+)
+from k3stw.machinery.labels import (
+    LabelSelectorError,
+    format_label_selector,
+    label_selector_from_spec,
+)
+from k3stw.machinery.objects import Object, get_path
+
+#: The workload printers' ``-o wide`` columns.
+CONTAINERS_COLUMN = Column(
+    "Containers", priority=1, description="Names of each container in the template."
+)
+IMAGES_COLUMN = Column(
+    "Images", priority=1, description="Images referenced by each container in the template."
+)
+
+
+def template_containers(template_spec: Any) -> tuple[str, str]:
+    containers = mappings(get_path(template_spec, "containers"))
+    return (
+        ",".join(text(c.get("name")) for c in containers),
+        ",".join(text(c.get("image")) for c in containers),
+    )
+
+
+def selector_text(spec: Any) -> str:
+    # The Deployment printer shows the bare selector string, "" when empty.
+    try:
+        return str(label_selector_from_spec(spec if isinstance(spec, Mapping) else None))
+    except LabelSelectorError:
+        return "<invalid>"
+
+
+def format_selector(spec: Any) -> str:
+    return format_label_selector(spec if isinstance(spec, Mapping) else None)
+
+
+def default_ports(ports: list[Any] | None) -> None:
+    """A port's protocol is TCP unless it says otherwise."""
+    for port in ports or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+
+
+def _default_containers(spec: Object) -> None:
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            if isinstance(container, dict):
+                default_ports(container.get("ports"))
+                container.setdefault("terminationMessagePath", "/dev/termination-log")
+                container.setdefault("terminationMessagePolicy", "File")
+                image = str(container.get("image", ""))
+                latest = ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")
+                container.setdefault("imagePullPolicy", "Always" if latest else "IfNotPresent")
+
+
+def default_pod_spec(spec: Object) -> None:
+    """The defaults of a ``PodSpec``, in place: a pod's, or a workload's template's."""
+    _default_containers(spec)
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("enableServiceLinks", True)
+
+
+def template_owner_defaults(replicas: bool) -> Callable[[Object], None]:
+    """The defaults of a workload with a pod template (and ``replicas``, unless a DaemonSet)."""
+
+    def default(obj: Object) -> None:
+        spec = obj.setdefault("spec", {})
+        if replicas:
+            spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        template = spec.setdefault("template", {})
+        if isinstance(template, dict):
+            default_pod_spec(template.setdefault("spec", {}))
+
+    return default

@@ -1,0 +1,49 @@
+"""
+ServiceAccounts (core/v1): merge rules and the Table kubectl prints.
+"""
+
+from __future__ import annotations
+
+from k3stw.apiserver.patch.rules import (
+    METADATA_ONLY_RULES,
+    keyed_list,
+)
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.tables import (
+    AGE_COLUMN,
+    NAME_COLUMN,
+    Column,
+    Printer,
+    age_cell,
+    items,
+    name_cell,
+)
+
+PRINTER = Printer(
+    (
+        NAME_COLUMN,
+        Column(
+            "Secrets",
+            description="Secrets is a list of the secrets in the same namespace that pods "
+            "running using this ServiceAccount are allowed to use.",
+        ),
+        AGE_COLUMN,
+    ),
+    lambda obj, now: [name_cell(obj), len(items(obj.get("secrets"))), age_cell(obj, now)],
+)
+
+
+RESOURCE = ResourceType(
+    "",
+    "v1",
+    "ServiceAccount",
+    "serviceaccounts",
+    "serviceaccount",
+    namespaced=True,
+    short_names=("sa",),
+    strategy=Strategy(
+        printer=PRINTER,
+        merge_rules={**METADATA_ONLY_RULES, "secrets": keyed_list("name")},
+    ),
+)

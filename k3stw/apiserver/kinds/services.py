@@ -1,0 +1,170 @@
+"""
+Services (core/v1): defaults, merge rules, the Table kubectl prints and
+the fields a selector may name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from k3stw.apiserver.fields import (
+    NAME,
+    NAMESPACE,
+    FieldTable,
+    field_path,
+)
+from k3stw.apiserver.kinds.podspec import (
+    default_ports,
+)
+from k3stw.apiserver.patch.rules import (
+    ATOMIC,
+    METADATA_ONLY_RULES,
+    STATUS_CONDITIONS_RULES,
+    keyed_list,
+)
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.tables import (
+    AGE_COLUMN,
+    NAME_COLUMN,
+    Column,
+    Printed,
+    Printer,
+    age_cell,
+    integer,
+    items,
+    mapping,
+    mappings,
+    name_cell,
+    text,
+)
+from k3stw.machinery.labels import format_labels
+from k3stw.machinery.objects import Object, get_path
+
+
+def _load_balancer_ips(service: Printed) -> str:
+    seen: dict[str, None] = {}
+    for ingress in mappings(get_path(service, "status", "loadBalancer", "ingress")):
+        address = text(ingress.get("ip")) or text(ingress.get("hostname"))
+        if address:
+            seen[address] = None
+    # kube-apiserver prints the whole list server-side (the printers run "wide").
+    return ",".join(seen)
+
+
+def _service_external_ip(service: Printed) -> str:
+    spec = mapping(service.get("spec"))
+    kind = spec.get("type")
+    external = [text(ip) for ip in items(spec.get("externalIPs"))]
+    if kind in ("ClusterIP", "NodePort"):
+        return ",".join(external) or "<none>"
+    if kind == "LoadBalancer":
+        balancer = _load_balancer_ips(service)
+        if external:
+            return ",".join(([balancer] if balancer else []) + external)
+        return balancer or "<pending>"
+    if kind == "ExternalName":
+        return text(spec.get("externalName"))
+    return "<unknown>"
+
+
+def _service_ports(ports: Iterable[Mapping[str, Any]]) -> str:
+    pieces = []
+    for port in ports:
+        protocol = text(port.get("protocol"))
+        node_port = integer(port.get("nodePort"))
+        if node_port > 0:
+            pieces.append(f"{integer(port.get('port'))}:{node_port}/{protocol}")
+        else:
+            pieces.append(f"{integer(port.get('port'))}/{protocol}")
+    return ",".join(pieces)
+
+
+def _service_cells(service: Printed, now: datetime) -> list[Any]:
+    spec = mapping(service.get("spec"))
+    cluster_ips = items(spec.get("clusterIPs"))
+    cluster_ip = text(cluster_ips[0]) if cluster_ips else text(spec.get("clusterIP"))
+    return [
+        name_cell(service),
+        text(spec.get("type")),
+        cluster_ip or "<none>",
+        _service_external_ip(service),
+        _service_ports(mappings(spec.get("ports"))) or "<none>",
+        age_cell(service, now),
+        format_labels(mapping(spec.get("selector"))),
+    ]
+
+
+PRINTER = Printer(
+    (
+        NAME_COLUMN,
+        Column("Type", description="type determines how the Service is exposed."),
+        Column(
+            "Cluster-IP",
+            description="clusterIP is the IP address of the service and is usually assigned "
+            "randomly.",
+        ),
+        Column(
+            "External-IP",
+            description="externalIPs is a list of IP addresses for which nodes in the cluster "
+            "will also accept traffic for this service.",
+        ),
+        Column("Port(s)", description="The list of ports that are exposed by this service."),
+        AGE_COLUMN,
+        Column(
+            "Selector",
+            priority=1,
+            description="Route service traffic to pods with label keys and values matching "
+            "this selector.",
+        ),
+    ),
+    _service_cells,
+)
+
+
+FIELDS = FieldTable(
+    {
+        "metadata.name": NAME,
+        "metadata.namespace": NAMESPACE,
+        "spec.clusterIP": field_path("spec", "clusterIP"),
+        "spec.type": field_path("spec", "type"),
+    }
+)
+
+
+def _default(service: Object) -> None:
+    spec = service.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    default_ports(spec.get("ports"))
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict) and "port" in port:
+            port.setdefault("targetPort", port["port"])
+    if spec.get("clusterIP") and not spec.get("clusterIPs"):
+        spec["clusterIPs"] = [spec["clusterIP"]]
+
+
+RESOURCE = ResourceType(
+    "",
+    "v1",
+    "Service",
+    "services",
+    "service",
+    namespaced=True,
+    short_names=("svc",),
+    categories=("all",),
+    subresources=("status",),
+    strategy=Strategy(
+        printer=PRINTER,
+        fields=FIELDS,
+        merge_rules={
+            **METADATA_ONLY_RULES,
+            "spec.ports": keyed_list("port", "port", "protocol"),
+            "spec.selector": ATOMIC,
+            **STATUS_CONDITIONS_RULES,
+        },
+        default=_default,
+    ),
+)

@@ -1,0 +1,218 @@
+"""
+Reading an API request: its bounded body, query parameters, media types and
+decoded documents (JSON, YAML, the protobuf of kubectl's imperative creates),
+and answering it.  Every problem is a L{StatusError} in kube-apiserver's words.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.server import Request
+
+from k3stw.apiserver import protobuf
+from k3stw.apiserver.patch import PatchError
+from k3stw.apiserver.status import StatusError, bad_request, send_json
+from k3stw.apiserver.tables import TableOptionError
+from k3stw.machinery.labels import SelectorError
+from k3stw.machinery.objects import Object
+
+#: kube-apiserver's request body limit.
+MAX_BODY = 3 * 1024 * 1024
+JSON_TYPES = ("", "application/json", "*/*")
+YAML = "application/yaml"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+APPLY_PATCH = "application/apply-patch+yaml"
+PATCH_TYPES = (
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    APPLY_PATCH,
+)
+_UNKNOWN_FORMAT = (
+    "the body of the request was in an unknown format - accepted media types include: "
+)
+
+
+class APIRequest(Request):
+    """
+    A request that stops buffering a body once it passes L{MAX_BODY}; the API
+    then answers 413 instead of holding an unbounded upload.
+    """
+
+    body_too_large = False
+    # The API takes JSON and YAML, never HTML forms: skip Twisted's form parsing.
+    _parsePOSTFormSubmission = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_BODY:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        assert self.content is not None
+        if self.content.tell() + len(data) > MAX_BODY:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+def param(request: Request, name: str, default: str = "") -> str:
+    """A query parameter's first value."""
+    values = request.args.get(name.encode(), [])
+    return values[0].decode("utf-8", "replace") if values else default
+
+
+def flag(request: Request, name: str) -> bool:
+    return param(request, name).lower() in ("true", "1")
+
+
+def media_type(request: Request) -> str:
+    """The request body's media type, without parameters."""
+    header = request.getHeader(b"content-type") or b""
+    return header.decode("latin-1").split(";")[0].strip().lower()
+
+
+def wants_table(request: Request) -> bool:
+    """kubectl's printing Accept asks for ``as=Table`` first."""
+    accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+    return "as=Table" in accept.split(",")[0].replace(" ", "")
+
+
+def raw_body(request: Request) -> bytes:
+    return request.content.read() if request.content is not None else b""
+
+
+def limit(request: Request) -> int:
+    text = param(request, "limit")
+    try:
+        return max(int(text), 0) if text else 0
+    except ValueError:
+        raise bad_request(f'limit must be a number, not "{text}"') from None
+
+
+def field_manager(request: Request) -> str:
+    """The field manager of a write: ``fieldManager``, else the client program's name."""
+    given = param(request, "fieldManager")
+    if given:
+        return given
+    agent = (request.getHeader(b"user-agent") or b"unknown").decode("latin-1")
+    return agent.split("/")[0].strip() or "unknown"
+
+
+def yaml_document(raw: bytes) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw.decode("utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(str(e)) from None
+
+
+def object_body(request: Request) -> Object:
+    """The object a create or update sends (JSON, YAML, or a supported protobuf)."""
+    media = media_type(request)
+    if media == PROTOBUF and request.method == b"POST":
+        try:
+            return protobuf.decode_body(raw_body(request))
+        except protobuf.UnsupportedProtobuf as e:
+            raise StatusError(
+                415, f"{_UNKNOWN_FORMAT}application/json, application/yaml ({e})"
+            ) from None
+    if media not in JSON_TYPES and media not in PATCH_TYPES and media != YAML:
+        raise StatusError(415, f"{_UNKNOWN_FORMAT}application/json, application/yaml")
+    raw = raw_body(request)
+    try:
+        document = json.loads(raw) if media != YAML else yaml_document(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"the body of the request could not be decoded: {e}") from None
+    if not isinstance(document, dict):
+        raise bad_request("the body of the request must be a JSON object")
+    return document
+
+
+def patch_body(request: Request) -> tuple[str, Any]:
+    """A PATCH's media type and decoded patch document."""
+    media = media_type(request)
+    if media not in PATCH_TYPES:
+        raise StatusError(415, _UNKNOWN_FORMAT + ", ".join(PATCH_TYPES))
+    raw = raw_body(request)
+    try:
+        body = json.loads(raw) if media != APPLY_PATCH else yaml_document(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"error decoding patch: {e}") from None
+    if body is None and media != APPLY_PATCH:
+        raise bad_request("the patch is empty")
+    return media, body
+
+
+def peek_name(request: Request) -> str | None:
+    """The name in a create's body, leaving the body to be read again."""
+    if request.content is None:
+        return None
+    try:
+        name = json.loads(request.content.read()).get("metadata", {}).get("name")
+    except (ValueError, AttributeError):
+        name = None
+    finally:
+        request.content.seek(0)
+    return name if isinstance(name, str) else None
+
+
+def delete_options(request: Request) -> dict[str, Any]:
+    """A DELETE's ``DeleteOptions`` (body and query), checked."""
+    raw = raw_body(request)
+    if not raw.strip() or media_type(request) not in JSON_TYPES:
+        # kubectl drain sends protobuf DeleteOptions; deleting with defaults is right.
+        options: dict[str, Any] = {}
+    else:
+        try:
+            options = json.loads(raw)
+        except ValueError as e:
+            raise bad_request(f"the body of the request could not be decoded: {e}") from None
+        if not isinstance(options, dict):
+            raise bad_request("DeleteOptions must be an object")
+    if given := param(request, "propagationPolicy"):
+        options["propagationPolicy"] = given
+    policy = options.get("propagationPolicy")
+    if policy and policy not in ("Orphan", "Background", "Foreground"):
+        raise bad_request(
+            f'Unsupported value: "{policy}": supported values: "Foreground", "Background", "Orphan"'
+        )
+    return options
+
+
+def as_status_error(error: SelectorError | TableOptionError | PatchError) -> StatusError:
+    """The Status of an error the pure API modules raise; each carries its HTTP code."""
+    return StatusError(
+        getattr(error, "code", 400),
+        getattr(error, "message", None) or str(error),
+        getattr(error, "details", None),
+        getattr(error, "reason", None),
+    )
+
+
+def finish(request: Request, body: bytes) -> None:
+    """Write C{body} and end the response, unless the client has gone."""
+    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
+        return
+    request.write(body)
+    request.finish()
+
+
+def answer(request: Request, code: int, document: object) -> None:
+    """Answer with C{document} as the API's JSON."""
+    finish(request, send_json(request, code, document))
+
+
+def answer_raw(request: Request, body: bytes, content_type: bytes) -> None:
+    """Answer with a body already encoded (discovery and OpenAPI documents)."""
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"cache-control", b"no-cache, private")
+    finish(request, body)

@@ -1,0 +1,85 @@
+"""
+What the API server knows about one kind beyond its name: how its objects
+are defaulted, prepared, validated, merged, printed and selected, and when a
+deleted one is gone.  kube-apiserver calls this a kind's strategy; each
+kind's module under L{k3stw.apiserver.kinds} declares one, and the generic
+routes, verbs and object store ask it.
+
+Because the object store calls these hooks, a controller's write follows the
+same rules as a client's over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from k3stw.apiserver.fields import DEFAULT_FIELD_TABLE, FieldTable
+from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES, RuleTable
+from k3stw.apiserver.tables import DEFAULT_PRINTER, Printer
+from k3stw.machinery.objects import Object, metadata
+
+#: One validation error: the field path and kube-apiserver's words for what is wrong
+#: (``("spec.replicas", "Invalid value: -1: must be greater than or equal to 0")``).
+Cause = tuple[str, str]
+
+
+def _nothing(obj: Object) -> None:
+    return None
+
+
+def _prepared(obj: Object, now: str) -> None:
+    return None
+
+
+def _valid(obj: Object) -> list[Cause]:
+    return []
+
+
+def _valid_update(new: Object, old: Object) -> list[Cause]:
+    return []
+
+
+def finalizers_done(obj: Object) -> bool:
+    """A deleted object is gone once no finalizer holds it (most kinds)."""
+    return not metadata(obj).get("finalizers")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """
+    The rules of one kind.
+
+    :ivar printer: its ``kubectl get`` columns (a server-side Table).
+    :ivar fields: the fields a ``fieldSelector`` may name.
+    :ivar merge_rules: how strategic merge patch and server-side apply merge
+        its fields (list merge keys, atomic structs), by dotted field path.
+    :ivar strategic_merge: whether strategic merge patch applies (custom
+        resources answer 415, as kube-apiserver's do).
+    :ivar counts_generation: ``metadata.generation`` counts changes of ``spec``.
+    :ivar default: fills the kind's defaults in, in place, on every write.
+    :ivar prepare_create: sets what the server owns on a new object, in place,
+        given the time (a CRD's status, a finalizer).
+    :ivar validate: what is wrong with an object about to be stored.
+    :ivar validate_update: what is wrong with an update, given the new and the
+        stored object (an immutable field changed).
+    :ivar finished_deleting: whether an object marked for deletion may go now.
+    :ivar terminate: for a kind whose deletion is a process (namespaces), what a
+        client's DELETE does instead of deleting: mark the object, given the time.
+    """
+
+    printer: Printer = DEFAULT_PRINTER
+    fields: FieldTable = DEFAULT_FIELD_TABLE
+    merge_rules: RuleTable = field(default_factory=lambda: METADATA_ONLY_RULES)
+    strategic_merge: bool = True
+    counts_generation: bool = False
+    default: Callable[[Object], None] = _nothing
+    prepare_create: Callable[[Object, str], None] = _prepared
+    validate: Callable[[Object], list[Cause]] = _valid
+    validate_update: Callable[[Object, Object], list[Cause]] = _valid_update
+    finished_deleting: Callable[[Object], bool] = finalizers_done
+    terminate: Callable[[Object, str], Object] | None = None
+
+
+#: A built-in kind with nothing special about it (Endpoints, Lease, ...).
+DEFAULT_STRATEGY = Strategy()

@@ -1,0 +1,338 @@
+"""
+The verbs of the Kubernetes API over the object store: get, list (JSON or a
+Table), create, update, the four kinds of patch, delete with propagation, and
+deletecollection.  Each answers a request already routed and authorized; what
+a kind adds (defaults, validation, merge rules, printing) comes from its
+strategy, and from the store, which follows it on every write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.server import Request
+
+from k3stw.apiserver import patch as patching
+from k3stw.apiserver import tables
+from k3stw.apiserver.dryrun import DryRunDatastore
+from k3stw.apiserver.fields import selection
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.request import (
+    APPLY_PATCH,
+    answer,
+    delete_options,
+    field_manager,
+    finish,
+    flag,
+    limit,
+    object_body,
+    param,
+    patch_body,
+    wants_table,
+)
+from k3stw.apiserver.status import StatusError, bad_request
+from k3stw.apiserver.storage import ObjectStore, Predicate
+from k3stw.apiserver.subresources import merge_update
+from k3stw.apiserver.watch import WatchStreams, named
+from k3stw.machinery.objects import Object
+
+#: What a deletion's propagation policy adds to the object's finalizers.
+_PROPAGATION_FINALIZERS = {"Foreground": ["foregroundDeletion"], "Orphan": ["orphan"]}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which objects a resource path names."""
+
+    resource: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+def predicate(request: Request, resource: ResourceType) -> Predicate | None:
+    """What the request's ``labelSelector`` and ``fieldSelector`` select."""
+    return selection(
+        param(request, "labelSelector"),
+        param(request, "fieldSelector"),
+        resource.strategy.fields,
+    )
+
+
+class Verbs:
+    """
+    The API's verbs over C{store}; ``dryRun=All`` runs the same verbs over a
+    view of the datastore that never writes.
+    """
+
+    def __init__(self, store: ObjectStore, clock: IReactorTime) -> None:
+        self.store = store
+        self.clock = clock
+        self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
+        self.watches = WatchStreams(store, clock)
+
+    async def serve(self, request: Request, verb: str, target: Target) -> None:
+        """Answer C{request} with C{verb} on C{target}."""
+        if verb == "get":
+            await self.get(request, target)
+        elif verb == "list":
+            await self.list_objects(request, target)
+        elif verb == "watch":
+            selected = predicate(request, target.resource)
+            if target.name:
+                selected = named(target.name, selected)
+            await self.watches.serve(request, target.resource, target.namespace, selected)
+        elif verb == "create":
+            await self.create(request, target)
+        elif verb == "update":
+            await self.update(request, target)
+        elif verb == "patch":
+            await self.patch(request, target)
+        elif verb == "delete":
+            await self.delete(request, target)
+        else:
+            assert verb == "deletecollection"
+            await self.delete_collection(request, target)
+
+    def _store_for(self, request: Request) -> ObjectStore:
+        dry_run = param(request, "dryRun")
+        if dry_run not in ("", "All"):
+            raise bad_request(f'Unsupported value: "{dry_run}": supported values: "All"')
+        return self.dry_run_store if dry_run else self.store
+
+    # Reading
+
+    async def get(self, request: Request, target: Target) -> None:
+        assert target.name is not None
+        obj = await self.store.get(target.resource, target.namespace, target.name)
+        if wants_table(request):
+            version = obj["metadata"]["resourceVersion"]
+            answer(request, 200, self._table(request, target.resource, [obj], version, ""))
+        else:
+            answer(request, 200, obj)
+
+    async def list_objects(self, request: Request, target: Target) -> None:
+        resource, namespace = target.resource, target.namespace
+        selected = predicate(request, resource)
+        paging = (
+            limit(request),
+            param(request, "continue"),
+            param(request, "resourceVersion"),
+            param(request, "resourceVersionMatch") == "Exact",
+        )
+        if selected is None and not wants_table(request):
+            raws, version, token = await self.store.list_raw(resource, namespace, *paging)
+            finish(request, _raw_list(request, resource, raws, version, token))
+            return
+        listed = await self.store.list(resource, namespace, selected, *paging)
+        version, token = listed.resource_version, listed.continue_token
+        if wants_table(request):
+            answer(request, 200, self._table(request, resource, listed.items, version, token))
+        else:
+            answer(request, 200, list_object(resource, listed.items, version, token))
+
+    def _table(
+        self,
+        request: Request,
+        resource: ResourceType,
+        items: list[Object],
+        version: str,
+        token: str,
+    ) -> Object:
+        return tables.table(
+            resource.strategy.printer,
+            items,
+            self.clock.seconds(),
+            version,
+            token,
+            param(request, "includeObject"),
+        )
+
+    # Writing
+
+    async def create(self, request: Request, target: Target) -> None:
+        store = self._store_for(request)
+        created = await store.create(
+            target.resource, target.namespace, object_body(request), field_manager(request)
+        )
+        answer(request, 201, created)
+
+    async def update(self, request: Request, target: Target) -> None:
+        assert target.name is not None
+        store = self._store_for(request)
+        updated = await store.update(
+            target.resource,
+            target.namespace,
+            target.name,
+            object_body(request),
+            target.subresource,
+            field_manager(request),
+        )
+        answer(request, 200, updated)
+
+    async def patch(self, request: Request, target: Target) -> None:
+        resource, namespace, name = target.resource, target.namespace, target.name
+        assert name is not None
+        store = self._store_for(request)
+        media, body = patch_body(request)
+        if media == APPLY_PATCH:
+            await self.apply(request, target, body, store)
+            return
+        strategy = resource.strategy
+
+        def mutate(current: Object) -> Object:
+            if media == "application/json-patch+json":
+                patched = patching.apply_json_patch(current, body)
+            elif media == "application/merge-patch+json":
+                patched = patching.apply_merge_patch(current, body)
+            elif not strategy.strategic_merge:
+                raise patching.UnsupportedPatchType()
+            else:
+                patched = patching.apply_strategic_merge_patch(current, body, strategy.merge_rules)
+            if not isinstance(patched, dict):
+                raise bad_request("the patch did not produce an object")
+            return merge_update(resource, current, patched, target.subresource)
+
+        updated = await store.guaranteed_update(
+            resource, namespace, name, mutate, field_manager(request), target.subresource
+        )
+        answer(request, 200, updated)
+
+    async def apply(self, request: Request, target: Target, body: Any, store: ObjectStore) -> None:
+        """Server-side apply: create the object if it is missing, else merge into it."""
+        resource, namespace, name = target.resource, target.namespace, target.name
+        assert name is not None
+        if not isinstance(body, dict):
+            raise bad_request("the applied configuration must be an object")
+        manager = param(request, "fieldManager")
+        if not manager:
+            raise bad_request("PATCH requests with apply content type require fieldManager")
+        if resource.has_status and target.subresource != "status":
+            # As kube-apiserver: status in an applied configuration is ignored.
+            body = {k: v for k, v in body.items() if k != "status"}
+        force = flag(request, "force")
+        sub = target.subresource or ""
+        now = self.store.now()
+        rules = resource.strategy.merge_rules
+        try:
+            current: Object | None = await self.store.get(resource, namespace, name)
+        except StatusError as e:
+            if e.code != 404:
+                raise
+            current = None
+        if current is None:
+            applied = patching.apply_server_side(
+                None, body, manager, force, now=now, subresource=sub, rules=rules
+            )
+            applied.setdefault("metadata", {})["name"] = name
+            answer(request, 201, await store.create(resource, namespace, applied))
+            return
+
+        def merge(live: Object) -> Object:
+            applied = patching.apply_server_side(
+                live, body, manager, force, now=now, subresource=sub, rules=rules
+            )
+            return merge_update(resource, live, applied, target.subresource)
+
+        answer(request, 200, await store.guaranteed_update(resource, namespace, name, merge))
+
+    # Deleting
+
+    async def delete(self, request: Request, target: Target) -> None:
+        resource, namespace, name = target.resource, target.namespace, target.name
+        assert name is not None
+        options = delete_options(request)
+        store = self._store_for(request)
+        if options.get("dryRun"):
+            # DELETE carries dryRun in its DeleteOptions body.
+            if options["dryRun"] != ["All"]:
+                raise bad_request(
+                    f'Unsupported value: {options["dryRun"]!r}: supported values: "All"'
+                )
+            store = self.dry_run_store
+        terminate = resource.strategy.terminate
+        if terminate is not None:
+            now = self.store.now()
+            self.store.forget_namespace(name)
+            marked = await store.guaranteed_update(
+                resource,
+                namespace,
+                name,
+                lambda current: terminate(current, now),
+                marks_deletion=True,
+            )
+            answer(request, 200, marked)
+            return
+        policy = options.get("propagationPolicy") or (
+            "Orphan" if options.get("orphanDependents") else "Background"
+        )
+        obj, gone = await store.delete(
+            resource,
+            namespace,
+            name,
+            options.get("preconditions"),
+            _PROPAGATION_FINALIZERS.get(policy, []),
+        )
+        if not gone:
+            answer(request, 200, obj)
+            return
+        details = {"name": name, "kind": resource.plural, "uid": obj["metadata"].get("uid")}
+        if resource.group:
+            details["group"] = resource.group
+        answer(
+            request,
+            200,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": details,
+            },
+        )
+
+    async def delete_collection(self, request: Request, target: Target) -> None:
+        store = self._store_for(request)
+        resource = target.resource
+        listed = await self.store.list(resource, target.namespace, predicate(request, resource))
+        deleted = []
+        for obj in listed.items:
+            metadata = obj["metadata"]
+            try:
+                last, _ = await store.delete(resource, metadata.get("namespace"), metadata["name"])
+            except StatusError as e:
+                if e.code != 404:
+                    raise
+                continue
+            deleted.append(last)
+        answer(request, 200, list_object(resource, deleted, listed.resource_version, ""))
+
+
+def list_object(
+    resource: ResourceType, items: list[Object], resource_version: str, continue_token: str
+) -> Object:
+    """A ``<Kind>List`` of C{items}."""
+    metadata: dict[str, Any] = {"resourceVersion": resource_version}
+    if continue_token:
+        metadata["continue"] = continue_token
+    return {
+        "kind": resource.kind + "List",
+        "apiVersion": resource.group_version,
+        "metadata": metadata,
+        "items": items,
+    }
+
+
+def _raw_list(
+    request: Request, resource: ResourceType, raws: list[bytes], version: str, token: str
+) -> bytes:
+    """L{list_object}'s JSON built around objects already in JSON (no re-encoding)."""
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-cache, private")
+    head = list_object(resource, [], version, token)
+    prefix = json.dumps(head, separators=(",", ":")).encode()[: -len(b"[]}")]
+    return prefix + b"[" + b",".join(raws) + b"]}"

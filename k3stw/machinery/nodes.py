@@ -1,0 +1,59 @@
+"""
+What both halves know about Nodes: the conditions a kubelet owns (which the
+node lifecycle controller turns Unknown), taints, and where node Leases live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from k3stw.machinery.objects import Object
+
+LEASE_NAMESPACE = "kube-node-lease"
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+#: The conditions the kubelet owns: (type, healthy status, reason, message), in kubelet order.
+KUBELET_CONDITIONS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "MemoryPressure",
+        "False",
+        "KubeletHasSufficientMemory",
+        "kubelet has sufficient memory available",
+    ),
+    ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+)
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A node taint: ``key=value:Effect``."""
+
+    key: str
+    value: str
+    effect: str
+
+    def to_object(self, now: str | None = None) -> Object:
+        """
+        The taint as the API writes it.
+
+        :param now: ``timeAdded``, which NoExecute taints carry.
+        """
+        obj: Object = {"key": self.key, "effect": self.effect}
+        if self.value:
+            obj["value"] = self.value
+        if self.effect == "NoExecute" and now is not None:
+            obj["timeAdded"] = now
+        return obj
+
+
+def without_taints(taints: Iterable[Object], unwanted: Iterable[Taint]) -> list[Object]:
+    """C{taints} less any with the key and effect of one in C{unwanted}."""
+    drop = {(t.key, t.effect) for t in unwanted}
+    return [t for t in taints if (t.get("key"), t.get("effect")) not in drop]
+
+
+def has_taint(taints: Iterable[Object], taint: Taint) -> bool:
+    return any(t.get("key") == taint.key and t.get("effect") == taint.effect for t in taints)
