@@ -24,8 +24,8 @@ from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 
 from k3stw.apiserver.auth import Attributes, authorize
-from k3stw.apiserver.nodeproxy import NodeProxy, kubelet_port, proxied_path
 from k3stw.apiserver.kinds import built_in_registry
+from k3stw.apiserver.nodeproxy import NodeProxy, kubelet_port, proxied_path
 from k3stw.apiserver.status import StatusError
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object

@@ -1,28 +1,44 @@
 """
-What a real ``k3s-server`` process has imported once its own node has joined:
-nothing that only agents use (the load balancer, its Prometheus metrics, the
-tunnel client), and no test or optional-driver library.  Start-up time and
+What real processes have imported once their node has joined.  A
+``k3s-server``: nothing that only agents use (the load balancer, its
+Prometheus metrics, the tunnel client), and no test or optional-driver
+library.  A ``k3s-agent``: nothing of the server half (the API server, the
+controllers, the datastores, the supervisor endpoints).  Start-up time and
 memory go with every module loaded (``bench/startup.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.net import free_port
-from tests.support.twistd import START_TIMEOUT, clean_environment
+from tests.support.twistd import START_TIMEOUT, clean_environment, k3s_server
 
 HOST = "127.0.0.9"
+#: The address an agent reports as its node's: another "host" than the server's.
+AGENT_HOST = "127.0.0.10"
+#: The packages only servers run.
+SERVER_HALF = ("k3stw.apiserver", "k3stw.controllers", "k3stw.datastore", "k3stw.supervisor")
+#: How long a process may take to end once its reactor stopped, as the twistd helper allows.
+STOP_TIMEOUT = 10.0
 
-#: twistd, which writes the modules it has loaded a second after its node joined (time for
-#: the kubelet to register and serve), then stops.
+#: The log line after which a node's process has loaded what it runs on: a server's node
+#: has joined, an agent's tunnel is up (it opens once the server's endpoints are known).
+JOINED = "joined the cluster"
+TUNNEL_UP = "Remotedialer connected"
+
+#: twistd, which writes the modules it has loaded a second after it logged its argv[2]
+#: (time for the kubelet to register and serve), then stops.
 _RUN_TWISTD = """
 import json, sys
 from twisted.internet import reactor
@@ -32,13 +48,49 @@ def report(path=sys.argv[1]):
     with open(path, "w") as out:
         json.dump(sorted(sys.modules), out)
     reactor.stop()
-def joined(event):
-    if "joined the cluster" in (event.get("log_format") or ""):
+def reached(event, text=sys.argv[2]):
+    if text in (event.get("log_format") or ""):
+        globalLogPublisher.removeObserver(reached)
         reactor.callLater(1.0, report)
-globalLogPublisher.addObserver(joined)
-sys.argv = ["twistd", *sys.argv[2:]]
+globalLogPublisher.addObserver(reached)
+sys.argv = ["twistd", *sys.argv[3:]]
 run()
 """
+
+
+@dataclass(frozen=True)
+class NodeProcess:
+    """What a real process had loaded once its node was up, and how it ended."""
+
+    modules: frozenset[str]
+    #: Whether it ended by itself once its reactor stopped (no SIGKILL needed).
+    stopped: bool
+
+
+def run_until(up: str, work: Path, *twistd: str) -> NodeProcess:
+    """Run ``twistd -n`` with C{twistd} in C{work} until it logged C{up}, then stop it."""
+    report = work / "modules.json"
+    argv = [sys.executable, "-c", _RUN_TWISTD, str(report), up, "-n", "--pidfile=", *twistd]
+    log = work / "twistd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=work, stdout=out, stderr=subprocess.STDOUT, env=clean_environment()
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not report.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if report.exists():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STOP_TIMEOUT)
+    finally:
+        stopped = process.poll() is not None
+        if not stopped:
+            process.kill()
+            process.wait()
+    if not report.exists():
+        raise AssertionError(f"no {up!r}:\n{log.read_text(errors='replace')}")
+    return NodeProcess(frozenset(json.loads(report.read_text())), stopped)
 
 
 @functools.cache
@@ -47,25 +99,42 @@ def server_modules() -> frozenset[str]:
     with tempfile.TemporaryDirectory(prefix="k3stw-imports-") as directory:
         work = Path(directory)
         (work / "config.yaml").write_text("")
-        report = work / "modules.json"
-        argv = [
-            sys.executable, "-c", _RUN_TWISTD, str(report), "-n", "--pidfile=", "k3s-server",
+        return run_until(
+            JOINED, work, "k3s-server",
             "--config", str(work / "config.yaml"), "--data-dir", str(work / "data"),
             "--bind-address", HOST, "--https-listen-port", str(free_port(HOST)),
             "--write-kubeconfig", str(work / "k3s.yaml"), "--node-identity-dir", str(work / "node"),
             "--kubelet-arg", f"port={free_port('127.0.0.1')}",
-        ]  # fmt: skip
-        server = subprocess.run(
-            argv,
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=START_TIMEOUT,
-            env=clean_environment(),
-        )
-        if not report.exists():
-            raise AssertionError(f"the node did not join:\n{server.stdout}{server.stderr}")
-        return frozenset(json.loads(report.read_text()))
+        ).modules  # fmt: skip
+
+
+@functools.cache
+def agent_process() -> NodeProcess:
+    """
+    ``twistd -n k3s-agent`` joined to a real server, up to its tunnel (the
+    server runs no node of its own: this agent is the only one).
+    """
+    with tempfile.TemporaryDirectory(prefix="k3stw-imports-") as directory:
+        work = Path(directory)
+        port = free_port(HOST)
+        server = k3s_server(SynchronousTestCase(), work / "server", HOST, port, "--disable-agent")
+        try:
+            server.start().wait_for_ping(HOST, port)
+            token = (work / "server" / "data" / "server" / "token").read_text().strip()
+            agent = work / "agent"
+            agent.mkdir()
+            (agent / "config.yaml").write_text("")
+            return run_until(
+                TUNNEL_UP, agent, "k3s-agent",
+                "--config", str(agent / "config.yaml"), "--data-dir", str(agent / "data"),
+                "--node-identity-dir", str(agent / "node"),
+                "--node-name", "agent", "--node-ip", AGENT_HOST,
+                "--server", f"https://{HOST}:{port}", "--token", token,
+                "--lb-server-port", str(free_port("127.0.0.1")),
+                "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+            )  # fmt: skip
+        finally:
+            server.stop()
 
 
 def loaded(modules: frozenset[str], *packages: str) -> list[str]:
@@ -171,3 +240,40 @@ class AgentImportTests(SynchronousTestCase):
     def test_metrics_only_with_a_status_page(self) -> None:
         """An agent keeps Prometheus metrics only when --lb-status-port serves them."""
         self.assertEqual(run_python(_AGENT, self.mktemp()), ["False", "True"])
+
+
+class AgentProcessTests(SynchronousTestCase):
+    """A real agent joined to a real server, running its kubelet and a tunnel."""
+
+    def test_nothing_of_the_server_half(self) -> None:
+        """The node half takes the identities it shares with servers from
+        k3stw.machinery.identity: no API server, controller, datastore or
+        supervisor module is loaded."""
+        modules = agent_process().modules
+        self.assertIn("k3stw.kubelet.api", modules)
+        self.assertIn("k3stw.tunnel.session", modules)
+        self.assertEqual(loaded(modules, *SERVER_HALF), [])
+
+    def test_stops_when_its_reactor_stops(self) -> None:
+        """With its tunnel open, the agent still ends by itself once its reactor stops."""
+        self.assertTrue(
+            agent_process().stopped,
+            f"the agent was still running {STOP_TIMEOUT:g} s after its reactor stopped (SIGKILLed)",
+        )
+
+
+#: Imports the module named by its argument; prints every module then loaded.
+_IMPORT = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+print(*sorted(sys.modules))
+"""
+
+
+class NodeModuleImportTests(SynchronousTestCase):
+    def test_node_modules_leave_the_server_half_out(self) -> None:
+        """Importing the kubelet's API or the agent's service loads nothing of the server half."""
+        for module in ("k3stw.kubelet.api", "k3stw.agent.service"):
+            modules = frozenset(run_python(_IMPORT, module))
+            self.assertIn(module, modules)
+            self.assertEqual(loaded(modules, *SERVER_HALF), [], module)

@@ -2,12 +2,9 @@
 The kubelet's HTTPS API (port 10250), which the servers reach through the
 agent's websocket tunnel: ``/healthz``, ``/pods`` and ``/stats/summary``.
 
-Clients authenticate as they do with the kubelet's x509 authenticator: a
-client certificate is asked for but not required by TLS, then checked here
-against the client CA, so that a missing or foreign certificate gets the
-kubelet's plain ``Unauthorized`` (401) and a known user who may not use the
-kubelet its ``Forbidden (user=..., verb=..., resource=nodes,
-subresource(s)=[...])`` (403).  L{allow_apiserver} decides who may.
+Every request is authenticated and authorized first (L{k3stw.kubelet.auth}:
+the kubelet's 401 and 403), then routed; ``/stats/summary`` answers the
+Summary API (L{k3stw.kubelet.stats}).
 
 Wiring: L{KubeletAPIService} is a service to put under the node's agent.  The
 Node's ``status.daemonEndpoints.kubeletEndpoint.Port`` must name the port it
@@ -20,14 +17,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from OpenSSL import crypto
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -43,266 +36,24 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
-from k3stw.apiserver.auth import MASTERS, User, user_of_certificate
-from k3stw.kubelet.hostinfo import HostUsage, read_host_usage
-from k3stw.kubelet.node import KUBELET_PORT, rfc3339
+from k3stw.kubelet.auth import (
+    Authorizer,
+    allow_apiserver,
+    forbidden_message,
+    peer_certificate,
+    request_attributes,
+    verified_user,
+)
+from k3stw.kubelet.hostinfo import read_host_usage
+from k3stw.kubelet.node import KUBELET_PORT
+from k3stw.kubelet.stats import CPUUsageRate, build_summary
 from k3stw.logs import Logger
-from k3stw.pki.certs import KeyPair, is_signed_by, load_pem_certificates
+from k3stw.pki.certs import KeyPair, load_pem_certificates
 from k3stw.pki.tls import client_certificate_requesting_options
 from k3stw.web import QuietSite
 
-#: The common names of the apiserver's client certificates for kubelets
-#: (kubeadm's and kube-apiserver's own); k3s's, ``system:apiserver`` in
-#: ``system:masters``, passes by its group.
-APISERVER_USERS = frozenset({"kube-apiserver-kubelet-client", "system:kube-apiserver"})
-
 #: Go's ``http.Error`` content type, which every plain-text answer carries.
 _TEXT = b"text/plain; charset=utf-8"
-
-#: The kubelet's HTTP methods and the API verbs its authorizer sees.
-_VERBS = {
-    b"POST": "create",
-    b"GET": "get",
-    b"PUT": "update",
-    b"PATCH": "patch",
-    b"DELETE": "delete",
-}
-
-
-# Authentication and authorization
-
-
-@dataclass(frozen=True)
-class RequestAttributes:
-    """A request to the kubelet as its authorizer sees it (``resource=nodes``)."""
-
-    verb: str
-    subresources: tuple[str, ...]
-    path: str
-
-
-def request_attributes(method: bytes, path: bytes) -> RequestAttributes:
-    """
-    The attributes the kubelet derives from a request: the verb from the
-    method (HEAD and others get none, as in Go) and the subresource from the
-    path: ``stats``, ``metrics``, ``log``, ``checkpoint``, otherwise ``proxy``.
-    (Kubernetes 1.32's ``KubeletFineGrainedAuthz`` gate, off by default,
-    would put ``pods``/``healthz`` first.)
-    """
-    text = path.decode("utf-8", "replace")
-    subresource = "proxy"
-    for prefix, name in (
-        ("/stats", "stats"),
-        ("/metrics", "metrics"),
-        ("/logs", "log"),
-        ("/checkpoint", "checkpoint"),
-    ):
-        if text == prefix or text.startswith(prefix + "/"):
-            subresource = name
-            break
-    return RequestAttributes(_VERBS.get(method, ""), (subresource,), text)
-
-
-#: Decides whether an authenticated user may make a request.
-Authorizer = Callable[[User, RequestAttributes], bool]
-
-
-def allow_apiserver(user: User, attributes: RequestAttributes) -> bool:
-    """
-    The kubelet's authorizer, reduced to what a k3s cluster needs: the
-    apiserver (by name, or in ``system:masters``) may do anything; nobody
-    else, nodes included, may do anything.
-    """
-    return MASTERS in user.groups or user.name in APISERVER_USERS
-
-
-def forbidden_message(user: User, attributes: RequestAttributes) -> str:
-    """The kubelet's 403 body, Go's ``%v`` of the subresource list included."""
-    return (
-        f"Forbidden (user={user.name}, verb={attributes.verb}, resource=nodes, "
-        f"subresource(s)=[{' '.join(attributes.subresources)}])\n"
-    )
-
-
-def verified_user(
-    certificate: x509.Certificate, client_cas: list[x509.Certificate], now: datetime
-) -> User | None:
-    """
-    The user a client certificate names (CN, O as groups) if one of
-    C{client_cas} issued it directly, it is valid at C{now} and allowed for
-    client authentication; None otherwise.
-    """
-    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-        return None
-    try:
-        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = None
-    if usages is not None and not {
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
-    }.intersection(usages):
-        return None
-    if not any(
-        ca.not_valid_before_utc <= now <= ca.not_valid_after_utc and is_signed_by(certificate, ca)
-        for ca in client_cas
-    ):
-        return None
-    return user_of_certificate(crypto.X509.from_cryptography(certificate))
-
-
-def peer_certificate(request: IRequest) -> x509.Certificate | None:
-    """The certificate the client presented on the request's TLS connection, if any."""
-    transport = getattr(request, "transport", None)
-    getter = getattr(transport, "getPeerCertificate", None)
-    presented = getter() if getter is not None else None
-    return presented.to_cryptography() if presented is not None else None
-
-
-# CPU rate
-
-
-class CPUUsageRate:
-    """
-    ``usageNanoCores``: how fast the cumulative CPU time grew between the
-    last two samples taken at least C{min_interval} seconds apart.  Closer
-    samples answer the last rate, since a rate over a few milliseconds
-    measures clock ticks more than use.
-    """
-
-    def __init__(self, min_interval: float = 1.0) -> None:
-        self.min_interval = min_interval
-        self._previous: tuple[float, int] | None = None
-        self._rate: int | None = None
-
-    def observe(self, at: float, usage_core_nanoseconds: int) -> int | None:
-        """Take a sample; the rate in nanocores, or None before two samples."""
-        previous = self._previous
-        if previous is None:
-            self._previous = (at, usage_core_nanoseconds)
-            return None
-        elapsed = at - previous[0]
-        if elapsed < self.min_interval:
-            return self._rate
-        if usage_core_nanoseconds >= previous[1]:
-            self._rate = int((usage_core_nanoseconds - previous[1]) / elapsed)
-        self._previous = (at, usage_core_nanoseconds)
-        return self._rate
-
-
-# The Summary API
-
-
-def _present(**fields: Any) -> dict[str, Any]:
-    """Drop None fields, as Go's ``omitempty`` drops nil pointers."""
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-def memory_stats(usage: HostUsage, time: str) -> dict[str, Any]:
-    """
-    A node's ``MemoryStats`` from ``/proc/meminfo``: usage is what is not
-    free, the working set leaves out the page cache the kernel may drop
-    (``Inactive(file)``), and available is capacity less the working set
-    (the kubelet's ``memory.available``).
-    """
-    meminfo = usage.memory
-    total = meminfo.get("MemTotal")
-    free = meminfo.get("MemFree")
-    if total is None or free is None:
-        return {"time": time}
-    used = max(total - free, 0)
-    working_set = max(used - meminfo.get("Inactive(file)", 0), 0)
-    return _present(
-        time=time,
-        availableBytes=total - working_set,
-        usageBytes=used,
-        workingSetBytes=working_set,
-        rssBytes=meminfo.get("AnonPages"),
-        pageFaults=usage.vmstat.get("pgfault"),
-        majorPageFaults=usage.vmstat.get("pgmajfault"),
-    )
-
-
-def network_stats(usage: HostUsage, time: str) -> dict[str, Any]:
-    """
-    A node's ``NetworkStats``: every interface, and inline the one of the
-    default route (the kubelet inlines ``eth0``; the default route is what
-    that name means on hosts that call it otherwise).
-    """
-    interfaces = [
-        {
-            "name": i.name,
-            "rxBytes": i.rx_bytes,
-            "rxErrors": i.rx_errors,
-            "txBytes": i.tx_bytes,
-            "txErrors": i.tx_errors,
-        }
-        for i in usage.interfaces
-    ]
-    stats: dict[str, Any] = {"time": time}
-    main = next((i for i in interfaces if i["name"] == usage.default_interface), None)
-    if main is None and interfaces:
-        main = interfaces[0]
-    if main is not None:
-        stats.update(main)
-    stats["interfaces"] = interfaces
-    return stats
-
-
-def fs_stats(usage: HostUsage, time: str, *, image_fs: bool = False) -> dict[str, Any]:
-    """
-    ``FsStats`` of the filesystem holding the data dir.  As the image
-    filesystem (where the runtime will keep images, under the same data dir)
-    it reports no bytes used: no image is stored yet.
-    """
-    fs = usage.filesystem
-    if fs is None:
-        return {"time": time}
-    return {
-        "time": time,
-        "availableBytes": fs.available_bytes,
-        "capacityBytes": fs.capacity_bytes,
-        "usedBytes": 0 if image_fs else fs.used_bytes,
-        "inodesFree": fs.inodes_free,
-        "inodes": fs.inodes,
-        "inodesUsed": 0 if image_fs else fs.inodes_used,
-    }
-
-
-def build_summary(
-    node_name: str,
-    usage: HostUsage,
-    now: float,
-    usage_nano_cores: int | None,
-    *,
-    only_cpu_and_memory: bool = False,
-) -> dict[str, Any]:
-    """
-    The Summary API document (``stats/v1alpha1.Summary``) of a node that
-    runs no pods yet; with C{only_cpu_and_memory} the node's CPU and memory
-    only, as the kubelet answers ``?only_cpu_and_memory=true``.
-    """
-    time = rfc3339(now)
-    boot = usage.cpu.boot_time if usage.cpu is not None else None
-    node: dict[str, Any] = {
-        "nodeName": node_name,
-        "systemContainers": [],
-        "startTime": rfc3339(boot) if boot is not None else None,
-        "cpu": _present(
-            time=time,
-            usageNanoCores=usage_nano_cores,
-            usageCoreNanoSeconds=(
-                usage.cpu.usage_core_nanoseconds if usage.cpu is not None else None
-            ),
-        ),
-        "memory": memory_stats(usage, time),
-    }
-    if not only_cpu_and_memory:
-        node["network"] = network_stats(usage, time)
-        node["fs"] = fs_stats(usage, time)
-        node["runtime"] = {"imageFs": fs_stats(usage, time, image_fs=True)}
-        node["rlimit"] = _present(time=time, maxpid=usage.pid_max, curproc=usage.processes)
-    return {"node": node, "pods": []}
 
 
 # Resources
