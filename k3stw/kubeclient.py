@@ -100,6 +100,10 @@ class KubeClient:
     async def get(self, path: str) -> Object:
         return await self.call("GET", path)
 
+    async def fetch_raw(self, path: str) -> bytes:
+        """The body of a GET of a path that is not the Kubernetes API (the supervisor's)."""
+        return await self.http.fetch(self.server_url + path)
+
     async def create(self, path: str, obj: Object) -> Object:
         """POST C{obj} to the collection at C{path}."""
         return await self.call("POST", path, obj)

@@ -20,19 +20,16 @@ from k3stw.kubelet.config import (
 )
 from k3stw.kubelet.hostinfo import HostFacts
 from k3stw.kubelet.node import (
-    KUBELET_CONDITIONS,
-    Taint,
     build_lease,
     build_node,
-    find_condition,
-    micro_time,
     node_conditions,
     node_status,
-    parse_time,
     reconcile_node,
     renew_lease,
-    rfc3339,
 )
+from k3stw.machinery.nodes import KUBELET_CONDITIONS, Taint
+from k3stw.machinery.objects import find_condition
+from k3stw.machinery.times import micro_time, parse_time, rfc3339
 
 FACTS = HostFacts(
     hostname="Host-1",

@@ -11,14 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.config import KubeletConfig, parse_node_taints
-from k3stw.kubelet.node import (
-    LEASES_PATH,
-    NODES_PATH,
-    find_condition,
-    micro_time,
-    parse_time,
-    rfc3339,
-)
+from k3stw.kubelet.node import LEASES_PATH, NODES_PATH
+from k3stw.machinery.objects import find_condition
+from k3stw.machinery.times import micro_time, parse_time, rfc3339
 from k3stw.kubelet.service import KubeletService
 from tests.support.fakes import FakeKubeClient
 from tests.test_kubelet_node import FACTS, as_model
@@ -31,7 +26,7 @@ START = 1_800_000_000.0
 
 class FakeClientTests(SynchronousTestCase):
     def test_fake_has_the_client_interface(self) -> None:
-        for name in ("call", "get", "create", "replace", "merge_patch", "delete"):
+        for name in ("call", "watch", "get", "create", "replace", "merge_patch", "delete"):
             self.assertEqual(
                 inspect.signature(getattr(FakeKubeClient, name)),
                 inspect.signature(getattr(KubeClient, name)),
@@ -159,8 +154,8 @@ class KubeletServiceTests(SynchronousTestCase):
     def test_a_deleted_node_is_registered_again(self) -> None:
         self.kubelet().startService()
         first_uid = self.node()["metadata"]["uid"]
-        del self.client.objects[NODE]
-        self.advance(10)
+        self.client.remove_object(NODE)
+        # The watch tells at once: no wait for the next status check.
         self.assertIn(NODE, self.client.objects)
         second_uid = self.node()["metadata"]["uid"]
         self.assertNotEqual(second_uid, first_uid)
@@ -206,10 +201,14 @@ class KubeletServiceTests(SynchronousTestCase):
     # Status
 
     def test_status_checked_every_ten_seconds_reported_every_five_minutes(self) -> None:
-        """Unchanged, the status is read every 10 s but written only every 5 minutes."""
+        """
+        Unchanged, the status is checked every 10 s against the watched Node (no
+        request at all) and written only every 5 minutes.
+        """
         self.kubelet().startService()
         self.advance(290)
-        self.assertEqual(self.client.count("GET", NODE), 29)
+        self.assertEqual(self.client.count("GET", NODE), 0)
+        self.assertEqual(self.client.count("WATCH", NODES_PATH), 1)
         self.assertEqual(self.client.count("PUT", STATUS), 0)
         self.advance(10)
         self.assertEqual(self.client.count("PUT", STATUS), 1)
@@ -261,13 +260,17 @@ class KubeletServiceTests(SynchronousTestCase):
         self.kubelet().startService()
         self.client.fail_next(500, 6)
         self.advance(30)
+        # Someone changes the Node; then the server goes away before the status is put right.
+        node = self.node()
+        node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] = 22
+        self.client.put_object(NODE, node)
         self.client.down = True
         self.advance(60)
         self.assertLess(self.renewed_at(), 90)
         self.client.down = False
         self.advance(20)
         self.assertGreaterEqual(self.renewed_at(), 90)
-        self.assertGreater(self.client.count("GET", NODE), 0)
+        self.assertEqual(self.node()["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250)
         warned = {e.get("what") for e in self.logged if e["log_level"] is LogLevel.warn}
         self.assertIn("Failed to update lease", warned)
         self.assertIn("Error updating node status", warned)

@@ -203,7 +203,7 @@ class PeriodicJobTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def lines(self) -> list[str]:
-        return [formatEvent(e) for e in self.events if e.get("label")]
+        return [formatEvent(e) for e in self.events if e.get("what")]
 
     def test_runs_at_start_then_every_interval(self) -> None:
         """The first run is at start; each next one an interval after the last ended."""
@@ -263,7 +263,7 @@ class PeriodicJobTests(SynchronousTestCase):
         self.outcomes.extend([fail(Unreachable("down")), fail(KeyError("lease"))])
         self.periodic(expected=(Unreachable,))
         self.clock.advance(1)
-        expected, unexpected = [e for e in self.events if e.get("label")]
+        expected, unexpected = [e for e in self.events if e.get("what")]
         self.assertNotIn("log_failure", expected)
         self.assertIsInstance(unexpected["log_failure"].value, KeyError)
         self.assertEqual(formatEvent(unexpected), "Failed to update lease (attempt 2)")

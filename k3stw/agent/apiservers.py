@@ -1,26 +1,27 @@
 """
 How an agent learns the cluster's servers, as k3s's agent does: ask the
-supervisor (``/v1-k3s/apiservers``) at start and whenever the watch has to
-re-list, and watch the Endpoints ``default/kubernetes`` in between.  Watch
-events reach the load balancer after a 1 s debounce, because a joining
-server adds, removes and re-adds itself.
+supervisor (``/v1-k3s/apiservers``) at start and whenever the informer on the
+Endpoints ``default/kubernetes`` has to list again, and follow that informer
+in between.  Changes reach the load balancer after a 1 s debounce, because a
+joining server adds, removes and re-adds itself.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from k3stw.hostport import join_host_port
-from k3stw.kubeclient import KubeClient, Object
+from k3stw.kubeclient import KubeClient
 from k3stw.logs import Logger
+from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.objects import Object
+from k3stw.machinery.source import EventSink, HTTPSource, IListWatch, IWatchStream, Listed
 
 ENDPOINTS = "/api/v1/namespaces/default/endpoints"
 ONLY_KUBERNETES = "metadata.name=kubernetes"
@@ -46,7 +47,27 @@ def _addresses_document(body: bytes) -> list[str]:
     return document
 
 
-class APIServerDiscovery(Service):
+@implementer(IListWatch)
+class _SupervisorFirst:
+    """An informer source that asks the supervisor for its list before every (re)list."""
+
+    def __init__(self, source: HTTPSource, refresh: Callable[[], Awaitable[None]]) -> None:
+        self.source = source
+        self.refresh = refresh
+        self.description = source.description
+
+    def list(self) -> Deferred[Listed]:
+        return Deferred.fromCoroutine(self._list())
+
+    async def _list(self) -> Listed:
+        await self.refresh()
+        return await self.source.list()
+
+    def watch(self, resource_version: str, sink: EventSink) -> Deferred[IWatchStream]:
+        return self.source.watch(resource_version, sink)
+
+
+class APIServerDiscovery(MultiService):
     """
     Tell C{update} the cluster's server addresses whenever they change.
 
@@ -54,7 +75,6 @@ class APIServerDiscovery(Service):
         with the node's identity.
     :param update: given each new, non-empty list of ``host:port``.
     :param debounce: seconds a watch event waits for a later one.
-    :param retry: seconds before re-listing after a broken watch.
     """
 
     _log = Logger()
@@ -65,56 +85,34 @@ class APIServerDiscovery(Service):
         kube: KubeClient,
         update: Callable[[list[str]], object],
         debounce: float = 1.0,
-        retry: float = 5.0,
     ) -> None:
+        super().__init__()
         self.clock = clock
         self.kube = kube
         self.update = update
         self.debounce = debounce
-        self.retry = retry
         self._pending: IDelayedCall | None = None
-        self._running: Deferred[None] | None = None
+        source = HTTPSource(kube, ENDPOINTS, {"fieldSelector": ONLY_KUBERNETES})
+        self.informer = Informer(_SupervisorFirst(source, self.refresh), clock)
+        self.informer.add_handler(
+            EventHandler(
+                on_add=self._endpoints_changed,
+                on_update=lambda old, new: self._endpoints_changed(new),
+            )
+        )
+        self.informer.setServiceParent(self)
 
-    def startService(self) -> None:
-        super().startService()
-        self._running = Deferred.fromCoroutine(self._run())
-        self._running.addErrback(self._stopped)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._running is not None:
-            self._running.cancel()
-            self._running = None
+    def stopService(self) -> Deferred[None] | None:
+        stopped: Deferred[None] | None = super().stopService()
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
-
-    def _stopped(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):
-            self._log.failure("Watching the cluster's servers stopped", failure)
-
-    async def _run(self) -> None:
-        while True:
-            await self.refresh()
-            try:
-                version = await self._list()
-                while True:
-                    version = await self._watch(version)
-            except CancelledError:
-                raise
-            except Exception as e:
-                self._log.warn(
-                    "Failed to watch the kubernetes endpoints, re-listing in {delay}s: {error}",
-                    delay=self.retry,
-                    error=str(e),
-                )
-            await deferLater(self.clock, self.retry)
+        return stopped
 
     async def refresh(self) -> None:
         """Take the supervisor's list at once (no debounce); failures only log."""
         try:
-            body = await self.kube.http.fetch(self.kube.server_url + "/v1-k3s/apiservers")
-            addresses = _addresses_document(body)
+            addresses = _addresses_document(await self.kube.fetch_raw("/v1-k3s/apiservers"))
         except CancelledError:
             raise
         except Exception as e:
@@ -122,36 +120,12 @@ class APIServerDiscovery(Service):
             return
         self._apply(addresses)
 
-    async def _list(self) -> str:
-        listed = await self.kube.call("GET", ENDPOINTS, params={"fieldSelector": ONLY_KUBERNETES})
-        for item in listed.get("items") or ():
-            self._changed(endpoint_addresses(item))
-        return str(listed.get("metadata", {}).get("resourceVersion", ""))
-
-    async def _watch(self, version: str) -> str:
-        """One watch from C{version} until the server ends it; the last version seen."""
-        latest = [version]
-
-        def on_event(kind: str, obj: Any) -> None:
-            seen = obj.get("metadata", {}).get("resourceVersion")
-            if seen:
-                latest[0] = str(seen)
-            if kind in ("ADDED", "MODIFIED"):
-                self._changed(endpoint_addresses(obj))
-
-        params = {
-            "fieldSelector": ONLY_KUBERNETES,
-            "resourceVersion": version,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": "300",
-        }
-        await self.kube.watch(ENDPOINTS, params, on_event)
-        return latest[0]
-
-    def _changed(self, addresses: list[str]) -> None:
+    def _endpoints_changed(self, endpoints: Object) -> None:
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
-        self._pending = self.clock.callLater(self.debounce, self._apply, addresses)
+        self._pending = self.clock.callLater(
+            self.debounce, self._apply, endpoint_addresses(endpoints)
+        )
 
     def _apply(self, addresses: list[str]) -> None:
         # An empty list means every server's lease lapsed at once: keep what we have.

@@ -19,10 +19,10 @@ from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.api import KubeletAPIService
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
-from k3stw.kubelet.node import Taint
 from k3stw.kubelet.service import KubeletService
 from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
 from k3stw.logs import Logger
+from k3stw.machinery.nodes import Taint
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
 

@@ -42,12 +42,13 @@ from zope.interface import implementer
 from k3stw.apiserver.status import StatusError
 from k3stw.httpclient import _QuietHTTPClientFactory
 from k3stw.logs import Logger
+from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.machinery.objects import Object
 from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession
 
 __all__ = ["DEFAULT_KUBELET_PORT", "NodeProxy", "kubelet_port", "proxied_path"]
 
-DEFAULT_KUBELET_PORT = 10250
+DEFAULT_KUBELET_PORT = KUBELET_PORT
 #: Seconds to wait for the kubelet's response headers (dial and TLS included).
 HEADER_TIMEOUT = 60.0
 

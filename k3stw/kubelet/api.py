@@ -45,9 +45,9 @@ from k3stw.kubelet.auth import (
     verified_user,
 )
 from k3stw.kubelet.hostinfo import read_host_usage
-from k3stw.kubelet.node import KUBELET_PORT
 from k3stw.kubelet.stats import CPUUsageRate, build_summary
 from k3stw.logs import Logger
+from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.pki.certs import KeyPair, load_pem_certificates
 from k3stw.pki.tls import client_certificate_requesting_options
 from k3stw.web import QuietSite

@@ -7,24 +7,15 @@ time comes in as an argument, host facts as a L{HostFacts}.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 from k3stw import KUBERNETES_VERSION
+from k3stw.kubelet.config import KubeletConfig
 from k3stw.kubelet.hostinfo import HostFacts
+from k3stw.machinery.nodes import KUBELET_CONDITIONS, LEASE_NAMESPACE
+from k3stw.machinery.objects import Object
 
-if TYPE_CHECKING:
-    from k3stw.kubelet.config import KubeletConfig
-
-Object = dict[str, Any]
-
-#: The kubelet API's port, as upstream's ``--port`` default.
-KUBELET_PORT = 10250
 MAX_PODS = 110
-LEASE_NAMESPACE = "kube-node-lease"
-TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 OS_LABEL = "kubernetes.io/os"
@@ -39,68 +30,10 @@ LEASES_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases
 # still names the runtime it will drive; the version is filled in then.
 CONTAINER_RUNTIME_VERSION = "runc://unknown"
 
-#: The conditions the kubelet owns: (type, healthy status, reason, message), in kubelet order.
-KUBELET_CONDITIONS: tuple[tuple[str, str, str, str], ...] = (
-    (
-        "MemoryPressure",
-        "False",
-        "KubeletHasSufficientMemory",
-        "kubelet has sufficient memory available",
-    ),
-    ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-    ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-    ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-)
-
 # The kubelet's default --eviction-hard thresholds (memory.available<100Mi,
 # nodefs.available<10%), which is all that allocatable subtracts under k3s.
 _EVICTION_MEMORY = 100 * 1024 * 1024
 _EVICTION_NODEFS_FRACTION = 0.1
-
-
-@dataclass(frozen=True)
-class Taint:
-    """A node taint: ``key=value:Effect``."""
-
-    key: str
-    value: str
-    effect: str
-
-    def to_object(self, now: str | None = None) -> Object:
-        """
-        The taint as the API writes it.
-
-        :param now: ``timeAdded``, which NoExecute taints carry.
-        """
-        obj: Object = {"key": self.key, "effect": self.effect}
-        if self.value:
-            obj["value"] = self.value
-        if self.effect == "NoExecute" and now is not None:
-            obj["timeAdded"] = now
-        return obj
-
-
-def rfc3339(seconds: float) -> str:
-    """A ``metav1.Time``: RFC 3339 in UTC with second precision."""
-    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def micro_time(seconds: float) -> str:
-    """A ``metav1.MicroTime``: RFC 3339 in UTC with microseconds."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: object) -> float | None:
-    """Seconds since the epoch of an RFC 3339 time (Time or MicroTime); None if it is not one."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def node_path(name: str) -> str:
@@ -319,21 +252,3 @@ def renew_lease(lease: Object, node_name: str, node_uid: str, now: str, duration
     spec["leaseDurationSeconds"] = duration
     spec["renewTime"] = now
     return renewed
-
-
-def find_condition(node: Object, kind: str) -> Object | None:
-    """The node's condition of type C{kind}, if it has one."""
-    for condition in (node.get("status") or {}).get("conditions") or ():
-        if isinstance(condition, dict) and condition.get("type") == kind:
-            return condition
-    return None
-
-
-def without_taints(taints: Iterable[Object], unwanted: Iterable[Taint]) -> list[Object]:
-    """C{taints} less any with the key and effect of one in C{unwanted}."""
-    drop = {(t.key, t.effect) for t in unwanted}
-    return [t for t in taints if (t.get("key"), t.get("effect")) not in drop]
-
-
-def has_taint(taints: Iterable[Object], taint: Taint) -> bool:
-    return any(t.get("key") == taint.key and t.get("effect") == taint.effect for t in taints)

@@ -1,26 +1,26 @@
 """
 The kubelet as a service: register the Node, then renew its Lease and post
-its status on a schedule, each job retrying with backoff when it fails.
+its status on a schedule, each job retrying with back-off when it fails.
+The Node is watched (an informer on this node alone), so checking the status
+costs no request unless the status must be written.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from functools import partial
-from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
 
 from k3stw.httpclient import RequestFailed
-from k3stw.kubeclient import KubeAPIError, KubeClient, Object
+from k3stw.kubeclient import KubeAPIError, KubeClient
 from k3stw.kubelet.config import KubeletConfig
 from k3stw.kubelet.hostinfo import HostFacts, read_host_facts
 from k3stw.kubelet.node import (
@@ -29,18 +29,21 @@ from k3stw.kubelet.node import (
     build_lease,
     build_node,
     lease_path,
-    micro_time,
     node_path,
     node_status,
     reconcile_node,
     renew_lease,
-    rfc3339,
     without_heartbeats,
 )
 from k3stw.logs import Logger
+from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.objects import Object, metadata
+from k3stw.machinery.source import HTTPSource
+from k3stw.machinery.times import micro_time, rfc3339
+from k3stw.machinery.timing import Backoff, PeriodicJob, retrying
 
 #: Failures that say the server is away or unwell, logged without a traceback.
-_EXPECTED_FAILURES = (
+EXPECTED_FAILURES = (
     KubeAPIError,
     ConnectError,
     ConnectionClosed,
@@ -50,19 +53,17 @@ _EXPECTED_FAILURES = (
     OSError,
 )
 
-Job = Callable[[], Coroutine[Any, Any, None]]
 
-
-class KubeletService(Service):
+class KubeletService(MultiService):
     """
     One node's kubelet, for now its node-status half.
 
     On start it registers the Node (or, when one of that name exists, takes
     it over: its own labels set again, what others set kept); then it renews
     the node's Lease every C{config.lease_interval} and checks the node's
-    status every C{config.status_interval}, posting it when it changed or
-    every C{config.status_report_interval}.  A Node deleted while the
-    kubelet runs is registered again.
+    status every C{config.status_interval} against the watched Node, posting
+    it when it changed or every C{config.status_report_interval}.  A Node
+    deleted while the kubelet runs is registered again at once.
 
     :param clock: all timing goes through it.
     :param client: the API, with the node's identity.
@@ -80,116 +81,110 @@ class KubeletService(Service):
         host_facts: Callable[[], HostFacts] | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
+        super().__init__()
         self.clock = clock
         self.client = client
         self.config = config
         self._host_facts = host_facts or partial(read_host_facts, config.data_dir)
-        self._jitter = jitter
+        self.backoff = Backoff(
+            config.retry_initial, config.retry_max, jitter=config.retry_jitter, chance=jitter
+        )
         #: The Node as the server last returned it (None before registration).
         self.node: Object | None = None
         self._lease: Object | None = None
         #: When the status was last written (registration counts).
         self._reported_at = 0.0
-        self._jobs: list[Deferred[None]] = []
+        self._registering: Deferred[None] | None = None
+        self.node_informer = Informer(
+            HTTPSource(client, NODES_PATH, {"fieldSelector": f"metadata.name={config.node_name}"}),
+            clock,
+            backoff=self.backoff,
+        )
+        self.status_job = self._job(
+            "Error updating node status",
+            config.status_interval,
+            self._post_status,
+            first=config.status_interval,
+        )
+        # A Node deleted under the kubelet is registered again at the next check: now.
+        self.node_informer.add_handler(EventHandler(on_delete=lambda _: self.status_job.run_now()))
+        self.lease_job = self._job("Failed to update lease", config.lease_interval, self._renew)
+
+    def _job(
+        self, label: str, interval: float, job: Callable[[], Deferred[None]], first: float = 0.0
+    ) -> PeriodicJob:
+        return PeriodicJob(
+            self.clock,
+            interval,
+            job,
+            label,
+            first=first,
+            backoff=self.backoff,
+            timeout=self.config.timeout,
+            expected=EXPECTED_FAILURES,
+        )
 
     def startService(self) -> None:
         super().startService()
-        self._start_job(self._run())
+        self._registering = Deferred.fromCoroutine(self._start())
+        self._registering.addErrback(self._failed)
 
-    def stopService(self) -> None:
-        super().stopService()
-        jobs, self._jobs = self._jobs, []
-        for job in jobs:
-            job.cancel()
+    def stopService(self) -> Deferred[None] | None:
+        if self._registering is not None:
+            self._registering.cancel()
+            self._registering = None
+        stopped: Deferred[None] | None = super().stopService()
+        return stopped
 
-    def _start_job(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        job = Deferred.fromCoroutine(coroutine)
-        self._jobs.append(job)
-        job.addErrback(self._job_ended)
-        job.addBoth(self._forget_job, job)
-
-    def _job_ended(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure) -> None:
         if not failure.check(CancelledError):
-            self._log.failure("kubelet job stopped", failure)
+            self._log.failure("kubelet stopped", failure)
 
-    def _forget_job(self, _: object, job: Deferred[None]) -> None:
-        if job in self._jobs:
-            self._jobs.remove(job)
-
-    async def _run(self) -> None:
-        await self._retrying("Unable to register node with API server", self._register)
+    async def _start(self) -> None:
+        await retrying(
+            self.clock,
+            self._timed(self._register),
+            self.backoff,
+            self._registration_failed,
+        )
+        self._registering = None
         self._log.info("Successfully registered node {node}", node=self.config.node_name)
-        self._start_job(
-            self._every("Failed to update lease", self.config.lease_interval, self._renew_lease, 0)
-        )
-        self._start_job(
-            self._every(
-                "Error updating node status",
-                self.config.status_interval,
-                self._post_status,
-                self.config.status_interval,
-            )
-        )
+        for service in (self.node_informer, self.lease_job, self.status_job):
+            service.setServiceParent(self)
 
-    # Scheduling
+    def _timed(self, job: Callable[[], Deferred[None]]) -> Callable[[], Deferred[None]]:
+        def attempt() -> Deferred[None]:
+            return job().addTimeout(self.config.timeout, self.clock)
 
-    async def _retrying(self, what: str, job: Job) -> None:
-        """Run C{job} until it succeeds, waiting longer after each failure."""
-        failures = 0
-        while not await self._attempt(what, job, failures):
-            failures += 1
-            await deferLater(self.clock, self._backoff(failures))
+        return attempt
 
-    async def _every(self, what: str, interval: float, job: Job, first: float) -> None:
-        """Run C{job} every C{interval} seconds (sooner after a failure), forever."""
-        failures = 0
-        delay = first
-        while True:
-            if delay > 0:
-                await deferLater(self.clock, delay)
-            if await self._attempt(what, job, failures):
-                failures, delay = 0, interval
-            else:
-                failures += 1
-                delay = self._backoff(failures)
-
-    async def _attempt(self, what: str, job: Job, failures: int) -> bool:
-        """Run C{job} once under the timeout; whether it succeeded (failures are logged)."""
-        running = Deferred.fromCoroutine(job())
-        running.addTimeout(self.config.timeout, self.clock)
-        try:
-            await running
-        except CancelledError:
-            if not self.running:
-                raise
-            self._log.warn("{what} (attempt {attempt}): cancelled", what=what, attempt=failures + 1)
-            return False
-        except _EXPECTED_FAILURES as e:
+    def _registration_failed(self, attempt: int, error: Exception) -> None:
+        if isinstance(error, EXPECTED_FAILURES):
             self._log.warn(
                 "{what} (attempt {attempt}): {error}",
-                what=what,
-                attempt=failures + 1,
-                error=self._describe(e),
+                what="Unable to register node with API server",
+                attempt=attempt,
+                error=self._describe(error),
             )
-            return False
-        except Exception:
-            self._log.failure("{what} (attempt {attempt})", what=what, attempt=failures + 1)
-            return False
-        return True
+        else:
+            self._log.failure(
+                "{what} (attempt {attempt})",
+                Failure(error),
+                what="Unable to register node with API server",
+                attempt=attempt,
+            )
 
     def _describe(self, error: Exception) -> str:
         if isinstance(error, DeferredTimeoutError):
             return f"no answer within {self.config.timeout:g}s"
         return str(error) or type(error).__name__
 
-    def _backoff(self, failures: int) -> float:
-        config = self.config
-        base = min(config.retry_initial * 2.0 ** (failures - 1), config.retry_max)
-        return base * (1 + config.retry_jitter * self._jitter())
-
     # Jobs
 
-    async def _register(self) -> None:
+    def _register(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._registered())
+
+    async def _registered(self) -> None:
         """Create the Node, or take over the one that exists, and record what the server holds."""
         config = self.config
         facts = self._host_facts()
@@ -206,45 +201,65 @@ class KubeletService(Service):
         if wanted != existing:
             existing = await self.client.replace(node_path(config.node_name), wanted)
         self.node = existing
-        await self._post_status(force=True)
+        await self._write_status(existing, force=True)
 
-    async def _post_status(self, force: bool = False) -> None:
+    def _post_status(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._check_status())
+
+    async def _check_status(self) -> None:
+        """The status job: the watched Node's status, posted if it must be; a gone Node, again."""
+        node = self._watched_node()
+        if node is None and not self.node_informer.synced:
+            node = await self._read_node()
+        if node is None:
+            self._log.warn(
+                "Node {node} was deleted; registering it again", node=self.config.node_name
+            )
+            await self._registered()
+            return
+        await self._write_status(node)
+
+    def _watched_node(self) -> Object | None:
+        """The newest Node seen: the informer's, or the one the last write returned."""
+        cached = self.node_informer.get(self.config.node_name)
+        if cached is None or self.node is None:
+            return cached
+        return cached if _version(cached) >= _version(self.node) else self.node
+
+    async def _read_node(self) -> Object | None:
+        try:
+            return await self.client.get(node_path(self.config.node_name))
+        except KubeAPIError as e:
+            if e.code != 404:
+                raise
+            return None
+
+    async def _write_status(self, node: Object, force: bool = False) -> None:
         """
-        Read the Node and put its status through the status subresource when
-        it changed (heartbeat times aside), when C{force}d, or when
+        Put the node's status through the status subresource when it changed
+        (heartbeat times aside), when C{force}d, or when
         C{status_report_interval} has passed since the last report, as the
         kubelet does: the Lease is the heartbeat, so an unchanged status is
-        not rewritten every 10 s.  Reading first measures condition
-        transitions against what the server holds (the node lifecycle
-        controller may have marked the node Unknown); a 409 means someone
-        wrote in between, so read and try again.  A Node that is gone is
-        registered again.
+        not rewritten every 10 s.  Conditions are measured against the status
+        the server holds (the node lifecycle controller may have marked the
+        node Unknown); a 409 means someone wrote in between, so read and try
+        again.  A Node that is gone is registered again.
         """
         path = node_path(self.config.node_name)
         for attempt in (1, 2):
-            try:
-                self.node = await self.client.get(path)
-            except KubeAPIError as e:
-                if e.code != 404:
-                    raise
-                self._log.warn(
-                    "Node {node} was deleted; registering it again", node=self.config.node_name
-                )
-                await self._register()
-                return
+            self.node = node
             seconds = self.clock.seconds()
-            held = self.node.get("status") or {}
+            held = node.get("status") or {}
             status = node_status(self.config, self._host_facts(), held, rfc3339(seconds))
             due = force or seconds - self._reported_at >= self.config.status_report_interval
             if not due and without_heartbeats(status) == without_heartbeats(held):
                 return
-            metadata = self.node.get("metadata") or {}
             body = {
                 "apiVersion": "v1",
                 "kind": "Node",
                 "metadata": {
                     "name": self.config.node_name,
-                    "resourceVersion": metadata.get("resourceVersion", ""),
+                    "resourceVersion": metadata(node).get("resourceVersion", ""),
                 },
                 "status": status,
             }
@@ -254,15 +269,23 @@ class KubeletService(Service):
                 return
             except KubeAPIError as e:
                 if e.code == 404:
-                    await self._register()
+                    await self._registered()
                     return
                 if e.code != 409 or attempt == 2:
                     raise
+            read = await self._read_node()
+            if read is None:
+                await self._registered()
+                return
+            node = read
+
+    def _renew(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._renew_lease())
 
     async def _renew_lease(self) -> None:
         """Renew the node's Lease from the copy last written; read or create it when needed."""
         config = self.config
-        uid = str(((self.node or {}).get("metadata") or {}).get("uid", ""))
+        uid = str(metadata(self.node or {}).get("uid", ""))
         path = lease_path(config.node_name)
         for attempt in (1, 2):
             now = micro_time(self.clock.seconds())
@@ -283,3 +306,10 @@ class KubeletService(Service):
                 self._lease = None
                 if e.code not in (404, 409) or attempt == 2:
                     raise
+
+
+def _version(obj: Object) -> int:
+    try:
+        return int(metadata(obj).get("resourceVersion") or 0)
+    except ValueError:
+        return 0

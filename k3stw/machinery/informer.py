@@ -22,7 +22,7 @@ from typing import Protocol
 
 from automat import TypeMachineBuilder
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -163,7 +163,7 @@ class _Follow:
             events[0] += 1
             core.event(kind, obj)
 
-        opening = core.source.watch(core.resource_version, sink)
+        opening = maybeDeferred(core.source.watch, core.resource_version, sink)
         self._opening = opening
         opening.addCallback(self._opened, started, events)
         opening.addErrback(self._failed)
@@ -203,7 +203,7 @@ def _build_machine() -> Callable[[_Core], _Inputs]:
     builder = TypeMachineBuilder(_Inputs, _Core)
 
     def start_list(inputs: _Inputs, core: _Core, *ignored: object) -> Deferred[Listed]:
-        listing = core.source.list()
+        listing = maybeDeferred(core.source.list)
         listing.addCallbacks(inputs.listed, inputs.list_failed)
         return listing
 

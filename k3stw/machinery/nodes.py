@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from k3stw.machinery.objects import Object
 
 LEASE_NAMESPACE = "kube-node-lease"
+#: The kubelet API's port, as upstream's ``--port`` default.
+KUBELET_PORT = 10250
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 #: The conditions the kubelet owns: (type, healthy status, reason, message), in kubelet order.

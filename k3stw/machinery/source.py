@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
@@ -142,5 +142,5 @@ class HTTPSource:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(seconds),
         }
-        following = Deferred.fromCoroutine(self.client.watch(self.path, params, sink))
+        following: Deferred[None] = ensureDeferred(self.client.watch(self.path, params, sink))
         return succeed(_HTTPWatch(following))

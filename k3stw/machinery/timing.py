@@ -187,14 +187,14 @@ class PeriodicJob(Service):
             self._log_warning(str(failure.value) or type(failure.value).__name__)
         else:
             _log.failure(
-                "{label} (attempt {attempt})", failure, label=self.label, attempt=self.failures
+                "{what} (attempt {attempt})", failure, what=self.label, attempt=self.failures
             )
         self._schedule(min(self.backoff.delay(self.failures), self.interval))
 
     def _log_warning(self, error: str) -> None:
         _log.warn(
-            "{label} (attempt {attempt}): {error}",
-            label=self.label,
+            "{what} (attempt {attempt}): {error}",
+            what=self.label,
             attempt=self.failures,
             error=error,
         )

@@ -4,7 +4,8 @@ In-memory fakes of k3stw's own interfaces, shared by the unit tests.
 L{FakeKubeClient} stands in for L{k3stw.kubeclient.KubeClient}: the same
 methods over a dictionary of objects, with the API server's rules that the
 callers depend on (409 on create of an existing name, resourceVersion
-checks, the status subresource, 404) and switches to make it fail.
+checks, the status subresource, 404, lists and watches of a collection) and
+switches to make it fail.  L{FakeListWatch} is a scriptable informer source.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -19,9 +21,10 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from k3stw.apiserver.patch import apply_merge_patch
 from k3stw.kubeclient import KubeAPIError, Object
-from k3stw.kubelet.node import rfc3339
 from k3stw.machinery.source import EventSink, IListWatch, IWatchStream, Listed
+from k3stw.machinery.times import rfc3339
 
 #: Kinds whose status only the status subresource writes.
 _STATUS_KINDS = {"Node"}
@@ -40,19 +43,6 @@ def api_error(method: str, path: str, code: int, reason: str, message: str) -> K
     return KubeAPIError(method, path, code, status)
 
 
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result
-
-
 class FakeKubeClient:
     """
     A Kubernetes API in memory, behind L{KubeClient}'s methods.
@@ -69,10 +59,25 @@ class FakeKubeClient:
         self.clock = clock
         self.objects: dict[str, Object] = {}
         self.requests: list[tuple[str, str]] = []
-        self.down = False
         self.hang = False
         self.failures: list[Exception] = []
+        self._down = False
         self._revisions = itertools.count(1)
+        self._version = 0
+        self._watches: list[_FakeWatch] = []
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    @down.setter
+    def down(self, down: bool) -> None:
+        """A server that goes down breaks every watch, as a lost connection does."""
+        self._down = down
+        if down:
+            watches, self._watches = self._watches, []
+            for watch in watches:
+                watch.ended.errback(ConnectionRefusedError("Connection was refused by other side"))
 
     # Test controls
 
@@ -86,9 +91,25 @@ class FakeKubeClient:
         stored = copy.deepcopy(obj)
         metadata = stored.setdefault("metadata", {})
         metadata.setdefault("uid", str(uuid.uuid4()))
-        metadata["resourceVersion"] = str(next(self._revisions))
+        self._version = next(self._revisions)
+        metadata["resourceVersion"] = str(self._version)
+        kind = "MODIFIED" if path in self.objects else "ADDED"
         self.objects[path] = stored
+        self._notify(kind, path, stored)
         return copy.deepcopy(stored)
+
+    def remove_object(self, path: str) -> Object:
+        """Delete the object at C{path} as another writer would."""
+        removed = self.objects.pop(path)
+        self._version = next(self._revisions)
+        self._notify("DELETED", path, removed)
+        return removed
+
+    def _notify(self, kind: str, path: str, obj: Object) -> None:
+        collection, _, name = path.rpartition("/")
+        for watch in list(self._watches):
+            if watch.collection == collection and watch.selects(name):
+                watch.on_event(kind, copy.deepcopy(obj))
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for request in self.requests if request == (method, path))
@@ -111,6 +132,8 @@ class FakeKubeClient:
         if self.failures:
             raise self.failures.pop(0)
         assert body is None or isinstance(body, dict)
+        if method == "GET" and params is not None:
+            return self._list(path, params)
         if method == "GET":
             return self._get(method, path)
         if method == "POST":
@@ -120,10 +143,32 @@ class FakeKubeClient:
             assert body is not None
             return self._update(method, path, body, content_type)
         if method == "DELETE":
-            stored = self._get(method, path)
-            del self.objects[path]
-            return stored
+            self._get(method, path)
+            return self.remove_object(path)
         raise api_error(method, path, 405, "MethodNotAllowed", "method not allowed")
+
+    async def watch(
+        self, path: str, params: dict[str, str], on_event: Callable[[str, Object], None]
+    ) -> None:
+        """Follow the collection at C{path} (one name, with a ``metadata.name`` selector)."""
+        self.requests.append(("WATCH", path))
+        if self.hang:
+            await Deferred()
+        if self.down:
+            raise ConnectionRefusedError("Connection was refused by other side")
+        watch = _FakeWatch(path, _selected_name(params), on_event)
+        self._watches.append(watch)
+        try:
+            await watch.ended
+        finally:
+            if watch in self._watches:
+                self._watches.remove(watch)
+
+    def end_watches(self) -> None:
+        """The server ends every watch (its timeout): clients watch again."""
+        watches, self._watches = self._watches, []
+        for watch in watches:
+            watch.ended.callback(None)
 
     async def get(self, path: str) -> Object:
         return await self.call("GET", path)
@@ -149,6 +194,16 @@ class FakeKubeClient:
             raise api_error(method, path, 404, "NotFound", f'"{name}" not found')
         return copy.deepcopy(stored)
 
+    def _list(self, collection: str, params: dict[str, str]) -> Object:
+        name = _selected_name(params)
+        items = [
+            copy.deepcopy(obj)
+            for path, obj in sorted(self.objects.items())
+            if path.rpartition("/")[0] == collection
+            and (name is None or path.rpartition("/")[2] == name)
+        ]
+        return {"items": items, "metadata": {"resourceVersion": str(self._version)}}
+
     def _create(self, method: str, collection: str, body: Object) -> Object:
         obj = copy.deepcopy(body)
         metadata = obj.setdefault("metadata", {})
@@ -170,7 +225,7 @@ class FakeKubeClient:
         current = self._get(method, item)
         if method == "PATCH":
             assert content_type == "application/merge-patch+json"
-            new = _merge_patch(current, body)
+            new = apply_merge_patch(current, body)
         else:
             wanted = (body.get("metadata") or {}).get("resourceVersion")
             if wanted and wanted != current["metadata"]["resourceVersion"]:
@@ -195,6 +250,24 @@ class FakeKubeClient:
             if current.get("kind") in _STATUS_KINDS and "status" in current:
                 updated["status"] = current["status"]
         return self.put_object(item, updated)
+
+
+def _selected_name(params: dict[str, str]) -> str | None:
+    selector = params.get("fieldSelector", "")
+    return selector.removeprefix("metadata.name=") if selector else None
+
+
+class _FakeWatch:
+    def __init__(
+        self, collection: str, name: str | None, on_event: Callable[[str, Object], None]
+    ) -> None:
+        self.collection = collection
+        self.name = name
+        self.on_event = on_event
+        self.ended: Deferred[None] = Deferred()
+
+    def selects(self, name: str) -> bool:
+        return self.name is None or self.name == name
 
 
 @implementer(IWatchStream)
