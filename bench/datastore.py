@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from k3stw.datastore.etcd import _JSONBody, _prefix_end, _read_body, b64
+from k3stw.datastore.etcd.gateway import JSONBody, b64, prefix_end, read_body
 from k3stw.datastore.interface import Event, IDatastore
 
 Stop = Callable[[], Awaitable[None]]
@@ -237,9 +237,9 @@ class RawEtcd:
             b"POST",
             (self._endpoint + path).encode(),
             Headers({b"Content-Type": [b"application/json"]}),
-            _JSONBody(json.dumps(body).encode()),
+            JSONBody(json.dumps(body).encode()),
         )
-        answer: dict[str, Any] = json.loads(await _read_body(response))
+        answer: dict[str, Any] = json.loads(await read_body(response))
         if response.code != 200:
             raise RuntimeError(f"etcd answered {response.code}: {answer}")
         return answer
@@ -286,7 +286,7 @@ async def bench_raw_etcd(raw: RawEtcd, budget: Budget) -> dict[str, float]:
     for _ in range(budget.list_repeats):
         started = time.perf_counter()
         answer = await raw.post(
-            "/v3/kv/range", {"key": b64(prefix), "range_end": b64(_prefix_end(prefix))}
+            "/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
         )
         timings.append(time.perf_counter() - started)
         assert len(answer["kvs"]) == budget.list_keys

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pymysql
 from twisted.internet.interfaces import IReactorTime
 
-from k3stw.datastore.endpoint import MySQLEndpoint
+from k3stw.datastore.location import MySQLEndpoint
 from k3stw.datastore.sql import Dialect, SQLDatastore
 
 _SCHEMA = (

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import errors, sql
 from twisted.internet.interfaces import IReactorTime
 
-from k3stw.datastore.endpoint import PostgresEndpoint
+from k3stw.datastore.location import PostgresEndpoint
 from k3stw.datastore.sql import Dialect, SQLDatastore
 
 _SCHEMA = (

@@ -2,7 +2,8 @@
 One conformance suite for every L{IDatastore} backend.
 
 A backend's test module subclasses L{DatastoreConformance} together with
-C{twisted.trial.unittest.TestCase} and provides:
+C{twisted.trial.unittest.TestCase} (or, for a backend that needs no reactor,
+C{SynchronousTestCase} under L{on_its_clock}) and provides:
 
 - C{async def make_datastore(self) -> IDatastore}: a started datastore on a
   fresh, empty store; the subclass registers its own cleanup (C{addCleanup}).
@@ -20,12 +21,14 @@ expiry, watch delivery) waits for the event itself under trial's timeout.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from k3stw.datastore.interface import (
@@ -48,6 +51,11 @@ if TYPE_CHECKING:
     _Base = TestCase
 else:
     _Base = object
+
+_Suite = TypeVar("_Suite", bound=type)
+
+#: The longest a test may wait for the backend, as trial's default timeout.
+_WAIT_SECONDS = 120
 
 
 class EventCollector:
@@ -630,3 +638,34 @@ class DatastoreConformance(_Base):
         self.assertEqual(deletes[0].prev.value, b"v")
         self.assertIsNone(await store.get("/registry/lease/short"))
         self.assertIsNotNone(await store.get("/registry/lease/keep"))
+
+
+def on_its_clock(suite: _Suite) -> _Suite:
+    """
+    Run every test of C{suite}, a L{DatastoreConformance} mixed into a
+    C{SynchronousTestCase} with a C{clock} (a L{task.Clock}), to its end
+    before the test method returns.  Where a test waits for the backend (a
+    TTL's expiry), time passes on the clock, a second at a time, for as long
+    as trial's timeout would have let it wait on a real reactor.
+    """
+
+    def on_the_clock(test: Callable[[Any], Coroutine[Any, Any, None]]) -> Callable[[Any], None]:
+        @functools.wraps(test)
+        def run(case: Any) -> None:
+            outcome: list[object] = []
+            Deferred.fromCoroutine(test(case)).addBoth(outcome.append)
+            for _ in range(_WAIT_SECONDS):
+                if outcome:
+                    break
+                case.clock.advance(1)
+            if not outcome:
+                case.fail(f"still waiting after {_WAIT_SECONDS} seconds on the clock")
+            if isinstance(outcome[0], Failure):
+                outcome[0].raiseException()
+
+        return run
+
+    for name, test in vars(DatastoreConformance).items():
+        if name.startswith("test_"):
+            setattr(suite, name, on_the_clock(test))
+    return suite

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+import k3stw.datastore
 from k3stw.datastore.endpoint import (
     ACCEPTED_FORMS,
     DatastoreTLS,
@@ -150,3 +154,53 @@ class DatastoreForEndpointTests(SynchronousTestCase):
         self.assertIsInstance(
             datastore_for_endpoint(Clock(), "http://127.0.0.1:2379", DATA), EtcdDatastore
         )
+
+
+def _datastore_imports() -> dict[str, set[str]]:
+    """
+    Each module of C{k3stw.datastore} and the modules of it that its code
+    imports anywhere (in functions and under C{TYPE_CHECKING} too).
+    """
+    package = Path(k3stw.datastore.__file__).parent
+    paths: dict[str, Path] = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent.parent).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    imported.add(submodule if submodule in paths else node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        graph[name] = {module for module in imported if module in paths and module != name}
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for module in graph[todo.pop()] - seen:
+            seen.add(module)
+            todo.append(module)
+    return seen
+
+
+class ImportDirectionTests(SynchronousTestCase):
+    """Imports in the datastore run one way: the endpoint parser above the backends."""
+
+    def test_no_datastore_module_imports_itself_back(self) -> None:
+        graph = _datastore_imports()
+        self.assertIn("k3stw.datastore.etcd.gateway", graph)
+        self.assertEqual(sorted(m for m in graph if m in _reachable(graph, m)), [])
+
+    def test_the_backends_do_not_import_the_endpoint_parser(self) -> None:
+        graph = _datastore_imports()
+        for backend in ("sqlite", "postgres", "mysql", "etcd", "memory"):
+            self.assertNotIn(
+                "k3stw.datastore.endpoint", _reachable(graph, f"k3stw.datastore.{backend}")
+            )

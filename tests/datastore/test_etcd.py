@@ -20,14 +20,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from k3stw.datastore.etcd import (
-    EtcdDatastore,
-    EtcdTLS,
-    _EtcdWatch,
-    _event,
-    _prefix_end,
-    parse_etcd_endpoints,
-)
+from k3stw.datastore.etcd import EtcdDatastore, EtcdTLS, EtcdWatch, parse_etcd_endpoints
+from k3stw.datastore.etcd.codec import decode_event
+from k3stw.datastore.etcd.gateway import prefix_end
 from k3stw.datastore.interface import (
     Compacted,
     DatastoreUnavailable,
@@ -301,10 +296,10 @@ class EtcdPureTests(SynchronousTestCase):
     """Translation rules that need no server."""
 
     def test_prefix_end_follows_etcd(self) -> None:
-        self.assertEqual(_prefix_end(b"/registry/"), b"/registry0")
-        self.assertEqual(_prefix_end(b"a\xff"), b"b")
-        self.assertEqual(_prefix_end(b"\xff\xff"), b"\x00")
-        self.assertEqual(_prefix_end(b""), b"\x00")
+        self.assertEqual(prefix_end(b"/registry/"), b"/registry0")
+        self.assertEqual(prefix_end(b"a\xff"), b"b")
+        self.assertEqual(prefix_end(b"\xff\xff"), b"\x00")
+        self.assertEqual(prefix_end(b""), b"\x00")
 
     def test_endpoint_parsing(self) -> None:
         self.assertEqual(
@@ -330,7 +325,7 @@ class EtcdPureTests(SynchronousTestCase):
             },
         }
         self.assertEqual(
-            _event(raw),
+            decode_event(raw),
             Event(
                 EventType.DELETE,
                 7,
@@ -402,7 +397,9 @@ class EtcdWatchStreamTests(SynchronousTestCase):
             self.clock, ["http://127.0.0.30:2379", "http://127.0.0.31:2379"], watch_buffer_events=3
         )
         self.collector = EventCollector()
-        self.watch = _EtcdWatch(self.store, "/r/", 5, self.collector.deliver, 3)
+        self.watch = EtcdWatch(
+            self.store.gateway, "/r/", 5, self.collector.deliver, 3, lambda watch: None
+        )
         self.watch.open_stream()
         self.stream = FakeGatewayStream(self.clock, 0)
         self.stream.respond()

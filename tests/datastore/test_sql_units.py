@@ -9,7 +9,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from k3stw.datastore.endpoint import MySQLEndpoint, PostgresEndpoint
 from k3stw.datastore.interface import (
     Conflict,
     DatastoreUnavailable,
@@ -19,18 +18,19 @@ from k3stw.datastore.interface import (
     KeyValue,
     WatchOverflow,
 )
+from k3stw.datastore.lease import LeaseKeeper
+from k3stw.datastore.location import MySQLEndpoint, PostgresEndpoint
 from k3stw.datastore.mysql import MySQLDialect
 from k3stw.datastore.postgres import PostgresDialect
 from k3stw.datastore.sql import (
     COMPACT_KEY,
     CompactionPolicy,
-    LeaseKeeper,
     LogFollower,
     Row,
-    SQLWatch,
     prefix_end,
 )
 from k3stw.datastore.sqlite import SQLiteDialect
+from k3stw.datastore.watch import BufferedWatch
 
 
 def _row(id_: int, name: str = "/k", **kw: object) -> Row:
@@ -215,10 +215,10 @@ class LeaseKeeperTests(SynchronousTestCase):
 class WatchTests(SynchronousTestCase):
     def _watch(
         self, max_events: int = 3, max_bytes: int = 1 << 20
-    ) -> tuple[SQLWatch, list[Sequence[Event]], list[SQLWatch]]:
+    ) -> tuple[BufferedWatch, list[Sequence[Event]], list[BufferedWatch]]:
         batches: list[Sequence[Event]] = []
-        ended: list[SQLWatch] = []
-        watch = SQLWatch("/a/", 1, batches.append, max_events, max_bytes, ended.append)
+        ended: list[BufferedWatch] = []
+        watch = BufferedWatch("/a/", 1, batches.append, max_events, max_bytes, ended.append)
         return watch, batches, ended
 
     def test_provides_iwatch(self) -> None:
@@ -272,7 +272,7 @@ class WatchTests(SynchronousTestCase):
         def broken(events: Sequence[Event]) -> None:
             raise RuntimeError("consumer bug")
 
-        watch = SQLWatch("/a/", 1, broken, 10, 1 << 20, lambda w: None)
+        watch = BufferedWatch("/a/", 1, broken, 10, 1 << 20, lambda w: None)
         watch.offer([_event(1, "/a/1")])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertFalse(watch.ended.called)

@@ -28,7 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from k3stw.datastore.etcd import EtcdTLS, _ClientTLSPolicy, _JSONBody, _read_body
+from k3stw.datastore.etcd.gateway import ClientTLSPolicy, EtcdTLS, JSONBody, read_body
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, new_ca, new_key, new_leaf
 from tests.support.net import free_port
 
@@ -233,7 +233,7 @@ class EtcdCluster:
     def _http(self) -> Agent:
         if self._agent is None:
             self._pool = HTTPConnectionPool(self.reactor, persistent=False)
-            policy = _ClientTLSPolicy(self.certs.client_tls()) if self.certs else None
+            policy = ClientTLSPolicy(self.certs.client_tls()) if self.certs else None
             if policy is None:
                 self._agent = Agent(self.reactor, connectTimeout=1, pool=self._pool)
             else:
@@ -245,7 +245,7 @@ class EtcdCluster:
             d = self._http().request(b"GET", (member.client_url + "/health").encode(), Headers({}))
             d.addTimeout(2, self.reactor)
             response = await d
-            body = await _read_body(response)
+            body = await read_body(response)
         except Exception:
             return False
         try:
@@ -280,10 +280,10 @@ class EtcdCluster:
             b"POST",
             (member.client_url + path).encode(),
             Headers({b"Content-Type": [b"application/json"]}),
-            _JSONBody(json.dumps(body).encode()),
+            JSONBody(json.dumps(body).encode()),
         )
         d.addTimeout(5, self.reactor)
-        answer: dict[str, Any] = json.loads(await _read_body(await d))
+        answer: dict[str, Any] = json.loads(await read_body(await d))
         return answer
 
     async def leader(self) -> EtcdMember:

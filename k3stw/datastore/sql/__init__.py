@@ -25,14 +25,15 @@ The rooms of this package:
   one connection per thread;
 - C{queries}: every SQL statement, written once with ``?`` placeholders, as
   blocking functions for the pool threads;
-- C{follow}: the log follower, the watches it feeds, the lease keeper;
+- C{follow}: the log follower, which feeds the watches
+  (L{k3stw.datastore.watch}) and the lease keeper (L{k3stw.datastore.lease});
 - C{store}: L{SQLDatastore}, the service that ties them together.
 """
 
 from __future__ import annotations
 
 from k3stw.datastore.sql.dialect import Dialect
-from k3stw.datastore.sql.follow import LeaseKeeper, LogFollower, SQLWatch
+from k3stw.datastore.sql.follow import LogFollower
 from k3stw.datastore.sql.log import COMPACT_KEY, CompactionPolicy, Row, prefix_end
 from k3stw.datastore.sql.queries import KineQueries
 from k3stw.datastore.sql.store import SQLDatastore
@@ -42,10 +43,8 @@ __all__ = [
     "CompactionPolicy",
     "Dialect",
     "KineQueries",
-    "LeaseKeeper",
     "LogFollower",
     "Row",
     "SQLDatastore",
-    "SQLWatch",
     "prefix_end",
 ]

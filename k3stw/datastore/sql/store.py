@@ -11,14 +11,13 @@ from typing import Any, ClassVar, TypeVar, cast
 
 from twisted.application.service import Service
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFromThreads,
     IReactorTime,
 )
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -33,10 +32,15 @@ from k3stw.datastore.interface import (
     KeyValue,
     ListResult,
 )
+from k3stw.datastore.lease import LeaseKeeper
+from k3stw.datastore.readiness import DatastoreReadiness
 from k3stw.datastore.sql.dialect import ConnectionThreads, Dialect
-from k3stw.datastore.sql.follow import LeaseKeeper, LogFollower, SQLWatch
+from k3stw.datastore.sql.follow import LogFollower
 from k3stw.datastore.sql.log import CompactionPolicy, Row
 from k3stw.datastore.sql.queries import KineQueries
+from k3stw.datastore.watch import BufferedWatch
+from k3stw.logs import Logger
+from k3stw.machinery.timing import PeriodicJob
 
 _T = TypeVar("_T")
 
@@ -74,7 +78,6 @@ class SQLDatastore(Service):
         self.queries = KineQueries(dialect)
         self._watch_buffer_events = watch_buffer_events
         self._watch_buffer_bytes = watch_buffer_bytes
-        self._compact_interval = compact_interval
         self.policy = compaction_policy or CompactionPolicy()
         self._writer = ConnectionThreads(
             reactor, dialect, dialect.writer_threads, f"kine-writer-{dialect.name}"
@@ -91,11 +94,17 @@ class SQLDatastore(Service):
         self.follower.on_compacted = self._follower_compacted
         self.leases = LeaseKeeper(reactor, self._expire)
         self._ready: Deferred[None] | None = None
-        self._ready_waiters: list[Deferred[None]] = []
-        self._is_ready = False
+        self._readiness = DatastoreReadiness(dialect.description, self._log)
         self._stopping = False
-        self._compactor: task.LoopingCall | None = None
-        self._compacting: Deferred[None] | None = None
+        self._compactor: PeriodicJob | None = None
+        if compact_interval > 0:
+            self._compactor = PeriodicJob(
+                reactor,
+                compact_interval,
+                self._compact_tick,
+                "background compaction",
+                first=compact_interval,
+            )
         self._shutdown_trigger: Any = None
 
     # -- service --------------------------------------------------------------
@@ -119,14 +128,9 @@ class SQLDatastore(Service):
 
     def when_ready(self) -> Deferred[None]:
         """Fires once the database is reachable and the schema exists."""
-        if self._is_ready:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._ready_waiters.append(d)
-        return d
+        return self._readiness.when_ready()
 
     async def _connect(self) -> None:
-        delay = 0.5
         attempt = 0
         while not self._stopping:
             attempt += 1
@@ -139,16 +143,8 @@ class SQLDatastore(Service):
                 )
                 break
             except DatastoreUnavailable as e:
-                self._log.warn(
-                    "datastore {endpoint} unreachable (attempt {attempt}): {reason}; "
-                    "retrying in {delay:.1f}s",
-                    endpoint=self.dialect.description,
-                    attempt=attempt,
-                    reason=str(e),
-                    delay=delay,
-                )
+                delay = self._readiness.unreachable(attempt, e)
                 await task.deferLater(self._reactor, delay)
-                delay = min(delay * 2, 10.0)
         else:
             return
         if self.stopping():
@@ -159,21 +155,9 @@ class SQLDatastore(Service):
         self.leases.start()
         for kv in leased:
             self.leases.track(kv.key, kv.mod_revision, kv.lease)
-        if self._compact_interval > 0:
-            self._compactor = task.LoopingCall(self._compact_tick)
-            self._compactor.clock = self._reactor
-            self._compactor.start(self._compact_interval, now=False).addErrback(
-                lambda f: self._log.failure("compactor stopped", f)
-            )
-        self._log.info(
-            "datastore {endpoint} ready at revision {rev}",
-            endpoint=self.dialect.description,
-            rev=position,
-        )
-        self._is_ready = True
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for d in waiters:
-            d.callback(None)
+        if self._compactor is not None:
+            self._compactor.startService()
+        self._readiness.reached(position)
 
     def _connect_failed(self, failure: Failure) -> None:
         if not failure.check(CancelledError):
@@ -187,17 +171,14 @@ class SQLDatastore(Service):
 
     async def _stop(self) -> None:
         self._stopping = True
-        self._is_ready = False
+        self._readiness.lost()
         if self._ready is not None and not self._ready.called:
             self._ready.cancel()
             with contextlib.suppress(CancelledError, Exception):
                 await self._ready
         if self._compactor is not None and self._compactor.running:
-            self._compactor.stop()
-        self._compactor = None
-        if self._compacting is not None:
-            with contextlib.suppress(Exception):
-                await self._compacting
+            # A compaction under way is cancelled between its transactions.
+            self._compactor.stopService()
         self.leases.stop()
         self._unregister_neighbour()
         await self.follower.stop()
@@ -253,7 +234,7 @@ class SQLDatastore(Service):
     # -- plumbing ---------------------------------------------------------------
 
     def _check_ready(self) -> None:
-        if not self._is_ready:
+        if not self._readiness.ready:
             raise DatastoreUnavailable(f"datastore {self.dialect.description} is not connected")
 
     def _read(self, fn: Callable[[Any], _T]) -> Deferred[_T]:
@@ -306,22 +287,12 @@ class SQLDatastore(Service):
             self._log.info("compacting datastore to revision {rev}", rev=target)
             await self.compact(target)
 
-    def _compact_tick(self) -> Deferred[None]:
-        if self._compacting is not None:
-            return succeed(None)
-        d = Deferred.fromCoroutine(self._compact_tick_async())
-
-        def done(result: object) -> None:
-            self._compacting = None
-            if isinstance(result, Failure):
-                failure = result
-                self._log.warn(
-                    "background compaction failed: {reason}", reason=failure.getErrorMessage()
-                )
-
-        self._compacting = d
-        d.addBoth(done)
-        return succeed(None)
+    async def _compact_tick(self) -> None:
+        try:
+            await self._compact_tick_async()
+        except Exception as e:
+            if not self._stopping:  # a tick cut short by stopService is no failure
+                self._log.warn("background compaction failed: {reason}", reason=str(e))
 
     # -- watch machinery ----------------------------------------------------------------
 
@@ -334,12 +305,12 @@ class SQLDatastore(Service):
 
     async def _watch(
         self, prefix: str, start_revision: int, deliver: Callable[[Sequence[Event]], None]
-    ) -> SQLWatch:
+    ) -> BufferedWatch:
         current, compacted = await self._read(lambda conn: self.queries.revisions(conn.cursor()))
         if start_revision and start_revision < compacted:
             raise Compacted(start_revision, compacted)
         start = start_revision or current + 1
-        watch = SQLWatch(
+        watch = BufferedWatch(
             prefix,
             start,
             deliver,
@@ -355,7 +326,7 @@ class SQLDatastore(Service):
             catch_up.addErrback(self._catch_up_failed, watch)
         return watch
 
-    async def _catch_up(self, watch: SQLWatch, head: int) -> None:
+    async def _catch_up(self, watch: BufferedWatch, head: int) -> None:
         page = max(1, min(500, self._watch_buffer_events))
         while not watch.done and watch.next_revision <= head:
             await watch.wait_resumed()
@@ -379,7 +350,7 @@ class SQLDatastore(Service):
             watch.next_revision = max(watch.next_revision, head + 1)
             watch.finish_catch_up()
 
-    def _catch_up_failed(self, failure: Failure, watch: SQLWatch) -> None:
+    def _catch_up_failed(self, failure: Failure, watch: BufferedWatch) -> None:
         reason = failure.value
         if not isinstance(reason, DatastoreError):
             self._log.failure("watch catch-up failed", failure)
