@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -52,9 +52,9 @@ class MemoryServer:
         self.informers = ServerInformers(self.store)
         self.run(bootstrap(self.store, self.registry))
 
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """The result of a store call (or any coroutine that waits on nothing else)."""
-        result: T = self.case.successResultOf(Deferred.fromCoroutine(coroutine))
+    def run(self, work: Coroutine[Any, Any, T] | Deferred[T]) -> T:
+        """The result of a store or datastore call (or anything that waits on nothing else)."""
+        result: T = self.case.successResultOf(ensureDeferred(work))
         return result
 
     def fails(self, coroutine: Coroutine[Any, Any, object]) -> StatusError:
