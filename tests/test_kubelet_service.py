@@ -12,9 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.config import KubeletConfig, parse_node_taints
 from k3stw.kubelet.node import LEASES_PATH, NODES_PATH
+from k3stw.kubelet.service import KubeletService
 from k3stw.machinery.objects import find_condition
 from k3stw.machinery.times import micro_time, parse_time, rfc3339
-from k3stw.kubelet.service import KubeletService
 from tests.support.fakes import FakeKubeClient
 from tests.test_kubelet_node import FACTS, as_model
 
