@@ -10,6 +10,7 @@ from k3stw.loadbalancer.servers import (
     ANOTHER_ACTIVE,
     FAILED_CHECK,
     FAILED_DIAL,
+    FAILED_SERVER_BACKOFF,
     LISTED,
     SUCCESSFUL_CHECK,
     SUCCESSFUL_DIAL,
@@ -18,7 +19,6 @@ from k3stw.loadbalancer.servers import (
     ServerList,
     ServerState,
     Transition,
-    exponential_backoff,
 )
 from tests.support.loadbalancer import FakeConnection, capture_logs
 
@@ -267,7 +267,7 @@ class TransitionTests(ServerListCase):
         self.assertEqual(server.reason, FAILED_DIAL)
 
     def test_backoff_schedule(self) -> None:
-        delay = exponential_backoff(1.0, 15.0)
+        delay = FAILED_SERVER_BACKOFF
         self.assertEqual([delay(n) for n in range(1, 7)], [1, 2, 4, 8, 15, 15])
         self.assertEqual(delay(10_000), 15)
 

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.apiserver.kinds import BUILT_IN
+from k3stw.apiserver.kinds.custom import resources_of_crd
 from k3stw.apiserver.patch import (
     MAX_JSON_PATCH_OPERATIONS,
     ApplyConflict,
@@ -30,8 +32,12 @@ from k3stw.apiserver.patch import (
     json_equal,
     record_update,
 )
-from k3stw.apiserver.patch.builtin import FIELD_RULES, apply_rules, strategic_merge_rules
-from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES
+from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES, RuleTable
+
+#: The merge rules each built-in kind's module declares, by kind.
+FIELD_RULES: dict[str, RuleTable] = {
+    resource.kind: resource.strategy.merge_rules for resource in BUILT_IN
+}
 
 # -- RFC 6902 -----------------------------------------------------------------------------------
 
@@ -799,10 +805,8 @@ class StrategicMergePatchTests(SynchronousTestCase):
         self.assertEqual((NGINX_POD, patch), snapshot)
 
     def test_custom_resources_are_refused_with_415(self) -> None:
-        """A kind without merge rules is answered like a custom resource: 415."""
-        failure = self.assertRaises(
-            UnsupportedPatchType, strategic_merge_rules, "CronTab", custom=False
-        )
+        """Strategic merge on a custom resource is answered as kube-apiserver answers it."""
+        failure = UnsupportedPatchType()
         self.assertEqual((failure.code, failure.reason), (415, "UnsupportedMediaType"))
         self.assertEqual(
             failure.message,
@@ -812,13 +816,20 @@ class StrategicMergePatchTests(SynchronousTestCase):
         )
 
     def test_custom_resources_never_get_a_builtin_table(self) -> None:
-        """A custom resource named like a built-in kind is refused 415 and applied atomically."""
-        failure = self.assertRaises(UnsupportedPatchType, strategic_merge_rules, "Pod", custom=True)
-        self.assertEqual(failure.code, 415)
-        self.assertIs(strategic_merge_rules("Pod", custom=False), FIELD_RULES["Pod"])
-        self.assertIs(apply_rules("Pod", custom=True), METADATA_ONLY_RULES)
-        self.assertIs(apply_rules("Pod", custom=False), FIELD_RULES["Pod"])
-        self.assertIs(apply_rules("CronTab", custom=False), METADATA_ONLY_RULES)
+        """A custom resource named like a built-in kind gets no strategic merge and atomic lists."""
+        [custom_pod] = resources_of_crd(
+            {
+                "metadata": {"name": "pods.example.com"},
+                "spec": {
+                    "group": "example.com",
+                    "names": {"kind": "Pod", "plural": "pods"},
+                    "versions": [{"name": "v1"}],
+                },
+            }
+        )
+        self.assertFalse(custom_pod.strategy.strategic_merge)
+        self.assertIs(custom_pod.strategy.merge_rules, METADATA_ONLY_RULES)
+        self.assertIn("spec.containers", FIELD_RULES["Pod"])
 
     def test_rule_table_can_be_extended(self) -> None:
         """A caller's own table gives merge keys the built-in tables do not."""

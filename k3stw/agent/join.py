@@ -14,7 +14,6 @@ policy each, in k3s's order and with k3s's messages:
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.web.iweb import IPolicyForHTTPS
 
 from k3stw.agent.cacerts import CAHashMismatch, Fetch, fetch_cluster_ca
@@ -32,6 +30,7 @@ from k3stw.agent.identity import NodeIdentity, load_identity
 from k3stw.files import write_atomically
 from k3stw.httpclient import HTTPSClient, HTTPStatusError, Response
 from k3stw.logs import Logger
+from k3stw.machinery.timing import fixed, retrying
 from k3stw.pki.certs import KeyPair, load_pem_certificates, load_pem_key, new_key
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.tls import PinnedCAPolicy
@@ -63,21 +62,10 @@ def https_sender(clock: IReactorTime) -> Send:
     return send
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Wait C{delay} seconds, plus up to C{jitter} times that at random, between attempts."""
-
-    delay: float
-    jitter: float = 0.0
-
-    def next_delay(self, chance: random.Random) -> float:
-        return self.delay * (1 + self.jitter * chance.random())
-
-
 #: k3s retries token validation every 2 s ...
-VALIDATE_RETRY = RetryPolicy(2.0)
+VALIDATE_RETRY = fixed(2.0)
 #: ... and the agent configuration with 5 s and a jitter of 1.0 (5-10 s).
-CONFIG_RETRY = RetryPolicy(5.0, 1.0)
+CONFIG_RETRY = fixed(5.0, jitter=1.0)
 
 
 class PasswordRejected(Exception):
@@ -116,24 +104,13 @@ class Joined:
     settings: dict[str, Any]
 
 
-async def with_retries(
-    step: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
-    clock: IReactorTime,
-    describe_failure: Callable[[Exception], str],
-    fatal: tuple[type[Exception], ...] = (),
-    chance: random.Random | None = None,
-) -> T:
-    """Run C{step} until it succeeds, logging each failure; C{fatal} errors end the chain."""
-    chance = chance or random.Random()
-    while True:
-        try:
-            return await step()
-        except fatal:
-            raise
-        except Exception as e:
-            _log.error("{problem}", problem=describe_failure(e))
-        await deferLater(clock, policy.next_delay(chance))
+def _logged(describe: Callable[[Exception], str]) -> Callable[[int, Exception], None]:
+    """Log each failed attempt as k3s words it."""
+
+    def failed(attempt: int, error: Exception) -> None:
+        _log.error("{problem}", problem=describe(error))
+
+    return failed
 
 
 def _key(path: Path) -> Any:
@@ -179,21 +156,21 @@ class Handshake:
 
     async def run(self) -> Joined:
         url = self.request.server_url
-        cluster_ca = await with_retries(
+        cluster_ca = await retrying(
+            self.clock,
             lambda: fetch_cluster_ca(self.fetch, url, self.request.token),
             VALIDATE_RETRY,
-            self.clock,
-            lambda e: f"Failed to validate connection to cluster at {url}: {e}",
+            _logged(lambda e: f"Failed to validate connection to cluster at {url}: {e}"),
             fatal=(CAHashMismatch,),
         )
         identity = load_identity(
             self.request.identity_dir, self.request.node_name, self.request.with_node_id
         )
-        joined = await with_retries(
+        joined = await retrying(
+            self.clock,
             lambda: self._configure(cluster_ca, identity),
             CONFIG_RETRY,
-            self.clock,
-            lambda e: f"Waiting to retrieve agent configuration; server is not ready: {e}",
+            _logged(lambda e: f"Waiting to retrieve agent configuration; server is not ready: {e}"),
         )
         self._write(joined)
         return joined

@@ -6,8 +6,6 @@ kubelet.
 
 from __future__ import annotations
 
-import copy
-
 from twisted.web.server import Request
 
 from k3stw.apiserver.auth import Attributes, PodReferenceCheck, authorize
@@ -15,7 +13,6 @@ from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.machinery.identity import User
-from k3stw.machinery.objects import Object
 
 NOT_FOUND = "the server could not find the requested resource"
 #: Subresources a resource may declare that k3stw does not serve yet.
@@ -39,31 +36,6 @@ def check_served(resource: ResourceType, subresource: str | None) -> None:
         raise StatusError(404, NOT_FOUND)
     if subresource in NOT_YET:
         raise StatusError(501, f"the {subresource} subresource is not available in this release")
-
-
-def merge_update(
-    resource: ResourceType, current: Object, new: Object, subresource: str | None
-) -> Object:
-    """
-    What a write stores: through ``status``, C{current} with C{new}'s status;
-    otherwise C{new}, with the status kept when the kind has a status subresource.
-    """
-    if subresource == "status":
-        updated = copy.deepcopy(current)
-        if "status" in new:
-            updated["status"] = new["status"]
-        else:
-            updated.pop("status", None)
-        return updated
-    updated = copy.deepcopy(new)
-    updated["apiVersion"] = resource.group_version
-    updated["kind"] = resource.kind
-    if resource.has_status:
-        if "status" in current:
-            updated["status"] = current["status"]
-        else:
-            updated.pop("status", None)
-    return updated
 
 
 async def proxy_to_node(

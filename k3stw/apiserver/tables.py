@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from k3stw.machinery.objects import get_path
-from k3stw.machinery.times import parse_datetime
+from k3stw.machinery.times import TIME_FORMAT, parse_datetime, utc
 
 #: An object as the printers read it.
 Printed = Mapping[str, Any]
@@ -75,7 +75,7 @@ def human_duration(delta: timedelta) -> str:
 
 
 def _now(now: Now) -> datetime:
-    return now if isinstance(now, datetime) else datetime.fromtimestamp(now, UTC)
+    return now if isinstance(now, datetime) else utc(now)
 
 
 def since(value: Any, now: datetime) -> str:
@@ -191,7 +191,7 @@ def _created_at(obj: Printed) -> str:
     moment = parse_datetime(get_path(obj, "metadata", "creationTimestamp"))
     if moment is None:
         return "0001-01-01T00:00:00Z"  # Go's zero time, as the default convertor prints it
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 #: Built-in kinds without a printer of their own (CustomResourceDefinitions among them).

@@ -34,8 +34,7 @@ from k3stw.apiserver.request import (
     wants_table,
 )
 from k3stw.apiserver.status import StatusError, bad_request
-from k3stw.apiserver.storage import ObjectStore, Predicate
-from k3stw.apiserver.subresources import merge_update
+from k3stw.apiserver.storage import ObjectStore, Predicate, merge_update
 from k3stw.apiserver.watch import WatchStreams, named
 from k3stw.machinery.objects import Object
 

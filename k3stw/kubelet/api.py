@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,6 +47,7 @@ from k3stw.kubelet.hostinfo import read_host_usage
 from k3stw.kubelet.stats import CPUUsageRate, build_summary
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import KUBELET_PORT
+from k3stw.machinery.times import utc
 from k3stw.pki.certs import KeyPair, load_pem_certificates
 from k3stw.pki.tls import client_certificate_requesting_options
 from k3stw.web import QuietSite
@@ -186,7 +186,7 @@ class KubeletAPIResource(Resource):
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         certificate = peer_certificate(request)
-        now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+        now = utc(self.clock.seconds())
         user = verified_user(certificate, self.client_cas, now) if certificate else None
         if user is None:
             return UNAUTHORIZED

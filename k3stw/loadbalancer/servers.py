@@ -29,6 +29,7 @@ from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IReactorTime
 
 from k3stw.logs import Logger
+from k3stw.machinery.timing import Backoff
 
 
 class ServerState(IntEnum):
@@ -71,19 +72,8 @@ class Transition:
     reason: str
 
 
-def exponential_backoff(initial: float = 1.0, maximum: float = 15.0) -> Callable[[int], float]:
-    """
-    Delays of 1, 2, 4, ... seconds (capped) before a failed server is checked again.
-
-    :param initial: the delay after the first failure.
-    :param maximum: the longest delay.
-    :return: a function of the number of consecutive failures (1 or more).
-    """
-
-    def delay(failures: int) -> float:
-        return float(min(maximum, initial * 2 ** min(failures - 1, 32)))
-
-    return delay
+#: Delays of 1, 2, 4, ... seconds (at most 15) before a failed server is checked again.
+FAILED_SERVER_BACKOFF = Backoff(1.0, 15.0)
 
 
 class _ServerInputs(Protocol):
@@ -297,7 +287,7 @@ class ServerList:
     ) -> None:
         self.name = name
         self._clock = clock
-        self._backoff = backoff if backoff is not None else exponential_backoff()
+        self._backoff = backoff if backoff is not None else FAILED_SERVER_BACKOFF
         self._settle_after = settle_after
         self._servers: dict[str, Server] = {}
         self._listed: list[str] = []

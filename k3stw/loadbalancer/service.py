@@ -26,8 +26,9 @@ from k3stw.loadbalancer.persistence import (
     state_file,
 )
 from k3stw.loadbalancer.proxy import LoadBalancerFactory
-from k3stw.loadbalancer.servers import ServerList, exponential_backoff
+from k3stw.loadbalancer.servers import ServerList
 from k3stw.logs import Logger
+from k3stw.machinery.timing import Backoff
 
 if TYPE_CHECKING:
     from k3stw.loadbalancer.metrics import LoadBalancerMetrics
@@ -90,7 +91,7 @@ class LoadBalancerService(MultiService):
             reactor,
             default_address(server_url) if server_url else "",
             name,
-            backoff=exponential_backoff(1.0, max_backoff),
+            backoff=Backoff(1.0, max_backoff),
         )
         self.factory = LoadBalancerFactory(
             reactor,

@@ -30,6 +30,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.hostport import join_host_port
 from k3stw.logs import Logger
 from k3stw.machinery.identity import User, user_of_certificate
+from k3stw.machinery.times import utc
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, issue, new_key
 from k3stw.supervisor.nodepassword import (
     SECRET_TYPE,
@@ -280,7 +281,7 @@ class NodeEnrollment:
         self.live_servers = live_servers
 
     def _now(self) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+        return utc(self.clock.seconds())
 
     async def _certificate(self, request: IRequest, usage: Usage) -> bytes:
         user = require_agent(request, self.passwords)
