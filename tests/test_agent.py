@@ -5,22 +5,31 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+import txaio
+from twisted.application.service import IService
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
+from twisted.protocols import tls
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
 from k3stw.agent.cacerts import CAHashMismatch, fetch_cluster_ca
-from k3stw.agent.join import VALIDATE_RETRY
+from k3stw.agent.join import VALIDATE_RETRY, Joined
 from k3stw.agent.service import AgentConfig, AgentService
+from k3stw.agent.tunnels import TunnelSet
 from k3stw.httpclient import HTTPStatusError, Response
 from k3stw.lifecycle import _exit_now
-from k3stw.pki.certs import new_ca
+from k3stw.pki.certs import SubjectAltNames, Usage, new_ca, new_leaf
 from k3stw.pki.tls import PinnedCAPolicy, UnverifiedPolicy
 from k3stw.pki.token import Token, ca_hash
+from k3stw.supervisor.connect import node_check
+from k3stw.tunnel.protocol import TunnelServerFactory
+from k3stw.tunnel.session import Session
+from tests.support.tunnel import connect_in_memory, tls_server
 
 URL = "https://127.0.0.2:6443"
 BUNDLE = new_ca("k3s-server-ca@1", datetime.datetime.now(datetime.UTC)).certificate_pem
@@ -194,10 +203,10 @@ class AgentServiceTests(SynchronousTestCase):
         service, reactor, _ = self.service(supervisor, Token(ca_hash(supervisor.bundle), "", "p"))
         with capturedLogs() as events:
             service.startService()
-            reactor.advance(VALIDATE_RETRY.delay)
+            reactor.advance(VALIDATE_RETRY.initial)
             self.assertIsNone(service.joined)
             supervisor.down = False
-            reactor.advance(VALIDATE_RETRY.delay)
+            reactor.advance(VALIDATE_RETRY.initial)
         self.assertIsNotNone(service.joined)
         failures = [e for e in events if "Failed to validate connection" in formatEvent(e)]
         self.assertEqual(len(failures), 2)
@@ -259,3 +268,72 @@ class AgentServiceTests(SynchronousTestCase):
         node_id = (root / "node" / "id").read_text().strip()
         self.assertRegex(node_id, "^[0-9a-f]{8}$")
         self.assertEqual(service.joined.identity.name, f"twin-{node_id}")
+
+
+class AgentStopTests(SynchronousTestCase):
+    """
+    An agent with its tunnel to the server open, in memory: TLS over
+    C{iosim}, the server's tunnel endpoint as the supervisor serves it,
+    autobahn's timers on the reactor's clock.
+    """
+
+    def test_stop_fires_with_a_tunnel_open(self) -> None:
+        """
+        Stopping an agent whose tunnel is open finishes: the websocket's
+        Close reaches the server, the TLS connection ends, nothing stays
+        scheduled.  (The session, the producer of the tunnel's TLS
+        transport, used to keep it open, and the agent from ever stopping.)
+        """
+        reactor = MemoryReactorClock()
+        # The server checks the agent's certificate at the reactor's time.
+        reactor.advance(datetime.datetime.now(datetime.UTC).timestamp())
+        self.patch(txaio.config, "loop", reactor)
+        # The agent's TLS layer (wrapClientTLS) gathers small writes on the global reactor.
+        self.patch(tls, "_get_default_clock", lambda: reactor)
+        supervisor = FakeSupervisor()
+        root = Path(self.mktemp())
+        config = AgentConfig(root / "data", URL, Token("", "", "p"), root / "node", "worker")
+        tunnels: list[TunnelSet] = []
+
+        def start_tunnels(joined: Joined) -> IService:
+            policy = PinnedCAPolicy(joined.server_ca, joined.client)
+            tunnels.append(TunnelSet(reactor, policy, 10250, lambda address, check: None))
+            tunnels[0].follow(["127.0.0.2:6443"])
+            return tunnels[0]
+
+        service = AgentService(
+            reactor, config, supervisor.fetch, supervisor.send, start_kubelet=start_tunnels
+        )
+        service.startService()
+        ((host, port, dialled, *_),) = reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.2", 6443))
+
+        sessions: list[Session] = []
+        endpoint = TunnelServerFactory(
+            check=node_check(supervisor.client_ca.certificate, reactor),
+            opened=lambda node, session: sessions.append(session),
+            clock=reactor,
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        serving = new_leaf(
+            supervisor.server_ca, "k3s", Usage.SERVER, now, alt_names=SubjectAltNames.of([host])
+        )
+        server_tls = tls_server(
+            endpoint, serving, supervisor.server_ca, supervisor.client_ca, reactor
+        )
+        _, _, pump = connect_in_memory(
+            server_tls, dialled, reactor, IPv4Address("TCP", "127.0.0.2", 6443)
+        )
+        pump.flush()
+        self.assertEqual(len(sessions), 1)
+        self.assertTrue(tunnels[0].connected("127.0.0.2:6443"))
+
+        stopping = service.stopService()
+        pump.flush()
+        self.successResultOf(stopping)
+        self.assertEqual(
+            self.successResultOf(sessions[0].ended), "websocket closed (1000): tunnel stopped"
+        )
+        # autobahn's close-handshake timer, never cancelled, runs once, harmlessly.
+        reactor.advance(1)
+        self.assertEqual(reactor.getDelayedCalls(), [])

@@ -1,29 +1,33 @@
 """
-The tunnel's adapters: an autobahn client/server pair over C{iosim}, the TCP
-stream pump on a L{StringTransport}, and dialling through L{TunnelEndpoint}.
+The tunnel's adapters: an autobahn client/server pair over C{iosim}, plain
+and behind TLS, the TCP stream pump on a L{StringTransport}, and dialling
+through L{TunnelEndpoint}.  (What they take from autobahn's internals is
+checked in C{test_autobahn_hooks}.)
 """
 
 from __future__ import annotations
 
-import random
+import datetime
 import socket
 from typing import Any
 
 import txaio
-from autobahn.twisted import websocket as autobahn_twisted_websocket
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ITransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from k3stw.pki.certs import SubjectAltNames, Usage, new_ca, new_leaf
+from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.address import loopback_ports_authorizer
 from k3stw.tunnel.protocol import (
     TunnelClientFactory,
@@ -33,23 +37,16 @@ from k3stw.tunnel.protocol import (
     TunnelStreamProtocol,
 )
 from k3stw.tunnel.session import Session
-from tests.support.tunnel import FakeDialer, QueueTransport
+from tests.support.tunnel import (
+    Collector,
+    FakeDialer,
+    QueueTransport,
+    TunnelEnds,
+    connect_in_memory,
+    tls_server,
+)
 
 KUBELET = "127.0.0.1:10250"
-
-
-class Collector(Protocol):
-    """A protocol that remembers what it got."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = reason
 
 
 class WebSocketPairTests(SynchronousTestCase):
@@ -57,14 +54,17 @@ class WebSocketPairTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        previous = txaio.config.loop
-        txaio.config.loop = self.clock
-        self.addCleanup(setattr, txaio.config, "loop", previous)
-        self.server_sessions: list[tuple[str, Session]] = []
-        self.client_sessions: list[tuple[str, Session]] = []
+        self.patch(txaio.config, "loop", self.clock)
         self.checked: list[ConnectionRequest] = []
         self.deny: ConnectionDeny | None = None
-        self.dialer = FakeDialer()
+        # Late bound: a test may replace the check.
+        self.ends = TunnelEnds(
+            self.clock, check=lambda request, transport: self.check(request, transport),
+            name="server-a",
+        )  # fmt: skip
+        self.server_sessions = self.ends.server_sessions
+        self.client_sessions = self.ends.client_sessions
+        self.dialer = self.ends.dialer
 
     def check(self, request: ConnectionRequest, transport: ITransport) -> str:
         self.checked.append(request)
@@ -73,31 +73,8 @@ class WebSocketPairTests(SynchronousTestCase):
         return "node-1"
 
     def connect(self, greet: bool = True) -> tuple[Any, Any, iosim.IOPump]:
-        server_factory = TunnelServerFactory(
-            check=self.check,
-            opened=lambda name, s: self.server_sessions.append((name, s)),
-            clock=self.clock,
-        )
-        client_factory = TunnelClientFactory(
-            "ws://127.0.0.70:6443/v1-k3s/connect",
-            clock=self.clock,
-            authorizer=loopback_ports_authorizer({10250}),
-            dialer=self.dialer,
-            opened=lambda name, s: self.client_sessions.append((name, s)),
-            name="server-a",
-        )
         address = IPv4Address("TCP", "127.0.0.71", 40000)
-        server = server_factory.buildProtocol(address)
-        client = client_factory.buildProtocol(address)
-        pump = iosim.connect(
-            server,
-            iosim.makeFakeServer(server),
-            client,
-            iosim.makeFakeClient(client),
-            greet=greet,
-            clock=self.clock,
-        )
-        return server, client, pump
+        return connect_in_memory(self.ends.server, self.ends.client, self.clock, address, greet)
 
     def close(self, protocol: Any, pump: iosim.IOPump) -> None:
         protocol.sendClose()
@@ -115,57 +92,6 @@ class WebSocketPairTests(SynchronousTestCase):
         server.sendClose()
         pump.flush()
         self.clock.advance(2)
-
-    def test_options_are_not_copied_into_each_connection(self) -> None:
-        """
-        autobahn's options live on the factory's protocol class: no connection
-        carries its own copy of them (3.3 KB per idle tunnel on the server).
-        """
-        server, client, pump = self.connect()
-        for proto in (server, client):
-            self.assertEqual([name for name in proto.CONFIG_ATTRS if name in vars(proto)], [])
-            # A function option is not turned into a method of the protocol.
-            self.assertIsNone(proto.perMessageCompressionAccept([]))
-        self.close(server, pump)
-
-    def test_options_set_later_reach_new_connections(self) -> None:
-        """setProtocolOptions on a factory still applies to the connections it builds next."""
-        factory = TunnelServerFactory(check=self.check, opened=lambda n, s: None, clock=self.clock)
-        factory.setProtocolOptions(autoPingInterval=7.5)
-        protocol: Any = factory.buildProtocol(IPv4Address("TCP", "127.0.0.71", 40000))
-        protocol.makeConnection(StringTransport())
-        self.assertIsInstance(protocol, TunnelServerProtocol)
-        self.assertEqual(protocol.autoPingInterval, 7.5)
-        self.assertEqual(protocol.maxMessagePayloadSize, 1024 * 1024)
-        protocol.connectionLost(Failure(ConnectionDone()))
-        self.clock.advance(10)
-
-    def test_open_websocket_forgets_its_handshake(self) -> None:
-        """
-        Once open, neither end keeps the opening handshake: its request and
-        response, the headers, the peer certificate autobahn renders as text.
-        """
-        rendered: list[object] = []
-
-        def peer_certificate(transport: object) -> dict[str, str]:
-            rendered.append(transport)
-            return {"subject": "CN=system:node:node-1"}
-
-        self.patch(autobahn_twisted_websocket, "extract_peer_certificate", peer_certificate)
-        self.patch(autobahn_twisted_websocket, "transport_channel_id", lambda *a: None)
-        server, client, pump = self.connect(greet=False)
-        # As over TLS: autobahn renders the peer certificate when the websocket opens.
-        server.transport_details.is_secure = True
-        pump.flush()
-        self.assertEqual(len(self.server_sessions), 1)
-        self.assertEqual(len(rendered), 1)
-        self.assertIsNone(server.transport_details.peer_cert)
-        for proto in (server, client):
-            self.assertEqual(proto.http_headers, {})
-            self.assertEqual(proto.http_request_data, b"")
-            self.assertEqual(proto.http_status_line, "")
-        self.assertEqual(server.http_response_data, "")
-        self.close(server, pump)
 
     def test_stream_end_to_end(self) -> None:
         """The server dials the agent's kubelet through the tunnel, and bytes flow both ways."""
@@ -207,32 +133,6 @@ class WebSocketPairTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertTrue(server_session.ended.called)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_data_frames_are_autobahns(self) -> None:
-        """
-        The data path writes the same bytes autobahn's C{sendMessage} would
-        (a masked frame from the agent, with the same random key), several
-        messages in one write.
-        """
-        server, client, pump = self.connect()
-        payloads = [(b"head", b"x" * 100), (b"h", memoryview(b"y" * 40_000)), (b"", b"z")]
-        sessions = (self.server_sessions[0][1], self.client_sessions[0][1])
-        for protocol, session in zip((server, client), sessions, strict=True):
-            written: list[bytes] = []
-            protocol.transport.write = written.append
-            state = random.getstate()
-            try:
-                random.seed(7)
-                session._transport.send_frames(payloads)
-                random.seed(7)
-                for head, payload in payloads:
-                    protocol.sendMessage(head + payload, isBinary=True)
-            finally:
-                del protocol.transport.write
-                random.setstate(state)
-            self.assertEqual(len(written), 1 + len(payloads))
-            self.assertEqual(written[0], b"".join(written[1:]))
-        self.close(server, pump)
 
     def test_large_writes_arrive_in_32k_messages(self) -> None:
         """A write larger than a Data message arrives whole, as 32 KiB messages, both ways."""
@@ -305,6 +205,102 @@ class WebSocketPairTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(self.server_sessions, [])
         self.clock.advance(10)
+
+
+class TLSWebSocketTests(SynchronousTestCase):
+    """
+    A tunnel websocket over TLS, as in production: the session is the
+    streaming producer of the TLS transport, whose C{loseConnection} waits
+    until its producer is unregistered.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.patch(txaio.config, "loop", self.clock)
+        now = datetime.datetime.now(datetime.UTC)
+        server_ca, client_ca = new_ca("k3s-server-ca@1", now), new_ca("k3s-client-ca@1", now)
+        serving = new_leaf(
+            server_ca, "k3s", Usage.SERVER, now, alt_names=SubjectAltNames.of(["127.0.0.73"])
+        )
+        node = new_leaf(client_ca, "system:node:node-1", Usage.CLIENT, now, ["system:nodes"])
+        self.ends = TunnelEnds(self.clock, "wss://127.0.0.73:6443/v1-k3s/connect")
+        creator = PinnedCAPolicy(server_ca.certificate_pem, node).creatorForNetloc(
+            b"127.0.0.73", 6443
+        )
+        self.server, self.client, self.pump = connect_in_memory(
+            tls_server(self.ends.server, serving, server_ca, client_ca, self.clock),
+            TLSMemoryBIOFactory(creator, True, self.ends.client, self.clock),
+            self.clock,
+        )
+        self.pump.flush()
+        self.lost: list[Failure] = []
+        websocket = self.client.wrappedProtocol
+        self.patch(websocket, "connectionLost", lambda reason: self.record_lost(websocket, reason))
+
+    def record_lost(self, websocket: Any, reason: Failure) -> None:
+        self.lost.append(reason)
+        type(websocket).connectionLost(websocket, reason)
+
+    def produces_until_closed(self, session: Session, tls: Any) -> None:
+        """
+        A full socket under C{tls} pauses C{session} (every stream's local
+        source); once closed, the session is no producer of it any more.
+        """
+        socket = tls.transport
+        socket.producer.pauseProducing()
+        self.assertTrue(session.paused)
+        socket.producer.resumeProducing()
+        self.assertFalse(session.paused)
+        session.close("test over")
+        self.assertIsNone(socket.producer)
+        self.pump.flush()
+        self.assertEqual(len(self.lost), 1)
+
+    def test_the_agents_session_produces_into_tls_until_it_closes(self) -> None:
+        """The agent's end: its session produces into TLS until it closes."""
+        self.produces_until_closed(self.ends.client_session, self.client)
+
+    def test_the_servers_session_produces_into_tls_until_it_closes(self) -> None:
+        """The server's end: its session produces into TLS until it closes."""
+        self.produces_until_closed(self.ends.server_session, self.server)
+
+    def test_a_closed_session_lets_tls_close_at_once(self) -> None:
+        """
+        Closing the session, then the TLS transport (as the agent's tunnel
+        service does when it stops), ends the connection in one exchange: the
+        server hears the Close, both sessions end, nothing stays scheduled.
+        """
+        session = self.ends.client_session
+        session.close("tunnel stopped")
+        self.client.loseConnection()
+        self.pump.flush()
+        self.assertEqual(len(self.lost), 1)
+        self.assertTrue(self.lost[0].check(ConnectionDone))
+        self.assertEqual(self.successResultOf(session.ended), "tunnel stopped")
+        self.assertEqual(
+            self.successResultOf(self.ends.server_session.ended),
+            "websocket closed (1000): tunnel stopped",
+        )
+        self.clock.advance(2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_silent_server_holds_the_close_one_second_at_most(self) -> None:
+        """
+        A server that never answers (neither the websocket Close nor TLS's
+        close_notify) holds the connection only until the close handshake
+        times out.
+        """
+        self.ends.client_session.close("tunnel stopped")
+        self.client.loseConnection()
+        socket = self.client.transport
+        self.clock.advance(0.9)
+        self.assertFalse(socket.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(socket.disconnecting)
+        self.pump.flush()
+        self.assertEqual(len(self.lost), 1)
+        self.clock.advance(2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class StreamPumpTests(SynchronousTestCase):

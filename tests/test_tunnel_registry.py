@@ -14,7 +14,7 @@ import txaio
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import crypto
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
@@ -35,7 +35,7 @@ from k3stw.supervisor.connect import (
 from k3stw.tunnel.codec import Connect
 from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession, TunnelRegistry
 from k3stw.tunnel.session import Session
-from tests.support.tunnel import QueueTransport
+from tests.support.tunnel import UPGRADE, Collector, QueueTransport
 
 NOW = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
 KUBELET = "127.0.0.1:10250"
@@ -162,17 +162,6 @@ class PeerStringTransport(StringTransport):
         return self._peer
 
 
-UPGRADE = (
-    b"GET /v1-k3s/connect HTTP/1.1\r\n"
-    b"Host: 127.0.0.90:6443\r\n"
-    b"Connection: Upgrade\r\n"
-    b"Upgrade: websocket\r\n"
-    b"Sec-WebSocket-Version: 13\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"\r\n"
-)
-
-
 class UpgradeThroughSiteTests(SynchronousTestCase):
     """An upgrade as production takes it: a Site, its HTTPChannel and Request, autobahn."""
 
@@ -235,14 +224,6 @@ def server_session(name: str, clock: Clock) -> tuple[Session, QueueTransport]:
     return session, transport
 
 
-class Recorder(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-
 class TunnelRegistryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -277,19 +258,19 @@ class TunnelRegistryTests(SynchronousTestCase):
         self.registry.register("agent-1", old)
         self.registry.register("agent-1", new)
         self.assertIs(self.registry.session("agent-1"), new)
-        self.registry.dial("agent-1", KUBELET).connect(Factory.forProtocol(Recorder))
+        self.registry.dial("agent-1", KUBELET).connect(Factory.forProtocol(Collector))
         self.assertEqual([type(m) for m in new_wire.sent], [Connect])
         self.assertEqual(old_wire.sent, [])
         new.close("gone")
         self.assertIs(self.registry.session("agent-1"), old)
-        self.registry.dial("agent-1", KUBELET).connect(Factory.forProtocol(Recorder))
+        self.registry.dial("agent-1", KUBELET).connect(Factory.forProtocol(Collector))
         connect = old_wire.sent[-1]
         assert isinstance(connect, Connect)
         self.assertEqual((connect.proto, connect.address), ("tcp", KUBELET))
 
     def test_dial_without_session_fails_with_k3s_message(self) -> None:
         """No session: the endpoint's connect fails with remotedialer's message."""
-        connecting = self.registry.dial("agent-9", KUBELET).connect(Factory.forProtocol(Recorder))
+        connecting = self.registry.dial("agent-9", KUBELET).connect(Factory.forProtocol(Collector))
         failure = self.failureResultOf(connecting, NoTunnelSession)
         self.assertEqual(failure.getErrorMessage(), "failed to find Session for client agent-9")
 
@@ -298,8 +279,8 @@ class TunnelRegistryTests(SynchronousTestCase):
         endpoint = self.registry.dial("agent-1", KUBELET)
         session, wire = server_session("agent-1", self.clock)
         self.registry.register("agent-1", session)
-        protocol = self.successResultOf(endpoint.connect(Factory.forProtocol(Recorder)))
-        self.assertIsInstance(protocol, Recorder)
+        protocol = self.successResultOf(endpoint.connect(Factory.forProtocol(Collector)))
+        self.assertIsInstance(protocol, Collector)
         self.assertEqual(len(wire.sent), 1)
 
     def test_when_registered(self) -> None:

@@ -42,6 +42,21 @@ class _Tunnel(ClientService):
         self._log.info("Remotedialer connected to proxy {server}", server=server)
         session.ended.addCallback(self._ended, server, session)
 
+    def stopService(self) -> Deferred[None]:
+        """
+        Close the session, then stop as C{ClientService} does.
+
+        The session is the streaming producer of the websocket's TLS
+        transport, which closes only once its producer is unregistered:
+        C{ClientService} alone would close the transport under a session that
+        never hears of it, and wait for ever.  Closing the session sends the
+        websocket Close and unregisters it.
+        """
+        if self.session is not None:
+            self.session.close("tunnel stopped")
+        stopped: Deferred[None] = super().stopService()
+        return stopped
+
     def _ended(self, reason: str, server: str, session: Session) -> None:
         if self.session is session:
             self.session = None

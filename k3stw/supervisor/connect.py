@@ -14,14 +14,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, ITransport
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from k3stw.apiserver.auth import user_of_certificate
 from k3stw.logs import Logger
+from k3stw.machinery.identity import user_of_certificate
+from k3stw.machinery.times import utc
 from k3stw.pki.certs import is_signed_by
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ def node_check(
 
 
 def _now(clock: IReactorTime) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(clock.seconds(), datetime.UTC)
+    return utc(clock.seconds())
 
 
 class TunnelConnectResource(Resource):
@@ -141,26 +140,11 @@ class TunnelConnectResource(Resource):
             return _plain(request, 400, NOT_WEBSOCKET)
         rendered: bytes | int = self._websocket_resource()[1].render(request)
         if rendered is NOT_DONE_YET:
-            _release_channel(request)
+            # autobahn is loaded by now.
+            from k3stw.tunnel.autobahn_hooks import release_http_channel
+
+            release_http_channel(request)
         return rendered
-
-
-def _release_channel(request: Request) -> None:
-    """
-    Let the HTTP channel and C{request} go once autobahn has taken their
-    connection over (the channel's C{transport} is then C{None}).
-
-    The channel never hears that it lost its connection: it keeps the
-    request, the request keeps it, and the pair (headers, body buffer and
-    the channel's parser state, about 4 KB) waits for a full run of the
-    cycle collector, which a busy server makes rarely.  Telling the channel
-    its connection is gone, as its own C{connectionLost} would, breaks the
-    cycle: both are freed once the request is rendered.
-    """
-    channel = request.channel
-    if channel is None or channel.transport is not None:
-        return
-    channel.connectionLost(Failure(ConnectionDone("the connection is a websocket now")))
 
 
 def _plain(request: Request, code: int, message: str) -> bytes:

@@ -13,12 +13,9 @@ Thin adapters around L{k3stw.tunnel.session.Session}.
 
 from __future__ import annotations
 
-import random
-import struct
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from types import FunctionType
 from typing import Any, cast
 
 from autobahn.twisted.websocket import (
@@ -28,9 +25,6 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-
-# autobahn's masker (native when it can); its module imports it without exporting it.
-from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined]
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import connectProtocol
@@ -52,6 +46,7 @@ from zope.interface import implementer
 
 from k3stw.hostport import hostname_dialer
 from k3stw.logs import Logger
+from k3stw.tunnel import autobahn_hooks
 from k3stw.tunnel.address import Authorizer
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
 from k3stw.tunnel.session import Frames, Role, Session, SessionClosed, SessionSettings, Stream
@@ -85,14 +80,6 @@ SessionOpened = Callable[[str, Session], None]
 _WEBSOCKET_SEND_BUFFER = 512 * 1024
 #: The websocket close reason is at most 123 bytes.
 _CLOSE_REASON_LIMIT = 123
-#: What autobahn keeps of the opening handshake (by role), and the type of its empty value.
-_HANDSHAKE_LEFTOVERS: tuple[tuple[str, type], ...] = (
-    ("http_request_data", bytes),
-    ("http_response_data", str),
-    ("http_status_line", str),
-    ("http_headers", dict),
-    ("http_request_params", dict),
-)
 
 
 def _refuse_compression(offers: object) -> None:
@@ -113,103 +100,37 @@ def _apply_settings(factory: Any, settings: SessionSettings) -> None:
     )
 
 
-def _class_attribute(value: object) -> object:
-    # A function stored on a class would become a method of each protocol.
-    return staticmethod(value) if isinstance(value, FunctionType) else value
-
-
-def _protocol_with_options(base: type[Any], factory: object) -> type[Any]:
-    """
-    A subclass of C{base} that holds C{factory}'s autobahn options as class
-    attributes.
-
-    autobahn copies every option (C{CONFIG_ATTRS}) from the factory into
-    each new protocol's C{__dict__}, unless the protocol already has it: on
-    the class, they cost nothing per connection (the server protocol's
-    C{__dict__} drops from 88 entries, 3.3 KB, to 59, 1.5 KB).
-    """
-    options = {name: _class_attribute(getattr(factory, name)) for name in base.CONFIG_ATTRS}
-    options["__module__"] = base.__module__
-    options["__qualname__"] = base.__qualname__
-    return type(base.__name__, (base,), options)
-
-
-#: A final binary frame (FIN, opcode 2), RFC 6455 5.2.
-_FIN_BINARY = 0x82
-_MASKED = 0x80
-_LENGTH_16 = struct.Struct("!BBH")
-_LENGTH_64 = struct.Struct("!BBQ")
-
-
-def _frame_header(length: int, masked: bool) -> bytes:
-    """The websocket header of a final binary frame of C{length} bytes, before any mask key."""
-    mask_bit = _MASKED if masked else 0
-    if length <= 125:
-        return bytes((_FIN_BINARY, mask_bit | length))
-    if length <= 0xFFFF:
-        return _LENGTH_16.pack(_FIN_BINARY, mask_bit | 126, length)
-    return _LENGTH_64.pack(_FIN_BINARY, mask_bit | 127, length)
-
-
 @implementer(ITunnelTransport)
 class _WebSocketTransport:
     """The session's view of one autobahn protocol."""
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
-        # RFC 6455: a client masks every frame, a server none.
-        self._mask = not protocol.factory.isServer and bool(protocol.maskClientFrames)
+        self._mask = autobahn_hooks.masks_frames(protocol)
 
     def send_frame(self, frame: bytes) -> None:
         # Closing: onClose follows and ends the session; nothing more can go out.
-        if self._protocol.state == self._protocol.STATE_OPEN:
+        if autobahn_hooks.is_open(self._protocol):
             self._protocol.sendMessage(frame, isBinary=True)
 
     def send_frames(self, frames: Frames) -> None:
         """
         Send each C{(head, payload)} as one binary websocket message
-        C{head + payload}, all in one write.
-
-        The same frames as autobahn's C{sendMessage} makes (one unfragmented
-        frame each, masked by a client), without its per-message work: the
-        data path sends a 64 KiB read as two messages and, written together,
-        the TLS layer encrypts them at once instead of holding the first
-        until the end of the reactor turn.
+        C{head + payload}, all in one write (see L{autobahn_hooks.send_binary_messages}).
         """
         protocol = self._protocol
-        if protocol.state != protocol.STATE_OPEN:
-            return
-        if protocol.send_queue or protocol.autoFragmentSize:
-            # autobahn is trickling queued frames out, or fragments: keep its order and frames.
-            for head, payload in frames:
-                protocol.sendMessage(head + payload, isBinary=True)
-            return
-        masked = self._mask
-        pieces: list[bytes | memoryview] = []
-        octets = 0
-        for head, payload in frames:
-            length = len(head) + len(payload)
-            octets += length
-            pieces.append(_frame_header(length, masked))
-            if masked:
-                key = random.getrandbits(32).to_bytes(4, "big")
-                pieces.append(key)
-                pieces.append(create_xor_masker(key, length).process(head + payload))
-            else:
-                pieces.append(head)
-                pieces.append(payload)
-        raw = b"".join(pieces)
-        protocol.transport.write(raw)
-        stats = protocol.trafficStats
-        stats.outgoingWebSocketMessages += len(frames)
-        stats.outgoingWebSocketFrames += len(frames)
-        stats.outgoingOctetsAppLevel += octets
-        stats.outgoingOctetsWebSocketLevel += octets
-        stats.outgoingOctetsWireLevel += len(raw)
+        if autobahn_hooks.is_open(protocol):
+            autobahn_hooks.send_binary_messages(protocol, frames, self._mask)
 
     def close(self, reason: str) -> None:
+        protocol = self._protocol
         text = reason.encode("utf-8")[:_CLOSE_REASON_LIMIT].decode("utf-8", "ignore")
-        self._protocol.sendClose(code=1000, reason=text)
+        protocol.sendClose(code=1000, reason=text)
+        # The session produces into the websocket's transport no more, and a
+        # TLS transport closes only once its producer is unregistered: now,
+        # rather than when the peer answers the Close (or the close handshake
+        # times out), so that the transport's owner can close it at once.
+        protocol.unregisterProducer()
 
 
 def _no_delay(transport: object) -> None:
@@ -244,6 +165,8 @@ class _TunnelAdapter:
     _log = Logger()
     _session: Session | None = None
     _peer_name = ""
+    #: Whether the transport's producer was unregistered (once is enough).
+    _producer_gone = False
 
     def connectionMade(self) -> None:
         # autobahn's connectionMade asks for TCP_NODELAY before it has copied
@@ -256,21 +179,14 @@ class _TunnelAdapter:
         if socket is not None:
             socket.bufferSize = _WEBSOCKET_SEND_BUFFER
 
-    def _forget_handshake(self) -> None:
+    def unregisterProducer(self) -> None:
         """
-        Drop what autobahn keeps of the opening handshake for the connection's
-        life and nothing reads once it is open: the raw request and response,
-        the parsed headers and the peer certificate rendered as text (the
-        supervisor checked the certificate itself, from the TLS transport).
-        About 3 KB per idle tunnel.
+        autobahn's, once: the session's close unregisters the session, and
+        autobahn's C{dropConnection} unregisters whatever is registered again.
         """
-        protocol: Any = self
-        for name, empty in _HANDSHAKE_LEFTOVERS:
-            if name in protocol.__dict__:
-                setattr(protocol, name, empty())
-        details = protocol.transport_details
-        if details is not None:
-            details.peer_cert = None
+        if not self._producer_gone:
+            self._producer_gone = True
+            super().unregisterProducer()  # type: ignore[misc]
 
     def _open_session(
         self,
@@ -281,7 +197,7 @@ class _TunnelAdapter:
         dialer: ILocalDialer | None,
     ) -> Session:
         protocol: Any = self
-        self._forget_handshake()
+        autobahn_hooks.forget_handshake(protocol)
         session = Session(
             _WebSocketTransport(protocol),
             clock,
@@ -302,21 +218,12 @@ class _TunnelAdapter:
         session.start()
         return session
 
-    def dataReceived(self, data: bytes) -> None:
-        # autobahn's, without its debug line: that one formats its arguments
-        # (the method's qualified name, the peer) for every read, logged or not.
-        protocol: Any = self
-        protocol._dataReceived(data)
-
-    def onMessageEnd(self) -> None:
-        """
-        autobahn's, without its C{"message"} event: that builds a Deferred for
-        every message, and no one here listens to it.
-        """
-        protocol: Any = self
-        if not protocol.failedByMe:
-            self.onMessage(b"".join(protocol.message_data), protocol.message_is_binary)
-        protocol.message_data = None
+    #: autobahn's, without its debug line: that one formats its arguments
+    #: (the method's qualified name, the peer) for every read, logged or not.
+    dataReceived = autobahn_hooks.receive
+    #: autobahn's, without its C{"message"} event: that builds a Deferred for
+    #: every message, and no one here listens to it.
+    onMessageEnd = autobahn_hooks.deliver_message
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
@@ -413,7 +320,7 @@ class TunnelServerFactory(WebSocketServerFactory):
     def setProtocolOptions(self, *args: Any, **options: Any) -> None:
         """autobahn's, and the protocols built from now on carry the new options."""
         super().setProtocolOptions(*args, **options)
-        self.protocol = _protocol_with_options(TunnelServerProtocol, self)
+        self.protocol = autobahn_hooks.protocol_with_options(TunnelServerProtocol, self)
 
 
 class TunnelClientProtocol(_TunnelAdapter, WebSocketClientProtocol):  # type: ignore[misc]
@@ -473,7 +380,7 @@ class TunnelClientFactory(WebSocketClientFactory):
     def setProtocolOptions(self, *args: Any, **options: Any) -> None:
         """autobahn's, and the protocols built from now on carry the new options."""
         super().setProtocolOptions(*args, **options)
-        self.protocol = _protocol_with_options(TunnelClientProtocol, self)
+        self.protocol = autobahn_hooks.protocol_with_options(TunnelClientProtocol, self)
 
 
 # -- local TCP connections -------------------------------------------------------------

@@ -1,20 +1,40 @@
 """
 In-memory fakes of the tunnel's interfaces (L{k3stw.tunnel.interfaces}):
 a pair of websocket stand-ins that queue frames until pumped, a local dialer,
-a stream receiver and a push producer that record what happens to them.
+a stream receiver and a push producer that record what happens to them; and
+real connections in memory: the two ends' websocket factories, joined by
+C{iosim}, behind TLS as the supervisor port serves them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.test import iosim
 from zope.interface import implementer
 
+from k3stw.pki.certs import KeyPair
+from k3stw.pki.tls import server_tls_options
+from k3stw.tunnel.address import loopback_ports_authorizer
 from k3stw.tunnel.codec import Message, Unknown, decode
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
+from k3stw.tunnel.protocol import TunnelClientFactory, TunnelServerFactory
 from k3stw.tunnel.session import Session, Stream
 
 
@@ -138,3 +158,120 @@ class FakeDialer:
         stream.register_producer(producer)
         stream.attach(receiver)
         return receiver
+
+
+#: A websocket upgrade of C{/v1-k3s/connect}, as an agent sends it.
+UPGRADE = (
+    b"GET /v1-k3s/connect HTTP/1.1\r\n"
+    b"Host: 127.0.0.90:6443\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"\r\n"
+)
+
+
+def tls_server(
+    wrapped: IProtocolFactory,
+    serving: KeyPair,
+    server_ca: KeyPair,
+    client_ca: KeyPair,
+    clock: IReactorTime,
+) -> TLSMemoryBIOFactory:
+    """
+    C{wrapped} behind TLS as the supervisor port serves it: C{serving}
+    chained to C{server_ca}, a client certificate from C{client_ca} asked for.
+    Its small writes are gathered on C{clock}.
+    """
+    options = server_tls_options(serving, server_ca.certificate_pem, client_ca)
+    return TLSMemoryBIOFactory(options, False, wrapped, clock)
+
+
+def connect_in_memory(
+    server_factory: IProtocolFactory,
+    client_factory: IProtocolFactory,
+    clock: Clock,
+    peer: IPv4Address | None = None,
+    greet: bool = False,
+) -> tuple[Any, Any, iosim.IOPump]:
+    """
+    A protocol of each factory, joined by C{iosim}: C{(server, client,
+    pump)}.  Nothing moves until the pump is flushed (at once if C{greet}),
+    which also runs what is due on C{clock}.
+    """
+    address = peer if peer is not None else IPv4Address("TCP", "127.0.0.1", 40000)
+    server: IProtocol | None = server_factory.buildProtocol(address)
+    client: IProtocol | None = client_factory.buildProtocol(address)
+    assert server is not None and client is not None
+    pump = iosim.connect(
+        server,
+        iosim.makeFakeServer(server),
+        client,
+        iosim.makeFakeClient(client),
+        greet=greet,
+        clock=clock,
+    )
+    return server, client, pump
+
+
+class Collector(Protocol):
+    """A protocol that remembers what it got, and why its connection ended."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = reason
+
+
+class TunnelEnds:
+    """
+    The two ends' websocket factories on C{clock}, each recording the
+    sessions it opens as C{(peer name, session)}.  The agent's end lets the
+    server reach port 10250 through C{dialer}.
+
+    :param check: the server's check of each upgrade (default: every one is node-1).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        url: str = "ws://127.0.0.70:6443/v1-k3s/connect",
+        *,
+        check: Callable[[ConnectionRequest, ITransport], str] | None = None,
+        dialer: FakeDialer | None = None,
+        name: str = "",
+    ) -> None:
+        self.server_sessions: list[tuple[str, Session]] = []
+        self.client_sessions: list[tuple[str, Session]] = []
+        self.dialer = dialer if dialer is not None else FakeDialer()
+        self.server = TunnelServerFactory(
+            check=check if check is not None else lambda request, transport: "node-1",
+            opened=lambda peer, session: self.server_sessions.append((peer, session)),
+            clock=clock,
+        )
+        self.client = TunnelClientFactory(
+            url,
+            clock=clock,
+            authorizer=loopback_ports_authorizer({10250}),
+            dialer=self.dialer,
+            opened=lambda peer, session: self.client_sessions.append((peer, session)),
+            name=name,
+        )
+
+    @property
+    def server_session(self) -> Session:
+        """The one session the server's end opened."""
+        ((_, session),) = self.server_sessions
+        return session
+
+    @property
+    def client_session(self) -> Session:
+        """The one session the agent's end opened."""
+        ((_, session),) = self.client_sessions
+        return session

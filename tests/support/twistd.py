@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
 import signal
@@ -18,6 +19,24 @@ from tests.support.net import free_port
 #: The twistd of the environment running the tests, where the wheel is installed.
 TWISTD = str(Path(sys.executable).parent / "twistd")
 START_TIMEOUT = 30.0
+#: Seconds a k3stw process may take to end after SIGTERM.  A graceful stop
+#: takes well under one; past this, systemd's unit would end in SIGKILL.
+STOP_TIMEOUT = 5.0
+
+#: Every process started and not yet seen to end.
+_started: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """
+    Kill what is still running at exit: processes whose caller never got to
+    stop them, because stopping another one failed first (L{Twistd.stop}).
+    """
+    for process in _started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def clean_environment() -> dict[str, str]:
@@ -67,6 +86,7 @@ class Twistd:
                 stdin=subprocess.DEVNULL,
                 env=clean_environment(),
             )
+        _started.add(self.process)
         return self
 
     @property
@@ -104,18 +124,31 @@ class Twistd:
                 raise AssertionError(f"no /ping within {timeout}s:\n{self.output}")
             time.sleep(0.05)
 
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it does not end within 10 s; the exit status."""
-        if self.process is None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """
+        SIGTERM, and the exit status once the process has ended.
+
+        A process still running C{timeout} seconds after SIGTERM did not stop
+        gracefully: it is killed, so that it does not outlive the test, and
+        the test fails with the end of its output.
+        """
+        process = self.process
+        if process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+                process.kill()
+                process.wait()
+                _started.discard(process)
+                raise AssertionError(
+                    f"twistd {self.args[0]} was still running {timeout}s after SIGTERM and "
+                    f"needed SIGKILL; its output ends:\n{self.output[-4000:]}"
+                ) from None
+        _started.discard(process)
+        return process.returncode
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
