@@ -26,4 +26,4 @@ wheel=$(ls .venv/dist/k3stw-*.whl)
 .venv/bin/ruff check k3stw tests bench twisted
 .venv/bin/ruff format --check k3stw tests bench twisted
 .venv/bin/mypy
-.venv/bin/python -b -m pytest -q -p no:randomly "$@"
+HYPOTHESIS_PROFILE=ci .venv/bin/python -b -m pytest -q -p no:randomly "$@"

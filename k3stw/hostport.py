@@ -42,7 +42,7 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 def hostname_dialer(reactor: Any, timeout: float = 10.0) -> Dial:
     """
-    Dial addresses with :class:`HostnameEndpoint` (names resolved, IPv4 and IPv6),
+    Dial addresses with L{HostnameEndpoint} (names resolved, IPv4 and IPv6),
     and IP addresses straight with a TCP endpoint: ``HostnameEndpoint`` would
     resolve them in a thread on every dial, and report a refused connection
     only at its next attempt (0.3 s later), which would slow every failover.

@@ -43,6 +43,7 @@ def parse_field_selector(
     """Parse C{text} against the field table of C{group}/C{kind} (the default one if none)."""
     return fields.parse_field_selector(text, tables.get((group, kind), DEFAULT_FIELD_TABLE))
 
+
 NAME_PART = (
     "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
     "end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex "

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from k3stw.hostport import hostname_dialer, split_host_port
 from k3stw.logs import Logger
+from k3stw.machinery.timing import fixed
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.address import loopback_ports_authorizer
 from k3stw.tunnel.protocol import TCPDialer, TunnelClientFactory
@@ -34,7 +35,7 @@ class _Tunnel(ClientService):
     _log = Logger()
 
     def __init__(self, endpoint: IStreamClientEndpoint, factory: TunnelClientFactory) -> None:
-        super().__init__(endpoint, factory, retryPolicy=lambda failures: 1.0)
+        super().__init__(endpoint, factory, retryPolicy=fixed(1.0))
         self.session: Session | None = None
 
     def opened(self, server: str, session: Session) -> None:

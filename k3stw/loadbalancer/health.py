@@ -1,7 +1,7 @@
 """
 Active health checks: every second, each server that is not waiting out a
 backoff is asked "are you up?" by an injected check, and the answer drives its
-state in the :class:`~k3stw.loadbalancer.servers.ServerList`.
+state in the L{k3stw.loadbalancer.servers.ServerList}.
 
 The check is a callable of the server address returning a ``Deferred[bool]``:
 a TLS ``/ping`` probe, later the state of the tunnel to that server. A check
@@ -16,13 +16,13 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
 from k3stw.httpclient import HTTPSClient
 from k3stw.loadbalancer.servers import Server, ServerList
 from k3stw.logs import Logger
+from k3stw.machinery.timing import PeriodicJob
 
 #: Is the server at this address up?
 HealthCheck = Callable[[str], "Deferred[bool]"]
@@ -57,7 +57,7 @@ class HealthCheckService(Service):
         self._default_check = check
         self._checks: dict[str, HealthCheck | None] = {}
         self._running: dict[str, Deferred[Any]] = {}
-        self._loop: LoopingCall | None = None
+        self._rounds = PeriodicJob(clock, interval, self._round, f"{servers.name} health checks")
 
     def set_check(self, address: str, check: HealthCheck | None) -> None:
         """Check ``address`` with ``check`` (for example its tunnel's state)."""
@@ -73,17 +73,16 @@ class HealthCheckService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.run_once)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
+        self._rounds.startService()
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._rounds.stopService()
         for running in list(self._running.values()):
             running.cancel()
+
+    async def _round(self) -> None:
+        self.run_once()
 
     def run_once(self) -> None:
         """Start a check of every due server that has none running."""

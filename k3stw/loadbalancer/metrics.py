@@ -5,7 +5,7 @@ Prometheus metrics of the load balancers, with k3s's names and labels:
 ``k3s_loadbalancer_dial_duration_seconds{name,status}``.
 
 The two gauges are read from the server lists when scraped, so they can never
-disagree with :meth:`~k3stw.loadbalancer.servers.ServerList.status`. One
+disagree with L{k3stw.loadbalancer.servers.ServerList.status}. One
 instance serves every load balancer of a process (they differ by ``name``).
 """
 

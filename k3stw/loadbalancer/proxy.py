@@ -250,7 +250,7 @@ class LoadBalancerFactory(Factory):
 
     :param clock: times dials (their timeout and their duration).
     :param servers: the server list, which orders the dials and learns their outcome.
-    :param dial: the endpoint for a server address (:func:`hostname_dialer` in production).
+    :param dial: the endpoint for a server address (L{hostname_dialer} in production).
     :param dial_timeout: seconds before a dial counts as failed.
     :param observe_dial: told of each dial's outcome and duration (metrics).
     """

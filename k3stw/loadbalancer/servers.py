@@ -204,7 +204,7 @@ class Server:
     """
     One upstream address, its health state and its open connections.
 
-    Read its attributes; change it only through :class:`ServerList`.
+    Read its attributes; change it only through L{ServerList}.
     """
 
     def __init__(

@@ -42,7 +42,7 @@ class LoadBalancerService(MultiService):
     A local TCP load balancer whose first server is ``server_url``.
 
     Clients connect to :attr:`local_url` instead of the server; call
-    :meth:`update_servers` with the cluster's server addresses as they are
+    L{update_servers} with the cluster's server addresses as they are
     learnt (``/v1-k3s/apiservers``, the ``kubernetes`` Endpoints).
 
     :param reactor: an ``IReactorTCP`` and ``IReactorTime`` (passed in; a
@@ -54,7 +54,7 @@ class LoadBalancerService(MultiService):
     :param data_dir: where the server list is kept across restarts (None: not kept).
     :param dial: the endpoint of a server address (default: ``HostnameEndpoint``).
     :param health_check: the check of every server (None: none until
-        :meth:`set_health_check`).
+        L{set_health_check}).
     :param metrics: shared metrics of the process's load balancers (None: none).
     :param dial_timeout: seconds before a dial counts as failed.
     :param check_interval: seconds between health-check rounds.

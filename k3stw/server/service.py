@@ -288,7 +288,7 @@ def build_server(
     )
     address, port = config.advertised
     api = KubernetesAPI(store, registry, reactor, f"{address}:{port}", node_proxy)
-    node_passwords = NodePasswords(store, registry, reactor)
+    node_passwords = NodePasswords(store, reactor)
     node_passwords.setServiceParent(root)
     readiness = root.readiness
     enrollment = NodeEnrollment(

@@ -13,26 +13,29 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 
-from k3stw.apiserver.registry import Registry
+from k3stw.apiserver.kinds import nodes, secrets
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.hostport import join_host_port
 from k3stw.logs import Logger
-from k3stw.machinery.identity import User, user_of_certificate
+from k3stw.machinery.identity import NODE_PREFIX, NODES, User, user_of_certificate
 from k3stw.machinery.times import utc
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, issue, new_key
 from k3stw.supervisor.nodepassword import (
+    SECRET_NAMESPACE,
     SECRET_TYPE,
     BadHash,
     hash_password,
@@ -40,8 +43,7 @@ from k3stw.supervisor.nodepassword import (
     verify_password,
 )
 
-AGENT_GROUPS = frozenset({"k3s:agent", "k3s:server", "system:nodes", "system:bootstrappers"})
-NODE_PREFIX = "system:node:"
+AGENT_GROUPS = frozenset({"k3s:agent", "k3s:server", NODES, "system:bootstrappers"})
 
 
 def authenticate(request: IRequest, passwords: Mapping[str, str]) -> User | None:
@@ -111,23 +113,31 @@ def node_request(request: IRequest, user: User) -> NodeRequest:
     return NodeRequest(name, password, addresses, identity is not None)
 
 
+#: Runs a CPU-heavy function (scrypt) where it does not hold up the reactor.
+OffThread = Callable[..., Deferred[Any]]
+
+
 class NodePasswords(Service):
     """
     Verifies node passwords against their secrets, creating a secret on a
     node's first join.  scrypt runs on a small thread pool, and a verified
     (hash, password) pair is remembered so a join storm pays for each once.
+
+    :param off_thread: where scrypt runs (tests run it in line); by default a
+        two-thread pool of C{reactor}'s.
     """
 
     _log = Logger()
 
-    def __init__(self, store: ObjectStore, registry: Registry, reactor: Any) -> None:
+    def __init__(
+        self, store: ObjectStore, reactor: Any, off_thread: OffThread | None = None
+    ) -> None:
         self.store = store
-        self.secrets = registry.lookup("", "v1", "secrets")
-        self.nodes = registry.lookup("", "v1", "nodes")
         self.reactor: IReactorThreads = reactor
         # Two threads: a join storm of 1,000 agents joined in 69 s with two, 83 s with one
         # (each scrypt hash walks 32 MiB, so a third would mostly fight over the cache).
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="node-passwords")
+        self._run = off_thread or partial(deferToThreadPool, reactor, self.pool)
         self._verified: dict[tuple[str, str], bool] = {}
 
     def startService(self) -> None:
@@ -139,16 +149,15 @@ class NodePasswords(Service):
         self.pool.stop()
 
     async def _off_thread(self, function: Any, *args: Any) -> Any:
-        return await deferToThreadPool(self.reactor, self.pool, function, *args)
+        return await self._run(function, *args)
 
     async def check(self, node: NodeRequest) -> None:
         """
         Accept C{node}'s password or raise the StatusError k3s would answer.
         """
-        assert self.secrets is not None and self.nodes is not None
         if node.by_node_identity:
             try:
-                await self.store.get(self.nodes, None, node.name)
+                await self.store.get(nodes.RESOURCE, None, node.name)
             except StatusError as e:
                 if e.code == 404:
                     raise StatusError(
@@ -157,7 +166,9 @@ class NodePasswords(Service):
                 raise
         for _ in range(2):
             try:
-                secret = await self.store.get(self.secrets, "kube-system", secret_name(node.name))
+                secret = await self.store.get(
+                    secrets.RESOURCE, SECRET_NAMESPACE, secret_name(node.name)
+                )
             except StatusError as e:
                 if e.code != 404:
                     raise
@@ -169,16 +180,15 @@ class NodePasswords(Service):
 
     async def _create(self, node: NodeRequest) -> bool:
         """Store the hash of a new node's password; False if another request won the race."""
-        assert self.secrets is not None
         hashed: str = await self._off_thread(hash_password, node.password)
         secret = {
-            "metadata": {"name": secret_name(node.name), "namespace": "kube-system"},
+            "metadata": {"name": secret_name(node.name), "namespace": SECRET_NAMESPACE},
             "type": SECRET_TYPE,
             "immutable": True,
             "data": {"hash": base64.b64encode(hashed.encode()).decode("ascii")},
         }
         try:
-            await self.store.create(self.secrets, "kube-system", secret)
+            await self.store.create(secrets.RESOURCE, SECRET_NAMESPACE, secret)
         except StatusError as e:
             if e.code == 409:
                 return False

@@ -1,18 +1,18 @@
 """The four Kubernetes patch forms, as pure functions over JSON values.
 
-* :func:`apply_json_patch`: RFC 6902 JSON patch (``application/json-patch+json``).
-* :func:`apply_merge_patch`: RFC 7386 JSON merge patch (``application/merge-patch+json``).
-* :func:`apply_strategic_merge_patch`: Kubernetes strategic merge patch
-  (``application/strategic-merge-patch+json``), driven by a kind's :data:`RuleTable`.
-* :func:`apply_server_side`: server-side apply (``application/apply-patch+yaml``), with
-  ``metadata.managedFields`` ownership and conflicts; :func:`record_update` keeps ownership for
+* L{apply_json_patch}: RFC 6902 JSON patch (``application/json-patch+json``).
+* L{apply_merge_patch}: RFC 7386 JSON merge patch (``application/merge-patch+json``).
+* L{apply_strategic_merge_patch}: Kubernetes strategic merge patch
+  (``application/strategic-merge-patch+json``), driven by a kind's L{RuleTable}.
+* L{apply_server_side}: server-side apply (``application/apply-patch+yaml``), with
+  ``metadata.managedFields`` ownership and conflicts; L{record_update} keeps ownership for
   every other write.
 
 Merge rules are always passed in by the caller, which knows the resource (group and kind); a
 kind declares them with the pieces of :mod:`k3stw.apiserver.patch.rules`.
 
 Nothing here does I/O, reads a clock or touches Twisted. Inputs are never mutated; every result
-is a new value that shares no containers with the inputs. Failures raise :class:`PatchError`
+is a new value that shares no containers with the inputs. Failures raise L{PatchError}
 subclasses that carry the HTTP code, ``reason`` and message kube-apiserver answers with.
 """
 

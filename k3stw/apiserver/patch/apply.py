@@ -1,7 +1,7 @@
 """Server-side apply (``application/apply-patch+yaml``) and the field ownership of other writes.
 
-:func:`apply_server_side` merges an applied configuration the way structured-merge-diff does and
-records ownership in ``metadata.managedFields``; :func:`record_update` keeps that ownership for
+L{apply_server_side} merges an applied configuration the way structured-merge-diff does and
+records ownership in ``metadata.managedFields``; L{record_update} keeps that ownership for
 every other write (create, update, patch).
 """
 
@@ -186,7 +186,7 @@ def apply_server_side(
     :param subresource: the subresource applied to (``"status"``), if any.
     :param rules: the merge rules of the object's kind (for a custom resource, metadata rules
         only: its lists are atomic).
-    :returns: the new object, with managedFields; the caller sets name, uid, resourceVersion.
+    :return: the new object, with managedFields; the caller sets name, uid, resourceVersion.
     :raises InvalidPatch: the configuration is not an object or sets managedFields (400).
     :raises PatchNotApplicable: a keyed list item lacks its keys (422).
     :raises ApplyConflict: without ``force``, fields owned by others would change (409).
@@ -274,7 +274,7 @@ def record_update(
     :param now: the RFC 3339 time to record, from the caller's clock.
     :param subresource: the subresource written (``"status"``), if any.
     :param rules: the merge rules of the object's kind.
-    :returns: ``new``'s copy with managedFields set.
+    :return: ``new``'s copy with managedFields set.
     """
     result = copy.deepcopy(new)
     metadata = result.get("metadata")

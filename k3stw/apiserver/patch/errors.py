@@ -1,6 +1,6 @@
 """The errors the patch forms raise, each carrying the answer kube-apiserver gives.
 
-Every error is a :class:`PatchError` with the HTTP code, ``Status`` reason, message and details
+Every error is a L{PatchError} with the HTTP code, ``Status`` reason, message and details
 kube-apiserver answers the same failure with.
 """
 
@@ -60,7 +60,7 @@ class PatchTestFailed(PatchNotApplicable):
 class PatchTooLarge(PatchError):
     """A JSON patch has too many operations (413).
 
-    See :data:`~k3stw.apiserver.patch.jsonpatch.MAX_JSON_PATCH_OPERATIONS`.
+    See L{k3stw.apiserver.patch.jsonpatch.MAX_JSON_PATCH_OPERATIONS}.
     """
 
     code = 413

@@ -168,9 +168,9 @@ def apply_json_patch(document: Any, operations: Any) -> Any:
 
     :param document: the current object.
     :param operations: the decoded patch: a list of operation objects.
-    :returns: the patched document, a new value.
+    :return: the patched document, a new value.
     :raises InvalidPatch: the patch is not a list of objects (400).
-    :raises PatchTooLarge: more than :data:`MAX_JSON_PATCH_OPERATIONS` operations (413).
+    :raises PatchTooLarge: more than L{MAX_JSON_PATCH_OPERATIONS} operations (413).
     :raises PatchTestFailed: a ``test`` operation failed (422).
     :raises PatchNotApplicable: an operation does not apply to the document (422).
     """

@@ -1,7 +1,7 @@
 """Field ownership: field sets, their ``fieldsV1`` encoding, and ``metadata.managedFields``.
 
-A field set is a set of :data:`FieldPath`\\ s in structured-merge-diff's notation. An object's
-field values are found under a :data:`~k3stw.apiserver.patch.rules.RuleTable`: keyed lists and
+A field set is a set of L{FieldPath}\\ s in structured-merge-diff's notation. An object's
+field values are found under a L{k3stw.apiserver.patch.rules.RuleTable}: keyed lists and
 sets contribute one path per item, atomic values one path for the whole.
 """
 
@@ -72,7 +72,7 @@ def element_of(item: JSONValue, rule: FieldRule) -> str | None:
 def field_values(
     value: JSONObject, rules: RuleTable, *, strict: bool = False
 ) -> dict[FieldPath, JSONValue]:
-    """Every owned path in ``value`` with its leaf value (:data:`_ITEM` for keyed list items).
+    """Every owned path in ``value`` with its leaf value (L{_ITEM} for keyed list items).
 
     :param strict: raise when a keyed list item lacks its keys (applied configurations).
     """

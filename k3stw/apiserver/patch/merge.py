@@ -15,7 +15,7 @@ def apply_merge_patch(document: Any, patch: Any) -> Any:
     answers a ``null`` patch, and a result that is not an object, with 400 BadRequest, which is
     the caller's check.
 
-    :returns: the patched document, a new value.
+    :return: the patched document, a new value.
     """
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)

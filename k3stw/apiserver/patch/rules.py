@@ -1,9 +1,9 @@
 """Merge rules: how each field of a kind merges under strategic merge patch and server-side apply.
 
-A kind declares its rules as a :data:`RuleTable`, keyed by dotted field path, built from the
-pieces here: :func:`keyed_list`, :data:`MERGED_SET`, :data:`ATOMIC` and :func:`apply_keyed_list`
-for single fields, :func:`under` to place a table below a field, and the shared tables of the
-types many kinds embed (:data:`OBJECT_META_RULES`, :data:`POD_SPEC_RULES`, ...).
+A kind declares its rules as a L{RuleTable}, keyed by dotted field path, built from the
+pieces here: L{keyed_list}, L{MERGED_SET}, L{ATOMIC} and L{apply_keyed_list}
+for single fields, L{under} to place a table below a field, and the shared tables of the
+types many kinds embed (L{OBJECT_META_RULES}, L{POD_SPEC_RULES}, ...).
 
 Transcribed from the patchStrategy/patchMergeKey tags and +listType/+listMapKey/+structType
 markers of k8s.io/api v0.32 (core/v1, apps/v1) and k8s.io/apimachinery meta/v1. Lists a table

@@ -1,6 +1,6 @@
 """Kubernetes strategic merge patch (``application/strategic-merge-patch+json``).
 
-A JSON merge patch whose lists merge by the keys a :data:`~k3stw.apiserver.patch.rules.RuleTable`
+A JSON merge patch whose lists merge by the keys a L{k3stw.apiserver.patch.rules.RuleTable}
 gives, with the directives of k8s.io/apimachinery's strategicpatch package and its error messages.
 """
 
@@ -429,12 +429,12 @@ def apply_strategic_merge_patch(document: Any, patch: Any, rules: RuleTable) -> 
     Directives: ``$patch: replace|delete`` (in maps and list items), ``$retainKeys``,
     ``$setElementOrder/<list>``, ``$deleteFromPrimitiveList/<list>``; ``null`` deletes a key.
     Whether the object's kind takes strategic merge patches at all is the caller's decision
-    (custom resources do not: :class:`~k3stw.apiserver.patch.errors.UnsupportedPatchType`).
+    (custom resources do not: L{k3stw.apiserver.patch.errors.UnsupportedPatchType}).
 
     :param document: the current object.
     :param patch: the decoded patch object.
     :param rules: the merge rules of the object's kind.
-    :returns: the patched object, a new value.
+    :return: the patched object, a new value.
     :raises InvalidPatch: the patch is not an object, or a directive is malformed (400).
     :raises PatchNotApplicable: lists of lists (422).
     :raises StrategicMergeError: what kube-apiserver answers with a 500 (a list item without its

@@ -31,7 +31,7 @@ def json_equal(left: JSONValue, right: JSONValue) -> bool:
 def go_kind(value: JSONValue) -> str:
     """The Go kind ``encoding/json`` would decode ``value`` to, for type comparisons.
 
-    :returns: ``"map"``, ``"slice"``, ``"bool"``, ``"string"``, ``"nil"`` or ``"number"``.
+    :return: ``"map"``, ``"slice"``, ``"bool"``, ``"string"``, ``"nil"`` or ``"number"``.
     """
     if isinstance(value, dict):
         return "map"
