@@ -19,7 +19,7 @@ from zope.interface import implementer
 from k3stw.hostport import join_host_port
 from k3stw.kubeclient import KubeClient
 from k3stw.logs import Logger
-from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.informer import Informer, each_change
 from k3stw.machinery.objects import Object
 from k3stw.machinery.source import EventSink, HTTPSource, IListWatch, IWatchStream, Listed
 
@@ -94,12 +94,7 @@ class APIServerDiscovery(MultiService):
         self._pending: IDelayedCall | None = None
         source = HTTPSource(kube, ENDPOINTS, {"fieldSelector": ONLY_KUBERNETES})
         self.informer = Informer(_SupervisorFirst(source, self.refresh), clock)
-        self.informer.add_handler(
-            EventHandler(
-                on_add=self._endpoints_changed,
-                on_update=lambda old, new: self._endpoints_changed(new),
-            )
-        )
+        self.informer.add_handler(each_change(self._endpoints_changed, deletions=False))
         self.informer.setServiceParent(self)
 
     def stopService(self) -> Deferred[None] | None:

@@ -24,7 +24,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.datastore.interface import KeyExists, KeyNotFound
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.informer import Informer, each_change
 from k3stw.machinery.objects import Object, object_key
 from k3stw.machinery.timing import PeriodicJob
 
@@ -73,13 +73,8 @@ class APIServerEndpoints(Controller):
         self.address = address
         self.port = port
         self.cluster_ip = cluster_ip
-        ours = EventHandler(
-            on_add=self._changed,
-            on_update=lambda old, new: self._changed(new),
-            on_delete=self._changed,
-        )
         for informer in cached:
-            informer.add_handler(ours)
+            informer.add_handler(each_change(self._changed))
         PeriodicJob(
             store.clock,
             RENEW_SECONDS,

@@ -23,7 +23,7 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.nodes import (
     KUBELET_CONDITIONS,
     LEASE_NAMESPACE,
@@ -75,13 +75,7 @@ class NodeLifecycleController(Controller):
         self.grace_period = grace_period
         self._probes: dict[str, _Probe] = {}
         self.nodes.add_handler(self.enqueue_handler())
-        self.leases.add_handler(
-            EventHandler(
-                on_add=self._lease_changed,
-                on_update=lambda old, new: self._lease_changed(new),
-                on_delete=self._lease_changed,
-            )
-        )
+        self.leases.add_handler(each_change(self._lease_changed))
 
     def _lease_changed(self, lease: Object) -> None:
         if get_path(lease, "metadata", "namespace") == LEASE_NAMESPACE:

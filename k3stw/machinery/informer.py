@@ -47,13 +47,18 @@ class EventHandler:
     on_delete: Callable[[Object], object] | None = None
 
 
+def each_change(changed: Callable[[Object], object], deletions: bool = True) -> EventHandler:
+    """A handler that hands every added or changed object (and deleted one) to C{changed}."""
+    return EventHandler(
+        on_add=changed,
+        on_update=lambda old, new: changed(new),
+        on_delete=changed if deletions else None,
+    )
+
+
 def enqueue_keys(enqueue: Callable[[str], object]) -> EventHandler:
     """A handler that hands the key of every added, changed or deleted object to C{enqueue}."""
-    return EventHandler(
-        on_add=lambda obj: enqueue(object_key(obj)),
-        on_update=lambda old, new: enqueue(object_key(new)),
-        on_delete=lambda obj: enqueue(object_key(obj)),
-    )
+    return each_change(lambda obj: enqueue(object_key(obj)))
 
 
 class _Inputs(Protocol):

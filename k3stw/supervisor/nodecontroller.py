@@ -14,7 +14,7 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.objects import Object, join_key, name_of, namespace_of, owner_references
 from k3stw.machinery.times import parse_time
 from k3stw.supervisor.nodepassword import (
@@ -43,12 +43,7 @@ class NodePasswordController(Controller):
         self.store = store
         self.min_orphan_age = min_orphan_age
         self.nodes.add_handler(self.enqueue_handler())
-        self.secrets.add_handler(
-            EventHandler(
-                on_add=self._secret_changed,
-                on_update=lambda old, new: self._secret_changed(new),
-            )
-        )
+        self.secrets.add_handler(each_change(self._secret_changed, deletions=False))
 
     def _secret_changed(self, secret: Object) -> None:
         name = name_of(secret)

@@ -1,0 +1,126 @@
+"""
+Each kind's strategy, followed by the object store on every write: a
+controller's write meets the same rules as a client's over HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.apiserver.kinds import BUILT_IN, crds
+from k3stw.apiserver.kinds.custom import resources_of_crd
+from k3stw.apiserver.patch import apply_server_side
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.strategy import Strategy
+from k3stw.machinery.objects import Object
+from tests.support.apiserver import MemoryServer
+
+
+def crd(kind: str = "Widget", plural: str = "widgets") -> Object:
+    return {
+        "metadata": {"name": f"{plural}.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural},
+            "versions": [{"name": "v1", "served": True, "storage": True}],
+        },
+    }
+
+
+class KindDeclarationTests(SynchronousTestCase):
+    def test_every_kind_is_declared_once_by_group_and_kind(self) -> None:
+        keys = [(r.group, r.kind) for r in BUILT_IN]
+        self.assertEqual(len(keys), len(set(keys)))
+        self.assertEqual(len({(r.group, r.plural) for r in BUILT_IN}), len(BUILT_IN))
+
+    def test_a_custom_resource_named_like_a_core_kind_follows_its_crd_not_the_core_kind(
+        self,
+    ) -> None:
+        """An ``example.com/v1`` Pod merges its lists atomically, as Kubernetes treats them."""
+        [custom] = resources_of_crd(crd("Pod", "pods"))
+        live = {
+            "apiVersion": "example.com/v1",
+            "kind": "Pod",
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]},
+        }
+        created = apply_server_side(
+            None, live, "one", False, now="2026-01-01T00:00:00Z", rules=custom.strategy.merge_rules
+        )
+        applied = {**live, "spec": {"containers": [{"name": "b", "image": "z"}]}}
+        merged = apply_server_side(
+            created,
+            applied,
+            "one",
+            False,
+            now="2026-01-01T00:00:01Z",
+            rules=custom.strategy.merge_rules,
+        )
+        self.assertEqual(merged["spec"]["containers"], [{"name": "b", "image": "z"}])
+        self.assertFalse(custom.strategy.strategic_merge)
+
+
+class StoreFollowsTheStrategyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+
+    def test_a_crd_stored_by_anyone_gets_its_finalizer_and_status(self) -> None:
+        stored = self.server.run(self.server.store.create(crds.RESOURCE, None, crd()))
+        self.assertIn(crds.CLEANUP, stored["metadata"]["finalizers"])
+        conditions = {c["type"]: c["status"] for c in stored["status"]["conditions"]}
+        self.assertEqual(conditions, {"NamesAccepted": "True", "Established": "True"})
+        self.assertEqual(stored["metadata"]["generation"], 1)
+        # Written through this store, it is served at once.
+        self.assertIsNotNone(self.server.registry.lookup("example.com", "v1", "widgets"))
+
+    def test_an_immutable_secret_refuses_any_writer(self) -> None:
+        secrets = self.server.resource("", "secrets")
+        self.server.create(
+            "",
+            "secrets",
+            {"metadata": {"name": "s"}, "immutable": True, "data": {"k": "dg=="}},
+            "default",
+        )
+
+        def change(current: Object) -> Object:
+            current["data"] = {"k": "eA=="}
+            return current
+
+        error = self.server.fails(
+            self.server.store.guaranteed_update(secrets, "default", "s", change)
+        )
+        self.assertEqual(error.code, 422)
+        self.assertIn("field is immutable", error.message)
+        self.assertEqual(self.server.get("", "secrets", "s", "default")["data"], {"k": "dg=="})
+
+    def test_defaults_and_generations_apply_to_every_write(self) -> None:
+        deployments = self.server.resource("apps", "deployments")
+        created = self.server.create(
+            "apps", "deployments", {"metadata": {"name": "d"}, "spec": {}}, "default"
+        )
+        self.assertEqual(created["spec"]["replicas"], 1)
+
+        def scale(current: Object) -> Object:
+            current["spec"]["replicas"] = 3
+            return current
+
+        scaled = self.server.run(
+            self.server.store.guaranteed_update(deployments, "default", "d", scale)
+        )
+        self.assertEqual(scaled["metadata"]["generation"], 2)
+
+    def test_an_object_its_strategy_finds_invalid_is_refused_and_not_stored(self) -> None:
+        configmaps = self.server.resource("", "configmaps")
+        strict: ResourceType = replace(
+            configmaps,
+            strategy=Strategy(validate=lambda obj: [("data.k", "Invalid value: 1: must be text")]),
+        )
+        error = self.server.fails(
+            self.server.store.create(strict, "default", {"metadata": {"name": "c"}})
+        )
+        self.assertEqual(error.code, 422)
+        self.assertIn("data.k: Invalid value: 1: must be text", error.message)
+        self.assertFalse(self.server.exists("", "configmaps", "c", "default"))
