@@ -11,14 +11,12 @@ from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
     format_selector,
-    template_containers,
-    template_owner_defaults,
+    workload,
+    workload_parts,
 )
 from k3stw.apiserver.patch.rules import (
     workload_rules,
 )
-from k3stw.apiserver.registry import ResourceType
-from k3stw.apiserver.strategy import Strategy
 from k3stw.apiserver.tables import (
     AGE_COLUMN,
     NAME_COLUMN,
@@ -35,10 +33,7 @@ from k3stw.machinery.objects import get_path
 
 
 def _daemon_set_cells(obj: Printed, now: datetime) -> list[Any]:
-    spec = mapping(obj.get("spec"))
-    status = mapping(obj.get("status"))
-    template_spec = get_path(spec, "template", "spec")
-    names, images = template_containers(template_spec)
+    spec, status, names, images = workload_parts(obj)
     return [
         name_cell(obj),
         integer(status.get("desiredNumberScheduled")),
@@ -46,7 +41,7 @@ def _daemon_set_cells(obj: Printed, now: datetime) -> list[Any]:
         integer(status.get("numberReady")),
         integer(status.get("updatedNumberScheduled")),
         integer(status.get("numberAvailable")),
-        format_labels(mapping(get_path(template_spec, "nodeSelector"))),
+        format_labels(mapping(get_path(spec, "template", "spec", "nodeSelector"))),
         age_cell(obj, now),
         names,
         images,
@@ -103,20 +98,4 @@ PRINTER = Printer(
 )
 
 
-RESOURCE = ResourceType(
-    "apps",
-    "v1",
-    "DaemonSet",
-    "daemonsets",
-    "daemonset",
-    namespaced=True,
-    short_names=("ds",),
-    categories=("all",),
-    subresources=("status",),
-    strategy=Strategy(
-        printer=PRINTER,
-        merge_rules=workload_rules(),
-        counts_generation=True,
-        default=template_owner_defaults(replicas=False),
-    ),
-)
+RESOURCE = workload("DaemonSet", "ds", PRINTER, workload_rules(), replicas=False)

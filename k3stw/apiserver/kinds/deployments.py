@@ -11,15 +11,13 @@ from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
     selector_text,
-    template_containers,
-    template_owner_defaults,
+    workload,
+    workload_parts,
 )
 from k3stw.apiserver.patch.rules import (
     FieldRule,
     workload_rules,
 )
-from k3stw.apiserver.registry import ResourceType
-from k3stw.apiserver.strategy import Strategy
 from k3stw.apiserver.tables import (
     AGE_COLUMN,
     NAME_COLUMN,
@@ -28,16 +26,12 @@ from k3stw.apiserver.tables import (
     Printer,
     age_cell,
     integer,
-    mapping,
     name_cell,
 )
-from k3stw.machinery.objects import get_path
 
 
 def _deployment_cells(obj: Printed, now: datetime) -> list[Any]:
-    spec = mapping(obj.get("spec"))
-    status = mapping(obj.get("status"))
-    names, images = template_containers(get_path(spec, "template", "spec"))
+    spec, status, names, images = workload_parts(obj)
     return [
         name_cell(obj),
         f"{integer(status.get('readyReplicas'))}/{integer(spec.get('replicas'))}",
@@ -79,20 +73,9 @@ PRINTER = Printer(
 )
 
 
-RESOURCE = ResourceType(
-    "apps",
-    "v1",
+RESOURCE = workload(
     "Deployment",
-    "deployments",
-    "deployment",
-    namespaced=True,
-    short_names=("deploy",),
-    categories=("all",),
-    subresources=("status",),
-    strategy=Strategy(
-        printer=PRINTER,
-        merge_rules=workload_rules({"spec.strategy": FieldRule(strategy="retainKeys")}),
-        counts_generation=True,
-        default=template_owner_defaults(replicas=True),
-    ),
+    "deploy",
+    PRINTER,
+    workload_rules({"spec.strategy": FieldRule(strategy="retainKeys")}),
 )

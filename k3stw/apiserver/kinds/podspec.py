@@ -8,8 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from k3stw.apiserver.patch.rules import RuleTable
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.strategy import Strategy
 from k3stw.apiserver.tables import (
     Column,
+    Printed,
+    Printer,
+    mapping,
     mappings,
     text,
 )
@@ -29,9 +35,13 @@ IMAGES_COLUMN = Column(
 )
 
 
-def template_containers(template_spec: Any) -> tuple[str, str]:
-    containers = mappings(get_path(template_spec, "containers"))
+def workload_parts(obj: Printed) -> tuple[Mapping[str, Any], Mapping[str, Any], str, str]:
+    """A workload's spec and status, and its template's container names and images."""
+    spec = mapping(obj.get("spec"))
+    containers = mappings(get_path(spec, "template", "spec", "containers"))
     return (
+        spec,
+        mapping(obj.get("status")),
         ",".join(text(c.get("name")) for c in containers),
         ",".join(text(c.get("image")) for c in containers),
     )
@@ -92,3 +102,29 @@ def template_owner_defaults(replicas: bool) -> Callable[[Object], None]:
             default_pod_spec(template.setdefault("spec", {}))
 
     return default
+
+
+def workload(
+    kind: str, short_name: str, printer: Printer, rules: RuleTable, replicas: bool = True
+) -> ResourceType:
+    """
+    An apps/v1 workload: namespaced, in ``all``, a status subresource,
+    generations counted, a pod template (and C{replicas}) defaulted.
+    """
+    return ResourceType(
+        "apps",
+        "v1",
+        kind,
+        kind.lower() + "s",
+        kind.lower(),
+        namespaced=True,
+        short_names=(short_name,),
+        categories=("all",),
+        subresources=("status",),
+        strategy=Strategy(
+            printer=printer,
+            merge_rules=rules,
+            counts_generation=True,
+            default=template_owner_defaults(replicas),
+        ),
+    )

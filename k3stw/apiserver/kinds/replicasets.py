@@ -11,14 +11,12 @@ from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
     format_selector,
-    template_containers,
-    template_owner_defaults,
+    workload,
+    workload_parts,
 )
 from k3stw.apiserver.patch.rules import (
     workload_rules,
 )
-from k3stw.apiserver.registry import ResourceType
-from k3stw.apiserver.strategy import Strategy
 from k3stw.apiserver.tables import (
     AGE_COLUMN,
     NAME_COLUMN,
@@ -27,16 +25,12 @@ from k3stw.apiserver.tables import (
     Printer,
     age_cell,
     integer,
-    mapping,
     name_cell,
 )
-from k3stw.machinery.objects import get_path
 
 
 def _replica_set_cells(obj: Printed, now: datetime) -> list[Any]:
-    spec = mapping(obj.get("spec"))
-    status = mapping(obj.get("status"))
-    names, images = template_containers(get_path(spec, "template", "spec"))
+    spec, status, names, images = workload_parts(obj)
     return [
         name_cell(obj),
         integer(spec.get("replicas")),
@@ -77,20 +71,4 @@ PRINTER = Printer(
 )
 
 
-RESOURCE = ResourceType(
-    "apps",
-    "v1",
-    "ReplicaSet",
-    "replicasets",
-    "replicaset",
-    namespaced=True,
-    short_names=("rs",),
-    categories=("all",),
-    subresources=("status",),
-    strategy=Strategy(
-        printer=PRINTER,
-        merge_rules=workload_rules(),
-        counts_generation=True,
-        default=template_owner_defaults(replicas=True),
-    ),
-)
+RESOURCE = workload("ReplicaSet", "rs", PRINTER, workload_rules())
