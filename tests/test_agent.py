@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import txaio
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -29,7 +28,7 @@ from k3stw.pki.token import Token, ca_hash
 from k3stw.supervisor.connect import node_check
 from k3stw.tunnel.protocol import TunnelServerFactory
 from k3stw.tunnel.session import Session
-from tests.support.tunnel import connect_in_memory, tls_server
+from tests.support.tunnel import connect_in_memory, run_autobahn_timers_on, tls_server
 
 URL = "https://127.0.0.2:6443"
 BUNDLE = new_ca("k3s-server-ca@1", datetime.datetime.now(datetime.UTC)).certificate_pem
@@ -287,7 +286,7 @@ class AgentStopTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         # The server checks the agent's certificate at the reactor's time.
         reactor.advance(datetime.datetime.now(datetime.UTC).timestamp())
-        self.patch(txaio.config, "loop", reactor)
+        run_autobahn_timers_on(self, reactor)
         # The agent's TLS layer (wrapClientTLS) gathers small writes on the global reactor.
         self.patch(tls, "_get_default_clock", lambda: reactor)
         supervisor = FakeSupervisor()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kubernetes import client, config, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.pki.certs import KeyPair, Usage, load_pem_certificates, load_pem_key, new_leaf
@@ -25,6 +25,21 @@ from tests.support.twistd import Twistd, https_get, k3s_server
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.13"
+
+
+def named(name: str) -> client.V1ConfigMap:
+    """A ConfigMap with only a name."""
+    return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name))
+
+
+def name_of(item: client.V1ConfigMap) -> str:
+    assert item.metadata is not None and item.metadata.name is not None
+    return item.metadata.name
+
+
+def resource_version(listed: client.V1ConfigMapList) -> str:
+    assert listed.metadata is not None and listed.metadata.resource_version is not None
+    return listed.metadata.resource_version
 
 
 def start_server(root: Path, *extra: str) -> tuple[Twistd, int]:
@@ -60,7 +75,10 @@ class ServerTestCase(SynchronousTestCase):
         cls.server.stop()
 
     def api(self) -> client.ApiClient:
-        return config.new_client_from_config(config_file=str(self.root / "k3s.yaml"))
+        api: client.ApiClient = config.new_client_from_config(
+            config_file=str(self.root / "k3s.yaml")
+        )
+        return api
 
     def credentials(self, user: str, groups: list[str]) -> Path:
         """A kubeconfig for C{user} in C{groups}, signed by the cluster's client CA."""
@@ -88,13 +106,15 @@ class PythonClientTests(ServerTestCase):
     def test_create_read_patch_list_delete(self) -> None:
         """The typed client round-trips a ConfigMap through every verb."""
         core = client.CoreV1Api(self.api())
-        body = {"metadata": {"name": "py", "labels": {"from": "python"}}, "data": {"a": "1"}}
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="py", labels={"from": "python"}), data={"a": "1"}
+        )
         created = core.create_namespaced_config_map("default", body)
         self.assertEqual(created.data, {"a": "1"})
         patched = core.patch_namespaced_config_map("py", "default", {"data": {"b": "2"}})
         self.assertEqual(patched.data, {"a": "1", "b": "2"})
         listed = core.list_namespaced_config_map("default", label_selector="from=python")
-        self.assertEqual([c.metadata.name for c in listed.items], ["py"])
+        self.assertEqual([name_of(c) for c in listed.items], ["py"])
         core.delete_namespaced_config_map("py", "default")
         with self.assertRaises(ApiException) as caught:
             core.read_namespaced_config_map("py", "default")
@@ -103,15 +123,16 @@ class PythonClientTests(ServerTestCase):
     def test_paging(self) -> None:
         """limit and continue page through a list without loss or repeat."""
         core = client.CoreV1Api(self.api())
-        core.create_namespace({"metadata": {"name": "paging"}})
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="paging")))
         names = {f"item-{i:02d}" for i in range(25)}
         for name in names:
-            core.create_namespaced_config_map("paging", {"metadata": {"name": name}})
+            core.create_namespaced_config_map("paging", named(name))
         seen: list[str] = []
         token = None
         while True:
             page = core.list_namespaced_config_map("paging", limit=10, _continue=token)
-            seen += [c.metadata.name for c in page.items]
+            seen += [name_of(c) for c in page.items]
+            assert page.metadata is not None
             token = page.metadata._continue
             if not token:
                 break
@@ -120,8 +141,8 @@ class PythonClientTests(ServerTestCase):
     def test_watch_resumes_from_a_resource_version(self) -> None:
         """A watch from a list's resourceVersion sees the later create, update and delete."""
         core = client.CoreV1Api(self.api())
-        version = core.list_namespaced_config_map("default").metadata.resource_version
-        core.create_namespaced_config_map("default", {"metadata": {"name": "watched"}})
+        version = resource_version(core.list_namespaced_config_map("default"))
+        core.create_namespaced_config_map("default", named("watched"))
         core.patch_namespaced_config_map("watched", "default", {"data": {"x": "y"}})
         core.delete_namespaced_config_map("watched", "default")
         events = [
@@ -268,10 +289,10 @@ class ExpiredWatchTests(ServerTestCase):
     def test_compacted_resource_version_is_410(self) -> None:
         """After etcd compacts, a watch from before it raises the client's 410 ApiException."""
         core = client.CoreV1Api(self.api())
-        old = core.list_namespaced_config_map("default").metadata.resource_version
+        old = resource_version(core.list_namespaced_config_map("default"))
         for i in range(3):
-            core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
-        newest = core.list_namespaced_config_map("default").metadata.resource_version
+            core.create_namespaced_config_map("default", named(f"c{i}"))
+        newest = resource_version(core.list_namespaced_config_map("default"))
         compacted = subprocess.run(
             ["etcdctl", "--endpoints", self.etcd_url, "compact", newest],
             capture_output=True,

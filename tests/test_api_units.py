@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -153,7 +154,13 @@ class NodeAuthorizerTests(SynchronousTestCase):
         attributes = Attributes(verb, resource, namespace, name, sub)
         result: Deferred[None] = Deferred.fromCoroutine(authorize(user, attributes, self._uses))
         failures: list[StatusError] = []
-        result.addErrback(lambda f: failures.append(f.trap(StatusError) and f.value))
+
+        def failed(failure: Failure) -> None:
+            failure.trap(StatusError)
+            assert isinstance(failure.value, StatusError)
+            failures.append(failure.value)
+
+        result.addErrback(failed)
         return failures[0].code if failures else 200
 
     def test_masters_may_do_anything(self) -> None:

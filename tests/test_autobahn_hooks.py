@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import txaio
 from autobahn.twisted import websocket as autobahn_twisted_websocket
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import (
@@ -46,7 +45,13 @@ from k3stw.tunnel.protocol import (
     TunnelServerProtocol,
 )
 from k3stw.tunnel.session import Session
-from tests.support.tunnel import UPGRADE, Collector, TunnelEnds, connect_in_memory
+from tests.support.tunnel import (
+    UPGRADE,
+    Collector,
+    TunnelEnds,
+    connect_in_memory,
+    run_autobahn_timers_on,
+)
 
 KUBELET = "127.0.0.1:10250"
 #: Messages whose lengths take each of the three header forms (7, 16 and 64 bits), at the edges.
@@ -72,7 +77,7 @@ class TunnelPair(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.patch(txaio.config, "loop", self.clock)
+        run_autobahn_timers_on(self, self.clock)
         self.ends = TunnelEnds(self.clock)
 
     def connect(self, greet: bool = True) -> tuple[Any, Any, iosim.IOPump]:
@@ -99,7 +104,7 @@ class PrivateNamesTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.patch(txaio.config, "loop", self.clock)
+        run_autobahn_timers_on(self, self.clock)
 
     def test_masker(self) -> None:
         """C{create_xor_masker(key, length).process(data)} XORs C{data} with the key repeated."""
@@ -397,7 +402,7 @@ class TakeoverTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.patch(txaio.config, "loop", self.clock)
+        run_autobahn_timers_on(self, self.clock)
         #: Each rendered request's channel.
         self.channels: list[HTTPChannel] = []
 

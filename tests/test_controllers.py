@@ -68,7 +68,11 @@ class GarbageCollectorTests(SynchronousTestCase):
         self.assertFalse(self.server.exists("", "configmaps", "late", "default"))
 
     def test_an_owner_of_an_unserved_kind_is_never_collected_against(self) -> None:
-        foreign = {"apiVersion": "example.com/v1", "kind": "Gizmo", "metadata": {"name": "g"}}
+        foreign: Object = {
+            "apiVersion": "example.com/v1",
+            "kind": "Gizmo",
+            "metadata": {"name": "g"},
+        }
         foreign["metadata"]["uid"] = "u-1"
         self.server.create("", "configmaps", owned_by(foreign, "kept"), "default")
         self.assertTrue(self.server.exists("", "configmaps", "kept", "default"))

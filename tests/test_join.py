@@ -11,8 +11,9 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -60,7 +61,7 @@ class Cluster:
     def token(self) -> str:
         return (self.root / "server" / "data" / "server" / "token").read_text().strip()
 
-    def start(self) -> Cluster:
+    def start(self) -> Self:
         self.server.start()
         self.server.wait_for_ping(self.host, self.port)
         ca = self.root / "server" / "data" / "server" / "tls" / "server-ca.crt"
@@ -134,11 +135,11 @@ class Cluster:
             for node in json.loads(listed.stdout)["items"]
         }
 
-    def wait(self, condition: object, what: str, timeout: float = 60.0) -> None:
+    def wait(self, condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if condition():  # type: ignore[operator]
+                if condition():
                     return
             except OSError:
                 pass

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.kubeclient import KubeClient
@@ -40,8 +40,9 @@ class KubeletServiceTests(SynchronousTestCase):
         self.clock.advance(START)
         self.client = FakeKubeClient(self.clock)
         self.logged: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        observer = cast(ILogObserver, self.logged.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def kubelet(self, **settings: Any) -> KubeletService:
         values: dict[str, Any] = {
@@ -51,8 +52,10 @@ class KubeletServiceTests(SynchronousTestCase):
             "retry_jitter": 0.0,
         }
         values.update(settings)
+        # The fake has the client's methods (FakeClientTests); the service names the class.
+        client = cast(KubeClient, self.client)
         service = KubeletService(
-            self.clock, self.client, KubeletConfig(**values), host_facts=lambda: FACTS
+            self.clock, client, KubeletConfig(**values), host_facts=lambda: FACTS
         )
         self.addCleanup(self.stop, service)
         return service

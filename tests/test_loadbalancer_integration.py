@@ -138,7 +138,8 @@ def tcp_check(address: str) -> Deferred[bool]:
         protocol.transport.loseConnection()
         return True
 
-    return connecting.addCallbacks(connected, lambda _: False)
+    checked: Deferred[bool] = connecting.addCallbacks(connected, lambda _: False)
+    return checked
 
 
 class Upstreams:

@@ -10,7 +10,7 @@ import base64
 import datetime
 import io
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from k3stw.apiserver.status import StatusError
@@ -46,14 +47,26 @@ def csr(name: str) -> bytes:
     return request.public_bytes(serialization.Encoding.DER)
 
 
+class EnrolmentRequest(DummyRequest):
+    """A L{DummyRequest} with what enrolment reads beyond it: a body, and a TLS transport."""
+
+    content: io.BytesIO
+    transport: object
+
+
+def as_request(made: DummyRequest) -> IRequest:
+    """C{made} where a request is taken: it has what enrolment reads, undeclared."""
+    return cast(IRequest, made)
+
+
 def request(
     node: str = "n1",
     password: str = "p1",
     user: str = "node",
     secret: str = "agent-secret",
     addresses: str = "192.0.2.7",
-) -> DummyRequest:
-    made = DummyRequest([b"v1-k3s", b"client-kubelet.crt"])
+) -> EnrolmentRequest:
+    made = EnrolmentRequest([b"v1-k3s", b"client-kubelet.crt"])
     made.method = b"POST"
     credentials = base64.b64encode(f"{user}:{secret}".encode()).decode()
     for name, value in (
@@ -96,13 +109,13 @@ class NodeEnrolmentTests(SynchronousTestCase):
             {"ClusterDomain": "cluster.local"},
         )
 
-    def certificate(self, made: DummyRequest, serving: bool = False) -> x509.Certificate:
+    def certificate(self, made: EnrolmentRequest, serving: bool = False) -> x509.Certificate:
         sign = self.enrolment.serving_kubelet if serving else self.enrolment.client_kubelet
-        pem = self.server.run(sign(made))
+        pem = self.server.run(sign(as_request(made)))
         return load_pem_certificates(pem)[0]
 
-    def refused(self, made: DummyRequest) -> StatusError:
-        return self.server.fails(self.enrolment.client_kubelet(made))
+    def refused(self, made: EnrolmentRequest) -> StatusError:
+        return self.server.fails(self.enrolment.client_kubelet(as_request(made)))
 
     def secret(self, node: str) -> Object:
         return self.server.get("", "secrets", secret_name(node), "kube-system")
@@ -147,7 +160,7 @@ class NodeEnrolmentTests(SynchronousTestCase):
             (401, 'unable to verify node identity: nodes "n1" not found'),
         )
 
-    def passwords_by_identity(self, made: DummyRequest) -> None:
+    def passwords_by_identity(self, made: EnrolmentRequest) -> None:
         """Present C{made} as carrying the node's own client certificate."""
         certificate = self.certificate(request())
         from OpenSSL import crypto
@@ -158,7 +171,7 @@ class NodeEnrolmentTests(SynchronousTestCase):
             def getPeerCertificate(self) -> Any:
                 return peer
 
-        made.transport = Transport()  # type: ignore[assignment]
+        made.transport = Transport()
         made.requestHeaders.removeHeader("authorization")
 
     def test_k3s_answers_to_bad_requests(self) -> None:
@@ -178,9 +191,9 @@ class NodeEnrolmentTests(SynchronousTestCase):
         self.assertFalse(self.server.exists("", "secrets", secret_name("n1"), "kube-system"))
 
     def test_configuration_for_agents(self) -> None:
-        body = self.server.run(self.enrolment.config(request()))
+        body = self.server.run(self.enrolment.config(as_request(request())))
         self.assertEqual(body, b'{"ClusterDomain": "cluster.local"}')
         self.assertEqual(
-            self.server.run(self.enrolment.server_ca_file(request())),
+            self.server.run(self.enrolment.server_ca_file(as_request(request()))),
             self.server_ca.certificate_pem,
         )

@@ -8,15 +8,20 @@ import hashlib
 import ipaddress
 import stat
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase
@@ -38,8 +43,8 @@ NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
 HASH = "a" * 64
 
 
-def config(**changes: object) -> ServerConfig:
-    values: dict[str, object] = dict(
+def config(**changes: Any) -> ServerConfig:
+    values: dict[str, Any] = dict(
         data_dir=Path("/unused"),
         hostname="box",
         bind_address="0.0.0.0",
@@ -223,7 +228,7 @@ class CAHashTests(SynchronousTestCase):
             .not_valid_before(NOW)
             .not_valid_after(NOW + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(root.key, root.certificate.signature_hash_algorithm),
+            .sign(root.key, hashes.SHA256()),  # as new_ca signs the root
             intermediate_key,
         )
         bundle = intermediate.certificate_pem + root.certificate_pem
@@ -246,10 +251,10 @@ class ServerCredentialsTests(SynchronousTestCase):
         self.layout = ServerLayout(self.server_dir)
         self.names = config().serving_alt_names()
 
-    def load(self, **kw: object) -> ServerCredentials:
+    def load(self, **kw: Any) -> ServerCredentials:
         for flag in ("token", "agent_token"):
             if isinstance(kw.get(flag), str):
-                kw[flag] = parse_token(kw[flag])  # type: ignore[arg-type]
+                kw[flag] = parse_token(kw[flag])
         kw.setdefault("now", NOW)
         kw.setdefault("alt_names", self.names)
         return load_or_create_server_credentials(self.server_dir, **kw)
@@ -469,7 +474,9 @@ def _mode(connection: SSL.Connection) -> int:
     return int(_openssl.SSL_set_mode(connection._ssl, 0))
 
 
-def _tls_protocol(creator: object, client: bool) -> TLSMemoryBIOProtocol:
+def _tls_protocol(
+    creator: IOpenSSLClientConnectionCreator | IOpenSSLServerConnectionCreator, client: bool
+) -> TLSMemoryBIOProtocol:
     factory = TLSMemoryBIOFactory(creator, client, Factory.forProtocol(Protocol))
     protocol = factory.buildProtocol(None)
     assert isinstance(protocol, TLSMemoryBIOProtocol)

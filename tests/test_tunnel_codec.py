@@ -33,7 +33,7 @@ from k3stw.tunnel.codec import (
 )
 
 INT64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30)
 
 
 def go_varint(value: int) -> bytes:
@@ -143,7 +143,7 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_each_type(self) -> None:
         """One example of each type survives the round trip."""
-        for message in [
+        examples: list[Message] = [
             Data(1, 2, b"\x00payload"),
             Data(1, 2, b""),
             Connect(3, 4, "tcp", "[::1]:10250"),
@@ -155,7 +155,8 @@ class RoundTripTests(SynchronousTestCase):
             Resume(11, 12),
             SyncConnections(13, ()),
             SyncConnections(13, (2, 3, -5)),
-        ]:
+        ]
+        for message in examples:
             self.assertEqual(decode(encode(message)), message)
 
     def test_eof(self) -> None:

@@ -16,6 +16,7 @@ from typing import ClassVar
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.net import free_port
+from tests.support.twistd import Twistd
 from tests.test_join import Cluster
 
 AGENT_HOST = "127.0.0.31"
@@ -23,6 +24,8 @@ AGENT_HOST = "127.0.0.31"
 
 class TunnelProcessTests(SynchronousTestCase):
     cluster: ClassVar[Cluster]
+    kubelet_port: ClassVar[int]
+    agent: ClassVar[Twistd]
 
     @classmethod
     def setUpClass(cls) -> None:

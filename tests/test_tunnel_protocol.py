@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import datetime
 import socket
-from typing import Any
+from typing import Any, cast
 
-import txaio
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import ISystemHandle, ITransport
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -31,6 +30,7 @@ from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.address import loopback_ports_authorizer
 from k3stw.tunnel.protocol import (
     TunnelClientFactory,
+    TunnelClientProtocol,
     TunnelEndpoint,
     TunnelServerFactory,
     TunnelServerProtocol,
@@ -43,6 +43,7 @@ from tests.support.tunnel import (
     QueueTransport,
     TunnelEnds,
     connect_in_memory,
+    run_autobahn_timers_on,
     tls_server,
 )
 
@@ -54,7 +55,7 @@ class WebSocketPairTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.patch(txaio.config, "loop", self.clock)
+        run_autobahn_timers_on(self, self.clock)
         self.checked: list[ConnectionRequest] = []
         self.deny: ConnectionDeny | None = None
         # Late bound: a test may replace the check.
@@ -200,7 +201,11 @@ class WebSocketPairTests(SynchronousTestCase):
     def test_broken_check_is_logged(self) -> None:
         """A check that raises refuses with 500 and logs the failure itself."""
         self.deny = ConnectionDeny(401, "x")
-        self.check = lambda request, transport: 1 // 0  # type: ignore[method-assign,assignment,misc]
+
+        def broken(request: ConnectionRequest, transport: ITransport) -> str:
+            return str(1 // 0)
+
+        self.patch(self, "check", broken)
         self.connect()
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(self.server_sessions, [])
@@ -216,7 +221,7 @@ class TLSWebSocketTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.patch(txaio.config, "loop", self.clock)
+        run_autobahn_timers_on(self, self.clock)
         now = datetime.datetime.now(datetime.UTC)
         server_ca, client_ca = new_ca("k3s-server-ca@1", now), new_ca("k3s-client-ca@1", now)
         serving = new_leaf(
@@ -330,10 +335,12 @@ class StreamPumpTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"from the peer")
 
         # The socket is full: the peer's bytes are held.
-        transport.producer.pauseProducing()
+        producer = transport.producer
+        assert producer is not None
+        producer.pauseProducing()
         self.session.frame_received(b"\x02" + bytes([stream.conn_id * 2]) + b"\x02\x00more")
         self.assertEqual(stream.buffered, 4)
-        transport.producer.resumeProducing()
+        producer.resumeProducing()
         self.assertEqual(transport.value(), b"from the peermore")
 
         # The peer is full: the socket stops reading.
@@ -392,7 +399,7 @@ class RealSocketTests(TestCase):
                 super().connectionMade()
                 accepted.append(self)
 
-        server_factory.protocol = Recording  # type: ignore[assignment]
+        server_factory.protocol = Recording
         port = await TCP4ServerEndpoint(live, 0, interface="127.0.0.72").listen(server_factory)
         self.addCleanup(port.stopListening)
         client_factory = TunnelClientFactory(
@@ -402,13 +409,19 @@ class RealSocketTests(TestCase):
             dialer=FakeDialer(),
             opened=lambda name, session: opened["client"].callback(session),
         )
-        client = await TCP4ClientEndpoint(live, "127.0.0.72", port.getHost().port).connect(
-            client_factory
+        # The endpoint answers the protocol the factory built.
+        client = cast(
+            TunnelClientProtocol,
+            await TCP4ClientEndpoint(live, "127.0.0.72", port.getHost().port).connect(
+                client_factory
+            ),
         )
+        assert client.transport is not None
         self.addCleanup(client.transport.loseConnection)
         for side in opened.values():
             side.addTimeout(10, live)
             await side
         for transport in (client.transport, accepted[0].transport):
-            handle = transport.getHandle()
+            # A TCP transport's handle is its socket.
+            handle = cast(socket.socket, cast(ISystemHandle, transport).getHandle())
             self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))

@@ -10,10 +10,10 @@ import gc
 import weakref
 from typing import Any, cast
 
-import txaio
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import crypto
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IProtocol, ITransport
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -35,7 +35,7 @@ from k3stw.supervisor.connect import (
 from k3stw.tunnel.codec import Connect
 from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession, TunnelRegistry
 from k3stw.tunnel.session import Session
-from tests.support.tunnel import UPGRADE, Collector, QueueTransport
+from tests.support.tunnel import UPGRADE, Collector, QueueTransport, run_autobahn_timers_on
 
 NOW = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
 KUBELET = "127.0.0.1:10250"
@@ -53,6 +53,11 @@ class PeerTransport:
 
     def getPeerCertificate(self) -> object:
         return self._peer
+
+
+def peer_transport(pair: KeyPair | None) -> ITransport:
+    """A L{PeerTransport} where a check takes a transport: the check reads only the peer."""
+    return cast(ITransport, PeerTransport(pair))
 
 
 class Certificates:
@@ -101,11 +106,11 @@ class NodeCertificateCheckTests(SynchronousTestCase):
         check = node_check(self.certs.client_ca.certificate, clock)
         request = connection_request()
         with self.assertRaises(ConnectionDeny) as denied:
-            check(request, PeerTransport(None))  # type: ignore[arg-type]
+            check(request, peer_transport(None))
         self.assertEqual(
             (denied.exception.code, denied.exception.reason), (401, FAILED_AUTHENTICATION)
         )
-        node = check(request, PeerTransport(self.certs.node("agent-2")))  # type: ignore[arg-type]
+        node = check(request, peer_transport(self.certs.node("agent-2")))
         self.assertEqual(node, "agent-2")
 
 
@@ -145,7 +150,9 @@ class ConnectResourceTests(SynchronousTestCase):
     def test_factory_registers_under_the_certificates_name(self) -> None:
         """The websocket check names the session after the certificate; it is registered."""
         factory = self.resource.factory
-        name = factory.tunnel_check(connection_request(), PeerTransport(self.certs.node("agent-3")))
+        name = factory.tunnel_check(
+            connection_request(), peer_transport(self.certs.node("agent-3"))
+        )
         session, _ = server_session(name, self.clock)
         factory.tunnel_opened(name, session)
         self.assertEqual(self.registry.nodes(), ["agent-3"])
@@ -153,6 +160,9 @@ class ConnectResourceTests(SynchronousTestCase):
 
 class PeerStringTransport(StringTransport):
     """A connection whose TLS peer presented C{pair}'s certificate."""
+
+    #: The protocol on this connection, as a TCP transport has it (the test sets it).
+    protocol: IProtocol
 
     def __init__(self, pair: KeyPair) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", "127.0.1.1", 40000))
@@ -168,9 +178,7 @@ class UpgradeThroughSiteTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())
-        previous = txaio.config.loop
-        txaio.config.loop = self.clock
-        self.addCleanup(setattr, txaio.config, "loop", previous)
+        run_autobahn_timers_on(self, self.clock)
         self.certs = Certificates()
         self.registry = TunnelRegistry(self.clock)
         resource = TunnelConnectResource(
@@ -184,7 +192,8 @@ class UpgradeThroughSiteTests(SynchronousTestCase):
             self.requests.append(weakref.ref(request))
             return request
 
-        self.site.requestFactory = request_factory
+        # Site only calls requestFactory(channel, queued); the stub asks for Request itself.
+        self.site.requestFactory = request_factory  # type: ignore[assignment]
 
     def test_channel_and_request_are_freed_once_upgraded(self) -> None:
         """

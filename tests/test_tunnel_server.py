@@ -13,16 +13,19 @@ import os
 import ssl
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet import ssl as tssl
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -134,7 +137,7 @@ class _Channel(HTTPChannel):
         super().connectionMade()
         self.site.open.add(self)  # type: ignore[attr-defined]
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site.open.discard(self)  # type: ignore[attr-defined]
         super().connectionLost(reason)
 
@@ -142,7 +145,8 @@ class _Channel(HTTPChannel):
 class ClosingSite(Site):
     """A site that can close every connection it has open, and wait until they are gone."""
 
-    protocol = _Channel
+    # Site builds whatever channel class it is given; the stub names only its HTTP/1-or-2 one.
+    protocol = _Channel  # type: ignore[assignment]
 
     def __init__(self, resource: Resource) -> None:
         super().__init__(resource)
@@ -183,7 +187,10 @@ class TunnelServerTests(TestCase):
         pair = new_leaf(
             self.client_ca, f"system:node:{node}", Usage.CLIENT, self.now, ["system:nodes"]
         )
-        return tssl.PrivateCertificate.loadPEM(pair.certificate_pem + pair.key_pem)
+        certificate: tssl.PrivateCertificate = tssl.PrivateCertificate.loadPEM(
+            pair.certificate_pem + pair.key_pem
+        )
+        return certificate
 
     def start_kubelet(self, node: str) -> int:
         """A tiny HTTPS kubelet for C{node}, its serving certificate from the server CA."""
@@ -201,8 +208,7 @@ class TunnelServerTests(TestCase):
         listening: IListeningPort = self.successResultOf(endpoint.listen(site))
         self.addCleanup(site.close_all)
         self.addCleanup(listening.stopListening)
-        port: int = listening.getHost().port
-        return port
+        return cast(IPv4Address, listening.getHost()).port
 
     async def open_tunnel(self, node: str, kubelet_port: int) -> Session:
         opened: Deferred[Session] = Deferred()

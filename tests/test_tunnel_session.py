@@ -211,9 +211,8 @@ class RefusalTests(SessionTestCase):
         def broken(proto: str, address: str) -> bool:
             raise RuntimeError("boom")
 
-        session = Session(
-            QueueTransport(), self.clock, role="client", authorizer=broken, dialer=FakeDialer()
-        )
+        reply = QueueTransport()
+        session = Session(reply, self.clock, role="client", authorizer=broken, dialer=FakeDialer())
         session.start()
         stream = self.pair.server.dial(KUBELET)
         receiver = RecordingReceiver()
@@ -221,7 +220,6 @@ class RefusalTests(SessionTestCase):
         for frame in self.pair.to_client.queued:
             session.frame_received(frame)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        reply = session._transport  # type: ignore[attr-defined]
         self.assertEqual(reply.sent[-1], Error(reply.sent[-1].message_id, 2, "connect not allowed"))
         session.close()
 

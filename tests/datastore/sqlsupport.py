@@ -43,7 +43,7 @@ class ServerConformance(DatastoreConformance):
     async def make_datastore(self) -> IDatastore:
         endpoint = self.endpoint_for()
         store = await start_store(
-            self,  # type: ignore[arg-type]
+            self,
             endpoint,
             watch_buffer_events=self.watch_buffer_limit,
         )
@@ -54,7 +54,7 @@ class ServerConformance(DatastoreConformance):
     async def second_client(self, store: IDatastore) -> IDatastore:
         endpoint = self._endpoints[id(store)]
         other = await start_store(
-            self,  # type: ignore[arg-type]
+            self,
             endpoint,
             watch_buffer_events=self.watch_buffer_limit,
         )
@@ -128,9 +128,9 @@ def run_cas_workers(endpoint: str, workers: int, rounds: int) -> list[list[tuple
     try:
         for proc in procs:
             assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line.strip() != b"ready":
-                raise AssertionError(f"CAS worker did not start: {line!r}")
+            greeting = proc.stdout.readline()
+            if greeting.strip() != b"ready":
+                raise AssertionError(f"CAS worker did not start: {greeting!r}")
         # Release them together so they really race.
         for proc in procs:
             assert proc.stdin is not None

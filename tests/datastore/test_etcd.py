@@ -15,9 +15,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import provider
 from zope.interface.verify import verifyObject
 
 from k3stw.datastore.etcd import EtcdDatastore, EtcdTLS, EtcdWatch, parse_etcd_endpoints
@@ -34,7 +35,7 @@ from k3stw.datastore.interface import (
     WatchOverflow,
 )
 from k3stw.datastore.sql import CompactionPolicy
-from tests.datastore.conformance import DatastoreConformance, EventCollector
+from tests.datastore.conformance import DatastoreConformance, EventCollector, failure_of
 from tests.support.etcd import EtcdCluster, start_etcd
 from tests.support.net import free_port
 
@@ -143,7 +144,7 @@ class EtcdSpecificTests(EtcdTestBase):
             store.health(),
             store.watch("/registry/", 0, lambda events: None),
         ):
-            error = await self.assertFailure(call, DatastoreUnavailable)
+            error = await failure_of(self, call, DatastoreUnavailable)
             self.assertIn(f"127.0.0.31:{port}", str(error))
 
     async def test_losing_every_member_ends_a_watch_with_unavailable(self) -> None:
@@ -185,9 +186,9 @@ class EtcdSpecificTests(EtcdTestBase):
         await store.compact(r2)
         # Compacting to an older revision again is not an error.
         await store.compact(r1)
-        error = await self.assertFailure(store.list("/registry/", revision=r1), Compacted)
+        error = await failure_of(self, store.list("/registry/", revision=r1), Compacted)
         self.assertEqual((error.requested, error.compact_revision), (r1, r2))
-        error = await self.assertFailure(store.watch("/registry/", r1, lambda e: None), Compacted)
+        error = await failure_of(self, store.watch("/registry/", r1, lambda e: None), Compacted)
         self.assertEqual(error.compact_revision, r2)
         collector = EventCollector()
         watch = await store.watch("/registry/", r2, collector.deliver)
@@ -238,6 +239,7 @@ class EtcdSpecificTests(EtcdTestBase):
         seen: Deferred[LogEvent] = Deferred()
         matches: list[LogEvent] = []
 
+        @provider(ILogObserver)
         def observe(event: LogEvent) -> None:
             if "unreachable" in event.get("log_format", ""):
                 matches.append(event)
@@ -346,12 +348,14 @@ class FakeGatewayStream:
     def __init__(self, clock: MemoryReactorClock, index: int) -> None:
         _, _, factory, _, _ = clock.tcpClients[index]
         self.transport = StringTransport()
-        self.protocol = factory.buildProtocol(None)
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        self.protocol = protocol
         self.protocol.makeConnection(self.transport)
 
     def host(self) -> bytes:
         """The member the request was meant for (MemoryReactor resolves every name to 127.0.0.1)."""
-        head = self.transport.value().split(b"\r\n\r\n", 1)[0]
+        head: bytes = self.transport.value().split(b"\r\n\r\n", 1)[0]
         hosts = [line for line in head.split(b"\r\n") if line.lower().startswith(b"host:")]
         return hosts[0].split(b":", 1)[1].strip()
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from k3stw.datastore.interface import DatastoreUnavailable, EventType
 from tests.datastore.conformance import EventCollector
@@ -34,6 +35,7 @@ class PostgresMultiProcessTests(SharedServerBehaviour, TestCase):
     endpoint_for = staticmethod(_endpoint)
 
 
+@implementer(ILogObserver)
 class _LogCapture:
     def __init__(self, test: TestCase) -> None:
         self.lines: list[str] = []

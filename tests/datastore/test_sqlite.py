@@ -9,8 +9,9 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
+from zope.interface import provider
 
 from k3stw.datastore.interface import (
     Compacted,
@@ -130,7 +131,11 @@ class SQLiteBehaviourTests(TestCase):
             pass
         store = SQLiteDatastore(reactor, os.path.join(blocker, "state.db"))
         lines: list[str] = []
-        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+
+        @provider(ILogObserver)
+        def observer(event: LogEvent) -> None:
+            lines.append(formatEvent(event))
+
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         store.startService()

@@ -3,14 +3,16 @@ In-memory fakes of the tunnel's interfaces (L{k3stw.tunnel.interfaces}):
 a pair of websocket stand-ins that queue frames until pumped, a local dialer,
 a stream receiver and a push producer that record what happens to them; and
 real connections in memory: the two ends' websocket factories, joined by
-C{iosim}, behind TLS as the supervisor port serves them.
+C{iosim}, behind TLS as the supervisor port serves them, with autobahn's
+timers on the test's clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import txaio
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -27,6 +29,7 @@ from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from k3stw.pki.certs import KeyPair
@@ -36,6 +39,12 @@ from k3stw.tunnel.codec import Message, Unknown, decode
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
 from k3stw.tunnel.protocol import TunnelClientFactory, TunnelServerFactory
 from k3stw.tunnel.session import Session, Stream
+
+
+def run_autobahn_timers_on(case: SynchronousTestCase, clock: IReactorTime) -> None:
+    """Point autobahn's timers (C{txaio.config.loop}) at C{clock} until C{case} ends."""
+    # txaio.use_twisted() sets txaio.config at import; txaio's types do not declare it.
+    case.patch(cast(Any, txaio).config, "loop", clock)
 
 
 @implementer(ITunnelTransport)
