@@ -8,7 +8,7 @@ Each agent is the real thing minus the container runtime: the handshake of
 L{k3stw.agent.join.Handshake} over real TLS (``/cacerts`` twice, the CA hash,
 ``/v1-k3s/config``, the CA files, two CSRs with the node password, which the
 server checks with scrypt), then the kubelet of
-L{k3stw.agent.service.kubelet_factory}, which registers the Node and renews
+L{k3stw.kubelet.service.KubeletService}, which registers the Node and renews
 its Lease and status every 10 s over one kept-alive connection.  Every agent
 has its own data and identity directory and node name (``storm-0001``...).
 
@@ -139,7 +139,7 @@ def _worker(reactor: Any, arguments: argparse.Namespace) -> Any:
 
     from k3stw.agent.cacerts import Fetch, https_fetcher
     from k3stw.agent.join import Handshake, Send, https_sender
-    from k3stw.agent.service import AgentConfig, kubelet_factory
+    from k3stw.agent.service import AgentConfig, kubelet_settings, node_client
     from k3stw.httpclient import HTTPSClient, HTTPStatusError, Response
     from k3stw.kubeclient import KubeAPIError, KubeClient, Object
     from k3stw.kubelet.node import LEASES_PATH, NODES_PATH
@@ -281,10 +281,9 @@ def _worker(reactor: Any, arguments: argparse.Namespace) -> Any:
         times["first_start"] = min(times["first_start"], started)
         joined = await Handshake(config.join_request(), reactor, fetch, send).run()
         shaken = time.monotonic()
-        kubelet = kubelet_factory(reactor, config)(joined)
-        assert isinstance(kubelet, KubeletService)
-        client = CountingKubeClient(kubelet.client.http, config.server_url, joined.identity.name)
-        kubelet.client = client
+        http = node_client(reactor, joined, config.server_url).http
+        client = CountingKubeClient(http, config.server_url, joined.identity.name)
+        kubelet = KubeletService(reactor, client, kubelet_settings(config, joined))
         kubelets.append(kubelet)
         clients.append(client.http)
         kubelet.startService()

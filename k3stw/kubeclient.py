@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from k3stw.httpclient import HTTPSClient
@@ -33,6 +33,33 @@ class KubeAPIError(Exception):
         self.code = code
         self.status = status
         self.reason = str(status.get("reason", ""))
+
+
+class KubeAPI(Protocol):
+    """The API as k3stw's own components use it (L{KubeClient}, or a test's fake)."""
+
+    server_url: str
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Object | list[Any] | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> Object: ...
+
+    async def watch(
+        self, path: str, params: dict[str, str], on_event: Callable[[str, Object], None]
+    ) -> None: ...
+
+    async def get(self, path: str) -> Object: ...
+
+    async def fetch_raw(self, path: str) -> bytes: ...
+
+    async def create(self, path: str, obj: Object) -> Object: ...
+
+    async def replace(self, path: str, obj: Object) -> Object: ...
 
 
 class KubeClient:

@@ -26,7 +26,16 @@ START = 1_800_000_000.0
 
 class FakeClientTests(SynchronousTestCase):
     def test_fake_has_the_client_interface(self) -> None:
-        for name in ("call", "watch", "get", "create", "replace", "merge_patch", "delete"):
+        for name in (
+            "call",
+            "watch",
+            "get",
+            "fetch_raw",
+            "create",
+            "replace",
+            "merge_patch",
+            "delete",
+        ):
             self.assertEqual(
                 inspect.signature(getattr(FakeKubeClient, name)),
                 inspect.signature(getattr(KubeClient, name)),
@@ -53,7 +62,7 @@ class KubeletServiceTests(SynchronousTestCase):
         }
         values.update(settings)
         # The fake has the client's methods (FakeClientTests); the service names the class.
-        client = cast(KubeClient, self.client)
+        client = self.client
         service = KubeletService(
             self.clock, client, KubeletConfig(**values), host_facts=lambda: FACTS
         )

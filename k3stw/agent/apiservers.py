@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from k3stw.hostport import join_host_port
-from k3stw.kubeclient import KubeClient
+from k3stw.kubeclient import KubeAPI
 from k3stw.logs import Logger
 from k3stw.machinery.informer import Informer, each_change
 from k3stw.machinery.objects import Object
@@ -82,7 +82,7 @@ class APIServerDiscovery(MultiService):
     def __init__(
         self,
         clock: IReactorTime,
-        kube: KubeClient,
+        kube: KubeAPI,
         update: Callable[[list[str]], object],
         debounce: float = 1.0,
     ) -> None:

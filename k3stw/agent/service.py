@@ -108,6 +108,20 @@ def node_client(clock: IReactorTime, joined: Joined, server_url: str) -> KubeCli
     )
 
 
+def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
+    """What the kubelet of a joined node is told."""
+    return KubeletConfig(
+        node_name=joined.identity.name,
+        node_ips=config.node_ips,
+        data_dir=str(config.data_dir),
+        external_ips=config.node_external_ips,
+        labels=config.node_labels,
+        taints=config.node_taints,
+        is_server=config.is_server,
+        port=config.kubelet_args.port,
+    )
+
+
 def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
     """The real kubelet: the API reached with the node's own client certificate."""
 
@@ -118,17 +132,7 @@ def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
                 args=", ".join(config.kubelet_args.ignored),
             )
         client = node_client(clock, joined, config.server_url)
-        settings = KubeletConfig(
-            node_name=joined.identity.name,
-            node_ips=config.node_ips,
-            data_dir=str(config.data_dir),
-            external_ips=config.node_external_ips,
-            labels=config.node_labels,
-            taints=config.node_taints,
-            is_server=config.is_server,
-            port=config.kubelet_args.port,
-        )
-        return KubeletService(clock, client, settings)
+        return KubeletService(clock, client, kubelet_settings(config, joined))
 
     return make
 

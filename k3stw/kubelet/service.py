@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
 
 from k3stw.httpclient import RequestFailed
-from k3stw.kubeclient import KubeAPIError, KubeClient
+from k3stw.kubeclient import KubeAPI, KubeAPIError
 from k3stw.kubelet.config import KubeletConfig
 from k3stw.kubelet.hostinfo import HostFacts, read_host_facts
 from k3stw.kubelet.node import (
@@ -76,7 +76,7 @@ class KubeletService(MultiService):
     def __init__(
         self,
         clock: IReactorTime,
-        client: KubeClient,
+        client: KubeAPI,
         config: KubeletConfig,
         host_facts: Callable[[], HostFacts] | None = None,
         jitter: Callable[[], float] = random.random,

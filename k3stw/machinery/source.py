@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from k3stw.kubeclient import KubeAPIError, KubeClient
+from k3stw.kubeclient import KubeAPI, KubeAPIError
 from k3stw.machinery.objects import Object
 
 #: Told of each watch event: its type (ADDED, MODIFIED, DELETED, BOOKMARK) and object.
@@ -105,7 +105,7 @@ class HTTPSource:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: KubeAPI,
         path: str,
         params: dict[str, str] | None = None,
         chance: Callable[[], float] = random.random,

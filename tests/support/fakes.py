@@ -58,6 +58,7 @@ class FakeKubeClient:
         self.server_url = "https://127.0.0.1:6443"
         self.clock = clock
         self.objects: dict[str, Object] = {}
+        self.raw: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
         self.hang = False
         self.failures: list[Exception] = []
@@ -172,6 +173,15 @@ class FakeKubeClient:
 
     async def get(self, path: str) -> Object:
         return await self.call("GET", path)
+
+    async def fetch_raw(self, path: str) -> bytes:
+        """The supervisor's paths: whatever the test put in L{raw}."""
+        self.requests.append(("GET", path))
+        if self.down:
+            raise ConnectionRefusedError("Connection was refused by other side")
+        if path not in self.raw:
+            raise api_error("GET", path, 404, "NotFound", "404 page not found")
+        return self.raw[path]
 
     async def create(self, path: str, obj: Object) -> Object:
         return await self.call("POST", path, obj)
