@@ -48,10 +48,6 @@ def boolean_field(*path: str) -> FieldGetter:
     return lambda obj: "true" if get_path(obj, *path) is True else "false"
 
 
-def integer_field(*path: str) -> FieldGetter:
-    return lambda obj: str(get_path(obj, *path) or 0)
-
-
 NAME = field_path("metadata", "name")
 NAMESPACE = field_path("metadata", "namespace")
 

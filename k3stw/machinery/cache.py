@@ -110,9 +110,6 @@ class Indexer:
         except KeyError:
             raise KeyError(f"no index {index!r}") from None
 
-    def has_index(self, index: str) -> bool:
-        return index in self._functions
-
     def add_index(self, name: str, function: IndexFunc) -> None:
         """Keep another index (of the objects held now, too); adding one twice is harmless."""
         if name in self._functions:

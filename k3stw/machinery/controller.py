@@ -15,7 +15,6 @@ from twisted.internet.interfaces import IReactorTime
 
 from k3stw.logs import Logger
 from k3stw.machinery.informer import EventHandler, Informer, enqueue_keys
-from k3stw.machinery.objects import Object, object_key
 from k3stw.machinery.timing import Backoff
 from k3stw.machinery.workqueue import RATE_LIMIT, QueueShutDown, WorkQueue
 
@@ -59,9 +58,6 @@ class Controller(MultiService):
 
     def enqueue(self, key: str) -> None:
         self.queue.add(key)
-
-    def enqueue_object(self, obj: Object) -> None:
-        self.queue.add(object_key(obj))
 
     def enqueue_handler(self) -> EventHandler:
         """A handler that enqueues the key of every object that changes."""

@@ -314,10 +314,6 @@ class Informer(Service):
             for obj in self.cache.list():
                 self._core.tell("on_add", obj)
 
-    def remove_handler(self, handler: EventHandler) -> None:
-        if handler in self._core.handlers:
-            self._core.handlers.remove(handler)
-
     def add_index(self, name: str, function: IndexFunc) -> None:
         self.cache.add_index(name, function)
 
