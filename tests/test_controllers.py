@@ -15,7 +15,7 @@ from k3stw.apiserver.kinds import crds
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import LEASE_PREFIX, APIServerEndpoints
-from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.garbage import OWNED_OR_DELETING, GarbageCollector
 from k3stw.datastore.memory import MemoryDatastore
 from k3stw.machinery.objects import Object
 from k3stw.supervisor.nodecontroller import NodePasswordController
@@ -127,6 +127,19 @@ class GarbageCollectorTests(SynchronousTestCase):
         self.assertFalse(self.server.exists("", "configmaps", "a", "team"))
         self.assertFalse(self.server.exists("", "secrets", "s", "team"))
         self.assertFalse(self.server.exists("", "namespaces", "team"))
+
+    def test_its_caches_hold_only_the_metadata_of_what_it_may_act_on(self) -> None:
+        owner = self.server.create(
+            "",
+            "configmaps",
+            {"metadata": {"name": "owner"}, "data": {"big": "x" * 1000}},
+            "default",
+        )
+        self.server.create("", "configmaps", owned_by(owner, "child", data={"k": "v"}), "default")
+        configmaps = self.server.resource("", "configmaps")
+        cached = self.server.informers.for_resource(configmaps, OWNED_OR_DELETING).cache.list()
+        self.assertEqual([obj["metadata"]["name"] for obj in cached], ["child"])
+        self.assertEqual(set(cached[0]), {"apiVersion", "kind", "metadata"})
 
     def test_custom_resources_are_followed_as_their_crd_is_served(self) -> None:
         self.server.create("apiextensions.k8s.io", "customresourcedefinitions", widget_crd())

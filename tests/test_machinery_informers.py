@@ -22,7 +22,7 @@ from k3stw.machinery.cache import (
     by_owner_uid,
 )
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler, Informer, SharedInformers
+from k3stw.machinery.informer import EventHandler, Informer, Retention, SharedInformers
 from k3stw.machinery.objects import Object
 from k3stw.machinery.source import Expired, IListWatch
 from k3stw.machinery.timing import Backoff
@@ -256,6 +256,24 @@ class InformerTests(SynchronousTestCase):
         self.source.send("ADDED", "a", "default")
         self.assertEqual(self.recorder.events, [("add", "a")])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_retention_keeps_only_some_objects_yet_tells_of_all(self) -> None:
+        kept = Retention(
+            keep=lambda obj: "spec" in obj, trim=lambda obj: {"metadata": obj["metadata"]}
+        )
+        informer = Informer(self.source, self.clock, retention=kept)
+        heard = Recorder()
+        informer.add_handler(heard.handler())
+        informer.startService()
+        self.addCleanup(informer.stopService)
+        self.source.send("ADDED", "plain", "default")
+        self.source.send("ADDED", "special", "default", spec={"x": 1})
+        self.assertEqual(informer.cache.keys(), ["default/special"])
+        self.assertEqual(
+            informer.get("default/special"),
+            {"metadata": self.source.objects["default/special"]["metadata"]},
+        )
+        self.assertEqual(heard.events, [("add", "plain"), ("add", "special")])
 
     def test_a_late_handler_hears_of_what_is_held(self) -> None:
         self.source.put("a", "default")

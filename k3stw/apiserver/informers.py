@@ -5,6 +5,8 @@ Informers on a server: the object store as an informer's source, in process
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -13,7 +15,7 @@ from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore, Predicate
 from k3stw.datastore.interface import Compacted, IWatch, WatchOverflow
-from k3stw.machinery.informer import Informer, SharedInformers
+from k3stw.machinery.informer import EVERYTHING, Informer, Retention, SharedInformers
 from k3stw.machinery.source import EventSink, Expired, IListWatch, IWatchStream, Listed
 
 
@@ -79,18 +81,39 @@ class StoreSource:
         return _StoreWatch(watch)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """
+    Which of a resource's objects an informer follows: those of one namespace
+    that a predicate selects (at the source: the rest never arrive), and what
+    its cache retains of them.  Loops that ask for the same selection, by its
+    name, share one informer.
+    """
+
+    name: str
+    namespace: str | None = None
+    predicate: Predicate | None = None
+    retention: Retention = EVERYTHING
+
+
+#: Every object of the resource, cached whole.
+ALL = Selection("all")
+
+
 class ServerInformers(SharedInformers):
-    """A server's shared informers: one per resource (all namespaces), on its object store."""
+    """A server's shared informers: one per resource and selection, on its object store."""
 
     def __init__(self, store: ObjectStore) -> None:
         super().__init__(store.clock)
         self.store = store
 
-    def for_resource(self, resource: ResourceType) -> Informer:
-        """The informer of every C{resource} object (keyed by group and plural)."""
+    def for_resource(self, resource: ResourceType, selection: Selection = ALL) -> Informer:
+        """The informer of the C{resource} objects C{selection} names."""
         return self.informer(
-            (resource.group, resource.plural), lambda: StoreSource(self.store, resource)
+            (resource.group, resource.plural, selection.name),
+            lambda: StoreSource(self.store, resource, selection.namespace, selection.predicate),
+            selection.retention,
         )
 
-    def forget_resource(self, resource: ResourceType) -> None:
-        self.forget((resource.group, resource.plural))
+    def forget_resource(self, resource: ResourceType, selection: Selection = ALL) -> None:
+        self.forget((resource.group, resource.plural, selection.name))

@@ -16,7 +16,7 @@ import ipaddress
 
 from twisted.internet.defer import Deferred
 
-from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.informers import Selection, ServerInformers
 from k3stw.apiserver.kinds import endpoints, endpointslices, services
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
@@ -25,7 +25,7 @@ from k3stw.controllers import TRANSIENT
 from k3stw.datastore.interface import KeyExists, KeyNotFound
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import Informer, each_change
-from k3stw.machinery.objects import Object, object_key
+from k3stw.machinery.objects import Object, name_of
 from k3stw.machinery.timing import PeriodicJob
 
 LEASE_PREFIX = "/registry/masterleases/"
@@ -34,6 +34,10 @@ RENEW_SECONDS = 10.0
 SERVICE = "kubernetes"
 #: The one key this controller syncs: ``default/kubernetes``.
 KEY = f"default/{SERVICE}"
+#: The one object of each kind it follows.
+KUBERNETES = Selection(
+    "kubernetes-service", namespace="default", predicate=lambda obj: name_of(obj) == SERVICE
+)
 
 
 def _address_type(address: str) -> str:
@@ -63,9 +67,9 @@ class APIServerEndpoints(Controller):
         port: int,
         cluster_ip: str,
     ) -> None:
-        self.service_informer = informers.for_resource(services.RESOURCE)
-        self.endpoints_informer = informers.for_resource(endpoints.RESOURCE)
-        self.slices_informer = informers.for_resource(endpointslices.RESOURCE)
+        self.service_informer = informers.for_resource(services.RESOURCE, KUBERNETES)
+        self.endpoints_informer = informers.for_resource(endpoints.RESOURCE, KUBERNETES)
+        self.slices_informer = informers.for_resource(endpointslices.RESOURCE, KUBERNETES)
         cached = [self.service_informer, self.endpoints_informer, self.slices_informer]
         super().__init__(store.clock, cached)
         self.store = store
@@ -88,8 +92,7 @@ class APIServerEndpoints(Controller):
         return LEASE_PREFIX + self.address
 
     def _changed(self, obj: Object) -> None:
-        if object_key(obj) == KEY:
-            self.enqueue(KEY)
+        self.enqueue(KEY)
 
     def stopService(self) -> Deferred[None] | None:
         """Stop renewing and give up this server's lease, so it leaves the endpoints now."""

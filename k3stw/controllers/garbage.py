@@ -3,10 +3,13 @@ Deletion that reaches beyond one object: dependents by ownerReferences
 (background, foreground and orphan propagation) and everything in a
 namespace that is being deleted.
 
-The collector follows every served resource through the shared informers
-(an index by owner uid in each), and works through the object store, so
-finalizers and every other rule of deletion still apply.  Its keys name one
-object of one resource: ``<plural>[.<group>]/<namespace>/<name>``.
+The collector hears of every change to every served resource through the
+shared informers, but its caches hold only what it may act on: the metadata
+of objects that have owners or are being deleted (indexed by uid and owner
+uid), as kube-controller-manager's metadata informers do.  Owners it does
+not hold are looked up in the object store, through which it also does all
+its work, so finalizers and every other rule of deletion still apply.  Its
+keys name one object of one resource: ``<plural>[.<group>]/<namespace>/<name>``.
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.informers import Selection, ServerInformers
 from k3stw.apiserver.kinds import namespaces
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
-from k3stw.machinery.cache import NAMESPACE, OWNER_UID, UID, by_owner_uid, by_uid
+from k3stw.machinery.cache import OWNER_UID, UID, by_owner_uid, by_uid
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.informer import EventHandler, Informer, Retention
 from k3stw.machinery.objects import (
     Object,
     is_deleting,
     join_key,
     metadata,
+    metadata_only,
     name_of,
     namespace_of,
     owner_references,
@@ -41,6 +45,17 @@ ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
 #: Wait before looking again at work that could not finish (a dependent still has finalizers).
 RETRY_SECONDS = 1.0
+
+
+def needs_attention(obj: Object) -> bool:
+    """Whether collection could have work on C{obj}: most objects need none, and cost nothing."""
+    return bool(owner_references(obj) or is_deleting(obj))
+
+
+#: What the collector's caches hold.
+OWNED_OR_DELETING = Selection(
+    "garbage-collection", retention=Retention(keep=needs_attention, trim=metadata_only)
+)
 
 
 def resource_name(resource: ResourceType) -> str:
@@ -87,10 +102,10 @@ class GarbageCollector(Controller):
         for name in list(self._followed.keys() - served.keys()):
             resource, informer = self._followed.pop(name)
             if resource.crd:
-                self.shared.forget_resource(resource)
+                self.shared.forget_resource(resource, OWNED_OR_DELETING)
         for name, resource in served.items():
             if name not in self._followed:
-                informer = self.shared.for_resource(resource)
+                informer = self.shared.for_resource(resource, OWNED_OR_DELETING)
                 informer.add_index(UID, by_uid)
                 informer.add_index(OWNER_UID, by_owner_uid)
                 informer.add_handler(self._handler(resource))
@@ -98,7 +113,7 @@ class GarbageCollector(Controller):
 
     def _handler(self, resource: ResourceType) -> EventHandler:
         def changed(obj: Object) -> None:
-            if owner_references(obj) or is_deleting(obj):
+            if needs_attention(obj):
                 self.enqueue(self._ref(resource, obj).key)
 
         def deleted(obj: Object) -> None:
@@ -162,7 +177,7 @@ class GarbageCollector(Controller):
             return
         if is_deleting(obj):
             if ref.resource is namespaces.RESOURCE:
-                if not await self._terminate_namespace(ref, obj):
+                if not await self._terminate_namespace(ref.name):
                     self.queue.add_after(key, RETRY_SECONDS)
                 return
             finalizers = metadata(obj).get("finalizers") or []
@@ -251,20 +266,21 @@ class GarbageCollector(Controller):
 
         await self.store.guaranteed_update(ref.resource, ref.namespace, ref.name, drop)
 
-    async def _terminate_namespace(self, ref: ObjectRef, namespace: Object) -> bool:
+    async def _terminate_namespace(self, name: str) -> bool:
         """Delete everything in a terminating namespace, then the namespace itself."""
+        namespace = self.namespaces.get(name)
+        if namespace is None:
+            return True
         remaining = 0
-        for resource, informer in list(self._followed.values()):
+        for resource in self.registry:
             if not resource.namespaced:
                 continue
-            if not informer.synced:
-                return False  # a new custom resource's cache is still filling
-            for obj in informer.cache.by_index(NAMESPACE, ref.name):
+            for obj in (await self.store.list(resource, name)).items:
                 remaining += 1
                 if is_deleting(obj):
                     continue
                 try:
-                    await self.store.delete(resource, ref.name, name_of(obj))
+                    await self.store.delete(resource, name, name_of(obj))
                 except StatusError as e:
                     if e.code != 404:
                         raise
@@ -280,11 +296,11 @@ class GarbageCollector(Controller):
                     del spec["finalizers"]
                 return current
 
-            await self.store.guaranteed_update(namespaces.RESOURCE, None, ref.name, finalize)
+            await self.store.guaranteed_update(namespaces.RESOURCE, None, name, finalize)
         try:
-            await self.store.delete(namespaces.RESOURCE, None, ref.name)
+            await self.store.delete(namespaces.RESOURCE, None, name)
         except StatusError as e:
             if e.code != 404:
                 raise
-        self._log.info("namespace {name} deleted", name=ref.name)
+        self._log.info("namespace {name} deleted", name=name)
         return True

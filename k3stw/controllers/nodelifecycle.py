@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.informers import Selection, ServerInformers
 from k3stw.apiserver.kinds import leases, nodes
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
@@ -41,6 +41,8 @@ UNKNOWN_REASON = "NodeStatusUnknown"
 UNKNOWN_MESSAGE = "Kubelet stopped posting node status."
 NEVER_REASON = "NodeStatusNeverUpdated"
 NEVER_MESSAGE = "Kubelet never posted node status."
+#: The Leases that show nodes alive.
+NODE_LEASES = Selection("node-leases", namespace=LEASE_NAMESPACE)
 #: A node is looked at again this long after its grace period would end (timers are not exact).
 _SLACK = 0.1
 
@@ -69,7 +71,7 @@ class NodeLifecycleController(Controller):
         self, informers: ServerInformers, store: ObjectStore, grace_period: float = 40.0
     ) -> None:
         self.nodes = informers.for_resource(nodes.RESOURCE)
-        self.leases = informers.for_resource(leases.RESOURCE)
+        self.leases = informers.for_resource(leases.RESOURCE, NODE_LEASES)
         super().__init__(store.clock, [self.nodes, self.leases])
         self.store = store
         self.grace_period = grace_period
@@ -78,8 +80,7 @@ class NodeLifecycleController(Controller):
         self.leases.add_handler(each_change(self._lease_changed))
 
     def _lease_changed(self, lease: Object) -> None:
-        if get_path(lease, "metadata", "namespace") == LEASE_NAMESPACE:
-            self.enqueue(name_of(lease))
+        self.enqueue(name_of(lease))
 
     async def sync(self, key: str) -> None:
         node = self.nodes.get(key)

@@ -84,6 +84,23 @@ class _Inputs(Protocol):
         "The back-off is over."
 
 
+@dataclass(frozen=True)
+class Retention:
+    """
+    What an informer's cache keeps of the objects its handlers hear of: only
+    those C{keep} accepts, each as C{trim} leaves it (client-go's transform).
+    A loop that acts on few of many objects (the garbage collector) hears of
+    every change and holds only what it may act on.
+    """
+
+    keep: Callable[[Object], bool] = lambda obj: True
+    trim: Callable[[Object], Object] = lambda obj: obj
+
+
+#: Keep every object whole.
+EVERYTHING = Retention()
+
+
 @dataclass
 class _Core:
     """What the informer keeps whatever its state."""
@@ -92,6 +109,7 @@ class _Core:
     clock: IReactorTime
     backoff: Backoff
     cache: Indexer
+    retention: Retention = EVERYTHING
     handlers: list[EventHandler] = field(default_factory=list)
     resource_version: str = ""
     failures: int = 0
@@ -105,7 +123,7 @@ class _Core:
         if version:
             self.resource_version = str(version)
         if kind in ("ADDED", "MODIFIED"):
-            old = self.cache.upsert(obj)
+            old = self._hold(obj)
             if old is None:
                 self.tell("on_add", obj)
             else:
@@ -114,11 +132,18 @@ class _Core:
             self.cache.remove(object_key(obj))
             self.tell("on_delete", obj)
 
+    def _hold(self, obj: Object) -> Object | None:
+        """Cache C{obj} if it is kept (else forget its key); what was held before."""
+        if self.retention.keep(obj):
+            return self.cache.upsert(self.retention.trim(obj))
+        return self.cache.remove(object_key(obj))
+
     def replace(self, result: Listed) -> None:
         """A fresh list: the cache holds exactly it; the handlers hear what changed."""
         self.resource_version = result.resource_version
         self.failures = 0
-        changes = self.cache.replace(result.items)
+        retention = self.retention
+        changes = self.cache.replace(retention.trim(o) for o in result.items if retention.keep(o))
         for obj in changes.added:
             self.tell("on_add", obj)
         for old, new in changes.updated:
@@ -280,6 +305,7 @@ class Informer(Service):
 
     :param source: where the objects come from.
     :param indexes: the cache's indexes (more can be added with L{add_index}).
+    :param retention: what the cache keeps of what the handlers hear of.
     """
 
     def __init__(
@@ -288,10 +314,11 @@ class Informer(Service):
         clock: IReactorTime,
         indexes: Mapping[str, IndexFunc] = DEFAULT_INDEXES,
         backoff: Backoff = RELIST_BACKOFF,
+        retention: Retention = EVERYTHING,
     ) -> None:
         self.source = source
         self.cache = Indexer(indexes)
-        self._core = _Core(source, clock, backoff, self.cache)
+        self._core = _Core(source, clock, backoff, self.cache, retention)
         self._machine = _Machine(self._core)
 
     @property
@@ -341,11 +368,13 @@ class SharedInformers(MultiService):
         self.clock = clock
         self._informers: dict[object, Informer] = {}
 
-    def informer(self, key: object, source: Callable[[], IListWatch]) -> Informer:
+    def informer(
+        self, key: object, source: Callable[[], IListWatch], retention: Retention = EVERYTHING
+    ) -> Informer:
         """The informer for C{key}; C{source} makes its source the first time."""
         found = self._informers.get(key)
         if found is None:
-            found = self._informers[key] = Informer(source(), self.clock)
+            found = self._informers[key] = Informer(source(), self.clock, retention=retention)
             found.setServiceParent(self)
         return found
 

@@ -8,14 +8,14 @@ it is ten minutes old.
 
 from __future__ import annotations
 
-from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.informers import Selection, ServerInformers
 from k3stw.apiserver.kinds import nodes, secrets
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import each_change
-from k3stw.machinery.objects import Object, join_key, name_of, namespace_of, owner_references
+from k3stw.machinery.objects import Object, join_key, name_of, owner_references
 from k3stw.machinery.times import parse_time
 from k3stw.supervisor.nodepassword import (
     SECRET_NAMESPACE,
@@ -24,6 +24,12 @@ from k3stw.supervisor.nodepassword import (
     secret_name,
 )
 
+#: The node-password secrets: this loop holds no other secret.
+PASSWORD_SECRETS = Selection(
+    "node-passwords",
+    namespace=SECRET_NAMESPACE,
+    predicate=lambda secret: secret.get("type") == SECRET_TYPE,
+)
 #: How old a password secret of a node that never registered must be before it goes.
 MIN_ORPHAN_AGE = 600.0
 
@@ -38,7 +44,7 @@ class NodePasswordController(Controller):
         self, informers: ServerInformers, store: ObjectStore, min_orphan_age: float = MIN_ORPHAN_AGE
     ) -> None:
         self.nodes = informers.for_resource(nodes.RESOURCE)
-        self.secrets = informers.for_resource(secrets.RESOURCE)
+        self.secrets = informers.for_resource(secrets.RESOURCE, PASSWORD_SECRETS)
         super().__init__(store.clock, [self.nodes, self.secrets])
         self.store = store
         self.min_orphan_age = min_orphan_age
@@ -47,11 +53,7 @@ class NodePasswordController(Controller):
 
     def _secret_changed(self, secret: Object) -> None:
         name = name_of(secret)
-        if (
-            namespace_of(secret) == SECRET_NAMESPACE
-            and secret.get("type") == SECRET_TYPE
-            and name.endswith(SECRET_SUFFIX)
-        ):
+        if name.endswith(SECRET_SUFFIX):
             self.enqueue(name.removesuffix(SECRET_SUFFIX))
 
     async def sync(self, key: str) -> None:
