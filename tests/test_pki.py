@@ -441,6 +441,51 @@ class KubeconfigTests(SynchronousTestCase):
         self.ca = new_ca("ca", NOW)
         self.admin = new_leaf(self.ca, "system:admin", Usage.CLIENT, NOW, ["system:masters"])
 
+    def test_written_exactly_as_pyyaml_writes_it(self) -> None:
+        """The template is PyYAML's safe_dump of the document, byte for byte; odd URLs quoted."""
+
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode("ascii")
+
+        for url in (
+            "https://127.0.0.1:6443",
+            "https://[2001:db8::1]:6443",
+            "https://k3s.example.com:6443",
+            "https://weird host:6443/#x",
+        ):
+            document = {
+                "apiVersion": "v1",
+                "clusters": [
+                    {
+                        "cluster": {
+                            "certificate-authority-data": b64(self.ca.certificate_pem),
+                            "server": url,
+                        },
+                        "name": "default",
+                    }
+                ],
+                "contexts": [
+                    {"context": {"cluster": "default", "user": "default"}, "name": "default"}
+                ],
+                "current-context": "default",
+                "kind": "Config",
+                "preferences": {},
+                "users": [
+                    {
+                        "name": "default",
+                        "user": {
+                            "client-certificate-data": b64(self.admin.certificate_pem),
+                            "client-key-data": b64(self.admin.key_pem),
+                        },
+                    }
+                ],
+            }
+            rendered = render_kubeconfig(url, self.ca.certificate_pem, self.admin)
+            self.assertEqual(yaml.safe_load(rendered), document, url)
+            if " " not in url:
+                expected = yaml.safe_dump(document, default_flow_style=False).encode()
+                self.assertEqual(rendered, expected, url)
+
     def test_shape(self) -> None:
         """One cluster, user and context named default, with the CA and admin pair inline."""
         document = yaml.safe_load(

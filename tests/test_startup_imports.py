@@ -165,6 +165,10 @@ class ServerImportTests(SynchronousTestCase):
         """hypothesis is for tests only; on SQLite, no PostgreSQL or MySQL driver."""
         self.assertEqual(loaded(server_modules(), "hypothesis", "psycopg", "pymysql"), [])
 
+    def test_no_yaml_for_an_empty_config(self) -> None:
+        """PyYAML (about a megabyte) loads only to read a config file that says something."""
+        self.assertEqual(loaded(server_modules(), "yaml"), [])
+
     def test_no_websocket_before_a_tunnel(self) -> None:
         """autobahn (about 5 MiB) and the tunnel protocol load with the first tunnel
         (k3stw.supervisor.connect); the tunnel registry alone needs neither, nor
@@ -252,7 +256,7 @@ class AgentProcessTests(SynchronousTestCase):
         modules = agent_process().modules
         self.assertIn("k3stw.kubelet.api", modules)
         self.assertIn("k3stw.tunnel.session", modules)
-        self.assertEqual(loaded(modules, *SERVER_HALF), [])
+        self.assertEqual(loaded(modules, *SERVER_HALF, "yaml"), [])
 
     def test_stops_when_its_reactor_stops(self) -> None:
         """With its tunnel open, the agent still ends by itself once its reactor stops."""

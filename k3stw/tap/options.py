@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-import yaml
 from twisted.python import usage
 
 from k3stw.pki.token import InvalidToken, Token, parse_token
@@ -351,17 +350,31 @@ def _config_files(main: Path) -> list[Path]:
     return found
 
 
-class _ConfigLoader(yaml.SafeLoader):
+def _parse_config(text: str, path: Path) -> object:
     """
-    YAML without implicit numbers: ``0644`` stays the text a file mode needs
-    (YAML 1.1 would read it as 420) and every value is parsed by its flag.
+    A config file's YAML, without implicit numbers: ``0644`` stays the text a
+    file mode needs (YAML 1.1 would read it as 420) and every value is parsed
+    by its flag.  PyYAML (a megabyte of memory) loads only for a file that
+    says something.
     """
+    if not text.strip():
+        return None
+    import yaml
 
+    class ConfigLoader(yaml.SafeLoader):
+        pass
 
-_ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if not tag.endswith((":int", ":float"))]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    ConfigLoader.yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers if not tag.endswith((":int", ":float"))]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    try:
+        return yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigurationError(f"config file {path} is not valid YAML{line}") from None
 
 
 def load_config_file(path: Path, required: bool) -> dict[str, tuple[object, str]]:
@@ -379,13 +392,12 @@ def load_config_file(path: Path, required: bool) -> dict[str, tuple[object, str]
     merged: dict[str, tuple[object, str]] = {}
     for each in _config_files(path):
         try:
-            document = yaml.load(each.read_text(encoding="utf-8"), Loader=_ConfigLoader)
+            text = each.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigurationError(f"cannot read config file {each}: {e.strerror}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            where = getattr(e, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where is not None else ""
-            raise ConfigurationError(f"config file {each} is not valid YAML{line}") from None
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"config file {each} is not valid YAML") from None
+        document = _parse_config(text, each)
         if document is None:
             continue
         if not isinstance(document, dict):
