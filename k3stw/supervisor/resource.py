@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -25,9 +25,21 @@ class Readiness:
 
     def __init__(self) -> None:
         self.ready = False
+        self._waiters: list[Deferred[None]] = []
 
     def mark_ready(self) -> None:
         self.ready = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once the server is ready."""
+        if self.ready:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
 
 class StatusErrorResource(Resource):

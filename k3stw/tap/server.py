@@ -66,10 +66,13 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     set_debug(options["debug"])
+    from k3stw.lifecycle import settle_memory
     from k3stw.server.service import build_server, prepare_server
 
     try:
         config = server_config(options)
-        return build_server(config, prepare_server(config), reactor)
+        server = build_server(config, prepare_server(config), reactor)
     except (StartupError, ConfigurationError, EndpointError) as e:
         raise SystemExit(f"k3s-server: {e}") from None
+    server.readiness.when_ready().addCallback(lambda _: settle_memory())
+    return server
