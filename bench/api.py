@@ -645,7 +645,8 @@ async def start_server(
     base = f"https://{host}:{port}"
     tls = work / "data" / "server" / "tls"
     deadline = time.perf_counter() + START_LIMIT
-    while not (tls / "client-admin.key").exists():
+    # The key is written before the certificate: wait for both.
+    while not ((tls / "client-admin.key").exists() and (tls / "client-admin.crt").exists()):
         if process.poll() is not None or time.perf_counter() > deadline:
             raise RuntimeError(f"{name} wrote no certificates:\n{log.read_text()[-2000:]}")
         await deferLater(reactor, 0.1, lambda: None)
