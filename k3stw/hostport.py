@@ -6,8 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 
 #: The endpoint of a ``host:port`` address.
 Dial = Callable[[str], IStreamClientEndpoint]
@@ -59,3 +61,21 @@ def hostname_dialer(reactor: Any, timeout: float = 10.0) -> Dial:
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
     return dial
+
+
+class _OneProtocol(Factory[Protocol]):
+    # Twisted's connectProtocol logs "Starting factory <... object at 0x...>" and
+    # "Stopping factory" around every connection: nothing a user can act on.
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._protocol
+
+
+def connect_protocol(endpoint: IStreamClientEndpoint, protocol: Protocol) -> Deferred[IProtocol]:
+    """Twisted's C{connectProtocol}, without its two log lines per connection."""
+    connecting: Deferred[IProtocol] = endpoint.connect(_OneProtocol(protocol))
+    return connecting

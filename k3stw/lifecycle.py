@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,23 @@ def _exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def notify_systemd(state: str) -> None:
+    """
+    Tell systemd C{state} (``READY=1``) when it started us as a
+    ``Type=notify`` unit, as k3s does once it is up; otherwise do nothing.
+    """
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    # A leading "@" names a socket in the abstract namespace.
+    address = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(state.encode(), address)
+    except OSError as e:
+        _log.warn("could not notify systemd ({state}): {error}", state=state, error=e)
 
 
 def settle_memory() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.agent.tunnels import TunnelSet
@@ -63,3 +66,22 @@ class TunnelSetTests(SynchronousTestCase):
         # The same list again changes nothing.
         self.tunnels.follow(["127.0.0.1:6443"])
         self.assertEqual(len(self.changes), 1)
+
+    def test_each_failed_dial_is_one_line_naming_the_server_and_the_error(self) -> None:
+        """A server that refuses the tunnel: every retry says which and why, in k3s's words."""
+        with capturedLogs() as events:
+            self.tunnels.follow(["127.0.0.1:6443"])
+            for _ in range(3):
+                factory = self.reactor.tcpClients[-1][2]
+                factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+                self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 4)
+        lines = [(event["log_level"], formatEvent(event)) for event in events]
+        failures = [text for level, text in lines if level is LogLevel.warn]
+        self.assertEqual(len(failures), 3, lines)
+        for text in failures:
+            self.assertIn("Failed to connect to proxy wss://127.0.0.1:6443/v1-k3s/connect", text)
+            self.assertIn("Connection was refused by other side; retrying in 1 s", text)
+        for _, text in lines:
+            self.assertNotIn("object at 0x", text)
+            self.assertNotIn("Scheduling retry", text)

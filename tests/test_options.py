@@ -67,16 +67,20 @@ class DefaultsTests(OptionsTestCase):
         self.assertIs(options["disable-agent"], False)
         self.assertEqual(options.sources["https-listen-port"], "default")
 
-    def test_data_dir_and_kubeconfig_depend_on_the_user(self) -> None:
-        """Root gets /var/lib/rancher/k3s and /etc/rancher/k3s/k3s.yaml, others ~/.rancher/k3s."""
+    def test_data_dir_and_kubeconfig_of_root(self) -> None:
+        """Root gets /var/lib/rancher/k3s and /etc/rancher/k3s/k3s.yaml."""
+        self.patch(os, "geteuid", lambda: 0)
         options = parse(server.Options, [])
-        if os.geteuid() == 0:
-            self.assertEqual(options["data-dir"], "/var/lib/rancher/k3s")
-            self.assertEqual(options["write-kubeconfig"], "/etc/rancher/k3s/k3s.yaml")
-        else:
-            home = os.path.expanduser("~/.rancher/k3s")
-            self.assertEqual(options["data-dir"], home)
-            self.assertEqual(options["write-kubeconfig"], home + "/server/cred/admin.kubeconfig")
+        self.assertEqual(options["data-dir"], "/var/lib/rancher/k3s")
+        self.assertEqual(options["write-kubeconfig"], "/etc/rancher/k3s/k3s.yaml")
+
+    def test_data_dir_and_kubeconfig_of_an_ordinary_user(self) -> None:
+        """Anyone else gets k3s's rootless paths: ~/.rancher/k3s and ~/.kube/k3s.yaml."""
+        self.patch(os, "geteuid", lambda: 1000)
+        self.patch(os, "environ", {**os.environ, "HOME": "/home/edge"})
+        options = parse(server.Options, [])
+        self.assertEqual(options["data-dir"], "/home/edge/.rancher/k3s")
+        self.assertEqual(options["write-kubeconfig"], "/home/edge/.kube/k3s.yaml")
 
     def test_agent_defaults(self) -> None:
         """An agent's load balancer listens on 6444 by default."""
@@ -418,3 +422,63 @@ class DebugTests(OptionsTestCase):
             logs.set_debug(True)
             log.debug("now shown")
         self.assertEqual([e["log_format"] for e in events], ["shown", "now shown"])
+
+
+class TwistdDefaultsTests(OptionsTestCase):
+    """What the plugins settle of twistd's own options (they run as its sub-commands)."""
+
+    def twistd(self, data_dir: Path, **given: Any) -> dict[str, Any]:
+        """Parse a server's options under a stand-in for twistd's, as twistd would."""
+        parent: dict[str, Any] = {"pidfile": "twistd.pid", "logger": None, "logfile": None}
+        parent.update(given)
+        options = server.Options(environ={"K3S_CONFIG_FILE": os.devnull})
+        options.parent = parent  # type: ignore[attr-defined]
+        options.parseOptions(["--data-dir", str(data_dir)])
+        return parent
+
+    def test_the_pidfile_lives_in_the_data_dir(self) -> None:
+        """Two servers started from one directory no longer collide on ./twistd.pid."""
+        data_dir = Path(self.mktemp())
+        self.assertEqual(self.twistd(data_dir)["pidfile"], str(data_dir / "k3stw.pid"))
+        self.assertTrue(data_dir.is_dir())
+
+    def test_a_given_pidfile_is_kept(self) -> None:
+        for given in ("", "/run/k3s.pid"):
+            self.assertEqual(self.twistd(Path(self.mktemp()), pidfile=given)["pidfile"], given)
+
+    def test_a_data_dir_in_use_is_one_line_that_says_what_to_do(self) -> None:
+        data_dir = Path(self.mktemp())
+        data_dir.mkdir()
+        (data_dir / "k3stw.pid").write_text(str(os.getpid()))
+        with self.assertRaises(SystemExit) as caught:
+            self.twistd(data_dir)
+        message = str(caught.exception.code)
+        self.assertEqual(len(message.splitlines()), 1)
+        for fragment in (f"PID {os.getpid()}", str(data_dir), "its own --data-dir"):
+            self.assertIn(fragment, message)
+
+    def test_a_stale_pidfile_is_left_to_twistd(self) -> None:
+        data_dir = Path(self.mktemp())
+        data_dir.mkdir()
+        (data_dir / "k3stw.pid").write_text("999999999")
+        self.assertEqual(self.twistd(data_dir)["pidfile"], str(data_dir / "k3stw.pid"))
+
+    def test_a_data_dir_that_cannot_be_made_is_one_line(self) -> None:
+        blocker = Path(self.mktemp())
+        blocker.write_text("a file, not a directory")
+        with self.assertRaises(SystemExit) as caught:
+            self.twistd(blocker / "data")
+        self.assertIn(f"cannot create --data-dir {blocker / 'data'}", str(caught.exception.code))
+
+    def test_journal_output_under_systemd(self) -> None:
+        """When systemd gives standard output to the journal, lines carry its priorities."""
+        status = os.fstat(1)
+        self.patch(
+            os, "environ", {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+        )
+        parent = self.twistd(Path(self.mktemp()))
+        self.assertEqual(parent["logger"], "k3stw.logs.journal_observer")
+        # Not when the user chose a log file, nor without the journal.
+        self.assertIsNone(self.twistd(Path(self.mktemp()), logfile="k3s.log")["logger"])
+        self.patch(os, "environ", {**os.environ, "JOURNAL_STREAM": "1:2"})
+        self.assertIsNone(self.twistd(Path(self.mktemp()))["logger"])

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Coroutine
+from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver.kinds import namespaces, secrets
+from k3stw.apiserver.kinds import endpoints, namespaces, secrets
+from k3stw.controllers.endpoints import LEASE_PREFIX
 from k3stw.datastore.memory import MemoryDatastore
 from k3stw.server.config import ServerConfig
 from k3stw.server.service import ServerService, build_server, prepare_server
@@ -90,3 +94,53 @@ class ServerServiceTests(SynchronousTestCase):
         assert stopped is not None
         self.successResultOf(stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopping_leaves_the_endpoints_before_the_datastore_closes(self) -> None:
+        """The control plane's last writes (this server's lease) land; nothing is logged as
+        an error on the way down."""
+        self.server.startService()
+        store = self.server.store
+        kubernetes = self.done(store.get(endpoints.RESOURCE, "default", "kubernetes"))
+        self.assertEqual(kubernetes["subsets"][0]["addresses"], [{"ip": "127.0.0.1"}])
+        with capturedLogs() as events:
+            stopped = self.server.stopService()
+            self.successResultOf(stopped)
+        errors = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.error]
+        self.assertEqual(errors, [])
+        self.assertFalse(self.datastore.running)
+        self.assertIsNone(self.datastore.memory.current(LEASE_PREFIX + "127.0.0.1"))
+
+
+class AdvertisedAddressTests(SynchronousTestCase):
+    def config(self, **changes: Any) -> ServerConfig:
+        return replace(server_config(Path(self.mktemp())), **changes)
+
+    def test_k3s_rules(self) -> None:
+        """--advertise-address, else the first --node-external-ip, else the first node IP."""
+        config = self.config(node_ips=("10.0.0.5", "10.0.0.6"), bind_address="0.0.0.0")
+        self.assertEqual(config.advertised, ("10.0.0.5", 6443))
+        config = replace(config, node_external_ips=("203.0.113.9",))
+        self.assertEqual(config.advertised, ("203.0.113.9", 6443))
+        self.assertIn(ip_address("203.0.113.9"), config.serving_alt_names().ip_addresses)
+        config = replace(config, advertise_address="10.0.0.7", advertise_port=7443)
+        self.assertEqual(config.advertised, ("10.0.0.7", 7443))
+
+    def test_a_server_warns_at_start_when_it_advertises_where_it_does_not_listen(self) -> None:
+        config = self.config(bind_address="127.0.0.1", node_ips=("192.0.2.7",))
+        reactor = MemoryReactorClock()
+        reactor.advance(START)
+        server = build_server(
+            config, prepare_server(config, NOW), reactor, MemoryDatastore(reactor)
+        )
+        with capturedLogs() as events:
+            server.startService()
+        self.addCleanup(server.stopService)
+        warnings = [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
+        self.assertEqual(len(warnings), 1, warnings)
+        for fragment in ("192.0.2.7:6443", "127.0.0.1:6443", "--advertise-address"):
+            self.assertIn(fragment, warnings[0])
+
+    def test_no_warning_when_it_listens_where_it_advertises(self) -> None:
+        for bind, node_ip in (("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "192.0.2.7")):
+            config = self.config(bind_address=bind, node_ips=(node_ip,))
+            self.assertIsNone(config.advertise_warning())

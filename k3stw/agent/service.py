@@ -20,7 +20,7 @@ from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.api import KubeletAPIService
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.service import KubeletService
-from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
+from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import Taint
 from k3stw.pki.tls import PinnedCAPolicy
@@ -252,6 +252,9 @@ class NodeAgent(MultiService):
         )
         if self.start_kubelet is not None:
             self.start_kubelet(self.joined).setServiceParent(self)
+        if not self.config.is_server:
+            # A server tells systemd itself, once its API is up.
+            notify_systemd("READY=1")
 
     def _join_failed(self, failure: Failure) -> None:
         if failure.check(CancelledError):

@@ -15,7 +15,16 @@ from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.logger import ILogObserver, LogEvent
+from twisted.logger import Logger as TwistedLogger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from k3stw.hostport import hostname_dialer, split_host_port
 from k3stw.logs import Logger
@@ -29,18 +38,62 @@ from k3stw.tunnel.session import Session
 CONTAINERD_STREAM_PORT = 10010
 
 
-class _Tunnel(ClientService):
-    """One server's tunnel: connected or not, and the session while it is."""
+@implementer(ILogObserver)
+def _nowhere(event: LogEvent) -> None:
+    """Drops an event."""
+
+
+#: Seconds between a tunnel's connection attempts, as remotedialer's client waits.
+RETRY_SECONDS = 1.0
+
+
+@implementer(IStreamClientEndpoint)
+class _ServerEndpoint:
+    """
+    A tunnel's endpoint, which names its server and logs why a dial failed:
+    the line a user reads when a server cannot be reached.
+    """
 
     _log = Logger()
 
-    def __init__(self, endpoint: IStreamClientEndpoint, factory: TunnelClientFactory) -> None:
-        super().__init__(endpoint, factory, retryPolicy=fixed(1.0))
+    def __init__(self, url: str, endpoint: IStreamClientEndpoint) -> None:
+        self.url = url
+        self._endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return self.url
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting: Deferred[IProtocol] = self._endpoint.connect(factory)
+        return connecting.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        self._log.warn(
+            "Failed to connect to proxy {url}: {error}; retrying in {delay:g} s",
+            url=self.url,
+            error=failure.getErrorMessage().rstrip("."),
+            delay=RETRY_SECONDS,
+        )
+        return failure
+
+
+class _Tunnel(ClientService):
+    """One server's tunnel: connected or not, and the session while it is."""
+
+    # ClientService logs "Scheduling retry N to connect <endpoint>" without the
+    # reason; the endpoint and the session log each failure with its reason.
+    _log = TwistedLogger(observer=_nowhere)
+    _events = Logger()
+
+    def __init__(
+        self, endpoint: _ServerEndpoint, factory: TunnelClientFactory, clock: IReactorTime
+    ) -> None:
+        super().__init__(endpoint, factory, retryPolicy=fixed(RETRY_SECONDS), clock=clock)
         self.session: Session | None = None
 
     def opened(self, server: str, session: Session) -> None:
         self.session = session
-        self._log.info("Remotedialer connected to proxy {server}", server=server)
+        self._events.info("Remotedialer connected to proxy {server}", server=server)
         session.ended.addCallback(self._ended, server, session)
 
     def stopService(self) -> Deferred[None]:
@@ -62,7 +115,7 @@ class _Tunnel(ClientService):
         if self.session is session:
             self.session = None
         if self.running:
-            self._log.warn(
+            self._events.warn(
                 "Remotedialer proxy error; reconnecting... {server}: {reason}",
                 server=server,
                 reason=reason,
@@ -122,16 +175,19 @@ class TunnelSet(MultiService):
     def _start(self, address: str) -> None:
         host, port = split_host_port(address)
         creator = self.policy.creatorForNetloc(host.encode("ascii"), port)
-        endpoint = wrapClientTLS(creator, hostname_dialer(self.reactor, timeout=10)(address))
+        url = f"wss://{address}/v1-k3s/connect"
+        endpoint = _ServerEndpoint(
+            url, wrapClientTLS(creator, hostname_dialer(self.reactor, timeout=10)(address))
+        )
         factory = TunnelClientFactory(
-            f"wss://{address}/v1-k3s/connect",
+            url,
             clock=self.reactor,
             authorizer=self.authorizer,
             dialer=TCPDialer(self.reactor),
             opened=lambda server, session: tunnel.opened(server, session),
-            name=address,
+            name=url,
         )
-        tunnel = _Tunnel(endpoint, factory)
+        tunnel = _Tunnel(endpoint, factory, self.reactor)
         self._tunnels[address] = tunnel
         tunnel.setServiceParent(self)
         self.on_change(address, tunnel.healthy)

@@ -21,7 +21,7 @@ from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.request import param, wants_table
 from k3stw.apiserver.status import StatusError, status
 from k3stw.apiserver.storage import FANOUT_CACHE, ObjectStore, Predicate
-from k3stw.datastore.interface import Compacted, IWatch, WatchOverflow
+from k3stw.datastore.interface import Compacted, DatastoreUnavailable, IWatch, WatchOverflow
 from k3stw.logs import Logger
 from k3stw.machinery.objects import Object
 
@@ -145,7 +145,12 @@ class WatchStreams:
             )
             send("ERROR", status(410, message))
         else:
-            self._log.failure("watch ended", failure)
+            if failure.check(DatastoreUnavailable):
+                # The datastore went away (or this server is stopping): the
+                # client re-lists elsewhere; a traceback would add nothing.
+                self._log.warn("watch ended: {error}", error=failure.getErrorMessage())
+            else:
+                self._log.failure("watch ended", failure)
             send("ERROR", status(503, f"the watch ended: {failure.getErrorMessage()}"))
         _end(request)
 

@@ -103,6 +103,8 @@ def parse_endpoint(
         except ValueError as e:
             raise EndpointError(endpoint, str(e)) from None
         return EtcdEndpoint(tuple(urls), tls)
+    if scheme == "nats":
+        raise EndpointError(endpoint, "k3stw has no NATS backend (k3s's kine has one)")
     raise EndpointError(endpoint, f"unknown scheme {scheme!r}")
 
 

@@ -14,9 +14,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import (
-    connectProtocol,
-)
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -29,7 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from k3stw.hostport import Dial
+from k3stw.hostport import Dial, connect_protocol
 from k3stw.loadbalancer.servers import Server, ServerList
 from k3stw.logs import Logger
 
@@ -175,7 +172,7 @@ class _Accepted(_Side):
             up = _Side()
             started = factory.clock.seconds()
             try:
-                attempt = connectProtocol(factory.dial(server.address), up)
+                attempt = connect_protocol(factory.dial(server.address), up)
                 attempt.addTimeout(factory.dial_timeout, factory.clock)
                 await attempt
             except CancelledError:

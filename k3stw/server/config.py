@@ -43,6 +43,7 @@ class ServerConfig:
     node: NodeSettings | None = None
     datastore_endpoint: str | None = None
     datastore_tls: DatastoreTLS = field(default_factory=DatastoreTLS)
+    node_external_ips: tuple[str, ...] = ()
 
     @property
     def server_dir(self) -> Path:
@@ -57,8 +58,30 @@ class ServerConfig:
 
     @property
     def advertised(self) -> tuple[str, int]:
-        """Where other servers and agents reach this one: k3s's advertise address and port."""
-        return (self.advertise_address or self.node_ips[0], self.advertise_port or self.https_port)
+        """
+        Where other servers and agents reach this one, by k3s's rules: the
+        address is ``--advertise-address``, else the first
+        ``--node-external-ip``, else the first node IP; the port is
+        ``--advertise-port``, else the listen port.
+        """
+        address = self.advertise_address or (self.node_external_ips or self.node_ips)[0]
+        return (address, self.advertise_port or self.https_port)
+
+    def advertise_warning(self) -> str | None:
+        """
+        Why agents would fail to reach this server at its advertised address,
+        if they would: it listens on one address and advertises another.
+        """
+        bind = ipaddress.ip_address(self.bind_address)
+        address, port = self.advertised
+        if bind.is_unspecified or ipaddress.ip_address(address) == bind:
+            return None
+        return (
+            f"this server advertises {address}:{port} in the kubernetes endpoints but listens "
+            f"only on {self.bind_address}:{self.https_port}: agents and other servers will fail "
+            f"to reach it; set --advertise-address (or --node-ip) to {self.bind_address}, or "
+            f"--bind-address to an address that includes {address}"
+        )
 
     @property
     def kubernetes_cluster_ip(self) -> str:
@@ -85,8 +108,7 @@ class ServerConfig:
     def serving_alt_names(self) -> SubjectAltNames:
         """Every name a client may use to reach this server, as k3s lists them."""
         names: list[str] = ["localhost", "127.0.0.1", "::1", self.hostname, *self.node_ips]
-        if self.advertise_address:
-            names.append(self.advertise_address)
+        names.append(self.advertised[0])
         if not ipaddress.ip_address(self.bind_address).is_unspecified:
             names.append(self.bind_address)
         names += kubernetes_service_names(self.cluster_domain, self.service_cidr)

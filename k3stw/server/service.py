@@ -8,8 +8,8 @@ from functools import partial
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 
 from k3stw.agent.cacerts import https_fetcher
@@ -30,7 +30,8 @@ from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
-from k3stw.lifecycle import ApplianceService, StartupError, stop_with_error
+from k3stw.hostport import join_host_port
+from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import (
@@ -82,6 +83,9 @@ class ServerService(ApplianceService):
         self._becoming_ready: Deferred[None] | None = None
 
     def startService(self) -> None:
+        warning = self.config.advertise_warning()
+        if warning is not None:
+            self._log.warn("{warning}", warning=warning)
         super().startService()
         self._becoming_ready = Deferred.fromCoroutine(self._become_ready())
         self._becoming_ready.addErrback(
@@ -92,11 +96,21 @@ class ServerService(ApplianceService):
             )
         )
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop everything that writes to the datastore (the control plane, which
+        gives up this server's endpoints lease; the API; the own node), then the
+        datastore: MultiService would stop them all at once, and the last
+        writes would find the datastore closed.
+        """
         if self._becoming_ready is not None:
             self._becoming_ready.cancel()
-        stopped: Deferred[None] | None = super().stopService()
-        return stopped
+        Service.stopService(self)
+        datastore = IService(self.datastore)
+        users = [service for service in reversed(list(self)) if service is not datastore]
+        stopping = gatherResults([maybeDeferred(service.stopService) for service in users])
+        stopping.addBoth(lambda _: datastore.stopService() if datastore.running else None)
+        return stopping.addCallback(lambda _: None)
 
     def _start_embedded_agent(self, node: NodeSettings) -> None:
         """The server's own node: the same join, straight to this server, no load balancer."""
@@ -124,15 +138,24 @@ class ServerService(ApplianceService):
         self.readiness.mark_ready()
         if self.config.node is not None:
             self._start_embedded_agent(self.config.node)
+        address, port = self.config.advertised
         self._log.info(
-            "k3stw server listening on {address}:{port}; admin kubeconfig at {kubeconfig}",
+            "k3stw server listening on {address}:{port}",
             address=self.config.bind_address,
             port=self.config.https_port,
-            kubeconfig=str(self.config.kubeconfig),
         )
+        self._log.info("Wrote kubeconfig {path}", path=str(self.config.kubeconfig))
         self._log.info(
             "Node token is available at {path}", path=str(self.config.server_dir / "token")
         )
+        self._log.info(
+            "To join node to cluster: twistd -n k3s-agent --server https://{host}:{port} "
+            "--token ${{NODE_TOKEN}}",
+            host=join_host_port(address, port).rpartition(":")[0],
+            port=port,
+        )
+        self._log.info("k3s is up and running")
+        notify_systemd("READY=1")
 
 
 _log = Logger(namespace="k3stw.server")

@@ -244,7 +244,7 @@ SERVER_FLAGS: tuple[Flag, ...] = (
     switch("cluster-init", "Initialize a new cluster using embedded Etcd", env="K3S_CLUSTER_INIT"),
     Flag(
         "datastore-endpoint",
-        "Specify etcd, NATS, MySQL, Postgres, or SQLite (default) data source name",
+        "Specify etcd, MySQL, Postgres, or SQLite (default) data source name",
         env="K3S_DATASTORE_ENDPOINT",
     ),
     Flag(
@@ -467,6 +467,44 @@ class K3sOptions(usage.Options):
             self.sources[flag.name] = source
         self.apply_defaults()
         self.check_required()
+        parent = getattr(self, "parent", None)
+        if parent is not None:
+            self.twistd_defaults(parent)
+
+    def twistd_defaults(self, twistd: usage.Options) -> None:
+        """
+        Settle twistd's own options that k3s users should not have to know:
+
+        - the pidfile, unless ``--pidfile`` was given, is ``<data-dir>/k3stw.pid``
+          (twistd's default, ``twistd.pid`` in the working directory, made a
+          second server in the same directory fail and left two servers on one
+          data dir free to corrupt it);
+        - under systemd, when the output goes to the journal, lines carry the
+          journal's priority prefix and no timestamp of their own.
+
+        :raises ConfigurationError: the data dir cannot be created, or another
+            live k3stw process holds it.
+        """
+        if twistd.get("pidfile") == DEFAULT_TWISTD_PIDFILE:
+            data_dir = Path(self["data-dir"])
+            try:
+                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigurationError(
+                    f"cannot create --data-dir {data_dir}: {e.strerror}; run as root or "
+                    "choose a --data-dir you can write"
+                ) from None
+            pidfile = data_dir / PIDFILE
+            holder = _live_pid(pidfile)
+            if holder is not None:
+                raise ConfigurationError(
+                    f"data dir {data_dir} is in use by another k3stw process (PID {holder}): "
+                    "stop it, or give this one its own --data-dir (a server and an agent on "
+                    "one host need one each)"
+                )
+            twistd["pidfile"] = str(pidfile)
+        if twistd.get("logger") is None and not twistd.get("logfile") and _journal_is_stdout():
+            twistd["logger"] = "k3stw.logs.journal_observer"
 
     def _from_command_line(self, flag: Flag) -> Any:
         if flag.repeatable:
@@ -615,6 +653,33 @@ def _split_list(raw: object) -> list[object]:
 
 def _show(value: object) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+#: twistd's own default ``--pidfile``, which means the user gave none.
+DEFAULT_TWISTD_PIDFILE = "twistd.pid"
+#: The pidfile in the data dir: one k3stw process per data dir.
+PIDFILE = "k3stw.pid"
+
+
+def _live_pid(pidfile: Path) -> int | None:
+    """The process id in C{pidfile}, if that process is alive (twistd removes stale ones)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _journal_is_stdout() -> bool:
+    """Whether systemd connected our standard output to the journal (``JOURNAL_STREAM``)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        status = os.fstat(1)
+        return (status.st_dev, status.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
 
 
 def default_data_dir() -> str:

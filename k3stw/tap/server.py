@@ -15,6 +15,7 @@ from k3stw.server.config import ServerConfig
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
 
 ROOT_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+USER_KUBECONFIG = "~/.kube/k3s.yaml"
 
 
 class Options(K3sOptions):
@@ -27,10 +28,9 @@ class Options(K3sOptions):
     def apply_defaults(self) -> None:
         super().apply_defaults()
         if self["write-kubeconfig"] is None:
+            # k3s's: rootless, it goes where kubectl users look (~/.kube).
             self["write-kubeconfig"] = (
-                ROOT_KUBECONFIG
-                if os.geteuid() == 0
-                else os.path.join(self["data-dir"], "server", "cred", "admin.kubeconfig")
+                ROOT_KUBECONFIG if os.geteuid() == 0 else os.path.expanduser(USER_KUBECONFIG)
             )
 
 
@@ -42,6 +42,7 @@ def server_config(options: Options) -> ServerConfig:
         bind_address=options["bind-address"],
         https_port=options["https-listen-port"],
         node_ips=options["node-ip"] or (hostinfo.primary_address(),),
+        node_external_ips=options["node-external-ip"],
         advertise_address=options["advertise-address"],
         tls_sans=options["tls-san"],
         token=options.token("token"),

@@ -27,7 +27,6 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
     IAddress,
@@ -44,7 +43,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from k3stw.hostport import hostname_dialer
+from k3stw.hostport import connect_protocol, hostname_dialer
 from k3stw.logs import Logger
 from k3stw.tunnel import autobahn_hooks
 from k3stw.tunnel.address import Authorizer
@@ -240,6 +239,11 @@ class _TunnelAdapter:
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._session is not None:
             self._session.connection_lost(f"websocket closed ({code}): {reason or ''}")
+        else:
+            self.closed_before_open(reason or f"websocket closed ({code})")
+
+    def closed_before_open(self, reason: str) -> None:
+        """The websocket closed before its session opened (the handshake failed)."""
 
 
 class TunnelServerProtocol(_TunnelAdapter, WebSocketServerProtocol):  # type: ignore[misc]
@@ -296,6 +300,8 @@ class TunnelServerFactory(WebSocketServerFactory):
     """
 
     protocol = TunnelServerProtocol  # type: ignore[assignment]
+    # The listener logs its own line; one per websocket would be noise.
+    noisy = False
 
     def __init__(
         self,
@@ -328,6 +334,14 @@ class TunnelClientProtocol(_TunnelAdapter, WebSocketClientProtocol):  # type: ig
 
     factory: TunnelClientFactory
 
+    def closed_before_open(self, reason: str) -> None:
+        # k3s's words for a tunnel whose upgrade failed ("websocket: bad handshake").
+        self._log.warn(
+            "Failed to connect to proxy {server}: {reason}",
+            server=self.factory.tunnel_name,
+            reason=reason,
+        )
+
     def onOpen(self) -> None:
         factory = self.factory
         self._peer_name = factory.tunnel_name
@@ -356,6 +370,8 @@ class TunnelClientFactory(WebSocketClientFactory):
     """
 
     protocol = TunnelClientProtocol  # type: ignore[assignment]
+    # Started and stopped around every connection attempt; the tunnel logs its own lines.
+    noisy = False
 
     def __init__(
         self,
@@ -461,7 +477,7 @@ class TCPDialer:
             endpoint = hostname_dialer(self._reactor, self._timeout)(address)
         except ValueError:
             return fail()
-        connecting: Deferred[Any] = connectProtocol(endpoint, TunnelStreamProtocol(stream))
+        connecting: Deferred[Any] = connect_protocol(endpoint, TunnelStreamProtocol(stream))
 
         def connected(_: object) -> None:
             return None

@@ -94,6 +94,16 @@ class ParseEndpointTests(SynchronousTestCase):
                     self.assertIn(form, message)
                 self.assertNotIn(":p@", message)
 
+    def test_nats_is_refused_in_one_line_that_says_what_to_use(self) -> None:
+        """k3s's kine serves nats://; k3stw has no such backend, and says so."""
+        with self.assertRaises(EndpointError) as caught:
+            parse_endpoint("nats://u:p@127.0.0.1:4222?bucket=k3s", DATA)
+        message = str(caught.exception)
+        self.assertEqual(len(message.splitlines()), 1)
+        self.assertIn("k3stw has no NATS backend", message)
+        self.assertIn("postgres://", message)
+        self.assertNotIn(":p@", message)
+
     def test_tls_flags_reach_the_drivers(self) -> None:
         tls = DatastoreTLS("/ca.pem", "/cert.pem", "/key.pem")
         pg = parse_endpoint("postgres://u:p@h/db", DATA, tls)

@@ -148,6 +148,12 @@ class Twistd:
                     f"needed SIGKILL; its output ends:\n{self.output[-4000:]}"
                 ) from None
         _started.discard(process)
+        addresses = [line for line in self.output.splitlines() if "object at 0x" in line]
+        if addresses:
+            raise AssertionError(
+                f"twistd {self.args[0]} logged lines a user cannot act on (object addresses):\n"
+                + "\n".join(addresses[:5])
+            )
         return process.returncode
 
 
