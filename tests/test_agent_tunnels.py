@@ -73,7 +73,8 @@ class TunnelSetTests(SynchronousTestCase):
             self.tunnels.follow(["127.0.0.1:6443"])
             for _ in range(3):
                 factory = self.reactor.tcpClients[-1][2]
-                factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+                connector = self.reactor.connectors[-1]
+                factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
                 self.reactor.advance(1.0)
         self.assertEqual(len(self.reactor.tcpClients), 4)
         lines = [(event["log_level"], formatEvent(event)) for event in events]

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.logs import journal_observer
 from k3stw.pki.token import Token
 from k3stw.tap import agent, server
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, K3sOptions
@@ -427,24 +429,23 @@ class DebugTests(OptionsTestCase):
 class TwistdDefaultsTests(OptionsTestCase):
     """What the plugins settle of twistd's own options (they run as its sub-commands)."""
 
-    def twistd(self, data_dir: Path, **given: Any) -> dict[str, Any]:
-        """Parse a server's options under a stand-in for twistd's, as twistd would."""
-        parent: dict[str, Any] = {"pidfile": "twistd.pid", "logger": None, "logfile": None}
-        parent.update(given)
-        options = server.Options(environ={"K3S_CONFIG_FILE": os.devnull})
-        options.parent = parent  # type: ignore[attr-defined]
-        options.parseOptions(["--data-dir", str(data_dir)])
-        return parent
+    def twistd(self, data_dir: Path, *given: str) -> ServerOptions:
+        """twistd's own options, parsed with a k3s-server sub-command, as twistd parses them."""
+        self.patch(os, "environ", {**os.environ, "K3S_CONFIG_FILE": os.devnull})
+        options = ServerOptions()
+        options.parseOptions([*given, "k3s-server", "--data-dir", str(data_dir)])
+        return options
 
     def test_the_pidfile_lives_in_the_data_dir(self) -> None:
         """Two servers started from one directory no longer collide on ./twistd.pid."""
         data_dir = Path(self.mktemp())
-        self.assertEqual(self.twistd(data_dir)["pidfile"], str(data_dir / "k3stw.pid"))
+        self.assertEqual(self.twistd(data_dir)["pidfile"], str((data_dir / "k3stw.pid").absolute()))
         self.assertTrue(data_dir.is_dir())
 
     def test_a_given_pidfile_is_kept(self) -> None:
-        for given in ("", "/run/k3s.pid"):
-            self.assertEqual(self.twistd(Path(self.mktemp()), pidfile=given)["pidfile"], given)
+        self.assertEqual(self.twistd(Path(self.mktemp()), "--pidfile=")["pidfile"], "")
+        given = self.twistd(Path(self.mktemp()), "--pidfile", "/run/k3s.pid")
+        self.assertEqual(given["pidfile"], "/run/k3s.pid")
 
     def test_a_data_dir_in_use_is_one_line_that_says_what_to_do(self) -> None:
         data_dir = Path(self.mktemp())
@@ -461,7 +462,7 @@ class TwistdDefaultsTests(OptionsTestCase):
         data_dir = Path(self.mktemp())
         data_dir.mkdir()
         (data_dir / "k3stw.pid").write_text("999999999")
-        self.assertEqual(self.twistd(data_dir)["pidfile"], str(data_dir / "k3stw.pid"))
+        self.assertEqual(self.twistd(data_dir)["pidfile"], str((data_dir / "k3stw.pid").absolute()))
 
     def test_a_data_dir_that_cannot_be_made_is_one_line(self) -> None:
         blocker = Path(self.mktemp())
@@ -476,9 +477,8 @@ class TwistdDefaultsTests(OptionsTestCase):
         self.patch(
             os, "environ", {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
         )
-        parent = self.twistd(Path(self.mktemp()))
-        self.assertEqual(parent["logger"], "k3stw.logs.journal_observer")
+        self.assertIs(self.twistd(Path(self.mktemp()))["logger"], journal_observer)
         # Not when the user chose a log file, nor without the journal.
-        self.assertIsNone(self.twistd(Path(self.mktemp()), logfile="k3s.log")["logger"])
+        self.assertIsNone(self.twistd(Path(self.mktemp()), "--logfile", "k3s.log")["logger"])
         self.patch(os, "environ", {**os.environ, "JOURNAL_STREAM": "1:2"})
         self.assertIsNone(self.twistd(Path(self.mktemp()))["logger"])
