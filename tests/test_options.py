@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.logs import journal_observer
 from k3stw.pki.token import Token
 from k3stw.tap import agent, server
-from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, K3sOptions
+from k3stw.tap import options as options_module
+from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
 
 
 def parse(
@@ -482,3 +483,35 @@ class TwistdDefaultsTests(OptionsTestCase):
         self.assertIsNone(self.twistd(Path(self.mktemp()), "--logfile", "k3s.log")["logger"])
         self.patch(os, "environ", {**os.environ, "JOURNAL_STREAM": "1:2"})
         self.assertIsNone(self.twistd(Path(self.mktemp()))["logger"])
+
+
+class HelpTests(OptionsTestCase):
+    def test_help_groups_every_flag_as_k3s_does(self) -> None:
+        """Each flag once, under its k3s group, with its default and variable."""
+        for kind in (server.Options, agent.Options):
+            text = str(kind())
+            for flag in kind.flags:
+                with self.subTest(command=kind.command, flag=flag.name):
+                    self.assertEqual(text.count(f"   --{flag.name} "), 1)
+            self.assertIn(kind.summary, text)
+        text = str(server.Options())
+        self.assertIn("(listener) HTTPS listen port (default: 6443)", text)
+        self.assertIn("[$K3S_TOKEN]", text)
+        self.assertNotIn("NATS", text)
+        grouped = [name for _, names in options_module.HELP_GROUPS for name in names]
+        self.assertEqual(len(grouped), len(set(grouped)))
+        every = {f.name for f in SERVER_FLAGS} | {f.name for f in AGENT_FLAGS}
+        self.assertEqual(set(grouped), every)
+
+
+class NotYetTests(OptionsTestCase):
+    def test_embedded_etcd_flags_are_refused_not_ignored(self) -> None:
+        """--cluster-init and a server's --server would start a lone SQLite cluster."""
+        for argv in (["--cluster-init"], ["--server", "https://192.0.2.1:6443"]):
+            options = parse(server.Options, argv)
+            assert isinstance(options, server.Options)
+            with self.assertRaises(ConfigurationError) as caught:
+                server.server_config(options)
+            message = str(caught.exception)
+            self.assertIn(f"{argv[0]} (from command line) needs embedded etcd", message)
+            self.assertIn("--datastore-endpoint", message)

@@ -21,6 +21,7 @@ class Options(K3sOptions):
     flags = AGENT_FLAGS
     other_role_flags = SERVER_FLAGS
     command = "k3s-agent"
+    summary = "Run node agent"
 
     def check_required(self) -> None:
         if not self["server"]:

@@ -341,6 +341,73 @@ AGENT_FLAGS: tuple[Flag, ...] = (
 )
 
 
+#: ``--help``'s groups, in k3s's order, each flag tagged with its group as k3s's help does.
+HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("config", ("config",)),
+    ("logging", ("debug",)),
+    (
+        "listener",
+        ("bind-address", "advertise-address", "advertise-port", "https-listen-port", "tls-san"),
+    ),
+    ("data", ("data-dir",)),
+    ("networking", ("cluster-cidr", "service-cidr", "cluster-dns", "cluster-domain")),
+    ("client", ("write-kubeconfig", "write-kubeconfig-mode")),
+    (
+        "cluster",
+        ("token", "token-file", "agent-token", "agent-token-file", "server", "cluster-init"),
+    ),
+    ("db", ("datastore-endpoint", "datastore-cafile", "datastore-certfile", "datastore-keyfile")),
+    ("controller", ("node-monitor-grace-period",)),
+    ("components", ("disable-agent",)),
+    (
+        "agent/node",
+        ("node-name", "with-node-id", "node-label", "node-taint", "node-identity-dir"),
+    ),
+    ("agent/networking", ("node-ip", "node-external-ip", "lb-server-port", "lb-status-port")),
+    ("agent/flags", ("kubelet-arg",)),
+)
+
+
+def help_text(flags: Iterable[Flag], width: int = 100) -> str:
+    """
+    The flags as k3s's ``--help`` lists them: grouped, each with its group,
+    its default and its variable (``[$K3S_TOKEN]``).
+    """
+    by_name = {flag.name: flag for flag in flags}
+    lines: list[str] = []
+    for group, names in HELP_GROUPS:
+        for name in names:
+            flag = by_name.get(name)
+            if flag is None:
+                continue
+            form = f"--{name}" + ("" if flag.switch else " value")
+            if flag.short:
+                form += f", -{flag.short}" + ("" if flag.switch else " value")
+            text = f"({group}) {flag.help}"
+            if flag.repeatable:
+                text += " (repeatable)"
+            if flag.default not in (None, (), False) and "default" not in flag.help:
+                shown = oct(flag.default)[2:].zfill(4) if name.endswith("-mode") else flag.default
+                text += (
+                    f' (default: "{shown}")' if isinstance(shown, str) else f" (default: {shown:g})"
+                )
+            if flag.env:
+                text += f" [${flag.env}]"
+            lines += _hanging(form, text, width)
+    lines += _hanging("--help", "Display this help and exit.", width)
+    return "\n".join(lines) + "\n"
+
+
+def _hanging(form: str, text: str, width: int, column: int = 40) -> list[str]:
+    import textwrap
+
+    wrapped = textwrap.wrap(text, max(width - column, 30))
+    first = f"   {form}".ljust(column)
+    if len(first) > column:
+        return [first.rstrip(), *(" " * column + line for line in wrapped)]
+    return [first + wrapped[0], *(" " * column + line for line in wrapped[1:])]
+
+
 def _config_files(main: Path) -> list[Path]:
     """The config file and its ``config.yaml.d`` drop-ins, in the order they apply."""
     dropins = main.parent / (main.name + ".d")
@@ -424,6 +491,8 @@ class K3sOptions(usage.Options):
     flags: ClassVar[tuple[Flag, ...]] = ()
     other_role_flags: ClassVar[tuple[Flag, ...]] = ()
     command: ClassVar[str] = "k3s"
+    #: ``--help``'s first line, k3s's words for the role.
+    summary: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -629,6 +698,13 @@ class K3sOptions(usage.Options):
 
     def getSynopsis(self) -> str:
         return f"Usage: twistd [options] {self.command} [{self.command} options]"
+
+    def getUsage(self, width: int | None = None) -> str:
+        return (
+            f"{self.summary}. Flags, K3S_* variables and config.yaml keys are k3s's; "
+            f"twistd's own options (--pidfile, --logfile) go before {self.command}.\n\n"
+            + help_text(self.flags, width or 100)
+        )
 
 
 def _appender(flag: Flag) -> Callable[[K3sOptions, str], None]:

@@ -24,6 +24,7 @@ class Options(K3sOptions):
     flags = SERVER_FLAGS
     other_role_flags = AGENT_FLAGS
     command = "k3s-server"
+    summary = "Run management server"
 
     def apply_defaults(self) -> None:
         super().apply_defaults()
@@ -35,7 +36,20 @@ class Options(K3sOptions):
 
 
 def server_config(options: Options) -> ServerConfig:
-    """The validated settings of a server; reads ``--token-file`` if given."""
+    """
+    The validated settings of a server; reads ``--token-file`` if given.
+
+    :raises ConfigurationError: a flag asks for what k3stw does not have yet.
+    """
+    # Both would start a lone new cluster on SQLite where the user asked for
+    # embedded etcd: refused until k3stw has it, never ignored.
+    for flag in ("cluster-init", "server"):
+        if options[flag]:
+            raise ConfigurationError(
+                f"--{flag} (from {options.sources[flag]}) needs embedded etcd, which k3stw "
+                "does not have yet; for several servers, start each with the same "
+                "--datastore-endpoint (etcd, PostgreSQL or MySQL) and --token"
+            )
     return ServerConfig(
         data_dir=Path(options["data-dir"]),
         hostname=options["node-name"] or hostinfo.hostname(),
