@@ -76,14 +76,18 @@ class DefaultsTests(OptionsTestCase):
         options = parse(server.Options, [])
         self.assertEqual(options["data-dir"], "/var/lib/rancher/k3s")
         self.assertEqual(options["write-kubeconfig"], "/etc/rancher/k3s/k3s.yaml")
+        self.assertEqual(options["node-identity-dir"], "/etc/rancher/node")
 
     def test_data_dir_and_kubeconfig_of_an_ordinary_user(self) -> None:
-        """Anyone else gets k3s's rootless paths: ~/.rancher/k3s and ~/.kube/k3s.yaml."""
+        """Anyone else gets k3s's rootless paths: ~/.rancher/k3s, ~/.kube/k3s.yaml and the
+        node's password under the data dir."""
         self.patch(os, "geteuid", lambda: 1000)
         self.patch(os, "environ", {**os.environ, "HOME": "/home/edge"})
         options = parse(server.Options, [])
         self.assertEqual(options["data-dir"], "/home/edge/.rancher/k3s")
         self.assertEqual(options["write-kubeconfig"], "/home/edge/.kube/k3s.yaml")
+        identity = "/home/edge/.rancher/k3s/agent/etc/rancher/node"
+        self.assertEqual(options["node-identity-dir"], identity)
 
     def test_agent_defaults(self) -> None:
         """An agent's load balancer listens on 6444 by default."""

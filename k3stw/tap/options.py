@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from k3stw.agent.service import NodeSettings
 
 DEFAULT_CONFIG_FILE = "/etc/rancher/k3s/config.yaml"
+ROOT_NODE_IDENTITY_DIR = "/etc/rancher/node"
 
 
 class ConfigurationError(usage.UsageError):
@@ -203,10 +204,10 @@ KUBELET_ARG = repeatable(
 )
 NODE_IDENTITY_DIR = Flag(
     "node-identity-dir",
-    "Folder of the node's password and id files (k3stw; several agents on one host need one each)",
+    "Folder of the node's password and id files (k3stw; several agents on one host need one "
+    "each) (default: /etc/rancher/node, or <data-dir>/agent/etc/rancher/node if not root)",
     _path,
     env="K3S_NODE_IDENTITY_DIR",
-    default="/etc/rancher/node",
 )
 
 #: Flags that both roles accept (a k3s server also runs an agent).
@@ -633,6 +634,13 @@ class K3sOptions(usage.Options):
         """Fill defaults that depend on other flags or on the user running us."""
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
+        if self["node-identity-dir"] is None:
+            # k3s's rootless mode keeps the node's password under the data dir.
+            self["node-identity-dir"] = (
+                ROOT_NODE_IDENTITY_DIR
+                if os.geteuid() == 0
+                else os.path.join(self["data-dir"], "agent", "etc", "rancher", "node")
+            )
 
     def check_required(self) -> None:
         """Fail when a value this role cannot run without is missing."""
