@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-import site
 import subprocess
-import sys
 import venv
 import zipfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-SOURCE = Path(__file__).resolve().parents[1]
-NOT_SOURCE = (".git", ".venv", ".tox", "build", "dist", "*.egg-info", "__pycache__", "_trial_temp")
+from tests.support.wheel import build_wheel, install_wheel
 
 PROBE = """
 import json, k3stw
@@ -35,34 +31,17 @@ class WheelTests(SynchronousTestCase):
         """Built from source and installed alone, the wheel gives twistd k3s-server and
         k3s-agent, from its own files, not from the checkout."""
         work = Path(self.mktemp()).absolute()
-        # A clean copy: setuptools would otherwise reuse a stale build/ of the checkout.
-        source = work / "source"
-        shutil.copytree(SOURCE, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-             "-w", str(work / "dist"), str(source)],
-            check=True, capture_output=True, cwd=work, timeout=300,
-        )  # fmt: skip
-        (wheel,) = (work / "dist").glob("k3stw-*.whl")
+        wheel = build_wheel(work)
         names = zipfile.ZipFile(wheel).namelist()
         self.assertIn("twisted/plugins/k3stw_plugins.py", names)
         self.assertIn("k3stw/py.typed", names)
         self.assertFalse([n for n in names if n.startswith("twisted/") and "__init__" in n])
         self.assertFalse([n for n in names if n.endswith("dropin.cache")])
 
-        # A venv holding only the wheel, with this environment's packages behind its own
-        # (a plain path in a .pth: the parent's own .pth files, an editable checkout's
-        # among them, are not processed).
         target = work / "venv"
         venv.create(target, with_pip=False)
         python = target / "bin" / "python"
-        child_site = next((target / "lib").glob("python*/site-packages"))
-        (child_site / "parent-environment.pth").write_text("\n".join(site.getsitepackages()))
-        subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-             "--no-index", "--force-reinstall", str(wheel)],
-            check=True, capture_output=True, cwd=work, timeout=300,
-        )  # fmt: skip
+        child_site = install_wheel(wheel, python)
         probe = subprocess.run(
             [str(python), "-I", "-c", PROBE], capture_output=True, cwd=work, timeout=120
         )
