@@ -57,9 +57,9 @@ class FirstRunTests(SynchronousTestCase):
         wheel = build_wheel(self.work)
         self.opt.mkdir(parents=True)
         # Made in a mount namespace whose /opt writes land in self.opt; machines show it as /opt.
-        make = (
-            f"mount --bind {self.opt} /opt && {sys._base_executable} -m venv --without-pip {VENV}"
-        )
+        # The interpreter this test's virtualenv was made from.
+        python = Path(sys.base_prefix) / "bin" / "python3"
+        make = f"mount --bind {self.opt} /opt && {python} -m venv --without-pip {VENV}"
         subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", make],
             check=True,
