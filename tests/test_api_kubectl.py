@@ -6,20 +6,18 @@ commands k3s users type, with their output and their error messages.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
-import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.net import free_port
-from tests.support.twistd import Twistd, k3s_server
+from tests.support.twistd import Twistd, admin_request, k3s_server
 
 KUBECTL = "/usr/bin/kubectl"
 HOST = "127.0.0.11"
@@ -467,33 +465,10 @@ spec:
         self.assertEqual(live["status"]["phase"], "Running")
         self.assertEqual(live["metadata"]["labels"]["seen"], "yes")
 
-    def raw_post(self, body: bytes, content_type: str) -> tuple[int, dict[str, object]]:
+    def raw_post(self, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
         """POST a ConfigMap body as the admin, over the kubeconfig's TLS identity."""
-        config = yaml.safe_load((self.root / "k3s.yaml").read_text())
-        user = config["users"][0]["user"]
-        cert = self.root / "admin.pem"
-        cert.write_bytes(
-            base64.b64decode(user["client-certificate-data"])
-            + base64.b64decode(user["client-key-data"])
-        )
-        context = ssl.create_default_context(
-            cafile=str(self.root / "data/server/tls/server-ca.crt")
-        )
-        context.load_cert_chain(str(cert))
-        server = config["clusters"][0]["cluster"]["server"].removeprefix("https://")
-        host, port = server.rsplit(":", 1)
-        connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
-        try:
-            connection.request(
-                "POST",
-                "/api/v1/namespaces/default/configmaps",
-                body,
-                {"Content-Type": content_type},
-            )
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
+        path = "/api/v1/namespaces/default/configmaps"
+        return admin_request(self.root, "POST", path, body, content_type)
 
     def test_body_over_3_mib_is_413(self) -> None:
         """A request body past 3 MiB is refused with a RequestEntityTooLarge Status."""

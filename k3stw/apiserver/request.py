@@ -7,6 +7,7 @@ and answering it.  Every problem is a L{StatusError} in kube-apiserver's words.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.web.server import Request
@@ -106,13 +107,83 @@ def field_manager(request: Request) -> str:
     return agent.split("/")[0].strip() or "unknown"
 
 
+#: How deep a body may nest: far past any Kubernetes object, and far below
+#: Python's recursion limit, which the patch and managed-fields code walk within.
+MAX_DEPTH = 100
+#: How many values a YAML body may hold once its aliases are expanded: per byte
+#: of body, plus a floor.  A body without aliases holds fewer values than bytes;
+#: a "billion laughs" body passes the bound within microseconds and is refused,
+#: as kube-apiserver refuses it since CVE-2019-11253.
+YAML_VALUES_PER_BYTE = 4
+YAML_VALUES_FLOOR = 10_000
+
+
+def decode_json(raw: bytes) -> Any:
+    """
+    A JSON body, bounded in depth.
+
+    :raises ValueError: not JSON, or nested deeper than L{MAX_DEPTH}.
+    """
+    try:
+        document = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"exceeded max depth of {MAX_DEPTH}") from None
+    _check_shape(document, None)
+    return document
+
+
 def yaml_document(raw: bytes) -> Any:
+    """
+    A YAML body, bounded in depth and in what its aliases expand to; a body
+    that uses aliases comes back as a tree of its own (no shared values).
+
+    :raises ValueError: not YAML, too deep, or aliases that expand too far.
+    """
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.safe_load(raw.decode("utf-8"))
+        document = yaml.load(raw.decode("utf-8"), Loader=loader)
     except yaml.YAMLError as e:
         raise ValueError(str(e)) from None
+    except RecursionError:
+        raise ValueError(f"exceeded max depth of {MAX_DEPTH}") from None
+    if _check_shape(document, YAML_VALUES_FLOOR + YAML_VALUES_PER_BYTE * len(raw)):
+        document = json.loads(json.dumps(document))
+    return document
+
+
+def _check_shape(document: Any, max_values: int | None) -> bool:
+    """
+    Walk C{document} as the tree it stands for (a value reached twice through
+    aliases counts twice), within L{MAX_DEPTH} and C{max_values}.
+
+    :return: whether some list or mapping was reached more than once.
+    :raises ValueError: naming the bound that was passed.
+    """
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    seen: set[int] = set()
+    shared = False
+    values = 0
+    while pending:
+        value, depth = pending.pop()
+        values += 1
+        if max_values is not None and values > max_values:
+            raise ValueError(f"excessive aliasing: the aliases expand past {max_values} values")
+        children: Iterable[Any]
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise ValueError(f"exceeded max depth of {MAX_DEPTH}")
+        if id(value) in seen:
+            shared = True
+        seen.add(id(value))
+        pending.extend((child, depth + 1) for child in children)
+    return shared
 
 
 def object_body(request: Request) -> Object:
@@ -129,7 +200,7 @@ def object_body(request: Request) -> Object:
         raise StatusError(415, f"{_UNKNOWN_FORMAT}application/json, application/yaml")
     raw = raw_body(request)
     try:
-        document = json.loads(raw) if media != YAML else yaml_document(raw)
+        document = decode_json(raw) if media != YAML else yaml_document(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"the body of the request could not be decoded: {e}") from None
     if not isinstance(document, dict):
@@ -144,7 +215,7 @@ def patch_body(request: Request) -> tuple[str, Any]:
         raise StatusError(415, _UNKNOWN_FORMAT + ", ".join(PATCH_TYPES))
     raw = raw_body(request)
     try:
-        body = json.loads(raw) if media != APPLY_PATCH else yaml_document(raw)
+        body = decode_json(raw) if media != APPLY_PATCH else yaml_document(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"error decoding patch: {e}") from None
     if body is None and media != APPLY_PATCH:
@@ -157,7 +228,7 @@ def peek_name(request: Request) -> str | None:
     if request.content is None:
         return None
     try:
-        name = json.loads(request.content.read()).get("metadata", {}).get("name")
+        name = decode_json(request.content.read()).get("metadata", {}).get("name")
     except (ValueError, AttributeError):
         name = None
     finally:
@@ -173,7 +244,7 @@ def delete_options(request: Request) -> dict[str, Any]:
         options: dict[str, Any] = {}
     else:
         try:
-            options = json.loads(raw)
+            options = decode_json(raw)
         except ValueError as e:
             raise bad_request(f"the body of the request could not be decoded: {e}") from None
         if not isinstance(options, dict):

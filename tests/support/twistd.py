@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import http.client
 import os
+import resource
 import signal
 import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -61,6 +64,36 @@ def https_get(
         connection.close()
 
 
+def admin_request(
+    root: Path, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+) -> tuple[int, dict[str, Any]]:
+    """
+    One blocking request as the admin of the L{k3s_server} under C{root} (its
+    kubeconfig's client certificate, the server CA); the status and the JSON answer.
+    """
+    import json
+
+    import yaml
+
+    config = yaml.safe_load((root / "k3s.yaml").read_text())
+    user = config["users"][0]["user"]
+    cert = root / "admin.pem"
+    cert.write_bytes(
+        base64.b64decode(user["client-certificate-data"])
+        + base64.b64decode(user["client-key-data"])
+    )
+    context = ssl.create_default_context(cafile=str(root / "data/server/tls/server-ca.crt"))
+    context.load_cert_chain(str(cert))
+    host, port = config["clusters"][0]["cluster"]["server"].removeprefix("https://").rsplit(":", 1)
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+    try:
+        connection.request(method, path, body, {"Content-Type": content_type})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
 class Twistd:
     """
     One ``twistd -n <plugin> ...`` process, its output in a file.
@@ -68,9 +101,16 @@ class Twistd:
     Registered with the test for cleanup, so it never outlives the test.
     """
 
-    def __init__(self, case: SynchronousTestCase, workdir: Path, *args: str) -> None:
+    def __init__(
+        self, case: SynchronousTestCase, workdir: Path, *args: str, memory_limit: int = 0
+    ) -> None:
+        """
+        :param memory_limit: if given, the process's address space limit in
+            bytes (C{RLIMIT_AS}): an allocation past it fails in the process.
+        """
         self.workdir = workdir
         self.args = args
+        self.memory_limit = memory_limit
         self.log = workdir / f"twistd-{time.monotonic_ns()}.log"
         self.process: subprocess.Popen[bytes] | None = None
         case.addCleanup(self.stop)
@@ -85,9 +125,13 @@ class Twistd:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=clean_environment(),
+                preexec_fn=self._limit if self.memory_limit else None,
             )
         _started.add(self.process)
         return self
+
+    def _limit(self) -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
 
     @property
     def output(self) -> str:
@@ -169,7 +213,9 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return found
 
 
-def k3s_server(case: SynchronousTestCase, root: Path, host: str, port: int, *extra: str) -> Twistd:
+def k3s_server(
+    case: SynchronousTestCase, root: Path, host: str, port: int, *extra: str, memory_limit: int = 0
+) -> Twistd:
     """
     A ``k3s-server`` process (not started) on C{host}:C{port} whose every file
     is under C{root}: an empty ``config.yaml``, ``data/``, the node identity in
@@ -192,4 +238,5 @@ def k3s_server(case: SynchronousTestCase, root: Path, host: str, port: int, *ext
         # Its kubelet API on a port of its own: many nodes share this host.
         "--kubelet-arg", f"port={free_port('127.0.0.1')}",
         *extra,
+        memory_limit=memory_limit,
     )  # fmt: skip
