@@ -120,6 +120,26 @@ class PythonClientTests(ServerTestCase):
             core.read_namespaced_config_map("py", "default")
         self.assertEqual(caught.exception.status, 404)
 
+    def test_deleting_a_pod_answers_the_pod(self) -> None:
+        """As kube-apiserver (ReturnDeletedObject): the typed client reads back a V1Pod,
+        while a ConfigMap's delete answers a Status."""
+        core = client.CoreV1Api(self.api())
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name="gone"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+        )
+        core.create_namespaced_pod("default", pod)
+        deleted = core.delete_namespaced_pod("gone", "default")
+        self.assertIsInstance(deleted, client.V1Pod)
+        assert deleted.metadata is not None
+        self.assertEqual(deleted.metadata.name, "gone")
+        configmap = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cm"))
+        core.create_namespaced_config_map("default", configmap)
+        status = client.ApiClient().sanitize_for_serialization(
+            core.delete_namespaced_config_map("cm", "default")
+        )
+        self.assertEqual((status["status"], status["details"]["kind"]), ("Success", "configmaps"))
+
     def test_paging(self) -> None:
         """limit and continue page through a list without loss or repeat."""
         core = client.CoreV1Api(self.api())

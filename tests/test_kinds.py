@@ -96,6 +96,33 @@ class StoreFollowsTheStrategyTests(SynchronousTestCase):
         self.assertIn("field is immutable", error.message)
         self.assertEqual(self.server.get("", "secrets", "s", "default")["data"], {"k": "dg=="})
 
+    def test_a_secrets_string_data_is_written_into_data_and_never_stored(self) -> None:
+        created = self.server.create(
+            "",
+            "secrets",
+            {
+                "metadata": {"name": "s"},
+                "data": {"user": "b2xk", "keep": "aw=="},
+                "stringData": {"user": "admin", "password": "pässword"},
+            },
+            "default",
+        )
+        self.assertNotIn("stringData", created)
+        self.assertEqual(
+            created["data"],
+            {"user": "YWRtaW4=", "keep": "aw==", "password": "cMOkc3N3b3Jk"},
+        )
+        self.assertEqual(self.server.get("", "secrets", "s", "default"), created)
+        error = self.server.fails(
+            self.server.store.create(
+                self.server.resource("", "secrets"),
+                "default",
+                {"metadata": {"name": "bad"}, "stringData": {"n": 1}},
+            )
+        )
+        self.assertEqual(error.code, 422)
+        self.assertIn("stringData", error.message)
+
     def test_defaults_and_generations_apply_to_every_write(self) -> None:
         deployments = self.server.resource("apps", "deployments")
         created = self.server.create(

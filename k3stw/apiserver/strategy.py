@@ -66,6 +66,9 @@ class Strategy:
     :ivar finished_deleting: whether an object marked for deletion may go now.
     :ivar terminate: for a kind whose deletion is a process (namespaces), what a
         client's DELETE does instead of deleting: mark the object, given the time.
+    :ivar returns_deleted_object: a DELETE that removes the object at once
+        answers with the object, not a ``Status`` (kube-apiserver's
+        ``ReturnDeletedObject``: pods, services, service accounts).
     """
 
     printer: Printer = DEFAULT_PRINTER
@@ -79,6 +82,7 @@ class Strategy:
     validate_update: Callable[[Object, Object], list[Cause]] = _valid_update
     finished_deleting: Callable[[Object], bool] = finalizers_done
     terminate: Callable[[Object, str], Object] | None = None
+    returns_deleted_object: bool = False
 
 
 #: A built-in kind with nothing special about it (Endpoints, Lease, ...).

@@ -275,7 +275,7 @@ class Verbs:
             options.get("preconditions"),
             _PROPAGATION_FINALIZERS.get(policy, []),
         )
-        if not gone:
+        if not gone or resource.strategy.returns_deleted_object:
             answer(request, 200, obj)
             return
         details = {"name": name, "kind": resource.plural, "uid": obj["metadata"].get("uid")}

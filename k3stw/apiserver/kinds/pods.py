@@ -334,5 +334,6 @@ RESOURCE = ResourceType(
             **under("status", _POD_STATUS),
         },
         default=_default,
+        returns_deleted_object=True,
     ),
 )

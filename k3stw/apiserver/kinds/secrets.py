@@ -5,6 +5,8 @@ the fields a selector may name.
 
 from __future__ import annotations
 
+import base64
+
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
@@ -13,7 +15,7 @@ from k3stw.apiserver.fields import (
 )
 from k3stw.apiserver.kinds.configmaps import immutable_data
 from k3stw.apiserver.registry import ResourceType
-from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.strategy import Cause, Strategy
 from k3stw.apiserver.tables import (
     AGE_COLUMN,
     NAME_COLUMN,
@@ -49,6 +51,23 @@ FIELDS = FieldTable(
 
 def _default(secret: Object) -> None:
     secret.setdefault("type", "Opaque")
+    # stringData is write-only, as in kube-apiserver: each key is written into
+    # data (encoded), over what data held, and stringData itself is never stored.
+    string_data = secret.get("stringData")
+    if isinstance(string_data, dict) and all(isinstance(v, str) for v in string_data.values()):
+        del secret["stringData"]
+        data = secret.get("data")
+        if not isinstance(data, dict):
+            data = secret["data"] = {}
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
+def _validate(secret: Object) -> list[Cause]:
+    if "stringData" in secret:
+        # Only a stringData _default could not merge is left.
+        return [("stringData", "Invalid value: must be a map of keys to string values")]
+    return []
 
 
 RESOURCE = ResourceType(
@@ -62,6 +81,7 @@ RESOURCE = ResourceType(
         printer=PRINTER,
         fields=FIELDS,
         default=_default,
+        validate=_validate,
         validate_update=immutable_data,
     ),
 )

@@ -45,5 +45,6 @@ RESOURCE = ResourceType(
     strategy=Strategy(
         printer=PRINTER,
         merge_rules={**METADATA_ONLY_RULES, "secrets": keyed_list("name")},
+        returns_deleted_object=True,
     ),
 )

@@ -166,5 +166,6 @@ RESOURCE = ResourceType(
             **STATUS_CONDITIONS_RULES,
         },
         default=_default,
+        returns_deleted_object=True,
     ),
 )
