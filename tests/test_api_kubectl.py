@@ -470,6 +470,17 @@ spec:
         path = "/api/v1/namespaces/default/configmaps"
         return admin_request(self.root, "POST", path, body, content_type)
 
+    def test_health_endpoints_as_kubectl_reads_them(self) -> None:
+        """/healthz, /livez and /readyz answer ok; ?verbose lists kube-apiserver's checks."""
+        for endpoint in ("/healthz", "/livez", "/readyz", "/readyz/etcd"):
+            self.assertEqual(self.kubectl("get", "--raw", endpoint), "ok")
+        verbose = self.kubectl("get", "--raw", "/readyz?verbose").splitlines()
+        for line in ("[+]ping ok", "[+]etcd ok", "[+]shutdown ok", "readyz check passed"):
+            self.assertIn(line, verbose)
+        missing = self.kubectl_raw("get", "--raw", "/livez/shutdown")
+        self.assertNotEqual(missing.returncode, 0)
+        self.assertIn("NotFound", missing.stderr)
+
     def test_body_over_3_mib_is_413(self) -> None:
         """A request body past 3 MiB is refused with a RequestEntityTooLarge Status."""
         big = json.dumps({"metadata": {"name": "big"}, "data": {"x": "y" * (4 * 1024 * 1024)}})

@@ -22,7 +22,7 @@ from k3stw.apiserver.kinds import endpoints, namespaces, secrets
 from k3stw.controllers.endpoints import LEASE_PREFIX
 from k3stw.datastore.memory import MemoryDatastore
 from k3stw.server.config import ServerConfig
-from k3stw.server.service import ServerService, build_server, prepare_server
+from k3stw.server.service import ServerService, build_server, prepare_server, server_health
 from tests.support.apiserver import START
 
 T = TypeVar("T")
@@ -109,6 +109,16 @@ class ServerServiceTests(SynchronousTestCase):
         self.assertEqual(errors, [])
         self.assertFalse(self.datastore.running)
         self.assertIsNone(self.datastore.memory.current(LEASE_PREFIX + "127.0.0.1"))
+
+    def test_health_checks_follow_the_datastore_and_the_stop(self) -> None:
+        self.server.startService()
+        checks = {c.name: c.check for c in server_health(self.server, self.datastore).checks}
+        self.assertEqual(
+            {name: self.done(check()) for name, check in checks.items()}, dict.fromkeys(checks)
+        )
+        self.successResultOf(self.server.stopService())
+        self.assertIn("shutting down", str(self.done(checks["shutdown"]())))
+        self.assertIn("did not answer", str(self.done(checks["etcd"]())))
 
 
 class AdvertisedAddressTests(SynchronousTestCase):

@@ -23,6 +23,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from k3stw.apiserver import discovery
 from k3stw.apiserver.auth import Attributes, NodePods, authorize
+from k3stw.apiserver.health import ENDPOINTS as HEALTH_ENDPOINTS
+from k3stw.apiserver.health import Health
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.patch import PatchError
 from k3stw.apiserver.registry import Registry
@@ -47,7 +49,10 @@ _NOT_ALLOWED = "the server does not allow this method on the requested resource"
 
 
 class KubernetesAPI(Resource):
-    """The whole API subtree; mounted at ``/api``, ``/apis``, ``/version`` and ``/openapi``."""
+    """
+    The whole API subtree; mounted at ``/api``, ``/apis``, ``/version``,
+    ``/openapi`` and the health endpoints (``/healthz``, ``/livez``, ``/readyz``).
+    """
 
     isLeaf = True
     _log = Logger()
@@ -59,8 +64,10 @@ class KubernetesAPI(Resource):
         clock: IReactorTime,
         server_address: str,
         node_proxy: NodeProxy | None = None,
+        health: Health | None = None,
     ) -> None:
         super().__init__()
+        self.health = health or Health(())
         self.store = store
         self.registry = registry
         self.clock = clock
@@ -101,7 +108,10 @@ class KubernetesAPI(Resource):
             self._openapi(request, parts[1:])
             return
         user = self._authenticate(request)
-        if head == "version" and len(parts) == 1:
+        if head in HEALTH_ENDPOINTS:
+            # Every authenticated user may ask, as kube's system:public-info-viewer.
+            await self.health.answer(request, head, parts[1:])
+        elif head == "version" and len(parts) == 1:
             answer(request, 200, discovery.version_info())
         elif head == "api":
             await self._group(request, user, "", parts[1:])

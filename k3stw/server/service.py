@@ -16,6 +16,7 @@ from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
 from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, node_factory
 from k3stw.apiserver.bootstrap import bootstrap
+from k3stw.apiserver.health import Health, HealthCheck
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds, nodes
 from k3stw.apiserver.nodeproxy import NodeProxy
@@ -80,6 +81,8 @@ class ServerService(ApplianceService):
         self.registry = registry
         self.control_plane = control_plane
         self.readiness = Readiness()
+        #: Set once SIGTERM (or a fatal error) begins the stop: /readyz fails from then on.
+        self.stopping = False
         self._becoming_ready: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -105,6 +108,7 @@ class ServerService(ApplianceService):
         """
         if self._becoming_ready is not None:
             self._becoming_ready.cancel()
+        self.stopping = True
         Service.stopService(self)
         datastore = IService(self.datastore)
         users = [service for service in reversed(list(self)) if service is not datastore]
@@ -159,6 +163,42 @@ class ServerService(ApplianceService):
 
 
 _log = Logger(namespace="k3stw.server")
+
+#: How long /healthz's datastore check waits for an answer.
+HEALTH_TIMEOUT = 2.0
+
+
+def server_health(server: ServerService, datastore: IDatastore) -> Health:
+    """kube-apiserver's health checks, in its names, for this server."""
+    reactor = server.reactor
+
+    async def etcd() -> str | None:
+        # A read the datastore must answer, as kube-apiserver's etcd check reads etcd.
+        reading = datastore.get(HEALTH_KEY)
+        reading.addTimeout(HEALTH_TIMEOUT, reactor)
+        try:
+            await reading
+        except Exception as e:
+            return f"the datastore did not answer: {e}"
+        return None
+
+    async def bootstrapped() -> str | None:
+        return None if server.readiness.ready else "the system namespaces are not there yet"
+
+    async def shutdown() -> str | None:
+        return "the server is shutting down" if server.stopping else None
+
+    return Health(
+        (
+            HealthCheck("etcd", etcd),
+            HealthCheck("poststarthook/bootstrap-controller", bootstrapped),
+            HealthCheck("shutdown", shutdown, endpoints=("readyz",)),
+        )
+    )
+
+
+#: The key the datastore check reads (it need not exist).
+HEALTH_KEY = "/registry/health"
 
 #: How long a starting server waits for an external datastore to answer.
 DATASTORE_WAIT = 30.0
@@ -310,7 +350,9 @@ def build_server(
         reactor,
     )
     address, port = config.advertised
-    api = KubernetesAPI(store, registry, reactor, f"{address}:{port}", node_proxy)
+    api = KubernetesAPI(
+        store, registry, reactor, f"{address}:{port}", node_proxy, server_health(root, datastore)
+    )
     node_passwords = NodePasswords(store, reactor)
     node_passwords.setServiceParent(root)
     readiness = root.readiness
