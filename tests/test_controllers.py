@@ -16,6 +16,11 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import LEASE_PREFIX, APIServerEndpoints
 from k3stw.controllers.garbage import OWNED_OR_DELETING, GarbageCollector
+from k3stw.controllers.namespacedefaults import (
+    ROOT_CA_CONFIGMAP,
+    default_service_accounts,
+    root_ca_publisher,
+)
 from k3stw.datastore.memory import MemoryDatastore
 from k3stw.machinery.objects import Object
 from k3stw.supervisor.nodecontroller import NodePasswordController
@@ -280,3 +285,44 @@ class NodePasswordControllerTests(SynchronousTestCase):
         self.server.create("", "nodes", {"metadata": {"name": "late"}})
         self.server.clock.advance(600)
         self.assertTrue(self.server.exists("", "secrets", secret_name("late"), "kube-system"))
+
+
+class NamespaceDefaultsTests(SynchronousTestCase):
+    """The default ServiceAccount and kube-root-ca.crt in every namespace, kept there."""
+
+    CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self, Clock())
+        informers, store = self.server.informers, self.server.store
+        self.server.start(
+            default_service_accounts(informers, store), root_ca_publisher(informers, store, self.CA)
+        )
+
+    def test_a_new_namespace_gets_both(self) -> None:
+        self.server.create("", "namespaces", {"metadata": {"name": "team"}})
+        self.assertTrue(self.server.exists("", "serviceaccounts", "default", "team"))
+        configmap = self.server.get("", "configmaps", ROOT_CA_CONFIGMAP, "team")
+        self.assertEqual(configmap["data"], {"ca.crt": self.CA.decode()})
+        description = configmap["metadata"]["annotations"]["kubernetes.io/description"]
+        self.assertTrue(description.startswith("Contains a CA bundle that can be used to verify"))
+
+    def test_the_namespaces_that_exist_get_them_too(self) -> None:
+        for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.assertTrue(self.server.exists("", "serviceaccounts", "default", name), name)
+            self.assertTrue(self.server.exists("", "configmaps", ROOT_CA_CONFIGMAP, name), name)
+
+    def test_deleted_or_changed_they_come_back(self) -> None:
+        self.server.delete("", "serviceaccounts", "default", "default")
+        self.assertTrue(self.server.exists("", "serviceaccounts", "default", "default"))
+        configmaps = self.server.resource("", "configmaps")
+
+        def tamper(current: Object) -> Object:
+            current["data"] = {"ca.crt": "not a CA"}
+            return current
+
+        self.server.run(
+            self.server.store.guaranteed_update(configmaps, "default", ROOT_CA_CONFIGMAP, tamper)
+        )
+        configmap = self.server.get("", "configmaps", ROOT_CA_CONFIGMAP, "default")
+        self.assertEqual(configmap["data"], {"ca.crt": self.CA.decode()})

@@ -27,6 +27,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.namespacedefaults import default_service_accounts, root_ca_publisher
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
@@ -296,11 +297,14 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
 
 
 def control_plane(
-    store: ObjectStore, registry: Registry, config: ServerConfig
+    store: ObjectStore, registry: Registry, config: ServerConfig, ca_bundle: bytes
 ) -> tuple[IService, APIServerEndpoints]:
     """
     The server's control loops on its shared informers (started once the
     server is ready), and the reconciler of the ``kubernetes`` endpoints.
+
+    :param ca_bundle: the cluster CA that signs the API's certificate, published
+        in every namespace.
     """
     services = MultiService()
     informers = ServerInformers(store)
@@ -308,6 +312,8 @@ def control_plane(
     GarbageCollector(informers, store, registry).setServiceParent(services)
     CRDController(informers, store, registry).setServiceParent(services)
     NodePasswordController(informers, store).setServiceParent(services)
+    default_service_accounts(informers, store).setServiceParent(services)
+    root_ca_publisher(informers, store, ca_bundle).setServiceParent(services)
     NodeLifecycleController(
         informers, store, grace_period=config.node_monitor_grace_period
     ).setServiceParent(services)
@@ -337,7 +343,7 @@ def build_server(
     store = ObjectStore(datastore, reactor)
     registry = built_in_registry()
     store.observe(crds.serve_written_crds(registry))
-    controllers, endpoints = control_plane(store, registry, config)
+    controllers, endpoints = control_plane(store, registry, config, credentials.server_ca_bundle)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
     IService(datastore).setServiceParent(root)
     # Agents' tunnels, which nodes/proxy reaches their kubelets through.
