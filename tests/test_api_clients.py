@@ -156,7 +156,9 @@ class PythonClientTests(ServerTestCase):
             token = page.metadata._continue
             if not token:
                 break
-        self.assertEqual(sorted(seen), sorted(names))
+        # Each once; the namespace's own kube-root-ca.crt may be among them.
+        self.assertEqual(len(seen), len(set(seen)))
+        self.assertEqual(set(seen) - {"kube-root-ca.crt"}, names)
 
     def test_watch_resumes_from_a_resource_version(self) -> None:
         """A watch from a list's resourceVersion sees the later create, update and delete."""
@@ -239,6 +241,19 @@ stringData: {password: hunter2}
         self.assertIn("Forbidden", denied.stderr)
         listed = self.kubectl(node, "get", "secrets")
         self.assertIn('User "system:node:n1" cannot list resource "secrets"', listed.stderr)
+
+    def test_metrics_are_for_admins_and_health_for_everyone(self) -> None:
+        """As kube's default roles: /metrics needs system:monitoring (here the admins);
+        any authenticated user reads /readyz."""
+        node = self.credentials("system:node:n1", ["system:nodes"])
+        denied = self.kubectl(node, "get", "--raw", "/metrics")
+        self.assertIn(
+            'Error from server (Forbidden): forbidden: User "system:node:n1" cannot get path '
+            '"/metrics"',
+            denied.stderr,
+        )
+        ready = self.kubectl(node, "get", "--raw", "/readyz")
+        self.assertEqual((ready.returncode, ready.stdout), (0, "ok"))
 
     def test_other_users_are_forbidden(self) -> None:
         """A user outside system:masters gets kube-apiserver's RBAC message."""

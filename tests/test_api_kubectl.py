@@ -140,9 +140,9 @@ class KubectlTests(SynchronousTestCase):
         )
         as_yaml = yaml.safe_load(self.kubectl("get", "cm", "settings", "-n", "shop", "-o", "yaml"))
         self.assertEqual(as_yaml["data"], {"color": "blue"})
-        self.assertEqual(
-            self.kubectl("get", "cm", "-n", "shop", "-o", "name").split(), ["configmap/settings"]
-        )
+        # The namespace's own kube-root-ca.crt is there too, as on any cluster.
+        listed = self.kubectl("get", "cm", "-n", "shop", "-o", "name").split()
+        self.assertEqual(set(listed) - {"configmap/kube-root-ca.crt"}, {"configmap/settings"})
         path = self.kubectl(
             "get", "pod", "web", "-n", "shop", "-o", "jsonpath={.spec.containers[0].image}"
         )
@@ -480,6 +480,21 @@ spec:
         missing = self.kubectl_raw("get", "--raw", "/livez/shutdown")
         self.assertNotEqual(missing.returncode, 0)
         self.assertIn("NotFound", missing.stderr)
+
+    def test_metrics_in_kube_apiservers_names(self) -> None:
+        """/metrics counts requests by verb, resource and code, times them, counts watch
+        events and stored objects, as kube-apiserver names them."""
+        self.kubectl("get", "configmaps", "-n", "kube-system")
+        text = self.kubectl("get", "--raw", "/metrics")
+        self.assertIn(
+            'apiserver_request_total{code="200",component="apiserver",dry_run="",group="",'
+            'resource="configmaps",scope="namespace",subresource="",verb="LIST",version="v1"}',
+            text,
+        )
+        self.assertIn("# TYPE apiserver_request_duration_seconds histogram", text)
+        self.assertIn('apiserver_storage_objects{resource="namespaces"}', text)
+        self.assertIn("# TYPE apiserver_watch_events_total counter", text)
+        self.assertNotIn("_created", text)
 
     def test_body_over_3_mib_is_413(self) -> None:
         """A request body past 3 MiB is refused with a RequestEntityTooLarge Status."""

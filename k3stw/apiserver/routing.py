@@ -25,14 +25,18 @@ from k3stw.apiserver import discovery
 from k3stw.apiserver.auth import Attributes, NodePods, authorize
 from k3stw.apiserver.health import ENDPOINTS as HEALTH_ENDPOINTS
 from k3stw.apiserver.health import Health
+from k3stw.apiserver.metrics import CONTENT_TYPE, APIMetrics, RequestLabels
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.patch import PatchError
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.request import (
+    APPLY_PATCH,
     answer,
     answer_raw,
     as_status_error,
     flag,
+    media_type,
+    param,
     peek_name,
 )
 from k3stw.apiserver.status import StatusError, status
@@ -41,7 +45,7 @@ from k3stw.apiserver.subresources import NOT_FOUND, check_served, proxy_to_node
 from k3stw.apiserver.tables import TableOptionError
 from k3stw.apiserver.verbs import Target, Verbs
 from k3stw.logs import Logger
-from k3stw.machinery.identity import User, user_of_certificate
+from k3stw.machinery.identity import MASTERS, User, user_of_certificate
 from k3stw.machinery.labels import SelectorError
 
 _METHOD_VERBS = {b"POST": "create", b"PUT": "update", b"PATCH": "patch", b"DELETE": "delete"}
@@ -65,15 +69,17 @@ class KubernetesAPI(Resource):
         server_address: str,
         node_proxy: NodeProxy | None = None,
         health: Health | None = None,
+        metrics: APIMetrics | None = None,
     ) -> None:
         super().__init__()
         self.health = health or Health(())
+        self.metrics = metrics or APIMetrics()
         self.store = store
         self.registry = registry
         self.clock = clock
         self.server_address = server_address
         self.node_proxy = node_proxy
-        self.verbs = Verbs(store, clock)
+        self.verbs = Verbs(store, clock, self.metrics.watch_event)
         self.openapi = discovery.OpenAPI(registry)
         self.pod_uses = NodePods(store, registry.require("", "v1", "pods"))
         self._users: WeakKeyDictionary[object, User] = WeakKeyDictionary()
@@ -83,6 +89,16 @@ class KubernetesAPI(Resource):
         return NOT_DONE_YET
 
     async def _respond(self, request: Request) -> None:
+        started = self.clock.seconds()
+        try:
+            await self._serve(request)
+        finally:
+            labels = getattr(request, "metric_labels", None) or RequestLabels(
+                request.method.decode("latin-1")
+            )
+            self.metrics.observe(labels, request.code, self.clock.seconds() - started)
+
+    async def _serve(self, request: Request) -> None:
         try:
             await self._dispatch(request)
         except StatusError as e:
@@ -111,6 +127,10 @@ class KubernetesAPI(Resource):
         if head in HEALTH_ENDPOINTS:
             # Every authenticated user may ask, as kube's system:public-info-viewer.
             await self.health.answer(request, head, parts[1:])
+        elif head == "metrics" and len(parts) == 1:
+            if MASTERS not in user.groups:
+                raise StatusError(403, f'forbidden: User "{user.name}" cannot get path "/metrics"')
+            answer_raw(request, self.metrics.exposition(), CONTENT_TYPE)
         elif head == "version" and len(parts) == 1:
             answer(request, 200, discovery.version_info())
         elif head == "api":
@@ -177,6 +197,15 @@ class KubernetesAPI(Resource):
             return
         target = self._target(group, version, rest)
         verb = _verb(request, target)
+        labelled = "apply" if verb == "patch" and media_type(request) == APPLY_PATCH else verb
+        request.metric_labels = RequestLabels.of(  # type: ignore[attr-defined]
+            labelled,
+            target.resource,
+            target.namespace,
+            target.name,
+            target.subresource,
+            param(request, "dryRun") == "All",
+        )
         if verb == "create" and user.node_name is not None:
             # A node may create only its own Node (NodeRestriction): authorize the named object.
             target = Target(target.resource, target.namespace, peek_name(request), None)

@@ -9,6 +9,7 @@ strategy, and from the store, which follows it on every write.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +68,16 @@ class Verbs:
     view of the datastore that never writes.
     """
 
-    def __init__(self, store: ObjectStore, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        clock: IReactorTime,
+        watch_event_sent: Callable[[ResourceType], None] = lambda resource: None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
-        self.watches = WatchStreams(store, clock)
+        self.watches = WatchStreams(store, clock, watch_event_sent)
 
     async def serve(self, request: Request, verb: str, target: Target) -> None:
         """Answer C{request} with C{verb} on C{target}."""

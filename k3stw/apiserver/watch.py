@@ -72,9 +72,16 @@ class WatchStreams:
 
     _log = Logger()
 
-    def __init__(self, store: ObjectStore, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        clock: IReactorTime,
+        sent: Callable[[ResourceType], None] = lambda resource: None,
+    ) -> None:
+        """:param sent: told of every event sent to a watcher (the metrics)."""
         self.store = store
         self.clock = clock
+        self.sent = sent
         self._lines = EventLines()
 
     async def serve(
@@ -117,6 +124,8 @@ class WatchStreams:
         def send(kind: str, obj: Object) -> None:
             if getattr(request, "_disconnected", False):
                 return
+            if kind != "ERROR":
+                self.sent(resource)
             if printer is not None and kind != "ERROR":
                 row = tables.watch_event_table(
                     printer, obj, self.clock.seconds(), with_columns=first[0]

@@ -19,6 +19,7 @@ from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.health import Health, HealthCheck
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds, nodes
+from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.request import APIRequest
@@ -35,6 +36,7 @@ from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
 from k3stw.hostport import join_host_port
 from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
+from k3stw.machinery.timing import PeriodicJob
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import (
     ServerCredentials,
@@ -174,8 +176,7 @@ def server_health(server: ServerService, datastore: IDatastore) -> Health:
     reactor = server.reactor
 
     async def etcd() -> str | None:
-        # A read the datastore must answer, as kube-apiserver's etcd check reads etcd.
-        reading = datastore.get(HEALTH_KEY)
+        reading = datastore.health()
         reading.addTimeout(HEALTH_TIMEOUT, reactor)
         try:
             await reading
@@ -197,9 +198,6 @@ def server_health(server: ServerService, datastore: IDatastore) -> Health:
         )
     )
 
-
-#: The key the datastore check reads (it need not exist).
-HEALTH_KEY = "/registry/health"
 
 #: How long a starting server waits for an external datastore to answer.
 DATASTORE_WAIT = 30.0
@@ -356,9 +354,23 @@ def build_server(
         reactor,
     )
     address, port = config.advertised
+    metrics = APIMetrics()
     api = KubernetesAPI(
-        store, registry, reactor, f"{address}:{port}", node_proxy, server_health(root, datastore)
+        store,
+        registry,
+        reactor,
+        f"{address}:{port}",
+        node_proxy,
+        server_health(root, datastore),
+        metrics,
     )
+    PeriodicJob(
+        reactor,
+        STORAGE_COUNT_INTERVAL,
+        lambda: metrics.count_storage(datastore, served_resources(registry)),
+        "count the stored objects",
+        expected=(DatastoreUnavailable,),
+    ).setServiceParent(root)
     node_passwords = NodePasswords(store, reactor)
     node_passwords.setServiceParent(root)
     readiness = root.readiness

@@ -125,6 +125,10 @@ def _text(request: IRequest, body: bytes) -> bytes:
     return body
 
 
+#: kube-apiserver's health endpoints, served by the API.
+HEALTH = (b"healthz", b"livez", b"readyz")
+
+
 def supervisor_resource(
     ca_bundle: bytes,
     readiness: Readiness,
@@ -137,7 +141,7 @@ def supervisor_resource(
 
     :param ca_bundle: ``server-ca.crt`` as on disk, served by ``/cacerts``.
     :param api: the Kubernetes API, served below ``/api``, ``/apis``,
-        ``/version``, ``/openapi`` and the health endpoints.
+        ``/version``, ``/openapi``, ``/metrics`` and the health endpoints.
     :param enrollment: the endpoints agents join through.
     :param tunnel: ``/v1-k3s/connect``, where agents open their tunnel.
     """
@@ -169,6 +173,6 @@ def supervisor_resource(
         v1.putChild(b"connect", tunnel)
     root.putChild(b"v1-k3s", v1)
     if api is not None:
-        for path in (b"api", b"apis", b"version", b"openapi", b"healthz", b"livez", b"readyz"):
+        for path in (b"api", b"apis", b"version", b"openapi", b"metrics", *HEALTH):
             root.putChild(path, api)
     return root
