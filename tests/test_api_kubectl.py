@@ -470,6 +470,26 @@ spec:
         path = "/api/v1/namespaces/default/configmaps"
         return admin_request(self.root, "POST", path, body, content_type)
 
+    def test_services_get_a_cluster_ip_and_node_ports(self) -> None:
+        """As on k3s: a ClusterIP from 10.43.0.0/16, node ports from 30000-32767."""
+        manifest = (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: exposed}\n"
+            "spec: {type: NodePort, selector: {app: web}, ports: [{port: 80}]}\n"
+        )
+        self.kubectl("apply", "-f", "-", stdin=manifest)
+        line = self.kubectl("get", "svc", "exposed", "--no-headers").split()
+        self.assertEqual(line[1], "NodePort")
+        self.assertTrue(line[2].startswith("10.43."), line)
+        port, node_port = line[4].removesuffix("/TCP").split(":")
+        self.assertEqual(port, "80")
+        self.assertIn(int(node_port), range(30000, 32768))
+        # Applied again, unchanged: it keeps both.
+        self.kubectl("apply", "-f", "-", stdin=manifest)
+        self.assertEqual(
+            self.kubectl("get", "svc", "exposed", "--no-headers").split()[2:5], line[2:5]
+        )
+        self.kubectl("delete", "svc", "exposed")
+
     def test_health_endpoints_as_kubectl_reads_them(self) -> None:
         """/healthz, /livez and /readyz answer ok; ?verbose lists kube-apiserver's checks."""
         for endpoint in ("/healthz", "/livez", "/readyz", "/readyz/etcd"):

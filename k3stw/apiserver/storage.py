@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from k3stw.apiserver.allocation import Allocator, Reservation
 from k3stw.apiserver.kinds import namespaces
 from k3stw.apiserver.patch import record_update
 from k3stw.apiserver.registry import ResourceType
@@ -169,9 +170,22 @@ class ObjectStore:
         self._active_namespaces: dict[str, float] = {}
         self.decoded = DecodedEvents()
         self._observers: builtins.list[WriteObserver] = []
+        #: Per (group, plural), what claims values for its objects (Services' cluster IPs).
+        self.allocators: dict[tuple[str, str], Allocator] = {}
 
     def now(self) -> str:
         return rfc3339(self.clock.seconds())
+
+    async def _reserve(
+        self, resource: ResourceType, new: Object, old: Object | None
+    ) -> Reservation | None:
+        allocator = self.allocators.get((resource.group, resource.plural))
+        return None if allocator is None else await allocator.reserve(new, old)
+
+    async def _release(self, resource: ResourceType, gone: Object) -> None:
+        allocator = self.allocators.get((resource.group, resource.plural))
+        if allocator is not None:
+            await allocator.release(gone)
 
     def observe(self, observer: WriteObserver) -> None:
         """Tell C{observer} of every write this store makes (a dry run makes none)."""
@@ -343,6 +357,7 @@ class ObjectStore:
             strategy.prepare_create(obj, self.now())
             strategy.default(obj)
             _check(resource, name, strategy.validate(obj))
+            reservation = await self._reserve(resource, obj, None)
             stored = (
                 record_update(None, obj, manager, now=self.now(), rules=strategy.merge_rules)
                 if manager
@@ -352,12 +367,16 @@ class ObjectStore:
                 revision = await self.datastore.create(
                     resource.storage_key(namespace, name), encode(stored)
                 )
-            except KeyExists:
-                if generated:
-                    continue
-                raise already_exists(resource.plural, resource.group, name) from None
-            except DatastoreUnavailable as e:
-                raise unavailable(e) from None
+            except BaseException as e:
+                if reservation is not None:
+                    await reservation.undo()
+                if isinstance(e, KeyExists):
+                    if generated:
+                        continue
+                    raise already_exists(resource.plural, resource.group, name) from None
+                if isinstance(e, DatastoreUnavailable):
+                    raise unavailable(e) from None
+                raise
             stored["metadata"]["resourceVersion"] = str(revision)
             self._written(resource, stored)
             return stored
@@ -479,15 +498,27 @@ class ObjectStore:
                 generation = current["metadata"].get("generation", 1)
                 updated["metadata"]["generation"] = generation + 1
             gone = is_deleting(updated) and strategy.finished_deleting(updated)
-            revision = await self._compare_and_swap(
-                resource,
-                name,
-                self.datastore.delete(key, kv.mod_revision)
-                if gone
-                else self.datastore.update(key, encode(updated), kv.mod_revision),
-            )
+            reservation = None if gone else await self._reserve(resource, updated, current)
+            try:
+                revision = await self._compare_and_swap(
+                    resource,
+                    name,
+                    self.datastore.delete(key, kv.mod_revision)
+                    if gone
+                    else self.datastore.update(key, encode(updated), kv.mod_revision),
+                )
+            except BaseException:
+                if reservation is not None:
+                    await reservation.undo()
+                raise
             if revision is None:
+                if reservation is not None:
+                    await reservation.undo()
                 continue
+            if reservation is not None:
+                await reservation.commit()
+            if gone:
+                await self._release(resource, current)
             updated["metadata"]["resourceVersion"] = str(revision)
             self._written(resource, updated, gone)
             return updated
@@ -551,6 +582,7 @@ class ObjectStore:
             )
             if revision is None:
                 continue
+            await self._release(resource, current)
             current["metadata"]["resourceVersion"] = str(revision)
             self._written(resource, current, True)
             return current, True

@@ -44,6 +44,13 @@ class ServerConfig:
     datastore_endpoint: str | None = None
     datastore_tls: DatastoreTLS = field(default_factory=DatastoreTLS)
     node_external_ips: tuple[str, ...] = ()
+    #: ``--service-node-port-range`` (``30000-32767``).
+    service_node_port_range: str = "30000-32767"
+
+    @property
+    def node_ports(self) -> range:
+        first, _, last = self.service_node_port_range.partition("-")
+        return range(int(first), int(last) + 1)
 
     @property
     def server_dir(self) -> Path:

@@ -15,15 +15,17 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
 from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, node_factory
+from k3stw.apiserver.allocation import ServiceAllocator, repair_job
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.health import Health, HealthCheck
 from k3stw.apiserver.informers import ServerInformers
-from k3stw.apiserver.kinds import built_in_registry, crds, nodes
+from k3stw.apiserver.kinds import built_in_registry, crds, nodes, services
 from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.request import APIRequest
 from k3stw.apiserver.routing import KubernetesAPI
+from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import APIServerEndpoints
@@ -36,6 +38,7 @@ from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
 from k3stw.hostport import join_host_port
 from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
+from k3stw.machinery.objects import Object
 from k3stw.machinery.timing import PeriodicJob
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import (
@@ -169,6 +172,15 @@ _log = Logger(namespace="k3stw.server")
 
 #: How long /healthz's datastore check waits for an answer.
 HEALTH_TIMEOUT = 2.0
+
+
+#: How often the allocations are checked against the Services (kube-apiserver: 3 min).
+REPAIR_INTERVAL = 60.0
+
+
+async def _all_services(store: ObjectStore) -> list[Object]:
+    listed = await store.list(services.RESOURCE, None)
+    return listed.items
 
 
 def server_health(server: ServerService, datastore: IDatastore) -> Health:
@@ -339,6 +351,8 @@ def build_server(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
         )
     store = ObjectStore(datastore, reactor)
+    allocator = ServiceAllocator(datastore, reactor, config.service_cidr, config.node_ports)
+    store.allocators[("", services.RESOURCE.plural)] = allocator
     registry = built_in_registry()
     store.observe(crds.serve_written_crds(registry))
     controllers, endpoints = control_plane(store, registry, config, credentials.server_ca_bundle)
@@ -364,6 +378,14 @@ def build_server(
         server_health(root, datastore),
         metrics,
     )
+    PeriodicJob(
+        reactor,
+        REPAIR_INTERVAL,
+        repair_job(allocator, lambda: _all_services(store)),
+        "repair the service IP and node port allocations",
+        first=REPAIR_INTERVAL,
+        expected=(DatastoreUnavailable, StatusError),
+    ).setServiceParent(root)
     PeriodicJob(
         reactor,
         STORAGE_COUNT_INTERVAL,

@@ -130,6 +130,18 @@ def _cidrs(value: object) -> str:
     return text
 
 
+def _port_range(value: object) -> str:
+    text = _text(value).strip()
+    low, dash, high = text.partition("-")
+    try:
+        first, last = int(low), int(high)
+    except ValueError:
+        raise ValueError("expected a port range such as 30000-32767") from None
+    if not dash or not 1 <= first <= last <= 65535:
+        raise ValueError("expected a port range such as 30000-32767") from None
+    return text
+
+
 def _path(value: object) -> str:
     text = _text(value)
     if not text:
@@ -309,6 +321,12 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         _cidrs,
         default="10.43.0.0/16",
     ),
+    Flag(
+        "service-node-port-range",
+        "Port range to reserve for services with NodePort visibility",
+        _port_range,
+        default="30000-32767",
+    ),
     Flag("cluster-dns", "IPv4 Cluster IP for coredns service", _ip_address, default="10.43.0.10"),
     Flag("cluster-domain", "Cluster Domain", default="cluster.local"),
     Flag(
@@ -351,7 +369,16 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("bind-address", "advertise-address", "advertise-port", "https-listen-port", "tls-san"),
     ),
     ("data", ("data-dir",)),
-    ("networking", ("cluster-cidr", "service-cidr", "cluster-dns", "cluster-domain")),
+    (
+        "networking",
+        (
+            "cluster-cidr",
+            "service-cidr",
+            "service-node-port-range",
+            "cluster-dns",
+            "cluster-domain",
+        ),
+    ),
     ("client", ("write-kubeconfig", "write-kubeconfig-mode")),
     (
         "cluster",
