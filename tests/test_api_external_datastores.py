@@ -164,3 +164,55 @@ class KubernetesEndpointsTests(SynchronousTestCase):
         second.stop()
         self.wait_for(kubeconfig, {"127.0.0.26"})
         first.stop()
+
+
+class AllocationRaceTests(SynchronousTestCase):
+    """Two servers on one PostgreSQL hand out a small service CIDR at once: each IP once."""
+
+    def test_two_servers_fill_one_range_without_sharing(self) -> None:
+        endpoint = shared_postgres().endpoint(fresh_database_name("alloc"))
+        root = Path(self.mktemp()).absolute()
+        kubeconfigs = []
+        for name in ("one", "two"):
+            port = free_port(HOST)
+            server = k3s_server(
+                self, root / name, HOST, port, "--disable-agent", "--datastore-endpoint",
+                endpoint, "--token", TOKEN, "--service-cidr", "10.45.0.0/27",
+            ).start()  # fmt: skip
+            server.wait_for_ping(HOST, port)
+            server.wait_for_output("k3s is up and running")
+            kubeconfigs.append(root / name / "k3s.yaml")
+        # A /27 has 30 addresses; the kubernetes service holds .1: 29 are left.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "K3S_"))}
+        applying = []
+        for index, kubeconfig in enumerate(kubeconfigs):
+            manifest = "---\n".join(
+                f"apiVersion: v1\nkind: Service\nmetadata: {{name: s{index}-{n}}}\n"
+                "spec: {ports: [{port: 80}]}\n"
+                for n in range(15 if index == 0 else 14)
+            )
+            process = subprocess.Popen(
+                [KUBECTL, "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=env,
+            )  # fmt: skip
+            assert process.stdin is not None
+            process.stdin.write(manifest)
+            process.stdin.close()
+            applying.append(process)
+        for process in applying:
+            self.assertEqual(process.wait(120), 0, process.stderr.read() if process.stderr else "")
+        listed = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(kubeconfigs[1]), "get", "svc", "-A", "-o",
+             "jsonpath={range .items[*]}{.spec.clusterIP} {end}"],
+            capture_output=True, text=True, env=env, timeout=60,
+        ).stdout.split()  # fmt: skip
+        self.assertEqual(len(listed), 30)
+        self.assertEqual(len(set(listed)), 30)
+        full = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(kubeconfigs[0]), "apply", "-f", "-"],
+            input="apiVersion: v1\nkind: Service\nmetadata: {name: extra}\n"
+            "spec: {ports: [{port: 80}]}\n",
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        self.assertIn("failed to allocate a serviceIP: range is full", full.stderr)
