@@ -112,7 +112,7 @@ class CommandLineTests(OptionsTestCase):
             "--cluster-cidr", "10.52.0.0/16", "--service-cidr", "10.53.0.0/16",
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",  # in the CIDR
             "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
-            "--kubelet-arg", "port=10251",
+            "--kubelet-arg", "port=10251", "--service-node-port-range", "31000-31999",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -126,6 +126,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertIs(options["with-node-id"], True)
         self.assertEqual(options["server"], "https://s:6443")
         self.assertEqual(options["node-monitor-grace-period"], 5.0)
+        self.assertEqual(options["service-node-port-range"], "31000-31999")
 
     def test_every_agent_flag_long_form(self) -> None:
         """Every agent flag is accepted under its k3s long name."""
@@ -487,6 +488,17 @@ class TwistdDefaultsTests(OptionsTestCase):
         self.assertIsNone(self.twistd(Path(self.mktemp()), "--logfile", "k3s.log")["logger"])
         self.patch(os, "environ", {**os.environ, "JOURNAL_STREAM": "1:2"})
         self.assertIsNone(self.twistd(Path(self.mktemp()))["logger"])
+
+
+class PortRangeTests(OptionsTestCase):
+    def test_a_bad_node_port_range_is_one_line(self) -> None:
+        for bad in ("30000", "32767-30000", "0-10", "a-b"):
+            self.assertFails(
+                server.Options,
+                ["--service-node-port-range", bad],
+                "--service-node-port-range",
+                "expected a port range such as 30000-32767",
+            )
 
 
 class HelpTests(OptionsTestCase):
