@@ -35,6 +35,9 @@ class WheelTests(SynchronousTestCase):
         names = zipfile.ZipFile(wheel).namelist()
         self.assertIn("twisted/plugins/k3stw_plugins.py", names)
         self.assertIn("k3stw/py.typed", names)
+        # The generated API catalogue ships as data.
+        self.assertIn("k3stw/apiserver/catalogue/resources.json", names)
+        self.assertIn("k3stw/apiserver/catalogue/openapi/apps_v1.json.gz", names)
         self.assertFalse([n for n in names if n.startswith("twisted/") and "__init__" in n])
         self.assertFalse([n for n in names if n.endswith("dropin.cache")])
 
