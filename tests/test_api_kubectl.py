@@ -490,6 +490,129 @@ spec:
         )
         self.kubectl("delete", "svc", "exposed")
 
+    MANIFESTS = """\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: postgres:16}]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec: {restartPolicy: OnFailure, containers: [{name: c, image: busybox}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
+spec:
+  rules: [{host: a.example, http: {paths: [{path: /, pathType: Prefix,
+    backend: {service: {name: web, port: {number: 80}}}}]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: reader}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get, list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}
+subjects: [{kind: ServiceAccount, name: default}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: db}
+spec: {minAvailable: 1, selector: {matchLabels: {app: db}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 3
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: small}
+spec: {hard: {pods: "10"}}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: local}
+provisioner: rancher.io/local-path
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+"""
+
+    def test_every_common_kind_is_served(self) -> None:
+        """Manifests of the kinds users bring are stored, read back, listed by category and
+        explained."""
+        self.kubectl("create", "namespace", "kinds")
+        applied = self.kubectl("apply", "-n", "kinds", "-f", "-", stdin=self.MANIFESTS)
+        for created in (
+            "statefulset.apps/db created",
+            "job.batch/once created",
+            "cronjob.batch/nightly created",
+            "ingress.networking.k8s.io/web created",
+            "networkpolicy.networking.k8s.io/deny created",
+            "role.rbac.authorization.k8s.io/reader created",
+            "rolebinding.rbac.authorization.k8s.io/reader created",
+            "persistentvolumeclaim/data created",
+            "poddisruptionbudget.policy/db created",
+            "horizontalpodautoscaler.autoscaling/web created",
+            "resourcequota/small created",
+            "storageclass.storage.k8s.io/local created",
+            "priorityclass.scheduling.k8s.io/high created",
+        ):
+            self.assertIn(created, applied)
+        # Applied again, unchanged: the merge of every kind keeps what is stored.
+        again = self.kubectl("apply", "-n", "kinds", "-f", "-", stdin=self.MANIFESTS)
+        self.assertIn("statefulset.apps/db unchanged", again)
+        image = self.kubectl(
+            "get", "sts", "db", "-n", "kinds", "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        )  # fmt: skip
+        self.assertEqual(image, "postgres:16")
+        every = self.kubectl("get", "all", "-n", "kinds", "-o", "name").split()
+        for name in ("statefulset.apps/db", "job.batch/once", "cronjob.batch/nightly"):
+            self.assertIn(name, every)
+        resources = self.kubectl("api-resources", "--no-headers").splitlines()
+        self.assertTrue(any(line.split()[:2] == ["cronjobs", "cj"] for line in resources))
+        explained = self.kubectl("explain", "statefulset.spec.serviceName")
+        self.assertIn("GROUP:      apps", explained)
+        self.assertIn("serviceName", explained)
+
     def test_health_endpoints_as_kubectl_reads_them(self) -> None:
         """/healthz, /livez and /readyz answer ok; ?verbose lists kube-apiserver's checks."""
         for endpoint in ("/healthz", "/livez", "/readyz", "/readyz/etcd"):

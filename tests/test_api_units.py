@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -113,13 +114,26 @@ class DiscoveryTests(SynchronousTestCase):
         self.assertIn("apis/apps/v1", index["paths"])
         document = openapi.document("api/v1")
         assert document is not None
-        paths = json.loads(document)["paths"]
+        paths = json.loads(gzip.decompress(document))["paths"]
         patch = paths["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"]
         self.assertEqual(
             patch["x-kubernetes-group-version-kind"],
             {"group": "", "version": "v1", "kind": "ConfigMap"},
         )
         self.assertIn("fieldValidation", [p["name"] for p in patch["parameters"]])
+
+    def test_openapi_carries_the_catalogue_schemas(self) -> None:
+        """The schemas kubectl explain reads: each served kind's, tagged with its GVK."""
+        openapi = discovery.OpenAPI(self.registry)
+        document = openapi.document("apis/apps/v1")
+        assert document is not None
+        schemas = json.loads(gzip.decompress(document))["components"]["schemas"]
+        deployment = schemas["io.k8s.api.apps.v1.Deployment"]
+        self.assertEqual(
+            deployment["x-kubernetes-group-version-kind"],
+            [{"group": "apps", "kind": "Deployment", "version": "v1"}],
+        )
+        self.assertIn("replicas", schemas["io.k8s.api.apps.v1.DeploymentSpec"]["properties"])
 
     def test_openapi_hash_changes_with_the_registry(self) -> None:
         """A new CRD changes the documents' hashes, so kubectl's cache refreshes."""

@@ -5,12 +5,14 @@ legacy), and the OpenAPI v3 documents ``kubectl apply`` validates against.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import platform
 from typing import Any
 
 from k3stw import KUBERNETES_VERSION
+from k3stw.apiserver import catalogue
 from k3stw.apiserver.registry import Registry, ResourceType
 
 AGGREGATED_CONTENT_TYPE = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
@@ -226,27 +228,38 @@ def _gv_document(registry: Registry, group: str, version: str) -> dict[str, Any]
 
 
 class OpenAPI:
-    """The OpenAPI v3 index and documents, rebuilt when the registry changes."""
+    """
+    The OpenAPI v3 index and documents.  A built-in group version's document
+    carries the schemas of the generated catalogue (what ``kubectl explain``
+    reads); it is merged with the served paths when first asked for and kept
+    gzip-compressed, so the server never holds the schemas parsed.
+    """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._documents: dict[str, bytes] = {}
+        self._paths: dict[str, bytes] = {}
+        self._merged: dict[str, bytes] = {}
         self._index: bytes = b""
         registry.on_change(self.rebuild)
         self.rebuild()
 
     def rebuild(self) -> None:
-        documents = {}
+        paths: dict[str, bytes] = {}
+        hashes: dict[str, str] = {}
         for group, versions in self.registry.groups().items():
             for version in versions:
-                document = _gv_document(self.registry, group, version)
-                documents[_openapi_path(group, version)] = json.dumps(document).encode()
-        self._documents = documents
+                body = json.dumps(_gv_document(self.registry, group, version)).encode()
+                path = _openapi_path(group, version)
+                paths[path] = body
+                schemas = catalogue.openapi_document(group, version) or b""
+                hashes[path] = _hash(body + schemas)
+        self._paths = paths
+        self._merged = {}
         self._index = json.dumps(
             {
                 "paths": {
-                    path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={_hash(body)}"}
-                    for path, body in documents.items()
+                    path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest}"}
+                    for path, digest in hashes.items()
                 }
             }
         ).encode()
@@ -255,7 +268,25 @@ class OpenAPI:
         return self._index
 
     def document(self, path: str) -> bytes | None:
-        return self._documents.get(path)
+        """The gzip-compressed document of C{path} (``apis/apps/v1``), or None."""
+        merged = self._merged.get(path)
+        if merged is None:
+            body = self._paths.get(path)
+            if body is None:
+                return None
+            group, _, version = path.removeprefix("api/").removeprefix("apis/").rpartition("/")
+            merged = self._merged[path] = _with_schemas(body, group, version)
+        return merged
+
+
+def _with_schemas(body: bytes, group: str, version: str) -> bytes:
+    """C{body} (the served paths) with the catalogue's schemas of C{group}/C{version}, gzipped."""
+    schemas = catalogue.openapi_document(group, version)
+    if schemas is None:
+        return gzip.compress(body, mtime=0)
+    document = json.loads(body)
+    document["components"] = json.loads(gzip.decompress(schemas))["components"]
+    return gzip.compress(json.dumps(document, separators=(",", ":")).encode(), mtime=0)
 
 
 def _hash(body: bytes) -> str:

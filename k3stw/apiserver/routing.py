@@ -11,6 +11,7 @@ caller may, and hands the request to L{Verbs} (or, for
 
 from __future__ import annotations
 
+import gzip
 import json
 from urllib.parse import unquote
 from weakref import WeakKeyDictionary
@@ -161,13 +162,18 @@ class KubernetesAPI(Resource):
 
     def _openapi(self, request: Request, parts: list[str]) -> None:
         if parts == ["v3"]:
-            body = self.openapi.index()
+            answer_raw(request, self.openapi.index(), b"application/json")
         elif parts[:1] == ["v3"] and (document := self.openapi.document("/".join(parts[1:]))):
-            body = document
+            # Kept compressed: sent as it is to a client that takes gzip (kubectl does).
+            accepted = (request.getHeader(b"accept-encoding") or b"").lower()
+            if b"gzip" in accepted:
+                request.setHeader(b"content-encoding", b"gzip")
+                answer_raw(request, document, b"application/json")
+            else:
+                answer_raw(request, gzip.decompress(document), b"application/json")
         else:
             # v2 is asked for as protobuf only; a JSON v2 document breaks kubectl apply.
             raise StatusError(404, NOT_FOUND)
-        answer_raw(request, body, b"application/json")
 
     def _discovery(self, request: Request, core: bool) -> None:
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")

@@ -4,10 +4,16 @@ storage see it) and its L{Strategy} (defaults, validation, merge rules,
 printer columns, field selectors): everything the API server knows about
 the kind, in one place.  Custom resources get theirs from their CRD
 (L{custom}).
+
+Every other resource kube-apiserver 1.32 serves comes from the generated
+catalogue (L{k3stw.apiserver.catalogue}) with the default strategy: stored,
+listed, watched and patched like any object, until a module of its own says
+more.
 """
 
 from __future__ import annotations
 
+from k3stw.apiserver import catalogue
 from k3stw.apiserver.kinds import (
     configmaps,
     crds,
@@ -47,6 +53,55 @@ BUILT_IN: tuple[ResourceType, ...] = (
 )
 
 
+#: Catalogue resources not stored yet, and why: each needs behaviour of its own, and a
+#: plain store would answer wrongly where kube-apiserver computes or converts.
+NOT_STORED = {
+    ("", "bindings"): "a pod's binding, not an object",
+    ("", "componentstatuses"): "computed by the server, never stored",
+    ("authentication.k8s.io", "tokenreviews"): "answered from the token, never stored",
+    ("authentication.k8s.io", "selfsubjectreviews"): "answered from the request's user",
+    ("authorization.k8s.io", "subjectaccessreviews"): "answered by the authorizer",
+    ("authorization.k8s.io", "selfsubjectaccessreviews"): "answered by the authorizer",
+    ("authorization.k8s.io", "localsubjectaccessreviews"): "answered by the authorizer",
+    ("authorization.k8s.io", "selfsubjectrulesreviews"): "answered by the authorizer",
+    ("events.k8s.io", "events"): "the core events, converted: not a store of its own",
+}
+
+
+def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[ResourceType]:
+    """
+    The catalogue's resources that no module declares, at their group's
+    preferred version (a group's other versions need conversion), with the
+    default strategy; of their subresources only ``status``, which is generic.
+    """
+    modules = {(r.group, r.kind) for r in declared}
+    found = []
+    for entry in catalogue.resources():
+        group, plural = entry["group"], entry["plural"]
+        if (
+            entry["version"] != entry["preferredVersion"]
+            or (group, entry["kind"]) in modules
+            or (group, plural) in NOT_STORED
+        ):
+            continue
+        status = any(sub["name"] == "status" for sub in entry["subresources"])
+        found.append(
+            ResourceType(
+                group,
+                entry["version"],
+                entry["kind"],
+                plural,
+                entry["singular"],
+                namespaced=entry["namespaced"],
+                short_names=tuple(entry["shortNames"]),
+                categories=tuple(entry["categories"]),
+                subresources=("status",) if status else (),
+                verbs=tuple(entry["verbs"]),
+            )
+        )
+    return found
+
+
 def built_in_registry() -> Registry:
     """A registry serving the built-in resources (CRDs add theirs as they come)."""
-    return Registry.serving(BUILT_IN)
+    return Registry.serving((*BUILT_IN, *catalogue_resources()))
