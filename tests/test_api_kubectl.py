@@ -499,7 +499,10 @@ spec:
   selector: {matchLabels: {app: db}}
   template:
     metadata: {labels: {app: db}}
-    spec: {containers: [{name: db, image: postgres:16}]}
+    spec:
+      containers:
+      - {name: db, image: postgres:16, ports: [{containerPort: 5432}]}
+      - {name: sidecar, image: busybox, env: [{name: MODE, value: watch}]}
 ---
 apiVersion: batch/v1
 kind: Job
@@ -599,11 +602,29 @@ value: 1000
         # Applied again, unchanged: the merge of every kind keeps what is stored.
         again = self.kubectl("apply", "-n", "kinds", "-f", "-", stdin=self.MANIFESTS)
         self.assertIn("statefulset.apps/db unchanged", again)
-        image = self.kubectl(
-            "get", "sts", "db", "-n", "kinds", "-o",
-            "jsonpath={.spec.template.spec.containers[0].image}",
-        )  # fmt: skip
-        self.assertEqual(image, "postgres:16")
+        # A strategic merge patch merges into the container by name (the schema's merge
+        # key): the other container and the port stay.
+        patch = (
+            '{"spec":{"template":{"spec":{"containers":[{"name":"db","image":"postgres:17"}]}}}}'
+        )
+        self.kubectl("patch", "sts", "db", "-n", "kinds", "--type", "strategic", "-p", patch)
+        containers = json.loads(
+            self.kubectl(
+                "get",
+                "sts",
+                "db",
+                "-n",
+                "kinds",
+                "-o",
+                "jsonpath={.spec.template.spec.containers}",
+            )
+        )
+        self.assertEqual(
+            [(c["name"], c["image"]) for c in containers],
+            [("db", "postgres:17"), ("sidecar", "busybox")],
+        )
+        self.assertEqual(containers[0]["ports"][0]["containerPort"], 5432)
+        self.assertEqual(containers[1]["env"], [{"name": "MODE", "value": "watch"}])
         every = self.kubectl("get", "all", "-n", "kinds", "-o", "name").split()
         for name in ("statefulset.apps/db", "job.batch/once", "cronjob.batch/nightly"):
             self.assertIn(name, every)

@@ -14,6 +14,7 @@ more.
 from __future__ import annotations
 
 from k3stw.apiserver import catalogue
+from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds import (
     configmaps,
     crds,
@@ -32,6 +33,7 @@ from k3stw.apiserver.kinds import (
     services,
 )
 from k3stw.apiserver.registry import Registry, ResourceType
+from k3stw.apiserver.strategy import Strategy
 
 #: Every built-in resource, in the order the modules declare them.
 BUILT_IN: tuple[ResourceType, ...] = (
@@ -72,7 +74,8 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
     """
     The catalogue's resources that no module declares, at their group's
     preferred version (a group's other versions need conversion), with the
-    default strategy; of their subresources only ``status``, which is generic.
+    default strategy and the merge rules their schemas state; of their
+    subresources only ``status``, which is generic.
     """
     modules = {(r.group, r.kind) for r in declared}
     found = []
@@ -97,6 +100,7 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 categories=tuple(entry["categories"]),
                 subresources=("status",) if status else (),
                 verbs=tuple(entry["verbs"]),
+                strategy=Strategy(merge_rules=LazyRules(group, entry["version"], entry["kind"])),
             )
         )
     return found
