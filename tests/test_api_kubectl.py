@@ -634,6 +634,33 @@ value: 1000
         self.assertIn("GROUP:      apps", explained)
         self.assertIn("serviceName", explained)
 
+    def test_kubectl_scale_through_the_scale_subresource(self) -> None:
+        """kubectl scale (a PATCH of .../scale) sets replicas; the Scale reads them back."""
+        manifest = (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: scaled}\n"
+            "spec:\n  selector: {matchLabels: {app: scaled}}\n"
+            "  template:\n    metadata: {labels: {app: scaled}}\n"
+            "    spec: {containers: [{name: c, image: busybox}]}\n"
+        )
+        self.kubectl("apply", "-f", "-", stdin=manifest)
+        self.assertIn(
+            "deployment.apps/scaled scaled", self.kubectl("scale", "deploy/scaled", "--replicas=4")
+        )
+        replicas = self.kubectl("get", "deploy", "scaled", "-o", "jsonpath={.spec.replicas}")
+        self.assertEqual(replicas, "4")
+        scale = json.loads(
+            self.kubectl(
+                "get", "--raw", "/apis/apps/v1/namespaces/default/deployments/scaled/scale"
+            )
+        )
+        self.assertEqual((scale["kind"], scale["apiVersion"]), ("Scale", "autoscaling/v1"))
+        self.assertEqual(
+            (scale["spec"]["replicas"], scale["status"]["selector"]), (4, "app=scaled")
+        )
+        refused = self.kubectl_raw("scale", "deploy/scaled", "--replicas=-1")
+        self.assertNotEqual(refused.returncode, 0)
+        self.kubectl("delete", "deploy", "scaled")
+
     def test_health_endpoints_as_kubectl_reads_them(self) -> None:
         """/healthz, /livez and /readyz answer ok; ?verbose lists kube-apiserver's checks."""
         for endpoint in ("/healthz", "/livez", "/readyz", "/readyz/etcd"):

@@ -40,7 +40,7 @@ from k3stw.apiserver.request import (
     param,
     peek_name,
 )
-from k3stw.apiserver.status import StatusError, status
+from k3stw.apiserver.status import NOT_ALLOWED, StatusError, status
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.apiserver.subresources import NOT_FOUND, check_served, proxy_to_node
 from k3stw.apiserver.tables import TableOptionError
@@ -50,7 +50,6 @@ from k3stw.machinery.identity import MASTERS, User, user_of_certificate
 from k3stw.machinery.labels import SelectorError
 
 _METHOD_VERBS = {b"POST": "create", b"PUT": "update", b"PATCH": "patch", b"DELETE": "delete"}
-_NOT_ALLOWED = "the server does not allow this method on the requested resource"
 
 
 class KubernetesAPI(Resource):
@@ -251,7 +250,7 @@ def _verb(request: Request, target: Target) -> str:
     if verb is None or (verb == "create") == bool(target.name):
         if verb == "delete" and not target.name:
             return "deletecollection"
-        raise StatusError(405, _NOT_ALLOWED)
+        raise StatusError(405, NOT_ALLOWED)
     return verb
 
 

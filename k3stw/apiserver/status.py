@@ -125,6 +125,10 @@ def conflict(resource: str, group: str, name: str) -> StatusError:
     )
 
 
+#: kube-apiserver's 405 message.
+NOT_ALLOWED = "the server does not allow this method on the requested resource"
+
+
 def invalid(kind: str, name: str, causes: list[tuple[str, str]]) -> StatusError:
     """A 422 listing each C{(field, message)}, as kube-apiserver's validation does."""
     text = "; ".join(f"{field}: {message}" for field, message in causes)

@@ -34,7 +34,8 @@ from k3stw.apiserver.request import (
     patch_body,
     wants_table,
 )
-from k3stw.apiserver.status import StatusError, bad_request
+from k3stw.apiserver.scale import patched_scale, scale_of, write_scale
+from k3stw.apiserver.status import NOT_ALLOWED, StatusError, bad_request
 from k3stw.apiserver.storage import ObjectStore, Predicate, merge_update
 from k3stw.apiserver.watch import WatchStreams, named
 from k3stw.machinery.objects import Object
@@ -81,7 +82,9 @@ class Verbs:
 
     async def serve(self, request: Request, verb: str, target: Target) -> None:
         """Answer C{request} with C{verb} on C{target}."""
-        if verb == "get":
+        if target.subresource == "scale":
+            await self.scale(request, verb, target)
+        elif verb == "get":
             await self.get(request, target)
         elif verb == "list":
             await self.list_objects(request, target)
@@ -101,6 +104,23 @@ class Verbs:
         else:
             assert verb == "deletecollection"
             await self.delete_collection(request, target)
+
+    async def scale(self, request: Request, verb: str, target: Target) -> None:
+        """``<object>/scale``: its replicas as an ``autoscaling/v1`` Scale."""
+        resource, namespace, name = target.resource, target.namespace, target.name
+        assert name is not None
+        if verb == "get":
+            answer(request, 200, scale_of(await self.store.get(resource, namespace, name)))
+            return
+        if verb == "update":
+            change: Any = object_body(request)
+        elif verb == "patch":
+            change = patched_scale(*patch_body(request))
+        else:
+            raise StatusError(405, NOT_ALLOWED)
+        store = self._store_for(request)
+        scaled = await write_scale(store, resource, namespace, name, change, field_manager(request))
+        answer(request, 200, scaled)
 
     def _store_for(self, request: Request) -> ObjectStore:
         dry_run = param(request, "dryRun")

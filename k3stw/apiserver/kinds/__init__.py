@@ -70,12 +70,16 @@ NOT_STORED = {
 }
 
 
+#: The subresources served the same way for every kind that has them.
+GENERIC_SUBRESOURCES = ("status", "scale")
+
+
 def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[ResourceType]:
     """
     The catalogue's resources that no module declares, at their group's
     preferred version (a group's other versions need conversion), with the
     default strategy and the merge rules their schemas state; of their
-    subresources only ``status``, which is generic.
+    subresources those served for any kind (L{GENERIC_SUBRESOURCES}).
     """
     modules = {(r.group, r.kind) for r in declared}
     found = []
@@ -87,7 +91,11 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
             or (group, plural) in NOT_STORED
         ):
             continue
-        status = any(sub["name"] == "status" for sub in entry["subresources"])
+        served = tuple(
+            name
+            for name in GENERIC_SUBRESOURCES
+            if any(sub["name"] == name for sub in entry["subresources"])
+        )
         found.append(
             ResourceType(
                 group,
@@ -98,7 +106,7 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 namespaced=entry["namespaced"],
                 short_names=tuple(entry["shortNames"]),
                 categories=tuple(entry["categories"]),
-                subresources=("status",) if status else (),
+                subresources=served,
                 verbs=tuple(entry["verbs"]),
                 strategy=Strategy(merge_rules=LazyRules(group, entry["version"], entry["kind"])),
             )

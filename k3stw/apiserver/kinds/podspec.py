@@ -120,7 +120,7 @@ def workload(
         namespaced=True,
         short_names=(short_name,),
         categories=("all",),
-        subresources=("status",),
+        subresources=("status", "scale") if replicas else ("status",),
         strategy=Strategy(
             printer=printer,
             merge_rules=rules,
