@@ -140,6 +140,29 @@ class PythonClientTests(ServerTestCase):
         )
         self.assertEqual((status["status"], status["details"]["kind"]), ("Success", "configmaps"))
 
+    def test_a_scheduler_binds_a_pod(self) -> None:
+        """The typed client's create_namespaced_pod_binding, as kube-scheduler binds."""
+        core = client.CoreV1Api(self.api())
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name="unbound"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+        )
+        core.create_namespaced_pod("default", pod)
+        binding = client.V1Binding(
+            metadata=client.V1ObjectMeta(name="unbound"),
+            target=client.V1ObjectReference(kind="Node", name="n7"),
+        )
+        core.create_namespaced_pod_binding("unbound", "default", binding, _preload_content=False)
+        bound = core.read_namespaced_pod("unbound", "default")
+        assert bound.spec is not None
+        self.assertEqual(bound.spec.node_name, "n7")
+        with self.assertRaises(ApiException) as caught:
+            core.create_namespaced_pod_binding(
+                "unbound", "default", binding, _preload_content=False
+            )
+        self.assertEqual(caught.exception.status, 409)
+        core.delete_namespaced_pod("unbound", "default")
+
     def test_paging(self) -> None:
         """limit and continue page through a list without loss or repeat."""
         core = client.CoreV1Api(self.api())

@@ -41,7 +41,17 @@ def _verbs(resource: ResourceType) -> list[str]:
 def _subresource_kind(resource: ResourceType, subresource: str) -> tuple[str, str, str]:
     if subresource == "scale":
         return ("autoscaling", "v1", "Scale")
+    if subresource == "binding":
+        return ("", "v1", "Binding")
     return (resource.group, resource.version, resource.kind)
+
+
+def _subresource_verbs(subresource: str) -> list[str]:
+    if subresource in ("log", "proxy"):
+        return ["get"]
+    if subresource == "binding":
+        return ["create"]
+    return ["get", "patch", "update"]
 
 
 def _aggregated_resource(resource: ResourceType) -> dict[str, Any]:
@@ -67,7 +77,7 @@ def _aggregated_resource(resource: ResourceType) -> dict[str, Any]:
                 "responseKind": dict(
                     zip(("group", "version", "kind"), _subresource_kind(resource, sub), strict=True)
                 ),
-                "verbs": ["get"] if sub in ("log", "proxy") else ["get", "patch", "update"],
+                "verbs": _subresource_verbs(sub),
             }
             for sub in resource.subresources
         ]
@@ -166,7 +176,7 @@ def api_resource_list(registry: Registry, group: str, version: str) -> dict[str,
                 "singularName": "",
                 "namespaced": resource.namespaced,
                 "kind": kind,
-                "verbs": ["get"] if sub in ("log", "proxy") else ["get", "patch", "update"],
+                "verbs": _subresource_verbs(sub),
             }
             if group_ != resource.group:
                 subentry.update(group=group_, version=version_)

@@ -44,7 +44,7 @@ from k3stw.apiserver.status import NOT_ALLOWED, StatusError, status
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.apiserver.subresources import NOT_FOUND, check_served, proxy_to_node
 from k3stw.apiserver.tables import TableOptionError
-from k3stw.apiserver.verbs import Target, Verbs
+from k3stw.apiserver.verbs import POSTED_SUBRESOURCES, Target, Verbs
 from k3stw.logs import Logger
 from k3stw.machinery.identity import MASTERS, User, user_of_certificate
 from k3stw.machinery.labels import SelectorError
@@ -247,6 +247,9 @@ def _verb(request: Request, target: Target) -> str:
             return "get"
         return "watch" if flag(request, "watch") else "list"
     verb = _METHOD_VERBS.get(request.method)
+    if verb == "create" and target.subresource in POSTED_SUBRESOURCES:
+        # A pod's binding is created on the pod (POST .../pods/<name>/binding).
+        return verb
     if verb is None or (verb == "create") == bool(target.name):
         if verb == "delete" and not target.name:
             return "deletecollection"

@@ -18,6 +18,7 @@ from twisted.web.server import Request
 
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver import tables
+from k3stw.apiserver.binding import bind
 from k3stw.apiserver.dryrun import DryRunDatastore
 from k3stw.apiserver.fields import selection
 from k3stw.apiserver.registry import ResourceType
@@ -63,6 +64,10 @@ def predicate(request: Request, resource: ResourceType) -> Predicate | None:
     )
 
 
+#: Subresources a client creates with a POST to the object (``pods/<name>/binding``).
+POSTED_SUBRESOURCES = ("binding",)
+
+
 class Verbs:
     """
     The API's verbs over C{store}; ``dryRun=All`` runs the same verbs over a
@@ -84,6 +89,11 @@ class Verbs:
         """Answer C{request} with C{verb} on C{target}."""
         if target.subresource == "scale":
             await self.scale(request, verb, target)
+        elif target.subresource == "binding":
+            assert target.name is not None and target.namespace is not None
+            store = self._store_for(request)
+            bound = await bind(store, target.namespace, target.name, object_body(request))
+            answer(request, 201, bound)
         elif verb == "get":
             await self.get(request, target)
         elif verb == "list":
