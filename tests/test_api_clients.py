@@ -163,6 +163,20 @@ class PythonClientTests(ServerTestCase):
         self.assertEqual(caught.exception.status, 409)
         core.delete_namespaced_pod("unbound", "default")
 
+    def test_an_eviction_deletes_a_pod_without_a_budget(self) -> None:
+        """The typed client's create_namespaced_pod_eviction, as kubectl drain evicts."""
+        core = client.CoreV1Api(self.api())
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name="evicted"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+        )
+        core.create_namespaced_pod("default", pod)
+        eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name="evicted"))
+        core.create_namespaced_pod_eviction("evicted", "default", eviction, _preload_content=False)
+        with self.assertRaises(ApiException) as caught:
+            core.read_namespaced_pod("evicted", "default")
+        self.assertEqual(caught.exception.status, 404)
+
     def test_paging(self) -> None:
         """limit and continue page through a list without loss or repeat."""
         core = client.CoreV1Api(self.api())

@@ -43,13 +43,15 @@ def _subresource_kind(resource: ResourceType, subresource: str) -> tuple[str, st
         return ("autoscaling", "v1", "Scale")
     if subresource == "binding":
         return ("", "v1", "Binding")
+    if subresource == "eviction":
+        return ("policy", "v1", "Eviction")
     return (resource.group, resource.version, resource.kind)
 
 
 def _subresource_verbs(subresource: str) -> list[str]:
     if subresource in ("log", "proxy"):
         return ["get"]
-    if subresource == "binding":
+    if subresource in ("binding", "eviction"):
         return ["create"]
     return ["get", "patch", "update"]
 

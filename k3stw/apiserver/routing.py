@@ -79,7 +79,12 @@ class KubernetesAPI(Resource):
         self.clock = clock
         self.server_address = server_address
         self.node_proxy = node_proxy
-        self.verbs = Verbs(store, clock, self.metrics.watch_event)
+        self.verbs = Verbs(
+            store,
+            clock,
+            self.metrics.watch_event,
+            registry.lookup("policy", "v1", "poddisruptionbudgets"),
+        )
         self.openapi = discovery.OpenAPI(registry)
         self.pod_uses = NodePods(store, registry.require("", "v1", "pods"))
         self._users: WeakKeyDictionary[object, User] = WeakKeyDictionary()

@@ -20,6 +20,7 @@ from k3stw.apiserver import patch as patching
 from k3stw.apiserver import tables
 from k3stw.apiserver.binding import bind
 from k3stw.apiserver.dryrun import DryRunDatastore
+from k3stw.apiserver.eviction import evict
 from k3stw.apiserver.fields import selection
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.request import (
@@ -64,8 +65,9 @@ def predicate(request: Request, resource: ResourceType) -> Predicate | None:
     )
 
 
-#: Subresources a client creates with a POST to the object (``pods/<name>/binding``).
-POSTED_SUBRESOURCES = ("binding",)
+#: Subresources a client creates with a POST to the object (``pods/<name>/binding``,
+#: ``pods/<name>/eviction``).
+POSTED_SUBRESOURCES = ("binding", "eviction")
 
 
 class Verbs:
@@ -79,9 +81,12 @@ class Verbs:
         store: ObjectStore,
         clock: IReactorTime,
         watch_event_sent: Callable[[ResourceType], None] = lambda resource: None,
+        budgets: ResourceType | None = None,
     ) -> None:
+        """:param budgets: PodDisruptionBudgets, which evictions respect."""
         self.store = store
         self.clock = clock
+        self.budgets = budgets
         self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
         self.watches = WatchStreams(store, clock, watch_event_sent)
 
@@ -89,6 +94,13 @@ class Verbs:
         """Answer C{request} with C{verb} on C{target}."""
         if target.subresource == "scale":
             await self.scale(request, verb, target)
+        elif target.subresource == "eviction":
+            assert target.name is not None and target.namespace is not None
+            assert self.budgets is not None
+            store = self._store_for(request)
+            body = object_body(request)
+            evicted = await evict(store, self.budgets, target.namespace, target.name, body)
+            answer(request, 201, evicted)
         elif target.subresource == "binding":
             assert target.name is not None and target.namespace is not None
             store = self._store_for(request)

@@ -1,0 +1,80 @@
+"""
+``pods/<name>/eviction`` (``kubectl drain``): delete a pod unless that would
+break its PodDisruptionBudget.  A budget allows an eviction only once the
+disruption controller has counted it (``status.observedGeneration``) and
+allows a disruption (``status.disruptionsAllowed``); the eviction spends one,
+as kube-apiserver's does, before the pod goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from k3stw.apiserver.kinds import pods
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.machinery.labels import LabelSelectorError, label_selector_from_spec
+from k3stw.machinery.objects import Object, name_of
+
+_REFUSED = "Cannot evict pod as it would violate the pod's disruption budget."
+
+
+def _refused(message: str) -> StatusError:
+    details = {"causes": [{"reason": "DisruptionBudget", "message": message}]}
+    return StatusError(429, _REFUSED, details, "TooManyRequests")
+
+
+def _selects(budget: Object, pod: Object) -> bool:
+    try:
+        selector = label_selector_from_spec((budget.get("spec") or {}).get("selector"))
+    except LabelSelectorError:
+        return False
+    return not selector.empty and selector.matches(pod["metadata"].get("labels") or {})
+
+
+async def evict(
+    store: ObjectStore, budgets: ResourceType, namespace: str, name: str, eviction: Any
+) -> Object:
+    """Evict pod C{name}: kube-apiserver's Success Status (201), or 429 naming the budget."""
+    pod = await store.get(pods.RESOURCE, namespace, name)
+    listed = await store.list(budgets, namespace)
+    matching = [b for b in listed.items if _selects(b, pod)]
+    if len(matching) > 1:
+        raise StatusError(
+            500,
+            "This pod has more than one PodDisruptionBudget, which the eviction subresource "
+            "does not support.",
+        )
+    phase = (pod.get("status") or {}).get("phase")
+    # A pod that has finished, or has not started, disrupts nothing (kube skips the budget).
+    if matching and phase not in ("Succeeded", "Failed", "Pending"):
+        await _spend(store, budgets, namespace, matching[0], name)
+    options = eviction.get("deleteOptions") if isinstance(eviction, dict) else None
+    await store.delete(pods.RESOURCE, namespace, name, (options or {}).get("preconditions"))
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+
+async def _spend(
+    store: ObjectStore, budgets: ResourceType, namespace: str, budget: Object, pod: str
+) -> None:
+    budget_name = name_of(budget)
+
+    def spend(current: Object) -> Object:
+        status = current.setdefault("status", {})
+        generation = current["metadata"].get("generation", 1)
+        if status.get("observedGeneration", 0) < generation:
+            raise _refused(
+                f"The disruption budget {budget_name} is still being processed by the server."
+            )
+        allowed = status.get("disruptionsAllowed", 0)
+        if allowed <= 0:
+            raise _refused(
+                f"The disruption budget {budget_name} needs {status.get('desiredHealthy', 0)} "
+                f"healthy pods and has {status.get('currentHealthy', 0)} currently",
+            )
+        status["disruptionsAllowed"] = allowed - 1
+        status.setdefault("disruptedPods", {})[pod] = store.now()
+        return current
+
+    await store.guaranteed_update(budgets, namespace, budget_name, spend, subresource="status")
