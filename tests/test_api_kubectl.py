@@ -661,6 +661,34 @@ value: 1000
         self.assertNotEqual(refused.returncode, 0)
         self.kubectl("delete", "deploy", "scaled")
 
+    TYPO = (
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: typo}\n"
+        "spec:\n  selector: {matchLabels: {app: typo}}\n"
+        "  template:\n    metadata: {labels: {app: typo}}\n"
+        "    spec: {containerz: [], containers: [{name: c, image: busybox, imagez: x}]}\n"
+    )
+
+    def test_unknown_fields_are_refused_strictly_or_dropped_with_a_warning(self) -> None:
+        """kubectl's default validation (Strict) refuses a typo in kube's words; --validate=warn
+        stores the object without it and prints kube's warning."""
+        refused = self.kubectl_raw("apply", "-f", "-", stdin=self.TYPO)
+        self.assertNotEqual(refused.returncode, 0)
+        # In the order of the JSON kubectl sends (its keys sorted).
+        self.assertIn(
+            'Deployment in version "v1" cannot be handled as a Deployment: strict decoding '
+            'error: unknown field "spec.template.spec.containers[0].imagez", unknown field '
+            '"spec.template.spec.containerz"',
+            refused.stderr,
+        )
+        self.assertNotEqual(self.kubectl_raw("get", "deploy", "typo").returncode, 0)
+        warned = self.kubectl_raw("apply", "--validate=warn", "-f", "-", stdin=self.TYPO)
+        self.assertEqual(warned.returncode, 0, warned.stderr)
+        self.assertIn('Warning: unknown field "spec.template.spec.containerz"', warned.stderr)
+        stored = json.loads(self.kubectl("get", "deploy", "typo", "-o", "json"))
+        self.assertNotIn("containerz", stored["spec"]["template"]["spec"])
+        self.assertNotIn("imagez", stored["spec"]["template"]["spec"]["containers"][0])
+        self.kubectl("delete", "deploy", "typo")
+
     def test_health_endpoints_as_kubectl_reads_them(self) -> None:
         """/healthz, /livez and /readyz answer ok; ?verbose lists kube-apiserver's checks."""
         for endpoint in ("/healthz", "/livez", "/readyz", "/readyz/etcd"):

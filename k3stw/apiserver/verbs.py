@@ -19,6 +19,7 @@ from twisted.web.server import Request
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver import tables
 from k3stw.apiserver.binding import bind
+from k3stw.apiserver.catalogue.unknown import unknown_fields
 from k3stw.apiserver.dryrun import DryRunDatastore
 from k3stw.apiserver.eviction import evict
 from k3stw.apiserver.fields import selection
@@ -54,6 +55,53 @@ class Target:
     namespace: str | None
     name: str | None
     subresource: str | None
+
+
+FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+#: kube-apiserver names at most this many unknown fields in one error.
+MAX_REPORTED_FIELDS = 100
+
+
+def unknown_fields_of(resource: ResourceType, obj: Object) -> set[str]:
+    """The undeclared fields of a stored object (of a custom resource: none known yet)."""
+    if resource.crd:
+        return set()
+    return set(unknown_fields(resource.group, resource.version, resource.kind, obj))
+
+
+def check_fields(
+    request: Request,
+    resource: ResourceType,
+    obj: Object,
+    known: set[str] = frozenset(),  # type: ignore[assignment]
+) -> None:
+    """
+    kube-apiserver's ``fieldValidation``: fields the kind's schema does not
+    declare are dropped, with a warning (``Warn``, the default), silently
+    (``Ignore``), or refuse the request (``Strict``); C{known}: undeclared
+    fields already stored, which pass.
+    """
+    mode = param(request, "fieldValidation") or "Warn"
+    if mode not in FIELD_VALIDATION:
+        raise bad_request(
+            f'fieldValidation: Unsupported value: "{mode}": supported values: '
+            '"Ignore", "Warn", "Strict"'
+        )
+    if resource.crd:
+        return
+    found = unknown_fields(resource.group, resource.version, resource.kind, obj, prune=True)
+    new = [path for path in found if path not in known][:MAX_REPORTED_FIELDS]
+    if not new or mode == "Ignore":
+        return
+    if mode == "Strict":
+        listed = ", ".join(f'unknown field "{path}"' for path in new)
+        raise bad_request(
+            f'{resource.kind} in version "{resource.version}" cannot be handled as a '
+            f"{resource.kind}: strict decoding error: {listed}"
+        )
+    for path in new:
+        warning = 'unknown field \\"' + path + '\\"'
+        request.responseHeaders.addRawHeader(b"warning", f'299 - "{warning}"'.encode())
 
 
 def predicate(request: Request, resource: ResourceType) -> Predicate | None:
@@ -202,19 +250,21 @@ class Verbs:
 
     async def create(self, request: Request, target: Target) -> None:
         store = self._store_for(request)
-        created = await store.create(
-            target.resource, target.namespace, object_body(request), field_manager(request)
-        )
+        obj = object_body(request)
+        check_fields(request, target.resource, obj)
+        created = await store.create(target.resource, target.namespace, obj, field_manager(request))
         answer(request, 201, created)
 
     async def update(self, request: Request, target: Target) -> None:
         assert target.name is not None
         store = self._store_for(request)
+        obj = object_body(request)
+        check_fields(request, target.resource, obj)
         updated = await store.update(
             target.resource,
             target.namespace,
             target.name,
-            object_body(request),
+            obj,
             target.subresource,
             field_manager(request),
         )
@@ -241,6 +291,8 @@ class Verbs:
                 patched = patching.apply_strategic_merge_patch(current, body, strategy.merge_rules)
             if not isinstance(patched, dict):
                 raise bad_request("the patch did not produce an object")
+            # What the patch added: fields stored before this server checked them pass.
+            check_fields(request, resource, patched, known=unknown_fields_of(resource, current))
             return merge_update(resource, current, patched, target.subresource)
 
         updated = await store.guaranteed_update(
@@ -260,6 +312,7 @@ class Verbs:
         if resource.has_status and target.subresource != "status":
             # As kube-apiserver: status in an applied configuration is ignored.
             body = {k: v for k, v in body.items() if k != "status"}
+        check_fields(request, resource, body)
         force = flag(request, "force")
         sub = target.subresource or ""
         now = self.store.now()
