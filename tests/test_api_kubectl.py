@@ -715,6 +715,22 @@ value: 1000
         self.assertIn("# TYPE apiserver_watch_events_total counter", text)
         self.assertNotIn("_created", text)
 
+    def test_a_pending_deletion_answers_the_object(self) -> None:
+        """Held by a finalizer, a deleted object comes back marked; 202 only when the client
+        asked to cascade the old way (orphanDependents: false), as kube-apiserver answers."""
+        path = "/api/v1/namespaces/default/configmaps"
+        held = {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}
+        self.assertEqual(admin_request(self.root, "POST", path, json.dumps(held).encode())[0], 201)
+        body = json.dumps({"orphanDependents": False}).encode()
+        code, answer = admin_request(self.root, "DELETE", f"{path}/held", body)
+        self.assertEqual(code, 202)
+        self.assertIn("deletionTimestamp", answer["metadata"])
+        code, again = admin_request(self.root, "DELETE", f"{path}/held")
+        self.assertEqual((code, again["kind"]), (200, "ConfigMap"))
+        self.kubectl(
+            "patch", "cm", "held", "--type", "merge", "-p", '{"metadata":{"finalizers":null}}'
+        )
+
     def test_body_over_3_mib_is_413(self) -> None:
         """A request body past 3 MiB is refused with a RequestEntityTooLarge Status."""
         big = json.dumps({"metadata": {"name": "big"}, "data": {"x": "y" * (4 * 1024 * 1024)}})

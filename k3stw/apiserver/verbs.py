@@ -377,7 +377,10 @@ class Verbs:
             _PROPAGATION_FINALIZERS.get(policy, []),
         )
         if not gone or resource.strategy.returns_deleted_object:
-            answer(request, 200, obj)
+            # kube-apiserver's one 202: a deletion left pending that asked to cascade the
+            # old way (orphanDependents: false).
+            accepted = not gone and options.get("orphanDependents") is False
+            answer(request, 202 if accepted else 200, obj)
             return
         details = {"name": name, "kind": resource.plural, "uid": obj["metadata"].get("uid")}
         if resource.group:
