@@ -151,3 +151,107 @@ class StoreFollowsTheStrategyTests(SynchronousTestCase):
         self.assertEqual(error.code, 422)
         self.assertIn("data.k: Invalid value: 1: must be text", error.message)
         self.assertFalse(self.server.exists("", "configmaps", "c", "default"))
+
+
+class WorkloadDefaultsTests(SynchronousTestCase):
+    """What kube-apiserver 1.32 stores for a bare workload: the defaults users read back."""
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+
+    def template(self) -> Object:
+        return {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}
+
+    def test_deployment(self) -> None:
+        spec = self.server.create(
+            "apps", "deployments", {"metadata": {"name": "d"}, "spec": {}}, "default"
+        )["spec"]
+        self.assertEqual(
+            spec["strategy"],
+            {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"},
+            },
+        )
+        self.assertEqual((spec["progressDeadlineSeconds"], spec["revisionHistoryLimit"]), (600, 10))
+
+    def test_daemonset(self) -> None:
+        spec = self.server.create(
+            "apps", "daemonsets", {"metadata": {"name": "ds"}, "spec": {}}, "default"
+        )["spec"]
+        self.assertEqual(
+            spec["updateStrategy"],
+            {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+        )
+
+    def test_statefulset(self) -> None:
+        spec = self.server.create(
+            "apps",
+            "statefulsets",
+            {
+                "metadata": {"name": "db"},
+                "spec": {"template": self.template(), "volumeClaimTemplates": [{"spec": {}}]},
+            },
+            "default",
+        )["spec"]
+        self.assertEqual(spec["replicas"], 1)
+        self.assertEqual(spec["podManagementPolicy"], "OrderedReady")
+        self.assertEqual(
+            spec["updateStrategy"], {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}
+        )
+        self.assertEqual(
+            spec["persistentVolumeClaimRetentionPolicy"],
+            {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        )
+        self.assertEqual(spec["volumeClaimTemplates"][0]["spec"]["volumeMode"], "Filesystem")
+        self.assertEqual(spec["template"]["spec"]["dnsPolicy"], "ClusterFirst")
+
+    def test_job_with_its_generated_selector(self) -> None:
+        job = self.server.create(
+            "batch", "jobs", {"metadata": {"name": "once"}, "spec": {"template": self.template()}},
+            "default",
+        )  # fmt: skip
+        spec, uid = job["spec"], job["metadata"]["uid"]
+        self.assertEqual(
+            {k: spec[k] for k in ("completions", "parallelism", "backoffLimit", "completionMode")},
+            {"completions": 1, "parallelism": 1, "backoffLimit": 6, "completionMode": "NonIndexed"},
+        )
+        self.assertEqual(
+            (spec["suspend"], spec["podReplacementPolicy"]), (False, "TerminatingOrFailed")
+        )
+        self.assertEqual(
+            spec["selector"], {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+        )
+        self.assertEqual(
+            spec["template"]["metadata"]["labels"],
+            {
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": "once",
+                "controller-uid": uid,
+                "job-name": "once",
+            },
+        )
+        self.assertEqual(spec["template"]["spec"]["terminationGracePeriodSeconds"], 30)
+
+    def test_cronjob(self) -> None:
+        spec = self.server.create(
+            "batch",
+            "cronjobs",
+            {
+                "metadata": {"name": "nightly"},
+                "spec": {
+                    "schedule": "0 3 * * *",
+                    "jobTemplate": {"spec": {"template": self.template()}},
+                },
+            },
+            "default",
+        )["spec"]
+        self.assertEqual(
+            {k: spec[k] for k in ("concurrencyPolicy", "suspend")},
+            {"concurrencyPolicy": "Allow", "suspend": False},
+        )
+        self.assertEqual(
+            (spec["successfulJobsHistoryLimit"], spec["failedJobsHistoryLimit"]), (3, 1)
+        )
+        template_spec = spec["jobTemplate"]["spec"]["template"]["spec"]
+        self.assertEqual(template_spec["schedulerName"], "default-scheduler")

@@ -786,11 +786,12 @@ class SmallPrinterTests(SynchronousTestCase):
         self.assertEqual(actual, [wanted for *_, wanted in cases])
 
     def test_crds_use_the_default_columns(self) -> None:
-        """CRDs and unknown built-ins print Name and a ``date`` typed Created At."""
+        """CRDs and kinds without a printer of their own (Role, as in kube) print Name and a
+        ``date`` typed Created At."""
         self.assertIs(
             printer_for("apiextensions.k8s.io", "CustomResourceDefinition"), DEFAULT_PRINTER
         )
-        self.assertIs(printer_for("batch", "Job"), DEFAULT_PRINTER)
+        self.assertIs(printer_for("rbac.authorization.k8s.io", "Role"), DEFAULT_PRINTER)
         self.assertEqual(
             [(c.name, c.type) for c in DEFAULT_PRINTER.columns],
             [("Name", "string"), ("Created At", "date")],
@@ -947,6 +948,21 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("apps", "Deployment"): {"metadata": meta("d"), "spec": {"template": TEMPLATE}},
     ("apps", "ReplicaSet"): {"metadata": meta("r"), "spec": {"template": TEMPLATE}},
     ("apps", "DaemonSet"): {"metadata": meta("ds"), "spec": {"template": TEMPLATE}},
+    ("apps", "StatefulSet"): {
+        "metadata": meta("db"),
+        "spec": {"replicas": 3, "template": TEMPLATE},
+        "status": {"readyReplicas": 2},
+    },
+    ("batch", "Job"): {
+        "metadata": meta("once"),
+        "spec": {"completions": 3, "template": TEMPLATE},
+        "status": {"succeeded": 1, "startTime": ago(minutes=2)},
+    },
+    ("batch", "CronJob"): {
+        "metadata": meta("nightly"),
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": TEMPLATE}}},
+        "status": {"active": [{"name": "nightly-1"}], "lastScheduleTime": ago(hours=3)},
+    },
     ("apiextensions.k8s.io", "CustomResourceDefinition"): {"metadata": meta("a.b", None)},
 }
 
@@ -960,6 +976,39 @@ SPARSE_OBJECTS: list[dict[str, Any]] = [
         "status": {"conditions": [None, "x"], "containerStatuses": [{"state": None}]},
     },
 ]
+
+
+class BatchAndStatefulPrinterTests(SynchronousTestCase):
+    """The columns kubectl 1.32 prints for StatefulSets, Jobs and CronJobs."""
+
+    def cells(self, key: tuple[str, str]) -> list[Any]:
+        row = BUILTIN_PRINTERS[key].row(SAMPLES[key], NOW)
+        cells: list[Any] = row["cells"]
+        return cells
+
+    def test_statefulset(self) -> None:
+        self.assertEqual(self.cells(("apps", "StatefulSet"))[:2], ["db", "2/3"])
+
+    def test_job(self) -> None:
+        self.assertEqual(self.cells(("batch", "Job"))[:4], ["once", "Running", "1/3", "2m"])
+        done = {
+            "metadata": meta("done"),
+            "spec": {"parallelism": 2},
+            "status": {
+                "succeeded": 2,
+                "startTime": ago(minutes=5),
+                "completionTime": ago(minutes=4),
+                "conditions": [{"type": "Complete", "status": "True"}],
+            },
+        }
+        cells = BUILTIN_PRINTERS[("batch", "Job")].row(done, NOW)["cells"]
+        self.assertEqual(cells[1:4], ["Complete", "2/1 of 2", "60s"])
+
+    def test_cronjob(self) -> None:
+        self.assertEqual(
+            self.cells(("batch", "CronJob"))[:6],
+            ["nightly", "0 3 * * *", "<none>", "False", 1, "3h"],
+        )
 
 
 class TableTests(SynchronousTestCase):

@@ -18,11 +18,13 @@ from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds import (
     configmaps,
     crds,
+    cronjobs,
     daemonsets,
     deployments,
     endpoints,
     endpointslices,
     events,
+    jobs,
     leases,
     namespaces,
     nodes,
@@ -31,6 +33,7 @@ from k3stw.apiserver.kinds import (
     secrets,
     serviceaccounts,
     services,
+    statefulsets,
 )
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.strategy import Strategy
@@ -51,6 +54,9 @@ BUILT_IN: tuple[ResourceType, ...] = (
     deployments.RESOURCE,
     replicasets.RESOURCE,
     daemonsets.RESOURCE,
+    statefulsets.RESOURCE,
+    jobs.RESOURCE,
+    cronjobs.RESOURCE,
     crds.RESOURCE,
 )
 

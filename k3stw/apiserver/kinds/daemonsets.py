@@ -4,6 +4,7 @@ DaemonSets (apps/v1): defaults, merge rules and the Table kubectl prints.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
     format_selector,
+    template_owner_defaults,
     workload,
     workload_parts,
 )
@@ -29,7 +31,7 @@ from k3stw.apiserver.tables import (
     name_cell,
 )
 from k3stw.machinery.labels import format_labels
-from k3stw.machinery.objects import get_path
+from k3stw.machinery.objects import Object, get_path
 
 
 def _daemon_set_cells(obj: Printed, now: datetime) -> list[Any]:
@@ -98,4 +100,19 @@ PRINTER = Printer(
 )
 
 
-RESOURCE = workload("DaemonSet", "ds", PRINTER, workload_rules(), replicas=False)
+_template_defaults = template_owner_defaults(replicas=False)
+
+
+def _default(daemonset: Object) -> None:
+    _template_defaults(daemonset)
+    strategy = daemonset["spec"].setdefault("updateStrategy", {})
+    if isinstance(strategy, dict):
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            rolling = strategy.setdefault("rollingUpdate", {})
+            rolling.setdefault("maxUnavailable", 1)
+            rolling.setdefault("maxSurge", 0)
+
+
+_BASE = workload("DaemonSet", "ds", PRINTER, workload_rules(), replicas=False)
+RESOURCE = replace(_BASE, strategy=replace(_BASE.strategy, default=_default))

@@ -4,6 +4,7 @@ Deployments (apps/v1): defaults, merge rules and the Table kubectl prints.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
     selector_text,
+    template_owner_defaults,
     workload,
     workload_parts,
 )
@@ -28,6 +30,7 @@ from k3stw.apiserver.tables import (
     integer,
     name_cell,
 )
+from k3stw.machinery.objects import Object
 
 
 def _deployment_cells(obj: Printed, now: datetime) -> list[Any]:
@@ -73,9 +76,26 @@ PRINTER = Printer(
 )
 
 
-RESOURCE = workload(
+_template_defaults = template_owner_defaults(replicas=True)
+
+
+def _default(deployment: Object) -> None:
+    _template_defaults(deployment)
+    spec = deployment["spec"]
+    spec.setdefault("progressDeadlineSeconds", 600)
+    strategy = spec.setdefault("strategy", {})
+    if isinstance(strategy, dict):
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            rolling = strategy.setdefault("rollingUpdate", {})
+            rolling.setdefault("maxUnavailable", "25%")
+            rolling.setdefault("maxSurge", "25%")
+
+
+_BASE = workload(
     "Deployment",
     "deploy",
     PRINTER,
     workload_rules({"spec.strategy": FieldRule(strategy="retainKeys")}),
 )
+RESOURCE = replace(_BASE, strategy=replace(_BASE.strategy, default=_default))

@@ -1,0 +1,145 @@
+"""
+Jobs (batch/v1): kube-apiserver's defaults, the selector and labels it
+generates from the Job's uid, and the Table kubectl prints; merge rules from
+the schema.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from k3stw.apiserver.catalogue.rules import LazyRules
+from k3stw.apiserver.kinds.podspec import (
+    CONTAINERS_COLUMN,
+    IMAGES_COLUMN,
+    default_pod_spec,
+    selector_text,
+    workload_parts,
+)
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.tables import (
+    AGE_COLUMN,
+    NAME_COLUMN,
+    Column,
+    Printed,
+    Printer,
+    age_cell,
+    human_duration,
+    integer,
+    mappings,
+    name_cell,
+)
+from k3stw.machinery.objects import Object
+from k3stw.machinery.times import parse_datetime
+
+#: The labels kube-apiserver gives a Job's pods, and its selector's key.
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
+JOB_NAME = "batch.kubernetes.io/job-name"
+
+
+def job_status(status: Printed) -> str:
+    """The STATUS column: the first terminal or suspending condition that holds, else Running."""
+    conditions = mappings(status.get("conditions"))
+    holding = {c.get("type") for c in conditions if c.get("status") == "True"}
+    for kind in ("Failed", "Complete", "Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if kind in holding:
+            return kind
+    return "Running"
+
+
+def _cells(obj: Printed, now: datetime) -> list[Any]:
+    spec, status, names, images = workload_parts(obj)
+    succeeded = integer(status.get("succeeded"))
+    if spec.get("completions") is not None:
+        completions = f"{succeeded}/{integer(spec.get('completions'))}"
+    else:
+        completions = f"{succeeded}/1 of {integer(spec.get('parallelism'))}"
+    started = parse_datetime(status.get("startTime"))
+    finished = parse_datetime(status.get("completionTime")) or now
+    duration = human_duration(finished - started) if started else ""
+    return [
+        name_cell(obj),
+        job_status(status),
+        completions,
+        duration,
+        age_cell(obj, now),
+        names,
+        images,
+        selector_text(spec.get("selector")),
+    ]
+
+
+PRINTER = Printer(
+    (
+        NAME_COLUMN,
+        Column("Status", description="Status of the job."),
+        Column(
+            "Completions",
+            description="The desired number of successfully finished pods the job should be "
+            "run with.",
+        ),
+        Column("Duration", description="Time required to complete the job."),
+        AGE_COLUMN,
+        CONTAINERS_COLUMN,
+        IMAGES_COLUMN,
+        Column(
+            "Selector",
+            priority=1,
+            description="A label query over pods that should match the pod count.",
+        ),
+    ),
+    _cells,
+)
+
+
+def default_job_spec(spec: Object) -> None:
+    """kube-apiserver's defaults of a JobSpec, in place."""
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    replacement = "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
+    spec.setdefault("podReplacementPolicy", replacement)
+    template = spec.setdefault("template", {})
+    if isinstance(template, dict):
+        default_pod_spec(template.setdefault("spec", {}))
+
+
+def _default(job: Object) -> None:
+    default_job_spec(job.setdefault("spec", {}))
+
+
+def _prepare_create(job: Object, now: str) -> None:
+    """Unless ``manualSelector``, the selector and pod labels come from the Job's uid."""
+    spec = job.setdefault("spec", {})
+    if spec.get("manualSelector"):
+        return
+    metadata = job["metadata"]
+    uid, name = metadata.get("uid", ""), metadata.get("name", "")
+    spec["selector"] = {"matchLabels": {CONTROLLER_UID: uid}}
+    template = spec.setdefault("template", {})
+    labels = template.setdefault("metadata", {}).setdefault("labels", {})
+    labels.update({CONTROLLER_UID: uid, JOB_NAME: name, "controller-uid": uid, "job-name": name})
+
+
+RESOURCE = ResourceType(
+    "batch",
+    "v1",
+    "Job",
+    "jobs",
+    "job",
+    namespaced=True,
+    categories=("all",),
+    subresources=("status",),
+    strategy=Strategy(
+        printer=PRINTER,
+        merge_rules=LazyRules("batch", "v1", "Job"),
+        counts_generation=True,
+        default=_default,
+        prepare_create=_prepare_create,
+    ),
+)
