@@ -92,6 +92,11 @@ class ProtobufBodyTests(SynchronousTestCase):
         self.assertIn("Deployment", str(error))
         self.assertRaises(UnsupportedProtobuf, decode_body, b"not protobuf")
 
+    def test_an_envelope_field_of_the_wrong_wire_type_is_refused(self) -> None:
+        """Found by the test below: the type meta sent as a number, not a message."""
+        self.assertRaises(UnsupportedProtobuf, decode_body, MAGIC + b"\x08\x00")
+        self.assertRaises(UnsupportedProtobuf, decode_body, MAGIC + b"\x10\x05")
+
     @given(st.binary(max_size=512))
     def test_garbage_never_crashes(self, data: bytes) -> None:
         """Random bytes after the magic give UnsupportedProtobuf or a decoded object, no crash."""

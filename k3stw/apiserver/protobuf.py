@@ -188,7 +188,10 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise UnsupportedProtobuf("the body does not start with the Kubernetes protobuf magic")
     api_version = kind = ""
     raw = b""
-    for number, _, value in fields(body[len(MAGIC) :]):
+    for number, wire, value in fields(body[len(MAGIC) :]):
+        if number in (1, 2) and not isinstance(value, bytes):
+            # The type meta and the raw object are messages (wire type 2), never numbers.
+            raise UnsupportedProtobuf(f"field {number} of the envelope has wire type {wire}")
         if number == 1:
             for inner, _, part in fields(value):
                 if inner == 1:
