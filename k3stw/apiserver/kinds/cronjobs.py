@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.catalogue.rules import LazyRules
+from k3stw.apiserver.kinds.jobs import SELECTOR_COLUMN
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
@@ -69,11 +70,7 @@ PRINTER = Printer(
         AGE_COLUMN,
         CONTAINERS_COLUMN,
         IMAGES_COLUMN,
-        Column(
-            "Selector",
-            priority=1,
-            description="A label query over pods that should match the pod count.",
-        ),
+        SELECTOR_COLUMN,
     ),
     _cells,
 )

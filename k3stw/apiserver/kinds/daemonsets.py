@@ -4,15 +4,14 @@ DaemonSets (apps/v1): defaults, merge rules and the Table kubectl prints.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
+    default_rolling_update,
     format_selector,
-    template_owner_defaults,
     workload,
     workload_parts,
 )
@@ -100,19 +99,8 @@ PRINTER = Printer(
 )
 
 
-_template_defaults = template_owner_defaults(replicas=False)
-
-
 def _default(daemonset: Object) -> None:
-    _template_defaults(daemonset)
-    strategy = daemonset["spec"].setdefault("updateStrategy", {})
-    if isinstance(strategy, dict):
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            rolling = strategy.setdefault("rollingUpdate", {})
-            rolling.setdefault("maxUnavailable", 1)
-            rolling.setdefault("maxSurge", 0)
+    default_rolling_update(daemonset["spec"], "updateStrategy", maxUnavailable=1, maxSurge=0)
 
 
-_BASE = workload("DaemonSet", "ds", PRINTER, workload_rules(), replicas=False)
-RESOURCE = replace(_BASE, strategy=replace(_BASE.strategy, default=_default))
+RESOURCE = workload("DaemonSet", "ds", PRINTER, workload_rules(), replicas=False, defaults=_default)

@@ -4,15 +4,14 @@ Deployments (apps/v1): defaults, merge rules and the Table kubectl prints.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
+    default_rolling_update,
     selector_text,
-    template_owner_defaults,
     workload,
     workload_parts,
 )
@@ -76,26 +75,16 @@ PRINTER = Printer(
 )
 
 
-_template_defaults = template_owner_defaults(replicas=True)
-
-
 def _default(deployment: Object) -> None:
-    _template_defaults(deployment)
     spec = deployment["spec"]
     spec.setdefault("progressDeadlineSeconds", 600)
-    strategy = spec.setdefault("strategy", {})
-    if isinstance(strategy, dict):
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            rolling = strategy.setdefault("rollingUpdate", {})
-            rolling.setdefault("maxUnavailable", "25%")
-            rolling.setdefault("maxSurge", "25%")
+    default_rolling_update(spec, "strategy", maxUnavailable="25%", maxSurge="25%")
 
 
-_BASE = workload(
+RESOURCE = workload(
     "Deployment",
     "deploy",
     PRINTER,
     workload_rules({"spec.strategy": FieldRule(strategy="retainKeys")}),
+    defaults=_default,
 )
-RESOURCE = replace(_BASE, strategy=replace(_BASE.strategy, default=_default))

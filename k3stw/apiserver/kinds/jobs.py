@@ -71,6 +71,13 @@ def _cells(obj: Printed, now: datetime) -> list[Any]:
     ]
 
 
+#: The Selector column of Jobs and CronJobs (shown with -o wide).
+SELECTOR_COLUMN = Column(
+    "Selector",
+    priority=1,
+    description="A label query over pods that should match the pod count.",
+)
+
 PRINTER = Printer(
     (
         NAME_COLUMN,
@@ -84,11 +91,7 @@ PRINTER = Printer(
         AGE_COLUMN,
         CONTAINERS_COLUMN,
         IMAGES_COLUMN,
-        Column(
-            "Selector",
-            priority=1,
-            description="A label query over pods that should match the pod count.",
-        ),
+        SELECTOR_COLUMN,
     ),
     _cells,
 )

@@ -104,13 +104,37 @@ def template_owner_defaults(replicas: bool) -> Callable[[Object], None]:
     return default
 
 
+def default_rolling_update(spec: Object, field: str, **rolling: Any) -> None:
+    """A workload's update strategy, RollingUpdate unless it says otherwise, with C{rolling}."""
+    strategy = spec.setdefault(field, {})
+    if isinstance(strategy, dict):
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            settings = strategy.setdefault("rollingUpdate", {})
+            for name, value in rolling.items():
+                settings.setdefault(name, value)
+
+
 def workload(
-    kind: str, short_name: str, printer: Printer, rules: RuleTable, replicas: bool = True
+    kind: str,
+    short_name: str,
+    printer: Printer,
+    rules: RuleTable,
+    replicas: bool = True,
+    defaults: Callable[[Object], None] | None = None,
 ) -> ResourceType:
     """
-    An apps/v1 workload: namespaced, in ``all``, a status subresource,
-    generations counted, a pod template (and C{replicas}) defaulted.
+    An apps/v1 workload: namespaced, in ``all``, a status subresource (and
+    ``scale`` with C{replicas}), generations counted, a pod template (and
+    C{replicas}) defaulted, then the kind's own C{defaults}.
     """
+    template_defaults = template_owner_defaults(replicas)
+
+    def default(obj: Object) -> None:
+        template_defaults(obj)
+        if defaults is not None:
+            defaults(obj)
+
     return ResourceType(
         "apps",
         "v1",
@@ -125,6 +149,6 @@ def workload(
             printer=printer,
             merge_rules=rules,
             counts_generation=True,
-            default=template_owner_defaults(replicas),
+            default=default,
         ),
     )

@@ -5,7 +5,6 @@ merge rules from the schema.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +12,7 @@ from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
-    template_owner_defaults,
+    default_rolling_update,
     workload,
     workload_parts,
 )
@@ -47,18 +46,11 @@ PRINTER = Printer(
     _cells,
 )
 
-_template_defaults = template_owner_defaults(replicas=True)
-
 
 def _default(statefulset: Object) -> None:
-    _template_defaults(statefulset)
     spec = statefulset["spec"]
     spec.setdefault("podManagementPolicy", "OrderedReady")
-    strategy = spec.setdefault("updateStrategy", {})
-    if isinstance(strategy, dict):
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            strategy.setdefault("rollingUpdate", {}).setdefault("partition", 0)
+    default_rolling_update(spec, "updateStrategy", partition=0)
     retention = spec.setdefault("persistentVolumeClaimRetentionPolicy", {})
     if isinstance(retention, dict):
         retention.setdefault("whenDeleted", "Retain")
@@ -68,5 +60,6 @@ def _default(statefulset: Object) -> None:
             claim.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
 
 
-_BASE = workload("StatefulSet", "sts", PRINTER, LazyRules("apps", "v1", "StatefulSet"))
-RESOURCE = replace(_BASE, strategy=replace(_BASE.strategy, default=_default))
+RESOURCE = workload(
+    "StatefulSet", "sts", PRINTER, LazyRules("apps", "v1", "StatefulSet"), defaults=_default
+)
