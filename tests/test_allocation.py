@@ -84,6 +84,11 @@ class AllocationTests(SynchronousTestCase):
     def test_headless_and_external_name_services_take_no_ip(self) -> None:
         headless = self.create(service("headless", clusterIP="None"))
         self.assertEqual(headless["spec"]["clusterIPs"], ["None"])
+        # Headless, it still has the cluster's family, as kube-apiserver stores it.
+        self.assertEqual(
+            (headless["spec"]["ipFamilies"], headless["spec"]["ipFamilyPolicy"]),
+            (["IPv4"], "SingleStack"),
+        )
         self.create(
             {"metadata": {"name": "ext"}, "spec": {"type": "ExternalName", "externalName": "a.b"}}
         )
@@ -187,3 +192,30 @@ class AllocationTests(SynchronousTestCase):
         self.server.clock.advance(REPAIR_GRACE + 1)
         self.server.run(self.allocator.repair(listing.items))
         self.assertEqual(self.keys(IPS_PREFIX), {held["spec"]["clusterIP"]})
+
+
+class ServiceDefaultsTests(SynchronousTestCase):
+    """What kube-apiserver 1.32 stores for a bare Service of each type."""
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+
+    def spec(self, **spec: Any) -> Object:
+        created = self.server.create("", "services", service("s", **spec), "default")
+        result: Object = created["spec"]
+        return result
+
+    def test_cluster_ip(self) -> None:
+        spec = self.spec()
+        self.assertEqual(
+            {k: spec.get(k) for k in ("type", "sessionAffinity", "internalTrafficPolicy")},
+            {"type": "ClusterIP", "sessionAffinity": "None", "internalTrafficPolicy": "Cluster"},
+        )
+        self.assertNotIn("externalTrafficPolicy", spec)
+        self.assertEqual(spec["ports"][0], {"port": 80, "protocol": "TCP", "targetPort": 80})
+
+    def test_load_balancer_with_client_ip_affinity(self) -> None:
+        spec = self.spec(type="LoadBalancer", sessionAffinity="ClientIP")
+        self.assertEqual(spec["externalTrafficPolicy"], "Cluster")
+        self.assertIs(spec["allocateLoadBalancerNodePorts"], True)
+        self.assertEqual(spec["sessionAffinityConfig"], {"clientIP": {"timeoutSeconds": 10800}})

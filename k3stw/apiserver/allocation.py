@@ -152,9 +152,12 @@ class ServiceAllocator:
             ip = await self._allocate_ip(new, taken)
         spec["clusterIP"] = ip
         spec["clusterIPs"] = [ip]
-        if ip != "None":
-            spec.setdefault("ipFamilies", ["IPv6" if ":" in ip else "IPv4"])
-            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        # A headless service takes the cluster's family (single-stack: the service CIDR's).
+        family = (
+            "IPv6" if ":" in (ip if ip != "None" else str(self.network.network_address)) else "IPv4"
+        )
+        spec.setdefault("ipFamilies", [family])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
 
     async def _claim_ip(self, service: Object, given: str, taken: Reservation) -> str:
         def refused(reason: str) -> StatusError:
