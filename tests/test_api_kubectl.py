@@ -689,6 +689,20 @@ value: 1000
         self.assertNotIn("imagez", stored["spec"]["template"]["spec"]["containers"][0])
         self.kubectl("delete", "deploy", "typo")
 
+    def test_a_value_of_the_wrong_type_is_refused_not_stored(self) -> None:
+        """replicas: "three" is refused in kube-apiserver's words (the issue's example), so
+        no typed client ever reads it back."""
+        manifest = self.TYPO.replace("containerz: [], ", "").replace(", imagez: x", "")
+        manifest = manifest.replace("spec:\n  selector", 'spec:\n  replicas: "three"\n  selector')
+        refused = self.kubectl_raw("apply", "-f", "-", stdin=manifest)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn(
+            'Deployment.apps "typo" is invalid: spec.replicas: Invalid value: "string": '
+            'spec.replicas in body must be of type integer: "string"',
+            refused.stderr,
+        )
+        self.assertNotEqual(self.kubectl_raw("get", "deploy", "typo").returncode, 0)
+
     def test_health_endpoints_as_kubectl_reads_them(self) -> None:
         """/healthz, /livez and /readyz answer ok; ?verbose lists kube-apiserver's checks."""
         for endpoint in ("/healthz", "/livez", "/readyz", "/readyz/etcd"):

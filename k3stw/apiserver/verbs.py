@@ -19,6 +19,7 @@ from twisted.web.server import Request
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver import tables
 from k3stw.apiserver.binding import bind
+from k3stw.apiserver.catalogue.types import json_type, wrong_types
 from k3stw.apiserver.catalogue.unknown import unknown_fields
 from k3stw.apiserver.dryrun import DryRunDatastore
 from k3stw.apiserver.eviction import evict
@@ -38,7 +39,7 @@ from k3stw.apiserver.request import (
     wants_table,
 )
 from k3stw.apiserver.scale import patched_scale, scale_of, write_scale
-from k3stw.apiserver.status import NOT_ALLOWED, StatusError, bad_request
+from k3stw.apiserver.status import NOT_ALLOWED, StatusError, bad_request, invalid
 from k3stw.apiserver.storage import ObjectStore, Predicate, merge_update
 from k3stw.apiserver.watch import WatchStreams, named
 from k3stw.machinery.objects import Object
@@ -62,24 +63,20 @@ FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
 MAX_REPORTED_FIELDS = 100
 
 
-def unknown_fields_of(resource: ResourceType, obj: Object) -> set[str]:
-    """The undeclared fields of a stored object (of a custom resource: none known yet)."""
-    if resource.crd:
-        return set()
-    return set(unknown_fields(resource.group, resource.version, resource.kind, obj))
-
-
 def check_fields(
-    request: Request,
-    resource: ResourceType,
-    obj: Object,
-    known: set[str] = frozenset(),  # type: ignore[assignment]
+    request: Request, resource: ResourceType, obj: Object, before: Object | None = None
 ) -> None:
     """
-    kube-apiserver's ``fieldValidation``: fields the kind's schema does not
-    declare are dropped, with a warning (``Warn``, the default), silently
-    (``Ignore``), or refuse the request (``Strict``); C{known}: undeclared
-    fields already stored, which pass.
+    What kube-apiserver's decoder checks of a body against the kind's schema:
+
+    - a value of the wrong JSON type refuses the request (422), whatever
+      ``fieldValidation`` says;
+    - fields the schema does not declare are dropped, with a warning
+      (``fieldValidation=Warn``, the default), silently (``Ignore``), or
+      refuse the request (``Strict``).
+
+    :param before: the stored object a patch applies to: what it already
+        holds (stored before this server checked) passes.
     """
     mode = param(request, "fieldValidation") or "Warn"
     if mode not in FIELD_VALIDATION:
@@ -89,8 +86,23 @@ def check_fields(
         )
     if resource.crd:
         return
-    found = unknown_fields(resource.group, resource.version, resource.kind, obj, prune=True)
-    new = [path for path in found if path not in known][:MAX_REPORTED_FIELDS]
+    kind = (resource.group, resource.version, resource.kind)
+    held = set() if before is None else {path for path, _, _ in wrong_types(*kind, before)}
+    wrong = [w for w in wrong_types(*kind, obj) if w[0] not in held][:MAX_REPORTED_FIELDS]
+    if wrong:
+        name = (obj.get("metadata") or {}).get("name") or ""
+        qualified = f"{resource.kind}.{resource.group}" if resource.group else resource.kind
+        causes = []
+        for path, wanted, value in wrong:
+            given = json_type(value)
+            message = (
+                f'Invalid value: "{given}": {path} in body must be of type {wanted}: "{given}"'
+            )
+            causes.append((path, message))
+        raise invalid(qualified, str(name), causes)
+    held = set() if before is None else set(unknown_fields(*kind, before))
+    found = unknown_fields(*kind, obj, prune=True)
+    new = [path for path in found if path not in held][:MAX_REPORTED_FIELDS]
     if not new or mode == "Ignore":
         return
     if mode == "Strict":
@@ -292,7 +304,7 @@ class Verbs:
             if not isinstance(patched, dict):
                 raise bad_request("the patch did not produce an object")
             # What the patch added: fields stored before this server checked them pass.
-            check_fields(request, resource, patched, known=unknown_fields_of(resource, current))
+            check_fields(request, resource, patched, before=current)
             return merge_update(resource, current, patched, target.subresource)
 
         updated = await store.guaranteed_update(
