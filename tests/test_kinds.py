@@ -30,6 +30,17 @@ def crd(kind: str = "Widget", plural: str = "widgets") -> Object:
     }
 
 
+def workload_spec() -> Object:
+    """The least a workload's spec must say: a selector and a pod template it selects."""
+    return {
+        "selector": {"matchLabels": {"app": "a"}},
+        "template": {
+            "metadata": {"labels": {"app": "a"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        },
+    }
+
+
 class KindDeclarationTests(SynchronousTestCase):
     def test_every_kind_is_declared_once_by_group_and_kind(self) -> None:
         keys = [(r.group, r.kind) for r in BUILT_IN]
@@ -126,7 +137,7 @@ class StoreFollowsTheStrategyTests(SynchronousTestCase):
     def test_defaults_and_generations_apply_to_every_write(self) -> None:
         deployments = self.server.resource("apps", "deployments")
         created = self.server.create(
-            "apps", "deployments", {"metadata": {"name": "d"}, "spec": {}}, "default"
+            "apps", "deployments", {"metadata": {"name": "d"}, "spec": workload_spec()}, "default"
         )
         self.assertEqual(created["spec"]["replicas"], 1)
 
@@ -164,7 +175,7 @@ class WorkloadDefaultsTests(SynchronousTestCase):
 
     def test_deployment(self) -> None:
         spec = self.server.create(
-            "apps", "deployments", {"metadata": {"name": "d"}, "spec": {}}, "default"
+            "apps", "deployments", {"metadata": {"name": "d"}, "spec": workload_spec()}, "default"
         )["spec"]
         self.assertEqual(
             spec["strategy"],
@@ -177,7 +188,7 @@ class WorkloadDefaultsTests(SynchronousTestCase):
 
     def test_daemonset(self) -> None:
         spec = self.server.create(
-            "apps", "daemonsets", {"metadata": {"name": "ds"}, "spec": {}}, "default"
+            "apps", "daemonsets", {"metadata": {"name": "ds"}, "spec": workload_spec()}, "default"
         )["spec"]
         self.assertEqual(
             spec["updateStrategy"],
@@ -190,7 +201,7 @@ class WorkloadDefaultsTests(SynchronousTestCase):
             "statefulsets",
             {
                 "metadata": {"name": "db"},
-                "spec": {"template": self.template(), "volumeClaimTemplates": [{"spec": {}}]},
+                "spec": {**workload_spec(), "volumeClaimTemplates": [{"spec": {}}]},
             },
             "default",
         )["spec"]
@@ -255,3 +266,65 @@ class WorkloadDefaultsTests(SynchronousTestCase):
         )
         template_spec = spec["jobTemplate"]["spec"]["template"]["spec"]
         self.assertEqual(template_spec["schedulerName"], "default-scheduler")
+
+
+class WorkloadRulesTests(SynchronousTestCase):
+    """The rules kube-apiserver enforces on workloads that users hit most, in its words."""
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+
+    def refused(self, plural: str, spec: Object) -> str:
+        error = self.server.fails(
+            self.server.store.create(
+                self.server.resource("apps", plural),
+                "default",
+                {"metadata": {"name": "w"}, "spec": spec},
+            )
+        )
+        self.assertEqual(error.code, 422)
+        return error.message
+
+    def test_a_selector_is_required(self) -> None:
+        spec = workload_spec()
+        del spec["selector"]
+        self.assertIn("spec.selector: Required value", self.refused("deployments", spec))
+
+    def test_the_template_must_carry_the_selected_labels(self) -> None:
+        spec = workload_spec()
+        spec["template"]["metadata"]["labels"] = {"app": "other", "tier": "web"}
+        self.assertIn(
+            'spec.template.metadata.labels: Invalid value: map[string]string{"app":"other", '
+            '"tier":"web"}: `selector` does not match template `labels`',
+            self.refused("statefulsets", spec),
+        )
+
+    def test_containers_are_required_and_named_once(self) -> None:
+        spec = workload_spec()
+        spec["template"]["spec"]["containers"].append({"name": "c", "image": "j"})
+        self.assertIn(
+            'spec.template.spec.containers[1].name: Duplicate value: "c"',
+            self.refused("daemonsets", spec),
+        )
+        spec["template"]["spec"]["containers"] = []
+        self.assertIn(
+            "spec.template.spec.containers: Required value", self.refused("replicasets", spec)
+        )
+
+    def test_the_selector_is_immutable(self) -> None:
+        self.server.create(
+            "apps", "deployments", {"metadata": {"name": "d"}, "spec": workload_spec()}, "default"
+        )
+
+        def reselect(current: Object) -> Object:
+            current["spec"]["selector"] = {"matchLabels": {"app": "b"}}
+            current["spec"]["template"]["metadata"]["labels"] = {"app": "b"}
+            return current
+
+        error = self.server.fails(
+            self.server.store.guaranteed_update(
+                self.server.resource("apps", "deployments"), "default", "d", reselect
+            )
+        )
+        self.assertIn("spec.selector: Invalid value", error.message)
+        self.assertIn("field is immutable", error.message)

@@ -10,7 +10,7 @@ from typing import Any
 
 from k3stw.apiserver.patch.rules import RuleTable
 from k3stw.apiserver.registry import ResourceType
-from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.strategy import Cause, Strategy
 from k3stw.apiserver.tables import (
     Column,
     Printed,
@@ -22,6 +22,7 @@ from k3stw.apiserver.tables import (
 from k3stw.machinery.labels import (
     LabelSelectorError,
     format_label_selector,
+    go_quote,
     label_selector_from_spec,
 )
 from k3stw.machinery.objects import Object, get_path
@@ -104,6 +105,66 @@ def template_owner_defaults(replicas: bool) -> Callable[[Object], None]:
     return default
 
 
+def _go_labels(labels: Mapping[str, Any]) -> str:
+    """A label map as Go's ``%#v`` prints it in kube-apiserver's messages."""
+    pairs = ", ".join(f"{go_quote(k)}:{go_quote(str(v))}" for k, v in sorted(labels.items()))
+    return "map[string]string{" + pairs + "}"
+
+
+def containers_causes(spec: Any, path: str) -> list[Cause]:
+    """A pod spec's containers: there must be some, each name once."""
+    if not isinstance(spec, Mapping):
+        return []
+    containers = spec.get("containers")
+    if not containers:
+        return [(f"{path}.containers", "Required value")]
+    causes: list[Cause] = []
+    seen: set[str] = set()
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(key) or []):
+            name = container.get("name") if isinstance(container, Mapping) else None
+            if isinstance(name, str) and name in seen:
+                causes.append((f"{path}.{key}[{index}].name", f"Duplicate value: {go_quote(name)}"))
+            if isinstance(name, str):
+                seen.add(name)
+    return causes
+
+
+def validate_workload(obj: Object) -> list[Cause]:
+    """
+    The rules kube-apiserver enforces on every workload that users hit most:
+    a selector, which its pod template's labels match, and containers named once.
+    """
+    spec = obj.get("spec")
+    if not isinstance(spec, Mapping):
+        return [("spec.selector", "Required value")]
+    selector = spec.get("selector")
+    if selector is None:
+        return [("spec.selector", "Required value")]
+    labels = get_path(spec, "template", "metadata", "labels") or {}
+    causes: list[Cause] = []
+    try:
+        matches = label_selector_from_spec(selector).matches(labels)
+    except LabelSelectorError as e:
+        return [("spec.selector", f"Invalid value: {e}")]
+    if not matches:
+        causes.append(
+            (
+                "spec.template.metadata.labels",
+                f"Invalid value: {_go_labels(labels)}: `selector` does not match template `labels`",
+            )
+        )
+    return causes + containers_causes(get_path(spec, "template", "spec"), "spec.template.spec")
+
+
+def immutable_selector(new: Object, old: Object) -> list[Cause]:
+    """An apps/v1 workload's selector never changes once created."""
+    before, after = get_path(old, "spec", "selector"), get_path(new, "spec", "selector")
+    if before is None or after == before:
+        return []
+    return [("spec.selector", "Invalid value: the selector: field is immutable")]
+
+
 def default_rolling_update(spec: Object, field: str, **rolling: Any) -> None:
     """A workload's update strategy, RollingUpdate unless it says otherwise, with C{rolling}."""
     strategy = spec.setdefault(field, {})
@@ -150,5 +211,7 @@ def workload(
             merge_rules=rules,
             counts_generation=True,
             default=default,
+            validate=validate_workload,
+            validate_update=immutable_selector,
         ),
     )
