@@ -20,7 +20,10 @@ class ScaleTests(SynchronousTestCase):
                 "spec": {
                     "replicas": 2,
                     "selector": {"matchLabels": {"app": "db"}},
-                    "template": {"metadata": {"labels": {"app": "db"}}},
+                    "template": {
+                        "metadata": {"labels": {"app": "db"}},
+                        "spec": {"containers": [{"name": "db", "image": "postgres"}]},
+                    },
                 },
                 "status": {"replicas": 1},
             },
