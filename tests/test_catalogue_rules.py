@@ -10,7 +10,6 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver import catalogue
-from k3stw.apiserver.catalogue import rules
 from k3stw.apiserver.catalogue.rules import MAX_DEPTH, merge_rules, schema_rules
 from k3stw.apiserver.kinds import BUILT_IN
 from k3stw.apiserver.patch.rules import (
@@ -168,12 +167,13 @@ class DerivedTableTests(SynchronousTestCase):
     def test_one_document_per_call(self) -> None:
         """Building a table fetches (and so parses) its group-version document once."""
         fetched: list[tuple[str, str]] = []
+        fetch = catalogue.openapi_document
 
         def counting(group: str, version: str) -> bytes | None:
             fetched.append((group, version))
-            return catalogue.openapi_document(group, version)
+            return fetch(group, version)
 
-        self.patch(rules, "openapi_document", counting)
+        self.patch(catalogue, "openapi_document", counting)
         merge_rules.cache_clear()
         self.addCleanup(merge_rules.cache_clear)
         merge_rules("apps", "v1", "Deployment")

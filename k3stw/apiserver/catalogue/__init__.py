@@ -10,10 +10,18 @@ answer with ``Content-Encoding: gzip`` and never hold them parsed.
 
 from __future__ import annotations
 
+import gzip
 import json
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources as _files
 from typing import Any
+
+#: A schema of an OpenAPI document (a definition, or a field's inline schema).
+Schema = Mapping[str, Any]
+
+#: How a schema refers to a definition of its document.
+REF_PREFIX = "#/components/schemas/"
 
 
 @cache
@@ -50,3 +58,29 @@ def openapi_document(group: str, version: str) -> bytes | None:
     if not document.is_file():
         return None
     return document.read_bytes()
+
+
+def group_version_schemas(group: str, version: str) -> tuple[dict[str, str], dict[str, Schema]]:
+    """
+    The kinds served in ``group``/``version`` (kind to definition name) and the
+    parsed schemas of its document; nothing when it is not served.  Parsed
+    anew on every call: callers keep what they derive, never the schemas.
+    """
+    kinds = {
+        entry["kind"]: entry["schema"]
+        for entry in resources()
+        if (entry["group"], entry["version"]) == (group, version)
+    }
+    document = openapi_document(group, version) if kinds else None
+    if document is None:
+        return {}, {}
+    schemas: dict[str, Schema] = json.loads(gzip.decompress(document))["components"]["schemas"]
+    return kinds, schemas
+
+
+def reference(field: Schema) -> str | None:
+    """The definition ``field`` refers to, directly or as ``allOf: [{$ref}]``."""
+    ref = field.get("$ref")
+    if ref is None and len(field.get("allOf", ())) == 1:
+        ref = field["allOf"][0].get("$ref")
+    return ref[len(REF_PREFIX) :] if isinstance(ref, str) else None

@@ -13,13 +13,10 @@ tables, not the documents, are cached.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterator, Mapping
 from functools import cache
-from typing import Any
 
-from k3stw.apiserver.catalogue import openapi_document, resources
+from k3stw.apiserver.catalogue import REF_PREFIX, Schema, group_version_schemas, reference
 from k3stw.apiserver.patch.rules import FieldRule, join_path
 from k3stw.apiserver.patch.values import JSONValue
 
@@ -34,10 +31,7 @@ KEY_DEFAULTS: Mapping[str, JSONValue] = {"protocol": "TCP"}
 #: How many definitions deep a walk goes before it stops.
 MAX_DEPTH = 32
 
-_REF_PREFIX = "#/components/schemas/"
 _NO_RULE = FieldRule()
-
-Schema = Mapping[str, Any]
 
 
 @cache
@@ -46,16 +40,8 @@ def merge_rules(group: str, version: str, kind: str) -> dict[str, FieldRule]:
 
     Cached per kind and shared: do not mutate the result.
     """
-    names = [
-        entry["schema"]
-        for entry in resources()
-        if (entry["group"], entry["version"], entry["kind"]) == (group, version, kind)
-    ]
-    document = openapi_document(group, version) if names else None
-    if document is None:
-        return {}
-    schemas: Mapping[str, Schema] = json.loads(gzip.decompress(document))["components"]["schemas"]
-    return schema_rules(schemas, names[0])
+    kinds, schemas = group_version_schemas(group, version)
+    return schema_rules(schemas, kinds[kind]) if kind in kinds else {}
 
 
 def schema_rules(schemas: Mapping[str, Schema], definition: str) -> dict[str, FieldRule]:
@@ -65,16 +51,8 @@ def schema_rules(schemas: Mapping[str, Schema], definition: str) -> dict[str, Fi
     more than L{MAX_DEPTH} definitions deep.
     """
     table: dict[str, FieldRule] = {}
-    _walk(schemas, {"$ref": _REF_PREFIX + definition}, "", (), table)
+    _walk(schemas, {"$ref": REF_PREFIX + definition}, "", (), table)
     return table
-
-
-def _reference(field: Schema) -> str | None:
-    """The definition ``field`` refers to, directly or as ``allOf: [{$ref}]``."""
-    ref = field.get("$ref")
-    if ref is None and len(field.get("allOf", ())) == 1:
-        ref = field["allOf"][0].get("$ref")
-    return ref[len(_REF_PREFIX) :] if isinstance(ref, str) else None
 
 
 def _rule(field: Schema, target: Schema) -> FieldRule:
@@ -118,7 +96,7 @@ def _walk(
 
     :param stack: the definitions being walked; one already on it is not entered again.
     """
-    name = _reference(field)
+    name = reference(field)
     target = schemas.get(name, {}) if name is not None else field
     rule = _rule(field, target)
     if rule != _NO_RULE:
@@ -140,7 +118,7 @@ def _members(
     """Walk the fields of ``target``, or of its items when it is a list (at the same path)."""
     if target.get("type") == "array":
         items: Schema = target.get("items") or {}
-        name = _reference(items)
+        name = reference(items)
         if name is not None:
             if name in stack or len(stack) >= MAX_DEPTH:
                 return

@@ -13,17 +13,12 @@ checked.  ``null`` is accepted anywhere (the decoder reads it as unset).
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, TypeAlias
 
-from k3stw.apiserver.catalogue import openapi_document, resources
+from k3stw.apiserver.catalogue import Schema, group_version_schemas, reference
 from k3stw.apiserver.catalogue.unknown import MAX_DEPTH
-
-_REF_PREFIX = "#/components/schemas/"
-Schema = Mapping[str, Any]
 
 
 class Fields(dict[str, "Typed"]):
@@ -58,15 +53,7 @@ _SCALARS: dict[str, tuple[type, ...]] = {
 
 @cache
 def _group_version_types(group: str, version: str) -> Mapping[str, Typed]:
-    kinds = {
-        entry["kind"]: entry["schema"]
-        for entry in resources()
-        if (entry["group"], entry["version"]) == (group, version)
-    }
-    document = openapi_document(group, version) if kinds else None
-    if document is None:
-        return {}
-    schemas: Mapping[str, Schema] = json.loads(gzip.decompress(document))["components"]["schemas"]
+    kinds, schemas = group_version_schemas(group, version)
     compiler = _Compiler(schemas)
     return {kind: compiler.definition(name, 0) for kind, name in kinds.items()}
 
@@ -146,11 +133,9 @@ class _Compiler:
         return typed
 
     def field(self, field: Schema, depth: int) -> Typed:
-        ref = field.get("$ref")
-        if ref is None and len(field.get("allOf", ())) == 1:
-            ref = field["allOf"][0].get("$ref")
-        if isinstance(ref, str):
-            return self.definition(ref[len(_REF_PREFIX) :], depth)
+        name = reference(field)
+        if name is not None:
+            return self.definition(name, depth)
         return self.schema(field, depth)
 
     def schema(self, schema: Schema, depth: int) -> Typed:

@@ -21,23 +21,17 @@ sharing definitions (the pod template of every workload, ObjectMeta) share nodes
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, TypeAlias
 
-from k3stw.apiserver.catalogue import openapi_document, resources
+from k3stw.apiserver.catalogue import Schema, group_version_schemas, reference
 
 #: How many definitions deep a compiled node goes; below it, anything is accepted.
 MAX_DEPTH = 32
 
 #: The fields every kind's object has at its top level, whatever its schema says.
 TYPE_FIELDS = ("apiVersion", "kind")
-
-_REF_PREFIX = "#/components/schemas/"
-
-Schema = Mapping[str, Any]
 
 
 class MapOf:
@@ -68,15 +62,7 @@ def group_version_nodes(group: str, version: str) -> Mapping[str, Node]:
 
     Cached and shared: do not mutate.
     """
-    kinds = {
-        entry["kind"]: entry["schema"]
-        for entry in resources()
-        if (entry["group"], entry["version"]) == (group, version)
-    }
-    document = openapi_document(group, version) if kinds else None
-    if document is None:
-        return {}
-    schemas: Mapping[str, Schema] = json.loads(gzip.decompress(document))["components"]["schemas"]
+    kinds, schemas = group_version_schemas(group, version)
     return schema_nodes(schemas, kinds)
 
 
@@ -166,14 +152,6 @@ def _check_fields(
             del value[key]
 
 
-def _reference(field: Schema) -> str | None:
-    """The definition ``field`` refers to, directly or as ``allOf: [{$ref}]``."""
-    ref = field.get("$ref")
-    if ref is None and len(field.get("allOf", ())) == 1:
-        ref = field["allOf"][0].get("$ref")
-    return ref[len(_REF_PREFIX) :] if isinstance(ref, str) else None
-
-
 class _Compiler:
     """Compiles definitions of one document, each once per depth at most.
 
@@ -206,7 +184,7 @@ class _Compiler:
         """The node of ``field``, inline or a reference, ``depth`` definitions deep."""
         if field.get("x-kubernetes-preserve-unknown-fields") is True:
             return None, True
-        name = _reference(field)
+        name = reference(field)
         if name is not None:
             return self.definition(name, depth)
         return self.schema(field, depth)
