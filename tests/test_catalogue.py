@@ -9,6 +9,7 @@ import gzip
 import json
 from collections.abc import Iterator
 from importlib import resources as files
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -322,3 +323,20 @@ class LoaderTests(SynchronousTestCase):
         self.assertIsNone(catalogue.openapi_document("../apps", "v1"))
         self.assertIsNone(catalogue.openapi_document("apps", "../v1"))
         self.assertIsNone(catalogue.openapi_document("apps", ""))
+
+
+class SlimDocumentTests(SynchronousTestCase):
+    def test_the_slim_documents_are_the_whole_ones_without_prose(self) -> None:
+        """What the schema checks parse is exactly tools/slim_catalogue.py's output of what
+        /openapi/v3 serves: the two never drift apart."""
+        from tools.slim_catalogue import slim_document
+
+        served = {(r["group"], r["version"]) for r in catalogue.resources()}
+        package = Path(catalogue.__file__).parent
+        for group, version in sorted(served):
+            name = f"{group or 'core'}_{version}.json.gz"
+            whole = catalogue.openapi_document(group, version)
+            assert whole is not None
+            with self.subTest(document=name):
+                self.assertEqual((package / "slim" / name).read_bytes(), slim_document(whole))
+        self.assertEqual(len(list((package / "slim").glob("*.json.gz"))), len(served))

@@ -167,13 +167,13 @@ class DerivedTableTests(SynchronousTestCase):
     def test_one_document_per_call(self) -> None:
         """Building a table fetches (and so parses) its group-version document once."""
         fetched: list[tuple[str, str]] = []
-        fetch = catalogue.openapi_document
+        fetch = catalogue.slim_document
 
         def counting(group: str, version: str) -> bytes | None:
             fetched.append((group, version))
             return fetch(group, version)
 
-        self.patch(catalogue, "openapi_document", counting)
+        self.patch(catalogue, "slim_document", counting)
         merge_rules.cache_clear()
         self.addCleanup(merge_rules.cache_clear)
         merge_rules("apps", "v1", "Deployment")

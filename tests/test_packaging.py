@@ -38,6 +38,7 @@ class WheelTests(SynchronousTestCase):
         # The generated API catalogue ships as data.
         self.assertIn("k3stw/apiserver/catalogue/resources.json", names)
         self.assertIn("k3stw/apiserver/catalogue/openapi/apps_v1.json.gz", names)
+        self.assertIn("k3stw/apiserver/catalogue/slim/apps_v1.json.gz", names)
         self.assertFalse([n for n in names if n.startswith("twisted/") and "__init__" in n])
         self.assertFalse([n for n in names if n.endswith("dropin.cache")])
 
