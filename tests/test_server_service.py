@@ -127,13 +127,13 @@ class AdvertisedAddressTests(SynchronousTestCase):
 
     def test_k3s_rules(self) -> None:
         """--advertise-address, else the first --node-external-ip, else the first node IP."""
-        config = self.config(node_ips=("10.0.0.5", "10.0.0.6"), bind_address="0.0.0.0")
-        self.assertEqual(config.advertised, ("10.0.0.5", 6443))
+        config = self.config(node_ips=("192.0.2.5", "192.0.2.6"), bind_address="0.0.0.0")
+        self.assertEqual(config.advertised, ("192.0.2.5", 6443))
         config = replace(config, node_external_ips=("203.0.113.9",))
         self.assertEqual(config.advertised, ("203.0.113.9", 6443))
         self.assertIn(ip_address("203.0.113.9"), config.serving_alt_names().ip_addresses)
-        config = replace(config, advertise_address="10.0.0.7", advertise_port=7443)
-        self.assertEqual(config.advertised, ("10.0.0.7", 7443))
+        config = replace(config, advertise_address="192.0.2.8", advertise_port=7443)
+        self.assertEqual(config.advertised, ("192.0.2.8", 7443))
 
     def test_a_server_warns_at_start_when_it_advertises_where_it_does_not_listen(self) -> None:
         config = self.config(bind_address="127.0.0.1", node_ips=("192.0.2.7",))
