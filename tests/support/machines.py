@@ -140,7 +140,14 @@ class Machine:
             )
 
     def shutdown(self) -> None:
-        """End every process of the machine (its init first), then its network."""
+        """
+        End every process of the machine (its init first), then its network.
+
+        SIGKILL goes to the machine's init (a ``sleep``), which takes the whole
+        PID namespace with it: the teardown of a test machine.  It is no
+        fallback for a k3stw process that ignores SIGTERM: the tests stop each
+        of those with SIGTERM first and assert it exited on its own.
+        """
         if self.init_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)
