@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import unquote
 from weakref import WeakKeyDictionary
 
@@ -37,9 +38,11 @@ from k3stw.apiserver.request import (
     as_status_error,
     flag,
     media_type,
+    object_body,
     param,
     peek_name,
 )
+from k3stw.apiserver.reviews import Review, answer_review, is_review
 from k3stw.apiserver.status import NOT_ALLOWED, StatusError, status
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.apiserver.subresources import NOT_FOUND, check_served, proxy_to_node
@@ -50,6 +53,9 @@ from k3stw.machinery.identity import MASTERS, User, user_of_certificate
 from k3stw.machinery.labels import SelectorError
 
 _METHOD_VERBS = {b"POST": "create", b"PUT": "update", b"PATCH": "patch", b"DELETE": "delete"}
+
+#: Who a bearer token names, or None for a token it does not know.
+TokenAuthenticator = Callable[[str], Awaitable[User | None]]
 
 
 class KubernetesAPI(Resource):
@@ -70,8 +76,17 @@ class KubernetesAPI(Resource):
         node_proxy: NodeProxy | None = None,
         health: Health | None = None,
         metrics: APIMetrics | None = None,
+        tokens: TokenAuthenticator | None = None,
+        reviews: Mapping[tuple[str, str], Review] | None = None,
     ) -> None:
+        """
+        :param tokens: authenticates bearer tokens (client certificates are
+            tried first); without it only certificates authenticate.
+        :param reviews: the create-only reviews answered, by (group, plural).
+        """
         super().__init__()
+        self.tokens = tokens
+        self.reviews = reviews or {}
         self.health = health or Health(())
         self.metrics = metrics or APIMetrics()
         self.store = store
@@ -128,7 +143,7 @@ class KubernetesAPI(Resource):
         if head == "openapi":
             self._openapi(request, parts[1:])
             return
-        user = self._authenticate(request)
+        user = await self._authenticate(request)
         if head in HEALTH_ENDPOINTS:
             # Every authenticated user may ask, as kube's system:public-info-viewer.
             await self.health.answer(request, head, parts[1:])
@@ -149,17 +164,24 @@ class KubernetesAPI(Resource):
         else:
             raise StatusError(404, NOT_FOUND)
 
-    def _authenticate(self, request: Request) -> User:
+    async def _authenticate(self, request: Request) -> User:
+        """The user of the connection's client certificate, else of the request's bearer token."""
         # A connection's client certificate never changes: read it once per connection.
-        channel = getattr(request, "channel", None)
+        channel = request.channel
         user = self._users.get(channel)
-        if user is None:
-            transport = getattr(request, "transport", None)
-            certificate = transport.getPeerCertificate() if transport is not None else None
-            user = user_of_certificate(certificate) if certificate is not None else None
-            if user is None:
-                raise StatusError(401, "Unauthorized")
+        if user is not None:
+            return user
+        transport = getattr(request, "transport", None)
+        certificate = transport.getPeerCertificate() if transport is not None else None
+        user = user_of_certificate(certificate) if certificate is not None else None
+        if user is not None:
             self._users[channel] = user
+            return user
+        scheme, _, token = (request.getHeader(b"authorization") or b"").partition(b" ")
+        if self.tokens is not None and scheme.lower() == b"bearer" and token.strip():
+            user = await self.tokens(token.strip().decode("latin-1"))
+        if user is None:
+            raise StatusError(401, "Unauthorized")
         return user
 
     # Discovery
@@ -224,6 +246,13 @@ class KubernetesAPI(Resource):
             Attributes(verb, target.resource, target.namespace, target.name, target.subresource),
             self.pod_uses,
         )
+        if is_review(target.resource):
+            body = object_body(request)
+            reviewed = await answer_review(
+                self.reviews, user, target.resource, target.namespace, body
+            )
+            answer(request, 201, reviewed)
+            return
         await self.verbs.serve(request, verb, target)
 
     def _target(self, group: str, version: str, rest: list[str]) -> Target:
@@ -247,6 +276,14 @@ class KubernetesAPI(Resource):
 
 def _verb(request: Request, target: Target) -> str:
     """The API verb of a request's method on C{target}."""
+    verb = _method_verb(request, target)
+    if target.subresource is None and verb not in target.resource.verbs:
+        # A create-only review, say: kube-apiserver has no handler for anything else.
+        raise StatusError(405, NOT_ALLOWED)
+    return verb
+
+
+def _method_verb(request: Request, target: Target) -> str:
     if request.method in (b"GET", b"HEAD"):
         if target.name:
             return "get"

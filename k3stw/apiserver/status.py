@@ -127,6 +127,9 @@ def conflict(resource: str, group: str, name: str) -> StatusError:
 
 #: kube-apiserver's 405 message.
 NOT_ALLOWED = "the server does not allow this method on the requested resource"
+NAMESPACE_MISMATCH = (
+    "the namespace of the provided object does not match the namespace sent on the request"
+)
 
 
 def invalid(kind: str, name: str, causes: list[tuple[str, str]]) -> StatusError:

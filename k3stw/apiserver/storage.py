@@ -30,6 +30,7 @@ from k3stw.apiserver.kinds import namespaces
 from k3stw.apiserver.patch import record_update
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import (
+    NAMESPACE_MISMATCH,
     StatusError,
     already_exists,
     bad_request,
@@ -332,10 +333,7 @@ class ObjectStore:
         obj["kind"] = resource.kind
         if resource.namespaced:
             if metadata.get("namespace") not in (None, "", namespace):
-                raise bad_request(
-                    "the namespace of the provided object does not match the namespace sent "
-                    "on the request"
-                )
+                raise bad_request(NAMESPACE_MISMATCH)
             metadata["namespace"] = namespace
             await self._require_active_namespace(namespace or "default")
         else:

@@ -6,20 +6,28 @@ wait for, so controllers are unit-tested through what they really use.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import io
+import json
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds
 from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.reviews import Review
+from k3stw.apiserver.routing import KubernetesAPI
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.datastore.memory import MemoryDatastore
+from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
 
 T = TypeVar("T")
@@ -102,3 +110,72 @@ class MemoryServer:
     ) -> tuple[Object, bool]:
         resource = self.resource(group, plural)
         return self.run(self.store.delete(resource, namespace, name, None, finalizers))
+
+
+class MemoryAPI:
+    """
+    The HTTP API of a L{MemoryServer}, asked through in-memory requests.
+
+    Users authenticate with bearer tokens from a static table (kube-apiserver's
+    ``--token-auth-file``), so a test may ask as anyone.
+    """
+
+    def __init__(
+        self,
+        server: MemoryServer,
+        users: dict[str, User],
+        reviews: Mapping[tuple[str, str], Review] | None = None,
+    ) -> None:
+        self.server = server
+        self.users = users
+        self.api = KubernetesAPI(
+            server.store,
+            server.registry,
+            server.clock,
+            "127.0.0.1:6443",
+            tokens=self._user_of,
+            reviews=reviews,
+        )
+
+    async def _user_of(self, token: str) -> User | None:
+        return self.users.get(token)
+
+    def request(
+        self,
+        method: bytes,
+        path: str,
+        body: object = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """The code and decoded JSON answer of one request (as the first user by default)."""
+        base, _, query = path.partition("?")
+        made = APIDummyRequest(base.lstrip("/").encode().split(b"/"))
+        made.method = method
+        made.channel = DummyChannel()
+        made.path = base.encode()
+        made.args = {k.encode(): [v.encode() for v in vs] for k, vs in parse_qs(query).items()}
+        made.content = io.BytesIO(b"" if body is None else json.dumps(body).encode())
+        all_headers = {
+            "authorization": f"Bearer {token or next(iter(self.users))}",
+            "content-type": "application/json",
+            **(headers or {}),
+        }
+        for name, value in all_headers.items():
+            made.requestHeaders.setRawHeaders(name.encode(), [value.encode()])
+        self.api.render(cast(Request, made))
+        self.server.case.assertTrue(made.finished, f"{method!r} {path} did not finish")
+        text = b"".join(made.written)
+        return made.responseCode or 200, json.loads(text) if text else None
+
+
+class APIDummyRequest(DummyRequest):
+    """A L{DummyRequest} with a body and a response code, as the API reads them."""
+
+    content: io.BytesIO
+    channel: DummyChannel
+    path: bytes
+
+    @property
+    def code(self) -> int:
+        return self.responseCode or 200

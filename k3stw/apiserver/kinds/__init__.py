@@ -61,17 +61,12 @@ BUILT_IN: tuple[ResourceType, ...] = (
 )
 
 
-#: Catalogue resources not stored yet, and why: each needs behaviour of its own, and a
-#: plain store would answer wrongly where kube-apiserver computes or converts.
+#: Catalogue resources not served yet, and why: each needs behaviour of its own, and a
+#: plain store would answer wrongly where kube-apiserver computes or converts.  (The
+#: create-only reviews are served, answered by L{k3stw.apiserver.reviews}, never stored.)
 NOT_STORED = {
     ("", "bindings"): "a pod's binding, not an object",
     ("", "componentstatuses"): "computed by the server, never stored",
-    ("authentication.k8s.io", "tokenreviews"): "answered from the token, never stored",
-    ("authentication.k8s.io", "selfsubjectreviews"): "answered from the request's user",
-    ("authorization.k8s.io", "subjectaccessreviews"): "answered by the authorizer",
-    ("authorization.k8s.io", "selfsubjectaccessreviews"): "answered by the authorizer",
-    ("authorization.k8s.io", "localsubjectaccessreviews"): "answered by the authorizer",
-    ("authorization.k8s.io", "selfsubjectrulesreviews"): "answered by the authorizer",
     ("events.k8s.io", "events"): "the core events, converted: not a store of its own",
 }
 
