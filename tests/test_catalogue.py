@@ -15,6 +15,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver import catalogue
+from k3stw.apiserver.kinds import built_in_registry
 
 #: Kinds users expect from a 1.32 cluster, as (group, version, kind).
 EXPECTED_KINDS = [
@@ -214,6 +215,24 @@ class ResourceTests(SynchronousTestCase):
             for sub in entry["subresources"]:
                 self.assertEqual(set(sub), {"name", "kind", "group", "version", "verbs"})
                 self.assertTrue(sub["verbs"])
+            self.assertIsInstance(entry["deleteReturnsObject"], bool)
+
+    def test_every_kind_deletes_as_the_catalogue_says(self) -> None:
+        """A DELETE answers the object exactly where kube-apiserver 1.32's does (pods, PVCs...)."""
+        entries = {(e["group"], e["plural"]): e for e in catalogue.resources()}
+        returning = {
+            r.plural
+            for r in built_in_registry()
+            if entries[(r.group, r.plural)]["deleteReturnsObject"]
+        }
+        self.assertTrue({"pods", "services", "persistentvolumeclaims"} <= returning)
+        for resource in built_in_registry():
+            entry = entries[(resource.group, resource.plural)]
+            self.assertEqual(
+                resource.strategy.returns_deleted_object,
+                entry["deleteReturnsObject"],
+                resource.plural,
+            )
 
     def test_preferred_versions(self) -> None:
         self.assertEqual(catalogue.preferred_version(""), "v1")

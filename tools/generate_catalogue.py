@@ -115,6 +115,8 @@ VERB_ROUTES: Mapping[str, tuple[bool, str]] = {
 
 GA_VERSION = re.compile(r"v[0-9]+")
 CLIENT_CALL = re.compile(r"call_api\(\s*'(/[^']*)',\s*'([A-Z]+)'")
+#: A DELETE and the type of its answer (``V1Status``, or the object's own kind).
+CLIENT_DELETE = re.compile(r"call_api\(\s*'(/[^']*)',\s*'DELETE'[^)]*?response_type='(\w+)'", re.S)
 LOCAL_REF = "#/$defs/"
 OPENAPI_REF = "#/components/schemas/"
 
@@ -203,6 +205,19 @@ def load_paths(path: Path) -> set[tuple[str, str]]:
     if not routes:
         raise SystemExit(f"{path}: no API paths found")
     return routes
+
+
+def load_deleted_objects(path: Path) -> set[str]:
+    """
+    The object paths whose DELETE answers the deleted object rather than a
+    ``Status`` (kube-apiserver's ``ReturnDeletedObject``: pods, services, ...).
+    """
+    return {
+        route
+        for source in client_sources(path)
+        for route, answer in CLIENT_DELETE.findall(source)
+        if answer not in ("V1Status", "object")
+    }
 
 
 def _rk_field(kind: Mapping[str, str], key: str, default: str) -> str:
@@ -562,7 +577,12 @@ def openapi_documents(
 # Writing ----------------------------------------------------------------------------------
 
 
-def resource_entry(res: Resource, served: Served, gvks: Mapping[tuple[str, str, str], str]) -> JSON:
+def resource_entry(
+    res: Resource,
+    served: Served,
+    gvks: Mapping[tuple[str, str, str], str],
+    deleted_objects: set[str],
+) -> JSON:
     """The ``resources.json`` object for one resource."""
     return {
         "group": res.group,
@@ -586,6 +606,7 @@ def resource_entry(res: Resource, served: Served, gvks: Mapping[tuple[str, str, 
         ],
         "schema": gvks[(res.group, res.version, res.kind)],
         "preferredVersion": served.preferred[res.group],
+        "deleteReturnsObject": object_path(res)[1] in deleted_objects,
     }
 
 
@@ -604,11 +625,12 @@ def write_catalogue(
     served: Served,
     documents: Mapping[tuple[str, str], JSON],
     gvks: Mapping[tuple[str, str, str], str],
+    deleted_objects: set[str],
 ) -> None:
     """Write ``resources.json`` and the OpenAPI documents, removing stale documents."""
     openapi_dir = out / "openapi"
     openapi_dir.mkdir(parents=True, exist_ok=True)
-    entries = [resource_entry(res, served, gvks) for res in served.resources]
+    entries = [resource_entry(res, served, gvks, deleted_objects) for res in served.resources]
     (out / "resources.json").write_bytes(dump(entries) + b"\n")
     wanted = {document_name(g, v) for g, v in documents}
     for stale in openapi_dir.glob("*.json.gz"):
@@ -655,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     discovery = load_discovery(args.discovery)
     served = select(discovery, gvks, load_paths(args.paths))
     documents = openapi_documents(served, definitions, gvks, args.kube_version)
-    write_catalogue(args.out, served, documents, gvks)
+    write_catalogue(args.out, served, documents, gvks, load_deleted_objects(args.paths))
 
     covered = {(r.group, r.version, r.kind) for r in served.resources}
     served_gvs = {(r.group, r.version) for r in served.resources}

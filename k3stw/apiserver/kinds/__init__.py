@@ -109,7 +109,10 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 categories=tuple(entry["categories"]),
                 subresources=served,
                 verbs=tuple(entry["verbs"]),
-                strategy=Strategy(merge_rules=LazyRules(group, entry["version"], entry["kind"])),
+                strategy=Strategy(
+                    merge_rules=LazyRules(group, entry["version"], entry["kind"]),
+                    returns_deleted_object=entry["deleteReturnsObject"],
+                ),
             )
         )
     return found
