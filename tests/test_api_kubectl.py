@@ -826,3 +826,22 @@ value: 1000
         self.assertEqual(base64.b64decode(secret), b"hunter2")
         refused = self.kubectl_fails("create", "deployment", "web", "--image=nginx")
         self.assertIn("protobuf bodies of Deployment are not supported", refused)
+
+    def test_finalize_releases_a_stuck_namespace(self) -> None:
+        """A namespace held by a finalizer whose controller is gone goes once an admin clears it."""
+        self.kubectl("create", "namespace", "held")
+        held = {"metadata": {"name": "held"}, "spec": {"finalizers": ["example.com/gone"]}}
+        path = "/api/v1/namespaces/held/finalize"
+        self.kubectl("replace", "--raw", path, "-f", "-", stdin=json.dumps(held))
+        self.kubectl("delete", "namespace", "held", "--wait=false")
+        deadline = time.monotonic() + 10
+        while "kubernetes" in self.kubectl("get", "ns", "held", "-o", "jsonpath={.spec}"):
+            # The namespace controller empties it and drops its own finalizer; ours stays.
+            self.assertLess(time.monotonic(), deadline, "the namespace controller never finished")
+            time.sleep(0.1)
+        self.assertEqual(
+            self.kubectl("get", "ns", "held", "-o", "jsonpath={.status.phase}"), "Terminating"
+        )
+        cleared = {"metadata": {"name": "held"}, "spec": {"finalizers": []}}
+        self.kubectl("replace", "--raw", path, "-f", "-", stdin=json.dumps(cleared))
+        self.assertIn("NotFound", self.kubectl_fails("get", "namespace", "held"))

@@ -575,6 +575,11 @@ class ObjectStore:
                 marked["metadata"]["resourceVersion"] = str(revision)
                 self._written(resource, marked)
                 return marked, False
+            if metadata.get("deletionTimestamp") and not resource.strategy.finished_deleting(
+                current
+            ):
+                # Held by what the kind itself waits on (a namespace's spec.finalizers).
+                return current, False
             revision = await self._compare_and_swap(
                 resource, name, self.datastore.delete(key, kv.mod_revision)
             )

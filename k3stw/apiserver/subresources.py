@@ -16,7 +16,7 @@ from k3stw.machinery.identity import User
 
 NOT_FOUND = "the server could not find the requested resource"
 #: Subresources a resource may declare that k3stw does not serve yet.
-NOT_YET = ("log", "proxy", "finalize")
+NOT_YET = ("log", "proxy")
 #: The verb a proxied request is authorized as, by its method (kube-apiserver's RequestInfo).
 PROXY_VERBS = {
     b"GET": "get",

@@ -24,6 +24,7 @@ from k3stw.apiserver.catalogue.unknown import unknown_fields
 from k3stw.apiserver.dryrun import DryRunDatastore
 from k3stw.apiserver.eviction import evict
 from k3stw.apiserver.fields import selection
+from k3stw.apiserver.finalize import finalize
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.request import (
     APPLY_PATCH,
@@ -161,6 +162,14 @@ class Verbs:
             body = object_body(request)
             evicted = await evict(store, self.budgets, target.namespace, target.name, body)
             answer(request, 201, evicted)
+        elif target.subresource == "finalize":
+            assert target.name is not None
+            if verb != "update":
+                raise StatusError(405, NOT_ALLOWED)
+            store = self._store_for(request)
+            body = object_body(request)
+            finalized = await finalize(store, target.name, body, field_manager(request))
+            answer(request, 200, finalized)
         elif target.subresource == "binding":
             assert target.name is not None and target.namespace is not None
             store = self._store_for(request)

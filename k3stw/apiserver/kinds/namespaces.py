@@ -40,8 +40,14 @@ FINALIZER = "kubernetes"
 
 
 def _default(namespace: Object) -> None:
-    namespace.setdefault("spec", {}).setdefault("finalizers", [FINALIZER])
     namespace.setdefault("status", {}).setdefault("phase", "Active")
+
+
+def _prepare_create(namespace: Object, now: str) -> None:
+    """A new namespace holds the finalizer, besides any it was given; once cleared, it stays so."""
+    finalizers = namespace.setdefault("spec", {}).setdefault("finalizers", [])
+    if FINALIZER not in finalizers:
+        finalizers.append(FINALIZER)
 
 
 def _finished_deleting(namespace: Object) -> bool:
@@ -70,6 +76,7 @@ RESOURCE = ResourceType(
         fields=FIELDS,
         merge_rules={**METADATA_ONLY_RULES, **STATUS_CONDITIONS_RULES},
         default=_default,
+        prepare_create=_prepare_create,
         finished_deleting=_finished_deleting,
         terminate=_terminate,
     ),
