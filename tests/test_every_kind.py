@@ -96,6 +96,16 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("apps", "Deployment"): {"spec": {"replicas": 0, **WORKLOAD}},
     ("apps", "ReplicaSet"): {"spec": {"replicas": 0, **WORKLOAD}},
     ("apps", "StatefulSet"): {"spec": {"replicas": 0, "serviceName": "sample", **WORKLOAD}},
+    ("events.k8s.io", "Event"): {
+        "eventTime": "2027-01-15T08:00:00.000000Z",
+        "reportingController": "example.com/tests",
+        "reportingInstance": "tests-1",
+        "action": "Sampling",
+        "reason": "Sampled",
+        "type": "Normal",
+        "note": "a sample event",
+        "regarding": {"kind": "Pod", "name": "p", "namespace": NAMESPACE},
+    },
     ("coordination.k8s.io", "Lease"): {"spec": {"holderIdentity": "sample"}},
     ("discovery.k8s.io", "EndpointSlice"): {
         "addressType": "IPv4",
@@ -279,7 +289,7 @@ class SampleTests(SynchronousTestCase):
         """A kind the server stores without a sample here would go untested."""
         missing = [(r.group, r.kind) for r in stored_kinds() if (r.group, r.kind) not in SAMPLES]
         self.assertEqual(missing, [])
-        self.assertGreaterEqual(len(SAMPLES), 49)
+        self.assertGreaterEqual(len(SAMPLES), 50)
 
 
 class EveryKindTests(ServerTestCase):
@@ -321,7 +331,9 @@ class EveryKindTests(ServerTestCase):
         replaced = json.loads(self.run_kubectl("get", what, name, *where, "-o", "json"))
         labels = replaced["metadata"]["labels"]
         self.assertEqual((labels["patched"], labels["replaced"]), ("yes", "yes"))
-        explained = self.run_kubectl("explain", what)
+        explained = self.run_kubectl(
+            "explain", resource.plural, f"--api-version={resource.group_version}"
+        )
         self.assertIn(f"KIND:       {resource.kind}", explained)
         self.run_kubectl("delete", what, name, *where, "--wait=false")
 

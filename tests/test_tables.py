@@ -942,6 +942,7 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("", "ConfigMap"): {"metadata": meta("c"), "data": {"k": "v"}},
     ("", "Namespace"): {"metadata": meta("n", None), "status": {"phase": "Active"}},
     ("", "Event"): {"metadata": meta("ev"), "involvedObject": {"kind": "Pod", "name": "p"}},
+    ("events.k8s.io", "Event"): {"metadata": meta("ev"), "regarding": {"kind": "Pod", "name": "p"}},
     ("", "ServiceAccount"): {"metadata": meta("default")},
     ("coordination.k8s.io", "Lease"): {"metadata": meta("l"), "spec": {"holderIdentity": "h"}},
     ("discovery.k8s.io", "EndpointSlice"): {"metadata": meta("es"), "addressType": "IPv4"},

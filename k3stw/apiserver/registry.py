@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from k3stw.apiserver.strategy import DEFAULT_STRATEGY, Strategy
+from k3stw.machinery.objects import Object
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
@@ -23,6 +24,9 @@ class ResourceType:
     :ivar crd: for a custom resource, the name of the CRD that defines it.
     :ivar strategy: the rules of its kind (defaults, validation, merging,
         printing, field selectors); its kind's module declares it.
+    :ivar conversion: for a version served as another resource's objects
+        (``autoscaling/v1`` HorizontalPodAutoscalers are stored as ``v2``),
+        how its objects are stored and read.
     """
 
     group: str
@@ -37,6 +41,7 @@ class ResourceType:
     verbs: tuple[str, ...] = ALL_VERBS
     crd: str | None = None
     strategy: Strategy = field(default=DEFAULT_STRATEGY, compare=False, repr=False)
+    conversion: Conversion | None = field(default=None, compare=False, repr=False)
 
     @property
     def group_version(self) -> str:
@@ -64,6 +69,22 @@ class ResourceType:
 
     def storage_key(self, namespace: str | None, name: str) -> str:
         return self.storage_prefix(namespace if self.namespaced else None) + name
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """
+    How a resource's objects are kept as another's, as kube-apiserver keeps
+    one storage version of a kind and converts on the way in and out.
+
+    :ivar stored: the resource whose objects are stored, with its rules.
+    :ivar to_stored: an object of the served version, as C{stored}'s.
+    :ivar from_stored: a stored object, as one of the served version.
+    """
+
+    stored: ResourceType
+    to_stored: Callable[[Object], Object]
+    from_stored: Callable[[Object], Object]
 
 
 #: Groups in the order discovery lists them (kube-apiserver's priority order).

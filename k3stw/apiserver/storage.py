@@ -54,6 +54,7 @@ from k3stw.datastore.interface import (
     KeyValue,
 )
 from k3stw.machinery.objects import Object, is_deleting
+from k3stw.machinery.objects import metadata as metadata_of
 from k3stw.machinery.times import rfc3339
 
 Predicate = Callable[[Object], bool]
@@ -198,6 +199,8 @@ class ObjectStore:
                 observer(resource, obj, gone)
 
     async def get(self, resource: ResourceType, namespace: str | None, name: str) -> Object:
+        if (conversion := resource.conversion) is not None:
+            return conversion.from_stored(await self.get(conversion.stored, namespace, name))
         kv = await self._get_kv(resource, namespace, name)
         if kv is None:
             raise not_found(resource.plural, resource.group, name)
@@ -234,6 +237,18 @@ class ObjectStore:
         Objects in key order, filtered by C{predicate}, at most C{limit}
         (0: all), from one snapshot: the continuation reads at the same revision.
         """
+        if (conversion := resource.conversion) is not None:
+            listed = await self.list(
+                conversion.stored,
+                namespace,
+                _converted(predicate, conversion.from_stored),
+                limit,
+                continue_token,
+                resource_version,
+                exact,
+            )
+            items = [conversion.from_stored(obj) for obj in listed.items]
+            return ObjectList(items, listed.resource_version, listed.continue_token)
 
         def accept(kv: KeyValue) -> Object | None:
             obj = decode(kv)
@@ -259,6 +274,12 @@ class ObjectStore:
 
         :return: the objects, the revision read at, and the continue token.
         """
+        if resource.conversion is not None:
+            page = await self.list(
+                resource, namespace, None, limit, continue_token, resource_version, exact
+            )
+            raws = [json.dumps(obj, separators=(",", ":")).encode() for obj in page.items]
+            return raws, page.resource_version, page.continue_token
         return await self._page(
             resource, namespace, raw_object, limit, continue_token, resource_version, exact
         )
@@ -325,6 +346,12 @@ class ObjectStore:
 
         :param manager: the field manager to record the write under.
         """
+        if (conversion := resource.conversion) is not None:
+            # The served version's own rules first; the stored kind's follow.
+            _check(resource, str(metadata_of(obj).get("name", "")), resource.strategy.validate(obj))
+            stored = conversion.to_stored(copy.deepcopy(obj))
+            created = await self.create(conversion.stored, namespace, stored, manager)
+            return conversion.from_stored(created)
         obj = copy.deepcopy(obj)
         metadata = obj.setdefault("metadata", {})
         if not isinstance(metadata, dict):
@@ -469,6 +496,17 @@ class ObjectStore:
         :param marks_deletion: C{mutate} may set ``deletionTimestamp`` (the
             server starting a deletion); no client write ever may.
         """
+        if (conversion := resource.conversion) is not None:
+
+            def converted(current: Object) -> Object:
+                updated = mutate(conversion.from_stored(current))
+                _check(resource, name, resource.strategy.validate(updated))
+                return conversion.to_stored(updated)
+
+            updated = await self.guaranteed_update(
+                conversion.stored, namespace, name, converted, manager, subresource, marks_deletion
+            )
+            return conversion.from_stored(updated)
         key = resource.storage_key(namespace, name)
         strategy = resource.strategy
         for _ in range(_MAX_CAS_RETRIES):
@@ -550,6 +588,11 @@ class ObjectStore:
 
         :return: the object's last state, and whether it is gone now.
         """
+        if (conversion := resource.conversion) is not None:
+            last, gone_now = await self.delete(
+                conversion.stored, namespace, name, preconditions, finalizers_to_add
+            )
+            return conversion.from_stored(last), gone_now
         preconditions = preconditions or {}
         key = resource.storage_key(namespace, name)
         for _ in range(_MAX_CAS_RETRIES):
@@ -606,6 +649,15 @@ class ObjectStore:
 
         :raises StatusError: 410 when the resourceVersion was compacted.
         """
+        if (conversion := resource.conversion) is not None:
+
+            def send_converted(kind: str, obj: Object) -> None:
+                send(kind, conversion.from_stored(obj))
+
+            watched = _converted(predicate, conversion.from_stored)
+            return await self.watch(
+                conversion.stored, namespace, resource_version, watched, send_converted
+            )
         revision = parse_resource_version(resource_version)
         prefix = resource.storage_prefix(namespace if resource.namespaced else None)
         if revision == 0:
@@ -664,6 +716,16 @@ def translate(
     if event.type is EventType.CREATE or not was:
         return ("ADDED", new) if now else None
     return ("MODIFIED", new) if now else ("DELETED", new)
+
+
+def _converted(
+    predicate: Predicate | None, from_stored: Callable[[Object], Object]
+) -> Predicate | None:
+    """C{predicate} of served objects, asked of stored ones."""
+    if predicate is None:
+        return None
+    selected = predicate
+    return lambda obj: selected(from_stored(obj))
 
 
 def merge_update(

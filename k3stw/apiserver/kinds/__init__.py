@@ -58,6 +58,7 @@ BUILT_IN: tuple[ResourceType, ...] = (
     jobs.RESOURCE,
     cronjobs.RESOURCE,
     crds.RESOURCE,
+    events.NEW_API_RESOURCE,
 )
 
 
@@ -67,7 +68,6 @@ BUILT_IN: tuple[ResourceType, ...] = (
 NOT_STORED = {
     ("", "bindings"): "a pod's binding, not an object",
     ("", "componentstatuses"): "computed by the server, never stored",
-    ("events.k8s.io", "events"): "the core events, converted: not a store of its own",
 }
 
 

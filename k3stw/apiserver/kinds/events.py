@@ -1,6 +1,6 @@
 """
 Events (core/v1): merge rules, the Table kubectl prints and the fields a
-selector may name.
+selector may name; and the same events as events.k8s.io/v1 shows them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
+    FieldGetter,
     FieldTable,
     field_path,
     field_text,
@@ -20,8 +21,8 @@ from k3stw.apiserver.patch.rules import (
     ATOMIC,
     METADATA_ONLY_RULES,
 )
-from k3stw.apiserver.registry import ResourceType
-from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.registry import Conversion, ResourceType
+from k3stw.apiserver.strategy import Cause, Strategy
 from k3stw.apiserver.tables import (
     NAME_DESCRIPTION,
     Column,
@@ -33,7 +34,7 @@ from k3stw.apiserver.tables import (
     since,
     text,
 )
-from k3stw.machinery.objects import get_path
+from k3stw.machinery.objects import Object, get_path
 from k3stw.machinery.times import parse_datetime
 
 
@@ -156,4 +157,91 @@ RESOURCE = ResourceType(
         fields=FIELDS,
         merge_rules={**METADATA_ONLY_RULES, "involvedObject": ATOMIC, "related": ATOMIC},
     ),
+)
+
+
+# events.k8s.io/v1: the same events, stored as core ones (kube-apiserver keeps one storage
+# version), with newer names for some fields and stricter rules for new events.
+
+#: Each events.k8s.io/v1 field named otherwise in core/v1.
+_CORE_NAMES = {
+    "regarding": "involvedObject",
+    "note": "message",
+    "reportingController": "reportingComponent",
+    "deprecatedSource": "source",
+    "deprecatedFirstTimestamp": "firstTimestamp",
+    "deprecatedLastTimestamp": "lastTimestamp",
+    "deprecatedCount": "count",
+}
+_NEW_NAMES = {core: new for new, core in _CORE_NAMES.items()}
+
+
+def _renamed(event: Object, names: Mapping[str, str], api_version: str) -> Object:
+    """A new object (C{event} may be a shared, read-only one) with C{names} applied."""
+    renamed = {names.get(key, key): value for key, value in event.items()}
+    renamed.update(apiVersion=api_version, kind="Event")
+    return renamed
+
+
+def to_core(event: Object) -> Object:
+    """An events.k8s.io/v1 Event as core/v1 stores it."""
+    return _renamed(event, _CORE_NAMES, "v1")
+
+
+def from_core(event: Object) -> Object:
+    """A stored core/v1 Event as events.k8s.io/v1 shows it."""
+    return _renamed(event, _NEW_NAMES, "events.k8s.io/v1")
+
+
+def _validate_new_api_event(event: Object) -> list[Cause]:
+    """What events.k8s.io/v1 requires of a new event besides core's rules (ValidateEventCreate)."""
+    causes: list[Cause] = [
+        (name, "Required value")
+        for name in ("eventTime", "reportingController", "reportingInstance", "action", "reason")
+        if not event.get(name)
+    ]
+    if event.get("type") not in ("Normal", "Warning"):
+        causes.append(("type", f'Invalid value: "": has invalid value: {event.get("type") or ""}'))
+    for deprecated in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount"):
+        if event.get(deprecated):
+            causes.append((deprecated, 'Invalid value: "": needs to be unset'))
+    source = event.get("deprecatedSource")
+    if isinstance(source, Mapping) and (source.get("component") or source.get("host")):
+        causes.append(("deprecatedSource", 'Invalid value: "": needs to be unset'))
+    return causes
+
+
+def _new_api_cells(event: Printed, now: datetime) -> list[Any]:
+    return _event_cells(to_core(dict(event)), now)
+
+
+def _new_api_label(label: str) -> str:
+    """A core field label as events.k8s.io names it (involvedObject.kind: regarding.kind)."""
+    head, dot, rest = label.partition(".")
+    return _NEW_NAMES.get(head, head) + dot + rest
+
+
+def _of_core(read: FieldGetter) -> FieldGetter:
+    return lambda event: read(to_core(dict(event)))
+
+
+NEW_API_FIELDS = FieldTable(
+    {_new_api_label(label): _of_core(read) for label, read in FIELDS.fields.items()}
+)
+
+NEW_API_RESOURCE = ResourceType(
+    "events.k8s.io",
+    "v1",
+    "Event",
+    "events",
+    "event",
+    namespaced=True,
+    short_names=("ev",),
+    strategy=Strategy(
+        printer=Printer(PRINTER.columns, _new_api_cells),
+        fields=NEW_API_FIELDS,
+        merge_rules={**METADATA_ONLY_RULES, "regarding": ATOMIC, "related": ATOMIC},
+        validate=_validate_new_api_event,
+    ),
+    conversion=Conversion(RESOURCE, to_core, from_core),
 )
