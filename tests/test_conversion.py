@@ -1,11 +1,16 @@
-"""A kind served in two versions and stored in one: events.k8s.io/v1 Events, kept as core ones."""
+"""
+Kinds served in two versions and stored in one: events.k8s.io/v1 Events,
+kept as core ones, and autoscaling/v1 HorizontalPodAutoscalers, kept as v2.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.apiserver.kinds.horizontalpodautoscalers import to_v1, to_v2
 from k3stw.machinery.identity import User
 from tests.support.apiserver import MemoryAPI, MemoryServer
 
@@ -110,3 +115,142 @@ class EventsAPITests(SynchronousTestCase):
         self.assertEqual(new["columnDefinitions"], core["columnDefinitions"])
         self.assertEqual(new["rows"][0]["cells"], core["rows"][0]["cells"])
         self.assertIn("pod/web", new["rows"][0]["cells"])
+
+
+V2_HPA: dict[str, Any] = {
+    "apiVersion": "autoscaling/v2",
+    "kind": "HorizontalPodAutoscaler",
+    "metadata": {"name": "web", "namespace": "default"},
+    "spec": {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+        "minReplicas": 1,
+        "maxReplicas": 5,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 60},
+                },
+            },
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "memory",
+                    "target": {"type": "AverageValue", "averageValue": "100Mi"},
+                },
+            },
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "queue_depth"},
+                    "target": {"type": "AverageValue", "averageValue": "10"},
+                },
+            },
+            {
+                "type": "External",
+                "external": {
+                    "metric": {"name": "sqs", "selector": {"matchLabels": {"q": "jobs"}}},
+                    "target": {"type": "Value", "value": "30"},
+                },
+            },
+        ],
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+    },
+    "status": {
+        "currentReplicas": 2,
+        "desiredReplicas": 2,
+        "currentMetrics": [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "current": {"averageUtilization": 42}},
+            },
+            {
+                "type": "Pods",
+                "pods": {"metric": {"name": "queue_depth"}, "current": {"averageValue": "7"}},
+            },
+        ],
+        "conditions": [{"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale"}],
+    },
+}
+V1_HPAS = "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers"
+V2_HPAS = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers"
+
+
+class AutoscalingV1Tests(SynchronousTestCase):
+    def test_v1_shows_cpu_and_keeps_the_rest_in_kubes_annotations(self) -> None:
+        v1 = to_v1(V2_HPA)
+        self.assertEqual(v1["apiVersion"], "autoscaling/v1")
+        self.assertEqual(v1["spec"]["targetCPUUtilizationPercentage"], 60)
+        self.assertNotIn("metrics", v1["spec"])
+        annotations = v1["metadata"]["annotations"]
+        self.assertEqual(
+            json.loads(annotations["autoscaling.alpha.kubernetes.io/metrics"]),
+            [
+                {"type": "Resource", "resource": {"name": "memory", "targetAverageValue": "100Mi"}},
+                {"type": "Pods", "pods": {"metricName": "queue_depth", "targetAverageValue": "10"}},
+                {
+                    "type": "External",
+                    "external": {
+                        "metricName": "sqs",
+                        "metricSelector": {"matchLabels": {"q": "jobs"}},
+                        "targetValue": "30",
+                    },
+                },
+            ],
+        )
+        self.assertEqual(v1["status"]["currentCPUUtilizationPercentage"], 42)
+        self.assertEqual(
+            json.loads(annotations["autoscaling.alpha.kubernetes.io/current-metrics"]),
+            [{"type": "Pods", "pods": {"metricName": "queue_depth", "currentAverageValue": "7"}}],
+        )
+        self.assertIn("autoscaling.alpha.kubernetes.io/conditions", annotations)
+        self.assertIn("autoscaling.alpha.kubernetes.io/behavior", annotations)
+
+    def test_round_trip_through_v1_loses_nothing(self) -> None:
+        self.assertEqual(to_v2(to_v1(V2_HPA)), V2_HPA)
+
+    def test_the_stored_object_is_not_changed(self) -> None:
+        before = json.dumps(V2_HPA)
+        to_v1(V2_HPA)
+        self.assertEqual(json.dumps(V2_HPA), before)
+
+    def test_a_v1_client_writes_v2_objects(self) -> None:
+        server = MemoryServer(self)
+        api = MemoryAPI(server, {"admin": ADMIN})
+        v1 = {
+            "metadata": {"name": "api"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
+                "maxReplicas": 3,
+                "targetCPUUtilizationPercentage": 70,
+            },
+        }
+        code, created = api.request(b"POST", V1_HPAS, v1)
+        self.assertEqual((code, created["apiVersion"]), (201, "autoscaling/v1"))
+        code, stored = api.request(b"GET", f"{V2_HPAS}/api")
+        self.assertEqual(
+            stored["spec"]["metrics"],
+            [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 70},
+                    },
+                }
+            ],
+        )
+
+    def test_a_v1_read_modify_write_keeps_v2_metrics(self) -> None:
+        server = MemoryServer(self)
+        api = MemoryAPI(server, {"admin": ADMIN})
+        api.request(b"POST", V2_HPAS, {k: v for k, v in V2_HPA.items() if k != "status"})
+        _, v1 = api.request(b"GET", f"{V1_HPAS}/web")
+        v1["spec"]["maxReplicas"] = 9
+        code, _ = api.request(b"PUT", f"{V1_HPAS}/web", v1)
+        self.assertEqual(code, 200)
+        _, v2 = api.request(b"GET", f"{V2_HPAS}/web")
+        self.assertEqual(v2["spec"]["maxReplicas"], 9)
+        self.assertEqual(v2["spec"]["metrics"], V2_HPA["spec"]["metrics"])
+        self.assertNotIn("annotations", v2["metadata"])

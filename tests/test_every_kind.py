@@ -381,4 +381,6 @@ def _kind_test(resource: ResourceType, how: str) -> Any:
 
 for _resource in stored_kinds():
     for _how in ("with_kubectl", "with_python_client"):
-        setattr(EveryKindTests, f"test_{_resource.plural}_{_how}", _kind_test(_resource, _how))
+        _group = (_resource.group or "core").split(".")[0]
+        _name = f"test_{_resource.plural}_{_group}_{_resource.version}_{_how}"
+        setattr(EveryKindTests, _name, _kind_test(_resource, _how))

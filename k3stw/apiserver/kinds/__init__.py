@@ -24,6 +24,7 @@ from k3stw.apiserver.kinds import (
     endpoints,
     endpointslices,
     events,
+    horizontalpodautoscalers,
     jobs,
     leases,
     namespaces,
@@ -118,6 +119,13 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
     return found
 
 
+def converted_versions(stored: list[ResourceType]) -> list[ResourceType]:
+    """The other versions served of C{stored} resources, converted to and from them."""
+    hpa = next(r for r in stored if (r.group, r.kind) == ("autoscaling", "HorizontalPodAutoscaler"))
+    return [horizontalpodautoscalers.v1_resource(hpa)]
+
+
 def built_in_registry() -> Registry:
     """A registry serving the built-in resources (CRDs add theirs as they come)."""
-    return Registry.serving((*BUILT_IN, *catalogue_resources()))
+    generic = catalogue_resources()
+    return Registry.serving((*BUILT_IN, *generic, *converted_versions(generic)))
