@@ -24,7 +24,8 @@ from k3stw.machinery.objects import Object, metadata
 Cause = tuple[str, str]
 
 
-def _nothing(obj: Object) -> None:
+def no_defaults(obj: Object) -> None:
+    """A kind with no defaults."""
     return None
 
 
@@ -76,7 +77,7 @@ class Strategy:
     merge_rules: RuleTable = field(default_factory=lambda: METADATA_ONLY_RULES)
     strategic_merge: bool = True
     counts_generation: bool = False
-    default: Callable[[Object], None] = _nothing
+    default: Callable[[Object], None] = no_defaults
     prepare_create: Callable[[Object, str], None] = _prepared
     validate: Callable[[Object], list[Cause]] = _valid
     validate_update: Callable[[Object, Object], list[Cause]] = _valid_update

@@ -16,6 +16,7 @@ from __future__ import annotations
 from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds import (
+    catalogued,
     configmaps,
     crds,
     cronjobs,
@@ -36,7 +37,7 @@ from k3stw.apiserver.kinds import (
     statefulsets,
 )
 from k3stw.apiserver.registry import Registry, ResourceType
-from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.strategy import Strategy, no_defaults
 
 #: Every built-in resource, in the order the modules declare them.
 BUILT_IN: tuple[ResourceType, ...] = (
@@ -114,7 +115,10 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 categories=tuple(entry["categories"]),
                 subresources=served,
                 verbs=tuple(entry["verbs"]),
-                strategy=Strategy(merge_rules=LazyRules(group, entry["version"], entry["kind"])),
+                strategy=Strategy(
+                    merge_rules=LazyRules(group, entry["version"], entry["kind"]),
+                    default=catalogued.DEFAULTS.get((group, entry["kind"]), no_defaults),
+                ),
             )
         )
     return found

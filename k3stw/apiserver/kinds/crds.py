@@ -8,16 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from k3stw.apiserver.defaulting import child, fill, fill_at
 from k3stw.apiserver.kinds.custom import resources_of_crd
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.strategy import Strategy
-from k3stw.machinery.objects import Object, is_deleting, name_of
+from k3stw.machinery.objects import Object, get_path, is_deleting, name_of
 
 #: kube-apiserver's finalizer: a deleted CRD first takes its custom resources with it.
 CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 
 
+def _default(crd: Object) -> None:
+    """kube's defaults of a CRD: the names it may leave out, no conversion, stored versions."""
+    spec = child(crd, "spec")
+    names = child(spec, "names")
+    kind = get_path(names, "kind")
+    if isinstance(kind, str) and kind:
+        fill(names, singular=kind.lower(), listKind=kind + "List")
+    fill(spec, conversion={"strategy": "None"})
+    fill_at(spec, "conversion.webhook.clientConfig.service", port=443)
+
+
 def _prepare_create(crd: Object, now: str) -> None:
+    _default(crd)
     finalizers = crd.setdefault("metadata", {}).setdefault("finalizers", [])
     if CLEANUP not in finalizers:
         finalizers.append(CLEANUP)
@@ -54,7 +67,7 @@ RESOURCE = ResourceType(
     namespaced=False,
     short_names=("crd", "crds"),
     subresources=("status",),
-    strategy=Strategy(counts_generation=True, prepare_create=_prepare_create),
+    strategy=Strategy(counts_generation=True, default=_default, prepare_create=_prepare_create),
 )
 
 

@@ -5,6 +5,7 @@ Table kubectl prints and the fields a selector may name.
 
 from __future__ import annotations
 
+from k3stw.apiserver.defaulting import child, fill
 from k3stw.apiserver.fields import (
     NAME,
     FieldTable,
@@ -39,9 +40,17 @@ FIELDS = FieldTable({"metadata.name": NAME, "status.phase": field_path("status",
 FINALIZER = "kubernetes"
 
 
+#: The label kube-apiserver gives every namespace: its name, always.
+NAME_LABEL = "kubernetes.io/metadata.name"
+
+
 def _default(namespace: Object) -> None:
-    namespace.setdefault("spec", {}).setdefault("finalizers", [FINALIZER])
-    namespace.setdefault("status", {}).setdefault("phase", "Active")
+    name = get_path(namespace, "metadata", "name")
+    labels = child(child(namespace, "metadata"), "labels")
+    if name and labels is not None:
+        labels[NAME_LABEL] = name
+    fill(child(namespace, "spec"), finalizers=[FINALIZER])
+    fill(child(namespace, "status"), phase="Active")
 
 
 def _finished_deleting(namespace: Object) -> bool:
