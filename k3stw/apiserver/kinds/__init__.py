@@ -118,6 +118,7 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 strategy=Strategy(
                     merge_rules=LazyRules(group, entry["version"], entry["kind"]),
                     default=catalogued.DEFAULTS.get((group, entry["kind"]), no_defaults),
+                    counts_generation=(group, entry["kind"]) in catalogued.COUNTS_GENERATION,
                 ),
             )
         )

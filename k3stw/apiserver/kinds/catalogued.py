@@ -134,6 +134,20 @@ def _filled(path: str, **defaults: Any) -> Callable[[Object], None]:
     return default
 
 
+#: The catalogued kinds whose ``metadata.generation`` counts changes of their spec
+#: (kube-apiserver's strategies for them set it to 1 on create).
+COUNTS_GENERATION = {
+    ("", "ReplicationController"),
+    ("networking.k8s.io", "NetworkPolicy"),
+    ("networking.k8s.io", "Ingress"),
+    ("networking.k8s.io", "IngressClass"),
+    ("policy", "PodDisruptionBudget"),
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"),
+}
+
 #: The defaults of each catalogued kind that has any, by group and kind.
 DEFAULTS: dict[tuple[str, str], Callable[[Object], None]] = {
     ("", "ReplicationController"): _replication_controller,

@@ -66,7 +66,7 @@ def _default(statefulset: Object) -> None:
     for claim in each(spec, "volumeClaimTemplates[]"):
         default_claim_spec(child(claim, "spec"))
         fill(child(claim, "status"), phase="Pending")
-    fill(child(statefulset, "status"), replicas=0, availableReplicas=0)
+    fill(child(statefulset, "status"), replicas=0)
 
 
 RESOURCE = workload(
