@@ -25,7 +25,20 @@ def crd(kind: str = "Widget", plural: str = "widgets") -> Object:
             "group": "example.com",
             "scope": "Namespaced",
             "names": {"kind": kind, "plural": plural},
-            "versions": [{"name": "v1", "served": True, "storage": True}],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    # kube-apiserver refuses a v1 CRD version without a schema.
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
         },
     }
 
