@@ -317,14 +317,20 @@ def _validate_number(schema: Schema, value: float, path: str, causes: list[Cause
         causes.append((path, f"{prefix} a multiple of {step}"))
 
 
-def _validate_array(schema: Schema, value: list[Any], path: str, causes: list[Cause]) -> None:
-    if "maxItems" in schema and len(value) > schema["maxItems"]:
-        causes.append(
-            (path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items")
-        )
-    if "minItems" in schema and len(value) < schema["minItems"]:
-        message = f"{path} in body should have at least {schema['minItems']} items"
+def _count(
+    schema: Schema, value: list[Any] | dict[str, Any], path: str, noun: str, causes: list[Cause]
+) -> None:
+    """``max``/``min`` ``Items`` or ``Properties``: how many a list or object holds."""
+    most, least = schema.get("max" + noun.title()), schema.get("min" + noun.title())
+    if most is not None and len(value) > most:
+        causes.append((path, f"Too many: {len(value)}: must have at most {most} items"))
+    if least is not None and len(value) < least:
+        message = f"{path} in body should have at least {least} {noun}"
         causes.append((path, f"Invalid value: {len(value)}: {message}"))
+
+
+def _validate_array(schema: Schema, value: list[Any], path: str, causes: list[Cause]) -> None:
+    _count(schema, value, path, "items", causes)
     if schema.get("uniqueItems"):
         for index, item in enumerate(value):
             if item in value[:index]:
@@ -339,13 +345,7 @@ def _validate_object(schema: Schema, value: dict[str, Any], path: str, causes: l
     for name in schema.get("required") or ():
         if name not in value:
             causes.append((_join(path, name), "Required value"))
-    if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        causes.append(
-            (path, f"Too many: {len(value)}: must have at most {schema['maxProperties']} items")
-        )
-    if "minProperties" in schema and len(value) < schema["minProperties"]:
-        message = f"{path} in body should have at least {schema['minProperties']} properties"
-        causes.append((path, f"Invalid value: {len(value)}: {message}"))
+    _count(schema, value, path, "properties", causes)
     properties: Mapping[str, Schema] = schema.get("properties") or {}
     additional = schema.get("additionalProperties")
     embedded = schema.get(EMBEDDED)
