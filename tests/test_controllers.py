@@ -25,7 +25,7 @@ from k3stw.datastore.memory import MemoryDatastore
 from k3stw.machinery.objects import Object
 from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodepassword import SECRET_TYPE, secret_name
-from tests.support.apiserver import MemoryServer
+from tests.support.apiserver import ANY_SCHEMA, MemoryServer
 
 
 def owned_by(owner: Object, name: str, **extra: Any) -> Object:
@@ -162,7 +162,7 @@ def widget_crd() -> Object:
             "group": "example.com",
             "scope": "Namespaced",
             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-            "versions": [{"name": "v1", "served": True, "storage": True}],
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": ANY_SCHEMA}],
         },
     }
 

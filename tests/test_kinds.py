@@ -15,7 +15,7 @@ from k3stw.apiserver.patch import apply_server_side
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.strategy import Strategy
 from k3stw.machinery.objects import Object
-from tests.support.apiserver import MemoryServer
+from tests.support.apiserver import ANY_SCHEMA, MemoryServer
 
 
 def crd(kind: str = "Widget", plural: str = "widgets") -> Object:
@@ -25,7 +25,7 @@ def crd(kind: str = "Widget", plural: str = "widgets") -> Object:
             "group": "example.com",
             "scope": "Namespaced",
             "names": {"kind": kind, "plural": plural},
-            "versions": [{"name": "v1", "served": True, "storage": True}],
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": ANY_SCHEMA}],
         },
     }
 

@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import json
 import platform
+import re
+from functools import cache
 from typing import Any
 
 from k3stw import KUBERNETES_VERSION
@@ -213,10 +215,13 @@ def _gv_document(registry: Registry, group: str, version: str) -> dict[str, Any]
         {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
         {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
     ]
+    schemas: dict[str, Any] = {}
     for resource in registry:
         if resource.group != group or resource.version != version:
             continue
         gvk = {"group": group, "version": version, "kind": resource.kind}
+        if resource.strategy.schema is not None:
+            schemas.update(_custom_resource_schemas(resource, gvk))
         scope = "namespaces/{namespace}/" if resource.namespaced else ""
         base = f"{resource.url_prefix}/{scope}{resource.plural}"
         operation = {
@@ -235,7 +240,69 @@ def _gv_document(registry: Registry, group: str, version: str) -> dict[str, Any]
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
+    }
+
+
+#: Where a custom resource's schema refers to ObjectMeta, as kube-apiserver's documents name it.
+OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+
+
+@cache
+def _object_meta_schemas() -> dict[str, Any]:
+    """ObjectMeta's definitions and those it refers to, from the catalogue (core/v1's document)."""
+    document = catalogue.openapi_document("", "v1")
+    if document is None:
+        return {}
+    every = json.loads(gzip.decompress(document))["components"]["schemas"]
+    found: dict[str, Any] = {}
+    waiting = [OBJECT_META]
+    while waiting:
+        name = waiting.pop()
+        if name in found or name not in every:
+            continue
+        found[name] = every[name]
+        waiting.extend(
+            ref.removeprefix(catalogue.REF_PREFIX)
+            for ref in re.findall(r'"\$ref": ?"([^"]+)"', json.dumps(every[name]))
+        )
+    return found
+
+
+def _custom_resource_schemas(resource: ResourceType, gvk: dict[str, str]) -> dict[str, Any]:
+    """
+    A custom resource's definition (its CRD's schema with apiVersion, kind and
+    metadata, named by reversed group, version and kind as kube-apiserver names
+    it) and ObjectMeta's, so that ``kubectl explain`` reads it.
+    """
+    schema = dict(resource.strategy.schema or {})
+    properties = dict(schema.get("properties") or {})
+    properties["apiVersion"] = {
+        "type": "string",
+        "description": "APIVersion defines the versioned schema of this representation of an "
+        "object. Servers should convert recognized schemas to the latest internal value, and "
+        "may reject unrecognized values. More info: https://git.k8s.io/community/contributors/"
+        "devel/sig-architecture/api-conventions.md#resources",
+    }
+    properties["kind"] = {
+        "type": "string",
+        "description": "Kind is a string value representing the REST resource this object "
+        "represents. Servers may infer this from the endpoint the client submits requests to. "
+        "Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/"
+        "devel/sig-architecture/api-conventions.md#types-kinds",
+    }
+    properties["metadata"] = {
+        "allOf": [{"$ref": catalogue.REF_PREFIX + OBJECT_META}],
+        "description": "Standard object's metadata. More info: https://git.k8s.io/community/"
+        "contributors/devel/sig-architecture/api-conventions.md#metadata",
+    }
+    schema.update(
+        type="object", properties=properties, **{"x-kubernetes-group-version-kind": [gvk]}
+    )
+    reversed_group = ".".join(reversed(resource.group.split(".")))
+    return {
+        f"{reversed_group}.{resource.version}.{resource.kind}": schema,
+        **_object_meta_schemas(),
     }
 
 

@@ -15,7 +15,6 @@ import builtins
 import copy
 import json
 import re
-import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -53,7 +52,7 @@ from k3stw.datastore.interface import (
     KeyNotFound,
     KeyValue,
 )
-from k3stw.machinery.objects import Object, is_deleting
+from k3stw.machinery.objects import Object, generated_suffix, is_deleting
 from k3stw.machinery.objects import metadata as metadata_of
 from k3stw.machinery.times import rfc3339
 
@@ -68,8 +67,6 @@ _NAME_MESSAGE = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
     "or '.', and must start and end with an alphanumeric character"
 )
-# kube-apiserver's generateName alphabet: no vowels, no look-alikes.
-_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _MAX_CAS_RETRIES = 16
 NAMESPACE_CHECK_SECONDS = 1.0
 #: Events are shared between watchers only while one delivery fans out, so a few suffice;
@@ -369,9 +366,7 @@ class ObjectStore:
         strategy = resource.strategy
         for _ in range(8 if generated else 1):
             if generated:
-                metadata["name"] = metadata["generateName"] + "".join(
-                    secrets.choice(_SUFFIX_ALPHABET) for _ in range(5)
-                )
+                metadata["name"] = metadata["generateName"] + generated_suffix()
             name = self._valid_name(resource, metadata.get("name"))
             metadata["uid"] = str(uuid.uuid4())
             metadata["creationTimestamp"] = self.now()

@@ -11,8 +11,9 @@ same rules as a client's over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from k3stw.apiserver.fields import DEFAULT_FIELD_TABLE, FieldTable
 from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES, RuleTable
@@ -24,7 +25,8 @@ from k3stw.machinery.objects import Object, metadata
 Cause = tuple[str, str]
 
 
-def _nothing(obj: Object) -> None:
+def no_defaults(obj: Object) -> None:
+    """A kind with no defaults."""
     return None
 
 
@@ -69,6 +71,11 @@ class Strategy:
     :ivar returns_deleted_object: a DELETE that removes the object at once
         answers with the object, not a ``Status`` (kube-apiserver's
         ``ReturnDeletedObject``: pods, services, service accounts).
+    :ivar schema: a custom resource's ``openAPIV3Schema`` (built-in kinds'
+        schemas are the catalogue's).
+    :ivar unknown_fields: the paths of the fields an object names that its
+        kind does not declare (a custom resource's; the catalogue answers for
+        built-in kinds).
     """
 
     printer: Printer = DEFAULT_PRINTER
@@ -76,13 +83,15 @@ class Strategy:
     merge_rules: RuleTable = field(default_factory=lambda: METADATA_ONLY_RULES)
     strategic_merge: bool = True
     counts_generation: bool = False
-    default: Callable[[Object], None] = _nothing
+    default: Callable[[Object], None] = no_defaults
     prepare_create: Callable[[Object, str], None] = _prepared
     validate: Callable[[Object], list[Cause]] = _valid
     validate_update: Callable[[Object, Object], list[Cause]] = _valid_update
     finished_deleting: Callable[[Object], bool] = finalizers_done
     terminate: Callable[[Object, str], Object] | None = None
     returns_deleted_object: bool = False
+    schema: Mapping[str, Any] | None = None
+    unknown_fields: Callable[[Object], list[str]] | None = None
 
 
 #: A built-in kind with nothing special about it (Endpoints, Lease, ...).

@@ -5,11 +5,20 @@ defensively (a stored object may lack any field) through these helpers.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 #: A Kubernetes object (or any JSON object in one), decoded.
 Object = dict[str, Any]
+
+# kube-apiserver's alphabet of generated names: no vowels, no look-alikes.
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def generated_suffix() -> str:
+    """Five random characters, as kube-apiserver ends a generated name."""
+    return "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
 
 
 def get_path(obj: Any, *path: str | int) -> Any:

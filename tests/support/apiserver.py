@@ -32,6 +32,9 @@ from k3stw.machinery.objects import Object
 
 T = TypeVar("T")
 
+#: A CRD version's schema that takes any object (kube-apiserver requires one).
+ANY_SCHEMA = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+
 #: Where the clock of every in-memory server starts (a plausible "now").
 START = 1_800_000_000.0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds import (
+    catalogued,
     configmaps,
     crds,
     cronjobs,
@@ -37,7 +38,7 @@ from k3stw.apiserver.kinds import (
     statefulsets,
 )
 from k3stw.apiserver.registry import Registry, ResourceType
-from k3stw.apiserver.strategy import Strategy
+from k3stw.apiserver.strategy import Strategy, no_defaults
 
 #: Every built-in resource, in the order the modules declare them.
 BUILT_IN: tuple[ResourceType, ...] = (
@@ -113,6 +114,8 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 strategy=Strategy(
                     merge_rules=LazyRules(group, entry["version"], entry["kind"]),
                     returns_deleted_object=entry["deleteReturnsObject"],
+                    default=catalogued.DEFAULTS.get((group, entry["kind"]), no_defaults),
+                    counts_generation=(group, entry["kind"]) in catalogued.COUNTS_GENERATION,
                 ),
             )
         )

@@ -8,16 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from k3stw.apiserver.defaulting import child, fill, fill_at
 from k3stw.apiserver.kinds.custom import resources_of_crd
+from k3stw.apiserver.kinds.customschema import structural_causes
 from k3stw.apiserver.registry import Registry, ResourceType
-from k3stw.apiserver.strategy import Strategy
-from k3stw.machinery.objects import Object, is_deleting, name_of
+from k3stw.apiserver.strategy import Cause, Strategy
+from k3stw.machinery.objects import Object, get_path, is_deleting, name_of
 
 #: kube-apiserver's finalizer: a deleted CRD first takes its custom resources with it.
 CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 
 
+def _default(crd: Object) -> None:
+    """kube's defaults of a CRD: the names it may leave out, no conversion, stored versions."""
+    spec = child(crd, "spec")
+    names = child(spec, "names")
+    kind = get_path(names, "kind")
+    if isinstance(kind, str) and kind:
+        fill(names, singular=kind.lower(), listKind=kind + "List")
+    fill(spec, conversion={"strategy": "None"})
+    fill_at(spec, "conversion.webhook.clientConfig.service", port=443)
+
+
 def _prepare_create(crd: Object, now: str) -> None:
+    _default(crd)
     finalizers = crd.setdefault("metadata", {}).setdefault("finalizers", [])
     if CLEANUP not in finalizers:
         finalizers.append(CLEANUP)
@@ -45,6 +59,16 @@ def _prepare_create(crd: Object, now: str) -> None:
     }
 
 
+def _validate(crd: Object) -> list[Cause]:
+    """Each version's schema must be given, and structural (what pruning and defaults need)."""
+    causes: list[Cause] = []
+    versions = get_path(crd, "spec", "versions")
+    for index, version in enumerate(versions if isinstance(versions, list) else ()):
+        path = f"spec.versions[{index}].schema.openAPIV3Schema"
+        causes.extend(structural_causes(get_path(version, "schema", "openAPIV3Schema"), path))
+    return causes
+
+
 RESOURCE = ResourceType(
     "apiextensions.k8s.io",
     "v1",
@@ -54,7 +78,12 @@ RESOURCE = ResourceType(
     namespaced=False,
     short_names=("crd", "crds"),
     subresources=("status",),
-    strategy=Strategy(counts_generation=True, prepare_create=_prepare_create),
+    strategy=Strategy(
+        counts_generation=True,
+        default=_default,
+        prepare_create=_prepare_create,
+        validate=_validate,
+    ),
 )
 
 

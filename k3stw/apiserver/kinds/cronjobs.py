@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.catalogue.rules import LazyRules
+from k3stw.apiserver.defaulting import child, fill, fill_at
 from k3stw.apiserver.kinds.jobs import SELECTOR_COLUMN
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
-    default_pod_spec,
+    default_template,
     selector_text,
 )
 from k3stw.apiserver.registry import ResourceType
@@ -77,14 +78,19 @@ PRINTER = Printer(
 
 
 def _default(cronjob: Object) -> None:
-    spec = cronjob.setdefault("spec", {})
-    spec.setdefault("concurrencyPolicy", "Allow")
-    spec.setdefault("suspend", False)
-    spec.setdefault("successfulJobsHistoryLimit", 3)
-    spec.setdefault("failedJobsHistoryLimit", 1)
-    template = get_path(spec, "jobTemplate", "spec", "template")
-    if isinstance(template, dict):
-        default_pod_spec(template.setdefault("spec", {}))
+    spec = child(cronjob, "spec")
+    fill(
+        spec,
+        concurrencyPolicy="Allow",
+        suspend=False,
+        successfulJobsHistoryLimit=3,
+        failedJobsHistoryLimit=1,
+    )
+    # Only the pod template: kube defaults a Job's spec on the Job, not in a template.
+    job_spec = child(child(spec, "jobTemplate"), "spec")
+    fill_at(job_spec, "podFailurePolicy.rules[].onPodConditions[]", status="True")
+    default_template(job_spec)
+    child(cronjob, "status")
 
 
 RESOURCE = ResourceType(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from k3stw.apiserver.defaulting import child, fill
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
@@ -100,7 +101,17 @@ PRINTER = Printer(
 
 
 def _default(daemonset: Object) -> None:
-    default_rolling_update(daemonset["spec"], "updateStrategy", maxUnavailable=1, maxSurge=0)
+    spec = daemonset["spec"]
+    default_rolling_update(spec, "updateStrategy", maxUnavailable=1, maxSurge=0)
+    fill(spec, revisionHistoryLimit=10)
+    # Counts Go always writes, zero until the controller counts.
+    fill(
+        child(daemonset, "status"),
+        currentNumberScheduled=0,
+        numberMisscheduled=0,
+        desiredNumberScheduled=0,
+        numberReady=0,
+    )
 
 
 RESOURCE = workload("DaemonSet", "ds", PRINTER, workload_rules(), replicas=False, defaults=_default)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from k3stw.apiserver.defaulting import child, fill
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
@@ -77,8 +78,9 @@ PRINTER = Printer(
 
 def _default(deployment: Object) -> None:
     spec = deployment["spec"]
-    spec.setdefault("progressDeadlineSeconds", 600)
     default_rolling_update(spec, "strategy", maxUnavailable="25%", maxSurge="25%")
+    fill(spec, revisionHistoryLimit=10, progressDeadlineSeconds=600)
+    child(deployment, "status")
 
 
 RESOURCE = workload(

@@ -4,6 +4,7 @@ Endpoints (core/v1): the Table kubectl prints.
 
 from __future__ import annotations
 
+from k3stw.apiserver.defaulting import fill_at
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.strategy import Strategy
 from k3stw.apiserver.tables import (
@@ -73,5 +74,8 @@ RESOURCE = ResourceType(
     "endpoints",
     namespaced=True,
     short_names=("ep",),
-    strategy=Strategy(printer=PRINTER),
+    strategy=Strategy(
+        printer=PRINTER,
+        default=lambda endpoints: fill_at(endpoints, "subsets[].ports[]", protocol="TCP"),
+    ),
 )

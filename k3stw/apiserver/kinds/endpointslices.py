@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from k3stw.apiserver.defaulting import fill_at
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.strategy import Strategy
 from k3stw.apiserver.tables import (
@@ -94,5 +95,8 @@ RESOURCE = ResourceType(
     "endpointslices",
     "endpointslice",
     namespaced=True,
-    strategy=Strategy(printer=PRINTER),
+    strategy=Strategy(
+        printer=PRINTER,
+        default=lambda endpointslice: fill_at(endpointslice, "ports[]", protocol="TCP", name=""),
+    ),
 )

@@ -10,10 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.catalogue.rules import LazyRules
+from k3stw.apiserver.defaulting import child, fill, fill_at
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
-    default_pod_spec,
+    default_template,
     selector_text,
     workload_parts,
 )
@@ -31,7 +32,7 @@ from k3stw.apiserver.tables import (
     mappings,
     name_cell,
 )
-from k3stw.machinery.objects import Object
+from k3stw.machinery.objects import Object, get_path
 from k3stw.machinery.times import parse_datetime
 
 #: The labels kube-apiserver gives a Job's pods, and its selector's key.
@@ -97,23 +98,38 @@ PRINTER = Printer(
 )
 
 
-def default_job_spec(spec: Object) -> None:
-    """kube-apiserver's defaults of a JobSpec, in place."""
+#: A Job's backoffLimit when it has a per-index one (Go's MaxInt32: no limit).
+NO_BACKOFF_LIMIT = 2**31 - 1
+
+
+def default_job_spec(spec: Any) -> None:
+    """kube-apiserver's defaults of a JobSpec, in place (a Job's or a CronJob's template's)."""
+    if not isinstance(spec, dict):
+        return
     if spec.get("completions") is None and spec.get("parallelism") is None:
         spec["completions"] = 1
-    spec.setdefault("parallelism", 1)
-    spec.setdefault("backoffLimit", 6)
-    spec.setdefault("completionMode", "NonIndexed")
-    spec.setdefault("suspend", False)
-    replacement = "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
-    spec.setdefault("podReplacementPolicy", replacement)
-    template = spec.setdefault("template", {})
-    if isinstance(template, dict):
-        default_pod_spec(template.setdefault("spec", {}))
+    per_index = spec.get("backoffLimitPerIndex") is not None
+    fill(
+        spec,
+        parallelism=1,
+        backoffLimit=NO_BACKOFF_LIMIT if per_index else 6,
+        completionMode="NonIndexed",
+        suspend=False,
+        podReplacementPolicy="Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed",
+    )
+    fill_at(spec, "podFailurePolicy.rules[].onPodConditions[]", status="True")
+    default_template(spec)
 
 
 def _default(job: Object) -> None:
-    default_job_spec(job.setdefault("spec", {}))
+    spec = child(job, "spec")
+    default_job_spec(spec)
+    # A Job without labels takes its pod template's (kube's SetDefaults_Job).
+    labels = get_path(spec, "template", "metadata", "labels")
+    metadata = child(job, "metadata")
+    if labels and metadata is not None and not metadata.get("labels"):
+        metadata["labels"] = dict(labels)
+    child(job, "status")
 
 
 def _prepare_create(job: Object, now: str) -> None:

@@ -5,6 +5,7 @@ Table kubectl prints and the fields a selector may name.
 
 from __future__ import annotations
 
+from k3stw.apiserver.defaulting import child, fill
 from k3stw.apiserver.fields import (
     NAME,
     FieldTable,
@@ -39,8 +40,16 @@ FIELDS = FieldTable({"metadata.name": NAME, "status.phase": field_path("status",
 FINALIZER = "kubernetes"
 
 
+#: The label kube-apiserver gives every namespace: its name, always.
+NAME_LABEL = "kubernetes.io/metadata.name"
+
+
 def _default(namespace: Object) -> None:
-    namespace.setdefault("status", {}).setdefault("phase", "Active")
+    name = get_path(namespace, "metadata", "name")
+    labels = child(child(namespace, "metadata"), "labels")
+    if name and labels is not None:
+        labels[NAME_LABEL] = name
+    fill(child(namespace, "status"), phase="Active")
 
 
 def _prepare_create(namespace: Object, now: str) -> None:

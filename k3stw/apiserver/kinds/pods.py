@@ -5,10 +5,13 @@ fields a selector may name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
 
+from k3stw.apiserver.defaulting import child, each, fill
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
@@ -46,7 +49,7 @@ from k3stw.apiserver.tables import (
     name_cell,
     text,
 )
-from k3stw.machinery.objects import Object, get_path
+from k3stw.machinery.objects import Object, generated_suffix, get_path
 from k3stw.machinery.times import parse_datetime
 
 
@@ -311,8 +314,166 @@ def references(pod: Object, plural: str) -> set[str]:
 
 
 def _default(pod: Object) -> None:
-    default_pod_spec(pod.setdefault("spec", {}))
-    pod.setdefault("status", {}).setdefault("phase", "Pending")
+    """A pod's defaults: its spec's, and what kube's SetDefaults_Pod adds for pods only."""
+    spec = child(pod, "spec")
+    default_pod_spec(spec)
+    for container in (*each(spec, "containers[]"), *each(spec, "initContainers[]")):
+        # Requests default to limits (what a pod asks for is what it may use).
+        limits = get_path(container, "resources", "limits")
+        if isinstance(limits, dict):
+            requests = child(child(container, "resources"), "requests")
+            fill(requests, **limits)
+    fill(spec, enableServiceLinks=True)
+    if get_path(spec, "hostNetwork") is True:
+        for key in ("containers[]", "initContainers[]"):
+            for port in each(spec, key + ".ports[]"):
+                if not port.get("hostPort"):
+                    port["hostPort"] = port.get("containerPort")
+    fill(child(pod, "status"), phase="Pending")
+
+
+#: Where the ServiceAccount admission plugin mounts a pod's API credentials.
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+#: The priority of the built-in PriorityClasses (others need the class itself).
+SYSTEM_PRIORITIES = {"system-node-critical": 2000001000, "system-cluster-critical": 2000000000}
+
+#: The taints every pod tolerates for 5 minutes (kube's DefaultTolerationSeconds plugin).
+NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+def _api_access_volume(name: str) -> Object:
+    """The projected volume the ServiceAccount admission plugin gives a pod."""
+    namespace = {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+    return {
+        "name": name,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {"downwardAPI": {"items": [{**namespace, "path": "namespace"}]}},
+            ],
+        },
+    }
+
+
+def _admit_service_account(spec: Object) -> None:
+    """The ServiceAccount plugin: the ``default`` account, its token mounted in every container."""
+    fill(spec, serviceAccountName="default")
+    spec["serviceAccount"] = spec["serviceAccountName"]
+    if spec.get("automountServiceAccountToken") is False:
+        return
+    containers = [*each(spec, "initContainers[]"), *each(spec, "containers[]")]
+    if any(
+        mount.get("mountPath") == SERVICE_ACCOUNT_MOUNT
+        for container in containers
+        for mount in each(container, "volumeMounts[]")
+    ):
+        return
+    name = "kube-api-access-" + generated_suffix()
+    volumes = spec.get("volumes")
+    spec["volumes"] = [*(volumes if isinstance(volumes, list) else ()), _api_access_volume(name)]
+    for container in containers:
+        mounts = container.get("volumeMounts")
+        mount = {"name": name, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT}
+        container["volumeMounts"] = [*(mounts if isinstance(mounts, list) else ()), mount]
+
+
+def _admit_tolerations(spec: Object) -> None:
+    """DefaultTolerationSeconds: tolerate a not-ready or unreachable node for 300 s."""
+    tolerations = spec.get("tolerations")
+    found = list(tolerations) if isinstance(tolerations, list) else []
+    for taint in NOT_READY_TAINTS:
+        if not any(
+            isinstance(t, dict)
+            and t.get("key") in (None, "", taint)
+            and t.get("effect") in (None, "", "NoExecute")
+            for t in found
+        ):
+            found.append(
+                {
+                    "key": taint,
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 300,
+                }
+            )
+    spec["tolerations"] = found
+
+
+def _admit_priority(spec: Object) -> None:
+    """Priority: 0 for a pod without a class, the built-in classes' own values."""
+    name = spec.get("priorityClassName")
+    if not name:
+        fill(spec, priority=0, preemptionPolicy="PreemptLowerPriority")
+    elif name in SYSTEM_PRIORITIES:
+        fill(spec, priority=SYSTEM_PRIORITIES[name], preemptionPolicy="PreemptLowerPriority")
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$")
+_SUFFIXES = {
+    **{s: Fraction(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{
+        s: Fraction(10) ** e
+        for s, e in zip("numkMGTPE", (-9, -6, -3, 3, 6, 9, 12, 15, 18), strict=True)
+    },
+}
+
+
+def _amount(quantity: Any) -> Fraction:
+    """A resource quantity's value ("500m", "1Gi", 2); 0 if it does not parse."""
+    match = _QUANTITY.match(str(quantity).strip())
+    if match is None:
+        return Fraction(0)
+    number, exponent, suffix = match.groups()
+    try:
+        value = Fraction(number)
+    except ValueError:
+        return Fraction(0)
+    if exponent:
+        value *= Fraction(10) ** int(exponent[1:])
+    return value * _SUFFIXES.get(suffix or "", Fraction(1))
+
+
+def qos_class(spec: Any) -> str:
+    """A pod's quality of service class from its containers' cpu and memory (kube's GetPodQOS)."""
+    requests: dict[str, Fraction] = {}
+    limits: dict[str, Fraction] = {}
+    guaranteed = True
+    for container in (*each(spec, "containers[]"), *each(spec, "initContainers[]")):
+        limited = set()
+        for kind, totals in (("requests", requests), ("limits", limits)):
+            amounts = get_path(container, "resources", kind)
+            for name, quantity in amounts.items() if isinstance(amounts, dict) else ():
+                value = _amount(quantity)
+                if name in ("cpu", "memory") and value > 0:
+                    totals[name] = totals.get(name, Fraction(0)) + value
+                    if kind == "limits":
+                        limited.add(name)
+        if limited != {"cpu", "memory"}:
+            guaranteed = False
+    if not requests and not limits:
+        return "BestEffort"
+    if guaranteed and requests == limits:
+        return "Guaranteed"
+    return "Burstable"
+
+
+def _prepare_create(pod: Object, now: str) -> None:
+    """What kube-apiserver's admission plugins and pod strategy add to a new pod."""
+    _default(pod)
+    spec = pod["spec"]
+    if isinstance(spec, dict):
+        _admit_service_account(spec)
+        _admit_tolerations(spec)
+        _admit_priority(spec)
+    pod["status"]["qosClass"] = qos_class(spec)
 
 
 RESOURCE = ResourceType(
@@ -334,6 +495,7 @@ RESOURCE = ResourceType(
             **under("status", _POD_STATUS),
         },
         default=_default,
+        prepare_create=_prepare_create,
         returns_deleted_object=True,
     ),
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from k3stw.apiserver.defaulting import child, each, fill, fill_at, unset
 from k3stw.apiserver.patch.rules import RuleTable
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.strategy import Cause, Strategy
@@ -60,49 +61,106 @@ def format_selector(spec: Any) -> str:
     return format_label_selector(spec if isinstance(spec, Mapping) else None)
 
 
-def default_ports(ports: list[Any] | None) -> None:
+def default_ports(ports: Any) -> None:
     """A port's protocol is TCP unless it says otherwise."""
-    for port in ports or []:
-        if isinstance(port, dict):
-            port.setdefault("protocol", "TCP")
+    for port in ports if isinstance(ports, list) else ():
+        fill(port, protocol="TCP")
 
 
-def _default_containers(spec: Object) -> None:
-    for key in ("containers", "initContainers"):
-        for container in spec.get(key) or []:
-            if isinstance(container, dict):
-                default_ports(container.get("ports"))
-                container.setdefault("terminationMessagePath", "/dev/termination-log")
-                container.setdefault("terminationMessagePolicy", "File")
-                image = str(container.get("image", ""))
-                latest = ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")
-                container.setdefault("imagePullPolicy", "Always" if latest else "IfNotPresent")
+def pull_policy(image: str) -> str:
+    """An image's pull policy by its tag: Always for ``latest`` (or none and no digest)."""
+    name, at, _ = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    tag = last.partition(":")[2] or ("" if at else "latest")
+    return "Always" if tag == "latest" else "IfNotPresent"
 
 
-def default_pod_spec(spec: Object) -> None:
-    """The defaults of a ``PodSpec``, in place: a pod's, or a workload's template's."""
-    _default_containers(spec)
-    spec.setdefault("restartPolicy", "Always")
-    spec.setdefault("terminationGracePeriodSeconds", 30)
-    spec.setdefault("dnsPolicy", "ClusterFirst")
-    spec.setdefault("schedulerName", "default-scheduler")
-    spec.setdefault("securityContext", {})
-    spec.setdefault("enableServiceLinks", True)
+#: A probe's thresholds; 0 counts as unset (plain integers in Go).
+_PROBE_DEFAULTS = {
+    "timeoutSeconds": 1,
+    "periodSeconds": 10,
+    "successThreshold": 1,
+    "failureThreshold": 3,
+}
 
 
-def template_owner_defaults(replicas: bool) -> Callable[[Object], None]:
-    """The defaults of a workload with a pod template (and ``replicas``, unless a DaemonSet)."""
+def _default_handler(handler: Any) -> None:
+    fill(get_path(handler, "httpGet"), path="/", scheme="HTTP")
 
-    def default(obj: Object) -> None:
-        spec = obj.setdefault("spec", {})
-        if replicas:
-            spec.setdefault("replicas", 1)
-        spec.setdefault("revisionHistoryLimit", 10)
-        template = spec.setdefault("template", {})
-        if isinstance(template, dict):
-            default_pod_spec(template.setdefault("spec", {}))
 
-    return default
+def _default_container(container: Object) -> None:
+    default_ports(container.get("ports"))
+    fill(
+        container,
+        imagePullPolicy=pull_policy(str(container.get("image") or "")),
+        terminationMessagePath="/dev/termination-log",
+        terminationMessagePolicy="File",
+        resources={},
+    )
+    for key in ("livenessProbe", "readinessProbe", "startupProbe"):
+        probe = container.get(key)
+        if isinstance(probe, dict):
+            for name, value in _PROBE_DEFAULTS.items():
+                if not probe.get(name):
+                    probe[name] = value
+            _default_handler(probe)
+    for key in ("postStart", "preStop"):
+        _default_handler(get_path(container, "lifecycle", key))
+    fill_at(container, "env[].valueFrom.fieldRef", apiVersion="v1")
+
+
+#: A volume's sources that carry a file mode, defaulted to 0644.
+_MODE_SOURCES = ("secret", "configMap", "downwardAPI", "projected")
+
+
+def _default_volume(volume: Object) -> None:
+    if all(unset(value) for key, value in volume.items() if key != "name"):
+        volume["emptyDir"] = {}
+    for key in _MODE_SOURCES:
+        fill(volume.get(key), defaultMode=420)
+    fill(volume.get("hostPath"), type="")
+    fill_at(volume, "downwardAPI.items[].fieldRef", apiVersion="v1")
+    fill_at(volume, "projected.sources[].serviceAccountToken", expirationSeconds=3600)
+    fill_at(volume, "projected.sources[].downwardAPI.items[].fieldRef", apiVersion="v1")
+    default_claim_spec(get_path(volume, "ephemeral", "volumeClaimTemplate", "spec"))
+
+
+def default_claim_spec(spec: Any) -> None:
+    """A PersistentVolumeClaimSpec's defaults, wherever one is (a claim, a template)."""
+    fill(spec, volumeMode="Filesystem")
+
+
+def default_pod_spec(spec: Any) -> None:
+    """
+    The defaults of a ``PodSpec``, in place: a pod's, or a workload's
+    template's (what only pods get is L{k3stw.apiserver.kinds.pods}').
+    """
+    if not isinstance(spec, dict):
+        return
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for container in each(spec, key + "[]"):
+            _default_container(container)
+    for volume in each(spec, "volumes[]"):
+        _default_volume(volume)
+    fill(
+        spec,
+        dnsPolicy="ClusterFirst",
+        restartPolicy="Always",
+        securityContext={},
+        terminationGracePeriodSeconds=30,
+        schedulerName="default-scheduler",
+    )
+    # The deprecated serviceAccount mirrors serviceAccountName (kube's conversion).
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount")
+    if account:
+        spec["serviceAccountName"] = spec["serviceAccount"] = account
+
+
+def default_template(owner: Any) -> None:
+    """The pod template's defaults of an object's spec (a workload's, a PodTemplate's)."""
+    template = child(owner, "template")
+    if template is not None:
+        default_pod_spec(child(template, "spec"))
 
 
 def _go_labels(labels: Mapping[str, Any]) -> str:
@@ -167,13 +225,10 @@ def immutable_selector(new: Object, old: Object) -> list[Cause]:
 
 def default_rolling_update(spec: Object, field: str, **rolling: Any) -> None:
     """A workload's update strategy, RollingUpdate unless it says otherwise, with C{rolling}."""
-    strategy = spec.setdefault(field, {})
-    if isinstance(strategy, dict):
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            settings = strategy.setdefault("rollingUpdate", {})
-            for name, value in rolling.items():
-                settings.setdefault(name, value)
+    strategy = child(spec, field)
+    fill(strategy, type="RollingUpdate")
+    if strategy is not None and strategy["type"] == "RollingUpdate":
+        fill(child(strategy, "rollingUpdate"), **rolling)
 
 
 def workload(
@@ -189,11 +244,13 @@ def workload(
     ``scale`` with C{replicas}), generations counted, a pod template (and
     C{replicas}) defaulted, then the kind's own C{defaults}.
     """
-    template_defaults = template_owner_defaults(replicas)
 
     def default(obj: Object) -> None:
-        template_defaults(obj)
-        if defaults is not None:
+        spec = child(obj, "spec")
+        default_template(spec)
+        if replicas:
+            fill(spec, replicas=1)
+        if defaults is not None and spec is not None:
             defaults(obj)
 
     return ResourceType(

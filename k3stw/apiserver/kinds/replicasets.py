@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from k3stw.apiserver.defaulting import child, fill
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
@@ -27,6 +28,7 @@ from k3stw.apiserver.tables import (
     integer,
     name_cell,
 )
+from k3stw.machinery.objects import Object
 
 
 def _replica_set_cells(obj: Printed, now: datetime) -> list[Any]:
@@ -71,4 +73,8 @@ PRINTER = Printer(
 )
 
 
-RESOURCE = workload("ReplicaSet", "rs", PRINTER, workload_rules())
+def _default(replicaset: Object) -> None:
+    fill(child(replicaset, "status"), replicas=0)
+
+
+RESOURCE = workload("ReplicaSet", "rs", PRINTER, workload_rules(), defaults=_default)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 
+from k3stw.apiserver.defaulting import fill
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
@@ -50,7 +51,7 @@ FIELDS = FieldTable(
 
 
 def _default(secret: Object) -> None:
-    secret.setdefault("type", "Opaque")
+    fill(secret, type="Opaque")
     # stringData is write-only, as in kube-apiserver: each key is written into
     # data (encoded), over what data held, and stringData itself is never stored.
     string_data = secret.get("stringData")

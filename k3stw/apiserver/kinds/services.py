@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from k3stw.apiserver.defaulting import child, each, fill
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
@@ -135,25 +136,32 @@ FIELDS = FieldTable(
 
 
 def _default(service: Object) -> None:
-    spec = service.setdefault("spec", {})
-    spec.setdefault("type", "ClusterIP")
-    spec.setdefault("sessionAffinity", "None")
+    spec = child(service, "spec")
+    if spec is None:
+        return
+    fill(spec, type="ClusterIP", sessionAffinity="None")
     default_ports(spec.get("ports"))
-    for port in spec.get("ports") or []:
-        if isinstance(port, dict) and "port" in port:
-            port.setdefault("targetPort", port["port"])
+    for port in each(spec, "ports[]"):
+        if port.get("targetPort") in (None, "", 0):
+            port["targetPort"] = port.get("port")
     if spec.get("clusterIP") and not spec.get("clusterIPs"):
         spec["clusterIPs"] = [spec["clusterIP"]]
     kind = spec["type"]
-    if kind != "ExternalName":
-        spec.setdefault("internalTrafficPolicy", "Cluster")
-    if kind in ("NodePort", "LoadBalancer"):
-        spec.setdefault("externalTrafficPolicy", "Cluster")
+    if kind in ("ClusterIP", "NodePort", "LoadBalancer"):
+        fill(spec, internalTrafficPolicy="Cluster")
+    if kind in ("NodePort", "LoadBalancer") or (kind == "ClusterIP" and spec.get("externalIPs")):
+        fill(spec, externalTrafficPolicy="Cluster")
     if kind == "LoadBalancer":
-        spec.setdefault("allocateLoadBalancerNodePorts", True)
-    if spec["sessionAffinity"] == "ClientIP":
-        config = spec.setdefault("sessionAffinityConfig", {}).setdefault("clientIP", {})
-        config.setdefault("timeoutSeconds", 10800)
+        fill(spec, allocateLoadBalancerNodePorts=True)
+    if spec["sessionAffinity"] == "None":
+        spec.pop("sessionAffinityConfig", None)
+    elif spec["sessionAffinity"] == "ClientIP":
+        fill(child(child(spec, "sessionAffinityConfig"), "clientIP"), timeoutSeconds=10800)
+    balancer = child(child(service, "status"), "loadBalancer")
+    if kind == "LoadBalancer":
+        for ingress in each(balancer, "ingress[]"):
+            if ingress.get("ip"):
+                fill(ingress, ipMode="VIP")
 
 
 RESOURCE = ResourceType(

@@ -9,10 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.catalogue.rules import LazyRules
+from k3stw.apiserver.defaulting import child, each, fill, unset
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
-    default_rolling_update,
+    default_claim_spec,
     workload,
     workload_parts,
 )
@@ -49,15 +50,23 @@ PRINTER = Printer(
 
 def _default(statefulset: Object) -> None:
     spec = statefulset["spec"]
-    spec.setdefault("podManagementPolicy", "OrderedReady")
-    default_rolling_update(spec, "updateStrategy", partition=0)
-    retention = spec.setdefault("persistentVolumeClaimRetentionPolicy", {})
-    if isinstance(retention, dict):
-        retention.setdefault("whenDeleted", "Retain")
-        retention.setdefault("whenScaled", "Retain")
-    for claim in spec.get("volumeClaimTemplates") or []:
-        if isinstance(claim, dict):
-            claim.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+    fill(spec, podManagementPolicy="OrderedReady", revisionHistoryLimit=10)
+    strategy = child(spec, "updateStrategy")
+    if strategy is not None and unset(strategy.get("type")):
+        # Only a strategy left to the default gets a rollingUpdate of its own.
+        strategy["type"] = "RollingUpdate"
+        child(strategy, "rollingUpdate")
+    if strategy is not None and strategy["type"] == "RollingUpdate":
+        fill(strategy.get("rollingUpdate"), partition=0)
+    fill(
+        child(spec, "persistentVolumeClaimRetentionPolicy"),
+        whenDeleted="Retain",
+        whenScaled="Retain",
+    )
+    for claim in each(spec, "volumeClaimTemplates[]"):
+        default_claim_spec(child(claim, "spec"))
+        fill(child(claim, "status"), phase="Pending")
+    fill(child(statefulset, "status"), replicas=0)
 
 
 RESOURCE = workload(
