@@ -163,6 +163,9 @@ def to_v1(hpa: Object) -> Object:
     _annotate(annotations, CONDITIONS, status.pop("conditions", None))
     if current is not None:
         status["currentCPUUtilizationPercentage"] = current
+    # Go writes v1's replica counts even when zero (v2 leaves out currentReplicas).
+    status.setdefault("currentReplicas", 0)
+    status.setdefault("desiredReplicas", 0)
     if annotations:
         metadata["annotations"] = annotations
     converted = {**hpa, "apiVersion": "autoscaling/v1", "metadata": metadata, "spec": spec}
@@ -207,6 +210,8 @@ def to_v2(hpa: Object) -> Object:
         currents.insert(0, {"type": "Resource", "resource": {"name": _CPU, "current": value}})
     if currents:
         status["currentMetrics"] = currents
+    if not status.get("currentReplicas"):
+        status.pop("currentReplicas", None)
     conditions = _annotation(annotations, CONDITIONS)
     if conditions:
         status["conditions"] = conditions
