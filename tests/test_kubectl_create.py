@@ -21,8 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.kubectl import KubectlServerCase
+from tests.support.twistd import admin_request
 
-PROTOBUF_SENT = "Content-Type: application/vnd.kubernetes.protobuf"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+PROTOBUF_SENT = f"Content-Type: {PROTOBUF}"
 
 
 def empty(value: Any) -> bool:
@@ -264,3 +266,18 @@ class KubectlCreateTests(KubectlServerCase):
             "--docker-password=p",
             "--docker-server=registry.example",
         )
+
+    def test_protobuf_delete_options_are_read(self) -> None:
+        """
+        A DELETE's protobuf DeleteOptions (kubectl drain's) is read, not ignored: a dry run
+        deletes nothing; a body that is not DeleteOptions is refused.
+        """
+        self.kubectl("create", "configmap", "kept")
+        path = "/api/v1/namespaces/default/configmaps/kept"
+        type_meta = b"\x0a\x02v1\x12\x0dDeleteOptions"
+        dry_run = b"k8s\x00\x0a\x13" + type_meta + b"\x12\x05\x2a\x03All"
+        self.assertEqual(admin_request(self.root, "DELETE", path, dry_run, PROTOBUF)[0], 200)
+        self.assertEqual(self.kubectl("get", "cm", "kept", "-o", "name"), "configmap/kept\n")
+        not_options = dry_run.replace(b"\x0dDeleteOptions", b"\x0dDeleteOptionz")
+        code, answer = admin_request(self.root, "DELETE", path, not_options, PROTOBUF)
+        self.assertEqual((code, answer["reason"]), (415, "UnsupportedMediaType"))

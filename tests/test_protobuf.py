@@ -407,6 +407,18 @@ class RoundTripTests(SynchronousTestCase):
         for api_version in ("v1", "meta.k8s.io/v1", "policy/v1"):
             self.assertRoundTrip(api_version, "DeleteOptions", options)
 
+    def test_packed_repeated_numbers(self) -> None:
+        """Repeated numbers are read packed too, as proto2 readers must (gogo's do)."""
+        groups = varint(1000) + varint(-1)
+        context = field(4, varint(5)) + field(4, groups)  # one unpacked, then a packed run
+        raw = field(2, field(14, context))  # Pod.spec (2), PodSpec.securityContext (14)
+        decoded = decode_body(envelope("v1", "Pod", raw))
+        self.assertEqual(
+            decoded["spec"], {"securityContext": {"supplementalGroups": [5, 1000, -1]}}
+        )
+        truncated = field(2, field(14, field(4, b"\x80")))
+        self.assertRaises(UnsupportedProtobuf, decode_body, envelope("v1", "Pod", truncated))
+
     def test_every_served_kind_is_readable(self) -> None:
         """Every kind of the catalogue, and every kind a subresource takes, has a message."""
         kinds = protobuf._table()["kinds"]

@@ -73,6 +73,8 @@ def _message(name: str) -> tuple[str, dict[int, Field]]:
 
 
 def _varint(data: bytes, at: int, end: int) -> tuple[int, int]:
+    if at < end and data[at] < 0x80:
+        return data[at], at + 1  # most keys and lengths: one byte
     value = shift = 0
     while True:
         if at >= end or shift > 63:
@@ -198,9 +200,8 @@ class _Reader:
             elif "r" in flags:
                 items = obj.setdefault(json_name, [])
                 if wire == _BYTES and _WIRE.get(type_, _BYTES) != _BYTES:
-                    # A packed repeated scalar: one length-delimited run of values.
-                    for _, inner_wire, inner in self.packed(type_, value):
-                        items.append(self.scalar(type_, inner_wire, inner))
+                    packed = self.packed(type_, value)
+                    items.extend(self.scalar(type_, _WIRE[type_], inner) for inner in packed)
                 else:
                     items.append(self.value(type_, wire, value, depth + 1))
             elif "i" in flags:
@@ -217,18 +218,19 @@ class _Reader:
                 del obj[json_name]
         return obj
 
-    def packed(self, type_: str, span: tuple[int, int]) -> list[tuple[int, int, Any]]:
+    def packed(self, type_: str, span: tuple[int, int]) -> list[Any]:
+        """The values of a packed repeated scalar: one length-delimited run of them."""
         wire = _WIRE[type_]
         if wire == _VARINT:
-            out, at = [], span[0]
+            values, at = [], span[0]
             while at < span[1]:
                 value, at = _varint(self.data, at, span[1])
-                out.append((0, wire, value))
-            return out
+                values.append(value)
+            return values
         size = 8 if wire == _FIXED64 else 4
         if (span[1] - span[0]) % size:
             raise UnsupportedProtobuf("truncated packed field")
-        return [(0, wire, (at, at + size)) for at in range(span[0], span[1], size)]
+        return [(at, at + size) for at in range(span[0], span[1], size)]
 
     def entry(self, type_: str, span: Any, wire: int, depth: int) -> tuple[str, Any]:
         """One map entry: key 1 (a string), value 2."""
