@@ -189,13 +189,8 @@ def _check_shape(document: Any, max_values: int | None) -> bool:
 def object_body(request: Request) -> Object:
     """The object a create or update sends (JSON, YAML, or a supported protobuf)."""
     media = media_type(request)
-    if media == PROTOBUF and request.method == b"POST":
-        try:
-            return protobuf.decode_body(raw_body(request))
-        except protobuf.UnsupportedProtobuf as e:
-            raise StatusError(
-                415, f"{_UNKNOWN_FORMAT}application/json, application/yaml ({e})"
-            ) from None
+    if media == PROTOBUF:
+        return protobuf_document(raw_body(request))
     if media not in JSON_TYPES and media not in PATCH_TYPES and media != YAML:
         raise StatusError(415, f"{_UNKNOWN_FORMAT}application/json, application/yaml")
     raw = raw_body(request)
@@ -206,6 +201,16 @@ def object_body(request: Request) -> Object:
     if not isinstance(document, dict):
         raise bad_request("the body of the request must be a JSON object")
     return document
+
+
+def protobuf_document(raw: bytes) -> Object:
+    """A protobuf body (kubectl's typed commands), or 415 saying why it cannot be read."""
+    try:
+        return protobuf.decode_body(raw)
+    except protobuf.UnsupportedProtobuf as e:
+        raise StatusError(
+            415, f"{_UNKNOWN_FORMAT}application/json, application/yaml ({e})"
+        ) from None
 
 
 def patch_body(request: Request) -> tuple[str, Any]:
@@ -239,9 +244,15 @@ def peek_name(request: Request) -> str | None:
 def delete_options(request: Request) -> dict[str, Any]:
     """A DELETE's ``DeleteOptions`` (body and query), checked."""
     raw = raw_body(request)
-    if not raw.strip() or media_type(request) not in JSON_TYPES:
-        # kubectl drain sends protobuf DeleteOptions; deleting with defaults is right.
-        options: dict[str, Any] = {}
+    options: dict[str, Any]
+    if media_type(request) == PROTOBUF:
+        # kubectl drain's DeleteOptions (its grace period, its preconditions).
+        options = protobuf_document(raw)
+        if options.pop("kind") != "DeleteOptions":
+            raise bad_request("the body of a delete must be DeleteOptions")
+        del options["apiVersion"]
+    elif not raw.strip() or media_type(request) not in JSON_TYPES:
+        options = {}
     else:
         try:
             options = decode_json(raw)
