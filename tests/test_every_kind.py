@@ -384,3 +384,27 @@ for _resource in stored_kinds():
         _group = (_resource.group or "core").split(".")[0]
         _name = f"test_{_resource.plural}_{_group}_{_resource.version}_{_how}"
         setattr(EveryKindTests, _name, _kind_test(_resource, _how))
+
+
+class CertificateApprovalTests(ServerTestCase):
+    def test_kubectl_certificate_approve_and_deny(self) -> None:
+        """kubectl certificate approve|deny set the request's condition, and nothing else."""
+        admin = self.root / "k3s.yaml"
+        for name in ("approved", "denied"):
+            csr = sample(self.resource(), name)
+            result = self.kubectl(admin, "create", "-f", "-", stdin=json.dumps(csr))
+            self.assertEqual(result.returncode, 0, result.stderr)
+        for verb, name in (("approve", "approved"), ("deny", "denied")):
+            result = self.kubectl(admin, "certificate", verb, name)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        for name, condition in (("approved", "Approved"), ("denied", "Denied")):
+            got = self.kubectl(admin, "get", "csr", name, "-o", "json")
+            stored = json.loads(got.stdout)
+            [found] = stored["status"]["conditions"]
+            self.assertEqual((found["type"], found["status"]), (condition, "True"))
+            self.assertEqual(stored["spec"]["signerName"], "kubernetes.io/kube-apiserver-client")
+
+    def resource(self) -> ResourceType:
+        return built_in_registry().require(
+            "certificates.k8s.io", "v1", "certificatesigningrequests"
+        )

@@ -727,6 +727,14 @@ def merge_update(
     resource: ResourceType, current: Object, new: Object, subresource: str | None
 ) -> Object:
     """What a PUT stores: C{new}, except what its endpoint may not change."""
+    if subresource == "approval":
+        # A CertificateSigningRequest's approval changes its conditions and nothing else.
+        updated = copy.deepcopy(current)
+        status = updated.setdefault("status", {})
+        status["conditions"] = (new.get("status") or {}).get("conditions") or []
+        if not status["conditions"]:
+            del status["conditions"]
+        return updated
     if subresource == "status":
         updated = copy.deepcopy(current)
         if "status" in new:

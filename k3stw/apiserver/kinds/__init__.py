@@ -74,7 +74,7 @@ NOT_STORED = {
 
 
 #: The subresources served the same way for every kind that has them.
-GENERIC_SUBRESOURCES = ("status", "scale")
+GENERIC_SUBRESOURCES = ("status", "scale", "approval")
 
 
 def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[ResourceType]:
