@@ -515,6 +515,11 @@ class LegacyTokenTests(TokenTestCase):
         self.secret("lost-token", account="nobody")
         self.assertFalse(self.server.exists("", "secrets", "lost-token", "default"))
 
+    def test_secret_naming_no_account_is_left_alone(self) -> None:
+        obj = {"metadata": {"name": "unnamed"}, "type": "kubernetes.io/service-account-token"}
+        self.server.create("", "secrets", obj, "default")
+        self.assertNotIn("data", self.server.get("", "secrets", "unnamed", "default"))
+
     def test_secret_goes_with_its_account(self) -> None:
         self.secret()
         self.server.delete("", "serviceaccounts", "robot", "default")

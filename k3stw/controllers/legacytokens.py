@@ -79,7 +79,10 @@ class LegacyTokenController(Controller):
         assert namespace is not None
         annotations = secret["metadata"].get("annotations") or {}
         account_name = annotations.get(NAME_ANNOTATION)
-        account = self.accounts.get(join_key(namespace, account_name)) if account_name else None
+        if not account_name:
+            # Invalid (kube-apiserver refuses it): never this loop's to delete.
+            return
+        account = self.accounts.get(join_key(namespace, account_name))
         wanted_uid = annotations.get(UID_ANNOTATION)
         if account is None or (wanted_uid and wanted_uid != account["metadata"].get("uid")):
             await self._delete(namespace, name, secret["metadata"].get("uid"))
