@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import yaml
-from kubernetes import client
-from twisted.trial.unittest import SkipTest
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.support.net import free_port
+from tests.support.postgres import fresh_database_name, shared_postgres
+from tests.support.twistd import k3s_server
 from tests.test_api_clients import HOST, ServerTestCase
 
 #: How long a token that authenticated stays trusted (kube-apiserver's token cache), and a bit.
@@ -30,6 +33,18 @@ metadata:
     kubernetes.io/service-account.name: default
 type: kubernetes.io/service-account-token
 """
+
+
+def request_token(api: client.ApiClient, spec: client.V1TokenRequestSpec | None = None) -> str:
+    """A token for ``default`` through the Python client (a JSON TokenRequest)."""
+    answered = client.CoreV1Api(api).create_namespaced_service_account_token(
+        "default",
+        "default",
+        client.AuthenticationV1TokenRequest(spec=spec or client.V1TokenRequestSpec(audiences=[])),
+    )
+    assert answered.status is not None and answered.status.token is not None
+    token: str = answered.status.token
+    return token
 
 
 class TokenTests(ServerTestCase):
@@ -76,18 +91,8 @@ class TokenTests(ServerTestCase):
         return token
 
     def request_token(self, spec: client.V1TokenRequestSpec | None = None) -> str:
-        """A token for ``default`` through the Python client (a JSON TokenRequest)."""
         with self.api() as api:
-            answered = client.CoreV1Api(api).create_namespaced_service_account_token(
-                "default",
-                "default",
-                client.AuthenticationV1TokenRequest(
-                    spec=spec or client.V1TokenRequestSpec(audiences=[])
-                ),
-            )
-        assert answered.status is not None
-        token: str = answered.status.token
-        return token
+            return request_token(api, spec)
 
     def test_create_token_then_use_it(self) -> None:
         """
@@ -174,7 +179,7 @@ class TokenTests(ServerTestCase):
         self.assertIn("error: You must be logged in to the server (Unauthorized)", refused.stderr)
 
     def test_token_secret_filled_in(self) -> None:
-        """A ``kubernetes.io/service-account-token`` Secret naming ``default``, as the docs make it."""
+        """A ``kubernetes.io/service-account-token`` Secret naming ``default`` (as documented)."""
         made = self.kubectl(self.admin, "apply", "-f", "-", stdin=TOKEN_SECRET)
         self.assertEqual(made.returncode, 0, made.stderr)
         deadline = time.monotonic() + 15
@@ -212,3 +217,43 @@ class TokenTests(ServerTestCase):
             with self.assertRaises(ApiException) as refused:
                 client.CoreV1Api(api).list_namespaced_config_map("default")
             self.assertEqual(refused.exception.status, 401)
+
+
+class SharedServiceKeyTests(SynchronousTestCase):
+    """Two servers on one PostgreSQL share service.key: either verifies the other's tokens."""
+
+    def test_token_of_one_server_authenticates_on_the_other(self) -> None:
+        endpoint = shared_postgres().endpoint(fresh_database_name("tokens"))
+        root = Path(self.mktemp()).absolute()
+        kubeconfigs = []
+        for name, host in (("one", "127.0.0.28"), ("two", "127.0.0.29")):
+            port = free_port(host)
+            server = k3s_server(
+                self, root / name, host, port, "--disable-agent", "--datastore-endpoint",
+                endpoint, "--token", "shared-token-secret",
+            ).start()  # fmt: skip
+            server.wait_for_ping(host, port)
+            server.wait_for_output("k3s is up and running")
+            kubeconfigs.append(str(root / name / "k3s.yaml"))
+        keys = {
+            (root / name / "data/server/tls/service.key").read_bytes() for name in ("one", "two")
+        }
+        self.assertEqual(len(keys), 1)
+        with config.new_client_from_config(config_file=kubeconfigs[0]) as api:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    token = request_token(api)
+                    break
+                except ApiException as e:
+                    # The default ServiceAccount comes with the first server's controllers.
+                    self.assertEqual(e.status, 404, e.body)
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.2)
+        with config.new_client_from_config(config_file=kubeconfigs[1]) as api:
+            review = client.AuthenticationV1Api(api).create_token_review(
+                client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+            )
+        assert review.status is not None and review.status.user is not None
+        self.assertTrue(review.status.authenticated)
+        self.assertEqual(review.status.user.username, SA_USER)
