@@ -54,7 +54,7 @@ class DictKeys:
 
 
 def server_dir(root: Path, marker: str) -> Path:
-    """A server directory with the five shared files, their content marked."""
+    """A server directory with the shared files, their content marked."""
     for name in bootstrapdata.FILES.values():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
@@ -302,6 +302,25 @@ class ServerCredentialsTests(SynchronousTestCase):
         before = self.snapshot()
         self.load()
         self.assertEqual(self.snapshot(), before)
+
+    def test_service_account_key_as_k3s_makes_it(self) -> None:
+        """``tls/service.key``: an RSA 2048 private key in PKCS#1 PEM, 0600, no certificate."""
+        credentials = self.load()
+        path = self.layout.tls / "service.key"
+        self.assertEqual(path.read_bytes(), credentials.service_key)
+        self.assertTrue(credentials.service_key.startswith(b"-----BEGIN RSA PRIVATE KEY-----"))
+        key = serialization.load_pem_private_key(credentials.service_key, None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        self.assertEqual(key.key_size, 2048)
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        self.assertFalse((self.layout.tls / "service.crt").exists())
+
+    def test_corrupt_service_account_key_is_never_replaced(self) -> None:
+        self.load()
+        (self.layout.tls / "service.key").write_bytes(b"garbage")
+        error = self.assertRaises(StartupError, self.load)
+        self.assertIn("service.key is not a PEM RSA private key", str(error))
+        self.assertEqual((self.layout.tls / "service.key").read_bytes(), b"garbage")
 
     def test_san_change_reissues_only_the_serving_certificate(self) -> None:
         """A new --tls-san gives a new serving certificate under the same CAs."""

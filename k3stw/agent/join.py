@@ -31,7 +31,7 @@ from k3stw.files import write_atomically
 from k3stw.httpclient import HTTPSClient, HTTPStatusError, Response
 from k3stw.logs import Logger
 from k3stw.machinery.timing import fixed, retrying
-from k3stw.pki.certs import KeyPair, load_pem_certificates, load_pem_key, new_key
+from k3stw.pki.certs import KeyPair, load_pem_certificates, load_pem_key, new_key, private_pem
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
@@ -119,12 +119,7 @@ def _key(path: Path) -> Any:
         return load_pem_key(path.read_bytes())
     except (OSError, ValueError, TypeError):
         key = new_key()
-        pair_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        write_atomically(path, pair_pem, 0o600)
+        write_atomically(path, private_pem(key), 0o600)
         return key
 
 

@@ -47,13 +47,15 @@ def _subresource_kind(resource: ResourceType, subresource: str) -> tuple[str, st
         return ("", "v1", "Binding")
     if subresource == "eviction":
         return ("policy", "v1", "Eviction")
+    if subresource == "token":
+        return ("authentication.k8s.io", "v1", "TokenRequest")
     return (resource.group, resource.version, resource.kind)
 
 
 def _subresource_verbs(subresource: str) -> list[str]:
     if subresource in ("log", "proxy"):
         return ["get"]
-    if subresource in ("binding", "eviction"):
+    if subresource in ("binding", "eviction", "token"):
         return ["create"]
     return ["get", "patch", "update"]
 

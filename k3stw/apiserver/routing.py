@@ -47,9 +47,9 @@ from k3stw.apiserver.status import NOT_ALLOWED, StatusError, status
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.apiserver.subresources import NOT_FOUND, check_served, proxy_to_node
 from k3stw.apiserver.tables import TableOptionError
-from k3stw.apiserver.verbs import POSTED_SUBRESOURCES, Target, Verbs
+from k3stw.apiserver.verbs import POSTED_SUBRESOURCES, Target, TokenRequests, Verbs
 from k3stw.logs import Logger
-from k3stw.machinery.identity import MASTERS, User, user_of_certificate
+from k3stw.machinery.identity import MASTERS, User, authenticated, user_of_certificate
 from k3stw.machinery.labels import SelectorError
 
 _METHOD_VERBS = {b"POST": "create", b"PUT": "update", b"PATCH": "patch", b"DELETE": "delete"}
@@ -78,11 +78,13 @@ class KubernetesAPI(Resource):
         metrics: APIMetrics | None = None,
         tokens: TokenAuthenticator | None = None,
         reviews: Mapping[tuple[str, str], Review] | None = None,
+        token_requests: TokenRequests | None = None,
     ) -> None:
         """
         :param tokens: authenticates bearer tokens (client certificates are
             tried first); without it only certificates authenticate.
         :param reviews: the create-only reviews answered, by (group, plural).
+        :param token_requests: answers ``serviceaccounts/<name>/token``.
         """
         super().__init__()
         self.tokens = tokens
@@ -99,6 +101,7 @@ class KubernetesAPI(Resource):
             clock,
             self.metrics.watch_event,
             registry.lookup("policy", "v1", "poddisruptionbudgets"),
+            token_requests,
         )
         self.openapi = discovery.OpenAPI(registry)
         self.pod_uses = NodePods(store, registry.require("", "v1", "pods"))
@@ -165,7 +168,10 @@ class KubernetesAPI(Resource):
             raise StatusError(404, NOT_FOUND)
 
     async def _authenticate(self, request: Request) -> User:
-        """The user of the connection's client certificate, else of the request's bearer token."""
+        """
+        The user of the connection's client certificate, else of the request's
+        bearer token; in ``system:authenticated`` either way, as in kube-apiserver.
+        """
         # A connection's client certificate never changes: read it once per connection.
         channel = request.channel
         user = self._users.get(channel)
@@ -175,14 +181,14 @@ class KubernetesAPI(Resource):
         certificate = transport.getPeerCertificate() if transport is not None else None
         user = user_of_certificate(certificate) if certificate is not None else None
         if user is not None:
-            self._users[channel] = user
+            user = self._users[channel] = authenticated(user)
             return user
         scheme, _, token = (request.getHeader(b"authorization") or b"").partition(b" ")
         if self.tokens is not None and scheme.lower() == b"bearer" and token.strip():
             user = await self.tokens(token.strip().decode("latin-1"))
         if user is None:
             raise StatusError(401, "Unauthorized")
-        return user
+        return authenticated(user)
 
     # Discovery
 

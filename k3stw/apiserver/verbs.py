@@ -9,7 +9,7 @@ strategy, and from the store, which follows it on every write.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +127,11 @@ def predicate(request: Request, resource: ResourceType) -> Predicate | None:
 
 
 #: Subresources a client creates with a POST to the object (``pods/<name>/binding``,
-#: ``pods/<name>/eviction``).
-POSTED_SUBRESOURCES = ("binding", "eviction")
+#: ``pods/<name>/eviction``, ``serviceaccounts/<name>/token``).
+POSTED_SUBRESOURCES = ("binding", "eviction", "token")
+
+#: Answers a TokenRequest: (store, namespace, service account, body) -> the answered request.
+TokenRequests = Callable[[ObjectStore, str, str, Any], Awaitable[Object]]
 
 
 class Verbs:
@@ -143,11 +146,16 @@ class Verbs:
         clock: IReactorTime,
         watch_event_sent: Callable[[ResourceType], None] = lambda resource: None,
         budgets: ResourceType | None = None,
+        token_requests: TokenRequests | None = None,
     ) -> None:
-        """:param budgets: PodDisruptionBudgets, which evictions respect."""
+        """
+        :param budgets: PodDisruptionBudgets, which evictions respect.
+        :param token_requests: answers ``serviceaccounts/<name>/token``.
+        """
         self.store = store
         self.clock = clock
         self.budgets = budgets
+        self.token_requests = token_requests
         self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
         self.watches = WatchStreams(store, clock, watch_event_sent)
 
@@ -175,6 +183,13 @@ class Verbs:
             store = self._store_for(request)
             bound = await bind(store, target.namespace, target.name, object_body(request))
             answer(request, 201, bound)
+        elif target.subresource == "token":
+            assert target.name is not None and target.namespace is not None
+            if self.token_requests is None:
+                raise StatusError(501, "the token subresource is not available in this release")
+            body = object_body(request)
+            issued = await self.token_requests(self.store, target.namespace, target.name, body)
+            answer(request, 201, issued)
         elif verb == "get":
             await self.get(request, target)
         elif verb == "list":

@@ -7,8 +7,11 @@ a user do is theirs to decide.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
@@ -18,14 +21,23 @@ MASTERS = "system:masters"
 NODES = "system:nodes"
 #: A kubelet's user name is this prefix and its node's name.
 NODE_PREFIX = "system:node:"
+#: The group every authenticated user is in.
+AUTHENTICATED = "system:authenticated"
+#: The user's ``extra`` key naming the credential it authenticated with.
+CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 
 
 @dataclass(frozen=True)
 class User:
-    """An authenticated user: a name and the groups it belongs to."""
+    """
+    An authenticated user: a name, the groups it belongs to, and what a
+    token may add (its uid, and ``extra`` facts such as its pod).
+    """
 
     name: str
     groups: tuple[str, ...]
+    uid: str = ""
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def node_name(self) -> str | None:
@@ -36,10 +48,25 @@ class User:
 
 
 def user_of_certificate(certificate: crypto.X509) -> User | None:
-    """The user a verified client certificate names, or None without a CN."""
-    subject = certificate.to_cryptography().subject
-    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    """
+    The user a verified client certificate names, or None without a CN; its
+    credential is the certificate's SHA-256, as kube-apiserver names it.
+    """
+    parsed = certificate.to_cryptography()
+    names = parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not names:
         return None
-    groups = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return User(str(names[0].value), tuple(str(g.value) for g in groups))
+    groups = parsed.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    fingerprint = hashlib.sha256(parsed.public_bytes(Encoding.DER)).hexdigest()
+    return User(
+        str(names[0].value),
+        tuple(str(g.value) for g in groups),
+        extra={CREDENTIAL_ID: (f"X509SHA256={fingerprint}",)},
+    )
+
+
+def authenticated(user: User) -> User:
+    """C{user} in ``system:authenticated``, as every API request's user is."""
+    if AUTHENTICATED in user.groups:
+        return user
+    return replace(user, groups=(*user.groups, AUTHENTICATED))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from k3stw.files import write_atomically, write_if_changed
 from k3stw.lifecycle import StartupError
@@ -29,6 +31,7 @@ from k3stw.pki.certs import (
     load_pem_key,
     new_ca,
     new_leaf,
+    private_pem,
 )
 from k3stw.pki.token import InvalidToken, Token, ca_hash, parse_token, random_secret
 
@@ -38,6 +41,8 @@ ADMIN_GROUP = "system:masters"
 APISERVER_USER = "system:apiserver"
 # A serving certificate this close to expiry is renewed at start, as k3s does.
 RENEW_BEFORE = datetime.timedelta(days=90)
+#: The service-account signing key's size (k3s: RSA 2048, no certificate).
+SERVICE_KEY_BITS = 2048
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class ServerCredentials:
     :ivar agent_password: the password agents join with (user ``node``).
     :ivar kube_apiserver: the client certificate the API server presents to
         kubelets (``nodes/proxy``).
+    :ivar service_key: ``service.key`` as on disk: the PEM private key that
+        signs service-account tokens (L{k3stw.apiserver.tokens.keys}).
     """
 
     server_ca: KeyPair
@@ -61,6 +68,7 @@ class ServerCredentials:
     token: Token
     agent_password: str
     kube_apiserver: KeyPair
+    service_key: bytes
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,10 @@ class ServerLayout:
 
     def pair(self, stem: str) -> tuple[Path, Path]:
         return self.tls / f"{stem}.crt", self.tls / f"{stem}.key"
+
+    @property
+    def service_key(self) -> Path:
+        return self.tls / "service.key"
 
     @property
     def token(self) -> Path:
@@ -138,6 +150,7 @@ def load_or_create_server_credentials(
         lambda _: True,
         lambda: new_leaf(client_ca, APISERVER_USER, Usage.CLIENT, now, [ADMIN_GROUP]),
     )
+    service_key = _load_or_create_service_key(layout.service_key)
     hash_ = ca_hash(server_ca_bundle)
     server_token = _load_or_create_token(layout, token, hash_)
     agent_password = _load_or_create_agent_password(
@@ -153,6 +166,7 @@ def load_or_create_server_credentials(
         server_token,
         agent_password,
         kube_apiserver,
+        service_key,
     )
 
 
@@ -212,6 +226,29 @@ def _load_or_create_ca(
     ca = new_ca(f"{name}@{int(now.timestamp())}", now)
     _store_pair(certificate_path, key_path, ca)
     return ca
+
+
+def _load_or_create_service_key(path: Path) -> bytes:
+    """
+    ``service.key``, made at first start as k3s makes it (RSA, PKCS#1 PEM);
+    like a CA it is never replaced: every token issued is signed with it.
+    """
+    if path.exists():
+        pem = _read(path)
+        try:
+            key = serialization.load_pem_private_key(pem, None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise StartupError(
+                f"{path} is not a PEM RSA private key; restore it from a backup, or delete it "
+                "to have a new one made (every service-account token issued so far then stops "
+                "working)"
+            )
+        return pem
+    pem = private_pem(rsa.generate_private_key(65537, SERVICE_KEY_BITS))
+    write_atomically(path, pem, 0o600)
+    return pem
 
 
 def _load_or_create_leaf(

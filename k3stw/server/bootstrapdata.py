@@ -1,6 +1,6 @@
 """
 The cluster's shared secrets in the datastore, as k3s keeps them for servers
-on an external datastore: the CAs and the passwd file, encrypted with the
+on an external datastore: the CAs, the service-account key and the passwd file, encrypted with the
 token's password, under ``/bootstrap/<first 12 hex of sha256(password)>``.
 
 The first server saves them; every later server takes them before it makes
@@ -40,6 +40,7 @@ FILES = {
     "ClientCAKey": "tls/client-ca.key",
     "ServerCA": "tls/server-ca.crt",
     "ServerCAKey": "tls/server-ca.key",
+    "ServiceKey": "tls/service.key",
     "PasswdFile": "cred/passwd",
 }
 #: k3s's words for data sealed with another token.

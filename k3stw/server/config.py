@@ -57,6 +57,16 @@ class ServerConfig:
         return self.data_dir / "server"
 
     @property
+    def service_account_issuer(self) -> str:
+        """k3s's ``--service-account-issuer``: the bound tokens' ``iss``."""
+        return f"https://kubernetes.default.svc.{self.cluster_domain}"
+
+    @property
+    def api_audiences(self) -> tuple[str, ...]:
+        """k3s's ``--api-audiences``: the issuer and ``k3s``."""
+        return (self.service_account_issuer, "k3s")
+
+    @property
     def local_url(self) -> str:
         """How clients on this host reach the server (k3s's kubeconfig URL)."""
         address = ipaddress.ip_address(self.bind_address)

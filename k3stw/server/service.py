@@ -27,9 +27,14 @@ from k3stw.apiserver.request import APIRequest
 from k3stw.apiserver.routing import KubernetesAPI
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
+from k3stw.apiserver.tokens.authenticator import ServiceAccountTokens
+from k3stw.apiserver.tokens.keys import ServiceAccountKeys
+from k3stw.apiserver.tokens.request import TokenIssuer
+from k3stw.apiserver.tokens.reviews import authentication_reviews
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.legacytokens import LegacyTokenController
 from k3stw.controllers.namespacedefaults import default_service_accounts, root_ca_publisher
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
@@ -307,7 +312,11 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
 
 
 def control_plane(
-    store: ObjectStore, registry: Registry, config: ServerConfig, ca_bundle: bytes
+    store: ObjectStore,
+    registry: Registry,
+    config: ServerConfig,
+    ca_bundle: bytes,
+    keys: ServiceAccountKeys,
 ) -> tuple[IService, APIServerEndpoints]:
     """
     The server's control loops on its shared informers (started once the
@@ -315,6 +324,7 @@ def control_plane(
 
     :param ca_bundle: the cluster CA that signs the API's certificate, published
         in every namespace.
+    :param keys: the service-account key, which signs legacy Secrets' tokens.
     """
     services = MultiService()
     informers = ServerInformers(store)
@@ -324,6 +334,7 @@ def control_plane(
     NodePasswordController(informers, store).setServiceParent(services)
     default_service_accounts(informers, store).setServiceParent(services)
     root_ca_publisher(informers, store, ca_bundle).setServiceParent(services)
+    LegacyTokenController(informers, store, keys, ca_bundle).setServiceParent(services)
     NodeLifecycleController(
         informers, store, grace_period=config.node_monitor_grace_period
     ).setServiceParent(services)
@@ -355,7 +366,9 @@ def build_server(
     store.allocators[("", services.RESOURCE.plural)] = allocator
     registry = built_in_registry()
     store.observe(crds.serve_written_crds(registry))
-    controllers, endpoints = control_plane(store, registry, config, credentials.server_ca_bundle)
+    keys = ServiceAccountKeys.from_pem(credentials.service_key)
+    ca_bundle = credentials.server_ca_bundle
+    controllers, endpoints = control_plane(store, registry, config, ca_bundle, keys)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
     IService(datastore).setServiceParent(root)
     # Agents' tunnels, which nodes/proxy reaches their kubelets through.
@@ -369,6 +382,8 @@ def build_server(
     )
     address, port = config.advertised
     metrics = APIMetrics()
+    issuer, audiences = config.service_account_issuer, config.api_audiences
+    tokens = ServiceAccountTokens(keys, store, reactor, issuer, audiences)
     api = KubernetesAPI(
         store,
         registry,
@@ -377,6 +392,9 @@ def build_server(
         node_proxy,
         server_health(root, datastore),
         metrics,
+        tokens=tokens,
+        reviews=authentication_reviews(tokens),
+        token_requests=TokenIssuer(keys, reactor, issuer, audiences),
     )
     PeriodicJob(
         reactor,

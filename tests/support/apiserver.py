@@ -23,9 +23,10 @@ from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.reviews import Review
-from k3stw.apiserver.routing import KubernetesAPI
+from k3stw.apiserver.routing import KubernetesAPI, TokenAuthenticator
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
+from k3stw.apiserver.verbs import TokenRequests
 from k3stw.datastore.memory import MemoryDatastore
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
@@ -120,7 +121,8 @@ class MemoryAPI:
     The HTTP API of a L{MemoryServer}, asked through in-memory requests.
 
     Users authenticate with bearer tokens from a static table (kube-apiserver's
-    ``--token-auth-file``), so a test may ask as anyone.
+    ``--token-auth-file``), so a test may ask as anyone; a token not in it goes
+    to C{tokens} (the service-account authenticator, say), if given.
     """
 
     def __init__(
@@ -128,9 +130,12 @@ class MemoryAPI:
         server: MemoryServer,
         users: dict[str, User],
         reviews: Mapping[tuple[str, str], Review] | None = None,
+        tokens: TokenAuthenticator | None = None,
+        token_requests: TokenRequests | None = None,
     ) -> None:
         self.server = server
         self.users = users
+        self.tokens = tokens
         self.api = KubernetesAPI(
             server.store,
             server.registry,
@@ -138,10 +143,14 @@ class MemoryAPI:
             "127.0.0.1:6443",
             tokens=self._user_of,
             reviews=reviews,
+            token_requests=token_requests,
         )
 
     async def _user_of(self, token: str) -> User | None:
-        return self.users.get(token)
+        user = self.users.get(token)
+        if user is None and self.tokens is not None:
+            return await self.tokens(token)
+        return user
 
     def request(
         self,

@@ -1,5 +1,6 @@
 """
-ServiceAccounts (core/v1): merge rules and the Table kubectl prints.
+ServiceAccounts (core/v1): merge rules, the Table kubectl prints, and the
+``token`` subresource (answered by L{k3stw.apiserver.tokens.request}).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ RESOURCE = ResourceType(
     "serviceaccount",
     namespaced=True,
     short_names=("sa",),
+    subresources=("token",),
     strategy=Strategy(
         printer=PRINTER,
         merge_rules={**METADATA_ONLY_RULES, "secrets": keyed_list("name")},
