@@ -202,6 +202,17 @@ class NodeProxyTests(SynchronousTestCase):
         self.assertTrue(self.client.disconnecting)
         self.assertFalse(self.client.value().endswith(b"0\r\n\r\n"))
 
+    def test_upgrade_goes_on_as_an_upgrade(self) -> None:
+        """An upgrade through nodes/proxy keeps its Connection and Upgrade headers."""
+        self.send(
+            b"GET /api/v1/nodes/agent-1/proxy/exec/ns/p/c?output=1 HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+        )
+        sent = self.kubelet.transports[0].value()
+        self.assertTrue(sent.startswith(b"GET /exec/ns/p/c?output=1 HTTP/1.1\r\n"), sent)
+        self.assertIn(b"Upgrade: SPDY/3.1\r\n", sent)
+        self.assertIn(b"Connection: Upgrade\r\n", sent)
+
     def test_unknown_node_is_not_found(self) -> None:
         """No Node object: the 404 Status of the store passes through, nothing is dialled."""
         self.send(b"GET /api/v1/nodes/ghost/proxy/healthz HTTP/1.1\r\nHost: x\r\n\r\n")

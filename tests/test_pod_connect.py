@@ -22,7 +22,7 @@ from k3stw.apiserver.podconnect import (
     split_scheme_name_port,
 )
 from k3stw.apiserver.routing import KubernetesAPI
-from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.status import NOT_ALLOWED, StatusError
 from k3stw.apiserver.upgrade import BodyReader, HeadReader
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
@@ -224,7 +224,8 @@ class ConnectAPITests(SynchronousTestCase):
         )
         self.assertEqual(
             self.kubelet_request(),
-            b"GET /containerLogs/default/one/a?limitBytes=9&sinceTime=2025-01-01T00%3A00%3A00Z HTTP/1.1",
+            b"GET /containerLogs/default/one/a?limitBytes=9&sinceTime=2025-01-01T00%3A00%3A00Z"
+            b" HTTP/1.1",
         )
 
     def test_log_of_a_pod_on_no_node_is_empty(self) -> None:
@@ -260,7 +261,10 @@ class ConnectAPITests(SynchronousTestCase):
         self.assertTrue(answer.endswith(b"no container runtime yet\n"), answer)
 
     def test_spdy_attach_and_portforward(self) -> None:
-        spdy = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+        spdy = (
+            "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            "X-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+        )
         self.send(
             "POST",
             "/api/v1/namespaces/default/pods/two/attach?container=b&stdout=true&stderr=true",
@@ -278,11 +282,12 @@ class ConnectAPITests(SynchronousTestCase):
         self.assertIn(b"Upgrade: SPDY/3.1\r\n", self.kubelet.transports[-1].value())
 
     def test_exec_refusals(self) -> None:
+        choose = "a container name must be specified for pod two, choose one of: [i a b]"
         cases = [
             ("GET", "one/exec?command=ls", "", (400, "Upgrade request required")),
-            ("GET", "loose/exec?command=ls", WEBSOCKET, (400, "pod loose does not have a host assigned")),
-            ("GET", "two/exec?command=ls", WEBSOCKET, (400, "a container name must be specified for pod two, choose one of: [i a b]")),
-            ("PUT", "one/exec", WEBSOCKET, (405, "the server does not allow this method on the requested resource")),
+            ("GET", "loose/exec", WEBSOCKET, (400, "pod loose does not have a host assigned")),
+            ("GET", "two/exec?command=ls", WEBSOCKET, (400, choose)),
+            ("PUT", "one/exec", WEBSOCKET, (405, NOT_ALLOWED)),
             ("GET", "one/log/extra", "", (404, "the server could not find the requested resource")),
         ]  # fmt: skip
         for method, path, headers, expected in cases:
@@ -345,8 +350,8 @@ class ConnectAPITests(SynchronousTestCase):
             "subsets": [
                 {
                     "addresses": [
-                        {"ip": "10.42.0.9", "targetRef": {"kind": "Pod", "namespace": "default", "name": "gone"}},
-                        {"ip": "10.42.0.5", "targetRef": {"kind": "Pod", "namespace": "default", "name": "one"}},
+                        {"ip": "10.42.0.9", "targetRef": {"namespace": "default", "name": "gone"}},
+                        {"ip": "10.42.0.5", "targetRef": {"namespace": "default", "name": "one"}},
                     ],
                     "ports": [{"name": "http", "port": 8080}],
                 }

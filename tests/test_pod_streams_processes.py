@@ -44,8 +44,10 @@ class PodStreamProcessTests(SynchronousTestCase):
         ):
             cls.create_pod(name, node, containers)
         cls.cluster.wait(
-            lambda: cls.cluster.kubectl("get", "--raw", "/api/v1/nodes/streamer/proxy/healthz")
-            .stdout == "ok",
+            lambda: (
+                cls.cluster.kubectl("get", "--raw", "/api/v1/nodes/streamer/proxy/healthz").stdout
+                == "ok"
+            ),
             "the agent's kubelet through its tunnel",
         )
 

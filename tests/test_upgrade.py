@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -23,16 +22,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.upgrade import BackendError, BodyReader, HeadReader, ResponseHead, take_over
 from k3stw.pki.certs import SubjectAltNames
 from k3stw.pki.store import load_or_create_server_credentials
 from k3stw.pki.tls import PinnedCAPolicy, server_tls_options
-from tests.test_node_proxy import InMemoryNodeProxy, MemoryKubelet, node
+from tests.test_node_proxy import InMemoryNodeProxy, MemoryKubelet, Relay, node
 
+#: An exec as the pods/exec route sends it on, here through nodes/proxy's relay.
 EXEC = (
-    b"GET /api/v1/namespaces/default/pods/p/exec?command=true&stdout=true HTTP/1.1\r\n"
+    b"GET /api/v1/nodes/agent-1/proxy/exec/default/p/c?command=true&output=1 HTTP/1.1\r\n"
     b"Host: 127.0.0.1:6443\r\nAuthorization: Bearer secret\r\nConnection: Upgrade\r\n"
     b"Upgrade: websocket\r\nSec-WebSocket-Key: a2V5\r\nSec-WebSocket-Version: 13\r\n"
     b"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
@@ -106,20 +105,6 @@ class BodyReaderTests(SynchronousTestCase):
         endless = BodyReader(head(b"HTTP/1.1 200 OK\r\n\r\n"), b"GET")
         self.assertTrue(endless.until_close)
         self.assertEqual(endless.feed(b"x" * 10), b"x" * 10)
-
-
-class Relay(Resource):
-    isLeaf = True
-
-    def __init__(self, proxy: NodeProxy) -> None:
-        super().__init__()
-        self.proxy = proxy
-        self.errors: list[Failure] = []
-
-    def render(self, request: Request) -> int:
-        relaying = Deferred.fromCoroutine(self.proxy.relay_upgrade(request, "agent-1", TARGET))
-        relaying.addErrback(self.errors.append)
-        return NOT_DONE_YET
 
 
 class UpgradeRelayTests(SynchronousTestCase):

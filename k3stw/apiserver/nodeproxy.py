@@ -186,14 +186,18 @@ class NodeProxy:
     async def relay(self, request: Request, node: str, target: bytes) -> None:
         """
         Send C{request} on to C{node}'s kubelet at C{target} (path and
-        query) and stream its answer back.  Returns once the kubelet's
-        headers are relayed; the body follows.
+        query) and stream its answer back (an upgrade as L{relay_upgrade}).
+        Returns once the kubelet's headers are relayed; the body follows.
 
         :raises StatusError: no such Node (404), or the kubelet cannot be
             reached (503, with why).
         """
         port = kubelet_port(await self.get_node(node))
         seen = _SeenTransport()
+        if is_upgrade(request):
+            host = b"%s:%d" % (node.encode("idna"), port)
+            await self._upgrade(request, self.endpoint(node, port, seen), seen, host, target)
+            return
         url = b"https://%s:%d%s" % (node.encode("idna"), port, target)
         # The client computes the length of the body it sends.
         headers = _relayed(request.requestHeaders, frozenset({b"content-length"}))
@@ -229,10 +233,7 @@ class NodeProxy:
         An upgrade (exec, attach, port-forward) on to C{node}'s kubelet at
         C{target}: spliced once it switches protocols, else its answer relayed.
         """
-        port = kubelet_port(await self.get_node(node))
-        seen = _SeenTransport()
-        host = b"%s:%d" % (node.encode("idna"), port)
-        await self._upgrade(request, self.endpoint(node, port, seen), seen, host, target)
+        await self.relay(request, node, target)
 
     async def relay_address(
         self, request: Request, host: str, port: int, tls: bool, target: bytes
