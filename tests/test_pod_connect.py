@@ -133,7 +133,8 @@ class ConnectAPITests(SynchronousTestCase):
 
     def kubelet_request(self) -> bytes:
         """The request line the kubelet (or pod) got."""
-        return self.kubelet.transports[-1].value().split(b"\r\n")[0]
+        sent: bytes = self.kubelet.transports[-1].value()
+        return sent.split(b"\r\n")[0]
 
     def set_status(self, name: str, status: dict[str, Any]) -> None:
         def mutate(current: Object) -> Object:
