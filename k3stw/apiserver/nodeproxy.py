@@ -1,13 +1,15 @@
 """
-The ``nodes/proxy`` subresource: ``/api/v1/nodes/<node>/proxy/<path>`` relayed
-to that node's kubelet.
+Relaying requests to kubelets and pods: ``nodes/<node>/proxy/<path>``, and
+for L{k3stw.apiserver.podconnect} a pod's logs, its exec, attach and
+port-forward upgrades (L{k3stw.apiserver.upgrade}), and ``pods|services/proxy``.
 
 As in k3s, the kubelet is reached at ``127.0.0.1:<kubelet port>`` at the
 node's end of its tunnel, except on the server's own node, which is dialled
 directly.  The API server speaks HTTPS to it, verifying the kubelet's serving
 certificate against the server CA and presenting its
 ``client-kube-apiserver`` certificate.  Response bodies are streamed with
-producers registered both ways, so a slow client slows the kubelet.
+producers registered both ways, so a slow client slows the kubelet.  Pods'
+addresses are dialled directly, as k3s's default egress mode (``agent``) does.
 """
 
 from __future__ import annotations
