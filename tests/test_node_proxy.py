@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from k3stw.apiserver.auth import Attributes, authorize
 from k3stw.apiserver.kinds import built_in_registry
-from k3stw.apiserver.nodeproxy import NodeProxy, kubelet_port, proxied_path
+from k3stw.apiserver.nodeproxy import NodeProxy, kubelet_port, proxied_target
 from k3stw.apiserver.status import StatusError
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
@@ -95,7 +95,9 @@ class Relay(Resource):
 
     def render(self, request: Request) -> int:
         node = request.path.split(b"/")[4].decode()
-        relaying = Deferred.fromCoroutine(self.proxy.relay(request, node))
+        relaying = Deferred.fromCoroutine(
+            self.proxy.relay(request, node, proxied_target(request, 5))
+        )
         relaying.addErrback(self.errors.append)
         return NOT_DONE_YET
 
@@ -200,6 +202,17 @@ class NodeProxyTests(SynchronousTestCase):
         self.assertTrue(self.client.disconnecting)
         self.assertFalse(self.client.value().endswith(b"0\r\n\r\n"))
 
+    def test_upgrade_goes_on_as_an_upgrade(self) -> None:
+        """An upgrade through nodes/proxy keeps its Connection and Upgrade headers."""
+        self.send(
+            b"GET /api/v1/nodes/agent-1/proxy/exec/ns/p/c?output=1 HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+        )
+        sent = self.kubelet.transports[0].value()
+        self.assertTrue(sent.startswith(b"GET /exec/ns/p/c?output=1 HTTP/1.1\r\n"), sent)
+        self.assertIn(b"Upgrade: SPDY/3.1\r\n", sent)
+        self.assertIn(b"Connection: Upgrade\r\n", sent)
+
     def test_unknown_node_is_not_found(self) -> None:
         """No Node object: the 404 Status of the store passes through, nothing is dialled."""
         self.send(b"GET /api/v1/nodes/ghost/proxy/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -227,7 +240,7 @@ class NodeProxyRoutingTests(SynchronousTestCase):
         request.method = b"GET"
         request.uri = request.path = f"/api/v1/nodes/{node_name}/proxy/healthz".encode()
         failure = self.failureResultOf(
-            Deferred.fromCoroutine(self.proxy.relay(request, node_name)), StatusError
+            Deferred.fromCoroutine(self.proxy.relay(request, node_name, b"/healthz")), StatusError
         )
         assert isinstance(failure.value, StatusError)
         return failure.value
@@ -247,12 +260,21 @@ class NodeProxyRoutingTests(SynchronousTestCase):
 
 
 class PathTests(SynchronousTestCase):
-    def test_proxied_path(self) -> None:
-        """The rest after /proxy, percent-encoding and a trailing slash kept."""
-        self.assertEqual(proxied_path(b"/api/v1/nodes/n/proxy"), b"/")
-        self.assertEqual(proxied_path(b"/api/v1/nodes/n/proxy/"), b"/")
-        self.assertEqual(proxied_path(b"/api/v1/nodes/n/proxy/a%2Fb/c/"), b"/a%2Fb/c/")
-        self.assertEqual(proxied_path(b"/api/v1/nodes/proxy/proxy/x"), b"/x")
+    def target(self, uri: bytes, skip: int = 5) -> bytes:
+        request = Request(DummyChannel())
+        request.uri = uri
+        request.path = uri.partition(b"?")[0]
+        return proxied_target(request, skip)
+
+    def test_proxied_target(self) -> None:
+        """The rest after /proxy, percent-encoding, a trailing slash and the query kept."""
+        self.assertEqual(self.target(b"/api/v1/nodes/n/proxy"), b"/")
+        self.assertEqual(self.target(b"/api/v1/nodes/n/proxy/"), b"/")
+        self.assertEqual(self.target(b"/api/v1/nodes/n/proxy/a%2Fb/c/"), b"/a%2Fb/c/")
+        self.assertEqual(self.target(b"/api/v1/nodes/proxy/proxy/x?a=1&b"), b"/x?a=1&b")
+        self.assertEqual(
+            self.target(b"/api/v1/namespaces/proxy/pods/proxy/proxy/proxy/", 7), b"/proxy/"
+        )
 
     def test_kubelet_port(self) -> None:
         self.assertEqual(kubelet_port(node("n", 10251)), 10251)

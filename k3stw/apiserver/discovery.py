@@ -40,7 +40,21 @@ def _verbs(resource: ResourceType) -> list[str]:
     return sorted(resource.verbs)
 
 
+#: The options kinds of the connect subresources, as kube-apiserver's discovery names them.
+_CONNECT_KINDS = {
+    ("pods", "exec"): "PodExecOptions",
+    ("pods", "attach"): "PodAttachOptions",
+    ("pods", "portforward"): "PodPortForwardOptions",
+    ("pods", "proxy"): "PodProxyOptions",
+    ("services", "proxy"): "ServiceProxyOptions",
+    ("nodes", "proxy"): "NodeProxyOptions",
+}
+
+
 def _subresource_kind(resource: ResourceType, subresource: str) -> tuple[str, str, str]:
+    connect = _CONNECT_KINDS.get((resource.plural, subresource)) if not resource.group else None
+    if connect is not None:
+        return ("", "v1", connect)
     if subresource == "scale":
         return ("autoscaling", "v1", "Scale")
     if subresource == "binding":
@@ -53,8 +67,12 @@ def _subresource_kind(resource: ResourceType, subresource: str) -> tuple[str, st
 
 
 def _subresource_verbs(subresource: str) -> list[str]:
-    if subresource in ("log", "proxy"):
+    if subresource == "log":
         return ["get"]
+    if subresource in ("exec", "attach", "portforward"):
+        return ["create", "get"]
+    if subresource == "proxy":
+        return ["create", "delete", "get", "patch", "update"]
     if subresource in ("binding", "eviction", "token"):
         return ["create"]
     return ["get", "patch", "update"]

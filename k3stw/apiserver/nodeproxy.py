@@ -1,13 +1,15 @@
 """
-The ``nodes/proxy`` subresource: ``/api/v1/nodes/<node>/proxy/<path>`` relayed
-to that node's kubelet.
+Relaying requests to kubelets and pods: ``nodes/<node>/proxy/<path>``, and
+for L{k3stw.apiserver.podconnect} a pod's logs, its exec, attach and
+port-forward upgrades (L{k3stw.apiserver.upgrade}), and ``pods|services/proxy``.
 
 As in k3s, the kubelet is reached at ``127.0.0.1:<kubelet port>`` at the
 node's end of its tunnel, except on the server's own node, which is dialled
 directly.  The API server speaks HTTPS to it, verifying the kubelet's serving
 certificate against the server CA and presenting its
 ``client-kube-apiserver`` certificate.  Response bodies are streamed with
-producers registered both ways, so a slow client slows the kubelet.
+producers registered both ways, so a slow client slows the kubelet.  Pods'
+addresses are dialled directly, as k3s's default egress mode (``agent``) does.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IPushProducer,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
@@ -40,17 +42,21 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.upgrade import UpgradeRelay, is_upgrade, request_head
 from k3stw.httpclient import _QuietHTTPClientFactory
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.machinery.objects import Object
+from k3stw.pki.tls import UnverifiedPolicy
 from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession
 
-__all__ = ["DEFAULT_KUBELET_PORT", "NodeProxy", "kubelet_port", "proxied_path"]
+__all__ = ["DEFAULT_KUBELET_PORT", "NodeProxy", "kubelet_port", "proxied_target"]
 
 DEFAULT_KUBELET_PORT = KUBELET_PORT
 #: Seconds to wait for the kubelet's response headers (dial and TLS included).
 HEADER_TIMEOUT = 60.0
+#: The most of a kubelet's refusal read into the Status (kube-apiserver's maxReadLength).
+MAX_ERROR_BODY = 50_000
 
 #: Connection-level headers (RFC 9110 7.6.1, Go's httputil list), never relayed;
 #: nor the caller's credentials, which were for this server, not the kubelet.
@@ -80,17 +86,17 @@ def kubelet_port(node: Object) -> int:
     return DEFAULT_KUBELET_PORT
 
 
-def proxied_path(raw_path: bytes) -> bytes:
+def proxied_target(request: Request, skip: int) -> bytes:
     """
-    The path below ``/nodes/<node>/proxy`` in a raw request path, still
-    percent-encoded, with a trailing slash kept (as kube-apiserver's
-    C{JoinPreservingTrailingSlash}); ``/`` for the proxy itself.
+    The path after the first C{skip} segments of C{request}'s raw path
+    (those up to ``.../proxy``), still percent-encoded, with a trailing
+    slash kept (as kube-apiserver's C{JoinPreservingTrailingSlash}), ``/``
+    for the proxy itself; and the request's query.
     """
-    segments = raw_path.split(b"/")
-    for index in range(2, len(segments)):
-        if segments[index] == b"proxy" and segments[index - 2] == b"nodes":
-            return b"/" + b"/".join(segments[index + 1 :])
-    raise ValueError(f"{raw_path!r} is not a nodes/proxy path")
+    segments = request.path.split(b"/")[1:]
+    target = b"/" + b"/".join(segments[skip:])
+    query = request.uri.partition(b"?")[2]
+    return target + b"?" + query if query else target
 
 
 def _relayed(headers: Headers, computed: frozenset[bytes] = frozenset()) -> Headers:
@@ -164,56 +170,140 @@ class NodeProxy:
         creator = self.kubelet_tls.creatorForNetloc(node.encode("idna"), port)
         return wrapClientTLS(creator, inner)
 
-    async def relay(self, request: Request, node: str) -> None:
+    def address_endpoint(self, host: str, port: int, tls: bool) -> IStreamClientEndpoint:
         """
-        Send C{request} on to C{node}'s kubelet and stream its answer back.
+        A pod's address, dialled directly: k3s's default egress mode
+        (``agent``) tunnels only to kubelets.  Over TLS its certificate is
+        not verified, as kube-apiserver's proxy transport does not.
+        """
+        inner: IStreamClientEndpoint
+        if ":" in host:
+            inner = TCP6ClientEndpoint(self.reactor, host, port, timeout=30)
+        else:
+            inner = TCP4ClientEndpoint(self.reactor, host, port, timeout=30)
+        if not tls:
+            return inner
+        return wrapClientTLS(UnverifiedPolicy().creatorForNetloc(host.encode("idna"), port), inner)
+
+    async def relay(self, request: Request, node: str, target: bytes) -> None:
+        """
+        Send C{request} on to C{node}'s kubelet at C{target} (path and
+        query) and stream its answer back (an upgrade as L{relay_upgrade}).
         Returns once the kubelet's headers are relayed; the body follows.
 
         :raises StatusError: no such Node (404), or the kubelet cannot be
             reached (503, with why).
         """
         port = kubelet_port(await self.get_node(node))
-        path = proxied_path(request.path)
-        query = request.uri.partition(b"?")[2]
-        url = b"https://%s:%d%s" % (node.encode("idna"), port, path)
-        if query:
-            url += b"?" + query
+        seen = _SeenTransport()
+        if is_upgrade(request):
+            host = b"%s:%d" % (node.encode("idna"), port)
+            await self._upgrade(request, self.endpoint(node, port, seen), seen, host, target)
+            return
+        url = b"https://%s:%d%s" % (node.encode("idna"), port, target)
+        # The client computes the length of the body it sends.
+        headers = _relayed(request.requestHeaders, frozenset({b"content-length"}))
+        sent = await self._send(request, self.endpoint(node, port, seen), seen, url, headers)
+        if sent is not None:
+            _relay_response(request, *sent)
+
+    async def relay_log(
+        self, request: Request, node: str, target: bytes, refused: Callable[[int, bytes], Exception]
+    ) -> None:
+        """
+        ``pods/log``: a GET of C{target} on C{node}'s kubelet, its body
+        streamed back as ``text/plain`` (kube-apiserver's LocationStreamer);
+        an answer other than 2xx raises C{refused(code, body)} instead.
+        """
+        port = kubelet_port(await self.get_node(node))
+        seen = _SeenTransport()
+        url = b"https://%s:%d%s" % (node.encode("idna"), port, target)
+        sent = await self._send(
+            request, self.endpoint(node, port, seen), seen, url, Headers(), with_body=False
+        )
+        if sent is None:
+            return
+        response, body = sent
+        if not 200 <= response.code <= 206:
+            raise refused(response.code, await _read_some(response, MAX_ERROR_BODY))
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/plain")
+        response.deliverBody(body)
+
+    async def relay_upgrade(self, request: Request, node: str, target: bytes) -> None:
+        """
+        An upgrade (exec, attach, port-forward) on to C{node}'s kubelet at
+        C{target}: spliced once it switches protocols, else its answer relayed.
+        """
+        await self.relay(request, node, target)
+
+    async def relay_address(
+        self, request: Request, host: str, port: int, tls: bool, target: bytes
+    ) -> None:
+        """``pods/proxy`` and ``services/proxy``: C{request} on to C{host:port}, upgrades too."""
+        endpoint = self.address_endpoint(host, port, tls)
+        netloc = (f"[{host}]" if ":" in host else host).encode("idna") + b":%d" % port
+        seen = _SeenTransport()
+        if is_upgrade(request):
+            await self._upgrade(request, seen.watching(endpoint), seen, netloc, target)
+            return
+        url = (b"https://" if tls else b"http://") + netloc + target
+        headers = _relayed(request.requestHeaders, frozenset({b"content-length"}))
+        sent = await self._send(request, seen.watching(endpoint), seen, url, headers)
+        if sent is not None:
+            _relay_response(request, *sent)
+
+    async def _send(
+        self,
+        request: Request,
+        endpoint: IStreamClientEndpoint,
+        seen: _SeenTransport,
+        url: bytes,
+        headers: Headers,
+        with_body: bool = True,
+    ) -> tuple[IResponse, _BodyRelay] | None:
+        """The backend's answer and the relay of its body; None once the client is gone."""
         pool = HTTPConnectionPool(self.reactor, persistent=False)
         pool._factory = _QuietHTTPClientFactory
-        seen = _SeenTransport()
-        agent = Agent.usingEndpointFactory(
-            self.reactor, _OneEndpoint(self.endpoint(node, port, seen)), pool
-        )
+        agent = Agent.usingEndpointFactory(self.reactor, _OneEndpoint(endpoint), pool)
+        body_producer = self._body(request) if with_body else None
         requesting: Deferred[IResponse] = agent.request(
-            request.method,
-            url,
-            # The client computes the length of the body it sends.
-            _relayed(request.requestHeaders, frozenset({b"content-length"})),
-            self._body(request),
+            request.method if with_body else b"GET", url, headers, body_producer
         )
         requesting.addTimeout(self.header_timeout, self.reactor)
         body = _BodyRelay(request, requesting)
         request.notifyFinish().addErrback(body.client_gone)
         try:
-            response = await requesting
-        except NoTunnelSession as e:
-            raise StatusError(503, str(e)) from None
-        except (CancelledError, TimeoutError):
-            if body.gone:
-                return
-            message = "error dialing backend: timeout awaiting response headers"
-            raise StatusError(503, message) from None
+            return await requesting, body
         except Exception as e:
-            # The agent's refusal ("connect not allowed") says more than the TLS's lost connection.
-            why = getattr(seen.transport, "ended_reason", None) or _reason(e)
-            raise StatusError(503, f"error dialing backend: {why}") from None
-        request.setResponseCode(response.code, response.phrase)
-        for name, values in _relayed(response.headers).getAllRawHeaders():
-            request.responseHeaders.setRawHeaders(name, values)
-        # Twisted's client keeps Content-Length to itself, except in answers to HEAD.
-        if request.method != b"HEAD" and response.length is not UNKNOWN_LENGTH:
-            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
-        response.deliverBody(body)
+            if body.gone:
+                return None
+            raise _unreachable(e, seen) from None
+
+    async def _upgrade(
+        self,
+        request: Request,
+        endpoint: IStreamClientEndpoint,
+        seen: _SeenTransport,
+        host: bytes,
+        target: bytes,
+    ) -> None:
+        content = _content(request)
+        relay = UpgradeRelay(request, request_head(request, host, target, content), content)
+        relay.timeout(self.header_timeout, self.reactor)
+        connecting = endpoint.connect(_OneProtocol(relay))
+
+        def gone(failure: Failure) -> None:
+            relay.client_gone(failure)
+            connecting.cancel()
+
+        request.notifyFinish().addErrback(gone)
+        connecting.addErrback(_fail_answer, relay.answered)
+        try:
+            await relay.answered
+        except Exception as e:
+            if not relay.gone:
+                raise _unreachable(e, seen) from None
 
     def _body(self, request: Request) -> IBodyProducer | None:
         content = request.content
@@ -224,6 +314,80 @@ class NodeProxy:
             return None
         content.seek(0)
         return FileBodyProducer(content, cooperator=self._cooperator)
+
+
+def _unreachable(error: BaseException, seen: _SeenTransport) -> StatusError:
+    """The Status for a backend that did not answer."""
+    if isinstance(error, NoTunnelSession):
+        return StatusError(503, str(error))
+    if isinstance(error, CancelledError | TimeoutError):
+        return StatusError(503, "error dialing backend: timeout awaiting response headers")
+    # The agent's refusal ("connect not allowed") says more than the TLS's lost connection.
+    why = getattr(seen.transport, "ended_reason", None) or _reason(error)
+    return StatusError(503, f"error dialing backend: {why}")
+
+
+def _fail_answer(failure: Failure, answered: Deferred[int]) -> None:
+    if not answered.called:
+        answered.errback(failure)
+
+
+def _content(request: Request) -> bytes:
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read()
+    return data
+
+
+def _relay_response(request: Request, response: IResponse, body: _BodyRelay) -> None:
+    request.setResponseCode(response.code, response.phrase)
+    for name, values in _relayed(response.headers).getAllRawHeaders():
+        request.responseHeaders.setRawHeaders(name, values)
+    # Twisted's client keeps Content-Length to itself, except in answers to HEAD.
+    if request.method != b"HEAD" and response.length is not UNKNOWN_LENGTH:
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
+    response.deliverBody(body)
+
+
+class _OneProtocol(Factory):
+    """Builds the one protocol a connection is made for."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self._protocol
+
+
+class _Collect(Protocol):
+    """The first C{limit} bytes of a body, then the connection stopped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.parts.append(data[: self.limit - self.size])
+        self.size += len(self.parts[-1])
+        if self.size >= self.limit:
+            self.done.callback(b"".join(self.parts))
+            self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(b"".join(self.parts))
+
+
+def _read_some(response: IResponse, limit: int) -> Deferred[bytes]:
+    collect = _Collect(limit)
+    response.deliverBody(collect)
+    return collect.done
 
 
 class _SeenTransport:

@@ -45,7 +45,13 @@ from k3stw.apiserver.request import (
 from k3stw.apiserver.reviews import Review, answer_review, is_review
 from k3stw.apiserver.status import NOT_ALLOWED, StatusError, status
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.apiserver.subresources import NOT_FOUND, check_served, proxy_to_node
+from k3stw.apiserver.subresources import (
+    NOT_FOUND,
+    check_served,
+    connect_route,
+    proxy_to_node,
+    serve_connect,
+)
 from k3stw.apiserver.tables import TableOptionError
 from k3stw.apiserver.verbs import POSTED_SUBRESOURCES, Target, TokenRequests, Verbs
 from k3stw.logs import Logger
@@ -232,6 +238,11 @@ class KubernetesAPI(Resource):
         if (group, version) == ("", "v1") and rest[0] == "nodes" and rest[2:3] == ["proxy"]:
             nodes = self.registry.require("", "v1", "nodes")
             await proxy_to_node(request, user, nodes, rest[1], self.node_proxy, self.pod_uses)
+            return
+        if (group, version) == ("", "v1") and (connect := connect_route(rest)) is not None:
+            await serve_connect(
+                request, user, connect, self.registry, self.store, self.node_proxy, self.pod_uses
+            )
             return
         target = self._target(group, version, rest)
         verb = _verb(request, target)
