@@ -69,6 +69,8 @@ class Strategy:
     :ivar returns_deleted_object: a DELETE that removes the object at once
         answers with the object, not a ``Status`` (kube-apiserver's
         ``ReturnDeletedObject``: pods, services, service accounts).
+    :ivar name_errors: what is wrong with a name, for a kind whose names are
+        not DNS subdomains (RBAC's path segment names); None: a DNS subdomain.
     """
 
     printer: Printer = DEFAULT_PRINTER
@@ -83,6 +85,7 @@ class Strategy:
     finished_deleting: Callable[[Object], bool] = finalizers_done
     terminate: Callable[[Object, str], Object] | None = None
     returns_deleted_object: bool = False
+    name_errors: Callable[[str], list[str]] | None = None
 
 
 #: A built-in kind with nothing special about it (Endpoints, Lease, ...).

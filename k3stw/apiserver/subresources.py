@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from k3stw.apiserver.auth import Attributes, PodReferenceCheck, authorize
+from k3stw.apiserver.auth import Attributes, Authorizer
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
@@ -44,13 +44,13 @@ async def proxy_to_node(
     nodes: ResourceType,
     node: str,
     proxy: NodeProxy | None,
-    pod_uses: PodReferenceCheck,
+    authorizer: Authorizer,
 ) -> None:
     """``nodes/<node>/proxy/...``: authorized by the request's method, relayed to the kubelet."""
     verb = PROXY_VERBS.get(request.method)
     if verb is None:
         raise StatusError(405, "the server does not allow this method on the requested resource")
-    await authorize(user, Attributes(verb, nodes, None, node, "proxy"), pod_uses)
+    await authorizer.authorize(user, Attributes.of(verb, nodes, None, node, "proxy"))
     if proxy is None:
         raise StatusError(501, "the proxy subresource is not available in this release")
     await proxy.relay(request, node)

@@ -22,11 +22,14 @@ from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds, nodes, services
 from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
+from k3stw.apiserver.rbac import RBAC
+from k3stw.apiserver.rbacpolicy import bootstrap_policy
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.request import APIRequest
 from k3stw.apiserver.routing import KubernetesAPI
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
+from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
@@ -144,6 +147,7 @@ class ServerService(ApplianceService):
         # Every backend is also a Service that says when it has connected.
         await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
+        await bootstrap_policy(self.store)
         self.control_plane.setServiceParent(self)
         self.readiness.mark_ready()
         if self.config.node is not None:
@@ -183,7 +187,7 @@ async def _all_services(store: ObjectStore) -> list[Object]:
     return listed.items
 
 
-def server_health(server: ServerService, datastore: IDatastore) -> Health:
+def server_health(server: ServerService, datastore: IDatastore, rbac: RBAC | None = None) -> Health:
     """kube-apiserver's health checks, in its names, for this server."""
     reactor = server.reactor
 
@@ -202,10 +206,16 @@ def server_health(server: ServerService, datastore: IDatastore) -> Health:
     async def shutdown() -> str | None:
         return "the server is shutting down" if server.stopping else None
 
+    async def bootstrap_roles() -> str | None:
+        if rbac is None or (server.readiness.ready and rbac.synced):
+            return None
+        return "the bootstrap roles are not there yet"
+
     return Health(
         (
             HealthCheck("etcd", etcd),
             HealthCheck("poststarthook/bootstrap-controller", bootstrapped),
+            HealthCheck("poststarthook/rbac/bootstrap-roles", bootstrap_roles),
             HealthCheck("shutdown", shutdown, endpoints=("readyz",)),
         )
     )
@@ -307,18 +317,23 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
 
 
 def control_plane(
-    store: ObjectStore, registry: Registry, config: ServerConfig, ca_bundle: bytes
+    store: ObjectStore,
+    registry: Registry,
+    config: ServerConfig,
+    ca_bundle: bytes,
+    informers: ServerInformers,
 ) -> tuple[IService, APIServerEndpoints]:
     """
-    The server's control loops on its shared informers (started once the
-    server is ready), and the reconciler of the ``kubernetes`` endpoints.
+    The server's control loops on its shared informers (started with them
+    once the server is ready), and the reconciler of the ``kubernetes``
+    endpoints.
 
     :param ca_bundle: the cluster CA that signs the API's certificate, published
         in every namespace.
     """
     services = MultiService()
-    informers = ServerInformers(store)
     informers.setServiceParent(services)
+    ClusterRoleAggregation(informers, store).setServiceParent(services)
     GarbageCollector(informers, store, registry).setServiceParent(services)
     CRDController(informers, store, registry).setServiceParent(services)
     NodePasswordController(informers, store).setServiceParent(services)
@@ -355,7 +370,12 @@ def build_server(
     store.allocators[("", services.RESOURCE.plural)] = allocator
     registry = built_in_registry()
     store.observe(crds.serve_written_crds(registry))
-    controllers, endpoints = control_plane(store, registry, config, credentials.server_ca_bundle)
+    informers = ServerInformers(store)
+    # RBAC reads the shared informers, which run from when the bootstrap policy is written.
+    rbac = RBAC(informers)
+    controllers, endpoints = control_plane(
+        store, registry, config, credentials.server_ca_bundle, informers
+    )
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
     IService(datastore).setServiceParent(root)
     # Agents' tunnels, which nodes/proxy reaches their kubelets through.
@@ -375,8 +395,9 @@ def build_server(
         reactor,
         f"{address}:{port}",
         node_proxy,
-        server_health(root, datastore),
+        server_health(root, datastore, rbac),
         metrics,
+        rbac=rbac,
     )
     PeriodicJob(
         reactor,

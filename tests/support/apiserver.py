@@ -21,6 +21,8 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds
+from k3stw.apiserver.rbac import RBAC
+from k3stw.apiserver.rbacpolicy import bootstrap_policy
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.reviews import Review
 from k3stw.apiserver.routing import KubernetesAPI
@@ -117,7 +119,9 @@ class MemoryAPI:
     The HTTP API of a L{MemoryServer}, asked through in-memory requests.
 
     Users authenticate with bearer tokens from a static table (kube-apiserver's
-    ``--token-auth-file``), so a test may ask as anyone.
+    ``--token-auth-file``), so a test may ask as anyone.  With C{rbac}, the
+    bootstrap policy is written and RBAC authorizes, on the server's running
+    informers, as on a real server.
     """
 
     def __init__(
@@ -125,9 +129,14 @@ class MemoryAPI:
         server: MemoryServer,
         users: dict[str, User],
         reviews: Mapping[tuple[str, str], Review] | None = None,
+        rbac: bool = False,
     ) -> None:
         self.server = server
         self.users = users
+        self.rbac = RBAC(server.informers) if rbac else None
+        if rbac:
+            server.run(bootstrap_policy(server.store))
+            server.start()
         self.api = KubernetesAPI(
             server.store,
             server.registry,
@@ -135,6 +144,7 @@ class MemoryAPI:
             "127.0.0.1:6443",
             tokens=self._user_of,
             reviews=reviews,
+            rbac=self.rbac,
         )
 
     async def _user_of(self, token: str) -> User | None:

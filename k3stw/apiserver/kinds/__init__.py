@@ -29,6 +29,7 @@ from k3stw.apiserver.kinds import (
     namespaces,
     nodes,
     pods,
+    rbac,
     replicasets,
     secrets,
     serviceaccounts,
@@ -58,6 +59,7 @@ BUILT_IN: tuple[ResourceType, ...] = (
     jobs.RESOURCE,
     cronjobs.RESOURCE,
     crds.RESOURCE,
+    *rbac.RESOURCES,
 )
 
 
