@@ -12,6 +12,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver.auth import Attributes
+from k3stw.apiserver.protobuf import decode_body
 from k3stw.apiserver.rbacpolicy import bootstrap_policy, policy, reconciled
 from k3stw.apiserver.rbacrules import Rule, compact, compact_string, uncovered
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
@@ -556,4 +557,30 @@ class BootstrapPolicyTests(SynchronousTestCase):
         self.assertEqual(
             merged["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"],
             "false",
+        )
+
+
+class ProtobufReviewTests(SynchronousTestCase):
+    def test_kubectl_auth_can_i_body(self) -> None:
+        """The protobuf SelfSubjectAccessReview kubectl 1.32 sends for ``auth can-i list pods``."""
+        sent = bytes.fromhex(
+            "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f763112"
+            "1753656c665375626a6563744163636573735265766965771"
+            "23d0a100a0012001a0022002a00320038004200121f0a1d0a0764656661756c74"
+            "12046c6973741a0022002a04706f647332003a001a080800120"
+            "01a0020001a002200"
+        )
+        self.assertEqual(
+            decode_body(sent),
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {
+                    "resourceAttributes": {
+                        "namespace": "default",
+                        "verb": "list",
+                        "resource": "pods",
+                    }
+                },
+            },
         )

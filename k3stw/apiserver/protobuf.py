@@ -1,7 +1,7 @@
 """
 The few protobuf request bodies kubectl's typed commands send
-(``kubectl create namespace|configmap|secret|serviceaccount``), read into the
-JSON objects the rest of the API works with.
+(``kubectl create namespace|configmap|secret|serviceaccount``, ``kubectl auth
+can-i``), read into the JSON objects the rest of the API works with.
 
 Strict by design: a field this reader does not know, holding anything but a
 zero value, is refused (415) rather than dropped, so no user data is lost.
@@ -128,7 +128,32 @@ OBJECT_META: Schema = {
 NAMESPACE_SPEC: Schema = {1: ("finalizers", _text, "list")}
 LOCAL_REFERENCE: Schema = {1: ("name", _text, None)}
 
+#: authorization.k8s.io/v1: what ``kubectl auth can-i`` asks.
+RESOURCE_ATTRIBUTES: Schema = {
+    1: ("namespace", _text, None),
+    2: ("verb", _text, None),
+    3: ("group", _text, None),
+    4: ("version", _text, None),
+    5: ("resource", _text, None),
+    6: ("subresource", _text, None),
+    7: ("name", _text, None),
+}
+NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", _text, None), 2: ("verb", _text, None)}
+SELF_ACCESS_SPEC: Schema = {
+    1: ("resourceAttributes", _message(RESOURCE_ATTRIBUTES), None),
+    2: ("nonResourceAttributes", _message(NON_RESOURCE_ATTRIBUTES), None),
+}
+SELF_RULES_SPEC: Schema = {1: ("namespace", _text, None)}
+
 KINDS: dict[tuple[str, str], Schema] = {
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): {
+        1: ("metadata", _message(OBJECT_META), None),
+        2: ("spec", _message(SELF_ACCESS_SPEC), None),
+    },
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): {
+        1: ("metadata", _message(OBJECT_META), None),
+        2: ("spec", _message(SELF_RULES_SPEC), None),
+    },
     ("v1", "Namespace"): {
         1: ("metadata", _message(OBJECT_META), None),
         2: ("spec", _message(NAMESPACE_SPEC), None),
