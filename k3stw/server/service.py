@@ -92,6 +92,8 @@ class ServerService(ApplianceService):
         self.readiness = Readiness()
         #: Set once SIGTERM (or a fatal error) begins the stop: /readyz fails from then on.
         self.stopping = False
+        #: Set once the bootstrap RBAC policy is reconciled.
+        self.policy_written = False
         self._becoming_ready: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -147,9 +149,11 @@ class ServerService(ApplianceService):
         # Every backend is also a Service that says when it has connected.
         await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
-        await bootstrap_policy(self.store)
         self.control_plane.setServiceParent(self)
         self.readiness.mark_ready()
+        # kube's rbac/bootstrap-roles hook: the API's /readyz waits for it, not the node join.
+        await bootstrap_policy(self.store)
+        self.policy_written = True
         if self.config.node is not None:
             self._start_embedded_agent(self.config.node)
         address, port = self.config.advertised
@@ -207,7 +211,7 @@ def server_health(server: ServerService, datastore: IDatastore, rbac: RBAC | Non
         return "the server is shutting down" if server.stopping else None
 
     async def bootstrap_roles() -> str | None:
-        if rbac is None or (server.readiness.ready and rbac.synced):
+        if rbac is None or (server.policy_written and rbac.synced):
             return None
         return "the bootstrap roles are not there yet"
 
