@@ -522,6 +522,19 @@ class BootstrapPolicyTests(SynchronousTestCase):
         ):
             self.assertIn(expected, names)
 
+    def test_data_is_the_generators_output(self) -> None:
+        """The shipped policy is exactly what tools/generate_rbac_policy.py writes."""
+        import importlib.util
+        from pathlib import Path
+
+        root = Path(__file__).parent.parent
+        spec = importlib.util.spec_from_file_location("gen", root / "tools/generate_rbac_policy.py")
+        assert spec is not None and spec.loader is not None
+        generator = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(generator)
+        shipped = (root / "k3stw/apiserver/rbacpolicy.json.gz").read_bytes()
+        self.assertEqual(generator.policy(root / "tools/rbacpolicy"), shipped)
+
     def test_reconcile_adds_never_removes(self) -> None:
         server = MemoryServer(self)
         server.run(bootstrap_policy(server.store))

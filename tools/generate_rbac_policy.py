@@ -3,9 +3,9 @@ Write the bootstrap RBAC policy the server reconciles at start-up
 (``k3stw/apiserver/rbacpolicy.json.gz``) from kube-apiserver's own listing of
 it and from k3s's additions:
 
-    python tools/generate_rbac_policy.py SOURCES [k3stw/apiserver/rbacpolicy.json.gz]
+    python tools/generate_rbac_policy.py [SOURCES [k3stw/apiserver/rbacpolicy.json.gz]]
 
-SOURCES is a folder with kube's
+SOURCES (``tools/rbacpolicy/``) is a folder with kube's
 ``plugin/pkg/auth/authorizer/rbac/bootstrappolicy/testdata/`` files of the
 release (``cluster-roles.yaml``, ``cluster-role-bindings.yaml``,
 ``namespace-roles.yaml``, ``namespace-role-bindings.yaml``; the controller
@@ -78,6 +78,6 @@ def main(sources: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     main(
-        Path(sys.argv[1]),
+        Path(sys.argv[1] if len(sys.argv) > 1 else "tools/rbacpolicy"),
         Path(sys.argv[2] if len(sys.argv) > 2 else "k3stw/apiserver/rbacpolicy.json.gz"),
     )
