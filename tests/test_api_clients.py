@@ -303,6 +303,108 @@ stringData: {password: hunter2}
             denied.stderr,
         )
 
+    BOB_EDITS_DEFAULT = """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-edit, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}
+"""
+
+    def wait_for_rbac(self, admin: Path) -> None:
+        """/readyz holds until the bootstrap roles are written and RBAC's caches are filled."""
+        deadline = time.monotonic() + 30
+        while self.kubectl(admin, "get", "--raw", "/readyz").stdout != "ok":
+            self.assertLess(time.monotonic(), deadline, "RBAC never became ready")
+            time.sleep(0.1)
+
+    def can_i(self, kubeconfig: Path, *args: str) -> str:
+        return str(self.kubectl(kubeconfig, "auth", "can-i", *args).stdout.strip())
+
+    def test_auth_can_i_before_and_after_a_rolebinding(self) -> None:
+        """A certificate user outside system:masters may what RBAC grants, no more."""
+        admin = self.root / "k3s.yaml"
+        self.wait_for_rbac(admin)
+        bob = self.credentials("bob", [])
+        matrix = [
+            (("list", "pods", "-n", "default"), "no", "yes"),
+            (("create", "deployments.apps", "-n", "default"), "no", "yes"),
+            (("get", "pods", "--subresource=log", "-n", "default"), "no", "yes"),
+            (("update", "deployments.apps", "--subresource=scale", "-n", "default"), "no", "yes"),
+            (("list", "pods", "-n", "kube-system"), "no", "no"),
+            (("list", "nodes"), "no", "no"),
+            (("create", "roles", "-n", "default"), "no", "no"),
+            (("create", "selfsubjectaccessreviews.authorization.k8s.io"), "yes", "yes"),
+        ]
+        for question, before, _ in matrix:
+            self.assertEqual(self.can_i(bob, *question), before, question)
+        applied = self.kubectl(admin, "apply", "-f", "-", stdin=self.BOB_EDITS_DEFAULT)
+        self.assertEqual(applied.returncode, 0, applied.stderr)
+        for question, _, after in matrix:
+            self.assertEqual(self.can_i(bob, *question), after, question)
+        listed = self.kubectl(bob, "get", "pods", "-n", "default")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        rules = self.kubectl(bob, "auth", "can-i", "--list", "-n", "default").stdout
+        self.assertIn("deployments.apps/scale", rules)
+        self.assertIn("selfsubjectaccessreviews.authorization.k8s.io", rules)
+        self.assertNotIn("*.*", rules)
+        everything = self.kubectl(admin, "auth", "can-i", "--list").stdout
+        self.assertIn("*.*", everything)
+
+    def test_kubectl_as_another_user(self) -> None:
+        """The admin impersonates; bob may not."""
+        admin = self.root / "k3s.yaml"
+        self.wait_for_rbac(admin)
+        denied = self.kubectl(admin, "--as", "carol", "get", "pods", "-n", "kube-system")
+        self.assertIn(
+            'Error from server (Forbidden): pods is forbidden: User "carol" cannot list '
+            'resource "pods" in API group "" in the namespace "kube-system"',
+            denied.stderr,
+        )
+        self.assertEqual(self.can_i(admin, "list", "pods", "--as", "carol"), "no")
+        self.assertEqual(
+            self.can_i(admin, "list", "pods", "--as", "carol", "--as-group", "system:masters"),
+            "yes",
+        )
+        bob = self.credentials("bob", [])
+        refused = self.kubectl(bob, "--as", "system:admin", "get", "pods")
+        self.assertIn(
+            'users "system:admin" is forbidden: User "bob" cannot impersonate resource "users" '
+            'in API group "" at the cluster scope',
+            refused.stderr,
+        )
+
+    def test_aggregated_clusterrole(self) -> None:
+        """A ClusterRole with an aggregation rule gathers the rules of the roles it selects."""
+        admin = self.root / "k3s.yaml"
+        gather = self.kubectl(
+            admin, "create", "clusterrole", "monitoring", "--dry-run=client", "-o", "yaml",
+            "--aggregation-rule=rbac.example.com/aggregate-to-monitoring=true",
+        )  # fmt: skip
+        self.assertEqual(gather.returncode, 0, gather.stderr)
+        created = self.kubectl(admin, "apply", "-f", "-", stdin=gather.stdout)
+        self.assertEqual(created.returncode, 0, created.stderr)
+        part = """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: monitoring-endpoints
+  labels: {rbac.example.com/aggregate-to-monitoring: "true"}
+rules:
+- {apiGroups: [""], resources: [services, endpoints, pods], verbs: [get, list, watch]}
+"""
+        self.assertEqual(self.kubectl(admin, "apply", "-f", "-", stdin=part).returncode, 0)
+        deadline = time.monotonic() + 10
+        while True:
+            shown = self.kubectl(admin, "get", "clusterrole", "monitoring", "-o", "yaml").stdout
+            if "endpoints" in shown:
+                break
+            self.assertLess(time.monotonic(), deadline, shown)
+            time.sleep(0.1)
+        described = self.kubectl(admin, "describe", "clusterrole", "monitoring").stdout
+        self.assertIn("endpoints", described)
+
     def test_anonymous_is_unauthorized(self) -> None:
         """No client certificate: 401 from every API path."""
         ca = self.root / "data" / "server" / "tls" / "server-ca.crt"

@@ -165,7 +165,7 @@ class NodeAuthorizerTests(SynchronousTestCase):
     ) -> int:
         resource = self.registry.lookup(group, "v1", plural)
         assert resource is not None
-        attributes = Attributes(verb, resource, namespace, name, sub)
+        attributes = Attributes.of(verb, resource, namespace, name, sub)
         result: Deferred[None] = Deferred.fromCoroutine(authorize(user, attributes, self._uses))
         failures: list[StatusError] = []
 

@@ -291,7 +291,7 @@ class AuthorizationTests(SynchronousTestCase):
         async def never(*_: str) -> bool:
             return False
 
-        attributes = Attributes(verb, NODES, None, name, "proxy")
+        attributes = Attributes.of(verb, NODES, None, name, "proxy")
         deciding = Deferred.fromCoroutine(authorize(user, attributes, never))
         failures: list[Failure] = []
         deciding.addErrback(failures.append)
@@ -307,7 +307,7 @@ class AuthorizationTests(SynchronousTestCase):
             self.assertEqual(error.code, 403)
             self.assertEqual(
                 error.message,
-                f'nodes/proxy "{name}" is forbidden: User "system:node:agent-1" cannot get '
+                f'nodes "{name}" is forbidden: User "system:node:agent-1" cannot get '
                 'resource "nodes/proxy" in API group "" at the cluster scope',
             )
 

@@ -965,6 +965,21 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "status": {"active": [{"name": "nightly-1"}], "lastScheduleTime": ago(hours=3)},
     },
     ("apiextensions.k8s.io", "CustomResourceDefinition"): {"metadata": meta("a.b", None)},
+    ("rbac.authorization.k8s.io", "Role"): {"metadata": meta("r"), "rules": []},
+    ("rbac.authorization.k8s.io", "ClusterRole"): {"metadata": meta("cr", None), "rules": []},
+    ("rbac.authorization.k8s.io", "RoleBinding"): {
+        "metadata": meta("rb"),
+        "roleRef": {"kind": "ClusterRole", "name": "view"},
+        "subjects": [
+            {"kind": "User", "name": "bob"},
+            {"kind": "Group", "name": "dev"},
+            {"kind": "ServiceAccount", "name": "robot", "namespace": "team"},
+        ],
+    },
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): {
+        "metadata": meta("crb", None),
+        "roleRef": {"kind": "ClusterRole", "name": "edit"},
+    },
 }
 
 SPARSE_OBJECTS: list[dict[str, Any]] = [
@@ -977,6 +992,15 @@ SPARSE_OBJECTS: list[dict[str, Any]] = [
         "status": {"conditions": [None, "x"], "containerStatuses": [{"state": None}]},
     },
 ]
+
+
+class RBACPrinterTests(SynchronousTestCase):
+    def test_role_binding(self) -> None:
+        """kubectl 1.32's columns: the role as Kind/name, and the subjects with -o wide."""
+        row = BUILTIN_PRINTERS[("rbac.authorization.k8s.io", "RoleBinding")].row(
+            SAMPLES[("rbac.authorization.k8s.io", "RoleBinding")], NOW
+        )
+        self.assertEqual(row["cells"], ["rb", "ClusterRole/view", "5m", "bob", "dev", "team/robot"])
 
 
 class BatchAndStatefulPrinterTests(SynchronousTestCase):

@@ -1,14 +1,17 @@
 """
 Who is asking, and may they: client certificates (CN user, O groups, read by
-L{k3stw.machinery.identity}) signed by the client CA authenticate;
-``system:masters`` may do everything, nodes get a node authorizer, and
-everyone else is refused.
+L{k3stw.machinery.identity}) signed by the client CA authenticate; then, as
+kube-apiserver's ``--authorization-mode=Node,RBAC`` behind its privileged
+group: ``system:masters`` may do everything, nodes get the node authorizer,
+and everyone gets what RBAC (L{k3stw.apiserver.rbac}) grants, if the server
+gives the authorizer one.  Without RBAC everyone else is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from k3stw.apiserver.kinds.pods import references
 from k3stw.apiserver.registry import ResourceType
@@ -16,7 +19,12 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.machinery.identity import MASTERS, User
 
+if TYPE_CHECKING:
+    from k3stw.apiserver.rbac import RBAC
+
 READ_VERBS = frozenset({"get", "list", "watch"})
+#: The group of an unauthenticated (anonymous) user.
+UNAUTHENTICATED = "system:unauthenticated"
 
 #: What a kubelet reads, besides the secrets and configmaps its pods use.
 _NODE_READABLE = frozenset(
@@ -36,13 +44,45 @@ _NODE_READABLE = frozenset(
 
 @dataclass(frozen=True)
 class Attributes:
-    """One request as the authorizer sees it."""
+    """
+    One request as the authorizer sees it (kube's ``authorizer.Attributes``):
+    a verb on a resource of a group, or, for a non-resource request, on a path.
+    """
 
     verb: str
-    resource: ResourceType
-    namespace: str | None
-    name: str | None
-    subresource: str | None
+    group: str = ""
+    resource: str = ""
+    namespace: str | None = None
+    name: str | None = None
+    subresource: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        verb: str,
+        resource: ResourceType,
+        namespace: str | None,
+        name: str | None,
+        subresource: str | None,
+    ) -> Attributes:
+        """A request on a served resource; a namespace's own requests are in that namespace."""
+        if (resource.group, resource.plural) == ("", "namespaces") and name:
+            namespace = name
+        return cls(verb, resource.group, resource.plural, namespace, name, subresource)
+
+    @classmethod
+    def for_path(cls, verb: str, path: str) -> Attributes:
+        """A non-resource request (``/healthz``, ``/metrics``, discovery)."""
+        return cls(verb, path=path)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An authorizer's answer, with kube's reason (which binding allowed, what was missing)."""
+
+    allowed: bool
+    reason: str = ""
 
 
 #: Looks up what a node's pods reference: (namespace, kind, name) -> referenced?
@@ -50,53 +90,77 @@ PodReferenceCheck = Callable[[str, str, str, str], Awaitable[bool]]
 
 
 def forbidden(user: User, attributes: Attributes, reason: str = "") -> StatusError:
-    """kube-apiserver's RBAC wording for a refused request."""
-    resource = attributes.resource
-    what = resource.plural + (f"/{attributes.subresource}" if attributes.subresource else "")
-    subject = f'{what} "{attributes.name}"' if attributes.name else what
-    where = (
-        f'in the namespace "{attributes.namespace}"'
-        if attributes.namespace and resource.namespaced
-        else "at the cluster scope"
-    )
-    message = (
-        f'{subject} is forbidden: User "{user.name}" cannot {attributes.verb} resource '
-        f'"{what}" in API group "{resource.group}" {where}'
-    )
+    """kube-apiserver's words for a refused request."""
+    a = attributes
+    if a.path is not None:
+        message = f'forbidden: User "{user.name}" cannot {a.verb} path "{a.path}"'
+        details: dict[str, str] = {}
+    else:
+        what = a.resource + (f"/{a.subresource}" if a.subresource else "")
+        qualified = f"{a.resource}.{a.group}" if a.group else a.resource
+        subject = f'{qualified} "{a.name}"' if a.name else qualified
+        where = f'in the namespace "{a.namespace}"' if a.namespace else "at the cluster scope"
+        message = (
+            f'{subject} is forbidden: User "{user.name}" cannot {a.verb} resource '
+            f'"{what}" in API group "{a.group}" {where}'
+        )
+        details = {"kind": a.resource, "group": a.group}
+        if a.name:
+            details["name"] = a.name
     if reason:
         message += f": {reason}"
-    details = {"kind": resource.plural, "group": resource.group}
-    if attributes.name:
-        details["name"] = attributes.name
     return StatusError(403, message, details)
 
 
-async def authorize(user: User, attributes: Attributes, pod_uses: PodReferenceCheck) -> None:
+class Authorizer:
     """
-    Allow the request or raise a 403 L{StatusError}.
+    The chain every request passes: the privileged group, the node authorizer,
+    then RBAC (when given).
 
     :param pod_uses: answers whether a pod bound to a node references a
         secret or configmap, for the node authorizer.
     """
-    if MASTERS in user.groups:
-        return
-    node = user.node_name
-    if node is not None and await _node_may(node, attributes, pod_uses):
-        return
-    reason = ""
-    if (
-        node is not None
-        and attributes.resource.plural == "nodes"
-        and attributes.name
-        and attributes.subresource != "proxy"
-    ):
-        reason = f'node "{node}" is not allowed to modify node "{attributes.name}"'
-    raise forbidden(user, attributes, reason)
+
+    def __init__(self, pod_uses: PodReferenceCheck, rbac: RBAC | None = None) -> None:
+        self.pod_uses = pod_uses
+        self.rbac = rbac
+
+    async def decide(self, user: User, attributes: Attributes) -> Decision:
+        """Whether C{user} may, and kube's reason."""
+        if MASTERS in user.groups:
+            return Decision(True)
+        node = user.node_name
+        if node is not None and attributes.path is None:
+            if await _node_may(node, attributes, self.pod_uses):
+                return Decision(True)
+            if (
+                attributes.resource == "nodes"
+                and attributes.name
+                and attributes.subresource != "proxy"
+                and attributes.group == ""
+            ):
+                return Decision(
+                    False, f'node "{node}" is not allowed to modify node "{attributes.name}"'
+                )
+        if self.rbac is not None:
+            return self.rbac.decide(user, attributes)
+        return Decision(False)
+
+    async def authorize(self, user: User, attributes: Attributes) -> None:
+        """Allow the request or raise kube's 403 L{StatusError}."""
+        decision = await self.decide(user, attributes)
+        if not decision.allowed:
+            raise forbidden(user, attributes, decision.reason)
+
+
+async def authorize(user: User, attributes: Attributes, pod_uses: PodReferenceCheck) -> None:
+    """Allow the request or raise a 403 L{StatusError}, without RBAC."""
+    await Authorizer(pod_uses).authorize(user, attributes)
 
 
 async def _node_may(node: str, a: Attributes, pod_uses: PodReferenceCheck) -> bool:
     """The node authorizer: what one kubelet may do, and no more."""
-    key = (a.resource.group, a.resource.plural)
+    key = (a.group, a.resource)
     if a.verb in READ_VERBS and key in _NODE_READABLE and a.subresource is None:
         return True
     if key == ("", "nodes"):
@@ -121,7 +185,7 @@ async def _node_may(node: str, a: Attributes, pod_uses: PodReferenceCheck) -> bo
             return await pod_uses(node, a.namespace, "pods", a.name)
         return False
     if key in {("", "secrets"), ("", "configmaps")} and a.verb == "get" and a.name:
-        return await pod_uses(node, a.namespace or "", a.resource.plural, a.name)
+        return await pod_uses(node, a.namespace or "", a.resource, a.name)
     return False
 
 

@@ -4,8 +4,8 @@ The Kubernetes REST API as a twisted.web resource: ``/version``, ``/api``,
 
 Routing only: it finds the resource, object and subresource a path names
 and the verb its method means, asks L{k3stw.apiserver.auth} whether the
-caller may, and hands the request to L{Verbs} (or, for
-``nodes/<name>/proxy``, to the node proxy).  Every failure leaves as a
+caller (or whom it impersonates) may, and hands the request to L{Verbs} (or,
+for ``nodes/<name>/proxy``, to the node proxy).  Every failure leaves as a
 ``Status``.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from urllib.parse import unquote
 from weakref import WeakKeyDictionary
 
@@ -24,12 +25,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from k3stw.apiserver import discovery
-from k3stw.apiserver.auth import Attributes, NodePods, authorize
+from k3stw.apiserver.accessreviews import access_reviews
+from k3stw.apiserver.auth import Attributes, Authorizer, NodePods
 from k3stw.apiserver.health import ENDPOINTS as HEALTH_ENDPOINTS
 from k3stw.apiserver.health import Health
+from k3stw.apiserver.impersonation import impersonate, requested
+from k3stw.apiserver.kinds.rbac import Admission, admission
 from k3stw.apiserver.metrics import CONTENT_TYPE, APIMetrics, RequestLabels
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.patch import PatchError
+from k3stw.apiserver.rbac import RBAC
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.request import (
     APPLY_PATCH,
@@ -55,7 +60,7 @@ from k3stw.apiserver.subresources import (
 from k3stw.apiserver.tables import TableOptionError
 from k3stw.apiserver.verbs import POSTED_SUBRESOURCES, Target, TokenRequests, Verbs
 from k3stw.logs import Logger
-from k3stw.machinery.identity import MASTERS, User, authenticated, user_of_certificate
+from k3stw.machinery.identity import User, authenticated, user_of_certificate
 from k3stw.machinery.labels import SelectorError
 
 _METHOD_VERBS = {b"POST": "create", b"PUT": "update", b"PATCH": "patch", b"DELETE": "delete"}
@@ -85,16 +90,19 @@ class KubernetesAPI(Resource):
         tokens: TokenAuthenticator | None = None,
         reviews: Mapping[tuple[str, str], Review] | None = None,
         token_requests: TokenRequests | None = None,
+        rbac: RBAC | None = None,
     ) -> None:
         """
         :param tokens: authenticates bearer tokens (client certificates are
             tried first); without it only certificates authenticate.
-        :param reviews: the create-only reviews answered, by (group, plural).
+        :param reviews: the create-only reviews answered, by (group, plural),
+            besides the access reviews the authorizer answers.
         :param token_requests: answers ``serviceaccounts/<name>/token``.
+        :param rbac: the RBAC authorizer (after the node authorizer); without
+            it only ``system:masters`` and nodes are allowed anything.
         """
         super().__init__()
         self.tokens = tokens
-        self.reviews = reviews or {}
         self.health = health or Health(())
         self.metrics = metrics or APIMetrics()
         self.store = store
@@ -111,6 +119,11 @@ class KubernetesAPI(Resource):
         )
         self.openapi = discovery.OpenAPI(registry)
         self.pod_uses = NodePods(store, registry.require("", "v1", "pods"))
+        self.authorizer = Authorizer(self.pod_uses, rbac)
+        self.admission: Mapping[tuple[str, str], Admission] = (
+            admission(rbac) if rbac is not None else {}
+        )
+        self.reviews = {**access_reviews(self.authorizer), **(reviews or {})}
         self._users: WeakKeyDictionary[object, User] = WeakKeyDictionary()
 
     def render(self, request: Request) -> int:
@@ -149,16 +162,20 @@ class KubernetesAPI(Resource):
             raise StatusError(413, "Request entity too large: limit is 3145728")
         parts = [unquote(p) for p in request.path.decode("latin-1").strip("/").split("/") if p]
         head = parts[0] if parts else ""
+        user = await self._authenticate(request)
+        asked = requested(request.requestHeaders.getAllRawHeaders())
+        if asked is not None:
+            user = await impersonate(self.authorizer, user, asked)
+        if not _is_resource_request(parts):
+            # /healthz, /metrics, discovery...: RBAC's nonResourceURLs say who may.
+            path = request.path.decode("latin-1")
+            verb = request.method.decode("latin-1").lower()
+            await self.authorizer.authorize(user, Attributes.for_path(verb, path))
         if head == "openapi":
             self._openapi(request, parts[1:])
-            return
-        user = await self._authenticate(request)
-        if head in HEALTH_ENDPOINTS:
-            # Every authenticated user may ask, as kube's system:public-info-viewer.
+        elif head in HEALTH_ENDPOINTS:
             await self.health.answer(request, head, parts[1:])
         elif head == "metrics" and len(parts) == 1:
-            if MASTERS not in user.groups:
-                raise StatusError(403, f'forbidden: User "{user.name}" cannot get path "/metrics"')
             answer_raw(request, self.metrics.exposition(), CONTENT_TYPE)
         elif head == "version" and len(parts) == 1:
             answer(request, 200, discovery.version_info())
@@ -237,11 +254,11 @@ class KubernetesAPI(Resource):
             return
         if (group, version) == ("", "v1") and rest[0] == "nodes" and rest[2:3] == ["proxy"]:
             nodes = self.registry.require("", "v1", "nodes")
-            await proxy_to_node(request, user, nodes, rest[1], self.node_proxy, self.pod_uses)
+            await proxy_to_node(request, user, nodes, rest[1], self.node_proxy, self.authorizer)
             return
         if (group, version) == ("", "v1") and (connect := connect_route(rest)) is not None:
             await serve_connect(
-                request, user, connect, self.registry, self.store, self.node_proxy, self.pod_uses
+                request, user, connect, self.registry, self.store, self.node_proxy, self.authorizer
             )
             return
         target = self._target(group, version, rest)
@@ -258,10 +275,9 @@ class KubernetesAPI(Resource):
         if verb == "create" and user.node_name is not None:
             # A node may create only its own Node (NodeRestriction): authorize the named object.
             target = Target(target.resource, target.namespace, peek_name(request), None)
-        await authorize(
+        await self.authorizer.authorize(
             user,
-            Attributes(verb, target.resource, target.namespace, target.name, target.subresource),
-            self.pod_uses,
+            Attributes.of(verb, target.resource, target.namespace, target.name, target.subresource),
         )
         if is_review(target.resource):
             body = object_body(request)
@@ -270,7 +286,9 @@ class KubernetesAPI(Resource):
             )
             answer(request, 201, reviewed)
             return
-        await self.verbs.serve(request, verb, target)
+        check = self.admission.get((target.resource.group, target.resource.plural))
+        admit = None if check is None else partial(check, user, target.namespace)
+        await self.verbs.serve(request, verb, target, admit)
 
     def _target(self, group: str, version: str, rest: list[str]) -> Target:
         """What ``[namespaces/<ns>/]<plural>[/<name>[/<subresource>]]`` names."""
@@ -289,6 +307,12 @@ class KubernetesAPI(Resource):
         sub = rest[2] if len(rest) > 2 else None
         check_served(resource, sub)
         return Target(resource, None, name, sub)
+
+
+def _is_resource_request(parts: list[str]) -> bool:
+    """kube's RequestInfo: ``/api/<v>/...`` and ``/apis/<g>/<v>/...`` name resources."""
+    head = parts[0] if parts else ""
+    return (head == "api" and len(parts) >= 3) or (head == "apis" and len(parts) >= 4)
 
 
 def _verb(request: Request, target: Target) -> str:

@@ -60,6 +60,9 @@ Predicate = Callable[[Object], bool]
 #: Told of every write that stored or removed an object: its resource, its
 #: last state, and whether it is gone.
 WriteObserver = Callable[[ResourceType, Object, bool], None]
+#: Checks a client's write of the new object over the stored one (None on create), once
+#: defaulted; raises L{StatusError} to refuse it (RBAC's escalation checks).
+Admit = Callable[[Object, Object | None], None]
 T = TypeVar("T")
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -335,6 +338,7 @@ class ObjectStore:
         namespace: str | None,
         obj: Object,
         manager: str | None = None,
+        admit: Admit | None = None,
     ) -> Object:
         """
         Store a new object: name (or generateName), uid, creation timestamp,
@@ -342,6 +346,7 @@ class ObjectStore:
         exist and not be terminating.
 
         :param manager: the field manager to record the write under.
+        :param admit: checks the defaulted object before it is validated.
         """
         if (conversion := resource.conversion) is not None:
             # The served version's own rules first; the stored kind's follow.
@@ -376,6 +381,8 @@ class ObjectStore:
                 metadata["generation"] = 1
             strategy.prepare_create(obj, self.now())
             strategy.default(obj)
+            if admit is not None:
+                admit(obj, None)
             _check(resource, name, strategy.validate(obj))
             reservation = await self._reserve(resource, obj, None)
             stored = (
@@ -411,12 +418,20 @@ class ObjectStore:
                 "",
                 [("metadata.name", "Required value: name or generateName is required")],
             )
-        if not isinstance(name, str) or len(name) > 253 or not _NAME.match(name):
+        name_errors = resource.strategy.name_errors
+        if isinstance(name, str) and name_errors is not None:
+            errors = name_errors(name)
+        elif not isinstance(name, str) or len(name) > 253 or not _NAME.match(name):
+            errors = [_NAME_MESSAGE]
+        else:
+            errors = []
+        if errors:
             raise invalid(
                 resource.kind,
                 str(name),
-                [("metadata.name", f'Invalid value: "{name}": {_NAME_MESSAGE}')],
+                [("metadata.name", f'Invalid value: "{name}": {error}') for error in errors],
             )
+        assert isinstance(name, str)
         return name
 
     async def _require_active_namespace(self, namespace: str) -> None:
@@ -447,6 +462,7 @@ class ObjectStore:
         obj: Object,
         subresource: str | None = None,
         manager: str | None = None,
+        admit: Admit | None = None,
     ) -> Object:
         """
         Replace an object (PUT), checking ``metadata.resourceVersion`` if given.
@@ -469,7 +485,7 @@ class ObjectStore:
             return merge_update(resource, current, obj, subresource)
 
         return await self.guaranteed_update(
-            resource, namespace, name, replace, manager, subresource
+            resource, namespace, name, replace, manager, subresource, admit=admit
         )
 
     async def guaranteed_update(
@@ -481,6 +497,7 @@ class ObjectStore:
         manager: str | None = None,
         subresource: str | None = None,
         marks_deletion: bool = False,
+        admit: Admit | None = None,
     ) -> Object:
         """
         Apply C{mutate} to the current object and store the result, retrying on
@@ -490,6 +507,7 @@ class ObjectStore:
         :param manager: the field manager to record the change under, if any.
         :param marks_deletion: C{mutate} may set ``deletionTimestamp`` (the
             server starting a deletion); no client write ever may.
+        :param admit: checks the defaulted result against the current object.
         """
         if (conversion := resource.conversion) is not None:
 
@@ -512,6 +530,8 @@ class ObjectStore:
             updated = mutate(copy.deepcopy(current))
             strategy.default(updated)
             _keep_identity(current, updated, resource, marks_deletion)
+            if admit is not None:
+                admit(updated, current)
             _check(resource, name, strategy.validate(updated))
             _check(resource, name, strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):

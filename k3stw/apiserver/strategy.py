@@ -76,6 +76,8 @@ class Strategy:
     :ivar unknown_fields: the paths of the fields an object names that its
         kind does not declare (a custom resource's; the catalogue answers for
         built-in kinds).
+    :ivar name_errors: what is wrong with a name, for a kind whose names are
+        not DNS subdomains (RBAC's path segment names); None: a DNS subdomain.
     """
 
     printer: Printer = DEFAULT_PRINTER
@@ -92,6 +94,7 @@ class Strategy:
     returns_deleted_object: bool = False
     schema: Mapping[str, Any] | None = None
     unknown_fields: Callable[[Object], list[str]] | None = None
+    name_errors: Callable[[str], list[str]] | None = None
 
 
 #: A built-in kind with nothing special about it (Endpoints, Lease, ...).

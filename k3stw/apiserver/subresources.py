@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from k3stw.apiserver.auth import Attributes, PodReferenceCheck, authorize
+from k3stw.apiserver.auth import Attributes, Authorizer
 from k3stw.apiserver.nodeproxy import NodeProxy, proxied_target
 from k3stw.apiserver.podconnect import METHODS, Connect, connect_route, relay
 from k3stw.apiserver.registry import Registry, ResourceType
@@ -43,13 +43,13 @@ async def proxy_to_node(
     nodes: ResourceType,
     node: str,
     proxy: NodeProxy | None,
-    pod_uses: PodReferenceCheck,
+    authorizer: Authorizer,
 ) -> None:
     """``nodes/<node>/proxy/...``: authorized by the request's method, relayed to the kubelet."""
     verb = PROXY_VERBS.get(request.method)
     if verb is None:
         raise StatusError(405, NOT_ALLOWED)
-    await authorize(user, Attributes(verb, nodes, None, node, "proxy"), pod_uses)
+    await authorizer.authorize(user, Attributes.of(verb, nodes, None, node, "proxy"))
     if proxy is None:
         raise StatusError(501, "the proxy subresource is not available in this release")
     # api/v1/nodes/<node>/proxy
@@ -63,7 +63,7 @@ async def serve_connect(
     registry: Registry,
     store: ObjectStore,
     proxy: NodeProxy | None,
-    pod_uses: PodReferenceCheck,
+    authorizer: Authorizer,
 ) -> None:
     """
     A pod's or service's connect subresource: authorized as the verb of its
@@ -74,8 +74,8 @@ async def serve_connect(
     if verb is None:
         raise StatusError(405, NOT_ALLOWED)
     resource = registry.require("", "v1", connect.plural)
-    attributes = Attributes(verb, resource, connect.namespace, connect.name, connect.subresource)
-    await authorize(user, attributes, pod_uses)
+    attributes = Attributes.of(verb, resource, connect.namespace, connect.name, connect.subresource)
+    await authorizer.authorize(user, attributes)
     if request.method not in METHODS[connect.plural, connect.subresource]:
         raise StatusError(405, NOT_ALLOWED)
     if proxy is None:

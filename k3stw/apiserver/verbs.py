@@ -41,7 +41,7 @@ from k3stw.apiserver.request import (
 )
 from k3stw.apiserver.scale import patched_scale, scale_of, write_scale
 from k3stw.apiserver.status import NOT_ALLOWED, StatusError, bad_request, invalid
-from k3stw.apiserver.storage import ObjectStore, Predicate, merge_update
+from k3stw.apiserver.storage import Admit, ObjectStore, Predicate, merge_update
 from k3stw.apiserver.watch import WatchStreams, named
 from k3stw.machinery.objects import Object
 
@@ -159,8 +159,14 @@ class Verbs:
         self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
         self.watches = WatchStreams(store, clock, watch_event_sent)
 
-    async def serve(self, request: Request, verb: str, target: Target) -> None:
-        """Answer C{request} with C{verb} on C{target}."""
+    async def serve(
+        self, request: Request, verb: str, target: Target, admit: Admit | None = None
+    ) -> None:
+        """
+        Answer C{request} with C{verb} on C{target}.
+
+        :param admit: checks what a create, update or patch would store.
+        """
         if target.subresource == "scale":
             await self.scale(request, verb, target)
         elif target.subresource == "eviction":
@@ -200,11 +206,11 @@ class Verbs:
                 selected = named(target.name, selected)
             await self.watches.serve(request, target.resource, target.namespace, selected)
         elif verb == "create":
-            await self.create(request, target)
+            await self.create(request, target, admit)
         elif verb == "update":
-            await self.update(request, target)
+            await self.update(request, target, admit)
         elif verb == "patch":
-            await self.patch(request, target)
+            await self.patch(request, target, admit)
         elif verb == "delete":
             await self.delete(request, target)
         else:
@@ -284,14 +290,16 @@ class Verbs:
 
     # Writing
 
-    async def create(self, request: Request, target: Target) -> None:
+    async def create(self, request: Request, target: Target, admit: Admit | None = None) -> None:
         store = self._store_for(request)
         obj = object_body(request)
         check_fields(request, target.resource, obj)
-        created = await store.create(target.resource, target.namespace, obj, field_manager(request))
+        created = await store.create(
+            target.resource, target.namespace, obj, field_manager(request), admit
+        )
         answer(request, 201, created)
 
-    async def update(self, request: Request, target: Target) -> None:
+    async def update(self, request: Request, target: Target, admit: Admit | None = None) -> None:
         assert target.name is not None
         store = self._store_for(request)
         obj = object_body(request)
@@ -303,16 +311,17 @@ class Verbs:
             obj,
             target.subresource,
             field_manager(request),
+            admit,
         )
         answer(request, 200, updated)
 
-    async def patch(self, request: Request, target: Target) -> None:
+    async def patch(self, request: Request, target: Target, admit: Admit | None = None) -> None:
         resource, namespace, name = target.resource, target.namespace, target.name
         assert name is not None
         store = self._store_for(request)
         media, body = patch_body(request)
         if media == APPLY_PATCH:
-            await self.apply(request, target, body, store)
+            await self.apply(request, target, body, store, admit)
             return
         strategy = resource.strategy
 
@@ -332,11 +341,24 @@ class Verbs:
             return merge_update(resource, current, patched, target.subresource)
 
         updated = await store.guaranteed_update(
-            resource, namespace, name, mutate, field_manager(request), target.subresource
+            resource,
+            namespace,
+            name,
+            mutate,
+            field_manager(request),
+            target.subresource,
+            admit=admit,
         )
         answer(request, 200, updated)
 
-    async def apply(self, request: Request, target: Target, body: Any, store: ObjectStore) -> None:
+    async def apply(
+        self,
+        request: Request,
+        target: Target,
+        body: Any,
+        store: ObjectStore,
+        admit: Admit | None = None,
+    ) -> None:
         """Server-side apply: create the object if it is missing, else merge into it."""
         resource, namespace, name = target.resource, target.namespace, target.name
         assert name is not None
@@ -364,7 +386,7 @@ class Verbs:
                 None, body, manager, force, now=now, subresource=sub, rules=rules
             )
             applied.setdefault("metadata", {})["name"] = name
-            answer(request, 201, await store.create(resource, namespace, applied))
+            answer(request, 201, await store.create(resource, namespace, applied, admit=admit))
             return
 
         def merge(live: Object) -> Object:
@@ -373,7 +395,8 @@ class Verbs:
             )
             return merge_update(resource, live, applied, target.subresource)
 
-        answer(request, 200, await store.guaranteed_update(resource, namespace, name, merge))
+        updated = await store.guaranteed_update(resource, namespace, name, merge, admit=admit)
+        answer(request, 200, updated)
 
     # Deleting
 

@@ -139,7 +139,7 @@ def _invalid(path: str, value: str, detail: str) -> str:
     return f"{path}: Invalid value: {value}: {detail}"
 
 
-def _aggregate(messages: Sequence[str]) -> str:
+def aggregate(messages: Sequence[str]) -> str:
     """``utilerrors.Aggregate``: one message alone, several in brackets, duplicates once."""
     unique = list(dict.fromkeys(messages))
     if len(unique) == 1:
@@ -256,7 +256,7 @@ class Requirement:
                     _invalid(f"values[{index}][{key}]", go_quote(value), "; ".join(value_problems))
                 )
         if errors:
-            raise LabelSelectorError(_aggregate(errors))
+            raise LabelSelectorError(aggregate(errors))
         return cls(key, operator, tuple(values))
 
     def matches(self, labels: Mapping[str, str]) -> bool:

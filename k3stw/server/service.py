@@ -22,6 +22,8 @@ from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds, nodes, services
 from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
+from k3stw.apiserver.rbac import RBAC
+from k3stw.apiserver.rbacpolicy import bootstrap_policy
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.request import APIRequest
 from k3stw.apiserver.routing import KubernetesAPI
@@ -31,6 +33,7 @@ from k3stw.apiserver.tokens.authenticator import ServiceAccountTokens
 from k3stw.apiserver.tokens.keys import ServiceAccountKeys
 from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
+from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
@@ -94,6 +97,8 @@ class ServerService(ApplianceService):
         self.readiness = Readiness()
         #: Set once SIGTERM (or a fatal error) begins the stop: /readyz fails from then on.
         self.stopping = False
+        #: Set once the bootstrap RBAC policy is reconciled.
+        self.policy_written = False
         self._becoming_ready: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -151,6 +156,9 @@ class ServerService(ApplianceService):
         await bootstrap(self.store, self.registry)
         self.control_plane.setServiceParent(self)
         self.readiness.mark_ready()
+        # kube's rbac/bootstrap-roles hook: the API's /readyz waits for it, not the node join.
+        await bootstrap_policy(self.store)
+        self.policy_written = True
         if self.config.node is not None:
             self._start_embedded_agent(self.config.node)
         address, port = self.config.advertised
@@ -188,7 +196,7 @@ async def _all_services(store: ObjectStore) -> list[Object]:
     return listed.items
 
 
-def server_health(server: ServerService, datastore: IDatastore) -> Health:
+def server_health(server: ServerService, datastore: IDatastore, rbac: RBAC | None = None) -> Health:
     """kube-apiserver's health checks, in its names, for this server."""
     reactor = server.reactor
 
@@ -207,10 +215,16 @@ def server_health(server: ServerService, datastore: IDatastore) -> Health:
     async def shutdown() -> str | None:
         return "the server is shutting down" if server.stopping else None
 
+    async def bootstrap_roles() -> str | None:
+        if rbac is None or (server.policy_written and rbac.synced):
+            return None
+        return "the bootstrap roles are not there yet"
+
     return Health(
         (
             HealthCheck("etcd", etcd),
             HealthCheck("poststarthook/bootstrap-controller", bootstrapped),
+            HealthCheck("poststarthook/rbac/bootstrap-roles", bootstrap_roles),
             HealthCheck("shutdown", shutdown, endpoints=("readyz",)),
         )
     )
@@ -317,18 +331,20 @@ def control_plane(
     config: ServerConfig,
     ca_bundle: bytes,
     keys: ServiceAccountKeys,
+    informers: ServerInformers,
 ) -> tuple[IService, APIServerEndpoints]:
     """
-    The server's control loops on its shared informers (started once the
-    server is ready), and the reconciler of the ``kubernetes`` endpoints.
+    The server's control loops on its shared informers (started with them
+    once the server is ready), and the reconciler of the ``kubernetes``
+    endpoints.
 
     :param ca_bundle: the cluster CA that signs the API's certificate, published
         in every namespace.
     :param keys: the service-account key, which signs legacy Secrets' tokens.
     """
     services = MultiService()
-    informers = ServerInformers(store)
     informers.setServiceParent(services)
+    ClusterRoleAggregation(informers, store).setServiceParent(services)
     GarbageCollector(informers, store, registry).setServiceParent(services)
     CRDController(informers, store, registry).setServiceParent(services)
     NodePasswordController(informers, store).setServiceParent(services)
@@ -368,7 +384,10 @@ def build_server(
     store.observe(crds.serve_written_crds(registry))
     keys = ServiceAccountKeys.from_pem(credentials.service_key)
     ca_bundle = credentials.server_ca_bundle
-    controllers, endpoints = control_plane(store, registry, config, ca_bundle, keys)
+    informers = ServerInformers(store)
+    # RBAC reads the shared informers, which run from when the bootstrap policy is written.
+    rbac = RBAC(informers)
+    controllers, endpoints = control_plane(store, registry, config, ca_bundle, keys, informers)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
     IService(datastore).setServiceParent(root)
     # Agents' tunnels, which nodes/proxy reaches their kubelets through.
@@ -390,11 +409,12 @@ def build_server(
         reactor,
         f"{address}:{port}",
         node_proxy,
-        server_health(root, datastore),
+        server_health(root, datastore, rbac),
         metrics,
         tokens=tokens,
         reviews=authentication_reviews(tokens),
         token_requests=TokenIssuer(keys, reactor, issuer, audiences),
+        rbac=rbac,
     )
     PeriodicJob(
         reactor,

@@ -21,6 +21,8 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds
+from k3stw.apiserver.rbac import RBAC
+from k3stw.apiserver.rbacpolicy import bootstrap_policy
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.reviews import Review
 from k3stw.apiserver.routing import KubernetesAPI, TokenAuthenticator
@@ -122,7 +124,9 @@ class MemoryAPI:
 
     Users authenticate with bearer tokens from a static table (kube-apiserver's
     ``--token-auth-file``), so a test may ask as anyone; a token not in it goes
-    to C{tokens} (the service-account authenticator, say), if given.
+    to C{tokens} (the service-account authenticator, say), if given.  With
+    C{rbac}, the bootstrap policy is written and RBAC authorizes, on the
+    server's running informers, as on a real server.
     """
 
     def __init__(
@@ -132,10 +136,15 @@ class MemoryAPI:
         reviews: Mapping[tuple[str, str], Review] | None = None,
         tokens: TokenAuthenticator | None = None,
         token_requests: TokenRequests | None = None,
+        rbac: bool = False,
     ) -> None:
         self.server = server
         self.users = users
         self.tokens = tokens
+        self.rbac = RBAC(server.informers) if rbac else None
+        if rbac:
+            server.run(bootstrap_policy(server.store))
+            server.start()
         self.api = KubernetesAPI(
             server.store,
             server.registry,
@@ -144,6 +153,7 @@ class MemoryAPI:
             tokens=self._user_of,
             reviews=reviews,
             token_requests=token_requests,
+            rbac=self.rbac,
         )
 
     async def _user_of(self, token: str) -> User | None:

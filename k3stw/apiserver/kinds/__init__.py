@@ -31,6 +31,7 @@ from k3stw.apiserver.kinds import (
     namespaces,
     nodes,
     pods,
+    rbac,
     replicasets,
     secrets,
     serviceaccounts,
@@ -61,6 +62,7 @@ BUILT_IN: tuple[ResourceType, ...] = (
     cronjobs.RESOURCE,
     crds.RESOURCE,
     events.NEW_API_RESOURCE,
+    *rbac.RESOURCES,
 )
 
 
