@@ -6,6 +6,13 @@ JSON gateway in the same run, as the storage ceiling.
 
     python bench/api.py [--quick] [--output docs/api-benchmark.md]
 
+``--checks`` measures instead what the API's checks cost: Deployment creates
+by a user whom RBAC allows (a RoleBinding to ``edit``) at 16 and 64 clients,
+against a server with validation, defaulting and authorization on and one
+started with ``--unchecked-api``, in the same run.
+
+    python bench/api.py --checks [--quick] [--output docs/api-checks-benchmark.md]
+
 It starts every process itself on loopback (127.0.0.40-42, free ports), runs
 bounded loops (a count and a time limit per cell, whichever comes first),
 stops every process by its own PID and prints one Markdown table.
@@ -61,6 +68,10 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 SQLITE_HOST = "127.0.0.40"
 ETCD_SERVER_HOST = "127.0.0.41"
 ETCD_HOST = "127.0.0.42"
+CHECKED_HOST = "127.0.0.43"
+UNCHECKED_HOST = "127.0.0.44"
+#: The user the checks benchmark creates as: not an admin, so RBAC decides every request.
+BENCH_USER = "bench-user"
 NAMESPACE = "bench"
 SMALL_NAMESPACE = "bench-small"
 WATCH_NAMESPACE = "bench-watch"
@@ -252,14 +263,16 @@ async def stream(
 
 @implementer(IPolicyForHTTPS)
 class ClientCertificatePolicy:
-    """TLS to the API server: trust its CA only and present the admin certificate."""
+    """TLS to the API server: trust its CA only and present a client certificate (the admin's)."""
 
-    def __init__(self, tls_dir: Path) -> None:
+    def __init__(self, tls_dir: Path, client_pem: bytes | None = None) -> None:
+        """:param client_pem: a certificate and its key; by default the admin's."""
         self._ca = Certificate.loadPEM((tls_dir / "server-ca.crt").read_bytes())
-        self._client = PrivateCertificate.loadPEM(
-            (tls_dir / "client-admin.crt").read_bytes()
-            + (tls_dir / "client-admin.key").read_bytes()
-        )
+        if client_pem is None:
+            client_pem = (tls_dir / "client-admin.crt").read_bytes() + (
+                tls_dir / "client-admin.key"
+            ).read_bytes()
+        self._client = PrivateCertificate.loadPEM(client_pem)
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return optionsForClientTLS(
@@ -631,7 +644,12 @@ async def start_etcd(reactor: Any, processes: Processes) -> str:
 
 
 async def start_server(
-    reactor: Any, processes: Processes, name: str, host: str, datastore: str | None
+    reactor: Any,
+    processes: Processes,
+    name: str,
+    host: str,
+    datastore: str | None,
+    flags: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], Path, str]:
     """A ready k3s-server on C{host}: its process, its TLS directory and its base URL."""
     work = processes.workdir / name
@@ -646,7 +664,7 @@ async def start_server(
     ]  # fmt: skip
     if datastore:
         argv += ["--datastore-endpoint", datastore]
-    process, log = processes.spawn(name, argv)
+    process, log = processes.spawn(name, [*argv, *flags])
     base = f"https://{host}:{port}"
     tls = work / "data" / "server" / "tls"
     deadline = time.perf_counter() + START_LIMIT
@@ -754,6 +772,152 @@ async def run(reactor: Any, budget: Budget) -> list[tuple[str, Results]]:
     return columns
 
 
+# What the checks cost
+
+
+def deployment(name: str) -> dict[str, Any]:
+    """A Deployment as users write them: enough for every check to have work to do."""
+    labels = {"app": name}
+    container = {
+        "name": "web",
+        "image": "nginx:1.27",
+        "ports": [{"name": "http", "containerPort": 80}],
+        "env": [{"name": "MODE", "value": "bench"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def user_certificate(tls: Path) -> bytes:
+    """A client certificate and key for L{BENCH_USER}, signed by the server's client CA."""
+    from k3stw.pki.certs import KeyPair, Usage, load_pem_certificates, load_pem_key, new_leaf
+
+    ca = KeyPair(
+        load_pem_certificates((tls / "client-ca.crt").read_bytes())[0],
+        load_pem_key((tls / "client-ca.key").read_bytes()),
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    pair = new_leaf(ca, BENCH_USER, Usage.CLIENT, now, ["bench-group"])
+    return pair.certificate_pem + pair.key_pem
+
+
+async def allow_bench_user(admin: IAgent, base: str) -> None:
+    """The bench namespace, and a RoleBinding there to kube's ``edit`` for L{BENCH_USER}."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    await call(admin, b"POST", f"{base}/api/v1/namespaces", namespace, 201)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "bench-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": BENCH_USER}],
+    }
+    url = f"{base}/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/rolebindings"
+    await call(admin, b"POST", url, binding, 201)
+
+
+async def measure_creates(
+    reactor: Any, pool: HTTPConnectionPool, tls: Path, base: str, budget: Budget, label: str
+) -> Results:
+    """Deployment creates by L{BENCH_USER} at 16 and 64 clients."""
+    admin = Agent(reactor, ClientCertificatePolicy(tls), pool=pool)
+    await allow_bench_user(admin, base)
+    user = Agent(reactor, ClientCertificatePolicy(tls, user_certificate(tls)), pool=pool)
+    url = f"{base}/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+    results: Results = {}
+    for clients in (16, 64):
+        progress(label)(f"create x{clients}")
+        prefix = f"c{clients}-"
+
+        async def create(i: int, prefix: str = prefix) -> None:
+            await call(user, b"POST", url, deployment(f"{prefix}{i}"), 201)
+
+        results["create", clients] = await run_clients(clients, budget, create)
+    return results
+
+
+async def run_checks(reactor: Any, budget: Budget) -> list[tuple[str, Results]]:
+    columns: list[tuple[str, Results]] = []
+    processes = Processes(Path(tempfile.mkdtemp(prefix="k3stw-bench-checks-")))
+    pool = new_pool(reactor, 64)
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", processes.close)
+    try:
+        for column, host, flags in (
+            ("checks on", CHECKED_HOST, ()),
+            ("checks off (--unchecked-api)", UNCHECKED_HOST, ("--unchecked-api",)),
+        ):
+            progress(column)("start")
+            name = "checked" if not flags else "unchecked"
+            server, tls, base = await start_server(reactor, processes, name, host, None, flags)
+            try:
+                results = await measure_creates(reactor, pool, tls, base, budget, column)
+            except Exception:
+                print(f"-- {column} failed; its log ends:", file=sys.stderr)
+                print(processes.log_tail(server), file=sys.stderr)
+                raise
+            finally:
+                await pool.closeCachedConnections()
+                processes.stop(server)
+            columns.append((column, results))
+    finally:
+        reactor.removeSystemEventTrigger(trigger)
+        await pool.closeCachedConnections()
+        processes.close()
+    return columns
+
+
+def checks_report(
+    columns: list[tuple[str, Results]], budget: Budget, quick: bool, seconds: float
+) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    (_, on), (_, off) = columns
+    lines = [
+        "| clients | checks on | checks off | throughput cost |",
+        "|---:|---:|---:|---:|",
+    ]
+    costs = []
+    for (_, clients), checked in sorted(on.items()):
+        unchecked = off[("create", clients)]
+        cost = 1 - checked.rate / unchecked.rate
+        costs.append(cost)
+        lines.append(f"| {clients} | {cell_text(checked)} | {cell_text(unchecked)} | {cost:.1%} |")
+    verdict = "met" if max(costs) <= 0.15 else "MISSED"
+    return "\n".join(
+        [
+            "# What the API's checks cost",
+            "",
+            "Written by `python bench/api.py --checks --output docs/api-checks-benchmark.md`: "
+            "Deployment creates (one container with ports, env, resources and a probe) through "
+            f"a real `twistd -n k3s-server` on SQLite, as `{BENCH_USER}`, a user RBAC allows "
+            "through a RoleBinding to `edit`; against a server with its checks (schema and "
+            "semantic validation, defaulting, RBAC) and one started with `--unchecked-api`, "
+            "in the same run, from one Twisted client process on the same cores.",
+            "",
+            f"Machine: {machine()}; load average at the end {load}",
+            f"Date: {now}; mode: {'--quick' if quick else 'full'}, {seconds:.0f} s in all; "
+            f"cells stop at {budget.ops} operations or {budget.seconds:g} s; "
+            "each cell: p50 / p99 latency in ms · creates/s",
+            "",
+            *lines,
+            "",
+            f"Goal (issue 16): the checks cost at most 15% of create throughput: "
+            f"{max(costs):.1%} at most ({verdict}).",
+            "",
+        ]
+    )
+
+
 # The table
 
 
@@ -858,13 +1022,20 @@ def main(reactor: Any, argv: Sequence[str]) -> Deferred[None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small counts, for CI")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument(
+        "--checks", action="store_true", help="what validation, defaulting and RBAC cost"
+    )
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
 
     async def go() -> None:
         started = time.perf_counter()
-        columns = await run(reactor, budget)
-        text = report(columns, budget, args.quick, time.perf_counter() - started)
+        if args.checks:
+            columns = await run_checks(reactor, budget)
+            text = checks_report(columns, budget, args.quick, time.perf_counter() - started)
+        else:
+            columns = await run(reactor, budget)
+            text = report(columns, budget, args.quick, time.perf_counter() - started)
         print(text)
         if args.output:
             Path(args.output).write_text(text)

@@ -113,6 +113,7 @@ class CommandLineTests(OptionsTestCase):
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",  # in the CIDR
             "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
             "--kubelet-arg", "port=10251", "--service-node-port-range", "31000-31999",
+            "--unchecked-api",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -127,6 +128,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertEqual(options["server"], "https://s:6443")
         self.assertEqual(options["node-monitor-grace-period"], 5.0)
         self.assertEqual(options["service-node-port-range"], "31000-31999")
+        self.assertIs(options["unchecked-api"], True)
 
     def test_every_agent_flag_long_form(self) -> None:
         """Every agent flag is accepted under its k3s long name."""

@@ -163,10 +163,21 @@ class ObjectStore:
     (404, 409, 410, 422, and 503 when the datastore is away).
     """
 
-    def __init__(self, datastore: IDatastore, clock: IReactorTime, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        datastore: IDatastore,
+        clock: IReactorTime,
+        dry_run: bool = False,
+        checks: bool = True,
+    ) -> None:
+        """
+        :param checks: whether kinds' defaults and validation apply (off only to
+            measure what they cost: ``--unchecked-api``).
+        """
         self.datastore = datastore
         self.clock = clock
         self.dry_run = dry_run
+        self.checks = checks
         # Namespaces seen active, and when: a create does not read its namespace again
         # for NAMESPACE_CHECK_SECONDS (kube-apiserver's admission uses a cache the same way).
         self._active_namespaces: dict[str, float] = {}
@@ -350,7 +361,9 @@ class ObjectStore:
         """
         if (conversion := resource.conversion) is not None:
             # The served version's own rules first; the stored kind's follow.
-            _check(resource, str(metadata_of(obj).get("name", "")), resource.strategy.validate(obj))
+            if self.checks:
+                name = str(metadata_of(obj).get("name", ""))
+                _check(resource, name, resource.strategy.validate(obj))
             stored = conversion.to_stored(copy.deepcopy(obj))
             created = await self.create(conversion.stored, namespace, stored, manager)
             return conversion.from_stored(created)
@@ -380,10 +393,11 @@ class ObjectStore:
             if strategy.counts_generation:
                 metadata["generation"] = 1
             strategy.prepare_create(obj, self.now())
-            strategy.default(obj)
-            if admit is not None:
-                admit(obj, None)
-            _check(resource, name, strategy.validate(obj))
+            if self.checks:
+                strategy.default(obj)
+                if admit is not None:
+                    admit(obj, None)
+                _check(resource, name, strategy.validate(obj))
             reservation = await self._reserve(resource, obj, None)
             stored = (
                 record_update(None, obj, manager, now=self.now(), rules=strategy.merge_rules)
@@ -513,7 +527,8 @@ class ObjectStore:
 
             def converted(current: Object) -> Object:
                 updated = mutate(conversion.from_stored(current))
-                _check(resource, name, resource.strategy.validate(updated))
+                if self.checks:
+                    _check(resource, name, resource.strategy.validate(updated))
                 return conversion.to_stored(updated)
 
             updated = await self.guaranteed_update(
@@ -528,12 +543,14 @@ class ObjectStore:
                 raise not_found(resource.plural, resource.group, name)
             current = decode(kv)
             updated = mutate(copy.deepcopy(current))
-            strategy.default(updated)
+            if self.checks:
+                strategy.default(updated)
             _keep_identity(current, updated, resource, marks_deletion)
-            if admit is not None:
-                admit(updated, current)
-            _check(resource, name, strategy.validate(updated))
-            _check(resource, name, strategy.validate_update(updated, current))
+            if self.checks:
+                if admit is not None:
+                    admit(updated, current)
+                _check(resource, name, strategy.validate(updated))
+                _check(resource, name, strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):
                 return current
             if manager:

@@ -46,6 +46,8 @@ class ServerConfig:
     node_external_ips: tuple[str, ...] = ()
     #: ``--service-node-port-range`` (``30000-32767``).
     service_node_port_range: str = "30000-32767"
+    #: Validation, defaulting and authorization; off (``--unchecked-api``) only to measure them.
+    api_checks: bool = True
 
     @property
     def node_ports(self) -> range:

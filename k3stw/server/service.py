@@ -105,6 +105,11 @@ class ServerService(ApplianceService):
         warning = self.config.advertise_warning()
         if warning is not None:
             self._log.warn("{warning}", warning=warning)
+        if not self.config.api_checks:
+            self._log.warn(
+                "--unchecked-api: the API validates, defaults and authorizes nothing; "
+                "any authenticated user may store anything (for benchmarks only)"
+            )
         super().startService()
         self._becoming_ready = Deferred.fromCoroutine(self._become_ready())
         self._becoming_ready.addErrback(
@@ -377,7 +382,7 @@ def build_server(
         datastore = datastore_for_endpoint(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
         )
-    store = ObjectStore(datastore, reactor)
+    store = ObjectStore(datastore, reactor, checks=config.api_checks)
     allocator = ServiceAllocator(datastore, reactor, config.service_cidr, config.node_ports)
     store.allocators[("", services.RESOURCE.plural)] = allocator
     registry = built_in_registry()
@@ -415,6 +420,7 @@ def build_server(
         reviews=authentication_reviews(tokens),
         token_requests=TokenIssuer(keys, reactor, issuer, audiences),
         rbac=rbac,
+        checks=config.api_checks,
     )
     PeriodicJob(
         reactor,

@@ -329,6 +329,12 @@ SERVER_FLAGS: tuple[Flag, ...] = (
     ),
     Flag("cluster-dns", "IPv4 Cluster IP for coredns service", _ip_address, default="10.43.0.10"),
     Flag("cluster-domain", "Cluster Domain", default="cluster.local"),
+    switch(
+        "unchecked-api",
+        "Serve the API without validation, defaulting and authorization, so that any "
+        "authenticated user may store anything: only to measure what they cost, never "
+        "on a cluster in use (k3stw)",
+    ),
     Flag(
         "node-monitor-grace-period",
         "Seconds without a node Lease renewal before the node is "
@@ -386,6 +392,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("db", ("datastore-endpoint", "datastore-cafile", "datastore-certfile", "datastore-keyfile")),
     ("controller", ("node-monitor-grace-period",)),
+    ("experimental", ("unchecked-api",)),
     ("components", ("disable-agent",)),
     (
         "agent/node",

@@ -68,6 +68,7 @@ def server_config(options: Options) -> ServerConfig:
         cluster_cidr=options["cluster-cidr"],
         cluster_dns=options["cluster-dns"],
         service_node_port_range=options["service-node-port-range"],
+        api_checks=not options["unchecked-api"],
         node=None if options["disable-agent"] else options.node_settings(),
         node_monitor_grace_period=options["node-monitor-grace-period"],
         advertise_port=options["advertise-port"],
