@@ -14,7 +14,6 @@ import binascii
 import builtins
 import copy
 import json
-import re
 import secrets
 import uuid
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from k3stw.apiserver.allocation import Allocator, Reservation
 from k3stw.apiserver.kinds import namespaces
+from k3stw.apiserver.objectmeta import metadata_causes
 from k3stw.apiserver.patch import record_update
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import (
@@ -61,11 +61,6 @@ Predicate = Callable[[Object], bool]
 WriteObserver = Callable[[ResourceType, Object, bool], None]
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_NAME_MESSAGE = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
-    "or '.', and must start and end with an alphanumeric character"
-)
 # kube-apiserver's generateName alphabet: no vowels, no look-alikes.
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _MAX_CAS_RETRIES = 16
@@ -347,7 +342,7 @@ class ObjectStore:
                 metadata["name"] = metadata["generateName"] + "".join(
                     secrets.choice(_SUFFIX_ALPHABET) for _ in range(5)
                 )
-            name = self._valid_name(resource, metadata.get("name"))
+            name = str(metadata.get("name") or "")
             metadata["uid"] = str(uuid.uuid4())
             metadata["creationTimestamp"] = self.now()
             for immutable in ("resourceVersion", "deletionTimestamp", "selfLink"):
@@ -356,7 +351,7 @@ class ObjectStore:
                 metadata["generation"] = 1
             strategy.prepare_create(obj, self.now())
             strategy.default(obj)
-            _check(resource, name, strategy.validate(obj))
+            _check(resource, name, metadata_causes(obj, strategy.names) + strategy.validate(obj))
             reservation = await self._reserve(resource, obj, None)
             stored = (
                 record_update(None, obj, manager, now=self.now(), rules=strategy.merge_rules)
@@ -383,21 +378,6 @@ class ObjectStore:
         raise StatusError(
             500, f"could not generate a unique name from {metadata['generateName']!r}"
         )
-
-    def _valid_name(self, resource: ResourceType, name: object) -> str:
-        if not name:
-            raise invalid(
-                resource.kind,
-                "",
-                [("metadata.name", "Required value: name or generateName is required")],
-            )
-        if not isinstance(name, str) or len(name) > 253 or not _NAME.match(name):
-            raise invalid(
-                resource.kind,
-                str(name),
-                [("metadata.name", f'Invalid value: "{name}": {_NAME_MESSAGE}')],
-            )
-        return name
 
     async def _require_active_namespace(self, namespace: str) -> None:
         seen = self._active_namespaces.get(namespace)
@@ -481,8 +461,8 @@ class ObjectStore:
             updated = mutate(copy.deepcopy(current))
             strategy.default(updated)
             _keep_identity(current, updated, resource, marks_deletion)
-            _check(resource, name, strategy.validate(updated))
-            _check(resource, name, strategy.validate_update(updated, current))
+            causes = metadata_causes(updated, None) + strategy.validate(updated)
+            _check(resource, name, causes + strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):
                 return current
             if manager:

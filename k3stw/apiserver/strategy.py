@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from k3stw.apiserver.fields import DEFAULT_FIELD_TABLE, FieldTable
+from k3stw.apiserver.objectmeta import NameRule, dns_subdomain_name
 from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES, RuleTable
 from k3stw.apiserver.tables import DEFAULT_PRINTER, Printer
 from k3stw.machinery.objects import Object, metadata
@@ -60,7 +61,10 @@ class Strategy:
     :ivar default: fills the kind's defaults in, in place, on every write.
     :ivar prepare_create: sets what the server owns on a new object, in place,
         given the time (a CRD's status, a finalizer).
-    :ivar validate: what is wrong with an object about to be stored.
+    :ivar names: what is wrong with a name of this kind (DNS-1123 subdomains
+        unless it says otherwise).
+    :ivar validate: what is wrong with an object about to be stored (its
+        metadata has been checked already).
     :ivar validate_update: what is wrong with an update, given the new and the
         stored object (an immutable field changed).
     :ivar finished_deleting: whether an object marked for deletion may go now.
@@ -78,6 +82,7 @@ class Strategy:
     counts_generation: bool = False
     default: Callable[[Object], None] = _nothing
     prepare_create: Callable[[Object, str], None] = _prepared
+    names: NameRule = dns_subdomain_name
     validate: Callable[[Object], list[Cause]] = _valid
     validate_update: Callable[[Object, Object], list[Cause]] = _valid_update
     finished_deleting: Callable[[Object], bool] = finalizers_done
