@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from k3stw.apiserver.fielderrors import Cause, invalid
 from k3stw.machinery.labels import (
     dns1035_label_errors,
     dns_label_errors,
@@ -22,7 +23,6 @@ from k3stw.machinery.objects import Object
 
 #: A kind's name rule: what is wrong with a name (``prefix``: a ``generateName``).
 NameRule = Callable[[str, bool], list[str]]
-Cause = tuple[str, str]
 
 #: kube-apiserver's limit on the annotations of one object, keys and values together.
 TOTAL_ANNOTATION_SIZE = 256 * 1024
@@ -55,20 +55,6 @@ def path_segment_name(name: str, prefix: bool) -> list[str]:
         errors.append(f"may not be '{name}'")
     errors.extend(f"may not contain '{c}'" for c in "/%" if c in name)
     return errors
-
-
-def go_value(value: Any) -> str:
-    """A value as ``field.Invalid`` prints it: strings quoted, numbers bare."""
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def invalid(path: str, value: Any, detail: str) -> Cause:
-    """A ``field.Invalid`` cause."""
-    return (path, f"Invalid value: {go_value(value)}: {detail}")
 
 
 def name_causes(metadata: Mapping[str, Any], rule: NameRule) -> list[Cause]:

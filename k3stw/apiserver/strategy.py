@@ -14,15 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from k3stw.apiserver.fielderrors import Cause as Cause
 from k3stw.apiserver.fields import DEFAULT_FIELD_TABLE, FieldTable
 from k3stw.apiserver.objectmeta import NameRule, dns_subdomain_name
 from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES, RuleTable
 from k3stw.apiserver.tables import DEFAULT_PRINTER, Printer
 from k3stw.machinery.objects import Object, metadata
-
-#: One validation error: the field path and kube-apiserver's words for what is wrong
-#: (``("spec.replicas", "Invalid value: -1: must be greater than or equal to 0")``).
-Cause = tuple[str, str]
 
 
 def _nothing(obj: Object) -> None:
