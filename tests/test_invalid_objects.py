@@ -737,6 +737,179 @@ INVALID: list[tuple[str, str, dict[str, Any], int, str]] = [
         422,
         "spec.externalName: Required value",
     ),
+    # The catalogue's kinds
+    (
+        "Role rule with an empty verb list",
+        "roles",
+        obj(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            rules=[{"apiGroups": [""], "resources": ["pods"], "verbs": []}],
+        ),
+        422,
+        "rules[0].verbs: Required value: verbs must contain at least one value",
+    ),
+    (
+        "RoleBinding to a kind of role that does not exist",
+        "rolebindings",
+        obj(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Roles", "name": "r"},
+        ),
+        422,
+        'roleRef.kind: Unsupported value: "Roles": supported values: "ClusterRole", "Role"',
+    ),
+    (
+        "ClusterRoleBinding to a Role",
+        "clusterrolebindings",
+        obj(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+        ),
+        422,
+        'roleRef.kind: Unsupported value: "Role": supported values: "ClusterRole"',
+    ),
+    (
+        "ClusterRoleBinding of a service account without its namespace",
+        "clusterrolebindings",
+        obj(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            roleRef={
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "view",
+            },
+            subjects=[{"kind": "ServiceAccount", "name": "bot"}],
+        ),
+        422,
+        "subjects[0].namespace: Required value",
+    ),
+    (
+        "ClusterRole name with a slash",
+        "clusterroles",
+        obj("rbac.authorization.k8s.io/v1", "ClusterRole", "a/b"),
+        422,
+        "metadata.name: Invalid value: \"a/b\": may not contain '/'",
+    ),
+    (
+        "claim without access modes",
+        "persistentvolumeclaims",
+        obj("v1", "PersistentVolumeClaim", spec={"resources": {"requests": {"storage": "1Gi"}}}),
+        422,
+        "spec.accessModes: Required value: at least 1 access mode is required",
+    ),
+    (
+        "claim without a storage request",
+        "persistentvolumeclaims",
+        obj("v1", "PersistentVolumeClaim", spec={"accessModes": ["ReadWriteOnce"]}),
+        422,
+        "spec.resources[storage]: Required value",
+    ),
+    (
+        "claim with an unknown access mode",
+        "persistentvolumeclaims",
+        obj(
+            "v1",
+            "PersistentVolumeClaim",
+            spec={"accessModes": ["ReadWriteAll"], "resources": {"requests": {"storage": "1Gi"}}},
+        ),
+        422,
+        'spec.accessModes: Unsupported value: "ReadWriteAll": supported values: "ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"',
+    ),
+    (
+        "PriorityClass above a user's range",
+        "priorityclasses",
+        obj("scheduling.k8s.io/v1", "PriorityClass", "top", value=2_000_000_000),
+        422,
+        "value: Forbidden: maximum allowed value of a user defined priority is 1000000000",
+    ),
+    (
+        "Ingress Prefix path not absolute",
+        "ingresses",
+        obj(
+            "networking.k8s.io/v1",
+            "Ingress",
+            spec={
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "api",
+                                    "pathType": "Prefix",
+                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
+                                }
+                            ]
+                        }
+                    }
+                ]
+            },
+        ),
+        422,
+        'spec.rules[0].http.paths[0].path: Invalid value: "api": must be an absolute path',
+    ),
+    (
+        "Ingress pathType Regex",
+        "ingresses",
+        obj(
+            "networking.k8s.io/v1",
+            "Ingress",
+            spec={
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "/",
+                                    "pathType": "Regex",
+                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
+                                }
+                            ]
+                        }
+                    }
+                ]
+            },
+        ),
+        422,
+        'spec.rules[0].http.paths[0].pathType: Unsupported value: "Regex": supported values: "Exact", "ImplementationSpecific", "Prefix"',
+    ),
+    (
+        "Ingress host in capitals",
+        "ingresses",
+        obj("networking.k8s.io/v1", "Ingress", spec={"rules": [{"host": "Shop.Example.com"}]}),
+        422,
+        'spec.rules[0].host: Invalid value: "Shop.Example.com": a lowercase RFC 1123 subdomain',
+    ),
+    (
+        "NetworkPolicy type In",
+        "networkpolicies",
+        obj(
+            "networking.k8s.io/v1", "NetworkPolicy", spec={"podSelector": {}, "policyTypes": ["In"]}
+        ),
+        422,
+        'spec.policyTypes[0]: Unsupported value: "In": supported values: "Ingress", "Egress"',
+    ),
+    (
+        "NetworkPolicy port out of range",
+        "networkpolicies",
+        obj(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            spec={"podSelector": {}, "ingress": [{"ports": [{"port": 0}]}]},
+        ),
+        422,
+        "spec.ingress[0].ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+    ),
+    (
+        "PDB with both bounds",
+        "poddisruptionbudgets",
+        obj("policy/v1", "PodDisruptionBudget", spec={"minAvailable": 1, "maxUnavailable": 1}),
+        422,
+        "minAvailable and maxUnavailable cannot be both set",
+    ),
     # ConfigMaps and Secrets
     (
         "ConfigMap key with a slash",
@@ -942,6 +1115,28 @@ class UpdateRuleTests(SynchronousTestCase):
             "spec: Forbidden: pod updates may not change fields other than "
             "`spec.containers[*].image`",
             error.message,
+        )
+
+    def test_role_ref_is_immutable(self) -> None:
+        api = APIHarness(self)
+        ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "a"}
+        api.create(
+            "rolebindings", obj("rbac.authorization.k8s.io/v1", "RoleBinding", "b", roleRef=ref)
+        )
+        changed = api.server.get("rbac.authorization.k8s.io", "rolebindings", "b", "default")
+        changed["roleRef"]["name"] = "other"
+        error = api.refused("rolebindings", changed, verb="update")
+        self.assertIn(
+            'roleRef: Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", '
+            'Kind:"Role", Name:"other"}: cannot change roleRef',
+            error.message,
+        )
+
+    def test_rbac_names_may_have_colons(self) -> None:
+        """RBAC's names are path segments, as the bootstrap roles' (``system:...``) are."""
+        api = APIHarness(self)
+        api.create(
+            "clusterroles", obj("rbac.authorization.k8s.io/v1", "ClusterRole", "system:x", rules=[])
         )
 
     def test_secret_type_is_immutable(self) -> None:

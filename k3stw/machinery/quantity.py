@@ -41,6 +41,23 @@ class Quantity:
         return canonical(self)
 
 
+#: Every well-formed quantity, matched at once (the common case of a check).
+_WELL_FORMED = re.compile(
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]+)?"
+)
+
+
+def quantity_error(given: object) -> str | None:
+    """What kube-apiserver's decoder says of a quantity's JSON value; None if it is one."""
+    if isinstance(given, str) and _WELL_FORMED.fullmatch(given.strip()):
+        return None
+    try:
+        parse_quantity(given)
+    except QuantityError as e:
+        return str(e)
+    return None
+
+
 def parse_quantity(given: object) -> Quantity:
     """
     A quantity from its JSON value (a string, or a number as JSON wrote it).
@@ -56,14 +73,14 @@ def parse_quantity(given: object) -> Quantity:
     if not whole and len(fraction) <= 1:
         raise QuantityError(NUMERIC)
     suffix = text[number.end() :]
-    try:
-        value = Fraction(text[: number.end()] if number.end() else "0")
-    except ValueError:
-        raise QuantityError(NUMERIC) from None
+    numerator = int(whole + fraction[1:] or "0")
+    value = Fraction(-numerator if text[0] == "-" else numerator, 10 ** max(len(fraction) - 1, 0))
     if suffix in _BINARY:
         return Quantity(value * 1024 ** _BINARY[suffix], "binary")
     if suffix in _DECIMAL:
-        return Quantity(value * Fraction(10) ** _DECIMAL[suffix], "decimal")
+        power = _DECIMAL[suffix]
+        scale = 10**power if power >= 0 else Fraction(1, 10**-power)
+        return Quantity(value * scale, "decimal")
     exponent = _EXPONENT.fullmatch(suffix)
     if exponent is None:
         raise QuantityError(SUFFIX)

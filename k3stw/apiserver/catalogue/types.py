@@ -29,8 +29,8 @@ from functools import cache
 from typing import Any, TypeAlias
 
 from k3stw.apiserver.catalogue import Schema, group_version_schemas, reference
-from k3stw.apiserver.catalogue.unknown import MAX_DEPTH
-from k3stw.machinery.quantity import QuantityError, parse_quantity
+from k3stw.apiserver.catalogue.unknown import MAX_DEPTH, compile_once
+from k3stw.machinery.quantity import quantity_error
 from k3stw.machinery.times import parse_datetime
 
 #: Fields the schemas require that kube-apiserver 1.32 accepts missing, or
@@ -90,6 +90,10 @@ _FORMATS: dict[str, tuple[type, ...]] = {
     DATE_TIME: (str,),
 }
 _ACCEPTS = {**_SCALARS, **_FORMATS}
+#: The formats whose strings the decoder parses.
+_PARSED = frozenset({QUANTITY, DATE_TIME})
+#: The exact Python types the JSON decoder gives each type's values (the fast path).
+_EXACT = {name: frozenset(types) for name, types in _ACCEPTS.items()}
 #: The type a format's value of the wrong JSON type is said to need.
 _FORMAT_TYPES = {QUANTITY: "string", DATE_TIME: "string"}
 
@@ -115,6 +119,7 @@ class SchemaErrors:
 @cache
 def _group_version_types(group: str, version: str) -> Mapping[str, Typed]:
     kinds, schemas = group_version_schemas(group, version)
+    compile_once(group, version, kinds, schemas)  # The unknown-field check's, from this parse.
     compiler = _Compiler(schemas)
     return {kind: compiler.definition(name, 0) for kind, name in kinds.items()}
 
@@ -122,7 +127,9 @@ def _group_version_types(group: str, version: str) -> Mapping[str, Typed]:
 def schema_errors(group: str, version: str, kind: str, obj: Mapping[str, Any]) -> SchemaErrors:
     """What the schema of C{kind} finds wrong with C{obj} (nothing for a kind it lacks)."""
     found = SchemaErrors()
-    _check(_group_version_types(group, version).get(kind), obj, "", found, True)
+    typed = _group_version_types(group, version).get(kind)
+    if typed is not None and obj is not None:
+        _check(typed, obj, "", found, True)
     return found
 
 
@@ -150,51 +157,71 @@ def json_type(value: Any) -> str:
     return "object"
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
 def _check(typed: Typed, value: Any, path: str, found: SchemaErrors, required: bool) -> None:
-    if typed is None or value is None:
-        return
-    if isinstance(typed, str):
-        accepted = _ACCEPTS[typed]
-        if not isinstance(value, accepted) or (typed != "boolean" and isinstance(value, bool)):
-            found.wrong_types.append((path, _FORMAT_TYPES.get(typed, typed), value))
-        elif typed in _FORMATS:
-            _check_format(typed, value, path, found)
-        return
-    if isinstance(typed, ListOf):
+    """Check a value that is not null against a type that is not None."""
+    if typed.__class__ is str:
+        _check_scalar(typed, value, path, found)
+    elif typed.__class__ is ListOf:
         if not isinstance(value, list):
             found.wrong_types.append((path, "array", value))
             return
+        item_type = typed.item
+        if item_type is None:
+            return
         for index, item in enumerate(value):
-            _check(typed.item, item, f"{path}[{index}]", found, required)
-        return
-    if not isinstance(value, dict):
+            if item is not None:
+                _check(item_type, item, f"{path}[{index}]", found, required)
+    elif not isinstance(value, dict):
         found.wrong_types.append((path, "object", value))
-        return
-    if isinstance(typed, MapOf):
+    elif typed.__class__ is MapOf:
+        member = typed.value
+        if member is None:
+            return
+        prefix = f"{path}." if path else ""
+        scalar = _EXACT.get(member) if member.__class__ is str and member not in _PARSED else None
         for key, item in value.items():
-            _check(typed.value, item, _join(path, key), found, required)
-        return
+            if item is not None and (scalar is None or item.__class__ not in scalar):
+                _check(member, item, prefix + key, found, required)
+    else:
+        _check_fields(typed, value, path, found, required)  # type: ignore[arg-type]
+
+
+def _check_fields(
+    fields: Fields, value: dict[str, Any], path: str, found: SchemaErrors, required: bool
+) -> None:
+    prefix = f"{path}." if path else ""
     if required:
-        for name, detail in typed.required:
+        for name, detail in fields.required:
             if value.get(name) is None:
-                found.missing.append((_join(path, name), detail))
+                found.missing.append((prefix + name, detail))
     for key, item in value.items():
-        if key in typed:
+        child = fields.get(key)
+        if child is None or item is None:
+            continue
+        if child.__class__ is str:
+            # The common case, inline: a scalar of the right type.
+            if item.__class__ in _EXACT[child] and child not in _PARSED:
+                continue
+            _check_scalar(child, item, prefix + key, found)
+        else:
             # A kind's status is the server's to write: what it requires is not asked of clients.
             asks = required and (bool(path) or key != "status")
-            _check(typed[key], item, _join(path, key), found, asks)
+            _check(child, item, prefix + key, found, asks)
+
+
+def _check_scalar(typed: str, value: Any, path: str, found: SchemaErrors) -> None:
+    accepted = _ACCEPTS[typed]
+    if not isinstance(value, accepted) or (typed != "boolean" and isinstance(value, bool)):
+        found.wrong_types.append((path, _FORMAT_TYPES.get(typed, typed), value))
+    elif typed in _PARSED:
+        _check_format(typed, value, path, found)
 
 
 def _check_format(kind: str, value: Any, path: str, found: SchemaErrors) -> None:
     if kind == QUANTITY:
-        try:
-            parse_quantity(value)
-        except QuantityError as e:
-            found.bad_formats.append((path, str(e)))
+        error = quantity_error(value)
+        if error is not None:
+            found.bad_formats.append((path, error))
     elif kind == DATE_TIME and (not _RFC3339_TEXT.match(value) or parse_datetime(value) is None):
         found.bad_formats.append((path, time_error(value)))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds import (
+    catalogued_validation,
     configmaps,
     crds,
     cronjobs,
@@ -114,7 +115,10 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 categories=tuple(entry["categories"]),
                 subresources=served,
                 verbs=tuple(entry["verbs"]),
-                strategy=Strategy(merge_rules=LazyRules(group, entry["version"], entry["kind"])),
+                strategy=Strategy(
+                    merge_rules=LazyRules(group, entry["version"], entry["kind"]),
+                    **catalogued_validation.RULES.get((group, entry["kind"]), {}),
+                ),
             )
         )
     return found
