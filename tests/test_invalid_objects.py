@@ -12,8 +12,11 @@ from __future__ import annotations
 import copy
 import io
 import json
+import subprocess
 from typing import Any
 
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -26,6 +29,7 @@ from k3stw.apiserver.verbs import Target, Verbs
 from k3stw.machinery.objects import Object
 from k3stw.machinery.quantity import QuantityError, parse_quantity
 from tests.support.apiserver import MemoryServer
+from tests.test_api_clients import ServerTestCase
 from tests.test_catalogue_unknown import _group_version, _manifests
 
 SUBDOMAIN = (
@@ -1198,3 +1202,86 @@ class CheckerTests(SynchronousTestCase):
         self.assertNotEqual(dns1035_label_name("1web", False), [])
         self.assertEqual(path_segment_name("system:node", False), [])
         self.assertEqual(path_segment_name("a/b", False), ["may not contain '/'"])
+
+
+class RealServerTests(ServerTestCase):
+    """A handful of the mistakes through a real server, as kubectl and the Python client show them."""
+
+    def apply(self, manifest: str) -> subprocess.CompletedProcess[str]:
+        result: subprocess.CompletedProcess[str] = self.kubectl(
+            self.root / "k3s.yaml", "apply", "-f", "-", stdin=manifest
+        )
+        return result
+
+    def test_kubectl_apply_prints_kubes_errors(self) -> None:
+        """kubectl apply of each common mistake fails with kube-apiserver's words; nothing is stored."""
+        cases = {
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: neg}\nspec:\n"
+            "  replicas: -1\n  selector: {matchLabels: {app: neg}}\n"
+            "  template:\n    metadata: {labels: {app: neg}}\n"
+            "    spec: {containers: [{name: c, image: nginx}]}\n": 'The Deployment "neg" is invalid: '
+            "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: greedy}\nspec:\n  containers:\n"
+            "  - name: c\n    image: nginx\n    resources:\n"
+            "      requests: {cpu: '2'}\n      limits: {cpu: '1'}\n": 'The Pod "greedy" is invalid: '
+            'spec.containers[0].resources.requests: Invalid value: "2": must be less than or '
+            "equal to cpu limit of 1",
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {name: forever}\nspec:\n  template:\n"
+            "    spec: {containers: [{name: c, image: busybox}]}\n": 'The Job "forever" is '
+            'invalid: spec.template.spec.restartPolicy: Required value: valid values: "OnFailure", '
+            '"Never"',
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n"
+            "  schedule: bad\n  jobTemplate:\n    spec:\n      template:\n"
+            "        spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}\n": (
+                'spec.schedule: Invalid value: "bad": expected exactly 5 fields, found 1: [bad]'
+            ),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: words}\nspec:\n  containers:\n"
+            "  - name: c\n    image: nginx\n    resources: {limits: {cpu: 2 cpus}}\n": (
+                'Pod in version "v1" cannot be handled as a Pod: quantities must match the '
+                "regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+            ),
+        }
+        for manifest, words in cases.items():
+            with self.subTest(words):
+                result = self.apply(manifest)
+                self.assertNotEqual(result.returncode, 0, result.stdout)
+                self.assertIn(words, result.stderr)
+        listed = self.kubectl(
+            self.root / "k3s.yaml", "get", "pods,deploy,jobs,cronjobs", "-o", "name"
+        )
+        self.assertEqual(listed.stdout.strip(), "")
+
+    def test_kubectl_update_of_an_immutable_field(self) -> None:
+        """Changing a pod's ports after creation is Forbidden in kube's words."""
+        pod_yaml = (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: fixed}\nspec:\n"
+            "  containers: [{name: c, image: 'nginx:1.27'}]\n"
+        )
+        self.assertEqual(self.apply(pod_yaml).returncode, 0)
+        changed = pod_yaml.replace(
+            "image: 'nginx:1.27'", "image: 'nginx:1.27', ports: [{containerPort: 80}]"
+        )
+        result = self.apply(changed)
+        self.assertIn(
+            'The Pod "fixed" is invalid: spec: Forbidden: pod updates may not change fields other '
+            "than `spec.containers[*].image`",
+            result.stderr,
+        )
+
+    def test_python_client_sees_the_causes(self) -> None:
+        """The typed client gets a 422 whose Status names each cause's field."""
+        core = client.CoreV1Api(self.api())
+        body = client.V1Service(
+            metadata=client.V1ObjectMeta(name="twoports"),
+            spec=client.V1ServiceSpec(
+                ports=[client.V1ServicePort(port=80), client.V1ServicePort(port=443)]
+            ),
+        )
+        with self.assertRaises(ApiException) as caught:
+            core.create_namespaced_service("default", body)
+        self.assertEqual(caught.exception.status, 422)
+        status = json.loads(caught.exception.body)
+        self.assertEqual(
+            [(c["field"], c["message"]) for c in status["details"]["causes"]],
+            [("spec.ports[0].name", "Required value"), ("spec.ports[1].name", "Required value")],
+        )

@@ -686,7 +686,7 @@ def _keep_identity(
 def _check(resource: ResourceType, name: str, causes: list[Cause]) -> None:
     """Refuse, with kube-apiserver's 422, an object its kind's strategy found fault with."""
     if causes:
-        raise invalid(resource.kind, name, causes)
+        raise invalid(resource.kind, name, causes, resource.group)
 
 
 def _without_version(obj: Object) -> Object:

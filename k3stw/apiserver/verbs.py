@@ -98,7 +98,6 @@ def check_fields(
     found = schema_errors(*kind, obj)
     held = schema_errors(*kind, before) if before is not None and found else SchemaErrors()
     name = str((obj.get("metadata") or {}).get("name") or "")
-    qualified = f"{resource.kind}.{resource.group}" if resource.group else resource.kind
     old = {path for path, _, _ in held.wrong_types}
     wrong = [w for w in found.wrong_types if w[0] not in old][:MAX_REPORTED_FIELDS]
     if wrong:
@@ -109,7 +108,7 @@ def check_fields(
                 f'Invalid value: "{given}": {path} in body must be of type {wanted}: "{given}"'
             )
             causes.append((path, message))
-        raise invalid(qualified, name, causes)
+        raise invalid(resource.kind, name, causes, resource.group)
     cannot = (
         f'{resource.kind} in version "{resource.version}" cannot be handled as a {resource.kind}'
     )
@@ -135,7 +134,7 @@ def check_fields(
             (path, f"Required value: {detail}" if detail else "Required value")
             for path, detail in missing[:MAX_REPORTED_FIELDS]
         ]
-        raise invalid(qualified, name, causes)
+        raise invalid(resource.kind, name, causes, resource.group)
 
 
 def predicate(request: Request, resource: ResourceType) -> Predicate | None:
