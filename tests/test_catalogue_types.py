@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue import types, unknown
 from k3stw.apiserver.catalogue.types import schema_errors, wrong_types
+from tests.test_catalogue_rules import count_fetches
 from tests.test_catalogue_unknown import _REF, _example, _group_version, _manifests
 
 
@@ -134,14 +135,7 @@ class ValueTests(SynchronousTestCase):
 
     def test_one_parse_for_both_checks(self) -> None:
         """The value check and the unknown-field check compile from one parse of a document."""
-        fetched: list[tuple[str, str]] = []
-        fetch = catalogue.slim_document
-
-        def counting(group: str, version: str) -> bytes | None:
-            fetched.append((group, version))
-            return fetch(group, version)
-
-        self.patch(catalogue, "slim_document", counting)
+        fetched = count_fetches(self)
         self.patch(unknown, "_COMPILED", {})
         types._group_version_types.cache_clear()
         self.addCleanup(types._group_version_types.cache_clear)

@@ -90,6 +90,13 @@ def service(**spec: Any) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": body}
 
 
+def ingress_path(**path: Any) -> dict[str, Any]:
+    """An Ingress with one rule of one path (C{path}) to the web service."""
+    backend = {"service": {"name": "web", "port": {"number": 80}}}
+    rule = {"http": {"paths": [{"backend": backend, **path}]}}
+    return obj("networking.k8s.io/v1", "Ingress", spec={"rules": [rule]})
+
+
 def obj(api: str, kind: str, name: str = "x", **fields: Any) -> dict[str, Any]:
     return {"apiVersion": api, "kind": kind, "metadata": {"name": name}, **fields}
 
@@ -311,24 +318,7 @@ INVALID: list[tuple[str, str, dict[str, Any], int, str]] = [
     (
         "Ingress path without pathType",
         "ingresses",
-        obj(
-            "networking.k8s.io/v1",
-            "Ingress",
-            spec={
-                "rules": [
-                    {
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
-                                }
-                            ]
-                        }
-                    }
-                ]
-            },
-        ),
+        ingress_path(path="/"),
         422,
         "spec.rules[0].http.paths[0].pathType: Required value",
     ),
@@ -833,50 +823,14 @@ INVALID: list[tuple[str, str, dict[str, Any], int, str]] = [
     (
         "Ingress Prefix path not absolute",
         "ingresses",
-        obj(
-            "networking.k8s.io/v1",
-            "Ingress",
-            spec={
-                "rules": [
-                    {
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "api",
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
-                                }
-                            ]
-                        }
-                    }
-                ]
-            },
-        ),
+        ingress_path(path="api", pathType="Prefix"),
         422,
         'spec.rules[0].http.paths[0].path: Invalid value: "api": must be an absolute path',
     ),
     (
         "Ingress pathType Regex",
         "ingresses",
-        obj(
-            "networking.k8s.io/v1",
-            "Ingress",
-            spec={
-                "rules": [
-                    {
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "pathType": "Regex",
-                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
-                                }
-                            ]
-                        }
-                    }
-                ]
-            },
-        ),
+        ingress_path(path="/", pathType="Regex"),
         422,
         'spec.rules[0].http.paths[0].pathType: Unsupported value: "Regex": supported values: "Exact", "ImplementationSpecific", "Prefix"',
     ),

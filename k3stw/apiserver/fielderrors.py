@@ -9,7 +9,7 @@ modules share (ports, port names, DNS labels).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from k3stw.machinery.labels import dns_label_errors
@@ -54,6 +54,28 @@ def forbidden(path: str, detail: str) -> Cause:
 
 
 IMMUTABLE = "field is immutable"
+#: The protocols of ports, as kube-apiserver lists them.
+PROTOCOLS = ("SCTP", "TCP", "UDP")
+
+
+def items_at(values: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each object of a list, with its path (``spec.ports[1]``); anything else is skipped."""
+    if isinstance(values, list):
+        for index, value in enumerate(values):
+            if isinstance(value, Mapping):
+                yield f"{path}[{index}]", value
+
+
+def once(path: str, name: Any, seen: set[str]) -> list[Cause]:
+    """A name that must be unique among C{seen} (which it joins)."""
+    if not isinstance(name, str):
+        return []
+    if name in seen:
+        return [duplicate(path, name)]
+    seen.add(name)
+    return []
+
+
 PORT_RANGE = "must be between 1 and 65535, inclusive"
 NEGATIVE = "must be greater than or equal to 0"
 

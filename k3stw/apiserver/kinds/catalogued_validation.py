@@ -13,11 +13,13 @@ from typing import Any
 
 from k3stw.apiserver.fielderrors import (
     IMMUTABLE,
+    PROTOCOLS,
     Cause,
     forbidden,
     go_value,
     int_or_percent_causes,
     invalid,
+    items_at,
     not_supported,
     port_or_name_causes,
     required,
@@ -175,18 +177,12 @@ def _ingress_causes(ingress: Object) -> list[Cause]:
     if not isinstance(spec, Mapping):
         return []
     causes = _backend_causes(spec.get("defaultBackend"), "spec.defaultBackend")
-    for index, rule in enumerate(spec.get("rules") or []):
-        if not isinstance(rule, Mapping):
-            continue
-        at = f"spec.rules[{index}]"
+    for at, rule in items_at(spec.get("rules"), "spec.rules"):
         host = rule.get("host")
         if isinstance(host, str) and host:
             checked = host[2:] if host.startswith("*.") else host
             causes += [invalid(f"{at}.host", host, m) for m in dns_subdomain_errors(checked)]
-        for number, entry in enumerate(get_path(rule, "http", "paths") or []):
-            if not isinstance(entry, Mapping):
-                continue
-            path_at = f"{at}.http.paths[{number}]"
+        for path_at, entry in items_at(get_path(rule, "http", "paths"), f"{at}.http.paths"):
             kind = entry.get("pathType")
             if kind is not None and kind not in PATH_TYPES:
                 causes.append(not_supported(f"{path_at}.pathType", kind, PATH_TYPES))
@@ -201,7 +197,6 @@ def _ingress_causes(ingress: Object) -> list[Cause]:
 
 
 POLICY_TYPES = ("Ingress", "Egress")
-PROTOCOLS = ("SCTP", "TCP", "UDP")
 
 
 def _network_policy_causes(policy: Object) -> list[Cause]:
@@ -214,12 +209,8 @@ def _network_policy_causes(policy: Object) -> list[Cause]:
         if kind not in POLICY_TYPES:
             causes.append(not_supported(f"spec.policyTypes[{index}]", kind, POLICY_TYPES))
     for direction in ("ingress", "egress"):
-        for index, rule in enumerate(spec.get(direction) or []):
-            ports = rule.get("ports") if isinstance(rule, Mapping) else None
-            for number, port in enumerate(ports or []):
-                if not isinstance(port, Mapping):
-                    continue
-                at = f"spec.{direction}[{index}].ports[{number}]"
+        for rule_at, rule in items_at(spec.get(direction), f"spec.{direction}"):
+            for at, port in items_at(rule.get("ports"), f"{rule_at}.ports"):
                 protocol = port.get("protocol")
                 if protocol is not None and protocol not in PROTOCOLS:
                     causes.append(not_supported(f"{at}.protocol", protocol, PROTOCOLS))

@@ -11,11 +11,13 @@ from typing import Any
 from k3stw.apiserver.fielderrors import (
     IMMUTABLE,
     NEGATIVE,
-    duplicate,
+    PROTOCOLS,
     invalid,
+    items_at,
     label_causes,
     not_found,
     not_supported,
+    once,
     port_name_errors,
     port_number_causes,
     required,
@@ -225,7 +227,6 @@ def workload(
 
 #: The restart policies a pod may have, in kube-apiserver's order.
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
-PROTOCOLS = ("SCTP", "TCP", "UDP")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 #: The resources a container may ask for without a domain prefix.
 CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
@@ -235,16 +236,9 @@ def _volume_causes(volumes: Any, path: str) -> tuple[list[Cause], set[str]]:
     """The volumes' names (DNS labels, each once) and sources; and the names declared."""
     causes: list[Cause] = []
     names: set[str] = set()
-    for index, volume in enumerate(volumes if isinstance(volumes, list) else []):
-        if not isinstance(volume, Mapping):
-            continue
-        at = f"{path}[{index}]"
+    for at, volume in items_at(volumes, path):
         name = volume.get("name")
-        causes += label_causes(f"{at}.name", name)
-        if isinstance(name, str) and name in names:
-            causes.append(duplicate(f"{at}.name", name))
-        if isinstance(name, str):
-            names.add(name)
+        causes += label_causes(f"{at}.name", name) + once(f"{at}.name", name, names)
         if not any(key != "name" and value is not None for key, value in volume.items()):
             causes.append(required(at, "must specify a volume type"))
     return causes, names
@@ -253,17 +247,12 @@ def _volume_causes(volumes: Any, path: str) -> tuple[list[Cause], set[str]]:
 def _port_causes(ports: Any, path: str) -> list[Cause]:
     causes: list[Cause] = []
     names: set[str] = set()
-    for index, port in enumerate(ports if isinstance(ports, list) else []):
-        if not isinstance(port, Mapping):
-            continue
-        at = f"{path}[{index}]"
+    for at, port in items_at(ports, path):
         name = port.get("name")
         if isinstance(name, str) and name:
             errors = port_name_errors(name)
             causes += [invalid(f"{at}.name", name, m) for m in errors]
-            if not errors and name in names:
-                causes.append(duplicate(f"{at}.name", name))
-            names.add(name)
+            causes += [] if errors else once(f"{at}.name", name, names)
         number = port.get("containerPort")
         if not number:
             causes.append(required(f"{at}.containerPort"))
@@ -316,29 +305,19 @@ def _container_causes(
     containers: Any, path: str, volumes: set[str], seen: set[str], pod: bool
 ) -> list[Cause]:
     causes: list[Cause] = []
-    for index, container in enumerate(containers if isinstance(containers, list) else []):
-        if not isinstance(container, Mapping):
-            continue
-        at = f"{path}[{index}]"
+    for at, container in items_at(containers, path):
         name = container.get("name")
         if name:  # A missing name is the schema check's (Required value).
             causes += label_causes(f"{at}.name", name)
-        if isinstance(name, str) and name in seen:
-            causes.append(duplicate(f"{at}.name", name))
-        if isinstance(name, str):
-            seen.add(name)
+        causes += once(f"{at}.name", name, seen)
         if pod and not container.get("image"):
             causes.append(required(f"{at}.image"))
         policy = container.get("imagePullPolicy")
         if policy is not None and policy not in PULL_POLICIES:
             causes.append(not_supported(f"{at}.imagePullPolicy", policy, PULL_POLICIES))
         causes += _port_causes(container.get("ports"), f"{at}.ports")
-        mounts = container.get("volumeMounts")
         paths: set[str] = set()
-        for number, mount in enumerate(mounts if isinstance(mounts, list) else []):
-            if not isinstance(mount, Mapping):
-                continue
-            mount_at = f"{at}.volumeMounts[{number}]"
+        for mount_at, mount in items_at(container.get("volumeMounts"), f"{at}.volumeMounts"):
             volume = mount.get("name")
             if isinstance(volume, str) and volume not in volumes:
                 causes.append(not_found(f"{mount_at}.name", volume))

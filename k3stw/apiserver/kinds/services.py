@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.fielderrors import (
+    PROTOCOLS,
     Cause,
-    duplicate,
     invalid,
     label_causes,
     not_supported,
+    once,
     port_number_causes,
     port_or_name_causes,
     required,
@@ -168,7 +169,6 @@ def _default(service: Object) -> None:
 
 
 SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
-PROTOCOLS = ("SCTP", "TCP", "UDP")
 
 
 def validate_service(service: Object) -> list[Cause]:
@@ -193,10 +193,7 @@ def validate_service(service: Object) -> list[Cause]:
         if len(ports) > 1 and not name:
             causes.append(required(f"{at}.name"))
         elif name:
-            causes += label_causes(f"{at}.name", name)
-            if name in names:
-                causes.append(duplicate(f"{at}.name", name))
-            names.add(name)
+            causes += label_causes(f"{at}.name", name) + once(f"{at}.name", name, names)
         causes += port_number_causes(f"{at}.port", port.get("port", 0))
         protocol = port.get("protocol")
         if protocol not in PROTOCOLS:
