@@ -1075,6 +1075,29 @@ class UpdateRuleTests(SynchronousTestCase):
             error.message,
         )
 
+    def test_server_side_apply_asks_required_fields_of_the_whole(self) -> None:
+        """An applied configuration may leave out what the live object holds, not what
+        nobody holds."""
+        api = APIHarness(self)
+        api.create("deployments", workload("Deployment"))
+
+        def apply(name: str, body: Object) -> Any:
+            request = _request(
+                b"PATCH", json.dumps(body).encode(), media="application/apply-patch+yaml"
+            )
+            request.args[b"fieldManager"] = [b"me"]
+            target = api.target("deployments", "apps/v1", name)
+            return api.verbs.serve(request, "patch", target)
+
+        partial = {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"minReadySeconds": 5}}
+        api.server.run(apply("web", {**partial, "metadata": {"name": "web"}}))
+        self.assertEqual(
+            api.server.get("apps", "deployments", "web", "default")["spec"]["minReadySeconds"], 5
+        )
+        error = api.server.fails(apply("new", {**partial, "metadata": {"name": "new"}}))
+        self.assertEqual(error.code, 422)
+        self.assertIn("spec.selector: Required value", error.message)
+
     def test_role_ref_is_immutable(self) -> None:
         api = APIHarness(self)
         ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "a"}

@@ -69,6 +69,7 @@ def check_fields(
     resource: ResourceType,
     obj: Object,
     before: Object | None = None,
+    partial: bool = False,
 ) -> None:
     """
     What kube-apiserver's decoder checks of a body against the kind's schema,
@@ -85,6 +86,8 @@ def check_fields(
 
     :param before: the stored object a patch applies to: what it already
         holds (stored before this server checked) passes.
+    :param partial: C{obj} is part of an object (an applied configuration):
+        its required fields are asked of the whole (L{check_required}).
     """
     mode = param(request, "fieldValidation") or "Warn"
     if mode not in FIELD_VALIDATION:
@@ -127,6 +130,23 @@ def check_fields(
         for warning in strict:
             escaped = warning.replace('"', '\\"')
             request.responseHeaders.addRawHeader(b"warning", f'299 - "{escaped}"'.encode())
+    if not partial:
+        _refuse_missing(resource, name, found, held)
+
+
+def check_required(resource: ResourceType, obj: Object, before: Object | None = None) -> None:
+    """Refuse (422) an object missing a field its schema requires, unless C{before} missed it."""
+    if resource.crd:
+        return
+    kind = (resource.group, resource.version, resource.kind)
+    found = schema_errors(*kind, obj)
+    held = schema_errors(*kind, before) if before is not None and found else SchemaErrors()
+    _refuse_missing(resource, str((obj.get("metadata") or {}).get("name") or ""), found, held)
+
+
+def _refuse_missing(
+    resource: ResourceType, name: str, found: SchemaErrors, held: SchemaErrors
+) -> None:
     old = {path for path, _ in held.missing}
     missing = [(path, detail) for path, detail in found.missing if path not in old]
     if missing:
@@ -345,7 +365,7 @@ class Verbs:
         if resource.has_status and target.subresource != "status":
             # As kube-apiserver: status in an applied configuration is ignored.
             body = {k: v for k, v in body.items() if k != "status"}
-        check_fields(request, resource, body)
+        check_fields(request, resource, body, partial=True)
         force = flag(request, "force")
         sub = target.subresource or ""
         now = self.store.now()
@@ -361,6 +381,7 @@ class Verbs:
                 None, body, manager, force, now=now, subresource=sub, rules=rules
             )
             applied.setdefault("metadata", {})["name"] = name
+            check_required(resource, applied)
             answer(request, 201, await store.create(resource, namespace, applied))
             return
 
@@ -368,6 +389,7 @@ class Verbs:
             applied = patching.apply_server_side(
                 live, body, manager, force, now=now, subresource=sub, rules=rules
             )
+            check_required(resource, applied, before=live)
             return merge_update(resource, live, applied, target.subresource)
 
         answer(request, 200, await store.guaranteed_update(resource, namespace, name, merge))
