@@ -59,6 +59,8 @@ KEY_MESSAGE = (
 
 def key_errors(key: str) -> list[str]:
     """What is wrong with a ConfigMap's or Secret's key (``validation.IsConfigMapKey``)."""
+    if len(key) <= 253 and key[:1] != "." and _KEY.fullmatch(key):
+        return []
     errors = ["must be no more than 253 characters"] if len(key) > 253 else []
     if not _KEY.fullmatch(key):
         errors.append(KEY_MESSAGE)
@@ -78,14 +80,17 @@ def data_causes(obj: Object, fields: tuple[str, str], encoded: str) -> list[Caus
     causes: list[Cause] = []
     total = 0
     first, second = (mapping(obj.get(field)) for field in fields)
-    for field, data, other in ((fields[0], first, second), (fields[1], second, first)):
-        for key, value in data.items():
-            causes += [invalid(f"{field}[{key}]", key, m) for m in key_errors(key)]
-            if field == fields[0] and key in other:
-                detail = f"duplicate of key present in {fields[1]}"
-                causes.append(invalid(f"{field}[{key}]", key, detail))
-            if isinstance(value, str):
-                total += len(value) * 3 // 4 if field == encoded else len(value.encode())
+    for field, data in ((fields[0], first), (fields[1], second)):
+        for key in data:
+            if errors := key_errors(key):
+                causes += [invalid(f"{field}[{key}]", key, m) for m in errors]
+        values = [value for value in data.values() if isinstance(value, str)]
+        # Bytes as stored: base64's decoded, text's UTF-8 (its characters, when ASCII).
+        text = "".join(values)
+        total += len(text) * 3 // 4 if field == encoded else len(text.encode())
+    for key in first.keys() & second.keys():
+        detail = f"duplicate of key present in {fields[1]}"
+        causes.append(invalid(f"{fields[0]}[{key}]", key, detail))
     if total > MAX_SIZE:
         causes.append(("", f"Too long: may not be more than {MAX_SIZE} bytes"))
     return causes

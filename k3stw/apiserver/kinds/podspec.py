@@ -265,10 +265,17 @@ def _port_causes(ports: Any, path: str) -> list[Cause]:
     return causes
 
 
-def _quantities(amounts: Any, path: str, causes: list[Cause]) -> dict[str, Quantity]:
-    """The parsable quantities of a requests or limits map, each a standard resource."""
-    found: dict[str, Quantity] = {}
-    for name, amount in amounts.items() if isinstance(amounts, Mapping) else ():
+def _quantity(amount: Any) -> Quantity | None:
+    try:
+        return parse_quantity(amount)
+    except QuantityError:
+        return None  # The decoder's concern (400), where a client's body has it.
+
+
+def _amount_causes(amounts: Any, path: str) -> list[Cause]:
+    """A requests or limits map: standard resources, none negative."""
+    causes: list[Cause] = []
+    for name, amount in amounts.items() if isinstance(amounts, dict) else ():
         at = f"{path}[{name}]"
         if (
             "/" not in name
@@ -276,26 +283,25 @@ def _quantities(amounts: Any, path: str, causes: list[Cause]) -> dict[str, Quant
             and not name.startswith("hugepages-")
         ):
             causes.append(invalid(at, name, "must be a standard resource for containers"))
-        try:
-            quantity = parse_quantity(amount)
-        except QuantityError:
-            continue  # The decoder's concern (400), where a client's body has it.
-        if quantity.value < 0:
+        negative = amount < 0 if isinstance(amount, int | float) else str(amount)[:1] == "-"
+        quantity = _quantity(amount) if negative else None
+        if quantity is not None and quantity.value < 0:
             causes.append(invalid(at, str(quantity), NEGATIVE))
-        found[name] = quantity
-    return found
+    return causes
 
 
 def _resource_causes(resources: Any, path: str) -> list[Cause]:
     """Requests and limits: standard names, not negative, each request within its limit."""
-    if not isinstance(resources, Mapping):
+    if not isinstance(resources, dict):
         return []
-    causes: list[Cause] = []
-    limits = _quantities(resources.get("limits"), f"{path}.limits", causes)
-    requests = _quantities(resources.get("requests"), f"{path}.requests", causes)
-    for name, request in requests.items():
-        limit = limits.get(name)
-        if limit is not None and request.value > limit.value:
+    limits, requests = resources.get("limits"), resources.get("requests")
+    causes = _amount_causes(limits, f"{path}.limits")
+    causes += _amount_causes(requests, f"{path}.requests")
+    if not isinstance(limits, dict) or not isinstance(requests, dict):
+        return causes
+    for name in [name for name in requests if name in limits]:
+        request, limit = _quantity(requests[name]), _quantity(limits[name])
+        if request is not None and limit is not None and request.value > limit.value:
             detail = f"must be less than or equal to {name} limit of {limit}"
             causes.append(invalid(f"{path}.requests", str(request), detail))
     return causes
