@@ -1262,3 +1262,37 @@ class RealServerTests(ServerTestCase):
             [(c["field"], c["message"]) for c in status["details"]["causes"]],
             [("spec.ports[0].name", "Required value"), ("spec.ports[1].name", "Required value")],
         )
+
+
+class RatchetTests(SynchronousTestCase):
+    def test_an_object_stored_before_a_rule_can_still_be_updated(self) -> None:
+        """A Job stored without a restart policy (before the rule) still takes status
+        writes and label changes; a new problem is refused."""
+        server = MemoryServer(self)
+        jobs = server.resource("batch", "jobs")
+        stored = job(pod_spec())
+        stored["metadata"]["namespace"] = "default"
+        jobs.strategy.default(stored)  # as its create did
+        server.run(
+            server.datastore.create(
+                jobs.storage_key("default", "once"), json.dumps(stored).encode()
+            )
+        )
+
+        def relabel(current: Object) -> Object:
+            current["metadata"]["labels"] = {"team": "a"}
+            return current
+
+        updated = server.run(server.store.guaranteed_update(jobs, "default", "once", relabel))
+        self.assertEqual(updated["metadata"]["labels"], {"team": "a"})
+
+        def break_more(current: Object) -> Object:
+            current["spec"]["backoffLimit"] = -1
+            return current
+
+        error = server.fails(server.store.guaranteed_update(jobs, "default", "once", break_more))
+        self.assertEqual(
+            error.message,
+            'Job.batch "once" is invalid: spec.backoffLimit: Invalid value: -1: must be greater '
+            "than or equal to 0",
+        )

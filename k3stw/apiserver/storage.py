@@ -462,6 +462,11 @@ class ObjectStore:
             strategy.default(updated)
             _keep_identity(current, updated, resource, marks_deletion)
             causes = metadata_causes(updated, None) + strategy.validate(updated)
+            if causes:
+                # What the stored object already had (stored before these rules) may stay,
+                # so that its controllers' writes go on: an update is held to what it adds.
+                held = metadata_causes(current, None) + strategy.validate(current)
+                causes = [cause for cause in causes if cause not in held]
             _check(resource, name, causes + strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):
                 return current
