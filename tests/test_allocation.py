@@ -95,7 +95,13 @@ class AllocationTests(SynchronousTestCase):
         self.assertEqual(self.keys(IPS_PREFIX), set())
 
     def test_node_ports_from_the_range_once_each(self) -> None:
-        created = self.create(service("np", type="NodePort", ports=[{"port": 80}, {"port": 443}]))
+        created = self.create(
+            service(
+                "np",
+                type="NodePort",
+                ports=[{"name": "http", "port": 80}, {"name": "https", "port": 443}],
+            )
+        )
         ports = [p["nodePort"] for p in created["spec"]["ports"]]
         self.assertEqual(len(set(ports)), 2)
         self.assertTrue(all(30000 <= p <= 32767 for p in ports), ports)
@@ -141,7 +147,8 @@ class AllocationTests(SynchronousTestCase):
             self.server.store.guaranteed_update(services.RESOURCE, "default", "svc", move)
         )
         self.assertIn(
-            'spec.clusterIP: Invalid value: "10.43.0.99": field is immutable', error.message
+            'spec.clusterIPs[0]: Invalid value: []string{"10.43.0.99"}: may not change once set',
+            error.message,
         )
 
     def test_deleting_gives_back_and_a_failed_create_takes_nothing(self) -> None:

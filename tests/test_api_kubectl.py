@@ -649,7 +649,7 @@ value: 1000
         refused = self.kubectl_raw("apply", "-f", "-", stdin=manifest)
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn(
-            'Deployment.apps "typo" is invalid: spec.replicas: Invalid value: "string": '
+            'The Deployment "typo" is invalid: spec.replicas: Invalid value: "string": '
             'spec.replicas in body must be of type integer: "string"',
             refused.stderr,
         )

@@ -166,19 +166,25 @@ class DerivedTableTests(SynchronousTestCase):
 
     def test_one_document_per_call(self) -> None:
         """Building a table fetches (and so parses) its group-version document once."""
-        fetched: list[tuple[str, str]] = []
-        fetch = catalogue.slim_document
-
-        def counting(group: str, version: str) -> bytes | None:
-            fetched.append((group, version))
-            return fetch(group, version)
-
-        self.patch(catalogue, "slim_document", counting)
+        fetched = count_fetches(self)
         merge_rules.cache_clear()
         self.addCleanup(merge_rules.cache_clear)
         merge_rules("apps", "v1", "Deployment")
         merge_rules("batch", "v1", "CronJob")
         self.assertEqual(fetched, [("apps", "v1"), ("batch", "v1")])
+
+
+def count_fetches(case: SynchronousTestCase) -> list[tuple[str, str]]:
+    """The group versions whose slim documents are fetched from now on, in order."""
+    fetched: list[tuple[str, str]] = []
+    fetch = catalogue.slim_document
+
+    def counting(group: str, version: str) -> bytes | None:
+        fetched.append((group, version))
+        return fetch(group, version)
+
+    case.patch(catalogue, "slim_document", counting)
+    return fetched
 
 
 class RecursionTests(SynchronousTestCase):

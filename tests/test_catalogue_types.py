@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver import catalogue
-from k3stw.apiserver.catalogue.types import wrong_types
+from k3stw.apiserver.catalogue import types, unknown
+from k3stw.apiserver.catalogue.types import schema_errors, wrong_types
+from tests.test_catalogue_rules import count_fetches
 from tests.test_catalogue_unknown import _REF, _example, _group_version, _manifests
 
 
@@ -63,3 +66,79 @@ class WrongTypeTests(SynchronousTestCase):
         }
         self.assertEqual(wrong_types("", "v1", "Pod", pod), [])
         self.assertEqual(wrong_types("example.com", "v1", "Widget", {"spec": 1}), [])
+
+
+class ValueTests(SynchronousTestCase):
+    """Required fields, quantities and times, by the 1.32 schemas."""
+
+    def test_required_strings_and_lists(self) -> None:
+        pod = {"spec": {"containers": [{"image": "x", "env": [{"value": "1"}]}]}}
+        self.assertEqual(
+            schema_errors("", "v1", "Pod", pod).missing,
+            [("spec.containers[0].name", ""), ("spec.containers[0].env[0].name", "")],
+        )
+        self.assertEqual(
+            schema_errors("", "v1", "Pod", {"spec": {}}).missing, [("spec.containers", "")]
+        )
+        role = {"rules": [{"resources": ["pods"]}]}
+        self.assertEqual(
+            schema_errors("rbac.authorization.k8s.io", "v1", "Role", role).missing,
+            [("rules[0].verbs", "verbs must contain at least one value")],
+        )
+
+    def test_not_asked(self) -> None:
+        """Numbers, structs, what kube accepts missing, and a kind's status are not required."""
+        service = {"spec": {"ports": [{"name": "x"}]}}  # port: a number kube words otherwise
+        self.assertEqual(schema_errors("", "v1", "Service", service).missing, [])
+        statefulset: dict[str, Any] = {
+            "spec": {"selector": {}, "template": {"spec": {"containers": []}}}
+        }
+        self.assertEqual(schema_errors("apps", "v1", "StatefulSet", statefulset).missing, [])
+        status = {"spec": {"containers": [{"name": "c"}]}, "status": {"conditions": [{}]}}
+        self.assertEqual(schema_errors("", "v1", "Pod", status).missing, [])
+
+    def test_formats(self) -> None:
+        pod = {
+            "spec": {
+                "containers": [
+                    {"name": "c", "resources": {"limits": {"cpu": "2 cpus", "memory": "1Gi"}}}
+                ]
+            }
+        }
+        self.assertEqual(
+            schema_errors("", "v1", "Pod", pod).bad_formats,
+            [
+                (
+                    "spec.containers[0].resources.limits.cpu",
+                    "quantities must match the regular expression "
+                    "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+                )
+            ],
+        )
+        job = {"spec": {"template": {"spec": {"containers": []}}}, "status": {"startTime": "noon"}}
+        self.assertEqual(
+            schema_errors("batch", "v1", "Job", job).bad_formats,
+            [
+                (
+                    "status.startTime",
+                    'parsing time "noon" as "2006-01-02T15:04:05Z07:00": cannot parse "noon" '
+                    'as "2006"',
+                )
+            ],
+        )
+        self.assertEqual(
+            schema_errors(
+                "", "v1", "Service", {"spec": {"ports": [{"targetPort": [1]}]}}
+            ).wrong_types,
+            [("spec.ports[0].targetPort", "integer,string", [1])],
+        )
+
+    def test_one_parse_for_both_checks(self) -> None:
+        """The value check and the unknown-field check compile from one parse of a document."""
+        fetched = count_fetches(self)
+        self.patch(unknown, "_COMPILED", {})
+        types._group_version_types.cache_clear()
+        self.addCleanup(types._group_version_types.cache_clear)
+        schema_errors("apps", "v1", "Deployment", {})
+        unknown.unknown_fields("apps", "v1", "Deployment", {})
+        self.assertEqual(fetched, [("apps", "v1")])

@@ -2013,6 +2013,10 @@ def _example(schemas: Mapping[str, Any], schema: Mapping[str, Any], depth: int) 
         }
     if isinstance(schema.get("additionalProperties"), Mapping):
         return {"some.key/x": _example(schemas, schema["additionalProperties"], depth)}
+    if "oneOf" in schema:
+        return "1"  # int-or-string, quantity
+    if schema.get("format") == "date-time":
+        return "2024-01-01T00:00:00Z"
     if schema.get("type") == "object" or not schema.get("type"):
         return {"free": {"form": [1]}}
     return {"string": "s", "integer": 1, "number": 1.5, "boolean": True}.get(schema["type"], "x")

@@ -425,7 +425,10 @@ CASES: list[tuple[str, str, str, str | None, Object, Object]] = [
             "spec": {
                 "clusterIP": "10.43.0.50",
                 "selector": {"app": "a"},
-                "ports": [{"port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+                "ports": [
+                    {"name": "http", "port": 80},
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                ],
             },
         },
         {
@@ -439,7 +442,7 @@ CASES: list[tuple[str, str, str, str | None, Object, Object]] = [
                 "ipFamilies": ["IPv4"],
                 "ipFamilyPolicy": "SingleStack",
                 "ports": [
-                    {"port": 80, "protocol": "TCP", "targetPort": 80},
+                    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 80},
                     {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                 ],
                 "selector": {"app": "a"},

@@ -141,7 +141,12 @@ class ServiceAllocator:
                 raise invalid(
                     "Service",
                     name_of(new),
-                    [("spec.clusterIP", f'Invalid value: "{given}": field is immutable')],
+                    [
+                        (
+                            "spec.clusterIPs[0]",
+                            f'Invalid value: []string{{"{given}"}}: may not change once set',
+                        )
+                    ],
                 )
             ip = held
         elif given == "None":

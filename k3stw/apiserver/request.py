@@ -118,18 +118,53 @@ YAML_VALUES_PER_BYTE = 4
 YAML_VALUES_FLOOR = 10_000
 
 
-def decode_json(raw: bytes) -> Any:
+def decode_json(raw: bytes, duplicates: list[str] | None = None) -> Any:
     """
-    A JSON body, bounded in depth.
+    A JSON body, bounded in depth; the last of a field named twice wins.
 
+    :param duplicates: if given, gets the path of each field an object names
+        twice (``spec.replicas``), as kube-apiserver's strict decoder names them.
     :raises ValueError: not JSON, or nested deeper than L{MAX_DEPTH}.
     """
+    repeated: list[tuple[dict[str, Any], list[str]]] = []
+
+    def pairs(members: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(members)
+        if len(obj) != len(members):
+            seen: set[str] = set()
+            twice = []
+            for key, _ in members:
+                if key in seen:
+                    twice.append(key)
+                seen.add(key)
+            repeated.append((obj, twice))
+        return obj
+
     try:
-        document = json.loads(raw)
+        document = (
+            json.loads(raw) if duplicates is None else json.loads(raw, object_pairs_hook=pairs)
+        )
     except RecursionError:
         raise ValueError(f"exceeded max depth of {MAX_DEPTH}") from None
     _check_shape(document, None)
+    if repeated and duplicates is not None:
+        duplicates.extend(_duplicate_paths(document, dict((id(o), keys) for o, keys in repeated)))
     return document
+
+
+def _duplicate_paths(document: Any, repeated: dict[int, list[str]]) -> list[str]:
+    """The paths of the C{repeated} keys of each object (by id) within C{document}."""
+    found: list[str] = []
+    pending: list[tuple[Any, str]] = [(document, "")]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, dict):
+            prefix = f"{path}." if path else ""
+            found.extend(f"{prefix}{key}" for key in repeated.get(id(value), ()))
+            pending.extend((v, prefix + k) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+    return found
 
 
 def yaml_document(raw: bytes) -> Any:
@@ -186,6 +221,15 @@ def _check_shape(document: Any, max_values: int | None) -> bool:
     return shared
 
 
+def request_duplicates(request: Request) -> list[str]:
+    """The paths of the fields the request's body names twice (filled in as it is decoded)."""
+    found: list[str] | None = getattr(request, "duplicate_fields", None)
+    if found is None:
+        found = []
+        request.duplicate_fields = found  # type: ignore[attr-defined]
+    return found
+
+
 def object_body(request: Request) -> Object:
     """The object a create or update sends (JSON, YAML, or a supported protobuf)."""
     media = media_type(request)
@@ -194,8 +238,9 @@ def object_body(request: Request) -> Object:
     if media not in JSON_TYPES and media not in PATCH_TYPES and media != YAML:
         raise StatusError(415, f"{_UNKNOWN_FORMAT}application/json, application/yaml")
     raw = raw_body(request)
+    duplicates = request_duplicates(request)
     try:
-        document = decode_json(raw) if media != YAML else yaml_document(raw)
+        document = decode_json(raw, duplicates) if media != YAML else yaml_document(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"the body of the request could not be decoded: {e}") from None
     if not isinstance(document, dict):
@@ -219,8 +264,9 @@ def patch_body(request: Request) -> tuple[str, Any]:
     if media not in PATCH_TYPES:
         raise StatusError(415, _UNKNOWN_FORMAT + ", ".join(PATCH_TYPES))
     raw = raw_body(request)
+    duplicates = request_duplicates(request) if media != PATCH_TYPES[0] else None
     try:
-        body = decode_json(raw) if media != APPLY_PATCH else yaml_document(raw)
+        body = decode_json(raw, duplicates) if media != APPLY_PATCH else yaml_document(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"error decoding patch: {e}") from None
     if body is None and media != APPLY_PATCH:

@@ -132,15 +132,21 @@ NAMESPACE_MISMATCH = (
 )
 
 
-def invalid(kind: str, name: str, causes: list[tuple[str, str]]) -> StatusError:
-    """A 422 listing each C{(field, message)}, as kube-apiserver's validation does."""
+def invalid(kind: str, name: str, causes: list[tuple[str, str]], group: str = "") -> StatusError:
+    """
+    A 422 listing each C{(field, message)}, as kube-apiserver's validation
+    does (``Deployment.apps "web" is invalid: ...``; kubectl prints the kind).
+    """
     text = "; ".join(f"{field}: {message}" for field, message in causes)
+    qualified = f"{kind}.{group}" if group else kind
+    details: dict[str, Any] = {"name": name, "kind": kind}
+    if group:
+        details["group"] = group
     return StatusError(
         422,
-        f'{kind} "{name}" is invalid: {text}',
+        f'{qualified} "{name}" is invalid: {text}',
         {
-            "name": name,
-            "kind": kind,
+            **details,
             "causes": [
                 {"reason": "FieldValueInvalid", "message": message, "field": field}
                 for field, message in causes

@@ -14,7 +14,6 @@ import binascii
 import builtins
 import copy
 import json
-import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from k3stw.apiserver.allocation import Allocator, Reservation
 from k3stw.apiserver.kinds import namespaces
+from k3stw.apiserver.objectmeta import metadata_causes
 from k3stw.apiserver.patch import record_update
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import (
@@ -65,11 +65,6 @@ WriteObserver = Callable[[ResourceType, Object, bool], None]
 Admit = Callable[[Object, Object | None], None]
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_NAME_MESSAGE = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
-    "or '.', and must start and end with an alphanumeric character"
-)
 _MAX_CAS_RETRIES = 16
 NAMESPACE_CHECK_SECONDS = 1.0
 #: Events are shared between watchers only while one delivery fans out, so a few suffice;
@@ -385,7 +380,7 @@ class ObjectStore:
         for _ in range(8 if generated else 1):
             if generated:
                 metadata["name"] = metadata["generateName"] + generated_suffix()
-            name = self._valid_name(resource, metadata.get("name"))
+            name = str(metadata.get("name") or "")
             metadata["uid"] = str(uuid.uuid4())
             metadata["creationTimestamp"] = self.now()
             for immutable in ("resourceVersion", "deletionTimestamp", "selfLink"):
@@ -397,7 +392,11 @@ class ObjectStore:
                 strategy.default(obj)
                 if admit is not None:
                     admit(obj, None)
-                _check(resource, name, strategy.validate(obj))
+                causes = metadata_causes(obj, strategy.names) + strategy.validate(obj)
+                _check(resource, name, causes)
+            elif not name:
+                # Unchecked, an object still needs a name: it is the object's key.
+                _check(resource, name, [("metadata.name", "Required value")])
             reservation = await self._reserve(resource, obj, None)
             stored = (
                 record_update(None, obj, manager, now=self.now(), rules=strategy.merge_rules)
@@ -424,29 +423,6 @@ class ObjectStore:
         raise StatusError(
             500, f"could not generate a unique name from {metadata['generateName']!r}"
         )
-
-    def _valid_name(self, resource: ResourceType, name: object) -> str:
-        if not name:
-            raise invalid(
-                resource.kind,
-                "",
-                [("metadata.name", "Required value: name or generateName is required")],
-            )
-        name_errors = resource.strategy.name_errors
-        if isinstance(name, str) and name_errors is not None:
-            errors = name_errors(name)
-        elif not isinstance(name, str) or len(name) > 253 or not _NAME.match(name):
-            errors = [_NAME_MESSAGE]
-        else:
-            errors = []
-        if errors:
-            raise invalid(
-                resource.kind,
-                str(name),
-                [("metadata.name", f'Invalid value: "{name}": {error}') for error in errors],
-            )
-        assert isinstance(name, str)
-        return name
 
     async def _require_active_namespace(self, namespace: str) -> None:
         seen = self._active_namespaces.get(namespace)
@@ -549,8 +525,14 @@ class ObjectStore:
             if self.checks:
                 if admit is not None:
                     admit(updated, current)
-                _check(resource, name, strategy.validate(updated))
-                _check(resource, name, strategy.validate_update(updated, current))
+                causes = metadata_causes(updated, None) + strategy.validate(updated)
+                if causes:
+                    # What the stored object already had (stored before these rules) may
+                    # stay, so that its controllers' writes go on: an update is held to
+                    # what it adds.
+                    held = metadata_causes(current, None) + strategy.validate(current)
+                    causes = [cause for cause in causes if cause not in held]
+                _check(resource, name, causes + strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):
                 return current
             if manager:
@@ -811,7 +793,7 @@ def _keep_identity(
 def _check(resource: ResourceType, name: str, causes: list[Cause]) -> None:
     """Refuse, with kube-apiserver's 422, an object its kind's strategy found fault with."""
     if causes:
-        raise invalid(resource.kind, name, causes)
+        raise invalid(resource.kind, name, causes, resource.group)
 
 
 def _without_version(obj: Object) -> Object:

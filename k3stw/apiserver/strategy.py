@@ -15,14 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from k3stw.apiserver.fielderrors import Cause as Cause
 from k3stw.apiserver.fields import DEFAULT_FIELD_TABLE, FieldTable
+from k3stw.apiserver.objectmeta import NameRule, dns_subdomain_name
 from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES, RuleTable
 from k3stw.apiserver.tables import DEFAULT_PRINTER, Printer
 from k3stw.machinery.objects import Object, metadata
-
-#: One validation error: the field path and kube-apiserver's words for what is wrong
-#: (``("spec.replicas", "Invalid value: -1: must be greater than or equal to 0")``).
-Cause = tuple[str, str]
 
 
 def no_defaults(obj: Object) -> None:
@@ -62,7 +60,10 @@ class Strategy:
     :ivar default: fills the kind's defaults in, in place, on every write.
     :ivar prepare_create: sets what the server owns on a new object, in place,
         given the time (a CRD's status, a finalizer).
-    :ivar validate: what is wrong with an object about to be stored.
+    :ivar names: what is wrong with a name of this kind (DNS-1123 subdomains
+        unless it says otherwise).
+    :ivar validate: what is wrong with an object about to be stored (its
+        metadata has been checked already).
     :ivar validate_update: what is wrong with an update, given the new and the
         stored object (an immutable field changed).
     :ivar finished_deleting: whether an object marked for deletion may go now.
@@ -76,8 +77,6 @@ class Strategy:
     :ivar unknown_fields: the paths of the fields an object names that its
         kind does not declare (a custom resource's; the catalogue answers for
         built-in kinds).
-    :ivar name_errors: what is wrong with a name, for a kind whose names are
-        not DNS subdomains (RBAC's path segment names); None: a DNS subdomain.
     """
 
     printer: Printer = DEFAULT_PRINTER
@@ -87,6 +86,7 @@ class Strategy:
     counts_generation: bool = False
     default: Callable[[Object], None] = no_defaults
     prepare_create: Callable[[Object, str], None] = _prepared
+    names: NameRule = dns_subdomain_name
     validate: Callable[[Object], list[Cause]] = _valid
     validate_update: Callable[[Object, Object], list[Cause]] = _valid_update
     finished_deleting: Callable[[Object], bool] = finalizers_done
@@ -94,7 +94,6 @@ class Strategy:
     returns_deleted_object: bool = False
     schema: Mapping[str, Any] | None = None
     unknown_fields: Callable[[Object], list[str]] | None = None
-    name_errors: Callable[[str], list[str]] | None = None
 
 
 #: A built-in kind with nothing special about it (Endpoints, Lease, ...).

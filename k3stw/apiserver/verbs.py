@@ -19,7 +19,7 @@ from twisted.web.server import Request
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver import tables
 from k3stw.apiserver.binding import bind
-from k3stw.apiserver.catalogue.types import json_type, wrong_types
+from k3stw.apiserver.catalogue.types import SchemaErrors, json_type, schema_errors
 from k3stw.apiserver.catalogue.unknown import unknown_fields
 from k3stw.apiserver.dryrun import DryRunDatastore
 from k3stw.apiserver.eviction import evict
@@ -37,6 +37,7 @@ from k3stw.apiserver.request import (
     object_body,
     param,
     patch_body,
+    request_duplicates,
     wants_table,
 )
 from k3stw.apiserver.scale import patched_scale, scale_of, write_scale
@@ -65,19 +66,29 @@ MAX_REPORTED_FIELDS = 100
 
 
 def check_fields(
-    request: Request, resource: ResourceType, obj: Object, before: Object | None = None
+    request: Request,
+    resource: ResourceType,
+    obj: Object,
+    before: Object | None = None,
+    partial: bool = False,
 ) -> None:
     """
-    What kube-apiserver's decoder checks of a body against the kind's schema:
+    What kube-apiserver's decoder checks of a body against the kind's schema,
+    in its order:
 
-    - a value of the wrong JSON type refuses the request (422), whatever
+    - a value of the wrong JSON type refuses the request (422), and one the
+      decoder cannot parse (a quantity, a time) too (400), whatever
       ``fieldValidation`` says;
-    - fields the schema does not declare are dropped, with a warning
+    - fields the schema does not declare are dropped, and fields the body
+      names twice keep their last value, with a warning
       (``fieldValidation=Warn``, the default), silently (``Ignore``), or
-      refuse the request (``Strict``).
+      refuse the request (``Strict``);
+    - a field the schema requires is missing (422).
 
     :param before: the stored object a patch applies to: what it already
         holds (stored before this server checked) passes.
+    :param partial: C{obj} is part of an object (an applied configuration):
+        its required fields are asked of the whole (L{check_required}).
     """
     mode = param(request, "fieldValidation") or "Warn"
     if mode not in FIELD_VALIDATION:
@@ -88,11 +99,12 @@ def check_fields(
     if resource.crd:
         return
     kind = (resource.group, resource.version, resource.kind)
-    held = set() if before is None else {path for path, _, _ in wrong_types(*kind, before)}
-    wrong = [w for w in wrong_types(*kind, obj) if w[0] not in held][:MAX_REPORTED_FIELDS]
+    found = schema_errors(*kind, obj)
+    held = schema_errors(*kind, before) if before is not None and found else SchemaErrors()
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    old = {path for path, _, _ in held.wrong_types}
+    wrong = [w for w in found.wrong_types if w[0] not in old][:MAX_REPORTED_FIELDS]
     if wrong:
-        name = (obj.get("metadata") or {}).get("name") or ""
-        qualified = f"{resource.kind}.{resource.group}" if resource.group else resource.kind
         causes = []
         for path, wanted, value in wrong:
             given = json_type(value)
@@ -100,21 +112,50 @@ def check_fields(
                 f'Invalid value: "{given}": {path} in body must be of type {wanted}: "{given}"'
             )
             causes.append((path, message))
-        raise invalid(qualified, str(name), causes)
-    held = set() if before is None else set(unknown_fields(*kind, before))
-    found = unknown_fields(*kind, obj, prune=True)
-    new = [path for path in found if path not in held][:MAX_REPORTED_FIELDS]
-    if not new or mode == "Ignore":
+        raise invalid(resource.kind, name, causes, resource.group)
+    cannot = (
+        f'{resource.kind} in version "{resource.version}" cannot be handled as a {resource.kind}'
+    )
+    old = {path for path, _ in held.bad_formats}
+    for path, message in found.bad_formats:
+        if path not in old:
+            raise bad_request(f"{cannot}: {message}")
+    held_fields = set() if before is None else set(unknown_fields(*kind, before))
+    unknown = unknown_fields(*kind, obj, prune=True)
+    strict = [f'unknown field "{path}"' for path in unknown if path not in held_fields]
+    strict = [f'duplicate field "{path}"' for path in request_duplicates(request)] + strict
+    strict = strict[:MAX_REPORTED_FIELDS]
+    if strict and mode == "Strict":
+        raise bad_request(f"{cannot}: strict decoding error: {', '.join(strict)}")
+    if strict and mode == "Warn":
+        for warning in strict:
+            escaped = warning.replace('"', '\\"')
+            request.responseHeaders.addRawHeader(b"warning", f'299 - "{escaped}"'.encode())
+    if not partial:
+        _refuse_missing(resource, name, found, held)
+
+
+def check_required(resource: ResourceType, obj: Object, before: Object | None = None) -> None:
+    """Refuse (422) an object missing a field its schema requires, unless C{before} missed it."""
+    if resource.crd:
         return
-    if mode == "Strict":
-        listed = ", ".join(f'unknown field "{path}"' for path in new)
-        raise bad_request(
-            f'{resource.kind} in version "{resource.version}" cannot be handled as a '
-            f"{resource.kind}: strict decoding error: {listed}"
-        )
-    for path in new:
-        warning = 'unknown field \\"' + path + '\\"'
-        request.responseHeaders.addRawHeader(b"warning", f'299 - "{warning}"'.encode())
+    kind = (resource.group, resource.version, resource.kind)
+    found = schema_errors(*kind, obj)
+    held = schema_errors(*kind, before) if before is not None and found else SchemaErrors()
+    _refuse_missing(resource, str((obj.get("metadata") or {}).get("name") or ""), found, held)
+
+
+def _refuse_missing(
+    resource: ResourceType, name: str, found: SchemaErrors, held: SchemaErrors
+) -> None:
+    old = {path for path, _ in held.missing}
+    missing = [(path, detail) for path, detail in found.missing if path not in old]
+    if missing:
+        causes = [
+            (path, f"Required value: {detail}" if detail else "Required value")
+            for path, detail in missing[:MAX_REPORTED_FIELDS]
+        ]
+        raise invalid(resource.kind, name, causes, resource.group)
 
 
 def predicate(request: Request, resource: ResourceType) -> Predicate | None:
@@ -370,7 +411,7 @@ class Verbs:
         if resource.has_status and target.subresource != "status":
             # As kube-apiserver: status in an applied configuration is ignored.
             body = {k: v for k, v in body.items() if k != "status"}
-        check_fields(request, resource, body)
+        check_fields(request, resource, body, partial=True)
         force = flag(request, "force")
         sub = target.subresource or ""
         now = self.store.now()
@@ -386,6 +427,7 @@ class Verbs:
                 None, body, manager, force, now=now, subresource=sub, rules=rules
             )
             applied.setdefault("metadata", {})["name"] = name
+            check_required(resource, applied)
             answer(request, 201, await store.create(resource, namespace, applied, admit=admit))
             return
 
@@ -393,6 +435,7 @@ class Verbs:
             applied = patching.apply_server_side(
                 live, body, manager, force, now=now, subresource=sub, rules=rules
             )
+            check_required(resource, applied, before=live)
             return merge_update(resource, live, applied, target.subresource)
 
         updated = await store.guaranteed_update(resource, namespace, name, merge, admit=admit)

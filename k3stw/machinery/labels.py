@@ -124,6 +124,43 @@ def label_value_errors(value: str) -> list[str]:
     return errors
 
 
+_DNS1123_LABEL_MSG = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+    "and must start and end with an alphanumeric character"
+)
+_DNS1035_LABEL_FMT = "[a-z]([-a-z0-9]*[a-z0-9])?"
+_DNS1035_LABEL_MSG = (
+    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
+    "an alphabetic character, and end with an alphanumeric character"
+)
+_DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL_FMT)
+_DNS1035_LABEL_RE = re.compile(_DNS1035_LABEL_FMT)
+
+
+def dns_subdomain_errors(value: str) -> list[str]:
+    """What is wrong with a DNS-1123 subdomain (``validation.IsDNS1123Subdomain``)."""
+    errors = [_max_len_error(253)] if len(value) > 253 else []
+    if not _DNS1123_SUBDOMAIN_RE.fullmatch(value):
+        errors.append(_regex_error(_DNS1123_SUBDOMAIN_MSG, _DNS1123_SUBDOMAIN_FMT, "example.com"))
+    return errors
+
+
+def dns_label_errors(value: str) -> list[str]:
+    """What is wrong with a DNS-1123 label (``validation.IsDNS1123Label``)."""
+    errors = [_max_len_error(63)] if len(value) > 63 else []
+    if not _DNS1123_LABEL_RE.fullmatch(value):
+        errors.append(_regex_error(_DNS1123_LABEL_MSG, _DNS1123_LABEL_FMT, "my-name", "123-abc"))
+    return errors
+
+
+def dns1035_label_errors(value: str) -> list[str]:
+    """What is wrong with a DNS-1035 label (``validation.IsDNS1035Label``)."""
+    errors = [_max_len_error(63)] if len(value) > 63 else []
+    if not _DNS1035_LABEL_RE.fullmatch(value):
+        errors.append(_regex_error(_DNS1035_LABEL_MSG, _DNS1035_LABEL_FMT, "my-name", "abc-123"))
+    return errors
+
+
 def go_quote(text: str) -> str:
     # Go's %q, near enough for the printable strings selectors carry.
     return json.dumps(text, ensure_ascii=False)

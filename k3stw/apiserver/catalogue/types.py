@@ -1,28 +1,58 @@
 """
-The JSON types a kind's 1.32 schema gives its fields, and the values of an
-object that do not have them (``replicas: "three"``): such a value is refused,
-as kube-apiserver's decoder refuses it, instead of being stored where every
-typed client reading it back would fail.
+What a kind's 1.32 schema says of its values, beyond which fields exist:
+
+- their JSON types (``replicas: "three"`` is refused, as kube-apiserver's
+  decoder refuses it, instead of being stored where every typed client
+  reading it back would fail);
+- their formats: int-or-string, quantities (``cpu: "2 cpus"``) and
+  date-times, which kube-apiserver's decoder parses;
+- the fields they require (``spec.containers: Required value``).
 
 Compiled like L{k3stw.apiserver.catalogue.unknown}: once per group version,
 into a tree of the declared types only (``integer``, ``number``, ``string``,
-``boolean``, objects, maps and lists); free-form values, int-or-string,
-quantities and whatever lies more than L{MAX_DEPTH} definitions deep are not
-checked.  ``null`` is accepted anywhere (the decoder reads it as unset).
+``boolean``, the formats above, objects, maps and lists); free-form values
+and whatever lies more than L{MAX_DEPTH} definitions deep are not checked.
+``null`` is accepted anywhere (the decoder reads it as unset).
+
+A schema's ``required`` is kept where kube-apiserver's own validation says
+``Required value`` of a missing field: strings and lists, but not numbers,
+booleans or structs (Go's zero value, which kube checks with other words),
+nor L{NOT_REQUIRED}, nor anything under a kind's ``status``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, TypeAlias
 
 from k3stw.apiserver.catalogue import Schema, group_version_schemas, reference
-from k3stw.apiserver.catalogue.unknown import MAX_DEPTH
+from k3stw.apiserver.catalogue.unknown import MAX_DEPTH, compile_once
+from k3stw.machinery.quantity import quantity_error
+from k3stw.machinery.times import parse_datetime
+
+#: Fields the schemas require that kube-apiserver 1.32 accepts missing, or
+#: refuses in other words (the kind's module says which).
+NOT_REQUIRED = frozenset(
+    {
+        "io.k8s.api.apps.v1.StatefulSetSpec.serviceName",
+        "io.k8s.api.discovery.v1.EndpointSlice.endpoints",
+        "io.k8s.api.rbac.v1.RoleRef.apiGroup",
+        "io.k8s.api.rbac.v1.RoleRef.kind",
+    }
+)
+
+#: kube-apiserver's detail for some missing fields.
+REQUIRED_DETAIL = {"io.k8s.api.rbac.v1.PolicyRule.verbs": "verbs must contain at least one value"}
 
 
 class Fields(dict[str, "Typed"]):
     """An object: its declared fields' types (undeclared ones are another check's concern)."""
+
+    #: The fields it requires, each with kube-apiserver's detail ("" for none).
+    required: tuple[tuple[str, str], ...] = ()
 
 
 class MapOf:
@@ -39,7 +69,8 @@ class ListOf:
         self.item = item
 
 
-#: A compiled type: a scalar type's name, an object, a map, a list, or None (not checked).
+#: A compiled type: a scalar type's or a format's name, an object, a map, a list, or None
+#: (not checked).
 Typed: TypeAlias = "str | Fields | MapOf | ListOf | None"
 
 #: What each scalar type accepts (bools are not numbers, whatever Python says).
@@ -49,13 +80,57 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "boolean": (bool,),
 }
+#: The formats the decoder parses, and the JSON types each accepts.
+INT_OR_STRING = "integer,string"
+QUANTITY = "quantity"
+DATE_TIME = "date-time"
+_FORMATS: dict[str, tuple[type, ...]] = {
+    INT_OR_STRING: (int, str),
+    QUANTITY: (int, float, str),
+    DATE_TIME: (str,),
+}
+_ACCEPTS = {**_SCALARS, **_FORMATS}
+#: The formats whose strings the decoder parses.
+_PARSED = frozenset({QUANTITY, DATE_TIME})
+#: The exact Python types the JSON decoder gives each type's values (the fast path).
+_EXACT = {name: frozenset(types) for name, types in _ACCEPTS.items()}
+#: The type a format's value of the wrong JSON type is said to need.
+_FORMAT_TYPES = {QUANTITY: "string", DATE_TIME: "string"}
+
+
+@dataclass
+class SchemaErrors:
+    """
+    What a kind's schema finds wrong with an object, each list in document order.
+
+    :ivar wrong_types: ``(path, the type wanted, the value)``.
+    :ivar missing: ``(path, kube-apiserver's detail)`` of each required field missing.
+    :ivar bad_formats: ``(path, the decoder's message)`` of each value it cannot parse.
+    """
+
+    wrong_types: list[tuple[str, str, Any]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+    bad_formats: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.wrong_types or self.missing or self.bad_formats)
 
 
 @cache
 def _group_version_types(group: str, version: str) -> Mapping[str, Typed]:
     kinds, schemas = group_version_schemas(group, version)
+    compile_once(group, version, kinds, schemas)  # The unknown-field check's, from this parse.
     compiler = _Compiler(schemas)
     return {kind: compiler.definition(name, 0) for kind, name in kinds.items()}
+
+
+def schema_errors(group: str, version: str, kind: str, obj: Mapping[str, Any]) -> SchemaErrors:
+    """What the schema of C{kind} finds wrong with C{obj} (nothing for a kind it lacks)."""
+    found = SchemaErrors()
+    typed = _group_version_types(group, version).get(kind)
+    if typed is not None and obj is not None:
+        _check(typed, obj, "", found, True)
+    return found
 
 
 def wrong_types(
@@ -66,9 +141,7 @@ def wrong_types(
     ``(path, the type wanted, the value)``, in document order; [] for a kind
     the catalogue lacks.
     """
-    found: list[tuple[str, str, Any]] = []
-    _check(_group_version_types(group, version).get(kind), obj, "", found)
-    return found
+    return schema_errors(group, version, kind, obj).wrong_types
 
 
 def json_type(value: Any) -> str:
@@ -84,35 +157,108 @@ def json_type(value: Any) -> str:
     return "object"
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _check(typed: Typed, value: Any, path: str, found: list[tuple[str, str, Any]]) -> None:
-    if typed is None or value is None:
-        return
-    if isinstance(typed, str):
-        accepted = _SCALARS[typed]
-        if not isinstance(value, accepted) or (typed != "boolean" and isinstance(value, bool)):
-            found.append((path, typed, value))
-        return
-    if isinstance(typed, ListOf):
+def _check(typed: Typed, value: Any, path: str, found: SchemaErrors, required: bool) -> None:
+    """Check a value that is not null against a type that is not None."""
+    if typed.__class__ is str:
+        _check_scalar(typed, value, path, found)
+    elif typed.__class__ is ListOf:
         if not isinstance(value, list):
-            found.append((path, "array", value))
+            found.wrong_types.append((path, "array", value))
+            return
+        item_type = typed.item
+        if item_type is None:
             return
         for index, item in enumerate(value):
-            _check(typed.item, item, f"{path}[{index}]", found)
-        return
-    if not isinstance(value, dict):
-        found.append((path, "object", value))
-        return
-    if isinstance(typed, MapOf):
+            if item is not None:
+                _check(item_type, item, f"{path}[{index}]", found, required)
+    elif not isinstance(value, dict):
+        found.wrong_types.append((path, "object", value))
+    elif typed.__class__ is MapOf:
+        member = typed.value
+        if member is None:
+            return
+        prefix = f"{path}." if path else ""
+        scalar = _EXACT.get(member) if member.__class__ is str and member not in _PARSED else None
         for key, item in value.items():
-            _check(typed.value, item, _join(path, key), found)
-        return
+            if item is not None and (scalar is None or item.__class__ not in scalar):
+                _check(member, item, prefix + key, found, required)
+    else:
+        _check_fields(typed, value, path, found, required)  # type: ignore[arg-type]
+
+
+def _check_fields(
+    fields: Fields, value: dict[str, Any], path: str, found: SchemaErrors, required: bool
+) -> None:
+    prefix = f"{path}." if path else ""
+    if required:
+        for name, detail in fields.required:
+            if value.get(name) is None:
+                found.missing.append((prefix + name, detail))
     for key, item in value.items():
-        if key in typed:
-            _check(typed[key], item, _join(path, key), found)
+        child = fields.get(key)
+        if child is None or item is None:
+            continue
+        if child.__class__ is str:
+            # The common case, inline: a scalar of the right type.
+            if item.__class__ in _EXACT[child] and child not in _PARSED:
+                continue
+            _check_scalar(child, item, prefix + key, found)
+        else:
+            # A kind's status is the server's to write: what it requires is not asked of clients.
+            asks = required and (bool(path) or key != "status")
+            _check(child, item, prefix + key, found, asks)
+
+
+def _check_scalar(typed: str, value: Any, path: str, found: SchemaErrors) -> None:
+    accepted = _ACCEPTS[typed]
+    if not isinstance(value, accepted) or (typed != "boolean" and isinstance(value, bool)):
+        found.wrong_types.append((path, _FORMAT_TYPES.get(typed, typed), value))
+    elif typed in _PARSED:
+        _check_format(typed, value, path, found)
+
+
+def _check_format(kind: str, value: Any, path: str, found: SchemaErrors) -> None:
+    if kind == QUANTITY:
+        error = quantity_error(value)
+        if error is not None:
+            found.bad_formats.append((path, error))
+    elif kind == DATE_TIME and (not _RFC3339_TEXT.match(value) or parse_datetime(value) is None):
+        found.bad_formats.append((path, time_error(value)))
+
+
+#: Go's RFC 3339 layout, in the chunks its parser reports.
+_LAYOUT = (
+    ("2006", 4),
+    ("-", 0),
+    ("01", 2),
+    ("-", 0),
+    ("02", 2),
+    ("T", 0),
+    ("15", 2),
+    (":", 0),
+    ("04", 2),
+    (":", 0),
+    ("05", 2),
+)
+_RFC3339 = "2006-01-02T15:04:05Z07:00"
+_RFC3339_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)\Z")
+
+
+def time_error(text: str) -> str:
+    """Go's ``time.Parse(time.RFC3339, text)`` error, as kube-apiserver's decoder returns it."""
+    rest = text
+    for chunk, digits in _LAYOUT:
+        if (digits and not rest[:digits].isdigit()) or len(rest) < len(chunk):
+            break
+        if not digits and not rest.startswith(chunk):
+            break
+        rest = rest[len(chunk) :]
+    else:
+        zone = rest.lstrip(".0123456789") if rest.startswith(".") else rest
+        if zone[:1] in ("Z", "+", "-"):
+            return f'parsing time "{text}": value out of range'
+        rest, chunk = zone, "Z07:00"
+    return f'parsing time "{text}" as "{_RFC3339}": cannot parse "{rest}" as "{chunk}"'
 
 
 class _Compiler:
@@ -128,7 +274,7 @@ class _Compiler:
         if depth >= MAX_DEPTH:
             return None
         self._done[name] = None  # A definition that refers to itself is not checked below.
-        typed = self.schema(self._schemas.get(name, {}), depth + 1)
+        typed = self.schema(self._schemas.get(name, {}), depth + 1, name)
         self._done[name] = typed
         return typed
 
@@ -136,12 +282,21 @@ class _Compiler:
         name = reference(field)
         if name is not None:
             return self.definition(name, depth)
-        return self.schema(field, depth)
+        return self.schema(field, depth, "")
 
-    def schema(self, schema: Schema, depth: int) -> Typed:
-        if schema.get("x-kubernetes-preserve-unknown-fields") or "oneOf" in schema:
-            return None  # free-form, int-or-string, quantity
+    def schema(self, schema: Schema, depth: int, name: str) -> Typed:
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return None  # free-form
+        choices = {choice.get("type") for choice in schema.get("oneOf", ())}
+        if choices == {"string", "integer"} or schema.get("x-kubernetes-int-or-string"):
+            return INT_OR_STRING
+        if choices == {"string", "number"}:
+            return QUANTITY
+        if choices:
+            return None
         kind = schema.get("type")
+        if kind == "string" and schema.get("format") == DATE_TIME:
+            return DATE_TIME
         if kind in _SCALARS:
             return str(kind)
         if kind == "array":
@@ -149,7 +304,16 @@ class _Compiler:
         properties: Mapping[str, Schema] = schema.get("properties") or {}
         additional = schema.get("additionalProperties")
         if properties:
-            return Fields({k: self.field(v, depth) for k, v in properties.items()})
+            fields = Fields({k: self.field(v, depth) for k, v in properties.items()})
+            required = tuple(
+                (member, REQUIRED_DETAIL.get(f"{name}.{member}", ""))
+                for member in schema.get("required", ())
+                if (fields.get(member) == "string" or isinstance(fields.get(member), ListOf))
+                and f"{name}.{member}" not in NOT_REQUIRED
+            )
+            if required:
+                fields.required = required
+            return fields
         if isinstance(additional, Mapping):
             return MapOf(self.field(additional, depth))
         return None

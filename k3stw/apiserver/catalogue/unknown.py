@@ -22,7 +22,6 @@ sharing definitions (the pod template of every workload, ObjectMeta) share nodes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cache
 from typing import Any, TypeAlias
 
 from k3stw.apiserver.catalogue import Schema, group_version_schemas, reference
@@ -56,14 +55,34 @@ class ListOf:
 Node: TypeAlias = "dict[str, Node] | MapOf | ListOf | None"
 
 
-@cache
+#: The compiled group versions, each compiled once (L{compile_once}).
+_COMPILED: dict[tuple[str, str], Mapping[str, Node]] = {}
+
+
 def group_version_nodes(group: str, version: str) -> Mapping[str, Node]:
     """The compiled schema of every kind the catalogue serves in ``group``/``version``.
 
     Cached and shared: do not mutate.
     """
-    kinds, schemas = group_version_schemas(group, version)
-    return schema_nodes(schemas, kinds)
+    nodes = _COMPILED.get((group, version))
+    if nodes is None:
+        kinds, schemas = group_version_schemas(group, version)
+        nodes = compile_once(group, version, kinds, schemas)
+    return nodes
+
+
+def compile_once(
+    group: str, version: str, kinds: Mapping[str, str], schemas: Mapping[str, Schema]
+) -> Mapping[str, Node]:
+    """
+    The nodes of ``group``/``version``, compiled from its parsed C{schemas}
+    unless they are already: the other schema checks hand over the document
+    they parse, so that a group version's is parsed once.
+    """
+    nodes = _COMPILED.get((group, version))
+    if nodes is None:
+        nodes = _COMPILED[(group, version)] = schema_nodes(schemas, kinds)
+    return nodes
 
 
 def kind_node(group: str, version: str, kind: str) -> Node:

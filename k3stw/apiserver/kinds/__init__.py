@@ -17,6 +17,7 @@ from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds import (
     catalogued,
+    catalogued_validation,
     configmaps,
     crds,
     cronjobs,
@@ -118,6 +119,7 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                     returns_deleted_object=entry["deleteReturnsObject"],
                     default=catalogued.DEFAULTS.get((group, entry["kind"]), no_defaults),
                     counts_generation=(group, entry["kind"]) in catalogued.COUNTS_GENERATION,
+                    **catalogued_validation.RULES.get((group, entry["kind"]), {}),
                 ),
             )
         )

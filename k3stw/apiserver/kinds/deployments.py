@@ -4,10 +4,19 @@ Deployments (apps/v1): defaults, merge rules and the Table kubectl prints.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.defaulting import child, fill
+from k3stw.apiserver.fielderrors import (
+    Cause,
+    forbidden,
+    int_or_percent,
+    int_or_percent_causes,
+    nonnegative_causes,
+    not_supported,
+)
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
@@ -83,10 +92,49 @@ def _default(deployment: Object) -> None:
     child(deployment, "status")
 
 
+STRATEGY_TYPES = ("Recreate", "RollingUpdate")
+
+
+def validate_deployment(deployment: Object) -> list[Cause]:
+    """Replicas and minReadySeconds not negative; a strategy that can make progress."""
+    spec = deployment.get("spec")
+    if not isinstance(spec, Mapping):
+        return []
+    causes = nonnegative_causes("spec.replicas", spec.get("replicas"))
+    causes += nonnegative_causes("spec.minReadySeconds", spec.get("minReadySeconds"))
+    strategy = spec.get("strategy")
+    if isinstance(strategy, Mapping):
+        kind = strategy.get("type")
+        rolling = strategy.get("rollingUpdate")
+        if kind not in STRATEGY_TYPES:
+            causes.append(not_supported("spec.strategy.type", kind or "", STRATEGY_TYPES))
+        elif kind == "Recreate" and rolling is not None:
+            causes.append(
+                forbidden(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                )
+            )
+        elif isinstance(rolling, Mapping):
+            path = "spec.strategy.rollingUpdate"
+            unavailable, surge = rolling.get("maxUnavailable"), rolling.get("maxSurge")
+            causes += int_or_percent_causes(f"{path}.maxUnavailable", unavailable)
+            causes += int_or_percent_causes(f"{path}.maxSurge", surge)
+            if int_or_percent(unavailable) == 0 and int_or_percent(surge) == 0:
+                causes.append(
+                    (
+                        f"{path}.maxUnavailable",
+                        f"Invalid value: {unavailable}: may not be 0 when `maxSurge` is 0",
+                    )
+                )
+    return causes
+
+
 RESOURCE = workload(
     "Deployment",
     "deploy",
     PRINTER,
     workload_rules({"spec.strategy": FieldRule(strategy="retainKeys")}),
     defaults=_default,
+    validate=validate_deployment,
 )

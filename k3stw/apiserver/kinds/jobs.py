@@ -6,15 +6,19 @@ the schema.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.defaulting import child, fill, fill_at
+from k3stw.apiserver.fielderrors import IMMUTABLE, Cause, nonnegative_causes, required
 from k3stw.apiserver.kinds.podspec import (
     CONTAINERS_COLUMN,
     IMAGES_COLUMN,
     default_template,
+    immutable_selector_causes,
+    pod_spec_causes,
     selector_text,
     workload_parts,
 )
@@ -145,6 +149,55 @@ def _prepare_create(job: Object, now: str) -> None:
     labels.update({CONTROLLER_UID: uid, JOB_NAME: name, "controller-uid": uid, "job-name": name})
 
 
+#: The restart policies a Job's pods may have, in kube-apiserver's words.
+JOB_RESTART = 'valid values: "OnFailure", "Never"'
+
+
+def job_spec_causes(spec: Any, path: str) -> list[Cause]:
+    """A JobSpec at C{path}: counts not negative, a pod template whose pods end."""
+    if not isinstance(spec, Mapping):
+        return []
+    causes: list[Cause] = []
+    for field in ("parallelism", "completions", "activeDeadlineSeconds", "backoffLimit"):
+        causes += nonnegative_causes(f"{path}.{field}", spec.get(field))
+    template = get_path(spec, "template", "spec")
+    causes += pod_spec_causes(template, f"{path}.template.spec")
+    if get_path(template, "restartPolicy") not in ("OnFailure", "Never"):
+        causes.append(required(f"{path}.template.spec.restartPolicy", JOB_RESTART))
+    return causes
+
+
+def validate_job(job: Object) -> list[Cause]:
+    """A Job's spec (its selector is generated, or matches the template if manual)."""
+    return job_spec_causes(job.get("spec"), "spec")
+
+
+def validate_job_update(new: Object, old: Object) -> list[Cause]:
+    """A Job's selector and pod template never change (a suspended Job's scheduling aside)."""
+    causes = immutable_selector_causes(new, old)
+    before, after = get_path(old, "spec", "template"), get_path(new, "spec", "template")
+    if before != after and not _scheduling_only(before, after, get_path(new, "spec", "suspend")):
+        causes.append(("spec.template", f"Invalid value: core.PodTemplateSpec{{...}}: {IMMUTABLE}"))
+    return causes
+
+
+def _scheduling_only(before: Any, after: Any, suspended: Any) -> bool:
+    """What a suspended Job's template may change: its scheduling and metadata."""
+    if not suspended or not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return False
+    mutable = ("nodeSelector", "tolerations", "affinity", "schedulingGates")
+
+    def fixed(template: Mapping[str, Any]) -> Any:
+        spec = template.get("spec")
+        return (
+            {k: v for k, v in spec.items() if k not in mutable}
+            if isinstance(spec, Mapping)
+            else spec
+        )
+
+    return bool(fixed(before) == fixed(after))
+
+
 RESOURCE = ResourceType(
     "batch",
     "v1",
@@ -160,5 +213,7 @@ RESOURCE = ResourceType(
         counts_generation=True,
         default=_default,
         prepare_create=_prepare_create,
+        validate=validate_job,
+        validate_update=validate_job_update,
     ),
 )

@@ -11,6 +11,7 @@ from k3stw.apiserver.fields import (
     FieldTable,
     field_path,
 )
+from k3stw.apiserver.objectmeta import dns_label_name
 from k3stw.apiserver.patch.rules import (
     METADATA_ONLY_RULES,
     STATUS_CONDITIONS_RULES,
@@ -86,6 +87,7 @@ RESOURCE = ResourceType(
         merge_rules={**METADATA_ONLY_RULES, **STATUS_CONDITIONS_RULES},
         default=_default,
         prepare_create=_prepare_create,
+        names=dns_label_name,
         finished_deleting=_finished_deleting,
         terminate=_terminate,
     ),

@@ -12,6 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 from k3stw.apiserver.defaulting import child, each, fill
+from k3stw.apiserver.fielderrors import Cause, forbidden
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
@@ -22,6 +23,7 @@ from k3stw.apiserver.fields import (
 )
 from k3stw.apiserver.kinds.podspec import (
     default_pod_spec,
+    pod_spec_causes,
 )
 from k3stw.apiserver.patch.rules import (
     METADATA_ONLY_RULES,
@@ -476,6 +478,52 @@ def _prepare_create(pod: Object, now: str) -> None:
     pod["status"]["qosClass"] = qos_class(spec)
 
 
+#: What a pod update may change, in kube-apiserver's words.
+POD_UPDATE_FORBIDDEN = (
+    "pod updates may not change fields other than `spec.containers[*].image`,"
+    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only "
+    "additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be "
+    "set to 1 if it was previously negative)"
+)
+
+
+def validate_pod(pod: Object) -> list[Cause]:
+    """A pod's spec: volumes, containers (with their images), ports, resources, restart policy."""
+    return pod_spec_causes(pod.get("spec"), "spec", pod=True)
+
+
+def _mutable_part_removed(given: Any, keep_node: bool) -> dict[str, Any]:
+    """A pod spec without what an update may change."""
+    spec: dict[str, Any] = dict(given) if isinstance(given, Mapping) else {}
+    for key in ("containers", "initContainers"):
+        if isinstance(spec.get(key), list):
+            spec[key] = [
+                {k: v for k, v in c.items() if k != "image"} if isinstance(c, Mapping) else c
+                for c in spec[key]
+            ]
+    for key in ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"):
+        spec.pop(key, None)
+    spec.pop("schedulingGates", None)
+    if not keep_node:
+        spec.pop("nodeName", None)
+    return spec
+
+
+def validate_pod_update(new: Object, old: Object) -> list[Cause]:
+    """Only images, the deadline, added tolerations (and the scheduler's node) may change."""
+    before, after = old.get("spec"), new.get("spec")
+    if before == after:
+        return []
+    bound = bool(get_path(old, "spec", "nodeName"))
+    kept = [t for t in mappings(get_path(before, "tolerations"))]
+    added = mappings(get_path(after, "tolerations"))
+    if _mutable_part_removed(before, bound) != _mutable_part_removed(after, bound) or any(
+        t not in added for t in kept
+    ):
+        return [forbidden("spec", POD_UPDATE_FORBIDDEN)]
+    return []
+
+
 RESOURCE = ResourceType(
     "",
     "v1",
@@ -496,6 +544,8 @@ RESOURCE = ResourceType(
         },
         default=_default,
         prepare_create=_prepare_create,
+        validate=validate_pod,
+        validate_update=validate_pod_update,
         returns_deleted_object=True,
     ),
 )

@@ -9,6 +9,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from k3stw.apiserver.defaulting import child, each, fill, fill_at, unset
+from k3stw.apiserver.fielderrors import (
+    IMMUTABLE,
+    NEGATIVE,
+    PROTOCOLS,
+    invalid,
+    items_at,
+    label_causes,
+    not_found,
+    not_supported,
+    once,
+    port_name_errors,
+    port_number_causes,
+    required,
+)
 from k3stw.apiserver.patch.rules import RuleTable
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.strategy import Cause, Strategy
@@ -27,6 +41,7 @@ from k3stw.machinery.labels import (
     label_selector_from_spec,
 )
 from k3stw.machinery.objects import Object, get_path
+from k3stw.machinery.quantity import Quantity, QuantityError, parse_quantity
 
 #: The workload printers' ``-o wide`` columns.
 CONTAINERS_COLUMN = Column(
@@ -169,29 +184,11 @@ def _go_labels(labels: Mapping[str, Any]) -> str:
     return "map[string]string{" + pairs + "}"
 
 
-def containers_causes(spec: Any, path: str) -> list[Cause]:
-    """A pod spec's containers: there must be some, each name once."""
-    if not isinstance(spec, Mapping):
-        return []
-    containers = spec.get("containers")
-    if not containers:
-        return [(f"{path}.containers", "Required value")]
-    causes: list[Cause] = []
-    seen: set[str] = set()
-    for key in ("initContainers", "containers"):
-        for index, container in enumerate(spec.get(key) or []):
-            name = container.get("name") if isinstance(container, Mapping) else None
-            if isinstance(name, str) and name in seen:
-                causes.append((f"{path}.{key}[{index}].name", f"Duplicate value: {go_quote(name)}"))
-            if isinstance(name, str):
-                seen.add(name)
-    return causes
-
-
 def validate_workload(obj: Object) -> list[Cause]:
     """
     The rules kube-apiserver enforces on every workload that users hit most:
-    a selector, which its pod template's labels match, and containers named once.
+    a selector, which its pod template's labels match, a valid pod spec that
+    restarts its containers ``Always``.
     """
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
@@ -212,15 +209,19 @@ def validate_workload(obj: Object) -> list[Cause]:
                 f"Invalid value: {_go_labels(labels)}: `selector` does not match template `labels`",
             )
         )
-    return causes + containers_causes(get_path(spec, "template", "spec"), "spec.template.spec")
+    template = get_path(spec, "template", "spec")
+    claims = {
+        name
+        for claim in mappings(spec.get("volumeClaimTemplates"))
+        if isinstance(name := get_path(claim, "metadata", "name"), str)
+    }
+    causes += pod_spec_causes(template, "spec.template.spec", claims=claims)
+    return causes + template_restart_causes(template, "spec.template.spec", ("Always",))
 
 
 def immutable_selector(new: Object, old: Object) -> list[Cause]:
     """An apps/v1 workload's selector never changes once created."""
-    before, after = get_path(old, "spec", "selector"), get_path(new, "spec", "selector")
-    if before is None or after == before:
-        return []
-    return [("spec.selector", "Invalid value: the selector: field is immutable")]
+    return immutable_selector_causes(new, old)
 
 
 def default_rolling_update(spec: Object, field: str, **rolling: Any) -> None:
@@ -238,11 +239,13 @@ def workload(
     rules: RuleTable,
     replicas: bool = True,
     defaults: Callable[[Object], None] | None = None,
+    validate: Callable[[Object], list[Cause]] | None = None,
 ) -> ResourceType:
     """
     An apps/v1 workload: namespaced, in ``all``, a status subresource (and
     ``scale`` with C{replicas}), generations counted, a pod template (and
-    C{replicas}) defaulted, then the kind's own C{defaults}.
+    C{replicas}) defaulted, then the kind's own C{defaults}; validated as
+    every workload (L{validate_workload}), then by the kind's own C{validate}.
     """
 
     def default(obj: Object) -> None:
@@ -268,7 +271,197 @@ def workload(
             merge_rules=rules,
             counts_generation=True,
             default=default,
-            validate=validate_workload,
+            validate=validate_workload
+            if validate is None
+            else lambda obj: validate_workload(obj) + validate(obj),
             validate_update=immutable_selector,
         ),
     )
+
+
+# Validation of pod specs, as kube-apiserver's ValidatePodSpec words it (the rules users
+# hit most; a pod's and every template's).
+
+#: The restart policies a pod may have, in kube-apiserver's order.
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+#: The resources a container may ask for without a domain prefix.
+CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+
+
+def _volume_causes(volumes: Any, path: str) -> tuple[list[Cause], set[str]]:
+    """The volumes' names (DNS labels, each once) and sources; and the names declared."""
+    causes: list[Cause] = []
+    names: set[str] = set()
+    for at, volume in items_at(volumes, path):
+        name = volume.get("name")
+        causes += label_causes(f"{at}.name", name) + once(f"{at}.name", name, names)
+        if not any(key != "name" and value is not None for key, value in volume.items()):
+            causes.append(required(at, "must specify a volume type"))
+    return causes, names
+
+
+def _port_causes(ports: Any, path: str) -> list[Cause]:
+    causes: list[Cause] = []
+    names: set[str] = set()
+    for at, port in items_at(ports, path):
+        name = port.get("name")
+        if isinstance(name, str) and name:
+            errors = port_name_errors(name)
+            causes += [invalid(f"{at}.name", name, m) for m in errors]
+            causes += [] if errors else once(f"{at}.name", name, names)
+        number = port.get("containerPort")
+        if not number:
+            causes.append(required(f"{at}.containerPort"))
+        causes += port_number_causes(f"{at}.containerPort", number)
+        if port.get("hostPort"):
+            causes += port_number_causes(f"{at}.hostPort", port["hostPort"])
+        protocol = port.get("protocol")
+        if protocol is not None and protocol not in PROTOCOLS:
+            causes.append(not_supported(f"{at}.protocol", protocol, PROTOCOLS))
+    return causes
+
+
+def _quantity(amount: Any) -> Quantity | None:
+    try:
+        return parse_quantity(amount)
+    except QuantityError:
+        return None  # The decoder's concern (400), where a client's body has it.
+
+
+def _amount_causes(amounts: Any, path: str) -> list[Cause]:
+    """A requests or limits map: standard resources, none negative."""
+    causes: list[Cause] = []
+    for name, amount in amounts.items() if isinstance(amounts, dict) else ():
+        at = f"{path}[{name}]"
+        if (
+            "/" not in name
+            and name not in CONTAINER_RESOURCES
+            and not name.startswith("hugepages-")
+        ):
+            causes.append(invalid(at, name, "must be a standard resource for containers"))
+        negative = amount < 0 if isinstance(amount, int | float) else str(amount)[:1] == "-"
+        quantity = _quantity(amount) if negative else None
+        if quantity is not None and quantity.value < 0:
+            causes.append(invalid(at, str(quantity), NEGATIVE))
+    return causes
+
+
+def _resource_causes(resources: Any, path: str) -> list[Cause]:
+    """Requests and limits: standard names, not negative, each request within its limit."""
+    if not isinstance(resources, dict):
+        return []
+    limits, requests = resources.get("limits"), resources.get("requests")
+    causes = _amount_causes(limits, f"{path}.limits")
+    causes += _amount_causes(requests, f"{path}.requests")
+    if not isinstance(limits, dict) or not isinstance(requests, dict):
+        return causes
+    for name in [name for name in requests if name in limits]:
+        request, limit = _quantity(requests[name]), _quantity(limits[name])
+        if request is not None and limit is not None and request.value > limit.value:
+            detail = f"must be less than or equal to {name} limit of {limit}"
+            causes.append(invalid(f"{path}.requests", str(request), detail))
+    return causes
+
+
+def _container_causes(
+    containers: Any, path: str, volumes: set[str], seen: set[str], pod: bool
+) -> list[Cause]:
+    causes: list[Cause] = []
+    for at, container in items_at(containers, path):
+        name = container.get("name")
+        if name:  # A missing name is the schema check's (Required value).
+            causes += label_causes(f"{at}.name", name)
+        causes += once(f"{at}.name", name, seen)
+        if pod and not container.get("image"):
+            causes.append(required(f"{at}.image"))
+        policy = container.get("imagePullPolicy")
+        if policy is not None and policy not in PULL_POLICIES:
+            causes.append(not_supported(f"{at}.imagePullPolicy", policy, PULL_POLICIES))
+        causes += _port_causes(container.get("ports"), f"{at}.ports")
+        paths: set[str] = set()
+        for mount_at, mount in items_at(container.get("volumeMounts"), f"{at}.volumeMounts"):
+            volume = mount.get("name")
+            if isinstance(volume, str) and volume not in volumes:
+                causes.append(not_found(f"{mount_at}.name", volume))
+            target = mount.get("mountPath")
+            if isinstance(target, str) and target in paths:
+                causes.append(invalid(f"{mount_at}.mountPath", target, "must be unique"))
+            if isinstance(target, str):
+                paths.add(target)
+        causes += _resource_causes(container.get("resources"), f"{at}.resources")
+    return causes
+
+
+def pod_spec_causes(
+    spec: Any, path: str, pod: bool = False, claims: frozenset[str] | set[str] = frozenset()
+) -> list[Cause]:
+    """
+    What is wrong with a ``PodSpec`` at C{path}: volumes, containers (names,
+    ports, mounts, resources) and restart policy.
+
+    :param pod: a pod's own spec, which must name its images (a template's need not).
+    :param claims: the volumes a StatefulSet's claim templates add.
+    """
+    if not isinstance(spec, Mapping):
+        return []
+    causes, volumes = _volume_causes(spec.get("volumes"), f"{path}.volumes")
+    volumes |= claims
+    if not spec.get("containers"):
+        causes.append(required(f"{path}.containers"))
+    seen: set[str] = set()
+    for key in ("initContainers", "containers"):
+        causes += _container_causes(spec.get(key), f"{path}.{key}", volumes, seen, pod)
+    policy = spec.get("restartPolicy")
+    if policy is not None and policy not in RESTART_POLICIES:
+        causes.append(not_supported(f"{path}.restartPolicy", policy, RESTART_POLICIES))
+    return causes
+
+
+def template_restart_causes(spec: Any, path: str, allowed: tuple[str, ...]) -> list[Cause]:
+    """A template's restart policy, one of C{allowed} (a controller's own rule)."""
+    policy = get_path(spec, "restartPolicy") if isinstance(spec, Mapping) else None
+    if policy in allowed or policy not in RESTART_POLICIES:
+        return []  # An unknown one is pod_spec_causes'.
+    return [not_supported(f"{path}.restartPolicy", policy, allowed)]
+
+
+def go_label_selector(selector: Any) -> str:
+    """A ``LabelSelector`` as Go's ``%#v`` prints it in an immutable-field error."""
+    spec = selector if isinstance(selector, Mapping) else {}
+    labels = spec.get("matchLabels")
+    shown = (
+        "map[string]string{"
+        + ", ".join(f"{go_quote(str(k))}:{go_quote(str(v))}" for k, v in sorted(labels.items()))
+        + "}"
+        if isinstance(labels, Mapping)
+        else "map[string]string(nil)"
+    )
+    expressions = [e for e in spec.get("matchExpressions") or [] if isinstance(e, Mapping)]
+    requirements = (
+        "[]v1.LabelSelectorRequirement{"
+        + ", ".join(
+            f"v1.LabelSelectorRequirement{{Key:{go_quote(str(e.get('key', '')))}, "
+            f"Operator:{go_quote(str(e.get('operator', '')))}, Values:"
+            + (
+                "[]string{" + ", ".join(go_quote(str(v)) for v in e["values"]) + "}"
+                if isinstance(e.get("values"), list)
+                else "[]string(nil)"
+            )
+            + "}"
+            for e in expressions
+        )
+        + "}"
+        if expressions
+        else "[]v1.LabelSelectorRequirement(nil)"
+    )
+    return f"v1.LabelSelector{{MatchLabels:{shown}, MatchExpressions:{requirements}}}"
+
+
+def immutable_selector_causes(new: Object, old: Object, path: str = "spec.selector") -> list[Cause]:
+    """A selector that may not change once set, in kube-apiserver's words."""
+    parts = path.split(".")
+    before, after = get_path(old, *parts), get_path(new, *parts)
+    if before is None or after == before:
+        return []
+    return [(path, f"Invalid value: {go_label_selector(after)}: {IMMUTABLE}")]

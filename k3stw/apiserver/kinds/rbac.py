@@ -15,6 +15,8 @@ from functools import partial
 from typing import Any, Protocol
 
 from k3stw.apiserver.catalogue.rules import LazyRules
+from k3stw.apiserver.fielderrors import go_value, invalid, not_supported, required
+from k3stw.apiserver.objectmeta import path_segment_name
 from k3stw.apiserver.rbacrules import (
     FULL_AUTHORITY,
     Rule,
@@ -85,9 +87,22 @@ def _default_binding(binding: Object) -> None:
             subject["apiGroup"] = GROUP
 
 
-def _supported(path: str, value: object, supported: Sequence[str]) -> Cause:
-    quoted = ", ".join(f'"{s}"' for s in supported)
-    return (path, f'Unsupported value: "{value}": supported values: {quoted}')
+def _validate_role(role: Object) -> list[Cause]:
+    """Each rule names its verbs, and applies to resources or to URLs, never both."""
+    causes: list[Cause] = []
+    for index, rule in enumerate(role.get("rules") or []):
+        if isinstance(rule, Mapping) and rule.get("verbs") == []:
+            detail = "verbs must contain at least one value"
+            causes.append(required(f"rules[{index}].verbs", detail))
+        if isinstance(rule, Mapping) and rule.get("nonResourceURLs") and rule.get("resources"):
+            causes.append(
+                invalid(
+                    f"rules[{index}].nonResourceURLs",
+                    rule["nonResourceURLs"],
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                )
+            )
+    return causes
 
 
 def _validate_binding(kinds: Sequence[str], namespaced: bool, binding: Object) -> list[Cause]:
@@ -95,26 +110,26 @@ def _validate_binding(kinds: Sequence[str], namespaced: bool, binding: Object) -
     causes: list[Cause] = []
     role_ref = binding.get("roleRef") or {}
     if role_ref.get("apiGroup") != GROUP:
-        causes.append(_supported("roleRef.apiGroup", role_ref.get("apiGroup", ""), [GROUP]))
+        causes.append(not_supported("roleRef.apiGroup", role_ref.get("apiGroup", ""), [GROUP]))
     if role_ref.get("kind") not in kinds:
-        causes.append(_supported("roleRef.kind", role_ref.get("kind", ""), kinds))
+        causes.append(not_supported("roleRef.kind", role_ref.get("kind", ""), kinds))
     if not role_ref.get("name"):
-        causes.append(("roleRef.name", "Required value"))
+        causes.append(required("roleRef.name"))
     for index, subject in enumerate(binding.get("subjects") or ()):
         path = f"subjects[{index}]"
         if not subject.get("name"):
-            causes.append((f"{path}.name", "Required value"))
+            causes.append(required(f"{path}.name"))
         kind, group = subject.get("kind"), subject.get("apiGroup", "")
         if kind == "ServiceAccount":
             if group:
-                causes.append(_supported(f"{path}.apiGroup", group, [""]))
+                causes.append(not_supported(f"{path}.apiGroup", group, [""]))
             if not namespaced and not subject.get("namespace"):
-                causes.append((f"{path}.namespace", "Required value"))
+                causes.append(required(f"{path}.namespace"))
         elif kind in ("User", "Group"):
             if group != GROUP:
-                causes.append(_supported(f"{path}.apiGroup", group, [GROUP]))
+                causes.append(not_supported(f"{path}.apiGroup", group, [GROUP]))
         else:
-            causes.append(_supported(f"{path}.kind", kind or "", SUBJECT_KINDS))
+            causes.append(not_supported(f"{path}.kind", kind or "", SUBJECT_KINDS))
     return causes
 
 
@@ -122,12 +137,13 @@ def _role_ref_unchanged(new: Object, old: Object) -> list[Cause]:
     """A binding's roleRef never changes: a new binding is made instead."""
     if new.get("roleRef") == old.get("roleRef"):
         return []
-    ref = new.get("roleRef") or {}
-    value = (
-        f'rbac.RoleRef{{APIGroup:"{ref.get("apiGroup", "")}", Kind:"{ref.get("kind", "")}", '
-        f'Name:"{ref.get("name", "")}"}}'
+    given = new.get("roleRef")
+    ref: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+    fields = ", ".join(
+        f"{name}:{go_value(str(ref.get(key) or ''))}"
+        for name, key in (("APIGroup", "apiGroup"), ("Kind", "kind"), ("Name", "name"))
     )
-    return [("roleRef", f"Invalid value: {value}: cannot change roleRef")]
+    return [("roleRef", f"Invalid value: rbac.RoleRef{{{fields}}}: cannot change roleRef")]
 
 
 ROLE_REF_DESCRIPTION = (
@@ -140,24 +156,23 @@ CLUSTER_ROLE_REF_DESCRIPTION = (
 )
 
 
-def path_segment_name_errors(name: str) -> list[str]:
-    """kube's ``ValidatePathSegmentName``: RBAC names may hold colons (``system:node``)."""
-    if name in (".", ".."):
-        return [f"may not be '{name}'"]
-    return [f"may not contain '{bad}'" for bad in ("/", "%") if bad in name]
-
-
 def _resource(kind: str, plural: str, namespaced: bool, strategy: Strategy) -> ResourceType:
-    strategy = replace(strategy, name_errors=path_segment_name_errors)
+    # RBAC names may hold colons (system:node): any URL path segment will do.
+    strategy = replace(strategy, names=path_segment_name)
     return ResourceType(GROUP, "v1", kind, plural, kind.lower(), namespaced, strategy=strategy)
 
 
-ROLES = _resource("Role", "roles", True, Strategy(merge_rules=LazyRules(GROUP, "v1", "Role")))
+ROLES = _resource(
+    "Role",
+    "roles",
+    True,
+    Strategy(merge_rules=LazyRules(GROUP, "v1", "Role"), validate=_validate_role),
+)
 CLUSTER_ROLES = _resource(
     "ClusterRole",
     "clusterroles",
     False,
-    Strategy(merge_rules=LazyRules(GROUP, "v1", "ClusterRole")),
+    Strategy(merge_rules=LazyRules(GROUP, "v1", "ClusterRole"), validate=_validate_role),
 )
 ROLE_BINDINGS = _resource(
     "RoleBinding",

@@ -8,13 +8,14 @@ from __future__ import annotations
 import base64
 
 from k3stw.apiserver.defaulting import fill
+from k3stw.apiserver.fielderrors import IMMUTABLE, invalid, required
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
     FieldTable,
     field_path,
 )
-from k3stw.apiserver.kinds.configmaps import immutable_data
+from k3stw.apiserver.kinds.configmaps import data_causes, immutable_data
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.strategy import Cause, Strategy
 from k3stw.apiserver.tables import (
@@ -64,11 +65,33 @@ def _default(secret: Object) -> None:
             data[key] = base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
+#: The keys each type of Secret must hold.
+REQUIRED_KEYS = {
+    "kubernetes.io/tls": ("tls.crt", "tls.key"),
+    "kubernetes.io/dockerconfigjson": (".dockerconfigjson",),
+    "kubernetes.io/dockercfg": (".dockercfg",),
+    "kubernetes.io/ssh-auth": ("ssh-privatekey",),
+}
+
+
 def _validate(secret: Object) -> list[Cause]:
     if "stringData" in secret:
         # Only a stringData _default could not merge is left.
         return [("stringData", "Invalid value: must be a map of keys to string values")]
-    return []
+    causes = data_causes(secret, ("data", "stringData"), "data")
+    data = mapping(secret.get("data"))
+    for key in REQUIRED_KEYS.get(str(secret.get("type")), ()):
+        if key not in data:
+            causes.append(required(f"data[{key}]"))
+    return causes
+
+
+def _validate_update(new: Object, old: Object) -> list[Cause]:
+    """A Secret's type never changes; nor, once immutable, its data."""
+    causes = []
+    if new.get("type") != old.get("type"):
+        causes.append(invalid("type", new.get("type"), IMMUTABLE))
+    return causes + immutable_data(new, old)
 
 
 RESOURCE = ResourceType(
@@ -83,6 +106,6 @@ RESOURCE = ResourceType(
         fields=FIELDS,
         default=_default,
         validate=_validate,
-        validate_update=immutable_data,
+        validate_update=_validate_update,
     ),
 )

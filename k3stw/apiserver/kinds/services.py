@@ -10,6 +10,17 @@ from datetime import datetime
 from typing import Any
 
 from k3stw.apiserver.defaulting import child, each, fill
+from k3stw.apiserver.fielderrors import (
+    PROTOCOLS,
+    Cause,
+    invalid,
+    label_causes,
+    not_supported,
+    once,
+    port_number_causes,
+    port_or_name_causes,
+    required,
+)
 from k3stw.apiserver.fields import (
     NAME,
     NAMESPACE,
@@ -19,6 +30,7 @@ from k3stw.apiserver.fields import (
 from k3stw.apiserver.kinds.podspec import (
     default_ports,
 )
+from k3stw.apiserver.objectmeta import dns1035_label_name
 from k3stw.apiserver.patch.rules import (
     ATOMIC,
     METADATA_ONLY_RULES,
@@ -41,7 +53,7 @@ from k3stw.apiserver.tables import (
     name_cell,
     text,
 )
-from k3stw.machinery.labels import format_labels
+from k3stw.machinery.labels import dns_subdomain_errors, format_labels
 from k3stw.machinery.objects import Object, get_path
 
 
@@ -164,6 +176,49 @@ def _default(service: Object) -> None:
                 fill(ingress, ipMode="VIP")
 
 
+SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
+
+
+def validate_service(service: Object) -> list[Cause]:
+    """
+    A Service: a known type; ports (unless headless or ExternalName), named
+    when more than one, each name once, numbers in range; an ExternalName's name.
+    """
+    spec = service.get("spec")
+    if not isinstance(spec, Mapping):
+        return []
+    causes: list[Cause] = []
+    kind = spec.get("type")
+    if kind not in SERVICE_TYPES:
+        causes.append(not_supported("spec.type", kind or "", SERVICE_TYPES))
+    ports = [p for p in spec.get("ports") or [] if isinstance(p, Mapping)]
+    if not ports and spec.get("clusterIP") != "None" and kind != "ExternalName":
+        causes.append(required("spec.ports"))
+    names: set[str] = set()
+    for index, port in enumerate(ports):
+        at = f"spec.ports[{index}]"
+        name = port.get("name")
+        if len(ports) > 1 and not name:
+            causes.append(required(f"{at}.name"))
+        elif name:
+            causes += label_causes(f"{at}.name", name) + once(f"{at}.name", name, names)
+        causes += port_number_causes(f"{at}.port", port.get("port", 0))
+        protocol = port.get("protocol")
+        if protocol not in PROTOCOLS:
+            causes.append(not_supported(f"{at}.protocol", protocol or "", PROTOCOLS))
+        target = port.get("targetPort")
+        if target != 0:
+            causes += port_or_name_causes(f"{at}.targetPort", target)
+    if kind == "ExternalName":
+        external = spec.get("externalName")
+        if not external:
+            causes.append(required("spec.externalName"))
+        elif isinstance(external, str):
+            errors = dns_subdomain_errors(external.removesuffix("."))
+            causes += [invalid("spec.externalName", external, m) for m in errors]
+    return causes
+
+
 RESOURCE = ResourceType(
     "",
     "v1",
@@ -184,6 +239,8 @@ RESOURCE = ResourceType(
             **STATUS_CONDITIONS_RULES,
         },
         default=_default,
+        names=dns1035_label_name,
+        validate=validate_service,
         returns_deleted_object=True,
     ),
 )
