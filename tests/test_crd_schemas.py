@@ -318,8 +318,3 @@ class KubectlCustomResourceTests(SynchronousTestCase):
             'unknown field "spec.foo"',
             refused,
         )
-
-    test_strict_field_validation_names_the_unknown_field.skip = (  # type: ignore[attr-defined]
-        "verbs.check_fields (another helper's) skips custom resources: it must ask "
-        "resource.strategy.unknown_fields for them"
-    )

@@ -96,7 +96,16 @@ def check_fields(
             f'fieldValidation: Unsupported value: "{mode}": supported values: '
             '"Ignore", "Warn", "Strict"'
         )
+    cannot = (
+        f'{resource.kind} in version "{resource.version}" cannot be handled as a {resource.kind}'
+    )
     if resource.crd:
+        # A custom resource's schema is checked by its strategy; what it does not declare
+        # is pruned there, and reported here as kube's decoder reports it.
+        undeclared = resource.strategy.unknown_fields or (lambda obj: [])
+        held_fields = set() if before is None else set(undeclared(before))
+        unknown = [path for path in undeclared(obj) if path not in held_fields]
+        _report_unknown(request, mode, cannot, unknown)
         return
     kind = (resource.group, resource.version, resource.kind)
     found = schema_errors(*kind, obj)
@@ -113,26 +122,27 @@ def check_fields(
             )
             causes.append((path, message))
         raise invalid(resource.kind, name, causes, resource.group)
-    cannot = (
-        f'{resource.kind} in version "{resource.version}" cannot be handled as a {resource.kind}'
-    )
     old = {path for path, _ in held.bad_formats}
     for path, message in found.bad_formats:
         if path not in old:
             raise bad_request(f"{cannot}: {message}")
     held_fields = set() if before is None else set(unknown_fields(*kind, before))
     unknown = unknown_fields(*kind, obj, prune=True)
-    strict = [f'unknown field "{path}"' for path in unknown if path not in held_fields]
-    strict = [f'duplicate field "{path}"' for path in request_duplicates(request)] + strict
-    strict = strict[:MAX_REPORTED_FIELDS]
+    _report_unknown(request, mode, cannot, [path for path in unknown if path not in held_fields])
+    if not partial:
+        _refuse_missing(resource, name, found, held)
+
+
+def _report_unknown(request: Request, mode: str, cannot: str, unknown: list[str]) -> None:
+    """Unknown and duplicate fields, as ``fieldValidation`` says: refused, warned of, or not."""
+    strict = [f'duplicate field "{path}"' for path in request_duplicates(request)]
+    strict = (strict + [f'unknown field "{path}"' for path in unknown])[:MAX_REPORTED_FIELDS]
     if strict and mode == "Strict":
         raise bad_request(f"{cannot}: strict decoding error: {', '.join(strict)}")
     if strict and mode == "Warn":
         for warning in strict:
             escaped = warning.replace('"', '\\"')
             request.responseHeaders.addRawHeader(b"warning", f'299 - "{escaped}"'.encode())
-    if not partial:
-        _refuse_missing(resource, name, found, held)
 
 
 def check_required(resource: ResourceType, obj: Object, before: Object | None = None) -> None:
@@ -197,7 +207,9 @@ class Verbs:
         self.clock = clock
         self.budgets = budgets
         self.token_requests = token_requests
-        self.dry_run_store = ObjectStore(DryRunDatastore(store.datastore), clock, dry_run=True)
+        self.dry_run_store = ObjectStore(
+            DryRunDatastore(store.datastore), clock, dry_run=True, checks=store.checks
+        )
         self.watches = WatchStreams(store, clock, watch_event_sent)
 
     async def serve(
@@ -275,6 +287,25 @@ class Verbs:
         scaled = await write_scale(store, resource, namespace, name, change, field_manager(request))
         answer(request, 200, scaled)
 
+    def _check_fields(
+        self,
+        request: Request,
+        resource: ResourceType,
+        obj: Object,
+        before: Object | None = None,
+        partial: bool = False,
+    ) -> None:
+        """L{check_fields}, unless the store's checks are off (``--unchecked-api``)."""
+        if self.store.checks:
+            check_fields(request, resource, obj, before, partial)
+
+    def _check_required(
+        self, resource: ResourceType, obj: Object, before: Object | None = None
+    ) -> None:
+        """L{check_required}, unless the store's checks are off (``--unchecked-api``)."""
+        if self.store.checks:
+            check_required(resource, obj, before)
+
     def _store_for(self, request: Request) -> ObjectStore:
         dry_run = param(request, "dryRun")
         if dry_run not in ("", "All"):
@@ -334,7 +365,7 @@ class Verbs:
     async def create(self, request: Request, target: Target, admit: Admit | None = None) -> None:
         store = self._store_for(request)
         obj = object_body(request)
-        check_fields(request, target.resource, obj)
+        self._check_fields(request, target.resource, obj)
         created = await store.create(
             target.resource, target.namespace, obj, field_manager(request), admit
         )
@@ -344,7 +375,7 @@ class Verbs:
         assert target.name is not None
         store = self._store_for(request)
         obj = object_body(request)
-        check_fields(request, target.resource, obj)
+        self._check_fields(request, target.resource, obj)
         updated = await store.update(
             target.resource,
             target.namespace,
@@ -378,7 +409,7 @@ class Verbs:
             if not isinstance(patched, dict):
                 raise bad_request("the patch did not produce an object")
             # What the patch added: fields stored before this server checked them pass.
-            check_fields(request, resource, patched, before=current)
+            self._check_fields(request, resource, patched, before=current)
             return merge_update(resource, current, patched, target.subresource)
 
         updated = await store.guaranteed_update(
@@ -411,7 +442,7 @@ class Verbs:
         if resource.has_status and target.subresource != "status":
             # As kube-apiserver: status in an applied configuration is ignored.
             body = {k: v for k, v in body.items() if k != "status"}
-        check_fields(request, resource, body, partial=True)
+        self._check_fields(request, resource, body, partial=True)
         force = flag(request, "force")
         sub = target.subresource or ""
         now = self.store.now()
@@ -427,7 +458,7 @@ class Verbs:
                 None, body, manager, force, now=now, subresource=sub, rules=rules
             )
             applied.setdefault("metadata", {})["name"] = name
-            check_required(resource, applied)
+            self._check_required(resource, applied)
             answer(request, 201, await store.create(resource, namespace, applied, admit=admit))
             return
 
@@ -435,7 +466,7 @@ class Verbs:
             applied = patching.apply_server_side(
                 live, body, manager, force, now=now, subresource=sub, rules=rules
             )
-            check_required(resource, applied, before=live)
+            self._check_required(resource, applied, before=live)
             return merge_update(resource, live, applied, target.subresource)
 
         updated = await store.guaranteed_update(resource, namespace, name, merge, admit=admit)

@@ -52,7 +52,10 @@ class MemoryServer:
     L{start} see each write as it happens.
     """
 
-    def __init__(self, case: SynchronousTestCase, clock: Clock | None = None) -> None:
+    def __init__(
+        self, case: SynchronousTestCase, clock: Clock | None = None, checks: bool = True
+    ) -> None:
+        """:param checks: whether the store defaults and validates (``--unchecked-api``)."""
         self.case = case
         self.clock = clock or Clock()
         if self.clock.seconds() == 0:
@@ -60,7 +63,7 @@ class MemoryServer:
         self.datastore = MemoryDatastore(self.clock)
         self.datastore.startService()
         case.addCleanup(self.datastore.stopService)
-        self.store = ObjectStore(self.datastore, self.clock)
+        self.store = ObjectStore(self.datastore, self.clock, checks=checks)
         self.registry = built_in_registry()
         self.store.observe(crds.serve_written_crds(self.registry))
         self.informers = ServerInformers(self.store)
@@ -154,6 +157,7 @@ class MemoryAPI:
             reviews=reviews,
             token_requests=token_requests,
             rbac=self.rbac,
+            checks=server.store.checks,
         )
 
     async def _user_of(self, token: str) -> User | None:
