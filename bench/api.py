@@ -826,54 +826,75 @@ async def allow_bench_user(admin: IAgent, base: str) -> None:
     await call(admin, b"POST", url, binding, 201)
 
 
-async def measure_creates(
-    reactor: Any, pool: HTTPConnectionPool, tls: Path, base: str, budget: Budget, label: str
-) -> Results:
-    """Deployment creates by L{BENCH_USER} at 16 and 64 clients."""
+#: Rounds of the checks benchmark: each cell is run this often, alternating the servers
+#: (so that load from elsewhere falls on both alike), and the median round is shown.
+CHECK_ROUNDS = 3
+
+
+async def bench_user(
+    reactor: Any, pool: HTTPConnectionPool, tls: Path, base: str
+) -> Callable[[str], Awaitable[object]]:
+    """Prepare a server for L{BENCH_USER}; a create of a named Deployment as that user."""
     admin = Agent(reactor, ClientCertificatePolicy(tls), pool=pool)
     await allow_bench_user(admin, base)
     user = Agent(reactor, ClientCertificatePolicy(tls, user_certificate(tls)), pool=pool)
     url = f"{base}/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-    results: Results = {}
-    for clients in (16, 64):
-        progress(label)(f"create x{clients}")
-        prefix = f"c{clients}-"
 
-        async def create(i: int, prefix: str = prefix) -> None:
-            await call(user, b"POST", url, deployment(f"{prefix}{i}"), 201)
+    async def create(name: str) -> None:
+        await call(user, b"POST", url, deployment(name), 201)
 
-        results["create", clients] = await run_clients(clients, budget, create)
-    return results
+    return create
 
 
-async def run_checks(reactor: Any, budget: Budget) -> list[tuple[str, Results]]:
-    columns: list[tuple[str, Results]] = []
+def median_cell(cells: list[Cell]) -> Cell:
+    """The round whose throughput is the median of C{cells}'."""
+    return sorted(cells, key=lambda cell: cell.rate)[len(cells) // 2]
+
+
+async def run_checks(reactor: Any, budget: Budget, rounds: int) -> list[tuple[str, Results]]:
+    """Both servers at once; each cell C{rounds} times, alternating between them."""
+    servers = (
+        ("checks on", CHECKED_HOST, ()),
+        ("checks off (--unchecked-api)", UNCHECKED_HOST, ("--unchecked-api",)),
+    )
     processes = Processes(Path(tempfile.mkdtemp(prefix="k3stw-bench-checks-")))
     pool = new_pool(reactor, 64)
     trigger = reactor.addSystemEventTrigger("before", "shutdown", processes.close)
+    creates = {}
+    cells: dict[tuple[str, int], list[Cell]] = {}
     try:
-        for column, host, flags in (
-            ("checks on", CHECKED_HOST, ()),
-            ("checks off (--unchecked-api)", UNCHECKED_HOST, ("--unchecked-api",)),
-        ):
+        for column, host, flags in servers:
             progress(column)("start")
-            name = "checked" if not flags else "unchecked"
-            server, tls, base = await start_server(reactor, processes, name, host, None, flags)
-            try:
-                results = await measure_creates(reactor, pool, tls, base, budget, column)
-            except Exception:
-                print(f"-- {column} failed; its log ends:", file=sys.stderr)
-                print(processes.log_tail(server), file=sys.stderr)
-                raise
-            finally:
-                await pool.closeCachedConnections()
-                processes.stop(server)
-            columns.append((column, results))
+            name = "unchecked" if flags else "checked"
+            # Both run at once: each its own node, its kubelet on a port of its own.
+            own_node = ("--node-name", f"bench-{name}", "--kubelet-arg", f"port={free_port(host)}")
+            _, tls, base = await start_server(
+                reactor, processes, name, host, None, (*flags, *own_node)
+            )
+            creates[column] = await bench_user(reactor, pool, tls, base)
+        for round in range(rounds):
+            for clients in (16, 64):
+                for column, _, _ in servers:
+                    progress(column)(f"round {round + 1}: create x{clients}")
+                    create = creates[column]
+                    prefix = f"r{round}-c{clients}-"
+
+                    async def op(i: int, create: Any = create, prefix: str = prefix) -> None:
+                        await create(f"{prefix}{i}")
+
+                    cell = await run_clients(clients, budget, op)
+                    cells.setdefault((column, clients), []).append(cell)
     finally:
         reactor.removeSystemEventTrigger(trigger)
         await pool.closeCachedConnections()
         processes.close()
-    return columns
+    return [
+        (
+            column,
+            {("create", n): median_cell(cells[column, n]) for n in (16, 64)},
+        )
+        for column, _, _ in servers
+    ]
 
 
 def checks_report(
@@ -907,6 +928,8 @@ def checks_report(
             f"Machine: {machine()}; load average at the end {load}",
             f"Date: {now}; mode: {'--quick' if quick else 'full'}, {seconds:.0f} s in all; "
             f"cells stop at {budget.ops} operations or {budget.seconds:g} s; "
+            f"each cell run {CHECK_ROUNDS} times (--quick: once), alternating the servers, "
+            "the median shown; "
             "each cell: p50 / p99 latency in ms · creates/s",
             "",
             *lines,
@@ -1031,7 +1054,7 @@ def main(reactor: Any, argv: Sequence[str]) -> Deferred[None]:
     async def go() -> None:
         started = time.perf_counter()
         if args.checks:
-            columns = await run_checks(reactor, budget)
+            columns = await run_checks(reactor, budget, 1 if args.quick else CHECK_ROUNDS)
             text = checks_report(columns, budget, args.quick, time.perf_counter() - started)
         else:
             columns = await run(reactor, budget)

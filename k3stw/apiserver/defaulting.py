@@ -7,11 +7,10 @@ L{each} reaches the objects of a path through lists (``spec.ports[]``).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
-from k3stw.machinery.objects import Object
+from k3stw.machinery.objects import Object, copy_json
 
 
 def unset(value: Any) -> bool:
@@ -24,7 +23,7 @@ def fill(obj: Any, **defaults: Any) -> None:
     if isinstance(obj, dict):
         for key, value in defaults.items():
             if unset(obj.get(key)):
-                obj[key] = copy.deepcopy(value)
+                obj[key] = copy_json(value)
 
 
 def child(obj: Any, key: str) -> Object | None:

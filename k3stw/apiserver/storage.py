@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-import copy
 import json
 import uuid
 from collections import OrderedDict
@@ -52,7 +51,7 @@ from k3stw.datastore.interface import (
     KeyNotFound,
     KeyValue,
 )
-from k3stw.machinery.objects import Object, generated_suffix, is_deleting
+from k3stw.machinery.objects import Object, copy_json, generated_suffix, is_deleting
 from k3stw.machinery.objects import metadata as metadata_of
 from k3stw.machinery.times import rfc3339
 
@@ -359,10 +358,10 @@ class ObjectStore:
             if self.checks:
                 name = str(metadata_of(obj).get("name", ""))
                 _check(resource, name, resource.strategy.validate(obj))
-            stored = conversion.to_stored(copy.deepcopy(obj))
+            stored = conversion.to_stored(copy_json(obj))
             created = await self.create(conversion.stored, namespace, stored, manager)
             return conversion.from_stored(created)
-        obj = copy.deepcopy(obj)
+        obj = copy_json(obj)
         metadata = obj.setdefault("metadata", {})
         if not isinstance(metadata, dict):
             raise bad_request("metadata must be an object")
@@ -518,7 +517,7 @@ class ObjectStore:
             if kv is None:
                 raise not_found(resource.plural, resource.group, name)
             current = decode(kv)
-            updated = mutate(copy.deepcopy(current))
+            updated = mutate(copy_json(current))
             if self.checks:
                 strategy.default(updated)
             _keep_identity(current, updated, resource, marks_deletion)
@@ -621,7 +620,7 @@ class ObjectStore:
             if finalizers:
                 if metadata.get("deletionTimestamp") and metadata.get("finalizers") == finalizers:
                     return current, False
-                marked = copy.deepcopy(current)
+                marked = copy_json(current)
                 marked["metadata"]["finalizers"] = finalizers
                 marked["metadata"].setdefault("deletionTimestamp", self.now())
                 marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
@@ -748,20 +747,20 @@ def merge_update(
     """What a PUT stores: C{new}, except what its endpoint may not change."""
     if subresource == "approval":
         # A CertificateSigningRequest's approval changes its conditions and nothing else.
-        updated = copy.deepcopy(current)
+        updated = copy_json(current)
         status = updated.setdefault("status", {})
         status["conditions"] = (new.get("status") or {}).get("conditions") or []
         if not status["conditions"]:
             del status["conditions"]
         return updated
     if subresource == "status":
-        updated = copy.deepcopy(current)
+        updated = copy_json(current)
         if "status" in new:
             updated["status"] = new["status"]
         else:
             updated.pop("status", None)
         return updated
-    updated = copy.deepcopy(new)
+    updated = copy_json(new)
     updated["apiVersion"] = resource.group_version
     updated["kind"] = resource.kind
     if resource.has_status:

@@ -7,7 +7,6 @@ every other write (create, update, patch).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from k3stw.apiserver.patch.errors import (
@@ -31,6 +30,7 @@ from k3stw.apiserver.patch.managedfields import (
 from k3stw.apiserver.patch.rules import FieldRule, RuleTable, join_path, rule_at
 from k3stw.apiserver.patch.strategic import clean
 from k3stw.apiserver.patch.values import JSONObject, JSONValue, KubeObject
+from k3stw.machinery.objects import copy_json
 
 
 class _ApplyMerge:
@@ -103,7 +103,7 @@ class _ApplyMerge:
             if i < len(left):
                 element = left[i][0]
                 if element not in right_keys:
-                    out.append(copy.deepcopy(left[i][1]))
+                    out.append(copy_json(left[i][1]))
                     i += 1
                     continue
                 if element in done:
@@ -206,7 +206,7 @@ def apply_server_side(
         return with_managed_fields(created, [mine])
 
     managers = decode_managed_fields(live)
-    base = copy.deepcopy(live)
+    base = copy_json(live)
     if not managers:
         live_version = live.get("apiVersion")
         before = ManagedFieldsEntry(
@@ -274,11 +274,12 @@ def record_update(
     :param now: the RFC 3339 time to record, from the caller's clock.
     :param subresource: the subresource written (``"status"``), if any.
     :param rules: the merge rules of the object's kind.
-    :return: ``new``'s copy with managedFields set.
+    :return: ``new``'s copy with managedFields set (sharing all but its metadata with ``new``).
     """
-    result = copy.deepcopy(new)
+    result = dict(new)
     metadata = result.get("metadata")
     if isinstance(metadata, dict):
+        metadata = result["metadata"] = dict(metadata)
         metadata.pop("managedFields", None)
     managers = decode_managed_fields(live) if live is not None else {}
     if live is not None and not managers:
