@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver.kinds import BUILT_IN
+from k3stw.apiserver.kinds import BUILT_IN, built_in_registry
 from k3stw.apiserver.kinds.custom import resources_of_crd
 from k3stw.apiserver.patch import (
     MAX_JSON_PATCH_OPERATIONS,
@@ -32,7 +32,14 @@ from k3stw.apiserver.patch import (
     json_equal,
     record_update,
 )
+from k3stw.apiserver.patch.managedfields import (
+    encode_fields,
+    field_values,
+    owned_fields,
+    strip_unowned,
+)
 from k3stw.apiserver.patch.rules import METADATA_ONLY_RULES, RuleTable
+from k3stw.machinery.objects import copy_json
 
 #: The merge rules each built-in kind's module declares, by kind.
 FIELD_RULES: dict[str, RuleTable] = {
@@ -1377,3 +1384,33 @@ def _drop_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_nulls(v) for v in value]
     return value
+
+
+class OwnedFieldsTests(SynchronousTestCase):
+    """A create's one-walk fieldsV1 is the document the general comparison makes."""
+
+    def assert_same_document(self, obj: dict[str, Any], rules: Any) -> None:
+        owned = strip_unowned(obj)
+        self.assertEqual(
+            owned_fields(owned, rules), encode_fields(field_values(owned, rules).keys())
+        )
+
+    def test_every_kind_as_given_and_defaulted(self) -> None:
+        from tests.test_every_kind import sample, stored_kinds
+
+        for resource in stored_kinds():
+            given = sample(resource, "x")
+            defaulted = copy_json(given)
+            resource.strategy.default(defaulted)
+            for obj in (given, defaulted):
+                self.assert_same_document(obj, resource.strategy.merge_rules)
+
+    def test_keyed_items_without_keys_and_empty_lists(self) -> None:
+        rules = built_in_registry().require("", "v1", "pods").strategy.merge_rules
+        specs: list[dict[str, Any]] = [
+            {"containers": [{"name": "a", "image": "x"}, {"image": "no-name"}]},
+            {"containers": [], "volumes": []},
+            {"containers": [{"name": "a", "ports": [{"containerPort": 80}]}], "nodeSelector": {}},
+        ]
+        for spec in specs:
+            self.assert_same_document({"metadata": {"name": "p"}, "spec": spec}, rules)

@@ -23,6 +23,7 @@ from k3stw.apiserver.patch.managedfields import (
     decode_managed_fields,
     element_of,
     field_values,
+    owned_fields,
     path_string,
     strip_unowned,
     with_managed_fields,
@@ -292,6 +293,12 @@ def record_update(
         now,
         subresource,
     )
+    if live is None:
+        # A create: the writer owns every field it sets, found in one walk.
+        document = owned_fields(strip_unowned(result), rules)
+        if document:
+            result.setdefault("metadata", {})["managedFields"] = [me.encode(document)]
+        return result
     comparison = compare(live, result, rules)
     changed = comparison.modified | comparison.added
     if not (changed or comparison.removed) and me.identity in managers:
