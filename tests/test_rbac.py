@@ -519,6 +519,8 @@ class BootstrapPolicyTests(SynchronousTestCase):
             ("ClusterRoleBinding", "system:public-info-viewer"),
             ("Role", "extension-apiserver-authentication-reader"),
             ("ClusterRole", "system:k3s-controller"),
+            ("ClusterRole", "system:controller:deployment-controller"),
+            ("ClusterRoleBinding", "system:controller:namespace-controller"),
         ):
             self.assertIn(expected, names)
 
@@ -571,6 +573,140 @@ class BootstrapPolicyTests(SynchronousTestCase):
             merged["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"],
             "false",
         )
+
+
+#: kube 1.32's kube-controller-manager roles (its bootstrappolicy testdata,
+#: controller-roles.yaml, with the default feature gates).
+CONTROLLERS = (
+    "attachdetach-controller",
+    "certificate-controller",
+    "clusterrole-aggregation-controller",
+    "cronjob-controller",
+    "daemon-set-controller",
+    "deployment-controller",
+    "disruption-controller",
+    "endpoint-controller",
+    "endpointslice-controller",
+    "endpointslicemirroring-controller",
+    "ephemeral-volume-controller",
+    "expand-controller",
+    "generic-garbage-collector",
+    "horizontal-pod-autoscaler",
+    "job-controller",
+    "legacy-service-account-token-cleaner",
+    "namespace-controller",
+    "node-controller",
+    "persistent-volume-binder",
+    "pod-garbage-collector",
+    "pv-protection-controller",
+    "pvc-protection-controller",
+    "replicaset-controller",
+    "replication-controller",
+    "resourcequota-controller",
+    "root-ca-cert-publisher",
+    "route-controller",
+    "service-account-controller",
+    "service-controller",
+    "statefulset-controller",
+    "ttl-after-finished-controller",
+    "ttl-controller",
+    "validatingadmissionpolicy-status-controller",
+)
+
+
+class ControllerRolesTests(APITestCase):
+    """kube-controller-manager's ``system:controller:*`` roles, each bound to its ServiceAccount."""
+
+    def names(self, path: str) -> list[str]:
+        code, answer = self.ask(b"GET", path)
+        self.assertEqual(code, 200, answer)
+        return [item["metadata"]["name"] for item in answer["items"]]
+
+    def test_deployment_controller_role_is_kubes(self) -> None:
+        path = f"{RBAC}/clusterroles/system:controller:deployment-controller"
+        code, role = self.ask(b"GET", path)
+        self.assertEqual(code, 200, role)
+        events = rule(["create", "patch", "update"], ["events"], ["", "events.k8s.io"])
+        apps = ["apps", "extensions"]
+        self.assertEqual(
+            role["rules"],
+            [
+                rule(["get", "list", "update", "watch"], ["deployments"], apps),
+                rule(["update"], ["deployments/status"], apps),
+                rule(["update"], ["deployments/finalizers"], apps),
+                rule(
+                    ["create", "delete", "get", "list", "patch", "update", "watch"],
+                    ["replicasets"],
+                    apps,
+                ),
+                rule(["get", "list", "update", "watch"], ["pods"]),
+                events,
+            ],
+        )
+        self.assertEqual(
+            role["metadata"]["labels"], {"kubernetes.io/bootstrapping": "rbac-defaults"}
+        )
+        self.assertEqual(
+            role["metadata"]["annotations"], {"rbac.authorization.kubernetes.io/autoupdate": "true"}
+        )
+
+    def test_each_role_is_bound_to_its_service_account(self) -> None:
+        code, answer = self.ask(b"GET", f"{RBAC}/clusterrolebindings")
+        self.assertEqual(code, 200, answer)
+        bindings = {item["metadata"]["name"]: item for item in answer["items"]}
+        for controller in CONTROLLERS:
+            binding = bindings[f"system:controller:{controller}"]
+            self.assertEqual(
+                binding["roleRef"],
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": f"system:controller:{controller}",
+                },
+            )
+            self.assertEqual(
+                binding["subjects"],
+                [{"kind": "ServiceAccount", "name": controller, "namespace": "kube-system"}],
+            )
+
+    def test_controller_service_account_may_do_its_work_only(self) -> None:
+        """The binding authorizes kube-system/deployment-controller as kube's role does."""
+        groups = ["system:serviceaccounts", "system:serviceaccounts:kube-system"]
+        user = "system:serviceaccount:kube-system:deployment-controller"
+        for verb, resource, subresource, allowed in (
+            ("update", "deployments", "status", True),
+            ("create", "replicasets", "", True),
+            ("delete", "deployments", "", False),
+            ("get", "secrets", "", False),
+        ):
+            attributes = {
+                "verb": verb,
+                "group": "apps" if resource != "secrets" else "",
+                "resource": resource,
+                "subresource": subresource,
+                "namespace": "default",
+            }
+            body = {"spec": {"user": user, "groups": groups, "resourceAttributes": attributes}}
+            code, answer = self.ask(b"POST", f"{AUTHZ}/subjectaccessreviews", body)
+            self.assertEqual((code, answer["status"]["allowed"]), (201, allowed), attributes)
+
+    def test_controller_roles_are_kube_132s(self) -> None:
+        """Those of 1.32's default feature gates: no DRA, ServiceCIDR or SELinux warning roles."""
+        names = self.names(f"{RBAC}/clusterroles")
+        controllers = sorted(n for n in names if n.startswith("system:controller:"))
+        self.assertEqual(controllers, [f"system:controller:{c}" for c in CONTROLLERS])
+
+    def test_counts_are_kube_132s_and_k3s(self) -> None:
+        """
+        ``kubectl get clusterroles`` lists kube 1.32's 64 bootstrap ClusterRoles
+        (31 in cluster-roles.yaml, 33 in controller-roles.yaml) and k3s's
+        ``system:k3s-controller``; the bindings are kube's 45 (12 and 33) and
+        k3s's 2; the Roles and RoleBindings kube's 7 each.
+        """
+        self.assertEqual(len(self.names(f"{RBAC}/clusterroles")), 65)
+        self.assertEqual(len(self.names(f"{RBAC}/clusterrolebindings")), 47)
+        self.assertEqual(len(self.names(f"{RBAC}/roles")), 7)
+        self.assertEqual(len(self.names(f"{RBAC}/rolebindings")), 7)
 
 
 class ProtobufReviewTests(SynchronousTestCase):

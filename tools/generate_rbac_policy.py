@@ -7,10 +7,11 @@ it and from k3s's additions:
 
 SOURCES (``tools/rbacpolicy/``) is a folder with kube's
 ``plugin/pkg/auth/authorizer/rbac/bootstrappolicy/testdata/`` files of the
-release (``cluster-roles.yaml``, ``cluster-role-bindings.yaml``,
-``namespace-roles.yaml``, ``namespace-role-bindings.yaml``; the controller
-roles, ``controller-roles.yaml`` and ``controller-role-bindings.yaml``, when
-present) and ``k3s-rolebindings.yaml``, the roles k3s's server adds.
+release, written compactly (``cluster-roles.yaml``, ``cluster-role-bindings.yaml``,
+``namespace-roles.yaml``, ``namespace-role-bindings.yaml``, and
+kube-controller-manager's ``system:controller:`` roles, ``controller-roles.yaml``
+and ``controller-role-bindings.yaml``) and ``k3s-rolebindings.yaml``, the roles
+k3s's server adds.
 
 kube stamps every bootstrap object with the ``kubernetes.io/bootstrapping``
 label and the ``autoupdate`` annotation (its policy's ``addDefaultMetadata``),
@@ -64,9 +65,7 @@ def policy(sources: Path) -> bytes:
     """The gzipped policy document from the files in C{sources}."""
     objects: list[dict[str, Any]] = []
     for name in KUBE_FILES:
-        path = sources / name
-        if path.exists():
-            objects += read(path, stamped=True)
+        objects += read(sources / name, stamped=True)
     objects += read(sources / K3S_FILE, stamped=False)
     text = json.dumps({"objects": objects}, sort_keys=True, separators=(",", ":"))
     return gzip.compress(text.encode(), mtime=0)
