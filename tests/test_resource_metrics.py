@@ -7,17 +7,13 @@ L{NodeProxy.fetch} against a kubelet connection that is a StringTransport.
 
 from __future__ import annotations
 
-import io
 import json
-from typing import Any, cast
-from urllib.parse import parse_qs
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyChannel
 
 from k3stw.apiserver import discovery
 from k3stw.apiserver.metricsapi import (
@@ -34,13 +30,12 @@ from k3stw.apiserver.metricsapi import (
     usage,
 )
 from k3stw.apiserver.registry import Registry
-from k3stw.apiserver.routing import KubernetesAPI
 from k3stw.apiserver.status import StatusError
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.kubelet.hostinfo import CPUTimes, HostUsage
 from k3stw.kubelet.stats import build_summary
 from k3stw.machinery.identity import User
-from tests.support.apiserver import START, APIDummyRequest, MemoryServer
+from tests.support.apiserver import START, MemoryAPI, MemoryServer
 from tests.test_node_proxy import InMemoryNodeProxy, node
 
 GIB = 1024**3
@@ -126,17 +121,10 @@ class ResourceMetricsTests(SynchronousTestCase):
         self.kubelets = MemoryKubelets(self.clock)
         self.registry = Registry.serving((*self.server.registry, *RESOURCES))
         self.scraper = SummaryScraper(self.kubelets.fetch, self.clock)
-        users = {"admin": ADMIN, "nobody": NOBODY}
-
-        async def user_of(token: str) -> User | None:
-            return users.get(token)
-
-        self.api = KubernetesAPI(
-            self.server.store,
-            self.registry,
-            self.clock,
-            "127.0.0.1:6443",
-            tokens=user_of,
+        self.api = MemoryAPI(
+            self.server,
+            {"admin": ADMIN, "nobody": NOBODY},
+            registry=self.registry,
             resource_metrics=ResourceMetrics(self.server.store, self.scraper, self.clock),
         )
 
@@ -162,18 +150,9 @@ class ResourceMetricsTests(SynchronousTestCase):
 
     def send(self, path: str, method: bytes = b"GET", user: str = "admin", accept: str = "") -> Any:
         """Start a request; L{finish} waits for its answer."""
-        base, _, query = path.partition("?")
-        made = APIDummyRequest(base.lstrip("/").encode().split(b"/"))
-        made.method = method
-        made.channel = DummyChannel()
-        made.path = base.encode()
-        made.args = {k.encode(): [v.encode() for v in vs] for k, vs in parse_qs(query).items()}
-        made.content = io.BytesIO(b"")
-        made.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {user}".encode()])
-        if accept:
-            made.requestHeaders.setRawHeaders(b"accept", [accept.encode()])
-        self.api.render(cast(Request, made))
-        return made
+        return self.api.send(
+            method, path, token=user, headers={"accept": accept} if accept else None
+        )
 
     def finish(self, made: Any) -> tuple[int, Any]:
         """Run the clock to each timer due until the request is answered."""

@@ -5,8 +5,8 @@ The Kubernetes REST API as a twisted.web resource: ``/version``, ``/api``,
 Routing only: it finds the resource, object and subresource a path names
 and the verb its method means, asks L{k3stw.apiserver.auth} whether the
 caller (or whom it impersonates) may, and hands the request to L{Verbs} (or,
-for ``nodes/<name>/proxy``, to the node proxy).  Every failure leaves as a
-``Status``.
+for ``nodes/<name>/proxy``, to the node proxy; for ``metrics.k8s.io``, to the
+resource metrics).  Every failure leaves as a ``Status``.
 """
 
 from __future__ import annotations
