@@ -213,6 +213,11 @@ def api_resource_list(registry: Registry, group: str, version: str) -> dict[str,
     }
 
 
+#: The OpenAPI operations of an object's path and of its collection's, by the verb each is.
+_ITEM_OPERATIONS = {"get": "get", "put": "update", "patch": "patch", "delete": "delete"}
+_COLLECTION_OPERATIONS = {"get": "list", "post": "create"}
+
+
 def _openapi_path(group: str, version: str) -> str:
     return f"api/{version}" if not group else f"apis/{group}/{version}"
 
@@ -249,13 +254,14 @@ def _gv_document(registry: Registry, group: str, version: str) -> dict[str, Any]
             "parameters": parameters,
             "responses": {"200": {"description": "OK"}},
         }
-        paths[base + "/{name}"] = {
-            "get": operation,
-            "put": operation,
-            "patch": operation,
-            "delete": operation,
-        }
-        paths[base] = {"get": operation, "post": operation}
+        # Only the operations of the verbs served (the resource metrics: get and list).
+        served = set(resource.verbs)
+        item = {m: operation for m, verb in _ITEM_OPERATIONS.items() if verb in served}
+        collection = {m: operation for m, verb in _COLLECTION_OPERATIONS.items() if verb in served}
+        if item:
+            paths[base + "/{name}"] = item
+        if collection:
+            paths[base] = collection
     return {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION},

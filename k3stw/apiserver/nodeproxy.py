@@ -230,6 +230,32 @@ class NodeProxy:
         request.setHeader(b"content-type", b"text/plain")
         response.deliverBody(body)
 
+    async def fetch(self, node: str, target: bytes, limit: int) -> bytes:
+        """
+        The body of a GET of C{target} on C{node}'s kubelet, for the server
+        itself (the resource metrics read summaries so).  Cancelling it drops
+        the connection.
+
+        :raises StatusError: no such Node (404), the kubelet cannot be
+            reached (503), it answered other than 200 (503 with its code),
+            or its body is longer than C{limit} bytes (503).
+        """
+        port = kubelet_port(await self.get_node(node))
+        seen = _SeenTransport()
+        url = b"https://%s:%d%s" % (node.encode("idna"), port, target)
+        headers = Headers({b"accept": [b"application/json"]})
+        requesting = self._agent(self.endpoint(node, port, seen)).request(b"GET", url, headers)
+        try:
+            response = await requesting
+        except Exception as e:
+            raise _unreachable(e, seen) from None
+        body = await _read_some(response, limit + 1)
+        if response.code != 200:
+            raise StatusError(503, f"the kubelet answered {response.code}: {body[:200]!r}")
+        if len(body) > limit:
+            raise StatusError(503, f"the kubelet's answer is longer than {limit} bytes")
+        return body
+
     async def relay_upgrade(self, request: Request, node: str, target: bytes) -> None:
         """
         An upgrade (exec, attach, port-forward) on to C{node}'s kubelet at
@@ -263,9 +289,7 @@ class NodeProxy:
         with_body: bool = True,
     ) -> tuple[IResponse, _BodyRelay] | None:
         """The backend's answer and the relay of its body; None once the client is gone."""
-        pool = HTTPConnectionPool(self.reactor, persistent=False)
-        pool._factory = _QuietHTTPClientFactory
-        agent = Agent.usingEndpointFactory(self.reactor, _OneEndpoint(endpoint), pool)
+        agent = self._agent(endpoint)
         body_producer = self._body(request) if with_body else None
         requesting: Deferred[IResponse] = agent.request(
             request.method if with_body else b"GET", url, headers, body_producer
@@ -279,6 +303,13 @@ class NodeProxy:
             if body.gone:
                 return None
             raise _unreachable(e, seen) from None
+
+    def _agent(self, endpoint: IStreamClientEndpoint) -> Agent:
+        """An HTTP client for one request over C{endpoint}'s one connection."""
+        pool = HTTPConnectionPool(self.reactor, persistent=False)
+        pool._factory = _QuietHTTPClientFactory
+        agent: Agent = Agent.usingEndpointFactory(self.reactor, _OneEndpoint(endpoint), pool)
+        return agent
 
     async def _upgrade(
         self,
@@ -368,7 +399,8 @@ class _Collect(Protocol):
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
-        self.done: Deferred[bytes] = Deferred()
+        # Given up on (a timeout): the connection goes too.
+        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -377,7 +409,11 @@ class _Collect(Protocol):
         self.size += len(self.parts[-1])
         if self.size >= self.limit:
             self.done.callback(b"".join(self.parts))
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self._stop()
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:

@@ -5,8 +5,8 @@ The Kubernetes REST API as a twisted.web resource: ``/version``, ``/api``,
 Routing only: it finds the resource, object and subresource a path names
 and the verb its method means, asks L{k3stw.apiserver.auth} whether the
 caller (or whom it impersonates) may, and hands the request to L{Verbs} (or,
-for ``nodes/<name>/proxy``, to the node proxy).  Every failure leaves as a
-``Status``.
+for ``nodes/<name>/proxy``, to the node proxy; for ``metrics.k8s.io``, to the
+resource metrics).  Every failure leaves as a ``Status``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from k3stw.apiserver.health import Health
 from k3stw.apiserver.impersonation import impersonate, requested
 from k3stw.apiserver.kinds.rbac import Admission, admission
 from k3stw.apiserver.metrics import CONTENT_TYPE, APIMetrics, RequestLabels
+from k3stw.apiserver.metricsapi import ResourceMetrics, is_resource_metrics
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.patch import PatchError
 from k3stw.apiserver.rbac import RBAC
@@ -92,6 +93,7 @@ class KubernetesAPI(Resource):
         token_requests: TokenRequests | None = None,
         rbac: RBAC | None = None,
         checks: bool = True,
+        resource_metrics: ResourceMetrics | None = None,
     ) -> None:
         """
         :param tokens: authenticates bearer tokens (client certificates are
@@ -103,6 +105,8 @@ class KubernetesAPI(Resource):
             it only ``system:masters`` and nodes are allowed anything.
         :param checks: whether requests are authorized (and, by the store,
             validated); off only to measure what that costs (``--unchecked-api``).
+        :param resource_metrics: answers ``metrics.k8s.io`` (when the registry
+            serves it).
         """
         super().__init__()
         self.tokens = tokens
@@ -127,6 +131,7 @@ class KubernetesAPI(Resource):
             admission(rbac) if rbac is not None and checks else {}
         )
         self.reviews = {**access_reviews(self.authorizer), **(reviews or {})}
+        self.resource_metrics = resource_metrics
         self._users: WeakKeyDictionary[object, User] = WeakKeyDictionary()
 
     def render(self, request: Request) -> int:
@@ -288,6 +293,11 @@ class KubernetesAPI(Resource):
                 self.reviews, user, target.resource, target.namespace, body
             )
             answer(request, 201, reviewed)
+            return
+        if is_resource_metrics(target.resource):
+            if self.resource_metrics is None:
+                raise StatusError(503, "the resource metrics are not available")
+            await self.resource_metrics.serve(request, verb, target)
             return
         check = self.admission.get((target.resource.group, target.resource.plural))
         admit = None if check is None else partial(check, user, target.namespace)

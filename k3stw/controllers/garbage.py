@@ -58,6 +58,11 @@ OWNED_OR_DELETING = Selection(
 )
 
 
+#: What a resource must serve to be followed (kube's ``GetDeletableResources``): not
+#: the answered ones (reviews, resource metrics).
+FOLLOWED_VERBS = frozenset({"delete", "list", "watch"})
+
+
 def resource_name(resource: ResourceType) -> str:
     """``pods``, ``deployments.apps``: a resource as the collector's keys name it."""
     return f"{resource.plural}.{resource.group}" if resource.group else resource.plural
@@ -98,7 +103,8 @@ class GarbageCollector(Controller):
         """An informer for each served resource (one version of each); none for those gone."""
         served: dict[str, ResourceType] = {}
         for resource in self.registry:
-            served.setdefault(resource_name(resource), resource)
+            if FOLLOWED_VERBS.issubset(resource.verbs):
+                served.setdefault(resource_name(resource), resource)
         for name in list(self._followed.keys() - served.keys()):
             resource, informer = self._followed.pop(name)
             if resource.crd:
@@ -273,7 +279,7 @@ class GarbageCollector(Controller):
             return True
         remaining = 0
         for resource in self.registry:
-            if not resource.namespaced:
+            if not resource.namespaced or "delete" not in resource.verbs:
                 continue
             for obj in (await self.store.list(resource, name)).items:
                 remaining += 1

@@ -15,6 +15,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
 from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, node_factory
+from k3stw.apiserver import metricsapi
 from k3stw.apiserver.allocation import ServiceAllocator, repair_job
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.health import Health, HealthCheck
@@ -385,7 +386,8 @@ def build_server(
     store = ObjectStore(datastore, reactor, checks=config.api_checks)
     allocator = ServiceAllocator(datastore, reactor, config.service_cidr, config.node_ports)
     store.allocators[("", services.RESOURCE.plural)] = allocator
-    registry = built_in_registry()
+    # The resource metrics (kubectl top) are answered by this server, as k3s's metrics-server would.
+    registry = Registry.serving((*built_in_registry(), *metricsapi.RESOURCES))
     store.observe(crds.serve_written_crds(registry))
     keys = ServiceAccountKeys.from_pem(credentials.service_key)
     ca_bundle = credentials.server_ca_bundle
@@ -421,6 +423,9 @@ def build_server(
         token_requests=TokenIssuer(keys, reactor, issuer, audiences),
         rbac=rbac,
         checks=config.api_checks,
+        resource_metrics=metricsapi.ResourceMetrics(
+            store, metricsapi.SummaryScraper(node_proxy.fetch, reactor), reactor
+        ),
     )
     PeriodicJob(
         reactor,

@@ -21,9 +21,10 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds
+from k3stw.apiserver.metricsapi import ResourceMetrics
 from k3stw.apiserver.rbac import RBAC
 from k3stw.apiserver.rbacpolicy import bootstrap_policy
-from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.reviews import Review
 from k3stw.apiserver.routing import KubernetesAPI, TokenAuthenticator
 from k3stw.apiserver.status import StatusError
@@ -140,7 +141,13 @@ class MemoryAPI:
         tokens: TokenAuthenticator | None = None,
         token_requests: TokenRequests | None = None,
         rbac: bool = False,
+        registry: Registry | None = None,
+        resource_metrics: ResourceMetrics | None = None,
     ) -> None:
+        """
+        :param registry: what is served, if not the server's registry.
+        :param resource_metrics: answers ``metrics.k8s.io``.
+        """
         self.server = server
         self.users = users
         self.tokens = tokens
@@ -150,7 +157,7 @@ class MemoryAPI:
             server.start()
         self.api = KubernetesAPI(
             server.store,
-            server.registry,
+            registry or server.registry,
             server.clock,
             "127.0.0.1:6443",
             tokens=self._user_of,
@@ -158,6 +165,7 @@ class MemoryAPI:
             token_requests=token_requests,
             rbac=self.rbac,
             checks=server.store.checks,
+            resource_metrics=resource_metrics,
         )
 
     async def _user_of(self, token: str) -> User | None:
@@ -175,6 +183,20 @@ class MemoryAPI:
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """The code and decoded JSON answer of one request (as the first user by default)."""
+        made = self.send(method, path, body, token, headers)
+        self.server.case.assertTrue(made.finished, f"{method!r} {path} did not finish")
+        text = b"".join(made.written)
+        return made.responseCode or 200, json.loads(text) if text else None
+
+    def send(
+        self,
+        method: bytes,
+        path: str,
+        body: object = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> APIDummyRequest:
+        """One request, started: answered already, or once what it waits for happens."""
         base, _, query = path.partition("?")
         made = APIDummyRequest(base.lstrip("/").encode().split(b"/"))
         made.method = method
@@ -190,9 +212,7 @@ class MemoryAPI:
         for name, value in all_headers.items():
             made.requestHeaders.setRawHeaders(name.encode(), [value.encode()])
         self.api.render(cast(Request, made))
-        self.server.case.assertTrue(made.finished, f"{method!r} {path} did not finish")
-        text = b"".join(made.written)
-        return made.responseCode or 200, json.loads(text) if text else None
+        return made
 
 
 class APIDummyRequest(DummyRequest):
