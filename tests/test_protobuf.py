@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver import protobuf
 from k3stw.apiserver.protobuf import MAGIC, UnsupportedProtobuf, decode_body
+from k3stw.machinery.times import go_duration
 
 CATALOGUE = Path(protobuf.__file__).parent / "catalogue" / "resources.json"
 
@@ -540,4 +541,4 @@ class DurationTests(SynchronousTestCase):
             -(3723 * 10**9 + 5 * 10**8): "-1h2m3.5s",
         }
         for nanos, text in cases.items():
-            self.assertEqual(protobuf._duration(nanos), text)
+            self.assertEqual(go_duration(nanos), text)

@@ -115,3 +115,21 @@ class KubectlTopTests(SynchronousTestCase):
         versions = self.cluster.kubectl("api-versions")
         self.assertEqual(versions.returncode, 0, versions.stderr)
         return versions.stdout
+
+    def test_view_users_read_metrics(self) -> None:
+        """Metrics are for whom view allows (k3s's aggregated-metrics-reader), no one else."""
+        path = "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods"
+        before = self.cluster.kubectl("get", "--raw", path, "--as=alice")
+        self.assertIn("forbidden", before.stderr)
+        granted = self.cluster.kubectl(
+            "create", "rolebinding", "alice-views", "--clusterrole=view", "--user=alice"
+        )
+        self.assertEqual(granted.returncode, 0, granted.stderr)
+        # The view role aggregates the metrics reader: a controller, so it may take a moment.
+        self.cluster.wait(
+            lambda: self.cluster.kubectl("get", "--raw", path, "--as=alice").returncode == 0,
+            "alice reading pod metrics",
+            timeout=30,
+        )
+        listed = json.loads(self.cluster.kubectl("get", "--raw", path, "--as=alice").stdout)
+        self.assertEqual(listed["kind"], "PodMetricsList")

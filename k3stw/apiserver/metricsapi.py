@@ -35,7 +35,6 @@ from twisted.web.server import Request
 
 from k3stw.apiserver import tables
 from k3stw.apiserver.kinds import nodes, pods
-from k3stw.apiserver.protobuf import _duration as go_duration
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.request import answer, param, wants_table
 from k3stw.apiserver.status import StatusError, not_found
@@ -45,7 +44,7 @@ from k3stw.apiserver.verbs import Target, predicate
 from k3stw.logs import Logger
 from k3stw.machinery.objects import Object, get_path, metadata, name_of, namespace_of, uid_of
 from k3stw.machinery.quantity import Quantity, canonical, parse_quantity
-from k3stw.machinery.times import rfc3339
+from k3stw.machinery.times import go_duration, rfc3339
 
 GROUP = "metrics.k8s.io"
 VERSION = "v1beta1"

@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from k3stw.machinery.times import go_duration
+
 #: ``application/vnd.kubernetes.protobuf`` bodies start with this, then a runtime.Unknown.
 MAGIC = b"k8s\x00"
 #: As deep as a JSON body may nest (L{k3stw.apiserver.request.MAX_DEPTH}).
@@ -269,29 +271,6 @@ def _time(obj: dict[str, Any], micro: bool) -> str | None:
     return f"{text}.{nanos // 1000:06d}Z" if micro else f"{text}Z"
 
 
-def _duration(nanos: int) -> str:
-    """Nanoseconds as Go's C{time.Duration.String} writes them (``1h2m3.5s``, ``250ms``)."""
-    sign, nanos = ("-", -nanos) if nanos < 0 else ("", nanos)
-    if nanos < 1_000_000_000:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if nanos >= size or unit == "ns":
-                return sign + _decimal(nanos, size) + unit if nanos else "0s"
-    hours, rest = divmod(nanos, 3600 * 10**9)
-    minutes, rest = divmod(rest, 60 * 10**9)
-    text = _decimal(rest, 10**9) + "s"
-    if hours or minutes:
-        text = f"{minutes}m" + text
-    if hours:
-        text = f"{hours}h" + text
-    return sign + text
-
-
-def _decimal(value: int, unit: int) -> str:
-    whole, fraction = divmod(value, unit)
-    digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0") if unit > 1 else ""
-    return f"{whole}.{digits}" if digits else str(whole)
-
-
 def _raw_json(obj: dict[str, Any]) -> Any:
     raw = obj.get("raw", obj.get("Raw", ""))
     if not raw:
@@ -315,7 +294,7 @@ def _either(obj: dict[str, Any], known: dict[int, Field]) -> Any:
 _SHAPES: dict[str, Callable[[dict[str, Any], dict[int, Field]], Any]] = {
     "time": lambda obj, _: _time(obj, micro=False),
     "microtime": lambda obj, _: _time(obj, micro=True),
-    "duration": lambda obj, _: _duration(obj.get("duration", 0)),
+    "duration": lambda obj, _: go_duration(obj.get("duration", 0)),
     "intorstring": lambda obj, _: (
         obj.get("strVal", "") if obj.get("type") else obj.get("intVal", 0)
     ),

@@ -48,3 +48,26 @@ def parse_time(text: object) -> float | None:
     """L{parse_datetime} as seconds since the epoch."""
     parsed = parse_datetime(text)
     return None if parsed is None else parsed.timestamp()
+
+
+def go_duration(nanos: int) -> str:
+    """Nanoseconds as Go's C{time.Duration.String} writes them (``1h2m3.5s``, ``250ms``)."""
+    sign, nanos = ("-", -nanos) if nanos < 0 else ("", nanos)
+    if nanos < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if nanos >= size or unit == "ns":
+                return sign + _decimal(nanos, size) + unit if nanos else "0s"
+    hours, rest = divmod(nanos, 3600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    text = _decimal(rest, 10**9) + "s"
+    if hours or minutes:
+        text = f"{minutes}m" + text
+    if hours:
+        text = f"{hours}h" + text
+    return sign + text
+
+
+def _decimal(value: int, unit: int) -> str:
+    whole, fraction = divmod(value, unit)
+    digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0") if unit > 1 else ""
+    return f"{whole}.{digits}" if digits else str(whole)
