@@ -6,6 +6,7 @@ messages show (``0.5`` is ``500m``, ``1024Mi`` is ``1Gi``).
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 
@@ -29,7 +30,10 @@ class QuantityError(ValueError):
 
 
 class Quantity:
-    """An exact quantity, and its notation: ``binary``, ``decimal`` or ``exponent``."""
+    """
+    An exact quantity, and its notation: ``binary``, ``decimal`` or ``exponent``.
+    Shared between its parses: never changed.
+    """
 
     __slots__ = ("notation", "value")
 
@@ -64,7 +68,12 @@ def parse_quantity(given: object) -> Quantity:
 
     :raises QuantityError: in kube-apiserver's words.
     """
-    text = (given if isinstance(given, str) else _number_text(given)).strip()
+    return _parsed((given if isinstance(given, str) else _number_text(given)).strip())
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> Quantity:
+    """A quantity's text, parsed once: the same few (``100m``, ``128Mi``) recur in every pod."""
     if not text or not _SPLIT.match(text):
         raise QuantityError(FORMAT_WRONG)
     number = _NUMBER.match(text)
