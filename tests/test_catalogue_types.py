@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue import types, unknown
 from k3stw.apiserver.catalogue.types import schema_errors, wrong_types
 from k3stw.machinery.objects import copy_json
 from tests.test_catalogue_rules import count_fetches
-from tests.test_catalogue_unknown import _REF, _example, _group_version, _manifests
+from tests.test_catalogue_unknown import _examples, _group_version, _manifests
 
 
 class WrongTypeTests(SynchronousTestCase):
@@ -24,14 +21,9 @@ class WrongTypeTests(SynchronousTestCase):
             group, version = _group_version(manifest)
             with self.subTest(kind=manifest["kind"]):
                 self.assertEqual(wrong_types(group, version, manifest["kind"], manifest), [])
-        for entry in catalogue.resources():
-            group, version = entry["group"], entry["version"]
-            document = catalogue.openapi_document(group, version)
-            assert document is not None
-            schemas = json.loads(gzip.decompress(document))["components"]["schemas"]
-            example = _example(schemas, {"$ref": _REF + entry["schema"]}, 8)
-            with self.subTest(kind=entry["kind"]):
-                self.assertEqual(wrong_types(group, version, entry["kind"], example), [])
+        for group, version, kind, example in _examples():
+            with self.subTest(kind=kind):
+                self.assertEqual(wrong_types(group, version, kind, example), [])
 
     def test_wrong_types_are_named_where_they_sit(self) -> None:
         deployment = _manifests()[0]
@@ -166,14 +158,7 @@ class OneWalkTests(SynchronousTestCase):
         everywhere, with every scalar of the wrong type, and both.
         """
         objects = [(*_group_version(m), m["kind"], m) for m in _manifests()]
-        for entry in catalogue.resources():
-            group, version = entry["group"], entry["version"]
-            document = catalogue.openapi_document(group, version)
-            assert document is not None
-            schemas = json.loads(gzip.decompress(document))["components"]["schemas"]
-            example = _example(schemas, {"$ref": _REF + entry["schema"]}, 8)
-            objects.append((group, version, entry["kind"], example))
-        for group, version, kind, obj in objects:
+        for group, version, kind, obj in objects + list(_examples()):
             for undeclared, retyped in [(False, False), (True, False), (False, True), (True, True)]:
                 scrambled = _scrambled(obj, undeclared, retyped)
                 apart, together = copy_json(scrambled), copy_json(scrambled)

@@ -210,9 +210,7 @@ def _check_fields(
 ) -> None:
     prefix = f"{path}." if path else ""
     if required:
-        for name, detail in fields.required:
-            if value.get(name) is None:
-                found.missing.append((prefix + name, detail))
+        _check_required(fields, value, prefix, found)
     for key, item in value.items():
         child = fields.get(key)
         if child is None or item is None:
@@ -279,9 +277,7 @@ def _walk_fields(
     """L{_check_fields} and unknown's check of an object's fields, in one pass."""
     prefix = f"{path}." if path else ""
     if required:
-        for name, detail in fields.required:
-            if value.get(name) is None:
-                found.missing.append((prefix + name, detail))
+        _check_required(fields, value, prefix, found)
     undeclared = []
     for key, item in value.items():
         member = node.get(key, _UNDECLARED)
@@ -304,6 +300,14 @@ def _walk_fields(
     if prune:
         for key in undeclared:
             del value[key]
+
+
+def _check_required(
+    fields: Fields, value: dict[str, Any], prefix: str, found: SchemaErrors
+) -> None:
+    for name, detail in fields.required:
+        if value.get(name) is None:
+            found.missing.append((prefix + name, detail))
 
 
 def _check_scalar(typed: str, value: Any, path: str, found: SchemaErrors) -> None:
