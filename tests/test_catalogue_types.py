@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue import types, unknown
 from k3stw.apiserver.catalogue.types import schema_errors, wrong_types
+from k3stw.machinery.objects import copy_json
 from tests.test_catalogue_rules import count_fetches
-from tests.test_catalogue_unknown import _REF, _example, _group_version, _manifests
+from tests.test_catalogue_unknown import _examples, _group_version, _manifests
 
 
 class WrongTypeTests(SynchronousTestCase):
@@ -23,14 +21,9 @@ class WrongTypeTests(SynchronousTestCase):
             group, version = _group_version(manifest)
             with self.subTest(kind=manifest["kind"]):
                 self.assertEqual(wrong_types(group, version, manifest["kind"], manifest), [])
-        for entry in catalogue.resources():
-            group, version = entry["group"], entry["version"]
-            document = catalogue.openapi_document(group, version)
-            assert document is not None
-            schemas = json.loads(gzip.decompress(document))["components"]["schemas"]
-            example = _example(schemas, {"$ref": _REF + entry["schema"]}, 8)
-            with self.subTest(kind=entry["kind"]):
-                self.assertEqual(wrong_types(group, version, entry["kind"], example), [])
+        for group, version, kind, example in _examples():
+            with self.subTest(kind=kind):
+                self.assertEqual(wrong_types(group, version, kind, example), [])
 
     def test_wrong_types_are_named_where_they_sit(self) -> None:
         deployment = _manifests()[0]
@@ -142,3 +135,38 @@ class ValueTests(SynchronousTestCase):
         schema_errors("apps", "v1", "Deployment", {})
         unknown.unknown_fields("apps", "v1", "Deployment", {})
         self.assertEqual(fetched, [("apps", "v1")])
+
+
+def _scrambled(value: Any, undeclared: bool, retyped: bool) -> Any:
+    """C{value} with an undeclared field in every object, and/or every scalar's type changed."""
+    if isinstance(value, dict):
+        scrambled = {k: _scrambled(v, undeclared, retyped) for k, v in value.items()}
+        return {**scrambled, "zz": {"a": 1}} if undeclared else scrambled
+    if isinstance(value, list):
+        return [_scrambled(v, undeclared, retyped) for v in value] + ([None] if retyped else [])
+    if not retyped or value is None:
+        return value
+    return 1 if isinstance(value, str) else {"x": [value]} if isinstance(value, int) else "s"
+
+
+class OneWalkTests(SynchronousTestCase):
+    def test_decoder_errors_are_both_checks(self) -> None:
+        """
+        The one walk finds what the value check and the unknown-field check
+        find apart, and prunes as the latter does, over every manifest and
+        every kind's filled-in example: as given, with undeclared fields
+        everywhere, with every scalar of the wrong type, and both.
+        """
+        objects = [(*_group_version(m), m["kind"], m) for m in _manifests()]
+        for group, version, kind, obj in objects + list(_examples()):
+            for undeclared, retyped in [(False, False), (True, False), (False, True), (True, True)]:
+                scrambled = _scrambled(obj, undeclared, retyped)
+                apart, together = copy_json(scrambled), copy_json(scrambled)
+                expected = schema_errors(group, version, kind, apart)
+                expected.unknown = unknown.unknown_fields(group, version, kind, apart, prune=True)
+                with self.subTest(kind=kind, undeclared=undeclared, retyped=retyped):
+                    self.assertEqual(
+                        types.decoder_errors(group, version, kind, together, prune=True), expected
+                    )
+                    self.assertEqual(together, apart)
+                    self.assertEqual(bool(expected.unknown), undeclared)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -1985,17 +1985,22 @@ class ValidManifestTests(SynchronousTestCase):
 
     def test_every_declared_field(self) -> None:
         """An object with every field every kind's schema declares, a few levels deep, passes."""
-        for entry in catalogue.resources():
-            group, version = entry["group"], entry["version"]
-            document = catalogue.openapi_document(group, version)
-            assert document is not None
-            schemas = json.loads(gzip.decompress(document))["components"]["schemas"]
-            example = _example(schemas, {"$ref": _REF + entry["schema"]}, 8)
-            self.assertEqual(unknown_fields(group, version, entry["kind"], example), [])
-            self.assertGreater(len(json.dumps(example)), 100, entry["kind"])
+        for group, version, kind, example in _examples():
+            self.assertEqual(unknown_fields(group, version, kind, example), [])
+            self.assertGreater(len(json.dumps(example)), 100, kind)
 
 
 _REF = "#/components/schemas/"
+
+
+def _examples() -> Iterator[tuple[str, str, str, Any]]:
+    """Each kind the catalogue serves (group, version, kind) with its L{_example} object."""
+    for entry in catalogue.resources():
+        group, version = entry["group"], entry["version"]
+        document = catalogue.openapi_document(group, version)
+        assert document is not None
+        schemas = json.loads(gzip.decompress(document))["components"]["schemas"]
+        yield group, version, entry["kind"], _example(schemas, {"$ref": _REF + entry["schema"]}, 8)
 
 
 def _example(schemas: Mapping[str, Any], schema: Mapping[str, Any], depth: int) -> Any:

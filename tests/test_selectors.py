@@ -26,6 +26,7 @@ from k3stw.machinery.labels import (
     format_labels,
     label_selector_from_spec,
     parse_label_selector,
+    spec_matches,
 )
 
 #: Each built-in kind's field table, as its module declares it.
@@ -275,6 +276,43 @@ class LabelSelectorObjectTests(SynchronousTestCase):
                 label_selector_from_spec(spec)
             actual[name] = str(raised.exception)
         self.assertEqual(actual, {name: message for name, (_, message) in cases.items()})
+
+    def test_spec_matches_as_the_built_selector(self) -> None:
+        """spec_matches answers, or fails, as the selector built from the spec does."""
+        specs: list[dict[str, Any]] = [
+            {},
+            {"matchLabels": {}},
+            {"matchLabels": {"app": "web"}},
+            {"matchLabels": {"app": "web", "example.com/tier": "front"}},
+            {"matchLabels": {"app": 1}},
+            {"matchLabels": {"app": "web"}, "matchExpressions": []},
+            {
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "x", "operator": "Exists"}],
+            },
+            {"matchLabels": {"a b": "x"}},
+            {"matchLabels": {"a": "x y", "b/c/d": "1"}},
+            {"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]},
+        ]
+        labels: list[Any] = [
+            {},
+            {"app": "web"},
+            {"app": "1"},
+            {"app": "web", "example.com/tier": "front", "x": ""},
+            {"app": "db"},
+        ]
+        for spec in specs:
+            for given in labels:
+                with self.subTest(spec=spec, labels=given):
+                    try:
+                        wanted: object = label_selector_from_spec(spec).matches(given)
+                    except LabelSelectorError as e:
+                        wanted = str(e)
+                    try:
+                        actual: object = spec_matches(spec, given)
+                    except LabelSelectorError as e:
+                        actual = str(e)
+                    self.assertEqual(actual, wanted)
 
     def test_formatting_for_printers(self) -> None:
         """FormatLabelSelector and FormatLabels: sorted, ``<none>`` when empty."""

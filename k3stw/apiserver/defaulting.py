@@ -8,6 +8,7 @@ L{each} reaches the objects of a path through lists (``spec.ports[]``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from k3stw.machinery.objects import Object, copy_json
@@ -22,8 +23,10 @@ def fill(obj: Any, **defaults: Any) -> None:
     """Set each of C{defaults} on C{obj} (if an object) where it is L{unset}."""
     if isinstance(obj, dict):
         for key, value in defaults.items():
-            if unset(obj.get(key)):
-                obj[key] = copy_json(value)
+            current = obj.get(key)
+            if current is None or current == "":  # unset(), inline: fill runs often
+                # Only an object or a list is shared with the next object filled.
+                obj[key] = copy_json(value) if isinstance(value, dict | list) else value
 
 
 def child(obj: Any, key: str) -> Object | None:
@@ -42,8 +45,7 @@ def each(obj: Any, path: str) -> Iterator[Object]:
     ``[]`` stepping into each item of its list (``spec.ingress[].ports[]``).
     """
     found: list[Any] = [obj]
-    for step in path.split(".") if path else ():
-        name, listed = step.removesuffix("[]"), step.endswith("[]")
+    for name, listed in _steps(path):
         reached: list[Any] = []
         for current in found:
             value = current.get(name) if isinstance(current, dict) else None
@@ -53,6 +55,13 @@ def each(obj: Any, path: str) -> Iterator[Object]:
                 reached.append(value)
         found = reached
     yield from (item for item in found if isinstance(item, dict))
+
+
+@lru_cache(maxsize=256)
+def _steps(path: str) -> tuple[tuple[str, bool], ...]:
+    """A path of L{each} as its steps: each field's name, and whether it steps into a list."""
+    steps = path.split(".") if path else ()
+    return tuple((step.removesuffix("[]"), step.endswith("[]")) for step in steps)
 
 
 def fill_at(obj: Any, path: str, **defaults: Any) -> None:

@@ -19,8 +19,12 @@ from twisted.web.server import Request
 from k3stw.apiserver import patch as patching
 from k3stw.apiserver import tables
 from k3stw.apiserver.binding import bind
-from k3stw.apiserver.catalogue.types import SchemaErrors, json_type, schema_errors
-from k3stw.apiserver.catalogue.unknown import unknown_fields
+from k3stw.apiserver.catalogue.types import (
+    SchemaErrors,
+    decoder_errors,
+    json_type,
+    schema_errors,
+)
 from k3stw.apiserver.dryrun import DryRunDatastore
 from k3stw.apiserver.eviction import evict
 from k3stw.apiserver.fields import selection
@@ -108,8 +112,13 @@ def check_fields(
         _report_unknown(request, mode, cannot, unknown)
         return
     kind = (resource.group, resource.version, resource.kind)
-    found = schema_errors(*kind, obj)
-    held = schema_errors(*kind, before) if before is not None and found else SchemaErrors()
+    found = decoder_errors(*kind, obj, prune=True)
+    # What the stored object already held passes: looked for only when the body has any.
+    held = (
+        decoder_errors(*kind, before)
+        if before is not None and (found or found.unknown)
+        else SchemaErrors()
+    )
     name = str((obj.get("metadata") or {}).get("name") or "")
     old = {path for path, _, _ in held.wrong_types}
     wrong = [w for w in found.wrong_types if w[0] not in old][:MAX_REPORTED_FIELDS]
@@ -126,9 +135,10 @@ def check_fields(
     for path, message in found.bad_formats:
         if path not in old:
             raise bad_request(f"{cannot}: {message}")
-    held_fields = set() if before is None else set(unknown_fields(*kind, before))
-    unknown = unknown_fields(*kind, obj, prune=True)
-    _report_unknown(request, mode, cannot, [path for path in unknown if path not in held_fields])
+    held_fields = set(held.unknown)
+    _report_unknown(
+        request, mode, cannot, [path for path in found.unknown if path not in held_fields]
+    )
     if not partial:
         _refuse_missing(resource, name, found, held)
 

@@ -616,6 +616,31 @@ def label_selector_from_spec(spec: Mapping[str, Any] | None) -> LabelSelector:
     return LabelSelector(tuple(sorted(requirements, key=lambda r: r.key)))
 
 
+def spec_matches(spec: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    """
+    Whether the ``LabelSelector`` object C{spec} selects C{labels}, as
+    L{label_selector_from_spec} would say: without building the selector
+    when C{spec} has only valid ``matchLabels`` (every workload's usual one).
+
+    :raises LabelSelectorError: as L{label_selector_from_spec} does.
+    """
+    match_labels = spec.get("matchLabels")
+    if (
+        not spec.get("matchExpressions")
+        and match_labels.__class__ is dict
+        and labels.__class__ is dict
+        and all(
+            key.__class__ is str
+            and value.__class__ is str
+            and not label_key_errors(key)
+            and not label_value_errors(value)
+            for key, value in match_labels.items()
+        )
+    ):
+        return all(labels.get(key) == value for key, value in match_labels.items())
+    return label_selector_from_spec(spec).matches(labels)
+
+
 def format_label_selector(spec: Mapping[str, Any] | None) -> str:
     """A ``LabelSelector`` object as the printers show it (``metav1.FormatLabelSelector``)."""
     try:

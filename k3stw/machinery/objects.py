@@ -48,9 +48,11 @@ def get_path(obj: Any, *path: str | int) -> Any:
         if isinstance(step, int):
             if not isinstance(obj, list) or not -len(obj) <= step < len(obj):
                 return None
-        elif not isinstance(obj, Mapping):
+            obj = obj[step]
+        elif obj.__class__ is dict or isinstance(obj, Mapping):  # a dict is cheaper to ask
+            obj = obj.get(step)
+        else:
             return None
-        obj = obj[step] if isinstance(step, int) else obj.get(step)
     return obj
 
 

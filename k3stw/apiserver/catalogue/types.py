@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, TypeAlias
 
-from k3stw.apiserver.catalogue import Schema, group_version_schemas, reference
+from k3stw.apiserver.catalogue import Schema, group_version_schemas, reference, unknown
 from k3stw.apiserver.catalogue.unknown import MAX_DEPTH, compile_once
 from k3stw.machinery.quantity import quantity_error
 from k3stw.machinery.times import parse_datetime
@@ -106,11 +106,14 @@ class SchemaErrors:
     :ivar wrong_types: ``(path, the type wanted, the value)``.
     :ivar missing: ``(path, kube-apiserver's detail)`` of each required field missing.
     :ivar bad_formats: ``(path, the decoder's message)`` of each value it cannot parse.
+    :ivar unknown: the paths of the fields the schema does not declare (only
+        L{decoder_errors} looks for them; they do not make these errors true).
     """
 
     wrong_types: list[tuple[str, str, Any]] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
     bad_formats: list[tuple[str, str]] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.wrong_types or self.missing or self.bad_formats)
@@ -130,6 +133,22 @@ def schema_errors(group: str, version: str, kind: str, obj: Mapping[str, Any]) -
     typed = _group_version_types(group, version).get(kind)
     if typed is not None and obj is not None:
         _check(typed, obj, "", found, True)
+    return found
+
+
+def decoder_errors(
+    group: str, version: str, kind: str, obj: Mapping[str, Any], prune: bool = False
+) -> SchemaErrors:
+    """
+    L{schema_errors} and the L{unknown.unknown_fields} of C{obj} (pruned with
+    C{prune}) in one walk of it: what kube-apiserver's decoder checks of a body.
+    """
+    found = SchemaErrors()
+    typed = _group_version_types(group, version).get(kind)
+    if typed is None:
+        found.unknown = unknown.unknown_fields(group, version, kind, obj, prune)
+    elif obj is not None:
+        _walk(typed, unknown.kind_node(group, version, kind), obj, "", found, True, prune)
     return found
 
 
@@ -191,9 +210,7 @@ def _check_fields(
 ) -> None:
     prefix = f"{path}." if path else ""
     if required:
-        for name, detail in fields.required:
-            if value.get(name) is None:
-                found.missing.append((prefix + name, detail))
+        _check_required(fields, value, prefix, found)
     for key, item in value.items():
         child = fields.get(key)
         if child is None or item is None:
@@ -207,6 +224,90 @@ def _check_fields(
             # A kind's status is the server's to write: what it requires is not asked of clients.
             asks = required and (bool(path) or key != "status")
             _check(child, item, prefix + key, found, asks)
+
+
+def _walk(
+    typed: Typed,
+    node: unknown.Node,
+    value: Any,
+    path: str,
+    found: SchemaErrors,
+    required: bool,
+    prune: bool,
+) -> None:
+    """
+    L{_check} and unknown's check of a value that is not null, at once where
+    both trees hold an object or a list, each on its own elsewhere (the trees
+    part where one stops checking: free-form values, recursion, scalars).
+    """
+    if typed is None:
+        unknown.check_node(node, value, path, found.unknown, prune)
+    elif node is None:
+        _check(typed, value, path, found, required)
+    elif typed.__class__ is Fields and node.__class__ is dict and value.__class__ is dict:
+        _walk_fields(typed, node, value, path, found, required, prune)
+    elif (
+        typed.__class__ is ListOf
+        and node.__class__ is unknown.ListOf
+        and value.__class__ is list
+        and typed.item is not None
+    ):
+        item_type, item_node = typed.item, node.item
+        for index, item in enumerate(value):
+            if item is not None:
+                _walk(item_type, item_node, item, f"{path}[{index}]", found, required, prune)
+    else:
+        _check(typed, value, path, found, required)
+        unknown.check_node(node, value, path, found.unknown, prune)
+
+
+#: What a missing key of an object's unknown node is: an undeclared field.
+_UNDECLARED = object()
+
+
+def _walk_fields(
+    fields: Fields,
+    node: dict[str, unknown.Node],
+    value: dict[str, Any],
+    path: str,
+    found: SchemaErrors,
+    required: bool,
+    prune: bool,
+) -> None:
+    """L{_check_fields} and unknown's check of an object's fields, in one pass."""
+    prefix = f"{path}." if path else ""
+    if required:
+        _check_required(fields, value, prefix, found)
+    undeclared = []
+    for key, item in value.items():
+        member = node.get(key, _UNDECLARED)
+        if member is _UNDECLARED:
+            found.unknown.append(prefix + key)
+            undeclared.append(key)
+            continue
+        if item is None:
+            continue
+        child = fields.get(key)
+        if child.__class__ is str and member is None:
+            # The common case, inline: a scalar of the right type.
+            if item.__class__ in _EXACT[child] and child not in _PARSED:
+                continue
+            _check_scalar(child, item, prefix + key, found)
+        elif child is not None or member is not None:
+            # A kind's status is the server's to write: what it requires is not asked of clients.
+            asks = required and (bool(path) or key != "status")
+            _walk(child, member, item, prefix + key, found, asks, prune)  # type: ignore[arg-type]
+    if prune:
+        for key in undeclared:
+            del value[key]
+
+
+def _check_required(
+    fields: Fields, value: dict[str, Any], prefix: str, found: SchemaErrors
+) -> None:
+    for name, detail in fields.required:
+        if value.get(name) is None:
+            found.missing.append((prefix + name, detail))
 
 
 def _check_scalar(typed: str, value: Any, path: str, found: SchemaErrors) -> None:

@@ -126,7 +126,7 @@ def unknown_fields(
 def check(node: Node, value: Any) -> list[str]:
     """The paths below ``value`` that ``node`` does not declare."""
     found: list[str] = []
-    _check(node, value, "", found, False)
+    check_node(node, value, "", found, False)
     return found
 
 
@@ -134,7 +134,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _check(node: Node, value: Any, path: str, found: list[str], prune: bool) -> None:
+def check_node(node: Node, value: Any, path: str, found: list[str], prune: bool) -> None:
     """Add to ``found`` the undeclared fields of ``value``, found at ``path``."""
     if isinstance(node, dict):
         if isinstance(value, Mapping):
@@ -144,12 +144,12 @@ def _check(node: Node, value: Any, path: str, found: list[str], prune: bool) -> 
             item = node.item
             for index, entry in enumerate(value):
                 if entry is not None:
-                    _check(item, entry, f"{path}[{index}]", found, prune)
+                    check_node(item, entry, f"{path}[{index}]", found, prune)
     elif isinstance(node, MapOf) and isinstance(value, Mapping):
         member = node.value
         for key, entry in value.items():
             if entry is not None:
-                _check(member, entry, _join(path, key), found, prune)
+                check_node(member, entry, _join(path, key), found, prune)
 
 
 def _check_fields(
@@ -164,7 +164,7 @@ def _check_fields(
             continue
         child = fields[key]
         if child is not None and entry is not None:
-            _check(child, entry, _join(path, key), found, prune)
+            check_node(child, entry, _join(path, key), found, prune)
     if prune and undeclared:
         assert isinstance(value, dict)
         for key in undeclared:

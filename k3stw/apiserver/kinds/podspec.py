@@ -39,6 +39,7 @@ from k3stw.machinery.labels import (
     format_label_selector,
     go_quote,
     label_selector_from_spec,
+    spec_matches,
 )
 from k3stw.machinery.objects import Object, get_path
 from k3stw.machinery.quantity import Quantity, QuantityError, parse_quantity
@@ -199,7 +200,7 @@ def validate_workload(obj: Object) -> list[Cause]:
     labels = get_path(spec, "template", "metadata", "labels") or {}
     causes: list[Cause] = []
     try:
-        matches = label_selector_from_spec(selector).matches(labels)
+        matches = spec_matches(selector, labels)
     except LabelSelectorError as e:
         return [("spec.selector", f"Invalid value: {e}")]
     if not matches:

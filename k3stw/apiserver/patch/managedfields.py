@@ -33,8 +33,12 @@ _UNOWNED_METADATA = (
 )
 
 
+#: One encoder for every canonical text: json.dumps with options builds one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical(value: JSONValue) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 _ITEM: Any = object()  # the value recorded for a keyed list item: compared by its members
@@ -121,8 +125,12 @@ def owned_fields(value: JSONObject, rules: RuleTable) -> JSONObject:
     def of_object(obj: dict[str, JSONValue], dotted: str) -> JSONObject:
         out: JSONObject = {}
         for name in sorted(obj):
+            value = obj[name]
+            if value.__class__ is not dict and value.__class__ is not list:
+                out["f:" + name] = {}  # A scalar (most fields): owned whatever its rule.
+                continue
             child = join_path(dotted, name)
-            of_value(obj[name], rule_at(rules, child), child, "f:" + name, out)
+            of_value(value, rule_at(rules, child), child, "f:" + name, out)
         return out
 
     def of_value(
