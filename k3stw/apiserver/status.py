@@ -53,10 +53,15 @@ def send_status(
 
 def send_json(request: IRequest, code: int, document: object) -> bytes:
     """Set C{request}'s code and the API's headers; return C{document} as the body."""
+    return send_encoded(request, code, json.dumps(document, separators=(",", ":")).encode())
+
+
+def send_encoded(request: IRequest, code: int, body: bytes) -> bytes:
+    """L{send_json} of a document already encoded."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-cache, private")
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return body
 
 
 class StatusError(Exception):

@@ -138,11 +138,15 @@ def raw_object(kv: KeyValue) -> bytes:
     The JSON of the object in C{kv} with its resourceVersion, spliced into the
     stored bytes (which L{encode} writes metadata-first) instead of parsed.
     """
-    value = kv.value
-    if not value.startswith(_METADATA_FIRST):
+    if not kv.value.startswith(_METADATA_FIRST):
         return json.dumps(decode(kv), separators=(",", ":"), ensure_ascii=False).encode()
+    return with_resource_version(kv.value, kv.mod_revision)
+
+
+def with_resource_version(value: bytes, revision: int) -> bytes:
+    """Bytes L{encode} wrote, with C{revision} spliced in as ``metadata.resourceVersion``."""
     at = len(_METADATA_FIRST)
-    version = b'"resourceVersion":"%d"' % kv.mod_revision
+    version = b'"resourceVersion":"%d"' % revision
     separator = b"" if value[at : at + 1] == b"}" else b","
     return value[:at] + version + separator + value[at:]
 
@@ -353,14 +357,31 @@ class ObjectStore:
         :param manager: the field manager to record the write under.
         :param admit: checks the defaulted object before it is validated.
         """
+        created, _ = await self.create_json(resource, namespace, obj, manager, admit)
+        return created
+
+    async def create_json(
+        self,
+        resource: ResourceType,
+        namespace: str | None,
+        obj: Object,
+        manager: str | None = None,
+        admit: Admit | None = None,
+    ) -> tuple[Object, bytes]:
+        """
+        L{create}, and the new object's JSON: the stored bytes with its
+        resourceVersion spliced in, so an API answer need not encode it again.
+        """
         if (conversion := resource.conversion) is not None:
             # The served version's own rules first; the stored kind's follow.
             if self.checks:
                 name = str(metadata_of(obj).get("name", ""))
                 _check(resource, name, resource.strategy.validate(obj))
             stored = conversion.to_stored(copy_json(obj))
-            created = await self.create(conversion.stored, namespace, stored, manager)
-            return conversion.from_stored(created)
+            created = conversion.from_stored(
+                await self.create(conversion.stored, namespace, stored, manager)
+            )
+            return created, json.dumps(created, separators=(",", ":")).encode()
         obj = copy_json(obj)
         metadata = obj.setdefault("metadata", {})
         if not isinstance(metadata, dict):
@@ -402,10 +423,9 @@ class ObjectStore:
                 if manager
                 else obj
             )
+            data = encode(stored)
             try:
-                revision = await self.datastore.create(
-                    resource.storage_key(namespace, name), encode(stored)
-                )
+                revision = await self.datastore.create(resource.storage_key(namespace, name), data)
             except BaseException as e:
                 if reservation is not None:
                     await reservation.undo()
@@ -418,7 +438,7 @@ class ObjectStore:
                 raise
             stored["metadata"]["resourceVersion"] = str(revision)
             self._written(resource, stored)
-            return stored
+            return stored, with_resource_version(data, revision)
         raise StatusError(
             500, f"could not generate a unique name from {metadata['generateName']!r}"
         )

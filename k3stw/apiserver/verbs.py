@@ -45,7 +45,7 @@ from k3stw.apiserver.request import (
     wants_table,
 )
 from k3stw.apiserver.scale import patched_scale, scale_of, write_scale
-from k3stw.apiserver.status import NOT_ALLOWED, StatusError, bad_request, invalid
+from k3stw.apiserver.status import NOT_ALLOWED, StatusError, bad_request, invalid, send_encoded
 from k3stw.apiserver.storage import Admit, ObjectStore, Predicate, merge_update
 from k3stw.apiserver.watch import WatchStreams, named
 from k3stw.machinery.objects import Object
@@ -376,10 +376,10 @@ class Verbs:
         store = self._store_for(request)
         obj = object_body(request)
         self._check_fields(request, target.resource, obj)
-        created = await store.create(
+        _, created = await store.create_json(
             target.resource, target.namespace, obj, field_manager(request), admit
         )
-        answer(request, 201, created)
+        finish(request, send_encoded(request, 201, created))
 
     async def update(self, request: Request, target: Target, admit: Admit | None = None) -> None:
         assert target.name is not None
