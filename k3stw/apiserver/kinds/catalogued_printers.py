@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from k3stw.apiserver.kinds.podspec import CONTAINERS_COLUMN, IMAGES_COLUMN, workload_parts
+from k3stw.apiserver.kinds.replicasets import replica_cells
+from k3stw.apiserver.kinds.services import load_balancer_addresses
 from k3stw.apiserver.tables import (
     AGE_COLUMN,
     NAME_COLUMN,
@@ -214,23 +217,13 @@ def _ingress_hosts(rules: list[Mapping[str, Any]]) -> str:
     return ",".join(hosts) + (f" + {len(rules) - 3} more..." if more else "")
 
 
-def _ingress_address(ingress: Printed) -> str:
-    # A set's sorted members: the whole list, as the printers run "wide".
-    found = set()
-    for point in mappings(get_path(ingress, "status", "loadBalancer", "ingress")):
-        address = text(point.get("ip")) or text(point.get("hostname"))
-        if address:
-            found.add(address)
-    return ",".join(sorted(found))
-
-
 def _ingress_cells(ingress: Printed, now: datetime) -> list[Any]:
     spec = mapping(ingress.get("spec"))
     return [
         name_cell(ingress),
         _or(spec.get("ingressClassName"), "<none>"),
         _ingress_hosts(mappings(spec.get("rules"))),
-        _ingress_address(ingress),
+        load_balancer_addresses(ingress),
         "80, 443" if items(spec.get("tls")) else "80",
         age_cell(ingress, now),
     ]
@@ -260,29 +253,10 @@ def _selector(value: Any) -> str:
 
 
 def _pod_template_cells(template: Printed, now: datetime) -> list[Any]:
-    inner = mapping(template.get("template"))
-    containers = mappings(get_path(inner, "spec", "containers"))
-    return [
-        name_cell(template),
-        ",".join(text(c.get("name")) for c in containers),
-        ",".join(text(c.get("image")) for c in containers),
-        format_labels(mapping(get_path(inner, "metadata", "labels"))),
-    ]
-
-
-def _replication_controller_cells(rc: Printed, now: datetime) -> list[Any]:
-    spec, status = mapping(rc.get("spec")), mapping(rc.get("status"))
-    containers = mappings(get_path(spec, "template", "spec", "containers"))
-    return [
-        name_cell(rc),
-        integer(spec.get("replicas")),
-        integer(status.get("replicas")),
-        integer(status.get("readyReplicas")),
-        age_cell(rc, now),
-        ",".join(text(c.get("name")) for c in containers),
-        ",".join(text(c.get("image")) for c in containers),
-        format_labels(mapping(spec.get("selector"))),
-    ]
+    # A PodTemplate holds its template where a workload's spec does.
+    _, _, names, images = workload_parts({"spec": template})
+    labels = mapping(get_path(template, "template", "metadata", "labels"))
+    return [name_cell(template), names, images, format_labels(labels)]
 
 
 def _controller_revision_cells(revision: Printed, now: datetime) -> list[Any]:
@@ -549,8 +523,9 @@ _PARAM_KIND = Column(
     description="ParamKind specifies the kind of resources used to parameterize this policy",
 )
 
-_CONTAINERS = Column("Containers", description="Names of each container in the template.")
-_IMAGES = Column("Images", description="Images referenced by each container in the template.")
+# PodTemplates show their containers without -o wide.
+_CONTAINERS = Column("Containers", description=CONTAINERS_COLUMN.description)
+_IMAGES = Column("Images", description=IMAGES_COLUMN.description)
 
 _NETWORK_POLICY_SELECTOR = (
     "Selects the pods to which this NetworkPolicy object applies. The array of ingress rules "
@@ -727,8 +702,8 @@ PRINTERS: dict[tuple[str, str], Printer] = {
                 description="The number of ready replicas for this replication controller.",
             ),
             AGE_COLUMN,
-            Column("Containers", priority=1, description=_CONTAINERS.description),
-            Column("Images", priority=1, description=_IMAGES.description),
+            CONTAINERS_COLUMN,
+            IMAGES_COLUMN,
             Column(
                 "Selector",
                 priority=1,
@@ -740,7 +715,7 @@ PRINTERS: dict[tuple[str, str], Printer] = {
                 "labels/#label-selectors",
             ),
         ),
-        _replication_controller_cells,
+        replica_cells(lambda selector: format_labels(mapping(selector))),
     ),
     ("", "ResourceQuota"): Printer(
         (
