@@ -51,6 +51,61 @@ spec:
 """
 
 
+#: One object of each kind ``test_catalogued_kinds_print_kube_columns`` lists.
+PRINTED_MANIFESTS = """\
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: printing}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: printing-local
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: printing}
+spec:
+  ingressClassName: traefik
+  tls: [{hosts: [shop.example.com], secretName: shop-tls}]
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web, namespace: printing}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 2
+  maxReplicas: 5
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: printing}
+spec:
+  minAvailable: 50%
+  selector: {matchLabels: {app: web}}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: printing-local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: printing-high}
+value: 1000
+"""
+
+
 class KubectlTests(KubectlServerCase):
     """One server for the class; each test uses its own names."""
 
@@ -169,6 +224,44 @@ class KubectlTests(KubectlServerCase):
             self.kubectl("get", kind, "-A")
             listed = json.loads(self.kubectl("get", kind, "-A", "-o", "json"))
             self.assertEqual(listed["kind"], "List", kind)
+
+    def test_catalogued_kinds_print_kube_columns(self) -> None:
+        """kubectl get pvc,ingress,hpa,pdb,sc,priorityclass prints kube 1.32's headers and cells."""
+        self.kubectl("create", "namespace", "printing")
+        self.kubectl("apply", "-f", "-", stdin=PRINTED_MANIFESTS)
+        out = self.kubectl(
+            "get", "pvc,ingress,hpa,pdb,sc,priorityclass", "-n", "printing", "-o", "wide"
+        )
+        # One table per kind, its cells as kubectl spaces them out, normalised to one space.
+        tables = [
+            [" ".join(line.split()) for line in block.splitlines()]
+            for block in out.strip().split("\n\n")
+        ]
+        self.assertEqual(
+            [table[0] for table in tables],
+            [
+                "NAME STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS VOLUMEATTRIBUTESCLASS AGE "
+                "VOLUMEMODE",
+                "NAME CLASS HOSTS ADDRESS PORTS AGE",
+                "NAME REFERENCE TARGETS MINPODS MAXPODS REPLICAS AGE",
+                "NAME MIN AVAILABLE MAX UNAVAILABLE ALLOWED DISRUPTIONS AGE",
+                "NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE ALLOWVOLUMEEXPANSION AGE",
+                "NAME VALUE GLOBAL-DEFAULT AGE PREEMPTIONPOLICY",
+            ],
+        )
+        rows = "\n".join(row for table in tables for row in table[1:])
+        age = r"\d+s"
+        for wanted in (
+            rf"persistentvolumeclaim/data Pending printing-local <unset> {age} Filesystem",
+            rf"ingress.networking.k8s.io/shop traefik shop.example.com 80, 443 {age}",
+            "horizontalpodautoscaler.autoscaling/web Deployment/web "
+            rf"cpu: <unknown>/50% 2 5 0 {age}",
+            rf"poddisruptionbudget.policy/web 50% N/A 0 {age}",
+            r"storageclass.storage.k8s.io/printing-local \(default\) rancher.io/local-path Delete "
+            rf"WaitForFirstConsumer false {age}",
+            rf"priorityclass.scheduling.k8s.io/printing-high 1000 false {age} PreemptLowerPriority",
+        ):
+            self.assertRegex(rows, f"(?m)^{wanted}$")
 
     def test_wide_columns_and_labels(self) -> None:
         """-o wide adds the wide columns; --show-labels and -l select by label."""

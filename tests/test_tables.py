@@ -8,7 +8,16 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver.kinds import BUILT_IN, configmaps, namespaces, nodes, pods, secrets
+from k3stw.apiserver.kinds import (
+    BUILT_IN,
+    catalogue_resources,
+    configmaps,
+    converted_versions,
+    namespaces,
+    nodes,
+    pods,
+    secrets,
+)
 from k3stw.apiserver.kinds.custom import resources_of_crd
 from k3stw.apiserver.tables import (
     DEFAULT_PRINTER,
@@ -26,9 +35,21 @@ BUILTIN_PRINTERS: dict[tuple[str, str], Printer] = {
 }
 
 
+#: The catalogue's kinds without a module, and each one's printer as served.
+CATALOGUED = catalogue_resources()
+CATALOGUE_PRINTERS: dict[tuple[str, str], Printer] = {
+    (resource.group, resource.kind): resource.strategy.printer for resource in CATALOGUED
+}
+#: Every printer of its own: the modules' and the catalogued kinds'.
+PRINTERS = {
+    **BUILTIN_PRINTERS,
+    **{key: p for key, p in CATALOGUE_PRINTERS.items() if p is not DEFAULT_PRINTER},
+}
+
+
 def printer_for(group: str, kind: str) -> Printer:
     """The printer of a built-in kind; kube-apiserver's default one for any other."""
-    return BUILTIN_PRINTERS.get((group, kind), DEFAULT_PRINTER)
+    return PRINTERS.get((group, kind), DEFAULT_PRINTER)
 
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -933,6 +954,870 @@ class CustomResourcePrinterTests(SynchronousTestCase):
         self.assertEqual(mistyped[1:4], [None, None, None])
 
 
+def owner(api_version: str, kind: str, name: str, controller: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": "u",
+        "controller": controller,
+    }
+
+
+GROUP_ADMISSION = "admissionregistration.k8s.io"
+GROUP_FLOW = "flowcontrol.apiserver.k8s.io"
+TEMPLATE_SPEC = {"containers": [{"name": "nginx", "image": "nginx:1.27"}]}
+
+#: Realistic objects of the catalogue's kinds and the row kube-apiserver 1.32 prints for each.
+CATALOGUED_ROWS: list[tuple[str, str, dict[str, Any], list[Any]]] = [
+    (
+        "",
+        "PersistentVolumeClaim",
+        {
+            "metadata": meta("data"),
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": "local-path",
+                "volumeName": "pv-1",
+                "volumeMode": "Filesystem",
+            },
+            "status": {
+                "phase": "Bound",
+                "accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": "1024Mi"},
+            },
+        },
+        ["data", "Bound", "pv-1", "1Gi", "RWO", "local-path", "<unset>", "5m", "Filesystem"],
+    ),
+    (
+        "",
+        "PersistentVolumeClaim",
+        {
+            "metadata": meta(
+                "claim",
+                annotations={"volume.beta.kubernetes.io/storage-class": "slow"},
+                deletionTimestamp=ago(seconds=3),
+            ),
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "5Gi"}},
+                "storageClassName": "fast",
+                "volumeAttributesClassName": "gold",
+            },
+            "status": {"phase": "Pending"},
+        },
+        ["claim", "Terminating", "", "", "", "slow", "gold", "5m", "<unset>"],
+    ),
+    (
+        "",
+        "PersistentVolume",
+        {
+            "metadata": meta("pv-1", None),
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteMany", "ReadWriteOnce", "ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "claimRef": {"namespace": "default", "name": "data"},
+                "storageClassName": "local-path",
+                "volumeMode": "Filesystem",
+                "hostPath": {"path": "/var/lib/data"},
+            },
+            "status": {"phase": "Bound"},
+        },
+        [
+            "pv-1",
+            "10Gi",
+            "RWO,RWX",
+            "Delete",
+            "Bound",
+            "default/data",
+            "local-path",
+            "<unset>",
+            "",
+            "5m",
+            "Filesystem",
+        ],
+    ),
+    (
+        "",
+        "PersistentVolume",
+        {"metadata": meta("pv-2", None), "status": {"phase": "Failed", "reason": "Recycle"}},
+        ["pv-2", "0", "", "", "Failed", "", "", "<unset>", "Recycle", "5m", "<unset>"],
+    ),
+    (
+        "",
+        "PodTemplate",
+        {
+            "metadata": meta("tmpl"),
+            "template": {
+                "metadata": {"labels": {"tier": "web", "app": "shop"}},
+                "spec": TEMPLATE_SPEC,
+            },
+        },
+        ["tmpl", "nginx", "nginx:1.27", "app=shop,tier=web"],
+    ),
+    ("", "PodTemplate", {"metadata": meta("bare")}, ["bare", "", "", "<none>"]),
+    (
+        "",
+        "ReplicationController",
+        {
+            "metadata": meta("nginx"),
+            "spec": {
+                "replicas": 3,
+                "selector": {"app": "nginx"},
+                "template": {"metadata": {"labels": {"app": "nginx"}}, "spec": TEMPLATE_SPEC},
+            },
+            "status": {"replicas": 3, "readyReplicas": 2},
+        },
+        ["nginx", 3, 3, 2, "5m", "nginx", "nginx:1.27", "app=nginx"],
+    ),
+    (
+        "",
+        "ResourceQuota",
+        {
+            "metadata": meta("compute"),
+            "spec": {"hard": {"pods": "10"}},
+            "status": {
+                "hard": {
+                    "requests.cpu": "1",
+                    "requests.memory": "1Gi",
+                    "limits.cpu": "2000m",
+                    "pods": "10",
+                },
+                "used": {"requests.cpu": "500m", "requests.memory": "512Mi", "pods": "3"},
+            },
+        },
+        [
+            "compute",
+            "pods: 3/10, requests.cpu: 500m/1, requests.memory: 512Mi/1Gi",
+            "limits.cpu: 0/2",
+            "5m",
+        ],
+    ),
+    ("", "ResourceQuota", {"metadata": meta("fresh")}, ["fresh", "", "", "5m"]),
+    (
+        GROUP_ADMISSION,
+        "MutatingWebhookConfiguration",
+        {"metadata": meta("hooks", None), "webhooks": [{"name": "a.example.com"}, {"name": "b"}]},
+        ["hooks", 2, "5m"],
+    ),
+    (
+        GROUP_ADMISSION,
+        "ValidatingWebhookConfiguration",
+        {"metadata": meta("checks", None)},
+        ["checks", 0, "5m"],
+    ),
+    (
+        GROUP_ADMISSION,
+        "ValidatingAdmissionPolicy",
+        {
+            "metadata": meta("replica-limit", None),
+            "spec": {
+                "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+                "validations": [{"expression": "true"}, {"expression": "false"}],
+            },
+        },
+        ["replica-limit", 2, "v1/ConfigMap", "5m"],
+    ),
+    (
+        GROUP_ADMISSION,
+        "ValidatingAdmissionPolicy",
+        {"metadata": meta("plain", None), "spec": {}},
+        ["plain", 0, "<unset>", "5m"],
+    ),
+    (
+        GROUP_ADMISSION,
+        "ValidatingAdmissionPolicyBinding",
+        {
+            "metadata": meta("bound", None),
+            "spec": {"policyName": "replica-limit", "paramRef": {"name": "limits"}},
+        },
+        ["bound", "replica-limit", "*/limits", "5m"],
+    ),
+    (
+        GROUP_ADMISSION,
+        "ValidatingAdmissionPolicyBinding",
+        {
+            "metadata": meta("scoped", None),
+            "spec": {"policyName": "p", "paramRef": {"name": "limits", "namespace": "team"}},
+        },
+        ["scoped", "p", "team/limits", "5m"],
+    ),
+    (
+        GROUP_ADMISSION,
+        "ValidatingAdmissionPolicyBinding",
+        {
+            "metadata": meta("selected", None),
+            "spec": {
+                "policyName": "p",
+                "paramRef": {
+                    "selector": {
+                        "matchLabels": {"env": "prod", "app": "x"},
+                        "matchExpressions": [
+                            {"key": "tier", "operator": "In", "values": ["a", "b"]}
+                        ],
+                    }
+                },
+            },
+        },
+        [
+            "selected",
+            "p",
+            "&LabelSelector{MatchLabels:map[string]string{app: x,env: prod,},"
+            "MatchExpressions:[]LabelSelectorRequirement{LabelSelectorRequirement{Key:tier,"
+            "Operator:In,Values:[a b],},},}",
+            "5m",
+        ],
+    ),
+    (
+        GROUP_ADMISSION,
+        "ValidatingAdmissionPolicyBinding",
+        {"metadata": meta("loose", None), "spec": {"policyName": "p"}},
+        ["loose", "p", "<unset>", "5m"],
+    ),
+    (
+        "apiregistration.k8s.io",
+        "APIService",
+        {
+            "metadata": meta("v1beta1.metrics.k8s.io", None),
+            "spec": {"service": {"namespace": "kube-system", "name": "metrics-server"}},
+            "status": {
+                "conditions": [
+                    {"type": "Available", "status": "False", "reason": "FailedDiscoveryCheck"}
+                ]
+            },
+        },
+        [
+            "v1beta1.metrics.k8s.io",
+            "kube-system/metrics-server",
+            "False (FailedDiscoveryCheck)",
+            "5m",
+        ],
+    ),
+    (
+        "apiregistration.k8s.io",
+        "APIService",
+        {
+            "metadata": meta("v1.apps", None),
+            "spec": {"group": "apps", "version": "v1"},
+            "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Local"}]},
+        },
+        ["v1.apps", "Local", "True", "5m"],
+    ),
+    (
+        "apiregistration.k8s.io",
+        "APIService",
+        {"metadata": meta("v1.new", None)},
+        ["v1.new", "Local", "Unknown", "5m"],
+    ),
+    (
+        "apps",
+        "ControllerRevision",
+        {
+            "metadata": meta(
+                "svclb-5d8f", ownerReferences=[owner("apps/v1", "DaemonSet", "svclb")]
+            ),
+            "revision": 2,
+        },
+        ["svclb-5d8f", "daemonset.apps/svclb", 2, "5m"],
+    ),
+    (
+        "apps",
+        "ControllerRevision",
+        {
+            "metadata": meta(
+                "r",
+                ownerReferences=[owner("v1", "Pod", "a", False), owner("v1", "Pod", "b")],
+            ),
+            "revision": 1,
+        },
+        ["r", "pod/b", 1, "5m"],
+    ),
+    ("apps", "ControllerRevision", {"metadata": meta("orphan")}, ["orphan", "<none>", 0, "5m"]),
+    (
+        "autoscaling",
+        "HorizontalPodAutoscaler",
+        {
+            "metadata": meta("web"),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1,
+                "maxReplicas": 10,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 50},
+                        },
+                    },
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "memory",
+                            "target": {"type": "AverageValue", "averageValue": "100Mi"},
+                        },
+                    },
+                    {
+                        "type": "Pods",
+                        "pods": {
+                            "metric": {"name": "packets"},
+                            "target": {"type": "AverageValue", "averageValue": "1k"},
+                        },
+                    },
+                ],
+            },
+            "status": {
+                "currentReplicas": 3,
+                "desiredReplicas": 3,
+                "currentMetrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "current": {"averageUtilization": 32, "averageValue": "64m"},
+                        },
+                    },
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "memory", "current": {"averageValue": "62914560"}},
+                    },
+                ],
+            },
+        },
+        [
+            "web",
+            "Deployment/web",
+            "cpu: 32%/50%, memory: 62914560/100Mi + 1 more...",
+            "1",
+            10,
+            3,
+            "5m",
+        ],
+    ),
+    (
+        "autoscaling",
+        "HorizontalPodAutoscaler",
+        {
+            "metadata": meta("queue"),
+            "spec": {
+                "scaleTargetRef": {"kind": "StatefulSet", "name": "worker"},
+                "maxReplicas": 4,
+                "metrics": [
+                    {
+                        "type": "External",
+                        "external": {
+                            "metric": {"name": "queue_depth"},
+                            "target": {"type": "AverageValue", "averageValue": "30"},
+                        },
+                    },
+                    {
+                        "type": "Object",
+                        "object": {
+                            "metric": {"name": "requests"},
+                            "describedObject": {"kind": "Ingress", "name": "main"},
+                            "target": {"type": "Value", "value": "10k"},
+                        },
+                    },
+                ],
+            },
+            "status": {
+                "currentMetrics": [
+                    {"type": "External", "external": {"current": {"value": "12"}}},
+                    {"type": "Object", "object": {"current": {"value": "2500"}}},
+                ]
+            },
+        },
+        ["queue", "StatefulSet/worker", "<unknown>/30 (avg), 2500/10k", "<unset>", 4, 0, "5m"],
+    ),
+    (
+        "autoscaling",
+        "HorizontalPodAutoscaler",
+        {
+            "metadata": meta("idle"),
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "idle"}, "maxReplicas": 2},
+        },
+        ["idle", "Deployment/idle", "<none>", "<unset>", 2, 0, "5m"],
+    ),
+    (
+        "certificates.k8s.io",
+        "CertificateSigningRequest",
+        {
+            "metadata": meta("csr-admin", None),
+            "spec": {
+                "signerName": "kubernetes.io/kube-apiserver-client",
+                "username": "admin",
+                "expirationSeconds": 86400,
+                "request": "LS0t",
+            },
+            "status": {
+                "conditions": [{"type": "Approved", "status": "True"}],
+                "certificate": "LS0t",
+            },
+        },
+        [
+            "csr-admin",
+            "5m",
+            "kubernetes.io/kube-apiserver-client",
+            "admin",
+            "24h",
+            "Approved,Issued",
+        ],
+    ),
+    (
+        "certificates.k8s.io",
+        "CertificateSigningRequest",
+        {
+            "metadata": meta("csr-bad", None),
+            "spec": {"request": "LS0t", "username": "system:node:n1"},
+            "status": {
+                "conditions": [{"type": "Failed"}, {"type": "Denied"}, {"type": "Approved"}]
+            },
+        },
+        ["csr-bad", "5m", "<none>", "system:node:n1", "<none>", "Denied,Failed"],
+    ),
+    (
+        "certificates.k8s.io",
+        "CertificateSigningRequest",
+        {"metadata": meta("csr-new", None), "spec": {"expirationSeconds": 3600}},
+        ["csr-new", "5m", "<none>", "", "60m", "Pending"],
+    ),
+    (
+        GROUP_FLOW,
+        "FlowSchema",
+        {
+            "metadata": meta("exempt", None),
+            "spec": {"priorityLevelConfiguration": {"name": "exempt"}, "matchingPrecedence": 1},
+            "status": {"conditions": [{"type": "Dangling", "status": "False"}]},
+        },
+        ["exempt", "exempt", 1, "<none>", "5m", "False"],
+    ),
+    (
+        GROUP_FLOW,
+        "FlowSchema",
+        {
+            "metadata": meta("service-accounts", None),
+            "spec": {
+                "priorityLevelConfiguration": {"name": "workload-low"},
+                "matchingPrecedence": 9000,
+                "distinguisherMethod": {"type": "ByUser"},
+            },
+        },
+        ["service-accounts", "workload-low", 9000, "ByUser", "5m", "?"],
+    ),
+    (
+        GROUP_FLOW,
+        "PriorityLevelConfiguration",
+        {
+            "metadata": meta("workload-low", None),
+            "spec": {
+                "type": "Limited",
+                "limited": {
+                    "nominalConcurrencyShares": 100,
+                    "lendablePercent": 90,
+                    "limitResponse": {
+                        "type": "Queue",
+                        "queuing": {"queues": 128, "handSize": 6, "queueLengthLimit": 50},
+                    },
+                },
+            },
+        },
+        ["workload-low", "Limited", 100, 128, 6, 50, "5m"],
+    ),
+    (
+        GROUP_FLOW,
+        "PriorityLevelConfiguration",
+        {
+            "metadata": meta("catch-all", None),
+            "spec": {
+                "type": "Limited",
+                "limited": {"nominalConcurrencyShares": 5, "limitResponse": {"type": "Reject"}},
+            },
+        },
+        ["catch-all", "Limited", 5, "<none>", "<none>", "<none>", "5m"],
+    ),
+    (
+        GROUP_FLOW,
+        "PriorityLevelConfiguration",
+        {"metadata": meta("exempt", None), "spec": {"type": "Exempt", "exempt": {}}},
+        ["exempt", "Exempt", "<none>", "<none>", "<none>", "<none>", "5m"],
+    ),
+    (
+        "networking.k8s.io",
+        "Ingress",
+        {
+            "metadata": meta("web"),
+            "spec": {
+                "ingressClassName": "traefik",
+                "rules": [
+                    {"host": "a.example.com"},
+                    {"http": {"paths": []}},
+                    {"host": "b.example.com"},
+                    {"host": "c.example.com"},
+                    {"host": "d.example.com"},
+                ],
+                "tls": [{"hosts": ["a.example.com"], "secretName": "tls"}],
+            },
+            "status": {
+                "loadBalancer": {
+                    "ingress": [
+                        {"ip": "10.0.0.2"},
+                        {"hostname": "lb.example.com"},
+                        {"ip": "10.0.0.1"},
+                    ]
+                }
+            },
+        },
+        [
+            "web",
+            "traefik",
+            "a.example.com,b.example.com,c.example.com + 2 more...",
+            "10.0.0.1,10.0.0.2,lb.example.com",
+            "80, 443",
+            "5m",
+        ],
+    ),
+    (
+        "networking.k8s.io",
+        "Ingress",
+        {
+            "metadata": meta("default-backend"),
+            "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+        },
+        ["default-backend", "<none>", "*", "", "80", "5m"],
+    ),
+    (
+        "networking.k8s.io",
+        "Ingress",
+        {
+            "metadata": meta("three"),
+            "spec": {"rules": [{"host": "a"}, {"host": "b"}, {"host": "c"}]},
+        },
+        ["three", "<none>", "a,b,c", "", "80", "5m"],
+    ),
+    (
+        "networking.k8s.io",
+        "IngressClass",
+        {
+            "metadata": meta("external-lb", None),
+            "spec": {
+                "controller": "example.com/ingress-controller",
+                "parameters": {
+                    "apiGroup": "k8s.example.com",
+                    "kind": "IngressParameters",
+                    "name": "external-lb",
+                },
+            },
+        },
+        [
+            "external-lb",
+            "example.com/ingress-controller",
+            "IngressParameters.k8s.example.com/external-lb",
+            "5m",
+        ],
+    ),
+    (
+        "networking.k8s.io",
+        "IngressClass",
+        {
+            "metadata": meta("traefik", None),
+            "spec": {"controller": "traefik.io/ingress-controller"},
+        },
+        ["traefik", "traefik.io/ingress-controller", "<none>", "5m"],
+    ),
+    (
+        "networking.k8s.io",
+        "NetworkPolicy",
+        {
+            "metadata": meta("db"),
+            "spec": {
+                "podSelector": {
+                    "matchLabels": {"role": "db"},
+                    "matchExpressions": [{"key": "tier", "operator": "Exists"}],
+                },
+                "policyTypes": ["Ingress"],
+            },
+        },
+        ["db", "role=db,tier", "5m"],
+    ),
+    (
+        "networking.k8s.io",
+        "NetworkPolicy",
+        {"metadata": meta("deny-all"), "spec": {"podSelector": {}}},
+        ["deny-all", "<none>", "5m"],
+    ),
+    (
+        "node.k8s.io",
+        "RuntimeClass",
+        {"metadata": meta("crun", None), "handler": "crun"},
+        ["crun", "crun", "5m"],
+    ),
+    (
+        "policy",
+        "PodDisruptionBudget",
+        {
+            "metadata": meta("web"),
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+            "status": {"disruptionsAllowed": 1, "currentHealthy": 3, "desiredHealthy": 2},
+        },
+        ["web", "2", "N/A", 1, "5m"],
+    ),
+    (
+        "policy",
+        "PodDisruptionBudget",
+        {"metadata": meta("db"), "spec": {"maxUnavailable": "25%"}},
+        ["db", "N/A", "25%", 0, "5m"],
+    ),
+    (
+        "scheduling.k8s.io",
+        "PriorityClass",
+        {
+            "metadata": meta("system-cluster-critical", None),
+            "value": 2000000000,
+            "preemptionPolicy": "PreemptLowerPriority",
+        },
+        ["system-cluster-critical", 2000000000, False, "5m", "PreemptLowerPriority"],
+    ),
+    (
+        "scheduling.k8s.io",
+        "PriorityClass",
+        {"metadata": meta("high", None), "value": 1000, "globalDefault": True},
+        ["high", 1000, True, "5m", ""],
+    ),
+    (
+        "storage.k8s.io",
+        "StorageClass",
+        {
+            "metadata": meta(
+                "local-path",
+                None,
+                annotations={"storageclass.kubernetes.io/is-default-class": "true"},
+            ),
+            "provisioner": "rancher.io/local-path",
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        },
+        [
+            "local-path (default)",
+            "rancher.io/local-path",
+            "Delete",
+            "WaitForFirstConsumer",
+            False,
+            "5m",
+        ],
+    ),
+    (
+        "storage.k8s.io",
+        "StorageClass",
+        {
+            "metadata": meta(
+                "fast",
+                None,
+                annotations={"storageclass.beta.kubernetes.io/is-default-class": "false"},
+            ),
+            "provisioner": "ebs.csi.aws.com",
+            "reclaimPolicy": "Retain",
+            "allowVolumeExpansion": True,
+        },
+        ["fast", "ebs.csi.aws.com", "Retain", "Immediate", True, "5m"],
+    ),
+    (
+        "storage.k8s.io",
+        "CSIDriver",
+        {
+            "metadata": meta("secrets.csi.example.com", None),
+            "spec": {
+                "attachRequired": False,
+                "podInfoOnMount": True,
+                "volumeLifecycleModes": ["Persistent", "Ephemeral"],
+                "tokenRequests": [{"audience": "vault"}, {"audience": "aws"}],
+                "requiresRepublish": True,
+            },
+        },
+        [
+            "secrets.csi.example.com",
+            False,
+            True,
+            False,
+            "vault,aws",
+            True,
+            "Persistent,Ephemeral",
+            "5m",
+        ],
+    ),
+    (
+        "storage.k8s.io",
+        "CSIDriver",
+        {"metadata": meta("plain.csi", None), "spec": {}},
+        ["plain.csi", True, False, False, "<unset>", False, "<none>", "5m"],
+    ),
+    (
+        "storage.k8s.io",
+        "CSINode",
+        {
+            "metadata": meta("node-1", None),
+            "spec": {"drivers": [{"name": "csi.example.com", "nodeID": "node-1"}]},
+        },
+        ["node-1", 1, "5m"],
+    ),
+    (
+        "storage.k8s.io",
+        "CSIStorageCapacity",
+        {
+            "metadata": meta("cap-1"),
+            "storageClassName": "local-path",
+            "capacity": "100Gi",
+        },
+        ["cap-1", "local-path", "100Gi"],
+    ),
+    (
+        "storage.k8s.io",
+        "CSIStorageCapacity",
+        {"metadata": meta("cap-2"), "storageClassName": "fast"},
+        ["cap-2", "fast", "<unset>"],
+    ),
+    (
+        "storage.k8s.io",
+        "VolumeAttachment",
+        {
+            "metadata": meta("csi-abc", None),
+            "spec": {
+                "attacher": "csi.example.com",
+                "source": {"persistentVolumeName": "pv-1"},
+                "nodeName": "node-1",
+            },
+            "status": {"attached": True},
+        },
+        ["csi-abc", "csi.example.com", "pv-1", "node-1", True, "5m"],
+    ),
+    (
+        "storage.k8s.io",
+        "VolumeAttachment",
+        {
+            "metadata": meta("inline", None),
+            "spec": {
+                "attacher": "csi.example.com",
+                "source": {"inlineVolumeSpec": {}},
+                "nodeName": "n",
+            },
+        },
+        ["inline", "csi.example.com", "", "n", False, "5m"],
+    ),
+]
+
+#: kubectl's header for the kinds of ``kubectl get pvc,ingress,hpa,pdb,sc,priorityclass``.
+KUBE_HEADERS = {
+    ("", "PersistentVolumeClaim"): "NAME STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS "
+    "VOLUMEATTRIBUTESCLASS AGE",
+    ("networking.k8s.io", "Ingress"): "NAME CLASS HOSTS ADDRESS PORTS AGE",
+    ("autoscaling", "HorizontalPodAutoscaler"): "NAME REFERENCE TARGETS MINPODS MAXPODS "
+    "REPLICAS AGE",
+    ("policy", "PodDisruptionBudget"): "NAME MIN AVAILABLE MAX UNAVAILABLE ALLOWED DISRUPTIONS AGE",
+    ("storage.k8s.io", "StorageClass"): "NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE "
+    "ALLOWVOLUMEEXPANSION AGE",
+    # PreemptionPolicy has no priority in kube 1.32: it shows without -o wide.
+    ("scheduling.k8s.io", "PriorityClass"): "NAME VALUE GLOBAL-DEFAULT AGE PREEMPTIONPOLICY",
+}
+
+
+class CataloguedPrinterTests(SynchronousTestCase):
+    def test_rows_match_kube(self) -> None:
+        """Each catalogued kind's row for a realistic object is kube-apiserver 1.32's."""
+        actual = [cells(group, kind, obj) for group, kind, obj, _ in CATALOGUED_ROWS]
+        self.assertEqual(actual, [wanted for *_, wanted in CATALOGUED_ROWS])
+
+    def test_kinds_without_columns_print_the_default(self) -> None:
+        """The catalogue's kinds kube gives no columns (LimitRange, the reviews) print Name
+        and Created At; every other one has its own printer."""
+        defaults = {
+            key for key, printer in CATALOGUE_PRINTERS.items() if printer is DEFAULT_PRINTER
+        }
+        self.assertEqual(
+            defaults,
+            {
+                ("", "LimitRange"),
+                ("authentication.k8s.io", "SelfSubjectReview"),
+                ("authentication.k8s.io", "TokenReview"),
+                ("authorization.k8s.io", "LocalSubjectAccessReview"),
+                ("authorization.k8s.io", "SelfSubjectAccessReview"),
+                ("authorization.k8s.io", "SelfSubjectRulesReview"),
+                ("authorization.k8s.io", "SubjectAccessReview"),
+            },
+        )
+
+    def test_headers_and_wide_columns(self) -> None:
+        """Column names as kubectl upper-cases them; -o wide columns, types and formats."""
+        for key, header in KUBE_HEADERS.items():
+            names = [c.name.upper() for c in PRINTERS[key].columns if c.priority == 0]
+            self.assertEqual(" ".join(names), header)
+        own = {key: PRINTERS[key] for key in CATALOGUE_PRINTERS if key in PRINTERS}
+        wide = {
+            key: [c.name for c in printer.columns if c.priority]
+            for key, printer in own.items()
+            if any(c.priority for c in printer.columns)
+        }
+        self.assertEqual(
+            wide,
+            {
+                ("", "PersistentVolume"): ["VolumeMode"],
+                ("", "PersistentVolumeClaim"): ["VolumeMode"],
+                ("", "ReplicationController"): ["Containers", "Images", "Selector"],
+            },
+        )
+        typed = {
+            (key[1], c.name): (c.type, c.format)
+            for key, printer in own.items()
+            for c in printer.columns
+            if (c.type, c.format) != ("string", "") and c.name != "Name"
+        }
+        self.assertEqual(
+            typed,
+            {
+                ("ReplicationController", "Desired"): ("integer", ""),
+                ("ReplicationController", "Current"): ("integer", ""),
+                ("ReplicationController", "Ready"): ("integer", ""),
+                ("MutatingWebhookConfiguration", "Webhooks"): ("integer", ""),
+                ("ValidatingWebhookConfiguration", "Webhooks"): ("integer", ""),
+                ("ValidatingAdmissionPolicy", "Validations"): ("integer", ""),
+                ("PodDisruptionBudget", "Allowed Disruptions"): ("integer", ""),
+                ("PriorityClass", "Value"): ("integer", ""),
+                ("PriorityClass", "Global-Default"): ("boolean", ""),
+                ("CSIDriver", "AttachRequired"): ("boolean", ""),
+                ("CSIDriver", "PodInfoOnMount"): ("boolean", ""),
+                ("CSIDriver", "StorageCapacity"): ("boolean", ""),
+                ("CSIDriver", "RequiresRepublish"): ("boolean", ""),
+                ("CSINode", "Drivers"): ("integer", ""),
+                ("VolumeAttachment", "Attacher"): ("string", "name"),
+                ("VolumeAttachment", "Attached"): ("boolean", ""),
+            },
+        )
+
+    def test_autoscaling_v1_prints_the_v2_columns(self) -> None:
+        """An autoscaling/v1 HPA prints as its stored v2 form: its CPU target and reading."""
+        (v1,) = converted_versions(CATALOGUED)
+        hpa = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": meta("web"),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 2,
+                "maxReplicas": 5,
+                "targetCPUUtilizationPercentage": 80,
+            },
+            "status": {
+                "currentReplicas": 2,
+                "desiredReplicas": 2,
+                "currentCPUUtilizationPercentage": 45,
+            },
+        }
+        self.assertEqual(
+            v1.strategy.printer.row(hpa, NOW)["cells"],
+            ["web", "Deployment/web", "cpu: 45%/80%", "2", 5, 2, "5m"],
+        )
+
+
 SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("", "Pod"): make_pod(2, [container_status("c0", RUNNING, True)]),
     ("", "Node"): make_node(),
@@ -980,6 +1865,7 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "metadata": meta("crb", None),
         "roleRef": {"kind": "ClusterRole", "name": "edit"},
     },
+    **{(group, kind): obj for group, kind, obj, _ in reversed(CATALOGUED_ROWS)},
 }
 
 SPARSE_OBJECTS: list[dict[str, Any]] = [
@@ -1039,16 +1925,14 @@ class BatchAndStatefulPrinterTests(SynchronousTestCase):
 class TableTests(SynchronousTestCase):
     def test_every_printer_fills_every_column(self) -> None:
         """Each built-in printer yields one JSON-serialisable cell per column, sparse or not."""
-        self.assertEqual(set(SAMPLES), set(BUILTIN_PRINTERS))
+        self.assertEqual(set(SAMPLES), set(PRINTERS))
         widths: dict[tuple[str, str], set[int]] = {}
-        for key, printer in BUILTIN_PRINTERS.items():
+        for key, printer in PRINTERS.items():
             for obj in [SAMPLES[key], *SPARSE_OBJECTS]:
                 row = printer.row(obj, NOW)
                 json.dumps(row)
                 widths.setdefault(key, set()).add(len(row["cells"]))
-        self.assertEqual(
-            widths, {key: {len(printer.columns)} for key, printer in BUILTIN_PRINTERS.items()}
-        )
+        self.assertEqual(widths, {key: {len(printer.columns)} for key, printer in PRINTERS.items()})
 
     def test_list_table(self) -> None:
         """A list Table carries metadata, column definitions and PartialObjectMetadata rows."""

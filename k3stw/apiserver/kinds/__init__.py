@@ -17,6 +17,7 @@ from k3stw.apiserver import catalogue
 from k3stw.apiserver.catalogue.rules import LazyRules
 from k3stw.apiserver.kinds import (
     catalogued,
+    catalogued_printers,
     catalogued_validation,
     configmaps,
     crds,
@@ -41,6 +42,7 @@ from k3stw.apiserver.kinds import (
 )
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.strategy import Strategy, no_defaults
+from k3stw.apiserver.tables import DEFAULT_PRINTER
 
 #: Every built-in resource, in the order the modules declare them.
 BUILT_IN: tuple[ResourceType, ...] = (
@@ -84,7 +86,8 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
     """
     The catalogue's resources that no module declares, at their group's
     preferred version (a group's other versions need conversion), with the
-    default strategy and the merge rules their schemas state; of their
+    default strategy, kube's columns (L{catalogued_printers}) and the merge
+    rules their schemas state; of their
     subresources those served for any kind (L{GENERIC_SUBRESOURCES}).
     """
     modules = {(r.group, r.kind) for r in declared}
@@ -115,6 +118,9 @@ def catalogue_resources(declared: tuple[ResourceType, ...] = BUILT_IN) -> list[R
                 subresources=served,
                 verbs=tuple(entry["verbs"]),
                 strategy=Strategy(
+                    printer=catalogued_printers.PRINTERS.get(
+                        (group, entry["kind"]), DEFAULT_PRINTER
+                    ),
                     merge_rules=LazyRules(group, entry["version"], entry["kind"]),
                     returns_deleted_object=entry["deleteReturnsObject"],
                     default=catalogued.DEFAULTS.get((group, entry["kind"]), no_defaults),

@@ -4,6 +4,7 @@ ReplicaSets (apps/v1): defaults, merge rules and the Table kubectl prints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from k3stw.apiserver.patch.rules import (
 from k3stw.apiserver.tables import (
     AGE_COLUMN,
     NAME_COLUMN,
+    Cells,
     Column,
     Printed,
     Printer,
@@ -31,18 +33,26 @@ from k3stw.apiserver.tables import (
 from k3stw.machinery.objects import Object
 
 
-def _replica_set_cells(obj: Printed, now: datetime) -> list[Any]:
-    spec, status, names, images = workload_parts(obj)
-    return [
-        name_cell(obj),
-        integer(spec.get("replicas")),
-        integer(status.get("replicas")),
-        integer(status.get("readyReplicas")),
-        age_cell(obj, now),
-        names,
-        images,
-        format_selector(spec.get("selector")),
-    ]
+def replica_cells(selector: Callable[[Any], str]) -> Cells:
+    """
+    A replicated pod set's cells (ReplicaSets, ReplicationControllers): desired,
+    current and ready counts, and with ``-o wide`` its selector as C{selector} shows it.
+    """
+
+    def cells(obj: Printed, now: datetime) -> list[Any]:
+        spec, status, names, images = workload_parts(obj)
+        return [
+            name_cell(obj),
+            integer(spec.get("replicas")),
+            integer(status.get("replicas")),
+            integer(status.get("readyReplicas")),
+            age_cell(obj, now),
+            names,
+            images,
+            selector(spec.get("selector")),
+        ]
+
+    return cells
 
 
 PRINTER = Printer(
@@ -69,7 +79,7 @@ PRINTER = Printer(
             description="Selector is a label query over pods that should match the replica count.",
         ),
     ),
-    _replica_set_cells,
+    replica_cells(format_selector),
 )
 
 

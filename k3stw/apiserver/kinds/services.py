@@ -57,14 +57,18 @@ from k3stw.machinery.labels import dns_subdomain_errors, format_labels
 from k3stw.machinery.objects import Object, get_path
 
 
-def _load_balancer_ips(service: Printed) -> str:
-    seen: dict[str, None] = {}
-    for ingress in mappings(get_path(service, "status", "loadBalancer", "ingress")):
-        address = text(ingress.get("ip")) or text(ingress.get("hostname"))
+def load_balancer_addresses(obj: Printed) -> str:
+    """
+    The addresses in a Service's or an Ingress's ``status.loadBalancer``: each point's IP,
+    else its hostname, sorted and once each, as kube's printers show them (the whole
+    list: kube-apiserver prints "wide").
+    """
+    found = set()
+    for point in mappings(get_path(obj, "status", "loadBalancer", "ingress")):
+        address = text(point.get("ip")) or text(point.get("hostname"))
         if address:
-            seen[address] = None
-    # kube-apiserver prints the whole list server-side (the printers run "wide").
-    return ",".join(seen)
+            found.add(address)
+    return ",".join(sorted(found))
 
 
 def _service_external_ip(service: Printed) -> str:
@@ -74,7 +78,7 @@ def _service_external_ip(service: Printed) -> str:
     if kind in ("ClusterIP", "NodePort"):
         return ",".join(external) or "<none>"
     if kind == "LoadBalancer":
-        balancer = _load_balancer_ips(service)
+        balancer = load_balancer_addresses(service)
         if external:
             return ",".join(([balancer] if balancer else []) + external)
         return balancer or "<pending>"
