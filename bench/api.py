@@ -898,7 +898,7 @@ async def run_checks(reactor: Any, budget: Budget, rounds: int) -> list[tuple[st
 
 
 def checks_report(
-    columns: list[tuple[str, Results]], budget: Budget, quick: bool, seconds: float
+    columns: list[tuple[str, Results]], budget: Budget, rounds: int, quick: bool, seconds: float
 ) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -928,8 +928,7 @@ def checks_report(
             f"Machine: {machine()}; load average at the end {load}",
             f"Date: {now}; mode: {'--quick' if quick else 'full'}, {seconds:.0f} s in all; "
             f"cells stop at {budget.ops} operations or {budget.seconds:g} s; "
-            f"each cell run {CHECK_ROUNDS} times (--quick: once), alternating the servers, "
-            "the median shown; "
+            f"each cell run {rounds} times, alternating the servers, the median shown; "
             "each cell: p50 / p99 latency in ms · creates/s",
             "",
             *lines,
@@ -1048,14 +1047,22 @@ def main(reactor: Any, argv: Sequence[str]) -> Deferred[None]:
     parser.add_argument(
         "--checks", action="store_true", help="what validation, defaulting and RBAC cost"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=CHECK_ROUNDS,
+        help=f"with --checks: runs of each cell (default {CHECK_ROUNDS}; --quick: 1)",
+    )
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
 
     async def go() -> None:
         started = time.perf_counter()
         if args.checks:
-            columns = await run_checks(reactor, budget, 1 if args.quick else CHECK_ROUNDS)
-            text = checks_report(columns, budget, args.quick, time.perf_counter() - started)
+            rounds = 1 if args.quick else max(args.rounds, 1)
+            columns = await run_checks(reactor, budget, rounds)
+            elapsed = time.perf_counter() - started
+            text = checks_report(columns, budget, rounds, args.quick, elapsed)
         else:
             columns = await run(reactor, budget)
             text = report(columns, budget, args.quick, time.perf_counter() - started)
