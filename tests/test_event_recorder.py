@@ -1,0 +1,79 @@
+"""The controllers' Events: written once, counted again when they repeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.controllers.events import REPEAT_WINDOW, WARNING, EventRecorder
+from tests.support.apiserver import MemoryServer
+
+DEPLOYMENT: dict[str, Any] = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "web", "namespace": "default", "uid": "u-1", "resourceVersion": "7"},
+}
+
+
+class EventRecorderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+        self.recorder = EventRecorder(
+            self.server.store, self.server.clock, "deployment-controller", "server-1"
+        )
+
+    def events(self) -> list[dict[str, object]]:
+        store, resource = self.server.store, self.server.resource("", "events")
+        return self.server.run(store.list(resource, "default")).items
+
+    def test_written_as_kube_controller_manager_writes_it(self) -> None:
+        self.server.run(self.recorder.emit(DEPLOYMENT, "Normal", "ScalingReplicaSet", "Scaled up"))
+        [event] = self.events()
+        self.assertEqual(
+            event["involvedObject"],
+            {
+                "kind": "Deployment",
+                "namespace": "default",
+                "name": "web",
+                "uid": "u-1",
+                "apiVersion": "apps/v1",
+                "resourceVersion": "7",
+            },
+        )
+        self.assertEqual(
+            (event["reason"], event["message"], event["type"], event["count"]),
+            ("ScalingReplicaSet", "Scaled up", "Normal", 1),
+        )
+        self.assertEqual(
+            event["source"], {"component": "deployment-controller", "host": "server-1"}
+        )
+        self.assertTrue(str(event["metadata"]["name"]).startswith("web."))  # type: ignore[index]
+
+    def test_a_repeat_is_counted_on_the_same_event(self) -> None:
+        for _ in range(3):
+            self.server.run(self.recorder.emit(DEPLOYMENT, WARNING, "FailedCreate", "quota"))
+            self.server.clock.advance(5)
+        [event] = self.events()
+        self.assertEqual(event["count"], 3)
+        self.assertNotEqual(event["firstTimestamp"], event["lastTimestamp"])
+
+    def test_a_repeat_after_the_window_is_a_new_event(self) -> None:
+        self.server.run(self.recorder.emit(DEPLOYMENT, WARNING, "FailedCreate", "quota"))
+        self.server.clock.advance(REPEAT_WINDOW + 1)
+        self.server.run(self.recorder.emit(DEPLOYMENT, WARNING, "FailedCreate", "quota"))
+        self.assertEqual([e["count"] for e in self.events()], [1, 1])
+
+    def test_a_deleted_event_is_written_anew(self) -> None:
+        self.server.run(self.recorder.emit(DEPLOYMENT, WARNING, "FailedCreate", "quota"))
+        [event] = self.events()
+        name = event["metadata"]["name"]  # type: ignore[index]
+        self.server.delete("", "events", name, "default")
+        self.server.run(self.recorder.emit(DEPLOYMENT, WARNING, "FailedCreate", "quota"))
+        self.assertEqual([e["count"] for e in self.events()], [1])
+
+    def test_a_failed_write_is_dropped_not_raised(self) -> None:
+        orphan = {**DEPLOYMENT, "metadata": {**DEPLOYMENT["metadata"], "namespace": "gone"}}
+        self.server.run(self.recorder.emit(orphan, WARNING, "FailedCreate", "x"))
+        self.assertEqual(self.events(), [])
+        self.flushLoggedErrors()
