@@ -37,7 +37,14 @@ from k3stw.apiserver.tokens.reviews import authentication_reviews
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.endpoints import APIServerEndpoints
+from k3stw.controllers.events import EventRecorder
 from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.leaderelection import (
+    CONTROLLER_MANAGER,
+    SCHEDULER,
+    LeaderElected,
+    candidate_identity,
+)
 from k3stw.controllers.legacytokens import LegacyTokenController
 from k3stw.controllers.namespacedefaults import default_service_accounts, root_ca_publisher
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
@@ -350,16 +357,34 @@ def control_plane(
     """
     services = MultiService()
     informers.setServiceParent(services)
-    ClusterRoleAggregation(informers, store).setServiceParent(services)
-    GarbageCollector(informers, store, registry).setServiceParent(services)
+    # kube-controller-manager's loops run only on the server that holds its
+    # Lease, kube-scheduler's on the holder of its own: add them to these.
+    elected_controller_manager = LeaderElected(
+        store,
+        CONTROLLER_MANAGER,
+        candidate_identity(config.hostname),
+        EventRecorder(store, store.clock, CONTROLLER_MANAGER, config.hostname),
+    )
+    elected_controller_manager.setServiceParent(services)
+    elected_scheduler = LeaderElected(
+        store,
+        SCHEDULER,
+        candidate_identity(config.hostname),
+        EventRecorder(store, store.clock, "default-scheduler", config.hostname),
+    )
+    elected_scheduler.setServiceParent(services)
+    ClusterRoleAggregation(informers, store).setServiceParent(elected_controller_manager)
+    GarbageCollector(informers, store, registry).setServiceParent(elected_controller_manager)
     CRDController(informers, store, registry).setServiceParent(services)
     NodePasswordController(informers, store).setServiceParent(services)
-    default_service_accounts(informers, store).setServiceParent(services)
-    root_ca_publisher(informers, store, ca_bundle).setServiceParent(services)
-    LegacyTokenController(informers, store, keys, ca_bundle).setServiceParent(services)
+    default_service_accounts(informers, store).setServiceParent(elected_controller_manager)
+    root_ca_publisher(informers, store, ca_bundle).setServiceParent(elected_controller_manager)
+    LegacyTokenController(informers, store, keys, ca_bundle).setServiceParent(
+        elected_controller_manager
+    )
     NodeLifecycleController(
         informers, store, grace_period=config.node_monitor_grace_period
-    ).setServiceParent(services)
+    ).setServiceParent(elected_controller_manager)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
