@@ -113,7 +113,7 @@ class CommandLineTests(OptionsTestCase):
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",  # in the CIDR
             "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
             "--kubelet-arg", "port=10251", "--service-node-port-range", "31000-31999",
-            "--unchecked-api",
+            "--unchecked-api", "--node-cidr-mask-size", "25",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -127,6 +127,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertIs(options["with-node-id"], True)
         self.assertEqual(options["server"], "https://s:6443")
         self.assertEqual(options["node-monitor-grace-period"], 5.0)
+        self.assertEqual(options["node-cidr-mask-size"], 25)
         self.assertEqual(options["service-node-port-range"], "31000-31999")
         self.assertIs(options["unchecked-api"], True)
 

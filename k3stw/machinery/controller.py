@@ -61,12 +61,21 @@ class Controller(MultiService):
 
     def enqueue_handler(self) -> EventHandler:
         """A handler that enqueues the key of every object that changes."""
-        return enqueue_keys(self.queue.add)
+        # Through enqueue: a controller that stops and starts again (a leader
+        # elected anew) has a new queue.
+        return enqueue_keys(self.enqueue)
+
+    def resync(self) -> None:
+        """
+        Enqueue what needs looking at when the controller starts again after
+        a stop (keys queued then were dropped); nothing by default.
+        """
 
     def startService(self) -> None:
         super().startService()
         if self.queue.shutting_down:
             self.queue = WorkQueue(self.clock, self.queue.backoff)
+            self.resync()
         waiting = DeferredList(
             [informer.when_synced() for informer in self.informers], fireOnOneErrback=True
         )

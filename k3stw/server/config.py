@@ -38,6 +38,8 @@ class ServerConfig:
     cluster_cidr: str = "10.42.0.0/16"
     cluster_dns: str = "10.43.0.10"
     node_monitor_grace_period: float = 40.0
+    #: ``--node-cidr-mask-size``: each node's pod subnet; None for kube's (/24, /64).
+    node_cidr_mask_size: int | None = None
     advertise_port: int | None = None
     #: The embedded agent's node settings; None with ``--disable-agent``.
     node: NodeSettings | None = None

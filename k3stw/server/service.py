@@ -47,6 +47,8 @@ from k3stw.controllers.leaderelection import (
 )
 from k3stw.controllers.legacytokens import LegacyTokenController
 from k3stw.controllers.namespacedefaults import default_service_accounts, root_ca_publisher
+from k3stw.controllers.nodeipam import COMPONENT as CIDR_ALLOCATOR
+from k3stw.controllers.nodeipam import CIDRSet, NodeIPAMController, cidr_sets
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
@@ -385,10 +387,23 @@ def control_plane(
     NodeLifecycleController(
         informers, store, grace_period=config.node_monitor_grace_period
     ).setServiceParent(elected_controller_manager)
+    NodeIPAMController(
+        informers,
+        store,
+        _node_cidr_sets(config),
+        EventRecorder(store, store.clock, CIDR_ALLOCATOR, config.hostname),
+    ).setServiceParent(elected_controller_manager)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
     return services, endpoints
+
+
+def _node_cidr_sets(config: ServerConfig) -> list[CIDRSet]:
+    try:
+        return cidr_sets(config.cluster_cidr, config.node_cidr_mask_size)
+    except ValueError as e:
+        raise StartupError(f"--cluster-cidr / --node-cidr-mask-size: {e}") from None
 
 
 def build_server(

@@ -342,6 +342,12 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         _seconds,
         default=40.0,
     ),
+    Flag(
+        "node-cidr-mask-size",
+        "Mask size for node cidr in cluster. Default is 24 for IPv4 and 64 for IPv6 "
+        "(kube-controller-manager's flag)",
+        _integer,
+    ),
 )
 
 AGENT_FLAGS: tuple[Flag, ...] = (
@@ -391,7 +397,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("token", "token-file", "agent-token", "agent-token-file", "server", "cluster-init"),
     ),
     ("db", ("datastore-endpoint", "datastore-cafile", "datastore-certfile", "datastore-keyfile")),
-    ("controller", ("node-monitor-grace-period",)),
+    ("controller", ("node-monitor-grace-period", "node-cidr-mask-size")),
     ("experimental", ("unchecked-api",)),
     ("components", ("disable-agent",)),
     (

@@ -71,6 +71,7 @@ def server_config(options: Options) -> ServerConfig:
         api_checks=not options["unchecked-api"],
         node=None if options["disable-agent"] else options.node_settings(),
         node_monitor_grace_period=options["node-monitor-grace-period"],
+        node_cidr_mask_size=options["node-cidr-mask-size"],
         advertise_port=options["advertise-port"],
         datastore_endpoint=options["datastore-endpoint"],
         datastore_tls=DatastoreTLS(
