@@ -62,7 +62,6 @@ class JobTests(SynchronousTestCase):
         return sorted(found, key=lambda p: p["metadata"]["name"])
 
     def finish(self, pod: Object, phase: str) -> None:
-        # A second on: Events are named by their time, one per object and instant.
         self.clock.advance(1)
         name = pod["metadata"]["name"]
         current = self.server.get("", "pods", name, NS)
@@ -192,7 +191,7 @@ class JobTests(SynchronousTestCase):
         resumed = self.condition("Suspended")
         assert resumed is not None
         self.assertEqual((resumed["status"], resumed["reason"]), ("False", "JobResumed"))
-        self.assertIn("SuccessfulDelete", self.reasons())
+        self.assertIn("Suspended", self.reasons())
         self.assertIn("Resumed", self.reasons())
 
     def test_an_indexed_job_gives_each_pod_an_index(self) -> None:

@@ -22,7 +22,7 @@ Not done: podFailurePolicy, successPolicy, backoffLimitPerIndex, the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -392,9 +392,17 @@ def _version(obj: Object) -> int:
     return int(version) if version.isdigit() else 0
 
 
-def _by_job(pod: Object) -> Iterable[str]:
-    owner = controller_of(pod, "Job")
-    return (join_key(namespace_of(pod), str(owner.get("name", ""))),) if owner else ()
+def by_controller(kind: str) -> Callable[[Object], Iterable[str]]:
+    """An index function: the ``namespace/name`` of the batch C{kind} that controls an object."""
+
+    def index(obj: Object) -> Iterable[str]:
+        owner = controller_of(obj, kind)
+        return (join_key(namespace_of(obj), str(owner.get("name", ""))),) if owner else ()
+
+    return index
+
+
+_by_job = by_controller("Job")
 
 
 class _JobSync:
