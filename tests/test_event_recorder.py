@@ -50,6 +50,13 @@ class EventRecorderTests(SynchronousTestCase):
         )
         self.assertTrue(str(event["metadata"]["name"]).startswith("web."))  # type: ignore[index]
 
+    def test_events_of_one_object_at_one_instant_are_all_written(self) -> None:
+        """Names are the time in nanoseconds: a clock that stands still must not lose any."""
+        self.server.run(self.recorder.emit(DEPLOYMENT, "Normal", "SuccessfulCreate", "one"))
+        self.server.run(self.recorder.emit(DEPLOYMENT, "Normal", "SuccessfulDelete", "two"))
+        reasons = sorted(str(event["reason"]) for event in self.events())
+        self.assertEqual(reasons, ["SuccessfulCreate", "SuccessfulDelete"])
+
     def test_a_repeat_is_counted_on_the_same_event(self) -> None:
         for _ in range(3):
             self.server.run(self.recorder.emit(DEPLOYMENT, WARNING, "FailedCreate", "quota"))

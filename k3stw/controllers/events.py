@@ -29,6 +29,9 @@ REPEAT_WINDOW = 600.0
 #: How many (object, reason, message) the recorder remembers (client-go's LRU size).
 REMEMBERED = 4096
 
+#: How many names (nanoseconds apart) an Event tries before it is dropped.
+_NAME_ATTEMPTS = 16
+
 NORMAL = "Normal"
 WARNING = "Warning"
 
@@ -98,11 +101,9 @@ class EventRecorder:
         self, involved: dict[str, str], kind: str, reason: str, message: str, now: float
     ) -> _Recorded:
         namespace = involved.get("namespace") or "default"
-        # client-go's name: the object's, then the time in nanoseconds, in hex.
-        name = f"{involved.get('name', 'event')}.{int(now * 1e9):x}"
         stamp = rfc3339(now)
-        event = {
-            "metadata": {"name": name, "namespace": namespace},
+        event: Object = {
+            "metadata": {"namespace": namespace},
             "involvedObject": involved,
             "reason": reason,
             "message": message,
@@ -114,7 +115,19 @@ class EventRecorder:
             "reportingComponent": self.component,
             "reportingInstance": f"{self.component}-{self.host}",
         }
-        await self.store.create(events.RESOURCE, namespace, event)
+        # client-go's name: the object's, then the time in nanoseconds, in hex; a nanosecond
+        # on if another Event of the object has it (a clock that stands still, as a test's).
+        nanos = int(now * 1e9)
+        for attempt in range(_NAME_ATTEMPTS):
+            name = f"{involved.get('name', 'event')}.{nanos + attempt:x}"
+            event["metadata"]["name"] = name
+            try:
+                await self.store.create(events.RESOURCE, namespace, event)
+            except StatusError as e:
+                if e.code != 409 or attempt == _NAME_ATTEMPTS - 1:
+                    raise
+            else:
+                break
         return _Recorded(namespace, name, 1, now)
 
     async def _count_again(self, seen: _Recorded, now: float) -> None:

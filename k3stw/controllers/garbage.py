@@ -29,6 +29,7 @@ from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import EventHandler, Informer, Retention
 from k3stw.machinery.objects import (
     Object,
+    drop_finalizer,
     is_deleting,
     join_key,
     metadata,
@@ -262,15 +263,12 @@ class GarbageCollector(Controller):
         return not refs
 
     async def _drop_finalizer(self, ref: ObjectRef, finalizer: str) -> None:
-        def drop(current: Object) -> Object:
-            finalizers = without(current["metadata"].get("finalizers") or [], finalizer)
-            if finalizers:
-                current["metadata"]["finalizers"] = finalizers
-            else:
-                current["metadata"].pop("finalizers", None)
-            return current
-
-        await self.store.guaranteed_update(ref.resource, ref.namespace, ref.name, drop)
+        await self.store.guaranteed_update(
+            ref.resource,
+            ref.namespace,
+            ref.name,
+            lambda current: drop_finalizer(current, finalizer),
+        )
 
     async def _terminate_namespace(self, name: str) -> bool:
         """Delete everything in a terminating namespace, then the namespace itself."""

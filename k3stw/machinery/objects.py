@@ -122,3 +122,13 @@ def find_condition(obj: Mapping[str, Any], kind: str) -> Object | None:
 def without(items: Iterable[Any], unwanted: Any) -> list[Any]:
     """C{items} less every one equal to C{unwanted} (a finalizer, say)."""
     return [item for item in items if item != unwanted]
+
+
+def drop_finalizer(obj: Object, finalizer: str) -> Object:
+    """C{obj} without C{finalizer} (and without an empty finalizers list), changed in place."""
+    finalizers = without(obj["metadata"].get("finalizers") or [], finalizer)
+    if finalizers:
+        obj["metadata"]["finalizers"] = finalizers
+    else:
+        obj["metadata"].pop("finalizers", None)
+    return obj

@@ -36,9 +36,11 @@ from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
+from k3stw.controllers.cronjobs import CronJobController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.events import EventRecorder
 from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.jobs import JobController, TTLAfterFinishedController
 from k3stw.controllers.leaderelection import (
     CONTROLLER_MANAGER,
     SCHEDULER,
@@ -393,6 +395,11 @@ def control_plane(
         _node_cidr_sets(config),
         EventRecorder(store, store.clock, CIDR_ALLOCATOR, config.hostname),
     ).setServiceParent(elected_controller_manager)
+    JobController(informers, store, config.hostname).setServiceParent(elected_controller_manager)
+    TTLAfterFinishedController(informers, store).setServiceParent(elected_controller_manager)
+    CronJobController(informers, store, config.hostname).setServiceParent(
+        elected_controller_manager
+    )
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)

@@ -6,7 +6,8 @@ merge rules from the schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from k3stw.apiserver.catalogue.rules import LazyRules
@@ -179,6 +180,99 @@ def check_schedule(schedule: str) -> None:
     for field, (low, high, names) in zip(fields, _FIELDS, strict=True):
         for expression in field.split(","):
             _check_range(expression, low, high, names)
+
+
+#: What each descriptor stands for, in five fields.
+_DESCRIBED = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+#: How far ahead a schedule is searched (cron's own limit: five years).
+_SEARCH_DAYS = 366 * 5
+
+
+def _field_values(field: str, low: int, high: int, names: dict[str, int]) -> tuple[set[int], bool]:
+    """The values a checked field allows, and whether it is a bare star (cron's starBit)."""
+    values: set[int] = set()
+    star = False
+    for expression in field.split(","):
+        parts = expression.split("/")
+        bounds = parts[0].split("-")
+        step = _number(parts[1], {}) if len(parts) == 2 else 1
+        if bounds[0] in ("*", "?"):
+            start, end = low, high
+            star = star or step == 1
+        else:
+            start = _number(bounds[0], names)
+            # "N/step" runs from N to the field's end.
+            end = _number(bounds[1], names) if len(bounds) == 2 else (high if step > 1 else start)
+        values.update(range(start, end + 1, step))
+    return values, star
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A parsed schedule: the minutes, hours, days, months and weekdays it fires on."""
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    #: Either day field a bare star: a day must match both, else either (cron's rule).
+    both_days: bool
+
+    @classmethod
+    def parse(cls, schedule: str) -> Schedule:
+        """
+        :raises ScheduleError: for what L{check_schedule} refuses, and ``@every``
+            (a constant delay, not served here).
+        """
+        check_schedule(schedule)
+        text = _DESCRIBED.get(schedule.strip(), schedule.strip())
+        if text.startswith("@"):
+            raise ScheduleError(f"unsupported descriptor: {text}")
+        parsed = [
+            _field_values(field, low, high, names)
+            for field, (low, high, names) in zip(text.split(), _FIELDS, strict=True)
+        ]
+        (minutes, _), (hours, _), (days, day_star), (months, _), (weekdays, weekday_star) = parsed
+        return cls(
+            frozenset(minutes),
+            frozenset(hours),
+            frozenset(days),
+            frozenset(months),
+            frozenset(weekdays),
+            day_star or weekday_star,
+        )
+
+    def _day_matches(self, day: date) -> bool:
+        in_month = day.day in self.days
+        in_week = (day.isoweekday() % 7) in self.weekdays
+        return (in_month and in_week) if self.both_days else (in_month or in_week)
+
+    def next_after(self, when: datetime) -> datetime | None:
+        """The first time after C{when} (aware) that the schedule fires, in C{when}'s zone."""
+        zone = when.tzinfo
+        start = when.replace(second=0, microsecond=0, tzinfo=None) + timedelta(minutes=1)
+        for offset in range(_SEARCH_DAYS):
+            day = start.date() + timedelta(days=offset)
+            if day.month not in self.months or not self._day_matches(day):
+                continue
+            for hour in sorted(self.hours):
+                for minute in sorted(self.minutes):
+                    wall = datetime(day.year, day.month, day.day, hour, minute)
+                    if wall < start:
+                        continue
+                    found = wall.replace(tzinfo=zone)
+                    if found > when:
+                        return found
+        return None
 
 
 def validate_cronjob(cronjob: Object) -> list[Cause]:
