@@ -57,6 +57,7 @@ from k3stw.pki.store import (
 )
 from k3stw.pki.tls import PinnedCAPolicy, server_tls_options
 from k3stw.pki.token import InvalidToken, Token, parse_token
+from k3stw.scheduler.scheduler import Scheduler
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
 from k3stw.supervisor.connect import TunnelConnectResource
@@ -360,6 +361,7 @@ def control_plane(
     NodeLifecycleController(
         informers, store, grace_period=config.node_monitor_grace_period
     ).setServiceParent(services)
+    Scheduler(informers, store, config.hostname).setServiceParent(services)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
