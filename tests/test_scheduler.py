@@ -7,6 +7,8 @@ again when the cluster changes.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +24,7 @@ from k3stw.scheduler.framework import (
 )
 from k3stw.scheduler.scheduler import Scheduler
 from tests.support.apiserver import MemoryServer
+from tests.test_join import Cluster
 
 
 def node_object(
@@ -426,3 +429,58 @@ class SchedulerTests(SynchronousTestCase):
             sorted(str(self.node_of(f"web-{i}")) for i in range(3)),
             ["node-1", "node-2", "node-3"],
         )
+
+
+class RealSchedulerTests(SynchronousTestCase):
+    """A real server with its own node and one agent: kubectl sees pods placed, or told why not."""
+
+    def setUp(self) -> None:
+        self.cluster = Cluster(
+            Path(tempfile.mkdtemp(prefix="k3stw-scheduler-")), host="127.0.0.170"
+        ).start()
+        self.addCleanup(self.cluster.stop)
+        self.cluster.agent("worker", "127.0.0.171").start()
+        self.cluster.wait(
+            lambda: self.cluster.node_status() == {"server": "True", "worker": "True"},
+            "two Ready nodes",
+        )
+
+    def test_kubectl_run_places_pods_and_describes_the_impossible_one(self) -> None:
+        kubectl = self.cluster.kubectl
+        for name in ("web-1", "web-2"):
+            ran = kubectl(
+                "run",
+                name,
+                "--image=nginx",
+                '--overrides={"spec": {"nodeSelector": {"kubernetes.io/hostname": "worker"}}}',
+            )
+            self.assertEqual(ran.returncode, 0, ran.stderr)
+        ran = kubectl(
+            "run",
+            "huge",
+            "--image=nginx",
+            "--overrides",
+            '{"spec": {"containers": [{"name": "huge", "image": "nginx",'
+            ' "resources": {"requests": {"cpu": "1000"}}}]}}',
+        )
+        self.assertEqual(ran.returncode, 0, ran.stderr)
+
+        def placed() -> bool:
+            wide = kubectl("get", "pods", "-o", "wide").stdout
+            rows = {line.split()[0]: line.split() for line in wide.splitlines()[1:]}
+            return all(rows.get(name, [""] * 7)[6] == "worker" for name in ("web-1", "web-2"))
+
+        self.cluster.wait(placed, "web-1 and web-2 on worker")
+        message = (
+            "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: "
+            "2 No preemption victims found for incoming pod."
+        )
+
+        def described() -> bool:
+            return message in kubectl("describe", "pod", "huge").stdout
+
+        self.cluster.wait(described, "FailedScheduling on huge")
+        described_pod = kubectl("describe", "pod", "huge").stdout
+        self.assertIn("FailedScheduling", described_pod)
+        self.assertIn("default-scheduler", described_pod)
+        self.assertRegex(kubectl("get", "pod", "huge").stdout, r"huge\s+0/1\s+Pending")
