@@ -1054,4 +1054,8 @@ class KubectlDefaultsTests(SynchronousTestCase):
             shown = json.loads(
                 server.kubectl("get", f"{plural}.{group}".rstrip("."), name, "-o", "json")
             )
+            if plural == "pods":
+                # What the scheduler wrote on the server's own node, not a default.
+                shown["spec"].pop("nodeName", None)
+                shown["status"].pop("conditions", None)
             self.assertEqual(_comparable(shown), expected, plural)
