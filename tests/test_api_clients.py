@@ -141,11 +141,14 @@ class PythonClientTests(ServerTestCase):
         self.assertEqual((status["status"], status["details"]["kind"]), ("Success", "configmaps"))
 
     def test_a_scheduler_binds_a_pod(self) -> None:
-        """The typed client's create_namespaced_pod_binding, as kube-scheduler binds."""
+        """The typed client's create_namespaced_pod_binding, as a second scheduler binds."""
         core = client.CoreV1Api(self.api())
         pod = client.V1Pod(
             metadata=client.V1ObjectMeta(name="unbound"),
-            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]),
+            spec=client.V1PodSpec(
+                containers=[client.V1Container(name="c", image="busybox")],
+                scheduler_name="my-scheduler",  # not default-scheduler's to place
+            ),
         )
         core.create_namespaced_pod("default", pod)
         binding = client.V1Binding(

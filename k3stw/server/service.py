@@ -68,6 +68,7 @@ from k3stw.pki.store import (
 )
 from k3stw.pki.tls import PinnedCAPolicy, server_tls_options
 from k3stw.pki.token import InvalidToken, Token, parse_token
+from k3stw.scheduler.scheduler import Scheduler
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
 from k3stw.supervisor.connect import TunnelConnectResource
@@ -400,6 +401,7 @@ def control_plane(
     CronJobController(informers, store, config.hostname).setServiceParent(
         elected_controller_manager
     )
+    Scheduler(informers, store, config.hostname).setServiceParent(elected_scheduler)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
