@@ -41,6 +41,7 @@ from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.legacytokens import LegacyTokenController
 from k3stw.controllers.namespacedefaults import default_service_accounts, root_ca_publisher
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
+from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
@@ -360,6 +361,8 @@ def control_plane(
     NodeLifecycleController(
         informers, store, grace_period=config.node_monitor_grace_period
     ).setServiceParent(services)
+    EndpointsController(informers, store).setServiceParent(services)
+    EndpointSliceController(informers, store).setServiceParent(services)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
