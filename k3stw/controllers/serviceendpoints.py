@@ -37,6 +37,7 @@ from k3stw.machinery.objects import (
     copy_json,
     find_condition,
     get_path,
+    is_deleting,
     join_key,
     metadata,
     name_of,
@@ -99,20 +100,11 @@ def pod_ip(pod: Object, family: str | None = None) -> str | None:
     return None
 
 
-def is_ready(pod: Object) -> bool:
-    ready = find_condition(pod, "Ready") or {}
-    return ready.get("status") == "True"
-
-
-def _terminating(pod: Object) -> bool:
-    return bool(metadata(pod).get("deletionTimestamp"))
-
-
 def _published(pod: Object, include_terminating: bool) -> bool:
     """Whether the pod belongs in endpoints at all (kube's ShouldPodBeInEndpoints)."""
     if pod_ip(pod) is None or get_path(pod, "status", "phase") in ("Succeeded", "Failed"):
         return False
-    return include_terminating or not _terminating(pod)
+    return include_terminating or not is_deleting(pod)
 
 
 def resolve_port(pod: Object, service_port: Mapping[str, Any]) -> int | None:
@@ -266,7 +258,7 @@ def desired_subsets(service: Object, selected: Iterable[Object]) -> list[dict[st
         subset = by_ports.setdefault(
             key, {"ports": [_endpoint_port(p) for p in sorted(ports, key=lambda p: _port_key([p]))]}
         )
-        which = "addresses" if tolerate or is_ready(pod) else "notReadyAddresses"
+        which = "addresses" if tolerate or pods.is_ready(pod) else "notReadyAddresses"
         subset.setdefault(which, []).append(address)
     subsets = []
     for key in sorted(by_ports):
@@ -467,8 +459,8 @@ class EndpointSliceController(_ServiceEndpoints):
             self._pod_changed(pod)
 
     def _endpoint(self, pod: Object, service: Object, ip: str) -> dict[str, Any]:
-        serving = is_ready(pod)
-        terminating = _terminating(pod)
+        serving = pods.is_ready(pod)
+        terminating = is_deleting(pod)
         tolerate = bool(get_path(service, "spec", "publishNotReadyAddresses"))
         endpoint: dict[str, Any] = {
             "addresses": [ip],

@@ -36,6 +36,7 @@ from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
+from k3stw.controllers.disruption import DisruptionController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.legacytokens import LegacyTokenController
@@ -363,6 +364,7 @@ def control_plane(
     ).setServiceParent(services)
     EndpointsController(informers, store).setServiceParent(services)
     EndpointSliceController(informers, store).setServiceParent(services)
+    DisruptionController(informers, store, registry).setServiceParent(services)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
