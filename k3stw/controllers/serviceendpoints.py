@@ -25,10 +25,9 @@ from typing import Any
 
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import endpoints, endpointslices, nodes, pods, services
-from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.controllers import TRANSIENT
+from k3stw.controllers import TRANSIENT, delete_if_present
 from k3stw.machinery.cache import LABEL, NAMESPACE, NODE_NAME, by_label, by_node_name
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import EventHandler, Informer
@@ -303,7 +302,7 @@ class EndpointsController(_ServiceEndpoints):
         service = self.service_informer.get(key)
         if service is None:
             if self.endpoints_informer.get(key) is not None:
-                await _delete(self.store, endpoints.RESOURCE, namespace, name)
+                await delete_if_present(self.store, endpoints.RESOURCE, namespace, name)
             return
         if selector_of(service) is None:
             return
@@ -331,17 +330,6 @@ class EndpointsController(_ServiceEndpoints):
             wanted["metadata"]["annotations"] = {TRIGGER_TIME: trigger}
         wanted["subsets"] = subsets
         await _create_or_update(self.store, namespace, name, wanted, replace, current is None)
-
-
-async def _delete(
-    store: ObjectStore, resource: ResourceType, namespace: str | None, name: str
-) -> None:
-    """Delete the object, if it is still there."""
-    try:
-        await store.delete(resource, namespace, name)
-    except StatusError as e:
-        if e.code != 404:
-            raise
 
 
 async def _create_or_update(
@@ -511,7 +499,9 @@ class EndpointSliceController(_ServiceEndpoints):
         kept = {s.name for s in planned if s.name is not None}
         for current in existing:
             if name_of(current) not in kept:
-                await _delete(self.store, endpointslices.RESOURCE, namespace, name_of(current))
+                await delete_if_present(
+                    self.store, endpointslices.RESOURCE, namespace, name_of(current)
+                )
         for planned_slice in planned:
             if planned_slice.changed or (
                 planned_slice.name is not None

@@ -42,6 +42,7 @@ from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.legacytokens import LegacyTokenController
 from k3stw.controllers.namespacedefaults import default_service_accounts, root_ca_publisher
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
+from k3stw.controllers.podgc import PodGCController
 from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
@@ -365,6 +366,7 @@ def control_plane(
     EndpointsController(informers, store).setServiceParent(services)
     EndpointSliceController(informers, store).setServiceParent(services)
     DisruptionController(informers, store, registry).setServiceParent(services)
+    PodGCController(informers, store).setServiceParent(services)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
