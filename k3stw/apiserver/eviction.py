@@ -15,7 +15,7 @@ from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.machinery.labels import LabelSelectorError, label_selector_from_spec
-from k3stw.machinery.objects import Object, name_of
+from k3stw.machinery.objects import Object, name_of, set_condition
 
 _REFUSED = "Cannot evict pod as it would violate the pod's disruption budget."
 
@@ -25,12 +25,29 @@ def _refused(message: str) -> StatusError:
     return StatusError(429, _REFUSED, details, "TooManyRequests")
 
 
-def _selects(budget: Object, pod: Object) -> bool:
+def budget_selects(budget: Object, pod: Object) -> bool:
+    """
+    Whether a policy/v1 budget covers the pod (of its namespace): a null
+    selector covers none, an empty one every pod.
+    """
     try:
         selector = label_selector_from_spec((budget.get("spec") or {}).get("selector"))
     except LabelSelectorError:
         return False
-    return not selector.empty and selector.matches(pod["metadata"].get("labels") or {})
+    return selector.matches(pod["metadata"].get("labels") or {})
+
+
+def set_disruption_allowed(status: Object, now: str) -> None:
+    """The budget's ``DisruptionAllowed`` condition, as its ``disruptionsAllowed`` says."""
+    allowed = status.get("disruptionsAllowed", 0) > 0
+    wanted = {
+        "type": "DisruptionAllowed",
+        "status": "True" if allowed else "False",
+        "observedGeneration": status.get("observedGeneration", 0),
+        "reason": "SufficientPods" if allowed else "InsufficientPods",
+        "message": "",
+    }
+    set_condition(status, wanted, now)
 
 
 async def evict(
@@ -39,7 +56,7 @@ async def evict(
     """Evict pod C{name}: kube-apiserver's Success Status (201), or 429 naming the budget."""
     pod = await store.get(pods.RESOURCE, namespace, name)
     listed = await store.list(budgets, namespace)
-    matching = [b for b in listed.items if _selects(b, pod)]
+    matching = [b for b in listed.items if budget_selects(b, pod)]
     if len(matching) > 1:
         raise StatusError(
             500,
@@ -74,6 +91,8 @@ async def _spend(
                 f"healthy pods and has {status.get('currentHealthy', 0)} currently",
             )
         status["disruptionsAllowed"] = allowed - 1
+        if allowed == 1:
+            set_disruption_allowed(status, store.now())
         status.setdefault("disruptedPods", {})[pod] = store.now()
         return current
 

@@ -6,9 +6,22 @@ L{k3stw.apiserver.informers}, writing through the object store.
 
 from __future__ import annotations
 
+from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.storage import ObjectStore
 from k3stw.datastore.interface import DatastoreUnavailable
 
 #: What a server's sync may meet that only means "try again later": a refused or
 #: conflicting write, a datastore that is away.
 TRANSIENT = (StatusError, DatastoreUnavailable)
+
+
+async def delete_if_present(
+    store: ObjectStore, resource: ResourceType, namespace: str | None, name: str
+) -> None:
+    """Delete the object, if it is still there."""
+    try:
+        await store.delete(resource, namespace, name)
+    except StatusError as e:
+        if e.code != 404:
+            raise

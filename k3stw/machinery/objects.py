@@ -119,6 +119,21 @@ def find_condition(obj: Mapping[str, Any], kind: str) -> Object | None:
     return None
 
 
+def set_condition(status: Object, wanted: Object, now: str) -> None:
+    """
+    Put a condition into C{status}'s conditions, replacing the one of its type:
+    its ``lastTransitionTime`` moves only when its status does.
+    """
+    conditions = status.setdefault("conditions", [])
+    for condition in conditions:
+        if condition.get("type") == wanted["type"]:
+            if condition.get("status") != wanted["status"]:
+                condition["lastTransitionTime"] = now
+            condition.update(wanted)
+            return
+    conditions.append({**wanted, "lastTransitionTime": now})
+
+
 def without(items: Iterable[Any], unwanted: Any) -> list[Any]:
     """C{items} less every one equal to C{unwanted} (a finalizer, say)."""
     return [item for item in items if item != unwanted]

@@ -37,6 +37,7 @@ from k3stw.apiserver.tokens.reviews import authentication_reviews
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
+from k3stw.controllers.disruption import DisruptionController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.events import EventRecorder
 from k3stw.controllers.garbage import GarbageCollector
@@ -52,6 +53,8 @@ from k3stw.controllers.namespacedefaults import default_service_accounts, root_c
 from k3stw.controllers.nodeipam import COMPONENT as CIDR_ALLOCATOR
 from k3stw.controllers.nodeipam import CIDRSet, NodeIPAMController, cidr_sets
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
+from k3stw.controllers.podgc import PodGCController
+from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
@@ -402,6 +405,13 @@ def control_plane(
         elected_controller_manager
     )
     Scheduler(informers, store, config.hostname).setServiceParent(elected_scheduler)
+    for controller in (
+        EndpointsController(informers, store),
+        EndpointSliceController(informers, store),
+        DisruptionController(informers, store, registry),
+        PodGCController(informers, store),
+    ):
+        controller.setServiceParent(elected_controller_manager)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)

@@ -66,6 +66,11 @@ def _has_condition(status: Any, kind: str) -> bool:
     )
 
 
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's Ready condition is True (kube's IsPodReady)."""
+    return _has_condition(pod.get("status"), "Ready")
+
+
 def _finished_at(container_status: Mapping[str, Any]) -> datetime | None:
     return parse_datetime(get_path(container_status, "lastState", "terminated", "finishedAt"))
 
