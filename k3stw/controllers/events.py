@@ -58,6 +58,7 @@ class EventRecorder:
         self.component = component
         self.host = host
         self._recorded: OrderedDict[tuple[str, ...], _Recorded] = OrderedDict()
+        self._last_stamp = 0
 
     def emit(self, obj: Object, kind: str, reason: str, message: str) -> Deferred[None]:
         """Record that C{reason} happened to C{obj}; fires once written (or dropped)."""
@@ -99,7 +100,9 @@ class EventRecorder:
     ) -> _Recorded:
         namespace = involved.get("namespace") or "default"
         # client-go's name: the object's, then the time in nanoseconds, in hex.
-        name = f"{involved.get('name', 'event')}.{int(now * 1e9):x}"
+        # Two Events within one tick of a coarse (or fake) clock must not share a name.
+        self._last_stamp = max(int(now * 1e9), self._last_stamp + 1)
+        name = f"{involved.get('name', 'event')}.{self._last_stamp:x}"
         stamp = rfc3339(now)
         event = {
             "metadata": {"name": name, "namespace": namespace},
