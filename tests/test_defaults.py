@@ -288,7 +288,11 @@ CASES: list[tuple[str, str, str, str | None, Object, Object]] = [
         {
             "apiVersion": "apps/v1",
             "kind": "DaemonSet",
-            "metadata": meta("ds", generation=1),
+            "metadata": meta(
+                "ds",
+                generation=1,
+                annotations={"deprecated.daemonset.template.generation": "1"},
+            ),
             "spec": {
                 "revisionHistoryLimit": 10,
                 "selector": SELECTOR,

@@ -566,6 +566,7 @@ class ObjectStore:
             if strategy.counts_generation and updated.get("spec") != current.get("spec"):
                 generation = current["metadata"].get("generation", 1)
                 updated["metadata"]["generation"] = generation + 1
+            strategy.prepare_update(updated, current)
             gone = is_deleting(updated) and strategy.finished_deleting(updated)
             reservation = None if gone else await self._reserve(resource, updated, current)
             try:

@@ -32,6 +32,10 @@ def _prepared(obj: Object, now: str) -> None:
     return None
 
 
+def _prepared_update(new: Object, old: Object) -> None:
+    return None
+
+
 def _valid(obj: Object) -> list[Cause]:
     return []
 
@@ -60,6 +64,8 @@ class Strategy:
     :ivar default: fills the kind's defaults in, in place, on every write.
     :ivar prepare_create: sets what the server owns on a new object, in place,
         given the time (a CRD's status, a finalizer).
+    :ivar prepare_update: sets what the server owns on a changed object, in
+        place, given the stored one (a DaemonSet's template generation).
     :ivar names: what is wrong with a name of this kind (DNS-1123 subdomains
         unless it says otherwise).
     :ivar validate: what is wrong with an object about to be stored (its
@@ -86,6 +92,7 @@ class Strategy:
     counts_generation: bool = False
     default: Callable[[Object], None] = no_defaults
     prepare_create: Callable[[Object, str], None] = _prepared
+    prepare_update: Callable[[Object, Object], None] = _prepared_update
     names: NameRule = dns_subdomain_name
     validate: Callable[[Object], list[Cause]] = _valid
     validate_update: Callable[[Object, Object], list[Cause]] = _valid_update

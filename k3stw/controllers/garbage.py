@@ -37,6 +37,7 @@ from k3stw.machinery.objects import (
     name_of,
     namespace_of,
     owner_references,
+    set_owner_references,
     split_key,
     uid_of,
     without,
@@ -239,11 +240,7 @@ class GarbageCollector(Controller):
 
             def release(current: Object) -> Object:
                 kept = [o for o in owner_references(current) if o.get("uid") != uid]
-                if kept:
-                    current["metadata"]["ownerReferences"] = kept
-                else:
-                    current["metadata"].pop("ownerReferences", None)
-                return current
+                return set_owner_references(current, kept)
 
             try:
                 await self.store.guaranteed_update(ref.resource, ref.namespace, ref.name, release)

@@ -24,6 +24,11 @@ def generated_suffix() -> str:
     return "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
 
 
+def safe_encode(text: str) -> str:
+    """C{text} in that alphabet, character by character (apimachinery's ``SafeEncodeString``)."""
+    return "".join(_SUFFIX_ALPHABET[ord(c) % len(_SUFFIX_ALPHABET)] for c in text)
+
+
 def copy_json(value: T) -> T:
     """
     A deep copy of a JSON value (dicts, lists, scalars): three times as fast as
@@ -94,6 +99,15 @@ def owner_references(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The object's ownerReferences that are objects."""
     found = metadata(obj).get("ownerReferences") or ()
     return [ref for ref in found if isinstance(ref, Mapping)]
+
+
+def set_owner_references(obj: Object, references: list[Any]) -> Object:
+    """C{obj} with these ownerReferences (none: the field goes)."""
+    if references:
+        obj["metadata"]["ownerReferences"] = references
+    else:
+        obj["metadata"].pop("ownerReferences", None)
+    return obj
 
 
 def metadata_only(obj: Mapping[str, Any]) -> Object:

@@ -37,6 +37,7 @@ from k3stw.apiserver.tokens.reviews import authentication_reviews
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
+from k3stw.controllers.daemonsets import DaemonSetController
 from k3stw.controllers.disruption import DisruptionController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.events import EventRecorder
@@ -55,6 +56,7 @@ from k3stw.controllers.nodeipam import CIDRSet, NodeIPAMController, cidr_sets
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.controllers.podgc import PodGCController
 from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
+from k3stw.controllers.statefulsets import StatefulSetController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
@@ -410,6 +412,8 @@ def control_plane(
         EndpointSliceController(informers, store),
         DisruptionController(informers, store, registry),
         PodGCController(informers, store),
+        DaemonSetController(informers, store, registry, config.hostname),
+        StatefulSetController(informers, store, registry, config.hostname),
     ):
         controller.setServiceParent(elected_controller_manager)
     address, port = config.advertised

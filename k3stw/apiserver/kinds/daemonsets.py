@@ -114,4 +114,37 @@ def _default(daemonset: Object) -> None:
     )
 
 
-RESOURCE = workload("DaemonSet", "ds", PRINTER, workload_rules(), replicas=False, defaults=_default)
+#: Where apps/v1 shows a DaemonSet's template generation (each change of the template counts).
+TEMPLATE_GENERATION = "deprecated.daemonset.template.generation"
+
+
+def _template_generation(daemonset: Object) -> int:
+    value = (daemonset["metadata"].get("annotations") or {}).get(TEMPLATE_GENERATION)
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
+def _set_template_generation(daemonset: Object, generation: int) -> None:
+    daemonset["metadata"].setdefault("annotations", {})[TEMPLATE_GENERATION] = str(generation)
+
+
+def _prepare_create(daemonset: Object, now: str) -> None:
+    _set_template_generation(daemonset, max(1, _template_generation(daemonset)))
+
+
+def _prepare_update(new: Object, old: Object) -> None:
+    generation = max(1, _template_generation(old))
+    if get_path(new, "spec", "template") != get_path(old, "spec", "template"):
+        generation += 1
+    _set_template_generation(new, generation)
+
+
+RESOURCE = workload(
+    "DaemonSet",
+    "ds",
+    PRINTER,
+    workload_rules(),
+    replicas=False,
+    defaults=_default,
+    prepare_create=_prepare_create,
+    prepare_update=_prepare_update,
+)

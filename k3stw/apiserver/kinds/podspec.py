@@ -6,6 +6,7 @@ and selector cells of the workload printers.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from k3stw.apiserver.defaulting import child, each, fill, fill_at, unset
@@ -241,6 +242,8 @@ def workload(
     replicas: bool = True,
     defaults: Callable[[Object], None] | None = None,
     validate: Callable[[Object], list[Cause]] | None = None,
+    prepare_create: Callable[[Object, str], None] | None = None,
+    prepare_update: Callable[[Object, Object], None] | None = None,
 ) -> ResourceType:
     """
     An apps/v1 workload: namespaced, in ``all``, a status subresource (and
@@ -257,6 +260,20 @@ def workload(
         if defaults is not None and spec is not None:
             defaults(obj)
 
+    strategy = Strategy(
+        printer=printer,
+        merge_rules=rules,
+        counts_generation=True,
+        default=default,
+        validate=validate_workload
+        if validate is None
+        else lambda obj: validate_workload(obj) + validate(obj),
+        validate_update=immutable_selector,
+    )
+    if prepare_create is not None:
+        strategy = replace(strategy, prepare_create=prepare_create)
+    if prepare_update is not None:
+        strategy = replace(strategy, prepare_update=prepare_update)
     return ResourceType(
         "apps",
         "v1",
@@ -267,16 +284,7 @@ def workload(
         short_names=(short_name,),
         categories=("all",),
         subresources=("status", "scale") if replicas else ("status",),
-        strategy=Strategy(
-            printer=printer,
-            merge_rules=rules,
-            counts_generation=True,
-            default=default,
-            validate=validate_workload
-            if validate is None
-            else lambda obj: validate_workload(obj) + validate(obj),
-            validate_update=immutable_selector,
-        ),
+        strategy=strategy,
     )
 
 

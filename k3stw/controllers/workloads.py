@@ -1,0 +1,398 @@
+"""
+What the controllers that own pods share (kube-controller-manager's
+``controller_utils`` and ``history`` packages): controller references, pods
+made from a template, readiness and availability, ``maxSurge``-style
+int-or-percent values, and ControllerRevisions, the history of a
+DaemonSet's or StatefulSet's pod template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from k3stw.apiserver.registry import ResourceType
+from k3stw.apiserver.status import StatusError
+from k3stw.apiserver.storage import ObjectStore
+from k3stw.machinery.informer import EventHandler, each_change
+from k3stw.machinery.objects import (
+    Object,
+    copy_json,
+    find_condition,
+    get_path,
+    is_deleting,
+    join_key,
+    metadata,
+    name_of,
+    namespace_of,
+    owner_references,
+    safe_encode,
+    uid_of,
+)
+from k3stw.machinery.times import parse_time
+
+#: The label a pod and a ControllerRevision carry to name their revision.
+REVISION_LABEL = "controller-revision-hash"
+#: The longest name prefix a ControllerRevision name keeps (``ControllerRevisionName``).
+_REVISION_PREFIX_MAX = 223
+
+
+def controller_ref(owner: Mapping[str, Any], kind: str, api_version: str = "apps/v1") -> Object:
+    """The ownerReference that makes C{owner} the controller (``NewControllerRef``)."""
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name_of(owner),
+        "uid": uid_of(owner),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether the object's controller reference names C{uid}."""
+    return any(ref.get("controller") and ref.get("uid") == uid for ref in owner_references(obj))
+
+
+def enqueue_controller(kind: str, enqueue: Callable[[str], object]) -> EventHandler:
+    """A handler that enqueues the key of each changed object's controller of kind C{kind}."""
+
+    def changed(obj: Object) -> None:
+        for ref in owner_references(obj):
+            if ref.get("controller") and ref.get("kind") == kind:
+                enqueue(join_key(namespace_of(obj), str(ref.get("name"))))
+
+    return each_change(changed)
+
+
+def pod_from_template(template: Mapping[str, Any], owner: Mapping[str, Any], kind: str) -> Object:
+    """
+    A new pod of C{owner}'s from its C{template} (``GetPodFromTemplate``):
+    the template's labels, annotations and finalizers, its spec, the
+    owner's name as the generated name's prefix, and a controller reference.
+    """
+    meta = template.get("metadata") or {}
+    pod_meta: Object = {"generateName": f"{name_of(owner)}-"}
+    for field in ("labels", "annotations"):
+        pod_meta[field] = dict(meta.get(field) or {})
+    if meta.get("finalizers"):
+        pod_meta["finalizers"] = list(meta["finalizers"])
+    pod_meta["ownerReferences"] = [controller_ref(owner, kind)]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": pod_meta,
+        "spec": copy_json(dict(template.get("spec") or {})),
+    }
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's Ready condition is True (``IsPodReady``)."""
+    ready = find_condition(pod, "Ready")
+    return ready is not None and ready.get("status") == "True"
+
+
+def pod_available(pod: Mapping[str, Any], min_ready_seconds: int, now: float) -> bool:
+    """Whether the pod has been Ready for C{min_ready_seconds} (``IsPodAvailable``)."""
+    if not pod_ready(pod):
+        return False
+    if not min_ready_seconds:
+        return True
+    ready = find_condition(pod, "Ready") or {}
+    since = parse_time(ready.get("lastTransitionTime"))
+    return since is not None and since + min_ready_seconds <= now
+
+
+def ready_in(pod: Mapping[str, Any], min_ready_seconds: int, now: float) -> float | None:
+    """Seconds until a Ready pod that is not yet available will be; None if that cannot come."""
+    ready = find_condition(pod, "Ready") or {}
+    since = parse_time(ready.get("lastTransitionTime"))
+    if not pod_ready(pod) or since is None:
+        return None
+    left = since + min_ready_seconds - now
+    return left if left > 0 else None
+
+
+def phase_of(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "")
+
+
+def scaled_value(value: Any, total: int, round_up: bool) -> int:
+    """An int-or-percent (``"25%"``, ``2``) of C{total} (``GetScaledValueFromIntOrPercent``)."""
+    if isinstance(value, int):
+        return value
+    text = str(value or "0")
+    if not text.endswith("%"):
+        return int(text)
+    share = int(text[:-1]) * total / 100
+    return math.ceil(share) if round_up else math.floor(share)
+
+
+# ControllerRevisions
+
+
+def fnv32a(data: bytes) -> int:
+    """The 32-bit FNV-1a hash of C{data}, as Go's ``hash/fnv`` computes it."""
+    value = 0x811C9DC5
+    for byte in data:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def template_hash(template: Mapping[str, Any], collision_count: int | None) -> str:
+    """
+    A pod template's hash as a DaemonSet's (and a Deployment's) pods are
+    labelled with (``ComputeHash``): FNV-1a over the template, then the
+    collision count as eight little-endian bytes, written in decimal and
+    safe-encoded.  (kube hashes Go's dump of the struct; ours hashes its
+    canonical JSON: a different but equally stable value, which no client
+    recomputes.)
+    """
+    data = _canonical(template)
+    if collision_count is not None:
+        data += struct.pack("<Q", collision_count & 0xFFFFFFFF)
+    return safe_encode(str(fnv32a(data)))
+
+
+def revision_hash(data: Mapping[str, Any], collision_count: int | None) -> str:
+    """A ControllerRevision's hash of its data (``HashControllerRevision``)."""
+    raw = _canonical(data)
+    if collision_count is not None:
+        raw += str(collision_count).encode()
+    return safe_encode(str(fnv32a(raw)))
+
+
+def revision_name(parent: str, hash_: str) -> str:
+    """``<parent>-<hash>``, the parent's name cut short if need be (``ControllerRevisionName``)."""
+    return f"{parent[:_REVISION_PREFIX_MAX]}-{hash_}"
+
+
+def template_patch(template: Mapping[str, Any]) -> Object:
+    """
+    What a revision stores: the patch that puts C{template} back
+    (``{"spec":{"template":{..., "$patch":"replace"}}}``), its metadata as Go
+    writes an empty creation time.
+    """
+    copied = copy_json(dict(template))
+    meta = copied.setdefault("metadata", {})
+    meta.setdefault("creationTimestamp", None)
+    copied["$patch"] = "replace"
+    return {"spec": {"template": copied}}
+
+
+def template_of(revision: Mapping[str, Any]) -> Object:
+    """The pod template a revision's data puts back."""
+    template = copy_json(dict(get_path(revision, "data", "spec", "template") or {}))
+    template.pop("$patch", None)
+    meta = template.get("metadata") or {}
+    if meta.get("creationTimestamp") is None:
+        meta.pop("creationTimestamp", None)
+    return template
+
+
+def revision_number(revision: Mapping[str, Any]) -> int:
+    return int(revision.get("revision") or 0)
+
+
+def sorted_revisions(revisions: Iterable[Mapping[str, Any]]) -> list[Object]:
+    """Revisions oldest first (by number, then name, as ``history.SortControllerRevisions``)."""
+    return sorted((dict(r) for r in revisions), key=lambda r: (revision_number(r), name_of(r)))
+
+
+async def update_unless_gone(
+    store: ObjectStore,
+    resource: ResourceType,
+    namespace: str | None,
+    name: str,
+    mutate: Callable[[Object], Object],
+    subresource: str | None = None,
+) -> Object | None:
+    """C{guaranteed_update}, or None if the object is gone (a controller has nothing to do)."""
+    try:
+        return await store.guaranteed_update(
+            resource, namespace, name, mutate, subresource=subresource
+        )
+    except StatusError as e:
+        if e.code != 404:
+            raise
+    return None
+
+
+class Availability:
+    """
+    Ready pods counted as available once Ready for C{min_ready_seconds}, and
+    how soon the next of those counted unavailable will be (to look again then).
+    """
+
+    def __init__(self, min_ready_seconds: int, now: float) -> None:
+        self.min_ready_seconds = min_ready_seconds
+        self.now = now
+        self.recheck: float | None = None
+
+    def available(self, pod: Mapping[str, Any]) -> bool:
+        if pod_available(pod, self.min_ready_seconds, self.now):
+            return True
+        left = ready_in(pod, self.min_ready_seconds, self.now)
+        if left is not None:
+            self.recheck = left if self.recheck is None else min(self.recheck, left)
+        return False
+
+
+async def write_status(
+    store: ObjectStore,
+    resource: ResourceType,
+    obj: Mapping[str, Any],
+    counts: Mapping[str, Any],
+    always: Iterable[str],
+) -> None:
+    """
+    Write C{counts} into the object's status if they change it; fields not
+    in C{always} are left out when zero or empty, as Go's ``omitempty`` does.
+    """
+    written = set(always)
+
+    def counted(current: Object) -> Object:
+        status = current.setdefault("status", {})
+        for field, value in counts.items():
+            if value or field in written:
+                status[field] = value
+            else:
+                status.pop(field, None)
+        return current
+
+    status = obj.get("status") or {}
+    if counted({"status": dict(status)})["status"] != status:
+        await update_unless_gone(
+            store, resource, namespace_of(obj) or None, name_of(obj), counted, "status"
+        )
+
+
+class RevisionHistory:
+    """Writes an owner's ControllerRevisions through the object store."""
+
+    def __init__(self, store: ObjectStore, resource: ResourceType) -> None:
+        self.store = store
+        self.resource = resource
+
+    async def snapshot(
+        self, owner: Mapping[str, Any], kind: str, patch: Object, number: int, name: str, label: str
+    ) -> Object | None:
+        """
+        Revision C{name} of C{owner}, holding C{patch}: created, or found if
+        it holds C{patch} already; None if another revision has the name (a
+        hash collision).
+
+        :param label: its ``controller-revision-hash`` label.
+        """
+        namespace = str(metadata(owner).get("namespace"))
+        labels = dict(get_path(owner, "spec", "template", "metadata", "labels") or {})
+        labels[REVISION_LABEL] = label
+        revision: Object = {
+            "apiVersion": "apps/v1",
+            "kind": "ControllerRevision",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": labels,
+                "ownerReferences": [controller_ref(owner, kind)],
+            },
+            "data": patch,
+            "revision": number,
+        }
+        annotations = metadata(owner).get("annotations")
+        if annotations:
+            revision["metadata"]["annotations"] = dict(annotations)
+        try:
+            return await self.store.create(self.resource, namespace, revision)
+        except StatusError as e:
+            if e.code != 409:
+                raise
+        existing = await self.store.get(self.resource, namespace, name)
+        return existing if existing.get("data") == patch else None
+
+    async def renumber(self, revision: Mapping[str, Any], number: int) -> Object:
+        """Give an existing revision a new number (a rollback to it makes it the newest)."""
+
+        def renumbered(current: Object) -> Object:
+            current["revision"] = number
+            return current
+
+        return await self.store.guaranteed_update(
+            self.resource, str(metadata(revision).get("namespace")), name_of(revision), renumbered
+        )
+
+    async def delete(self, revision: Mapping[str, Any]) -> None:
+        try:
+            await self.store.delete(
+                self.resource,
+                str(metadata(revision).get("namespace")),
+                name_of(revision),
+                {"uid": uid_of(revision)},
+            )
+        except StatusError as e:
+            if e.code not in (404, 409):
+                raise
+
+    async def truncate(self, revisions: list[Object], keep: set[str], excess: int) -> None:
+        """Delete up to C{excess} of the oldest C{revisions} whose names are not in C{keep}."""
+        for revision in sorted_revisions(revisions):
+            if excess <= 0:
+                return
+            if name_of(revision) in keep:
+                continue
+            await self.delete(revision)
+            excess -= 1
+
+
+#: How long unseen writes hold a controller back at most (``ExpectationsTimeout``).
+EXPECTATIONS_TIMEOUT = 300.0
+
+
+class Expectations:
+    """
+    The pods a controller created or deleted that its cache does not show yet
+    (kube's ``ControllerExpectations``): until it does, the controller must
+    not count pods again, or it would create (or delete) them twice.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[float, set[tuple[str, str, bool]]]] = {}
+
+    def created(self, key: str, pod: Mapping[str, Any], now: float) -> None:
+        self._expect(key, pod, now, added=True)
+
+    def deleted(self, key: str, pod: Mapping[str, Any], now: float) -> None:
+        self._expect(key, pod, now, added=False)
+
+    def _expect(self, key: str, pod: Mapping[str, Any], now: float, added: bool) -> None:
+        _, writes = self._pending.get(key, (now, set()))
+        pod_key = f"{metadata(pod).get('namespace')}/{name_of(pod)}"
+        writes.add((pod_key, uid_of(pod), added))
+        self._pending[key] = (now, writes)
+
+    def satisfied(self, key: str, cached: Any, now: float) -> bool:
+        """Whether C{cached} (a pod key's cached object, or None) shows every write under C{key}."""
+        since, writes = self._pending.get(key, (now, set()))
+        for write in list(writes):
+            pod_key, uid, added = write
+            pod = cached(pod_key)
+            if added:
+                seen = pod is not None and uid_of(pod) == uid
+            else:
+                seen = pod is None or uid_of(pod) != uid or is_deleting(pod)
+            if seen:
+                writes.discard(write)
+        if not writes or now - since > EXPECTATIONS_TIMEOUT:
+            self._pending.pop(key, None)
+            return True
+        return False
+
+    def forget(self, key: str) -> None:
+        self._pending.pop(key, None)
