@@ -58,6 +58,7 @@ class EventRecorder:
         self.component = component
         self.host = host
         self._recorded: OrderedDict[tuple[str, ...], _Recorded] = OrderedDict()
+        self._last_nanos = 0
 
     def emit(self, obj: Object, kind: str, reason: str, message: str) -> Deferred[None]:
         """Record that C{reason} happened to C{obj}; fires once written (or dropped)."""
@@ -98,8 +99,10 @@ class EventRecorder:
         self, involved: dict[str, str], kind: str, reason: str, message: str, now: float
     ) -> _Recorded:
         namespace = involved.get("namespace") or "default"
-        # client-go's name: the object's, then the time in nanoseconds, in hex.
-        name = f"{involved.get('name', 'event')}.{int(now * 1e9):x}"
+        # client-go's name: the object's, then the time in nanoseconds, in hex; kept
+        # increasing, as a clock that stands still (or is coarse) would repeat names.
+        self._last_nanos = max(int(now * 1e9), self._last_nanos + 1)
+        name = f"{involved.get('name', 'event')}.{self._last_nanos:x}"
         stamp = rfc3339(now)
         event = {
             "metadata": {"name": name, "namespace": namespace},
