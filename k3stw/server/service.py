@@ -36,11 +36,13 @@ from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
+from k3stw.controllers.deployment import DeploymentController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.legacytokens import LegacyTokenController
 from k3stw.controllers.namespacedefaults import default_service_accounts, root_ca_publisher
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
+from k3stw.controllers.replicaset import ReplicaSetController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
@@ -360,6 +362,10 @@ def control_plane(
     NodeLifecycleController(
         informers, store, grace_period=config.node_monitor_grace_period
     ).setServiceParent(services)
+    ReplicaSetController(informers, store).setServiceParent(services)
+    rcs = registry.require("", "v1", "replicationcontrollers")
+    ReplicaSetController(informers, store, rcs).setServiceParent(services)
+    DeploymentController(informers, store).setServiceParent(services)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)
