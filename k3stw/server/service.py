@@ -38,6 +38,7 @@ from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
 from k3stw.controllers.daemonsets import DaemonSetController
+from k3stw.controllers.deployment import DeploymentController
 from k3stw.controllers.disruption import DisruptionController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.events import EventRecorder
@@ -55,6 +56,7 @@ from k3stw.controllers.nodeipam import COMPONENT as CIDR_ALLOCATOR
 from k3stw.controllers.nodeipam import CIDRSet, NodeIPAMController, cidr_sets
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.controllers.podgc import PodGCController
+from k3stw.controllers.replicaset import ReplicaSetController
 from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
 from k3stw.controllers.statefulsets import StatefulSetController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
@@ -414,6 +416,11 @@ def control_plane(
         PodGCController(informers, store),
         DaemonSetController(informers, store, registry, config.hostname),
         StatefulSetController(informers, store, registry, config.hostname),
+        ReplicaSetController(informers, store),
+        ReplicaSetController(
+            informers, store, registry.require("", "v1", "replicationcontrollers")
+        ),
+        DeploymentController(informers, store),
     ):
         controller.setServiceParent(elected_controller_manager)
     address, port = config.advertised
