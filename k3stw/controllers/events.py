@@ -50,7 +50,8 @@ class EventRecorder:
 
     :param component: ``source.component`` and ``reportingComponent``
         (``deployment-controller``, ``default-scheduler``).
-    :param host: ``source.host``, ``reportingInstance``'s host part (the server's name).
+    :param host: ``source.host`` and ``reportingInstance`` (the server's name), or "" for
+        none (kube-controller-manager's controllers name none).
     """
 
     _log = Logger()
@@ -108,12 +109,12 @@ class EventRecorder:
             "reason": reason,
             "message": message,
             "type": kind,
-            "source": {"component": self.component, "host": self.host},
+            "source": {"component": self.component, **({"host": self.host} if self.host else {})},
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,
             "reportingComponent": self.component,
-            "reportingInstance": f"{self.component}-{self.host}",
+            "reportingInstance": self.host,
         }
         # client-go's name: the object's, then the time in nanoseconds, in hex; a nanosecond
         # on if another Event of the object has it (a clock that stands still, as a test's).
