@@ -21,6 +21,7 @@ from typing import Any
 
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import daemonsets, nodes, pods
+from k3stw.apiserver.kinds.pods import is_ready
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
@@ -36,7 +37,6 @@ from k3stw.controllers.workloads import (
     phase_of,
     pod_available,
     pod_from_template,
-    pod_ready,
     revision_name,
     revision_number,
     scaled_value,
@@ -406,7 +406,7 @@ class DaemonSetController(Controller):
         kept: list[Object] = []
         if new:
             kept.append(new[0])
-            if not pod_ready(new[0]) and old and pod_ready(old[0]):
+            if not is_ready(new[0]) and old and is_ready(old[0]):
                 kept.append(old[0])
         else:
             kept.append(old[0])
@@ -585,7 +585,7 @@ class DaemonSetController(Controller):
                 continue
             current += 1
             pod = sorted(on_node, key=_oldest_first)[0]
-            if pod_ready(pod):
+            if is_ready(pod):
                 ready += 1
                 available += availability.available(pod)
             if is_updated(pod, hash_, generation):

@@ -28,6 +28,7 @@ from typing import Any
 
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import jobs, pods
+from k3stw.apiserver.kinds.pods import is_ready
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
@@ -164,11 +165,6 @@ def set_condition(
         }
     )
     return True
-
-
-def _is_ready(pod: Mapping[str, Any]) -> bool:
-    ready = find_condition(pod, "Ready")
-    return ready is not None and ready.get("status") == "True"
 
 
 def _phase(pod: Mapping[str, Any]) -> str:
@@ -466,7 +462,7 @@ class _JobSync:
         else:
             active = await self._manage(active)
         self.status["active"] = len(active)
-        self.status["ready"] = sum(1 for p in active if _is_ready(p))
+        self.status["ready"] = sum(1 for p in active if is_ready(p))
         self.status["terminating"] = len(terminating) + len(self._deleted)
         if finishing is not None and not self.status["terminating"]:
             self._finish(finishing)
@@ -584,7 +580,7 @@ class _JobSync:
         if len(active) > wanted:
             # The newest go first (kube prefers the least far along).
             ranked = sorted(
-                active, key=lambda p: (_is_ready(p), metadata(p).get("creationTimestamp", ""))
+                active, key=lambda p: (is_ready(p), metadata(p).get("creationTimestamp", ""))
             )
             excess = ranked[: len(active) - wanted]
             await self._delete(excess)

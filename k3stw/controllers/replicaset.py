@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import pods, replicasets
+from k3stw.apiserver.kinds.pods import is_ready
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
@@ -69,11 +70,6 @@ def is_active(pod: Mapping[str, Any]) -> bool:
     """Not finished (Succeeded, Failed) and not being deleted (``IsPodActive``)."""
     phase = get_path(pod, "status", "phase")
     return phase not in ("Succeeded", "Failed") and not is_deleting(pod)
-
-
-def is_ready(pod: Mapping[str, Any]) -> bool:
-    ready = find_condition(pod, "Ready")
-    return ready is not None and ready.get("status") == "True"
 
 
 def ready_since(pod: Mapping[str, Any]) -> float | None:

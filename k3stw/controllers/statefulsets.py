@@ -22,6 +22,7 @@ from typing import Any
 
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import pods, statefulsets
+from k3stw.apiserver.kinds.pods import is_ready
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
@@ -36,7 +37,6 @@ from k3stw.controllers.workloads import (
     phase_of,
     pod_available,
     pod_from_template,
-    pod_ready,
     revision_hash,
     revision_name,
     revision_number,
@@ -77,7 +77,7 @@ def ordinal_of(pod: Mapping[str, Any], set_name: str) -> int | None:
 
 
 def running_and_ready(pod: Mapping[str, Any]) -> bool:
-    return phase_of(pod) == "Running" and pod_ready(pod)
+    return phase_of(pod) == "Running" and is_ready(pod)
 
 
 def healthy(pod: Mapping[str, Any]) -> bool:

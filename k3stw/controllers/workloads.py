@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from k3stw.apiserver.kinds.pods import is_ready
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
@@ -89,15 +90,9 @@ def pod_from_template(template: Mapping[str, Any], owner: Mapping[str, Any], kin
     }
 
 
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    """Whether the pod's Ready condition is True (``IsPodReady``)."""
-    ready = find_condition(pod, "Ready")
-    return ready is not None and ready.get("status") == "True"
-
-
 def pod_available(pod: Mapping[str, Any], min_ready_seconds: int, now: float) -> bool:
     """Whether the pod has been Ready for C{min_ready_seconds} (``IsPodAvailable``)."""
-    if not pod_ready(pod):
+    if not is_ready(pod):
         return False
     if not min_ready_seconds:
         return True
@@ -110,7 +105,7 @@ def ready_in(pod: Mapping[str, Any], min_ready_seconds: int, now: float) -> floa
     """Seconds until a Ready pod that is not yet available will be; None if that cannot come."""
     ready = find_condition(pod, "Ready") or {}
     since = parse_time(ready.get("lastTransitionTime"))
-    if not pod_ready(pod) or since is None:
+    if not is_ready(pod) or since is None:
         return None
     left = since + min_ready_seconds - now
     return left if left > 0 else None
