@@ -15,6 +15,7 @@ controllers cannot be found allows nothing (condition reason ``SyncFailed``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from k3stw.apiserver.eviction import budget_selects, set_disruption_allowed
@@ -25,6 +26,7 @@ from k3stw.apiserver.scale import scale_of
 from k3stw.apiserver.status import StatusError, conflict
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
+from k3stw.controllers.ownership import controller_ref
 from k3stw.machinery.cache import NAMESPACE
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import EventHandler
@@ -36,7 +38,6 @@ from k3stw.machinery.objects import (
     name_of,
     namespace_of,
     object_key,
-    owner_references,
     set_condition,
     split_key,
 )
@@ -48,13 +49,6 @@ DELETION_TIMEOUT = 120.0
 
 class NoController(Exception):
     """A pod's controller, whose scale the budget counts against, is not to be found."""
-
-
-def controller_ref(obj: Object) -> Object | None:
-    for ref in owner_references(obj):
-        if ref.get("controller"):
-            return dict(ref)
-    return None
 
 
 def scaled(value: Any, total: int) -> int:
@@ -162,7 +156,7 @@ class DisruptionController(Controller):
             scales[uid] = replicas
         return sum(scales.values())
 
-    async def _scale(self, ref: Object, namespace: str) -> tuple[str, int] | None:
+    async def _scale(self, ref: Mapping[str, Any], namespace: str) -> tuple[str, int] | None:
         """The uid and scale of a pod's controller; a Deployment's for a ReplicaSet it owns."""
         controller = await self._get(ref, namespace)
         if controller is None:
@@ -175,7 +169,7 @@ class DisruptionController(Controller):
                     return None
         return str(metadata(controller)["uid"]), int(scale_of(controller)["spec"]["replicas"])
 
-    async def _get(self, ref: Object, namespace: str) -> Object | None:
+    async def _get(self, ref: Mapping[str, Any], namespace: str) -> Object | None:
         """The object C{ref} names, if it is there, has that uid, and has a scale."""
         group = str(ref.get("apiVersion", "")).rpartition("/")[0]
         resource = self.registry.by_kind(group, str(ref.get("kind")))
