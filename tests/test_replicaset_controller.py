@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver.binding import bind
-from k3stw.controllers.ownership import EXPECTATIONS_TIMEOUT, Expectations
+from k3stw.controllers.ownership import EXPECTATIONS_TIMEOUT, Expectations, observing
 from k3stw.controllers.replicaset import (
     ReplicaSetController,
     pods_to_delete,
@@ -260,15 +260,32 @@ class ExpectationsTests(SynchronousTestCase):
         clock = Clock()
         expectations = Expectations(clock)
         self.assertTrue(expectations.satisfied("default/web"))
-        expectations.expect_creations("default/web", 2)
+        expectations.expect("default/web", creations=2)
         expectations.creation_observed("default/web")
         self.assertFalse(expectations.satisfied("default/web"))
         expectations.creation_observed("default/web")
         self.assertTrue(expectations.satisfied("default/web"))
-        expectations.expect_deletions("default/web", ["default/a"])
+        expectations.expect("default/web", deletions=["default/a"])
         self.assertFalse(expectations.satisfied("default/web"))
         clock.advance(EXPECTATIONS_TIMEOUT + 1)
         self.assertTrue(expectations.satisfied("default/web"))
+
+    def test_observing_lowers_them_as_owned_objects_arrive_and_go(self) -> None:
+        clock = Clock()
+        expectations = Expectations(clock)
+        handler = observing("DaemonSet", expectations)
+        assert handler.on_add and handler.on_update and handler.on_delete
+        ref = {"kind": "DaemonSet", "name": "agent", "uid": "u1", "controller": True}
+        meta = {"namespace": "kube-system", "name": "agent-x", "ownerReferences": [ref]}
+        pod: Object = {"metadata": meta}
+        stranger: Object = {"metadata": {"namespace": "kube-system", "name": "other"}}
+        expectations.expect("kube-system/agent", creations=1, deletions=["kube-system/agent-x"])
+        handler.on_add(stranger)
+        handler.on_add(pod)
+        self.assertFalse(expectations.satisfied("kube-system/agent"))
+        deleting: Object = {"metadata": {**meta, "deletionTimestamp": "2026-12-06T00:00:00Z"}}
+        handler.on_update(pod, deleting)
+        self.assertTrue(expectations.satisfied("kube-system/agent"))
 
 
 class ReplicationControllerTests(SynchronousTestCase):

@@ -26,7 +26,8 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
-from k3stw.controllers.jobs import by_controller, controller_of, is_finished, owner_reference
+from k3stw.controllers.jobs import by_controller, controller_of, is_finished
+from k3stw.controllers.ownership import new_controller_ref
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import each_change
 from k3stw.machinery.objects import (
@@ -243,7 +244,7 @@ class CronJobController(Controller):
                 "name": name,
                 "labels": dict(meta.get("labels") or {}),
                 "annotations": annotations,
-                "ownerReferences": [owner_reference(cronjob, "CronJob")],
+                "ownerReferences": [new_controller_ref(cronjob)],
             },
             "spec": copy_json(template.get("spec") or {}),
         }

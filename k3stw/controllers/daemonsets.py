@@ -27,16 +27,15 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
+from k3stw.controllers.ownership import Expectations, observing, pod_from_template
 from k3stw.controllers.workloads import (
     REVISION_LABEL,
     Availability,
-    Expectations,
     RevisionHistory,
     controlled_by,
     enqueue_controller,
     phase_of,
     pod_available,
-    pod_from_template,
     revision_name,
     revision_number,
     scaled_value,
@@ -58,6 +57,7 @@ from k3stw.machinery.objects import (
     metadata,
     name_of,
     namespace_of,
+    object_key,
     uid_of,
 )
 
@@ -218,11 +218,12 @@ class DaemonSetController(Controller):
         self.store = store
         self.history = RevisionHistory(store, revisions)
         self.recorder = EventRecorder(store, store.clock, COMPONENT, host)
-        self.expectations = Expectations()
+        self.expectations = Expectations(store.clock)
         self._failed_backoff: dict[tuple[str, str], tuple[float, float]] = {}
         self.pods.add_index(OWNER_UID, by_owner_uid)
         self.revisions.add_index(OWNER_UID, by_owner_uid)
         self.daemonsets.add_handler(self.enqueue_handler())
+        self.pods.add_handler(observing(KIND, self.expectations))
         self.pods.add_handler(enqueue_controller(KIND, self.enqueue))
         self.revisions.add_handler(enqueue_controller(KIND, self.enqueue))
         self.nodes.add_handler(
@@ -268,12 +269,10 @@ class DaemonSetController(Controller):
         if current is None:
             return  # a name collision: the status now counts it, and the new status brings us back
         hash_ = str((metadata(current).get("labels") or {}).get(REVISION_LABEL) or "")
-        now = self.clock.seconds()
-        satisfied = self.expectations.satisfied(key, self.pods.get, now)
-        if satisfied:
+        if self.expectations.satisfied(key):
             by_node = self._pods_by_node(daemonset)
             await self._manage(key, daemonset, by_node, hash_)
-            if self.expectations.satisfied(key, self.pods.get, now):
+            if self.expectations.satisfied(key):
                 strategy = get_path(daemonset, "spec", "updateStrategy", "type")
                 if strategy == "RollingUpdate":
                     await self._rolling_update(key, daemonset, self._pods_by_node(daemonset), hash_)
@@ -317,7 +316,7 @@ class DaemonSetController(Controller):
         collisions = get_path(daemonset, "status", "collisionCount")
         hash_ = template_hash(daemonset["spec"]["template"], collisions)
         name = revision_name(name_of(daemonset), hash_)
-        found = await self.history.snapshot(daemonset, KIND, patch, number, name, hash_)
+        found = await self.history.snapshot(daemonset, patch, number, name, hash_)
         if found is not None:
             return found
         # Another template hashes to the same name: count the collision, hash again next time.
@@ -445,15 +444,18 @@ class DaemonSetController(Controller):
         self, key: str, daemonset: Object, delete: list[Object], create: list[str], hash_: str
     ) -> None:
         """Create a pod for each of C{create}'s nodes, delete C{delete} (``syncNodes``)."""
-        now = self.clock.seconds()
+        create, delete = create[:BURST], delete[:BURST]
+        self.expectations.expect(
+            key, creations=len(create), deletions=[object_key(pod) for pod in delete]
+        )
         template = daemonset["spec"]["template"]
         labels = dict(get_path(template, "metadata", "labels") or {})
         labels[REVISION_LABEL] = hash_
         generation = template_generation(daemonset)
         if generation is not None:
             labels[GENERATION_LABEL] = generation
-        for node in create[:BURST]:
-            pod = pod_from_template(template, daemonset, KIND)
+        for at, node in enumerate(create):
+            pod = pod_from_template(template, daemonset)
             pod["metadata"]["labels"] = dict(labels)
             spec = daemon_pod_spec(template.get("spec") or {})
             spec["affinity"] = node_affinity_for(spec.get("affinity"), node)
@@ -461,27 +463,28 @@ class DaemonSetController(Controller):
             try:
                 created = await self.store.create(pods.RESOURCE, namespace_of(daemonset), pod)
             except StatusError as e:
+                for _ in create[at:]:
+                    self.expectations.creation_observed(key)
                 await self.recorder.emit(
                     daemonset, WARNING, "FailedCreate", f"Error creating: {e.message}"
                 )
                 raise
-            self.expectations.created(key, created, now)
             await self.recorder.emit(
                 daemonset, NORMAL, "SuccessfulCreate", f"Created pod: {name_of(created)}"
             )
-        for pod in delete[:BURST]:
+        for pod in delete:
             try:
                 await self.store.delete(
                     pods.RESOURCE, namespace_of(pod), name_of(pod), {"uid": uid_of(pod)}
                 )
             except StatusError as e:
+                self.expectations.deletion_observed(key, object_key(pod))
                 if e.code == 404:
                     continue
                 await self.recorder.emit(
                     daemonset, WARNING, "FailedDelete", f"Error deleting: {e.message}"
                 )
                 raise
-            self.expectations.deleted(key, pod, now)
             await self.recorder.emit(
                 daemonset, NORMAL, "SuccessfulDelete", f"Deleted pod: {name_of(pod)}"
             )

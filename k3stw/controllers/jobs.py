@@ -23,7 +23,7 @@ Not done: podFailurePolicy, successPolicy, backoffLimitPerIndex, the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from k3stw.apiserver.informers import ServerInformers
@@ -34,6 +34,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.controllers.garbage import FOREGROUND
+from k3stw.controllers.ownership import Expectations, new_controller_ref
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import EventHandler, each_change
 from k3stw.machinery.objects import (
@@ -47,6 +48,7 @@ from k3stw.machinery.objects import (
     metadata,
     name_of,
     namespace_of,
+    object_key,
     owner_references,
     uid_of,
 )
@@ -59,8 +61,6 @@ COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 #: kube's pod-failure back-off: the first delay, doubled per failure, and its ceiling.
 POD_FAILURE_BACKOFF = 10.0
 MAX_POD_FAILURE_BACKOFF = 600.0
-#: How long the controller waits for its own creations and deletions to reach its cache.
-EXPECTATIONS_TIMEOUT = 300.0
 #: At most this many pods made or deleted in one sync (kube's MaxPodCreateDeletePerSync).
 MAX_PODS_PER_SYNC = 500
 #: A timer's look comes this long after the moment it waits for (timers are not exact).
@@ -78,18 +78,6 @@ def controller_of(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None
         if owner.get("controller") and owner.get("kind") == kind and batch:
             return owner
     return None
-
-
-def owner_reference(obj: Mapping[str, Any], kind: str) -> Object:
-    """A controller ownerReference to C{obj}, a batch/v1 C{kind}."""
-    return {
-        "apiVersion": "batch/v1",
-        "kind": kind,
-        "name": name_of(obj),
-        "uid": uid_of(obj),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def is_finished(job: Mapping[str, Any]) -> str | None:
@@ -185,15 +173,6 @@ def _has_tracking(pod: Mapping[str, Any]) -> bool:
 
 
 @dataclass
-class _Expectations:
-    """Pods this controller made or deleted that its cache has not shown yet."""
-
-    since: float
-    created: int = 0
-    deleted: set[str] = field(default_factory=set)
-
-
-@dataclass
 class _Backoff:
     failures: int
     last: float
@@ -231,7 +210,7 @@ def build_pod(job: Mapping[str, Any], index: int | None) -> Object:
         "generateName": generate,
         "labels": labels,
         "finalizers": [*(meta.get("finalizers") or ()), TRACKING_FINALIZER],
-        "ownerReferences": [owner_reference(job, "Job")],
+        "ownerReferences": [new_controller_ref(job)],
     }
     if annotations:
         pod_meta["annotations"] = annotations
@@ -251,7 +230,7 @@ class JobController(Controller):
         super().__init__(store.clock, [self.jobs, self.pods])
         self.store = store
         self.recorder = EventRecorder(store, store.clock, "job-controller", host)
-        self._expectations: dict[str, _Expectations] = {}
+        self.expectations = Expectations(self.clock)
         self._backoff: dict[str, _Backoff] = {}
         #: The resourceVersion of each Job's last status write: an older cached Job is stale.
         self._written: dict[str, int] = {}
@@ -289,24 +268,9 @@ class JobController(Controller):
     def _observed(self, pod: Object, what: str) -> None:
         for key in _by_job(pod):
             if what == "created":
-                self.expect(key, created=-1)
+                self.expectations.creation_observed(key)
             else:
-                self.observed_deletion(key, name_of(pod))
-
-    def observed_deletion(self, key: str, name: str) -> None:
-        expecting = self._expectations.get(key)
-        if expecting is not None:
-            expecting.deleted.discard(name)
-
-    def _satisfied(self, key: str) -> bool:
-        expecting = self._expectations.get(key)
-        if expecting is None:
-            return True
-        done = not (expecting.created or expecting.deleted)
-        if done or self.clock.seconds() - expecting.since > EXPECTATIONS_TIMEOUT:
-            del self._expectations[key]
-            return True
-        return False
+                self.expectations.deletion_observed(key, object_key(pod))
 
     # The work
 
@@ -314,7 +278,7 @@ class JobController(Controller):
         job = self.jobs.get(key)
         candidates = self.pods.cache.by_index(_JOB, key)
         if job is None or is_deleting(job):
-            self._expectations.pop(key, None)
+            self.expectations.forget(key)
             self._written.pop(key, None)
             self._backoff.pop(key, None)
             await self._release(p for p in candidates if _has_tracking(p))
@@ -322,7 +286,7 @@ class JobController(Controller):
         owned = [p for p in candidates if get_path(controller_of(p, "Job"), "uid") == uid_of(job)]
         # Pods of an earlier Job of this name: never counted, so let them go.
         await self._release(p for p in candidates if p not in owned and _has_tracking(p))
-        if _version(job) < self._written.get(key, 0) or not self._satisfied(key):
+        if _version(job) < self._written.get(key, 0) or not self.expectations.satisfied(key):
             return  # the cache has yet to show this controller's own writes
         self._written.pop(key, None)
         await _JobSync(self, key, job, owned).run()
@@ -367,16 +331,6 @@ class JobController(Controller):
             record = self._backoff.setdefault(key, _Backoff(0, 0.0))
             record.failures += failed
             record.last = self.clock.seconds()
-
-    def expect(self, key: str, created: int = 0, deleted: Iterable[str] = ()) -> None:
-        """Creations (a count: names are generated) and deletions the cache has yet to show."""
-        expecting = self._expectations.get(key)
-        if expecting is None:
-            if created <= 0 and not deleted:
-                return
-            expecting = self._expectations[key] = _Expectations(self.clock.seconds())
-        expecting.created = max(0, expecting.created + created)
-        expecting.deleted.update(deleted)
 
 
 #: The pods index by the ``namespace/name`` of the Job that controls them.
@@ -615,13 +569,13 @@ class _JobSync:
             return []
         made = []
         for index in indexes:
-            self.controller.expect(self.key, created=1)
+            self.controller.expectations.expect(self.key, creations=1)
             try:
                 pod = await self.store.create(
                     pods.RESOURCE, namespace_of(self.job), build_pod(self.job, index)
                 )
             except BaseException:
-                self.controller.expect(self.key, created=-1)
+                self.controller.expectations.creation_observed(self.key)
                 raise
             made.append(pod)
             self.controller.recorder.emit(
@@ -631,15 +585,15 @@ class _JobSync:
 
     async def _delete(self, victims: list[Object]) -> None:
         for pod in victims:
-            self.controller.expect(self.key, deleted=[name_of(pod)])
+            self.controller.expectations.expect(self.key, deletions=[object_key(pod)])
             try:
                 _, gone = await self.store.delete(
                     pods.RESOURCE, namespace_of(pod), name_of(pod), {"uid": uid_of(pod)}
                 )
             except StatusError as e:
+                self.controller.expectations.deletion_observed(self.key, object_key(pod))
                 if e.code not in (404, 409):
                     raise
-                self.controller.observed_deletion(self.key, name_of(pod))
                 continue
             if not gone:
                 self._deleted.append(pod)

@@ -8,7 +8,7 @@ until the informers have seen them, so the next sync does not make them twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +17,16 @@ from twisted.internet.interfaces import IReactorTime
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.machinery.informer import Informer
+from k3stw.machinery.informer import EventHandler, Informer
 from k3stw.machinery.objects import (
     Object,
+    copy_json,
     is_deleting,
+    join_key,
     metadata,
     name_of,
     namespace_of,
+    object_key,
     owner_references,
     uid_of,
 )
@@ -49,6 +52,29 @@ def new_controller_ref(owner: Mapping[str, Any]) -> Object:
         "uid": uid_of(owner),
         "controller": True,
         "blockOwnerDeletion": True,
+    }
+
+
+def pod_from_template(template: Mapping[str, Any], owner: Mapping[str, Any]) -> Object:
+    """
+    ``GetPodFromTemplate``: a new pod of C{owner}'s from its C{template}, with
+    the template's labels, annotations and finalizers and spec, the owner's
+    name as the generated name's prefix, and a controller reference.
+    """
+    meta = template.get("metadata") or {}
+    pod_meta: Object = {
+        "generateName": f"{name_of(owner)}-",
+        "namespace": namespace_of(owner),
+        "ownerReferences": [new_controller_ref(owner)],
+    }
+    for key in ("labels", "annotations", "finalizers"):
+        if meta.get(key):
+            pod_meta[key] = copy_json(meta[key])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": pod_meta,
+        "spec": copy_json(dict(template.get("spec") or {})),
     }
 
 
@@ -187,9 +213,11 @@ class _Expected:
 @dataclass
 class Expectations:
     """
-    Per controller key, the creations (a count) and deletions (object keys)
-    a sync made that the informers have not shown yet; a key is satisfied
-    once they all arrived, or after L{EXPECTATIONS_TIMEOUT} in case one was lost.
+    Per controller key, the creations (a count: names are generated) and
+    deletions (object keys) a sync made that the informers have not shown
+    yet; a key is satisfied once they all arrived, or after
+    L{EXPECTATIONS_TIMEOUT} in case one was lost.  A controller raises them
+    before it writes and the informer's handlers lower them as objects arrive.
     """
 
     clock: IReactorTime
@@ -199,17 +227,22 @@ class Expectations:
         expected = self._expected.get(key)
         if expected is None:
             return True
-        if expected.creations <= 0 and not expected.deletions:
+        arrived = expected.creations <= 0 and not expected.deletions
+        if arrived or self.clock.seconds() - expected.since > EXPECTATIONS_TIMEOUT:
+            del self._expected[key]
             return True
-        return self.clock.seconds() - expected.since > EXPECTATIONS_TIMEOUT
+        return False
 
-    def expect_creations(self, key: str, count: int) -> None:
-        self._expected[key] = _Expected(count, set(), self.clock.seconds())
-
-    def expect_deletions(self, key: str, deleted: Sequence[str]) -> None:
-        self._expected[key] = _Expected(0, set(deleted), self.clock.seconds())
+    def expect(self, key: str, creations: int = 0, deletions: Iterable[str] = ()) -> None:
+        """Raise C{key}'s expectations by C{creations} and C{deletions}."""
+        expected = self._expected.get(key)
+        if expected is None:
+            expected = self._expected[key] = _Expected(0, set(), self.clock.seconds())
+        expected.creations += creations
+        expected.deletions.update(deletions)
 
     def creation_observed(self, key: str) -> None:
+        """One creation arrived (or, called for a failed write, never will)."""
         expected = self._expected.get(key)
         if expected is not None:
             expected.creations -= 1
@@ -221,3 +254,33 @@ class Expectations:
 
     def forget(self, key: str) -> None:
         self._expected.pop(key, None)
+
+
+def observing(kind: str, expectations: Expectations) -> EventHandler:
+    """
+    A handler that lowers C{expectations} as the creations and deletions of
+    objects a C{kind} controls arrive (keyed by the controller's
+    ``namespace/name``); a deletion arrives with its deletionTimestamp.
+    """
+
+    def controller_key(obj: Object) -> str | None:
+        ref = controller_ref(obj)
+        if ref is None or ref.get("kind") != kind:
+            return None
+        return join_key(namespace_of(obj), str(ref.get("name", "")))
+
+    def added(obj: Object) -> None:
+        if (key := controller_key(obj)) is not None:
+            expectations.creation_observed(key)
+            if is_deleting(obj):
+                expectations.deletion_observed(key, object_key(obj))
+
+    def updated(old: Object, new: Object) -> None:
+        if is_deleting(new) and not is_deleting(old):
+            deleted(new)
+
+    def deleted(obj: Object) -> None:
+        if (key := controller_key(obj)) is not None:
+            expectations.deletion_observed(key, object_key(obj))
+
+    return EventHandler(on_add=added, on_update=updated, on_delete=deleted)

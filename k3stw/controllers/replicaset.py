@@ -32,7 +32,7 @@ from k3stw.controllers.ownership import (
     Expectations,
     claim,
     controller_ref,
-    new_controller_ref,
+    pod_from_template,
     resolve_owner,
 )
 from k3stw.machinery.cache import NAMESPACE
@@ -41,7 +41,6 @@ from k3stw.machinery.informer import EventHandler
 from k3stw.machinery.labels import LabelSelectorError, spec_matches
 from k3stw.machinery.objects import (
     Object,
-    copy_json,
     find_condition,
     get_path,
     is_deleting,
@@ -115,26 +114,6 @@ def selects(owner: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
             return False
 
     return matches
-
-
-def pod_from_template(owner: Mapping[str, Any]) -> Object:
-    """``GetPodFromTemplate``: a new pod of the owner's, named after it."""
-    template = get_path(owner, "spec", "template") or {}
-    meta = template.get("metadata") or {}
-    pod_meta: Object = {
-        "generateName": f"{name_of(owner)}-",
-        "namespace": namespace_of(owner),
-        "ownerReferences": [new_controller_ref(owner)],
-    }
-    for key in ("labels", "annotations", "finalizers"):
-        if meta.get(key):
-            pod_meta[key] = copy_json(meta[key])
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": pod_meta,
-        "spec": copy_json(template.get("spec") or {}),
-    }
 
 
 # Which pods go first on scale-down (``ActivePodsWithRanks``)
@@ -428,7 +407,7 @@ class ReplicaSetController(Controller):
         difference = len(active) - wanted
         if difference < 0:
             count = min(-difference, BURST_REPLICAS)
-            self.expectations.expect_creations(key, count)
+            self.expectations.expect(key, creations=count)
             try:
                 await slow_start_batch(
                     count, SLOW_START_INITIAL_BATCH, lambda: self._create_pod(owner)
@@ -444,7 +423,7 @@ class ReplicaSetController(Controller):
         elif difference > 0:
             count = min(difference, BURST_REPLICAS)
             victims = pods_to_delete(active, self._related_pods(owner), count, self.clock.seconds())
-            self.expectations.expect_deletions(key, [object_key(pod) for pod in victims])
+            self.expectations.expect(key, deletions=[object_key(pod) for pod in victims])
             results = await gatherResults(
                 [Deferred.fromCoroutine(self._delete_pod(key, owner, pod)) for pod in victims]
             )
@@ -471,9 +450,10 @@ class ReplicaSetController(Controller):
         ]
 
     async def _create_pod(self, owner: Object) -> None:
+        template = get_path(owner, "spec", "template") or {}
         try:
             pod = await self.store.create(
-                pods.RESOURCE, namespace_of(owner), pod_from_template(owner), MANAGER
+                pods.RESOURCE, namespace_of(owner), pod_from_template(template, owner), MANAGER
             )
         except StatusError as e:
             # kube stays quiet about creates refused by a terminating namespace.

@@ -28,6 +28,7 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
+from k3stw.controllers.ownership import pod_from_template
 from k3stw.controllers.workloads import (
     REVISION_LABEL,
     Availability,
@@ -36,7 +37,6 @@ from k3stw.controllers.workloads import (
     enqueue_controller,
     phase_of,
     pod_available,
-    pod_from_template,
     revision_hash,
     revision_name,
     revision_number,
@@ -179,7 +179,7 @@ class StatefulSetController(Controller):
     ) -> tuple[Object, int]:
         while True:
             name = revision_name(name_of(sts), revision_hash(patch, collisions))
-            found = await self.history.snapshot(sts, KIND, patch, number, name, name)
+            found = await self.history.snapshot(sts, patch, number, name, name)
             if found is not None:
                 return found, collisions
             collisions += 1
@@ -194,7 +194,7 @@ class StatefulSetController(Controller):
         at_current = rolling and partition is not None and ordinal - start < int(partition)
         revision = current if at_current else update
         template = template_of(revision) if at_current else sts["spec"]["template"]
-        pod = pod_from_template(template, sts, KIND)
+        pod = pod_from_template(template, sts)
         name = f"{name_of(sts)}-{ordinal}"
         pod["metadata"]["name"] = name
         labels = pod["metadata"]["labels"]

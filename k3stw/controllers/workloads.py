@@ -1,7 +1,7 @@
 """
 What the controllers that own pods share (kube-controller-manager's
-``controller_utils`` and ``history`` packages): controller references, pods
-made from a template, readiness and availability, ``maxSurge``-style
+``controller_utils`` and ``history`` packages): which objects a controller
+controls, readiness and availability, ``maxSurge``-style
 int-or-percent values, and ControllerRevisions, the history of a
 DaemonSet's or StatefulSet's pod template.
 """
@@ -18,13 +18,13 @@ from k3stw.apiserver.kinds.pods import is_ready
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
+from k3stw.controllers.ownership import new_controller_ref
 from k3stw.machinery.informer import EventHandler, each_change
 from k3stw.machinery.objects import (
     Object,
     copy_json,
     find_condition,
     get_path,
-    is_deleting,
     join_key,
     metadata,
     name_of,
@@ -41,18 +41,6 @@ REVISION_LABEL = "controller-revision-hash"
 _REVISION_PREFIX_MAX = 223
 
 
-def controller_ref(owner: Mapping[str, Any], kind: str, api_version: str = "apps/v1") -> Object:
-    """The ownerReference that makes C{owner} the controller (``NewControllerRef``)."""
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "name": name_of(owner),
-        "uid": uid_of(owner),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
     """Whether the object's controller reference names C{uid}."""
     return any(ref.get("controller") and ref.get("uid") == uid for ref in owner_references(obj))
@@ -67,27 +55,6 @@ def enqueue_controller(kind: str, enqueue: Callable[[str], object]) -> EventHand
                 enqueue(join_key(namespace_of(obj), str(ref.get("name"))))
 
     return each_change(changed)
-
-
-def pod_from_template(template: Mapping[str, Any], owner: Mapping[str, Any], kind: str) -> Object:
-    """
-    A new pod of C{owner}'s from its C{template} (``GetPodFromTemplate``):
-    the template's labels, annotations and finalizers, its spec, the
-    owner's name as the generated name's prefix, and a controller reference.
-    """
-    meta = template.get("metadata") or {}
-    pod_meta: Object = {"generateName": f"{name_of(owner)}-"}
-    for field in ("labels", "annotations"):
-        pod_meta[field] = dict(meta.get(field) or {})
-    if meta.get("finalizers"):
-        pod_meta["finalizers"] = list(meta["finalizers"])
-    pod_meta["ownerReferences"] = [controller_ref(owner, kind)]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": pod_meta,
-        "spec": copy_json(dict(template.get("spec") or {})),
-    }
 
 
 def pod_available(pod: Mapping[str, Any], min_ready_seconds: int, now: float) -> bool:
@@ -277,7 +244,7 @@ class RevisionHistory:
         self.resource = resource
 
     async def snapshot(
-        self, owner: Mapping[str, Any], kind: str, patch: Object, number: int, name: str, label: str
+        self, owner: Mapping[str, Any], patch: Object, number: int, name: str, label: str
     ) -> Object | None:
         """
         Revision C{name} of C{owner}, holding C{patch}: created, or found if
@@ -296,7 +263,7 @@ class RevisionHistory:
                 "name": name,
                 "namespace": namespace,
                 "labels": labels,
-                "ownerReferences": [controller_ref(owner, kind)],
+                "ownerReferences": [new_controller_ref(owner)],
             },
             "data": patch,
             "revision": number,
@@ -344,50 +311,3 @@ class RevisionHistory:
                 continue
             await self.delete(revision)
             excess -= 1
-
-
-#: How long unseen writes hold a controller back at most (``ExpectationsTimeout``).
-EXPECTATIONS_TIMEOUT = 300.0
-
-
-class Expectations:
-    """
-    The pods a controller created or deleted that its cache does not show yet
-    (kube's ``ControllerExpectations``): until it does, the controller must
-    not count pods again, or it would create (or delete) them twice.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[str, tuple[float, set[tuple[str, str, bool]]]] = {}
-
-    def created(self, key: str, pod: Mapping[str, Any], now: float) -> None:
-        self._expect(key, pod, now, added=True)
-
-    def deleted(self, key: str, pod: Mapping[str, Any], now: float) -> None:
-        self._expect(key, pod, now, added=False)
-
-    def _expect(self, key: str, pod: Mapping[str, Any], now: float, added: bool) -> None:
-        _, writes = self._pending.get(key, (now, set()))
-        pod_key = f"{metadata(pod).get('namespace')}/{name_of(pod)}"
-        writes.add((pod_key, uid_of(pod), added))
-        self._pending[key] = (now, writes)
-
-    def satisfied(self, key: str, cached: Any, now: float) -> bool:
-        """Whether C{cached} (a pod key's cached object, or None) shows every write under C{key}."""
-        since, writes = self._pending.get(key, (now, set()))
-        for write in list(writes):
-            pod_key, uid, added = write
-            pod = cached(pod_key)
-            if added:
-                seen = pod is not None and uid_of(pod) == uid
-            else:
-                seen = pod is None or uid_of(pod) != uid or is_deleting(pod)
-            if seen:
-                writes.discard(write)
-        if not writes or now - since > EXPECTATIONS_TIMEOUT:
-            self._pending.pop(key, None)
-            return True
-        return False
-
-    def forget(self, key: str) -> None:
-        self._pending.pop(key, None)
