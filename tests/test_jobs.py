@@ -61,11 +61,11 @@ class JobTests(SynchronousTestCase):
             ]
         return sorted(found, key=lambda p: p["metadata"]["name"])
 
-    def finish(self, pod: Object, phase: str) -> None:
+    def finish(self, pod: Object, phase: str, **status: Any) -> None:
         self.clock.advance(1)
         name = pod["metadata"]["name"]
         current = self.server.get("", "pods", name, NS)
-        current["status"] = {**current.get("status", {}), "phase": phase}
+        current["status"] = {**current.get("status", {}), "phase": phase, **status}
         self.server.run(self.store.update(pods.RESOURCE, NS, name, current, subresource="status"))
 
     def condition(self, kind: str, name: str = "pi") -> Object | None:
@@ -153,6 +153,68 @@ class JobTests(SynchronousTestCase):
         self.assertIn("BackoffLimitExceeded", self.reasons())
         self.clock.advance(60)
         self.assertEqual(self.pods(), [])
+
+    def test_a_fail_job_rule_fails_the_job_at_the_first_matching_exit_code(self) -> None:
+        policy = {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}},
+            ]
+        }
+        self.create(backoffLimit=6, podFailurePolicy=policy)
+        [pod] = self.pods()
+        exited = {"name": "main", "state": {"terminated": {"exitCode": 42}}}
+        self.finish(pod, "Failed", containerStatuses=[exited])
+        failed = self.condition("Failed")
+        assert failed is not None
+        message = (
+            f"Container main for pod {NS}/{pod['metadata']['name']} failed with exit code 42"
+            " matching FailJob rule at index 1"
+        )
+        self.assertEqual((failed["reason"], failed["message"]), ("PodFailurePolicy", message))
+        target = self.condition("FailureTarget")
+        assert target is not None
+        self.assertEqual(target["reason"], "PodFailurePolicy")
+        self.assertEqual(self.job()["status"]["failed"], 1)
+
+    def test_an_ignored_failure_is_replaced_without_counting(self) -> None:
+        policy = {
+            "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+        }
+        self.create(backoffLimit=0, podFailurePolicy=policy)
+        [pod] = self.pods()
+        disrupted = {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "EvictionByEvictionAPI",
+        }
+        self.finish(pod, "Failed", conditions=[disrupted])
+        status = self.job()["status"]
+        self.assertNotIn("failed", status)
+        self.assertIsNone(self.condition("Failed"))
+        self.assertNotIn(
+            "finalizers", self.server.get("", "pods", pod["metadata"]["name"], NS)["metadata"]
+        )
+        [replacement] = self.pods()
+        self.assertNotEqual(replacement["metadata"]["name"], pod["metadata"]["name"])
+        # A failure the policy does not name counts: backoffLimit 0 is passed.
+        self.finish(replacement, "Failed")
+        failed = self.condition("Failed")
+        assert failed is not None
+        self.assertEqual(failed["reason"], "BackoffLimitExceeded")
+
+    def test_on_failure_restarts_count_against_the_backoff_limit(self) -> None:
+        manifest = job_manifest(backoffLimit=2)
+        manifest["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+        self.server.run(self.store.create(jobs.RESOURCE, NS, manifest))
+        [pod] = self.pods()
+        restarted = {"name": "main", "restartCount": 1, "state": {"running": {}}}
+        self.finish(pod, "Running", containerStatuses=[restarted])
+        self.assertIsNone(self.condition("Failed"))
+        self.finish(pod, "Running", containerStatuses=[{**restarted, "restartCount": 2}])
+        failed = self.condition("Failed")
+        assert failed is not None
+        self.assertEqual(failed["reason"], "BackoffLimitExceeded")
 
     def test_a_job_past_its_deadline_fails_and_its_pods_go(self) -> None:
         self.create(activeDeadlineSeconds=30, parallelism=2, completions=4)

@@ -16,8 +16,14 @@ are replaced after kube's pod-failure back-off (10 s doubling, at most
 10 min); the active deadline and the back-off are waited for with the work
 queue's timers, never by polling.
 
-Not done: podFailurePolicy, successPolicy, backoffLimitPerIndex, the
-``OnFailure`` restart-count rule, slow-start creation batches.
+A ``podFailurePolicy`` decides about each failed pod by its first matching
+rule: fail the Job at once (``FailJob``), not count it (``Ignore``) or count
+it; with ``restartPolicy: OnFailure`` the containers' restarts count against
+``backoffLimit`` too.
+
+Not done: successPolicy, backoffLimitPerIndex (so no ``FailIndex``),
+slow-start creation batches (pods are created one by one, stopping at the
+first refusal).
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ _SLACK = 0.1
 
 COMPLETIONS_REACHED = ("CompletionsReached", "Reached expected number of succeeded pods")
 BACKOFF_LIMIT_EXCEEDED = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+#: The reason a Job failed by its ``podFailurePolicy`` has.
+POD_FAILURE_POLICY = "PodFailurePolicy"
 DEADLINE_EXCEEDED = ("DeadlineExceeded", "Job was active longer than specified deadline")
 
 
@@ -166,6 +174,91 @@ def _counts_failed(pod: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
     if get_path(job, "spec", "podReplacementPolicy") == "Failed":
         return False
     return is_deleting(pod) and _phase(pod) != "Succeeded"
+
+
+def failure_policy_match(job: Mapping[str, Any], pod: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """
+    What the Job's ``podFailurePolicy`` says of a failed pod
+    (``matchPodFailurePolicy``): the Job's failure message if a ``FailJob``
+    rule matches, and whether the failure counts towards ``backoffLimit``.
+    """
+    rules = get_path(job, "spec", "podFailurePolicy", "rules") or ()
+    for index, rule in enumerate(rules):
+        action = rule.get("action")
+        if rule.get("onExitCodes") is not None:
+            container = _failed_container(pod, rule["onExitCodes"])
+            if container is None:
+                continue
+            name, code = container
+            message = (
+                f"Container {name} for pod {namespace_of(pod)}/{name_of(pod)} failed with exit"
+                f" code {code} matching {action} rule at index {index}"
+            )
+        elif rule.get("onPodConditions") is not None:
+            condition = _matching_condition(pod, rule["onPodConditions"])
+            if condition is None:
+                continue
+            message = (
+                f"Pod {namespace_of(pod)}/{name_of(pod)} has condition {condition} matching"
+                f" {action} rule at index {index}"
+            )
+        else:
+            continue
+        if action == "Ignore":
+            return None, False
+        if action == "Count":
+            return None, True
+        if action == "FailJob":
+            return message, True
+        # FailIndex needs backoffLimitPerIndex; an unknown action: the next rule decides.
+    return None, True
+
+
+def _failed_container(
+    pod: Mapping[str, Any], requirement: Mapping[str, Any]
+) -> tuple[str, int] | None:
+    """The first container (then init container) that exited non-zero as C{requirement} asks."""
+    wanted = requirement.get("containerName")
+    values = set(requirement.get("values") or ())
+    operator = requirement.get("operator")
+    for kind in ("containerStatuses", "initContainerStatuses"):
+        for status in get_path(pod, "status", kind) or ():
+            code = get_path(status, "state", "terminated", "exitCode")
+            if code is None or code == 0 or wanted not in (None, status.get("name")):
+                continue
+            if (code in values) == (operator == "In") and operator in ("In", "NotIn"):
+                return str(status.get("name", "")), int(code)
+    return None
+
+
+def _matching_condition(
+    pod: Mapping[str, Any], patterns: Iterable[Mapping[str, Any]]
+) -> str | None:
+    """The type of the pod's first condition that one of C{patterns} matches."""
+    for condition in get_path(pod, "status", "conditions") or ():
+        for pattern in patterns:
+            status = pattern.get("status") or "True"
+            if condition.get("type") == pattern.get("type") and condition.get("status") == status:
+                return str(condition.get("type"))
+    return None
+
+
+def restarts_exceed_backoff(job: Mapping[str, Any], pods_: Iterable[Mapping[str, Any]]) -> bool:
+    """
+    ``pastBackoffLimitOnFailure``: with ``restartPolicy: OnFailure``, the
+    restarts of the running and pending pods' containers reach ``backoffLimit``.
+    """
+    if get_path(job, "spec", "template", "spec", "restartPolicy") != "OnFailure":
+        return False
+    restarts = sum(
+        int(status.get("restartCount") or 0)
+        for pod in pods_
+        if _phase(pod) in ("Running", "Pending")
+        for kind in ("initContainerStatuses", "containerStatuses")
+        for status in get_path(pod, "status", kind) or ()
+    )
+    limit = int(get_path(job, "spec", "backoffLimit") or 0)
+    return restarts > 0 if limit == 0 else restarts >= limit
 
 
 def _has_tracking(pod: Mapping[str, Any]) -> bool:
@@ -384,16 +477,22 @@ class _JobSync:
             return
         by_uid = {uid_of(p): p for p in self.pods}
         counted = set(uncounted.get("succeeded") or ()) | set(uncounted.get("failed") or ())
-        finishing = self._interim()
-        new_succeeded, new_failed = [], []
+        finishing = self._interim() or self._failed_by_policy(counted)
+        new_succeeded: list[Object] = []
+        new_failed: list[Object] = []
+        ignored: list[Object] = []
         for pod in self.pods:
             if not _has_tracking(pod) or uid_of(pod) in counted:
                 continue
             if _phase(pod) == "Succeeded":
                 new_succeeded.append(pod)
             elif _counts_failed(pod, self.job) or (finishing and is_deleting(pod)):
-                new_failed.append(pod)
+                _, counts = failure_policy_match(self.job, pod)
+                (new_failed if counts else ignored).append(pod)
         self.controller.note_outcomes(self.key, len(new_succeeded), len(new_failed))
+        if ignored:
+            await self.controller._release(ignored)
+            self.pods = [p for p in self.pods if p not in ignored]
         if new_succeeded or new_failed:
             # The protocol: uids recorded, then finalizers gone, then counted.
             for name, found in (("succeeded", new_succeeded), ("failed", new_failed)):
@@ -454,6 +553,20 @@ class _JobSync:
                 return final, str(condition.get("reason", "")), str(condition.get("message", ""))
         return None
 
+    def _failed_by_policy(self, counted: set[str]) -> tuple[str, str, str] | None:
+        """A ``FailJob`` rule matched a failed pod: the interim condition says so."""
+        for pod in self.pods:
+            if not _has_tracking(pod) or uid_of(pod) in counted:
+                continue
+            if not _counts_failed(pod, self.job):
+                continue
+            message, _ = failure_policy_match(self.job, pod)
+            if message is not None:
+                outcome = ("Failed", POD_FAILURE_POLICY, message)
+                set_condition(self.status, "FailureTarget", "True", *outcome[1:], self.stamp)
+                return outcome
+        return None
+
     def _start_time(self) -> None:
         if self.spec.get("suspend"):
             return
@@ -477,7 +590,9 @@ class _JobSync:
         if done:
             outcome = ("Complete", *COMPLETIONS_REACHED)
             interim = "SuccessCriteriaMet"
-        elif int(self.status.get("failed") or 0) > int(self.spec.get("backoffLimit") or 0):
+        elif int(self.status.get("failed") or 0) > int(
+            self.spec.get("backoffLimit") or 0
+        ) or restarts_exceed_backoff(self.job, self.pods):
             outcome = ("Failed", *BACKOFF_LIMIT_EXCEEDED)
             interim = "FailureTarget"
         elif self._past_deadline():
