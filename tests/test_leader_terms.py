@@ -8,6 +8,8 @@ their last term.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.controllers.events import EventRecorder
@@ -57,14 +59,19 @@ class LeadershipTermTests(SynchronousTestCase):
         lease = self.server.get("coordination.k8s.io", "leases", CONTROLLER_MANAGER, "kube-system")
         lease["spec"].update(holderIdentity="server-2", renewTime=micro_time(self.clock.seconds()))
         self.server.run(self.store.update(leases, "kube-system", CONTROLLER_MANAGER, lease))
-        while self.elected.leading:
-            self.clock.advance(1)
+        self.advance_until(lambda: not self.elected.leading)
         self.assertFalse(any(controller.running for controller in self.controllers))
         self.away()
-        while not self.elected.leading:
-            self.clock.advance(1)
+        self.advance_until(lambda: self.elected.leading)
         self.assertTrue(all(controller.running for controller in self.controllers))
         self.regained = self.clock.seconds()
+
+    def advance_until(self, done: Callable[[], bool]) -> None:
+        for _ in range(60):
+            if done():
+                return
+            self.clock.advance(1)
+        self.fail("waited a minute in vain")
 
     def away(self) -> None:
         """What changes while another server leads (nothing by default)."""
