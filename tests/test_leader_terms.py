@@ -8,10 +8,13 @@ their last term.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import k3stw
 from k3stw.controllers.events import EventRecorder
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.leaderelection import CONTROLLER_MANAGER, LeaderElected
@@ -123,3 +126,21 @@ class LeadershipTermTests(SynchronousTestCase):
         self.assertTrue(self.exists("", "pods", "web", "default"))
         self.clock.advance(1.1)
         self.assertFalse(self.exists("", "pods", "web", "default"))
+
+
+class HandlerRegistrationTests(SynchronousTestCase):
+    def test_every_controller_registers_its_handlers_for_replay(self) -> None:
+        """
+        Handlers added straight to an informer would miss a new term's
+        replay: every controller goes through C{Controller.add_handler}.
+        """
+        root = Path(k3stw.__file__).parent
+        offenders = [
+            f"{path.relative_to(root)}:{number}"
+            for folder in ("controllers", "scheduler", "supervisor")
+            for path in sorted((root / folder).glob("*.py"))
+            if re.search(r"^class \w+\(.*Controller.*\):", path.read_text(), re.M)
+            for number, line in enumerate(path.read_text().splitlines(), 1)
+            if ".add_handler(" in line and "self.add_handler(" not in line
+        ]
+        self.assertEqual(offenders, [])
