@@ -8,9 +8,9 @@ tolerates them forever stays.  When the taints go (or the pod does) before
 the time, the deletion is cancelled.
 
 Before deleting, it marks the pod ``DisruptionTarget`` (reason
-``DeletionByTaintManager``) through the status subresource, and it records
-``TaintManagerEviction`` Events on the pod for each deletion it schedules
-runs out and each it cancels, as kube's does.  Its schedule lives in memory
+``DeletionByTaintManager``) through the status subresource; it records a
+``TaintManagerEviction`` Event on the pod for each deletion it makes and
+each scheduled one it cancels, as kube's does.  Its schedule lives in memory
 only: a controller elected anew starts it afresh, as a new
 kube-controller-manager would.
 """
@@ -120,9 +120,7 @@ class TaintEvictionController(Controller):
 
     def _pod_updated(self, old: Object, new: Object) -> None:
         # Only the node and the tolerations change what the pod may stay under.
-        if get_path(old, "spec", "nodeName") != get_path(new, "spec", "nodeName") or get_path(
-            old, "spec", "tolerations"
-        ) != get_path(new, "spec", "tolerations"):
+        if _placement(old) != _placement(new):
             self.enqueue(object_key(new))
 
     def _node_updated(self, old: Object, new: Object) -> None:
@@ -137,13 +135,13 @@ class TaintEvictionController(Controller):
         pod = self.pod_informer.get(key)
         node_name = get_path(pod, "spec", "nodeName")
         if pod is None or not node_name:
-            self._cancel(key, pod)
+            self._cancel(key)
             return
         taints = no_execute_taints(self.node_informer.get(str(node_name)))
         tolerations = [t for t in get_path(pod, "spec", "tolerations") or [] if isinstance(t, dict)]
         allowed = toleration_time(taints, tolerations) if taints else None
         if allowed is None:
-            self._cancel(key, pod)
+            self._cancel(key)
             return
         now = self.clock.seconds()
         eviction = self._evictions.get(key)
@@ -158,7 +156,7 @@ class TaintEvictionController(Controller):
             return
         await self._evict(key, pod, eviction)
 
-    def _cancel(self, key: str, pod: Object | None) -> None:
+    def _cancel(self, key: str) -> None:
         eviction = self._evictions.pop(key, None)
         if eviction is not None and not eviction.done:
             self._log.info("Cancelling deletion of pod {pod}", pod=key)
@@ -188,6 +186,10 @@ class TaintEvictionController(Controller):
         if await update_status_if_present(self.store, pods.RESOURCE, namespace, name, mark):
             await delete_if_present(self.store, pods.RESOURCE, namespace, name)
         eviction.done = True
+
+
+def _placement(pod: Object) -> tuple[object, object]:
+    return get_path(pod, "spec", "nodeName"), get_path(pod, "spec", "tolerations")
 
 
 def _reference(key: str) -> Object:
