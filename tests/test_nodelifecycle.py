@@ -22,6 +22,10 @@ UNREACHABLE_TAINTS = [
     ("node.kubernetes.io/unreachable", "NoSchedule"),
     ("node.kubernetes.io/unreachable", "NoExecute"),
 ]
+NOT_READY_TAINTS = [
+    ("node.kubernetes.io/not-ready", "NoSchedule"),
+    ("node.kubernetes.io/not-ready", "NoExecute"),
+]
 
 
 def taints_of(node: dict[str, Any]) -> list[tuple[str, str]]:
@@ -63,10 +67,13 @@ class NodeLifecycleTests(SynchronousTestCase):
         renewed = renew_lease(lease, name, node["metadata"]["uid"], now, 40)
         self.server.run(self.store.update(self.leases, LEASE_NAMESPACE, name, renewed))
 
-    def post_status(self, name: str) -> None:
+    def post_status(self, name: str, ready: str = "True") -> None:
         now = rfc3339(self.clock.seconds())
         node = self.node(name)
         node["status"] = node_status(config(node_name=name), FACTS, node["status"], now)
+        condition = find_condition(node, "Ready")
+        assert condition is not None
+        condition["status"] = ready
         self.server.run(self.store.update(self.nodes, None, name, node, subresource="status"))
 
     def node(self, name: str) -> dict[str, Any]:
@@ -178,3 +185,27 @@ class NodeLifecycleTests(SynchronousTestCase):
         self.server.informers.stopService()
         self.controller.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_node_not_ready_gets_the_not_ready_taints(self) -> None:
+        self.register("n1")
+        self.at(45)
+        self.assertEqual(taints_of(self.node("n1")), UNREACHABLE_TAINTS)
+        self.renew("n1")
+        self.post_status("n1", ready="False")
+        node = self.node("n1")
+        self.assertEqual(taints_of(node), NOT_READY_TAINTS)
+        self.assertIsNotNone(as_model(node, "V1Node").spec.taints[1].time_added)
+        self.post_status("n1")
+        self.assertEqual(taints_of(self.node("n1")), [])
+
+    def test_a_new_term_gives_every_node_a_full_grace_period(self) -> None:
+        """Leadership lost and won again: nothing from the last term marks a node early."""
+        self.register("n1")
+        self.at(30)
+        self.controller.stopService()
+        self.at(35)
+        self.controller.startService()
+        self.at(74)
+        self.assertEqual(self.ready("n1"), "True")
+        self.at(75.5)
+        self.assertEqual(taints_of(self.node("n1")), UNREACHABLE_TAINTS)

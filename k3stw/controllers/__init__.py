@@ -6,10 +6,13 @@ L{k3stw.apiserver.informers}, writing through the object store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.datastore.interface import DatastoreUnavailable
+from k3stw.machinery.objects import Object
 
 #: What a server's sync may meet that only means "try again later": a refused or
 #: conflicting write, a datastore that is away.
@@ -25,3 +28,23 @@ async def delete_if_present(
     except StatusError as e:
         if e.code != 404:
             raise
+
+
+async def update_status_if_present(
+    store: ObjectStore,
+    resource: ResourceType,
+    namespace: str | None,
+    name: str,
+    mutate: Callable[[Object], Object],
+    manager: str | None = None,
+) -> bool:
+    """Write the object's status through C{mutate}; False if the object is gone."""
+    try:
+        await store.guaranteed_update(
+            resource, namespace, name, mutate, manager, subresource="status"
+        )
+    except StatusError as e:
+        if e.code != 404:
+            raise
+        return False
+    return True

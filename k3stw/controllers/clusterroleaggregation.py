@@ -47,7 +47,7 @@ class ClusterRoleAggregation(Controller):
         super().__init__(store.clock, [self.cluster_roles])
         self.store = store
         # Any change may change what any aggregated role gathers.
-        self.cluster_roles.add_handler(each_change(lambda obj: self._enqueue_aggregated()))
+        self.add_handler(self.cluster_roles, each_change(lambda obj: self._enqueue_aggregated()))
 
     def _enqueue_aggregated(self) -> None:
         for role in self.cluster_roles.cache:

@@ -28,7 +28,7 @@ class CRDController(Controller):
         super().__init__(store.clock, [self.crds])
         self.store = store
         self.registry = registry
-        self.crds.add_handler(self.enqueue_handler())
+        self.add_handler(self.crds, self.enqueue_handler())
 
     async def sync(self, key: str) -> None:
         crd = self.crds.get(key)

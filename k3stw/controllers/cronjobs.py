@@ -104,8 +104,8 @@ class CronJobController(Controller):
         super().__init__(store.clock, [self.cronjobs, self.jobs])
         self.store = store
         self.recorder = EventRecorder(store, store.clock, "cronjob-controller", host)
-        self.cronjobs.add_handler(self.enqueue_handler())
-        self.jobs.add_handler(each_change(self._job_changed))
+        self.add_handler(self.cronjobs, self.enqueue_handler())
+        self.add_handler(self.jobs, each_change(self._job_changed))
 
     def _job_changed(self, job: Object) -> None:
         for key in _by_cronjob(job):

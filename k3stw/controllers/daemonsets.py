@@ -222,16 +222,17 @@ class DaemonSetController(Controller):
         self._failed_backoff: dict[tuple[str, str], tuple[float, float]] = {}
         self.pods.add_index(OWNER_UID, by_owner_uid)
         self.revisions.add_index(OWNER_UID, by_owner_uid)
-        self.daemonsets.add_handler(self.enqueue_handler())
-        self.pods.add_handler(observing(KIND, self.expectations))
-        self.pods.add_handler(enqueue_controller(KIND, self.enqueue))
-        self.revisions.add_handler(enqueue_controller(KIND, self.enqueue))
-        self.nodes.add_handler(
+        self.add_handler(self.daemonsets, self.enqueue_handler())
+        self.add_handler(self.pods, observing(KIND, self.expectations))
+        self.add_handler(self.pods, enqueue_controller(KIND, self.enqueue))
+        self.add_handler(self.revisions, enqueue_controller(KIND, self.enqueue))
+        self.add_handler(
+            self.nodes,
             EventHandler(
                 on_add=lambda node: self._enqueue_all(),
                 on_update=self._node_updated,
                 on_delete=lambda node: self._enqueue_all(),
-            )
+            ),
         )
 
     # Who to look at
@@ -248,6 +249,10 @@ class DaemonSetController(Controller):
             self.enqueue(join_key(namespace_of(daemonset), name_of(daemonset)))
 
     # The work
+
+    def new_term(self) -> None:
+        self.expectations.clear()
+        self._failed_backoff.clear()
 
     async def sync(self, key: str) -> None:
         daemonset = self.daemonsets.get(key)

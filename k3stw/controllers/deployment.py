@@ -342,15 +342,16 @@ class DeploymentController(Controller):
         )
         self.store = store
         self.recorder = EventRecorder(store, store.clock, "deployment-controller", host)
-        self.deployments.add_handler(self.enqueue_handler())
-        self.replicasets.add_handler(
+        self.add_handler(self.deployments, self.enqueue_handler())
+        self.add_handler(
+            self.replicasets,
             EventHandler(
                 on_add=self._replicaset_changed,
                 on_update=self._replicaset_updated,
                 on_delete=self._replicaset_deleted,
-            )
+            ),
         )
-        self.pods.add_handler(EventHandler(on_delete=self._pod_deleted))
+        self.add_handler(self.pods, EventHandler(on_delete=self._pod_deleted))
 
     # The informers' news
 

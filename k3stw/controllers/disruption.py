@@ -71,13 +71,14 @@ class DisruptionController(Controller):
         self.pod_informer = informers.for_resource(pods.RESOURCE)
         super().__init__(store.clock, [self.budget_informer, self.pod_informer])
         self.store = store
-        self.budget_informer.add_handler(self.enqueue_handler())
-        self.pod_informer.add_handler(
+        self.add_handler(self.budget_informer, self.enqueue_handler())
+        self.add_handler(
+            self.pod_informer,
             EventHandler(
                 on_add=self._pod_changed,
                 on_update=self._pod_updated,
                 on_delete=self._pod_changed,
-            )
+            ),
         )
 
     def _pod_updated(self, old: Object, new: Object) -> None:

@@ -78,7 +78,7 @@ class APIServerEndpoints(Controller):
         self.port = port
         self.cluster_ip = cluster_ip
         for informer in cached:
-            informer.add_handler(each_change(self._changed))
+            self.add_handler(informer, each_change(self._changed))
         PeriodicJob(
             store.clock,
             RENEW_SECONDS,

@@ -116,7 +116,7 @@ class GarbageCollector(Controller):
                 informer = self.shared.for_resource(resource, OWNED_OR_DELETING)
                 informer.add_index(UID, by_uid)
                 informer.add_index(OWNER_UID, by_owner_uid)
-                informer.add_handler(self._handler(resource))
+                self.add_handler(informer, self._handler(resource))
                 self._followed[name] = (resource, informer)
 
     def _handler(self, resource: ResourceType) -> EventHandler:

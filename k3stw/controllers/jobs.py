@@ -329,13 +329,14 @@ class JobController(Controller):
         self._written: dict[str, int] = {}
         #: Uids of pods whose finalizer was removed but whose cached copy still has it.
         self.releasing: set[str] = set()
-        self.jobs.add_handler(self.enqueue_handler())
-        self.pods.add_handler(
+        self.add_handler(self.jobs, self.enqueue_handler())
+        self.add_handler(
+            self.pods,
             EventHandler(
                 on_add=self._pod_added,
                 on_update=lambda old, new: self._pod_changed(new),
                 on_delete=self._pod_deleted,
-            )
+            ),
         )
 
     # What the cache shows
@@ -364,6 +365,11 @@ class JobController(Controller):
                 self.expectations.creation_observed(key)
             else:
                 self.expectations.deletion_observed(key, object_key(pod))
+
+    def new_term(self) -> None:
+        self.expectations.clear()
+        self._backoff.clear()
+        self._written.clear()
 
     # The work
 
@@ -749,7 +755,9 @@ class TTLAfterFinishedController(Controller):
         self.jobs = informers.for_resource(jobs.RESOURCE)
         super().__init__(store.clock, [self.jobs])
         self.store = store
-        self.jobs.add_handler(each_change(lambda job: self.enqueue(_key(job)), deletions=False))
+        self.add_handler(
+            self.jobs, each_change(lambda job: self.enqueue(_key(job)), deletions=False)
+        )
 
     async def sync(self, key: str) -> None:
         job = self.jobs.get(key)

@@ -64,8 +64,8 @@ class LegacyTokenController(Controller):
         self.store = store
         self.keys = keys
         self.ca = _encoded(ca_bundle)
-        self.secrets.add_handler(each_change(lambda s: self.enqueue(object_key(s)), False))
-        self.accounts.add_handler(each_change(self._account_changed))
+        self.add_handler(self.secrets, each_change(lambda s: self.enqueue(object_key(s)), False))
+        self.add_handler(self.accounts, each_change(self._account_changed))
 
     def _account_changed(self, account: Object) -> None:
         for key in self.secrets.cache.index_keys(BY_ACCOUNT, object_key(account)):

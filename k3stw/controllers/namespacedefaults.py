@@ -59,8 +59,8 @@ class InEveryNamespace(Controller):
         self.object_name = name
         self.build = build
         self.kept = kept
-        self.namespaces.add_handler(self.enqueue_handler())
-        self.objects.add_handler(each_change(lambda obj: self.enqueue(namespace_of(obj))))
+        self.add_handler(self.namespaces, self.enqueue_handler())
+        self.add_handler(self.objects, each_change(lambda obj: self.enqueue(namespace_of(obj))))
 
     async def sync(self, key: str) -> None:
         namespace = self.namespaces.get(key)

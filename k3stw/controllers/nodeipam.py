@@ -158,18 +158,14 @@ class NodeIPAMController(Controller):
         self.events = events
         #: The subnets each Node holds, or is being given.
         self._held: dict[str, tuple[str, ...]] = {}
-        self.nodes.add_handler(
+        self.add_handler(
+            self.nodes,
             EventHandler(
                 on_add=self._seen,
                 on_update=lambda old, new: self._seen(new),
                 on_delete=self._gone,
-            )
+            ),
         )
-
-    def resync(self) -> None:
-        for node in self.nodes.cache.list():
-            if not pod_cidrs(node):
-                self.enqueue(name_of(node))
 
     def _seen(self, node: Object) -> None:
         name, cidrs = name_of(node), pod_cidrs(node)

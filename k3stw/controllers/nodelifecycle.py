@@ -2,7 +2,9 @@
 The node lifecycle controller (kube-controller-manager's, in part): a node
 whose kubelet stops renewing its Lease and posting its status for longer
 than the grace period turns Ready=Unknown and gets the ``unreachable``
-taints; when its kubelet posts Ready again, the taints go.
+taints; one whose kubelet reports Ready=False gets the ``not-ready`` taints
+instead; when its kubelet posts Ready again, the taints go.  (The NoExecute
+ones evict pods: L{k3stw.controllers.tainteviction}.)
 
 Like kube-controller-manager it measures silence with its own clock: it
 notes when it last *saw* a node's Lease renewTime or Ready heartbeat change,
@@ -36,6 +38,15 @@ from k3stw.machinery.times import rfc3339
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 UNREACHABLE_TAINTS = (Taint(UNREACHABLE, "", "NoSchedule"), Taint(UNREACHABLE, "", "NoExecute"))
+NOT_READY = "node.kubernetes.io/not-ready"
+NOT_READY_TAINTS = (Taint(NOT_READY, "", "NoSchedule"), Taint(NOT_READY, "", "NoExecute"))
+#: The taints a node carries for each status of its Ready condition (kube's taint templates).
+READY_TAINTS: dict[str, tuple[Taint, ...]] = {
+    "True": (),
+    "False": NOT_READY_TAINTS,
+    "Unknown": UNREACHABLE_TAINTS,
+}
+_MANAGED = (*UNREACHABLE_TAINTS, *NOT_READY_TAINTS)
 
 UNKNOWN_REASON = "NodeStatusUnknown"
 UNKNOWN_MESSAGE = "Kubelet stopped posting node status."
@@ -76,11 +87,14 @@ class NodeLifecycleController(Controller):
         self.store = store
         self.grace_period = grace_period
         self._probes: dict[str, _Probe] = {}
-        self.nodes.add_handler(self.enqueue_handler())
-        self.leases.add_handler(each_change(self._lease_changed))
+        self.add_handler(self.nodes, self.enqueue_handler())
+        self.add_handler(self.leases, each_change(self._lease_changed))
 
     def _lease_changed(self, lease: Object) -> None:
         self.enqueue(name_of(lease))
+
+    def new_term(self) -> None:
+        self._probes.clear()  # every node gets a full grace period, as after a restart
 
     async def sync(self, key: str) -> None:
         node = self.nodes.get(key)
@@ -98,9 +112,14 @@ class NodeLifecycleController(Controller):
                 )
                 await self._update(key, self._mark_unknown)
             return
-        if _returned(node):
-            self._log.info("Node {node} is Ready again", node=key)
-            await self._update(key, _clear_unreachable)
+        if _needs_retaint(node):
+            self._log.info(
+                "Node {node} is Ready={status}: updating its taints",
+                node=key,
+                status=(find_condition(node, "Ready") or {}).get("status"),
+            )
+            stamp = rfc3339(now)
+            await self._update(key, lambda current: _retaint(current, stamp))
         # Look again when the grace period would run out, should nothing change before.
         self.queue.add_after(key, self.grace_period - silent_for + _SLACK)
 
@@ -153,13 +172,13 @@ class NodeLifecycleController(Controller):
                     message=UNKNOWN_MESSAGE,
                     lastTransitionTime=now,
                 )
-        spec = node.setdefault("spec", {})
-        taints = list(spec.get("taints") or [])
-        for taint in UNREACHABLE_TAINTS:
-            if not has_taint(taints, taint):
-                taints.append(taint.to_object(now))
-        spec["taints"] = taints
-        return node
+        return _retaint(node, now)
+
+
+def _wanted_taints(node: Object) -> tuple[Taint, ...] | None:
+    """The Ready taints the node should carry (None: its Ready condition says nothing yet)."""
+    ready = find_condition(node, "Ready")
+    return None if ready is None else READY_TAINTS.get(str(ready.get("status")))
 
 
 def _needs_marking(node: Object) -> bool:
@@ -168,24 +187,29 @@ def _needs_marking(node: Object) -> bool:
         condition = find_condition(node, kind)
         if condition is None or condition.get("status") != "Unknown":
             return True
-    taints = (node.get("spec") or {}).get("taints") or []
-    return not all(has_taint(taints, taint) for taint in UNREACHABLE_TAINTS)
+    return _needs_retaint(node)
 
 
-def _returned(node: Object) -> bool:
-    """Whether a node that reports again still carries the unreachable taints."""
-    ready = find_condition(node, "Ready") or {}
-    taints = (node.get("spec") or {}).get("taints") or []
-    return ready.get("status") == "True" and any(
-        has_taint(taints, taint) for taint in UNREACHABLE_TAINTS
+def _needs_retaint(node: Object) -> bool:
+    """Whether the node's Ready taints are not those its Ready condition calls for."""
+    wanted = _wanted_taints(node)
+    taints = get_path(node, "spec", "taints") or []
+    return wanted is not None and any(
+        has_taint(taints, taint) != (taint in wanted) for taint in _MANAGED
     )
 
 
-def _clear_unreachable(node: Object) -> Object:
-    if not _returned(node):
+def _retaint(node: Object, now: str) -> Object:
+    """The node with the Ready taints its condition calls for (NoExecute ones added C{now})."""
+    wanted = _wanted_taints(node)
+    if wanted is None:
         return node
     spec = node.setdefault("spec", {})
-    taints = without_taints(spec.get("taints") or [], UNREACHABLE_TAINTS)
+    unwanted = [taint for taint in _MANAGED if taint not in wanted]
+    taints = without_taints(spec.get("taints") or [], unwanted)
+    for taint in wanted:
+        if not has_taint(taints, taint):
+            taints.append(taint.to_object(now))
     if taints:
         spec["taints"] = taints
     else:

@@ -255,6 +255,10 @@ class Expectations:
     def forget(self, key: str) -> None:
         self._expected.pop(key, None)
 
+    def clear(self) -> None:
+        """Forget every key (a new leadership term starts from the informers' view)."""
+        self._expected.clear()
+
 
 def observing(kind: str, expectations: Expectations) -> EventHandler:
     """

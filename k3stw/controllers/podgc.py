@@ -21,7 +21,7 @@ from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import nodes, pods
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.controllers import TRANSIENT, delete_if_present
+from k3stw.controllers import TRANSIENT, delete_if_present, update_status_if_present
 from k3stw.machinery.cache import NODE_NAME, by_node_name
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import EventHandler
@@ -89,14 +89,15 @@ class PodGCController(Controller):
         self.quarantine = quarantine
         #: When each pod was first seen on a node that is not there.
         self._orphaned_since: dict[str, float] = {}
-        self.pod_informer.add_handler(
+        self.add_handler(
+            self.pod_informer,
             EventHandler(
                 on_add=self._pod_changed,
                 on_update=lambda old, new: self._pod_changed(new),
                 on_delete=lambda pod: self._orphaned_since.pop(object_key(pod), None),
-            )
+            ),
         )
-        self.node_informer.add_handler(EventHandler(on_delete=self._node_deleted))
+        self.add_handler(self.node_informer, EventHandler(on_delete=self._node_deleted))
 
     def _pod_changed(self, pod: Object) -> None:
         if get_path(pod, "spec", "nodeName") or is_deleting(pod):
@@ -107,6 +108,9 @@ class PodGCController(Controller):
     def _node_deleted(self, node: Object) -> None:
         for pod in self.pod_informer.cache.by_index(NODE_NAME, name_of(node)):
             self.enqueue(object_key(pod))
+
+    def new_term(self) -> None:
+        self._orphaned_since.clear()
 
     async def sync(self, key: str) -> None:
         if key == _TERMINATED:
@@ -164,13 +168,7 @@ class PodGCController(Controller):
             set_condition(status, condition, now)
             return pod
 
-        try:
-            await self.store.guaranteed_update(
-                pods.RESOURCE, namespace, name, mark, MANAGER, subresource="status"
-            )
-        except StatusError as e:
-            if e.code != 404:
-                raise
+        await update_status_if_present(self.store, pods.RESOURCE, namespace, name, mark, MANAGER)
 
     async def _delete(self, key: str) -> None:
         namespace, name = split_key(key)

@@ -316,11 +316,12 @@ class ReplicaSetController(Controller):
         self.label = component.replace("-", " ")
         self.recorder = EventRecorder(store, store.clock, component, host)
         self.expectations = Expectations(store.clock)
-        self.owners.add_handler(self.enqueue_handler())
-        self.pods.add_handler(
+        self.add_handler(self.owners, self.enqueue_handler())
+        self.add_handler(
+            self.pods,
             EventHandler(
                 on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted
-            )
+            ),
         )
 
     # The pod informer's news
@@ -378,6 +379,9 @@ class ReplicaSetController(Controller):
                 self.enqueue(object_key(owner))
 
     # Sync
+
+    def new_term(self) -> None:
+        self.expectations.clear()
 
     async def sync(self, key: str) -> None:
         owner = self.owners.get(key)

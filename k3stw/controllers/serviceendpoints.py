@@ -194,13 +194,14 @@ class _ServiceEndpoints(Controller):
         self.pod_informer.add_index(NODE_NAME, by_node_name)
         super().__init__(store.clock, [self.service_informer, self.pod_informer, *own], workers=5)
         self.store = store
-        self.service_informer.add_handler(self.enqueue_handler())
-        self.pod_informer.add_handler(
+        self.add_handler(self.service_informer, self.enqueue_handler())
+        self.add_handler(
+            self.pod_informer,
             EventHandler(
                 on_add=self._pod_changed,
                 on_update=lambda old, new: self._pod_changed(new, old),
                 on_delete=self._pod_changed,
-            )
+            ),
         )
 
     def _pod_changed(self, pod: Object, old: Object | None = None) -> None:
@@ -293,8 +294,9 @@ class EndpointsController(_ServiceEndpoints):
     def __init__(self, informers: ServerInformers, store: ObjectStore) -> None:
         self.endpoints_informer = informers.for_resource(endpoints.RESOURCE)
         super().__init__(informers, store, [self.endpoints_informer])
-        self.endpoints_informer.add_handler(
-            EventHandler(on_delete=lambda obj: self.enqueue(object_key(obj)))
+        self.add_handler(
+            self.endpoints_informer,
+            EventHandler(on_delete=lambda obj: self.enqueue(object_key(obj))),
         )
 
     async def sync(self, key: str) -> None:
@@ -422,15 +424,17 @@ class EndpointSliceController(_ServiceEndpoints):
         self.node_informer = informers.for_resource(nodes.RESOURCE)
         super().__init__(informers, store, [self.slice_informer, self.node_informer])
         self.max_per_slice = max_per_slice
-        self.slice_informer.add_handler(
+        self.add_handler(
+            self.slice_informer,
             EventHandler(
                 on_add=self._slice_changed,
                 on_update=lambda old, new: self._slice_changed(new),
                 on_delete=self._slice_changed,
-            )
+            ),
         )
-        self.node_informer.add_handler(
-            EventHandler(on_update=lambda old, new: self._node_changed(old, new))
+        self.add_handler(
+            self.node_informer,
+            EventHandler(on_update=lambda old, new: self._node_changed(old, new)),
         )
 
     def _slice_changed(self, obj: Object) -> None:

@@ -120,9 +120,9 @@ class StatefulSetController(Controller):
         self.recorder = EventRecorder(store, store.clock, COMPONENT, host)
         self.pods.add_index(OWNER_UID, by_owner_uid)
         self.revisions.add_index(OWNER_UID, by_owner_uid)
-        self.sets.add_handler(self.enqueue_handler())
-        self.pods.add_handler(enqueue_controller(KIND, self.enqueue))
-        self.revisions.add_handler(enqueue_controller(KIND, self.enqueue))
+        self.add_handler(self.sets, self.enqueue_handler())
+        self.add_handler(self.pods, enqueue_controller(KIND, self.enqueue))
+        self.add_handler(self.revisions, enqueue_controller(KIND, self.enqueue))
 
     # The work
 

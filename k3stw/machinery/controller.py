@@ -3,6 +3,11 @@ The shape of every control loop: informers' handlers enqueue keys, workers
 take them from a rate-limited L{WorkQueue} and call C{sync(key)}, which reads
 the caches, works out what differs from the desired state, and writes.  A
 sync that fails is tried again after a back-off; one that succeeds resets it.
+
+A controller may stop and start again (one under leader election, at each
+new term): it then begins as a new process would, with a new queue, its
+in-memory state dropped (L{Controller.new_term}) and every cached object
+handed to its handlers again as if just listed.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ class Controller(MultiService):
     A control loop: C{workers} workers calling L{sync} with queued keys, once
     every informer in C{informers} has filled its cache.
 
-    Subclasses implement L{sync}, and enqueue keys from their informers'
-    handlers (L{enqueue_handler} makes the common one).  Child services (a
-    periodic job, say) run with the controller.
+    Subclasses implement L{sync}, and enqueue keys from the handlers they
+    register with L{add_handler} (L{enqueue_handler} makes the common one).
+    Child services (a periodic job, say) run with the controller.
 
     :cvar label: what the logs call this controller.
     :cvar expected: errors that are one warning line (a datastore that is
@@ -51,10 +56,16 @@ class Controller(MultiService):
         self.queue = WorkQueue(clock, backoff)
         self._running_workers: list[Deferred[None]] = []
         self._waiting: Deferred[list[tuple[bool, None]]] | None = None
+        self._handlers: list[tuple[Informer, EventHandler]] = []
 
     async def sync(self, key: str) -> None:
         """Make the world under C{key} what it should be (raise to be tried again later)."""
         raise NotImplementedError
+
+    def add_handler(self, informer: Informer, handler: EventHandler) -> None:
+        """Tell C{handler} of C{informer}'s changes (and of all its objects, at each new term)."""
+        informer.add_handler(handler)
+        self._handlers.append((informer, handler))
 
     def enqueue(self, key: str) -> None:
         self.queue.add(key)
@@ -65,17 +76,26 @@ class Controller(MultiService):
         # elected anew) has a new queue.
         return enqueue_keys(self.enqueue)
 
-    def resync(self) -> None:
+    def new_term(self) -> None:
         """
-        Enqueue what needs looking at when the controller starts again after
-        a stop (keys queued then were dropped); nothing by default.
+        Forget what the last run learned (expectations, timers' bookkeeping,
+        when things were first seen) before starting again after a stop.
         """
+
+    def _replay(self) -> None:
+        """Hand every cached object to this controller's handlers, as a fresh list would."""
+        for informer, handler in self._handlers:
+            if handler.on_add is not None:
+                for obj in informer.cache.list():
+                    handler.on_add(obj)
 
     def startService(self) -> None:
         super().startService()
         if self.queue.shutting_down:
+            # Changes seen while stopped were dropped with the old queue.
             self.queue = WorkQueue(self.clock, self.queue.backoff)
-            self.resync()
+            self.new_term()
+            self._replay()
         waiting = DeferredList(
             [informer.when_synced() for informer in self.informers], fireOnOneErrback=True
         )

@@ -27,7 +27,7 @@ from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import nodes, pods
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.controllers import TRANSIENT
+from k3stw.controllers import TRANSIENT, update_status_if_present
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import EventHandler
@@ -123,10 +123,12 @@ class Scheduler(Controller):
         self._unschedulable: set[str] = set()
         self._attempts: dict[str, int] = {}
         self._binding: set[Deferred[None]] = set()
-        self.nodes.add_handler(
-            EventHandler(self._node_added, self._node_updated, self._node_deleted)
+        self.add_handler(
+            self.nodes, EventHandler(self._node_added, self._node_updated, self._node_deleted)
         )
-        self.pods.add_handler(EventHandler(self._pod_changed, self._pod_updated, self._pod_gone))
+        self.add_handler(
+            self.pods, EventHandler(self._pod_changed, self._pod_updated, self._pod_gone)
+        )
 
     # The cache, kept by the informers' handlers.
 
@@ -303,24 +305,18 @@ class Scheduler(Controller):
                 )
                 return current
 
-            try:
-                await self.store.guaranteed_update(
-                    pods.RESOURCE, namespace, name, mark, subresource="status"
-                )
-            except StatusError as e:
-                if e.code != 404:
-                    raise
+            if not await update_status_if_present(self.store, pods.RESOURCE, namespace, name, mark):
                 return
         note = message if len(message) <= NOTE_LIMIT else message[: NOTE_LIMIT - 4] + " ..."
         self.recorder.emit(pod, WARNING, "FailedScheduling", note)
 
-    def startService(self) -> None:
-        super().startService()
-        # Started anew (a leader again, say): every pending pod gets a turn.
+    def new_term(self) -> None:
+        # Binds in flight were cancelled with the last term: their pods are pending again.
+        for key in self._assumed:
+            self._uncount(key)
+        self._assumed.clear()
         self._unschedulable.clear()
-        for pod in self.pods.cache:
-            if _ours(pod) and object_key(pod) not in self._assumed:
-                self.enqueue(object_key(pod))
+        self._attempts.clear()
 
     def stopService(self) -> Deferred[None] | None:
         for binding in list(self._binding):

@@ -59,6 +59,7 @@ from k3stw.controllers.podgc import PodGCController
 from k3stw.controllers.replicaset import ReplicaSetController
 from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
 from k3stw.controllers.statefulsets import StatefulSetController
+from k3stw.controllers.tainteviction import TaintEvictionController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
 from k3stw.datastore.endpoint import datastore_for_endpoint
 from k3stw.datastore.interface import DatastoreUnavailable, IDatastore
@@ -414,6 +415,7 @@ def control_plane(
         EndpointSliceController(informers, store),
         DisruptionController(informers, store, registry),
         PodGCController(informers, store),
+        TaintEvictionController(informers, store),
         DaemonSetController(informers, store, registry, config.hostname),
         StatefulSetController(informers, store, registry, config.hostname),
         ReplicaSetController(informers, store),

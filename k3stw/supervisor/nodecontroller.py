@@ -48,8 +48,8 @@ class NodePasswordController(Controller):
         super().__init__(store.clock, [self.nodes, self.secrets])
         self.store = store
         self.min_orphan_age = min_orphan_age
-        self.nodes.add_handler(self.enqueue_handler())
-        self.secrets.add_handler(each_change(self._secret_changed, deletions=False))
+        self.add_handler(self.nodes, self.enqueue_handler())
+        self.add_handler(self.secrets, each_change(self._secret_changed, deletions=False))
 
     def _secret_changed(self, secret: Object) -> None:
         name = name_of(secret)
