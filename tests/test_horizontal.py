@@ -15,6 +15,7 @@ from k3stw.controllers.horizontal import (
     SYNC_PERIOD,
     HorizontalController,
     PodMetric,
+    group_pods,
     propose,
 )
 from k3stw.machinery.objects import Object, find_condition
@@ -82,6 +83,29 @@ class ReplicaCalculationTests(SynchronousTestCase):
         # Counted as using what it reported, b would have made it 8.
         both = propose(2, 50, True, _usage(a=200, b=200), [_pod("a"), _pod("b")], "cpu", "", 1e10)
         self.assertEqual(both.replicas, 8)
+
+    def test_cpu_samples_from_before_a_pod_turned_ready_are_left_out_while_it_starts(self) -> None:
+        pod = _pod("a")
+        now = 1e10
+        pod["status"]["startTime"] = rfc3339(now - 60)
+        pod["status"]["conditions"][0]["lastTransitionTime"] = rfc3339(now - 10)
+        # Sampled over 15 s up to now: it began before the pod was Ready.
+        groups = group_pods([pod], {"a": PodMetric(100, now, 15.0)}, "cpu", now)
+        self.assertEqual((groups.ready, groups.unready), (0, {"a"}))
+        # A whole window since it turned Ready, the sample counts.
+        groups = group_pods([pod], {"a": PodMetric(100, now, 5.0)}, "cpu", now)
+        self.assertEqual((groups.ready, groups.unready), (1, set()))
+        # Memory samples count whatever the readiness.
+        groups = group_pods([pod], {"a": PodMetric(100, now, 15.0)}, "memory", now)
+        self.assertEqual(groups.ready, 1)
+
+    def test_pending_failed_and_deleted_pods_are_not_counted(self) -> None:
+        pending, failed, deleted = _pod("p", phase="Pending"), _pod("f", phase="Failed"), _pod("d")
+        deleted["metadata"]["deletionTimestamp"] = "2020-01-01T00:00:00Z"
+        groups = group_pods([pending, failed, deleted, _pod("m")], {}, "cpu", 1e10)
+        self.assertEqual(groups.unready, {"p"})
+        self.assertEqual(groups.ignored, {"f", "d"})
+        self.assertEqual(groups.missing, {"m"})
 
     def test_an_average_value_target_divides_the_average_usage(self) -> None:
         pods = [_pod("a"), _pod("b")]
@@ -477,6 +501,54 @@ class HorizontalControllerTests(SynchronousTestCase):
         self.assertEqual(
             self.events()[-1],
             ("Normal", "SuccessfulRescale", "New size: 3; reason: memory resource above target"),
+        )
+
+    def test_a_container_resource_metric_counts_that_container_alone(self) -> None:
+        self.deployment(1)
+        self.pod("web-a")
+        self.metrics.set("default", "web-a", cpu="100m")
+        self.metrics.set("default", "web-a", container="sidecar", cpu="900m")
+        target = {"type": "Utilization", "averageUtilization": 50}
+        source = {"name": "cpu", "container": "c", "target": target}
+        self.autoscaler([{"type": "ContainerResource", "containerResource": source}])
+        self.clock.advance(SYNC_PERIOD)
+        self.assertEqual(self.replicas(), 2)
+        current = {"averageUtilization": 100, "averageValue": "100m"}
+        self.assertEqual(
+            self.status()["currentMetrics"],
+            [
+                {
+                    "type": "ContainerResource",
+                    "containerResource": {"name": "cpu", "container": "c", "current": current},
+                }
+            ],
+        )
+
+    def test_two_autoscalers_of_the_same_pods_are_ambiguous(self) -> None:
+        self.deployment(1)
+        self.pod("web-a")
+        self.metrics.set("default", "web-a", cpu="200m")
+        self.autoscaler(most=1)
+        ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+        spec = {"scaleTargetRef": ref, "maxReplicas": 10, "metrics": CPU_50}
+        self.server.create(
+            "autoscaling",
+            "horizontalpodautoscalers",
+            {"metadata": {"name": "other"}, "spec": spec},
+            "default",
+        )
+        # The first to look sees only itself; once both know the pods, neither scales.
+        self.clock.advance(SYNC_PERIOD)
+        self.clock.advance(SYNC_PERIOD)
+        self.assertEqual(self.replicas(), 1)
+        self.assertEqual(
+            self.condition("ScalingActive"),
+            (
+                "False",
+                "AmbiguousSelector",
+                "pods by selector app=web are controlled by multiple HPAs: "
+                "[default/other default/web]",
+            ),
         )
 
     def test_pods_metrics_are_unavailable_without_a_custom_metrics_api(self) -> None:

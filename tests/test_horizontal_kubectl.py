@@ -59,3 +59,6 @@ class HorizontalKubectlTests(SynchronousTestCase):
         self.assertIn("Deployment/web", listed)
         events = self.server.kubectl("get", "events", "--field-selector", "involvedObject.name=web")
         self.assertIn("FailedGetResourceMetric", events)
+        described = self.server.kubectl("describe", "hpa", "web")
+        self.assertIn("<unknown> / 50%", described)
+        self.assertIn("ScalingActive  False   FailedGetResourceMetric", described)

@@ -67,6 +67,8 @@ DOWNSCALE_STABILIZATION = 300.0
 CPU_INITIALIZATION_PERIOD = 300.0
 #: ``--horizontal-pod-autoscaler-initial-readiness-delay``.
 INITIAL_READINESS_DELAY = 30.0
+#: ``--concurrent-horizontal-pod-autoscaler-syncs`` (a slow scrape holds up only its own).
+WORKERS = 5
 #: The Events' source.
 COMPONENT = "horizontal-pod-autoscaler"
 #: The field manager of the controller's writes.
@@ -600,6 +602,7 @@ class HorizontalController(Controller):
         super().__init__(
             store.clock,
             [self.hpa_informer, self.pod_informer],
+            workers=WORKERS,
             backoff=Backoff(sync_period, sync_period, factor=1.0),
         )
         self.store = store
