@@ -19,7 +19,7 @@ from k3stw.controllers.horizontal import (
     propose,
 )
 from k3stw.machinery.objects import Object, find_condition
-from k3stw.machinery.times import rfc3339
+from k3stw.machinery.times import go_duration, parse_go_duration, rfc3339
 from tests.support.apiserver import MemoryServer
 from tests.support.fakes import FakePodMetrics
 
@@ -111,6 +111,12 @@ class ReplicaCalculationTests(SynchronousTestCase):
         pods = [_pod("a"), _pod("b")]
         proposal = propose(2, 100_000, False, _usage(a=300_000, b=100_000), pods, "memory", "", 0)
         self.assertEqual((proposal.replicas, proposal.utilization), (4, None))
+
+
+class MetricsWindowTests(SynchronousTestCase):
+    def test_a_window_reads_back_as_go_writes_it(self) -> None:
+        for seconds in (15.0, 1.5, 60.0, 0.25, 3725.5):
+            self.assertAlmostEqual(parse_go_duration(go_duration(round(seconds * 1e9))), seconds)
 
 
 class HorizontalControllerTests(SynchronousTestCase):

@@ -54,7 +54,7 @@ from k3stw.machinery.objects import (
     split_key,
 )
 from k3stw.machinery.quantity import Quantity, canonical, parse_quantity
-from k3stw.machinery.times import parse_time, rfc3339
+from k3stw.machinery.times import parse_go_duration, parse_time, rfc3339
 from k3stw.machinery.timing import Backoff
 
 #: ``--horizontal-pod-autoscaler-sync-period``.
@@ -110,24 +110,6 @@ def milli_quantity(value: int) -> str:
     return canonical(Quantity(Fraction(value, 1000), "decimal"))
 
 
-def _go_duration_seconds(text: object) -> float:
-    """A metrics ``window`` (``"15s"``, ``"1.5s"``, ``"1m0s"``) in seconds."""
-    total, number = 0.0, ""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    text = str(text or "")
-    i = 0
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            number += text[i]
-            i += 1
-            continue
-        unit = text[i : i + 2] if text[i : i + 2] in units else text[i]
-        total += float(number or 0) * units.get(unit, 0.0)
-        number = ""
-        i += len(unit)
-    return total
-
-
 def pod_usage(items: Sequence[Object], resource: str, container: str = "") -> dict[str, PodMetric]:
     """
     Each pod's usage of C{resource} from PodMetrics, by pod name: the sum over
@@ -141,7 +123,7 @@ def pod_usage(items: Sequence[Object], resource: str, container: str = "") -> di
     found: dict[str, PodMetric] = {}
     for item in items:
         at = parse_time(item.get("timestamp")) or 0.0
-        window = _go_duration_seconds(item.get("window"))
+        window = parse_go_duration(item.get("window"))
         containers = item.get("containers") or []
         if container:
             mine = [c for c in containers if c.get("name") == container]
