@@ -471,14 +471,14 @@ class ResourceMetrics:
         :raises StatusError: 404: no such Pod, or no figures for it.
         """
         pod = await self.store.get(pods.RESOURCE, namespace, name)
-        found = await self._pod_metrics([pod])
+        found = await self.pod_metrics_of([pod])
         if not found:
             raise not_found("podmetrics", GROUP, f"{namespace}/{name}")
         return found[0]
 
     async def pods(self, namespace: str | None, selected: Predicate | None) -> list[Object]:
         """The PodMetrics of the Pods C{selected} (of every namespace without C{namespace})."""
-        return await self._pod_metrics(
+        return await self.pod_metrics_of(
             (await self.store.list(pods.RESOURCE, namespace, selected)).items
         )
 
@@ -495,7 +495,9 @@ class ResourceMetrics:
                 found.append(node_metrics(node, used, now))
         return found
 
-    async def _pod_metrics(self, listed: list[Object]) -> list[Object]:
+    async def pod_metrics_of(self, listed: list[Object]) -> list[Object]:
+        """The PodMetrics of those of C{listed} that have figures (the autoscaler asks too)."""
+
         def node_of(pod: Object) -> str:
             return str(get_path(pod, "spec", "nodeName") or "")
 

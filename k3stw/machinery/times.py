@@ -67,6 +67,17 @@ def go_duration(nanos: int) -> str:
     return sign + text
 
 
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_GO_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(h|ms|us|µs|ns|m|s)")
+
+
+def parse_go_duration(text: object) -> float:
+    """Seconds from a Go duration as L{go_duration} writes it (``1m0s``, ``1.5s``); 0 if not one."""
+    return sum(
+        float(number) * _GO_UNITS[unit] for number, unit in _GO_DURATION.findall(str(text or ""))
+    )
+
+
 def _decimal(value: int, unit: int) -> str:
     whole, fraction = divmod(value, unit)
     digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0") if unit > 1 else ""

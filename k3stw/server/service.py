@@ -43,6 +43,7 @@ from k3stw.controllers.disruption import DisruptionController
 from k3stw.controllers.endpoints import APIServerEndpoints
 from k3stw.controllers.events import EventRecorder
 from k3stw.controllers.garbage import GarbageCollector
+from k3stw.controllers.horizontal import HorizontalController, PodMetricsSource
 from k3stw.controllers.jobs import JobController, TTLAfterFinishedController
 from k3stw.controllers.leaderelection import (
     CONTROLLER_MANAGER,
@@ -358,6 +359,7 @@ def control_plane(
     ca_bundle: bytes,
     keys: ServiceAccountKeys,
     informers: ServerInformers,
+    resource_metrics: PodMetricsSource,
 ) -> tuple[IService, APIServerEndpoints]:
     """
     The server's control loops on its shared informers (started with them
@@ -367,6 +369,7 @@ def control_plane(
     :param ca_bundle: the cluster CA that signs the API's certificate, published
         in every namespace.
     :param keys: the service-account key, which signs legacy Secrets' tokens.
+    :param resource_metrics: the pods' usage the autoscaler reads (``metrics.k8s.io``'s source).
     """
     services = MultiService()
     informers.setServiceParent(services)
@@ -410,6 +413,9 @@ def control_plane(
         elected_controller_manager
     )
     Scheduler(informers, store, config.hostname).setServiceParent(elected_scheduler)
+    HorizontalController(informers, store, registry, resource_metrics).setServiceParent(
+        elected_controller_manager
+    )
     for controller in (
         EndpointsController(informers, store),
         EndpointSliceController(informers, store),
@@ -466,9 +472,6 @@ def build_server(
     informers = ServerInformers(store)
     # RBAC reads the shared informers, which run from when the bootstrap policy is written.
     rbac = RBAC(informers)
-    controllers, endpoints = control_plane(store, registry, config, ca_bundle, keys, informers)
-    root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
-    IService(datastore).setServiceParent(root)
     # Agents' tunnels, which nodes/proxy reaches their kubelets through.
     tunnels = TunnelRegistry(reactor)
     node_proxy = NodeProxy(
@@ -478,6 +481,14 @@ def build_server(
         config.node.node_name if config.node is not None else None,
         reactor,
     )
+    resource_metrics = metricsapi.ResourceMetrics(
+        store, metricsapi.SummaryScraper(node_proxy.fetch, reactor), reactor
+    )
+    controllers, endpoints = control_plane(
+        store, registry, config, ca_bundle, keys, informers, resource_metrics
+    )
+    root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
+    IService(datastore).setServiceParent(root)
     address, port = config.advertised
     metrics = APIMetrics()
     issuer, audiences = config.service_account_issuer, config.api_audiences
@@ -495,9 +506,7 @@ def build_server(
         token_requests=TokenIssuer(keys, reactor, issuer, audiences),
         rbac=rbac,
         checks=config.api_checks,
-        resource_metrics=metricsapi.ResourceMetrics(
-            store, metricsapi.SummaryScraper(node_proxy.fetch, reactor), reactor
-        ),
+        resource_metrics=resource_metrics,
     )
     PeriodicJob(
         reactor,

@@ -362,3 +362,38 @@ class FakeListWatch:
             obj = self.put(name, namespace, **fields)
         self.stream.sink(kind, copy.deepcopy(obj))
         return obj
+
+
+class FakePodMetrics:
+    """
+    The autoscaler's pod metrics (L{k3stw.controllers.horizontal.PodMetricsSource}):
+    each pod's containers' usage as a test sets it, sampled now over C{window}.
+    """
+
+    def __init__(self, clock: IReactorTime, window: str = "15s") -> None:
+        self.clock = clock
+        self.window = window
+        #: (namespace, pod) -> container -> resource -> quantity.
+        self.usage: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+
+    def set(self, namespace: str, pod: str, container: str = "c", **usage: str) -> None:
+        self.usage.setdefault((namespace, pod), {})[container] = dict(usage)
+
+    async def pod_metrics_of(self, listed: list[Object]) -> list[Object]:
+        found = []
+        for pod in listed:
+            meta = pod["metadata"]
+            containers = self.usage.get((meta.get("namespace", ""), meta["name"]))
+            if containers is None:
+                continue
+            found.append(
+                {
+                    "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "")},
+                    "timestamp": rfc3339(self.clock.seconds()),
+                    "window": self.window,
+                    "containers": [
+                        {"name": name, "usage": usage} for name, usage in containers.items()
+                    ],
+                }
+            )
+        return found

@@ -107,6 +107,10 @@ def _to_v1_metrics(metrics: list[Any], names: Mapping[str, str]) -> list[Any]:
     converted = []
     for metric in metrics:
         kind = metric.get("type", "")
+        if not kind:
+            # The autoscaler's status of a metric it could not get: a bare, empty type.
+            converted.append({"type": kind})
+            continue
         source = metric.get(_field(kind)) or {}
         converted.append({"type": kind, _field(kind): _v1_source(kind, source, names)})
     return converted
@@ -116,6 +120,9 @@ def _to_v2_metrics(metrics: list[Any], names: Mapping[str, str], key: str) -> li
     converted = []
     for metric in metrics:
         kind = metric.get("type", "")
+        if not kind:
+            converted.append({"type": kind})
+            continue
         flat = metric.get(_field(kind)) or {}
         converted.append({"type": kind, _field(kind): _v2_source(kind, flat, names, key)})
     return converted
