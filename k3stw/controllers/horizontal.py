@@ -596,12 +596,13 @@ class HorizontalController(Controller):
         self._history: dict[str, History] = {}
         #: Each autoscaler's pods' selector, to find pods two of them would scale.
         self._selectors: dict[str, LabelSelector] = {}
-        self.hpa_informer.add_handler(
+        self.add_handler(
+            self.hpa_informer,
             EventHandler(
                 on_add=self._hpa_changed,
                 on_update=lambda old, new: self._hpa_changed(new),
                 on_delete=self._hpa_deleted,
-            )
+            ),
         )
 
     def _hpa_changed(self, hpa: Object) -> None:
@@ -614,9 +615,10 @@ class HorizontalController(Controller):
         self.queue.forget(key)
         self._selectors.pop(key, None)
 
-    def resync(self) -> None:
-        for hpa in self.hpa_informer.cache.list():
-            self._hpa_changed(hpa)
+    def new_term(self) -> None:
+        # A new leader starts its recommendations afresh, as a restarted kube-controller-manager.
+        self._history.clear()
+        self._selectors.clear()
 
     async def sync(self, key: str) -> None:
         shared = self.hpa_informer.get(key)
