@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -62,6 +62,18 @@ WriteObserver = Callable[[ResourceType, Object, bool], None]
 #: Checks a client's write of the new object over the stored one (None on create), once
 #: defaulted; raises L{StatusError} to refuse it (RBAC's escalation checks).
 Admit = Callable[[Object, Object | None], None]
+
+
+class AdmissionPlugins(Protocol):
+    """The admission plugins that read other objects (LimitRanger, ResourceQuota), on creates."""
+
+    async def mutate(self, store: ObjectStore, resource: ResourceType, obj: Object) -> None:
+        """Change a new object its kind has prepared and defaulted."""
+
+    async def validate(self, store: ObjectStore, resource: ResourceType, obj: Object) -> None:
+        """Refuse (raising L{StatusError}) a new object that passed its kind's validation."""
+
+
 T = TypeVar("T")
 
 _MAX_CAS_RETRIES = 16
@@ -183,6 +195,8 @@ class ObjectStore:
         self._observers: builtins.list[WriteObserver] = []
         #: Per (group, plural), what claims values for its objects (Services' cluster IPs).
         self.allocators: dict[tuple[str, str], Allocator] = {}
+        #: kube-apiserver's LimitRanger and ResourceQuota (L{k3stw.apiserver.admission}).
+        self.admission: AdmissionPlugins | None = None
 
     def now(self) -> str:
         return rfc3339(self.clock.seconds())
@@ -410,10 +424,14 @@ class ObjectStore:
             strategy.prepare_create(obj, self.now())
             if self.checks:
                 strategy.default(obj)
+                if self.admission is not None:
+                    await self.admission.mutate(self, resource, obj)
                 if admit is not None:
                     admit(obj, None)
                 causes = metadata_causes(obj, strategy.names) + strategy.validate(obj)
                 _check(resource, name, causes)
+                if self.admission is not None:
+                    await self.admission.validate(self, resource, obj)
             elif not name:
                 # Unchecked, an object still needs a name: it is the object's key.
                 _check(resource, name, [("metadata.name", "Required value")])
