@@ -12,8 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver import quota
 from k3stw.controllers.resourcequota import RESYNC, ResourceQuotaController
+from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
-from tests.support.apiserver import MemoryServer
+from tests.support.apiserver import MemoryAPI, MemoryServer
+
+ADMIN = User("admin", ("system:masters",))
 
 
 def _pod(name: str, *containers: dict[str, Any], **spec: Any) -> Object:
@@ -274,6 +277,19 @@ class QuotaControllerTests(SynchronousTestCase):
             "limits.memory for: a,b",
         )
 
+    def test_a_dry_run_is_admitted_but_not_charged(self) -> None:
+        self.quota(hard={"pods": "1"})
+        api = MemoryAPI(self.server, {"admin": ADMIN})
+        path = "/api/v1/namespaces/default/pods?dryRun=All"
+        code, _ = api.request(b"POST", path, _pod("a"))
+        self.assertEqual(code, 201)
+        self.assertEqual(self.status()["used"], {"pods": "0"})
+        self.pod("b")
+        code, refused = api.request(b"POST", path, _pod("c"))
+        self.assertEqual(code, 403)
+        self.assertEqual(refused["reason"], "Forbidden")
+        self.assertIn('pods "c" is forbidden: exceeded quota: q', refused["message"])
+
     def test_finished_and_deleted_pods_give_their_quota_back(self) -> None:
         self.quota(hard={"pods": "2", "count/pods": "5"})
         self.pod("a")
@@ -337,6 +353,33 @@ class QuotaControllerTests(SynchronousTestCase):
             error.message,
             'services "np" is forbidden: exceeded quota: q, requested: services.nodeports=2, '
             "used: services.nodeports=2, limited: services.nodeports=3",
+        )
+
+    def test_a_service_updated_into_a_load_balancer_is_charged(self) -> None:
+        self.quota(hard={"services.loadbalancers": "1"})
+        ports = [{"port": 80}]
+        for name in ("a", "b"):
+            self.server.create(
+                "", "services", {"metadata": {"name": name}, "spec": {"ports": ports}}, "default"
+            )
+        services = self.server.resource("", "services")
+        store = self.server.store
+
+        def balanced(name: str) -> Object:
+            service = self.server.get("", "services", name, "default")
+            service["spec"]["type"] = "LoadBalancer"
+            return service
+
+        self.server.run(store.update(services, "default", "a", balanced("a")))
+        self.assertEqual(self.status()["used"], {"services.loadbalancers": "1"})
+        error = self.server.fails(store.update(services, "default", "b", balanced("b")))
+        self.assertEqual(
+            error.message,
+            'services "b" is forbidden: exceeded quota: q, requested: services.loadbalancers=1, '
+            "used: services.loadbalancers=1, limited: services.loadbalancers=1",
+        )
+        self.assertEqual(
+            self.server.get("", "services", "b", "default")["spec"]["type"], "ClusterIP"
         )
 
     def test_object_counts_of_any_resource(self) -> None:

@@ -196,12 +196,16 @@ class Admission:
             if ranges:
                 default_pod_resources(obj, ranges)
 
-    async def validate(self, store: ObjectStore, resource: ResourceType, obj: Object) -> None:
-        """The validating plugins, on a new object that passed its kind's validation."""
+    async def validate(
+        self, store: ObjectStore, resource: ResourceType, obj: Object, old: Object | None = None
+    ) -> None:
+        """The validating plugins, on a new object (or an update of C{old}) once validated."""
         if not resource.namespaced:
             return
+        if old is not None and not quota.charges_updates(resource.group, resource.plural):
+            return
         namespace = namespace_of(obj)
-        if _is_pods(resource):
+        if old is None and _is_pods(resource):
             ranges = await self._in_namespace(
                 store, self.limit_ranges, self.limit_range_resource, namespace
             )
@@ -209,7 +213,7 @@ class Admission:
                 raise self._refusal(resource, obj, aggregate(errors))
         quotas = await self._in_namespace(store, self.quotas, self.quota_resource, namespace)
         if quotas:
-            await self._charge(store, resource, obj, quotas)
+            await self._charge(store, resource, obj, old, quotas)
 
     def _refusal(self, resource: ResourceType, obj: Mapping[str, Any], message: str) -> StatusError:
         return forbidden(resource.plural, resource.group, name_of(obj), message)
@@ -255,13 +259,25 @@ class Admission:
         return {**(get_path(held, "status", "used") or {}), **quota.printed(after)}
 
     async def _charge(
-        self, store: ObjectStore, resource: ResourceType, obj: Object, quotas: list[Object]
+        self,
+        store: ObjectStore,
+        resource: ResourceType,
+        obj: Object,
+        old: Object | None,
+        quotas: list[Object],
     ) -> None:
         limiting = self._limiting(resource, obj, quotas)
-        delta = quota.usage(resource.group, resource.plural, obj, store.clock.seconds())
+        now = store.clock.seconds()
+        delta = quota.usage(resource.group, resource.plural, obj, now)
+        if old is not None:
+            # An update is charged what it adds (a Service becoming a LoadBalancer).
+            delta = quota.increase(delta, quota.usage(resource.group, resource.plural, old, now))
         if not limiting or not any(amount.value for amount in delta.values()):
             return
-        requests = [(name, {n: delta[n] for n in names if n in delta}) for name, names in limiting]
+        requests = [
+            (name, {n: delta[n] for n in names if n in delta and delta[n].value})
+            for name, names in limiting
+        ]
         # Every quota is checked before any is charged; each charge checks again what it adds
         # to, so a quota another create charged meanwhile refuses what no longer fits.
         by_name = {name_of(held): held for held in quotas}

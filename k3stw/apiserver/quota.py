@@ -82,6 +82,21 @@ def parse_usage(given: Any) -> Usage:
     return found
 
 
+def increase(after: Mapping[str, Quantity], before: Mapping[str, Quantity]) -> Usage:
+    """What C{after} holds beyond C{before} (never less than nothing)."""
+    found: Usage = {}
+    for name, amount in after.items():
+        held = before.get(name)
+        more = amount.value - (held.value if held is not None else 0)
+        found[name] = Quantity(max(more, Fraction(0)), amount.notation)
+    return found
+
+
+def charges_updates(group: str, plural: str) -> bool:
+    """Whether an update can take more quota (kube's evaluators that handle updates)."""
+    return not group and plural in ("services", "persistentvolumeclaims")
+
+
 def printed(usage: Mapping[str, Quantity]) -> dict[str, str]:
     return {name: canonical(amount) for name, amount in usage.items()}
 

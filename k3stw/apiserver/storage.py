@@ -65,13 +65,15 @@ Admit = Callable[[Object, Object | None], None]
 
 
 class AdmissionPlugins(Protocol):
-    """The admission plugins that read other objects (LimitRanger, ResourceQuota), on creates."""
+    """The admission plugins that read other objects (LimitRanger, ResourceQuota)."""
 
     async def mutate(self, store: ObjectStore, resource: ResourceType, obj: Object) -> None:
         """Change a new object its kind has prepared and defaulted."""
 
-    async def validate(self, store: ObjectStore, resource: ResourceType, obj: Object) -> None:
-        """Refuse (raising L{StatusError}) a new object that passed its kind's validation."""
+    async def validate(
+        self, store: ObjectStore, resource: ResourceType, obj: Object, old: Object | None = None
+    ) -> None:
+        """Refuse (raising L{StatusError}) a new object, or an update of C{old}, once validated."""
 
 
 T = TypeVar("T")
@@ -572,6 +574,8 @@ class ObjectStore:
                 _check(resource, name, causes + strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):
                 return current
+            if self.checks and self.admission is not None and subresource is None:
+                await self.admission.validate(self, resource, updated, current)
             if manager:
                 updated = record_update(
                     current,
