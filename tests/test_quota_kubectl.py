@@ -32,9 +32,8 @@ spec:
 class QuotaKubectlTests(KubectlServerCase):
     host = HOST
 
-    def test_a_quota_counts_pods_and_refuses_one_over_it(self) -> None:
-        self.kubectl("create", "namespace", "quota")
-        self.kubectl("create", "quota", "compute", "-n", "quota", "--hard=pods=2,requests.cpu=1")
+    def wait_for_no_pods_used(self) -> None:
+        """Until the controller has counted the quota (again) with no pods."""
         self.kubectl(
             "wait",
             "-n",
@@ -43,6 +42,11 @@ class QuotaKubectlTests(KubectlServerCase):
             "resourcequota/compute",
             "--timeout=30s",
         )
+
+    def test_a_quota_counts_pods_and_refuses_one_over_it(self) -> None:
+        self.kubectl("create", "namespace", "quota")
+        self.kubectl("create", "quota", "compute", "-n", "quota", "--hard=pods=2,requests.cpu=1")
+        self.wait_for_no_pods_used()
         self.kubectl(
             "create", "-f", "-", stdin=_POD.format(name="small", namespace="quota", cpu="500m")
         )
@@ -60,14 +64,7 @@ class QuotaKubectlTests(KubectlServerCase):
         self.assertEqual(rows["pods"], ["1", "2"])
         self.assertEqual(rows["requests.cpu"], ["500m", "1"])
         self.kubectl("delete", "pod", "small", "-n", "quota", "--wait=false")
-        self.kubectl(
-            "wait",
-            "-n",
-            "quota",
-            "--for=jsonpath={.status.used.pods}=0",
-            "resourcequota/compute",
-            "--timeout=30s",
-        )
+        self.wait_for_no_pods_used()
 
     def test_a_limit_range_defaults_a_pods_resources(self) -> None:
         self.kubectl("create", "namespace", "limited")
