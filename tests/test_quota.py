@@ -164,6 +164,38 @@ class LimitRangerTests(SynchronousTestCase):
         )
         self.create(_pod("one", {"name": "a", **half}))
 
+    def test_a_claims_storage_request_is_bounded(self) -> None:
+        self.limit_range(
+            {"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "10Gi"}}
+        )
+        claims = self.server.resource("", "persistentvolumeclaims")
+
+        def claim(name: str, storage: str) -> Object:
+            spec = {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": storage}},
+            }
+            return {"metadata": {"name": name}, "spec": spec}
+
+        error = self.server.fails(self.server.store.create(claims, "default", claim("big", "20Gi")))
+        self.assertEqual(
+            (error.code, error.message),
+            (
+                403,
+                'persistentvolumeclaims "big" is forbidden: maximum storage usage per '
+                "PersistentVolumeClaim is 10Gi, but request is 20Gi",
+            ),
+        )
+        error = self.server.fails(
+            self.server.store.create(claims, "default", claim("small", "500Mi"))
+        )
+        self.assertEqual(
+            error.message,
+            'persistentvolumeclaims "small" is forbidden: minimum storage usage per '
+            "PersistentVolumeClaim is 1Gi, but request is 500Mi",
+        )
+        self.server.create("", "persistentvolumeclaims", claim("fits", "5Gi"), "default")
+
 
 class QuotaControllerTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -354,6 +386,43 @@ class QuotaControllerTests(SynchronousTestCase):
             'services "np" is forbidden: exceeded quota: q, requested: services.nodeports=2, '
             "used: services.nodeports=2, limited: services.nodeports=3",
         )
+
+    def test_claims_count_their_storage_overall_and_by_class(self) -> None:
+        fast = "fast.storageclass.storage.k8s.io/"
+        hard = {"requests.storage": "10Gi", f"{fast}requests.storage": "4Gi"}
+        self.quota(hard={**hard, "persistentvolumeclaims": "5"})
+        claims = self.server.resource("", "persistentvolumeclaims")
+
+        def claim(name: str, storage: str, **spec: Any) -> Object:
+            requests = {"requests": {"storage": storage}}
+            return {
+                "metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": requests, **spec},
+            }
+
+        self.server.create("", "persistentvolumeclaims", claim("a", "3Gi"), "default")
+        self.server.create(
+            "", "persistentvolumeclaims", claim("b", "2Gi", storageClassName="fast"), "default"
+        )
+        self.assertEqual(
+            self.status()["used"],
+            {
+                "requests.storage": "5Gi",
+                f"{fast}requests.storage": "2Gi",
+                "persistentvolumeclaims": "2",
+            },
+        )
+        error = self.server.fails(
+            self.server.store.create(claims, "default", claim("c", "3Gi", storageClassName="fast"))
+        )
+        self.assertEqual(
+            error.message,
+            'persistentvolumeclaims "c" is forbidden: exceeded quota: q, requested: '
+            f"{fast}requests.storage=3Gi, used: {fast}requests.storage=2Gi, "
+            f"limited: {fast}requests.storage=4Gi",
+        )
+        self.clock.advance(RESYNC)
+        self.assertEqual(self.status()["used"]["requests.storage"], "5Gi")
 
     def test_a_service_updated_into_a_load_balancer_is_charged(self) -> None:
         self.quota(hard={"services.loadbalancers": "1"})

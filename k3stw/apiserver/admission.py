@@ -4,7 +4,8 @@ object store on every create (a controller's as much as a client's):
 
 - LimitRanger: a new pod's containers get their namespace's LimitRange
   defaults (``kubernetes.io/limit-ranger`` says which), then each Container
-  and Pod limit's min, max and maxLimitRequestRatio must hold;
+  and Pod limit's min, max and maxLimitRequestRatio must hold, as must a
+  PersistentVolumeClaim limit's min and max on a claim's storage request;
 - ResourceQuota: a create that would take a namespace's quota past its hard
   limits is refused; one that fits is charged to the quota's ``status.used``
   first, by a conflict-checked write, so that two creates can never both take
@@ -96,13 +97,33 @@ def _milli(amount: Quantity) -> int:
     return math.ceil(amount.value * 1000)
 
 
+def _request_max(item: Mapping[str, Any], kind: str, requests: Mapping[str, Quantity]) -> list[str]:
+    """kube's maxRequestConstraint: a claim's max bounds what it requests."""
+    errors = []
+    for name, given in sorted(quota.parse_usage(item.get("max")).items()):
+        request, at = requests.get(name), canonical(given)
+        if request is None:
+            errors.append(f"maximum {name} usage per {kind} is {at}.  No request is specified")
+        elif _milli(request) > _milli(given):
+            errors.append(
+                f"maximum {name} usage per {kind} is {at}, but request is {canonical(request)}"
+            )
+    return errors
+
+
 def _bounds(
     item: Mapping[str, Any],
     kind: str,
     requests: Mapping[str, Quantity],
-    limits: Mapping[str, Quantity],
+    limits: Mapping[str, Quantity] | None,
 ) -> list[str]:
-    """kube's minConstraint, maxConstraint and limitRequestRatioConstraint for one item."""
+    """
+    kube's minConstraint, maxConstraint and limitRequestRatioConstraint for one
+    item; without C{limits} (a claim's), the max bounds the request instead.
+    """
+    if limits is None:
+        bounded = {k: v for k, v in item.items() if k != "max"}
+        return _bounds(bounded, kind, requests, {}) + _request_max(item, kind, requests)
     errors: list[str] = []
     for name, given in sorted(quota.parse_usage(item.get("min")).items()):
         request, limit, at = requests.get(name), limits.get(name), canonical(given)
@@ -166,6 +187,20 @@ def pod_limit_errors(
     return errors
 
 
+def claim_limit_errors(
+    claim: Mapping[str, Any], limit_ranges: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """LimitRanger's validation of a claim's storage request (claims get no defaults)."""
+    requests = quota.parse_usage(get_path(claim, "spec", "resources", "requests"))
+    return [
+        error
+        for limit_range in limit_ranges
+        for item in each(limit_range, "spec.limits[]")
+        if item.get("type") == "PersistentVolumeClaim"
+        for error in _bounds(item, "PersistentVolumeClaim", requests, None)
+    ]
+
+
 class Admission:
     """
     LimitRanger and ResourceQuota over the server's shared informers of
@@ -205,11 +240,14 @@ class Admission:
         if old is not None and not quota.charges_updates(resource.group, resource.plural):
             return
         namespace = namespace_of(obj)
-        if old is None and _is_pods(resource):
+        limited = _is_pods(resource) and old is None
+        claims = resource.group == "" and resource.plural == "persistentvolumeclaims"
+        if limited or claims:
             ranges = await self._in_namespace(
                 store, self.limit_ranges, self.limit_range_resource, namespace
             )
-            if errors := pod_limit_errors(obj, ranges):
+            check = pod_limit_errors if limited else claim_limit_errors
+            if errors := check(obj, ranges):
                 raise self._refusal(resource, obj, aggregate(errors))
         quotas = await self._in_namespace(store, self.quotas, self.quota_resource, namespace)
         if quotas:
