@@ -344,6 +344,13 @@ class QuotaControllerTests(SynchronousTestCase):
                 ]
             },
         )
+        self.quota(
+            "classless",
+            hard={"pods": "5"},
+            scopeSelector={
+                "matchExpressions": [{"scopeName": "PriorityClass", "operator": "DoesNotExist"}]
+            },
+        )
         self.server.create(
             "scheduling.k8s.io", "priorityclasses", {"metadata": {"name": "high"}, "value": 1000}
         )
@@ -358,6 +365,7 @@ class QuotaControllerTests(SynchronousTestCase):
         self.assertEqual(self.status("best-effort")["used"], {"pods": "2"})
         self.assertEqual(self.status("terminating")["used"], {"pods": "1"})
         self.assertEqual(self.status("high")["used"], {"pods": "1"})
+        self.assertEqual(self.status("classless")["used"], {"pods": "2"})
 
     def test_services_count_their_load_balancers_and_node_ports(self) -> None:
         self.quota(hard={"services": "5", "services.loadbalancers": "1", "services.nodeports": "3"})

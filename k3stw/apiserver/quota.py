@@ -264,16 +264,15 @@ def _pod_in_scope(selector: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
     if scope == "CrossNamespacePodAffinity":
         return _cross_namespace_affinity(spec)
     if scope == "PriorityClass":
-        # kube matches a label set that always holds the key (empty without a class).
+        # kube matches a label set holding the key only for a pod that names a class.
         name = str(get_path(spec, "priorityClassName") or "")
         values = selector.get("values") or ()
-        operator = selector.get("operator")
         return {
-            "In": name in values,
-            "NotIn": name not in values,
-            "Exists": True,
-            "DoesNotExist": False,
-        }.get(str(operator), False)
+            "In": bool(name) and name in values,
+            "NotIn": name not in values or not name,
+            "Exists": bool(name),
+            "DoesNotExist": not name,
+        }.get(str(selector.get("operator")), False)
     return False
 
 
