@@ -11,10 +11,12 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver import quota
+from k3stw.controllers.replicaset import ReplicaSetController
 from k3stw.controllers.resourcequota import RESYNC, ResourceQuotaController
 from k3stw.machinery.identity import User
-from k3stw.machinery.objects import Object
+from k3stw.machinery.objects import Object, find_condition
 from tests.support.apiserver import MemoryAPI, MemoryServer
+from tests.test_replicaset_controller import Cluster, replicaset
 
 ADMIN = User("admin", ("system:masters",))
 
@@ -482,6 +484,41 @@ class QuotaControllerTests(SynchronousTestCase):
         self.server.delete("apps", "deployments", "d", "default")
         self.clock.advance(RESYNC)
         self.assertEqual(self.status()["used"], {"count/deployments.apps": "0"})
+
+
+class ControllerCreatesTests(SynchronousTestCase):
+    """A controller's creates are admitted as a client's are."""
+
+    def test_a_replicaset_stops_at_the_quota_and_says_why(self) -> None:
+        cluster = Cluster(self)
+        server = cluster.server
+        server.start(
+            ResourceQuotaController(server.informers, server.store, server.registry),
+            ReplicaSetController(server.informers, server.store, host="server-1"),
+        )
+        server.create(
+            "",
+            "resourcequotas",
+            {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "2"}}},
+            "default",
+        )
+        cluster.settle()
+        server.create("apps", "replicasets", replicaset(replicas=3), "default")
+        cluster.settle()
+        self.assertEqual(len(cluster.pods()), 2)
+        failures = cluster.events("FailedCreate")
+        self.assertTrue(failures)
+        for failed in failures:
+            self.assertRegex(
+                failed,
+                r'^Error creating: pods "web-[a-z0-9]{5}" is forbidden: exceeded quota: q, '
+                r"requested: pods=1, used: pods=2, limited: pods=2$",
+            )
+        condition = find_condition(
+            server.get("apps", "replicasets", "web", "default"), "ReplicaFailure"
+        )
+        assert condition is not None
+        self.assertEqual(condition["reason"], "FailedCreate")
 
 
 class UncountedQuotaTests(SynchronousTestCase):
