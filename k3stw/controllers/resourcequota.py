@@ -6,10 +6,11 @@ L{k3stw.apiserver.quota} counts.
 
 A quota is recounted when it is created or its spec changes, when an object
 it counts goes away or stops counting (a pod finishing), and every
-``--resource-quota-sync-period`` (5 minutes).  Creates need no recount: the
-ResourceQuota admission plugin charged them before they were stored.  The
-count is written only over the quota it was made from (a conflict, say an
-admission charge meanwhile, counts again).
+``--resource-quota-sync-period`` (5 minutes); any other kind a quota counts
+(``count/deployments.apps``) is followed from its first count on.  Creates
+need no recount: the ResourceQuota admission plugin charged them before they
+were stored.  The count is written only over the quota it was made from (a
+conflict, say an admission charge meanwhile, counts again).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class ResourceQuotaController(Controller):
     def __init__(self, informers: ServerInformers, store: ObjectStore, registry: Registry) -> None:
         self.store = store
         self.registry = registry
+        self.shared = informers
+        #: The informers of other kinds that quotas count, once one does.
+        self.followed: dict[ResourceType, Informer] = {}
         self.quota_resource = registry.require("", "v1", "resourcequotas")
         self.quotas = informers.for_resource(self.quota_resource)
         #: The core kinds counted from informers (other kinds are listed when a quota counts them).
@@ -131,10 +135,26 @@ class ResourceQuotaController(Controller):
 
     async def _objects(self, resource: tuple[str, str], namespace: str) -> list[Object]:
         group, plural = resource
-        if not group and plural in self.counted:
-            return self.counted[plural].cache.by_index(NAMESPACE, namespace)
-        served = self._served(group, plural)
-        return [] if served is None else (await self.store.list(served, namespace)).items
+        informer = None if group else self.counted.get(plural)
+        if informer is None:
+            served = self._served(group, plural)
+            if served is None:
+                return []
+            informer = self._follow(served)
+            if not informer.synced:
+                return (await self.store.list(served, namespace)).items
+        return informer.cache.by_index(NAMESPACE, namespace)
+
+    def _follow(self, resource: ResourceType) -> Informer:
+        """
+        An informer of a kind a quota counts (kube's quota monitor), from the
+        first count on: its deletions give quota back.
+        """
+        informer = self.followed.get(resource)
+        if informer is None:
+            informer = self.followed[resource] = self.shared.for_resource(resource, _COUNTED)
+            informer.add_handler(EventHandler(on_delete=self._recount_namespace))
+        return informer
 
     def _served(self, group: str, plural: str) -> ResourceType | None:
         for resource in self.registry:
