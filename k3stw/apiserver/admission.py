@@ -30,6 +30,7 @@ from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import pods
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError, forbidden
+from k3stw.machinery.cache import NAMESPACE
 from k3stw.machinery.informer import Informer
 from k3stw.machinery.labels import aggregate
 from k3stw.machinery.objects import Object, get_path, name_of, namespace_of
@@ -217,7 +218,7 @@ class Admission:
         self, store: ObjectStore, informer: Informer, resource: ResourceType, namespace: str
     ) -> list[Object]:
         if informer.synced:
-            found = informer.cache.by_index("namespace", namespace)
+            found = informer.cache.by_index(NAMESPACE, namespace)
         else:
             found = (await store.list(resource, namespace)).items
         return sorted(found, key=name_of)
