@@ -120,6 +120,15 @@ def already_exists(resource: str, group: str, name: str) -> StatusError:
     )
 
 
+def forbidden(resource: str, group: str, name: str, message: str) -> StatusError:
+    """An admission plugin's refusal: ``pods "x" is forbidden: <message>``."""
+    return StatusError(
+        403,
+        f"{_named(resource, group, name)} is forbidden: {message}",
+        _details(resource, group, name),
+    )
+
+
 def conflict(resource: str, group: str, name: str) -> StatusError:
     """The optimistic-concurrency 409 that update loops retry on."""
     return StatusError(

@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -62,6 +62,20 @@ WriteObserver = Callable[[ResourceType, Object, bool], None]
 #: Checks a client's write of the new object over the stored one (None on create), once
 #: defaulted; raises L{StatusError} to refuse it (RBAC's escalation checks).
 Admit = Callable[[Object, Object | None], None]
+
+
+class AdmissionPlugins(Protocol):
+    """The admission plugins that read other objects (LimitRanger, ResourceQuota)."""
+
+    async def mutate(self, store: ObjectStore, resource: ResourceType, obj: Object) -> None:
+        """Change a new object its kind has prepared and defaulted."""
+
+    async def validate(
+        self, store: ObjectStore, resource: ResourceType, obj: Object, old: Object | None = None
+    ) -> None:
+        """Refuse (raising L{StatusError}) a new object, or an update of C{old}, once validated."""
+
+
 T = TypeVar("T")
 
 _MAX_CAS_RETRIES = 16
@@ -183,6 +197,8 @@ class ObjectStore:
         self._observers: builtins.list[WriteObserver] = []
         #: Per (group, plural), what claims values for its objects (Services' cluster IPs).
         self.allocators: dict[tuple[str, str], Allocator] = {}
+        #: kube-apiserver's LimitRanger and ResourceQuota (L{k3stw.apiserver.admission}).
+        self.admission: AdmissionPlugins | None = None
 
     def now(self) -> str:
         return rfc3339(self.clock.seconds())
@@ -410,10 +426,14 @@ class ObjectStore:
             strategy.prepare_create(obj, self.now())
             if self.checks:
                 strategy.default(obj)
+                if self.admission is not None:
+                    await self.admission.mutate(self, resource, obj)
                 if admit is not None:
                     admit(obj, None)
                 causes = metadata_causes(obj, strategy.names) + strategy.validate(obj)
                 _check(resource, name, causes)
+                if self.admission is not None:
+                    await self.admission.validate(self, resource, obj)
             elif not name:
                 # Unchecked, an object still needs a name: it is the object's key.
                 _check(resource, name, [("metadata.name", "Required value")])
@@ -554,6 +574,8 @@ class ObjectStore:
                 _check(resource, name, causes + strategy.validate_update(updated, current))
             if _without_version(updated) == _without_version(current):
                 return current
+            if self.checks and self.admission is not None and subresource is None:
+                await self.admission.validate(self, resource, updated, current)
             if manager:
                 updated = record_update(
                     current,

@@ -220,6 +220,8 @@ class Verbs:
         self.dry_run_store = ObjectStore(
             DryRunDatastore(store.datastore), clock, dry_run=True, checks=store.checks
         )
+        # A dry run is admitted as the write would be (its quota charge is not written).
+        self.dry_run_store.admission = store.admission
         self.watches = WatchStreams(store, clock, watch_event_sent)
 
     async def serve(

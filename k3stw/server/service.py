@@ -16,6 +16,7 @@ from k3stw.agent.cacerts import https_fetcher
 from k3stw.agent.join import https_sender
 from k3stw.agent.service import AgentConfig, NodeAgent, NodeSettings, node_factory
 from k3stw.apiserver import metricsapi
+from k3stw.apiserver.admission import Admission
 from k3stw.apiserver.allocation import ServiceAllocator, repair_job
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.health import Health, HealthCheck
@@ -58,6 +59,7 @@ from k3stw.controllers.nodeipam import CIDRSet, NodeIPAMController, cidr_sets
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
 from k3stw.controllers.podgc import PodGCController
 from k3stw.controllers.replicaset import ReplicaSetController
+from k3stw.controllers.resourcequota import ResourceQuotaController
 from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
 from k3stw.controllers.statefulsets import StatefulSetController
 from k3stw.controllers.tainteviction import TaintEvictionController
@@ -429,6 +431,7 @@ def control_plane(
             informers, store, registry.require("", "v1", "replicationcontrollers")
         ),
         DeploymentController(informers, store),
+        ResourceQuotaController(informers, store, registry),
     ):
         controller.setServiceParent(elected_controller_manager)
     address, port = config.advertised
@@ -470,6 +473,7 @@ def build_server(
     keys = ServiceAccountKeys.from_pem(credentials.service_key)
     ca_bundle = credentials.server_ca_bundle
     informers = ServerInformers(store)
+    store.admission = Admission(informers, registry)
     # RBAC reads the shared informers, which run from when the bootstrap policy is written.
     rbac = RBAC(informers)
     # Agents' tunnels, which nodes/proxy reaches their kubelets through.

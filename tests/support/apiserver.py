@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
+from k3stw.apiserver.admission import Admission
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds
@@ -68,6 +69,7 @@ class MemoryServer:
         self.registry = built_in_registry()
         self.store.observe(crds.serve_written_crds(self.registry))
         self.informers = ServerInformers(self.store)
+        self.store.admission = Admission(self.informers, self.registry)
         self.run(bootstrap(self.store, self.registry))
 
     def run(self, work: Coroutine[Any, Any, T] | Deferred[T]) -> T:
