@@ -408,7 +408,7 @@ def control_plane(
     CronJobController(informers, store, config.hostname).setServiceParent(
         elected_controller_manager
     )
-    Scheduler(informers, store, config.hostname).setServiceParent(elected_scheduler)
+    Scheduler(informers, store, config.hostname, registry).setServiceParent(elected_scheduler)
     for controller in (
         EndpointsController(informers, store),
         EndpointSliceController(informers, store),
