@@ -8,7 +8,10 @@ nominated node held for the preemptor).
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +27,7 @@ from k3stw.scheduler.preemption import (
 )
 from k3stw.scheduler.scheduler import Scheduler
 from tests.support.apiserver import MemoryServer
+from tests.test_join import Cluster as RealCluster
 from tests.test_scheduler import node_object, pod_object, state
 
 CRITICAL = "system-cluster-critical"
@@ -331,3 +335,42 @@ class PreemptingSchedulerTests(SynchronousTestCase):
         self.assertEqual(self.pod("critical")["status"]["nominatedNodeName"], "node-2")
         self.assertTrue(self.server.exists("", "pods", "db", "default"))
         self.assertFalse(self.server.exists("", "pods", "web", "default"))
+
+
+class RealPreemptionTests(SynchronousTestCase):
+    """A real server and kubectl: a critical pod takes a low pod's host port."""
+
+    def setUp(self) -> None:
+        self.cluster = RealCluster(
+            Path(tempfile.mkdtemp(prefix="k3stw-preemption-")), host="127.0.0.174"
+        ).start()
+        self.addCleanup(self.cluster.stop)
+        self.cluster.wait(lambda: self.cluster.node_status() == {"server": "True"}, "Ready")
+
+    def run_pod(self, name: str, **spec: Any) -> None:
+        container = {
+            "name": name,
+            "image": "nginx",
+            "ports": [{"containerPort": 80, "hostPort": 8080}],
+        }
+        overrides = json.dumps({"spec": {"containers": [container], **spec}})
+        ran = self.cluster.kubectl("run", name, "--image=nginx", "--overrides", overrides)
+        self.assertEqual(ran.returncode, 0, ran.stderr)
+
+    def test_a_critical_pod_preempts_the_pod_holding_its_host_port(self) -> None:
+        kubectl = self.cluster.kubectl
+
+        def node_of(name: str) -> str:
+            return kubectl("get", "pod", name, "-o", "jsonpath={.spec.nodeName}").stdout
+
+        self.run_pod("low")
+        self.cluster.wait(lambda: node_of("low") == "server", "low on server")
+        self.run_pod("critical", priorityClassName="system-cluster-critical")
+        self.cluster.wait(lambda: node_of("critical") == "server", "critical on server")
+        gone = kubectl("get", "pod", "low")
+        self.assertIn('pods "low" not found', gone.stderr)
+        uid = kubectl("get", "pod", "critical", "-o", "jsonpath={.metadata.uid}").stdout
+        events = kubectl("get", "events", "--field-selector", "involvedObject.name=low").stdout
+        self.assertIn(f"Preempted by pod {uid} on node server", events)
+        described = kubectl("describe", "pod", "critical").stdout
+        self.assertIn("didn't have free ports for the requested pod ports", described)
