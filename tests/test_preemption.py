@@ -337,8 +337,65 @@ class PreemptingSchedulerTests(SynchronousTestCase):
         self.assertFalse(self.server.exists("", "pods", "web", "default"))
 
 
+class PriorityAdmissionTests(SynchronousTestCase):
+    """kube-apiserver's Priority plugin: a pod's priority comes from its PriorityClass."""
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+        self.pods = self.server.resource("", "pods")
+
+    def add_class(self, name: str, value: int, **more: Any) -> None:
+        body = {"metadata": {"name": name}, "value": value, **more}
+        self.server.create("scheduling.k8s.io", "priorityclasses", body)
+
+    def create(self, name: str, **spec: Any) -> dict[str, Any]:
+        created = self.server.create("", "pods", pod_object(name, **spec), "default")
+        stored: dict[str, Any] = created["spec"]
+        return stored
+
+    def refused(self, name: str, **spec: Any) -> str:
+        error = self.server.fails(
+            self.server.store.create(self.pods, "default", pod_object(name, **spec))
+        )
+        self.assertEqual(error.code, 403)
+        return error.message
+
+    def test_the_class_gives_priority_and_policy(self) -> None:
+        self.add_class("batch", 1000, preemptionPolicy="Never")
+        spec = self.create("p", priorityClassName="batch")
+        self.assertEqual((spec["priority"], spec["preemptionPolicy"]), (1000, "Never"))
+        spec = self.create("q", priorityClassName="system-cluster-critical")
+        self.assertEqual(spec["priority"], 2000000000)
+        spec = self.create("r")
+        self.assertEqual((spec["priority"], spec["preemptionPolicy"]), (0, "PreemptLowerPriority"))
+
+    def test_a_global_default_class_applies_to_pods_naming_none(self) -> None:
+        self.add_class("usual", 50, globalDefault=True)
+        spec = self.create("p")
+        self.assertEqual((spec["priorityClassName"], spec["priority"]), ("usual", 50))
+
+    def test_refusals_in_kubes_words(self) -> None:
+        self.assertEqual(
+            self.refused("p", priorityClassName="nope"),
+            'pods "p" is forbidden: no PriorityClass with name nope was found',
+        )
+        self.assertEqual(
+            self.refused("p", priority=7),
+            'pods "p" is forbidden: the integer value of priority (7) must not be provided in '
+            "pod spec; priority admission controller computed 0 from the given PriorityClass "
+            "name",
+        )
+        self.assertEqual(
+            self.refused("p", preemptionPolicy="Never"),
+            'pods "p" is forbidden: the string value of PreemptionPolicy (Never) must not be '
+            "provided in pod spec; priority admission controller computed PreemptLowerPriority "
+            "from the given PriorityClass name",
+        )
+        self.assertFalse(self.server.exists("", "pods", "p", "default"))
+
+
 class RealPreemptionTests(SynchronousTestCase):
-    """A real server and kubectl: a critical pod takes a low pod's host port."""
+    """A real server and kubectl: a high-priority pod takes a low pod's host port."""
 
     def setUp(self) -> None:
         self.cluster = RealCluster(
@@ -357,15 +414,19 @@ class RealPreemptionTests(SynchronousTestCase):
         ran = self.cluster.kubectl("run", name, "--image=nginx", "--overrides", overrides)
         self.assertEqual(ran.returncode, 0, ran.stderr)
 
-    def test_a_critical_pod_preempts_the_pod_holding_its_host_port(self) -> None:
+    def test_a_high_priority_pod_preempts_the_pod_holding_its_host_port(self) -> None:
         kubectl = self.cluster.kubectl
+        created = kubectl("create", "priorityclass", "high", "--value=1000")
+        self.assertEqual(created.returncode, 0, created.stderr)
+        listed = kubectl("get", "priorityclasses").stdout
+        self.assertRegex(listed, r"system-node-critical\s+2000001000\s+false")
 
         def node_of(name: str) -> str:
             return kubectl("get", "pod", name, "-o", "jsonpath={.spec.nodeName}").stdout
 
         self.run_pod("low")
         self.cluster.wait(lambda: node_of("low") == "server", "low on server")
-        self.run_pod("critical", priorityClassName="system-cluster-critical")
+        self.run_pod("critical", priorityClassName="high")
         self.cluster.wait(lambda: node_of("critical") == "server", "critical on server")
         gone = kubectl("get", "pod", "low")
         self.assertIn('pods "low" not found', gone.stderr)

@@ -111,6 +111,15 @@ def not_found(resource: str, group: str, name: str) -> StatusError:
     )
 
 
+def forbidden(resource: str, group: str, name: str, message: str) -> StatusError:
+    """``pods "x" is forbidden: <why>``, as an admission plugin refuses an object."""
+    return StatusError(
+        403,
+        f"{_named(resource, group, name)} is forbidden: {message}",
+        _details(resource, group, name),
+    )
+
+
 def already_exists(resource: str, group: str, name: str) -> StatusError:
     return StatusError(
         409,

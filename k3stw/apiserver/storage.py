@@ -15,7 +15,7 @@ import builtins
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,6 +62,8 @@ WriteObserver = Callable[[ResourceType, Object, bool], None]
 #: Checks a client's write of the new object over the stored one (None on create), once
 #: defaulted; raises L{StatusError} to refuse it (RBAC's escalation checks).
 Admit = Callable[[Object, Object | None], None]
+#: Admission on create that reads other objects (the Priority plugin reads PriorityClasses).
+CreateAdmission = Callable[[Object], Awaitable[None]]
 T = TypeVar("T")
 
 _MAX_CAS_RETRIES = 16
@@ -183,6 +185,8 @@ class ObjectStore:
         self._observers: builtins.list[WriteObserver] = []
         #: Per (group, plural), what claims values for its objects (Services' cluster IPs).
         self.allocators: dict[tuple[str, str], Allocator] = {}
+        #: Per (group, plural), admission a new object passes before it is validated.
+        self.admitters: dict[tuple[str, str], CreateAdmission] = {}
 
     def now(self) -> str:
         return rfc3339(self.clock.seconds())
@@ -412,6 +416,9 @@ class ObjectStore:
                 strategy.default(obj)
                 if admit is not None:
                     admit(obj, None)
+                admitter = self.admitters.get((resource.group, resource.plural))
+                if admitter is not None:
+                    await admitter(obj)
                 causes = metadata_causes(obj, strategy.names) + strategy.validate(obj)
                 _check(resource, name, causes)
             elif not name:

@@ -23,6 +23,7 @@ from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds, nodes, services
 from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
+from k3stw.apiserver.priority import PriorityAdmission
 from k3stw.apiserver.rbac import RBAC
 from k3stw.apiserver.rbacpolicy import bootstrap_policy
 from k3stw.apiserver.registry import Registry
@@ -459,6 +460,7 @@ def build_server(
     # The resource metrics (kubectl top) are answered by this server, as k3s's metrics-server would.
     registry = Registry.serving((*built_in_registry(), *metricsapi.RESOURCES))
     store.observe(crds.serve_written_crds(registry))
+    PriorityAdmission(store, registry).install()
     keys = ServiceAccountKeys.from_pem(credentials.service_key)
     ca_bundle = credentials.server_ca_bundle
     informers = ServerInformers(store)

@@ -22,6 +22,7 @@ from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds
 from k3stw.apiserver.metricsapi import ResourceMetrics
+from k3stw.apiserver.priority import PriorityAdmission
 from k3stw.apiserver.rbac import RBAC
 from k3stw.apiserver.rbacpolicy import bootstrap_policy
 from k3stw.apiserver.registry import Registry, ResourceType
@@ -67,6 +68,7 @@ class MemoryServer:
         self.store = ObjectStore(self.datastore, self.clock, checks=checks)
         self.registry = built_in_registry()
         self.store.observe(crds.serve_written_crds(self.registry))
+        PriorityAdmission(self.store, self.registry).install()
         self.informers = ServerInformers(self.store)
         self.run(bootstrap(self.store, self.registry))
 
