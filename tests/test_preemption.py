@@ -210,6 +210,26 @@ class MessageTests(SynchronousTestCase):
             ),
         )
 
+    def test_only_victims_still_terminating_by_preemption_hold_the_pod_back(self) -> None:
+        going = pod("going", 0, metadata={"deletionTimestamp": "2026-01-01T00:00:00Z"})
+        cluster = Cluster((node_object("n", cpu="1"), [going]))
+        nominated = pod("p", 10, node_name=None)
+        nominated["status"] = {"nominatedNodeName": "n"}
+        self.assertEqual(cluster.preempt(nominated)[0], "n")  # deleted for another reason
+        going["status"] = {
+            "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
+            ]
+        }
+        self.assertEqual(
+            cluster.preempt(nominated),
+            (
+                None,
+                "0/1 nodes are available: 1 Insufficient cpu. preemption: "
+                "not eligible due to a terminating pod on the nominated node.",
+            ),
+        )
+
 
 class PreemptingSchedulerTests(SynchronousTestCase):
     """The scheduler preempts on the in-memory server."""

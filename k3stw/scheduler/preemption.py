@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from k3stw.apiserver.eviction import budget_selects
-from k3stw.machinery.objects import Object, get_path, is_deleting, metadata, name_of, object_key
+from k3stw.machinery.objects import (
+    Object,
+    find_condition,
+    get_path,
+    is_deleting,
+    metadata,
+    name_of,
+    object_key,
+)
 from k3stw.machinery.times import parse_time
 from k3stw.scheduler.framework import (
     NEVER_PREEMPTS,
@@ -76,16 +84,29 @@ def not_eligible(
     """
     Why the pod may not preempt (kube's ``PodEligibleToPreemptOthers``), or
     None: ``preemptionPolicy: Never``, or a lower-priority pod still
-    terminating on the node it was nominated to (its preemption is under way).
+    terminating by preemption on the node it was nominated to (its
+    preemption is under way).
     """
     if facts.preemption_policy == "Never":
         return NEVER_PREEMPTS
     if nominated is not None:
         for key in nominated.pods:
             other = lookup(key)
-            if other is not None and is_deleting(other) and priority_of(other) < facts.priority:
+            if (
+                other is not None
+                and priority_of(other) < facts.priority
+                and terminating_by_preemption(other)
+            ):
                 return TERMINATING_VICTIM
     return None
+
+
+def terminating_by_preemption(pod: Object) -> bool:
+    """Deleting, and marked ``DisruptionTarget`` by a scheduler's preemption."""
+    if not is_deleting(pod):
+        return False
+    condition = find_condition(pod, DISRUPTION_TARGET) or {}
+    return condition.get("status") == "True" and condition.get("reason") == PREEMPTION_BY_SCHEDULER
 
 
 def _selects(budget: Object, pod: Object) -> bool:
@@ -167,6 +188,8 @@ def select_victims(
                 trial.remove_pod(key)
                 victims.append(pod)
                 violations += violates
+    if not victims:  # it fits as it is: nothing for preemption to do here
+        return Rejection((), False)
     victims.sort(key=importance)
     return Candidate(state.name, tuple(victims), violations)
 
