@@ -394,6 +394,20 @@ class PriorityAdmissionTests(SynchronousTestCase):
         spec = self.create("p")
         self.assertEqual((spec["priorityClassName"], spec["priority"]), ("usual", 50))
 
+    def test_system_names_are_reserved(self) -> None:
+        classes = self.server.resource("scheduling.k8s.io", "priorityclasses")
+        reserved = "priority class names with 'system-' prefix are reserved for system use only"
+        for body, error in (
+            ({"metadata": {"name": "system-mine"}, "value": 5}, "system-mine is not a known"),
+            (
+                {"metadata": {"name": "system-node-critical"}, "value": 5},
+                "value of system-node-critical PriorityClass must be 2000001000",
+            ),
+        ):
+            refused = self.server.fails(self.server.store.create(classes, None, body))
+            self.assertEqual(refused.code, 422)
+            self.assertIn(f"metadata.name: Forbidden: {reserved}. error: {error}", refused.message)
+
     def test_refusals_in_kubes_words(self) -> None:
         self.assertEqual(
             self.refused("p", priorityClassName="nope"),

@@ -8,25 +8,19 @@ class, is refused in kube's words.
 
 from __future__ import annotations
 
+from k3stw.apiserver.kinds.catalogued_validation import SYSTEM_PRIORITIES
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError, forbidden
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.machinery.objects import Object, get_path, metadata
 
-#: The PriorityClasses kube-apiserver creates at start (its values are reserved).
-SYSTEM_CLASSES = (
-    (
-        "system-node-critical",
-        2000001000,
-        "Used for system critical pods that must not be moved from their current node.",
-    ),
-    (
-        "system-cluster-critical",
-        2000000000,
-        "Used for system critical pods that must run in the cluster, but can be moved to "
-        "another node if necessary.",
-    ),
-)
+#: The PriorityClasses kube-apiserver creates at start, with their descriptions.
+SYSTEM_CLASSES = {
+    "system-node-critical": "Used for system critical pods that must not be moved from their "
+    "current node.",
+    "system-cluster-critical": "Used for system critical pods that must run in the cluster, but "
+    "can be moved to another node if necessary.",
+}
 PREEMPT_LOWER = "PreemptLowerPriority"
 
 
@@ -36,7 +30,8 @@ def classes_of(registry: Registry) -> ResourceType:
 
 async def create_system_classes(store: ObjectStore, registry: Registry) -> None:
     """The built-in classes, where missing."""
-    for name, value, description in SYSTEM_CLASSES:
+    for name, description in SYSTEM_CLASSES.items():
+        value = SYSTEM_PRIORITIES[name]
         body = {"metadata": {"name": name}, "value": value, "description": description}
         try:
             await store.create(classes_of(registry), None, body)
