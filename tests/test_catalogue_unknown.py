@@ -639,7 +639,7 @@ spec:
   restartPolicy: Always
   schedulerName: default-scheduler
   preemptionPolicy: PreemptLowerPriority
-  priority: 1000
+  priority: 1000000
   runtimeClassName: gvisor
   hostUsers: false
   os:

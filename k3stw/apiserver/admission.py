@@ -10,9 +10,10 @@ object store on every create (a controller's as much as a client's):
   limits is refused; one that fits is charged to the quota's ``status.used``
   first, by a conflict-checked write, so that two creates can never both take
   the last of it (the resourcequota controller later recounts from what is
-  stored).
+  stored);
+- Priority: a new pod's priority from its PriorityClass (L{k3stw.apiserver.priority}).
 
-The plugins that need nothing but the pod (ServiceAccount, Priority,
+The plugins that need nothing but the pod (ServiceAccount,
 DefaultTolerationSeconds) are the pod kind's own, in its prepare_create.
 """
 
@@ -28,6 +29,7 @@ from k3stw.apiserver import quota
 from k3stw.apiserver.defaulting import child, each
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import pods
+from k3stw.apiserver.priority import PriorityAdmission
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError, forbidden
 from k3stw.machinery.cache import NAMESPACE
@@ -213,6 +215,7 @@ class Admission:
         self.quota_resource = registry.require("", "v1", "resourcequotas")
         self.limit_ranges = informers.for_resource(self.limit_range_resource)
         self.quotas = informers.for_resource(self.quota_resource)
+        self.priority = PriorityAdmission(informers, registry)
 
     async def _in_namespace(
         self, store: ObjectStore, informer: Informer, resource: ResourceType, namespace: str
@@ -231,6 +234,7 @@ class Admission:
             )
             if ranges:
                 default_pod_resources(obj, ranges)
+            await self.priority.admit(store, obj)
 
     async def validate(
         self, store: ObjectStore, resource: ResourceType, obj: Object, old: Object | None = None

@@ -111,21 +111,21 @@ def not_found(resource: str, group: str, name: str) -> StatusError:
     )
 
 
+def forbidden(resource: str, group: str, name: str, message: str) -> StatusError:
+    """``pods "x" is forbidden: <why>``, as an admission plugin refuses an object."""
+    return StatusError(
+        403,
+        f"{_named(resource, group, name)} is forbidden: {message}",
+        _details(resource, group, name),
+    )
+
+
 def already_exists(resource: str, group: str, name: str) -> StatusError:
     return StatusError(
         409,
         f"{_named(resource, group, name)} already exists",
         _details(resource, group, name),
         reason="AlreadyExists",
-    )
-
-
-def forbidden(resource: str, group: str, name: str, message: str) -> StatusError:
-    """An admission plugin's refusal: ``pods "x" is forbidden: <message>``."""
-    return StatusError(
-        403,
-        f"{_named(resource, group, name)} is forbidden: {message}",
-        _details(resource, group, name),
     )
 
 

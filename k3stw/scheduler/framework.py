@@ -508,13 +508,15 @@ def histogram(reasons: Iterable[str], nodes: int) -> str:
     return f"0/{nodes} nodes are available: {', '.join(entries)}."
 
 
-def fit_error(pod: PodFacts, rejections: Sequence[Rejection]) -> str:
+def fit_error(pod: PodFacts, rejections: Sequence[Rejection], preemption: str | None = None) -> str:
     """
     The ``FailedScheduling`` message: the filters' histogram, then what
-    preemption found (this scheduler does not preempt: a node whose
-    rejection pods' removal could resolve is reported without victims).
+    preemption found (C{preemption}, L{k3stw.scheduler.preemption}'s tail;
+    when not given, what it finds with no lower-priority pods anywhere).
     """
     message = histogram((r for rejection in rejections for r in rejection.reasons), len(rejections))
+    if preemption is not None:
+        return f"{message} {preemption}" if preemption else message
     if pod.preemption_policy == "Never":
         return f"{message} preemption: {NEVER_PREEMPTS}"
     verdicts = (NO_VICTIMS if rejection.resolvable else NOT_HELPFUL for rejection in rejections)

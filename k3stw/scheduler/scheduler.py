@@ -13,18 +13,25 @@ informer shows it bound, so pods placed back to back never overcommit a
 node.  Binding runs beside the next pod's scheduling, as kube's binding
 cycle does.
 
-Left out: preemption (the message reports what it would find with no
-victims), inter-pod affinity, topology spread constraints a pod names,
+A pod no node takes may preempt pods of lower priority (L{preemption}): the
+victims are marked ``DisruptionTarget`` and deleted, the pod is nominated
+to their node (``status.nominatedNodeName``), which holds its requests
+against pods of lower priority until it is tried again.
+
+Left out: inter-pod affinity, topology spread constraints a pod names,
 volumes, scheduling gates, node sampling above 100 nodes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 
 from k3stw.apiserver.binding import bind
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import nodes, pods
+from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT, update_status_if_present
@@ -39,6 +46,7 @@ from k3stw.machinery.objects import (
     metadata,
     name_of,
     object_key,
+    set_condition,
     split_key,
 )
 from k3stw.machinery.times import rfc3339
@@ -53,6 +61,7 @@ from k3stw.scheduler.framework import (
     run_filters,
     select_host,
 )
+from k3stw.scheduler.preemption import Candidate, copy_state, preempt, victim_condition
 
 #: kube's pod back-off: 1 s doubling to 10 s (``podInitialBackoffSeconds``, ``podMax...``).
 POD_BACKOFF = Backoff(1.0, 10.0, jitter=0.0)
@@ -103,15 +112,28 @@ class Scheduler(Controller):
     Places pending pods on nodes.
 
     :param host: the server's name, for the events' source.
+    :param registry: where to find PodDisruptionBudgets, which preemption
+        spares where it can (without it, it sees none).
     """
 
     label = "scheduler"
     expected = TRANSIENT
 
-    def __init__(self, informers: ServerInformers, store: ObjectStore, host: str) -> None:
+    def __init__(
+        self,
+        informers: ServerInformers,
+        store: ObjectStore,
+        host: str,
+        registry: Registry | None = None,
+    ) -> None:
         self.pods = informers.for_resource(pods.RESOURCE)
         self.nodes = informers.for_resource(nodes.RESOURCE)
-        super().__init__(store.clock, [self.pods, self.nodes])
+        self.budgets = None
+        if registry is not None:
+            budgets = registry.require("policy", "v1", "poddisruptionbudgets")
+            self.budgets = informers.for_resource(budgets)
+        watched = [self.pods, self.nodes, *([self.budgets] if self.budgets else [])]
+        super().__init__(store.clock, watched)
         self.store = store
         self.recorder = EventRecorder(store, store.clock, SCHEDULER_NAME, host)
         self._states: dict[str, NodeState] = {}
@@ -123,6 +145,8 @@ class Scheduler(Controller):
         self._unschedulable: set[str] = set()
         self._attempts: dict[str, int] = {}
         self._binding: set[Deferred[None]] = set()
+        #: Pending pods nominated to a node by preemption: (node, facts) by key.
+        self._nominated: dict[str, tuple[str, PodFacts]] = {}
         self.add_handler(
             self.nodes, EventHandler(self._node_added, self._node_updated, self._node_deleted)
         )
@@ -163,6 +187,11 @@ class Scheduler(Controller):
 
     def _pod_changed(self, pod: Object) -> None:
         key = object_key(pod)
+        nominated = get_path(pod, "status", "nominatedNodeName")
+        if nominated and _ours(pod):
+            self._nominated[key] = (str(nominated), PodFacts.of(pod))
+        else:
+            self._nominated.pop(key, None)
         if _holds_resources(pod):
             self._assumed.discard(key)
             self._unschedulable.discard(key)
@@ -188,6 +217,7 @@ class Scheduler(Controller):
             self._requeue_unschedulable()
 
     def _forget_pod(self, key: str) -> None:
+        self._nominated.pop(key, None)
         self._unschedulable.discard(key)
         self._attempts.pop(key, None)
 
@@ -227,24 +257,116 @@ class Scheduler(Controller):
         self._unschedulable.discard(key)
         facts = PodFacts.of(pod)
         candidates = [state for state in self._states.values() if state.node is not None]
-        rejections: list[Rejection] = []
+        rejections: dict[str, Rejection] = {}
         feasible: list[NodeState] = []
-        for state in candidates:
-            rejected = run_filters(facts, state)
+        nominated = self._states.get(str(get_path(pod, "status", "nominatedNodeName") or ""))
+        # kube tries the node preemption made room on first, and takes it if it fits.
+        if nominated is not None and nominated.node and self._fits(facts, nominated) is None:
+            feasible.append(nominated)
+        for state in candidates if not feasible else ():
+            rejected = self._fits(facts, state)
             if rejected is None:
                 feasible.append(state)
             else:
-                rejections.append(rejected)
+                rejections[state.name] = rejected
         if not feasible:
-            message = fit_error(facts, rejections) if candidates else NO_NODES
-            await self._unschedulable_pod(key, pod, message)
+            if not candidates:
+                await self._unschedulable_pod(key, pod, NO_NODES)
+                return
+            verdict = preempt(
+                pod, facts, rejections, self._states, self.pods.get, self._budgets(), self._fits
+            )
+            message = fit_error(facts, list(rejections.values()), verdict.message)
+            if verdict.candidate is None:
+                # No candidate: kube clears a nomination; ineligible, it leaves it be.
+                nominate = "" if verdict.eligible else None
+                await self._unschedulable_pod(key, pod, message, nominate)
+                return
+            await self._preempt(key, pod, facts, verdict.candidate, message)
             return
         chosen = select_host(facts, feasible)
+        self._nominated.pop(key, None)  # counted on its node now: held no longer
         self._assumed.add(key)
         self._count(key, chosen.name, facts)
         binding = Deferred.fromCoroutine(self._bind(key, pod, chosen.name))
         self._binding.add(binding)
         binding.addBoth(self._bound, binding)
+
+    def _fits(self, facts: PodFacts, state: NodeState) -> Rejection | None:
+        """
+        The filters, with the pods nominated to the node at the same or a
+        higher priority counted as on it (kube's filters with nominated pods).
+        """
+        held = [
+            other
+            for other_key, (node, other) in self._nominated.items()
+            if node == state.name and other_key != facts.key and other.priority >= facts.priority
+        ]
+        if held:
+            rejected = run_filters(facts, copy_state(state, add=held))
+            if rejected is not None:
+                return rejected
+        return run_filters(facts, state)
+
+    def _budgets(self) -> list[Object]:
+        return [] if self.budgets is None else list(self.budgets.cache)
+
+    async def _preempt(
+        self, key: str, pod: Object, facts: PodFacts, candidate: Candidate, message: str
+    ) -> None:
+        """
+        Nominate the candidate's node for the pod, then preempt its victims:
+        each gets ``DisruptionTarget`` and is deleted, with a ``Preempted``
+        event; lower-priority pods nominated there lose their nomination.
+        """
+        node = candidate.node
+        self._nominated[key] = (node, facts)
+        await self._unschedulable_pod(key, pod, message, node)
+        uid = metadata(pod).get("uid", "")
+        now = rfc3339(self.clock.seconds())
+        for victim in candidate.victims:
+            if is_deleting(victim):
+                continue  # already going: nothing more to ask
+
+            def mark(current: Object) -> Object:
+                set_condition(current.setdefault("status", {}), victim_condition(), now)
+                return current
+
+            if not await self._update_status(object_key(victim), mark):
+                continue  # gone already
+            try:
+                await self.store.delete(
+                    pods.RESOURCE,
+                    metadata(victim).get("namespace"),
+                    name_of(victim),
+                    {"uid": metadata(victim).get("uid")},
+                )
+            except StatusError as e:
+                if e.code not in (404, 409):
+                    raise
+                continue  # gone already (or replaced by a namesake, which is no victim)
+            self.recorder.emit(
+                victim, NORMAL, "Preempted", f"Preempted by pod {uid} on node {node}"
+            )
+        for other_key, (other_node, other) in list(self._nominated.items()):
+            if other_node == node and other.priority < facts.priority:
+                await self._clear_nomination(other_key)
+        # The victims are gone (or going): try again after the back-off.
+        self.queue.add_after(key, self._backoff(key))
+
+    async def _clear_nomination(self, key: str) -> None:
+        self._nominated.pop(key, None)
+
+        def clear(current: Object) -> Object:
+            current.setdefault("status", {}).pop("nominatedNodeName", None)
+            return current
+
+        await self._update_status(key, clear)
+
+    async def _update_status(self, key: str, mutate: Callable[[Object], Object]) -> bool:
+        """Change a pod's status; False if the pod is gone."""
+        namespace, name = split_key(key)
+        return await update_status_if_present(self.store, pods.RESOURCE, namespace, name, mutate)
 
     def _bound(self, result: object, binding: Deferred[None]) -> object:
         self._binding.discard(binding)
@@ -276,18 +398,26 @@ class Scheduler(Controller):
         self._attempts.pop(key, None)
         self.recorder.emit(pod, NORMAL, "Scheduled", f"Successfully assigned {key} to {node}")
 
-    async def _unschedulable_pod(self, key: str, pod: Object, message: str) -> None:
-        """Say why on the pod (status) and in an event; wait for a change or the back-off."""
+    async def _unschedulable_pod(
+        self, key: str, pod: Object, message: str, nominate: str | None = None
+    ) -> None:
+        """
+        Say why on the pod (status) and in an event; wait for a change or the
+        back-off.
+
+        :param nominate: the node to nominate the pod to, "" to clear its
+            nomination, None to leave it as it is.
+        """
         self._attempts[key] = self._attempts.get(key, 0) + 1
         self._unschedulable.add(key)
         self.queue.add_after(key, UNSCHEDULABLE_TIMEOUT)
         condition = find_condition(pod, "PodScheduled") or {}
+        nominated = get_path(pod, "status", "nominatedNodeName") or ""
         if (condition.get("status"), condition.get("reason"), condition.get("message")) != (
             "False",
             "Unschedulable",
             message,
-        ):
-            namespace, name = split_key(key)
+        ) or nominate not in (None, nominated):
             now = rfc3339(self.clock.seconds())
 
             def mark(current: Object) -> Object:
@@ -303,9 +433,13 @@ class Scheduler(Controller):
                 found.update(
                     status="False", reason="Unschedulable", message=message, lastProbeTime=None
                 )
+                if nominate:
+                    current["status"]["nominatedNodeName"] = nominate
+                elif nominate == "":
+                    current["status"].pop("nominatedNodeName", None)
                 return current
 
-            if not await update_status_if_present(self.store, pods.RESOURCE, namespace, name, mark):
+            if not await self._update_status(key, mark):
                 return
         note = message if len(message) <= NOTE_LIMIT else message[: NOTE_LIMIT - 4] + " ..."
         self.recorder.emit(pod, WARNING, "FailedScheduling", note)
@@ -317,6 +451,7 @@ class Scheduler(Controller):
         self._assumed.clear()
         self._unschedulable.clear()
         self._attempts.clear()
+        self._nominated.clear()  # the replay nominates them again
 
     def stopService(self) -> Deferred[None] | None:
         for binding in list(self._binding):

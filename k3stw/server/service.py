@@ -414,7 +414,7 @@ def control_plane(
     CronJobController(informers, store, config.hostname).setServiceParent(
         elected_controller_manager
     )
-    Scheduler(informers, store, config.hostname).setServiceParent(elected_scheduler)
+    Scheduler(informers, store, config.hostname, registry).setServiceParent(elected_scheduler)
     HorizontalController(informers, store, registry, resource_metrics).setServiceParent(
         elected_controller_manager
     )

@@ -59,14 +59,32 @@ def _claim_causes(claim: Object) -> list[Cause]:
 
 #: The highest priority a PriorityClass not named ``system-...`` may have.
 HIGHEST_USER_PRIORITY = 1_000_000_000
+#: The built-in PriorityClasses' values: the only ``system-`` names there may be.
+SYSTEM_PRIORITIES = {"system-node-critical": 2000001000, "system-cluster-critical": 2000000000}
 PREEMPTION_POLICIES = ("Never", "PreemptLowerPriority")
+
+
+def _not_system_class(name: str, value: object, global_default: bool) -> str | None:
+    """Why a ``system-`` class is not a built-in one (kube's IsKnownSystemPriorityClass)."""
+    if name not in SYSTEM_PRIORITIES:
+        return f"{name} is not a known system priority class"
+    if value != SYSTEM_PRIORITIES[name]:
+        return f"value of {name} PriorityClass must be {SYSTEM_PRIORITIES[name]}"
+    if global_default:
+        return f"globalDefault of {name} PriorityClass must be false"
+    return None
 
 
 def _priority_causes(priority: Object) -> list[Cause]:
     causes: list[Cause] = []
     name = str(get_path(priority, "metadata", "name") or "")
     value = priority.get("value")
-    if not name.startswith("system-") and isinstance(value, int) and value > HIGHEST_USER_PRIORITY:
+    if name.startswith("system-"):
+        error = _not_system_class(name, value, priority.get("globalDefault") is True)
+        if error:
+            reserved = "priority class names with 'system-' prefix are reserved for system use only"
+            causes.append(forbidden("metadata.name", f"{reserved}. error: {error}"))
+    elif isinstance(value, int) and value > HIGHEST_USER_PRIORITY:
         detail = f"maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}"
         causes.append(forbidden("value", detail))
     policy = priority.get("preemptionPolicy")

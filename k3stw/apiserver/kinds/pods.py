@@ -342,9 +342,6 @@ def _default(pod: Object) -> None:
 #: Where the ServiceAccount admission plugin mounts a pod's API credentials.
 SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-#: The priority of the built-in PriorityClasses (others need the class itself).
-SYSTEM_PRIORITIES = {"system-node-critical": 2000001000, "system-cluster-critical": 2000000000}
-
 #: The taints every pod tolerates for 5 minutes (kube's DefaultTolerationSeconds plugin).
 NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
@@ -414,15 +411,6 @@ def _admit_tolerations(spec: Object) -> None:
     spec["tolerations"] = found
 
 
-def _admit_priority(spec: Object) -> None:
-    """Priority: 0 for a pod without a class, the built-in classes' own values."""
-    name = spec.get("priorityClassName")
-    if not name:
-        fill(spec, priority=0, preemptionPolicy="PreemptLowerPriority")
-    elif name in SYSTEM_PRIORITIES:
-        fill(spec, priority=SYSTEM_PRIORITIES[name], preemptionPolicy="PreemptLowerPriority")
-
-
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$")
 _SUFFIXES = {
     **{s: Fraction(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
@@ -479,7 +467,6 @@ def _prepare_create(pod: Object, now: str) -> None:
     if isinstance(spec, dict):
         _admit_service_account(spec)
         _admit_tolerations(spec)
-        _admit_priority(spec)
     pod["status"]["qosClass"] = qos_class(spec)
 
 
