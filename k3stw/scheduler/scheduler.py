@@ -14,17 +14,20 @@ node.  Binding runs beside the next pod's scheduling, as kube's binding
 cycle does.
 
 Left out: preemption (the message reports what it would find with no
-victims), inter-pod affinity, topology spread constraints a pod names,
-volumes, scheduling gates, node sampling above 100 nodes.
+victims), volumes, scheduling gates, node sampling above 100 nodes; the
+system default spreading counts a pod's controller's pods rather than the
+pods its Services' and controllers' selectors select.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
 
 from k3stw.apiserver.binding import bind
 from k3stw.apiserver.informers import ServerInformers
-from k3stw.apiserver.kinds import nodes, pods
+from k3stw.apiserver.kinds import namespaces, nodes, pods
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
@@ -46,12 +49,11 @@ from k3stw.machinery.timing import Backoff
 from k3stw.scheduler.framework import (
     NO_NODES,
     SCHEDULER_NAME,
+    Cycle,
     NodeState,
     PodFacts,
     Rejection,
     fit_error,
-    run_filters,
-    select_host,
 )
 
 #: kube's pod back-off: 1 s doubling to 10 s (``podInitialBackoffSeconds``, ``podMax...``).
@@ -79,6 +81,12 @@ def _holds_resources(pod: Object) -> bool:
         "Succeeded",
         "Failed",
     )
+
+
+def _asks_for_pods(pod: Object | None) -> bool:
+    """Whether a pod's placement depends on other pods being placed (affinity, spreading)."""
+    spec = (pod or {}).get("spec") or {}
+    return bool(get_path(spec, "affinity", "podAffinity") or spec.get("topologySpreadConstraints"))
 
 
 def _node_facts(node: Object) -> tuple[object, ...]:
@@ -111,7 +119,8 @@ class Scheduler(Controller):
     def __init__(self, informers: ServerInformers, store: ObjectStore, host: str) -> None:
         self.pods = informers.for_resource(pods.RESOURCE)
         self.nodes = informers.for_resource(nodes.RESOURCE)
-        super().__init__(store.clock, [self.pods, self.nodes])
+        self.namespaces = informers.for_resource(namespaces.RESOURCE)
+        super().__init__(store.clock, [self.pods, self.nodes, self.namespaces])
         self.store = store
         self.recorder = EventRecorder(store, store.clock, SCHEDULER_NAME, host)
         self._states: dict[str, NodeState] = {}
@@ -190,10 +199,19 @@ class Scheduler(Controller):
         self._attempts.pop(key, None)
 
     def _count(self, key: str, node: str, facts: PodFacts) -> None:
-        if self._placed.get(key) not in (None, node):
+        placed = self._placed.get(key)
+        if placed not in (None, node):
             self._uncount(key)
         self._placed[key] = node
         self._state(node).add_pod(facts)
+        if placed is None and self._unschedulable:
+            self._requeue_waiting_for_pods()
+
+    def _requeue_waiting_for_pods(self) -> None:
+        """A pod placed: those waiting on pod affinity or spreading may fit now."""
+        for key in [k for k in self._unschedulable if _asks_for_pods(self.pods.get(k))]:
+            self._unschedulable.discard(key)
+            self.queue.add_after(key, self._backoff(key))
 
     def _uncount(self, key: str) -> None:
         node = self._placed.pop(key, None)
@@ -225,10 +243,11 @@ class Scheduler(Controller):
         self._unschedulable.discard(key)
         facts = PodFacts.of(pod)
         candidates = [state for state in self._states.values() if state.node is not None]
+        cycle = Cycle(facts, candidates, self._namespace_labels)
         rejections: list[Rejection] = []
         feasible: list[NodeState] = []
         for state in candidates:
-            rejected = run_filters(facts, state)
+            rejected = cycle.filter(state)
             if rejected is None:
                 feasible.append(state)
             else:
@@ -237,12 +256,18 @@ class Scheduler(Controller):
             message = fit_error(facts, rejections) if candidates else NO_NODES
             await self._unschedulable_pod(key, pod, message)
             return
-        chosen = select_host(facts, feasible)
+        chosen = cycle.select_host(feasible)
         self._assumed.add(key)
         self._count(key, chosen.name, facts)
         binding = Deferred.fromCoroutine(self._bind(key, pod, chosen.name))
         self._binding.add(binding)
         binding.addBoth(self._bound, binding)
+
+    def _namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        labels: Mapping[str, str] = (
+            metadata(self.namespaces.get(namespace) or {}).get("labels") or {}
+        )
+        return labels
 
     def _bound(self, result: object, binding: Deferred[None]) -> object:
         self._binding.discard(binding)
