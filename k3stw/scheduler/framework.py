@@ -16,10 +16,12 @@ with the nodes and their distinct groups, not with every pod.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, TypeVar
 
 from k3stw.machinery.labels import (
     NOTHING,
@@ -202,6 +204,16 @@ def no_namespace_labels(namespace: str) -> Mapping[str, str]:
     return {}
 
 
+_T = TypeVar("_T")
+_interned: weakref.WeakValueDictionary[object, Any] = weakref.WeakValueDictionary()
+
+
+def _intern(value: _T) -> _T:
+    """The one live copy of C{value}, so that equal facts meet as the same key (fast lookups)."""
+    found: _T = _interned.setdefault(value, value)
+    return found
+
+
 @dataclass(frozen=True)
 class LabelGroup:
     """Pods alike to a label selector: one namespace, one set of labels, terminating or not."""
@@ -291,6 +303,20 @@ class PodTerms:
     preferred_affinity: tuple[PodAffinityTerm, ...]
     preferred_anti: tuple[PodAffinityTerm, ...]
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(
+            (
+                self.required_affinity,
+                self.required_anti,
+                self.preferred_affinity,
+                self.preferred_anti,
+            )
+        )
+
     @classmethod
     def of(cls, pod: Object) -> PodTerms | None:
         affinity = get_path(pod, "spec", "affinity") or {}
@@ -324,7 +350,7 @@ class PodTerms:
             or found.preferred_affinity
             or found.preferred_anti
         )
-        return None if empty else found
+        return None if empty else _intern(found)
 
 
 @dataclass(frozen=True)
@@ -426,7 +452,9 @@ class PodFacts:
             priority=int(spec.get("priority") or 0),
             preemption_policy=str(spec.get("preemptionPolicy") or "PreemptLowerPriority"),
             labels=labels,
-            group=LabelGroup(namespace, frozenset(labels.items()), is_deleting(pod), labels),
+            group=_intern(
+                LabelGroup(namespace, frozenset(labels.items()), is_deleting(pod), labels)
+            ),
             terms=PodTerms.of(pod),
             spread=tuple(
                 SpreadConstraint.of(c, labels) for c in spec.get("topologySpreadConstraints") or ()
@@ -644,19 +672,18 @@ class Cycle:
         self,
         constraints: Sequence[SpreadConstraint],
         counts: Sequence[dict[str, int]],
-        require_all: bool,
+        required: Sequence[str],
         known_only: bool,
     ) -> None:
         """
         Add each node's matching pods to its domain of each constraint (to
         the domains already in C{counts} if C{known_only}), skipping nodes
-        without every key if C{require_all} and those the policies leave out.
+        without every C{required} key and those the policies leave out.
         """
         namespace = self.pod.namespace
         nodes = self.nodes
-        if require_all:
-            keys = [c.topology_key for c in constraints]
-            nodes = [n for n in nodes if all(key in n.labels for key in keys)]
+        if required:
+            nodes = [n for n in nodes if all(key in n.labels for key in required)]
         for constraint, domains in zip(constraints, counts, strict=True):
             key, owner = constraint.topology_key, constraint.owner
             policies = constraint.honor_taints or (constraint.honor_affinity and not self._anywhere)
@@ -676,7 +703,7 @@ class Cycle:
         if self._hard_spread is None:
             hard = [c for c in self.pod.spread if c.hard]
             counts: list[dict[str, int]] = [{} for _ in hard]
-            self._domains(hard, counts, True, False)
+            self._domains(hard, counts, [c.topology_key for c in hard], False)
             self._hard_spread = [
                 (c, found, min(found.values()) if len(found) >= c.min_domains else 0)
                 for c, found in zip(hard, counts, strict=True)
@@ -705,9 +732,9 @@ class Cycle:
             return [0 for _ in feasible]
         # Only a pod's own constraints need every key on a node: a node with
         # no zone still gets the defaults' hostname spreading.
-        require_all = bool(pod.spread)
         keys = [c.topology_key for c in constraints]
-        ignored = [require_all and any(k not in n.labels for k in keys) for n in feasible]
+        required = keys if pod.spread else []
+        ignored = [any(k not in n.labels for k in required) for n in feasible]
         counts: list[dict[str, int]] = [{} for _ in constraints]
         for index, key in enumerate(keys):
             if key != HOSTNAME:
@@ -721,9 +748,7 @@ class Cycle:
         ]
         # Per-node counts (hostname) are taken when scoring each node.
         zoned = [i for i, key in enumerate(keys) if key != HOSTNAME]
-        self._domains(
-            [constraints[i] for i in zoned], [counts[i] for i in zoned], require_all, True
-        )
+        self._domains([constraints[i] for i in zoned], [counts[i] for i in zoned], required, True)
         sums = [0.0 for _ in feasible]
         for constraint, domains, weight in zip(constraints, counts, weights, strict=True):
             key, base = constraint.topology_key, constraint.max_skew - 1
@@ -829,35 +854,48 @@ class Cycle:
         if not self._affinities:
             return [0 for _ in feasible]
         pod = self.pod
-        totals: dict[str, Counter[str]] = {}
-
-        def add(term: PodAffinityTerm, node: NodeState, amount: int) -> None:
-            value = node.labels.get(term.topology_key)
-            if value is not None:
-                totals.setdefault(term.topology_key, Counter())[value] += amount
-
         lookup = self.namespace_labels
-        if pod.terms is not None and (pod.terms.preferred_affinity or pod.terms.preferred_anti):
-            for node in self.nodes:
-                for group, count in node.groups.items():
-                    for term in pod.terms.preferred_affinity:
-                        if term.matches(group.namespace, group.labels, lookup):
-                            add(term, node, term.weight * count)
-                    for term in pod.terms.preferred_anti:
-                        if term.matches(group.namespace, group.labels, lookup):
-                            add(term, node, -term.weight * count)
+        preferred: list[tuple[PodAffinityTerm, int]] = []
+        if pod.terms is not None:
+            preferred = [(t, t.weight) for t in pod.terms.preferred_affinity]
+            preferred += [(t, -t.weight) for t in pod.terms.preferred_anti]
         own = self.namespace_labels(pod.namespace)
+        # What each group of pods, and each placed pod's terms, add per domain, worked out once.
+        by_group: dict[LabelGroup, list[tuple[str, int]]] = {}
+        by_terms: dict[PodTerms, list[tuple[str, int]]] = {}
+        totals: dict[str, Counter[str]] = {}
         for node in self.nodes:
+            labels = node.labels
+            weighed: list[tuple[list[tuple[str, int]], int]] = []
+            if preferred:
+                for group, count in node.groups.items():
+                    found = by_group.get(group)
+                    if found is None:
+                        found = by_group[group] = [
+                            (term.topology_key, weight)
+                            for term, weight in preferred
+                            if term.matches(group.namespace, group.labels, lookup)
+                        ]
+                    weighed.append((found, count))
             for terms, count in node.terms.items():
-                for weighed, sign in (
-                    (terms.required_affinity, 0),
-                    (terms.preferred_affinity, 1),
-                    (terms.preferred_anti, -1),
-                ):
-                    for term in weighed:
-                        if term.matches(pod.namespace, pod.labels, lambda _: own):
-                            weight = term.weight * sign if sign else HARD_POD_AFFINITY_WEIGHT
-                            add(term, node, weight * count)
+                found = by_terms.get(terms)
+                if found is None:
+                    found = by_terms[terms] = [
+                        (term.topology_key, weight)
+                        for kind, weight_of in (
+                            (terms.required_affinity, _hard_weight),
+                            (terms.preferred_affinity, _weight),
+                            (terms.preferred_anti, _negative_weight),
+                        )
+                        for term in kind
+                        if term.matches(pod.namespace, pod.labels, lambda _: own)
+                        for weight in (weight_of(term),)
+                    ]
+                weighed.append((found, count))
+            for found, count in weighed:
+                for key, weight in found:
+                    if key in labels:
+                        totals.setdefault(key, Counter())[labels[key]] += weight * count
         if not totals:
             return [0 for _ in feasible]
         raw = [
@@ -895,6 +933,18 @@ class Cycle:
         scores = self.total_scores(feasible)
         best = max(scores)
         return min((n for n, s in zip(feasible, scores, strict=True) if s == best), key=_name)
+
+
+def _hard_weight(term: PodAffinityTerm) -> int:
+    return HARD_POD_AFFINITY_WEIGHT
+
+
+def _weight(term: PodAffinityTerm) -> int:
+    return term.weight
+
+
+def _negative_weight(term: PodAffinityTerm) -> int:
+    return -term.weight
 
 
 def run_filters(pod: PodFacts, node: NodeState, cycle: Cycle | None = None) -> Rejection | None:
