@@ -787,29 +787,35 @@ class Cycle:
         affinity: Counter[Pair] = Counter()
         anti: Counter[Pair] = Counter()
         own = self.namespace_labels(pod.namespace)
+        # Which topology keys each term set and each group speaks for, worked out once.
+        against: dict[PodTerms, list[str]] = {}
         for node in self.nodes:
             for terms, count in node.terms.items():
-                for term in terms.required_anti:
-                    value = node.labels.get(term.topology_key)
-                    if value is not None and term.matches(pod.namespace, pod.labels, lambda _: own):
-                        existing[term.topology_key, value] += count
+                keys = against.get(terms)
+                if keys is None:
+                    keys = against[terms] = [
+                        t.topology_key
+                        for t in terms.required_anti
+                        if t.matches(pod.namespace, pod.labels, lambda _: own)
+                    ]
+                _count_domains(existing, keys, node.labels, count)
         if pod.terms is not None and (pod.terms.required_affinity or pod.terms.required_anti):
             wanted, unwanted = pod.terms.required_affinity, pod.terms.required_anti
             lookup = self.namespace_labels
+            selected: dict[LabelGroup, tuple[list[str], list[str]]] = {}
             for node in self.nodes:
-                labels = node.labels
                 for group, count in node.groups.items():
-                    if wanted and all(
-                        t.matches(group.namespace, group.labels, lookup) for t in wanted
-                    ):
-                        for term in wanted:
-                            if term.topology_key in labels:
-                                affinity[term.topology_key, labels[term.topology_key]] += count
-                    for term in unwanted:
-                        if term.topology_key in labels and term.matches(
-                            group.namespace, group.labels, lookup
-                        ):
-                            anti[term.topology_key, labels[term.topology_key]] += count
+                    found = selected.get(group)
+                    if found is None:
+                        ns, labels = group.namespace, group.labels
+                        found = selected[group] = (
+                            [t.topology_key for t in wanted]
+                            if wanted and all(t.matches(ns, labels, lookup) for t in wanted)
+                            else [],
+                            [t.topology_key for t in unwanted if t.matches(ns, labels, lookup)],
+                        )
+                    _count_domains(affinity, found[0], node.labels, count)
+                    _count_domains(anti, found[1], node.labels, count)
         self._affinity = (existing, affinity, anti)
         return self._affinity
 
@@ -933,6 +939,15 @@ class Cycle:
         scores = self.total_scores(feasible)
         best = max(scores)
         return min((n for n, s in zip(feasible, scores, strict=True) if s == best), key=_name)
+
+
+def _count_domains(
+    counts: Counter[Pair], keys: Sequence[str], labels: Mapping[str, str], count: int
+) -> None:
+    """Count C{count} pods in the node's domain of each of C{keys} (those it has)."""
+    for key in keys:
+        if key in labels:
+            counts[key, labels[key]] += count
 
 
 def _hard_weight(term: PodAffinityTerm) -> int:
