@@ -361,6 +361,19 @@ class InterPodAffinityTests(SynchronousTestCase):
         stranger = pod_object("p", affinity=affinity("podAffinity", term({"app": "cache"}, ZONE)))
         self.assertEqual(verdicts(stranger, zoned("a", "z1")), {"a": (AFFINE,)})
 
+    def test_a_node_without_a_pod_is_counted_afresh(self) -> None:
+        # What preemption asks: would the pod fit if this zone's db pod left?
+        db = labelled("d", {"app": "db"}, node_name="a")
+        pod = PodFacts.of(
+            pod_object("p", affinity=affinity("podAntiAffinity", term({"app": "db"}, ZONE)))
+        )
+        nodes = [zoned("a", "z1", db), zoned("b", "z1")]
+        cycle = Cycle(pod, nodes)
+        self.assertIsNotNone(cycle.filter(nodes[1]))
+        emptied = zoned("a", "z1")
+        self.assertIsNone(cycle.with_node(emptied).filter(emptied))
+        self.assertIsNone(cycle.with_node(emptied).filter(nodes[1]))
+
     def test_terms_select_the_pods_own_namespace_unless_told_otherwise(self) -> None:
         other = labelled("w", {"app": "web"}, node_name="a", metadata={"namespace": "other"})
         node = state(node_object("a"), other)

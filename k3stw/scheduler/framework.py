@@ -638,6 +638,15 @@ class Cycle:
         #: Whether the pod or a placed pod has inter-pod affinity terms at all.
         self._affinities = pod.terms is not None or any(n.terms for n in nodes)
 
+    def with_node(self, state: NodeState) -> Cycle:
+        """
+        This cycle with C{state} in place of the node of its name, counted
+        afresh: what the filters say once pods leave or join that node (as
+        preemption asks of a node without its victims).
+        """
+        nodes = [state if node.name == state.name else node for node in self.nodes]
+        return Cycle(self.pod, nodes, self._namespace_labels)
+
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
         found = self._labels_of.get(namespace)
         if found is None:
