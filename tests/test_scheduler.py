@@ -738,6 +738,18 @@ class SchedulerTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertIsNotNone(self.node_of("web-2"))
 
+    def test_relabelling_a_placed_pod_lets_an_anti_affine_pod_in(self) -> None:
+        self.add_node("node-1")
+        self.add_pod("old", node_name="node-1", metadata={"labels": {"app": "web"}})
+        self.add_pod("new", affinity=affinity("podAntiAffinity", term({"app": "web"})))
+        self.assertIsNone(self.node_of("new"))
+        old = self.pod("old")
+        old["metadata"]["labels"] = {"app": "retired"}
+        resource = self.server.resource("", "pods")
+        self.server.run(self.server.store.update(resource, "default", "old", old))
+        self.clock.advance(1.0)
+        self.assertEqual(self.node_of("new"), "node-1")
+
     def test_a_pod_waiting_for_affinity_is_placed_when_its_peer_is(self) -> None:
         self.add_node("node-1", labels={ZONE: "z1"})
         self.add_node("node-2", labels={ZONE: "z2"})

@@ -167,6 +167,9 @@ class Scheduler(Controller):
             self._unschedulable.discard(key)
             self.queue.add_after(key, self._backoff(key))
         self._pod_changed(new)
+        if _holds_resources(new) and metadata(old).get("labels") != metadata(new).get("labels"):
+            # Another pod's affinity or anti-affinity may see it differently now.
+            self._requeue_unschedulable()
 
     def _pod_changed(self, pod: Object) -> None:
         key = object_key(pod)
