@@ -398,8 +398,8 @@ class SpreadConstraint:
         )
 
 
-#: The system default spreading (PodTopologySpread ``defaultingType: System``), by owner.
 def default_spreading(owner: str) -> tuple[SpreadConstraint, ...]:
+    """PodTopologySpread's system defaults (``defaultingType: System``) over one owner's pods."""
     return tuple(
         SpreadConstraint(skew, key, False, NOTHING, owner=owner) for key, skew in SYSTEM_SPREAD
     )
