@@ -383,20 +383,6 @@ class SpreadConstraint:
             honor_taints=constraint.get("nodeTaintsPolicy") == "Honor",
         )
 
-    def count(self, node: NodeState, namespace: str) -> int:
-        """The pods on C{node} this constraint counts (``countPodsMatchSelector``)."""
-        if self.owner:
-            return node.owners[self.owner]
-        if self.selector.empty:
-            return 0
-        return sum(
-            count
-            for group, count in node.groups.items()
-            if group.namespace == namespace
-            and not group.terminating
-            and self.selector.matches(group.labels)
-        )
-
 
 def default_spreading(owner: str) -> tuple[SpreadConstraint, ...]:
     """PodTopologySpread's system defaults (``defaultingType: System``) over one owner's pods."""
@@ -632,7 +618,7 @@ class Cycle:
         self.nodes = nodes
         self._namespace_labels = namespace_labels
         self._labels_of: dict[str, Mapping[str, str]] = {}
-        self._hard_spread: list[tuple[SpreadConstraint, dict[str, int], int]] | None = None
+        self._hard_spread: list[tuple[str, dict[str, int], int]] | None = None
         self._affinity: tuple[Counter[Pair], Counter[Pair], Counter[Pair]] | None = None
         self._anywhere = pod.required_node.anywhere
         #: Whether the pod or a placed pod has inter-pod affinity terms at all.
@@ -677,6 +663,33 @@ class Cycle:
             return False
         return not constraint.honor_taints or taint_toleration(self.pod, node) is None
 
+    def _counter(self, constraint: SpreadConstraint) -> Callable[[NodeState], int]:
+        """
+        How many pods on a node C{constraint} counts (``countPodsMatchSelector``:
+        of the pod's namespace, not terminating), each label group judged once.
+        """
+        owner, selector, namespace = constraint.owner, constraint.selector, self.pod.namespace
+        if owner:
+            return lambda node: node.owners[owner]
+        verdicts: dict[LabelGroup, bool] = {}
+
+        def count(node: NodeState) -> int:
+            total = 0
+            for group, pods in node.groups.items():
+                selected = verdicts.get(group)
+                if selected is None:
+                    selected = verdicts[group] = (
+                        not selector.empty
+                        and group.namespace == namespace
+                        and not group.terminating
+                        and selector.matches(group.labels)
+                    )
+                if selected:
+                    total += pods
+            return total
+
+        return count
+
     def _domains(
         self,
         constraints: Sequence[SpreadConstraint],
@@ -689,12 +702,11 @@ class Cycle:
         the domains already in C{counts} if C{known_only}), skipping nodes
         without every C{required} key and those the policies leave out.
         """
-        namespace = self.pod.namespace
         nodes = self.nodes
         if required:
             nodes = [n for n in nodes if all(key in n.labels for key in required)]
         for constraint, domains in zip(constraints, counts, strict=True):
-            key, owner = constraint.topology_key, constraint.owner
+            key, count = constraint.topology_key, self._counter(constraint)
             policies = constraint.honor_taints or (constraint.honor_affinity and not self._anywhere)
             for node in nodes:
                 value = node.labels.get(key, "")
@@ -702,8 +714,7 @@ class Cycle:
                     continue
                 if policies and not self._included(constraint, node):
                     continue
-                count = node.owners[owner] if owner else constraint.count(node, namespace)
-                domains[value] = domains.get(value, 0) + count
+                domains[value] = domains.get(value, 0) + count(node)
 
     def topology_spread(self, node: NodeState) -> Rejection | None:
         """PodTopologySpread's filter: the pod's DoNotSchedule constraints."""
@@ -713,16 +724,24 @@ class Cycle:
             hard = [c for c in self.pod.spread if c.hard]
             counts: list[dict[str, int]] = [{} for _ in hard]
             self._domains(hard, counts, [c.topology_key for c in hard], False)
+            # A domain may hold at most max skew + the global minimum pods
+            # (less the pod itself if it matches); with fewer domains than
+            # minDomains the minimum is 0.
             self._hard_spread = [
-                (c, found, min(found.values()) if len(found) >= c.min_domains else 0)
+                (
+                    c.topology_key,
+                    found,
+                    c.max_skew
+                    + (min(found.values()) if len(found) >= c.min_domains else 0)
+                    - (1 if c.selector.matches(self.pod.labels) else 0),
+                )
                 for c, found in zip(hard, counts, strict=True)
             ]
-        for constraint, domains, minimum in self._hard_spread:
-            value = node.labels.get(constraint.topology_key)
+        for key, domains, most in self._hard_spread:
+            value = node.labels.get(key)
             if value is None:
                 return Rejection((SPREAD_LABEL,), False)
-            itself = 1 if constraint.selector.matches(self.pod.labels) else 0
-            if domains.get(value, 0) + itself - minimum > constraint.max_skew:
+            if domains.get(value, 0) > most:
                 return Rejection((SPREAD,), True)
         return None
 
@@ -761,12 +780,13 @@ class Cycle:
         sums = [0.0 for _ in feasible]
         for constraint, domains, weight in zip(constraints, counts, weights, strict=True):
             key, base = constraint.topology_key, constraint.max_skew - 1
+            count = self._counter(constraint)
             for index, state in enumerate(feasible):
                 value = state.labels.get(key)
                 if value is None or ignored[index]:
                     continue
                 if key == HOSTNAME:
-                    sums[index] += constraint.count(state, pod.namespace) * weight + base
+                    sums[index] += count(state) * weight + base
                 else:
                     sums[index] += domains[value] * weight + base
         raw = [math.floor(score + 0.5) for score in sums]
