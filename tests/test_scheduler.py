@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.machinery.nodeaffinity import fits_node
 from k3stw.machinery.objects import find_condition
 from k3stw.scheduler.framework import (
     Cycle,
@@ -157,6 +158,26 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(reasons(required(gt4), node), ())
         self.assertEqual(reasons(required(gt5), node), mismatch)
         self.assertEqual(reasons(required(gt5, named), node), ())  # terms are ORed
+
+    def test_a_term_that_does_not_parse_selects_no_node(self) -> None:
+        # The DaemonSet controller asks the same matcher (nodeaffinity.fits_node).
+        node = node_object("n", labels={"gen": "5"})
+        bad = {"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["five"]}]}
+        named = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]}
+        for terms, fits in (([bad], False), ([bad, named], True), ([{}], False)):
+            spec: dict[str, Any] = {
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": terms
+                        }
+                    }
+                }
+            }
+            self.assertEqual(fits_node(spec, node), fits)
+            self.assertEqual(
+                reasons(pod_object("p", affinity=spec["affinity"]), state(node)) == (), fits
+            )
 
     def test_host_port_conflicts(self) -> None:
         port = [{"containerPort": 80, "hostPort": 8080}]
