@@ -288,6 +288,28 @@ class PreemptingSchedulerTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(self.pod("critical")["spec"]["nodeName"], "node-1")
 
+    def test_a_pod_preempts_the_lower_pod_its_anti_affinity_keeps_it_from(self) -> None:
+        self.add_pod("web", "100m", metadata={"labels": {"app": "web"}})
+        term = {
+            "labelSelector": {"matchLabels": {"app": "web"}},
+            "topologyKey": "kubernetes.io/hostname",
+        }
+        affinity = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+        self.add_pod("critical", "100m", critical=True, affinity=affinity)
+        self.assertEqual(
+            self.events("critical"),
+            [
+                (
+                    "Warning",
+                    "FailedScheduling",
+                    "0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules.",
+                )
+            ],
+        )
+        self.assertFalse(self.server.exists("", "pods", "web", "default"))
+        self.clock.advance(1.0)
+        self.assertEqual(self.pod("critical")["spec"]["nodeName"], "node-1")
+
     def test_a_terminating_victim_is_marked_and_waited_for(self) -> None:
         self.add_pod("low", "2", metadata={"finalizers": ["example.com/hold"]})
         self.add_pod("critical", "1", critical=True)

@@ -13,8 +13,10 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.machinery.nodeaffinity import fits_node
 from k3stw.machinery.objects import find_condition
 from k3stw.scheduler.framework import (
+    Cycle,
     NodeState,
     PodFacts,
     fit_error,
@@ -157,6 +159,26 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(reasons(required(gt5), node), mismatch)
         self.assertEqual(reasons(required(gt5, named), node), ())  # terms are ORed
 
+    def test_a_term_that_does_not_parse_selects_no_node(self) -> None:
+        # The DaemonSet controller asks the same matcher (nodeaffinity.fits_node).
+        node = node_object("n", labels={"gen": "5"})
+        bad = {"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["five"]}]}
+        named = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]}
+        for terms, fits in (([bad], False), ([bad, named], True), ([{}], False)):
+            spec: dict[str, Any] = {
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": terms
+                        }
+                    }
+                }
+            }
+            self.assertEqual(fits_node(spec, node), fits)
+            self.assertEqual(
+                reasons(pod_object("p", affinity=spec["affinity"]), state(node)) == (), fits
+            )
+
     def test_host_port_conflicts(self) -> None:
         port = [{"containerPort": 80, "hostPort": 8080}]
         node = state(node_object("n"), pod_object("a", node_name="n", ports=port))
@@ -265,6 +287,296 @@ class ScoreTests(SynchronousTestCase):
             "0/3 nodes are available: 1 No preemption victims found for incoming pod, "
             "2 Preemption is not helpful for scheduling.",
         )
+
+
+def labelled(name: str, labels: dict[str, str], **options: Any) -> dict[str, Any]:
+    """A pod with labels (and what L{pod_object} takes)."""
+    metadata = options.pop("metadata", {})
+    return pod_object(name, metadata={**metadata, "labels": labels}, **options)
+
+
+def term(
+    labels: dict[str, str], key: str = "kubernetes.io/hostname", **more: Any
+) -> dict[str, Any]:
+    """A PodAffinityTerm selecting C{labels} over C{key}."""
+    return {"labelSelector": {"matchLabels": labels}, "topologyKey": key, **more}
+
+
+def affinity(kind: str, *terms: dict[str, Any], preferred: bool = False) -> dict[str, Any]:
+    """An ``affinity`` with C{terms} required (or preferred, each weighted by its ``weight``)."""
+    if preferred:
+        return {kind: {"preferredDuringSchedulingIgnoredDuringExecution": list(terms)}}
+    return {kind: {"requiredDuringSchedulingIgnoredDuringExecution": list(terms)}}
+
+
+def verdicts(pod: dict[str, Any], *nodes: NodeState) -> dict[str, tuple[str, ...]]:
+    """Each node's filter reasons for C{pod}, in one cycle over all C{nodes}."""
+    cycle = Cycle(PodFacts.of(pod), nodes)
+    found = {}
+    for node in nodes:
+        rejected = cycle.filter(node)
+        found[node.name] = () if rejected is None else rejected.reasons
+    return found
+
+
+def zoned(name: str, zone: str, *pods: dict[str, Any], **options: Any) -> NodeState:
+    labels = {"topology.kubernetes.io/zone": zone} if zone else {}
+    labels.update(options.pop("labels", {}))
+    return state(node_object(name, labels=labels, **options), *pods)
+
+
+ANTI = "node(s) didn't match pod anti-affinity rules"
+AFFINE = "node(s) didn't match pod affinity rules"
+EXISTING = "node(s) didn't satisfy existing pods anti-affinity rules"
+SKEWED = "node(s) didn't match pod topology spread constraints"
+ZONE = "topology.kubernetes.io/zone"
+
+
+class InterPodAffinityTests(SynchronousTestCase):
+    """InterPodAffinity's filter and score, with kube-scheduler's reasons."""
+
+    def test_required_anti_affinity_keeps_off_nodes_with_matching_pods(self) -> None:
+        web = labelled("w", {"app": "web"}, node_name="a")
+        pod = labelled(
+            "p", {"app": "web"}, affinity=affinity("podAntiAffinity", term({"app": "web"}))
+        )
+        self.assertEqual(
+            verdicts(pod, state(node_object("a"), web), state(node_object("b"))),
+            {"a": (ANTI,), "b": ()},
+        )
+
+    def test_anti_affinity_over_a_zone_keeps_off_the_whole_zone(self) -> None:
+        db = labelled("d", {"app": "db"}, node_name="a")
+        pod = pod_object("p", affinity=affinity("podAntiAffinity", term({"app": "db"}, ZONE)))
+        found = verdicts(
+            pod, zoned("a", "z1", db), zoned("b", "z1"), zoned("c", "z2"), zoned("d", "")
+        )
+        self.assertEqual(found, {"a": (ANTI,), "b": (ANTI,), "c": (), "d": ()})
+
+    def test_existing_pods_anti_affinity_keeps_matching_pods_out(self) -> None:
+        loner = pod_object(
+            "l", node_name="a", affinity=affinity("podAntiAffinity", term({"app": "db"}, ZONE))
+        )
+        found = verdicts(
+            labelled("p", {"app": "db"}),
+            zoned("a", "z1", loner),
+            zoned("b", "z1"),
+            zoned("c", "z2"),
+        )
+        self.assertEqual(found, {"a": (EXISTING,), "b": (EXISTING,), "c": ()})
+        self.assertEqual(verdicts(labelled("p", {"app": "web"}), zoned("a", "z1", loner))["a"], ())
+
+    def test_required_affinity_needs_a_matching_pod_in_the_domain(self) -> None:
+        cache = labelled("c", {"app": "cache"}, node_name="a")
+        pod = pod_object("p", affinity=affinity("podAffinity", term({"app": "cache"}, ZONE)))
+        found = verdicts(
+            pod, zoned("a", "z1", cache), zoned("b", "z1"), zoned("c", "z2"), zoned("d", "")
+        )
+        self.assertEqual(found, {"a": (), "b": (), "c": (AFFINE,), "d": (AFFINE,)})
+
+    def test_the_first_of_a_self_affine_group_goes_where_the_topology_exists(self) -> None:
+        pod = labelled(
+            "p", {"app": "cache"}, affinity=affinity("podAffinity", term({"app": "cache"}, ZONE))
+        )
+        self.assertEqual(verdicts(pod, zoned("a", "z1"), zoned("b", "")), {"a": (), "b": (AFFINE,)})
+        stranger = pod_object("p", affinity=affinity("podAffinity", term({"app": "cache"}, ZONE)))
+        self.assertEqual(verdicts(stranger, zoned("a", "z1")), {"a": (AFFINE,)})
+
+    def test_a_node_without_a_pod_is_counted_afresh(self) -> None:
+        # What preemption asks: would the pod fit if this zone's db pod left?
+        db = labelled("d", {"app": "db"}, node_name="a")
+        pod = PodFacts.of(
+            pod_object("p", affinity=affinity("podAntiAffinity", term({"app": "db"}, ZONE)))
+        )
+        nodes = [zoned("a", "z1", db), zoned("b", "z1")]
+        cycle = Cycle(pod, nodes)
+        self.assertIsNotNone(cycle.filter(nodes[1]))
+        emptied = zoned("a", "z1")
+        self.assertIsNone(cycle.with_node(emptied).filter(emptied))
+        self.assertIsNone(cycle.with_node(emptied).filter(nodes[1]))
+
+    def test_terms_select_the_pods_own_namespace_unless_told_otherwise(self) -> None:
+        other = labelled("w", {"app": "web"}, node_name="a", metadata={"namespace": "other"})
+        node = state(node_object("a"), other)
+        own = pod_object("p", affinity=affinity("podAntiAffinity", term({"app": "web"})))
+        self.assertEqual(verdicts(own, node), {"a": ()})
+        listed = pod_object(
+            "p", affinity=affinity("podAntiAffinity", term({"app": "web"}, namespaces=["other"]))
+        )
+        self.assertEqual(verdicts(listed, node), {"a": (ANTI,)})
+        everywhere = pod_object(
+            "p", affinity=affinity("podAntiAffinity", term({"app": "web"}, namespaceSelector={}))
+        )
+        self.assertEqual(verdicts(everywhere, node), {"a": (ANTI,)})
+
+    def test_namespace_selector_asks_the_namespaces_labels(self) -> None:
+        other = labelled("w", {"app": "web"}, node_name="a", metadata={"namespace": "other"})
+        node = state(node_object("a"), other)
+        pod = pod_object(
+            "p",
+            affinity=affinity(
+                "podAntiAffinity",
+                term({"app": "web"}, namespaceSelector={"matchLabels": {"team": "x"}}),
+            ),
+        )
+        facts = PodFacts.of(pod)
+        labels = {"other": {"team": "x"}}
+        cycle = Cycle(facts, [node], lambda namespace: labels.get(namespace, {}))
+        rejected = cycle.filter(node)
+        self.assertEqual(rejected.reasons if rejected else (), (ANTI,))
+        self.assertIsNone(Cycle(facts, [node]).filter(node))
+
+    def test_match_label_keys_narrow_to_pods_with_the_same_value(self) -> None:
+        old = labelled("o", {"app": "web", "pod-template-hash": "1"}, node_name="a")
+        node = state(node_object("a"), old)
+
+        def pod(hash_: str) -> dict[str, Any]:
+            anti = term({"app": "web"}, matchLabelKeys=["pod-template-hash"])
+            return labelled(
+                "p",
+                {"app": "web", "pod-template-hash": hash_},
+                affinity=affinity("podAntiAffinity", anti),
+            )
+
+        self.assertEqual(verdicts(pod("1"), node), {"a": (ANTI,)})
+        self.assertEqual(verdicts(pod("2"), node), {"a": ()})
+
+    def test_preferred_anti_affinity_pushes_away_and_affinity_pulls(self) -> None:
+        web = labelled("w", {"app": "web"}, node_name="a")
+        nodes = [
+            state(node_object("a"), web),
+            state(node_object("b"), pod_object("x", cpu="1", node_name="b")),
+        ]
+        soft = {"weight": 100, "podAffinityTerm": term({"app": "web"})}
+        away = PodFacts.of(
+            pod_object("p", affinity=affinity("podAntiAffinity", soft, preferred=True))
+        )
+        self.assertEqual(select_host(away, nodes).name, "b")
+        near = PodFacts.of(
+            pod_object("p", cpu="100m", affinity=affinity("podAffinity", soft, preferred=True))
+        )
+        self.assertEqual(Cycle(near, nodes).affinity_scores(nodes), [100, 0])
+        self.assertEqual(select_host(near, nodes).name, "a")
+
+    def test_placed_pods_terms_attract_matching_pods(self) -> None:
+        soft = {"weight": 10, "podAffinityTerm": term({"app": "web"})}
+        friendly = pod_object(
+            "f", node_name="a", affinity=affinity("podAffinity", soft, preferred=True)
+        )
+        hard = pod_object(
+            "h", node_name="b", affinity=affinity("podAffinity", term({"app": "web"}))
+        )
+        nodes = [
+            state(node_object("a"), friendly),
+            state(node_object("b"), hard),
+            state(node_object("c")),
+        ]
+        pod = PodFacts.of(labelled("p", {"app": "web"}))
+        # Raw 10, 1 (hardPodAffinityWeight) and 0, scaled between lowest and highest.
+        self.assertEqual(Cycle(pod, nodes).affinity_scores(nodes), [100, 10, 0])
+        self.assertEqual(
+            Cycle(PodFacts.of(pod_object("p")), nodes).affinity_scores(nodes), [0, 0, 0]
+        )
+
+
+class TopologySpreadTests(SynchronousTestCase):
+    """PodTopologySpread's filter and score for a pod's own constraints."""
+
+    def spread(self, **constraint: Any) -> dict[str, Any]:
+        return labelled(
+            "p",
+            {"app": "web"},
+            topologySpreadConstraints=[
+                {
+                    "maxSkew": 1,
+                    "topologyKey": ZONE,
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app": "web"}},
+                    **constraint,
+                }
+            ],
+        )
+
+    def web(self, name: str, node: str, **labels: str) -> dict[str, Any]:
+        return labelled(name, {"app": "web", **labels}, node_name=node)
+
+    def test_max_skew_keeps_pods_out_of_the_fuller_zone(self) -> None:
+        nodes = (
+            zoned("a", "z1", self.web("1", "a"), self.web("2", "a")),
+            zoned("b", "z2", self.web("3", "b")),
+            zoned("c", ""),
+        )
+        self.assertEqual(
+            verdicts(self.spread(), *nodes),
+            {"a": (SKEWED,), "b": (), "c": (SKEWED + " (missing required label)",)},
+        )
+        self.assertEqual(verdicts(self.spread(maxSkew=2), *nodes)["a"], ())
+
+    def test_pods_of_other_namespaces_terminating_or_unselected_do_not_count(self) -> None:
+        deleting = self.web("2", "a")
+        deleting["metadata"]["deletionTimestamp"] = "2027-01-01T00:00:00Z"
+        nodes = (
+            zoned(
+                "a",
+                "z1",
+                self.web("1", "a"),
+                deleting,
+                labelled("3", {"app": "web"}, node_name="a", metadata={"namespace": "other"}),
+                labelled("4", {"app": "db"}, node_name="a"),
+            ),
+            zoned("b", "z2"),
+        )
+        # Only web-1 counts: 1 + itself - 0 is within a skew of 2.
+        self.assertEqual(verdicts(self.spread(maxSkew=2), *nodes), {"a": (), "b": ()})
+
+    def test_fewer_domains_than_min_domains_make_the_global_minimum_zero(self) -> None:
+        nodes = (zoned("a", "z1", self.web("1", "a")), zoned("b", "z2", self.web("2", "b")))
+        self.assertEqual(verdicts(self.spread(), *nodes), {"a": (), "b": ()})
+        self.assertEqual(
+            verdicts(self.spread(minDomains=3), *nodes), {"a": (SKEWED,), "b": (SKEWED,)}
+        )
+
+    def test_node_affinity_policy_leaves_out_nodes_the_pod_cannot_use(self) -> None:
+        nodes = (
+            zoned("a", "z1", self.web("1", "a")),
+            zoned("b", "z2", labels={"pool": "old"}),
+        )
+        honored = self.spread()
+        honored["spec"]["nodeSelector"] = {ZONE: "z1"}
+        self.assertEqual(verdicts(honored, *nodes)["a"], ())
+        ignored = self.spread(nodeAffinityPolicy="Ignore")
+        ignored["spec"]["nodeSelector"] = {ZONE: "z1"}
+        self.assertEqual(verdicts(ignored, *nodes)["a"], (SKEWED,))
+
+    def test_node_taints_policy_honor_leaves_out_tainted_nodes(self) -> None:
+        taint = [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]
+        nodes = (zoned("a", "z1", self.web("1", "a")), zoned("b", "z2", taints=taint))
+        self.assertEqual(verdicts(self.spread(), *nodes)["a"], (SKEWED,))
+        self.assertEqual(verdicts(self.spread(nodeTaintsPolicy="Honor"), *nodes)["a"], ())
+
+    def test_match_label_keys_count_only_the_same_revision(self) -> None:
+        nodes = (
+            zoned("a", "z1", self.web("1", "a", rev="old"), self.web("2", "a", rev="old")),
+            zoned("b", "z2"),
+        )
+        pod = self.spread(matchLabelKeys=["rev"])
+        pod["metadata"]["labels"]["rev"] = "new"
+        self.assertEqual(verdicts(pod, *nodes), {"a": (), "b": ()})
+        pod["metadata"]["labels"]["rev"] = "old"
+        self.assertEqual(verdicts(pod, *nodes), {"a": (SKEWED,), "b": ()})
+
+    def test_schedule_anyway_scores_the_emptier_zone_higher(self) -> None:
+        nodes = [
+            zoned("a", "z1", self.web("1", "a"), self.web("2", "a")),
+            zoned("b", "z2", self.web("3", "b")),
+            zoned("c", "z3", pod_object("x", cpu="2", node_name="c")),
+        ]
+        pod = PodFacts.of(self.spread(whenUnsatisfiable="ScheduleAnyway"))
+        self.assertEqual(verdicts(self.spread(whenUnsatisfiable="ScheduleAnyway"), *nodes)["a"], ())
+        # Counts 2, 1, 0 over three zones (weight ln 5): rounded 3, 2, 0, then
+        # 100 * (3 + 0 - score) / 3.
+        self.assertEqual(Cycle(pod, nodes).spread_scores(nodes), [0, 33, 100])
+        self.assertEqual(select_host(pod, nodes).name, "c")
 
 
 class SchedulerTests(SynchronousTestCase):
@@ -429,6 +741,64 @@ class SchedulerTests(SynchronousTestCase):
             sorted(str(self.node_of(f"web-{i}")) for i in range(3)),
             ["node-1", "node-2", "node-3"],
         )
+
+    def test_anti_affine_replicas_one_per_node_and_the_rest_told_why(self) -> None:
+        self.add_node("node-1")
+        self.add_node("node-2")
+        anti = affinity("podAntiAffinity", term({"app": "web"}))
+        for index in range(3):
+            self.add_pod(f"web-{index}", metadata={"labels": {"app": "web"}}, affinity=anti)
+        self.assertEqual({self.node_of("web-0"), self.node_of("web-1")}, {"node-1", "node-2"})
+        self.assertIsNone(self.node_of("web-2"))
+        message = (
+            "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules. "
+            "preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+        )
+        self.assertEqual(self.events("web-2"), [("Warning", "FailedScheduling", message, 1)])
+        self.server.delete("", "pods", "web-0", "default")
+        self.clock.advance(1.0)
+        self.assertIsNotNone(self.node_of("web-2"))
+
+    def test_relabelling_a_placed_pod_lets_an_anti_affine_pod_in(self) -> None:
+        self.add_node("node-1")
+        self.add_pod("old", node_name="node-1", metadata={"labels": {"app": "web"}})
+        self.add_pod("new", affinity=affinity("podAntiAffinity", term({"app": "web"})))
+        self.assertIsNone(self.node_of("new"))
+        old = self.pod("old")
+        old["metadata"]["labels"] = {"app": "retired"}
+        resource = self.server.resource("", "pods")
+        self.server.run(self.server.store.update(resource, "default", "old", old))
+        self.clock.advance(1.0)
+        self.assertEqual(self.node_of("new"), "node-1")
+
+    def test_a_pod_waiting_for_affinity_is_placed_when_its_peer_is(self) -> None:
+        self.add_node("node-1", labels={ZONE: "z1"})
+        self.add_node("node-2", labels={ZONE: "z2"})
+        self.add_pod("app", affinity=affinity("podAffinity", term({"app": "cache"}, ZONE)))
+        self.assertIsNone(self.node_of("app"))
+        self.add_pod("cache", metadata={"labels": {"app": "cache"}}, nodeSelector={ZONE: "z2"})
+        self.assertEqual(self.node_of("cache"), "node-2")
+        self.clock.advance(1.0)
+        self.assertEqual(self.node_of("app"), "node-2")
+
+    def test_namespace_selectors_read_the_namespaces_labels(self) -> None:
+        self.server.create(
+            "", "namespaces", {"metadata": {"name": "team-x", "labels": {"team": "x"}}}
+        )
+        self.add_node("node-1")
+        self.add_node("node-2")
+        other = pod_object("db", node_name="node-1", metadata={"labels": {"app": "db"}})
+        self.server.create(
+            "",
+            "pods",
+            {**other, "metadata": {**other["metadata"], "namespace": "team-x"}},
+            "team-x",
+        )
+        self.add_pod("busy", cpu="3", node_name="node-2")  # node-1 would score higher
+        selector = {"matchLabels": {"team": "x"}}
+        anti = affinity("podAntiAffinity", term({"app": "db"}, namespaceSelector=selector))
+        self.add_pod("web", affinity=anti)
+        self.assertEqual(self.node_of("web"), "node-2")
 
 
 class RealSchedulerTests(SynchronousTestCase):

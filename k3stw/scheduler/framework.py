@@ -5,19 +5,41 @@ filters (in kube's order, each node stopping at the first that rejects it),
 the scores, and the ``FailedScheduling`` message (``FitError``).
 
 Facts are computed once, when the informers hear of an object, so that a
-filter is a few comparisons per node and never a walk over pods.
+filter is a few comparisons per node and never a walk over pods.  What
+looks at other pods (inter-pod affinity, topology spread) works over each
+node's pods grouped by namespace and labels (L{LabelGroup}) and by their
+own affinity terms (L{PodTerms}), counted once per scheduling cycle
+(L{Cycle}, kube's PreFilter and PreScore state), so a pod's cost grows
+with the nodes and their distinct groups, not with every pod.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, TypeVar
 
-from k3stw.machinery.labels import Operator, Requirement
-from k3stw.machinery.objects import Object, find_condition, get_path, metadata, object_key
+from k3stw.machinery.labels import (
+    NOTHING,
+    LabelSelector,
+    LabelSelectorError,
+    Operator,
+    Requirement,
+    label_selector_from_spec,
+)
+from k3stw.machinery.nodeaffinity import NodeSelectorTerm, RequiredNodeAffinity
+from k3stw.machinery.objects import (
+    Object,
+    find_condition,
+    get_path,
+    is_deleting,
+    metadata,
+    object_key,
+)
 from k3stw.machinery.quantity import QuantityError, parse_quantity
 
 SCHEDULER_NAME = "default-scheduler"
@@ -37,6 +59,11 @@ NODE_NAME = "node(s) didn't match the requested node name"
 AFFINITY = "node(s) didn't match Pod's node affinity/selector"
 PORTS = "node(s) didn't have free ports for the requested pod ports"
 TOO_MANY_PODS = "Too many pods"
+SPREAD = "node(s) didn't match pod topology spread constraints"
+SPREAD_LABEL = SPREAD + " (missing required label)"
+POD_AFFINITY = "node(s) didn't match pod affinity rules"
+POD_ANTI_AFFINITY = "node(s) didn't match pod anti-affinity rules"
+EXISTING_ANTI_AFFINITY = "node(s) didn't satisfy existing pods anti-affinity rules"
 NO_NODES = "no nodes available to schedule pods"
 NOT_HELPFUL = "Preemption is not helpful for scheduling"
 NO_VICTIMS = "No preemption victims found for incoming pod"
@@ -49,7 +76,11 @@ WEIGHTS = {
     "NodeResourcesFit": 1,
     "PodTopologySpread": 2,
     "NodeResourcesBalancedAllocation": 1,
+    "InterPodAffinity": 2,
 }
+#: What an existing pod's required affinity term adds to a matching pod's score
+#: (InterPodAffinity's ``hardPodAffinityWeight``).
+HARD_POD_AFFINITY_WEIGHT = 1
 #: The system default spreading (PodTopologySpread ``defaultingType: System``): (key, maxSkew).
 SYSTEM_SPREAD = ((HOSTNAME, 3), (ZONE, 5))
 
@@ -165,6 +196,201 @@ def _controller_uid(obj: Object) -> str:
     return ""
 
 
+NamespaceLabels = Callable[[str], Mapping[str, str]]
+
+
+def no_namespace_labels(namespace: str) -> Mapping[str, str]:
+    """For callers that know no Namespace: every namespace unlabelled."""
+    return {}
+
+
+_T = TypeVar("_T")
+_interned: weakref.WeakValueDictionary[object, Any] = weakref.WeakValueDictionary()
+
+
+def _intern(value: _T) -> _T:
+    """The one live copy of C{value}, so that equal facts meet as the same key (fast lookups)."""
+    found: _T = _interned.setdefault(value, value)
+    return found
+
+
+@dataclass(frozen=True)
+class LabelGroup:
+    """Pods alike to a label selector: one namespace, one set of labels, terminating or not."""
+
+    namespace: str
+    items: frozenset[tuple[str, str]]
+    terminating: bool
+    labels: Mapping[str, str] = field(compare=False)
+
+
+def _selector(
+    spec: Mapping[str, Any] | None,
+    labels: Mapping[str, str],
+    same: Sequence[str] = (),
+    different: Sequence[str] = (),
+) -> LabelSelector:
+    """
+    A ``labelSelector`` with ``matchLabelKeys`` (the pod's value, In) and
+    ``mismatchLabelKeys`` (NotIn) added for the keys the pod has; one that
+    does not parse (the apiserver refuses those) selects nothing.
+    """
+    try:
+        selector = label_selector_from_spec(spec)
+    except LabelSelectorError:
+        return NOTHING
+    extra = [Requirement(key, Operator.IN, (labels[key],)) for key in same if key in labels]
+    extra += [
+        Requirement(key, Operator.NOT_IN, (labels[key],)) for key in different if key in labels
+    ]
+    if not extra or selector.nothing:
+        return selector
+    return LabelSelector(tuple(sorted((*selector.requirements, *extra), key=lambda r: r.key)))
+
+
+@dataclass(frozen=True)
+class PodAffinityTerm:
+    """
+    A parsed ``PodAffinityTerm`` (kube's ``framework.AffinityTerm``): the
+    pods it selects and the topology it speaks of; C{weight} for a preferred one.
+    """
+
+    selector: LabelSelector
+    namespaces: frozenset[str]
+    namespace_selector: LabelSelector
+    topology_key: str
+    weight: int = 0
+
+    @classmethod
+    def of(
+        cls, term: Mapping[str, Any], namespace: str, labels: Mapping[str, str], weight: int = 0
+    ) -> PodAffinityTerm:
+        namespaces = frozenset(str(n) for n in term.get("namespaces") or ())
+        namespace_spec = term.get("namespaceSelector")
+        if not namespaces and namespace_spec is None:
+            namespaces = frozenset((namespace,))
+        return cls(
+            _selector(
+                term.get("labelSelector"),
+                labels,
+                term.get("matchLabelKeys") or (),
+                term.get("mismatchLabelKeys") or (),
+            ),
+            namespaces,
+            _selector(namespace_spec, {}),
+            str(term.get("topologyKey") or ""),
+            weight,
+        )
+
+    def matches(
+        self, namespace: str, labels: Mapping[str, str], namespace_labels: NamespaceLabels
+    ) -> bool:
+        """Whether a pod in C{namespace} with C{labels} is one this term selects."""
+        if namespace not in self.namespaces and (
+            self.namespace_selector.nothing
+            or not self.namespace_selector.matches(namespace_labels(namespace))
+        ):
+            return False
+        return self.selector.matches(labels)
+
+
+@dataclass(frozen=True)
+class PodTerms:
+    """A pod's inter-pod affinity, parsed: what it asks of others and what others ask of it."""
+
+    required_affinity: tuple[PodAffinityTerm, ...]
+    required_anti: tuple[PodAffinityTerm, ...]
+    preferred_affinity: tuple[PodAffinityTerm, ...]
+    preferred_anti: tuple[PodAffinityTerm, ...]
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(
+            (
+                self.required_affinity,
+                self.required_anti,
+                self.preferred_affinity,
+                self.preferred_anti,
+            )
+        )
+
+    @classmethod
+    def of(cls, pod: Object) -> PodTerms | None:
+        affinity = get_path(pod, "spec", "affinity") or {}
+        if not affinity.get("podAffinity") and not affinity.get("podAntiAffinity"):
+            return None
+        namespace = str(metadata(pod).get("namespace") or "")
+        labels = metadata(pod).get("labels") or {}
+
+        def required(kind: str) -> tuple[PodAffinityTerm, ...]:
+            terms = get_path(affinity, kind, "requiredDuringSchedulingIgnoredDuringExecution")
+            return tuple(PodAffinityTerm.of(t, namespace, labels) for t in terms or ())
+
+        def preferred(kind: str) -> tuple[PodAffinityTerm, ...]:
+            terms = get_path(affinity, kind, "preferredDuringSchedulingIgnoredDuringExecution")
+            return tuple(
+                PodAffinityTerm.of(
+                    t.get("podAffinityTerm") or {}, namespace, labels, int(t.get("weight") or 0)
+                )
+                for t in terms or ()
+            )
+
+        found = cls(
+            required("podAffinity"),
+            required("podAntiAffinity"),
+            preferred("podAffinity"),
+            preferred("podAntiAffinity"),
+        )
+        empty = not (
+            found.required_affinity
+            or found.required_anti
+            or found.preferred_affinity
+            or found.preferred_anti
+        )
+        return None if empty else _intern(found)
+
+
+@dataclass(frozen=True)
+class SpreadConstraint:
+    """
+    A parsed ``topologySpreadConstraint``; C{owner} set for the system
+    default spreading, which counts the pods of the same controller.
+    """
+
+    max_skew: int
+    topology_key: str
+    hard: bool
+    selector: LabelSelector
+    min_domains: int = 1
+    honor_affinity: bool = True
+    honor_taints: bool = False
+    owner: str = ""
+
+    @classmethod
+    def of(cls, constraint: Mapping[str, Any], labels: Mapping[str, str]) -> SpreadConstraint:
+        return cls(
+            max_skew=int(constraint.get("maxSkew") or 0),
+            topology_key=str(constraint.get("topologyKey") or ""),
+            hard=constraint.get("whenUnsatisfiable") != "ScheduleAnyway",
+            selector=_selector(
+                constraint.get("labelSelector"), labels, constraint.get("matchLabelKeys") or ()
+            ),
+            min_domains=int(constraint.get("minDomains") or 1),
+            honor_affinity=constraint.get("nodeAffinityPolicy") != "Ignore",
+            honor_taints=constraint.get("nodeTaintsPolicy") == "Honor",
+        )
+
+
+def default_spreading(owner: str) -> tuple[SpreadConstraint, ...]:
+    """PodTopologySpread's system defaults (``defaultingType: System``) over one owner's pods."""
+    return tuple(
+        SpreadConstraint(skew, key, False, NOTHING, owner=owner) for key, skew in SYSTEM_SPREAD
+    )
+
+
 @dataclass(frozen=True)
 class PodFacts:
     """What the scheduler needs of a pod, worked out once."""
@@ -176,29 +402,49 @@ class PodFacts:
     nonzero_memory: int
     ports: frozenset[Port]
     tolerations: tuple[Toleration, ...]
-    node_selector: Mapping[str, str]
-    affinity: Mapping[str, Any]
+    required_node: RequiredNodeAffinity
+    preferred_node: tuple[tuple[int, NodeSelectorTerm], ...]
     owner: str
     priority: int
     preemption_policy: str
+    labels: Mapping[str, str]
+    group: LabelGroup
+    terms: PodTerms | None
+    spread: tuple[SpreadConstraint, ...]
 
     @classmethod
     def of(cls, pod: Object) -> PodFacts:
         spec = pod.get("spec") or {}
         nonzero = pod_requests(spec, nonzero=True)
+        namespace = str(metadata(pod).get("namespace") or "")
+        labels = metadata(pod).get("labels") or {}
+        preferred = get_path(
+            spec, "affinity", "nodeAffinity", "preferredDuringSchedulingIgnoredDuringExecution"
+        )
         return cls(
             key=object_key(pod),
-            namespace=str(metadata(pod).get("namespace") or ""),
+            namespace=namespace,
             requests=pod_requests(spec),
             nonzero_cpu=nonzero.get("cpu", 0),
             nonzero_memory=nonzero.get("memory", 0),
             ports=_host_ports(spec),
             tolerations=tolerations_of(spec),
-            node_selector=spec.get("nodeSelector") or {},
-            affinity=get_path(spec, "affinity", "nodeAffinity") or {},
+            required_node=RequiredNodeAffinity.of(spec),
+            preferred_node=tuple(
+                (int(t.get("weight") or 0), NodeSelectorTerm.of(t.get("preference") or {}))
+                for t in preferred or ()
+            ),
             owner=_controller_uid(pod),
             priority=int(spec.get("priority") or 0),
             preemption_policy=str(spec.get("preemptionPolicy") or "PreemptLowerPriority"),
+            labels=labels,
+            group=_intern(
+                LabelGroup(namespace, frozenset(labels.items()), is_deleting(pod), labels)
+            ),
+            terms=PodTerms.of(pod),
+            spread=tuple(
+                SpreadConstraint.of(c, labels) for c in spec.get("topologySpreadConstraints") or ()
+            ),
         )
 
     def tolerates(self, taint: Taint) -> bool:
@@ -230,8 +476,8 @@ def node_taints(node: Object) -> tuple[Taint, ...]:
 class NodeState:
     """
     A node as the scheduler sees it: the Node (if it has been seen), and the
-    requests, host ports and owners of the pods bound or assumed to it,
-    summed as they come and go.
+    requests, host ports, owners, label groups and affinity terms of the
+    pods bound or assumed to it, summed as they come and go.
     """
 
     name: str
@@ -246,6 +492,8 @@ class NodeState:
     nonzero_memory: int = 0
     ports: Counter[Port] = field(default_factory=Counter)
     owners: Counter[str] = field(default_factory=Counter)
+    groups: Counter[LabelGroup] = field(default_factory=Counter)
+    terms: Counter[PodTerms] = field(default_factory=Counter)
 
     def set_node(self, node: Object | None) -> None:
         self.node = node
@@ -275,6 +523,18 @@ class NodeState:
             self.ports[port] += sign
         if pod.owner:
             self.owners[pod.owner] += sign
+        _tally(self.groups, pod.group, sign)
+        if pod.terms is not None:
+            _tally(self.terms, pod.terms, sign)
+
+
+def _tally(counter: Counter[Any], key: object, sign: int) -> None:
+    """Count C{key} up or down, dropping it at zero (the cycle walks only what is there)."""
+    left = counter[key] + sign
+    if left:
+        counter[key] = left
+    else:
+        del counter[key]
 
 
 @dataclass(frozen=True)
@@ -301,47 +561,10 @@ def taint_toleration(pod: PodFacts, node: NodeState) -> Rejection | None:
     return None
 
 
-def _node_requirement(expression: Mapping[str, Any]) -> Requirement | None:
-    operator = {
-        "In": Operator.IN,
-        "NotIn": Operator.NOT_IN,
-        "Exists": Operator.EXISTS,
-        "DoesNotExist": Operator.DOES_NOT_EXIST,
-        "Gt": Operator.GREATER_THAN,
-        "Lt": Operator.LESS_THAN,
-    }.get(str(expression.get("operator")))
-    if operator is None:
-        return None
-    values = tuple(str(v) for v in expression.get("values") or ())
-    return Requirement(str(expression.get("key") or ""), operator, values)
-
-
-def term_matches(term: Mapping[str, Any], node: NodeState) -> bool:
-    """A NodeSelectorTerm: all its expressions and fields hold; an empty term matches nothing."""
-    expressions = term.get("matchExpressions") or ()
-    fields = term.get("matchFields") or ()
-    if not expressions and not fields:
-        return False
-    for expression in expressions:
-        requirement = _node_requirement(expression)
-        if requirement is None or not requirement.matches(node.labels):
-            return False
-    for expression in fields:
-        requirement = _node_requirement(expression)
-        if expression.get("key") != "metadata.name" or requirement is None:
-            return False
-        if not requirement.matches({"metadata.name": node.name}):
-            return False
-    return True
-
-
 def node_affinity(pod: PodFacts, node: NodeState) -> Rejection | None:
-    labels = node.labels
-    selected = all(labels.get(key) == value for key, value in pod.node_selector.items())
-    required = pod.affinity.get("requiredDuringSchedulingIgnoredDuringExecution")
-    if selected and required is not None:
-        selected = any(term_matches(t, node) for t in required.get("nodeSelectorTerms") or ())
-    return None if selected else Rejection((AFFINITY,), False)
+    if pod.required_node.anywhere or pod.required_node.matches(node.labels, node.name):
+        return None
+    return Rejection((AFFINITY,), False)
 
 
 def node_ports(pod: PodFacts, node: NodeState) -> Rejection | None:
@@ -368,17 +591,416 @@ def node_resources_fit(pod: PodFacts, node: NodeState) -> Rejection | None:
     return Rejection(tuple(reasons), True) if reasons else None
 
 
-#: The default profile's filters, in its order.
+#: The default profile's filters that look at the node alone, in its order.
 FILTERS = (node_unschedulable, taint_toleration, node_affinity, node_ports, node_resources_fit)
 
+Pair = tuple[str, str]
 
-def run_filters(pod: PodFacts, node: NodeState) -> Rejection | None:
-    """The first filter's rejection of C{node}, or None if it fits."""
-    for check in FILTERS:
-        rejected = check(pod, node)
-        if rejected is not None:
-            return rejected
-    return None
+
+class Cycle:
+    """
+    One pod's scheduling cycle over every node (kube's CycleState): what
+    PodTopologySpread and InterPodAffinity count across the nodes before
+    filtering and scoring, worked out on first use and only if the pod or
+    the pods already placed ask for it.
+
+    :param nodes: every node with its Node (the domains are counted over all of them).
+    :param namespace_labels: a namespace's labels, for terms with a ``namespaceSelector``.
+    """
+
+    def __init__(
+        self,
+        pod: PodFacts,
+        nodes: Sequence[NodeState],
+        namespace_labels: NamespaceLabels = no_namespace_labels,
+    ) -> None:
+        self.pod = pod
+        self.nodes = nodes
+        self._namespace_labels = namespace_labels
+        self._labels_of: dict[str, Mapping[str, str]] = {}
+        self._hard_spread: list[tuple[str, dict[str, int], int]] | None = None
+        self._affinity: tuple[Counter[Pair], Counter[Pair], Counter[Pair]] | None = None
+        self._anywhere = pod.required_node.anywhere
+        #: Whether the pod or a placed pod has inter-pod affinity terms at all.
+        self._affinities = pod.terms is not None or any(n.terms for n in nodes)
+
+    def with_node(self, state: NodeState) -> Cycle:
+        """
+        This cycle with C{state} in place of the node of its name, counted
+        afresh: what the filters say once pods leave or join that node (as
+        preemption asks of a node without its victims).
+        """
+        nodes = [state if node.name == state.name else node for node in self.nodes]
+        return Cycle(self.pod, nodes, self._namespace_labels)
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        found = self._labels_of.get(namespace)
+        if found is None:
+            found = self._labels_of[namespace] = self._namespace_labels(namespace)
+        return found
+
+    def filter(self, node: NodeState) -> Rejection | None:
+        """The first filter's rejection of C{node}, or None if it fits."""
+        for check in FILTERS:
+            rejected = check(self.pod, node)
+            if rejected is not None:
+                return rejected
+        if self.pod.spread:
+            rejected = self.topology_spread(node)
+            if rejected is not None:
+                return rejected
+        return self.inter_pod_affinity(node) if self._affinities else None
+
+    # PodTopologySpread.
+
+    def _included(self, constraint: SpreadConstraint, node: NodeState) -> bool:
+        """Whether C{node}'s pods count (``nodeAffinityPolicy``, ``nodeTaintsPolicy``)."""
+        if (
+            constraint.honor_affinity
+            and not self._anywhere
+            and not self.pod.required_node.matches(node.labels, node.name)
+        ):
+            return False
+        return not constraint.honor_taints or taint_toleration(self.pod, node) is None
+
+    def _counter(self, constraint: SpreadConstraint) -> Callable[[NodeState], int]:
+        """
+        How many pods on a node C{constraint} counts (``countPodsMatchSelector``:
+        of the pod's namespace, not terminating), each label group judged once.
+        """
+        owner, selector, namespace = constraint.owner, constraint.selector, self.pod.namespace
+        if owner:
+            return lambda node: node.owners[owner]
+        verdicts: dict[LabelGroup, bool] = {}
+
+        def count(node: NodeState) -> int:
+            total = 0
+            for group, pods in node.groups.items():
+                selected = verdicts.get(group)
+                if selected is None:
+                    selected = verdicts[group] = (
+                        not selector.empty
+                        and group.namespace == namespace
+                        and not group.terminating
+                        and selector.matches(group.labels)
+                    )
+                if selected:
+                    total += pods
+            return total
+
+        return count
+
+    def _domains(
+        self,
+        constraints: Sequence[SpreadConstraint],
+        counts: Sequence[dict[str, int]],
+        required: Sequence[str],
+        known_only: bool,
+    ) -> None:
+        """
+        Add each node's matching pods to its domain of each constraint (to
+        the domains already in C{counts} if C{known_only}), skipping nodes
+        without every C{required} key and those the policies leave out.
+        """
+        nodes = self.nodes
+        if required:
+            nodes = [n for n in nodes if all(key in n.labels for key in required)]
+        for constraint, domains in zip(constraints, counts, strict=True):
+            key, count = constraint.topology_key, self._counter(constraint)
+            policies = constraint.honor_taints or (constraint.honor_affinity and not self._anywhere)
+            for node in nodes:
+                value = node.labels.get(key, "")
+                if known_only and value not in domains:
+                    continue
+                if policies and not self._included(constraint, node):
+                    continue
+                domains[value] = domains.get(value, 0) + count(node)
+
+    def topology_spread(self, node: NodeState) -> Rejection | None:
+        """PodTopologySpread's filter: the pod's DoNotSchedule constraints."""
+        if not self.pod.spread:
+            return None
+        if self._hard_spread is None:
+            hard = [c for c in self.pod.spread if c.hard]
+            counts: list[dict[str, int]] = [{} for _ in hard]
+            self._domains(hard, counts, [c.topology_key for c in hard], False)
+            # A domain may hold at most max skew + the global minimum pods
+            # (less the pod itself if it matches); with fewer domains than
+            # minDomains the minimum is 0.
+            self._hard_spread = [
+                (
+                    c.topology_key,
+                    found,
+                    c.max_skew
+                    + (min(found.values()) if len(found) >= c.min_domains else 0)
+                    - (1 if c.selector.matches(self.pod.labels) else 0),
+                )
+                for c, found in zip(hard, counts, strict=True)
+            ]
+        for key, domains, most in self._hard_spread:
+            value = node.labels.get(key)
+            if value is None:
+                return Rejection((SPREAD_LABEL,), False)
+            if domains.get(value, 0) > most:
+                return Rejection((SPREAD,), True)
+        return None
+
+    def spread_scores(self, feasible: Sequence[NodeState]) -> list[int]:
+        """
+        PodTopologySpread's scores: for each ScheduleAnyway constraint (the
+        system defaults when the pod names none), fewer matching pods in a
+        node's domain scores higher, the domains weighted by their number.
+        """
+        pod = self.pod
+        if pod.spread:
+            constraints = [c for c in pod.spread if not c.hard]
+        else:
+            constraints = list(default_spreading(pod.owner)) if pod.owner else []
+        if not constraints:
+            return [0 for _ in feasible]
+        # Only a pod's own constraints need every key on a node: a node with
+        # no zone still gets the defaults' hostname spreading.
+        keys = [c.topology_key for c in constraints]
+        required = keys if pod.spread else []
+        ignored = [any(k not in n.labels for k in required) for n in feasible]
+        counts: list[dict[str, int]] = [{} for _ in constraints]
+        for index, key in enumerate(keys):
+            if key != HOSTNAME:
+                for state, skip in zip(feasible, ignored, strict=True):
+                    if not skip:
+                        counts[index].setdefault(state.labels.get(key, ""), 0)
+        hosts = len(feasible) - sum(ignored)
+        weights = [
+            math.log((hosts if key == HOSTNAME else len(counts[i])) + 2)
+            for i, key in enumerate(keys)
+        ]
+        # Per-node counts (hostname) are taken when scoring each node.
+        zoned = [i for i, key in enumerate(keys) if key != HOSTNAME]
+        self._domains([constraints[i] for i in zoned], [counts[i] for i in zoned], required, True)
+        sums = [0.0 for _ in feasible]
+        for constraint, domains, weight in zip(constraints, counts, weights, strict=True):
+            key, base = constraint.topology_key, constraint.max_skew - 1
+            count = self._counter(constraint)
+            for index, state in enumerate(feasible):
+                value = state.labels.get(key)
+                if value is None or ignored[index]:
+                    continue
+                if key == HOSTNAME:
+                    sums[index] += count(state) * weight + base
+                else:
+                    sums[index] += domains[value] * weight + base
+        raw = [math.floor(score + 0.5) for score in sums]
+        kept = [score for score, skip in zip(raw, ignored, strict=True) if not skip]
+        low, high = min(kept, default=0), max(kept, default=0)
+        return [
+            0
+            if skip
+            else MAX_NODE_SCORE
+            if high == 0
+            else MAX_NODE_SCORE * (high + low - score) // high
+            for score, skip in zip(raw, ignored, strict=True)
+        ]
+
+    # InterPodAffinity.
+
+    def _affinity_counts(self) -> tuple[Counter[Pair], Counter[Pair], Counter[Pair]]:
+        """
+        The domains holding pods whose required anti-affinity selects this
+        pod, and those holding pods this pod's required affinity (all its
+        terms) and anti-affinity (any term) select.
+        """
+        if self._affinity is not None:
+            return self._affinity
+        pod = self.pod
+        existing: Counter[Pair] = Counter()
+        affinity: Counter[Pair] = Counter()
+        anti: Counter[Pair] = Counter()
+        own = self.namespace_labels(pod.namespace)
+        # Which topology keys each term set and each group speaks for, worked out once.
+        against: dict[PodTerms, list[str]] = {}
+        for node in self.nodes:
+            for terms, count in node.terms.items():
+                keys = against.get(terms)
+                if keys is None:
+                    keys = against[terms] = [
+                        t.topology_key
+                        for t in terms.required_anti
+                        if t.matches(pod.namespace, pod.labels, lambda _: own)
+                    ]
+                _count_domains(existing, keys, node.labels, count)
+        if pod.terms is not None and (pod.terms.required_affinity or pod.terms.required_anti):
+            wanted, unwanted = pod.terms.required_affinity, pod.terms.required_anti
+            lookup = self.namespace_labels
+            selected: dict[LabelGroup, tuple[list[str], list[str]]] = {}
+            for node in self.nodes:
+                for group, count in node.groups.items():
+                    found = selected.get(group)
+                    if found is None:
+                        ns, labels = group.namespace, group.labels
+                        found = selected[group] = (
+                            [t.topology_key for t in wanted]
+                            if wanted and all(t.matches(ns, labels, lookup) for t in wanted)
+                            else [],
+                            [t.topology_key for t in unwanted if t.matches(ns, labels, lookup)],
+                        )
+                    _count_domains(affinity, found[0], node.labels, count)
+                    _count_domains(anti, found[1], node.labels, count)
+        self._affinity = (existing, affinity, anti)
+        return self._affinity
+
+    def inter_pod_affinity(self, node: NodeState) -> Rejection | None:
+        """InterPodAffinity's filter, its checks in kube's order."""
+        if not self._affinities:
+            return None
+        terms = self.pod.terms
+        existing, affinity, anti = self._affinity_counts()
+        labels = node.labels
+        if terms is not None and terms.required_affinity:
+            found = True
+            for term in terms.required_affinity:
+                value = labels.get(term.topology_key)
+                if value is None:
+                    return Rejection((POD_AFFINITY,), False)
+                if affinity[term.topology_key, value] <= 0:
+                    found = False
+            # The first of a group of pods with affinity to each other may go
+            # anywhere its terms' topologies exist, if it matches them itself.
+            if not found and (affinity or not self._matches_itself(terms.required_affinity)):
+                return Rejection((POD_AFFINITY,), False)
+        if terms is not None:
+            for term in terms.required_anti:
+                value = labels.get(term.topology_key)
+                if value is not None and anti[term.topology_key, value] > 0:
+                    return Rejection((POD_ANTI_AFFINITY,), True)
+        if existing and any(existing[pair] > 0 for pair in labels.items()):
+            return Rejection((EXISTING_ANTI_AFFINITY,), True)
+        return None
+
+    def _matches_itself(self, terms: Sequence[PodAffinityTerm]) -> bool:
+        pod = self.pod
+        return all(t.matches(pod.namespace, pod.labels, self.namespace_labels) for t in terms)
+
+    def affinity_scores(self, feasible: Sequence[NodeState]) -> list[int]:
+        """
+        InterPodAffinity's scores: the weights of this pod's preferred terms
+        that pods in a node's domains match (less for anti-affinity), and of
+        the placed pods' terms this pod matches, scaled from lowest to highest.
+        """
+        if not self._affinities:
+            return [0 for _ in feasible]
+        pod = self.pod
+        lookup = self.namespace_labels
+        preferred: list[tuple[PodAffinityTerm, int]] = []
+        if pod.terms is not None:
+            preferred = [(t, t.weight) for t in pod.terms.preferred_affinity]
+            preferred += [(t, -t.weight) for t in pod.terms.preferred_anti]
+        own = self.namespace_labels(pod.namespace)
+        # What each group of pods, and each placed pod's terms, add per domain, worked out once.
+        by_group: dict[LabelGroup, list[tuple[str, int]]] = {}
+        by_terms: dict[PodTerms, list[tuple[str, int]]] = {}
+        totals: dict[str, Counter[str]] = {}
+        for node in self.nodes:
+            labels = node.labels
+            weighed: list[tuple[list[tuple[str, int]], int]] = []
+            if preferred:
+                for group, count in node.groups.items():
+                    found = by_group.get(group)
+                    if found is None:
+                        found = by_group[group] = [
+                            (term.topology_key, weight)
+                            for term, weight in preferred
+                            if term.matches(group.namespace, group.labels, lookup)
+                        ]
+                    weighed.append((found, count))
+            for terms, count in node.terms.items():
+                found = by_terms.get(terms)
+                if found is None:
+                    found = by_terms[terms] = [
+                        (term.topology_key, weight)
+                        for kind, weight_of in (
+                            (terms.required_affinity, _hard_weight),
+                            (terms.preferred_affinity, _weight),
+                            (terms.preferred_anti, _negative_weight),
+                        )
+                        for term in kind
+                        if term.matches(pod.namespace, pod.labels, lambda _: own)
+                        for weight in (weight_of(term),)
+                    ]
+                weighed.append((found, count))
+            for found, count in weighed:
+                for key, weight in found:
+                    if key in labels:
+                        totals.setdefault(key, Counter())[labels[key]] += weight * count
+        if not totals:
+            return [0 for _ in feasible]
+        raw = [
+            sum(values[node.labels[key]] for key, values in totals.items() if key in node.labels)
+            for node in feasible
+        ]
+        low, high = min(raw), max(raw)
+        if high == low:
+            return [0 for _ in feasible]
+        return [int(MAX_NODE_SCORE * (score - low) / (high - low)) for score in raw]
+
+    # Picking the node.
+
+    def total_scores(self, feasible: Sequence[NodeState]) -> list[int]:
+        """Each feasible node's weighted sum of the default profile's scores."""
+        pod = self.pod
+        taints = normalize([intolerable_preferences(pod, n) for n in feasible], reverse=True)
+        affinity = normalize([preferred_affinity(pod, n) for n in feasible])
+        spread = self.spread_scores(feasible)
+        pods = self.affinity_scores(feasible)
+        return [
+            WEIGHTS["TaintToleration"] * taints[i]
+            + WEIGHTS["NodeAffinity"] * affinity[i]
+            + WEIGHTS["NodeResourcesFit"] * least_allocated(pod, node)
+            + WEIGHTS["PodTopologySpread"] * spread[i]
+            + WEIGHTS["NodeResourcesBalancedAllocation"] * balanced_allocation(pod, node)
+            + WEIGHTS["InterPodAffinity"] * pods[i]
+            for i, node in enumerate(feasible)
+        ]
+
+    def select_host(self, feasible: Sequence[NodeState]) -> NodeState:
+        """The best-scoring node; of equals, the first by name (kube picks among them at random)."""
+        if len(feasible) == 1:
+            return feasible[0]
+        scores = self.total_scores(feasible)
+        best = max(scores)
+        return min((n for n, s in zip(feasible, scores, strict=True) if s == best), key=_name)
+
+
+def _count_domains(
+    counts: Counter[Pair], keys: Sequence[str], labels: Mapping[str, str], count: int
+) -> None:
+    """Count C{count} pods in the node's domain of each of C{keys} (those it has)."""
+    for key in keys:
+        if key in labels:
+            counts[key, labels[key]] += count
+
+
+def _hard_weight(term: PodAffinityTerm) -> int:
+    return HARD_POD_AFFINITY_WEIGHT
+
+
+def _weight(term: PodAffinityTerm) -> int:
+    return term.weight
+
+
+def _negative_weight(term: PodAffinityTerm) -> int:
+    return -term.weight
+
+
+def run_filters(pod: PodFacts, node: NodeState, cycle: Cycle | None = None) -> Rejection | None:
+    """The first filter's rejection of C{node}, or None (C{cycle}: the cycle over all nodes)."""
+    return (cycle or Cycle(pod, (node,))).filter(node)
+
+
+def select_host(
+    pod: PodFacts, feasible: Sequence[NodeState], cycle: Cycle | None = None
+) -> NodeState:
+    """The best-scoring of the C{feasible} nodes (C{cycle}: over all nodes, else just those)."""
+    return (cycle or Cycle(pod, feasible)).select_host(feasible)
 
 
 # Scores, each 0..MAX_NODE_SCORE per node after normalising.
@@ -411,11 +1033,8 @@ def balanced_allocation(pod: PodFacts, node: NodeState) -> int:
 
 def preferred_affinity(pod: PodFacts, node: NodeState) -> int:
     """NodeAffinity's raw score: the weights of the preferred terms the node matches."""
-    terms = pod.affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or ()
     return sum(
-        int(term.get("weight") or 0)
-        for term in terms
-        if term_matches(term.get("preference") or {}, node)
+        weight for weight, term in pod.preferred_node if term.matches(node.labels, node.name)
     )
 
 
@@ -436,65 +1055,6 @@ def normalize(scores: list[int], reverse: bool = False) -> list[int]:
         return [MAX_NODE_SCORE if reverse else 0 for _ in scores]
     scaled = [MAX_NODE_SCORE * score // highest for score in scores]
     return [MAX_NODE_SCORE - score for score in scaled] if reverse else scaled
-
-
-def spread_scores(pod: PodFacts, nodes: Sequence[NodeState]) -> list[int]:
-    """
-    PodTopologySpread's system defaults (ScheduleAnyway, by hostname and
-    zone) over the pods of the same controller: fewer of them in a node's
-    domains scores higher.
-    """
-    if not pod.owner:
-        return [0 for _ in nodes]
-    raw: list[float] = [0.0 for _ in nodes]
-    for key, max_skew in SYSTEM_SPREAD:
-        counts: Counter[str] = Counter()
-        if key == HOSTNAME:
-            domains = len(nodes)
-        else:
-            domains = len({n.labels[key] for n in nodes if key in n.labels})
-            if not domains:
-                continue
-            for state in nodes:
-                if key in state.labels:
-                    counts[state.labels[key]] += state.owners[pod.owner]
-        weight = math.log(domains + 2)
-        for index, state in enumerate(nodes):
-            if key == HOSTNAME:
-                count = state.owners[pod.owner]
-            elif key in state.labels:
-                count = counts[state.labels[key]]
-            else:
-                continue
-            raw[index] += count * weight + (max_skew - 1)
-    low, high = min(raw, default=0.0), max(raw, default=0.0)
-    if high == 0:
-        return [MAX_NODE_SCORE for _ in nodes]
-    return [int(MAX_NODE_SCORE * (high + low - score) / high) for score in raw]
-
-
-def total_scores(pod: PodFacts, nodes: Sequence[NodeState]) -> list[int]:
-    """Each feasible node's weighted sum of the default profile's scores."""
-    taints = normalize([intolerable_preferences(pod, n) for n in nodes], reverse=True)
-    affinity = normalize([preferred_affinity(pod, n) for n in nodes])
-    spread = spread_scores(pod, nodes)
-    return [
-        WEIGHTS["TaintToleration"] * taints[i]
-        + WEIGHTS["NodeAffinity"] * affinity[i]
-        + WEIGHTS["NodeResourcesFit"] * least_allocated(pod, node)
-        + WEIGHTS["PodTopologySpread"] * spread[i]
-        + WEIGHTS["NodeResourcesBalancedAllocation"] * balanced_allocation(pod, node)
-        for i, node in enumerate(nodes)
-    ]
-
-
-def select_host(pod: PodFacts, feasible: Sequence[NodeState]) -> NodeState:
-    """The best-scoring node; of equals, the first by name (kube picks among them at random)."""
-    if len(feasible) == 1:
-        return feasible[0]
-    scores = total_scores(pod, feasible)
-    best = max(scores)
-    return min((n for n, s in zip(feasible, scores, strict=True) if s == best), key=_name)
 
 
 def _name(node: NodeState) -> str:

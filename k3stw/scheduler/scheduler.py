@@ -18,19 +18,20 @@ victims are marked ``DisruptionTarget`` and deleted, the pod is nominated
 to their node (``status.nominatedNodeName``), which holds its requests
 against pods of lower priority until it is tried again.
 
-Left out: inter-pod affinity, topology spread constraints a pod names,
-volumes, scheduling gates, node sampling above 100 nodes.
+Left out: volumes, scheduling gates, node sampling above 100 nodes; the
+system default spreading counts a pod's controller's pods rather than the
+pods its Services' and controllers' selectors select.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from twisted.internet.defer import Deferred
 
 from k3stw.apiserver.binding import bind
 from k3stw.apiserver.informers import ServerInformers
-from k3stw.apiserver.kinds import nodes, pods
+from k3stw.apiserver.kinds import namespaces, nodes, pods
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
@@ -54,12 +55,11 @@ from k3stw.machinery.timing import Backoff
 from k3stw.scheduler.framework import (
     NO_NODES,
     SCHEDULER_NAME,
+    Cycle,
     NodeState,
     PodFacts,
     Rejection,
     fit_error,
-    run_filters,
-    select_host,
 )
 from k3stw.scheduler.preemption import Candidate, copy_state, preempt, victim_condition
 
@@ -88,6 +88,12 @@ def _holds_resources(pod: Object) -> bool:
         "Succeeded",
         "Failed",
     )
+
+
+def _asks_for_pods(pod: Object | None) -> bool:
+    """Whether a pod's placement depends on other pods being placed (affinity, spreading)."""
+    spec = (pod or {}).get("spec") or {}
+    return bool(get_path(spec, "affinity", "podAffinity") or spec.get("topologySpreadConstraints"))
 
 
 def _node_facts(node: Object) -> tuple[object, ...]:
@@ -128,11 +134,17 @@ class Scheduler(Controller):
     ) -> None:
         self.pods = informers.for_resource(pods.RESOURCE)
         self.nodes = informers.for_resource(nodes.RESOURCE)
+        self.namespaces = informers.for_resource(namespaces.RESOURCE)
         self.budgets = None
         if registry is not None:
             budgets = registry.require("policy", "v1", "poddisruptionbudgets")
             self.budgets = informers.for_resource(budgets)
-        watched = [self.pods, self.nodes, *([self.budgets] if self.budgets else [])]
+        watched = [
+            self.pods,
+            self.nodes,
+            self.namespaces,
+            *([self.budgets] if self.budgets else []),
+        ]
         super().__init__(store.clock, watched)
         self.store = store
         self.recorder = EventRecorder(store, store.clock, SCHEDULER_NAME, host)
@@ -184,6 +196,9 @@ class Scheduler(Controller):
             self._unschedulable.discard(key)
             self.queue.add_after(key, self._backoff(key))
         self._pod_changed(new)
+        if _holds_resources(new) and metadata(old).get("labels") != metadata(new).get("labels"):
+            # Another pod's affinity or anti-affinity may see it differently now.
+            self._requeue_unschedulable()
 
     def _pod_changed(self, pod: Object) -> None:
         key = object_key(pod)
@@ -222,10 +237,19 @@ class Scheduler(Controller):
         self._attempts.pop(key, None)
 
     def _count(self, key: str, node: str, facts: PodFacts) -> None:
-        if self._placed.get(key) not in (None, node):
+        placed = self._placed.get(key)
+        if placed not in (None, node):
             self._uncount(key)
         self._placed[key] = node
         self._state(node).add_pod(facts)
+        if placed is None and self._unschedulable:
+            self._requeue_waiting_for_pods()
+
+    def _requeue_waiting_for_pods(self) -> None:
+        """A pod placed: those waiting on pod affinity or spreading may fit now."""
+        for key in [k for k in self._unschedulable if _asks_for_pods(self.pods.get(k))]:
+            self._unschedulable.discard(key)
+            self.queue.add_after(key, self._backoff(key))
 
     def _uncount(self, key: str) -> None:
         node = self._placed.pop(key, None)
@@ -257,14 +281,15 @@ class Scheduler(Controller):
         self._unschedulable.discard(key)
         facts = PodFacts.of(pod)
         candidates = [state for state in self._states.values() if state.node is not None]
+        cycle = Cycle(facts, candidates, self._namespace_labels)
         rejections: dict[str, Rejection] = {}
         feasible: list[NodeState] = []
         nominated = self._states.get(str(get_path(pod, "status", "nominatedNodeName") or ""))
         # kube tries the node preemption made room on first, and takes it if it fits.
-        if nominated is not None and nominated.node and self._fits(facts, nominated) is None:
+        if nominated is not None and nominated.node and self._fits(cycle, nominated) is None:
             feasible.append(nominated)
         for state in candidates if not feasible else ():
-            rejected = self._fits(facts, state)
+            rejected = self._fits(cycle, state)
             if rejected is None:
                 feasible.append(state)
             else:
@@ -273,8 +298,18 @@ class Scheduler(Controller):
             if not candidates:
                 await self._unschedulable_pod(key, pod, NO_NODES)
                 return
+
+            def fits_without_victims(_: PodFacts, trial: NodeState) -> Rejection | None:
+                return self._fits(cycle.with_node(trial), trial)
+
             verdict = preempt(
-                pod, facts, rejections, self._states, self.pods.get, self._budgets(), self._fits
+                pod,
+                facts,
+                rejections,
+                self._states,
+                self.pods.get,
+                self._budgets(),
+                fits_without_victims,
             )
             message = fit_error(facts, list(rejections.values()), verdict.message)
             if verdict.candidate is None:
@@ -284,7 +319,7 @@ class Scheduler(Controller):
                 return
             await self._preempt(key, pod, facts, verdict.candidate, message)
             return
-        chosen = select_host(facts, feasible)
+        chosen = cycle.select_host(feasible)
         self._nominated.pop(key, None)  # counted on its node now: held no longer
         self._assumed.add(key)
         self._count(key, chosen.name, facts)
@@ -292,21 +327,23 @@ class Scheduler(Controller):
         self._binding.add(binding)
         binding.addBoth(self._bound, binding)
 
-    def _fits(self, facts: PodFacts, state: NodeState) -> Rejection | None:
+    def _fits(self, cycle: Cycle, state: NodeState) -> Rejection | None:
         """
         The filters, with the pods nominated to the node at the same or a
         higher priority counted as on it (kube's filters with nominated pods).
         """
+        facts = cycle.pod
         held = [
             other
             for other_key, (node, other) in self._nominated.items()
             if node == state.name and other_key != facts.key and other.priority >= facts.priority
         ]
         if held:
-            rejected = run_filters(facts, copy_state(state, add=held))
+            trial = copy_state(state, add=held)
+            rejected = cycle.with_node(trial).filter(trial)
             if rejected is not None:
                 return rejected
-        return run_filters(facts, state)
+        return cycle.filter(state)
 
     def _budgets(self) -> list[Object]:
         return [] if self.budgets is None else list(self.budgets.cache)
@@ -367,6 +404,12 @@ class Scheduler(Controller):
         """Change a pod's status; False if the pod is gone."""
         namespace, name = split_key(key)
         return await update_status_if_present(self.store, pods.RESOURCE, namespace, name, mutate)
+
+    def _namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        labels: Mapping[str, str] = (
+            metadata(self.namespaces.get(namespace) or {}).get("labels") or {}
+        )
+        return labels
 
     def _bound(self, result: object, binding: Deferred[None]) -> object:
         self._binding.discard(binding)
