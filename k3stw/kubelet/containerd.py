@@ -254,6 +254,8 @@ class NodeRuntime(MultiService):
     :param proc_status: reads ``/proc/self/status`` (for the capability check).
     :param connect_timeout: how long containerd may take to answer before
         each further wait is logged as a warning.
+    :param connect: makes the runtime's client from its endpoint (default:
+        the gRPC L{CRIClient}, imported only then).
     """
 
     _log = Logger()
@@ -266,6 +268,7 @@ class NodeRuntime(MultiService):
         run_dir: Path = Path("/run/k3s"),
         proc_status: Callable[[], str] = lambda: Path("/proc/self/status").read_text(),
         connect_timeout: float = 30.0,
+        connect: Callable[[str], Runtime] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -273,16 +276,19 @@ class NodeRuntime(MultiService):
         self.paths = ContainerdPaths.of(data_dir, run_dir)
         self.proc_status = proc_status
         self.connect_timeout = connect_timeout
+        self.connect = connect or self._grpc_client
         self.endpoint = settings.endpoint or self.paths.endpoint
         self.containerd: SupervisedProcess | None = None
         self.runtime: Runtime | None = None
         self._waiters: list[Deferred[Runtime]] = []
+        #: The runtime once it answered and its images were imported.
+        self._ready: Runtime | None = None
         self._starting: Deferred[None] | None = None
 
     def when_ready(self) -> Deferred[Runtime]:
         """The runtime, once it answers and the images are imported."""
-        if self.runtime is not None and self._starting is None:
-            return succeed(self.runtime)
+        if self._ready is not None:
+            return succeed(self._ready)
         waiter: Deferred[Runtime] = Deferred(canceller=self._waiters.remove)
         self._waiters.append(waiter)
         return waiter
@@ -308,6 +314,7 @@ class NodeRuntime(MultiService):
             self._starting = None
         for waiter in self._waiters[:]:
             waiter.cancel()
+        self._ready = None
         if self.runtime is not None:
             close = getattr(self.runtime, "close", None)
             if close is not None:
@@ -320,10 +327,14 @@ class NodeRuntime(MultiService):
         if not failure.check(CancelledError):
             self._log.failure("The container runtime did not start", failure)
 
-    async def _start(self) -> None:
+    def _grpc_client(self, endpoint: str) -> Runtime:
+        # grpc is loaded only by a node that runs a runtime.
         from k3stw.kubelet.cri.client import CRIClient
 
-        client = CRIClient(self.reactor, self.endpoint)
+        return CRIClient(self.reactor, endpoint)
+
+    async def _start(self) -> None:
+        client = self.connect(self.endpoint)
         self.runtime = client
         version = await self._wait_for(client)
         self._log.info(
@@ -333,7 +344,7 @@ class NodeRuntime(MultiService):
             endpoint=self.endpoint,
         )
         await self._import_images()
-        self._starting = None
+        self._ready = client
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(client)

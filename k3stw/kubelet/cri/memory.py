@@ -188,9 +188,6 @@ class MemoryRuntime:
             return pending.pop(0)
         return None
 
-    def _error(self, method: str, details: str, code: str = "UNKNOWN") -> Deferred[object]:
-        return fail(CRIError(method, self.endpoint, code, details))
-
     def _sandbox(self, method: str, sandbox_id: str) -> _Sandbox | CRIError:
         found = [s for s in self.sandboxes.values() if s.id.startswith(sandbox_id)]
         if not sandbox_id or len(found) != 1:
@@ -235,10 +232,10 @@ class MemoryRuntime:
             return succeed(None)
         stopped: Deferred[None] = Deferred()
         container.stopping.append(stopped)
-        if container.program.term_exit_code is not None:
-            self._exited(container, container.program.term_exit_code)
-        elif timeout <= 0:
+        if timeout <= 0:
             self._exited(container, KILLED)
+        elif container.program.term_exit_code is not None:
+            self._exited(container, container.program.term_exit_code)
         elif len(container.stopping) == 1:
             if container.timer is not None and container.timer.active():
                 container.timer.cancel()
@@ -504,7 +501,6 @@ class MemoryRuntime:
         container = self._container(method, container_id)
         if isinstance(container, CRIError):
             return succeed(None)
-        self._stop(container, 0)
         self._forget(container)
         return succeed(None)
 
