@@ -101,9 +101,40 @@ class ContainerdInAMachineTests(TestCase):
 
     def stop_launcher(self, launcher: subprocess.Popen[bytes]) -> None:
         """After a failure: SIGTERM to a node still running (the machine's end does the rest)."""
-        if launcher.poll() is None and Path(f"/proc/{self.node}").exists():
+        if launcher.poll() is None and self.node and Path(f"/proc/{self.node}").exists():
             os.kill(self.node, signal.SIGTERM)
         launcher.wait(30)
+
+    def test_server_node_reports_containerd(self) -> None:
+        """
+        ``k3s-server --container-runtime=containerd`` with k3s's default paths:
+        its node registers with containerd's version and stops containerd on SIGTERM.
+        """
+        twistd = Path(sys.executable).with_name("twistd")
+        self.log = self.work / "server.log"
+        launcher = self.machine.spawn(
+            f"exec {twistd} -n --pidfile= k3s-server --container-runtime containerd"
+            " --bind-address 127.0.0.1 --node-ip 127.0.0.1 --node-name m1",
+            self.log,
+        )
+        self.addCleanup(self.stop_launcher, launcher)
+        self.node = 0
+        deadline = time.monotonic() + START_TIMEOUT
+        while "Successfully registered node m1" not in self.log.read_text(errors="replace"):
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                self.fail(f"the server's node did not register:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        self.node = int(children[0])
+        node = json.loads(
+            self.machine.run("kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml get node m1 -o json")
+        )
+        version = node["status"]["nodeInfo"]["containerRuntimeVersion"]
+        self.assertTrue(version.startswith("containerd://1.6."), version)
+        self.assertTrue(
+            self.machine.path("/var/lib/rancher/k3s/agent/containerd/containerd.log").exists()
+        )
+        self.stop_node(self.node)
 
     def test_busybox_httpd_runs_and_is_removed(self) -> Deferred[None]:
         node = self.start_node()

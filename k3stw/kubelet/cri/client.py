@@ -22,7 +22,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorThreads
 
 from k3stw.kubelet.cri import api_pb2 as api
-from k3stw.kubelet.cri import api_pb2_grpc as services
 from k3stw.kubelet.cri.runtime import CRIError
 
 __all__ = ["DEFAULT_ENDPOINT", "CRIClient", "channel_target", "deferred_from_future"]
@@ -130,6 +129,31 @@ def deferred_from_future(
     return done
 
 
+class _Service:
+    """
+    One CRI service's calls on a channel, made from its descriptor in the
+    generated messages module (when first used), as protoc's stub module
+    would make them.
+    """
+
+    def __init__(self, channel: grpc.Channel, name: str) -> None:
+        self.channel = channel
+        self.descriptor = api.DESCRIPTOR.services_by_name[name]
+        self._methods: dict[str, Any] = {}
+
+    def method(self, name: str) -> Any:
+        """The unary call C{name} (C{RunPodSandbox})."""
+        found = self._methods.get(name)
+        if found is None:
+            method = self.descriptor.methods_by_name[name]
+            found = self._methods[name] = self.channel.unary_unary(
+                f"/{self.descriptor.full_name}/{name}",
+                request_serializer=getattr(api, method.input_type.name).SerializeToString,
+                response_deserializer=getattr(api, method.output_type.name).FromString,
+            )
+        return found
+
+
 class CRIClient:
     """
     A L{Runtime} over gRPC.
@@ -156,8 +180,8 @@ class CRIClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        self._runtime = services.RuntimeServiceStub(self._channel)
-        self._images = services.ImageServiceStub(self._channel)
+        self._runtime = _Service(self._channel, "RuntimeService")
+        self._images = _Service(self._channel, "ImageService")
 
     def close(self) -> None:
         """Close the channel; calls in flight fail."""
@@ -165,7 +189,7 @@ class CRIClient:
 
     def _call(
         self,
-        stub: object,
+        stub: _Service,
         method: str,
         request: Any,
         pick: Callable[[Any], R],
@@ -178,7 +202,7 @@ class CRIClient:
             return describe_error(method, self.endpoint, error)
 
         try:
-            future = getattr(stub, method).future(request, timeout=deadline)
+            future = stub.method(method).future(request, timeout=deadline)
         except Exception as e:  # a closed channel refuses at once
             failed: Deferred[R] = Deferred()
             failed.errback(describe(e))
