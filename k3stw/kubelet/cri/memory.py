@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -77,6 +78,38 @@ class _Container:
     timer: IDelayedCall | None = None
     #: Stops waiting for it to exit.
     stopping: list[Deferred[None]] = field(default_factory=list)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _cri(
+    name: str,
+) -> Callable[
+    [Callable[Concatenate[MemoryRuntime, P], T]],
+    Callable[Concatenate[MemoryRuntime, P], Deferred[T]],
+]:
+    """
+    Make a method one CRI call C{name}: recorded, refused while the runtime
+    is down or a failure is queued for it, its L{CRIError} a failed Deferred,
+    its value the answer.
+    """
+
+    def decorate(
+        body: Callable[Concatenate[MemoryRuntime, P], T],
+    ) -> Callable[Concatenate[MemoryRuntime, P], Deferred[T]]:
+        def call(runtime: MemoryRuntime, /, *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+            try:
+                runtime._check(name, args[0] if args else "")
+                return succeed(body(runtime, *args, **kwargs))
+            except CRIError as e:
+                return fail(e)
+
+        call.__name__, call.__doc__ = body.__name__, body.__doc__
+        return call
+
+    return decorate
 
 
 def _digest(text: str) -> str:
@@ -150,7 +183,7 @@ class MemoryRuntime:
 
     def fail(self, method: str, details: str, code: str = "UNKNOWN", times: int = 1) -> None:
         """Make the next C{times} calls of C{method} (C{StartContainer}) fail."""
-        error = CRIError(method, self.endpoint, code, details)
+        error = self._refused(method, details, code)
         self._failures.setdefault(method, []).extend([error] * times)
 
     def exit(self, container_id: str, exit_code: int, reason: str = "") -> None:
@@ -173,42 +206,52 @@ class MemoryRuntime:
         self._serial += 1
         return _digest(f"{kind} {self._serial}")
 
-    def _check(self, method: str, argument: str = "") -> CRIError | None:
-        self.calls.append((method, argument))
+    def _refused(self, method: str, details: str, code: str = "UNKNOWN") -> CRIError:
+        return CRIError(method, self.endpoint, code, details)
+
+    def _check(self, method: str, argument: object = "") -> None:
+        """Record a call; refuse it while the runtime is down or a failure is queued."""
+        self.calls.append((method, argument if isinstance(argument, str) else ""))
         if not self.available:
-            return CRIError(
+            raise self._refused(
                 method,
-                self.endpoint,
-                "UNAVAILABLE",
                 'connection error: desc = "transport: Error while dialing: dial unix '
                 '/run/k3s/containerd/containerd.sock: connect: no such file or directory"',
+                "UNAVAILABLE",
             )
         pending = self._failures.get(method)
         if pending:
-            return pending.pop(0)
-        return None
+            raise pending.pop(0)
 
-    def _sandbox(self, method: str, sandbox_id: str) -> _Sandbox | CRIError:
+    def _sandbox(self, method: str, sandbox_id: str) -> _Sandbox:
         found = [s for s in self.sandboxes.values() if s.id.startswith(sandbox_id)]
         if not sandbox_id or len(found) != 1:
-            return CRIError(
+            raise self._refused(
                 method,
-                self.endpoint,
-                "NOT_FOUND",
                 f"an error occurred when try to find sandbox {sandbox_id!r}: not found",
+                "NOT_FOUND",
             )
         return found[0]
 
-    def _container(self, method: str, container_id: str) -> _Container | CRIError:
+    def _container(self, method: str, container_id: str) -> _Container:
         found = [c for c in self.containers.values() if c.id.startswith(container_id)]
         if not container_id or len(found) != 1:
-            return CRIError(
+            raise self._refused(
                 method,
-                self.endpoint,
-                "NOT_FOUND",
                 f"an error occurred when try to find container {container_id!r}: not found",
+                "NOT_FOUND",
             )
         return found[0]
+
+    def _reserve(self, method: str, kind: str, name: str, owner: str) -> None:
+        """Reserve a sandbox's or container's name, as containerd does, for its ID."""
+        if name in self._names:
+            raise self._refused(
+                method,
+                f'failed to reserve {kind} name "{name}": name "{name}" is reserved '
+                f'for "{self._names[name]}"',
+            )
+        self._names[name] = owner
 
     def _resolve(self, image: str) -> api.Image | None:
         if image.startswith("sha256:"):
@@ -228,6 +271,7 @@ class MemoryRuntime:
             waiter.callback(None)
 
     def _stop(self, container: _Container, timeout: int) -> Deferred[None]:
+        """SIGKILL at once (C{timeout} 0), else SIGTERM and SIGKILL after C{timeout}."""
         if container.state != api.CONTAINER_RUNNING:
             return succeed(None)
         stopped: Deferred[None] = Deferred()
@@ -242,69 +286,55 @@ class MemoryRuntime:
             container.timer = self.clock.callLater(timeout, self._exited, container, KILLED)
         return stopped
 
+    def _forget(self, container: _Container) -> None:
+        self._stop(container, 0)
+        del self.containers[container.id]
+        self._names.pop(container.name, None)
+
+    def _running(self, method: str, container: _Container, message: str) -> None:
+        """Refuse unless the container is in the state C{message} expects it in."""
+        state = api.ContainerState.Name(container.state)
+        raise self._refused(method, message.format(id=container.id, state=state))
+
     # RuntimeService
 
-    def version(self) -> Deferred[api.VersionResponse]:
-        if (error := self._check("Version")) is not None:
-            return fail(error)
-        return succeed(
-            api.VersionResponse(
-                version="0.1.0",
-                runtime_name="containerd",
-                runtime_version=self.runtime_version,
-                runtime_api_version="v1",
-            )
+    @_cri("Version")
+    def version(self) -> api.VersionResponse:
+        return api.VersionResponse(
+            version="0.1.0",
+            runtime_name="containerd",
+            runtime_version=self.runtime_version,
+            runtime_api_version="v1",
         )
 
-    def status(self) -> Deferred[api.StatusResponse]:
-        if (error := self._check("Status")) is not None:
-            return fail(error)
+    @_cri("Status")
+    def status(self) -> api.StatusResponse:
         conditions = [
             api.RuntimeCondition(type="RuntimeReady", status=True),
             api.RuntimeCondition(type="NetworkReady", status=True),
         ]
-        return succeed(api.StatusResponse(status=api.RuntimeStatus(conditions=conditions)))
+        return api.StatusResponse(status=api.RuntimeStatus(conditions=conditions))
 
-    def update_runtime_config(self, pod_cidr: str) -> Deferred[None]:
-        if (error := self._check("UpdateRuntimeConfig", pod_cidr)) is not None:
-            return fail(error)
+    @_cri("UpdateRuntimeConfig")
+    def update_runtime_config(self, pod_cidr: str) -> None:
         self.pod_cidr = pod_cidr
-        return succeed(None)
 
-    def run_pod_sandbox(
-        self, config: api.PodSandboxConfig, runtime_handler: str = ""
-    ) -> Deferred[str]:
-        method = "RunPodSandbox"
-        meta = config.metadata
-        if (error := self._check(method, meta.name)) is not None:
-            return fail(error)
-        name = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
-        if name in self._names:
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'failed to reserve sandbox name "{name}": name "{name}" is reserved '
-                    f'for "{self._names[name]}"',
-                )
-            )
+    @_cri("RunPodSandbox")
+    def run_pod_sandbox(self, config: api.PodSandboxConfig, runtime_handler: str = "") -> str:
         if PAUSE_IMAGE not in self.images:
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'failed to get sandbox image "{PAUSE_IMAGE}": failed to pull image '
-                    f'"{PAUSE_IMAGE}": not found',
-                )
+            raise self._refused(
+                "RunPodSandbox",
+                f'failed to get sandbox image "{PAUSE_IMAGE}": failed to pull image '
+                f'"{PAUSE_IMAGE}": not found',
             )
+        meta = config.metadata
         sandbox_id = self._new_id("sandbox")
-        self._names[name] = sandbox_id
+        name = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+        self._reserve("RunPodSandbox", "sandbox", name, sandbox_id)
         options = config.linux.security_context.namespace_options
         ip = "" if options.network == api.NODE else self._allocate_ip()
         self.sandboxes[sandbox_id] = _Sandbox(sandbox_id, config, self._now(), ip, runtime_handler)
-        return succeed(sandbox_id)
+        return sandbox_id
 
     def _allocate_ip(self) -> str:
         network = ipaddress.ip_network(self.pod_cidr, strict=False)
@@ -312,67 +342,48 @@ class MemoryRuntime:
         self._next_ip += 1
         return str(address)
 
-    def stop_pod_sandbox(self, sandbox_id: str) -> Deferred[None]:
-        method = "StopPodSandbox"
-        if (error := self._check(method, sandbox_id)) is not None:
-            return fail(error)
-        sandbox = self._sandbox(method, sandbox_id)
-        if isinstance(sandbox, CRIError):
-            return fail(sandbox)
+    @_cri("StopPodSandbox")
+    def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        sandbox = self._sandbox("StopPodSandbox", sandbox_id)
         for container in self.containers.values():
             if container.sandbox_id == sandbox.id:
                 self._stop(container, 0)
         sandbox.ready = False
-        return succeed(None)
 
-    def remove_pod_sandbox(self, sandbox_id: str) -> Deferred[None]:
-        method = "RemovePodSandbox"
-        if (error := self._check(method, sandbox_id)) is not None:
-            return fail(error)
-        sandbox = self._sandbox(method, sandbox_id)
-        if isinstance(sandbox, CRIError):
-            return succeed(None)
+    @_cri("RemovePodSandbox")
+    def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        try:
+            sandbox = self._sandbox("RemovePodSandbox", sandbox_id)
+        except CRIError:
+            return
         if sandbox.ready:
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'sandbox container "{sandbox.id}" is not fully stopped',
-                )
+            raise self._refused(
+                "RemovePodSandbox", f'sandbox container "{sandbox.id}" is not fully stopped'
             )
         for container in list(self.containers.values()):
             if container.sandbox_id == sandbox.id:
                 self._forget(container)
         del self.sandboxes[sandbox.id]
         self._names = {k: v for k, v in self._names.items() if v != sandbox.id}
-        return succeed(None)
 
-    def pod_sandbox_status(self, sandbox_id: str) -> Deferred[api.PodSandboxStatus]:
-        method = "PodSandboxStatus"
-        if (error := self._check(method, sandbox_id)) is not None:
-            return fail(error)
-        sandbox = self._sandbox(method, sandbox_id)
-        if isinstance(sandbox, CRIError):
-            return fail(sandbox)
-        return succeed(
-            api.PodSandboxStatus(
-                id=sandbox.id,
-                metadata=sandbox.config.metadata,
-                state=api.SANDBOX_READY if sandbox.ready else api.SANDBOX_NOTREADY,
-                created_at=sandbox.created_at,
-                network=api.PodSandboxNetworkStatus(ip=sandbox.ip if sandbox.ready else ""),
-                labels=sandbox.config.labels,
-                annotations=sandbox.config.annotations,
-                runtime_handler=sandbox.runtime_handler,
-            )
+    @_cri("PodSandboxStatus")
+    def pod_sandbox_status(self, sandbox_id: str) -> api.PodSandboxStatus:
+        sandbox = self._sandbox("PodSandboxStatus", sandbox_id)
+        return api.PodSandboxStatus(
+            id=sandbox.id,
+            metadata=sandbox.config.metadata,
+            state=api.SANDBOX_READY if sandbox.ready else api.SANDBOX_NOTREADY,
+            created_at=sandbox.created_at,
+            network=api.PodSandboxNetworkStatus(ip=sandbox.ip if sandbox.ready else ""),
+            labels=sandbox.config.labels,
+            annotations=sandbox.config.annotations,
+            runtime_handler=sandbox.runtime_handler,
         )
 
+    @_cri("ListPodSandbox")
     def list_pod_sandboxes(
         self, filter: api.PodSandboxFilter | None = None
-    ) -> Deferred[list[api.PodSandbox]]:
-        if (error := self._check("ListPodSandbox")) is not None:
-            return fail(error)
+    ) -> list[api.PodSandbox]:
         found = []
         for sandbox in self.sandboxes.values():
             state = api.SANDBOX_READY if sandbox.ready else api.SANDBOX_NOTREADY
@@ -393,53 +404,31 @@ class MemoryRuntime:
                     runtime_handler=sandbox.runtime_handler,
                 )
             )
-        return succeed(found)
+        return found
 
+    @_cri("CreateContainer")
     def create_container(
         self, sandbox_id: str, config: api.ContainerConfig, sandbox_config: api.PodSandboxConfig
-    ) -> Deferred[str]:
+    ) -> str:
         method = "CreateContainer"
-        if (error := self._check(method, config.metadata.name)) is not None:
-            return fail(error)
         sandbox = self._sandbox(method, sandbox_id)
-        if isinstance(sandbox, CRIError):
-            return fail(sandbox)
         if not sandbox.ready:
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'failed to create containerd container: sandbox container "{sandbox.id}"'
-                    " is not running",
-                )
+            raise self._refused(
+                method,
+                f'failed to create containerd container: sandbox container "{sandbox.id}"'
+                " is not running",
             )
         image = self._resolve(config.image.image)
         if image is None:
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "NOT_FOUND",
-                    f'failed to resolve image "{config.image.image}": not found',
-                )
+            raise self._refused(
+                method, f'failed to resolve image "{config.image.image}": not found', "NOT_FOUND"
             )
         pod = sandbox.config.metadata
         name = (
             f"{config.metadata.name}_{pod.name}_{pod.namespace}_{pod.uid}_{config.metadata.attempt}"
         )
-        if name in self._names:
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'failed to reserve container name "{name}": name "{name}" is reserved '
-                    f'for "{self._names[name]}"',
-                )
-            )
         container_id = self._new_id("container")
-        self._names[name] = container_id
+        self._reserve(method, "container", name, container_id)
         log_path = ""
         if sandbox.config.log_directory and config.log_path:
             log_path = f"{sandbox.config.log_directory.rstrip('/')}/{config.log_path}"
@@ -447,34 +436,18 @@ class MemoryRuntime:
             image.spec.image, Program()
         )
         self.containers[container_id] = _Container(
-            container_id,
-            sandbox.id,
-            config,
-            image,
-            name,
-            self._now(),
-            log_path,
-            program=program,
+            container_id, sandbox.id, config, image, name, self._now(), log_path, program=program
         )
-        return succeed(container_id)
+        return container_id
 
-    def start_container(self, container_id: str) -> Deferred[None]:
-        method = "StartContainer"
-        if (error := self._check(method, container_id)) is not None:
-            return fail(error)
-        container = self._container(method, container_id)
-        if isinstance(container, CRIError):
-            return fail(container)
+    @_cri("StartContainer")
+    def start_container(self, container_id: str) -> None:
+        container = self._container("StartContainer", container_id)
         if container.state != api.CONTAINER_CREATED:
-            state = api.ContainerState.Name(container.state)
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'failed to set starting state for container "{container.id}": '
-                    f"container is in {state} state",
-                )
+            self._running(
+                "StartContainer",
+                container,
+                'failed to set starting state for container "{id}": container is in {state} state',
             )
         container.state = api.CONTAINER_RUNNING
         container.started_at = self._now()
@@ -483,37 +456,25 @@ class MemoryRuntime:
             container.timer = self.clock.callLater(
                 program.runs_for, self._exited, container, program.exit_code
             )
-        return succeed(None)
 
     def stop_container(self, container_id: str, timeout: int) -> Deferred[None]:
-        method = "StopContainer"
-        if (error := self._check(method, container_id)) is not None:
-            return fail(error)
-        container = self._container(method, container_id)
-        if isinstance(container, CRIError):
-            return fail(container)
-        return self._stop(container, timeout)
+        # Not @_cri: the answer waits for the container to exit.
+        try:
+            self._check("StopContainer", container_id)
+            return self._stop(self._container("StopContainer", container_id), timeout)
+        except CRIError as e:
+            return fail(e)
 
-    def remove_container(self, container_id: str) -> Deferred[None]:
-        method = "RemoveContainer"
-        if (error := self._check(method, container_id)) is not None:
-            return fail(error)
-        container = self._container(method, container_id)
-        if isinstance(container, CRIError):
-            return succeed(None)
+    @_cri("RemoveContainer")
+    def remove_container(self, container_id: str) -> None:
+        try:
+            container = self._container("RemoveContainer", container_id)
+        except CRIError:
+            return
         self._forget(container)
-        return succeed(None)
 
-    def _forget(self, container: _Container) -> None:
-        self._stop(container, 0)
-        del self.containers[container.id]
-        self._names.pop(container.name, None)
-
-    def list_containers(
-        self, filter: api.ContainerFilter | None = None
-    ) -> Deferred[list[api.Container]]:
-        if (error := self._check("ListContainers")) is not None:
-            return fail(error)
+    @_cri("ListContainers")
+    def list_containers(self, filter: api.ContainerFilter | None = None) -> list[api.Container]:
         found = []
         for c in self.containers.values():
             if filter is not None and not (
@@ -537,108 +498,78 @@ class MemoryRuntime:
                     image_id=c.image.id,
                 )
             )
-        return succeed(found)
+        return found
 
-    def container_status(self, container_id: str) -> Deferred[api.ContainerStatus]:
-        method = "ContainerStatus"
-        if (error := self._check(method, container_id)) is not None:
-            return fail(error)
-        c = self._container(method, container_id)
-        if isinstance(c, CRIError):
-            return fail(c)
-        return succeed(
-            api.ContainerStatus(
-                id=c.id,
-                metadata=c.config.metadata,
-                state=c.state,  # type: ignore[arg-type]
-                created_at=c.created_at,
-                started_at=c.started_at,
-                finished_at=c.finished_at,
-                exit_code=c.exit_code,
-                image=c.image.spec,
-                image_ref=c.image.repo_digests[0],
-                reason=c.reason,
-                message=c.message,
-                labels=c.config.labels,
-                annotations=c.config.annotations,
-                mounts=c.config.mounts,
-                log_path=c.log_path,
-                image_id=c.image.id,
-            )
+    @_cri("ContainerStatus")
+    def container_status(self, container_id: str) -> api.ContainerStatus:
+        c = self._container("ContainerStatus", container_id)
+        return api.ContainerStatus(
+            id=c.id,
+            metadata=c.config.metadata,
+            state=c.state,  # type: ignore[arg-type]
+            created_at=c.created_at,
+            started_at=c.started_at,
+            finished_at=c.finished_at,
+            exit_code=c.exit_code,
+            image=c.image.spec,
+            image_ref=c.image.repo_digests[0],
+            reason=c.reason,
+            message=c.message,
+            labels=c.config.labels,
+            annotations=c.config.annotations,
+            mounts=c.config.mounts,
+            log_path=c.log_path,
+            image_id=c.image.id,
         )
 
+    @_cri("ExecSync")
     def exec_sync(
         self, container_id: str, cmd: Sequence[str], timeout: int
-    ) -> Deferred[api.ExecSyncResponse]:
-        method = "ExecSync"
-        if (error := self._check(method, container_id)) is not None:
-            return fail(error)
-        container = self._container(method, container_id)
-        if isinstance(container, CRIError):
-            return fail(container)
+    ) -> api.ExecSyncResponse:
+        container = self._container("ExecSync", container_id)
         if container.state != api.CONTAINER_RUNNING:
-            state = api.ContainerState.Name(container.state)
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'container "{container.id}" is in {state} state',
-                )
-            )
+            self._running("ExecSync", container, 'container "{id}" is in {state} state')
         exit_code, stdout, stderr = self.exec_handler(container.id, list(cmd))
-        return succeed(api.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code))
+        return api.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
 
     # ImageService
 
-    def list_images(self, filter: api.ImageFilter | None = None) -> Deferred[list[api.Image]]:
-        if (error := self._check("ListImages")) is not None:
-            return fail(error)
-        wanted = filter.image.image if filter is not None and filter.image.image else ""
-        found = self._resolve(wanted) if wanted else None
-        if wanted:
-            return succeed([found] if found is not None else [])
-        return succeed(list(self.images.values()))
+    @_cri("ListImages")
+    def list_images(self, filter: api.ImageFilter | None = None) -> list[api.Image]:
+        if filter is not None and filter.image.image:
+            found = self._resolve(filter.image.image)
+            return [found] if found is not None else []
+        return list(self.images.values())
 
-    def image_status(self, image: str) -> Deferred[api.Image | None]:
-        if (error := self._check("ImageStatus", image)) is not None:
-            return fail(error)
-        return succeed(self._resolve(image))
+    @_cri("ImageStatus")
+    def image_status(self, image: str) -> api.Image | None:
+        return self._resolve(image)
 
+    @_cri("PullImage")
     def pull_image(
         self,
         image: str,
         auth: api.AuthConfig | None = None,
         sandbox_config: api.PodSandboxConfig | None = None,
-    ) -> Deferred[str]:
-        method = "PullImage"
-        if (error := self._check(method, image)) is not None:
-            return fail(error)
+    ) -> str:
         name = normalize_image(image)
         size = self.registry.get(name)
         if size is None:
-            return fail(
-                CRIError(
-                    method,
-                    self.endpoint,
-                    "UNKNOWN",
-                    f'failed to pull and unpack image "{name}": failed to resolve reference '
-                    f'"{name}": {name}: not found',
-                )
+            raise self._refused(
+                "PullImage",
+                f'failed to pull and unpack image "{name}": failed to resolve reference '
+                f'"{name}": {name}: not found',
             )
-        return succeed(self.add_image(name, size).repo_digests[0])
+        return str(self.add_image(name, size).repo_digests[0])
 
-    def remove_image(self, image: str) -> Deferred[None]:
-        if (error := self._check("RemoveImage", image)) is not None:
-            return fail(error)
+    @_cri("RemoveImage")
+    def remove_image(self, image: str) -> None:
         found = self._resolve(image)
         if found is not None:
             del self.images[found.spec.image]
-        return succeed(None)
 
-    def image_fs_info(self) -> Deferred[api.ImageFsInfoResponse]:
-        if (error := self._check("ImageFsInfo")) is not None:
-            return fail(error)
+    @_cri("ImageFsInfo")
+    def image_fs_info(self) -> api.ImageFsInfoResponse:
         used = sum(image.size for image in self.images.values())
         usage = api.FilesystemUsage(
             timestamp=self._now(),
@@ -646,7 +577,7 @@ class MemoryRuntime:
             used_bytes=api.UInt64Value(value=used),
             inodes_used=api.UInt64Value(value=len(self.images)),
         )
-        return succeed(api.ImageFsInfoResponse(image_filesystems=[usage]))
+        return api.ImageFsInfoResponse(image_filesystems=[usage])
 
 
 def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
