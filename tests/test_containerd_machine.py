@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from k3stw.kubelet.cri import api_pb2 as api
@@ -82,59 +83,64 @@ class ContainerdInAMachineTests(TestCase):
         cni.mkdir(parents=True)
         (cni / "10-test.conflist").write_text(json.dumps(CONFLIST))
 
-    def start_node(self) -> int:
+    def launch(self, arguments: str, log_name: str, ready: str) -> int:
+        """
+        Run ``twistd -n`` with C{arguments} in the machine until its log says
+        C{ready}; the host pid of its twistd.  A node that does not get there
+        fails the test.
+        """
+        twistd = Path(sys.executable).with_name("twistd")
+        self.log = self.work / log_name
+        launcher = self.machine.spawn(f"exec {twistd} -n --pidfile= {arguments}", self.log)
+        node = 0
+
+        def stop() -> None:
+            # After a failure: SIGTERM to a node still running (the machine's end does the rest).
+            if launcher.poll() is None and node and Path(f"/proc/{node}").exists():
+                os.kill(node, signal.SIGTERM)
+            launcher.wait(30)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + START_TIMEOUT
+        while ready not in self.log.read_text(errors="replace"):
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                self.fail(f"{ready!r} not logged:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        node = int(children[0])
+        return node
+
+    def start_node(self, log_name: str = "node.log") -> int:
         """Start the node's runtime in the machine; the host pid of its twistd."""
         tac = self.work / "runtime.tac"
         tac.write_text(RUNTIME_TAC)
-        self.log = self.work / "node.log"
-        twistd = Path(sys.executable).with_name("twistd")
-        launcher = self.machine.spawn(f"exec {twistd} -n --pidfile= --logfile=- -y {tac}", self.log)
-        self.addCleanup(self.stop_launcher, launcher)
-        deadline = time.monotonic() + START_TIMEOUT
-        while "RUNTIME READY" not in self.log.read_text(errors="replace"):
-            if launcher.poll() is not None or time.monotonic() > deadline:
-                self.fail(f"containerd did not start in the machine:\n{self.log.read_text()}")
-            time.sleep(0.1)
-        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
-        self.node = int(children[0])
-        return self.node
+        return self.launch(f"--logfile=- -y {tac}", log_name, "RUNTIME READY")
 
-    def stop_launcher(self, launcher: subprocess.Popen[bytes]) -> None:
-        """After a failure: SIGTERM to a node still running (the machine's end does the rest)."""
-        if launcher.poll() is None and self.node and Path(f"/proc/{self.node}").exists():
-            os.kill(self.node, signal.SIGTERM)
-        launcher.wait(30)
+    def containerd_pid(self) -> int:
+        """The pid (in the machine's numbering) of the containerd the last log started."""
+        started = self.log.read_text().rsplit("Started containerd (pid ", 1)[1]
+        return int(started.split(")", 1)[0])
 
     def test_server_node_reports_containerd(self) -> None:
         """
         ``k3s-server --container-runtime=containerd`` with k3s's default paths:
         its node registers with containerd's version and stops containerd on SIGTERM.
         """
-        twistd = Path(sys.executable).with_name("twistd")
-        self.log = self.work / "server.log"
-        launcher = self.machine.spawn(
-            f"exec {twistd} -n --pidfile= k3s-server --container-runtime containerd"
-            " --bind-address 127.0.0.1 --node-ip 127.0.0.1 --node-name m1",
-            self.log,
+        node = self.launch(
+            "k3s-server --container-runtime containerd --bind-address 127.0.0.1"
+            " --node-ip 127.0.0.1 --node-name m1",
+            "server.log",
+            "Successfully registered node m1",
         )
-        self.addCleanup(self.stop_launcher, launcher)
-        self.node = 0
-        deadline = time.monotonic() + START_TIMEOUT
-        while "Successfully registered node m1" not in self.log.read_text(errors="replace"):
-            if launcher.poll() is not None or time.monotonic() > deadline:
-                self.fail(f"the server's node did not register:\n{self.log.read_text()}")
-            time.sleep(0.1)
-        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
-        self.node = int(children[0])
-        node = json.loads(
+        registered = json.loads(
             self.machine.run("kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml get node m1 -o json")
         )
-        version = node["status"]["nodeInfo"]["containerRuntimeVersion"]
+        version = registered["status"]["nodeInfo"]["containerRuntimeVersion"]
         self.assertTrue(version.startswith("containerd://1.6."), version)
         self.assertTrue(
             self.machine.path("/var/lib/rancher/k3s/agent/containerd/containerd.log").exists()
         )
-        self.stop_node(self.node)
+        self.stop_node(node)
 
     def test_busybox_httpd_runs_and_is_removed(self) -> Deferred[None]:
         node = self.start_node()
@@ -186,6 +192,21 @@ class ContainerdInAMachineTests(TestCase):
         exec_result = await runtime.exec_sync(container_id, ["/bin/cat", "/www/index.html"], 10)
         self.assertEqual((exec_result.exit_code, exec_result.stdout), (0, INDEX_HTML))
 
+        # containerd killed: the supervisor starts it again, and it finds the pod running.
+        killed = self.containerd_pid()
+        machine.run(f"kill -KILL {killed}")
+        await self.until_answers(runtime, lambda: self.containerd_pid() != killed)
+        self.assertEqual(
+            (await runtime.container_status(container_id)).state, api.CONTAINER_RUNNING
+        )
+        # The node stopped and started again (k3s's KillMode=process): the pod outlives it.
+        self.stop_node(node)
+        self.assertEqual(machine.run(f"busybox wget -q -O - http://{ip}/"), INDEX_HTML.decode())
+        node = self.start_node("node-again.log")
+        self.assertEqual(
+            (await runtime.container_status(container_id)).state, api.CONTAINER_RUNNING
+        )
+
         await runtime.stop_container(container_id, 2)
         stopped = await runtime.container_status(container_id)
         self.assertEqual(stopped.state, api.CONTAINER_EXITED)
@@ -200,10 +221,22 @@ class ContainerdInAMachineTests(TestCase):
 
         self.stop_node(node)
 
+    async def until_answers(self, runtime: Runtime, started: Callable[[], bool]) -> None:
+        """Wait (on the reactor) until C{started} and the runtime answers again."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if started():
+                try:
+                    await runtime.version()
+                    return
+                except CRIError:
+                    pass
+            self.assertLess(time.monotonic(), deadline, self.log.read_text())
+            await deferLater(_reactor, 0.1, lambda: None)
+
     def stop_node(self, node: int) -> None:
         """SIGTERM to the node, which stops containerd and exits by itself."""
-        log = self.log.read_text()
-        containerd = int(log.split("Started containerd (pid ", 1)[1].split(")", 1)[0])
+        containerd = self.containerd_pid()
         os.kill(node, signal.SIGTERM)
         deadline = time.monotonic() + 30
         while Path(f"/proc/{node}").exists():
