@@ -188,7 +188,7 @@ class ContainerdInAMachineTests(TestCase):
 
         ip = (await runtime.pod_sandbox_status(sandbox_id)).network.ip
         self.assertTrue(ip.startswith("10.42.0."), ip)
-        self.assertEqual(machine.run(f"busybox wget -q -O - http://{ip}/"), INDEX_HTML.decode())
+        self.assertEqual(self.fetch(ip), INDEX_HTML.decode())
         exec_result = await runtime.exec_sync(container_id, ["/bin/cat", "/www/index.html"], 10)
         self.assertEqual((exec_result.exit_code, exec_result.stdout), (0, INDEX_HTML))
 
@@ -201,7 +201,7 @@ class ContainerdInAMachineTests(TestCase):
         )
         # The node stopped and started again (k3s's KillMode=process): the pod outlives it.
         self.stop_node(node)
-        self.assertEqual(machine.run(f"busybox wget -q -O - http://{ip}/"), INDEX_HTML.decode())
+        self.assertEqual(self.fetch(ip), INDEX_HTML.decode())
         node = self.start_node("node-again.log")
         self.assertEqual(
             (await runtime.container_status(container_id)).state, api.CONTAINER_RUNNING
@@ -220,6 +220,17 @@ class ContainerdInAMachineTests(TestCase):
         self.assertTrue(gone.exception.not_found, str(gone.exception))
 
         self.stop_node(node)
+
+    def fetch(self, ip: str) -> str:
+        """The pod's page, fetched from inside the machine (httpd may still be binding its port)."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self.machine.run(f"busybox wget -q -O - http://{ip}/", timeout=10)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     async def until_answers(self, runtime: Runtime, started: Callable[[], bool]) -> None:
         """Wait (on the reactor) until C{started} and the runtime answers again."""
