@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, cast
 
 from twisted.internet.task import Clock
@@ -11,6 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.config import KubeletConfig, parse_node_taints
+from k3stw.kubelet.containerd import NodeRuntime, RuntimeSettings
+from k3stw.kubelet.cri.memory import MemoryRuntime
 from k3stw.kubelet.node import LEASES_PATH, NODES_PATH
 from k3stw.kubelet.service import KubeletService
 from k3stw.machinery.objects import find_condition
@@ -53,7 +56,7 @@ class KubeletServiceTests(SynchronousTestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
-    def kubelet(self, **settings: Any) -> KubeletService:
+    def kubelet(self, runtime: NodeRuntime | None = None, **settings: Any) -> KubeletService:
         values: dict[str, Any] = {
             "node_name": "node-1",
             "node_ips": ("127.0.0.11",),
@@ -64,7 +67,7 @@ class KubeletServiceTests(SynchronousTestCase):
         # The fake has the client's methods (FakeClientTests); the service names the class.
         client = self.client
         service = KubeletService(
-            self.clock, client, KubeletConfig(**values), host_facts=lambda: FACTS
+            self.clock, client, KubeletConfig(**values), host_facts=lambda: FACTS, runtime=runtime
         )
         self.addCleanup(self.stop, service)
         return service
@@ -102,6 +105,31 @@ class KubeletServiceTests(SynchronousTestCase):
         self.assertEqual(model.spec.taints[0].key, "dedicated")
         self.assertEqual(self.ready()["status"], "True")
         self.assertEqual(self.ready()["lastHeartbeatTime"], rfc3339(START))
+
+    def test_registers_once_its_runtime_answers_with_its_version(self) -> None:
+        memory = MemoryRuntime(self.clock, version="1.6.20~ds1")
+        memory.available = False
+        runtime = NodeRuntime(
+            self.clock,
+            Path("/nonexistent"),
+            RuntimeSettings(endpoint="unix:///run/cri.sock"),
+            connect=lambda endpoint: memory,
+        )
+        kubelet = self.kubelet(runtime=runtime)
+        kubelet.startService()
+        self.advance(2)
+        self.assertNotIn(NODE, self.client.objects)
+        memory.available = True
+        self.advance(1)
+        info = self.node()["status"]["nodeInfo"]
+        self.assertEqual(info["containerRuntimeVersion"], "containerd://1.6.20~ds1")
+        self.assertIs(kubelet.runtime, memory)
+
+    def test_without_a_runtime_the_version_is_unknown(self) -> None:
+        self.kubelet().startService()
+        self.assertEqual(
+            self.node()["status"]["nodeInfo"]["containerRuntimeVersion"], "runc://unknown"
+        )
 
     def test_takes_over_an_existing_node(self) -> None:
         self.client.put_object(

@@ -113,7 +113,8 @@ class CommandLineTests(OptionsTestCase):
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",  # in the CIDR
             "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
             "--kubelet-arg", "port=10251", "--service-node-port-range", "31000-31999",
-            "--unchecked-api", "--node-cidr-mask-size", "25",
+            "--unchecked-api", "--node-cidr-mask-size", "25", "--container-runtime",
+            "containerd", "--container-runtime-endpoint", "/run/cri.sock", "--pause-image", "p:1",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -139,7 +140,8 @@ class CommandLineTests(OptionsTestCase):
             "--node-external-ip", "203.0.113.9", "--node-label", "a=b", "--node-taint",
             "k=v:NoSchedule", "--server", "https://s:6443", "--lb-server-port", "7444",
             "--node-identity-dir", "/tmp/node", "--kubelet-arg", "port=10251",
-            "--lb-status-port", "0",
+            "--lb-status-port", "0", "--container-runtime", "none",
+            "--container-runtime-endpoint", "unix:///run/cri.sock", "--pause-image", "p:1",
         ]  # fmt: skip
         options = parse(agent.Options, argv)
         given = {f.name for f in AGENT_FLAGS} - {"config"}
@@ -212,6 +214,22 @@ class CommandLineTests(OptionsTestCase):
             error = self.assertRaises(ConfigurationError, options.node_settings)
             self.assertIn(f"invalid kubelet-arg '{bad}'", str(error))
             self.assertIn(words, str(error))
+
+    def test_container_runtime(self) -> None:
+        """No runtime by default; containerd as k3s does when asked; an existing CRI socket."""
+        from k3stw.kubelet.containerd import RuntimeSettings
+
+        self.assertIsNone(parse(server.Options, []).node_settings().runtime)
+        options = parse(server.Options, ["--container-runtime", "containerd"])
+        self.assertEqual(
+            options.node_settings().runtime, RuntimeSettings("", "rancher/mirrored-pause:3.6")
+        )
+        options = parse(server.Options, ["--container-runtime-endpoint", "/run/c.sock"])
+        self.assertEqual(options.node_settings().runtime, RuntimeSettings("/run/c.sock"))
+        self.assertFails(server.Options, ["--container-runtime", "docker"], "containerd or none")
+        self.assertFails(
+            server.Options, ["--container-runtime-endpoint", "tcp://h:1"], "unix:///path"
+        )
 
     def test_unknown_flag(self) -> None:
         """An unknown flag is one line, not a page of usage."""

@@ -165,6 +165,12 @@ class ServerImportTests(SynchronousTestCase):
         """hypothesis is for tests only; on SQLite, no PostgreSQL or MySQL driver."""
         self.assertEqual(loaded(server_modules(), "hypothesis", "psycopg", "pymysql"), [])
 
+    def test_no_grpc_without_a_container_runtime(self) -> None:
+        """grpc and protobuf (the CRI client) load only with a node's container runtime."""
+        self.assertEqual(
+            loaded(server_modules(), "grpc", "google.protobuf", "k3stw.kubelet.cri.client"), []
+        )
+
     def test_no_yaml_for_an_empty_config(self) -> None:
         """PyYAML (about a megabyte) loads only to read a config file that says something."""
         self.assertEqual(loaded(server_modules(), "yaml"), [])

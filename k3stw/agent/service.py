@@ -19,6 +19,7 @@ from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.api import KubeletAPIService
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
+from k3stw.kubelet.containerd import NodeRuntime, RuntimeSettings
 from k3stw.kubelet.service import KubeletService
 from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
@@ -46,6 +47,8 @@ class NodeSettings:
     node_labels: dict[str, str] = field(default_factory=dict)
     node_taints: tuple[Taint, ...] = ()
     kubelet_args: KubeletArgs = field(default_factory=KubeletArgs)
+    #: The container runtime (None: none, the node runs no pods).
+    runtime: RuntimeSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class AgentConfig:
     node_taints: tuple[Taint, ...] = ()
     kubelet_args: KubeletArgs = field(default_factory=KubeletArgs)
     is_server: bool = False
+    runtime: RuntimeSettings | None = None
 
     @classmethod
     def of_node(
@@ -83,6 +87,7 @@ class AgentConfig:
             node_taints=node.node_taints,
             kubelet_args=node.kubelet_args,
             is_server=is_server,
+            runtime=node.runtime,
         )
 
     def join_request(self) -> JoinRequest:
@@ -122,8 +127,12 @@ def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
     )
 
 
-def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
-    """The real kubelet: the API reached with the node's own client certificate."""
+def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
+    """
+    The real kubelet: the API reached with the node's own client certificate;
+    its container runtime (containerd as a child, or an existing CRI socket)
+    when the node has one.
+    """
 
     def make(joined: Joined) -> IService:
         if config.kubelet_args.ignored:
@@ -131,8 +140,11 @@ def kubelet_factory(clock: IReactorTime, config: AgentConfig) -> KubeletFactory:
                 "kubelet-arg {args} not supported by k3stw's kubelet; ignored",
                 args=", ".join(config.kubelet_args.ignored),
             )
-        client = node_client(clock, joined, config.server_url)
-        return KubeletService(clock, client, kubelet_settings(config, joined))
+        client = node_client(reactor, joined, config.server_url)
+        runtime = None
+        if config.runtime is not None:
+            runtime = NodeRuntime(reactor, config.data_dir, config.runtime)
+        return KubeletService(reactor, client, kubelet_settings(config, joined), runtime=runtime)
 
     return make
 

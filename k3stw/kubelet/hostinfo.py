@@ -227,6 +227,8 @@ class HostFacts:
     os_image: str
     operating_system: str
     architecture: str
+    #: ``<runtime>://<version>`` as the runtime answers CRI Version (none: runc, unknown).
+    container_runtime_version: str = "runc://unknown"
 
 
 def read_host_facts(data_dir: str | Path) -> HostFacts:

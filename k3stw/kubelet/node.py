@@ -26,10 +26,6 @@ MASTER_LABEL = "node-role.kubernetes.io/master"
 NODES_PATH = "/api/v1/nodes"
 LEASES_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"
 
-# Before a container runtime exists (a later issue brings runc), the kubelet
-# still names the runtime it will drive; the version is filled in then.
-CONTAINER_RUNTIME_VERSION = "runc://unknown"
-
 # The kubelet's default --eviction-hard thresholds (memory.available<100Mi,
 # nodefs.available<10%), which is all that allocatable subtracts under k3s.
 _EVICTION_MEMORY = 100 * 1024 * 1024
@@ -113,7 +109,7 @@ def node_info(facts: HostFacts) -> dict[str, str]:
     return {
         "architecture": facts.architecture,
         "bootID": facts.boot_id,
-        "containerRuntimeVersion": CONTAINER_RUNTIME_VERSION,
+        "containerRuntimeVersion": facts.container_runtime_version,
         "kernelVersion": facts.kernel_version,
         "kubeProxyVersion": KUBERNETES_VERSION,
         "kubeletVersion": KUBERNETES_VERSION,

@@ -1,15 +1,18 @@
 """
-The kubelet as a service: register the Node, then renew its Lease and post
-its status on a schedule, each job retrying with back-off when it fails.
-The Node is watched (an informer on this node alone), so checking the status
-costs no request unless the status must be written.
+The kubelet as a service: wait for its container runtime (when the node has
+one), register the Node, then renew its Lease and post its status on a
+schedule, each job retrying with back-off when it fails.  The Node is watched
+(an informer on this node alone), so checking the status costs no request
+unless the status must be written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred
@@ -42,6 +45,10 @@ from k3stw.machinery.source import HTTPSource
 from k3stw.machinery.times import micro_time, rfc3339
 from k3stw.machinery.timing import Backoff, PeriodicJob, retrying
 
+if TYPE_CHECKING:
+    from k3stw.kubelet.containerd import NodeRuntime
+    from k3stw.kubelet.cri.runtime import Runtime
+
 #: Failures that say the server is away or unwell, logged without a traceback.
 EXPECTED_FAILURES = (
     KubeAPIError,
@@ -69,6 +76,9 @@ class KubeletService(MultiService):
     :param client: the API, with the node's identity.
     :param host_facts: reads the host's facts (tests pass fixed ones).
     :param jitter: a number in [0, 1) for each retry's random share.
+    :param runtime: the node's container runtime, started as a child of the
+        kubelet; the Node is registered once it answers, with its version
+        (C{containerd://1.6.20}).  None: the node runs no runtime.
     """
 
     _log = Logger()
@@ -80,12 +90,20 @@ class KubeletService(MultiService):
         config: KubeletConfig,
         host_facts: Callable[[], HostFacts] | None = None,
         jitter: Callable[[], float] = random.random,
+        runtime: NodeRuntime | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
         self.client = client
         self.config = config
-        self._host_facts = host_facts or partial(read_host_facts, config.data_dir)
+        self._read_host_facts = host_facts or partial(read_host_facts, config.data_dir)
+        self.node_runtime = runtime
+        if runtime is not None:
+            runtime.setServiceParent(self)
+        #: The runtime once it answered (None before, or without one).
+        self.runtime: Runtime | None = None
+        #: ``<name>://<version>`` of the runtime, once it answered.
+        self.runtime_version: str | None = None
         self.backoff = Backoff(
             config.retry_initial, config.retry_max, jitter=config.retry_jitter, chance=jitter
         )
@@ -140,7 +158,15 @@ class KubeletService(MultiService):
         if not failure.check(CancelledError):
             self._log.failure("kubelet stopped", failure)
 
+    def _host_facts(self) -> HostFacts:
+        facts = self._read_host_facts()
+        if self.runtime_version is None:
+            return facts
+        return dataclasses.replace(facts, container_runtime_version=self.runtime_version)
+
     async def _start(self) -> None:
+        if self.node_runtime is not None:
+            await self._connect_runtime(self.node_runtime)
         await retrying(
             self.clock,
             self._timed(self._register),
@@ -151,6 +177,25 @@ class KubeletService(MultiService):
         self._log.info("Successfully registered node {node}", node=self.config.node_name)
         for service in (self.node_informer, self.lease_job, self.status_job):
             service.setServiceParent(self)
+
+    async def _connect_runtime(self, node_runtime: NodeRuntime) -> None:
+        """Wait for the runtime, then learn its version (the kubelet registers only then)."""
+        runtime = await node_runtime.when_ready()
+
+        async def version() -> str:
+            answer = await runtime.version()
+            return f"{answer.runtime_name}://{answer.runtime_version}"
+
+        def failed(attempt: int, error: Exception) -> None:
+            self._log.warn(
+                "Container runtime not answering Version (attempt {attempt}): {error}",
+                attempt=attempt,
+                error=str(error),
+            )
+
+        self.runtime_version = await retrying(self.clock, version, self.backoff, failed)
+        self.runtime = runtime
+        self._log.info("Container runtime {version} is ready", version=self.runtime_version)
 
     def _timed(self, job: Callable[[], Deferred[None]]) -> Callable[[], Deferred[None]]:
         def attempt() -> Deferred[None]:

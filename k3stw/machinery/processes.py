@@ -195,6 +195,8 @@ class SupervisedProcess(Service):
     :param stop_timeout: seconds between SIGTERM and SIGKILL.
     :param kill_timeout: seconds to wait after SIGKILL before giving up.
     :param max_line: the longest output line logged (in bytes).
+    :param output: a file the child's stdout and stderr are appended to,
+        instead of the log (containerd's own log file, as k3s keeps it).
     """
 
     _log = Logger()
@@ -212,6 +214,7 @@ class SupervisedProcess(Service):
         stop_timeout: float = 10.0,
         kill_timeout: float = 5.0,
         max_line: int = MAX_LINE,
+        output: str | None = None,
     ) -> None:
         if not argv:
             raise ValueError("a supervised process needs a command line")
@@ -227,6 +230,7 @@ class SupervisedProcess(Service):
         self.stop_timeout = stop_timeout
         self.kill_timeout = kill_timeout
         self.max_line = max_line
+        self.output = output
         #: Exits (or failed starts) in a row, for the back-off.
         self.failures = 0
         # The latest child spawned, alive or not: the machine's states say what
@@ -284,9 +288,7 @@ class SupervisedProcess(Service):
         try:
             executable = _executable(self.argv, self.env, self.cwd)
             child = _Child(self._label, self.clock, self.max_line)
-            self.reactor.spawnProcess(
-                child, executable, list(self.argv), env=_environment(self.env), path=self.cwd
-            )
+            self._spawn_child(child, executable)
         except ProcessStartError as e:
             inputs._ended(Failure(e), 0.0)
         except OSError as e:
@@ -301,6 +303,19 @@ class SupervisedProcess(Service):
             # Only now: Twisted reports a child that exited at once from
             # within spawnProcess, and its end must follow its start.
             child.attach(inputs._ended)
+
+    def _spawn_child(self, child: _Child, executable: str) -> None:
+        env, argv = _environment(self.env), list(self.argv)
+        if self.output is None:
+            self.reactor.spawnProcess(child, executable, argv, env=env, path=self.cwd)
+            return
+        fd = os.open(self.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.reactor.spawnProcess(
+                child, executable, argv, env=env, path=self.cwd, childFDs={0: "w", 1: fd, 2: fd}
+            )
+        finally:
+            os.close(fd)
 
     def _started(self) -> None:
         assert self._child is not None and self._child.pid is not None

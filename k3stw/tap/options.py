@@ -142,6 +142,20 @@ def _port_range(value: object) -> str:
     return text
 
 
+def _runtime(value: object) -> str:
+    text = _text(value).strip()
+    if text not in ("containerd", "none"):
+        raise ValueError("expected containerd or none")
+    return text
+
+
+def _runtime_endpoint(value: object) -> str:
+    text = _text(value).strip()
+    if not (text.startswith("/") or text.startswith("unix:///")):
+        raise ValueError("expected a CRI socket: unix:///path/to/socket or /path/to/socket")
+    return text
+
+
 def _path(value: object) -> str:
     text = _text(value)
     if not text:
@@ -214,6 +228,24 @@ NODE_TAINT = repeatable("node-taint", "Registering kubelet with set of taints")
 KUBELET_ARG = repeatable(
     "kubelet-arg", "Customized flag for kubelet process (k3stw honours port=<n>)"
 )
+CONTAINER_RUNTIME = Flag(
+    "container-runtime",
+    "(k3stw) Run containerd as k3s does (containerd), or no container runtime (none: nodes "
+    "register but run no pods); --container-runtime-endpoint implies a runtime",
+    _runtime,
+    env="K3S_CONTAINER_RUNTIME",
+    default="none",
+)
+CONTAINER_RUNTIME_ENDPOINT = Flag(
+    "container-runtime-endpoint",
+    "Disable embedded containerd and use the CRI socket at the given path",
+    _runtime_endpoint,
+)
+PAUSE_IMAGE = Flag(
+    "pause-image",
+    "Customized pause image for containerd sandbox",
+    default="rancher/mirrored-pause:3.6",
+)
 NODE_IDENTITY_DIR = Flag(
     "node-identity-dir",
     "Folder of the node's password and id files (k3stw; several agents on one host need one "
@@ -237,6 +269,9 @@ NODE_FLAGS: tuple[Flag, ...] = (
     NODE_TAINT,
     KUBELET_ARG,
     NODE_IDENTITY_DIR,
+    CONTAINER_RUNTIME,
+    CONTAINER_RUNTIME_ENDPOINT,
+    PAUSE_IMAGE,
 )
 
 SERVER_FLAGS: tuple[Flag, ...] = (
@@ -405,6 +440,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("node-name", "with-node-id", "node-label", "node-taint", "node-identity-dir"),
     ),
     ("agent/networking", ("node-ip", "node-external-ip", "lb-server-port", "lb-status-port")),
+    ("agent/runtime", ("container-runtime", "container-runtime-endpoint", "pause-image")),
     ("agent/flags", ("kubelet-arg",)),
 )
 
@@ -725,6 +761,7 @@ class K3sOptions(usage.Options):
             parse_node_labels,
             parse_node_taints,
         )
+        from k3stw.kubelet.containerd import RuntimeSettings
 
         try:
             labels = parse_node_labels(self["node-label"])
@@ -742,6 +779,11 @@ class K3sOptions(usage.Options):
             node_labels=labels,
             node_taints=taints,
             kubelet_args=kubelet_args,
+            runtime=(
+                RuntimeSettings(self["container-runtime-endpoint"] or "", self["pause-image"])
+                if self["container-runtime"] == "containerd" or self["container-runtime-endpoint"]
+                else None
+            ),
         )
 
     def getSynopsis(self) -> str:

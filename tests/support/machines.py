@@ -11,6 +11,12 @@ touch nothing of this one.
   the test's directory; ``/opt`` may show a virtualenv the test built.
 - Processes: a PID namespace whose init is a ``sleep``; ending it ends every
   process the machine started.
+- A container runtime (``boot(runtime=True)``): ``/run`` is a tmpfs of its own
+  and ``/var/lib/rancher`` and ``/var/log`` are private directories (not
+  overlays: containerd's overlayfs snapshotter cannot stack on an overlay), so
+  containerd, its shims and runc keep k3s's paths; the CNI state under
+  ``/var/lib/cni`` and ``/etc/cni`` lands in the overlays.  Containers get
+  cgroups under C{cgroup_parent}, removed at shutdown.
 
 Needs root, ``ip``, ``unshare`` and ``nsenter``; a machine that cannot be made
 fails the test.
@@ -48,16 +54,20 @@ class Machine:
         self.address = address
         self.root = workdir / name
         self.bin = workdir / "bin"
+        #: The cgroup (in every v1 hierarchy) to give containers as their parent.
+        self.cgroup_parent = f"/{name}"
         self._init: subprocess.Popen[bytes] | None = None
         self.init_pid = 0
         case.addCleanup(self.shutdown)
 
-    def boot(self, opt_layers: tuple[Path, ...] = ()) -> None:
+    def boot(self, opt_layers: tuple[Path, ...] = (), runtime: bool = False) -> None:
         """
         Start the machine's init with its overlays.
 
         :param opt_layers: directories shown over ``/opt``, read-only; none
             gives a writable ``/opt`` whose writes land in C{root}/opt.
+        :param runtime: give it the private paths a container runtime needs
+            (see the module docstring); C{rancher} is then its ``/var/lib/rancher``.
         """
         mounts = []
         for path in ("/etc", "/var/lib", "/home") + (() if opt_layers else ("/opt",)):
@@ -69,11 +79,25 @@ class Machine:
         if opt_layers:
             lower = ":".join([*map(str, opt_layers), "/opt"])
             mounts.append(f"mount -t overlay overlay -o lowerdir={lower} /opt")
+        if runtime:
+            for private, path in (
+                (self.rancher, "/var/lib/rancher"),
+                (self.root / "log", "/var/log"),
+            ):
+                private.mkdir(parents=True, exist_ok=True)
+                mounts.append(f"mkdir -p {path} && mount --bind {private} {path}")
+            mounts.append("mount -t tmpfs -o mode=0755 tmpfs /run")
         ready = self.root / "booted"
         setup = " && ".join([f"hostname {self.name}", *mounts, f"touch {ready}", "exec sleep 3600"])
+        # ip netns exec mounts a fresh /sys, without the cgroup hierarchies runc needs.
+        enter = (
+            ["nsenter", f"--net=/run/netns/{self.name}"]
+            if runtime
+            else ["ip", "netns", "exec", self.name]
+        )
         self._init = subprocess.Popen(
             [
-                "ip", "netns", "exec", self.name,
+                *enter,
                 "unshare", "--mount", "--propagation", "private", "--uts", "--pid", "--fork",
                 "--mount-proc", "sh", "-c", setup,
             ],
@@ -88,6 +112,15 @@ class Machine:
                 raise AssertionError(f"machine {self.name} did not boot: {log}")
             time.sleep(0.05)
         self.init_pid = self._child_of(self._init.pid)
+
+    @property
+    def rancher(self) -> Path:
+        """Where a runtime machine's ``/var/lib/rancher`` lives on this host."""
+        return self.root / "rancher"
+
+    def path(self, inside: str) -> Path:
+        """A path of the machine's file system as this host reaches it (through its init)."""
+        return Path(f"/proc/{self.init_pid}/root") / inside.lstrip("/")
 
     @staticmethod
     def _child_of(pid: int) -> int:
@@ -155,6 +188,28 @@ class Machine:
         if self._init is not None:
             self._init.wait(10)
             self._init = None
+        self._remove_cgroups()
+
+    def _remove_cgroups(self) -> None:
+        """Remove the containers' cgroups (runc leaves a pod's parent behind), deepest first."""
+        hierarchies = [p / self.cgroup_parent.lstrip("/") for p in Path("/sys/fs/cgroup").iterdir()]
+        deadline = time.monotonic() + 10
+        for top in hierarchies:
+            if not top.is_dir():
+                continue
+            nested = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            for directory in [*nested, top]:
+                while True:
+                    try:
+                        directory.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        # Its last processes are still being reaped.
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
 
 
 def machines(case: SynchronousTestCase, workdir: Path, count: int) -> list[Machine]:
