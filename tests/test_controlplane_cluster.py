@@ -1,0 +1,323 @@
+"""
+The scheduler and kube-controller-manager's controllers in a real cluster of
+three nodes (a ``k3s-server`` with its own node and two ``k3s-agent``
+processes on their own loopback addresses), driven with the real kubectl.
+No kubelet runs pods yet: where a controller waits on readiness, the test
+plays kubelet and marks pods Running and Ready through the status
+subresource.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_join import Cluster
+
+SERVER_HOST = "127.0.0.141"
+AGENTS = {"agent-1": "127.0.0.142", "agent-2": "127.0.0.143"}
+NODES = {"server", *AGENTS}
+
+
+def pod_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    container = {"name": "c", "image": "busybox"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"containers": [container], **spec},
+    }
+
+
+class ControlPlaneClusterTests(SynchronousTestCase):
+    cluster: ClassVar[Cluster]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.cluster = Cluster.with_agents("k3stw-controlplane-", SERVER_HOST, AGENTS)
+
+    def tearDown(self) -> None:
+        self.assertNotIn("Traceback", self.cluster.server.output)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.cluster.stop()
+
+    def kubectl(self, *args: str) -> str:
+        """kubectl's stdout, failing the test on a non-zero exit."""
+        done = self.cluster.kubectl(*args)
+        self.assertEqual(done.returncode, 0, f"kubectl {' '.join(args)}:\n{done.stderr}")
+        return done.stdout
+
+    def remove(self, kind: str, name: str, selector: str | None = None) -> None:
+        """At cleanup, delete the object and wait until its pods are gone (the next test's
+        placements count every pod on a node)."""
+
+        def removed() -> None:
+            self.cluster.kubectl("delete", kind, name, "--wait=false")
+            pods = selector or f"app={name}"
+            self.cluster.wait(lambda: not self.items("pods", pods), f"{kind} {name}'s pods gone")
+
+        self.addCleanup(removed)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        path = self.cluster.root / f"{obj['metadata']['name']}.json"
+        path.write_text(json.dumps(obj))
+        self.kubectl("apply", "-f", str(path))
+
+    def items(self, kind: str, selector: str) -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = json.loads(
+            self.kubectl("get", kind, "-l", selector, "-o", "json")
+        )["items"]
+        return listed
+
+    def placement(self, selector: str) -> Counter[str]:
+        """How many of the selected pods each node holds (``""`` for unbound pods)."""
+        return Counter(p["spec"].get("nodeName", "") for p in self.items("pods", selector))
+
+    def wait_placed(self, selector: str, count: int) -> Counter[str]:
+        """Wait until exactly C{count} pods are selected, all bound; their placement."""
+
+        def placed() -> bool:
+            where = self.placement(selector)
+            return where.total() == count and "" not in where
+
+        self.cluster.wait(placed, f"{count} bound pods with {selector}")
+        return self.placement(selector)
+
+    def mark_ready(self, selector: str) -> None:
+        """Play kubelet: every selected pod not Ready yet turns Running and Ready."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ready = {"type": "Ready", "status": "True", "lastTransitionTime": now}
+        status = json.dumps({"status": {"phase": "Running", "conditions": [ready]}})
+        for pod in self.items("pods", selector):
+            conditions = pod.get("status", {}).get("conditions") or []
+            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                # A pod the controller deletes meanwhile is no failure.
+                self.cluster.kubectl(
+                    "patch", "pod", pod["metadata"]["name"], "--subresource=status",
+                    "--type=merge", "-p", status,
+                )  # fmt: skip
+
+    def rolled_out(self, name: str) -> bool:
+        """Whether ``kubectl rollout status`` says done (marking the pods it waits on first)."""
+        self.mark_ready(f"app={name}")
+        status = self.cluster.kubectl("rollout", "status", f"deployment/{name}", "--watch=false")
+        return status.stdout.startswith(f'deployment "{name}" successfully rolled out')
+
+    def images(self, selector: str) -> set[str]:
+        return {p["spec"]["containers"][0]["image"] for p in self.items("pods", selector)}
+
+    def revisions(self, name: str) -> list[str]:
+        """The REVISION column of ``kubectl rollout history``."""
+        history = self.kubectl("rollout", "history", f"deployment/{name}")
+        return [line.split()[0] for line in history.splitlines()[2:] if line.strip()]
+
+    def test_a_deployment_spread_scaled_rolled_back_and_collected(self) -> None:
+        """
+        Six replicas land two on each node; scaling down and up, a rolling
+        update with history and undo, and the ReplicaSets and pods of the
+        deleted Deployment collected.
+        """
+        self.kubectl("create", "deployment", "web", "--image=busybox", "--replicas=6")
+        self.assertEqual(self.wait_placed("app=web", 6), dict.fromkeys(NODES, 2))
+
+        [replicaset] = self.items("replicasets", "app=web")
+        first = replicaset["metadata"]["name"]
+        self.assertEqual(first, f"web-{replicaset['metadata']['labels']['pod-template-hash']}")
+
+        self.kubectl("scale", "deployment", "web", "--replicas=2")
+        self.wait_placed("app=web", 2)
+        self.kubectl("scale", "deployment", "web", "--replicas=6")
+        self.assertEqual(set(self.wait_placed("app=web", 6)), NODES)
+        scaled = [
+            e["message"]
+            for e in self.events("Deployment", "web")
+            if e["reason"] == "ScalingReplicaSet"
+        ]
+        self.assertEqual(
+            scaled,
+            [
+                f"Scaled up replica set {first} from 0 to 6",
+                f"Scaled down replica set {first} from 6 to 2",
+                f"Scaled up replica set {first} from 2 to 6",
+            ],
+        )
+        self.cluster.wait(lambda: self.rolled_out("web"), "web's first rollout")
+
+        self.kubectl("set", "image", "deployment/web", "busybox=busybox:1.36")
+        self.cluster.wait(lambda: self.rolled_out("web"), "web's rolling update")
+        self.cluster.wait(lambda: len(self.items("pods", "app=web")) == 6, "the old pods gone")
+        self.assertEqual(self.images("app=web"), {"busybox:1.36"})
+        self.assertEqual(self.revisions("web"), ["1", "2"])
+
+        # undo copies revision 1's template back: its ReplicaSet becomes revision 3.
+        self.kubectl("rollout", "undo", "deployment/web")
+        self.cluster.wait(lambda: self.rolled_out("web"), "web's rollback")
+        self.cluster.wait(lambda: self.images("app=web") == {"busybox"}, "revision 1's image")
+        self.assertEqual(self.revisions("web"), ["2", "3"])
+        self.assertEqual(len(self.items("replicasets", "app=web")), 2)
+
+        self.kubectl("delete", "deployment", "web")
+        self.cluster.wait(
+            lambda: not self.items("replicasets", "app=web") and not self.items("pods", "app=web"),
+            "web's ReplicaSets and pods collected",
+        )
+
+    def events(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """The Events about one object, oldest first."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        listed: list[dict[str, Any]] = json.loads(
+            self.kubectl("get", "events", "--field-selector", selector, "-o", "json")
+        )["items"]
+        return sorted(listed, key=lambda e: e.get("lastTimestamp") or e["eventTime"])
+
+    def daemonset(self, name: str) -> None:
+        self.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+                    },
+                },
+            }
+        )
+        self.remove("daemonset", name)
+
+    def test_b_a_daemonset_pod_on_every_node(self) -> None:
+        """A DaemonSet's pods, one bound to each of the three nodes."""
+        self.daemonset("probe")
+        self.assertEqual(self.wait_placed("app=probe", 3), dict.fromkeys(NODES, 1))
+        created = [
+            e for e in self.events("DaemonSet", "probe") if e["reason"] == "SuccessfulCreate"
+        ]
+        self.assertEqual(len(created), 3, created)
+
+    def test_c_taints_and_node_selectors_honoured(self) -> None:
+        """
+        A Deployment's pods avoid a node tainted NoSchedule; a pod selecting
+        agent-2 by hostname lands there, and one selecting the tainted node
+        is refused with both reasons counted.
+        """
+        self.kubectl("taint", "node", "agent-1", "dedicated=db:NoSchedule")
+        self.addCleanup(
+            self.cluster.kubectl, "taint", "node", "agent-1", "dedicated=db:NoSchedule-"
+        )
+        self.kubectl("create", "deployment", "avoid", "--image=busybox", "--replicas=4")
+        self.remove("deployment", "avoid")
+        self.assertEqual(self.wait_placed("app=avoid", 4), {"server": 2, "agent-2": 2})
+        # A DaemonSet that does not tolerate the taint skips the node until it is lifted.
+        self.daemonset("tolerant")
+        self.assertEqual(self.wait_placed("app=tolerant", 2), {"server": 1, "agent-2": 1})
+
+        pinned = pod_manifest("pinned", {"nodeSelector": {"kubernetes.io/hostname": "agent-2"}})
+        self.apply(pinned)
+        self.remove("pod", "pinned")
+        self.assertEqual(self.wait_placed("app=pinned", 1), {"agent-2": 1})
+
+        barred = pod_manifest("barred", {"nodeSelector": {"kubernetes.io/hostname": "agent-1"}})
+        self.apply(barred)
+        self.remove("pod", "barred")
+        condition = self.wait_unschedulable("barred")
+        self.assertEqual(
+            condition["message"],
+            "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, "
+            "2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes "
+            "are available: 3 Preemption is not helpful for scheduling.",
+        )
+
+        self.kubectl("taint", "node", "agent-1", "dedicated=db:NoSchedule-")
+        self.assertEqual(self.wait_placed("app=barred", 1), {"agent-1": 1})
+        self.assertEqual(self.wait_placed("app=tolerant", 3), dict.fromkeys(NODES, 1))
+
+    def test_c_cordoned_node_takes_no_new_pods(self) -> None:
+        """A cordoned node takes no new replicas; uncordoned, it takes them again."""
+        self.kubectl("cordon", "agent-2")
+        self.addCleanup(self.cluster.kubectl, "uncordon", "agent-2")
+        self.kubectl("create", "deployment", "cordoned", "--image=busybox", "--replicas=4")
+        self.remove("deployment", "cordoned")
+        self.assertEqual(self.wait_placed("app=cordoned", 4), {"server": 2, "agent-1": 2})
+        self.kubectl("uncordon", "agent-2")
+        self.kubectl("scale", "deployment", "cordoned", "--replicas=6")
+        self.assertEqual(self.wait_placed("app=cordoned", 6), dict.fromkeys(NODES, 2))
+
+    def wait_unschedulable(self, name: str) -> dict[str, Any]:
+        """The pod's PodScheduled condition once the scheduler has refused it."""
+
+        def scheduled() -> dict[str, Any]:
+            pod = json.loads(self.kubectl("get", "pod", name, "-o", "json"))
+            conditions = pod.get("status", {}).get("conditions") or []
+            return next((c for c in conditions if c["type"] == "PodScheduled"), {})
+
+        self.cluster.wait(scheduled, f"{name}'s PodScheduled condition")
+        condition = scheduled()
+        self.assertEqual((condition["status"], condition["reason"]), ("False", "Unschedulable"))
+        return condition
+
+    def test_d_an_unschedulable_pod_explained(self) -> None:
+        """A pod asking for 1000 CPUs stays Pending: its condition, event and describe say why."""
+        resources = {"requests": {"cpu": "1000"}}
+        hungry = pod_manifest("hungry", {})
+        hungry["spec"]["containers"][0]["resources"] = resources
+        self.apply(hungry)
+        self.remove("pod", "hungry")
+        message = (
+            "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are "
+            "available: 3 No preemption victims found for incoming pod."
+        )
+        self.assertEqual(self.wait_unschedulable("hungry")["message"], message)
+        self.assertEqual(self.placement("app=hungry"), {"": 1})
+
+        events = json.loads(
+            self.kubectl(
+                "get", "events", "--field-selector", "involvedObject.name=hungry", "-o", "json"
+            )
+        )["items"]
+        failed = [e for e in events if e["reason"] == "FailedScheduling"]
+        self.assertTrue(failed, events)
+        self.assertEqual(failed[0]["message"], message)
+        self.assertEqual(failed[0]["type"], "Warning")
+        described = self.kubectl("describe", "pod", "hungry")
+        self.assertIn("FailedScheduling", described)
+        self.assertIn("0/3 nodes are available: 3 Insufficient cpu.", described)
+
+    def test_d_an_unschedulable_pod_is_bound_once_a_node_fits(self) -> None:
+        """A pod selecting a label no node has is retried, and bound, once a node gets it."""
+        self.apply(pod_manifest("waiting", {"nodeSelector": {"disk": "ssd"}}))
+        self.remove("pod", "waiting")
+        self.assertEqual(
+            self.wait_unschedulable("waiting")["message"],
+            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. "
+            "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.",
+        )
+        self.kubectl("label", "node", "agent-1", "disk=ssd")
+        self.addCleanup(self.cluster.kubectl, "label", "node", "agent-1", "disk-")
+        self.assertEqual(self.wait_placed("app=waiting", 1), {"agent-1": 1})
+
+    def test_e_jobs_and_cronjobs_make_pods(self) -> None:
+        """A Job's pod, and a Job made from a CronJob's template, each get a bound pod."""
+        self.kubectl("create", "job", "once", "--image=busybox", "--", "true")
+        self.remove("job", "once", "batch.kubernetes.io/job-name=once")
+        [node] = self.wait_placed("batch.kubernetes.io/job-name=once", 1)
+        self.assertIn(node, NODES)
+
+        self.kubectl("create", "cronjob", "tick", "--image=busybox", "--schedule=* * * * *")
+        self.remove("cronjob", "tick", "batch.kubernetes.io/job-name=tick-now")
+        self.kubectl("create", "job", "tick-now", "--from=cronjob/tick")
+        [node] = self.wait_placed("batch.kubernetes.io/job-name=tick-now", 1)
+        self.assertIn(node, NODES)
+        job = json.loads(self.kubectl("get", "job", "tick-now", "-o", "json"))
+        self.assertEqual(
+            job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual"
+        )
+        [owner] = job["metadata"]["ownerReferences"]
+        self.assertEqual((owner["kind"], owner["name"]), ("CronJob", "tick"))
