@@ -109,6 +109,13 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         status = self.cluster.kubectl("rollout", "status", f"deployment/{name}", "--watch=false")
         return status.stdout.startswith(f'deployment "{name}" successfully rolled out')
 
+    def replica_counts(self, selector: str) -> dict[str, int]:
+        """Each selected ReplicaSet's ``spec.replicas``, by name."""
+        return {
+            rs["metadata"]["name"]: rs["spec"]["replicas"]
+            for rs in self.items("replicasets", selector)
+        }
+
     def images(self, selector: str) -> set[str]:
         return {p["spec"]["containers"][0]["image"] for p in self.items("pods", selector)}
 
@@ -150,6 +157,17 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.cluster.wait(lambda: self.rolled_out("web"), "web's first rollout")
 
         self.kubectl("set", "image", "deployment/web", "busybox=busybox:1.36")
+
+        def surged() -> bool:
+            """
+            25% of 6: at most 8 pods, at least 5 available. With the new pods
+            never Ready, the old ReplicaSet gives up one and the new grows to 3.
+            """
+            counts = self.replica_counts("app=web")
+            return counts.pop(first, None) == 5 and list(counts.values()) == [3]
+
+        self.cluster.wait(surged, "the old ReplicaSet at 5 and the new at 3")
+        self.assertEqual(self.wait_placed("app=web", 8).total(), 8)
         self.cluster.wait(lambda: self.rolled_out("web"), "web's rolling update")
         self.cluster.wait(lambda: len(self.items("pods", "app=web")) == 6, "the old pods gone")
         self.assertEqual(self.images("app=web"), {"busybox:1.36"})
@@ -168,6 +186,37 @@ class ControlPlaneClusterTests(SynchronousTestCase):
             "web's ReplicaSets and pods collected",
         )
 
+    def test_a_paused_deployment_rolls_out_on_resume_and_restart(self) -> None:
+        """A paused Deployment makes no ReplicaSet for a new template until resumed."""
+        self.kubectl("create", "deployment", "paused", "--image=busybox")
+        self.remove("deployment", "paused")
+        self.cluster.wait(lambda: self.rolled_out("paused"), "paused's first rollout")
+        self.kubectl("rollout", "pause", "deployment/paused")
+        self.kubectl("set", "image", "deployment/paused", "busybox=busybox:1.36")
+
+        def progressing() -> tuple[str, str]:
+            got = json.loads(self.kubectl("get", "deployment", "paused", "-o", "json"))
+            conditions = got.get("status", {}).get("conditions") or []
+            found: dict[str, str] = next((c for c in conditions if c["type"] == "Progressing"), {})
+            return found.get("reason", ""), found.get("message", "")
+
+        self.cluster.wait(lambda: progressing()[0] == "DeploymentPaused", "DeploymentPaused")
+        self.assertEqual(progressing(), ("DeploymentPaused", "Deployment is paused"))
+        self.assertEqual(len(self.replica_counts("app=paused")), 1)
+        self.assertEqual(self.images("app=paused"), {"busybox"})
+
+        self.kubectl("rollout", "resume", "deployment/paused")
+        self.cluster.wait(lambda: self.rolled_out("paused"), "the resumed rollout")
+        self.cluster.wait(lambda: self.images("app=paused") == {"busybox:1.36"}, "the new image")
+        self.assertEqual(self.revisions("paused"), ["1", "2"])
+
+        self.kubectl("rollout", "restart", "deployment/paused")
+        self.cluster.wait(lambda: len(self.replica_counts("app=paused")) == 3, "a third ReplicaSet")
+        self.cluster.wait(lambda: self.rolled_out("paused"), "the restart")
+        self.assertEqual(self.revisions("paused"), ["1", "2", "3"])
+        [pod] = self.items("pods", "app=paused")
+        self.assertIn("kubectl.kubernetes.io/restartedAt", pod["metadata"]["annotations"])
+
     def events(self, kind: str, name: str) -> list[dict[str, Any]]:
         """The Events about one object, oldest first."""
         selector = f"involvedObject.kind={kind},involvedObject.name={name}"
@@ -176,26 +225,27 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         )["items"]
         return sorted(listed, key=lambda e: e.get("lastTimestamp") or e["eventTime"])
 
-    def daemonset(self, name: str) -> None:
-        self.apply(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "DaemonSet",
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": name}},
-                    "template": {
-                        "metadata": {"labels": {"app": name}},
-                        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
-                    },
-                },
-            }
-        )
-        self.remove("daemonset", name)
+    def workload(
+        self, kind: str, name: str, *, replicas: int | None = None, **container: Any
+    ) -> None:
+        """Apply a C{kind} of apps/v1 whose pods (labelled ``app=<name>``) run one busybox
+        container (with C{container}'s fields), removed at cleanup."""
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "busybox", **container}]},
+            },
+        }
+        if replicas is not None:
+            spec["replicas"] = replicas
+        metadata = {"name": name, "namespace": "default"}
+        self.apply({"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec})
+        self.remove(kind.lower(), name)
 
     def test_b_a_daemonset_pod_on_every_node(self) -> None:
         """A DaemonSet's pods, one bound to each of the three nodes."""
-        self.daemonset("probe")
+        self.workload("DaemonSet", "probe")
         self.assertEqual(self.wait_placed("app=probe", 3), dict.fromkeys(NODES, 1))
         created = [
             e for e in self.events("DaemonSet", "probe") if e["reason"] == "SuccessfulCreate"
@@ -216,7 +266,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.remove("deployment", "avoid")
         self.assertEqual(self.wait_placed("app=avoid", 4), {"server": 2, "agent-2": 2})
         # A DaemonSet that does not tolerate the taint skips the node until it is lifted.
-        self.daemonset("tolerant")
+        self.workload("DaemonSet", "tolerant")
         self.assertEqual(self.wait_placed("app=tolerant", 2), {"server": 1, "agent-2": 1})
 
         pinned = pod_manifest("pinned", {"nodeSelector": {"kubernetes.io/hostname": "agent-2"}})
@@ -249,6 +299,27 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.kubectl("uncordon", "agent-2")
         self.kubectl("scale", "deployment", "cordoned", "--replicas=6")
         self.assertEqual(self.wait_placed("app=cordoned", 6), dict.fromkeys(NODES, 2))
+
+    def test_c_host_ports_one_pod_per_node(self) -> None:
+        """
+        Replicas asking for one host port fit one to a node; the fourth is
+        refused, and is the one removed when scaled down to three.
+        """
+        port = {"containerPort": 80, "hostPort": 8080}
+        self.workload("Deployment", "ported", replicas=4, ports=[port])
+        self.cluster.wait(
+            lambda: self.placement("app=ported") == {**dict.fromkeys(NODES, 1), "": 1},
+            "three ported pods bound and one pending",
+        )
+        [pending] = [p for p in self.items("pods", "app=ported") if "nodeName" not in p["spec"]]
+        self.assertEqual(
+            self.wait_unschedulable(pending["metadata"]["name"])["message"],
+            "0/3 nodes are available: 3 node(s) didn't have free ports for the requested pod "
+            "ports. preemption: 0/3 nodes are available: 3 No preemption victims found for "
+            "incoming pod.",
+        )
+        self.kubectl("scale", "deployment", "ported", "--replicas=3")
+        self.assertEqual(self.wait_placed("app=ported", 3), dict.fromkeys(NODES, 1))
 
     def wait_unschedulable(self, name: str) -> dict[str, Any]:
         """The pod's PodScheduled condition once the scheduler has refused it."""
