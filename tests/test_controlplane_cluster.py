@@ -243,14 +243,78 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.apply({"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec})
         self.remove(kind.lower(), name)
 
-    def test_b_a_daemonset_pod_on_every_node(self) -> None:
-        """A DaemonSet's pods, one bound to each of the three nodes."""
+    def test_b_a_daemonset_pod_on_every_node_rolled_one_at_a_time(self) -> None:
+        """
+        A DaemonSet's pods, one bound to each of the three nodes; a new image
+        replaces them one node at a time (maxUnavailable 1), until ``kubectl
+        rollout status`` says done.
+        """
         self.workload("DaemonSet", "probe")
         self.assertEqual(self.wait_placed("app=probe", 3), dict.fromkeys(NODES, 1))
         created = [
             e for e in self.events("DaemonSet", "probe") if e["reason"] == "SuccessfulCreate"
         ]
         self.assertEqual(len(created), 3, created)
+
+        def rolled_out() -> bool:
+            self.mark_ready("app=probe")
+            status = self.cluster.kubectl("rollout", "status", "daemonset/probe", "--watch=false")
+            return status.stdout.startswith('daemon set "probe" successfully rolled out')
+
+        self.cluster.wait(rolled_out, "probe's pods available")
+        self.kubectl("set", "image", "daemonset/probe", "c=busybox:1.36")
+
+        def images() -> list[str]:
+            return sorted(
+                p["spec"]["containers"][0]["image"] for p in self.items("pods", "app=probe")
+            )
+
+        # With the replacement never Ready, only one node's pod is replaced.
+        self.cluster.wait(
+            lambda: images() == ["busybox", "busybox", "busybox:1.36"], "one pod replaced"
+        )
+        self.cluster.wait(rolled_out, "probe's rolling update")
+        self.assertEqual(images(), ["busybox:1.36"] * 3)
+        self.assertEqual(self.wait_placed("app=probe", 3), dict.fromkeys(NODES, 1))
+
+    def test_b_deletion_cascades_orphan_and_foreground(self) -> None:
+        """
+        ``--cascade=orphan`` leaves the ReplicaSet and pods, with no owner;
+        ``--cascade=foreground`` removes them before the ReplicaSet itself.
+        """
+        self.kubectl("create", "deployment", "cascade", "--image=busybox", "--replicas=2")
+        self.remove("replicaset", "--selector=app=cascade", "app=cascade")
+        self.wait_placed("app=cascade", 2)
+        [replicaset] = self.items("replicasets", "app=cascade")
+        self.kubectl("delete", "deployment", "cascade", "--cascade=orphan")
+        self.cluster.wait(
+            lambda: (
+                [
+                    rs["metadata"].get("ownerReferences")
+                    for rs in self.items("replicasets", "app=cascade")
+                ]
+                == [None]
+            ),
+            "the ReplicaSet orphaned",
+        )
+        self.assertEqual(self.wait_placed("app=cascade", 2).total(), 2)
+        # kubectl returns once the ReplicaSet is gone, which foreground deletion allows only
+        # after its pods are.
+        name = replicaset["metadata"]["name"]
+        self.kubectl("delete", "replicaset", name, "--cascade=foreground", "--timeout=30s")
+        self.assertEqual(self.items("pods", "app=cascade"), [])
+
+    def test_b_a_replicaset_adopts_a_matching_pod(self) -> None:
+        """A bare pod matching a new ReplicaSet's selector is adopted: one pod fewer is made."""
+        self.apply(pod_manifest("adopted", {}))
+        self.workload("ReplicaSet", "adopted", replicas=2)
+        self.wait_placed("app=adopted", 2)
+        owners = {
+            p["metadata"]["name"]: [o["kind"] for o in p["metadata"].get("ownerReferences", [])]
+            for p in self.items("pods", "app=adopted")
+        }
+        self.assertEqual(owners.pop("adopted"), ["ReplicaSet"])
+        self.assertEqual(list(owners.values()), [["ReplicaSet"]])
 
     def test_c_taints_and_node_selectors_honoured(self) -> None:
         """
