@@ -456,3 +456,78 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         )
         [owner] = job["metadata"]["ownerReferences"]
         self.assertEqual((owner["kind"], owner["name"]), ("CronJob", "tick"))
+
+    def test_e_a_job_runs_its_completions_two_at_a_time(self) -> None:
+        """completions 3, parallelism 2: two pods, a third once one succeeds, then Complete."""
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "batch", "namespace": "default"},
+            "spec": {
+                "completions": 3,
+                "parallelism": 2,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "busybox"}],
+                    }
+                },
+            },
+        }
+        selector = "batch.kubernetes.io/job-name=batch"
+        self.apply(job)
+        self.remove("job", "batch", selector)
+        self.wait_placed(selector, 2)
+        succeeded = json.dumps({"status": {"phase": "Succeeded"}})
+
+        def succeed(pod: dict[str, Any]) -> None:
+            name = pod["metadata"]["name"]
+            self.kubectl(
+                "patch", "pod", name, "--subresource=status", "--type=merge", "-p", succeeded
+            )
+
+        first = self.items("pods", selector)[0]
+        succeed(first)
+        self.wait_placed(selector, 3)
+        for pod in self.items("pods", selector):
+            if pod["metadata"]["name"] != first["metadata"]["name"]:
+                succeed(pod)
+        out = self.kubectl("wait", "--for=condition=complete", "job/batch", "--timeout=30s")
+        self.assertEqual(out.strip(), "job.batch/batch condition met")
+        status = json.loads(self.kubectl("get", "job", "batch", "-o", "json"))["status"]
+        self.assertEqual((status["succeeded"], status.get("active", 0)), (3, 0))
+
+    def test_f_drain_honours_a_disruption_budget(self) -> None:
+        """
+        ``kubectl drain`` cordons agent-2 and evicts its pod through the
+        Eviction API while a PodDisruptionBudget allows one disruption; the
+        replacement lands elsewhere. With the budget at zero, eviction is refused.
+        """
+        self.kubectl("create", "deployment", "drained", "--image=busybox", "--replicas=3")
+        self.remove("deployment", "drained")
+        self.assertEqual(self.wait_placed("app=drained", 3), dict.fromkeys(NODES, 1))
+        self.cluster.wait(lambda: self.rolled_out("drained"), "drained's pods Ready")
+        self.kubectl("create", "pdb", "drained", "--selector=app=drained", "--min-available=2")
+        self.addCleanup(self.cluster.kubectl, "delete", "pdb", "drained")
+
+        def allowed() -> int | None:
+            got = json.loads(self.kubectl("get", "pdb", "drained", "-o", "json"))
+            return got.get("status", {}).get("disruptionsAllowed")
+
+        self.cluster.wait(lambda: allowed() == 1, "one disruption allowed")
+        self.addCleanup(self.cluster.kubectl, "uncordon", "agent-2")
+        drained = self.kubectl("drain", "agent-2", "--ignore-daemonsets", "--timeout=30s")
+        self.assertIn("node/agent-2 drained", drained)
+        where = self.wait_placed("app=drained", 3)
+        self.assertNotIn("agent-2", where)
+        self.assertEqual(set(where), {"server", "agent-1"})
+
+        # The replacement is not Ready: no disruption is allowed, and eviction says so.
+        self.cluster.wait(lambda: allowed() == 0, "no disruption allowed")
+        refused = self.cluster.kubectl("drain", "agent-1", "--ignore-daemonsets", "--timeout=3s")
+        self.addCleanup(self.cluster.kubectl, "uncordon", "agent-1")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn(
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            refused.stdout + refused.stderr,
+        )
