@@ -459,21 +459,10 @@ class ControlPlaneClusterTests(SynchronousTestCase):
 
     def test_e_a_job_runs_its_completions_two_at_a_time(self) -> None:
         """completions 3, parallelism 2: two pods, a third once one succeeds, then Complete."""
-        job = {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": "batch", "namespace": "default"},
-            "spec": {
-                "completions": 3,
-                "parallelism": 2,
-                "template": {
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "containers": [{"name": "c", "image": "busybox"}],
-                    }
-                },
-            },
-        }
+        job = json.loads(
+            self.kubectl("create", "job", "batch", "--image=busybox", "--dry-run=client", "-o=json")
+        )
+        job["spec"].update(completions=3, parallelism=2)
         selector = "batch.kubernetes.io/job-name=batch"
         self.apply(job)
         self.remove("job", "batch", selector)
@@ -512,7 +501,8 @@ class ControlPlaneClusterTests(SynchronousTestCase):
 
         def allowed() -> int | None:
             got = json.loads(self.kubectl("get", "pdb", "drained", "-o", "json"))
-            return got.get("status", {}).get("disruptionsAllowed")
+            allowed: int | None = got.get("status", {}).get("disruptionsAllowed")
+            return allowed
 
         self.cluster.wait(lambda: allowed() == 1, "one disruption allowed")
         self.addCleanup(self.cluster.kubectl, "uncordon", "agent-2")
