@@ -337,6 +337,10 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.apply(pinned)
         self.remove("pod", "pinned")
         self.assertEqual(self.wait_placed("app=pinned", 1), {"agent-2": 1})
+        scheduled = [
+            e["message"] for e in self.events("Pod", "pinned") if e["reason"] == "Scheduled"
+        ]
+        self.assertEqual(scheduled, ["Successfully assigned default/pinned to agent-2"])
 
         barred = pod_manifest("barred", {"nodeSelector": {"kubernetes.io/hostname": "agent-1"}})
         self.apply(barred)
@@ -521,3 +525,51 @@ class ControlPlaneClusterTests(SynchronousTestCase):
             "Cannot evict pod as it would violate the pod's disruption budget.",
             refused.stdout + refused.stderr,
         )
+
+    def test_g_recreate_progress_deadline_and_undo_to_a_revision(self) -> None:
+        """
+        Recreate removes every old pod before making a new one; a rollout
+        whose pods never turn Ready exceeds its progress deadline, and
+        ``rollout undo --to-revision=1`` brings the first template back.
+        """
+        self.kubectl("create", "deployment", "swap", "--image=busybox", "--replicas=3")
+        self.remove("deployment", "swap")
+        self.cluster.wait(lambda: self.rolled_out("swap"), "swap's first rollout")
+        [old] = self.replica_counts("app=swap")
+        recreate = {"spec": {"strategy": {"type": "Recreate", "rollingUpdate": None}}}
+        self.kubectl("patch", "deployment", "swap", "--type=merge", "-p", json.dumps(recreate))
+        self.kubectl("set", "image", "deployment/swap", "busybox=busybox:1.36")
+        self.cluster.wait(lambda: self.rolled_out("swap"), "the recreated rollout")
+        self.assertEqual(self.images("app=swap"), {"busybox:1.36"})
+        self.assertEqual(self.wait_placed("app=swap", 3).total(), 3)
+        # The old ReplicaSet went to 0 before the new one came up, all at once (a rolling
+        # update of 3 would surge by 1).
+        [new] = set(self.replica_counts("app=swap")) - {old}
+        scaled = [e["message"] for e in self.events("Deployment", "swap")]
+        self.assertEqual(
+            scaled,
+            [
+                f"Scaled up replica set {old} from 0 to 3",
+                f"Scaled down replica set {old} from 3 to 0",
+                f"Scaled up replica set {new} from 0 to 3",
+            ],
+        )
+
+        deadline = {"spec": {"progressDeadlineSeconds": 1}}
+        self.kubectl("patch", "deployment", "swap", "--type=merge", "-p", json.dumps(deadline))
+        self.kubectl("set", "image", "deployment/swap", "busybox=busybox:1.37")
+
+        def stalled() -> str:
+            got = self.cluster.kubectl("rollout", "status", "deployment/swap", "--watch=false")
+            return got.stderr
+
+        self.cluster.wait(stalled, "the progress deadline")
+        self.assertEqual(stalled(), 'error: deployment "swap" exceeded its progress deadline\n')
+        self.assertEqual(self.revisions("swap"), ["1", "2", "3"])
+        detail = self.kubectl("rollout", "history", "deployment/swap", "--revision=1")
+        self.assertIn("Image:\tbusybox\n", detail)
+
+        self.kubectl("rollout", "undo", "deployment/swap", "--to-revision=1")
+        self.cluster.wait(lambda: self.rolled_out("swap"), "the rollback to revision 1")
+        self.cluster.wait(lambda: self.images("app=swap") == {"busybox"}, "revision 1's image")
+        self.assertEqual(self.revisions("swap"), ["2", "3", "4"])
