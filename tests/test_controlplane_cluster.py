@@ -226,19 +226,18 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         return sorted(listed, key=lambda e: e.get("lastTimestamp") or e["eventTime"])
 
     def workload(
-        self, kind: str, name: str, *, replicas: int | None = None, **container: Any
+        self, kind: str, name: str, container: dict[str, Any] | None = None, **spec: Any
     ) -> None:
-        """Apply a C{kind} of apps/v1 whose pods (labelled ``app=<name>``) run one busybox
-        container (with C{container}'s fields), removed at cleanup."""
-        spec: dict[str, Any] = {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "c", "image": "busybox", **container}]},
-            },
+        """
+        Apply a C{kind} of apps/v1 with C{spec}'s fields, whose pods (labelled
+        ``app=<name>``) run one busybox container with C{container}'s fields;
+        removed at cleanup.
+        """
+        template = {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "c", "image": "busybox", **(container or {})}]},
         }
-        if replicas is not None:
-            spec["replicas"] = replicas
+        spec.update(selector={"matchLabels": {"app": name}}, template=template)
         metadata = {"name": name, "namespace": "default"}
         self.apply({"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec})
         self.remove(kind.lower(), name)
@@ -374,7 +373,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         refused, and is the one removed when scaled down to three.
         """
         port = {"containerPort": 80, "hostPort": 8080}
-        self.workload("Deployment", "ported", replicas=4, ports=[port])
+        self.workload("Deployment", "ported", {"ports": [port]}, replicas=4)
         self.cluster.wait(
             lambda: self.placement("app=ported") == {**dict.fromkeys(NODES, 1), "": 1},
             "three ported pods bound and one pending",
@@ -573,3 +572,39 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.cluster.wait(lambda: self.rolled_out("swap"), "the rollback to revision 1")
         self.cluster.wait(lambda: self.images("app=swap") == {"busybox"}, "revision 1's image")
         self.assertEqual(self.revisions("swap"), ["2", "3", "4"])
+
+    def test_h_a_parallel_statefulset_its_claims_and_scale_down(self) -> None:
+        """
+        A Parallel StatefulSet makes its three pods at once (spread over the
+        nodes) and a PersistentVolumeClaim per pod from its template; scaled
+        to one, the highest ordinals go and the claims stay (Retain).
+        """
+        claim = {
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+        self.workload(
+            "StatefulSet",
+            "db",
+            replicas=3,
+            podManagementPolicy="Parallel",
+            serviceName="db",
+            volumeClaimTemplates=[claim],
+        )
+        self.addCleanup(self.cluster.kubectl, "delete", "pvc", "-l", "app=db")
+        self.assertEqual(self.wait_placed("app=db", 3), dict.fromkeys(NODES, 1))
+        names = sorted(p["metadata"]["name"] for p in self.items("pods", "app=db"))
+        self.assertEqual(names, ["db-0", "db-1", "db-2"])
+        claims = sorted(c["metadata"]["name"] for c in self.items("pvc", "app=db"))
+        self.assertEqual(claims, ["data-db-0", "data-db-1", "data-db-2"])
+        [pod] = [p for p in self.items("pods", "app=db") if p["metadata"]["name"] == "db-1"]
+        [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "data"]
+        self.assertEqual(volume["persistentVolumeClaim"], {"claimName": "data-db-1"})
+
+        self.kubectl("scale", "statefulset", "db", "--replicas=1")
+        self.wait_placed("app=db", 1)
+        self.assertEqual([p["metadata"]["name"] for p in self.items("pods", "app=db")], ["db-0"])
+        self.assertEqual(len(self.items("pvc", "app=db")), 3)
