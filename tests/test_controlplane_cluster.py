@@ -94,14 +94,19 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ready = {"type": "Ready", "status": "True", "lastTransitionTime": now}
         status = json.dumps({"status": {"phase": "Running", "conditions": [ready]}})
-        for pod in self.items("pods", selector):
-            conditions = pod.get("status", {}).get("conditions") or []
-            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-                # A pod the controller deletes meanwhile is no failure.
-                self.cluster.kubectl(
-                    "patch", "pod", pod["metadata"]["name"], "--subresource=status",
-                    "--type=merge", "-p", status,
-                )  # fmt: skip
+        waiting = [
+            pod["metadata"]["name"]
+            for pod in self.items("pods", selector)
+            if not any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod.get("status", {}).get("conditions") or []
+            )
+        ]
+        if waiting:
+            # One kubectl for all; a pod the controller deletes meanwhile is no failure.
+            self.cluster.kubectl(
+                "patch", "pod", *waiting, "--subresource=status", "--type=merge", "-p", status
+            )
 
     def rolled_out(self, name: str) -> bool:
         """Whether ``kubectl rollout status`` says done (marking the pods it waits on first)."""
