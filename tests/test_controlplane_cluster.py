@@ -613,3 +613,30 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.wait_placed("app=db", 1)
         self.assertEqual([p["metadata"]["name"] for p in self.items("pods", "app=db")], ["db-0"])
         self.assertEqual(len(self.items("pvc", "app=db")), 3)
+
+    def test_d_requests_fill_nodes_and_a_freed_node_takes_the_waiting_pod(self) -> None:
+        """
+        Pods asking for three quarters of a node's CPU fit one to a node; the
+        fourth waits on Insufficient cpu until a bound one is deleted, then
+        takes its node.
+        """
+        node = json.loads(self.kubectl("get", "node", "server", "-o", "json"))
+        cpus = int(node["status"]["allocatable"]["cpu"])
+        for index in range(1, 5):
+            big = pod_manifest(f"big-{index}", {})
+            big["metadata"]["labels"]["size"] = "big"
+            big["spec"]["containers"][0]["resources"] = {"requests": {"cpu": f"{cpus * 750}m"}}
+            self.apply(big)
+            self.remove("pod", f"big-{index}")
+            if index == 3:
+                self.assertEqual(self.wait_placed("size=big", 3), dict.fromkeys(NODES, 1))
+        self.assertEqual(
+            self.wait_unschedulable("big-4")["message"],
+            "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are "
+            "available: 3 No preemption victims found for incoming pod.",
+        )
+        freed = json.loads(self.kubectl("get", "pod", "big-2", "-o", "json"))["spec"]["nodeName"]
+        self.kubectl("delete", "pod", "big-2", "--wait=false")
+        self.cluster.wait(
+            lambda: self.placement("app=big-4") == {freed: 1}, f"big-4 bound to {freed}"
+        )
