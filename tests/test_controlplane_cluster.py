@@ -5,6 +5,10 @@ processes on their own loopback addresses), driven with the real kubectl.
 No kubelet runs pods yet: where a controller waits on readiness, the test
 plays kubelet and marks pods Running and Ready through the status
 subresource.
+
+The cluster is shared by the class: each test undoes its taints, cordons and
+labels and waits at cleanup until its pods are gone, as placements count every
+pod on a node.
 """
 
 from __future__ import annotations
@@ -54,8 +58,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         return done.stdout
 
     def remove(self, kind: str, name: str, selector: str | None = None) -> None:
-        """At cleanup, delete the object and wait until its pods are gone (the next test's
-        placements count every pod on a node)."""
+        """At cleanup, delete the object and wait until the C{selector}'s pods are gone."""
 
         def removed() -> None:
             self.cluster.kubectl("delete", kind, name, "--wait=false")
@@ -247,7 +250,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.apply({"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec})
         self.remove(kind.lower(), name)
 
-    def test_b_a_daemonset_pod_on_every_node_rolled_one_at_a_time(self) -> None:
+    def test_a_daemonset_pod_on_every_node_rolled_one_at_a_time(self) -> None:
         """
         A DaemonSet's pods, one bound to each of the three nodes; a new image
         replaces them one node at a time (maxUnavailable 1), until ``kubectl
@@ -281,7 +284,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.assertEqual(images(), ["busybox:1.36"] * 3)
         self.assertEqual(self.wait_placed("app=probe", 3), dict.fromkeys(NODES, 1))
 
-    def test_b_deletion_cascades_orphan_and_foreground(self) -> None:
+    def test_deletion_cascades_orphan_and_foreground(self) -> None:
         """
         ``--cascade=orphan`` leaves the ReplicaSet and pods, with no owner;
         ``--cascade=foreground`` removes them before the ReplicaSet itself.
@@ -308,7 +311,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.kubectl("delete", "replicaset", name, "--cascade=foreground", "--timeout=30s")
         self.assertEqual(self.items("pods", "app=cascade"), [])
 
-    def test_b_a_replicaset_adopts_a_matching_pod(self) -> None:
+    def test_a_replicaset_adopts_a_matching_pod(self) -> None:
         """A bare pod matching a new ReplicaSet's selector is adopted: one pod fewer is made."""
         self.apply(pod_manifest("adopted", {}))
         self.workload("ReplicaSet", "adopted", replicas=2)
@@ -320,7 +323,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.assertEqual(owners.pop("adopted"), ["ReplicaSet"])
         self.assertEqual(list(owners.values()), [["ReplicaSet"]])
 
-    def test_c_taints_and_node_selectors_honoured(self) -> None:
+    def test_taints_and_node_selectors_honoured(self) -> None:
         """
         A Deployment's pods avoid a node tainted NoSchedule; a pod selecting
         agent-2 by hostname lands there, and one selecting the tainted node
@@ -361,7 +364,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.assertEqual(self.wait_placed("app=barred", 1), {"agent-1": 1})
         self.assertEqual(self.wait_placed("app=tolerant", 3), dict.fromkeys(NODES, 1))
 
-    def test_c_cordoned_node_takes_no_new_pods(self) -> None:
+    def test_cordoned_node_takes_no_new_pods(self) -> None:
         """A cordoned node takes no new replicas; uncordoned, it takes them again."""
         self.kubectl("cordon", "agent-2")
         self.addCleanup(self.cluster.kubectl, "uncordon", "agent-2")
@@ -372,7 +375,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.kubectl("scale", "deployment", "cordoned", "--replicas=6")
         self.assertEqual(self.wait_placed("app=cordoned", 6), dict.fromkeys(NODES, 2))
 
-    def test_c_host_ports_one_pod_per_node(self) -> None:
+    def test_host_ports_one_pod_per_node(self) -> None:
         """
         Replicas asking for one host port fit one to a node; the fourth is
         refused, and is the one removed when scaled down to three.
@@ -406,7 +409,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.assertEqual((condition["status"], condition["reason"]), ("False", "Unschedulable"))
         return condition
 
-    def test_d_an_unschedulable_pod_explained(self) -> None:
+    def test_an_unschedulable_pod_explained(self) -> None:
         """A pod asking for 1000 CPUs stays Pending: its condition, event and describe say why."""
         resources = {"requests": {"cpu": "1000"}}
         hungry = pod_manifest("hungry", {})
@@ -433,7 +436,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.assertIn("FailedScheduling", described)
         self.assertIn("0/3 nodes are available: 3 Insufficient cpu.", described)
 
-    def test_d_an_unschedulable_pod_is_bound_once_a_node_fits(self) -> None:
+    def test_an_unschedulable_pod_is_bound_once_a_node_fits(self) -> None:
         """A pod selecting a label no node has is retried, and bound, once a node gets it."""
         self.apply(pod_manifest("waiting", {"nodeSelector": {"disk": "ssd"}}))
         self.remove("pod", "waiting")
@@ -446,7 +449,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.addCleanup(self.cluster.kubectl, "label", "node", "agent-1", "disk-")
         self.assertEqual(self.wait_placed("app=waiting", 1), {"agent-1": 1})
 
-    def test_e_jobs_and_cronjobs_make_pods(self) -> None:
+    def test_jobs_and_cronjobs_make_pods(self) -> None:
         """A Job's pod, and a Job made from a CronJob's template, each get a bound pod."""
         self.kubectl("create", "job", "once", "--image=busybox", "--", "true")
         self.remove("job", "once", "batch.kubernetes.io/job-name=once")
@@ -465,7 +468,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         [owner] = job["metadata"]["ownerReferences"]
         self.assertEqual((owner["kind"], owner["name"]), ("CronJob", "tick"))
 
-    def test_e_a_job_runs_its_completions_two_at_a_time(self) -> None:
+    def test_a_job_runs_its_completions_two_at_a_time(self) -> None:
         """completions 3, parallelism 2: two pods, a third once one succeeds, then Complete."""
         job = json.loads(
             self.kubectl("create", "job", "batch", "--image=busybox", "--dry-run=client", "-o=json")
@@ -494,7 +497,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         status = json.loads(self.kubectl("get", "job", "batch", "-o", "json"))["status"]
         self.assertEqual((status["succeeded"], status.get("active", 0)), (3, 0))
 
-    def test_f_drain_honours_a_disruption_budget(self) -> None:
+    def test_drain_honours_a_disruption_budget(self) -> None:
         """
         ``kubectl drain`` cordons agent-2 and evicts its pod through the
         Eviction API while a PodDisruptionBudget allows one disruption; the
@@ -530,7 +533,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
             refused.stdout + refused.stderr,
         )
 
-    def test_g_recreate_progress_deadline_and_undo_to_a_revision(self) -> None:
+    def test_recreate_progress_deadline_and_undo_to_a_revision(self) -> None:
         """
         Recreate removes every old pod before making a new one; a rollout
         whose pods never turn Ready exceeds its progress deadline, and
@@ -578,7 +581,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.cluster.wait(lambda: self.images("app=swap") == {"busybox"}, "revision 1's image")
         self.assertEqual(self.revisions("swap"), ["2", "3", "4"])
 
-    def test_h_a_parallel_statefulset_its_claims_and_scale_down(self) -> None:
+    def test_a_parallel_statefulset_its_claims_and_scale_down(self) -> None:
         """
         A Parallel StatefulSet makes its three pods at once (spread over the
         nodes) and a PersistentVolumeClaim per pod from its template; scaled
@@ -614,7 +617,7 @@ class ControlPlaneClusterTests(SynchronousTestCase):
         self.assertEqual([p["metadata"]["name"] for p in self.items("pods", "app=db")], ["db-0"])
         self.assertEqual(len(self.items("pvc", "app=db")), 3)
 
-    def test_d_requests_fill_nodes_and_a_freed_node_takes_the_waiting_pod(self) -> None:
+    def test_requests_fill_nodes_and_a_freed_node_takes_the_waiting_pod(self) -> None:
         """
         Pods asking for three quarters of a node's CPU fit one to a node; the
         fourth waits on Insufficient cpu until a bound one is deleted, then
