@@ -71,6 +71,23 @@ class Cluster:
         )
         return self
 
+    @classmethod
+    def with_agents(cls, prefix: str, host: str, agents: dict[str, str]) -> Self:
+        """
+        A started server (node ``server``) on C{host} and C{agents} (node name
+        to address), once every node is Ready; all stopped if that fails.
+        """
+        cluster = cls(Path(tempfile.mkdtemp(prefix=prefix)), host=host).start()
+        try:
+            for name, address in agents.items():
+                cluster.agent(name, address).start()
+            nodes = dict.fromkeys(["server", *agents], "True")
+            cluster.wait(lambda: cluster.node_status() == nodes, f"{len(nodes)} Ready nodes")
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
     def agent(
         self,
         name: str,

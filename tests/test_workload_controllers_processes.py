@@ -9,8 +9,6 @@ Ready (marked so through the status subresource: no kubelet runs pods yet).
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -54,16 +52,7 @@ class WorkloadControllerTests(SynchronousTestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        root = Path(tempfile.mkdtemp(prefix="k3stw-workloads-"))
-        cls.cluster = Cluster(root, host=SERVER_HOST).start()
-        try:
-            cls.cluster.agent("worker", AGENT_HOST).start()
-            cls.cluster.wait(
-                lambda: set(cls.cluster.node_status()) == {"server", "worker"}, "two nodes"
-            )
-        except BaseException:
-            cls.cluster.stop()
-            raise
+        cls.cluster = Cluster.with_agents("k3stw-workloads-", SERVER_HOST, {"worker": AGENT_HOST})
 
     @classmethod
     def tearDownClass(cls) -> None:
