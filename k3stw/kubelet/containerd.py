@@ -472,6 +472,7 @@ class NodeRuntime(MultiService):
         name = archive.name.lower()
         plain: Path | None = None
         if not name.endswith(".tar"):
+            self.paths.root.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(prefix="import-", suffix=".tar", dir=self.paths.root)
             os.close(fd)
             plain = Path(temporary)
