@@ -70,18 +70,12 @@ START_TIMEOUT = 60.0
 reactor = cast(IReactorThreads, _reactor)
 
 
-class ContainerdInAMachineTests(TestCase):
-    timeout = 180
+class NodeInAMachine(TestCase):
+    """A test that runs a node in C{self.machine}: its start, containerd's pid, its stop."""
 
-    def setUp(self) -> None:
-        self.work = Path(self.mktemp()).absolute()
-        self.machine = machines(self, self.work / "machines", 1)[0]
-        self.machine.boot(runtime=True)
-        data = self.machine.rancher / "k3s"
-        write_airgap_images(data / "agent" / "images", compress="zst")
-        cni = data / "agent" / "etc" / "cni" / "net.d"
-        cni.mkdir(parents=True)
-        (cni / "10-test.conflist").write_text(json.dumps(CONFLIST))
+    timeout = 180
+    work: Path
+    machine: Machine
 
     def launch(self, arguments: str, log_name: str, ready: str) -> int:
         """
@@ -110,16 +104,40 @@ class ContainerdInAMachineTests(TestCase):
         node = int(children[0])
         return node
 
+    def containerd_pid(self) -> int:
+        """The pid (in the machine's numbering) of the containerd the last log started."""
+        started = self.log.read_text().rsplit("Started containerd (pid ", 1)[1]
+        return int(started.split(")", 1)[0])
+
+    def stop_node(self, node: int) -> None:
+        """SIGTERM to the node, which stops containerd and exits by itself."""
+        containerd = self.containerd_pid()
+        os.kill(node, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{node}").exists():
+            self.assertLess(time.monotonic(), deadline, "the node did not stop on SIGTERM")
+            time.sleep(0.05)
+        # containerd's pid is the machine's own numbering: ask the machine.
+        self.machine.run(f"test ! -e /proc/{containerd}")
+        self.assertIn("Stopping containerd", self.log.read_text())
+
+
+class ContainerdInAMachineTests(NodeInAMachine):
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).absolute()
+        self.machine = machines(self, self.work / "machines", 1)[0]
+        self.machine.boot(runtime=True)
+        data = self.machine.rancher / "k3s"
+        write_airgap_images(data / "agent" / "images", compress="zst")
+        cni = data / "agent" / "etc" / "cni" / "net.d"
+        cni.mkdir(parents=True)
+        (cni / "10-test.conflist").write_text(json.dumps(CONFLIST))
+
     def start_node(self, log_name: str = "node.log") -> int:
         """Start the node's runtime in the machine; the host pid of its twistd."""
         tac = self.work / "runtime.tac"
         tac.write_text(RUNTIME_TAC)
         return self.launch(f"--logfile=- -y {tac}", log_name, "RUNTIME READY")
-
-    def containerd_pid(self) -> int:
-        """The pid (in the machine's numbering) of the containerd the last log started."""
-        started = self.log.read_text().rsplit("Started containerd (pid ", 1)[1]
-        return int(started.split(")", 1)[0])
 
     def test_server_node_reports_containerd(self) -> None:
         """
@@ -244,15 +262,3 @@ class ContainerdInAMachineTests(TestCase):
                     pass
             self.assertLess(time.monotonic(), deadline, self.log.read_text())
             await deferLater(_reactor, 0.1, lambda: None)
-
-    def stop_node(self, node: int) -> None:
-        """SIGTERM to the node, which stops containerd and exits by itself."""
-        containerd = self.containerd_pid()
-        os.kill(node, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{node}").exists():
-            self.assertLess(time.monotonic(), deadline, "the node did not stop on SIGTERM")
-            time.sleep(0.05)
-        # containerd's pid is the machine's own numbering: ask the machine.
-        self.machine.run(f"test ! -e /proc/{containerd}")
-        self.assertIn("Stopping containerd", self.log.read_text())

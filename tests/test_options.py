@@ -115,6 +115,7 @@ class CommandLineTests(OptionsTestCase):
             "--kubelet-arg", "port=10251", "--service-node-port-range", "31000-31999",
             "--unchecked-api", "--node-cidr-mask-size", "25", "--container-runtime",
             "containerd", "--container-runtime-endpoint", "/run/cri.sock", "--pause-image", "p:1",
+            "--flannel-backend", "none", "--private-registry", "/tmp/r.yaml",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -142,6 +143,7 @@ class CommandLineTests(OptionsTestCase):
             "--node-identity-dir", "/tmp/node", "--kubelet-arg", "port=10251",
             "--lb-status-port", "0", "--container-runtime", "none",
             "--container-runtime-endpoint", "unix:///run/cri.sock", "--pause-image", "p:1",
+            "--private-registry", "/tmp/r.yaml",
         ]  # fmt: skip
         options = parse(agent.Options, argv)
         given = {f.name for f in AGENT_FLAGS} - {"config"}

@@ -12,7 +12,11 @@ Paths (k3s's, under the data dir's ``agent/``):
   ``/run/k3s/containerd/containerd.sock``, log ``agent/containerd/containerd.log``;
 - images ``agent/images/*.tar`` (also ``.tar.gz``, ``.tgz``, ``.tar.zst``,
   ``.tzst``), imported with ``ctr -n k8s.io images import`` once containerd
-  answers, before the kubelet registers.
+  answers, before the kubelet registers; then the directory is looked at
+  every few seconds and archives added or changed are imported as well;
+- CNI config in ``agent/etc/cni/net.d`` (L{k3stw.kubelet.cni});
+- registry hosts in ``agent/etc/containerd/certs.d`` from ``registries.yaml``
+  (L{k3stw.kubelet.registries}).
 """
 
 from __future__ import annotations
@@ -22,16 +26,17 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from k3stw.kubelet.registries import Registries, auth_config_toml, write_hosts
 from k3stw.logs import Logger
 from k3stw.machinery.processes import CommandFailed, SupervisedProcess, run_command
 from k3stw.machinery.timing import Backoff
@@ -39,6 +44,7 @@ from k3stw.machinery.timing import Backoff
 if TYPE_CHECKING:
     from k3stw.kubelet.cri.api_pb2 import VersionResponse
     from k3stw.kubelet.cri.runtime import Runtime
+    from k3stw.kubelet.node import RuntimeState
 
 __all__ = [
     "DEFAULT_PAUSE_IMAGE",
@@ -66,6 +72,8 @@ BASE = '{{ template "base" . }}'
 IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 #: The longest an archive's import (and its decompression) may take.
 IMPORT_TIMEOUT = 600.0
+#: Seconds between looks at the images directory for new or changed archives.
+IMAGES_POLL_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,10 @@ class RuntimeSettings:
 
     endpoint: str = ""
     pause_image: str = DEFAULT_PAUSE_IMAGE
+    #: False with ``--flannel-backend=none``: no conflist is written.
+    cni: bool = True
+    #: ``--private-registry``'s mirrors, rewrites, auth and TLS, already read.
+    registries: Registries = field(default_factory=Registries)
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,11 @@ class ContainerdPaths:
         return self.config_dir / "config.toml.tmpl"
 
     @property
+    def certs(self) -> Path:
+        """containerd's registry hosts directory (``certs.d/<host>/hosts.toml``)."""
+        return self.config_dir / "certs.d"
+
+    @property
     def socket(self) -> Path:
         return self.state / "containerd.sock"
 
@@ -144,13 +161,18 @@ def _quoted(value: str | Path) -> str:
     return f'"{text}"'
 
 
-def render_config(paths: ContainerdPaths, pause_image: str, restrict_oom_score_adj: bool) -> str:
+def render_config(
+    paths: ContainerdPaths,
+    pause_image: str,
+    restrict_oom_score_adj: bool,
+    registries: Registries | None = None,
+) -> str:
     """
     containerd's config (version 2, as containerd 1.6 and 1.7 read it) with
     the CRI settings k3s writes: the pause image, the overlayfs snapshotter,
     runc without systemd cgroups, CNI from Debian's plugins and the node's
     conflist directory, the streaming server on 127.0.0.1:10010, registry
-    hosts under ``certs.d``.
+    hosts under ``certs.d`` and the registries' auth.
     """
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     lines = [
@@ -193,8 +215,9 @@ def render_config(paths: ContainerdPaths, pause_image: str, restrict_oom_score_a
         "  SystemdCgroup = false",
         "",
         f"[{cri}.registry]",
-        f"  config_path = {_quoted(paths.config_dir / 'certs.d')}",
+        f"  config_path = {_quoted(paths.certs)}",
     ]
+    lines += auth_config_toml(registries or Registries(), cri)
     return GENERATED + "\n" + "\n".join(lines) + "\n"
 
 
@@ -220,14 +243,34 @@ def config_text(base: str, template: str | None) -> str:
     return text
 
 
-def write_config(paths: ContainerdPaths, pause_image: str, proc_status: str) -> Path:
-    """Write the config (from the template if there is one); make containerd's directories."""
+def write_config(
+    paths: ContainerdPaths,
+    pause_image: str,
+    proc_status: str,
+    registries: Registries | None = None,
+) -> Path:
+    """
+    Write the config (from the template if there is one) and the registries'
+    hosts.toml files; make containerd's directories.
+    """
     for directory in (paths.config_dir, paths.root, paths.state, paths.cni_conf_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    base = render_config(paths, pause_image, lacks_cap_sys_resource(proc_status))
+    registries = registries or Registries()
+    write_hosts(paths.certs, registries)
+    restrict = lacks_cap_sys_resource(proc_status)
+    base = render_config(paths, pause_image, restrict, registries)
     template = paths.template.read_text() if paths.template.exists() else None
     paths.config.write_text(config_text(base, template))
     return paths.config
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """What tells a changed archive: its modification time and size (None: gone)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def image_archives(images: Path) -> list[Path]:
@@ -284,6 +327,12 @@ class NodeRuntime(MultiService):
         #: The runtime once it answered and its images were imported.
         self._ready: Runtime | None = None
         self._starting: Deferred[None] | None = None
+        #: Each archive's signature when it was last imported (or tried).
+        self.imported: dict[Path, tuple[int, int] | None] = {}
+        #: Signatures of archives seen changed, imported once they hold still.
+        self._changing: dict[Path, tuple[int, int] | None] = {}
+        self._watch = LoopingCall(self._poll_images)
+        self._watch.clock = reactor
 
     def when_ready(self) -> Deferred[Runtime]:
         """The runtime, once it answers and the images are imported."""
@@ -295,7 +344,10 @@ class NodeRuntime(MultiService):
 
     def startService(self) -> None:
         if not self.settings.endpoint:
-            config = write_config(self.paths, self.settings.pause_image, self.proc_status())
+            settings = self.settings
+            config = write_config(
+                self.paths, settings.pause_image, self.proc_status(), settings.registries
+            )
             self.containerd = SupervisedProcess(
                 self.reactor,
                 "containerd",
@@ -309,6 +361,8 @@ class NodeRuntime(MultiService):
         self._starting.addErrback(self._failed)
 
     def stopService(self) -> Deferred[None] | None:
+        if self._watch.running:
+            self._watch.stop()
         if self._starting is not None:
             self._starting.cancel()
             self._starting = None
@@ -343,11 +397,15 @@ class NodeRuntime(MultiService):
             version=version.runtime_version,
             endpoint=self.endpoint,
         )
-        await self._import_images()
+        await self._import_images(image_archives(self.paths.images))
         self._ready = client
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(client)
+        # As k3s since 1.32: archives added or changed later are imported too.
+        self._watch.start(IMAGES_POLL_INTERVAL, now=False).addErrback(
+            lambda f: self._log.failure("Stopped watching {dir}", f, dir=self.paths.images)
+        )
 
     async def _wait_for(self, client: Runtime) -> VersionResponse:
         from k3stw.kubelet.cri.runtime import CRIError
@@ -368,9 +426,28 @@ class NodeRuntime(MultiService):
                     )
             await deferLater(self.reactor, 0.2, lambda: None)
 
-    async def _import_images(self) -> None:
-        """Import the airgap archives through ``ctr``, one by one; a bad one is logged."""
+    def _poll_images(self) -> Deferred[None]:
+        """
+        Import the archives that are new or changed since their import, once
+        they held still between two looks (a file being copied in is not
+        read half-written).
+        """
+        ready = []
         for archive in image_archives(self.paths.images):
+            signature = _signature(archive)
+            if signature == self.imported.get(archive):
+                self._changing.pop(archive, None)
+            elif self._changing.get(archive) == signature:
+                ready.append(archive)
+                del self._changing[archive]
+            else:
+                self._changing[archive] = signature
+        return Deferred.fromCoroutine(self._import_images(ready))
+
+    async def _import_images(self, archives: list[Path]) -> None:
+        """Import C{archives} through ``ctr``, one by one; a bad one is logged."""
+        for archive in archives:
+            self.imported[archive] = _signature(archive)
             started = self.reactor.seconds()
             try:
                 await self._import(archive)
@@ -395,6 +472,7 @@ class NodeRuntime(MultiService):
         name = archive.name.lower()
         plain: Path | None = None
         if not name.endswith(".tar"):
+            self.paths.root.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(prefix="import-", suffix=".tar", dir=self.paths.root)
             os.close(fd)
             plain = Path(temporary)
@@ -421,6 +499,26 @@ class NodeRuntime(MultiService):
         finally:
             if plain is not None:
                 plain.unlink(missing_ok=True)
+
+
+async def runtime_state(runtime: Runtime) -> RuntimeState:
+    """
+    What the node's status says of C{runtime}: CRI Status's conditions (None
+    when it does not answer) and its images.
+    """
+    from k3stw.kubelet.cri.runtime import CRIError
+    from k3stw.kubelet.node import RuntimeState, node_images
+
+    try:
+        answer = await runtime.status()
+    except CRIError:
+        return RuntimeState(None)
+    conditions = tuple((c.type, c.status, c.reason, c.message) for c in answer.status.conditions)
+    try:
+        images = node_images(await runtime.list_images())
+    except CRIError:
+        images = ()
+    return RuntimeState(conditions, images)
 
 
 def _gunzip(source: Path, target: Path) -> None:

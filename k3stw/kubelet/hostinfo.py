@@ -229,18 +229,31 @@ class HostFacts:
     architecture: str
     #: ``<runtime>://<version>`` as the runtime answers CRI Version (none: runc, unknown).
     container_runtime_version: str = "runc://unknown"
+    # The eviction signals (None: unknown, which is never pressure).
+    #: ``MemAvailable``.
+    memory_available_bytes: int | None = None
+    #: The filesystem of the data dir (the kubelet's nodefs).
+    nodefs: FilesystemUsage | None = None
+    #: The filesystem of containerd's root (the imagefs).
+    imagefs: FilesystemUsage | None = None
+    #: The kernel's pid limit and the tasks there are now.
+    pid_max: int | None = None
+    processes: int | None = None
 
 
 def read_host_facts(data_dir: str | Path) -> HostFacts:
     """
     This host's facts, with ephemeral storage measured where C{data_dir} lives.
-    Reads a few small files under ``/proc``, ``/sys`` and ``/etc``.
+    Reads a few small files under ``/proc``, ``/sys`` and ``/etc``, and
+    ``statvfs`` of the data dir and of containerd's root.
     """
     machine = machine_id()
+    memory = _meminfo_values(Path("/proc/meminfo"))
+    pid_max, processes = read_process_limits()
     return HostFacts(
         hostname=hostname(),
         cpus=cpu_count(),
-        memory_bytes=memory_bytes(),
+        memory_bytes=memory.get("MemTotal", 0),
         storage_bytes=storage_bytes(Path(data_dir)),
         machine_id=machine,
         boot_id=boot_id(),
@@ -249,6 +262,11 @@ def read_host_facts(data_dir: str | Path) -> HostFacts:
         os_image=os_image(),
         operating_system="linux",
         architecture=architecture(),
+        memory_available_bytes=memory.get("MemAvailable"),
+        nodefs=filesystem_usage(Path(data_dir)),
+        imagefs=filesystem_usage(Path(data_dir) / "agent" / "containerd"),
+        pid_max=pid_max,
+        processes=processes,
     )
 
 

@@ -24,11 +24,14 @@ from twisted.web.client import ResponseFailed
 
 from k3stw.httpclient import RequestFailed
 from k3stw.kubeclient import KubeAPI, KubeAPIError
+from k3stw.kubelet.cni import NodeNetwork
 from k3stw.kubelet.config import KubeletConfig
+from k3stw.kubelet.containerd import runtime_state
 from k3stw.kubelet.hostinfo import HostFacts, read_host_facts
 from k3stw.kubelet.node import (
     LEASES_PATH,
     NODES_PATH,
+    RuntimeState,
     build_lease,
     build_node,
     lease_path,
@@ -126,6 +129,13 @@ class KubeletService(MultiService):
         )
         # A Node deleted under the kubelet is registered again at the next check: now.
         self.node_informer.add_handler(EventHandler(on_delete=lambda _: self.status_job.run_now()))
+        #: The node's CNI config, once the runtime answered.
+        self.network: NodeNetwork | None = None
+        self.node_informer.add_handler(
+            EventHandler(
+                on_add=self._network_changed, on_update=lambda _, n: self._network_changed(n)
+            )
+        )
         self.lease_job = self._job("Failed to update lease", config.lease_interval, self._renew)
 
     def _job(
@@ -195,7 +205,19 @@ class KubeletService(MultiService):
 
         self.runtime_version = await retrying(self.clock, version, self.backoff, failed)
         self.runtime = runtime
+        self.network = NodeNetwork(
+            node_runtime.paths.cni_conf_dir, runtime, node_runtime.settings.cni
+        )
         self._log.info("Container runtime {version} is ready", version=self.runtime_version)
+
+    def _network_changed(self, node: Object) -> None:
+        if self.network is not None:
+            Deferred.fromCoroutine(self.network.update(node)).addErrback(
+                lambda f: self._log.warn("Unable to set up the pod network: {e}", e=f.value)
+            )
+
+    async def _runtime_state(self) -> RuntimeState | None:
+        return None if self.runtime is None else await runtime_state(self.runtime)
 
     def _timed(self, job: Callable[[], Deferred[None]]) -> Callable[[], Deferred[None]]:
         def attempt() -> Deferred[None]:
@@ -233,9 +255,11 @@ class KubeletService(MultiService):
         """Create the Node, or take over the one that exists, and record what the server holds."""
         config = self.config
         facts = self._host_facts()
+        runtime = await self._runtime_state()
         now = rfc3339(self.clock.seconds())
         try:
-            self.node = await self.client.create(NODES_PATH, build_node(config, facts, now))
+            node = build_node(config, facts, now, runtime)
+            self.node = await self.client.create(NODES_PATH, node)
             self._reported_at = self.clock.seconds()
             return
         except KubeAPIError as e:
@@ -262,6 +286,8 @@ class KubeletService(MultiService):
             )
             await self._registered()
             return
+        if self.network is not None:
+            await self.network.update(node)
         await self._write_status(node)
 
     def _watched_node(self) -> Object | None:
@@ -291,11 +317,13 @@ class KubeletService(MultiService):
         again.  A Node that is gone is registered again.
         """
         path = node_path(self.config.node_name)
+        runtime = await self._runtime_state()
         for attempt in (1, 2):
             self.node = node
             seconds = self.clock.seconds()
             held = node.get("status") or {}
-            status = node_status(self.config, self._host_facts(), held, rfc3339(seconds))
+            facts = self._host_facts()
+            status = node_status(self.config, facts, held, rfc3339(seconds), runtime)
             due = force or seconds - self._reported_at >= self.config.status_report_interval
             if not due and without_heartbeats(status) == without_heartbeats(held):
                 return

@@ -149,6 +149,13 @@ def _runtime(value: object) -> str:
     return text
 
 
+def _flannel_backend(value: object) -> str:
+    text = _text(value).strip()
+    if text not in ("none", "vxlan", "host-gw", "wireguard-native"):
+        raise ValueError("expected one of 'none', 'vxlan', 'host-gw', 'wireguard-native'")
+    return text
+
+
 def _runtime_endpoint(value: object) -> str:
     text = _text(value).strip()
     if not (text.startswith("/") or text.startswith("unix:///")):
@@ -246,6 +253,12 @@ PAUSE_IMAGE = Flag(
     "Customized pause image for containerd sandbox",
     default="rancher/mirrored-pause:3.6",
 )
+PRIVATE_REGISTRY = Flag(
+    "private-registry",
+    "Private registry configuration file",
+    _path,
+    default="/etc/rancher/k3s/registries.yaml",
+)
 NODE_IDENTITY_DIR = Flag(
     "node-identity-dir",
     "Folder of the node's password and id files (k3stw; several agents on one host need one "
@@ -272,6 +285,7 @@ NODE_FLAGS: tuple[Flag, ...] = (
     CONTAINER_RUNTIME,
     CONTAINER_RUNTIME_ENDPOINT,
     PAUSE_IMAGE,
+    PRIVATE_REGISTRY,
 )
 
 SERVER_FLAGS: tuple[Flag, ...] = (
@@ -351,6 +365,13 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         "cluster-cidr", "IPv4/IPv6 network CIDRs to use for pod IPs", _cidrs, default="10.42.0.0/16"
     ),
     Flag(
+        "flannel-backend",
+        "Backend (valid values: 'none', 'vxlan', 'host-gw', 'wireguard-native'); k3stw writes "
+        "a bridge CNI config unless none, and routes between nodes are not yet made",
+        _flannel_backend,
+        default="vxlan",
+    ),
+    Flag(
         "service-cidr",
         "IPv4/IPv6 network CIDRs to use for service IPs",
         _cidrs,
@@ -424,6 +445,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "service-node-port-range",
             "cluster-dns",
             "cluster-domain",
+            "flannel-backend",
         ),
     ),
     ("client", ("write-kubeconfig", "write-kubeconfig-mode")),
@@ -440,7 +462,10 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("node-name", "with-node-id", "node-label", "node-taint", "node-identity-dir"),
     ),
     ("agent/networking", ("node-ip", "node-external-ip", "lb-server-port", "lb-status-port")),
-    ("agent/runtime", ("container-runtime", "container-runtime-endpoint", "pause-image")),
+    (
+        "agent/runtime",
+        ("container-runtime", "container-runtime-endpoint", "pause-image", "private-registry"),
+    ),
     ("agent/flags", ("kubelet-arg",)),
 )
 
@@ -762,6 +787,7 @@ class K3sOptions(usage.Options):
             parse_node_taints,
         )
         from k3stw.kubelet.containerd import RuntimeSettings
+        from k3stw.kubelet.registries import Registries, RegistriesError, load_registries
 
         try:
             labels = parse_node_labels(self["node-label"])
@@ -769,6 +795,15 @@ class K3sOptions(usage.Options):
             kubelet_args = parse_kubelet_args(self["kubelet-arg"])
         except NodeFlagError as e:
             raise ConfigurationError(str(e)) from None
+        with_runtime = self["container-runtime"] == "containerd" or bool(
+            self["container-runtime-endpoint"]
+        )
+        registries = Registries()
+        if with_runtime:
+            try:
+                registries = load_registries(Path(self["private-registry"]))
+            except RegistriesError as e:
+                raise ConfigurationError(f"invalid --private-registry: {e}") from None
         return NodeSettings(
             data_dir=Path(self["data-dir"]),
             identity_dir=Path(self["node-identity-dir"]),
@@ -780,8 +815,14 @@ class K3sOptions(usage.Options):
             node_taints=taints,
             kubelet_args=kubelet_args,
             runtime=(
-                RuntimeSettings(self["container-runtime-endpoint"] or "", self["pause-image"])
-                if self["container-runtime"] == "containerd" or self["container-runtime-endpoint"]
+                RuntimeSettings(
+                    self["container-runtime-endpoint"] or "",
+                    self["pause-image"],
+                    # A server's flag; agents write the config (k3stw's agents are not told).
+                    cni=self.get("flannel-backend") != "none",
+                    registries=registries,
+                )
+                if with_runtime
                 else None
             ),
         )

@@ -163,6 +163,8 @@ class MemoryRuntime:
         )
         #: False: every call fails as if the socket were gone.
         self.available = True
+        #: False: Status says NetworkReady=false, as containerd does without a CNI config.
+        self.network_ready = True
         #: Calls made, as (method, first argument), for tests that count them.
         self.calls: list[tuple[str, str]] = []
         self.pod_cidr = pod_cidr
@@ -311,7 +313,14 @@ class MemoryRuntime:
     def status(self) -> api.StatusResponse:
         conditions = [
             api.RuntimeCondition(type="RuntimeReady", status=True),
-            api.RuntimeCondition(type="NetworkReady", status=True),
+            api.RuntimeCondition(type="NetworkReady", status=True)
+            if self.network_ready
+            else api.RuntimeCondition(
+                type="NetworkReady",
+                status=False,
+                reason="NetworkPluginNotReady",
+                message="Network plugin returns error: cni plugin not initialized",
+            ),
         ]
         return api.StatusResponse(status=api.RuntimeStatus(conditions=conditions))
 
