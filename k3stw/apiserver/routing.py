@@ -125,7 +125,11 @@ class KubernetesAPI(Resource):
             token_requests,
         )
         self.openapi = discovery.OpenAPI(registry)
-        self.pod_uses = NodePods(store, registry.require("", "v1", "pods"))
+        self.pod_uses = NodePods(
+            store,
+            registry.require("", "v1", "pods"),
+            registry.lookup("", "v1", "persistentvolumes"),
+        )
         self.authorizer = Authorizer(self.pod_uses, rbac, allow_all=not checks)
         self.admission: Mapping[tuple[str, str], Admission] = (
             admission(rbac) if rbac is not None and checks else {}
@@ -280,7 +284,7 @@ class KubernetesAPI(Resource):
             target.subresource,
             param(request, "dryRun") == "All",
         )
-        if verb == "create" and user.node_name is not None:
+        if verb == "create" and user.node_name is not None and target.subresource is None:
             # A node may create only its own Node (NodeRestriction): authorize the named object.
             target = Target(target.resource, target.namespace, peek_name(request), None)
         await self.authorizer.authorize(
