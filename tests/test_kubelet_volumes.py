@@ -611,6 +611,23 @@ class EmptyDirAndMountTests(VolumeTestCase):
         )
         self.assertEqual(mode(Path(scratch) / "x/y"), 0o777)
 
+    def test_sub_path_expr_expands_the_containers_variables(self) -> None:
+        """``$(VAR)`` from plain values and pod fields; unknown ones kept; ``$$`` escapes."""
+        mounts: list[Object] = [
+            {"name": "logs", "mountPath": "/a", "subPathExpr": "$(POD)/$(KIND)/$(NOPE)/$$(POD)"},
+        ]
+        pod = self.pod([{"name": "logs", "emptyDir": {}}], mounts)
+        env = [
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "KIND", "value": "web-$(POD)"},
+        ]
+        container = {**pod["spec"]["containers"][0], "env": env}
+        self.prepare(pod)
+        (mount,) = self.manager.mounts(pod, container)
+        logs = self.volume(pod, "empty-dir", "logs")
+        self.assertEqual(mount.host_path, str(logs / "p/web-p/$(NOPE)/$(POD)"))
+        self.assertTrue(os.path.isdir(mount.host_path))
+
     def test_config_sub_path_is_the_file_itself(self) -> None:
         """A subPath of a configMap volume is its current file (so it never sees updates)."""
         self.create("configmaps", {"metadata": {"name": "x"}, "data": {"a": "1"}})
@@ -697,16 +714,62 @@ class NodeAuthorizerTests(VolumeTestCase):
                 },
             )
         self.create("serviceaccounts", {"metadata": {"name": "robot"}})
-        self.pod([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}])
+        pod = self.pod([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}])
         claims = "/api/v1/namespaces/default/persistentvolumeclaims/"
         self.assertEqual(self.ask(b"GET", claims + "data"), 200)
         self.assertEqual(self.ask(b"GET", claims + "other"), 403)
         self.assertEqual(self.ask(b"GET", "/api/v1/persistentvolumes/pv-data"), 200)
         self.assertEqual(self.ask(b"GET", "/api/v1/persistentvolumes/pv-other"), 403)
         accounts = "/api/v1/namespaces/default/serviceaccounts/"
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+        bound = {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": pod["metadata"]["uid"]}
+        body = {"spec": {"boundObjectRef": bound}}
         self.assertEqual(self.ask(b"POST", accounts + "default/token", body), 201)
         self.assertEqual(self.ask(b"POST", accounts + "robot/token", body), 403)
+
+    def test_node_tokens_are_bound_to_its_pods(self) -> None:
+        """NodeRestriction: a kubelet's token is bound to one of its own pods, by uid."""
+        mine = self.pod([])
+        other = self.create(
+            "pods",
+            {
+                "metadata": {"name": "q"},
+                "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "i"}]},
+            },
+        )
+        path = "/api/v1/namespaces/default/serviceaccounts/default/token"
+
+        def ask(reference: Object | None) -> tuple[int, str]:
+            body = {"spec": {} if reference is None else {"boundObjectRef": reference}}
+            code, answer = self.api.request(b"POST", path, body, token="node")
+            return code, answer.get("message", "")
+
+        def to(pod: Object, uid: str | None = None) -> Object:
+            return {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod["metadata"]["name"],
+                "uid": pod["metadata"]["uid"] if uid is None else uid,
+            }
+
+        forbidden = 'serviceaccounts "default" is forbidden: '
+        self.assertEqual(ask(None), (403, forbidden + "node requested token not bound to a pod"))
+        self.assertEqual(
+            ask(to(mine, "")),
+            (403, forbidden + "node requested token with a pod binding without a uid"),
+        )
+        self.assertEqual(
+            ask(to(mine, "u-1")),
+            (
+                403,
+                forbidden + "the UID in the bound object reference (u-1) does not match the UID "
+                "in record. The object might have been deleted and then recreated",
+            ),
+        )
+        self.assertEqual(
+            ask(to(other)),
+            (403, forbidden + "node requested token bound to a pod scheduled on a different node"),
+        )
+        self.assertEqual(ask(to(mine))[0], 201)
 
 
 class AtomicWriterTests(SynchronousTestCase):

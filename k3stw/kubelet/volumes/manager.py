@@ -32,7 +32,9 @@ from k3stw.kubelet.volumes.sources import (
     SourceError,
     aggregate,
     configmap_payload,
+    container_env,
     downward_payload,
+    expand,
     needs_allocatable,
     secret_payload,
 )
@@ -348,8 +350,9 @@ class VolumeManager:
     def mounts(self, pod: Object, container: Object) -> list[api_pb2.Mount]:
         """
         The CRI mounts of a container's ``volumeMounts``, of volumes L{prepare} set up.
-        A ``subPath`` is created if missing (with its volume's mode) and may not
-        leave its volume, symlinks resolved.
+        A ``subPath`` (or ``subPathExpr``, expanded with the container's plain and
+        pod-field variables) is created if missing (with its volume's mode) and
+        may not leave its volume, symlinks resolved.
 
         :raises VolumeError: a mount of a volume that is not set up, or a bad subPath.
         """
@@ -365,6 +368,8 @@ class VolumeManager:
                 )
             host_path = volume.path
             sub_path = str(mount.get("subPath") or "")
+            if mount.get("subPathExpr"):
+                sub_path = expand(str(mount["subPathExpr"]), container_env(pod, container))
             if sub_path:
                 host_path = _sub_path(volume.path, sub_path, name, container_name)
             mounts.append(

@@ -23,6 +23,14 @@ from k3stw.machinery.quantity import QuantityError, parse_quantity
 DEFAULT_MODE = 0o644
 
 _SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.*)'\]$")
+_REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
+#: Pod fields an env var may name besides metadata, by where they are in the pod.
+_POD_FIELDS = {
+    "spec.nodeName": ("spec", "nodeName"),
+    "spec.serviceAccountName": ("spec", "serviceAccountName"),
+    "status.hostIP": ("status", "hostIP"),
+    "status.podIP": ("status", "podIP"),
+}
 
 
 class SourceError(Exception):
@@ -186,3 +194,38 @@ def aggregate(messages: list[str]) -> str:
 def needs_allocatable(items: list[Object]) -> bool:
     """Whether a downwardAPI source needs the node's allocatable resources."""
     return any(item.get("resourceFieldRef") for item in items)
+
+
+def container_env(pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+    """
+    The variables of a container a ``subPathExpr`` may use: plain values and
+    pod fields, each expanded with those before it as the kubelet does;
+    variables from ConfigMaps, Secrets and resources are not resolved here.
+    """
+    env: dict[str, str] = {}
+    for var in container.get("env") or []:
+        name = str(var.get("name", ""))
+        if "value" in var:
+            env[name] = expand(str(var["value"]), env)
+            continue
+        path = str(((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", ""))
+        if path in _POD_FIELDS:
+            part, key = _POD_FIELDS[path]
+            env[name] = str((pod.get(part) or {}).get(key) or "")
+        elif path:
+            try:
+                env[name] = field_value(pod, path)
+            except SourceError:
+                continue
+    return env
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """kube's ``$(VAR)`` expansion: known names replaced, others kept, ``$$`` an escaped ``$``."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(replace, text)

@@ -124,9 +124,3 @@ class TokenManager:
         """Drop the tokens bound to a pod that is gone."""
         for key in [key for key in self._tokens if key.pod_uid == pod_uid]:
             del self._tokens[key]
-
-    def drop_expired(self) -> None:
-        """Drop every cached token that expired (kube does so every minute)."""
-        now = self.clock.seconds()
-        for key in [key for key, token in self._tokens.items() if token.expires <= now]:
-            del self._tokens[key]
