@@ -232,7 +232,7 @@ class SecretTests(VolumeTestCase):
         target = self.volume(pod, "secret", "sec")
         self.assertEqual((target / "pw").read_text(), "hunter2")
         self.assertEqual(mode(target / "pw"), 0o440)
-        self.assertEqual(self.mounter.mounted, {str(target): None})
+        self.assertEqual(self.mounter.mounted, {str(target): 4 << 30}, "the node's allocatable")
 
     def test_missing_secret_and_key(self) -> None:
         pod = self.pod([{"name": "sec", "secret": {"secretName": "s"}}])
@@ -572,6 +572,32 @@ class EmptyDirAndMountTests(VolumeTestCase):
         self.assertEqual(self.mounter.mounted, {str(ram): 64 * 1024 * 1024})
         self.prepare(pod)
         self.assertEqual(len(self.mounter.mounted), 1)
+
+    def test_memory_size_is_the_smallest_of_node_pod_and_volume(self) -> None:
+        """Node allocatable memory (4Gi), else the pod's limit if less, else sizeLimit if less."""
+        limits = {"limits": {"memory": "1Gi"}}
+        body = {
+            "metadata": {"name": "p"},
+            "spec": {
+                "nodeName": "node-a",
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {"name": "a", "image": "i", "resources": limits},
+                    {"name": "b", "image": "i", "resources": limits},
+                ],
+                "volumes": [
+                    {"name": "pod", "emptyDir": {"medium": "Memory"}},
+                    {"name": "small", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                    {"name": "big", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+                ],
+            },
+        }
+        pod = self.create("pods", body)
+        self.prepare(pod)
+        self.assertEqual(
+            {Path(path).name: size for path, size in self.mounter.mounted.items()},
+            {"pod": 2 << 30, "small": 1 << 20, "big": 2 << 30},
+        )
 
     def test_refused_memory_mount(self) -> None:
         self.mounter.refuse = True

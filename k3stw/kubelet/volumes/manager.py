@@ -192,26 +192,35 @@ class VolumeManager:
         if kind not in PLUGINS:
             raise SourceError(f"volume type {kind or 'unknown'} is not supported by k3stw")
         target = self.volume_dir(uid, kind, name)
-        size = None
-        if kind == "emptyDir" and source.get("sizeLimit"):
-            size = int(parse_quantity(source["sizeLimit"]).value)
         in_memory = kind in _IN_MEMORY or (kind == "emptyDir" and source.get("medium") == "Memory")
         if kind == "emptyDir" and source.get("medium") not in (None, "", "Memory"):
             raise SourceError(f"medium {source['medium']} is not supported by k3stw")
-        await self._make_dir(target, in_memory, size)
+        if not target.is_dir():
+            target.mkdir(parents=True)
+            target.chmod(0o777)
+        if in_memory and not self.mounter.is_mounted(str(target)):
+            limit = source.get("sizeLimit") if kind == "emptyDir" else None
+            await self.mounter.mount_tmpfs(str(target), await self._tmpfs_size(pod, limit))
+            target.chmod(0o777)
         if kind != "emptyDir":
             payload = await self._payload(pod, kind, source)
             write_payload(target, payload, self.clock.seconds())
         return _Volume(str(target), kind in _READ_ONLY)
 
-    async def _make_dir(self, target: Path, in_memory: bool, size: int | None) -> None:
-        """The volume's directory, world-writable as an emptyDir's, on a tmpfs if in memory."""
-        if not target.is_dir():
-            target.mkdir(parents=True)
-            target.chmod(0o777)
-        if in_memory and not self.mounter.is_mounted(str(target)):
-            await self.mounter.mount_tmpfs(str(target), size)
-            target.chmod(0o777)
+    async def _tmpfs_size(self, pod: Object, size_limit: object) -> int | None:
+        """
+        A memory-backed volume's size (kube's ``calculateEmptyDirMemorySize``):
+        the node's allocatable memory, or less: the pod's memory limit, then
+        the volume's ``sizeLimit``.
+        """
+        node = await self.client.get(f"/api/v1/nodes/{self.node_name}")
+        allocatable = ((node.get("status") or {}).get("allocatable") or {}).get("memory")
+        size = int(parse_quantity(allocatable).value) if allocatable else None
+        volume_limit = int(parse_quantity(size_limit).value) if size_limit else None
+        for smaller in (pod_memory_limit(pod), volume_limit):
+            if smaller is not None and smaller > 0 and (size is None or smaller <= size):
+                size = smaller
+        return size
 
     async def _payload(self, pod: Object, kind: str, source: Object) -> dict[str, FileProjection]:
         mode = _mode(source)
@@ -409,6 +418,27 @@ class VolumeManager:
         if failed:
             raise VolumeError(failed)
         shutil.rmtree(self.pod_dir(pod_uid), ignore_errors=True)
+
+
+def pod_memory_limit(pod: Mapping[str, Any]) -> int | None:
+    """
+    The pod's memory limit as its cgroup gets it: its containers' limits added
+    up (or an init container's, if larger), plus its overhead; None unless
+    every container has one.
+    """
+    spec = pod.get("spec") or {}
+
+    def limit(container: Mapping[str, Any]) -> int | None:
+        given = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        return int(parse_quantity(given).value) if given else None
+
+    containers = [limit(c) for c in spec.get("containers") or []]
+    inits = [limit(c) for c in spec.get("initContainers") or []]
+    if not containers or None in containers or None in inits:
+        return None
+    total = max([sum(c or 0 for c in containers), *(i or 0 for i in inits)])
+    overhead = (spec.get("overhead") or {}).get("memory")
+    return total + (int(parse_quantity(overhead).value) if overhead else 0)
 
 
 def _kind(volume: Mapping[str, Any]) -> str:
