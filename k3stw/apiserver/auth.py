@@ -42,6 +42,17 @@ _NODE_READABLE = frozenset(
 )
 
 
+#: What a kubelet may get when one of its pods uses it (kube's node authorizer graph).
+_NODE_REFERENCED = frozenset(
+    {
+        ("", "secrets"),
+        ("", "configmaps"),
+        ("", "persistentvolumeclaims"),
+        ("", "persistentvolumes"),
+    }
+)
+
+
 @dataclass(frozen=True)
 class Attributes:
     """
@@ -189,22 +200,40 @@ async def _node_may(node: str, a: Attributes, pod_uses: PodReferenceCheck) -> bo
         if a.subresource is None and a.verb == "delete":
             return await pod_uses(node, a.namespace, "pods", a.name)
         return False
-    if key in {("", "secrets"), ("", "configmaps")} and a.verb == "get" and a.name:
+    if key in _NODE_REFERENCED and a.verb == "get" and a.name and a.subresource is None:
         return await pod_uses(node, a.namespace or "", a.resource, a.name)
+    if key == ("", "serviceaccounts") and a.subresource == "token" and a.verb == "create":
+        # The kubelet asks for the tokens of its pods' service accounts.
+        return bool(a.name) and await pod_uses(node, a.namespace or "", a.resource, a.name or "")
     return False
 
 
 class NodePods:
     """
     The node authorizer's view of the pods bound to a node: whether C{name} is
-    one of them (kind ``pods``), or a secret or configmap one of them uses.
+    one of them (kind ``pods``), or a secret, configmap, claim or service
+    account one of them uses, or the volume bound to such a claim.
     """
 
-    def __init__(self, store: ObjectStore, pods: ResourceType) -> None:
+    def __init__(
+        self, store: ObjectStore, pods: ResourceType, volumes: ResourceType | None = None
+    ) -> None:
         self.store = store
         self.pods = pods
+        self.volumes = volumes
 
     async def __call__(self, node: str, namespace: str, kind: str, name: str) -> bool:
+        if kind == "persistentvolumes":
+            if self.volumes is None:
+                return False
+            try:
+                volume = await self.store.get(self.volumes, None, name)
+            except StatusError:
+                return False
+            claim = (volume.get("spec") or {}).get("claimRef") or {}
+            return bool(claim.get("name")) and await self(
+                node, str(claim.get("namespace", "")), "persistentvolumeclaims", claim["name"]
+            )
         if kind == "pods":
             try:
                 pod = await self.store.get(self.pods, namespace, name)

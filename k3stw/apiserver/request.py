@@ -274,16 +274,24 @@ def patch_body(request: Request) -> tuple[str, Any]:
     return media, body
 
 
-def peek_name(request: Request) -> str | None:
-    """The name in a create's body, leaving the body to be read again."""
+def peek_body(request: Request) -> Any:
+    """A create's JSON body (None if it is not JSON), leaving it to be read again."""
     if request.content is None:
         return None
     try:
-        name = decode_json(request.content.read()).get("metadata", {}).get("name")
-    except (ValueError, AttributeError):
-        name = None
+        return decode_json(request.content.read())
+    except ValueError:
+        return None
     finally:
         request.content.seek(0)
+
+
+def peek_name(request: Request) -> str | None:
+    """The name in a create's body, leaving the body to be read again."""
+    try:
+        name = peek_body(request).get("metadata", {}).get("name")
+    except AttributeError:
+        name = None
     return name if isinstance(name, str) else None
 
 

@@ -46,6 +46,7 @@ from k3stw.apiserver.request import (
     media_type,
     object_body,
     param,
+    peek_body,
     peek_name,
 )
 from k3stw.apiserver.reviews import Review, answer_review, is_review
@@ -59,6 +60,7 @@ from k3stw.apiserver.subresources import (
     serve_connect,
 )
 from k3stw.apiserver.tables import TableOptionError
+from k3stw.apiserver.tokens.request import restrict_node_token
 from k3stw.apiserver.verbs import POSTED_SUBRESOURCES, Target, TokenRequests, Verbs
 from k3stw.logs import Logger
 from k3stw.machinery.identity import User, authenticated, user_of_certificate
@@ -125,7 +127,11 @@ class KubernetesAPI(Resource):
             token_requests,
         )
         self.openapi = discovery.OpenAPI(registry)
-        self.pod_uses = NodePods(store, registry.require("", "v1", "pods"))
+        self.pod_uses = NodePods(
+            store,
+            registry.require("", "v1", "pods"),
+            registry.lookup("", "v1", "persistentvolumes"),
+        )
         self.authorizer = Authorizer(self.pod_uses, rbac, allow_all=not checks)
         self.admission: Mapping[tuple[str, str], Admission] = (
             admission(rbac) if rbac is not None and checks else {}
@@ -280,13 +286,18 @@ class KubernetesAPI(Resource):
             target.subresource,
             param(request, "dryRun") == "All",
         )
-        if verb == "create" and user.node_name is not None:
+        if verb == "create" and user.node_name is not None and target.subresource is None:
             # A node may create only its own Node (NodeRestriction): authorize the named object.
             target = Target(target.resource, target.namespace, peek_name(request), None)
         await self.authorizer.authorize(
             user,
             Attributes.of(verb, target.resource, target.namespace, target.name, target.subresource),
         )
+        if user.node_name is not None and target.subresource == "token" and target.name:
+            body = peek_body(request)
+            await restrict_node_token(
+                self.store, user.node_name, target.namespace or "", target.name, body
+            )
         if is_review(target.resource):
             body = object_body(request)
             reviewed = await answer_review(

@@ -32,6 +32,7 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.apiserver.verbs import TokenRequests
 from k3stw.datastore.memory import MemoryDatastore
+from k3stw.kubeclient import KubeAPIError
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
 
@@ -227,3 +228,48 @@ class APIDummyRequest(DummyRequest):
     @property
     def code(self) -> int:
         return self.responseCode or 200
+
+
+class MemoryClient:
+    """
+    A component's API client (L{k3stw.kubeclient.KubeClient}'s calls, not its
+    watches) over a L{MemoryAPI}, as the user of C{token}: the kubelet's
+    requests meet the real routes, authorizers and admission.
+    """
+
+    def __init__(self, api: MemoryAPI, token: str) -> None:
+        self.api = api
+        self.token = token
+        self.server_url = "https://127.0.0.1:6443"
+        #: Every call as ``(method, path)``, in order.
+        self.requests: list[tuple[str, str]] = []
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Object | list[Any] | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> Object:
+        self.requests.append((method, path))
+        query = ("?" + "&".join(f"{k}={v}" for k, v in params.items())) if params else ""
+        made = self.api.send(
+            method.encode(), path + query, body, self.token, {"content-type": content_type}
+        )
+        if not made.finished:
+            await made.notifyFinish()
+        text = b"".join(made.written)
+        document: Object = json.loads(text) if text else {}
+        if not 200 <= made.code < 300:
+            raise KubeAPIError(method, path, made.code, document)
+        return document
+
+    async def get(self, path: str) -> Object:
+        return await self.call("GET", path)
+
+    async def create(self, path: str, obj: Object) -> Object:
+        return await self.call("POST", path, obj)
+
+    async def replace(self, path: str, obj: Object) -> Object:
+        return await self.call("PUT", path, obj)

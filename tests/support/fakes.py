@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from k3stw.apiserver.patch import apply_merge_patch
 from k3stw.kubeclient import KubeAPIError, Object
+from k3stw.kubelet.volumes.mounter import MountError
 from k3stw.machinery.source import EventSink, IListWatch, IWatchStream, Listed
 from k3stw.machinery.times import rfc3339
 
@@ -397,3 +398,32 @@ class FakePodMetrics:
                 }
             )
         return found
+
+
+class FakeMounter:
+    """
+    The volume manager's L{k3stw.kubelet.volumes.Mounter} without mounting
+    anything: it remembers what is "mounted" (the directory stays a plain one)
+    and, with C{refuse}, fails as mount(8) does without privileges.
+    """
+
+    def __init__(self) -> None:
+        #: Mounted paths and the size each tmpfs was given.
+        self.mounted: dict[str, int | None] = {}
+        self.refuse = False
+
+    def is_mounted(self, path: str) -> bool:
+        return path in self.mounted
+
+    async def mount_tmpfs(self, path: str, size: int | None) -> None:
+        if self.refuse:
+            options = f"-o size={size} " if size is not None else ""
+            raise MountError(
+                "mount failed: exit status 32\nMounting command: mount\n"
+                f"Mounting arguments: -t tmpfs {options}tmpfs {path}\n"
+                'Output: mount: only root can use "--options" option'
+            )
+        self.mounted[path] = size
+
+    async def unmount(self, path: str) -> None:
+        del self.mounted[path]

@@ -292,8 +292,23 @@ _POD_STATUS: RuleTable = {
 
 
 def references(pod: Object, plural: str) -> set[str]:
-    """The names of the secrets (C{plural} ``secrets``) or configmaps a pod uses."""
+    """
+    The names of the secrets (C{plural} ``secrets``), configmaps,
+    persistentvolumeclaims or serviceaccounts a pod uses (what its node may read).
+    """
     spec = pod.get("spec") or {}
+    if plural == "serviceaccounts":
+        return {str(spec.get("serviceAccountName") or "default")}
+    if plural == "persistentvolumeclaims":
+        return {
+            str(volume["persistentVolumeClaim"].get("claimName", ""))
+            if isinstance(volume.get("persistentVolumeClaim"), dict)
+            # A generic ephemeral volume's claim is named for the pod and the volume.
+            else f"{(pod.get('metadata') or {}).get('name', '')}-{volume.get('name', '')}"
+            for volume in spec.get("volumes") or []
+            if isinstance(volume.get("persistentVolumeClaim"), dict)
+            or isinstance(volume.get("ephemeral"), dict)
+        }
     key, ref_key, name_key = (
         ("secret", "secretKeyRef", "secretName")
         if plural == "secrets"

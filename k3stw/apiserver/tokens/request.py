@@ -102,6 +102,45 @@ class TokenIssuer:
         return request
 
 
+async def restrict_node_token(
+    store: ObjectStore, node: str, namespace: str, account: str, body: Any
+) -> None:
+    """
+    NodeRestriction for a kubelet's TokenRequest: the token must be bound to a
+    pod (by name and uid) that is scheduled on the asking node.
+
+    :raises StatusError: 403 in kube's words, or the pod's 404.
+    """
+
+    def forbidden(reason: str) -> StatusError:
+        return StatusError(
+            403,
+            f'serviceaccounts "{account}" is forbidden: {reason}',
+            {"name": account, "kind": "serviceaccounts"},
+        )
+
+    spec = body.get("spec") if isinstance(body, dict) else None
+    reference = spec.get("boundObjectRef") if isinstance(spec, dict) else None
+    if (
+        not isinstance(reference, dict)
+        or reference.get("apiVersion") != "v1"
+        or reference.get("kind") != "Pod"
+        or not reference.get("name")
+    ):
+        raise forbidden("node requested token not bound to a pod")
+    uid = reference.get("uid")
+    if not uid:
+        raise forbidden("node requested token with a pod binding without a uid")
+    pod = await store.get(pods.RESOURCE, namespace, str(reference["name"]))
+    if pod["metadata"].get("uid") != uid:
+        raise forbidden(
+            f"the UID in the bound object reference ({uid}) does not match the UID in record. "
+            "The object might have been deleted and then recreated"
+        )
+    if (pod.get("spec") or {}).get("nodeName") != node:
+        raise forbidden("node requested token bound to a pod scheduled on a different node")
+
+
 def _checked(body: Any, namespace: str, name: str) -> Object:
     """C{body} as a TokenRequest with its defaults, or kube-apiserver's refusal."""
     if not isinstance(body, dict):
