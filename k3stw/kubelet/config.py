@@ -154,6 +154,8 @@ class KubeletConfig:
     :ivar retry_initial: first wait after a failure; it doubles with each failure in a row...
     :ivar retry_max: ...up to this.
     :ivar retry_jitter: fraction of a wait added at random, so nodes do not retry in step.
+    :ivar cluster_dns: ``--cluster-dns``: the resolvers ClusterFirst pods use.
+    :ivar cluster_domain: ``--cluster-domain``: the cluster's DNS domain.
     """
 
     node_name: str
@@ -172,6 +174,8 @@ class KubeletConfig:
     retry_initial: float = 0.5
     retry_max: float = 10.0
     retry_jitter: float = 0.2
+    cluster_dns: tuple[str, ...] = ("10.43.0.10",)
+    cluster_domain: str = "cluster.local"
 
 
 @dataclass(frozen=True)
