@@ -70,7 +70,9 @@ START_TIMEOUT = 60.0
 reactor = cast(IReactorThreads, _reactor)
 
 
-class ContainerdInAMachineTests(TestCase):
+class RuntimeMachineCase(TestCase):
+    """A test machine with k3s's paths, the airgap images and a CNI conflist; a node in it."""
+
     timeout = 180
 
     def setUp(self) -> None:
@@ -121,6 +123,31 @@ class ContainerdInAMachineTests(TestCase):
         started = self.log.read_text().rsplit("Started containerd (pid ", 1)[1]
         return int(started.split(")", 1)[0])
 
+    def fetch(self, ip: str) -> str:
+        """The pod's page, fetched from inside the machine (httpd may still be binding its port)."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self.machine.run(f"busybox wget -q -O - http://{ip}/", timeout=10)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop_node(self, node: int) -> None:
+        """SIGTERM to the node, which stops containerd and exits by itself."""
+        containerd = self.containerd_pid()
+        os.kill(node, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{node}").exists():
+            self.assertLess(time.monotonic(), deadline, "the node did not stop on SIGTERM")
+            time.sleep(0.05)
+        # containerd's pid is the machine's own numbering: ask the machine.
+        self.machine.run(f"test ! -e /proc/{containerd}")
+        self.assertIn("Stopping containerd", self.log.read_text())
+
+
+class ContainerdInAMachineTests(RuntimeMachineCase):
     def test_server_node_reports_containerd(self) -> None:
         """
         ``k3s-server --container-runtime=containerd`` with k3s's default paths:
@@ -221,17 +248,6 @@ class ContainerdInAMachineTests(TestCase):
 
         self.stop_node(node)
 
-    def fetch(self, ip: str) -> str:
-        """The pod's page, fetched from inside the machine (httpd may still be binding its port)."""
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return self.machine.run(f"busybox wget -q -O - http://{ip}/", timeout=10)
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
     async def until_answers(self, runtime: Runtime, started: Callable[[], bool]) -> None:
         """Wait (on the reactor) until C{started} and the runtime answers again."""
         deadline = time.monotonic() + START_TIMEOUT
@@ -244,15 +260,3 @@ class ContainerdInAMachineTests(TestCase):
                     pass
             self.assertLess(time.monotonic(), deadline, self.log.read_text())
             await deferLater(_reactor, 0.1, lambda: None)
-
-    def stop_node(self, node: int) -> None:
-        """SIGTERM to the node, which stops containerd and exits by itself."""
-        containerd = self.containerd_pid()
-        os.kill(node, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{node}").exists():
-            self.assertLess(time.monotonic(), deadline, "the node did not stop on SIGTERM")
-            time.sleep(0.05)
-        # containerd's pid is the machine's own numbering: ask the machine.
-        self.machine.run(f"test ! -e /proc/{containerd}")
-        self.assertIn("Stopping containerd", self.log.read_text())

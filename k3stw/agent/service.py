@@ -128,6 +128,7 @@ def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
             ip.strip() for ip in str(joined.settings.get("ClusterDNS") or "10.43.0.10").split(",")
         ),
         cluster_domain=str(joined.settings.get("ClusterDomain") or "cluster.local"),
+        cgroup_root=config.kubelet_args.cgroup_root,
     )
 
 

@@ -199,6 +199,7 @@ class KubeletService(MultiService):
             host_ips=config.node_ips,
             dns=DNSSettings(config.cluster_dns, config.cluster_domain),
             runtime_name=(self.runtime_version or "containerd").partition(":")[0],
+            cgroup_root=config.cgroup_root,
         )
         return PodWorkers(self.clock, self.client, runtime, settings, volumes=self.volumes)
 

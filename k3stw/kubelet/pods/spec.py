@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.machinery.objects import Object, get_path, metadata
@@ -51,6 +51,16 @@ class DNSSettings:
 
     servers: tuple[str, ...] = ("10.43.0.10",)
     domain: str = "cluster.local"
+
+
+class NodeSettings(Protocol):
+    """What a sandbox's config needs of the node."""
+
+    @property
+    def dns(self) -> DNSSettings: ...
+
+    @property
+    def cgroup_root(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -96,11 +106,12 @@ def qos_class(pod: Mapping[str, Any]) -> str:
     return str(get_path(pod, "status", "qosClass") or "BestEffort")
 
 
-def cgroup_parent(pod: Mapping[str, Any]) -> str:
-    """The pod's cgroup under the cgroupfs driver (``/kubepods/burstable/pod<uid>``)."""
+def cgroup_parent(pod: Mapping[str, Any], root: str = "/") -> str:
+    """The pod's cgroup under the cgroupfs driver (``<root>/kubepods/burstable/pod<uid>``)."""
     uid = metadata(pod).get("uid", "")
     qos = qos_class(pod)
-    return f"/kubepods/pod{uid}" if qos == "Guaranteed" else f"/kubepods/{qos.lower()}/pod{uid}"
+    base = root.rstrip("/") + "/kubepods"
+    return f"{base}/pod{uid}" if qos == "Guaranteed" else f"{base}/{qos.lower()}/pod{uid}"
 
 
 def dns_config(pod: Mapping[str, Any], settings: DNSSettings) -> api.DNSConfig:
@@ -158,7 +169,9 @@ def _containers(pod: Mapping[str, Any]) -> list[Object]:
     return [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]
 
 
-def sandbox_config(pod: Mapping[str, Any], dns: DNSSettings, attempt: int) -> api.PodSandboxConfig:
+def sandbox_config(
+    pod: Mapping[str, Any], node: NodeSettings, attempt: int
+) -> api.PodSandboxConfig:
     """The CRI config of the pod's sandbox, C{attempt} counting the sandboxes made before."""
     meta = metadata(pod)
     spec = pod.get("spec") or {}
@@ -200,12 +213,12 @@ def sandbox_config(pod: Mapping[str, Any], dns: DNSSettings, attempt: int) -> ap
         ),
         hostname="" if spec.get("hostNetwork") else _hostname(pod),
         log_directory=log_directory(pod),
-        dns_config=dns_config(pod, dns),
+        dns_config=dns_config(pod, node.dns),
         port_mappings=ports,
         labels={**(meta.get("labels") or {}), **pod_labels(pod)},
         annotations=dict(meta.get("annotations") or {}),
         linux=api.LinuxPodSandboxConfig(
-            cgroup_parent=cgroup_parent(pod),
+            cgroup_parent=cgroup_parent(pod, node.cgroup_root),
             security_context=security,
             sysctls={s["name"]: str(s.get("value", "")) for s in context.get("sysctls") or ()},
         ),

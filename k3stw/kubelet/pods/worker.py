@@ -63,6 +63,7 @@ class PodSettings:
     host_ips: tuple[str, ...]
     dns: DNSSettings = field(default_factory=DNSSettings)
     runtime_name: str = "containerd"
+    cgroup_root: str = "/"
     allocatable: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -380,7 +381,7 @@ class PodWorker:
             )
             await self._kill(pod, observed)
             await self._remove_sandboxes()
-        config = podspec.sandbox_config(pod, self.workers.settings.dns, attempt)
+        config = podspec.sandbox_config(pod, self.workers.settings, attempt)
         try:
             await self.runtime.run_pod_sandbox(config)
         except CRIError as e:
@@ -483,7 +484,7 @@ class PodWorker:
         sandbox = observed.sandbox
         assert sandbox is not None
         sandbox_config = podspec.sandbox_config(
-            pod, self.workers.settings.dns, sandbox.metadata.attempt
+            pod, self.workers.settings, sandbox.metadata.attempt
         )
         try:
             container_id = await self.runtime.create_container(sandbox.id, config, sandbox_config)
