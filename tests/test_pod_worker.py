@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
+from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
 from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
 from k3stw.machinery.informer import Informer
@@ -37,6 +41,26 @@ def make_pod(name: str = "web", **spec: Any) -> Object:
     }
 
 
+class FakeProber:
+    """Answers httpGet probes with C{code}, tcpSocket probes on C{open_ports}; records them."""
+
+    def __init__(self) -> None:
+        self.code = 200
+        self.open_ports: set[int] = set()
+        self.gets: list[tuple[str, dict[str, str]]] = []
+
+    def http_get(
+        self, url: str, headers: Mapping[str, str], timeout: float
+    ) -> Deferred[tuple[int, bytes]]:
+        self.gets.append((url, dict(headers)))
+        return succeed((self.code, b""))
+
+    def tcp_connect(self, host: str, port: int, timeout: float) -> Deferred[None]:
+        if port in self.open_ports:
+            return succeed(None)
+        return fail(ConnectionRefusedError(f"dial tcp {host}:{port}: connect: connection refused"))
+
+
 class PodWorkerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -46,13 +70,27 @@ class PodWorkerTests(SynchronousTestCase):
         self.settings = PodSettings(
             "node-1", ("127.0.0.11",), DNSSettings(("10.43.0.10",), "cluster.local")
         )
+        self.prober = FakeProber()
+        self.execs: list[tuple[str, Sequence[str]]] = []
+        self.exec_answer = (0, b"", b"")
+
+        def exec_handler(container_id: str, cmd: Sequence[str]) -> tuple[int, bytes, bytes]:
+            self.execs.append((container_id, cmd))
+            return self.exec_answer
+
+        self.runtime.exec_handler = exec_handler
         self.workers = self.start_workers()
 
     def start_workers(self) -> PodWorkers:
         # The fake serves namespaced collections: the test pods all live in default.
         informer = Informer(HTTPSource(self.client, PODS), self.clock)
         workers = PodWorkers(
-            self.clock, self.client, self.runtime, self.settings, informer=informer
+            self.clock,
+            self.client,
+            self.runtime,
+            self.settings,
+            informer=informer,
+            prober=self.prober,
         )
         workers.startService()
         self.addCleanup(self.stop, workers)
@@ -539,3 +577,98 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(self.sandbox().metadata.attempt, 1)
         self.assertIn("SandboxChanged", self.reasons())
         self.assertEqual(self.pod()["status"]["phase"], "Running")
+
+    # Probes and hooks
+
+    def probed(self, **probes: Any) -> Object:
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "ports": [{"name": "http", "containerPort": 80}],
+        }
+        return make_pod(containers=[{**container, **probes}])
+
+    def test_readiness_probe_gates_ready(self) -> None:
+        self.prober.code = 503
+        probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}
+        self.create(self.probed(readinessProbe=probe))
+        self.advance(2)
+        self.assertFalse(self.status()["ready"])
+        self.assertTrue(self.status()["started"])
+        self.assertEqual(self.condition("Ready")["reason"], "ContainersNotReady")
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertIn(
+            (
+                "Warning",
+                "Unhealthy",
+                "Readiness probe failed: HTTP probe failed with statuscode: 503",
+            ),
+            self.events(),
+        )
+        url, headers = self.prober.gets[0]
+        self.assertEqual(url, "http://10.42.0.2:80/healthz")
+        self.assertEqual(headers["User-Agent"], USER_AGENT)
+        self.prober.code = 200
+        self.advance(2)
+        self.assertTrue(self.status()["ready"])
+        self.assertEqual(self.condition("Ready")["status"], "True")
+
+    def test_a_failing_liveness_probe_restarts_the_container(self) -> None:
+        self.exec_answer = (1, b"not alive", b"")
+        probe = {
+            "exec": {"command": ["cat", "/tmp/alive"]},
+            "periodSeconds": 1,
+            "failureThreshold": 3,
+        }
+        self.create(self.probed(livenessProbe=probe))
+        self.advance(1)
+        self.assertEqual(self.execs[0][1], ["cat", "/tmp/alive"])
+        self.assertTrue(self.status()["ready"])
+        self.advance(3)
+        self.assertIn(("Warning", "Unhealthy", "Liveness probe failed: not alive"), self.events())
+        self.assertIn(
+            ("Normal", "Killing", "Container main failed liveness probe, will be restarted"),
+            self.events(),
+        )
+        self.exec_answer = (0, b"", b"")
+        self.advance(5)
+        self.assertEqual(self.status()["restartCount"], 1)
+        self.assertEqual(len(self.runtime.running()), 1)
+
+    def test_a_startup_probe_holds_readiness_until_it_passes(self) -> None:
+        startup = {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30}
+        readiness = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+        self.create(self.probed(startupProbe=startup, readinessProbe=readiness))
+        self.advance(3)
+        main = self.status()
+        self.assertEqual((main["started"], main["ready"]), (False, False))
+        self.assertIn("dial tcp 10.42.0.2:8080: connect: connection refused", self.events()[-1][2])
+        self.prober.open_ports.add(8080)
+        self.advance(2)
+        main = self.status()
+        self.assertEqual((main["started"], main["ready"]), (True, True))
+
+    def test_a_failing_post_start_hook_kills_the_container(self) -> None:
+        self.exec_answer = (2, b"hook broke", b"")
+        lifecycle = {"postStart": {"exec": {"command": ["setup"]}}}
+        self.create(
+            make_pod(
+                restartPolicy="Never",
+                containers=[{"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}],
+            )
+        )
+        self.advance(1)
+        self.assertIn(("Warning", "FailedPostStartHook", "hook broke"), self.events())
+        self.assertEqual(self.runtime.running(), [])
+
+    def test_the_pre_stop_hook_runs_before_the_container_is_stopped(self) -> None:
+        lifecycle = {"preStop": {"exec": {"command": ["drain"]}}}
+        pod = self.create(
+            make_pod(containers=[{"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}])
+        )
+        self.advance(1)
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 30)
+        self.client.put_object(f"{PODS}/web", pod)
+        self.advance(1)
+        self.assertEqual([cmd for _, cmd in self.execs], [["drain"]])
+        self.assertNotIn(f"{PODS}/web", self.client.objects)

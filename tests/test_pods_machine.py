@@ -2,8 +2,8 @@
 Pods run for real: ``k3s-server --container-runtime containerd`` in a test
 machine (its own network, mount and PID namespaces), the busybox images in
 ``agent/images``, a bridge CNI conflist; ``kubectl run`` inside the machine
-starts a busybox ``httpd`` pod that becomes Running and Ready with a pod IP
-and answers HTTP, a crashing pod that reaches CrashLoopBackOff with its
+starts a busybox ``httpd`` pod that becomes Running and Ready (its HTTP
+readiness and TCP liveness probes passing) with a pod IP and answers HTTP, a crashing pod that reaches CrashLoopBackOff with its
 restarts counted, and ``kubectl delete`` stops and removes the pod's
 sandbox.
 
@@ -54,10 +54,18 @@ class PodsInAMachineTests(RuntimeMachineCase):
             "server.log",
             "Successfully registered node m1",
         )
-        grace = json.dumps({"spec": {"terminationGracePeriodSeconds": 2}})
+        probes = {
+            "name": "web",
+            "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1},
+            "livenessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1},
+        }
+        overrides = json.dumps(
+            {"spec": {"terminationGracePeriodSeconds": 2, "containers": [probes]}}
+        )
         self.kubectl(
             f"run web --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
-            f" --overrides='{grace}' --command -- /bin/httpd -f -p 80 -h /www"
+            f" --override-type=strategic --overrides='{overrides}'"
+            " --command -- /bin/httpd -f -p 80 -h /www"
         )
 
         def ready() -> bool:
@@ -77,6 +85,7 @@ class PodsInAMachineTests(RuntimeMachineCase):
         events = self.kubectl("get events --field-selector involvedObject.name=web -o json")
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         self.assertLessEqual({"Pulled", "Created", "Started"}, reasons)
+        self.assertNotIn("Unhealthy", reasons)
 
         self.kubectl(
             f"run crash --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"

@@ -18,7 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
 
@@ -190,6 +190,7 @@ class KubeletService(MultiService):
 
     def _pod_workers(self, runtime: Runtime) -> PodWorkers:
         """The workers that run this node's pods on its runtime."""
+        from k3stw.kubelet.pods.probes import NetworkProber
         from k3stw.kubelet.pods.spec import DNSSettings
         from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
 
@@ -201,7 +202,14 @@ class KubeletService(MultiService):
             runtime_name=(self.runtime_version or "containerd").partition(":")[0],
             cgroup_root=config.cgroup_root,
         )
-        return PodWorkers(self.clock, self.client, runtime, settings, volumes=self.volumes)
+        return PodWorkers(
+            self.clock,
+            self.client,
+            runtime,
+            settings,
+            volumes=self.volumes,
+            prober=NetworkProber(self.clock) if IReactorTCP.providedBy(self.clock) else None,
+        )
 
     async def _connect_runtime(self, node_runtime: NodeRuntime) -> None:
         """Wait for the runtime, then learn its version (the kubelet registers only then)."""

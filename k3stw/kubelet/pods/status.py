@@ -45,12 +45,15 @@ class Observed:
     :ivar containers: each container name's instances, newest first.
     :ivar waiting: why containers that should start have not.
     :ivar runtime: the runtime's name, the scheme of container IDs.
+    :ivar probed: what the probes say of running containers (none: started and ready).
     """
 
     sandbox: api.PodSandboxStatus | None = None
     containers: dict[str, list[api.ContainerStatus]] = field(default_factory=dict)
     waiting: dict[str, Waiting] = field(default_factory=dict)
     runtime: str = "containerd"
+    #: The probes' verdicts on running containers: (started, ready) by name.
+    probed: dict[str, tuple[bool, bool]] = field(default_factory=dict)
 
     @property
     def sandbox_ready(self) -> bool:
@@ -119,15 +122,16 @@ def container_status(
         state = {"waiting": _waiting(override)}
     running = "running" in state
     terminated = state.get("terminated") or {}
+    started, ready = observed.probed.get(name, (True, True)) if running else (False, False)
     result.update(
         state=state,
         lastState=last,
-        ready=(running and not init) or (init and terminated.get("exitCode") == 0),
+        ready=(ready and not init) or (init and terminated.get("exitCode") == 0),
         restartCount=restart_count(newest),
         image=newest.image.image or spec.get("image", ""),
         imageID=newest.image_ref,
         containerID=f"{runtime}://{newest.id}",
-        started=running,
+        started=started,
     )
     return result
 

@@ -33,6 +33,7 @@ from k3stw.kubelet.cri.runtime import CRIError, Runtime
 from k3stw.kubelet.pods import spec as podspec
 from k3stw.kubelet.pods.backoff import FailureBackoff
 from k3stw.kubelet.pods.events import NORMAL, WARNING, PodEvents
+from k3stw.kubelet.pods.probes import KINDS, PodProbes, Prober, run_handler, title
 from k3stw.kubelet.pods.spec import (
     CONTAINER_NAME,
     POD_UID,
@@ -83,6 +84,22 @@ def _desired(pod: Mapping[str, Any]) -> tuple[object, ...]:
     return (meta, pod.get("spec"))
 
 
+def _spec(pod: Mapping[str, Any], name: str) -> Object | None:
+    for key in ("initContainers", "containers"):
+        for container in get_path(pod, "spec", key) or ():
+            if container.get("name") == name:
+                found: Object = container
+                return found
+    return None
+
+
+def _pod_ip(pod: Mapping[str, Any], observed: Observed, settings: PodSettings) -> str:
+    """Where probes and hooks reach the pod: its sandbox's IP, the node's for hostNetwork."""
+    if get_path(pod, "spec", "hostNetwork") or observed.sandbox is None:
+        return settings.host_ips[0] if settings.host_ips else "127.0.0.1"
+    return observed.sandbox.network.ip
+
+
 def _pull_policy(container: Mapping[str, Any]) -> str:
     policy = container.get("imagePullPolicy")
     if policy:
@@ -98,6 +115,7 @@ class PodWorkers(MultiService):
     for each.
 
     :param volumes: the volume manager (L{NoVolumes} until one is wired).
+    :param prober: runs httpGet and tcpSocket probes and hooks (None: they fail).
     """
 
     _log = Logger()
@@ -110,8 +128,10 @@ class PodWorkers(MultiService):
         settings: PodSettings,
         volumes: VolumeManager | None = None,
         informer: Informer | None = None,
+        prober: Prober | None = None,
     ) -> None:
         super().__init__()
+        self.prober = prober
         self.clock = clock
         self.client = client
         self.runtime = runtime
@@ -222,6 +242,7 @@ class PodWorker:
         self._again = False
         #: How many containers this worker started (a sync that started one looks again).
         self._started = 0
+        self.probes = PodProbes()
         self._timer: IDelayedCall | None = None
         self._done = False
         #: When each image's last pull failed (its back-off is measured from there).
@@ -348,6 +369,7 @@ class PodWorker:
         if self._started != started:
             waiting, observed = observed.waiting, await self.observe()
             observed.waiting = waiting
+        await self._probe(pod, observed)
         status = await self._write_status(pod, observed)
         if status["phase"] in TERMINAL:
             await self._kill(pod, observed)
@@ -513,6 +535,28 @@ class PodWorker:
         await self.workers.events.emit(
             pod, NORMAL, "Started", f"Started container {name}", field_path
         )
+        hook = get_path(container, "lifecycle", "postStart")
+        if hook:
+            outcome = await run_handler(
+                hook,
+                container,
+                container_id,
+                _pod_ip(pod, observed, self.workers.settings),
+                self.runtime,
+                self.workers.prober,
+                podspec.grace_period(pod),
+            )
+            if not outcome.ok:
+                await self.workers.events.emit(
+                    pod, WARNING, "FailedPostStartHook", outcome.output, field_path
+                )
+                observed.waiting[name] = Waiting("PostStartHookError", outcome.output)
+                await self.workers.events.emit(
+                    pod, NORMAL, "Killing", "FailedPostStartHook", field_path
+                )
+                await self._stop_container(
+                    pod, observed, name, container_id, max(MINIMUM_GRACE, podspec.grace_period(pod))
+                )
 
     async def _prune(self, instances: Sequence[api.ContainerStatus]) -> None:
         """Keep one exited instance of a container (its lastState) beside the new one."""
@@ -611,6 +655,65 @@ class PodWorker:
             allocatable=self.workers.settings.allocatable,
         )
 
+    # Probes
+
+    async def _probe(self, pod: Object, observed: Observed) -> None:
+        """Run the probes that are due; publish started and ready; kill what failed liveness."""
+        now = self.clock.seconds()
+        policy = get_path(pod, "spec", "restartPolicy") or "Always"
+        for container in get_path(pod, "spec", "containers") or ():
+            name = str(container.get("name"))
+            instances = observed.containers.get(name) or []
+            if not instances or instances[0].state != api.CONTAINER_RUNNING:
+                continue
+            newest = instances[0]
+            started_at = newest.started_at / 1e9
+            for kind in KINDS:
+                if not self.probes.due(name, kind, newest.id, container, started_at):
+                    continue
+                if self.probes.next_due(name, kind) > now:
+                    continue
+                probe = container[f"{kind}Probe"]
+                outcome = await run_handler(
+                    probe,
+                    container,
+                    newest.id,
+                    _pod_ip(pod, observed, self.workers.settings),
+                    self.runtime,
+                    self.workers.prober,
+                    float(probe.get("timeoutSeconds") or 1),
+                )
+                field_path = _field_path(pod, name)
+                if not outcome.ok:
+                    await self.workers.events.emit(
+                        pod,
+                        WARNING,
+                        "Unhealthy",
+                        f"{title(kind)} probe failed: {outcome.output}".rstrip(),
+                        field_path,
+                    )
+                if self.probes.record(name, kind, container, outcome, now) is False:
+                    if kind == "readiness":
+                        continue
+                    restarted = ", will be restarted" if policy != "Never" else ""
+                    await self.workers.events.emit(
+                        pod,
+                        NORMAL,
+                        "Killing",
+                        f"Container {name} failed {kind} probe{restarted}",
+                        field_path,
+                    )
+                    grace = probe.get("terminationGracePeriodSeconds")
+                    grace = podspec.grace_period(pod) if grace is None else int(grace)
+                    await self._stop_container(
+                        pod, observed, name, newest.id, max(MINIMUM_GRACE, grace)
+                    )
+                    break
+            observed.probed[name] = (
+                self.probes.started(name, newest.id, container),
+                self.probes.ready(name, newest.id, container),
+            )
+
     # Status
 
     async def _write_status(
@@ -656,7 +759,11 @@ class PodWorker:
                     reason or f"Stopping container {name}",
                     _field_path(pod, name),
                 )
-                stops.append(Deferred.fromCoroutine(self._stop_container(container.id, grace)))
+                stops.append(
+                    Deferred.fromCoroutine(
+                        self._stop_container(pod, observed, name, container.id, grace)
+                    )
+                )
         if stops:
             try:
                 await gatherResults(stops, consumeErrors=True)
@@ -665,7 +772,28 @@ class PodWorker:
         if observed.sandbox is not None and observed.sandbox_ready:
             await self.runtime.stop_pod_sandbox(observed.sandbox.id)
 
-    async def _stop_container(self, container_id: str, grace: int) -> None:
+    async def _stop_container(
+        self, pod: Object, observed: Observed, name: str, container_id: str, grace: int
+    ) -> None:
+        """Run the container's preStop hook (its time counts against the grace), then stop it."""
+        spec = _spec(pod, name)
+        hook = get_path(spec, "lifecycle", "preStop") if spec else None
+        if spec is not None and hook:
+            began = self.clock.seconds()
+            outcome = await run_handler(
+                hook,
+                spec,
+                container_id,
+                _pod_ip(pod, observed, self.workers.settings),
+                self.runtime,
+                self.workers.prober,
+                grace,
+            )
+            if not outcome.ok:
+                await self.workers.events.emit(
+                    pod, WARNING, "FailedPreStopHook", "PreStopHook failed", _field_path(pod, name)
+                )
+            grace = max(MINIMUM_GRACE, int(grace - (self.clock.seconds() - began)))
         try:
             await self.runtime.stop_container(container_id, grace)
         except CRIError as e:
