@@ -16,9 +16,7 @@ from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
 from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
-from k3stw.machinery.informer import Informer
 from k3stw.machinery.objects import Object
-from k3stw.machinery.source import HTTPSource
 from k3stw.machinery.times import rfc3339
 from tests.support.fakes import FakeKubeClient
 
@@ -82,15 +80,8 @@ class PodWorkerTests(SynchronousTestCase):
         self.workers = self.start_workers()
 
     def start_workers(self) -> PodWorkers:
-        # The fake serves namespaced collections: the test pods all live in default.
-        informer = Informer(HTTPSource(self.client, PODS), self.clock)
         workers = PodWorkers(
-            self.clock,
-            self.client,
-            self.runtime,
-            self.settings,
-            informer=informer,
-            prober=self.prober,
+            self.clock, self.client, self.runtime, self.settings, prober=self.prober
         )
         workers.startService()
         self.addCleanup(self.stop, workers)
@@ -174,6 +165,14 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(container.config.labels["io.kubernetes.container.name"], "main")
         self.assertEqual(container.config.annotations["io.kubernetes.container.restartCount"], "0")
         self.assertEqual(container.state, api.CONTAINER_RUNNING)
+
+    def test_pods_of_other_nodes_are_not_run(self) -> None:
+        elsewhere = make_pod()
+        elsewhere["spec"]["nodeName"] = "node-2"
+        self.create(elsewhere)
+        self.advance(1)
+        self.assertEqual(self.runtime.sandboxes, {})
+        self.assertNotIn("conditions", self.pod()["status"])
 
     def test_a_running_pod_reports_running_and_ready(self) -> None:
         self.create(make_pod())

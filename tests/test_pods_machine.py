@@ -3,9 +3,9 @@ Pods run for real: ``k3s-server --container-runtime containerd`` in a test
 machine (its own network, mount and PID namespaces), the busybox images in
 ``agent/images``, a bridge CNI conflist; ``kubectl run`` inside the machine
 starts a busybox ``httpd`` pod that becomes Running and Ready (its HTTP
-readiness and TCP liveness probes passing) with a pod IP and answers HTTP, a crashing pod that reaches CrashLoopBackOff with its
-restarts counted, and ``kubectl delete`` stops and removes the pod's
-sandbox.
+readiness and TCP liveness probes passing) with a pod IP and answers HTTP,
+a crashing pod reaches CrashLoopBackOff with its restarts counted, and
+``kubectl delete`` stops both and removes their sandboxes.
 
 Needs root, Debian's containerd, containernetworking-plugins and
 busybox-static, as tests/test_containerd_machine.py does.

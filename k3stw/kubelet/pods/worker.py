@@ -127,7 +127,6 @@ class PodWorkers(MultiService):
         runtime: Runtime,
         settings: PodSettings,
         volumes: VolumeManager | None = None,
-        informer: Informer | None = None,
         prober: Prober | None = None,
     ) -> None:
         super().__init__()
@@ -141,7 +140,7 @@ class PodWorkers(MultiService):
         self.crash_backoff = FailureBackoff()
         self.pull_backoff = FailureBackoff()
         self.workers: dict[str, PodWorker] = {}
-        self.informer = informer or Informer(
+        self.informer = Informer(
             HTTPSource(
                 client, "/api/v1/pods", {"fieldSelector": f"spec.nodeName={settings.node_name}"}
             ),
