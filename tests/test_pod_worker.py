@@ -472,6 +472,33 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(self.condition("Initialized")["reason"], "PodCompleted")
         self.assertEqual([s.ready for s in self.runtime.sandboxes.values()], [False])
 
+    def test_a_finished_pod_is_left_alone_until_it_changes(self) -> None:
+        self.runtime.programs["main"] = Program(runs_for=1, exit_code=0)
+        self.create(make_pod(restartPolicy="Never"))
+        self.advance(4)
+        self.assertEqual(self.pod()["status"]["phase"], "Succeeded")
+        calls = len(self.runtime.calls)
+        self.advance(10)
+        self.assertEqual(len(self.runtime.calls), calls)
+
+    def test_host_network_pods_use_the_node_network_and_host_ports(self) -> None:
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "ports": [{"containerPort": 8080, "hostPort": 18080, "protocol": "UDP"}],
+        }
+        self.create(make_pod(hostNetwork=True, containers=[container]))
+        self.advance(1)
+        config = self.sandbox()
+        self.assertEqual(config.linux.security_context.namespace_options.network, api.NODE)
+        self.assertEqual(config.hostname, "")
+        self.assertEqual(list(config.dns_config.servers), [])
+        (mapping,) = config.port_mappings
+        self.assertEqual(
+            (mapping.protocol, mapping.container_port, mapping.host_port), (api.UDP, 8080, 18080)
+        )
+        self.assertEqual(self.pod()["status"]["podIPs"], [{"ip": "127.0.0.11"}])
+
     def test_never_pod_whose_container_fails_is_failed(self) -> None:
         self.runtime.programs["main"] = Program(runs_for=1, exit_code=2)
         self.create(make_pod(restartPolicy="Never"))

@@ -239,6 +239,8 @@ class PodWorker:
         self._syncing: Deferred[None] | None = None
         self._busy = False
         self._again = False
+        #: The last sync found nothing to watch for (a finished pod): no relist until it changes.
+        self._idle = False
         #: How many containers this worker started (a sync that started one looks again).
         self._started = 0
         self.probes = PodProbes()
@@ -268,6 +270,7 @@ class PodWorker:
         self._timer = None
         # Set before the sync starts: it may finish, or be asked for again, before returning.
         self._busy = True
+        self._idle = False
         syncing = Deferred.fromCoroutine(self.sync())
         if self._busy:
             self._syncing = syncing
@@ -293,7 +296,7 @@ class PodWorker:
         if self._again:
             self._again = False
             self.kick()
-        else:
+        elif not self._idle:
             self._timer = self.clock.callLater(RELIST, self.kick)
 
     def stop(self) -> None:
@@ -348,6 +351,8 @@ class PodWorker:
         if get_path(pod, "status", "phase") in TERMINAL:
             await self._kill(pod, observed)
             await self._write_status(pod, await self.observe(), terminating=True)
+            # Nothing runs and nothing will: only a change of the pod (its deletion) matters now.
+            self._idle = True
             return
         deadline = self._deadline(pod)
         if deadline is not None and self.clock.seconds() >= deadline:
