@@ -70,20 +70,12 @@ START_TIMEOUT = 60.0
 reactor = cast(IReactorThreads, _reactor)
 
 
-class RuntimeMachineCase(TestCase):
-    """A test machine with k3s's paths, the airgap images and a CNI conflist; a node in it."""
+class NodeInAMachine(TestCase):
+    """A test that runs a node in C{self.machine}: its start, containerd's pid, its stop."""
 
     timeout = 180
-
-    def setUp(self) -> None:
-        self.work = Path(self.mktemp()).absolute()
-        self.machine = machines(self, self.work / "machines", 1)[0]
-        self.machine.boot(runtime=True)
-        data = self.machine.rancher / "k3s"
-        write_airgap_images(data / "agent" / "images", compress="zst")
-        cni = data / "agent" / "etc" / "cni" / "net.d"
-        cni.mkdir(parents=True)
-        (cni / "10-test.conflist").write_text(json.dumps(CONFLIST))
+    work: Path
+    machine: Machine
 
     def launch(self, arguments: str, log_name: str, ready: str) -> int:
         """
@@ -112,27 +104,10 @@ class RuntimeMachineCase(TestCase):
         node = int(children[0])
         return node
 
-    def start_node(self, log_name: str = "node.log") -> int:
-        """Start the node's runtime in the machine; the host pid of its twistd."""
-        tac = self.work / "runtime.tac"
-        tac.write_text(RUNTIME_TAC)
-        return self.launch(f"--logfile=- -y {tac}", log_name, "RUNTIME READY")
-
     def containerd_pid(self) -> int:
         """The pid (in the machine's numbering) of the containerd the last log started."""
         started = self.log.read_text().rsplit("Started containerd (pid ", 1)[1]
         return int(started.split(")", 1)[0])
-
-    def fetch(self, ip: str) -> str:
-        """The pod's page, fetched from inside the machine (httpd may still be binding its port)."""
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return self.machine.run(f"busybox wget -q -O - http://{ip}/", timeout=10)
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
 
     def stop_node(self, node: int) -> None:
         """SIGTERM to the node, which stops containerd and exits by itself."""
@@ -147,7 +122,23 @@ class RuntimeMachineCase(TestCase):
         self.assertIn("Stopping containerd", self.log.read_text())
 
 
-class ContainerdInAMachineTests(RuntimeMachineCase):
+class ContainerdInAMachineTests(NodeInAMachine):
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).absolute()
+        self.machine = machines(self, self.work / "machines", 1)[0]
+        self.machine.boot(runtime=True)
+        data = self.machine.rancher / "k3s"
+        write_airgap_images(data / "agent" / "images", compress="zst")
+        cni = data / "agent" / "etc" / "cni" / "net.d"
+        cni.mkdir(parents=True)
+        (cni / "10-test.conflist").write_text(json.dumps(CONFLIST))
+
+    def start_node(self, log_name: str = "node.log") -> int:
+        """Start the node's runtime in the machine; the host pid of its twistd."""
+        tac = self.work / "runtime.tac"
+        tac.write_text(RUNTIME_TAC)
+        return self.launch(f"--logfile=- -y {tac}", log_name, "RUNTIME READY")
+
     def test_server_node_reports_containerd(self) -> None:
         """
         ``k3s-server --container-runtime=containerd`` with k3s's default paths:
@@ -247,6 +238,17 @@ class ContainerdInAMachineTests(RuntimeMachineCase):
         self.assertTrue(gone.exception.not_found, str(gone.exception))
 
         self.stop_node(node)
+
+    def fetch(self, ip: str) -> str:
+        """The pod's page, fetched from inside the machine (httpd may still be binding its port)."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self.machine.run(f"busybox wget -q -O - http://{ip}/", timeout=10)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     async def until_answers(self, runtime: Runtime, started: Callable[[], bool]) -> None:
         """Wait (on the reactor) until C{started} and the runtime answers again."""

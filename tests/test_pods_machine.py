@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -23,14 +24,29 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from k3stw.kubelet.cri.client import CRIClient
-from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML
-from tests.test_containerd_machine import RuntimeMachineCase, reactor
+from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML, write_airgap_images
+from tests.support.machines import machines
+from tests.test_containerd_machine import CONFLIST, NodeInAMachine, reactor
 
 KUBECTL = "kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml"
 
 
-class PodsInAMachineTests(RuntimeMachineCase):
+class PodsInAMachineTests(NodeInAMachine):
     timeout = 240
+
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).absolute()
+        self.machine = machines(self, self.work / "machines", 1)[0]
+        self.machine.boot(runtime=True)
+        data = self.machine.rancher / "k3s"
+        write_airgap_images(data / "agent" / "images")
+        cni = data / "agent" / "etc" / "cni" / "net.d"
+        cni.mkdir(parents=True)
+        (cni / "10-test.conflist").write_text(json.dumps(CONFLIST))
+
+    def fetch(self, ip: str) -> str:
+        """The pod's page, fetched from inside the machine."""
+        return self.machine.run(f"busybox wget -q -O - http://{ip}/", timeout=10)
 
     def kubectl(self, arguments: str) -> str:
         return self.machine.run(f"{KUBECTL} {arguments}")
