@@ -30,7 +30,10 @@ class VolumeManager(Protocol):
     """What the pod worker asks of the volume manager."""
 
     async def prepare(self, pod: Mapping[str, Any]) -> None:
-        """Make every volume of C{pod} ready; L{MountError} keeps the pod ContainerCreating."""
+        """
+        Make every volume of C{pod} ready.  Any error (L{MountError}, say)
+        keeps the pod ContainerCreating; its message is the FailedMount event's.
+        """
 
     def mounts(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[api.Mount]:
         """The CRI mounts of C{container} (its C{volumeMounts}), once L{prepare} succeeded."""

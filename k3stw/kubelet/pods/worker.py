@@ -43,7 +43,7 @@ from k3stw.kubelet.pods.spec import (
     PodIPs,
 )
 from k3stw.kubelet.pods.status import TERMINAL, Observed, Waiting, pod_status, restart_count
-from k3stw.kubelet.pods.volumes import MountError, NoVolumes, VolumeManager
+from k3stw.kubelet.pods.volumes import NoVolumes, VolumeManager
 from k3stw.logs import Logger
 from k3stw.machinery.informer import EventHandler, Informer
 from k3stw.machinery.objects import Object, get_path, metadata
@@ -390,7 +390,7 @@ class PodWorker:
         """Make the pod's volumes ready and (re)create its sandbox; whether it now runs."""
         try:
             await self.workers.volumes.prepare(pod)
-        except MountError as e:
+        except Exception as e:  # Any manager's error (MountError, VolumeError) is a FailedMount.
             await self.workers.events.emit(pod, WARNING, "FailedMount", str(e))
             return False
         attempt = 0
