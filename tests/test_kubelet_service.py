@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.config import KubeletConfig, parse_node_taints
 from k3stw.kubelet.containerd import NodeRuntime, RuntimeSettings
-from k3stw.kubelet.cri.memory import MemoryRuntime
+from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime
 from k3stw.kubelet.node import LEASES_PATH, NODES_PATH
 from k3stw.kubelet.service import KubeletService
 from k3stw.machinery.objects import find_condition
@@ -125,8 +125,43 @@ class KubeletServiceTests(SynchronousTestCase):
         self.assertEqual(info["containerRuntimeVersion"], "containerd://1.6.20~ds1")
         self.assertIs(kubelet.runtime, memory)
 
+    def test_with_a_runtime_it_runs_the_pods_bound_to_its_node(self) -> None:
+        memory = MemoryRuntime(self.clock, images=(PAUSE_IMAGE, "docker.io/library/busybox:1.36"))
+        runtime = NodeRuntime(
+            self.clock,
+            Path("/nonexistent"),
+            RuntimeSettings(endpoint="unix:///run/cri.sock"),
+            connect=lambda endpoint: memory,
+        )
+        kubelet = self.kubelet(runtime=runtime, cluster_dns=("10.43.0.99",))
+        kubelet.startService()
+        self.advance(1)
+        self.client.put_object(
+            "/api/v1/namespaces/default/pods/web",
+            {
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {
+                    "nodeName": "node-1",
+                    "containers": [{"name": "main", "image": "busybox:1.36"}],
+                },
+                "status": {"phase": "Pending"},
+            },
+        )
+        self.advance(1)
+        self.assertEqual(len(memory.running()), 1)
+        (sandbox,) = memory.sandboxes.values()
+        self.assertEqual(list(sandbox.config.dns_config.servers), ["10.43.0.99"])
+        pod = self.client.objects["/api/v1/namespaces/default/pods/web"]
+        self.assertEqual(pod["status"]["phase"], "Running")
+        self.assertEqual(pod["status"]["containerStatuses"][0]["containerID"][:13], "containerd://")
+        kubelet.stopService()
+        for container_id in memory.running():
+            memory.exit(container_id, 137)
+
     def test_without_a_runtime_the_version_is_unknown(self) -> None:
-        self.kubelet().startService()
+        kubelet = self.kubelet()
+        kubelet.startService()
+        self.assertIsNone(kubelet.pod_workers)
         self.assertEqual(
             self.node()["status"]["nodeInfo"]["containerRuntimeVersion"], "runc://unknown"
         )

@@ -124,6 +124,11 @@ def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
         taints=config.node_taints,
         is_server=config.is_server,
         port=config.kubelet_args.port,
+        cluster_dns=tuple(
+            ip.strip() for ip in str(joined.settings.get("ClusterDNS") or "10.43.0.10").split(",")
+        ),
+        cluster_domain=str(joined.settings.get("ClusterDomain") or "cluster.local"),
+        cgroup_root=config.kubelet_args.cgroup_root,
     )
 
 

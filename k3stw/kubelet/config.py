@@ -154,6 +154,9 @@ class KubeletConfig:
     :ivar retry_initial: first wait after a failure; it doubles with each failure in a row...
     :ivar retry_max: ...up to this.
     :ivar retry_jitter: fraction of a wait added at random, so nodes do not retry in step.
+    :ivar cluster_dns: ``--cluster-dns``: the resolvers ClusterFirst pods use.
+    :ivar cluster_domain: ``--cluster-domain``: the cluster's DNS domain.
+    :ivar cgroup_root: ``--cgroup-root``: where the pods' cgroups go.
     """
 
     node_name: str
@@ -172,6 +175,9 @@ class KubeletConfig:
     retry_initial: float = 0.5
     retry_max: float = 10.0
     retry_jitter: float = 0.2
+    cluster_dns: tuple[str, ...] = ("10.43.0.10",)
+    cluster_domain: str = "cluster.local"
+    cgroup_root: str = "/"
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,8 @@ class KubeletArgs:
 
     port: int = KUBELET_PORT
     ignored: tuple[str, ...] = ()
+    #: ``cgroup-root``: the cgroup the pods' QoS cgroups (``kubepods``) go under.
+    cgroup_root: str = "/"
 
 
 def parse_kubelet_args(args: Iterable[str]) -> KubeletArgs:
@@ -189,6 +197,7 @@ def parse_kubelet_args(args: Iterable[str]) -> KubeletArgs:
     :raises NodeFlagError: a value without ``=``, or a port that is not one.
     """
     port = KUBELET_PORT
+    cgroup_root = "/"
     ignored: list[str] = []
     for arg in args:
         name, equals, value = arg.lstrip("-").partition("=")
@@ -198,6 +207,10 @@ def parse_kubelet_args(args: Iterable[str]) -> KubeletArgs:
             if not value.isdigit() or not 1 <= int(value) <= 65535:
                 raise NodeFlagError(f"invalid kubelet-arg {arg!r}: port must be 1-65535")
             port = int(value)
+        elif name == "cgroup-root":
+            if not value.startswith("/"):
+                raise NodeFlagError(f"invalid kubelet-arg {arg!r}: cgroup-root must be absolute")
+            cgroup_root = value
         else:
             ignored.append(arg)
-    return KubeletArgs(port, tuple(ignored))
+    return KubeletArgs(port, tuple(ignored), cgroup_root)

@@ -18,7 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
 
@@ -51,6 +51,8 @@ from k3stw.machinery.timing import Backoff, PeriodicJob, retrying
 if TYPE_CHECKING:
     from k3stw.kubelet.containerd import NodeRuntime
     from k3stw.kubelet.cri.runtime import Runtime
+    from k3stw.kubelet.pods.volumes import VolumeManager
+    from k3stw.kubelet.pods.worker import PodWorkers
 
 #: Failures that say the server is away or unwell, logged without a traceback.
 EXPECTED_FAILURES = (
@@ -66,7 +68,7 @@ EXPECTED_FAILURES = (
 
 class KubeletService(MultiService):
     """
-    One node's kubelet, for now its node-status half.
+    One node's kubelet: its Node and Lease and, when it has a runtime, its pods.
 
     On start it registers the Node (or, when one of that name exists, takes
     it over: its own labels set again, what others set kept); then it renews
@@ -82,6 +84,7 @@ class KubeletService(MultiService):
     :param runtime: the node's container runtime, started as a child of the
         kubelet; the Node is registered once it answers, with its version
         (C{containerd://1.6.20}).  None: the node runs no runtime.
+    :param volumes: the pods' volume manager (None: one that mounts nothing).
     """
 
     _log = Logger()
@@ -94,8 +97,12 @@ class KubeletService(MultiService):
         host_facts: Callable[[], HostFacts] | None = None,
         jitter: Callable[[], float] = random.random,
         runtime: NodeRuntime | None = None,
+        volumes: VolumeManager | None = None,
     ) -> None:
         super().__init__()
+        self.volumes = volumes
+        #: The pod workers, once the node runs pods (it has a runtime and registered).
+        self.pod_workers: PodWorkers | None = None
         self.clock = clock
         self.client = client
         self.config = config
@@ -187,6 +194,32 @@ class KubeletService(MultiService):
         self._log.info("Successfully registered node {node}", node=self.config.node_name)
         for service in (self.node_informer, self.lease_job, self.status_job):
             service.setServiceParent(self)
+        if self.runtime is not None:
+            self.pod_workers = self._pod_workers(self.runtime)
+            self.pod_workers.setServiceParent(self)
+
+    def _pod_workers(self, runtime: Runtime) -> PodWorkers:
+        """The workers that run this node's pods on its runtime."""
+        from k3stw.kubelet.pods.probes import NetworkProber
+        from k3stw.kubelet.pods.spec import DNSSettings
+        from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
+
+        config = self.config
+        settings = PodSettings(
+            node_name=config.node_name,
+            host_ips=config.node_ips,
+            dns=DNSSettings(config.cluster_dns, config.cluster_domain),
+            runtime_name=(self.runtime_version or "containerd").partition(":")[0],
+            cgroup_root=config.cgroup_root,
+        )
+        return PodWorkers(
+            self.clock,
+            self.client,
+            runtime,
+            settings,
+            volumes=self.volumes,
+            prober=NetworkProber(self.clock) if IReactorTCP.providedBy(self.clock) else None,
+        )
 
     async def _connect_runtime(self, node_runtime: NodeRuntime) -> None:
         """Wait for the runtime, then learn its version (the kubelet registers only then)."""

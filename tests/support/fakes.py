@@ -110,7 +110,7 @@ class FakeKubeClient:
     def _notify(self, kind: str, path: str, obj: Object) -> None:
         collection, _, name = path.rpartition("/")
         for watch in list(self._watches):
-            if watch.collection == collection and watch.selects(name):
+            if _in(collection, watch.collection) and watch.selects(name, obj):
                 watch.on_event(kind, copy.deepcopy(obj))
 
     def count(self, method: str, path: str) -> int:
@@ -158,7 +158,7 @@ class FakeKubeClient:
             await Deferred()
         if self.down:
             raise ConnectionRefusedError("Connection was refused by other side")
-        watch = _FakeWatch(path, _selected_name(params), on_event)
+        watch = _FakeWatch(path, params.get("fieldSelector", ""), on_event)
         self._watches.append(watch)
         try:
             await watch.ended
@@ -206,12 +206,12 @@ class FakeKubeClient:
         return copy.deepcopy(stored)
 
     def _list(self, collection: str, params: dict[str, str]) -> Object:
-        name = _selected_name(params)
+        selector = params.get("fieldSelector", "")
         items = [
             copy.deepcopy(obj)
             for path, obj in sorted(self.objects.items())
-            if path.rpartition("/")[0] == collection
-            and (name is None or path.rpartition("/")[2] == name)
+            if _in(path.rpartition("/")[0], collection)
+            and _selected(selector, path.rpartition("/")[2], obj)
         ]
         return {"items": items, "metadata": {"resourceVersion": str(self._version)}}
 
@@ -263,22 +263,36 @@ class FakeKubeClient:
         return self.put_object(item, updated)
 
 
-def _selected_name(params: dict[str, str]) -> str | None:
-    selector = params.get("fieldSelector", "")
-    return selector.removeprefix("metadata.name=") if selector else None
+def _in(collection: str, asked: str) -> bool:
+    """Whether items of C{collection} are in the collection C{asked} (all namespaces' too)."""
+    if collection == asked:
+        return True
+    prefix, _, plural = asked.rpartition("/")
+    start, _, rest = collection.partition("/namespaces/")
+    return start == prefix and rest.count("/") == 1 and rest.endswith("/" + plural)
+
+
+def _selected(selector: str, name: str, obj: Object) -> bool:
+    """A ``metadata.name=`` or ``spec.nodeName=`` field selector's verdict."""
+    if not selector:
+        return True
+    field, _, value = selector.partition("=")
+    if field == "spec.nodeName":
+        return bool((obj.get("spec") or {}).get("nodeName") == value)
+    return name == value
 
 
 class _FakeWatch:
     def __init__(
-        self, collection: str, name: str | None, on_event: Callable[[str, Object], None]
+        self, collection: str, selector: str, on_event: Callable[[str, Object], None]
     ) -> None:
         self.collection = collection
-        self.name = name
+        self.selector = selector
         self.on_event = on_event
         self.ended: Deferred[None] = Deferred()
 
-    def selects(self, name: str) -> bool:
-        return self.name is None or self.name == name
+    def selects(self, name: str, obj: Object) -> bool:
+        return _selected(self.selector, name, obj)
 
 
 @implementer(IWatchStream)

@@ -1,0 +1,700 @@
+"""The pod workers on an in-memory runtime and API, on a clock: every transition of a pod."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.kubelet.cri import api_pb2 as api
+from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
+from k3stw.kubelet.pods.probes import USER_AGENT
+from k3stw.kubelet.pods.spec import DNSSettings
+from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
+from k3stw.machinery.objects import Object
+from k3stw.machinery.times import rfc3339
+from tests.support.fakes import FakeKubeClient
+
+START = 1_800_000_000.0
+BUSYBOX = "docker.io/library/busybox:1.36"
+PODS = "/api/v1/namespaces/default/pods"
+EVENTS = "/api/v1/namespaces/default/events"
+
+
+def make_pod(name: str = "web", **spec: Any) -> Object:
+    containers = spec.pop("containers", None) or [
+        {"name": "main", "image": "busybox:1.36", "command": ["httpd", "-f"]}
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {"nodeName": "node-1", "restartPolicy": "Always", "containers": containers, **spec},
+        "status": {"phase": "Pending", "qosClass": "BestEffort"},
+    }
+
+
+class FakeProber:
+    """Answers httpGet probes with C{code}, tcpSocket probes on C{open_ports}; records them."""
+
+    def __init__(self) -> None:
+        self.code = 200
+        self.open_ports: set[int] = set()
+        self.gets: list[tuple[str, dict[str, str]]] = []
+
+    def http_get(
+        self, url: str, headers: Mapping[str, str], timeout: float
+    ) -> Deferred[tuple[int, bytes]]:
+        self.gets.append((url, dict(headers)))
+        return succeed((self.code, b""))
+
+    def tcp_connect(self, host: str, port: int, timeout: float) -> Deferred[None]:
+        if port in self.open_ports:
+            return succeed(None)
+        return fail(ConnectionRefusedError(f"dial tcp {host}:{port}: connect: connection refused"))
+
+
+class PodWorkerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.client = FakeKubeClient(self.clock)
+        self.runtime = MemoryRuntime(self.clock, images=(PAUSE_IMAGE, BUSYBOX))
+        self.settings = PodSettings(
+            "node-1", ("127.0.0.11",), DNSSettings(("10.43.0.10",), "cluster.local")
+        )
+        self.prober = FakeProber()
+        self.execs: list[tuple[str, Sequence[str]]] = []
+        self.exec_answer = (0, b"", b"")
+
+        def exec_handler(container_id: str, cmd: Sequence[str]) -> tuple[int, bytes, bytes]:
+            self.execs.append((container_id, cmd))
+            return self.exec_answer
+
+        self.runtime.exec_handler = exec_handler
+        self.workers = self.start_workers()
+
+    def start_workers(self) -> PodWorkers:
+        workers = PodWorkers(
+            self.clock, self.client, self.runtime, self.settings, prober=self.prober
+        )
+        workers.startService()
+        self.addCleanup(self.stop, workers)
+        return workers
+
+    def stop(self, workers: PodWorkers) -> None:
+        if workers.running:
+            workers.stopService()
+            for container_id in self.runtime.running():
+                self.runtime.exit(container_id, 137)
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def advance(self, seconds: float) -> None:
+        self.clock.pump([0.5] * round(seconds * 2))
+
+    def create(self, pod: Object) -> Object:
+        return self.client.put_object(f"{PODS}/{pod['metadata']['name']}", pod)
+
+    def pod(self, name: str = "web") -> Object:
+        return self.client.objects[f"{PODS}/{name}"]
+
+    def status(self, name: str = "web", container: str = "main") -> Object:
+        statuses = self.pod(name)["status"].get("containerStatuses") or []
+        inits = self.pod(name)["status"].get("initContainerStatuses") or []
+        found: Object = next(s for s in [*statuses, *inits] if s["name"] == container)
+        return found
+
+    def condition(self, kind: str, name: str = "web") -> Object:
+        found: Object = next(c for c in self.pod(name)["status"]["conditions"] if c["type"] == kind)
+        return found
+
+    def events(self) -> list[tuple[str, str, str]]:
+        return [
+            (e["type"], e["reason"], e["message"])
+            for path, e in sorted(
+                self.client.objects.items(),
+                key=lambda i: i[1]["firstTimestamp"] if i[0].startswith(EVENTS) else "",
+            )
+            if path.startswith(EVENTS + "/")
+        ]
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events()]
+
+    def sandbox(self) -> api.PodSandboxConfig:
+        (sandbox,) = [s for s in self.runtime.sandboxes.values() if s.ready]
+        return sandbox.config
+
+    def containers(self, name: str = "main") -> list[Any]:
+        return sorted(
+            (c for c in self.runtime.containers.values() if c.config.metadata.name == name),
+            key=lambda c: c.created_at,
+        )
+
+    # A bound pod runs
+
+    def test_runs_a_bound_pod_in_a_sandbox(self) -> None:
+        self.create(make_pod(hostname="front", subdomain="web"))
+        self.advance(1)
+        config = self.sandbox()
+        uid = self.pod()["metadata"]["uid"]
+        self.assertEqual(
+            (config.metadata.name, config.metadata.namespace, config.metadata.uid),
+            ("web", "default", uid),
+        )
+        self.assertEqual(config.metadata.attempt, 0)
+        self.assertEqual(config.hostname, "front")
+        self.assertEqual(list(config.dns_config.servers), ["10.43.0.10"])
+        self.assertEqual(
+            list(config.dns_config.searches),
+            ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"],
+        )
+        self.assertEqual(list(config.dns_config.options), ["ndots:5"])
+        self.assertEqual(config.log_directory, f"/var/log/pods/default_web_{uid}")
+        self.assertEqual(config.linux.cgroup_parent, f"/kubepods/besteffort/pod{uid}")
+        self.assertEqual(config.labels["io.kubernetes.pod.uid"], uid)
+        self.assertEqual(config.labels["app"], "web")
+        (container,) = self.containers()
+        self.assertEqual(list(container.config.command), ["httpd", "-f"])
+        self.assertEqual(container.config.log_path, "main/0.log")
+        self.assertEqual(container.config.labels["io.kubernetes.container.name"], "main")
+        self.assertEqual(container.config.annotations["io.kubernetes.container.restartCount"], "0")
+        self.assertEqual(container.state, api.CONTAINER_RUNNING)
+
+    def test_pods_of_other_nodes_are_not_run(self) -> None:
+        elsewhere = make_pod()
+        elsewhere["spec"]["nodeName"] = "node-2"
+        self.create(elsewhere)
+        self.advance(1)
+        self.assertEqual(self.runtime.sandboxes, {})
+        self.assertNotIn("conditions", self.pod()["status"])
+
+    def test_a_running_pod_reports_running_and_ready(self) -> None:
+        self.create(make_pod())
+        self.advance(1)
+        status = self.pod()["status"]
+        self.assertEqual(status["phase"], "Running")
+        self.assertEqual(status["podIP"], "10.42.0.2")
+        self.assertEqual(status["podIPs"], [{"ip": "10.42.0.2"}])
+        self.assertEqual(status["hostIP"], "127.0.0.11")
+        self.assertEqual(status["startTime"], rfc3339(START))
+        self.assertEqual(
+            [(c["type"], c["status"]) for c in status["conditions"]],
+            [
+                ("PodReadyToStartContainers", "True"),
+                ("Initialized", "True"),
+                ("Ready", "True"),
+                ("ContainersReady", "True"),
+                ("PodScheduled", "True"),
+            ],
+        )
+        main = self.status()
+        self.assertEqual(set(main["state"]), {"running"})
+        self.assertTrue(main["ready"])
+        self.assertTrue(main["started"])
+        self.assertEqual(main["restartCount"], 0)
+        self.assertEqual(main["image"], BUSYBOX)
+        self.assertTrue(main["imageID"].startswith("docker.io/library/busybox@sha256:"))
+        self.assertEqual(main["containerID"], f"containerd://{self.containers()[0].id}")
+        self.assertEqual(
+            self.events(),
+            [
+                ("Normal", "Pulled", 'Container image "busybox:1.36" already present on machine'),
+                ("Normal", "Created", "Created container main"),
+                ("Normal", "Started", "Started container main"),
+            ],
+        )
+
+    def test_status_is_written_only_when_it_changed(self) -> None:
+        self.create(make_pod())
+        self.advance(1)
+        writes = self.client.count("PATCH", f"{PODS}/web/status")
+        self.advance(10)
+        self.assertEqual(self.client.count("PATCH", f"{PODS}/web/status"), writes)
+
+    def test_environment_from_the_downward_api_config_maps_and_secrets(self) -> None:
+        self.client.put_object(
+            "/api/v1/namespaces/default/configmaps/settings",
+            {"metadata": {"name": "settings"}, "data": {"mode": "fast", "level": "3"}},
+        )
+        self.client.put_object(
+            "/api/v1/namespaces/default/secrets/creds",
+            {"metadata": {"name": "creds"}, "data": {"password": base64.b64encode(b"s3").decode()}},
+        )
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "command": ["echo", "$(GREETING)"],
+            "workingDir": "/srv",
+            "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+            "env": [
+                {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                {
+                    "name": "PASSWORD",
+                    "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}},
+                },
+                {
+                    "name": "MEMORY",
+                    "valueFrom": {
+                        "resourceFieldRef": {
+                            "containerName": "main",
+                            "resource": "limits.memory",
+                            "divisor": "1Mi",
+                        }
+                    },
+                },
+                {"name": "GREETING", "value": "hi $(NAME) in $(CFG_mode)"},
+            ],
+            "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+            "securityContext": {
+                "runAsUser": 1000,
+                "privileged": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+            },
+        }
+        self.create(make_pod(containers=[container]))
+        self.advance(1)
+        (created,) = self.containers()
+        env = {kv.key: kv.value for kv in created.config.envs}
+        self.assertEqual(env["CFG_mode"], "fast")
+        self.assertEqual(env["NAME"], "web")
+        self.assertEqual(env["NODE"], "node-1")
+        self.assertEqual(env["APP"], "web")
+        self.assertEqual(env["HOST_IP"], "127.0.0.11")
+        self.assertEqual(env["PASSWORD"], "s3")
+        self.assertEqual(env["MEMORY"], "64")
+        self.assertEqual(env["GREETING"], "hi web in fast")
+        self.assertEqual(list(created.config.command), ["echo", "hi web in fast"])
+        self.assertEqual(created.config.working_dir, "/srv")
+        resources = created.config.linux.resources
+        self.assertEqual(
+            (resources.cpu_shares, resources.cpu_quota, resources.cpu_period),
+            (512, 50_000, 100_000),
+        )
+        self.assertEqual(resources.memory_limit_in_bytes, 64 * 1024 * 1024)
+        security = created.config.linux.security_context
+        self.assertEqual(security.run_as_user.value, 1000)
+        self.assertTrue(security.readonly_rootfs)
+        self.assertEqual(list(security.capabilities.add_capabilities), ["NET_ADMIN"])
+
+    def test_a_missing_config_map_is_a_create_container_config_error(self) -> None:
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "env": [
+                {
+                    "name": "MODE",
+                    "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}},
+                }
+            ],
+        }
+        self.create(make_pod(containers=[container]))
+        self.advance(1)
+        waiting = self.status()["state"]["waiting"]
+        self.assertEqual(
+            waiting,
+            {"reason": "CreateContainerConfigError", "message": 'configmap "settings" not found'},
+        )
+        self.assertEqual(self.pod()["status"]["phase"], "Pending")
+        self.assertIn(("Warning", "Failed", 'Error: configmap "settings" not found'), self.events())
+        self.client.put_object(
+            "/api/v1/namespaces/default/configmaps/settings",
+            {"metadata": {"name": "settings"}, "data": {"other": "x"}},
+        )
+        self.advance(1)
+        self.assertEqual(
+            self.status()["state"]["waiting"]["message"],
+            "couldn't find key mode in ConfigMap default/settings",
+        )
+        self.client.put_object(
+            "/api/v1/namespaces/default/configmaps/settings",
+            {"metadata": {"name": "settings"}, "data": {"mode": "x"}},
+        )
+        self.advance(1)
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+
+    # Images
+
+    def test_a_failing_pull_backs_off_then_succeeds(self) -> None:
+        self.create(make_pod(containers=[{"name": "main", "image": "nginx:1.27"}]))
+        self.advance(0.5)
+        self.assertEqual(self.status()["state"]["waiting"]["reason"], "ErrImagePull")
+        self.assertEqual(self.reasons()[:3], ["Pulling", "Failed", "Failed"])
+        self.advance(1)
+        self.assertEqual(
+            self.status()["state"]["waiting"],
+            {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nginx:1.27"'},
+        )
+        self.assertIn(("Normal", "BackOff", 'Back-off pulling image "nginx:1.27"'), self.events())
+        pulls = self.runtime.calls.count(("PullImage", "nginx:1.27"))
+        self.advance(8)
+        self.assertEqual(self.runtime.calls.count(("PullImage", "nginx:1.27")), pulls)
+        self.runtime.registry["docker.io/library/nginx:1.27"] = 5000
+        self.advance(2)
+        self.assertEqual(self.runtime.calls.count(("PullImage", "nginx:1.27")), pulls + 1)
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertIn("Successfully pulled image", self.events()[-3][2])
+
+    def test_never_pull_policy_without_the_image(self) -> None:
+        self.create(
+            make_pod(containers=[{"name": "main", "image": "nginx:1", "imagePullPolicy": "Never"}])
+        )
+        self.advance(1)
+        self.assertEqual(
+            self.status()["state"]["waiting"],
+            {
+                "reason": "ErrImageNeverPull",
+                "message": 'Container image "nginx:1" is not present with pull policy of Never',
+            },
+        )
+
+    # Init containers
+
+    def test_init_containers_run_in_order_before_the_containers(self) -> None:
+        self.runtime.programs["first"] = Program(runs_for=2, exit_code=0)
+        self.runtime.programs["second"] = Program(runs_for=2, exit_code=0)
+        inits = [
+            {"name": "first", "image": "busybox:1.36"},
+            {"name": "second", "image": "busybox:1.36"},
+        ]
+        self.create(make_pod(initContainers=inits))
+        self.advance(0.5)
+        self.assertEqual(len(self.containers("first")), 1)
+        self.assertEqual(self.containers("second"), [])
+        self.assertEqual(
+            self.status(container="main")["state"]["waiting"]["reason"], "PodInitializing"
+        )
+        self.assertEqual(
+            self.status(container="second")["state"]["waiting"]["reason"], "PodInitializing"
+        )
+        initialized = self.condition("Initialized")
+        self.assertEqual(
+            (initialized["status"], initialized["reason"], initialized["message"]),
+            (
+                "False",
+                "ContainersNotInitialized",
+                "containers with incomplete status: [first second]",
+            ),
+        )
+        self.advance(2.5)
+        self.assertEqual(len(self.containers("second")), 1)
+        self.assertEqual(self.containers("main"), [])
+        self.advance(2.5)
+        self.assertEqual(len(self.containers("main")), 1)
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        first = self.status(container="first")
+        self.assertEqual(first["state"]["terminated"]["reason"], "Completed")
+        self.assertTrue(first["ready"])
+        self.assertEqual(self.condition("Initialized")["status"], "True")
+
+    def test_a_failed_init_container_fails_a_never_pod(self) -> None:
+        self.runtime.programs["setup"] = Program(runs_for=1, exit_code=3)
+        self.create(
+            make_pod(
+                restartPolicy="Never", initContainers=[{"name": "setup", "image": "busybox:1.36"}]
+            )
+        )
+        self.advance(3)
+        self.assertEqual(self.pod()["status"]["phase"], "Failed")
+        self.assertEqual(self.containers("main"), [])
+        self.assertEqual(self.status(container="setup")["state"]["terminated"]["exitCode"], 3)
+        self.assertEqual(self.condition("PodReadyToStartContainers")["status"], "False")
+
+    # Restarts
+
+    def test_a_crashing_container_restarts_with_back_off(self) -> None:
+        self.runtime.programs["main"] = Program(runs_for=1, exit_code=1)
+        pod = self.create(make_pod())
+        uid = pod["metadata"]["uid"]
+        self.advance(2.5)
+        # The first exit is restarted at once.
+        self.assertEqual(len(self.containers()), 2)
+        self.assertEqual(self.containers()[1].config.log_path, "main/1.log")
+        self.advance(1.5)
+        main = self.status()
+        self.assertEqual(main["restartCount"], 1)
+        self.assertEqual(
+            main["state"]["waiting"],
+            {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off 10s restarting failed container=main pod=web_default({uid})",
+            },
+        )
+        self.assertEqual(main["lastState"]["terminated"]["reason"], "Error")
+        self.assertEqual(main["lastState"]["terminated"]["exitCode"], 1)
+        self.assertIn(
+            (
+                "Warning",
+                "BackOff",
+                f"Back-off restarting failed container main in pod web_default({uid})",
+            ),
+            self.events(),
+        )
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertEqual(self.condition("Ready")["reason"], "ContainersNotReady")
+        self.advance(9)
+        self.assertEqual(self.status()["restartCount"], 2)
+        # Old instances are removed; the last exited one stays for lastState.
+        self.assertEqual(len(self.containers()), 2)
+        self.advance(2)
+        self.assertIn("back-off 20s", self.status()["state"]["waiting"]["message"])
+
+    def test_the_back_off_is_forgotten_after_ten_quiet_minutes(self) -> None:
+        self.runtime.programs["main"] = Program(runs_for=1, exit_code=1)
+        self.create(make_pod())
+        self.advance(14)
+        self.assertEqual(self.status()["restartCount"], 2)
+        self.runtime.programs["main"] = Program(runs_for=700, exit_code=1)
+        self.advance(20)
+        self.assertEqual(self.status()["restartCount"], 3)
+        self.advance(702)
+        # Ran for more than 10 minutes: restarted at once, without back-off.
+        self.assertEqual(self.status()["restartCount"], 4)
+
+    def test_on_failure_pod_that_succeeds_is_succeeded(self) -> None:
+        self.runtime.programs["main"] = Program(runs_for=1, exit_code=0)
+        self.create(make_pod(restartPolicy="OnFailure"))
+        self.advance(3)
+        status = self.pod()["status"]
+        self.assertEqual(status["phase"], "Succeeded")
+        self.assertEqual(self.status()["state"]["terminated"]["reason"], "Completed")
+        self.assertEqual(len(self.containers()), 1)
+        self.assertEqual(self.condition("Ready")["reason"], "PodCompleted")
+        self.assertEqual(self.condition("Initialized")["reason"], "PodCompleted")
+        self.assertEqual([s.ready for s in self.runtime.sandboxes.values()], [False])
+
+    def test_a_finished_pod_is_left_alone_until_it_changes(self) -> None:
+        self.runtime.programs["main"] = Program(runs_for=1, exit_code=0)
+        self.create(make_pod(restartPolicy="Never"))
+        self.advance(4)
+        self.assertEqual(self.pod()["status"]["phase"], "Succeeded")
+        calls = len(self.runtime.calls)
+        self.advance(10)
+        self.assertEqual(len(self.runtime.calls), calls)
+
+    def test_host_network_pods_use_the_node_network_and_host_ports(self) -> None:
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "ports": [{"containerPort": 8080, "hostPort": 18080, "protocol": "UDP"}],
+        }
+        self.create(make_pod(hostNetwork=True, containers=[container]))
+        self.advance(1)
+        config = self.sandbox()
+        self.assertEqual(config.linux.security_context.namespace_options.network, api.NODE)
+        self.assertEqual(config.hostname, "")
+        self.assertEqual(list(config.dns_config.servers), [])
+        (mapping,) = config.port_mappings
+        self.assertEqual(
+            (mapping.protocol, mapping.container_port, mapping.host_port), (api.UDP, 8080, 18080)
+        )
+        self.assertEqual(self.pod()["status"]["podIPs"], [{"ip": "127.0.0.11"}])
+
+    def test_never_pod_whose_container_fails_is_failed(self) -> None:
+        self.runtime.programs["main"] = Program(runs_for=1, exit_code=2)
+        self.create(make_pod(restartPolicy="Never"))
+        self.advance(3)
+        self.assertEqual(self.pod()["status"]["phase"], "Failed")
+        self.assertEqual(self.condition("ContainersReady")["reason"], "PodFailed")
+        self.assertEqual(len(self.containers()), 1)
+
+    def test_an_oom_kill_is_reported(self) -> None:
+        self.create(make_pod(restartPolicy="Never"))
+        self.advance(1)
+        self.runtime.exit(self.containers()[0].id, 137, "OOMKilled")
+        self.advance(1)
+        terminated = self.status()["state"]["terminated"]
+        self.assertEqual((terminated["reason"], terminated["exitCode"]), ("OOMKilled", 137))
+
+    def test_active_deadline_fails_the_pod(self) -> None:
+        self.create(make_pod(activeDeadlineSeconds=5))
+        self.advance(6)
+        status = self.pod()["status"]
+        self.assertEqual(
+            (status["phase"], status["reason"], status["message"]),
+            (
+                "Failed",
+                "DeadlineExceeded",
+                "Pod was active on the node longer than the specified deadline",
+            ),
+        )
+        self.assertEqual(self.runtime.running(), [])
+        self.assertIn("DeadlineExceeded", self.reasons())
+
+    # Volumes
+
+    def test_a_volume_the_node_cannot_mount_keeps_the_pod_creating(self) -> None:
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        }
+        self.create(make_pod(containers=[container], volumes=[{"name": "data", "emptyDir": {}}]))
+        self.advance(1)
+        self.assertEqual(self.runtime.sandboxes, {})
+        self.assertEqual(self.status()["state"]["waiting"]["reason"], "ContainerCreating")
+        (event,) = [e for e in self.events() if e[1] == "FailedMount"]
+        self.assertEqual(event[0], "Warning")
+        self.assertIn("data", event[2])
+
+    # Deletion
+
+    def test_a_pod_marked_for_deletion_is_stopped_and_deleted(self) -> None:
+        self.runtime.programs["main"] = Program(term_exit_code=None)
+        pod = self.create(make_pod(terminationGracePeriodSeconds=5))
+        self.advance(1)
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 5)
+        pod["metadata"]["deletionGracePeriodSeconds"] = 5
+        self.client.put_object(f"{PODS}/web", pod)
+        self.advance(0.5)
+        self.assertIn(("Normal", "Killing", "Stopping container main"), self.events())
+        self.assertEqual(len(self.runtime.running()), 1)
+        self.advance(5)
+        self.assertEqual(self.runtime.running(), [])
+        self.assertEqual(self.runtime.sandboxes, {})
+        self.assertNotIn(f"{PODS}/web", self.client.objects)
+        self.assertEqual(self.client.count("DELETE", f"{PODS}/web"), 1)
+        self.advance(2)
+        self.assertEqual(self.workers.workers, {})
+
+    def test_a_pod_gone_from_the_api_is_killed_and_removed(self) -> None:
+        self.create(make_pod())
+        self.advance(1)
+        self.client.remove_object(f"{PODS}/web")
+        self.advance(1)
+        self.assertEqual(self.runtime.containers, {})
+        self.assertEqual(self.runtime.sandboxes, {})
+        self.assertEqual(self.workers.workers, {})
+
+    # A kubelet restart
+
+    def test_a_restarted_kubelet_adopts_running_containers_and_removes_orphans(self) -> None:
+        self.runtime.programs["main"] = Program(runs_for=1, exit_code=1)
+        self.create(make_pod())
+        self.create(make_pod("doomed"))
+        self.advance(2.5)
+        self.assertEqual(self.status()["restartCount"], 1)
+        self.workers.stopService()
+        self.client.remove_object(f"{PODS}/doomed")
+        self.runtime.programs["main"] = Program()
+        self.workers = self.start_workers()
+        self.advance(1)
+        # The orphan is gone; web's containers were kept and counted on.
+        self.assertEqual({s.config.metadata.name for s in self.runtime.sandboxes.values()}, {"web"})
+        self.advance(12)
+        self.assertEqual(self.status()["restartCount"], 2)
+        self.assertEqual(len([s for s in self.runtime.sandboxes.values()]), 1)
+
+    def test_a_dead_sandbox_is_recreated(self) -> None:
+        self.create(make_pod())
+        self.advance(1)
+        (sandbox_id,) = self.runtime.sandboxes
+        self.successResultOf(self.runtime.stop_pod_sandbox(sandbox_id))
+        self.advance(1)
+        self.assertEqual(self.sandbox().metadata.attempt, 1)
+        self.assertIn("SandboxChanged", self.reasons())
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+
+    # Probes and hooks
+
+    def probed(self, **probes: Any) -> Object:
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "ports": [{"name": "http", "containerPort": 80}],
+        }
+        return make_pod(containers=[{**container, **probes}])
+
+    def test_readiness_probe_gates_ready(self) -> None:
+        self.prober.code = 503
+        probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}
+        self.create(self.probed(readinessProbe=probe))
+        self.advance(2)
+        self.assertFalse(self.status()["ready"])
+        self.assertTrue(self.status()["started"])
+        self.assertEqual(self.condition("Ready")["reason"], "ContainersNotReady")
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertIn(
+            (
+                "Warning",
+                "Unhealthy",
+                "Readiness probe failed: HTTP probe failed with statuscode: 503",
+            ),
+            self.events(),
+        )
+        url, headers = self.prober.gets[0]
+        self.assertEqual(url, "http://10.42.0.2:80/healthz")
+        self.assertEqual(headers["User-Agent"], USER_AGENT)
+        self.prober.code = 200
+        self.advance(2)
+        self.assertTrue(self.status()["ready"])
+        self.assertEqual(self.condition("Ready")["status"], "True")
+
+    def test_a_failing_liveness_probe_restarts_the_container(self) -> None:
+        self.exec_answer = (1, b"not alive", b"")
+        probe = {
+            "exec": {"command": ["cat", "/tmp/alive"]},
+            "periodSeconds": 1,
+            "failureThreshold": 3,
+        }
+        self.create(self.probed(livenessProbe=probe))
+        self.advance(1)
+        self.assertEqual(self.execs[0][1], ["cat", "/tmp/alive"])
+        self.assertTrue(self.status()["ready"])
+        self.advance(3)
+        self.assertIn(("Warning", "Unhealthy", "Liveness probe failed: not alive"), self.events())
+        self.assertIn(
+            ("Normal", "Killing", "Container main failed liveness probe, will be restarted"),
+            self.events(),
+        )
+        self.exec_answer = (0, b"", b"")
+        self.advance(5)
+        self.assertEqual(self.status()["restartCount"], 1)
+        self.assertEqual(len(self.runtime.running()), 1)
+
+    def test_a_startup_probe_holds_readiness_until_it_passes(self) -> None:
+        startup = {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30}
+        readiness = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+        self.create(self.probed(startupProbe=startup, readinessProbe=readiness))
+        self.advance(3)
+        main = self.status()
+        self.assertEqual((main["started"], main["ready"]), (False, False))
+        self.assertIn("dial tcp 10.42.0.2:8080: connect: connection refused", self.events()[-1][2])
+        self.prober.open_ports.add(8080)
+        self.advance(2)
+        main = self.status()
+        self.assertEqual((main["started"], main["ready"]), (True, True))
+
+    def test_a_failing_post_start_hook_kills_the_container(self) -> None:
+        self.exec_answer = (2, b"hook broke", b"")
+        lifecycle = {"postStart": {"exec": {"command": ["setup"]}}}
+        self.create(
+            make_pod(
+                restartPolicy="Never",
+                containers=[{"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}],
+            )
+        )
+        self.advance(1)
+        self.assertIn(("Warning", "FailedPostStartHook", "hook broke"), self.events())
+        self.assertEqual(self.runtime.running(), [])
+
+    def test_the_pre_stop_hook_runs_before_the_container_is_stopped(self) -> None:
+        lifecycle = {"preStop": {"exec": {"command": ["drain"]}}}
+        pod = self.create(
+            make_pod(containers=[{"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}])
+        )
+        self.advance(1)
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 30)
+        self.client.put_object(f"{PODS}/web", pod)
+        self.advance(1)
+        self.assertEqual([cmd for _, cmd in self.execs], [["drain"]])
+        self.assertNotIn(f"{PODS}/web", self.client.objects)
