@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -15,10 +16,12 @@ from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
-from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
+from k3stw.kubelet.pods.worker import VOLUME_RESYNC, PodSettings, PodWorkers
+from k3stw.kubelet.registries import parse_registries
+from k3stw.kubelet.volumes import VolumeManager
 from k3stw.machinery.objects import Object
 from k3stw.machinery.times import rfc3339
-from tests.support.fakes import FakeKubeClient
+from tests.support.fakes import FakeKubeClient, FakeMounter
 
 START = 1_800_000_000.0
 BUSYBOX = "docker.io/library/busybox:1.36"
@@ -344,6 +347,31 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(self.pod()["status"]["phase"], "Running")
         self.assertIn("Successfully pulled image", self.events()[-3][2])
 
+    def test_pulls_carry_the_credentials_of_the_images_registry(self) -> None:
+        registries = parse_registries(
+            'configs:\n  "registry.example:5000":\n    auth: {username: u, password: p}\n'
+        )
+        self.workers.stopService()
+        self.workers = PodWorkers(
+            self.clock, self.client, self.runtime, self.settings, pull_auth=registries.pull_auth
+        )
+        self.workers.startService()
+        self.runtime.registry["registry.example:5000/app:1"] = 5000
+        self.runtime.registry["docker.io/library/nginx:1.27"] = 5000
+        containers = [
+            {"name": "main", "image": "registry.example:5000/app:1"},
+            {"name": "side", "image": "nginx:1.27"},
+        ]
+        self.create(make_pod(containers=containers))
+        self.advance(1)
+        self.assertEqual(
+            self.runtime.pull_auths,
+            {
+                "registry.example:5000/app:1": api.AuthConfig(username="u", password="p"),
+                "docker.io/library/nginx:1.27": None,
+            },
+        )
+
     def test_never_pull_policy_without_the_image(self) -> None:
         self.create(
             make_pod(containers=[{"name": "main", "image": "nginx:1", "imagePullPolicy": "Never"}])
@@ -545,6 +573,39 @@ class PodWorkerTests(SynchronousTestCase):
         (event,) = [e for e in self.events() if e[1] == "FailedMount"]
         self.assertEqual(event[0], "Warning")
         self.assertIn("data", event[2])
+
+    def test_a_running_pods_config_map_volume_follows_its_config_map(self) -> None:
+        root = Path(self.mktemp())
+        self.workers.stopService()
+        volumes = VolumeManager(self.client, self.clock, "node-1", FakeMounter(), str(root))
+        self.workers = PodWorkers(
+            self.clock, self.client, self.runtime, self.settings, volumes=volumes
+        )
+        self.workers.startService()
+        config = {"metadata": {"name": "cfg", "namespace": "default"}, "data": {"k": "1"}}
+        self.client.put_object("/api/v1/namespaces/default/configmaps/cfg", config)
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
+        }
+        volume = {"name": "cfg", "configMap": {"name": "cfg"}}
+        pod = self.create(make_pod(containers=[container], volumes=[volume]))
+        self.advance(1)
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        uid = pod["metadata"]["uid"]
+        target = volumes.volume_dir(uid, "configMap", "cfg") / "k"
+        self.assertEqual(target.read_text(), "1")
+        (mount,) = self.containers()[0].config.mounts
+        self.assertEqual((mount.container_path, mount.host_path), ("/cfg", str(target.parent)))
+        config["data"] = {"k": "2"}
+        self.client.put_object("/api/v1/namespaces/default/configmaps/cfg", config)
+        self.advance(VOLUME_RESYNC)
+        self.assertEqual(target.read_text(), "2")
+        self.assertEqual(len(self.containers()), 1)
+        self.client.remove_object(f"{PODS}/web")
+        self.advance(1)
+        self.assertFalse(volumes.pod_dir(uid).exists())
 
     # Deletion
 

@@ -136,7 +136,7 @@ def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
     """
     The real kubelet: the API reached with the node's own client certificate;
     its container runtime (containerd as a child, or an existing CRI socket)
-    when the node has one.
+    and its pods' volumes under k3s's kubelet root when the node has one.
     """
 
     def make(joined: Joined) -> IService:
@@ -146,10 +146,16 @@ def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
                 args=", ".join(config.kubelet_args.ignored),
             )
         client = node_client(reactor, joined, config.server_url)
-        runtime = None
-        if config.runtime is not None:
-            runtime = NodeRuntime(reactor, config.data_dir, config.runtime)
-        return KubeletService(reactor, client, kubelet_settings(config, joined), runtime=runtime)
+        settings = kubelet_settings(config, joined)
+        if config.runtime is None:
+            return KubeletService(reactor, client, settings)
+        from k3stw.kubelet.volumes import KUBELET_ROOT, SystemMounter, VolumeManager
+
+        runtime = NodeRuntime(reactor, config.data_dir, config.runtime)
+        volumes = VolumeManager(
+            client, reactor, settings.node_name, SystemMounter(reactor), KUBELET_ROOT
+        )
+        return KubeletService(reactor, client, settings, runtime=runtime, volumes=volumes)
 
     return make
 

@@ -205,6 +205,7 @@ class KubeletService(MultiService):
         from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
 
         config = self.config
+        registries = self.node_runtime.settings.registries if self.node_runtime else None
         settings = PodSettings(
             node_name=config.node_name,
             host_ips=config.node_ips,
@@ -219,6 +220,7 @@ class KubeletService(MultiService):
             settings,
             volumes=self.volumes,
             prober=NetworkProber(self.clock) if IReactorTCP.providedBy(self.clock) else None,
+            pull_auth=registries.pull_auth if registries is not None else None,
         )
 
     async def _connect_runtime(self, node_runtime: NodeRuntime) -> None:

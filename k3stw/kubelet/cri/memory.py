@@ -167,6 +167,8 @@ class MemoryRuntime:
         self.network_ready = True
         #: Calls made, as (method, first argument), for tests that count them.
         self.calls: list[tuple[str, str]] = []
+        #: The credentials each image was last pulled with, by reference.
+        self.pull_auths: dict[str, api.AuthConfig | None] = {}
         self.pod_cidr = pod_cidr
         self.sandboxes: dict[str, _Sandbox] = {}
         self.containers: dict[str, _Container] = {}
@@ -562,6 +564,7 @@ class MemoryRuntime:
         sandbox_config: api.PodSandboxConfig | None = None,
     ) -> str:
         name = normalize_image(image)
+        self.pull_auths[name] = auth
         size = self.registry.get(name)
         if size is None:
             raise self._refused(

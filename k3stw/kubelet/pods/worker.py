@@ -18,7 +18,7 @@ At start L{PodWorkers} removes the sandboxes of pods that no longer exist.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,9 @@ from k3stw.machinery.times import parse_time
 RELIST = 1.0
 #: The shortest grace a container is stopped with (``minimumGracePeriodInSeconds``).
 MINIMUM_GRACE = 2
+#: How often a running pod's configMap, secret, downwardAPI and projected volumes are
+#: brought up to date (kube's periodic sync is a minute; sooner keeps updates prompt).
+VOLUME_RESYNC = 10.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class PodWorkers(MultiService):
 
     :param volumes: the volume manager (L{NoVolumes} until one is wired).
     :param prober: runs httpGet and tcpSocket probes and hooks (None: they fail).
+    :param pull_auth: the CRI credentials for an image's registry (None: pulls without).
     """
 
     _log = Logger()
@@ -128,9 +132,11 @@ class PodWorkers(MultiService):
         settings: PodSettings,
         volumes: VolumeManager | None = None,
         prober: Prober | None = None,
+        pull_auth: Callable[[str], api.AuthConfig | None] | None = None,
     ) -> None:
         super().__init__()
         self.prober = prober
+        self.pull_auth = pull_auth or (lambda image: None)
         self.clock = clock
         self.client = client
         self.runtime = runtime
@@ -248,6 +254,8 @@ class PodWorker:
         self._done = False
         #: When each image's last pull failed (its back-off is measured from there).
         self._pull_failed_at: dict[str, float] = {}
+        #: When the pod's volumes were last set up or refreshed.
+        self._volumes_at = -VOLUME_RESYNC
 
     def update(self, pod: Object | None) -> None:
         """The pod changed (None: it left the API); a change of its status alone waits."""
@@ -368,6 +376,8 @@ class PodWorker:
                 await self._write_status(pod, observed)
                 return
             observed = await self.observe()
+        elif self.clock.seconds() - self._volumes_at >= VOLUME_RESYNC:
+            await self._refresh_volumes(pod)
         started = self._started
         await self._start_containers(pod, observed)
         if self._started != started:
@@ -393,6 +403,7 @@ class PodWorker:
         except Exception as e:  # Any manager's error (MountError, VolumeError) is a FailedMount.
             await self.workers.events.emit(pod, WARNING, "FailedMount", str(e))
             return False
+        self._volumes_at = self.clock.seconds()
         attempt = 0
         if observed.sandbox is not None:
             attempt = observed.sandbox.metadata.attempt + 1
@@ -419,6 +430,14 @@ class PodWorker:
             )
             return False
         return True
+
+    async def _refresh_volumes(self, pod: Object) -> None:
+        """Bring the running pod's volume contents up to date; a failure is a FailedMount."""
+        self._volumes_at = self.clock.seconds()
+        try:
+            await self.workers.volumes.refresh(pod)
+        except Exception as e:  # As in _start_sandbox: the containers keep running regardless.
+            await self.workers.events.emit(pod, WARNING, "FailedMount", str(e))
 
     async def _start_containers(self, pod: Object, observed: Observed) -> None:
         """Init containers one by one, in order; then every container that should run."""
@@ -606,7 +625,7 @@ class PodWorker:
         await events.emit(pod, NORMAL, "Pulling", f'Pulling image "{image}"', field_path)
         started = self.clock.seconds()
         try:
-            await self.runtime.pull_image(image)
+            await self.runtime.pull_image(image, self.workers.pull_auth(image))
             pulled = await self.runtime.image_status(image)
         except CRIError as e:
             failed = self.clock.seconds()
