@@ -574,14 +574,18 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(event[0], "Warning")
         self.assertIn("data", event[2])
 
-    def test_a_running_pods_config_map_volume_follows_its_config_map(self) -> None:
-        root = Path(self.mktemp())
+    def with_volumes(self, root: Path) -> VolumeManager:
+        """Workers again, with a volume manager of the kubelet root C{root}."""
         self.workers.stopService()
         volumes = VolumeManager(self.client, self.clock, "node-1", FakeMounter(), str(root))
         self.workers = PodWorkers(
             self.clock, self.client, self.runtime, self.settings, volumes=volumes
         )
         self.workers.startService()
+        return volumes
+
+    def test_a_running_pods_config_map_volume_follows_its_config_map(self) -> None:
+        volumes = self.with_volumes(Path(self.mktemp()))
         config = {"metadata": {"name": "cfg", "namespace": "default"}, "data": {"k": "1"}}
         self.client.put_object("/api/v1/namespaces/default/configmaps/cfg", config)
         container = {
@@ -606,6 +610,25 @@ class PodWorkerTests(SynchronousTestCase):
         self.client.remove_object(f"{PODS}/web")
         self.advance(1)
         self.assertFalse(volumes.pod_dir(uid).exists())
+
+    def test_an_adopted_pods_restarted_container_keeps_its_volumes(self) -> None:
+        root = Path(self.mktemp())
+        self.with_volumes(root)
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+        }
+        self.create(make_pod(containers=[container], volumes=[{"name": "scratch", "emptyDir": {}}]))
+        self.advance(1)
+        (first,) = self.containers()
+        self.with_volumes(root)
+        self.advance(1)
+        self.runtime.exit(first.id, 1)
+        self.advance(2)
+        self.assertEqual(self.status()["restartCount"], 1)
+        second = self.containers()[-1]
+        self.assertEqual(second.config.mounts, first.config.mounts)
 
     # Deletion
 

@@ -13,6 +13,7 @@ busybox-static, as tests/test_containerd_machine.py does.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from twisted.internet.task import deferLater
 from k3stw.kubelet.cri.client import CRIClient
 from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML, write_airgap_images
 from tests.support.machines import machines
-from tests.test_containerd_machine import CONFLIST, NodeInAMachine, reactor
+from tests.test_containerd_machine import NodeInAMachine, reactor
 
 KUBECTL = "kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml"
 
@@ -40,9 +41,6 @@ class PodsInAMachineTests(NodeInAMachine):
         self.machine.boot(runtime=True)
         data = self.machine.rancher / "k3s"
         write_airgap_images(data / "agent" / "images")
-        cni = data / "agent" / "etc" / "cni" / "net.d"
-        cni.mkdir(parents=True)
-        (cni / "10-test.conflist").write_text(json.dumps(CONFLIST))
 
     def fetch(self, ip: str) -> str:
         """The pod's page, fetched from inside the machine."""
@@ -92,7 +90,9 @@ class PodsInAMachineTests(NodeInAMachine):
         self.until("web Running and Ready", ready)
         status = self.pod("web")["status"]
         ip = status["podIP"]
-        self.assertTrue(ip.startswith("10.42.0."), ip)
+        # The node's conflist, written from the podCIDR the server gave it.
+        cidr = json.loads(self.kubectl("get node m1 -o json"))["spec"]["podCIDR"]
+        self.assertIn(ipaddress.ip_address(ip), ipaddress.ip_network(cidr))
         self.assertEqual(status["hostIP"], "127.0.0.1")
         (main,) = status["containerStatuses"]
         self.assertTrue(main["containerID"].startswith("containerd://"), main)

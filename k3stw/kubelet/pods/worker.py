@@ -377,7 +377,7 @@ class PodWorker:
                 return
             observed = await self.observe()
         elif self.clock.seconds() - self._volumes_at >= VOLUME_RESYNC:
-            await self._refresh_volumes(pod)
+            await self._refresh_volumes(pod, adopted=self._volumes_at < 0)
         started = self._started
         await self._start_containers(pod, observed)
         if self._started != started:
@@ -431,11 +431,16 @@ class PodWorker:
             return False
         return True
 
-    async def _refresh_volumes(self, pod: Object) -> None:
-        """Bring the running pod's volume contents up to date; a failure is a FailedMount."""
+    async def _refresh_volumes(self, pod: Object, adopted: bool) -> None:
+        """
+        Bring the running pod's volume contents up to date; a failure is a
+        FailedMount.  A pod found running (C{adopted}) is prepared in full, so
+        that the manager knows its volumes when a container restarts.
+        """
+        volumes = self.workers.volumes
         self._volumes_at = self.clock.seconds()
         try:
-            await self.workers.volumes.refresh(pod)
+            await (volumes.prepare(pod) if adopted else volumes.refresh(pod))
         except Exception as e:  # As in _start_sandbox: the containers keep running regardless.
             await self.workers.events.emit(pod, WARNING, "FailedMount", str(e))
 
