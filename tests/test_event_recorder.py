@@ -1,13 +1,17 @@
-"""The controllers' Events: written once, counted again when they repeat."""
+"""The controllers' and the kubelet's Events: written once, counted again when they repeat."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.controllers.events import REPEAT_WINDOW, WARNING, EventRecorder
+from k3stw.kubelet.pods.events import QUIET, PodEvents
+from k3stw.machinery.objects import Object
 from tests.support.apiserver import MemoryServer
+from tests.support.fakes import FakeKubeClient
 
 DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "apps/v1",
@@ -84,3 +88,58 @@ class EventRecorderTests(SynchronousTestCase):
         self.server.run(self.recorder.emit(orphan, WARNING, "FailedCreate", "x"))
         self.assertEqual(self.events(), [])
         self.flushLoggedErrors()
+
+
+POD: dict[str, Any] = {"metadata": {"name": "web", "namespace": "default", "uid": "p-1"}}
+
+
+class KubeletEventTests(SynchronousTestCase):
+    """The kubelet's Events, through the API: the same rules, its source, its field paths."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = FakeKubeClient(self.clock)
+        self.events = PodEvents(self.client, self.clock, "node-1")
+
+    def emit(self, reason: str, field_path: str = "spec.containers{main}") -> None:
+        self.successResultOf(self.events.emit(POD, WARNING, reason, "failed", field_path))
+
+    def written(self) -> list[Object]:
+        prefix = "/api/v1/namespaces/default/events/"
+        return [obj for path, obj in sorted(self.client.objects.items()) if path.startswith(prefix)]
+
+    def test_written_as_the_kubelet_writes_it(self) -> None:
+        self.emit("BackOff")
+        [event] = self.written()
+        self.assertEqual(
+            event["involvedObject"],
+            {
+                "kind": "Pod",
+                "namespace": "default",
+                "name": "web",
+                "uid": "p-1",
+                "apiVersion": "v1",
+                "fieldPath": "spec.containers{main}",
+            },
+        )
+        self.assertEqual(event["source"], {"component": "kubelet", "host": "node-1"})
+        self.assertEqual(
+            (event["reportingComponent"], event["reportingInstance"]), ("kubelet", "node-1")
+        )
+
+    def test_repeats_are_counted_but_not_sooner_than_quiet(self) -> None:
+        for _ in range(3):
+            self.emit("BackOff")
+            self.clock.advance(QUIET / 2)
+        [event] = self.written()
+        self.assertEqual(event["count"], 2)
+        self.emit("BackOff", field_path="spec.containers{side}")
+        self.assertEqual(len(self.written()), 2)
+
+    def test_a_deleted_event_is_written_anew(self) -> None:
+        self.emit("BackOff")
+        [event] = self.written()
+        self.client.remove_object(f"/api/v1/namespaces/default/events/{event['metadata']['name']}")
+        self.clock.advance(QUIET)
+        self.emit("BackOff")
+        self.assertEqual([e["count"] for e in self.written()], [1])

@@ -66,6 +66,16 @@ class PodsInAMachine(NodeInAMachine):
         found: dict[str, Any] = json.loads(self.kubectl(f"get pod {name} -o json"))
         return found
 
+    def start_server(self, log_name: str) -> int:
+        """k3stw's server with containerd, its node m1 registered; the host pid of its twistd."""
+        return self.launch(
+            "k3s-server --container-runtime containerd --bind-address 127.0.0.1"
+            " --node-ip 127.0.0.1 --node-name m1"
+            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
+            log_name,
+            "Successfully registered node m1",
+        )
+
     def until(self, what: str, check: Callable[[], bool], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not check():
@@ -76,13 +86,7 @@ class PodsInAMachine(NodeInAMachine):
 
 class PodsInAMachineTests(PodsInAMachine):
     def test_kubectl_run_pods_run_crash_and_are_deleted(self) -> Deferred[None]:
-        node = self.launch(
-            "k3s-server --container-runtime containerd --bind-address 127.0.0.1"
-            " --node-ip 127.0.0.1 --node-name m1"
-            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
-            "server.log",
-            "Successfully registered node m1",
-        )
+        node = self.start_server("server.log")
         probes = {
             "name": "web",
             "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1},
@@ -222,15 +226,6 @@ class PodVolumesInAMachineTests(PodsInAMachine):
         statuses = (self.pod("vols").get("status") or {}).get("containerStatuses") or [{}]
         found: dict[str, Any] = statuses[0]
         return found
-
-    def start_server(self, log_name: str) -> int:
-        return self.launch(
-            "k3s-server --container-runtime containerd --bind-address 127.0.0.1"
-            " --node-ip 127.0.0.1 --node-name m1"
-            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
-            log_name,
-            "Successfully registered node m1",
-        )
 
     def test_volumes_probes_restart_adoption_and_deletion(self) -> None:
         node = self.start_server("server.log")
