@@ -641,7 +641,7 @@ def goals(result: Run) -> str:
         over = percentile(result.k3stw.sequential, 0.5) - percentile(result.floor.sequential, 0.5)
         parts.append(
             f"p50 within the floor + {GOAL_OVER_FLOOR * 1000:.0f} ms: "
-            f"+{over * 1000:.0f} ms ({verdict(over <= GOAL_OVER_FLOOR)})"
+            f"{over * 1000:+.0f} ms ({verdict(over <= GOAL_OVER_FLOOR)})"
         )
     if result.k3stw and result.k3stw.burst:
         total = result.k3stw.burst_total
