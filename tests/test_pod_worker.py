@@ -782,3 +782,39 @@ class PodWorkerTests(SynchronousTestCase):
         self.advance(1)
         self.assertEqual([cmd for _, cmd in self.execs], [["drain"]])
         self.assertNotIn(f"{PODS}/web", self.client.objects)
+
+    # A steady pod is watched by the node-wide relist
+
+    def test_steady_pods_cost_two_list_calls_a_second(self) -> None:
+        """
+        Running and ready pods without probes are not synced every second: the
+        relist lists every sandbox and container once a second, nothing more.
+        """
+        for name in ("a", "b", "c"):
+            self.create(make_pod(name))
+        self.advance(4)
+        self.assertEqual({self.pod(n)["status"]["phase"] for n in "abc"}, {"Running"})
+        calls = len(self.runtime.calls)
+        self.advance(10)
+        made = sorted({method for method, _ in self.runtime.calls[calls:]})
+        self.assertEqual(made, ["ListContainers", "ListPodSandbox"])
+        self.assertLessEqual(len(self.runtime.calls) - calls, 2 * 11)
+
+    def test_a_steady_pods_exit_is_seen_within_a_second(self) -> None:
+        """The relist sees a steady pod's container exit and syncs that pod at once."""
+        self.create(make_pod(restartPolicy="Never"))
+        self.advance(4)
+        (container,) = self.runtime.running()
+        self.runtime.exit(container, 3)
+        self.advance(1.5)
+        self.assertEqual(self.pod()["status"]["phase"], "Failed")
+        self.assertEqual(self.status()["state"]["terminated"]["exitCode"], 3)
+
+    def test_a_steady_pod_is_resynced_every_minute(self) -> None:
+        """Without any change, a steady pod's sandbox and containers are looked at each minute."""
+        self.create(make_pod())
+        self.advance(4)
+        calls = len(self.runtime.calls)
+        self.advance(61)
+        statuses = [m for m, _ in self.runtime.calls[calls:] if m == "ContainerStatus"]
+        self.assertEqual(len(statuses), 1)

@@ -6,9 +6,14 @@ A sync observes what the runtime holds for the pod (its sandboxes and
 containers, found by the ``io.kubernetes.pod.uid`` label, so containers a
 previous kubelet started are adopted, their restart counts read from their
 annotations), decides what to do, does it, and writes the pod's status when
-it changed.  The worker syncs when its pod changes and every second (the
-kubelet's PLEG relist: a container that exits is seen within a second), one
-sync at a time.
+it changed.  The worker syncs when its pod changes, one sync at a time, and
+every second while its pod is settling (probes, back-offs, deadlines, pulls).
+A steady pod (Running, every container running and ready, no probes, no
+deadline) is synced every minute (the kubelet's ``syncFrequency``) and when
+the node-wide relist (the kubelet's PLEG: two CRI list calls a second for all
+pods) sees its sandbox or containers change, so that a container that exits
+is still seen within a second while 100 idle pods cost two calls a second,
+not four hundred.
 
 A pod marked for deletion is killed (its containers stopped with the grace
 period, its sandbox stopped), its final status written, and the object
@@ -50,8 +55,10 @@ from k3stw.machinery.objects import Object, get_path, metadata
 from k3stw.machinery.source import HTTPSource
 from k3stw.machinery.times import parse_time
 
-#: How often a worker looks at its pod's containers (the kubelet's PLEG relist period).
+#: How often the runtime is listed (the kubelet's PLEG relist period).
 RELIST = 1.0
+#: How often a steady pod is synced all the same (the kubelet's ``syncFrequency``).
+RESYNC = 60.0
 #: The shortest grace a container is stopped with (``minimumGracePeriodInSeconds``).
 MINIMUM_GRACE = 2
 #: How often a running pod's configMap, secret, downwardAPI and projected volumes are
@@ -101,6 +108,24 @@ def _pod_ip(pod: Mapping[str, Any], observed: Observed, settings: PodSettings) -
     if get_path(pod, "spec", "hostNetwork") or observed.sandbox is None:
         return settings.host_ips[0] if settings.host_ips else "127.0.0.1"
     return observed.sandbox.network.ip
+
+
+def _steady(pod: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """
+    Whether nothing but a change of the pod or of its containers in the
+    runtime can change its status: Running, every container running and
+    ready, no probes and no deadline to act on.
+    """
+    spec = pod.get("spec") or {}
+    containers = spec.get("containers") or ()
+    statuses = status.get("containerStatuses") or ()
+    return (
+        status.get("phase") == "Running"
+        and spec.get("activeDeadlineSeconds") is None
+        and not any(c.get(f"{kind}Probe") for c in containers for kind in KINDS)
+        and len(statuses) == len(containers)
+        and all(s.get("ready") and "running" in (s.get("state") or {}) for s in statuses)
+    )
 
 
 def _pull_policy(container: Mapping[str, Any]) -> str:
@@ -161,6 +186,9 @@ class PodWorkers(MultiService):
             )
         )
         self._cleaning: Deferred[None] | None = None
+        #: Each pod UID's sandboxes and containers (id, state) at the last relist.
+        self._relisted: dict[str, frozenset[tuple[str, int]]] = {}
+        self._relist_timer: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -175,6 +203,9 @@ class PodWorkers(MultiService):
             self._cleaning = None
         for worker in list(self.workers.values()):
             worker.stop()
+        if self._relist_timer is not None and self._relist_timer.active():
+            self._relist_timer.cancel()
+        self._relist_timer = None
         stopped: Deferred[None] | None = super().stopService()
         return stopped
 
@@ -195,6 +226,40 @@ class PodWorkers(MultiService):
         worker = self.workers.get(str(metadata(pod).get("uid", "")))
         if worker is not None:
             worker.update(None)
+
+    def relist_soon(self) -> None:
+        """Relist within L{RELIST}: a worker's pod became steady."""
+        if self.running and (self._relist_timer is None or not self._relist_timer.active()):
+            self._relist_timer = self.clock.callLater(RELIST, self._relist)
+
+    def _relist(self) -> None:
+        self._relist_timer = None
+        if not any(worker.steady for worker in self.workers.values()):
+            self._relisted.clear()
+            return
+        relisting = Deferred.fromCoroutine(self.relist())
+        relisting.addErrback(
+            lambda failure: self._log.warn(
+                "Relisting the runtime failed: {error}", error=failure.value
+            )
+        ).addBoth(lambda _: self.relist_soon())
+
+    async def relist(self) -> None:
+        """List every sandbox and container once; sync the steady pods whose ones changed."""
+        found: dict[str, set[tuple[str, int]]] = {}
+        for sandbox in await self.runtime.list_pod_sandboxes():
+            uid = sandbox.labels.get(POD_UID) or sandbox.metadata.uid
+            found.setdefault(uid, set()).add((sandbox.id, sandbox.state))
+        for container in await self.runtime.list_containers():
+            found.setdefault(container.labels.get(POD_UID, ""), set()).add(
+                (container.id, container.state)
+            )
+        now = {uid: frozenset(items) for uid, items in found.items()}
+        before, self._relisted = self._relisted, now
+        for uid, worker in list(self.workers.items()):
+            # A pod new to the relist is synced once more: it may have changed before the list.
+            if worker.steady and before.get(uid) != now.get(uid, frozenset()):
+                worker.kick()
 
     def finished(self, worker: PodWorker) -> None:
         """A worker's pod is gone and cleaned up."""
@@ -247,6 +312,8 @@ class PodWorker:
         self._again = False
         #: The last sync found nothing to watch for (a finished pod): no relist until it changes.
         self._idle = False
+        #: The last sync found the pod steady (see the module docstring): the relist watches it.
+        self.steady = False
         #: How many containers this worker started (a sync that started one looks again).
         self._started = 0
         self.probes = PodProbes()
@@ -279,6 +346,7 @@ class PodWorker:
         # Set before the sync starts: it may finish, or be asked for again, before returning.
         self._busy = True
         self._idle = False
+        self.steady = False
         syncing = Deferred.fromCoroutine(self.sync())
         if self._busy:
             self._syncing = syncing
@@ -305,7 +373,9 @@ class PodWorker:
             self._again = False
             self.kick()
         elif not self._idle:
-            self._timer = self.clock.callLater(RELIST, self.kick)
+            self._timer = self.clock.callLater(RESYNC if self.steady else RELIST, self.kick)
+            if self.steady:
+                self.workers.relist_soon()
 
     def stop(self) -> None:
         self._done = True
@@ -385,6 +455,7 @@ class PodWorker:
             observed.waiting = waiting
         await self._probe(pod, observed)
         status = await self._write_status(pod, observed)
+        self.steady = _steady(pod, status)
         if status["phase"] in TERMINAL:
             await self._kill(pod, observed)
             await self._write_status(pod, await self.observe(), terminating=True)
