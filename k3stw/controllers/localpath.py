@@ -31,7 +31,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from k3stw.apiserver.informers import ServerInformers
+from k3stw.apiserver.informers import Selection, ServerInformers
 from k3stw.apiserver.kinds import configmaps, nodes
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError
@@ -80,6 +80,8 @@ _HELPER_POD = (
     f'  - name: helper-pod\n    image: "{BUSYBOX}"\n    imagePullPolicy: IfNotPresent'
 )
 _DELETE = "delete:"
+#: The provisioner's ConfigMap alone (not every ConfigMap's data in memory).
+_CONFIG = Selection(CONFIG_MAP, namespace=NAMESPACE, predicate=lambda o: name_of(o) == CONFIG_MAP)
 
 
 def storage_class() -> Object:
@@ -249,7 +251,7 @@ class LocalPathProvisioner(StorageKinds, Controller):
     ) -> None:
         StorageKinds.__init__(self, informers, registry)
         self.nodes = informers.for_resource(nodes.RESOURCE)
-        self.config_maps = informers.for_resource(configmaps.RESOURCE)
+        self.config_maps = informers.for_resource(configmaps.RESOURCE, _CONFIG)
         Controller.__init__(
             self, store.clock, [*self.storage_informers, self.nodes, self.config_maps]
         )
