@@ -268,6 +268,21 @@ class BinderTests(VolumeTestCase):
         )
         self.assertEqual(self.events("deleted"), [("Warning", "VolumeFailedDelete", message)])
 
+    def test_a_bound_claim_whose_volume_is_deleted_is_lost(self) -> None:
+        self.add_volume("only", storage="1Gi")
+        self.add_claim("data", storage_class="")
+        self.assertEqual(self.claim("data")["status"]["phase"], "Bound")
+        self.server.delete("", "persistentvolumes", "only")
+        self.assertEqual(self.claim("data")["status"]["phase"], "Lost")
+        self.assertIn(
+            (
+                "Warning",
+                "ClaimLost",
+                "Bound claim has lost its PersistentVolume. Data on the volume is lost!",
+            ),
+            self.events("data"),
+        )
+
     def test_best_match_prefers_the_volume_reserved_for_the_claim(self) -> None:
         claim = claim_object("c", storage_class="")
         claim["metadata"]["uid"] = "u1"

@@ -206,6 +206,7 @@ class PersistentVolumeBinder(StorageKinds, Controller):
             EventHandler(
                 on_add=self._volume_changed,
                 on_update=lambda old, new: self._volume_changed(new),
+                on_delete=self._volume_deleted,
             ),
         )
 
@@ -217,11 +218,20 @@ class PersistentVolumeBinder(StorageKinds, Controller):
         if name:
             self.enqueue(_VOLUME + str(name))
 
+    def _volume_deleted(self, volume: Object) -> None:
+        self._enqueue_claim_of(volume)
+
+    def _enqueue_claim_of(self, volume: Object) -> bool:
+        """Enqueue the claim the volume's ``claimRef`` names; False if it names none."""
+        ref = get_path(volume, "spec", "claimRef") or {}
+        if not ref.get("name"):
+            return False
+        self.enqueue(_CLAIM + join_key(ref.get("namespace") or "", ref["name"]))
+        return True
+
     def _volume_changed(self, volume: Object) -> None:
         self.enqueue(_VOLUME + name_of(volume))
-        ref = get_path(volume, "spec", "claimRef") or {}
-        if ref.get("name"):
-            self.enqueue(_CLAIM + join_key(ref.get("namespace") or "", ref["name"]))
+        if self._enqueue_claim_of(volume):
             return
         # An available volume: the claims of its class still waiting may take it.
         for claim in self.claims.cache.list():
@@ -308,7 +318,7 @@ class PersistentVolumeBinder(StorageKinds, Controller):
         bound = (metadata(claim).get("annotations") or {}).get(BIND_COMPLETED) == "yes"
         if volume is None:
             if bound and get_path(claim, "status", "phase") != "Lost":
-                await self._claim_status(claim, {"phase": "Lost"}, replace=True)
+                await self._claim_status(claim, {"phase": "Lost"})
                 self.recorder.emit(
                     claim,
                     WARNING,
@@ -382,14 +392,9 @@ class PersistentVolumeBinder(StorageKinds, Controller):
         if get_path(claim, "status", "phase") != "Pending":
             await self._claim_status(claim, {"phase": "Pending"})
 
-    async def _claim_status(
-        self, claim: Object, status: Mapping[str, Any], replace: bool = False
-    ) -> None:
+    async def _claim_status(self, claim: Object, status: Mapping[str, Any]) -> None:
         def write(current: Object) -> Object:
-            if replace:
-                current["status"] = {**(current.get("status") or {}), **status}
-            else:
-                current.setdefault("status", {}).update(status)
+            current.setdefault("status", {}).update(status)
             return current
 
         await self._update_claim(claim, write, subresource="status")
