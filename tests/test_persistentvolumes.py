@@ -502,6 +502,15 @@ class VolumeBindingTests(VolumeTestCase):
         )
         self.clock.advance(BIND_TIMEOUT)
         self.assertNotIn("nodeName", self.pod("web")["spec"])
+        self.assertIn(
+            (
+                "Warning",
+                "FailedScheduling",
+                'running PreBind plugin "VolumeBinding": binding volumes: '
+                "context deadline exceeded",
+            ),
+            self.events("web"),
+        )
         # Tried again: a volume made meanwhile is reserved for the claim this time.
         self.add_volume("late", storage="1Gi", storage_class="elsewhere", node="n1")
         self.clock.advance(BIND_TIMEOUT)

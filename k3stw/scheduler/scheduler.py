@@ -464,6 +464,9 @@ class Scheduler(Controller):
                 self._uncount(key)
             if isinstance(e, StatusError) and e.code == 404:
                 return
+            if isinstance(e, VolumesNotBound):
+                message = f'running PreBind plugin "VolumeBinding": {e}'
+                self.recorder.emit(pod, WARNING, "FailedScheduling", message)
             delay = self.queue.add_rate_limited(key)
             self._log.warn(
                 "The scheduler could not bind {key} to {node} (again in {delay:.2f}s): {error}",
