@@ -47,7 +47,7 @@ from k3stw.controllers.persistentvolumes import (
     claim_ref,
 )
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.objects import (
     Object,
     get_path,
@@ -258,13 +258,7 @@ class LocalPathProvisioner(StorageKinds, Controller):
         self.store = store
         self.recorder = EventRecorder(store, store.clock, f"{PROVISIONER}_{host}", "")
         self.add_handler(self.claims, self.enqueue_handler())
-        self.add_handler(
-            self.volumes,
-            EventHandler(
-                on_add=self._volume_changed,
-                on_update=lambda old, new: self._volume_changed(new),
-            ),
-        )
+        self.add_handler(self.volumes, each_change(self._volume_changed, deletions=False))
 
     def _volume_changed(self, volume: Object) -> None:
         if _ours(volume) and get_path(volume, "status", "phase") == "Released":

@@ -42,7 +42,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT, update_status_if_present
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import EventHandler, each_change
 from k3stw.machinery.objects import (
     Object,
     find_condition,
@@ -181,13 +181,8 @@ class Scheduler(Controller):
         if self.volumes is not None:
             # A claim or volume that appears or changes may let a waiting pod in.
             for informer in (self.volumes.claims, self.volumes.volumes):
-                self.add_handler(
-                    informer,
-                    EventHandler(
-                        on_add=lambda _: self._requeue_unschedulable(),
-                        on_update=lambda _, __: self._requeue_unschedulable(),
-                    ),
-                )
+                requeue = each_change(lambda _: self._requeue_unschedulable(), deletions=False)
+                self.add_handler(informer, requeue)
 
     # The cache, kept by the informers' handlers.
 

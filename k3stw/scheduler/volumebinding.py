@@ -40,7 +40,7 @@ from k3stw.controllers.persistentvolumes import (
     claims_of,
     waits_for_consumer,
 )
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.nodeaffinity import matches_node_selector
 from k3stw.machinery.objects import (
     Object,
@@ -118,11 +118,7 @@ class VolumeBinding(StorageKinds):
         super().__init__(informers, registry)
         self.store = store
         self._waits: list[_Wait] = []
-        self.claims.add_handler(
-            EventHandler(
-                on_add=self._claim_changed, on_update=lambda _, new: self._claim_changed(new)
-            )
-        )
+        self.claims.add_handler(each_change(self._claim_changed, deletions=False))
 
     def pre_filter(self, pod: Object) -> PodVolumes | str | None:
         """
