@@ -1064,6 +1064,9 @@ class KubectlDefaultsTests(SynchronousTestCase):
             # Controllers write status as soon as the object exists: the defaults are the rest.
             shown.pop("status", None)
             expected = {key: value for key, value in expected.items() if key != "status"}
+            if plural == "persistentvolumeclaims":
+                # The DefaultStorageClass admission's, not a default: k3s's local-path class.
+                self.assertEqual(shown["spec"].pop("storageClassName"), "local-path")
             if plural == "deployments":
                 # The deployment controller may have written since: its revision.
                 annotations = shown["metadata"].pop("annotations", {})

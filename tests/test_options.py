@@ -116,6 +116,7 @@ class CommandLineTests(OptionsTestCase):
             "--unchecked-api", "--node-cidr-mask-size", "25", "--container-runtime",
             "containerd", "--container-runtime-endpoint", "/run/cri.sock", "--pause-image", "p:1",
             "--flannel-backend", "none", "--private-registry", "/tmp/r.yaml",
+            "--disable", "local-storage,traefik", "--default-local-storage-path", "/srv/pv",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -125,6 +126,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertEqual(options["write-kubeconfig-mode"], 0o644)
         self.assertEqual(options["node-ip"], ("192.0.2.5",))
         self.assertEqual(options["tls-san"], ("a.example",))
+        self.assertEqual(options["disable"], ("local-storage", "traefik"))
         self.assertIs(options["cluster-init"], True)
         self.assertIs(options["with-node-id"], True)
         self.assertEqual(options["server"], "https://s:6443")

@@ -13,14 +13,16 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver.kinds import endpoints, namespaces, secrets
+from k3stw.apiserver.kinds import configmaps, endpoints, namespaces, secrets
 from k3stw.controllers.endpoints import LEASE_PREFIX
 from k3stw.datastore.memory import MemoryDatastore
+from k3stw.machinery.controller import Controller
 from k3stw.server.config import ServerConfig
 from k3stw.server.service import ServerService, build_server, prepare_server, server_health
 from tests.support.apiserver import START
@@ -45,6 +47,14 @@ def server_config(root: Path) -> ServerConfig:
         service_cidr="10.43.0.0/16",
         cluster_domain="cluster.local",
     )
+
+
+def _controllers(service: object) -> list[Controller]:
+    """Every controller in a service tree."""
+    found = [service] if isinstance(service, Controller) else []
+    for child in service if isinstance(service, MultiService) else ():
+        found.extend(_controllers(child))
+    return found
 
 
 class ServerServiceTests(SynchronousTestCase):
@@ -86,6 +96,30 @@ class ServerServiceTests(SynchronousTestCase):
         self.reactor.advance(601)
         listed = self.done(store.list(secrets.RESOURCE, "kube-system"))
         self.assertEqual(listed.items, [])
+
+    def test_deploys_local_storage_unless_disabled(self) -> None:
+        """k3s's local-path class and config (under <data-dir>/storage), not with --disable."""
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        store, registry = self.server.store, self.server.registry
+        classes = registry.require("storage.k8s.io", "v1", "storageclasses")
+        self.assertEqual(
+            self.done(store.get(classes, None, "local-path"))["provisioner"],
+            "rancher.io/local-path",
+        )
+        config = self.done(store.get(configmaps.RESOURCE, "kube-system", "local-path-config"))
+        storage = str(self.server.config.data_dir / "storage")
+        self.assertIn(f'"paths":["{storage}"]', config["data"]["config.json"])
+        disabled = replace(server_config(Path(self.mktemp())), disable=frozenset({"local-storage"}))
+        other = build_server(
+            disabled, prepare_server(disabled, NOW), self.reactor, MemoryDatastore(self.reactor)
+        )
+        other.startService()
+        self.addCleanup(other.stopService)
+        self.assertEqual(self.done(other.store.list(classes, None)).items, [])
+        labels = [controller.label for controller in _controllers(other.control_plane)]
+        self.assertNotIn("local-path provisioner", labels)
+        self.assertIn("persistentvolume-binder", labels)
 
     def test_stops_with_nothing_left_behind(self) -> None:
         self.server.startService()

@@ -11,7 +11,10 @@ object store on every create (a controller's as much as a client's):
   first, by a conflict-checked write, so that two creates can never both take
   the last of it (the resourcequota controller later recounts from what is
   stored);
-- Priority: a new pod's priority from its PriorityClass (L{k3stw.apiserver.priority}).
+- Priority: a new pod's priority from its PriorityClass (L{k3stw.apiserver.priority});
+- DefaultStorageClass: a new claim that names no class (not even "") gets
+  the default StorageClass (``storageclass.kubernetes.io/is-default-class``),
+  the newest if there are several.
 
 The plugins that need nothing but the pod (ServiceAccount,
 DefaultTolerationSeconds) are the pod kind's own, in its prepare_create.
@@ -29,6 +32,7 @@ from k3stw.apiserver import quota
 from k3stw.apiserver.defaulting import child, each
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import pods
+from k3stw.apiserver.kinds.catalogued_printers import is_default_class
 from k3stw.apiserver.priority import PriorityAdmission
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError, forbidden
@@ -46,6 +50,14 @@ LIMIT_RANGER_ANNOTATION = "kubernetes.io/limit-ranger"
 
 def _is_pods(resource: ResourceType) -> bool:
     return resource.group == "" and resource.plural == "pods"
+
+
+#: The claim's class before ``spec.storageClassName`` (the admission leaves such claims be).
+_BETA_CLASS = "volume.beta.kubernetes.io/storage-class"
+
+
+def _is_claims(resource: ResourceType) -> bool:
+    return resource.group == "" and resource.plural == "persistentvolumeclaims"
 
 
 def _default_container(
@@ -216,6 +228,8 @@ class Admission:
         self.limit_ranges = informers.for_resource(self.limit_range_resource)
         self.quotas = informers.for_resource(self.quota_resource)
         self.priority = PriorityAdmission(informers, registry)
+        self.class_resource = registry.require("storage.k8s.io", "v1", "storageclasses")
+        self.classes = informers.for_resource(self.class_resource)
 
     async def _in_namespace(
         self, store: ObjectStore, informer: Informer, resource: ResourceType, namespace: str
@@ -235,6 +249,28 @@ class Admission:
             if ranges:
                 default_pod_resources(obj, ranges)
             await self.priority.admit(store, obj)
+        elif _is_claims(resource) and isinstance(spec := obj.get("spec"), dict):
+            annotations = get_path(obj, "metadata", "annotations") or {}
+            if "storageClassName" not in spec and _BETA_CLASS not in annotations:
+                found = await self._default_class(store)
+                if found is not None:
+                    spec["storageClassName"] = found
+
+    async def _default_class(self, store: ObjectStore) -> str | None:
+        """The default StorageClass: of several, the newest (then the first by name)."""
+        if self.classes.synced:
+            classes = self.classes.cache.list()
+        else:
+            classes = (await store.list(self.class_resource, None)).items
+        defaults = [c for c in classes if is_default_class(c)]
+        if not defaults:
+            return None
+        newest = max(str(get_path(c, "metadata", "creationTimestamp") or "") for c in defaults)
+        return min(
+            name_of(c)
+            for c in defaults
+            if str(get_path(c, "metadata", "creationTimestamp") or "") == newest
+        )
 
     async def validate(
         self, store: ObjectStore, resource: ResourceType, obj: Object, old: Object | None = None
@@ -246,7 +282,7 @@ class Admission:
             return
         namespace = namespace_of(obj)
         limited = _is_pods(resource) and old is None
-        claims = resource.group == "" and resource.plural == "persistentvolumeclaims"
+        claims = _is_claims(resource)
         if limited or claims:
             ranges = await self._in_namespace(
                 store, self.limit_ranges, self.limit_range_resource, namespace

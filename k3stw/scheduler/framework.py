@@ -595,6 +595,8 @@ def node_resources_fit(pod: PodFacts, node: NodeState) -> Rejection | None:
 FILTERS = (node_unschedulable, taint_toleration, node_affinity, node_ports, node_resources_fit)
 
 Pair = tuple[str, str]
+#: A filter of the pod's own (the pod's volumes): None when the node passes.
+Filter = Callable[[NodeState], Rejection | None]
 
 
 class Cycle:
@@ -606,6 +608,7 @@ class Cycle:
 
     :param nodes: every node with its Node (the domains are counted over all of them).
     :param namespace_labels: a namespace's labels, for terms with a ``namespaceSelector``.
+    :param volumes: the VolumeBinding filter of the pod's claims (L{k3stw.scheduler.volumebinding}).
     """
 
     def __init__(
@@ -613,10 +616,12 @@ class Cycle:
         pod: PodFacts,
         nodes: Sequence[NodeState],
         namespace_labels: NamespaceLabels = no_namespace_labels,
+        volumes: Filter | None = None,
     ) -> None:
         self.pod = pod
         self.nodes = nodes
         self._namespace_labels = namespace_labels
+        self.volumes = volumes
         self._labels_of: dict[str, Mapping[str, str]] = {}
         self._hard_spread: list[tuple[str, dict[str, int], int]] | None = None
         self._affinity: tuple[Counter[Pair], Counter[Pair], Counter[Pair]] | None = None
@@ -631,7 +636,7 @@ class Cycle:
         preemption asks of a node without its victims).
         """
         nodes = [state if node.name == state.name else node for node in self.nodes]
-        return Cycle(self.pod, nodes, self._namespace_labels)
+        return Cycle(self.pod, nodes, self._namespace_labels, self.volumes)
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
         found = self._labels_of.get(namespace)
@@ -643,6 +648,10 @@ class Cycle:
         """The first filter's rejection of C{node}, or None if it fits."""
         for check in FILTERS:
             rejected = check(self.pod, node)
+            if rejected is not None:
+                return rejected
+        if self.volumes is not None:
+            rejected = self.volumes(node)
             if rejected is not None:
                 return rejected
         if self.pod.spread:

@@ -18,7 +18,11 @@ victims are marked ``DisruptionTarget`` and deleted, the pod is nominated
 to their node (``status.nominatedNodeName``), which holds its requests
 against pods of lower priority until it is tried again.
 
-Left out: volumes, scheduling gates, node sampling above 100 nodes; the
+A pod's PersistentVolumeClaims are VolumeBinding's (L{volumebinding}):
+checked before the filters, filtered per node, and bound to a volume on
+the chosen node before the pod is.
+
+Left out: scheduling gates, node sampling above 100 nodes; the
 system default spreading counts a pod's controller's pods rather than the
 pods its Services' and controllers' selectors select.
 """
@@ -38,7 +42,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT, update_status_if_present
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import EventHandler, each_change
 from k3stw.machinery.objects import (
     Object,
     find_condition,
@@ -62,6 +66,12 @@ from k3stw.scheduler.framework import (
     fit_error,
 )
 from k3stw.scheduler.preemption import Candidate, copy_state, preempt, victim_condition
+from k3stw.scheduler.volumebinding import (
+    PodVolumes,
+    VolumeBinding,
+    VolumesNotBound,
+    pre_filter_error,
+)
 
 #: kube's pod back-off: 1 s doubling to 10 s (``podInitialBackoffSeconds``, ``podMax...``).
 POD_BACKOFF = Backoff(1.0, 10.0, jitter=0.0)
@@ -136,14 +146,17 @@ class Scheduler(Controller):
         self.nodes = informers.for_resource(nodes.RESOURCE)
         self.namespaces = informers.for_resource(namespaces.RESOURCE)
         self.budgets = None
+        self.volumes: VolumeBinding | None = None
         if registry is not None:
             budgets = registry.require("policy", "v1", "poddisruptionbudgets")
             self.budgets = informers.for_resource(budgets)
+            self.volumes = VolumeBinding(informers, store, registry)
         watched = [
             self.pods,
             self.nodes,
             self.namespaces,
             *([self.budgets] if self.budgets else []),
+            *(self.volumes.storage_informers if self.volumes else []),
         ]
         super().__init__(store.clock, watched)
         self.store = store
@@ -165,6 +178,11 @@ class Scheduler(Controller):
         self.add_handler(
             self.pods, EventHandler(self._pod_changed, self._pod_updated, self._pod_gone)
         )
+        if self.volumes is not None:
+            # A claim or volume that appears or changes may let a waiting pod in.
+            for informer in (self.volumes.claims, self.volumes.volumes):
+                requeue = each_change(lambda _: self._requeue_unschedulable(), deletions=False)
+                self.add_handler(informer, requeue)
 
     # The cache, kept by the informers' handlers.
 
@@ -281,7 +299,13 @@ class Scheduler(Controller):
         self._unschedulable.discard(key)
         facts = PodFacts.of(pod)
         candidates = [state for state in self._states.values() if state.node is not None]
-        cycle = Cycle(facts, candidates, self._namespace_labels)
+        volumes = self.volumes.pre_filter(pod) if self.volumes is not None else None
+        if isinstance(volumes, str) and candidates:
+            message = pre_filter_error(volumes, len(candidates), facts.preemption_policy)
+            await self._unschedulable_pod(key, pod, message)
+            return
+        claims = volumes if isinstance(volumes, PodVolumes) else None
+        cycle = Cycle(facts, candidates, self._namespace_labels, claims.filter if claims else None)
         rejections: dict[str, Rejection] = {}
         feasible: list[NodeState] = []
         nominated = self._states.get(str(get_path(pod, "status", "nominatedNodeName") or ""))
@@ -323,7 +347,8 @@ class Scheduler(Controller):
         self._nominated.pop(key, None)  # counted on its node now: held no longer
         self._assumed.add(key)
         self._count(key, chosen.name, facts)
-        binding = Deferred.fromCoroutine(self._bind(key, pod, chosen.name))
+        assert chosen.node is not None
+        binding = Deferred.fromCoroutine(self._bind(key, pod, chosen.node, claims))
         self._binding.add(binding)
         binding.addBoth(self._bound, binding)
 
@@ -415,20 +440,28 @@ class Scheduler(Controller):
         self._binding.discard(binding)
         return result
 
-    async def _bind(self, key: str, pod: Object, node: str) -> None:
+    async def _bind(
+        self, key: str, pod: Object, node_object: Object, volumes: PodVolumes | None
+    ) -> None:
+        node = name_of(node_object)
         namespace, name = split_key(key)
         body = {
             "metadata": {"namespace": namespace, "name": name, "uid": pod["metadata"]["uid"]},
             "target": {"kind": "Node", "name": node},
         }
         try:
+            if volumes is not None and self.volumes is not None:
+                await self.volumes.pre_bind(volumes, node_object)
             await bind(self.store, namespace or "", name, body)
-        except TRANSIENT as e:
+        except (*TRANSIENT, VolumesNotBound) as e:
             if key in self._assumed:
                 self._assumed.discard(key)
                 self._uncount(key)
             if isinstance(e, StatusError) and e.code == 404:
                 return
+            if isinstance(e, VolumesNotBound):
+                message = f'running PreBind plugin "VolumeBinding": {e}'
+                self.recorder.emit(pod, WARNING, "FailedScheduling", message)
             delay = self.queue.add_rate_limited(key)
             self._log.warn(
                 "The scheduler could not bind {key} to {node} (again in {delay:.2f}s): {error}",

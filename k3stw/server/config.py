@@ -50,6 +50,15 @@ class ServerConfig:
     service_node_port_range: str = "30000-32767"
     #: Validation, defaulting and authorization; off (``--unchecked-api``) only to measure them.
     api_checks: bool = True
+    #: ``--disable``: the packaged components not to deploy (``local-storage``, ...).
+    disable: frozenset[str] = frozenset()
+    #: ``--default-local-storage-path``; None for ``<data-dir>/storage``.
+    default_local_storage_path: Path | None = None
+
+    @property
+    def local_storage_path(self) -> Path:
+        """Where the local-path provisioner keeps volumes on nodes not listed in its config."""
+        return self.default_local_storage_path or self.data_dir / "storage"
 
     @property
     def node_ports(self) -> range:

@@ -35,6 +35,7 @@ from k3stw.apiserver.tokens.authenticator import ServiceAccountTokens
 from k3stw.apiserver.tokens.keys import ServiceAccountKeys
 from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
+from k3stw.controllers import localpath
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
@@ -57,6 +58,7 @@ from k3stw.controllers.namespacedefaults import default_service_accounts, root_c
 from k3stw.controllers.nodeipam import COMPONENT as CIDR_ALLOCATOR
 from k3stw.controllers.nodeipam import CIDRSet, NodeIPAMController, cidr_sets
 from k3stw.controllers.nodelifecycle import NodeLifecycleController
+from k3stw.controllers.persistentvolumes import PersistentVolumeBinder
 from k3stw.controllers.podgc import PodGCController
 from k3stw.controllers.replicaset import ReplicaSetController
 from k3stw.controllers.resourcequota import ResourceQuotaController
@@ -183,6 +185,8 @@ class ServerService(ApplianceService):
         # Every backend is also a Service that says when it has connected.
         await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
+        if localpath.COMPONENT not in self.config.disable:
+            await localpath.deploy(self.store, self.registry, str(self.config.local_storage_path))
         self.control_plane.setServiceParent(self)
         self.readiness.mark_ready()
         # kube's rbac/bootstrap-roles hook: the API's /readyz waits for it, not the node join.
@@ -432,8 +436,13 @@ def control_plane(
         ),
         DeploymentController(informers, store),
         ResourceQuotaController(informers, store, registry),
+        PersistentVolumeBinder(informers, store, registry),
     ):
         controller.setServiceParent(elected_controller_manager)
+    if localpath.COMPONENT not in config.disable:
+        localpath.LocalPathProvisioner(
+            informers, store, registry, config.hostname
+        ).setServiceParent(elected_controller_manager)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)

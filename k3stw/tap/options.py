@@ -361,6 +361,17 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         default=0o600,
     ),
     switch("disable-agent", "Do not run a local agent and register a local kubelet"),
+    repeatable(
+        "disable",
+        "Do not deploy packaged components and delete any deployed components (valid "
+        "items: coredns, servicelb, traefik, local-storage, metrics-server, runtimes; "
+        "k3stw deploys local-storage)",
+    ),
+    Flag(
+        "default-local-storage-path",
+        "Default local storage path for local provisioner storage class",
+        _path,
+    ),
     Flag(
         "cluster-cidr", "IPv4/IPv6 network CIDRs to use for pod IPs", _cidrs, default="10.42.0.0/16"
     ),
@@ -456,7 +467,8 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("db", ("datastore-endpoint", "datastore-cafile", "datastore-certfile", "datastore-keyfile")),
     ("controller", ("node-monitor-grace-period", "node-cidr-mask-size")),
     ("experimental", ("unchecked-api",)),
-    ("components", ("disable-agent",)),
+    ("storage", ("default-local-storage-path",)),
+    ("components", ("disable", "disable-agent")),
     (
         "agent/node",
         ("node-name", "with-node-id", "node-label", "node-taint", "node-identity-dir"),

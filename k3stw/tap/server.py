@@ -69,6 +69,8 @@ def server_config(options: Options) -> ServerConfig:
         cluster_dns=options["cluster-dns"],
         service_node_port_range=options["service-node-port-range"],
         api_checks=not options["unchecked-api"],
+        disable=frozenset(options["disable"]),
+        default_local_storage_path=_absolute(options["default-local-storage-path"]),
         node=None if options["disable-agent"] else options.node_settings(),
         node_monitor_grace_period=options["node-monitor-grace-period"],
         node_cidr_mask_size=options["node-cidr-mask-size"],
@@ -78,6 +80,10 @@ def server_config(options: Options) -> ServerConfig:
             options["datastore-cafile"], options["datastore-certfile"], options["datastore-keyfile"]
         ),
     )
+
+
+def _absolute(path: str | None) -> Path | None:
+    return None if path is None else Path(path).absolute()
 
 
 def makeService(options: Options) -> IService:

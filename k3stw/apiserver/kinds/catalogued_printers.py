@@ -95,6 +95,12 @@ _DEFAULT_CLASS = (
 )
 
 
+def is_default_class(storage_class: Mapping[str, Any]) -> bool:
+    """Whether a StorageClass is marked the default one (``(default)`` in its table)."""
+    annotations = get_path(storage_class, "metadata", "annotations") or {}
+    return any(annotations.get(key) == "true" for key in _DEFAULT_CLASS)
+
+
 def _access_modes(modes: Any) -> str:
     given = set(m for m in items(modes) if isinstance(m, str))
     return ",".join(short for mode, short in _ACCESS_MODES if mode in given)
@@ -149,10 +155,8 @@ def _pvc_cells(pvc: Printed, now: datetime) -> list[Any]:
 
 
 def _storage_class_cells(sc: Printed, now: datetime) -> list[Any]:
-    annotations = _annotations(sc)
-    default = any(annotations.get(key) == "true" for key in _DEFAULT_CLASS)
     return [
-        name_cell(sc) + (" (default)" if default else ""),
+        name_cell(sc) + (" (default)" if is_default_class(sc) else ""),
         text(sc.get("provisioner")),
         _or(sc.get("reclaimPolicy"), "Delete"),
         _or(sc.get("volumeBindingMode"), "Immediate"),
