@@ -554,6 +554,53 @@ class ClaimTests(VolumeTestCase):
         (mount,) = self.manager.mounts(pod, pod["spec"]["containers"][0])
         self.assertEqual((mount.host_path, mount.readonly), (path, True))
 
+    def local_volume(self, path: str, annotations: dict[str, str]) -> None:
+        claim = self.claim("Bound", "pvc-2")
+        required = {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-a"]}
+                    ]
+                }
+            ]
+        }
+        self.server.create(
+            "",
+            "persistentvolumes",
+            {
+                "metadata": {"name": "pvc-2", "annotations": annotations},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "local": {"path": path},
+                    "nodeAffinity": {"required": required},
+                    "claimRef": {
+                        "namespace": "default",
+                        "name": "data",
+                        "uid": claim["metadata"]["uid"],
+                    },
+                },
+            },
+        )
+
+    def test_a_local_path_volume_gets_its_directory_made(self) -> None:
+        path = str(Path(self.mktemp()).absolute() / "pvc-2_default_data")
+        self.local_volume(path, {"pv.kubernetes.io/provisioned-by": "rancher.io/local-path"})
+        pod = self.pod([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}])
+        self.prepare(pod)
+        self.assertEqual(mode(Path(path)), 0o777)
+
+    def test_another_local_volume_must_exist(self) -> None:
+        path = str(Path(self.mktemp()).absolute() / "absent")
+        self.local_volume(path, {})
+        pod = self.pod([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}])
+        self.assertEqual(
+            str(self.fails(pod)),
+            f'MountVolume.SetUp failed for volume "v" : path "{path}" does not exist',
+        )
+        self.assertFalse(os.path.exists(path))
+
 
 class EmptyDirAndMountTests(VolumeTestCase):
     def test_empty_dirs(self) -> None:

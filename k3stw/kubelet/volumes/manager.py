@@ -67,6 +67,11 @@ _PROPAGATION = {
     "Bidirectional": api_pb2.PROPAGATION_BIDIRECTIONAL,
 }
 
+#: Who made a PersistentVolume, and the provisioner of k3s's ``local-path`` class
+#: (L{k3stw.controllers.localpath}), whose volumes' directories the kubelet makes.
+PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+LOCAL_PATH_PROVISIONER = "rancher.io/local-path"
+
 
 class VolumeAPI(Protocol):
     """What the volume manager asks of the API (L{k3stw.kubeclient.KubeClient} has it)."""
@@ -348,6 +353,12 @@ class VolumeManager:
             check_host_path(path, spec["hostPath"].get("type") or "")
         elif spec.get("local"):
             path = str(spec["local"].get("path", ""))
+            annotations = (bound.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(PROVISIONED_BY) == LOCAL_PATH_PROVISIONER:
+                # k3s's provisioner runs a helper pod that makes the directory
+                # (``mkdir -m 0777 -p``); k3stw's kubelet makes it in its place.
+                os.makedirs(path, mode=0o777, exist_ok=True)
+                os.chmod(path, 0o777)
             if not os.path.exists(path):
                 raise SourceError(f'path "{path}" does not exist')
         else:
