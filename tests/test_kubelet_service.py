@@ -166,6 +166,59 @@ class KubeletServiceTests(SynchronousTestCase):
             self.node()["status"]["nodeInfo"]["containerRuntimeVersion"], "runc://unknown"
         )
 
+    def test_without_a_runtime_it_confirms_deletions_at_once(self) -> None:
+        """Nothing runs, so a pod of the node marked for deletion is deleted (grace 0, its UID)."""
+        self.kubelet().startService()
+        path = "/api/v1/namespaces/default/pods/web"
+        pod = {
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": "busybox"}]},
+        }
+        other = {**pod, "metadata": {"name": "db", "namespace": "default"}}
+        other["spec"] = {**pod["spec"], "nodeName": "node-2"}
+        stored = self.client.put_object(path, pod)
+        self.client.put_object("/api/v1/namespaces/default/pods/db", other)
+        self.advance(1)
+        self.assertIn(path, self.client.objects)  # not being deleted: left alone
+        marked = {**stored, "metadata": {**stored["metadata"], "deletionTimestamp": rfc3339(START)}}
+        self.client.put_object(path, marked)
+        other["metadata"]["deletionTimestamp"] = rfc3339(START)
+        self.client.put_object("/api/v1/namespaces/default/pods/db", other)
+        self.advance(1)
+        self.assertNotIn(path, self.client.objects)
+        [body] = self.client.bodies[("DELETE", path)]
+        self.assertEqual(
+            (body["gracePeriodSeconds"], body["preconditions"]),
+            (0, {"uid": stored["metadata"]["uid"]}),
+        )
+        # Another node's pod is its kubelet's business.
+        self.assertIn("/api/v1/namespaces/default/pods/db", self.client.objects)
+
+    def test_without_a_runtime_a_failed_confirmation_is_retried(self) -> None:
+        self.kubelet().startService()
+        self.advance(1)
+        path = "/api/v1/namespaces/default/pods/web"
+        self.client.fail_next(500)
+        self.client.put_object(
+            path,
+            {
+                "metadata": {
+                    "name": "web",
+                    "namespace": "default",
+                    "deletionTimestamp": rfc3339(START),
+                },
+                "spec": {
+                    "nodeName": "node-1",
+                    "containers": [{"name": "main", "image": "busybox"}],
+                },
+            },
+        )
+        self.assertIn(path, self.client.objects)
+        self.assertEqual(self.client.count("DELETE", path), 1)
+        self.advance(1.5)
+        self.assertNotIn(path, self.client.objects)
+        self.assertEqual(self.client.count("DELETE", path), 2)
+
     def test_takes_over_an_existing_node(self) -> None:
         self.client.put_object(
             NODE,
