@@ -91,7 +91,7 @@ class PodGCTests(SynchronousTestCase):
         )
 
     def test_a_terminating_pod_of_a_live_node_is_left_to_its_kubelet(self) -> None:
-        """Graceful deletion of a bound pod leaves it Terminating: the collector does not force it."""
+        """A bound pod deleted gracefully stays Terminating: the collector does not force it."""
         self.node("n1")
         self.pod("a", nodeName="n1")
         _, gone = self.server.delete("", "pods", "a", "default")
