@@ -170,12 +170,15 @@ class KubeletServiceTests(SynchronousTestCase):
         """Nothing runs, so a pod of the node marked for deletion is deleted (grace 0, its UID)."""
         self.kubelet().startService()
         path = "/api/v1/namespaces/default/pods/web"
-        pod = {
+        containers = [{"name": "main", "image": "busybox"}]
+        pod: dict[str, Any] = {
             "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": "busybox"}]},
+            "spec": {"nodeName": "node-1", "containers": containers},
         }
-        other = {**pod, "metadata": {"name": "db", "namespace": "default"}}
-        other["spec"] = {**pod["spec"], "nodeName": "node-2"}
+        other: dict[str, Any] = {
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"nodeName": "node-2", "containers": containers},
+        }
         stored = self.client.put_object(path, pod)
         self.client.put_object("/api/v1/namespaces/default/pods/db", other)
         self.advance(1)
