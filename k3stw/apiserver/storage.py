@@ -645,7 +645,8 @@ class ObjectStore:
         Delete an object: at once, or, while it has finalizers (or gains
         C{finalizers_to_add}), by marking it with ``deletionTimestamp``.  A kind
         that deletes gracefully (pods) is marked with ``deletionTimestamp`` =
-        now + its grace period instead, for its owner (the kubelet) to finish.
+        now + its grace period instead, for its owner (the kubelet) to finish;
+        with grace 0 it is marked, then removed (watchers see both, as kube's do).
 
         :param grace_period: DeleteOptions' ``gracePeriodSeconds`` (None: the
             kind's default for the object).
@@ -678,18 +679,19 @@ class ObjectStore:
                 ]
                 if not marked["metadata"]["finalizers"]:
                     del marked["metadata"]["finalizers"]
-                if marked["metadata"]["deletionGracePeriodSeconds"] or marked["metadata"].get(
-                    "finalizers"
-                ):
-                    write = self.datastore.update(key, encode(marked), kv.mod_revision)
-                    revision = await self._compare_and_swap(resource, name, write)
-                    if revision is None:
-                        continue
-                    marked["metadata"]["resourceVersion"] = str(revision)
-                    self._written(resource, marked)
+                write = self.datastore.update(key, encode(marked), kv.mod_revision)
+                revision = await self._compare_and_swap(resource, name, write)
+                if revision is None:
+                    continue
+                marked["metadata"]["resourceVersion"] = str(revision)
+                self._written(resource, marked)
+                held = marked["metadata"].get("finalizers")
+                if marked["metadata"]["deletionGracePeriodSeconds"] or held:
                     return marked, False
-                # Grace 0 with nothing holding it: it goes now.
-                current = marked
+                # Grace 0 with nothing holding it: marked (watchers see it), now it goes.
+                if await self._remove(resource, key, name, marked, revision):
+                    return marked, True
+                continue
             finalizers += [f for f in finalizers_to_add if f not in finalizers]
             if finalizers:
                 if metadata.get("deletionTimestamp") and metadata.get("finalizers") == finalizers:
@@ -710,16 +712,21 @@ class ObjectStore:
             ):
                 # Held by what the kind itself waits on (a namespace's spec.finalizers).
                 return current, False
-            revision = await self._compare_and_swap(
-                resource, name, self.datastore.delete(key, kv.mod_revision)
-            )
-            if revision is None:
-                continue
-            await self._release(resource, current)
-            current["metadata"]["resourceVersion"] = str(revision)
-            self._written(resource, current, True)
-            return current, True
+            if await self._remove(resource, key, name, current, kv.mod_revision):
+                return current, True
         raise conflict(resource.plural, resource.group, name)
+
+    async def _remove(
+        self, resource: ResourceType, key: str, name: str, last: Object, revision: int
+    ) -> bool:
+        """Delete C{last} if it is still at C{revision}; False when another write came first."""
+        deleted = await self._compare_and_swap(resource, name, self.datastore.delete(key, revision))
+        if deleted is None:
+            return False
+        await self._release(resource, last)
+        last["metadata"]["resourceVersion"] = str(deleted)
+        self._written(resource, last, True)
+        return True
 
     def _graceful(
         self, strategy: Strategy, current: Object, requested: int | None
