@@ -667,46 +667,36 @@ class ObjectStore:
             _check_preconditions(resource, name, current, preconditions)
             metadata = current["metadata"]
             finalizers = list(metadata.get("finalizers") or [])
+            wanted = finalizers + [f for f in finalizers_to_add if f not in finalizers]
             graceful = self._graceful(resource.strategy, current, grace_period)
             if graceful is _PENDING:
                 # Deleting already, with no shorter grace asked for: finalizers stay as they are.
                 return current, False
-            if isinstance(graceful, dict):
+            unchanged = bool(metadata.get("deletionTimestamp")) and finalizers == wanted
+            if isinstance(graceful, dict) or (wanted and not unchanged):
                 marked = copy_json(current)
-                marked["metadata"].update(graceful)
-                marked["metadata"]["finalizers"] = finalizers + [
-                    f for f in finalizers_to_add if f not in finalizers
-                ]
-                if not marked["metadata"]["finalizers"]:
-                    del marked["metadata"]["finalizers"]
+                meta = marked["metadata"]
+                if isinstance(graceful, dict):
+                    meta.update(graceful)
+                else:
+                    meta.setdefault("deletionTimestamp", self.now())
+                    meta.setdefault("deletionGracePeriodSeconds", 0)
+                if wanted:
+                    meta["finalizers"] = wanted
                 write = self.datastore.update(key, encode(marked), kv.mod_revision)
                 revision = await self._compare_and_swap(resource, name, write)
                 if revision is None:
                     continue
-                marked["metadata"]["resourceVersion"] = str(revision)
+                meta["resourceVersion"] = str(revision)
                 self._written(resource, marked)
-                held = marked["metadata"].get("finalizers")
-                if marked["metadata"]["deletionGracePeriodSeconds"] or held:
+                if meta["deletionGracePeriodSeconds"] or wanted:
                     return marked, False
                 # Grace 0 with nothing holding it: marked (watchers see it), now it goes.
                 if await self._remove(resource, key, name, marked, revision):
                     return marked, True
                 continue
-            finalizers += [f for f in finalizers_to_add if f not in finalizers]
-            if finalizers:
-                if metadata.get("deletionTimestamp") and metadata.get("finalizers") == finalizers:
-                    return current, False
-                marked = copy_json(current)
-                marked["metadata"]["finalizers"] = finalizers
-                marked["metadata"].setdefault("deletionTimestamp", self.now())
-                marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
-                write = self.datastore.update(key, encode(marked), kv.mod_revision)
-                revision = await self._compare_and_swap(resource, name, write)
-                if revision is None:
-                    continue
-                marked["metadata"]["resourceVersion"] = str(revision)
-                self._written(resource, marked)
-                return marked, False
+            if wanted:
+                return current, False  # its finalizers hold it, as they did
             if metadata.get("deletionTimestamp") and not resource.strategy.finished_deleting(
                 current
             ):
