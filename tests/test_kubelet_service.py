@@ -189,6 +189,9 @@ class KubeletServiceTests(SynchronousTestCase):
         self.client.put_object("/api/v1/namespaces/default/pods/db", other)
         self.advance(1)
         self.assertNotIn(path, self.client.objects)
+        # Stopped (nothing ran): Failed first, as a kubelet writes it, then deleted.
+        [patch] = self.client.bodies[("PATCH", path + "/status")]
+        self.assertEqual(patch, {"status": {"phase": "Failed"}})
         [body] = self.client.bodies[("DELETE", path)]
         self.assertEqual(
             (body["gracePeriodSeconds"], body["preconditions"]),
@@ -217,10 +220,12 @@ class KubeletServiceTests(SynchronousTestCase):
             },
         )
         self.assertIn(path, self.client.objects)
-        self.assertEqual(self.client.count("DELETE", path), 1)
+        self.assertEqual(self.client.count("PATCH", path + "/status"), 1)
+        self.assertEqual(self.client.count("DELETE", path), 0)
         self.advance(1.5)
         self.assertNotIn(path, self.client.objects)
-        self.assertEqual(self.client.count("DELETE", path), 2)
+        self.assertEqual(self.client.count("PATCH", path + "/status"), 2)
+        self.assertEqual(self.client.count("DELETE", path), 1)
 
     def test_takes_over_an_existing_node(self) -> None:
         self.client.put_object(

@@ -5,7 +5,9 @@ nothing of the pod runs.  The API server only marks a bound pod
 (``deletionTimestamp``); this is what finishes it.
 
 A node with no container runtime (``--container-runtime none``) runs
-nothing, so L{NoRuntimePods} confirms each deletion at once.  This module
+nothing, so L{NoRuntimePods} confirms each deletion at once, after writing
+the terminal phase a kubelet writes of a pod it stopped (``Failed``: a Job
+that replaces only failed pods counts it by that).  This module
 imports nothing of CRI: a node without a runtime never loads it.
 """
 
@@ -22,7 +24,7 @@ from twisted.python.failure import Failure
 from k3stw.kubeclient import KubeAPI, KubeAPIError
 from k3stw.logs import Logger
 from k3stw.machinery.informer import EventHandler, Informer
-from k3stw.machinery.objects import Object, metadata
+from k3stw.machinery.objects import Object, get_path, metadata
 from k3stw.machinery.source import HTTPSource
 
 #: How long a failed confirmation waits before it is tried again.
@@ -70,6 +72,8 @@ class NoRuntimePods(MultiService):
             EventHandler(on_add=self._changed, on_update=lambda old, new: self._changed(new))
         )
         self._retries: dict[str, IDelayedCall] = {}
+        #: The UIDs of the pods being finished now (their own status write is heard meanwhile).
+        self._busy: set[str] = set()
 
     def stopService(self) -> Deferred[None] | None:
         for call in self._retries.values():
@@ -79,9 +83,25 @@ class NoRuntimePods(MultiService):
         return stopped
 
     def _changed(self, pod: Object) -> None:
-        if self.running and metadata(pod).get("deletionTimestamp"):
-            done = Deferred.fromCoroutine(confirm_deletion(self.client, pod))
+        uid = str(metadata(pod).get("uid"))
+        if self.running and metadata(pod).get("deletionTimestamp") and uid not in self._busy:
+            self._busy.add(uid)
+            done = Deferred.fromCoroutine(self._finish(pod))
             done.addErrback(self._failed, pod)
+            done.addBoth(lambda _: self._busy.discard(uid))
+
+    async def _finish(self, pod: Object) -> None:
+        if get_path(pod, "status", "phase") not in ("Succeeded", "Failed"):
+            patch = {"status": {"phase": "Failed"}}
+            try:
+                await self.client.call(
+                    "PATCH", pod_path(pod) + "/status", patch, "application/merge-patch+json"
+                )
+            except KubeAPIError as e:
+                if e.code != 404:
+                    raise
+                return
+        await confirm_deletion(self.client, pod)
 
     def _failed(self, failure: Failure, pod: Object) -> None:
         self._log.warn(
