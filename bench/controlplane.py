@@ -423,12 +423,21 @@ async def new_namespace(client: KubeClient, name: str) -> None:
     )
 
 
+#: DeleteOptions that remove a pod at once (``kubectl delete --grace-period=0 --force``).
+FORCE = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
+
+
 async def drop_namespace(reactor: Any, client: KubeClient, name: str) -> None:
-    """Delete a namespace with everything in it, and wait until it is gone."""
+    """
+    Delete a namespace with everything in it, and wait until it is gone.  Its
+    pods are force-deleted: a hollow node has no kubelet to confirm a graceful
+    deletion, so they would stay Terminating (and the namespace with them).
+    """
     await client.delete(f"/api/v1/namespaces/{name}")
     deadline = time.perf_counter() + PHASE_LIMIT
     while time.perf_counter() < deadline:
         try:
+            await client.call("DELETE", f"/api/v1/namespaces/{name}/pods", FORCE)
             await client.get(f"/api/v1/namespaces/{name}")
         except KubeAPIError as e:
             if e.code == 404:

@@ -176,8 +176,17 @@ class PythonClientTests(ServerTestCase):
         core.create_namespaced_pod("default", pod)
         eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name="evicted"))
         core.create_namespaced_pod_eviction("evicted", "default", eviction, _preload_content=False)
+        # Bound by the scheduler, it is Terminating until the node's kubelet confirms it (as
+        # kubectl drain, the test waits for that); unbound, it is gone at once.
+        deadline = time.monotonic() + 30
         with self.assertRaises(ApiException) as caught:
-            core.read_namespaced_pod("evicted", "default")
+            while True:
+                left = core.read_namespaced_pod("evicted", "default")
+                assert left.metadata is not None
+                self.assertIsNotNone(left.metadata.deletion_timestamp)
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
         self.assertEqual(caught.exception.status, 404)
 
     def test_paging(self) -> None:

@@ -22,10 +22,11 @@ from k3stw.controllers.namespacedefaults import (
     root_ca_publisher,
 )
 from k3stw.datastore.memory import MemoryDatastore
+from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
 from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodepassword import SECRET_TYPE, secret_name
-from tests.support.apiserver import ANY_SCHEMA, MemoryServer
+from tests.support.apiserver import ANY_SCHEMA, MemoryAPI, MemoryServer
 
 
 def owned_by(owner: Object, name: str, **extra: Any) -> Object:
@@ -131,6 +132,26 @@ class GarbageCollectorTests(SynchronousTestCase):
         )
         self.assertFalse(self.server.exists("", "configmaps", "a", "team"))
         self.assertFalse(self.server.exists("", "secrets", "s", "team"))
+        self.assertFalse(self.server.exists("", "namespaces", "team"))
+
+    def test_a_terminating_namespace_waits_for_its_terminating_pods(self) -> None:
+        """A bound pod is Terminating until its kubelet confirms; the namespace waits for it."""
+        self.server.create("", "namespaces", {"metadata": {"name": "team"}})
+        containers = [{"name": "c", "image": "busybox"}]
+        bound = {"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": containers}}
+        self.server.create("", "pods", bound, "team")
+        unbound = {"metadata": {"name": "unbound"}, "spec": {"containers": containers}}
+        self.server.create("", "pods", unbound, "team")
+        api = MemoryAPI(self.server, {"admin": User("admin", ("system:masters",))})
+        code, _ = api.request(b"DELETE", "/api/v1/namespaces/team")
+        self.assertEqual(code, 200)
+        self.assertFalse(self.server.exists("", "pods", "unbound", "team"))
+        marked = self.server.get("", "pods", "p", "team")
+        self.assertEqual(marked["metadata"]["deletionGracePeriodSeconds"], 30)
+        self.server.clock.advance(60)
+        self.assertTrue(self.server.exists("", "namespaces", "team"))
+        self.server.confirm_pod_deletions()
+        self.server.clock.advance(60)
         self.assertFalse(self.server.exists("", "namespaces", "team"))
 
     def test_its_caches_hold_only_the_metadata_of_what_it_may_act_on(self) -> None:

@@ -18,7 +18,7 @@ from k3stw.controllers.daemonsets import (
     should_run,
     target_node,
 )
-from k3stw.machinery.objects import Object
+from k3stw.machinery.objects import Object, is_deleting
 from k3stw.machinery.times import rfc3339
 from tests.support.apiserver import MemoryServer
 
@@ -164,7 +164,12 @@ class DaemonSetControllerTests(SynchronousTestCase):
         )
 
     def ready_all(self) -> None:
-        """Bind and mark Ready every pod there is now (the controller may act between marks)."""
+        """
+        The nodes' kubelets at work: confirm the deletions of the pods that were
+        Terminating, then bind and mark Ready every pod there is now (the
+        controller may act between marks).
+        """
+        self.server.confirm_pod_deletions()
         self.bind_all()
         for pod in self.pods():
             if self.server.exists("", "pods", pod["metadata"]["name"], NS):
@@ -303,7 +308,11 @@ class DaemonSetControllerTests(SynchronousTestCase):
         self.assertEqual(
             self.ds()["metadata"]["annotations"]["deprecated.daemonset.template.generation"], "2"
         )
-        # One old pod goes and its node gets a new one; the others wait for it to be Ready.
+        # One old pod is Terminating: its node gets no new one until it is gone.
+        self.assertEqual([i for _, i in self.placement()], ["busybox:1"] * 3)
+        self.assertEqual(len([p for p in self.pods() if is_deleting(p)]), 1)
+        self.server.confirm_pod_deletions()
+        # Its node gets a new one; the others wait for it to be Ready.
         images = [image for _, image in self.placement()]
         self.assertEqual(sorted(images), ["busybox:1", "busybox:1", "busybox:2"])
         new = [p for p in self.pods() if p["spec"]["containers"][0]["image"] == "busybox:2"]
@@ -331,10 +340,15 @@ class DaemonSetControllerTests(SynchronousTestCase):
             self.placement(), [("n1", "busybox:1"), ("n1", "busybox:2"), ("n2", "busybox:1")]
         )
         self.ready_all()
+        # The old pod of n1 is Terminating once its successor is Ready.
+        [terminating] = [p for p in self.pods() if is_deleting(p)]
+        self.assertEqual(target_node(terminating), "n1")
+        self.server.confirm_pod_deletions()
         self.assertEqual(
             self.placement(), [("n1", "busybox:2"), ("n2", "busybox:1"), ("n2", "busybox:2")]
         )
         self.ready_all()
+        self.server.confirm_pod_deletions()
         self.assertEqual(self.placement(), [("n1", "busybox:2"), ("n2", "busybox:2")])
 
     def test_on_delete_waits_for_the_user(self) -> None:
@@ -346,7 +360,10 @@ class DaemonSetControllerTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual([i for _, i in self.placement()], ["busybox:1", "busybox:1"])
         self.assertEqual(self.ds()["status"].get("updatedNumberScheduled", 0), 0)
-        self.server.delete("", "pods", self.pods()[0]["metadata"]["name"], NS)
+        _, gone = self.server.delete("", "pods", self.pods()[0]["metadata"]["name"], NS)
+        self.assertFalse(gone)  # bound: Terminating, and the new pod waits for it to go
+        self.assertEqual(self.placement(), [("n1", "busybox:1"), ("n2", "busybox:1")])
+        self.server.confirm_pod_deletions()
         self.assertEqual(self.placement(), [("n1", "busybox:2"), ("n2", "busybox:1")])
 
     def test_a_failed_pod_is_replaced(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -371,8 +372,14 @@ class EveryKindTests(ServerTestCase):
         getattr(api, f"delete_{scope}{kind}")(name, *at)
         if resource.kind in ("Namespace", "CustomResourceDefinition"):
             return  # Their deletion is a process with finalizers, tested on its own.
+        # A pod the scheduler bound is Terminating until the node's kubelet confirms it.
+        deadline = time.monotonic() + (30 if resource.kind == "Pod" else 0)
         with self.assertRaises(ApiException) as gone:
-            getattr(api, f"read_{scope}{kind}")(name, *at)
+            while True:
+                getattr(api, f"read_{scope}{kind}")(name, *at)
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
         self.assertEqual(gone.exception.status, 404)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.apiserver.binding import bind
 from k3stw.apiserver.kinds import events, jobs, pods
 from k3stw.controllers.jobs import (
     COMPLETION_INDEX,
@@ -74,6 +75,41 @@ class JobTests(SynchronousTestCase):
     def reasons(self) -> list[str]:
         listed = self.server.run(self.store.list(events.RESOURCE, NS)).items
         return [e["reason"] for e in sorted(listed, key=lambda e: e["metadata"]["name"])]
+
+    def delete_bound(self, pod: Object) -> None:
+        """A user deletes the pod once it runs on a node: it is Terminating, not gone."""
+        name = pod["metadata"]["name"]
+        binding = {"target": {"kind": "Node", "name": "n1"}}
+        self.server.run(bind(self.store, NS, name, binding))
+        self.finish(pod, "Running")
+        _, gone = self.server.delete("", "pods", name, NS)
+        self.assertFalse(gone)
+
+    def test_a_terminating_pod_is_replaced_at_once_and_counted_failed(self) -> None:
+        """podReplacementPolicy TerminatingOrFailed (the default)."""
+        self.create(backoffLimit=3)
+        [pod] = self.pods()
+        self.delete_bound(pod)
+        status = self.job()["status"]
+        self.assertEqual((status["failed"], status["terminating"]), (1, 1))
+        self.clock.advance(11)  # the failure's back-off (10 s)
+        [replacement] = self.pods()
+        self.assertNotEqual(replacement["metadata"]["name"], pod["metadata"]["name"])
+        status = self.job()["status"]
+        self.assertEqual((status["active"], status["terminating"]), (1, 1))
+
+    def test_with_replacement_policy_failed_the_replacement_waits_for_the_pod_to_go(self) -> None:
+        self.create(backoffLimit=3, podReplacementPolicy="Failed")
+        [pod] = self.pods()
+        self.delete_bound(pod)
+        self.clock.advance(11)
+        self.assertEqual(self.pods(), [])
+        self.assertEqual(self.job()["status"]["terminating"], 1)
+        self.assertEqual(self.job()["status"].get("failed", 0), 0)
+        self.server.confirm_pod_deletions()  # its kubelet: Failed, then gone
+        self.assertEqual(self.job()["status"]["failed"], 1)
+        self.clock.advance(11)  # the failure's back-off
+        self.assertEqual(len(self.pods()), 1)
 
     def test_a_job_makes_a_tracked_pod_from_its_template(self) -> None:
         job = self.create()

@@ -166,6 +166,67 @@ class KubeletServiceTests(SynchronousTestCase):
             self.node()["status"]["nodeInfo"]["containerRuntimeVersion"], "runc://unknown"
         )
 
+    def test_without_a_runtime_it_confirms_deletions_at_once(self) -> None:
+        """Nothing runs, so a pod of the node marked for deletion is deleted (grace 0, its UID)."""
+        self.kubelet().startService()
+        path = "/api/v1/namespaces/default/pods/web"
+        containers = [{"name": "main", "image": "busybox"}]
+        pod: dict[str, Any] = {
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"nodeName": "node-1", "containers": containers},
+        }
+        other: dict[str, Any] = {
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"nodeName": "node-2", "containers": containers},
+        }
+        stored = self.client.put_object(path, pod)
+        self.client.put_object("/api/v1/namespaces/default/pods/db", other)
+        self.advance(1)
+        self.assertIn(path, self.client.objects)  # not being deleted: left alone
+        marked = {**stored, "metadata": {**stored["metadata"], "deletionTimestamp": rfc3339(START)}}
+        self.client.put_object(path, marked)
+        other["metadata"]["deletionTimestamp"] = rfc3339(START)
+        self.client.put_object("/api/v1/namespaces/default/pods/db", other)
+        self.advance(1)
+        self.assertNotIn(path, self.client.objects)
+        # Stopped (nothing ran): Failed first, as a kubelet writes it, then deleted.
+        [patch] = self.client.bodies[("PATCH", path + "/status")]
+        self.assertEqual(patch, {"status": {"phase": "Failed"}})
+        [body] = self.client.bodies[("DELETE", path)]
+        self.assertEqual(
+            (body["gracePeriodSeconds"], body["preconditions"]),
+            (0, {"uid": stored["metadata"]["uid"]}),
+        )
+        # Another node's pod is its kubelet's business.
+        self.assertIn("/api/v1/namespaces/default/pods/db", self.client.objects)
+
+    def test_without_a_runtime_a_failed_confirmation_is_retried(self) -> None:
+        self.kubelet().startService()
+        self.advance(1)
+        path = "/api/v1/namespaces/default/pods/web"
+        self.client.fail_next(500)
+        self.client.put_object(
+            path,
+            {
+                "metadata": {
+                    "name": "web",
+                    "namespace": "default",
+                    "deletionTimestamp": rfc3339(START),
+                },
+                "spec": {
+                    "nodeName": "node-1",
+                    "containers": [{"name": "main", "image": "busybox"}],
+                },
+            },
+        )
+        self.assertIn(path, self.client.objects)
+        self.assertEqual(self.client.count("PATCH", path + "/status"), 1)
+        self.assertEqual(self.client.count("DELETE", path), 0)
+        self.advance(1.5)
+        self.assertNotIn(path, self.client.objects)
+        self.assertEqual(self.client.count("PATCH", path + "/status"), 2)
+        self.assertEqual(self.client.count("DELETE", path), 1)
+
     def test_takes_over_an_existing_node(self) -> None:
         self.client.put_object(
             NODE,

@@ -206,7 +206,7 @@ class ConfigMapTests(VolumeTestCase):
             'MountVolume.SetUp failed for volume "cfg" : '
             "configmap references non-existent config key: k",
         )
-        self.server.delete("", "pods", "p", "default")
+        self.server.delete("", "pods", "p", "default", grace_period=0)
         pod = self.pod(
             [{"name": "cfg", "configMap": {"name": "x", "items": items, "optional": True}}]
         )
@@ -240,7 +240,7 @@ class SecretTests(VolumeTestCase):
             str(self.fails(pod)), 'MountVolume.SetUp failed for volume "sec" : secret "s" not found'
         )
         self.create("secrets", {"metadata": {"name": "s"}, "data": {}})
-        self.server.delete("", "pods", "p", "default")
+        self.server.delete("", "pods", "p", "default", grace_period=0)
         items = [{"key": "k", "path": "k"}]
         pod = self.pod([{"name": "sec", "secret": {"secretName": "s", "items": items}}])
         self.assertEqual(
@@ -482,7 +482,7 @@ class HostPathTests(VolumeTestCase):
                 str(self.fails(pod)),
                 f'MountVolume.SetUp failed for volume "h" : hostPath type check failed: {message}',
             )
-            self.server.delete("", "pods", "p", "default")
+            self.server.delete("", "pods", "p", "default", grace_period=0)
         pod = self.pod([{"name": "h", "hostPath": {"path": sock_path, "type": "Socket"}}])
         self.prepare(pod)
 

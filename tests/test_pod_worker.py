@@ -650,6 +650,39 @@ class PodWorkerTests(SynchronousTestCase):
         self.advance(2)
         self.assertEqual(self.workers.workers, {})
 
+    def test_a_deleted_pod_is_stopped_with_its_deletion_grace_before_the_object_goes(self) -> None:
+        """
+        ``kubectl delete --grace-period=7``: the API server marked the pod; its
+        containers get StopContainer with 7 s (not the spec's 30), and only once
+        they stopped is the object deleted, with grace 0 and the pod's UID.
+        """
+        self.runtime.programs["main"] = Program(term_exit_code=None)  # ignores SIGTERM
+        pod = self.create(make_pod(terminationGracePeriodSeconds=30))
+        self.advance(1)
+        [container] = self.runtime.running()
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 8)
+        pod["metadata"]["deletionGracePeriodSeconds"] = 7
+        self.client.put_object(f"{PODS}/web", pod)
+        self.advance(0.5)
+        self.assertIn(("StopContainer", container), self.runtime.calls)
+        self.advance(6)
+        self.assertEqual(self.runtime.running(), [container])  # still within its grace
+        self.assertEqual(self.client.count("DELETE", f"{PODS}/web"), 0)
+        self.advance(1.5)
+        self.assertEqual(self.runtime.running(), [])
+        self.assertEqual(
+            self.client.bodies[("DELETE", f"{PODS}/web")],
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": pod["metadata"]["uid"]},
+                }
+            ],
+        )
+        self.assertNotIn(f"{PODS}/web", self.client.objects)
+
     def test_a_pod_gone_from_the_api_is_killed_and_removed(self) -> None:
         self.create(make_pod())
         self.advance(1)

@@ -89,3 +89,63 @@ class PodGCTests(SynchronousTestCase):
         self.assertEqual(
             [self.exists(n) for n in ("old", "mid", "new", "running")], [False, True, True, True]
         )
+
+    def test_a_terminating_pod_of_a_live_node_is_left_to_its_kubelet(self) -> None:
+        """A bound pod deleted gracefully stays Terminating: the collector does not force it."""
+        self.node("n1")
+        self.pod("a", nodeName="n1")
+        _, gone = self.server.delete("", "pods", "a", "default")
+        self.assertFalse(gone)
+        self.clock.advance(3600)
+        self.assertTrue(self.exists("a"))
+
+    def test_a_terminating_pod_of_a_deleted_node_is_forced_out(self) -> None:
+        self.node("n1")
+        self.pod("a", nodeName="n1")
+        self.server.delete("", "pods", "a", "default")
+        self.server.delete("", "nodes", "n1")
+        self.clock.advance(41)
+        self.assertFalse(self.exists("a"))
+
+    def test_a_terminating_pod_of_an_out_of_service_node_is_failed_and_deleted(self) -> None:
+        """kube's gcTerminating: the node is not Ready and tainted out-of-service."""
+        self.node("n1")
+        self.pod("a", nodeName="n1")
+        self.pod("b", nodeName="n1")  # not being deleted: left alone
+        self.server.delete("", "pods", "a", "default")
+        seen: list[Object] = []
+        self.server.informers.for_resource(self.pods).add_handler(each_change(seen.append))
+        node = self.server.get("", "nodes", "n1")
+        node.setdefault("spec", {})["taints"] = [
+            {
+                "key": "node.kubernetes.io/out-of-service",
+                "value": "nodeshutdown",
+                "effect": "NoExecute",
+            }
+        ]
+        self.server.run(self.store.update(self.server.resource("", "nodes"), None, "n1", node))
+        self.clock.advance(1)
+        self.assertFalse(self.exists("a"))
+        self.assertTrue(self.exists("b"))
+        last = [p for p in seen if p["metadata"]["name"] == "a"][-1]
+        self.assertEqual(last["status"]["phase"], "Failed")
+
+    def test_a_ready_node_with_the_out_of_service_taint_keeps_its_terminating_pods(self) -> None:
+        self.server.create(
+            "",
+            "nodes",
+            {
+                "metadata": {"name": "n1"},
+                "spec": {
+                    "taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]
+                },
+            },
+        )
+        node = self.server.get("", "nodes", "n1")
+        node["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+        nodes = self.server.resource("", "nodes")
+        self.server.run(self.store.update(nodes, None, "n1", node, subresource="status"))
+        self.pod("a", nodeName="n1")
+        self.server.delete("", "pods", "a", "default")
+        self.clock.advance(60)
+        self.assertTrue(self.exists("a"))

@@ -283,6 +283,9 @@ class PreemptingSchedulerTests(SynchronousTestCase):
                 ),
             ],
         )
+        # The victim is Terminating; its kubelet confirms it gone.
+        self.assertIsNotNone(self.pod("low")["metadata"].get("deletionTimestamp"))
+        self.server.confirm_pod_deletions()
         self.assertFalse(self.server.exists("", "pods", "low", "default"))
         self.assertTrue(self.server.exists("", "pods", "small", "default"))
         self.clock.advance(1.0)
@@ -306,6 +309,9 @@ class PreemptingSchedulerTests(SynchronousTestCase):
                 )
             ],
         )
+        # The victim is Terminating; its kubelet confirms it gone.
+        self.assertIsNotNone(self.pod("web")["metadata"].get("deletionTimestamp"))
+        self.server.confirm_pod_deletions()
         self.assertFalse(self.server.exists("", "pods", "web", "default"))
         self.clock.advance(1.0)
         self.assertEqual(self.pod("critical")["spec"]["nodeName"], "node-1")
@@ -338,6 +344,7 @@ class PreemptingSchedulerTests(SynchronousTestCase):
         low["metadata"]["finalizers"] = []
         pods = self.server.resource("", "pods")
         self.server.run(self.server.store.update(pods, "default", "low", low))
+        self.server.confirm_pod_deletions()
         self.add_pod("sneak", "1500m")
         self.assertIsNone(self.pod("sneak")["spec"].get("nodeName"))
         self.clock.advance(2.0)
@@ -376,6 +383,9 @@ class PreemptingSchedulerTests(SynchronousTestCase):
         self.add_pod("critical", "1", critical=True)
         self.assertEqual(self.pod("critical")["status"]["nominatedNodeName"], "node-2")
         self.assertTrue(self.server.exists("", "pods", "db", "default"))
+        # The victim is Terminating; its kubelet confirms it gone.
+        self.assertIsNotNone(self.pod("web")["metadata"].get("deletionTimestamp"))
+        self.server.confirm_pod_deletions()
         self.assertFalse(self.server.exists("", "pods", "web", "default"))
 
 

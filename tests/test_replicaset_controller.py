@@ -19,7 +19,7 @@ from k3stw.controllers.replicaset import (
     pods_to_delete,
     slow_start_batch,
 )
-from k3stw.machinery.objects import Object, find_condition
+from k3stw.machinery.objects import Object, find_condition, is_deleting
 from k3stw.machinery.times import rfc3339
 from tests.support.apiserver import MemoryServer
 
@@ -147,6 +147,13 @@ class ReplicaSetControllerTests(SynchronousTestCase):
         self.cluster.mark(running, ready=False)
         self.cluster.mark(ready)
         self.scale(1)
+        # The unbound pod went at once; the bound ones are Terminating until their kubelet says.
+        terminating = [p for p in self.cluster.pods() if is_deleting(p)]
+        self.assertEqual(
+            sorted(p["metadata"]["name"] for p in terminating),
+            sorted(p["metadata"]["name"] for p in (pending, running)),
+        )
+        self.server.confirm_pod_deletions()
         [kept] = self.cluster.pods()
         self.assertEqual(kept["metadata"]["name"], ready["metadata"]["name"])
         self.assertEqual(len(self.cluster.events("SuccessfulDelete")), 3)

@@ -690,6 +690,10 @@ class SchedulerTests(SynchronousTestCase):
         self.assertIsNone(self.node_of("second"))
         self.server.delete("", "pods", "first", "default")
         self.clock.advance(1.0)
+        # Terminating, it holds its requests on the node until its kubelet confirms it gone.
+        self.assertIsNone(self.node_of("second"))
+        self.server.confirm_pod_deletions()
+        self.clock.advance(1.0)
         self.assertEqual(self.node_of("second"), "node-1")
 
     def test_repeated_failures_back_off_and_count_one_event(self) -> None:
@@ -756,6 +760,9 @@ class SchedulerTests(SynchronousTestCase):
         )
         self.assertEqual(self.events("web-2"), [("Warning", "FailedScheduling", message, 1)])
         self.server.delete("", "pods", "web-0", "default")
+        self.clock.advance(1.0)
+        self.assertIsNone(self.node_of("web-2"))  # web-0 is Terminating, still there
+        self.server.confirm_pod_deletions()
         self.clock.advance(1.0)
         self.assertIsNotNone(self.node_of("web-2"))
 

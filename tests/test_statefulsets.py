@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.apiserver.binding import bind
 from k3stw.controllers.garbage import GarbageCollector
 from k3stw.controllers.statefulsets import StatefulSetController
 from k3stw.machinery.objects import Object
@@ -182,6 +183,39 @@ class StatefulSetControllerTests(SynchronousTestCase):
                 "delete Pod web-1 in StatefulSet web successful",
             ],
         )
+
+    def bind(self, name: str) -> None:
+        binding = {"target": {"kind": "Node", "name": "n1"}}
+        self.server.run(bind(self.store, NS, name, binding))
+
+    def test_bound_pods_go_one_at_a_time_waiting_for_each_to_terminate(self) -> None:
+        """A deleted pod of a node is Terminating until its kubelet confirms; the next waits."""
+        self.create(statefulset())
+        for i in range(3):
+            self.bind(f"web-{i}")
+            self.mark(f"web-{i}")
+        self.change(replicas=1)
+        terminating = [n for n, p in self.pods().items() if p["metadata"].get("deletionTimestamp")]
+        self.assertEqual((self.names(), terminating), (["web-0", "web-1", "web-2"], ["web-2"]))
+        self.clock.advance(10)
+        self.assertEqual(
+            self.events("SuccessfulDelete"), ["delete Pod web-2 in StatefulSet web successful"]
+        )
+        self.server.confirm_pod_deletions()  # web-2's kubelet
+        self.assertEqual(self.names(), ["web-0", "web-1"])
+        self.server.confirm_pod_deletions()  # web-1's
+        self.assertEqual(self.names(), ["web-0"])
+
+    def test_a_deleted_bound_pod_is_recreated_once_it_is_gone(self) -> None:
+        self.create(statefulset(replicas=1))
+        self.bind("web-0")
+        self.mark("web-0")
+        uid = self.pods()["web-0"]["metadata"]["uid"]
+        self.server.delete("", "pods", "web-0", NS)
+        self.clock.advance(10)
+        self.assertEqual(self.pods()["web-0"]["metadata"]["uid"], uid)  # still Terminating
+        self.server.confirm_pod_deletions()
+        self.assertNotEqual(self.pods()["web-0"]["metadata"]["uid"], uid)
 
     def test_scale_down_waits_for_unhealthy_pods(self) -> None:
         self.create(statefulset())

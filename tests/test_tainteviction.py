@@ -68,7 +68,14 @@ class TaintEvictionTests(SynchronousTestCase):
         self.server.run(self.store.update(self.server.resource("", "nodes"), None, "n1", node))
 
     def exists(self, name: str) -> bool:
-        return self.server.exists("", "pods", name, "default")
+        """
+        Whether the pod is there and not being deleted (the controller's
+        deletion leaves a bound pod Terminating until its kubelet confirms).
+        """
+        if not self.server.exists("", "pods", name, "default"):
+            return False
+        pod = self.server.get("", "pods", name, "default")
+        return not pod["metadata"].get("deletionTimestamp")
 
     def events(self) -> list[tuple[str, str, str]]:
         listed = self.server.run(self.store.list(self.server.resource("", "events"), "default"))

@@ -15,7 +15,7 @@ from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.machinery.labels import LabelSelectorError, label_selector_from_spec
-from k3stw.machinery.objects import Object, name_of, set_condition
+from k3stw.machinery.objects import Object, is_deleting, name_of, set_condition
 
 _REFUSED = "Cannot evict pod as it would violate the pod's disruption budget."
 
@@ -64,11 +64,20 @@ async def evict(
             "does not support.",
         )
     phase = (pod.get("status") or {}).get("phase")
-    # A pod that has finished, or has not started, disrupts nothing (kube skips the budget).
-    if matching and phase not in ("Succeeded", "Failed", "Pending"):
+    # A pod that has finished, has not started, or is on its way out disrupts
+    # nothing more (kube's canIgnorePDB skips the budget).
+    ignores_budget = phase in ("Succeeded", "Failed", "Pending") or is_deleting(pod)
+    if matching and not ignores_budget:
         await _spend(store, budgets, namespace, matching[0], name)
-    options = eviction.get("deleteOptions") if isinstance(eviction, dict) else None
-    await store.delete(pods.RESOURCE, namespace, name, (options or {}).get("preconditions"))
+    options = (eviction.get("deleteOptions") if isinstance(eviction, dict) else None) or {}
+    grace = options.get("gracePeriodSeconds")
+    await store.delete(
+        pods.RESOURCE,
+        namespace,
+        name,
+        options.get("preconditions"),
+        grace_period=grace if isinstance(grace, int) else None,
+    )
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
 

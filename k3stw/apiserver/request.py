@@ -314,6 +314,14 @@ def delete_options(request: Request) -> dict[str, Any]:
             raise bad_request(f"the body of the request could not be decoded: {e}") from None
         if not isinstance(options, dict):
             raise bad_request("DeleteOptions must be an object")
+    if grace := param(request, "gracePeriodSeconds"):
+        try:
+            options["gracePeriodSeconds"] = int(grace)
+        except ValueError:
+            raise bad_request(f'strconv.ParseInt: parsing "{grace}": invalid syntax') from None
+    period = options.get("gracePeriodSeconds")
+    if period is not None and (not isinstance(period, int) or isinstance(period, bool)):
+        raise bad_request("gracePeriodSeconds must be an integer")
     if given := param(request, "propagationPolicy"):
         options["propagationPolicy"] = given
     policy = options.get("propagationPolicy")

@@ -37,7 +37,7 @@ from k3stw.apiserver.status import (
     invalid,
     not_found,
 )
-from k3stw.apiserver.strategy import Cause
+from k3stw.apiserver.strategy import Cause, Strategy
 from k3stw.datastore.interface import (
     Compacted,
     Conflict,
@@ -53,9 +53,11 @@ from k3stw.datastore.interface import (
 )
 from k3stw.machinery.objects import Object, copy_json, generated_suffix, is_deleting
 from k3stw.machinery.objects import metadata as metadata_of
-from k3stw.machinery.times import rfc3339
+from k3stw.machinery.times import parse_time, rfc3339
 
 Predicate = Callable[[Object], bool]
+#: L{ObjectStore._graceful}'s answer for a graceful deletion already under way.
+_PENDING = object()
 #: Told of every write that stored or removed an object: its resource, its
 #: last state, and whether it is gone.
 WriteObserver = Callable[[ResourceType, Object, bool], None]
@@ -637,16 +639,22 @@ class ObjectStore:
         name: str,
         preconditions: dict[str, Any] | None = None,
         finalizers_to_add: Sequence[str] = (),
+        grace_period: int | None = None,
     ) -> tuple[Object, bool]:
         """
         Delete an object: at once, or, while it has finalizers (or gains
-        C{finalizers_to_add}), by marking it with ``deletionTimestamp``.
+        C{finalizers_to_add}), by marking it with ``deletionTimestamp``.  A kind
+        that deletes gracefully (pods) is marked with ``deletionTimestamp`` =
+        now + its grace period instead, for its owner (the kubelet) to finish;
+        with grace 0 it is marked, then removed (watchers see both, as kube's do).
 
+        :param grace_period: DeleteOptions' ``gracePeriodSeconds`` (None: the
+            kind's default for the object).
         :return: the object's last state, and whether it is gone now.
         """
         if (conversion := resource.conversion) is not None:
             last, gone_now = await self.delete(
-                conversion.stored, namespace, name, preconditions, finalizers_to_add
+                conversion.stored, namespace, name, preconditions, finalizers_to_add, grace_period
             )
             return conversion.from_stored(last), gone_now
         preconditions = preconditions or {}
@@ -659,36 +667,86 @@ class ObjectStore:
             _check_preconditions(resource, name, current, preconditions)
             metadata = current["metadata"]
             finalizers = list(metadata.get("finalizers") or [])
-            finalizers += [f for f in finalizers_to_add if f not in finalizers]
-            if finalizers:
-                if metadata.get("deletionTimestamp") and metadata.get("finalizers") == finalizers:
-                    return current, False
+            wanted = finalizers + [f for f in finalizers_to_add if f not in finalizers]
+            graceful = self._graceful(resource.strategy, current, grace_period)
+            if graceful is _PENDING:
+                # Deleting already, with no shorter grace asked for: finalizers stay as they are.
+                return current, False
+            unchanged = bool(metadata.get("deletionTimestamp")) and finalizers == wanted
+            if isinstance(graceful, dict) or (wanted and not unchanged):
                 marked = copy_json(current)
-                marked["metadata"]["finalizers"] = finalizers
-                marked["metadata"].setdefault("deletionTimestamp", self.now())
-                marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
+                meta = marked["metadata"]
+                if isinstance(graceful, dict):
+                    meta.update(graceful)
+                else:
+                    meta.setdefault("deletionTimestamp", self.now())
+                    meta.setdefault("deletionGracePeriodSeconds", 0)
+                if wanted:
+                    meta["finalizers"] = wanted
                 write = self.datastore.update(key, encode(marked), kv.mod_revision)
                 revision = await self._compare_and_swap(resource, name, write)
                 if revision is None:
                     continue
-                marked["metadata"]["resourceVersion"] = str(revision)
+                meta["resourceVersion"] = str(revision)
                 self._written(resource, marked)
-                return marked, False
+                if meta["deletionGracePeriodSeconds"] or wanted:
+                    return marked, False
+                # Grace 0 with nothing holding it: marked (watchers see it), now it goes.
+                if await self._remove(resource, key, name, marked, revision):
+                    return marked, True
+                continue
+            if wanted:
+                return current, False  # its finalizers hold it, as they did
             if metadata.get("deletionTimestamp") and not resource.strategy.finished_deleting(
                 current
             ):
                 # Held by what the kind itself waits on (a namespace's spec.finalizers).
                 return current, False
-            revision = await self._compare_and_swap(
-                resource, name, self.datastore.delete(key, kv.mod_revision)
-            )
-            if revision is None:
-                continue
-            await self._release(resource, current)
-            current["metadata"]["resourceVersion"] = str(revision)
-            self._written(resource, current, True)
-            return current, True
+            if await self._remove(resource, key, name, current, kv.mod_revision):
+                return current, True
         raise conflict(resource.plural, resource.group, name)
+
+    async def _remove(
+        self, resource: ResourceType, key: str, name: str, last: Object, revision: int
+    ) -> bool:
+        """Delete C{last} if it is still at C{revision}; False when another write came first."""
+        deleted = await self._compare_and_swap(resource, name, self.datastore.delete(key, revision))
+        if deleted is None:
+            return False
+        await self._release(resource, last)
+        last["metadata"]["resourceVersion"] = str(deleted)
+        self._written(resource, last, True)
+        return True
+
+    def _graceful(
+        self, strategy: Strategy, current: Object, requested: int | None
+    ) -> dict[str, Any] | object | None:
+        """
+        kube's BeforeDelete for a kind that deletes gracefully: the
+        ``deletionTimestamp`` and ``deletionGracePeriodSeconds`` a DELETE sets;
+        L{_PENDING} when a deletion already under way stays as it is; None when
+        the object is deleted (or marked for its finalizers) the ordinary way.
+        """
+        if strategy.grace_period is None:
+            return None
+        if requested is not None and requested < 0:
+            requested = 1  # negative grace periods are 1 s on the delete path
+        metadata = current["metadata"]
+        now = self.clock.seconds()
+        if metadata.get("deletionTimestamp"):
+            existing = metadata.get("deletionGracePeriodSeconds")
+            if not existing:
+                return None
+            if requested is None or requested >= existing:
+                return _PENDING
+            # Only a shorter grace: move the deadline back by the difference, never into the past.
+            deadline = (parse_time(metadata["deletionTimestamp"]) or now) - existing + requested
+            if deadline < now:
+                deadline = now
+                requested = min(requested, 1)
+            return {"deletionTimestamp": rfc3339(deadline), "deletionGracePeriodSeconds": requested}
+        period = strategy.grace_period(current, requested)
+        return {"deletionTimestamp": rfc3339(now + period), "deletionGracePeriodSeconds": period}
 
     async def watch(
         self,

@@ -45,8 +45,12 @@ def _valid_update(new: Object, old: Object) -> list[Cause]:
 
 
 def finalizers_done(obj: Object) -> bool:
-    """A deleted object is gone once no finalizer holds it (most kinds)."""
-    return not metadata(obj).get("finalizers")
+    """
+    A deleted object is gone once no finalizer holds it and its grace period
+    is over (kube's ShouldDeleteDuringUpdate: a pod waits for its kubelet).
+    """
+    meta = metadata(obj)
+    return not meta.get("finalizers") and not meta.get("deletionGracePeriodSeconds")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class Strategy:
     :ivar finished_deleting: whether an object marked for deletion may go now.
     :ivar terminate: for a kind whose deletion is a process (namespaces), what a
         client's DELETE does instead of deleting: mark the object, given the time.
+    :ivar grace_period: for a kind that deletes gracefully (pods), its
+        CheckGracefulDelete: the grace period of a DELETE of the object, given
+        DeleteOptions' ``gracePeriodSeconds`` (None when not given).
     :ivar returns_deleted_object: a DELETE that removes the object at once
         answers with the object, not a ``Status`` (kube-apiserver's
         ``ReturnDeletedObject``: pods, services, service accounts).
@@ -98,6 +105,7 @@ class Strategy:
     validate_update: Callable[[Object, Object], list[Cause]] = _valid_update
     finished_deleting: Callable[[Object], bool] = finalizers_done
     terminate: Callable[[Object, str], Object] | None = None
+    grace_period: Callable[[Object, int | None], int] | None = None
     returns_deleted_object: bool = False
     schema: Mapping[str, Any] | None = None
     unknown_fields: Callable[[Object], list[str]] | None = None

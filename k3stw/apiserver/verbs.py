@@ -520,6 +520,7 @@ class Verbs:
             name,
             options.get("preconditions"),
             _PROPAGATION_FINALIZERS.get(policy, []),
+            options.get("gracePeriodSeconds"),
         )
         if not gone or resource.strategy.returns_deleted_object:
             # kube-apiserver's one 202: a deletion left pending that asked to cascade the
@@ -546,11 +547,14 @@ class Verbs:
         store = self._store_for(request)
         resource = target.resource
         listed = await self.store.list(resource, target.namespace, predicate(request, resource))
+        grace = delete_options(request).get("gracePeriodSeconds")
         deleted = []
         for obj in listed.items:
             metadata = obj["metadata"]
             try:
-                last, _ = await store.delete(resource, metadata.get("namespace"), metadata["name"])
+                last, _ = await store.delete(
+                    resource, metadata.get("namespace"), metadata["name"], grace_period=grace
+                )
             except StatusError as e:
                 if e.code != 404:
                     raise

@@ -20,11 +20,15 @@ TRANSIENT = (StatusError, DatastoreUnavailable)
 
 
 async def delete_if_present(
-    store: ObjectStore, resource: ResourceType, namespace: str | None, name: str
+    store: ObjectStore,
+    resource: ResourceType,
+    namespace: str | None,
+    name: str,
+    grace_period: int | None = None,
 ) -> None:
-    """Delete the object, if it is still there."""
+    """Delete the object, if it is still there (a pod with C{grace_period}, default its own)."""
     try:
-        await store.delete(resource, namespace, name)
+        await store.delete(resource, namespace, name, grace_period=grace_period)
     except StatusError as e:
         if e.code != 404:
             raise

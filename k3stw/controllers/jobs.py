@@ -167,11 +167,17 @@ def _phase(pod: Mapping[str, Any]) -> str:
     return str(get_path(pod, "status", "phase") or "")
 
 
+def _replaces_only_failed(job: Mapping[str, Any]) -> bool:
+    """``podReplacementPolicy: Failed``, or a pod failure policy (kube's onlyReplaceFailedPods)."""
+    spec = job.get("spec") or {}
+    return spec.get("podReplacementPolicy") == "Failed" or spec.get("podFailurePolicy") is not None
+
+
 def _counts_failed(pod: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
     """kube's isPodFailed: Failed, or deleted before it succeeded (unless only Failed counts)."""
     if _phase(pod) == "Failed":
         return True
-    if get_path(job, "spec", "podReplacementPolicy") == "Failed":
+    if _replaces_only_failed(job):
         return False
     return is_deleting(pod) and _phase(pod) != "Succeeded"
 
@@ -519,7 +525,7 @@ class _JobSync:
             await self._delete(active)
             active = []
         else:
-            active = await self._manage(active)
+            active = await self._manage(active, terminating)
         self.status["active"] = len(active)
         self.status["ready"] = sum(1 for p in active if is_ready(p))
         self.status["terminating"] = len(terminating) + len(self._deleted)
@@ -628,8 +634,12 @@ class _JobSync:
             else:
                 self.controller.recorder.emit(self.job, WARNING, reason, message)
 
-    async def _manage(self, active: list[Object]) -> list[Object]:
-        """Suspend, resume, or make the active pods what they should be; the active pods left."""
+    async def _manage(self, active: list[Object], terminating: list[Object]) -> list[Object]:
+        """
+        Suspend, resume, or make the active pods what they should be; the active
+        pods left.  With ``podReplacementPolicy: Failed`` a terminating pod is
+        replaced only once it is gone.
+        """
         if self.spec.get("suspend"):
             await self._delete(active)
             if set_condition(
@@ -646,8 +656,9 @@ class _JobSync:
             self.controller.recorder.emit(self.job, NORMAL, "Resumed", "Job resumed")
         parallelism = int(self.spec.get("parallelism") or 0)
         completions = self.spec.get("completions")
+        waited = terminating if _replaces_only_failed(self.job) else []
         if self.indexed:
-            return await self._manage_indexed(active, parallelism, int(completions or 0))
+            return await self._manage_indexed(active, waited, parallelism, int(completions or 0))
         if completions is None:
             wanted = 0 if self._succeeded() > 0 else parallelism
         else:
@@ -660,13 +671,13 @@ class _JobSync:
             excess = ranked[: len(active) - wanted]
             await self._delete(excess)
             return [p for p in active if p not in excess]
-        missing = min(wanted - len(active), MAX_PODS_PER_SYNC)
+        missing = min(wanted - len(waited) - len(active), MAX_PODS_PER_SYNC)
         if missing > 0:
             active = active + await self._create([None] * missing)
         return active
 
     async def _manage_indexed(
-        self, active: list[Object], parallelism: int, completions: int
+        self, active: list[Object], waited: list[Object], parallelism: int, completions: int
     ) -> list[Object]:
         running: dict[int, Object] = {}
         excess = []
@@ -678,8 +689,9 @@ class _JobSync:
                 running[index] = pod
         await self._delete(excess)
         kept = list(running.values())
-        room = max(0, parallelism - len(kept))
-        pending = [i for i in range(completions) if i not in self.completed and i not in running]
+        room = max(0, parallelism - len(kept) - len(waited))
+        taken = set(running) | {completion_index(p) for p in waited}
+        pending = [i for i in range(completions) if i not in self.completed and i not in taken]
         return kept + await self._create(pending[: min(room, MAX_PODS_PER_SYNC)])
 
     async def _create(self, indexes: Sequence[int | None]) -> list[Object]:

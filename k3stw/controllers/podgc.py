@@ -7,10 +7,15 @@ of its 20-second sweep:
   with the ``DisruptionTarget`` condition (reason ``DeletionByPodGC``) and
   deleted;
 - a pod being deleted that was never scheduled is deleted at once (no
-  kubelet will ever finish it; until pods delete gracefully, only
-  finalizers hold a pod, and they still do);
+  kubelet will ever finish it);
+- a pod being deleted on a node that is not Ready and carries the
+  ``node.kubernetes.io/out-of-service`` taint is marked Failed and deleted
+  (its kubelet is known to be down: kube's gcTerminating);
 - terminated pods (Succeeded, Failed) beyond ``--terminated-pod-gc-threshold``
   are deleted, evicted ones first, then oldest first.
+
+Every deletion is forced (grace period 0), as kube's are: otherwise a pod
+bound to a node without a kubelet would only be marked Terminating.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import EventHandler
 from k3stw.machinery.objects import (
     Object,
+    find_condition,
     get_path,
     is_deleting,
     metadata,
@@ -45,6 +51,26 @@ MANAGER = "PodGC"
 #: The key that asks for the terminated pods to be counted.
 _TERMINATED = "terminated-pods"
 _TERMINATED_INDEX = "terminated"
+
+
+#: The condition of a pod whose node is gone.
+_NODE_GONE = {
+    "type": "DisruptionTarget",
+    "status": "True",
+    "reason": "DeletionByPodGC",
+    "message": "PodGC: node no longer exists",
+}
+#: The taint an administrator puts on a node known to be down (kube's TaintNodeOutOfService).
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+
+
+def is_out_of_service(node: Object) -> bool:
+    """Not Ready, and tainted out-of-service: its pods will never be finished by its kubelet."""
+    ready = find_condition(node, "Ready")
+    taints = get_path(node, "spec", "taints") or []
+    return (ready is None or ready.get("status") != "True") and any(
+        isinstance(taint, dict) and taint.get("key") == OUT_OF_SERVICE for taint in taints
+    )
 
 
 def is_terminated(pod: Object) -> bool:
@@ -97,13 +123,26 @@ class PodGCController(Controller):
                 on_delete=lambda pod: self._orphaned_since.pop(object_key(pod), None),
             ),
         )
-        self.add_handler(self.node_informer, EventHandler(on_delete=self._node_deleted))
+        self.add_handler(
+            self.node_informer,
+            EventHandler(
+                on_add=self._node_changed,
+                on_update=lambda old, new: self._node_changed(new),
+                on_delete=self._node_deleted,
+            ),
+        )
 
     def _pod_changed(self, pod: Object) -> None:
         if get_path(pod, "spec", "nodeName") or is_deleting(pod):
             self.enqueue(object_key(pod))
         if self.threshold > 0 and is_terminated(pod):
             self.enqueue(_TERMINATED)
+
+    def _node_changed(self, node: Object) -> None:
+        if is_out_of_service(node):
+            for pod in self.pod_informer.cache.by_index(NODE_NAME, name_of(node)):
+                if is_deleting(pod):
+                    self.enqueue(object_key(pod))
 
     def _node_deleted(self, node: Object) -> None:
         for pod in self.pod_informer.cache.by_index(NODE_NAME, name_of(node)):
@@ -124,8 +163,16 @@ class PodGCController(Controller):
             if is_deleting(pod):
                 await self._delete(key)
             return
-        if self.node_informer.get(str(node)) is not None:
+        if (found := self.node_informer.get(str(node))) is not None:
             self._orphaned_since.pop(key, None)
+            if is_deleting(pod) and is_out_of_service(found):
+                self._log.info(
+                    "Pod {pod} is terminating on node {node}, which is out of service",
+                    pod=key,
+                    node=node,
+                )
+                await self._fail(key)
+                await self._delete(key)
             return
         now = self.clock.seconds()
         since = self._orphaned_since.setdefault(key, now)
@@ -136,7 +183,7 @@ class PodGCController(Controller):
             self._orphaned_since.pop(key, None)
             return
         self._log.info("Pod {pod} is on node {node}, which no longer exists", pod=key, node=node)
-        await self._fail(key)
+        await self._fail(key, _NODE_GONE)
         await self._delete(key)
         self._orphaned_since.pop(key, None)
 
@@ -149,8 +196,8 @@ class PodGCController(Controller):
             return False
         return True
 
-    async def _fail(self, key: str) -> None:
-        """Mark the pod Failed, disrupted by the collector (no kubelet is left to do it)."""
+    async def _fail(self, key: str, condition: Object | None = None) -> None:
+        """Mark the pod Failed (no kubelet is left to), with C{condition} if any."""
         namespace, name = split_key(key)
         now = self.store.now()
 
@@ -159,20 +206,15 @@ class PodGCController(Controller):
                 return pod
             status = pod.setdefault("status", {})
             status["phase"] = "Failed"
-            condition = {
-                "type": "DisruptionTarget",
-                "status": "True",
-                "reason": "DeletionByPodGC",
-                "message": "PodGC: node no longer exists",
-            }
-            set_condition(status, condition, now)
+            if condition is not None:
+                set_condition(status, dict(condition), now)
             return pod
 
         await update_status_if_present(self.store, pods.RESOURCE, namespace, name, mark, MANAGER)
 
     async def _delete(self, key: str) -> None:
         namespace, name = split_key(key)
-        await delete_if_present(self.store, pods.RESOURCE, namespace, name)
+        await delete_if_present(self.store, pods.RESOURCE, namespace, name, grace_period=0)
 
     async def _collect_terminated(self) -> None:
         terminated = self.pod_informer.cache.by_index(_TERMINATED_INDEX, _TERMINATED_INDEX)

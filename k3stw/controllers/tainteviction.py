@@ -1,7 +1,8 @@
 """
 kube-controller-manager's taint eviction controller (the NoExecute taint
 manager of old): a pod bound to a node with ``NoExecute`` taints it does not
-all tolerate is deleted at once; one that tolerates them all for a while
+all tolerate is deleted at once (with its grace period: it is Terminating
+until its kubelet confirms); one that tolerates them all for a while
 (``tolerationSeconds``) is deleted when the shortest of those runs out,
 counted from when the controller first saw the pod exposed; one that
 tolerates them forever stays.  When the taints go (or the pod does) before

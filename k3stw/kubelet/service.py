@@ -3,7 +3,8 @@ The kubelet as a service: wait for its container runtime (when the node has
 one), register the Node, then renew its Lease and post its status on a
 schedule, each job retrying with back-off when it fails.  The Node is watched
 (an informer on this node alone), so checking the status costs no request
-unless the status must be written.
+unless the status must be written.  A node without a runtime confirms the
+deletion of its pods at once (L{k3stw.kubelet.pods.deletion}).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from k3stw.kubelet.node import (
     renew_lease,
     without_heartbeats,
 )
+from k3stw.kubelet.pods.deletion import NoRuntimePods
 from k3stw.logs import Logger
 from k3stw.machinery.informer import EventHandler, Informer
 from k3stw.machinery.objects import Object, metadata
@@ -197,6 +199,9 @@ class KubeletService(MultiService):
         if self.runtime is not None:
             self.pod_workers = self._pod_workers(self.runtime)
             self.pod_workers.setServiceParent(self)
+        else:
+            # Nothing runs here, so nothing need stop before a pod's deletion is confirmed.
+            NoRuntimePods(self.clock, self.client, self.config.node_name).setServiceParent(self)
 
     def _pod_workers(self, runtime: Runtime) -> PodWorkers:
         """The workers that run this node's pods on its runtime."""

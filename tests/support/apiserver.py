@@ -120,9 +120,32 @@ class MemoryServer:
         name: str,
         namespace: str | None = None,
         finalizers: tuple[str, ...] = (),
+        grace_period: int | None = None,
     ) -> tuple[Object, bool]:
         resource = self.resource(group, plural)
-        return self.run(self.store.delete(resource, namespace, name, None, finalizers))
+        return self.run(
+            self.store.delete(resource, namespace, name, None, finalizers, grace_period)
+        )
+
+    def confirm_pod_deletions(self) -> list[str]:
+        """
+        What the nodes' kubelets do once a pod marked for deletion has stopped:
+        write its terminal phase (Failed, unless it had finished), then delete
+        it with grace period 0.  The names of the pods confirmed.
+        """
+        pods = self.resource("", "pods")
+        confirmed = []
+        for pod in self.run(self.store.list(pods, None)).items:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") and meta.get("deletionGracePeriodSeconds"):
+                if pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+                    pod.setdefault("status", {})["phase"] = "Failed"
+                    name, namespace = meta["name"], meta["namespace"]
+                    self.run(self.store.update(pods, namespace, name, pod, subresource="status"))
+                uid = {"uid": meta["uid"]}
+                self.run(self.store.delete(pods, meta["namespace"], meta["name"], uid, (), 0))
+                confirmed.append(meta["name"])
+        return confirmed
 
 
 class MemoryAPI:

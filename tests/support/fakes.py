@@ -50,6 +50,7 @@ class FakeKubeClient:
 
     :ivar objects: stored objects by their item path (``/api/v1/nodes/n1``).
     :ivar requests: every call as ``(method, path)``, in order.
+    :ivar bodies: every call's body, by ``(method, path)``, in order.
     :ivar down: every call fails as a refused connection.
     :ivar hang: every call waits until it is cancelled (a server that never answers).
     :ivar failures: errors the next calls raise, one each, before anything else.
@@ -61,6 +62,7 @@ class FakeKubeClient:
         self.objects: dict[str, Object] = {}
         self.raw: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        self.bodies: dict[tuple[str, str], list[Any]] = {}
         self.hang = False
         self.failures: list[Exception] = []
         self._down = False
@@ -127,6 +129,7 @@ class FakeKubeClient:
         params: dict[str, str] | None = None,
     ) -> Object:
         self.requests.append((method, path))
+        self.bodies.setdefault((method, path), []).append(copy.deepcopy(body))
         if self.hang:
             await Deferred()
         if self.down:

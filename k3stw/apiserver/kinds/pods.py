@@ -531,6 +531,22 @@ def validate_pod_update(new: Object, old: Object) -> list[Cause]:
     return []
 
 
+def grace_period(pod: Object, requested: int | None) -> int:
+    """
+    kube's podStrategy.CheckGracefulDelete: the asked-for grace, else the
+    pod's ``terminationGracePeriodSeconds``; 0 for a pod no kubelet runs
+    (not bound to a node) or one that has finished.
+    """
+    if not get_path(pod, "spec", "nodeName"):
+        return 0
+    if get_path(pod, "status", "phase") in ("Succeeded", "Failed"):
+        return 0
+    if requested is not None:
+        return requested
+    default = get_path(pod, "spec", "terminationGracePeriodSeconds")
+    return default if isinstance(default, int) and not isinstance(default, bool) else 0
+
+
 RESOURCE = ResourceType(
     "",
     "v1",
@@ -553,6 +569,7 @@ RESOURCE = ResourceType(
         prepare_create=_prepare_create,
         validate=validate_pod,
         validate_update=validate_pod_update,
+        grace_period=grace_period,
         returns_deleted_object=True,
     ),
 )

@@ -37,6 +37,7 @@ from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.runtime import CRIError, Runtime
 from k3stw.kubelet.pods import spec as podspec
 from k3stw.kubelet.pods.backoff import FailureBackoff
+from k3stw.kubelet.pods.deletion import confirm_deletion, node_pods, pod_path
 from k3stw.kubelet.pods.events import NORMAL, WARNING, PodEvents
 from k3stw.kubelet.pods.probes import KINDS, PodProbes, Prober, run_handler, title
 from k3stw.kubelet.pods.spec import (
@@ -50,9 +51,8 @@ from k3stw.kubelet.pods.spec import (
 from k3stw.kubelet.pods.status import TERMINAL, Observed, Waiting, pod_status, restart_count
 from k3stw.kubelet.pods.volumes import NoVolumes, VolumeManager
 from k3stw.logs import Logger
-from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.informer import EventHandler
 from k3stw.machinery.objects import Object, get_path, metadata
-from k3stw.machinery.source import HTTPSource
 from k3stw.machinery.times import parse_time
 
 #: How often the runtime is listed (the kubelet's PLEG relist period).
@@ -76,11 +76,6 @@ class PodSettings:
     runtime_name: str = "containerd"
     cgroup_root: str = "/"
     allocatable: Mapping[str, str] = field(default_factory=dict)
-
-
-def pod_path(pod: Mapping[str, Any]) -> str:
-    meta = metadata(pod)
-    return f"/api/v1/namespaces/{meta.get('namespace')}/pods/{meta.get('name')}"
 
 
 def _field_path(pod: Mapping[str, Any], name: str) -> str:
@@ -171,12 +166,7 @@ class PodWorkers(MultiService):
         self.crash_backoff = FailureBackoff()
         self.pull_backoff = FailureBackoff()
         self.workers: dict[str, PodWorker] = {}
-        self.informer = Informer(
-            HTTPSource(
-                client, "/api/v1/pods", {"fieldSelector": f"spec.nodeName={settings.node_name}"}
-            ),
-            clock,
-        )
+        self.informer = node_pods(client, clock, settings.node_name)
         self.informer.setServiceParent(self)
         self.informer.add_handler(
             EventHandler(
@@ -913,17 +903,7 @@ class PodWorker:
         await self._write_status(pod, await self.observe(), terminating=True)
         await self._remove_sandboxes()
         await self.workers.volumes.cleanup(self.uid)
-        body = {
-            "apiVersion": "v1",
-            "kind": "DeleteOptions",
-            "gracePeriodSeconds": 0,
-            "preconditions": {"uid": self.uid},
-        }
-        try:
-            await self.workers.client.call("DELETE", pod_path(pod), body)
-        except KubeAPIError as e:
-            if e.code not in (404, 409):
-                raise
+        await confirm_deletion(self.workers.client, pod)
 
     async def _gone(self) -> None:
         """The pod left the API: kill what remains of it and forget it."""
