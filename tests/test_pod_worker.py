@@ -16,7 +16,7 @@ from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
-from k3stw.kubelet.pods.worker import VOLUME_RESYNC, PodSettings, PodWorkers
+from k3stw.kubelet.pods.worker import RESYNC, PodSettings, PodWorkers
 from k3stw.kubelet.registries import parse_registries
 from k3stw.kubelet.volumes import VolumeManager
 from k3stw.machinery.objects import Object
@@ -604,7 +604,8 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual((mount.container_path, mount.host_path), ("/cfg", str(target.parent)))
         config["data"] = {"k": "2"}
         self.client.put_object("/api/v1/namespaces/default/configmaps/cfg", config)
-        self.advance(VOLUME_RESYNC)
+        # A steady pod (no probes) brings its files up to date at its minute's resync.
+        self.advance(RESYNC)
         self.assertEqual(target.read_text(), "2")
         self.assertEqual(len(self.containers()), 1)
         self.client.remove_object(f"{PODS}/web")

@@ -61,8 +61,9 @@ RELIST = 1.0
 RESYNC = 60.0
 #: The shortest grace a container is stopped with (``minimumGracePeriodInSeconds``).
 MINIMUM_GRACE = 2
-#: How often a running pod's configMap, secret, downwardAPI and projected volumes are
-#: brought up to date (kube's periodic sync is a minute; sooner keeps updates prompt).
+#: How often a running pod that is synced every second anyway (probes, a pod not
+#: yet steady) brings its configMap, secret, downwardAPI and projected volumes up
+#: to date; a steady pod does at its minute's resync, as the kubelet's sync loop.
 VOLUME_RESYNC = 10.0
 
 
