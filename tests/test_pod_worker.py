@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
+from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
 from k3stw.kubelet.pods.worker import VOLUME_RESYNC, PodSettings, PodWorkers
@@ -82,9 +84,14 @@ class PodWorkerTests(SynchronousTestCase):
         self.runtime.exec_handler = exec_handler
         self.workers = self.start_workers()
 
-    def start_workers(self) -> PodWorkers:
+    def start_workers(self, cgroups: PodCgroups | None = None) -> PodWorkers:
         workers = PodWorkers(
-            self.clock, self.client, self.runtime, self.settings, prober=self.prober
+            self.clock,
+            self.client,
+            self.runtime,
+            self.settings,
+            prober=self.prober,
+            cgroups=cgroups,
         )
         workers.startService()
         self.addCleanup(self.stop, workers)
@@ -131,6 +138,10 @@ class PodWorkerTests(SynchronousTestCase):
 
     def sandbox(self) -> api.PodSandboxConfig:
         (sandbox,) = [s for s in self.runtime.sandboxes.values() if s.ready]
+        return sandbox.config
+
+    def sandbox_of(self, pod: str) -> api.PodSandboxConfig:
+        (sandbox,) = [s for s in self.runtime.sandboxes.values() if s.config.metadata.name == pod]
         return sandbox.config
 
     def containers(self, name: str = "main") -> list[Any]:
@@ -677,6 +688,56 @@ class PodWorkerTests(SynchronousTestCase):
         self.advance(12)
         self.assertEqual(self.status()["restartCount"], 2)
         self.assertEqual(len([s for s in self.runtime.sandboxes.values()]), 1)
+
+    def fake_cgroups(self) -> tuple[Path, PodCgroups]:
+        """A cgroup v1 layout in a directory: two hierarchies and the alias ``cpu``."""
+        mount = Path(self.mktemp())
+        for hierarchy in ("cpu,cpuacct", "memory"):
+            (mount / hierarchy / "k3stw" / "kubepods" / "besteffort").mkdir(parents=True)
+        (mount / "cpu").symlink_to("cpu,cpuacct")
+        self.settings = replace(self.settings, cgroup_root="/k3stw")
+        return mount, PodCgroups(self.settings.cgroup_root, mount)
+
+    def make_pod_cgroups(self, mount: Path, uid: str, qos: str = "besteffort") -> list[Path]:
+        """What runc leaves: the pod's cgroup and a container's inside, in each hierarchy."""
+        made = []
+        for hierarchy in ("cpu,cpuacct", "memory"):
+            cgroup = mount / hierarchy / "k3stw" / "kubepods" / qos / f"pod{uid}"
+            (cgroup / "0123abcd").mkdir(parents=True)
+            made.append(cgroup)
+        return made
+
+    def test_a_deleted_pods_cgroups_are_removed_with_its_sandbox(self) -> None:
+        mount, cgroups = self.fake_cgroups()
+        self.workers.stopService()
+        self.workers = self.start_workers(cgroups)
+        pod = self.create(make_pod())
+        other = self.create(make_pod("other"))
+        self.advance(1)
+        self.assertEqual(
+            self.sandbox_of("web").linux.cgroup_parent,
+            f"/k3stw/kubepods/besteffort/pod{pod['metadata']['uid']}",
+        )
+        mine = self.make_pod_cgroups(mount, pod["metadata"]["uid"])
+        kept = self.make_pod_cgroups(mount, other["metadata"]["uid"])
+        self.client.remove_object(f"{PODS}/web")
+        self.advance(1)
+        self.assertEqual([path for path in mine if path.exists()], [])
+        self.assertEqual([path for path in kept if not path.exists()], [])
+        self.assertEqual(cgroups.pod_uids(), {other["metadata"]["uid"]})
+
+    def test_a_restarted_kubelet_removes_the_cgroups_of_pods_gone(self) -> None:
+        mount, cgroups = self.fake_cgroups()
+        pod = self.create(make_pod())
+        self.advance(1)
+        self.workers.stopService()
+        kept = self.make_pod_cgroups(mount, pod["metadata"]["uid"])
+        gone = self.make_pod_cgroups(mount, "0d1e-gone", qos="")
+        gone += self.make_pod_cgroups(mount, "0d1e-burstable", qos="burstable")
+        self.workers = self.start_workers(cgroups)
+        self.advance(1)
+        self.assertEqual([path for path in gone if path.exists()], [])
+        self.assertEqual([path for path in kept if not path.exists()], [])
 
     def test_a_dead_sandbox_is_recreated(self) -> None:
         self.create(make_pod())

@@ -51,6 +51,7 @@ from k3stw.machinery.timing import Backoff, PeriodicJob, retrying
 if TYPE_CHECKING:
     from k3stw.kubelet.containerd import NodeRuntime
     from k3stw.kubelet.cri.runtime import Runtime
+    from k3stw.kubelet.pods.cgroups import PodCgroups
     from k3stw.kubelet.pods.volumes import VolumeManager
     from k3stw.kubelet.pods.worker import PodWorkers
 
@@ -98,9 +99,12 @@ class KubeletService(MultiService):
         jitter: Callable[[], float] = random.random,
         runtime: NodeRuntime | None = None,
         volumes: VolumeManager | None = None,
+        cgroups: PodCgroups | None = None,
     ) -> None:
         super().__init__()
         self.volumes = volumes
+        #: The pods' cgroups, removed with their sandboxes (None: left alone).
+        self.cgroups = cgroups
         #: The pod workers, once the node runs pods (it has a runtime and registered).
         self.pod_workers: PodWorkers | None = None
         self.clock = clock
@@ -221,6 +225,7 @@ class KubeletService(MultiService):
             volumes=self.volumes,
             prober=NetworkProber(self.clock) if IReactorTCP.providedBy(self.clock) else None,
             pull_auth=registries.pull_auth if registries is not None else None,
+            cgroups=self.cgroups,
         )
 
     async def _connect_runtime(self, node_runtime: NodeRuntime) -> None:

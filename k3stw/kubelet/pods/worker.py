@@ -13,7 +13,8 @@ sync at a time.
 A pod marked for deletion is killed (its containers stopped with the grace
 period, its sandbox stopped), its final status written, and the object
 deleted with grace period 0; a pod that left the API is killed and removed.
-At start L{PodWorkers} removes the sandboxes of pods that no longer exist.
+A pod's cgroups go with its sandbox (runc leaves them).  At start
+L{PodWorkers} removes the sandboxes and cgroups of pods that no longer exist.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.runtime import CRIError, Runtime
 from k3stw.kubelet.pods import spec as podspec
 from k3stw.kubelet.pods.backoff import FailureBackoff
+from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.events import NORMAL, WARNING, PodEvents
 from k3stw.kubelet.pods.probes import KINDS, PodProbes, Prober, run_handler, title
 from k3stw.kubelet.pods.spec import (
@@ -120,6 +122,7 @@ class PodWorkers(MultiService):
     :param volumes: the volume manager (L{NoVolumes} until one is wired).
     :param prober: runs httpGet and tcpSocket probes and hooks (None: they fail).
     :param pull_auth: the CRI credentials for an image's registry (None: pulls without).
+    :param cgroups: the pods' cgroups, removed with their sandboxes (None: left alone).
     """
 
     _log = Logger()
@@ -133,8 +136,10 @@ class PodWorkers(MultiService):
         volumes: VolumeManager | None = None,
         prober: Prober | None = None,
         pull_auth: Callable[[str], api.AuthConfig | None] | None = None,
+        cgroups: PodCgroups | None = None,
     ) -> None:
         super().__init__()
+        self.cgroups = cgroups
         self.prober = prober
         self.pull_auth = pull_auth or (lambda image: None)
         self.clock = clock
@@ -205,7 +210,7 @@ class PodWorkers(MultiService):
             backoff.forget(worker.uid)
 
     async def remove_orphans(self) -> None:
-        """Stop and remove the sandboxes (and containers) of pods that no longer exist."""
+        """Stop and remove the sandboxes, containers and cgroups of pods that no longer exist."""
         self._cleaning = None
         known = {uid for uid in self.workers}
         for sandbox in await self.runtime.list_pod_sandboxes():
@@ -224,6 +229,8 @@ class PodWorkers(MultiService):
                 if not e.not_found:
                     raise
             await self.volumes.cleanup(uid)
+        if self.cgroups is not None:
+            self.cgroups.remove_all_but(known)
 
 
 class PodWorker:
@@ -835,6 +842,8 @@ class PodWorker:
         ):
             await self.runtime.stop_pod_sandbox(sandbox.id)
             await self.runtime.remove_pod_sandbox(sandbox.id)
+        if self.workers.cgroups is not None:
+            self.workers.cgroups.remove(self.uid)
 
     async def _terminate(self, pod: Object) -> None:
         """A pod marked for deletion: kill it, write its final status, delete the object."""
