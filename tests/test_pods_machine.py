@@ -76,6 +76,16 @@ class PodsInAMachine(NodeInAMachine):
             "Successfully registered node m1",
         )
 
+    def pod_cgroups(self, uids: list[str]) -> list[Path]:
+        """The cgroups of the pods C{uids} in every hierarchy (runc's ``pod<uid>``)."""
+        kubepods = f"{self.machine.cgroup_parent.strip('/')}/kubepods"
+        return [
+            path
+            for uid in uids
+            for pattern in (f"*/{kubepods}/pod{uid}", f"*/{kubepods}/*/pod{uid}")
+            for path in Path("/sys/fs/cgroup").glob(pattern)
+        ]
+
     def until(self, what: str, check: Callable[[], bool], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not check():
@@ -137,6 +147,8 @@ class PodsInAMachineTests(PodsInAMachine):
         self.assertEqual(crashed["lastState"]["terminated"]["exitCode"], 3)
         self.assertIn("restarting failed container=crash", crashed["state"]["waiting"]["message"])
 
+        uids = [self.pod(name)["metadata"]["uid"] for name in ("web", "crash")]
+        self.assertTrue(self.pod_cgroups(uids), "runc made no pod cgroups")
         self.kubectl("delete pod web crash --wait=false")
         socket = self.machine.path("/run/k3s/containerd/containerd.sock")
         client = CRIClient(reactor, f"unix://{socket}", timeout=30)
@@ -148,6 +160,10 @@ class PodsInAMachineTests(PodsInAMachine):
                 self.assertLess(time.monotonic(), deadline, "the pods' sandboxes were not removed")
                 await _sleep(0.5)
             self.assertEqual(await client.list_containers(), [])
+            # runc leaves the pods' cgroups; the kubelet removes them with the sandboxes.
+            while self.pod_cgroups(uids):
+                self.assertLess(time.monotonic(), deadline, "the pods' cgroups were not removed")
+                await _sleep(0.5)
             self.stop_node(node)
 
         return Deferred.fromCoroutine(removed())
