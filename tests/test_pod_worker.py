@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
 from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
-from k3stw.kubelet.pods.worker import VOLUME_RESYNC, PodSettings, PodWorkers
+from k3stw.kubelet.pods.worker import VOLUME_RESYNC, PodFiles, PodSettings, PodWorkers
 from k3stw.kubelet.registries import parse_registries
 from k3stw.kubelet.volumes import VolumeManager
 from k3stw.machinery.objects import Object
@@ -738,6 +739,113 @@ class PodWorkerTests(SynchronousTestCase):
         self.advance(1)
         self.assertEqual([path for path in gone if path.exists()], [])
         self.assertEqual([path for path in kept if not path.exists()], [])
+
+    # Termination messages and log files
+
+    def with_files(self) -> tuple[Path, Path, Path]:
+        """Workers that keep pod files, logs and log symlinks under a test directory."""
+        root = Path(self.mktemp()).absolute()
+        kubelet, pod_logs, links = root / "kubelet", root / "pods", root / "containers"
+        self.settings = replace(
+            self.settings,
+            files=PodFiles(str(kubelet), str(links)),
+            pod_logs=str(pod_logs),
+        )
+        self.workers.stopService()
+        self.workers = self.start_workers()
+        return kubelet, pod_logs, links
+
+    def write_log(self, pod_logs: Path, pod: Object, lines: list[str]) -> Path:
+        """
+        The log of the pod's first container, as containerd writes it at
+        create (MemoryRuntime writes none); the pod gets the uid C{u-1}.
+        """
+        pod["metadata"]["uid"] = "u-1"
+        log = pod_logs / f"default_{pod['metadata']['name']}_u-1/main/0.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("".join(f"2026-12-06T17:00:00.000000000Z stdout {line}\n" for line in lines))
+        return log
+
+    def test_the_termination_message_file_is_the_terminated_message(self) -> None:
+        kubelet, _, _ = self.with_files()
+        self.runtime.programs["main"] = Program(runs_for=2, exit_code=1)
+        pod = self.create(make_pod(restartPolicy="Never"))
+        self.advance(1)
+        (container,) = self.containers()
+        (mount,) = [
+            m for m in container.config.mounts if m.container_path == "/dev/termination-log"
+        ]
+        host = Path(mount.host_path)
+        self.assertEqual(
+            host.parent, kubelet / "pods" / pod["metadata"]["uid"] / "containers" / "main"
+        )
+        self.assertRegex(host.name, "^[0-9a-f]{8}$")
+        self.assertEqual(host.stat().st_mode & 0o777, 0o666)
+        host.write_text("x" * 5000 + "the end\n")
+        self.advance(2)
+        terminated = self.status()["state"]["terminated"]
+        self.assertEqual(terminated["exitCode"], 1)
+        # The last 4096 bytes, as kube reads them.
+        self.assertEqual(terminated["message"], "x" * 4088 + "the end\n")
+
+    def test_a_custom_termination_message_path_is_mounted(self) -> None:
+        self.with_files()
+        containers = [
+            {"name": "main", "image": "busybox:1.36", "terminationMessagePath": "/tmp/why"}
+        ]
+        self.create(make_pod(containers=containers))
+        self.advance(1)
+        (container,) = self.containers()
+        self.assertEqual([m.container_path for m in container.config.mounts], ["/tmp/why"])
+
+    def run_logging(self, exit_code: int, lines: list[str]) -> Object:
+        """A FallbackToLogsOnError container that logs C{lines} and exits: its terminated state."""
+        _, pod_logs, _ = self.with_files()
+        self.runtime.programs["main"] = Program(runs_for=2, exit_code=exit_code)
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+        pod = make_pod(containers=[container], restartPolicy="Never")
+        self.write_log(pod_logs, pod, lines)
+        self.create(pod)
+        self.advance(3)
+        terminated: Object = self.status()["state"]["terminated"]
+        return terminated
+
+    def test_fallback_to_logs_on_error_reads_the_logs_tail(self) -> None:
+        lines = [f"F line {n}" for n in range(100)] + ["P half ", "F a line"]
+        message = self.run_logging(2, lines)["message"]
+        expected = [f"line {n}" for n in range(22, 100)] + ["half a line"]
+        self.assertEqual(message, "\n".join(expected) + "\n")
+
+    def test_fallback_to_logs_is_only_for_failures(self) -> None:
+        self.assertNotIn("message", self.run_logging(0, ["F all went well"]))
+
+    def test_a_started_containers_log_is_linked_in_container_logs(self) -> None:
+        _, pod_logs, links = self.with_files()
+        pod = make_pod()
+        log = self.write_log(pod_logs, pod, [])
+        self.create(pod)
+        self.advance(1)
+        (container,) = self.containers()
+        link = links / f"web_default_main-{container.id}.log"
+        self.assertEqual(os.readlink(link), str(log))
+        self.client.remove_object(f"{PODS}/web")
+        self.advance(1)
+        self.assertFalse(link.is_symlink())
+        self.assertFalse(log.parent.parent.exists())
+
+    def test_a_restarted_kubelet_removes_dead_log_links(self) -> None:
+        _, _, links = self.with_files()
+        links.mkdir(parents=True)
+        (links / "gone_default_main-0123.log").symlink_to(links / "nowhere")
+        (links / "kept.log").symlink_to(links)
+        self.workers.stopService()
+        self.workers = self.start_workers()
+        self.advance(1)
+        self.assertEqual(sorted(p.name for p in links.iterdir()), ["kept.log"])
 
     def test_a_dead_sandbox_is_recreated(self) -> None:
         self.create(make_pod())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,13 @@ class PodsInAMachineTests(PodsInAMachine):
         self.assertTrue(main["containerID"].startswith("containerd://"), main)
         self.assertEqual(main["restartCount"], 0)
         self.assertEqual(self.fetch(ip), INDEX_HTML.decode())
+        # The kubelet's legacy link to its log.
+        web_id = main["containerID"].removeprefix("containerd://")
+        link = self.machine.path(f"/var/log/containers/web_default_web-{web_id}.log")
+        self.assertEqual(
+            os.readlink(link),
+            f"/var/log/pods/default_web_{self.pod('web')['metadata']['uid']}/web/0.log",
+        )
         events = self.kubectl("get events --field-selector involvedObject.name=web -o json")
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         self.assertLessEqual({"Pulled", "Created", "Started"}, reasons)
@@ -134,7 +142,7 @@ class PodsInAMachineTests(PodsInAMachine):
 
         self.kubectl(
             f"run crash --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
-            " --command -- /bin/sh -c 'exit 3'"
+            " --command -- /bin/sh -c 'echo bye > /dev/termination-log; exit 3'"
         )
 
         def crash_looping() -> bool:
@@ -145,6 +153,8 @@ class PodsInAMachineTests(PodsInAMachine):
         self.until("crash in CrashLoopBackOff", crash_looping)
         (crashed,) = self.pod("crash")["status"]["containerStatuses"]
         self.assertEqual(crashed["lastState"]["terminated"]["exitCode"], 3)
+        # What it wrote to its termination message file.
+        self.assertEqual(crashed["lastState"]["terminated"]["message"], "bye\n")
         self.assertIn("restarting failed container=crash", crashed["state"]["waiting"]["message"])
 
         uids = [self.pod(name)["metadata"]["uid"] for name in ("web", "crash")]

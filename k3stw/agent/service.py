@@ -151,6 +151,8 @@ def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
         if config.runtime is None:
             return KubeletService(reactor, client, settings)
         from k3stw.kubelet.pods.cgroups import PodCgroups
+        from k3stw.kubelet.pods.logs import CONTAINER_LOGS
+        from k3stw.kubelet.pods.worker import PodFiles
         from k3stw.kubelet.volumes import KUBELET_ROOT, SystemMounter, VolumeManager
 
         # A containerd that cannot start ends the node, as it ends k3s.
@@ -167,6 +169,7 @@ def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
             runtime=runtime,
             volumes=volumes,
             cgroups=PodCgroups(settings.cgroup_root),
+            pod_files=PodFiles(KUBELET_ROOT, CONTAINER_LOGS),
         )
 
     return make
