@@ -660,7 +660,7 @@ async def start_server(
         TWISTD, "-n", "--pidfile=", "k3s-server", "--config", str(work / "config.yaml"),
         "--data-dir", str(work / "data"), "--bind-address", host,
         "--https-listen-port", str(port), "--write-kubeconfig", str(work / "k3s.yaml"),
-        "--node-identity-dir", str(work / "node"),
+        "--node-identity-dir", str(work / "node"), "--container-runtime", "none",
     ]  # fmt: skip
     if datastore:
         argv += ["--datastore-endpoint", datastore]

@@ -127,7 +127,7 @@ def spawn_server(work: Path, host: str = HOST) -> Server:
         TWISTD, "-n", "--pidfile=", "k3s-server", "--config", str(work / "config.yaml"),
         "--data-dir", str(work / "data"), "--bind-address", host,
         "--https-listen-port", str(port), "--write-kubeconfig", str(work / "k3s.yaml"),
-        "--disable-agent",
+        "--disable-agent", "--container-runtime", "none",
     ]  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if not k.startswith("K3S_")}
     with (work / "server.log").open("wb") as out:

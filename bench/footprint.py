@@ -2,7 +2,9 @@
 Resident memory of a small cluster once it runs: a ``twistd -n k3s-server``
 (with its own node, as by default) and one ``twistd -n k3s-agent`` joined to
 it, measured once both nodes are Ready and the agent's tunnel is connected,
-for each tree given, in alternating rounds of the same run.
+for each tree given, in alternating rounds of the same run.  Both nodes run
+with ``--container-runtime none``: containerd, and the kubelet's gRPC client,
+are not included (containers never run in this machine's own namespaces).
 
     python bench/footprint.py [--twistd NAME=PATH ...] [--runs N] [--settle S] [--quick]
 
@@ -180,6 +182,7 @@ def one_round(twistd: str, settle: float) -> Sample:
                 "--write-kubeconfig", str(server_dir / "k3s.yaml"),
                 # Not the default 10250, which another server on this machine may hold.
                 "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+                "--container-runtime", "none",
             ],
             server_dir,
         )  # fmt: skip
@@ -202,6 +205,7 @@ def one_round(twistd: str, settle: float) -> Sample:
                 "--server", f"https://{SERVER_HOST}:{port}", "--token", token,
                 "--lb-server-port", str(free_port("127.0.0.1")),
                 "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+                "--container-runtime", "none",
             ],
             agent_dir,
         )  # fmt: skip

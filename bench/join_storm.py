@@ -561,6 +561,9 @@ def start_server(work: Path, profile: Path | None) -> tuple[Child, str, Path]:
         str(data / "k3s.yaml"),
         "--token",
         "join-storm-" + os.urandom(8).hex(),
+        # No containers in this machine's own namespaces.
+        "--container-runtime",
+        "none",
     ]
     server = Child(argv, work / "server.log", clean_environment())
     url = f"https://{host}:{port}"

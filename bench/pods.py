@@ -63,7 +63,7 @@ from controlplane import bounded
 from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeAPIError, KubeClient, Object
 from k3stw.kubelet.cni import CONFLIST_NAME, render_conflist
-from k3stw.kubelet.pods.spec import DNSSettings, container_config, sandbox_config
+from k3stw.kubelet.pods.spec import POD_LOGS, DNSSettings, container_config, sandbox_config
 from k3stw.pki.certs import KeyPair, load_pem_certificates, load_pem_key
 from k3stw.pki.tls import PinnedCAPolicy
 from tests.support.images import BUSYBOX_IMAGE, write_airgap_images
@@ -135,6 +135,7 @@ class FloorNode:
 
     cgroup_root: str
     dns: DNSSettings = field(default_factory=DNSSettings)
+    pod_logs: str = POD_LOGS
 
 
 # Inside the machine: the CRI floor

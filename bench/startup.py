@@ -2,7 +2,9 @@
 Start-up cost of ``twistd -n k3s-server``: cold start (PKI generated), warm
 start (everything reused), and resident memory once it serves, next to the
 floor of the stack it stands on: a bare ``twistd web`` TLS server, measured
-in the same run on the same machine.
+in the same run on the same machine.  The server runs its node with
+``--container-runtime none``: containerd (a process of its own, and the
+kubelet's gRPC client) is not included.
 
     python bench/startup.py [--runs N] [--quick]
 
@@ -94,6 +96,8 @@ def k3stw_server(work: Path, port: int) -> list[str]:
         "--node-identity-dir", str(work / "node"),
         # Not the default 10250, which another server on this machine may hold.
         "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+        # Without containerd: the control plane and its node, never containers here.
+        "--container-runtime", "none",
     ]  # fmt: skip
 
 

@@ -839,7 +839,7 @@ def k3s_arguments(root: Path, port: int) -> list[str]:
         "--https-listen-port", str(port),
         "--write-kubeconfig", str(root / "k3s.yaml"),
         "--kubelet-arg", f"port={free_port('127.0.0.1')}",
-        "--disable-agent",
+        "--disable-agent", "--container-runtime", "none",
     ]  # fmt: skip
 
 

@@ -115,8 +115,9 @@ class NodeRuntimeTests(SynchronousTestCase):
         self.data = Path(self.mktemp()).absolute()
         self.memory = MemoryRuntime(self.reactor)
         self.endpoints: list[str] = []
+        self.fatal: list[str] = []
 
-    def node_runtime(self, settings: RuntimeSettings) -> NodeRuntime:
+    def node_runtime(self, settings: RuntimeSettings, command: str = "containerd") -> NodeRuntime:
         def connect(endpoint: str) -> MemoryRuntime:
             self.endpoints.append(endpoint)
             return self.memory
@@ -128,6 +129,8 @@ class NodeRuntimeTests(SynchronousTestCase):
             run_dir=self.data / "run",
             proc_status=lambda: STATUS_WITHOUT,
             connect=connect,
+            fatal=self.fatal.append,
+            command=command,
         )
 
     def test_containerd_started_waited_for_images_imported_and_stopped(self) -> None:
@@ -183,4 +186,69 @@ class NodeRuntimeTests(SynchronousTestCase):
         self.assertIsNone(node.containerd)
         stopped = node.stopService()
         assert stopped is not None
+        self.successResultOf(stopped)
+
+    def test_containerd_that_exits_before_answering_is_fatal(self) -> None:
+        """
+        A containerd that exits before it answered ends the node with one
+        line naming its log and the opt-out, instead of a node waiting forever.
+        """
+        self.memory.available = False
+        node = self.node_runtime(RuntimeSettings())
+        node.startService()
+        self.reactor.advance(0.2)
+        self.assertEqual(self.fatal, [])
+        self.reactor.last.exit(1)
+        self.reactor.advance(0.2)
+        log = self.data / "agent" / "containerd" / "containerd.log"
+        self.assertEqual(
+            self.fatal,
+            [
+                f"containerd did not start: containerd exited with status 1; see {log}, "
+                "name a running CRI socket with --container-runtime-endpoint, or run no "
+                "containers on this node with --container-runtime none"
+            ],
+        )
+        stopped = node.stopService()
+        assert stopped is not None
+        self.reactor.advance(2)
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_missing_containerd_is_fatal(self) -> None:
+        """A node without containerd says which binary is missing and how to opt out."""
+        self.memory.available = False
+        missing = str(self.data / "no-containerd")
+        node = self.node_runtime(RuntimeSettings(), command=missing)
+        node.startService()
+        self.reactor.advance(0.2)
+        self.assertEqual(
+            self.fatal,
+            [
+                f"containerd did not start: cannot run {missing}: no such file; install "
+                "containerd (Debian: apt install containerd), name a running CRI socket with "
+                "--container-runtime-endpoint, or run no containers on this node with "
+                "--container-runtime none"
+            ],
+        )
+        stopped = node.stopService()
+        assert stopped is not None
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_containerd_restarted_after_it_answered_is_not_fatal(self) -> None:
+        """Once containerd answered, an exit is the supervisor's to restart."""
+        node = self.node_runtime(RuntimeSettings())
+        ready = node.when_ready()
+        node.startService()
+        self.reactor.advance(0.2)
+        self.successResultOf(ready)
+        self.reactor.last.exit(1)
+        self.reactor.advance(2)
+        self.assertEqual(self.fatal, [])
+        self.assertEqual(len(self.reactor.processes), 2)
+        stopped = node.stopService()
+        assert stopped is not None
+        self.reactor.last.exit(0)
+        self.reactor.advance(2)
         self.successResultOf(stopped)

@@ -78,10 +78,15 @@ class FirstRunTests(SynchronousTestCase):
         )
         twistd.chmod(0o755)
 
-    def boot(self, count: int) -> list[Machine]:
+    def boot(self, count: int, runtime: bool = False) -> list[Machine]:
+        """
+        C{count} machines showing the installed /opt; with C{runtime}, the
+        private /run and /var/lib/rancher the README's nodes need for the
+        containerd they run by default.
+        """
         found = machines(self, self.work / "machines", count)
         for machine in found:
-            machine.boot(opt_layers=(self.opt,))
+            machine.boot(opt_layers=(self.opt,), runtime=runtime)
         return found
 
     def start(self, machine: Machine, command: str, name: str) -> subprocess.Popen[bytes]:
@@ -127,7 +132,7 @@ class FirstRunTests(SynchronousTestCase):
 
     def test_quick_start_as_written(self) -> None:
         server_block, kubectl_block, agent_block = section_blocks("## Quick start")
-        server, agent = self.boot(2)
+        server, agent = self.boot(2, runtime=True)
 
         serving = self.start(server, server_block, "server")
         self.wait_for_log(server, "server", "k3s is up and running", serving)
@@ -147,6 +152,11 @@ class FirstRunTests(SynchronousTestCase):
             f"To join node to cluster: twistd -n k3s-agent --server https://{server.address}:6443",
             (server.root / "server.log").read_text(),
         )
+        for machine, name in ((server, "server"), (agent, "agent")):
+            # Each node runs containerd, as k3s does, and reports it.
+            self.assertIn(
+                "Container runtime containerd", (machine.root / f"{name}.log").read_text()
+            )
         self.stop(agent, joining, "/var/lib/rancher/k3s")
         self.stop(server, serving, "/var/lib/rancher/k3s")
 
@@ -155,7 +165,7 @@ class FirstRunTests(SynchronousTestCase):
             section_blocks("## Quick start"),
             section_blocks("### A server and an agent on one host"),
         )
-        (host,) = self.boot(1)
+        (host,) = self.boot(1, runtime=True)
         serving = self.start(host, server_block, "server")
         self.wait_for_log(host, "server", "k3s is up and running", serving)
         joining = self.start(host, agent_block, "agent")

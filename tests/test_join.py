@@ -104,6 +104,8 @@ class Cluster:
             self.holder,
             home,
             "k3s-agent",
+            "--container-runtime",
+            "none",
             "--config",
             str(self.root / "config.yaml"),
             "--data-dir",

@@ -220,14 +220,25 @@ class CommandLineTests(OptionsTestCase):
             self.assertIn(words, str(error))
 
     def test_container_runtime(self) -> None:
-        """No runtime by default; containerd as k3s does when asked; an existing CRI socket."""
+        """
+        containerd as k3s runs it by default; no runtime with k3stw's
+        ``--container-runtime none``; an existing CRI socket.
+        """
         from k3stw.kubelet.containerd import RuntimeSettings
 
-        self.assertIsNone(parse(server.Options, []).node_settings().runtime)
-        options = parse(server.Options, ["--container-runtime", "containerd"])
-        self.assertEqual(
-            options.node_settings().runtime, RuntimeSettings("", "rancher/mirrored-pause:3.6")
-        )
+        for argv in ([], ["--container-runtime", "containerd"]):
+            self.assertEqual(
+                parse(server.Options, argv).node_settings().runtime,
+                RuntimeSettings("", "rancher/mirrored-pause:3.6"),
+            )
+            self.assertEqual(
+                parse(agent.Options, ["--server", "https://127.0.0.1:6443", "--token", "t", *argv])
+                .node_settings()
+                .runtime,
+                RuntimeSettings("", "rancher/mirrored-pause:3.6"),
+            )
+        none = parse(server.Options, ["--container-runtime", "none"])
+        self.assertIsNone(none.node_settings().runtime)
         options = parse(server.Options, ["--container-runtime-endpoint", "/run/c.sock"])
         self.assertEqual(options.node_settings().runtime, RuntimeSettings("/run/c.sock"))
         self.assertFails(server.Options, ["--container-runtime", "docker"], "containerd or none")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
+from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
-from k3stw.kubelet.pods.worker import RESYNC, PodSettings, PodWorkers
+from k3stw.kubelet.pods.worker import RESYNC, PodFiles, PodSettings, PodWorkers
 from k3stw.kubelet.registries import parse_registries
 from k3stw.kubelet.volumes import VolumeManager
 from k3stw.machinery.objects import Object
@@ -82,9 +85,14 @@ class PodWorkerTests(SynchronousTestCase):
         self.runtime.exec_handler = exec_handler
         self.workers = self.start_workers()
 
-    def start_workers(self) -> PodWorkers:
+    def start_workers(self, cgroups: PodCgroups | None = None) -> PodWorkers:
         workers = PodWorkers(
-            self.clock, self.client, self.runtime, self.settings, prober=self.prober
+            self.clock,
+            self.client,
+            self.runtime,
+            self.settings,
+            prober=self.prober,
+            cgroups=cgroups,
         )
         workers.startService()
         self.addCleanup(self.stop, workers)
@@ -131,6 +139,10 @@ class PodWorkerTests(SynchronousTestCase):
 
     def sandbox(self) -> api.PodSandboxConfig:
         (sandbox,) = [s for s in self.runtime.sandboxes.values() if s.ready]
+        return sandbox.config
+
+    def sandbox_of(self, pod: str) -> api.PodSandboxConfig:
+        (sandbox,) = [s for s in self.runtime.sandboxes.values() if s.config.metadata.name == pod]
         return sandbox.config
 
     def containers(self, name: str = "main") -> list[Any]:
@@ -711,6 +723,163 @@ class PodWorkerTests(SynchronousTestCase):
         self.advance(12)
         self.assertEqual(self.status()["restartCount"], 2)
         self.assertEqual(len([s for s in self.runtime.sandboxes.values()]), 1)
+
+    def fake_cgroups(self) -> tuple[Path, PodCgroups]:
+        """A cgroup v1 layout in a directory: two hierarchies and the alias ``cpu``."""
+        mount = Path(self.mktemp())
+        for hierarchy in ("cpu,cpuacct", "memory"):
+            (mount / hierarchy / "k3stw" / "kubepods" / "besteffort").mkdir(parents=True)
+        (mount / "cpu").symlink_to("cpu,cpuacct")
+        self.settings = replace(self.settings, cgroup_root="/k3stw")
+        return mount, PodCgroups(self.settings.cgroup_root, mount)
+
+    def make_pod_cgroups(self, mount: Path, uid: str, qos: str = "besteffort") -> list[Path]:
+        """What runc leaves: the pod's cgroup and a container's inside, in each hierarchy."""
+        made = []
+        for hierarchy in ("cpu,cpuacct", "memory"):
+            cgroup = mount / hierarchy / "k3stw" / "kubepods" / qos / f"pod{uid}"
+            (cgroup / "0123abcd").mkdir(parents=True)
+            made.append(cgroup)
+        return made
+
+    def test_a_deleted_pods_cgroups_are_removed_with_its_sandbox(self) -> None:
+        mount, cgroups = self.fake_cgroups()
+        self.workers.stopService()
+        self.workers = self.start_workers(cgroups)
+        pod = self.create(make_pod())
+        other = self.create(make_pod("other"))
+        self.advance(1)
+        self.assertEqual(
+            self.sandbox_of("web").linux.cgroup_parent,
+            f"/k3stw/kubepods/besteffort/pod{pod['metadata']['uid']}",
+        )
+        mine = self.make_pod_cgroups(mount, pod["metadata"]["uid"])
+        kept = self.make_pod_cgroups(mount, other["metadata"]["uid"])
+        self.client.remove_object(f"{PODS}/web")
+        self.advance(1)
+        self.assertEqual([path for path in mine if path.exists()], [])
+        self.assertEqual([path for path in kept if not path.exists()], [])
+        self.assertEqual(cgroups.pod_uids(), {other["metadata"]["uid"]})
+
+    def test_a_restarted_kubelet_removes_the_cgroups_of_pods_gone(self) -> None:
+        mount, cgroups = self.fake_cgroups()
+        pod = self.create(make_pod())
+        self.advance(1)
+        self.workers.stopService()
+        kept = self.make_pod_cgroups(mount, pod["metadata"]["uid"])
+        gone = self.make_pod_cgroups(mount, "0d1e-gone", qos="")
+        gone += self.make_pod_cgroups(mount, "0d1e-burstable", qos="burstable")
+        self.workers = self.start_workers(cgroups)
+        self.advance(1)
+        self.assertEqual([path for path in gone if path.exists()], [])
+        self.assertEqual([path for path in kept if not path.exists()], [])
+
+    # Termination messages and log files
+
+    def with_files(self) -> tuple[Path, Path, Path]:
+        """Workers that keep pod files, logs and log symlinks under a test directory."""
+        root = Path(self.mktemp()).absolute()
+        kubelet, pod_logs, links = root / "kubelet", root / "pods", root / "containers"
+        self.settings = replace(
+            self.settings,
+            files=PodFiles(str(kubelet), str(links)),
+            pod_logs=str(pod_logs),
+        )
+        self.workers.stopService()
+        self.workers = self.start_workers()
+        return kubelet, pod_logs, links
+
+    def write_log(self, pod_logs: Path, pod: Object, lines: list[str]) -> Path:
+        """
+        The log of the pod's first container, as containerd writes it at
+        create (MemoryRuntime writes none); the pod gets the uid C{u-1}.
+        """
+        pod["metadata"]["uid"] = "u-1"
+        log = pod_logs / f"default_{pod['metadata']['name']}_u-1/main/0.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("".join(f"2026-12-06T17:00:00.000000000Z stdout {line}\n" for line in lines))
+        return log
+
+    def test_the_termination_message_file_is_the_terminated_message(self) -> None:
+        kubelet, _, _ = self.with_files()
+        self.runtime.programs["main"] = Program(runs_for=2, exit_code=1)
+        pod = self.create(make_pod(restartPolicy="Never"))
+        self.advance(1)
+        (container,) = self.containers()
+        (mount,) = [
+            m for m in container.config.mounts if m.container_path == "/dev/termination-log"
+        ]
+        host = Path(mount.host_path)
+        self.assertEqual(
+            host.parent, kubelet / "pods" / pod["metadata"]["uid"] / "containers" / "main"
+        )
+        self.assertRegex(host.name, "^[0-9a-f]{8}$")
+        self.assertEqual(host.stat().st_mode & 0o777, 0o666)
+        host.write_text("x" * 5000 + "the end\n")
+        self.advance(2)
+        terminated = self.status()["state"]["terminated"]
+        self.assertEqual(terminated["exitCode"], 1)
+        # The last 4096 bytes, as kube reads them.
+        self.assertEqual(terminated["message"], "x" * 4088 + "the end\n")
+
+    def test_a_custom_termination_message_path_is_mounted(self) -> None:
+        self.with_files()
+        containers = [
+            {"name": "main", "image": "busybox:1.36", "terminationMessagePath": "/tmp/why"}
+        ]
+        self.create(make_pod(containers=containers))
+        self.advance(1)
+        (container,) = self.containers()
+        self.assertEqual([m.container_path for m in container.config.mounts], ["/tmp/why"])
+
+    def run_logging(self, exit_code: int, lines: list[str]) -> Object:
+        """A FallbackToLogsOnError container that logs C{lines} and exits: its terminated state."""
+        _, pod_logs, _ = self.with_files()
+        self.runtime.programs["main"] = Program(runs_for=2, exit_code=exit_code)
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+        pod = make_pod(containers=[container], restartPolicy="Never")
+        self.write_log(pod_logs, pod, lines)
+        self.create(pod)
+        self.advance(3)
+        terminated: Object = self.status()["state"]["terminated"]
+        return terminated
+
+    def test_fallback_to_logs_on_error_reads_the_logs_tail(self) -> None:
+        lines = [f"F line {n}" for n in range(100)] + ["P half ", "F a line"]
+        message = self.run_logging(2, lines)["message"]
+        expected = [f"line {n}" for n in range(22, 100)] + ["half a line"]
+        self.assertEqual(message, "\n".join(expected) + "\n")
+
+    def test_fallback_to_logs_is_only_for_failures(self) -> None:
+        self.assertNotIn("message", self.run_logging(0, ["F all went well"]))
+
+    def test_a_started_containers_log_is_linked_in_container_logs(self) -> None:
+        _, pod_logs, links = self.with_files()
+        pod = make_pod()
+        log = self.write_log(pod_logs, pod, [])
+        self.create(pod)
+        self.advance(1)
+        (container,) = self.containers()
+        link = links / f"web_default_main-{container.id}.log"
+        self.assertEqual(os.readlink(link), str(log))
+        self.client.remove_object(f"{PODS}/web")
+        self.advance(1)
+        self.assertFalse(link.is_symlink())
+        self.assertFalse(log.parent.parent.exists())
+
+    def test_a_restarted_kubelet_removes_dead_log_links(self) -> None:
+        _, _, links = self.with_files()
+        links.mkdir(parents=True)
+        (links / "gone_default_main-0123.log").symlink_to(links / "nowhere")
+        (links / "kept.log").symlink_to(links)
+        self.workers.stopService()
+        self.workers = self.start_workers()
+        self.advance(1)
+        self.assertEqual(sorted(p.name for p in links.iterdir()), ["kept.log"])
 
     def test_a_dead_sandbox_is_recreated(self) -> None:
         self.create(make_pod())

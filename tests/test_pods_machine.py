@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,16 @@ class PodsInAMachine(NodeInAMachine):
             "Successfully registered node m1",
         )
 
+    def pod_cgroups(self, uids: list[str]) -> list[Path]:
+        """The cgroups of the pods C{uids} in every hierarchy (runc's ``pod<uid>``)."""
+        kubepods = f"{self.machine.cgroup_parent.strip('/')}/kubepods"
+        return [
+            path
+            for uid in uids
+            for pattern in (f"*/{kubepods}/pod{uid}", f"*/{kubepods}/*/pod{uid}")
+            for path in Path("/sys/fs/cgroup").glob(pattern)
+        ]
+
     def until(self, what: str, check: Callable[[], bool], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not check():
@@ -117,6 +128,13 @@ class PodsInAMachineTests(PodsInAMachine):
         self.assertTrue(main["containerID"].startswith("containerd://"), main)
         self.assertEqual(main["restartCount"], 0)
         self.assertEqual(self.fetch(ip), INDEX_HTML.decode())
+        # The kubelet's legacy link to its log.
+        web_id = main["containerID"].removeprefix("containerd://")
+        link = self.machine.path(f"/var/log/containers/web_default_web-{web_id}.log")
+        self.assertEqual(
+            os.readlink(link),
+            f"/var/log/pods/default_web_{self.pod('web')['metadata']['uid']}/web/0.log",
+        )
         events = self.kubectl("get events --field-selector involvedObject.name=web -o json")
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         self.assertLessEqual({"Pulled", "Created", "Started"}, reasons)
@@ -124,7 +142,7 @@ class PodsInAMachineTests(PodsInAMachine):
 
         self.kubectl(
             f"run crash --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
-            " --command -- /bin/sh -c 'exit 3'"
+            " --command -- /bin/sh -c 'echo bye > /dev/termination-log; exit 3'"
         )
 
         def crash_looping() -> bool:
@@ -135,8 +153,12 @@ class PodsInAMachineTests(PodsInAMachine):
         self.until("crash in CrashLoopBackOff", crash_looping)
         (crashed,) = self.pod("crash")["status"]["containerStatuses"]
         self.assertEqual(crashed["lastState"]["terminated"]["exitCode"], 3)
+        # What it wrote to its termination message file.
+        self.assertEqual(crashed["lastState"]["terminated"]["message"], "bye\n")
         self.assertIn("restarting failed container=crash", crashed["state"]["waiting"]["message"])
 
+        uids = [self.pod(name)["metadata"]["uid"] for name in ("web", "crash")]
+        self.assertTrue(self.pod_cgroups(uids), "runc made no pod cgroups")
         self.kubectl("delete pod web crash --wait=false")
         socket = self.machine.path("/run/k3s/containerd/containerd.sock")
         client = CRIClient(reactor, f"unix://{socket}", timeout=30)
@@ -148,6 +170,10 @@ class PodsInAMachineTests(PodsInAMachine):
                 self.assertLess(time.monotonic(), deadline, "the pods' sandboxes were not removed")
                 await _sleep(0.5)
             self.assertEqual(await client.list_containers(), [])
+            # runc leaves the pods' cgroups; the kubelet removes them with the sandboxes.
+            while self.pod_cgroups(uids):
+                self.assertLess(time.monotonic(), deadline, "the pods' cgroups were not removed")
+                await _sleep(0.5)
             self.stop_node(node)
 
         return Deferred.fromCoroutine(removed())

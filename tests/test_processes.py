@@ -228,6 +228,7 @@ class AgentProcessTests(SynchronousTestCase):
             "--token", token,
             "--lb-server-port", str(self.lb_port),
             "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+            "--container-runtime", "none",
         )  # fmt: skip
 
     def test_agent_joins_with_the_servers_token(self) -> None:

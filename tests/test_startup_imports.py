@@ -104,7 +104,7 @@ def server_modules() -> frozenset[str]:
             "--config", str(work / "config.yaml"), "--data-dir", str(work / "data"),
             "--bind-address", HOST, "--https-listen-port", str(free_port(HOST)),
             "--write-kubeconfig", str(work / "k3s.yaml"), "--node-identity-dir", str(work / "node"),
-            "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+            "--kubelet-arg", f"port={free_port('127.0.0.1')}", "--container-runtime", "none",
         ).modules  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def agent_process() -> NodeProcess:
                 "--node-name", "agent", "--node-ip", AGENT_HOST,
                 "--server", f"https://{HOST}:{port}", "--token", token,
                 "--lb-server-port", str(free_port("127.0.0.1")),
-                "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+                "--kubelet-arg", f"port={free_port('127.0.0.1')}", "--container-runtime", "none",
             )  # fmt: skip
         finally:
             server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,13 +150,27 @@ def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
         settings = kubelet_settings(config, joined)
         if config.runtime is None:
             return KubeletService(reactor, client, settings)
+        from k3stw.kubelet.pods.cgroups import PodCgroups
+        from k3stw.kubelet.pods.logs import CONTAINER_LOGS
+        from k3stw.kubelet.pods.worker import PodFiles
         from k3stw.kubelet.volumes import KUBELET_ROOT, SystemMounter, VolumeManager
 
-        runtime = NodeRuntime(reactor, config.data_dir, config.runtime)
+        # A containerd that cannot start ends the node, as it ends k3s.
+        runtime = NodeRuntime(
+            reactor, config.data_dir, config.runtime, fatal=partial(stop_with_error, reactor)
+        )
         volumes = VolumeManager(
             client, reactor, settings.node_name, SystemMounter(reactor), KUBELET_ROOT
         )
-        return KubeletService(reactor, client, settings, runtime=runtime, volumes=volumes)
+        return KubeletService(
+            reactor,
+            client,
+            settings,
+            runtime=runtime,
+            volumes=volumes,
+            cgroups=PodCgroups(settings.cgroup_root),
+            pod_files=PodFiles(KUBELET_ROOT, CONTAINER_LOGS),
+        )
 
     return make
 

@@ -38,7 +38,13 @@ from twisted.python.failure import Failure
 
 from k3stw.kubelet.registries import Registries, auth_config_toml, write_hosts
 from k3stw.logs import Logger
-from k3stw.machinery.processes import CommandFailed, SupervisedProcess, run_command
+from k3stw.machinery.processes import (
+    CommandFailed,
+    ProcessStartError,
+    SupervisedProcess,
+    how_it_ended,
+    run_command,
+)
 from k3stw.machinery.timing import Backoff
 
 if TYPE_CHECKING:
@@ -284,6 +290,10 @@ def image_archives(images: Path) -> list[Path]:
     )
 
 
+class ContainerdDidNotStart(Exception):
+    """The containerd a node runs could not be started or exited before it answered."""
+
+
 class NodeRuntime(MultiService):
     """
     The node's CRI runtime: containerd started as a child (unless
@@ -299,6 +309,9 @@ class NodeRuntime(MultiService):
         each further wait is logged as a warning.
     :param connect: makes the runtime's client from its endpoint (default:
         the gRPC L{CRIClient}, imported only then).
+    :param fatal: told, in one line, that containerd could not be started
+        or exited before it answered (k3s exits then); None: it is logged.
+    :param command: the containerd to run (looked up in C{PATH}).
     """
 
     _log = Logger()
@@ -312,8 +325,12 @@ class NodeRuntime(MultiService):
         proc_status: Callable[[], str] = lambda: Path("/proc/self/status").read_text(),
         connect_timeout: float = 30.0,
         connect: Callable[[str], Runtime] | None = None,
+        fatal: Callable[[str], None] | None = None,
+        command: str = "containerd",
     ) -> None:
         super().__init__()
+        self.fatal = fatal
+        self.command = command
         self.reactor = reactor
         self.settings = settings
         self.paths = ContainerdPaths.of(data_dir, run_dir)
@@ -351,7 +368,7 @@ class NodeRuntime(MultiService):
             self.containerd = SupervisedProcess(
                 self.reactor,
                 "containerd",
-                ["containerd", "--config", str(config)],
+                [self.command, "--config", str(config)],
                 output=str(self.paths.log),
                 backoff=Backoff(1.0, 30.0),
             )
@@ -378,8 +395,31 @@ class NodeRuntime(MultiService):
         return stopped
 
     def _failed(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):
-            self._log.failure("The container runtime did not start", failure)
+        if failure.check(CancelledError):
+            return
+        if failure.check(ContainerdDidNotStart):
+            if self.fatal is not None:
+                self.fatal(str(failure.value))
+            else:
+                self._log.error("{error}", error=str(failure.value))
+            return
+        self._log.failure("The container runtime did not start", failure)
+
+    def _did_not_start(self) -> ContainerdDidNotStart | None:
+        """Why the containerd we run ended before it answered (None: it did not)."""
+        containerd = self.containerd
+        if containerd is None or containerd.last_failure is None:
+            return None
+        failure = containerd.last_failure
+        if failure.check(ProcessStartError):
+            said, hint = str(failure.value), "install containerd (Debian: apt install containerd)"
+        else:
+            said, hint = f"containerd {how_it_ended(failure)}", f"see {self.paths.log}"
+        return ContainerdDidNotStart(
+            f"containerd did not start: {said}; {hint}, name a running CRI socket with "
+            "--container-runtime-endpoint, or run no containers on this node with "
+            "--container-runtime none"
+        )
 
     def _grpc_client(self, endpoint: str) -> Runtime:
         # grpc is loaded only by a node that runs a runtime.
@@ -416,6 +456,9 @@ class NodeRuntime(MultiService):
             try:
                 return await client.version()
             except CRIError as e:
+                did_not_start = self._did_not_start()
+                if did_not_start is not None:
+                    raise did_not_start from None
                 now = self.reactor.seconds()
                 if now - warned_at >= self.connect_timeout:
                     warned_at = now

@@ -53,8 +53,9 @@ from k3stw.machinery.timing import Backoff, PeriodicJob, retrying
 if TYPE_CHECKING:
     from k3stw.kubelet.containerd import NodeRuntime
     from k3stw.kubelet.cri.runtime import Runtime
+    from k3stw.kubelet.pods.cgroups import PodCgroups
     from k3stw.kubelet.pods.volumes import VolumeManager
-    from k3stw.kubelet.pods.worker import PodWorkers
+    from k3stw.kubelet.pods.worker import PodFiles, PodWorkers
 
 #: Failures that say the server is away or unwell, logged without a traceback.
 EXPECTED_FAILURES = (
@@ -87,6 +88,9 @@ class KubeletService(MultiService):
         kubelet; the Node is registered once it answers, with its version
         (C{containerd://1.6.20}).  None: the node runs no runtime.
     :param volumes: the pods' volume manager (None: one that mounts nothing).
+    :param cgroups: the pods' cgroups, removed with their sandboxes (None: left alone).
+    :param pod_files: where termination message files and log symlinks go
+        (None: none are made).
     """
 
     _log = Logger()
@@ -100,9 +104,15 @@ class KubeletService(MultiService):
         jitter: Callable[[], float] = random.random,
         runtime: NodeRuntime | None = None,
         volumes: VolumeManager | None = None,
+        cgroups: PodCgroups | None = None,
+        pod_files: PodFiles | None = None,
     ) -> None:
         super().__init__()
         self.volumes = volumes
+        #: The pods' cgroups, removed with their sandboxes (None: left alone).
+        self.cgroups = cgroups
+        #: Where the pods' files and log symlinks go (None: nowhere, in tests).
+        self.pod_files = pod_files
         #: The pod workers, once the node runs pods (it has a runtime and registered).
         self.pod_workers: PodWorkers | None = None
         self.clock = clock
@@ -207,7 +217,7 @@ class KubeletService(MultiService):
         """The workers that run this node's pods on its runtime."""
         from k3stw.kubelet.pods.probes import NetworkProber
         from k3stw.kubelet.pods.spec import DNSSettings
-        from k3stw.kubelet.pods.worker import PodSettings, PodWorkers
+        from k3stw.kubelet.pods.worker import PodFiles, PodSettings, PodWorkers
 
         config = self.config
         registries = self.node_runtime.settings.registries if self.node_runtime else None
@@ -217,6 +227,7 @@ class KubeletService(MultiService):
             dns=DNSSettings(config.cluster_dns, config.cluster_domain),
             runtime_name=(self.runtime_version or "containerd").partition(":")[0],
             cgroup_root=config.cgroup_root,
+            files=self.pod_files or PodFiles(),
         )
         return PodWorkers(
             self.clock,
@@ -226,6 +237,7 @@ class KubeletService(MultiService):
             volumes=self.volumes,
             prober=NetworkProber(self.clock) if IReactorTCP.providedBy(self.clock) else None,
             pull_auth=registries.pull_auth if registries is not None else None,
+            cgroups=self.cgroups,
         )
 
     async def _connect_runtime(self, node_runtime: NodeRuntime) -> None:

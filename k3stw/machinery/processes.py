@@ -44,6 +44,7 @@ __all__ = [
     "CommandResult",
     "ProcessStartError",
     "SupervisedProcess",
+    "how_it_ended",
     "run_command",
 ]
 
@@ -233,6 +234,9 @@ class SupervisedProcess(Service):
         self.output = output
         #: Exits (or failed starts) in a row, for the back-off.
         self.failures = 0
+        #: How the latest run ended while it should have run: a
+        #: L{ProcessStartError} or the exit (L{how_it_ended} says it in words).
+        self.last_failure: Failure | None = None
         # The latest child spawned, alive or not: the machine's states say what
         # we intend, this says what runs.
         self._child: _Child | None = None
@@ -332,6 +336,7 @@ class SupervisedProcess(Service):
             self.failures = 0
         self.failures += 1
         delay = self.backoff.delay(self.failures)
+        self.last_failure = reason
         if reason.check(ProcessStartError):
             self._log.error(
                 "{error}; retrying in {delay:.3g}s", error=str(reason.value), delay=delay
@@ -341,7 +346,7 @@ class SupervisedProcess(Service):
                 "{name} (pid {pid}) {how}; restarting in {delay:.3g}s",
                 name=self.name,
                 pid=self._child.pid if self._child is not None else None,
-                how=_how_it_ended(reason),
+                how=how_it_ended(reason),
                 delay=delay,
             )
         return self.clock.callLater(delay, inputs._retry)
@@ -364,7 +369,7 @@ class SupervisedProcess(Service):
                 "{name} (pid {pid}) stopped: {how}",
                 name=self.name,
                 pid=child.pid,
-                how=_how_it_ended(reason),
+                how=how_it_ended(reason),
             )
         self.failures = 0
         waiters, self._stop_waiters = self._stop_waiters, []
@@ -853,7 +858,8 @@ def _describe(exit_code: int | None, signal_number: int | None) -> str:
     return "ended"
 
 
-def _how_it_ended(reason: Failure) -> str:
+def how_it_ended(reason: Failure) -> str:
+    """How a child ended, in words (C{exited with status 1}, C{was killed by SIGKILL})."""
     if reason.check(ProcessDone, ProcessTerminated):
         return _describe(*_exit_status(reason))
     return str(reason.value)

@@ -237,11 +237,11 @@ KUBELET_ARG = repeatable(
 )
 CONTAINER_RUNTIME = Flag(
     "container-runtime",
-    "(k3stw) Run containerd as k3s does (containerd), or no container runtime (none: nodes "
-    "register but run no pods); --container-runtime-endpoint implies a runtime",
+    "(k3stw) Run containerd as k3s does (containerd, the default), or no container runtime "
+    "(none: nodes register but run no pods); --container-runtime-endpoint implies a runtime",
     _runtime,
     env="K3S_CONTAINER_RUNTIME",
-    default="none",
+    default="containerd",
 )
 CONTAINER_RUNTIME_ENDPOINT = Flag(
     "container-runtime-endpoint",

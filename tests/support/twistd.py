@@ -116,6 +116,12 @@ class Twistd:
         case.addCleanup(self.stop)
 
     def start(self) -> Twistd:
+        node = self.args[:1] in (("k3s-server",), ("k3s-agent",))
+        if node and not any(arg.startswith("--container-runtime") for arg in self.args):
+            raise AssertionError(
+                "a node started on this machine must run no containers: "
+                "pass --container-runtime none (or run it in a test machine)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -237,6 +243,8 @@ def k3s_server(
         "--write-kubeconfig", str(root / "k3s.yaml"),
         # Its kubelet API on a port of its own: many nodes share this host.
         "--kubelet-arg", f"port={free_port('127.0.0.1')}",
+        # No containers, CNI or iptables in this machine's own namespaces.
+        "--container-runtime", "none",
         *extra,
         memory_limit=memory_limit,
     )  # fmt: skip

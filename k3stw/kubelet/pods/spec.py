@@ -30,6 +30,8 @@ CONTAINER_NAME = "io.kubernetes.container.name"
 CONTAINER_HASH = "io.kubernetes.container.hash"
 RESTART_COUNT = "io.kubernetes.container.restartCount"
 TERMINATION_GRACE = "io.kubernetes.pod.terminationGracePeriod"
+TERMINATION_MESSAGE_PATH = "io.kubernetes.container.terminationMessagePath"
+TERMINATION_MESSAGE_POLICY = "io.kubernetes.container.terminationMessagePolicy"
 
 #: Where pod logs go (the kubelet's ``podLogsDir``).
 POD_LOGS = "/var/log/pods"
@@ -62,6 +64,9 @@ class NodeSettings(Protocol):
     @property
     def cgroup_root(self) -> str: ...
 
+    @property
+    def pod_logs(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class Lookups:
@@ -83,9 +88,9 @@ def pod_full_name(pod: Mapping[str, Any]) -> str:
     return f"{meta.get('name', '')}_{meta.get('namespace', '')}"
 
 
-def log_directory(pod: Mapping[str, Any]) -> str:
+def log_directory(pod: Mapping[str, Any], root: str = POD_LOGS) -> str:
     meta = metadata(pod)
-    return f"{POD_LOGS}/{meta.get('namespace')}_{meta.get('name')}_{meta.get('uid')}"
+    return f"{root}/{meta.get('namespace')}_{meta.get('name')}_{meta.get('uid')}"
 
 
 def pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
@@ -212,7 +217,7 @@ def sandbox_config(
             attempt=attempt,
         ),
         hostname="" if spec.get("hostNetwork") else _hostname(pod),
-        log_directory=log_directory(pod),
+        log_directory=log_directory(pod, node.pod_logs),
         dns_config=dns_config(pod, node.dns),
         port_mappings=ports,
         labels={**(meta.get("labels") or {}), **pod_labels(pod)},
@@ -488,12 +493,8 @@ def container_config(
     annotations = {
         CONTAINER_HASH: container_hash(container),
         RESTART_COUNT: str(restart_count),
-        "io.kubernetes.container.terminationMessagePath": str(
-            container.get("terminationMessagePath") or "/dev/termination-log"
-        ),
-        "io.kubernetes.container.terminationMessagePolicy": str(
-            container.get("terminationMessagePolicy") or "File"
-        ),
+        TERMINATION_MESSAGE_PATH: termination_message_path(container),
+        TERMINATION_MESSAGE_POLICY: str(container.get("terminationMessagePolicy") or "File"),
         TERMINATION_GRACE: str(grace_period(pod)),
     }
     if container.get("ports"):
@@ -518,6 +519,11 @@ def container_config(
             resources=linux_resources(container), security_context=_security(container, pod)
         ),
     )
+
+
+def termination_message_path(container: Mapping[str, Any]) -> str:
+    """Where the container writes its termination message (the API's default if unset)."""
+    return str(container.get("terminationMessagePath") or "/dev/termination-log")
 
 
 def grace_period(pod: Mapping[str, Any]) -> int:

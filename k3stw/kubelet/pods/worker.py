@@ -18,13 +18,17 @@ not four hundred.
 A pod marked for deletion is killed (its containers stopped with the grace
 period, its sandbox stopped), its final status written, and the object
 deleted with grace period 0; a pod that left the API is killed and removed.
-At start L{PodWorkers} removes the sandboxes of pods that no longer exist.
+A pod's cgroups go with its sandbox (runc leaves them).  At start
+L{PodWorkers} removes the sandboxes and cgroups of pods that no longer exist.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -35,14 +39,18 @@ from twisted.python.failure import Failure
 from k3stw.kubeclient import KubeAPI, KubeAPIError
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.runtime import CRIError, Runtime
+from k3stw.kubelet.pods import logs
 from k3stw.kubelet.pods import spec as podspec
 from k3stw.kubelet.pods.backoff import FailureBackoff
+from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.deletion import confirm_deletion, node_pods, pod_path
 from k3stw.kubelet.pods.events import NORMAL, WARNING, PodEvents
 from k3stw.kubelet.pods.probes import KINDS, PodProbes, Prober, run_handler, title
 from k3stw.kubelet.pods.spec import (
     CONTAINER_NAME,
     POD_UID,
+    TERMINATION_MESSAGE_PATH,
+    TERMINATION_MESSAGE_POLICY,
     ConfigError,
     DNSSettings,
     Lookups,
@@ -68,6 +76,17 @@ VOLUME_RESYNC = 10.0
 
 
 @dataclass(frozen=True)
+class PodFiles:
+    """What the kubelet keeps on the node's disk beside the runtime ("": nothing, in tests)."""
+
+    #: Where the pods' directories are (termination message files), ``/var/lib/kubelet``.
+    kubelet_root: str = ""
+    #: Where the logs' legacy symlinks go (``/var/log/containers``); set, the pods'
+    #: log directories and dead symlinks are also removed.
+    container_logs: str = ""
+
+
+@dataclass(frozen=True)
 class PodSettings:
     """What the pod workers know of their node."""
 
@@ -77,6 +96,9 @@ class PodSettings:
     runtime_name: str = "containerd"
     cgroup_root: str = "/"
     allocatable: Mapping[str, str] = field(default_factory=dict)
+    files: PodFiles = field(default_factory=PodFiles)
+    #: Where the containers' logs go (``/var/log/pods``).
+    pod_logs: str = podspec.POD_LOGS
 
 
 def _field_path(pod: Mapping[str, Any], name: str) -> str:
@@ -124,6 +146,22 @@ def _steady(pod: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     )
 
 
+def _add_termination_message(status: api.ContainerStatus) -> None:
+    """
+    Add an exited container's termination message to its status's message,
+    as the kubelet does when it reads the container's status.
+    """
+    fallback = (
+        status.annotations.get(TERMINATION_MESSAGE_POLICY) == "FallbackToLogsOnError"
+        and status.exit_code != 0
+        and status.reason != "ContainerCannotRun"
+    )
+    path = status.annotations.get(TERMINATION_MESSAGE_PATH, "")
+    message = logs.read_termination_message(status, path, fallback)
+    if message:
+        status.message = f"{status.message}: {message}" if status.message else message
+
+
 def _pull_policy(container: Mapping[str, Any]) -> str:
     policy = container.get("imagePullPolicy")
     if policy:
@@ -141,6 +179,7 @@ class PodWorkers(MultiService):
     :param volumes: the volume manager (L{NoVolumes} until one is wired).
     :param prober: runs httpGet and tcpSocket probes and hooks (None: they fail).
     :param pull_auth: the CRI credentials for an image's registry (None: pulls without).
+    :param cgroups: the pods' cgroups, removed with their sandboxes (None: left alone).
     """
 
     _log = Logger()
@@ -154,8 +193,10 @@ class PodWorkers(MultiService):
         volumes: VolumeManager | None = None,
         prober: Prober | None = None,
         pull_auth: Callable[[str], api.AuthConfig | None] | None = None,
+        cgroups: PodCgroups | None = None,
     ) -> None:
         super().__init__()
+        self.cgroups = cgroups
         self.prober = prober
         self.pull_auth = pull_auth or (lambda image: None)
         self.clock = clock
@@ -261,7 +302,7 @@ class PodWorkers(MultiService):
             backoff.forget(worker.uid)
 
     async def remove_orphans(self) -> None:
-        """Stop and remove the sandboxes (and containers) of pods that no longer exist."""
+        """Stop and remove the sandboxes, containers and cgroups of pods that no longer exist."""
         self._cleaning = None
         known = {uid for uid in self.workers}
         for sandbox in await self.runtime.list_pod_sandboxes():
@@ -280,6 +321,25 @@ class PodWorkers(MultiService):
                 if not e.not_found:
                     raise
             await self.volumes.cleanup(uid)
+            meta = sandbox.metadata
+            self.remove_logs(
+                {"metadata": {"name": meta.name, "namespace": meta.namespace, "uid": uid}}
+            )
+        if self.cgroups is not None:
+            self.cgroups.remove_all_but(known)
+        if self.settings.files.container_logs:
+            logs.remove_dead_symlinks(self.settings.files.container_logs)
+
+    def remove_logs(self, pod: Object) -> None:
+        """
+        A removed pod's log directory, and the symlinks left pointing
+        nowhere (the kubelet's log GC), where the node keeps logs.
+        """
+        directory = self.settings.files.container_logs
+        if not directory:
+            return
+        shutil.rmtree(podspec.log_directory(pod, self.settings.pod_logs), ignore_errors=True)
+        logs.remove_dead_symlinks(directory)
 
 
 class PodWorker:
@@ -402,6 +462,8 @@ class PodWorker:
                 if e.not_found:
                     continue
                 raise
+            if status.state == api.CONTAINER_EXITED:
+                _add_termination_message(status)
             name = status.labels.get(CONTAINER_NAME) or status.metadata.name
             observed.containers.setdefault(name, []).append(status)
         return observed
@@ -592,6 +654,7 @@ class PodWorker:
             await events.emit(pod, WARNING, "Failed", f"Error: {e}", field_path)
             return
         mounts = self.workers.volumes.mounts(pod, container)
+        mounts += self._termination_message_mount(container)
         config = podspec.container_config(pod, container, image_ref, count, env, mounts)
         sandbox = observed.sandbox
         assert sandbox is not None
@@ -607,6 +670,50 @@ class PodWorker:
         await events.emit(pod, NORMAL, "Created", f"Created container {name}", field_path)
         await self._run(pod, container, observed, container_id)
         await self._prune(observed.containers.get(name) or [])
+
+    def _termination_message_mount(self, container: Object) -> list[api.Mount]:
+        """A new termination message file, mounted at the container's terminationMessagePath."""
+        root = self.workers.settings.files.kubelet_root
+        if not root:
+            return []
+        name = str(container.get("name"))
+        try:
+            host = logs.termination_message_file(root, self.uid, name)
+        except OSError as e:
+            self._log.warn(
+                "Cannot make the termination message file of {name}: {error}", name=name, error=e
+            )
+            return []
+        return [
+            api.Mount(
+                container_path=podspec.termination_message_path(container), host_path=str(host)
+            )
+        ]
+
+    async def _link_log(self, pod: Object, name: str, container_id: str) -> None:
+        """The legacy ``/var/log/containers`` symlink to a started container's log."""
+        directory = self.workers.settings.files.container_logs
+        if not directory:
+            return
+        try:
+            log = (await self.runtime.container_status(container_id)).log_path
+        except CRIError:
+            return
+        meta = metadata(pod)
+        link = logs.legacy_symlink(
+            directory, str(meta.get("name")), str(meta.get("namespace")), name, container_id
+        )
+        # Only for a log that exists, as the kubelet.
+        if not log or not os.path.exists(log):
+            return
+        try:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(log)
+        except OSError as e:
+            self._log.warn(
+                "Failed to create legacy symbolic link {link}: {error}", link=str(link), error=e
+            )
 
     async def _run(
         self, pod: Object, container: Object, observed: Observed, container_id: str
@@ -625,6 +732,7 @@ class PodWorker:
         await self.workers.events.emit(
             pod, NORMAL, "Started", f"Started container {name}", field_path
         )
+        await self._link_log(pod, name, container_id)
         hook = get_path(container, "lifecycle", "postStart")
         if hook:
             outcome = await run_handler(
@@ -652,6 +760,20 @@ class PodWorker:
         """Keep one exited instance of a container (its lastState) beside the new one."""
         for old in instances[1:]:
             await self.runtime.remove_container(old.id)
+            self._remove_log(old)
+
+    def _remove_log(self, container: api.ContainerStatus) -> None:
+        """A removed container's log and its symlink go too (where the node keeps them)."""
+        directory = self.workers.settings.files.container_logs
+        if not directory:
+            return
+        meta = metadata(self.last)
+        name = container.labels.get(CONTAINER_NAME) or container.metadata.name
+        logs.legacy_symlink(
+            directory, str(meta.get("name")), str(meta.get("namespace")), name, container.id
+        ).unlink(missing_ok=True)
+        if container.log_path:
+            Path(container.log_path).unlink(missing_ok=True)
 
     def _sandbox_ips(self, observed: Observed) -> tuple[str, ...]:
         sandbox = observed.sandbox
@@ -897,6 +1019,9 @@ class PodWorker:
         ):
             await self.runtime.stop_pod_sandbox(sandbox.id)
             await self.runtime.remove_pod_sandbox(sandbox.id)
+        if self.workers.cgroups is not None:
+            self.workers.cgroups.remove(self.uid)
+        self.workers.remove_logs(self.last)
 
     async def _terminate(self, pod: Object) -> None:
         """A pod marked for deletion: kill it, write its final status, delete the object."""
