@@ -23,7 +23,7 @@ from k3stw.apiserver.rbacrules import Rule
 from k3stw.apiserver.status import StatusError
 from k3stw.machinery.cache import Indexer
 from k3stw.machinery.identity import User
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.labels import aggregate
 from k3stw.machinery.objects import Object, join_key, name_of, namespace_of
 
@@ -116,11 +116,7 @@ class RBAC:
         self.cluster_role_bindings = informers.for_resource(kinds.CLUSTER_ROLE_BINDINGS)
         self._grants: dict[tuple[str, tuple[str, ...]], Grants] = {}
         self._compiled: dict[str, list[Rule]] = {}
-        forget = EventHandler(
-            on_add=self._changed,
-            on_update=lambda old, new: self._changed(new),
-            on_delete=self._changed,
-        )
+        forget = each_change(self._changed)
         for informer in (self.roles, self.cluster_roles):
             informer.add_handler(forget)
         for informer in (self.role_bindings, self.cluster_role_bindings):

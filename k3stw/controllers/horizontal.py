@@ -38,7 +38,7 @@ from k3stw.controllers import TRANSIENT
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.machinery.cache import NAMESPACE
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.labels import NOTHING, LabelSelector, SelectorError, parse_label_selector
 from k3stw.machinery.objects import (
     Object,
@@ -598,11 +598,7 @@ class HorizontalController(Controller):
         self._selectors: dict[str, LabelSelector] = {}
         self.add_handler(
             self.hpa_informer,
-            EventHandler(
-                on_add=self._hpa_changed,
-                on_update=lambda old, new: self._hpa_changed(new),
-                on_delete=self._hpa_deleted,
-            ),
+            each_change(self._hpa_changed, deleted=self._hpa_deleted),
         )
 
     def _hpa_changed(self, hpa: Object) -> None:

@@ -25,7 +25,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.controllers.events import NORMAL, EventRecorder
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.objects import Object, name_of
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -160,11 +160,7 @@ class NodeIPAMController(Controller):
         self._held: dict[str, tuple[str, ...]] = {}
         self.add_handler(
             self.nodes,
-            EventHandler(
-                on_add=self._seen,
-                on_update=lambda old, new: self._seen(new),
-                on_delete=self._gone,
-            ),
+            each_change(self._seen, deleted=self._gone),
         )
 
     def _seen(self, node: Object) -> None:

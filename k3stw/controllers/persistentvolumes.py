@@ -35,7 +35,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.informer import Informer, each_change
 from k3stw.machinery.labels import LabelSelectorError, label_selector_from_spec
 from k3stw.machinery.objects import (
     Object,
@@ -195,19 +195,11 @@ class PersistentVolumeBinder(StorageKinds, Controller):
         self.recorder = EventRecorder(store, store.clock, COMPONENT, host)
         self.add_handler(
             self.claims,
-            EventHandler(
-                on_add=self._claim_changed,
-                on_update=lambda old, new: self._claim_changed(new),
-                on_delete=self._claim_deleted,
-            ),
+            each_change(self._claim_changed, deleted=self._claim_deleted),
         )
         self.add_handler(
             self.volumes,
-            EventHandler(
-                on_add=self._volume_changed,
-                on_update=lambda old, new: self._volume_changed(new),
-                on_delete=self._volume_deleted,
-            ),
+            each_change(self._volume_changed, deleted=self._volume_deleted),
         )
 
     def _claim_changed(self, claim: Object) -> None:

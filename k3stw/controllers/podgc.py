@@ -29,7 +29,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT, delete_if_present, update_status_if_present
 from k3stw.machinery.cache import NODE_NAME, by_node_name
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.objects import (
     Object,
     find_condition,
@@ -117,19 +117,14 @@ class PodGCController(Controller):
         self._orphaned_since: dict[str, float] = {}
         self.add_handler(
             self.pod_informer,
-            EventHandler(
-                on_add=self._pod_changed,
-                on_update=lambda old, new: self._pod_changed(new),
-                on_delete=lambda pod: self._orphaned_since.pop(object_key(pod), None),
+            each_change(
+                self._pod_changed,
+                deleted=lambda pod: self._orphaned_since.pop(object_key(pod), None),
             ),
         )
         self.add_handler(
             self.node_informer,
-            EventHandler(
-                on_add=self._node_changed,
-                on_update=lambda old, new: self._node_changed(new),
-                on_delete=self._node_deleted,
-            ),
+            each_change(self._node_changed, deleted=self._node_deleted),
         )
 
     def _pod_changed(self, pod: Object) -> None:

@@ -30,7 +30,7 @@ from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT, delete_if_present
 from k3stw.machinery.cache import LABEL, NAMESPACE, NODE_NAME, by_label, by_node_name
 from k3stw.machinery.controller import Controller
-from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.informer import EventHandler, Informer, each_change
 from k3stw.machinery.objects import (
     Object,
     copy_json,
@@ -426,11 +426,7 @@ class EndpointSliceController(_ServiceEndpoints):
         self.max_per_slice = max_per_slice
         self.add_handler(
             self.slice_informer,
-            EventHandler(
-                on_add=self._slice_changed,
-                on_update=lambda old, new: self._slice_changed(new),
-                on_delete=self._slice_changed,
-            ),
+            each_change(self._slice_changed),
         )
         self.add_handler(
             self.node_informer,

@@ -47,12 +47,20 @@ class EventHandler:
     on_delete: Callable[[Object], object] | None = None
 
 
-def each_change(changed: Callable[[Object], object], deletions: bool = True) -> EventHandler:
-    """A handler that hands every added or changed object (and deleted one) to C{changed}."""
+def each_change(
+    changed: Callable[[Object], object],
+    deletions: bool = True,
+    deleted: Callable[[Object], object] | None = None,
+) -> EventHandler:
+    """
+    A handler that hands every added or changed object to C{changed}, and
+    every deleted one to C{deleted} (to C{changed} unless given; to none
+    without C{deletions}).
+    """
     return EventHandler(
         on_add=changed,
         on_update=lambda old, new: changed(new),
-        on_delete=changed if deletions else None,
+        on_delete=deleted or (changed if deletions else None),
     )
 
 

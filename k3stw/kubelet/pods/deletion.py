@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from k3stw.kubeclient import KubeAPI, KubeAPIError
 from k3stw.logs import Logger
-from k3stw.machinery.informer import EventHandler, Informer
+from k3stw.machinery.informer import Informer, each_change
 from k3stw.machinery.objects import Object, get_path, metadata
 from k3stw.machinery.source import HTTPSource
 
@@ -68,9 +68,7 @@ class NoRuntimePods(MultiService):
         self.client = client
         self.informer = node_pods(client, clock, node_name)
         self.informer.setServiceParent(self)
-        self.informer.add_handler(
-            EventHandler(on_add=self._changed, on_update=lambda old, new: self._changed(new))
-        )
+        self.informer.add_handler(each_change(self._changed, deletions=False))
         self._retries: dict[str, IDelayedCall] = {}
         #: The UIDs of the pods being finished now (their own status write is heard meanwhile).
         self._busy: set[str] = set()

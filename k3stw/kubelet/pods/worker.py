@@ -59,7 +59,7 @@ from k3stw.kubelet.pods.spec import (
 from k3stw.kubelet.pods.status import TERMINAL, Observed, Waiting, pod_status, restart_count
 from k3stw.kubelet.pods.volumes import NoVolumes, VolumeManager
 from k3stw.logs import Logger
-from k3stw.machinery.informer import EventHandler
+from k3stw.machinery.informer import each_change
 from k3stw.machinery.objects import Object, get_path, metadata
 from k3stw.machinery.times import parse_time
 
@@ -210,13 +210,7 @@ class PodWorkers(MultiService):
         self.workers: dict[str, PodWorker] = {}
         self.informer = node_pods(client, clock, settings.node_name)
         self.informer.setServiceParent(self)
-        self.informer.add_handler(
-            EventHandler(
-                on_add=self._changed,
-                on_update=lambda old, new: self._changed(new),
-                on_delete=self._deleted,
-            )
-        )
+        self.informer.add_handler(each_change(self._changed, deleted=self._deleted))
         self._cleaning: Deferred[None] | None = None
         #: Each pod UID's sandboxes and containers (id, state) at the last relist.
         self._relisted: dict[str, frozenset[tuple[str, int]]] = {}
