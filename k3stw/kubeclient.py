@@ -62,7 +62,37 @@ class KubeAPI(Protocol):
     async def replace(self, path: str, obj: Object) -> Object: ...
 
 
-class KubeClient:
+class APIVerbs:
+    """The REST verbs of a client, each one L{call}: shared by every client of the API."""
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Object | list[Any] | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> Object:
+        raise NotImplementedError
+
+    async def get(self, path: str) -> Object:
+        return await self.call("GET", path)
+
+    async def create(self, path: str, obj: Object) -> Object:
+        """POST C{obj} to the collection at C{path}."""
+        return await self.call("POST", path, obj)
+
+    async def replace(self, path: str, obj: Object) -> Object:
+        return await self.call("PUT", path, obj)
+
+    async def merge_patch(self, path: str, patch: Object) -> Object:
+        return await self.call("PATCH", path, patch, "application/merge-patch+json")
+
+    async def delete(self, path: str) -> Object:
+        return await self.call("DELETE", path)
+
+
+class KubeClient(APIVerbs):
     """
     Requests to one API server URL through an L{HTTPSClient} (whose TLS policy
     carries the caller's identity).
@@ -124,22 +154,6 @@ class KubeClient:
         if errors:
             raise KubeAPIError("WATCH", path, int(errors[0].get("code", 500)), errors[0])
 
-    async def get(self, path: str) -> Object:
-        return await self.call("GET", path)
-
     async def fetch_raw(self, path: str) -> bytes:
         """The body of a GET of a path that is not the Kubernetes API (the supervisor's)."""
         return await self.http.fetch(self.server_url + path)
-
-    async def create(self, path: str, obj: Object) -> Object:
-        """POST C{obj} to the collection at C{path}."""
-        return await self.call("POST", path, obj)
-
-    async def replace(self, path: str, obj: Object) -> Object:
-        return await self.call("PUT", path, obj)
-
-    async def merge_patch(self, path: str, patch: Object) -> Object:
-        return await self.call("PATCH", path, patch, "application/merge-patch+json")
-
-    async def delete(self, path: str) -> Object:
-        return await self.call("DELETE", path)

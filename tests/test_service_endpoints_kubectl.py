@@ -79,6 +79,7 @@ class ServiceEndpointsTests(SynchronousTestCase):
 
     def test_endpoints_slices_and_budget(self) -> None:
         self.cluster.kubectl("apply", "-f", "-", stdin=MANIFESTS)
+        # Pod IPs written into the pods' status only: no traffic goes to them.
         for name, ip in (("web-1", "10.42.0.5"), ("web-2", "10.42.0.6")):
             self.cluster.kubectl("apply", "-f", "-", stdin=POD.format(name=name))
             self.mark_ready(name, ip)

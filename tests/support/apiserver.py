@@ -32,7 +32,7 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.apiserver.verbs import TokenRequests
 from k3stw.datastore.memory import MemoryDatastore
-from k3stw.kubeclient import KubeAPIError
+from k3stw.kubeclient import APIVerbs, KubeAPIError
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
 
@@ -253,7 +253,7 @@ class APIDummyRequest(DummyRequest):
         return self.responseCode or 200
 
 
-class MemoryClient:
+class MemoryClient(APIVerbs):
     """
     A component's API client (L{k3stw.kubeclient.KubeClient}'s calls, not its
     watches) over a L{MemoryAPI}, as the user of C{token}: the kubelet's
@@ -287,12 +287,3 @@ class MemoryClient:
         if not 200 <= made.code < 300:
             raise KubeAPIError(method, path, made.code, document)
         return document
-
-    async def get(self, path: str) -> Object:
-        return await self.call("GET", path)
-
-    async def create(self, path: str, obj: Object) -> Object:
-        return await self.call("POST", path, obj)
-
-    async def replace(self, path: str, obj: Object) -> Object:
-        return await self.call("PUT", path, obj)

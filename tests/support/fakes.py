@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from k3stw.apiserver.patch import apply_merge_patch
-from k3stw.kubeclient import KubeAPIError, Object
+from k3stw.kubeclient import APIVerbs, KubeAPIError, Object
 from k3stw.kubelet.volumes.mounter import MountError
 from k3stw.machinery.source import EventSink, IListWatch, IWatchStream, Listed
 from k3stw.machinery.times import rfc3339
@@ -44,7 +44,7 @@ def api_error(method: str, path: str, code: int, reason: str, message: str) -> K
     return KubeAPIError(method, path, code, status)
 
 
-class FakeKubeClient:
+class FakeKubeClient(APIVerbs):
     """
     A Kubernetes API in memory, behind L{KubeClient}'s methods.
 
@@ -175,9 +175,6 @@ class FakeKubeClient:
         for watch in watches:
             watch.ended.callback(None)
 
-    async def get(self, path: str) -> Object:
-        return await self.call("GET", path)
-
     async def fetch_raw(self, path: str) -> bytes:
         """The supervisor's paths: whatever the test put in L{raw}."""
         self.requests.append(("GET", path))
@@ -186,18 +183,6 @@ class FakeKubeClient:
         if path not in self.raw:
             raise api_error("GET", path, 404, "NotFound", "404 page not found")
         return self.raw[path]
-
-    async def create(self, path: str, obj: Object) -> Object:
-        return await self.call("POST", path, obj)
-
-    async def replace(self, path: str, obj: Object) -> Object:
-        return await self.call("PUT", path, obj)
-
-    async def merge_patch(self, path: str, patch: Object) -> Object:
-        return await self.call("PATCH", path, patch, "application/merge-patch+json")
-
-    async def delete(self, path: str) -> Object:
-        return await self.call("DELETE", path)
 
     # The rules
 
