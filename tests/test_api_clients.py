@@ -45,7 +45,7 @@ def resource_version(listed: client.V1ConfigMapList) -> str:
 def start_server(root: Path, *extra: str) -> tuple[Twistd, int]:
     port = free_port(HOST)
     server = k3s_server(SynchronousTestCase(), root, HOST, port, *extra).start()
-    server.wait_for_ping(HOST, port)
+    server.wait_for_answer(HOST, port)
     ca = root / "data" / "server" / "tls" / "server-ca.crt"
     deadline = time.monotonic() + 60
     while True:

@@ -41,7 +41,7 @@ class ExternalDatastoreMixin:
             case, root, HOST, port, "--node-name", root.name, "--datastore-endpoint", endpoint,
             "--token", TOKEN,
         ).start()  # fmt: skip
-        server.wait_for_ping(HOST, port)
+        server.wait_for_answer(HOST, port)
         kubeconfig = root / "k3s.yaml"
         deadline = time.monotonic() + 60
         while self.kubectl(kubeconfig, "get", "--raw", "/v1-k3s/readyz").returncode != 0:
@@ -111,7 +111,7 @@ class KubernetesEndpointsTests(SynchronousTestCase):
             "--token",
             TOKEN,
         ).start()
-        server.wait_for_ping(host, port)
+        server.wait_for_answer(host, port)
         return server, root / "k3s.yaml", port
 
     def endpoints(self, kubeconfig: Path) -> str:
@@ -179,7 +179,7 @@ class AllocationRaceTests(SynchronousTestCase):
                 self, root / name, HOST, port, "--disable-agent", "--datastore-endpoint",
                 endpoint, "--token", TOKEN, "--service-cidr", "10.45.0.0/27",
             ).start()  # fmt: skip
-            server.wait_for_ping(HOST, port)
+            server.wait_for_answer(HOST, port)
             server.wait_for_output("k3s is up and running")
             kubeconfigs.append(root / name / "k3s.yaml")
         # A /27 has 30 addresses; the kubernetes service holds .1: 29 are left.

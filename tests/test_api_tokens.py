@@ -260,7 +260,7 @@ class SharedServiceKeyTests(SynchronousTestCase):
                 self, root / name, host, port, "--disable-agent", "--datastore-endpoint",
                 endpoint, "--token", "shared-token-secret",
             ).start()  # fmt: skip
-            server.wait_for_ping(host, port)
+            server.wait_for_answer(host, port)
             server.wait_for_output("k3s is up and running")
             kubeconfigs.append(str(root / name / "k3s.yaml"))
         keys = {

@@ -81,7 +81,7 @@ class FailoverTests(SynchronousTestCase):
     def test_the_agent_survives_the_server_it_joined_through(self) -> None:
         cluster = self.cluster.start()
         second, second_port = cluster.second()
-        second.wait_for_ping(SECOND, second_port)
+        second.wait_for_answer(SECOND, second_port)
         cluster.server.wait_for_output("Saved the cluster's bootstrap data to")
         second.wait_for_output("Took the cluster's bootstrap data from")
         for name in ("server-ca.crt", "client-ca.crt", "server-ca.key"):

@@ -86,7 +86,7 @@ class ServerTests(SynchronousTestCase):
             SynchronousTestCase(), cls.root, HOST, port, "--disable-agent", memory_limit=1 << 30
         )
         cls.server.start()
-        cls.server.wait_for_ping(HOST, port)
+        cls.server.wait_for_answer(HOST, port)
         cls.server.wait_for_output("k3s is up and running")
         code, _ = admin_request(
             cls.root, "POST", cls.configmaps, json.dumps({"metadata": {"name": "target"}}).encode()

@@ -63,7 +63,7 @@ class Cluster:
 
     def start(self) -> Self:
         self.server.start()
-        self.server.wait_for_ping(self.host, self.port)
+        self.server.wait_for_answer(self.host, self.port)
         ca = self.root / "server" / "data" / "server" / "tls" / "server-ca.crt"
         self.wait(
             lambda: https_get(self.host, self.port, "/v1-k3s/readyz", ca)[0] == 200,

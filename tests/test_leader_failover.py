@@ -31,7 +31,7 @@ class LeaderFailoverTests(SynchronousTestCase):
             self, root, host, port, "--disable-agent", "--node-name", name,
             "--datastore-endpoint", endpoint, "--token", TOKEN,
         ).start()  # fmt: skip
-        server.wait_for_ping(host, port)
+        server.wait_for_answer(host, port)
         return server, root / "k3s.yaml"
 
     def kubectl(self, kubeconfig: Path, *args: str, stdin: str | None = None) -> str:

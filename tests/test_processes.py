@@ -36,7 +36,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.twistd.start()
-        self.twistd.wait_for_ping(self.host, self.port)
+        self.twistd.wait_for_answer(self.host, self.port)
         return self
 
     @property
@@ -76,7 +76,8 @@ class ServerProcessTests(SynchronousTestCase):
         self.assertEqual(bundle, server.ca_file.read_bytes())
         self.assertTrue(server.token.startswith(f"K10{hashlib.sha256(bundle).hexdigest()}::"))
         self.assertEqual(server.get("/ping"), (200, b"pong"))
-        self.assertEqual(server.get("/v1-k3s/readyz"), (200, b"ok"))
+        # /ping answers as soon as TLS listens; readiness follows the bootstrap.
+        server.twistd.wait_for_answer(server.host, server.port, "/v1-k3s/readyz", b"ok")
         code, body = server.get("/nope")
         self.assertEqual((code, json.loads(body)["reason"]), (404, "NotFound"))
         code, body = server.get("/api/v1/namespaces")

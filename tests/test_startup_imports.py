@@ -119,7 +119,7 @@ def agent_process() -> NodeProcess:
         port = free_port(HOST)
         server = k3s_server(SynchronousTestCase(), work / "server", HOST, port, "--disable-agent")
         try:
-            server.start().wait_for_ping(HOST, port)
+            server.start().wait_for_answer(HOST, port)
             token = (work / "server" / "data" / "server" / "token").read_text().strip()
             agent = work / "agent"
             agent.mkdir()

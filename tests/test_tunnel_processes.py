@@ -94,7 +94,7 @@ class TunnelProcessTests(SynchronousTestCase):
         server = self.cluster.server
         server.stop()
         server.start()
-        server.wait_for_ping("127.0.0.14", self.cluster.port)
+        server.wait_for_answer("127.0.0.14", self.cluster.port)
         restarted = time.monotonic()
         self.wait_for_kubelet("tunnelled", timeout=5.0)
         self.assertLess(time.monotonic() - restarted, 5.0 + 1.0)

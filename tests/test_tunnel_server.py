@@ -177,7 +177,7 @@ class TunnelServerTests(TestCase):
         self.root = root
         self.port = free_port(SERVER_HOST)
         self.server = k3s_server(self, root, SERVER_HOST, self.port, "--disable-agent").start()
-        self.server.wait_for_ping(SERVER_HOST, self.port)
+        self.server.wait_for_answer(SERVER_HOST, self.port)
         self.tls = root / "data" / "server" / "tls"
         self.server_ca = (self.tls / "server-ca.crt").read_bytes()
         self.client_ca = load_pair(self.tls, "client-ca")

@@ -43,7 +43,7 @@ def start_ready_server(case: SynchronousTestCase, root: Path, host: str) -> Twis
     port = free_port(host)
     server = k3s_server(case, root, host, port)
     server.start()
-    server.wait_for_ping(host, port)
+    server.wait_for_answer(host, port)
     env = kubectl_env(root)
     deadline = time.monotonic() + 30
     while run_kubectl(env, "get", "--raw", "/readyz").returncode != 0:

@@ -158,20 +158,27 @@ class Twistd:
                 raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output}")
             time.sleep(0.05)
 
-    def wait_for_ping(self, host: str, port: int, timeout: float = START_TIMEOUT) -> None:
-        """Wait until ``/ping`` answers ``pong`` over TLS."""
+    def wait_for_answer(
+        self,
+        host: str,
+        port: int,
+        path: str = "/ping",
+        answer: bytes = b"pong",
+        timeout: float = START_TIMEOUT,
+    ) -> None:
+        """Wait until C{path} answers 200 with C{answer} over TLS."""
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
                 raise AssertionError(f"twistd exited ({self.process.returncode}):\n{self.output}")
             try:
-                if https_get(host, port, "/ping", timeout=1.0) == (200, b"pong"):
+                if https_get(host, port, path, timeout=1.0) == (200, answer):
                     return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"no /ping within {timeout}s:\n{self.output}")
+                raise AssertionError(f"no {path} within {timeout}s:\n{self.output}")
             time.sleep(0.05)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
