@@ -29,6 +29,8 @@ from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
 
 if TYPE_CHECKING:
+    from k3stw.kubelet.logstream import ContainerLogs
+    from k3stw.kubelet.pods.worker import PodWorkers
     from k3stw.loadbalancer.health import HealthCheck
     from k3stw.loadbalancer.service import LoadBalancerService
 
@@ -130,6 +132,8 @@ def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
         ),
         cluster_domain=str(joined.settings.get("ClusterDomain") or "cluster.local"),
         cgroup_root=config.kubelet_args.cgroup_root,
+        container_log_max_size=config.kubelet_args.container_log_max_size,
+        container_log_max_files=config.kubelet_args.container_log_max_files,
     )
 
 
@@ -187,6 +191,7 @@ def node_factory(
 
     def make(joined: Joined) -> IService:
         services = MultiService()
+        kubelet = make_kubelet(joined)
         api = KubeletAPIService(
             reactor,
             node_name=joined.identity.name,
@@ -194,16 +199,27 @@ def node_factory(
             client_ca=joined.client_ca,
             port=config.kubelet_args.port,
             data_dir=config.data_dir,
+            container_logs=_container_logs(reactor, kubelet) if config.runtime else None,
         )
         # A port in use stops the node, as it stops k3s's kubelet.
         api._raiseSynchronously = True
         api.setServiceParent(services)
         if balancer is not None:
             _follow_servers(reactor, config, balancer, joined).setServiceParent(services)
-        make_kubelet(joined).setServiceParent(services)
+        kubelet.setServiceParent(services)
         return services
 
     return make
+
+
+def _container_logs(reactor: Any, kubelet: IService) -> ContainerLogs:
+    """The kubelet's ``/containerLogs``: its pods once it runs them, files followed with inotify."""
+    from k3stw.kubelet.logstream import ContainerLogs, inotify_watch
+
+    def host() -> PodWorkers | None:
+        return kubelet.pod_workers if isinstance(kubelet, KubeletService) else None
+
+    return ContainerLogs(reactor, host, inotify_watch(reactor))
 
 
 def _follow_servers(

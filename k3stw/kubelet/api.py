@@ -1,6 +1,7 @@
 """
 The kubelet's HTTPS API (port 10250), which the servers reach through the
-agent's websocket tunnel: ``/healthz``, ``/pods`` and ``/stats/summary``.
+agent's websocket tunnel: ``/healthz``, ``/pods``, ``/stats/summary`` and,
+on a node with a container runtime, ``/containerLogs``.
 
 Every request is authenticated and authorized first (L{k3stw.kubelet.auth}:
 the kubelet's 401 and 403), then routed; ``/stats/summary`` answers the
@@ -18,7 +19,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -33,6 +35,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from k3stw.kubelet.auth import (
@@ -51,6 +54,9 @@ from k3stw.machinery.times import utc
 from k3stw.pki.certs import KeyPair, load_pem_certificates
 from k3stw.pki.tls import client_certificate_requesting_options
 from k3stw.web import QuietSite
+
+if TYPE_CHECKING:
+    from k3stw.kubelet.logstream import ContainerLogs
 
 #: Go's ``http.Error`` content type, which every plain-text answer carries.
 _TEXT = b"text/plain; charset=utf-8"
@@ -145,11 +151,31 @@ class _Summary(_Endpoint):
         return _json(request, self._summary(only))
 
 
+class _ContainerLogs(_Endpoint):
+    """``/containerLogs/<namespace>/<pod>/<container>`` (L{k3stw.kubelet.logstream})."""
+
+    isLeaf = True
+
+    def __init__(self, logs: ContainerLogs) -> None:
+        super().__init__()
+        self._logs = logs
+
+    def render_GET(self, request: IRequest) -> bytes | int:
+        if len(request.postpath) != 3:
+            return NOT_FOUND.render(request)
+        namespace, pod, container = (
+            unquote(p.decode("utf-8", "replace")) for p in request.postpath
+        )
+        return cast(
+            bytes | int, self._logs.render(cast(Request, request), namespace, pod, container)
+        )
+
+
 class _NotImplementedYet(Resource):
     """
     The streaming endpoints (``/containerLogs``, ``/exec``, ``/attach``,
     ``/portForward``, ``/run``) need a container runtime, which the node does
-    not have yet: they answer 501 until it comes, rather than a fake success.
+    not have (yet): they answer 501 until it comes, rather than a fake success.
     """
 
     isLeaf = True
@@ -206,8 +232,12 @@ class KubeletAPIResource(Resource):
 def kubelet_routes(
     pods: Callable[[], list[dict[str, Any]]] | None,
     summary: Callable[[bool], dict[str, Any]],
+    container_logs: ContainerLogs | None = None,
 ) -> Resource:
-    """The endpoints' tree, before authentication."""
+    """
+    The endpoints' tree, before authentication (C{container_logs}: None on a
+    node without a container runtime).
+    """
     root = _Directory()
     root.putChild(b"healthz", _Healthz())
     root.putChild(b"pods", _Pods(pods))
@@ -217,6 +247,8 @@ def kubelet_routes(
     # Where the streaming endpoints will go once a container runtime exists.
     for streaming in (b"containerLogs", b"exec", b"attach", b"portForward", b"run"):
         root.putChild(streaming, _NotImplementedYet())
+    if container_logs is not None:
+        root.putChild(b"containerLogs", _ContainerLogs(container_logs))
     return root
 
 
@@ -276,6 +308,7 @@ class KubeletAPIService(StreamServerEndpointService):
     :param pods: the pods the node runs, as API objects (None: none).
     :param proc: where ``/proc`` is (tests point it at fixture files).
     :param authorizer: who may use the API (L{allow_apiserver} by default).
+    :param container_logs: serves ``/containerLogs`` (None: a node without a runtime).
     """
 
     _log = Logger()
@@ -293,6 +326,7 @@ class KubeletAPIService(StreamServerEndpointService):
         pods: Callable[[], list[dict[str, Any]]] | None = None,
         proc: Path = Path("/proc"),
         authorizer: Authorizer = allow_apiserver,
+        container_logs: ContainerLogs | None = None,
     ) -> None:
         self.reactor = reactor
         self.node_name = node_name
@@ -302,7 +336,7 @@ class KubeletAPIService(StreamServerEndpointService):
         self.proc = proc
         self.cpu_rate = CPUUsageRate()
         resource = KubeletAPIResource(
-            reactor, client_ca, kubelet_routes(pods, self.summary), authorizer
+            reactor, client_ca, kubelet_routes(pods, self.summary, container_logs), authorizer
         )
         site = QuietSite(resource)
         self._endpoint = _RecordingEndpoint(

@@ -12,6 +12,10 @@ from types import MappingProxyType
 
 from k3stw.machinery.nodes import KUBELET_PORT, TAINT_EFFECTS, Taint
 
+#: The kubelet's ``containerLogMaxSize`` (10Mi) and ``containerLogMaxFiles`` defaults.
+CONTAINER_LOG_MAX_SIZE = 10 * 1024 * 1024
+CONTAINER_LOG_MAX_FILES = 5
+
 _NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -157,6 +161,8 @@ class KubeletConfig:
     :ivar cluster_dns: ``--cluster-dns``: the resolvers ClusterFirst pods use.
     :ivar cluster_domain: ``--cluster-domain``: the cluster's DNS domain.
     :ivar cgroup_root: ``--cgroup-root``: where the pods' cgroups go.
+    :ivar container_log_max_size: ``containerLogMaxSize`` in bytes (negative: no rotation).
+    :ivar container_log_max_files: ``containerLogMaxFiles``.
     """
 
     node_name: str
@@ -178,6 +184,8 @@ class KubeletConfig:
     cluster_dns: tuple[str, ...] = ("10.43.0.10",)
     cluster_domain: str = "cluster.local"
     cgroup_root: str = "/"
+    container_log_max_size: int = CONTAINER_LOG_MAX_SIZE
+    container_log_max_files: int = CONTAINER_LOG_MAX_FILES
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,10 @@ class KubeletArgs:
     ignored: tuple[str, ...] = ()
     #: ``cgroup-root``: the cgroup the pods' QoS cgroups (``kubepods``) go under.
     cgroup_root: str = "/"
+    #: ``container-log-max-size`` in bytes: a container log this big is rotated.
+    container_log_max_size: int = CONTAINER_LOG_MAX_SIZE
+    #: ``container-log-max-files``: the most log files a container keeps.
+    container_log_max_files: int = CONTAINER_LOG_MAX_FILES
 
 
 def parse_kubelet_args(args: Iterable[str]) -> KubeletArgs:
@@ -198,6 +210,7 @@ def parse_kubelet_args(args: Iterable[str]) -> KubeletArgs:
     """
     port = KUBELET_PORT
     cgroup_root = "/"
+    log_size, log_files = CONTAINER_LOG_MAX_SIZE, CONTAINER_LOG_MAX_FILES
     ignored: list[str] = []
     for arg in args:
         name, equals, value = arg.lstrip("-").partition("=")
@@ -211,6 +224,30 @@ def parse_kubelet_args(args: Iterable[str]) -> KubeletArgs:
             if not value.startswith("/"):
                 raise NodeFlagError(f"invalid kubelet-arg {arg!r}: cgroup-root must be absolute")
             cgroup_root = value
+        elif name == "container-log-max-size":
+            log_size = _log_size(arg, value)
+        elif name == "container-log-max-files":
+            if not value.lstrip("-").isdigit() or int(value) <= 1:
+                raise NodeFlagError(
+                    f"invalid kubelet-arg {arg!r}: containerLogMaxFiles "
+                    f"(--container-log-max-files) {value} must be greater than 1"
+                )
+            log_files = int(value)
         else:
             ignored.append(arg)
-    return KubeletArgs(port, tuple(ignored), cgroup_root)
+    return KubeletArgs(port, tuple(ignored), cgroup_root, log_size, log_files)
+
+
+def _log_size(arg: str, value: str) -> int:
+    """A ``container-log-max-size`` quantity in bytes (kube's ``parseMaxSize``)."""
+    from k3stw.machinery.quantity import QuantityError, parse_quantity
+
+    try:
+        size = parse_quantity(value).value
+    except QuantityError as e:
+        raise NodeFlagError(
+            f'invalid kubelet-arg {arg!r}: failed to parse container log max size "{value}": {e}'
+        ) from None
+    if size.denominator != 1 or not -(2**63) <= size < 2**63:
+        raise NodeFlagError(f"invalid kubelet-arg {arg!r}: invalid max log size")
+    return int(size)

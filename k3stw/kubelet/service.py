@@ -209,6 +209,8 @@ class KubeletService(MultiService):
         if self.runtime is not None:
             self.pod_workers = self._pod_workers(self.runtime)
             self.pod_workers.setServiceParent(self)
+            if self.pod_files is not None and self.pod_files.container_logs:
+                self._rotate_logs(self.runtime)
         else:
             # Nothing runs here, so nothing need stop before a pod's deletion is confirmed.
             NoRuntimePods(self.clock, self.client, self.config.node_name).setServiceParent(self)
@@ -239,6 +241,18 @@ class KubeletService(MultiService):
             pull_auth=registries.pull_auth if registries is not None else None,
             cgroups=self.cgroups,
         )
+
+    def _rotate_logs(self, runtime: Runtime) -> None:
+        """Rotate the containers' logs, where the node keeps them (the container log manager)."""
+        from k3stw.kubelet.logrotation import LogRotation, rotation_job
+
+        rotation = LogRotation(
+            self.clock,
+            runtime,
+            self.config.container_log_max_size,
+            self.config.container_log_max_files,
+        )
+        rotation_job(rotation).setServiceParent(self)
 
     async def _connect_runtime(self, node_runtime: NodeRuntime) -> None:
         """Wait for the runtime, then learn its version (the kubelet registers only then)."""

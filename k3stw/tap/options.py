@@ -233,7 +233,9 @@ NODE_EXTERNAL_IP = repeatable(
 NODE_LABEL = repeatable("node-label", "Registering and starting kubelet with set of labels")
 NODE_TAINT = repeatable("node-taint", "Registering kubelet with set of taints")
 KUBELET_ARG = repeatable(
-    "kubelet-arg", "Customized flag for kubelet process (k3stw honours port=<n>)"
+    "kubelet-arg",
+    "Customized flag for kubelet process (k3stw honours port, cgroup-root, "
+    "container-log-max-size, container-log-max-files)",
 )
 CONTAINER_RUNTIME = Flag(
     "container-runtime",

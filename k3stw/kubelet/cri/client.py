@@ -280,6 +280,10 @@ class CRIClient:
         request = api.ContainerStatusRequest(container_id=container_id)
         return self._call(self._runtime, "ContainerStatus", request, _status)
 
+    def reopen_container_log(self, container_id: str) -> Deferred[None]:
+        request = api.ReopenContainerLogRequest(container_id=container_id)
+        return self._call(self._runtime, "ReopenContainerLog", request, _nothing)
+
     def exec_sync(
         self, container_id: str, cmd: Sequence[str], timeout: int
     ) -> Deferred[api.ExecSyncResponse]:

@@ -533,6 +533,16 @@ class MemoryRuntime:
             image_id=c.image.id,
         )
 
+    @_cri("ReopenContainerLog")
+    def reopen_container_log(self, container_id: str) -> None:
+        """As containerd: only a running container; its log file made anew at its path."""
+        container = self._container("ReopenContainerLog", container_id)
+        if container.state != api.CONTAINER_RUNNING:
+            raise self._refused("ReopenContainerLog", "container is not running")
+        if container.log_path:
+            with open(container.log_path, "ab"):
+                pass
+
     @_cri("ExecSync")
     def exec_sync(
         self, container_id: str, cmd: Sequence[str], timeout: int

@@ -154,6 +154,9 @@ class Runtime(Protocol):
     def container_status(self, container_id: str) -> Deferred[api.ContainerStatus]:
         """A container's state, times, exit code, reason and image."""
 
+    def reopen_container_log(self, container_id: str) -> Deferred[None]:
+        """Have a running container write its log to a new file at its log path (rotation)."""
+
     def exec_sync(
         self, container_id: str, cmd: Sequence[str], timeout: int
     ) -> Deferred[api.ExecSyncResponse]:

@@ -24,6 +24,7 @@ L{PodWorkers} removes the sandboxes and cgroups of pods that no longer exist.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -286,6 +287,19 @@ class PodWorkers(MultiService):
             # A pod new to the relist is synced once more: it may have changed before the list.
             if worker.steady and before.get(uid) != now.get(uid, frozenset()):
                 worker.kick()
+
+    def pod_by_name(self, namespace: str, name: str) -> Object | None:
+        """
+        The node's pod of that name, with the status its worker last wrote
+        (the kubelet's status manager), else the one the API holds.
+        """
+        pod = self.informer.get(f"{namespace}/{name}")
+        if pod is None:
+            return None
+        worker = self.workers.get(str(metadata(pod).get("uid", "")))
+        if worker is None or worker.written is None:
+            return pod
+        return {**pod, "status": worker.written}
 
     def finished(self, worker: PodWorker) -> None:
         """A worker's pod is gone and cleaned up."""
@@ -767,7 +781,9 @@ class PodWorker:
             directory, str(meta.get("name")), str(meta.get("namespace")), name, container.id
         ).unlink(missing_ok=True)
         if container.log_path:
-            Path(container.log_path).unlink(missing_ok=True)
+            # Its rotated files too, as the kubelet's log manager cleans them.
+            for log in glob.glob(glob.escape(container.log_path) + "*"):
+                Path(log).unlink(missing_ok=True)
 
     def _sandbox_ips(self, observed: Observed) -> tuple[str, ...]:
         sandbox = observed.sandbox
