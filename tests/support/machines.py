@@ -161,6 +161,16 @@ class Machine:
             )
         return done.stdout.decode()
 
+    def reading(self, command: str) -> subprocess.Popen[bytes]:
+        """Start C{command} on the machine, its output a pipe to read as it comes."""
+        return subprocess.Popen(
+            self._enter(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=self._environment(),
+        )
+
     def spawn(self, command: str, log: Path) -> subprocess.Popen[bytes]:
         """Start C{command} on the machine in the background, its output to C{log}."""
         with log.open("wb") as out:
