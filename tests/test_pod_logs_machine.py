@@ -13,20 +13,29 @@ most three.  A crashing pod's ``--previous`` is its last instance's log, and
 kube's words come back for a pod without a previous instance, a container
 waiting for its image, and a container that is not the pod's.
 
+The same through the agent's tunnel: a pod on an agent in a second machine,
+read with ``kubectl logs`` and ``logs -f`` on the server's machine.  Both
+measure ``logs -f`` latency (bench/streams_logs.py) and print it.
+
 Needs root, Debian's containerd, containernetworking-plugins and
 busybox-static, as tests/test_containerd_machine.py does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.images import BUSYBOX_IMAGE
-from tests.test_pods_machine import PodsInAMachine
+from tests.support.images import BUSYBOX_IMAGE, write_airgap_images
+from tests.support.machines import Machine, machines
+from tests.test_pods_machine import KUBECTL, PodsInAMachine
 
 # The benchmarks are scripts, which import their siblings from their own directory.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -150,3 +159,96 @@ class PodLogsInAMachineTests(PodsInAMachine):
         )
         self.kubectl("delete pod counter crash nope --wait=false")
         self.assertNotIn("Streaming the log", self.log.read_text(), "a stream failed")
+
+
+class PodLogsThroughTheTunnelTests(PodsInAMachine):
+    """
+    The pod on an agent in a second machine: ``kubectl logs`` on the server's
+    machine goes from the API server through the agent's tunnel to its
+    kubelet.
+    """
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).absolute()
+        self.server_machine, self.machine = machines(self, self.work / "machines", 2)
+        for machine in (self.server_machine, self.machine):
+            machine.boot(runtime=True)
+        write_airgap_images(self.machine.rancher / "k3s" / "agent" / "images")
+
+    def kubectl(self, arguments: str) -> str:
+        return self.server_machine.run(f"{KUBECTL} {arguments}")
+
+    def start(self, machine: Machine, arguments: str, log_name: str, ready: str) -> None:
+        """C{arguments} under ``twistd -n`` on C{machine} until its log says C{ready}."""
+        twistd = Path(sys.executable).with_name("twistd")
+        log = self.work / log_name
+        launcher = machine.spawn(f"exec {twistd} -n --pidfile= {arguments}", log)
+
+        def stop() -> None:
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text()
+                for child in children.split():
+                    os.kill(int(child), signal.SIGTERM)
+            launcher.wait(30)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 60
+        while ready not in log.read_text(errors="replace"):
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                self.fail(f"{ready!r} not logged:\n{log.read_text()}")
+            time.sleep(0.1)
+        self.log = log
+
+    def test_logs_of_a_pod_on_an_agent(self) -> None:
+        server_ip, agent_ip = self.server_machine.address, self.machine.address
+        self.start(
+            self.server_machine,
+            f"k3s-server --container-runtime none --node-ip {server_ip}"
+            f" --advertise-address {server_ip} --node-name m0",
+            "server.log",
+            "Successfully registered node m0",
+        )
+        token = (self.server_machine.rancher / "k3s" / "server" / "token").read_text().strip()
+        self.start(
+            self.machine,
+            f"k3s-agent --server https://{server_ip}:6443 --token {token}"
+            f" --node-ip {agent_ip} --node-name m1"
+            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
+            "agent.log",
+            "Successfully registered node m1",
+        )
+        overrides = json.dumps({"spec": {"nodeName": "m1"}})
+        self.kubectl(
+            f"run counter --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
+            f" --overrides='{overrides}' --command -- /bin/sh -c '{COUNTER}'"
+        )
+        self.until("counter writing", lambda: len(numbers(self.logs_so_far())) >= 5)
+        tail = numbers(self.kubectl("logs counter --tail=2"))
+        self.assertEqual(len(tail), 2)
+        followed = self.server_machine.run(
+            f"timeout 5 {KUBECTL} logs -f counter --tail=1 || test $? = 124", timeout=20
+        )
+        seen = numbers(followed)
+        self.assertGreater(len(seen), 20, followed)
+        self.assertEqual(seen, list(range(seen[0], seen[0] + len(seen))))
+        latencies = follow_latency(self.server_machine.reading, KUBECTL, "counter", 100)
+        print(f"\nkubectl logs -f latency through the tunnel: {summary(latencies)}")
+        self.assertLess(sorted(latencies)[50], 0.3, summary(latencies))
+        self.assertEqual(
+            self.failing_on_server("logs counter --previous"),
+            'Error from server (BadRequest): previous terminated container "counter" in pod '
+            '"counter" not found',
+        )
+
+    def logs_so_far(self) -> str:
+        """The counter's log, or nothing while its container is not started."""
+        try:
+            return self.kubectl("logs counter")
+        except AssertionError as e:
+            self.assertIn('container "counter" in pod "counter" is', str(e))
+            return ""
+
+    def failing_on_server(self, arguments: str) -> str:
+        return self.server_machine.run(f"{KUBECTL} {arguments} 2>&1 && exit 1 || true").strip()
