@@ -17,9 +17,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.test.requesthelper import DummyRequest
 
+from k3stw.kubelet.api import kubelet_routes
 from k3stw.kubelet.config import NodeFlagError, parse_kubelet_args
 from k3stw.kubelet.containerlogs import (
     LogFilter,
@@ -274,8 +276,8 @@ class _NodeCase(SynchronousTestCase):
         return cid, path
 
 
-class StreamTests(_NodeCase):
-    """``/containerLogs`` on a MemoryRuntime whose log files are in a temporary directory."""
+class _LogsCase(_NodeCase):
+    """The log endpoint on a MemoryRuntime whose log files are in a temporary directory."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -292,6 +294,10 @@ class StreamTests(_NodeCase):
     def get(self, container: str = "c", **query: str) -> tuple[_Request, object]:
         request = _Request(query)
         return request, self.logs.render(cast(Request, request), "default", "p", container)
+
+
+class StreamTests(_LogsCase):
+    """Reading, following and the refusals of ``/containerLogs``."""
 
     def test_reads_the_log_of_the_running_instance(self) -> None:
         cid, path = self.container(0)
@@ -448,6 +454,42 @@ class StreamTests(_NodeCase):
         self.runtime.exit(cid, 0)
         self.clock.advance(FORCE_CHECK)
         self.assertEqual(request.finished, 1)
+
+
+class RouteTests(_LogsCase):
+    """``/containerLogs/<namespace>/<pod>/<container>`` in the kubelet's routes."""
+
+    def route(self, path: bytes, method: bytes = b"GET", logs: bool = True) -> _Request:
+        root = kubelet_routes(None, lambda only: {}, self.logs if logs else None)
+        request = _Request()
+        request.postpath = path.lstrip(b"/").split(b"/")
+        request.method = method
+        answer = getChildForRequest(root, request).render(request)
+        if isinstance(answer, bytes):
+            request.write(answer)
+        return request
+
+    def test_the_route(self) -> None:
+        cid, path = self.container(0)
+        path.write_bytes(line(T0, "routed"))
+        self.pod(status({"running": {}}, cid=f"containerd://{cid}"))
+        self.assertEqual(self.route(b"/containerLogs/default/p/c").body, b"routed\n")
+        # Escaped segments are the names they spell.
+        self.assertEqual(self.route(b"/containerLogs/default/%70/c").body, b"routed\n")
+        for wrong in (b"/containerLogs/default/p", b"/containerLogs/default/p/c/x"):
+            request = self.route(wrong)
+            self.assertEqual((request.responseCode, request.body), (404, b"404 page not found\n"))
+        self.assertEqual(self.route(b"/containerLogs/default/p/c", b"POST").responseCode, 405)
+        self.assertEqual(
+            self.route(b"/containerLogs/default//c").body, b'{"message": "Missing podID."}'
+        )
+
+    def test_a_node_without_a_runtime(self) -> None:
+        request = self.route(b"/containerLogs/default/p/c", logs=False)
+        self.assertEqual(
+            (request.responseCode, request.body),
+            (501, b"not implemented: this node has no container runtime yet\n"),
+        )
 
 
 class RotationTests(_NodeCase):
