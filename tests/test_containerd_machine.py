@@ -77,15 +77,19 @@ class NodeInAMachine(TestCase):
     work: Path
     machine: Machine
 
-    def launch(self, arguments: str, log_name: str, ready: str) -> int:
+    def launch(
+        self, arguments: str, log_name: str, ready: str, machine: Machine | None = None
+    ) -> int:
         """
-        Run ``twistd -n`` with C{arguments} in the machine until its log says
-        C{ready}; the host pid of its twistd.  A node that does not get there
-        fails the test.
+        Run ``twistd -n`` with C{arguments} in the machine (C{self.machine}
+        unless another is given) until its log says C{ready}; the host pid of
+        its twistd.  A node that does not get there fails the test.
         """
         twistd = Path(sys.executable).with_name("twistd")
         self.log = self.work / log_name
-        launcher = self.machine.spawn(f"exec {twistd} -n --pidfile= {arguments}", self.log)
+        launcher = (machine or self.machine).spawn(
+            f"exec {twistd} -n --pidfile= {arguments}", self.log
+        )
         node = 0
 
         def stop() -> None:

@@ -23,18 +23,15 @@ busybox-static, as tests/test_containerd_machine.py does.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.support.images import BUSYBOX_IMAGE, write_airgap_images
-from tests.support.machines import Machine, machines
+from tests.support.machines import machines
 from tests.test_pods_machine import KUBECTL, PodsInAMachine
 
 # The benchmarks are scripts, which import their siblings from their own directory.
@@ -180,39 +177,17 @@ class PodLogsThroughTheTunnelTests(PodsInAMachine):
     def kubectl(self, arguments: str) -> str:
         return self.server_machine.run(f"{KUBECTL} {arguments}")
 
-    def start(self, machine: Machine, arguments: str, log_name: str, ready: str) -> None:
-        """C{arguments} under ``twistd -n`` on C{machine} until its log says C{ready}."""
-        twistd = Path(sys.executable).with_name("twistd")
-        log = self.work / log_name
-        launcher = machine.spawn(f"exec {twistd} -n --pidfile= {arguments}", log)
-
-        def stop() -> None:
-            with contextlib.suppress(OSError):
-                children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text()
-                for child in children.split():
-                    os.kill(int(child), signal.SIGTERM)
-            launcher.wait(30)
-
-        self.addCleanup(stop)
-        deadline = time.monotonic() + 60
-        while ready not in log.read_text(errors="replace"):
-            if launcher.poll() is not None or time.monotonic() > deadline:
-                self.fail(f"{ready!r} not logged:\n{log.read_text()}")
-            time.sleep(0.1)
-        self.log = log
-
     def test_logs_of_a_pod_on_an_agent(self) -> None:
         server_ip, agent_ip = self.server_machine.address, self.machine.address
-        self.start(
-            self.server_machine,
+        self.launch(
             f"k3s-server --container-runtime none --node-ip {server_ip}"
             f" --advertise-address {server_ip} --node-name m0",
             "server.log",
             "Successfully registered node m0",
+            self.server_machine,
         )
         token = (self.server_machine.rancher / "k3s" / "server" / "token").read_text().strip()
-        self.start(
-            self.machine,
+        self.launch(
             f"k3s-agent --server https://{server_ip}:6443 --token {token}"
             f" --node-ip {agent_ip} --node-name m1"
             f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
