@@ -174,6 +174,8 @@ class ContainerLogs:
                 message = f"unable to retrieve container logs for {container_id}"
                 request.write(message.encode())
                 return
+            if _gone(request):
+                return
             stream = LogStream(self.clock, request, status.log_path, options, self.watch)
             request.registerProducer(stream, True)
 
@@ -191,8 +193,13 @@ class ContainerLogs:
         except Exception:
             self._log.failure("Streaming the log of container {id} failed", id=container_id)
         finally:
-            if not request.finished and not getattr(request, "_disconnected", False):
+            if not request.finished and not _gone(request):
                 request.finish()
+
+
+def _gone(request: Request) -> bool:
+    """Whether the client went away (Twisted's Request says so in a private attribute)."""
+    return bool(getattr(request, "_disconnected", False))
 
 
 @implementer(IPushProducer)
