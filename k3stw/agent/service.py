@@ -18,7 +18,7 @@ from k3stw.agent.cacerts import CAHashMismatch, Fetch
 from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
 from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
-from k3stw.kubelet.api import KubeletAPIService
+from k3stw.kubelet.api import KubeletAPIService, PodStatsSource
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.containerd import NodeRuntime, RuntimeSettings
 from k3stw.kubelet.service import KubeletService
@@ -133,14 +133,14 @@ def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
     )
 
 
-def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
+def kubelet_factory(reactor: Any, config: AgentConfig) -> Callable[[Joined], KubeletService]:
     """
     The real kubelet: the API reached with the node's own client certificate;
     its container runtime (containerd as a child, or an existing CRI socket)
     and its pods' volumes under k3s's kubelet root when the node has one.
     """
 
-    def make(joined: Joined) -> IService:
+    def make(joined: Joined) -> KubeletService:
         if config.kubelet_args.ignored:
             _log.warn(
                 "kubelet-arg {args} not supported by k3stw's kubelet; ignored",
@@ -187,6 +187,7 @@ def node_factory(
 
     def make(joined: Joined) -> IService:
         services = MultiService()
+        kubelet = make_kubelet(joined)
         api = KubeletAPIService(
             reactor,
             node_name=joined.identity.name,
@@ -194,16 +195,25 @@ def node_factory(
             client_ca=joined.client_ca,
             port=config.kubelet_args.port,
             data_dir=config.data_dir,
+            pod_stats=_pod_stats(reactor, kubelet) if config.runtime is not None else None,
         )
         # A port in use stops the node, as it stops k3s's kubelet.
         api._raiseSynchronously = True
         api.setServiceParent(services)
         if balancer is not None:
             _follow_servers(reactor, config, balancer, joined).setServiceParent(services)
-        make_kubelet(joined).setServiceParent(services)
+        kubelet.setServiceParent(services)
         return services
 
     return make
+
+
+def _pod_stats(reactor: Any, kubelet: KubeletService) -> PodStatsSource:
+    """The pods' stats, from the kubelet's runtime once it answered."""
+    # Only a node with a runtime loads the CRI messages.
+    from k3stw.kubelet.podstats import PodStatsProvider, in_reactor_threads
+
+    return PodStatsProvider(lambda: kubelet.runtime, in_reactor_threads(reactor)).collect
 
 
 def _follow_servers(

@@ -16,7 +16,7 @@ their tunnel may dial.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +33,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from k3stw.kubelet.auth import (
@@ -44,13 +45,20 @@ from k3stw.kubelet.auth import (
     verified_user,
 )
 from k3stw.kubelet.hostinfo import read_host_usage
+from k3stw.kubelet.metrics import CONTENT_TYPE, resource_metrics
 from k3stw.kubelet.stats import CPUUsageRate, build_summary
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.machinery.times import utc
 from k3stw.pki.certs import KeyPair, load_pem_certificates
 from k3stw.pki.tls import client_certificate_requesting_options
-from k3stw.web import QuietSite
+from k3stw.web import QuietSite, finish
+
+#: The pods' stats and the runtime's image filesystem: (now, CPU and memory only) ->
+#: (PodStats list, imageFs FsStats or None).
+PodStatsSource = Callable[
+    [float, bool], Awaitable[tuple[list[dict[str, Any]], dict[str, Any] | None]]
+]
 
 #: Go's ``http.Error`` content type, which every plain-text answer carries.
 _TEXT = b"text/plain; charset=utf-8"
@@ -135,14 +143,56 @@ class _Pods(_Endpoint):
         )
 
 
+#: Builds the Summary API document (C{True}: CPU and memory only).
+SummarySource = Callable[[bool], Awaitable[dict[str, Any]]]
+
+
 class _Summary(_Endpoint):
-    def __init__(self, summary: Callable[[bool], dict[str, Any]]) -> None:
+    """``/stats/summary``: the kubelet's 500 ``Internal Error: ...`` when the runtime fails."""
+
+    _log = Logger()
+
+    def __init__(self, summary: SummarySource) -> None:
         super().__init__()
         self._summary = summary
 
-    def render_GET(self, request: IRequest) -> bytes:
+    def render_GET(self, request: IRequest) -> int:
         only = request.args.get(b"only_cpu_and_memory", []) == [b"true"]
-        return _json(request, self._summary(only))
+        Deferred.fromCoroutine(self._respond(request, only))
+        return NOT_DONE_YET
+
+    async def _respond(self, request: IRequest, only: bool) -> None:
+        try:
+            body = _json(request, await self._summary(only))
+        except Exception as e:
+            self._log.failure("HTTP InternalServerError serving /stats/summary")
+            body = _answer(request, 500, f"Internal Error: {e}".encode())
+        finish(request, body)
+
+
+class _ResourceMetrics(_Endpoint):
+    """
+    ``/metrics/resource``: the CPU-and-memory summary as Prometheus text;
+    when it fails, ``resource_scrape_error 1``, as the kubelet's collector.
+    """
+
+    _log = Logger()
+
+    def __init__(self, summary: SummarySource) -> None:
+        super().__init__()
+        self._summary = summary
+
+    def render_GET(self, request: IRequest) -> int:
+        Deferred.fromCoroutine(self._respond(request))
+        return NOT_DONE_YET
+
+    async def _respond(self, request: IRequest) -> None:
+        document = None
+        try:
+            document = await self._summary(True)
+        except Exception:
+            self._log.failure("Error getting summary for resourceMetric prometheus endpoint")
+        finish(request, _answer(request, 200, resource_metrics(document), CONTENT_TYPE))
 
 
 class _NotImplementedYet(Resource):
@@ -205,7 +255,7 @@ class KubeletAPIResource(Resource):
 
 def kubelet_routes(
     pods: Callable[[], list[dict[str, Any]]] | None,
-    summary: Callable[[bool], dict[str, Any]],
+    summary: SummarySource,
 ) -> Resource:
     """The endpoints' tree, before authentication."""
     root = _Directory()
@@ -214,6 +264,9 @@ def kubelet_routes(
     stats = _Directory()
     stats.putChild(b"summary", _Summary(summary))
     root.putChild(b"stats", stats)
+    metrics = _Directory()
+    metrics.putChild(b"resource", _ResourceMetrics(summary))
+    root.putChild(b"metrics", metrics)
     # Where the streaming endpoints will go once a container runtime exists.
     for streaming in (b"containerLogs", b"exec", b"attach", b"portForward", b"run"):
         root.putChild(streaming, _NotImplementedYet())
@@ -274,6 +327,8 @@ class KubeletAPIService(StreamServerEndpointService):
         come through the tunnel, which dials the node's loopback.
     :param data_dir: the filesystem whose use ``/stats/summary`` reports.
     :param pods: the pods the node runs, as API objects (None: none).
+    :param pod_stats: the pods' stats and the runtime's image filesystem
+        (L{k3stw.kubelet.podstats.PodStatsProvider.collect}; None: no runtime, no pods).
     :param proc: where ``/proc`` is (tests point it at fixture files).
     :param authorizer: who may use the API (L{allow_apiserver} by default).
     """
@@ -291,6 +346,7 @@ class KubeletAPIService(StreamServerEndpointService):
         bind_host: str = "127.0.0.1",
         data_dir: Path,
         pods: Callable[[], list[dict[str, Any]]] | None = None,
+        pod_stats: PodStatsSource | None = None,
         proc: Path = Path("/proc"),
         authorizer: Authorizer = allow_apiserver,
     ) -> None:
@@ -300,6 +356,7 @@ class KubeletAPIService(StreamServerEndpointService):
         self.bind_host = bind_host
         self.data_dir = data_dir
         self.proc = proc
+        self.pod_stats = pod_stats
         self.cpu_rate = CPUUsageRate()
         resource = KubeletAPIResource(
             reactor, client_ca, kubelet_routes(pods, self.summary), authorizer
@@ -330,7 +387,7 @@ class KubeletAPIService(StreamServerEndpointService):
 
     def startService(self) -> None:
         # The first sample, so that the first summary can already give a rate.
-        self.summary(only_cpu_and_memory=True)
+        self.node_summary(only_cpu_and_memory=True)
         super().startService()
         self.when_listening().addCallbacks(self._listened, lambda _: None)
 
@@ -342,8 +399,13 @@ class KubeletAPIService(StreamServerEndpointService):
             port=self.endpoint_port,
         )
 
-    def summary(self, only_cpu_and_memory: bool = False) -> dict[str, Any]:
-        """The Summary API document, read from the host now."""
+    def node_summary(
+        self,
+        only_cpu_and_memory: bool = False,
+        pods: list[dict[str, Any]] | None = None,
+        image_fs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The Summary API document of the host read now, with C{pods}' stats."""
         usage = read_host_usage(self.data_dir, self.proc)
         now = self.reactor.seconds()
         rate = (
@@ -352,5 +414,27 @@ class KubeletAPIService(StreamServerEndpointService):
             else None
         )
         return build_summary(
-            self.node_name, usage, now, rate, only_cpu_and_memory=only_cpu_and_memory
+            self.node_name,
+            usage,
+            now,
+            rate,
+            only_cpu_and_memory=only_cpu_and_memory,
+            pods=pods,
+            image_fs=image_fs,
         )
+
+    async def summary(self, only_cpu_and_memory: bool = False) -> dict[str, Any]:
+        """
+        The Summary API document: the host and, from the runtime, its pods.
+
+        :raises Exception: the runtime's failure, as the kubelet's
+            ``failed to list pod stats: ...``.
+        """
+        pods: list[dict[str, Any]] | None = None
+        image_fs = None
+        if self.pod_stats is not None:
+            try:
+                pods, image_fs = await self.pod_stats(self.reactor.seconds(), only_cpu_and_memory)
+            except Exception as e:
+                raise RuntimeError(f"failed to list pod stats: {e}") from e
+        return self.node_summary(only_cpu_and_memory, pods, image_fs)
