@@ -70,8 +70,17 @@ class PodMetricsInAMachineTests(PodsInAMachine):
             f"run idle --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
             " --labels=app=idle --command -- /bin/sleep 3600"
         )
-        self.until("both pods Running", lambda: bool(self.running("app=busy")))
+        # A pod that has finished (its sandbox stopped) is no obstacle to the others' figures.
+        self.kubectl(
+            f"run done --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
+            " --restart=Never --command -- /bin/true"
+        )
+        self.until("busy Running", lambda: bool(self.running("app=busy")))
         self.until("idle Running", lambda: bool(self.running("app=idle")))
+        self.until(
+            "done Succeeded",
+            lambda: (self.pod("done").get("status") or {}).get("phase") == "Succeeded",
+        )
         (busy,) = self.running("app=busy")
         busy_name = busy["metadata"]["name"]
 
@@ -138,5 +147,5 @@ class PodMetricsInAMachineTests(PodsInAMachine):
         events = self.kubectl("get events --field-selector involvedObject.name=busy")
         self.assertIn("New size: 2; reason: cpu resource utilization", events)
         self.kubectl("delete deployment busy --wait=false")
-        self.kubectl("delete pod idle --wait=false")
+        self.kubectl("delete pod idle done --wait=false")
         self.stop_node(node)

@@ -159,6 +159,20 @@ class PodStatsTests(SynchronousTestCase):
         self.assertEqual(pod["startTime"], "2025-06-15T15:06:45Z")
         self.assertEqual(pod["containers"], [])
 
+    def test_memory_runtime_container_stats(self) -> None:
+        """ListContainerStats: each container's figures, filtered by sandbox as containerd's."""
+        busy = self.run_pod("busy", "busy")
+        self.run_pod("idle", "idle")
+        self.clock.advance(2)
+        everything = self.result(self.runtime.list_container_stats())
+        self.assertEqual(len(everything), 2)
+        (only,) = self.result(
+            self.runtime.list_container_stats(api.ContainerStatsFilter(pod_sandbox_id=busy))
+        )
+        self.assertEqual(only.attributes.metadata.name, "busy")
+        self.assertEqual(only.cpu.usage_core_nano_seconds.value, 10**9)
+        self.assertEqual(only.memory.working_set_bytes.value, 10_240_000)
+
     def test_network_of_the_pods_namespace(self) -> None:
         """eth0's counters inline, as containerd 1.6 gives them (no interface list)."""
         sandbox = self.run_pod("web", "idle")
@@ -244,10 +258,29 @@ class PodStatsTests(SynchronousTestCase):
         self.assertEqual(found, ([], None))
 
     def test_a_runtime_that_fails(self) -> None:
-        """The runtime's error is the caller's."""
-        self.runtime.fail("ListPodSandboxStats", "boom")
+        """The runtime's error is the caller's, and a runtime gone is one even mid-way."""
+        self.run_pod("web", "idle")
+        self.runtime.fail("ListPodSandbox", "boom")
         failure = self.failureResultOf(Deferred.fromCoroutine(self.provider.collect(START)))
-        self.assertIn("CRI ListPodSandboxStats on memory:// failed", str(failure.value))
+        self.assertIn("CRI ListPodSandbox on memory:// failed", str(failure.value))
+        self.runtime.fail("ListPodSandboxStats", "connection refused", "UNAVAILABLE")
+        failure = self.failureResultOf(Deferred.fromCoroutine(self.provider.collect(START)))
+        self.assertTrue(failure.value.unavailable, failure)
+
+    def test_finished_pods_do_not_hide_the_others(self) -> None:
+        """
+        containerd 1.6 fails ListPodSandboxStats over a stopped sandbox: each
+        ready sandbox is asked for alone, and one that fails is left out.
+        """
+        self.run_pod("busy", "busy")
+        done = self.run_pod("done", "idle")
+        self.result(self.runtime.stop_pod_sandbox(done))
+        self.run_pod("gone", "idle")
+        self.failureResultOf(self.runtime.list_pod_sandbox_stats())
+        self.runtime.fail("ListPodSandboxStats", "not found", "NOT_FOUND")
+        # The first asked for (busy's) fails: it alone is missing.
+        self.assertEqual(list(self.pods()), ["gone"])
+        self.assertEqual(list(self.pods()), ["busy", "gone"])
 
     def test_the_metrics_api_reads_the_pods(self) -> None:
         """metrics.k8s.io's PodMetrics from two summaries: the busy pod's half core."""

@@ -1,10 +1,13 @@
 """
 The kubelet's HTTPS API (port 10250), which the servers reach through the
-agent's websocket tunnel: ``/healthz``, ``/pods`` and ``/stats/summary``.
+agent's websocket tunnel: ``/healthz``, ``/pods``, ``/stats/summary`` and
+``/metrics/resource``.
 
 Every request is authenticated and authorized first (L{k3stw.kubelet.auth}:
 the kubelet's 401 and 403), then routed; ``/stats/summary`` answers the
-Summary API (L{k3stw.kubelet.stats}).
+Summary API of the node and its pods (L{k3stw.kubelet.stats}, the pods' from
+L{k3stw.kubelet.podstats}), ``/metrics/resource`` the same figures as
+Prometheus text (L{k3stw.kubelet.metrics}).
 
 Wiring: L{KubeletAPIService} is a service to put under the node's agent.  The
 Node's ``status.daemonEndpoints.kubeletEndpoint.Port`` must name the port it

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.threads import deferToThreadPool
 
 from k3stw.kubelet.cri import api_pb2 as api
-from k3stw.kubelet.cri.runtime import Runtime
+from k3stw.kubelet.cri.runtime import CRIError, Runtime
 from k3stw.kubelet.hostinfo import filesystem_usage
 from k3stw.kubelet.pods.spec import POD_LOGS, log_directory
 from k3stw.kubelet.stats import (
@@ -127,6 +127,30 @@ def _children(directory: Path) -> list[Path]:
         return []
 
 
+async def _sandbox_stats(runtime: Runtime, sandboxes: Iterable[str]) -> list[api.PodSandboxStats]:
+    """
+    The stats of each ready sandbox, asked for one by one: containerd 1.6
+    fails the whole list when any sandbox is stopped (a finished pod's), and
+    one stopped meanwhile is left out.
+    """
+
+    async def one(sandbox_id: str) -> list[api.PodSandboxStats]:
+        try:
+            return await runtime.list_pod_sandbox_stats(api.PodSandboxStatsFilter(id=sandbox_id))
+        except CRIError as e:
+            if e.unavailable:
+                raise
+            return []
+
+    asked = [Deferred.fromCoroutine(one(sandbox_id)) for sandbox_id in sandboxes]
+    try:
+        found = await gatherResults(asked, consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
+        raise
+    return [stats for each in found for stats in each]
+
+
 def in_reactor_threads(reactor: Any) -> InThread[Any]:
     """Runs blocking work in C{reactor}'s thread pool."""
 
@@ -175,8 +199,8 @@ class PodStatsProvider:
             return [], None
         sandboxes = await runtime.list_pod_sandboxes()
         containers = await runtime.list_containers()
-        stats = await runtime.list_pod_sandbox_stats()
-        by_sandbox = {s.id: s for s in current_sandboxes(sandboxes)}
+        by_sandbox = {s.id: s for s in current_sandboxes(sandboxes) if s.state == api.SANDBOX_READY}
+        stats = await _sandbox_stats(runtime, by_sandbox)
         kept = {c.id: c for c in current_containers(containers)}
         filesystems = Filesystems(None, None)
         image_fs = None

@@ -613,7 +613,10 @@ class MemoryRuntime:
     def list_pod_sandbox_stats(
         self, filter: api.PodSandboxStatsFilter | None = None
     ) -> list[api.PodSandboxStats]:
-        """As containerd 1.6: the pod cgroup's CPU and memory, eth0's counters, its processes."""
+        """
+        As containerd 1.6: the pod cgroup's CPU and memory, eth0's counters,
+        its processes; a stopped sandbox among those asked for fails the call.
+        """
         now = self._now()
         found = []
         for sandbox in self.sandboxes.values():
@@ -622,6 +625,13 @@ class MemoryRuntime:
                 and _matches(sandbox.config.labels, filter.label_selector)
             ):
                 continue
+            if not sandbox.ready:
+                raise self._refused(
+                    "ListPodSandboxStats",
+                    f'failed to decode sandbox container metrics for sandbox "{sandbox.id}": '
+                    f'failed to get pod sandbox stats since sandbox container "{sandbox.id}"'
+                    " is not in ready state",
+                )
             containers = [
                 self._container_stats(c, now)
                 for c in self.containers.values()
