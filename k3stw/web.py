@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.web.http import Request
+from twisted.web.iweb import IRequest
 from twisted.web.server import Site
 
 from k3stw.logs import Logger, debug_enabled
@@ -27,3 +28,11 @@ class QuietSite(Site):
                 code=request.code,
                 client=str(request.getClientAddress()),
             )
+
+
+def finish(request: IRequest, body: bytes) -> None:
+    """Write C{body} and end a late response, unless the client has gone."""
+    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
+        return
+    request.write(body)
+    request.finish()

@@ -456,11 +456,15 @@ class StreamTests(_LogsCase):
         self.assertEqual(request.finished, 1)
 
 
+async def _no_summary(only: bool) -> dict[str, Any]:
+    return {}
+
+
 class RouteTests(_LogsCase):
     """``/containerLogs/<namespace>/<pod>/<container>`` in the kubelet's routes."""
 
     def route(self, path: bytes, method: bytes = b"GET", logs: bool = True) -> _Request:
-        root = kubelet_routes(None, lambda only: {}, self.logs if logs else None)
+        root = kubelet_routes(None, _no_summary, self.logs if logs else None)
         request = _Request()
         request.postpath = path.lstrip(b"/").split(b"/")
         request.method = method

@@ -10,7 +10,7 @@ from typing import Any, cast
 from OpenSSL import crypto
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -20,6 +20,7 @@ from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from k3stw.kubelet.api import KubeletAPIResource, KubeletAPIService, kubelet_routes
+from k3stw.kubelet.cri.runtime import CRIError
 from k3stw.pki.certs import KeyPair
 from k3stw.pki.tls import PinnedCAPolicy
 from tests.support.kubelet import NOW, PROC_STAT, pki, wall_clock_now, write_proc
@@ -46,7 +47,7 @@ class ResourceTests(SynchronousTestCase):
         self.pods: list[dict[str, Any]] = [{"metadata": {"name": "p", "namespace": "default"}}]
         self.summaries: list[bool] = []
 
-        def summary(only: bool) -> dict[str, Any]:
+        async def summary(only: bool) -> dict[str, Any]:
             self.summaries.append(only)
             return {"node": {"nodeName": "node-a"}, "pods": []}
 
@@ -75,9 +76,9 @@ class ResourceTests(SynchronousTestCase):
         request.transport = _TLSTransport(presented)  # type: ignore[attr-defined]
         resource = getChildForRequest(root or self.root, request)
         body = resource.render(request)
-        assert isinstance(body, bytes)
-        request.write(body)
-        request.finish()
+        if isinstance(body, bytes):  # not NOT_DONE_YET: answered already
+            request.write(body)
+            request.finish()
         return request
 
     def answer(self, request: DummyRequest) -> tuple[int | None, bytes]:
@@ -110,7 +111,7 @@ class ResourceTests(SynchronousTestCase):
     def test_no_pods_callable(self) -> None:
         """Without a runtime the PodList is empty."""
         root = KubeletAPIResource(
-            self.clock, pki().client_ca.certificate_pem, kubelet_routes(None, lambda _: {})
+            self.clock, pki().client_ca.certificate_pem, kubelet_routes(None, lambda _: succeed({}))
         )
         body = self.answer(self.request(b"/pods", root=root))[1]
         self.assertEqual(json.loads(body)["items"], [])
@@ -122,6 +123,43 @@ class ResourceTests(SynchronousTestCase):
         self.request(b"/stats/summary", args={b"only_cpu_and_memory": [b"true"]})
         self.request(b"/stats/summary", args={b"only_cpu_and_memory": [b"false"]})
         self.assertEqual(self.summaries, [False, True, False])
+
+    def test_summary_failing(self) -> None:
+        """The runtime's failure is the kubelet's 500 ``Internal Error: ...``."""
+
+        async def failing(only: bool) -> dict[str, Any]:
+            raise RuntimeError("failed to list pod stats: CRI ListPodSandbox failed")
+
+        root = KubeletAPIResource(
+            self.clock, pki().client_ca.certificate_pem, kubelet_routes(None, failing)
+        )
+        code, body = self.answer(self.request(b"/stats/summary", root=root))
+        self.assertEqual(
+            (code, body),
+            (500, b"Internal Error: failed to list pod stats: CRI ListPodSandbox failed"),
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        request = self.request(b"/metrics/resource", root=root)
+        self.assertEqual(self.answer(request)[0], 200)
+        self.assertTrue(self.answer(request)[1].endswith(b"\nresource_scrape_error 1\n"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_resource_metrics(self) -> None:
+        """/metrics/resource: the CPU-and-memory summary as Prometheus text."""
+        request = self.request(b"/metrics/resource")
+        self.assertEqual(
+            self.answer(request),
+            (
+                200,
+                b"# HELP resource_scrape_error [STABLE] 1 if"
+                b" there was an error while getting container metrics, 0 otherwise\n"
+                b"# TYPE resource_scrape_error gauge\nresource_scrape_error 0\n",
+            ),
+        )
+        self.assertEqual(
+            self.header(request, b"content-type"), b"text/plain; version=0.0.4; charset=utf-8"
+        )
+        self.assertEqual(self.summaries, [True])
 
     def test_unknown_paths(self) -> None:
         """Go's mux wording for what no route serves."""
@@ -227,7 +265,7 @@ class ServiceTests(SynchronousTestCase):
         stat = self.proc / "stat"
         stat.write_text(PROC_STAT.replace("cpu  1000", "cpu  1200"))
         self.reactor.advance(10)
-        node = self.service.summary()["node"]
+        node = self.successResultOf(Deferred.fromCoroutine(self.service.summary()))["node"]
         ticks = os.sysconf("SC_CLK_TCK")
         self.assertEqual(node["cpu"]["usageNanoCores"], 200 * 10**9 // ticks // 10)
         self.assertEqual(node["cpu"]["usageCoreNanoSeconds"], 1538 * 10**9 // ticks)
@@ -237,6 +275,40 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(node["rlimit"]["curproc"], 345)
         self.assertGreater(node["fs"]["capacityBytes"], 0)
         self.successResultOf(self.service.stopService())
+
+    def test_summary_with_the_pods(self) -> None:
+        """The pods' stats and the runtime's image filesystem join the node's."""
+        asked: list[tuple[float, bool]] = []
+        image_fs = {"time": "t", "usedBytes": 5}
+
+        async def pod_stats(
+            now: float, only: bool
+        ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+            asked.append((now, only))
+            return [{"podRef": {"name": "p"}}], None if only else image_fs
+
+        self.service.pod_stats = pod_stats
+        summary = self.successResultOf(Deferred.fromCoroutine(self.service.summary()))
+        self.assertEqual(summary["pods"], [{"podRef": {"name": "p"}}])
+        self.assertEqual(summary["node"]["runtime"]["imageFs"], image_fs)
+        self.successResultOf(Deferred.fromCoroutine(self.service.summary(True)))
+        self.assertEqual(asked, [(NOW.timestamp(), False), (NOW.timestamp(), True)])
+
+    def test_summary_when_the_runtime_fails(self) -> None:
+        """The kubelet's words: failed to list pod stats, and why."""
+
+        async def pod_stats(
+            now: float, only: bool
+        ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+            raise CRIError("ListPodSandbox", "unix:///run/c.sock", "UNAVAILABLE", "gone")
+
+        self.service.pod_stats = pod_stats
+        failure = self.failureResultOf(Deferred.fromCoroutine(self.service.summary()))
+        self.assertEqual(
+            str(failure.value),
+            "failed to list pod stats: CRI ListPodSandbox on unix:///run/c.sock failed:"
+            " rpc error: code = Unavailable desc = gone",
+        )
 
 
 class KubeletAPIOnLoopbackTests(TestCase):

@@ -63,6 +63,11 @@ class PodsInAMachine(NodeInAMachine):
     def kubectl(self, arguments: str) -> str:
         return self.machine.run(f"{KUBECTL} {arguments}")
 
+    def apply(self, obj: dict[str, Any]) -> None:
+        manifest = self.work / f"{obj['kind']}-{obj['metadata']['name']}.json"
+        manifest.write_text(json.dumps(obj))
+        self.kubectl(f"apply -f {manifest}")
+
     def pod(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(self.kubectl(f"get pod {name} -o json"))
         return found
@@ -231,11 +236,6 @@ TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 class PodVolumesInAMachineTests(PodsInAMachine):
     """One machine, one pod, every step of its life the issue asks to see for real."""
-
-    def apply(self, obj: dict[str, Any]) -> None:
-        manifest = self.work / f"{obj['kind']}-{obj['metadata']['name']}.json"
-        manifest.write_text(json.dumps(obj))
-        self.kubectl(f"apply -f {manifest}")
 
     def read(self, container_id: str, path: str) -> str:
         """A file as the container sees it (an exec through containerd's own client)."""

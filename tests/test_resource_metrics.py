@@ -32,10 +32,10 @@ from k3stw.apiserver.metricsapi import (
 from k3stw.apiserver.registry import Registry
 from k3stw.apiserver.status import StatusError
 from k3stw.controllers.garbage import GarbageCollector
-from k3stw.kubelet.hostinfo import CPUTimes, HostUsage
 from k3stw.kubelet.stats import build_summary
 from k3stw.machinery.identity import User
 from tests.support.apiserver import START, MemoryAPI, MemoryServer
+from tests.support.kubelet import cpu_and_memory
 from tests.test_node_proxy import InMemoryNodeProxy, node
 
 GIB = 1024**3
@@ -94,16 +94,7 @@ class MemoryKubelets:
             raise StatusError(503, "error dialing backend: no tunnel")
         rate, memory = self.rates[node_name]
         now = self.clock.seconds()
-        host = HostUsage(
-            cpu=CPUTimes(int(rate * (now - BOOT)), self.boot),
-            memory={"MemTotal": 8 * GIB, "MemFree": 8 * GIB - memory, "Inactive(file)": 0},
-            vmstat={},
-            interfaces=[],
-            default_interface=None,
-            filesystem=None,
-            pid_max=None,
-            processes=None,
-        )
+        host = cpu_and_memory(int(rate * (now - BOOT)), self.boot, memory)
         summary = build_summary(node_name, host, now, None, only_cpu_and_memory=True)
         summary["pods"] = [pod_stats(*pod, now - BOOT) for pod in self.pods.get(node_name, [])]
         return json.dumps(summary).encode()

@@ -18,7 +18,7 @@ from k3stw.agent.cacerts import CAHashMismatch, Fetch
 from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
 from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
-from k3stw.kubelet.api import KubeletAPIService
+from k3stw.kubelet.api import KubeletAPIService, PodStatsSource
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.containerd import NodeRuntime, RuntimeSettings
 from k3stw.kubelet.service import KubeletService
@@ -30,7 +30,6 @@ from k3stw.pki.token import Token
 
 if TYPE_CHECKING:
     from k3stw.kubelet.logstream import ContainerLogs
-    from k3stw.kubelet.pods.worker import PodWorkers
     from k3stw.loadbalancer.health import HealthCheck
     from k3stw.loadbalancer.service import LoadBalancerService
 
@@ -137,14 +136,14 @@ def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
     )
 
 
-def kubelet_factory(reactor: Any, config: AgentConfig) -> KubeletFactory:
+def kubelet_factory(reactor: Any, config: AgentConfig) -> Callable[[Joined], KubeletService]:
     """
     The real kubelet: the API reached with the node's own client certificate;
     its container runtime (containerd as a child, or an existing CRI socket)
     and its pods' volumes under k3s's kubelet root when the node has one.
     """
 
-    def make(joined: Joined) -> IService:
+    def make(joined: Joined) -> KubeletService:
         if config.kubelet_args.ignored:
             _log.warn(
                 "kubelet-arg {args} not supported by k3stw's kubelet; ignored",
@@ -200,6 +199,7 @@ def node_factory(
             port=config.kubelet_args.port,
             data_dir=config.data_dir,
             container_logs=_container_logs(reactor, kubelet) if config.runtime else None,
+            pod_stats=_pod_stats(reactor, kubelet) if config.runtime is not None else None,
         )
         # A port in use stops the node, as it stops k3s's kubelet.
         api._raiseSynchronously = True
@@ -212,14 +212,19 @@ def node_factory(
     return make
 
 
-def _container_logs(reactor: Any, kubelet: IService) -> ContainerLogs:
+def _container_logs(reactor: Any, kubelet: KubeletService) -> ContainerLogs:
     """The kubelet's ``/containerLogs``: its pods once it runs them, files followed with inotify."""
     from k3stw.kubelet.logstream import ContainerLogs, inotify_watch
 
-    def host() -> PodWorkers | None:
-        return kubelet.pod_workers if isinstance(kubelet, KubeletService) else None
+    return ContainerLogs(reactor, lambda: kubelet.pod_workers, inotify_watch(reactor))
 
-    return ContainerLogs(reactor, host, inotify_watch(reactor))
+
+def _pod_stats(reactor: Any, kubelet: KubeletService) -> PodStatsSource:
+    """The pods' stats, from the kubelet's runtime once it answered."""
+    # Only a node with a runtime loads the CRI messages.
+    from k3stw.kubelet.podstats import PodStatsProvider, in_reactor_threads
+
+    return PodStatsProvider(lambda: kubelet.runtime, in_reactor_threads(reactor)).collect
 
 
 def _follow_servers(

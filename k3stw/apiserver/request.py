@@ -18,6 +18,7 @@ from k3stw.apiserver.status import StatusError, bad_request, send_json
 from k3stw.apiserver.tables import TableOptionError
 from k3stw.machinery.labels import SelectorError
 from k3stw.machinery.objects import Object
+from k3stw.web import finish
 
 #: kube-apiserver's request body limit.
 MAX_BODY = 3 * 1024 * 1024
@@ -340,14 +341,6 @@ def as_status_error(error: SelectorError | TableOptionError | PatchError) -> Sta
         getattr(error, "details", None),
         getattr(error, "reason", None),
     )
-
-
-def finish(request: Request, body: bytes) -> None:
-    """Write C{body} and end the response, unless the client has gone."""
-    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
-        return
-    request.write(body)
-    request.finish()
 
 
 def answer(request: Request, code: int, document: object) -> None:

@@ -20,10 +20,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from k3stw.machinery.objects import get_path
+from k3stw.machinery.quantity import go_float
 from k3stw.machinery.times import TIME_FORMAT, parse_datetime, utc
 
 #: An object as the printers read it.
@@ -243,28 +243,6 @@ def _follow(obj: Any, steps: Sequence[str | int]) -> Any:
     return obj
 
 
-def _go_float(value: float) -> str:
-    # fmt.Sprint of a float64: the shortest digits, in %e form outside [1e-4, 1e6).
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    sign, digit_tuple, exponent = Decimal(repr(value)).normalize().as_tuple()
-    digits = "".join(str(d) for d in digit_tuple)
-    power = int(exponent) + len(digits) - 1
-    minus = "-" if sign else ""
-    if power < -4 or power >= 6:
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{minus}{mantissa}e{'+' if power >= 0 else '-'}{abs(power):02d}"
-    if power >= len(digits) - 1:
-        return minus + digits + "0" * (power - len(digits) + 1)
-    if power >= 0:
-        return minus + digits[: power + 1] + "." + digits[power + 1 :]
-    return minus + "0." + "0" * (-power - 1) + digits
-
-
 def _json_path_text(value: Any) -> str:
     """How kubectl's JSONPath printer renders a value (``PrintResults``)."""
     if isinstance(value, Mapping | list):
@@ -272,7 +250,7 @@ def _json_path_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return _go_float(value)
+        return go_float(value)
     return str(value)
 
 

@@ -35,7 +35,6 @@ from k3stw.apiserver.request import (
     answer,
     delete_options,
     field_manager,
-    finish,
     flag,
     limit,
     object_body,
@@ -49,6 +48,7 @@ from k3stw.apiserver.status import NOT_ALLOWED, StatusError, bad_request, invali
 from k3stw.apiserver.storage import Admit, ObjectStore, Predicate, merge_update
 from k3stw.apiserver.watch import WatchStreams, named
 from k3stw.machinery.objects import Object
+from k3stw.web import finish
 
 #: What a deletion's propagation policy adds to the object's finalizers.
 _PROPAGATION_FINALIZERS = {"Foreground": ["foregroundDeletion"], "Orphan": ["orphan"]}

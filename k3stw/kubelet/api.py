@@ -1,11 +1,14 @@
 """
 The kubelet's HTTPS API (port 10250), which the servers reach through the
-agent's websocket tunnel: ``/healthz``, ``/pods``, ``/stats/summary`` and,
-on a node with a container runtime, ``/containerLogs``.
+agent's websocket tunnel: ``/healthz``, ``/pods``, ``/stats/summary``,
+``/metrics/resource`` and, on a node with a container runtime,
+``/containerLogs``.
 
 Every request is authenticated and authorized first (L{k3stw.kubelet.auth}:
 the kubelet's 401 and 403), then routed; ``/stats/summary`` answers the
-Summary API (L{k3stw.kubelet.stats}).
+Summary API of the node and its pods (L{k3stw.kubelet.stats}, the pods' from
+L{k3stw.kubelet.podstats}), ``/metrics/resource`` the same figures as
+Prometheus text (L{k3stw.kubelet.metrics}).
 
 Wiring: L{KubeletAPIService} is a service to put under the node's agent.  The
 Node's ``status.daemonEndpoints.kubeletEndpoint.Port`` must name the port it
@@ -17,7 +20,7 @@ their tunnel may dial.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
@@ -35,7 +38,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from k3stw.kubelet.auth import (
@@ -47,13 +50,20 @@ from k3stw.kubelet.auth import (
     verified_user,
 )
 from k3stw.kubelet.hostinfo import read_host_usage
+from k3stw.kubelet.metrics import CONTENT_TYPE, resource_metrics
 from k3stw.kubelet.stats import CPUUsageRate, build_summary
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.machinery.times import utc
 from k3stw.pki.certs import KeyPair, load_pem_certificates
 from k3stw.pki.tls import client_certificate_requesting_options
-from k3stw.web import QuietSite
+from k3stw.web import QuietSite, finish
+
+#: The pods' stats and the runtime's image filesystem: (now, CPU and memory only) ->
+#: (PodStats list, imageFs FsStats or None).
+PodStatsSource = Callable[
+    [float, bool], Awaitable[tuple[list[dict[str, Any]], dict[str, Any] | None]]
+]
 
 if TYPE_CHECKING:
     from k3stw.kubelet.logstream import ContainerLogs
@@ -141,14 +151,56 @@ class _Pods(_Endpoint):
         )
 
 
+#: Builds the Summary API document (C{True}: CPU and memory only).
+SummarySource = Callable[[bool], Awaitable[dict[str, Any]]]
+
+
 class _Summary(_Endpoint):
-    def __init__(self, summary: Callable[[bool], dict[str, Any]]) -> None:
+    """``/stats/summary``: the kubelet's 500 ``Internal Error: ...`` when the runtime fails."""
+
+    _log = Logger()
+
+    def __init__(self, summary: SummarySource) -> None:
         super().__init__()
         self._summary = summary
 
-    def render_GET(self, request: IRequest) -> bytes:
+    def render_GET(self, request: IRequest) -> int:
         only = request.args.get(b"only_cpu_and_memory", []) == [b"true"]
-        return _json(request, self._summary(only))
+        Deferred.fromCoroutine(self._respond(request, only))
+        return NOT_DONE_YET
+
+    async def _respond(self, request: IRequest, only: bool) -> None:
+        try:
+            body = _json(request, await self._summary(only))
+        except Exception as e:
+            self._log.failure("HTTP InternalServerError serving /stats/summary")
+            body = _answer(request, 500, f"Internal Error: {e}".encode())
+        finish(request, body)
+
+
+class _ResourceMetrics(_Endpoint):
+    """
+    ``/metrics/resource``: the CPU-and-memory summary as Prometheus text;
+    when it fails, ``resource_scrape_error 1``, as the kubelet's collector.
+    """
+
+    _log = Logger()
+
+    def __init__(self, summary: SummarySource) -> None:
+        super().__init__()
+        self._summary = summary
+
+    def render_GET(self, request: IRequest) -> int:
+        Deferred.fromCoroutine(self._respond(request))
+        return NOT_DONE_YET
+
+    async def _respond(self, request: IRequest) -> None:
+        document = None
+        try:
+            document = await self._summary(True)
+        except Exception:
+            self._log.failure("Error getting summary for resourceMetric prometheus endpoint")
+        finish(request, _answer(request, 200, resource_metrics(document), CONTENT_TYPE))
 
 
 class _ContainerLogs(_Endpoint):
@@ -231,7 +283,7 @@ class KubeletAPIResource(Resource):
 
 def kubelet_routes(
     pods: Callable[[], list[dict[str, Any]]] | None,
-    summary: Callable[[bool], dict[str, Any]],
+    summary: SummarySource,
     container_logs: ContainerLogs | None = None,
 ) -> Resource:
     """
@@ -244,6 +296,9 @@ def kubelet_routes(
     stats = _Directory()
     stats.putChild(b"summary", _Summary(summary))
     root.putChild(b"stats", stats)
+    metrics = _Directory()
+    metrics.putChild(b"resource", _ResourceMetrics(summary))
+    root.putChild(b"metrics", metrics)
     # Where the streaming endpoints will go once a container runtime exists.
     for streaming in (b"containerLogs", b"exec", b"attach", b"portForward", b"run"):
         root.putChild(streaming, _NotImplementedYet())
@@ -306,6 +361,8 @@ class KubeletAPIService(StreamServerEndpointService):
         come through the tunnel, which dials the node's loopback.
     :param data_dir: the filesystem whose use ``/stats/summary`` reports.
     :param pods: the pods the node runs, as API objects (None: none).
+    :param pod_stats: the pods' stats and the runtime's image filesystem
+        (L{k3stw.kubelet.podstats.PodStatsProvider.collect}; None: no runtime, no pods).
     :param proc: where ``/proc`` is (tests point it at fixture files).
     :param authorizer: who may use the API (L{allow_apiserver} by default).
     :param container_logs: serves ``/containerLogs`` (None: a node without a runtime).
@@ -324,6 +381,7 @@ class KubeletAPIService(StreamServerEndpointService):
         bind_host: str = "127.0.0.1",
         data_dir: Path,
         pods: Callable[[], list[dict[str, Any]]] | None = None,
+        pod_stats: PodStatsSource | None = None,
         proc: Path = Path("/proc"),
         authorizer: Authorizer = allow_apiserver,
         container_logs: ContainerLogs | None = None,
@@ -334,6 +392,7 @@ class KubeletAPIService(StreamServerEndpointService):
         self.bind_host = bind_host
         self.data_dir = data_dir
         self.proc = proc
+        self.pod_stats = pod_stats
         self.cpu_rate = CPUUsageRate()
         resource = KubeletAPIResource(
             reactor, client_ca, kubelet_routes(pods, self.summary, container_logs), authorizer
@@ -364,7 +423,7 @@ class KubeletAPIService(StreamServerEndpointService):
 
     def startService(self) -> None:
         # The first sample, so that the first summary can already give a rate.
-        self.summary(only_cpu_and_memory=True)
+        self.node_summary(only_cpu_and_memory=True)
         super().startService()
         self.when_listening().addCallbacks(self._listened, lambda _: None)
 
@@ -376,8 +435,13 @@ class KubeletAPIService(StreamServerEndpointService):
             port=self.endpoint_port,
         )
 
-    def summary(self, only_cpu_and_memory: bool = False) -> dict[str, Any]:
-        """The Summary API document, read from the host now."""
+    def node_summary(
+        self,
+        only_cpu_and_memory: bool = False,
+        pods: list[dict[str, Any]] | None = None,
+        image_fs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The Summary API document of the host read now, with C{pods}' stats."""
         usage = read_host_usage(self.data_dir, self.proc)
         now = self.reactor.seconds()
         rate = (
@@ -386,5 +450,27 @@ class KubeletAPIService(StreamServerEndpointService):
             else None
         )
         return build_summary(
-            self.node_name, usage, now, rate, only_cpu_and_memory=only_cpu_and_memory
+            self.node_name,
+            usage,
+            now,
+            rate,
+            only_cpu_and_memory=only_cpu_and_memory,
+            pods=pods,
+            image_fs=image_fs,
         )
+
+    async def summary(self, only_cpu_and_memory: bool = False) -> dict[str, Any]:
+        """
+        The Summary API document: the host and, from the runtime, its pods.
+
+        :raises Exception: the runtime's failure, as the kubelet's
+            ``failed to list pod stats: ...``.
+        """
+        pods: list[dict[str, Any]] | None = None
+        image_fs = None
+        if self.pod_stats is not None:
+            try:
+                pods, image_fs = await self.pod_stats(self.reactor.seconds(), only_cpu_and_memory)
+            except Exception as e:
+                raise RuntimeError(f"failed to list pod stats: {e}") from e
+        return self.node_summary(only_cpu_and_memory, pods, image_fs)

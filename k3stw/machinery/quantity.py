@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from decimal import Decimal
 from fractions import Fraction
 
 #: The pattern every quantity matches, as kube-apiserver's errors quote it.
@@ -126,3 +127,28 @@ def canonical(quantity: Quantity) -> str:
     if notation == "decimal" and exponent in _DECIMAL_SUFFIX:
         return f"{sign}{mantissa}{_DECIMAL_SUFFIX[exponent]}"
     return f"{sign}{mantissa}e{exponent}" if exponent else f"{sign}{mantissa}"
+
+
+def go_float(value: float) -> str:
+    """
+    A float64 as Go formats it shortest (``strconv.FormatFloat(v, 'g', -1, 64)``,
+    as Prometheus and kubectl's JSONPath write it): %e form outside [1e-4, 1e6).
+    """
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "0"
+    sign, digit_tuple, exponent = Decimal(repr(value)).normalize().as_tuple()
+    digits = "".join(str(d) for d in digit_tuple)
+    power = int(exponent) + len(digits) - 1
+    minus = "-" if sign else ""
+    if power < -4 or power >= 6:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{minus}{mantissa}e{'+' if power >= 0 else '-'}{abs(power):02d}"
+    if power >= len(digits) - 1:
+        return minus + digits + "0" * (power - len(digits) + 1)
+    if power >= 0:
+        return minus + digits[: power + 1] + "." + digits[power + 1 :]
+    return minus + "0." + "0" * (-power - 1) + digits

@@ -10,6 +10,7 @@ import datetime
 import functools
 from pathlib import Path
 
+from k3stw.kubelet.hostinfo import CPUTimes, HostUsage
 from k3stw.pki.certs import SubjectAltNames, Usage, new_ca, new_leaf
 
 NOW = datetime.datetime(2025, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
@@ -110,3 +111,19 @@ class KubeletPKI:
 def pki() -> KubeletPKI:
     """The L{KubeletPKI} every test shares, made on first use."""
     return KubeletPKI()
+
+
+def cpu_and_memory(
+    cpu_nanoseconds: int, boot: int, used: int, total: int = 8 * 1024**3
+) -> HostUsage:
+    """A host's usage with CPU time since C{boot} and C{used} bytes of memory, nothing else."""
+    return HostUsage(
+        cpu=CPUTimes(cpu_nanoseconds, boot),
+        memory={"MemTotal": total, "MemFree": total - used, "Inactive(file)": 0},
+        vmstat={},
+        interfaces=[],
+        default_interface=None,
+        filesystem=None,
+        pid_max=None,
+        processes=None,
+    )

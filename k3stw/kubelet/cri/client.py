@@ -291,6 +291,20 @@ class CRIClient:
         deadline = self.timeout + timeout if timeout > 0 else None
         return self._call(self._runtime, "ExecSync", request, _same, deadline)
 
+    # Stats
+
+    def list_container_stats(
+        self, filter: api.ContainerStatsFilter | None = None
+    ) -> Deferred[list[api.ContainerStats]]:
+        request = api.ListContainerStatsRequest(filter=filter)
+        return self._call(self._runtime, "ListContainerStats", request, _stats)
+
+    def list_pod_sandbox_stats(
+        self, filter: api.PodSandboxStatsFilter | None = None
+    ) -> Deferred[list[api.PodSandboxStats]]:
+        request = api.ListPodSandboxStatsRequest(filter=filter)
+        return self._call(self._runtime, "ListPodSandboxStats", request, _stats)
+
     # ImageService
 
     def list_images(self, filter: api.ImageFilter | None = None) -> Deferred[list[api.Image]]:
@@ -358,3 +372,7 @@ def _image(response: api.ImageStatusResponse) -> api.Image | None:
 
 def _image_ref(response: api.PullImageResponse) -> str:
     return response.image_ref
+
+
+def _stats(response: Any) -> list[Any]:
+    return list(response.stats)

@@ -28,6 +28,8 @@ __all__ = ["MemoryRuntime", "Program"]
 ENDPOINT = "memory://"
 #: SIGKILL's exit status, as containerd reports it.
 KILLED = 137
+#: containerd's overlayfs snapshotter, where images and writable layers are.
+SNAPSHOTS = "/var/lib/rancher/k3s/agent/containerd/io.containerd.snapshotter.v1.overlayfs"
 #: The pause image k3s uses, present unless a test says otherwise.
 PAUSE_IMAGE = "docker.io/rancher/mirrored-pause:3.6"
 
@@ -41,11 +43,18 @@ class Program:
     :ivar exit_code: its status when it exits by itself.
     :ivar term_exit_code: its status when it gets SIGTERM; None: it ignores
         SIGTERM and is killed (137) when the stop's timeout is over.
+    :ivar cpu_cores: the cores it keeps busy while it runs (its CPU time
+        grows by that many core-seconds a second).
+    :ivar memory_bytes: its working set while it runs.
+    :ivar disk_bytes: what it wrote to its writable layer.
     """
 
     runs_for: float | None = None
     exit_code: int = 0
     term_exit_code: int | None = 143
+    cpu_cores: float = 0.0
+    memory_bytes: int = 0
+    disk_bytes: int = 0
 
 
 @dataclass
@@ -56,6 +65,9 @@ class _Sandbox:
     ip: str
     runtime_handler: str
     ready: bool = True
+    #: Bytes received and sent on its network interface (eth0).
+    rx_bytes: int = 0
+    tx_bytes: int = 0
 
 
 @dataclass
@@ -196,6 +208,12 @@ class MemoryRuntime:
         if container.state != api.CONTAINER_RUNNING:
             raise ValueError(f"container {container_id} is not running")
         self._exited(container, exit_code, reason)
+
+    def traffic(self, sandbox_id: str, rx_bytes: int, tx_bytes: int) -> None:
+        """Bytes arrive at and leave a sandbox's network interface."""
+        sandbox = self.sandboxes[sandbox_id]
+        sandbox.rx_bytes += rx_bytes
+        sandbox.tx_bytes += tx_bytes
 
     def running(self) -> list[str]:
         """The IDs of the running containers."""
@@ -553,6 +571,119 @@ class MemoryRuntime:
         exit_code, stdout, stderr = self.exec_handler(container.id, list(cmd))
         return api.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
 
+    # Stats
+
+    def _container_stats(self, c: _Container, now: int) -> api.ContainerStats:
+        """A container's figures at C{now}: CPU time grown while it ran, memory while it runs."""
+        ran = 0
+        if c.started_at:
+            ran = (c.finished_at or now) - c.started_at
+        running = c.state == api.CONTAINER_RUNNING
+        return api.ContainerStats(
+            attributes=api.ContainerAttributes(
+                id=c.id,
+                metadata=c.config.metadata,
+                labels=c.config.labels,
+                annotations=c.config.annotations,
+            ),
+            cpu=api.CpuUsage(
+                timestamp=now,
+                usage_core_nano_seconds=api.UInt64Value(value=int(ran * c.program.cpu_cores)),
+            ),
+            memory=api.MemoryUsage(
+                timestamp=now,
+                working_set_bytes=api.UInt64Value(value=c.program.memory_bytes if running else 0),
+                usage_bytes=api.UInt64Value(value=c.program.memory_bytes if running else 0),
+            ),
+            writable_layer=api.FilesystemUsage(
+                timestamp=now,
+                fs_id=api.FilesystemIdentifier(mountpoint=SNAPSHOTS),
+                used_bytes=api.UInt64Value(value=c.program.disk_bytes),
+                inodes_used=api.UInt64Value(value=1 if c.program.disk_bytes else 0),
+            ),
+        )
+
+    @_cri("ListContainerStats")
+    def list_container_stats(
+        self, filter: api.ContainerStatsFilter | None = None
+    ) -> list[api.ContainerStats]:
+        now = self._now()
+        return [
+            self._container_stats(c, now)
+            for c in self.containers.values()
+            if filter is None
+            or (
+                c.id.startswith(filter.id)
+                and c.sandbox_id.startswith(filter.pod_sandbox_id)
+                and _matches(c.config.labels, filter.label_selector)
+            )
+        ]
+
+    @_cri("ListPodSandboxStats")
+    def list_pod_sandbox_stats(
+        self, filter: api.PodSandboxStatsFilter | None = None
+    ) -> list[api.PodSandboxStats]:
+        """
+        As containerd 1.6: the pod cgroup's CPU and memory, eth0's counters,
+        its processes; a stopped sandbox among those asked for fails the call.
+        """
+        now = self._now()
+        found = []
+        for sandbox in self.sandboxes.values():
+            if filter is not None and not (
+                sandbox.id.startswith(filter.id)
+                and _matches(sandbox.config.labels, filter.label_selector)
+            ):
+                continue
+            if not sandbox.ready:
+                raise self._refused(
+                    "ListPodSandboxStats",
+                    f'failed to decode sandbox container metrics for sandbox "{sandbox.id}": '
+                    f'failed to get pod sandbox stats since sandbox container "{sandbox.id}"'
+                    " is not in ready state",
+                )
+            containers = [
+                self._container_stats(c, now)
+                for c in self.containers.values()
+                if c.sandbox_id == sandbox.id
+            ]
+            cpu = sum(c.cpu.usage_core_nano_seconds.value for c in containers)
+            memory = sum(c.memory.working_set_bytes.value for c in containers)
+            running = sum(
+                1
+                for c in self.containers.values()
+                if c.sandbox_id == sandbox.id and c.state == api.CONTAINER_RUNNING
+            )
+            interface = api.NetworkInterfaceUsage(
+                name="eth0",
+                rx_bytes=api.UInt64Value(value=sandbox.rx_bytes),
+                rx_errors=api.UInt64Value(value=0),
+                tx_bytes=api.UInt64Value(value=sandbox.tx_bytes),
+                tx_errors=api.UInt64Value(value=0),
+            )
+            linux = api.LinuxPodSandboxStats(
+                cpu=api.CpuUsage(timestamp=now, usage_core_nano_seconds=api.UInt64Value(value=cpu)),
+                memory=api.MemoryUsage(
+                    timestamp=now,
+                    working_set_bytes=api.UInt64Value(value=memory),
+                    usage_bytes=api.UInt64Value(value=memory),
+                ),
+                # containerd 1.6 gives the default interface only, without a timestamp.
+                network=api.NetworkUsage(default_interface=interface) if sandbox.ip else None,
+                process=api.ProcessUsage(
+                    timestamp=now, process_count=api.UInt64Value(value=running)
+                ),
+                containers=containers,
+            )
+            attributes = api.PodSandboxAttributes(
+                id=sandbox.id,
+                metadata=sandbox.config.metadata,
+                labels=sandbox.config.labels,
+                annotations=sandbox.config.annotations,
+            )
+            found.append(api.PodSandboxStats(attributes=attributes, linux=linux))
+        return found
+
     # ImageService
 
     @_cri("ListImages")
@@ -595,7 +726,7 @@ class MemoryRuntime:
         used = sum(image.size for image in self.images.values())
         usage = api.FilesystemUsage(
             timestamp=self._now(),
-            fs_id=api.FilesystemIdentifier(mountpoint="/var/lib/rancher/k3s/agent/containerd"),
+            fs_id=api.FilesystemIdentifier(mountpoint=SNAPSHOTS),
             used_bytes=api.UInt64Value(value=used),
             inodes_used=api.UInt64Value(value=len(self.images)),
         )

@@ -162,6 +162,18 @@ class Runtime(Protocol):
     ) -> Deferred[api.ExecSyncResponse]:
         """Run C{cmd} in a running container; its exit code and output (C{timeout} 0: none)."""
 
+    # Stats.
+
+    def list_container_stats(
+        self, filter: api.ContainerStatsFilter | None = None
+    ) -> Deferred[list[api.ContainerStats]]:
+        """Each container's CPU, memory and writable layer usage, sampled now."""
+
+    def list_pod_sandbox_stats(
+        self, filter: api.PodSandboxStatsFilter | None = None
+    ) -> Deferred[list[api.PodSandboxStats]]:
+        """Each sandbox's (the pod's) CPU, memory, network and process usage, sampled now."""
+
     # ImageService.
 
     def list_images(self, filter: api.ImageFilter | None = None) -> Deferred[list[api.Image]]:
