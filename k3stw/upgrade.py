@@ -1,7 +1,8 @@
 """
 Relaying an HTTP upgrade (``kubectl exec``, ``attach``, ``port-forward``:
-websocket or SPDY/3.1) to a backend, as kube-apiserver's
-UpgradeAwareHandler does: the request goes on with its ``Connection`` and
+websocket or SPDY/3.1) to a backend, as the UpgradeAwareHandler of
+kube-apiserver (to a kubelet) and of the kubelet (to containerd's streaming
+server) does: the request goes on with its ``Connection`` and
 ``Upgrade`` headers; a ``101 Switching Protocols`` answer is written to the
 client as it came and from then on the two connections are spliced byte for
 byte, each registered as the other's producer (as
