@@ -188,7 +188,10 @@ class _Stream(_Endpoint):
         else:
             self._log.failure("Error serving {path}", failure, path=request.path)
             code, body = 500, b"Internal Server Error\n"
-        request.write(_answer(request, code, body))
+        body = _answer(request, code, body)
+        # As Go's server sends a short answer: whole, with its length.
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
         request.finish()
 
 
