@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,6 +34,29 @@ SPDY = (
     b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
     b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n"
 )
+
+
+class TCPTransport(StringTransport):
+    """A StringTransport with a TCP connection's Nagle switch and read size."""
+
+    no_delay = False
+    bufferSize = 65536
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+class TCPBackend(MemoryKubelet):
+    """The runtime's streaming server, its connections L{TCPTransport}s."""
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        protocol = protocolFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 10010))
+        assert protocol is not None
+        transport = TCPTransport()
+        protocol.makeConnection(transport)
+        self.protocols.append(protocol)
+        self.transports.append(transport)
+        return succeed(protocol)
 
 
 class StreamOptionsTests(SynchronousTestCase):
@@ -73,7 +97,7 @@ class StreamingTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.runtime = MemoryRuntime(self.reactor)
         self.pods = {("default", "web"): POD}
-        self.backend = MemoryKubelet()
+        self.backend = TCPBackend()
         self.dialled: list[tuple[str, int]] = []
 
         def dial(host: str, port: int) -> IStreamClientEndpoint:
@@ -162,6 +186,10 @@ class StreamingTests(SynchronousTestCase):
         assert isinstance(protocol, Protocol)
         protocol.dataReceived(b"spdy-from-client")
         self.assertTrue(self.backend.transports[0].value().endswith(b"spdy-from-client"))
+        # Spliced: no Nagle delay for keystrokes, bigger reads for bulk.
+        backend = self.backend.transports[0]
+        assert isinstance(backend, TCPTransport)
+        self.assertEqual((backend.no_delay, backend.bufferSize), (True, 256 * 1024))
 
     def test_exec_with_uid_and_tty(self) -> None:
         """The UID form; a TTY asks for no stderr."""
