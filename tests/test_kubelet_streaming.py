@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -49,14 +48,7 @@ class TCPTransport(StringTransport):
 class TCPBackend(MemoryKubelet):
     """The runtime's streaming server, its connections L{TCPTransport}s."""
 
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        protocol = protocolFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 10010))
-        assert protocol is not None
-        transport = TCPTransport()
-        protocol.makeConnection(transport)
-        self.protocols.append(protocol)
-        self.transports.append(transport)
-        return succeed(protocol)
+    transport_type = TCPTransport
 
 
 class StreamOptionsTests(SynchronousTestCase):
