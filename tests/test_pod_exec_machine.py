@@ -8,7 +8,9 @@ node's kubelet relaying each upgrade to containerd's streaming server.
 - ``kubectl exec -it`` under a pseudo-terminal: the process has a TTY;
 - ``kubectl cp`` into the pod and back out (tar through exec's stdin, stdout);
 - ``kubectl attach -i`` to a container that reads its stdin once;
-- ``kubectl port-forward`` and an HTTP request through it to busybox httpd.
+- ``kubectl port-forward`` and an HTTP request through it to busybox httpd;
+- exec and port-forward to a pod on an agent in a second machine, through
+  the agent's tunnel.
 
 kubectl first tries a websocket (``v5.channel.k8s.io``, or
 ``SPDY/3.1+portforward.k8s.io``): containerd's streaming server refuses it
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
-from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML
+from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML, write_airgap_images
+from tests.support.machines import machines
 from tests.test_pods_machine import KUBECTL, PodsInAMachine
 
 IMAGE = f"--image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
@@ -35,6 +39,19 @@ class PodStreamsInAMachine(PodsInAMachine):
         out = self.machine.run(f'{{ {command} ; }} 2>{errors}; echo "status=$?"', timeout=timeout)
         text, _, status = out.rstrip("\n").rpartition("status=")
         return int(status), text, errors.read_text()
+
+    def forwarded_page(self, fetches: int = 1) -> str:
+        """The web pod's page, C{fetches} times, through ``kubectl port-forward``."""
+        log = self.work / "port-forward.log"
+        status, out, err = self.run_status(
+            f"{KUBECTL} port-forward pod/web 18080:80 >{log} 2>&1 & pf=$!;"
+            f" for i in $(seq 100); do grep -q Forwarding {log} && break; sleep 0.1; done;"
+            + " busybox wget -q -O - http://127.0.0.1:18080/;" * fetches
+            + " kill $pf",
+            timeout=60,
+        )
+        self.assertEqual(status, 0, out + err + log.read_text())
+        return out
 
     def start_web(self) -> int:
         """The server and its node, and a Running busybox httpd pod ``web``; the node's pid."""
@@ -113,17 +130,62 @@ class ExecInAMachineTests(PodStreamsInAMachine):
         self.assertEqual(status, 0, out + err)
         self.assertIn("got hello\n", out)
 
-        log = Path("/tmp") / f"port-forward-{id(self)}.log"
-        self.addCleanup(lambda: log.unlink(missing_ok=True))
-        status, out, err = self.run_status(
-            f"{KUBECTL} port-forward pod/web 18080:80 >{log} 2>&1 & pf=$!;"
-            f" for i in $(seq 100); do grep -q Forwarding {log} && break; sleep 0.1; done;"
-            " busybox wget -q -O - http://127.0.0.1:18080/;"
-            " busybox wget -q -O - http://127.0.0.1:18080/; kill $pf",
-            timeout=60,
-        )
-        self.assertEqual(status, 0, out + err + log.read_text())
-        self.assertEqual(out, INDEX_HTML.decode() * 2)
-        forwarded = log.read_text()
+        self.assertEqual(self.forwarded_page(fetches=2), INDEX_HTML.decode() * 2)
+        forwarded = (self.work / "port-forward.log").read_text()
         self.assertIn("Forwarding from 127.0.0.1:18080 -> 80", forwarded)
         self.assertIn("Handling connection for 18080", forwarded)
+
+
+class StreamsThroughTheTunnelTests(PodStreamsInAMachine):
+    """The pod on an agent in a second machine: the streams cross the agent's tunnel."""
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).absolute()
+        self.machine, self.agent = machines(self, self.work / "machines", 2)
+        for machine in (self.machine, self.agent):
+            machine.boot(runtime=True)
+            write_airgap_images(machine.rancher / "k3s" / "agent" / "images")
+
+    def test_exec_and_port_forward_to_an_agents_pod(self) -> None:
+        self.launch(
+            f"k3s-server --node-name m0 --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
+            "server.log",
+            "Successfully registered node m0",
+        )
+        token = self.machine.run("cat /var/lib/rancher/k3s/server/token").strip()
+        agent_log = self.work / "agent.log"
+        process = self.agent.spawn(
+            f"exec {Path(sys.executable).with_name('twistd')} -n --pidfile= k3s-agent"
+            f" --server https://{self.machine.address}:6443 --token {token} --node-name m1"
+            f" --kubelet-arg cgroup-root={self.agent.cgroup_parent}",
+            agent_log,
+        )
+
+        def stop() -> None:
+            process.terminate()
+            process.wait(30)
+
+        self.addCleanup(stop)
+        self.until(
+            "the agent's tunnel",
+            lambda: "Remotedialer connected" in agent_log.read_text(errors="replace"),
+            timeout=90,
+        )
+        overrides = json.dumps({"spec": {"nodeName": "m1"}})
+        self.kubectl(
+            f"run web {IMAGE} --overrides='{overrides}' --command -- /bin/httpd -f -p 80 -h /www"
+        )
+        self.until(
+            "web Running on m1",
+            lambda: (self.pod("web").get("status") or {}).get("phase") == "Running",
+            timeout=90,
+        )
+        self.assertEqual(self.pod("web")["spec"]["nodeName"], "m1")
+        status, out, err = self.run_status(
+            f"echo through | {KUBECTL} exec -i web -- sh -c 'cat; hostname; exit 5'"
+        )
+        self.assertEqual((status, out), (5, "through\nweb\n"), err)
+        self.assertIn("command terminated with exit code 5", err)
+        self.assertEqual(self.forwarded_page(), INDEX_HTML.decode())
