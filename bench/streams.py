@@ -140,7 +140,24 @@ def throughput(host: str, port: int, size: int) -> float:
     return best
 
 
-def port_forward(pod_ip: str, size: int) -> dict[str, float]:
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user and system) used so far by each command name of the machine."""
+    used: dict[str, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def port_forward(pod_ip: str, size: int) -> dict[str, Any]:
     with tempfile.TemporaryFile() as log:
         forwarder = subprocess.Popen(
             [*KUBECTL, "port-forward", "pod/web", f"{LOCAL_PORT}:80"], stdout=log, stderr=log
@@ -155,11 +172,18 @@ def port_forward(pod_ip: str, size: int) -> dict[str, float]:
                     log.seek(0)
                     raise RuntimeError(f"port-forward did not start: {log.read()!r}")
                 time.sleep(0.05)
+            before = cpu_seconds()
             forwarded = throughput("127.0.0.1", LOCAL_PORT, size)
+            after = cpu_seconds()
         finally:
             forwarder.terminate()
             forwarder.wait(10)
-    return {"forwarded": forwarded, "direct": throughput(pod_ip, 80, size)}
+    gib = 3 * size / (1 << 30)
+    cpu = {
+        name: (after.get(name, 0.0) - before.get(name, 0.0)) / gib
+        for name in ("twistd", "kubectl", "containerd")
+    }
+    return {"forwarded": forwarded, "direct": throughput(pod_ip, 80, size), "cpu": cpu}
 
 
 def inside(argv: Sequence[str]) -> None:
@@ -257,6 +281,10 @@ def report(found: dict[str, Any], size_mib: int, stamp: str) -> str:
         f"| through `kubectl port-forward` | {found['forwarded']:.1f} |",
         f"| the pod's IP directly | {found['direct']:.1f} |",
         f"| share | {share:.0%} |",
+        "",
+        "CPU seconds per GiB through port-forward: "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in found["cpu"].items())
+        + " (twistd is the API server and the kubelet, both TLS hops).",
         "",
         "Goals:",
         f"- port-forward >= {GOAL_FORWARD_SHARE:.0%} of direct: {share:.0%} "

@@ -229,7 +229,7 @@ class Streaming:
             raise StreamError(404, "pod does not exist")
         runtime = self._runtime()
         if runtime is None:
-            raise StreamError(501, "not implemented: this node has no container runtime\n")
+            raise StreamError(501, "not implemented: this node has no container runtime yet\n")
         try:
             if kind == "portForward":
                 url = await self._port_forward(runtime, pod, target, ports)
