@@ -40,6 +40,7 @@ from k3stw.kubelet.cri.runtime import Runtime
 from k3stw.kubelet.logrotation import LogRotation, excess_logs, rotation_job, unused_logs
 from k3stw.kubelet.logstream import FORCE_CHECK, ContainerLogs
 from k3stw.machinery.objects import Object
+from tests.support.kubelet import no_summary
 
 #: 2026-12-06T10:00:00Z
 T0 = 1796551200
@@ -456,15 +457,11 @@ class StreamTests(_LogsCase):
         self.assertEqual(request.finished, 1)
 
 
-async def _no_summary(only: bool) -> dict[str, Any]:
-    return {}
-
-
 class RouteTests(_LogsCase):
     """``/containerLogs/<namespace>/<pod>/<container>`` in the kubelet's routes."""
 
     def route(self, path: bytes, method: bytes = b"GET", logs: bool = True) -> _Request:
-        root = kubelet_routes(None, _no_summary, self.logs if logs else None)
+        root = kubelet_routes(None, no_summary, self.logs if logs else None)
         request = _Request()
         request.postpath = path.lstrip(b"/").split(b"/")
         request.method = method

@@ -50,6 +50,8 @@ def node(name: str, port: int | None = None) -> Object:
 class MemoryKubelet:
     """The kubelet's end of every connection the proxy opens: a StringTransport each."""
 
+    transport_type: type[StringTransport] = StringTransport
+
     def __init__(self) -> None:
         self.protocols: list[IProtocol] = []
         self.transports: list[StringTransport] = []
@@ -57,7 +59,7 @@ class MemoryKubelet:
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         protocol = protocolFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 10250))
         assert protocol is not None
-        transport = StringTransport()
+        transport = self.transport_type()
         protocol.makeConnection(transport)
         self.protocols.append(protocol)
         self.transports.append(transport)

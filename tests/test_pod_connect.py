@@ -23,9 +23,9 @@ from k3stw.apiserver.podconnect import (
 )
 from k3stw.apiserver.routing import KubernetesAPI
 from k3stw.apiserver.status import NOT_ALLOWED, StatusError
-from k3stw.apiserver.upgrade import BodyReader, HeadReader
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
+from k3stw.upgrade import BodyReader, HeadReader
 from tests.support.apiserver import MemoryServer
 from tests.test_node_proxy import InMemoryNodeProxy, MemoryKubelet, node
 

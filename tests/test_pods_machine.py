@@ -11,8 +11,8 @@ and removes their sandboxes.
 
 A pod with volumes: its init container's file reaches the main container
 through an emptyDir; its configMap, secret and ``kube-api-access-*`` files are
-there inside the container (read with ``ctr task exec``: ``kubectl exec``
-answers 501 until the kubelet's streaming server exists) and under
+there inside the container (read with ``ctr task exec``, beneath the
+kubelet: ``kubectl exec`` is tests/test_pod_exec_machine.py's) and under
 ``/var/lib/kubelet/pods/<uid>/volumes``; a configMap update reaches the file
 in place and makes a failing readiness probe pass (Ready False, then True);
 k3stw stopped and started again adopts the running containers (same IDs, no

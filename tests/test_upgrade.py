@@ -23,10 +23,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.upgrade import BackendError, BodyReader, HeadReader, ResponseHead, take_over
 from k3stw.pki.certs import SubjectAltNames
 from k3stw.pki.store import load_or_create_server_credentials
 from k3stw.pki.tls import PinnedCAPolicy, server_tls_options
+from k3stw.upgrade import BackendError, BodyReader, HeadReader, ResponseHead, take_over
 from tests.test_node_proxy import InMemoryNodeProxy, MemoryKubelet, Relay, node
 
 #: An exec as the pods/exec route sends it on, here through nodes/proxy's relay.

@@ -22,9 +22,11 @@ from k3stw.kubelet.api import KubeletAPIService, PodStatsSource
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.containerd import NodeRuntime, RuntimeSettings
 from k3stw.kubelet.service import KubeletService
+from k3stw.kubelet.streaming import Streaming
 from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import Taint
+from k3stw.machinery.objects import Object
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
 
@@ -200,6 +202,7 @@ def node_factory(
             data_dir=config.data_dir,
             container_logs=_container_logs(reactor, kubelet) if config.runtime else None,
             pod_stats=_pod_stats(reactor, kubelet) if config.runtime is not None else None,
+            streaming=_streaming(reactor, kubelet) if config.runtime is not None else None,
         )
         # A port in use stops the node, as it stops k3s's kubelet.
         api._raiseSynchronously = True
@@ -225,6 +228,16 @@ def _pod_stats(reactor: Any, kubelet: KubeletService) -> PodStatsSource:
     from k3stw.kubelet.podstats import PodStatsProvider, in_reactor_threads
 
     return PodStatsProvider(lambda: kubelet.runtime, in_reactor_threads(reactor)).collect
+
+
+def _streaming(reactor: Any, kubelet: KubeletService) -> Streaming:
+    """Exec, attach and port-forward to the pods C{kubelet} runs."""
+
+    def pod(namespace: str, name: str) -> Object | None:
+        workers = kubelet.pod_workers
+        return workers.pod_by_name(namespace, name) if workers is not None else None
+
+    return Streaming(reactor, pod, lambda: kubelet.runtime)
 
 
 def _follow_servers(

@@ -1,7 +1,7 @@
 """
 Relaying requests to kubelets and pods: ``nodes/<node>/proxy/<path>``, and
 for L{k3stw.apiserver.podconnect} a pod's logs, its exec, attach and
-port-forward upgrades (L{k3stw.apiserver.upgrade}), and ``pods|services/proxy``.
+port-forward upgrades (L{k3stw.upgrade}), and ``pods|services/proxy``.
 
 As in k3s, the kubelet is reached at ``127.0.0.1:<kubelet port>`` at the
 node's end of its tunnel, except on the server's own node, which is dialled
@@ -42,13 +42,13 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from k3stw.apiserver.status import StatusError
-from k3stw.apiserver.upgrade import UpgradeRelay, is_upgrade, request_head
 from k3stw.httpclient import _QuietHTTPClientFactory
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.machinery.objects import Object
 from k3stw.pki.tls import UnverifiedPolicy
 from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession
+from k3stw.upgrade import UpgradeRelay, is_upgrade, request_head
 
 __all__ = ["DEFAULT_KUBELET_PORT", "NodeProxy", "kubelet_port", "proxied_target"]
 

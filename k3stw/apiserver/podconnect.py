@@ -32,8 +32,8 @@ from k3stw.apiserver.nodeproxy import NodeProxy, proxied_target
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError, bad_request, invalid
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.apiserver.upgrade import is_upgrade
 from k3stw.machinery.objects import Object
+from k3stw.upgrade import is_upgrade
 
 __all__ = [
     "Connect",

@@ -2,7 +2,8 @@
 The kubelet's HTTPS API (port 10250), which the servers reach through the
 agent's websocket tunnel: ``/healthz``, ``/pods``, ``/stats/summary``,
 ``/metrics/resource`` and, on a node with a container runtime,
-``/containerLogs``.
+``/containerLogs`` and the streams ``/exec``, ``/attach``, ``/portForward``
+(L{k3stw.kubelet.streaming}).
 
 Every request is authenticated and authorized first (L{k3stw.kubelet.auth}:
 the kubelet's 401 and 403), then routed; ``/stats/summary`` answers the
@@ -52,6 +53,7 @@ from k3stw.kubelet.auth import (
 from k3stw.kubelet.hostinfo import read_host_usage
 from k3stw.kubelet.metrics import CONTENT_TYPE, resource_metrics
 from k3stw.kubelet.stats import CPUUsageRate, build_summary
+from k3stw.kubelet.streaming import STREAM_KINDS, StreamError, Streaming, stream_target
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.machinery.times import utc
@@ -223,11 +225,58 @@ class _ContainerLogs(_Endpoint):
         )
 
 
+class _Stream(_Endpoint):
+    """``/exec``, ``/attach`` and ``/portForward`` (L{k3stw.kubelet.streaming})."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, kind: str, streaming: Streaming | None) -> None:
+        super().__init__()
+        self.kind = kind
+        self.streaming = streaming
+
+    def render(self, request: IRequest) -> bytes | int:
+        if stream_target(self.kind, request.postpath or []) is None:
+            return NOT_FOUND.render(request)
+        return super().render(request)
+
+    def render_GET(self, request: Request) -> bytes | int:
+        target = stream_target(self.kind, request.postpath or [])
+        assert target is not None
+        if self.streaming is None:
+            return _NotImplementedYet().render(request)
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        serving = Deferred.fromCoroutine(self.streaming.serve(request, self.kind, target))
+        serving.addErrback(self._refused, request, gone)
+        return NOT_DONE_YET
+
+    render_POST = render_GET
+
+    def _refused(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
+        if gone:
+            return
+        error = failure.value
+        if isinstance(error, StreamError):
+            code, body = error.code, error.message.encode()
+            for name, value in error.headers:
+                request.setHeader(name, value)
+        else:
+            self._log.failure("Error serving {path}", failure, path=request.path)
+            code, body = 500, b"Internal Server Error\n"
+        body = _answer(request, code, body)
+        # As Go's server sends a short answer: whole, with its length.
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
 class _NotImplementedYet(Resource):
     """
-    The streaming endpoints (``/containerLogs``, ``/exec``, ``/attach``,
-    ``/portForward``, ``/run``) need a container runtime, which the node does
-    not have (yet): they answer 501 until it comes, rather than a fake success.
+    The endpoints that need what the node does not have (``/run``; the logs
+    and streams on a node without a runtime) answer 501, rather than a fake
+    success.
     """
 
     isLeaf = True
@@ -285,10 +334,12 @@ def kubelet_routes(
     pods: Callable[[], list[dict[str, Any]]] | None,
     summary: SummarySource,
     container_logs: ContainerLogs | None = None,
+    streaming: Streaming | None = None,
 ) -> Resource:
     """
-    The endpoints' tree, before authentication (C{container_logs}: None on a
-    node without a container runtime).
+    The endpoints' tree, before authentication (no C{container_logs} or
+    C{streaming}: a node without a container runtime, whose logs and
+    streams answer 501).
     """
     root = _Directory()
     root.putChild(b"healthz", _Healthz())
@@ -299,11 +350,11 @@ def kubelet_routes(
     metrics = _Directory()
     metrics.putChild(b"resource", _ResourceMetrics(summary))
     root.putChild(b"metrics", metrics)
-    # Where the streaming endpoints will go once a container runtime exists.
-    for streaming in (b"containerLogs", b"exec", b"attach", b"portForward", b"run"):
-        root.putChild(streaming, _NotImplementedYet())
-    if container_logs is not None:
-        root.putChild(b"containerLogs", _ContainerLogs(container_logs))
+    for kind in STREAM_KINDS:
+        root.putChild(kind.encode(), _Stream(kind, streaming))
+    logs = _ContainerLogs(container_logs) if container_logs else _NotImplementedYet()
+    root.putChild(b"containerLogs", logs)
+    root.putChild(b"run", _NotImplementedYet())
     return root
 
 
@@ -365,7 +416,8 @@ class KubeletAPIService(StreamServerEndpointService):
         (L{k3stw.kubelet.podstats.PodStatsProvider.collect}; None: no runtime, no pods).
     :param proc: where ``/proc`` is (tests point it at fixture files).
     :param authorizer: who may use the API (L{allow_apiserver} by default).
-    :param container_logs: serves ``/containerLogs`` (None: a node without a runtime).
+    :param container_logs: serves ``/containerLogs`` (None: 501).
+    :param streaming: where exec, attach and port-forward go (None: 501).
     """
 
     _log = Logger()
@@ -385,6 +437,7 @@ class KubeletAPIService(StreamServerEndpointService):
         proc: Path = Path("/proc"),
         authorizer: Authorizer = allow_apiserver,
         container_logs: ContainerLogs | None = None,
+        streaming: Streaming | None = None,
     ) -> None:
         self.reactor = reactor
         self.node_name = node_name
@@ -395,7 +448,10 @@ class KubeletAPIService(StreamServerEndpointService):
         self.pod_stats = pod_stats
         self.cpu_rate = CPUUsageRate()
         resource = KubeletAPIResource(
-            reactor, client_ca, kubelet_routes(pods, self.summary, container_logs), authorizer
+            reactor,
+            client_ca,
+            kubelet_routes(pods, self.summary, container_logs, streaming),
+            authorizer,
         )
         site = QuietSite(resource)
         self._endpoint = _RecordingEndpoint(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 from pathlib import Path
+from typing import Any
 
 from k3stw.kubelet.hostinfo import CPUTimes, HostUsage
 from k3stw.pki.certs import SubjectAltNames, Usage, new_ca, new_leaf
@@ -127,3 +128,8 @@ def cpu_and_memory(
         pid_max=None,
         processes=None,
     )
+
+
+async def no_summary(only_cpu_and_memory: bool) -> dict[str, Any]:
+    """A ``/stats/summary`` source for kubelet routes whose tests do not read it."""
+    return {}

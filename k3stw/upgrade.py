@@ -1,7 +1,8 @@
 """
 Relaying an HTTP upgrade (``kubectl exec``, ``attach``, ``port-forward``:
-websocket or SPDY/3.1) to a backend, as kube-apiserver's
-UpgradeAwareHandler does: the request goes on with its ``Connection`` and
+websocket or SPDY/3.1) to a backend, as the UpgradeAwareHandler of
+kube-apiserver (to a kubelet) and of the kubelet (to containerd's streaming
+server) does: the request goes on with its ``Connection`` and
 ``Upgrade`` headers; a ``101 Switching Protocols`` answer is written to the
 client as it came and from then on the two connections are spliced byte for
 byte, each registered as the other's producer (as
@@ -44,6 +45,8 @@ __all__ = [
 MAX_HEAD = 64 * 1024
 #: The longest chunk-size line (with extensions) a chunked body may send.
 MAX_CHUNK_LINE = 4096
+#: The most a spliced TCP connection reads at once (Twisted's default is 64 KiB).
+SPLICED_READ = 256 * 1024
 
 #: Never sent on to the backend: the caller's credentials were for this
 #: server, and the body's framing is recomputed.  ``Connection`` and
@@ -305,6 +308,15 @@ def splice(left: _Spliced, right: _Spliced) -> None:
     assert left.transport is not None and right.transport is not None
     left.transport.registerProducer(IPushProducer(right.transport), True)  # type: ignore[attr-defined]
     right.transport.registerProducer(IPushProducer(left.transport), True)  # type: ignore[attr-defined]
+    for side in (left, right):
+        # Interactive streams (a keystroke, an echo) must not wait for Nagle's delayed ACK.
+        no_delay = getattr(side.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
+        # Bulk streams (port-forward, cp) cost a reactor turn per read: read more at once.
+        tcp: Any = getattr(side.transport, "transport", side.transport)
+        if hasattr(tcp, "bufferSize"):
+            tcp.bufferSize = SPLICED_READ
 
 
 class UpgradeRelay(_Spliced):
