@@ -22,9 +22,11 @@ from k3stw.kubelet.api import KubeletAPIService
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
 from k3stw.kubelet.containerd import NodeRuntime, RuntimeSettings
 from k3stw.kubelet.service import KubeletService
+from k3stw.kubelet.streaming import Streaming
 from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import Taint
+from k3stw.machinery.objects import Object, join_key
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
 
@@ -187,6 +189,7 @@ def node_factory(
 
     def make(joined: Joined) -> IService:
         services = MultiService()
+        kubelet = make_kubelet(joined)
         api = KubeletAPIService(
             reactor,
             node_name=joined.identity.name,
@@ -194,16 +197,29 @@ def node_factory(
             client_ca=joined.client_ca,
             port=config.kubelet_args.port,
             data_dir=config.data_dir,
+            streaming=_streaming(reactor, kubelet),
         )
         # A port in use stops the node, as it stops k3s's kubelet.
         api._raiseSynchronously = True
         api.setServiceParent(services)
         if balancer is not None:
             _follow_servers(reactor, config, balancer, joined).setServiceParent(services)
-        make_kubelet(joined).setServiceParent(services)
+        kubelet.setServiceParent(services)
         return services
 
     return make
+
+
+def _streaming(reactor: Any, kubelet: IService) -> Streaming | None:
+    """Exec, attach and port-forward to the pods C{kubelet} runs (None: it runs none)."""
+    if not isinstance(kubelet, KubeletService) or kubelet.node_runtime is None:
+        return None
+
+    def pod(namespace: str, name: str) -> Object | None:
+        workers = kubelet.pod_workers
+        return workers.informer.get(join_key(namespace, name)) if workers is not None else None
+
+    return Streaming(reactor, pod, lambda: kubelet.runtime)
 
 
 def _follow_servers(

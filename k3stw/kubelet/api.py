@@ -1,6 +1,7 @@
 """
 The kubelet's HTTPS API (port 10250), which the servers reach through the
-agent's websocket tunnel: ``/healthz``, ``/pods`` and ``/stats/summary``.
+agent's websocket tunnel: ``/healthz``, ``/pods``, ``/stats/summary``, and
+the streams ``/exec``, ``/attach``, ``/portForward`` (L{k3stw.kubelet.streaming}).
 
 Every request is authenticated and authorized first (L{k3stw.kubelet.auth}:
 the kubelet's 401 and 403), then routed; ``/stats/summary`` answers the
@@ -33,6 +34,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from k3stw.kubelet.auth import (
@@ -45,6 +47,7 @@ from k3stw.kubelet.auth import (
 )
 from k3stw.kubelet.hostinfo import read_host_usage
 from k3stw.kubelet.stats import CPUUsageRate, build_summary
+from k3stw.kubelet.streaming import STREAM_KINDS, StreamError, Streaming, stream_target
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import KUBELET_PORT
 from k3stw.machinery.times import utc
@@ -145,11 +148,58 @@ class _Summary(_Endpoint):
         return _json(request, self._summary(only))
 
 
+class _Stream(_Endpoint):
+    """``/exec``, ``/attach`` and ``/portForward`` (L{k3stw.kubelet.streaming})."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, kind: str, streaming: Streaming | None) -> None:
+        super().__init__()
+        self.kind = kind
+        self.streaming = streaming
+
+    def render(self, request: IRequest) -> bytes | int:
+        if stream_target(self.kind, request.postpath or []) is None:
+            return NOT_FOUND.render(request)
+        return super().render(request)
+
+    def render_GET(self, request: Request) -> bytes | int:
+        target = stream_target(self.kind, request.postpath or [])
+        assert target is not None
+        if self.streaming is None:
+            return _NotImplementedYet().render(request)
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        serving = Deferred.fromCoroutine(self.streaming.serve(request, self.kind, target))
+        serving.addErrback(self._refused, request, gone)
+        return NOT_DONE_YET
+
+    render_POST = render_GET
+
+    def _refused(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
+        if gone:
+            return
+        error = failure.value
+        if isinstance(error, StreamError):
+            code, body = error.code, error.message.encode()
+            for name, value in error.headers:
+                request.setHeader(name, value)
+        else:
+            self._log.failure("Error serving {path}", failure, path=request.path)
+            code, body = 500, b"Internal Server Error\n"
+        body = _answer(request, code, body)
+        # As Go's server sends a short answer: whole, with its length.
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
 class _NotImplementedYet(Resource):
     """
-    The streaming endpoints (``/containerLogs``, ``/exec``, ``/attach``,
-    ``/portForward``, ``/run``) need a container runtime, which the node does
-    not have yet: they answer 501 until it comes, rather than a fake success.
+    The endpoints that need what the node does not have yet (``/containerLogs``,
+    ``/run``; the streams on a node without a runtime) answer 501, rather than
+    a fake success.
     """
 
     isLeaf = True
@@ -206,8 +256,9 @@ class KubeletAPIResource(Resource):
 def kubelet_routes(
     pods: Callable[[], list[dict[str, Any]]] | None,
     summary: Callable[[bool], dict[str, Any]],
+    streaming: Streaming | None = None,
 ) -> Resource:
-    """The endpoints' tree, before authentication."""
+    """The endpoints' tree, before authentication (no C{streaming}: the streams answer 501)."""
     root = _Directory()
     root.putChild(b"healthz", _Healthz())
     root.putChild(b"pods", _Pods(pods))
@@ -215,8 +266,10 @@ def kubelet_routes(
     stats.putChild(b"summary", _Summary(summary))
     root.putChild(b"stats", stats)
     # Where the streaming endpoints will go once a container runtime exists.
-    for streaming in (b"containerLogs", b"exec", b"attach", b"portForward", b"run"):
-        root.putChild(streaming, _NotImplementedYet())
+    for kind in STREAM_KINDS:
+        root.putChild(kind.encode(), _Stream(kind, streaming))
+    for later in (b"containerLogs", b"run"):
+        root.putChild(later, _NotImplementedYet())
     return root
 
 
@@ -276,6 +329,7 @@ class KubeletAPIService(StreamServerEndpointService):
     :param pods: the pods the node runs, as API objects (None: none).
     :param proc: where ``/proc`` is (tests point it at fixture files).
     :param authorizer: who may use the API (L{allow_apiserver} by default).
+    :param streaming: where exec, attach and port-forward go (None: 501).
     """
 
     _log = Logger()
@@ -293,6 +347,7 @@ class KubeletAPIService(StreamServerEndpointService):
         pods: Callable[[], list[dict[str, Any]]] | None = None,
         proc: Path = Path("/proc"),
         authorizer: Authorizer = allow_apiserver,
+        streaming: Streaming | None = None,
     ) -> None:
         self.reactor = reactor
         self.node_name = node_name
@@ -302,7 +357,7 @@ class KubeletAPIService(StreamServerEndpointService):
         self.proc = proc
         self.cpu_rate = CPUUsageRate()
         resource = KubeletAPIResource(
-            reactor, client_ca, kubelet_routes(pods, self.summary), authorizer
+            reactor, client_ca, kubelet_routes(pods, self.summary, streaming), authorizer
         )
         site = QuietSite(resource)
         self._endpoint = _RecordingEndpoint(

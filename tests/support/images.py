@@ -24,6 +24,7 @@ BUSYBOX = Path("/bin/busybox")
 APPLETS = (
     "sh", "sleep", "httpd", "wget", "cat", "echo", "ls", "ps", "kill", "true", "false",
     "env", "hostname", "ip", "id", "mkdir", "rm", "test", "touch", "nc", "grep",
+    "tar", "tty", "stty",
 )  # fmt: skip
 PAUSE = "docker.io/rancher/mirrored-pause:3.6"
 BUSYBOX_IMAGE = "docker.io/library/busybox:k3stw"

@@ -287,6 +287,38 @@ class CRIClient:
         deadline = self.timeout + timeout if timeout > 0 else None
         return self._call(self._runtime, "ExecSync", request, _same, deadline)
 
+    def exec(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Deferred[str]:
+        request = api.ExecRequest(
+            container_id=container_id,
+            cmd=list(cmd),
+            tty=tty,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        return self._call(self._runtime, "Exec", request, _url)
+
+    def attach(
+        self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> Deferred[str]:
+        request = api.AttachRequest(
+            container_id=container_id, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+        return self._call(self._runtime, "Attach", request, _url)
+
+    def port_forward(self, sandbox_id: str, ports: Sequence[int] = ()) -> Deferred[str]:
+        request = api.PortForwardRequest(pod_sandbox_id=sandbox_id, port=list(ports))
+        return self._call(self._runtime, "PortForward", request, _url)
+
     # ImageService
 
     def list_images(self, filter: api.ImageFilter | None = None) -> Deferred[list[api.Image]]:
@@ -322,6 +354,10 @@ def _same(response: T) -> T:
 
 def _nothing(response: object) -> None:
     return None
+
+
+def _url(response: api.ExecResponse | api.AttachResponse | api.PortForwardResponse) -> str:
+    return response.url
 
 
 def _pod_sandbox_id(response: api.RunPodSandboxResponse) -> str:

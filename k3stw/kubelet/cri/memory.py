@@ -7,6 +7,8 @@ A test decides what containers do: L{Program}s (run for a while and exit
 with a status, or run until stopped; handle SIGTERM or not), L{exit} now,
 C{fail} the next calls of a method, C{exec_handler} for C{ExecSync}, a
 C{registry} to pull from, and C{available} to play a runtime that is down.
+C{Exec}, C{Attach} and C{PortForward} hand out URLs under C{stream_base}
+and keep what each was for in C{streams}.
 """
 
 from __future__ import annotations
@@ -176,6 +178,10 @@ class MemoryRuntime:
         self._names: dict[str, str] = {}
         self._serial = 0
         self._next_ip = 2
+        #: Where the streaming URLs point (containerd's streaming server on k3s).
+        self.stream_base = "http://127.0.0.1:10010"
+        #: The streaming requests handed out, by the URL's token.
+        self.streams: dict[str, api.ExecRequest | api.AttachRequest | api.PortForwardRequest] = {}
 
     # Test controls
 
@@ -542,6 +548,69 @@ class MemoryRuntime:
             self._running("ExecSync", container, 'container "{id}" is in {state} state')
         exit_code, stdout, stderr = self.exec_handler(container.id, list(cmd))
         return api.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=exit_code)
+
+    @_cri("Exec")
+    def exec(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> str:
+        container = self._streamable("Exec", container_id, tty, stdin, stdout, stderr)
+        request = api.ExecRequest(
+            container_id=container.id,
+            cmd=list(cmd),
+            tty=tty,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        return self._stream_url("exec", request)
+
+    @_cri("Attach")
+    def attach(
+        self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str:
+        container = self._streamable("Attach", container_id, tty, stdin, stdout, stderr)
+        request = api.AttachRequest(
+            container_id=container.id, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+        return self._stream_url("attach", request)
+
+    @_cri("PortForward")
+    def port_forward(self, sandbox_id: str, ports: Sequence[int] = ()) -> str:
+        sandbox = self._sandbox("PortForward", sandbox_id)
+        if not sandbox.ready:
+            raise self._refused("PortForward", "sandbox container is not running")
+        request = api.PortForwardRequest(pod_sandbox_id=sandbox.id, port=list(ports))
+        return self._stream_url("portforward", request)
+
+    def _streamable(
+        self, method: str, container_id: str, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> _Container:
+        """The running container a stream is for, refused as containerd refuses it."""
+        container = self._container(method, container_id)
+        if container.state != api.CONTAINER_RUNNING:
+            state = api.ContainerState.Name(container.state)
+            raise self._refused(method, f"container is in {state} state")
+        if tty and stderr:
+            raise self._refused(method, "tty and stderr cannot both be true", "INVALID_ARGUMENT")
+        if not (stdin or stdout or stderr):
+            raise self._refused(
+                method, "one of stdin, stdout, or stderr must be set", "INVALID_ARGUMENT"
+            )
+        return container
+
+    def _stream_url(
+        self, kind: str, request: api.ExecRequest | api.AttachRequest | api.PortForwardRequest
+    ) -> str:
+        token = self._new_id("token")[:8]
+        self.streams[token] = request
+        return f"{self.stream_base}/{kind}/{token}"
 
     # ImageService
 

@@ -159,6 +159,26 @@ class Runtime(Protocol):
     ) -> Deferred[api.ExecSyncResponse]:
         """Run C{cmd} in a running container; its exit code and output (C{timeout} 0: none)."""
 
+    def exec(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Deferred[str]:
+        """The URL on the runtime's streaming server where C{cmd} runs in a running container."""
+
+    def attach(
+        self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> Deferred[str]:
+        """The URL on the runtime's streaming server where a running container's stdio is."""
+
+    def port_forward(self, sandbox_id: str, ports: Sequence[int] = ()) -> Deferred[str]:
+        """The URL on the runtime's streaming server that forwards to a ready sandbox's ports."""
+
     # ImageService.
 
     def list_images(self, filter: api.ImageFilter | None = None) -> Deferred[list[api.Image]]:

@@ -1,0 +1,129 @@
+"""
+kubectl reaches running pods for real: ``k3s-server --container-runtime
+containerd`` in a test machine, kubectl in the machine, the server's own
+node's kubelet relaying each upgrade to containerd's streaming server.
+
+- ``kubectl exec -i`` with stdin piped: the process reads it to its end, and a
+  non-zero exit is kubectl's exit status with kube's message;
+- ``kubectl exec -it`` under a pseudo-terminal: the process has a TTY;
+- ``kubectl cp`` into the pod and back out (tar through exec's stdin, stdout);
+- ``kubectl attach -i`` to a container that reads its stdin once;
+- ``kubectl port-forward`` and an HTTP request through it to busybox httpd.
+
+kubectl first tries a websocket (``v5.channel.k8s.io``, or
+``SPDY/3.1+portforward.k8s.io``): containerd's streaming server refuses it
+(403), the refusal reaches kubectl, and kubectl falls back to SPDY/3.1, which
+containerd serves.  Needs what tests/test_pods_machine.py needs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML
+from tests.test_pods_machine import KUBECTL, PodsInAMachine
+
+IMAGE = f"--image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
+
+
+class PodStreamsInAMachine(PodsInAMachine):
+    def run_status(self, command: str, timeout: float = 60) -> tuple[int, str, str]:
+        """C{command}'s exit status, stdout and stderr, on the machine."""
+        errors = self.work / "stderr"
+        out = self.machine.run(f'{{ {command} ; }} 2>{errors}; echo "status=$?"', timeout=timeout)
+        text, _, status = out.rstrip("\n").rpartition("status=")
+        return int(status), text, errors.read_text()
+
+    def start_web(self) -> int:
+        """The server and its node, and a Running busybox httpd pod ``web``; the node's pid."""
+        node = self.start_server("server.log")
+        self.kubectl(f"run web {IMAGE} --command -- /bin/httpd -f -p 80 -h /www")
+        self.until(
+            "web Running",
+            lambda: (self.pod("web").get("status") or {}).get("phase") == "Running",
+        )
+        return node
+
+
+class ExecInAMachineTests(PodStreamsInAMachine):
+    def test_exec_stdin_exit_code_tty_and_cp(self) -> None:
+        self.start_web()
+        status, out, err = self.run_status(
+            f"printf 'one\\ntwo\\n' | {KUBECTL} exec -i web -- sh -c 'cat; echo err >&2; exit 3'"
+        )
+        self.assertEqual((status, out), (3, "one\ntwo\n"), err)
+        self.assertEqual(err, "err\ncommand terminated with exit code 3\n")
+
+        # Under a pseudo-terminal (script's), the process gets a TTY.
+        inner = f"{KUBECTL} exec -it web -- sh -c 'tty; test -t 0 && echo stdin is a tty'"
+        status, out, err = self.run_status(
+            f"script -qec {shlex.quote(inner)} /dev/null </dev/null", timeout=60
+        )
+        self.assertEqual(status, 0, out + err)
+        self.assertIn("/dev/pts/", out)
+        self.assertIn("stdin is a tty\r\n", out)
+
+        # kubectl cp: a directory into the pod and back.
+        source = self.work / "cp-in"
+        (source / "sub").mkdir(parents=True)
+        (source / "a.txt").write_text("alpha\n")
+        (source / "sub" / "b.bin").write_bytes(bytes(range(256)) * 64)
+        self.kubectl(f"cp {source} web:/tmp/copied")
+        self.assertEqual(self.kubectl("exec web -- cat /tmp/copied/a.txt"), "alpha\n")
+        back = self.work / "cp-out"
+        self.kubectl(f"cp web:/tmp/copied {back}")
+        self.assertEqual((back / "a.txt").read_text(), "alpha\n")
+        self.assertEqual((back / "sub" / "b.bin").read_bytes(), bytes(range(256)) * 64)
+
+        # No such container, no such pod: kube's refusals reach kubectl.
+        status, out, err = self.run_status(f"{KUBECTL} exec web -c nope -- true")
+        self.assertNotEqual(status, 0)
+        self.assertIn("container nope is not valid for pod web", err)
+
+    def test_attach_and_port_forward(self) -> None:
+        self.start_web()
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "once"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "once",
+                        "image": BUSYBOX_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "stdin": True,
+                        "stdinOnce": True,
+                        "command": ["sh", "-c", "read line; echo got $line"],
+                    }
+                ],
+            },
+        }
+        manifest = self.work / "once.json"
+        manifest.write_text(json.dumps(pod))
+        self.kubectl(f"apply -f {manifest}")
+        self.until(
+            "once Running",
+            lambda: (self.pod("once").get("status") or {}).get("phase") == "Running",
+        )
+        status, out, err = self.run_status(f"echo hello | {KUBECTL} attach -i once", timeout=60)
+        self.assertEqual(status, 0, out + err)
+        self.assertIn("got hello\n", out)
+
+        log = Path("/tmp") / f"port-forward-{id(self)}.log"
+        self.addCleanup(lambda: log.unlink(missing_ok=True))
+        status, out, err = self.run_status(
+            f"{KUBECTL} port-forward pod/web 18080:80 >{log} 2>&1 & pf=$!;"
+            f" for i in $(seq 100); do grep -q Forwarding {log} && break; sleep 0.1; done;"
+            " busybox wget -q -O - http://127.0.0.1:18080/;"
+            " busybox wget -q -O - http://127.0.0.1:18080/; kill $pf",
+            timeout=60,
+        )
+        self.assertEqual(status, 0, out + err + log.read_text())
+        self.assertEqual(out, INDEX_HTML.decode() * 2)
+        forwarded = log.read_text()
+        self.assertIn("Forwarding from 127.0.0.1:18080 -> 80", forwarded)
+        self.assertIn("Handling connection for 18080", forwarded)
