@@ -286,6 +286,8 @@ class TranslatorTests(Case):
         )
         self.assertEqual(status_of(status)["code"], 500)
         self.assertEqual(close[0], 8)
+        # Reading (paused until the streams were up) resumes for the client's close.
+        self.assertEqual(self.client.producerState, "producing")
         self.end()
 
     def test_kubelet_refuses_with_a_status(self) -> None:

@@ -282,6 +282,9 @@ class _WebSocketHandler:
             if self.spliced:
                 self.socket.transport.unregisterProducer()
             self.socket.sendClose(1000)
+            if not self.gone:
+                # Paused by the kubelet's side, it would never read the client's close.
+                self.socket.transport.resumeProducing()
 
     def message(self, payload: bytes) -> None:
         raise NotImplementedError
@@ -560,9 +563,14 @@ async def _run(translator: _Translator, proxy: NodeProxy, node: str, target: byt
     session = SpdySession(proxy.reactor, PING_PERIOD)
     upgrade.hand_over(session, rest)
     protocol = (head.header(b"x-stream-protocol-version") or b"").decode("latin-1").strip()
-    # Each stream waits for its reply in turn, as client-go's do.
-    for reply in translator.begin(session, protocol or "channel.k8s.io"):
-        await reply.addTimeout(STREAM_TIMEOUT, proxy.reactor)
+    replies = translator.begin(session, protocol or "channel.k8s.io")
+    try:
+        # Each stream waits for its reply in turn, as client-go's do.
+        for reply in replies:
+            await reply.addTimeout(STREAM_TIMEOUT, proxy.reactor)
+    finally:
+        for reply in replies:
+            reply.addErrback(lambda _: None)
     if translator.done.called:
         return
     translator.splice(upgrade.transport)
