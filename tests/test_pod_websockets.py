@@ -76,6 +76,13 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+class ClientTransport(StringTransport):
+    """Unregistering no producer is allowed, as on TCP and TLS transports (autobahn does so)."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
 class Streams(Resource):
     isLeaf = True
 
@@ -109,7 +116,7 @@ class Case(SynchronousTestCase):
         site.timeOut = None
         self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         assert self.channel is not None
-        self.client = StringTransport()
+        self.client = ClientTransport()
         self.channel.makeConnection(self.client)
         self.reader = SpdyCodec()
         self.writer = SpdyCodec()
@@ -390,6 +397,15 @@ class TunnelTests(Case):
         self.channel.dataReceived(handshake(b"SPDY/3.1+portforward.k8s.io"))
         self.kubelet.respond(SPDY_SWITCHED % b"portforward.k8s.io")
         self.client_protocol().connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(self.kubelet.transports[0].disconnecting)
+        self.end()
+
+    def test_bad_handshake_closes_the_kubelet(self) -> None:
+        """autobahn refuses a malformed websocket over HTTP; the kubelet's SPDY goes."""
+        assert self.channel is not None
+        self.channel.dataReceived(handshake(b"SPDY/3.1+portforward.k8s.io").replace(KEY, b"a2V5"))
+        self.kubelet.respond(SPDY_SWITCHED % b"portforward.k8s.io")
+        self.assertTrue(self.client.value().startswith(b"HTTP/1.1 400 "), self.client.value())
         self.assertTrue(self.kubelet.transports[0].disconnecting)
         self.end()
 

@@ -36,7 +36,6 @@ from twisted.web.server import Request
 
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.status import StatusError
-from k3stw.logs import Logger
 from k3stw.spdy import SpdySession, SpdyStream
 from k3stw.upgrade import BackendError, BodyReader, HeadReader, ResponseHead, take_over
 
@@ -232,7 +231,6 @@ def _websocket_factory(reactor: Any, handler: _WebSocketHandler) -> Any:
 class _WebSocketHandler:
     """What a websocket's events go to."""
 
-    _log = Logger()
     #: The subprotocol the websocket answers with.
     subprotocol: str | None = None
     socket: Any = None
@@ -646,6 +644,8 @@ async def _tunnel(request: Request, proxy: NodeProxy, node: str, target: bytes) 
     tunnel = _Tunnel(TUNNEL_PREFIX + chosen if chosen else None)
     tunnel.accept(request, proxy.reactor)
     if not tunnel.opened.called or tunnel.gone:
+        # The handshake failed: autobahn has answered the client.
+        tunnel.opened.addErrback(lambda _: None)
         upgrade.transport.loseConnection()  # type: ignore[union-attr]
         return
     tunnel.kubelet = upgrade.transport
