@@ -34,7 +34,6 @@ from k3stw.apiserver.nodeproxy import NodeProxy, proxied_target
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError, bad_request, invalid
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.apiserver.streams import serve_websocket, translated
 from k3stw.machinery.objects import Object
 from k3stw.upgrade import is_upgrade
 
@@ -447,6 +446,9 @@ async def relay(
         raise bad_request(f"pod {connect.name} does not have a host assigned")
     if not is_upgrade(request):
         raise bad_request("Upgrade request required")
+    # Loaded on the first upgrade: SPDY's dataclasses and tables cost about 250 KB.
+    from k3stw.apiserver.streams import serve_websocket, translated
+
     if translated(request, connect.subresource):
         await serve_websocket(request, proxy, node, target, connect.subresource)
         return
