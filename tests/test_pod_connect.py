@@ -10,8 +10,10 @@ import json
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
@@ -27,6 +29,7 @@ from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
 from k3stw.upgrade import BodyReader, HeadReader
 from tests.support.apiserver import MemoryServer
+from tests.support.tunnel import run_autobahn_timers_on
 from tests.test_node_proxy import InMemoryNodeProxy, MemoryKubelet, node
 
 USERS = {
@@ -39,7 +42,12 @@ NOT_IMPLEMENTED = (
 )
 WEBSOCKET = (
     "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-    "Sec-WebSocket-Key: a2V5\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n"
+    "Sec-WebSocket-Key: a2V5\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n"
+)
+#: kubectl 1.32's exec: answered by the API server, SPDY to the kubelet.
+WEBSOCKET_V5 = (
+    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n"
 )
 
 
@@ -243,7 +251,10 @@ class ConnectAPITests(SynchronousTestCase):
     # exec, attach, portforward
 
     def test_exec_upgrade_reaches_the_kubelet(self) -> None:
-        """The websocket GET goes on with kubelet's option names; its 501 comes back as it was."""
+        """
+        A websocket GET older than v5 goes on with kubelet's option names; its
+        501 comes back as it was.
+        """
         client = self.send(
             "GET",
             "/api/v1/namespaces/default/pods/one/exec?command=ls&command=-l&stdout=true&stdin=1&tty=false",
@@ -255,11 +266,30 @@ class ConnectAPITests(SynchronousTestCase):
         )
         sent = self.kubelet.transports[-1].value()
         self.assertIn(b"Upgrade: websocket\r\n", sent)
-        self.assertIn(b"Sec-Websocket-Protocol: v5.channel.k8s.io\r\n", sent)
+        self.assertIn(b"Sec-Websocket-Protocol: v4.channel.k8s.io\r\n", sent)
         self.kubelet.respond(NOT_IMPLEMENTED)
         answer = client.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n"), answer)
         self.assertTrue(answer.endswith(b"no container runtime yet\n"), answer)
+
+    def test_v5_exec_is_answered_here_and_spoken_to_the_kubelet_as_spdy(self) -> None:
+        """kubectl's websocket gets its 101 here; the kubelet gets a SPDY POST; its 501 a Status."""
+        run_autobahn_timers_on(self, self.reactor)
+        client = self.send(
+            "GET", "/api/v1/namespaces/default/pods/one/exec?command=ls&stdout=true", WEBSOCKET_V5
+        )
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 101 Switching Protocols\r\n"))
+        self.assertEqual(
+            self.kubelet_request(), b"POST /exec/default/one/a?command=ls&output=1 HTTP/1.1"
+        )
+        self.assertIn(b"Upgrade: SPDY/3.1\r\n", self.kubelet.transports[-1].value())
+        self.kubelet.respond(NOT_IMPLEMENTED)
+        self.assertIn(
+            b"unable to upgrade connection: not implemented: this node has no container runtime",
+            client.value(),
+        )
+        client.protocol.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.reactor.advance(61)
 
     def test_spdy_attach_and_portforward(self) -> None:
         spdy = (

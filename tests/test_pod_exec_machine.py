@@ -12,10 +12,11 @@ node's kubelet relaying each upgrade to containerd's streaming server.
 - exec and port-forward to a pod on an agent in a second machine, through
   the agent's tunnel.
 
-kubectl first tries a websocket (``v5.channel.k8s.io``, or
-``SPDY/3.1+portforward.k8s.io``): containerd's streaming server refuses it
-(403), the refusal reaches kubectl, and kubectl falls back to SPDY/3.1, which
-containerd serves.  Needs what tests/test_pods_machine.py needs.
+kubectl's own websockets are answered by the API server, which speaks
+SPDY/3.1 to the kubelet: exec and attach's ``v5.channel.k8s.io`` channels
+translated to SPDY streams, port-forward's ``SPDY/3.1+portforward.k8s.io``
+unwrapped into a plain SPDY upgrade; kubectl never falls back to SPDY itself.
+Needs what tests/test_pods_machine.py needs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class PodStreamsInAMachine(PodsInAMachine):
         """The web pod's page, C{fetches} times, through ``kubectl port-forward``."""
         log = self.work / "port-forward.log"
         status, out, err = self.run_status(
-            f"{KUBECTL} port-forward pod/web 18080:80 >{log} 2>&1 & pf=$!;"
+            f"{KUBECTL} port-forward -v=8 pod/web 18080:80 >{log} 2>&1 & pf=$!;"
             f" for i in $(seq 100); do grep -q Forwarding {log} && break; sleep 0.1; done;"
             + " busybox wget -q -O - http://127.0.0.1:18080/;" * fetches
             + " kill $pf",
@@ -72,6 +73,12 @@ class ExecInAMachineTests(PodStreamsInAMachine):
         )
         self.assertEqual((status, out), (3, "one\ntwo\n"), err)
         self.assertEqual(err, "err\ncommand terminated with exit code 3\n")
+        # kubectl's websocket (v5) is answered by the API server: no fallback to SPDY.
+        status, out, err = self.run_status(f"{KUBECTL} exec -v=8 web -- echo hi")
+        self.assertEqual((status, out), (0, "hi\n"), err)
+        self.assertIn("Sec-Websocket-Protocol: v5.channel.k8s.io", err)
+        self.assertIn("Response Status: 101 Switching Protocols", err)
+        self.assertNotIn("POST https://", err)
 
         # Under a pseudo-terminal (script's), the process gets a TTY.
         inner = f"{KUBECTL} exec -it web -- sh -c 'tty; test -t 0 && echo stdin is a tty'"
@@ -134,6 +141,10 @@ class ExecInAMachineTests(PodStreamsInAMachine):
         forwarded = (self.work / "port-forward.log").read_text()
         self.assertIn("Forwarding from 127.0.0.1:18080 -> 80", forwarded)
         self.assertIn("Handling connection for 18080", forwarded)
+        # The SPDY-in-websocket tunnel was answered: no fallback to a plain SPDY upgrade.
+        self.assertIn("Sec-Websocket-Protocol: SPDY/3.1+portforward.k8s.io", forwarded)
+        self.assertIn("Response Status: 101 Switching Protocols", forwarded)
+        self.assertNotIn("POST https://", forwarded)
 
 
 class StreamsThroughTheTunnelTests(PodStreamsInAMachine):

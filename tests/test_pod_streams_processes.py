@@ -105,16 +105,17 @@ class PodStreamProcessTests(SynchronousTestCase):
 
     def test_exec_reaches_the_agents_kubelet(self) -> None:
         """
-        kubectl exec: its websocket GET, then its SPDY POST, each relayed to
-        the kubelet, which answers 501.  kubectl reads the kubelet's text as
-        a YAML Status (it holds ": "), so it prints an empty message.
+        kubectl exec: its websocket is answered by the API server, which asks
+        the kubelet for SPDY (a POST); the kubelet's 501 reaches kubectl as
+        the Status on the error channel, without a fallback to SPDY.
         """
         found = self.kubectl("exec", "solo", "--", "true")
-        self.assertEqual((found.returncode, found.stderr), (1, "Error from server: \n"))
-        for method in ("GET", "POST"):
-            self.agent.wait_for_output(
-                f"{method} /exec/default/solo/a?command=true&error=1&output=1 501"
-            )
+        self.assertEqual(
+            (found.returncode, found.stderr),
+            (1, f"error: Internal error occurred: unable to upgrade connection: {KUBELET_501}\n"),
+        )
+        self.agent.wait_for_output("POST /exec/default/solo/a?command=true&error=1&output=1 501")
+        self.assertNotIn("GET /exec/", self.agent.output)
 
     def test_port_forward_reaches_the_agents_kubelet(self) -> None:
         """kubectl port-forward (to a pod it believes runs) gets as far as the kubelet's 501."""
@@ -128,5 +129,6 @@ class PodStreamProcessTests(SynchronousTestCase):
         self.assertEqual(
             (found.returncode, found.stderr), (1, "error: error upgrading connection: \n")
         )
-        for method in ("GET", "POST"):
-            self.agent.wait_for_output(f"{method} /portForward/default/solo 501")
+        # The websocket, unwrapped to a SPDY POST, then kubectl's own SPDY fallback.
+        self.agent.wait_for_output("POST /portForward/default/solo 501")
+        self.assertNotIn("GET /portForward/", self.agent.output)

@@ -175,6 +175,10 @@ class ServerImportTests(SynchronousTestCase):
         """PyYAML (about a megabyte) loads only to read a config file that says something."""
         self.assertEqual(loaded(server_modules(), "yaml"), [])
 
+    def test_no_spdy_before_a_stream(self) -> None:
+        """The exec stream translator and SPDY load with the first exec, attach or port-forward."""
+        self.assertEqual(loaded(server_modules(), "k3stw.spdy", "k3stw.apiserver.streams"), [])
+
     def test_no_websocket_before_a_tunnel(self) -> None:
         """autobahn (about 5 MiB) and the tunnel protocol load with the first tunnel
         (k3stw.supervisor.connect); the tunnel registry alone needs neither, nor

@@ -263,6 +263,26 @@ class NodeProxy:
         """
         await self.relay(request, node, target)
 
+    async def open_kubelet(self, node: str, build: Callable[[bytes], Protocol]) -> Protocol:
+        """
+        A connection to C{node}'s kubelet for the protocol C{build(host)}
+        makes (C{host} is the kubelet's ``host:port``), for a server that
+        speaks to the kubelet itself (the exec stream translator).
+
+        :raises StatusError: no such Node (404), or the kubelet cannot be
+            reached (503, with why).
+        """
+        port = kubelet_port(await self.get_node(node))
+        seen = _SeenTransport()
+        protocol = build(b"%s:%d" % (node.encode("idna"), port))
+        connecting = self.endpoint(node, port, seen).connect(_OneProtocol(protocol))
+        connecting.addTimeout(self.header_timeout, self.reactor)
+        try:
+            await connecting
+        except Exception as e:
+            raise _unreachable(e, seen) from None
+        return protocol
+
     async def relay_address(
         self, request: Request, host: str, port: int, tls: bool, target: bytes
     ) -> None:

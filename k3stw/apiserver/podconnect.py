@@ -6,7 +6,9 @@ relays them:
   its body streamed back (``follow`` streams until either side goes);
 - ``pods/<name>/exec|attach|portforward``: the client's upgrade (websocket or
   SPDY/3.1) relayed to the kubelet's ``/exec``, ``/attach``, ``/portForward``
-  and spliced once it switches protocols;
+  and spliced once it switches protocols; kubectl's own websockets
+  (remotecommand v5, tunnelled port-forward) are answered here and spoken
+  to the kubelet as SPDY (L{k3stw.apiserver.streams});
 - ``pods/<name>[:port]/proxy/...`` and ``services/<name>[:port]/proxy/...``
   (``https:<name>:<port>`` too): relayed to the pod's IP, or to a ready
   endpoint of the service.
@@ -444,4 +446,10 @@ async def relay(
         raise bad_request(f"pod {connect.name} does not have a host assigned")
     if not is_upgrade(request):
         raise bad_request("Upgrade request required")
+    # Loaded on the first upgrade: SPDY's dataclasses and tables cost about 250 KB.
+    from k3stw.apiserver.streams import serve_websocket, translated
+
+    if translated(request, connect.subresource):
+        await serve_websocket(request, proxy, node, target, connect.subresource)
+        return
     await proxy.relay_upgrade(request, node, target)
