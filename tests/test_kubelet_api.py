@@ -143,6 +143,12 @@ class ResourceTests(SynchronousTestCase):
         self.assertEqual(self.answer(request)[0], 200)
         self.assertTrue(self.answer(request)[1].endswith(b"\nresource_scrape_error 1\n"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        code, body = self.answer(self.request(b"/metrics/cadvisor", root=root))
+        self.assertEqual(
+            (code, body),
+            (500, b"Internal Error: failed to list pod stats: CRI ListPodSandbox failed"),
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_resource_metrics(self) -> None:
         """/metrics/resource: the CPU-and-memory summary as Prometheus text."""
@@ -160,6 +166,15 @@ class ResourceTests(SynchronousTestCase):
             self.header(request, b"content-type"), b"text/plain; version=0.0.4; charset=utf-8"
         )
         self.assertEqual(self.summaries, [True])
+
+    def test_cadvisor_metrics(self) -> None:
+        """/metrics/cadvisor: the whole summary (no pods here: no series) as Prometheus text."""
+        request = self.request(b"/metrics/cadvisor")
+        self.assertEqual(self.answer(request), (200, b"\n"))
+        self.assertEqual(
+            self.header(request, b"content-type"), b"text/plain; version=0.0.4; charset=utf-8"
+        )
+        self.assertEqual(self.summaries, [False])
 
     def test_unknown_paths(self) -> None:
         """Go's mux wording for what no route serves."""

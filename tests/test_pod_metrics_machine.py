@@ -1,8 +1,9 @@
 """
 Resource metrics of real pods: ``k3s-server --container-runtime containerd``
 in a test machine runs a Deployment whose pod spins on its CPU limit (200m)
-and an idle pod.  The kubelet's ``/stats/summary`` and ``/metrics/resource``
-(read through the API server's node proxy) report both pods from containerd;
+and an idle pod.  The kubelet's ``/stats/summary``, ``/metrics/resource`` and
+``/metrics/cadvisor`` (read through the API server's node proxy) report both
+pods from containerd;
 ``kubectl top pods`` shows the busy one using CPU, ``--containers`` its
 container, ``kubectl top nodes`` the node; and a HorizontalPodAutoscaler on
 the Deployment reads its CPU utilization from them and scales it up.
@@ -113,6 +114,13 @@ class PodMetricsInAMachineTests(PodsInAMachine):
         series = f"container_cpu_usage_seconds_total{{{labels}}}"
         self.assertRegex(text, re.escape(series) + r" [0-9.e+]+ \d{13}\n")
         self.assertIn("resource_scrape_error 0\n", text)
+        # cAdvisor's names: the container's CPU, and the pod's own network.
+        text = self.kubectl("get --raw /api/v1/nodes/m1/proxy/metrics/cadvisor")
+        labels = f'container="spin",cpu="total",namespace="default",pod="{busy_name}"'
+        series = f"container_cpu_usage_seconds_total{{{labels}}}"
+        self.assertRegex(text, re.escape(series) + r" [0-9.e+]+ \d{13}\n")
+        received = 'container_network_receive_bytes_total{container="",interface="eth0",'
+        self.assertIn(received + f'namespace="default",pod="{busy_name}"}}', text)
 
         # kubectl top: the busy pod near its limit, the idle one near nothing.
         def top_pods() -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ from k3stw.apiserver.metricsapi import parse_summary, pod_metrics
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.memory import MemoryRuntime, Program
 from k3stw.kubelet.hostinfo import HostUsage
-from k3stw.kubelet.metrics import resource_metrics
+from k3stw.kubelet.metrics import cadvisor_metrics, resource_metrics
 from k3stw.kubelet.podstats import PodStatsProvider, disk_use
 from k3stw.kubelet.stats import build_summary, current_containers
 from k3stw.machinery.quantity import go_float
@@ -304,11 +304,8 @@ class PodStatsTests(SynchronousTestCase):
 
 
 class ResourceMetricsTextTests(SynchronousTestCase):
-    def test_series_with_millisecond_timestamps(self) -> None:
-        """
-        The node's, pods' and containers' CPU seconds and working sets, the
-        containers' start times, and no scrape error, sorted as the kubelet's.
-        """
+    def summary(self, only_cpu_and_memory: bool) -> tuple[float, dict[str, Any]]:
+        """Now, and the summary of a pod ``p`` whose ``pause`` ran 4 s at a quarter core."""
         clock = Clock()
         clock.advance(START)
         runtime = MemoryRuntime(clock)
@@ -330,10 +327,29 @@ class ResourceMetricsTextTests(SynchronousTestCase):
         )
         clock.advance(1)
         self.successResultOf(runtime.start_container(container))
+        runtime.traffic(sandbox, 300, 200)
         clock.advance(4)
         now = clock.seconds()
-        pods, _ = self.successResultOf(Deferred.fromCoroutine(provider.collect(now, True)))
-        summary = build_summary("n", host(now), now, None, only_cpu_and_memory=True, pods=pods)
+        pods, image_fs = self.successResultOf(
+            Deferred.fromCoroutine(provider.collect(now, only_cpu_and_memory))
+        )
+        summary = build_summary(
+            "n",
+            host(now),
+            now,
+            None,
+            only_cpu_and_memory=only_cpu_and_memory,
+            pods=pods,
+            image_fs=image_fs,
+        )
+        return now, summary
+
+    def test_series_with_millisecond_timestamps(self) -> None:
+        """
+        The node's, pods' and containers' CPU seconds and working sets, the
+        containers' start times, and no scrape error, sorted as the kubelet's.
+        """
+        now, summary = self.summary(True)
         text = resource_metrics(summary).decode()
         ms = int(now * 1000)
         labels = 'container="pause",namespace="ns",pod="p"'
@@ -355,6 +371,38 @@ class ResourceMetricsTextTests(SynchronousTestCase):
             " by the container in core-seconds\n# TYPE container_cpu_usage_seconds_total counter",
             text,
         )
+
+    def test_cadvisor_names(self) -> None:
+        """
+        /metrics/cadvisor: cAdvisor's names and labels, the pod's own cgroup as
+        ``container=""`` with its network, without kube's stability tags.
+        """
+        now, summary = self.summary(False)
+        text = cadvisor_metrics(summary).decode()
+        ms = int(now * 1000)
+        pause = 'container="pause",namespace="ns",pod="p"'
+        pod = 'container="",namespace="ns",pod="p"'
+        series = [line for line in text.splitlines() if not line.startswith("#")]
+        for line in (
+            'container_cpu_usage_seconds_total{container="pause",cpu="total",namespace="ns",'
+            f'pod="p"}} 1 {ms}',
+            'container_cpu_usage_seconds_total{container="",cpu="total",namespace="ns",'
+            f'pod="p"}} 1 {ms}',
+            f"container_memory_working_set_bytes{{{pause}}} 2048 {ms}",
+            f"container_memory_working_set_bytes{{{pod}}} 2048 {ms}",
+            'container_network_receive_bytes_total{container="",interface="eth0",namespace="ns",'
+            f'pod="p"}} 300 {ms}',
+            'container_network_transmit_bytes_total{container="",interface="eth0",namespace="ns",'
+            f'pod="p"}} 200 {ms}',
+            f"container_start_time_seconds{{{pause}}} 1.75e+09",
+        ):
+            self.assertIn(line, series)
+        self.assertIn(
+            "# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.\n"
+            "# TYPE container_cpu_usage_seconds_total counter",
+            text,
+        )
+        self.assertFalse([line for line in series if line.startswith(("node_", "pod_"))])
 
     def test_a_failed_summary_is_a_scrape_error(self) -> None:
         self.assertEqual(

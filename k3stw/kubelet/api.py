@@ -1,7 +1,7 @@
 """
 The kubelet's HTTPS API (port 10250), which the servers reach through the
 agent's websocket tunnel: ``/healthz``, ``/pods``, ``/stats/summary``,
-``/metrics/resource`` and, on a node with a container runtime,
+``/metrics/resource``, ``/metrics/cadvisor`` and, on a node with a container runtime,
 ``/containerLogs`` and the streams ``/exec``, ``/attach``, ``/portForward``
 (L{k3stw.kubelet.streaming}).
 
@@ -51,7 +51,7 @@ from k3stw.kubelet.auth import (
     verified_user,
 )
 from k3stw.kubelet.hostinfo import read_host_usage
-from k3stw.kubelet.metrics import CONTENT_TYPE, resource_metrics
+from k3stw.kubelet.metrics import CONTENT_TYPE, cadvisor_metrics, resource_metrics
 from k3stw.kubelet.stats import CPUUsageRate, build_summary
 from k3stw.kubelet.streaming import STREAM_KINDS, StreamError, Streaming, stream_target
 from k3stw.logs import Logger
@@ -166,18 +166,37 @@ class _Summary(_Endpoint):
         super().__init__()
         self._summary = summary
 
+    path = "/stats/summary"
+
     def render_GET(self, request: IRequest) -> int:
-        only = request.args.get(b"only_cpu_and_memory", []) == [b"true"]
-        Deferred.fromCoroutine(self._respond(request, only))
+        Deferred.fromCoroutine(self._respond(request))
         return NOT_DONE_YET
 
-    async def _respond(self, request: IRequest, only: bool) -> None:
+    def _only_cpu_and_memory(self, request: IRequest) -> bool:
+        return bool(request.args.get(b"only_cpu_and_memory", []) == [b"true"])
+
+    def _present(self, request: IRequest, document: dict[str, Any]) -> bytes:
+        return _json(request, document)
+
+    async def _respond(self, request: IRequest) -> None:
         try:
-            body = _json(request, await self._summary(only))
+            body = self._present(request, await self._summary(self._only_cpu_and_memory(request)))
         except Exception as e:
-            self._log.failure("HTTP InternalServerError serving /stats/summary")
+            self._log.failure("HTTP InternalServerError serving {path}", path=self.path)
             body = _answer(request, 500, f"Internal Error: {e}".encode())
         finish(request, body)
+
+
+class _CadvisorMetrics(_Summary):
+    """``/metrics/cadvisor``: the whole summary under cAdvisor's names (L{cadvisor_metrics})."""
+
+    path = "/metrics/cadvisor"
+
+    def _only_cpu_and_memory(self, request: IRequest) -> bool:
+        return False
+
+    def _present(self, request: IRequest, document: dict[str, Any]) -> bytes:
+        return _answer(request, 200, cadvisor_metrics(document), CONTENT_TYPE)
 
 
 class _ResourceMetrics(_Endpoint):
@@ -349,6 +368,7 @@ def kubelet_routes(
     root.putChild(b"stats", stats)
     metrics = _Directory()
     metrics.putChild(b"resource", _ResourceMetrics(summary))
+    metrics.putChild(b"cadvisor", _CadvisorMetrics(summary))
     root.putChild(b"metrics", metrics)
     for kind in STREAM_KINDS:
         root.putChild(kind.encode(), _Stream(kind, streaming))

@@ -1,9 +1,18 @@
 """
-The kubelet's ``/metrics/resource``: the node's, pods' and containers' CPU
-time and working set (and the containers' start times) in the Prometheus
-text format, each sample with its millisecond timestamp, built from the
-Summary API's CPU-and-memory document (L{k3stw.kubelet.stats}), as the
-kubelet's resource metrics collector builds it.  metrics-server scrapes it.
+The kubelet's metrics pages in the Prometheus text format, each sample with
+its millisecond timestamp, built from the Summary API's document
+(L{k3stw.kubelet.stats}):
+
+- ``/metrics/resource``: the node's, pods' and containers' CPU time and
+  working set (and the containers' start times), as the kubelet's resource
+  metrics collector builds it.  metrics-server scrapes it.
+- ``/metrics/cadvisor``: cAdvisor's names and labels for the figures the
+  summary has (CPU, memory, network, filesystem, processes, start times of
+  the pods' containers, and each pod's own cgroup with ``container=""``),
+  so that dashboards written for the kubelet's cAdvisor find their series.
+  cAdvisor's ``id``, ``image`` and ``name`` labels (cgroup paths and runtime
+  names) are not in the summary and are left out, as are the figures it
+  does not have (throttling, per-device I/O).
 """
 
 from __future__ import annotations
@@ -155,7 +164,8 @@ def exposition(
 ) -> bytes:
     """
     The Prometheus text of C{families} (a family without samples is left
-    out, as the Go client leaves it out), their samples sorted by labels.
+    out, as the Go client leaves it out), their samples sorted by labels;
+    a family described without a stability level has no ``[LEVEL]`` tag.
     """
     lines = []
     for name in sorted(families):
@@ -163,7 +173,9 @@ def exposition(
         if not samples:
             continue
         kind, stability, text = described[name]
-        lines.append(f"# HELP {name} [{stability}] {text}")
+        lines.append(
+            f"# HELP {name} [{stability}] {text}" if stability else f"# HELP {name} {text}"
+        )
         lines.append(f"# TYPE {name} {kind}")
         for labels, value, timestamp in samples:
             pairs = ",".join(f'{key}="{_escape(v)}"' for key, v in sorted(labels))
@@ -180,3 +192,113 @@ def resource_metrics(summary: Mapping[str, Any] | None) -> bytes:
     if summary is None:
         return exposition(resource_samples({}, error=True), RESOURCE_FAMILIES)
     return exposition(resource_samples(summary), RESOURCE_FAMILIES)
+
+
+#: cAdvisor's families (no stability levels: cAdvisor's are not kube's metrics).
+CADVISOR_FAMILIES = {
+    "container_cpu_usage_seconds_total": (
+        "counter",
+        "",
+        "Cumulative cpu time consumed in seconds.",
+    ),
+    "container_fs_usage_bytes": (
+        "gauge",
+        "",
+        "Number of bytes that are consumed by the container on this filesystem.",
+    ),
+    "container_memory_rss": ("gauge", "", "Size of RSS in bytes."),
+    "container_memory_usage_bytes": (
+        "gauge",
+        "",
+        "Current memory usage in bytes, including all memory regardless of when it was accessed",
+    ),
+    "container_memory_working_set_bytes": ("gauge", "", "Current working set in bytes."),
+    "container_network_receive_bytes_total": (
+        "counter",
+        "",
+        "Cumulative count of bytes received",
+    ),
+    "container_network_receive_errors_total": (
+        "counter",
+        "",
+        "Cumulative count of errors encountered while receiving",
+    ),
+    "container_network_transmit_bytes_total": (
+        "counter",
+        "",
+        "Cumulative count of bytes transmitted",
+    ),
+    "container_network_transmit_errors_total": (
+        "counter",
+        "",
+        "Cumulative count of errors encountered while transmitting",
+    ),
+    "container_processes": ("gauge", "", "Number of processes running inside the container."),
+    "container_start_time_seconds": (
+        "gauge",
+        "",
+        "Start time of the container since unix epoch in seconds.",
+    ),
+}
+
+#: The network families and the NetworkStats field each reads.
+_NETWORK = {
+    "container_network_receive_bytes_total": "rxBytes",
+    "container_network_receive_errors_total": "rxErrors",
+    "container_network_transmit_bytes_total": "txBytes",
+    "container_network_transmit_errors_total": "txErrors",
+}
+
+
+def cadvisor_samples(summary: Mapping[str, Any]) -> dict[str, list[Sample]]:
+    """Each ``/metrics/cadvisor`` family's samples from a full summary."""
+    families: dict[str, list[Sample]] = {name: [] for name in CADVISOR_FAMILIES}
+
+    def add(name: str, labels: tuple[tuple[str, str], ...], figure: Any) -> None:
+        if figure is not None:
+            families[name].append((labels, figure[0], figure[1]))
+
+    def usage(labels: tuple[tuple[str, str], ...], stats: Mapping[str, Any]) -> None:
+        """CPU and memory of one cgroup, a container's or the pod's."""
+        cpu_labels = (*labels, ("cpu", "total"))
+        add(
+            "container_cpu_usage_seconds_total",
+            cpu_labels,
+            _figure(stats, "cpu", "usageCoreNanoSeconds", 1e9),
+        )
+        add("container_memory_usage_bytes", labels, _figure(stats, "memory", "usageBytes"))
+        add(
+            "container_memory_working_set_bytes",
+            labels,
+            _figure(stats, "memory", "workingSetBytes"),
+        )
+        add("container_memory_rss", labels, _figure(stats, "memory", "rssBytes"))
+
+    for pod in summary.get("pods") or ():
+        ref = pod.get("podRef") or {}
+        of_pod = (("namespace", str(ref.get("namespace", ""))), ("pod", str(ref.get("name", ""))))
+        of_sandbox = (("container", ""), *of_pod)
+        usage(of_sandbox, pod)
+        add("container_processes", of_sandbox, _figure(pod, "process_stats", "process_count"))
+        network = pod.get("network")
+        if isinstance(network, Mapping):
+            at = _milliseconds(network.get("time"))
+            interfaces = network.get("interfaces") or ([network] if "name" in network else [])
+            for interface in interfaces:
+                of_interface = (*of_sandbox, ("interface", str(interface.get("name", ""))))
+                for name, field in _NETWORK.items():
+                    if interface.get(field) is not None:
+                        families[name].append((of_interface, float(interface[field]), at))
+        for container in pod.get("containers") or ():
+            labels = (("container", str(container.get("name", ""))), *of_pod)
+            usage(labels, container)
+            add("container_fs_usage_bytes", labels, _figure(container, "rootfs", "usedBytes"))
+            started = _seconds(container.get("startTime"))
+            if started is not None and started > 0:
+                add("container_start_time_seconds", labels, (started, None))
+    return families
+
+
+def cadvisor_metrics(summary: Mapping[str, Any]) -> bytes:
+    """``/metrics/cadvisor`` from a full summary."""
+    return exposition(cadvisor_samples(summary), CADVISOR_FAMILIES)
