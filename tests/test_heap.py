@@ -1,6 +1,7 @@
 """
-The heap trimmer on a Clock (a heap whose free space the test sets), and
-glibc's heap for real: a freed 64 MiB stays resident until it is trimmed.
+The heap trimmer on a Clock (a heap whose use and free space the test sets,
+a collection that frees what the test says), and glibc's heap for real: a
+freed 64 MiB stays resident until it is trimmed.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ MiB = 1024 * 1024
 
 
 class SetHeap:
-    """A heap holding C{free_bytes} free; counts its trims."""
+    """A heap that handed out C{in_use_bytes} and holds C{free_bytes} free; counts its trims."""
 
-    def __init__(self, free_bytes: int) -> None:
+    def __init__(self, free_bytes: int, in_use_bytes: int = 20 * MiB) -> None:
         self.free_bytes = free_bytes
+        self.in_use_bytes = in_use_bytes
         self.trims = 0
+
+    def in_use(self) -> int:
+        return self.in_use_bytes
 
     def free(self) -> int:
         return self.free_bytes
@@ -31,9 +36,22 @@ class SetHeap:
 
 
 class HeapTrimmerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        #: What each collection frees of the heap's use (it becomes free space).
+        self.garbage = 0
+        self.collected: list[int] = []
+
     def started(self, heap: SetHeap | None) -> tuple[Clock, HeapTrimmer]:
         clock = Clock()
-        trimmer = HeapTrimmer(clock, heap)
+
+        def collect() -> None:
+            assert heap is not None
+            self.collected.append(heap.trims)
+            heap.in_use_bytes -= self.garbage
+            heap.free_bytes += self.garbage
+            self.garbage = 0
+
+        trimmer = HeapTrimmer(clock, heap, collect=collect)
         trimmer.startService()
         return clock, trimmer
 
@@ -42,8 +60,9 @@ class HeapTrimmerTests(SynchronousTestCase):
         clock, _ = self.started(heap)
         for step in range(100):
             heap.free_bytes = 10 * MiB + (step % 3) * MiB  # moves, less than the slack
+            heap.in_use_bytes = 20 * MiB + (step % 3) * MiB
             clock.advance(INTERVAL)
-        self.assertEqual(heap.trims, 0)
+        self.assertEqual((heap.trims, self.collected), (0, []))
 
     def test_burst_is_trimmed_at_the_next_look_and_once(self) -> None:
         heap = SetHeap(10 * MiB)
@@ -71,6 +90,31 @@ class HeapTrimmerTests(SynchronousTestCase):
         heap.free_bytes = 2 * MiB + SLACK
         clock.advance(INTERVAL)
         self.assertEqual(heap.trims, 1)
+
+    def test_growing_heap_is_collected_and_what_that_frees_trimmed(self) -> None:
+        heap = SetHeap(1 * MiB)
+        clock, trimmer = self.started(heap)
+        # Closed connections' cycles hold C memory: the heap grows, nothing is free.
+        heap.in_use_bytes += SLACK
+        self.garbage = SLACK
+        clock.advance(INTERVAL)
+        self.assertEqual(self.collected, [0])  # collected before the trim
+        self.assertEqual((heap.trims, trimmer.collections), (1, 1))
+        self.assertEqual(heap.in_use_bytes, 20 * MiB)
+
+    def test_growth_of_use_counts_from_after_the_last_collection(self) -> None:
+        heap = SetHeap(1 * MiB)
+        clock, _ = self.started(heap)
+        heap.in_use_bytes += SLACK  # live objects: a collection frees nothing
+        clock.advance(INTERVAL)
+        self.assertEqual(len(self.collected), 1)
+        heap.in_use_bytes += SLACK - 1
+        clock.advance(INTERVAL)
+        self.assertEqual(len(self.collected), 1)
+        heap.in_use_bytes += 1
+        clock.advance(INTERVAL)
+        self.assertEqual(len(self.collected), 2)
+        self.assertEqual(heap.trims, 0)
 
     def test_stop_leaves_no_call(self) -> None:
         heap = SetHeap(0)
