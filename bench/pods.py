@@ -4,7 +4,7 @@ Pods benchmark: create-to-Running of real pods on one node, a
 next to containerd's own floor (the same CRI calls made directly), and the
 node's footprint idle with 0 and with 100 pods.
 
-    python bench/pods.py [--sequential 20] [--pods 100] [--idle 30]
+    python bench/pods.py [--sequential 20] [--pods 100] [--idle 30] [--agent]
                          [--output docs/pods-benchmark.md]
 
 Everything runs inside one test machine (tests/support/machines.py: its own
@@ -22,6 +22,10 @@ busybox images of tests/support/images.py in ``agent/images``:
    created one at a time, each timed from its create until a watch sees its
    Ready condition true; those deleted; C{--pods} created at once, timed
    until all are Ready; idle footprint with them running.
+
+With C{--agent} the pods run on a ``k3s-agent`` instead (the floor is
+skipped), and the server, ``--disable-agent``, is another process in the
+same machine: the idle rows sample the agent, and the server's RSS beside it.
 
 The clients (CRI and the API's) run inside the machine (``--inside``), so
 nothing dials out of its network namespace; footprints are read from this
@@ -76,6 +80,8 @@ DATA = Path("/var/lib/rancher/k3s")
 SOCKET = "unix:///run/k3s/containerd/containerd.sock"
 API = "https://127.0.0.1:6443"
 NODE = "bench"
+#: The cluster's token when the pods run on an agent.
+TOKEN = "bench-token"
 NAMESPACE = "bench"
 #: The node's pod range, as the server's IPAM gives its first node.
 POD_CIDR = "10.42.0.0/24"
@@ -469,10 +475,14 @@ class Footprint:
     shims_rss: float
     shims_pss: float
     load: str
+    #: The RSS of the server when the node is an agent (another process).
+    server_rss: float | None = None
 
 
-def footprint(machine: Machine, node: Node, pods: int, seconds: float) -> Footprint:
-    """Sample the node idle for C{seconds} (after L{SETTLE})."""
+def footprint(
+    machine: Machine, node: Node, pods: int, seconds: float, server: Node | None = None
+) -> Footprint:
+    """Sample the node idle for C{seconds} (after L{SETTLE}); C{server} if it is another process."""
     time.sleep(SETTLE)
     before, started = cpu_seconds(node.pid), time.perf_counter()
     time.sleep(seconds)
@@ -492,6 +502,7 @@ def footprint(machine: Machine, node: Node, pods: int, seconds: float) -> Footpr
         shims_rss=sum(rss(pid) for pid in shims),
         shims_pss=sum(pss(pid) for pid in shims),
         load=load(),
+        server_rss=None if server is None else rss(server.pid),
     )
 
 
@@ -500,6 +511,8 @@ class Plan:
     sequential: int = 20
     pods: int = 100
     idle: float = 30.0
+    #: The pods run on a k3s-agent, the server being another process.
+    agent: bool = False
 
 
 @dataclass
@@ -553,11 +566,36 @@ class Bench:
         """The k3stw server with containerd, on the floor's data directory."""
         return launch(
             self.machine,
-            "k3s-server --container-runtime containerd --bind-address 127.0.0.1"
-            f" --node-ip 127.0.0.1 --node-name {NODE}"
-            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
+            f"k3s-server --bind-address 127.0.0.1 {self.node_arguments()}",
             self.work / "server.log",
             f"Successfully registered node {NODE}",
+        )
+
+    def split(self) -> tuple[Node, Node]:
+        """A server with no agent, then the agent that runs the pods, on the same data directory."""
+        server = launch(
+            self.machine,
+            f"k3s-server --disable-agent --bind-address 127.0.0.1 --token {TOKEN}",
+            self.work / "server.log",
+            "k3s is up and running",
+        )
+        try:
+            agent = launch(
+                self.machine,
+                f"k3s-agent --server https://127.0.0.1:6443 --token {TOKEN} "
+                + self.node_arguments(),
+                self.work / "agent.log",
+                f"Successfully registered node {NODE}",
+            )
+        except Exception:
+            server.stop()
+            raise
+        return agent, server
+
+    def node_arguments(self) -> str:
+        return (
+            f"--container-runtime containerd --node-ip 127.0.0.1 --node-name {NODE}"
+            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}"
         )
 
     def k3stw(self, keep: bool = True) -> Latencies:
@@ -570,23 +608,32 @@ class Bench:
     def run(self) -> Run:
         started = time.perf_counter()
         result = Run(self.plan)
-        say(f"the floor: {self.plan.sequential} pods one at a time, {self.plan.pods} at once")
-        result.floor = self.floor()
-        say(f"floor done (load {load()}); the k3stw server")
-        node = self.server()
+        server: Node | None = None
+        if self.plan.agent:
+            say("a k3stw server with no agent, then the agent")
+            node, server = self.split()
+        else:
+            say(f"the floor: {self.plan.sequential} pods one at a time, {self.plan.pods} at once")
+            result.floor = self.floor()
+            say(f"floor done (load {load()}); the k3stw server")
+            node = self.server()
         try:
             # The first pods wait for the node to be Ready: the client half waits for that.
-            say(f"server pid {node.pid}; idle footprint, no pods, {self.plan.idle:g} s")
-            result.footprints.append(footprint(self.machine, node, 0, self.plan.idle))
+            say(f"node pid {node.pid}; idle footprint, no pods, {self.plan.idle:g} s")
+            result.footprints.append(footprint(self.machine, node, 0, self.plan.idle, server))
             say(f"k3stw: {self.plan.sequential} pods one at a time, {self.plan.pods} at once")
             result.k3stw = self.k3stw()
             say(f"idle footprint with {self.plan.pods} pods, {self.plan.idle:g} s")
-            result.footprints.append(footprint(self.machine, node, self.plan.pods, self.plan.idle))
+            result.footprints.append(
+                footprint(self.machine, node, self.plan.pods, self.plan.idle, server)
+            )
         except Exception:
-            say(f"the server's log ends:\n{tail(node.log)}")
+            say(f"the node's log ends:\n{tail(node.log)}")
             raise
         finally:
             node.stop()
+            if server is not None:
+                server.stop()
         result.seconds = time.perf_counter() - started
         return result
 
@@ -621,16 +668,19 @@ def table(result: Run) -> str:
             f"| {ms(found.burst, 0.5)} / {ms(found.burst, 0.99)} | {found.burst_total:.2f} "
             f"| {found.load} |"
         )
+    node = "agent" if plan.agent else "server"
     lines += [
         "",
-        "| idle node | k3stw server CPU, % of a core | k3stw server RSS, MiB "
-        "| containerd RSS, MiB | shims: count, RSS sum / PSS sum, MiB | load |",
-        "|---|---:|---:|---:|---:|---|",
+        f"| idle node | k3stw {node} CPU, % of a core | k3stw {node} RSS, MiB "
+        + ("| server (`--disable-agent`) RSS, MiB " if plan.agent else "")
+        + "| containerd RSS, MiB | shims: count, RSS sum / PSS sum, MiB | load |",
+        "|---|---:|---:|" + ("---:|" if plan.agent else "") + "---:|---:|---|",
     ]
     for f in result.footprints:
         lines.append(
             f"| {f.pods} pods, {f.seconds:.0f} s | {f.cpu_percent:.2f} | {f.rss:.1f} "
-            f"| {f.containerd_rss:.1f} | {f.shims}, {f.shims_rss:.1f} / {f.shims_pss:.1f} "
+            + (f"| {f.server_rss:.1f} " if f.server_rss is not None else "")
+            + f"| {f.containerd_rss:.1f} | {f.shims}, {f.shims_rss:.1f} / {f.shims_pss:.1f} "
             f"| {f.load} |"
         )
     return "\n".join(lines)
@@ -669,7 +719,8 @@ def report(result: Run) -> str:
             "# Pods benchmark",
             "",
             f"Written by `python bench/pods.py --sequential {plan.sequential} --pods {plan.pods} "
-            f"--idle {plan.idle:g}`: one test machine (own network, mount and PID namespaces), "
+            f"--idle {plan.idle:g}{' --agent' if plan.agent else ''}`: one test machine "
+            "(own network, mount and PID namespaces), "
             "Debian's containerd with k3stw's generated config, busybox pods running "
             "`sleep 3600`, a bridge CNI. The floor is the same containerd (same binary, config, "
             "data directory and images) under k3stw's runtime service alone, before the server "
@@ -678,9 +729,16 @@ def report(result: Run) -> str:
             "the server runs. The k3stw rows time a pod from its create (POST) until a watch "
             "of its namespace sees its Ready condition true: the scheduler's bind, the "
             "kubelet's informer, its CRI calls and its status write. Both clients run inside "
-            "the machine and share its 2 cores with the node. The idle rows sample the server "
-            f"process (API, controllers, scheduler and kubelet in one) after {SETTLE:g} s of "
-            "settling; PSS splits the shims' shared pages between them.",
+            "the machine and share its 2 cores with the node. "
+            + (
+                "The pods run on a `k3s-agent` (its kubelet and containerd's supervision), the "
+                "server (`--disable-agent`) being another process in the machine; the floor is "
+                "skipped. The idle rows sample the agent process"
+                if plan.agent
+                else "The idle rows sample the server process (API, controllers, scheduler and "
+                "kubelet in one)"
+            )
+            + f" after {SETTLE:g} s of settling; PSS splits the shims' shared pages between them.",
             "",
             f"Machine: {machine()}; load average (1, 5, 15 min) with each row",
             f"Date: {now}; {result.seconds:.0f} s in all",
@@ -698,9 +756,12 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--sequential", type=int, default=20, help="pods one at a time (20)")
     parser.add_argument("--pods", type=int, default=100, help="pods at once (100)")
     parser.add_argument("--idle", type=float, default=30.0, help="idle sample, s (30)")
+    parser.add_argument(
+        "--agent", action="store_true", help="run the pods on a k3s-agent, the server apart"
+    )
     parser.add_argument("--output", help="also write the report to this file")
     args = parser.parse_args(argv)
-    plan = Plan(args.sequential, args.pods, args.idle)
+    plan = Plan(args.sequential, args.pods, args.idle, args.agent)
     cleanups = Cleanups()
     work = Path(tempfile.mkdtemp(prefix="k3stw-bench-pods-"))
     say(f"work in {work}")

@@ -189,6 +189,22 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(self.runtime.sandboxes, {})
         self.assertNotIn("conditions", self.pod()["status"])
 
+    def test_the_pod_cache_keeps_no_managed_fields(self) -> None:
+        pod = make_pod()
+        pod["metadata"]["managedFields"] = [
+            {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}
+        ]
+        self.create(pod)
+        self.advance(1)
+        self.assertIn("managedFields", self.pod()["metadata"])
+        (cached,) = self.workers.informer.cache.list()
+        self.assertNotIn("managedFields", cached["metadata"])
+        self.assertEqual(cached["spec"], self.pod()["spec"])
+        (worker,) = self.workers.workers.values()
+        assert worker.pod is not None
+        self.assertNotIn("managedFields", worker.pod["metadata"])
+        self.assertEqual(len(self.containers()), 1)
+
     def test_a_running_pod_reports_running_and_ready(self) -> None:
         self.create(make_pod())
         self.advance(1)

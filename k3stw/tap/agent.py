@@ -47,6 +47,7 @@ def makeService(options: Options) -> IService:
     from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.join import https_sender
     from k3stw.agent.service import AgentService, node_factory
+    from k3stw.heap import HeapTrimmer, glibc_heap
     from k3stw.loadbalancer.service import LoadBalancerService
 
     try:
@@ -75,6 +76,7 @@ def makeService(options: Options) -> IService:
     )
     if metrics is not None:
         _status_page(reactor, status_port, balancer, metrics).setServiceParent(root)
+    HeapTrimmer(reactor, glibc_heap()).setServiceParent(root)
     return root
 
 

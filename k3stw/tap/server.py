@@ -90,6 +90,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     set_debug(options["debug"])
+    from k3stw.heap import HeapTrimmer, glibc_heap
     from k3stw.lifecycle import settle_memory
     from k3stw.server.service import build_server, prepare_server
 
@@ -99,4 +100,5 @@ def makeService(options: Options) -> IService:
     except (StartupError, ConfigurationError, EndpointError) as e:
         raise SystemExit(f"k3s-server: {e}") from None
     server.readiness.when_ready().addCallback(lambda _: settle_memory())
+    HeapTrimmer(reactor, glibc_heap()).setServiceParent(server)
     return server

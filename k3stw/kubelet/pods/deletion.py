@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 
 from k3stw.kubeclient import KubeAPI, KubeAPIError
 from k3stw.logs import Logger
-from k3stw.machinery.informer import Informer, each_change
-from k3stw.machinery.objects import Object, get_path, metadata
+from k3stw.machinery.informer import Informer, Retention, each_change
+from k3stw.machinery.objects import Object, get_path, metadata, without_managed_fields
 from k3stw.machinery.source import HTTPSource
 
 #: How long a failed confirmation waits before it is tried again.
@@ -37,9 +37,9 @@ def pod_path(pod: Mapping[str, Any]) -> str:
 
 
 def node_pods(client: KubeAPI, clock: IReactorTime, node_name: str) -> Informer:
-    """An informer of the pods bound to the node."""
+    """An informer of the pods bound to the node (the kubelet never reads their managed fields)."""
     source = HTTPSource(client, "/api/v1/pods", {"fieldSelector": f"spec.nodeName={node_name}"})
-    return Informer(source, clock)
+    return Informer(source, clock, retention=Retention(trim=without_managed_fields))
 
 
 async def confirm_deletion(client: KubeAPI, pod: Object) -> None:

@@ -61,7 +61,7 @@ from k3stw.kubelet.pods.status import TERMINAL, Observed, Waiting, pod_status, r
 from k3stw.kubelet.pods.volumes import NoVolumes, VolumeManager
 from k3stw.logs import Logger
 from k3stw.machinery.informer import each_change
-from k3stw.machinery.objects import Object, get_path, metadata
+from k3stw.machinery.objects import Object, get_path, metadata, without_managed_fields
 from k3stw.machinery.times import parse_time
 
 #: How often the runtime is listed (the kubelet's PLEG relist period).
@@ -241,6 +241,8 @@ class PodWorkers(MultiService):
             self._log.warn("cleaning up orphaned pods failed: {error}", error=failure.value)
 
     def _changed(self, pod: Object) -> None:
+        # Handlers hear the decoded object whole; its managed fields would live on in the worker.
+        pod = without_managed_fields(pod)
         uid = str(metadata(pod).get("uid", ""))
         worker = self.workers.get(uid)
         if worker is None:
