@@ -4,16 +4,19 @@ real pod, a ``twistd -n k3s-server --container-runtime containerd`` in a test
 machine, the port-forward next to the pod's IP reached directly.
 
     python bench/streams.py [--echoes 500] [--commands 30] [--size-mib 64]
-                            [--output docs/streams-benchmark.md]
+                            [--log-lines 200] [--output docs/streams-benchmark.md]
 
 1. exec round trip: one long-lived ``kubectl exec -i web -- cat``; each of
    C{--echoes} 64-byte writes is timed until its echo is read back;
 2. whole command: ``kubectl exec web -- true``, C{--commands} times, each
-   timed from start to exit (kubectl's start, its websocket attempt and SPDY
-   fallback, the kubelet, CRI Exec, containerd, the process);
+   timed from start to exit (kubectl's start, its websocket, the API server's
+   SPDY to the kubelet, CRI Exec, containerd, the process);
 3. port-forward: a C{--size-mib} file (copied in with ``kubectl cp``) fetched
    from busybox httpd through ``kubectl port-forward``, and then from the
-   pod's IP directly, three times each (the best counts).
+   pod's IP directly, three times each (the best counts);
+4. ``kubectl logs -f`` latency: C{--log-lines} lines of a pod that writes one
+   every 50 ms, each from containerd's time stamp to kubectl's output
+   (bench/streams_logs.py).
 
 The clients run inside the machine (``--inside``): nothing dials out of its
 network namespace.
@@ -42,6 +45,7 @@ if __package__ in (None, ""):
 from api import machine as machine_text
 from api import percentile
 from pods import Cleanups, launch, say, tail
+from streams_logs import follow_latency
 
 from tests.support.images import BUSYBOX_IMAGE, write_airgap_images
 from tests.support.machines import machines
@@ -192,10 +196,17 @@ def inside(argv: Sequence[str]) -> None:
     parser.add_argument("--echoes", type=int, required=True)
     parser.add_argument("--commands", type=int, required=True)
     parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--log-lines", type=int, required=True)
     args = parser.parse_args(argv)
     found: dict[str, Any] = {
         "echo": echo_round_trips(args.echoes),
         "command": whole_commands(args.commands),
+        "logs": follow_latency(
+            lambda line: subprocess.Popen(line, shell=True, stdout=subprocess.PIPE),
+            shlex.join(KUBECTL),
+            "ticker",
+            args.log_lines,
+        ),
         **port_forward(args.pod_ip, args.size),
     }
     print(json.dumps(found))
@@ -210,7 +221,7 @@ def kubectl(node_machine: Any, arguments: str, timeout: float = 60) -> str:
 
 
 def bench(
-    work: Path, cleanups: Cleanups, echoes: int, commands: int, size_mib: int
+    work: Path, cleanups: Cleanups, echoes: int, commands: int, size_mib: int, log_lines: int
 ) -> dict[str, Any]:
     node_machine = machines(cleanups, work / "machines", 1)[0]  # type: ignore[arg-type]
     node_machine.boot(runtime=True)
@@ -224,20 +235,28 @@ def bench(
         "Successfully registered node bench",
     )
     cleanups.addCleanup(node.stop)
-    say("server up; starting the pod")
+    say("server up; starting the pods")
     kubectl(
         node_machine,
         f"run web --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
         " --command -- /bin/httpd -f -p 80 -h /www",
     )
+    # A line every 50 ms, for logs -f.
+    kubectl(
+        node_machine,
+        f"run ticker --image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
+        " --command -- sh -c 'while :; do echo tick; usleep 50000; done'",
+    )
     deadline = time.monotonic() + 90
-    while True:
-        pod = json.loads(kubectl(node_machine, "get pod web -o json"))
-        if (pod.get("status") or {}).get("phase") == "Running":
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"web not Running:\n{tail(work / 'server.log')}")
-        time.sleep(0.5)
+    for name in ("web", "ticker"):
+        while True:
+            pod = json.loads(kubectl(node_machine, f"get pod {name} -o json"))
+            if (pod.get("status") or {}).get("phase") == "Running":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not Running:\n{tail(work / 'server.log')}")
+            time.sleep(0.5)
+    pod = json.loads(kubectl(node_machine, "get pod web -o json"))
     size = size_mib << 20
     big = work / "big"
     big.write_bytes(os.urandom(size))
@@ -246,7 +265,7 @@ def bench(
     command = [sys.executable, "-b", str(Path(__file__).resolve()), "--inside"]
     arguments = [
         "--pod-ip", pod["status"]["podIP"], "--echoes", str(echoes),
-        "--commands", str(commands), "--size", str(size),
+        "--commands", str(commands), "--size", str(size), "--log-lines", str(log_lines),
     ]  # fmt: skip
     output = node_machine.run(shlex.join(command + arguments), timeout=900)
     found: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
@@ -258,16 +277,17 @@ def ms(samples: Sequence[float], fraction: float) -> float:
 
 
 def report(found: dict[str, Any], size_mib: int, stamp: str) -> str:
-    echo, command = found["echo"], found["command"]
+    echo, command, logs = found["echo"], found["command"], found["logs"]
     share = found["forwarded"] / found["direct"]
     echo_p99 = ms(echo, 0.99)
     lines = [
         "# Streams benchmark",
         "",
         f"`python bench/streams.py` on {stamp}: {machine_text()}.",
-        "k3stw server with containerd in a test machine; kubectl in the machine talks to the",
-        "API server, which relays to the node's kubelet, which relays to containerd's streaming",
-        "server (SPDY/3.1 after kubectl's websocket attempt is refused).",
+        "k3stw server with containerd in a test machine; kubectl in the machine opens its",
+        "websockets to the API server, which speaks SPDY/3.1 to the node's kubelet (exec's",
+        "channels translated to SPDY streams; port-forward's SPDY unwrapped from its websocket",
+        "messages), which relays it to containerd's streaming server.",
         "",
         "| measure | samples | p50 | p99 |",
         "|---|---:|---:|---:|",
@@ -275,6 +295,8 @@ def report(found: dict[str, Any], size_mib: int, stamp: str) -> str:
         f"| {ms(echo, 0.5):.2f} ms | {echo_p99:.2f} ms |",
         f"| whole command (`kubectl exec web -- true`) | {len(command)} "
         f"| {ms(command, 0.5):.0f} ms | {ms(command, 0.99):.0f} ms |",
+        f"| `kubectl logs -f`: a line's write (containerd's time stamp) to kubectl's output "
+        f"| {len(logs)} | {ms(logs, 0.5):.1f} ms | {ms(logs, 0.99):.1f} ms |",
         "",
         f"| {size_mib} MiB from busybox httpd, request to last byte (best of 3) | MiB/s |",
         "|---|---:|",
@@ -301,13 +323,14 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--echoes", type=int, default=500, help="timed echoes (500)")
     parser.add_argument("--commands", type=int, default=30, help="whole commands (30)")
     parser.add_argument("--size-mib", type=int, default=64, help="file size, MiB (64)")
+    parser.add_argument("--log-lines", type=int, default=200, help="logs -f lines timed (200)")
     parser.add_argument("--output", help="also write the report to this file")
     args = parser.parse_args(argv)
     cleanups = Cleanups()
     work = Path(tempfile.mkdtemp(prefix="k3stw-bench-streams-"))
     say(f"work in {work}")
     try:
-        found = bench(work, cleanups, args.echoes, args.commands, args.size_mib)
+        found = bench(work, cleanups, args.echoes, args.commands, args.size_mib, args.log_lines)
     finally:
         cleanups.run()
     text = report(found, args.size_mib, time.strftime("%Y-%m-%d"))
