@@ -449,6 +449,139 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(self.status(container="setup")["state"]["terminated"]["exitCode"], 3)
         self.assertEqual(self.condition("PodReadyToStartContainers")["status"], "False")
 
+    # Sidecars: init containers with restartPolicy Always
+
+    def sidecar_pod(self, *sidecars: Object, **spec: Any) -> Object:
+        inits = [{"image": "busybox:1.36", "restartPolicy": "Always", **c} for c in sidecars]
+        inits += spec.pop("initContainers", [])
+        return make_pod(initContainers=inits, **spec)
+
+    def test_a_sidecar_starts_before_the_next_init_container_and_keeps_running(self) -> None:
+        self.runtime.programs["setup"] = Program(runs_for=2, exit_code=0)
+        setup = {"name": "setup", "image": "busybox:1.36"}
+        self.create(self.sidecar_pod({"name": "proxy"}, initContainers=[setup]))
+        self.advance(0.5)
+        self.assertEqual(len(self.containers("proxy")), 1)
+        self.assertEqual(self.containers("setup"), [])
+        initialized = self.condition("Initialized")
+        self.assertEqual(
+            (initialized["status"], initialized["message"]),
+            ("False", "containers with incomplete status: [setup]"),
+        )
+        self.advance(1)
+        self.assertEqual(len(self.containers("setup")), 1)
+        self.assertEqual(self.containers("main"), [])
+        self.assertEqual(self.pod()["status"]["phase"], "Pending")
+        self.advance(3)
+        self.assertEqual(len(self.containers("main")), 1)
+        proxy = self.status(container="proxy")
+        self.assertEqual((proxy["started"], proxy["ready"]), (True, True))
+        self.assertIn("running", proxy["state"])
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertEqual(self.condition("Initialized")["status"], "True")
+        self.assertEqual(self.condition("Ready")["status"], "True")
+        self.assertEqual(len(self.runtime.running()), 2)
+        self.assertIn(
+            ("Normal", "Started", "Started container proxy"),
+            self.events(),
+        )
+
+    def test_a_sidecars_startup_probe_holds_the_next_init_container(self) -> None:
+        startup = {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30}
+        self.create(self.sidecar_pod({"name": "proxy", "startupProbe": startup}))
+        self.advance(3)
+        self.assertEqual(self.containers("main"), [])
+        proxy = self.status(container="proxy")
+        self.assertEqual((proxy["started"], proxy["ready"]), (False, False))
+        self.assertEqual(
+            self.condition("Initialized")["message"], "containers with incomplete status: [proxy]"
+        )
+        self.assertEqual(self.pod()["status"]["phase"], "Pending")
+        self.prober.open_ports.add(8080)
+        self.advance(3)
+        self.assertEqual(len(self.containers("main")), 1)
+        self.assertEqual(self.condition("Initialized")["status"], "True")
+
+    def test_an_exited_sidecar_is_restarted_whatever_the_pods_restart_policy(self) -> None:
+        self.create(self.sidecar_pod({"name": "proxy"}, restartPolicy="Never"))
+        self.advance(3)
+        (proxy,) = self.containers("proxy")
+        self.runtime.exit(proxy.id, 1)
+        self.advance(2)
+        status = self.status(container="proxy")
+        self.assertEqual(status["restartCount"], 1)
+        self.assertEqual(status["lastState"]["terminated"]["exitCode"], 1)
+        self.assertIn("running", status["state"])
+        # The regular container ran: a restarting sidecar does not make the pod Pending again.
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertEqual(len(self.containers("main")), 1)
+
+    def test_a_sidecars_readiness_counts_toward_the_pods(self) -> None:
+        self.prober.code = 503
+        readiness = {"httpGet": {"path": "/ready", "port": 9000}, "periodSeconds": 1}
+        self.create(self.sidecar_pod({"name": "proxy", "readinessProbe": readiness}))
+        self.advance(3)
+        self.assertEqual(len(self.containers("main")), 1)
+        ready = self.condition("Ready")
+        self.assertEqual(
+            (ready["status"], ready["message"]),
+            ("False", "containers with unready status: [proxy]"),
+        )
+        self.assertTrue(self.status(container="proxy")["started"])
+        self.prober.code = 200
+        self.advance(2)
+        self.assertEqual(self.condition("Ready")["status"], "True")
+        self.assertTrue(self.status(container="proxy")["ready"])
+
+    def finish_with_a_sidecar(self, policy: str, exit_code: int) -> str:
+        """A pod whose container runs 3 s beside a sidecar that never exits: its phase."""
+        self.runtime.programs["main"] = Program(runs_for=3, exit_code=exit_code)
+        self.create(self.sidecar_pod({"name": "proxy"}, restartPolicy=policy))
+        self.advance(8)
+        return str(self.pod()["status"]["phase"])
+
+    def test_a_never_pod_whose_containers_completed_succeeds_with_its_sidecars_stopped(
+        self,
+    ) -> None:
+        self.assertEqual(self.finish_with_a_sidecar("Never", 0), "Succeeded")
+        self.assertEqual(self.runtime.running(), [])
+        self.assertIn("terminated", self.status(container="proxy")["state"])
+        self.assertIn(("Normal", "Killing", "Stopping container proxy"), self.events())
+        self.assertEqual(len(self.containers("proxy")), 1)
+
+    def test_a_never_pod_whose_container_failed_is_failed_with_its_sidecars_stopped(
+        self,
+    ) -> None:
+        self.assertEqual(self.finish_with_a_sidecar("Never", 2), "Failed")
+        self.assertEqual(self.runtime.running(), [])
+
+    def test_an_on_failure_pod_keeps_its_sidecars_while_its_containers_restart(self) -> None:
+        self.assertEqual(self.finish_with_a_sidecar("OnFailure", 1), "Running")
+        self.assertIn("running", self.status(container="proxy")["state"])
+        self.assertGreaterEqual(self.status()["restartCount"], 1)
+
+    def test_sidecars_stop_after_the_regular_containers_the_last_started_first(self) -> None:
+        self.runtime.programs["main"] = Program(term_exit_code=None)
+        pod = self.create(
+            self.sidecar_pod({"name": "first"}, {"name": "second"}, terminationGracePeriodSeconds=5)
+        )
+        self.advance(4)
+        self.assertEqual(len(self.runtime.running()), 3)
+        names = {c.id: c.config.metadata.name for c in self.runtime.containers.values()}
+        calls = len(self.runtime.calls)
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 30)
+        pod["metadata"]["deletionGracePeriodSeconds"] = 5
+        self.client.put_object(f"{PODS}/web", pod)
+        self.advance(1)
+        stops = [names[c] for m, c in self.runtime.calls[calls:] if m == "StopContainer"]
+        # main ignores SIGTERM: the sidecars wait for it to be killed.
+        self.assertEqual(stops, ["main"])
+        self.assertEqual(len(self.runtime.running()), 3)
+        self.advance(5)
+        stops = [names[c] for m, c in self.runtime.calls[calls:] if m == "StopContainer"]
+        self.assertEqual(stops, ["main", "second", "first"])
+        self.assertNotIn(f"{PODS}/web", self.client.objects)
+
     # Restarts
 
     def test_a_crashing_container_restarts_with_back_off(self) -> None:

@@ -169,6 +169,16 @@ def _seccomp(context: Mapping[str, Any] | None) -> api.SecurityProfile:
     return api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined)
 
 
+def is_sidecar(container: Mapping[str, Any]) -> bool:
+    """Whether an init container is a sidecar (``restartPolicy: Always``): it keeps running."""
+    return container.get("restartPolicy") == "Always"
+
+
+def sidecars(pod: Mapping[str, Any]) -> list[Object]:
+    """The pod's sidecars, in the order they start."""
+    return [c for c in get_path(pod, "spec", "initContainers") or () if is_sidecar(c)]
+
+
 def _containers(pod: Mapping[str, Any]) -> list[Object]:
     spec = pod.get("spec") or {}
     return [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]
