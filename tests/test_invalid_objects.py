@@ -559,6 +559,14 @@ INVALID: list[tuple[str, str, dict[str, Any], int, str]] = [
         "spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers "
         "without restartPolicy=Always",
     ),
+    (
+        "preStop sleep longer than the grace period",
+        "pods",
+        pod(pod_spec(containers=[container(lifecycle={"preStop": {"sleep": {"seconds": 40}}})])),
+        422,
+        "spec.containers[0].lifecycle.preStop.sleep: Invalid value: 40: must be greater than 0 "
+        "and less than terminationGracePeriodSeconds (30)",
+    ),
     # Workloads
     (
         "selector not matching the template",

@@ -52,6 +52,8 @@ class FakeProber:
         self.code = 200
         self.open_ports: set[int] = set()
         self.gets: list[tuple[str, dict[str, str]]] = []
+        self.checks: list[tuple[str, int, str]] = []
+        self.serving = "SERVING"
 
     def http_get(
         self, url: str, headers: Mapping[str, str], timeout: float
@@ -63,6 +65,10 @@ class FakeProber:
         if port in self.open_ports:
             return succeed(None)
         return fail(ConnectionRefusedError(f"dial tcp {host}:{port}: connect: connection refused"))
+
+    def grpc_check(self, host: str, port: int, service: str, timeout: float) -> Deferred[str]:
+        self.checks.append((host, port, service))
+        return succeed(self.serving)
 
 
 class PodWorkerTests(SynchronousTestCase):
@@ -1107,17 +1113,65 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertIn(("Warning", "FailedPostStartHook", "hook broke"), self.events())
         self.assertEqual(self.runtime.running(), [])
 
-    def test_the_pre_stop_hook_runs_before_the_container_is_stopped(self) -> None:
-        lifecycle = {"preStop": {"exec": {"command": ["drain"]}}}
+    def delete_with_pre_stop(self, hook: Object) -> None:
+        """Run a pod whose container has the preStop C{hook} for a second, then delete it."""
+        lifecycle = {"preStop": hook}
         pod = self.create(
             make_pod(containers=[{"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}])
         )
         self.advance(1)
         pod["metadata"]["deletionTimestamp"] = rfc3339(START + 30)
         self.client.put_object(f"{PODS}/web", pod)
+
+    def test_the_pre_stop_hook_runs_before_the_container_is_stopped(self) -> None:
+        self.delete_with_pre_stop({"exec": {"command": ["drain"]}})
         self.advance(1)
         self.assertEqual([cmd for _, cmd in self.execs], [["drain"]])
         self.assertNotIn(f"{PODS}/web", self.client.objects)
+
+    def test_a_grpc_probe_asks_the_health_service_of_the_pod(self) -> None:
+        self.prober.serving = "NOT_SERVING"
+        probe = {"grpc": {"port": 9090, "service": "api"}, "periodSeconds": 1}
+        self.create(self.probed(readinessProbe=probe))
+        self.advance(2)
+        self.assertEqual(self.prober.checks[0], ("10.42.0.2", 9090, "api"))
+        self.assertFalse(self.status()["ready"])
+        self.assertIn(
+            (
+                "Warning",
+                "Unhealthy",
+                'Readiness probe failed: service unhealthy (responded with "NOT_SERVING")',
+            ),
+            self.events(),
+        )
+        self.prober.serving = "SERVING"
+        self.advance(2)
+        self.assertTrue(self.status()["ready"])
+
+    def test_a_pre_stop_sleep_holds_the_stop_for_its_seconds(self) -> None:
+        self.delete_with_pre_stop({"sleep": {"seconds": 5}})
+        self.advance(4.5)
+        self.assertEqual(len(self.runtime.running()), 1)
+        self.assertIn(f"{PODS}/web", self.client.objects)
+        self.advance(1)
+        self.assertEqual(self.runtime.running(), [])
+        self.assertNotIn(f"{PODS}/web", self.client.objects)
+        self.assertNotIn("FailedPreStopHook", self.reasons())
+
+    def test_a_pre_stop_sleep_longer_than_the_grace_is_cut_short(self) -> None:
+        self.runtime.programs["main"] = Program(term_exit_code=None)
+        lifecycle = {"preStop": {"sleep": {"seconds": 20}}}
+        container = {"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}
+        pod = self.create(make_pod(containers=[container], terminationGracePeriodSeconds=30))
+        self.advance(1)
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 4)
+        pod["metadata"]["deletionGracePeriodSeconds"] = 3
+        self.client.put_object(f"{PODS}/web", pod)
+        # 3 s of sleep, then the least grace (2 s) before SIGKILL.
+        self.advance(4.5)
+        self.assertEqual(len(self.runtime.running()), 1)
+        self.advance(1.5)
+        self.assertEqual(self.runtime.running(), [])
 
     # A steady pod is watched by the node-wide relist
 

@@ -428,6 +428,22 @@ def _restart_policy_causes(containers: Any, path: str, init: bool) -> list[Cause
     return causes
 
 
+def _sleep_causes(containers: Any, path: str, grace: Any) -> list[Cause]:
+    """A hook's ``sleep`` lasts more than 0 seconds and no longer than the grace period."""
+    if not isinstance(grace, int):
+        return []  # An unset or wrong grace period is flagged as such, not here.
+    causes: list[Cause] = []
+    for at, container in items_at(containers, path):
+        for hook in ("postStart", "preStop"):
+            seconds = get_path(container, "lifecycle", hook, "sleep", "seconds")
+            if isinstance(seconds, int) and not 0 < seconds <= grace:
+                detail = (
+                    f"must be greater than 0 and less than terminationGracePeriodSeconds ({grace})"
+                )
+                causes.append(invalid(f"{at}.lifecycle.{hook}.sleep", seconds, detail))
+    return causes
+
+
 def pod_spec_causes(
     spec: Any, path: str, pod: bool = False, claims: frozenset[str] | set[str] = frozenset()
 ) -> list[Cause]:
@@ -448,6 +464,9 @@ def pod_spec_causes(
     for key in ("initContainers", "containers"):
         causes += _container_causes(spec.get(key), f"{path}.{key}", volumes, seen, pod)
         causes += _restart_policy_causes(spec.get(key), f"{path}.{key}", key == "initContainers")
+        causes += _sleep_causes(
+            spec.get(key), f"{path}.{key}", spec.get("terminationGracePeriodSeconds")
+        )
     policy = spec.get("restartPolicy")
     if policy is not None and policy not in RESTART_POLICIES:
         causes.append(not_supported(f"{path}.restartPolicy", policy, RESTART_POLICIES))

@@ -781,6 +781,7 @@ class PodWorker:
                 self.runtime,
                 self.workers.prober,
                 podspec.grace_period(pod),
+                self.clock,
             )
             if not outcome.ok:
                 await self.workers.events.emit(
@@ -932,6 +933,7 @@ class PodWorker:
                     self.runtime,
                     self.workers.prober,
                     float(probe.get("timeoutSeconds") or 1),
+                    self.clock,
                 )
                 field_path = _field_path(pod, name)
                 if not outcome.ok:
@@ -1058,6 +1060,7 @@ class PodWorker:
                 self.runtime,
                 self.workers.prober,
                 grace,
+                self.clock,
             )
             if not outcome.ok:
                 await self.workers.events.emit(
