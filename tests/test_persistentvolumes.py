@@ -357,12 +357,69 @@ class ProvisionerTests(VolumeTestCase):
             ],
         )
 
-    def test_deleting_the_claim_deletes_the_volume(self) -> None:
-        uid = self.add_claim("data")["metadata"]["uid"]
+    def released(self) -> str:
+        """A provisioned volume whose claim was deleted: its name."""
+        uid = self.add_claim("data", storage="2Gi")["metadata"]["uid"]
         self.select_node("data", "n1")
         self.assertTrue(self.server.exists("", "persistentvolumes", f"pvc-{uid}"))
         self.server.delete("", "persistentvolumeclaims", "data", "default")
-        self.assertFalse(self.server.exists("", "persistentvolumes", f"pvc-{uid}"))
+        return f"pvc-{uid}"
+
+    def helper_finished(self, name: str, phase: str) -> None:
+        """The node ran the helper pod C{name} to C{phase}."""
+        pods = self.server.resource("", "pods")
+        helper = self.server.get("", "pods", name, "kube-system")
+        helper["status"] = {"phase": phase}
+        self.server.run(self.server.store.update(pods, "kube-system", name, helper, "status"))
+
+    def test_a_released_volume_is_torn_down_on_its_node_then_deleted(self) -> None:
+        name = self.released()
+        self.assertEqual(self.volume(name)["status"]["phase"], "Released")
+        helper = self.server.get("", "pods", f"helper-pod-delete-{name}", "kube-system")
+        spec = helper["spec"]
+        self.assertEqual((spec["nodeName"], spec["restartPolicy"]), ("n1", "Never"))
+        path = f"{STORAGE}/{name}_default_data"
+        (container,) = spec["containers"]
+        self.assertEqual(container["image"], localpath.BUSYBOX)
+        self.assertEqual(container["command"], ["/bin/sh", "/script/teardown"])
+        self.assertEqual(
+            container["args"],
+            ["-p", path, "-s", str(2 * 1024**3), "-m", "Filesystem", "-a", "delete"],
+        )
+        self.assertIn({"name": "VOL_DIR", "value": path}, container["env"])
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        self.assertEqual(
+            volumes["helper-data-volume"]["hostPath"],
+            {"path": STORAGE, "type": "DirectoryOrCreate"},
+        )
+        self.assertEqual(volumes["script"]["configMap"]["name"], "local-path-config")
+        self.assertEqual(
+            {m["name"]: m["mountPath"] for m in container["volumeMounts"]},
+            {"helper-data-volume": STORAGE, "script": "/script"},
+        )
+        self.helper_finished(f"helper-pod-delete-{name}", "Succeeded")
+        self.assertFalse(self.server.exists("", "persistentvolumes", name))
+        self.assertFalse(self.server.exists("", "pods", f"helper-pod-delete-{name}", "kube-system"))
+
+    def test_a_helper_that_does_not_succeed_in_time_is_retried(self) -> None:
+        name = self.released()
+        helper = f"helper-pod-delete-{name}"
+        first = self.server.get("", "pods", helper, "kube-system")["metadata"]["uid"]
+        self.helper_finished(helper, "Failed")
+        self.clock.advance(localpath.HELPER_TIMEOUT - 1)
+        self.assertTrue(self.server.exists("", "persistentvolumes", name))
+        self.assertEqual(self.events(name), [])
+        self.clock.advance(1)
+        self.assertIn(
+            ("Warning", "VolumeFailedDelete", "create process timeout after 120 seconds"),
+            self.events(name),
+        )
+        # Removed, and made again after the back-off.
+        self.clock.advance(60)
+        again = self.server.get("", "pods", helper, "kube-system")["metadata"]["uid"]
+        self.assertNotEqual(again, first)
+        self.helper_finished(helper, "Succeeded")
+        self.assertFalse(self.server.exists("", "persistentvolumes", name))
 
     def test_a_retained_volume_is_released_not_deleted(self) -> None:
         retain = localpath.storage_class()
