@@ -19,7 +19,7 @@ from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
 from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
-from k3stw.kubelet.pods.worker import RESYNC, PodFiles, PodSettings, PodWorkers
+from k3stw.kubelet.pods.worker import RESYNC, VOLUME_RESYNC, PodFiles, PodSettings, PodWorkers
 from k3stw.kubelet.registries import parse_registries
 from k3stw.kubelet.volumes import VolumeManager
 from k3stw.machinery.objects import Object
@@ -762,6 +762,38 @@ class PodWorkerTests(SynchronousTestCase):
         self.client.remove_object(f"{PODS}/web")
         self.advance(1)
         self.assertFalse(volumes.pod_dir(uid).exists())
+
+    def test_a_probed_pods_secret_volume_follows_its_secret_within_ten_seconds(self) -> None:
+        """A pod synced every second (it has a probe) refreshes its volumes every VOLUME_RESYNC."""
+        volumes = self.with_volumes(Path(self.mktemp()))
+        path = "/api/v1/namespaces/default/secrets/tok"
+
+        def secret(value: bytes) -> Object:
+            data = {"token": base64.b64encode(value).decode()}
+            return {"metadata": {"name": "tok", "namespace": "default"}, "data": data}
+
+        self.client.put_object(path, secret(b"one"))
+        # A secret volume is a tmpfs, sized by the node's memory.
+        node = {"metadata": {"name": "node-1"}, "status": {"allocatable": {"memory": "1Gi"}}}
+        self.client.put_object("/api/v1/nodes/node-1", node)
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "volumeMounts": [{"name": "tok", "mountPath": "/tok"}],
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+        }
+        volume = {"name": "tok", "secret": {"secretName": "tok"}}
+        pod = self.create(make_pod(containers=[container], volumes=[volume]))
+        self.advance(2)
+        self.assertTrue(self.status()["ready"])
+        target = volumes.volume_dir(pod["metadata"]["uid"], "secret", "tok") / "token"
+        self.assertEqual(target.read_bytes(), b"one")
+        self.client.put_object(path, secret(b"two"))
+        self.advance(2)
+        self.assertEqual(target.read_bytes(), b"one")
+        self.advance(VOLUME_RESYNC)
+        self.assertEqual(target.read_bytes(), b"two")
+        self.assertEqual(len(self.containers()), 1)
 
     def test_an_adopted_pods_restarted_container_keeps_its_volumes(self) -> None:
         root = Path(self.mktemp())
