@@ -46,7 +46,7 @@ from k3stw.apiserver.kinds import configmaps, nodes, pods
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.controllers import TRANSIENT, delete_if_present
+from k3stw.controllers import TRANSIENT, create_if_absent, delete_if_present
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.controllers.persistentvolumes import (
     BETA_STORAGE_PROVISIONER,
@@ -354,10 +354,11 @@ class LocalPathProvisioner(StorageKinds, Controller):
         self.store = store
         self.recorder = EventRecorder(store, store.clock, f"{PROVISIONER}_{host}", "")
         self.add_handler(self.claims, self.enqueue_handler())
-        self.add_handler(self.volumes, each_change(self._volume_changed, deletions=False))
-        self.add_handler(self.helpers, each_change(self._helper_changed, deletions=False))
+        self.add_handler(self.volumes, each_change(self._volume_changed))
+        self.add_handler(self.helpers, each_change(self._helper_changed))
 
     def _volume_changed(self, volume: Object) -> None:
+        # Released: to tear down; then deleted: its helper pod to remove.
         if _ours(volume) and get_path(volume, "status", "phase") == "Released":
             self.enqueue(_DELETE + name_of(volume))
 
@@ -396,11 +397,7 @@ class LocalPathProvisioner(StorageKinds, Controller):
                 f'failed to provision volume with StorageClass "{name_of(storage_class)}": {e}',
             )
             return
-        try:
-            await self.store.create(self.volume_resource, None, volume)
-        except StatusError as e:
-            if e.code != 409:
-                raise
+        if not await create_if_absent(self.store, self.volume_resource, None, volume):
             return  # made already
         self.recorder.emit(
             claim, NORMAL, "ProvisioningSucceeded", f"Successfully provisioned volume {name}"
@@ -417,17 +414,25 @@ class LocalPathProvisioner(StorageKinds, Controller):
         return volume_for(claim, storage_class, node, base)
 
     async def _delete(self, name: str) -> None:
-        """Tear a released volume down on its node with a helper pod; then delete it."""
+        """
+        Tear a released volume down on its node with a helper pod, delete the
+        volume once the helper succeeded, and the helper once the volume is
+        gone: so that no helper is made again for a volume already torn down.
+        """
+        key = _DELETE + name
         volume = self.volumes.get(name)
+        helper = self.helpers.get(join_key(NAMESPACE, DELETE_HELPER + name))
+        if volume is None or is_deleting(volume):
+            if helper is not None and not is_deleting(helper):
+                await delete_if_present(self.store, pods.RESOURCE, NAMESPACE, name_of(helper))
+            return
         if (
-            volume is None
-            or not _ours(volume)
+            not _ours(volume)
             or get_path(volume, "status", "phase") != "Released"
             or get_path(volume, "spec", "persistentVolumeReclaimPolicy") != "Delete"
+            or (helper is not None and is_deleting(helper))  # a helper given up on, going
         ):
             return
-        key = _DELETE + name
-        helper = self.helpers.get(join_key(NAMESPACE, DELETE_HELPER + name))
         if helper is None:
             config = self.config_maps.get(join_key(NAMESPACE, CONFIG_MAP))
             try:
@@ -436,11 +441,10 @@ class LocalPathProvisioner(StorageKinds, Controller):
                 self.recorder.emit(volume, WARNING, "VolumeFailedDelete", str(e))
                 self.queue.add_rate_limited(key)
                 return
-            await self.store.create(pods.RESOURCE, NAMESPACE, pod)
-            self.queue.add_after(key, HELPER_TIMEOUT)
+            if await create_if_absent(self.store, pods.RESOURCE, NAMESPACE, pod):
+                self.queue.add_after(key, HELPER_TIMEOUT)
             return
         if get_path(helper, "status", "phase") == "Succeeded":
-            await delete_if_present(self.store, pods.RESOURCE, NAMESPACE, name_of(helper))
             self._log.info("Deleting volume {name}: its directory is gone", name=name)
             await delete_if_present(self.store, self.volume_resource, None, name)
             self.queue.forget(key)
