@@ -282,7 +282,8 @@ class PodWorkerTests(SynchronousTestCase):
                 "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
             },
         }
-        self.create(make_pod(containers=[container]))
+        pod_context = {"fsGroup": 2000, "supplementalGroups": [3000]}
+        self.create(make_pod(containers=[container], securityContext=pod_context))
         self.advance(1)
         (created,) = self.containers()
         env = {kv.key: kv.value for kv in created.config.envs}
@@ -306,6 +307,8 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(security.run_as_user.value, 1000)
         self.assertTrue(security.readonly_rootfs)
         self.assertEqual(list(security.capabilities.add_capabilities), ["NET_ADMIN"])
+        # The fsGroup (the volumes' group) first, then the pod's supplemental groups.
+        self.assertEqual(list(security.supplemental_groups), [2000, 3000])
 
     def test_a_missing_config_map_is_a_create_container_config_error(self) -> None:
         container = {

@@ -288,7 +288,12 @@ def _security(
         readonly_rootfs=bool(context.get("readOnlyRootFilesystem")),
         no_new_privs=context.get("allowPrivilegeEscalation") is False,
         seccomp=_seccomp(context if "seccompProfile" in context else pod_context),
-        supplemental_groups=[int(g) for g in pod_context.get("supplementalGroups") or ()],
+        # The pod's fsGroup first, as the kubelet lists them: the volumes' group.
+        supplemental_groups=[
+            int(g)
+            for g in (pod_context.get("fsGroup"), *(pod_context.get("supplementalGroups") or ()))
+            if g is not None
+        ],
         namespace_options=api.NamespaceOption(
             network=api.NODE if get_path(pod, "spec", "hostNetwork") else api.POD,
             pid=api.NODE if get_path(pod, "spec", "hostPID") else api.CONTAINER,
