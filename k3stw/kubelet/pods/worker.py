@@ -45,6 +45,7 @@ from k3stw.kubelet.pods.backoff import FailureBackoff
 from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.deletion import confirm_deletion, node_pods, pod_path
 from k3stw.kubelet.pods.events import NORMAL, WARNING, PodEvents
+from k3stw.kubelet.pods.imagegc import ImageGC, ImageGCPolicy
 from k3stw.kubelet.pods.probes import KINDS, PodProbes, Prober, run_handler, title
 from k3stw.kubelet.pods.spec import (
     CONTAINER_NAME,
@@ -197,6 +198,7 @@ class PodWorkers(MultiService):
     :param prober: runs httpGet and tcpSocket probes and hooks (None: they fail).
     :param pull_auth: the CRI credentials for an image's registry (None: pulls without).
     :param cgroups: the pods' cgroups, removed with their sandboxes (None: left alone).
+    :param image_gc: how unused images are collected (None: they are not).
     """
 
     _log = Logger()
@@ -211,6 +213,7 @@ class PodWorkers(MultiService):
         prober: Prober | None = None,
         pull_auth: Callable[[str], api.AuthConfig | None] | None = None,
         cgroups: PodCgroups | None = None,
+        image_gc: ImageGCPolicy | None = None,
     ) -> None:
         super().__init__()
         self.cgroups = cgroups
@@ -228,6 +231,8 @@ class PodWorkers(MultiService):
         self.informer = node_pods(client, clock, settings.node_name)
         self.informer.setServiceParent(self)
         self.informer.add_handler(each_change(self._changed, deleted=self._deleted))
+        if image_gc is not None:
+            ImageGC(clock, runtime, client, settings.node_name, image_gc).setServiceParent(self)
         self._cleaning: Deferred[None] | None = None
         #: Each pod UID's sandboxes and containers (id, state) at the last relist.
         self._relisted: dict[str, frozenset[tuple[str, int]]] = {}
