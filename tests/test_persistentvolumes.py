@@ -300,7 +300,9 @@ class BinderTests(VolumeTestCase):
 class ProvisionerTests(VolumeTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.add_node("n1", labels={HOSTNAME: "host-1"})
+        node = node_object("n1", labels={HOSTNAME: "host-1"})
+        node["status"]["nodeInfo"] = {"containerRuntimeVersion": "containerd://1.7.23-k3s1"}
+        self.server.create("", "nodes", node)
 
     def test_a_claim_with_a_selected_node_gets_a_local_volume_there(self) -> None:
         created = self.add_claim("data", storage="2Gi")
@@ -400,6 +402,16 @@ class ProvisionerTests(VolumeTestCase):
         self.helper_finished(f"helper-pod-delete-{name}", "Succeeded")
         self.assertFalse(self.server.exists("", "persistentvolumes", name))
         self.assertFalse(self.server.exists("", "pods", f"helper-pod-delete-{name}", "kube-system"))
+
+    def test_a_volume_on_a_node_that_runs_no_pods_is_deleted_at_once(self) -> None:
+        self.add_node("bare")  # --container-runtime none: runc://unknown, or nothing
+        uid = self.add_claim("data")["metadata"]["uid"]
+        self.select_node("data", "bare")
+        self.assertTrue(self.server.exists("", "persistentvolumes", f"pvc-{uid}"))
+        self.server.delete("", "persistentvolumeclaims", "data", "default")
+        self.assertFalse(self.server.exists("", "persistentvolumes", f"pvc-{uid}"))
+        helper = f"helper-pod-delete-pvc-{uid}"
+        self.assertFalse(self.server.exists("", "pods", helper, "kube-system"))
 
     def test_a_helper_that_does_not_succeed_in_time_is_retried(self) -> None:
         name = self.released()

@@ -30,6 +30,9 @@ the volume's claim, and a released volume's claim is gone.  (The directory
 is made by the kubelet itself, L{k3stw.kubelet.volumes.manager}, in place
 of the create helper: it reads the volume then, to mount it.)
 
+A node that runs no pods (``--container-runtime none``), or is gone, can
+run no helper: its volume is deleted at once and the data stays there.
+
 Left out: the create helper pod (see above), ``sharedFileSystemPath``,
 ``pathPattern``, ``nodePath`` parameters, the config's ``setupCommand``.
 """
@@ -56,6 +59,7 @@ from k3stw.controllers.persistentvolumes import (
     StorageKinds,
     claim_ref,
 )
+from k3stw.kubelet.hostinfo import NO_RUNTIME
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import each_change
 from k3stw.machinery.objects import (
@@ -413,6 +417,12 @@ class LocalPathProvisioner(StorageKinds, Controller):
         base = node_paths((config or {}).get("data"), node_name)[0]
         return volume_for(claim, storage_class, node, base)
 
+    def _runs_pods(self, volume: Object) -> bool:
+        """Whether the volume's node is there and runs pods (has a container runtime)."""
+        node = self.nodes.get(str((metadata(volume).get("annotations") or {}).get(VOLUME_NODE)))
+        runtime = get_path(node, "status", "nodeInfo", "containerRuntimeVersion")
+        return node is not None and runtime not in (None, "", NO_RUNTIME)
+
     async def _delete(self, name: str) -> None:
         """
         Tear a released volume down on its node with a helper pod, delete the
@@ -432,6 +442,13 @@ class LocalPathProvisioner(StorageKinds, Controller):
             or get_path(volume, "spec", "persistentVolumeReclaimPolicy") != "Delete"
             or (helper is not None and is_deleting(helper))  # a helper given up on, going
         ):
+            return
+        if helper is None and not self._runs_pods(volume):
+            # No helper could run there (k3s's nodes all can): the data stays on the node.
+            self._log.info(
+                "Deleting volume {name}: its node runs no pods, its data stays there", name=name
+            )
+            await delete_if_present(self.store, self.volume_resource, None, name)
             return
         if helper is None:
             config = self.config_maps.get(join_key(NAMESPACE, CONFIG_MAP))

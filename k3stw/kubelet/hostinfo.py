@@ -212,6 +212,10 @@ def architecture(machine: str | None = None) -> str:
     return _GO_ARCHITECTURES.get(machine.lower(), machine.lower())
 
 
+#: What a node that runs no pods (``--container-runtime none``) reports as its runtime.
+NO_RUNTIME = "runc://unknown"
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """What a kubelet reports about its host in the Node's status."""
@@ -227,8 +231,8 @@ class HostFacts:
     os_image: str
     operating_system: str
     architecture: str
-    #: ``<runtime>://<version>`` as the runtime answers CRI Version (none: runc, unknown).
-    container_runtime_version: str = "runc://unknown"
+    #: ``<runtime>://<version>`` as the runtime answers CRI Version (none: L{NO_RUNTIME}).
+    container_runtime_version: str = NO_RUNTIME
     # The eviction signals (None: unknown, which is never pressure).
     #: ``MemAvailable``.
     memory_available_bytes: int | None = None
