@@ -59,9 +59,9 @@ from k3stw.controllers.persistentvolumes import (
     StorageKinds,
     claim_ref,
 )
-from k3stw.kubelet.hostinfo import NO_RUNTIME
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import each_change
+from k3stw.machinery.nodes import NO_RUNTIME
 from k3stw.machinery.objects import (
     Object,
     get_path,

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from k3stw.machinery.nodes import NO_RUNTIME
+
 _SIOCGIFADDR = 0x8915
 
 
@@ -210,10 +212,6 @@ def architecture(machine: str | None = None) -> str:
     """
     machine = os.uname().machine if machine is None else machine
     return _GO_ARCHITECTURES.get(machine.lower(), machine.lower())
-
-
-#: What a node that runs no pods (``--container-runtime none``) reports as its runtime.
-NO_RUNTIME = "runc://unknown"
 
 
 @dataclass(frozen=True)
