@@ -533,6 +533,40 @@ INVALID: list[tuple[str, str, dict[str, Any], int, str]] = [
         422,
         'spec.containers[0].imagePullPolicy: Unsupported value: "Sometimes": supported values: "Always", "IfNotPresent", "Never"',
     ),
+    (
+        "init container restartPolicy OnFailure",
+        "pods",
+        pod(pod_spec(initContainers=[container(name="init", restartPolicy="OnFailure")])),
+        422,
+        'spec.initContainers[0].restartPolicy: Unsupported value: "OnFailure": supported values: "Always"',
+    ),
+    (
+        "container restartPolicy",
+        "pods",
+        pod(pod_spec(containers=[container(restartPolicy="Always")])),
+        422,
+        "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers",
+    ),
+    (
+        "probe on an init container that is no sidecar",
+        "pods",
+        pod(
+            pod_spec(
+                initContainers=[container(name="init", readinessProbe={"exec": {"command": ["x"]}})]
+            )
+        ),
+        422,
+        "spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers "
+        "without restartPolicy=Always",
+    ),
+    (
+        "preStop sleep longer than the grace period",
+        "pods",
+        pod(pod_spec(containers=[container(lifecycle={"preStop": {"sleep": {"seconds": 40}}})])),
+        422,
+        "spec.containers[0].lifecycle.preStop.sleep: Invalid value: 40: must be greater than 0 "
+        "and less than terminationGracePeriodSeconds (30)",
+    ),
     # Workloads
     (
         "selector not matching the template",

@@ -856,3 +856,47 @@ class AtomicWriterTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as raised:
                 write_payload(target, {path: FileProjection(b"", 0o644)}, 0.0)
             self.assertEqual(str(raised.exception), message)
+
+
+class FSGroupTests(VolumeTestCase):
+    """A pod's fsGroup: its volumes' files get the group, directories setgid."""
+
+    def test_volumes_are_given_to_the_fs_group(self) -> None:
+        self.create("configmaps", {"metadata": {"name": "x"}, "data": {"a": "1"}})
+        pod = self.pod(
+            [{"name": "cfg", "configMap": {"name": "x"}}, {"name": "scratch", "emptyDir": {}}],
+            securityContext={"fsGroup": 2345},
+        )
+        self.prepare(pod)
+        scratch = self.volume(pod, "empty-dir", "scratch")
+        info = scratch.stat()
+        self.assertEqual(info.st_gid, 2345)
+        self.assertTrue(info.st_mode & stat.S_ISGID)
+        config = self.volume(pod, "configmap", "cfg")
+        data = config / os.readlink(config / DATA)
+        # Read-only kinds: group-readable files, group-searchable setgid directories.
+        self.assertEqual((data / "a").stat().st_gid, 2345)
+        self.assertEqual(mode(data / "a"), 0o644)
+        self.assertEqual(data.stat().st_mode & 0o7777, 0o2755)
+        self.assertEqual(os.lstat(config / "a").st_gid, 2345)
+        # A file a container writes later is the group's on the next setup (policy Always).
+        (scratch / "late").write_text("x")
+        os.chown(scratch / "late", -1, 0)
+        os.chmod(scratch / "late", 0o600)
+        self.prepare(pod)
+        self.assertEqual(((scratch / "late").stat().st_gid, mode(scratch / "late")), (2345, 0o660))
+
+    def test_on_root_mismatch_leaves_a_volume_whose_root_is_the_groups(self) -> None:
+        pod = self.pod(
+            [{"name": "scratch", "emptyDir": {}}],
+            securityContext={"fsGroup": 2345, "fsGroupChangePolicy": "OnRootMismatch"},
+        )
+        self.prepare(pod)
+        scratch = self.volume(pod, "empty-dir", "scratch")
+        (scratch / "late").write_text("x")
+        os.chown(scratch / "late", -1, 0)  # (setgid gave it the group: a container took it back)
+        self.prepare(pod)
+        self.assertEqual((scratch / "late").stat().st_gid, 0)
+        os.chown(scratch, -1, 0)
+        self.prepare(pod)
+        self.assertEqual((scratch / "late").stat().st_gid, 2345)

@@ -2,7 +2,8 @@
 A real server with its own node (no runtime), through the real kubectl:
 k3s's ``local-path`` default class, a claim provisioned under the data
 directory's ``storage`` once a pod uses it, the pod bound to the node, and
-the volume deleted with the claim.
+the volume deleted with the claim (the node runs no pods: no helper pod
+tears it down, tests/test_sidecars_machine.py has that).
 """
 
 from __future__ import annotations
@@ -96,7 +97,10 @@ class LocalPathKubectlTests(SynchronousTestCase):
             self.assertIn(reason, described)
         self.kubectl("delete", "pod", "web", "--wait=false")
         self.kubectl("delete", "pvc", "data", "--wait=false")
+        # This node runs no pods: no helper can tear the volume down there; it is deleted.
         self.cluster.wait(
             lambda: f"pvc-{uid}" not in self.kubectl("get", "pv", "-o", "name"),
             "the volume deleted",
         )
+        helpers = self.kubectl("get", "pods", "-n", "kube-system", "-o", "name")
+        self.assertNotIn("helper-pod", helpers)

@@ -300,7 +300,9 @@ class BinderTests(VolumeTestCase):
 class ProvisionerTests(VolumeTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.add_node("n1", labels={HOSTNAME: "host-1"})
+        node = node_object("n1", labels={HOSTNAME: "host-1"})
+        node["status"]["nodeInfo"] = {"containerRuntimeVersion": "containerd://1.7.23-k3s1"}
+        self.server.create("", "nodes", node)
 
     def test_a_claim_with_a_selected_node_gets_a_local_volume_there(self) -> None:
         created = self.add_claim("data", storage="2Gi")
@@ -357,12 +359,79 @@ class ProvisionerTests(VolumeTestCase):
             ],
         )
 
-    def test_deleting_the_claim_deletes_the_volume(self) -> None:
-        uid = self.add_claim("data")["metadata"]["uid"]
+    def released(self) -> str:
+        """A provisioned volume whose claim was deleted: its name."""
+        uid = self.add_claim("data", storage="2Gi")["metadata"]["uid"]
         self.select_node("data", "n1")
         self.assertTrue(self.server.exists("", "persistentvolumes", f"pvc-{uid}"))
         self.server.delete("", "persistentvolumeclaims", "data", "default")
+        return f"pvc-{uid}"
+
+    def helper_finished(self, name: str, phase: str) -> None:
+        """The node ran the helper pod C{name} to C{phase}."""
+        pods = self.server.resource("", "pods")
+        helper = self.server.get("", "pods", name, "kube-system")
+        helper["status"] = {"phase": phase}
+        self.server.run(self.server.store.update(pods, "kube-system", name, helper, "status"))
+
+    def test_a_released_volume_is_torn_down_on_its_node_then_deleted(self) -> None:
+        name = self.released()
+        self.assertEqual(self.volume(name)["status"]["phase"], "Released")
+        helper = self.server.get("", "pods", f"helper-pod-delete-{name}", "kube-system")
+        spec = helper["spec"]
+        self.assertEqual((spec["nodeName"], spec["restartPolicy"]), ("n1", "Never"))
+        path = f"{STORAGE}/{name}_default_data"
+        (container,) = spec["containers"]
+        self.assertEqual(container["image"], localpath.BUSYBOX)
+        self.assertEqual(container["command"], ["/bin/sh", "/script/teardown"])
+        self.assertEqual(
+            container["args"],
+            ["-p", path, "-s", str(2 * 1024**3), "-m", "Filesystem", "-a", "delete"],
+        )
+        self.assertIn({"name": "VOL_DIR", "value": path}, container["env"])
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        self.assertEqual(
+            volumes["helper-data-volume"]["hostPath"],
+            {"path": STORAGE, "type": "DirectoryOrCreate"},
+        )
+        self.assertEqual(volumes["script"]["configMap"]["name"], "local-path-config")
+        self.assertEqual(
+            {m["name"]: m["mountPath"] for m in container["volumeMounts"]},
+            {"helper-data-volume": STORAGE, "script": "/script"},
+        )
+        self.helper_finished(f"helper-pod-delete-{name}", "Succeeded")
+        self.assertFalse(self.server.exists("", "persistentvolumes", name))
+        self.assertFalse(self.server.exists("", "pods", f"helper-pod-delete-{name}", "kube-system"))
+
+    def test_a_volume_on_a_node_that_runs_no_pods_is_deleted_at_once(self) -> None:
+        self.add_node("bare")  # --container-runtime none: runc://unknown, or nothing
+        uid = self.add_claim("data")["metadata"]["uid"]
+        self.select_node("data", "bare")
+        self.assertTrue(self.server.exists("", "persistentvolumes", f"pvc-{uid}"))
+        self.server.delete("", "persistentvolumeclaims", "data", "default")
         self.assertFalse(self.server.exists("", "persistentvolumes", f"pvc-{uid}"))
+        helper = f"helper-pod-delete-pvc-{uid}"
+        self.assertFalse(self.server.exists("", "pods", helper, "kube-system"))
+
+    def test_a_helper_that_does_not_succeed_in_time_is_retried(self) -> None:
+        name = self.released()
+        helper = f"helper-pod-delete-{name}"
+        first = self.server.get("", "pods", helper, "kube-system")["metadata"]["uid"]
+        self.helper_finished(helper, "Failed")
+        self.clock.advance(localpath.HELPER_TIMEOUT - 1)
+        self.assertTrue(self.server.exists("", "persistentvolumes", name))
+        self.assertEqual(self.events(name), [])
+        self.clock.advance(1)
+        self.assertIn(
+            ("Warning", "VolumeFailedDelete", "create process timeout after 120 seconds"),
+            self.events(name),
+        )
+        # Removed, and made again after the back-off.
+        self.clock.advance(60)
+        again = self.server.get("", "pods", helper, "kube-system")["metadata"]["uid"]
+        self.assertNotEqual(again, first)
+        self.helper_finished(helper, "Succeeded")
+        self.assertFalse(self.server.exists("", "persistentvolumes", name))
 
     def test_a_retained_volume_is_released_not_deleted(self) -> None:
         retain = localpath.storage_class()

@@ -19,7 +19,7 @@ from k3stw.kubelet.cri.memory import PAUSE_IMAGE, MemoryRuntime, Program
 from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.probes import USER_AGENT
 from k3stw.kubelet.pods.spec import DNSSettings
-from k3stw.kubelet.pods.worker import RESYNC, PodFiles, PodSettings, PodWorkers
+from k3stw.kubelet.pods.worker import RESYNC, VOLUME_RESYNC, PodFiles, PodSettings, PodWorkers
 from k3stw.kubelet.registries import parse_registries
 from k3stw.kubelet.volumes import VolumeManager
 from k3stw.machinery.objects import Object
@@ -52,6 +52,8 @@ class FakeProber:
         self.code = 200
         self.open_ports: set[int] = set()
         self.gets: list[tuple[str, dict[str, str]]] = []
+        self.checks: list[tuple[str, int, str]] = []
+        self.serving = "SERVING"
 
     def http_get(
         self, url: str, headers: Mapping[str, str], timeout: float
@@ -63,6 +65,10 @@ class FakeProber:
         if port in self.open_ports:
             return succeed(None)
         return fail(ConnectionRefusedError(f"dial tcp {host}:{port}: connect: connection refused"))
+
+    def grpc_check(self, host: str, port: int, service: str, timeout: float) -> Deferred[str]:
+        self.checks.append((host, port, service))
+        return succeed(self.serving)
 
 
 class PodWorkerTests(SynchronousTestCase):
@@ -292,7 +298,8 @@ class PodWorkerTests(SynchronousTestCase):
                 "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
             },
         }
-        self.create(make_pod(containers=[container]))
+        pod_context = {"fsGroup": 2000, "supplementalGroups": [3000]}
+        self.create(make_pod(containers=[container], securityContext=pod_context))
         self.advance(1)
         (created,) = self.containers()
         env = {kv.key: kv.value for kv in created.config.envs}
@@ -316,6 +323,8 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(security.run_as_user.value, 1000)
         self.assertTrue(security.readonly_rootfs)
         self.assertEqual(list(security.capabilities.add_capabilities), ["NET_ADMIN"])
+        # The fsGroup (the volumes' group) first, then the pod's supplemental groups.
+        self.assertEqual(list(security.supplemental_groups), [2000, 3000])
 
     def test_a_missing_config_map_is_a_create_container_config_error(self) -> None:
         container = {
@@ -464,6 +473,139 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertEqual(self.containers("main"), [])
         self.assertEqual(self.status(container="setup")["state"]["terminated"]["exitCode"], 3)
         self.assertEqual(self.condition("PodReadyToStartContainers")["status"], "False")
+
+    # Sidecars: init containers with restartPolicy Always
+
+    def sidecar_pod(self, *sidecars: Object, **spec: Any) -> Object:
+        inits = [{"image": "busybox:1.36", "restartPolicy": "Always", **c} for c in sidecars]
+        inits += spec.pop("initContainers", [])
+        return make_pod(initContainers=inits, **spec)
+
+    def test_a_sidecar_starts_before_the_next_init_container_and_keeps_running(self) -> None:
+        self.runtime.programs["setup"] = Program(runs_for=2, exit_code=0)
+        setup = {"name": "setup", "image": "busybox:1.36"}
+        self.create(self.sidecar_pod({"name": "proxy"}, initContainers=[setup]))
+        self.advance(0.5)
+        self.assertEqual(len(self.containers("proxy")), 1)
+        self.assertEqual(self.containers("setup"), [])
+        initialized = self.condition("Initialized")
+        self.assertEqual(
+            (initialized["status"], initialized["message"]),
+            ("False", "containers with incomplete status: [setup]"),
+        )
+        self.advance(1)
+        self.assertEqual(len(self.containers("setup")), 1)
+        self.assertEqual(self.containers("main"), [])
+        self.assertEqual(self.pod()["status"]["phase"], "Pending")
+        self.advance(3)
+        self.assertEqual(len(self.containers("main")), 1)
+        proxy = self.status(container="proxy")
+        self.assertEqual((proxy["started"], proxy["ready"]), (True, True))
+        self.assertIn("running", proxy["state"])
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertEqual(self.condition("Initialized")["status"], "True")
+        self.assertEqual(self.condition("Ready")["status"], "True")
+        self.assertEqual(len(self.runtime.running()), 2)
+        self.assertIn(
+            ("Normal", "Started", "Started container proxy"),
+            self.events(),
+        )
+
+    def test_a_sidecars_startup_probe_holds_the_next_init_container(self) -> None:
+        startup = {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30}
+        self.create(self.sidecar_pod({"name": "proxy", "startupProbe": startup}))
+        self.advance(3)
+        self.assertEqual(self.containers("main"), [])
+        proxy = self.status(container="proxy")
+        self.assertEqual((proxy["started"], proxy["ready"]), (False, False))
+        self.assertEqual(
+            self.condition("Initialized")["message"], "containers with incomplete status: [proxy]"
+        )
+        self.assertEqual(self.pod()["status"]["phase"], "Pending")
+        self.prober.open_ports.add(8080)
+        self.advance(3)
+        self.assertEqual(len(self.containers("main")), 1)
+        self.assertEqual(self.condition("Initialized")["status"], "True")
+
+    def test_an_exited_sidecar_is_restarted_whatever_the_pods_restart_policy(self) -> None:
+        self.create(self.sidecar_pod({"name": "proxy"}, restartPolicy="Never"))
+        self.advance(3)
+        (proxy,) = self.containers("proxy")
+        self.runtime.exit(proxy.id, 1)
+        self.advance(2)
+        status = self.status(container="proxy")
+        self.assertEqual(status["restartCount"], 1)
+        self.assertEqual(status["lastState"]["terminated"]["exitCode"], 1)
+        self.assertIn("running", status["state"])
+        # The regular container ran: a restarting sidecar does not make the pod Pending again.
+        self.assertEqual(self.pod()["status"]["phase"], "Running")
+        self.assertEqual(len(self.containers("main")), 1)
+
+    def test_a_sidecars_readiness_counts_toward_the_pods(self) -> None:
+        self.prober.code = 503
+        readiness = {"httpGet": {"path": "/ready", "port": 9000}, "periodSeconds": 1}
+        self.create(self.sidecar_pod({"name": "proxy", "readinessProbe": readiness}))
+        self.advance(3)
+        self.assertEqual(len(self.containers("main")), 1)
+        ready = self.condition("Ready")
+        self.assertEqual(
+            (ready["status"], ready["message"]),
+            ("False", "containers with unready status: [proxy]"),
+        )
+        self.assertTrue(self.status(container="proxy")["started"])
+        self.prober.code = 200
+        self.advance(2)
+        self.assertEqual(self.condition("Ready")["status"], "True")
+        self.assertTrue(self.status(container="proxy")["ready"])
+
+    def finish_with_a_sidecar(self, policy: str, exit_code: int) -> str:
+        """A pod whose container runs 3 s beside a sidecar that never exits: its phase."""
+        self.runtime.programs["main"] = Program(runs_for=3, exit_code=exit_code)
+        self.create(self.sidecar_pod({"name": "proxy"}, restartPolicy=policy))
+        self.advance(8)
+        return str(self.pod()["status"]["phase"])
+
+    def test_a_never_pod_whose_containers_completed_succeeds_with_its_sidecars_stopped(
+        self,
+    ) -> None:
+        self.assertEqual(self.finish_with_a_sidecar("Never", 0), "Succeeded")
+        self.assertEqual(self.runtime.running(), [])
+        self.assertIn("terminated", self.status(container="proxy")["state"])
+        self.assertIn(("Normal", "Killing", "Stopping container proxy"), self.events())
+        self.assertEqual(len(self.containers("proxy")), 1)
+
+    def test_a_never_pod_whose_container_failed_is_failed_with_its_sidecars_stopped(
+        self,
+    ) -> None:
+        self.assertEqual(self.finish_with_a_sidecar("Never", 2), "Failed")
+        self.assertEqual(self.runtime.running(), [])
+
+    def test_an_on_failure_pod_keeps_its_sidecars_while_its_containers_restart(self) -> None:
+        self.assertEqual(self.finish_with_a_sidecar("OnFailure", 1), "Running")
+        self.assertIn("running", self.status(container="proxy")["state"])
+        self.assertGreaterEqual(self.status()["restartCount"], 1)
+
+    def test_sidecars_stop_after_the_regular_containers_the_last_started_first(self) -> None:
+        self.runtime.programs["main"] = Program(term_exit_code=None)
+        pod = self.create(
+            self.sidecar_pod({"name": "first"}, {"name": "second"}, terminationGracePeriodSeconds=5)
+        )
+        self.advance(4)
+        self.assertEqual(len(self.runtime.running()), 3)
+        names = {c.id: c.config.metadata.name for c in self.runtime.containers.values()}
+        calls = len(self.runtime.calls)
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 30)
+        pod["metadata"]["deletionGracePeriodSeconds"] = 5
+        self.client.put_object(f"{PODS}/web", pod)
+        self.advance(1)
+        stops = [names[c] for m, c in self.runtime.calls[calls:] if m == "StopContainer"]
+        # main ignores SIGTERM: the sidecars wait for it to be killed.
+        self.assertEqual(stops, ["main"])
+        self.assertEqual(len(self.runtime.running()), 3)
+        self.advance(5)
+        stops = [names[c] for m, c in self.runtime.calls[calls:] if m == "StopContainer"]
+        self.assertEqual(stops, ["main", "second", "first"])
+        self.assertNotIn(f"{PODS}/web", self.client.objects)
 
     # Restarts
 
@@ -639,6 +781,38 @@ class PodWorkerTests(SynchronousTestCase):
         self.client.remove_object(f"{PODS}/web")
         self.advance(1)
         self.assertFalse(volumes.pod_dir(uid).exists())
+
+    def test_a_probed_pods_secret_volume_follows_its_secret_within_ten_seconds(self) -> None:
+        """A pod synced every second (it has a probe) refreshes its volumes every VOLUME_RESYNC."""
+        volumes = self.with_volumes(Path(self.mktemp()))
+        path = "/api/v1/namespaces/default/secrets/tok"
+
+        def secret(value: bytes) -> Object:
+            data = {"token": base64.b64encode(value).decode()}
+            return {"metadata": {"name": "tok", "namespace": "default"}, "data": data}
+
+        self.client.put_object(path, secret(b"one"))
+        # A secret volume is a tmpfs, sized by the node's memory.
+        node = {"metadata": {"name": "node-1"}, "status": {"allocatable": {"memory": "1Gi"}}}
+        self.client.put_object("/api/v1/nodes/node-1", node)
+        container = {
+            "name": "main",
+            "image": "busybox:1.36",
+            "volumeMounts": [{"name": "tok", "mountPath": "/tok"}],
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+        }
+        volume = {"name": "tok", "secret": {"secretName": "tok"}}
+        pod = self.create(make_pod(containers=[container], volumes=[volume]))
+        self.advance(2)
+        self.assertTrue(self.status()["ready"])
+        target = volumes.volume_dir(pod["metadata"]["uid"], "secret", "tok") / "token"
+        self.assertEqual(target.read_bytes(), b"one")
+        self.client.put_object(path, secret(b"two"))
+        self.advance(2)
+        self.assertEqual(target.read_bytes(), b"one")
+        self.advance(VOLUME_RESYNC)
+        self.assertEqual(target.read_bytes(), b"two")
+        self.assertEqual(len(self.containers()), 1)
 
     def test_an_adopted_pods_restarted_container_keeps_its_volumes(self) -> None:
         root = Path(self.mktemp())
@@ -990,17 +1164,65 @@ class PodWorkerTests(SynchronousTestCase):
         self.assertIn(("Warning", "FailedPostStartHook", "hook broke"), self.events())
         self.assertEqual(self.runtime.running(), [])
 
-    def test_the_pre_stop_hook_runs_before_the_container_is_stopped(self) -> None:
-        lifecycle = {"preStop": {"exec": {"command": ["drain"]}}}
+    def delete_with_pre_stop(self, hook: Object) -> None:
+        """Run a pod whose container has the preStop C{hook} for a second, then delete it."""
+        lifecycle = {"preStop": hook}
         pod = self.create(
             make_pod(containers=[{"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}])
         )
         self.advance(1)
         pod["metadata"]["deletionTimestamp"] = rfc3339(START + 30)
         self.client.put_object(f"{PODS}/web", pod)
+
+    def test_the_pre_stop_hook_runs_before_the_container_is_stopped(self) -> None:
+        self.delete_with_pre_stop({"exec": {"command": ["drain"]}})
         self.advance(1)
         self.assertEqual([cmd for _, cmd in self.execs], [["drain"]])
         self.assertNotIn(f"{PODS}/web", self.client.objects)
+
+    def test_a_grpc_probe_asks_the_health_service_of_the_pod(self) -> None:
+        self.prober.serving = "NOT_SERVING"
+        probe = {"grpc": {"port": 9090, "service": "api"}, "periodSeconds": 1}
+        self.create(self.probed(readinessProbe=probe))
+        self.advance(2)
+        self.assertEqual(self.prober.checks[0], ("10.42.0.2", 9090, "api"))
+        self.assertFalse(self.status()["ready"])
+        self.assertIn(
+            (
+                "Warning",
+                "Unhealthy",
+                'Readiness probe failed: service unhealthy (responded with "NOT_SERVING")',
+            ),
+            self.events(),
+        )
+        self.prober.serving = "SERVING"
+        self.advance(2)
+        self.assertTrue(self.status()["ready"])
+
+    def test_a_pre_stop_sleep_holds_the_stop_for_its_seconds(self) -> None:
+        self.delete_with_pre_stop({"sleep": {"seconds": 5}})
+        self.advance(4.5)
+        self.assertEqual(len(self.runtime.running()), 1)
+        self.assertIn(f"{PODS}/web", self.client.objects)
+        self.advance(1)
+        self.assertEqual(self.runtime.running(), [])
+        self.assertNotIn(f"{PODS}/web", self.client.objects)
+        self.assertNotIn("FailedPreStopHook", self.reasons())
+
+    def test_a_pre_stop_sleep_longer_than_the_grace_is_cut_short(self) -> None:
+        self.runtime.programs["main"] = Program(term_exit_code=None)
+        lifecycle = {"preStop": {"sleep": {"seconds": 20}}}
+        container = {"name": "main", "image": "busybox:1.36", "lifecycle": lifecycle}
+        pod = self.create(make_pod(containers=[container], terminationGracePeriodSeconds=30))
+        self.advance(1)
+        pod["metadata"]["deletionTimestamp"] = rfc3339(START + 4)
+        pod["metadata"]["deletionGracePeriodSeconds"] = 3
+        self.client.put_object(f"{PODS}/web", pod)
+        # 3 s of sleep, then the least grace (2 s) before SIGKILL.
+        self.advance(4.5)
+        self.assertEqual(len(self.runtime.running()), 1)
+        self.advance(1.5)
+        self.assertEqual(self.runtime.running(), [])
 
     # A steady pod is watched by the node-wide relist
 

@@ -72,6 +72,15 @@ class PodsInAMachine(NodeInAMachine):
         found: dict[str, Any] = json.loads(self.kubectl(f"get pod {name} -o json"))
         return found
 
+    def apply(self, obj: dict[str, Any]) -> None:
+        manifest = self.work / f"{obj['kind']}-{obj['metadata']['name']}.json"
+        manifest.write_text(json.dumps(obj))
+        self.kubectl(f"apply -f {manifest}")
+
+    def condition(self, name: str, kind: str) -> str | None:
+        conditions = (self.pod(name).get("status") or {}).get("conditions") or ()
+        return next((c["status"] for c in conditions if c["type"] == kind), None)
+
     def start_server(self, log_name: str) -> int:
         """k3stw's server with containerd, its node m1 registered; the host pid of its twistd."""
         return self.launch(
@@ -192,6 +201,12 @@ async def _sleep(seconds: float) -> None:
 #: into an emptyDir the main container reads; a configMap, a secret and (added by
 #: admission) the service account's projected token; a readiness probe that
 #: passes once the configMap holds the key ``ready``.
+def busybox(name: str, *command: str, **fields: Any) -> dict[str, Any]:
+    """A container of the machine's busybox image running C{command}."""
+    image = {"image": BUSYBOX_IMAGE, "imagePullPolicy": "IfNotPresent"}
+    return {"name": name, **image, "command": list(command), **fields}
+
+
 VOLUMES_POD = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -199,30 +214,26 @@ VOLUMES_POD = {
     "spec": {
         "terminationGracePeriodSeconds": 2,
         "initContainers": [
-            {
-                "name": "init",
-                "image": BUSYBOX_IMAGE,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["/bin/sh", "-c", "echo from-init > /work/init.txt"],
-                "volumeMounts": [{"name": "work", "mountPath": "/work"}],
-            }
+            busybox(
+                "init",
+                *("/bin/sh", "-c", "echo from-init > /work/init.txt"),
+                volumeMounts=[{"name": "work", "mountPath": "/work"}],
+            )
         ],
         "containers": [
-            {
-                "name": "main",
-                "image": BUSYBOX_IMAGE,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["/bin/sh", "-c", "while true; do sleep 1; done"],
-                "readinessProbe": {
+            busybox(
+                "main",
+                *("/bin/sh", "-c", "while true; do sleep 1; done"),
+                readinessProbe={
                     "exec": {"command": ["/bin/cat", "/cfg/ready"]},
                     "periodSeconds": 1,
                 },
-                "volumeMounts": [
+                volumeMounts=[
                     {"name": "work", "mountPath": "/work"},
                     {"name": "cfg", "mountPath": "/cfg"},
                     {"name": "sec", "mountPath": "/sec"},
                 ],
-            }
+            )
         ],
         "volumes": [
             {"name": "work", "emptyDir": {}},
@@ -243,10 +254,6 @@ class PodVolumesInAMachineTests(PodsInAMachine):
             "ctr -a /run/k3s/containerd/containerd.sock -n k8s.io task exec"
             f" --exec-id read-{time.monotonic_ns()} {container_id} /bin/cat {path}"
         )
-
-    def condition(self, name: str, kind: str) -> str | None:
-        conditions = (self.pod(name).get("status") or {}).get("conditions") or ()
-        return next((c["status"] for c in conditions if c["type"] == kind), None)
 
     def main_status(self) -> dict[str, Any]:
         statuses = (self.pod("vols").get("status") or {}).get("containerStatuses") or [{}]

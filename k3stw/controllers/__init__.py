@@ -34,6 +34,19 @@ async def delete_if_present(
             raise
 
 
+async def create_if_absent(
+    store: ObjectStore, resource: ResourceType, namespace: str | None, obj: Object
+) -> bool:
+    """Create the object unless one of its name exists already; whether it was made."""
+    try:
+        await store.create(resource, namespace, obj)
+    except StatusError as e:
+        if e.code != 409:
+            raise
+        return False
+    return True
+
+
 async def update_status_if_present(
     store: ObjectStore,
     resource: ResourceType,

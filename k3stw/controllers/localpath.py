@@ -13,14 +13,27 @@ once the persistentvolume-binder has handed it over
 alone (required node affinity on ``kubernetes.io/hostname``), at
 ``<node's path>/pvc-<uid>_<namespace>_<claim>``, a ``local`` volume or a
 ``hostPath`` one (``DirectoryOrCreate``) as the claim's ``volumeType`` or the
-class's ``defaultVolumeType`` annotation asks.  A released volume of the
-``Delete`` policy it made is deleted.
+class's ``defaultVolumeType`` annotation asks.
 
-Left out: the helper pods (``helper-pod-create-*``, ``helper-pod-delete-*``)
-that run the ConfigMap's ``setup`` and ``teardown`` scripts on the node: the
-directory is not made by the server (a ``hostPath`` volume's kubelet makes
-it on mount; a ``local`` one needs it made on the node), and a deleted
-volume's data stays on the node.  Also left out: ``sharedFileSystemPath``,
+A released volume of the ``Delete`` policy it made is torn down on its node
+first, as k3s's provisioner does it: a helper pod (``helper-pod-delete-<pv>``
+in ``kube-system``, bound to the volume's node, built from the ConfigMap's
+``helperPod.yaml``) runs the ConfigMap's ``teardown`` script (``rm -rf
+"${VOL_DIR}"``) with the volume's parent directory mounted; once it
+succeeded the pod and the volume are deleted.  A helper that has not
+succeeded within L{HELPER_TIMEOUT} is removed, ``VolumeFailedDelete`` is
+recorded on the volume, and the teardown tried again with back-off.  The
+removal is sent to the node in a pod, not done by the node's kubelet on its
+own, because only a pod reaches a node for a volume no pod uses: the node
+authorizer lets a kubelet read a volume only while a pod of its node uses
+the volume's claim, and a released volume's claim is gone.  (The directory
+is made by the kubelet itself, L{k3stw.kubelet.volumes.manager}, in place
+of the create helper: it reads the volume then, to mount it.)
+
+A node that runs no pods (``--container-runtime none``), or is gone, can
+run no helper: its volume is deleted at once and the data stays there.
+
+Left out: the create helper pod (see above), ``sharedFileSystemPath``,
 ``pathPattern``, ``nodePath`` parameters, the config's ``setupCommand``.
 """
 
@@ -32,11 +45,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from k3stw.apiserver.informers import Selection, ServerInformers
-from k3stw.apiserver.kinds import configmaps, nodes
+from k3stw.apiserver.kinds import configmaps, nodes, pods
 from k3stw.apiserver.registry import Registry, ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.controllers import TRANSIENT, delete_if_present
+from k3stw.controllers import TRANSIENT, create_if_absent, delete_if_present
 from k3stw.controllers.events import NORMAL, WARNING, EventRecorder
 from k3stw.controllers.persistentvolumes import (
     BETA_STORAGE_PROVISIONER,
@@ -48,6 +61,7 @@ from k3stw.controllers.persistentvolumes import (
 )
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import each_change
+from k3stw.machinery.nodes import NO_RUNTIME
 from k3stw.machinery.objects import (
     Object,
     get_path,
@@ -59,6 +73,8 @@ from k3stw.machinery.objects import (
     object_key,
     uid_of,
 )
+from k3stw.machinery.quantity import parse_quantity
+from k3stw.machinery.times import parse_time
 
 #: The name of k3s's packaged component, as ``--disable`` names it.
 COMPONENT = "local-storage"
@@ -82,6 +98,15 @@ _HELPER_POD = (
 _DELETE = "delete:"
 #: The provisioner's ConfigMap alone (not every ConfigMap's data in memory).
 _CONFIG = Selection(CONFIG_MAP, namespace=NAMESPACE, predicate=lambda o: name_of(o) == CONFIG_MAP)
+#: The pods that tear a released volume down on its node.
+DELETE_HELPER = "helper-pod-delete-"
+_HELPERS = Selection(
+    "local-path-helpers",
+    namespace=NAMESPACE,
+    predicate=lambda o: name_of(o).startswith(DELETE_HELPER),
+)
+#: How long a helper pod has to succeed (the provisioner's ``CmdTimeoutSeconds``).
+HELPER_TIMEOUT = 120
 
 
 def storage_class() -> Object:
@@ -240,6 +265,78 @@ def volume_for(
     }
 
 
+def volume_path(volume: Mapping[str, Any]) -> str:
+    """Where a volume the provisioner made keeps its data on its node."""
+    spec = volume.get("spec") or {}
+    return str((spec.get("local") or spec.get("hostPath") or {}).get("path") or "")
+
+
+def delete_helper(template: Mapping[str, Any], volume: Mapping[str, Any]) -> Object:
+    """
+    The pod that runs the ConfigMap's ``teardown`` script for C{volume} on
+    its node, from C{template} (``helperPod.yaml``), as the provisioner builds it.
+
+    :raises ValueError: the volume names no node, or the template no container.
+    """
+    node = (metadata(volume).get("annotations") or {}).get(VOLUME_NODE)
+    if not node:
+        raise ValueError("configuration error, no node was specified")
+    path = volume_path(volume)
+    parent = posixpath.dirname(path)
+    size = get_path(volume, "spec", "capacity", "storage") or "0"
+    try:
+        size_bytes = str(int(parse_quantity(size).value))
+    except ValueError:
+        size_bytes = "0"
+    pod: Object = json.loads(json.dumps(template))
+    spec = pod.setdefault("spec", {})
+    containers = spec.get("containers") or []
+    if not containers or not isinstance(containers[0], dict):
+        raise ValueError("helper pod template has no container")
+    pod["metadata"] = {"name": DELETE_HELPER + name_of(volume), "namespace": NAMESPACE}
+    spec.update(restartPolicy="Never", nodeName=node, automountServiceAccountToken=False)
+    spec["tolerations"] = [*(spec.get("tolerations") or ()), {"operator": "Exists"}]
+    spec["volumes"] = [
+        *(spec.get("volumes") or ()),
+        {"name": "helper-data-volume", "hostPath": {"path": parent, "type": "DirectoryOrCreate"}},
+        {
+            "name": "script",
+            "configMap": {
+                "name": CONFIG_MAP,
+                "items": [{"key": key, "path": key} for key in ("setup", "teardown")],
+            },
+        },
+    ]
+    container = containers[0]
+    container["command"] = ["/bin/sh", "/script/teardown"]
+    container["args"] = ["-p", path, "-s", size_bytes, "-m", "Filesystem", "-a", "delete"]
+    container["env"] = [
+        *(container.get("env") or ()),
+        {"name": "VOL_DIR", "value": path},
+        {"name": "VOL_MODE", "value": "Filesystem"},
+        {"name": "VOL_SIZE_BYTES", "value": size_bytes},
+    ]
+    container["volumeMounts"] = [
+        *(container.get("volumeMounts") or ()),
+        {"name": "helper-data-volume", "mountPath": parent},
+        {"name": "script", "mountPath": "/script"},
+    ]
+    return pod
+
+
+def _template(config_data: Mapping[str, Any] | None) -> Object:
+    """The ConfigMap's ``helperPod.yaml``. :raises ValueError: in the provisioner's words."""
+    import yaml  # Only when a volume is torn down.
+
+    try:
+        template = yaml.safe_load((config_data or {}).get("helperPod.yaml") or "")
+    except yaml.YAMLError as e:
+        raise ValueError(f"failed to load the helper pod template: {e}") from None
+    if not isinstance(template, dict):
+        raise ValueError("failed to load the helper pod template: not an object")
+    return template
+
+
 class LocalPathProvisioner(StorageKinds, Controller):
     """Makes the volumes of claims handed to ``rancher.io/local-path``, and deletes them."""
 
@@ -252,17 +349,25 @@ class LocalPathProvisioner(StorageKinds, Controller):
         StorageKinds.__init__(self, informers, registry)
         self.nodes = informers.for_resource(nodes.RESOURCE)
         self.config_maps = informers.for_resource(configmaps.RESOURCE, _CONFIG)
+        self.helpers = informers.for_resource(pods.RESOURCE, _HELPERS)
         Controller.__init__(
-            self, store.clock, [*self.storage_informers, self.nodes, self.config_maps]
+            self,
+            store.clock,
+            [*self.storage_informers, self.nodes, self.config_maps, self.helpers],
         )
         self.store = store
         self.recorder = EventRecorder(store, store.clock, f"{PROVISIONER}_{host}", "")
         self.add_handler(self.claims, self.enqueue_handler())
-        self.add_handler(self.volumes, each_change(self._volume_changed, deletions=False))
+        self.add_handler(self.volumes, each_change(self._volume_changed))
+        self.add_handler(self.helpers, each_change(self._helper_changed))
 
     def _volume_changed(self, volume: Object) -> None:
+        # Released: to tear down; then deleted: its helper pod to remove.
         if _ours(volume) and get_path(volume, "status", "phase") == "Released":
             self.enqueue(_DELETE + name_of(volume))
+
+    def _helper_changed(self, pod: Object) -> None:
+        self.enqueue(_DELETE + name_of(pod)[len(DELETE_HELPER) :])
 
     async def sync(self, key: str) -> None:
         if key.startswith(_DELETE):
@@ -296,11 +401,7 @@ class LocalPathProvisioner(StorageKinds, Controller):
                 f'failed to provision volume with StorageClass "{name_of(storage_class)}": {e}',
             )
             return
-        try:
-            await self.store.create(self.volume_resource, None, volume)
-        except StatusError as e:
-            if e.code != 409:
-                raise
+        if not await create_if_absent(self.store, self.volume_resource, None, volume):
             return  # made already
         self.recorder.emit(
             claim, NORMAL, "ProvisioningSucceeded", f"Successfully provisioned volume {name}"
@@ -316,17 +417,64 @@ class LocalPathProvisioner(StorageKinds, Controller):
         base = node_paths((config or {}).get("data"), node_name)[0]
         return volume_for(claim, storage_class, node, base)
 
+    def _runs_pods(self, volume: Object) -> bool:
+        """Whether the volume's node is there and runs pods (has a container runtime)."""
+        node = self.nodes.get(str((metadata(volume).get("annotations") or {}).get(VOLUME_NODE)))
+        runtime = get_path(node, "status", "nodeInfo", "containerRuntimeVersion")
+        return node is not None and runtime not in (None, "", NO_RUNTIME)
+
     async def _delete(self, name: str) -> None:
+        """
+        Tear a released volume down on its node with a helper pod, delete the
+        volume once the helper succeeded, and the helper once the volume is
+        gone: so that no helper is made again for a volume already torn down.
+        """
+        key = _DELETE + name
         volume = self.volumes.get(name)
+        helper = self.helpers.get(join_key(NAMESPACE, DELETE_HELPER + name))
+        if volume is None or is_deleting(volume):
+            if helper is not None and not is_deleting(helper):
+                await delete_if_present(self.store, pods.RESOURCE, NAMESPACE, name_of(helper))
+            return
         if (
-            volume is None
-            or not _ours(volume)
+            not _ours(volume)
             or get_path(volume, "status", "phase") != "Released"
             or get_path(volume, "spec", "persistentVolumeReclaimPolicy") != "Delete"
+            or (helper is not None and is_deleting(helper))  # a helper given up on, going
         ):
             return
-        self._log.info("Deleting volume {name} (its data stays on the node)", name=name)
-        await delete_if_present(self.store, self.volume_resource, None, name)
+        if helper is None and not self._runs_pods(volume):
+            # No helper could run there (k3s's nodes all can): the data stays on the node.
+            self._log.info(
+                "Deleting volume {name}: its node runs no pods, its data stays there", name=name
+            )
+            await delete_if_present(self.store, self.volume_resource, None, name)
+            return
+        if helper is None:
+            config = self.config_maps.get(join_key(NAMESPACE, CONFIG_MAP))
+            try:
+                pod = delete_helper(_template((config or {}).get("data")), volume)
+            except ValueError as e:
+                self.recorder.emit(volume, WARNING, "VolumeFailedDelete", str(e))
+                self.queue.add_rate_limited(key)
+                return
+            if await create_if_absent(self.store, pods.RESOURCE, NAMESPACE, pod):
+                self.queue.add_after(key, HELPER_TIMEOUT)
+            return
+        if get_path(helper, "status", "phase") == "Succeeded":
+            self._log.info("Deleting volume {name}: its directory is gone", name=name)
+            await delete_if_present(self.store, self.volume_resource, None, name)
+            self.queue.forget(key)
+            return
+        created = parse_time(metadata(helper).get("creationTimestamp"))
+        waited = self.clock.seconds() - (created if created is not None else 0.0)
+        if waited < HELPER_TIMEOUT:
+            self.queue.add_after(key, HELPER_TIMEOUT - waited)
+            return
+        await delete_if_present(self.store, pods.RESOURCE, NAMESPACE, name_of(helper))
+        message = f"create process timeout after {HELPER_TIMEOUT} seconds"
+        self.recorder.emit(volume, WARNING, "VolumeFailedDelete", message)
+        self.queue.add_rate_limited(key)
 
 
 def _ours(volume: Mapping[str, Any]) -> bool:

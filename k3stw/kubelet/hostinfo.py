@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from k3stw.machinery.nodes import NO_RUNTIME
+
 _SIOCGIFADDR = 0x8915
 
 
@@ -227,8 +229,8 @@ class HostFacts:
     os_image: str
     operating_system: str
     architecture: str
-    #: ``<runtime>://<version>`` as the runtime answers CRI Version (none: runc, unknown).
-    container_runtime_version: str = "runc://unknown"
+    #: ``<runtime>://<version>`` as the runtime answers CRI Version (none: L{NO_RUNTIME}).
+    container_runtime_version: str = NO_RUNTIME
     # The eviction signals (None: unknown, which is never pressure).
     #: ``MemAvailable``.
     memory_available_bytes: int | None = None

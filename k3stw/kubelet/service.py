@@ -217,6 +217,7 @@ class KubeletService(MultiService):
 
     def _pod_workers(self, runtime: Runtime) -> PodWorkers:
         """The workers that run this node's pods on its runtime."""
+        from k3stw.kubelet.pods.imagegc import ImageGCPolicy
         from k3stw.kubelet.pods.probes import NetworkProber
         from k3stw.kubelet.pods.spec import DNSSettings
         from k3stw.kubelet.pods.worker import PodFiles, PodSettings, PodWorkers
@@ -240,6 +241,7 @@ class KubeletService(MultiService):
             prober=NetworkProber(self.clock) if IReactorTCP.providedBy(self.clock) else None,
             pull_auth=registries.pull_auth if registries is not None else None,
             cgroups=self.cgroups,
+            image_gc=ImageGCPolicy(),
         )
 
     def _rotate_logs(self, runtime: Runtime) -> None:

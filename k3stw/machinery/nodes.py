@@ -1,6 +1,7 @@
 """
 What both halves know about Nodes: the conditions a kubelet owns (which the
-node lifecycle controller turns Unknown), taints, and where node Leases live.
+node lifecycle controller turns Unknown), taints, where node Leases live, and
+what a node that runs no pods reports as its runtime.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ LEASE_NAMESPACE = "kube-node-lease"
 #: The kubelet API's port, as upstream's ``--port`` default.
 KUBELET_PORT = 10250
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+#: ``nodeInfo.containerRuntimeVersion`` of a node that runs no pods (``--container-runtime none``).
+NO_RUNTIME = "runc://unknown"
 
 #: The conditions the kubelet owns: (type, healthy status, reason, message), in kubelet order.
 KUBELET_CONDITIONS: tuple[tuple[str, str, str, str], ...] = (

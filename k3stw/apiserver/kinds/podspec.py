@@ -14,6 +14,7 @@ from k3stw.apiserver.fielderrors import (
     IMMUTABLE,
     NEGATIVE,
     PROTOCOLS,
+    forbidden,
     invalid,
     items_at,
     label_causes,
@@ -402,6 +403,47 @@ def _container_causes(
     return causes
 
 
+#: What, of the init containers, only sidecars (``restartPolicy: Always``) may have.
+_SIDECAR_ONLY = ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe")
+
+
+def _restart_policy_causes(containers: Any, path: str, init: bool) -> list[Cause]:
+    """A container's own restart policy: ``Always`` on init containers (sidecars) only."""
+    causes: list[Cause] = []
+    for at, container in items_at(containers, path):
+        policy = container.get("restartPolicy")
+        if not init:
+            if policy is not None:
+                causes.append(
+                    forbidden(f"{at}.restartPolicy", "may not be set for non-init containers")
+                )
+            continue
+        if policy is not None and policy != "Always":
+            causes.append(not_supported(f"{at}.restartPolicy", policy, ("Always",)))
+        if policy != "Always":
+            detail = "may not be set for init containers without restartPolicy=Always"
+            causes += [
+                forbidden(f"{at}.{key}", detail) for key in _SIDECAR_ONLY if container.get(key)
+            ]
+    return causes
+
+
+def _sleep_causes(containers: Any, path: str, grace: Any) -> list[Cause]:
+    """A hook's ``sleep`` lasts more than 0 seconds and no longer than the grace period."""
+    if not isinstance(grace, int):
+        return []  # An unset or wrong grace period is flagged as such, not here.
+    causes: list[Cause] = []
+    for at, container in items_at(containers, path):
+        for hook in ("postStart", "preStop"):
+            seconds = get_path(container, "lifecycle", hook, "sleep", "seconds")
+            if isinstance(seconds, int) and not 0 < seconds <= grace:
+                detail = (
+                    f"must be greater than 0 and less than terminationGracePeriodSeconds ({grace})"
+                )
+                causes.append(invalid(f"{at}.lifecycle.{hook}.sleep", seconds, detail))
+    return causes
+
+
 def pod_spec_causes(
     spec: Any, path: str, pod: bool = False, claims: frozenset[str] | set[str] = frozenset()
 ) -> list[Cause]:
@@ -421,6 +463,10 @@ def pod_spec_causes(
     seen: set[str] = set()
     for key in ("initContainers", "containers"):
         causes += _container_causes(spec.get(key), f"{path}.{key}", volumes, seen, pod)
+        causes += _restart_policy_causes(spec.get(key), f"{path}.{key}", key == "initContainers")
+        causes += _sleep_causes(
+            spec.get(key), f"{path}.{key}", spec.get("terminationGracePeriodSeconds")
+        )
     policy = spec.get("restartPolicy")
     if policy is not None and policy not in RESTART_POLICIES:
         causes.append(not_supported(f"{path}.restartPolicy", policy, RESTART_POLICIES))

@@ -9,8 +9,9 @@ unknown; liveness and readiness wait for startup to succeed, and a failed
 liveness or startup probe asks the worker to kill the container (it pauses
 until a new instance runs).
 
-exec probes go through the runtime's C{ExecSync}; httpGet and tcpSocket
-through a L{Prober} (the network half, so unit tests need no sockets).
+exec probes go through the runtime's C{ExecSync}; httpGet, tcpSocket and
+grpc through a L{Prober} (the network half, so unit tests need no sockets);
+a hook's ``sleep`` waits on the clock.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.kubelet.cri.runtime import CRIError, Runtime
@@ -40,6 +43,12 @@ class Prober(Protocol):
 
     def tcp_connect(self, host: str, port: int, timeout: float) -> Deferred[None]:
         """Open (and close) a TCP connection; fails if it cannot."""
+
+    def grpc_check(self, host: str, port: int, service: str, timeout: float) -> Deferred[str]:
+        """
+        Ask C{grpc.health.v1.Health/Check} about C{service}: the answer's
+        status name (C{SERVING}, ...); fails, in kube's words, if it cannot.
+        """
 
 
 @dataclass
@@ -78,9 +87,19 @@ async def run_handler(
     runtime: Runtime,
     prober: Prober | None,
     timeout: float,
+    clock: IReactorTime,
 ) -> Outcome:
-    """Run one probe or hook handler (exec, httpGet, tcpSocket) against a running container."""
+    """
+    Run one probe or hook handler (exec, httpGet, tcpSocket, grpc; sleep)
+    against a running container.  A sleep longer than C{timeout} (a preStop
+    hook's grace) is given up on at C{timeout}, without failing: the kubelet
+    stops waiting for the hook and goes on stopping the container.
+    """
     try:
+        if "sleep" in handler:
+            seconds = float((handler["sleep"] or {}).get("seconds") or 0)
+            await deferLater(clock, max(0.0, min(seconds, timeout)), lambda: None)
+            return Outcome(True)
         if "exec" in handler:
             command = list((handler["exec"] or {}).get("command") or ())
             answer: api.ExecSyncResponse = await runtime.exec_sync(
@@ -109,6 +128,14 @@ async def run_handler(
             port = _port(container, socket.get("port"))
             await prober.tcp_connect(host, port, timeout)
             return Outcome(True)
+        if "grpc" in handler:
+            grpc = handler["grpc"] or {}
+            service = str(grpc.get("service") or "")
+            port = int(grpc.get("port") or 0)
+            serving = await prober.grpc_check(pod_ip, port, service, timeout)
+            if serving == "SERVING":
+                return Outcome(True)
+            return Outcome(False, f'service unhealthy (responded with "{serving}")')
     except CRIError as e:
         return Outcome(False, e.details)
     except Exception as e:  # A network error is the probe's failure, in its own words.
@@ -238,6 +265,128 @@ class NetworkProber:
         transport = getattr(protocol, "transport", None)
         if transport is not None:  # Connected is all a TCP probe asks.
             transport.loseConnection()
+
+    def grpc_check(self, host: str, port: int, service: str, timeout: float) -> Deferred[str]:
+        return Deferred.fromCoroutine(self._grpc_check(host, port, service, timeout))
+
+    async def _grpc_check(self, host: str, port: int, service: str, timeout: float) -> str:
+        # grpc is imported here, on a pod's first gRPC probe, never at start.
+        import grpc
+        from twisted.internet.defer import TimeoutError
+
+        from k3stw.kubelet.cri.client import deferred_from_future
+
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        began = self.reactor.seconds()
+        channel = grpc.insecure_channel(address, options=[("grpc.primary_user_agent", USER_AGENT)])
+        try:
+            # The kubelet dials first, blocking until connected or out of time.
+            ready = grpc.channel_ready_future(channel)
+            try:
+                await deferred_from_future(
+                    ready, self.reactor.callFromThread, _as_exception
+                ).addTimeout(timeout, self.reactor)
+            except TimeoutError:
+                raise ProbeFailed(
+                    f'timeout: failed to connect service "{address}" within '
+                    f"{_go_duration(timeout)}: context deadline exceeded"
+                ) from None
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_request,
+                response_deserializer=health_status,
+            )
+            left = max(0.001, timeout - (self.reactor.seconds() - began))
+            try:
+                answer: str = await deferred_from_future(
+                    check.future(service, timeout=left), self.reactor.callFromThread, _as_exception
+                )
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+                raise ProbeFailed(grpc_failure(code.name, details or "", timeout)) from None
+            return answer
+        finally:
+            channel.close()
+
+
+def _as_exception(error: BaseException) -> Exception:
+    return error if isinstance(error, Exception) else Exception(str(error))
+
+
+#: grpc.health.v1.HealthCheckResponse.ServingStatus, by number.
+_SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def health_request(service: str) -> bytes:
+    """A C{grpc.health.v1.HealthCheckRequest} (field 1, the service) in protobuf's encoding."""
+    data = service.encode()
+    return bytes([0x0A, *_varint(len(data))]) + data if data else b""
+
+
+def health_status(message: bytes) -> str:
+    """The status name of a C{grpc.health.v1.HealthCheckResponse} (its number if unnamed)."""
+    status, at = 0, 0
+    while at < len(message):
+        key, at = _read_varint(message, at)
+        wire = key & 7
+        if wire == 0:
+            value, at = _read_varint(message, at)
+            if key >> 3 == 1:
+                status = value
+        elif wire == 2:
+            length, at = _read_varint(message, at)
+            at += length
+        else:  # fixed 64 or 32 bits: the only other wire types a newer message may carry
+            at += 8 if wire == 1 else 4
+    return _SERVING_STATUS.get(status, str(status))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data):
+            raise ValueError("truncated protobuf message")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _go_duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def grpc_failure(code: str, details: str, timeout: float) -> str:
+    """
+    kube's words for a failed health RPC (C{code}: gRPC's status name,
+    C{NOT_FOUND}), as its gRPC prober prints them.
+    """
+    if code == "UNIMPLEMENTED":
+        return (
+            "error: this server does not implement the grpc health protocol "
+            f"(grpc.health.v1.Health): {details}"
+        )
+    if code == "DEADLINE_EXCEEDED":
+        return f"timeout: health rpc did not complete within {_go_duration(timeout)}"
+    # Go's codes print in CamelCase, and spell it "Canceled".
+    go_code = "".join(word.capitalize() for word in code.split("_")).replace(
+        "Cancelled", "Canceled"
+    )
+    return f"error: health rpc probe failed: rpc error: code = {go_code} desc = {details}"
+
+
+class ProbeFailed(Exception):
+    """A probe that could not get an answer, in kube's words."""
 
 
 class _Unverified:

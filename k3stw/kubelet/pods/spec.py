@@ -169,6 +169,16 @@ def _seccomp(context: Mapping[str, Any] | None) -> api.SecurityProfile:
     return api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined)
 
 
+def is_sidecar(container: Mapping[str, Any]) -> bool:
+    """Whether an init container is a sidecar (``restartPolicy: Always``): it keeps running."""
+    return container.get("restartPolicy") == "Always"
+
+
+def sidecars(pod: Mapping[str, Any]) -> list[Object]:
+    """The pod's sidecars, in the order they start."""
+    return [c for c in get_path(pod, "spec", "initContainers") or () if is_sidecar(c)]
+
+
 def _containers(pod: Mapping[str, Any]) -> list[Object]:
     spec = pod.get("spec") or {}
     return [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]
@@ -278,7 +288,12 @@ def _security(
         readonly_rootfs=bool(context.get("readOnlyRootFilesystem")),
         no_new_privs=context.get("allowPrivilegeEscalation") is False,
         seccomp=_seccomp(context if "seccompProfile" in context else pod_context),
-        supplemental_groups=[int(g) for g in pod_context.get("supplementalGroups") or ()],
+        # The pod's fsGroup first, as the kubelet lists them: the volumes' group.
+        supplemental_groups=[
+            int(g)
+            for g in (pod_context.get("fsGroup"), *(pod_context.get("supplementalGroups") or ()))
+            if g is not None
+        ],
         namespace_options=api.NamespaceOption(
             network=api.NODE if get_path(pod, "spec", "hostNetwork") else api.POD,
             pid=api.NODE if get_path(pod, "spec", "hostPID") else api.CONTAINER,

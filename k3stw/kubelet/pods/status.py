@@ -1,7 +1,8 @@
 """
 A pod's status as the kubelet reports it, computed from what the runtime
 holds: each container's state, last state, restart count, image and
-readiness; the phase (kubelet 1.32's getPhase); the kubelet's conditions
+readiness (sidecars, init containers with ``restartPolicy: Always``, as
+regular containers); the phase (kubelet 1.32's getPhase); the kubelet's conditions
 (PodReadyToStartContainers, Initialized, Ready, ContainersReady,
 PodScheduled) with their reasons; host and pod IPs; start time; QoS class.
 Pure: the worker observes, this module decides.
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k3stw.kubelet.cri import api_pb2 as api
-from k3stw.kubelet.pods.spec import RESTART_COUNT
+from k3stw.kubelet.pods.spec import RESTART_COUNT, is_sidecar, sidecars
 from k3stw.machinery.objects import Object, get_path
 from k3stw.machinery.times import rfc3339
 
@@ -95,7 +96,10 @@ def _state(status: api.ContainerStatus, runtime: str) -> Object:
 def container_status(
     spec: Mapping[str, Any], observed: Observed, default_reason: str, init: bool
 ) -> Object:
-    """One container's status from its instances (the newest and the one before)."""
+    """
+    One container's status from its instances (the newest and the one before);
+    C{init}: a regular init container, ready once it succeeded.
+    """
     name = str(spec.get("name", ""))
     instances = observed.containers.get(name) or []
     runtime = observed.runtime
@@ -143,14 +147,37 @@ def _waiting(waiting: Waiting) -> Object:
     return result
 
 
+def _sidecar_names(pod: Mapping[str, Any]) -> set[str]:
+    return {str(c.get("name")) for c in sidecars(pod)}
+
+
+def _ever_started(status: Mapping[str, Any]) -> bool:
+    """Whether a container ran at some point (running, terminated, or waiting after an exit)."""
+    state, last = status.get("state") or {}, status.get("lastState") or {}
+    return "running" in state or "terminated" in state or "terminated" in last
+
+
 def phase(
     pod: Mapping[str, Any], statuses: Sequence[Object], inits: Sequence[Object], terminating: bool
 ) -> str:
-    """kubelet 1.32's getPhase over the container statuses (no sidecar support)."""
+    """
+    kubelet 1.32's getPhase over the container statuses.  Sidecars count as
+    running while they run (pending until started); exited ones do not count.
+    """
     policy = get_path(pod, "spec", "restartPolicy") or "Always"
+    side = _sidecar_names(pod)
     pending_init = failed_init = 0
+    running = waiting = stopped = succeeded = 0
     for status in inits:
         state, last = status.get("state") or {}, status.get("lastState") or {}
+        if status["name"] in side:
+            if "running" in state:
+                running += 1
+                pending_init += not status.get("started")
+            elif "waiting" in state and "terminated" not in last:
+                pending_init += 1
+                waiting += 1
+            continue
         terminated = state.get("terminated")
         if terminated is not None:
             if terminated.get("exitCode") != 0:
@@ -161,7 +188,6 @@ def phase(
             pending_init += 1
     if failed_init and policy == "Never":
         return "Failed"
-    running = waiting = stopped = succeeded = 0
     for status in statuses:
         state, last = status.get("state") or {}, status.get("lastState") or {}
         if "running" in state:
@@ -173,7 +199,8 @@ def phase(
             stopped += 1
         else:
             waiting += 1
-    if pending_init or waiting:
+    # A sidecar restarting after the regular containers ran does not make the pod Pending again.
+    if (pending_init and not any(_ever_started(s) for s in statuses)) or waiting:
         return "Pending"
     if running:
         return "Running"
@@ -186,6 +213,25 @@ def phase(
             return "Succeeded"
         return "Failed" if policy == "Never" else "Running"
     return "Pending"
+
+
+def regular_containers_done(pod: Mapping[str, Any], observed: Observed) -> bool:
+    """
+    Whether every regular container exited and none will be restarted (a
+    Never or OnFailure pod): its sidecars alone keep nothing alive, the pod
+    is killed (kubelet 1.32's computePodActions).
+    """
+    policy = get_path(pod, "spec", "restartPolicy") or "Always"
+    containers = get_path(pod, "spec", "containers") or ()
+    if policy == "Always" or not containers:
+        return False
+    for container in containers:
+        instances = observed.containers.get(str(container.get("name"))) or []
+        if not instances or instances[0].state != api.CONTAINER_EXITED:
+            return False
+        if policy == "OnFailure" and instances[0].exit_code != 0:
+            return False
+    return True
 
 
 def _condition(kind: str, ok: bool, reason: str = "", message: str = "") -> Object:
@@ -210,7 +256,9 @@ def conditions(
 ) -> list[Object]:
     """The kubelet's conditions, in the order it emits them."""
     started = any("running" in s["state"] or "terminated" in s["state"] for s in statuses)
-    incomplete = _names(inits, lambda s: not s.get("ready"))
+    side = _sidecar_names(pod)
+    # A sidecar is complete once started; a regular init container once it succeeded.
+    incomplete = _names(inits, lambda s: not s.get("started" if s["name"] in side else "ready"))
     if pod_phase == "Succeeded":
         initialized = _condition("Initialized", True, "PodCompleted")
     elif not incomplete or started:
@@ -222,7 +270,8 @@ def conditions(
             "ContainersNotInitialized",
             f"containers with incomplete status: [{incomplete}]",
         )
-    unready = _names(statuses, lambda s: not s.get("ready"))
+    sidecar_statuses = [s for s in inits if s["name"] in side]
+    unready = _names([*sidecar_statuses, *statuses], lambda s: not s.get("ready"))
     if pod_phase in TERMINAL:
         reason = "PodCompleted" if pod_phase == "Succeeded" else "PodFailed"
         ready = _condition("ContainersReady", False, reason)
@@ -282,7 +331,9 @@ def pod_status(
     held: Object = pod.get("status") or {}
     init_specs = spec.get("initContainers") or []
     default = "PodInitializing" if init_specs else "ContainerCreating"
-    inits = [container_status(c, observed, "PodInitializing", True) for c in init_specs]
+    inits = [
+        container_status(c, observed, "PodInitializing", not is_sidecar(c)) for c in init_specs
+    ]
     statuses = sorted(
         (container_status(c, observed, default, False) for c in spec.get("containers") or ()),
         key=lambda s: str(s["name"]),

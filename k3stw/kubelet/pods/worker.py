@@ -46,6 +46,7 @@ from k3stw.kubelet.pods.backoff import FailureBackoff
 from k3stw.kubelet.pods.cgroups import PodCgroups
 from k3stw.kubelet.pods.deletion import confirm_deletion, node_pods, pod_path
 from k3stw.kubelet.pods.events import NORMAL, WARNING, PodEvents
+from k3stw.kubelet.pods.imagegc import ImageGC, ImageGCPolicy
 from k3stw.kubelet.pods.probes import KINDS, PodProbes, Prober, run_handler, title
 from k3stw.kubelet.pods.spec import (
     CONTAINER_NAME,
@@ -57,7 +58,14 @@ from k3stw.kubelet.pods.spec import (
     Lookups,
     PodIPs,
 )
-from k3stw.kubelet.pods.status import TERMINAL, Observed, Waiting, pod_status, restart_count
+from k3stw.kubelet.pods.status import (
+    TERMINAL,
+    Observed,
+    Waiting,
+    pod_status,
+    regular_containers_done,
+    restart_count,
+)
 from k3stw.kubelet.pods.volumes import NoVolumes, VolumeManager
 from k3stw.logs import Logger
 from k3stw.machinery.informer import each_change
@@ -129,15 +137,25 @@ def _pod_ip(pod: Mapping[str, Any], observed: Observed, settings: PodSettings) -
     return observed.sandbox.network.ip
 
 
+def _running_kinds(pod: Mapping[str, Any]) -> list[Object]:
+    """The containers that run alongside each other: the sidecars and the regular ones."""
+    return [*podspec.sidecars(pod), *(get_path(pod, "spec", "containers") or ())]
+
+
 def _steady(pod: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     """
     Whether nothing but a change of the pod or of its containers in the
-    runtime can change its status: Running, every container running and
-    ready, no probes and no deadline to act on.
+    runtime can change its status: Running, every container (and sidecar)
+    running and ready, no probes and no deadline to act on.
     """
     spec = pod.get("spec") or {}
-    containers = spec.get("containers") or ()
-    statuses = status.get("containerStatuses") or ()
+    containers = _running_kinds(pod)
+    names = {c.get("name") for c in containers}
+    inits = status.get("initContainerStatuses") or ()
+    statuses = [
+        *(s for s in inits if s.get("name") in names),
+        *(status.get("containerStatuses") or ()),
+    ]
     return (
         status.get("phase") == "Running"
         and spec.get("activeDeadlineSeconds") is None
@@ -181,6 +199,7 @@ class PodWorkers(MultiService):
     :param prober: runs httpGet and tcpSocket probes and hooks (None: they fail).
     :param pull_auth: the CRI credentials for an image's registry (None: pulls without).
     :param cgroups: the pods' cgroups, removed with their sandboxes (None: left alone).
+    :param image_gc: how unused images are collected (None: they are not).
     """
 
     _log = Logger()
@@ -195,6 +214,7 @@ class PodWorkers(MultiService):
         prober: Prober | None = None,
         pull_auth: Callable[[str], api.AuthConfig | None] | None = None,
         cgroups: PodCgroups | None = None,
+        image_gc: ImageGCPolicy | None = None,
     ) -> None:
         super().__init__()
         self.cgroups = cgroups
@@ -212,6 +232,8 @@ class PodWorkers(MultiService):
         self.informer = node_pods(client, clock, settings.node_name)
         self.informer.setServiceParent(self)
         self.informer.add_handler(each_change(self._changed, deleted=self._deleted))
+        if image_gc is not None:
+            ImageGC(clock, runtime, client, settings.node_name, image_gc).setServiceParent(self)
         self._cleaning: Deferred[None] | None = None
         #: Each pod UID's sandboxes and containers (id, state) at the last relist.
         self._relisted: dict[str, frozenset[tuple[str, int]]] = {}
@@ -519,7 +541,7 @@ class PodWorker:
         await self._probe(pod, observed)
         status = await self._write_status(pod, observed)
         self.steady = _steady(pod, status)
-        if status["phase"] in TERMINAL:
+        if status["phase"] in TERMINAL or regular_containers_done(pod, observed):
             await self._kill(pod, observed)
             await self._write_status(pod, await self.observe(), terminating=True)
 
@@ -579,23 +601,18 @@ class PodWorker:
             await self.workers.events.emit(pod, WARNING, "FailedMount", str(e))
 
     async def _start_containers(self, pod: Object, observed: Observed) -> None:
-        """Init containers one by one, in order; then every container that should run."""
-        spec = pod.get("spec") or {}
-        policy = spec.get("restartPolicy") or "Always"
-        for container in spec.get("initContainers") or ():
-            instances = observed.containers.get(str(container.get("name"))) or []
-            newest = instances[0] if instances else None
-            if newest is None or newest.state == api.CONTAINER_CREATED:
-                await self._start(pod, container, observed, 0 if newest is None else None)
-                return
-            if newest.state == api.CONTAINER_RUNNING:
-                return
-            if newest.exit_code == 0:
-                continue
-            if policy != "Never":
-                await self._restart(pod, container, observed, newest)
+        """
+        Init containers one by one, in order (a sidecar counts as done once
+        started); then every container that should run.  Once the regular
+        containers ran, exited sidecars are restarted whatever the pod's
+        restart policy, until the regular containers are done for good.
+        """
+        if regular_containers_done(pod, observed):
             return
-        for container in spec.get("containers") or ():
+        if not await self._start_init_containers(pod, observed):
+            return
+        policy = get_path(pod, "spec", "restartPolicy") or "Always"
+        for container in get_path(pod, "spec", "containers") or ():
             instances = observed.containers.get(str(container.get("name"))) or []
             newest = instances[0] if instances else None
             if newest is None or newest.state == api.CONTAINER_CREATED:
@@ -604,6 +621,38 @@ class PodWorker:
                 policy == "Always" or (policy == "OnFailure" and newest.exit_code != 0)
             ):
                 await self._restart(pod, container, observed, newest)
+
+    async def _start_init_containers(self, pod: Object, observed: Observed) -> bool:
+        """Advance the init containers; whether the pod is initialized (its containers may run)."""
+        policy = get_path(pod, "spec", "restartPolicy") or "Always"
+        # The regular containers ran: only the sidecars are kept running now.
+        initialized = any(
+            observed.containers.get(str(c.get("name")))
+            for c in get_path(pod, "spec", "containers") or ()
+        )
+        for container in get_path(pod, "spec", "initContainers") or ():
+            name = str(container.get("name"))
+            sidecar = podspec.is_sidecar(container)
+            if initialized and not sidecar:
+                continue
+            instances = observed.containers.get(name) or []
+            newest = instances[0] if instances else None
+            if newest is None or newest.state == api.CONTAINER_CREATED:
+                await self._start(pod, container, observed, 0 if newest is None else None)
+            elif newest.state == api.CONTAINER_RUNNING:
+                if not sidecar:
+                    return False
+                if self.probes.started(name, newest.id, container):
+                    continue
+            elif sidecar:
+                await self._restart(pod, container, observed, newest)
+            elif newest.exit_code == 0:
+                continue
+            elif policy != "Never":
+                await self._restart(pod, container, observed, newest)
+            if not initialized:
+                return False
+        return True
 
     async def _restart(
         self, pod: Object, container: Object, observed: Observed, exited: api.ContainerStatus
@@ -753,6 +802,7 @@ class PodWorker:
                 self.runtime,
                 self.workers.prober,
                 podspec.grace_period(pod),
+                self.clock,
             )
             if not outcome.ok:
                 await self.workers.events.emit(
@@ -885,7 +935,7 @@ class PodWorker:
         """Run the probes that are due; publish started and ready; kill what failed liveness."""
         now = self.clock.seconds()
         policy = get_path(pod, "spec", "restartPolicy") or "Always"
-        for container in get_path(pod, "spec", "containers") or ():
+        for container in _running_kinds(pod):
             name = str(container.get("name"))
             instances = observed.containers.get(name) or []
             if not instances or instances[0].state != api.CONTAINER_RUNNING:
@@ -906,6 +956,7 @@ class PodWorker:
                     self.runtime,
                     self.workers.prober,
                     float(probe.get("timeoutSeconds") or 1),
+                    self.clock,
                 )
                 field_path = _field_path(pod, name)
                 if not outcome.ok:
@@ -919,7 +970,8 @@ class PodWorker:
                 if self.probes.record(name, kind, container, outcome, now) is False:
                     if kind == "readiness":
                         continue
-                    restarted = ", will be restarted" if policy != "Never" else ""
+                    restarts = policy != "Never" or podspec.is_sidecar(container)
+                    restarted = ", will be restarted" if restarts else ""
                     await self.workers.events.emit(
                         pod,
                         NORMAL,
@@ -970,11 +1022,32 @@ class PodWorker:
     # Stopping
 
     async def _kill(self, pod: Object, observed: Observed, reason: str = "") -> None:
-        """Stop every running container (with the pod's grace period), then the sandbox."""
+        """
+        Stop every running container with the pod's grace period, then the
+        sandbox.  The regular containers stop first, together; then the
+        sidecars one by one, the last started first, each with what remains
+        of the grace (kubelet 1.32's termination ordering).
+        """
         grace = max(MINIMUM_GRACE, podspec.grace_period(pod))
+        began = self.clock.seconds()
+        side = [str(c.get("name")) for c in podspec.sidecars(pod)]
+        regular = [name for name in observed.containers if name not in side]
+        await self._stop_running(pod, observed, regular, grace, reason)
+        for name in reversed(side):
+            left = max(MINIMUM_GRACE, int(grace - (self.clock.seconds() - began)))
+            await self._stop_running(pod, observed, [name], left, reason)
+        if observed.sandbox is not None and observed.sandbox_ready:
+            await self.runtime.stop_pod_sandbox(observed.sandbox.id)
+
+    async def _stop_running(
+        self, pod: Object, observed: Observed, names: Sequence[str], grace: int, reason: str
+    ) -> None:
+        """Stop the running instances of the named containers together."""
         stops = []
-        for name, instances in observed.containers.items():
-            running = [c for c in instances if c.state == api.CONTAINER_RUNNING]
+        for name in names:
+            running = [
+                c for c in observed.containers.get(name) or () if c.state == api.CONTAINER_RUNNING
+            ]
             for container in running:
                 await self.workers.events.emit(
                     pod,
@@ -993,8 +1066,6 @@ class PodWorker:
                 await gatherResults(stops, consumeErrors=True)
             except FirstError as e:
                 e.subFailure.raiseException()
-        if observed.sandbox is not None and observed.sandbox_ready:
-            await self.runtime.stop_pod_sandbox(observed.sandbox.id)
 
     async def _stop_container(
         self, pod: Object, observed: Observed, name: str, container_id: str, grace: int
@@ -1012,6 +1083,7 @@ class PodWorker:
                 self.runtime,
                 self.workers.prober,
                 grace,
+                self.clock,
             )
             if not outcome.ok:
                 await self.workers.events.emit(

@@ -27,6 +27,7 @@ from k3stw.kubeclient import KubeAPIError
 from k3stw.kubelet.cri import api_pb2
 from k3stw.kubelet.volumes.atomic import FileProjection, PayloadError, write_payload
 from k3stw.kubelet.volumes.mounter import Mounter, MountError
+from k3stw.kubelet.volumes.ownership import set_volume_ownership
 from k3stw.kubelet.volumes.sources import (
     DEFAULT_MODE,
     SourceError,
@@ -39,7 +40,7 @@ from k3stw.kubelet.volumes.sources import (
     secret_payload,
 )
 from k3stw.kubelet.volumes.tokens import TokenKey, TokenManager
-from k3stw.machinery.objects import Object, name_of, namespace_of, uid_of
+from k3stw.machinery.objects import Object, get_path, name_of, namespace_of, uid_of
 from k3stw.machinery.quantity import parse_quantity
 
 #: Where k3s's kubelet keeps its state (kube's default ``--root-dir``).
@@ -210,6 +211,10 @@ class VolumeManager:
         if kind != "emptyDir":
             payload = await self._payload(pod, kind, source)
             write_payload(target, payload, self.clock.seconds())
+        context = get_path(pod, "spec", "securityContext") or {}
+        if context.get("fsGroup") is not None:
+            policy = str(context.get("fsGroupChangePolicy") or "Always")
+            set_volume_ownership(target, int(context["fsGroup"]), kind in _READ_ONLY, policy)
         return _Volume(str(target), kind in _READ_ONLY)
 
     async def _tmpfs_size(self, pod: Object, size_limit: object) -> int | None:
