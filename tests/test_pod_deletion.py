@@ -8,15 +8,18 @@ grace; grace 0 removes it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver.kinds.pods import grace_period
+from k3stw.kubeclient import KubeAPI, KubeAPIError
+from k3stw.kubelet.pods.deletion import confirm_deletion
 from k3stw.machinery.identity import User
 from k3stw.machinery.objects import Object
 from k3stw.machinery.times import rfc3339
-from tests.support.apiserver import START, MemoryAPI, MemoryServer
+from tests.support.apiserver import START, MemoryAPI, MemoryClient, MemoryServer
 
 ADMIN = User("admin", ("system:masters",))
 PODS = "/api/v1/namespaces/default/pods"
@@ -197,3 +200,39 @@ class GracefulDeleteTests(SynchronousTestCase):
         self.assertEqual((self.exists("bound"), self.exists("unbound")), (True, False))
         self.api.request(b"DELETE", PODS, {"gracePeriodSeconds": 0})
         self.assertFalse(self.exists("bound"))
+
+
+class ConfirmDeletionTests(SynchronousTestCase):
+    """The kubelet's final DELETE of a pod it stopped, as its node."""
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+        node = User("system:node:n1", ("system:nodes",))
+        self.api = MemoryAPI(self.server, {"admin": ADMIN, "node": node})
+        self.client = MemoryClient(self.api, "node")
+
+    def confirm(self, pod: Object) -> None:
+        self.successResultOf(
+            Deferred.fromCoroutine(confirm_deletion(cast(KubeAPI, self.client), pod))
+        )
+
+    def test_deletes_its_pod(self) -> None:
+        pod = self.server.create("", "pods", pod_object("a"), "default")
+        self.confirm(pod)
+        self.assertFalse(self.server.exists("", "pods", "a", "default"))
+
+    def test_a_pod_gone_meanwhile_is_done(self) -> None:
+        """The node authorizer refuses (n1 has no such pod now): gone, not an error."""
+        pod = self.server.create("", "pods", pod_object("a"), "default")
+        self.api.request(b"DELETE", f"{PODS}/a", {"gracePeriodSeconds": 0})
+        self.confirm(pod)
+        self.assertEqual(self.client.requests[-1], ("GET", f"{PODS}/a"))
+
+    def test_another_nodes_pod_is_refused(self) -> None:
+        """A 403 for a pod that is still there is an error."""
+        pod = self.server.create("", "pods", pod_object("a", node="n2"), "default")
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(confirm_deletion(cast(KubeAPI, self.client), pod)), KubeAPIError
+        )
+        self.assertEqual(failure.value.code, 403)
+        self.assertTrue(self.server.exists("", "pods", "a", "default"))

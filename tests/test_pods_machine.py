@@ -72,11 +72,6 @@ class PodsInAMachine(NodeInAMachine):
         found: dict[str, Any] = json.loads(self.kubectl(f"get pod {name} -o json"))
         return found
 
-    def apply(self, obj: dict[str, Any]) -> None:
-        manifest = self.work / f"{obj['kind']}-{obj['metadata']['name']}.json"
-        manifest.write_text(json.dumps(obj))
-        self.kubectl(f"apply -f {manifest}")
-
     def condition(self, name: str, kind: str) -> str | None:
         conditions = (self.pod(name).get("status") or {}).get("conditions") or ()
         return next((c["status"] for c in conditions if c["type"] == kind), None)

@@ -53,8 +53,20 @@ async def confirm_deletion(client: KubeAPI, pod: Object) -> None:
     try:
         await client.call("DELETE", pod_path(pod), body)
     except KubeAPIError as e:
+        if e.code == 403 and await _gone(client, pod):
+            # The node authorizer finds no pod of this node to allow: it went meanwhile.
+            return
         if e.code not in (404, 409):
             raise
+
+
+async def _gone(client: KubeAPI, pod: Object) -> bool:
+    """Whether the API no longer holds this pod (by name and uid)."""
+    try:
+        found = await client.call("GET", pod_path(pod))
+    except KubeAPIError as e:
+        return e.code == 404
+    return bool(metadata(found).get("uid") != metadata(pod).get("uid"))
 
 
 class NoRuntimePods(MultiService):
