@@ -210,11 +210,10 @@ class ConfirmDeletionTests(SynchronousTestCase):
         node = User("system:node:n1", ("system:nodes",))
         self.api = MemoryAPI(self.server, {"admin": ADMIN, "node": node})
         self.client = MemoryClient(self.api, "node")
+        self.kube = cast(KubeAPI, self.client)
 
     def confirm(self, pod: Object) -> None:
-        self.successResultOf(
-            Deferred.fromCoroutine(confirm_deletion(cast(KubeAPI, self.client), pod))
-        )
+        self.successResultOf(Deferred.fromCoroutine(confirm_deletion(self.kube, pod)))
 
     def test_deletes_its_pod(self) -> None:
         pod = self.server.create("", "pods", pod_object("a"), "default")
@@ -232,7 +231,7 @@ class ConfirmDeletionTests(SynchronousTestCase):
         """A 403 for a pod that is still there is an error."""
         pod = self.server.create("", "pods", pod_object("a", node="n2"), "default")
         failure = self.failureResultOf(
-            Deferred.fromCoroutine(confirm_deletion(cast(KubeAPI, self.client), pod)), KubeAPIError
+            Deferred.fromCoroutine(confirm_deletion(self.kube, pod)), KubeAPIError
         )
         self.assertEqual(failure.value.code, 403)
         self.assertTrue(self.server.exists("", "pods", "a", "default"))
