@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
 
 from k3stw.apiserver import discovery
-from k3stw.apiserver.auth import Attributes, authorize
+from k3stw.apiserver.auth import Attributes, NodePods, authorize
 from k3stw.apiserver.kinds import built_in_registry
 from k3stw.apiserver.kinds.custom import resources_of_crd
 from k3stw.apiserver.registry import ResourceType
@@ -21,6 +21,7 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import decode_continue, encode_continue, translate
 from k3stw.datastore.interface import Event, EventType, KeyValue
 from k3stw.machinery.identity import User
+from tests.support.apiserver import MemoryServer
 
 CRD: dict[str, Any] = {
     "metadata": {"name": "widgets.example.com"},
@@ -209,6 +210,54 @@ class NodeAuthorizerTests(SynchronousTestCase):
     def test_unknown_user(self) -> None:
         """Anyone else is refused."""
         self.assertEqual(self.check(User("bob", ()), "list", "pods", None, "default"), 403)
+
+
+class NodePodsTests(SynchronousTestCase):
+    """The node authorizer's view of a node's pods, from the store or the pods informer."""
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self)
+        self.pods = self.server.resource("", "pods")
+        pod = {
+            "metadata": {"name": "web"},
+            "spec": {
+                "nodeName": "n1",
+                "containers": [{"name": "c", "image": "busybox"}],
+                "volumes": [{"name": "s", "secret": {"secretName": "web-token"}}],
+            },
+        }
+        self.server.create("", "pods", pod, "default")
+
+    def uses(self, node_pods: NodePods, node: str, name: str) -> bool:
+        return bool(
+            self.successResultOf(
+                Deferred.fromCoroutine(node_pods(node, "default", "secrets", name))
+            )
+        )
+
+    def test_from_the_store(self) -> None:
+        node_pods = NodePods(self.server.store, self.pods)
+        self.assertEqual(
+            (self.uses(node_pods, "n1", "web-token"), self.uses(node_pods, "n2", "web-token")),
+            (True, False),
+        )
+
+    def test_from_the_informer_once_synced(self) -> None:
+        """
+        Synced, the informer's index answers and the store is not listed: the
+        store side here is told to list configmaps, where no pod is found.
+        """
+        informer = self.server.informers.for_resource(self.pods)
+        configmaps = self.server.resource("", "configmaps")
+        node_pods = NodePods(self.server.store, configmaps, None, informer)
+        self.assertFalse(self.uses(node_pods, "n1", "web-token"))
+        self.server.start()
+        self.assertTrue(informer.synced)
+        self.assertEqual(
+            (self.uses(node_pods, "n1", "web-token"), self.uses(node_pods, "n1", "other")),
+            (True, False),
+        )
+        self.assertFalse(self.uses(node_pods, "n2", "web-token"))
 
 
 class WatchTranslationTests(SynchronousTestCase):

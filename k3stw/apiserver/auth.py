@@ -9,7 +9,7 @@ gives the authorizer one.  Without RBAC everyone else is refused.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,10 @@ from k3stw.apiserver.kinds.pods import references
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
+from k3stw.machinery.cache import NODE_NAME, by_node_name
 from k3stw.machinery.identity import MASTERS, User
+from k3stw.machinery.informer import Informer
+from k3stw.machinery.objects import Object, metadata
 
 if TYPE_CHECKING:
     from k3stw.apiserver.rbac import RBAC
@@ -213,14 +216,26 @@ class NodePods:
     The node authorizer's view of the pods bound to a node: whether C{name} is
     one of them (kind ``pods``), or a secret, configmap, claim or service
     account one of them uses, or the volume bound to such a claim.
+
+    With the server's pods informer (C{bound}), the node's pods come from its
+    index by node, as kube's node authorizer reads its graph: every kubelet
+    request for a volume's configmap or secret would otherwise decode all
+    the namespace's pods.  Until that informer has synced, the store is read.
     """
 
     def __init__(
-        self, store: ObjectStore, pods: ResourceType, volumes: ResourceType | None = None
+        self,
+        store: ObjectStore,
+        pods: ResourceType,
+        volumes: ResourceType | None = None,
+        bound: Informer | None = None,
     ) -> None:
         self.store = store
         self.pods = pods
         self.volumes = volumes
+        self.bound = bound
+        if bound is not None:
+            bound.add_index(NODE_NAME, by_node_name)
 
     async def __call__(self, node: str, namespace: str, kind: str, name: str) -> bool:
         if kind == "persistentvolumes":
@@ -240,7 +255,16 @@ class NodePods:
             except StatusError:
                 return False
             return bool(pod.get("spec", {}).get("nodeName") == node)
+        return any(name in references(pod, kind) for pod in await self._node_pods(node, namespace))
+
+    async def _node_pods(self, node: str, namespace: str) -> Iterable[Object]:
+        if self.bound is not None and self.bound.synced:
+            return [
+                pod
+                for pod in self.bound.cache.by_index(NODE_NAME, node)
+                if metadata(pod).get("namespace") == namespace
+            ]
         listed = await self.store.list(
             self.pods, namespace, lambda p: p.get("spec", {}).get("nodeName") == node
         )
-        return any(name in references(pod, kind) for pod in listed.items)
+        return listed.items

@@ -64,6 +64,7 @@ from k3stw.apiserver.tokens.request import restrict_node_token
 from k3stw.apiserver.verbs import POSTED_SUBRESOURCES, Target, TokenRequests, Verbs
 from k3stw.logs import Logger
 from k3stw.machinery.identity import User, authenticated, user_of_certificate
+from k3stw.machinery.informer import Informer
 from k3stw.machinery.labels import SelectorError
 
 _METHOD_VERBS = {b"POST": "create", b"PUT": "update", b"PATCH": "patch", b"DELETE": "delete"}
@@ -96,6 +97,7 @@ class KubernetesAPI(Resource):
         rbac: RBAC | None = None,
         checks: bool = True,
         resource_metrics: ResourceMetrics | None = None,
+        bound_pods: Informer | None = None,
     ) -> None:
         """
         :param tokens: authenticates bearer tokens (client certificates are
@@ -109,6 +111,8 @@ class KubernetesAPI(Resource):
             validated); off only to measure what that costs (``--unchecked-api``).
         :param resource_metrics: answers ``metrics.k8s.io`` (when the registry
             serves it).
+        :param bound_pods: the server's pods informer, which the node
+            authorizer reads a node's pods from once it has synced.
         """
         super().__init__()
         self.tokens = tokens
@@ -131,6 +135,7 @@ class KubernetesAPI(Resource):
             store,
             registry.require("", "v1", "pods"),
             registry.lookup("", "v1", "persistentvolumes"),
+            bound_pods,
         )
         self.authorizer = Authorizer(self.pod_uses, rbac, allow_all=not checks)
         self.admission: Mapping[tuple[str, str], Admission] = (

@@ -21,7 +21,7 @@ from k3stw.apiserver.allocation import ServiceAllocator, repair_job
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.health import Health, HealthCheck
 from k3stw.apiserver.informers import ServerInformers
-from k3stw.apiserver.kinds import built_in_registry, crds, nodes, services
+from k3stw.apiserver.kinds import built_in_registry, crds, nodes, pods, services
 from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.rbac import RBAC
@@ -518,6 +518,7 @@ def build_server(
         reviews=authentication_reviews(tokens),
         token_requests=TokenIssuer(keys, reactor, issuer, audiences),
         rbac=rbac,
+        bound_pods=informers.for_resource(pods.RESOURCE),
         checks=config.api_checks,
         resource_metrics=resource_metrics,
     )

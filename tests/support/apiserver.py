@@ -190,6 +190,7 @@ class MemoryAPI:
             reviews=reviews,
             token_requests=token_requests,
             rbac=self.rbac,
+            bound_pods=server.informers.for_resource(server.resource("", "pods")),
             checks=server.store.checks,
             resource_metrics=resource_metrics,
         )
