@@ -557,6 +557,13 @@ class RotationTests(_NodeCase):
         self.assertEqual(self.files(), ["0.log"])
         self.assertEqual(self.log.read_bytes(), b"x" * 100)
 
+    def test_one_container_status_per_container(self) -> None:
+        """A container's log path is asked for once, not every round."""
+        for _ in range(3):
+            self.successResultOf(Deferred.fromCoroutine(self.rotation.rotate_all()))
+        statuses = [call for call in self.runtime.calls if call[0] == "ContainerStatus"]
+        self.assertEqual(len(statuses), 1)
+
     def test_a_missing_log_is_reopened(self) -> None:
         self.log.unlink()
         self.successResultOf(Deferred.fromCoroutine(self.rotation.rotate_all()))

@@ -135,13 +135,19 @@ class LogRotation:
         self.max_size = max_size
         self.max_files = max_files
         self.compress = compress or _in_threads(clock)
+        #: Each running container's log path: it never changes for a container,
+        #: so one ContainerStatus each, not one per container every round.
+        self._paths: dict[str, str] = {}
 
     async def rotate_all(self) -> None:
         """One round: every running container's log looked at, one after another."""
         if self.max_size < 0:
             return
         running = api.ContainerFilter(state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))
-        for container in await self.runtime.list_containers(running):
+        containers = await self.runtime.list_containers(running)
+        ids = {container.id for container in containers}
+        self._paths = {id: path for id, path in self._paths.items() if id in ids}
+        for container in containers:
             try:
                 await self.check(container.id)
             except (CRIError, OSError) as e:
@@ -153,7 +159,11 @@ class LogRotation:
 
     async def check(self, container_id: str) -> None:
         """Rotate one container's log if it reached the size (reopen it if it is missing)."""
-        path = (await self.runtime.container_status(container_id)).log_path
+        path = self._paths.get(container_id)
+        if path is None:
+            path = self._paths[container_id] = (
+                await self.runtime.container_status(container_id)
+            ).log_path
         if not path:
             return
         try:
