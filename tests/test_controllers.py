@@ -90,6 +90,31 @@ class GarbageCollectorTests(SynchronousTestCase):
         child = self.server.get("", "configmaps", "child-0", "default")
         self.assertNotIn("ownerReferences", child["metadata"])
 
+    def test_a_dependent_released_after_the_cache_saw_it_stays(self) -> None:
+        """
+        The collector decides on the dependent as stored, not as cached: a
+        dependent released by orphan deletion whose release the cache has
+        not seen yet (another resource's watch ran ahead) is not collected.
+        """
+        owner = self.owner_and_dependents(count=1)
+        configmaps = self.server.resource("", "configmaps")
+        cached = self.collector.shared.for_resource(configmaps, OWNED_OR_DELETING)
+        # The cache stops hearing of changes, and keeps the child with its owner,
+        # while the child is released (as orphan deletion does) and the owner goes.
+        cached.stopService()
+        released = self.server.get("", "configmaps", "child-0", "default")
+        del released["metadata"]["ownerReferences"]
+        self.server.run(
+            self.server.store.update(configmaps, "default", "child-0", released, manager="test")
+        )
+        self.server.delete("", "configmaps", "owner", "default")
+        self.assertEqual(
+            cached.get("default/child-0")["metadata"]["ownerReferences"][0]["uid"],  # type: ignore[index]
+            owner["metadata"]["uid"],
+        )
+        self.server.run(self.collector.sync("configmaps/default/child-0"))
+        self.assertEqual(self.children(), ["child-0"])
+
     def test_foreground_deletion_removes_the_dependents_first(self) -> None:
         self.owner_and_dependents()
         # A dependent held by a finalizer keeps the owner waiting.

@@ -37,6 +37,7 @@ from k3stw.machinery.objects import (
     name_of,
     namespace_of,
     owner_references,
+    resource_version,
     set_owner_references,
     split_key,
     uid_of,
@@ -201,18 +202,43 @@ class GarbageCollector(Controller):
         await self._collect_if_owners_gone(ref, obj)
 
     async def _collect_if_owners_gone(self, ref: ObjectRef, obj: Object) -> None:
-        """Delete an object whose every owner is gone (background propagation)."""
-        owners = owner_references(obj)
-        if not owners:
+        """
+        Delete an object whose every owner is gone (background propagation).
+        The cache may lag the store (an owner's deletion can be seen before
+        the release of its dependents when the two resources' watches run
+        apart), so the owners are checked again on the object read fresh, and
+        it is deleted only as that version: as kube's ``attemptToDeleteItem``.
+        """
+        if not await self._owners_gone(ref.namespace, owner_references(obj)):
             return
-        for owner in owners:
-            if await self._owner_exists(ref.namespace, owner):
-                return
         try:
-            await self.store.delete(ref.resource, ref.namespace, ref.name, {"uid": uid_of(obj)})
+            live = await self.store.get(ref.resource, ref.namespace, ref.name)
         except StatusError as e:
-            if e.code not in (404, 409):
+            if e.code == 404:
+                return
+            raise
+        if uid_of(live) != uid_of(obj) or not await self._owners_gone(
+            ref.namespace, owner_references(live)
+        ):
+            return
+        preconditions = {"uid": uid_of(live), "resourceVersion": resource_version(live)}
+        try:
+            await self.store.delete(ref.resource, ref.namespace, ref.name, preconditions)
+        except StatusError as e:
+            if e.code == 409:
+                # Changed since it was read: look again at its new version.
+                self.enqueue(ref.key)
+            elif e.code != 404:
                 raise
+
+    async def _owners_gone(self, namespace: str | None, owners: list[Mapping[str, Any]]) -> bool:
+        """Whether C{owners} (a dependent's references) are all gone; False for none."""
+        if not owners:
+            return False
+        for owner in owners:
+            if await self._owner_exists(namespace, owner):
+                return False
+        return True
 
     async def _owner_exists(self, namespace: str | None, owner: Mapping[str, Any]) -> bool:
         group = str(owner.get("apiVersion", "")).rpartition("/")[0]

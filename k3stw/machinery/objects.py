@@ -80,6 +80,10 @@ def uid_of(obj: Mapping[str, Any]) -> str:
     return str(metadata(obj).get("uid") or "")
 
 
+def resource_version(obj: Mapping[str, Any]) -> str:
+    return str(metadata(obj).get("resourceVersion") or "")
+
+
 def object_key(obj: Mapping[str, Any]) -> str:
     """client-go's key: ``namespace/name``, or ``name`` for a cluster-scoped object."""
     return join_key(namespace_of(obj), name_of(obj))
