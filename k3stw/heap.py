@@ -34,8 +34,16 @@ from typing import Protocol
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["GlibcHeap", "Heap", "HeapTrimmer", "glibc_heap"]
+__all__ = ["GlibcHeap", "Heap", "HeapTrimmer", "glibc_heap", "process_heap_trimmer"]
 
+#: glibc's ``mallopt`` parameter for the most malloc arenas.
+M_ARENA_MAX = -8
+#: The arenas a k3stw process keeps: by default every thread that allocates
+#: while another holds an arena gets one of its own (up to eight per core),
+#: each keeping its own free pages; k3stw's threads (gRPC's pollers, the
+#: reactor's pool for CRI and DNS) are seldom busy at once, so two serve
+#: without contention and keep the heap compact (about 5 MiB less with 100 pods).
+ARENAS = 2
 #: How often the heap is looked at, in seconds.
 INTERVAL = 10.0
 #: How much the heap's free space (or what it handed out) must grow before a trim (a collection).
@@ -84,6 +92,9 @@ class GlibcHeap:
         self._malloc_trim = libc.malloc_trim
         self._malloc_trim.restype = ctypes.c_int
         self._malloc_trim.argtypes = [ctypes.c_size_t]
+        self._mallopt = libc.mallopt
+        self._mallopt.restype = ctypes.c_int
+        self._mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
 
     def in_use(self) -> int:
         return int(self._mallinfo2().uordblks)
@@ -93,6 +104,10 @@ class GlibcHeap:
 
     def trim(self) -> None:
         self._malloc_trim(0)
+
+    def limit_arenas(self, count: int = ARENAS) -> bool:
+        """Use at most C{count} arenas from now on (call before threads start); whether it took."""
+        return bool(self._mallopt(M_ARENA_MAX, count))
 
 
 def glibc_heap() -> GlibcHeap | None:
@@ -166,3 +181,14 @@ class HeapTrimmer(Service):
         else:
             self.least_free = min(self.least_free, free)
         self._next = self.clock.callLater(self.interval, self._look)
+
+
+def process_heap_trimmer(clock: IReactorTime) -> HeapTrimmer:
+    """
+    The trimmer of this process's heap, its arenas limited first to
+    L{ARENAS}: call it before any thread starts.
+    """
+    heap = glibc_heap()
+    if heap is not None:
+        heap.limit_arenas()
+    return HeapTrimmer(clock, heap)

@@ -7,6 +7,8 @@ freed 64 MiB stays resident until it is trimmed.
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 from pathlib import Path
 
 from twisted.internet.task import Clock
@@ -159,3 +161,30 @@ class GlibcHeapTests(SynchronousTestCase):
         kept = resident()
         heap.trim()
         self.assertGreater(kept - resident(), 32 * MiB)
+
+    def test_arenas_limited_for_threads_started_after(self) -> None:
+        """After limit_arenas(2), eight allocating threads share two arenas (glibc counts them)."""
+        program = (
+            "import ctypes, threading\n"
+            "from k3stw.heap import glibc_heap\n"
+            "import sys\n"
+            "if sys.argv[1] == 'limit':\n"
+            "    assert glibc_heap().limit_arenas(2)\n"
+            "barrier = threading.Barrier(8)\n"
+            "def work():\n"
+            "    keep = [bytearray(1000) for _ in range(100)]\n"
+            "    barrier.wait()\n"
+            "threads = [threading.Thread(target=work) for _ in range(8)]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "ctypes.CDLL(None).malloc_stats()\n"
+        )
+
+        def arenas(mode: str) -> int:
+            done = subprocess.run(
+                [sys.executable, "-c", program, mode], capture_output=True, timeout=60, check=True
+            )
+            return done.stderr.decode().count("Arena ")
+
+        self.assertEqual(arenas("limit"), 2)
+        self.assertGreater(arenas("default"), 2)

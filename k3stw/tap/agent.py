@@ -44,10 +44,13 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     set_debug(options["debug"])
+    # First, before any thread starts: the arenas a thread gets are fixed when it does.
+    from k3stw.heap import process_heap_trimmer
+
+    trimmer = process_heap_trimmer(reactor)
     from k3stw.agent.cacerts import https_fetcher
     from k3stw.agent.join import https_sender
     from k3stw.agent.service import AgentService, node_factory
-    from k3stw.heap import HeapTrimmer, glibc_heap
     from k3stw.loadbalancer.service import LoadBalancerService
 
     try:
@@ -76,7 +79,7 @@ def makeService(options: Options) -> IService:
     )
     if metrics is not None:
         _status_page(reactor, status_port, balancer, metrics).setServiceParent(root)
-    HeapTrimmer(reactor, glibc_heap()).setServiceParent(root)
+    trimmer.setServiceParent(root)
     return root
 
 

@@ -93,7 +93,10 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     set_debug(options["debug"])
-    from k3stw.heap import HeapTrimmer, glibc_heap
+    # First, before any thread starts: the arenas a thread gets are fixed when it does.
+    from k3stw.heap import process_heap_trimmer
+
+    trimmer = process_heap_trimmer(reactor)
     from k3stw.lifecycle import settle_memory
     from k3stw.server.service import build_server, prepare_server
 
@@ -103,5 +106,5 @@ def makeService(options: Options) -> IService:
     except (StartupError, ConfigurationError, EndpointError) as e:
         raise SystemExit(f"k3s-server: {e}") from None
     server.readiness.when_ready().addCallback(lambda _: settle_memory())
-    HeapTrimmer(reactor, glibc_heap()).setServiceParent(server)
+    trimmer.setServiceParent(server)
     return server
