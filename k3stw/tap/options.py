@@ -367,7 +367,7 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         "disable",
         "Do not deploy packaged components and delete any deployed components (valid "
         "items: coredns, servicelb, traefik, local-storage, metrics-server, runtimes; "
-        "k3stw deploys local-storage)",
+        "k3stw deploys local-storage and servicelb)",
     ),
     Flag(
         "default-local-storage-path",
