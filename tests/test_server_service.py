@@ -121,6 +121,18 @@ class ServerServiceTests(SynchronousTestCase):
         self.assertNotIn("local-path provisioner", labels)
         self.assertIn("persistentvolume-binder", labels)
 
+    def test_runs_servicelb_unless_disabled(self) -> None:
+        """``--disable=servicelb``: no controller serves LoadBalancer Services."""
+        labels = [controller.label for controller in _controllers(self.server.control_plane)]
+        self.assertIn("servicelb controller", labels)
+        disabled = replace(server_config(Path(self.mktemp())), disable=frozenset({"servicelb"}))
+        other = build_server(
+            disabled, prepare_server(disabled, NOW), self.reactor, MemoryDatastore(self.reactor)
+        )
+        labels = [controller.label for controller in _controllers(other.control_plane)]
+        self.assertNotIn("servicelb controller", labels)
+        self.assertIn("endpoint controller", labels)
+
     def test_stops_with_nothing_left_behind(self) -> None:
         self.server.startService()
         self.reactor.advance(30)

@@ -35,7 +35,7 @@ from k3stw.apiserver.tokens.authenticator import ServiceAccountTokens
 from k3stw.apiserver.tokens.keys import ServiceAccountKeys
 from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
-from k3stw.controllers import localpath
+from k3stw.controllers import localpath, servicelb
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
@@ -63,6 +63,7 @@ from k3stw.controllers.podgc import PodGCController
 from k3stw.controllers.replicaset import ReplicaSetController
 from k3stw.controllers.resourcequota import ResourceQuotaController
 from k3stw.controllers.serviceendpoints import EndpointsController, EndpointSliceController
+from k3stw.controllers.servicelb import ServiceLBController
 from k3stw.controllers.statefulsets import StatefulSetController
 from k3stw.controllers.tainteviction import TaintEvictionController
 from k3stw.datastore.blocking import BlockingKeys, blocking_keys
@@ -439,6 +440,12 @@ def control_plane(
         PersistentVolumeBinder(informers, store, registry),
     ):
         controller.setServiceParent(elected_controller_manager)
+    if servicelb.DISABLE_NAME not in config.disable:
+        ServiceLBController(
+            informers,
+            store,
+            EventRecorder(store, store.clock, servicelb.COMPONENT, config.hostname),
+        ).setServiceParent(elected_controller_manager)
     if localpath.COMPONENT not in config.disable:
         localpath.LocalPathProvisioner(
             informers, store, registry, config.hostname
