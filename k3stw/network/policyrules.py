@@ -37,6 +37,7 @@ from typing import Any
 
 from k3stw.machinery.labels import LabelSelector, LabelSelectorError, label_selector_from_spec
 from k3stw.machinery.objects import Object
+from k3stw.network.iptables import restore_text
 
 __all__ = [
     "ACCEPT_MARK",
@@ -482,14 +483,11 @@ def render(
         jumps += [f"-D {builtin} {rule}" for rule in present]
         jumps.append(f"-I {builtin} 1 {spec}")
 
-    lines = ["*filter"]
-    lines += [f":{chain} - [0:0]" for chain in rules.chains + stale]
-    lines += rules.lines + jumps
-    lines += [f"-X {chain}" for chain in stale]
-    lines.append("COMMIT")
+    # Old chains are declared (emptied) so that they can be deleted at the end.
+    lines = rules.lines + jumps + [f"-X {chain}" for chain in stale]
     return Firewall(
         tuple(sorted(rules.sets.values(), key=lambda s: s.name)),
-        "".join(line + "\n" for line in lines),
+        restore_text({"filter": (rules.chains + stale, lines)}),
         tuple(rules.chains),
     )
 
