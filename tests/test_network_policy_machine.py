@@ -68,11 +68,14 @@ class NetworkPolicyInAMachineTests(PodsInAMachine):
         self.kubectl(f"run web {IMAGE} --labels app=web --command -- /bin/httpd -f -p 80 -h /www")
         for name in ("client", "other"):
             self.kubectl(f"run {name} {IMAGE} --labels app={name} --command -- /bin/sleep 3600")
-        for name in ("web", "client", "other"):
-            self.until(
-                f"{name} Running",
-                lambda name=name: (self.pod(name).get("status") or {}).get("phase") == "Running",
-            )
+
+        def running() -> bool:
+            phases = [
+                (self.pod(n).get("status") or {}).get("phase") for n in ("web", "client", "other")
+            ]
+            return phases == ["Running"] * 3
+
+        self.until("the pods Running", running)
         ip = self.pod("web")["status"]["podIP"]
         self.reaches("client", ip, True)
 
