@@ -7,11 +7,19 @@ minutes, one at a time with requests collapsing, retried after a failure.
 
 from __future__ import annotations
 
+import datetime
+from pathlib import Path
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.agent.identity import NodeIdentity
+from k3stw.agent.join import Joined
 from k3stw.network.iptables import IPTables
+from k3stw.network.node import NetworkSettings, NodeNetworking
 from k3stw.network.policy import RETRY_DELAY, SYNC_PERIOD, NetworkPolicyController
 from k3stw.network.policyrules import PolicySettings
+from k3stw.pki.certs import Usage, new_ca, new_leaf
 from tests.support.fakes import FakeKubeClient
 from tests.support.processes import FakeProcess, FakeProcessReactor
 
@@ -125,3 +133,42 @@ class NetworkPolicyControllerTests(SynchronousTestCase):
         self.client.put_object(POD, web({"app": "db"}))
         self.reactor.advance(SYNC_PERIOD)
         self.assertEqual(len(self.reactor.processes), 5)
+
+
+class NodeNetworkingTests(SynchronousTestCase):
+    def networking(self, **settings: Any) -> NodeNetworking:
+        now = datetime.datetime.now(datetime.UTC)
+        ca = new_ca("k3s-client-ca", now)
+        pairs = {
+            name: new_leaf(ca, name, Usage.CLIENT, now)
+            for name in ("system:node:n1", "system:kube-proxy", "system:k3s-controller")
+        }
+        joined = Joined(
+            NodeIdentity("n1", "secret", Path("/nonexistent")),
+            ca.certificate_pem,
+            ca.certificate_pem,
+            pairs["system:node:n1"],
+            pairs["system:node:n1"],
+            {},
+            pairs["system:kube-proxy"],
+            pairs["system:k3s-controller"],
+        )
+        values = NetworkSettings("n1", ("10.199.0.2",), **settings)
+        return NodeNetworking(FakeProcessReactor(), values, joined, "https://127.0.0.1:6443")
+
+    def test_the_controller_runs_unless_disabled(self) -> None:
+        (controller,) = [
+            child
+            for child in self.networking(node_port_range="31000-31999")
+            if isinstance(child, NetworkPolicyController)
+        ]
+        self.assertEqual(
+            controller.settings,
+            PolicySettings(frozenset({"10.199.0.2"}), ("10.43.0.0/16",), "31000:31999"),
+        )
+        self.assertFalse(
+            any(
+                isinstance(child, NetworkPolicyController)
+                for child in self.networking(network_policy=False)
+            )
+        )
