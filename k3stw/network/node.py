@@ -107,3 +107,16 @@ class NodeNetworking(MultiService):
         self.settings = settings
         self.joined = joined
         self.server_url = server_url
+        if settings.network_policy:
+            from k3stw.network.iptables import IPTables
+            from k3stw.network.policy import NetworkPolicyController
+            from k3stw.network.policyrules import PolicySettings
+
+            rules = PolicySettings(
+                frozenset(settings.node_ips),
+                settings.service_cidrs,
+                settings.node_port_range.replace("-", ":"),
+            )
+            client = network_client(reactor, joined, server_url, joined.k3s_controller)
+            policies = NetworkPolicyController(reactor, client, rules, IPTables(reactor))
+            policies.setServiceParent(self)
