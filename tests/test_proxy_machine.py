@@ -5,7 +5,8 @@ and busybox pods reach a Service through them:
 
 - a pod fetches a busybox httpd pod's page through the Service's ClusterIP,
   and the httpd pod fetches its own page through it (hairpin);
-- another machine fetches it through the node's address and the NodePort;
+- another machine fetches it through the node's address and the NodePort,
+  and through a LoadBalancer ingress IP (the node's, as ServiceLB sets it);
 - a Service without endpoints refuses at once (REJECT), not a timeout;
 - ``iptables-save`` shows kube's chain names, one jump of each kind however
   many syncs ran, and a deleted Service's chains gone.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from k3stw.network.proxyrules import chain_hash
 from tests.support.images import INDEX_HTML, write_airgap_images
-from tests.support.machines import machines
+from tests.support.machines import Machine, machines
 from tests.test_pod_exec_machine import IMAGE, PodStreamsInAMachine
 from tests.test_pods_machine import KUBECTL
 
@@ -52,6 +53,16 @@ class ServiceProxyInAMachineTests(PodStreamsInAMachine):
         """``iptables-save``'s lines (the machine's now, or C{saved}) without its dated comments."""
         text = self.machine.run("iptables-save") if saved is None else saved
         return [line for line in text.splitlines() if not line.startswith("#")]
+
+    def until_answered(self, machine: Machine, url: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return machine.run(f"busybox wget -q -O - {url}", timeout=20)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
 
     def until_fetched(self, pod: str, url: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -84,6 +95,24 @@ class ServiceProxyInAMachineTests(PodStreamsInAMachine):
             self.other.run(f"busybox wget -q -O - http://10.199.1.1:{node_port}/", timeout=20),
             page,
         )
+        # A LoadBalancer's ingress IP (ServiceLB puts the nodes' there): <nodeIP>:<port> serves.
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "lb"},
+                "spec": {
+                    "type": "LoadBalancer",
+                    # Some other controller's: no ServiceLB pods for it.
+                    "loadBalancerClass": "example.com/elsewhere",
+                    "selector": {"app": "web"},
+                    "ports": [{"name": "http", "port": 8080, "targetPort": 80}],
+                },
+            }
+        )
+        ingress = json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": "10.199.1.1"}]}}})
+        self.kubectl(f"patch service lb --subresource=status --type=merge -p '{ingress}'")
+        self.assertEqual(self.until_answered(self.other, "http://10.199.1.1:8080/"), page)
         # The node itself reaches the NodePort on 127.0.0.1 (route_localnet).
         self.assertEqual(
             self.machine.run(f"busybox wget -q -O - http://127.0.0.1:{node_port}/", timeout=20),
