@@ -426,6 +426,34 @@ class ServiceRulesTests(SynchronousTestCase):
         self.assertNotIn("CNI-", result.text)
         self.assertEqual(result.nat_chains, {SVC, SEP1})
 
+    def test_partial_sync_writes_only_changed_services_chains(self) -> None:
+        """kube's partial sync: others' chains left out (and kept), top-level chains whole."""
+        services = [service(), service(name="svc2", clusterIP="172.30.0.42")]
+        slices = [
+            slice_of(endpoint("10.180.0.1")),
+            slice_of(endpoint("10.180.0.2"), service="svc2"),
+        ]
+        full = render(services, slices, NODE)
+        partial = render(
+            services, slices, NODE, existing=full.nat_chains, changed={("ns1", "svc2")}
+        )
+        self.assertEqual(partial.nat_chains, full.nat_chains)
+        self.assertNotIn(f":{SVC} ", partial.text)
+        self.assertNotIn(f"-A {SEP1} ", partial.text)
+        self.assertNotIn("\n-X ", partial.text)
+        svc2 = "KUBE-SVC-" + chain_hash("ns1/svc2:p80tcp")
+        self.assertIn(f":{svc2} - [0:0]", partial.text)
+        self.assertEqual(
+            rules_of(partial.text, "nat", "KUBE-SERVICES"),
+            rules_of(full.text, "nat", "KUBE-SERVICES"),
+        )
+        # svc2 deleted: its chains go, svc1's stay untouched.
+        gone = render(
+            services[:1], slices, NODE, existing=full.nat_chains, changed={("ns1", "svc2")}
+        )
+        self.assertIn(f"-X {svc2}", gone.text)
+        self.assertNotIn(f"-X {SVC}", gone.text)
+
     def test_localhost_node_ports(self) -> None:
         """With route_localnet, the localnet guard; without, 127.0.0.0/8 is kept off NodePorts."""
         on = render([], [], NODE).text

@@ -4,11 +4,14 @@ and EndpointSlices (as ``system:kube-proxy``), and a sync that writes
 L{k3stw.network.proxyrules}' rules in one ``iptables-restore`` transaction.
 
 Syncs follow changes, at most one a second (kube's minSyncPeriod), and come
-every 30 s regardless (its syncPeriod) to repair what was lost.  A full sync
-(the first, one after a failure, and one an hour) also ensures the jumps from
-the built-in chains one rule at a time and reads the nat table for service
-chains left from before; other syncs delete the chains the previous one made
-and this one does not.  Chains of others are never flushed.  The rules stay in
+every 30 s regardless (its syncPeriod).  As kube-proxy's, they are partial:
+the top-level chains are written whole, but only the changed Services' own
+chains (``KUBE-SVC-``, ``KUBE-SEP-``...), the others staying as they are, and
+the chains the previous sync made and this one does not are deleted.  A full
+sync (the first, one after a failure, and one an hour) writes every chain,
+reads the nat table for service chains left from before, and ensures the
+jumps from the built-in chains one rule at a time.  Chains of others are
+never flushed.  The rules stay in
 place when the service stops, as kube-proxy leaves them.
 
 At start it sets the sysctls a node needs: ``net.ipv4.ip_forward``,
@@ -59,6 +62,17 @@ SYNC_PERIOD = 30.0
 FULL_SYNC_PERIOD = 3600.0
 
 
+#: Where an EndpointSlice names its Service.
+SLICE_OF = "kubernetes.io/service-name"
+
+
+def _service_of(obj: Object, label: str | None = None) -> tuple[str, str]:
+    """The (namespace, name) of a Service, or of the Service an EndpointSlice's C{label} names."""
+    meta = obj.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(label, "") if label else meta.get("name", "")
+    return (meta.get("namespace") or "default", str(name))
+
+
 def _trim(obj: Object) -> Object:
     """What the rules read of a Service or EndpointSlice: no managed fields or annotations."""
     meta = {
@@ -96,8 +110,8 @@ class KubeProxy(Service):
         keep = Retention(trim=_trim)
         self.services = Informer(HTTPSource(client, SERVICES_PATH, params), reactor, retention=keep)
         self.slices = Informer(HTTPSource(client, SLICES_PATH, params), reactor, retention=keep)
-        for informer in (self.services, self.slices):
-            informer.add_handler(each_change(lambda _: self.changed()))
+        self.services.add_handler(each_change(lambda svc: self.changed(_service_of(svc))))
+        self.slices.add_handler(each_change(lambda item: self.changed(_service_of(item, SLICE_OF))))
         self.node = NodeFacts(name=settings.node_name)
         self.conntrack = shutil.which("conntrack")
         #: What the last successful sync wrote (None before one).
@@ -105,6 +119,8 @@ class KubeProxy(Service):
         self._timer: IDelayedCall | None = None
         self._syncing: Deferred[None] | None = None
         self._again = False
+        #: The Services whose chains the next partial sync writes.
+        self._dirty: set[tuple[str, str]] = set()
         self._last_sync = float("-inf")
         self._last_full = float("-inf")
         self._full_due = True
@@ -165,12 +181,15 @@ class KubeProxy(Service):
             tcp_be_liberal=be_liberal,
         )
 
-    def changed(self) -> None:
+    def changed(self, service: tuple[str, str] | None = None) -> None:
         """
-        Ask for a sync: at once if the last began a second ago or more,
-        else when it has; one more after a sync under way.  Nothing is
-        written before both informers have listed.
+        Ask for a sync (that writes C{service}'s chains, if given): at once
+        if the last began a second ago or more, else when it has; one more
+        after a sync under way.  Nothing is written before both informers
+        have listed.
         """
+        if service is not None:
+            self._dirty.add(service)
         if not (self.running and self.services.synced and self.slices.synced):
             return
         if self._syncing is not None:
@@ -198,13 +217,19 @@ class KubeProxy(Service):
         """Write the rules of every Service now; a failure makes the next sync a full one."""
         started = self.reactor.seconds()
         full = self._full_due or started - self._last_full >= FULL_SYNC_PERIOD
+        changed = self._dirty
+        self._dirty = set()
         try:
-            if full:
-                existing = await self.iptables.chains("nat")
-            else:
-                existing = sorted(self.applied.nat_chains) if self.applied else []
             services, slices = self.services.cache.list(), self.slices.cache.list()
-            ruleset = render(services, slices, self.node, existing)
+            if full or self.applied is None:
+                existing = await self.iptables.chains("nat")
+                ruleset = render(services, slices, self.node, existing)
+            else:
+                existing = sorted(self.applied.nat_chains)
+                ruleset = render(services, slices, self.node, existing, changed)
+                if ruleset.large != self.applied.large:
+                    # Every chain's comments change with the mode.
+                    ruleset = render(services, slices, self.node, existing)
             await self.iptables.restore(ruleset.text)
             if full:
                 await self._ensure_jumps()

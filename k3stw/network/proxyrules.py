@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -380,11 +380,13 @@ class Ruleset:
     :ivar text: the ``iptables-restore --noflush`` input, ``*filter`` then ``*nat``.
     :ivar nat_chains: the service chains it keeps (the next sync's stale candidates).
     :ivar udp: each UDP service port's flows, keyed by its name.
+    :ivar large: written in large-cluster mode (no per-endpoint comments).
     """
 
     text: str
     nat_chains: frozenset[str]
     udp: dict[str, UDPFlows] = field(default_factory=dict)
+    large: bool = False
 
 
 def _comment(text: str) -> str:
@@ -425,10 +427,16 @@ def render(
     slices: Iterable[Object],
     node: NodeFacts,
     existing: Iterable[str] = (),
+    changed: Collection[tuple[str, str]] | None = None,
 ) -> Ruleset:
     """
     The rules for C{services} and their C{slices} on C{node}; service chains in
     C{existing} that are no longer wanted are flushed and deleted.
+
+    :param changed: for a partial sync (kube's), the (namespace, name) of the
+        Services whose own chains are written; the others' chains, in place
+        already, are left out of the text (the top-level chains are always
+        written whole).  None writes every chain.
     """
     endpoints = endpoints_by_port(slices, node.name)
     ports = sorted(
@@ -480,7 +488,8 @@ def render(
     from_pods = f"-s {pod_range}" if pod_range else ""
     udp: dict[str, UDPFlows] = {}
     for port, port_endpoints in chosen:
-        reachable = _write_port(out, port, port_endpoints, node, from_pods, large)
+        whole = changed is None or (port.namespace, port.service) in changed
+        reachable = _write_port(out, port, port_endpoints, node, from_pods, large, whole)
         if port.protocol == "udp":
             udp[port.name] = UDPFlows(
                 ips=(port.cluster_ip, *port.external_ips, *port.lb_ips),
@@ -514,7 +523,7 @@ def render(
             "",
         ]
     )
-    return Ruleset(text=text, nat_chains=frozenset(out.active), udp=udp)
+    return Ruleset(text=text, nat_chains=frozenset(out.active), udp=udp, large=large)
 
 
 def _write_port(
@@ -524,8 +533,12 @@ def _write_port(
     node: NodeFacts,
     from_pods: str,
     large: bool,
+    whole: bool = True,
 ) -> list[Endpoint]:
-    """One service port's rules (kube's ``syncProxyRules`` loop body); its reachable endpoints."""
+    """
+    One service port's rules (kube's ``syncProxyRules`` loop body); its
+    reachable endpoints.  Not C{whole}: its own chains are only counted.
+    """
     name, proto = port.name, port.protocol
     cluster, local, reachable, has_any = categorize(endpoints, port)
     cluster_chain, local_chain = port.cluster_chain, port.local_chain
@@ -541,6 +554,8 @@ def _write_port(
     uses_ext_chain = has_any and port.externally_accessible
     uses_fw_chain = has_any and bool(port.lb_ips) and bool(port.source_ranges)
     lb_chain = fw_chain if uses_fw_chain else ext_chain
+    uses_cluster_chain = bool(cluster) and port.uses_cluster_endpoints
+    uses_local_chain = bool(local) and port.uses_local_endpoints
     if has_any:
         target, why = "DROP", _comment(f"{name} has no local endpoints")
     else:
@@ -580,6 +595,16 @@ def _write_port(
         hc = f"-m tcp -p tcp --dport {port.health_check_node_port}"
         out.filter("-A KUBE-NODEPORTS", _comment(f"{name} health check node port"), hc, "-j ACCEPT")
 
+    if not whole:
+        own = [
+            (ext_chain, uses_ext_chain),
+            (fw_chain, uses_fw_chain),
+            (cluster_chain, uses_cluster_chain),
+            (local_chain, uses_local_chain),
+        ]
+        out.active.update(chain for chain, used in own if used)
+        out.active.update(endpoint_chain(name, proto, str(ep)) for ep in reachable)
+        return reachable
     if has_internal and from_pods:
         # Off-cluster sources reaching the VIP (a route to the service range through a node)
         # are masqueraded: the endpoint may answer through another node.
@@ -620,10 +645,10 @@ def _write_port(
                 out.nat(head, "-s", ip, "-j", ext_chain)
         other = _comment(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL")
         out.nat("-A", fw_chain, other)
-    if cluster and port.uses_cluster_endpoints:
+    if uses_cluster_chain:
         out.chain(cluster_chain)
         _write_choice(out, port, cluster_chain, cluster, large)
-    if local and port.uses_local_endpoints:
+    if uses_local_chain:
         out.chain(local_chain)
         _write_choice(out, port, local_chain, local, large)
     for endpoint in reachable:
