@@ -107,6 +107,11 @@ class NodeNetworking(MultiService):
         self.settings = settings
         self.joined = joined
         self.server_url = server_url
+        if settings.kube_proxy:
+            from k3stw.network.proxy import KubeProxy
+
+            client = network_client(reactor, joined, server_url, joined.kube_proxy)
+            KubeProxy(reactor, settings, client).setServiceParent(self)
         if settings.network_policy:
             from k3stw.network.iptables import IPTables
             from k3stw.network.policy import NetworkPolicyController

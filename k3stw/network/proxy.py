@@ -1,0 +1,268 @@
+"""
+kube-proxy, iptables mode, as every k3s node runs it: informers on Services
+and EndpointSlices (as ``system:kube-proxy``), and a sync that writes
+L{k3stw.network.proxyrules}' rules in one ``iptables-restore`` transaction.
+
+Syncs follow changes, at most one a second (kube's minSyncPeriod), and come
+every 30 s regardless (its syncPeriod).  As kube-proxy's, they are partial:
+the top-level chains are written whole, but only the changed Services' own
+chains (``KUBE-SVC-``, ``KUBE-SEP-``...), the others staying as they are, and
+the chains the previous sync made and this one does not are deleted.  A full
+sync (the first, one after a failure, and one an hour) writes every chain,
+reads the nat table for service chains left from before, and ensures the
+jumps from the built-in chains one rule at a time.  Chains of others are
+never flushed.  The rules stay in
+place when the service stops, as kube-proxy leaves them.
+
+At start it sets the sysctls a node needs: ``net.ipv4.ip_forward``,
+``net.ipv4.conf.all.route_localnet`` (NodePorts on 127.0.0.1) and, where
+br_netfilter is loaded, ``net.bridge.bridge-nf-call-iptables``.  UDP flows to
+removed endpoints are dropped with ``conntrack`` when it is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+
+from k3stw.kubeclient import KubeAPI
+from k3stw.logs import Logger
+from k3stw.machinery.informer import Informer, Retention, each_change
+from k3stw.machinery.objects import Object
+from k3stw.machinery.processes import CommandFailed, run_command
+from k3stw.machinery.source import HTTPSource
+from k3stw.network.iptables import IPTables
+from k3stw.network.node import NetworkSettings
+from k3stw.network.proxyrules import (
+    JUMPS,
+    LOCALNET_JUMPS,
+    NodeFacts,
+    Ruleset,
+    UDPFlows,
+    render,
+    stale_udp_flows,
+)
+
+__all__ = ["KubeProxy"]
+
+SERVICES_PATH = "/api/v1/services"
+SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
+#: kube-proxy's selector for both: not another proxy's Services, not headless Services' slices.
+SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+#: kube-proxy's minSyncPeriod, syncPeriod and full-resync period, in seconds.
+MIN_SYNC_PERIOD = 1.0
+SYNC_PERIOD = 30.0
+FULL_SYNC_PERIOD = 3600.0
+
+
+#: Where an EndpointSlice names its Service.
+SLICE_OF = "kubernetes.io/service-name"
+
+
+def _service_of(obj: Object, label: str | None = None) -> tuple[str, str]:
+    """The (namespace, name) of a Service, or of the Service an EndpointSlice's C{label} names."""
+    meta = obj.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(label, "") if label else meta.get("name", "")
+    return (meta.get("namespace") or "default", str(name))
+
+
+def _trim(obj: Object) -> Object:
+    """What the rules read of a Service or EndpointSlice: no managed fields or annotations."""
+    meta = {
+        key: value
+        for key, value in (obj.get("metadata") or {}).items()
+        if key not in ("managedFields", "annotations", "ownerReferences")
+    }
+    return {**obj, "metadata": meta}
+
+
+class KubeProxy(Service):
+    """
+    The node's kube-proxy (see the module docstring).
+
+    :param client: the API as ``system:kube-proxy``.
+    :param iptables: the IPv4 iptables to write.
+    :param sysctls: where the sysctls are (``/proc/sys``).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: NetworkSettings,
+        client: KubeAPI,
+        iptables: IPTables | None = None,
+        sysctls: Path = Path("/proc/sys"),
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.iptables = iptables or IPTables(reactor)
+        self.sysctls = sysctls
+        params = {"labelSelector": SELECTOR}
+        keep = Retention(trim=_trim)
+        self.services = Informer(HTTPSource(client, SERVICES_PATH, params), reactor, retention=keep)
+        self.slices = Informer(HTTPSource(client, SLICES_PATH, params), reactor, retention=keep)
+        self.services.add_handler(each_change(lambda svc: self.changed(_service_of(svc))))
+        self.slices.add_handler(each_change(lambda item: self.changed(_service_of(item, SLICE_OF))))
+        self.node = NodeFacts(name=settings.node_name)
+        self.conntrack = shutil.which("conntrack")
+        #: What the last successful sync wrote (None before one).
+        self.applied: Ruleset | None = None
+        self._timer: IDelayedCall | None = None
+        self._syncing: Deferred[None] | None = None
+        self._again = False
+        #: The Services whose chains the next partial sync writes.
+        self._dirty: set[tuple[str, str]] = set()
+        self._last_sync = float("-inf")
+        self._last_full = float("-inf")
+        self._full_due = True
+        self._periodic = LoopingCall(self.changed)
+        self._periodic.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.node = self._prepare_node()
+        if self.conntrack is None:
+            self._log.warn("conntrack not found: stale UDP flows will not be cleared")
+        self.services.startService()
+        self.slices.startService()
+        synced = gatherResults([self.services.when_synced(), self.slices.when_synced()])
+        synced.addCallback(lambda _: self.changed())
+        self._periodic.start(SYNC_PERIOD, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.services.stopService()
+        self.slices.stopService()
+        if self._periodic.running:
+            self._periodic.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        # A restore under way ends first; the rules stay, as kube-proxy leaves them.
+        return self._syncing or succeed(None)
+
+    def _sysctl(self, name: str, value: str = "1") -> bool:
+        """Set C{name} (dotted) to C{value}; whether it holds it."""
+        path = self.sysctls / name.replace(".", "/")
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value)
+        except OSError as e:
+            self._log.warn("can't set sysctl {name}: {error}", name=name, error=e)
+            return False
+        return True
+
+    def _prepare_node(self) -> NodeFacts:
+        """The sysctls kube-proxy sets at start, and the node's facts for the rules."""
+        self._sysctl("net.ipv4.ip_forward")
+        # br_netfilter loaded: bridged pod traffic (a pod reaching a Service) must see iptables.
+        if (self.sysctls / "net/bridge").is_dir():
+            self._sysctl("net.bridge.bridge-nf-call-iptables")
+        localnet = self._sysctl("net.ipv4.conf.all.route_localnet")
+        liberal = self.sysctls / "net/netfilter/nf_conntrack_tcp_be_liberal"
+        try:
+            be_liberal = liberal.read_text().strip() not in ("", "0")
+        except OSError:
+            be_liberal = False
+        return NodeFacts(
+            name=self.settings.node_name,
+            node_ips=self.settings.node_ips,
+            cluster_cidrs=self.settings.cluster_cidrs,
+            localhost_node_ports=localnet,
+            tcp_be_liberal=be_liberal,
+        )
+
+    def changed(self, service: tuple[str, str] | None = None) -> None:
+        """
+        Ask for a sync (that writes C{service}'s chains, if given): at once
+        if the last began a second ago or more, else when it has; one more
+        after a sync under way.  Nothing is written before both informers
+        have listed.
+        """
+        if service is not None:
+            self._dirty.add(service)
+        if not (self.running and self.services.synced and self.slices.synced):
+            return
+        if self._syncing is not None:
+            self._again = True
+            return
+        if self._timer is not None and self._timer.active():
+            return
+        wait = max(0.0, self._last_sync + MIN_SYNC_PERIOD - self.reactor.seconds())
+        self._timer = self.reactor.callLater(wait, self._start_sync)
+
+    def _start_sync(self) -> None:
+        self._timer = None
+        self._again = False
+        self._last_sync = self.reactor.seconds()
+        self._syncing = Deferred.fromCoroutine(self.sync())
+
+        def done(_: object) -> None:
+            self._syncing = None
+            if self._again:
+                self.changed()
+
+        self._syncing.addBoth(done)
+
+    async def sync(self) -> None:
+        """Write the rules of every Service now; a failure makes the next sync a full one."""
+        started = self.reactor.seconds()
+        full = self._full_due or started - self._last_full >= FULL_SYNC_PERIOD
+        changed = self._dirty
+        self._dirty = set()
+        try:
+            services, slices = self.services.cache.list(), self.slices.cache.list()
+            if full or self.applied is None:
+                existing = await self.iptables.chains("nat")
+                ruleset = render(services, slices, self.node, existing)
+            else:
+                existing = sorted(self.applied.nat_chains)
+                ruleset = render(services, slices, self.node, existing, changed)
+                if ruleset.large != self.applied.large:
+                    # Every chain's comments change with the mode.
+                    ruleset = render(services, slices, self.node, existing)
+            await self.iptables.restore(ruleset.text)
+            if full:
+                await self._ensure_jumps()
+        except Exception:
+            self._full_due = True
+            self._log.failure("Failed to sync iptables rules; a full sync follows")
+            return
+        before, self.applied = self.applied, ruleset
+        if full:
+            self._full_due, self._last_full = False, started
+        # Full syncs (at start, after a failure, hourly) are worth a line; the others are not.
+        (self._log.info if full else self._log.debug)(
+            "Synced iptables rules: {count} service chains in {took:.3f} s (full sync: {full})",
+            count=len(ruleset.nat_chains),
+            took=self.reactor.seconds() - started,
+            full=full,
+        )
+        await self._clear_udp_flows(before.udp if before else {}, ruleset.udp)
+
+    async def _ensure_jumps(self) -> None:
+        jumps = JUMPS + (LOCALNET_JUMPS if self.node.localhost_node_ports else ())
+        for table, chain, rule in jumps:
+            await self.iptables.ensure_rule(table, chain, rule, first=True)
+
+    async def _clear_udp_flows(
+        self, before: Mapping[str, UDPFlows], after: Mapping[str, UDPFlows]
+    ) -> None:
+        if self.conntrack is None:
+            return
+        for args in stale_udp_flows(before, after):
+            try:
+                argv = (*self.iptables.prefix, self.conntrack, *args)
+                await run_command(self.reactor, argv, timeout=10.0)
+            except CommandFailed as e:
+                # conntrack exits 1 when no flow matched: nothing to clear.
+                self._log.debug("conntrack {args}: {error}", args=" ".join(args), error=e)
