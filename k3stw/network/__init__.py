@@ -1,0 +1,1 @@
+"""The node's cluster networking: flannel, kube-proxy, cluster DNS, network policy."""
