@@ -15,7 +15,9 @@ from twisted.internet.testing import StringTransport
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.network.dns import ClusterDNS, ClusterDNSFactory, DNSSettings, _DatagramProtocol
+from k3stw.kubelet.pods.spec import DNSSettings as PodDNSSettings
+from k3stw.kubelet.pods.spec import dns_config
+from k3stw.network.dns import ClusterDNS, ClusterDNSFactory, ClusterDNSSettings, _DatagramProtocol
 from k3stw.network.resolvconf import FALLBACK_NAMESERVERS, ResolvConf, parse, pick
 from tests.support.fakes import FakeKubeClient
 from tests.test_network_dnsrecords import cluster, endpoint_slice
@@ -154,7 +156,7 @@ class InformerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.client = FakeKubeClient(self.clock)
-        settings = DNSSettings(listen=(), cluster_dns=("10.43.0.10",))
+        settings = ClusterDNSSettings(listen=(), cluster_dns=("10.43.0.10",))
         self.dns = ClusterDNS(self.clock, self.client, self.client, settings)
 
     def wait(self, coroutine: Any) -> Any:
@@ -235,3 +237,58 @@ class ResolvConfTests(SynchronousTestCase):
     def test_override_unchecked(self) -> None:
         files = {"/custom": "nameserver 127.0.0.1\n"}
         self.assertEqual(pick("/custom", read=files.get).nameservers, ("127.0.0.1",))
+
+
+HOST = ResolvConf(("192.168.1.1", "192.168.1.2"), ("corp.example", "cluster.local"), ("ndots:2",))
+
+
+def resolver(**spec: Any) -> tuple[list[str], list[str], list[str]]:
+    pod = {"metadata": {"name": "p", "namespace": "apps"}, "spec": spec}
+    config = dns_config(pod, PodDNSSettings(("10.43.0.10",), "cluster.local", HOST))
+    return list(config.servers), list(config.searches), list(config.options)
+
+
+class PodResolverTests(SynchronousTestCase):
+    """The pod resolv.conf the kubelet forms, by dnsPolicy."""
+
+    def test_cluster_first_appends_host_search_domains(self) -> None:
+        """Cluster search path, then the node's own domains (duplicates once), ndots:5 alone."""
+        self.assertEqual(
+            resolver(),
+            (
+                ["10.43.0.10"],
+                ["apps.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"],
+                ["ndots:5"],
+            ),
+        )
+
+    def test_default_copies_the_node_file(self) -> None:
+        self.assertEqual(
+            resolver(dnsPolicy="Default"),
+            (["192.168.1.1", "192.168.1.2"], ["corp.example", "cluster.local"], ["ndots:2"]),
+        )
+        self.assertEqual(resolver(hostNetwork=True), resolver(dnsPolicy="Default"))
+
+    def test_none_and_dns_config_merge(self) -> None:
+        """None takes only dnsConfig; options merge by name, the pod's value winning."""
+        self.assertEqual(
+            resolver(
+                dnsPolicy="None",
+                dnsConfig={"nameservers": ["1.1.1.1"], "options": [{"name": "edns0"}]},
+            ),
+            (["1.1.1.1"], [], ["edns0"]),
+        )
+        self.assertEqual(
+            resolver(dnsConfig={"options": [{"name": "ndots", "value": "2"}]})[2], ["ndots:2"]
+        )
+
+    def test_limits(self) -> None:
+        """At most three nameservers; the search list cut from the end to 32 domains."""
+        servers, searches, _ = resolver(
+            dnsConfig={
+                "nameservers": ["1.1.1.1", "8.8.8.8", "9.9.9.9"],
+                "searches": [f"d{i}.example" for i in range(40)],
+            }
+        )
+        self.assertEqual(servers, ["10.43.0.10", "1.1.1.1", "8.8.8.8"])
+        self.assertEqual((len(searches), searches[-1]), (32, "d27.example"))

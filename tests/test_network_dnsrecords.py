@@ -10,8 +10,9 @@ from typing import Any
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 
+from k3stw.machinery.nodes import node_host_entries
 from k3stw.machinery.objects import Object
-from k3stw.network.dnsrecords import ClusterState, Reply, answer, node_host_entries
+from k3stw.network.dnsrecords import ClusterState, Reply, answer
 
 
 def service(name: str, namespace: str = "default", **spec: Any) -> Object:

@@ -27,16 +27,14 @@ endpoints, ``loadbalance`` shuffling, ``coredns-custom`` overrides, DNSSEC.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, UDPServer
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.names import cache, client, dns, server
 from twisted.python.failure import Failure
 
@@ -103,7 +101,7 @@ def _trim_namespace(obj: Object) -> Object:
 
 
 @dataclass(frozen=True)
-class DNSSettings:
+class ClusterDNSSettings:
     """
     What the node's cluster DNS serves, and where.
 
@@ -124,7 +122,7 @@ class DNSSettings:
         cluster_dns: Sequence[str],
         domain: str,
         resolv: ResolvConf,
-    ) -> DNSSettings:
+    ) -> ClusterDNSSettings:
         return cls(
             tuple(node_ips),
             tuple(cluster_dns),
@@ -308,6 +306,34 @@ class _DatagramProtocol(dns.DNSDatagramProtocol):
             self.request = None
 
 
+class _Listener(Service):
+    """
+    One UDP or TCP port, opened when started: a port taken (a resolver of the
+    host's own on port 53) is logged and leaves the node running without it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, listen: Callable[[], IListeningPort], where: str) -> None:
+        self._open = listen
+        self.where = where
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self.port = self._open()
+        except CannotListenError as e:
+            self._log.error(
+                "cluster DNS cannot listen on {where}: {error}", where=self.where, error=e
+            )
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return None if port is None else port.stopListening()
+
+
 class ClusterDNS(MultiService):
     """
     The node's cluster DNS: its informers, the cluster state they fill, the
@@ -324,7 +350,7 @@ class ClusterDNS(MultiService):
         clock: Any,
         proxy_client: KubeAPI,
         controller_client: KubeAPI,
-        settings: DNSSettings,
+        settings: ClusterDNSSettings,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -377,16 +403,15 @@ class ClusterDNS(MultiService):
         return informer
 
     def _listen(self, address: str) -> None:
-        port = self.settings.port
-        protocol = _DatagramProtocol(self.factory, self.clock)
-        udp = UDPServer(port, protocol, interface=address, reactor=self.clock)
-        udp.setServiceParent(self)
-        endpoint: Any
-        if ipaddress.ip_address(address).version == 6:
-            endpoint = TCP6ServerEndpoint(self.clock, port, interface=address)
-        else:
-            endpoint = TCP4ServerEndpoint(self.clock, port, interface=address)
-        StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
+        port, reactor = self.settings.port, self.clock
+        protocol = _DatagramProtocol(self.factory, reactor)
+        _Listener(
+            lambda: reactor.listenUDP(port, protocol, interface=address), f"{address}:{port}/udp"
+        ).setServiceParent(self)
+        _Listener(
+            lambda: reactor.listenTCP(port, self.factory, interface=address),
+            f"{address}:{port}/tcp",
+        ).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()

@@ -22,13 +22,14 @@ answer.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.names import dns
 
-from k3stw.machinery.objects import Object, get_path, metadata
+from k3stw.machinery.nodes import node_host_entries
+from k3stw.machinery.objects import Object, metadata
 
 #: The kubernetes plugin's default ``ttl`` (k3s's Corefile does not set it).
 TTL = 5
@@ -73,29 +74,6 @@ class _Backend:
 
 class _NameError(Exception):
     """The name does not exist (NXDOMAIN)."""
-
-
-def node_host_entries(node: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
-    """
-    The NodeHosts lines k3s writes for a Node: its first IPv4 and first IPv6
-    InternalIP, each followed by the node's name and its Hostname address
-    when that differs.
-    """
-    name = str(metadata(node).get("name", ""))
-    addresses = get_path(node, "status", "addresses") or ()
-    names = [name]
-    ips: dict[int, str] = {}
-    for address in addresses:
-        kind, value = address.get("type"), str(address.get("address", ""))
-        if kind == "Hostname" and value and value not in names:
-            names.append(value)
-        elif kind == "InternalIP":
-            try:
-                version = ipaddress.ip_address(value).version
-            except ValueError:
-                continue
-            ips.setdefault(version, value)
-    return [(ip, list(names)) for _, ip in sorted(ips.items())]
 
 
 class ClusterState:
