@@ -145,8 +145,8 @@ class ClusterDNSFactory(server.DNSServerFactory):
         self, state: ClusterState, clock: IReactorTime, upstream: Sequence[tuple[str, int]]
     ) -> None:
         clients = [client.Resolver(servers=list(upstream), reactor=clock)] if upstream else []
-        forwarded = cache.CacheResolver(reactor=clock)
-        super().__init__(caches=[forwarded], clients=clients)
+        self.forwarded = cache.CacheResolver(reactor=clock)
+        super().__init__(caches=[self.forwarded], clients=clients)
         self.state = state
         self.clock = clock
         #: Encoded cluster answers by the question's bytes (all but the ID).
@@ -155,6 +155,17 @@ class ClusterDNSFactory(server.DNSServerFactory):
     def changed(self) -> None:
         """The cluster state changed: answers kept so far may be wrong."""
         self.packets.clear()
+
+    def forget(self) -> None:
+        """Drop every kept answer and the cache's expiry timers (the server stops)."""
+        self.packets.clear()
+        for expiry in self.forwarded.cancel.values():
+            if expiry.active():
+                expiry.cancel()
+        self.forwarded.cancel.clear()
+        self.forwarded.cache.clear()
+        for connection in list(self.connections):
+            connection.transport.loseConnection()
 
     def allowQuery(self, message: dns.Message, protocol: Any, address: Any) -> bool:
         # Anyone may ask; a message without exactly one question is a format error below.
@@ -417,6 +428,11 @@ class ClusterDNS(MultiService):
         super().startService()
         synced = gatherResults([i.when_synced() for i in self.informers])
         synced.addCallback(self._synced)
+
+    def stopService(self) -> Deferred[None] | None:
+        stopped: Deferred[None] | None = super().stopService()
+        self.factory.forget()
+        return stopped
 
     def _synced(self, _: object) -> None:
         self.state.synced = True
