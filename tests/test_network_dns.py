@@ -17,7 +17,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.kubelet.pods.spec import DNSSettings as PodDNSSettings
 from k3stw.kubelet.pods.spec import dns_config
-from k3stw.network.dns import ClusterDNS, ClusterDNSFactory, ClusterDNSSettings, _DatagramProtocol
+from k3stw.network.dns import (
+    ClusterDNS,
+    ClusterDNSDatagramProtocol,
+    ClusterDNSFactory,
+    ClusterDNSSettings,
+)
 from k3stw.network.resolvconf import FALLBACK_NAMESERVERS, ResolvConf, parse, pick
 from tests.support.fakes import FakeKubeClient
 from tests.test_network_dnsrecords import cluster, endpoint_slice
@@ -50,7 +55,7 @@ class UDPServer:
         self.clock = Clock()
         self.state = state or cluster()
         self.factory = ClusterDNSFactory(self.state, self.clock, upstream or [])
-        self.protocol = _DatagramProtocol(self.factory, self.clock)
+        self.protocol = ClusterDNSDatagramProtocol(self.factory, self.clock)
         self.transport = DatagramTransport()
         self.protocol.makeConnection(self.transport)  # type: ignore[arg-type]
 
@@ -165,7 +170,7 @@ class InformerTests(SynchronousTestCase):
     def ask(self, name: str, qtype: int = dns.A) -> dns.Message:
         server = UDPServer(self.dns.state)
         server.factory = self.dns.factory
-        server.protocol = _DatagramProtocol(self.dns.factory, self.clock)
+        server.protocol = ClusterDNSDatagramProtocol(self.dns.factory, self.clock)
         server.protocol.makeConnection(server.transport)  # type: ignore[arg-type]
         reply, _ = server.ask(question(name, qtype))
         return reply

@@ -28,7 +28,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
-from k3stw.network.dns import ClusterDNS, ClusterDNSFactory, ClusterDNSSettings, _DatagramProtocol
+from k3stw.network.dns import (
+    ClusterDNS,
+    ClusterDNSDatagramProtocol,
+    ClusterDNSFactory,
+    ClusterDNSSettings,
+)
 from k3stw.network.dnsrecords import ClusterState
 from k3stw.pki.certs import KeyPair, Usage, load_pem_certificates, load_pem_key, new_leaf
 from k3stw.pki.tls import PinnedCAPolicy
@@ -147,7 +152,7 @@ class ClusterDNSProcessTests(TestCase):
         upstream_factory = ClusterDNSFactory(upstream_state, reactor, [])
         upstream_port = free_port(UPSTREAM)
         udp = reactor.listenUDP(  # type: ignore[attr-defined]
-            upstream_port, _DatagramProtocol(upstream_factory, reactor), interface=UPSTREAM
+            upstream_port, ClusterDNSDatagramProtocol(upstream_factory, reactor), interface=UPSTREAM
         )
         self.addCleanup(udp.stopListening)
         self.address, self.dns_port = _dns_address()

@@ -296,7 +296,7 @@ def _fit(message: dns.Message, limit: int) -> bytes:
     return message.toStr()
 
 
-class _DatagramProtocol(dns.DNSDatagramProtocol):
+class ClusterDNSDatagramProtocol(dns.DNSDatagramProtocol):
     """
     C{twisted.names}' UDP protocol, answering a question asked before
     (same bytes but the ID) from the packets the factory kept.
@@ -304,11 +304,27 @@ class _DatagramProtocol(dns.DNSDatagramProtocol):
 
     controller: ClusterDNSFactory
     request: bytes | None = None
+    _send: Callable[[bytes, Any], object] | None = None
+
+    def startProtocol(self) -> None:
+        super().startProtocol()
+        # The port's socket: a kept answer goes out without the port's per-write
+        # address checks (the address is the one the question came from).
+        handle = getattr(self.transport, "getHandle", None)
+        self._send = handle().sendto if handle is not None else None
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         kept = self.controller.packets.get(data[2:])
         if kept is not None:
-            self.transport.write(data[:2] + kept, addr)
+            if self._send is None:
+                self.transport.write(data[:2] + kept, addr)
+                return
+            # A full socket buffer drops the answer, as a full network would: the asker
+            # retries.  (try/except: this is the hot path, contextlib.suppress costs more.)
+            try:  # noqa: SIM105
+                self._send(data[:2] + kept, addr)
+            except OSError:
+                pass
             return
         self.request = data
         try:
@@ -415,7 +431,7 @@ class ClusterDNS(MultiService):
 
     def _listen(self, address: str) -> None:
         port, reactor = self.settings.port, self.clock
-        protocol = _DatagramProtocol(self.factory, reactor)
+        protocol = ClusterDNSDatagramProtocol(self.factory, reactor)
         _Listener(
             lambda: reactor.listenUDP(port, protocol, interface=address), f"{address}:{port}/udp"
         ).setServiceParent(self)
