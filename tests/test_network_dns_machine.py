@@ -4,7 +4,9 @@ containerd`` in a test machine whose node IP is its veth address; its node
 serves the cluster DNS on that address, port 53, and a busybox pod resolves
 ``kubernetes.default``, a Service of its own and an SRV record through it
 (over the pod network: the pod's packets reach the node through ``cni0``).
-The pod's resolv.conf is the kubelet's ClusterFirst one.
+The pod's resolv.conf is the kubelet's ClusterFirst one.  (busybox's
+nslookup asks for the name as given, without the search list: the names it
+asks are whole; ``ping`` shows the C library's resolver walking the list.)
 
 Through ``10.43.0.10`` itself the pod's questions need kube-proxy's DNAT of the
 ``kube-dns`` ClusterIP to the nodes listed in its endpoints: that part runs
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from tests.support.images import BUSYBOX_IMAGE, write_airgap_images
 from tests.support.machines import machines
-from tests.test_pods_machine import PodsInAMachine
+from tests.test_pods_machine import KUBECTL, PodsInAMachine
 
 NODE_IP = "10.199.1.1"
 CLIENT = {
@@ -96,6 +98,13 @@ class ClusterDNSInAMachineTests(PodsInAMachine):
 
         if importlib.util.find_spec("k3stw.network.proxy") is None:
             raise self.skipTest("10.43.0.10 needs kube-proxy's DNAT (k3stw.network.proxy)")
-        # The pod's own resolver: 10.43.0.10, the search list, ndots:5.
+        # Through 10.43.0.10, the pod's own nameserver.
         self.assertIn("Address: 10.43.0.1", self.nslookup("kubernetes.default.svc.cluster.local"))
-        self.assertIn("web.default.svc.cluster.local", self.nslookup("-type=srv", "_http._tcp.web"))
+        srv = self.nslookup("-type=srv", "_http._tcp.web.default.svc.cluster.local")
+        self.assertIn("web.default.svc.cluster.local", srv)
+        # The C library's resolver walks the search list (busybox nslookup does not):
+        # ping names the address it resolved, though a ClusterIP does not answer pings.
+        ping = self.machine.run(
+            f"{KUBECTL} exec dnsclient -- busybox ping -c1 -W1 kubernetes.default 2>&1 || true"
+        )
+        self.assertIn("PING kubernetes.default (10.43.0.1)", ping)

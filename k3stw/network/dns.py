@@ -50,6 +50,9 @@ from k3stw.network.resolvconf import ResolvConf
 DNS_PORT = 53
 #: The largest UDP answer to an asker without EDNS0 (RFC 1035).
 UDP_LIMIT = 512
+#: The forwarder's tries (seconds each): an upstream that does not answer is
+#: SERVFAIL within 5 s, as CoreDNS's ``forward`` gives up (twisted's default is a minute).
+FORWARD_TIMEOUT = (2, 3)
 #: How many cluster answers are kept as packets at most.
 PACKET_CACHE_SIZE = 10000
 
@@ -144,7 +147,11 @@ class ClusterDNSFactory(server.DNSServerFactory):
     def __init__(
         self, state: ClusterState, clock: IReactorTime, upstream: Sequence[tuple[str, int]]
     ) -> None:
-        clients = [client.Resolver(servers=list(upstream), reactor=clock)] if upstream else []
+        clients = (
+            [client.Resolver(servers=list(upstream), timeout=FORWARD_TIMEOUT, reactor=clock)]
+            if upstream
+            else []
+        )
         self.forwarded = cache.CacheResolver(reactor=clock)
         super().__init__(caches=[self.forwarded], clients=clients)
         self.state = state
