@@ -188,7 +188,13 @@ class ServerService(ApplianceService):
         if localpath.COMPONENT not in self.config.disable:
             await localpath.deploy(self.store, self.registry, str(self.config.local_storage_path))
         if coredns.COMPONENT not in self.config.disable:
-            await coredns.deploy(self.store, self.config.cluster_dns, self.config.cluster_domain)
+            try:
+                await coredns.deploy(
+                    self.store, self.config.cluster_dns, self.config.cluster_domain
+                )
+            except StatusError as e:
+                # As k3s's deploy controller: a manifest refused is logged, the server goes on.
+                self._log.error("Failed to apply the coredns manifest: {error}", error=e)
         self.control_plane.setServiceParent(self)
         self.readiness.mark_ready()
         # kube's rbac/bootstrap-roles hook: the API's /readyz waits for it, not the node join.
