@@ -72,10 +72,13 @@ class DefaultsTests(OptionsTestCase):
 
     def test_cluster_dns_follows_the_service_cidr(self) -> None:
         """Left at its default, --cluster-dns is the service CIDR's tenth address, as in k3s."""
-        options = parse(server.Options, ["--service-cidr", "10.45.0.0/27"])
-        self.assertEqual(server.server_config(options).cluster_dns, "10.45.0.10")
-        options = parse(server.Options, [])
-        self.assertEqual(server.server_config(options).cluster_dns, "10.43.0.10")
+        for argv, expected in (
+            (["--service-cidr", "10.45.0.0/27"], "10.45.0.10"),
+            ([], "10.43.0.10"),
+        ):
+            options = parse(server.Options, argv)
+            assert isinstance(options, server.Options)
+            self.assertEqual(server.server_config(options).cluster_dns, expected)
 
     def test_data_dir_and_kubeconfig_of_root(self) -> None:
         """Root gets /var/lib/rancher/k3s and /etc/rancher/k3s/k3s.yaml."""
