@@ -17,12 +17,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.names import client, dns, error
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -33,6 +34,7 @@ from k3stw.network.dns import (
     ClusterDNSDatagramProtocol,
     ClusterDNSFactory,
     ClusterDNSSettings,
+    QuietUDPReactor,
 )
 from k3stw.network.dnsrecords import ClusterState
 from k3stw.pki.certs import KeyPair, Usage, load_pem_certificates, load_pem_key, new_leaf
@@ -167,7 +169,9 @@ class ClusterDNSProcessTests(TestCase):
         )
         self.dns.startService()
         self.addCleanup(self.dns.stopService)
-        self.resolver = client.Resolver(servers=[(self.address, self.dns_port)], reactor=reactor)
+        # Quiet as the server's forwarder is, so that what it logs is the server's.
+        quiet = QuietUDPReactor(reactor)
+        self.resolver = client.Resolver(servers=[(self.address, self.dns_port)], reactor=quiet)
         self.addCleanup(self._closed)
         return Deferred.fromCoroutine(self._synced())
 
@@ -221,8 +225,19 @@ class ClusterDNSProcessTests(TestCase):
     def test_forwarded_and_external_name(self) -> Deferred[None]:
         """Other names go upstream; an ExternalName's CNAME brings the target's address."""
 
+        logged: list[str] = []
+
+        def observe(event: Any) -> None:
+            logged.append(formatEvent(event))
+
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
         async def check() -> None:
             self.assertEqual(await self.addresses("www.example.test"), ["192.0.2.10"])
+            # The forwarder's port for each question comes and goes without a word.
+            self.assertEqual([line for line in logged if "object at 0x" in line], [])
             answers, _, _ = await self.resolver.lookupAddress("ext.dnstest.svc.cluster.local")
             self.assertEqual(
                 [(r.type, str(r.name)) for r in answers],

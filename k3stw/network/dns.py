@@ -134,6 +134,28 @@ class ClusterDNSSettings:
         )
 
 
+class QuietUDPReactor:
+    """
+    The reactor as the forwarder sees it: the UDP port it opens for each
+    question (a random source port) logs no "Starting protocol <... at 0x...>".
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> IListeningPort:
+        protocol.noisy = False
+        listening: IListeningPort = self._reactor.listenUDP(
+            port, protocol, interface, maxPacketSize
+        )
+        return listening
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
 class ClusterDNSFactory(server.DNSServerFactory):
     """
     C{twisted.names}' server with the cluster answered first: questions the
@@ -143,12 +165,14 @@ class ClusterDNSFactory(server.DNSServerFactory):
     """
 
     _log = Logger()
+    noisy = False
 
     def __init__(
         self, state: ClusterState, clock: IReactorTime, upstream: Sequence[tuple[str, int]]
     ) -> None:
+        quiet = QuietUDPReactor(clock)
         clients = (
-            [client.Resolver(servers=list(upstream), timeout=FORWARD_TIMEOUT, reactor=clock)]
+            [client.Resolver(servers=list(upstream), timeout=FORWARD_TIMEOUT, reactor=quiet)]
             if upstream
             else []
         )
@@ -310,6 +334,7 @@ class ClusterDNSDatagramProtocol(dns.DNSDatagramProtocol):
     """
 
     controller: ClusterDNSFactory
+    noisy = False
     request: bytes | None = None
     _send: Callable[[bytes, Any], object] | None = None
 
