@@ -70,6 +70,16 @@ class DefaultsTests(OptionsTestCase):
         self.assertIs(options["disable-agent"], False)
         self.assertEqual(options.sources["https-listen-port"], "default")
 
+    def test_cluster_dns_follows_the_service_cidr(self) -> None:
+        """Left at its default, --cluster-dns is the service CIDR's tenth address, as in k3s."""
+        for argv, expected in (
+            (["--service-cidr", "10.45.0.0/27"], "10.45.0.10"),
+            ([], "10.43.0.10"),
+        ):
+            options = parse(server.Options, argv)
+            assert isinstance(options, server.Options)
+            self.assertEqual(server.server_config(options).cluster_dns, expected)
+
     def test_data_dir_and_kubeconfig_of_root(self) -> None:
         """Root gets /var/lib/rancher/k3s and /etc/rancher/k3s/k3s.yaml."""
         self.patch(os, "geteuid", lambda: 0)

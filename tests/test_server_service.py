@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.apiserver.kinds import configmaps, endpoints, namespaces, secrets
+from k3stw.apiserver.kinds import configmaps, endpoints, namespaces, secrets, services
 from k3stw.controllers.endpoints import LEASE_PREFIX
 from k3stw.datastore.memory import MemoryDatastore
 from k3stw.machinery.controller import Controller
@@ -132,6 +132,26 @@ class ServerServiceTests(SynchronousTestCase):
         labels = [controller.label for controller in _controllers(other.control_plane)]
         self.assertNotIn("servicelb controller", labels)
         self.assertIn("endpoint controller", labels)
+
+    def test_deploys_cluster_dns_unless_disabled(self) -> None:
+        """kube-dns at --cluster-dns, the coredns ConfigMap, its controller; none if disabled."""
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        store = self.server.store
+        service = self.done(store.get(services.RESOURCE, "kube-system", "kube-dns"))
+        self.assertEqual(service["spec"]["clusterIP"], "10.43.0.10")
+        self.done(store.get(configmaps.RESOURCE, "kube-system", "coredns"))
+        labels = [controller.label for controller in _controllers(self.server.control_plane)]
+        self.assertIn("cluster DNS controller", labels)
+        disabled = replace(server_config(Path(self.mktemp())), disable=frozenset({"coredns"}))
+        other = build_server(
+            disabled, prepare_server(disabled, NOW), self.reactor, MemoryDatastore(self.reactor)
+        )
+        other.startService()
+        self.addCleanup(other.stopService)
+        self.assertEqual(self.done(other.store.list(services.RESOURCE, "kube-system")).items, [])
+        labels = [controller.label for controller in _controllers(other.control_plane)]
+        self.assertNotIn("cluster DNS controller", labels)
 
     def test_stops_with_nothing_left_behind(self) -> None:
         self.server.startService()

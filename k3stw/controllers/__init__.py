@@ -6,7 +6,7 @@ L{k3stw.apiserver.informers}, writing through the object store.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
@@ -65,3 +65,38 @@ async def update_status_if_present(
             raise
         return False
     return True
+
+
+async def write_fields(
+    store: ObjectStore,
+    resource: ResourceType,
+    namespace: str | None,
+    current: Object | None,
+    wanted: Object,
+    fields: Sequence[str],
+) -> None:
+    """
+    Make the stored object hold C{wanted}'s C{fields} and labels: nothing if
+    C{current} (the cached one) already does, else replace them, or create
+    C{wanted} when there is none.
+    """
+    labels = wanted["metadata"].get("labels") or {}
+    if current is not None:
+        held = current["metadata"].get("labels") or {}
+        if all(current.get(f) == wanted.get(f) for f in fields) and all(
+            held.get(k) == v for k, v in labels.items()
+        ):
+            return
+
+    def replace(stored: Object) -> Object:
+        for f in fields:
+            stored[f] = wanted[f]
+        stored["metadata"].setdefault("labels", {}).update(labels)
+        return stored
+
+    try:
+        await store.guaranteed_update(resource, namespace, wanted["metadata"]["name"], replace)
+    except StatusError as e:
+        if e.code != 404:
+            raise
+        await create_if_absent(store, resource, namespace, wanted)

@@ -21,7 +21,7 @@ from k3stw.apiserver.kinds import endpoints, endpointslices, services
 from k3stw.apiserver.registry import ResourceType
 from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
-from k3stw.controllers import TRANSIENT
+from k3stw.controllers import TRANSIENT, write_fields
 from k3stw.datastore.interface import KeyExists, KeyNotFound
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import Informer, each_change
@@ -199,31 +199,4 @@ class APIServerEndpoints(Controller):
     async def _write(self, resource: ResourceType, cached: Informer, wanted: Object) -> None:
         """Create C{wanted}, or replace what differs in the stored one (if anything does)."""
         fields = [k for k in wanted if k != "metadata"]
-        current = cached.get(KEY)
-        if current is not None and _holds(current, wanted, fields):
-            return
-
-        def replace(current: Object) -> Object:
-            for field in fields:
-                current[field] = wanted[field]
-            current["metadata"].setdefault("labels", {}).update(wanted["metadata"]["labels"])
-            return current
-
-        try:
-            await self.store.guaranteed_update(resource, "default", SERVICE, replace)
-        except StatusError as e:
-            if e.code != 404:
-                raise
-            try:
-                await self.store.create(resource, "default", wanted)
-            except StatusError as again:
-                if again.code != 409:
-                    raise
-
-
-def _holds(current: Object, wanted: Object, fields: list[str]) -> bool:
-    """Whether C{current} already has C{wanted}'s fields and labels."""
-    labels = current["metadata"].get("labels") or {}
-    return all(current.get(field) == wanted[field] for field in fields) and all(
-        labels.get(k) == v for k, v in wanted["metadata"]["labels"].items()
-    )
+        await write_fields(self.store, resource, "default", cached.get(KEY), wanted, fields)

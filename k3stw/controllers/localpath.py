@@ -61,7 +61,7 @@ from k3stw.controllers.persistentvolumes import (
 )
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.informer import each_change
-from k3stw.machinery.nodes import NO_RUNTIME
+from k3stw.machinery.nodes import runs_pods
 from k3stw.machinery.objects import (
     Object,
     get_path,
@@ -420,8 +420,7 @@ class LocalPathProvisioner(StorageKinds, Controller):
     def _runs_pods(self, volume: Object) -> bool:
         """Whether the volume's node is there and runs pods (has a container runtime)."""
         node = self.nodes.get(str((metadata(volume).get("annotations") or {}).get(VOLUME_NODE)))
-        runtime = get_path(node, "status", "nodeInfo", "containerRuntimeVersion")
-        return node is not None and runtime not in (None, "", NO_RUNTIME)
+        return runs_pods(node)
 
     async def _delete(self, name: str) -> None:
         """

@@ -221,13 +221,14 @@ class KubeletService(MultiService):
         from k3stw.kubelet.pods.probes import NetworkProber
         from k3stw.kubelet.pods.spec import DNSSettings
         from k3stw.kubelet.pods.worker import PodFiles, PodSettings, PodWorkers
+        from k3stw.network.resolvconf import pick
 
         config = self.config
         registries = self.node_runtime.settings.registries if self.node_runtime else None
         settings = PodSettings(
             node_name=config.node_name,
             host_ips=config.node_ips,
-            dns=DNSSettings(config.cluster_dns, config.cluster_domain),
+            dns=DNSSettings(config.cluster_dns, config.cluster_domain, pick()),
             runtime_name=(self.runtime_version or "containerd").partition(":")[0],
             cgroup_root=config.cgroup_root,
             files=self.pod_files or PodFiles(),

@@ -6,10 +6,12 @@ what a node that runs no pods reports as its runtime.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from k3stw.machinery.objects import Object
+from k3stw.machinery.objects import Object, get_path, metadata
 
 LEASE_NAMESPACE = "kube-node-lease"
 #: The kubelet API's port, as upstream's ``--port`` default.
@@ -62,3 +64,32 @@ def without_taints(taints: Iterable[Object], unwanted: Iterable[Taint]) -> list[
 
 def has_taint(taints: Iterable[Object], taint: Taint) -> bool:
     return any(t.get("key") == taint.key and t.get("effect") == taint.effect for t in taints)
+
+
+def runs_pods(node: Mapping[str, Any] | None) -> bool:
+    """Whether the Node is there and runs pods (it reported a container runtime)."""
+    runtime = get_path(node, "status", "nodeInfo", "containerRuntimeVersion")
+    return node is not None and runtime not in (None, "", NO_RUNTIME)
+
+
+def node_host_entries(node: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """
+    The NodeHosts lines k3s writes for a Node: its first IPv4 and first IPv6
+    InternalIP, each followed by the node's name and its Hostname address
+    when that differs.
+    """
+    name = str(metadata(node).get("name", ""))
+    addresses = get_path(node, "status", "addresses") or ()
+    names = [name]
+    ips: dict[int, str] = {}
+    for address in addresses:
+        kind, value = address.get("type"), str(address.get("address", ""))
+        if kind == "Hostname" and value and value not in names:
+            names.append(value)
+        elif kind == "InternalIP":
+            try:
+                version = ipaddress.ip_address(value).version
+            except ValueError:
+                continue
+            ips.setdefault(version, value)
+    return [(ip, list(names)) for _, ip in sorted(ips.items())]

@@ -125,3 +125,16 @@ class NodeNetworking(MultiService):
             client = network_client(reactor, joined, server_url, joined.k3s_controller)
             policies = NetworkPolicyController(reactor, client, rules, IPTables(reactor))
             policies.setServiceParent(self)
+        if settings.cluster_dns_enabled:
+            # twisted.names loads only on nodes that serve the cluster DNS.
+            from k3stw.network.dns import ClusterDNS, ClusterDNSSettings
+            from k3stw.network.resolvconf import pick
+
+            ClusterDNS(
+                reactor,
+                network_client(reactor, joined, server_url, joined.kube_proxy),
+                network_client(reactor, joined, server_url, joined.k3s_controller),
+                ClusterDNSSettings.of(
+                    settings.node_ips, settings.cluster_dns, settings.cluster_domain, pick()
+                ),
+            ).setServiceParent(self)

@@ -35,7 +35,7 @@ from k3stw.apiserver.tokens.authenticator import ServiceAccountTokens
 from k3stw.apiserver.tokens.keys import ServiceAccountKeys
 from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
-from k3stw.controllers import localpath, servicelb
+from k3stw.controllers import coredns, localpath, servicelb
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
@@ -188,6 +188,14 @@ class ServerService(ApplianceService):
         await bootstrap(self.store, self.registry)
         if localpath.COMPONENT not in self.config.disable:
             await localpath.deploy(self.store, self.registry, str(self.config.local_storage_path))
+        if coredns.COMPONENT not in self.config.disable:
+            try:
+                await coredns.deploy(
+                    self.store, self.config.cluster_dns, self.config.cluster_domain
+                )
+            except StatusError as e:
+                # As k3s's deploy controller: a manifest refused is logged, the server goes on.
+                self._log.error("Failed to apply the coredns manifest: {error}", error=e)
         self.control_plane.setServiceParent(self)
         self.readiness.mark_ready()
         # kube's rbac/bootstrap-roles hook: the API's /readyz waits for it, not the node join.
@@ -450,6 +458,8 @@ def control_plane(
         localpath.LocalPathProvisioner(
             informers, store, registry, config.hostname
         ).setServiceParent(elected_controller_manager)
+    if coredns.COMPONENT not in config.disable:
+        coredns.ClusterDNSController(informers, store).setServiceParent(elected_controller_manager)
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)

@@ -224,6 +224,8 @@ TOKEN = Flag(
     "token", "Shared secret used to join a server or agent to a cluster", short="t", env="K3S_TOKEN"
 )
 TOKEN_FILE = Flag("token-file", "File containing the token", _path, env="K3S_TOKEN_FILE")
+#: ``--cluster-dns`` in k3s's default service CIDR (else that CIDR's tenth address).
+CLUSTER_DNS_DEFAULT = "10.43.0.10"
 NODE_NAME = Flag("node-name", "Node name", env="K3S_NODE_NAME")
 WITH_NODE_ID = switch("with-node-id", "Append id to node name")
 NODE_IP = repeatable("node-ip", "IPv4/IPv6 addresses to advertise for node", _ip_address, short="i")
@@ -400,7 +402,12 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         _port_range,
         default="30000-32767",
     ),
-    Flag("cluster-dns", "IPv4 Cluster IP for coredns service", _ip_address, default="10.43.0.10"),
+    Flag(
+        "cluster-dns",
+        "IPv4 Cluster IP for coredns service",
+        _ip_address,
+        default=CLUSTER_DNS_DEFAULT,
+    ),
     Flag("cluster-domain", "Cluster Domain", default="cluster.local"),
     switch(
         "unchecked-api",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -12,7 +13,13 @@ from k3stw.kubelet import hostinfo
 from k3stw.lifecycle import StartupError
 from k3stw.logs import set_debug
 from k3stw.server.config import ServerConfig
-from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
+from k3stw.tap.options import (
+    AGENT_FLAGS,
+    CLUSTER_DNS_DEFAULT,
+    SERVER_FLAGS,
+    ConfigurationError,
+    K3sOptions,
+)
 
 ROOT_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 USER_KUBECONFIG = "~/.kube/k3s.yaml"
@@ -66,7 +73,7 @@ def server_config(options: Options) -> ServerConfig:
         service_cidr=options["service-cidr"],
         cluster_domain=options["cluster-domain"],
         cluster_cidr=options["cluster-cidr"],
-        cluster_dns=options["cluster-dns"],
+        cluster_dns=_cluster_dns(options["cluster-dns"], options["service-cidr"]),
         service_node_port_range=options["service-node-port-range"],
         api_checks=not options["unchecked-api"],
         disable=frozenset(options["disable"]),
@@ -108,3 +115,14 @@ def makeService(options: Options) -> IService:
     server.readiness.when_ready().addCallback(lambda _: settle_memory())
     trimmer.setServiceParent(server)
     return server
+
+
+def _cluster_dns(given: str, service_cidr: str) -> str:
+    """
+    ``--cluster-dns``; left at its default, the tenth address of the service
+    CIDR, as k3s derives it (10.43.0.10 in the default range).
+    """
+    first = ipaddress.ip_network(service_cidr.split(",")[0].strip(), strict=False)
+    if given == CLUSTER_DNS_DEFAULT and ipaddress.ip_address(given) not in first:
+        return str(first.network_address + 10)
+    return given

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from k3stw.kubelet.cri import api_pb2 as api
 from k3stw.machinery.objects import Object, get_path, metadata
 from k3stw.machinery.quantity import QuantityError, parse_quantity
+from k3stw.network.resolvconf import ResolvConf
 
 POD_NAME = "io.kubernetes.pod.name"
 POD_NAMESPACE = "io.kubernetes.pod.namespace"
@@ -39,6 +40,10 @@ POD_LOGS = "/var/log/pods"
 QUOTA_PERIOD = 100_000
 _MIN_SHARES = 2
 _MIN_QUOTA = 1000
+#: The kubelet's limits on a pod's resolv.conf.
+MAX_NAMESERVERS = 3
+MAX_SEARCHES = 32
+MAX_SEARCH_CHARS = 2048
 _PROTOCOLS = {"TCP": api.TCP, "UDP": api.UDP, "SCTP": api.SCTP}
 _REFERENCE = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
@@ -53,6 +58,8 @@ class DNSSettings:
 
     servers: tuple[str, ...] = ("10.43.0.10",)
     domain: str = "cluster.local"
+    #: The node's resolv.conf (k3s's choice of it): Default pods' resolver, its search domains.
+    host: ResolvConf = field(default_factory=ResolvConf)
 
 
 class NodeSettings(Protocol):
@@ -121,34 +128,57 @@ def cgroup_parent(pod: Mapping[str, Any], root: str = "/") -> str:
 
 def dns_config(pod: Mapping[str, Any], settings: DNSSettings) -> api.DNSConfig:
     """
-    The pod's resolver: ClusterFirst (and ClusterFirstWithHostNet) use the
-    cluster DNS with kube's search path and ``ndots:5``; Default and a
-    hostNetwork ClusterFirst pod keep the node's (an empty config: the
-    runtime copies the host's); None only what ``spec.dnsConfig`` says.
+    The pod's resolver, as the kubelet forms it: ClusterFirst (and
+    ClusterFirstWithHostNet) use the cluster DNS, the cluster's search path
+    followed by the node's own search domains, and ``ndots:5`` alone;
+    Default (and a hostNetwork ClusterFirst pod, or any pod when the node has
+    no cluster DNS) the node's resolv.conf; None only ``spec.dnsConfig``,
+    which is then merged into any of them.  At most 3 nameservers and 32
+    search domains (2048 characters) are kept.
     """
     spec = pod.get("spec") or {}
     policy = spec.get("dnsPolicy") or "ClusterFirst"
-    if policy == "ClusterFirst" and spec.get("hostNetwork"):
-        policy = "Default"
+    cluster_first = policy in ("ClusterFirst", "ClusterFirstWithHostNet")
+    if (policy == "ClusterFirst" and spec.get("hostNetwork")) or (
+        cluster_first and not settings.servers
+    ):
+        policy, cluster_first = "Default", False
+    host = settings.host
     servers: list[str] = []
     searches: list[str] = []
     options: dict[str, str | None] = {}
-    if policy in ("ClusterFirst", "ClusterFirstWithHostNet") and settings.servers:
+    if cluster_first:
         namespace = metadata(pod).get("namespace", "")
         domain = settings.domain
         servers = list(settings.servers)
-        searches = [f"{namespace}.svc.{domain}", f"svc.{domain}", domain]
+        searches = [f"{namespace}.svc.{domain}", f"svc.{domain}", domain, *host.searches]
         options = {"ndots": "5"}
+    elif policy == "Default":
+        servers, searches = list(host.nameservers), list(host.searches)
+        options = dict(_option(option) for option in host.options)
     extra = spec.get("dnsConfig") or {}
-    servers += [s for s in extra.get("nameservers") or () if s not in servers]
-    searches += [s for s in extra.get("searches") or () if s not in searches]
+    servers = list(dict.fromkeys([*servers, *(extra.get("nameservers") or ())]))
+    searches = list(dict.fromkeys([*searches, *(extra.get("searches") or ())]))
     for option in extra.get("options") or ():
         options[option.get("name", "")] = option.get("value")
     return api.DNSConfig(
-        servers=servers,
-        searches=searches,
+        servers=servers[:MAX_NAMESERVERS],
+        searches=_search_limits(searches),
         options=[name if value is None else f"{name}:{value}" for name, value in options.items()],
     )
+
+
+def _option(option: str) -> tuple[str, str | None]:
+    name, colon, value = option.partition(":")
+    return name, value if colon else None
+
+
+def _search_limits(searches: list[str]) -> list[str]:
+    """The search list cut from the end to kube's limits (32 domains, 2048 characters)."""
+    kept = searches[:MAX_SEARCHES]
+    while kept and len(" ".join(kept)) > MAX_SEARCH_CHARS:
+        kept.pop()
+    return kept
 
 
 def _hostname(pod: Mapping[str, Any]) -> str:
