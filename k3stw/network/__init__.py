@@ -1,0 +1,1 @@
+"""The node's cluster networking: flannel, kube-proxy, DNS, ServiceLB, network policy."""

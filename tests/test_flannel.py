@@ -1,0 +1,361 @@
+"""
+flannel's pure parts, with no kernel: leases read from Nodes, the vxlan and
+host-gw entries for them (the ``ip``/``bridge -batch`` lines), what changes
+when nodes come, change and go, the node's own annotations, the masquerade
+and forward rules, subnet.env, the interface and the ``flannel.1`` check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from k3stw.network.flannel import (
+    Entry,
+    Lease,
+    Link,
+    annotation_patch,
+    changes,
+    find_link,
+    lease_of,
+    own_annotations,
+    read_subnet_mtu,
+    rules,
+    subnet_env,
+    trim_node,
+)
+from k3stw.network.hostgw import entries as hostgw_entries
+from k3stw.network.vxlan import Device, device_commands, previous_mac
+from k3stw.network.vxlan import entries as vxlan_entries
+
+MAC2 = "0a:00:00:00:00:02"
+
+
+def node(
+    name: str,
+    cidr: str | None = "10.42.2.0/24",
+    public_ip: str = "10.199.1.2",
+    backend: str = "vxlan",
+    data: Any = None,
+    managed: bool = True,
+    extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    annotations = {
+        "flannel.alpha.coreos.com/backend-type": backend,
+        "flannel.alpha.coreos.com/backend-data": json.dumps(
+            {"VNI": 1, "VtepMAC": MAC2} if data is None else data, separators=(",", ":")
+        ),
+        "flannel.alpha.coreos.com/public-ip": public_ip,
+        **(extra or {}),
+    }
+    if managed:
+        annotations["flannel.alpha.coreos.com/kube-subnet-manager"] = "true"
+    spec = {"podCIDR": cidr, "podCIDRs": [cidr]} if cidr else {}
+    return {"metadata": {"name": name, "annotations": annotations}, "spec": spec}
+
+
+class LeaseTests(SynchronousTestCase):
+    def test_a_managed_node_is_a_lease(self) -> None:
+        self.assertEqual(
+            lease_of(node("m1")),
+            Lease(
+                "m1",
+                ipaddress.IPv4Network("10.42.2.0/24"),
+                "10.199.1.2",
+                "vxlan",
+                {"VNI": 1, "VtepMAC": MAC2},
+            ),
+        )
+
+    def test_nodes_flannel_cannot_use_are_no_lease(self) -> None:
+        self.assertIsNone(lease_of(node("m1", managed=False)), "no kube-subnet-manager")
+        self.assertIsNone(lease_of(node("m1", cidr=None)), "no pod range yet")
+        self.assertIsNone(lease_of(node("m1", public_ip="")), "no public IP")
+        self.assertIsNone(lease_of(node("m1", public_ip="not-an-ip")))
+        broken = node("m1")
+        broken["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-data"] = "{"
+        self.assertIsNone(lease_of(broken))
+
+    def test_the_ipv4_range_of_a_dual_stack_node(self) -> None:
+        dual = node("m1")
+        dual["spec"] = {"podCIDRs": ["fd00:42:0:2::/64", "10.42.2.0/24"]}
+        lease = lease_of(dual)
+        assert lease is not None
+        self.assertEqual(lease.subnet, ipaddress.IPv4Network("10.42.2.0/24"))
+        self.assertEqual(str(lease.gateway), "10.42.2.0")
+
+    def test_the_informer_keeps_only_what_a_lease_is_made_of(self) -> None:
+        full = node("m1", extra={"k3s.io/hostname": "m1"})
+        full["metadata"]["managedFields"] = [{"manager": "kubelet"}]
+        full["status"] = {"capacity": {"cpu": "2"}}
+        trimmed = trim_node(full)
+        self.assertEqual(
+            set(trimmed["metadata"]["annotations"]),
+            {
+                "flannel.alpha.coreos.com/backend-type",
+                "flannel.alpha.coreos.com/backend-data",
+                "flannel.alpha.coreos.com/public-ip",
+                "flannel.alpha.coreos.com/kube-subnet-manager",
+            },
+        )
+        self.assertNotIn("status", trimmed)
+        self.assertNotIn("managedFields", trimmed["metadata"])
+        self.assertEqual(lease_of(trimmed), lease_of(full))
+
+
+class VXLANTests(SynchronousTestCase):
+    def test_neighbour_fdb_and_onlink_route_for_another_node(self) -> None:
+        lease = lease_of(node("m1"))
+        assert lease is not None
+        self.assertEqual(
+            vxlan_entries(lease),
+            (
+                Entry(
+                    "ip",
+                    f"neigh replace 10.42.2.0 lladdr {MAC2} dev flannel.1 nud permanent",
+                    "neigh del 10.42.2.0 dev flannel.1",
+                ),
+                Entry(
+                    "bridge",
+                    f"fdb replace {MAC2} dev flannel.1 dst 10.199.1.2 self permanent",
+                    f"fdb del {MAC2} dev flannel.1 dst 10.199.1.2 self",
+                ),
+                Entry(
+                    "ip",
+                    "route replace 10.42.2.0/24 via 10.42.2.0 dev flannel.1 onlink",
+                    "route del 10.42.2.0/24 via 10.42.2.0 dev flannel.1",
+                ),
+            ),
+        )
+
+    def test_no_vtep_mac_no_entries(self) -> None:
+        lease = lease_of(node("m1", data={"VNI": 1}))
+        assert lease is not None
+        self.assertEqual(vxlan_entries(lease), ())
+
+    def test_the_device_flannel_makes(self) -> None:
+        device = Device(Link("eth0", "10.199.1.1", 1500), ipaddress.IPv4Network("10.42.1.0/24"))
+        self.assertEqual(device.mtu, 1450)
+        self.assertEqual(
+            device_commands(device, "0a:11:22:33:44:55"),
+            [
+                "link add flannel.1 address 0a:11:22:33:44:55 type vxlan id 1 local 10.199.1.1"
+                " dev eth0 dstport 8472 nolearning",
+                "link set dev flannel.1 mtu 1450 up",
+                "addr add 10.42.1.0/32 dev flannel.1",
+            ],
+        )
+        self.assertNotIn("address", device_commands(device, None)[0])
+
+    def test_an_existing_device_is_kept_only_if_it_is_the_same(self) -> None:
+        device = Device(Link("eth0", "10.199.1.1", 1500), ipaddress.IPv4Network("10.42.1.0/24"))
+        found: dict[str, Any] = {
+            "ifname": "flannel.1",
+            "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
+            "mtu": 1450,
+            "address": "0a:11:22:33:44:55",
+            "linkinfo": {
+                "info_kind": "vxlan",
+                "info_data": {
+                    "id": 1,
+                    "local": "10.199.1.1",
+                    "link": "eth0",
+                    "port": 8472,
+                    "learning": False,
+                },
+            },
+            "addr_info": [
+                {"family": "inet", "local": "10.42.1.0", "prefixlen": 32},
+                {"family": "inet6", "local": "fe80::811:22ff:fe33:4455", "prefixlen": 64},
+            ],
+        }
+        self.assertTrue(device.matches(found))
+        for change in (
+            lambda d: d["linkinfo"]["info_data"].update(local="10.199.1.9"),
+            lambda d: d["linkinfo"]["info_data"].update(learning=True),
+            lambda d: d["linkinfo"]["info_data"].update(id=2),
+            lambda d: d.update(mtu=1500),
+            lambda d: d["addr_info"].__setitem__(
+                0, {"family": "inet", "local": "10.42.9.0", "prefixlen": 32}
+            ),
+            lambda d: d.update(flags=["BROADCAST"]),
+        ):
+            other = json.loads(json.dumps(found))
+            change(other)
+            self.assertFalse(device.matches(other), other)
+
+    def test_the_mac_of_before_is_kept(self) -> None:
+        self.assertEqual(
+            previous_mac({"VNI": 1, "VtepMAC": "0A:11:22:33:44:55"}), "0a:11:22:33:44:55"
+        )
+        self.assertIsNone(previous_mac(None))
+        self.assertIsNone(previous_mac({"VNI": 1}))
+
+
+class HostGWTests(SynchronousTestCase):
+    def test_a_plain_route_through_the_nodes_ip(self) -> None:
+        lease = lease_of(node("m1", backend="host-gw", data=None))
+        assert lease is not None
+        self.assertEqual(
+            hostgw_entries(lease, "eth0"),
+            (
+                Entry(
+                    "ip",
+                    "route replace 10.42.2.0/24 via 10.199.1.2 dev eth0",
+                    "route del 10.42.2.0/24 via 10.199.1.2 dev eth0",
+                ),
+            ),
+        )
+
+
+class ChangesTests(SynchronousTestCase):
+    def leases(self, *nodes: dict[str, Any]) -> list[Entry]:
+        found: list[Entry] = []
+        for each in nodes:
+            lease = lease_of(each)
+            assert lease is not None
+            found.extend(vxlan_entries(lease))
+        return found
+
+    def test_a_node_joining_adds_its_entries_only(self) -> None:
+        before = self.leases(node("m1"))
+        after = self.leases(
+            node("m1"),
+            node(
+                "m2",
+                cidr="10.42.3.0/24",
+                public_ip="10.199.2.2",
+                data={"VNI": 1, "VtepMAC": "0a:00:00:00:00:03"},
+            ),
+        )
+        removals, additions = changes(before, after)
+        self.assertEqual(removals, [])
+        self.assertEqual(additions, after[3:])
+
+    def test_a_node_leaving_takes_its_entries_route_first(self) -> None:
+        before = self.leases(node("m1"))
+        removals, additions = changes(before, [])
+        self.assertEqual(additions, [])
+        self.assertEqual(
+            [entry.remove for entry in removals],
+            [
+                "route del 10.42.2.0/24 via 10.42.2.0 dev flannel.1",
+                f"fdb del {MAC2} dev flannel.1 dst 10.199.1.2 self",
+                "neigh del 10.42.2.0 dev flannel.1",
+            ],
+        )
+
+    def test_a_new_vtep_mac_replaces_the_old_fdb_entry(self) -> None:
+        before = self.leases(node("m1"))
+        after = self.leases(node("m1", data={"VNI": 1, "VtepMAC": "0a:00:00:00:00:99"}))
+        removals, additions = changes(before, after)
+        self.assertEqual([e.tool for e in removals], ["bridge", "ip"])
+        self.assertIn("0a:00:00:00:00:02", removals[0].remove)
+        self.assertEqual([e.tool for e in additions], ["ip", "bridge"])
+        self.assertIn("0a:00:00:00:00:99", additions[1].apply)
+
+    def test_a_resync_applies_everything_again(self) -> None:
+        entries = self.leases(node("m1"))
+        self.assertEqual(changes(entries, entries), ([], []))
+        self.assertEqual(changes(entries, entries, everything=True), ([], entries))
+
+
+class LocalTests(SynchronousTestCase):
+    def test_own_annotations_and_the_patch_that_gives_them(self) -> None:
+        wanted = own_annotations("vxlan", {"VNI": 1, "VtepMAC": MAC2}, "10.199.1.2")
+        self.assertEqual(
+            wanted,
+            {
+                "flannel.alpha.coreos.com/backend-data": '{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}',
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": "10.199.1.2",
+            },
+        )
+        self.assertEqual(
+            own_annotations("host-gw", None, "10.199.1.2")["flannel.alpha.coreos.com/backend-data"],
+            "null",
+        )
+        self.assertIsNone(annotation_patch(node("m1"), wanted), "already there: no write")
+        moved = own_annotations("vxlan", {"VNI": 1, "VtepMAC": MAC2}, "10.199.1.9")
+        self.assertEqual(
+            annotation_patch(node("m1"), moved),
+            {"metadata": {"annotations": {"flannel.alpha.coreos.com/public-ip": "10.199.1.9"}}},
+        )
+        self.assertEqual(
+            annotation_patch({"metadata": {"name": "m1"}}, wanted),
+            {"metadata": {"annotations": wanted}},
+        )
+
+    def test_masquerade_and_forward_rules_as_flannel_writes_them(self) -> None:
+        masq = '-m comment --comment "flanneld masq"'
+        forward = '-m comment --comment "flanneld forward"'
+        cluster, pods = "10.42.0.0/16", "10.42.1.0/24"
+        self.assertEqual(
+            rules(cluster, pods).splitlines(),
+            [
+                "*nat",
+                ":FLANNEL-POSTRTG - [0:0]",
+                f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {masq} -j RETURN",
+                f"-A FLANNEL-POSTRTG -s {pods} -d {cluster} {masq} -j RETURN",
+                f"-A FLANNEL-POSTRTG -s {cluster} -d {pods} {masq} -j RETURN",
+                f"-A FLANNEL-POSTRTG ! -s {cluster} -d {pods} {masq} -j RETURN",
+                f"-A FLANNEL-POSTRTG -s {cluster} ! -d 224.0.0.0/4 {masq}"
+                " -j MASQUERADE --random-fully",
+                f"-A FLANNEL-POSTRTG ! -s {cluster} -d {cluster} {masq}"
+                " -j MASQUERADE --random-fully",
+                "COMMIT",
+                "*filter",
+                ":FLANNEL-FWD - [0:0]",
+                f"-A FLANNEL-FWD -s {cluster} {forward} -j ACCEPT",
+                f"-A FLANNEL-FWD -d {cluster} {forward} -j ACCEPT",
+                "COMMIT",
+            ],
+        )
+        self.assertNotIn(
+            "--random-fully", rules("10.42.0.0/16", "10.42.1.0/24", random_fully=False)
+        )
+
+    def test_subnet_env_and_the_mtu_read_back(self) -> None:
+        text = subnet_env("10.42.0.0/16", ipaddress.IPv4Network("10.42.1.0/24"), 1450)
+        self.assertEqual(
+            text,
+            "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.1.1/24\n"
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        path = Path(self.mktemp())
+        path.write_text(text)
+        self.assertEqual(read_subnet_mtu(path), 1450)
+        self.assertIsNone(read_subnet_mtu(path.with_name("missing")))
+
+    def test_the_interface_of_the_node_ip_or_the_one_named(self) -> None:
+        links = [
+            {"ifname": "lo", "mtu": 65536, "addr_info": [{"family": "inet", "local": "127.0.0.1"}]},
+            {
+                "ifname": "eth0",
+                "mtu": 9000,
+                "addr_info": [
+                    {"family": "inet", "local": "10.199.1.1"},
+                    {"family": "inet", "local": "10.199.9.1"},
+                ],
+            },
+            {
+                "ifname": "eth1",
+                "mtu": 1500,
+                "addr_info": [{"family": "inet", "local": "10.200.0.1"}],
+            },
+        ]
+        self.assertEqual(find_link(links, "10.199.9.1"), Link("eth0", "10.199.9.1", 9000))
+        self.assertEqual(find_link(links, "10.199.1.1", "eth1"), Link("eth1", "10.200.0.1", 1500))
+        with self.assertRaises(ValueError) as raised:
+            find_link(links, "10.1.1.1")
+        self.assertEqual(
+            str(raised.exception), "failed to find interface with specified node ip 10.1.1.1"
+        )
+        with self.assertRaises(ValueError) as raised:
+            find_link(links, "10.199.1.1", "eth7")
+        self.assertEqual(str(raised.exception), "error looking up interface eth7: Link not found")
