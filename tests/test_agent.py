@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
 from k3stw.agent.cacerts import CAHashMismatch, fetch_cluster_ca
-from k3stw.agent.join import VALIDATE_RETRY, Joined
+from k3stw.agent.join import COMPONENTS, VALIDATE_RETRY, Joined
 from k3stw.agent.service import AgentConfig, AgentService
 from k3stw.agent.tunnels import TunnelSet
 from k3stw.httpclient import HTTPStatusError, Response
@@ -138,18 +138,27 @@ class FakeSupervisor:
             return Response(200, "OK", Headers(), b'{"ClusterDomain": "cluster.local"}')
         if path in ("/v1-k3s/client-ca.crt", "/v1-k3s/server-ca.crt"):
             return Response(200, "OK", Headers(), self.bundle)
+        from k3stw.pki.certs import Usage
+        from k3stw.supervisor.nodes import sign_certificate
+
+        now = datetime.datetime.now(datetime.UTC)
+        component = COMPONENTS.get(path.removeprefix("/v1-k3s/").removesuffix(".crt"))
+        if component is not None:
+            answer = sign_certificate(
+                self.client_ca, self.client_ca.certificate_pem, body or b"", component,
+                Usage.CLIENT, now,
+            )  # fmt: skip
+            return Response(200, "OK", Headers(), answer)
         name = headers[b"k3s-node-name"].decode()
         password = headers[b"k3s-node-password"].decode()
         if self.passwords.setdefault(name, password) != password:
             return Response(403, "Forbidden", Headers(), b"")
-        from k3stw.pki.certs import Usage
         from k3stw.supervisor.nodes import NodeRequest, sign_node_certificate
 
         node = NodeRequest(name, password, (), False)
         usage, ca = (
             (Usage.SERVER, self.server_ca) if "serving" in path else (Usage.CLIENT, self.client_ca)
         )
-        now = datetime.datetime.now(datetime.UTC)
         answer = sign_node_certificate(ca, ca.certificate_pem, node, body or b"", usage, now)
         return Response(200, "OK", Headers(), answer)
 
@@ -182,9 +191,21 @@ class AgentServiceTests(SynchronousTestCase):
             "client-kubelet.crt",
             "client-kubelet.key",
             "kubelet.kubeconfig",
+            "client-kube-proxy.crt",
+            "client-kube-proxy.key",
+            "kubeproxy.kubeconfig",
+            "client-k3s-controller.crt",
+            "client-k3s-controller.key",
+            "k3scontroller.kubeconfig",
         ):
             self.assertTrue((agent / name).exists(), name)
         self.assertEqual(oct((agent / "client-kubelet.key").stat().st_mode & 0o777), "0o600")
+        # The network components read the API as k3s's users of those names.
+        self.assertEqual(
+            [pair.certificate.subject.rfc4514_string() for pair in
+             (service.joined.kube_proxy, service.joined.k3s_controller)],
+            ["CN=system:kube-proxy", "CN=system:k3s-controller"],
+        )  # fmt: skip
         password = (root / "node" / "password").read_text()
         self.assertRegex(password, r"^[0-9a-f]{32}\n$")
         self.assertEqual(oct((root / "node" / "password").stat().st_mode & 0o777), "0o600")

@@ -117,6 +117,7 @@ class CommandLineTests(OptionsTestCase):
             "containerd", "--container-runtime-endpoint", "/run/cri.sock", "--pause-image", "p:1",
             "--flannel-backend", "none", "--private-registry", "/tmp/r.yaml",
             "--disable", "local-storage,traefik", "--default-local-storage-path", "/srv/pv",
+            "--flannel-iface", "eth1", "--disable-kube-proxy", "--disable-network-policy",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -134,6 +135,8 @@ class CommandLineTests(OptionsTestCase):
         self.assertEqual(options["node-cidr-mask-size"], 25)
         self.assertEqual(options["service-node-port-range"], "31000-31999")
         self.assertIs(options["unchecked-api"], True)
+        self.assertEqual(options["flannel-iface"], "eth1")
+        self.assertIs(options["disable-network-policy"], True)
 
     def test_every_agent_flag_long_form(self) -> None:
         """Every agent flag is accepted under its k3s long name."""
@@ -145,7 +148,7 @@ class CommandLineTests(OptionsTestCase):
             "--node-identity-dir", "/tmp/node", "--kubelet-arg", "port=10251",
             "--lb-status-port", "0", "--container-runtime", "none",
             "--container-runtime-endpoint", "unix:///run/cri.sock", "--pause-image", "p:1",
-            "--private-registry", "/tmp/r.yaml",
+            "--private-registry", "/tmp/r.yaml", "--flannel-iface", "eth1",
         ]  # fmt: skip
         options = parse(agent.Options, argv)
         given = {f.name for f in AGENT_FLAGS} - {"config"}

@@ -30,6 +30,7 @@ from k3stw.agent.identity import NodeIdentity, load_identity
 from k3stw.files import write_atomically
 from k3stw.httpclient import HTTPSClient, HTTPStatusError, Response
 from k3stw.logs import Logger
+from k3stw.machinery.identity import K3S_CONTROLLER_USER, KUBE_PROXY_USER
 from k3stw.machinery.timing import fixed, retrying
 from k3stw.pki.certs import KeyPair, load_pem_certificates, load_pem_key, new_key, private_pem
 from k3stw.pki.kubeconfig import write_kubeconfig
@@ -64,6 +65,8 @@ def https_sender(clock: IReactorTime) -> Send:
 
 #: k3s retries token validation every 2 s ...
 VALIDATE_RETRY = fixed(2.0)
+#: The network components' certificates a node asks for after its own, as k3s's agent.
+COMPONENTS = {"client-kube-proxy": KUBE_PROXY_USER, "client-k3s-controller": K3S_CONTROLLER_USER}
 #: ... and the agent configuration with 5 s and a jitter of 1.0 (5-10 s).
 CONFIG_RETRY = fixed(5.0, jitter=1.0)
 
@@ -102,6 +105,10 @@ class Joined:
     serving: KeyPair
     client: KeyPair
     settings: dict[str, Any]
+    #: ``client-kube-proxy``: the identity kube-proxy reads Services and EndpointSlices as.
+    kube_proxy: KeyPair
+    #: ``client-k3s-controller``: flannel's, network policy's and cluster DNS's identity.
+    k3s_controller: KeyPair
 
 
 def _logged(describe: Callable[[Exception], str]) -> Callable[[int, Exception], None]:
@@ -199,7 +206,24 @@ class Handshake:
         client = await self._node_certificate(
             "/v1-k3s/client-kubelet.crt", client_key, identity, cluster_ca
         )
-        return Joined(identity, server_ca, client_ca, serving, client, settings)
+        kube_proxy, k3s_controller = [
+            await self._component_certificate(stem, user, policy)
+            for stem, user in COMPONENTS.items()
+        ]
+        return Joined(
+            identity, server_ca, client_ca, serving, client, settings, kube_proxy, k3s_controller
+        )
+
+    async def _component_certificate(
+        self, stem: str, user: str, policy: IPolicyForHTTPS
+    ) -> KeyPair:
+        """A network component's client certificate, for a CSR of its own key."""
+        key = _key(self.request.agent_dir / f"{stem}.key")
+        url = f"{self.request.server_url}/v1-k3s/{stem}.crt"
+        response = await self.send(b"POST", url, self._headers(), _csr(key, user), policy)
+        if not 200 <= response.code < 300:
+            raise HTTPStatusError(url, response)
+        return KeyPair(load_pem_certificates(response.body)[0], key)
 
     async def _node_certificate(
         self, path: str, key: Any, identity: NodeIdentity, cluster_ca: bytes
@@ -237,13 +261,24 @@ class Handshake:
         agent_dir = self.request.agent_dir
         write_atomically(agent_dir / "client-ca.crt", joined.client_ca, 0o644)
         write_atomically(agent_dir / "server-ca.crt", joined.server_ca, 0o644)
-        for stem, pair in (("serving-kubelet", joined.serving), ("client-kubelet", joined.client)):
+        pairs = {
+            "serving-kubelet": joined.serving,
+            "client-kubelet": joined.client,
+            "client-kube-proxy": joined.kube_proxy,
+            "client-k3s-controller": joined.k3s_controller,
+        }
+        for stem, pair in pairs.items():
             write_atomically(agent_dir / f"{stem}.key", pair.key_pem, 0o600)
             write_atomically(agent_dir / f"{stem}.crt", pair.certificate_pem, 0o644)
-        write_kubeconfig(
-            agent_dir / "kubelet.kubeconfig",
-            self.request.server_url,
-            joined.server_ca,
-            joined.client,
-            0o600,
-        )
+        for name, pair in (
+            ("kubelet", joined.client),
+            ("kubeproxy", joined.kube_proxy),
+            ("k3scontroller", joined.k3s_controller),
+        ):
+            write_kubeconfig(
+                agent_dir / f"{name}.kubeconfig",
+                self.request.server_url,
+                joined.server_ca,
+                pair,
+                0o600,
+            )

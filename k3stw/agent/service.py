@@ -16,7 +16,6 @@ from twisted.python.failure import Failure
 
 from k3stw.agent.cacerts import CAHashMismatch, Fetch
 from k3stw.agent.join import Handshake, Joined, JoinRequest, Send
-from k3stw.httpclient import HTTPSClient
 from k3stw.kubeclient import KubeClient
 from k3stw.kubelet.api import KubeletAPIService, PodStatsSource
 from k3stw.kubelet.config import KubeletArgs, KubeletConfig
@@ -27,6 +26,7 @@ from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop
 from k3stw.logs import Logger
 from k3stw.machinery.nodes import Taint
 from k3stw.machinery.objects import Object
+from k3stw.network.node import NetworkSettings, NodeNetworking, network_client
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.pki.token import Token
 
@@ -53,6 +53,9 @@ class NodeSettings:
     kubelet_args: KubeletArgs = field(default_factory=KubeletArgs)
     #: The container runtime (None: none, the node runs no pods).
     runtime: RuntimeSettings | None = None
+    #: ``--flannel-iface``: the interface whose address the pod network uses (None: the default
+    #: route's).
+    flannel_iface: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class AgentConfig:
     kubelet_args: KubeletArgs = field(default_factory=KubeletArgs)
     is_server: bool = False
     runtime: RuntimeSettings | None = None
+    flannel_iface: str | None = None
 
     @classmethod
     def of_node(
@@ -92,6 +96,7 @@ class AgentConfig:
             kubelet_args=node.kubelet_args,
             is_server=is_server,
             runtime=node.runtime,
+            flannel_iface=node.flannel_iface,
         )
 
     def join_request(self) -> JoinRequest:
@@ -112,9 +117,7 @@ KubeletFactory = Callable[[Joined], IService]
 
 def node_client(clock: IReactorTime, joined: Joined, server_url: str) -> KubeClient:
     """The API at C{server_url} as the node: its client certificate, the cluster CA."""
-    return KubeClient(
-        HTTPSClient(clock, PinnedCAPolicy(joined.server_ca, joined.client)), server_url
-    )
+    return network_client(clock, joined, server_url, joined.client)
 
 
 def kubelet_settings(config: AgentConfig, joined: Joined) -> KubeletConfig:
@@ -210,6 +213,9 @@ def node_factory(
         if balancer is not None:
             _follow_servers(reactor, config, balancer, joined).setServiceParent(services)
         kubelet.setServiceParent(services)
+        if config.runtime is not None:
+            settings = NetworkSettings.of(joined.identity.name, joined.settings, config)
+            NodeNetworking(reactor, settings, joined, config.server_url).setServiceParent(services)
         return services
 
     return make

@@ -21,6 +21,9 @@ MASTERS = "system:masters"
 NODES = "system:nodes"
 #: A kubelet's user name is this prefix and its node's name.
 NODE_PREFIX = "system:node:"
+#: The users of a node's network components, as k3s certifies them for every node.
+KUBE_PROXY_USER = "system:kube-proxy"
+K3S_CONTROLLER_USER = "system:k3s-controller"
 #: The group every authenticated user is in.
 AUTHENTICATED = "system:authenticated"
 #: The user's ``extra`` key naming the credential it authenticated with.

@@ -52,6 +52,11 @@ class ServerConfig:
     api_checks: bool = True
     #: ``--disable``: the packaged components not to deploy (``local-storage``, ...).
     disable: frozenset[str] = frozenset()
+    #: ``--flannel-backend``: how pods on different nodes reach each other.
+    flannel_backend: str = "vxlan"
+    #: ``--disable-kube-proxy``, ``--disable-network-policy``.
+    disable_kube_proxy: bool = False
+    disable_network_policy: bool = False
     #: ``--default-local-storage-path``; None for ``<data-dir>/storage``.
     default_local_storage_path: Path | None = None
 
@@ -129,10 +134,13 @@ class ServerConfig:
             "ClusterDNS": self.cluster_dns,
             "ClusterDomain": self.cluster_domain,
             "EgressSelectorMode": "agent",
-            "FlannelBackend": "vxlan",
-            "DisableKubeProxy": True,
-            "DisableNPC": True,
+            "FlannelBackend": self.flannel_backend,
+            "DisableKubeProxy": self.disable_kube_proxy,
+            "DisableNPC": self.disable_network_policy,
             "DisableCCM": True,
+            "ServiceNodePortRange": self.service_node_port_range,
+            # k3s's agents learn these from the server's manifests; k3stw's nodes serve DNS.
+            "Disables": sorted(self.disable),
         }
 
     def serving_alt_names(self) -> SubjectAltNames:

@@ -11,7 +11,7 @@ import base64
 import datetime
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -31,7 +31,14 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.hostport import join_host_port
 from k3stw.logs import Logger
-from k3stw.machinery.identity import NODE_PREFIX, NODES, User, user_of_certificate
+from k3stw.machinery.identity import (
+    K3S_CONTROLLER_USER,
+    KUBE_PROXY_USER,
+    NODE_PREFIX,
+    NODES,
+    User,
+    user_of_certificate,
+)
 from k3stw.machinery.times import utc
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, issue, new_key
 from k3stw.supervisor.nodepassword import (
@@ -249,16 +256,31 @@ def sign_node_certificate(
     C{node}: the certificate and the CA chain, PEM; for a request without a
     CSR, also a new private key, as k3s's legacy answer has it.
     """
+    if usage is Usage.SERVER:
+        names = SubjectAltNames.of([node.name, "localhost", "127.0.0.1", *node.addresses])
+        return sign_certificate(ca, ca_bundle, body, node.name, usage, now, (), names)
+    return sign_certificate(
+        ca, ca_bundle, body, NODE_PREFIX + node.name, usage, now, ["system:nodes"]
+    )
+
+
+def sign_certificate(
+    ca: KeyPair,
+    ca_bundle: bytes,
+    body: bytes,
+    common_name: str,
+    usage: Usage,
+    now: datetime.datetime,
+    organizations: Sequence[str] = (),
+    names: SubjectAltNames | None = None,
+) -> bytes:
+    """C{signAndSend}: the CSR's key certified (or a new key's, returned too), then the CA chain."""
     public_key = _csr_public_key(body)
     key = None
     if public_key is None:
         key = new_key()
         public_key = key.public_key()
-    if usage is Usage.SERVER:
-        names = SubjectAltNames.of([node.name, "localhost", "127.0.0.1", *node.addresses])
-        certificate = issue(ca, public_key, node.name, usage, now, (), names)
-    else:
-        certificate = issue(ca, public_key, NODE_PREFIX + node.name, usage, now, ["system:nodes"])
+    certificate = issue(ca, public_key, common_name, usage, now, organizations, names)
     answer = certificate.public_bytes(serialization.Encoding.PEM) + ca_bundle
     if key is not None:
         answer += KeyPair(certificate, key).key_pem
@@ -312,6 +334,20 @@ class NodeEnrollment:
 
     async def client_kubelet(self, request: IRequest) -> bytes:
         return await self._certificate(request, Usage.CLIENT)
+
+    async def client_kube_proxy(self, request: IRequest) -> bytes:
+        """``client-kube-proxy.crt``: what every node's kube-proxy reads the API as."""
+        return self._component_certificate(request, KUBE_PROXY_USER)
+
+    async def client_k3s_controller(self, request: IRequest) -> bytes:
+        """``client-k3s-controller.crt``: flannel's, network policy's and DNS's identity."""
+        return self._component_certificate(request, K3S_CONTROLLER_USER)
+
+    def _component_certificate(self, request: IRequest, user: str) -> bytes:
+        require_agent(request, self.passwords)
+        body = request.content.read() if request.content is not None else b""
+        bundle = self.client_ca.certificate_pem
+        return sign_certificate(self.client_ca, bundle, body, user, Usage.CLIENT, self._now())
 
     async def client_ca_bundle(self, request: IRequest) -> bytes:
         require_agent(request, self.passwords)

@@ -157,14 +157,14 @@ def supervisor_resource(
     v1 = Route()
     v1.putChild(b"readyz", Route(GET=readyz))
     if enrollment is not None:
-        v1.putChild(
-            b"serving-kubelet.crt",
-            Route(GET=enrollment.serving_kubelet, POST=enrollment.serving_kubelet),
-        )
-        v1.putChild(
-            b"client-kubelet.crt",
-            Route(GET=enrollment.client_kubelet, POST=enrollment.client_kubelet),
-        )
+        # Certificates: a CSR POSTed (or, from older agents, a GET for a new key too).
+        for name, sign in (
+            (b"serving-kubelet.crt", enrollment.serving_kubelet),
+            (b"client-kubelet.crt", enrollment.client_kubelet),
+            (b"client-kube-proxy.crt", enrollment.client_kube_proxy),
+            (b"client-k3s-controller.crt", enrollment.client_k3s_controller),
+        ):
+            v1.putChild(name, Route(GET=sign, POST=sign))
         v1.putChild(b"client-ca.crt", Route(GET=enrollment.client_ca_bundle))
         v1.putChild(b"server-ca.crt", Route(GET=enrollment.server_ca_file))
         v1.putChild(b"config", Route(b"application/json", GET=enrollment.config))

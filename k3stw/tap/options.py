@@ -230,6 +230,7 @@ NODE_IP = repeatable("node-ip", "IPv4/IPv6 addresses to advertise for node", _ip
 NODE_EXTERNAL_IP = repeatable(
     "node-external-ip", "IPv4/IPv6 external IP addresses to advertise for node", _ip_address
 )
+FLANNEL_IFACE = Flag("flannel-iface", "Override default flannel interface")
 NODE_LABEL = repeatable("node-label", "Registering and starting kubelet with set of labels")
 NODE_TAINT = repeatable("node-taint", "Registering kubelet with set of taints")
 KUBELET_ARG = repeatable(
@@ -280,6 +281,7 @@ NODE_FLAGS: tuple[Flag, ...] = (
     WITH_NODE_ID,
     NODE_IP,
     NODE_EXTERNAL_IP,
+    FLANNEL_IFACE,
     NODE_LABEL,
     NODE_TAINT,
     KUBELET_ARG,
@@ -367,8 +369,10 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         "disable",
         "Do not deploy packaged components and delete any deployed components (valid "
         "items: coredns, servicelb, traefik, local-storage, metrics-server, runtimes; "
-        "k3stw deploys local-storage)",
+        "k3stw deploys coredns, servicelb and local-storage)",
     ),
+    switch("disable-kube-proxy", "Disable running kube-proxy"),
+    switch("disable-network-policy", "Disable K3s default network policy controller"),
     Flag(
         "default-local-storage-path",
         "Default local storage path for local provisioner storage class",
@@ -380,7 +384,7 @@ SERVER_FLAGS: tuple[Flag, ...] = (
     Flag(
         "flannel-backend",
         "Backend (valid values: 'none', 'vxlan', 'host-gw', 'wireguard-native'); k3stw writes "
-        "a bridge CNI config unless none, and routes between nodes are not yet made",
+        "a bridge CNI config and routes pods between nodes unless none",
         _flannel_backend,
         default="vxlan",
     ),
@@ -470,12 +474,18 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("controller", ("node-monitor-grace-period", "node-cidr-mask-size")),
     ("experimental", ("unchecked-api",)),
     ("storage", ("default-local-storage-path",)),
-    ("components", ("disable", "disable-agent")),
+    (
+        "components",
+        ("disable", "disable-agent", "disable-kube-proxy", "disable-network-policy"),
+    ),
     (
         "agent/node",
         ("node-name", "with-node-id", "node-label", "node-taint", "node-identity-dir"),
     ),
-    ("agent/networking", ("node-ip", "node-external-ip", "lb-server-port", "lb-status-port")),
+    (
+        "agent/networking",
+        ("node-ip", "node-external-ip", "flannel-iface", "lb-server-port", "lb-status-port"),
+    ),
     (
         "agent/runtime",
         ("container-runtime", "container-runtime-endpoint", "pause-image", "private-registry"),
@@ -828,6 +838,7 @@ class K3sOptions(usage.Options):
             node_labels=labels,
             node_taints=taints,
             kubelet_args=kubelet_args,
+            flannel_iface=self["flannel-iface"],
             runtime=(
                 RuntimeSettings(
                     self["container-runtime-endpoint"] or "",

@@ -1,0 +1,109 @@
+"""
+What every node runs for the cluster network, agents and a server's own node
+alike: the settings it takes from the server it joined (as k3s's agents take
+``FlannelBackend``, ``DisableKubeProxy`` and the ranges from
+``/v1-k3s/config``) and the service that holds each network component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
+
+from k3stw.httpclient import HTTPSClient
+from k3stw.kubeclient import KubeClient
+from k3stw.pki.certs import KeyPair
+from k3stw.pki.tls import PinnedCAPolicy
+
+if TYPE_CHECKING:
+    from k3stw.agent.join import Joined
+    from k3stw.agent.service import AgentConfig
+
+__all__ = ["NetworkSettings", "NodeNetworking", "network_client"]
+
+#: k3s's ``--disable`` items that name a network component.
+COREDNS = "coredns"
+SERVICELB = "servicelb"
+
+
+def _ranges(value: object, default: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in str(value or default).split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """
+    A node's network, as the server it joined and its own flags say.
+
+    :ivar node_name: the Node's name.
+    :ivar node_ips: ``--node-ip`` (the host's primary address by default).
+    :ivar flannel_backend: ``vxlan``, ``host-gw``, ``wireguard-native`` or ``none``.
+    :ivar flannel_iface: ``--flannel-iface``; None for the default route's interface.
+    :ivar disabled: the packaged components turned off (``coredns``, ``servicelb``, ...).
+    """
+
+    node_name: str
+    node_ips: tuple[str, ...]
+    cluster_cidrs: tuple[str, ...] = ("10.42.0.0/16",)
+    service_cidrs: tuple[str, ...] = ("10.43.0.0/16",)
+    cluster_dns: tuple[str, ...] = ("10.43.0.10",)
+    cluster_domain: str = "cluster.local"
+    node_port_range: str = "30000-32767"
+    flannel_backend: str = "vxlan"
+    flannel_iface: str | None = None
+    kube_proxy: bool = True
+    network_policy: bool = True
+    disabled: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(
+        cls, node_name: str, settings: Mapping[str, Any], config: AgentConfig
+    ) -> NetworkSettings:
+        """The settings of node C{node_name}, from the server's C{settings} and its C{config}."""
+        return cls(
+            node_name=node_name,
+            node_ips=config.node_ips,
+            cluster_cidrs=_ranges(settings.get("ClusterIPRange"), "10.42.0.0/16"),
+            service_cidrs=_ranges(settings.get("ServiceIPRange"), "10.43.0.0/16"),
+            cluster_dns=_ranges(settings.get("ClusterDNS"), "10.43.0.10"),
+            cluster_domain=str(settings.get("ClusterDomain") or "cluster.local"),
+            node_port_range=str(settings.get("ServiceNodePortRange") or "30000-32767"),
+            flannel_backend=str(settings.get("FlannelBackend") or "vxlan"),
+            flannel_iface=config.flannel_iface,
+            kube_proxy=not settings.get("DisableKubeProxy"),
+            network_policy=not settings.get("DisableNPC"),
+            disabled=frozenset(settings.get("Disables") or ()),
+        )
+
+    @property
+    def cluster_dns_enabled(self) -> bool:
+        return COREDNS not in self.disabled
+
+
+def network_client(
+    clock: IReactorTime, joined: Joined, server_url: str, pair: KeyPair
+) -> KubeClient:
+    """The API at C{server_url} as C{pair} (``joined.kube_proxy`` or ``joined.k3s_controller``)."""
+    return KubeClient(HTTPSClient(clock, PinnedCAPolicy(joined.server_ca, pair)), server_url)
+
+
+class NodeNetworking(MultiService):
+    """
+    The node's network components, each a child service started and stopped
+    with the node: flannel, kube-proxy, cluster DNS and the network policy
+    controller, as the settings enable them.  A node without a container
+    runtime runs none: it has no pods to connect.
+    """
+
+    def __init__(
+        self, reactor: Any, settings: NetworkSettings, joined: Joined, server_url: str
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.settings = settings
+        self.joined = joined
+        self.server_url = server_url
