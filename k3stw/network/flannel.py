@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
@@ -37,6 +37,11 @@ from k3stw.machinery.objects import Object
 from k3stw.machinery.processes import CommandFailed, run_command
 from k3stw.machinery.source import HTTPSource
 from k3stw.machinery.timing import PeriodicJob
+from k3stw.network.iptables import IPTables, IPTablesError, restore_text
+
+if TYPE_CHECKING:
+    from k3stw.agent.join import Joined
+    from k3stw.network.node import NetworkSettings
 
 __all__ = [
     "ANNOTATION_PREFIX",
@@ -190,24 +195,28 @@ def rules(cluster: str, subnet: str, random_fully: bool = True) -> str:
     masquerade = "MASQUERADE --random-fully" if random_fully else "MASQUERADE"
     masq = f'-m comment --comment "{MASQ_COMMENT}"'
     forward = f'-m comment --comment "{FORWARD_COMMENT}"'
-    return "\n".join(
-        [
-            "*nat",
-            ":FLANNEL-POSTRTG - [0:0]",
-            f"-A FLANNEL-POSTRTG -m mark --mark {KUBE_PROXY_MARK} {masq} -j RETURN",
-            f"-A FLANNEL-POSTRTG -s {subnet} -d {cluster} {masq} -j RETURN",
-            f"-A FLANNEL-POSTRTG -s {cluster} -d {subnet} {masq} -j RETURN",
-            f"-A FLANNEL-POSTRTG ! -s {cluster} -d {subnet} {masq} -j RETURN",
-            f"-A FLANNEL-POSTRTG -s {cluster} ! -d 224.0.0.0/4 {masq} -j {masquerade}",
-            f"-A FLANNEL-POSTRTG ! -s {cluster} -d {cluster} {masq} -j {masquerade}",
-            "COMMIT",
-            "*filter",
-            ":FLANNEL-FWD - [0:0]",
-            f"-A FLANNEL-FWD -s {cluster} {forward} -j ACCEPT",
-            f"-A FLANNEL-FWD -d {cluster} {forward} -j ACCEPT",
-            "COMMIT",
-            "",
-        ]
+    chain = "-A FLANNEL-POSTRTG"
+    return restore_text(
+        {
+            "nat": (
+                ["FLANNEL-POSTRTG"],
+                [
+                    f"{chain} -m mark --mark {KUBE_PROXY_MARK} {masq} -j RETURN",
+                    f"{chain} -s {subnet} -d {cluster} {masq} -j RETURN",
+                    f"{chain} -s {cluster} -d {subnet} {masq} -j RETURN",
+                    f"{chain} ! -s {cluster} -d {subnet} {masq} -j RETURN",
+                    f"{chain} -s {cluster} ! -d 224.0.0.0/4 {masq} -j {masquerade}",
+                    f"{chain} ! -s {cluster} -d {cluster} {masq} -j {masquerade}",
+                ],
+            ),
+            "filter": (
+                ["FLANNEL-FWD"],
+                [
+                    f"-A FLANNEL-FWD -s {cluster} {forward} -j ACCEPT",
+                    f"-A FLANNEL-FWD -d {cluster} {forward} -j ACCEPT",
+                ],
+            ),
+        }
     )
 
 
@@ -286,18 +295,6 @@ class LocalLease:
 
     mtu: int
     backend_data: Any
-
-
-class Rules(Protocol):
-    """What applies flannel's rules (L{k3stw.network.iptables.IPTables})."""
-
-    def restore(self, text: str) -> Awaitable[object]:
-        """Apply C{text} as one ``iptables-restore --noflush`` transaction."""
-
-    def ensure_rule(
-        self, table: str, chain: str, args: Sequence[str], first: bool = True
-    ) -> Awaitable[object]:
-        """Add the rule to C{chain} unless it is there."""
 
 
 class Backend(Protocol):
@@ -398,7 +395,7 @@ class FlannelController(Controller):
     """
 
     label = "flannel"
-    expected = (CommandFailed, KubeAPIError, ValueError, OSError)
+    expected = (CommandFailed, IPTablesError, KubeAPIError, ValueError, OSError)
 
     def __init__(
         self,
@@ -409,7 +406,7 @@ class FlannelController(Controller):
         cluster_cidr: str,
         node_ip: str,
         iface: str = "",
-        iptables: Rules | None = None,
+        iptables: IPTables | None = None,
         subnet_file: Path = SUBNET_ENV,
     ) -> None:
         self.nodes = Informer(
@@ -531,3 +528,47 @@ class FlannelController(Controller):
         for name in sorted(set(wanted) - set(self.applied)):
             _log.info("flannel routes node {node}'s pods", node=name)
         self.applied = wanted
+
+
+def flannel_for(
+    reactor: Any, settings: NetworkSettings, joined: Joined, server_url: str
+) -> FlannelController | None:
+    """
+    The node's flannel for C{settings}' backend (None for ``none``, and for
+    ``wireguard-native``, which k3stw does not have), reading and patching
+    Nodes as the node itself, as k3s's flannel does with the kubelet's
+    kubeconfig (``system:k3s-controller`` may only get Nodes).
+    """
+    from k3stw.network.node import network_client
+
+    backend: Backend
+    if settings.flannel_backend == "vxlan":
+        from k3stw.network.vxlan import VXLANBackend
+
+        backend = VXLANBackend(reactor)
+    elif settings.flannel_backend == "host-gw":
+        from k3stw.network.hostgw import HostGWBackend
+
+        backend = HostGWBackend()
+    else:
+        if settings.flannel_backend != "none":
+            _log.error(
+                "flannel backend {backend} is not supported by k3stw: no routes between nodes",
+                backend=settings.flannel_backend,
+            )
+        return None
+    cluster = next((c for c in settings.cluster_cidrs if ":" not in c), "")
+    node_ip = next((ip for ip in settings.node_ips if ":" not in ip), "")
+    if not cluster or not node_ip:
+        _log.error("flannel needs an IPv4 cluster CIDR and node IP: no routes between nodes")
+        return None
+    return FlannelController(
+        reactor,
+        network_client(reactor, joined, server_url, joined.client),
+        settings.node_name,
+        backend,
+        cluster,
+        node_ip,
+        settings.flannel_iface or "",
+        IPTables(reactor),
+    )
