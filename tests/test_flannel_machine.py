@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,9 @@ class FlannelAcrossTwoMachines(PodsInAMachine):
         mtu: int | None = json.loads(path.read_text())["plugins"][0].get("mtu")
         return mtu
 
+    def has_bridge_mtu(self, machine: Machine) -> bool:
+        return self.bridge_mtu(machine) == self.mtu
+
     def run_pod(self, name: str, node: str) -> str:
         overrides = json.dumps({"spec": {"nodeName": node}})
         self.kubectl(
@@ -144,7 +148,7 @@ class FlannelAcrossTwoMachines(PodsInAMachine):
         )
         # The bridge takes flannel's MTU once subnet.env is written.
         for machine in (self.machine, self.agent):
-            self.until("the bridge's MTU", lambda m=machine: self.bridge_mtu(m) == self.mtu, 30)
+            self.until("the bridge's MTU", partial(self.has_bridge_mtu, machine), 30)
         server = self.check_local(self.machine, "m0")
         remote = self.check_local(self.agent, "m1")
         remote_cidr = remote["spec"]["podCIDR"]
