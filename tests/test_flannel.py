@@ -15,7 +15,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.network.flannel import (
+    RESYNC_INTERVAL,
     Entry,
+    FlannelController,
     Lease,
     Link,
     annotation_patch,
@@ -28,11 +30,17 @@ from k3stw.network.flannel import (
     subnet_env,
     trim_node,
 )
+from k3stw.network.hostgw import HostGWBackend
 from k3stw.network.hostgw import entries as hostgw_entries
+from k3stw.network.iptables import IPTables
 from k3stw.network.vxlan import Device, device_commands, previous_mac
 from k3stw.network.vxlan import entries as vxlan_entries
+from tests.support.fakes import FakeKubeClient
+from tests.support.processes import FakeProcessReactor
 
 MAC2 = "0a:00:00:00:00:02"
+#: The node's interface, as ``ip -j -4 addr show`` lists it.
+LINK = {"ifname": "eth0", "mtu": 1500, "addr_info": [{"family": "inet", "local": "10.199.1.1"}]}
 
 
 def node(
@@ -359,3 +367,103 @@ class LocalTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as raised:
             find_link(links, "10.199.1.1", "eth7")
         self.assertEqual(str(raised.exception), "error looking up interface eth7: Link not found")
+
+
+class ControllerTests(SynchronousTestCase):
+    """
+    The controller with the API in memory and every command answered by the
+    test (no kernel): what it asks of ``ip`` and iptables as Nodes come and go.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.client = FakeKubeClient(self.reactor)
+        self.subnet_file = Path(self.mktemp()) / "subnet.env"
+        self.answered = 0
+        self.commands: list[tuple[tuple[str, ...], str]] = []
+        own = {"metadata": {"name": "m0"}, "spec": {"podCIDR": "10.42.0.0/24"}}
+        self.client.put_object("/api/v1/nodes/m0", own)
+        self.client.put_object("/api/v1/nodes/m1", node("m1", "10.42.1.0/24", backend="host-gw"))
+        self.controller = FlannelController(
+            self.reactor,
+            self.client,
+            "m0",
+            HostGWBackend(),
+            "10.42.0.0/16",
+            "10.199.1.1",
+            iptables=IPTables(self.reactor),
+            subnet_file=self.subnet_file,
+        )
+        self.controller.startService()
+        self.addCleanup(self.controller.stopService)
+
+    def answer(self) -> list[tuple[tuple[str, ...], str]]:
+        """Answer every command spawned since the last time, as a kernel would; them."""
+        start = len(self.commands)
+        while self.answered < len(self.reactor.processes):
+            process = self.reactor.processes[self.answered]
+            self.answered += 1
+            self.commands.append((process.args, process.stdin.decode()))
+            if process.args[:4] == ("ip", "-j", "-4", "addr"):
+                process.output(json.dumps([LINK]).encode())
+            # iptables -C: the jump is not there yet.
+            process.exit(1 if "-C" in process.args else 0)
+            self.reactor.advance(0)
+        return self.commands[start:]
+
+    def test_own_node_set_up_then_routes_following_nodes(self) -> None:
+        commands = self.answer()
+        argv = [" ".join(args) for args, _ in commands]
+        self.assertEqual(argv[0], "ip -j -4 addr show")
+        self.assertEqual(argv[1], "iptables-restore -w 5 --noflush")
+        self.assertEqual(commands[1][1], rules("10.42.0.0/16", "10.42.0.0/24"))
+        self.assertIn(
+            "iptables -w 5 -t nat -A POSTROUTING -m comment --comment flanneld masq"
+            " -j FLANNEL-POSTRTG",
+            argv,
+        )
+        self.assertIn(
+            "iptables -w 5 -t filter -A FORWARD -m comment --comment flanneld forward"
+            " -j FLANNEL-FWD",
+            argv,
+        )
+        self.assertEqual(
+            self.subnet_file.read_text(),
+            "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\n"
+            "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n",
+        )
+        annotations = self.client.objects["/api/v1/nodes/m0"]["metadata"]["annotations"]
+        self.assertEqual(
+            annotations, own_annotations("host-gw", None, "10.199.1.1"), "the node's own"
+        )
+        self.assertEqual(
+            commands[-1],
+            (("ip", "-batch", "-"), "route replace 10.42.1.0/24 via 10.199.1.2 dev eth0\n"),
+        )
+
+        # A node joins: only its route is added.
+        self.client.put_object(
+            "/api/v1/nodes/m2", node("m2", "10.42.2.0/24", "10.199.2.2", "host-gw")
+        )
+        self.assertEqual(
+            self.answer(),
+            [(("ip", "-batch", "-"), "route replace 10.42.2.0/24 via 10.199.2.2 dev eth0\n")],
+        )
+        # A node of another backend is no route.
+        self.client.put_object("/api/v1/nodes/m3", node("m3", "10.42.3.0/24", "10.199.3.2"))
+        self.assertEqual(self.answer(), [])
+        # A node deleted takes its route with it.
+        self.client.remove_object("/api/v1/nodes/m1")
+        self.assertEqual(
+            self.answer(),
+            [(("ip", "-force", "-batch", "-"), "route del 10.42.1.0/24 via 10.199.1.2 dev eth0\n")],
+        )
+        # The resync re-applies every route and the rules, and patches nothing.
+        patches = self.client.count("PATCH", "/api/v1/nodes/m0")
+        self.reactor.advance(RESYNC_INTERVAL)
+        argv = [" ".join(args) for args, _ in self.answer()]
+        self.assertIn("iptables-restore -w 5 --noflush", argv)
+        self.assertEqual(
+            self.commands[-1][1], "route replace 10.42.2.0/24 via 10.199.2.2 dev eth0\n"
+        )
+        self.assertEqual(self.client.count("PATCH", "/api/v1/nodes/m0"), patches)

@@ -16,59 +16,28 @@ Needs what tests/test_pod_exec_machine.py needs, and iptables.
 from __future__ import annotations
 
 import json
-import sys
+import subprocess
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML, write_airgap_images
-from tests.support.machines import Machine, machines
-from tests.test_pods_machine import PodsInAMachine
+from tests.support.images import BUSYBOX_IMAGE, INDEX_HTML
+from tests.support.machines import Machine
+from tests.test_pod_exec_machine import ServerAndAgent
 
 IMAGE = f"--image={BUSYBOX_IMAGE} --image-pull-policy=IfNotPresent"
 CONFLIST = "/var/lib/rancher/k3s/agent/etc/cni/net.d/10-flannel.conflist"
 PREFIX = "flannel.alpha.coreos.com/"
 
 
-class FlannelAcrossTwoMachines(PodsInAMachine):
+class FlannelAcrossTwoMachines(ServerAndAgent):
     """The server in C{self.machine}, the agent in C{self.agent}; C{backend} between them."""
 
-    timeout = 300
     backend = "vxlan"
     #: The pods' MTU on a 1500 link.
     mtu = 1450
 
-    def setUp(self) -> None:
-        self.work = Path(self.mktemp()).absolute()
-        self.machine, self.agent = machines(self, self.work / "machines", 2)
-        for machine in (self.machine, self.agent):
-            machine.boot(runtime=True)
-            write_airgap_images(machine.rancher / "k3s" / "agent" / "images")
-
-    def start_nodes(self) -> Any:
-        """The server (node m0) and the agent (node m1); the agent's process."""
-        self.launch(
-            f"k3s-server --node-name m0 --flannel-backend {self.backend}"
-            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
-            "server.log",
-            "Successfully registered node m0",
-        )
-        token = self.machine.run("cat /var/lib/rancher/k3s/server/token").strip()
-        self.agent_log = self.work / "agent.log"
-        process = self.agent.spawn(
-            f"exec {Path(sys.executable).with_name('twistd')} -n --pidfile= k3s-agent"
-            f" --server https://{self.machine.address}:6443 --token {token} --node-name m1"
-            f" --kubelet-arg cgroup-root={self.agent.cgroup_parent}",
-            self.agent_log,
-        )
-
-        def stop() -> None:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(30)
-
-        self.addCleanup(stop)
-        return process
+    def start_nodes(self, server_flags: str = "") -> subprocess.Popen[bytes]:
+        return super().start_nodes(f"--flannel-backend {self.backend} {server_flags}".strip())
 
     def node(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(self.kubectl(f"get node {name} -o json"))

@@ -155,7 +155,9 @@ class NodeNetworkTests(SynchronousTestCase):
         self.update(network, node_with("10.42.7.0/24"))
         bridge = json.loads((self.conf_dir / CONFLIST_NAME).read_text())["plugins"][0]
         self.assertEqual(bridge["mtu"], 1450)
-        self.assertEqual(len(self.memory.calls), calls, "the same range: the runtime not told again")
+        self.assertEqual(
+            len(self.memory.calls), calls, "the same range: the runtime not told again"
+        )
 
     def test_every_family_is_sent_to_the_runtime(self) -> None:
         network = NodeNetwork(self.conf_dir, self.memory, subnet_file=self.subnet_file)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -147,8 +148,8 @@ class ExecInAMachineTests(PodStreamsInAMachine):
         self.assertNotIn("POST https://", forwarded)
 
 
-class StreamsThroughTheTunnelTests(PodStreamsInAMachine):
-    """The pod on an agent in a second machine: the streams cross the agent's tunnel."""
+class ServerAndAgent(PodStreamsInAMachine):
+    """A server (node m0) in C{self.machine} and an agent (node m1) in a second machine."""
 
     timeout = 300
 
@@ -159,26 +160,38 @@ class StreamsThroughTheTunnelTests(PodStreamsInAMachine):
             machine.boot(runtime=True)
             write_airgap_images(machine.rancher / "k3s" / "agent" / "images")
 
-    def test_exec_and_port_forward_to_an_agents_pod(self) -> None:
+    def start_nodes(self, server_flags: str = "") -> subprocess.Popen[bytes]:
+        """The server (with C{server_flags}) and the agent, its log C{agent_log}; its process."""
         self.launch(
-            f"k3s-server --node-name m0 --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
+            f"k3s-server --node-name m0 --kubelet-arg cgroup-root={self.machine.cgroup_parent}"
+            f"{' ' + server_flags if server_flags else ''}",
             "server.log",
             "Successfully registered node m0",
         )
         token = self.machine.run("cat /var/lib/rancher/k3s/server/token").strip()
-        agent_log = self.work / "agent.log"
+        self.agent_log = self.work / "agent.log"
         process = self.agent.spawn(
             f"exec {Path(sys.executable).with_name('twistd')} -n --pidfile= k3s-agent"
             f" --server https://{self.machine.address}:6443 --token {token} --node-name m1"
             f" --kubelet-arg cgroup-root={self.agent.cgroup_parent}",
-            agent_log,
+            self.agent_log,
         )
 
         def stop() -> None:
-            process.terminate()
-            process.wait(30)
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
 
         self.addCleanup(stop)
+        return process
+
+
+class StreamsThroughTheTunnelTests(ServerAndAgent):
+    """The pod on an agent in a second machine: the streams cross the agent's tunnel."""
+
+    def test_exec_and_port_forward_to_an_agents_pod(self) -> None:
+        self.start_nodes()
+        agent_log = self.agent_log
         self.until(
             "the agent's tunnel",
             lambda: "Remotedialer connected" in agent_log.read_text(errors="replace"),

@@ -468,7 +468,7 @@ class FlannelController(Controller):
                 "PATCH",
                 f"{NODES_PATH}/{self.node_name}",
                 patch,
-                "application/strategic-merge-patch+json",
+                "application/merge-patch+json",
             )
         await self._routes(everything=key == RESYNC)
 
