@@ -256,6 +256,11 @@ def flannel_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
             f" {', '.join(f'{r:.2f}' for r in pod_rates)} Gbit/s (the table: the medians, and"
             " the median of each round's pod / node ratio)."
         )
+    notes.append(
+        "A pod's packets cross two more veth pairs, a bridge and IP forwarding on each node;"
+        " on a machine whose 2 cores are shared (the load average above), that CPU is what the"
+        " ratio weighs, and rounds next to each other still differ by up to 2x."
+    )
     return rows, "\n".join(f"- {note}" for note in notes)
 
 
