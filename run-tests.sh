@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 # the tools that make test machines out of namespaces (ip, unshare, nsenter, useradd), and a
 # node's container runtime (containerd with runc, the CNI plugins, busybox for test images).
 DEBIAN_PACKAGES="openssl ca-certificates postgresql mariadb-server etcd-server etcd-client haproxy
-    iproute2 util-linux passwd containerd containernetworking-plugins busybox-static zstd"
+    iproute2 util-linux passwd containerd containernetworking-plugins busybox-static zstd
+    iptables iperf3"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -qq
