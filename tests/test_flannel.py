@@ -32,13 +32,22 @@ from k3stw.network.flannel import (
 )
 from k3stw.network.hostgw import HostGWBackend
 from k3stw.network.hostgw import entries as hostgw_entries
+from k3stw.network.hostgw import found_entries as hostgw_found
 from k3stw.network.iptables import IPTables
 from k3stw.network.vxlan import Device, device_commands, previous_mac
 from k3stw.network.vxlan import entries as vxlan_entries
+from k3stw.network.vxlan import found_entries as vxlan_found
 from tests.support.fakes import FakeKubeClient
 from tests.support.processes import FakeProcessReactor
 
 MAC2 = "0a:00:00:00:00:02"
+#: eth0's routes left by a run before: m1's, one to a node deleted since, and others'.
+ROUTES = [
+    {"dst": "10.199.1.0/24", "protocol": "kernel", "scope": "link", "prefsrc": "10.199.1.1"},
+    {"dst": "10.42.1.0/24", "gateway": "10.199.1.2"},
+    {"dst": "10.42.9.0/24", "gateway": "10.199.9.2"},
+    {"dst": "10.50.0.0/24", "gateway": "10.199.1.2"},
+]
 #: The node's interface, as ``ip -j -4 addr show`` lists it.
 LINK = {"ifname": "eth0", "mtu": 1500, "addr_info": [{"family": "inet", "local": "10.199.1.1"}]}
 
@@ -196,6 +205,20 @@ class VXLANTests(SynchronousTestCase):
             change(other)
             self.assertFalse(device.matches(other), other)
 
+    def test_what_flannel_1_holds_already_reads_back_as_the_same_entries(self) -> None:
+        lease = lease_of(node("m1"))
+        assert lease is not None
+        found = vxlan_found(
+            [{"dst": "10.42.2.0/24", "gateway": "10.42.2.0", "flags": ["onlink"]}],
+            [
+                {"dst": "10.42.2.0", "lladdr": MAC2.upper(), "state": ["PERMANENT"]},
+                {"dst": "10.42.7.0", "lladdr": "0a:00:00:00:00:07", "state": ["STALE"]},
+            ],
+            [{"mac": MAC2, "dst": "10.199.1.2", "flags": ["self"], "state": "permanent"}],
+        )
+        self.assertEqual(sorted(found, key=repr), sorted(vxlan_entries(lease), key=repr))
+        self.assertEqual(changes(found, vxlan_entries(lease)), ([], []), "nothing to redo")
+
     def test_the_mac_of_before_is_kept(self) -> None:
         self.assertEqual(
             previous_mac({"VNI": 1, "VtepMAC": "0A:11:22:33:44:55"}), "0a:11:22:33:44:55"
@@ -217,6 +240,20 @@ class HostGWTests(SynchronousTestCase):
                     "route del 10.42.2.0/24 via 10.199.1.2 dev eth0",
                 ),
             ),
+        )
+
+    def test_the_routes_into_the_cluster_already_there(self) -> None:
+        routes = [
+            {"dst": "10.199.1.0/24", "protocol": "kernel", "scope": "link"},
+            {"dst": "10.42.2.0/24", "gateway": "10.199.1.2"},
+            {"dst": "10.42.0.0/16", "gateway": "10.199.1.2"},
+            {"dst": "default", "gateway": "10.199.1.2"},
+        ]
+        lease = lease_of(node("m1", backend="host-gw", data=None))
+        assert lease is not None
+        self.assertEqual(
+            hostgw_found(routes, "eth0", ipaddress.IPv4Network("10.42.0.0/16")),
+            list(hostgw_entries(lease, "eth0")),
         )
 
 
@@ -388,7 +425,7 @@ class ControllerTests(SynchronousTestCase):
             self.reactor,
             self.client,
             "m0",
-            HostGWBackend(),
+            HostGWBackend(self.reactor),
             "10.42.0.0/16",
             "10.199.1.1",
             iptables=IPTables(self.reactor),
@@ -406,6 +443,8 @@ class ControllerTests(SynchronousTestCase):
             self.commands.append((process.args, process.stdin.decode()))
             if process.args[:4] == ("ip", "-j", "-4", "addr"):
                 process.output(json.dumps([LINK]).encode())
+            if process.args == ("ip", "-j", "route", "show", "dev", "eth0"):
+                process.output(json.dumps(ROUTES).encode())
             # iptables -C: the jump is not there yet.
             process.exit(1 if "-C" in process.args else 0)
             self.reactor.advance(0)
@@ -437,8 +476,15 @@ class ControllerTests(SynchronousTestCase):
             annotations, own_annotations("host-gw", None, "10.199.1.1"), "the node's own"
         )
         self.assertEqual(
-            commands[-1],
-            (("ip", "-batch", "-"), "route replace 10.42.1.0/24 via 10.199.1.2 dev eth0\n"),
+            commands[-2:],
+            [
+                (("ip", "-j", "route", "show", "dev", "eth0"), ""),
+                # What a run before left, for a node deleted since; m1's route stays as it is.
+                (
+                    ("ip", "-force", "-batch", "-"),
+                    "route del 10.42.9.0/24 via 10.199.9.2 dev eth0\n",
+                ),
+            ],
         )
 
         # A node joins: only its route is added.

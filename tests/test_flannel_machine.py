@@ -16,6 +16,7 @@ Needs what tests/test_pod_exec_machine.py needs, and iptables.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from functools import partial
 from typing import Any
@@ -38,6 +39,9 @@ class FlannelAcrossTwoMachines(ServerAndAgent):
 
     def start_nodes(self, server_flags: str = "") -> subprocess.Popen[bytes]:
         return super().start_nodes(f"--flannel-backend {self.backend} {server_flags}".strip())
+
+    def agent_registered(self) -> bool:
+        return "Successfully registered node m1" in self.agent_log.read_text()
 
     def node(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(self.kubectl(f"get node {name} -o json"))
@@ -107,11 +111,7 @@ class FlannelAcrossTwoMachines(ServerAndAgent):
 
     def test_pods_on_two_nodes_reach_each_other_until_one_leaves(self) -> None:
         agent = self.start_nodes()
-        self.until(
-            "m1 registered",
-            lambda: "Successfully registered node m1" in self.agent_log.read_text(),
-            90,
-        )
+        self.until("m1 registered", self.agent_registered, 90)
         self.until(
             "both nodes annotated", lambda: self.annotated("m0") and self.annotated("m1"), 60
         )
@@ -159,9 +159,19 @@ class FlannelAcrossTwoMachines(ServerAndAgent):
             self.assertIn(f"{remote_cidr} via {self.agent.address} dev ", routes)
             self.assertNotIn("flannel.1", self.machine.run("ip link show"))
 
+        # The agent again after a stop: the same device and MAC, its rules not doubled.
+        # twistd ends itself with the signal that stopped it, once stopped.
+        self.assertEqual(self.stop_agent(agent), -signal.SIGTERM)
+        annotations = self.node("m1")["metadata"]["annotations"]
+        agent = self.start_agent()
+        self.until("m1 again", self.agent_registered, 90)
+        self.until("m1's flannel again", lambda: "flannel" in self.agent_log.read_text(), 30)
+        self.reaches("a", b)
+        self.check_local(self.agent, "m1")
+        self.assertEqual(self.node("m1")["metadata"]["annotations"], annotations)
+
         # The agent leaves: its Node deleted takes its route with it.
-        agent.terminate()
-        agent.wait(30)
+        self.stop_agent(agent)
         self.kubectl("delete node m1")
         self.until("m1's route gone", lambda: remote_cidr not in self.routes(self.machine), 30)
         if self.backend == "vxlan":

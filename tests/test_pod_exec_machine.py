@@ -22,7 +22,9 @@ Needs what tests/test_pods_machine.py needs.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +170,10 @@ class ServerAndAgent(PodStreamsInAMachine):
             "server.log",
             "Successfully registered node m0",
         )
+        return self.start_agent()
+
+    def start_agent(self) -> subprocess.Popen[bytes]:
+        """The agent (node m1) joining the server, its log C{agent_log}; its process."""
         token = self.machine.run("cat /var/lib/rancher/k3s/server/token").strip()
         self.agent_log = self.work / "agent.log"
         process = self.agent.spawn(
@@ -177,13 +183,16 @@ class ServerAndAgent(PodStreamsInAMachine):
             self.agent_log,
         )
 
-        def stop() -> None:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(30)
-
-        self.addCleanup(stop)
+        self.addCleanup(self.stop_agent, process)
         return process
+
+    def stop_agent(self, process: subprocess.Popen[bytes]) -> int:
+        """SIGTERM to the agent's twistd (nsenter's child), which exits; nsenter's status."""
+        if process.poll() is None:
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+            for child in children.split():
+                os.kill(int(child), signal.SIGTERM)
+        return process.wait(30)
 
 
 class StreamsThroughTheTunnelTests(ServerAndAgent):

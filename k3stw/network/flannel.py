@@ -309,6 +309,9 @@ class Backend(Protocol):
     def entries(self, lease: Lease) -> tuple[Entry, ...]:
         """The entries that route to C{lease}, in the order they are applied."""
 
+    async def found(self, cluster: ipaddress.IPv4Network) -> list[Entry]:
+        """Its entries already on the host (from before a restart), after L{setup}."""
+
 
 def changes(
     applied: Iterable[Entry], wanted: Iterable[Entry], everything: bool = False
@@ -358,9 +361,14 @@ async def batch(reactor: IReactorProcess, tool: str, lines: list[str], force: bo
 
 async def ip_json(reactor: IReactorProcess, *arguments: str) -> list[Object]:
     """``ip -j <arguments>``, decoded."""
-    result = await run_command(reactor, ["ip", "-j", *arguments], timeout=COMMAND_TIMEOUT)
+    return await command_json(reactor, "ip", *arguments)
+
+
+async def command_json(reactor: IReactorProcess, tool: str, *arguments: str) -> list[Object]:
+    """C{tool} ``-j`` C{arguments} (``ip``, ``bridge``): its JSON list, decoded."""
+    result = await run_command(reactor, [tool, "-j", *arguments], timeout=COMMAND_TIMEOUT)
     decoded = json.loads(result.stdout or b"[]")
-    return [item for item in decoded if isinstance(item, dict)]
+    return [item for item in decoded if isinstance(item, dict)] if isinstance(decoded, list) else []
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -438,11 +446,12 @@ class FlannelController(Controller):
         ).setServiceParent(self)
         #: The local set-up once done: the range it was made for, and what it gave.
         self.local: tuple[ipaddress.IPv4Network, Link, LocalLease] | None = None
-        #: The entries applied, by node.
-        self.applied: dict[str, tuple[Entry, ...]] = {}
+        #: The entries applied, by node (None: not yet looked at what the host has).
+        self.applied: dict[str, tuple[Entry, ...]] | None = None
 
     def new_term(self) -> None:
         self.local = None
+        self.applied = None
 
     def _changed(self, old: Object, new: Object) -> None:
         # Only what a lease is made of matters (the informer keeps nothing else).
@@ -517,13 +526,17 @@ class FlannelController(Controller):
                 )
                 continue
             wanted[lease.node] = self.backend.entries(lease)
+        if self.applied is None:
+            # What a run before this one left (a node deleted meanwhile goes now).
+            found = await self.backend.found(ipaddress.IPv4Network(self.cluster_cidr, strict=False))
+            self.applied = {"": tuple(found)} if found else {}
         removals, additions = changes(
             (e for entries in self.applied.values() for e in entries),
             (e for entries in wanted.values() for e in entries),
             everything,
         )
         await apply_entries(self.reactor, removals, additions)
-        for name in sorted(set(self.applied) - set(wanted)):
+        for name in sorted(set(self.applied) - set(wanted) - {""}):
             _log.info("flannel removed the routes to node {node}", node=name)
         for name in sorted(set(wanted) - set(self.applied)):
             _log.info("flannel routes node {node}'s pods", node=name)
@@ -549,7 +562,7 @@ def flannel_for(
     elif settings.flannel_backend == "host-gw":
         from k3stw.network.hostgw import HostGWBackend
 
-        backend = HostGWBackend()
+        backend = HostGWBackend(reactor)
     else:
         if settings.flannel_backend != "none":
             _log.error(

@@ -12,6 +12,7 @@ the Node's ``backend-data`` is given to a device made again.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from k3stw.network.flannel import (
     Link,
     LocalLease,
     batch,
+    command_json,
     ip_json,
 )
 
@@ -121,6 +123,13 @@ class VXLANBackend:
     def entries(self, lease: Lease) -> tuple[Entry, ...]:
         return entries(lease)
 
+    async def found(self, cluster: ipaddress.IPv4Network) -> list[Entry]:
+        """What ``flannel.1`` holds already (all of it is flannel's)."""
+        routes = await ip_json(self.reactor, "route", "show", "dev", DEVICE)
+        neighbours = await ip_json(self.reactor, "neigh", "show", "dev", DEVICE)
+        fdb = await command_json(self.reactor, "bridge", "fdb", "show", "dev", DEVICE)
+        return found_entries(routes, neighbours, fdb)
+
     async def _device(self) -> Object | None:
         try:
             found = await ip_json(self.reactor, "-d", "addr", "show", "dev", DEVICE)
@@ -141,21 +150,62 @@ def entries(lease: Lease) -> tuple[Entry, ...]:
     mac = str(data.get("VtepMAC") or "").lower()
     if not mac:
         return ()
-    gateway = lease.gateway
+    gateway = str(lease.gateway)
     return (
-        Entry(
-            "ip",
-            f"neigh replace {gateway} lladdr {mac} dev {DEVICE} nud permanent",
-            f"neigh del {gateway} dev {DEVICE}",
-        ),
-        Entry(
-            "bridge",
-            f"fdb replace {mac} dev {DEVICE} dst {lease.public_ip} self permanent",
-            f"fdb del {mac} dev {DEVICE} dst {lease.public_ip} self",
-        ),
-        Entry(
-            "ip",
-            f"route replace {lease.subnet} via {gateway} dev {DEVICE} onlink",
-            f"route del {lease.subnet} via {gateway} dev {DEVICE}",
-        ),
+        neighbour(gateway, mac),
+        forwarding(mac, lease.public_ip),
+        route(str(lease.subnet), gateway),
     )
+
+
+def neighbour(gateway: str, mac: str) -> Entry:
+    """The peer's ``flannel.1`` address answered with its MAC, never asked for."""
+    return Entry(
+        "ip",
+        f"neigh replace {gateway} lladdr {mac} dev {DEVICE} nud permanent",
+        f"neigh del {gateway} dev {DEVICE}",
+    )
+
+
+def forwarding(mac: str, public_ip: str) -> Entry:
+    """Frames for the peer's MAC go, encapsulated, to its public IP."""
+    return Entry(
+        "bridge",
+        f"fdb replace {mac} dev {DEVICE} dst {public_ip} self permanent",
+        f"fdb del {mac} dev {DEVICE} dst {public_ip} self",
+    )
+
+
+def route(subnet: str, gateway: str) -> Entry:
+    """The peer's range through its ``flannel.1`` address."""
+    return Entry(
+        "ip",
+        f"route replace {subnet} via {gateway} dev {DEVICE} onlink",
+        f"route del {subnet} via {gateway} dev {DEVICE}",
+    )
+
+
+def found_entries(
+    routes: Sequence[Object], neighbours: Sequence[Object], fdb: Sequence[Object]
+) -> list[Entry]:
+    """
+    The entries on ``flannel.1`` already (``ip -j route``/``neigh show dev
+    flannel.1``, ``bridge -j fdb show dev flannel.1``): a node's from before a
+    restart, those of nodes deleted meanwhile among them.
+    """
+    found = [
+        neighbour(str(n["dst"]), str(n["lladdr"]).lower())
+        for n in neighbours
+        if n.get("dst") and n.get("lladdr") and "PERMANENT" in (n.get("state") or ())
+    ]
+    found += [
+        forwarding(str(f["mac"]).lower(), str(f["dst"]))
+        for f in fdb
+        if f.get("mac") and f.get("dst")
+    ]
+    found += [
+        route(str(r["dst"]), str(r["gateway"]))
+        for r in routes
+        if r.get("gateway") and "/" in str(r.get("dst"))
+    ]
+    return found
