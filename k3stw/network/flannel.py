@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
+from k3stw.files import write_atomically
 from k3stw.kubeclient import KubeAPI, KubeAPIError
 from k3stw.logs import Logger
 from k3stw.machinery.controller import Controller
@@ -371,18 +372,14 @@ async def command_json(reactor: IReactorProcess, tool: str, *arguments: str) -> 
     return [item for item in decoded if isinstance(item, dict)] if isinstance(decoded, list) else []
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write C{path} through a temporary file and a rename, unless it already says C{text}."""
+def write_if_changed(path: Path, text: str) -> None:
+    """Write C{path} (0644, atomically) unless it already says C{text}."""
     try:
         if path.read_text() == text:
             return
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.chmod(0o644)
-    temporary.replace(path)
+    write_atomically(path, text.encode(), 0o644)
 
 
 _log = Logger(namespace="k3stw.network.flannel")
@@ -494,7 +491,7 @@ class FlannelController(Controller):
         lease = await self.backend.setup(
             link, subnet, previous.backend_data if previous is not None else None
         )
-        write_atomically(self.subnet_file, subnet_env(self.cluster_cidr, subnet, lease.mtu))
+        write_if_changed(self.subnet_file, subnet_env(self.cluster_cidr, subnet, lease.mtu))
         if self.iptables is not None:
             await self.iptables.restore(rules(self.cluster_cidr, str(subnet)))
             for table, chain, arguments in JUMPS:
