@@ -60,6 +60,8 @@ __all__ = [
     "subnet_env",
 ]
 
+_log = Logger(namespace="k3stw.network.flannel")
+
 ANNOTATION_PREFIX = "flannel.alpha.coreos.com/"
 BACKEND_TYPE = ANNOTATION_PREFIX + "backend-type"
 BACKEND_DATA = ANNOTATION_PREFIX + "backend-data"
@@ -380,9 +382,6 @@ def write_if_changed(path: Path, text: str) -> None:
     except OSError:
         pass
     write_atomically(path, text.encode(), 0o644)
-
-
-_log = Logger(namespace="k3stw.network.flannel")
 
 
 class FlannelController(Controller):
