@@ -118,13 +118,14 @@ class ConflistTests(SynchronousTestCase):
 class NodeNetworkTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.conf_dir = Path(self.mktemp()) / "net.d"
+        self.subnet_file = self.conf_dir.parent / "flannel" / "subnet.env"
         self.memory = MemoryRuntime(Clock(), pod_cidr="")
 
     def update(self, network: NodeNetwork, node: dict[str, Any]) -> None:
         self.successResultOf(Deferred.fromCoroutine(network.update(node)))
 
     def test_written_once_the_node_has_its_cidr_and_the_runtime_told(self) -> None:
-        network = NodeNetwork(self.conf_dir, self.memory)
+        network = NodeNetwork(self.conf_dir, self.memory, subnet_file=self.subnet_file)
         self.update(network, node_with())
         self.assertFalse((self.conf_dir / CONFLIST_NAME).exists())
         self.assertEqual(self.memory.pod_cidr, "")
@@ -139,13 +140,34 @@ class NodeNetworkTests(SynchronousTestCase):
         self.update(network, node_with("10.42.7.0/24"))
         self.assertEqual(len(self.memory.calls), calls, "nothing new: nothing done")
 
+    def test_the_bridge_takes_flannels_mtu_once_written(self) -> None:
+        """As flannel's CNI plugin: the bridge's MTU is subnet.env's, rewritten when it appears."""
+        network = NodeNetwork(self.conf_dir, self.memory, subnet_file=self.subnet_file)
+        self.update(network, node_with("10.42.7.0/24"))
+        bridge = json.loads((self.conf_dir / CONFLIST_NAME).read_text())["plugins"][0]
+        self.assertNotIn("mtu", bridge)
+        self.subnet_file.parent.mkdir(parents=True)
+        self.subnet_file.write_text(
+            "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.7.1/24\n"
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        )
+        calls = len(self.memory.calls)
+        self.update(network, node_with("10.42.7.0/24"))
+        bridge = json.loads((self.conf_dir / CONFLIST_NAME).read_text())["plugins"][0]
+        self.assertEqual(bridge["mtu"], 1450)
+        self.assertEqual(
+            len(self.memory.calls), calls, "the same range: the runtime not told again"
+        )
+
     def test_every_family_is_sent_to_the_runtime(self) -> None:
-        network = NodeNetwork(self.conf_dir, self.memory)
+        network = NodeNetwork(self.conf_dir, self.memory, subnet_file=self.subnet_file)
         self.update(network, node_with("10.42.7.0/24", "fd00:42::/64"))
         self.assertEqual(self.memory.pod_cidr, "10.42.7.0/24,fd00:42::/64")
 
     def test_flannel_backend_none_leaves_cni_to_the_user(self) -> None:
-        network = NodeNetwork(self.conf_dir, self.memory, write_conflist=False)
+        network = NodeNetwork(
+            self.conf_dir, self.memory, write_conflist=False, subnet_file=self.subnet_file
+        )
         self.update(network, node_with("10.42.7.0/24"))
         self.assertFalse(self.conf_dir.exists())
         self.assertEqual(self.memory.pod_cidr, "10.42.7.0/24")

@@ -22,7 +22,10 @@ Needs what tests/test_pods_machine.py needs.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -147,8 +150,8 @@ class ExecInAMachineTests(PodStreamsInAMachine):
         self.assertNotIn("POST https://", forwarded)
 
 
-class StreamsThroughTheTunnelTests(PodStreamsInAMachine):
-    """The pod on an agent in a second machine: the streams cross the agent's tunnel."""
+class ServerAndAgent(PodStreamsInAMachine):
+    """A server (node m0) in C{self.machine} and an agent (node m1) in a second machine."""
 
     timeout = 300
 
@@ -159,26 +162,45 @@ class StreamsThroughTheTunnelTests(PodStreamsInAMachine):
             machine.boot(runtime=True)
             write_airgap_images(machine.rancher / "k3s" / "agent" / "images")
 
-    def test_exec_and_port_forward_to_an_agents_pod(self) -> None:
+    def start_nodes(self, server_flags: str = "") -> subprocess.Popen[bytes]:
+        """The server (with C{server_flags}) and the agent, its log C{agent_log}; its process."""
         self.launch(
-            f"k3s-server --node-name m0 --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
+            f"k3s-server --node-name m0 --kubelet-arg cgroup-root={self.machine.cgroup_parent}"
+            f"{' ' + server_flags if server_flags else ''}",
             "server.log",
             "Successfully registered node m0",
         )
+        return self.start_agent()
+
+    def start_agent(self) -> subprocess.Popen[bytes]:
+        """The agent (node m1) joining the server, its log C{agent_log}; its process."""
         token = self.machine.run("cat /var/lib/rancher/k3s/server/token").strip()
-        agent_log = self.work / "agent.log"
+        self.agent_log = self.work / "agent.log"
         process = self.agent.spawn(
             f"exec {Path(sys.executable).with_name('twistd')} -n --pidfile= k3s-agent"
             f" --server https://{self.machine.address}:6443 --token {token} --node-name m1"
             f" --kubelet-arg cgroup-root={self.agent.cgroup_parent}",
-            agent_log,
+            self.agent_log,
         )
 
-        def stop() -> None:
-            process.terminate()
-            process.wait(30)
+        self.addCleanup(self.stop_agent, process)
+        return process
 
-        self.addCleanup(stop)
+    def stop_agent(self, process: subprocess.Popen[bytes]) -> int:
+        """SIGTERM to the agent's twistd (nsenter's child), which exits; nsenter's status."""
+        if process.poll() is None:
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+            for child in children.split():
+                os.kill(int(child), signal.SIGTERM)
+        return process.wait(30)
+
+
+class StreamsThroughTheTunnelTests(ServerAndAgent):
+    """The pod on an agent in a second machine: the streams cross the agent's tunnel."""
+
+    def test_exec_and_port_forward_to_an_agents_pod(self) -> None:
+        self.start_nodes()
+        agent_log = self.agent_log
         self.until(
             "the agent's tunnel",
             lambda: "Remotedialer connected" in agent_log.read_text(errors="replace"),

@@ -107,6 +107,11 @@ class NodeNetworking(MultiService):
         self.settings = settings
         self.joined = joined
         self.server_url = server_url
+        from k3stw.network.flannel import flannel_for
+
+        flannel = flannel_for(reactor, settings, joined, server_url)
+        if flannel is not None:
+            flannel.setServiceParent(self)
         if settings.kube_proxy:
             from k3stw.network.proxy import KubeProxy
 
