@@ -30,7 +30,7 @@ CONFLIST = "/var/lib/rancher/k3s/agent/etc/cni/net.d/10-flannel.conflist"
 PREFIX = "flannel.alpha.coreos.com/"
 
 
-class FlannelAcrossTwoMachines(ServerAndAgent):
+class TwoMachinesWithFlannel(ServerAndAgent):
     """The server in C{self.machine}, the agent in C{self.agent}; C{backend} between them."""
 
     backend = "vxlan"
@@ -109,6 +109,8 @@ class FlannelAcrossTwoMachines(ServerAndAgent):
         )
         self.assertIn(" 0% packet loss", self.kubectl(f"exec {pod} -- busybox ping -c 2 {ip}"))
 
+
+class FlannelAcrossTwoMachines(TwoMachinesWithFlannel):
     def test_pods_on_two_nodes_reach_each_other_until_one_leaves(self) -> None:
         agent = self.start_nodes()
         self.until("m1 registered", self.agent_registered, 90)
