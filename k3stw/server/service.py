@@ -19,9 +19,10 @@ from k3stw.apiserver import metricsapi
 from k3stw.apiserver.admission import Admission
 from k3stw.apiserver.allocation import ServiceAllocator, repair_job
 from k3stw.apiserver.bootstrap import bootstrap
+from k3stw.apiserver.encryption import EncryptedDatastore
 from k3stw.apiserver.health import Health, HealthCheck
 from k3stw.apiserver.informers import ServerInformers
-from k3stw.apiserver.kinds import built_in_registry, crds, nodes, pods, services
+from k3stw.apiserver.kinds import built_in_registry, crds, nodes, pods, secrets, services
 from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.rbac import RBAC
@@ -84,6 +85,7 @@ from k3stw.pki.token import InvalidToken, Token, parse_token
 from k3stw.scheduler.scheduler import Scheduler
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
+from k3stw.server.secretsencrypt import SecretsEncryption, prepare_encryption
 from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
@@ -456,6 +458,20 @@ def _node_cidr_sets(config: ServerConfig) -> list[CIDRSet]:
         raise StartupError(f"--cluster-cidr / --node-cidr-mask-size: {e}") from None
 
 
+def _secrets_encryption(
+    config: ServerConfig, datastore: IDatastore, reactor: Any
+) -> SecretsEncryption | None:
+    """With ``--secrets-encryption``, the key file's stages over the Secrets' datastore view."""
+    if not config.secrets_encryption:
+        return None
+    try:
+        transformer = prepare_encryption(config.server_dir)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"--secrets-encryption: {e}") from None
+    view = EncryptedDatastore(datastore, transformer, secrets.RESOURCE.storage_prefix())
+    return SecretsEncryption(config.server_dir, config.hostname, view, reactor.seconds)
+
+
 def build_server(
     config: ServerConfig,
     credentials: ServerCredentials,
@@ -473,7 +489,10 @@ def build_server(
         datastore = datastore_for_endpoint(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
         )
-    store = ObjectStore(datastore, reactor, checks=config.api_checks)
+    encryption = _secrets_encryption(config, datastore, reactor)
+    store = ObjectStore(
+        datastore if encryption is None else encryption.datastore, reactor, checks=config.api_checks
+    )
     allocator = ServiceAllocator(datastore, reactor, config.service_cidr, config.node_ports)
     store.allocators[("", services.RESOURCE.plural)] = allocator
     # The resource metrics (kubectl top) are answered by this server, as k3s's metrics-server would.
@@ -539,12 +558,13 @@ def build_server(
     ).setServiceParent(root)
     node_passwords = NodePasswords(store, reactor)
     node_passwords.setServiceParent(root)
+    passwords = {"node": credentials.agent_password, "server": credentials.token.password}
     readiness = root.readiness
     enrollment = NodeEnrollment(
         credentials.server_ca,
         credentials.server_ca_bundle,
         credentials.client_ca,
-        {"node": credentials.agent_password, "server": credentials.token.password},
+        passwords,
         node_passwords,
         lambda: readiness.ready,
         reactor,
@@ -553,7 +573,14 @@ def build_server(
     )
     tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
     site = QuietSite(
-        supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment, tunnel)
+        supervisor_resource(
+            credentials.server_ca_bundle,
+            readiness,
+            api,
+            enrollment,
+            tunnel,
+            None if encryption is None else encryption.resource(passwords),
+        )
     )
     site.requestFactory = APIRequest
     tls = server_tls_options(
