@@ -77,6 +77,11 @@ class ServerConfig:
         return self.data_dir / "server"
 
     @property
+    def manifests_dir(self) -> Path:
+        """Where the deploy controller finds the manifests it keeps applied."""
+        return self.server_dir / "manifests"
+
+    @property
     def service_account_issuer(self) -> str:
         """k3s's ``--service-account-issuer``: the bound tokens' ``iss``."""
         return f"https://kubernetes.default.svc.{self.cluster_domain}"

@@ -41,6 +41,8 @@ from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
 from k3stw.controllers.daemonsets import DaemonSetController
+from k3stw.controllers.deploy import COMPONENT as DEPLOY
+from k3stw.controllers.deploy import DeployController, install_addon_crd
 from k3stw.controllers.deployment import DeploymentController
 from k3stw.controllers.disruption import DisruptionController
 from k3stw.controllers.endpoints import APIServerEndpoints
@@ -187,6 +189,7 @@ class ServerService(ApplianceService):
         # Every backend is also a Service that says when it has connected.
         await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
+        await install_addon_crd(self.store)
         if localpath.COMPONENT not in self.config.disable:
             await localpath.deploy(self.store, self.registry, str(self.config.local_storage_path))
         self.control_plane.setServiceParent(self)
@@ -357,6 +360,7 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
     )
     if config.datastore_endpoint is None:
         (config.server_dir / "db").mkdir(mode=0o700, exist_ok=True)
+    config.manifests_dir.mkdir(mode=0o700, exist_ok=True)
     return credentials
 
 
@@ -441,6 +445,14 @@ def control_plane(
         PersistentVolumeBinder(informers, store, registry),
     ):
         controller.setServiceParent(elected_controller_manager)
+    DeployController(
+        store,
+        registry,
+        config.manifests_dir,
+        config.disable,
+        EventRecorder(store, store.clock, DEPLOY, config.hostname),
+        store.clock,
+    ).setServiceParent(elected_controller_manager)
     if localpath.COMPONENT not in config.disable:
         localpath.LocalPathProvisioner(
             informers, store, registry, config.hostname
