@@ -302,13 +302,19 @@ class DeployController(MultiService):
 
     # Applying
 
-    async def _addon(self, path: Path) -> Object:
-        name = addon_name(path)
+    async def _existing_addon(self, name: str) -> Object | None:
         try:
-            addon = await self.store.get(self.addons, NAMESPACE, name)
+            return await self.store.get(self.addons, NAMESPACE, name)
         except StatusError as e:
             if e.code != 404:
                 raise
+            return None
+
+    async def _addon(self, path: Path) -> Object:
+        """The file's Addon, created first if need be (its Events need its uid)."""
+        name = addon_name(path)
+        addon = await self._existing_addon(name)
+        if addon is None:
             wanted = {"metadata": {"name": name}, "spec": {"source": str(path)}}
             addon = await self.store.create(self.addons, NAMESPACE, wanted)
         return addon
@@ -317,39 +323,28 @@ class DeployController(MultiService):
         """Apply one file under its Addon; raises what made it fail (already recorded)."""
         addon = await self._addon(path)
         spec = addon.get("spec") or {}
+        where = repr(str(path))
+        # What a failure at each step is recorded as, in k3s's reasons and words.
+        failure = ("ReadManifestFailed", "Read manifest at {where} failed: {error}")
         try:
             content = path.read_bytes()
-        except OSError as e:
-            await self._event(
-                addon, WARNING, "ReadManifestFailed", f"Read manifest at {str(path)!r} failed: {e}"
-            )
-            raise
-        digest = checksum(content)
-        if compare_checksum and digest == spec.get("checksum") and spec.get("source") == str(path):
-            return
-        try:
+            digest = checksum(content)
+            if compare_checksum and (digest, str(path)) == (
+                spec.get("checksum"),
+                spec.get("source"),
+            ):
+                return
+            failure = ("ParseManifestFailed", "Parse manifest at {where} failed: {error}")
             objects = parse_manifest(content)
-        except ValueError as e:
-            await self._event(
-                addon,
-                WARNING,
-                "ParseManifestFailed",
-                f"Parse manifest at {str(path)!r} failed: {e}",
-            )
-            raise
-        await self._event(addon, NORMAL, "ApplyingManifest", f"Applying manifest at {str(path)!r}")
-        try:
+            await self._event(addon, NORMAL, "ApplyingManifest", f"Applying manifest at {where}")
+            failure = ("ApplyManifestFailed", "Applying manifest at {where} failed: {error}")
             await self._apply(name_of(addon), objects, self._recorded_gvks(addon))
-        except (StatusError, ValueError) as e:
-            message = getattr(e, "message", str(e))
-            await self._event(
-                addon,
-                WARNING,
-                "ApplyManifestFailed",
-                f"Applying manifest at {str(path)!r} failed: {message}",
-            )
+        except (OSError, StatusError, ValueError) as e:
+            reason, message = failure
+            error = getattr(e, "message", str(e))
+            await self._event(addon, WARNING, reason, message.format(where=where, error=error))
             raise
-        await self._event(addon, NORMAL, "AppliedManifest", f"Applied manifest at {str(path)!r}")
+        await self._event(addon, NORMAL, "AppliedManifest", f"Applied manifest at {where}")
         gvks = ";".join(sorted({_gvk(obj) for obj in objects}))
 
         def applied(current: Object) -> Object:
@@ -362,12 +357,7 @@ class DeployController(MultiService):
     async def delete(self, path: Path, remove_file: bool) -> None:
         """Delete what a file made (an empty apply), the file if asked, then its Addon."""
         name = addon_name(path)
-        try:
-            addon = await self.store.get(self.addons, NAMESPACE, name)
-        except StatusError as e:
-            if e.code != 404:
-                raise
-            addon = None
+        addon = await self._existing_addon(name)
         gvks = self._recorded_gvks(addon) if addon is not None else set()
         with contextlib.suppress(OSError, ValueError):
             gvks |= {_gvk(obj) for obj in parse_manifest(path.read_bytes())}
