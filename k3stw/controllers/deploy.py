@@ -40,7 +40,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorTime
 
@@ -148,6 +147,9 @@ def parse_manifest(content: bytes) -> list[Object]:
 
     :raises ValueError: a document is not YAML, not an object, or lacks apiVersion/kind.
     """
+    # PyYAML (about a megabyte) loads with the first manifest, not with every server.
+    import yaml
+
     try:
         documents = list(yaml.safe_load_all(content))
     except yaml.YAMLError as e:
