@@ -10,6 +10,8 @@ import base64
 import http.client
 import json
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,6 +126,16 @@ class SecretsEncryptionTests(ProcessCase):
         finally:
             connection.close()
 
+    def secrets_encrypt(self, *args: str, code: int = 0) -> str:
+        """``k3s secrets-encrypt`` against this server: its stdout (or stderr when it fails)."""
+        command = [
+            sys.executable, "-m", "k3stw.server.secretsencryptcli", *args,
+            "--data-dir", str(self.root / "data"), "--server", f"https://{self.host}:{self.port}",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, code, result.stderr)
+        return result.stdout if code == 0 else result.stderr
+
     def test_a_secret_is_never_in_the_database_in_clear(self) -> None:
         server = self.start("--secrets-encryption")
         secret = "hunter2-at-rest-9f3a"
@@ -145,6 +157,21 @@ class SecretsEncryptionTests(ProcessCase):
             (self.root / "data" / "server" / "cred" / "encryption-config.json").read_text()
         )
         self.assertEqual(config["kind"], "EncryptionConfiguration")
+        # k3s secrets-encrypt: status as k3s prints it, then new keys while the API serves.
+        self.assertEqual(
+            self.secrets_encrypt("status"),
+            "Encryption Status: Enabled\nCurrent Rotation Stage: start\n"
+            "Server Encryption Hashes: All hashes match\n\n"
+            "Active  Key Type  Name\n------  --------  ----\n *      AES-CBC   aescbckey\n",
+        )
+        self.assertEqual(
+            self.secrets_encrypt("rotate-keys"), "keys rotated, reencryption finished\n"
+        )
+        stored = _database_bytes(self.root)
+        active = self.status()["activekey"]
+        self.assertNotEqual(active, "aescbckey")
+        self.assertIn(f"k8s:enc:aescbc:v1:{active}:".encode(), stored)
+        self.assertIn("incorrect stage: reencrypt_finished", self.secrets_encrypt("rotate", code=1))
         # A restart with the same key file reads it back.
         server.stop()
         self.start("--secrets-encryption", root=self.root, port=self.port)
