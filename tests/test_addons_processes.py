@@ -177,3 +177,47 @@ class SecretsEncryptionTests(ProcessCase):
         self.start("--secrets-encryption", root=self.root, port=self.port)
         got = self.kubectl("get", "secret", "db", "-o", "jsonpath={.data.password}")
         self.assertEqual(base64.b64decode(got).decode(), secret)
+
+
+class SharedKeysTests(SynchronousTestCase):
+    """Two servers on one PostgreSQL share the first one's key file (the bootstrap data)."""
+
+    host = "127.0.0.205"
+
+    def test_a_second_server_reads_what_the_first_encrypted(self) -> None:
+        import psycopg
+
+        from tests.support.postgres import fresh_database_name, shared_postgres
+
+        endpoint = shared_postgres().endpoint(fresh_database_name("encrypt"))
+        root = Path(self.mktemp()).absolute()
+        envs = []
+        for name in ("one", "two"):
+            port = free_port(self.host)
+            server = k3s_server(
+                self, root / name, self.host, port, "--disable-agent", "--secrets-encryption",
+                "--datastore-endpoint", endpoint, "--token", "shared-encryption-token",
+            ).start()  # fmt: skip
+            server.wait_for_answer(self.host, port)
+            server.wait_for_output("k3s is up and running")
+            envs.append(kubectl_env(root / name))
+        keys = [
+            (root / n / "data/server/cred/encryption-config.json").read_bytes()
+            for n in ("one", "two")
+        ]
+        self.assertEqual(keys[0], keys[1])
+        created = run_kubectl(
+            envs[0], "create", "secret", "generic", "db", "--from-literal=p=shared-hunter2"
+        )
+        self.assertEqual(created.returncode, 0, created.stderr)
+        read = run_kubectl(envs[1], "get", "secret", "db", "-o", "jsonpath={.data.p}")
+        self.assertEqual(read.returncode, 0, read.stderr)
+        self.assertEqual(base64.b64decode(read.stdout), b"shared-hunter2")
+        with psycopg.connect(endpoint) as connection:
+            rows = connection.execute(
+                "SELECT value FROM kine WHERE name = '/registry/secrets/default/db'"
+            ).fetchall()
+        self.assertTrue(rows)
+        for (value,) in rows:
+            self.assertTrue(bytes(value).startswith(b"k8s:enc:aescbc:v1:aescbckey:"))
+            self.assertNotIn(b"shared-hunter2", bytes(value))

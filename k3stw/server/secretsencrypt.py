@@ -68,13 +68,11 @@ def _hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def prepare_encryption(server_dir: Path) -> Transformer:
+def write_first_key_file(server_dir: Path) -> None:
     """
-    The Secrets' transformer of the key file, written first (one new key,
-    identity last) with the stage ``start`` if there is none.  Blocking: for
-    C{makeService}.
-
-    :raises ValueError: the key file is not one k3stw can use.
+    The key file of a first start (one new key, identity last) and the stage
+    ``start``, unless there is one (made here, or taken from the cluster's
+    bootstrap data).  Blocking.
     """
     path = config_path(server_dir)
     if not path.exists():
@@ -82,6 +80,17 @@ def prepare_encryption(server_dir: Path) -> Transformer:
         data = configuration(providers)
         write_atomically(path, data)
         write_atomically(state_path(server_dir), f"{START}-{_hash(data)}".encode())
+
+
+def prepare_encryption(server_dir: Path) -> Transformer:
+    """
+    The Secrets' transformer of the key file (L{write_first_key_file} first).
+    Blocking: for C{makeService}.
+
+    :raises ValueError: the key file is not one k3stw can use.
+    """
+    write_first_key_file(server_dir)
+    path = config_path(server_dir)
     transformer = parse_configuration(path.read_bytes()).get(secrets.RESOURCE.plural)
     if transformer is None:
         raise ValueError(f"{path}: no providers for secrets")
@@ -144,11 +153,17 @@ class SecretsEncryption:
         node_name: str,
         datastore: EncryptedDatastore,
         now: Callable[[], float],
+        publish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """
+        :param publish: saves the key file to the cluster's bootstrap data (on an
+            external datastore), for the servers that start after a stage.
+        """
         self.server_dir = server_dir
         self.node_name = node_name
         self.datastore = datastore
         self.now = now
+        self.publish = publish
 
     def _providers(self) -> list[Provider]:
         return list(self.datastore.transformer.providers)
@@ -168,11 +183,13 @@ class SecretsEncryption:
         active = keys[0] if enabled and keys else ""
         return EncryptionStatus(stage, active, enabled, match, error, keys[1:] if active else keys)
 
-    def _save(self, providers: list[Provider], stage: str) -> None:
+    async def _save(self, providers: list[Provider], stage: str) -> None:
         data = configuration(providers)
         write_atomically(config_path(self.server_dir), data)
         write_atomically(state_path(self.server_dir), f"{stage}-{_hash(data)}".encode())
         self.datastore.replace(Transformer(providers))
+        if self.publish is not None:
+            await self.publish()
 
     def _aescbc(self, providers: list[Provider]) -> tuple[int, Provider]:
         for index, provider in enumerate(providers):
@@ -204,7 +221,7 @@ class SecretsEncryption:
             current, _ = self._stage()
             identity = [p for p in providers if p.type == "identity"]
             others = [p for p in providers if p.type != "identity"]
-            self._save(others + identity if enable else identity + others, current)
+            await self._save(others + identity if enable else identity + others, current)
             return
         stage = str(body.get("stage"))
         if stage == PREPARE:
@@ -213,13 +230,13 @@ class SecretsEncryption:
             key = new_key(self._new_key_name())
             self._log.info("Adding secrets-encryption key: {name}", name=key.name)
             providers[index] = Provider("aescbc", (*aescbc.keys, key))
-            self._save(providers, PREPARE)
+            await self._save(providers, PREPARE)
         elif stage == ROTATE:
             self._require((PREPARE,), force)
             index, aescbc = self._aescbc(providers)
             providers[index] = Provider("aescbc", (aescbc.keys[-1], *aescbc.keys[:-1]))
             self._log.info("Encryption keys right rotated")
-            self._save(providers, ROTATE)
+            await self._save(providers, ROTATE)
         elif stage == REENCRYPT_REQUEST:
             self._require((ROTATE,), force)
             await self.reencrypt()
@@ -228,17 +245,17 @@ class SecretsEncryption:
                 if len(aescbc.keys) > 1:
                     self._log.info("Removing key: {name}", name=aescbc.keys[-1].name)
                     providers[index] = Provider("aescbc", aescbc.keys[:-1])
-                self._save(providers, REENCRYPT_FINISHED)
+                await self._save(providers, REENCRYPT_FINISHED)
         elif stage == ROTATE_KEYS:
             self._require((START, REENCRYPT_FINISHED), force)
             index, aescbc = self._aescbc(providers)
             key = new_key(self._new_key_name())
             self._log.info("Adding secrets-encryption key: {name}", name=key.name)
             providers[index] = Provider("aescbc", (key, *aescbc.keys))
-            self._save(providers, REENCRYPT_ACTIVE)
+            await self._save(providers, REENCRYPT_ACTIVE)
             await self.reencrypt()
             providers[index] = Provider("aescbc", (key,))
-            self._save(providers, REENCRYPT_FINISHED)
+            await self._save(providers, REENCRYPT_FINISHED)
         else:
             raise StatusError(400, f"unknown stage {stage!r} requested")
 

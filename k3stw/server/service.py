@@ -87,7 +87,11 @@ from k3stw.pki.token import InvalidToken, Token, parse_token
 from k3stw.scheduler.scheduler import Scheduler
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
-from k3stw.server.secretsencrypt import SecretsEncryption, prepare_encryption
+from k3stw.server.secretsencrypt import (
+    SecretsEncryption,
+    prepare_encryption,
+    write_first_key_file,
+)
 from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
@@ -291,6 +295,9 @@ def _credentials_shared_through_the_datastore(
         credentials = load_or_create_server_credentials(
             config.server_dir, config.serving_alt_names(), now, config.token, config.agent_token
         )
+        if config.secrets_encryption:
+            # After taking the cluster's key file, if any; before saving a first one.
+            write_first_key_file(config.server_dir)
         if keys is not None and not took:
             if password is None and keys.list_prefix(bootstrapdata.PREFIX):
                 raise StartupError(bootstrapdata.OTHER_TOKEN)
@@ -471,7 +478,7 @@ def _node_cidr_sets(config: ServerConfig) -> list[CIDRSet]:
 
 
 def _secrets_encryption(
-    config: ServerConfig, datastore: IDatastore, reactor: Any
+    config: ServerConfig, datastore: IDatastore, reactor: Any, password: str
 ) -> SecretsEncryption | None:
     """With ``--secrets-encryption``, the key file's stages over the Secrets' datastore view."""
     if not config.secrets_encryption:
@@ -481,7 +488,10 @@ def _secrets_encryption(
     except (OSError, ValueError) as e:
         raise StartupError(f"--secrets-encryption: {e}") from None
     view = EncryptedDatastore(datastore, transformer, secrets.RESOURCE.storage_prefix())
-    return SecretsEncryption(config.server_dir, config.hostname, view, reactor.seconds)
+    publish = None
+    if config.datastore_endpoint is not None:
+        publish = partial(bootstrapdata.publish, datastore, config.server_dir, password)
+    return SecretsEncryption(config.server_dir, config.hostname, view, reactor.seconds, publish)
 
 
 def build_server(
@@ -501,7 +511,7 @@ def build_server(
         datastore = datastore_for_endpoint(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
         )
-    encryption = _secrets_encryption(config, datastore, reactor)
+    encryption = _secrets_encryption(config, datastore, reactor, credentials.token.password)
     store = ObjectStore(
         datastore if encryption is None else encryption.datastore, reactor, checks=config.api_checks
     )
