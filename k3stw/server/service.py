@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -19,7 +19,6 @@ from k3stw.apiserver import metricsapi
 from k3stw.apiserver.admission import Admission
 from k3stw.apiserver.allocation import ServiceAllocator, repair_job
 from k3stw.apiserver.bootstrap import bootstrap
-from k3stw.apiserver.encryption import EncryptedDatastore
 from k3stw.apiserver.health import Health, HealthCheck
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import built_in_registry, crds, nodes, pods, secrets, services
@@ -87,17 +86,15 @@ from k3stw.pki.token import InvalidToken, Token, parse_token
 from k3stw.scheduler.scheduler import Scheduler
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
-from k3stw.server.secretsencrypt import (
-    SecretsEncryption,
-    prepare_encryption,
-    write_first_key_file,
-)
 from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
 from k3stw.supervisor.resource import Readiness, supervisor_resource
 from k3stw.tunnel.registry import TunnelRegistry
 from k3stw.web import QuietSite
+
+if TYPE_CHECKING:
+    from k3stw.server.secretsencrypt import SecretsEncryption
 
 
 class ServerService(ApplianceService):
@@ -296,6 +293,8 @@ def _credentials_shared_through_the_datastore(
             config.server_dir, config.serving_alt_names(), now, config.token, config.agent_token
         )
         if config.secrets_encryption:
+            from k3stw.server.secretsencrypt import write_first_key_file
+
             # After taking the cluster's key file, if any; before saving a first one.
             write_first_key_file(config.server_dir)
         if keys is not None and not took:
@@ -483,6 +482,10 @@ def _secrets_encryption(
     """With ``--secrets-encryption``, the key file's stages over the Secrets' datastore view."""
     if not config.secrets_encryption:
         return None
+    # Loaded only by the servers that encrypt.
+    from k3stw.apiserver.encryption import EncryptedDatastore
+    from k3stw.server.secretsencrypt import SecretsEncryption, prepare_encryption
+
     try:
         transformer = prepare_encryption(config.server_dir)
     except (OSError, ValueError) as e:
