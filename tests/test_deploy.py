@@ -211,6 +211,18 @@ class DeployControllerTests(SynchronousTestCase):
         self.assertIsNone(self.config_map("metrics"))
         self.assertIsNotNone(self.config_map("web"))
 
+    def test_a_symlinked_directory_is_followed_and_its_files_never_removed(self) -> None:
+        elsewhere = Path(self.mktemp())
+        elsewhere.mkdir()
+        (elsewhere / "linked.yaml").write_text(config_map("linked"))
+        (self.base / "extra").symlink_to(elsewhere.absolute())
+        self.scan()
+        self.assertIsNotNone(self.config_map("linked"))
+        self.controller = self.controller_for(frozenset({"linked"}))
+        self.scan()
+        self.assertIsNone(self.config_map("linked"))
+        self.assertTrue((elsewhere / "linked.yaml").exists())
+
     def test_the_directory_is_walked_every_15_seconds_while_leading(self) -> None:
         self.write("one.yaml", config_map("one"), 1000)
         self.server.start(self.controller)

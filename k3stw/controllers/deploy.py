@@ -185,8 +185,11 @@ def _split_gvk(text: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class ManifestFile:
+    """A file found in the directory; C{linked} if found through a symlinked directory."""
+
     path: Path
     mtime: float
+    linked: bool = False
 
 
 class DeployController(MultiService):
@@ -238,13 +241,13 @@ class DeployController(MultiService):
                 # Top-level symlinked directories are followed, as k3s does.
                 if (Path(root) / name).is_symlink():
                     for sub, _, files in os.walk(Path(root) / name, followlinks=True):
-                        found.extend(self._entry(Path(sub) / f) for f in files)
+                        found.extend(self._entry(Path(sub) / f, linked=True) for f in files)
             found.extend(self._entry(Path(root) / name) for name in names)
         return sorted((f for f in found if f is not None), key=lambda f: str(f.path))
 
-    def _entry(self, path: Path) -> ManifestFile | None:
+    def _entry(self, path: Path, linked: bool = False) -> ManifestFile | None:
         try:
-            return ManifestFile(path, path.stat().st_mtime)
+            return ManifestFile(path, path.stat().st_mtime, linked)
         except OSError:
             return None
 
@@ -268,7 +271,8 @@ class DeployController(MultiService):
             path = entry.path
             try:
                 if self._disabled(path):
-                    await self.delete(path, remove_file=True)
+                    # A file reached through a symlinked directory is not ours to remove.
+                    await self.delete(path, remove_file=not entry.linked)
                     continue
                 if path.name in skips or not self._handled(path):
                     if path.name in skips:
