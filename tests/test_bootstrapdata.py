@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -182,3 +183,44 @@ class BlockingKeysTests(TestCase):
 
     def test_sqlite_shares_nothing(self) -> None:
         self.assertIsNone(blocking_keys(None, self.mktemp(), None))
+
+
+class EncryptionKeyFileTests(SynchronousTestCase):
+    """--secrets-encryption's key file travels with the bootstrap data, as k3s's does."""
+
+    def test_a_server_without_a_key_file_saves_none(self) -> None:
+        first = server_dir(Path(self.mktemp()), "first")
+        (first / "cred/encryption-config.json").unlink()
+        (first / "cred/encryption-state.json").unlink()
+        keys = DictKeys()
+        bootstrapdata.save(first, keys, PASSWORD)
+        ((_, sealed),) = keys.keys.items()
+        self.assertNotIn("EncryptionConfig", json.loads(bootstrapdata.decrypt(PASSWORD, sealed)))
+        second = Path(self.mktemp())
+        bootstrapdata.take(second, keys, PASSWORD)
+        self.assertFalse((second / "cred/encryption-config.json").exists())
+
+    def test_a_stage_publishes_the_new_key_file(self) -> None:
+        from twisted.internet.task import Clock
+
+        from k3stw.datastore.memory import MemoryDatastore
+
+        first = server_dir(Path(self.mktemp()), "first")
+        datastore = MemoryDatastore(Clock())
+        datastore.startService()
+        self.addCleanup(datastore.stopService)
+        keys = DictKeys()
+        bootstrapdata.save(first, keys, PASSWORD)
+        ((key, sealed),) = keys.keys.items()
+        self.successResultOf(datastore.create(key, sealed))
+        (first / "cred/encryption-config.json").write_text("rotated")
+        self.successResultOf(
+            Deferred.fromCoroutine(bootstrapdata.publish(datastore, first, PASSWORD))
+        )
+        stored = self.successResultOf(datastore.get(key))
+        assert stored is not None
+        document = json.loads(bootstrapdata.decrypt(PASSWORD, stored.value))
+        self.assertEqual(base64.b64decode(document["EncryptionConfig"]["Content"]), b"rotated")
+        self.assertEqual(
+            base64.b64decode(document["ServerCA"]["Content"]), b"first tls/server-ca.crt\n"
+        )

@@ -284,6 +284,22 @@ class CustomObjectSchemaTests(SynchronousTestCase):
         self.assertIn("io.k8s.apimachinery.pkg.apis.meta.v1.OwnerReference", schemas)
 
 
+class BareMetadataSchemaTests(SynchronousTestCase):
+    def test_a_schema_saying_metadata_is_an_object_prunes_none_of_it(self) -> None:
+        """controller-gen writes ``metadata: {type: object}``; the name and labels stay."""
+        server = MemoryServer(self)
+        schema = json.loads(json.dumps(SCHEMA))
+        schema["properties"]["metadata"] = {"type": "object"}
+        definition = crd(schema)
+        server.run(server.store.create(crds.RESOURCE, None, definition))
+        widgets = server.resource("example.com", "widgets")
+        given = widget()
+        given["metadata"]["labels"] = {"team": "a"}
+        stored = server.run(server.store.create(widgets, "default", given))
+        self.assertEqual(stored["metadata"]["name"], given["metadata"]["name"])
+        self.assertEqual(stored["metadata"]["labels"], {"team": "a"})
+
+
 class KubectlCustomResourceTests(SynchronousTestCase):
     server: KubectlServer
 

@@ -128,6 +128,7 @@ class CommandLineTests(OptionsTestCase):
             "--flannel-backend", "none", "--private-registry", "/tmp/r.yaml",
             "--disable", "local-storage,traefik", "--default-local-storage-path", "/srv/pv",
             "--flannel-iface", "eth1", "--disable-kube-proxy", "--disable-network-policy",
+            "--secrets-encryption",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -147,6 +148,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertIs(options["unchecked-api"], True)
         self.assertEqual(options["flannel-iface"], "eth1")
         self.assertIs(options["disable-network-policy"], True)
+        self.assertIs(options["secrets-encryption"], True)
 
     def test_every_agent_flag_long_form(self) -> None:
         """Every agent flag is accepted under its k3s long name."""

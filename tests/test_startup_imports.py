@@ -175,6 +175,13 @@ class ServerImportTests(SynchronousTestCase):
         """PyYAML (about a megabyte) loads only to read a config file that says something."""
         self.assertEqual(loaded(server_modules(), "yaml"), [])
 
+    def test_no_secrets_encryption_without_the_flag(self) -> None:
+        """The value transformer and the key stages load only with ``--secrets-encryption``."""
+        self.assertEqual(
+            loaded(server_modules(), "k3stw.apiserver.encryption", "k3stw.server.secretsencrypt"),
+            [],
+        )
+
     def test_no_spdy_before_a_stream(self) -> None:
         """The exec stream translator and SPDY load with the first exec, attach or port-forward."""
         self.assertEqual(loaded(server_modules(), "k3stw.spdy", "k3stw.apiserver.streams"), [])

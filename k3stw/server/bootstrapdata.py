@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from k3stw.datastore.blocking import BlockingKeys
+from k3stw.datastore.interface import IDatastore
 from k3stw.files import write_atomically
 from k3stw.lifecycle import StartupError
 from k3stw.logs import Logger
@@ -42,6 +43,9 @@ FILES = {
     "ServerCAKey": "tls/server-ca.key",
     "ServiceKey": "tls/service.key",
     "PasswdFile": "cred/passwd",
+    # --secrets-encryption's key file and stage, once there are any.
+    "EncryptionConfig": "cred/encryption-config.json",
+    "EncryptionHash": "cred/encryption-state.json",
 }
 #: k3s's words for data sealed with another token.
 OTHER_TOKEN = "bootstrap data already found and encrypted with different token"
@@ -142,20 +146,40 @@ def take(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
     return True
 
 
+def _document(server_dir: Path, document: dict[str, object]) -> dict[str, object]:
+    """C{document} with the shared files that exist in C{server_dir}, as they are there."""
+    for field, name in FILES.items():
+        path = server_dir / name
+        if path.exists():
+            document[field] = {
+                "Timestamp": _rfc3339(_mtime(path)),
+                "Content": base64.b64encode(path.read_bytes()).decode(),
+            }
+    return document
+
+
+async def publish(datastore: IDatastore, server_dir: Path, password: str) -> None:
+    """
+    Save C{server_dir}'s shared files over the bootstrap data already in the
+    datastore (k3s does after each secrets-encryption stage), so that a server
+    restarted later takes the new key file rather than refusing the older one.
+    """
+    key = storage_key(password)
+    current = await datastore.get(key)
+    if current is None:
+        return
+    document = _document(server_dir, json.loads(decrypt(password, current.value)))
+    sealed = encrypt(password, json.dumps(document).encode())
+    await datastore.update(key, sealed, current.mod_revision)
+
+
 def save(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
     """
     Save C{server_dir}'s shared files as the cluster's bootstrap data.
 
     :return: False if another server saved its data first.
     """
-    document = {}
-    for field, name in FILES.items():
-        path = server_dir / name
-        document[field] = {
-            "Timestamp": _rfc3339(_mtime(path)),
-            "Content": base64.b64encode(path.read_bytes()).decode(),
-        }
-    sealed = encrypt(password, json.dumps(document).encode())
+    sealed = encrypt(password, json.dumps(_document(server_dir, {})).encode())
     saved = keys.create(storage_key(password), sealed)
     if saved:
         _log.info("Saved the cluster's bootstrap data to {datastore}", datastore=keys.description)

@@ -57,6 +57,8 @@ class ServerConfig:
     #: ``--disable-kube-proxy``, ``--disable-network-policy``.
     disable_kube_proxy: bool = False
     disable_network_policy: bool = False
+    #: ``--secrets-encryption``: Secrets stored encrypted under ``cred/encryption-config.json``.
+    secrets_encryption: bool = False
     #: ``--default-local-storage-path``; None for ``<data-dir>/storage``.
     default_local_storage_path: Path | None = None
 
@@ -73,6 +75,11 @@ class ServerConfig:
     @property
     def server_dir(self) -> Path:
         return self.data_dir / "server"
+
+    @property
+    def manifests_dir(self) -> Path:
+        """Where the deploy controller finds the manifests it keeps applied."""
+        return self.server_dir / "manifests"
 
     @property
     def service_account_issuer(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -21,7 +21,7 @@ from k3stw.apiserver.allocation import ServiceAllocator, repair_job
 from k3stw.apiserver.bootstrap import bootstrap
 from k3stw.apiserver.health import Health, HealthCheck
 from k3stw.apiserver.informers import ServerInformers
-from k3stw.apiserver.kinds import built_in_registry, crds, nodes, pods, services
+from k3stw.apiserver.kinds import built_in_registry, crds, nodes, pods, secrets, services
 from k3stw.apiserver.metrics import STORAGE_COUNT_INTERVAL, APIMetrics, served_resources
 from k3stw.apiserver.nodeproxy import NodeProxy
 from k3stw.apiserver.rbac import RBAC
@@ -40,6 +40,8 @@ from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
 from k3stw.controllers.daemonsets import DaemonSetController
+from k3stw.controllers.deploy import COMPONENT as DEPLOY
+from k3stw.controllers.deploy import DeployController, install_addon_crd
 from k3stw.controllers.deployment import DeploymentController
 from k3stw.controllers.disruption import DisruptionController
 from k3stw.controllers.endpoints import APIServerEndpoints
@@ -91,6 +93,9 @@ from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
 from k3stw.supervisor.resource import Readiness, supervisor_resource
 from k3stw.tunnel.registry import TunnelRegistry
 from k3stw.web import QuietSite
+
+if TYPE_CHECKING:
+    from k3stw.server.secretsencrypt import SecretsEncryption
 
 
 class ServerService(ApplianceService):
@@ -186,6 +191,7 @@ class ServerService(ApplianceService):
         # Every backend is also a Service that says when it has connected.
         await self.datastore.when_ready()  # type: ignore[attr-defined]
         await bootstrap(self.store, self.registry)
+        await install_addon_crd(self.store)
         if localpath.COMPONENT not in self.config.disable:
             await localpath.deploy(self.store, self.registry, str(self.config.local_storage_path))
         if coredns.COMPONENT not in self.config.disable:
@@ -295,6 +301,11 @@ def _credentials_shared_through_the_datastore(
         credentials = load_or_create_server_credentials(
             config.server_dir, config.serving_alt_names(), now, config.token, config.agent_token
         )
+        if config.secrets_encryption:
+            from k3stw.server.secretsencrypt import write_first_key_file
+
+            # After taking the cluster's key file, if any; before saving a first one.
+            write_first_key_file(config.server_dir)
         if keys is not None and not took:
             if password is None and keys.list_prefix(bootstrapdata.PREFIX):
                 raise StartupError(bootstrapdata.OTHER_TOKEN)
@@ -364,6 +375,7 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
     )
     if config.datastore_endpoint is None:
         (config.server_dir / "db").mkdir(mode=0o700, exist_ok=True)
+    config.manifests_dir.mkdir(mode=0o700, exist_ok=True)
     return credentials
 
 
@@ -454,6 +466,14 @@ def control_plane(
             store,
             EventRecorder(store, store.clock, servicelb.COMPONENT, config.hostname),
         ).setServiceParent(elected_controller_manager)
+    DeployController(
+        store,
+        registry,
+        config.manifests_dir,
+        config.disable,
+        EventRecorder(store, store.clock, DEPLOY, config.hostname),
+        store.clock,
+    ).setServiceParent(elected_controller_manager)
     if localpath.COMPONENT not in config.disable:
         localpath.LocalPathProvisioner(
             informers, store, registry, config.hostname
@@ -473,6 +493,27 @@ def _node_cidr_sets(config: ServerConfig) -> list[CIDRSet]:
         raise StartupError(f"--cluster-cidr / --node-cidr-mask-size: {e}") from None
 
 
+def _secrets_encryption(
+    config: ServerConfig, datastore: IDatastore, reactor: Any, password: str
+) -> SecretsEncryption | None:
+    """With ``--secrets-encryption``, the key file's stages over the Secrets' datastore view."""
+    if not config.secrets_encryption:
+        return None
+    # Loaded only by the servers that encrypt.
+    from k3stw.apiserver.encryption import EncryptedDatastore
+    from k3stw.server.secretsencrypt import SecretsEncryption, prepare_encryption
+
+    try:
+        transformer = prepare_encryption(config.server_dir)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"--secrets-encryption: {e}") from None
+    view = EncryptedDatastore(datastore, transformer, secrets.RESOURCE.storage_prefix())
+    publish = None
+    if config.datastore_endpoint is not None:
+        publish = partial(bootstrapdata.publish, datastore, config.server_dir, password)
+    return SecretsEncryption(config.server_dir, config.hostname, view, reactor.seconds, publish)
+
+
 def build_server(
     config: ServerConfig,
     credentials: ServerCredentials,
@@ -490,7 +531,10 @@ def build_server(
         datastore = datastore_for_endpoint(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
         )
-    store = ObjectStore(datastore, reactor, checks=config.api_checks)
+    encryption = _secrets_encryption(config, datastore, reactor, credentials.token.password)
+    store = ObjectStore(
+        datastore if encryption is None else encryption.datastore, reactor, checks=config.api_checks
+    )
     allocator = ServiceAllocator(datastore, reactor, config.service_cidr, config.node_ports)
     store.allocators[("", services.RESOURCE.plural)] = allocator
     # The resource metrics (kubectl top) are answered by this server, as k3s's metrics-server would.
@@ -556,12 +600,13 @@ def build_server(
     ).setServiceParent(root)
     node_passwords = NodePasswords(store, reactor)
     node_passwords.setServiceParent(root)
+    passwords = {"node": credentials.agent_password, "server": credentials.token.password}
     readiness = root.readiness
     enrollment = NodeEnrollment(
         credentials.server_ca,
         credentials.server_ca_bundle,
         credentials.client_ca,
-        {"node": credentials.agent_password, "server": credentials.token.password},
+        passwords,
         node_passwords,
         lambda: readiness.ready,
         reactor,
@@ -570,7 +615,14 @@ def build_server(
     )
     tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
     site = QuietSite(
-        supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment, tunnel)
+        supervisor_resource(
+            credentials.server_ca_bundle,
+            readiness,
+            api,
+            enrollment,
+            tunnel,
+            None if encryption is None else encryption.resource(passwords),
+        )
     )
     site.requestFactory = APIRequest
     tls = server_tls_options(

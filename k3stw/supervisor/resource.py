@@ -135,6 +135,7 @@ def supervisor_resource(
     api: IResource | None = None,
     enrollment: NodeEnrollment | None = None,
     tunnel: IResource | None = None,
+    encrypt: IResource | None = None,
 ) -> Resource:
     """
     The root of the server's HTTPS tree.
@@ -144,6 +145,7 @@ def supervisor_resource(
         ``/version``, ``/openapi``, ``/metrics`` and the health endpoints.
     :param enrollment: the endpoints agents join through.
     :param tunnel: ``/v1-k3s/connect``, where agents open their tunnel.
+    :param encrypt: ``/v1-k3s/encrypt``, the secrets-encryption stages.
     """
 
     def readyz(request: IRequest) -> bytes:
@@ -171,6 +173,8 @@ def supervisor_resource(
         v1.putChild(b"apiservers", Route(b"application/json", GET=enrollment.apiservers))
     if tunnel is not None:
         v1.putChild(b"connect", tunnel)
+    if encrypt is not None:
+        v1.putChild(b"encrypt", encrypt)
     root.putChild(b"v1-k3s", v1)
     if api is not None:
         for path in (b"api", b"apis", b"version", b"openapi", b"metrics", *HEALTH):

@@ -375,6 +375,7 @@ SERVER_FLAGS: tuple[Flag, ...] = (
     ),
     switch("disable-kube-proxy", "Disable running kube-proxy"),
     switch("disable-network-policy", "Disable K3s default network policy controller"),
+    switch("secrets-encryption", "Enable secret encryption at rest"),
     Flag(
         "default-local-storage-path",
         "Default local storage path for local provisioner storage class",
@@ -479,7 +480,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("db", ("datastore-endpoint", "datastore-cafile", "datastore-certfile", "datastore-keyfile")),
     ("controller", ("node-monitor-grace-period", "node-cidr-mask-size")),
-    ("experimental", ("unchecked-api",)),
+    ("experimental", ("unchecked-api", "secrets-encryption")),
     ("storage", ("default-local-storage-path",)),
     (
         "components",

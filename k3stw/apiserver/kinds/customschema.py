@@ -139,6 +139,10 @@ def _prune(schema: Schema, value: Any, path: str, found: list[str], root: bool =
     kept = _TYPE_META if root or schema.get(EMBEDDED) else ()
     for key in list(value):
         field = properties.get(key)
+        if key == "metadata" and kept:
+            # ObjectMeta is the server's, whatever the schema says of it (often a bare
+            # ``type: object``, as controller-gen writes it): never pruned.
+            continue
         if field is not None:
             _prune(field, value[key], _join(path, key), found)
         elif isinstance(additional, Mapping):
