@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -42,6 +43,10 @@ FILES = {
     "ServerCAKey": "tls/server-ca.key",
     "ServiceKey": "tls/service.key",
     "PasswdFile": "cred/passwd",
+    "ETCDServerCA": "tls/etcd/server-ca.crt",
+    "ETCDServerCAKey": "tls/etcd/server-ca.key",
+    "ETCDPeerCA": "tls/etcd/peer-ca.crt",
+    "ETCDPeerCAKey": "tls/etcd/peer-ca.key",
 }
 #: k3s's words for data sealed with another token.
 OTHER_TOKEN = "bootstrap data already found and encrypted with different token"
@@ -106,9 +111,20 @@ def take(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
     if key != storage_key(password):
         raise StartupError(OTHER_TOKEN)
     try:
-        document = json.loads(decrypt(password, stored))
+        data = json.loads(decrypt(password, stored))
     except ValueError:
         raise StartupError(OTHER_TOKEN) from None
+    reconcile(server_dir, data, keys.description)
+    return True
+
+
+def reconcile(server_dir: Path, document: dict[str, Any], source: str) -> None:
+    """
+    Write the files of a bootstrap C{document} (k3s's JSON) into C{server_dir}
+    where they differ.
+
+    :raises StartupError: with k3s's message, when a file on disk is newer than its copy.
+    """
     newer: list[str] = []
     writes: list[tuple[Path, bytes]] = []
     for field, name in FILES.items():
@@ -136,10 +152,22 @@ def take(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
     if writes:
         _log.info(
             "Took the cluster's bootstrap data from {datastore}: {files}",
-            datastore=keys.description,
+            datastore=source,
             files=", ".join(str(path) for path, _ in writes),
         )
-    return True
+
+
+def document(server_dir: Path) -> dict[str, Any]:
+    """C{server_dir}'s shared files as k3s's bootstrap JSON (``/v1-k3s/server-bootstrap``)."""
+    found = {}
+    for field, name in FILES.items():
+        path = server_dir / name
+        if path.exists():
+            found[field] = {
+                "Timestamp": _rfc3339(_mtime(path)),
+                "Content": base64.b64encode(path.read_bytes()).decode(),
+            }
+    return found
 
 
 def save(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
@@ -148,14 +176,7 @@ def save(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
 
     :return: False if another server saved its data first.
     """
-    document = {}
-    for field, name in FILES.items():
-        path = server_dir / name
-        document[field] = {
-            "Timestamp": _rfc3339(_mtime(path)),
-            "Content": base64.b64encode(path.read_bytes()).decode(),
-        }
-    sealed = encrypt(password, json.dumps(document).encode())
+    sealed = encrypt(password, json.dumps(document(server_dir)).encode())
     saved = keys.create(storage_key(password), sealed)
     if saved:
         _log.info("Saved the cluster's bootstrap data to {datastore}", datastore=keys.description)

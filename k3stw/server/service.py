@@ -345,7 +345,12 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
         or a token cannot be used, or the datastore cannot be reached.
     """
     when = now or datetime.datetime.now(datetime.UTC)
-    credentials = _credentials_shared_through_the_datastore(config, when)
+    if config.etcd is not None:
+        from k3stw.etcd.join import prepare_member
+
+        credentials = prepare_member(config, when)
+    else:
+        credentials = _credentials_shared_through_the_datastore(config, when)
     write_kubeconfig(
         config.kubeconfig,
         config.local_url,
@@ -353,7 +358,7 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
         credentials.admin,
         config.kubeconfig_mode,
     )
-    if config.datastore_endpoint is None:
+    if config.datastore_endpoint is None and config.etcd is None:
         (config.server_dir / "db").mkdir(mode=0o700, exist_ok=True)
     return credentials
 
@@ -456,6 +461,38 @@ def _node_cidr_sets(config: ServerConfig) -> list[CIDRSet]:
         raise StartupError(f"--cluster-cidr / --node-cidr-mask-size: {e}") from None
 
 
+def _embedded_etcd(config: ServerConfig, reactor: Any) -> IDatastore:
+    from k3stw.etcd.config import EtcdLayout, MemberConfig
+    from k3stw.etcd.join import member_address
+    from k3stw.etcd.member import EmbeddedEtcd
+
+    settings = config.etcd
+    assert settings is not None
+    layout = EtcdLayout(config.server_dir)
+    client_url = MemberConfig("", member_address(config)).client_url
+    etcd = EmbeddedEtcd(reactor, layout, client_url, reset=settings.cluster_reset)
+    if not settings.disable_snapshots and not settings.cluster_reset:
+        from k3stw.etcd.snapshots import EtcdSnapshots
+
+        etcd.snapshots = EtcdSnapshots(reactor, layout, settings, client_url, config.hostname)
+    datastore: IDatastore = etcd
+    return datastore
+
+
+def _add_etcd_routes(
+    root: Any, config: ServerConfig, datastore: IDatastore, passwords: Any
+) -> None:
+    """``/v1-k3s/server-bootstrap`` on every server; ``/db/info`` on embedded etcd."""
+    from k3stw.etcd.membership import add_routes
+
+    etcd = None
+    if config.etcd is not None:
+        from k3stw.etcd.member import EmbeddedEtcd
+
+        etcd = datastore if isinstance(datastore, EmbeddedEtcd) else None
+    add_routes(root, config.server_dir, etcd, passwords)
+
+
 def build_server(
     config: ServerConfig,
     credentials: ServerCredentials,
@@ -469,6 +506,8 @@ def build_server(
     :param datastore: the datastore to use (a test's in-memory one); by default,
         the one C{config} names.
     """
+    if datastore is None and config.etcd is not None:
+        datastore = _embedded_etcd(config, reactor)
     if datastore is None:
         datastore = datastore_for_endpoint(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
@@ -552,9 +591,11 @@ def build_server(
         endpoints.live_servers,
     )
     tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
-    site = QuietSite(
-        supervisor_resource(credentials.server_ca_bundle, readiness, api, enrollment, tunnel)
+    supervisor = supervisor_resource(
+        credentials.server_ca_bundle, readiness, api, enrollment, tunnel
     )
+    _add_etcd_routes(supervisor, config, datastore, enrollment.passwords)
+    site = QuietSite(supervisor)
     site.requestFactory = APIRequest
     tls = server_tls_options(
         credentials.serving, credentials.server_ca_bundle, credentials.client_ca

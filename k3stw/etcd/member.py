@@ -1,0 +1,173 @@
+"""
+L{EmbeddedEtcd}: the server's datastore on the etcd member it runs itself.
+
+The member is Debian's ``etcd`` as a L{SupervisedProcess} started with the
+config L{k3stw.etcd.config} wrote; the datastore is the etcd backend on the
+member's own client URL, with the ``tls/etcd/client`` certificate.  Until the
+member answers (or, while it is a learner, until it is promoted) the
+datastore keeps trying, so the server becomes ready only once its member
+votes, as k3s's does.
+
+The child is started under ``setpriv --pdeathsig KILL``: k3s's etcd lives in
+k3s's process and dies with it; so does this one, even on SIGKILL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from k3stw.datastore.etcd import EtcdDatastore, EtcdError, EtcdTLS
+from k3stw.datastore.etcd.gateway import as_int
+from k3stw.datastore.interface import DatastoreUnavailable
+from k3stw.etcd.config import EtcdLayout
+from k3stw.files import write_atomically
+from k3stw.logs import Logger
+from k3stw.machinery.processes import SupervisedProcess
+from k3stw.machinery.timing import Backoff, PeriodicJob
+
+RESET_DONE = (
+    "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. "
+    "Backup and delete ${{datadir}}/server/db on each peer etcd server and rejoin the nodes"
+)
+#: How often the leader promotes learners (k3s: 15 s; shorter, so joins finish sooner).
+LEARNER_INTERVAL = 5.0
+#: Seconds a member has between SIGTERM and SIGKILL (it hands over leadership first).
+STOP_TIMEOUT = 3.0
+
+
+def etcd_command(layout: EtcdLayout, etcd: str = "etcd") -> list[str]:
+    """The member's command line: etcd on its config, killed with its parent."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", etcd, "--config-file", str(layout.config_file)]
+
+
+class EmbeddedEtcd(EtcdDatastore):
+    """
+    The datastore on a member this server runs: the member starts first and
+    stops last, and the leader among the servers promotes learners.
+
+    :param client_url: the member's own client URL.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        layout: EtcdLayout,
+        client_url: str,
+        *,
+        reset: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        certificates = layout.certificates
+        cert, key = certificates.client
+        super().__init__(
+            reactor, [client_url], EtcdTLS(certificates.server_ca, cert, key), **kwargs
+        )
+        self.layout = layout
+        self.reactor = reactor
+        #: Started with ``--cluster-reset``: exit once the member is alone.
+        self.reset = reset
+        self.member = SupervisedProcess(
+            reactor,
+            "etcd",
+            etcd_command(layout),
+            backoff=Backoff(1.0, 10.0),
+            stop_timeout=STOP_TIMEOUT,
+        )
+        #: The scheduled snapshots, run while the datastore runs (None: none).
+        self.snapshots: Service | None = None
+        self.learners = PeriodicJob(
+            reactor,
+            LEARNER_INTERVAL,
+            self.promote_learners,
+            "promote etcd learners",
+            first=LEARNER_INTERVAL,
+            expected=(DatastoreUnavailable, EtcdError),
+        )
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedEtcd {self.gateway.description}>"
+
+    def startService(self) -> None:
+        self.layout.data_dir.chmod(0o700)
+        self.member.startService()
+        super().startService()
+        if self.reset:
+            self.when_ready().addCallback(lambda _: Deferred.fromCoroutine(self._finish_reset()))
+        else:
+            self.learners.startService()
+            if self.snapshots is not None:
+                self.snapshots.startService()
+
+    async def _finish_reset(self) -> None:
+        """k3s's end of a cluster reset: once this member is alone, say so and exit."""
+        while len(await self.members()) != 1:
+            await deferLater(self.reactor, 1.0)
+        write_atomically(self.layout.reset_flag, b"", 0o600)
+        self._log.info(RESET_DONE)
+        self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        for job in (self.learners, self.snapshots):
+            if job is not None and job.running:
+                job.stopService()
+        stopping = super().stopService()
+        stopping.addBoth(lambda _: self.member.stopService())
+        return stopping
+
+    async def members(self) -> list[dict[str, Any]]:
+        """etcd's member list, as its JSON gateway spells the members."""
+        answer = await self.gateway.call("/v3/cluster/member/list", {}, idempotent=True)
+        return list(answer.get("members") or [])
+
+    async def is_leader(self) -> bool:
+        status = await self.gateway.call("/v3/maintenance/status", {}, idempotent=True)
+        return as_int(status.get("leader")) == as_int(status.get("header", {}).get("member_id"))
+
+    async def promote_learners(self) -> None:
+        """On the leader only: promote each learner that has caught up (k3s's manageLearners)."""
+        if not await self.is_leader():
+            return
+        for member in await self.members():
+            if not member.get("isLearner"):
+                continue
+            try:
+                await self.gateway.call(
+                    "/v3/cluster/member/promote", {"ID": member["ID"]}, idempotent=False
+                )
+            except EtcdError as e:
+                self._log.debug(
+                    "Learner {name} not promoted yet: {error}",
+                    name=member.get("name", ""),
+                    error=e.message,
+                )
+                continue
+            self._log.info("Promoted learner {name}", name=member.get("name", ""))
+
+    async def remove_member(self, name: str, address: str) -> bool:
+        """
+        Remove the member called C{name} whose peer URL is on C{address}.
+
+        :return: whether one was there to remove ("member not found" is success).
+        """
+        for member in await self.members():
+            hosts = {urlsplit(peer).hostname for peer in member.get("peerURLs") or []}
+            if member.get("name") != name or address not in hosts:
+                continue
+            self._log.info(
+                "Removing name={name} id={id} address={address} from etcd",
+                name=name,
+                id=member["ID"],
+                address=address,
+            )
+            await self.gateway.call(
+                "/v3/cluster/member/remove", {"ID": member["ID"]}, idempotent=True
+            )
+            return True
+        return False
