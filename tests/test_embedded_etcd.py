@@ -321,6 +321,24 @@ class ThreeServerTests(SynchronousTestCase):
             "the returned server caught up",
         )
 
+        # Deleting a server's Node removes its member, as k3s's controller does.
+        gone = survivors[-1]
+        gone_name = f"s{addresses.index(gone) + 1}"
+        member = (servers.home(gone_name) / "data/server/db/etcd/name").read_text()
+        annotations = servers.kubectl(
+            victim, "get", "node", gone_name, "-o", "jsonpath={.metadata.annotations}"
+        )
+        self.assertEqual(
+            json.loads(annotations.stdout)["etcd.k3s.cattle.io/node-name"], member, annotations
+        )
+        deleted = servers.kubectl(victim, "delete", "node", gone_name, "--timeout=60s")
+        self.assertEqual(deleted.returncode, 0, deleted.stderr)
+        listed = servers.etcdctl("s1", victim, "member", "list", "-w", "json",
+                                 "--endpoints", f"https://{victim}:2379")  # fmt: skip
+        names = {m.get("name") for m in json.loads(listed.stdout)["members"]}
+        self.assertEqual(len(names), 2, listed.stdout)
+        self.assertNotIn(member, names)
+
 
 class SnapshotResetTests(SynchronousTestCase):
     def test_a_scheduled_snapshot_restores_with_cluster_reset(self) -> None:

@@ -479,6 +479,22 @@ def _embedded_etcd(config: ServerConfig, reactor: Any) -> IDatastore:
     return datastore
 
 
+def _etcd_node_controller(
+    config: ServerConfig, datastore: IDatastore, informers: ServerInformers, store: ObjectStore
+) -> IService:
+    """k3s's etcd metadata and member-removal controller, for this server's member."""
+    from k3stw.etcd.config import EtcdLayout
+    from k3stw.etcd.join import member_address
+    from k3stw.etcd.member import EmbeddedEtcd
+    from k3stw.etcd.nodes import EtcdNodeController
+
+    assert isinstance(datastore, EmbeddedEtcd)
+    member = EtcdLayout(config.server_dir).name_file.read_text().strip()
+    return EtcdNodeController(
+        informers, store, datastore, config.hostname, member, member_address(config)
+    )
+
+
 def _add_etcd_routes(
     root: Any, config: ServerConfig, datastore: IDatastore, passwords: Any
 ) -> None:
@@ -539,6 +555,8 @@ def build_server(
     controllers, endpoints = control_plane(
         store, registry, config, ca_bundle, keys, informers, resource_metrics
     )
+    if config.etcd is not None:
+        _etcd_node_controller(config, datastore, informers, store).setServiceParent(controllers)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
     IService(datastore).setServiceParent(root)
     address, port = config.advertised
