@@ -12,184 +12,13 @@ Slow (each test starts etcd members and servers): 20-60 s apiece.
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
 import signal
-import socket
-import ssl
-import subprocess
-import tempfile
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.twistd import Twistd, https_get, k3s_server
-from tests.test_ha_failover import port_free_on
-
-KUBECTL = "kubectl"
-TOKEN = "embedded-etcd-secret"
-#: Faster elections than k3s's 5 s, so that a lost leader is replaced within the goal.
-FAST_ELECTIONS = (
-    "--etcd-arg", "election-timeout=1000", "--etcd-arg", "heartbeat-interval=100",
-)  # fmt: skip
-
-
-#: Seconds servers stopped together may take (one member's datastore timeout and its stop).
-STOP_ALL_TIMEOUT = 15.0
-
-
-def wait(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class Admin:
-    """Blocking requests as the cluster admin, to any server."""
-
-    def __init__(self, root: Path) -> None:
-        config = yaml.safe_load((root / "k3s.yaml").read_text())
-        user = config["users"][0]["user"]
-        pem = root / "admin.pem"
-        pem.write_bytes(
-            base64.b64decode(user["client-certificate-data"])
-            + base64.b64decode(user["client-key-data"])
-        )
-        self.context = ssl.create_default_context(
-            cafile=str(root / "data/server/tls/server-ca.crt")
-        )
-        self.context.load_cert_chain(str(pem))
-
-    def request(
-        self, host: str, port: int, method: str, path: str, body: object = None, timeout: float = 10
-    ) -> tuple[int, dict[str, object]]:
-        connection = http.client.HTTPSConnection(host, port, context=self.context, timeout=timeout)
-        try:
-            payload = json.dumps(body).encode() if body is not None else None
-            connection.request(method, path, payload, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            return response.status, json.loads(response.read() or b"{}")
-        finally:
-            connection.close()
-
-    def create_configmap(self, host: str, port: int, name: str, timeout: float = 10) -> bool:
-        """Whether the server acknowledged the write (201)."""
-        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}
-        try:
-            status, _ = self.request(
-                host, port, "POST", "/api/v1/namespaces/default/configmaps", body, timeout
-            )
-        except OSError:
-            return False
-        return status == 201
-
-    def configmaps(self, host: str, port: int) -> set[str]:
-        status, listed = self.request(host, port, "GET", "/api/v1/namespaces/default/configmaps")
-        assert status == 200, listed
-        items = listed["items"]
-        assert isinstance(items, list)
-        return {item["metadata"]["name"] for item in items}
-
-
-class EtcdServers:
-    """Servers on embedded etcd under one root, each on its own loopback address."""
-
-    def __init__(self, case: SynchronousTestCase, addresses: list[str]) -> None:
-        self.case = case
-        self.root = Path(tempfile.mkdtemp(prefix="k3stw-etcd-"))
-        self.addresses = addresses
-        self.port = port_free_on(*addresses)
-        self.processes: dict[str, Twistd] = {}
-
-    def home(self, name: str) -> Path:
-        return self.root / name
-
-    def server(self, name: str, address: str, *flags: str) -> Twistd:
-        server = k3s_server(
-            self.case, self.home(name), address, self.port,
-            "--node-name", name, "--node-ip", address, "--token", TOKEN, *FAST_ELECTIONS, *flags,
-        )  # fmt: skip
-        self.processes[name] = server
-        # Runs before the servers' own cleanups: all stop together, as members
-        # that stop one by one would lose their quorum under the last ones.
-        self.case.addCleanup(self.stop_all)
-        return server
-
-    def stop_all(self) -> None:
-        """
-        SIGTERM to every server at once, and a wait for each: the last ones
-        lose their quorum as the others' members go, and their final writes
-        (leases given up) wait out the datastore's 5 s timeout first.
-        """
-        running = [
-            server.process
-            for server in self.processes.values()
-            if server.process is not None and server.process.poll() is None
-        ]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        for process in running:
-            process.wait(STOP_ALL_TIMEOUT)
-
-    def first(self, name: str, address: str, *flags: str) -> Twistd:
-        return self.server(name, address, "--cluster-init", *flags)
-
-    def joining(self, name: str, address: str, *flags: str) -> Twistd:
-        url = f"https://{self.addresses[0]}:{self.port}"
-        return self.server(name, address, "--server", url, *flags)
-
-    def ready(self, server: Twistd, address: str, timeout: float = 60.0) -> None:
-        ca = self.home("s1") / "data/server/tls/server-ca.crt"
-
-        def answers() -> bool:
-            if server.process is not None and server.process.poll() is not None:
-                raise AssertionError(f"server exited:\n{server.output[-4000:]}")
-            try:
-                return https_get(address, self.port, "/v1-k3s/readyz", ca, timeout=2)[0] == 200
-            except OSError:
-                return False
-
-        wait(answers, f"{address} ready", timeout)
-
-    def etcdctl(self, name: str, address: str, *args: str) -> subprocess.CompletedProcess[str]:
-        tls = self.home(name) / "data/server/tls/etcd"
-        return subprocess.run(
-            [
-                "etcdctl", "--endpoints", f"https://{address}:2379",
-                "--cacert", str(tls / "server-ca.crt"), "--cert", str(tls / "client.crt"),
-                "--key", str(tls / "client.key"), "--dial-timeout", "2s", *args,
-            ],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-
-    def kubectl(self, address: str, *args: str) -> subprocess.CompletedProcess[str]:
-        config = self.home("s1") / "k3s.yaml"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "K3S_"))}
-        env.update(KUBECONFIG=str(config), KUBECACHEDIR=str(self.root / "kubecache"))
-        server = f"https://{address}:{self.port}"
-        return subprocess.run(
-            [KUBECTL, "--server", server, *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-
-
-def refused(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=1):
-            return False
-    except OSError:
-        return True
+from tests.support.embedded_etcd import Admin, EtcdServers, KillRound, refused, wait
 
 
 class ClusterInitTests(SynchronousTestCase):
@@ -260,52 +89,11 @@ class ThreeServerTests(SynchronousTestCase):
         for i, address in enumerate(addresses):
             self.assertTrue(admin.create_configmap(address, servers.port, f"through-{i}"))
 
-        # The etcd leader's server is the one killed.
-        status = servers.etcdctl(
-            "s1", addresses[0], "endpoint", "status", "-w", "json",
-            "--endpoints", ",".join(f"https://{a}:2379" for a in addresses),
-        )  # fmt: skip
-        reports = json.loads(status.stdout)
-        leader_id = reports[0]["Status"]["leader"]
-        (victim,) = {
-            r["Endpoint"].removeprefix("https://").rpartition(":")[0]
-            for r in reports
-            if r["Status"]["header"]["member_id"] == leader_id
-        }
-        victim_name = f"s{addresses.index(victim) + 1}"
-        survivors = [a for a in addresses if a != victim]
-
-        acknowledged: list[str] = []
-        first_after_kill: dict[str, float] = {}
-        killed_at: list[float] = []
-        stop = threading.Event()
-
-        def writer() -> None:
-            n = 0
-            while not stop.is_set():
-                for address in addresses:
-                    n += 1
-                    name = f"w-{n}"
-                    if admin.create_configmap(address, servers.port, name, timeout=3):
-                        acknowledged.append(name)
-                        if killed_at and address not in first_after_kill:
-                            first_after_kill[address] = time.monotonic() - killed_at[0]
-
-        thread = threading.Thread(target=writer)
-        thread.start()
-        try:
-            wait(lambda: len(acknowledged) > 20, "writes before the kill")
-            process = servers.processes[victim_name].process
-            assert process is not None
-            killed_at.append(time.monotonic())
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            wait(lambda: refused(victim, 2379), "the killed server's etcd gone", 5)
-            wait(lambda: set(survivors) <= set(first_after_kill), "writes after the kill", 30)
-            time.sleep(2)
-        finally:
-            stop.set()
-            thread.join()
+        # The etcd leader's server is the one killed, while a writer writes through all.
+        kill = KillRound(servers, admin)
+        kill.run()
+        victim, victim_name, survivors = kill.victim, kill.victim_name, kill.survivors
+        acknowledged, first_after_kill = kill.acknowledged, kill.first_after_kill
         print("first acknowledged write after the kill, by server:", first_after_kill)
         for address in survivors:
             self.assertLess(first_after_kill[address], 5.0, (address, first_after_kill))

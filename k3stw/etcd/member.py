@@ -101,9 +101,37 @@ class EmbeddedEtcd(EtcdDatastore):
         if self.reset:
             self.when_ready().addCallback(lambda _: Deferred.fromCoroutine(self._finish_reset()))
         else:
+            checking = self.when_ready().addCallback(
+                lambda _: Deferred.fromCoroutine(self._check_member())
+            )
+            checking.addErrback(
+                lambda f: self._log.warn(
+                    "Failed to test data store connection: {error}", error=f.getErrorMessage()
+                )
+            )
             self.learners.startService()
             if self.snapshots is not None:
                 self.snapshots.startService()
+
+    async def _check_member(self) -> None:
+        """k3s's datastore test at start: defragment the member, disarm its alarms."""
+        self._log.info("Defragmenting etcd database")
+        await self.gateway.call("/v3/maintenance/defragment", {}, idempotent=True)
+        alarms = await self.gateway.call(
+            "/v3/maintenance/alarm", {"action": "GET"}, idempotent=True
+        )
+        for alarm in alarms.get("alarms") or []:
+            self._log.info(
+                "Alarm on etcd member {id}: {alarm}",
+                id=alarm.get("memberID", ""),
+                alarm=alarm.get("alarm", "NONE"),
+            )
+            await self.gateway.call(
+                "/v3/maintenance/alarm", {"action": "DEACTIVATE", **alarm}, idempotent=True
+            )
+        if alarms.get("alarms"):
+            self._log.info("Alarms disarmed on etcd server")
+        self._log.info("etcd data store connection OK")
 
     async def _finish_reset(self) -> None:
         """k3s's end of a cluster reset: once this member is alone, say so and exit."""
