@@ -10,6 +10,7 @@ leads etcd (k3s: the server holding its controllers' lease).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from k3stw.apiserver.informers import ServerInformers
 from k3stw.apiserver.kinds import nodes
@@ -17,7 +18,6 @@ from k3stw.apiserver.status import StatusError
 from k3stw.apiserver.storage import ObjectStore
 from k3stw.controllers import TRANSIENT
 from k3stw.datastore.etcd import EtcdError
-from k3stw.etcd.member import EmbeddedEtcd
 from k3stw.machinery.controller import Controller
 from k3stw.machinery.objects import Object, is_deleting, metadata
 
@@ -27,6 +27,16 @@ REMOVE = "etcd.k3s.cattle.io/remove"
 REMOVED = "etcd.k3s.cattle.io/removed-node-name"
 ROLE = "node-role.kubernetes.io/etcd"
 FINALIZER = "wrangler.cattle.io/managed-etcd-controller"
+
+
+class Membership(Protocol):
+    """What the controller asks of etcd (L{k3stw.etcd.member.EmbeddedEtcd} answers)."""
+
+    async def is_leader(self) -> bool: ...
+
+    async def remove_member(self, name: str, address: str) -> bool: ...
+
+
 #: How soon a server whose member does not lead looks again at a removal.
 NOT_LEADER_RETRY = 5.0
 
@@ -41,7 +51,7 @@ class EtcdNodeController(Controller):
         self,
         informers: ServerInformers,
         store: ObjectStore,
-        etcd: EmbeddedEtcd,
+        etcd: Membership,
         node_name: str,
         member_name: str,
         address: str,
@@ -68,6 +78,8 @@ class EtcdNodeController(Controller):
         if str(annotations.get(REMOVE, "")).lower() == "true" and not annotations.get(REMOVED):
             await self._remove(key, annotations, on_delete=False)
             return
+        if annotations.get(REMOVED) == self.member_name:
+            return  # this very member was removed: nothing to mark until it is a new one
         if key == self.node_name and (
             annotations.get(NAME) != self.member_name
             or annotations.get(ADDRESS) != self.address
@@ -82,7 +94,7 @@ class EtcdNodeController(Controller):
     def _mark(self, node: Object) -> Object:
         meta = node["metadata"]
         annotations = meta.setdefault("annotations", {})
-        if annotations.get(NAME) != self.member_name:
+        if annotations.get(REMOVED, self.member_name) != self.member_name:
             # A new member (the server re-joined): an old removal no longer applies.
             annotations.pop(REMOVE, None)
             annotations.pop(REMOVED, None)
