@@ -126,6 +126,21 @@ class ThreeServerTests(SynchronousTestCase):
         names = {m.get("name") for m in json.loads(listed.stdout)["members"]}
         self.assertEqual(len(names), 2, listed.stdout)
         self.assertNotIn(member, names)
+        # Its server hears it was removed, and joins again as a new member when restarted.
+        removed = servers.processes[gone_name]
+        removed.wait_for_output(
+            "This node has been removed from the cluster - please restart k3s to rejoin the cluster"
+        )
+        self.assertTrue((servers.home(gone_name) / "data/server/db/etcd/tombstone").exists())
+        removed.stop(timeout=15)
+        rejoined = servers.joining(gone_name, gone).start()
+        servers.ready(rejoined, gone, timeout=90)
+        rejoined.wait_for_output(
+            "tombstone file has been detected, removing data dir to rejoin the cluster"
+        )
+        again = servers.etcdctl("s1", victim, "member", "list", "-w", "json",
+                                "--endpoints", f"https://{victim}:2379")  # fmt: skip
+        self.assertEqual(len(json.loads(again.stdout)["members"]), 3, again.stdout)
 
 
 class SnapshotResetTests(SynchronousTestCase):

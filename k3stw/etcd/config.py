@@ -83,6 +83,11 @@ class EtcdLayout:
         return self.data_dir / "config"
 
     @property
+    def tombstone(self) -> Path:
+        """Written when this member was removed from the cluster."""
+        return self.data_dir / "tombstone"
+
+    @property
     def reset_flag(self) -> Path:
         return self.db / "reset-flag"
 

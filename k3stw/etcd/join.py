@@ -13,6 +13,7 @@ import base64
 import datetime
 import ipaddress
 import json
+import shutil
 import ssl
 import time
 import urllib.error
@@ -142,6 +143,13 @@ def prepare_member(config: ServerConfig, now: datetime.datetime) -> ServerCreden
     settings = config.etcd
     assert settings is not None
     layout = EtcdLayout(config.server_dir)
+    if layout.tombstone.exists():
+        if not settings.join_url:
+            raise StartupError(
+                f"this server's etcd member was removed from the cluster ({layout.tombstone}); "
+                "start it with --server https://<server>:6443 and the token to join again"
+            )
+        _back_up_removed_member(layout)
     supervisor = None
     if not layout.initialized and settings.join_url and not settings.cluster_init:
         _log.info("Managed etcd cluster not yet initialized")
@@ -199,6 +207,19 @@ def prepare_member(config: ServerConfig, now: datetime.datetime) -> ServerCreden
         )  # fmt: skip
     write_atomically(layout.config_file, render(config_document(layout, member)).encode(), 0o600)
     return credentials
+
+
+#: How many data dirs of removed members are kept (k3s: 5).
+BACKUPS_KEPT = 5
+
+
+def _back_up_removed_member(layout: EtcdLayout) -> None:
+    """k3s's answer to a tombstone: move the removed member's data aside (keeping 5)."""
+    _log.info("tombstone file has been detected, removing data dir to rejoin the cluster")
+    layout.data_dir.rename(layout.db / f"etcd-backup-{int(time.time())}")
+    backups = sorted(layout.db.glob("etcd-backup-*"), key=lambda p: p.name)
+    for old in backups[:-BACKUPS_KEPT]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def member_address(config: ServerConfig) -> str:

@@ -34,6 +34,8 @@ RESET_DONE = (
     "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. "
     "Backup and delete ${{datadir}}/server/db on each peer etcd server and rejoin the nodes"
 )
+#: What etcd says (and then exits) once its member was removed from the cluster.
+REMOVED_FROM_CLUSTER = "the member has been permanently removed from the cluster"
 #: How often the leader promotes learners (k3s: 15 s; shorter, so joins finish sooner).
 LEARNER_INTERVAL = 5.0
 #: Seconds a member has between SIGTERM and SIGKILL (it hands over leadership first).
@@ -79,6 +81,7 @@ class EmbeddedEtcd(EtcdDatastore):
             etcd_command(layout),
             backoff=Backoff(1.0, 10.0),
             stop_timeout=STOP_TIMEOUT,
+            on_line=self._member_said,
         )
         #: The scheduled snapshots, run while the datastore runs (None: none).
         self.snapshots: Service | None = None
@@ -112,6 +115,16 @@ class EmbeddedEtcd(EtcdDatastore):
             self.learners.startService()
             if self.snapshots is not None:
                 self.snapshots.startService()
+
+    def _member_said(self, line: str) -> None:
+        if REMOVED_FROM_CLUSTER not in line or self.layout.tombstone.exists():
+            return
+        # k3s's tombstone: the next start moves the data aside and joins again.
+        write_atomically(self.layout.tombstone, b"", 0o600)
+        self._log.error(
+            "This node has been removed from the cluster - please restart k3s to rejoin the cluster"
+        )
+        self.member.stopService()
 
     async def _check_member(self) -> None:
         """k3s's datastore test at start: defragment the member, disarm its alarms."""
