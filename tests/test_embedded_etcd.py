@@ -35,6 +35,10 @@ class ClusterInitTests(SynchronousTestCase):
         self.assertEqual(config["election-timeout"], 1000)
         created = servers.kubectl(address, "create", "configmap", "kept")
         self.assertEqual(created.returncode, 0, created.stderr)
+        # The cluster's bootstrap data is kept in etcd, sealed with the token, as k3s keeps it.
+        first.wait_for_output("Saved the cluster's bootstrap data to etcd")
+        keys = servers.etcdctl("s1", address, "get", "--prefix", "/bootstrap/", "--keys-only")
+        self.assertRegex(keys.stdout.strip(), r"^/bootstrap/[0-9a-f]{12}$")
         members = servers.etcdctl("s1", address, "member", "list")
         self.assertEqual(members.returncode, 0, members.stderr)
         self.assertIn(config["name"], members.stdout)
@@ -68,6 +72,7 @@ class ClusterInitTests(SynchronousTestCase):
         self.assertIn(
             "duplicate node name found, please use a unique name for this node", twin.output
         )
+        again.wait_for_output("Serving HTTP bootstrap from datastore for")
 
 
 class ThreeServerTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ k3s's process and dies with it; so does this one, even on SIGKILL.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,12 +24,13 @@ from twisted.internet.task import deferLater
 
 from k3stw.datastore.etcd import EtcdDatastore, EtcdError, EtcdTLS
 from k3stw.datastore.etcd.gateway import as_int
-from k3stw.datastore.interface import DatastoreUnavailable
+from k3stw.datastore.interface import DatastoreUnavailable, KeyExists
 from k3stw.etcd.config import EtcdLayout
 from k3stw.files import write_atomically
 from k3stw.logs import Logger
 from k3stw.machinery.processes import SupervisedProcess
 from k3stw.machinery.timing import Backoff, PeriodicJob
+from k3stw.server import bootstrapdata
 
 RESET_DONE = (
     "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. "
@@ -64,6 +66,7 @@ class EmbeddedEtcd(EtcdDatastore):
         client_url: str,
         *,
         reset: bool = False,
+        token_password: str | None = None,
         **kwargs: Any,
     ) -> None:
         certificates = layout.certificates
@@ -75,6 +78,8 @@ class EmbeddedEtcd(EtcdDatastore):
         self.reactor = reactor
         #: Started with ``--cluster-reset``: exit once the member is alone.
         self.reset = reset
+        #: Seals the cluster's bootstrap data kept in etcd (None: not kept).
+        self.token_password = token_password
         self.member = SupervisedProcess(
             reactor,
             "etcd",
@@ -145,6 +150,37 @@ class EmbeddedEtcd(EtcdDatastore):
         if alarms.get("alarms"):
             self._log.info("Alarms disarmed on etcd server")
         self._log.info("etcd data store connection OK")
+        await self._save_bootstrap_data()
+
+    async def _save_bootstrap_data(self) -> None:
+        """
+        Keep the cluster's bootstrap data in etcd, sealed with the token, as
+        k3s does (the first server to get there saves it; snapshots carry it).
+        """
+        password = self.token_password
+        if password is None:
+            return
+        listed = await self.list(bootstrapdata.PREFIX)
+        if listed.items:
+            return
+        document = bootstrapdata.document(self.layout.server_dir)
+        sealed = bootstrapdata.encrypt(password, json.dumps(document).encode())
+        try:
+            await self.create(bootstrapdata.storage_key(password), sealed)
+        except KeyExists:
+            return
+        self._log.info("Saved the cluster's bootstrap data to {datastore}", datastore="etcd")
+
+    async def bootstrap_data(self, password: str) -> dict[str, Any] | None:
+        """The bootstrap data kept in etcd, opened with C{password} (None: none for it)."""
+        stored = await self.get(bootstrapdata.storage_key(password))
+        if stored is None:
+            return None
+        try:
+            document: dict[str, Any] = json.loads(bootstrapdata.decrypt(password, stored.value))
+        except ValueError:
+            return None
+        return document
 
     async def _finish_reset(self) -> None:
         """k3s's end of a cluster reset: once this member is alone, say so and exit."""

@@ -43,16 +43,32 @@ def _require_server(request: IRequest, passwords: Mapping[str, str], local_ok: b
         raise StatusError(403, "forbidden")
 
 
-def server_bootstrap(server_dir: Path, passwords: Mapping[str, str]) -> Route:
-    """``/v1-k3s/server-bootstrap``: the shared files (from disk: every server holds the same)."""
+def server_bootstrap(
+    server_dir: Path, etcd: EmbeddedEtcd | None, passwords: Mapping[str, str]
+) -> Route:
+    """
+    ``/v1-k3s/server-bootstrap``: the shared files, from the datastore on
+    embedded etcd (opened with the token the caller proved), else from disk.
+    """
 
     async def get(request: IRequest) -> bytes:
         _require_server(request, passwords, local_ok=False)
-        _log.info(
-            "Serving HTTP bootstrap from disk for {client}",
-            client=str(getattr(request.getClientAddress(), "host", "")),
-        )
-        return json.dumps(bootstrapdata.document(server_dir)).encode()
+        client = str(getattr(request.getClientAddress(), "host", ""))
+        document = None
+        if etcd is not None:
+            try:
+                document = await etcd.bootstrap_data(passwords["server"])
+            except DatastoreUnavailable as e:
+                _log.warn(
+                    "Failed to read bootstrap data from datastore, serving from disk: {error}",
+                    error=str(e),
+                )
+        if document is not None:
+            _log.info("Serving HTTP bootstrap from datastore for {client}", client=client)
+        else:
+            _log.info("Serving HTTP bootstrap from disk for {client}", client=client)
+            document = bootstrapdata.document(server_dir)
+        return json.dumps(document).encode()
 
     return Route(b"application/json", GET=get)
 
@@ -76,7 +92,7 @@ def add_routes(
 ) -> None:
     """Put the endpoints in the supervisor's tree (``/db/info`` only on embedded etcd)."""
     v1 = root.children[b"v1-k3s"]
-    v1.putChild(b"server-bootstrap", server_bootstrap(server_dir, passwords))
+    v1.putChild(b"server-bootstrap", server_bootstrap(server_dir, etcd, passwords))
     if etcd is not None:
         db = Route()
         db.putChild(b"info", db_info(etcd, passwords))

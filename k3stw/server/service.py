@@ -461,7 +461,7 @@ def _node_cidr_sets(config: ServerConfig) -> list[CIDRSet]:
         raise StartupError(f"--cluster-cidr / --node-cidr-mask-size: {e}") from None
 
 
-def _embedded_etcd(config: ServerConfig, reactor: Any) -> IDatastore:
+def _embedded_etcd(config: ServerConfig, reactor: Any, token_password: str) -> IDatastore:
     from k3stw.etcd.config import EtcdLayout, MemberConfig
     from k3stw.etcd.join import member_address
     from k3stw.etcd.member import EmbeddedEtcd
@@ -470,7 +470,9 @@ def _embedded_etcd(config: ServerConfig, reactor: Any) -> IDatastore:
     assert settings is not None
     layout = EtcdLayout(config.server_dir)
     client_url = MemberConfig("", member_address(config)).client_url
-    etcd = EmbeddedEtcd(reactor, layout, client_url, reset=settings.cluster_reset)
+    etcd = EmbeddedEtcd(
+        reactor, layout, client_url, reset=settings.cluster_reset, token_password=token_password
+    )
     if not settings.disable_snapshots and not settings.cluster_reset:
         from k3stw.etcd.snapshots import EtcdSnapshots
 
@@ -523,7 +525,7 @@ def build_server(
         the one C{config} names.
     """
     if datastore is None and config.etcd is not None:
-        datastore = _embedded_etcd(config, reactor)
+        datastore = _embedded_etcd(config, reactor, credentials.token.password)
     if datastore is None:
         datastore = datastore_for_endpoint(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
