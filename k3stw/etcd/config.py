@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from k3stw.hostport import join_host_port
 from k3stw.pki.store import EtcdCertificates
 
@@ -210,6 +208,8 @@ def config_document(layout: EtcdLayout, member: MemberConfig) -> dict[str, Any]:
 
 def render(document: Mapping[str, Any]) -> str:
     """The YAML k3s writes: keys sorted."""
+    import yaml  # about a megabyte: only servers on embedded etcd need it
+
     return yaml.safe_dump(dict(document), sort_keys=True, default_flow_style=False)
 
 
@@ -243,6 +243,8 @@ def _typed(key: str, value: str) -> Any:
     if timed and _GO_DURATION.match(value):
         return _nanoseconds(value)
     if value.startswith("["):
+        import yaml
+
         try:
             loaded = yaml.safe_load(value)
         except yaml.YAMLError:
