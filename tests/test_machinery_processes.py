@@ -149,6 +149,16 @@ class SupervisedProcessTests(SynchronousTestCase):
         streams = [e.get("stream") for e in self.logs.events if "line" in e]
         self.assertEqual(streams, ["stdout", "stdout", "stderr", "stderr"])
 
+    def test_on_line_hears_each_line_too(self) -> None:
+        """A parent that acts on what its child says is told every line the log gets."""
+        heard: list[str] = []
+        self.supervise(on_line=heard.append)
+        process = self.reactor.last
+        process.output(b"one\ntw")
+        process.output(b"o\n")
+        process.output(b"three\n", fd=2)
+        self.assertEqual(heard, ["one", "two", "three"])
+
     def test_long_lines_are_cut_and_never_buffered_whole(self) -> None:
         """A line longer than C{max_line} is logged cut, with the count of bytes dropped."""
         self.supervise(max_line=10)

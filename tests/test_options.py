@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.logs import journal_observer
 from k3stw.pki.token import Token
+from k3stw.server.config import ServerConfig
 from k3stw.tap import agent, server
 from k3stw.tap import options as options_module
 from k3stw.tap.options import AGENT_FLAGS, SERVER_FLAGS, ConfigurationError, K3sOptions
@@ -129,6 +130,11 @@ class CommandLineTests(OptionsTestCase):
             "--disable", "local-storage,traefik", "--default-local-storage-path", "/srv/pv",
             "--flannel-iface", "eth1", "--disable-kube-proxy", "--disable-network-policy",
             "--secrets-encryption",
+            "--cluster-reset", "--cluster-reset-restore-path", "/tmp/snap", "--etcd-arg",
+            "quota-backend-bytes=8589934592", "--etcd-expose-metrics", "--etcd-disable-snapshots",
+            "--etcd-snapshot-name", "nightly", "--etcd-snapshot-schedule-cron", "0 */5 * * *",
+            "--etcd-snapshot-retention", "7", "--etcd-snapshot-dir", "/tmp/snaps",
+            "--etcd-snapshot-compress",
         ]  # fmt: skip
         options = parse(server.Options, argv)
         given = {f.name for f in SERVER_FLAGS} - {"config"}
@@ -149,6 +155,9 @@ class CommandLineTests(OptionsTestCase):
         self.assertEqual(options["flannel-iface"], "eth1")
         self.assertIs(options["disable-network-policy"], True)
         self.assertIs(options["secrets-encryption"], True)
+        self.assertEqual(options["etcd-arg"], ("quota-backend-bytes=8589934592",))
+        self.assertEqual(options["etcd-snapshot-retention"], 7)
+        self.assertEqual(options["etcd-snapshot-schedule-cron"], "0 */5 * * *")
 
     def test_every_agent_flag_long_form(self) -> None:
         """Every agent flag is accepted under its k3s long name."""
@@ -571,14 +580,37 @@ class HelpTests(OptionsTestCase):
         self.assertEqual(set(grouped), every)
 
 
-class NotYetTests(OptionsTestCase):
-    def test_embedded_etcd_flags_are_refused_not_ignored(self) -> None:
-        """--cluster-init and a server's --server would start a lone SQLite cluster."""
-        for argv in (["--cluster-init"], ["--server", "https://192.0.2.1:6443"]):
-            options = parse(server.Options, argv)
-            assert isinstance(options, server.Options)
+class EmbeddedEtcdChoiceTests(OptionsTestCase):
+    def config(self, *argv: str) -> ServerConfig:
+        options = parse(server.Options, ["--data-dir", self.mktemp(), *argv])
+        assert isinstance(options, server.Options)
+        return server.server_config(options)
+
+    def test_cluster_init_and_a_join_run_a_member(self) -> None:
+        """--cluster-init, or a server's --server without a datastore, selects embedded etcd."""
+        first = self.config("--cluster-init", "--etcd-arg", "quota-backend-bytes=8589934592")
+        assert first.etcd is not None
+        self.assertTrue(first.etcd.cluster_init)
+        self.assertEqual(dict(first.etcd.extra or {}), {"quota-backend-bytes": 8589934592})
+        joining = self.config("--server", "https://192.0.2.1:6443")
+        assert joining.etcd is not None
+        self.assertEqual(joining.etcd.join_url, "https://192.0.2.1:6443")
+        self.assertIsNone(self.config().etcd)
+
+    def test_embedded_etcd_flags_with_an_external_datastore_are_refused(self) -> None:
+        """Servers on one external datastore do not join each other: refused, never ignored."""
+        for flag in (["--cluster-init"], ["--server", "https://192.0.2.1:6443"]):
             with self.assertRaises(ConfigurationError) as caught:
-                server.server_config(options)
+                self.config(*flag, "--datastore-endpoint", "postgres://")
             message = str(caught.exception)
-            self.assertIn(f"{argv[0]} (from command line) needs embedded etcd", message)
-            self.assertIn("--datastore-endpoint", message)
+            self.assertIn(f"{flag[0]} (from command line) is for embedded etcd", message)
+
+    def test_restore_path_needs_cluster_reset(self) -> None:
+        with self.assertRaises(ConfigurationError) as caught:
+            self.config("--cluster-init", "--cluster-reset-restore-path", "/tmp/snap")
+        self.assertIn("requires --cluster-reset", str(caught.exception))
+
+    def test_an_etcd_arg_without_a_value_is_refused(self) -> None:
+        with self.assertRaises(ConfigurationError) as caught:
+            self.config("--cluster-init", "--etcd-arg", "quota-backend-bytes")
+        self.assertIn("expected key=value", str(caught.exception))

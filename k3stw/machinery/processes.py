@@ -198,6 +198,8 @@ class SupervisedProcess(Service):
     :param max_line: the longest output line logged (in bytes).
     :param output: a file the child's stdout and stderr are appended to,
         instead of the log (containerd's own log file, as k3s keeps it).
+    :param on_line: told each line the child writes (when it goes to the
+        log), for a parent that acts on what its child says.
     """
 
     _log = Logger()
@@ -216,6 +218,7 @@ class SupervisedProcess(Service):
         kill_timeout: float = 5.0,
         max_line: int = MAX_LINE,
         output: str | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         if not argv:
             raise ValueError("a supervised process needs a command line")
@@ -232,6 +235,7 @@ class SupervisedProcess(Service):
         self.kill_timeout = kill_timeout
         self.max_line = max_line
         self.output = output
+        self.on_line = on_line
         #: Exits (or failed starts) in a row, for the back-off.
         self.failures = 0
         #: How the latest run ended while it should have run: a
@@ -291,7 +295,7 @@ class SupervisedProcess(Service):
         self._child = None
         try:
             executable = _executable(self.argv, self.env, self.cwd)
-            child = _Child(self._label, self.clock, self.max_line)
+            child = _Child(self._label, self.clock, self.max_line, self.on_line)
             self._spawn_child(child, executable)
         except ProcessStartError as e:
             inputs._ended(Failure(e), 0.0)
@@ -521,8 +525,15 @@ class _Child(ProcessProtocol):
 
     _log = Logger()
 
-    def __init__(self, name: str, clock: IReactorTime, max_line: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        clock: IReactorTime,
+        max_line: int,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
+        self.on_line = on_line
         self.clock = clock
         self.pid: int | None = None
         self.alive = False
@@ -662,6 +673,8 @@ class _Child(ProcessProtocol):
 
     def _line(self, stream: str, line: str) -> None:
         self._log.info("{name}: {line}", name=self.name, line=line, stream=stream, pid=self.pid)
+        if self.on_line is not None:
+            self.on_line(line)
 
 
 class _Command(ProcessProtocol):

@@ -31,6 +31,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class Usage(Enum):
     SERVER = "server"
     CLIENT = "client"
+    #: Both (etcd's member certificates: each member is a server and a client of its peers).
+    SERVER_CLIENT = "server-client"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,13 @@ class SubjectAltNames:
 
 def _ip_sort_key(ip: IPAddress) -> tuple[int, int]:
     return (ip.version, int(ip))
+
+
+_EXTENDED_USAGES = {
+    Usage.SERVER: [ExtendedKeyUsageOID.SERVER_AUTH],
+    Usage.CLIENT: [ExtendedKeyUsageOID.CLIENT_AUTH],
+    Usage.SERVER_CLIENT: [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+}
 
 
 def new_key() -> PrivateKey:
@@ -180,13 +189,7 @@ def issue(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage(
-                [
-                    ExtendedKeyUsageOID.SERVER_AUTH
-                    if usage is Usage.SERVER
-                    else ExtendedKeyUsageOID.CLIENT_AUTH
-                ]
-            ),
+            x509.ExtendedKeyUsage(_EXTENDED_USAGES[usage]),
             critical=False,
         )
         .add_extension(

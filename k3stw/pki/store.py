@@ -14,6 +14,7 @@ import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -125,6 +126,11 @@ def load_or_create_server_credentials(
     _make_private_dir(layout.tls)
     server_ca = _load_or_create_ca(layout, "server-ca", "k3s-server-ca", now)
     client_ca = _load_or_create_ca(layout, "client-ca", "k3s-client-ca", now)
+    # etcd's CAs exist on every server, as k3s's do: they are bootstrap data
+    # that a server joining over embedded etcd takes from the cluster.
+    _make_private_dir(layout.tls / "etcd")
+    for stem, name in ETCD_CAS.items():
+        _load_or_create_ca(layout, stem, name, now)
     server_ca_bundle = _read(layout.pair("server-ca")[0])
     serving = _load_or_create_leaf(
         layout,
@@ -168,6 +174,70 @@ def load_or_create_server_credentials(
         kube_apiserver,
         service_key,
     )
+
+
+#: etcd's CAs below ``tls/``, with their common names (k3s's).
+ETCD_CAS = {"etcd/server-ca": "etcd-server-ca", "etcd/peer-ca": "etcd-peer-ca"}
+
+
+@dataclass(frozen=True)
+class EtcdCertificates:
+    """The files an etcd member and its clients use, under ``tls/etcd/`` (k3s's names)."""
+
+    tls_dir: Path
+
+    def path(self, name: str) -> str:
+        return str(self.tls_dir / name)
+
+    @property
+    def server_ca(self) -> str:
+        return self.path("server-ca.crt")
+
+    @property
+    def peer_ca(self) -> str:
+        return self.path("peer-ca.crt")
+
+    @property
+    def client(self) -> tuple[str, str]:
+        return self.path("client.crt"), self.path("client.key")
+
+
+def load_or_create_etcd_certificates(
+    server_dir: Path, alt_names: SubjectAltNames, now: datetime.datetime
+) -> EtcdCertificates:
+    """
+    The member's certificates, made (or renewed) from the cluster's etcd CAs
+    as k3s makes them: ``server-client`` and ``peer-server-client`` (CN
+    ``etcd-server``/``etcd-peer``, server and client use, the server's names
+    plus ``localhost``) and ``client`` (CN ``etcd-client``).
+
+    :raises StartupError: as L{load_or_create_server_credentials}.
+    """
+    layout = ServerLayout(server_dir)
+    server_ca = _load_or_create_ca(layout, "etcd/server-ca", ETCD_CAS["etcd/server-ca"], now)
+    peer_ca = _load_or_create_ca(layout, "etcd/peer-ca", ETCD_CAS["etcd/peer-ca"], now)
+    names = SubjectAltNames(alt_names.dns_names | {"localhost"}, alt_names.ip_addresses)
+    for stem, ca, common_name in (
+        ("etcd/server-client", server_ca, "etcd-server"),
+        ("etcd/peer-server-client", peer_ca, "etcd-peer"),
+    ):
+        _load_or_create_leaf(
+            layout,
+            stem,
+            ca,
+            now,
+            _serving_matches(names),
+            partial(new_leaf, ca, common_name, Usage.SERVER_CLIENT, now, (), names),
+        )
+    _load_or_create_leaf(
+        layout,
+        "etcd/client",
+        server_ca,
+        now,
+        lambda _: True,
+        partial(new_leaf, server_ca, "etcd-client", Usage.CLIENT, now),
+    )
+    return EtcdCertificates(layout.tls / "etcd")
 
 
 def _make_private_dir(path: Path) -> None:

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -46,6 +47,10 @@ FILES = {
     # --secrets-encryption's key file and stage, once there are any.
     "EncryptionConfig": "cred/encryption-config.json",
     "EncryptionHash": "cred/encryption-state.json",
+    "ETCDServerCA": "tls/etcd/server-ca.crt",
+    "ETCDServerCAKey": "tls/etcd/server-ca.key",
+    "ETCDPeerCA": "tls/etcd/peer-ca.crt",
+    "ETCDPeerCAKey": "tls/etcd/peer-ca.key",
 }
 #: k3s's words for data sealed with another token.
 OTHER_TOKEN = "bootstrap data already found and encrypted with different token"
@@ -110,9 +115,20 @@ def take(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
     if key != storage_key(password):
         raise StartupError(OTHER_TOKEN)
     try:
-        document = json.loads(decrypt(password, stored))
+        data = json.loads(decrypt(password, stored))
     except ValueError:
         raise StartupError(OTHER_TOKEN) from None
+    reconcile(server_dir, data, keys.description)
+    return True
+
+
+def reconcile(server_dir: Path, document: dict[str, Any], source: str) -> None:
+    """
+    Write the files of a bootstrap C{document} (k3s's JSON) into C{server_dir}
+    where they differ.
+
+    :raises StartupError: with k3s's message, when a file on disk is newer than its copy.
+    """
     newer: list[str] = []
     writes: list[tuple[Path, bytes]] = []
     for field, name in FILES.items():
@@ -140,22 +156,25 @@ def take(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
     if writes:
         _log.info(
             "Took the cluster's bootstrap data from {datastore}: {files}",
-            datastore=keys.description,
+            datastore=source,
             files=", ".join(str(path) for path, _ in writes),
         )
-    return True
 
 
-def _document(server_dir: Path, document: dict[str, object]) -> dict[str, object]:
-    """C{document} with the shared files that exist in C{server_dir}, as they are there."""
+def document(server_dir: Path, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    C{into} (a new document by default) with C{server_dir}'s shared files as
+    they are there: k3s's bootstrap JSON (``/v1-k3s/server-bootstrap``).
+    """
+    found = {} if into is None else into
     for field, name in FILES.items():
         path = server_dir / name
         if path.exists():
-            document[field] = {
+            found[field] = {
                 "Timestamp": _rfc3339(_mtime(path)),
                 "Content": base64.b64encode(path.read_bytes()).decode(),
             }
-    return document
+    return found
 
 
 async def publish(datastore: IDatastore, server_dir: Path, password: str) -> None:
@@ -168,8 +187,8 @@ async def publish(datastore: IDatastore, server_dir: Path, password: str) -> Non
     current = await datastore.get(key)
     if current is None:
         return
-    document = _document(server_dir, json.loads(decrypt(password, current.value)))
-    sealed = encrypt(password, json.dumps(document).encode())
+    merged = document(server_dir, json.loads(decrypt(password, current.value)))
+    sealed = encrypt(password, json.dumps(merged).encode())
     await datastore.update(key, sealed, current.mod_revision)
 
 
@@ -179,7 +198,7 @@ def save(server_dir: Path, keys: BlockingKeys, password: str) -> bool:
 
     :return: False if another server saved its data first.
     """
-    sealed = encrypt(password, json.dumps(_document(server_dir, {})).encode())
+    sealed = encrypt(password, json.dumps(document(server_dir)).encode())
     saved = keys.create(storage_key(password), sealed)
     if saved:
         _log.info("Saved the cluster's bootstrap data to {datastore}", datastore=keys.description)

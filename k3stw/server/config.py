@@ -9,6 +9,7 @@ from pathlib import Path
 
 from k3stw.agent.service import NodeSettings
 from k3stw.datastore.endpoint import DatastoreTLS
+from k3stw.etcd.config import EtcdSettings
 from k3stw.pki.certs import SubjectAltNames
 from k3stw.pki.token import Token
 
@@ -61,6 +62,8 @@ class ServerConfig:
     secrets_encryption: bool = False
     #: ``--default-local-storage-path``; None for ``<data-dir>/storage``.
     default_local_storage_path: Path | None = None
+    #: Embedded etcd's flags, on a server that runs a member; None otherwise.
+    etcd: EtcdSettings | None = None
 
     @property
     def local_storage_path(self) -> Path:

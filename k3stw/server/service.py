@@ -365,7 +365,12 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
         or a token cannot be used, or the datastore cannot be reached.
     """
     when = now or datetime.datetime.now(datetime.UTC)
-    credentials = _credentials_shared_through_the_datastore(config, when)
+    if config.etcd is not None:
+        from k3stw.etcd.join import prepare_member
+
+        credentials = prepare_member(config, when)
+    else:
+        credentials = _credentials_shared_through_the_datastore(config, when)
     write_kubeconfig(
         config.kubeconfig,
         config.local_url,
@@ -373,7 +378,7 @@ def prepare_server(config: ServerConfig, now: datetime.datetime | None = None) -
         credentials.admin,
         config.kubeconfig_mode,
     )
-    if config.datastore_endpoint is None:
+    if config.datastore_endpoint is None and config.etcd is None:
         (config.server_dir / "db").mkdir(mode=0o700, exist_ok=True)
     config.manifests_dir.mkdir(mode=0o700, exist_ok=True)
     return credentials
@@ -514,6 +519,56 @@ def _secrets_encryption(
     return SecretsEncryption(config.server_dir, config.hostname, view, reactor.seconds, publish)
 
 
+def _embedded_etcd(config: ServerConfig, reactor: Any, token_password: str) -> IDatastore:
+    from k3stw.etcd.config import EtcdLayout, MemberConfig
+    from k3stw.etcd.join import member_address
+    from k3stw.etcd.member import EmbeddedEtcd
+
+    settings = config.etcd
+    assert settings is not None
+    layout = EtcdLayout(config.server_dir)
+    client_url = MemberConfig("", member_address(config)).client_url
+    etcd = EmbeddedEtcd(
+        reactor, layout, client_url, reset=settings.cluster_reset, token_password=token_password
+    )
+    if not settings.disable_snapshots and not settings.cluster_reset:
+        from k3stw.etcd.snapshots import EtcdSnapshots
+
+        etcd.snapshots = EtcdSnapshots(reactor, layout, settings, client_url, config.hostname)
+    datastore: IDatastore = etcd
+    return datastore
+
+
+def _etcd_node_controller(
+    config: ServerConfig, datastore: IDatastore, informers: ServerInformers, store: ObjectStore
+) -> IService:
+    """k3s's etcd metadata and member-removal controller, for this server's member."""
+    from k3stw.etcd.config import EtcdLayout
+    from k3stw.etcd.join import member_address
+    from k3stw.etcd.member import EmbeddedEtcd
+    from k3stw.etcd.nodes import EtcdNodeController
+
+    assert isinstance(datastore, EmbeddedEtcd)
+    member = EtcdLayout(config.server_dir).name_file.read_text().strip()
+    return EtcdNodeController(
+        informers, store, datastore, config.hostname, member, member_address(config)
+    )
+
+
+def _add_etcd_routes(
+    root: Any, config: ServerConfig, datastore: IDatastore, passwords: Any
+) -> None:
+    """``/v1-k3s/server-bootstrap`` on every server; ``/db/info`` on embedded etcd."""
+    from k3stw.etcd.membership import add_routes
+
+    etcd = None
+    if config.etcd is not None:
+        from k3stw.etcd.member import EmbeddedEtcd
+
+        etcd = datastore if isinstance(datastore, EmbeddedEtcd) else None
+    add_routes(root, config.server_dir, etcd, passwords)
+
+
 def build_server(
     config: ServerConfig,
     credentials: ServerCredentials,
@@ -527,6 +582,8 @@ def build_server(
     :param datastore: the datastore to use (a test's in-memory one); by default,
         the one C{config} names.
     """
+    if datastore is None and config.etcd is not None:
+        datastore = _embedded_etcd(config, reactor, credentials.token.password)
     if datastore is None:
         datastore = datastore_for_endpoint(
             reactor, config.datastore_endpoint, str(config.data_dir), config.datastore_tls
@@ -561,6 +618,8 @@ def build_server(
     controllers, endpoints = control_plane(
         store, registry, config, ca_bundle, keys, informers, resource_metrics
     )
+    if config.etcd is not None:
+        _etcd_node_controller(config, datastore, informers, store).setServiceParent(controllers)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
     IService(datastore).setServiceParent(root)
     address, port = config.advertised
@@ -614,16 +673,16 @@ def build_server(
         endpoints.live_servers,
     )
     tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
-    site = QuietSite(
-        supervisor_resource(
-            credentials.server_ca_bundle,
-            readiness,
-            api,
-            enrollment,
-            tunnel,
-            None if encryption is None else encryption.resource(passwords),
-        )
+    supervisor = supervisor_resource(
+        credentials.server_ca_bundle,
+        readiness,
+        api,
+        enrollment,
+        tunnel,
+        None if encryption is None else encryption.resource(passwords),
     )
+    _add_etcd_routes(supervisor, config, datastore, enrollment.passwords)
+    site = QuietSite(supervisor)
     site.requestFactory = APIRequest
     tls = server_tls_options(
         credentials.serving, credentials.server_ca_bundle, credentials.client_ca

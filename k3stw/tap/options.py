@@ -120,6 +120,17 @@ def _https_url(value: object) -> str:
     return text.rstrip("/")
 
 
+def _cron(value: object) -> str:
+    from k3stw.apiserver.kinds.cronjobs import Schedule, ScheduleError
+
+    text = _text(value)
+    try:
+        Schedule.parse(text)
+    except ScheduleError as e:
+        raise ValueError(f"expected a cron spec such as '0 */12 * * *': {e}") from None
+    return text
+
+
 def _cidrs(value: object) -> str:
     text = _text(value)
     try:
@@ -310,6 +321,34 @@ SERVER_FLAGS: tuple[Flag, ...] = (
     ),
     Flag("agent-token-file", "File containing the agent secret", _path, env="K3S_AGENT_TOKEN_FILE"),
     switch("cluster-init", "Initialize a new cluster using embedded Etcd", env="K3S_CLUSTER_INIT"),
+    switch(
+        "cluster-reset",
+        "Forget all peers and become sole member of a new cluster",
+        env="K3S_CLUSTER_RESET",
+    ),
+    Flag("cluster-reset-restore-path", "Path to snapshot file to be restored", _path),
+    repeatable("etcd-arg", "Customized flag for etcd process"),
+    switch("etcd-expose-metrics", "Expose etcd metrics to client interface"),
+    switch("etcd-disable-snapshots", "Disable automatic etcd snapshots"),
+    Flag("etcd-snapshot-name", "Set the base name of etcd snapshots", default="etcd-snapshot"),
+    Flag(
+        "etcd-snapshot-schedule-cron",
+        "Snapshot interval time in cron spec. eg. every 5 hours '0 */5 * * *'",
+        _cron,
+        default="0 */12 * * *",
+    ),
+    Flag(
+        "etcd-snapshot-retention",
+        "Number of snapshots to retain",
+        _integer,
+        default=5,
+    ),
+    Flag(
+        "etcd-snapshot-dir",
+        "Directory to save db snapshots (default: ${data-dir}/server/db/snapshots)",
+        _path,
+    ),
+    switch("etcd-snapshot-compress", "Compress etcd snapshot"),
     Flag(
         "datastore-endpoint",
         "Specify etcd, MySQL, Postgres, or SQLite (default) data source name",
@@ -478,7 +517,25 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "cluster",
         ("token", "token-file", "agent-token", "agent-token-file", "server", "cluster-init"),
     ),
-    ("db", ("datastore-endpoint", "datastore-cafile", "datastore-certfile", "datastore-keyfile")),
+    (
+        "db",
+        (
+            "cluster-reset",
+            "cluster-reset-restore-path",
+            "etcd-arg",
+            "etcd-expose-metrics",
+            "etcd-disable-snapshots",
+            "etcd-snapshot-name",
+            "etcd-snapshot-schedule-cron",
+            "etcd-snapshot-retention",
+            "etcd-snapshot-dir",
+            "etcd-snapshot-compress",
+            "datastore-endpoint",
+            "datastore-cafile",
+            "datastore-certfile",
+            "datastore-keyfile",
+        ),
+    ),
     ("controller", ("node-monitor-grace-period", "node-cidr-mask-size")),
     ("experimental", ("unchecked-api", "secrets-encryption")),
     ("storage", ("default-local-storage-path",)),

@@ -9,6 +9,7 @@ from pathlib import Path
 from twisted.application.service import IService
 
 from k3stw.datastore.endpoint import DatastoreTLS, EndpointError
+from k3stw.etcd.config import EtcdLayout, EtcdSettings, parse_etcd_args
 from k3stw.kubelet import hostinfo
 from k3stw.lifecycle import StartupError
 from k3stw.logs import set_debug
@@ -48,17 +49,10 @@ def server_config(options: Options) -> ServerConfig:
 
     :raises ConfigurationError: a flag asks for what k3stw does not have yet.
     """
-    # Both would start a lone new cluster on SQLite where the user asked for
-    # embedded etcd: refused until k3stw has it, never ignored.
-    for flag in ("cluster-init", "server"):
-        if options[flag]:
-            raise ConfigurationError(
-                f"--{flag} (from {options.sources[flag]}) needs embedded etcd, which k3stw "
-                "does not have yet; for several servers, start each with the same "
-                "--datastore-endpoint (etcd, PostgreSQL or MySQL) and --token"
-            )
+    data_dir = Path(options["data-dir"])
+    etcd = _etcd_settings(options, data_dir)
     return ServerConfig(
-        data_dir=Path(options["data-dir"]),
+        data_dir=data_dir,
         hostname=options["node-name"] or hostinfo.hostname(),
         bind_address=options["bind-address"],
         https_port=options["https-listen-port"],
@@ -87,9 +81,50 @@ def server_config(options: Options) -> ServerConfig:
         node_cidr_mask_size=options["node-cidr-mask-size"],
         advertise_port=options["advertise-port"],
         datastore_endpoint=options["datastore-endpoint"],
+        etcd=etcd,
         datastore_tls=DatastoreTLS(
             options["datastore-cafile"], options["datastore-certfile"], options["datastore-keyfile"]
         ),
+    )
+
+
+def _etcd_settings(options: Options, data_dir: Path) -> EtcdSettings | None:
+    """
+    Embedded etcd's settings if this server runs a member, by k3s's rules: a
+    member already on disk, or no external datastore and ``--cluster-init``
+    or ``--server`` (a join).
+    """
+    initialized = EtcdLayout(data_dir / "server").initialized
+    wanted = options["cluster-init"] or options["server"] or options["cluster-reset"]
+    if options["datastore-endpoint"] and not initialized:
+        for flag in ("cluster-init", "server", "cluster-reset"):
+            if options[flag]:
+                raise ConfigurationError(
+                    f"--{flag} (from {options.sources[flag]}) is for embedded etcd; servers on "
+                    "--datastore-endpoint share it without joining each other: leave it out"
+                )
+        return None
+    if not (initialized or wanted):
+        return None
+    try:
+        extra = parse_etcd_args(options["etcd-arg"])
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
+    if options["cluster-reset-restore-path"] and not options["cluster-reset"]:
+        raise ConfigurationError("--cluster-reset-restore-path requires --cluster-reset")
+    return EtcdSettings(
+        cluster_init=options["cluster-init"],
+        join_url=options["server"],
+        extra=extra,
+        expose_metrics=options["etcd-expose-metrics"],
+        cluster_reset=options["cluster-reset"],
+        restore_path=_absolute(options["cluster-reset-restore-path"]),
+        snapshot_cron=options["etcd-snapshot-schedule-cron"],
+        snapshot_retention=options["etcd-snapshot-retention"],
+        snapshot_dir=_absolute(options["etcd-snapshot-dir"]),
+        snapshot_compress=options["etcd-snapshot-compress"],
+        snapshot_name=options["etcd-snapshot-name"],
+        disable_snapshots=options["etcd-disable-snapshots"],
     )
 
 

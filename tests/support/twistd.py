@@ -64,6 +64,22 @@ def https_get(
         connection.close()
 
 
+def admin_context(root: Path) -> ssl.SSLContext:
+    """TLS as the admin of the L{k3s_server} under C{root}: its kubeconfig's certificate."""
+    import yaml
+
+    config = yaml.safe_load((root / "k3s.yaml").read_text())
+    user = config["users"][0]["user"]
+    cert = root / "admin.pem"
+    cert.write_bytes(
+        base64.b64decode(user["client-certificate-data"])
+        + base64.b64decode(user["client-key-data"])
+    )
+    context = ssl.create_default_context(cafile=str(root / "data/server/tls/server-ca.crt"))
+    context.load_cert_chain(str(cert))
+    return context
+
+
 def admin_request(
     root: Path, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
 ) -> tuple[int, dict[str, Any]]:
@@ -76,14 +92,7 @@ def admin_request(
     import yaml
 
     config = yaml.safe_load((root / "k3s.yaml").read_text())
-    user = config["users"][0]["user"]
-    cert = root / "admin.pem"
-    cert.write_bytes(
-        base64.b64decode(user["client-certificate-data"])
-        + base64.b64decode(user["client-key-data"])
-    )
-    context = ssl.create_default_context(cafile=str(root / "data/server/tls/server-ca.crt"))
-    context.load_cert_chain(str(cert))
+    context = admin_context(root)
     host, port = config["clusters"][0]["cluster"]["server"].removeprefix("https://").rsplit(":", 1)
     connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
     try:

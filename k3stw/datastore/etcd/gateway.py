@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl as stdlib_ssl
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from k3stw.datastore.interface import DatastoreUnavailable
+from k3stw.httpclient import _QuietHTTPClientFactory
 from k3stw.machinery.timing import Backoff
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ DEFAULT_PORT = 2379
 _COMPACTED = "required revision has been compacted"
 _FUTURE = "required revision is a future revision"
 _LEASE_EXISTS = "lease already exists"
+_LEARNER = "not supported for learner"
 # gRPC status codes that mean "this member cannot serve now".
 _UNAVAILABLE_CODES = frozenset({4, 14})
 # Refusals that etcd makes before proposing anything: a write may be retried
@@ -320,6 +323,8 @@ class EtcdGateway:
         self._slots = DeferredSemaphore(self.max_connections)
         self._pool.retryAutomatically = False
         self._stream_pool = HTTPConnectionPool(reactor, persistent=False)
+        # A "Starting factory" line per connection (TLS ones name objects by address).
+        self._pool._factory = self._stream_pool._factory = _QuietHTTPClientFactory
         timeout = max(1, int(request_timeout))
         if policy is None:
             self._agent = Agent(reactor, connectTimeout=timeout, pool=self._pool)
@@ -444,11 +449,27 @@ class EtcdGateway:
             return dict(answer)
         code = as_int(answer.get("code"))
         message = str(answer.get("message") or answer.get("error") or f"HTTP {status}")
+        # A learner refuses all but a few reads (FailedPrecondition): it has
+        # applied nothing, so the call may go on to a voting member.
+        if _LEARNER in message:
+            raise _NotSent(message)
         if code in _UNAVAILABLE_CODES or status >= 500:
             if any(text in message for text in _REFUSED_BEFORE_PROPOSAL):
                 raise _NotSent(message)
             raise _OutcomeUnknown(message)
         raise EtcdError(code, message)
+
+
+def _refusal(error: urllib.error.HTTPError) -> EtcdError | None:
+    """etcd's own answer in an HTTP error (a 4xx with its JSON error), if it is one."""
+    if error.code >= 500:
+        return None
+    try:
+        answer = json.loads(error.read())
+    except ValueError:
+        return None
+    message = str(answer.get("message") or answer.get("error") or "")
+    return EtcdError(as_int(answer.get("code")), message) if message else None
 
 
 class EtcdKeys:
@@ -468,9 +489,10 @@ class EtcdKeys:
             if tls.certfile and tls.keyfile:
                 self.context.load_cert_chain(tls.certfile, tls.keyfile)
         # Reachable now, or DatastoreUnavailable, as the SQL backends connect at once.
-        self._call("/v3/kv/range", {"key": b64(b"\0"), "count_only": True})
+        self.call("/v3/kv/range", {"key": b64(b"\0"), "count_only": True})
 
-    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST C{body} to C{path} on the first member that answers."""
         errors: list[str] = []
         for url in self.urls:
             request = urllib.request.Request(
@@ -484,19 +506,24 @@ class EtcdKeys:
                 ) as answer:
                     document: dict[str, Any] = json.load(answer)
                     return document
+            except urllib.error.HTTPError as e:
+                refusal = _refusal(e)
+                if refusal is not None:
+                    raise refusal from None
+                errors.append(f"{url}: {e}")
             except (OSError, ValueError) as e:
                 errors.append(f"{url}: {e}")
         raise DatastoreUnavailable("; ".join(errors))
 
     def list_prefix(self, prefix: str) -> dict[str, bytes]:
-        answer = self._call("/v3/kv/range", prefix_range(prefix.encode()))
+        answer = self.call("/v3/kv/range", prefix_range(prefix.encode()))
         return {
             unb64(kv["key"]).decode(): unb64(kv.get("value", "")) for kv in answer.get("kvs", [])
         }
 
     def create(self, key: str, value: bytes) -> bool:
         encoded = b64(key)
-        answer = self._call(
+        answer = self.call(
             "/v3/kv/txn",
             {
                 "compare": [
