@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,26 @@ SECTIONS = {
     "dns": "network_dns",
     "policy": "network_policy",
 }
+
+
+def run(*argv: str, stdin: bytes | None = None) -> str:
+    """C{argv}'s stdout; its failure ends the benchmark with its stderr."""
+    done = subprocess.run(argv, input=stdin, capture_output=True, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:6])}... failed: {done.stderr.decode(errors='replace')}")
+    return done.stdout.decode()
+
+
+def in_ns(ns: str, *argv: str, stdin: bytes | None = None) -> str:
+    """C{argv} run in the network namespace C{ns}."""
+    return run("ip", "netns", "exec", ns, *argv, stdin=stdin)
+
+
+def markdown_table(rows: Sequence[tuple[str, str, str]]) -> str:
+    """A section's rows: measure, figure, goal."""
+    lines = ["| measure | figure | goal |", "|---|---:|---|"]
+    lines += [f"| {m} | {f} | {g} |" for m, f, g in rows]
+    return "\n".join(lines)
 
 
 def write_section(output: Path, title: str, body: str) -> None:

@@ -37,7 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from api import machine
-from network import write_section
+from network import in_ns, markdown_table, run, write_section
 
 from k3stw.network import hostgw, vxlan
 from k3stw.network.flannel import JUMPS, Lease, Link, rules
@@ -47,17 +47,6 @@ CLUSTER = "10.42.0.0/16"
 #: The nodes' link: node n is 10.197.0.<n>.
 LINK_MTU = 1500
 IPERF_PORT = 5201
-
-
-def run(*argv: str, stdin: bytes | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, timeout=120)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:6])}... failed: {done.stderr.decode(errors='replace')}")
-    return done.stdout.decode()
-
-
-def in_ns(ns: str, *argv: str, stdin: bytes | None = None) -> str:
-    return run("ip", "netns", "exec", ns, *argv, stdin=stdin)
 
 
 class FlannelNodes:
@@ -265,12 +254,6 @@ def flannel_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
     return rows, "\n".join(f"- {note}" for note in notes)
 
 
-def table(rows: Sequence[tuple[str, str, str]]) -> str:
-    lines = ["| measure | figure | goal |", "|---|---:|---|"]
-    lines += [f"| {m} | {f} | {g} |" for m, f, g in rows]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--section", choices=["flannel"], required=True)
@@ -292,7 +275,7 @@ def main(argv: Sequence[str]) -> None:
         f"Machine: {machine()}; {iperf}; load average at the end {load}\n"
         f"Date: {when}; mode: {'quick' if options.quick else 'full'},"
         f" {time.monotonic() - started:.0f} s in all\n\n"
-        f"{table(rows)}\n\n{notes}\n"
+        f"{markdown_table(rows)}\n\n{notes}\n"
     )
     print(body)
     if options.output:

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from api import machine
-from network import write_section
+from network import in_ns, markdown_table, run, write_section
 
 from k3stw.network.proxyrules import NodeFacts, render
 
@@ -66,17 +66,6 @@ while done < count and time.perf_counter() - started < limit:
     c.close(); done += 1
 print(done / (time.perf_counter() - started))
 """
-
-
-def run(*argv: str, stdin: bytes | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, timeout=120)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:6])}... failed: {done.stderr.decode(errors='replace')}")
-    return done.stdout.decode()
-
-
-def in_ns(ns: str, *argv: str, stdin: bytes | None = None) -> str:
-    return run("ip", "netns", "exec", ns, *argv, stdin=stdin)
 
 
 def make_namespaces() -> None:
@@ -171,9 +160,9 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
     for _ in range(rounds):
         for backend in ("iptables", "iptables-legacy"):
             # Each round from empty tables: a node's first sync, a full resync, a partial one.
-            for table in ("nat", "filter"):
-                in_ns(NODE_NS, backend, "-t", table, "-F")
-                in_ns(NODE_NS, backend, "-t", table, "-X")
+            for name in ("nat", "filter"):
+                in_ns(NODE_NS, backend, "-t", name, "-F")
+                in_ns(NODE_NS, backend, "-t", name, "-X")
             restore = (f"{backend}-restore", "-w", "5", "--noflush")
             full = clock("render", render, services, slices, node)
             clock(f"{backend} first", in_ns, NODE_NS, *restore, stdin=full.text.encode())
@@ -307,12 +296,6 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
     return rows, notes
 
 
-def table(rows: Sequence[tuple[str, str, str]]) -> str:
-    lines = ["| measure | figure | goal |", "|---|---:|---|"]
-    lines += [f"| {m} | {f} | {g} |" for m, f, g in rows]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--section", choices=["proxy"], required=True)
@@ -340,7 +323,7 @@ def main(argv: Sequence[str]) -> None:
         f"Machine: {machine()}; {iptables}; load average at the end {load}\n"
         f"Date: {when}; mode: {'quick' if options.quick else 'full'},"
         f" {time.monotonic() - started:.0f} s in all\n\n"
-        f"{table(rows)}\n\n{notes}\n"
+        f"{markdown_table(rows)}\n\n{notes}\n"
     )
     print(body)
     if options.output:
