@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from tests.support.images import INDEX_HTML
+from tests.support.machines import Machine
 from tests.test_flannel_machine import TwoMachinesWithFlannel
 from tests.test_pods_machine import KUBECTL
 
@@ -50,6 +51,13 @@ class ClusterNetworkAcrossTwoMachines(TwoMachinesWithFlannel):
             f"{KUBECTL} exec {pod} -- busybox timeout 5 busybox wget -q -O - {url}", timeout=30
         )
         return out if status == 0 else ""
+
+    def machine_fetches(self, machine: Machine, url: str) -> bool:
+        """Whether C{machine} itself (its host network) gets the page from C{url} within 5 s."""
+        try:
+            return machine.run(f"timeout 5 busybox wget -q -O - {url}", timeout=30) == PAGE
+        except AssertionError:
+            return False
 
     def fetched(self, pod: str, url: str) -> bool:
         return self.page_from(pod, url) == PAGE
@@ -120,10 +128,11 @@ class ClusterNetworkAcrossTwoMachines(TwoMachinesWithFlannel):
 
         # The NodePort of each node, from the other machine.
         for machine, other in ((self.machine, self.agent), (self.agent, self.machine)):
-            page = machine.run(
-                f"timeout 5 busybox wget -q -O - http://{other.address}:{node_port}/", timeout=30
+            self.until(
+                f"{other.name}'s NodePort from {machine.name}",
+                partial(self.machine_fetches, machine, f"http://{other.address}:{node_port}/"),
+                30,
             )
-            self.assertEqual(page, PAGE)
 
         # ServiceLB publishes both nodes; each answers on the Service's port.
         self.until(
@@ -132,11 +141,13 @@ class ClusterNetworkAcrossTwoMachines(TwoMachinesWithFlannel):
             60,
         )
         self.assertIn("EXTERNAL-IP", self.kubectl("get service web"))
+        # Each node's kube-proxy writes the ingress addresses' rules at its next sync.
         for machine, other in ((self.machine, self.agent), (self.agent, self.machine)):
-            page = machine.run(
-                f"timeout 5 busybox wget -q -O - http://{other.address}:8080/", timeout=30
+            self.until(
+                f"the LoadBalancer port on {other.name} from {machine.name}",
+                partial(self.machine_fetches, machine, f"http://{other.address}:8080/"),
+                30,
             )
-            self.assertEqual(page, PAGE)
 
         # The web pod's node enforces its policies on traffic from the other node.
         self.apply(DENY_ALL)

@@ -404,8 +404,10 @@ class PodChainTests(SynchronousTestCase):
         firewall = sync()
         chain = pod_chain_name("default", "client", "1")
         self.assertEqual(
-            chain_rules(firewall, "KUBE-ROUTER-FORWARD")[:5],
+            chain_rules(firewall, "KUBE-ROUTER-FORWARD")[:6],
             [
+                # Traffic to a cluster IP not DNATed (no endpoint) is left to kube-proxy's REJECT.
+                "-d 10.43.0.0/16 -j RETURN",
                 f"-d 10.42.0.6 -j {chain}",
                 f"-m physdev --physdev-is-bridged -d 10.42.0.6 -j {chain}",
                 f"-s 10.42.0.6 -j {chain}",

@@ -50,9 +50,20 @@ class ServiceProxyInAMachineTests(PodStreamsInAMachine):
         return bool((self.pod(pod).get("status") or {}).get("phase") == "Running")
 
     def rules(self, saved: str | None = None) -> list[str]:
-        """``iptables-save``'s lines (the machine's now, or C{saved}) without its dated comments."""
+        """
+        ``iptables-save``'s lines (the machine's now, or C{saved}) without its
+        dated comments, nor the network policy controller's, whose chain names
+        change with every sync as kube-router's do.
+        """
         text = self.machine.run("iptables-save") if saved is None else saved
-        return [line for line in text.splitlines() if not line.startswith("#")]
+        return [
+            line
+            for line in text.splitlines()
+            if not line.startswith("#")
+            and "KUBE-ROUTER" not in line
+            and "KUBE-NWPLCY" not in line
+            and "KUBE-POD-FW" not in line
+        ]
 
     def until_answered(self, machine: Machine, url: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout

@@ -503,6 +503,15 @@ def _top_chains(settings: PolicySettings) -> _Rules:
                 "allow traffic to primary/secondary cluster IP range",
                 f"-d {cidr} -j RETURN",
             )
+            # k3stw's, not kube-router's: a packet still bound for a cluster IP in FORWARD
+            # was not DNATed (its Service has no endpoint), so it can reach no pod; left to
+            # kube-proxy's filter rules, it is rejected at once instead of being accepted as
+            # policy-compliant pod traffic and routed nowhere.
+            rules.add_kept(
+                "KUBE-ROUTER-FORWARD",
+                "let kube-proxy reject traffic to cluster IPs without endpoints",
+                f"-d {cidr} -j RETURN",
+            )
     for protocol in ("tcp", "udp"):
         rules.add_kept(
             "KUBE-ROUTER-INPUT",
