@@ -13,10 +13,12 @@ namespaces it makes and deletes, and ends only the processes it started.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,6 +54,36 @@ def markdown_table(rows: Sequence[tuple[str, str, str]]) -> str:
     lines = ["| measure | figure | goal |", "|---|---:|---|"]
     lines += [f"| {m} | {f} | {g} |" for m, f, g in rows]
     return "\n".join(lines)
+
+
+def report(
+    title: str,
+    intro: str,
+    tool: str,
+    started: float,
+    quick: bool,
+    rows: Sequence[tuple[str, str, str]],
+    notes: str,
+    output: Path | None,
+) -> None:
+    """
+    Print a section (C{intro}, the machine, C{tool}'s version, the date and
+    mode, the table and its notes) and write it into C{output}, if given.
+    """
+    from api import machine
+
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    body = (
+        f"{intro}\n\n"
+        f"Machine: {machine()}; {tool}; load average at the end {load}\n"
+        f"Date: {when}; mode: {'quick' if quick else 'full'},"
+        f" {time.monotonic() - started:.0f} s in all\n\n"
+        f"{markdown_table(rows)}\n\n{notes}\n"
+    )
+    print(body)
+    if output:
+        write_section(output, title, body)
 
 
 def write_section(output: Path, title: str, body: str) -> None:

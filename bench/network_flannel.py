@@ -21,7 +21,6 @@ ended by its PID.
 from __future__ import annotations
 
 import argparse
-import datetime
 import ipaddress
 import json
 import os
@@ -36,8 +35,7 @@ if __package__ in (None, ""):
     # Run as a script: make the checkout importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from api import machine
-from network import in_ns, markdown_table, run, write_section
+from network import in_ns, report, run
 
 from k3stw.network import hostgw, vxlan
 from k3stw.network.flannel import JUMPS, Lease, Link, rules
@@ -263,23 +261,24 @@ def main(argv: Sequence[str]) -> None:
     started = time.monotonic()
     rows, notes = flannel_section(options.quick)
     iperf = run("iperf3", "--version").splitlines()[0].strip()
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    body = (
-        "Written by `python bench/network.py --section flannel --output docs/network-benchmark.md`."
-        " Two node network namespaces on a veth pair (MTU 1500), a pod namespace on each"
-        " node's `cni0` bridge; the nodes hold what k3stw's flannel writes for each other"
-        " (vxlan: `flannel.1`, VNI 1, port 8472, and the peer's neighbour, FDB entry and onlink"
-        " route; host-gw: the route through the peer) and flannel's chains. iperf3, one TCP"
-        " stream, pod to pod and node to node taking turns in the same run.\n\n"
-        f"Machine: {machine()}; {iperf}; load average at the end {load}\n"
-        f"Date: {when}; mode: {'quick' if options.quick else 'full'},"
-        f" {time.monotonic() - started:.0f} s in all\n\n"
-        f"{markdown_table(rows)}\n\n{notes}\n"
+    report(
+        "flannel (vxlan, host-gw)",
+        (
+            "Written by `python bench/network.py --section flannel"
+            " --output docs/network-benchmark.md`."
+            " Two node network namespaces on a veth pair (MTU 1500), a pod namespace on each"
+            " node's `cni0` bridge; the nodes hold what k3stw's flannel writes for each other"
+            " (vxlan: `flannel.1`, VNI 1, port 8472, and the peer's neighbour, FDB entry and onlink"
+            " route; host-gw: the route through the peer) and flannel's chains. iperf3, one TCP"
+            " stream, pod to pod and node to node taking turns in the same run."
+        ),
+        iperf,
+        started,
+        options.quick,
+        rows,
+        notes,
+        options.output,
     )
-    print(body)
-    if options.output:
-        write_section(options.output, "flannel (vxlan, host-gw)", body)
 
 
 if __name__ == "__main__":

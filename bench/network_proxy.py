@@ -17,7 +17,6 @@ iptables; every namespace made is deleted and every process ended by its PID.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import resource
 import statistics
@@ -32,8 +31,7 @@ if __package__ in (None, ""):
     # Run as a script: make the checkout importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from api import machine
-from network import in_ns, markdown_table, run, write_section
+from network import in_ns, report, run
 
 from k3stw.network.proxyrules import NodeFacts, render
 
@@ -309,25 +307,26 @@ def main(argv: Sequence[str]) -> None:
     finally:
         delete_namespaces()
     iptables = run("iptables", "--version").strip()
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    body = (
-        "Written by `python bench/network.py --section proxy --output docs/network-benchmark.md`."
-        " kube-proxy's rules as the node writes them (`proxyrules.render`, then one"
-        " `iptables-restore --noflush`), in a network namespace of their own: a node with a"
-        " bridge and two pods on it. The connection cells are one Python client opening"
-        " connections one after another to a Python server that writes a byte and closes,"
-        " direct and through the ClusterIP taking turns. Times are wall seconds, with the CPU"
-        " seconds of the render and of iptables-restore in parentheses (the machine is shared:"
-        " CPU time is what a sync itself costs).\n\n"
-        f"Machine: {machine()}; {iptables}; load average at the end {load}\n"
-        f"Date: {when}; mode: {'quick' if options.quick else 'full'},"
-        f" {time.monotonic() - started:.0f} s in all\n\n"
-        f"{markdown_table(rows)}\n\n{notes}\n"
+    report(
+        "kube-proxy (iptables)",
+        (
+            "Written by `python bench/network.py --section proxy"
+            " --output docs/network-benchmark.md`."
+            " kube-proxy's rules as the node writes them (`proxyrules.render`, then one"
+            " `iptables-restore --noflush`), in a network namespace of their own: a node with a"
+            " bridge and two pods on it. The connection cells are one Python client opening"
+            " connections one after another to a Python server that writes a byte and closes,"
+            " direct and through the ClusterIP taking turns. Times are wall seconds, with the CPU"
+            " seconds of the render and of iptables-restore in parentheses (the machine is shared:"
+            " CPU time is what a sync itself costs)."
+        ),
+        iptables,
+        started,
+        options.quick,
+        rows,
+        notes,
+        options.output,
     )
-    print(body)
-    if options.output:
-        write_section(options.output, "kube-proxy (iptables)", body)
 
 
 if __name__ == "__main__":
