@@ -22,19 +22,31 @@ rare full collection with megabytes of heap.  So when the heap has handed
 out more than a slack over what it had after the last collection, the
 trimmer collects first (a full collection: tens of ms, only while the
 heap grows).
+
+The trimmer also forgets the source lines that formatting a traceback left
+in ``linecache``: every logged failure caches the whole text of each file on
+its stack, for good, and the next traceback reads them again.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import linecache
 from collections.abc import Callable
 from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["GlibcHeap", "Heap", "HeapTrimmer", "glibc_heap", "process_heap_trimmer"]
+__all__ = [
+    "GlibcHeap",
+    "Heap",
+    "HeapTrimmer",
+    "forget_source_lines",
+    "glibc_heap",
+    "process_heap_trimmer",
+]
 
 #: glibc's ``mallopt`` parameter for the most malloc arenas.
 M_ARENA_MAX = -8
@@ -118,6 +130,18 @@ def glibc_heap() -> GlibcHeap | None:
         return None
 
 
+def forget_source_lines() -> None:
+    """
+    Drop the source files ``linecache`` read for tracebacks; keep the lines
+    it was handed without a file (attrs' generated methods), which no later
+    traceback could read again.
+    """
+    for name, entry in list(linecache.cache.items()):
+        # A file read from disk has its size and mtime; a lazy or handed-in entry has none.
+        if len(entry) == 4 and entry[1] is not None:
+            del linecache.cache[name]
+
+
 class HeapTrimmer(Service):
     """
     Every C{interval} seconds: C{collect} Python's cyclic garbage if the
@@ -166,6 +190,7 @@ class HeapTrimmer(Service):
 
     def _look(self) -> None:
         assert self.heap is not None
+        forget_source_lines()
         in_use = self.heap.in_use()
         if in_use - self.least_in_use >= self.slack:
             self.collect()

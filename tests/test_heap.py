@@ -7,6 +7,7 @@ freed 64 MiB stays resident until it is trimmed.
 from __future__ import annotations
 
 import ctypes
+import linecache
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,17 @@ class HeapTrimmerTests(SynchronousTestCase):
         clock.advance(INTERVAL)
         self.assertEqual(len(self.collected), 2)
         self.assertEqual(heap.trims, 0)
+
+    def test_each_look_forgets_the_source_files_tracebacks_read(self) -> None:
+        generated = "<generated methods of a test>"
+        linecache.cache[generated] = (6, None, ["pass\n"], generated)
+        self.addCleanup(linecache.cache.pop, generated, None)
+        linecache.getline(__file__, 1)
+        self.assertIn(__file__, linecache.cache)
+        clock, _ = self.started(SetHeap(free_bytes=0))
+        clock.advance(INTERVAL)
+        self.assertNotIn(__file__, linecache.cache)
+        self.assertEqual(linecache.getline(generated, 1), "pass\n")
 
     def test_stop_leaves_no_call(self) -> None:
         heap = SetHeap(0)
