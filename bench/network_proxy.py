@@ -33,7 +33,8 @@ if __package__ in (None, ""):
 
 from network import in_ns, report, run
 
-from k3stw.network.proxyrules import NodeFacts, render
+from k3stw.network.iptables import fetch_all_chains
+from k3stw.network.proxyrules import NodeFacts, Ruleset, render
 
 TAG = f"nb{os.getpid() % 100_000}"
 NODE_NS, SERVER_NS, CLIENT_NS = f"{TAG}node", f"{TAG}srv", f"{TAG}cli"
@@ -138,6 +139,12 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def feed(*args: Any) -> tuple[Ruleset, bytes]:
+    """A sync's rules and the restore input as L{IPTables.restore} writes it."""
+    ruleset = render(*args)
+    return ruleset, fetch_all_chains(ruleset.text).encode()
+
+
 def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
     """The proxy section's rows (measure, figure, goal) and its notes."""
     node = NodeFacts(name="node", node_ips=(GATEWAY,), cluster_cidrs=("10.244.0.0/16",))
@@ -162,14 +169,20 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
                 in_ns(NODE_NS, backend, "-t", name, "-F")
                 in_ns(NODE_NS, backend, "-t", name, "-X")
             restore = (f"{backend}-restore", "-w", "5", "--noflush")
-            full = clock("render", render, services, slices, node)
-            clock(f"{backend} first", in_ns, NODE_NS, *restore, stdin=full.text.encode())
+            full, text = clock("render", feed, services, slices, node)
+            clock(f"{backend} first", in_ns, NODE_NS, *restore, stdin=text)
             chains = sorted(full.nat_chains)
-            again = clock("render", render, services, slices, node, chains)
-            clock(f"{backend} full", in_ns, NODE_NS, *restore, stdin=again.text.encode())
+            _, text = clock("render", feed, services, slices, node, chains)
+            clock(f"{backend} full", in_ns, NODE_NS, *restore, stdin=text)
             one = {("bench", "svc0001")}
-            part = clock("render partial", render, services, slices, node, chains, one)
-            clock(f"{backend} partial", in_ns, NODE_NS, *restore, stdin=part.text.encode())
+            _, text = clock("render partial", feed, services, slices, node, chains, one)
+            clock(f"{backend} partial", in_ns, NODE_NS, *restore, stdin=text)
+    # The same rules as kube-proxy feeds them (no listing first), once: the listing's worth.
+    for name in ("nat", "filter"):
+        in_ns(NODE_NS, "iptables", "-t", name, "-F")
+        in_ns(NODE_NS, "iptables", "-t", name, "-X")
+    plain = ("iptables-restore", "-w", "5", "--noflush")
+    clock("plain first", in_ns, NODE_NS, *plain, stdin=full.text.encode())
     median = {cell: statistics.median(values) for cell, values in timings.items()}
     lines = len(full.text.splitlines())
     render_s, partial_s = median["render"], median["render partial"]
@@ -203,6 +216,12 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
             "partial sync after one Service changed, nf_tables, s",
             both("render partial", "iptables partial"),
             goal(partial_s + part_s),
+        ),
+        (
+            "first sync of the same rules without the leading `-S` (as kube-proxy feeds them),"
+            " nf_tables, s",
+            both("render", "plain first"),
+            "",
         ),
         (
             "first sync / full resync with iptables-legacy, s",

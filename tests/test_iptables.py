@@ -12,7 +12,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
-from k3stw.network.iptables import IPTables, IPTablesError, restore_text
+from k3stw.network.iptables import (
+    MANY_CHAINS,
+    IPTables,
+    IPTablesError,
+    fetch_all_chains,
+    restore_text,
+)
 
 
 class RestoreTextTests(TestCase):
@@ -27,6 +33,17 @@ class RestoreTextTests(TestCase):
             text,
             "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n*filter\nCOMMIT\n",
         )
+
+    def test_block_of_many_chains_starts_with_a_listing(self) -> None:
+        """Only a table declaring MANY_CHAINS chains or more gets the ``-S`` line, first."""
+        many = [f"C{i}" for i in range(MANY_CHAINS)]
+        text = restore_text({"filter": (["A"], ["-A A -j RETURN"]), "nat": (many, [])})
+        self.assertEqual(
+            fetch_all_chains(text).splitlines()[:6],
+            ["*filter", ":A - [0:0]", "-A A -j RETURN", "COMMIT", "*nat", "-S"],
+        )
+        few = restore_text({"nat": (many[:-1], [])})
+        self.assertEqual(fetch_all_chains(few), few)
 
 
 class IPTablesTests(TestCase):
@@ -76,6 +93,24 @@ class IPTablesTests(TestCase):
         self.assertIn("iptables-restore", str(caught.exception))
         # Nothing of the failed transaction was applied.
         self.assertNotIn("K3STW-TEST", await ipt.chains("filter"))
+
+    async def _many_chains_replaced_others_kept(self) -> None:
+        ipt = self.iptables
+        await ipt.restore(restore_text({"nat": (["OTHER"], ["-A OTHER -j RETURN"])}))
+        chains = [f"K3STW-{i}" for i in range(MANY_CHAINS)]
+        rules = [f"-A {chain} -s 10.0.0.{i % 250}/32 -j RETURN" for i, chain in enumerate(chains)]
+        await ipt.restore(restore_text({"nat": (chains, rules)}))
+        await ipt.restore(restore_text({"nat": (chains, rules[:1])}))
+        saved = await ipt.save("nat")
+        self.assertIn("-A OTHER -j RETURN", saved)
+        self.assertIn("-A K3STW-0 -s 10.0.0.0/32 -j RETURN", saved)
+        self.assertNotIn("-A K3STW-1 ", saved)
+        made = [chain for chain in await ipt.chains("nat") if chain.startswith("K3STW-")]
+        self.assertEqual(len(made), MANY_CHAINS)
+
+    def test_many_chains_replaced_others_kept(self) -> Deferred[object]:
+        """A table of many chains (restored with its listing first) still replaces only those."""
+        return self.run_async(self._many_chains_replaced_others_kept())
 
     def test_bad_rules_refused_whole(self) -> Deferred[object]:
         """A transaction with a bad rule applies nothing and fails naming the command."""
