@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -19,6 +20,7 @@ from k3stw.network.iptables import (
     fetch_all_chains,
     restore_text,
 )
+from k3stw.network.proxyrules import DISPATCH_ABOVE, NodeFacts, render
 
 
 class RestoreTextTests(TestCase):
@@ -115,3 +117,88 @@ class IPTablesTests(TestCase):
     def test_bad_rules_refused_whole(self) -> Deferred[object]:
         """A transaction with a bad rule applies nothing and fails naming the command."""
         return self.run_async(self._bad_rules_refused_whole())
+
+
+#: A server in the namespace: one byte to each connection.
+ONE_BYTE_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.sendall(b"x"); c.close()
+"""
+
+
+class DispatchedServicesInTheKernelTests(TestCase):
+    """kube-proxy's rules dispatched by address block, loaded and followed by the kernel."""
+
+    def setUp(self) -> None:
+        self.namespace = f"k3stw-disp-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", self.namespace], check=True, timeout=30)
+        self.addCleanup(subprocess.run, ["ip", "netns", "delete", self.namespace], timeout=30)
+        # The endpoint is an address of the namespace's own; the service range routes there.
+        for command in (
+            "ip link set lo up",
+            "ip addr add 10.180.0.1/32 dev lo",
+            "ip route add 10.43.0.0/16 dev lo",
+        ):
+            self.in_ns(*command.split())
+
+    def in_ns(self, *argv: str, stdin: bytes | None = None) -> bytes:
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.namespace, *argv],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace"))
+        return done.stdout
+
+    def test_a_connection_to_a_cluster_ip_reaches_its_endpoint(self) -> None:
+        """Past DISPATCH_ABOVE Services, a ClusterIP still DNATs to its endpoint; others don't."""
+        count = DISPATCH_ABOVE + 20
+        services, slices = [], []
+        for i in range(count):
+            services.append(
+                {
+                    "metadata": {"namespace": "ns", "name": f"s{i}"},
+                    "spec": {"clusterIP": f"10.43.{i // 50}.{i % 50 + 1}", "ports": [{"port": 80}]},
+                }
+            )
+            # Service 70's endpoint is the server here; the others' a port nothing listens on.
+            port = 8080 if i == 70 else 8081
+            slices.append(
+                {
+                    "metadata": {
+                        "namespace": "ns",
+                        "name": f"s{i}-1",
+                        "labels": {"kubernetes.io/service-name": f"s{i}"},
+                    },
+                    "addressType": "IPv4",
+                    "ports": [{"port": port, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["10.180.0.1"]}],
+                }
+            )
+        ruleset = render(services, slices, NodeFacts(name="node", cluster_cidrs=("10.42.0.0/16",)))
+        self.assertIn("KUBE-SVCS-", ruleset.text)
+        self.in_ns("iptables-restore", "--noflush", stdin=fetch_all_chains(ruleset.text).encode())
+        self.in_ns("iptables", "-t", "nat", "-I", "OUTPUT", "-j", "KUBE-SERVICES")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace, sys.executable, "-c", ONE_BYTE_SERVER]
+            + ["10.180.0.1", "8080"],
+            stdout=subprocess.PIPE,
+        )
+        self.addCleanup(server.wait, 10)
+        self.addCleanup(server.terminate)
+        assert server.stdout is not None
+        self.assertEqual(server.stdout.readline(), b"ready\n")
+        fetch = "import socket, sys; print(socket.create_connection((sys.argv[1], 80), 5).recv(1))"
+        self.assertEqual(self.in_ns(sys.executable, "-c", fetch, "10.43.1.21"), b"b'x'\n")
+        # Service 71's endpoint refuses: it is the same address, on another port.
+        refused = subprocess.run(
+            ["ip", "netns", "exec", self.namespace, sys.executable, "-c", fetch, "10.43.1.22"],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertIn(b"ConnectionRefusedError", refused.stderr)
