@@ -184,10 +184,9 @@ class DispatchedServicesInTheKernelTests(TestCase):
         self.assertIn("KUBE-SVCS-", ruleset.text)
         self.in_ns("iptables-restore", "--noflush", stdin=fetch_all_chains(ruleset.text).encode())
         self.in_ns("iptables", "-t", "nat", "-I", "OUTPUT", "-j", "KUBE-SERVICES")
+        serve = [sys.executable, "-c", ONE_BYTE_SERVER, "10.180.0.1", "8080"]
         server = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, sys.executable, "-c", ONE_BYTE_SERVER]
-            + ["10.180.0.1", "8080"],
-            stdout=subprocess.PIPE,
+            ["ip", "netns", "exec", self.namespace, *serve], stdout=subprocess.PIPE
         )
         self.addCleanup(server.wait, 10)
         self.addCleanup(server.terminate)
