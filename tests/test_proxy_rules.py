@@ -8,7 +8,6 @@ feature's rules in kube's order and words.  Pure: no kernel, no sockets.
 from __future__ import annotations
 
 import ipaddress
-import time
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -477,8 +476,8 @@ class ServiceRulesTests(SynchronousTestCase):
 
 
 class ScaleTests(SynchronousTestCase):
-    def test_a_thousand_services_render_fast_without_comments(self) -> None:
-        """1,000 Services of 10 endpoints: large-cluster mode (no per-endpoint comments), < 1 s."""
+    def test_a_thousand_services_render_without_comments(self) -> None:
+        """1,000 Services of 10 endpoints: large-cluster mode (no per-endpoint comments)."""
         services = [
             service(name=f"s{i}", clusterIP=f"10.43.{i // 250}.{i % 250 + 1}") for i in range(1000)
         ]
@@ -489,10 +488,7 @@ class ScaleTests(SynchronousTestCase):
             )
             for i in range(1000)
         ]
-        started = time.perf_counter()
         result = render(services, slices, NODE)
-        took = time.perf_counter() - started
-        self.assertLess(took, 1.0)
         kube_chains = [c for c in result.nat_chains if not c.startswith("KUBE-SVCS-")]
         self.assertEqual(len(kube_chains), 1000 + 10000)
         sep = endpoint_chain("ns1/s0:p80", "tcp", "10.42.0.1:80")
