@@ -119,15 +119,14 @@ class IPTablesTests(TestCase):
         return self.run_async(self._bad_rules_refused_whole())
 
 
-#: A server in the namespace: one byte to each connection.
-ONE_BYTE_SERVER = """
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept(); c.sendall(b"x"); c.close()
-"""
+#: A server in the namespace: one byte to each connection (closed as its socket is dropped).
+ONE_BYTE_SERVER = (
+    "import socket, sys\n"
+    "server = socket.create_server((sys.argv[1], int(sys.argv[2])))\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    server.accept()[0].sendall(b'x')\n"
+)
 
 
 class DispatchedServicesInTheKernelTests(TestCase):
