@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
-from k3stw.network.iptables import IPTables, IPTablesError, restore_text
+from k3stw.network.iptables import (
+    MANY_CHAINS,
+    IPTables,
+    IPTablesError,
+    fetch_all_chains,
+    restore_text,
+)
+from k3stw.network.proxyrules import DISPATCH_ABOVE, NodeFacts, render
 
 
 class RestoreTextTests(TestCase):
@@ -27,6 +35,17 @@ class RestoreTextTests(TestCase):
             text,
             "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n*filter\nCOMMIT\n",
         )
+
+    def test_block_of_many_chains_starts_with_a_listing(self) -> None:
+        """Only a table declaring MANY_CHAINS chains or more gets the ``-S`` line, first."""
+        many = [f"C{i}" for i in range(MANY_CHAINS)]
+        text = restore_text({"filter": (["A"], ["-A A -j RETURN"]), "nat": (many, [])})
+        self.assertEqual(
+            fetch_all_chains(text).splitlines()[:6],
+            ["*filter", ":A - [0:0]", "-A A -j RETURN", "COMMIT", "*nat", "-S"],
+        )
+        few = restore_text({"nat": (many[:-1], [])})
+        self.assertEqual(fetch_all_chains(few), few)
 
 
 class IPTablesTests(TestCase):
@@ -77,6 +96,107 @@ class IPTablesTests(TestCase):
         # Nothing of the failed transaction was applied.
         self.assertNotIn("K3STW-TEST", await ipt.chains("filter"))
 
+    async def _many_chains_replaced_others_kept(self) -> None:
+        ipt = self.iptables
+        await ipt.restore(restore_text({"nat": (["OTHER"], ["-A OTHER -j RETURN"])}))
+        chains = [f"K3STW-{i}" for i in range(MANY_CHAINS)]
+        rules = [f"-A {chain} -s 10.0.0.{i % 250}/32 -j RETURN" for i, chain in enumerate(chains)]
+        await ipt.restore(restore_text({"nat": (chains, rules)}))
+        await ipt.restore(restore_text({"nat": (chains, rules[:1])}))
+        saved = await ipt.save("nat")
+        self.assertIn("-A OTHER -j RETURN", saved)
+        self.assertIn("-A K3STW-0 -s 10.0.0.0/32 -j RETURN", saved)
+        self.assertNotIn("-A K3STW-1 ", saved)
+        made = [chain for chain in await ipt.chains("nat") if chain.startswith("K3STW-")]
+        self.assertEqual(len(made), MANY_CHAINS)
+
+    def test_many_chains_replaced_others_kept(self) -> Deferred[object]:
+        """A table of many chains (restored with its listing first) still replaces only those."""
+        return self.run_async(self._many_chains_replaced_others_kept())
+
     def test_bad_rules_refused_whole(self) -> Deferred[object]:
         """A transaction with a bad rule applies nothing and fails naming the command."""
         return self.run_async(self._bad_rules_refused_whole())
+
+
+#: A server in the namespace: one byte to each connection (closed as its socket is dropped).
+ONE_BYTE_SERVER = (
+    "import socket, sys\n"
+    "server = socket.create_server((sys.argv[1], int(sys.argv[2])))\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    server.accept()[0].sendall(b'x')\n"
+)
+
+
+class DispatchedServicesInTheKernelTests(TestCase):
+    """kube-proxy's rules dispatched by address block, loaded and followed by the kernel."""
+
+    def setUp(self) -> None:
+        self.namespace = f"k3stw-disp-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", self.namespace], check=True, timeout=30)
+        self.addCleanup(subprocess.run, ["ip", "netns", "delete", self.namespace], timeout=30)
+        # The endpoint is an address of the namespace's own; the service range routes there.
+        for command in (
+            "ip link set lo up",
+            "ip addr add 10.180.0.1/32 dev lo",
+            "ip route add 10.43.0.0/16 dev lo",
+        ):
+            self.in_ns(*command.split())
+
+    def in_ns(self, *argv: str, stdin: bytes | None = None) -> bytes:
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.namespace, *argv],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace"))
+        return done.stdout
+
+    def test_a_connection_to_a_cluster_ip_reaches_its_endpoint(self) -> None:
+        """Past DISPATCH_ABOVE Services, a ClusterIP still DNATs to its endpoint; others don't."""
+        count = DISPATCH_ABOVE + 20
+        services, slices = [], []
+        for i in range(count):
+            services.append(
+                {
+                    "metadata": {"namespace": "ns", "name": f"s{i}"},
+                    "spec": {"clusterIP": f"10.43.{i // 50}.{i % 50 + 1}", "ports": [{"port": 80}]},
+                }
+            )
+            # Service 70's endpoint is the server here; the others' a port nothing listens on.
+            port = 8080 if i == 70 else 8081
+            slices.append(
+                {
+                    "metadata": {
+                        "namespace": "ns",
+                        "name": f"s{i}-1",
+                        "labels": {"kubernetes.io/service-name": f"s{i}"},
+                    },
+                    "addressType": "IPv4",
+                    "ports": [{"port": port, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["10.180.0.1"]}],
+                }
+            )
+        ruleset = render(services, slices, NodeFacts(name="node", cluster_cidrs=("10.42.0.0/16",)))
+        self.assertIn("KUBE-SVCS-", ruleset.text)
+        self.in_ns("iptables-restore", "--noflush", stdin=fetch_all_chains(ruleset.text).encode())
+        self.in_ns("iptables", "-t", "nat", "-I", "OUTPUT", "-j", "KUBE-SERVICES")
+        serve = [sys.executable, "-c", ONE_BYTE_SERVER, "10.180.0.1", "8080"]
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace, *serve], stdout=subprocess.PIPE
+        )
+        self.addCleanup(server.wait, 10)
+        self.addCleanup(server.terminate)
+        assert server.stdout is not None
+        self.assertEqual(server.stdout.readline(), b"ready\n")
+        fetch = "import socket, sys; print(socket.create_connection((sys.argv[1], 80), 5).recv(1))"
+        self.assertEqual(self.in_ns(sys.executable, "-c", fetch, "10.43.1.21"), b"b'x'\n")
+        # Service 71's endpoint refuses: it is the same address, on another port.
+        refused = subprocess.run(
+            ["ip", "netns", "exec", self.namespace, sys.executable, "-c", fetch, "10.43.1.22"],
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertIn(b"ConnectionRefusedError", refused.stderr)

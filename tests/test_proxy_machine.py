@@ -18,6 +18,7 @@ needed.  Needs what tests/test_pods_machine.py needs, and iptables.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -179,3 +180,68 @@ class ServiceProxyInAMachineTests(PodStreamsInAMachine):
         nat = self.machine.run("iptables-save -t nat")
         self.assertEqual([chain for chain in web_endpoints if chain in nat], [])
         self.assertNotIn("Failed to sync iptables rules", self.log.read_text())
+
+
+#: Ask 10.43.99.99:53 one DNS question from local port 40000; print whether an answer came (1 s).
+ASK_FROM_ONE_PORT = """
+import socket, struct
+name = "kubernetes.default.svc.cluster.local"
+question = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"".join(
+    bytes([len(label)]) + label.encode() for label in name.split(".")
+) + b"\\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 40000)); s.settimeout(1)
+try:
+    s.sendto(question, ("10.43.99.99", 53))
+    print("answered" if s.recv(512)[:2] == question[:2] else "other")
+except socket.timeout:
+    print("nothing")
+except OSError as e:
+    print("refused", e.errno)
+"""
+
+
+class StaleUDPFlowsInAMachineTests(ServiceProxyInAMachineTests):
+    test_cluster_ip_node_port_hairpin_and_reject = None  # type: ignore[assignment]
+
+    def ask(self) -> str:
+        return self.machine.run(f"{sys.executable} -c '{ASK_FROM_ONE_PORT}'", timeout=30).strip()
+
+    def test_a_udp_flow_sent_before_its_service_existed_meets_the_rule(self) -> None:
+        """
+        A question sent to a ClusterIP before its Service existed made a flow
+        that went nowhere; when kube-proxy first writes the Service (with an
+        endpoint) it drops that flow, so the same asker (same port) is
+        answered.  Each unanswered try renews the flow: without the clean-up
+        it would never end (a DNS client's retries from one port time out).
+        """
+        self.start_server("server.log")
+        self.until("a full sync", lambda: "full sync: True" in self.log.read_text())
+        self.assertEqual(self.ask(), "nothing")
+        # The endpoints first: kube-proxy meets the Service with them, in one sync.
+        self.apply(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": "late-1", "labels": {"kubernetes.io/service-name": "late"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+                # The node's own cluster DNS answers there.
+                "endpoints": [{"addresses": ["127.0.0.1"]}],
+            }
+        )
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "late"},
+                "spec": {
+                    "clusterIP": "10.43.99.99",
+                    "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+                },
+            }
+        )
+        self.until(
+            "the same port answered through the Service", lambda: self.ask() == "answered", 30
+        )

@@ -17,7 +17,9 @@ place when the service stops, as kube-proxy leaves them.
 At start it sets the sysctls a node needs: ``net.ipv4.ip_forward``,
 ``net.ipv4.conf.all.route_localnet`` (NodePorts on 127.0.0.1) and, where
 br_netfilter is loaded, ``net.bridge.bridge-nf-call-iptables``.  UDP flows to
-removed endpoints are dropped with ``conntrack`` when it is installed.
+removed endpoints, and flows to a port that had no endpoint (or no rule yet)
+before this sync gave it some, are dropped with ``conntrack`` when it is
+installed (L{proxyrules.stale_udp_flows}).
 """
 
 from __future__ import annotations

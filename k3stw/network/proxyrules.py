@@ -14,6 +14,16 @@ names the service chains that exist already, so that those no longer wanted
 are flushed and deleted in the same transaction (kube-proxy's stale-chain
 clean-up).  The jumps from the built-in chains are not in the text: they are
 C{JUMPS}, ensured one by one, as kube-proxy does.
+
+One deviation from kube's layout, for large clusters: every new connection
+through the node (to a Service or not) walks nat KUBE-SERVICES rule by rule,
+1,000 rules with 1,000 Services.  Above C{DISPATCH_ABOVE} rules, KUBE-SERVICES
+holds one jump per destination address block instead (``-d 10.43.0.0/21 -j
+KUBE-SVCS-10.43.0.0/21``), the block's chain holds kube's own rules for the
+addresses in it, unchanged, and the NodePort rule stays last: a connection
+evaluates a few dozen rules.  The block size is the one with the fewest
+blocks plus rules in the largest block; ``iptables-save | grep KUBE-SVC-...``
+still shows each Service's rule with its comment.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +39,7 @@ from functools import lru_cache
 from k3stw.machinery.objects import Object
 
 __all__ = [
+    "DISPATCH_ABOVE",
     "JUMPS",
     "LOCALNET_JUMPS",
     "Endpoint",
@@ -51,8 +63,14 @@ LARGE_CLUSTER_ENDPOINTS = 1000
 #: The API's default for ``sessionAffinityConfig.clientIP.timeoutSeconds``.
 DEFAULT_AFFINITY_SECONDS = 10800
 
-#: The prefixes of the chains kube-proxy makes per service port and endpoint.
-SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+#: Above this many rules, nat KUBE-SERVICES dispatches by address block (see the module doc).
+DISPATCH_ABOVE = 100
+
+#: The prefixes of the chains kube-proxy makes per service port and endpoint, and k3stw's
+#: per address block.
+SERVICE_CHAIN_PREFIXES = (
+    "KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-", "KUBE-SVCS-"
+)  # fmt: skip
 FILTER_CHAINS = (
     "KUBE-SERVICES",
     "KUBE-EXTERNAL-SERVICES",
@@ -409,6 +427,8 @@ class _Tables:
     nat_chains: list[str] = field(default_factory=lambda: [f":{c} - [0:0]" for c in NAT_CHAINS])
     nat_rules: list[str] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
+    #: Where each rule of nat KUBE-SERVICES is in C{nat_rules}, and its destination address.
+    portals: list[tuple[int, str]] = field(default_factory=list)
 
     def filter(self, *parts: str) -> None:
         self.filter_rules.append(_line(*parts))
@@ -416,10 +436,49 @@ class _Tables:
     def nat(self, *parts: str) -> None:
         self.nat_rules.append(_line(*parts))
 
+    def portal(self, address: str, *parts: str) -> None:
+        """A rule of nat KUBE-SERVICES for packets to C{address}."""
+        self.portals.append((len(self.nat_rules), address))
+        self.nat("-A KUBE-SERVICES", *parts)
+
+    def dispatch(self, above: int) -> None:
+        """
+        With more than C{above} rules in nat KUBE-SERVICES, move
+        each to the ``KUBE-SVCS-<block>`` chain of its destination's address
+        block, in place, and jump there from KUBE-SERVICES by block.
+        """
+        if len(self.portals) <= above:
+            return
+        addresses = [int(ipaddress.IPv4Address(address)) for _, address in self.portals]
+        prefix = _block_prefix(addresses)
+        chains: dict[int, str] = {}
+        head = len("-A KUBE-SERVICES")
+        for (index, _), address in zip(self.portals, addresses, strict=True):
+            block = address >> (32 - prefix) << (32 - prefix)
+            chain = chains.setdefault(block, f"KUBE-SVCS-{ipaddress.IPv4Address(block)}/{prefix}")
+            self.nat_rules[index] = f"-A {chain}{self.nat_rules[index][head:]}"
+        for _, chain in sorted(chains.items()):
+            self.chain(chain)
+            self.nat("-A KUBE-SERVICES -d", chain[len("KUBE-SVCS-") :], "-j", chain)
+
     def chain(self, name: str) -> None:
         """A service chain of the nat table, written whole and kept."""
         self.nat_chains.append(f":{name} - [0:0]")
         self.active.add(name)
+
+
+def _block_prefix(addresses: Sequence[int]) -> int:
+    """
+    The prefix length whose blocks make the shortest walks: a packet
+    evaluates every block's jump and then the rules of its block, so the
+    length with the fewest blocks plus rules in the largest block.
+    """
+
+    def walk(prefix: int) -> int:
+        sizes = Counter(address >> (32 - prefix) for address in addresses)
+        return len(sizes) + max(sizes.values())
+
+    return min(range(8, 33), key=walk)
 
 
 def render(
@@ -428,6 +487,7 @@ def render(
     node: NodeFacts,
     existing: Iterable[str] = (),
     changed: Collection[tuple[str, str]] | None = None,
+    dispatch_above: int = DISPATCH_ABOVE,
 ) -> Ruleset:
     """
     The rules for C{services} and their C{slices} on C{node}; service chains in
@@ -437,6 +497,8 @@ def render(
         Services whose own chains are written; the others' chains, in place
         already, are left out of the text (the top-level chains are always
         written whole).  None writes every chain.
+    :param dispatch_above: how many rules nat KUBE-SERVICES may hold before
+        it dispatches by address block.
     """
     endpoints = endpoints_by_port(slices, node.name)
     ports = sorted(
@@ -497,6 +559,7 @@ def render(
                 node_port=port.node_port,
                 endpoint_ips=frozenset(ep.ip for ep in reachable),
             )
+    out.dispatch(dispatch_above)
     # Last: whatever reaches a local address unmatched may be a NodePort.
     out.nat(
         "-A KUBE-SERVICES",
@@ -564,19 +627,19 @@ def _write_port(
     vip = f"{match} -d {port.cluster_ip} --dport {port.port}"
 
     if has_internal:
-        out.nat("-A KUBE-SERVICES", _comment(f"{name} cluster IP"), vip, "-j", internal_chain)
+        out.portal(port.cluster_ip, _comment(f"{name} cluster IP"), vip, "-j", internal_chain)
     else:
         out.filter("-A KUBE-SERVICES", why, vip, "-j", target)
     for ip in port.external_ips:
         to = f"{match} -d {ip} --dport {port.port}"
         if has_any:
-            out.nat("-A KUBE-SERVICES", _comment(f"{name} external IP"), to, "-j", ext_chain)
+            out.portal(ip, _comment(f"{name} external IP"), to, "-j", ext_chain)
         if not has_external:
             out.filter("-A KUBE-EXTERNAL-SERVICES", why, to, "-j", target)
     for ip in port.lb_ips:
         to = f"{match} -d {ip} --dport {port.port}"
         if has_any:
-            out.nat("-A KUBE-SERVICES", _comment(f"{name} loadbalancer IP"), to, "-j", lb_chain)
+            out.portal(ip, _comment(f"{name} loadbalancer IP"), to, "-j", lb_chain)
         if uses_fw_chain:
             dropped = _comment(f"{name} traffic not accepted by {fw_chain}")
             out.filter("-A KUBE-PROXY-FIREWALL", dropped, to, "-j DROP")
@@ -691,17 +754,21 @@ def stale_udp_flows(
     The ``conntrack -D`` arguments that drop UDP flows a sync left pointing
     nowhere (kube's conntrack clean-up, as filters): flows to a service IP or
     NodePort answered by an endpoint that no longer serves, and flows to a
-    port that had no endpoints (their REJECT is remembered) now that it has.
+    port that had no endpoints, or was not known (a port first served, every
+    one at the first sync), now that it has: a question sent before the
+    DNAT rule was there made a flow to the service IP itself, which the
+    asker's retries from the same port would follow to nowhere.
     """
     commands: list[tuple[str, ...]] = []
     for name, now in after.items():
         was = before.get(name)
-        if was is None or not now.endpoint_ips:
+        if not now.endpoint_ips:
             continue
-        gone = sorted(was.endpoint_ips - now.endpoint_ips)
+        served = was.endpoint_ips if was is not None else frozenset()
+        gone = sorted(served - now.endpoint_ips)
         for ip in now.ips:
             dport = ("--orig-port-dst", str(now.port))
-            if not was.endpoint_ips:
+            if not served:
                 commands.append(("-D", "-p", "udp", "--orig-dst", ip, *dport, "--reply-src", ip))
             commands += [
                 ("-D", "-p", "udp", "--orig-dst", ip, *dport, "--reply-src", ep) for ep in gone
