@@ -135,6 +135,7 @@ class ClientTLSPolicy:
     def __init__(self, tls: EtcdTLS) -> None:
         self._trust_root: ssl.Certificate | None = None
         self._client: ssl.PrivateCertificate | None = None
+        self._creators: dict[tuple[bytes, int], IOpenSSLClientConnectionCreator] = {}
         if tls.cafile:
             with open(tls.cafile, "rb") as f:
                 self._trust_root = ssl.Certificate.loadPEM(f.read())
@@ -148,12 +149,19 @@ class ClientTLSPolicy:
             self._client = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        name = hostname.decode("ascii").strip("[]")
-        if self._trust_root is None:
-            return ssl.optionsForClientTLS(name, clientCertificate=self._client)
-        return ssl.optionsForClientTLS(
-            name, trustRoot=self._trust_root, clientCertificate=self._client
-        )
+        # Agent asks on every request, even one that reuses a pooled
+        # connection: build each member's TLS context once.
+        creator = self._creators.get((hostname, port))
+        if creator is None:
+            name = hostname.decode("ascii").strip("[]")
+            if self._trust_root is None:
+                creator = ssl.optionsForClientTLS(name, clientCertificate=self._client)
+            else:
+                creator = ssl.optionsForClientTLS(
+                    name, trustRoot=self._trust_root, clientCertificate=self._client
+                )
+            self._creators[hostname, port] = creator
+        return creator
 
 
 @implementer(IBodyProducer)
