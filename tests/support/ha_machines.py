@@ -107,6 +107,8 @@ class HACluster:
         self.nodes: dict[str, Node] = {}
         self.tls = work / "tls"
         self.haproxy: subprocess.Popen[bytes] | None = None
+        #: The embedded-etcd servers' election flags ("": k3s's 500 ms heartbeat, 5 s election).
+        self.elections = FAST_ELECTIONS
         case.addCleanup(self.stop_all)
 
     # -- processes -------------------------------------------------------
@@ -130,7 +132,7 @@ class HACluster:
 
     def server(self, index: int, *flags: str) -> Node:
         """Server C{index} (1-based) in its machine, started."""
-        store = FAST_ELECTIONS
+        store = self.elections
         if self.datastore != "etcd":
             store = f"--datastore-endpoint '{self.datastore}'"
         extra = f"--tls-san {FIXED} {store} {' '.join(flags)}"
