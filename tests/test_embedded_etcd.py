@@ -98,12 +98,17 @@ class ThreeServerTests(SynchronousTestCase):
         # Deleting a server's Node removes its member, as k3s's controller does.
         through, gone, gone_name = addresses[0], addresses[2], "s3"
         member = (servers.home(gone_name) / "data/server/db/etcd/name").read_text()
-        annotations = servers.kubectl(
-            through, "get", "node", gone_name, "-o", "jsonpath={.metadata.annotations}"
-        )
-        self.assertEqual(
-            json.loads(annotations.stdout)["etcd.k3s.cattle.io/node-name"], member, annotations
-        )
+
+        def annotated() -> str | None:
+            found = servers.kubectl(
+                through, "get", "node", gone_name, "-o", "jsonpath={.metadata.annotations}"
+            )
+            member = json.loads(found.stdout or "{}").get("etcd.k3s.cattle.io/node-name")
+            return member if isinstance(member, str) else None
+
+        # Its server annotates its Node with its member once the Node is registered.
+        wait(lambda: annotated() is not None, "the server's Node annotated")
+        self.assertEqual(annotated(), member)
         deleted = servers.kubectl(through, "delete", "node", gone_name, "--timeout=60s")
         self.assertEqual(deleted.returncode, 0, deleted.stderr)
         listed = servers.etcdctl("s1", through, "member", "list", "-w", "json",
