@@ -44,7 +44,7 @@ from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from k3stw.datastore.interface import DatastoreUnavailable
-from k3stw.httpclient import _QuietHTTPClientFactory
+from k3stw.httpclient import Endpoints, _QuietHTTPClientFactory
 from k3stw.machinery.timing import Backoff
 
 if TYPE_CHECKING:
@@ -135,7 +135,6 @@ class ClientTLSPolicy:
     def __init__(self, tls: EtcdTLS) -> None:
         self._trust_root: ssl.Certificate | None = None
         self._client: ssl.PrivateCertificate | None = None
-        self._creators: dict[tuple[bytes, int], IOpenSSLClientConnectionCreator] = {}
         if tls.cafile:
             with open(tls.cafile, "rb") as f:
                 self._trust_root = ssl.Certificate.loadPEM(f.read())
@@ -149,19 +148,12 @@ class ClientTLSPolicy:
             self._client = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        # Agent asks on every request, even one that reuses a pooled
-        # connection: build each member's TLS context once.
-        creator = self._creators.get((hostname, port))
-        if creator is None:
-            name = hostname.decode("ascii").strip("[]")
-            if self._trust_root is None:
-                creator = ssl.optionsForClientTLS(name, clientCertificate=self._client)
-            else:
-                creator = ssl.optionsForClientTLS(
-                    name, trustRoot=self._trust_root, clientCertificate=self._client
-                )
-            self._creators[hostname, port] = creator
-        return creator
+        name = hostname.decode("ascii").strip("[]")
+        if self._trust_root is None:
+            return ssl.optionsForClientTLS(name, clientCertificate=self._client)
+        return ssl.optionsForClientTLS(
+            name, trustRoot=self._trust_root, clientCertificate=self._client
+        )
 
 
 @implementer(IBodyProducer)
@@ -333,15 +325,12 @@ class EtcdGateway:
         self._stream_pool = HTTPConnectionPool(reactor, persistent=False)
         # A "Starting factory" line per connection (TLS ones name objects by address).
         self._pool._factory = self._stream_pool._factory = _QuietHTTPClientFactory
-        timeout = max(1, int(request_timeout))
-        if policy is None:
-            self._agent = Agent(reactor, connectTimeout=timeout, pool=self._pool)
-            self._stream_agent = Agent(reactor, connectTimeout=timeout, pool=self._stream_pool)
-        else:
-            self._agent = Agent(reactor, policy, connectTimeout=timeout, pool=self._pool)
-            self._stream_agent = Agent(
-                reactor, policy, connectTimeout=timeout, pool=self._stream_pool
-            )
+        # The members' endpoints (and TLS settings) are made once, not per request.
+        members = Endpoints(reactor, policy, max(1, int(request_timeout)))
+        self._agent: Agent = Agent.usingEndpointFactory(reactor, members, pool=self._pool)
+        self._stream_agent: Agent = Agent.usingEndpointFactory(
+            reactor, members, pool=self._stream_pool
+        )
         self._in_flight: set[Deferred[tuple[int, bytes]]] = set()
 
     @property
