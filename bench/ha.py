@@ -16,11 +16,13 @@ through every server and records each acknowledged one, and a probe in
 each agent's machine asks for its Node through the agent's own load
 balancer every 0.1 s.  A round SIGKILLs (odd rounds) or partitions (even
 rounds) the server whose member leads etcd, and takes the time from the
-fault to the first acknowledged write through each other server, and to
-the first answered probe of every agent started after the fault; the
-failed server then returns (restart or heal) and the time until it shows
-every acknowledged write is its catch-up.  At the end every acknowledged
-write is looked up through every server.  Needs root (see the module).
+fault to the acknowledgement of the first write sent through each other
+server after it, and to
+the answer to the first probe of every agent sent after the fault; the
+failed server then returns (restart or heal) and the time until it serves
+the write acknowledged last before that is its catch-up.  At the end
+every acknowledged write is looked up through every server.  Needs root
+(see the module).
 """
 
 from __future__ import annotations
@@ -83,13 +85,15 @@ class Probes:
         cluster.case.addCleanup(self.stop)
 
     def first_after(self, moment: float) -> dict[str, float]:
-        """Per agent, seconds from C{moment} to the start of its first answered probe after it."""
+        """Per agent, seconds from C{moment} to the answer of its first probe sent after it."""
         found = {}
         for name, record in self.records.items():
-            times = [float(t) for t in record.read_text().split()] if record.exists() else []
-            later = [t for t in times if t > moment]
-            if later:
-                found[name] = later[0] - moment
+            lines = record.read_text().splitlines() if record.exists() else []
+            # A line still being written has one field.
+            pairs = [fields for fields in map(str.split, lines) if len(fields) == 2]
+            answers = [float(answered) for sent, answered in pairs if float(sent) > moment]
+            if answers:
+                found[name] = answers[0] - moment
         return found
 
     def stop(self) -> None:
@@ -153,8 +157,9 @@ def fault_round(
         cluster.launch(victim)
     else:
         cluster.heal(victim)
+    newest = writer.newest()
     cluster.ready(victim)
-    until(f"{victim.name} caught up", lambda: writer.lost(victim) == [], 120)
+    until(f"{victim.name} caught up", lambda: cluster.shows(victim, newest), 120)
     return Round(kind, victim.name, writes, agents_back, time.monotonic() - returned)
 
 
@@ -221,6 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="k3stw-ha-bench-"))
     holder = SynchronousTestCase()
+    table = ""
     try:
         table = run(holder, work, args)
     finally:
@@ -228,7 +234,10 @@ def main() -> None:
         holder._runCleanups(result)
         for _, failure in result.errors:
             print("cleanup failed:", failure, file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
+        if table:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept the logs in {work}", file=sys.stderr)
     print(table)
     if args.output:
         args.output.write_text(table)

@@ -133,8 +133,9 @@ class FaultsMixin:
             cluster.launch(victim)
         else:
             cluster.heal(victim)
+        newest = writer.newest()
         cluster.ready(victim)
-        until(f"{victim.name} caught up", lambda: writer.lost(victim) == [])
+        until(f"{victim.name} caught up", lambda: cluster.shows(victim, newest))
 
     def case(self) -> SynchronousTestCase:
         assert isinstance(self, SynchronousTestCase)

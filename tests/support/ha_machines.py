@@ -300,6 +300,13 @@ class HACluster:
             return False
         return all(self.get(self.hub, s.address, f"{path}/proxy/healthz") == 200 for s in servers)
 
+    def shows(self, server: Node, name: str) -> bool:
+        """Whether C{server} serves the ConfigMap C{name} (asked from the hub)."""
+        return (
+            self.get(self.hub, server.address, f"/api/v1/namespaces/default/configmaps/{name}")
+            == 200
+        )
+
     def balancer_addresses(self, agent: Node) -> set[str]:
         """The server list the agent's load balancer keeps across restarts (k3s's state file)."""
         state = agent.machine.path(f"{DATA}/agent/etc/k3s-agent-load-balancer.json")
@@ -341,20 +348,28 @@ class Writer:
         )
         cluster.case.addCleanup(self.stop)
 
-    def acknowledged(self) -> list[tuple[str, str, float]]:
-        """(name, address, monotonic time) of every acknowledged write so far."""
+    def acknowledged(self) -> list[tuple[str, str, float, float]]:
+        """(name, address, sent, acknowledged) of every acknowledged write so far (monotonic)."""
         if not self.record.exists():
             return []
+        # A line still being written has fewer fields.
         lines = [line.split() for line in self.record.read_text().splitlines()]
-        return [(name, address, float(at)) for name, address, at in lines if at]
+        return [(n, ip, float(s), float(a)) for n, ip, s, a in (f for f in lines if len(f) == 4)]
 
     def first_after(self, moment: float) -> dict[str, float]:
-        """Per server address, the seconds from C{moment} to its first acknowledged write."""
+        """
+        Per server address, the seconds from C{moment} to the acknowledgement
+        of the first write sent after it that the server acknowledged.
+        """
         first: dict[str, float] = {}
-        for _, address, at in self.acknowledged():
-            if at > moment and address not in first:
-                first[address] = at - moment
+        for _, address, sent, acknowledged in self.acknowledged():
+            if sent > moment and address not in first:
+                first[address] = acknowledged - moment
         return first
+
+    def newest(self) -> str:
+        """The name of the write acknowledged last."""
+        return self.acknowledged()[-1][0]
 
     def stop(self) -> None:
         self.stop_file.touch()

@@ -8,15 +8,16 @@ host's network namespace):
     python -m tests.support.ha_writer probe <tls-dir> <port> <address> <path> <record> <stop-file>
     python -m tests.support.ha_writer rate <tls-dir> <port> <address> <count>
 
-``write`` creates ConfigMaps through each address in turn (2 s per request)
-until ``<stop-file>`` exists, appending ``<name> <address> <monotonic time>``
-to ``<record>`` for every write a server acknowledged (201), flushed at once.
+``write`` creates ConfigMaps through every address at once, one after the
+other through each (2 s per request, 10 a second at most), until ``<stop-file>`` exists,
+appending ``<name> <address> <sent> <acknowledged>`` (monotonic times) to
+``<record>`` for every write a server acknowledged (201), flushed at once.
 ``check`` lists the ConfigMaps through ``<address>`` and prints each
 recorded name that is missing (nothing when none was lost); it exits 1
 when the list fails.
 ``get`` prints the status of a GET of ``<path>`` (0 when nothing answers).
 ``probe`` GETs ``<path>`` every 0.1 s (1 s per request) until ``<stop-file>``
-exists, appending the monotonic time each answered one (200) started.
+exists, appending ``<sent> <answered>`` (monotonic times) for each answered (200).
 ``rate`` makes ``<count>`` sequential ConfigMap creates through ``<address>``,
 then as many puts straight to its etcd member's JSON gateway (``:2379``, the
 client certificate ``etcd-client.crt``/``.key``, CA ``etcd-server-ca.crt``),
@@ -31,8 +32,11 @@ import http.client
 import json
 import ssl
 import sys
+import threading
 import time
+import urllib.parse
 from pathlib import Path
+from typing import TextIO
 
 PATH = "/api/v1/namespaces/default/configmaps"
 
@@ -63,34 +67,60 @@ def request(
 
 
 def write(tls: ssl.SSLContext, port: int, record: Path, stop: Path, addresses: list[str]) -> None:
-    n = 0
-    with record.open("a") as out:
+    """A writer thread per server, so that a server that hangs holds up only its own."""
+    lock = threading.Lock()
+
+    def through(index: int, address: str, out: TextIO) -> None:
+        n = 0
         while not stop.exists():
-            for address in addresses:
-                n += 1
-                name = f"w-{n}"
-                body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}
-                try:
-                    status, _ = request(tls, address, port, "POST", body)
-                except OSError:
-                    continue
-                if status == 201:
-                    out.write(f"{name} {address} {time.monotonic()}\n")
+            n += 1
+            name = f"w{index}-{n}"
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}
+            began = time.monotonic()
+            try:
+                status, _ = request(tls, address, port, "POST", body)
+            except OSError:
+                continue
+            if status == 201:
+                with lock:
+                    out.write(f"{name} {address} {began} {time.monotonic()}\n")
                     out.flush()
+            # Ten writes a second per server at most: faults show within 0.1 s,
+            # and the list stays small enough to check.
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
+
+    with record.open("a") as out:
+        threads = [
+            threading.Thread(target=through, args=(i, address, out))
+            for i, address in enumerate(addresses)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 def check(tls: ssl.SSLContext, port: int, record: Path, address: str) -> None:
-    try:
-        status, body = request(tls, address, port, "GET", timeout=10)
-    except OSError as e:
-        raise SystemExit(f"listing through {address}: {e}") from None
-    if status != 200:
-        raise SystemExit(f"listing through {address}: {status} {body!r}")
-    stored = {item["metadata"]["name"] for item in json.loads(body)["items"]}
-    for line in record.read_text().splitlines():
-        name = line.split()[0]
-        if name not in stored:
-            print(name)
+    stored: set[str] = set()
+    token = ""
+    while True:
+        # In pages: the bench's list runs to tens of thousands.
+        path = f"{PATH}?limit=1000" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+        try:
+            status, body = request(tls, address, port, "GET", path=path, timeout=30)
+        except OSError as e:
+            raise SystemExit(f"listing through {address}: {e}") from None
+        if status != 200:
+            raise SystemExit(f"listing through {address}: {status} {body!r}")
+        page = json.loads(body)
+        stored.update(item["metadata"]["name"] for item in page["items"])
+        token = page["metadata"].get("continue", "")
+        if not token:
+            break
+    for fields in map(str.split, record.read_text().splitlines()):
+        # A line still being written (fewer fields) is no acknowledged write yet.
+        if len(fields) == 4 and fields[0] not in stored:
+            print(fields[0])
 
 
 def probe(
@@ -104,7 +134,7 @@ def probe(
             except OSError:
                 status = 0
             if status == 200:
-                out.write(f"{began}\n")
+                out.write(f"{began} {time.monotonic()}\n")
                 out.flush()
             time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
 
