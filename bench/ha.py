@@ -144,23 +144,13 @@ def fault_round(
     victim = cluster.etcd_leader()
     others = {s.address for s in servers if s is not victim}
     began = time.monotonic()
-    if kind == "SIGKILL":
-        cluster.kill(victim)
-    else:
-        cluster.partition(victim)
+    cluster.fail(victim, kind)
     until("writes through the others", lambda: others <= set(writer.first_after(began)), 120)
     until("every agent answering", lambda: len(probes.first_after(began)) == agents, 120)
     writes = max(writer.first_after(began)[a] for a in others)
     agents_back = max(probes.first_after(began).values())
-    returned = time.monotonic()
-    if kind == "SIGKILL":
-        cluster.launch(victim)
-    else:
-        cluster.heal(victim)
-    newest = writer.newest()
-    cluster.ready(victim)
-    until(f"{victim.name} caught up", lambda: cluster.shows(victim, newest), 120)
-    return Round(kind, victim.name, writes, agents_back, time.monotonic() - returned)
+    catch_up = cluster.bring_back(victim, kind, writer, 120)
+    return Round(kind, victim.name, writes, agents_back, catch_up)
 
 
 def render(

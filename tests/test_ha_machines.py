@@ -113,10 +113,7 @@ class FaultsMixin:
         """C{kind} befalls C{victim}: the others carry on; it returns and catches up."""
         others = [s for s in servers if s is not victim]
         began = time.monotonic()
-        if kind == "SIGKILL":
-            cluster.kill(victim)
-        else:
-            cluster.partition(victim)
+        cluster.fail(victim, kind)
         wanted = {s.address for s in others}
         until(
             f"writes through the others after the {kind} of {victim.name}",
@@ -129,13 +126,7 @@ class FaultsMixin:
             f"other server after {writes:.2f} s, the agent healthy (checked after that) "
             f"{time.monotonic() - began:.2f} s after"
         )
-        if kind == "SIGKILL":
-            cluster.launch(victim)
-        else:
-            cluster.heal(victim)
-        newest = writer.newest()
-        cluster.ready(victim)
-        until(f"{victim.name} caught up", lambda: cluster.shows(victim, newest))
+        cluster.bring_back(victim, kind, writer)
 
     def case(self) -> SynchronousTestCase:
         assert isinstance(self, SynchronousTestCase)

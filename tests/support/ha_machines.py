@@ -183,6 +183,28 @@ class HACluster:
         if self.haproxy is not None:
             self.stop_haproxy()
 
+    def fail(self, node: Node, kind: str) -> None:
+        """C{kind} (``SIGKILL`` or ``partition``) befalls C{node}."""
+        if kind == "SIGKILL":
+            self.kill(node)
+        else:
+            self.partition(node)
+
+    def bring_back(self, node: Node, kind: str, writer: Writer, timeout: float = 90) -> float:
+        """
+        C{node} returns from C{kind} (restarted on its data, or healed); the
+        seconds until it serves the write acknowledged last before it returned.
+        """
+        returned = time.monotonic()
+        if kind == "SIGKILL":
+            self.launch(node)
+        else:
+            self.heal(node)
+        newest = writer.newest()
+        self.ready(node)
+        until(f"{node.name} caught up", lambda: self.shows(node, newest), timeout)
+        return time.monotonic() - returned
+
     def partition(self, node: Node) -> None:
         node.machine.run(" && ".join(f"iptables -I {rule}" for rule in PARTITION))
 
