@@ -1,185 +1,236 @@
 """
-High-availability benchmark: three k3stw servers on embedded etcd, each on
-its own loopback address, started by this script.
+High-availability benchmark: three k3stw servers on embedded etcd and
+agents, each in a test machine of its own (tests/support/ha_machines.py:
+network namespaces joined through a hub that holds haproxy as the fixed
+registration address and runs the writer), started and removed by this script.
 
-    python bench/ha.py [--rounds 5] [--writes 500] [--output docs/ha-benchmark.md]
+    python bench/ha.py [--rounds 20] [--writes 500] [--agents 2] [--k3s-elections]
+                       [--output table.md]
 
-It measures the join time of each new server (start to ``/v1-k3s/readyz``),
-write throughput and latency through k3stw (ConfigMap creates) next to the
-same number of writes sent straight to etcd's gateway (``/v3/kv/put`` on
-the same member, with the client certificate) in the same run, then kill
-rounds: the server whose member leads etcd is SIGKILLed, and the time to
-the first acknowledged write through each other server is taken while a
-writer keeps writing through all of them; every acknowledged write must be
-there afterwards; the killed server is started again before the next round.
-Everything started is stopped by PID.
+It measures the start-to-ready time of the first server and of each server
+joining through the fixed address; sequential write throughput and latency
+through k3stw (ConfigMap creates) next to as many puts sent straight to
+the same etcd member's JSON gateway, by one client in the hub, in the same
+run; then rounds of faults while a writer in the hub creates ConfigMaps
+through every server and records each acknowledged one, and a probe in
+each agent's machine asks for its Node through the agent's own load
+balancer every 0.1 s.  A round SIGKILLs (odd rounds) or partitions (even
+rounds) the server whose member leads etcd, and takes the time from the
+fault to the acknowledgement of the first write sent through each other
+server after it, and to
+the answer to the first probe of every agent sent after the fault; the
+failed server then returns (restart or heal) and the time until it serves
+the write acknowledged last before that is its catch-up.  At the end
+every acknowledged write is looked up through every server.  Needs root
+(see the module).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import json
 import os
 import platform
-import ssl
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from twisted.trial.reporter import TestResult
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.embedded_etcd import Admin, EtcdServers, KillRound
-
-ADDRESSES = ["127.0.0.241", "127.0.0.242", "127.0.0.243"]
-
-
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-class Connection:
-    """One persistent HTTPS connection that POSTs JSON and times each request."""
-
-    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        self.connection = http.client.HTTPSConnection(host, port, context=context, timeout=10)
-
-    def post(self, path: str, body: object) -> int:
-        self.connection.request(
-            "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
-        response = self.connection.getresponse()
-        response.read()
-        return response.status
+from tests.support.ha_machines import (
+    FIXED,
+    PORT,
+    PYTHON,
+    REPOSITORY,
+    HACluster,
+    Node,
+    Writer,
+    until,
+)
 
 
-def timed(count: int, write: Callable[[int], int]) -> tuple[float, list[float]]:
-    """Sequential writes: (writes per second, latencies in ms)."""
-    latencies: list[float] = []
-    began = time.perf_counter()
-    for i in range(count):
-        start = time.perf_counter()
-        status = write(i)
-        latencies.append((time.perf_counter() - start) * 1000)
-        assert status in (200, 201), status
-    return count / (time.perf_counter() - began), latencies
+@dataclass
+class Round:
+    kind: str
+    victim: str
+    writes: float
+    agents: float
+    catch_up: float
 
 
-def write_rates(
-    servers: EtcdServers, admin: Admin, count: int
-) -> dict[str, tuple[float, float, float]]:
-    address = ADDRESSES[1]
-    k3stw = Connection(address, servers.port, admin.context)
-    tls = servers.home("s1") / "data/server/tls/etcd"
-    context = ssl.create_default_context(cafile=str(tls / "server-ca.crt"))
-    context.load_cert_chain(str(tls / "client.crt"), str(tls / "client.key"))
-    raw = Connection(address, 2379, context)
-    value = "x" * 256
+class Probes:
+    """A probe per agent, in its machine, through its load balancer (127.0.0.1:6444)."""
 
-    def through_k3stw(i: int) -> int:
-        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"rate-{i}"},
-                "data": {"v": value}}  # fmt: skip
-        return k3stw.post("/api/v1/namespaces/default/configmaps", body)
+    def __init__(self, cluster: HACluster, agents: list[Node]) -> None:
+        self.stop_file = cluster.work / "probes-stop"
+        self.records = {agent.name: cluster.work / f"probe-{agent.name}" for agent in agents}
+        self.processes = [
+            agent.machine.spawn(
+                f"cd {REPOSITORY} && exec {PYTHON} -m tests.support.ha_writer probe "
+                f"{cluster.tls} 6444 127.0.0.1 /api/v1/nodes/{agent.name} "
+                f"{self.records[agent.name]} {self.stop_file}",
+                cluster.work / f"probe-{agent.name}.log",
+            )
+            for agent in agents
+        ]
+        cluster.case.addCleanup(self.stop)
 
-    def straight_to_etcd(i: int) -> int:
-        import base64
+    def first_after(self, moment: float) -> dict[str, float]:
+        """Per agent, seconds from C{moment} to the answer of its first probe sent after it."""
+        found = {}
+        for name, record in self.records.items():
+            lines = record.read_text().splitlines() if record.exists() else []
+            # A line still being written has one field.
+            pairs = [fields for fields in map(str.split, lines) if len(fields) == 2]
+            answers = [float(answered) for sent, answered in pairs if float(sent) > moment]
+            if answers:
+                found[name] = answers[0] - moment
+        return found
 
-        key = base64.b64encode(f"/bench/raw/{i}".encode()).decode()
-        return raw.post(
-            "/v3/kv/put", {"key": key, "value": base64.b64encode(value.encode()).decode()}
-        )
-
-    results = {}
-    for label, write in (("k3stw", through_k3stw), ("etcd", straight_to_etcd)):
-        rate, latencies = timed(count, write)
-        results[label] = (rate, percentile(latencies, 0.5), percentile(latencies, 0.99))
-    return results
-
-
-def kill_round(servers: EtcdServers, admin: Admin) -> tuple[float, int, int]:
-    """(seconds to the first write through every survivor, writes acknowledged, lost)."""
-    kill = KillRound(servers, admin, prefix=f"kill-{time.monotonic_ns()}")
-    kill.run(before=10, settle=1.0)
-    stored = admin.configmaps(kill.survivors[0], servers.port)
-    lost = len(set(kill.acknowledged) - stored)
-    back = servers.server(kill.victim_name, kill.victim).start()
-    servers.ready(back, kill.victim, timeout=120)
-    return max(kill.first_after_kill.values()), len(kill.acknowledged), lost
+    def stop(self) -> None:
+        self.stop_file.touch()
+        for process in self.processes:
+            if process.poll() is None:
+                process.wait(30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--writes", type=int, default=500)
-    parser.add_argument("--output", type=Path)
-    args = parser.parse_args()
-    holder = SynchronousTestCase()
-    servers = EtcdServers(holder, ADDRESSES)
-    try:
-        joins = []
+def run(holder: SynchronousTestCase, work: Path, args: argparse.Namespace) -> str:
+    cluster = HACluster(holder, work, 3, args.agents, "etcd")
+    if args.k3s_elections:
+        cluster.elections = ""
+    cluster.start_haproxy()
+    joins = []
+    began = time.monotonic()
+    servers = [cluster.server(1, "--cluster-init")]
+    cluster.ready(servers[0])
+    joins.append(("s1 (--cluster-init)", time.monotonic() - began))
+    for i in (2, 3):
         began = time.monotonic()
-        first = servers.first("s1", ADDRESSES[0]).start()
-        servers.ready(first, ADDRESSES[0], timeout=120)
-        joins.append(("s1 (--cluster-init)", time.monotonic() - began))
-        for i, address in enumerate(ADDRESSES[1:], 2):
-            began = time.monotonic()
-            server = servers.joining(f"s{i}", address).start()
-            servers.ready(server, address, timeout=120)
-            joins.append((f"s{i} (join)", time.monotonic() - began))
-        admin = Admin(servers.home("s1"))
-        rates = write_rates(servers, admin, args.writes)
-        rounds = [kill_round(servers, admin) for _ in range(args.rounds)]
-    finally:
-        servers.stop_all()
-        for process in servers.processes.values():
-            process.stop(timeout=20)
-    table = render(joins, rates, rounds, args)
-    print(table)
-    if args.output:
-        args.output.write_text(table)
+        servers.append(cluster.server(i, f"--server https://{FIXED}:{PORT}"))
+        cluster.ready(servers[-1])
+        joins.append((f"s{i} (joins through the fixed address)", time.monotonic() - began))
+    agents = [cluster.agent(i) for i in range(1, args.agents + 1)]
+    until("every agent healthy", lambda: all(cluster.agent_healthy(a, servers) for a in agents))
+    rate = ("rate", str(cluster.tls), str(PORT), servers[1].address, str(args.writes))
+    rates = json.loads(cluster.tool(cluster.hub, *rate, timeout=1800))
+    probes = Probes(cluster, agents)
+    writer = Writer(cluster, servers)
+    until("writes through every server", lambda: len(writer.acknowledged()) > 10)
+    rounds = []
+    for i in range(args.rounds):
+        rounds.append(fault_round(cluster, writer, probes, servers, len(agents), i))
+        print(rounds[-1], flush=True)
+    writer.stop()
+    probes.stop()
+    lost = {s.name: writer.lost(s) for s in servers}
+    acknowledged = len(writer.acknowledged())
+    return render(joins, rates, rounds, acknowledged, lost, args)
+
+
+def fault_round(
+    cluster: HACluster, writer: Writer, probes: Probes, servers: list[Node], agents: int, i: int
+) -> Round:
+    """One fault of the etcd leader's server: SIGKILL in odd rounds, a partition in even ones."""
+    kind = "SIGKILL" if i % 2 == 0 else "partition"
+    victim = cluster.etcd_leader()
+    others = {s.address for s in servers if s is not victim}
+    began = time.monotonic()
+    cluster.fail(victim, kind)
+    until("writes through the others", lambda: others <= set(writer.first_after(began)), 120)
+    until("every agent answering", lambda: len(probes.first_after(began)) == agents, 120)
+    writes = max(writer.first_after(began)[a] for a in others)
+    agents_back = max(probes.first_after(began).values())
+    catch_up = cluster.bring_back(victim, kind, writer, 120)
+    return Round(kind, victim.name, writes, agents_back, catch_up)
 
 
 def render(
     joins: list[tuple[str, float]],
-    rates: dict[str, tuple[float, float, float]],
-    rounds: list[tuple[float, int, int]],
+    rates: dict[str, dict[str, float]],
+    rounds: list[Round],
+    acknowledged: int,
+    lost: dict[str, list[str] | None],
     args: argparse.Namespace,
 ) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    etcd = subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split()
+    labels = {"k3stw": "k3stw (ConfigMap create)", "etcd": "etcd gateway put (same member)"}
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
         f"Python {platform.python_version()}; load average at the end: "
         + " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        f"Date: {when}; three servers on 127.0.0.241-243, etcd 3.4 with "
-        "`--etcd-arg election-timeout=1000 --etcd-arg heartbeat-interval=100`",
+        f"Date: {when}; three servers and {args.agents} agents, each in its own network "
+        f"namespace; etcd {etcd[2] if len(etcd) > 2 else '?'} with "
+        + (
+            "k3s's heartbeat-interval 500 and election-timeout 5000"
+            if args.k3s_elections
+            else "`--etcd-arg election-timeout=1000 --etcd-arg heartbeat-interval=100`"
+        ),
         "",
         "| server | start to ready (s) |",
         "|---|---:|",
         *(f"| {name} | {seconds:.1f} |" for name, seconds in joins),
         "",
-        f"| {args.writes} sequential writes through s2 | writes/s | p50 (ms) | p99 (ms) |",
+        f"| {args.writes} sequential writes through s2, from the hub | writes/s | p50 (ms) "
+        "| p99 (ms) |",
         "|---|---:|---:|---:|",
         *(
-            f"| {'k3stw (ConfigMap create)' if label == 'k3stw' else 'etcd gateway put (peer)'} "
-            f"| {rate:,.0f} | {p50:.2f} | {p99:.2f} |"
-            for label, (rate, p50, p99) in rates.items()
+            f"| {labels[label]} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} |"
+            for label, r in rates.items()
         ),
         "",
-        "| kill round | leader's server SIGKILLed to a write through every survivor (s) "
-        "| writes acknowledged | lost |",
-        "|---:|---:|---:|---:|",
+        "| round | fault of the etcd leader's server | to a write through every other "
+        "server (s) | to every agent answering (s) | its catch-up once back (s) |",
+        "|---:|---|---:|---:|---:|",
         *(
-            f"| {i} | {seconds:.2f} | {count} | {lost} |"
-            for i, (seconds, count, lost) in enumerate(rounds, 1)
+            f"| {i} | {r.kind} {r.victim} | {r.writes:.2f} | {r.agents:.2f} | {r.catch_up:.1f} |"
+            for i, r in enumerate(rounds, 1)
         ),
+        "",
+        f"Writes acknowledged: {acknowledged}; lost, per server: "
+        + ", ".join(f"{name} {len(m) if m is not None else 'unknown'}" for name, m in lost.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--writes", type=int, default=500)
+    parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument(
+        "--k3s-elections",
+        action="store_true",
+        help="k3s's etcd timings (500 ms heartbeat, 5 s election) instead of 100 ms and 1 s",
+    )
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="k3stw-ha-bench-"))
+    holder = SynchronousTestCase()
+    table = ""
+    try:
+        table = run(holder, work, args)
+    finally:
+        result = TestResult()
+        holder._runCleanups(result)
+        for _, failure in result.errors:
+            print("cleanup failed:", failure, file=sys.stderr)
+        if table:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept the logs in {work}", file=sys.stderr)
+    print(table)
+    if args.output:
+        args.output.write_text(table)
 
 
 if __name__ == "__main__":

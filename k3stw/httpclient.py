@@ -89,22 +89,44 @@ class _QuietHTTPClientFactory(_HTTP11ClientFactory):
 
 
 @implementer(IAgentEndpointFactory)
-class _Endpoints:
+class Endpoints:
     """
-    The Agent's endpoints, as Twisted's own but for an IP address, which is
+    An Agent's endpoints, as Twisted's own but for an IP address, which is
     dialled straight: Twisted would resolve it with C{getaddrinfo} in a pool
     thread for every new connection (hundreds in a burst of pods, and a
     thread, its stack and its malloc arena kept for each one the pool grew).
+
+    The Agent asks for an endpoint on every request, even one that reuses a
+    pooled connection: the last few are kept, with their TLS settings.
+
+    :param policy: TLS for C{https} URIs (None: only C{http} ones).
     """
 
-    def __init__(self, reactor: IReactorTime, policy: IPolicyForHTTPS, timeout: float) -> None:
+    #: Endpoints kept at most (a client talks to a few servers; probes to many pods).
+    kept = 16
+
+    def __init__(
+        self, reactor: IReactorTime, policy: IPolicyForHTTPS | None, timeout: float
+    ) -> None:
         self._dial = hostname_dialer(reactor, timeout)
         self._policy = policy
+        self._kept: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._kept.get(key)
+        if endpoint is None:
+            endpoint = self._endpoint(uri)
+            if len(self._kept) >= self.kept:
+                self._kept.clear()
+            self._kept[key] = endpoint
+        return endpoint
+
+    def _endpoint(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
         endpoint = self._dial(f"[{host}]:{uri.port}" if ":" in host else f"{host}:{uri.port}")
         if uri.scheme == b"https":
+            assert self._policy is not None, "an https URI needs a TLS policy"
             return wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
 
@@ -129,7 +151,7 @@ class HTTPSClient:
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool._factory = _QuietHTTPClientFactory
         self.agent = Agent.usingEndpointFactory(
-            reactor, _Endpoints(reactor, policy, timeout), pool=self.pool
+            reactor, Endpoints(reactor, policy, timeout), pool=self.pool
         )
 
     async def request(

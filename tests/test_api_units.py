@@ -313,6 +313,17 @@ class BodyLimitTests(SynchronousTestCase):
         assert request.content is not None
         self.assertEqual(request.content.tell(), 0)
 
+    def test_form_bodies_are_not_parsed_into_args(self) -> None:
+        """A POST body is the object, never HTML form fields in C{args}."""
+        request = APIRequest(DummyChannel())
+        request.requestHeaders.setRawHeaders(
+            b"Content-Type", [b"application/x-www-form-urlencoded"]
+        )
+        request.gotLength(3)
+        request.handleContentChunk(b"a=b")
+        request.requestReceived(b"POST", b"/api/v1/namespaces/default/configmaps", b"HTTP/1.1")
+        self.assertEqual(request.args, {})
+
     def test_declared_length_over_limit(self) -> None:
         """A Content-Length over the limit is refused before any byte arrives."""
         request = APIRequest(DummyChannel())

@@ -1,14 +1,17 @@
 """
 How L{HTTPSClient} dials: an IP address at once, with no name resolution in
-a pool thread per connection.
+a pool thread per connection, through endpoints made once per server.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import URI
 
-from k3stw.httpclient import HTTPSClient
+from k3stw.httpclient import Endpoints, HTTPSClient
 from k3stw.pki.tls import UnverifiedPolicy
 
 
@@ -22,3 +25,19 @@ class DialTests(SynchronousTestCase):
         # a memory reactor has not): these connect without it.
         dialled = [(host, port) for host, port, *_ in reactor.tcpClients]
         self.assertEqual(dialled, [("127.0.0.1", 6443), ("::1", 6444)])
+
+    def test_endpoints_and_tls_settings_are_made_once_per_server(self) -> None:
+        """The Agent asks for an endpoint per request; one per server is made."""
+        made: list[tuple[bytes, int]] = []
+
+        class Counting(UnverifiedPolicy):
+            def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+                made.append((hostname, port))
+                return super().creatorForNetloc(hostname, port)
+
+        endpoints = Endpoints(MemoryReactorClock(), Counting(), 5)
+        first = endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:2379/v3/kv/put"))
+        again = endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:2379/v3/kv/range"))
+        endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.2:2379/v3/kv/put"))
+        self.assertIs(first, again)
+        self.assertEqual(made, [(b"127.0.0.1", 2379), (b"127.0.0.2", 2379)])

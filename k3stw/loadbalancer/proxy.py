@@ -33,6 +33,11 @@ from k3stw.logs import Logger
 #: Bytes a side holds before it is wired to its peer (the accepted side is
 #: paused, so this is only a guard against a transport that reads anyway).
 HELD_LIMIT = 64 * 1024
+#: Seconds a dial to a server may take.  Servers are on the cluster's own
+#: network, where a connect answers in milliseconds or (SYN dropped: the
+#: server partitioned away) never; a short wait moves clients on to another
+#: server within the 5 s an HA cluster promises, after one SYN retransmit.
+DIAL_TIMEOUT = 3.0
 
 #: Told of each dial attempt: whether it succeeded, and how long it took.
 DialObserver = Callable[[bool, float], None]
@@ -260,7 +265,7 @@ class LoadBalancerFactory(Factory):
         clock: IReactorTime,
         servers: ServerList,
         dial: Dial,
-        dial_timeout: float = 10.0,
+        dial_timeout: float = DIAL_TIMEOUT,
         observe_dial: DialObserver | None = None,
     ) -> None:
         self.clock = clock

@@ -25,7 +25,7 @@ from k3stw.loadbalancer.persistence import (
     save_addresses,
     state_file,
 )
-from k3stw.loadbalancer.proxy import LoadBalancerFactory
+from k3stw.loadbalancer.proxy import DIAL_TIMEOUT, LoadBalancerFactory
 from k3stw.loadbalancer.servers import ServerList
 from k3stw.logs import Logger
 from k3stw.machinery.timing import Backoff
@@ -75,7 +75,7 @@ class LoadBalancerService(MultiService):
         dial: Dial | None = None,
         health_check: HealthCheck | None = None,
         metrics: LoadBalancerMetrics | None = None,
-        dial_timeout: float = 10.0,
+        dial_timeout: float = DIAL_TIMEOUT,
         check_interval: float = 1.0,
         max_backoff: float = 15.0,
     ) -> None:

@@ -1,7 +1,7 @@
 """
 Servers on embedded etcd as real processes, each on its own loopback
 address (its etcd member's peer and client URLs there too), and blocking
-admin requests to any of them: for the embedded-etcd tests and bench/ha.py.
+admin requests to any of them: for the embedded-etcd tests.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -187,54 +186,3 @@ def refused(address: str, port: int) -> bool:
             return False
     except OSError:
         return True
-
-
-class KillRound:
-    """
-    SIGKILL the server whose member leads etcd while a writer creates
-    ConfigMaps through every server in turn, recording each acknowledged
-    write and, per survivor, the time from the kill to its first one.
-    """
-
-    def __init__(self, servers: EtcdServers, admin: Admin, prefix: str = "w") -> None:
-        self.servers = servers
-        self.admin = admin
-        self.prefix = prefix
-        self.victim = servers.leader()
-        self.victim_name = f"s{servers.addresses.index(self.victim) + 1}"
-        self.survivors = [a for a in servers.addresses if a != self.victim]
-        self.acknowledged: list[str] = []
-        self.first_after_kill: dict[str, float] = {}
-        self._killed_at: float | None = None
-        self._stop = threading.Event()
-
-    def _write(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            for address in self.servers.addresses:
-                n += 1
-                name = f"{self.prefix}-{n}"
-                if self.admin.create_configmap(address, self.servers.port, name, timeout=3):
-                    self.acknowledged.append(name)
-                    killed_at = self._killed_at
-                    if killed_at is not None and address not in self.first_after_kill:
-                        self.first_after_kill[address] = time.monotonic() - killed_at
-
-    def run(self, before: int = 20, settle: float = 2.0) -> None:
-        """Kill once C{before} writes are in; end C{settle} s after every survivor took one."""
-        thread = threading.Thread(target=self._write)
-        thread.start()
-        try:
-            wait(lambda: len(self.acknowledged) > before, "writes before the kill")
-            process = self.servers.processes[self.victim_name].process
-            assert process is not None
-            self._killed_at = time.monotonic()
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            wait(lambda: refused(self.victim, 2379), "the killed server's etcd gone", 5)
-            survivors = set(self.survivors)
-            wait(lambda: survivors <= set(self.first_after_kill), "writes after the kill", 60)
-            time.sleep(settle)
-        finally:
-            self._stop.set()
-            thread.join()

@@ -69,8 +69,12 @@ def _binary(*names: str) -> str:
 class MariaDBServer:
     """One throwaway MariaDB instance."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int | None = None) -> None:
+    def __init__(
+        self, host: str = DEFAULT_HOST, port: int | None = None, netns: str | None = None
+    ) -> None:
         self.host = host
+        # In a test machine's network namespace, C{host} one of its addresses.
+        self._enter = ["ip", "netns", "exec", netns] if netns is not None else []
         self.port = port or free_port(host)
         self.directory = tempfile.mkdtemp(prefix="k3stw-mdb-")
         self.data = os.path.join(self.directory, "data")
@@ -112,6 +116,7 @@ class MariaDBServer:
                 self._fail("mariadb-install-db failed", result.stdout + result.stderr)
         process = self.process = subprocess.Popen(
             [
+                *self._enter,
                 _binary("mariadbd", "mysqld"),
                 "--no-defaults",
                 *self._user,

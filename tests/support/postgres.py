@@ -70,7 +70,9 @@ class PostgresServer:
     password L{PASSWORD} over TCP (scram-sha-256), so endpoints carry a real secret.
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int | None = None) -> None:
+    def __init__(
+        self, host: str = DEFAULT_HOST, port: int | None = None, netns: str | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.directory = tempfile.mkdtemp(prefix="k3stw-pg-")
@@ -83,6 +85,9 @@ class PostgresServer:
             entry = pwd.getpwnam("postgres")
             os.chown(self.directory, entry.pw_uid, entry.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
+        if netns is not None:
+            # In a test machine's network namespace, C{host} one of its addresses.
+            self._as_user = ["ip", "netns", "exec", netns, *self._as_user]
         self._initialised = False
         self._watchdog: subprocess.Popen[bytes] | None = None
 
@@ -123,6 +128,10 @@ class PostgresServer:
             )
             if result.returncode != 0:
                 self._fail("initdb failed", result)
+            if self._as_user[:1] == ["ip"]:
+                # Its clients are other machines, not loopback.
+                with open(os.path.join(self.data, "pg_hba.conf"), "a") as hba:
+                    hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
             self._initialised = True
         options = (
             f"-c listen_addresses={self.host} -p {self.port} -k {self.directory} "

@@ -44,7 +44,7 @@ from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from k3stw.datastore.interface import DatastoreUnavailable
-from k3stw.httpclient import _QuietHTTPClientFactory
+from k3stw.httpclient import Endpoints, _QuietHTTPClientFactory
 from k3stw.machinery.timing import Backoff
 
 if TYPE_CHECKING:
@@ -325,15 +325,12 @@ class EtcdGateway:
         self._stream_pool = HTTPConnectionPool(reactor, persistent=False)
         # A "Starting factory" line per connection (TLS ones name objects by address).
         self._pool._factory = self._stream_pool._factory = _QuietHTTPClientFactory
-        timeout = max(1, int(request_timeout))
-        if policy is None:
-            self._agent = Agent(reactor, connectTimeout=timeout, pool=self._pool)
-            self._stream_agent = Agent(reactor, connectTimeout=timeout, pool=self._stream_pool)
-        else:
-            self._agent = Agent(reactor, policy, connectTimeout=timeout, pool=self._pool)
-            self._stream_agent = Agent(
-                reactor, policy, connectTimeout=timeout, pool=self._stream_pool
-            )
+        # The members' endpoints (and TLS settings) are made once, not per request.
+        members = Endpoints(reactor, policy, max(1, int(request_timeout)))
+        self._agent: Agent = Agent.usingEndpointFactory(reactor, members, pool=self._pool)
+        self._stream_agent: Agent = Agent.usingEndpointFactory(
+            reactor, members, pool=self._stream_pool
+        )
         self._in_flight: set[Deferred[tuple[int, bytes]]] = set()
 
     @property
