@@ -5,8 +5,9 @@ session, tests/support/appliance.py) booted two ways.
 - Its root file system under ``systemd-nspawn --boot --private-network
   --volatile=overlay``, with a seed ``config.yaml`` on the boot medium: the
   first-boot step sets the hostname from it, ``k3s-server.service`` becomes
-  active (ready) and the real ``kubectl``, in the container's network, lists
-  the node; SIGTERM to nspawn halts it cleanly, leaving no process, mount or
+  active (ready), the real ``kubectl``, in the container's network, lists
+  the node, and the airgap tarball placed in the image's ``agent/images`` is in
+  containerd's image store; SIGTERM to nspawn halts it cleanly, leaving no process, mount or
   cgroup behind.  No cgroup controller is usable inside nspawn here, so no pod
   could run: the node may stay NotReady; this test is about the control plane.
 - Its disk image under qemu (TCG, no network device), with the seed written
@@ -31,7 +32,9 @@ from tests.support.appliance import (
     seed_disk_image,
     wait_for,
 )
+from tests.support.images import BUSYBOX_IMAGE, write_airgap_images
 
+CTR = ("ctr", "--address", "/run/k3s/containerd/containerd.sock", "--namespace", "k8s.io")
 SEED = "node-name: {name}\nwrite-kubeconfig-mode: '0600'\n"
 
 
@@ -45,6 +48,7 @@ class ContainerBootTests(SynchronousTestCase):
             ["tar", "-C", str(root), "--zstd", "-xf", str(out / "k3stw-rootfs.tar.zst")],
             check=True, timeout=300,
         )  # fmt: skip
+        write_airgap_images(root / "var/lib/rancher/k3s/agent/images")
         seed = work / "seed.yaml"
         seed.write_text(SEED.format(name="appliance-nspawn"))
         container = Container(root, work / "console.log", {seed: "/boot/k3stw/config.yaml"})
@@ -61,6 +65,12 @@ class ContainerBootTests(SynchronousTestCase):
             ),
             60,
         )
+        # The airgap tarball placed in the image's agent/images is in containerd's store.
+        wait_for(
+            "the airgap image imported",
+            lambda: BUSYBOX_IMAGE in container.run(*CTR, "images", "ls", "-q").stdout.split(),
+            60,
+        )
         # Debian's own containerd and etcd units stay off: k3stw supervises both.
         debian_units = container.run("systemctl", "is-active", "containerd", "etcd")
         self.assertEqual(debian_units.stdout.split(), ["inactive", "inactive"])
@@ -71,6 +81,8 @@ class ContainerBootTests(SynchronousTestCase):
         self.assertEqual(container.processes(), [])
         mounts = Path("/proc/self/mountinfo").read_text()
         self.assertNotIn(str(root), mounts)
+        self.assertNotIn(container.name, mounts)
+        self.assertFalse(Path("/run/systemd/nspawn/propagate", container.name).exists())
         self.assertEqual(container.remove_cgroups(), [])
         self.assertEqual([cgroup for cgroup in container.cgroups if cgroup.exists()], [])
 

@@ -99,10 +99,11 @@ class Container:
         self.process: subprocess.Popen[bytes] | None = None
         self.leader = 0
         self.pid_namespace = ""
+        self.name = ""
 
     def start(self) -> None:
         """Start nspawn; L{leader} is the container's init once it runs."""
-        name = f"k3stw-appliance-{os.getpid()}-{time.monotonic_ns()}"
+        self.name = name = f"k3stw-appliance-{os.getpid()}-{time.monotonic_ns()}"
         self.cgroups = [hierarchy / name for hierarchy in _cgroup_hierarchies()]
         for cgroup in self.cgroups:
             cgroup.mkdir()
@@ -113,7 +114,8 @@ class Container:
 
         binds = [f"--bind-ro={source}:{target}" for source, target in self.binds.items()]
         argv = ["systemd-nspawn", "--boot", "--private-network", "--volatile=overlay",
-                "--register=no", "--keep-unit", f"--directory={self.root}", *binds]  # fmt: skip
+                "--register=no", "--keep-unit", f"--machine={name}", f"--directory={self.root}",
+                *binds]  # fmt: skip
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
