@@ -10,8 +10,9 @@ booted (tests/support/appliance.py, as tests/test_appliance.py boots it).
    overlay): from nspawn's start to the API answering ``/readyz`` (this host's
    kubectl in the container's network, polled), then the resident memory of
    every process the image runs, after C{--idle} seconds;
-3. under qemu with TCG (no KVM here): from qemu's start to systemd's
-   ``Started k3s-server.service`` and to the node list on the serial console.
+3. under qemu with TCG (no KVM here): from qemu's start to the node list on
+   the serial console (k3stw-console, once the server is ready), in wall time
+   and in the guest's own uptime.
 
 Goals (issue 23): compressed root file system under 150 MB; API ready within
 5 s of boot under nspawn.  Needs root, as the tests do.
@@ -23,6 +24,7 @@ import argparse
 import collections
 import datetime
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,13 +79,11 @@ def boot_qemu(out: Path, work: Path) -> tuple[float, float]:
     started = time.monotonic()
     machine.start()
     try:
-        machine.wait_for_console(r"Started .*k3s-server", 600)
-        server = time.monotonic() - started
-        machine.wait_for_console(r"k3stw: the API of \S+ lists", 300)
-        listed = time.monotonic() - started
+        listed = machine.wait_for_console(r"\[ *([0-9.]+)\] k3stw-console.*k3stw: the API", 900)
+        wall = time.monotonic() - started
     finally:
         machine.stop()
-    return server, listed
+    return wall, float(listed.group(1))
 
 
 def main() -> None:
@@ -91,16 +91,17 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="also write the report here")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds idle before the RSS")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="k3stw-bench-appliance-") as tmp:
-        work = Path(tmp)
-        out = work / "out"
-        started = time.monotonic()
-        build(out)
-        build_time = time.monotonic() - started
-        rootfs = (out / "k3stw-rootfs.tar.zst").stat().st_size
-        image = (out / "k3stw.img").stat()
-        nspawn_ready, memory = boot_nspawn(out, work, args.idle)
-        qemu_server, qemu_listed = boot_qemu(out, work)
+    # Left behind if a step fails, with its logs.
+    work = Path(tempfile.mkdtemp(prefix="k3stw-bench-appliance-"))
+    out = work / "out"
+    started = time.monotonic()
+    build(out)
+    build_time = time.monotonic() - started
+    rootfs = (out / "k3stw-rootfs.tar.zst").stat().st_size
+    image = (out / "k3stw.img").stat()
+    nspawn_ready, memory = boot_nspawn(out, work, args.idle)
+    qemu_wall, qemu_uptime = boot_qemu(out, work)
+    shutil.rmtree(work)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
     lines = [
@@ -114,8 +115,8 @@ def main() -> None:
         f"| `k3stw.img` (apparent / allocated) | {image.st_size / MB:.0f} MB / "
         f"{image.st_blocks * 512 / MB:.0f} MB | |",
         f"| nspawn: start to `/readyz` ok | {nspawn_ready:.2f} s | < 5 s |",
-        f"| qemu TCG: start to `Started k3s-server.service` | {qemu_server:.1f} s | |",
-        f"| qemu TCG: start to the node list on the console | {qemu_listed:.1f} s | |",
+        f"| qemu TCG: start to the node list on the console | {qemu_wall:.1f} s "
+        f"(guest uptime {qemu_uptime:.1f} s) | |",
         "",
         f"Idle RSS under nspawn, {args.idle:.0f} s after `/readyz`:",
         "",

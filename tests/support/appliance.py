@@ -206,8 +206,9 @@ class Container:
 class VirtualMachine:
     """
     The disk image C{image} booted under ``qemu-system-x86_64`` with TCG (no
-    KVM here), no network device, and its serial console on C{stdout}, with
-    the kernel and initrd C{appliance/build} took from it.
+    KVM here), no network device (nor any device but the disk: fewer to probe
+    under TCG), its serial console on C{stdout}, with the kernel and initrd
+    C{appliance/build} took from it.
     """
 
     def __init__(self, out: Path, image: Path, log: Path) -> None:
@@ -219,7 +220,7 @@ class VirtualMachine:
 
     def start(self) -> None:
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1024",
-                "-nic", "none", "-nographic", "-no-reboot",
+                "-nodefaults", "-nic", "none", "-display", "none", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(self.out / "vmlinuz"), "-initrd", str(self.out / "initrd.img"),
                 "-append", "root=/dev/vda rw console=ttyS0 panic=-1",
                 "-drive", f"file={self.image},format=raw,if=virtio"]  # fmt: skip
