@@ -20,6 +20,7 @@ Needs root, mmdebstrap, systemd-container, qemu-system-x86, e2fsprogs and zstd
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -85,6 +86,8 @@ class ContainerBootTests(SynchronousTestCase):
         self.assertFalse(Path("/run/systemd/nspawn/propagate", container.name).exists())
         self.assertEqual(container.remove_cgroups(), [])
         self.assertEqual([cgroup for cgroup in container.cgroups if cgroup.exists()], [])
+        # Half a gigabyte, kept (with the console's log) only when the test fails.
+        shutil.rmtree(work)
 
 
 class DiskImageBootTests(SynchronousTestCase):
@@ -105,3 +108,5 @@ class DiskImageBootTests(SynchronousTestCase):
         self.assertEqual(listed.group(1), "appliance-qemu")
         row = machine.wait_for_console(r"k3stw-console\[\d+\]: (\S+)\s+(Ready|NotReady)\s*$", 30)
         self.assertEqual(row.group(1), "appliance-qemu")
+        machine.stop()
+        shutil.rmtree(work)
