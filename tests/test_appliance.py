@@ -39,6 +39,30 @@ CTR = ("ctr", "--address", "/run/k3s/containerd/containerd.sock", "--namespace",
 SEED = "node-name: {name}\nwrite-kubeconfig-mode: '0600'\n"
 
 
+class ImageContentTests(SynchronousTestCase):
+    def test_the_image_is_ready_for_k3s_and_carries_nothing_of_the_build_host(self) -> None:
+        tarball = built() / "k3stw-rootfs.tar.zst"
+        listed = subprocess.run(["tar", "--zstd", "-tf", str(tarball)], check=True, timeout=300,
+                                capture_output=True, text=True).stdout.split()  # fmt: skip
+        for path in ("var/lib/rancher/k3s/agent/images/", "var/lib/rancher/k3s/server/manifests/",
+                     "etc/rancher/k3s/", "opt/k3stw/bin/twistd",
+                     "etc/systemd/system/multi-user.target.wants/k3s-server.service"):  # fmt: skip
+            self.assertIn(f"./{path}", listed)
+        # Each machine gets its own identity and its own network settings.
+        for path in ("etc/hostname", "etc/resolv.conf", "usr/lib/modules/"):
+            self.assertNotIn(f"./{path}", listed)
+        work = Path(self.mktemp()).absolute()
+        work.mkdir(parents=True)
+        bundle, machine_id = "etc/ssl/certs/ca-certificates.crt", "etc/machine-id"
+        subprocess.run(["tar", "-C", str(work), "--zstd", "-xf", str(tarball), f"./{bundle}",
+                        f"./{machine_id}"], check=True, timeout=300)  # fmt: skip
+        self.assertEqual((work / machine_id).read_bytes(), b"")
+        # The CAs this host added to its own trust (an intercepting proxy's) stay on this host.
+        for local in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+            key = local.read_text().splitlines()[1]
+            self.assertNotIn(key, (work / bundle).read_text(), local)
+
+
 class ContainerBootTests(SynchronousTestCase):
     def test_the_server_serves_and_stops_leaving_nothing_behind(self) -> None:
         out = built()
