@@ -1,15 +1,19 @@
 """
 The appliance image for real: ``appliance/build`` (built once per test
-session, tests/support/appliance.py) booted two ways.
+session, tests/support/appliance.py), looked into and booted two ways.
 
+- Its root file system's tarball: k3s's paths and the server's unit enabled,
+  an empty machine-id, no kernel (the disk image has it), and nothing of the
+  build host: no hostname, no resolv.conf, none of the CAs it added.
 - Its root file system under ``systemd-nspawn --boot --private-network
   --volatile=overlay``, with a seed ``config.yaml`` on the boot medium: the
   first-boot step sets the hostname from it, ``k3s-server.service`` becomes
   active (ready), the real ``kubectl``, in the container's network, lists
   the node, and the airgap tarball placed in the image's ``agent/images`` is in
-  containerd's image store; SIGTERM to nspawn halts it cleanly, leaving no process, mount or
-  cgroup behind.  No cgroup controller is usable inside nspawn here, so no pod
-  could run: the node may stay NotReady; this test is about the control plane.
+  containerd's image store; SIGTERM to nspawn halts it cleanly, leaving no
+  process, mount or cgroup behind.  No cgroup controller is usable inside
+  nspawn here, so no pod could run (the node may be NotReady when listed):
+  this test is about the control plane.
 - Its disk image under qemu (TCG, no network device), with the seed written
   into the image: the server's own nodes, as its API lists them, reach the
   serial console (k3stw-console.service), this node among them.
