@@ -9,7 +9,8 @@ cd "$(dirname "$0")"
 # node's container runtime (containerd with runc, the CNI plugins, busybox for test images).
 DEBIAN_PACKAGES="openssl ca-certificates postgresql mariadb-server etcd-server etcd-client haproxy
     iproute2 util-linux passwd containerd containernetworking-plugins busybox-static zstd
-    iptables ipset conntrack iperf3 dnsmasq-base dnsperf"
+    iptables ipset conntrack iperf3 dnsmasq-base dnsperf
+    mmdebstrap systemd-container qemu-system-x86 e2fsprogs"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -qq
