@@ -6,7 +6,8 @@ cd "$(dirname "$0")"
 
 # Real components the tests start themselves (nothing here is started as a system service),
 # the tools that make test machines out of namespaces (ip, unshare, nsenter, useradd), and a
-# node's container runtime (containerd with runc, the CNI plugins, busybox for test images).
+# node's container runtime (containerd with runc, the CNI plugins, busybox for test images),
+# and what builds and boots an appliance image (mmdebstrap, systemd-nspawn, qemu).
 DEBIAN_PACKAGES="openssl ca-certificates postgresql mariadb-server etcd-server etcd-client haproxy
     iproute2 util-linux passwd containerd containernetworking-plugins busybox-static zstd
     iptables ipset conntrack iperf3 dnsmasq-base dnsperf
@@ -28,7 +29,10 @@ wheel=$(ls .venv/dist/k3stw-*.whl)
 .venv/bin/pip install -qq --disable-pip-version-check --force-reinstall --no-deps "$wheel"
 .venv/bin/pip install -qq --disable-pip-version-check "${wheel}[test,dev]"
 
-.venv/bin/ruff check k3stw tests bench twisted
-.venv/bin/ruff format --check k3stw tests bench twisted
+APPLIANCE_SCRIPTS="appliance/build appliance/k3stw-console appliance/k3stw-firstboot"
+.venv/bin/ruff check k3stw tests bench twisted $APPLIANCE_SCRIPTS
+.venv/bin/ruff format --check k3stw tests bench twisted $APPLIANCE_SCRIPTS
 .venv/bin/mypy
+# The image's scripts have no .py name: mypy checks each as a __main__ of its own.
+for script in $APPLIANCE_SCRIPTS; do .venv/bin/mypy --strict "$script"; done
 HYPOTHESIS_PROFILE=ci .venv/bin/python -b -m pytest -q -p no:randomly "$@"
