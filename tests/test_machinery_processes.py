@@ -127,6 +127,13 @@ class SupervisedProcessTests(SynchronousTestCase):
         self.supervise()
         self.assertEqual(self.reactor.last.env, dict(os.environ))
 
+    def test_systemds_notification_socket_is_not_inherited(self) -> None:
+        """Only the unit's main process may tell systemd it is ready: a child gets no socket."""
+        self.patch(os, "environ", {**os.environ, "NOTIFY_SOCKET": "/run/systemd/notify", "A": "1"})
+        self.supervise()
+        self.assertNotIn("NOTIFY_SOCKET", self.reactor.last.env)
+        self.assertEqual(self.reactor.last.env["A"], "1")
+
     def test_a_bare_name_is_looked_up_in_path(self) -> None:
         """C{sh} is spawned as the absolute path C{PATH} finds it at."""
         self.supervise(["sh", "-c", "serve"])

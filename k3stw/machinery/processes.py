@@ -846,9 +846,16 @@ def _executable(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | N
     return path
 
 
+#: What a child never inherits: systemd's socket for this process's readiness
+#: (systemd refuses any other sender, and logs each try) and its watchdog's settings.
+_OWN_TO_THIS_PROCESS = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
+
+
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
     # Twisted's spawnProcess reads None differently on its two spawn paths: say it.
-    return dict(os.environ if env is None else env)
+    if env is not None:
+        return dict(env)
+    return {name: value for name, value in os.environ.items() if name not in _OWN_TO_THIS_PROCESS}
 
 
 def _exit_status(reason: Failure) -> tuple[int | None, int | None]:
