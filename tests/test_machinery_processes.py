@@ -131,8 +131,10 @@ class SupervisedProcessTests(SynchronousTestCase):
         """Only the unit's main process may tell systemd it is ready: a child gets no socket."""
         self.patch(os, "environ", {**os.environ, "NOTIFY_SOCKET": "/run/systemd/notify", "A": "1"})
         self.supervise()
-        self.assertNotIn("NOTIFY_SOCKET", self.reactor.last.env)
-        self.assertEqual(self.reactor.last.env["A"], "1")
+        env = self.reactor.last.env
+        assert env is not None
+        self.assertNotIn("NOTIFY_SOCKET", env)
+        self.assertEqual(env["A"], "1")
 
     def test_a_bare_name_is_looked_up_in_path(self) -> None:
         """C{sh} is spawned as the absolute path C{PATH} finds it at."""
