@@ -467,6 +467,10 @@ class ProxyOnLoopbackTests(TestCase):
             ),
             "empty": (Route("default/empty", Backend("default", "empty", 80)), []),
             "dead": (Route("default/dead", Backend("default", "dead", 80)), [("127.0.0.1", 1)]),
+            "retry": (
+                Route("default/retry", Backend("default", "retry", 80)),
+                [("127.0.0.1", 1), ("127.0.0.1", backend.getHost().port)],
+            ),
         }
         self.metrics = IngressMetrics()
         self.proxy = IngressProxy(
@@ -512,6 +516,10 @@ class ProxyOnLoopbackTests(TestCase):
         self.assertEqual(await self.get("nowhere"), (404, "404 page not found\n"))
         self.assertEqual((await self.get("empty"))[0], 503)
         self.assertEqual((await self.get("dead"))[0], 502)
+
+    async def test_an_endpoint_refusing_connections_makes_way_for_the_next(self) -> None:
+        for _ in range(3):
+            self.assertEqual((await self.get("retry"))[0], 200)
 
     async def test_an_upgrade_is_spliced_both_ways_after_the_101(self) -> None:
         sock = socket.create_connection(("127.0.0.1", self.port))

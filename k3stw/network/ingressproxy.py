@@ -31,10 +31,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool, Response
+from twisted.web.client import (
+    URI,
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    Response,
+    ResponseDone,
+)
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
@@ -58,6 +67,8 @@ BAD_GATEWAY = b"Bad Gateway"
 #: Backend connections kept open per endpoint, and how long an idle one stays.
 POOL_PER_ENDPOINT = 64
 POOL_IDLE_SECONDS = 90
+#: How many endpoints a request tries when they refuse its connection.
+CONNECT_TRIES = 3
 #: How long an upgrade's backend has to answer.
 UPGRADE_TIMEOUT = 60.0
 
@@ -132,6 +143,13 @@ class _Exchange:
         self.started = started
         self.upstream = "-"
         self.sent = 0
+        #: The request to the backend in flight, if any.
+        self.sending: Deferred[Response] | None = None
+
+    def cancel(self) -> None:
+        """The client has gone: stop waiting for the backend."""
+        if self.sending is not None:
+            self.sending.cancel()
 
     def done(self, code: int) -> None:
         request = self.request
@@ -173,9 +191,12 @@ class _Exchange:
 
 @implementer(IPushProducer)
 class _BodyPump(Protocol):
-    """A backend's response body into the client's response, pausing one for the other."""
+    """
+    A backend's response body into the client's response, pausing one for
+    the other; C{finished} fires with whether the body came whole.
+    """
 
-    def __init__(self, exchange: _Exchange, finished: Deferred[None]) -> None:
+    def __init__(self, exchange: _Exchange, finished: Deferred[bool]) -> None:
         self.exchange = exchange
         self.finished = finished
 
@@ -183,12 +204,16 @@ class _BodyPump(Protocol):
         self.exchange.request.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
-        self.exchange.sent += len(data)
-        self.exchange.request.write(data)
+        request = self.exchange.request
+        if not request._disconnected:
+            self.exchange.sent += len(data)
+            request.write(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.exchange.request.unregisterProducer()
-        self.finished.callback(None)
+        request = self.exchange.request
+        if not request._disconnected:
+            request.unregisterProducer()
+        self.finished.callback(bool(reason.check(ResponseDone, PotentialDataLoss)))
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()  # type: ignore[union-attr]
@@ -245,13 +270,14 @@ class IngressProxy(Resource):
         if not endpoints:
             exchange.answer(503, UNAVAILABLE)
             return NOT_DONE_YET
-        address = self.pick(route.backend, endpoints)
-        exchange.upstream = f"{address[0]}:{address[1]}"
         headers = self._forwarded_headers(request, host)
         if is_upgrade(request):
+            address = self.pick(route.backend, endpoints)
+            exchange.upstream = f"{address[0]}:{address[1]}"
             self._upgrade(exchange, address, headers)
         else:
-            self._forward(exchange, address, headers)
+            request.notifyFinish().addErrback(lambda _: exchange.cancel())
+            self._forward(exchange, endpoints, headers, min(len(endpoints), CONNECT_TRIES))
         return NOT_DONE_YET
 
     def _forwarded_headers(self, request: Request, host: str) -> Headers:
@@ -270,30 +296,48 @@ class IngressProxy(Resource):
         headers.setRawHeaders(b"x-real-ip", [client.encode()])
         return headers
 
-    def _forward(self, exchange: _Exchange, address: Address, headers: Headers) -> None:
+    def _forward(
+        self, exchange: _Exchange, endpoints: list[Address], headers: Headers, tries: int
+    ) -> None:
+        """
+        Send the request to the next endpoint; one that refuses the
+        connection (a pod just gone) makes way for the next, C{tries} in all.
+        """
         request = exchange.request
+        route = exchange.route
+        assert route is not None
+        address = self.pick(route.backend, endpoints)
+        exchange.upstream = f"{address[0]}:{address[1]}"
         content = request.content
         body = None
         if content is not None and content.seek(0, 2):
             content.seek(0)
             body = FileBodyProducer(content)
-        sent = self.agent.request(request.method, _url(address, request.uri), headers, body)
-        request.notifyFinish().addErrback(lambda _: sent.cancel())
+        sent = exchange.sending = self.agent.request(
+            request.method, _url(address, request.uri), headers, body
+        )
 
         def answered(response: Response) -> Deferred[None] | None:
             if request._disconnected:
+                response.deliverBody(Protocol())
                 return None
             request.setResponseCode(response.code, response.phrase)
             for name, values in response.headers.getAllRawHeaders():
                 if name.lower() not in HOP_BY_HOP:
                     request.responseHeaders.setRawHeaders(name, values)
-            finished: Deferred[None] = Deferred()
+            finished: Deferred[bool] = Deferred()
             response.deliverBody(_BodyPump(exchange, finished))
             code = response.code
 
-            def end(_: object) -> None:
-                if not request._disconnected:
+            def end(whole: bool) -> None:
+                if request._disconnected:
+                    exchange.done(499)
+                    return
+                if whole:
                     request.finish()
+                else:
+                    # A body cut short must not look complete to the client.
+                    request.loseConnection()
                 exchange.done(code)
 
             return finished.addCallback(end)
@@ -301,6 +345,9 @@ class IngressProxy(Resource):
         def failed(failure: Failure) -> None:
             if request._disconnected:
                 exchange.done(499)
+                return
+            if failure.check(ConnectError) and tries > 1:
+                self._forward(exchange, endpoints, headers, tries - 1)
                 return
             self._log.debug(
                 "Ingress backend {upstream} failed: {error}",
