@@ -107,7 +107,7 @@ reactor.run()
 HAPROXY_CONFIG = """
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
 defaults
     mode http
     timeout connect 5s
@@ -170,17 +170,20 @@ INGRESS = {
 class Processes:
     """The processes this run starts, each ended by its PID."""
 
-    def __init__(self) -> None:
+    def __init__(self, work: Path) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
+        #: Where each process's stderr goes, said when one fails.
+        self.errors = work / "stderr.log"
 
     def start(self, ns: str, *argv: str, cpu: int | None = None) -> subprocess.Popen[bytes]:
         pinned = ("taskset", "-c", str(cpu)) if cpu is not None else ()
-        process = subprocess.Popen(
-            ("ip", "netns", "exec", ns, *pinned, *argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+        with self.errors.open("ab") as errors:
+            process = subprocess.Popen(
+                ("ip", "netns", "exec", ns, *pinned, *argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+            )
         self.started.append(process)
         return process
 
@@ -188,7 +191,7 @@ class Processes:
         assert process.stdout is not None
         line = process.stdout.readline()
         if word not in line:
-            raise SystemExit(f"a process did not start: {line!r}")
+            raise SystemExit(f"a process did not start: {self.errors.read_text()}")
 
     def end_all(self) -> None:
         for process in self.started:
@@ -256,8 +259,8 @@ def main(argv: Sequence[str]) -> None:
     if options.output and not options.output.exists():
         options.output.write_text("# Ingress benchmark\n")
     started = time.monotonic()
-    processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="ingress-bench-"))
+    processes = Processes(work)
     make_namespaces()
     try:
         backend = processes.start(
@@ -291,7 +294,7 @@ def main(argv: Sequence[str]) -> None:
         haproxy = processes.start(NODE_NS, HAPROXY, "-db", "-f", str(config), cpu=0)
         time.sleep(1)
         if haproxy.poll() is not None:
-            raise SystemExit("haproxy did not start")
+            raise SystemExit(f"haproxy did not start: {processes.errors.read_text()}")
 
         targets = {
             "direct": f"http://{SERVER}:{BACKEND_PORT}{PATH}",
