@@ -535,6 +535,17 @@ class ProxyOnLoopbackTests(TestCase):
             sock.sendall(message)
             self.assertEqual(await self.read_until(sock, message, len(message)), message)
 
+    async def test_an_upgrade_the_backend_refuses_is_an_ordinary_response(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        self.addCleanup(sock.close)
+        sock.setblocking(False)
+        sock.sendall(
+            b"GET /chat HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        answer = await self.read_until(sock, b"x-forwarded-proto=http")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertIn(b"path=/chat", answer)
+
     async def read_until(self, sock: socket.socket, end: bytes, size: int = 0) -> bytes:
         data = b""
         for _ in range(500):
