@@ -51,7 +51,7 @@ from network_proxy import (
 HAPROXY = "/usr/sbin/haproxy"
 WRK = "/usr/bin/wrk"
 BACKEND_PORT = 8080
-INGRESS_PORT, HAPROXY_PORT = 80, 81
+INGRESS_PORT, HAPROXY_PORT, WEB_PORT = 80, 81, 82
 HOST = "site.test"
 PATH = "/api/items"
 HELD = 1000
@@ -99,6 +99,25 @@ def lookup(host, uri):
 site = Site(IngressProxy(reactor, lookup, RoundRobin().pick, IngressMetrics()))
 site.log = lambda request: None
 reactor.listenTCP(int(port), site, interface=address, backlog=1024)
+print("ready", flush=True)
+reactor.run()
+"""
+
+#: The ceiling of the Ingress proxy's design: twisted.web answering by itself, no proxying.
+WEB_CODE = """
+import sys
+from twisted.internet import epollreactor
+epollreactor.install()
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+class Answer(Resource):
+    isLeaf = True
+    def render(self, request):
+        return b"x" * 64
+site = Site(Answer())
+site.log = lambda request: None
+reactor.listenTCP(int(sys.argv[2]), site, interface=sys.argv[1], backlog=1024)
 print("ready", flush=True)
 reactor.run()
 """
@@ -292,6 +311,10 @@ def main(argv: Sequence[str]) -> None:
             )
         )
         haproxy = processes.start(NODE_NS, HAPROXY, "-db", "-f", str(config), cpu=0)
+        web = processes.start(
+            NODE_NS, sys.executable, "-c", WEB_CODE, GATEWAY, str(WEB_PORT), cpu=0
+        )
+        processes.ready(web)
         time.sleep(1)
         if haproxy.poll() is not None:
             raise SystemExit(f"haproxy did not start: {processes.errors.read_text()}")
@@ -300,6 +323,7 @@ def main(argv: Sequence[str]) -> None:
             "direct": f"http://{SERVER}:{BACKEND_PORT}{PATH}",
             "k3stw ingress": f"http://{GATEWAY}:{INGRESS_PORT}{PATH}",
             "haproxy": f"http://{GATEWAY}:{HAPROXY_PORT}{PATH}",
+            "twisted.web alone (no proxying)": f"http://{GATEWAY}:{WEB_PORT}{PATH}",
         }
         rate = {name: wrk(url, 32, seconds, HOST) for name, url in targets.items()}
         latency = {name: wrk(url, 1, seconds, HOST) for name, url in targets.items()}
@@ -342,7 +366,9 @@ def main(argv: Sequence[str]) -> None:
     ]
     notes = (
         "Both proxies on CPU 0 (the Ingress proxy is one Python process; haproxy"
-        " `nbthread 1`), wrk and the backend on CPU 1. Same routes: host"
+        ' `nbthread 1`), wrk and the backend on CPU 1. "twisted.web alone" is a'
+        " twisted.web Site answering 64 bytes itself on CPU 0: the ceiling of a proxy"
+        " built on twisted.web, which also parses the backend's answer. Same routes: host"
         f" `{HOST}`, path prefix `/api`, else 404. The Ingress proxy wrote"
         f" {access_lines:,} access log lines and counted every request in its metrics."
     )
