@@ -69,6 +69,8 @@ SERVICES = "/api/v1/services"
 ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
 SECRETS = "/api/v1/secrets"
 DEFAULT_CERTIFICATE = "TRAEFIK DEFAULT CERT"
+#: How long a client's idle connection is kept (Traefik's entry points' idleTimeout).
+IDLE_TIMEOUT = 180
 
 
 def _trim(obj: Object) -> Object:
@@ -175,7 +177,8 @@ class IngressController(MultiService):
                 reactor, self.lookup, self.balance.pick, self.metrics, proxy.pool, "https"
             ),
         )
-        plain, secure = Site(self.proxies[0]), Site(self.proxies[1])
+        plain = Site(self.proxies[0], timeout=IDLE_TIMEOUT)
+        secure = Site(self.proxies[1], timeout=IDLE_TIMEOUT)
         metrics = Site(_Metrics(self.metrics))
         for site in (plain, secure, metrics):
             site.noisy = False
