@@ -17,6 +17,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import reactor as _reactor
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -24,6 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface.verify import verifyObject
 
 from k3stw.controllers import ingress as server_ingress
 from k3stw.machinery.objects import Object
@@ -404,6 +406,8 @@ class ServerNameTests(SynchronousTestCase):
             _context(default.certificate_pem, default.key_pem),
             lambda name: named_context if name == "site.test" else None,
         )
+        # A context factory twisted.internet.ssl takes without a legacy warning.
+        self.assertTrue(verifyObject(IOpenSSLContextFactory, contexts))
         self.assertEqual(handshake(contexts.getContext(), b"site.test"), "site.test")
         self.assertEqual(handshake(contexts.getContext(), b"other.test"), "DEFAULT")
         self.assertEqual(handshake(contexts.getContext(), None), "DEFAULT")

@@ -32,9 +32,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import MultiService
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from k3stw.kubeclient import KubeAPI
 from k3stw.logs import Logger
@@ -96,6 +98,7 @@ def _context(certificate_pem: bytes, key_pem: bytes) -> SSL.Context:
     return options.getContext()
 
 
+@implementer(IOpenSSLContextFactory)
 class ServerNameContexts:
     """
     A TLS server's contexts by SNI name: C{choose} names the context for a
