@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from k3stw.logs import Logger
+from k3stw.web import HOP_BY_HOP
 
 __all__ = [
     "BodyReader",
@@ -65,19 +66,7 @@ _NOT_FORWARDED = frozenset(
     }
 )
 #: Connection-level headers of a backend's non-101 answer, never relayed.
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
+_HOP_BY_HOP = HOP_BY_HOP | {b"content-length"}
 
 
 class BackendError(Exception):

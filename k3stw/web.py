@@ -8,6 +8,21 @@ from twisted.web.server import Site
 
 from k3stw.logs import Logger, debug_enabled
 
+#: Connection-level headers (RFC 9110 7.6.1, Go's httputil list), which a proxy never relays.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
 
 class QuietSite(Site):
     """

@@ -253,7 +253,8 @@ class KubectlTests(KubectlServerCase):
         age = r"\d+s"
         for wanted in (
             rf"persistentvolumeclaim/data Pending printing-local <unset> {age} Filesystem",
-            rf"ingress.networking.k8s.io/shop traefik shop.example.com 80, 443 {age}",
+            # ADDRESS: the node's, once the Ingress status controller has written it.
+            rf"ingress.networking.k8s.io/shop traefik shop.example.com (\S+ )?80, 443 {age}",
             "horizontalpodautoscaler.autoscaling/web Deployment/web "
             rf"cpu: <unknown>/50% 2 5 0 {age}",
             rf"poddisruptionbudget.policy/web 50% N/A 0 {age}",

@@ -172,3 +172,12 @@ class NodeNetworkingTests(SynchronousTestCase):
                 for child in self.networking(network_policy=False)
             )
         )
+
+    def test_the_ingress_controller_runs_unless_traefik_is_disabled(self) -> None:
+        from k3stw.network.ingress import IngressController
+
+        def ingress_controllers(networking: NodeNetworking) -> list[object]:
+            return [child for child in networking if isinstance(child, IngressController)]
+
+        self.assertEqual(len(ingress_controllers(self.networking())), 1)
+        self.assertEqual(ingress_controllers(self.networking(disabled=frozenset({"traefik"}))), [])

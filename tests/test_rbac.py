@@ -700,12 +700,13 @@ class ControllerRolesTests(APITestCase):
         """
         ``kubectl get clusterroles`` lists kube 1.32's 64 bootstrap ClusterRoles
         (31 in cluster-roles.yaml, 33 in controller-roles.yaml) and k3s's
-        ``system:k3s-controller`` and metrics-server's
-        ``system:aggregated-metrics-reader``; the bindings are kube's 45 (12 and
-        33) and k3s's 2; the Roles and RoleBindings kube's 7 each.
+        ``system:k3s-controller``, metrics-server's
+        ``system:aggregated-metrics-reader`` and k3stw's Ingress controller's
+        ``k3stw:ingress-controller``; the bindings are kube's 45 (12 and 33),
+        k3s's 2 and the Ingress controller's; the Roles and RoleBindings kube's 7 each.
         """
-        self.assertEqual(len(self.names(f"{RBAC}/clusterroles")), 66)
-        self.assertEqual(len(self.names(f"{RBAC}/clusterrolebindings")), 47)
+        self.assertEqual(len(self.names(f"{RBAC}/clusterroles")), 67)
+        self.assertEqual(len(self.names(f"{RBAC}/clusterrolebindings")), 48)
         self.assertEqual(len(self.names(f"{RBAC}/roles")), 7)
         self.assertEqual(len(self.names(f"{RBAC}/rolebindings")), 7)
 

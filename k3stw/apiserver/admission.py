@@ -14,7 +14,11 @@ object store on every create (a controller's as much as a client's):
 - Priority: a new pod's priority from its PriorityClass (L{k3stw.apiserver.priority});
 - DefaultStorageClass: a new claim that names no class (not even "") gets
   the default StorageClass (``storageclass.kubernetes.io/is-default-class``),
-  the newest if there are several.
+  the newest if there are several;
+- DefaultIngressClass: likewise a new Ingress naming no class (neither
+  ``spec.ingressClassName`` nor the ``kubernetes.io/ingress.class``
+  annotation) gets the default IngressClass
+  (``ingressclass.kubernetes.io/is-default-class``).
 
 The plugins that need nothing but the pod (ServiceAccount,
 DefaultTolerationSeconds) are the pod kind's own, in its prepare_create.
@@ -23,7 +27,7 @@ DefaultTolerationSeconds) are the pod kind's own, in its prepare_create.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -58,6 +62,18 @@ _BETA_CLASS = "volume.beta.kubernetes.io/storage-class"
 
 def _is_claims(resource: ResourceType) -> bool:
     return resource.group == "" and resource.plural == "persistentvolumeclaims"
+
+
+def _is_ingresses(resource: ResourceType) -> bool:
+    return resource.group == "networking.k8s.io" and resource.plural == "ingresses"
+
+
+_INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+
+
+def _is_default_ingress_class(ingress_class: Mapping[str, Any]) -> bool:
+    annotations = get_path(ingress_class, "metadata", "annotations") or {}
+    return bool(annotations.get("ingressclass.kubernetes.io/is-default-class") == "true")
 
 
 def _default_container(
@@ -230,6 +246,8 @@ class Admission:
         self.priority = PriorityAdmission(informers, registry)
         self.class_resource = registry.require("storage.k8s.io", "v1", "storageclasses")
         self.classes = informers.for_resource(self.class_resource)
+        self.ingress_class_resource = registry.require("networking.k8s.io", "v1", "ingressclasses")
+        self.ingress_classes = informers.for_resource(self.ingress_class_resource)
 
     async def _in_namespace(
         self, store: ObjectStore, informer: Informer, resource: ResourceType, namespace: str
@@ -252,17 +270,36 @@ class Admission:
         elif _is_claims(resource) and isinstance(spec := obj.get("spec"), dict):
             annotations = get_path(obj, "metadata", "annotations") or {}
             if "storageClassName" not in spec and _BETA_CLASS not in annotations:
-                found = await self._default_class(store)
+                found = await self._default_class(
+                    store, self.classes, self.class_resource, is_default_class
+                )
                 if found is not None:
                     spec["storageClassName"] = found
+        elif _is_ingresses(resource) and isinstance(spec := obj.get("spec"), dict):
+            annotations = get_path(obj, "metadata", "annotations") or {}
+            if "ingressClassName" not in spec and _INGRESS_CLASS_ANNOTATION not in annotations:
+                found = await self._default_class(
+                    store,
+                    self.ingress_classes,
+                    self.ingress_class_resource,
+                    _is_default_ingress_class,
+                )
+                if found is not None:
+                    spec["ingressClassName"] = found
 
-    async def _default_class(self, store: ObjectStore) -> str | None:
-        """The default StorageClass: of several, the newest (then the first by name)."""
-        if self.classes.synced:
-            classes = self.classes.cache.list()
+    async def _default_class(
+        self,
+        store: ObjectStore,
+        informer: Informer,
+        resource: ResourceType,
+        is_default: Callable[[Mapping[str, Any]], bool],
+    ) -> str | None:
+        """The default class: of several, the newest (then the first by name)."""
+        if informer.synced:
+            classes = informer.cache.list()
         else:
-            classes = (await store.list(self.class_resource, None)).items
-        defaults = [c for c in classes if is_default_class(c)]
+            classes = (await store.list(resource, None)).items
+        defaults = [c for c in classes if is_default(c)]
         if not defaults:
             return None
         newest = max(str(get_path(c, "metadata", "creationTimestamp") or "") for c in defaults)

@@ -49,6 +49,7 @@ from k3stw.machinery.objects import Object
 from k3stw.pki.tls import UnverifiedPolicy
 from k3stw.tunnel.registry import ITunnelDialer, NoTunnelSession
 from k3stw.upgrade import UpgradeRelay, is_upgrade, request_head
+from k3stw.web import HOP_BY_HOP
 
 __all__ = ["DEFAULT_KUBELET_PORT", "NodeProxy", "kubelet_port", "proxied_target"]
 
@@ -58,23 +59,9 @@ HEADER_TIMEOUT = 60.0
 #: The most of a kubelet's refusal read into the Status (kube-apiserver's maxReadLength).
 MAX_ERROR_BODY = 50_000
 
-#: Connection-level headers (RFC 9110 7.6.1, Go's httputil list), never relayed;
-#: nor the caller's credentials, which were for this server, not the kubelet.
-_NOT_RELAYED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"authorization",
-    }
-)
+#: Connection-level headers never relayed; nor the caller's credentials, which
+#: were for this server, not the kubelet.
+_NOT_RELAYED = HOP_BY_HOP | {b"host", b"authorization"}
 
 
 def kubelet_port(node: Object) -> int:

@@ -31,9 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.names import cache, client, dns, server
 from twisted.python.failure import Failure
@@ -45,6 +44,7 @@ from k3stw.machinery.objects import Object, get_path, metadata
 from k3stw.machinery.source import HTTPSource
 from k3stw.network import dnsrecords
 from k3stw.network.dnsrecords import ClusterState, Reply
+from k3stw.network.listener import Listener
 from k3stw.network.resolvconf import ResolvConf
 
 DNS_PORT = 53
@@ -365,34 +365,6 @@ class ClusterDNSDatagramProtocol(dns.DNSDatagramProtocol):
             self.request = None
 
 
-class _Listener(Service):
-    """
-    One UDP or TCP port, opened when started: a port taken (a resolver of the
-    host's own on port 53) is logged and leaves the node running without it.
-    """
-
-    _log = Logger()
-
-    def __init__(self, listen: Callable[[], IListeningPort], where: str) -> None:
-        self._open = listen
-        self.where = where
-        self.port: IListeningPort | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        try:
-            self.port = self._open()
-        except CannotListenError as e:
-            self._log.error(
-                "cluster DNS cannot listen on {where}: {error}", where=self.where, error=e
-            )
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        return None if port is None else port.stopListening()
-
-
 class ClusterDNS(MultiService):
     """
     The node's cluster DNS: its informers, the cluster state they fill, the
@@ -464,12 +436,15 @@ class ClusterDNS(MultiService):
     def _listen(self, address: str) -> None:
         port, reactor = self.settings.port, self.clock
         protocol = ClusterDNSDatagramProtocol(self.factory, reactor)
-        _Listener(
-            lambda: reactor.listenUDP(port, protocol, interface=address), f"{address}:{port}/udp"
+        Listener(
+            lambda: reactor.listenUDP(port, protocol, interface=address),
+            f"{address}:{port}/udp",
+            "cluster DNS",
         ).setServiceParent(self)
-        _Listener(
+        Listener(
             lambda: reactor.listenTCP(port, self.factory, interface=address),
             f"{address}:{port}/tcp",
+            "cluster DNS",
         ).setServiceParent(self)
 
     def startService(self) -> None:

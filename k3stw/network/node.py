@@ -28,6 +28,8 @@ __all__ = ["NetworkSettings", "NodeNetworking", "network_client"]
 #: k3s's ``--disable`` items that name a network component.
 COREDNS = "coredns"
 SERVICELB = "servicelb"
+#: k3s's bundled Ingress controller, in whose place the node runs its own.
+TRAEFIK = "traefik"
 
 
 def _ranges(value: object, default: str) -> tuple[str, ...]:
@@ -82,6 +84,10 @@ class NetworkSettings:
     @property
     def cluster_dns_enabled(self) -> bool:
         return COREDNS not in self.disabled
+
+    @property
+    def ingress_enabled(self) -> bool:
+        return TRAEFIK not in self.disabled
 
 
 def network_client(
@@ -143,3 +149,8 @@ class NodeNetworking(MultiService):
                     settings.node_ips, settings.cluster_dns, settings.cluster_domain, pick()
                 ),
             ).setServiceParent(self)
+        if settings.ingress_enabled:
+            from k3stw.network.ingress import IngressController
+
+            client = network_client(reactor, joined, server_url, joined.k3s_controller)
+            IngressController(reactor, client, settings.node_ips).setServiceParent(self)

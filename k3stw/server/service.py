@@ -35,7 +35,7 @@ from k3stw.apiserver.tokens.authenticator import ServiceAccountTokens
 from k3stw.apiserver.tokens.keys import ServiceAccountKeys
 from k3stw.apiserver.tokens.request import TokenIssuer
 from k3stw.apiserver.tokens.reviews import authentication_reviews
-from k3stw.controllers import coredns, localpath, servicelb
+from k3stw.controllers import coredns, ingress, localpath, servicelb
 from k3stw.controllers.clusterroleaggregation import ClusterRoleAggregation
 from k3stw.controllers.crds import CRDController
 from k3stw.controllers.cronjobs import CronJobController
@@ -194,6 +194,9 @@ class ServerService(ApplianceService):
         await install_addon_crd(self.store)
         if localpath.COMPONENT not in self.config.disable:
             await localpath.deploy(self.store, self.registry, str(self.config.local_storage_path))
+        await ingress.deploy(
+            self.store, self.registry, ingress.DISABLE_NAME not in self.config.disable
+        )
         if coredns.COMPONENT not in self.config.disable:
             try:
                 await coredns.deploy(
@@ -485,6 +488,10 @@ def control_plane(
         ).setServiceParent(elected_controller_manager)
     if coredns.COMPONENT not in config.disable:
         coredns.ClusterDNSController(informers, store).setServiceParent(elected_controller_manager)
+    if ingress.DISABLE_NAME not in config.disable:
+        ingress.IngressStatusController(informers, store, registry).setServiceParent(
+            elected_controller_manager
+        )
     address, port = config.advertised
     endpoints = APIServerEndpoints(informers, store, address, port, config.kubernetes_cluster_ip)
     endpoints.setServiceParent(services)

@@ -410,7 +410,7 @@ SERVER_FLAGS: tuple[Flag, ...] = (
         "disable",
         "Do not deploy packaged components and delete any deployed components (valid "
         "items: coredns, servicelb, traefik, local-storage, metrics-server, runtimes; "
-        "k3stw deploys coredns, servicelb and local-storage)",
+        "k3stw deploys coredns, servicelb, traefik and local-storage)",
     ),
     switch("disable-kube-proxy", "Disable running kube-proxy"),
     switch("disable-network-policy", "Disable K3s default network policy controller"),

@@ -261,12 +261,14 @@ def _in(collection: str, asked: str) -> bool:
 
 
 def _selected(selector: str, name: str, obj: Object) -> bool:
-    """A ``metadata.name=`` or ``spec.nodeName=`` field selector's verdict."""
+    """A ``metadata.name=``, ``spec.nodeName=`` or (Secrets') ``type=`` field selector's verdict."""
     if not selector:
         return True
     field, _, value = selector.partition("=")
     if field == "spec.nodeName":
         return bool((obj.get("spec") or {}).get("nodeName") == value)
+    if field == "type":
+        return bool(obj.get("type") == value)
     return name == value
 
 
