@@ -509,14 +509,21 @@ def _secrets_encryption(
     from k3stw.server.secretsencrypt import SecretsEncryption, prepare_encryption
 
     try:
-        transformer = prepare_encryption(config.server_dir)
+        transformer = prepare_encryption(config.server_dir, config.secrets_encryption_provider)
     except (OSError, ValueError) as e:
         raise StartupError(f"--secrets-encryption: {e}") from None
     view = EncryptedDatastore(datastore, transformer, secrets.RESOURCE.storage_prefix())
     publish = None
     if config.datastore_endpoint is not None:
         publish = partial(bootstrapdata.publish, datastore, config.server_dir, password)
-    return SecretsEncryption(config.server_dir, config.hostname, view, reactor.seconds, publish)
+    return SecretsEncryption(
+        config.server_dir,
+        config.hostname,
+        view,
+        reactor.seconds,
+        publish,
+        config.secrets_encryption_provider,
+    )
 
 
 def _embedded_etcd(config: ServerConfig, reactor: Any, token_password: str) -> IDatastore:
