@@ -11,7 +11,6 @@ import http.client
 import json
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.controllers.deploy import INTERVAL
 from tests.support.kubectl import kubectl_env, run_kubectl
 from tests.support.net import free_port
-from tests.support.twistd import Twistd, k3s_server
+from tests.support.twistd import K3S, Twistd, k3s_server
 
 DEPLOY_HOST = "127.0.0.201"
 SECRETS_HOST = "127.0.0.202"
@@ -129,7 +128,7 @@ class SecretsEncryptionTests(ProcessCase):
     def secrets_encrypt(self, *args: str, code: int = 0) -> str:
         """``k3s secrets-encrypt`` against this server: its stdout (or stderr when it fails)."""
         command = [
-            sys.executable, "-m", "k3stw.server.secretsencryptcli", *args,
+            *K3S, "secrets-encrypt", *args,
             "--data-dir", str(self.root / "data"), "--server", f"https://{self.host}:{self.port}",
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)

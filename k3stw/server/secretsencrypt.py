@@ -48,8 +48,8 @@ from k3stw.datastore.interface import Conflict, KeyNotFound
 from k3stw.files import write_atomically
 from k3stw.logs import Logger
 from k3stw.machinery.times import rfc3339
-from k3stw.supervisor.nodes import authenticate
-from k3stw.supervisor.resource import Handler, Route
+from k3stw.supervisor.nodes import require_server
+from k3stw.supervisor.resource import Handler, Route, json_object
 
 START = "start"
 PREPARE = "prepare"
@@ -307,11 +307,7 @@ class SecretsEncryption:
 
         def server_only(handler: Callable[[IRequest], Awaitable[bytes]]) -> Handler:
             def checked(request: IRequest) -> Awaitable[bytes]:
-                user = authenticate(request, passwords)
-                if user is None:
-                    raise StatusError(401, "not authorized")
-                if "k3s:server" not in user.groups:
-                    raise StatusError(403, "forbidden")
+                require_server(request, passwords)
                 return handler(request)
 
             return checked
@@ -325,11 +321,6 @@ class SecretsEncryption:
         return json.dumps(self.status().as_json()).encode()
 
     async def _configure(self, request: IRequest) -> bytes:
-        try:
-            body = json.loads(request.content.read() or b"{}")
-        except ValueError as e:
-            raise StatusError(400, f"invalid request body: {e}") from None
-        if not isinstance(body, dict):
-            raise StatusError(400, "invalid request body: expected an object")
+        body = json_object(request)
         await self.configure(body)
         return b""

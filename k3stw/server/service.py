@@ -75,6 +75,7 @@ from k3stw.hostport import join_host_port
 from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
 from k3stw.machinery.objects import Object
+from k3stw.machinery.times import utc
 from k3stw.machinery.timing import PeriodicJob
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import (
@@ -87,6 +88,8 @@ from k3stw.pki.token import InvalidToken, Token, parse_token
 from k3stw.scheduler.scheduler import Scheduler
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
+from k3stw.server.tokenrotation import token_route
+from k3stw.supervisor.bootstraptokens import bootstrap_user
 from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
@@ -538,7 +541,7 @@ def _embedded_etcd(config: ServerConfig, reactor: Any, token_password: str) -> I
     etcd = EmbeddedEtcd(
         reactor, layout, client_url, reset=settings.cluster_reset, token_password=token_password
     )
-    if not settings.disable_snapshots and not settings.cluster_reset:
+    if not settings.cluster_reset:
         from k3stw.etcd.snapshots import EtcdSnapshots
 
         etcd.snapshots = EtcdSnapshots(reactor, layout, settings, client_url, config.hostname)
@@ -560,6 +563,17 @@ def _etcd_node_controller(
     return EtcdNodeController(
         informers, store, datastore, config.hostname, member, member_address(config)
     )
+
+
+def _record_snapshots(
+    config: ServerConfig, datastore: IDatastore, store: ObjectStore, registry: Registry
+) -> None:
+    """The snapshots' ``ETCDSnapshotFile`` records, written through this server's store."""
+    from k3stw.etcd.member import EmbeddedEtcd
+    from k3stw.etcd.snapshotrecords import SnapshotRecords
+
+    if isinstance(datastore, EmbeddedEtcd) and datastore.snapshots is not None:
+        datastore.snapshots.records = SnapshotRecords(store, registry, config.hostname)
 
 
 def _add_etcd_routes(
@@ -627,6 +641,7 @@ def build_server(
     )
     if config.etcd is not None:
         _etcd_node_controller(config, datastore, informers, store).setServiceParent(controllers)
+        _record_snapshots(config, datastore, store, registry)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
     IService(datastore).setServiceParent(root)
     address, port = config.advertised
@@ -678,6 +693,7 @@ def build_server(
         reactor,
         config.agent_settings(),
         endpoints.live_servers,
+        lambda request: bootstrap_user(store, request, utc(reactor.seconds())),
     )
     tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
     supervisor = supervisor_resource(
@@ -689,6 +705,8 @@ def build_server(
         None if encryption is None else encryption.resource(passwords),
     )
     _add_etcd_routes(supervisor, config, datastore, enrollment.passwords)
+    token = token_route(config.server_dir, credentials.token.ca_hash, passwords, datastore)
+    supervisor.children[b"v1-k3s"].putChild(b"token", token)
     site = QuietSite(supervisor)
     site.requestFactory = APIRequest
     tls = server_tls_options(
