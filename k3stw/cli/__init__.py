@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if first.startswith("-"):
         # urfave/cli's words for a global flag it does not know.
-        print(
-            f"Incorrect Usage: flag provided but not defined: -{first.lstrip('-')}", file=sys.stderr
-        )
+        flag = first.lstrip("-").split("=")[0]
+        print(f"Incorrect Usage: flag provided but not defined: -{flag}", file=sys.stderr)
         print(usage(), end="", file=sys.stderr)
         return 1
     entry = COMMANDS.get(first)
