@@ -565,15 +565,20 @@ def _etcd_node_controller(
     )
 
 
-def _record_snapshots(
-    config: ServerConfig, datastore: IDatastore, store: ObjectStore, registry: Registry
-) -> None:
-    """The snapshots' ``ETCDSnapshotFile`` records, written through this server's store."""
+def _record_snapshots(server: ServerService, datastore: IDatastore) -> None:
+    """
+    The snapshots' ``ETCDSnapshotFile`` records, written through this
+    server's store after each snapshot and once it is ready (as k3s
+    reconciles them at start).
+    """
     from k3stw.etcd.member import EmbeddedEtcd
     from k3stw.etcd.snapshotrecords import SnapshotRecords
 
-    if isinstance(datastore, EmbeddedEtcd) and datastore.snapshots is not None:
-        datastore.snapshots.records = SnapshotRecords(store, registry, config.hostname)
+    if not isinstance(datastore, EmbeddedEtcd) or datastore.snapshots is None:
+        return
+    snapshots = datastore.snapshots
+    snapshots.records = SnapshotRecords(server.store, server.registry, server.config.hostname)
+    server.readiness.when_ready().addCallback(lambda _: Deferred.fromCoroutine(snapshots.record()))
 
 
 def _add_etcd_routes(
@@ -641,8 +646,9 @@ def build_server(
     )
     if config.etcd is not None:
         _etcd_node_controller(config, datastore, informers, store).setServiceParent(controllers)
-        _record_snapshots(config, datastore, store, registry)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
+    if config.etcd is not None:
+        _record_snapshots(root, datastore)
     IService(datastore).setServiceParent(root)
     address, port = config.advertised
     metrics = APIMetrics()

@@ -1,0 +1,183 @@
+"""
+The ``k3s`` command against real servers on loopback: ``etcd-snapshot``
+save, ls, prune and delete on a server on embedded etcd (with the
+``ETCDSnapshotFile`` records following), a bootstrap token from ``token
+create`` that an agent joins with, ``token rotate``, ``certificate check``
+on a server's directory and ``kubectl get nodes``.
+
+Slow (real twistd servers, an etcd member, an agent): 20-60 s apiece.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.embedded_etcd import EtcdServers, wait
+from tests.support.twistd import K3S
+from tests.test_join import Cluster
+
+ETCD_HOST = "127.0.0.176"
+SERVER_HOST = "127.0.0.177"
+AGENT_HOST = "127.0.0.178"
+
+
+def k3s(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("K3S_", "KUBECONFIG"))}
+    return subprocess.run(
+        [*K3S, *argv], capture_output=True, text=True, timeout=120, env={**clean, **(env or {})}
+    )
+
+
+class EtcdSnapshotTests(SynchronousTestCase):
+    def test_save_ls_prune_and_delete_with_their_records(self) -> None:
+        servers = EtcdServers(self, [ETCD_HOST])
+        server = servers.first("s1", ETCD_HOST, "--etcd-disable-snapshots").start()
+        servers.ready(server, ETCD_HOST)
+        data = str(servers.home("s1") / "data")
+        where = ("--data-dir", data, "--etcd-server", f"https://{ETCD_HOST}:{servers.port}")
+        saved = []
+        for _ in range(2):
+            done = k3s("etcd-snapshot", "save", *where)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            match = re.fullmatch(r"Snapshot (on-demand-s1-\d+) saved\.\n", done.stdout)
+            assert match is not None, done.stdout
+            saved.append(match.group(1))
+            # One a second: k3s names snapshots by the second they were taken.
+            wait(
+                lambda: int(saved[-1].rpartition("-")[2]) < int(__import__("time").time()),
+                "a new second",
+            )
+        snapshots = Path(data) / "server/db/snapshots"
+        self.assertEqual(sorted(p.name for p in snapshots.iterdir()), sorted(saved))
+        listed = k3s("etcd-snapshot", "ls", *where)
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        lines = listed.stdout.splitlines()
+        self.assertEqual(lines[0].split(), ["Name", "Location", "Size", "Created"])
+        self.assertEqual([line.split()[0] for line in lines[1:]], saved)
+        self.assertEqual(lines[1].split()[1], (snapshots / saved[0]).as_uri())
+        self.assertEqual(int(lines[1].split()[2]), (snapshots / saved[0]).stat().st_size)
+
+        def records() -> dict[str, bool]:
+            got = servers.kubectl(ETCD_HOST, "get", "etcdsnapshotfiles", "-o", "json")
+            if got.returncode != 0:
+                return {}
+            return {
+                item["spec"]["snapshotName"]: item["status"].get("readyToUse")
+                for item in json.loads(got.stdout)["items"]
+            }
+
+        wait(lambda: records() == dict.fromkeys(saved, True), "a record per snapshot")
+        table = servers.kubectl(ETCD_HOST, "get", "etcdsnapshotfiles")
+        self.assertIn("SNAPSHOTNAME", table.stdout)
+        self.assertIn(f"local-{saved[0]}-", table.stdout)
+        pruned = k3s("etcd-snapshot", "prune", "--etcd-snapshot-retention", "1", *where)
+        self.assertEqual(pruned.returncode, 0, pruned.stderr)
+        self.assertEqual(pruned.stdout, f"Snapshot {saved[0]} deleted.\n")
+        self.assertEqual([p.name for p in snapshots.iterdir()], [saved[1]])
+        deleted = k3s("etcd-snapshot", "delete", saved[1], "no-such-snapshot", *where)
+        self.assertEqual(deleted.returncode, 0, deleted.stderr)
+        self.assertEqual(deleted.stdout, f"Snapshot {saved[1]} deleted.\n")
+        self.assertIn("Snapshot no-such-snapshot not found.", deleted.stderr)
+        self.assertEqual(list(snapshots.iterdir()), [])
+        self.assertEqual(records(), {})
+        refused = k3s(
+            "etcd-snapshot", "ls", "--data-dir", data, "--etcd-token", "wrong",
+            "--etcd-server", f"https://{ETCD_HOST}:{servers.port}",
+        )  # fmt: skip
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("not authorized (HTTP 401), see server log for details", refused.stderr)
+
+
+class TokenTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        root = Path(tempfile.mkdtemp(prefix="k3stw-cli-"))
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        self.cluster = Cluster(root, host=SERVER_HOST)
+        self.addCleanup(self.cluster.stop)
+        self.cluster.start()
+        self.kubeconfig = str(self.cluster.root / "server" / "k3s.yaml")
+        self.data = str(self.cluster.root / "server" / "data")
+
+    def test_an_agent_joins_with_a_created_bootstrap_token(self) -> None:
+        created = k3s(
+            "token", "create", "--kubeconfig", self.kubeconfig, "--description", "for agent-1"
+        )
+        self.assertEqual(created.returncode, 0, created.stderr)
+        token = created.stdout.strip()
+        server_token = self.cluster.token
+        ca_hash = server_token[3 : server_token.index("::")]
+        match = re.fullmatch(rf"K10{ca_hash}::([a-z0-9]{{6}})\.([a-z0-9]{{16}})", token)
+        assert match is not None, token
+        listed = k3s("token", "list", "--kubeconfig", self.kubeconfig)
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertEqual(listed.stdout.splitlines()[0].split()[:2], ["TOKEN", "TTL"])
+        row = listed.stdout.splitlines()[1]
+        self.assertTrue(row.startswith(match.group(1)), row)
+        self.assertIn("authentication,signing", row)
+        self.assertIn("for agent-1", row)
+        agent = self.cluster.agent("agent-1", AGENT_HOST, token=token).start()
+        self.cluster.wait(
+            lambda: self.cluster.node_status().get("agent-1") == "True", "agent-1 Ready"
+        )
+        deleted = k3s("token", "delete", match.group(1), "--kubeconfig", self.kubeconfig)
+        self.assertEqual(deleted.returncode, 0, deleted.stderr)
+        self.assertEqual(deleted.stdout, f'bootstrap token "{match.group(1)}" deleted\n')
+        agent.stop()
+        # A token deleted admits nobody: a new agent with it is refused.
+        refused = self.cluster.agent("agent-2", "127.0.0.179", token=token).start()
+        refused.wait_for_output("/v1-k3s/config: 401 Unauthorized")
+
+    def test_rotate_makes_the_new_token_the_servers(self) -> None:
+        rotated = k3s(
+            "token", "rotate", "--data-dir", self.data, "--new-token", "rotated-secret-1",
+            "--server", self.cluster.url,
+        )  # fmt: skip
+        self.assertEqual(rotated.returncode, 0, rotated.stderr)
+        self.assertEqual(rotated.stdout, "Token rotated, restart k3s nodes with new token\n")
+        self.assertIn("WARNING: Recommended to keep a record of the old token.", rotated.stderr)
+        self.assertTrue(self.cluster.token.endswith("::server:rotated-secret-1"))
+        passwd = (Path(self.data) / "server/cred/passwd").read_text()
+        self.assertIn("rotated-secret-1,server,server,k3s:server", passwd)
+        # The old token no longer opens the server; the new one does.
+        status = k3s(
+            "secrets-encrypt", "status", "--data-dir", self.data, "--server", self.cluster.url
+        )
+        self.assertEqual(status.returncode, 0, status.stderr)
+        old = k3s(
+            "token", "rotate", "--data-dir", self.data, "--token", "not-the-token",
+            "--server", self.cluster.url,
+        )  # fmt: skip
+        self.assertEqual(old.returncode, 1)
+        self.assertIn("not authorized", old.stderr)
+
+    def test_certificate_check_lists_the_servers_certificates(self) -> None:
+        # The server's own node has joined: its kubelet's certificates are there too.
+        self.cluster.wait(lambda: self.cluster.node_status().get("server") == "True", "Ready")
+        checked = k3s("certificate", "check", "--data-dir", self.data)
+        self.assertEqual(checked.returncode, 0, checked.stderr)
+        lines = checked.stderr.splitlines()
+        self.assertEqual(
+            lines[0], "INFO[0000] Server detected, checking agent and server certificates"
+        )
+        self.assertIn(
+            "client-admin.crt: certificate system:admin (ClientAuth) is ok", checked.stderr
+        )
+        self.assertIn("server-ca.crt: certificate k3s-server-ca", checked.stderr)
+        self.assertIn("client-kubelet.crt", checked.stderr)
+        self.assertTrue(all(" is ok, expires at " in line for line in lines[1:]), lines)
+        table = k3s("certificate", "check", "--data-dir", self.data, "-o", "table")
+        self.assertEqual(table.stdout.split()[:2], ["FILENAME", "SUBJECT"])
+
+    def test_kubectl_reads_the_admin_kubeconfig(self) -> None:
+        self.cluster.wait(lambda: "server" in self.cluster.node_status(), "the server's node")
+        got = k3s("kubectl", "get", "nodes", "-o", "name", env={"KUBECONFIG": self.kubeconfig})
+        self.assertEqual(got.returncode, 0, got.stderr)
+        self.assertEqual(got.stdout, "node/server\n")
