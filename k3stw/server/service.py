@@ -308,7 +308,7 @@ def _credentials_shared_through_the_datastore(
             from k3stw.server.secretsencrypt import write_first_key_file
 
             # After taking the cluster's key file, if any; before saving a first one.
-            write_first_key_file(config.server_dir)
+            write_first_key_file(config.server_dir, config.secrets_encryption_provider)
         if keys is not None and not took:
             if password is None and keys.list_prefix(bootstrapdata.PREFIX):
                 raise StartupError(bootstrapdata.OTHER_TOKEN)
