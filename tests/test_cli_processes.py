@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,12 +22,14 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.embedded_etcd import EtcdServers, wait
-from tests.support.twistd import K3S
+from tests.support.net import free_port
+from tests.support.twistd import K3S, STOP_TIMEOUT, clean_environment, https_get, k3s_server
 from tests.test_join import Cluster
 
 ETCD_HOST = "127.0.0.176"
 SERVER_HOST = "127.0.0.177"
 AGENT_HOST = "127.0.0.178"
+DAEMON_HOST = "127.0.0.175"
 
 
 def k3s(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -181,3 +184,36 @@ class TokenTests(SynchronousTestCase):
         got = k3s("kubectl", "get", "nodes", "-o", "name", env={"KUBECONFIG": self.kubeconfig})
         self.assertEqual(got.returncode, 0, got.stderr)
         self.assertEqual(got.stdout, "node/server\n")
+
+
+class ServerCommandTests(SynchronousTestCase):
+    def test_k3s_server_serves_and_stops_cleanly_on_sigterm(self) -> None:
+        """
+        ``k3s server`` runs the k3s-server plugin in the foreground; SIGTERM
+        stops it gracefully, ending as ``twistd -n`` does (by the signal).
+        """
+        root = Path(self.mktemp()).absolute()
+        port = free_port(DAEMON_HOST)
+        # The flags of the tests' twistd servers, given to ``k3s server`` instead.
+        flags = k3s_server(self, root, DAEMON_HOST, port, "--disable-agent").args[1:]
+        log = root / "k3s.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [*K3S, "server", *flags], cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=clean_environment(),
+            )  # fmt: skip
+        self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"k3s server exited:\n{log.read_text()[-3000:]}")
+            try:
+                return https_get(DAEMON_HOST, port, "/ping", timeout=1) == (200, b"pong")
+            except OSError:
+                return False
+
+        wait(answers, "k3s server answering", timeout=60)
+        self.assertFalse((root / "twistd.pid").exists())
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(STOP_TIMEOUT), -signal.SIGTERM, log.read_text()[-3000:])
+        self.assertTrue(log.read_text().endswith("Server Shut Down.\n"))
