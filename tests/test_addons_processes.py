@@ -186,7 +186,7 @@ class SecretsEncryptionTests(SecretsCase):
 class SecretboxTests(SecretsCase):
     """``--secrets-encryption-provider=secretbox`` on a real server, and the move to it."""
 
-    host = "127.0.0.203"
+    host = "127.0.0.207"
 
     def test_secretbox_writes_no_plaintext_to_the_database(self) -> None:
         self.start("--secrets-encryption", "--secrets-encryption-provider", "secretbox")

@@ -127,9 +127,16 @@ class TokenTests(SynchronousTestCase):
         self.assertIn("authentication,signing", row)
         self.assertIn("for agent-1", row)
         agent = self.cluster.agent("agent-1", AGENT_HOST, token=token).start()
+        # The bare <id>.<secret> form joins too (trusting the CA it is served, as k3s does).
+        bare = self.cluster.agent("agent-3", "127.0.0.173", token=token.split("::")[1]).start()
         self.cluster.wait(
-            lambda: self.cluster.node_status().get("agent-1") == "True", "agent-1 Ready"
+            lambda: (
+                {"agent-1", "agent-3"}
+                <= {n for n, ready in self.cluster.node_status().items() if ready == "True"}
+            ),
+            "agent-1 and agent-3 Ready",
         )
+        bare.stop()
         deleted = k3s("token", "delete", match.group(1), "--kubeconfig", self.kubeconfig)
         self.assertEqual(deleted.returncode, 0, deleted.stderr)
         self.assertEqual(deleted.stdout, f'bootstrap token "{match.group(1)}" deleted\n')
@@ -202,7 +209,13 @@ class ServerCommandTests(SynchronousTestCase):
                 [*K3S, "server", *flags], cwd=root, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=clean_environment(),
             )  # fmt: skip
-        self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
+
+        def end() -> None:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+        self.addCleanup(end)
 
         def answers() -> bool:
             if process.poll() is not None:
