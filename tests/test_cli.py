@@ -10,13 +10,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import hashlib
 import io
+import json
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.cli import certificate, checkconfig, daemon, etcdsnapshot, kubectl, main, token
 from k3stw.cli.common import CommandError
+from k3stw.etcd.snapshotrecords import legacy_entry, legacy_key, record_name, snapshot_record
 from k3stw.pki.certs import Usage, new_ca, new_leaf
 from k3stw.supervisor.bootstraptokens import token_user
 
@@ -312,3 +315,45 @@ class CheckConfigTests(SynchronousTestCase):
         lines, failures = checkconfig.report(None, "(nowhere)", "", None)
         self.assertIn("- kernel config: not found, options not checked", lines)
         self.assertGreater(failures, 0)
+
+
+class SnapshotRecordTests(SynchronousTestCase):
+    """How a snapshot file is recorded, as k3s records it."""
+
+    def test_the_record_of_a_local_snapshot(self) -> None:
+        directory = Path(self.mktemp())
+        (directory / ".metadata").mkdir(parents=True)
+        path = directory / "on-demand-Server1-1800000000"
+        path.write_bytes(b"x" * 20)
+        (directory / ".metadata" / path.name).write_text('{"release":"v1"}')
+        record = snapshot_record(path, "Server1", directory / ".metadata")
+        location = path.absolute().as_uri()
+        digest = hashlib.sha256(("Server1" + location).encode()).hexdigest()[:6]
+        self.assertEqual(
+            record["metadata"],
+            {
+                "name": f"local-on-demand-server1-1800000000-{digest}",
+                "labels": {"etcd.k3s.cattle.io/snapshot-storage-node": "Server1"},
+            },
+        )
+        self.assertEqual(
+            record["spec"],
+            {
+                "snapshotName": path.name,
+                "nodeName": "Server1",
+                "location": location,
+                "metadata": {"release": "v1"},
+            },
+        )
+        self.assertEqual(
+            record["status"],
+            {"size": "20", "creationTime": "2027-01-15T08:00:00Z", "readyToUse": True},
+        )
+        entry = json.loads(legacy_entry(record))
+        self.assertEqual(entry["size"], 20)
+        self.assertEqual(json.loads(base64.b64decode(entry["metadata"])), {"release": "v1"})
+        self.assertEqual(legacy_key("on-demand+x"), "local-on-demand_x")
+
+    def test_a_name_that_is_no_dns_subdomain_is_replaced(self) -> None:
+        name = record_name("Snap_1", "node.example", "file:///s/Snap_1", NOW)
+        self.assertTrue(name.startswith("local-etcd-snapshot-node-1800000000-"), name)

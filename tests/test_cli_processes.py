@@ -10,6 +10,7 @@ Slow (real twistd servers, an etcd member, an agent): 20-60 s apiece.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -54,12 +56,21 @@ class EtcdSnapshotTests(SynchronousTestCase):
             assert match is not None, done.stdout
             saved.append(match.group(1))
             # One a second: k3s names snapshots by the second they were taken.
-            wait(
-                lambda: int(saved[-1].rpartition("-")[2]) < int(__import__("time").time()),
-                "a new second",
-            )
+            taken = int(saved[-1].rpartition("-")[2])
+            wait(lambda taken=taken: taken < int(time.time()), "a new second")  # type: ignore[misc]
+            if len(saved) > 1:
+                continue
+            # The second snapshot is taken with extra metadata, as k3s keeps it.
+            made = servers.kubectl(
+                ETCD_HOST, "create", "configmap", "-n", "kube-system",
+                "k3s-etcd-snapshot-extra-metadata", "--from-literal=release=v1.32",
+            )  # fmt: skip
+            self.assertEqual(made.returncode, 0, made.stderr)
         snapshots = Path(data) / "server/db/snapshots"
         self.assertEqual(sorted(p.name for p in snapshots.iterdir()), sorted(saved))
+        metadata = Path(data) / "server/db/.metadata"
+        self.assertEqual(json.loads((metadata / saved[1]).read_text()), {"release": "v1.32"})
+        self.assertFalse((metadata / saved[0]).exists())
         listed = k3s("etcd-snapshot", "ls", *where)
         self.assertEqual(listed.returncode, 0, listed.stderr)
         lines = listed.stdout.splitlines()
@@ -68,19 +79,36 @@ class EtcdSnapshotTests(SynchronousTestCase):
         self.assertEqual(lines[1].split()[1], (snapshots / saved[0]).as_uri())
         self.assertEqual(int(lines[1].split()[2]), (snapshots / saved[0]).stat().st_size)
 
-        def records() -> dict[str, bool]:
+        def records() -> dict[str, object]:
             got = servers.kubectl(ETCD_HOST, "get", "etcdsnapshotfiles", "-o", "json")
             if got.returncode != 0:
                 return {}
             return {
-                item["spec"]["snapshotName"]: item["status"].get("readyToUse")
+                item["spec"]["snapshotName"]: (
+                    item["status"].get("readyToUse"),
+                    item["spec"].get("metadata"),
+                )
                 for item in json.loads(got.stdout)["items"]
             }
 
-        wait(lambda: records() == dict.fromkeys(saved, True), "a record per snapshot")
+        def legacy() -> dict[str, str]:
+            got = servers.kubectl(
+                ETCD_HOST, "get", "configmap", "-n", "kube-system", "k3s-etcd-snapshots",
+                "-o", "jsonpath={.data}",
+            )  # fmt: skip
+            return json.loads(got.stdout or "{}") if got.returncode == 0 else {}
+
+        expected = {saved[0]: (True, None), saved[1]: (True, {"release": "v1.32"})}
+        wait(lambda: records() == expected, "a record per snapshot")
         table = servers.kubectl(ETCD_HOST, "get", "etcdsnapshotfiles")
         self.assertIn("SNAPSHOTNAME", table.stdout)
         self.assertIn(f"local-{saved[0]}-", table.stdout)
+        # k3s 1.32's legacy ConfigMap holds the snapshots that carry extra metadata.
+        entries = legacy()
+        self.assertEqual(list(entries), [f"local-{saved[1]}"])
+        entry = json.loads(entries[f"local-{saved[1]}"])
+        self.assertEqual((entry["name"], entry["status"]), (saved[1], "successful"))
+        self.assertEqual(json.loads(base64.b64decode(entry["metadata"])), {"release": "v1.32"})
         pruned = k3s("etcd-snapshot", "prune", "--etcd-snapshot-retention", "1", *where)
         self.assertEqual(pruned.returncode, 0, pruned.stderr)
         self.assertEqual(pruned.stdout, f"Snapshot {saved[0]} deleted.\n")
@@ -90,7 +118,9 @@ class EtcdSnapshotTests(SynchronousTestCase):
         self.assertEqual(deleted.stdout, f"Snapshot {saved[1]} deleted.\n")
         self.assertIn("Snapshot no-such-snapshot not found.", deleted.stderr)
         self.assertEqual(list(snapshots.iterdir()), [])
+        self.assertFalse((metadata / saved[1]).exists())
         self.assertEqual(records(), {})
+        self.assertEqual(legacy(), {})
         refused = k3s(
             "etcd-snapshot", "ls", "--data-dir", data, "--etcd-token", "wrong",
             "--etcd-server", f"https://{ETCD_HOST}:{servers.port}",

@@ -19,6 +19,7 @@ Once the member is the only one, the server says so in k3s's words and exits.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from twisted.internet.threads import deferToThread
 
 from k3stw.apiserver.kinds.cronjobs import Schedule
 from k3stw.etcd.config import EtcdLayout, EtcdSettings, MemberConfig
+from k3stw.files import write_atomically
 from k3stw.lifecycle import StartupError
 from k3stw.logs import Logger
 from k3stw.machinery.processes import CommandFailed, run_command
@@ -192,11 +194,36 @@ class EtcdSnapshots(Service):
             if self.settings.snapshot_compress if compress is None else compress:
                 self._log.info("Compressing etcd snapshot file: {path}", path=str(path))
                 path = await deferToThread(_compress, path)
+            await self._keep_metadata(path.name)
             self.prune(name, retention, directory)
         finally:
             self._saving = False
         await self.record(directory)
         return path
+
+    @property
+    def metadata_dir(self) -> Path:
+        """``db/.metadata``: each snapshot's extra metadata, by snapshot name."""
+        return self.layout.db / ".metadata"
+
+    async def _keep_metadata(self, snapshot: str) -> None:
+        """Keep ``k3s-etcd-snapshot-extra-metadata``'s data with the snapshot, if it exists."""
+        if self.records is None:
+            return
+        try:
+            metadata = await self.records.extra_metadata()
+        except Exception as e:
+            self._log.warn("Failed to read extra snapshot metadata: {error}", error=str(e))
+            return
+        if metadata is not None:
+            self.metadata_dir.mkdir(mode=0o700, exist_ok=True)
+            data = json.dumps(metadata, separators=(",", ":")).encode()
+            write_atomically(self.metadata_dir / snapshot, data, 0o600)
+
+    def _remove(self, path: Path) -> None:
+        self._log.info("Removing local snapshot {path}", path=str(path))
+        path.unlink(missing_ok=True)
+        (self.metadata_dir / path.name).unlink(missing_ok=True)
 
     def prune(self, name: str, retention: int, directory: Path | None = None) -> list[Path]:
         """Remove C{name}'s snapshots beyond the newest C{retention}; the removed files."""
@@ -211,8 +238,7 @@ class EtcdSnapshots(Service):
         )
         removed = beyond_retention(list(directory.iterdir()), prefix, retention)
         for path in removed:
-            self._log.info("Removing local snapshot {path}", path=str(path))
-            path.unlink(missing_ok=True)
+            self._remove(path)
         return removed
 
     async def record(self, directory: Path | None = None) -> None:
@@ -244,7 +270,8 @@ class EtcdSnapshots(Service):
         if operation == "list":
             from k3stw.etcd.snapshotrecords import snapshot_files, snapshot_record
 
-            items = [snapshot_record(p, self.node_name) for p in snapshot_files(directory)]
+            files = snapshot_files(directory)
+            items = [snapshot_record(p, self.node_name, self.metadata_dir) for p in files]
             kind = "ETCDSnapshotFileList"
             return {"apiVersion": "k3s.cattle.io/v1", "kind": kind, "items": items}
         if operation == "delete":
@@ -254,8 +281,7 @@ class EtcdSnapshots(Service):
             for name in names:
                 path = directory / name
                 if path.is_file() and path.parent == directory:
-                    self._log.info("Removing local snapshot {path}", path=str(path))
-                    path.unlink()
+                    self._remove(path)
                     deleted.append(name)
             await self.record(directory)
             return {"deleted": deleted}

@@ -577,7 +577,9 @@ def _record_snapshots(server: ServerService, datastore: IDatastore) -> None:
     if not isinstance(datastore, EmbeddedEtcd) or datastore.snapshots is None:
         return
     snapshots = datastore.snapshots
-    snapshots.records = SnapshotRecords(server.store, server.registry, server.config.hostname)
+    snapshots.records = SnapshotRecords(
+        server.store, server.registry, server.config.hostname, snapshots.metadata_dir
+    )
     server.readiness.when_ready().addCallback(lambda _: Deferred.fromCoroutine(snapshots.record()))
 
 
