@@ -216,6 +216,25 @@ class TokenTests(SynchronousTestCase):
         table = k3s("certificate", "check", "--data-dir", self.data, "-o", "table")
         self.assertEqual(table.stdout.split()[:2], ["FILENAME", "SUBJECT"])
 
+    def test_certificate_rotate_renews_the_named_certificates_at_the_next_start(self) -> None:
+        tls = Path(self.data) / "server/tls"
+        admin = (tls / "client-admin.crt").read_bytes()
+        serving = (tls / "serving-kube-apiserver.crt").read_bytes()
+        self.cluster.server.stop()
+        rotated = k3s("certificate", "rotate", "--service", "admin", "--data-dir", self.data)
+        self.assertEqual(rotated.returncode, 0, rotated.stderr)
+        self.assertIn("Rotating certificates for admin", rotated.stderr)
+        backups = list((Path(self.data) / "server").glob("tls-*"))
+        self.assertEqual(len(backups), 1)
+        self.assertEqual((backups[0] / "client-admin.crt").read_bytes(), admin)
+        self.assertFalse((tls / "client-admin.crt").exists())
+        self.cluster.start()
+        self.assertNotEqual((tls / "client-admin.crt").read_bytes(), admin)
+        self.assertEqual((tls / "serving-kube-apiserver.crt").read_bytes(), serving)
+        # The kubeconfig written at the start carries the new certificate, from the same CA.
+        got = self.cluster.kubectl("get", "--raw", "/readyz")
+        self.assertEqual((got.returncode, got.stdout), (0, "ok"), got.stderr)
+
     def test_kubectl_reads_the_admin_kubeconfig(self) -> None:
         self.cluster.wait(lambda: "server" in self.cluster.node_status(), "the server's node")
         got = k3s("kubectl", "get", "nodes", "-o", "name", env={"KUBECONFIG": self.kubeconfig})
