@@ -232,8 +232,9 @@ class TokenTests(SynchronousTestCase):
         self.assertNotEqual((tls / "client-admin.crt").read_bytes(), admin)
         self.assertEqual((tls / "serving-kube-apiserver.crt").read_bytes(), serving)
         # The kubeconfig written at the start carries the new certificate, from the same CA.
-        got = self.cluster.kubectl("get", "--raw", "/readyz")
-        self.assertEqual((got.returncode, got.stdout), (0, "ok"), got.stderr)
+        self.cluster.wait(
+            lambda: self.cluster.kubectl("get", "--raw", "/readyz").stdout == "ok", "/readyz ok"
+        )
 
     def test_kubectl_reads_the_admin_kubeconfig(self) -> None:
         self.cluster.wait(lambda: "server" in self.cluster.node_status(), "the server's node")
