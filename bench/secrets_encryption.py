@@ -1,15 +1,19 @@
 """
 What ``--secrets-encryption`` costs: Secret creates and gets (p50, p99, rate)
-against a real ``twistd -n k3s-server`` on SQLite without it and one with it,
+against real ``twistd -n k3s-server`` processes on SQLite, one without it,
+one with it (AES-CBC) and one with ``--secrets-encryption-provider=secretbox``,
 in the same run, at 1 and 16 concurrent clients, with ConfigMap creates (never
-encrypted) as the control.  The two servers are measured in turns, five
-rounds each, and each cell shows its median round, so that a neighbour's
-burst on a shared machine does not decide the comparison.
+encrypted) as the control.
+
+The servers are interleaved request by request: every client loop sends its
+next request to the next server in turn, so that a neighbour's burst on a
+shared machine (or a pause of the client itself) lands on all of them alike,
+and each server's latencies come from the same moments.
 
     python bench/secrets_encryption.py [--quick] [--output docs/secrets-benchmark.md]
 
-Every process runs on loopback (127.0.0.203-204, free ports) in a temporary
-directory and is stopped by its own PID.
+Every process runs on loopback (127.0.0.203-204, 127.0.0.206, free ports) in
+a temporary directory and is stopped by its own PID.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +38,8 @@ from api import (
     ClientCertificatePolicy,
     Processes,
     call,
+    gather,
     new_pool,
-    run_clients,
     start_server,
 )
 from twisted.internet.defer import Deferred
@@ -43,12 +48,18 @@ from twisted.web.client import Agent
 
 from tests.support.net import free_port
 
-PLAIN_HOST = "127.0.0.203"
-ENCRYPTED_HOST = "127.0.0.204"
 NAMESPACE = "bench-secrets"
-ROUNDS = 5
-FULL = Budget((1, 16), 1000, 2.0, 0, 0, 0, (), 0)
-QUICK = Budget((1, 16), 200, 1.0, 0, 0, 0, (), 0)
+#: Each column: its address and the flags that make it.
+SERVERS = {
+    "plain": ("127.0.0.203", ()),
+    "aescbc": ("127.0.0.204", ("--secrets-encryption",)),
+    "secretbox": (
+        "127.0.0.206",
+        ("--secrets-encryption", "--secrets-encryption-provider", "secretbox"),
+    ),
+}
+FULL = Budget((1, 16), 3000, 6.0, 0, 0, 0, (), 0)
+QUICK = Budget((1, 16), 300, 1.0, 0, 0, 0, (), 0)
 
 
 def document(kind: str, name: str) -> dict[str, Any]:
@@ -57,108 +68,141 @@ def document(kind: str, name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, field: {"v": PAYLOAD}}
 
 
-async def measure_server(
-    agent: Any, base: str, budget: Budget, round_: int
-) -> dict[tuple[str, int], Cell]:
-    """Secret creates then gets, and ConfigMap creates as the control (never encrypted)."""
-    cells: dict[tuple[str, int], Cell] = {}
-    for kind, plural in (("Secret", "secrets"), ("ConfigMap", "configmaps")):
-        url = f"{base}/api/v1/namespaces/{NAMESPACE}/{plural}"
-        for clients in budget.clients:
-            prefix = f"r{round_}-c{clients}-"
+#: One request to one server: C{(agent, base URL, i)}.
+Request = Callable[[Any, str, int], Awaitable[object]]
 
-            async def create(
-                i: int, prefix: str = prefix, url: str = url, kind: str = kind
-            ) -> None:
-                await call(agent, b"POST", url, document(kind, f"{prefix}{i}"), 201)
 
-            cells[f"{kind} create", clients] = await run_clients(clients, budget, create)
-            if kind != "Secret":
-                continue
-            made = cells[f"{kind} create", clients].done
+async def interleaved(
+    clients: int, budget: Budget, servers: list[tuple[str, Any, str]], request: Request
+) -> dict[str, Cell]:
+    """
+    C{clients} loops, each sending its requests to the servers in turn (request
+    C{i} to server C{i mod n}, numbered per server) until C{budget.ops}
+    requests or C{budget.seconds}; each server's latencies and count.
+    """
+    cells = {column: Cell() for column, _, _ in servers}
+    started = time.perf_counter()
+    deadline = started + budget.seconds
+    issued = 0
 
-            async def get(i: int, prefix: str = prefix, made: int = made, url: str = url) -> None:
-                await call(agent, b"GET", f"{url}/{prefix}{i % made}")
+    async def client() -> None:
+        nonlocal issued
+        while issued < budget.ops and time.perf_counter() < deadline:
+            i = issued
+            issued += 1
+            column, agent, base = servers[i % len(servers)]
+            before = time.perf_counter()
+            await request(agent, base, i // len(servers))
+            cells[column].latencies.append(time.perf_counter() - before)
+            cells[column].done += 1
 
-            cells[f"{kind} get", clients] = await run_clients(clients, budget, get)
+    await gather([client() for _ in range(clients)])
+    elapsed = time.perf_counter() - started
+    for cell in cells.values():
+        cell.elapsed = elapsed
     return cells
 
 
-def median(cells: list[Cell]) -> Cell:
-    """The round whose p99 is the median of the rounds' (the one shown for the cell)."""
-    return sorted(cells, key=lambda cell: cell.p99_ms)[len(cells) // 2]
+async def measure(
+    servers: list[tuple[str, Any, str]], budget: Budget
+) -> dict[str, dict[tuple[str, int], Cell]]:
+    """Secret creates then gets, and ConfigMap creates as the control (never encrypted)."""
+    results: dict[str, dict[tuple[str, int], Cell]] = {column: {} for column, _, _ in servers}
+    for kind, plural in (("Secret", "secrets"), ("ConfigMap", "configmaps")):
+        for clients in budget.clients:
+            print(f"-- {kind} c{clients}", file=sys.stderr, flush=True)
+            prefix = f"c{clients}-"
+
+            async def create(
+                agent: Any,
+                base: str,
+                i: int,
+                prefix: str = prefix,
+                plural: str = plural,
+                kind: str = kind,
+            ) -> None:
+                url = f"{base}/api/v1/namespaces/{NAMESPACE}/{plural}"
+                await call(agent, b"POST", url, document(kind, f"{prefix}{i}"), 201)
+
+            made = await interleaved(clients, budget, servers, create)
+            for column, cell in made.items():
+                results[column][f"{kind} create", clients] = cell
+            if kind != "Secret":
+                continue
+            # Every server made at least this many (they took turns).
+            count = min(cell.done for cell in made.values())
+
+            async def get(
+                agent: Any, base: str, i: int, prefix: str = prefix, count: int = count
+            ) -> None:
+                url = f"{base}/api/v1/namespaces/{NAMESPACE}/secrets/{prefix}{i % count}"
+                await call(agent, b"GET", url)
+
+            for column, cell in (await interleaved(clients, budget, servers, get)).items():
+                results[column][f"{kind} get", clients] = cell
+    return results
 
 
 async def run(reactor: Any, budget: Budget) -> dict[str, dict[tuple[str, int], Cell]]:
     processes = Processes(Path(tempfile.mkdtemp(prefix="k3stw-bench-secrets-")))
     trigger = reactor.addSystemEventTrigger("before", "shutdown", processes.close)
     pool = new_pool(reactor, max(budget.clients))
-    rounds: dict[str, dict[tuple[str, int], list[Cell]]] = {"plain": {}, "encrypted": {}}
     try:
-        servers = {}
-        for column, host, flags in (
-            ("plain", PLAIN_HOST, ()),
-            ("encrypted", ENCRYPTED_HOST, ("--secrets-encryption",)),
-        ):
+        servers = []
+        for column, (host, flags) in SERVERS.items():
             print(f"-- {column}: start", file=sys.stderr, flush=True)
-            # Two servers' nodes on one host: each kubelet on a port of its own.
+            # Several servers' nodes on one host: each kubelet on a port of its own.
             flags = (*flags, "--kubelet-arg", f"port={free_port('127.0.0.1')}")
             _, tls, base = await start_server(reactor, processes, column, host, None, flags)
             agent = Agent(reactor, ClientCertificatePolicy(tls), pool=pool)
             namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
             await call(agent, b"POST", f"{base}/api/v1/namespaces", namespace, 201)
-            servers[column] = (agent, base)
-        for round_ in range(ROUNDS):
-            for column, (agent, base) in servers.items():
-                print(f"-- {column}: round {round_ + 1}", file=sys.stderr, flush=True)
-                cells = await measure_server(agent, base, budget, round_)
-                for key, cell in cells.items():
-                    rounds[column].setdefault(key, []).append(cell)
+            servers.append((column, agent, base))
+        return await measure(servers, budget)
     finally:
         await pool.closeCachedConnections()
         reactor.removeSystemEventTrigger(trigger)
         processes.close()
-    return {
-        column: {key: median(cells) for key, cells in by_key.items()}
-        for column, by_key in rounds.items()
-    }
 
 
 def table(results: dict[str, dict[tuple[str, int], Cell]], budget: Budget) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    encrypted = [column for column in SERVERS if column != "plain"]
     lines = [
         f"Secrets with and without `--secrets-encryption` ({now}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs shared, Python {platform.python_version()}; "
-        f"{budget.ops} ops or {budget.seconds:g} s per cell, {ROUNDS} rounds alternating "
-        "the servers, the median round shown; "
+        f"{budget.ops} requests or {budget.seconds:g} s per row, the servers taking turns "
+        "request by request; "
         f"load average at the end {os.getloadavg()[0]:.1f})",
         "",
         "| operation | clients | plain p50 ms | plain p99 ms | plain ops/s "
-        "| encrypted p50 ms | encrypted p99 ms | encrypted ops/s | p99 difference |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + "".join(f"| {c} p50 ms | {c} p99 ms | {c} ops/s | {c} p99 difference " for c in encrypted)
+        + "|",
+        "|---|---:|---:|---:|---:" + "|---:|---:|---:|---:" * len(encrypted) + "|",
     ]
     for key in results["plain"]:
-        plain, encrypted = results["plain"][key], results["encrypted"][key]
-        difference = (encrypted.p99_ms / plain.p99_ms - 1) * 100
-        lines.append(
-            f"| {key[0]} | {key[1]} | {plain.p50_ms:.2f} | {plain.p99_ms:.2f} | {plain.rate:.0f} "
-            f"| {encrypted.p50_ms:.2f} | {encrypted.p99_ms:.2f} | {encrypted.rate:.0f} "
-            f"| {difference:+.1f}% |"
-        )
-    seal, open_ = transformer_cost()
-    lines += [
-        "",
-        f"The transformer alone, in process, on one Secret as stored: {seal:.1f} µs to encrypt, "
-        f"{open_:.1f} µs to decrypt.",
-    ]
+        plain = results["plain"][key]
+        row = f"| {key[0]} | {key[1]} | {plain.p50_ms:.2f} | {plain.p99_ms:.2f} | {plain.rate:.0f} "
+        for column in encrypted:
+            cell = results[column][key]
+            difference = (cell.p99_ms / plain.p99_ms - 1) * 100
+            row += (
+                f"| {cell.p50_ms:.2f} | {cell.p99_ms:.2f} | {cell.rate:.0f} | {difference:+.1f}% "
+            )
+        lines.append(row + "|")
+    lines += ["", "The transformers alone, in process, on one Secret as stored:"]
+    for provider in encrypted:
+        seal, open_ = transformer_cost(provider)
+        lines.append(f"{provider} {seal:.1f} µs to encrypt, {open_:.1f} µs to decrypt;")
+    lines[-1] = lines[-1].removesuffix(";") + "."
     return "\n".join(lines) + "\n"
 
 
-def transformer_cost(repeats: int = 5000) -> tuple[float, float]:
-    """Microseconds to encrypt and to decrypt one stored 256-byte Secret (AES-CBC, 32-byte key)."""
+def transformer_cost(provider: str, repeats: int = 5000) -> tuple[float, float]:
+    """Microseconds to encrypt and to decrypt one stored 256-byte Secret (a 32-byte key)."""
     from k3stw.apiserver.encryption import Provider, Transformer, new_key
 
-    transformer = Transformer([Provider("aescbc", (new_key("bench"),)), Provider("identity")])
+    transformer = Transformer([Provider(provider, (new_key("bench"),)), Provider("identity")])
     clear = json.dumps(document("Secret", "bench-0000")).encode()
     sealed = transformer.to_storage(clear)
     started = time.perf_counter()

@@ -7,11 +7,11 @@ Secrets encrypted at rest (the database file read directly).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.controllers.deploy import INTERVAL
 from tests.support.kubectl import kubectl_env, run_kubectl
 from tests.support.net import free_port
-from tests.support.twistd import Twistd, k3s_server
+from tests.support.twistd import K3S, Twistd, k3s_server
 
 DEPLOY_HOST = "127.0.0.201"
 SECRETS_HOST = "127.0.0.202"
@@ -104,8 +104,8 @@ def _database_bytes(root: Path) -> bytes:
     return b"".join(path.read_bytes() for path in sorted(db.glob("state.db*")))
 
 
-class SecretsEncryptionTests(ProcessCase):
-    host = SECRETS_HOST
+class SecretsCase(ProcessCase):
+    """A server's secrets-encryption status and ``k3s secrets-encrypt`` against it."""
 
     def status(self) -> dict[str, object]:
         token = (self.root / "data" / "server" / "token").read_text().strip()
@@ -129,12 +129,16 @@ class SecretsEncryptionTests(ProcessCase):
     def secrets_encrypt(self, *args: str, code: int = 0) -> str:
         """``k3s secrets-encrypt`` against this server: its stdout (or stderr when it fails)."""
         command = [
-            sys.executable, "-m", "k3stw.server.secretsencryptcli", *args,
+            *K3S, "secrets-encrypt", *args,
             "--data-dir", str(self.root / "data"), "--server", f"https://{self.host}:{self.port}",
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         self.assertEqual(result.returncode, code, result.stderr)
         return result.stdout if code == 0 else result.stderr
+
+
+class SecretsEncryptionTests(SecretsCase):
+    host = SECRETS_HOST
 
     def test_a_secret_is_never_in_the_database_in_clear(self) -> None:
         server = self.start("--secrets-encryption")
@@ -175,6 +179,52 @@ class SecretsEncryptionTests(ProcessCase):
         # A restart with the same key file reads it back.
         server.stop()
         self.start("--secrets-encryption", root=self.root, port=self.port)
+        got = self.kubectl("get", "secret", "db", "-o", "jsonpath={.data.password}")
+        self.assertEqual(base64.b64decode(got).decode(), secret)
+
+
+class SecretboxTests(SecretsCase):
+    """``--secrets-encryption-provider=secretbox`` on a real server, and the move to it."""
+
+    host = "127.0.0.207"
+
+    def test_secretbox_writes_no_plaintext_to_the_database(self) -> None:
+        self.start("--secrets-encryption", "--secrets-encryption-provider", "secretbox")
+        secret = "hunter2-in-a-box-5d1c"
+        self.kubectl("create", "secret", "generic", "box", f"--from-literal=password={secret}")
+        stored = _database_bytes(self.root)
+        # assertTrue: a failure would print the whole database.
+        self.assertTrue(b"k8s:enc:secretbox:v1:secretboxkey:" in stored)
+        self.assertFalse(secret.encode() in stored)
+        self.assertFalse(base64.b64encode(secret.encode()) in stored)
+        got = self.kubectl("get", "secret", "box", "-o", "jsonpath={.data.password}")
+        self.assertEqual(base64.b64decode(got).decode(), secret)
+        self.assertIn(" *      XSalsa20-POLY1305  secretboxkey\n", self.secrets_encrypt("status"))
+
+    def test_rotate_keys_moves_aescbc_secrets_to_secretbox(self) -> None:
+        server = self.start("--secrets-encryption")
+        secret = "hunter2-moving-boxes-77e0"
+        self.kubectl("create", "secret", "generic", "db", f"--from-literal=password={secret}")
+        self.assertTrue(b"k8s:enc:aescbc:v1:aescbckey:" in _database_bytes(self.root))
+        server.stop()
+        self.start(
+            "--secrets-encryption", "--secrets-encryption-provider", "secretbox",
+            root=self.root, port=self.port,
+        )  # fmt: skip
+        self.assertEqual(
+            self.secrets_encrypt("rotate-keys"), "keys rotated, reencryption finished\n"
+        )
+        active = str(self.status()["activekey"])
+        self.assertTrue(active.startswith("secretboxkey-"), active)
+        kine = self.root / "data" / "server" / "db" / "state.db"
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(kine)) as db:
+            rows = db.execute(
+                "SELECT value FROM kine WHERE name = '/registry/secrets/default/db' "
+                "ORDER BY id DESC LIMIT 1"
+            ).fetchall()
+        self.assertTrue(bytes(rows[0][0]).startswith(f"k8s:enc:secretbox:v1:{active}:".encode()))
         got = self.kubectl("get", "secret", "db", "-o", "jsonpath={.data.password}")
         self.assertEqual(base64.b64decode(got).decode(), secret)
 

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from k3stw.apiserver.encryption import (
     AESCBC_PREFIX,
+    SECRETBOX_PREFIX,
     EncryptedDatastore,
     Key,
     Provider,
@@ -46,6 +47,10 @@ CLEAR = b'{"metadata":{"name":"s"},"data":{"password":"aHVudGVyMg=="}}'
 
 def aescbc(*keys: Key) -> Provider:
     return Provider("aescbc", keys)
+
+
+def secretbox(*keys: Key) -> Provider:
+    return Provider("secretbox", keys)
 
 
 IDENTITY = Provider("identity")
@@ -120,8 +125,63 @@ class FormatTests(SynchronousTestCase):
             ValueError, parse_configuration, configuration([aescbc(short), IDENTITY])
         )
         self.assertIn("secret is not of the expected length, got 10", str(error))
-        secretbox = configuration([IDENTITY]).replace(b'"identity"', b'"secretbox"')
-        self.assertRaises(ValueError, parse_configuration, secretbox)
+        aes128 = Key("aes128", base64.b64encode(b"x" * 16).decode())
+        error = self.assertRaises(
+            ValueError, parse_configuration, configuration([secretbox(aes128), IDENTITY])
+        )
+        self.assertIn("got 16, expected one of [32]", str(error))
+        aesgcm = configuration([IDENTITY]).replace(b'"identity"', b'"aesgcm"')
+        self.assertRaises(ValueError, parse_configuration, aesgcm)
+
+
+class SecretboxTests(SynchronousTestCase):
+    """kube-apiserver's ``secretbox`` provider: XSalsa20-Poly1305 under 32-byte keys."""
+
+    def test_round_trip_with_kubes_prefix_nonce_and_box(self) -> None:
+        from nacl.secret import SecretBox
+
+        transformer = Transformer([secretbox(KEY_1), IDENTITY])
+        stored = transformer.to_storage(CLEAR)
+        self.assertTrue(stored.startswith(SECRETBOX_PREFIX + b"one:"))
+        box = stored[len(SECRETBOX_PREFIX + b"one:") :]
+        # 24-byte nonce, 16-byte Poly1305 tag, then as many bytes as the clear text.
+        self.assertEqual(len(box), 24 + 16 + len(CLEAR))
+        self.assertNotIn(b"aHVudGVyMg", stored)
+        self.assertEqual(transformer.from_storage(stored), CLEAR)
+        # NaCl's own secretbox opens it: the layout is the standard one kube writes.
+        self.assertEqual(SecretBox(b"1" * 32).decrypt(box[24:], box[:24]), CLEAR)
+        self.assertNotEqual(transformer.to_storage(CLEAR), stored)
+
+    def test_aescbc_values_stay_readable_behind_a_secretbox_writer(self) -> None:
+        old = Transformer([aescbc(KEY_2)]).to_storage(CLEAR)
+        migrating = Transformer([secretbox(KEY_1), aescbc(KEY_2), IDENTITY])
+        self.assertEqual(migrating.from_storage(old), CLEAR)
+
+    def test_a_wrong_key_under_the_same_name_fails_in_kubes_words(self) -> None:
+        stored = Transformer([secretbox(KEY_1)]).to_storage(CLEAR)
+        impostor = Transformer([secretbox(Key("one", KEY_2.secret))])
+        error = self.assertRaises(TransformError, impostor.from_storage, stored)
+        self.assertEqual(str(error), "output array was not large enough for encryption")
+        other = Transformer([secretbox(KEY_2)])
+        error = self.assertRaises(TransformError, other.from_storage, stored)
+        self.assertEqual(
+            str(error), "no matching key was found for the provided Secretbox transformer"
+        )
+        short = SECRETBOX_PREFIX + b"one:" + b"x" * 30
+        error = self.assertRaises(
+            TransformError, Transformer([secretbox(KEY_1)]).from_storage, short
+        )
+        self.assertEqual(str(error), "the stored data was shorter than the required size")
+
+    def test_the_configuration_round_trips(self) -> None:
+        text = configuration([secretbox(KEY_1), IDENTITY])
+        self.assertEqual(
+            json.loads(text)["resources"][0]["providers"][0],
+            {"secretbox": {"keys": [{"name": "one", "secret": KEY_1.secret}]}},
+        )
+        self.assertEqual(
+            parse_configuration(text)["secrets"].providers, (secretbox(KEY_1), IDENTITY)
+        )
 
 
 class DatastoreViewTests(SynchronousTestCase):
@@ -265,6 +325,43 @@ class StageTests(SynchronousTestCase):
         self.assertEqual(self.view.transformer.providers[0].type, "identity")
         self.configure(enable=True)
         self.assertIs(self.encryption.status().enable, True)
+
+    def test_rotate_keys_to_secretbox_reencrypts_every_secret_and_drops_aescbc(self) -> None:
+        secret = {"metadata": {"name": "db"}, "stringData": {"password": "hunter2"}}
+        self.successResultOf(self.store.create(secrets.RESOURCE, "default", secret))
+        kv = self.successResultOf(self.raw.get("/registry/secrets/default/db"))
+        assert kv is not None
+        self.assertTrue(kv.value.startswith(b"k8s:enc:aescbc:v1:aescbckey:"))
+        # The server restarted with --secrets-encryption-provider=secretbox.
+        self.encryption.provider = "secretbox"
+        self.configure(stage="rotate_keys")
+        status = self.encryption.status()
+        new = f"secretboxkey-{rfc3339(START)}"
+        self.assertEqual((status.stage, status.active_key), ("reencrypt_finished", new))
+        self.assertEqual(status.inactive_keys, [])
+        kv = self.successResultOf(self.raw.get("/registry/secrets/default/db"))
+        assert kv is not None
+        self.assertTrue(kv.value.startswith(f"k8s:enc:secretbox:v1:{new}:".encode()))
+        self.assertNotIn(b"hunter2", kv.value)
+        self.assertNotIn(base64.b64encode(b"hunter2"), kv.value)
+        providers = json.loads(config_path(self.server_dir).read_bytes())["resources"][0]
+        self.assertEqual([list(p) for p in providers["providers"]], [["secretbox"], ["identity"]])
+        got = self.successResultOf(self.store.get(secrets.RESOURCE, "default", "db"))
+        self.assertEqual(base64.b64decode(got["data"]["password"]), b"hunter2")
+        self.assertIn(" *      XSalsa20-POLY1305  " + new, status_text(status.as_json()))
+
+    def test_a_secretbox_first_start_stores_secrets_under_secretbox(self) -> None:
+        server_dir = Path(self.mktemp())
+        server_dir.mkdir()
+        transformer = prepare_encryption(server_dir, "secretbox")
+        view = EncryptedDatastore(self.raw, transformer, secrets.RESOURCE.storage_prefix())
+        store = ObjectStore(view, self.clock)
+        secret = {"metadata": {"name": "box"}, "stringData": {"password": "hunter2"}}
+        self.successResultOf(store.create(secrets.RESOURCE, "default", secret))
+        kv = self.successResultOf(self.raw.get("/registry/secrets/default/box"))
+        assert kv is not None
+        self.assertTrue(kv.value.startswith(b"k8s:enc:secretbox:v1:secretboxkey:"))
+        self.assertNotIn(b"hunter2", kv.value)
 
     def test_rotate_keys_leaves_only_the_new_key(self) -> None:
         self.configure(stage="rotate_keys")

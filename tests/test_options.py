@@ -129,7 +129,7 @@ class CommandLineTests(OptionsTestCase):
             "--flannel-backend", "none", "--private-registry", "/tmp/r.yaml",
             "--disable", "local-storage,traefik", "--default-local-storage-path", "/srv/pv",
             "--flannel-iface", "eth1", "--disable-kube-proxy", "--disable-network-policy",
-            "--secrets-encryption",
+            "--secrets-encryption", "--secrets-encryption-provider", "secretbox",
             "--cluster-reset", "--cluster-reset-restore-path", "/tmp/snap", "--etcd-arg",
             "quota-backend-bytes=8589934592", "--etcd-expose-metrics", "--etcd-disable-snapshots",
             "--etcd-snapshot-name", "nightly", "--etcd-snapshot-schedule-cron", "0 */5 * * *",
@@ -155,6 +155,7 @@ class CommandLineTests(OptionsTestCase):
         self.assertEqual(options["flannel-iface"], "eth1")
         self.assertIs(options["disable-network-policy"], True)
         self.assertIs(options["secrets-encryption"], True)
+        self.assertEqual(options["secrets-encryption-provider"], "secretbox")
         self.assertEqual(options["etcd-arg"], ("quota-backend-bytes=8589934592",))
         self.assertEqual(options["etcd-snapshot-retention"], 7)
         self.assertEqual(options["etcd-snapshot-schedule-cron"], "0 */5 * * *")

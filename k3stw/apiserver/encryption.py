@@ -4,15 +4,17 @@ an ``EncryptionConfiguration`` (``apiserver.config.k8s.io/v1``) names, for
 ``secrets``, an ordered list of providers; the first writes, every one may
 read.  A value written by ``aescbc`` is stored as
 ``k8s:enc:aescbc:v1:<key name>:`` followed by a random 16-byte IV and the
-PKCS#7-padded AES-CBC ciphertext; ``identity`` stores the value as it is.
+PKCS#7-padded AES-CBC ciphertext; by ``secretbox`` as
+``k8s:enc:secretbox:v1:<key name>:`` followed by a random 24-byte nonce and
+NaCl's box (Poly1305 tag, then the XSalsa20 ciphertext); ``identity`` stores
+the value as it is.  PyNaCl is imported only when a secretbox key is used.
 
 L{EncryptedDatastore} applies it where the object store meets the datastore:
 values under an encrypted resource's prefix are encrypted on the way in and
 decrypted on the way out (gets, lists, watch events, a conflict's current
 value), so the datastore never holds such an object in clear.
 
-Left out: ``secretbox`` (XSalsa20-Poly1305 needs PyNaCl, which k3stw does not
-ship), ``aesgcm`` and ``kms``: a configuration naming them is refused.
+Left out: ``aesgcm`` and ``kms``: a configuration naming them is refused.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ API_VERSION = "apiserver.config.k8s.io/v1"
 #: The prefix every encrypting provider's values start with (identity refuses them).
 ENCRYPTED = b"k8s:enc:"
 AESCBC_PREFIX = b"k8s:enc:aescbc:v1:"
+SECRETBOX_PREFIX = b"k8s:enc:secretbox:v1:"
 _BLOCK = 16
-_KEY_SIZES = (16, 24, 32)
+_NONCE = 24
+#: The key sizes each encrypting provider accepts (kube's validation).
+_KEY_SIZES = {"aescbc": (16, 24, 32), "secretbox": (32,)}
+#: kube's words when a value's key name is not among a provider's keys.
+_TRANSFORMER_NAMES = {"aescbc": "AES", "secretbox": "Secretbox"}
 
 
 class TransformError(Exception):
@@ -96,6 +103,34 @@ def aescbc_decrypt(key: bytes, data: bytes) -> bytes:
     return clear[:-padding]
 
 
+def secretbox_encrypt(key: bytes, data: bytes) -> bytes:
+    """A random 24-byte nonce, then the box, as kube's secretbox transformer writes."""
+    from nacl.secret import SecretBox
+
+    return bytes(SecretBox(key).encrypt(data, os.urandom(_NONCE)))
+
+
+def secretbox_decrypt(key: bytes, data: bytes) -> bytes:
+    """:raises TransformError: in kube's secretbox transformer's words."""
+    from nacl.exceptions import CryptoError
+    from nacl.secret import SecretBox
+
+    if len(data) < _NONCE + SecretBox.MACBYTES:
+        raise TransformError("the stored data was shorter than the required size")
+    try:
+        return SecretBox(key).decrypt(data)
+    except CryptoError:
+        raise TransformError("output array was not large enough for encryption") from None
+
+
+#: Each encrypting provider's value prefix, encryption and decryption.
+_CIPHERS: dict[str, tuple[bytes, Callable[[bytes, bytes], bytes], Callable[[bytes, bytes], bytes]]]
+_CIPHERS = {
+    "aescbc": (AESCBC_PREFIX, aescbc_encrypt, aescbc_decrypt),
+    "secretbox": (SECRETBOX_PREFIX, secretbox_encrypt, secretbox_decrypt),
+}
+
+
 class Transformer:
     """The providers of one resource: the first writes, the first that can read reads."""
 
@@ -105,6 +140,7 @@ class Transformer:
         self.providers = tuple(providers)
         first = self.providers[0]
         self._writer = None if first.type == "identity" else first.keys[0]
+        self._writer_type = first.type
 
     @property
     def encrypts(self) -> bool:
@@ -118,8 +154,8 @@ class Transformer:
         key = self._writer
         if key is None:
             return data
-        prefix = AESCBC_PREFIX + key.name.encode() + b":"
-        return prefix + aescbc_encrypt(key.material, data)
+        prefix, encrypt, _ = _CIPHERS[self._writer_type]
+        return prefix + key.name.encode() + b":" + encrypt(key.material, data)
 
     def from_storage(self, data: bytes) -> bytes:
         """:raises TransformError: no provider reads C{data}."""
@@ -130,20 +166,22 @@ class Transformer:
                 if not data.startswith(ENCRYPTED):
                     return data
                 continue
-            if not data.startswith(AESCBC_PREFIX):
+            prefix, _, decrypt = _CIPHERS[provider.type]
+            if not data.startswith(prefix):
                 continue
-            rest = data[len(AESCBC_PREFIX) :]
+            rest = data[len(prefix) :]
             matched = False
             for key in provider.keys:
                 name = key.name.encode() + b":"
                 if rest.startswith(name):
                     matched = True
                     try:
-                        return aescbc_decrypt(key.material, rest[len(name) :])
+                        return decrypt(key.material, rest[len(name) :])
                     except TransformError as e:
                         errors.append(str(e))
             if not matched:
-                errors.append("no matching key was found for the provided AES transformer")
+                cipher = _TRANSFORMER_NAMES[provider.type]
+                errors.append(f"no matching key was found for the provided {cipher} transformer")
         if errors:
             raise TransformError(errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]")
         raise TransformError("no matching prefix found")
@@ -181,12 +219,15 @@ def _provider(entry: Any, path: str) -> Provider:
     ((kind, settings),) = entry.items()
     if kind == "identity":
         return Provider("identity")
-    if kind != "aescbc":
-        raise ValueError(f"{path}.{kind}: Unsupported value: k3stw encrypts with aescbc only")
+    sizes = _KEY_SIZES.get(kind)
+    if sizes is None:
+        raise ValueError(
+            f"{path}.{kind}: Unsupported value: k3stw encrypts with aescbc or secretbox only"
+        )
     keys = []
     for index, key in enumerate((settings or {}).get("keys") or ()):
         name, secret = str(key.get("name") or ""), str(key.get("secret") or "")
-        where = f"{path}.aescbc.keys[{index}]"
+        where = f"{path}.{kind}.keys[{index}]"
         if not name:
             raise ValueError(f"{where}.name: Required value")
         try:
@@ -195,19 +236,19 @@ def _provider(entry: Any, path: str) -> Provider:
             raise ValueError(
                 f"{where}.secret: Invalid value: secrets must be base64 encoded"
             ) from None
-        if size not in _KEY_SIZES:
+        if size not in sizes:
             raise ValueError(
                 f"{where}.secret: Invalid value: secret is not of the expected length, "
-                f"got {size}, expected one of {list(_KEY_SIZES)}"
+                f"got {size}, expected one of {list(sizes)}"
             )
         keys.append(Key(name, secret))
     if not keys:
-        raise ValueError(f"{path}.aescbc.keys: Required value")
-    return Provider("aescbc", tuple(keys))
+        raise ValueError(f"{path}.{kind}.keys: Required value")
+    return Provider(kind, tuple(keys))
 
 
 def new_key(name: str) -> Key:
-    """A new AES-256 key, 32 random bytes, as k3s makes them."""
+    """A new 32-byte key (AES-256 or secretbox's), as k3s makes them."""
     return Key(name, base64.b64encode(os.urandom(32)).decode())
 
 

@@ -77,46 +77,12 @@ _DEFAULT_NAMESPACE = "default"
 def addon_crd() -> Object:
     """``addons.k3s.cattle.io`` as k3s installs it (no status subresource)."""
     string = {"type": "string"}
-    schema = {
-        "type": "object",
-        "properties": {
-            "apiVersion": string,
-            "kind": string,
-            "metadata": {"type": "object"},
-            "spec": {
-                "type": "object",
-                "properties": {"checksum": string, "source": string},
-            },
-        },
-    }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"addons.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": "Addon",
-                "listKind": "AddonList",
-                "plural": "addons",
-                "singular": "addon",
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": schema},
-                    "subresources": {},
-                    "additionalPrinterColumns": [
-                        {"jsonPath": ".spec.source", "name": "Source", "type": "string"},
-                        {"jsonPath": ".spec.checksum", "name": "Checksum", "type": "string"},
-                    ],
-                }
-            ],
-        },
-    }
+    spec = {"type": "object", "properties": {"checksum": string, "source": string}}
+    columns = [
+        {"jsonPath": ".spec.source", "name": "Source", "type": "string"},
+        {"jsonPath": ".spec.checksum", "name": "Checksum", "type": "string"},
+    ]
+    return crds.k3s_crd(GROUP, "Addon", "addons", "Namespaced", {"spec": spec}, columns)
 
 
 async def install_addon_crd(store: ObjectStore) -> None:

@@ -60,6 +60,8 @@ CRITICAL = {
     "DisableServiceLB": "disable-service-lb",
     "EgressSelectorMode": "egress-selector-mode",
     "FlannelBackend": "flannel-backend",
+    "EncryptSecrets": "secrets-encryption",
+    "EncryptProvider": "secrets-encryption-provider",
 }
 MISMATCH = (
     "failed to validate server configuration: critical configuration value mismatch between servers"

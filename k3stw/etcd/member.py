@@ -15,10 +15,9 @@ k3s's process and dies with it; so does this one, even on SIGKILL.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
@@ -31,6 +30,9 @@ from k3stw.logs import Logger
 from k3stw.machinery.processes import SupervisedProcess
 from k3stw.machinery.timing import Backoff, PeriodicJob
 from k3stw.server import bootstrapdata
+
+if TYPE_CHECKING:
+    from k3stw.etcd.snapshots import EtcdSnapshots
 
 RESET_DONE = (
     "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. "
@@ -88,8 +90,8 @@ class EmbeddedEtcd(EtcdDatastore):
             stop_timeout=STOP_TIMEOUT,
             on_line=self._member_said,
         )
-        #: The scheduled snapshots, run while the datastore runs (None: none).
-        self.snapshots: Service | None = None
+        #: The snapshots (scheduled and asked for), run while the datastore runs (None: none).
+        self.snapshots: EtcdSnapshots | None = None
         self.learners = PeriodicJob(
             reactor,
             LEARNER_INTERVAL,

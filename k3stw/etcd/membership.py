@@ -2,7 +2,8 @@
 The supervisor's endpoints for servers joining over embedded etcd:
 ``/db/info`` (the member list, from localhost or a ``k3s:server`` caller)
 and ``/v1-k3s/server-bootstrap`` (the cluster's shared files, for
-``k3s:server`` callers), as k3s serves them.
+``k3s:server`` callers), as k3s serves them; and ``POST /db/snapshot``,
+which ``k3s etcd-snapshot`` calls as ``k3s:server``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from k3stw.apiserver.status import StatusError
 from k3stw.datastore.interface import DatastoreUnavailable
 from k3stw.logs import Logger
 from k3stw.server import bootstrapdata
-from k3stw.supervisor.nodes import authenticate
-from k3stw.supervisor.resource import Route
+from k3stw.supervisor.nodes import require_server
+from k3stw.supervisor.resource import Route, json_object
 
 if TYPE_CHECKING:
     from k3stw.etcd.member import EmbeddedEtcd
+    from k3stw.etcd.snapshots import EtcdSnapshots
 
 _log = Logger(namespace="k3stw.etcd")
-
-SERVER_ROLE = "k3s:server"
 
 
 def _require_server(request: IRequest, passwords: Mapping[str, str], local_ok: bool) -> None:
@@ -36,11 +36,7 @@ def _require_server(request: IRequest, passwords: Mapping[str, str], local_ok: b
         client = request.getClientAddress()
         if isinstance(client, IPv4Address | IPv6Address) and client.host in ("127.0.0.1", "::1"):
             return
-    user = authenticate(request, passwords)
-    if user is None:
-        raise StatusError(401, "not authorized")
-    if SERVER_ROLE not in user.groups:
-        raise StatusError(403, "forbidden")
+    require_server(request, passwords)
 
 
 def server_bootstrap(
@@ -87,6 +83,25 @@ def db_info(etcd: EmbeddedEtcd, passwords: Mapping[str, str]) -> Route:
     return Route(b"application/json", GET=get)
 
 
+def db_snapshot(snapshots: EtcdSnapshots, passwords: Mapping[str, str]) -> Route:
+    """``/db/snapshot``: one ``k3s etcd-snapshot`` operation, its JSON answer."""
+
+    async def post(request: IRequest) -> bytes:
+        _require_server(request, passwords, local_ok=False)
+        body = json_object(request)
+        try:
+            answer = await snapshots.operate(body)
+        except ValueError as e:
+            raise StatusError(400, str(e)) from None
+        except Exception as e:
+            operation = body.get("operation")
+            _log.error("etcd-snapshot {operation} failed: {error}", operation=operation, error=e)
+            raise StatusError(500, f"etcd-snapshot {operation} failed: {e}") from None
+        return json.dumps(answer).encode()
+
+    return Route(b"application/json", POST=post)
+
+
 def add_routes(
     root: Resource, server_dir: Path, etcd: EmbeddedEtcd | None, passwords: Mapping[str, str]
 ) -> None:
@@ -96,4 +111,6 @@ def add_routes(
     if etcd is not None:
         db = Route()
         db.putChild(b"info", db_info(etcd, passwords))
+        if etcd.snapshots is not None:
+            db.putChild(b"snapshot", db_snapshot(etcd.snapshots, passwords))
         root.putChild(b"db", db)

@@ -5,7 +5,10 @@ Scheduled snapshots (L{EtcdSnapshots}) follow ``--etcd-snapshot-schedule-cron``
 in local time: ``etcdctl snapshot save`` against the server's own member,
 named ``<name>-<node>-<unix seconds>`` in ``--etcd-snapshot-dir``
 (``db/snapshots``), zipped with ``--etcd-snapshot-compress``, then the
-oldest beyond ``--etcd-snapshot-retention`` removed.
+oldest beyond ``--etcd-snapshot-retention`` removed.  The same service
+answers ``k3s etcd-snapshot`` (``POST /db/snapshot``, L{EtcdSnapshots.operate}):
+save, list, delete and prune; after each, the cluster's ``ETCDSnapshotFile``
+records follow the directory (L{k3stw.etcd.snapshotrecords}).
 
 ``--cluster-reset`` (L{prepare_reset}) starts the member alone with
 ``force-new-cluster``; with ``--cluster-reset-restore-path`` it first moves
@@ -16,6 +19,7 @@ Once the member is the only one, the server says so in k3s's words and exits.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +28,7 @@ import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
@@ -32,9 +36,13 @@ from twisted.internet.threads import deferToThread
 
 from k3stw.apiserver.kinds.cronjobs import Schedule
 from k3stw.etcd.config import EtcdLayout, EtcdSettings, MemberConfig
+from k3stw.files import write_atomically
 from k3stw.lifecycle import StartupError
 from k3stw.logs import Logger
 from k3stw.machinery.processes import CommandFailed, run_command
+
+if TYPE_CHECKING:
+    from k3stw.etcd.snapshotrecords import SnapshotRecords
 
 _log = Logger(namespace="k3stw.etcd.snapshots")
 
@@ -47,7 +55,8 @@ def snapshot_name(name: str, node: str, when: float) -> str:
     return f"{name}-{node}-{int(when)}"
 
 
-def _taken_at(path: Path) -> float:
+def snapshot_time(path: Path) -> float:
+    """When a snapshot was taken: the time in its name, else its mtime."""
     stem = path.name.removesuffix(".zip")
     try:
         return float(stem.rpartition("-")[2])
@@ -64,7 +73,7 @@ def beyond_retention(files: Sequence[Path], prefix: str, retention: int) -> list
     if retention < 1:
         return []
     ours = [path for path in files if path.name.startswith(prefix)]
-    ours.sort(key=_taken_at, reverse=True)
+    ours.sort(key=snapshot_time, reverse=True)
     return ours[retention:]
 
 
@@ -116,12 +125,15 @@ class EtcdSnapshots(Service):
         self.directory = settings.snapshot_dir or layout.snapshots
         self._timer: IDelayedCall | None = None
         self._saving = False
+        #: The cluster's records of the snapshots, once the server has an object store.
+        self.records: SnapshotRecords | None = None
 
     def startService(self) -> None:
         super().startService()
         if self.settings.snapshot_dir is None:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._arm()
+        if not self.settings.disable_snapshots:
+            self._arm()
 
     def stopService(self) -> None:
         super().stopService()
@@ -138,7 +150,8 @@ class EtcdSnapshots(Service):
 
     def _due(self) -> None:
         self._timer = None
-        saving = self.save(self.settings.snapshot_name)
+        settings = self.settings
+        saving = self.save(settings.snapshot_name, retention=settings.snapshot_retention)
         saving.addErrback(
             lambda f: self._log.warn(
                 "Failed to take scheduled snapshot: {error}", error=f.getErrorMessage()
@@ -146,18 +159,30 @@ class EtcdSnapshots(Service):
         )
         saving.addBoth(lambda _: self._arm() if self.running else None)
 
-    def save(self, name: str) -> Any:
-        """Take one snapshot now; fires with its path."""
+    def save(
+        self,
+        name: str,
+        directory: Path | None = None,
+        compress: bool | None = None,
+        retention: int = 0,
+    ) -> Any:
+        """
+        Take one snapshot now, then apply C{retention} to C{name}'s (0: none,
+        as for ``k3s etcd-snapshot save``); fires with its path.
+        """
         from twisted.internet.defer import Deferred
 
-        return Deferred.fromCoroutine(self._save(name))
+        return Deferred.fromCoroutine(self._save(name, directory, compress, retention))
 
-    async def _save(self, name: str) -> Path:
+    async def _save(
+        self, name: str, directory: Path | None, compress: bool | None, retention: int
+    ) -> Path:
         if self._saving:
             raise RuntimeError("snapshot save already in progress")
         self._saving = True
+        directory = directory or self.directory
         try:
-            path = self.directory / snapshot_name(name, self.node_name, self.reactor.seconds())
+            path = directory / snapshot_name(name, self.node_name, self.reactor.seconds())
             self._log.info("Saving etcd snapshot to {path}", path=str(path))
             argv = etcdctl(self.layout, self.client_url, "snapshot", "save", str(path))
             try:
@@ -166,26 +191,107 @@ class EtcdSnapshots(Service):
                 if "learner" in str(e):
                     raise RuntimeError("Unable to take snapshot: not supported for learner") from e
                 raise
-            if self.settings.snapshot_compress:
+            if self.settings.snapshot_compress if compress is None else compress:
                 self._log.info("Compressing etcd snapshot file: {path}", path=str(path))
                 path = await deferToThread(_compress, path)
-            self._prune(name, self.settings.snapshot_retention)
-            return path
+            await self._keep_metadata(path.name)
+            self.prune(name, retention, directory)
         finally:
             self._saving = False
+        await self.record(directory)
+        return path
 
-    def _prune(self, name: str, retention: int) -> None:
+    @property
+    def metadata_dir(self) -> Path:
+        """``db/.metadata``: each snapshot's extra metadata, by snapshot name."""
+        return self.layout.db / ".metadata"
+
+    async def _keep_metadata(self, snapshot: str) -> None:
+        """Keep ``k3s-etcd-snapshot-extra-metadata``'s data with the snapshot, if it exists."""
+        if self.records is None:
+            return
+        try:
+            metadata = await self.records.extra_metadata()
+        except Exception as e:
+            self._log.warn("Failed to read extra snapshot metadata: {error}", error=str(e))
+            return
+        if metadata is not None:
+            self.metadata_dir.mkdir(mode=0o700, exist_ok=True)
+            data = json.dumps(metadata, separators=(",", ":")).encode()
+            write_atomically(self.metadata_dir / snapshot, data, 0o600)
+
+    def _remove(self, path: Path) -> None:
+        self._log.info("Removing local snapshot {path}", path=str(path))
+        path.unlink(missing_ok=True)
+        (self.metadata_dir / path.name).unlink(missing_ok=True)
+
+    def prune(self, name: str, retention: int, directory: Path | None = None) -> list[Path]:
+        """Remove C{name}'s snapshots beyond the newest C{retention}; the removed files."""
+        directory = directory or self.directory
         prefix = f"{name}-"
         self._log.info(
             "Applying snapshot retention={retention} to local snapshots with prefix {prefix} "
             "in {directory}",
             retention=retention,
             prefix=prefix,
-            directory=str(self.directory),
+            directory=str(directory),
         )
-        for path in beyond_retention(list(self.directory.iterdir()), prefix, retention):
-            self._log.info("Removing local snapshot {path}", path=str(path))
-            path.unlink(missing_ok=True)
+        removed = beyond_retention(list(directory.iterdir()), prefix, retention)
+        for path in removed:
+            self._remove(path)
+        return removed
+
+    async def record(self, directory: Path | None = None) -> None:
+        """Make the cluster's records follow the directory (a failure is only logged)."""
+        if self.records is None:
+            return
+        try:
+            await self.records.reconcile(directory or self.directory)
+        except Exception as e:
+            self._log.warn("Failed to record etcd snapshots: {error}", error=str(e))
+
+    async def operate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """
+        One ``POST /db/snapshot`` of ``k3s etcd-snapshot``: ``operation``
+        ``save``, ``list``, ``delete`` or ``prune``, with the ``name``,
+        ``dir``, ``compress`` and ``retention`` the command was given.
+
+        :raises ValueError: a request k3s's server would refuse, in its words.
+        """
+        operation = request.get("operation")
+        names = [str(n) for n in request.get("name") or ()]
+        given_dir = request.get("dir")
+        directory = Path(given_dir) if given_dir else self.directory
+        if operation == "save":
+            path = await self.save(
+                names[0] if names else "on-demand", directory, request.get("compress")
+            )
+            return {"created": [path.name]}
+        if operation == "list":
+            from k3stw.etcd.snapshotrecords import snapshot_files, snapshot_record
+
+            files = snapshot_files(directory)
+            items = [snapshot_record(p, self.node_name, self.metadata_dir) for p in files]
+            kind = "ETCDSnapshotFileList"
+            return {"apiVersion": "k3s.cattle.io/v1", "kind": kind, "items": items}
+        if operation == "delete":
+            if not names:
+                raise ValueError("no snapshots given for removal")
+            deleted = []
+            for name in names:
+                path = directory / name
+                if path.is_file() and path.parent == directory:
+                    self._remove(path)
+                    deleted.append(name)
+            await self.record(directory)
+            return {"deleted": deleted}
+        if operation == "prune":
+            retention = request.get("retention")
+            retention = self.settings.snapshot_retention if retention is None else int(retention)
+            removed = self.prune(names[0] if names else "on-demand", retention, directory)
+            await self.record(directory)
+            return {"deleted": [p.name for p in removed]}
+        raise ValueError(f"unsupported snapshot operation {operation!r}")
 
 
 def prepare_reset(layout: EtcdLayout, settings: EtcdSettings, member: MemberConfig) -> None:

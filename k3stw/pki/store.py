@@ -162,7 +162,7 @@ def load_or_create_server_credentials(
     agent_password = _load_or_create_agent_password(
         layout, agent_token, hash_, server_token.password
     )
-    _write_token_files(layout, server_token, agent_password)
+    write_token_files(layout, server_token, agent_password)
     return ServerCredentials(
         server_ca,
         server_ca_bundle,
@@ -415,7 +415,8 @@ def _passwd_entries(path: Path) -> dict[str, str]:
     return entries
 
 
-def _write_token_files(layout: ServerLayout, token: Token, agent_password: str) -> None:
+def write_token_files(layout: ServerLayout, token: Token, agent_password: str) -> None:
+    """``server/token``, ``node-token``, ``agent-token`` and ``cred/passwd``, as k3s keeps them."""
     write_if_changed(layout.token, f"{token}\n".encode(), 0o600)
     _symlink(layout.node_token, layout.token.name)
     if agent_password == token.password:

@@ -60,6 +60,8 @@ class ServerConfig:
     disable_network_policy: bool = False
     #: ``--secrets-encryption``: Secrets stored encrypted under ``cred/encryption-config.json``.
     secrets_encryption: bool = False
+    #: ``--secrets-encryption-provider``: ``aescbc`` or ``secretbox`` for new keys.
+    secrets_encryption_provider: str = "aescbc"
     #: ``--default-local-storage-path``; None for ``<data-dir>/storage``.
     default_local_storage_path: Path | None = None
     #: Embedded etcd's flags, on a server that runs a member; None otherwise.
@@ -145,6 +147,8 @@ class ServerConfig:
             "ClusterDomain": self.cluster_domain,
             "EgressSelectorMode": "agent",
             "FlannelBackend": self.flannel_backend,
+            "EncryptSecrets": self.secrets_encryption,
+            "EncryptProvider": self.secrets_encryption_provider,
             "DisableKubeProxy": self.disable_kube_proxy,
             "DisableNPC": self.disable_network_policy,
             "DisableCCM": True,

@@ -12,8 +12,15 @@ The server applies a new key file at once (kube-apiserver reloads it on its
 own in k3s), so no restart is needed between stages.  Left out: the
 ``k3s.io/encryption-config-hash`` node annotations that k3s compares across
 servers (the hash is checked against this server's state file only), the
-``secrets-reencrypt`` Events, and the ``k3s secrets-encrypt`` command itself
-(L{status_text} is what its ``status`` prints).
+``secrets-reencrypt`` Events.  The command is L{k3stw.cli.secretsencrypt}.
+
+``--secrets-encryption-provider=secretbox`` makes new keys secretbox keys:
+the first key file's, and ``rotate-keys``'s, which moves every Secret from
+the AES-CBC keys to the new secretbox key and drops the AES-CBC provider,
+as k3s's migration does.  The secretbox key names (``secretboxkey``,
+``secretboxkey-<time>``) and the key type shown by ``status``
+(``XSalsa20-POLY1305``) follow k3s's drafts; the released names are
+unconfirmed.
 """
 
 from __future__ import annotations
@@ -41,8 +48,8 @@ from k3stw.datastore.interface import Conflict, KeyNotFound
 from k3stw.files import write_atomically
 from k3stw.logs import Logger
 from k3stw.machinery.times import rfc3339
-from k3stw.supervisor.nodes import authenticate
-from k3stw.supervisor.resource import Handler, Route
+from k3stw.supervisor.nodes import require_server
+from k3stw.supervisor.resource import Handler, Route, json_object
 
 START = "start"
 PREPARE = "prepare"
@@ -53,6 +60,10 @@ REENCRYPT_FINISHED = "reencrypt_finished"
 ROTATE_KEYS = "rotate_keys"
 #: The first key's name; later ones carry their time (``aescbckey-2021-12-10T22:54:38Z``).
 FIRST_KEY = "aescbckey"
+#: Each provider's first key name and the "Key Type" ``status`` shows for its keys
+#: (secretbox's are as k3s's pre-release drafts named them; see the module docstring).
+KEY_NAMES = {"aescbc": FIRST_KEY, "secretbox": "secretboxkey"}
+KEY_TYPES = {"aescbc": "AES-CBC", "secretbox": "XSalsa20-POLY1305"}
 _PAGE = 20
 
 
@@ -68,28 +79,28 @@ def _hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_first_key_file(server_dir: Path) -> None:
+def write_first_key_file(server_dir: Path, provider: str = "aescbc") -> None:
     """
-    The key file of a first start (one new key, identity last) and the stage
-    ``start``, unless there is one (made here, or taken from the cluster's
-    bootstrap data).  Blocking.
+    The key file of a first start (one new key of C{provider}, identity last)
+    and the stage ``start``, unless there is one (made here, or taken from the
+    cluster's bootstrap data).  Blocking.
     """
     path = config_path(server_dir)
     if not path.exists():
-        providers = [Provider("aescbc", (new_key(FIRST_KEY),)), Provider("identity")]
+        providers = [Provider(provider, (new_key(KEY_NAMES[provider]),)), Provider("identity")]
         data = configuration(providers)
         write_atomically(path, data)
         write_atomically(state_path(server_dir), f"{START}-{_hash(data)}".encode())
 
 
-def prepare_encryption(server_dir: Path) -> Transformer:
+def prepare_encryption(server_dir: Path, provider: str = "aescbc") -> Transformer:
     """
     The Secrets' transformer of the key file (L{write_first_key_file} first).
     Blocking: for C{makeService}.
 
     :raises ValueError: the key file is not one k3stw can use.
     """
-    write_first_key_file(server_dir)
+    write_first_key_file(server_dir, provider)
     path = config_path(server_dir)
     transformer = parse_configuration(path.read_bytes()).get(secrets.RESOURCE.plural)
     if transformer is None:
@@ -134,12 +145,19 @@ def status_text(status: dict[str, Any] | None) -> str:
     ]
     rows = [("Active", "Key Type", "Name"), ("------", "--------", "----")]
     if status.get("activekey"):
-        rows.append((" *", "AES-CBC", status["activekey"]))
-    rows.extend(("", "AES-CBC", name) for name in status.get("inactivekeys") or ())
+        rows.append((" *", _key_type(status["activekey"]), status["activekey"]))
+    rows.extend(("", _key_type(name), name) for name in status.get("inactivekeys") or ())
     # Go's tabwriter with two spaces of padding.
     widths = [max(len(row[i]) for row in rows) + 2 for i in range(2)]
     lines.extend(f"{a:<{widths[0]}}{b:<{widths[1]}}{c}".rstrip() for a, b, c in rows)
     return "\n".join(lines) + "\n"
+
+
+def _key_type(name: str) -> str:
+    """The key type of a key, known from its name (the status JSON has only names)."""
+    if name.startswith(KEY_NAMES["secretbox"]):
+        return KEY_TYPES["secretbox"]
+    return KEY_TYPES["aescbc"]
 
 
 class SecretsEncryption:
@@ -154,11 +172,14 @@ class SecretsEncryption:
         datastore: EncryptedDatastore,
         now: Callable[[], float],
         publish: Callable[[], Awaitable[None]] | None = None,
+        provider: str = "aescbc",
     ) -> None:
         """
         :param publish: saves the key file to the cluster's bootstrap data (on an
             external datastore), for the servers that start after a stage.
+        :param provider: ``--secrets-encryption-provider``, the type of new keys.
         """
+        self.provider = provider
         self.server_dir = server_dir
         self.node_name = node_name
         self.datastore = datastore
@@ -191,11 +212,12 @@ class SecretsEncryption:
         if self.publish is not None:
             await self.publish()
 
-    def _aescbc(self, providers: list[Provider]) -> tuple[int, Provider]:
+    def _keyed(self, providers: list[Provider]) -> tuple[int, Provider]:
+        """The provider of C{--secrets-encryption-provider}'s type, and where it is."""
         for index, provider in enumerate(providers):
-            if provider.type == "aescbc":
+            if provider.type == self.provider:
                 return index, provider
-        raise StatusError(400, "no AES-CBC keys found")
+        raise StatusError(400, f"no {KEY_TYPES[self.provider]} keys found")
 
     def _require(self, allowed: tuple[str, ...], force: bool) -> str:
         stage, _ = self._stage()
@@ -204,7 +226,7 @@ class SecretsEncryption:
         return stage
 
     def _new_key_name(self) -> str:
-        return f"{FIRST_KEY}-{rfc3339(self.now())}"
+        return f"{KEY_NAMES[self.provider]}-{rfc3339(self.now())}"
 
     async def configure(self, body: dict[str, Any]) -> None:
         """One ``PUT /v1-k3s/encrypt/config``: enable/disable, or the next stage."""
@@ -226,36 +248,37 @@ class SecretsEncryption:
         stage = str(body.get("stage"))
         if stage == PREPARE:
             self._require((START, REENCRYPT_FINISHED), force)
-            index, aescbc = self._aescbc(providers)
+            index, keyed = self._keyed(providers)
             key = new_key(self._new_key_name())
             self._log.info("Adding secrets-encryption key: {name}", name=key.name)
-            providers[index] = Provider("aescbc", (*aescbc.keys, key))
+            providers[index] = Provider(keyed.type, (*keyed.keys, key))
             await self._save(providers, PREPARE)
         elif stage == ROTATE:
             self._require((PREPARE,), force)
-            index, aescbc = self._aescbc(providers)
-            providers[index] = Provider("aescbc", (aescbc.keys[-1], *aescbc.keys[:-1]))
+            index, keyed = self._keyed(providers)
+            providers[index] = Provider(keyed.type, (keyed.keys[-1], *keyed.keys[:-1]))
             self._log.info("Encryption keys right rotated")
             await self._save(providers, ROTATE)
         elif stage == REENCRYPT_REQUEST:
             self._require((ROTATE,), force)
             await self.reencrypt()
             if not body.get("skip"):
-                index, aescbc = self._aescbc(providers)
-                if len(aescbc.keys) > 1:
-                    self._log.info("Removing key: {name}", name=aescbc.keys[-1].name)
-                    providers[index] = Provider("aescbc", aescbc.keys[:-1])
+                index, keyed = self._keyed(providers)
+                if len(keyed.keys) > 1:
+                    self._log.info("Removing key: {name}", name=keyed.keys[-1].name)
+                    providers[index] = Provider(keyed.type, keyed.keys[:-1])
                 await self._save(providers, REENCRYPT_FINISHED)
         elif stage == ROTATE_KEYS:
             self._require((START, REENCRYPT_FINISHED), force)
-            index, aescbc = self._aescbc(providers)
             key = new_key(self._new_key_name())
             self._log.info("Adding secrets-encryption key: {name}", name=key.name)
-            providers[index] = Provider("aescbc", (key, *aescbc.keys))
-            await self._save(providers, REENCRYPT_ACTIVE)
+            old_keys = next((p.keys for p in providers if p.type == self.provider), ())
+            # The new key writes; every old key (of any provider) still reads until reencrypted.
+            others = [p for p in providers if p.type != self.provider]
+            await self._save([Provider(self.provider, (key, *old_keys)), *others], REENCRYPT_ACTIVE)
             await self.reencrypt()
-            providers[index] = Provider("aescbc", (key,))
-            await self._save(providers, REENCRYPT_FINISHED)
+            identity = [p for p in others if p.type == "identity"]
+            await self._save([Provider(self.provider, (key,)), *identity], REENCRYPT_FINISHED)
         else:
             raise StatusError(400, f"unknown stage {stage!r} requested")
 
@@ -284,11 +307,7 @@ class SecretsEncryption:
 
         def server_only(handler: Callable[[IRequest], Awaitable[bytes]]) -> Handler:
             def checked(request: IRequest) -> Awaitable[bytes]:
-                user = authenticate(request, passwords)
-                if user is None:
-                    raise StatusError(401, "not authorized")
-                if "k3s:server" not in user.groups:
-                    raise StatusError(403, "forbidden")
+                require_server(request, passwords)
                 return handler(request)
 
             return checked
@@ -302,11 +321,6 @@ class SecretsEncryption:
         return json.dumps(self.status().as_json()).encode()
 
     async def _configure(self, request: IRequest) -> bytes:
-        try:
-            body = json.loads(request.content.read() or b"{}")
-        except ValueError as e:
-            raise StatusError(400, f"invalid request body: {e}") from None
-        if not isinstance(body, dict):
-            raise StatusError(400, "invalid request body: expected an object")
+        body = json_object(request)
         await self.configure(body)
         return b""

@@ -75,6 +75,7 @@ from k3stw.hostport import join_host_port
 from k3stw.lifecycle import ApplianceService, StartupError, notify_systemd, stop_with_error
 from k3stw.logs import Logger
 from k3stw.machinery.objects import Object
+from k3stw.machinery.times import utc
 from k3stw.machinery.timing import PeriodicJob
 from k3stw.pki.kubeconfig import write_kubeconfig
 from k3stw.pki.store import (
@@ -87,6 +88,8 @@ from k3stw.pki.token import InvalidToken, Token, parse_token
 from k3stw.scheduler.scheduler import Scheduler
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
+from k3stw.server.tokenrotation import token_route
+from k3stw.supervisor.bootstraptokens import bootstrap_user
 from k3stw.supervisor.connect import TunnelConnectResource
 from k3stw.supervisor.nodecontroller import NodePasswordController
 from k3stw.supervisor.nodes import NodeEnrollment, NodePasswords
@@ -308,7 +311,7 @@ def _credentials_shared_through_the_datastore(
             from k3stw.server.secretsencrypt import write_first_key_file
 
             # After taking the cluster's key file, if any; before saving a first one.
-            write_first_key_file(config.server_dir)
+            write_first_key_file(config.server_dir, config.secrets_encryption_provider)
         if keys is not None and not took:
             if password is None and keys.list_prefix(bootstrapdata.PREFIX):
                 raise StartupError(bootstrapdata.OTHER_TOKEN)
@@ -516,14 +519,21 @@ def _secrets_encryption(
     from k3stw.server.secretsencrypt import SecretsEncryption, prepare_encryption
 
     try:
-        transformer = prepare_encryption(config.server_dir)
+        transformer = prepare_encryption(config.server_dir, config.secrets_encryption_provider)
     except (OSError, ValueError) as e:
         raise StartupError(f"--secrets-encryption: {e}") from None
     view = EncryptedDatastore(datastore, transformer, secrets.RESOURCE.storage_prefix())
     publish = None
     if config.datastore_endpoint is not None:
         publish = partial(bootstrapdata.publish, datastore, config.server_dir, password)
-    return SecretsEncryption(config.server_dir, config.hostname, view, reactor.seconds, publish)
+    return SecretsEncryption(
+        config.server_dir,
+        config.hostname,
+        view,
+        reactor.seconds,
+        publish,
+        config.secrets_encryption_provider,
+    )
 
 
 def _embedded_etcd(config: ServerConfig, reactor: Any, token_password: str) -> IDatastore:
@@ -538,7 +548,7 @@ def _embedded_etcd(config: ServerConfig, reactor: Any, token_password: str) -> I
     etcd = EmbeddedEtcd(
         reactor, layout, client_url, reset=settings.cluster_reset, token_password=token_password
     )
-    if not settings.disable_snapshots and not settings.cluster_reset:
+    if not settings.cluster_reset:
         from k3stw.etcd.snapshots import EtcdSnapshots
 
         etcd.snapshots = EtcdSnapshots(reactor, layout, settings, client_url, config.hostname)
@@ -560,6 +570,24 @@ def _etcd_node_controller(
     return EtcdNodeController(
         informers, store, datastore, config.hostname, member, member_address(config)
     )
+
+
+def _record_snapshots(server: ServerService, datastore: IDatastore) -> None:
+    """
+    The snapshots' ``ETCDSnapshotFile`` records, written through this
+    server's store after each snapshot and once it is ready (as k3s
+    reconciles them at start).
+    """
+    from k3stw.etcd.member import EmbeddedEtcd
+    from k3stw.etcd.snapshotrecords import SnapshotRecords
+
+    if not isinstance(datastore, EmbeddedEtcd) or datastore.snapshots is None:
+        return
+    snapshots = datastore.snapshots
+    snapshots.records = SnapshotRecords(
+        server.store, server.registry, server.config.hostname, snapshots.metadata_dir
+    )
+    server.readiness.when_ready().addCallback(lambda _: Deferred.fromCoroutine(snapshots.record()))
 
 
 def _add_etcd_routes(
@@ -628,6 +656,8 @@ def build_server(
     if config.etcd is not None:
         _etcd_node_controller(config, datastore, informers, store).setServiceParent(controllers)
     root = ServerService(config, credentials, datastore, store, registry, controllers, reactor)
+    if config.etcd is not None:
+        _record_snapshots(root, datastore)
     IService(datastore).setServiceParent(root)
     address, port = config.advertised
     metrics = APIMetrics()
@@ -678,6 +708,7 @@ def build_server(
         reactor,
         config.agent_settings(),
         endpoints.live_servers,
+        lambda request: bootstrap_user(store, request, utc(reactor.seconds())),
     )
     tunnel = TunnelConnectResource(tunnels, credentials.client_ca.certificate, reactor)
     supervisor = supervisor_resource(
@@ -689,6 +720,8 @@ def build_server(
         None if encryption is None else encryption.resource(passwords),
     )
     _add_etcd_routes(supervisor, config, datastore, enrollment.passwords)
+    token = token_route(config.server_dir, credentials.token.ca_hash, passwords, datastore)
+    supervisor.children[b"v1-k3s"].putChild(b"token", token)
     site = QuietSite(supervisor)
     site.requestFactory = APIRequest
     tls = server_tls_options(

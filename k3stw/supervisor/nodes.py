@@ -91,6 +91,19 @@ def require_agent(request: IRequest, passwords: Mapping[str, str]) -> User:
     return user
 
 
+SERVER_ROLE = "k3s:server"
+
+
+def require_server(request: IRequest, passwords: Mapping[str, str]) -> User:
+    """The caller, if it holds the server token (``k3s:server``): else 401 / 403."""
+    user = authenticate(request, passwords)
+    if user is None:
+        raise StatusError(401, "not authorized")
+    if SERVER_ROLE not in user.groups:
+        raise StatusError(403, "forbidden")
+    return user
+
+
 @dataclass(frozen=True)
 class NodeRequest:
     """What a certificate request says about its node."""
@@ -301,7 +314,13 @@ class NodeEnrollment:
         clock: IReactorTime,
         settings: Mapping[str, Any],
         live_servers: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
+        bootstrap_users: Callable[[IRequest], Awaitable[User | None]] | None = None,
     ) -> None:
+        """
+        :param bootstrap_users: who a request's bootstrap token (``Bearer
+            <id>.<secret>``) authenticates, if anyone; None: no such tokens.
+        """
+        self.bootstrap_users = bootstrap_users
         self.server_ca = server_ca
         self.server_ca_bundle = server_ca_bundle
         self.client_ca = client_ca
@@ -315,8 +334,16 @@ class NodeEnrollment:
     def _now(self) -> datetime.datetime:
         return utc(self.clock.seconds())
 
+    async def _agent(self, request: IRequest) -> User:
+        """L{require_agent}, with bootstrap tokens too."""
+        if self.bootstrap_users is not None:
+            user = await self.bootstrap_users(request)
+            if user is not None:
+                return user
+        return require_agent(request, self.passwords)
+
     async def _certificate(self, request: IRequest, usage: Usage) -> bytes:
-        user = require_agent(request, self.passwords)
+        user = await self._agent(request)
         node = node_request(request, user)
         if not self.is_ready():
             raise StatusError(503, "runtime core not ready")
@@ -337,32 +364,33 @@ class NodeEnrollment:
 
     async def client_kube_proxy(self, request: IRequest) -> bytes:
         """``client-kube-proxy.crt``: what every node's kube-proxy reads the API as."""
+        await self._agent(request)
         return self._component_certificate(request, KUBE_PROXY_USER)
 
     async def client_k3s_controller(self, request: IRequest) -> bytes:
         """``client-k3s-controller.crt``: flannel's, network policy's and DNS's identity."""
+        await self._agent(request)
         return self._component_certificate(request, K3S_CONTROLLER_USER)
 
     def _component_certificate(self, request: IRequest, user: str) -> bytes:
-        require_agent(request, self.passwords)
         body = request.content.read() if request.content is not None else b""
         bundle = self.client_ca.certificate_pem
         return sign_certificate(self.client_ca, bundle, body, user, Usage.CLIENT, self._now())
 
     async def client_ca_bundle(self, request: IRequest) -> bytes:
-        require_agent(request, self.passwords)
+        await self._agent(request)
         return self.client_ca.certificate_pem
 
     async def server_ca_file(self, request: IRequest) -> bytes:
-        require_agent(request, self.passwords)
+        await self._agent(request)
         return self.server_ca_bundle
 
     async def apiservers(self, request: IRequest) -> bytes:
         """``/v1-k3s/apiservers``: every live server, as ``["ip:port", ...]``."""
-        require_agent(request, self.passwords)
+        await self._agent(request)
         servers = await self.live_servers() if self.live_servers is not None else []
         return json.dumps([join_host_port(host, port) for host, port in servers]).encode()
 
     async def config(self, request: IRequest) -> bytes:
-        require_agent(request, self.passwords)
+        await self._agent(request)
         return json.dumps(dict(self.settings), sort_keys=True).encode()

@@ -6,7 +6,9 @@ Anything it does not know is a Kubernetes 404 Status.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import IRequest
@@ -117,6 +119,18 @@ class Route(Resource):
         if not getattr(request, "_disconnected", False):
             request.write(body)
             request.finish()
+
+
+def json_object(request: IRequest) -> dict[str, Any]:
+    """A request's JSON object body (none: ``{}``), or a 400 saying what is wrong with it."""
+    try:
+        raw = request.content.read() if request.content is not None else b""
+        body = json.loads(raw or b"{}")
+    except ValueError as e:
+        raise StatusError(400, f"invalid request body: {e}") from None
+    if not isinstance(body, dict):
+        raise StatusError(400, "invalid request body: expected an object")
+    return body
 
 
 def _text(request: IRequest, body: bytes) -> bytes:

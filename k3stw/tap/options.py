@@ -167,6 +167,13 @@ def _flannel_backend(value: object) -> str:
     return text
 
 
+def _encryption_provider(value: object) -> str:
+    text = _text(value).strip()
+    if text not in ("aescbc", "secretbox"):
+        raise ValueError("expected one of 'aescbc', 'secretbox'")
+    return text
+
+
 def _runtime_endpoint(value: object) -> str:
     text = _text(value).strip()
     if not (text.startswith("/") or text.startswith("unix:///")):
@@ -416,6 +423,12 @@ SERVER_FLAGS: tuple[Flag, ...] = (
     switch("disable-network-policy", "Disable K3s default network policy controller"),
     switch("secrets-encryption", "Enable secret encryption at rest"),
     Flag(
+        "secrets-encryption-provider",
+        "Encryption provider to use (valid values: 'aescbc', 'secretbox')",
+        _encryption_provider,
+        default="aescbc",
+    ),
+    Flag(
         "default-local-storage-path",
         "Default local storage path for local provisioner storage class",
         _path,
@@ -537,7 +550,10 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("controller", ("node-monitor-grace-period", "node-cidr-mask-size")),
-    ("experimental", ("unchecked-api", "secrets-encryption")),
+    (
+        "experimental",
+        ("unchecked-api", "secrets-encryption", "secrets-encryption-provider"),
+    ),
     ("storage", ("default-local-storage-path",)),
     (
         "components",

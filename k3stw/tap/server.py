@@ -75,6 +75,7 @@ def server_config(options: Options) -> ServerConfig:
         disable_kube_proxy=options["disable-kube-proxy"],
         disable_network_policy=options["disable-network-policy"],
         secrets_encryption=options["secrets-encryption"],
+        secrets_encryption_provider=options["secrets-encryption-provider"],
         default_local_storage_path=_absolute(options["default-local-storage-path"]),
         node=None if options["disable-agent"] else options.node_settings(),
         node_monitor_grace_period=options["node-monitor-grace-period"],

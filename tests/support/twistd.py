@@ -21,6 +21,8 @@ from tests.support.net import free_port
 
 #: The twistd of the environment running the tests, where the wheel is installed.
 TWISTD = str(Path(sys.executable).parent / "twistd")
+#: The ``k3s`` command of the same environment (its console script runs the same module).
+K3S = (sys.executable, "-m", "k3stw.cli")
 START_TIMEOUT = 30.0
 #: Seconds a k3stw process may take to end after SIGTERM.  A graceful stop
 #: takes well under one; past this, systemd's unit would end in SIGKILL.

@@ -108,3 +108,50 @@ def serve_written_crds(registry: Registry) -> Callable[[ResourceType, Object, bo
             serve(registry, obj)
 
     return written
+
+
+def k3s_crd(
+    group: str,
+    kind: str,
+    plural: str,
+    scope: str,
+    properties: dict[str, object],
+    columns: list[dict[str, str]],
+    status: bool = False,
+) -> Object:
+    """
+    A one-version (``v1``) CRD as k3s installs its own: C{properties} beside
+    ``apiVersion``, ``kind`` and ``metadata``, with its printer columns and,
+    if C{status}, a status subresource.
+    """
+    string = {"type": "string"}
+    schema = {
+        "type": "object",
+        "properties": {"apiVersion": string, "kind": string, "metadata": {"type": "object"}}
+        | properties,
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+            },
+            "scope": scope,
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": {"status": {}} if status else {},
+                    "additionalPrinterColumns": columns,
+                }
+            ],
+        },
+    }
