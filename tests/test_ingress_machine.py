@@ -15,7 +15,8 @@ Secret, and clients inside the machines (tests/support/ingressclient.py):
   sends request after request: not one fails, and both pods answered;
 - a websocket echo server, run as a process in m1 behind a selector-less
   Service and a hand-written EndpointSlice, answers through the Ingress;
-- the node's access log and its metrics on port 9100 tell of the requests.
+- the node's access log and its metrics (the kubelet's ``/metrics/ingress``,
+  through the API server) tell of the requests.
 
 Needs what tests/test_flannel_machine.py needs.
 """
@@ -240,7 +241,7 @@ class IngressAcrossTwoMachines(TwoMachinesWithFlannel):
         log = self.log.read_text(errors="replace")
         self.assertIn('"GET /a/ HTTP/1.1" 200', log)
         self.assertIn('"default/site"', log)
-        metrics = self.machine.run(f"busybox wget -q -O - http://{server}:9100/metrics")
+        metrics = self.kubectl("get --raw /api/v1/nodes/m0/proxy/metrics/ingress")
         self.assertIn(
             'k3stw_ingress_requests_total{backend="default/beta:80",code="200",'
             'ingress="default/site",method="GET"}',

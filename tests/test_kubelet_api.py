@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.resource import IResource, getChildForRequest
+from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from k3stw.kubelet.api import KubeletAPIResource, KubeletAPIService, kubelet_routes
@@ -373,6 +373,18 @@ class KubeletAPIOnLoopbackTests(TestCase):
         self.assertLessEqual(node["fs"]["usedBytes"], node["fs"]["capacityBytes"])
         self.assertGreater(node["rlimit"]["maxpid"], node["rlimit"]["curproc"])
         self.assertTrue(node["cpu"]["time"].endswith("Z"))
+
+    async def test_a_components_metrics_page_is_served_under_metrics(self) -> None:
+        """A page added by a node component (the Ingress) answers at /metrics/<name>."""
+        self.assertEqual((await self.get("/metrics/ingress", pki().apiserver))[0], 404)
+        page = Resource()
+        page.isLeaf = True
+        page.render_GET = lambda request: b"k3stw_ingress_requests_total 1\n"  # type: ignore[attr-defined]
+        self.service.add_metrics_page("ingress", page)
+        self.assertEqual(
+            await self.get("/metrics/ingress", pki().apiserver),
+            (200, b"k3stw_ingress_requests_total 1\n"),
+        )
 
     async def test_strangers_are_unauthorized(self) -> None:
         """No certificate, or one from another CA: 401 Unauthorized."""

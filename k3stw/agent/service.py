@@ -215,7 +215,10 @@ def node_factory(
         kubelet.setServiceParent(services)
         if config.runtime is not None:
             settings = NetworkSettings.of(joined.identity.name, joined.settings, config)
-            NodeNetworking(reactor, settings, joined, config.server_url).setServiceParent(services)
+            networking = NodeNetworking(reactor, settings, joined, config.server_url)
+            networking.setServiceParent(services)
+            if networking.ingress is not None:
+                api.add_metrics_page("ingress", networking.ingress.metrics_page)
         return services
 
     return make

@@ -467,13 +467,8 @@ class KubeletAPIService(StreamServerEndpointService):
         self.proc = proc
         self.pod_stats = pod_stats
         self.cpu_rate = CPUUsageRate()
-        resource = KubeletAPIResource(
-            reactor,
-            client_ca,
-            kubelet_routes(pods, self.summary, container_logs, streaming),
-            authorizer,
-        )
-        site = QuietSite(resource)
+        self.routes = kubelet_routes(pods, self.summary, container_logs, streaming)
+        site = QuietSite(KubeletAPIResource(reactor, client_ca, self.routes, authorizer))
         self._endpoint = _RecordingEndpoint(
             SSL4ServerEndpoint(
                 reactor,
@@ -484,6 +479,10 @@ class KubeletAPIService(StreamServerEndpointService):
         )
         super().__init__(self._endpoint, site)
         self.setName("kubelet-api")
+
+    def add_metrics_page(self, name: str, page: IResource) -> None:
+        """Serve C{page} at ``/metrics/<name>``: a node component's own metrics."""
+        self.routes.children[b"metrics"].putChild(name.encode("ascii"), page)
 
     @property
     def endpoint_port(self) -> int:

@@ -15,9 +15,11 @@ listing that host (or its ``*.`` wildcard); one context per Secret, kept
 until the Secret changes.  Other names get a self-signed certificate made at
 start, as Traefik's default one.
 
-Metrics are served as Traefik's metrics entry point is, at ``/metrics`` on
-port 9100 of the node addresses.  The server writes the Ingresses' status
-(L{k3stw.controllers.ingress}).
+Its Prometheus metrics are a page of the kubelet's API, ``/metrics/ingress``
+(``kubectl get --raw /api/v1/nodes/<node>/proxy/metrics/ingress``), never a
+host port of their own: Traefik's metrics port, 9100, is inside its pod in
+k3s, and on the host it is node-exporter's.  The server writes the
+Ingresses' status (L{k3stw.controllers.ingress}).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ __all__ = ["IngressController"]
 
 #: ``--disable`` names it so, as k3s's bundled controller.
 DISABLE_NAME = "traefik"
-HTTP_PORT, HTTPS_PORT, METRICS_PORT = 80, 443, 9100
+HTTP_PORT, HTTPS_PORT = 80, 443
 INGRESSES = "/apis/networking.k8s.io/v1/ingresses"
 INGRESS_CLASSES = "/apis/networking.k8s.io/v1/ingressclasses"
 SERVICES = "/api/v1/services"
@@ -136,7 +138,7 @@ class IngressController(MultiService):
         reactor: Any,
         client: KubeAPI,
         addresses: Iterable[str],
-        ports: tuple[int, int, int] = (HTTP_PORT, HTTPS_PORT, METRICS_PORT),
+        ports: tuple[int, int] = (HTTP_PORT, HTTPS_PORT),
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -153,6 +155,8 @@ class IngressController(MultiService):
         self._contexts: dict[str, tuple[str, SSL.Context | None]] = {}
         self.balance = RoundRobin()
         self.metrics = IngressMetrics()
+        #: The metrics as Prometheus text, for the kubelet's API to serve.
+        self.metrics_page = MetricsPage(self.metrics)
         self._tls: ServerNameContexts | None = None
         self._listen(addresses, ports)
 
@@ -169,8 +173,8 @@ class IngressController(MultiService):
         informer.setServiceParent(self)
         return informer
 
-    def _listen(self, addresses: Iterable[str], ports: tuple[int, int, int]) -> None:
-        http, https, metrics_port = ports
+    def _listen(self, addresses: Iterable[str], ports: tuple[int, int]) -> None:
+        http, https = ports
         reactor = self.reactor
         proxy = IngressProxy(reactor, self.lookup, self.balance.pick, self.metrics)
         # One pool of backend connections for both ports.
@@ -182,18 +186,13 @@ class IngressController(MultiService):
         )
         plain = Site(self.proxies[0], timeout=IDLE_TIMEOUT)
         secure = Site(self.proxies[1], timeout=IDLE_TIMEOUT)
-        metrics = Site(_Metrics(self.metrics))
-        for site in (plain, secure, metrics):
+        for site in (plain, secure):
             site.noisy = False
             site.log = lambda request: None  # type: ignore[method-assign]
         for ip in dict.fromkeys(addresses):
             for port, listen in (
                 (http, lambda ip=ip: reactor.listenTCP(http, plain, interface=ip)),
                 (https, lambda ip=ip: reactor.listenSSL(https, secure, self.tls(), interface=ip)),
-                (
-                    metrics_port,
-                    lambda ip=ip: reactor.listenTCP(metrics_port, metrics, interface=ip),
-                ),
             ):
                 where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
                 Listener(listen, where, "the Ingress controller").setServiceParent(self)
@@ -283,7 +282,9 @@ class IngressController(MultiService):
         )
 
 
-class _Metrics(Resource):
+class MetricsPage(Resource):
+    """The Ingress metrics as Prometheus text."""
+
     isLeaf = True
 
     def __init__(self, metrics: IngressMetrics) -> None:

@@ -22,6 +22,7 @@ from k3stw.pki.tls import PinnedCAPolicy
 if TYPE_CHECKING:
     from k3stw.agent.join import Joined
     from k3stw.agent.service import AgentConfig
+    from k3stw.network.ingress import IngressController
 
 __all__ = ["NetworkSettings", "NodeNetworking", "network_client"]
 
@@ -100,8 +101,8 @@ def network_client(
 class NodeNetworking(MultiService):
     """
     The node's network components, each a child service started and stopped
-    with the node: flannel, kube-proxy, cluster DNS and the network policy
-    controller, as the settings enable them.  A node without a container
+    with the node: flannel, kube-proxy, cluster DNS, the network policy
+    controller and the Ingress controller, as the settings enable them.  A node without a container
     runtime runs none: it has no pods to connect.
     """
 
@@ -113,6 +114,8 @@ class NodeNetworking(MultiService):
         self.settings = settings
         self.joined = joined
         self.server_url = server_url
+        #: The Ingress controller, when the node runs one (the kubelet serves its metrics).
+        self.ingress: IngressController | None = None
         from k3stw.network.flannel import flannel_for
 
         flannel = flannel_for(reactor, settings, joined, server_url)
@@ -153,4 +156,5 @@ class NodeNetworking(MultiService):
             from k3stw.network.ingress import IngressController
 
             client = network_client(reactor, joined, server_url, joined.k3s_controller)
-            IngressController(reactor, client, settings.node_ips).setServiceParent(self)
+            self.ingress = IngressController(reactor, client, settings.node_ips)
+            self.ingress.setServiceParent(self)
