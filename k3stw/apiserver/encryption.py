@@ -25,6 +25,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -60,8 +61,9 @@ class Key:
     name: str
     secret: str
 
-    @property
+    @cached_property
     def material(self) -> bytes:
+        # Decoded once: every Secret written or read uses it.
         return base64.b64decode(self.secret)
 
 
@@ -341,6 +343,9 @@ class EncryptedDatastore:
         def decrypted(events: Sequence[Event]) -> None:
             readable = []
             for event in events:
+                if not event.kv.key.startswith(self.prefix):
+                    readable.append(event)
+                    continue
                 try:
                     kv = self._read(event.kv)
                     prev = None if event.prev is None else self._read(event.prev)
