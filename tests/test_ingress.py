@@ -483,8 +483,8 @@ class ProxyOnLoopbackTests(TestCase):
             RoundRobin().pick,
             self.metrics,
         )
-        self.addCleanup(self.proxy.pool.closeCachedConnections)
-        listening = reactor.listenTCP(0, Site(self.proxy), interface="127.0.0.1")
+        self.addCleanup(self.proxy.stop)
+        listening = reactor.listenTCP(0, self.proxy, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         self.port = listening.getHost().port
         self.pool = HTTPConnectionPool(reactor)
