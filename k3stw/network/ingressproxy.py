@@ -93,6 +93,8 @@ LOG_LINES = 1024
 
 _WAITING, _HEAD, _BODY, _TUNNEL = range(4)
 
+_access = Logger(namespace="k3stw.ingress.access")
+
 
 class IngressMetrics(Collector):
     """
@@ -151,8 +153,6 @@ class AccessLog:
     L{LOG_SECONDS}, or L{LOG_LINES} lines), not one event per request.
     """
 
-    _log = Logger(namespace="k3stw.ingress.access")
-
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.lines: list[str] = []
@@ -175,7 +175,7 @@ class AccessLog:
             self._flush = None
         if self.lines:
             lines, self.lines = self.lines, []
-            self._log.info("{lines}", lines="\n".join(lines))
+            _access.info("{lines}", lines="\n".join(lines))
 
     def now(self) -> str:
         """The time as the common log format writes it, formatted once a second."""
@@ -745,7 +745,7 @@ class BackendPool:
         idle = None if fresh else self.idle.get(address)
         while idle:
             backend = idle.pop()
-            if backend.transport is not None and backend.transport.connected:  # type: ignore[attr-defined]
+            if backend.transport is not None and not backend.transport.disconnecting:  # type: ignore[attr-defined]
                 client.attach(backend)
                 return
         factory = _Connecting(self, address, client, endpoints)
