@@ -16,6 +16,8 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from k3stw.web import HOP_BY_HOP
+
 __all__ = ["BadRequest", "RequestHead", "ResponseHead", "parse_request", "parse_response", "send"]
 
 #: The most a head (request line or status line and headers) may take.
@@ -24,41 +26,16 @@ MAX_HEAD = 64 * 1024
 #: RFC 9110's token characters (method and header names).
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
-#: Request headers the proxy reads or sets itself rather than forwarding as they came.
-_REQUEST_OWN = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"upgrade",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-real-ip",
-    }
-)
 #: Response headers of the connection, not of the response.
-_RESPONSE_OWN = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"upgrade",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
+_RESPONSE_OWN = HOP_BY_HOP | {b"content-length"}
+#: Request headers the proxy reads or sets itself rather than forwarding as they came.
+_REQUEST_OWN = _RESPONSE_OWN | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-real-ip",
+}
 
 
 class BadRequest(Exception):
@@ -82,6 +59,8 @@ def _clean(head: bytes) -> bool:
 
 def _length(current: int | None, value: bytes) -> int:
     """A Content-Length value; repeats must agree."""
+    if current is None and value.isdigit() and value.isascii():
+        return int(value)
     values = {v.strip() for v in value.split(b",")}
     if len(values) != 1:
         raise ValueError(value)
