@@ -346,6 +346,45 @@ class ProxyTests(SynchronousTestCase):
         fresh.dataReceived(OK)
         self.assertEqual(take(out), OK)
 
+    def test_a_kept_connection_gone_with_its_pod_retries_on_the_next_endpoint(self) -> None:
+        client, out = self.h.client()
+        kept = []
+        for _ in range(2):
+            client.dataReceived(b"GET / HTTP/1.1\r\nHost: two\r\n\r\n")
+            backend, sent, _ = self.h.backend()
+            backend.dataReceived(OK)
+            kept.append((backend, sent))
+        take(out)
+        # A's pooled connection, sent the request, was closed by its pod, whose address
+        # now refuses.
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: two\r\n\r\n")
+        kept[0][0].connectionLost(Failure(ConnectionDone()))
+        self.h.refuse(ConnectionRefusedError())
+        # B's kept connection takes it.
+        self.assertTrue(
+            kept[1][1]
+            .value()
+            .endswith(
+                b"GET / HTTP/1.1\r\nHost: two\r\n"
+                b"X-Forwarded-For: 192.168.1.7\r\nX-Forwarded-Host: two\r\n"
+                b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: 80\r\nX-Real-Ip: 192.168.1.7\r\n\r\n"
+            )
+        )
+        kept[1][0].dataReceived(OK)
+        self.assertEqual(take(out), OK)
+
+    def test_a_connection_idle_in_the_pool_is_not_timed_out_when_reused(self) -> None:
+        client, out = self.h.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        backend, sent, _ = self.h.backend()
+        backend.dataReceived(OK)
+        self.h.tick(ingressproxy.BACKEND_TIMEOUT + 5)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        self.h.tick(1)
+        self.assertFalse(sent.disconnecting)
+        backend.dataReceived(OK)
+        self.assertEqual(take(out), OK + OK)
+
     def test_a_malformed_answer_is_502(self) -> None:
         for answer in (
             b"HTTP/1.1 abc\r\n\r\n",

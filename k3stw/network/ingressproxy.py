@@ -213,6 +213,8 @@ class _Client(Protocol):
         #: The request's body still to come, if it did not come with its head.
         self.body: BodyReader | None = None
         self.route: Route | None = None
+        #: The ready endpoints of the request's backend.
+        self.endpoints: list[Address] = []
         self.upstream = "-"
         self.started = 0.0
         self.sent = 0
@@ -236,6 +238,10 @@ class _Client(Protocol):
             port,
             self.peer.encode(),
         )
+        # An answer must not wait for the client's delayed ACK (Go's servers set it too).
+        no_delay = getattr(transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.proxy.clients.add(self)
         self.proxy.sweeping()
 
@@ -289,15 +295,16 @@ class _Client(Protocol):
             self._local(503, UNAVAILABLE)
             return
         self.tries = min(len(endpoints), CONNECT_TRIES)
-        self._dispatch(endpoints)
+        self.endpoints = endpoints
+        self._dispatch()
 
-    def _dispatch(self, endpoints: list[Address]) -> None:
+    def _dispatch(self) -> None:
         route = self.route
         request = self.request
         assert route is not None and request is not None
-        address = self.proxy.pick(route.backend, endpoints)
+        address = self.proxy.pick(route.backend, self.endpoints)
         self.upstream = f"{address[0]}:{address[1]}"
-        self.proxy.pool.get(address, self, endpoints, fresh=request.upgrade is not None)
+        self.proxy.pool.get(address, self, fresh=request.upgrade is not None)
 
     # The backend's side
 
@@ -310,6 +317,7 @@ class _Client(Protocol):
         self.backend = backend
         backend.client = self
         backend.state = _HEAD
+        backend.idle = 0
         backend.pool.busy.add(backend)
         if self.paused:
             self.paused = False
@@ -366,14 +374,14 @@ class _Client(Protocol):
         if out:
             _send(backend.transport, out)
 
-    def failed(self, endpoints: list[Address], reason: Failure) -> None:
+    def failed(self, reason: Failure) -> None:
         """No connection to the endpoint: the next one, or a 502 (504 if it timed out)."""
         if self.closed or self.request is None:
             return
         timed_out = reason.check(TimeoutError) is not None
         if not timed_out and reason.check(ConnectError) and self.tries > 1:
             self.tries -= 1
-            self._dispatch(endpoints)
+            self._dispatch()
             return
         if timed_out:
             self._local(504, GATEWAY_TIMEOUT, close=self.body is not None)
@@ -694,7 +702,7 @@ class _Backend(Protocol):
             if self.reused and not self.answered and client.body is None:
                 # A kept connection the backend had closed as we sent: once more, anew.
                 client.backend = None
-                pool.get(self.address, client, [self.address], fresh=True)
+                pool.get(self.address, client, fresh=True)
                 return
             client._local(502, BAD_GATEWAY, close=client.body is not None)
         elif self.body is not None and self.body.until_close:
@@ -707,13 +715,10 @@ class _Backend(Protocol):
 class _Connecting(ClientFactory):
     """Connects one backend connection for a waiting client."""
 
-    def __init__(
-        self, pool: BackendPool, address: Address, client: _Client, endpoints: list[Address]
-    ) -> None:
+    def __init__(self, pool: BackendPool, address: Address, client: _Client) -> None:
         self.pool = pool
         self.address = address
         self.client: _Client | None = client
-        self.endpoints = endpoints
 
     def buildProtocol(self, addr: Any) -> _Backend:
         backend = _Backend(self.pool, self.address)
@@ -723,7 +728,7 @@ class _Connecting(ClientFactory):
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         client, self.client = self.client, None
         if client is not None:
-            client.failed(self.endpoints, reason)
+            client.failed(reason)
 
 
 class BackendPool:
@@ -738,9 +743,7 @@ class BackendPool:
         self.busy: set[_Backend] = set()
         self._sweep: Any = None
 
-    def get(
-        self, address: Address, client: _Client, endpoints: list[Address], fresh: bool = False
-    ) -> None:
+    def get(self, address: Address, client: _Client, fresh: bool = False) -> None:
         """A connection to C{address} for C{client}: an idle one, or a new one when it connects."""
         idle = None if fresh else self.idle.get(address)
         while idle:
@@ -748,7 +751,7 @@ class BackendPool:
             if backend.transport is not None and not backend.transport.disconnecting:  # type: ignore[attr-defined]
                 client.attach(backend)
                 return
-        factory = _Connecting(self, address, client, endpoints)
+        factory = _Connecting(self, address, client)
         host, port = address
         self.reactor.connectTCP(host.strip("[]"), port, factory, timeout=CONNECT_TIMEOUT)
 
