@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from k3stw.machinery.objects import Object, get_path, metadata, name_of, namespace_of
 
@@ -63,7 +64,7 @@ class Backend:
     service: str
     port: int | str
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.service}:{self.port}"
 
