@@ -239,6 +239,31 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(self.h.sample(200), 2.0)
         self.assertFalse(out.disconnecting)
 
+    def test_the_tls_port_forwards_https_and_shares_the_pool(self) -> None:
+        secure = IngressProxy(
+            self.h.clock,
+            self.h.proxy.lookup,
+            self.h.proxy.pick,
+            self.h.metrics,
+            self.h.proxy.pool,
+            "https",
+            self.h.proxy.access,
+        )
+        self.addCleanup(secure.stop)
+        plain, out = self.h.client()
+        plain.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        backend, sent, _ = self.h.backend()
+        backend.dataReceived(OK)
+        self.assertEqual(take(out), OK)
+        client = secure.buildProtocol(None)
+        tls_out = StringTransport(hostAddress=IPv4Address("TCP", "10.0.0.1", 443))
+        client.makeConnection(tls_out)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        # The plain port's kept connection serves the TLS port's request.
+        self.assertIn(b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\n", sent.value())
+        backend.dataReceived(OK)
+        self.assertEqual(tls_out.value(), OK)
+
     def test_the_proxys_own_answers(self) -> None:
         plain = b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
         not_found = b"404 Not Found" + plain + b"19\r\n\r\n404 page not found\n"
