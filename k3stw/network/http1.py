@@ -51,6 +51,22 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",")]
 
 
+def _connection(value: bytes, keep_alive: bool) -> tuple[bool, bool, set[bytes]]:
+    """What ``Connection`` says: keep-alive, whether it asks to upgrade, the headers it names."""
+    upgrade = False
+    named: set[bytes] = set()
+    for token in _tokens(value):
+        if token == b"close":
+            keep_alive = False
+        elif token == b"keep-alive":
+            keep_alive = True
+        elif token == b"upgrade":
+            upgrade = True
+        elif token:
+            named.add(token)
+    return keep_alive, upgrade, named
+
+
 def _clean(head: bytes) -> bool:
     """Whether every line of C{head} ends with CRLF (no bare CR or LF) and it has no NUL."""
     crlf = head.count(b"\r\n")
@@ -183,16 +199,11 @@ def parse_request(head: bytes) -> RequestHead:
                     raise BadRequest(501, "unsupported transfer encoding")
                 request.chunked = True
             elif lower == b"connection":
-                for token in _tokens(value):
-                    if token == b"close":
-                        request.keep_alive = False
-                    elif token == b"keep-alive":
-                        request.keep_alive = True
-                    elif token == b"upgrade":
-                        request.upgrade = b""
-                    elif token:
-                        drop = drop or set()
-                        drop.add(token)
+                request.keep_alive, asks, named = _connection(value, request.keep_alive)
+                if asks:
+                    request.upgrade = b""
+                if named:
+                    drop = (drop or set()) | named
             elif lower == b"upgrade":
                 upgrade = value
             elif lower == b"x-forwarded-for":
@@ -278,14 +289,9 @@ def parse_response(head: bytes) -> ResponseHead:
             if not response.chunked:
                 raise ValueError("unsupported transfer encoding")
         elif lower == b"connection":
-            for token in _tokens(value):
-                if token == b"close":
-                    response.keep_alive = False
-                elif token == b"keep-alive":
-                    response.keep_alive = True
-                elif token and token != b"upgrade":
-                    drop = drop or set()
-                    drop.add(token)
+            response.keep_alive, _, named = _connection(value, response.keep_alive)
+            if named:
+                drop = (drop or set()) | named
     if response.chunked:
         response.length = None
     if drop:
