@@ -449,6 +449,11 @@ class ProxyTests(SynchronousTestCase):
         backend.dataReceived(OK)
         take(out)
         take(sent)
+        # An empty body keeps its length: some servers want one on every POST.
+        client.dataReceived(b"POST /e HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b"\r\nContent-Length: 0\r\n", take(sent))
+        backend.dataReceived(OK)
+        take(out)
         client.dataReceived(
             b"POST /c HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
         )

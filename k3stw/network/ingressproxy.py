@@ -334,7 +334,7 @@ class _Client(Protocol):
             lines += [b"Connection: Upgrade", b"Upgrade: " + request.upgrade]
         if request.chunked:
             lines.append(b"Transfer-Encoding: chunked")
-        elif request.length:
+        elif request.length is not None:
             lines.append(b"Content-Length: %d" % request.length)
         head = b"\r\n".join(lines) + b"\r\n" + self.tail + b"\r\n"
         if request.chunked or request.length:
