@@ -11,6 +11,10 @@ in one run:
 - connections held per MB: the proxy's RSS growth for 1,000 idle keep-alive
   client connections, each having had one request answered.
 
+For comparison on the proxies' core: twisted.web answering by itself, and a
+bare Twisted protocol answering each request head itself (the floor of any
+proxy on Twisted's reactor).
+
     python bench/ingress.py [--quick] [--output docs/ingress-benchmark.md]
 
 Three network namespaces as bench/network_proxy.py makes them: the node
