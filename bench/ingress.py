@@ -11,6 +11,10 @@ in one run:
 - connections held per MB: the proxy's RSS growth for 1,000 idle keep-alive
   client connections, each having had one request answered.
 
+For comparison on the proxies' core: twisted.web answering by itself, and a
+bare Twisted protocol answering each request head itself (the floor of any
+proxy on Twisted's reactor).
+
     python bench/ingress.py [--quick] [--output docs/ingress-benchmark.md]
 
 Three network namespaces as bench/network_proxy.py makes them: the node
@@ -51,7 +55,7 @@ from network_proxy import (
 HAPROXY = "/usr/sbin/haproxy"
 WRK = "/usr/bin/wrk"
 BACKEND_PORT = 8080
-INGRESS_PORT, HAPROXY_PORT, WEB_PORT = 80, 81, 82
+INGRESS_PORT, HAPROXY_PORT, WEB_PORT, BARE_PORT = 80, 81, 82, 83
 HOST = "site.test"
 PATH = "/api/items"
 HELD = 1000
@@ -85,7 +89,6 @@ from twisted.internet import epollreactor
 epollreactor.install()
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
-from twisted.web.server import Site
 from k3stw.network.ingressproxy import IngressMetrics, IngressProxy
 from k3stw.network.ingressroutes import RoundRobin, RouteTable
 import json
@@ -96,9 +99,8 @@ backend = (endpoint.split(":")[0], int(endpoint.split(":")[1]))
 def lookup(host, uri):
     route = table.match(host, uri)
     return None if route is None else (route, [backend])
-site = Site(IngressProxy(reactor, lookup, RoundRobin().pick, IngressMetrics()))
-site.log = lambda request: None
-reactor.listenTCP(int(port), site, interface=address, backlog=1024)
+proxy = IngressProxy(reactor, lookup, RoundRobin().pick, IngressMetrics())
+reactor.listenTCP(int(port), proxy, interface=address, backlog=1024)
 print("ready", flush=True)
 reactor.run()
 """
@@ -118,6 +120,29 @@ class Answer(Resource):
 site = Site(Answer())
 site.log = lambda request: None
 reactor.listenTCP(int(sys.argv[2]), site, interface=sys.argv[1], backlog=1024)
+print("ready", flush=True)
+reactor.run()
+"""
+
+#: The floor of any proxy on Twisted: a bare Protocol answering each request head itself.
+BARE_CODE = """
+import sys
+from twisted.internet import epollreactor
+epollreactor.install()
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+HEAD = b"HTTP/1.1 200 OK\\r\\nContent-Length: 64\\r\\nContent-Type: text/plain\\r\\n\\r\\n"
+ANSWER = HEAD + b"x" * 64
+class Answer(Protocol):
+    buffer = b""
+    def dataReceived(self, data):
+        self.buffer += data
+        count = self.buffer.count(b"\\r\\n\\r\\n")
+        if count:
+            self.buffer = self.buffer.rsplit(b"\\r\\n\\r\\n", 1)[1]
+            self.transport.write(ANSWER * count)
+factory = Factory.forProtocol(Answer)
+reactor.listenTCP(int(sys.argv[2]), factory, interface=sys.argv[1], backlog=1024)
 print("ready", flush=True)
 reactor.run()
 """
@@ -315,6 +340,10 @@ def main(argv: Sequence[str]) -> None:
             NODE_NS, sys.executable, "-c", WEB_CODE, GATEWAY, str(WEB_PORT), cpu=0
         )
         processes.ready(web)
+        bare = processes.start(
+            NODE_NS, sys.executable, "-c", BARE_CODE, GATEWAY, str(BARE_PORT), cpu=0
+        )
+        processes.ready(bare)
         time.sleep(1)
         if haproxy.poll() is not None:
             raise SystemExit(f"haproxy did not start: {processes.errors.read_text()}")
@@ -324,6 +353,7 @@ def main(argv: Sequence[str]) -> None:
             "k3stw ingress": f"http://{GATEWAY}:{INGRESS_PORT}{PATH}",
             "haproxy": f"http://{GATEWAY}:{HAPROXY_PORT}{PATH}",
             "twisted.web alone (no proxying)": f"http://{GATEWAY}:{WEB_PORT}{PATH}",
+            "bare Twisted protocol answering itself": f"http://{GATEWAY}:{BARE_PORT}{PATH}",
         }
         rate = {name: wrk(url, 32, seconds, HOST) for name, url in targets.items()}
         latency = {name: wrk(url, 1, seconds, HOST) for name, url in targets.items()}
@@ -367,8 +397,10 @@ def main(argv: Sequence[str]) -> None:
     notes = (
         "Both proxies on CPU 0 (the Ingress proxy is one Python process; haproxy"
         ' `nbthread 1`), wrk and the backend on CPU 1. "twisted.web alone" is a'
-        " twisted.web Site answering 64 bytes itself on CPU 0: the ceiling of a proxy"
-        " built on twisted.web, which also parses the backend's answer. Same routes: host"
+        ' twisted.web Site answering 64 bytes itself on CPU 0; "bare Twisted protocol" a'
+        " Protocol writing a canned 64-byte answer per request head, on CPU 0: the floor"
+        " of any proxy on Twisted's reactor, which also reads and writes a backend"
+        " connection per request. Same routes: host"
         f" `{HOST}`, path prefix `/api`, else 404. The Ingress proxy wrote"
         f" {access_lines:,} access log lines and counted every request in its metrics."
     )

@@ -158,22 +158,31 @@ class BodyReader:
     chunked, or up to the connection's end.
     """
 
-    def __init__(self, head: ResponseHead, method: bytes) -> None:
-        length = head.header(b"content-length")
-        self._chunked = b"chunked" in _tokens(head.header(b"transfer-encoding"))
-        self._remaining: int | None = None
-        self._length: int | None = None
-        if method == b"HEAD" or head.code in (204, 304):
-            self._remaining = self._length = 0
-        elif not self._chunked and length is not None:
-            if not length.strip().isdigit():
-                raise BackendError(f"malformed Content-Length {length[:40]!r}")
-            self._remaining = self._length = int(length)
+    def __init__(self, length: int | None, chunked: bool = False) -> None:
+        self._chunked = chunked
+        self._remaining: int | None = None if chunked else length
+        self._length = self._remaining
         # Chunked: bytes of the current chunk still to come, None while reading a size line.
         self._chunk: int | None = None
         self._line = b""
         self._trailers = False
-        self.finished = self._remaining == 0 and not self._chunked
+        self.finished = self._remaining == 0
+        #: What came after the body's end (a pipelined request's bytes).
+        self.leftover = b""
+
+    @classmethod
+    def of(cls, head: ResponseHead, method: bytes) -> BodyReader:
+        """The body of the response C{head} to a C{method} request."""
+        if method == b"HEAD" or head.code in (204, 304):
+            return cls(0)
+        if b"chunked" in _tokens(head.header(b"transfer-encoding")):
+            return cls(None, True)
+        length = head.header(b"content-length")
+        if length is None:
+            return cls(None)
+        if not length.strip().isdigit():
+            raise BackendError(f"malformed Content-Length {length[:40]!r}")
+        return cls(int(length))
 
     @property
     def length(self) -> int | None:
@@ -188,18 +197,24 @@ class BodyReader:
     def feed(self, data: bytes) -> bytes:
         """
         The body bytes in C{data}; L{finished} once the body is complete
-        (bytes after it are ignored).
+        (bytes after it are kept in L{leftover}).
 
         :raises BackendError: a malformed chunk.
         """
         if self.finished:
             return b""
         if not self._chunked:
-            if self._remaining is None:
+            remaining = self._remaining
+            if remaining is None:
                 return data
-            data = data[: self._remaining]
-            self._remaining -= len(data)
-            self.finished = self._remaining == 0
+            if len(data) < remaining:
+                self._remaining = remaining - len(data)
+                return data
+            self._remaining = 0
+            self.finished = True
+            if len(data) > remaining:
+                self.leftover = data[remaining:]
+                return data[:remaining]
             return data
         return self._unchunk(data)
 
@@ -220,6 +235,8 @@ class BodyReader:
             line, data = (self._line + data[:end]).rstrip(b"\r"), data[end + 1 :]
             self._line = b""
             self._take_line(line)
+        if data and self.finished:
+            self.leftover = data
         return b"".join(body)
 
     def _take_line(self, line: bytes) -> None:
@@ -389,7 +406,7 @@ class UpgradeRelay(_Spliced):
             self._switch(head, rest)
             return
         try:
-            self._body = BodyReader(head, self.request.method)
+            self._body = BodyReader.of(head, self.request.method)
         except BackendError as e:
             self._fail(e)
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import io
 import socket
 from typing import Any
 
@@ -21,8 +22,9 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface.verify import verifyObject
@@ -419,6 +421,10 @@ class _Echo(Resource):
     isLeaf = True
 
     def render(self, request: Any) -> bytes:
+        if request.uri.startswith(b"/big?"):
+            return b"x" * int(request.uri[5:])
+        if request.method == b"POST":
+            return b"received=%d" % len(request.content.read())
         peer = request.getClientAddress()
         lines = [f"port={peer.port}", f"path={request.uri.decode()}"]
         for name in (
@@ -483,8 +489,8 @@ class ProxyOnLoopbackTests(TestCase):
             RoundRobin().pick,
             self.metrics,
         )
-        self.addCleanup(self.proxy.pool.closeCachedConnections)
-        listening = reactor.listenTCP(0, Site(self.proxy), interface="127.0.0.1")
+        self.addCleanup(self.proxy.stop)
+        listening = reactor.listenTCP(0, self.proxy, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         self.port = listening.getHost().port
         self.pool = HTTPConnectionPool(reactor)
@@ -515,6 +521,18 @@ class ProxyOnLoopbackTests(TestCase):
             {"ingress": "default/web", "backend": "default/web:80", "code": "200", "method": "GET"},
         )
         self.assertEqual(sample, 2.0)
+
+    async def test_large_bodies_stream_both_ways(self) -> None:
+        size = 8 * 1024 * 1024
+        code, body = await self.get("web", f"/big?{size}")
+        self.assertEqual((code, len(body)), (200, size))
+        url = f"http://127.0.0.1:{self.port}/up".encode()
+        for length in (size, UNKNOWN_LENGTH):
+            upload = FileBodyProducer(io.BytesIO(b"y" * size))
+            # Unknown: the Agent sends it chunked.
+            upload.length = length
+            response = await self.agent.request(b"POST", url, Headers({b"host": [b"web"]}), upload)
+            self.assertEqual(await readBody(response), b"received=%d" % size)
 
     async def test_nothing_routed_is_404_no_endpoint_503_a_dead_one_502(self) -> None:
         self.assertEqual(await self.get("nowhere"), (404, "404 page not found\n"))

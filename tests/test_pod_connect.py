@@ -63,7 +63,7 @@ def body_of(answer: bytes) -> bytes:
     parsed = HeadReader().feed(answer)
     assert parsed is not None
     head, rest = parsed
-    return BodyReader(head, b"GET").feed(rest)
+    return BodyReader.of(head, b"GET").feed(rest)
 
 
 class AddressedProxy(InMemoryNodeProxy):

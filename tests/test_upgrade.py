@@ -76,7 +76,7 @@ class HeadReaderTests(SynchronousTestCase):
 
 class BodyReaderTests(SynchronousTestCase):
     def test_content_length(self) -> None:
-        body = BodyReader(head(b"HTTP/1.1 501 x\r\nContent-Length: 5\r\n\r\n"), b"GET")
+        body = BodyReader.of(head(b"HTTP/1.1 501 x\r\nContent-Length: 5\r\n\r\n"), b"GET")
         self.assertEqual((body.feed(b"abc"), body.finished), (b"abc", False))
         self.assertEqual((body.feed(b"de-extra"), body.finished), (b"de", True))
         self.assertEqual(body.length, 5)
@@ -85,7 +85,7 @@ class BodyReaderTests(SynchronousTestCase):
         """Sizes, data and the trailers' end line may be split across reads."""
         raw = b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n"
         for cut in range(len(raw)):
-            body = BodyReader(
+            body = BodyReader.of(
                 head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), b"GET"
             )
             data = body.feed(raw[:cut]) + body.feed(raw[cut:])
@@ -95,14 +95,14 @@ class BodyReaderTests(SynchronousTestCase):
         chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         for bad in (b"zz\r\n", b"2\r\nabc\r\n"):
             with self.assertRaises(BackendError):
-                BodyReader(chunked, b"GET").feed(bad)
+                BodyReader.of(chunked, b"GET").feed(bad)
 
     def test_no_body_and_until_close(self) -> None:
-        self.assertTrue(BodyReader(head(b"HTTP/1.1 204 No\r\n\r\n"), b"GET").finished)
+        self.assertTrue(BodyReader.of(head(b"HTTP/1.1 204 No\r\n\r\n"), b"GET").finished)
         self.assertTrue(
-            BodyReader(head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), b"HEAD").finished
+            BodyReader.of(head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), b"HEAD").finished
         )
-        endless = BodyReader(head(b"HTTP/1.1 200 OK\r\n\r\n"), b"GET")
+        endless = BodyReader.of(head(b"HTTP/1.1 200 OK\r\n\r\n"), b"GET")
         self.assertTrue(endless.until_close)
         self.assertEqual(endless.feed(b"x" * 10), b"x" * 10)
 

@@ -166,7 +166,7 @@ class _KubeletUpgrade(Protocol):
                 if head.code == 101:
                     self.answered.callback((head, rest))
                     return
-                self._refusal = (head, BodyReader(head, b"POST"), [])
+                self._refusal = (head, BodyReader.of(head, b"POST"), [])
             except BackendError as e:
                 self._fail(e)
                 return

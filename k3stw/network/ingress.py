@@ -33,11 +33,10 @@ from OpenSSL import SSL, crypto
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import MultiService
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from k3stw.kubeclient import KubeAPI
@@ -73,8 +72,6 @@ SERVICES = "/api/v1/services"
 ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1/endpointslices"
 SECRETS = "/api/v1/secrets"
 DEFAULT_CERTIFICATE = "TRAEFIK DEFAULT CERT"
-#: How long a client's idle connection is kept (Traefik's entry points' idleTimeout).
-IDLE_TIMEOUT = 180
 
 
 def _trim(obj: Object) -> Object:
@@ -176,19 +173,18 @@ class IngressController(MultiService):
     def _listen(self, addresses: Iterable[str], ports: tuple[int, int]) -> None:
         http, https = ports
         reactor = self.reactor
-        proxy = IngressProxy(reactor, self.lookup, self.balance.pick, self.metrics)
-        # One pool of backend connections for both ports.
-        self.proxies = (
-            proxy,
-            IngressProxy(
-                reactor, self.lookup, self.balance.pick, self.metrics, proxy.pool, "https"
-            ),
+        plain = IngressProxy(reactor, self.lookup, self.balance.pick, self.metrics)
+        # One pool of backend connections and one access log for both ports.
+        secure = IngressProxy(
+            reactor,
+            self.lookup,
+            self.balance.pick,
+            self.metrics,
+            plain.pool,
+            "https",
+            plain.access,
         )
-        plain = Site(self.proxies[0], timeout=IDLE_TIMEOUT)
-        secure = Site(self.proxies[1], timeout=IDLE_TIMEOUT)
-        for site in (plain, secure):
-            site.noisy = False
-            site.log = lambda request: None  # type: ignore[method-assign]
+        self.proxies = (plain, secure)
         for ip in dict.fromkeys(addresses):
             for port, listen in (
                 (http, lambda ip=ip: reactor.listenTCP(http, plain, interface=ip)),
@@ -275,11 +271,11 @@ class IngressController(MultiService):
         super().startService()
         self._log.info("Ingress controller started")
 
-    def stopService(self) -> Deferred[list[object]]:
-        stopped = super().stopService()
-        return gatherResults(
-            [stopped or succeed(None), self.proxies[0].pool.closeCachedConnections()]
-        )
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()
+        for proxy in self.proxies:
+            proxy.stop()
+        return stopped
 
 
 class MetricsPage(Resource):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from k3stw.machinery.objects import Object, get_path, metadata, name_of, namespace_of
 
@@ -30,6 +31,8 @@ CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 SERVICE_NAME = "kubernetes.io/service-name"
 TLS_TYPE = "kubernetes.io/tls"
 
+#: How many (host, path) lookups a route table remembers.
+FOUND_KEPT = 4096
 #: A backend endpoint: (address, port).
 Address = tuple[str, int]
 
@@ -61,7 +64,7 @@ class Backend:
     service: str
     port: int | str
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.namespace}/{self.service}:{self.port}"
 
@@ -130,6 +133,8 @@ class RouteTable:
     default: Route | None = None
     #: TLS Secrets (``ns/name``) by host; wildcard hosts keep their ``*.``.
     certificates: dict[str, str] = field(default_factory=dict)
+    #: Routes found, by host and path: most requests ask for what others did.
+    _found: dict[tuple[str, str], Route | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, ingresses: Iterable[Object]) -> RouteTable:
@@ -174,8 +179,16 @@ class RouteTable:
 
     def match(self, host: str, path: str) -> Route | None:
         """The route of a request for C{host} (a port allowed) and C{path} (a query allowed)."""
-        host = _bare_host(host)
-        path = path.split("?", 1)[0] or "/"
+        path = path.partition("?")[0]
+        key = (host, path)
+        if key in self._found:
+            return self._found[key]
+        if len(self._found) >= FOUND_KEPT:
+            self._found.clear()
+        found = self._found[key] = self._match(_bare_host(host), path or "/")
+        return found
+
+    def _match(self, host: str, path: str) -> Route | None:
         segments = _segments(path)
         dot = host.find(".")
         candidates: Sequence[Sequence[PathRule]] = (
