@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from k3stw.pki.certs import SubjectAltNames, Usage, new_ca, new_leaf
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.client import AgentTunnelFactory, AgentTunnelProtocol
+from k3stw.tunnel.codec import Data, encode
 from k3stw.tunnel.protocol import TunnelEndpoint
 from tests.support.tunnel import (
     Collector,
@@ -88,6 +89,17 @@ class NewAgentTests(SynchronousTestCase):
         )
         return server, client, pump
 
+    def open_stream(self, pump: iosim.IOPump) -> tuple[Collector, int]:
+        """A stream from the server to the kubelet, which has read C{open}: its two ends."""
+        collector = Collector()
+        endpoint = TunnelEndpoint(self.ends.server_session, KUBELET, self.clock)
+        self.successResultOf(endpoint.connect(Factory.forProtocol(lambda: collector)))
+        assert collector.transport is not None
+        collector.transport.write(b"open")
+        pump.flush()
+        (conn_id,) = self.ends.dialer.streams
+        return collector, conn_id
+
     def test_upgrade_as_the_old_agent_sent_it(self) -> None:
         """The upgrade names the server's host and port and /v1-k3s/connect, and opens."""
         self.connect()
@@ -139,20 +151,27 @@ class NewAgentTests(SynchronousTestCase):
     def test_large_writes_arrive_whole_both_ways(self) -> None:
         """102,400 bytes each way arrive whole (32 KiB Data messages)."""
         _server, _client, pump = self.connect()
-        collector = Collector()
-        endpoint = TunnelEndpoint(self.ends.server_session, KUBELET, self.clock)
-        self.successResultOf(endpoint.connect(Factory.forProtocol(lambda: collector)))
-        assert collector.transport is not None
-        collector.transport.write(b"open")
-        pump.flush()
-        (conn_id,) = self.ends.dialer.streams
+        collector, conn_id = self.open_stream(pump)
         sent = bytes(range(256)) * 400
+        assert collector.transport is not None
         collector.transport.write(sent)
         pump.flush()
         self.assertEqual(self.ends.dialer.receivers[conn_id].data, b"open" + sent)
         self.ends.dialer.streams[conn_id].write(sent[::-1])
         pump.flush()
         self.assertEqual(collector.received, sent[::-1])
+
+    def test_a_message_in_pieces_arrives_whole(self) -> None:
+        """A Data message whose frame arrives in three reads is delivered once, whole."""
+        server, _client, pump = self.connect()
+        _, conn_id = self.open_stream(pump)
+        payload = bytes(range(256)) * 160
+        message = encode(Data(7, conn_id, payload))
+        frame = struct.pack("!BBH", 0x82, 126, len(message)) + message
+        for piece in (frame[:5], frame[5:20000], frame[20000:]):
+            server.transport.write(piece)
+            pump.flush()
+        self.assertEqual(self.ends.dialer.receivers[conn_id].data, b"open" + payload)
 
     def test_the_server_closing_ends_the_agents_session(self) -> None:
         """The server's Close is answered; the agent's session ends with its code and reason."""
@@ -287,11 +306,21 @@ class MisbehavingServerTests(SynchronousTestCase):
         self.assertEqual(reason, "text websocket message (1003): binary messages only")
 
     def test_message_over_the_limit(self) -> None:
-        """A message over 1 MiB is refused (1009) before it is whole."""
-        size = 1024 * 1024 + 1
-        frame = struct.pack("!BBQ", 0x82, 127, size) + b"\x01" * size
-        reason, _ = self.ended(lambda: self.server.transport.write(frame))
+        """A message over 1 MiB is refused (1009) before it is whole, with one log line."""
+        # A 2 MiB frame of which only the first 1 MiB and 1 byte arrive, in two writes.
+        head = struct.pack("!BBQ", 0x82, 127, 2 * 1024 * 1024)
+
+        def send() -> None:
+            self.server.transport.write(head + b"\x01" * (1024 * 1024 - 10))
+            self.pump.flush()
+            self.server.transport.write(b"\x01" * 11)
+
+        reason, log = self.ended(send)
         self.assertEqual(reason, "websocket message over 1048576 bytes (1009): message too big")
+        self.assertEqual(
+            [line for line in log if "closing" in line],
+            ["tunnel server-a: websocket message over 1048576 bytes (message too big); closing"],
+        )
 
     def test_tunnel_protocol_error(self) -> None:
         """A well-formed websocket message that is no tunnel message ends the session."""

@@ -239,7 +239,8 @@ class AgentTunnelProtocol(Protocol):
     def _handle(self, events: Any) -> None:
         for event in events:
             if isinstance(event, BytesMessage):
-                self._message(event)
+                if not self._message(event):
+                    return
             elif isinstance(event, Ping):
                 self._reply(event.response())
             elif isinstance(event, CloseConnection):
@@ -250,25 +251,28 @@ class AgentTunnelProtocol(Protocol):
                 return
             # A Pong: being heard is all it is for.
 
-    def _message(self, event: BytesMessage) -> None:
+    def _message(self, event: BytesMessage) -> bool:
+        """Deliver a whole message to the session; C{False} once the websocket failed."""
         data = bytes(event.data)
         size = self._size + len(data)
-        session = self._session
         limit = self.factory.tunnel_settings.max_frame
         if size > limit:
+            self._parts = []
             self._failed(_TOO_BIG, "message too big", f"websocket message over {limit} bytes")
-            return
+            return False
         if not event.message_finished:
             self._parts.append(data)
             self._size = size
-            return
+            return True
         if self._parts:
             self._parts.append(data)
             data = b"".join(self._parts)
             self._parts = []
             self._size = 0
+        session = self._session
         if session is not None:
             session.frame_received(data)
+        return True
 
     def _reply(self, event: Any) -> None:
         frames = self._frames
