@@ -13,8 +13,10 @@ Processes, all started by this script on loopback and stopped by their own PID:
   (C{server_tls_options}, client certificate asked for, as the supervisor
   port does), path C{/v1-k3s/connect}; it runs every measurement, opening
   streams with L{TunnelEndpoint} and direct connections with TCP/TLS endpoints;
-- agents: L{TunnelClientFactory} sessions over TLS with a client certificate,
-  dialling the service with L{TCPDialer}.
+- agents: the agent's own end (L{AgentTunnelFactory}, wsproto), or with
+  C{--agent-end autobahn} the end older agents ran (L{TunnelClientFactory}),
+  sessions over TLS with a client certificate, dialling the service with
+  L{TCPDialer}.
 
 Memory is measured on a fresh tunnel server: its RSS before and after 1,000
 idle sessions from two agent processes (source addresses in 127.0.1.0/24).
@@ -36,6 +38,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +71,9 @@ from zope.interface import implementer
 
 from k3stw.pki.certs import KeyPair, SubjectAltNames, Usage, load_pem_key, new_ca, new_leaf
 from k3stw.pki.tls import server_tls_options
-from k3stw.tunnel.protocol import (
-    TCPDialer,
-    TunnelClientFactory,
-    TunnelEndpoint,
-    TunnelServerFactory,
-)
+from k3stw.tunnel.client import AgentTunnelFactory
+from k3stw.tunnel.local import TCPDialer
+from k3stw.tunnel.protocol import TunnelClientFactory, TunnelEndpoint, TunnelServerFactory
 from k3stw.tunnel.session import Session
 from tests.support.net import free_port
 from tests.support.twistd import https_get
@@ -92,6 +92,8 @@ START_LIMIT = 30.0
 MB = 1_000_000
 #: Set by --profile: where the workers write their cProfile statistics.
 PROFILE = ""
+#: Set by --agent-end: the agents' websocket end.
+AGENT_END = "wsproto"
 
 
 @dataclass(frozen=True)
@@ -358,15 +360,19 @@ def agents_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]
     def authorize(proto: str, address: str) -> bool:
         return proto == "tcp" and address.startswith(SERVICE_HOST + ":")
 
+    # Each open session resolves the oldest connection still waiting for one.
+    waiting: deque[Deferred[None]] = deque()
+
+    def opened(name: str, session: Session) -> None:
+        sessions.append(session)
+        if waiting:
+            waiting.popleft().callback(None)
+
     # One factory for every session, as an agent has one per server (a factory
     # per session would count autobahn's copy of its options in each).
-    factory = TunnelClientFactory(
-        url,
-        clock=reactor,
-        authorizer=authorize,
-        dialer=dialer,
-        opened=lambda name, session: sessions.append(session),
-        name="agent",
+    agent_end = AgentTunnelFactory if arguments.agent_end == "wsproto" else TunnelClientFactory
+    factory = agent_end(
+        url, clock=reactor, authorizer=authorize, dialer=dialer, opened=opened, name="agent"
     )
 
     async def connect_one(index: int) -> None:
@@ -377,9 +383,14 @@ def agents_worker(reactor: Any, arguments: argparse.Namespace) -> Deferred[None]
             options if node_options is None else node_options(arguments.first + index),
             TCP4ClientEndpoint(reactor, SERVER_HOST, arguments.port, 30, (source, 0)),
         )
-        protocol: Any = await endpoint.connect(factory)
-        opened: Deferred[None] = protocol.is_open  # autobahn's (txaio on Twisted: a Deferred)
-        await opened.addTimeout(30, reactor)
+        session_open: Deferred[None] = Deferred()
+        waiting.append(session_open)
+        try:
+            await endpoint.connect(factory)
+        except BaseException:
+            waiting.remove(session_open)
+            raise
+        await session_open.addTimeout(30, reactor)
 
     async def connect_all() -> None:
         slots = DeferredSemaphore(50)
@@ -653,6 +664,7 @@ def spawn(work: Path, log: str, *options: str) -> Child:
     argv = [sys.executable, os.path.abspath(__file__), "--certs", str(work), *options]
     if PROFILE:
         argv += ["--profile", PROFILE]
+    argv += ["--agent-end", AGENT_END]
     return Child(argv, work / log, clean_environment())
 
 
@@ -1167,7 +1179,7 @@ def report(results: Results, plan: Plan, quick: bool, seconds: float) -> str:
         [
             f"Machine: {machine()}; load average at the end {load}",
             f"Date: {now:%Y-%m-%d %H:%M} UTC; mode: {'quick' if quick else 'full'}, "
-            f"{seconds:.0f} s in all",
+            f"agents' websocket end: {AGENT_END}, {seconds:.0f} s in all",
             f"### Throughput (MB = 10^6 bytes; one stream moves "
             f"{plan.single_bytes // 2**20} MiB, each of the parallel streams "
             f"{plan.parallel_bytes // 2**20} MiB)",
@@ -1213,8 +1225,9 @@ def k3s_report(memory: dict[str, Any], plan: Plan, quick: bool, seconds: float) 
 
 
 def orchestrate(arguments: argparse.Namespace) -> int:
-    global PROFILE
+    global PROFILE, AGENT_END
     PROFILE = os.path.abspath(arguments.profile) if arguments.profile else ""
+    AGENT_END = arguments.agent_end
     plan = QUICK if arguments.quick else FULL
     started = time.monotonic()
 
@@ -1289,6 +1302,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="with --server k3s: run the server in this script under tracemalloc and print "
         "what grew per session (its RSS is then not comparable)",
+    )
+    parser.add_argument(
+        "--agent-end",
+        choices=("wsproto", "autobahn"),
+        default="wsproto",
+        help="the agents' websocket: wsproto (the agent's, k3stw.tunnel.client) or autobahn "
+        "(TunnelClientFactory, as agents ran it before)",
     )
     parser.add_argument(
         "--worker", choices=("service", "server", "agents", "k3s"), help=argparse.SUPPRESS

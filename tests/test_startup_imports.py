@@ -197,6 +197,10 @@ class ServerImportTests(SynchronousTestCase):
             [],
         )
 
+    def test_no_agent_websocket_client(self) -> None:
+        """wsproto and h11 carry the agent's end of a tunnel only: a server has neither."""
+        self.assertEqual(loaded(server_modules(), "wsproto", "h11", "k3stw.tunnel.client"), [])
+
 
 #: Makes /v1-k3s/connect's resource, prints whether autobahn is loaded, uses it, prints again.
 _CONNECT_RESOURCE = """
@@ -274,6 +278,14 @@ class AgentProcessTests(SynchronousTestCase):
         self.assertIn("k3stw.kubelet.api", modules)
         self.assertIn("k3stw.tunnel.session", modules)
         self.assertEqual(loaded(modules, *SERVER_HALF, "yaml"), [])
+
+    def test_no_autobahn(self) -> None:
+        """The agent's tunnel runs on wsproto: autobahn and txaio (about 5 MiB with
+        their native pieces) are never imported by an agent."""
+        modules = agent_process().modules
+        self.assertIn("wsproto", modules)
+        self.assertIn("k3stw.tunnel.client", modules)
+        self.assertEqual(loaded(modules, "autobahn", "txaio", "k3stw.tunnel.protocol"), [])
 
     def test_stops_when_its_reactor_stops(self) -> None:
         """With its tunnel open, the agent still ends by itself once its reactor stops."""

@@ -42,6 +42,7 @@ from k3stw.pki.certs import (
 )
 from k3stw.pki.tls import server_tls_options
 from k3stw.tunnel.address import loopback_ports_authorizer, split_host_port
+from k3stw.tunnel.client import AgentTunnelFactory
 from k3stw.tunnel.interfaces import ILocalDialer
 from k3stw.tunnel.protocol import TCPDialer, TunnelClientFactory
 from k3stw.tunnel.session import Session, Stream
@@ -210,9 +211,12 @@ class TunnelServerTests(TestCase):
         self.addCleanup(listening.stopListening)
         return cast(IPv4Address, listening.getHost()).port
 
-    async def open_tunnel(self, node: str, kubelet_port: int) -> Session:
+    async def open_tunnel(
+        self, node: str, kubelet_port: int, agent: type[Any] = TunnelClientFactory
+    ) -> Session:
+        """Open C{node}'s tunnel with C{agent}'s end: autobahn's (older agents) or wsproto's."""
         opened: Deferred[Session] = Deferred()
-        factory = TunnelClientFactory(
+        factory = agent(
             f"wss://{SERVER_HOST}:{self.port}/v1-k3s/connect",
             clock=reactor,
             authorizer=loopback_ports_authorizer({kubelet_port}),
@@ -273,6 +277,18 @@ class TunnelServerTests(TestCase):
         code, _, err = await self.kubectl("get", "--raw", "/api/v1/nodes/agent-b/proxy/healthz")
         self.assertNotEqual(code, 0)
         self.assertIn("failed to find Session for client agent-b", err)
+
+    async def test_new_agent_reaches_the_kubelet(self) -> None:
+        """The agent's end on wsproto opens a session with a real server; the API
+        server reaches the kubelet through it, a 100 MiB answer included."""
+        kubelet_port = self.start_kubelet("agent-a")
+        await self.create_node("agent-a", kubelet_port)
+        session = await self.open_tunnel("agent-a", kubelet_port, AgentTunnelFactory)
+        self.addCleanup(session.close, "test over")
+        code, out, err = await self.kubectl("get", "--raw", "/api/v1/nodes/agent-a/proxy/healthz")
+        self.assertEqual((code, out), (0, "ok from agent-a /healthz for system:apiserver"), err)
+        received = await deferToThread(self.read_through_proxy, "/api/v1/nodes/agent-a/proxy/big")
+        self.assertEqual(received, BIG)
 
     async def test_100_mib_stream_with_bounded_memory(self) -> None:
         """

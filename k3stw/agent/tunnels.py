@@ -31,7 +31,8 @@ from k3stw.logs import Logger
 from k3stw.machinery.timing import fixed
 from k3stw.pki.tls import PinnedCAPolicy
 from k3stw.tunnel.address import loopback_ports_authorizer
-from k3stw.tunnel.protocol import TCPDialer, TunnelClientFactory
+from k3stw.tunnel.client import AgentTunnelFactory
+from k3stw.tunnel.local import TCPDialer
 from k3stw.tunnel.session import Session
 
 #: The containerd stream server's port, which k3s's agent also lets servers reach.
@@ -86,7 +87,7 @@ class _Tunnel(ClientService):
     _events = Logger()
 
     def __init__(
-        self, endpoint: _ServerEndpoint, factory: TunnelClientFactory, clock: IReactorTime
+        self, endpoint: _ServerEndpoint, factory: AgentTunnelFactory, clock: IReactorTime
     ) -> None:
         super().__init__(endpoint, factory, retryPolicy=fixed(RETRY_SECONDS), clock=clock)
         self.session: Session | None = None
@@ -179,7 +180,7 @@ class TunnelSet(MultiService):
         endpoint = _ServerEndpoint(
             url, wrapClientTLS(creator, hostname_dialer(self.reactor, timeout=10)(address))
         )
-        factory = TunnelClientFactory(
+        factory = AgentTunnelFactory(
             url,
             clock=self.reactor,
             authorizer=self.authorizer,

@@ -3,9 +3,12 @@ Thin adapters around L{k3stw.tunnel.session.Session}.
 
 - L{TunnelServerFactory} / L{TunnelClientFactory}: autobahn websocket
   factories (binary frames only, limits and keepalive set explicitly) whose
-  protocols feed one session per websocket.
-- L{TunnelStreamProtocol}: pumps a local TCP connection into a stream, with
-  producers registered both ways; L{TCPDialer} opens those connections.
+  protocols feed one session per websocket.  The agent runs
+  L{k3stw.tunnel.client} instead (no autobahn in the agent process);
+  L{TunnelClientFactory} is the agent's end as agents before it ran it,
+  kept so that the tests show a server serves both, and for C{bench/tunnel.py}.
+- L{TunnelStreamProtocol} and L{TCPDialer} (from L{k3stw.tunnel.local}):
+  the local TCP connections of the agent's streams.
 - L{TunnelEndpoint}: an L{IStreamClientEndpoint} that dials through a
   session, so any Twisted client (C{Agent}, C{wrapClientTLS}) can reach the
   far end of a tunnel.
@@ -14,9 +17,8 @@ Thin adapters around L{k3stw.tunnel.session.Session}.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -25,7 +27,6 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
@@ -39,16 +40,28 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from k3stw.hostport import connect_protocol, hostname_dialer
 from k3stw.logs import Logger
 from k3stw.tunnel import autobahn_hooks
 from k3stw.tunnel.address import Authorizer
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
-from k3stw.tunnel.session import Frames, Role, Session, SessionClosed, SessionSettings, Stream
+from k3stw.tunnel.local import (
+    TCPDialer,
+    TunnelStreamProtocol,
+    close_reason,
+    tune_websocket_socket,
+)
+from k3stw.tunnel.session import (
+    Frames,
+    Role,
+    Session,
+    SessionClosed,
+    SessionOpened,
+    SessionSettings,
+    Stream,
+)
 
 __all__ = [
     "SessionOpened",
@@ -68,17 +81,6 @@ __all__ = [
 #: raises L{ConnectionDeny}.  Gets the request and the transport under it
 #: (for the TLS client certificate).
 WebSocketCheck = Callable[[ConnectionRequest, ITransport], str]
-#: Told about each session once its websocket is open: C{(peer name, session)}.
-SessionOpened = Callable[[str, Session], None]
-
-#: Bytes the websocket's socket may hold before the session (every stream's
-#: local source) is paused.  Twisted's default, 64 KiB, is two Data
-#: messages: a busy session paused and resumed every stream (a system call
-#: each) for every 64 KiB it sent.  (Twisted reads up to this much at a
-#: time too.)
-_WEBSOCKET_SEND_BUFFER = 512 * 1024
-#: The websocket close reason is at most 123 bytes.
-_CLOSE_REASON_LIMIT = 123
 
 
 def _refuse_compression(offers: object) -> None:
@@ -123,39 +125,12 @@ class _WebSocketTransport:
 
     def close(self, reason: str) -> None:
         protocol = self._protocol
-        text = reason.encode("utf-8")[:_CLOSE_REASON_LIMIT].decode("utf-8", "ignore")
-        protocol.sendClose(code=1000, reason=text)
+        protocol.sendClose(code=1000, reason=close_reason(reason))
         # The session produces into the websocket's transport no more, and a
         # TLS transport closes only once its producer is unregistered: now,
         # rather than when the peer answers the Close (or the close handshake
         # times out), so that the transport's owner can close it at once.
         protocol.unregisterProducer()
-
-
-def _no_delay(transport: object) -> None:
-    """
-    Turn Nagle off on C{transport}'s socket, if it has one.
-
-    A TLS handshake through the tunnel is several small websocket messages
-    in a row each way; with Nagle on, the second waits for the peer's
-    delayed ACK (40 ms on Linux) before it leaves.  Go peers have
-    TCP_NODELAY on every TCP connection.
-    """
-    setter = getattr(transport, "setTcpNoDelay", None)
-    if setter is None:
-        return
-    # Not a TCP socket (a Unix socket), or a socket already gone.
-    with suppress(OSError):
-        setter(True)
-
-
-def _socket_transport(transport: object) -> FileDescriptor | None:
-    """The socket's own transport under C{transport} (which may be a TLS wrapper)."""
-    for _ in range(4):
-        if transport is None or isinstance(transport, FileDescriptor):
-            return transport
-        transport = getattr(transport, "transport", None)
-    return None
 
 
 class _TunnelAdapter:
@@ -173,10 +148,7 @@ class _TunnelAdapter:
         # websocket keeps Nagle on: set it here, after autobahn is done.
         protocol: Any = self
         super().connectionMade()  # type: ignore[misc]
-        _no_delay(protocol.transport)
-        socket = _socket_transport(protocol.transport)
-        if socket is not None:
-            socket.bufferSize = _WEBSOCKET_SEND_BUFFER
+        tune_websocket_socket(protocol.transport)
 
     def unregisterProducer(self) -> None:
         """
@@ -397,92 +369,6 @@ class TunnelClientFactory(WebSocketClientFactory):
         """autobahn's, and the protocols built from now on carry the new options."""
         super().setProtocolOptions(*args, **options)
         self.protocol = autobahn_hooks.protocol_with_options(TunnelClientProtocol, self)
-
-
-# -- local TCP connections -------------------------------------------------------------
-
-
-@implementer(IStreamReceiver, IPushProducer)
-class TunnelStreamProtocol(Protocol):
-    """
-    Pumps one local TCP connection into a tunnel stream, both ways.
-
-    The stream produces into our transport (paused when the socket is full)
-    and our transport produces into the stream (paused when the peer sends
-    Pause or the websocket is full).
-    """
-
-    def __init__(self, stream: Stream) -> None:
-        self._stream = stream
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        # As Go's net.Dial (remotedialer's local dial) does.
-        _no_delay(self.transport)
-        cast(IConsumer, self.transport).registerProducer(self, True)
-        self._stream.register_producer(IPushProducer(self.transport))
-        self._stream.attach(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._stream.write(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._stream.unregister_producer()
-        self._stream.close(None if reason.check(ConnectionDone) else reason.getErrorMessage())
-
-    # IStreamReceiver
-
-    def stream_data(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def stream_ended(self, reason: str | None) -> None:
-        assert self.transport is not None
-        # A paused streaming producer would keep the socket from closing.
-        cast(IConsumer, self.transport).unregisterProducer()
-        self.transport.loseConnection()
-
-    # IPushProducer: our socket's write buffer pushes back on the peer's bytes
-
-    def pauseProducing(self) -> None:
-        self._stream.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._stream.resumeProducing()
-
-    def stopProducing(self) -> None:
-        # connectionLost follows, with the reason the peer should hear.
-        pass
-
-
-@implementer(ILocalDialer)
-class TCPDialer:
-    """
-    Opens the local TCP connections of allowed Connect messages.
-
-    :param reactor: an C{IReactorTCP} and C{IReactorTime}.
-    :param timeout: seconds a dial may take (remotedialer: one minute).
-    """
-
-    def __init__(self, reactor: Any, timeout: float = 60.0) -> None:
-        self._reactor = reactor
-        self._timeout = timeout
-
-    def dial(self, proto: str, address: str, stream: Stream) -> Deferred[None]:
-        if proto != "tcp":
-            return fail(ValueError(f"unsupported protocol {proto!r}"))
-        # An IP address (the kubelet's 127.0.0.1) is dialled straight: a
-        # HostnameEndpoint would resolve it in a thread on every Connect.
-        try:
-            endpoint = hostname_dialer(self._reactor, self._timeout)(address)
-        except ValueError:
-            return fail()
-        connecting: Deferred[Any] = connect_protocol(endpoint, TunnelStreamProtocol(stream))
-
-        def connected(_: object) -> None:
-            return None
-
-        return connecting.addCallback(connected)
 
 
 # -- dialling through a session ------------------------------------------------------------

@@ -48,7 +48,7 @@ from k3stw.tunnel.codec import (
 )
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
 
-__all__ = ["Role", "Session", "SessionClosed", "SessionSettings", "Stream"]
+__all__ = ["Role", "Session", "SessionClosed", "SessionOpened", "SessionSettings", "Stream"]
 
 Role = Literal["client", "server"]
 
@@ -764,3 +764,7 @@ class Session:
         for stream in list(self._streams.values()):
             if stream.conn_id not in alive and stream._generation < generation:
                 stream._abort("closed: the peer no longer has this connection")
+
+
+#: Told about each session once its websocket is open: C{(peer name, session)}.
+SessionOpened = Callable[[str, Session], None]

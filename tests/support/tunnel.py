@@ -35,6 +35,7 @@ from zope.interface import implementer
 from k3stw.pki.certs import KeyPair
 from k3stw.pki.tls import server_tls_options
 from k3stw.tunnel.address import loopback_ports_authorizer
+from k3stw.tunnel.client import AgentTunnelFactory
 from k3stw.tunnel.codec import Message, Unknown, decode
 from k3stw.tunnel.interfaces import ILocalDialer, IStreamReceiver, ITunnelTransport
 from k3stw.tunnel.protocol import TunnelClientFactory, TunnelServerFactory
@@ -245,6 +246,8 @@ class TunnelEnds:
     server reach port 10250 through C{dialer}.
 
     :param check: the server's check of each upgrade (default: every one is node-1).
+    :param agent: the agent's end: autobahn's (as older agents ran it) or the
+        agent's own L{AgentTunnelFactory}.
     """
 
     def __init__(
@@ -255,6 +258,7 @@ class TunnelEnds:
         check: Callable[[ConnectionRequest, ITransport], str] | None = None,
         dialer: FakeDialer | None = None,
         name: str = "",
+        agent: type[TunnelClientFactory | AgentTunnelFactory] = TunnelClientFactory,
     ) -> None:
         self.server_sessions: list[tuple[str, Session]] = []
         self.client_sessions: list[tuple[str, Session]] = []
@@ -264,7 +268,7 @@ class TunnelEnds:
             opened=lambda peer, session: self.server_sessions.append((peer, session)),
             clock=clock,
         )
-        self.client = TunnelClientFactory(
+        self.client = agent(
             url,
             clock=clock,
             authorizer=loopback_ports_authorizer({10250}),
