@@ -223,12 +223,21 @@ class _Request(DummyRequest):
         super().__init__([])
         self.args = {k.encode(): [v.encode()] for k, v in (query or {}).items()}
         self.producer: object = None
+        self._disconnected = False
 
     def registerProducer(self, prod: object, s: bool) -> None:
         self.producer = prod
 
     def unregisterProducer(self) -> None:
+        # As twisted.web's: the channel it goes through is gone with the client.
+        if self._disconnected:
+            raise AttributeError("'NoneType' object has no attribute 'unregisterProducer'")
         self.producer = None
+
+    def processingFailed(self, reason: Failure) -> None:
+        # The client went away: twisted.web marks it so (and drops the channel).
+        self._disconnected = True
+        super().processingFailed(reason)
 
     @property
     def body(self) -> bytes:

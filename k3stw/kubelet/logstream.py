@@ -189,7 +189,9 @@ class ContainerLogs:
             try:
                 await stream.run(running)
             finally:
-                request.unregisterProducer()
+                # A client that went away took the channel, and its producer, with it.
+                if not _gone(request):
+                    request.unregisterProducer()
         except Exception:
             self._log.failure("Streaming the log of container {id} failed", id=container_id)
         finally:
