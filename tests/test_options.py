@@ -250,8 +250,8 @@ class CommandLineTests(OptionsTestCase):
         """proxy-mode= picks kube-proxy's mode (iptables by default); unknown modes fail."""
         self.assertEqual(parse(server.Options, []).node_settings().proxy_mode, "iptables")
         for given in ("proxy-mode=nftables", "--proxy-mode=nftables"):
-            options = parse(agent.Options, ["--server", "https://h:1", "--token", "t",
-                                            "--kube-proxy-arg", "v=2", "--kube-proxy-arg", given])  # fmt: skip
+            argv = ["--server", "https://h:1", "--token", "t", "--kube-proxy-arg", "v=2"]
+            options = parse(agent.Options, [*argv, "--kube-proxy-arg", given])
             self.assertEqual(options.node_settings().proxy_mode, "nftables")
         for bad, words in (
             ("proxy-mode=userspace", 'Unsupported value: "userspace": supported values:'),
