@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.network.proxynft import TABLE, NFTRuleset, render_nft
+from k3stw.network.proxynft import TABLE, Existing, NFTRuleset, parse_listing, render_nft
 from k3stw.network.proxyrules import NodeFacts
 from tests.test_proxy_rules import endpoint, service, slice_of
 
@@ -311,3 +311,55 @@ class NFTablesRulesTests(SynchronousTestCase):
         flows = ruleset.udp["ns1/svc1:p80"]
         self.assertEqual((flows.ips, flows.endpoint_ips), (("172.30.0.41",), {"10.180.0.1"}))
         self.assertIn("meta l4proto udp dnat to 10.180.0.1:80", ruleset.text)
+
+    def test_a_full_sync_rewrites_an_existing_table_in_place(self) -> None:
+        """
+        With the table there, a full sync empties and rewrites it without
+        deleting it: its chains are flushed (policy chains before the others'
+        rules are dropped, the kernel's cheap order), maps emptied and
+        refilled, a chain of a Service gone flushed for the next sync to delete.
+        """
+        stale = "service-AAAAAAAA-ns9/gone/tcp/p80"
+        existing = Existing(
+            frozenset({SVC1, EP1, stale, "services"}),
+            frozenset({"cluster-ips", "affinity-AAAAAAAA-ns9/gone/tcp/p80__10.1.1.1/80"}),
+        )
+        ruleset = render_nft(
+            [one()], [slice_of(endpoint("10.180.0.1"))], NODE, None, None, existing
+        )
+        text = lines(ruleset)
+        self.assertNotIn(f"delete table ip {TABLE}", text)
+        self.assertNotIn(f"add chain ip {TABLE} {SVC1}", text)
+        flushes = [line for line in text if line.startswith("flush chain") and "/" in line]
+        self.assertEqual(
+            flushes,
+            [
+                f"flush chain ip {TABLE} {SVC1}",
+                f"flush chain ip {TABLE} {EP1}",
+                f"flush chain ip {TABLE} {stale}",
+            ],
+        )
+        self.assertLess(
+            text.index(f"{ADD} {SVC1} numgen random mod 1 vmap {{ 0 : goto {EP1} }}"),
+            text.index(f"flush chain ip {TABLE} {EP1}"),
+        )
+        self.assertLess(
+            text.index(f"flush map ip {TABLE} service-ips"),
+            text.index(
+                f"add element ip {TABLE} service-ips {{ 172.30.0.41 . tcp . 80 : goto {SVC1} }}"
+            ),
+        )
+        self.assertIn(f"flush chain ip {TABLE} services", text)
+        self.assertIn(
+            f"delete set ip {TABLE} affinity-AAAAAAAA-ns9/gone/tcp/p80__10.1.1.1/80", text
+        )
+        self.assertEqual(ruleset.stale, {stale})
+
+    def test_listing_parsed(self) -> None:
+        """The names in kube-proxy's table of ``nft list chains ip``; other tables' not."""
+        listing = (
+            "table ip kube-proxy {\n\tchain services {\n\t}\n"
+            f"\tchain {SVC1} {{\n\t}}\n}}\n"
+            "table ip others {\n\tchain mine {\n\t}\n}\n"
+        )
+        self.assertEqual(parse_listing(listing), {"services", SVC1})

@@ -35,6 +35,16 @@ class NFTables:
         self.reactor = reactor
         self.prefix = tuple(prefix)
 
+    async def listing(self, what: str, family: str = "ip") -> str:
+        """``nft -t list <what> <family>`` (C{what}: ``chains`` or ``sets``; no set elements)."""
+        try:
+            done = await run_command(
+                self.reactor, (*self.prefix, "nft", "-t", "list", what, family), timeout=TIMEOUT
+            )
+        except CommandFailed as e:
+            raise NFTablesError(str(e)) from None
+        return done.stdout.decode()
+
     async def apply(self, text: str) -> None:
         """Run C{text} (``nft -f`` input) as one transaction."""
         try:

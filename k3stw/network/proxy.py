@@ -48,7 +48,7 @@ from k3stw.machinery.source import HTTPSource
 from k3stw.network.iptables import IPTables, IPTablesError
 from k3stw.network.nftables import NFTables, NFTablesError
 from k3stw.network.node import NetworkSettings
-from k3stw.network.proxynft import NFTRuleset, cleanup_text, render_nft
+from k3stw.network.proxynft import Existing, NFTRuleset, cleanup_text, parse_listing, render_nft
 from k3stw.network.proxyrules import (
     FILTER_CHAINS,
     JUMPS,
@@ -138,6 +138,8 @@ class KubeProxy(Service):
         #: What the last successful sync wrote (None before one), in the mode's terms.
         self.applied: Ruleset | None = None
         self.applied_nft: NFTRuleset | None = None
+        #: The next full sync makes kube-proxy's table anew (the last one failed).
+        self._replace_table = False
         #: The other mode's rules are gone (kube-proxy removes them once, at start).
         self._other_mode_cleaned = False
         self._timer: IDelayedCall | None = None
@@ -255,6 +257,7 @@ class KubeProxy(Service):
                 udp, count = await self._sync_iptables(full, changed)
         except Exception:
             self._full_due = True
+            self._replace_table = full
             self._log.failure("Failed to sync {mode} rules; a full sync follows", mode=self.mode)
             return
         before, self._udp = self._udp, udp
@@ -293,11 +296,21 @@ class KubeProxy(Service):
         self, full: bool, changed: set[tuple[str, str]]
     ) -> tuple[dict[str, UDPFlows], int]:
         services, slices = self.services.cache.list(), self.slices.cache.list()
-        previous = None if full else self.applied_nft
-        ruleset = render_nft(services, slices, self.node, previous, changed)
+        previous = self.applied_nft
+        if full or previous is None:
+            # The table rewritten in place; made anew after a failed full sync.
+            existing = None if self._replace_table else await self._nft_existing()
+            ruleset = render_nft(services, slices, self.node, previous, None, existing)
+        else:
+            ruleset = render_nft(services, slices, self.node, previous, changed)
         await self.nft.apply(ruleset.text)
         self.applied_nft = ruleset
+        self._replace_table = False
         return ruleset.udp, len(ruleset.chains)
+
+    async def _nft_existing(self) -> Existing:
+        chains = parse_listing(await self.nft.listing("chains"))
+        return Existing(chains, parse_listing(await self.nft.listing("sets")))
 
     async def _clean_other_mode(self) -> None:
         """

@@ -19,13 +19,16 @@ transaction on kube-proxy's own table ``ip kube-proxy``, with kube's names:
   random mod N vmap``; ClientIP affinity keeps each endpoint's clients in a
   set ``affinity-...`` with a timeout.
 
-A full sync replaces the table whole (``add``, ``delete``, then everything,
-in one transaction: nothing outside it is touched, and the kernel sees all of
-it or none).  A partial sync writes the changed Services' chains, the map and
-set elements that changed, and flushes chains no longer used; as kube-proxy,
-it deletes those a sync later (kernels before 6.2 see a chain a map element
-named as used for a moment after the element goes).  Not here, as in kube
-1.32 by default: localhost NodePorts, the drop of unallocated ClusterIPs.
+A full sync (at start, after a failure, hourly) rewrites the table in place
+(its chains emptied and written again, its maps emptied and filled, chains
+no longer used emptied), or, after a failed full sync, makes it anew
+(``add``, ``delete``, then everything); either in one transaction: nothing
+outside the table is touched, and the kernel sees all of it or none.  A
+partial sync writes the changed Services' chains, the map and set elements
+that changed, and empties chains no longer used; as kube-proxy, it deletes
+those a sync later (kernels before 6.2 see a chain a map element named as
+used for a moment after the element goes).  Not here, as in kube 1.32 by
+default: localhost NodePorts, the drop of unallocated ClusterIPs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import hashlib
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from k3stw.machinery.objects import Object
 from k3stw.network.proxyrules import (
@@ -47,7 +51,16 @@ from k3stw.network.proxyrules import (
     proxied_ports,
 )
 
-__all__ = ["TABLE", "NFTRuleset", "chain_base", "cleanup_text", "endpoint_base", "render_nft"]
+__all__ = [
+    "TABLE",
+    "Existing",
+    "NFTRuleset",
+    "chain_base",
+    "cleanup_text",
+    "endpoint_base",
+    "parse_listing",
+    "render_nft",
+]
 
 #: kube-proxy's table, in the ``ip`` family.
 TABLE = "kube-proxy"
@@ -98,6 +111,7 @@ CONTAINERS = {
 _NO_LOCALHOST = "ip daddr != 127.0.0.0/8"
 
 
+@lru_cache(maxsize=65536)
 def _hash_and_truncate(name: str) -> str:
     """kube's ``hashAndTruncate``: 8 base32 characters of SHA-256, a dash, the name."""
     digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
@@ -144,11 +158,36 @@ class NFTRuleset:
     udp: dict[str, UDPFlows] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Existing:
+    """What kube-proxy's table holds before a full sync (from L{parse_listing})."""
+
+    chains: frozenset[str]
+    sets: frozenset[str]
+
+
+def parse_listing(text: str) -> frozenset[str]:
+    """The names of the chains or sets ``nft list chains|sets ip`` shows in kube-proxy's table."""
+    names: set[str] = set()
+    inside = False
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("table "):
+            inside = words[1:3] == ["ip", TABLE]
+        elif inside and len(words) >= 2 and words[0] in ("chain", "set", "map"):
+            names.add(words[1])
+    return frozenset(names)
+
+
 @dataclass
 class _Transaction:
-    """The ``nft -f`` input being written, in the order nft needs: declarations, rules, elements."""
+    """The service chains, rules and elements of a sync, before they are put in nft's order."""
 
-    heads: list[str] = field(default_factory=list)
+    #: The chains written (emptied first if they exist), in order.
+    written: list[str] = field(default_factory=list)
+    affinity_heads: list[str] = field(default_factory=list)
+    #: The policy chains' rules (the numgen vmaps): see L{render_nft}.
+    choices: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
     affinity_sets: set[str] = field(default_factory=set)
@@ -157,17 +196,21 @@ class _Transaction:
     )
 
     def chain(self, name: str, write: bool) -> None:
-        """A service chain this sync keeps: emptied and written again if C{write}."""
+        """A service chain this sync keeps: written again if C{write}."""
         self.chains.add(name)
         if write:
-            self.heads.append(f"add chain ip {TABLE} {name}")
-            self.heads.append(f"flush chain ip {TABLE} {name}")
+            self.written.append(name)
 
     def rule(self, chain: str, *parts: str) -> None:
-        self.rules.append(" ".join([_ADD, chain, *(part for part in parts if part)]))
+        into = self.choices if _is_policy_chain(chain) else self.rules
+        into.append(" ".join([_ADD, chain, *filter(None, parts)]))
 
     def element(self, container: str, key: str, value: str = "") -> None:
         self.elements[container].setdefault(key, value)
+
+
+def _is_policy_chain(chain: str) -> bool:
+    return chain.startswith(("service-", "local-"))
 
 
 def render_nft(
@@ -176,53 +219,74 @@ def render_nft(
     node: NodeFacts,
     previous: NFTRuleset | None = None,
     changed: Collection[tuple[str, str]] | None = None,
+    existing: Existing | None = None,
 ) -> NFTRuleset:
     """
-    The nftables transaction for C{services} and their C{slices} on C{node}.
+    The nftables transaction for C{services} and their C{slices} on C{node}:
+    a partial sync (C{previous} and C{changed}), a full one rewriting the
+    C{existing} table in place, or a full one making the table anew (no
+    C{existing} table: at the first start, or after a failed full sync).
 
-    :param previous: what the last successful sync wrote; None for a full sync.
+    Each ``numgen ... vmap { ... }`` makes an anonymous map, and the kernel
+    (6.x ``__nft_set_trans_bind``) walks the whole transaction so far for
+    each one made or dropped: the policy chains are emptied and written right
+    after the new chains are declared, before the other chains' rules are
+    dropped and written, and a table made anew empties nothing.  (Replacing
+    a table of 1,000 Services with ``delete table`` costs seconds so.)
+
+    :param previous: what the last successful sync wrote.
     :param changed: for a partial sync, the (namespace, name) of the Services
-        whose chains are written again; None (or no C{previous}) writes the
-        whole table.
+        whose chains are written again; None for a full sync.
+    :param existing: for a full sync, the chains and sets the table holds.
     """
-    full = previous is None or changed is None
+    partial = previous is not None and changed is not None
     tx = _Transaction()
     pods = node.pod_range
     udp: dict[str, UDPFlows] = {}
     for port, endpoints in proxied_ports(services, slices, node.name):
-        write = full or (port.namespace, port.service) in (changed or ())
+        write = not partial or (port.namespace, port.service) in (changed or ())
         reachable = _write_port(tx, port, endpoints, pods, node, write)
         if port.protocol == "udp":
             udp[port.name] = UDPFlows.of(port, reachable)
     lines: list[str] = []
-    stale: frozenset[str] = frozenset()
-    if full:
-        lines += _table(node)
-        lines += tx.heads
-        lines += tx.rules
-        for container, elements in tx.elements.items():
-            lines += _add_elements(container, elements)
-    else:
+    if partial:
         assert previous is not None
-        lines += [
-            f"delete chain ip {TABLE} {chain}" for chain in sorted(previous.stale - tx.chains)
-        ]
-        lines += tx.heads
-        stale = previous.chains - tx.chains
-        lines += [f"flush chain ip {TABLE} {chain}" for chain in sorted(stale)]
-        lines += tx.rules
-        for container, elements in tx.elements.items():
+        gone = previous.stale - tx.chains
+        lines += [f"delete chain ip {TABLE} {chain}" for chain in sorted(gone)]
+        present = (previous.chains | previous.stale) - gone
+        present_sets = previous.affinity_sets
+    elif existing is None:
+        lines += _table(node, anew=True)
+        present, present_sets = frozenset(), frozenset()
+    else:
+        lines += _table(node, anew=False)
+        present = frozenset(chain for chain in existing.chains if "/" in chain)
+        present_sets = frozenset(name for name in existing.sets if name.startswith("affinity-"))
+    lines += [f"add chain ip {TABLE} {chain}" for chain in tx.written if chain not in present]
+    lines += tx.affinity_heads
+    flushed = [chain for chain in tx.written if chain in present]
+    lines += [f"flush chain ip {TABLE} {c}" for c in flushed if _is_policy_chain(c)]
+    lines += tx.choices
+    lines += [f"flush chain ip {TABLE} {c}" for c in flushed if not _is_policy_chain(c)]
+    # Chains no longer used are emptied now and deleted by the next sync.
+    stale = present - tx.chains
+    lines += [f"flush chain ip {TABLE} {chain}" for chain in sorted(stale)]
+    lines += tx.rules
+    for container, elements in tx.elements.items():
+        if partial:
+            assert previous is not None
             lines += _diff_elements(container, previous.elements.get(container, {}), elements)
-        lines += [
-            f"delete set ip {TABLE} {name}"
-            for name in sorted(previous.affinity_sets - tx.affinity_sets)
-        ]
+        else:
+            if existing is not None:
+                lines.append(f"flush {CONTAINERS[container][0]} ip {TABLE} {container}")
+            lines += _add_elements(container, elements)
+    lines += [f"delete set ip {TABLE} {name}" for name in sorted(present_sets - tx.affinity_sets)]
     return NFTRuleset(
         text="\n".join(lines) + "\n",
         chains=frozenset(tx.chains),
         affinity_sets=frozenset(tx.affinity_sets),
         elements=tx.elements,
-        stale=stale,
+        stale=frozenset(stale),
         udp=udp,
     )
 
@@ -245,28 +309,34 @@ def _diff_elements(
     return lines + _add_elements(container, added)
 
 
-def _table(node: NodeFacts) -> list[str]:
-    """The table made anew (kube's ``setupNFTables``): base chains, top-level chains, maps."""
-    lines = [
-        f"add table ip {TABLE}",
-        f"delete table ip {TABLE}",
-        f'add table ip {TABLE} {{ comment "rules for kube-proxy" ; }}',
-    ]
+def _table(node: NodeFacts, anew: bool) -> list[str]:
+    """
+    kube's ``setupNFTables``: base chains, top-level chains and their rules,
+    maps; in a table made C{anew} (the old one, if any, deleted first), else
+    in the table as it is, its top-level chains emptied (its maps are, later).
+    """
+    lines = [f"add table ip {TABLE}"]
+    if anew:
+        lines.append(f"delete table ip {TABLE}")
+    lines.append(f'add table ip {TABLE} {{ comment "rules for kube-proxy" ; }}')
     for name, (kind, kind_type, comment) in CONTAINERS.items():
         lines.append(f'add {kind} ip {TABLE} {name} {{ type {kind_type} ; comment "{comment}" ; }}')
     for name, chain_type, hook, priority in BASE_CHAINS:
         lines.append(
             f"add chain ip {TABLE} {name} {{ type {chain_type} hook {hook} priority {priority} ; }}"
         )
-    for name in (
+    top = [
         "nodeport-endpoints-check", "service-endpoints-check", "firewall-check", "services",
         "cluster-ips-check", "masquerading", "mark-for-masquerade",
-    ):  # fmt: skip
-        lines.append(f"add chain ip {TABLE} {name}")
+    ]  # fmt: skip
+    lines += [f"add chain ip {TABLE} {name}" for name in top]
     lines.append(
         f"add chain ip {TABLE} reject-chain"
         ' { comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }'
     )
+    if not anew:
+        emptied = [name for name, *_ in BASE_CHAINS] + top + ["reject-chain"]
+        lines += [f"flush chain ip {TABLE} {name}" for name in emptied]
     for chain, base, match in JUMPS:
         lines.append(" ".join(part for part in (_ADD, base, match, "jump", chain) if part))
     masquerade = "masquerade fully-random" if node.random_fully else "masquerade"
@@ -395,7 +465,7 @@ def _write_port(
             sources += port.lb_ips
         tx.rule(firewall_chain, f"ip saddr != {{ {', '.join(sources)} }} drop")
     for name in affinity.values():
-        tx.heads.append(
+        tx.affinity_heads.append(
             f"add set ip {TABLE} {name} {{ type ipv4_addr ; flags dynamic,timeout ;"
             f" timeout {port.affinity_seconds}s ; }}"
         )

@@ -34,7 +34,8 @@ import ipaddress
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from typing import NamedTuple
 
 from k3stw.machinery.objects import Object
 
@@ -178,7 +179,7 @@ class ServicePort:
     external_local: bool = False
     health_check_node_port: int = 0
 
-    @property
+    @cached_property
     def name(self) -> str:
         """kube's ``ServicePortName.String()``: ``ns/svc``, ``:port`` added for a named port."""
         base = f"{self.namespace}/{self.service}"
@@ -217,9 +218,8 @@ class ServicePort:
         return self.internal_local or (self.external_local and self.externally_accessible)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """One endpoint of a service port, from an EndpointSlice."""
+class Endpoint(NamedTuple):
+    """One endpoint of a service port, from an EndpointSlice (a tuple: 10,000 are made a sync)."""
 
     ip: str
     port: int
@@ -490,7 +490,7 @@ def _comment(text: str) -> str:
 
 
 def _line(*parts: str) -> str:
-    return " ".join(part for part in parts if part)
+    return " ".join(filter(None, parts))
 
 
 @dataclass
@@ -729,8 +729,9 @@ def _write_port(
             (local_chain, uses_local_chain),
         ]
         out.active.update(chain for chain, used in own if used)
-        out.active.update(endpoint_chain(name, proto, str(ep)) for ep in reachable)
+        out.active.update(endpoint_chain(name, proto, f"{ep.ip}:{ep.port}") for ep in reachable)
         return reachable
+    seps = {ep: endpoint_chain(name, proto, f"{ep.ip}:{ep.port}") for ep in reachable}
     if has_internal and from_pods:
         # Off-cluster sources reaching the VIP (a route to the service range through a node)
         # are masqueraded: the endpoint may answer through another node.
@@ -773,26 +774,29 @@ def _write_port(
         out.nat("-A", fw_chain, other)
     if uses_cluster_chain:
         out.chain(cluster_chain)
-        _write_choice(out, port, cluster_chain, cluster, large)
+        _write_choice(out, port, cluster_chain, [(ep, seps[ep]) for ep in cluster], large)
     if uses_local_chain:
         out.chain(local_chain)
-        _write_choice(out, port, local_chain, local, large)
-    for endpoint in reachable:
-        sep = endpoint_chain(name, proto, str(endpoint))
+        _write_choice(out, port, local_chain, [(ep, seps[ep]) for ep in local], large)
+    for endpoint, sep in seps.items():
         out.chain(sep)
         head = f"-A {sep}" if large else f"-A {sep} {_comment(name)}"
         # Hairpin: a pod reaching itself through its Service must see the node as the source.
         out.nat(head, "-s", endpoint.ip, "-j KUBE-MARK-MASQ")
         recent = f"-m recent --name {sep} --set" if port.affinity_seconds else ""
-        out.nat(head, recent, match, "-j DNAT --to-destination", str(endpoint))
+        out.nat(head, recent, match, "-j DNAT --to-destination", f"{endpoint.ip}:{endpoint.port}")
     return reachable
 
 
 def _write_choice(
-    out: _Tables, port: ServicePort, chain: str, endpoints: Sequence[Endpoint], large: bool
+    out: _Tables,
+    port: ServicePort,
+    chain: str,
+    seps: Sequence[tuple[Endpoint, str]],
+    large: bool,
 ) -> None:
-    """A SVC/SVL chain's rules: ClientIP affinity first, then a uniform random choice."""
-    seps = [(ep, endpoint_chain(port.name, port.protocol, str(ep))) for ep in endpoints]
+    """A SVC/SVL chain's rules (C{seps}: each endpoint and its chain): ClientIP affinity
+    first, then a uniform random choice."""
 
     def head(ep: Endpoint) -> str:
         return f"-A {chain}" if large else f"-A {chain} {_comment(f'{port.name} -> {ep}')}"
