@@ -16,14 +16,10 @@ Needs what tests/test_proxy_machine.py needs, and nft (Debian nftables).
 
 from __future__ import annotations
 
-import time
-from functools import partial
-
 from k3stw.network.proxynft import chain_base
 from k3stw.network.proxyrules import ServicePort
 from tests import test_proxy_machine
 from tests.support.images import INDEX_HTML
-from tests.test_pod_exec_machine import IMAGE
 
 #: What an iptables-mode kube-proxy left: its chain and the jump to it.
 LEFTOVER = (
@@ -37,44 +33,18 @@ OTHERS = "nft add table ip others && nft add chain ip others mine"
 class NFTablesProxyInAMachineTests(test_proxy_machine.ServiceProxyInAMachineTests):
     test_cluster_ip_node_port_hairpin_and_reject = None  # type: ignore[assignment]
 
-    def start_server(self, log_name: str) -> int:
-        return self.launch(
-            "k3s-server --container-runtime containerd --bind-address 127.0.0.1"
-            " --node-ip 127.0.0.1 --node-name m1 --kube-proxy-arg proxy-mode=nftables"
-            f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
-            log_name,
-            "Successfully registered node m1",
-        )
+    server_flags = " --kube-proxy-arg proxy-mode=nftables"
 
     def test_cluster_ip_node_port_hairpin_and_reject_through_nftables(self) -> None:
         self.machine.run(LEFTOVER)
         self.machine.run(OTHERS)
         self.start_server("server.log")
-        self.kubectl(f"run web {IMAGE} --labels app=web --command -- /bin/httpd -f -p 80 -h /www")
-        self.kubectl(f"run client {IMAGE} --command -- sleep 3600")
-        self.kubectl("create service nodeport web --tcp=80:80")
-        self.kubectl("create service clusterip empty --tcp=80:80")
-        for pod in ("web", "client"):
-            self.until(f"{pod} Running", partial(self.running, pod))
-        web = self.service("web")["spec"]
-        assert isinstance(web, dict)
-        cluster_ip, node_port = web["clusterIP"], web["ports"][0]["nodePort"]
-
-        page = self.until_fetched("client", f"http://{cluster_ip}/")
-        self.assertEqual(page, INDEX_HTML.decode())
-        # Hairpin: the endpoint reaches itself through its Service (masqueraded).
-        self.assertEqual(self.until_fetched("web", f"http://{cluster_ip}/"), page)
+        cluster_ip, node_port = self.web_through_its_service()
+        page = INDEX_HTML.decode()
         # From another machine, through the node's address and the NodePort.
         self.assertEqual(self.until_answered(self.other, f"http://10.199.1.1:{node_port}/"), page)
 
-        # No endpoints: refused at once, not a timeout.
-        empty_spec = self.service("empty")["spec"]
-        assert isinstance(empty_spec, dict)
-        started = time.monotonic()
-        status, _, err = self.in_pod("client", f"http://{empty_spec['clusterIP']}/")
-        self.assertNotEqual(status, 0)
-        self.assertIn("Connection refused", err)
-        self.assertLess(time.monotonic() - started, 10)
+        self.assert_refused_without_endpoints()
 
         table = self.machine.run("nft list table ip kube-proxy")
         port = ServicePort("default", "web", "80-80", "tcp", cluster_ip, 80)
