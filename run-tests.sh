@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 # and what builds and boots an appliance image (mmdebstrap, systemd-nspawn, qemu).
 DEBIAN_PACKAGES="openssl ca-certificates postgresql mariadb-server etcd-server etcd-client haproxy
     iproute2 util-linux passwd containerd containernetworking-plugins busybox-static zstd
-    iptables ipset conntrack iperf3 dnsmasq-base dnsperf
+    iptables nftables ipset conntrack iperf3 dnsmasq-base dnsperf
     mmdebstrap systemd-container qemu-system-x86 e2fsprogs"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive

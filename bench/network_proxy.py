@@ -4,14 +4,16 @@ table (and, with ``--output``, writing it as its section of the document).
 
     python bench/network.py --section proxy [--quick] [--output docs/network-benchmark.md]
 
-``proxy``: kube-proxy's iptables rules (``k3stw.network.proxyrules``) in a
-node network namespace this script makes: the sync time of 1,000 Services of
-10 endpoints each (render, then one ``iptables-restore --noflush``, as the
-node's kube-proxy does), and the connection rate to a Service's ClusterIP
-next to the same pod's IP, from a client pod, with those 1,000 Services'
-rules in place.  Three namespaces: the node (a bridge ``br0``, the rules),
-a server pod and a client pod on the bridge.  Needs root, ``ip`` and
-iptables; every namespace made is deleted and every process ended by its PID.
+``proxy``: kube-proxy's rules in a node network namespace this script makes:
+the sync time of 1,000 Services of 10 endpoints each in the iptables mode
+(render, then one ``iptables-restore --noflush``) and the nftables mode
+(render, then one ``nft -f``), as the node's kube-proxy does, and the
+connection rate to a Service's ClusterIP next to the same pod's IP, from a
+client pod, with each mode's rules in place, and through one DNAT rule
+alone.  Three namespaces: the node (a bridge ``br0``, the rules), a server
+pod and a client pod on the bridge.  Needs root, ``ip``, iptables, nft and
+conntrack; every namespace made is deleted and every process ended by its
+PID.
 """
 
 from __future__ import annotations
@@ -34,12 +36,20 @@ if __package__ in (None, ""):
 from network import in_ns, report, run
 
 from k3stw.network.iptables import fetch_all_chains
+from k3stw.network.proxynft import Existing, cleanup_text, parse_listing, render_nft
 from k3stw.network.proxyrules import DISPATCH_ABOVE, NodeFacts, Ruleset, render
 
 TAG = f"nb{os.getpid() % 100_000}"
 NODE_NS, SERVER_NS, CLIENT_NS = f"{TAG}node", f"{TAG}srv", f"{TAG}cli"
 GATEWAY, SERVER, CLIENT = "10.244.0.1", "10.244.0.2", "10.244.0.3"
 SERVER_PORT = 8080
+#: The client pod's source addresses, one per target of each phase: a run reuses the ports of
+#: earlier ones, and a DNATed connection whose reply tuple is an earlier one's (to the pod
+#: directly, or through another rule; conntrack keeps it 2 minutes in TIME_WAIT) clashes with
+#: it, and its SYN is dropped: 1 s until the retransmit.
+CLIENT_SOURCES = [f"10.244.0.{n}" for n in range(10, 18)]
+#: The address the floor's one DNAT rule sends to the server pod.
+FLOOR_IP = "10.97.0.1"
 #: The measured Service's ClusterIP (one of the 1,000), and its index.
 TARGET_INDEX = 500
 SERVICES = 1000
@@ -58,9 +68,10 @@ while True:
 CLIENT_CODE = """
 import socket, sys, time
 host, port, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+source = (sys.argv[5], 0)
 done, started = 0, time.perf_counter()
 while done < count and time.perf_counter() - started < limit:
-    c = socket.create_connection((host, port), timeout=5)
+    c = socket.create_connection((host, port), timeout=5, source_address=source)
     assert c.recv(1) == b"x"
     c.close(); done += 1
 print(done / (time.perf_counter() - started))
@@ -86,6 +97,8 @@ def make_namespaces() -> None:
         run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
         run("ip", "-n", ns, "link", "set", "eth0", "up")
         run("ip", "-n", ns, "route", "add", "default", "via", GATEWAY)
+    for source in CLIENT_SOURCES:
+        run("ip", "-n", CLIENT_NS, "addr", "add", f"{source}/24", "dev", "eth0")
     in_ns(NODE_NS, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     in_ns(NODE_NS, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
 
@@ -145,6 +158,52 @@ def feed(*args: Any) -> tuple[Ruleset, bytes]:
     return ruleset, fetch_all_chains(ruleset.text).encode()
 
 
+def nft_existing() -> Existing:
+    """What kube-proxy's table in the node holds, listed as its KubeProxy lists it."""
+    chains, sets = (in_ns(NODE_NS, "nft", "-t", "list", what, "ip") for what in ("chains", "sets"))
+    return Existing(parse_listing(chains), parse_listing(sets))
+
+
+def _flush_iptables(backend: str) -> None:
+    for name in ("nat", "filter"):
+        in_ns(NODE_NS, backend, "-t", name, "-F")
+        in_ns(NODE_NS, backend, "-t", name, "-X")
+
+
+def _rates(quick: bool, phase: int, targets: Sequence[tuple[str, str, int]]) -> dict[str, float]:
+    """
+    Connections/s to each of C{targets} (label, host, port; the first is the
+    reference), taking turns for 5 rounds: each label's median, and under
+    ``<label>/`` the median of each round's ratio to the reference (the
+    machine's load drifts between rounds; a round's two runs are next to each
+    other).  Each target of each C{phase} is reached from an address of its
+    own (see L{CLIENT_SOURCES}).
+    """
+    count, limit = (1000, 5.0) if quick else (3000, 10.0)
+    found: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+    for _ in range(5):
+        for index, (label, host, port) in enumerate(targets):
+            source = CLIENT_SOURCES[phase * len(targets) + index]
+            out = in_ns(
+                CLIENT_NS,
+                sys.executable,
+                "-c",
+                CLIENT_CODE,
+                host,
+                str(port),
+                str(count),
+                str(limit),
+                source,
+            )
+            found[label].append(float(out))
+    reference = targets[0][0]
+    rates = {label: statistics.median(values) for label, values in found.items()}
+    for label, values in found.items():
+        ratios = [mine / base for mine, base in zip(values, found[reference], strict=True)]
+        rates[f"{label}/"] = statistics.median(ratios)
+    return rates
+
+
 def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
     """The proxy section's rows (measure, figure, goal) and its notes."""
     node = NodeFacts(name="node", node_ips=(GATEWAY,), cluster_cidrs=("10.244.0.0/16",))
@@ -162,33 +221,40 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
         timings.setdefault(f"{cell} cpu", []).append(_cpu() - cpu)
         return result
 
+    one = {("bench", "svc0001")}
+    nft = ("nft", "-f", "-")
     for _ in range(rounds):
         for backend in ("iptables", "iptables-legacy"):
             # Each round from empty tables: a node's first sync, a full resync, a partial one.
-            for name in ("nat", "filter"):
-                in_ns(NODE_NS, backend, "-t", name, "-F")
-                in_ns(NODE_NS, backend, "-t", name, "-X")
+            _flush_iptables(backend)
             restore = (f"{backend}-restore", "-w", "5", "--noflush")
             full, text = clock("render", feed, services, slices, node)
             clock(f"{backend} first", in_ns, NODE_NS, *restore, stdin=text)
             chains = sorted(full.nat_chains)
             _, text = clock("render", feed, services, slices, node, chains)
             clock(f"{backend} full", in_ns, NODE_NS, *restore, stdin=text)
-            one = {("bench", "svc0001")}
             _, text = clock("render partial", feed, services, slices, node, chains, one)
             clock(f"{backend} partial", in_ns, NODE_NS, *restore, stdin=text)
+        # nftables mode, as its KubeProxy does: a full sync lists the table's chains and sets
+        # and writes it (first from none, then rewritten in place), then one Service's chains.
+        in_ns(NODE_NS, *nft, stdin=cleanup_text().encode())
+        for cell in ("first", "full"):
+            existing = clock(f"nft list {cell}", nft_existing)
+            tables = clock("nft render", render_nft, services, slices, node, None, None, existing)
+            clock(f"nft {cell}", in_ns, NODE_NS, *nft, stdin=tables.text.encode())
+        partial = clock("nft render partial", render_nft, services, slices, node, tables, one)
+        clock("nft partial", in_ns, NODE_NS, *nft, stdin=partial.text.encode())
+    in_ns(NODE_NS, *nft, stdin=cleanup_text().encode())
     # The same rules as kube-proxy feeds them (no listing first), once: the listing's worth.
-    for name in ("nat", "filter"):
-        in_ns(NODE_NS, "iptables", "-t", name, "-F")
-        in_ns(NODE_NS, "iptables", "-t", name, "-X")
+    _flush_iptables("iptables")
     plain = ("iptables-restore", "-w", "5", "--noflush")
     clock("plain first", in_ns, NODE_NS, *plain, stdin=full.text.encode())
     median = {cell: statistics.median(values) for cell, values in timings.items()}
     lines = len(full.text.splitlines())
-    render_s, partial_s = median["render"], median["render partial"]
-    first, resync, part_s = (median[f"iptables {k}"] for k in ("first", "full", "partial"))
+    nft_lines = len(tables.text.splitlines())
 
-    def goal(seconds: float) -> str:
+    def goal(*cells: str) -> str:
+        seconds = sum(median[cell] for cell in cells)
         return f"< 1 s: {'met' if seconds < 1.0 else 'NOT met'}"
 
     def both(*cells: str) -> str:
@@ -205,17 +271,17 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
         (
             "first sync into empty tables (render + restore), nf_tables, s",
             both("render", "iptables first"),
-            goal(render_s + first),
+            goal("render", "iptables first"),
         ),
         (
             "full resync (every chain rewritten), nf_tables, s",
             both("render", "iptables full"),
-            goal(render_s + resync),
+            goal("render", "iptables full"),
         ),
         (
             "partial sync after one Service changed, nf_tables, s",
             both("render partial", "iptables partial"),
-            goal(partial_s + part_s),
+            goal("render partial", "iptables partial"),
         ),
         (
             "first sync of the same rules without the leading `-S` (as kube-proxy feeds them),"
@@ -228,20 +294,29 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
             f"{both('render', 'iptables-legacy first')} / {both('render', 'iptables-legacy full')}",
             "",
         ),
+        (
+            f"nftables mode: render all ({nft_lines:,} lines of `nft -f`), s",
+            both("nft render"),
+            "",
+        ),
+        (
+            "nftables mode: first sync (list + render + `nft -f`, no table before), s",
+            both("nft list first", "nft render", "nft first"),
+            goal("nft list first", "nft render", "nft first"),
+        ),
+        (
+            "nftables mode: full resync (list + render + `nft -f`, every chain rewritten), s",
+            both("nft list full", "nft render", "nft full"),
+            goal("nft list full", "nft render", "nft full"),
+        ),
+        (
+            "nftables mode: partial sync after one Service changed, s",
+            both("nft render partial", "nft partial"),
+            goal("nft render partial", "nft partial"),
+        ),
     ]
-    for table in ("nat", "filter"):
-        in_ns(NODE_NS, "iptables-legacy", "-t", table, "-F")
-        in_ns(NODE_NS, "iptables-legacy", "-t", table, "-X")
+    _flush_iptables("iptables-legacy")
 
-    # The jumps a node's kube-proxy ensures, so that traffic meets the rules.
-    for table, chain, target_chain in (
-        ("nat", "PREROUTING", "KUBE-SERVICES"),
-        ("nat", "OUTPUT", "KUBE-SERVICES"),
-        ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
-        ("filter", "FORWARD", "KUBE-FORWARD"),
-    ):
-        in_ns(NODE_NS, "iptables", "-t", table, "-I", chain, "-j", target_chain)
-    count, limit = (2000, 10.0) if quick else (5000, 20.0)
     server = subprocess.Popen(
         [
             "ip",
@@ -257,51 +332,79 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    direct = ("direct", SERVER, SERVER_PORT)
     try:
         assert server.stdout is not None
         server.stdout.readline()
-        direct: list[float] = []
-        service: list[float] = []
-        for _ in range(3):
-            for into, host, port in ((direct, SERVER, SERVER_PORT), (service, target, 80)):
-                out = in_ns(
-                    CLIENT_NS,
-                    sys.executable,
-                    "-c",
-                    CLIENT_CODE,
-                    host,
-                    str(port),
-                    str(count),
-                    str(limit),
-                )
-                into.append(float(out))
+        # iptables mode: kube's rules (the last partial sync's) and the jumps its node ensures.
+        _, text = feed(services, slices, node, chains)
+        in_ns(NODE_NS, *plain, stdin=text)
+        jumps = (
+            ("nat", "PREROUTING", "KUBE-SERVICES"),
+            ("nat", "OUTPUT", "KUBE-SERVICES"),
+            ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
+            ("filter", "FORWARD", "KUBE-FORWARD"),
+        )
+        for table, chain, target_chain in jumps:
+            in_ns(NODE_NS, "iptables", "-t", table, "-I", chain, "-j", target_chain)
+        with_iptables = _rates(quick, 0, [direct, ("service", target, 80)])
+        _flush_iptables("iptables")
+        # nftables mode: kube's table alone.
+        in_ns(NODE_NS, *nft, stdin=render_nft(services, slices, node).text.encode())
+        with_nft = _rates(quick, 1, [direct, ("service", target, 80)])
+        in_ns(NODE_NS, *nft, stdin=cleanup_text().encode())
+        # The floor: one hand-written DNAT rule to the same pod, nothing else loaded.
+        dnat = ("-d", FLOOR_IP, "-p", "tcp", "--dport", "80", "-j", "DNAT")
+        to = ("--to-destination", f"{SERVER}:{SERVER_PORT}")
+        in_ns(NODE_NS, "iptables", "-t", "nat", "-A", "PREROUTING", *dnat, *to)
+        with_rule = _rates(quick, 2, [direct, ("dnat", FLOOR_IP, 80)])
+        _flush_iptables("iptables")
+        floor_nft = (
+            "add table ip k3stwfloor\n"
+            "add chain ip k3stwfloor pre { type nat hook prerouting priority -100 ; }\n"
+            f"add rule ip k3stwfloor pre ip daddr {FLOOR_IP} tcp dport 80"
+            f" dnat to {SERVER}:{SERVER_PORT}\n"
+        )
+        in_ns(NODE_NS, *nft, stdin=floor_nft.encode())
+        with_nft_rule = _rates(quick, 3, [direct, ("dnat", FLOOR_IP, 80)])
+        in_ns(NODE_NS, "nft", "delete", "table", "ip", "k3stwfloor")
     finally:
         server.terminate()
         server.wait(10)
-    direct_rate, service_rate = statistics.median(direct), statistics.median(service)
-    share = service_rate / direct_rate
-    rows += [
-        (
-            "connections/s to the pod IP, 1 client, one after another (median of 3)",
-            f"{direct_rate:,.0f}",
-            "",
-        ),
-        (
-            "connections/s to its ClusterIP, 1,000 Services' rules loaded (median of 3)",
-            f"{service_rate:,.0f}",
-            "",
-        ),
-        ("Service / direct", f"{share:.0%}", f">= 90%: {'met' if share >= 0.9 else 'NOT met'}"),
-    ]
+
+    for what, rates, label, goal_given in (
+        ("iptables mode: ClusterIP / pod IP, 1,000 Services' rules loaded", with_iptables,
+         "service", True),
+        ("nftables mode: ClusterIP / pod IP, 1,000 Services' rules loaded", with_nft,
+         "service", True),
+        ("the floor: one `iptables -t nat ... -j DNAT` rule to the pod / pod IP, nothing else"
+         " loaded", with_rule, "dnat", False),
+        ("the floor: one nft `dnat to` rule to the pod / pod IP, nothing else loaded",
+         with_nft_rule, "dnat", False),
+    ):  # fmt: skip
+        ratio = rates[f"{label}/"]
+        verdict = f">= 90%: {'met' if ratio >= 0.9 else 'NOT met'}" if goal_given else ""
+        figure = f"{rates[label]:,.0f} / {rates['direct']:,.0f}; {ratio:.0%}"
+        rows.append((f"connections/s, 1 client, one after another (medians of 5 rounds): {what}",
+                     figure, verdict))  # fmt: skip
     notes = (
-        f"The measured Service is the {TARGET_INDEX + 1}st of {SERVICES:,}. Above"
+        f"The measured Service is the {TARGET_INDEX + 1}st of {SERVICES:,}. Each connection"
+        " row is its own phase: the rules named, and nothing else, in the node's tables, the"
+        " pod IP directly and the Service taking turns for 5 rounds; the percentage is the"
+        " median of each round's ratio, so each is against direct connections made next to"
+        " it under the same rules (every new connection through the node's PREROUTING meets"
+        " them, to a Service or not). Each target of each phase connects from a client address"
+        " of its own: a run reuses earlier runs' ports, and a DNATed connection whose reply"
+        " tuple is one conntrack still holds (2 minutes in TIME_WAIT) from a direct connection"
+        " or another rule's clashes with it and waits 1 s for its SYN's retransmit."
+        " In iptables mode, above"
         f" {DISPATCH_ABOVE} rules, nat KUBE-SERVICES jumps by destination address block"
         " (`-d 10.96.2.0/27 -j KUBE-SVCS-10.96.2.0/27`, 32 blocks here) to chains holding"
-        " kube's own per-Service rules, so a new connection, to a Service or not, evaluates"
-        " a few dozen rules instead of walking up to 1,000; later packets follow conntrack."
-        " The direct connections walk KUBE-SERVICES too (every new connection through the"
-        " node's PREROUTING does), so the ratio weighs what a Service adds: its DNAT (the"
-        " SVC and SEP chains, the NAT binding, and the bridge routing the DNATed packets).\n\n"
+        " kube's own per-Service rules, so a new connection evaluates a few dozen rules instead"
+        " of walking up to 1,000. In nftables mode one map lookup (`ip daddr . meta l4proto ."
+        " th dport vmap @service-ips`) finds the Service. The floor rows are what any NAT costs"
+        " here: one DNAT rule, no Service table, the same pod; the Service rows add kube's"
+        " chains (policy chain, endpoint chain, masquerade checks) on top of it.\n\n"
         "Reading the sync figures: kube-proxy writes the same rule text (chain names, rules"
         " and comments of its large-cluster mode). Debian's iptables 1.8.9 with the nf_tables"
         " backend spends seconds on it in `--noflush` mode: it notes every chain a line names"
@@ -314,7 +417,15 @@ def proxy_section(quick: bool) -> tuple[list[tuple[str, str, str]], str]:
         " row without it is the same text as kube-proxy feeds it. A full resync costs more than"
         " the first sync: the listing prints the ~43,000 rules in place and the kernel drops"
         " them. Partial syncs (the changed Services' chains, top-level chains whole) stay as"
-        " kube-proxy does them; full syncs come at start, after a failure and hourly."
+        " kube-proxy does them; full syncs come at start, after a failure and hourly. The"
+        " nftables mode (`--kube-proxy-arg=proxy-mode=nftables`) writes kube's `ip kube-proxy`"
+        " table with `nft -f` (nftables 1.0.6): a full sync replaces the table in one"
+        " transaction, a partial one writes the changed Service's chains and the map elements"
+        " that changed. A full sync lists the table's chains and sets (`nft -t list chains ip`)"
+        " and rewrites the table in place, policy chains first: each `numgen ... vmap {...}`"
+        " makes an anonymous map, and the kernel (`__nft_set_trans_bind`) walks the whole"
+        " transaction so far for each one made or dropped, so `delete table` and all of it"
+        " again in one transaction costs ~7 s here."
     )
     return rows, notes
 
@@ -332,21 +443,24 @@ def main(argv: Sequence[str]) -> None:
     finally:
         delete_namespaces()
     iptables = run("iptables", "--version").strip()
+    nft = run("nft", "--version").strip()
     report(
-        "kube-proxy (iptables)",
+        "kube-proxy (iptables, nftables)",
         (
             "Written by `python bench/network.py --section proxy"
             " --output docs/network-benchmark.md`."
-            " kube-proxy's rules as the node writes them (`proxyrules.render`, then one"
-            " `iptables-restore --noflush` fed as `IPTables.restore` feeds it), in a network"
+            " kube-proxy's rules as the node writes them (iptables mode: `proxyrules.render`,"
+            " then one `iptables-restore --noflush` fed as `IPTables.restore` feeds it;"
+            " nftables mode: `proxynft.render_nft`, then one `nft -f`), in a network"
             " namespace of their own: a node with a"
             " bridge and two pods on it. The connection cells are one Python client opening"
             " connections one after another to a Python server that writes a byte and closes,"
-            " direct and through the ClusterIP taking turns. Times are wall seconds, with the CPU"
+            " direct and through the ClusterIP (or the one DNAT rule) taking turns. Times are"
+            " wall seconds, with the CPU"
             " seconds of the render and of iptables-restore in parentheses (the machine is shared:"
             " CPU time is what a sync itself costs)."
         ),
-        iptables,
+        f"{iptables}; {nft}",
         started,
         options.quick,
         rows,

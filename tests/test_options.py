@@ -124,6 +124,7 @@ class CommandLineTests(OptionsTestCase):
             "--cluster-dns", "10.53.0.10", "--cluster-domain", "example.local",  # in the CIDR
             "--node-monitor-grace-period", "5s", "--node-identity-dir", "/tmp/node",
             "--kubelet-arg", "port=10251", "--service-node-port-range", "31000-31999",
+            "--kube-proxy-arg", "proxy-mode=nftables",
             "--unchecked-api", "--node-cidr-mask-size", "25", "--container-runtime",
             "containerd", "--container-runtime-endpoint", "/run/cri.sock", "--pause-image", "p:1",
             "--flannel-backend", "none", "--private-registry", "/tmp/r.yaml",
@@ -171,6 +172,7 @@ class CommandLineTests(OptionsTestCase):
             "--lb-status-port", "0", "--container-runtime", "none",
             "--container-runtime-endpoint", "unix:///run/cri.sock", "--pause-image", "p:1",
             "--private-registry", "/tmp/r.yaml", "--flannel-iface", "eth1",
+            "--kube-proxy-arg", "proxy-mode=nftables",
         ]  # fmt: skip
         options = parse(agent.Options, argv)
         given = {f.name for f in AGENT_FLAGS} - {"config"}
@@ -242,6 +244,22 @@ class CommandLineTests(OptionsTestCase):
             options = parse(server.Options, ["--kubelet-arg", bad])
             error = self.assertRaises(ConfigurationError, options.node_settings)
             self.assertIn(f"invalid kubelet-arg '{bad}'", str(error))
+            self.assertIn(words, str(error))
+
+    def test_kube_proxy_args(self) -> None:
+        """proxy-mode= picks kube-proxy's mode (iptables by default); unknown modes fail."""
+        self.assertEqual(parse(server.Options, []).node_settings().proxy_mode, "iptables")
+        for given in ("proxy-mode=nftables", "--proxy-mode=nftables"):
+            argv = ["--server", "https://h:1", "--token", "t", "--kube-proxy-arg", "v=2"]
+            options = parse(agent.Options, [*argv, "--kube-proxy-arg", given])
+            self.assertEqual(options.node_settings().proxy_mode, "nftables")
+        for bad, words in (
+            ("proxy-mode=userspace", 'Unsupported value: "userspace": supported values:'),
+            ("proxy-mode=ipvs", "k3stw runs iptables or nftables"),
+            ("proxy-mode", "expected name=value"),
+        ):
+            options = parse(server.Options, ["--kube-proxy-arg", bad])
+            error = self.assertRaises(ConfigurationError, options.node_settings)
             self.assertIn(words, str(error))
 
     def test_container_runtime(self) -> None:

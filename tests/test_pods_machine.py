@@ -76,11 +76,14 @@ class PodsInAMachine(NodeInAMachine):
         conditions = (self.pod(name).get("status") or {}).get("conditions") or ()
         return next((c["status"] for c in conditions if c["type"] == kind), None)
 
+    #: Flags the server gets besides those L{start_server} gives.
+    server_flags = ""
+
     def start_server(self, log_name: str) -> int:
         """k3stw's server with containerd, its node m1 registered; the host pid of its twistd."""
         return self.launch(
             "k3s-server --container-runtime containerd --bind-address 127.0.0.1"
-            " --node-ip 127.0.0.1 --node-name m1"
+            f" --node-ip 127.0.0.1 --node-name m1{self.server_flags}"
             f" --kubelet-arg cgroup-root={self.machine.cgroup_parent}",
             log_name,
             "Successfully registered node m1",

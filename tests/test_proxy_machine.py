@@ -86,8 +86,13 @@ class ServiceProxyInAMachineTests(PodStreamsInAMachine):
                 self.fail(f"{url} from {pod}: {err}\n{self.machine.run('iptables-save')}")
             time.sleep(0.5)
 
-    def test_cluster_ip_node_port_hairpin_and_reject(self) -> None:
-        node = self.start_server("server.log")
+    def web_through_its_service(self) -> tuple[str, int]:
+        """
+        A web pod behind NodePort Service ``web`` and a client pod (both
+        Running), and Service ``empty`` without endpoints; the client and the
+        web pod itself (hairpin) fetch the page through the ClusterIP.  The
+        ClusterIP and NodePort.
+        """
         self.kubectl(f"run web {IMAGE} --labels app=web --command -- /bin/httpd -f -p 80 -h /www")
         self.kubectl(f"run client {IMAGE} --command -- sleep 3600")
         self.kubectl("create service nodeport web --tcp=80:80")
@@ -97,11 +102,26 @@ class ServiceProxyInAMachineTests(PodStreamsInAMachine):
         web = self.service("web")["spec"]
         assert isinstance(web, dict)
         cluster_ip, node_port = web["clusterIP"], web["ports"][0]["nodePort"]
-
         page = self.until_fetched("client", f"http://{cluster_ip}/")
         self.assertEqual(page, INDEX_HTML.decode())
         # Hairpin: the endpoint reaches itself through its Service (masqueraded).
         self.assertEqual(self.until_fetched("web", f"http://{cluster_ip}/"), page)
+        return cluster_ip, node_port
+
+    def assert_refused_without_endpoints(self) -> None:
+        """Service ``empty`` (no endpoints) refuses the client at once, not after a timeout."""
+        empty_spec = self.service("empty")["spec"]
+        assert isinstance(empty_spec, dict)
+        started = time.monotonic()
+        status, _, err = self.in_pod("client", f"http://{empty_spec['clusterIP']}/")
+        self.assertNotEqual(status, 0)
+        self.assertIn("Connection refused", err)
+        self.assertLess(time.monotonic() - started, 10)
+
+    def test_cluster_ip_node_port_hairpin_and_reject(self) -> None:
+        node = self.start_server("server.log")
+        cluster_ip, node_port = self.web_through_its_service()
+        page = INDEX_HTML.decode()
         # From another machine, through the node's address and the NodePort.
         self.assertEqual(
             self.other.run(f"busybox wget -q -O - http://10.199.1.1:{node_port}/", timeout=20),
@@ -131,15 +151,7 @@ class ServiceProxyInAMachineTests(PodStreamsInAMachine):
             page,
         )
 
-        # No endpoints: refused at once, not a timeout.
-        empty_spec = self.service("empty")["spec"]
-        assert isinstance(empty_spec, dict)
-        empty = empty_spec["clusterIP"]
-        started = time.monotonic()
-        status, _, err = self.in_pod("client", f"http://{empty}/")
-        self.assertNotEqual(status, 0)
-        self.assertIn("Connection refused", err)
-        self.assertLess(time.monotonic() - started, 10)
+        self.assert_refused_without_endpoints()
 
         saved = self.machine.run("iptables-save")
         web_chain = "KUBE-SVC-" + chain_hash("default/web:80-80tcp")

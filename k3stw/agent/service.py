@@ -56,6 +56,8 @@ class NodeSettings:
     #: ``--flannel-iface``: the interface whose address the pod network uses (None: the default
     #: route's).
     flannel_iface: str | None = None
+    #: kube-proxy's mode (``--kube-proxy-arg=proxy-mode=``).
+    proxy_mode: str = "iptables"
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class AgentConfig:
     is_server: bool = False
     runtime: RuntimeSettings | None = None
     flannel_iface: str | None = None
+    proxy_mode: str = "iptables"
 
     @classmethod
     def of_node(
@@ -97,6 +100,7 @@ class AgentConfig:
             is_server=is_server,
             runtime=node.runtime,
             flannel_iface=node.flannel_iface,
+            proxy_mode=node.proxy_mode,
         )
 
     def join_request(self) -> JoinRequest:

@@ -7,7 +7,7 @@ alike: the settings it takes from the server it joined (as k3s's agents take
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +24,50 @@ if TYPE_CHECKING:
     from k3stw.agent.service import AgentConfig
     from k3stw.network.ingress import IngressController
 
-__all__ = ["NetworkSettings", "NodeNetworking", "network_client"]
+__all__ = ["KubeProxyArgError", "NetworkSettings", "NodeNetworking", "network_client", "proxy_mode"]
+
+#: kube-proxy's ``--proxy-mode`` values, and those k3stw runs (k3s's default first).
+PROXY_MODES = ("iptables", "ipvs", "nftables")
+RUN_MODES = ("iptables", "nftables")
 
 #: k3s's ``--disable`` items that name a network component.
 COREDNS = "coredns"
 SERVICELB = "servicelb"
 #: k3s's bundled Ingress controller, in whose place the node runs its own.
 TRAEFIK = "traefik"
+
+
+class KubeProxyArgError(ValueError):
+    """A ``--kube-proxy-arg`` kube-proxy (or k3stw's) would refuse."""
+
+
+def proxy_mode(args: Iterable[str]) -> str:
+    """
+    The proxy mode that ``--kube-proxy-arg`` values (``name=value``, with or
+    without leading dashes) choose, as k3s passes them over its own
+    ``--proxy-mode=iptables``; other names are kube-proxy's and left alone.
+
+    :raises KubeProxyArgError: a value without ``=``, a mode kube-proxy does not
+        know, or ipvs, which k3stw does not run.
+    """
+    mode = "iptables"
+    for arg in args:
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not equals:
+            raise KubeProxyArgError(f"invalid kube-proxy-arg {arg!r}: expected name=value")
+        if name != "proxy-mode":
+            continue
+        value = value or "iptables"
+        if value not in PROXY_MODES:
+            supported = ", ".join(f'"{m}"' for m in PROXY_MODES)
+            raise KubeProxyArgError(
+                f'KubeProxyConfiguration.Mode: Unsupported value: "{value}": supported values:'
+                f" {supported}"
+            )
+        if value not in RUN_MODES:
+            raise KubeProxyArgError(f"kube-proxy-arg {arg!r}: k3stw runs iptables or nftables")
+        mode = value
+    return mode
 
 
 def _ranges(value: object, default: str) -> tuple[str, ...]:
@@ -47,6 +84,8 @@ class NetworkSettings:
     :ivar flannel_backend: ``vxlan``, ``host-gw``, ``wireguard-native`` or ``none``.
     :ivar flannel_iface: ``--flannel-iface``; None for the default route's interface.
     :ivar disabled: the packaged components turned off (``coredns``, ``servicelb``, ...).
+    :ivar proxy_mode: kube-proxy's mode (``--kube-proxy-arg=proxy-mode=``): ``iptables`` or
+        ``nftables``.
     """
 
     node_name: str
@@ -61,6 +100,7 @@ class NetworkSettings:
     kube_proxy: bool = True
     network_policy: bool = True
     disabled: frozenset[str] = field(default_factory=frozenset)
+    proxy_mode: str = "iptables"
 
     @classmethod
     def of(
@@ -80,6 +120,7 @@ class NetworkSettings:
             kube_proxy=not settings.get("DisableKubeProxy"),
             network_policy=not settings.get("DisableNPC"),
             disabled=frozenset(settings.get("Disables") or ()),
+            proxy_mode=config.proxy_mode,
         )
 
     @property
@@ -125,7 +166,7 @@ class NodeNetworking(MultiService):
             from k3stw.network.proxy import KubeProxy
 
             client = network_client(reactor, joined, server_url, joined.kube_proxy)
-            KubeProxy(reactor, settings, client).setServiceParent(self)
+            KubeProxy(reactor, settings, client, mode=settings.proxy_mode).setServiceParent(self)
         if settings.network_policy:
             from k3stw.network.iptables import IPTables
             from k3stw.network.policy import NetworkPolicyController

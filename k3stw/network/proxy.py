@@ -1,7 +1,11 @@
 """
-kube-proxy, iptables mode, as every k3s node runs it: informers on Services
-and EndpointSlices (as ``system:kube-proxy``), and a sync that writes
-L{k3stw.network.proxyrules}' rules in one ``iptables-restore`` transaction.
+kube-proxy as every k3s node runs it: informers on Services and
+EndpointSlices (as ``system:kube-proxy``), and a sync that writes, in its
+iptables mode (k3s's default), L{k3stw.network.proxyrules}' rules in one
+``iptables-restore`` transaction or, in its nftables mode
+(``--kube-proxy-arg=proxy-mode=nftables``), L{k3stw.network.proxynft}'s in
+one ``nft -f`` transaction.  Each mode removes the other's rules at its first
+sync, as kube-proxy does when the mode changes.
 
 Syncs follow changes, at most one a second (kube's minSyncPeriod), and come
 every 30 s regardless (its syncPeriod).  As kube-proxy's, they are partial:
@@ -15,7 +19,8 @@ never flushed.  The rules stay in
 place when the service stops, as kube-proxy leaves them.
 
 At start it sets the sysctls a node needs: ``net.ipv4.ip_forward``,
-``net.ipv4.conf.all.route_localnet`` (NodePorts on 127.0.0.1) and, where
+``net.ipv4.conf.all.route_localnet`` (NodePorts on 127.0.0.1; iptables mode
+only, as kube's) and, where
 br_netfilter is loaded, ``net.bridge.bridge-nf-call-iptables``.  UDP flows to
 removed endpoints, and flows to a port that had no endpoint (or no rule yet)
 before this sync gave it some, are dropped with ``conntrack`` when it is
@@ -40,19 +45,27 @@ from k3stw.machinery.informer import Informer, Retention, each_change
 from k3stw.machinery.objects import Object
 from k3stw.machinery.processes import CommandFailed, run_command
 from k3stw.machinery.source import HTTPSource
-from k3stw.network.iptables import IPTables
+from k3stw.network.iptables import IPTables, IPTablesError
+from k3stw.network.nftables import NFTables, NFTablesError
 from k3stw.network.node import NetworkSettings
+from k3stw.network.proxynft import Existing, NFTRuleset, cleanup_text, parse_listing, render_nft
 from k3stw.network.proxyrules import (
+    FILTER_CHAINS,
     JUMPS,
     LOCALNET_JUMPS,
+    NAT_CHAINS,
     NodeFacts,
     Ruleset,
     UDPFlows,
+    is_service_chain,
     render,
     stale_udp_flows,
 )
 
-__all__ = ["KubeProxy"]
+__all__ = ["IPTABLES", "NFTABLES", "KubeProxy"]
+
+#: kube-proxy's ``--proxy-mode`` values k3stw runs.
+IPTABLES, NFTABLES = "iptables", "nftables"
 
 SERVICES_PATH = "/api/v1/services"
 SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
@@ -92,6 +105,8 @@ class KubeProxy(Service):
     :param client: the API as ``system:kube-proxy``.
     :param iptables: the IPv4 iptables to write.
     :param sysctls: where the sysctls are (``/proc/sys``).
+    :param mode: ``iptables`` or ``nftables`` (kube-proxy's ``--proxy-mode``).
+    :param nft: the ``nft`` command (nftables mode, and the clean-up of its table).
     """
 
     _log = Logger()
@@ -103,10 +118,14 @@ class KubeProxy(Service):
         client: KubeAPI,
         iptables: IPTables | None = None,
         sysctls: Path = Path("/proc/sys"),
+        mode: str = IPTABLES,
+        nft: NFTables | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
+        self.mode = mode
         self.iptables = iptables or IPTables(reactor)
+        self.nft = nft or NFTables(reactor, self.iptables.prefix)
         self.sysctls = sysctls
         params = {"labelSelector": SELECTOR}
         keep = Retention(trim=_trim)
@@ -116,8 +135,13 @@ class KubeProxy(Service):
         self.slices.add_handler(each_change(lambda item: self.changed(_service_of(item, SLICE_OF))))
         self.node = NodeFacts(name=settings.node_name)
         self.conntrack = shutil.which("conntrack")
-        #: What the last successful sync wrote (None before one).
+        #: What the last successful sync wrote (None before one), in the mode's terms.
         self.applied: Ruleset | None = None
+        self.applied_nft: NFTRuleset | None = None
+        #: The next full sync makes kube-proxy's table anew (the last one failed).
+        self._replace_table = False
+        #: The other mode's rules are gone (kube-proxy removes them once, at start).
+        self._other_mode_cleaned = False
         self._timer: IDelayedCall | None = None
         self._syncing: Deferred[None] | None = None
         self._again = False
@@ -126,6 +150,8 @@ class KubeProxy(Service):
         self._last_sync = float("-inf")
         self._last_full = float("-inf")
         self._full_due = True
+        #: The UDP flows the last sync served (for conntrack's clean-up).
+        self._udp: dict[str, UDPFlows] = {}
         self._periodic = LoopingCall(self.changed)
         self._periodic.clock = reactor
 
@@ -169,7 +195,8 @@ class KubeProxy(Service):
         # br_netfilter loaded: bridged pod traffic (a pod reaching a Service) must see iptables.
         if (self.sysctls / "net/bridge").is_dir():
             self._sysctl("net.bridge.bridge-nf-call-iptables")
-        localnet = self._sysctl("net.ipv4.conf.all.route_localnet")
+        # nftables mode has no localhost NodePorts, so leaves route_localnet alone (as kube).
+        localnet = self.mode == IPTABLES and self._sysctl("net.ipv4.conf.all.route_localnet")
         liberal = self.sysctls / "net/netfilter/nf_conntrack_tcp_be_liberal"
         try:
             be_liberal = liberal.read_text().strip() not in ("", "0")
@@ -222,34 +249,88 @@ class KubeProxy(Service):
         changed = self._dirty
         self._dirty = set()
         try:
-            services, slices = self.services.cache.list(), self.slices.cache.list()
-            if full or self.applied is None:
-                existing = await self.iptables.chains("nat")
-                ruleset = render(services, slices, self.node, existing)
+            if not self._other_mode_cleaned:
+                await self._clean_other_mode()
+            if self.mode == NFTABLES:
+                udp, count = await self._sync_nftables(full, changed)
             else:
-                existing = sorted(self.applied.nat_chains)
-                ruleset = render(services, slices, self.node, existing, changed)
-                if ruleset.large != self.applied.large:
-                    # Every chain's comments change with the mode.
-                    ruleset = render(services, slices, self.node, existing)
-            await self.iptables.restore(ruleset.text)
-            if full:
-                await self._ensure_jumps()
+                udp, count = await self._sync_iptables(full, changed)
         except Exception:
             self._full_due = True
-            self._log.failure("Failed to sync iptables rules; a full sync follows")
+            self._replace_table = full
+            self._log.failure("Failed to sync {mode} rules; a full sync follows", mode=self.mode)
             return
-        before, self.applied = self.applied, ruleset
+        before, self._udp = self._udp, udp
         if full:
             self._full_due, self._last_full = False, started
         # Full syncs (at start, after a failure, hourly) are worth a line; the others are not.
         (self._log.info if full else self._log.debug)(
-            "Synced iptables rules: {count} service chains in {took:.3f} s (full sync: {full})",
-            count=len(ruleset.nat_chains),
+            "Synced {mode} rules: {count} service chains in {took:.3f} s (full sync: {full})",
+            mode=self.mode,
+            count=count,
             took=self.reactor.seconds() - started,
             full=full,
         )
-        await self._clear_udp_flows(before.udp if before else {}, ruleset.udp)
+        await self._clear_udp_flows(before, udp)
+
+    async def _sync_iptables(
+        self, full: bool, changed: set[tuple[str, str]]
+    ) -> tuple[dict[str, UDPFlows], int]:
+        services, slices = self.services.cache.list(), self.slices.cache.list()
+        if full or self.applied is None:
+            existing = await self.iptables.chains("nat")
+            ruleset = render(services, slices, self.node, existing)
+        else:
+            existing = sorted(self.applied.nat_chains)
+            ruleset = render(services, slices, self.node, existing, changed)
+            if ruleset.large != self.applied.large:
+                # Every chain's comments change with the mode.
+                ruleset = render(services, slices, self.node, existing)
+        await self.iptables.restore(ruleset.text)
+        if full:
+            await self._ensure_jumps()
+        self.applied = ruleset
+        return ruleset.udp, len(ruleset.nat_chains)
+
+    async def _sync_nftables(
+        self, full: bool, changed: set[tuple[str, str]]
+    ) -> tuple[dict[str, UDPFlows], int]:
+        services, slices = self.services.cache.list(), self.slices.cache.list()
+        previous = self.applied_nft
+        if full or previous is None:
+            # The table rewritten in place; made anew after a failed full sync.
+            existing = None if self._replace_table else await self._nft_existing()
+            ruleset = render_nft(services, slices, self.node, previous, None, existing)
+        else:
+            ruleset = render_nft(services, slices, self.node, previous, changed)
+        await self.nft.apply(ruleset.text)
+        self.applied_nft = ruleset
+        self._replace_table = False
+        return ruleset.udp, len(ruleset.chains)
+
+    async def _nft_existing(self) -> Existing:
+        chains = parse_listing(await self.nft.listing("chains"))
+        return Existing(chains, parse_listing(await self.nft.listing("sets")))
+
+    async def _clean_other_mode(self) -> None:
+        """
+        Remove the rules of the mode this kube-proxy does not run (kube's
+        ``CleanupLeftovers`` when the mode changes): iptables mode deletes the
+        ``ip kube-proxy`` table; nftables mode the jumps to kube-proxy's
+        iptables chains, and those chains.  The kubelet's KUBE-FIREWALL stays.
+        """
+        try:
+            if self.mode == NFTABLES:
+                for table, chain, rule in JUMPS:
+                    await self.iptables.delete_rule(table, chain, rule)
+                nat = [c for c in await self.iptables.chains("nat") if is_service_chain(c)]
+                await self.iptables.remove_chains("nat", [*NAT_CHAINS, *nat])
+                await self.iptables.remove_chains("filter", FILTER_CHAINS)
+            elif shutil.which("nft") is not None:
+                await self.nft.apply(cleanup_text())
+        except (IPTablesError, NFTablesError) as e:
+            self._log.warn("can't remove the other proxy mode's rules: {error}", error=e)
+        self._other_mode_cleaned = True
 
     async def _ensure_jumps(self) -> None:
         jumps = JUMPS + (LOCALNET_JUMPS if self.node.localhost_node_ports else ())

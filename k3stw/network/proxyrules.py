@@ -34,7 +34,8 @@ import ipaddress
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from typing import NamedTuple
 
 from k3stw.machinery.objects import Object
 
@@ -44,6 +45,7 @@ __all__ = [
     "LOCALNET_JUMPS",
     "Endpoint",
     "NodeFacts",
+    "PortPlan",
     "Ruleset",
     "ServicePort",
     "UDPFlows",
@@ -51,6 +53,8 @@ __all__ = [
     "endpoint_chain",
     "endpoints_by_port",
     "is_service_chain",
+    "plan",
+    "proxied_ports",
     "render",
     "service_ports",
     "stale_udp_flows",
@@ -149,6 +153,11 @@ class NodeFacts:
     tcp_be_liberal: bool = False
     random_fully: bool = True
 
+    @property
+    def pod_range(self) -> str | None:
+        """kube's ClusterCIDR local-traffic detector: pods are the sources in this range."""
+        return next((c for c in map(_ipv4_cidr, self.cluster_cidrs) if c), None)
+
 
 @dataclass(frozen=True)
 class ServicePort:
@@ -170,7 +179,7 @@ class ServicePort:
     external_local: bool = False
     health_check_node_port: int = 0
 
-    @property
+    @cached_property
     def name(self) -> str:
         """kube's ``ServicePortName.String()``: ``ns/svc``, ``:port`` added for a named port."""
         base = f"{self.namespace}/{self.service}"
@@ -209,9 +218,8 @@ class ServicePort:
         return self.internal_local or (self.external_local and self.externally_accessible)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """One endpoint of a service port, from an EndpointSlice."""
+class Endpoint(NamedTuple):
+    """One endpoint of a service port, from an EndpointSlice (a tuple: 10,000 are made a sync)."""
 
     ip: str
     port: int
@@ -381,6 +389,65 @@ def categorize(
 
 
 @dataclass(frozen=True)
+class PortPlan:
+    """
+    What kube-proxy decides for one service port from its endpoints, the
+    same in its iptables and nftables modes (only the rules that carry it
+    out differ).
+
+    :ivar cluster: the endpoints for Cluster traffic policy.
+    :ivar local: the endpoints for Local traffic policy.
+    :ivar reachable: every endpoint that gets a chain of its own.
+    :ivar has_any: the port has usable endpoints on some node.
+    :ivar has_internal: ClusterIP traffic has endpoints (else it is rejected or dropped).
+    :ivar has_external: NodePort, external and LB traffic has endpoints.
+    :ivar uses_external_chain: the external chain exists (endpoints anywhere, reachable from
+        outside): it short-circuits pod and host traffic even without local endpoints.
+    """
+
+    cluster: list[Endpoint]
+    local: list[Endpoint]
+    reachable: list[Endpoint]
+    has_any: bool
+    has_internal: bool
+    has_external: bool
+    uses_external_chain: bool
+    uses_cluster_chain: bool
+    uses_local_chain: bool
+
+
+def plan(port: ServicePort, endpoints: Sequence[Endpoint]) -> PortPlan:
+    """kube's decisions for C{port} with C{endpoints} (see L{PortPlan})."""
+    cluster, local, reachable, has_any = categorize(endpoints, port)
+    return PortPlan(
+        cluster=cluster,
+        local=local,
+        reachable=reachable,
+        has_any=has_any,
+        has_internal=bool(local) if port.internal_local else has_any,
+        has_external=bool(local) if port.external_local else has_any,
+        uses_external_chain=has_any and port.externally_accessible,
+        uses_cluster_chain=bool(cluster) and port.uses_cluster_endpoints,
+        uses_local_chain=bool(local) and port.uses_local_endpoints,
+    )
+
+
+def proxied_ports(
+    services: Iterable[Object], slices: Iterable[Object], node_name: str
+) -> list[tuple[ServicePort, list[Endpoint]]]:
+    """Every service port kube-proxy proxies, in kube's order, with its endpoints."""
+    endpoints = endpoints_by_port(slices, node_name)
+    ports = sorted(
+        (port for service in services for port in service_ports(service)),
+        key=lambda p: (p.namespace, p.service, p.port_name, p.protocol),
+    )
+    return [
+        (port, endpoints.get((port.namespace, port.service, port.port_name, port.protocol), []))
+        for port in ports
+    ]
+
+
+@dataclass(frozen=True)
 class UDPFlows:
     """A UDP service port's destinations and serving endpoint IPs, for conntrack clean-up."""
 
@@ -388,6 +455,16 @@ class UDPFlows:
     port: int
     node_port: int
     endpoint_ips: frozenset[str]
+
+    @classmethod
+    def of(cls, port: ServicePort, reachable: Iterable[Endpoint]) -> UDPFlows:
+        """The flows of C{port}, served by its C{reachable} endpoints."""
+        return cls(
+            ips=(port.cluster_ip, *port.external_ips, *port.lb_ips),
+            port=port.port,
+            node_port=port.node_port,
+            endpoint_ips=frozenset(ep.ip for ep in reachable),
+        )
 
 
 @dataclass
@@ -413,7 +490,7 @@ def _comment(text: str) -> str:
 
 
 def _line(*parts: str) -> str:
-    return " ".join(part for part in parts if part)
+    return " ".join(filter(None, parts))
 
 
 @dataclass
@@ -500,15 +577,7 @@ def render(
     :param dispatch_above: how many rules nat KUBE-SERVICES may hold before
         it dispatches by address block.
     """
-    endpoints = endpoints_by_port(slices, node.name)
-    ports = sorted(
-        (port for service in services for port in service_ports(service)),
-        key=lambda p: (p.namespace, p.service, p.port_name, p.protocol),
-    )
-    chosen = [
-        (port, endpoints.get((port.namespace, port.service, port.port_name, port.protocol), []))
-        for port in ports
-    ]
+    chosen = proxied_ports(services, slices, node.name)
     large = sum(len(eps) for _, eps in chosen) > LARGE_CLUSTER_ENDPOINTS
     mark = f"{MASQ_MARK}/{MASQ_MARK}"
     out = _Tables()
@@ -545,20 +614,14 @@ def render(
         _comment("kubernetes forwarding conntrack rule"),
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     )
-    # kube's ClusterCIDR local-traffic detector: pods are the sources in the cluster range.
-    pod_range = next((c for c in map(_ipv4_cidr, node.cluster_cidrs) if c), None)
+    pod_range = node.pod_range
     from_pods = f"-s {pod_range}" if pod_range else ""
     udp: dict[str, UDPFlows] = {}
     for port, port_endpoints in chosen:
         whole = changed is None or (port.namespace, port.service) in changed
         reachable = _write_port(out, port, port_endpoints, node, from_pods, large, whole)
         if port.protocol == "udp":
-            udp[port.name] = UDPFlows(
-                ips=(port.cluster_ip, *port.external_ips, *port.lb_ips),
-                port=port.port,
-                node_port=port.node_port,
-                endpoint_ips=frozenset(ep.ip for ep in reachable),
-            )
+            udp[port.name] = UDPFlows.of(port, reachable)
     out.dispatch(dispatch_above)
     # Last: whatever reaches a local address unmatched may be a NodePort.
     out.nat(
@@ -603,22 +666,22 @@ def _write_port(
     reachable endpoints.  Not C{whole}: its own chains are only counted.
     """
     name, proto = port.name, port.protocol
-    cluster, local, reachable, has_any = categorize(endpoints, port)
+    chosen = plan(port, endpoints)
+    cluster, local, reachable, has_any = (
+        chosen.cluster,
+        chosen.local,
+        chosen.reachable,
+        chosen.has_any,
+    )
+    has_internal, has_external = chosen.has_internal, chosen.has_external
+    uses_ext_chain = chosen.uses_external_chain
+    uses_cluster_chain, uses_local_chain = chosen.uses_cluster_chain, chosen.uses_local_chain
     cluster_chain, local_chain = port.cluster_chain, port.local_chain
     ext_chain, fw_chain = port.external_chain, port.firewall_chain
-
-    internal_chain, has_internal = cluster_chain, has_any
-    if port.internal_local:
-        internal_chain, has_internal = local_chain, bool(local)
-    external_policy_chain, has_external = cluster_chain, has_any
-    if port.external_local:
-        external_policy_chain, has_external = local_chain, bool(local)
-    # The EXT chain exists with endpoints anywhere: it short-circuits pod and host traffic.
-    uses_ext_chain = has_any and port.externally_accessible
+    internal_chain = local_chain if port.internal_local else cluster_chain
+    external_policy_chain = local_chain if port.external_local else cluster_chain
     uses_fw_chain = has_any and bool(port.lb_ips) and bool(port.source_ranges)
     lb_chain = fw_chain if uses_fw_chain else ext_chain
-    uses_cluster_chain = bool(cluster) and port.uses_cluster_endpoints
-    uses_local_chain = bool(local) and port.uses_local_endpoints
     if has_any:
         target, why = "DROP", _comment(f"{name} has no local endpoints")
     else:
@@ -666,8 +729,9 @@ def _write_port(
             (local_chain, uses_local_chain),
         ]
         out.active.update(chain for chain, used in own if used)
-        out.active.update(endpoint_chain(name, proto, str(ep)) for ep in reachable)
+        out.active.update(endpoint_chain(name, proto, f"{ep.ip}:{ep.port}") for ep in reachable)
         return reachable
+    seps = {ep: endpoint_chain(name, proto, f"{ep.ip}:{ep.port}") for ep in reachable}
     if has_internal and from_pods:
         # Off-cluster sources reaching the VIP (a route to the service range through a node)
         # are masqueraded: the endpoint may answer through another node.
@@ -710,26 +774,29 @@ def _write_port(
         out.nat("-A", fw_chain, other)
     if uses_cluster_chain:
         out.chain(cluster_chain)
-        _write_choice(out, port, cluster_chain, cluster, large)
+        _write_choice(out, port, cluster_chain, [(ep, seps[ep]) for ep in cluster], large)
     if uses_local_chain:
         out.chain(local_chain)
-        _write_choice(out, port, local_chain, local, large)
-    for endpoint in reachable:
-        sep = endpoint_chain(name, proto, str(endpoint))
+        _write_choice(out, port, local_chain, [(ep, seps[ep]) for ep in local], large)
+    for endpoint, sep in seps.items():
         out.chain(sep)
         head = f"-A {sep}" if large else f"-A {sep} {_comment(name)}"
         # Hairpin: a pod reaching itself through its Service must see the node as the source.
         out.nat(head, "-s", endpoint.ip, "-j KUBE-MARK-MASQ")
         recent = f"-m recent --name {sep} --set" if port.affinity_seconds else ""
-        out.nat(head, recent, match, "-j DNAT --to-destination", str(endpoint))
+        out.nat(head, recent, match, "-j DNAT --to-destination", f"{endpoint.ip}:{endpoint.port}")
     return reachable
 
 
 def _write_choice(
-    out: _Tables, port: ServicePort, chain: str, endpoints: Sequence[Endpoint], large: bool
+    out: _Tables,
+    port: ServicePort,
+    chain: str,
+    seps: Sequence[tuple[Endpoint, str]],
+    large: bool,
 ) -> None:
-    """A SVC/SVL chain's rules: ClientIP affinity first, then a uniform random choice."""
-    seps = [(ep, endpoint_chain(port.name, port.protocol, str(ep))) for ep in endpoints]
+    """A SVC/SVL chain's rules (C{seps}: each endpoint and its chain): ClientIP affinity
+    first, then a uniform random choice."""
 
     def head(ep: Endpoint) -> str:
         return f"-A {chain}" if large else f"-A {chain} {_comment(f'{port.name} -> {ep}')}"

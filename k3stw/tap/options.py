@@ -258,6 +258,10 @@ KUBELET_ARG = repeatable(
     "Customized flag for kubelet process (k3stw honours port, cgroup-root, "
     "container-log-max-size, container-log-max-files)",
 )
+KUBE_PROXY_ARG = repeatable(
+    "kube-proxy-arg",
+    "Customized flag for kube-proxy process (k3stw honours proxy-mode: iptables, nftables)",
+)
 CONTAINER_RUNTIME = Flag(
     "container-runtime",
     "(k3stw) Run containerd as k3s does (containerd, the default), or no container runtime "
@@ -305,6 +309,7 @@ NODE_FLAGS: tuple[Flag, ...] = (
     NODE_LABEL,
     NODE_TAINT,
     KUBELET_ARG,
+    KUBE_PROXY_ARG,
     NODE_IDENTITY_DIR,
     CONTAINER_RUNTIME,
     CONTAINER_RUNTIME_ENDPOINT,
@@ -571,7 +576,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "agent/runtime",
         ("container-runtime", "container-runtime-endpoint", "pause-image", "private-registry"),
     ),
-    ("agent/flags", ("kubelet-arg",)),
+    ("agent/flags", ("kubelet-arg", "kube-proxy-arg")),
 )
 
 
@@ -893,12 +898,14 @@ class K3sOptions(usage.Options):
         )
         from k3stw.kubelet.containerd import RuntimeSettings
         from k3stw.kubelet.registries import Registries, RegistriesError, load_registries
+        from k3stw.network.node import KubeProxyArgError, proxy_mode
 
         try:
             labels = parse_node_labels(self["node-label"])
             taints = parse_node_taints(self["node-taint"])
             kubelet_args = parse_kubelet_args(self["kubelet-arg"])
-        except NodeFlagError as e:
+            mode = proxy_mode(self["kube-proxy-arg"])
+        except (NodeFlagError, KubeProxyArgError) as e:
             raise ConfigurationError(str(e)) from None
         with_runtime = self["container-runtime"] == "containerd" or bool(
             self["container-runtime-endpoint"]
@@ -920,6 +927,7 @@ class K3sOptions(usage.Options):
             node_taints=taints,
             kubelet_args=kubelet_args,
             flannel_iface=self["flannel-iface"],
+            proxy_mode=mode,
             runtime=(
                 RuntimeSettings(
                     self["container-runtime-endpoint"] or "",
