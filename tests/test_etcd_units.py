@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import ssl
+import threading
 from pathlib import Path
 
 import yaml
@@ -25,10 +28,19 @@ from k3stw.etcd.config import (
     parse_etcd_args,
     render,
 )
-from k3stw.etcd.join import MISMATCH, critical_mismatches
+from k3stw.etcd.join import ATTEMPTS, MISMATCH, Supervisor, critical_mismatches
 from k3stw.etcd.snapshots import beyond_retention, snapshot_name
-from k3stw.pki.certs import SubjectAltNames, is_signed_by, load_pem_certificates
+from k3stw.lifecycle import StartupError
+from k3stw.pki.certs import (
+    SubjectAltNames,
+    Usage,
+    is_signed_by,
+    load_pem_certificates,
+    new_ca,
+    new_leaf,
+)
 from k3stw.pki.store import load_or_create_etcd_certificates, load_or_create_server_credentials
+from k3stw.pki.token import Token, ca_hash
 from k3stw.server import bootstrapdata
 from k3stw.server.config import ServerConfig
 
@@ -253,3 +265,61 @@ class CriticalConfigTests(SynchronousTestCase):
             ["cluster-cidr", "service-cidr", "disable-service-lb"],
         )
         self.assertIn("critical configuration value mismatch between servers", MISMATCH)
+
+
+class _DropFirst:
+    """
+    A TLS server on loopback, in a thread, that drops the first C{drops}
+    connections as soon as they arrive (a peer still starting, behind a load
+    balancer), then answers one ``/cacerts`` with its CA, if C{answers}.
+    """
+
+    def __init__(self, case: SynchronousTestCase, drops: int, answers: bool) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        ca = new_ca("k3s-server-ca", now)
+        serving = new_leaf(
+            ca, "k3s", Usage.SERVER, now, alt_names=SubjectAltNames.of(["127.0.0.1"])
+        )
+        home = Path(case.mktemp())
+        home.mkdir()
+        (home / "cert.pem").write_bytes(serving.certificate_pem)
+        (home / "key.pem").write_bytes(serving.key_pem)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(home / "cert.pem", home / "key.pem")
+        self.bundle = ca.certificate_pem
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepted = 0
+        thread = threading.Thread(target=self._serve, args=(drops, answers), daemon=True)
+        thread.start()
+        case.addCleanup(self.listener.close)
+        case.addCleanup(thread.join, 10)
+
+    def _serve(self, drops: int, answers: bool) -> None:
+        for _ in range(drops):
+            self.listener.accept()[0].close()
+            self.accepted += 1
+        if answers:
+            connection, _ = self.listener.accept()
+            self.accepted += 1
+            with self.context.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(65536)
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.bundle)}\r\n"
+                tls.sendall(head.encode() + b"Connection: close\r\n\r\n" + self.bundle)
+
+
+class JoinSupervisorTests(SynchronousTestCase):
+    def test_a_dropped_connection_is_tried_again(self) -> None:
+        server = _DropFirst(self, ATTEMPTS - 1, answers=True)
+        token = Token(ca_hash(server.bundle), "server", "secret")
+        supervisor = Supervisor(server.url, token, retry_delay=0)
+        supervisor.validate()
+        self.assertEqual(supervisor.ca_bundle, server.bundle)
+        self.assertEqual(server.accepted, ATTEMPTS)
+
+    def test_a_server_that_keeps_dropping_fails_in_k3s_words(self) -> None:
+        server = _DropFirst(self, ATTEMPTS, answers=False)
+        supervisor = Supervisor(server.url, Token("", "server", "secret"), retry_delay=0)
+        error = self.assertRaises(StartupError, supervisor.validate)
+        self.assertIn(f"failed to validate token: {server.url}/cacerts:", str(error))
+        self.assertEqual(server.accepted, ATTEMPTS)

@@ -100,20 +100,42 @@ def critical_mismatches(local: Mapping[str, Any], remote: Mapping[str, Any]) -> 
     return [CRITICAL[field] for field in CRITICAL if mine[field] != theirs[field]]
 
 
+#: Tries of one request to the server a new server joins through.  A load
+#: balancer in front of several servers (the fixed registration address) may
+#: hand the connection to a peer still starting, which drops it.
+ATTEMPTS = 3
+
+
 class Supervisor:
     """Blocking requests to the supervisor of the server a new server joins through."""
 
-    def __init__(self, url: str, token: Token) -> None:
+    def __init__(self, url: str, token: Token, retry_delay: float = 1.0) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.ca_bundle = b""
+        self._retry_delay = retry_delay
+
+    def _read(self, request: str | urllib.request.Request, context: ssl.SSLContext) -> bytes:
+        """The body of C{request}, tried again after a failed connection (not after an answer)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=15, context=context) as answer:
+                    body: bytes = answer.read()
+                    return body
+            except urllib.error.HTTPError:
+                raise
+            except OSError as e:
+                if attempt == ATTEMPTS:
+                    raise
+                _log.info("Waiting to reach {url}: {error}", url=self.url, error=str(e))
+                time.sleep(self._retry_delay)
+        raise AssertionError("unreachable")
 
     def validate(self) -> None:
         """Fetch ``/cacerts`` unverified and check it against the token's CA hash."""
         insecure = ssl._create_unverified_context()
         try:
-            with urllib.request.urlopen(self.url + "/cacerts", timeout=15, context=insecure) as r:
-                bundle = r.read()
+            bundle = self._read(self.url + "/cacerts", insecure)
             server_hash = ca_hash(bundle)
         except (OSError, ValueError) as e:
             raise StartupError(f"failed to validate token: {self.url}/cacerts: {e}") from None
@@ -130,8 +152,7 @@ class Supervisor:
         request = urllib.request.Request(
             self.url + path, headers={"Authorization": "Basic " + pair}
         )
-        with urllib.request.urlopen(request, timeout=15, context=context) as answer:
-            return json.load(answer)
+        return json.loads(self._read(request, context))
 
 
 def prepare_member(config: ServerConfig, now: datetime.datetime) -> ServerCredentials:

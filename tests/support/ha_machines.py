@@ -173,7 +173,10 @@ class HACluster:
         """
         running = [n for n in self.nodes.values() if n.launcher is not None]
         for node in running:
-            os.kill(node.pid, signal.SIGTERM)
+            # A node that failed the test may have exited (its launcher with it).
+            assert node.launcher is not None
+            if node.launcher.poll() is None:
+                os.kill(node.pid, signal.SIGTERM)
         for node in running:
             assert node.launcher is not None
             # Else the machine's end (its cleanup) takes it down.
