@@ -225,18 +225,20 @@ class _Client(Protocol):
         self.closed = False
         self.tunnel: Any = None
         self.peer = "-"
+        self.peer_bytes = b"-"
         self.tail = b""
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
         peer = transport.getPeer()
         self.peer = getattr(peer, "host", "-")
+        self.peer_bytes = self.peer.encode()
         port = getattr(transport.getHost(), "port", 0)
         # What every request of this connection gets, made once.
         self.tail = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-Ip: %s\r\n" % (
             self.proxy.scheme,
             port,
-            self.peer.encode(),
+            self.peer_bytes,
         )
         # An answer must not wait for the client's delayed ACK (Go's servers set it too).
         no_delay = getattr(transport, "setTcpNoDelay", None)
@@ -323,20 +325,23 @@ class _Client(Protocol):
             self.paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
         previous = request.forwarded_for
-        client = self.peer.encode()
-        lines = [
-            b"%s %s HTTP/1.1" % (request.method, request.target),
-            *request.lines,
-            b"X-Forwarded-For: " + (previous + b", " + client if previous else client),
-            b"X-Forwarded-Host: " + request.host,  # type: ignore[operator]
-        ]
+        client = self.peer_bytes
+        framing = b""
         if request.upgrade is not None:
-            lines += [b"Connection: Upgrade", b"Upgrade: " + request.upgrade]
+            framing = b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade
         if request.chunked:
-            lines.append(b"Transfer-Encoding: chunked")
+            framing += b"Transfer-Encoding: chunked\r\n"
         elif request.length is not None:
-            lines.append(b"Content-Length: %d" % request.length)
-        head = b"\r\n".join(lines) + b"\r\n" + self.tail + b"\r\n"
+            framing += b"Content-Length: %d\r\n" % request.length
+        head = b"%s %s HTTP/1.1%s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Host: %s\r\n%s%s\r\n" % (
+            request.method,
+            request.target,
+            request.headers,
+            previous + b", " + client if previous else client,
+            request.host,
+            framing,
+            self.tail,
+        )
         if request.chunked or request.length:
             self.body = BodyReader(request.length, request.chunked)
             data, self.buffer = self.buffer, b""
@@ -580,26 +585,30 @@ class _Backend(Protocol):
             body = BodyReader(None, True)
         else:
             body = BodyReader(head.length)
-        lines = [b"HTTP/1.1 " + head.status, *head.lines]
         # How the client learns where the body ends.
         close = not request.keep_alive
         self.chunk = False
-        if head.length is not None and not head.chunked:
-            lines.append(b"Content-Length: %d" % head.length)
-        elif not body.finished:
-            if head.chunked and not request.http10:
-                self.chunk = True
-                lines.append(b"Transfer-Encoding: chunked")
-            else:
-                close = True
-        if close:
-            lines.append(b"Connection: close")
-            request.keep_alive = False
-        elif request.http10:
-            lines.append(b"Connection: keep-alive")
+        if head.verbatim and not close and not request.http10:
+            # Its Content-Length is the framing, and nothing else changes.
+            out = buffer[: end + 4]
+        else:
+            framing = b""
+            if head.length is not None and not head.chunked:
+                framing = b"\r\nContent-Length: %d" % head.length
+            elif not body.finished:
+                if head.chunked and not request.http10:
+                    self.chunk = True
+                    framing = b"\r\nTransfer-Encoding: chunked"
+                else:
+                    close = True
+            if close:
+                framing += b"\r\nConnection: close"
+                request.keep_alive = False
+            elif request.http10:
+                framing += b"\r\nConnection: keep-alive"
+            out = b"HTTP/1.1 %s%s%s\r\n\r\n" % (head.status, head.headers, framing)
         self.state = _BODY
         self.body = body
-        out = b"\r\n".join(lines) + b"\r\n\r\n"
         if body.finished and rest:
             # More than the answer: the connection cannot be trusted again.
             self.keep_alive = False

@@ -1,0 +1,203 @@
+"""
+The Ingress proxy's CPU per request, measured so that a shared, busy
+machine barely moves it (CPU time, not a rate):
+
+- ``memory``: the proxy's real protocol objects (client and backend
+  connections of ``k3stw.network.ingressproxy``) on in-memory transports in
+  this process, N keep-alive requests one after another on one client
+  connection, then N pipelined in batches of 16: the proxy's own Python
+  cost (heads, routing, framing, access log, metrics), without the reactor
+  and the kernel.  ``time.process_time`` over N.
+- ``loopback``: the proxy as ``bench/ingress.py`` runs it (a process of its
+  own on the epoll reactor, its access log to a file) on 127.0.0.1, the
+  asyncio backend of ``bench/ingress.py``, and ``wrk`` with 32 keep-alive
+  connections: the proxy process's CPU time (``/proc/<pid>/stat``) over
+  the requests wrk counted, reactor and kernel included.
+
+    python bench/ingress_cpu.py [--requests N] [--profile] [--no-loopback]
+
+``--profile`` prints the memory run's cProfile, heaviest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script: make the checkout importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ingress import BACKEND_CODE, HOST, INGRESS, INGRESS_CODE, PATH, WRK
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogBeginner, textFileLogObserver
+
+from k3stw.network.ingressproxy import IngressMetrics, IngressProxy
+from k3stw.network.ingressroutes import RoundRobin, RouteTable
+
+#: What wrk sends (bench/ingress.py's load), and what curl or a browser-ish client does.
+WRK_REQUEST = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (PATH.encode(), HOST.encode())
+CLIENT_REQUEST = (
+    b"GET %s?page=2 HTTP/1.1\r\nHost: %s\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n"
+    b"Accept-Encoding: gzip, deflate\r\nCookie: session=0123456789abcdef\r\n"
+    b"X-Request-Id: 5f0c6d2e-8a43-4c0b-9a53-1d2f3e4a5b6c\r\n\r\n" % (PATH.encode(), HOST.encode())
+)
+#: The backend's answer (bench/ingress.py's backend).
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 64
+PIPELINED = 16
+
+
+def _proxy() -> IngressProxy:
+    table = RouteTable.of([INGRESS])
+    endpoints = [("10.42.0.5", 8080)]
+
+    def lookup(host: str, uri: str) -> Any:
+        route = table.match(host, uri)
+        return None if route is None else (route, endpoints)
+
+    return IngressProxy(MemoryReactorClock(), lookup, RoundRobin().pick, IngressMetrics())
+
+
+def memory_run(requests: int, request: bytes, pipelined: int) -> float:
+    """CPU µs per request through the proxy's protocols on in-memory transports."""
+    proxy = _proxy()
+    client: Any = proxy.buildProtocol(None)
+    out = StringTransport(
+        hostAddress=IPv4Address("TCP", "10.0.0.1", 80),
+        peerAddress=IPv4Address("TCP", "192.168.1.7", 40000),
+    )
+    client.makeConnection(out)
+    client.dataReceived(request)
+    clock: Any = proxy.reactor
+    factory = clock.tcpClients[0][2]
+    backend: Any = factory.buildProtocol(None)
+    sent = StringTransport()
+    backend.makeConnection(sent)
+    backend.dataReceived(ANSWER)
+    assert out.value().startswith(b"HTTP/1.1 200 OK\r\n") and out.value().endswith(b"x" * 64)
+    batch = request * pipelined
+    rounds = requests // pipelined
+    started = time.process_time()
+    for _ in range(rounds):
+        client.dataReceived(batch)
+        for _ in range(pipelined):
+            backend.dataReceived(ANSWER)
+        # What a transport would have sent by now.
+        out.clear()
+        sent.clear()
+    spent = time.process_time() - started
+    assert client.request is None and not client.buffer
+    proxy.stop()
+    return spent / (rounds * pipelined) * 1e6
+
+
+def memory(requests: int) -> dict[str, float]:
+    """The memory figures: one request at a time and pipelined, for both requests."""
+    figures = {}
+    for name, request in (("wrk", WRK_REQUEST), ("client", CLIENT_REQUEST)):
+        memory_run(requests // 10, request, 1)  # warm up
+        figures[f"{name} request, keep-alive"] = min(
+            memory_run(requests, request, 1) for _ in range(3)
+        )
+        figures[f"{name} request, pipelined {PIPELINED}"] = min(
+            memory_run(requests, request, PIPELINED) for _ in range(3)
+        )
+    return figures
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loopback(seconds: int) -> dict[str, float]:
+    """CPU µs per request of the proxy process under wrk on 127.0.0.1."""
+    work = Path(tempfile.mkdtemp(prefix="ingress-cpu-"))
+    started: list[subprocess.Popen[bytes]] = []
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def start(*argv: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+        started.append(process)
+        assert process.stdout is not None
+        if b"ready" not in process.stdout.readline():
+            raise SystemExit(f"{argv[:3]} did not start")
+        return process
+
+    try:
+        start(sys.executable, "-c", BACKEND_CODE, "127.0.0.1", "18080")
+        ingress = INGRESS_CODE
+        proxy = start(
+            sys.executable,
+            "-c",
+            ingress,
+            "127.0.0.1",
+            "18081",
+            json.dumps(INGRESS),
+            "127.0.0.1:18080",
+            str(work / "access.log"),
+        )
+        script = work / "done.lua"
+        script.write_text(
+            "done = function(summary, latency, requests)\n"
+            '  io.write(string.format("JSON %d %d\\n", summary.requests,'
+            " summary.errors.status + summary.errors.read + summary.errors.connect))\n"
+            "end\n"
+        )
+        argv = [WRK, "-t1", "-c32", f"-d{seconds}s", "-H", f"Host: {HOST}", "-s", str(script)]
+        before = _cpu_seconds(proxy.pid)
+        done = subprocess.run(
+            [*argv, f"http://127.0.0.1:18081{PATH}"], capture_output=True, timeout=seconds + 60
+        )
+        spent = _cpu_seconds(proxy.pid) - before
+        line = next(x for x in done.stdout.decode().splitlines() if x.startswith("JSON "))
+        count, errors = map(int, line.split()[1:])
+        if errors:
+            raise SystemExit(f"wrk counted {errors} errors")
+    finally:
+        for process in started:
+            process.kill()
+            process.wait(10)
+        shutil.rmtree(work)
+    return {"wrk, 32 connections, 127.0.0.1": spent / count * 1e6, "requests": count}
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--seconds", type=int, default=10, help="the loopback run's length")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-loopback", action="store_true")
+    options = parser.parse_args(argv)
+    # The access log written to a file, as a node writes it (open for the process's life).
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(devnull)], redirectStandardIO=False)
+    if options.profile:
+        profile = cProfile.Profile()
+        profile.runcall(memory_run, options.requests, WRK_REQUEST, 1)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        return
+    for name, figure in memory(options.requests).items():
+        print(f"memory, {name}: {figure:.2f} µs/request")
+    if not options.no_loopback and os.path.exists(WRK):
+        figures = loopback(options.seconds)
+        print(
+            f"loopback, wrk 32 connections: {figures['wrk, 32 connections, 127.0.0.1']:.2f}"
+            f" µs/request of the proxy's CPU ({figures['requests']:,.0f} requests)"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
