@@ -716,9 +716,16 @@ class MetricsTests(SynchronousTestCase):
         log = AccessLog(clock)
         written = access_lines(self)
         for n in range(ingressproxy.LOG_LINES):
-            log.add(str(n))
+            log.add(("10.0.0.9", log.now(), b"GET /%d HTTP/1.1" % n, 200, n, "-", A, 0.001))
         self.assertEqual(len(written), 1)
         self.assertEqual(clock.getDelayedCalls(), [])
+        lines = written[0].split("\n")
+        self.assertEqual(len(lines), ingressproxy.LOG_LINES)
+        self.assertRegex(
+            lines[2],
+            r'^10\.0\.0\.9 - - \[[^]]+\] "GET /2 HTTP/1\.1" 200 2'
+            r' "-" "10\.42\.0\.5:8080" 1\.000ms$',
+        )
 
 
 class _Sink(Protocol):

@@ -147,22 +147,30 @@ class IngressMetrics(Collector):
         yield duration
 
 
+#: What an access log line says: the client's address, the time (common log
+#: format), the request line, the status, the bytes of the body sent (0: none),
+#: the Ingress, the upstream (None: none) and the seconds the answer took.
+Entry = tuple[str, str, bytes, int, int, str, "Address | None", float]
+
+
 class AccessLog:
     """
     Access log lines, written as one log event per batch (at most every
-    L{LOG_SECONDS}, or L{LOG_LINES} lines), not one event per request.
+    L{LOG_SECONDS}, or L{LOG_LINES} lines), not one event per request; each
+    line is formatted only when its batch is written.
     """
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
-        self.lines: list[str] = []
+        self.entries: list[Entry] = []
         self._flush: Any = None
         self._second = -1
         self._clf = ""
 
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if len(self.lines) >= LOG_LINES:
+    def add(self, entry: Entry) -> None:
+        entries = self.entries
+        entries.append(entry)
+        if len(entries) >= LOG_LINES:
             self.flush()
         elif self._flush is None:
             self._flush = self.clock.callLater(LOG_SECONDS, self.flush)
@@ -173,9 +181,9 @@ class AccessLog:
             if self._flush.active():
                 self._flush.cancel()
             self._flush = None
-        if self.lines:
-            lines, self.lines = self.lines, []
-            _access.info("{lines}", lines="\n".join(lines))
+        if self.entries:
+            entries, self.entries = self.entries, []
+            _access.info("{lines}", lines="\n".join(map(_line, entries)))
 
     def now(self) -> str:
         """The time as the common log format writes it, formatted once a second."""
@@ -184,6 +192,19 @@ class AccessLog:
             self._second = second
             self._clf = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
         return self._clf
+
+
+def _line(entry: Entry) -> str:
+    """An access log line: common log format, then the Ingress, the upstream and the duration."""
+    peer, when, request, code, sent, ingress, upstream, seconds = entry
+    return (
+        f'{peer} - - [{when}] "{request.decode("latin-1")}" {code} {sent or "-"}'
+        f' "{ingress}" "{_upstream(upstream)}" {seconds * 1000:.3f}ms'
+    )
+
+
+def _upstream(address: Address | None) -> str:
+    return f"{address[0]}:{address[1]}" if address else "-"
 
 
 def _answer(code: int, body: bytes, close: bool) -> bytes:
@@ -215,7 +236,7 @@ class _Client(Protocol):
         self.route: Route | None = None
         #: The ready endpoints of the request's backend.
         self.endpoints: list[Address] = []
-        self.upstream = "-"
+        self.upstream: Address | None = None
         self.started = 0.0
         self.sent = 0
         self.tries = 0
@@ -288,12 +309,12 @@ class _Client(Protocol):
         host = request.host.decode("latin-1")  # type: ignore[union-attr]
         found = self.proxy.lookup(host, request.target.decode("latin-1"))
         if found is None or found[1] is None:
-            self.route, self.upstream = (found[0] if found else None), "-"
+            self.route, self.upstream = (found[0] if found else None), None
             self._local(404, NOT_FOUND)
             return
         self.route, endpoints = found
         if not endpoints:
-            self.upstream = "-"
+            self.upstream = None
             self._local(503, UNAVAILABLE)
             return
         self.tries = min(len(endpoints), CONNECT_TRIES)
@@ -305,7 +326,7 @@ class _Client(Protocol):
         request = self.request
         assert route is not None and request is not None
         address = self.proxy.pick(route.backend, self.endpoints)
-        self.upstream = f"{address[0]}:{address[1]}"
+        self.upstream = address
         self.proxy.pool.get(address, self, fresh=request.upgrade is not None)
 
     # The backend's side
@@ -485,12 +506,10 @@ class _Client(Protocol):
         seconds = time.monotonic() - self.started
         route = self.route
         ingress, backend = (route.ingress, route.backend.key) if route else ("-", "-")
-        method = request.method.decode("latin-1")
-        proxy.metrics.observe(ingress, backend, code, method, seconds)
+        proxy.metrics.observe(ingress, backend, code, request.method.decode("latin-1"), seconds)
         log = proxy.access
         log.add(
-            f'{self.peer} - - [{log.now()}] "{request.line.decode("latin-1")}" {code}'
-            f' {self.sent or "-"} "{ingress}" "{self.upstream}" {seconds * 1000:.3f}ms'
+            (self.peer, log.now(), request.line, code, self.sent, ingress, self.upstream, seconds)
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -580,11 +599,10 @@ class _Backend(Protocol):
         self.code = code
         self.keep_alive = head.keep_alive and request.upgrade is None
         if request.method == b"HEAD" or code in (204, 304):
-            body = BodyReader(0)
-        elif head.chunked:
-            body = BodyReader(None, True)
+            length: int | None = 0
+            chunked = False
         else:
-            body = BodyReader(head.length)
+            length, chunked = head.length, head.chunked
         # How the client learns where the body ends.
         close = not request.keep_alive
         self.chunk = False
@@ -595,7 +613,7 @@ class _Backend(Protocol):
             framing = b""
             if head.length is not None and not head.chunked:
                 framing = b"\r\nContent-Length: %d" % head.length
-            elif not body.finished:
+            elif length != 0:
                 if head.chunked and not request.http10:
                     self.chunk = True
                     framing = b"\r\nTransfer-Encoding: chunked"
@@ -607,6 +625,13 @@ class _Backend(Protocol):
             elif request.http10:
                 framing += b"\r\nConnection: keep-alive"
             out = b"HTTP/1.1 %s%s%s\r\n\r\n" % (head.status, head.headers, framing)
+        if length == len(rest) and not chunked:
+            # The whole answer came in this read (most small ones do).
+            client.write(out + rest)
+            client.sent -= len(out)
+            self._done(client)
+            return
+        body = BodyReader(None, True) if chunked else BodyReader(length)
         self.state = _BODY
         self.body = body
         if body.finished and rest:
@@ -668,7 +693,9 @@ class _Backend(Protocol):
 
     def _fail(self, client: _Client, error: str) -> None:
         self.pool._log.debug(
-            "Ingress backend {upstream} failed: {error}", upstream=client.upstream, error=error
+            "Ingress backend {upstream} failed: {error}",
+            upstream=_upstream(client.upstream),
+            error=error,
         )
         self.client = None
         self.release(False)
