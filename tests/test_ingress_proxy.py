@@ -126,16 +126,20 @@ class HeadParsingTests(SynchronousTestCase):
             fast, slow = parse_request(head), http1._parse_request_lines(head)
             for field in RequestHead.__slots__:
                 self.assertEqual(getattr(fast, field), getattr(slow, field), (head, field))
-        responses = [
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5",
-            b"HTTP/1.1 404\r\nX-A: 1\r\ncontent-LENGTH:  12 \r\nX-B: content-length: 3",
-            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nDate: today",
-        ]
-        for head in responses:
+        # A verbatim response goes on as it came: all its lines but Content-Length are relayed.
+        responses = {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5": b"",
+            b"HTTP/1.1 404\r\nX-A: 1\r\ncontent-LENGTH:  12 \r\nX-B: content-length: 3": (
+                b"\r\nX-A: 1\r\nX-B: content-length: 3"
+            ),
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nDate: today": b"\r\nDate: today",
+        }
+        for head, relayed in responses.items():
             fast_response = parse_response(head)
             slow_response = http1._parse_response_lines(head)
             self.assertTrue(fast_response.verbatim, head)
-            for field in ("code", "status", "headers", "length", "chunked", "keep_alive"):
+            self.assertEqual(slow_response.headers, relayed)
+            for field in ("code", "status", "length", "chunked", "keep_alive"):
                 self.assertEqual(
                     getattr(fast_response, field), getattr(slow_response, field), (head, field)
                 )
@@ -279,6 +283,32 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(take(out), OK)
         self.assertEqual(self.h.sample(200), 2.0)
         self.assertFalse(out.disconnecting)
+
+    def test_a_plain_answer_goes_on_as_it_came_with_the_connection_the_client_asked_for(
+        self,
+    ) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nX-B: 2\r\ncontent-length: 2\r\nX-A: 1\r\n\r\nok"
+        client, out = self.h.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        backend, _, _ = self.h.backend()
+        backend.dataReceived(answer)
+        self.assertEqual(take(out), answer)
+        client.dataReceived(b"GET / HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
+        backend.dataReceived(answer)
+        self.assertEqual(
+            take(out),
+            b"HTTP/1.1 200 OK\r\nX-B: 2\r\ncontent-length: 2\r\nX-A: 1\r\n"
+            b"Connection: keep-alive\r\n\r\nok",
+        )
+        self.assertFalse(out.disconnecting)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        backend.dataReceived(answer)
+        self.assertEqual(
+            take(out),
+            b"HTTP/1.1 200 OK\r\nX-B: 2\r\ncontent-length: 2\r\nX-A: 1\r\n"
+            b"Connection: close\r\n\r\nok",
+        )
+        self.assertTrue(out.disconnecting)
 
     def test_the_tls_port_forwards_https_and_shares_the_pool(self) -> None:
         secure = IngressProxy(

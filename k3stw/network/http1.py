@@ -46,9 +46,10 @@ _PLAIN_RESPONSE = re.compile(
 )
 
 
-def _own(names: frozenset[bytes] | set[bytes]) -> re.Pattern[bytes]:
-    """The names of the header lines named by one of C{names} in a lowercased head."""
-    return re.compile(rb"\r\n(%s):" % b"|".join(re.escape(name) for name in sorted(names)))
+def _own(names: frozenset[bytes] | set[bytes], value: bytes = b"") -> re.Pattern[bytes]:
+    """Header lines named by one of C{names} in a lowercased head: names (and C{value})."""
+    alternatives = b"|".join(re.escape(name) for name in sorted(names))
+    return re.compile(rb"\r\n(%s):%s" % (alternatives, value))
 
 
 #: Response headers of the connection, not of the response.
@@ -63,7 +64,7 @@ _REQUEST_OWN = _RESPONSE_OWN | {
 }
 #: Lines of a request or response head the proxy reads (beside the ones it forwards).
 _REQUEST_READ = _own(_REQUEST_OWN | {b"host"})
-_RESPONSE_READ = _own(_RESPONSE_OWN)
+_RESPONSE_READ = _own(_RESPONSE_OWN, rb"([^\r\n]*)")
 
 
 class BadRequest(Exception):
@@ -147,12 +148,19 @@ class RequestHead:
         "upgrade",
     )
 
-    def __init__(self) -> None:
-        self.method = b""
-        self.target = b""
-        self.line = b""
-        self.host: bytes | None = None
-        self.headers = b""
+    def __init__(
+        self,
+        method: bytes = b"",
+        target: bytes = b"",
+        line: bytes = b"",
+        host: bytes | None = None,
+        headers: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.line = line
+        self.host = host
+        self.headers = headers
         self.length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -172,15 +180,10 @@ def parse_request(head: bytes) -> RequestHead:
         headers = plain[3]
         lower = headers.lower()
         if _REQUEST_READ.findall(lower) == [b"host"]:
-            request = RequestHead()
-            request.method = plain[1]
-            request.target = plain[2]
-            request.line = head[: plain.start(3)]
             start = lower.find(b"\r\nhost:") + 7
             end = headers.find(b"\r\n", start)
-            request.host = headers[start : end if end >= 0 else len(headers)].strip()
-            request.headers = headers
-            return request
+            host = headers[start : end if end >= 0 else len(headers)].strip()
+            return RequestHead(plain[1], plain[2], head[: plain.start(3)], host, headers)
     return _parse_request_lines(head)
 
 
@@ -283,24 +286,26 @@ class ResponseHead:
 
     :ivar status: the status line after its version (``200 OK``).
     :ivar headers: the header lines relayed as they came, each after a CRLF
-        (framing and hop-by-hop ones left out).
+        (framing and hop-by-hop ones left out); not made for a verbatim head.
     :ivar length: ``Content-Length``, None if absent.
     :ivar keep_alive: whether the backend keeps the connection.
-    :ivar verbatim: whether the head as it came is what the proxy sends on
-        when it keeps the length as framing (HTTP/1.1, one plain
-        ``Content-Length``, nothing else left out).
+    :ivar verbatim: whether the head as it came (HTTP/1.1, one plain
+        ``Content-Length``, nothing to leave out) is what the proxy sends on,
+        a ``Connection`` line added if need be.
     """
 
     __slots__ = ("chunked", "code", "headers", "keep_alive", "length", "status", "verbatim")
 
-    def __init__(self) -> None:
-        self.code = 0
-        self.status = b""
+    def __init__(
+        self, code: int = 0, status: bytes = b"", length: int | None = None, verbatim: bool = False
+    ) -> None:
+        self.code = code
+        self.status = status
         self.headers = b""
-        self.length: int | None = None
+        self.length = length
         self.chunked = False
         self.keep_alive = True
-        self.verbatim = False
+        self.verbatim = verbatim
 
 
 def parse_response(head: bytes) -> ResponseHead:
@@ -311,21 +316,12 @@ def parse_response(head: bytes) -> ResponseHead:
     """
     plain = _PLAIN_RESPONSE.fullmatch(head)
     if plain is not None:
-        headers = plain[2]
-        lower = headers.lower()
-        if _RESPONSE_READ.findall(lower) == [b"content-length"]:
-            start = lower.find(b"\r\ncontent-length:")
-            end = headers.find(b"\r\n", start + 17)
-            end = end if end >= 0 else len(headers)
-            length = headers[start + 17 : end].strip()
+        found = _RESPONSE_READ.findall(plain[2].lower())
+        if len(found) == 1 and found[0][0] == b"content-length":
+            length = found[0][1].strip()
             if length.isdigit() and length.isascii():
-                response = ResponseHead()
-                response.status = status = plain[1]
-                response.code = int(status[:3])
-                response.length = int(length)
-                response.headers = headers[:start] + headers[end:]
-                response.verbatim = True
-                return response
+                status = plain[1]
+                return ResponseHead(int(status[:3]), status, int(length), verbatim=True)
     return _parse_response_lines(head)
 
 

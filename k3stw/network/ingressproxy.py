@@ -606,9 +606,15 @@ class _Backend(Protocol):
         # How the client learns where the body ends.
         close = not request.keep_alive
         self.chunk = False
-        if head.verbatim and not close and not request.http10:
+        if head.verbatim:
             # Its Content-Length is the framing, and nothing else changes.
-            out = buffer[: end + 4]
+            if close:
+                out = buffer[:end] + b"\r\nConnection: close\r\n\r\n"
+                request.keep_alive = False
+            elif request.http10:
+                out = buffer[:end] + b"\r\nConnection: keep-alive\r\n\r\n"
+            else:
+                out = buffer[: end + 4]
         else:
             framing = b""
             if head.length is not None and not head.chunked:
