@@ -708,15 +708,23 @@ class ProxyTests(SynchronousTestCase):
         client, _out = self.h.client()
         for _ in range(2):
             client.dataReceived(b"GET /x HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        client.dataReceived(b"HEAD /y HTTP/1.1\r\nHost: web\r\n\r\n")
+        backend, _, _ = self.h.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
         self.assertEqual(written, [])
         self.h.tick(ingressproxy.LOG_SECONDS)
         self.assertEqual(len(written), 1)
         lines = written[0].split("\n")
-        self.assertEqual(len(lines), 2)
+        self.assertEqual(len(lines), 3)
         self.assertRegex(
             lines[0],
             r"^192\.168\.1\.7 - - \[\d\d/\w\w\w/\d{4}:\d\d:\d\d:\d\d \+0000\]"
             r' "GET /x HTTP/1\.1" 404 19 "-" "-" \d+\.\d{3}ms$',
+        )
+        self.assertRegex(
+            lines[2],
+            r'^192\.168\.1\.7 - - \[[^]]+\] "HEAD /y HTTP/1\.1" 200 -'
+            r' "default/web" "10\.42\.0\.5:8080" \d+\.\d{3}ms$',
         )
 
 
@@ -746,15 +754,14 @@ class MetricsTests(SynchronousTestCase):
         log = AccessLog(clock)
         written = access_lines(self)
         for n in range(ingressproxy.LOG_LINES):
-            log.add(("10.0.0.9", log.now(), b"GET /%d HTTP/1.1" % n, 200, n, "-", A, 0.001))
+            log.add(("10.0.0.9", log.now(), f"GET /{n} HTTP/1.1", 200, n or "-", "-", "a:1", 1.0))
         self.assertEqual(len(written), 1)
         self.assertEqual(clock.getDelayedCalls(), [])
         lines = written[0].split("\n")
         self.assertEqual(len(lines), ingressproxy.LOG_LINES)
         self.assertRegex(
             lines[2],
-            r'^10\.0\.0\.9 - - \[[^]]+\] "GET /2 HTTP/1\.1" 200 2'
-            r' "-" "10\.42\.0\.5:8080" 1\.000ms$',
+            r'^10\.0\.0\.9 - - \[[^]]+\] "GET /2 HTTP/1\.1" 200 2 "-" "a:1" 1\.000ms$',
         )
 
 

@@ -90,6 +90,8 @@ PIPELINE_LIMIT = 2 * MAX_HEAD
 #: The access log's longest wait between writes, and its most lines held.
 LOG_SECONDS = 0.5
 LOG_LINES = 1024
+#: How many endpoints' names (for the access log) the pool remembers.
+NAMES_KEPT = 4096
 
 _WAITING, _HEAD, _BODY, _TUNNEL = range(4)
 
@@ -147,10 +149,12 @@ class IngressMetrics(Collector):
         yield duration
 
 
-#: What an access log line says: the client's address, the time (common log
-#: format), the request line, the status, the bytes of the body sent (0: none),
-#: the Ingress, the upstream (None: none) and the seconds the answer took.
-Entry = tuple[str, str, bytes, int, int, str, "Address | None", float]
+#: An access log line: common log format (the client's address, the time, the
+#: request line, the status, the bytes of the body sent or ``-``), then the
+#: Ingress, the upstream (``address:port``) and the milliseconds the answer took.
+_LINE = '%s - - [%s] "%s" %d %s "%s" "%s" %.3fms'
+#: What a line says, each field as L{_LINE} takes it.
+Entry = tuple[str, str, str, int, "int | str", str, str, float]
 
 
 class AccessLog:
@@ -183,7 +187,7 @@ class AccessLog:
             self._flush = None
         if self.entries:
             entries, self.entries = self.entries, []
-            _access.info("{lines}", lines="\n".join(map(_line, entries)))
+            _access.info("{lines}", lines="\n".join([_LINE % entry for entry in entries]))
 
     def now(self) -> str:
         """The time as the common log format writes it, formatted once a second."""
@@ -192,19 +196,6 @@ class AccessLog:
             self._second = second
             self._clf = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
         return self._clf
-
-
-def _line(entry: Entry) -> str:
-    """An access log line: common log format, then the Ingress, the upstream and the duration."""
-    peer, when, request, code, sent, ingress, upstream, seconds = entry
-    return (
-        f'{peer} - - [{when}] "{request.decode("latin-1")}" {code} {sent or "-"}'
-        f' "{ingress}" "{_upstream(upstream)}" {seconds * 1000:.3f}ms'
-    )
-
-
-def _upstream(address: Address | None) -> str:
-    return f"{address[0]}:{address[1]}" if address else "-"
 
 
 def _answer(code: int, body: bytes, close: bool) -> bytes:
@@ -236,7 +227,7 @@ class _Client(Protocol):
         self.route: Route | None = None
         #: The ready endpoints of the request's backend.
         self.endpoints: list[Address] = []
-        self.upstream: Address | None = None
+        self.upstream = "-"
         self.started = 0.0
         self.sent = 0
         self.tries = 0
@@ -309,12 +300,12 @@ class _Client(Protocol):
         host = request.host.decode("latin-1")  # type: ignore[union-attr]
         found = self.proxy.lookup(host, request.target.decode("latin-1"))
         if found is None or found[1] is None:
-            self.route, self.upstream = (found[0] if found else None), None
+            self.route, self.upstream = (found[0] if found else None), "-"
             self._local(404, NOT_FOUND)
             return
         self.route, endpoints = found
         if not endpoints:
-            self.upstream = None
+            self.upstream = "-"
             self._local(503, UNAVAILABLE)
             return
         self.tries = min(len(endpoints), CONNECT_TRIES)
@@ -326,7 +317,7 @@ class _Client(Protocol):
         request = self.request
         assert route is not None and request is not None
         address = self.proxy.pick(route.backend, self.endpoints)
-        self.upstream = address
+        self.upstream = self.proxy.pool.name(address)
         self.proxy.pool.get(address, self, fresh=request.upgrade is not None)
 
     # The backend's side
@@ -509,7 +500,16 @@ class _Client(Protocol):
         proxy.metrics.observe(ingress, backend, code, request.method.decode("latin-1"), seconds)
         log = proxy.access
         log.add(
-            (self.peer, log.now(), request.line, code, self.sent, ingress, self.upstream, seconds)
+            (
+                self.peer,
+                log.now(),
+                request.line.decode("latin-1"),
+                code,
+                self.sent or "-",
+                ingress,
+                self.upstream,
+                seconds * 1000,
+            )
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -700,7 +700,7 @@ class _Backend(Protocol):
     def _fail(self, client: _Client, error: str) -> None:
         self.pool._log.debug(
             "Ingress backend {upstream} failed: {error}",
-            upstream=_upstream(client.upstream),
+            upstream=client.upstream,
             error=error,
         )
         self.client = None
@@ -783,6 +783,7 @@ class BackendPool:
         self.idle: dict[Address, list[_Backend]] = {}
         #: Connections answering a request now (watched for silence).
         self.busy: set[_Backend] = set()
+        self._names: dict[Address, str] = {}
         self._sweep: Any = None
 
     def get(self, address: Address, client: _Client, fresh: bool = False) -> None:
@@ -796,6 +797,15 @@ class BackendPool:
         factory = _Connecting(self, address, client)
         host, port = address
         self.reactor.connectTCP(host.strip("[]"), port, factory, timeout=CONNECT_TIMEOUT)
+
+    def name(self, address: Address) -> str:
+        """C{address} as the access log writes it (``address:port``), made once."""
+        name = self._names.get(address)
+        if name is None:
+            if len(self._names) >= NAMES_KEPT:
+                self._names.clear()
+            name = self._names[address] = f"{address[0]}:{address[1]}"
+        return name
 
     def opened(self, backend: _Backend) -> None:
         factory: Any = getattr(backend, "factory", None)
