@@ -12,7 +12,10 @@ machine barely moves it (CPU time, not a rate):
   own on the epoll reactor, its access log to a file) on 127.0.0.1, the
   asyncio backend of ``bench/ingress.py``, and ``wrk`` with 32 keep-alive
   connections: the proxy process's CPU time (``/proc/<pid>/stat``) over
-  the requests wrk counted, reactor and kernel included.
+  the requests wrk counted, reactor and kernel included; then the same for
+  the floors: ``bench/ingress.py``'s bare Twisted protocol answering
+  itself, and a null proxy on Twisted (no parsing, a backend connection
+  per client connection).
 
     python bench/ingress_cpu.py [--requests N] [--profile] [--no-loopback]
 
@@ -39,7 +42,7 @@ if __package__ in (None, ""):
     # Run as a script: make the checkout importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ingress import BACKEND_CODE, HOST, INGRESS, INGRESS_CODE, PATH, WRK
+from ingress import BACKEND_CODE, BARE_CODE, HOST, INGRESS, INGRESS_CODE, PATH, WRK
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -124,8 +127,47 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def loopback(seconds: int) -> dict[str, float]:
-    """CPU µs per request of the proxy process under wrk on 127.0.0.1."""
+#: The floor of any proxy on Twisted: each client connection gets its own backend
+#: connection, and bytes go on as they come (no parsing), with the same direct send.
+NULL_PROXY_CODE = """
+import sys
+from twisted.internet import epollreactor
+epollreactor.install()
+from twisted.internet import reactor
+from twisted.internet.protocol import ClientCreator, Factory, Protocol
+from k3stw.network.http1 import send
+class Backend(Protocol):
+    def __init__(self, client):
+        self.client = client
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
+        self.client.backend = self.transport
+        send(self.transport, self.client.waiting)
+    def dataReceived(self, data):
+        send(self.client.transport, data)
+class Client(Protocol):
+    backend, waiting = None, b""
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
+        ClientCreator(reactor, Backend, self).connectTCP(sys.argv[3], int(sys.argv[4]))
+    def dataReceived(self, data):
+        if self.backend is None:
+            self.waiting += data
+        else:
+            send(self.backend, data)
+factory = Factory.forProtocol(Client)
+reactor.listenTCP(int(sys.argv[2]), factory, interface=sys.argv[1], backlog=1024)
+print("ready", flush=True)
+reactor.run()
+"""
+
+
+def loopback(seconds: int) -> dict[str, tuple[float, int]]:
+    """
+    CPU µs per request (and the requests) of the Ingress proxy's process
+    under wrk on 127.0.0.1, and of the floors beside it: a bare Twisted
+    protocol answering itself, and a null proxy on Twisted.
+    """
     work = Path(tempfile.mkdtemp(prefix="ingress-cpu-"))
     started: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -138,42 +180,42 @@ def loopback(seconds: int) -> dict[str, float]:
             raise SystemExit(f"{argv[:3]} did not start")
         return process
 
+    backend = "127.0.0.1:18080"
+    script = work / "done.lua"
+    script.write_text(
+        "done = function(summary, latency, requests)\n"
+        '  io.write(string.format("JSON %d %d\\n", summary.requests,'
+        " summary.errors.status + summary.errors.read + summary.errors.connect))\n"
+        "end\n"
+    )
+    figures = {}
     try:
         start(sys.executable, "-c", BACKEND_CODE, "127.0.0.1", "18080")
-        ingress = INGRESS_CODE
-        proxy = start(
-            sys.executable,
-            "-c",
-            ingress,
-            "127.0.0.1",
-            "18081",
-            json.dumps(INGRESS),
-            "127.0.0.1:18080",
-            str(work / "access.log"),
-        )
-        script = work / "done.lua"
-        script.write_text(
-            "done = function(summary, latency, requests)\n"
-            '  io.write(string.format("JSON %d %d\\n", summary.requests,'
-            " summary.errors.status + summary.errors.read + summary.errors.connect))\n"
-            "end\n"
-        )
-        argv = [WRK, "-t1", "-c32", f"-d{seconds}s", "-H", f"Host: {HOST}", "-s", str(script)]
-        before = _cpu_seconds(proxy.pid)
-        done = subprocess.run(
-            [*argv, f"http://127.0.0.1:18081{PATH}"], capture_output=True, timeout=seconds + 60
-        )
-        spent = _cpu_seconds(proxy.pid) - before
-        line = next(x for x in done.stdout.decode().splitlines() if x.startswith("JSON "))
-        count, errors = map(int, line.split()[1:])
-        if errors:
-            raise SystemExit(f"wrk counted {errors} errors")
+        access = str(work / "access.log")
+        targets = {
+            "k3stw ingress": ("18081", (INGRESS_CODE, json.dumps(INGRESS), backend, access)),
+            "bare Twisted protocol answering itself": ("18082", (BARE_CODE,)),
+            "null proxy on Twisted": ("18083", (NULL_PROXY_CODE, *backend.split(":"))),
+        }
+        for name, (port, (code, *rest)) in targets.items():
+            process = start(sys.executable, "-c", code, "127.0.0.1", port, *rest)
+            argv = [WRK, "-t1", "-c32", f"-d{seconds}s", "-H", f"Host: {HOST}", "-s", str(script)]
+            before = _cpu_seconds(process.pid)
+            done = subprocess.run(
+                [*argv, f"http://127.0.0.1:{port}{PATH}"], capture_output=True, timeout=seconds + 60
+            )
+            spent = _cpu_seconds(process.pid) - before
+            line = next(x for x in done.stdout.decode().splitlines() if x.startswith("JSON "))
+            count, errors = map(int, line.split()[1:])
+            if errors:
+                raise SystemExit(f"wrk counted {errors} errors for {name}")
+            figures[name] = (spent / count * 1e6, count)
     finally:
         for process in started:
             process.kill()
             process.wait(10)
         shutil.rmtree(work)
-    return {"wrk, 32 connections, 127.0.0.1": spent / count * 1e6, "requests": count}
+    return figures
 
 
 def main(argv: Sequence[str]) -> None:
@@ -194,11 +236,10 @@ def main(argv: Sequence[str]) -> None:
     for name, figure in memory(options.requests).items():
         print(f"memory, {name}: {figure:.2f} µs/request")
     if not options.no_loopback and os.path.exists(WRK):
-        figures = loopback(options.seconds)
-        print(
-            f"loopback, wrk 32 connections: {figures['wrk, 32 connections, 127.0.0.1']:.2f}"
-            f" µs/request of the proxy's CPU ({figures['requests']:,.0f} requests)"
-        )
+        for name, (cpu, count) in loopback(options.seconds).items():
+            print(
+                f"loopback, wrk 32 connections, {name}: {cpu:.2f} µs/request ({count:,} requests)"
+            )
 
 
 if __name__ == "__main__":
