@@ -23,8 +23,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from k3stw.network import ingressproxy
-from k3stw.network.http1 import MAX_HEAD, BadRequest, parse_request, parse_response, send
+from k3stw.network import http1, ingressproxy
+from k3stw.network.http1 import (
+    MAX_HEAD,
+    BadRequest,
+    RequestHead,
+    parse_request,
+    parse_response,
+    send,
+)
 from k3stw.network.ingressproxy import AccessLog, IngressMetrics, IngressProxy
 from k3stw.network.ingressroutes import Address, Backend, RoundRobin, Route
 
@@ -47,7 +54,7 @@ class HeadParsingTests(SynchronousTestCase):
         )
         self.assertEqual((request.method, request.target), (b"POST", b"/a?b=1"))
         self.assertEqual(request.host, b"site.test")
-        self.assertEqual(request.lines, [b"Host: site.test", b"Accept: */*"])
+        self.assertEqual(request.headers, b"\r\nHost: site.test\r\nAccept: */*")
         self.assertEqual((request.length, request.chunked, request.keep_alive), (3, False, True))
         self.assertEqual(request.forwarded_for, b"1.2.3.4")
         self.assertIsNone(request.upgrade)
@@ -107,12 +114,50 @@ class HeadParsingTests(SynchronousTestCase):
                 parse_request(head)
             self.assertEqual((caught.exception.code, caught.exception.reason), (code, reason), head)
 
+    def test_the_fast_path_reads_plain_heads_as_the_line_by_line_parse_does(self) -> None:
+        requests = [
+            b"GET /a HTTP/1.1\r\nHost: site.test",
+            b"GET /a?b=c HTTP/1.1\r\nhOsT:   site.test:8080  \r\nAccept: */*\r\nX-Host: no",
+            b"GET / HTTP/1.1\r\nHost:",
+            b"GET / HTTP/1.1\r\nX-A: host: b\r\nHost: h\r\nHostname: x\r\nTEx: 1",
+            b"DELETE /%20x HTTP/1.1\r\nHost: h\r\nCookie: a=b; c=d\r\nX-Empty:",
+        ]
+        for head in requests:
+            fast, slow = parse_request(head), http1._parse_request_lines(head)
+            for field in RequestHead.__slots__:
+                self.assertEqual(getattr(fast, field), getattr(slow, field), (head, field))
+        # A verbatim response goes on as it came: all its lines but Content-Length are relayed.
+        responses = {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5": b"",
+            b"HTTP/1.1 404\r\nX-A: 1\r\ncontent-LENGTH:  12 \r\nX-B: content-length: 3": (
+                b"\r\nX-A: 1\r\nX-B: content-length: 3"
+            ),
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nDate: today": b"\r\nDate: today",
+        }
+        for head, relayed in responses.items():
+            fast_response = parse_response(head)
+            slow_response = http1._parse_response_lines(head)
+            self.assertTrue(fast_response.verbatim, head)
+            self.assertEqual(slow_response.headers, relayed)
+            for field in ("code", "status", "length", "chunked", "keep_alive"):
+                self.assertEqual(
+                    getattr(fast_response, field), getattr(slow_response, field), (head, field)
+                )
+        # What the fast path leaves to the line by line parse.
+        for head in (
+            b"HTTP/1.0 200 OK\r\nContent-Length: 5",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: 1",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5",
+            b"HTTP/1.1 200 OK",
+        ):
+            self.assertFalse(parse_response(head).verbatim, head)
+
     def test_a_response_head_and_what_is_refused(self) -> None:
         response = parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\nX-A: 1\r\nKeep-Alive: 1"
         )
         self.assertEqual((response.code, response.status, response.length), (200, b"200 OK", 5))
-        self.assertEqual((response.lines, response.keep_alive), ([b"X-A: 1"], False))
+        self.assertEqual((response.headers, response.keep_alive), (b"\r\nX-A: 1", False))
         self.assertFalse(parse_response(b"HTTP/1.0 200 OK").keep_alive)
         self.assertTrue(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked").chunked)
         for bad in (
@@ -238,6 +283,32 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(take(out), OK)
         self.assertEqual(self.h.sample(200), 2.0)
         self.assertFalse(out.disconnecting)
+
+    def test_a_plain_answer_goes_on_as_it_came_with_the_connection_the_client_asked_for(
+        self,
+    ) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nX-B: 2\r\ncontent-length: 2\r\nX-A: 1\r\n\r\nok"
+        client, out = self.h.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        backend, _, _ = self.h.backend()
+        backend.dataReceived(answer)
+        self.assertEqual(take(out), answer)
+        client.dataReceived(b"GET / HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
+        backend.dataReceived(answer)
+        self.assertEqual(
+            take(out),
+            b"HTTP/1.1 200 OK\r\nX-B: 2\r\ncontent-length: 2\r\nX-A: 1\r\n"
+            b"Connection: keep-alive\r\n\r\nok",
+        )
+        self.assertFalse(out.disconnecting)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        backend.dataReceived(answer)
+        self.assertEqual(
+            take(out),
+            b"HTTP/1.1 200 OK\r\nX-B: 2\r\ncontent-length: 2\r\nX-A: 1\r\n"
+            b"Connection: close\r\n\r\nok",
+        )
+        self.assertTrue(out.disconnecting)
 
     def test_the_tls_port_forwards_https_and_shares_the_pool(self) -> None:
         secure = IngressProxy(
@@ -637,15 +708,23 @@ class ProxyTests(SynchronousTestCase):
         client, _out = self.h.client()
         for _ in range(2):
             client.dataReceived(b"GET /x HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        client.dataReceived(b"HEAD /y HTTP/1.1\r\nHost: web\r\n\r\n")
+        backend, _, _ = self.h.backend()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
         self.assertEqual(written, [])
         self.h.tick(ingressproxy.LOG_SECONDS)
         self.assertEqual(len(written), 1)
         lines = written[0].split("\n")
-        self.assertEqual(len(lines), 2)
+        self.assertEqual(len(lines), 3)
         self.assertRegex(
             lines[0],
             r"^192\.168\.1\.7 - - \[\d\d/\w\w\w/\d{4}:\d\d:\d\d:\d\d \+0000\]"
             r' "GET /x HTTP/1\.1" 404 19 "-" "-" \d+\.\d{3}ms$',
+        )
+        self.assertRegex(
+            lines[2],
+            r'^192\.168\.1\.7 - - \[[^]]+\] "HEAD /y HTTP/1\.1" 200 -'
+            r' "default/web" "10\.42\.0\.5:8080" \d+\.\d{3}ms$',
         )
 
 
@@ -675,9 +754,15 @@ class MetricsTests(SynchronousTestCase):
         log = AccessLog(clock)
         written = access_lines(self)
         for n in range(ingressproxy.LOG_LINES):
-            log.add(str(n))
+            log.add(("10.0.0.9", log.now(), f"GET /{n} HTTP/1.1", 200, n or "-", "-", "a:1", 1.0))
         self.assertEqual(len(written), 1)
         self.assertEqual(clock.getDelayedCalls(), [])
+        lines = written[0].split("\n")
+        self.assertEqual(len(lines), ingressproxy.LOG_LINES)
+        self.assertRegex(
+            lines[2],
+            r'^10\.0\.0\.9 - - \[[^]]+\] "GET /2 HTTP/1\.1" 200 2 "-" "a:1" 1\.000ms$',
+        )
 
 
 class _Sink(Protocol):

@@ -224,12 +224,15 @@ class IngressController(MultiService):
         return self._table
 
     def endpoints(self, backend: Backend) -> list[Address] | None:
-        found = self._endpoints.get(backend.key, [])
-        if backend.key not in self._endpoints:
-            found = self._endpoints[backend.key] = endpoints_of(
+        key = backend.key
+        try:
+            # Asked on every request: one lookup when known.
+            return self._endpoints[key]
+        except KeyError:
+            found = self._endpoints[key] = endpoints_of(
                 backend, self.service_informer.get, self._slices_of
             )
-        return found
+            return found
 
     def _slices_of(self, namespace: str, service: str) -> list[Object]:
         return [

@@ -90,6 +90,8 @@ PIPELINE_LIMIT = 2 * MAX_HEAD
 #: The access log's longest wait between writes, and its most lines held.
 LOG_SECONDS = 0.5
 LOG_LINES = 1024
+#: How many endpoints' names (for the access log) the pool remembers.
+NAMES_KEPT = 4096
 
 _WAITING, _HEAD, _BODY, _TUNNEL = range(4)
 
@@ -147,22 +149,32 @@ class IngressMetrics(Collector):
         yield duration
 
 
+#: An access log line: common log format (the client's address, the time, the
+#: request line, the status, the bytes of the body sent or ``-``), then the
+#: Ingress, the upstream (``address:port``) and the milliseconds the answer took.
+_LINE = '%s - - [%s] "%s" %d %s "%s" "%s" %.3fms'
+#: What a line says, each field as L{_LINE} takes it.
+Entry = tuple[str, str, str, int, "int | str", str, str, float]
+
+
 class AccessLog:
     """
     Access log lines, written as one log event per batch (at most every
-    L{LOG_SECONDS}, or L{LOG_LINES} lines), not one event per request.
+    L{LOG_SECONDS}, or L{LOG_LINES} lines), not one event per request; each
+    line is formatted only when its batch is written.
     """
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
-        self.lines: list[str] = []
+        self.entries: list[Entry] = []
         self._flush: Any = None
         self._second = -1
         self._clf = ""
 
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if len(self.lines) >= LOG_LINES:
+    def add(self, entry: Entry) -> None:
+        entries = self.entries
+        entries.append(entry)
+        if len(entries) >= LOG_LINES:
             self.flush()
         elif self._flush is None:
             self._flush = self.clock.callLater(LOG_SECONDS, self.flush)
@@ -173,9 +185,9 @@ class AccessLog:
             if self._flush.active():
                 self._flush.cancel()
             self._flush = None
-        if self.lines:
-            lines, self.lines = self.lines, []
-            _access.info("{lines}", lines="\n".join(lines))
+        if self.entries:
+            entries, self.entries = self.entries, []
+            _access.info("{lines}", lines="\n".join([_LINE % entry for entry in entries]))
 
     def now(self) -> str:
         """The time as the common log format writes it, formatted once a second."""
@@ -225,18 +237,20 @@ class _Client(Protocol):
         self.closed = False
         self.tunnel: Any = None
         self.peer = "-"
+        self.peer_bytes = b"-"
         self.tail = b""
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
         peer = transport.getPeer()
         self.peer = getattr(peer, "host", "-")
+        self.peer_bytes = self.peer.encode()
         port = getattr(transport.getHost(), "port", 0)
         # What every request of this connection gets, made once.
         self.tail = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-Ip: %s\r\n" % (
             self.proxy.scheme,
             port,
-            self.peer.encode(),
+            self.peer_bytes,
         )
         # An answer must not wait for the client's delayed ACK (Go's servers set it too).
         no_delay = getattr(transport, "setTcpNoDelay", None)
@@ -303,7 +317,7 @@ class _Client(Protocol):
         request = self.request
         assert route is not None and request is not None
         address = self.proxy.pick(route.backend, self.endpoints)
-        self.upstream = f"{address[0]}:{address[1]}"
+        self.upstream = self.proxy.pool.name(address)
         self.proxy.pool.get(address, self, fresh=request.upgrade is not None)
 
     # The backend's side
@@ -323,20 +337,23 @@ class _Client(Protocol):
             self.paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
         previous = request.forwarded_for
-        client = self.peer.encode()
-        lines = [
-            b"%s %s HTTP/1.1" % (request.method, request.target),
-            *request.lines,
-            b"X-Forwarded-For: " + (previous + b", " + client if previous else client),
-            b"X-Forwarded-Host: " + request.host,  # type: ignore[operator]
-        ]
+        client = self.peer_bytes
+        framing = b""
         if request.upgrade is not None:
-            lines += [b"Connection: Upgrade", b"Upgrade: " + request.upgrade]
+            framing = b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade
         if request.chunked:
-            lines.append(b"Transfer-Encoding: chunked")
+            framing += b"Transfer-Encoding: chunked\r\n"
         elif request.length is not None:
-            lines.append(b"Content-Length: %d" % request.length)
-        head = b"\r\n".join(lines) + b"\r\n" + self.tail + b"\r\n"
+            framing += b"Content-Length: %d\r\n" % request.length
+        head = b"%s %s HTTP/1.1%s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Host: %s\r\n%s%s\r\n" % (
+            request.method,
+            request.target,
+            request.headers,
+            previous + b", " + client if previous else client,
+            request.host,
+            framing,
+            self.tail,
+        )
         if request.chunked or request.length:
             self.body = BodyReader(request.length, request.chunked)
             data, self.buffer = self.buffer, b""
@@ -480,12 +497,19 @@ class _Client(Protocol):
         seconds = time.monotonic() - self.started
         route = self.route
         ingress, backend = (route.ingress, route.backend.key) if route else ("-", "-")
-        method = request.method.decode("latin-1")
-        proxy.metrics.observe(ingress, backend, code, method, seconds)
+        proxy.metrics.observe(ingress, backend, code, request.method.decode("latin-1"), seconds)
         log = proxy.access
         log.add(
-            f'{self.peer} - - [{log.now()}] "{request.line.decode("latin-1")}" {code}'
-            f' {self.sent or "-"} "{ingress}" "{self.upstream}" {seconds * 1000:.3f}ms'
+            (
+                self.peer,
+                log.now(),
+                request.line.decode("latin-1"),
+                code,
+                self.sent or "-",
+                ingress,
+                self.upstream,
+                seconds * 1000,
+            )
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -575,31 +599,47 @@ class _Backend(Protocol):
         self.code = code
         self.keep_alive = head.keep_alive and request.upgrade is None
         if request.method == b"HEAD" or code in (204, 304):
-            body = BodyReader(0)
-        elif head.chunked:
-            body = BodyReader(None, True)
+            length: int | None = 0
+            chunked = False
         else:
-            body = BodyReader(head.length)
-        lines = [b"HTTP/1.1 " + head.status, *head.lines]
+            length, chunked = head.length, head.chunked
         # How the client learns where the body ends.
         close = not request.keep_alive
         self.chunk = False
-        if head.length is not None and not head.chunked:
-            lines.append(b"Content-Length: %d" % head.length)
-        elif not body.finished:
-            if head.chunked and not request.http10:
-                self.chunk = True
-                lines.append(b"Transfer-Encoding: chunked")
+        if head.verbatim:
+            # Its Content-Length is the framing, and nothing else changes.
+            if close:
+                out = buffer[:end] + b"\r\nConnection: close\r\n\r\n"
+                request.keep_alive = False
+            elif request.http10:
+                out = buffer[:end] + b"\r\nConnection: keep-alive\r\n\r\n"
             else:
-                close = True
-        if close:
-            lines.append(b"Connection: close")
-            request.keep_alive = False
-        elif request.http10:
-            lines.append(b"Connection: keep-alive")
+                out = buffer[: end + 4]
+        else:
+            framing = b""
+            if head.length is not None and not head.chunked:
+                framing = b"\r\nContent-Length: %d" % head.length
+            elif length != 0:
+                if head.chunked and not request.http10:
+                    self.chunk = True
+                    framing = b"\r\nTransfer-Encoding: chunked"
+                else:
+                    close = True
+            if close:
+                framing += b"\r\nConnection: close"
+                request.keep_alive = False
+            elif request.http10:
+                framing += b"\r\nConnection: keep-alive"
+            out = b"HTTP/1.1 %s%s%s\r\n\r\n" % (head.status, head.headers, framing)
+        if length == len(rest) and not chunked:
+            # The whole answer came in this read (most small ones do).
+            client.write(out + rest)
+            client.sent -= len(out)
+            self._done(client)
+            return
+        body = BodyReader(None, True) if chunked else BodyReader(length)
         self.state = _BODY
         self.body = body
-        out = b"\r\n".join(lines) + b"\r\n\r\n"
         if body.finished and rest:
             # More than the answer: the connection cannot be trusted again.
             self.keep_alive = False
@@ -659,7 +699,9 @@ class _Backend(Protocol):
 
     def _fail(self, client: _Client, error: str) -> None:
         self.pool._log.debug(
-            "Ingress backend {upstream} failed: {error}", upstream=client.upstream, error=error
+            "Ingress backend {upstream} failed: {error}",
+            upstream=client.upstream,
+            error=error,
         )
         self.client = None
         self.release(False)
@@ -741,6 +783,7 @@ class BackendPool:
         self.idle: dict[Address, list[_Backend]] = {}
         #: Connections answering a request now (watched for silence).
         self.busy: set[_Backend] = set()
+        self._names: dict[Address, str] = {}
         self._sweep: Any = None
 
     def get(self, address: Address, client: _Client, fresh: bool = False) -> None:
@@ -754,6 +797,15 @@ class BackendPool:
         factory = _Connecting(self, address, client)
         host, port = address
         self.reactor.connectTCP(host.strip("[]"), port, factory, timeout=CONNECT_TIMEOUT)
+
+    def name(self, address: Address) -> str:
+        """C{address} as the access log writes it (``address:port``), made once."""
+        name = self._names.get(address)
+        if name is None:
+            if len(self._names) >= NAMES_KEPT:
+                self._names.clear()
+            name = self._names[address] = f"{address[0]}:{address[1]}"
+        return name
 
     def opened(self, backend: _Backend) -> None:
         factory: Any = getattr(backend, "factory", None)
