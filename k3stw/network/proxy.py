@@ -12,9 +12,11 @@ every 30 s regardless (its syncPeriod).  As kube-proxy's, they are partial:
 the top-level chains are written whole, but only the changed Services' own
 chains (``KUBE-SVC-``, ``KUBE-SEP-``...), the others staying as they are, and
 the chains the previous sync made and this one does not are deleted.  A full
-sync (the first, one after a failure, and one an hour) writes every chain,
-reads the nat table for service chains left from before, and ensures the
-jumps from the built-in chains one rule at a time.  Chains of others are
+sync (the first, one after a failure, and one an hour) reads the nat table
+(``iptables-save``), writes every chain that does not hold its rules already
+(so a rule changed or deleted by hand comes back), deletes service chains
+left from before, and ensures the jumps from the built-in chains one rule at
+a time.  Chains of others are
 never flushed.  The rules stay in
 place when the service stops, as kube-proxy leaves them.
 
@@ -45,7 +47,12 @@ from k3stw.machinery.informer import Informer, Retention, each_change
 from k3stw.machinery.objects import Object
 from k3stw.machinery.processes import CommandFailed, run_command
 from k3stw.machinery.source import HTTPSource
-from k3stw.network.iptables import IPTables, IPTablesError
+from k3stw.network.iptables import (
+    IPTables,
+    IPTablesError,
+    saved_chains,
+    unchanged_chains_dropped,
+)
 from k3stw.network.nftables import NFTables, NFTablesError
 from k3stw.network.node import NetworkSettings
 from k3stw.network.proxynft import Existing, NFTRuleset, cleanup_text, parse_listing, render_nft
@@ -278,15 +285,19 @@ class KubeProxy(Service):
     ) -> tuple[dict[str, UDPFlows], int]:
         services, slices = self.services.cache.list(), self.slices.cache.list()
         if full or self.applied is None:
-            existing = await self.iptables.chains("nat")
-            ruleset = render(services, slices, self.node, existing)
+            # The nat table as it is: chains holding their rules already are left alone (one a
+            # rule of which was changed or deleted by hand is written again).
+            saved = await self.iptables.save("nat")
+            ruleset = render(services, slices, self.node, saved_chains(saved))
+            text = unchanged_chains_dropped(ruleset.text, {"nat": saved})
         else:
             existing = sorted(self.applied.nat_chains)
             ruleset = render(services, slices, self.node, existing, changed)
             if ruleset.large != self.applied.large:
                 # Every chain's comments change with the mode.
                 ruleset = render(services, slices, self.node, existing)
-        await self.iptables.restore(ruleset.text)
+            text = ruleset.text
+        await self.iptables.restore(text)
         if full:
             await self._ensure_jumps()
         self.applied = ruleset
