@@ -1,10 +1,11 @@
 """
-kube-proxy's full sync in its iptables mode against the real iptables, in a
-network namespace the test makes: the sync reads the nat table and writes
-only the chains that do not hold their rules already, so a second full sync
-writes none of the service chains, and a rule deleted, changed or added by
-hand comes back (its chain, alone, written again).  The comparison's
-canonical form is checked rule by rule against iptables-save's.
+kube-proxy's full sync against the real iptables and nft, in a network
+namespace the test makes: the sync lists the nat table (iptables mode) or
+kube-proxy's table (nftables mode) and writes only the chains that do not
+hold their rules already, so a second full sync writes none of the service
+chains, and a rule deleted, changed or added by hand comes back (its chain,
+alone, written again).  The iptables comparison's canonical form is checked
+rule by rule against iptables-save's.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from k3stw.network.iptables import IPTables, canonical_rule, saved_chains
+from k3stw.network.nftables import NFTables
 from k3stw.network.node import NetworkSettings
-from k3stw.network.proxy import KubeProxy
+from k3stw.network.proxy import IPTABLES, NFTABLES, KubeProxy
+from k3stw.network.proxynft import TABLE
 from k3stw.network.proxyrules import NodeFacts
 from tests.support.fakes import FakeKubeClient
 from tests.test_proxy_rules import endpoint, service, slice_of
@@ -107,23 +110,44 @@ class RecordingIPTables(IPTables):
         await super().restore(text)
 
 
+class RecordingNFTables(NFTables):
+    """The real nft, keeping each transaction's input for the test to read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.applied: list[str] = []
+
+    async def apply(self, text: str) -> None:
+        self.applied.append(text)
+        await super().apply(text)
+
+
 class FullSyncInANamespaceTests(TestCase):
+    mode = IPTABLES
+
     def setUp(self) -> None:
         self.namespace = f"k3stw-kp-{os.getpid()}"
         subprocess.run(["ip", "netns", "add", self.namespace], check=True, timeout=30)
         self.addCleanup(subprocess.run, ["ip", "netns", "delete", self.namespace], timeout=30)
         prefix = ("ip", "netns", "exec", self.namespace)
         self.iptables = RecordingIPTables(reactor, prefix=prefix)
+        self.nft = RecordingNFTables(reactor, prefix=prefix)
         settings = NetworkSettings(node_name="node1", node_ips=(NODE_IP,))
         sysctls = Path(self.mktemp())
         self.proxy = KubeProxy(
-            reactor, settings, FakeKubeClient(), iptables=self.iptables, sysctls=sysctls
+            reactor,
+            settings,
+            FakeKubeClient(),
+            iptables=self.iptables,
+            sysctls=sysctls,
+            mode=self.mode,
+            nft=self.nft,
         )
         self.proxy.node = NodeFacts(
             name="node1",
             node_ips=(NODE_IP,),
             cluster_cidrs=("10.0.0.0/8",),
-            localhost_node_ports=True,
+            localhost_node_ports=self.mode == IPTABLES,
         )
         # The informers stay unstarted: the test fills their caches as a list would.
         services, slices = cluster()
@@ -190,3 +214,54 @@ class FullSyncInANamespaceTests(TestCase):
     def test_rules_changed_by_hand_come_back(self) -> Deferred[object]:
         """A full sync writes again exactly the chains changed by hand, and drops a stale one."""
         return self.run_async(self._rules_changed_by_hand_come_back())
+
+
+class NFTFullSyncInANamespaceTests(FullSyncInANamespaceTests):
+    mode = NFTABLES
+    test_second_full_sync_writes_no_chain = None  # type: ignore[assignment]
+    test_rules_changed_by_hand_come_back = None  # type: ignore[assignment]
+
+    def table(self) -> str:
+        return self.ipt("nft", "-t", "list", "table", "ip", TABLE)
+
+    async def full_sync_nft(self) -> set[str]:
+        """A full sync; the service chains its transactions write."""
+        self.proxy._full_due = True
+        self.nft.applied.clear()
+        await self.proxy.sync()
+        self.assertFalse(self.proxy._full_due, "the sync failed")
+        written = set()
+        for line in "".join(self.nft.applied).splitlines():
+            words = line.split()
+            if words[:2] in (["add", "rule"], ["flush", "chain"]) and "/" in words[4]:
+                written.add(words[4])
+        return written
+
+    async def _second_full_sync_writes_no_nft_chain(self) -> None:
+        first = await self.full_sync_nft()
+        self.assertTrue(any(chain.startswith("firewall-") for chain in first))
+        self.assertTrue(any(chain.startswith("local-") for chain in first))
+        written = self.table()
+        self.assertEqual(await self.full_sync_nft(), set())
+        self.assertEqual(self.table(), written)
+
+    def test_second_full_sync_writes_no_nft_chain(self) -> Deferred[object]:
+        """Rules of every form compare equal to what ``nft list`` prints for them."""
+        return self.run_async(self._second_full_sync_writes_no_nft_chain())
+
+    async def _nft_rules_changed_by_hand_come_back(self) -> None:
+        await self.full_sync_nft()
+        before = self.table()
+        chains = [line.split()[1] for line in before.splitlines() if "chain " in line]
+        endpoint = next(c for c in chains if c.startswith("endpoint-"))
+        policy = next(c for c in chains if c.startswith("service-"))
+        # Someone empties one chain and adds a rule to another.
+        self.ipt("nft", "flush", "chain", "ip", TABLE, endpoint)
+        self.ipt("nft", "add", "rule", "ip", TABLE, policy, "drop")
+        self.assertNotEqual(self.table(), before)
+        self.assertEqual(await self.full_sync_nft(), {endpoint, policy})
+        self.assertEqual(self.table(), before)
+
+    def test_nft_rules_changed_by_hand_come_back(self) -> Deferred[object]:
+        """A full sync writes again exactly the chains changed by hand."""
+        return self.run_async(self._nft_rules_changed_by_hand_come_back())

@@ -55,7 +55,14 @@ from k3stw.network.iptables import (
 )
 from k3stw.network.nftables import NFTables, NFTablesError
 from k3stw.network.node import NetworkSettings
-from k3stw.network.proxynft import Existing, NFTRuleset, cleanup_text, parse_listing, render_nft
+from k3stw.network.proxynft import (
+    TABLE,
+    Existing,
+    NFTRuleset,
+    cleanup_text,
+    parse_table,
+    render_nft,
+)
 from k3stw.network.proxyrules import (
     FILTER_CHAINS,
     JUMPS,
@@ -309,19 +316,21 @@ class KubeProxy(Service):
         services, slices = self.services.cache.list(), self.slices.cache.list()
         previous = self.applied_nft
         if full or previous is None:
-            # The table rewritten in place; made anew after a failed full sync.
+            # The table rewritten in place (chains holding their rules already left alone);
+            # made anew after a failed full sync.
             existing = None if self._replace_table else await self._nft_existing()
             ruleset = render_nft(services, slices, self.node, previous, None, existing)
         else:
             ruleset = render_nft(services, slices, self.node, previous, changed)
+        if ruleset.declarations:
+            await self.nft.apply(ruleset.declarations)
         await self.nft.apply(ruleset.text)
         self.applied_nft = ruleset
         self._replace_table = False
         return ruleset.udp, len(ruleset.chains)
 
     async def _nft_existing(self) -> Existing:
-        chains = parse_listing(await self.nft.listing("chains"))
-        return Existing(chains, parse_listing(await self.nft.listing("sets")))
+        return parse_table(await self.nft.table(TABLE))
 
     async def _clean_other_mode(self) -> None:
         """
