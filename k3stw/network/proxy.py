@@ -16,9 +16,10 @@ sync (the first, one after a failure, and one an hour) reads the nat table
 (``iptables-save``), writes every chain that does not hold its rules already
 (so a rule changed or deleted by hand comes back), deletes service chains
 left from before, and ensures the jumps from the built-in chains one rule at
-a time.  Chains of others are
-never flushed.  The rules stay in
-place when the service stops, as kube-proxy leaves them.
+a time; in the nftables mode it reads kube-proxy's table and writes the
+chains that differ likewise (L{proxynft.render_nft}).  Chains of others are
+never flushed.  The rules stay in place when the service stops, as
+kube-proxy leaves them.
 
 At start it sets the sysctls a node needs: ``net.ipv4.ip_forward``,
 ``net.ipv4.conf.all.route_localnet`` (NodePorts on 127.0.0.1; iptables mode

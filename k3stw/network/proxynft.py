@@ -20,8 +20,10 @@ transaction on kube-proxy's own table ``ip kube-proxy``, with kube's names:
   set ``affinity-...`` with a timeout.
 
 A full sync (at start, after a failure, hourly) rewrites the table in place
-(its chains emptied and written again, its maps emptied and filled, chains
-no longer used emptied), or, after a failed full sync, makes it anew
+(its top-level chains and the service chains whose rules differ from what
+it lists, see L{parse_table}, emptied and written again, its maps emptied
+and filled, chains no longer used emptied), or, after a failed full sync,
+makes it anew
 (``add``, ``delete``, then everything); either in one transaction: nothing
 outside the table is touched, and the kernel sees all of it or none.  (In
 place, the table and the chains it lacks are declared, empty, by a
