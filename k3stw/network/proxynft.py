@@ -20,19 +20,18 @@ transaction on kube-proxy's own table ``ip kube-proxy``, with kube's names:
   set ``affinity-...`` with a timeout.
 
 A full sync (at start, after a failure, hourly) rewrites the table in place
-(its top-level chains and the service chains whose rules differ from what
-it lists, see L{parse_table}, emptied and written again, its maps emptied
-and filled, chains no longer used emptied), or, after a failed full sync,
-makes it anew
-(``add``, ``delete``, then everything); either in one transaction: nothing
-outside the table is touched, and the kernel sees all of it or none.  (In
-place, the table and the chains it lacks are declared, empty, by a
-transaction just before: inert, as no rule or map refers to them yet, and
-far cheaper for the kernel, see L{render_nft}.)  A
-partial sync writes the changed Services' chains, the map and set elements
-that changed, and empties chains no longer used; as kube-proxy, it deletes
-those a sync later (kernels before 6.2 see a chain a map element named as
-used for a moment after the element goes).  Not here, as in kube 1.32 by
+(its top-level chains, and the service chains whose rules differ from what
+it lists, see L{parse_table}, emptied and written again; its maps emptied
+and filled; chains no longer used emptied), or, after a failed full sync,
+makes it anew (``add``, ``delete``, then everything); either in one
+transaction: nothing outside the table is touched, and the kernel sees all
+of it or none.  (In place, the table and the chains it lacks are declared,
+empty, by a transaction just before: inert, as no rule or map refers to
+them yet, and far cheaper for the kernel, see L{render_nft}.)  A partial
+sync writes the changed Services' chains, the map and set elements that
+changed, and empties chains no longer used; as kube-proxy, it deletes those
+a sync later (kernels before 6.2 see a chain a map element named as used
+for a moment after the element goes).  Not here, as in kube 1.32 by
 default: localhost NodePorts, the drop of unallocated ClusterIPs.
 """
 
