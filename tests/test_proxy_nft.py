@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from k3stw.network.proxynft import TABLE, Existing, NFTRuleset, parse_listing, render_nft
+from k3stw.network.proxynft import TABLE, Existing, NFTRuleset, parse_table, render_nft
 from k3stw.network.proxyrules import NodeFacts
 from tests.test_proxy_rules import endpoint, service, slice_of
 
@@ -119,7 +119,7 @@ class NFTablesRulesTests(SynchronousTestCase):
             text,
         )
         self.assertIn(
-            f"{ADD} {SVC1} numgen random mod 2 vmap {{ 0 : goto {EP1} , 1 : goto {ep2} }}", text
+            f"{ADD} {SVC1} numgen random mod 2 vmap {{ 0 : goto {EP1}, 1 : goto {ep2} }}", text
         )
         self.assertIn(f"{ADD} {EP1} ip saddr 10.180.0.1 jump mark-for-masquerade", text)
         self.assertIn(f"{ADD} {EP1} meta l4proto tcp dnat to 10.180.0.1:80", text)
@@ -254,7 +254,7 @@ class NFTablesRulesTests(SynchronousTestCase):
         self.assertEqual(elements(ruleset, "firewall-ips"), [f"5.6.7.8 . tcp . 80 : goto {fw}"])
         # The node's own address is in a range: the LB IP itself is let through too.
         self.assertIn(
-            f"{ADD} {fw} ip saddr != {{ 203.0.113.0/25, 192.168.0.0/24, 5.6.7.8 }} drop",
+            f"{ADD} {fw} ip saddr != {{ 5.6.7.8, 192.168.0.0/24, 203.0.113.0/25 }} drop",
             lines(ruleset),
         )
 
@@ -355,11 +355,21 @@ class NFTablesRulesTests(SynchronousTestCase):
         )
         self.assertEqual(ruleset.stale, {stale})
 
-    def test_listing_parsed(self) -> None:
-        """The names in kube-proxy's table of ``nft list chains ip``; other tables' not."""
+    def test_table_listing_parsed(self) -> None:
+        """Chains, sets and maps of ``nft -t list table``; each service chain's rules."""
         listing = (
-            "table ip kube-proxy {\n\tchain services {\n\t}\n"
-            f"\tchain {SVC1} {{\n\t}}\n}}\n"
-            "table ip others {\n\tchain mine {\n\t}\n}\n"
+            'table ip kube-proxy {\n\tcomment "rules for kube-proxy"\n'
+            "\tset cluster-ips {\n\t\ttype ipv4_addr\n\t}\n\n"
+            "\tmap service-ips {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n"
+            "\t}\n\n"
+            "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n\n"
+            f"\tchain {SVC1} {{\n\t\tnumgen random mod 1 vmap {{ 0 : goto {EP1} }}\n\t}}\n\n"
+            f"\tchain {EP1} {{\n\t}}\n}}\n"
         )
-        self.assertEqual(parse_listing(listing), {"services", SVC1})
+        existing = parse_table(listing)
+        self.assertEqual(existing.chains, {"services", SVC1, EP1})
+        self.assertEqual(existing.sets, {"cluster-ips", "service-ips"})
+        self.assertEqual(
+            existing.rules,
+            {SVC1: (f"numgen random mod 1 vmap {{ 0 : goto {EP1} }}",), EP1: ()},
+        )

@@ -12,11 +12,14 @@ every 30 s regardless (its syncPeriod).  As kube-proxy's, they are partial:
 the top-level chains are written whole, but only the changed Services' own
 chains (``KUBE-SVC-``, ``KUBE-SEP-``...), the others staying as they are, and
 the chains the previous sync made and this one does not are deleted.  A full
-sync (the first, one after a failure, and one an hour) writes every chain,
-reads the nat table for service chains left from before, and ensures the
-jumps from the built-in chains one rule at a time.  Chains of others are
-never flushed.  The rules stay in
-place when the service stops, as kube-proxy leaves them.
+sync (the first, one after a failure, and one an hour) reads the nat table
+(``iptables-save``), writes every chain that does not hold its rules already
+(so a rule changed or deleted by hand comes back), deletes service chains
+left from before, and ensures the jumps from the built-in chains one rule at
+a time; in the nftables mode it reads kube-proxy's table and writes the
+chains that differ likewise (L{proxynft.render_nft}).  Chains of others are
+never flushed.  The rules stay in place when the service stops, as
+kube-proxy leaves them.
 
 At start it sets the sysctls a node needs: ``net.ipv4.ip_forward``,
 ``net.ipv4.conf.all.route_localnet`` (NodePorts on 127.0.0.1; iptables mode
@@ -45,10 +48,22 @@ from k3stw.machinery.informer import Informer, Retention, each_change
 from k3stw.machinery.objects import Object
 from k3stw.machinery.processes import CommandFailed, run_command
 from k3stw.machinery.source import HTTPSource
-from k3stw.network.iptables import IPTables, IPTablesError
+from k3stw.network.iptables import (
+    IPTables,
+    IPTablesError,
+    saved_chains,
+    unchanged_chains_dropped,
+)
 from k3stw.network.nftables import NFTables, NFTablesError
 from k3stw.network.node import NetworkSettings
-from k3stw.network.proxynft import Existing, NFTRuleset, cleanup_text, parse_listing, render_nft
+from k3stw.network.proxynft import (
+    TABLE,
+    Existing,
+    NFTRuleset,
+    cleanup_text,
+    parse_table,
+    render_nft,
+)
 from k3stw.network.proxyrules import (
     FILTER_CHAINS,
     JUMPS,
@@ -278,15 +293,19 @@ class KubeProxy(Service):
     ) -> tuple[dict[str, UDPFlows], int]:
         services, slices = self.services.cache.list(), self.slices.cache.list()
         if full or self.applied is None:
-            existing = await self.iptables.chains("nat")
-            ruleset = render(services, slices, self.node, existing)
+            # The nat table as it is: chains holding their rules already are left alone (one a
+            # rule of which was changed or deleted by hand is written again).
+            saved = await self.iptables.save("nat")
+            ruleset = render(services, slices, self.node, saved_chains(saved))
+            text = unchanged_chains_dropped(ruleset.text, {"nat": saved})
         else:
             existing = sorted(self.applied.nat_chains)
             ruleset = render(services, slices, self.node, existing, changed)
             if ruleset.large != self.applied.large:
                 # Every chain's comments change with the mode.
                 ruleset = render(services, slices, self.node, existing)
-        await self.iptables.restore(ruleset.text)
+            text = ruleset.text
+        await self.iptables.restore(text)
         if full:
             await self._ensure_jumps()
         self.applied = ruleset
@@ -298,19 +317,21 @@ class KubeProxy(Service):
         services, slices = self.services.cache.list(), self.slices.cache.list()
         previous = self.applied_nft
         if full or previous is None:
-            # The table rewritten in place; made anew after a failed full sync.
+            # The table rewritten in place (chains holding their rules already left alone);
+            # made anew after a failed full sync.
             existing = None if self._replace_table else await self._nft_existing()
             ruleset = render_nft(services, slices, self.node, previous, None, existing)
         else:
             ruleset = render_nft(services, slices, self.node, previous, changed)
+        if ruleset.declarations:
+            await self.nft.apply(ruleset.declarations)
         await self.nft.apply(ruleset.text)
         self.applied_nft = ruleset
         self._replace_table = False
         return ruleset.udp, len(ruleset.chains)
 
     async def _nft_existing(self) -> Existing:
-        chains = parse_listing(await self.nft.listing("chains"))
-        return Existing(chains, parse_listing(await self.nft.listing("sets")))
+        return parse_table(await self.nft.table(TABLE))
 
     async def _clean_other_mode(self) -> None:
         """

@@ -20,14 +20,18 @@ transaction on kube-proxy's own table ``ip kube-proxy``, with kube's names:
   set ``affinity-...`` with a timeout.
 
 A full sync (at start, after a failure, hourly) rewrites the table in place
-(its chains emptied and written again, its maps emptied and filled, chains
-no longer used emptied), or, after a failed full sync, makes it anew
-(``add``, ``delete``, then everything); either in one transaction: nothing
-outside the table is touched, and the kernel sees all of it or none.  A
-partial sync writes the changed Services' chains, the map and set elements
-that changed, and empties chains no longer used; as kube-proxy, it deletes
-those a sync later (kernels before 6.2 see a chain a map element named as
-used for a moment after the element goes).  Not here, as in kube 1.32 by
+(its top-level chains, and the service chains whose rules differ from what
+it lists, see L{parse_table}, emptied and written again; its maps emptied
+and filled; chains no longer used emptied), or, after a failed full sync,
+makes it anew (``add``, ``delete``, then everything); either in one
+transaction: nothing outside the table is touched, and the kernel sees all
+of it or none.  (In place, the table and the chains it lacks are declared,
+empty, by a transaction just before: inert, as no rule or map refers to
+them yet, and far cheaper for the kernel, see L{render_nft}.)  A partial
+sync writes the changed Services' chains, the map and set elements that
+changed, and empties chains no longer used; as kube-proxy, it deletes those
+a sync later (kernels before 6.2 see a chain a map element named as used
+for a moment after the element goes).  Not here, as in kube 1.32 by
 default: localhost NodePorts, the drop of unallocated ClusterIPs.
 """
 
@@ -58,7 +62,7 @@ __all__ = [
     "chain_base",
     "cleanup_text",
     "endpoint_base",
-    "parse_listing",
+    "parse_table",
     "render_nft",
 ]
 
@@ -148,6 +152,10 @@ class NFTRuleset:
     :ivar elements: each map's and set's elements, key -> what follows it (for the next diff).
     :ivar stale: chains it flushed, for the next sync to delete.
     :ivar udp: each UDP service port's flows, keyed by its name.
+    :ivar declarations: for a full sync in place, the ``nft -f`` input run
+        before C{text}, in a transaction of its own: the table and the new
+        service chains, empty (nothing refers to them before C{text}); ""
+        for none.
     """
 
     text: str
@@ -156,27 +164,56 @@ class NFTRuleset:
     elements: dict[str, dict[str, str]]
     stale: frozenset[str] = frozenset()
     udp: dict[str, UDPFlows] = field(default_factory=dict)
+    declarations: str = ""
+
+
+#: The protocols of Service ports, by number.
+_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 @dataclass(frozen=True)
 class Existing:
-    """What kube-proxy's table holds before a full sync (from L{parse_listing})."""
+    """
+    What kube-proxy's table holds before a full sync (from L{parse_table}).
+
+    :ivar rules: each service chain's rules as ``nft list`` prints them.
+    """
 
     chains: frozenset[str]
     sets: frozenset[str]
+    rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def parse_listing(text: str) -> frozenset[str]:
-    """The names of the chains or sets ``nft list chains|sets ip`` shows in kube-proxy's table."""
-    names: set[str] = set()
-    inside = False
+def parse_table(text: str) -> Existing:
+    """
+    What ``nft -t -p list table ip kube-proxy`` shows: the chains, sets and
+    maps, and each service chain's rules (no set elements; their protocol
+    numbers given back the names a sync writes).
+    """
+    for number, protocol in _PROTOCOLS.items():
+        text = text.replace(f"meta l4proto {number} ", f"meta l4proto {protocol} ")
+    chains: set[str] = set()
+    sets: set[str] = set()
+    rules: dict[str, tuple[str, ...]] = {}
+    chain: list[str] | None = None
+    name = ""
     for line in text.splitlines():
-        words = line.split()
-        if line.startswith("table "):
-            inside = words[1:3] == ["ip", TABLE]
-        elif inside and len(words) >= 2 and words[0] in ("chain", "set", "map"):
-            names.add(words[1])
-    return frozenset(names)
+        words = line.split(None, 2)
+        if not words:
+            continue
+        if len(words) >= 2 and words[-1] == "{" and words[0] in ("chain", "set", "map"):
+            (chains if words[0] == "chain" else sets).add(words[1])
+            chain = [] if words[0] == "chain" and "/" in words[1] else None
+            if chain is not None:
+                rules[words[1]] = ()
+            name = words[1]
+        elif words == ["}"]:
+            if chain is not None:
+                rules[name] = tuple(chain)
+            chain = None
+        elif chain is not None:
+            chain.append(line.strip())
+    return Existing(frozenset(chains), frozenset(sets), rules)
 
 
 @dataclass
@@ -186,9 +223,11 @@ class _Transaction:
     #: The chains written (emptied first if they exist), in order.
     written: list[str] = field(default_factory=list)
     affinity_heads: list[str] = field(default_factory=list)
-    #: The policy chains' rules (the numgen vmaps): see L{render_nft}.
-    choices: list[str] = field(default_factory=list)
-    rules: list[str] = field(default_factory=list)
+    #: The policy chains' rules (the numgen vmaps; see L{render_nft}), then the others'.
+    choices: list[tuple[str, str]] = field(default_factory=list)
+    rules: list[tuple[str, str]] = field(default_factory=list)
+    #: Each chain's rules, as ``nft list`` prints them.
+    listed: dict[str, list[str]] = field(default_factory=dict)
     chains: set[str] = field(default_factory=set)
     affinity_sets: set[str] = field(default_factory=set)
     elements: dict[str, dict[str, str]] = field(
@@ -203,7 +242,9 @@ class _Transaction:
 
     def rule(self, chain: str, *parts: str) -> None:
         into = self.choices if _is_policy_chain(chain) else self.rules
-        into.append(" ".join([_ADD, chain, *filter(None, parts)]))
+        body = " ".join(filter(None, parts))
+        into.append((chain, f"{_ADD} {chain} {body}"))
+        self.listed.setdefault(chain, []).append(body)
 
     def element(self, container: str, key: str, value: str = "") -> None:
         self.elements[container].setdefault(key, value)
@@ -229,10 +270,13 @@ def render_nft(
 
     Each ``numgen ... vmap { ... }`` makes an anonymous map, and the kernel
     (6.x ``__nft_set_trans_bind``) walks the whole transaction so far for
-    each one made or dropped: the policy chains are emptied and written right
-    after the new chains are declared, before the other chains' rules are
-    dropped and written, and a table made anew empties nothing.  (Replacing
-    a table of 1,000 Services with ``delete table`` costs seconds so.)
+    each one made or dropped: the policy chains are emptied and written
+    first, before the other chains' rules are dropped and written, and a
+    full sync in place declares its new chains (empty, unreferenced) in a
+    transaction before (L{NFTRuleset.declarations}), so that none of the
+    walks goes over their thousands of declarations; a table made anew
+    empties nothing.  (Replacing a table of 1,000 Services with ``delete
+    table`` costs seconds so.)
 
     :param previous: what the last successful sync wrote.
     :param changed: for a partial sync, the (namespace, name) of the Services
@@ -262,16 +306,32 @@ def render_nft(
         lines += _table(node, anew=False)
         present = frozenset(chain for chain in existing.chains if "/" in chain)
         present_sets = frozenset(name for name in existing.sets if name.startswith("affinity-"))
-    lines += [f"add chain ip {TABLE} {chain}" for chain in tx.written if chain not in present]
+    new_chains = [f"add chain ip {TABLE} {chain}" for chain in tx.written if chain not in present]
+    declarations = ""
+    if existing is not None and not partial and new_chains:
+        declarations = "\n".join([f"add table ip {TABLE}", *new_chains, ""])
+    else:
+        lines += new_chains
     lines += tx.affinity_heads
     flushed = [chain for chain in tx.written if chain in present]
+    if existing is not None and existing.rules:
+        # Chains holding their rules already stay as they are (a chain changed by hand, or
+        # listed in another form, is written again).
+        same = {
+            chain
+            for chain in flushed
+            if existing.rules.get(chain) == tuple(tx.listed.get(chain, ()))
+        }
+        flushed = [chain for chain in flushed if chain not in same]
+        tx.choices = [(chain, line) for chain, line in tx.choices if chain not in same]
+        tx.rules = [(chain, line) for chain, line in tx.rules if chain not in same]
     lines += [f"flush chain ip {TABLE} {c}" for c in flushed if _is_policy_chain(c)]
-    lines += tx.choices
+    lines += [line for _, line in tx.choices]
     lines += [f"flush chain ip {TABLE} {c}" for c in flushed if not _is_policy_chain(c)]
     # Chains no longer used are emptied now and deleted by the next sync.
     stale = present - tx.chains
     lines += [f"flush chain ip {TABLE} {chain}" for chain in sorted(stale)]
-    lines += tx.rules
+    lines += [line for _, line in tx.rules]
     for container, elements in tx.elements.items():
         if partial:
             assert previous is not None
@@ -288,6 +348,7 @@ def render_nft(
         elements=tx.elements,
         stale=frozenset(stale),
         udp=udp,
+        declarations=declarations,
     )
 
 
@@ -463,6 +524,8 @@ def _write_port(
         if any(_holds(cidr, ip) for cidr in port.source_ranges for ip in node.node_ips):
             # The node reaching a VIP it holds itself comes from that VIP.
             sources += port.lb_ips
+        # In address order, as ``nft list`` prints the set (so that a full sync finds it equal).
+        sources.sort(key=_address_order)
         tx.rule(firewall_chain, f"ip saddr != {{ {', '.join(sources)} }} drop")
     for name in affinity.values():
         tx.affinity_heads.append(
@@ -494,8 +557,16 @@ def _write_choice(
     for ep in endpoints:
         if str(ep) in affinity:
             tx.rule(chain, f"ip saddr @{affinity[str(ep)]} goto {endpoint_chains[str(ep)]}")
-    choices = " , ".join(f"{i} : goto {endpoint_chains[str(ep)]}" for i, ep in enumerate(endpoints))
+    choices = ", ".join(f"{i} : goto {endpoint_chains[str(ep)]}" for i, ep in enumerate(endpoints))
     tx.rule(chain, f"numgen random mod {len(endpoints)} vmap {{ {choices} }}")
+
+
+def _address_order(cidr: str) -> tuple[int, int]:
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return (-1, 0)
+    return (int(network.network_address), network.prefixlen)
 
 
 def _holds(cidr: str, address: str) -> bool:
