@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -365,6 +366,8 @@ def main(argv: Sequence[str]) -> None:
     finally:
         processes.end_all()
         delete_namespaces()
+    # Kept after a failure: its stderr.log says what went wrong.
+    shutil.rmtree(work, ignore_errors=True)
 
     def errors(name: str) -> str:
         count = int(rate[name]["errors"] + rate[name]["non2xx"])
