@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from k3stw.network.iptables import IPTables, canonical_rule, saved_chains
@@ -122,7 +121,9 @@ class RecordingNFTables(NFTables):
         await super().apply(text)
 
 
-class FullSyncInANamespaceTests(TestCase):
+class _KubeProxyInANamespace(TestCase):
+    """A L{KubeProxy} on the real iptables and nft of a network namespace of its own."""
+
     mode = IPTABLES
 
     def setUp(self) -> None:
@@ -156,9 +157,6 @@ class FullSyncInANamespaceTests(TestCase):
         for obj in slices:
             self.proxy.slices.cache.upsert(obj)
 
-    def run_async(self, coroutine: object) -> Deferred[object]:
-        return ensureDeferred(coroutine)  # type: ignore[arg-type]
-
     def ipt(self, *argv: str) -> str:
         done = subprocess.run(
             ["ip", "netns", "exec", self.namespace, *argv], capture_output=True, timeout=60
@@ -166,6 +164,8 @@ class FullSyncInANamespaceTests(TestCase):
         self.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace"))
         return done.stdout.decode()
 
+
+class FullSyncInANamespaceTests(_KubeProxyInANamespace):
     def nat(self) -> dict[str, list[str]]:
         return saved_chains(self.ipt("iptables-save", "-t", "nat"))
 
@@ -181,7 +181,8 @@ class FullSyncInANamespaceTests(TestCase):
     def declared(self, nat_block: str) -> set[str]:
         return {line[1:].split(" ")[0] for line in nat_block.splitlines() if line[:1] == ":"}
 
-    async def _second_full_sync_writes_no_chain(self) -> None:
+    async def test_second_full_sync_writes_no_chain(self) -> None:
+        """Rules of every form compare equal to what iptables-save prints for them."""
         first = self.declared(await self.full_sync())
         self.assertIn("KUBE-SERVICES", first)
         written = self.nat()
@@ -191,11 +192,8 @@ class FullSyncInANamespaceTests(TestCase):
         self.assertEqual(self.declared(await self.full_sync()), set())
         self.assertEqual(self.nat(), written)
 
-    def test_second_full_sync_writes_no_chain(self) -> Deferred[object]:
-        """Rules of every form compare equal to what iptables-save prints for them."""
-        return self.run_async(self._second_full_sync_writes_no_chain())
-
-    async def _rules_changed_by_hand_come_back(self) -> None:
+    async def test_rules_changed_by_hand_come_back(self) -> None:
+        """A full sync writes again exactly the chains changed by hand, and drops a stale one."""
         await self.full_sync()
         before = self.nat()
         sep = next(c for c, rules in before.items() if c.startswith("KUBE-SEP-") and rules)
@@ -211,15 +209,9 @@ class FullSyncInANamespaceTests(TestCase):
         self.assertEqual(self.declared(await self.full_sync()), {sep, svc, ext, stale})
         self.assertEqual(self.nat(), before)
 
-    def test_rules_changed_by_hand_come_back(self) -> Deferred[object]:
-        """A full sync writes again exactly the chains changed by hand, and drops a stale one."""
-        return self.run_async(self._rules_changed_by_hand_come_back())
 
-
-class NFTFullSyncInANamespaceTests(FullSyncInANamespaceTests):
+class NFTFullSyncInANamespaceTests(_KubeProxyInANamespace):
     mode = NFTABLES
-    test_second_full_sync_writes_no_chain = None  # type: ignore[assignment]
-    test_rules_changed_by_hand_come_back = None  # type: ignore[assignment]
 
     def table(self) -> str:
         return self.ipt("nft", "-t", "list", "table", "ip", TABLE)
@@ -237,7 +229,8 @@ class NFTFullSyncInANamespaceTests(FullSyncInANamespaceTests):
                 written.add(words[4])
         return written
 
-    async def _second_full_sync_writes_no_nft_chain(self) -> None:
+    async def test_second_full_sync_writes_no_nft_chain(self) -> None:
+        """Rules of every form compare equal to what ``nft list`` prints for them."""
         first = await self.full_sync_nft()
         self.assertTrue(any(chain.startswith("firewall-") for chain in first))
         self.assertTrue(any(chain.startswith("local-") for chain in first))
@@ -245,11 +238,8 @@ class NFTFullSyncInANamespaceTests(FullSyncInANamespaceTests):
         self.assertEqual(await self.full_sync_nft(), set())
         self.assertEqual(self.table(), written)
 
-    def test_second_full_sync_writes_no_nft_chain(self) -> Deferred[object]:
-        """Rules of every form compare equal to what ``nft list`` prints for them."""
-        return self.run_async(self._second_full_sync_writes_no_nft_chain())
-
-    async def _nft_rules_changed_by_hand_come_back(self) -> None:
+    async def test_nft_rules_changed_by_hand_come_back(self) -> None:
+        """A full sync writes again exactly the chains changed by hand."""
         await self.full_sync_nft()
         before = self.table()
         chains = [line.split()[1] for line in before.splitlines() if "chain " in line]
@@ -261,7 +251,3 @@ class NFTFullSyncInANamespaceTests(FullSyncInANamespaceTests):
         self.assertNotEqual(self.table(), before)
         self.assertEqual(await self.full_sync_nft(), {endpoint, policy})
         self.assertEqual(self.table(), before)
-
-    def test_nft_rules_changed_by_hand_come_back(self) -> Deferred[object]:
-        """A full sync writes again exactly the chains changed by hand."""
-        return self.run_async(self._nft_rules_changed_by_hand_come_back())
